@@ -1,0 +1,49 @@
+// common.cuh — device helpers shared by every ampkit kernel family.
+//
+// Kept deliberately small: only what two or more families need. Everything here is header-only
+// and `static __device__ __forceinline__`, so each .cu compiles to a self-contained PTX module.
+#pragma once
+
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+namespace ampkit {
+
+// Widest access the memory system serves in one instruction per thread.
+constexpr int kMaxAccessBytes = 16;
+
+constexpr int min_int(int a, int b) { return a < b ? a : b; }
+
+// V consecutive elements of T moved as one aligned unit. Aligning to min(16, sizeof(T)*V) makes nvcc
+// emit ld/st.global.v2/.v4 (a 32-byte pack becomes two 16-byte accesses) instead of scalar traffic;
+// the host guarantees that alignment before choosing V (see src/ops).
+template <typename T, int V>
+struct alignas(min_int(kMaxAccessBytes, int(sizeof(T)) * V)) Pack {
+    T v[V];
+};
+
+// A 1-D problem of n elements split for a vectorised grid-stride kernel:
+//   [0, head)                scalar: brings both pointers to pack alignment (head < V)
+//   [head, head + packs*V)   packs of V, grid-stride
+//   [head + packs*V, n)      scalar tail (< V elements)
+// head is chosen by the host, which knows the pointer values; it is passed in so the device
+// code never does address arithmetic on pointers it cannot see.
+struct Split {
+    size_t head, packs, tail_begin, n;
+};
+
+static __device__ __forceinline__ Split split_for_packs(size_t n, size_t head, int v) {
+    size_t h = head < n ? head : n;
+    size_t packs = (n - h) / size_t(v);
+    return Split{h, packs, h + packs * size_t(v), n};
+}
+
+static __device__ __forceinline__ size_t global_thread() {
+    return size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+
+static __device__ __forceinline__ size_t grid_threads() {
+    return size_t(gridDim.x) * blockDim.x;
+}
+
+}  // namespace ampkit

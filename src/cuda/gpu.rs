@@ -1,0 +1,299 @@
+//! The device handle: context, stream, module cache, buffer helpers.
+
+use crate::cuda::launch::{KernelArgs, LaunchConfig};
+use crate::error::{Error, Result};
+use crate::kernels::{self, KernelModule};
+use cudarc::driver::sys::{CUdevice_attribute, CUresult};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
+    DriverError, PushKernelArg, ValidAsZeroBits,
+};
+use cudarc::nvrtc::Ptx;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// What a [`Gpu`] is: read once when it is opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuInfo {
+    /// CUDA device ordinal.
+    pub ordinal: usize,
+    /// Marketing name, e.g. `NVIDIA H100 80GB HBM3`.
+    pub name: String,
+    /// Compute capability (major, minor); 9.0 for Hopper.
+    pub compute_capability: (i32, i32),
+    /// Number of streaming multiprocessors.
+    pub multiprocessors: usize,
+    /// Device memory in bytes.
+    pub total_memory: usize,
+    /// The driver's CUDA version, e.g. 13000 for 13.0.
+    pub driver_version: i32,
+}
+
+/// One CUDA device: a context, the one non-default stream every ampkit op runs on, and the kernel
+/// modules loaded into it so far.
+///
+/// All work is ordered on [`Gpu::stream`], so cudarc's per-buffer event tracking is switched off
+/// (it costs two events per argument per launch and matters only across streams).
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    info: GpuInfo,
+    modules: Mutex<Vec<Option<Arc<CudaModule>>>>,
+    functions: Mutex<HashMap<(usize, &'static str), CudaFunction>>,
+    sync_launches: AtomicBool,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu").field("info", &self.info).finish()
+    }
+}
+
+impl Gpu {
+    /// Opens CUDA device `ordinal`.
+    ///
+    /// Returns [`Error::NoCudaDevice`] when the driver library is missing, no GPU is visible, or
+    /// `ordinal` is out of range. Set `AMPKIT_SYNC_LAUNCHES=1` to synchronise after every launch
+    /// (errors then name the kernel that caused them; see [`Gpu::set_sync_launches`]).
+    pub fn new(ordinal: usize) -> Result<Arc<Gpu>> {
+        // SAFETY: only tries to dlopen libcuda; no symbol is called.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(Error::NoCudaDevice {
+                reason: "the CUDA driver library (libcuda.so / nvcuda.dll) was not found; \
+                         install the NVIDIA driver or add it to the library path"
+                    .into(),
+            });
+        }
+        cudarc::driver::result::init().map_err(|e| Error::NoCudaDevice {
+            reason: format!("the CUDA driver did not initialise ({e})"),
+        })?;
+        let count = CudaContext::device_count().map_err(Error::driver("counting CUDA devices"))?;
+        if count <= 0 {
+            return Err(Error::NoCudaDevice {
+                reason: "the driver sees no GPU (check CUDA_VISIBLE_DEVICES)".into(),
+            });
+        }
+        if ordinal >= count as usize {
+            return Err(Error::NoCudaDevice {
+                reason: format!(
+                    "device {ordinal} was requested but only {count} GPU(s) are visible"
+                ),
+            });
+        }
+        let ctx = CudaContext::new(ordinal).map_err(Error::driver(format!(
+            "creating a context on device {ordinal}"
+        )))?;
+        // SAFETY: no buffer exists yet, and every ampkit op runs on the one stream below.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx
+            .new_stream()
+            .map_err(Error::driver("creating a stream"))?;
+        let info = GpuInfo {
+            ordinal,
+            name: ctx
+                .name()
+                .map_err(Error::driver("reading the device name"))?,
+            compute_capability: ctx
+                .compute_capability()
+                .map_err(Error::driver("reading the compute capability"))?,
+            multiprocessors: ctx
+                .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+                .map_err(Error::driver("reading the multiprocessor count"))?
+                as usize,
+            total_memory: ctx
+                .total_mem()
+                .map_err(Error::driver("reading total memory"))?,
+            driver_version: driver_version()?,
+        };
+        let sync = std::env::var("AMPKIT_SYNC_LAUNCHES").is_ok_and(|v| v == "1");
+        Ok(Arc::new(Gpu {
+            ctx,
+            stream,
+            info,
+            modules: Mutex::new(vec![None; kernels::ALL.len()]),
+            functions: Mutex::new(HashMap::new()),
+            sync_launches: AtomicBool::new(sync),
+        }))
+    }
+
+    /// What this device is.
+    pub fn info(&self) -> &GpuInfo {
+        &self.info
+    }
+
+    /// The cudarc context (for interop with cudarc, e.g. cuBLAS handles).
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The stream every ampkit op on this device is ordered on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Free and total device memory in bytes, now.
+    pub fn memory(&self) -> Result<(usize, usize)> {
+        self.ctx
+            .mem_get_info()
+            .map_err(Error::driver("reading free memory"))
+    }
+
+    /// When on, every launch is followed by a stream synchronisation, so an error raised while a
+    /// kernel runs is reported as [`Error::Launch`] naming that kernel. Tests turn it on; it costs
+    /// the launch overlap, so benchmarks and training leave it off.
+    pub fn set_sync_launches(&self, on: bool) {
+        self.sync_launches.store(on, Ordering::Relaxed);
+    }
+
+    /// Blocks until all work queued on [`Gpu::stream`] has finished; reports any error it raised.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(Error::driver("synchronising the stream"))
+    }
+
+    /// Copies `host` into a new device buffer.
+    pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
+        self.stream.clone_htod(host).map_err(Error::driver(format!(
+            "copying {} bytes to the device",
+            std::mem::size_of_val(host)
+        )))
+    }
+
+    /// Copies a device buffer (or view) back to the host. Waits for the copy to finish.
+    pub fn download<T: DeviceRepr, S: DevicePtr<T>>(&self, src: &S) -> Result<Vec<T>> {
+        self.stream.clone_dtoh(src).map_err(Error::driver(format!(
+            "copying {} bytes to the host",
+            src.num_bytes()
+        )))
+    }
+
+    /// A new zero-filled device buffer of `len` elements.
+    pub fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<CudaSlice<T>> {
+        self.stream.alloc_zeros(len).map_err(Error::driver(format!(
+            "allocating {} bytes",
+            len * std::mem::size_of::<T>()
+        )))
+    }
+
+    /// Loads `module` into this context if it is not loaded yet.
+    pub fn load_module(&self, module: &KernelModule) -> Result<Arc<CudaModule>> {
+        let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = &modules[module.index] {
+            return Ok(m.clone());
+        }
+        let loaded = self
+            .ctx
+            .load_module(Ptx::from_src(module.ptx))
+            .map_err(|source| Error::ModuleLoad {
+                module: module.name,
+                hint: load_hint(source, module, &self.info),
+                source,
+            })?;
+        modules[module.index] = Some(loaded.clone());
+        Ok(loaded)
+    }
+
+    /// Names of the modules loaded so far.
+    pub fn loaded_modules(&self) -> Vec<&'static str> {
+        let modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        kernels::ALL
+            .iter()
+            .filter(|m| modules[m.index].is_some())
+            .map(|m| m.name)
+            .collect()
+    }
+
+    /// The entry point `kernel` of `module`, loading the module on first use.
+    pub fn function(&self, module: &KernelModule, kernel: &'static str) -> Result<CudaFunction> {
+        let key = (module.index, kernel);
+        if let Some(f) = self
+            .functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(f.clone());
+        }
+        let f = self
+            .load_module(module)?
+            .load_function(kernel)
+            .map_err(|source| Error::ModuleLoad {
+                module: module.name,
+                source,
+                hint: format!(
+                    "it has no kernel `{kernel}`: the PTX and the host code disagree; rebuild"
+                ),
+            })?;
+        self.functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, f.clone());
+        Ok(f)
+    }
+
+    /// Launches `kernel` from `module` on [`Gpu::stream`].
+    ///
+    /// Launch-time errors (bad configuration, too many resources) come back at once as
+    /// [`Error::Launch`]; errors while the kernel runs surface at the next synchronisation, or here
+    /// when [`Gpu::set_sync_launches`] is on.
+    ///
+    /// # Safety
+    /// `args` must match the kernel's parameter list in number, order and type, and every device
+    /// pointer among them must stay valid, for every index the kernel touches under `cfg`, until
+    /// the kernel has finished.
+    pub unsafe fn launch(
+        &self,
+        module: &KernelModule,
+        kernel: &'static str,
+        cfg: LaunchConfig,
+        args: &KernelArgs,
+    ) -> Result<()> {
+        let f = self.function(module, kernel)?;
+        let mut builder = self.stream.launch_builder(&f);
+        for slot in args.slots() {
+            builder.arg(slot);
+        }
+        // SAFETY: forwarded to the caller (see the function's contract).
+        unsafe { builder.launch(cfg.into()) }.map_err(|source| Error::Launch { kernel, source })?;
+        if self.sync_launches.load(Ordering::Relaxed) {
+            self.stream
+                .synchronize()
+                .map_err(|source| Error::Launch { kernel, source })?;
+        }
+        Ok(())
+    }
+}
+
+fn driver_version() -> Result<i32> {
+    let mut version = 0;
+    // SAFETY: cuDriverGetVersion writes one int; the driver was initialised by the caller.
+    let rc = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) };
+    if rc != CUresult::CUDA_SUCCESS {
+        return Err(Error::Driver {
+            context: "reading the driver version".into(),
+            source: DriverError(rc),
+        });
+    }
+    Ok(version)
+}
+
+fn load_hint(err: DriverError, module: &KernelModule, info: &GpuInfo) -> String {
+    let (major, minor) = info.compute_capability;
+    match err.0 {
+        CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION => format!(
+            "The PTX was written by an nvcc newer than this driver (CUDA {}.{}) accepts: rebuild \
+             with nvcc 13.0 (scripts/install-nvcc, then NVCC=<its path>), or build with \
+             AMPKIT_PTX_SNAPSHOT=use to embed the committed snapshot",
+            info.driver_version / 1000,
+            (info.driver_version % 1000) / 10
+        ),
+        CUresult::CUDA_ERROR_NO_BINARY_FOR_GPU | CUresult::CUDA_ERROR_INVALID_PTX => format!(
+            "The module targets {} and this GPU is sm_{major}{minor}: ampkit needs compute \
+             capability 8.0 or newer (9.0 for Hopper-only modules)",
+            module.arch
+        ),
+        _ => "Check that the GPU is healthy (nvidia-smi) and that the build's PTX is intact".into(),
+    }
+}

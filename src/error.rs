@@ -1,0 +1,90 @@
+//! ampkit's one error type. Every fallible public function returns [`Result`]; library code never
+//! panics on bad input, and each message says what to do about it.
+
+use cudarc::driver::DriverError;
+
+/// Result alias used throughout ampkit.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in ampkit.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No usable CUDA device: no driver library, no GPU, or the requested ordinal does not exist.
+    #[error(
+        "no CUDA device: {reason}. Use Device::cpu() (or Device::auto(), which falls back to the \
+         CPU) to run without a GPU"
+    )]
+    NoCudaDevice {
+        /// Why no device could be opened.
+        reason: String,
+    },
+
+    /// A CUDA driver call failed.
+    #[error("CUDA driver error while {context}: {source}")]
+    Driver {
+        /// What ampkit was doing.
+        context: String,
+        /// The driver's error code.
+        #[source]
+        source: DriverError,
+    },
+
+    /// The driver rejected a kernel module's PTX or a kernel is missing from it.
+    #[error("loading kernel module `{module}` failed: {source}. {hint}")]
+    ModuleLoad {
+        /// Module name (the `kernels/<name>.cu` stem).
+        module: &'static str,
+        /// The driver's error code.
+        #[source]
+        source: DriverError,
+        /// What to try.
+        hint: String,
+    },
+
+    /// A kernel failed to launch, or failed while running (reported at the next check).
+    #[error("kernel `{kernel}` failed: {source}")]
+    Launch {
+        /// Kernel entry point name.
+        kernel: &'static str,
+        /// The driver's error code.
+        #[source]
+        source: DriverError,
+    },
+
+    /// Operand lengths or shapes do not agree.
+    #[error("{op}: shape mismatch: {detail}")]
+    ShapeMismatch {
+        /// The operation that was called.
+        op: &'static str,
+        /// Which sizes disagree.
+        detail: String,
+    },
+
+    /// An argument is outside what the operation accepts.
+    #[error("{op}: invalid argument: {detail}")]
+    InvalidArgument {
+        /// The operation that was called.
+        op: &'static str,
+        /// What is wrong and what is accepted.
+        detail: String,
+    },
+}
+
+impl Error {
+    /// Wraps a driver error with what ampkit was doing when it happened.
+    pub fn driver(context: impl Into<String>) -> impl FnOnce(DriverError) -> Error {
+        let context = context.into();
+        move |source| Error::Driver { context, source }
+    }
+}
+
+/// Fails with [`Error::ShapeMismatch`] unless source and destination have the same length.
+pub(crate) fn same_len(op: &'static str, src: usize, dst: usize) -> Result<()> {
+    if src != dst {
+        return Err(Error::ShapeMismatch {
+            op,
+            detail: format!("source has {src} elements, destination {dst}"),
+        });
+    }
+    Ok(())
+}

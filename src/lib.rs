@@ -1,0 +1,22 @@
+//! # ampkit
+//!
+//! Hand-written CUDA kernels with a Rust host for mixed-precision (AMP) training. Every GPU op in
+//! [`ops`] has a CPU twin in [`cpu`] computing the same function, and tests compare the two.
+//!
+//! Layers, bottom to top:
+//! - [`kernels`]: the PTX modules compiled from `kernels/*.cu` at build time.
+//! - [`cuda`]: device handle, stream, module cache, launch helper, event timer.
+//! - [`ops`]: safe launch wrappers; [`cpu`]: their references.
+//! - [`Device`]: the CPU backend or a GPU, chosen by the caller or by [`Device::auto`].
+#![warn(missing_docs)]
+
+pub mod cpu;
+pub mod cuda;
+mod device;
+mod error;
+pub mod kernels;
+pub mod ops;
+
+pub use device::Device;
+pub use error::{Error, Result};
+pub use half::f16;

@@ -1,0 +1,106 @@
+//! The `ampkit` command line.
+
+use ampkit::cuda::Gpu;
+use ampkit::{kernels, Device};
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(
+    name = "ampkit",
+    version,
+    about = "Mixed-precision training kernels: CUDA with a Rust host"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show the GPU (name, compute capability, memory, driver) and load every kernel module.
+    Info {
+        /// CUDA device ordinal.
+        #[arg(long, default_value_t = 0)]
+        device: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info { device } => info(device),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ampkit: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn info(ordinal: usize) -> ampkit::Result<()> {
+    println!("ampkit {}", env!("CARGO_PKG_VERSION"));
+    println!(
+        "kernels: {} module(s), PTX from {}",
+        kernels::ALL.len(),
+        kernels::PTX_ORIGIN
+    );
+    let gpu = match Gpu::new(ordinal) {
+        Ok(gpu) => gpu,
+        Err(ampkit::Error::NoCudaDevice { reason }) => {
+            println!("device: {} — no CUDA device: {reason}", Device::cpu());
+            for m in &kernels::ALL {
+                let entries = m.entry_points().count();
+                println!(
+                    "  {:<12} {:<12} {entries:>3} kernels  (not loaded: no GPU)",
+                    m.name, m.arch
+                );
+            }
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let i = gpu.info();
+    let (free, total) = gpu.memory()?;
+    let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+    println!("device: {}", Device::Cuda(gpu.clone()));
+    println!("  name:               {}", i.name);
+    println!(
+        "  compute capability: {}.{} (sm_{}{})",
+        i.compute_capability.0,
+        i.compute_capability.1,
+        i.compute_capability.0,
+        i.compute_capability.1
+    );
+    println!("  multiprocessors:    {}", i.multiprocessors);
+    println!(
+        "  memory:             {:.1} GiB total, {:.1} GiB free",
+        gib(total),
+        gib(free)
+    );
+    println!(
+        "  driver:             CUDA {}.{}",
+        i.driver_version / 1000,
+        (i.driver_version % 1000) / 10
+    );
+    println!("loaded modules:");
+    for m in &kernels::ALL {
+        let t = Instant::now();
+        gpu.load_module(m)?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        let entries: Vec<&str> = m.entry_points().collect();
+        for e in &entries {
+            gpu.function(m, e)?;
+        }
+        println!(
+            "  {:<12} {:<12} {:>3} kernels  loaded in {ms:.1} ms",
+            m.name,
+            m.arch,
+            entries.len()
+        );
+    }
+    Ok(())
+}

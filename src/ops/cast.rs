@@ -1,0 +1,150 @@
+//! f32 ↔ f16 conversion and fill on the GPU (`kernels/cast.cu`); CPU twin: [`crate::cpu::cast`].
+//!
+//! Every function takes buffers or views at any element offset and of any length, and is
+//! bit-exact with its CPU twin: f32 → f16 rounds to nearest even, overflow goes to ±inf,
+//! subnormals are produced and consumed, NaN keeps its sign and top payload bits with the quiet bit
+//! set. Work is queued on [`Gpu::stream`]; nothing here synchronises.
+
+use crate::cuda::{Gpu, KernelArgs};
+use crate::error::{same_len, Result};
+use crate::kernels;
+use crate::ops::plan::{elementwise_launch, vector_plan, Operand, VectorPlan};
+use cudarc::driver::{DevicePtr, DevicePtrMut};
+use half::f16;
+
+const CAST_WIDTHS: &[usize] = &[8, 4, 2, 1];
+const FILL32_WIDTHS: &[usize] = &[4, 2, 1];
+const FILL16_WIDTHS: &[usize] = &[8, 4, 2, 1];
+
+/// `dst[i] = f16(src[i])`, round to nearest even.
+pub fn f32_to_f16<S, D>(gpu: &Gpu, src: &S, dst: &mut D) -> Result<()>
+where
+    S: DevicePtr<f32>,
+    D: DevicePtrMut<f16>,
+{
+    const OP: &str = "cast::f32_to_f16";
+    same_len(OP, src.len(), dst.len())?;
+    let stream = gpu.stream();
+    let (src_ptr, _src_guard) = src.device_ptr(stream);
+    let (dst_ptr, _dst_guard) = dst.device_ptr_mut(stream);
+    let kernel = |w| match w {
+        8 => "cast_f32_to_f16_v8",
+        4 => "cast_f32_to_f16_v4",
+        2 => "cast_f32_to_f16_v2",
+        _ => "cast_f32_to_f16_v1",
+    };
+    launch_cast(gpu, OP, (src_ptr, 4), (dst_ptr, 2), src.len(), kernel)
+}
+
+/// `dst[i] = f32(src[i])`, exact.
+pub fn f16_to_f32<S, D>(gpu: &Gpu, src: &S, dst: &mut D) -> Result<()>
+where
+    S: DevicePtr<f16>,
+    D: DevicePtrMut<f32>,
+{
+    const OP: &str = "cast::f16_to_f32";
+    same_len(OP, src.len(), dst.len())?;
+    let stream = gpu.stream();
+    let (src_ptr, _src_guard) = src.device_ptr(stream);
+    let (dst_ptr, _dst_guard) = dst.device_ptr_mut(stream);
+    let kernel = |w| match w {
+        8 => "cast_f16_to_f32_v8",
+        4 => "cast_f16_to_f32_v4",
+        2 => "cast_f16_to_f32_v2",
+        _ => "cast_f16_to_f32_v1",
+    };
+    launch_cast(gpu, OP, (src_ptr, 2), (dst_ptr, 4), src.len(), kernel)
+}
+
+/// Sets every element of `dst` to `value` (bit pattern preserved, NaN payloads included).
+pub fn fill_f32<D: DevicePtrMut<f32>>(gpu: &Gpu, dst: &mut D, value: f32) -> Result<()> {
+    let n = dst.len();
+    let (dst_ptr, _guard) = dst.device_ptr_mut(gpu.stream());
+    let kernel = |w| match w {
+        4 => "fill_u32_v4",
+        2 => "fill_u32_v2",
+        _ => "fill_u32_v1",
+    };
+    let plan = plan_fill("cast::fill_f32", dst_ptr, 4, FILL32_WIDTHS)?;
+    launch_fill(gpu, dst_ptr, n, plan, kernel(plan.width), value.to_bits())
+}
+
+/// Sets every element of `dst` to `value` (bit pattern preserved, NaN payloads included).
+pub fn fill_f16<D: DevicePtrMut<f16>>(gpu: &Gpu, dst: &mut D, value: f16) -> Result<()> {
+    let n = dst.len();
+    let (dst_ptr, _guard) = dst.device_ptr_mut(gpu.stream());
+    let kernel = |w| match w {
+        8 => "fill_u16_v8",
+        4 => "fill_u16_v4",
+        2 => "fill_u16_v2",
+        _ => "fill_u16_v1",
+    };
+    let plan = plan_fill("cast::fill_f16", dst_ptr, 2, FILL16_WIDTHS)?;
+    launch_fill(gpu, dst_ptr, n, plan, kernel(plan.width), value.to_bits())
+}
+
+fn launch_cast(
+    gpu: &Gpu,
+    op: &'static str,
+    (src, src_bytes): (u64, usize),
+    (dst, dst_bytes): (u64, usize),
+    n: usize,
+    kernel: impl Fn(usize) -> &'static str,
+) -> Result<()> {
+    let operands = [
+        Operand {
+            addr: src,
+            elem_bytes: src_bytes,
+        },
+        Operand {
+            addr: dst,
+            elem_bytes: dst_bytes,
+        },
+    ];
+    let plan = vector_plan(op, &operands, CAST_WIDTHS)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let mut args = KernelArgs::new();
+    args.push(src).push(dst).push(n).push(plan.head);
+    let cfg = elementwise_launch(gpu, n, plan);
+    // SAFETY: cast_*(const Src*, Dst*, size_t n, size_t head) matches the four arguments; both
+    // pointers cover n elements (same_len), are element-aligned and vector-aligned after `head`
+    // (vector_plan), and their guards outlive the launch in the caller.
+    unsafe { gpu.launch(&kernels::CAST, kernel(plan.width), cfg, &args) }
+}
+
+fn plan_fill(
+    op: &'static str,
+    dst: u64,
+    elem_bytes: usize,
+    widths: &[usize],
+) -> Result<VectorPlan> {
+    vector_plan(
+        op,
+        &[Operand {
+            addr: dst,
+            elem_bytes,
+        }],
+        widths,
+    )
+}
+
+fn launch_fill<T: cudarc::driver::DeviceRepr + Copy>(
+    gpu: &Gpu,
+    dst: u64,
+    n: usize,
+    plan: VectorPlan,
+    kernel: &'static str,
+    bits: T,
+) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    let mut args = KernelArgs::new();
+    args.push(dst).push(n).push(plan.head).push(bits);
+    let cfg = elementwise_launch(gpu, n, plan);
+    // SAFETY: fill_u{32,16}_v*(T* out, size_t n, size_t head, T value) matches the arguments (T is
+    // u32 or u16 as the kernel name says); dst covers n elements, aligned per vector_plan.
+    unsafe { gpu.launch(&kernels::CAST, kernel, cfg, &args) }
+}

@@ -1,0 +1,7 @@
+//! Safe launch wrappers: each checks shapes and alignment, picks a launch configuration and
+//! launches a kernel from `kernels/`. `unsafe` in ampkit lives here and in `cuda`, nowhere else.
+//!
+//! Each module here has a CPU twin of the same name in [`crate::cpu`] computing the same function.
+
+pub mod cast;
+mod plan;

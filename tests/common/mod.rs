@@ -1,0 +1,84 @@
+//! Shared test support: GPU gating, seeded randomness, bit-exact comparison.
+#![allow(dead_code)]
+
+use ampkit::cuda::Gpu;
+use ampkit::Error;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use std::io::Write;
+use std::sync::{Arc, OnceLock};
+
+/// The GPU for a test, or `None` after printing `skipped: no CUDA device (...)`.
+///
+/// With `AMPKIT_REQUIRE_GPU=1` a missing GPU fails the test instead. Any error other than "no
+/// device" (a broken driver, a module that will not load) always fails. Launches are synchronised
+/// so a fault names its kernel.
+pub fn gpu() -> Option<Arc<Gpu>> {
+    static GPU: OnceLock<Result<Arc<Gpu>, String>> = OnceLock::new();
+    let opened = GPU.get_or_init(|| match Gpu::new(0) {
+        Ok(gpu) => {
+            gpu.set_sync_launches(true);
+            Ok(gpu)
+        }
+        Err(Error::NoCudaDevice { reason }) => Err(reason),
+        Err(e) => panic!("opening the GPU failed: {e}"),
+    });
+    match opened {
+        Ok(gpu) => Some(gpu.clone()),
+        Err(reason) if std::env::var("AMPKIT_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
+            panic!("AMPKIT_REQUIRE_GPU=1 but there is no CUDA device: {reason}")
+        }
+        Err(reason) => {
+            // Straight to the process's stderr: the test harness captures eprintln!, and a skip
+            // must be visible in a passing run.
+            let _ = writeln!(std::io::stderr(), "skipped: no CUDA device ({reason})");
+            None
+        }
+    }
+}
+
+/// A fresh random generator per test; the seed is printed so a failure can be replayed with
+/// `AMPKIT_TEST_SEED=<seed>`.
+pub fn rng(test: &str) -> StdRng {
+    let seed = std::env::var("AMPKIT_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0x5eed)
+        });
+    eprintln!("{test}: AMPKIT_TEST_SEED={seed}");
+    StdRng::seed_from_u64(seed)
+}
+
+/// Asserts two bit patterns agree everywhere, reporting the first few differences with `input`.
+pub fn assert_bits_eq<T, I>(what: &str, got: &[T], want: &[T], input: impl Fn(usize) -> I)
+where
+    T: PartialEq + std::fmt::LowerHex + Copy,
+    I: std::fmt::Debug,
+{
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let bad: Vec<usize> = (0..got.len()).filter(|&i| got[i] != want[i]).collect();
+    if !bad.is_empty() {
+        let shown: Vec<String> = bad
+            .iter()
+            .take(8)
+            .map(|&i| {
+                format!(
+                    "[{i}] input {:?}: got {:#x}, want {:#x}",
+                    input(i),
+                    got[i],
+                    want[i]
+                )
+            })
+            .collect();
+        panic!(
+            "{what}: {} of {} elements differ:\n  {}",
+            bad.len(),
+            got.len(),
+            shown.join("\n  ")
+        );
+    }
+}
