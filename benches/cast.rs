@@ -113,5 +113,28 @@ fn run(gpu: &Gpu) -> Result<()> {
             100.0 * gbs / copy_gbs
         );
     }
+
+    println!("\nvector width sweep (elements per access), GB/s:");
+    println!(
+        "{:<12} {:>8} {:>8} {:>8} {:>8}",
+        "kernel", "8", "4", "2", "1"
+    );
+    type Sweep = fn(&Gpu, &mut Buffers, usize) -> Result<()>;
+    let sweeps: [(&str, Sweep); 2] = [
+        ("f32_to_f16", |gpu, b, w| {
+            ops::cast::f32_to_f16_max_width(gpu, &b.f32_a, &mut b.f16_a, w)
+        }),
+        ("f16_to_f32", |gpu, b, w| {
+            ops::cast::f16_to_f32_max_width(gpu, &b.f16_a, &mut b.f32_b, w)
+        }),
+    ];
+    for (name, f) in sweeps {
+        let mut row = format!("{name:<12}");
+        for w in [8, 4, 2, 1] {
+            let t = timer.measure(10, 50, || f(gpu, &mut b, w))?;
+            row += &format!(" {:>8.0}", 6.0 * N as f64 / (t.median_ms * 1e-3) / 1e9);
+        }
+        println!("{row}");
+    }
     Ok(())
 }

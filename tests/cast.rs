@@ -251,3 +251,60 @@ fn a_missing_device_is_a_typed_error_everywhere() {
     assert!(note.starts_with("using "), "{note}");
     assert_eq!(device.gpu().is_some(), note.contains("cuda:"), "{note}");
 }
+
+#[test]
+fn every_vector_width_is_exact() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = rng("widths");
+    let n = 10_007;
+    let src = f32_inputs(&mut rng, n);
+    let mut want16 = vec![f16::ZERO; n];
+    cpu::cast::f32_to_f16(&src, &mut want16).unwrap();
+    let mut want32 = vec![0f32; n];
+    cpu::cast::f16_to_f32(&want16, &mut want32).unwrap();
+    let src_dev = gpu.upload(&src).unwrap();
+    let half_dev = gpu.upload(&want16).unwrap();
+    for width in [8, 4, 2, 1] {
+        for off in [0, 3] {
+            let mut out16 = gpu.upload(&vec![f16::from_bits(POISON_F16); n]).unwrap();
+            ops::cast::f32_to_f16_max_width(
+                &gpu,
+                &src_dev.slice(off..),
+                &mut out16.slice_mut(off..),
+                width,
+            )
+            .unwrap();
+            let got: Vec<u16> = gpu.download(&out16).unwrap()[off..]
+                .iter()
+                .map(|h| h.to_bits())
+                .collect();
+            let want: Vec<u16> = want16[off..].iter().map(|h| h.to_bits()).collect();
+            assert_bits_eq(
+                &format!("f32_to_f16 width {width} off {off}"),
+                &got,
+                &want,
+                |i| src[off + i],
+            );
+
+            let mut out32 = gpu.upload(&vec![f32::from_bits(POISON_F32); n]).unwrap();
+            ops::cast::f16_to_f32_max_width(
+                &gpu,
+                &half_dev.slice(off..),
+                &mut out32.slice_mut(off..),
+                width,
+            )
+            .unwrap();
+            let got: Vec<u32> = gpu.download(&out32).unwrap()[off..]
+                .iter()
+                .map(|x| x.to_bits())
+                .collect();
+            let want: Vec<u32> = want32[off..].iter().map(|x| x.to_bits()).collect();
+            assert_bits_eq(
+                &format!("f16_to_f32 width {width} off {off}"),
+                &got,
+                &want,
+                |i| want16[off + i],
+            );
+        }
+    }
+}
