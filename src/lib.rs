@@ -7,9 +7,11 @@
 //! - [`kernels`]: the PTX modules compiled from `kernels/*.cu` at build time.
 //! - [`cuda`]: device handle, stream, module cache, launch helper, event timer.
 //! - [`ops`]: safe launch wrappers; [`cpu`]: their references.
+//! - [`check`]: the tolerance harness every parity test uses.
 //! - [`Device`]: the CPU backend or a GPU, chosen by the caller or by [`Device::auto`].
 #![warn(missing_docs)]
 
+pub mod check;
 pub mod cpu;
 pub mod cuda;
 mod device;

@@ -1,6 +1,7 @@
 //! Shared test support: GPU gating, seeded randomness, bit-exact comparison.
 #![allow(dead_code)]
 
+use ampkit::check::{self, ToF64, Tolerance};
 use ampkit::cuda::Gpu;
 use ampkit::Error;
 use rand::rngs::StdRng;
@@ -81,4 +82,24 @@ where
             shown.join("\n  ")
         );
     }
+}
+
+/// Asserts `out` matches the f64 `reference` within `tol` (see [`ampkit::check::compare`]) and
+/// prints the relative error either way, so passing runs show the observed accuracy.
+pub fn assert_close<T: ToF64>(what: &str, out: &[T], reference: &[f64], tol: Tolerance) {
+    let report = check::compare(out, reference, tol);
+    eprintln!("{what}: {report}");
+    assert!(report.passed(), "{what}: {report}");
+}
+
+/// Asserts no element of `out` still holds the `poison` bit pattern.
+pub fn assert_all_written<T: bytemuck::Pod>(what: &str, out: &[T], poison: T) {
+    let missed = check::unwritten(out, poison);
+    assert!(
+        missed.is_empty(),
+        "{what}: {} of {} elements never written (first {:?})",
+        missed.len(),
+        out.len(),
+        &missed[..missed.len().min(8)]
+    );
 }
