@@ -1,1 +1,116 @@
-//! (in progress)
+//! ReLU on the CPU; the reference for the GPU's fused GEMM epilogue and its backward.
+//!
+//! Semantics (the GPU matches them exactly):
+//! - forward `relu(x) = x` for `x > 0`, NaN stays NaN (as in PyTorch), everything else (negative
+//!   numbers, `-0.0`, `-inf`) becomes `+0.0`;
+//! - backward `dx = dy` where the forward *output* `y > 0`, else `+0.0`. Using the output rather
+//!   than the pre-activation lets the forward keep only `y` (the next layer's input anyway): the
+//!   two agree everywhere except at NaN, where no gradient is meaningful.
+
+use crate::cpu::Element;
+use crate::error::{Error, Result};
+use rayon::prelude::*;
+
+/// Below this many elements the work stays on the calling thread.
+const PARALLEL_MIN: usize = 1 << 15;
+
+/// ReLU of one value (see the module doc for NaN and `-0.0`).
+#[inline]
+pub fn relu(x: f32) -> f32 {
+    if x > 0.0 || x.is_nan() {
+        x
+    } else {
+        0.0
+    }
+}
+
+/// `y[i] = relu(x[i])`, computed in f32 and rounded to `T` (exact for f16, f32 and f64 inputs).
+pub fn forward<T: Element>(x: &[T], y: &mut [T]) -> Result<()> {
+    same_len("cpu::relu::forward", &[("x", x.len()), ("y", y.len())])?;
+    zip_map(y, x, x, |v, _| {
+        if v.to_f64() > 0.0 || v.to_f64().is_nan() {
+            v
+        } else {
+            T::from_f32(0.0)
+        }
+    });
+    Ok(())
+}
+
+/// `dx[i] = dy[i]` where the forward output `y[i] > 0`, else `+0.0`.
+pub fn backward<T: Element>(dy: &[T], y: &[T], dx: &mut [T]) -> Result<()> {
+    same_len(
+        "cpu::relu::backward",
+        &[("dy", dy.len()), ("y", y.len()), ("dx", dx.len())],
+    )?;
+    zip_map(dx, dy, y, |g, out| {
+        if out.to_f64() > 0.0 {
+            g
+        } else {
+            T::from_f32(0.0)
+        }
+    });
+    Ok(())
+}
+
+fn zip_map<T: Element>(dst: &mut [T], a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) {
+    if dst.len() < PARALLEL_MIN {
+        for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
+            *d = f(x, y);
+        }
+    } else {
+        dst.par_iter_mut()
+            .zip(a.par_iter().zip(b.par_iter()))
+            .for_each(|(d, (&x, &y))| *d = f(x, y));
+    }
+}
+
+fn same_len(op: &'static str, lens: &[(&str, usize)]) -> Result<()> {
+    let (first, n) = lens[0];
+    match lens.iter().find(|(_, len)| *len != n) {
+        None => Ok(()),
+        Some((name, len)) => Err(Error::ShapeMismatch {
+            op,
+            detail: format!("{first} has {n} elements but {name} has {len}"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::f16;
+
+    #[test]
+    fn scalar_semantics() {
+        assert_eq!(relu(2.5), 2.5);
+        assert_eq!(relu(-2.5).to_bits(), 0);
+        assert_eq!(relu(-0.0).to_bits(), 0, "-0.0 becomes +0.0");
+        assert_eq!(relu(f32::NEG_INFINITY), 0.0);
+        assert!(relu(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn forward_and_backward_on_f16() {
+        let x: Vec<f16> = [1.0f32, -1.0, -0.0, 65504.0, f32::NAN]
+            .iter()
+            .map(|&v| f16::from_f32(v))
+            .collect();
+        let mut y = vec![f16::ZERO; 5];
+        forward(&x, &mut y).unwrap();
+        let bits: Vec<u16> = y.iter().map(|v| v.to_bits()).collect();
+        assert_eq!(&bits[..4], &[0x3C00, 0, 0, 0x7BFF]);
+        assert!(y[4].is_nan());
+        let dy = vec![f16::from_f32(3.0); 5];
+        let mut dx = vec![f16::ONE; 5];
+        backward(&dy, &y, &mut dx).unwrap();
+        let bits: Vec<u16> = dx.iter().map(|v| v.to_bits()).collect();
+        assert_eq!(bits, [0x4200, 0, 0, 0x4200, 0]);
+    }
+
+    #[test]
+    fn length_mismatch_names_the_operand() {
+        let e = backward(&[1.0f32; 3], &[1.0; 3], &mut [0.0; 2]).unwrap_err();
+        assert!(e.to_string().contains("dx has 2"), "{e}");
+    }
+}
