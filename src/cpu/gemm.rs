@@ -39,6 +39,26 @@ pub enum Layout {
     Wgrad,
 }
 
+/// The problem size: which layout, and `C[m, n]` contracted over `k`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GemmShape {
+    /// Which operand layout (see the module doc).
+    pub layout: Layout,
+    /// Rows of C.
+    pub m: usize,
+    /// Columns of C.
+    pub n: usize,
+    /// The contracted dimension.
+    pub k: usize,
+}
+
+impl GemmShape {
+    /// A `layout` product giving `C[m, n]`, contracted over `k`.
+    pub fn new(layout: Layout, m: usize, n: usize, k: usize) -> Self {
+        GemmShape { layout, m, n, k }
+    }
+}
+
 /// What happens to the product before it is stored; see the module doc for the order.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Epilogue<'a> {
@@ -93,10 +113,7 @@ impl<'a> Epilogue<'a> {
 /// imply, or the bias does not have `n` elements. Zero-sized dimensions are allowed (`k = 0` gives
 /// `epilogue(0)`).
 pub fn gemm<A: Element, C: Element>(
-    layout: Layout,
-    m: usize,
-    n: usize,
-    k: usize,
+    shape: GemmShape,
     a: &[A],
     b: &[A],
     epilogue: &Epilogue,
@@ -104,15 +121,11 @@ pub fn gemm<A: Element, C: Element>(
 ) -> Result<()> {
     check_shapes(
         "cpu::gemm::gemm",
-        layout,
-        m,
-        n,
-        k,
-        a.len(),
-        b.len(),
-        c.len(),
+        shape,
+        [a.len(), b.len(), c.len()],
         epilogue,
     )?;
+    let GemmShape { layout, m, n, k } = shape;
     let a32 = widen_f32(a);
     let b32 = widen_f32(b);
     let acc = product::<f32>(layout, m, n, k, &a32, &b32);
@@ -134,10 +147,7 @@ pub fn gemm<A: Element, C: Element>(
 /// [`gemm`] entirely in f64 (operands, accumulation, epilogue, output): the high-precision
 /// reference, and the function gradient checks differentiate.
 pub fn gemm_f64(
-    layout: Layout,
-    m: usize,
-    n: usize,
-    k: usize,
+    shape: GemmShape,
     a: &[f64],
     b: &[f64],
     epilogue: &Epilogue,
@@ -145,15 +155,11 @@ pub fn gemm_f64(
 ) -> Result<()> {
     check_shapes(
         "cpu::gemm::gemm_f64",
-        layout,
-        m,
-        n,
-        k,
-        a.len(),
-        b.len(),
-        c.len(),
+        shape,
+        [a.len(), b.len(), c.len()],
         epilogue,
     )?;
+    let GemmShape { layout, m, n, k } = shape;
     let acc = product::<f64>(layout, m, n, k, a, b);
     let bias = epilogue.bias;
     let (alpha, beta) = (f64::from(epilogue.alpha), f64::from(epilogue.beta));
@@ -224,16 +230,10 @@ fn logical_strides(layout: Layout, m: usize, n: usize, k: usize) -> [(isize, isi
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn check_shapes(
     op: &'static str,
-    layout: Layout,
-    m: usize,
-    n: usize,
-    k: usize,
-    a_len: usize,
-    b_len: usize,
-    c_len: usize,
+    GemmShape { layout, m, n, k }: GemmShape,
+    [a_len, b_len, c_len]: [usize; 3],
     epilogue: &Epilogue,
 ) -> Result<()> {
     let [(ar, ac), (br, bc)] = stored_shapes(layout, m, n, k);
@@ -387,11 +387,32 @@ mod tests {
         let x = [1.0, 2.0, 3.0, 4.0];
         let w = [5.0, 6.0, 7.0, 8.0];
         let mut y = [0.0; 4];
-        gemm_f64(Layout::Forward, 2, 2, 2, &x, &w, &Epilogue::plain(), &mut y).unwrap();
+        gemm_f64(
+            GemmShape::new(Layout::Forward, 2, 2, 2),
+            &x,
+            &w,
+            &Epilogue::plain(),
+            &mut y,
+        )
+        .unwrap();
         assert_eq!(y, [17.0, 23.0, 39.0, 53.0]); // X·Wᵀ
-        gemm_f64(Layout::Dgrad, 2, 2, 2, &x, &w, &Epilogue::plain(), &mut y).unwrap();
+        gemm_f64(
+            GemmShape::new(Layout::Dgrad, 2, 2, 2),
+            &x,
+            &w,
+            &Epilogue::plain(),
+            &mut y,
+        )
+        .unwrap();
         assert_eq!(y, [19.0, 22.0, 43.0, 50.0]); // X·W
-        gemm_f64(Layout::Wgrad, 2, 2, 2, &x, &w, &Epilogue::plain(), &mut y).unwrap();
+        gemm_f64(
+            GemmShape::new(Layout::Wgrad, 2, 2, 2),
+            &x,
+            &w,
+            &Epilogue::plain(),
+            &mut y,
+        )
+        .unwrap();
         assert_eq!(y, [26.0, 30.0, 38.0, 44.0]); // Xᵀ·W
     }
 
@@ -407,10 +428,7 @@ mod tests {
         let mut c = [1.0f32, 1.0];
         // A = [[1]], B = [[3],[4]] (Forward: [n=2, k=1]) → acc = [3, 4].
         gemm(
-            Layout::Forward,
-            1,
-            2,
-            1,
+            GemmShape::new(Layout::Forward, 1, 2, 1),
             &[1.0f32],
             &[3.0, 4.0],
             &epi,
@@ -423,10 +441,7 @@ mod tests {
     #[test]
     fn shape_errors_name_the_operand() {
         let e = gemm(
-            Layout::Dgrad,
-            2,
-            3,
-            4,
+            GemmShape::new(Layout::Dgrad, 2, 3, 4),
             &[0f32; 8],
             &[0f32; 11],
             &Epilogue::plain(),
@@ -440,10 +455,7 @@ mod tests {
         );
         let bias = [0f32; 2];
         let e = gemm(
-            Layout::Forward,
-            2,
-            3,
-            4,
+            GemmShape::new(Layout::Forward, 2, 3, 4),
             &[0f32; 8],
             &[0f32; 12],
             &Epilogue::bias(&bias, false),
