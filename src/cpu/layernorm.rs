@@ -1,1 +1,276 @@
-//! (in progress)
+//! LayerNorm over the last dimension on the CPU; reference for the GPU layernorm kernels.
+//!
+//! Layout: `x`, `y`, `dy`, `dx` are row-major `[rows, cols]`; `gamma`, `beta`, `dgamma`, `dbeta`
+//! hold `cols` elements; `mean` and `rstd` hold one value per row. Every function is generic over
+//! the float type `T` (f32 in training, f64 as the gradient-check reference) and does all of its
+//! arithmetic in `T`.
+//!
+//! # Forward (PyTorch `nn.LayerNorm(cols, eps)` with an affine transform)
+//!
+//! For each row, with `n = cols`:
+//! - `mean = (Σⱼ xⱼ) / n`
+//! - `var  = (Σⱼ (xⱼ − mean)²) / n` — biased, and two-pass (the deviations are taken from the
+//!   mean computed first; never `E[x²] − mean²`, which cancels catastrophically)
+//! - `rstd = 1 / sqrt(var + eps)`
+//! - `yⱼ = ((xⱼ − mean) · rstd) · gammaⱼ + betaⱼ`, evaluated in that order, no fused multiply-add
+//!
+//! `mean` and `rstd` are saved for the backward pass. A constant row has `var = 0`, so `y = beta`
+//! exactly (up to the sign of zero). Non-finite inputs propagate: a NaN or ±inf in a row makes
+//! that row's `mean`/`rstd` non-finite and every `y` of the row NaN; nothing is clamped.
+//!
+//! # Backward
+//!
+//! With `x̂ⱼ = (xⱼ − mean) · rstd` recomputed from the saved statistics and `gⱼ = dyⱼ · gammaⱼ`:
+//! - `dxⱼ = rstd · (gⱼ − mean(g) − x̂ⱼ · mean(g · x̂))`, the means taken over the row
+//! - `dgammaⱼ = Σ_rows dyⱼ · x̂ⱼ` and `dbetaⱼ = Σ_rows dyⱼ`
+//!
+//! `dgamma` and `dbeta` are **overwritten**, not accumulated into: a caller that needs
+//! accumulation (gradient accumulation over micro-batches) adds them to its own buffers.
+//!
+//! # Summation order
+//!
+//! Row sums run left to right in `T`. The column sums for `dgamma`/`dbeta` are deterministic: rows
+//! are cut into consecutive blocks whose size depends only on `rows` (never on the thread count),
+//! each block sums its rows in order, and the block partials are added in block order. A run gives
+//! the same bits on 1 thread or 64. A GPU kernel reduces in a different order, so it matches these
+//! results to a tolerance, not bit for bit.
+//!
+//! # Accepted arguments
+//!
+//! `cols ≥ 1` (a zero-width row has no mean); `rows = 0` is an empty batch (the backward then
+//! writes zeros to `dgamma` and `dbeta`). `eps` must be finite and `> 0`, since `eps = 0` turns a
+//! constant row into `0 · inf = NaN`. Every slice length is checked before anything is written:
+//! a wrong length is [`Error::ShapeMismatch`], a bad `cols` or `eps` is
+//! [`Error::InvalidArgument`].
+
+use crate::error::{Error, Result};
+use num_traits::{Float, NumCast};
+use rayon::prelude::*;
+
+/// Below this many elements the work stays on the calling thread (rayon's split costs more).
+const PARALLEL_MIN: usize = 1 << 15;
+
+/// Smallest row block for the `dgamma`/`dbeta` partial sums: big enough that a block's work
+/// outweighs the cost of its partial buffer.
+const MIN_BLOCK_ROWS: usize = 16;
+
+/// Most row blocks: bounds the partial buffers at `2 · cols · MAX_BLOCKS` elements however many
+/// rows there are, while leaving far more blocks than threads.
+const MAX_BLOCKS: usize = 256;
+
+/// Normalises each row of `x` (`[rows, cols]`, row-major) and applies `gamma`/`beta`; saves the
+/// row `mean` and `rstd = 1/sqrt(var + eps)` for [`backward`].
+///
+/// Semantics, accepted arguments and errors are in the [module docs](self).
+#[allow(clippy::too_many_arguments)] // mirrors the GPU op's argument list one for one
+pub fn forward<T: Float + Send + Sync>(
+    x: &[T],
+    rows: usize,
+    cols: usize,
+    gamma: &[T],
+    beta: &[T],
+    eps: T,
+    y: &mut [T],
+    mean: &mut [T],
+    rstd: &mut [T],
+) -> Result<()> {
+    const OP: &str = "cpu::layernorm::forward";
+    let len = shape(OP, rows, cols)?;
+    if !(eps > T::zero() && eps.is_finite()) {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            detail: format!(
+                "eps is {}; it must be finite and > 0 (PyTorch's default is 1e-5)",
+                eps.to_f64().unwrap_or(f64::NAN)
+            ),
+        });
+    }
+    let by_rows = format!("rows·cols = {rows}·{cols} = {len}");
+    check_len(OP, "x", x.len(), len, &by_rows)?;
+    check_len(OP, "y", y.len(), len, &by_rows)?;
+    check_len(OP, "gamma", gamma.len(), cols, "cols")?;
+    check_len(OP, "beta", beta.len(), cols, "cols")?;
+    check_len(OP, "mean", mean.len(), rows, "rows")?;
+    check_len(OP, "rstd", rstd.len(), rows, "rows")?;
+    let n = count::<T>(OP, cols)?;
+
+    let row = |((y, x), (m, r)): RowArgs<'_, T>| {
+        (*m, *r) = forward_row(x, gamma, beta, eps, n, y);
+    };
+    if len < PARALLEL_MIN {
+        y.chunks_mut(cols)
+            .zip(x.chunks(cols))
+            .zip(mean.iter_mut().zip(rstd.iter_mut()))
+            .for_each(row);
+    } else {
+        y.par_chunks_mut(cols)
+            .zip(x.par_chunks(cols))
+            .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
+            .for_each(row);
+    }
+    Ok(())
+}
+
+/// Gradients of [`forward`]: writes `dx` (`[rows, cols]`) and **overwrites** `dgamma` and `dbeta`
+/// (`cols` each) with the sums over all rows, from the upstream gradient `dy` and the `mean` and
+/// `rstd` that [`forward`] saved for this `x`.
+///
+/// The `dgamma`/`dbeta` column sums are bitwise reproducible for any thread count. Semantics,
+/// accepted arguments and errors are in the [module docs](self).
+#[allow(clippy::too_many_arguments)] // mirrors the GPU op's argument list one for one
+pub fn backward<T: Float + Send + Sync>(
+    dy: &[T],
+    x: &[T],
+    mean: &[T],
+    rstd: &[T],
+    gamma: &[T],
+    rows: usize,
+    cols: usize,
+    dx: &mut [T],
+    dgamma: &mut [T],
+    dbeta: &mut [T],
+) -> Result<()> {
+    const OP: &str = "cpu::layernorm::backward";
+    let len = shape(OP, rows, cols)?;
+    let by_rows = format!("rows·cols = {rows}·{cols} = {len}");
+    check_len(OP, "dy", dy.len(), len, &by_rows)?;
+    check_len(OP, "x", x.len(), len, &by_rows)?;
+    check_len(OP, "dx", dx.len(), len, &by_rows)?;
+    check_len(OP, "mean", mean.len(), rows, "rows")?;
+    check_len(OP, "rstd", rstd.len(), rows, "rows")?;
+    check_len(OP, "gamma", gamma.len(), cols, "cols")?;
+    check_len(OP, "dgamma", dgamma.len(), cols, "cols")?;
+    check_len(OP, "dbeta", dbeta.len(), cols, "cols")?;
+    let n = count::<T>(OP, cols)?;
+
+    // Depends on `rows` alone, so the block partition, and with it every rounding in the column
+    // sums, is the same whatever the thread count.
+    let block_rows = rows.div_ceil(MAX_BLOCKS).max(MIN_BLOCK_ROWS);
+    let block_len = block_rows * cols;
+    let block = |(((dx, x), dy), (mean, rstd)): BlockArgs<'_, T>| {
+        backward_block(dy, x, mean, rstd, gamma, n, dx)
+    };
+    let partials: Vec<Vec<T>> = if len < PARALLEL_MIN {
+        dx.chunks_mut(block_len)
+            .zip(x.chunks(block_len))
+            .zip(dy.chunks(block_len))
+            .zip(mean.chunks(block_rows).zip(rstd.chunks(block_rows)))
+            .map(block)
+            .collect()
+    } else {
+        // An indexed collect keeps the blocks in order, whichever thread finished first.
+        dx.par_chunks_mut(block_len)
+            .zip(x.par_chunks(block_len))
+            .zip(dy.par_chunks(block_len))
+            .zip(mean.par_chunks(block_rows).zip(rstd.par_chunks(block_rows)))
+            .map(block)
+            .collect()
+    };
+
+    dgamma.fill(T::zero());
+    dbeta.fill(T::zero());
+    let mut blocks = partials.iter();
+    if let Some(first) = blocks.next() {
+        // Copied rather than added to zero so a column of −0.0 sums keeps its sign.
+        dgamma.copy_from_slice(&first[..cols]);
+        dbeta.copy_from_slice(&first[cols..]);
+    }
+    for p in blocks {
+        for (d, &v) in dgamma.iter_mut().zip(&p[..cols]) {
+            *d = *d + v;
+        }
+        for (d, &v) in dbeta.iter_mut().zip(&p[cols..]) {
+            *d = *d + v;
+        }
+    }
+    Ok(())
+}
+
+/// One row for [`forward`]: `(y, x), (mean, rstd)`.
+type RowArgs<'a, T> = ((&'a mut [T], &'a [T]), (&'a mut T, &'a mut T));
+
+/// One block of rows for [`backward`]: `((dx, x), dy), (mean, rstd)`.
+type BlockArgs<'a, T> = (((&'a mut [T], &'a [T]), &'a [T]), (&'a [T], &'a [T]));
+
+/// Normalises one row into `y`; returns `(mean, rstd)`.
+fn forward_row<T: Float>(x: &[T], gamma: &[T], beta: &[T], eps: T, n: T, y: &mut [T]) -> (T, T) {
+    let mean = x.iter().fold(T::zero(), |s, &v| s + v) / n;
+    let var = x.iter().fold(T::zero(), |s, &v| {
+        let d = v - mean;
+        s + d * d
+    }) / n;
+    let rstd = (var + eps).sqrt().recip();
+    for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
+        *y = (x - mean) * rstd * g + b;
+    }
+    (mean, rstd)
+}
+
+/// `dx` for a block of rows; returns the block's column sums, `[Σ dy·x̂ (cols), Σ dy (cols)]`,
+/// accumulated over its rows in order.
+fn backward_block<T: Float>(
+    dy: &[T],
+    x: &[T],
+    mean: &[T],
+    rstd: &[T],
+    gamma: &[T],
+    n: T,
+    dx: &mut [T],
+) -> Vec<T> {
+    let cols = gamma.len();
+    let mut partial = vec![T::zero(); 2 * cols];
+    let (pg, pb) = partial.split_at_mut(cols);
+    let rows = dx.chunks_mut(cols).zip(x.chunks(cols)).zip(dy.chunks(cols));
+    for (r, ((dx, x), dy)) in rows.enumerate() {
+        let (mu, rs) = (mean[r], rstd[r]);
+        let (mut sum_g, mut sum_gx) = (T::zero(), T::zero());
+        for j in 0..cols {
+            let xhat = (x[j] - mu) * rs;
+            let g = dy[j] * gamma[j];
+            sum_g = sum_g + g;
+            sum_gx = sum_gx + g * xhat;
+            pg[j] = pg[j] + dy[j] * xhat;
+            pb[j] = pb[j] + dy[j];
+        }
+        let (mean_g, mean_gx) = (sum_g / n, sum_gx / n);
+        for j in 0..cols {
+            let xhat = (x[j] - mu) * rs;
+            dx[j] = rs * (dy[j] * gamma[j] - mean_g - xhat * mean_gx);
+        }
+    }
+    partial
+}
+
+/// `rows · cols`, after checking `cols ≥ 1` and that the product fits in `usize`.
+fn shape(op: &'static str, rows: usize, cols: usize) -> Result<usize> {
+    if cols == 0 {
+        return Err(Error::InvalidArgument {
+            op,
+            detail: "cols is 0; layernorm needs cols ≥ 1 (a zero-width row has no mean)".into(),
+        });
+    }
+    rows.checked_mul(cols)
+        .ok_or_else(|| Error::InvalidArgument {
+            op,
+            detail: format!("rows·cols = {rows}·{cols} overflows usize"),
+        })
+}
+
+/// Fails with [`Error::ShapeMismatch`] unless `name` has `want` elements (`how` says why).
+fn check_len(op: &'static str, name: &str, got: usize, want: usize, how: &str) -> Result<()> {
+    if got != want {
+        return Err(Error::ShapeMismatch {
+            op,
+            detail: format!("{name} has {got} elements, expected {how} = {want}"),
+        });
+    }
+    Ok(())
+}
+
+/// `cols` as `T`, the divisor of the row means.
+fn count<T: Float>(op: &'static str, cols: usize) -> Result<T> {
+    <T as NumCast>::from(cols).ok_or_else(|| Error::InvalidArgument {
+        op,
+        detail: format!("cols = {cols} is not representable in the float type"),
+    })
+}

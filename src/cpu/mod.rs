@@ -39,8 +39,28 @@ impl Element for f16 {
         f16::to_f64(self)
     }
     fn from_f64(x: f64) -> Self {
-        f16::from_f64(x)
+        // half's f16::from_f64 goes through f32 with round-to-nearest twice, which can round a
+        // value just above an f16 tie down to the tie and then to even. Rounding to f32 *to odd*
+        // first keeps the information a second rounding needs (f32 has 13 more bits than f16).
+        f16::from_f32(f32_round_to_odd(x))
     }
+}
+
+/// `x` rounded to f32 by round-to-odd: exact values stay, inexact ones take whichever neighbour
+/// has an odd significand. A following round-to-nearest to any format at least two bits
+/// narrower then equals a single rounding of `x`.
+fn f32_round_to_odd(x: f64) -> f32 {
+    let r = x as f32;
+    if !r.is_finite() || f64::from(r) == x || r.to_bits() & 1 == 1 {
+        return r;
+    }
+    // r is even and inexact: its neighbour on x's side is odd.
+    let away_from_zero = f64::from(r).abs() < x.abs();
+    f32::from_bits(if away_from_zero {
+        r.to_bits() + 1
+    } else {
+        r.to_bits() - 1
+    })
 }
 
 impl Element for f32 {
@@ -70,5 +90,61 @@ impl Element for f64 {
     }
     fn from_f64(x: f64) -> Self {
         x
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_from_f64_rounds_once() {
+        // Just above the tie between 1 and 1 + 2^-10: must round up, not to the even 1.
+        let x = 1.0 + 2f64.powi(-11) + 2f64.powi(-30);
+        assert_eq!(<f16 as Element>::from_f64(x).to_bits(), 0x3C01);
+        assert_eq!(<f16 as Element>::from_f64(-x).to_bits(), 0xBC01);
+        // An exact tie still goes to even, and exact values are untouched.
+        assert_eq!(
+            <f16 as Element>::from_f64(1.0 + 2f64.powi(-11)).to_bits(),
+            0x3C00
+        );
+        assert_eq!(<f16 as Element>::from_f64(65504.0).to_bits(), 0x7BFF);
+        assert_eq!(<f16 as Element>::from_f64(1e300), f16::INFINITY);
+        assert!(<f16 as Element>::from_f64(f64::NAN).is_nan());
+        // Below the smallest subnormal's half: +0; just above it: the smallest subnormal.
+        assert_eq!(<f16 as Element>::from_f64(2f64.powi(-25)).to_bits(), 0);
+        assert_eq!(
+            <f16 as Element>::from_f64(2f64.powi(-25) + 2f64.powi(-60)).to_bits(),
+            1
+        );
+    }
+
+    #[test]
+    fn f16_from_f64_matches_exact_rounding_on_random_values() {
+        // No f16 neighbour of the result may be nearer to x (ties: the result is even). Distances
+        // are exact in f64 for these magnitudes. Exponents span f16's subnormals to 1.
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..200_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let x =
+                f64::from_bits((state & 0x800F_FFFF_FFFF_FFFF) | (0x3F0u64 + (state >> 60)) << 52);
+            let got = <f16 as Element>::from_f64(x);
+            let lo = f16::from_f32(x as f32);
+            for cand in [
+                f16::from_bits(lo.to_bits().wrapping_sub(1)),
+                f16::from_bits(lo.to_bits() + 1),
+            ] {
+                if cand == got {
+                    continue;
+                }
+                let (d_got, d_cand) = ((got.to_f64() - x).abs(), (cand.to_f64() - x).abs());
+                assert!(
+                    d_got < d_cand || (d_got == d_cand && got.to_bits() & 1 == 0),
+                    "{x:e}: got {got:?}, but {cand:?} is nearer"
+                );
+            }
+        }
     }
 }

@@ -1,0 +1,613 @@
+//! CPU LayerNorm: finite-difference gradient checks in f64, f32 against independent f64 formulas,
+//! property tests over shapes, determinism of the column sums, edge inputs and argument checks.
+//!
+//! Errors are measured against a scale per element: the sum of the magnitudes of the terms that
+//! produce it (a standard rounding-error bound is `γₙ · Σ|terms|`). LayerNorm's outputs cancel:
+//! `dx = rstd·(g − mean(g) − x̂·mean(g·x̂))` can be 1e-6 of its terms, and for cols = 2 always
+//! nearly is, so an error relative to the result itself would measure the cancellation, not the
+//! code.
+
+mod common;
+
+use ampkit::check::{compare, numerical_gradient, ToF64, Tolerance};
+use ampkit::cpu::layernorm::{backward, forward};
+use ampkit::Error;
+use common::{assert_all_written, assert_close, rng};
+use num_traits::Float;
+use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const EPS: f64 = 1e-5;
+
+fn poison() -> f32 {
+    f32::from_bits(0xDEAD_BEEF)
+}
+
+/// Inputs for one problem: rows with their own offset and spread (so the two-pass variance and
+/// the mean subtraction matter), gamma around 1, beta around 0, an upstream gradient.
+struct Case {
+    rows: usize,
+    cols: usize,
+    x: Vec<f32>,
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    dy: Vec<f32>,
+}
+
+fn case(rng: &mut StdRng, rows: usize, cols: usize) -> Case {
+    let mut x = Vec::with_capacity(rows * cols);
+    for _ in 0..rows {
+        let (offset, spread) = (rng.gen_range(-4.0..4.0f32), rng.gen_range(0.5..2.0f32));
+        x.extend((0..cols).map(|_| offset + spread * rng.gen_range(-1.7..1.7f32)));
+    }
+    let gamma = (0..cols).map(|_| rng.gen_range(0.5..1.5f32)).collect();
+    let beta = (0..cols).map(|_| rng.gen_range(-0.5..0.5f32)).collect();
+    let dy = (0..rows * cols)
+        .map(|_| rng.gen_range(-1.0..1.0f32))
+        .collect();
+    Case {
+        rows,
+        cols,
+        x,
+        gamma,
+        beta,
+        dy,
+    }
+}
+
+fn wide(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&v| f64::from(v)).collect()
+}
+
+/// Everything the library computes for one case.
+struct Out<T> {
+    y: Vec<T>,
+    mean: Vec<T>,
+    rstd: Vec<T>,
+    dx: Vec<T>,
+    dgamma: Vec<T>,
+    dbeta: Vec<T>,
+}
+
+/// Runs the library's forward and backward in `T`, outputs pre-filled with `fill`.
+fn run<T: Float + Send + Sync>(c: &Case, fill: T) -> Out<T> {
+    let t = |v: &[f32]| -> Vec<T> { v.iter().map(|&v| T::from(v).unwrap()).collect() };
+    let (x, gamma, beta, dy) = (t(&c.x), t(&c.gamma), t(&c.beta), t(&c.dy));
+    let (rows, cols, len) = (c.rows, c.cols, c.rows * c.cols);
+    let eps = T::from(EPS).unwrap();
+    let mut o = Out {
+        y: vec![fill; len],
+        mean: vec![fill; rows],
+        rstd: vec![fill; rows],
+        dx: vec![fill; len],
+        dgamma: vec![fill; cols],
+        dbeta: vec![fill; cols],
+    };
+    forward(
+        &x,
+        rows,
+        cols,
+        &gamma,
+        &beta,
+        eps,
+        &mut o.y,
+        &mut o.mean,
+        &mut o.rstd,
+    )
+    .unwrap();
+    backward(
+        &dy,
+        &x,
+        &o.mean,
+        &o.rstd,
+        &gamma,
+        rows,
+        cols,
+        &mut o.dx,
+        &mut o.dgamma,
+        &mut o.dbeta,
+    )
+    .unwrap();
+    o
+}
+
+/// Textbook LayerNorm and its gradients in f64, independent of the library, each with its error
+/// scale.
+struct Naive {
+    y: Vec<f64>,
+    mean: Vec<f64>,
+    rstd: Vec<f64>,
+    dx: Vec<f64>,
+    dgamma: Vec<f64>,
+    dbeta: Vec<f64>,
+    y_scale: Vec<f64>,
+    mean_scale: Vec<f64>,
+    dx_scale: Vec<f64>,
+    dgamma_scale: Vec<f64>,
+    dbeta_scale: Vec<f64>,
+}
+
+/// Welford's one-pass mean and variance (other roundings than the library's two-pass sums),
+/// `y = gamma·(x − mean)/sqrt(var + eps) + beta`, and the backward through the explicit Jacobian
+/// `∂x̂ₖ/∂xⱼ = rstd·(δₖⱼ − 1/n − x̂ₖx̂ⱼ/n)`, O(cols²) per row.
+fn naive(c: &Case) -> Naive {
+    let cols = c.cols;
+    let n = cols as f64;
+    let (x, gamma, beta, dy) = (wide(&c.x), wide(&c.gamma), wide(&c.beta), wide(&c.dy));
+    let mut r = Naive {
+        y: vec![],
+        mean: vec![],
+        rstd: vec![],
+        dx: vec![],
+        dgamma: vec![0.0; cols],
+        dbeta: vec![0.0; cols],
+        y_scale: vec![],
+        mean_scale: vec![],
+        dx_scale: vec![],
+        dgamma_scale: vec![0.0; cols],
+        dbeta_scale: vec![0.0; cols],
+    };
+    for (row, dy) in x.chunks(cols).zip(dy.chunks(cols)) {
+        let (mut mean, mut m2) = (0.0, 0.0);
+        for (k, &v) in row.iter().enumerate() {
+            let delta = v - mean;
+            mean += delta / (k + 1) as f64;
+            m2 += delta * (v - mean);
+        }
+        let sd = (m2 / n + EPS).sqrt();
+        let rstd = 1.0 / sd;
+        r.mean.push(mean);
+        r.rstd.push(rstd);
+        r.mean_scale
+            .push(row.iter().map(|v| v.abs()).sum::<f64>() / n);
+
+        let xhat: Vec<f64> = row.iter().map(|v| (v - mean) / sd).collect();
+        let g_abs = (0..cols).map(|k| (dy[k] * gamma[k]).abs()).sum::<f64>() / n;
+        let gx_abs = (0..cols)
+            .map(|k| (dy[k] * gamma[k] * xhat[k]).abs())
+            .sum::<f64>()
+            / n;
+        for j in 0..cols {
+            r.y.push(gamma[j] * (row[j] - mean) / sd + beta[j]);
+            let jac = |k: usize| rstd * (f64::from(k == j) - 1.0 / n - xhat[k] * xhat[j] / n);
+            r.dx.push((0..cols).map(|k| dy[k] * gamma[k] * jac(k)).sum());
+            r.dgamma[j] += dy[j] * xhat[j];
+            r.dbeta[j] += dy[j];
+            // x̂ carries the rounding of `x − mean`, which is relative to |mean|, not |x − mean|.
+            let xhat_terms = xhat[j].abs() + mean.abs() * rstd;
+            r.y_scale.push(gamma[j].abs() * xhat_terms + beta[j].abs());
+            r.dx_scale
+                .push(rstd * ((dy[j] * gamma[j]).abs() + g_abs + xhat_terms * gx_abs));
+            r.dgamma_scale[j] += dy[j].abs() * xhat_terms;
+            r.dbeta_scale[j] += dy[j].abs();
+        }
+    }
+    r
+}
+
+/// Asserts `|got − want| ≤ limit · scale` elementwise, through [`assert_close`] on the rescaled
+/// values, so the report shows the worst error in units of its scale.
+fn assert_scaled<T: ToF64>(what: &str, got: &[T], want: &[f64], scale: &[f64], limit: f64) {
+    assert_eq!(got.len(), scale.len(), "{what}: scale length");
+    let unit = |v: f64, s: f64| if s > 0.0 { v / s } else { v };
+    let got: Vec<f64> = got
+        .iter()
+        .zip(scale)
+        .map(|(g, &s)| unit(g.to_f64(), s))
+        .collect();
+    let want: Vec<f64> = want.iter().zip(scale).map(|(&w, &s)| unit(w, s)).collect();
+    assert_close(
+        what,
+        &got,
+        &want,
+        Tolerance::new(limit, 0.0).with_rel_l2(f64::INFINITY),
+    );
+}
+
+/// Checks every output against the naive reference: forward outputs to `fwd`, gradients to `bwd`,
+/// in units of their scales (rstd's scale is rstd itself: nothing in it cancels).
+fn assert_matches<T: ToF64>(what: &str, o: &Out<T>, r: &Naive, fwd: f64, bwd: f64) {
+    for (name, got, want, scale, limit) in [
+        ("y", &o.y, &r.y, &r.y_scale, fwd),
+        ("mean", &o.mean, &r.mean, &r.mean_scale, fwd),
+        ("rstd", &o.rstd, &r.rstd, &r.rstd, fwd),
+        ("dx", &o.dx, &r.dx, &r.dx_scale, bwd),
+        ("dgamma", &o.dgamma, &r.dgamma, &r.dgamma_scale, bwd),
+        ("dbeta", &o.dbeta, &r.dbeta, &r.dbeta_scale, bwd),
+    ] {
+        assert_scaled(&format!("{what} {name}"), got, want, scale, limit);
+    }
+}
+
+/// Forward in f64 through the library, `y` only (for finite differences).
+fn forward_y(x: &[f64], rows: usize, cols: usize, gamma: &[f64], beta: &[f64]) -> Vec<f64> {
+    let (mut y, mut mean, mut rstd) = (vec![0.0; x.len()], vec![0.0; rows], vec![0.0; rows]);
+    forward(
+        x, rows, cols, gamma, beta, EPS, &mut y, &mut mean, &mut rstd,
+    )
+    .unwrap();
+    y
+}
+
+/// `Σ aᵢbᵢ` with Neumaier's compensated summation. A plain sum of n terms would add rounding noise
+/// of ~√n·ε·|partial sums| to each loss evaluation, which central differences divide by 2h: for
+/// 2·784 terms that alone is ~1e-8 in the numerical gradient.
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let (mut sum, mut carry) = (0.0f64, 0.0f64);
+    for (a, b) in a.iter().zip(b) {
+        let t = a * b;
+        let s = sum + t;
+        carry += if sum.abs() >= t.abs() {
+            (sum - s) + t
+        } else {
+            (t - s) + sum
+        };
+        sum = s;
+    }
+    sum + carry
+}
+
+/// A case whose rows all have a standard deviation in [0.5, 2]. Central differences of a row
+/// with variance near 0 (two nearly equal entries in a row of 2) are dominated by truncation error
+/// ∝ (step·rstd)², which says nothing about the backward; the f32 tests keep such rows.
+fn fd_case(rng: &mut StdRng, rows: usize, cols: usize) -> Case {
+    let mut c = case(rng, rows, cols);
+    for row in c.x.chunks_mut(cols) {
+        let n = cols as f64;
+        let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+        let sd = (row
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>()
+            / n)
+            .sqrt();
+        let target = rng.gen_range(0.5..2.0);
+        if sd > 0.0 {
+            for v in row.iter_mut() {
+                *v = (mean + (f64::from(*v) - mean) * target / sd) as f32;
+            }
+        }
+    }
+    c
+}
+
+/// Central differences in f64 with h = 1e-5, scaled by max(1, |xᵢ|) ≤ 8: truncation
+/// ~(step·rstd)² ≲ 3e-8 of the gradient's scale for rows with std ≥ 0.5, and rounding noise of
+/// ~ε·|L|/h absolute, which [`FD_FLOOR`] covers where a gradient's scale is tiny (a dbeta entry
+/// from one small dy). Observed worst 1.4e-8 of scale over 30 runs; the limit is 2e-7.
+const FD_LIMIT: f64 = 2e-7;
+const FD_FLOOR: f64 = 1e-9;
+
+/// The library's f64 backward against central differences of `L = Σ G∘y` in x, gamma and beta,
+/// with G = dy of the case: `|analytic − numerical| ≤ FD_LIMIT·scale + FD_FLOOR` elementwise.
+fn gradient_check(c: &Case) {
+    let (rows, cols) = (c.rows, c.cols);
+    let o = run::<f64>(c, 0.0);
+    let r = naive(c);
+    let (x, gamma, beta, g) = (wide(&c.x), wide(&c.gamma), wide(&c.beta), wide(&c.dy));
+    let h = 1e-5;
+    let loss =
+        |x: &[f64], gamma: &[f64], beta: &[f64]| dot(&g, &forward_y(x, rows, cols, gamma, beta));
+    let num_dx = numerical_gradient(|x| loss(x, &gamma, &beta), &x, h);
+    let num_dgamma = numerical_gradient(|gm| loss(&x, gm, &beta), &gamma, h);
+    let num_dbeta = numerical_gradient(|b| loss(&x, &gamma, b), &beta, h);
+    let floored = |s: &[f64]| -> Vec<f64> { s.iter().map(|s| s + FD_FLOOR / FD_LIMIT).collect() };
+    let shape = format!("{rows}x{cols} vs finite differences");
+    for (name, got, want, scale) in [
+        ("dx", &o.dx, &num_dx, &r.dx_scale),
+        ("dgamma", &o.dgamma, &num_dgamma, &r.dgamma_scale),
+        ("dbeta", &o.dbeta, &num_dbeta, &r.dbeta_scale),
+    ] {
+        assert_scaled(
+            &format!("{shape}: {name}"),
+            got,
+            want,
+            &floored(scale),
+            FD_LIMIT,
+        );
+    }
+}
+
+#[test]
+fn gradients_match_finite_differences_in_f64() {
+    let mut rng = rng("gradients_match_finite_differences_in_f64");
+    for (rows, cols) in [(1, 1), (1, 2), (3, 17), (4, 64), (2, 784)] {
+        gradient_check(&fd_case(&mut rng, rows, cols));
+    }
+}
+
+/// The f64 path agrees with the Welford/Jacobian formulas to rounding (≤ 2.5e-15 of scale seen).
+#[test]
+fn f64_matches_independent_formulas() {
+    let mut rng = rng("f64_matches_independent_formulas");
+    let c = case(&mut rng, 9, 250);
+    assert_matches("f64 9x250", &run::<f64>(&c, 0.0), &naive(&c), 1e-13, 1e-13);
+}
+
+/// f32 against the f64 formulas, in units of each element's scale. Each f32 operation rounds by
+/// ≤ u = 2^-24 ≈ 6e-8; a sum of n terms errs by ≤ (n−1)·u of the sum of magnitudes, ~√n·u
+/// typically. With n ≤ 784 that is ~2e-6 typical and 5e-5 worst case. Observed worst over 30
+/// runs: 1.4e-6 forward (y, mean), 1.0e-6 backward (dgamma). The limits 1e-5 (forward) and 2e-5
+/// (backward, which sums twice) leave 7-20× and still catch any formula error, which shows up at
+/// the 1e-2 level or above.
+const F32_FWD: f64 = 1e-5;
+const F32_BWD: f64 = 2e-5;
+
+fn f32_against_f64(c: &Case, what: &str) {
+    let o = run::<f32>(c, poison());
+    for (name, v) in [
+        ("y", &o.y),
+        ("mean", &o.mean),
+        ("rstd", &o.rstd),
+        ("dx", &o.dx),
+    ] {
+        assert_all_written(&format!("{what} {name}"), v, poison());
+    }
+    assert_all_written(&format!("{what} dgamma"), &o.dgamma, poison());
+    assert_all_written(&format!("{what} dbeta"), &o.dbeta, poison());
+    assert_matches(&format!("{what} f32"), &o, &naive(c), F32_FWD, F32_BWD);
+}
+
+#[test]
+fn f32_agrees_with_f64_on_the_parallel_path() {
+    let mut rng = rng("f32_agrees_with_f64_on_the_parallel_path");
+    // 64·784 elements: past the parallel threshold, several row blocks for the column sums.
+    f32_against_f64(&case(&mut rng, 64, 784), "64x784");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn f32_agrees_with_f64_on_any_shape(
+        rows in prop::sample::select(vec![1usize, 2, 3, 7, 10, 13, 37]),
+        cols in prop::sample::select(vec![1usize, 2, 3, 5, 7, 10, 31, 127, 784]),
+        seed in any::<u64>(),
+    ) {
+        let c = case(&mut StdRng::seed_from_u64(seed), rows, cols);
+        f32_against_f64(&c, &format!("{rows}x{cols} seed {seed}"));
+    }
+
+    #[test]
+    fn gradients_match_finite_differences_on_any_shape(
+        rows in prop::sample::select(vec![1usize, 2, 3, 5]),
+        cols in prop::sample::select(vec![1usize, 2, 3, 7, 10, 31, 127]),
+        seed in any::<u64>(),
+    ) {
+        gradient_check(&fd_case(&mut StdRng::seed_from_u64(seed), rows, cols));
+    }
+}
+
+/// Column sums come out bit-identical on 1, 3 and 8 threads (the row blocks depend on `rows`
+/// only), and dx too. A rayon `reduce` over rows could fail this: its split points depend on the
+/// thread count and on work stealing. 5003 rows make 251 blocks of 20 rows (more than
+/// `MIN_BLOCK_ROWS`), and the sums must still be right: within [`F32_BWD`] of the naive f64 sums
+/// (random-sign terms keep the partial sums, and so the rounding, small against Σ|terms|).
+#[test]
+fn column_sums_are_bitwise_reproducible_across_thread_counts() {
+    let mut rng = rng("column_sums_are_bitwise_reproducible_across_thread_counts");
+    let c = case(&mut rng, 5003, 40);
+    let (rows, cols, stats) = (c.rows, c.cols, run::<f32>(&c, 0.0));
+    let (mean, rstd) = (&stats.mean, &stats.rstd);
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let (mut dx, mut dg, mut db) =
+                (vec![0f32; rows * cols], vec![0f32; cols], vec![0f32; cols]);
+            backward(
+                &c.dy, &c.x, mean, rstd, &c.gamma, rows, cols, &mut dx, &mut dg, &mut db,
+            )
+            .unwrap();
+            (dx, dg, db)
+        })
+    };
+    let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let one = run(1);
+    for threads in [3, 8] {
+        let other = run(threads);
+        for (name, a, b) in [
+            ("dx", &one.0, &other.0),
+            ("dgamma", &one.1, &other.1),
+            ("dbeta", &one.2, &other.2),
+        ] {
+            assert!(
+                bits(a) == bits(b),
+                "{name}: {threads} threads differ from 1 thread"
+            );
+        }
+    }
+    let r = naive(&c);
+    assert_scaled(
+        "5003 rows dgamma",
+        &one.1,
+        &r.dgamma,
+        &r.dgamma_scale,
+        F32_BWD,
+    );
+    assert_scaled("5003 rows dbeta", &one.2, &r.dbeta, &r.dbeta_scale, F32_BWD);
+}
+
+#[test]
+fn dgamma_and_dbeta_are_overwritten_not_accumulated() {
+    let mut rng = rng("dgamma_and_dbeta_are_overwritten_not_accumulated");
+    let c = case(&mut rng, 5, 12);
+    let (rows, cols, stats) = (c.rows, c.cols, run::<f32>(&c, 0.0));
+    let (mean, rstd) = (&stats.mean, &stats.rstd);
+    let grads = |start: f32| {
+        let (mut dx, mut dg, mut db) = (
+            vec![0f32; rows * cols],
+            vec![start; cols],
+            vec![start; cols],
+        );
+        backward(
+            &c.dy, &c.x, mean, rstd, &c.gamma, rows, cols, &mut dx, &mut dg, &mut db,
+        )
+        .unwrap();
+        (dg, db)
+    };
+    assert_eq!(grads(0.0), grads(1e3));
+    // rows = 0 is an empty batch: the sums over no rows are zeros, still overwritten.
+    let (mut dg, mut db, none) = ([7f32; 3], [7f32; 3], &[][..]);
+    backward(
+        none,
+        none,
+        none,
+        none,
+        &[1.0; 3],
+        0,
+        3,
+        &mut [],
+        &mut dg,
+        &mut db,
+    )
+    .unwrap();
+    assert_eq!((dg, db), ([0.0; 3], [0.0; 3]));
+}
+
+/// A constant row (here signed zeros, and 7s) has var = 0: y is beta exactly, dx is finite, and
+/// x̂ = 0 leaves dx = rstd·(g − mean(g)) with rstd = 1/sqrt(eps).
+#[test]
+fn constant_rows_give_beta_and_finite_gradients() {
+    let x = [-0.0f64, 0.0, -0.0, 0.0, 7.0, 7.0, 7.0, 7.0];
+    let gamma = [1.5, -2.0, 0.5, 1.0];
+    let beta = [0.25, -1.0, 0.0, 3.0];
+    let (mut y, mut mean, mut rstd) = ([0.0; 8], [0.0; 2], [0.0; 2]);
+    forward(&x, 2, 4, &gamma, &beta, EPS, &mut y, &mut mean, &mut rstd).unwrap();
+    assert_eq!(y, [0.25, -1.0, 0.0, 3.0, 0.25, -1.0, 0.0, 3.0]);
+    assert_eq!(mean, [0.0, 7.0]);
+    assert_eq!(rstd, [1.0 / EPS.sqrt(); 2]);
+    let dy = [1.0, 0.5, -1.0, 2.0, 0.0, 1.0, 0.0, 0.0];
+    let (mut dx, mut dg, mut db) = ([0.0; 8], [0.0; 4], [0.0; 4]);
+    backward(
+        &dy, &x, &mean, &rstd, &gamma, 2, 4, &mut dx, &mut dg, &mut db,
+    )
+    .unwrap();
+    let want: Vec<f64> = dy
+        .chunks(4)
+        .flat_map(|dy| {
+            let g: Vec<f64> = dy.iter().zip(&gamma).map(|(d, g)| d * g).collect();
+            let mg = g.iter().sum::<f64>() / 4.0;
+            g.into_iter().map(move |g| (g - mg) / EPS.sqrt())
+        })
+        .collect();
+    assert_close("constant-row dx", &dx, &want, Tolerance::new(1e-12, 1e-12));
+    assert_eq!(dg, [0.0; 4]);
+    assert_eq!(db, [1.0, 1.5, -1.0, 2.0]);
+}
+
+#[test]
+fn non_finite_inputs_poison_only_their_row() {
+    let (nan, inf) = (f32::NAN, f32::INFINITY);
+    let x = [1.0, 2.0, 3.0, 1.0, nan, 3.0, 1.0, inf, 3.0];
+    let (gamma, beta) = ([1.0f32; 3], [0.0f32; 3]);
+    let (mut y, mut mean, mut rstd) = ([0f32; 9], [0f32; 3], [0f32; 3]);
+    forward(&x, 3, 3, &gamma, &beta, 1e-5, &mut y, &mut mean, &mut rstd).unwrap();
+    // Row 0 is [1, 2, 3]: mean 2, biased var 2/3, so y = [−1, 0, 1]·rstd.
+    let r = 1.0 / (2.0 / 3.0 + EPS).sqrt();
+    let mut want = vec![-r, 0.0, r];
+    want.extend([f64::NAN; 6]);
+    let report = compare(&y, &want, Tolerance::new(1e-6, 1e-6));
+    assert!(report.passed(), "{report}");
+    assert!(mean[1].is_nan() && mean[2] == f32::INFINITY, "{mean:?}");
+}
+
+#[test]
+fn eps_must_be_finite_and_positive() {
+    for eps in [0.0f32, -0.0, -1e-5, f32::NAN, f32::INFINITY] {
+        let (mut y, mut mean, mut rstd) = ([poison(); 4], [poison(); 2], [poison(); 2]);
+        let (x, g) = ([1.0f32; 4], [1.0f32; 2]);
+        let e = forward(&x, 2, 2, &g, &g, eps, &mut y, &mut mean, &mut rstd).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument { .. }), "eps {eps}: {e}");
+        assert!(e.to_string().contains("> 0"), "{e}");
+        assert_eq!(
+            ampkit::check::unwritten(&y, poison()).len(),
+            4,
+            "eps {eps}: y was written"
+        );
+    }
+}
+
+/// Fails unless `r` is a ShapeMismatch naming `name` and no output was written.
+fn expect_mismatch(name: &str, (r, untouched): (ampkit::Result<()>, bool)) {
+    let e = r.unwrap_err();
+    let named = e.to_string().contains(&format!("mismatch: {name} has"));
+    assert!(
+        matches!(e, Error::ShapeMismatch { .. }) && named,
+        "{name}: {e}"
+    );
+    assert!(untouched, "{name}: an output was written");
+}
+
+fn all_poisoned(outs: [&[f32]; 3]) -> bool {
+    outs.iter()
+        .all(|v| ampkit::check::unwritten(v, poison()).len() == v.len())
+}
+
+#[test]
+fn wrong_lengths_are_shape_mismatches_and_write_nothing() {
+    let (rows, cols, ok, short, g) = (2, 3, [0.5f32; 6], [0.5f32; 5], [1.0f32; 3]);
+    let fwd = |x: &[f32], gamma: &[f32], beta: &[f32], ny: usize, nm: usize, nr: usize| {
+        let (mut y, mut m, mut r) = (vec![poison(); ny], vec![poison(); nm], vec![poison(); nr]);
+        let res = forward(x, rows, cols, gamma, beta, 1e-5, &mut y, &mut m, &mut r);
+        (res, all_poisoned([&y, &m, &r]))
+    };
+    expect_mismatch("x", fwd(&short, &g, &g, 6, 2, 2));
+    expect_mismatch("gamma", fwd(&ok, &g[..2], &g, 6, 2, 2));
+    expect_mismatch("beta", fwd(&ok, &g, &[1.0; 4], 6, 2, 2));
+    expect_mismatch("y", fwd(&ok, &g, &g, 7, 2, 2));
+    expect_mismatch("mean", fwd(&ok, &g, &g, 6, 1, 2));
+    expect_mismatch("rstd", fwd(&ok, &g, &g, 6, 2, 3));
+
+    let bwd = |dy: &[f32], x: &[f32], m: &[f32], s: &[f32], gamma: &[f32], n: [usize; 3]| {
+        let (mut dx, mut dg, mut db) = (
+            vec![poison(); n[0]],
+            vec![poison(); n[1]],
+            vec![poison(); n[2]],
+        );
+        let res = backward(dy, x, m, s, gamma, rows, cols, &mut dx, &mut dg, &mut db);
+        (res, all_poisoned([&dx, &dg, &db]))
+    };
+    let (m, n) = ([1.0f32; 2], [6, 3, 3]);
+    expect_mismatch("dy", bwd(&short, &ok, &m, &m, &g, n));
+    expect_mismatch("x", bwd(&ok, &short, &m, &m, &g, n));
+    expect_mismatch("mean", bwd(&ok, &ok, &m[..1], &m, &g, n));
+    expect_mismatch("rstd", bwd(&ok, &ok, &m, &[1.0; 3], &g, n));
+    expect_mismatch("gamma", bwd(&ok, &ok, &m, &m, &[1.0; 4], n));
+    expect_mismatch("dx", bwd(&ok, &ok, &m, &m, &g, [5, 3, 3]));
+    expect_mismatch("dgamma", bwd(&ok, &ok, &m, &m, &g, [6, 2, 3]));
+    expect_mismatch("dbeta", bwd(&ok, &ok, &m, &m, &g, [6, 3, 4]));
+}
+
+#[test]
+fn zero_cols_and_overflowing_shapes_are_invalid() {
+    let (none, mut s) = (&[][..], [0f32; 3]);
+    let e = forward(none, 3, 0, none, none, 1e-5, &mut [], &mut [0.0; 3], &mut s).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        matches!(e, Error::InvalidArgument { .. }) && msg.contains("cols is 0"),
+        "{msg}"
+    );
+    let (mut dg, mut db) = ([0f32; 2], [0f32; 2]);
+    let e = backward(
+        none,
+        none,
+        none,
+        none,
+        &s[..2],
+        usize::MAX,
+        2,
+        &mut [],
+        &mut dg,
+        &mut db,
+    )
+    .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        matches!(e, Error::InvalidArgument { .. }) && msg.contains("overflows"),
+        "{msg}"
+    );
+}
