@@ -88,3 +88,37 @@ pub(crate) fn same_len(op: &'static str, src: usize, dst: usize) -> Result<()> {
     }
     Ok(())
 }
+
+/// Fails with [`Error::ShapeMismatch`] unless `name` has `want` elements (`how` says where `want`
+/// comes from, e.g. `"rows·cols = 4·3"`).
+pub(crate) fn expect_len(
+    op: &'static str,
+    name: &str,
+    got: usize,
+    want: usize,
+    how: &str,
+) -> Result<()> {
+    if got != want {
+        return Err(Error::ShapeMismatch {
+            op,
+            detail: format!("{name} has {got} elements, expected {how} = {want}"),
+        });
+    }
+    Ok(())
+}
+
+/// `rows·cols` for a row-major matrix whose rows must not be empty: [`Error::InvalidArgument`]
+/// when `cols` (called `what` in the message) is 0 or the product overflows.
+pub(crate) fn matrix_len(op: &'static str, rows: usize, cols: usize, what: &str) -> Result<usize> {
+    if cols == 0 {
+        return Err(Error::InvalidArgument {
+            op,
+            detail: format!("{what} is 0; it must be ≥ 1"),
+        });
+    }
+    rows.checked_mul(cols)
+        .ok_or_else(|| Error::InvalidArgument {
+            op,
+            detail: format!("rows·{what} = {rows}·{cols} overflows usize"),
+        })
+}

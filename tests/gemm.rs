@@ -448,12 +448,8 @@ fn bias_grad_is_the_same_on_any_thread_count() {
     let dy = random_f16(&mut rng, rows * cols, 8.0);
     let mut many = vec![0f32; cols];
     bias_grad(&dy, rows, cols, &mut many).unwrap();
-    let one_thread = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap();
     let mut one = vec![0f32; cols];
-    one_thread.install(|| bias_grad(&dy, rows, cols, &mut one).unwrap());
+    common::on_threads(1, || bias_grad(&dy, rows, cols, &mut one).unwrap());
     assert_eq!(
         many.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
         one.iter().map(|v| v.to_bits()).collect::<Vec<_>>()

@@ -391,11 +391,7 @@ fn column_sums_are_bitwise_reproducible_across_thread_counts() {
     let (rows, cols, stats) = (c.rows, c.cols, run::<f32>(&c, 0.0));
     let (mean, rstd) = (&stats.mean, &stats.rstd);
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
+        common::on_threads(threads, || {
             let (mut dx, mut dg, mut db) =
                 (vec![0f32; rows * cols], vec![0f32; cols], vec![0f32; cols]);
             backward(

@@ -319,11 +319,7 @@ fn results_do_not_depend_on_the_thread_count() {
         .collect();
     for cfg in all_configs() {
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            common::on_threads(threads, || {
                 let mut model = Model::new(split(&p0, &lens));
                 let mut state = OptimizerState::new(&cfg, &lens).unwrap();
                 for g in &grads {

@@ -467,12 +467,8 @@ fn loss_is_bitwise_reproducible_across_thread_counts() {
         labels(&mut rng, 500, 100),
     );
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
         let mut d = vec![0f32; x.len()];
-        pool.install(|| {
+        common::on_threads(threads, || {
             softmax_cross_entropy(&x, &l, 500, 100, 1.0, &mut d)
                 .unwrap()
                 .to_bits()

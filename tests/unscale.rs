@@ -295,11 +295,7 @@ fn results_do_not_depend_on_the_thread_count() {
     let src: Vec<f16> = (0..200_001).map(|_| f16::from_bits(rng.gen())).collect();
     let inv = inv_scale(3.0);
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
+        common::on_threads(threads, || {
             let mut out = list.clone();
             let mut views: Vec<&mut [f32]> = out.iter_mut().map(|v| v.as_mut_slice()).collect();
             let found = unscale_and_check(&mut views, inv);

@@ -43,7 +43,7 @@
 //! a wrong length is [`Error::ShapeMismatch`], a bad `cols` or `eps` is
 //! [`Error::InvalidArgument`].
 
-use crate::error::{Error, Result};
+use crate::error::{expect_len, matrix_len, Error, Result};
 use num_traits::{Float, NumCast};
 use rayon::prelude::*;
 
@@ -75,7 +75,7 @@ pub fn forward<T: Float + Send + Sync>(
     rstd: &mut [T],
 ) -> Result<()> {
     const OP: &str = "cpu::layernorm::forward";
-    let len = shape(OP, rows, cols)?;
+    let len = matrix_len(OP, rows, cols, "cols")?;
     if !(eps > T::zero() && eps.is_finite()) {
         return Err(Error::InvalidArgument {
             op: OP,
@@ -86,12 +86,12 @@ pub fn forward<T: Float + Send + Sync>(
         });
     }
     let by_rows = format!("rows·cols = {rows}·{cols} = {len}");
-    check_len(OP, "x", x.len(), len, &by_rows)?;
-    check_len(OP, "y", y.len(), len, &by_rows)?;
-    check_len(OP, "gamma", gamma.len(), cols, "cols")?;
-    check_len(OP, "beta", beta.len(), cols, "cols")?;
-    check_len(OP, "mean", mean.len(), rows, "rows")?;
-    check_len(OP, "rstd", rstd.len(), rows, "rows")?;
+    expect_len(OP, "x", x.len(), len, &by_rows)?;
+    expect_len(OP, "y", y.len(), len, &by_rows)?;
+    expect_len(OP, "gamma", gamma.len(), cols, "cols")?;
+    expect_len(OP, "beta", beta.len(), cols, "cols")?;
+    expect_len(OP, "mean", mean.len(), rows, "rows")?;
+    expect_len(OP, "rstd", rstd.len(), rows, "rows")?;
     let n = count::<T>(OP, cols)?;
 
     let row = |((y, x), (m, r)): RowArgs<'_, T>| {
@@ -131,16 +131,16 @@ pub fn backward<T: Float + Send + Sync>(
     dbeta: &mut [T],
 ) -> Result<()> {
     const OP: &str = "cpu::layernorm::backward";
-    let len = shape(OP, rows, cols)?;
+    let len = matrix_len(OP, rows, cols, "cols")?;
     let by_rows = format!("rows·cols = {rows}·{cols} = {len}");
-    check_len(OP, "dy", dy.len(), len, &by_rows)?;
-    check_len(OP, "x", x.len(), len, &by_rows)?;
-    check_len(OP, "dx", dx.len(), len, &by_rows)?;
-    check_len(OP, "mean", mean.len(), rows, "rows")?;
-    check_len(OP, "rstd", rstd.len(), rows, "rows")?;
-    check_len(OP, "gamma", gamma.len(), cols, "cols")?;
-    check_len(OP, "dgamma", dgamma.len(), cols, "cols")?;
-    check_len(OP, "dbeta", dbeta.len(), cols, "cols")?;
+    expect_len(OP, "dy", dy.len(), len, &by_rows)?;
+    expect_len(OP, "x", x.len(), len, &by_rows)?;
+    expect_len(OP, "dx", dx.len(), len, &by_rows)?;
+    expect_len(OP, "mean", mean.len(), rows, "rows")?;
+    expect_len(OP, "rstd", rstd.len(), rows, "rows")?;
+    expect_len(OP, "gamma", gamma.len(), cols, "cols")?;
+    expect_len(OP, "dgamma", dgamma.len(), cols, "cols")?;
+    expect_len(OP, "dbeta", dbeta.len(), cols, "cols")?;
     let n = count::<T>(OP, cols)?;
 
     // Depends on `rows` alone, so the block partition, and with it every rounding in the column
@@ -239,32 +239,6 @@ fn backward_block<T: Float>(
         }
     }
     partial
-}
-
-/// `rows · cols`, after checking `cols ≥ 1` and that the product fits in `usize`.
-fn shape(op: &'static str, rows: usize, cols: usize) -> Result<usize> {
-    if cols == 0 {
-        return Err(Error::InvalidArgument {
-            op,
-            detail: "cols is 0; layernorm needs cols ≥ 1 (a zero-width row has no mean)".into(),
-        });
-    }
-    rows.checked_mul(cols)
-        .ok_or_else(|| Error::InvalidArgument {
-            op,
-            detail: format!("rows·cols = {rows}·{cols} overflows usize"),
-        })
-}
-
-/// Fails with [`Error::ShapeMismatch`] unless `name` has `want` elements (`how` says why).
-fn check_len(op: &'static str, name: &str, got: usize, want: usize, how: &str) -> Result<()> {
-    if got != want {
-        return Err(Error::ShapeMismatch {
-            op,
-            detail: format!("{name} has {got} elements, expected {how} = {want}"),
-        });
-    }
-    Ok(())
 }
 
 /// `cols` as `T`, the divisor of the row means.

@@ -47,7 +47,7 @@
 //! size or label [`Error::InvalidArgument`].
 
 use crate::cpu::Element;
-use crate::error::{Error, Result};
+use crate::error::{expect_len, matrix_len, Error, Result};
 use num_traits::Float;
 use rayon::prelude::*;
 
@@ -65,10 +65,10 @@ pub fn forward<T: Float + Send + Sync>(
     y: &mut [T],
 ) -> Result<()> {
     const OP: &str = "cpu::softmax::forward";
-    let len = shape(OP, rows, cols, "cols")?;
+    let len = matrix_len(OP, rows, cols, "cols")?;
     let by_rows = format!("rows·cols = {rows}·{cols} = {len}");
-    check_len(OP, "x", x.len(), len, &by_rows)?;
-    check_len(OP, "y", y.len(), len, &by_rows)?;
+    expect_len(OP, "x", x.len(), len, &by_rows)?;
+    expect_len(OP, "y", y.len(), len, &by_rows)?;
 
     let row = |(y, x): (&mut [T], &[T])| {
         let m = row_max(x.iter().copied(), T::neg_infinity());
@@ -101,11 +101,11 @@ pub fn backward<T: Float + Send + Sync>(
     dx: &mut [T],
 ) -> Result<()> {
     const OP: &str = "cpu::softmax::backward";
-    let len = shape(OP, rows, cols, "cols")?;
+    let len = matrix_len(OP, rows, cols, "cols")?;
     let by_rows = format!("rows·cols = {rows}·{cols} = {len}");
-    check_len(OP, "y", y.len(), len, &by_rows)?;
-    check_len(OP, "dy", dy.len(), len, &by_rows)?;
-    check_len(OP, "dx", dx.len(), len, &by_rows)?;
+    expect_len(OP, "y", y.len(), len, &by_rows)?;
+    expect_len(OP, "dy", dy.len(), len, &by_rows)?;
+    expect_len(OP, "dx", dx.len(), len, &by_rows)?;
 
     let row = |((dx, y), dy): ((&mut [T], &[T]), &[T])| {
         let dot = y.iter().zip(dy).fold(T::zero(), |s, (&y, &d)| s + y * d);
@@ -150,11 +150,11 @@ pub fn softmax_cross_entropy<L: Element, D: Element>(
             detail: "rows is 0; the loss is a mean over rows and needs rows ≥ 1".into(),
         });
     }
-    let len = shape(OP, rows, classes, "classes")?;
+    let len = matrix_len(OP, rows, classes, "classes")?;
     let by_rows = format!("rows·classes = {rows}·{classes} = {len}");
-    check_len(OP, "logits", logits.len(), len, &by_rows)?;
-    check_len(OP, "dlogits", dlogits.len(), len, &by_rows)?;
-    check_len(OP, "labels", labels.len(), rows, "rows")?;
+    expect_len(OP, "logits", logits.len(), len, &by_rows)?;
+    expect_len(OP, "dlogits", dlogits.len(), len, &by_rows)?;
+    expect_len(OP, "labels", labels.len(), rows, "rows")?;
     if let Some(row) = labels.iter().position(|&l| l as usize >= classes) {
         let label = labels[row];
         return Err(Error::InvalidArgument {
@@ -199,30 +199,4 @@ pub fn softmax_cross_entropy<L: Element, D: Element>(
 /// The largest value, skipping NaN (like CUDA's `fmaxf`); `init` for an empty row.
 fn row_max<T: PartialOrd + Copy>(values: impl Iterator<Item = T>, init: T) -> T {
     values.fold(init, |m, v| if v > m { v } else { m })
-}
-
-/// `rows · cols`, after checking `cols ≥ 1` (`what` names it) and that the product fits.
-fn shape(op: &'static str, rows: usize, cols: usize, what: &str) -> Result<usize> {
-    if cols == 0 {
-        return Err(Error::InvalidArgument {
-            op,
-            detail: format!("{what} is 0; it must be ≥ 1"),
-        });
-    }
-    rows.checked_mul(cols)
-        .ok_or_else(|| Error::InvalidArgument {
-            op,
-            detail: format!("rows·{what} = {rows}·{cols} overflows usize"),
-        })
-}
-
-/// Fails with [`Error::ShapeMismatch`] unless `name` has `want` elements (`how` says why).
-fn check_len(op: &'static str, name: &str, got: usize, want: usize, how: &str) -> Result<()> {
-    if got != want {
-        return Err(Error::ShapeMismatch {
-            op,
-            detail: format!("{name} has {got} elements, expected {how} = {want}"),
-        });
-    }
-    Ok(())
 }

@@ -103,3 +103,13 @@ pub fn assert_all_written<T: bytemuck::Pod>(what: &str, out: &[T], poison: T) {
         &missed[..missed.len().min(8)]
     );
 }
+
+/// Runs `f` on a fresh rayon pool of `threads` threads: for checking that results do not depend on
+/// the thread count.
+pub fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("building a rayon pool")
+        .install(f)
+}
