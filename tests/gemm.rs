@@ -1,461 +1,367 @@
-//! GEMM: the CPU reference against an independent naive f64 product and against finite
-//! differences (GPU parity tests join these when the tensor-core kernel lands).
+//! GPU GEMM vs the f64 CPU reference through the tolerance harness: every layout, every tile
+//! configuration and K-split, every epilogue, f16 and f32 outputs, shapes of 1, 7, 10, 784, 4096
+//! and non-multiples of every tile, unaligned operands, poisoned outputs, and products beyond the
+//! f16 range. Then the bias gradient, and argument errors.
 
 mod common;
 
-use ampkit::check::{compare, numerical_gradient, Tolerance};
-use ampkit::cpu::gemm::{bias_grad, gemm, gemm_f64, Epilogue, GemmShape, Layout};
-use ampkit::cpu::relu;
-use common::{assert_all_written, assert_close, rng};
+use ampkit::check::{compare, Tolerance};
+use ampkit::cpu::gemm::{
+    bias_grad as cpu_bias_grad, gemm_f64, Epilogue as CpuEpilogue, GemmShape, Layout,
+};
+use ampkit::cuda::Gpu;
+use ampkit::ops::gemm::{
+    bias_grad, gemm, gemm_with_plan, Epilogue, GemmOutput, Plan, CONFIGS, GROUP_M, UNALIGNED,
+};
+use ampkit::Error;
+use common::{assert_all_written, assert_close, gpu, rng};
 use half::f16;
-use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::Rng;
 
 const LAYOUTS: [Layout; 3] = [Layout::Forward, Layout::Dgrad, Layout::Wgrad];
+const POISON_F16: u16 = 0x7E5A; // a NaN: unwritten or read-before-write shows
+const POISON_F32: u32 = 0x7FC0_5A5A;
 
-/// Element (row, col) of the logical A[m,k] and B[k,n] for a layout, read from the stored
-/// operands by plain index arithmetic (written independently of the library's strides).
-fn naive(layout: Layout, m: usize, n: usize, k: usize, a: &[f64], b: &[f64]) -> Vec<f64> {
-    let a_at = |i: usize, p: usize| match layout {
-        Layout::Forward | Layout::Dgrad => a[i * k + p],
-        Layout::Wgrad => a[p * m + i],
-    };
-    let b_at = |p: usize, j: usize| match layout {
-        Layout::Forward => b[j * k + p],
-        Layout::Dgrad | Layout::Wgrad => b[p * n + j],
-    };
-    let mut c = vec![0.0; m * n];
-    for i in 0..m {
-        for j in 0..n {
-            c[i * n + j] = (0..k).map(|p| a_at(i, p) * b_at(p, j)).sum();
+/// Stored sizes of A and B for a shape.
+fn operand_lens(s: GemmShape) -> (usize, usize) {
+    match s.layout {
+        Layout::Forward => (s.m * s.k, s.n * s.k),
+        Layout::Dgrad => (s.m * s.k, s.k * s.n),
+        Layout::Wgrad => (s.k * s.m, s.k * s.n),
+    }
+}
+
+fn random_f16(rng: &mut StdRng, len: usize) -> Vec<f16> {
+    (0..len)
+        .map(|_| f16::from_f32(rng.gen_range(-1.0..1.0)))
+        .collect()
+}
+
+/// Output types the test runs through one generic path.
+trait Out: GemmOutput + ampkit::check::ToF64 + bytemuck::Pod + Copy {
+    const POISON: Self;
+    fn from_f64(v: f64) -> Self;
+    /// Elementwise tolerance for results of a length-k dot product of O(1) terms scaled by alpha.
+    fn tolerance(k: usize, alpha: f32) -> Tolerance;
+}
+impl Out for f32 {
+    const POISON: f32 = f32::from_bits(POISON_F32);
+    fn from_f64(v: f64) -> f32 {
+        v as f32
+    }
+    fn tolerance(k: usize, alpha: f32) -> Tolerance {
+        // f32 sums: about sqrt(k)·2^-24 of the terms' size, so absolute slack grows with sqrt(k).
+        let scale = (k as f64).sqrt().max(1.0) * f64::from(alpha.abs()).max(1.0);
+        Tolerance::new(1e-5 * scale, 1e-5).with_rel_l2(1e-3)
+    }
+}
+impl Out for f16 {
+    const POISON: f16 = f16::from_bits(POISON_F16);
+    fn from_f64(v: f64) -> f16 {
+        f16::from_f64(v)
+    }
+    fn tolerance(k: usize, alpha: f32) -> Tolerance {
+        // One more rounding: half an f16 ulp (2^-11 relative), 2^-24 absolute on the subnormal grid.
+        let scale = (k as f64).sqrt().max(1.0) * f64::from(alpha.abs()).max(1.0);
+        Tolerance::new(1e-5 * scale + 6e-8, 4.9e-4 + 1e-5).with_rel_l2(1e-3)
+    }
+}
+
+struct Case {
+    shape: GemmShape,
+    a: Vec<f16>,
+    b: Vec<f16>,
+    bias: Vec<f32>,
+    use_bias: bool,
+    relu: bool,
+    alpha: f32,
+    beta: f32,
+}
+
+impl Case {
+    fn random(rng: &mut StdRng, shape: GemmShape) -> Case {
+        let (la, lb) = operand_lens(shape);
+        Case {
+            shape,
+            a: random_f16(rng, la),
+            b: random_f16(rng, lb),
+            bias: (0..shape.n).map(|_| rng.gen_range(-1.0..1.0)).collect(),
+            use_bias: rng.gen_bool(0.5),
+            relu: rng.gen_bool(0.5),
+            alpha: [1.0, 0.5, -2.0][rng.gen_range(0..3)],
+            beta: [0.0, 0.0, 1.0, -0.5][rng.gen_range(0..4)],
         }
     }
-    c
-}
 
-fn naive_epilogue(
-    acc: &[f64],
-    n: usize,
-    alpha: f64,
-    beta: f64,
-    bias: Option<&[f32]>,
-    relu: bool,
-    old: &[f64],
-) -> Vec<f64> {
-    acc.iter()
-        .enumerate()
-        .map(|(idx, &v)| {
-            let mut v = alpha * v + bias.map_or(0.0, |b| f64::from(b[idx % n]));
-            if beta != 0.0 {
-                v += beta * old[idx];
-            }
-            if relu && v <= 0.0 {
-                0.0
-            } else {
-                v
-            }
-        })
-        .collect()
-}
-
-fn random_f16(rng: &mut StdRng, len: usize, scale: f32) -> Vec<f16> {
-    (0..len)
-        .map(|_| f16::from_f32(rng.gen_range(-scale..scale)))
-        .collect()
-}
-
-fn widen(x: &[f16]) -> Vec<f64> {
-    x.iter().map(|v| v.to_f64()).collect()
-}
-
-/// One random case: every layout and output type against the naive f64 product.
-fn check_case(rng: &mut StdRng, m: usize, n: usize, k: usize) {
-    for layout in LAYOUTS {
-        let a = random_f16(rng, m * k, 1.0);
-        let b = random_f16(rng, k * n, 1.0);
-        let bias: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
-        let old: Vec<f32> = (0..m * n).map(|_| rng.gen_range(-1.0..1.0)).collect();
-        let (alpha, beta, use_bias, relu) = (
-            [1.0f32, 0.5, -2.0][rng.gen_range(0..3)],
-            [0.0f32, 1.0, 0.25][rng.gen_range(0..3)],
-            rng.gen_bool(0.5),
-            rng.gen_bool(0.5),
-        );
-        let epi = Epilogue {
-            alpha,
-            beta,
-            bias: use_bias.then_some(&bias[..]),
-            relu,
+    /// Runs the GPU GEMM (forced plan or the model's) and checks it against the f64 reference.
+    fn check<O: Out>(&self, gpu: &Gpu, rng: &mut StdRng, forced: Option<Plan>, what: &str) -> f64 {
+        let GemmShape { m, n, k, .. } = self.shape;
+        let wide = |v: &[f16]| v.iter().map(|x| x.to_f64()).collect::<Vec<f64>>();
+        // beta = 0: C starts poisoned and must be fully overwritten; otherwise random old values.
+        let old: Vec<O> = if self.beta == 0.0 {
+            vec![O::POISON; m * n]
+        } else {
+            (0..m * n)
+                .map(|_| O::from_f64(rng.gen_range(-1.0..1.0)))
+                .collect()
         };
-        let old64: Vec<f64> = old.iter().map(|&v| f64::from(v)).collect();
-        let want = naive_epilogue(
-            &naive(layout, m, n, k, &widen(&a), &widen(&b)),
-            n,
-            alpha.into(),
-            beta.into(),
-            epi.bias,
-            relu,
-            &old64,
-        );
+        let epi_cpu = CpuEpilogue {
+            alpha: self.alpha,
+            beta: self.beta,
+            bias: self.use_bias.then_some(&self.bias[..]),
+            relu: self.relu,
+        };
+        let mut want: Vec<f64> = old.iter().map(|v| v.to_f64()).collect();
+        gemm_f64(
+            self.shape,
+            &wide(&self.a),
+            &wide(&self.b),
+            &epi_cpu,
+            &mut want,
+        )
+        .unwrap();
+
+        let a = gpu.upload(&self.a).unwrap();
+        let b = gpu.upload(&self.b).unwrap();
+        let bias = gpu.upload(&self.bias).unwrap();
+        let bias_view = bias.slice(..);
+        let mut c = gpu.upload(&old).unwrap();
+        let epi = Epilogue {
+            alpha: self.alpha,
+            beta: self.beta,
+            bias: self.use_bias.then_some(&bias_view),
+            relu: self.relu,
+        };
+        gemm_with_plan(gpu, self.shape, forced, &a, &b, &epi, &mut c).unwrap();
+        let got: Vec<O> = gpu.download(&c).unwrap();
         let what = format!(
-            "{layout:?} m={m} n={n} k={k} alpha={alpha} beta={beta} bias={use_bias} relu={relu}"
+            "{what} {:?} m={m} n={n} k={k} {} alpha={} beta={} bias={} relu={}",
+            self.shape.layout,
+            std::any::type_name::<O>(),
+            self.alpha,
+            self.beta,
+            self.use_bias,
+            self.relu
         );
-
-        // f32 output: products are exact, only f32 sums round: about sqrt(k)·2^-24 times the size
-        // of the terms, which with cancellation can be far above 2^-24·|C|. So the elementwise
-        // bound scales with sqrt(k)·|alpha| (the terms are O(1)), and the relative L2 bound (against ‖C‖) is looser than 1e-6.
-        let mut c32 = old.clone();
-        gemm(GemmShape::new(layout, m, n, k), &a, &b, &epi, &mut c32).unwrap();
-        let scale = (k as f64).sqrt().max(1.0) * f64::from(alpha.abs()).max(1.0);
-        let r = compare(
-            &c32,
-            &want,
-            Tolerance::new(1e-5 * scale, 1e-5).with_rel_l2(1e-4),
-        );
-        assert!(r.passed(), "{what} f32 out: {r}");
-
-        // f16 output: one more rounding, half an f16 ulp (2^-11 relative) at most, plus the
-        // f32 error; results under 2^-14 land on the subnormal grid (2^-24 absolute).
-        let mut c16: Vec<f16> = old.iter().map(|&v| f16::from_f32(v)).collect();
-        let old16: Vec<f64> = c16.iter().map(|v| v.to_f64()).collect();
-        let want16 = naive_epilogue(
-            &naive(layout, m, n, k, &widen(&a), &widen(&b)),
-            n,
-            alpha.into(),
-            beta.into(),
-            epi.bias,
-            relu,
-            &old16,
-        );
-        gemm(GemmShape::new(layout, m, n, k), &a, &b, &epi, &mut c16).unwrap();
-        let r = compare(
-            &c16,
-            &want16,
-            Tolerance::new(1e-5 * scale + 6e-8, 4.9e-4 + 1e-5).with_rel_l2(1e-3),
-        );
-        assert!(r.passed(), "{what} f16 out: {r}");
-    }
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
-    #[test]
-    fn random_shapes_match_the_naive_product(
-        m in prop::sample::select(vec![1usize, 2, 7, 10, 13, 31, 64, 97]),
-        n in prop::sample::select(vec![1usize, 3, 10, 17, 128, 131]),
-        k in prop::sample::select(vec![1usize, 5, 10, 16, 101, 784]),
-        seed in any::<u64>(),
-    ) {
-        use rand::SeedableRng;
-        check_case(&mut StdRng::seed_from_u64(seed), m, n, k);
+        if self.beta == 0.0 {
+            assert_all_written(&what, &got, O::POISON);
+        }
+        let report = compare(&got, &want, O::tolerance(k, self.alpha));
+        assert!(report.passed(), "{what}: {report}");
+        report.rel_l2
     }
 }
 
 #[test]
-fn mlp_sized_shapes_match_the_naive_product() {
-    let mut rng = rng("gemm mlp shapes");
-    // The default MLP at a small batch: 784→512 forward, its dgrad and wgrad, and 512→10.
-    for (m, n, k) in [(64, 512, 784), (64, 10, 512), (67, 784, 512), (10, 512, 67)] {
-        check_case(&mut rng, m, n, k);
+fn every_layout_and_output_matches_the_f64_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = rng("gpu gemm shapes");
+    let mut worst = 0f64;
+    // 1, 7, 10, 784, 4096 and sizes off every tile multiple (64, 128, 256, 32 for K).
+    let dims = [
+        (1, 1, 1),
+        (7, 10, 784),
+        (10, 784, 7),
+        (65, 129, 33),
+        (300, 257, 200),
+        (4096, 10, 512),
+        (784, 512, 96),
+    ];
+    for (m, n, k) in dims {
+        for layout in LAYOUTS {
+            let case = Case::random(&mut rng, GemmShape::new(layout, m, n, k));
+            worst = worst.max(case.check::<f32>(&gpu, &mut rng, None, "auto"));
+            worst = worst.max(case.check::<f16>(&gpu, &mut rng, None, "auto"));
+        }
+    }
+    eprintln!("worst relative L2 error over all shapes: {worst:.2e}");
+}
+
+#[test]
+fn every_tile_config_and_k_split_matches() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = rng("gpu gemm configs");
+    for layout in LAYOUTS {
+        // Odd sizes: partial tiles on every edge, K not a multiple of the 32-deep stage.
+        let case = Case::random(&mut rng, GemmShape::new(layout, 300, 520, 1000));
+        for config in CONFIGS.into_iter().chain([UNALIGNED]) {
+            for splits in [1, 3] {
+                let plan = Plan {
+                    config,
+                    splits,
+                    group_m: GROUP_M,
+                };
+                case.check::<f32>(
+                    &gpu,
+                    &mut rng,
+                    Some(plan),
+                    &format!("{}/{splits}", config.name),
+                );
+                case.check::<f16>(
+                    &gpu,
+                    &mut rng,
+                    Some(plan),
+                    &format!("{}/{splits}", config.name),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn mlp_shapes_at_batch_4096() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = rng("gpu gemm mlp");
+    // Forward 784→512 and 512→10, dgrad of both, wgrad of both (the K-split case).
+    for (layout, m, n, k) in [
+        (Layout::Forward, 4096, 512, 784),
+        (Layout::Forward, 4096, 10, 512),
+        (Layout::Dgrad, 4096, 784, 512),
+        (Layout::Dgrad, 4096, 512, 10),
+        (Layout::Wgrad, 512, 784, 4096),
+        (Layout::Wgrad, 10, 512, 4096),
+    ] {
+        let case = Case::random(&mut rng, GemmShape::new(layout, m, n, k));
+        let rel = case.check::<f32>(&gpu, &mut rng, None, "mlp");
+        eprintln!("{layout:?} {m}×{n}×{k}: rel L2 {rel:.2e}");
     }
 }
 
 #[test]
 fn products_beyond_f16_range_accumulate_in_f32() {
-    // 60000² = 3.6e9 overflows f16 (max 65504) but is exact in f32, and so is their sum.
-    let a = vec![f16::from_f32(60000.0); 3];
-    let b = vec![f16::from_f32(60000.0); 3];
-    let mut c32 = [0f32];
-    gemm(
-        GemmShape::new(Layout::Forward, 1, 1, 3),
-        &a,
-        &b,
-        &Epilogue::plain(),
-        &mut c32,
-    )
-    .unwrap();
-    assert_eq!(c32[0], 1.08e10);
-    // A large positive and a large negative product cancel exactly before the f16 rounding.
-    let a = [
-        f16::from_f32(60000.0),
-        f16::from_f32(60000.0),
-        f16::from_f32(0.5),
-    ];
-    let b = [
-        f16::from_f32(60000.0),
-        f16::from_f32(-60000.0),
-        f16::from_f32(3.0),
-    ];
-    let mut c16 = [f16::ZERO];
-    gemm(
-        GemmShape::new(Layout::Forward, 1, 1, 3),
-        &a,
-        &b,
-        &Epilogue::plain(),
-        &mut c16,
-    )
-    .unwrap();
-    assert_eq!(c16[0].to_f32(), 1.5);
-    // And an f16 output that does not fit becomes inf.
-    gemm(
-        GemmShape::new(Layout::Forward, 1, 1, 1),
-        &a[..1],
-        &b[..1],
-        &Epilogue::plain(),
-        &mut c16,
-    )
-    .unwrap();
-    assert_eq!(c16[0], f16::INFINITY);
+    let Some(gpu) = gpu() else { return };
+    // 60000² = 3.6e9 overflows f16 but not f32: 16 such products sum to 5.76e10 exactly.
+    let k = 16;
+    let a = gpu.upload(&vec![f16::from_f32(60000.0); 8 * k]).unwrap();
+    let b = gpu.upload(&vec![f16::from_f32(60000.0); 8 * k]).unwrap();
+    let shape = GemmShape::new(Layout::Forward, 8, 8, k);
+    let mut c32 = gpu.upload(&vec![0f32; 64]).unwrap();
+    gemm(&gpu, shape, &a, &b, &Epilogue::plain(), &mut c32).unwrap();
+    assert!(gpu.download(&c32).unwrap().iter().all(|&v| v == 5.76e10));
+    let mut c16 = gpu.upload(&[f16::ZERO; 64]).unwrap();
+    gemm(&gpu, shape, &a, &b, &Epilogue::plain(), &mut c16).unwrap();
+    assert!(gpu
+        .download(&c16)
+        .unwrap()
+        .iter()
+        .all(|&v| v == f16::INFINITY));
 }
 
 #[test]
-fn beta_zero_never_reads_the_output_and_every_element_is_written() {
-    let mut rng = rng("gemm poison");
-    let (m, n, k) = (33, 19, 40);
-    for layout in LAYOUTS {
-        let a = random_f16(&mut rng, m * k, 2.0);
-        let b = random_f16(&mut rng, k * n, 2.0);
-        let poison = f32::from_bits(0x7FC0_DEAD); // a NaN: any read of it would show
-        let mut c = vec![poison; m * n];
-        gemm(
-            GemmShape::new(layout, m, n, k),
-            &a,
-            &b,
-            &Epilogue::plain(),
-            &mut c,
-        )
+fn views_at_odd_offsets_take_the_slow_path_correctly() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = rng("gpu gemm offsets");
+    let (m, n, k) = (37, 41, 64);
+    let a = random_f16(&mut rng, m * k + 1);
+    let b = random_f16(&mut rng, n * k + 3);
+    let (da, db) = (gpu.upload(&a).unwrap(), gpu.upload(&b).unwrap());
+    let mut c = gpu
+        .upload(&vec![f32::from_bits(POISON_F32); m * n])
         .unwrap();
-        assert_all_written(&format!("{layout:?}"), &c, poison);
-        assert!(
-            c.iter().all(|v| v.is_finite()),
-            "{layout:?}: NaN leaked from the old C"
-        );
-    }
-}
-
-#[test]
-fn non_finite_operands_propagate() {
-    let a = [f16::INFINITY, f16::ONE];
-    let b = [f16::ZERO, f16::ONE]; // inf·0 = NaN
-    let mut c = [0f32];
+    let shape = GemmShape::new(Layout::Forward, m, n, k);
     gemm(
-        GemmShape::new(Layout::Forward, 1, 1, 2),
-        &a,
-        &b,
+        &gpu,
+        shape,
+        &da.slice(1..),
+        &db.slice(3..),
         &Epilogue::plain(),
         &mut c,
     )
     .unwrap();
-    assert!(c[0].is_nan());
-    let mut c = [0f32];
-    gemm(
-        GemmShape::new(Layout::Forward, 1, 1, 2),
-        &a,
-        &[f16::ONE, f16::ONE],
-        &Epilogue::bias(&[1.0], true),
-        &mut c,
+    let wide = |v: &[f16]| v.iter().map(|x| x.to_f64()).collect::<Vec<f64>>();
+    let mut want = vec![0.0; m * n];
+    gemm_f64(
+        shape,
+        &wide(&a[1..]),
+        &wide(&b[3..]),
+        &CpuEpilogue::plain(),
+        &mut want,
     )
     .unwrap();
-    assert_eq!(c[0], f32::INFINITY);
-}
-
-#[test]
-fn zero_sized_dimensions() {
-    let bias = [1.5f32, -2.0];
-    let mut c = [9.0f32; 2];
-    gemm::<f16, f32>(
-        GemmShape::new(Layout::Forward, 1, 2, 0),
-        &[],
-        &[],
-        &Epilogue::bias(&bias, true),
-        &mut c,
-    )
-    .unwrap();
-    assert_eq!(c, [1.5, 0.0], "k = 0: the epilogue of an empty sum");
-    gemm::<f16, f32>(
-        GemmShape::new(Layout::Wgrad, 0, 2, 3),
-        &[],
-        &[f16::ONE; 6],
-        &Epilogue::plain(),
-        &mut [],
-    )
-    .unwrap();
-}
-
-/// L = Σ G∘relu?(X·Wᵀ + b) and its gradients through the library's backward layouts.
-#[derive(Clone)]
-struct LinearCheck {
-    m: usize,
-    n: usize,
-    k: usize,
-    x: Vec<f64>,
-    w: Vec<f64>,
-    b: Vec<f32>,
-    g: Vec<f64>,
-    relu: bool,
-}
-
-impl LinearCheck {
-    fn new(rng: &mut StdRng, m: usize, n: usize, k: usize, relu: bool) -> Self {
-        let mut r = |len: usize| {
-            (0..len)
-                .map(|_| rng.gen_range(-1.0..1.0))
-                .collect::<Vec<f64>>()
-        };
-        let (x, w, g) = (r(m * k), r(n * k), r(m * n));
-        let mut check = LinearCheck {
-            m,
-            n,
-            k,
-            x,
-            w,
-            b: vec![],
-            g,
-            relu,
-        };
-        // Redraw the bias until no pre-activation sits within 1e-3 of ReLU's kink, where a finite
-        // difference would straddle it.
-        loop {
-            check.b = r(n).iter().map(|&v| v as f32).collect();
-            let linear = LinearCheck {
-                relu: false,
-                ..check.clone()
-            };
-            let z = linear.forward(&check.x, &check.w, &check.b);
-            if z.iter().all(|v| v.abs() > 1e-3) {
-                return check;
-            }
-        }
-    }
-
-    fn forward(&self, x: &[f64], w: &[f64], b: &[f32]) -> Vec<f64> {
-        let mut y = vec![0.0; self.m * self.n];
-        gemm_f64(
-            GemmShape::new(Layout::Forward, self.m, self.n, self.k),
-            x,
-            w,
-            &Epilogue::bias(b, self.relu),
-            &mut y,
-        )
-        .unwrap();
-        y
-    }
-
-    fn loss(&self, y: &[f64]) -> f64 {
-        y.iter().zip(&self.g).map(|(y, g)| y * g).sum()
-    }
-
-    fn run(&self) {
-        let (m, n, k) = (self.m, self.n, self.k);
-        let y = self.forward(&self.x, &self.w, &self.b);
-        let mut dz = vec![0.0; m * n];
-        if self.relu {
-            relu::backward(&self.g, &y, &mut dz).unwrap();
-        } else {
-            dz.copy_from_slice(&self.g);
-        }
-        let mut dx = vec![0.0; m * k];
-        gemm_f64(
-            GemmShape::new(Layout::Dgrad, m, k, n),
-            &dz,
-            &self.w,
-            &Epilogue::plain(),
-            &mut dx,
-        )
-        .unwrap();
-        let mut dw = vec![0.0; n * k];
-        gemm_f64(
-            GemmShape::new(Layout::Wgrad, n, k, m),
-            &dz,
-            &self.x,
-            &Epilogue::plain(),
-            &mut dw,
-        )
-        .unwrap();
-        let mut db = vec![0.0f64; n];
-        bias_grad(&dz, m, n, &mut db).unwrap();
-
-        // Finite differences in f64: truncation O(h²) and rounding O(ε/h) both near 1e-9 here.
-        let tol = Tolerance::new(1e-7, 1e-6);
-        let what = format!("m={m} n={n} k={k} relu={}", self.relu);
-        let num_dx = numerical_gradient(
-            |x| self.loss(&self.forward(x, &self.w, &self.b)),
-            &self.x,
-            1e-5,
-        );
-        assert_close(&format!("dX {what}"), &dx, &num_dx, tol);
-        let num_dw = numerical_gradient(
-            |w| self.loss(&self.forward(&self.x, w, &self.b)),
-            &self.w,
-            1e-5,
-        );
-        assert_close(&format!("dW {what}"), &dw, &num_dw, tol);
-        // The bias is f32 in the epilogue, so differentiate it as an extra input column of ones
-        // whose weights are the bias: X' = [X | 1], W' = [W | b] gives X'·W'ᵀ = X·Wᵀ + b.
-        let x1: Vec<f64> = self
-            .x
-            .chunks(k)
-            .flat_map(|r| r.iter().copied().chain([1.0]))
-            .collect();
-        let wb: Vec<f64> = self
-            .w
-            .chunks(k)
-            .zip(&self.b)
-            .flat_map(|(r, &b)| r.iter().copied().chain([f64::from(b)]))
-            .collect();
-        let folded = |w1: &[f64]| {
-            let mut y = vec![0.0; m * n];
-            gemm_f64(
-                GemmShape::new(Layout::Forward, m, n, k + 1),
-                &x1,
-                w1,
-                &Epilogue {
-                    relu: self.relu,
-                    ..Epilogue::plain()
-                },
-                &mut y,
-            )
-            .unwrap();
-            self.loss(&y)
-        };
-        assert_close(
-            &format!("folded forward {what}"),
-            &[folded(&wb)],
-            &[self.loss(&y)],
-            Tolerance::new(1e-12, 1e-12),
-        );
-        let num_wb = numerical_gradient(folded, &wb, 1e-5);
-        let num_db: Vec<f64> = num_wb.chunks(k + 1).map(|r| r[k]).collect();
-        assert_close(&format!("db {what}"), &db, &num_db, tol);
-    }
-}
-
-#[test]
-fn backward_layouts_match_finite_differences() {
-    let mut rng = rng("gemm gradcheck");
-    for (m, n, k) in [(1, 1, 1), (3, 4, 5), (7, 2, 10), (10, 13, 3)] {
-        for relu in [false, true] {
-            LinearCheck::new(&mut rng, m, n, k, relu).run();
-        }
-    }
-}
-
-#[test]
-fn bias_grad_is_the_same_on_any_thread_count() {
-    let mut rng = rng("bias_grad threads");
-    let (rows, cols) = (4099, 515);
-    let dy = random_f16(&mut rng, rows * cols, 8.0);
-    let mut many = vec![0f32; cols];
-    bias_grad(&dy, rows, cols, &mut many).unwrap();
-    let mut one = vec![0f32; cols];
-    common::on_threads(1, || bias_grad(&dy, rows, cols, &mut one).unwrap());
-    assert_eq!(
-        many.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-        one.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    assert_close(
+        "offset views",
+        &gpu.download(&c).unwrap(),
+        &want,
+        f32::tolerance(k, 1.0),
     );
-    let want: Vec<f64> = (0..cols)
-        .map(|j| (0..rows).map(|i| dy[i * cols + j].to_f64()).sum())
-        .collect();
-    assert_close("bias_grad", &many, &want, Tolerance::new(0.0, 6e-8));
+}
+
+#[test]
+fn bias_grad_matches_the_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = rng("gpu bias_grad");
+    for (rows, cols) in [(1, 1), (7, 10), (4096, 512), (4097, 513), (33, 784)] {
+        let dy: Vec<f16> = (0..rows * cols)
+            .map(|_| f16::from_f32(rng.gen_range(-4.0..4.0)))
+            .collect();
+        let mut want = vec![0f64; cols];
+        cpu_bias_grad(&dy, rows, cols, &mut want).unwrap();
+        let mut db = gpu.upload(&vec![f32::from_bits(POISON_F32); cols]).unwrap();
+        bias_grad(&gpu, &gpu.upload(&dy).unwrap(), rows, cols, &mut db).unwrap();
+        let got = gpu.download(&db).unwrap();
+        // f32 sums of `rows` terms of size ≤ 4: absolute slack ~ sqrt(rows)·4·2^-24, generously.
+        let tol = Tolerance::new(1e-6 * (rows as f64).sqrt() * 4.0, 1e-5).with_rel_l2(1e-5);
+        assert_close(&format!("bias_grad f16 {rows}×{cols}"), &got, &want, tol);
+
+        let dy32: Vec<f32> = dy.iter().map(|v| v.to_f32()).collect();
+        let mut db32 = gpu.upload(&vec![f32::from_bits(POISON_F32); cols]).unwrap();
+        bias_grad(&gpu, &gpu.upload(&dy32).unwrap(), rows, cols, &mut db32).unwrap();
+        let again = gpu.download(&db32).unwrap();
+        assert_eq!(
+            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            again.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "f16 and f32 inputs of equal value sum identically (fixed order)"
+        );
+    }
+}
+
+#[test]
+fn bad_arguments_are_errors_before_any_launch() {
+    let Some(gpu) = gpu() else { return };
+    let a = gpu.upload(&[f16::ONE; 12]).unwrap();
+    let b = gpu.upload(&[f16::ONE; 12]).unwrap();
+    let mut c = gpu.upload(&[0f32; 9]).unwrap();
+    // n = 4 needs a 16-element B.
+    let e = gemm(
+        &gpu,
+        GemmShape::new(Layout::Forward, 3, 4, 4),
+        &a,
+        &b,
+        &Epilogue::plain(),
+        &mut c,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, Error::ShapeMismatch { .. }) && e.to_string().contains("B has 12"),
+        "{e}"
+    );
+    let bias = gpu.upload(&[0f32; 2]).unwrap();
+    let bias_view = bias.slice(..);
+    let mut c = gpu.upload(&[0f32; 12]).unwrap();
+    let e = gemm(
+        &gpu,
+        GemmShape::new(Layout::Forward, 3, 4, 4),
+        &a,
+        &gpu.upload(&[f16::ONE; 16]).unwrap(),
+        &Epilogue::bias(&bias_view, false),
+        &mut c,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("bias"), "{e}");
+    // An f16 operand starting one byte into a buffer cannot be read as f16 at all.
+    let bytes = gpu.alloc_zeros::<u8>(64).unwrap();
+    // SAFETY: any bit pattern is a valid f16; only the alignment is wrong, which gemm rejects.
+    let odd = unsafe { bytes.slice(1..).transmute::<f16>(12) }.unwrap();
+    let mut c = gpu.upload(&[0f32; 9]).unwrap();
+    let e = gemm(
+        &gpu,
+        GemmShape::new(Layout::Forward, 3, 3, 4),
+        &odd,
+        &odd,
+        &Epilogue::plain(),
+        &mut c,
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
 }

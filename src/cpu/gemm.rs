@@ -123,7 +123,7 @@ pub fn gemm<A: Element, C: Element>(
         "cpu::gemm::gemm",
         shape,
         [a.len(), b.len(), c.len()],
-        epilogue,
+        epilogue.bias.map(<[f32]>::len),
     )?;
     let GemmShape { layout, m, n, k } = shape;
     let a32 = widen_f32(a);
@@ -157,7 +157,7 @@ pub fn gemm_f64(
         "cpu::gemm::gemm_f64",
         shape,
         [a.len(), b.len(), c.len()],
-        epilogue,
+        epilogue.bias.map(<[f32]>::len),
     )?;
     let GemmShape { layout, m, n, k } = shape;
     let acc = product::<f64>(layout, m, n, k, a, b);
@@ -230,18 +230,20 @@ fn logical_strides(layout: Layout, m: usize, n: usize, k: usize) -> [(isize, isi
     }
 }
 
-fn check_shapes(
+/// Checks operand lengths against the shape (and the bias against `n`); shared with the GPU
+/// wrapper so both report the same errors.
+pub(crate) fn check_shapes(
     op: &'static str,
     GemmShape { layout, m, n, k }: GemmShape,
     [a_len, b_len, c_len]: [usize; 3],
-    epilogue: &Epilogue,
+    bias_len: Option<usize>,
 ) -> Result<()> {
     let [(ar, ac), (br, bc)] = stored_shapes(layout, m, n, k);
     expect_len(op, "A", a_len, ar, ac)?;
     expect_len(op, "B", b_len, br, bc)?;
     expect_len(op, "C", c_len, m, n)?;
-    if let Some(bias) = epilogue.bias {
-        expect_len(op, "bias", bias.len(), 1, n)?;
+    if let Some(len) = bias_len {
+        expect_len(op, "bias", len, 1, n)?;
     }
     Ok(())
 }

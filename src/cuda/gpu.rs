@@ -3,7 +3,7 @@
 use crate::cuda::launch::{KernelArgs, LaunchConfig};
 use crate::error::{Error, Result};
 use crate::kernels::{self, KernelModule};
-use cudarc::driver::sys::{CUdevice_attribute, CUresult};
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute, CUresult};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
     DriverError, PushKernelArg, ValidAsZeroBits,
@@ -12,6 +12,9 @@ use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+
+/// Dynamic shared memory a kernel may use without opting in, bytes.
+const STATIC_SHARED_LIMIT: u32 = 48 * 1024;
 
 /// What a [`Gpu`] is: read once when it is opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +44,7 @@ pub struct Gpu {
     info: GpuInfo,
     modules: Mutex<Vec<Option<Arc<CudaModule>>>>,
     functions: Mutex<HashMap<(usize, &'static str), CudaFunction>>,
+    scratch: Mutex<Option<CudaSlice<u8>>>,
     sync_launches: AtomicBool,
 }
 
@@ -113,6 +117,7 @@ impl Gpu {
             info,
             modules: Mutex::new(vec![None; kernels::ALL.len()]),
             functions: Mutex::new(HashMap::new()),
+            scratch: Mutex::new(None),
             sync_launches: AtomicBool::new(sync),
         }))
     }
@@ -175,6 +180,27 @@ impl Gpu {
             "allocating {} bytes",
             len * std::mem::size_of::<T>()
         )))
+    }
+
+    /// Runs `f` with the device address of a scratch buffer of at least `bytes` bytes, owned by
+    /// this device and reused across calls (ops use it for split-K partial sums and the like).
+    ///
+    /// Reuse is safe because all work is ordered on [`Gpu::stream`]: a later op's kernels cannot
+    /// start before an earlier op's kernels have finished with the buffer. The buffer grows when a
+    /// call needs more; the old one is freed in stream order.
+    pub(crate) fn with_scratch<R>(
+        &self,
+        bytes: usize,
+        f: impl FnOnce(u64) -> Result<R>,
+    ) -> Result<R> {
+        let mut scratch = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        if scratch.as_ref().is_none_or(|s| s.len() < bytes) {
+            *scratch = None;
+            *scratch = Some(self.alloc_zeros::<u8>(bytes.next_multiple_of(1 << 20))?);
+        }
+        let buf = scratch.as_ref().expect("allocated above");
+        let (ptr, _guard) = buf.device_ptr(&self.stream);
+        f(ptr)
     }
 
     /// Loads `module` into this context if it is not loaded yet.
@@ -251,6 +277,14 @@ impl Gpu {
         args: &KernelArgs,
     ) -> Result<()> {
         let f = self.function(module, kernel)?;
+        if cfg.shared_bytes > STATIC_SHARED_LIMIT {
+            // Above 48 KB a kernel must opt in to dynamic shared memory, per function.
+            f.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                cfg.shared_bytes as i32,
+            )
+            .map_err(|source| Error::Launch { kernel, source })?;
+        }
         let mut builder = self.stream.launch_builder(&f);
         for slot in args.slots() {
             builder.arg(slot);

@@ -4,4 +4,5 @@
 //! Each module here has a CPU twin of the same name in [`crate::cpu`] computing the same function.
 
 pub mod cast;
+pub mod gemm;
 mod plan;

@@ -1,0 +1,505 @@
+//! FP16 tensor-core GEMM (`kernels/gemm.cu`); CPU twin: [`crate::cpu::gemm`].
+//!
+//! Same layouts, shapes and epilogue as the CPU reference ([`GemmShape`], [`Layout`]): operands
+//! are f16, accumulation is f32, the output is f16 or f32. Any `m, n, k` (zero included) works.
+//!
+//! **Fast path**: each operand's contiguous dimension is a multiple of 8 halves and its device
+//! address is 16-byte aligned (A: `k` for `Forward`/`Dgrad`, `m` for `Wgrad`; B: `k` for
+//! `Forward`, `n` for `Dgrad`/`Wgrad`). Then tiles stream through a 4-stage `cp.async` pipeline.
+//! Anything else takes a correct slower path that loads element by element. The output has no
+//! alignment requirement.
+//!
+//! The launch configuration (tile size and K-split) is chosen per shape from a small cost model
+//! ([`plan`]): big tiles for big problems, small tiles or a K-split where big tiles would leave
+//! SMs idle (the MLP's weight gradients). A K-split writes f32 partial sums to the device's
+//! scratch buffer and a second kernel adds them in a fixed order: results are deterministic.
+
+use crate::cpu::gemm::{check_shapes, GemmShape, Layout};
+use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
+use crate::error::{Error, Result};
+use crate::kernels;
+use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut, DeviceRepr};
+use half::f16;
+
+/// What happens to the product before it is stored (the CPU reference's order: alpha, bias,
+/// beta·C_old, ReLU, one rounding).
+#[derive(Debug, Clone, Copy)]
+pub struct Epilogue<'a> {
+    /// Scales the product.
+    pub alpha: f32,
+    /// Scales the old contents of C, added to the result; 0 means C is write-only.
+    pub beta: f32,
+    /// One f32 per output column (`n` of them), added to every row.
+    pub bias: Option<&'a CudaView<'a, f32>>,
+    /// Applies ReLU last.
+    pub relu: bool,
+}
+
+impl<'a> Epilogue<'a> {
+    /// `C = A·B` with nothing else.
+    pub fn plain() -> Self {
+        Epilogue {
+            alpha: 1.0,
+            beta: 0.0,
+            bias: None,
+            relu: false,
+        }
+    }
+
+    /// `C = relu?(A·B + bias)`: a linear layer's forward.
+    pub fn bias(bias: &'a CudaView<'a, f32>, relu: bool) -> Self {
+        Epilogue {
+            bias: Some(bias),
+            relu,
+            ..Self::plain()
+        }
+    }
+
+    /// `C += A·B`: gradient accumulation.
+    pub fn accumulate() -> Self {
+        Epilogue {
+            beta: 1.0,
+            ..Self::plain()
+        }
+    }
+}
+
+/// Output element types of [`gemm`]: f16 or f32.
+pub trait GemmOutput: DeviceRepr + sealed::Sealed {
+    /// The kernel's `out_kind` code.
+    #[doc(hidden)]
+    const KIND: i32;
+}
+impl GemmOutput for f16 {
+    const KIND: i32 = 0;
+}
+impl GemmOutput for f32 {
+    const KIND: i32 = 1;
+}
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for half::f16 {}
+    impl Sealed for f32 {}
+}
+
+/// Element types [`bias_grad`] reads: f16 or f32.
+pub trait BiasGradInput: DeviceRepr + sealed::Sealed {
+    /// The pass-1 kernel for this type.
+    #[doc(hidden)]
+    const KERNEL: &'static str;
+}
+impl BiasGradInput for f16 {
+    const KERNEL: &'static str = "bias_grad_partial_f16";
+}
+impl BiasGradInput for f32 {
+    const KERNEL: &'static str = "bias_grad_partial_f32";
+}
+
+/// A block-tile configuration of `kernels/gemm.cu` (must match its `AMPKIT_GEMM_LAYOUT`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TileConfig {
+    /// Kernel-name suffix.
+    pub name: &'static str,
+    /// Block tile rows.
+    pub bm: usize,
+    /// Block tile columns.
+    pub bn: usize,
+    /// K depth of one pipeline stage.
+    pub bk: usize,
+    /// Threads per block.
+    pub threads: u32,
+    /// cp.async pipeline depth.
+    pub stages: usize,
+    /// Blocks that fit on one SM at once (registers and shared memory).
+    pub blocks_per_sm: usize,
+    /// Relative math throughput per SM (big warp tiles reuse fragments more).
+    pub efficiency: f64,
+}
+
+const PAD: usize = 8;
+/// The tiles `kernels/gemm.cu` instantiates (its `AMPKIT_GEMM_LAYOUT`). Efficiencies are the
+/// measured rates relative to `l64` (docs/kernels/gemm.md).
+#[rustfmt::skip]
+const LARGE64: TileConfig = TileConfig { name: "l64", bm: 128, bn: 256, bk: 64, threads: 256, stages: 3, blocks_per_sm: 1, efficiency: 1.0 };
+#[rustfmt::skip]
+const MEDIUM8: TileConfig = TileConfig { name: "m8", bm: 128, bn: 128, bk: 32, threads: 256, stages: 4, blocks_per_sm: 1, efficiency: 0.6 };
+#[rustfmt::skip]
+const MEDIUM: TileConfig = TileConfig { name: "m", bm: 128, bn: 128, bk: 32, threads: 128, stages: 4, blocks_per_sm: 2, efficiency: 0.76 };
+#[rustfmt::skip]
+const SMALL: TileConfig = TileConfig { name: "s", bm: 64, bn: 64, bk: 32, threads: 128, stages: 4, blocks_per_sm: 4, efficiency: 0.39 };
+/// The element-by-element configuration for operands off the fast path.
+#[rustfmt::skip]
+pub const UNALIGNED: TileConfig = TileConfig { name: "unaligned", bm: 64, bn: 64, bk: 32, threads: 128, stages: 2, blocks_per_sm: 4, efficiency: 0.2 };
+/// The aligned configurations, largest first.
+pub const CONFIGS: [TileConfig; 4] = [LARGE64, MEDIUM, MEDIUM8, SMALL];
+
+impl TileConfig {
+    /// Dynamic shared memory of one block for a layout, bytes (the kernel's A_TILE and B_TILE).
+    pub fn shared_bytes(&self, layout: Layout) -> usize {
+        let (a_kmajor, b_kmajor) = kmajor(layout);
+        let tile = |rows: usize, k_major: bool| {
+            if k_major {
+                rows * (self.bk + PAD)
+            } else {
+                self.bk * (rows + PAD)
+            }
+        };
+        self.stages * (tile(self.bm, a_kmajor) + tile(self.bn, b_kmajor)) * 2
+    }
+}
+
+/// Whether A and B are K-major (K contiguous) in a layout.
+fn kmajor(layout: Layout) -> (bool, bool) {
+    match layout {
+        Layout::Forward => (true, true),
+        Layout::Dgrad => (true, false),
+        Layout::Wgrad => (false, false),
+    }
+}
+
+fn kernel_name(layout: Layout, cfg: &TileConfig) -> &'static str {
+    match (layout, cfg.name) {
+        (Layout::Forward, "l64") => "gemm_fwd_l64",
+        (Layout::Forward, "m8") => "gemm_fwd_m8",
+        (Layout::Forward, "m") => "gemm_fwd_m",
+        (Layout::Forward, "s") => "gemm_fwd_s",
+        (Layout::Forward, _) => "gemm_fwd_unaligned",
+        (Layout::Dgrad, "l64") => "gemm_dgrad_l64",
+        (Layout::Dgrad, "m8") => "gemm_dgrad_m8",
+        (Layout::Dgrad, "m") => "gemm_dgrad_m",
+        (Layout::Dgrad, "s") => "gemm_dgrad_s",
+        (Layout::Dgrad, _) => "gemm_dgrad_unaligned",
+        (Layout::Wgrad, "l64") => "gemm_wgrad_l64",
+        (Layout::Wgrad, "m8") => "gemm_wgrad_m8",
+        (Layout::Wgrad, "m") => "gemm_wgrad_m",
+        (Layout::Wgrad, "s") => "gemm_wgrad_s",
+        (Layout::Wgrad, _) => "gemm_wgrad_unaligned",
+    }
+}
+
+/// How a GEMM is launched: tile configuration and K-split.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Plan {
+    /// The tile configuration.
+    pub config: TileConfig,
+    /// K is cut into this many slices, one per grid layer, summed by a second kernel when > 1.
+    pub splits: usize,
+    /// Tile-rows per raster group (blocks of a group share operand strips in L2).
+    pub group_m: usize,
+}
+
+/// Tile-rows per raster group unless a plan says otherwise.
+pub const GROUP_M: usize = 8;
+
+/// Sustained math per SM of the best configuration (FLOP/s): 410 TFLOP/s over 132 SMs measured
+/// for `l64` at 8192³ on an H100 (docs/kernels/gemm.md). `TileConfig::efficiency` is relative to it.
+const SM_FLOPS: f64 = 3.1e12;
+/// Warps an SM needs resident to reach its full rate; fewer leave latency exposed.
+const WARPS_FOR_FULL_RATE: f64 = 8.0;
+/// Per-block fixed cost in the model (pipeline fill, epilogue), s.
+const BLOCK_OVERHEAD_S: f64 = 4e-6;
+/// Memory bandwidth assumed for the split-K reduction (bytes/s).
+const DRAM_BYTES_PER_S: f64 = 2.5e12;
+/// Cost of one extra kernel launch in the model (s).
+const LAUNCH_S: f64 = 3e-6;
+
+/// Picks the tile configuration and K-split for a shape on a GPU with `sms` SMs. `aligned` says
+/// whether the operands allow the fast path (see the module doc).
+///
+/// The model: an SM runs its share of blocks (`ceil(blocks / sms)`) at the configuration's
+/// measured rate, scaled down when fewer than 8 warps are resident, plus a fixed cost per block
+/// wave; a K-split adds a launch and the f32 partials' round trip through memory.
+pub fn plan(shape: GemmShape, aligned: bool, sms: usize) -> Plan {
+    let GemmShape { m, n, k, .. } = shape;
+    let config_only = |config| Plan {
+        config,
+        splits: 1,
+        group_m: GROUP_M,
+    };
+    if !aligned {
+        return config_only(UNALIGNED);
+    }
+    let mut best = (f64::INFINITY, config_only(SMALL));
+    for config in CONFIGS {
+        let k_tiles = k.div_ceil(config.bk).max(1);
+        let tiles = m.div_ceil(config.bm) * n.div_ceil(config.bn);
+        for splits in [1usize, 2, 3, 4, 6, 8] {
+            // Each split keeps at least 8 K-tiles, so the pipeline has something to overlap.
+            if splits > 1 && k_tiles / splits < 8 {
+                break;
+            }
+            let per_sm = (tiles * splits).div_ceil(sms);
+            let resident = per_sm.min(config.blocks_per_sm);
+            let warps = (resident as u32 * config.threads / 32) as f64;
+            let rate = SM_FLOPS * config.efficiency * (warps / WARPS_FOR_FULL_RATE).min(1.0);
+            let block_flops =
+                2.0 * (config.bm * config.bn * k_tiles.div_ceil(splits) * config.bk) as f64;
+            let waves = per_sm.div_ceil(config.blocks_per_sm) as f64;
+            let mut cost = per_sm as f64 * block_flops / rate + waves * BLOCK_OVERHEAD_S;
+            if splits > 1 {
+                cost += LAUNCH_S + (m * n * 4 * (splits + 1)) as f64 / DRAM_BYTES_PER_S;
+            }
+            if cost < best.0 {
+                best = (
+                    cost,
+                    Plan {
+                        config,
+                        splits,
+                        group_m: GROUP_M,
+                    },
+                );
+            }
+        }
+    }
+    best.1
+}
+
+/// `C[m, n] = epilogue(A·B)` on the GPU, f16 operands, f32 accumulation, f16 or f32 output.
+///
+/// Errors before any launch: [`Error::ShapeMismatch`] when a buffer's length does not match
+/// the shape (or the bias's `n`), [`Error::InvalidArgument`] when a dimension exceeds `i32::MAX`
+/// or an operand is not even 2-byte aligned.
+pub fn gemm<C, A, B, O>(
+    gpu: &Gpu,
+    shape: GemmShape,
+    a: &A,
+    b: &B,
+    epilogue: &Epilogue,
+    c: &mut O,
+) -> Result<()>
+where
+    C: GemmOutput,
+    A: DevicePtr<f16>,
+    B: DevicePtr<f16>,
+    O: DevicePtrMut<C>,
+{
+    gemm_with_plan(gpu, shape, None, a, b, epilogue, c)
+}
+
+/// [`gemm`] with a forced [`Plan`] instead of the cost model's, for tests and benchmarks that
+/// must exercise every configuration. An aligned configuration on operands that do not meet the
+/// fast path's alignment is replaced by the unaligned one.
+#[doc(hidden)]
+pub fn gemm_with_plan<C, A, B, O>(
+    gpu: &Gpu,
+    shape: GemmShape,
+    forced: Option<Plan>,
+    a: &A,
+    b: &B,
+    epilogue: &Epilogue,
+    c: &mut O,
+) -> Result<()>
+where
+    C: GemmOutput,
+    A: DevicePtr<f16>,
+    B: DevicePtr<f16>,
+    O: DevicePtrMut<C>,
+{
+    const OP: &str = "ops::gemm::gemm";
+    check_shapes(
+        OP,
+        shape,
+        [a.len(), b.len(), c.len()],
+        epilogue.bias.map(|b| b.len()),
+    )?;
+    let GemmShape { layout, m, n, k } = shape;
+    let dim = |name: &str, v: usize| {
+        i32::try_from(v).map_err(|_| Error::InvalidArgument {
+            op: OP,
+            detail: format!("{name} = {v} exceeds i32::MAX, the kernel's index range"),
+        })
+    };
+    let (mi, ni, ki) = (dim("m", m)?, dim("n", n)?, dim("k", k)?);
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let stream = gpu.stream();
+    let (a_ptr, _ga) = a.device_ptr(stream);
+    let (b_ptr, _gb) = b.device_ptr(stream);
+    let (c_ptr, _gc) = c.device_ptr_mut(stream);
+    let bias = epilogue.bias.map(|b| b.device_ptr(stream));
+    let bias_ptr = bias.as_ref().map_or(0, |(p, _)| *p);
+    for (name, p, bytes) in [
+        ("A", a_ptr, 2),
+        ("B", b_ptr, 2),
+        ("C", c_ptr, std::mem::size_of::<C>()),
+        ("bias", bias_ptr, 4),
+    ] {
+        if p % bytes as u64 != 0 {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                detail: format!("{name} at {p:#x} is not aligned to its {bytes}-byte elements"),
+            });
+        }
+    }
+    let (a_contig, b_contig) = match layout {
+        Layout::Forward => (k, k),
+        Layout::Dgrad => (k, n),
+        Layout::Wgrad => (m, n),
+    };
+    let aligned = a_contig % 8 == 0 && b_contig % 8 == 0 && a_ptr % 16 == 0 && b_ptr % 16 == 0;
+    let p = match forced {
+        Some(p) if aligned || p.config == UNALIGNED => Plan {
+            splits: p.splits.max(1),
+            ..p
+        },
+        Some(p) => Plan {
+            config: UNALIGNED,
+            splits: p.splits.max(1),
+            ..p
+        },
+        None => plan(shape, aligned, gpu.info().multiprocessors),
+    };
+    let tiles = m.div_ceil(p.config.bm) * n.div_ceil(p.config.bn);
+    let k_tiles = k.div_ceil(p.config.bk);
+    let per_split = k_tiles.div_ceil(p.splits).max(1);
+    let cfg = LaunchConfig {
+        grid: (tiles as u32, 1, p.splits as u32),
+        block: (p.config.threads, 1, 1),
+        shared_bytes: p.config.shared_bytes(layout) as u32,
+    };
+    let kernel = kernel_name(layout, &p.config);
+    let launch_main = |out: u64, out_kind: i32| {
+        let mut args = KernelArgs::new();
+        args.push(a_ptr).push(b_ptr).push(out).push(bias_ptr);
+        args.push(mi).push(ni).push(ki);
+        args.push(epilogue.alpha)
+            .push(epilogue.beta)
+            .push(i32::from(epilogue.relu));
+        args.push(out_kind)
+            .push(per_split as i32)
+            .push(p.group_m as i32);
+        // SAFETY: gemm_<layout>_<config>(const half* A, const half* B, void* C, const float* bias,
+        // int M, int N, int K, float alpha, float beta, int relu, int out_kind,
+        // int k_tiles_per_split, int group_m) matches the arguments. check_shapes proved A, B, C (and bias)
+        // hold exactly what (layout, m, n, k) addresses; the kernel bounds-checks every tile edge;
+        // `out` holds splits·m·n f32 when out_kind is 2. Alignment was checked above.
+        unsafe { gpu.launch(&kernels::GEMM, kernel, cfg, &args) }
+    };
+    if p.splits == 1 {
+        return launch_main(c_ptr, C::KIND);
+    }
+    gpu.with_scratch(p.splits * m * n * 4, |ws| {
+        launch_main(ws, 2)?;
+        let mut args = KernelArgs::new();
+        args.push(ws)
+            .push(p.splits as i32)
+            .push(mi)
+            .push(ni)
+            .push(c_ptr)
+            .push(C::KIND);
+        args.push(bias_ptr)
+            .push(epilogue.alpha)
+            .push(epilogue.beta)
+            .push(i32::from(epilogue.relu));
+        let cfg = LaunchConfig::linear(
+            (m * n).div_ceil(256).min(gpu.info().multiprocessors * 8) as u32,
+            256,
+        );
+        // SAFETY: gemm_splitk_reduce(const float* ws, int splits, int M, int N, void* C,
+        // int out_kind, const float* bias, float alpha, float beta, int relu) matches; ws holds
+        // splits·m·n f32 written above, C holds m·n elements of the out_kind type.
+        unsafe { gpu.launch(&kernels::GEMM, "gemm_splitk_reduce", cfg, &args) }
+    })
+}
+
+/// Bias gradient on the GPU: `db[j] = Σ_i dy[i, j]` over a row-major `[rows, cols]` gradient,
+/// in f32, deterministic (fixed row blocks, added in a fixed order). CPU twin:
+/// [`crate::cpu::gemm::bias_grad`] (which sums in f64).
+pub fn bias_grad<T, S, D>(gpu: &Gpu, dy: &S, rows: usize, cols: usize, db: &mut D) -> Result<()>
+where
+    T: BiasGradInput,
+    S: DevicePtr<T>,
+    D: DevicePtrMut<f32>,
+{
+    const OP: &str = "ops::gemm::bias_grad";
+    crate::error::expect_len(
+        OP,
+        "dy",
+        dy.len(),
+        rows.saturating_mul(cols),
+        &format!("rows·cols = {rows}·{cols}"),
+    )?;
+    crate::error::expect_len(OP, "db", db.len(), cols, "cols")?;
+    let (ri, ci) = (
+        i32::try_from(rows).map_err(|_| Error::InvalidArgument {
+            op: OP,
+            detail: format!("rows = {rows} exceeds i32::MAX"),
+        })?,
+        i32::try_from(cols).map_err(|_| Error::InvalidArgument {
+            op: OP,
+            detail: format!("cols = {cols} exceeds i32::MAX"),
+        })?,
+    );
+    if cols == 0 {
+        return Ok(());
+    }
+    let stream = gpu.stream();
+    let (dy_ptr, _g1) = dy.device_ptr(stream);
+    let (db_ptr, _g2) = db.device_ptr_mut(stream);
+    // Enough row blocks for two blocks per SM, each at least 64 rows long.
+    let col_blocks = cols.div_ceil(64);
+    let want = (2 * gpu.info().multiprocessors).div_ceil(col_blocks).max(1);
+    let rows_per_split = rows.div_ceil(want).max(64);
+    let splits = rows.div_ceil(rows_per_split).max(1);
+    gpu.with_scratch(splits * cols * 4, |partial| {
+        let mut args = KernelArgs::new();
+        args.push(dy_ptr)
+            .push(ri)
+            .push(ci)
+            .push(rows_per_split as i32)
+            .push(partial);
+        let cfg = LaunchConfig {
+            grid: (col_blocks as u32, splits as u32, 1),
+            block: (256, 1, 1),
+            shared_bytes: 0,
+        };
+        // SAFETY: bias_grad_partial_{f16,f32}(const T* dy, int rows, int cols, int rows_per_split,
+        // float* partial) matches, with T the kernel's type (T::KERNEL); dy holds rows·cols, the
+        // scratch holds splits·cols f32 and the kernel bounds-checks rows and columns.
+        unsafe { gpu.launch(&kernels::GEMM, T::KERNEL, cfg, &args)? };
+        let mut args = KernelArgs::new();
+        args.push(partial).push(splits as i32).push(ci).push(db_ptr);
+        // SAFETY: bias_grad_finish(const float* partial, int splits, int cols, float* db) matches;
+        // db holds cols f32.
+        unsafe {
+            gpu.launch(
+                &kernels::GEMM,
+                "bias_grad_finish",
+                LaunchConfig::linear(cols.div_ceil(256) as u32, 256),
+                &args,
+            )
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_memory_matches_the_kernel_header() {
+        assert_eq!(LARGE64.shared_bytes(Layout::Forward), 165_888);
+        assert_eq!(MEDIUM.shared_bytes(Layout::Wgrad), 69_632);
+        assert_eq!(SMALL.shared_bytes(Layout::Dgrad), 38_912);
+        for c in CONFIGS {
+            for l in [Layout::Forward, Layout::Dgrad, Layout::Wgrad] {
+                assert!(
+                    c.shared_bytes(l) <= 227 * 1024 / c.blocks_per_sm,
+                    "{c:?} {l:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn plans_fit_the_shape() {
+        let big = plan(GemmShape::new(Layout::Forward, 8192, 8192, 8192), true, 132);
+        assert_eq!((big.config.name, big.splits), ("l64", 1));
+        // The default MLP's wgrad: 784×512 outputs over K = 4096 → a K-split.
+        let wgrad = plan(GemmShape::new(Layout::Wgrad, 512, 784, 4096), true, 132);
+        assert!(wgrad.splits > 1, "{wgrad:?}");
+        let tiny = plan(GemmShape::new(Layout::Dgrad, 4096, 512, 10), false, 132);
+        assert_eq!(tiny.config.name, "unaligned");
+    }
+}
