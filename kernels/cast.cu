@@ -21,7 +21,10 @@
 using ampkit::Pack;
 using ampkit::Split;
 
-namespace {
+// A named namespace, not an anonymous one: nvcc names anonymous-namespace symbols (e.g. the
+// extern shared array) after a hash of the source path, which would make the committed PTX
+// depend on where the repository is checked out.
+namespace cast_detail {
 
 __device__ __forceinline__ __half f32_to_f16(float x) {
     uint32_t bits = __float_as_uint(x);
@@ -80,7 +83,9 @@ __device__ __forceinline__ void fill(T* __restrict__ out, size_t n, size_t head,
     for (size_t p = t; p < s.packs; p += ampkit::grid_threads()) out_packs[p] = b;
 }
 
-}  // namespace
+}  // namespace cast_detail
+
+using namespace cast_detail;
 
 // One extern "C" entry point per (kernel, V): stable, unmangled names for the host's module table.
 #define AMPKIT_CAST(V)                                                                           \

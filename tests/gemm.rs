@@ -365,3 +365,50 @@ fn bad_arguments_are_errors_before_any_launch() {
     .unwrap_err();
     assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
 }
+
+#[test]
+fn k_splits_are_deterministic() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = rng("gpu gemm determinism");
+    let shape = GemmShape::new(Layout::Wgrad, 512, 784, 4096);
+    let (la, lb) = operand_lens(shape);
+    let a = gpu.upload(&random_f16(&mut rng, la)).unwrap();
+    let b = gpu.upload(&random_f16(&mut rng, lb)).unwrap();
+    for config in [CONFIGS[0], CONFIGS[1]] {
+        let plan = Some(Plan {
+            config,
+            splits: 6,
+            group_m: GROUP_M,
+        });
+        let run32 = || {
+            let mut c = gpu.upload(&vec![0f32; 512 * 784]).unwrap();
+            gemm_with_plan(&gpu, shape, plan, &a, &b, &Epilogue::plain(), &mut c).unwrap();
+            gpu.download(&c)
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>()
+        };
+        let run16 = || {
+            let mut c = gpu.upload(&vec![f16::ZERO; 512 * 784]).unwrap();
+            gemm_with_plan(&gpu, shape, plan, &a, &b, &Epilogue::plain(), &mut c).unwrap();
+            gpu.download(&c)
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            run32(),
+            run32(),
+            "{}: serial split (f32 out) run to run",
+            config.name
+        );
+        assert_eq!(
+            run16(),
+            run16(),
+            "{}: workspace split (f16 out) run to run",
+            config.name
+        );
+    }
+}

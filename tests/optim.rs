@@ -684,7 +684,11 @@ proptest! {
                 let _ = m.step(&cfg, s, &[g], false).unwrap();
             }
         }
-        let tol = Tolerance::new(1e-6, 1e-5);
+        // Elementwise slack is 2e-3·lr: Adam's m/sqrt(v) is ill-conditioned where a gradient
+        // (with L2 decay added) nearly cancels, so one element's f32 update can differ from the
+        // f64 one by ~1e-4 relative (seen: 4.5e-6 on a 0.064 parameter, lr 0.05). The relative L2
+        // bound over the whole list stays tight and catches any formula error.
+        let tol = Tolerance::new(1e-4, 1e-5).with_rel_l2(1e-5);
         let report = compare(&model.master_flat(), &reference.p, tol);
         prop_assert!(report.passed(), "{:?} {:?}: params: {}", cfg, lens, report);
         for ((name, get), want) in buffers_of(&cfg).into_iter().zip([&reference.m, &reference.v]) {
