@@ -82,21 +82,30 @@ __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], 
 template <int BK, int ROWS, bool KMAJOR, bool VEC, int THREADS>
 __device__ __forceinline__ void load_tile(uint32_t smem, const __half* __restrict__ g, int outer,
                                           int K, int o0, int k0, int tid) {
-    constexpr int PER_ROW = KMAJOR ? BK / 8 : ROWS / 8;
-    constexpr int CHUNKS = (KMAJOR ? ROWS : BK) * PER_ROW;
-    static_assert(CHUNKS % THREADS == 0, "every thread copies the same number of chunks");
+    constexpr int PER_ROW = KMAJOR ? BK / 8 : ROWS / 8;  // 8-half chunks per shared row
+    constexpr int SROWS = KMAJOR ? ROWS : BK;            // shared rows
+    constexpr int LD = (KMAJOR ? BK : ROWS) + PAD;       // shared row pitch, halves
+    static_assert(THREADS % PER_ROW == 0 && SROWS % (THREADS / PER_ROW) == 0,
+                  "every thread copies the same column of whole passes");
+    // Each thread owns one chunk column and every (THREADS / PER_ROW)-th row, so one base
+    // pointer and one stride address all of its chunks (a pointer per chunk would cost two
+    // registers each, which the big tiles cannot spare).
+    constexpr int ROWS_PER_PASS = THREADS / PER_ROW;
+    const int r0 = tid / PER_ROW, col = (tid % PER_ROW) * 8;
+    const int rows_total = KMAJOR ? outer : K;
+    const int cols_total = KMAJOR ? K : outer;
+    const int gr0 = (KMAJOR ? o0 : k0) + r0;
+    const int gc = (KMAJOR ? k0 : o0) + col;
+    const __half* src0 = g + size_t(gr0) * cols_total + gc;
+    const size_t pass_stride = size_t(ROWS_PER_PASS) * cols_total;
+    const uint32_t dst0 = smem + 2 * (r0 * LD + col);
 #pragma unroll
-    for (int i = 0; i < CHUNKS / THREADS; ++i) {
-        const int c = tid + i * THREADS;
-        const int r = c / PER_ROW, col = (c % PER_ROW) * 8;
-        // (row, column) of the chunk's first element in global memory, and its bounds.
-        const int gr = KMAJOR ? o0 + r : k0 + r;
-        const int gc = KMAJOR ? k0 + col : o0 + col;
-        const int rows_total = KMAJOR ? outer : K;
-        const int cols_total = KMAJOR ? K : outer;
-        const uint32_t dst = smem + 2 * (r * ((KMAJOR ? BK : ROWS) + PAD) + col);
-        const __half* src = g + size_t(gr) * cols_total + gc;
+    for (int i = 0; i < SROWS / ROWS_PER_PASS; ++i) {
+        const int gr = gr0 + i * ROWS_PER_PASS;
+        const __half* src = src0 + i * pass_stride;
+        const uint32_t dst = dst0 + 2 * i * ROWS_PER_PASS * LD;
         if (VEC) {
+            // Contiguous dimension a multiple of 8: a chunk is entirely inside or outside.
             const bool inside = gr < rows_total && gc < cols_total;
             cp_async16(dst, inside ? src : g, inside ? 16 : 0);
         } else {

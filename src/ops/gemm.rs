@@ -194,7 +194,7 @@ pub struct Plan {
 }
 
 /// Tile-rows per raster group unless a plan says otherwise.
-pub const GROUP_M: usize = 8;
+pub const GROUP_M: usize = 4;
 
 /// Sustained math per SM of the best configuration (FLOP/s): 410 TFLOP/s over 132 SMs measured
 /// for `l64` at 8192³ on an H100 (docs/kernels/gemm.md). `TileConfig::efficiency` is relative to it.
