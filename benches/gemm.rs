@@ -1,7 +1,8 @@
 //! GEMM benchmark: ampkit's tensor-core kernel against cuBLAS (`cublasGemmEx`, f16 operands,
 //! f32 compute, the same output type) on the same operands in the same run, timed with CUDA
-//! events (median of 20 after 5 warm-ups). Shapes: 8192³, 4096³, the default MLP at batch 4096
-//! (784→512 forward, dgrad, wgrad; 512→10 forward) and a wide 4096→4096 layer at batch 8192.
+//! events (5 alternating rounds of 10 timed runs per side, median of the round medians).
+//! Shapes: 8192³, 4096³, the default MLP at batch 4096 (784→512 forward, dgrad, wgrad; 512→10
+//! forward) and a wide 4096→4096 layer at batch 8192.
 //!
 //! Prints TFLOP/s for both and the ratio, plus the relative L2 difference between the two results
 //! as a sanity check. Without a GPU it prints `skipped: no CUDA device` and exits 0.
@@ -126,7 +127,7 @@ fn main() {
     }
     sweep(&gpu).expect("config sweep");
     println!(
-        "\nGEMM on {} (TFLOP/s, median of 20, CUDA events):",
+        "\nGEMM on {} (TFLOP/s, 5 alternating rounds × 10 runs, CUDA events):",
         gpu.info().name
     );
     println!(
@@ -146,6 +147,23 @@ fn main() {
             tflops(ours) / tflops(theirs),
             diff
         );
+    }
+}
+
+/// Alternating timing rounds per side in the table.
+const ROUNDS: usize = 5;
+
+/// The median of per-round medians, with the extremes over all rounds.
+fn median_of(mut rounds: Vec<Timing>) -> Timing {
+    rounds.sort_by(|a, b| a.median_ms.total_cmp(&b.median_ms));
+    Timing {
+        median_ms: rounds[rounds.len() / 2].median_ms,
+        min_ms: rounds
+            .iter()
+            .map(|t| t.min_ms)
+            .fold(f64::INFINITY, f64::min),
+        max_ms: rounds.iter().map(|t| t.max_ms).fold(0.0, f64::max),
+        runs: rounds.iter().map(|t| t.runs).sum(),
     }
 }
 
@@ -196,8 +214,14 @@ where
     }
     group.finish();
 
-    let t_ours = timer.measure(5, 20, || run_ours(&mut ours))?;
-    let t_theirs = timer.measure(5, 20, || run_theirs(&mut theirs))?;
+    // Alternate rounds of ours and cuBLAS so clock and temperature drift during the run land on
+    // both alike; each side's figure is the median of its rounds' medians.
+    let (mut mine, mut cublas) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        mine.push(timer.measure(3, 10, || run_ours(&mut ours))?);
+        cublas.push(timer.measure(3, 10, || run_theirs(&mut theirs))?);
+    }
+    let (t_ours, t_theirs) = (median_of(mine), median_of(cublas));
     let (x, y) = (gpu.download(&ours)?, gpu.download(&theirs)?);
     let reference: Vec<f64> = y.iter().map(|v| v.to_f64()).collect();
     let diff = ampkit::check::rel_l2_error(&x, &reference);
