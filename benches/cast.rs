@@ -5,6 +5,8 @@
 //! gives each kernel's median bandwidth as a fraction of the copy's. Without a GPU it prints
 //! `skipped: no CUDA device` and exits 0.
 
+mod common;
+
 use ampkit::cuda::{Gpu, GpuTimer};
 use ampkit::{ops, Error, Result};
 use criterion::{Criterion, Throughput};
@@ -43,13 +45,8 @@ const CASES: &[Case] = &[
 ];
 
 fn main() {
-    let gpu = match Gpu::new(0) {
-        Ok(gpu) => gpu,
-        Err(Error::NoCudaDevice { reason }) => {
-            eprintln!("skipped: no CUDA device ({reason})");
-            return;
-        }
-        Err(e) => panic!("opening the GPU: {e}"),
+    let Some(gpu) = common::gpu_or_skip() else {
+        return;
     };
     if let Err(e) = run(&gpu) {
         panic!("cast benchmark failed: {e}");

@@ -7,6 +7,8 @@
 //! Prints TFLOP/s for both and the ratio, plus the relative L2 difference between the two results
 //! as a sanity check. Without a GPU it prints `skipped: no CUDA device` and exits 0.
 
+mod common;
+
 use ampkit::cpu::gemm::{GemmShape, Layout};
 use ampkit::cuda::{DeviceBuffer, Gpu, GpuTimer, Timing};
 use ampkit::ops::gemm::{gemm, gemm_with_plan, plan, Epilogue, GemmOutput, Plan, CONFIGS, GROUP_M};
@@ -102,13 +104,8 @@ const CASES: &[Case] = &[
 ];
 
 fn main() {
-    let gpu = match Gpu::new(0) {
-        Ok(gpu) => gpu,
-        Err(Error::NoCudaDevice { reason }) => {
-            eprintln!("skipped: no CUDA device ({reason})");
-            return;
-        }
-        Err(e) => panic!("opening the GPU: {e}"),
+    let Some(gpu) = common::gpu_or_skip() else {
+        return;
     };
     let blas = CudaBlas::new(gpu.stream().clone()).expect("creating a cuBLAS handle");
     let mut c = Criterion::default()

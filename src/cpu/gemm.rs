@@ -32,11 +32,11 @@ use rayon::prelude::*;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Layout {
     /// Forward: `C[m,n] = A[m,k] · B[n,k]ᵀ` (`Y = X·Wᵀ`).
-    Forward,
+    Forward = 0,
     /// Data gradient: `C[m,n] = A[m,k] · B[k,n]` (`dX = dY·W`).
-    Dgrad,
+    Dgrad = 1,
     /// Weight gradient: `C[m,n] = A[k,m]ᵀ · B[k,n]` (`dW = dYᵀ·X`).
-    Wgrad,
+    Wgrad = 2,
 }
 
 /// The problem size: which layout, and `C[m, n]` contracted over `k`.

@@ -114,24 +114,26 @@ pub struct TileConfig {
     pub blocks_per_sm: usize,
     /// Relative math throughput per SM (big warp tiles reuse fragments more).
     pub efficiency: f64,
+    /// Entry points in `kernels/gemm.cu` for the forward, dgrad and wgrad layouts.
+    pub kernels: [&'static str; 3],
 }
 
 const PAD: usize = 8;
 /// The tiles `kernels/gemm.cu` instantiates (its `AMPKIT_GEMM_LAYOUT`). Efficiencies are the
 /// measured rates relative to `l64` (docs/kernels/gemm.md).
 #[rustfmt::skip]
-const LARGE64: TileConfig = TileConfig { name: "l64", bm: 128, bn: 256, bk: 64, threads: 256, stages: 3, blocks_per_sm: 1, efficiency: 1.0 };
+const LARGE64: TileConfig = TileConfig { name: "l64", bm: 128, bn: 256, bk: 64, threads: 256, stages: 3, blocks_per_sm: 1, efficiency: 1.0, kernels: ["gemm_fwd_l64", "gemm_dgrad_l64", "gemm_wgrad_l64"] };
 #[rustfmt::skip]
-const MEDIUM8: TileConfig = TileConfig { name: "m8", bm: 128, bn: 128, bk: 32, threads: 256, stages: 4, blocks_per_sm: 1, efficiency: 0.61 };
+const MEDIUM8: TileConfig = TileConfig { name: "m8", bm: 128, bn: 128, bk: 32, threads: 256, stages: 4, blocks_per_sm: 1, efficiency: 0.61, kernels: ["gemm_fwd_m8", "gemm_dgrad_m8", "gemm_wgrad_m8"] };
 #[rustfmt::skip]
-const MEDIUM8K64: TileConfig = TileConfig { name: "m8k64", bm: 128, bn: 128, bk: 64, threads: 256, stages: 3, blocks_per_sm: 1, efficiency: 0.84 };
+const MEDIUM8K64: TileConfig = TileConfig { name: "m8k64", bm: 128, bn: 128, bk: 64, threads: 256, stages: 3, blocks_per_sm: 1, efficiency: 0.84, kernels: ["gemm_fwd_m8k64", "gemm_dgrad_m8k64", "gemm_wgrad_m8k64"] };
 #[rustfmt::skip]
-const MEDIUM: TileConfig = TileConfig { name: "m", bm: 128, bn: 128, bk: 32, threads: 128, stages: 4, blocks_per_sm: 2, efficiency: 0.81 };
+const MEDIUM: TileConfig = TileConfig { name: "m", bm: 128, bn: 128, bk: 32, threads: 128, stages: 4, blocks_per_sm: 2, efficiency: 0.81, kernels: ["gemm_fwd_m", "gemm_dgrad_m", "gemm_wgrad_m"] };
 #[rustfmt::skip]
-const SMALL: TileConfig = TileConfig { name: "s", bm: 64, bn: 64, bk: 32, threads: 128, stages: 4, blocks_per_sm: 4, efficiency: 0.42 };
+const SMALL: TileConfig = TileConfig { name: "s", bm: 64, bn: 64, bk: 32, threads: 128, stages: 4, blocks_per_sm: 4, efficiency: 0.42, kernels: ["gemm_fwd_s", "gemm_dgrad_s", "gemm_wgrad_s"] };
 /// The element-by-element configuration for operands off the fast path.
 #[rustfmt::skip]
-pub const UNALIGNED: TileConfig = TileConfig { name: "unaligned", bm: 64, bn: 64, bk: 32, threads: 128, stages: 2, blocks_per_sm: 4, efficiency: 0.2 };
+pub const UNALIGNED: TileConfig = TileConfig { name: "unaligned", bm: 64, bn: 64, bk: 32, threads: 128, stages: 2, blocks_per_sm: 4, efficiency: 0.2, kernels: ["gemm_fwd_unaligned", "gemm_dgrad_unaligned", "gemm_wgrad_unaligned"] };
 /// The aligned configurations, largest first.
 pub const CONFIGS: [TileConfig; 5] = [LARGE64, MEDIUM, MEDIUM8, MEDIUM8K64, SMALL];
 
@@ -156,29 +158,6 @@ fn kmajor(layout: Layout) -> (bool, bool) {
         Layout::Forward => (true, true),
         Layout::Dgrad => (true, false),
         Layout::Wgrad => (false, false),
-    }
-}
-
-fn kernel_name(layout: Layout, cfg: &TileConfig) -> &'static str {
-    match (layout, cfg.name) {
-        (Layout::Forward, "l64") => "gemm_fwd_l64",
-        (Layout::Forward, "m8") => "gemm_fwd_m8",
-        (Layout::Forward, "m8k64") => "gemm_fwd_m8k64",
-        (Layout::Forward, "m") => "gemm_fwd_m",
-        (Layout::Forward, "s") => "gemm_fwd_s",
-        (Layout::Forward, _) => "gemm_fwd_unaligned",
-        (Layout::Dgrad, "l64") => "gemm_dgrad_l64",
-        (Layout::Dgrad, "m8") => "gemm_dgrad_m8",
-        (Layout::Dgrad, "m8k64") => "gemm_dgrad_m8k64",
-        (Layout::Dgrad, "m") => "gemm_dgrad_m",
-        (Layout::Dgrad, "s") => "gemm_dgrad_s",
-        (Layout::Dgrad, _) => "gemm_dgrad_unaligned",
-        (Layout::Wgrad, "l64") => "gemm_wgrad_l64",
-        (Layout::Wgrad, "m8") => "gemm_wgrad_m8",
-        (Layout::Wgrad, "m8k64") => "gemm_wgrad_m8k64",
-        (Layout::Wgrad, "m") => "gemm_wgrad_m",
-        (Layout::Wgrad, "s") => "gemm_wgrad_s",
-        (Layout::Wgrad, _) => "gemm_wgrad_unaligned",
     }
 }
 
@@ -363,7 +342,7 @@ where
         block: (p.config.threads, 1, 1),
         shared_bytes: p.config.shared_bytes(layout) as u32,
     };
-    let kernel = kernel_name(layout, &p.config);
+    let kernel = p.config.kernels[layout as usize];
     let launch_main = |out: u64, out_kind: i32| {
         let mut args = KernelArgs::new();
         args.push(a_ptr).push(b_ptr).push(out).push(bias_ptr);
