@@ -5,7 +5,7 @@
 //!
 //! **Fast path**: each operand's contiguous dimension is a multiple of 8 halves and its device
 //! address is 16-byte aligned (A: `k` for `Forward`/`Dgrad`, `m` for `Wgrad`; B: `k` for
-//! `Forward`, `n` for `Dgrad`/`Wgrad`). Then tiles stream through a 4-stage `cp.async` pipeline.
+//! `Forward`, `n` for `Dgrad`/`Wgrad`). Then tiles stream through a 3-4 stage `cp.async` pipeline.
 //! Anything else takes a correct slower path that loads element by element. The output has no
 //! alignment requirement.
 //!
@@ -335,6 +335,12 @@ where
         None => plan(shape, aligned, gpu.info().multiprocessors),
     };
     let tiles = m.div_ceil(p.config.bm) * n.div_ceil(p.config.bn);
+    if tiles > i32::MAX as usize {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            detail: format!("{m}×{n} needs {tiles} tiles, more than a grid can launch"),
+        });
+    }
     let k_tiles = k.div_ceil(p.config.bk);
     let per_split = k_tiles.div_ceil(p.splits).max(1);
     let cfg = LaunchConfig {
