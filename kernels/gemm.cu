@@ -359,8 +359,8 @@ using namespace gemm_detail;
 // Entry points: gemm_<layout>_<config>. Arguments: A, B, C (or the split workspace), bias (may be
 // null), M, N, K, alpha, beta, relu, out_kind (0 f16, 1 f32, 2 f32 partials), K tiles per split,
 // tile-rows per raster group.
-#define AMPKIT_GEMM(NAME, BM, BN, BKK, WM, WN, ST, AK, BK_, VEC)                                 \
-    extern "C" __global__ void __launch_bounds__(WM * WN * 32)                                  \
+#define AMPKIT_GEMM(NAME, BM, BN, BKK, WM, WN, ST, AK, BK_, VEC, MINB)                           \
+    extern "C" __global__ void __launch_bounds__(WM * WN * 32, MINB)                            \
         NAME(const __half* A, const __half* B, void* C, const float* bias, int M, int N, int K, \
              float alpha, float beta, int relu, int out_kind, int k_tiles_per_split,            \
              int group_m) {                                                                     \
@@ -370,12 +370,12 @@ using namespace gemm_detail;
     }
 
 #define AMPKIT_GEMM_LAYOUT(L, AK, BK_)                                    \
-    AMPKIT_GEMM(gemm_##L##_l64, 128, 256, 64, 2, 4, 3, AK, BK_, true)      \
-    AMPKIT_GEMM(gemm_##L##_m, 128, 128, 32, 2, 2, 4, AK, BK_, true)        \
-    AMPKIT_GEMM(gemm_##L##_m8, 128, 128, 32, 2, 4, 4, AK, BK_, true)       \
-    AMPKIT_GEMM(gemm_##L##_m8k64, 128, 128, 64, 2, 4, 3, AK, BK_, true)    \
-    AMPKIT_GEMM(gemm_##L##_s, 64, 64, 32, 2, 2, 4, AK, BK_, true)          \
-    AMPKIT_GEMM(gemm_##L##_unaligned, 64, 64, 32, 2, 2, 2, AK, BK_, false)
+    AMPKIT_GEMM(gemm_##L##_l64, 128, 256, 64, 2, 4, 3, AK, BK_, true, 1)      \
+    AMPKIT_GEMM(gemm_##L##_m, 128, 128, 32, 2, 2, 4, AK, BK_, true, 1)        \
+    AMPKIT_GEMM(gemm_##L##_m8, 128, 128, 32, 2, 4, 4, AK, BK_, true, 1)       \
+    AMPKIT_GEMM(gemm_##L##_m8k64, 128, 128, 64, 2, 4, 3, AK, BK_, true, 1)    \
+    AMPKIT_GEMM(gemm_##L##_s, 64, 64, 32, 2, 2, 4, AK, BK_, true, 1)          \
+    AMPKIT_GEMM(gemm_##L##_unaligned, 64, 64, 32, 2, 2, 2, AK, BK_, false, 1)
 
 AMPKIT_GEMM_LAYOUT(fwd, true, true)
 AMPKIT_GEMM_LAYOUT(dgrad, true, false)
