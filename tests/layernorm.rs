@@ -12,7 +12,7 @@ mod common;
 use ampkit::check::{compare, numerical_gradient, ToF64, Tolerance};
 use ampkit::cpu::layernorm::{backward, forward};
 use ampkit::Error;
-use common::{assert_all_written, assert_close, rng};
+use common::{assert_all_written, assert_close, assert_scaled, rng};
 use num_traits::Float;
 use proptest::prelude::*;
 use rand::rngs::StdRng;
@@ -184,25 +184,6 @@ fn naive(c: &Case) -> Naive {
         }
     }
     r
-}
-
-/// Asserts `|got − want| ≤ limit · scale` elementwise, through [`assert_close`] on the rescaled
-/// values, so the report shows the worst error in units of its scale.
-fn assert_scaled<T: ToF64>(what: &str, got: &[T], want: &[f64], scale: &[f64], limit: f64) {
-    assert_eq!(got.len(), scale.len(), "{what}: scale length");
-    let unit = |v: f64, s: f64| if s > 0.0 { v / s } else { v };
-    let got: Vec<f64> = got
-        .iter()
-        .zip(scale)
-        .map(|(g, &s)| unit(g.to_f64(), s))
-        .collect();
-    let want: Vec<f64> = want.iter().zip(scale).map(|(&w, &s)| unit(w, s)).collect();
-    assert_close(
-        what,
-        &got,
-        &want,
-        Tolerance::new(limit, 0.0).with_rel_l2(f64::INFINITY),
-    );
 }
 
 /// Checks every output against the naive reference: forward outputs to `fwd`, gradients to `bwd`,

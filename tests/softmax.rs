@@ -8,7 +8,7 @@ use ampkit::check::{compare, numerical_gradient, unwritten, ToF64, Tolerance};
 use ampkit::cpu::softmax::{backward, forward, softmax_cross_entropy};
 use ampkit::cpu::Element;
 use ampkit::{f16, Error};
-use common::{assert_all_written, assert_close, rng};
+use common::{assert_all_written, assert_close, assert_scaled, rng};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -85,20 +85,6 @@ fn naive_cross_entropy(x: &[f64], labels: &[u32], classes: usize, scale: f64) ->
         })
         .collect();
     (loss, grad)
-}
-
-/// Asserts `|got − want| ≤ limit · scale` elementwise, through [`assert_close`] on the rescaled
-/// values, so the report shows the worst error in units of its scale.
-fn assert_scaled<T: ToF64>(what: &str, got: &[T], want: &[f64], scale: &[f64], limit: f64) {
-    let unit = |v: f64, s: f64| if s > 0.0 { v / s } else { v };
-    let got: Vec<f64> = got
-        .iter()
-        .zip(scale)
-        .map(|(g, &s)| unit(g.to_f64(), s))
-        .collect();
-    let want: Vec<f64> = want.iter().zip(scale).map(|(&w, &s)| unit(w, s)).collect();
-    let tol = Tolerance::new(limit, 0.0).with_rel_l2(f64::INFINITY);
-    assert_close(what, &got, &want, tol);
 }
 
 fn loss_f64(x: &[f64], labels: &[u32], classes: usize) -> f64 {

@@ -113,3 +113,23 @@ pub fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
         .expect("building a rayon pool")
         .install(f)
 }
+
+/// Asserts `|got − want| ≤ limit · scale` elementwise, through [`assert_close`] on the rescaled
+/// values, so the report shows the worst error in units of its scale (for outputs that cancel,
+/// where an error relative to the result itself says nothing).
+pub fn assert_scaled<T: ToF64>(what: &str, got: &[T], want: &[f64], scale: &[f64], limit: f64) {
+    assert_eq!(got.len(), scale.len(), "{what}: scale length");
+    let unit = |v: f64, s: f64| if s > 0.0 { v / s } else { v };
+    let got: Vec<f64> = got
+        .iter()
+        .zip(scale)
+        .map(|(g, &s)| unit(g.to_f64(), s))
+        .collect();
+    let want: Vec<f64> = want.iter().zip(scale).map(|(&w, &s)| unit(w, s)).collect();
+    assert_close(
+        what,
+        &got,
+        &want,
+        Tolerance::new(limit, 0.0).with_rel_l2(f64::INFINITY),
+    );
+}
