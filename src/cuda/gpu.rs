@@ -286,7 +286,7 @@ impl Gpu {
             .map_err(|source| Error::Launch { kernel, source })?;
         }
         let mut builder = self.stream.launch_builder(&f);
-        for slot in args.slots() {
+        for slot in args.first_slots() {
             builder.arg(slot);
         }
         // SAFETY: forwarded to the caller (see the function's contract).

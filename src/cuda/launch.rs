@@ -4,12 +4,15 @@ use cudarc::driver::DeviceRepr;
 
 /// A kernel's arguments by value, in parameter order.
 ///
-/// Each argument is copied into its own 8-byte slot, so the list owns its values and needs no
-/// borrows; the driver reads as many bytes from each slot as the kernel's parameter declares
-/// (little-endian, so a `u16` or `f32` sits at the start of its slot).
+/// Each argument is copied into its own run of 8-byte slots, so the list owns its values and
+/// needs no borrows; the driver reads as many bytes from an argument's first slot onwards as the
+/// kernel's parameter declares (little-endian, so a `u16` or `f32` sits at the start of its
+/// slot). Structs passed by value (argument tables) take as many slots as they need; a kernel's
+/// parameters may total 4 KB.
 #[derive(Debug, Default, Clone)]
 pub struct KernelArgs {
     slots: Vec<u64>,
+    starts: Vec<usize>,
 }
 
 impl KernelArgs {
@@ -18,23 +21,21 @@ impl KernelArgs {
         Self::default()
     }
 
-    /// Appends one argument: a scalar or a device pointer (as `u64`).
+    /// Appends one argument: a scalar, a device pointer (as `u64`) or a `#[repr(C)]` struct.
     pub fn push<T: DeviceRepr + Copy>(&mut self, value: T) -> &mut Self {
-        const {
-            assert!(
-                std::mem::size_of::<T>() <= 8,
-                "kernel arguments are at most 8 bytes"
-            )
-        };
-        let mut slot = 0u64;
-        // SAFETY: T is at most 8 bytes (checked at compile time) and Copy; the slot is 8-aligned.
-        unsafe { std::ptr::write_unaligned(&mut slot as *mut u64 as *mut T, value) };
-        self.slots.push(slot);
+        let start = self.slots.len();
+        self.slots
+            .resize(start + std::mem::size_of::<T>().div_ceil(8).max(1), 0);
+        // SAFETY: the slots from `start` on hold at least size_of::<T>() bytes; T is Copy, and
+        // the unaligned write needs no alignment.
+        unsafe { std::ptr::write_unaligned(self.slots[start..].as_mut_ptr() as *mut T, value) };
+        self.starts.push(start);
         self
     }
 
-    pub(crate) fn slots(&self) -> &[u64] {
-        &self.slots
+    /// The first slot of each argument, in order: what the driver's parameter array points at.
+    pub(crate) fn first_slots(&self) -> impl Iterator<Item = &u64> {
+        self.starts.iter().map(|&s| &self.slots[s])
     }
 }
 

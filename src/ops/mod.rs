@@ -6,3 +6,5 @@
 pub mod cast;
 pub mod gemm;
 mod plan;
+pub mod scaler;
+pub mod unscale;

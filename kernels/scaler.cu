@@ -1,0 +1,34 @@
+// scaler.cu — the dynamic loss-scale update on the device: PyTorch's `_amp_update_scale_`.
+//
+// What: one thread applies src/cpu/scaler.rs's rule, bit for bit, to a scale (f32) and a growth
+//   tracker (i32) that live in device memory and are updated in place (stable addresses, so a
+//   captured CUDA graph replays the whole step):
+//     found_inf: scale = f32(f64(scale)·backoff), clamped below by min_scale; tracker = 0
+//     else: s = tracker + 1; at s == interval: n = f32(f64(scale)·growth), capped by max_scale,
+//           kept only if finite; tracker = 0; otherwise tracker = s
+//   found_inf is the f32 flag the unscale kernel sets (nonzero = overflow). has_min / has_max
+//   switch the optional clamps (off: PyTorch exactly). fmaxf/fminf match Rust's f32::max/min.
+// Launch: 1 block of 1 thread. Roofline: a few loads and stores; the cost is the launch.
+#include "common.cuh"
+
+extern "C" __global__ void update_scale(float* scale, int* tracker, const float* found_inf,
+                                        double growth, double backoff, int interval, int has_min,
+                                        float min_scale, int has_max, float max_scale) {
+    if (*found_inf != 0.f) {
+        float s = float(double(*scale) * backoff);
+        if (has_min) s = fmaxf(s, min_scale);
+        *scale = s;
+        *tracker = 0;
+    } else {
+        // Two's-complement wrap, like the reference's wrapping_add.
+        const int successful = int(unsigned(*tracker) + 1u);
+        if (successful == interval) {
+            float grown = float(double(*scale) * growth);
+            if (has_max) grown = fminf(grown, max_scale);
+            if (isfinite(grown)) *scale = grown;
+            *tracker = 0;
+        } else {
+            *tracker = successful;
+        }
+    }
+}

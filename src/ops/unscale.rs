@@ -1,0 +1,203 @@
+//! Multi-tensor unscale + inf/NaN check on the GPU (`kernels/unscale.cu`); CPU twin:
+//! [`crate::cpu::unscale`].
+//!
+//! One launch covers up to 96 gradient tensors (more take more launches): each element is
+//! multiplied by `inv = f32(1 / f64(scale))` (skipped when `inv` is exactly 1), with `scale` read
+//! from device memory, and the device flag `found_inf` is set to 1.0 if any input element is inf
+//! or NaN. The flag is never cleared here: zero it once per step, before the first call. Nothing
+//! synchronises or copies to the host, so a step can be captured in a CUDA graph.
+
+use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
+use crate::error::{Error, Result};
+use crate::kernels;
+use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
+use half::f16;
+
+/// Tensors per launch: the argument table must fit the 4 KB kernel-parameter limit.
+const MAX_TENSORS: usize = 96;
+/// Elements per block (`CHUNK` in the kernel).
+const CHUNK: usize = 8192;
+const THREADS: u32 = 256;
+
+/// The kernel's argument table, passed by value (`TensorTable` in `kernels/unscale.cu`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TensorTable {
+    src: [u64; MAX_TENSORS],
+    dst: [u64; MAX_TENSORS],
+    len: [i64; MAX_TENSORS],
+    chunk_start: [i32; MAX_TENSORS + 1],
+    count: i32,
+}
+
+// SAFETY: plain old data with the kernel's C layout (u64/i64 arrays, then i32s), no padding
+// inside and none the kernel reads.
+unsafe impl DeviceRepr for TensorTable {}
+
+/// One tensor of a list: source and destination addresses, element count.
+struct Entry {
+    src: u64,
+    dst: u64,
+    len: usize,
+}
+
+/// Unscales f32 gradients in place: `g = g · inv` (unless `inv == 1`), and sets `found_inf`
+/// (one f32 on the device) if any element was inf or NaN.
+pub fn unscale_and_check<D, S, F>(
+    gpu: &Gpu,
+    grads: &mut [D],
+    scale: &S,
+    found_inf: &mut F,
+) -> Result<()>
+where
+    D: DevicePtrMut<f32>,
+    S: DevicePtr<f32>,
+    F: DevicePtrMut<f32>,
+{
+    const OP: &str = "ops::unscale::unscale_and_check";
+    let stream = gpu.stream();
+    let mut guards = Vec::with_capacity(grads.len());
+    let mut entries = Vec::with_capacity(grads.len());
+    for g in grads.iter_mut() {
+        let len = g.len();
+        let (ptr, guard) = g.device_ptr_mut(stream);
+        guards.push(guard);
+        entries.push(Entry {
+            src: ptr,
+            dst: ptr,
+            len,
+        });
+    }
+    launch_all(gpu, OP, "unscale_f32", 4, &entries, scale, found_inf)
+}
+
+/// Widens f16 gradients into f32 master gradients and unscales them in the same pass:
+/// `dst = f32(src) · inv` (unless `inv == 1`), setting `found_inf` if any source element was inf
+/// or NaN. `src` and `dst` pair up by position and must have equal counts and lengths.
+pub fn unscale_f16_to_f32<S, D, C, F>(
+    gpu: &Gpu,
+    src: &[S],
+    dst: &mut [D],
+    scale: &C,
+    found_inf: &mut F,
+) -> Result<()>
+where
+    S: DevicePtr<f16>,
+    D: DevicePtrMut<f32>,
+    C: DevicePtr<f32>,
+    F: DevicePtrMut<f32>,
+{
+    const OP: &str = "ops::unscale::unscale_f16_to_f32";
+    if src.len() != dst.len() {
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            detail: format!(
+                "{} source tensors but {} destinations; pass one f32 destination per f16 source",
+                src.len(),
+                dst.len()
+            ),
+        });
+    }
+    let stream = gpu.stream();
+    let mut guards = Vec::with_capacity(2 * src.len());
+    let mut entries = Vec::with_capacity(src.len());
+    for (t, (s, d)) in src.iter().zip(dst.iter_mut()).enumerate() {
+        if s.len() != d.len() {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                detail: format!(
+                    "tensor {t}: source has {} elements, destination {}",
+                    s.len(),
+                    d.len()
+                ),
+            });
+        }
+        let len = s.len();
+        let (sp, sg) = s.device_ptr(stream);
+        let (dp, dg) = d.device_ptr_mut(stream);
+        guards.push(sg);
+        guards.push(dg);
+        entries.push(Entry {
+            src: sp,
+            dst: dp,
+            len,
+        });
+    }
+    launch_all(gpu, OP, "unscale_f16_to_f32", 2, &entries, scale, found_inf)
+}
+
+fn launch_all<S, F>(
+    gpu: &Gpu,
+    op: &'static str,
+    kernel: &'static str,
+    src_bytes: u64,
+    entries: &[Entry],
+    scale: &S,
+    found_inf: &mut F,
+) -> Result<()>
+where
+    S: DevicePtr<f32>,
+    F: DevicePtrMut<f32>,
+{
+    for (name, len) in [("scale", scale.len()), ("found_inf", found_inf.len())] {
+        if len != 1 {
+            return Err(Error::ShapeMismatch {
+                op,
+                detail: format!("{name} must be one f32 on the device, got {len} elements"),
+            });
+        }
+    }
+    for (t, e) in entries.iter().enumerate() {
+        if e.src % src_bytes != 0 || e.dst % 4 != 0 {
+            return Err(Error::InvalidArgument {
+                op,
+                detail: format!("tensor {t} is not aligned to its element size"),
+            });
+        }
+    }
+    let stream = gpu.stream();
+    let (scale_ptr, _g1) = scale.device_ptr(stream);
+    let (flag_ptr, _g2) = found_inf.device_ptr_mut(stream);
+    let nonempty: Vec<&Entry> = entries.iter().filter(|e| e.len > 0).collect();
+    for batch in nonempty.chunks(MAX_TENSORS) {
+        let mut table = TensorTable {
+            src: [0; MAX_TENSORS],
+            dst: [0; MAX_TENSORS],
+            len: [0; MAX_TENSORS],
+            chunk_start: [0; MAX_TENSORS + 1],
+            count: batch.len() as i32,
+        };
+        let mut chunks = 0usize;
+        for (i, e) in batch.iter().enumerate() {
+            table.src[i] = e.src;
+            table.dst[i] = e.dst;
+            table.len[i] = e.len as i64;
+            table.chunk_start[i] = chunks as i32;
+            chunks += e.len.div_ceil(CHUNK);
+        }
+        if chunks > i32::MAX as usize {
+            return Err(Error::InvalidArgument {
+                op,
+                detail: format!(
+                    "{chunks} chunks of {CHUNK} elements exceed one launch; split the list"
+                ),
+            });
+        }
+        table.chunk_start[batch.len()] = chunks as i32;
+        let mut args = KernelArgs::new();
+        args.push(table).push(scale_ptr).push(flag_ptr);
+        // SAFETY: unscale_{f32,f16_to_f32}(TensorTable table, const float* scale,
+        // float* found_inf) matches: the table has the kernel's layout, each entry's source and
+        // destination hold `len` elements of the kernel's types (checked by the callers), the
+        // scale and flag are single f32s, and the guards above outlive the launch.
+        unsafe {
+            gpu.launch(
+                &kernels::UNSCALE,
+                kernel,
+                LaunchConfig::linear(chunks as u32, THREADS),
+                &args,
+            )?
+        };
+    }
+    Ok(())
+}
