@@ -12,8 +12,8 @@
 // Algorithm: mma.sync.m16n8k16 (f16 × f16 → f32) fed by ldmatrix (.trans for the M/N-major
 // operands) from shared memory, which a STAGES-deep cp.async pipeline fills with 16-byte copies
 // (zero-filled past the edges). Shared tiles are padded by 8 halves per row, which makes every
-// ldmatrix phase and every 16-byte store conflict-free. Tiles are visited in groups of 8 tile-rows
-// so neighbouring blocks share A and B in L2.
+// ldmatrix phase and every 16-byte store conflict-free. Tiles are visited in groups of group_m
+// tile-rows (4 by default) so neighbouring blocks share A and B in L2.
 // Configs (block tile × stage depth, warps of warp tile, stages, smem), chosen by measurement
 // (docs/kernels/gemm.md):
 //   l64: 128×256×64, 8 warps (2×4) of 64×64, 3 stages, 150-166 KB — large problems

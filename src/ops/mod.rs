@@ -1,5 +1,6 @@
 //! Safe launch wrappers: each checks shapes and alignment, picks a launch configuration and
-//! launches a kernel from `kernels/`. `unsafe` in ampkit lives here and in `cuda`, nowhere else.
+//! launches a kernel from `kernels/`. `unsafe` in ampkit lives here, in `cuda`, and in the CPU
+//! GEMM's calls into matrixmultiply, nowhere else.
 //!
 //! Each module here has a CPU twin of the same name in [`crate::cpu`] computing the same function.
 
