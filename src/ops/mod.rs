@@ -6,6 +6,10 @@
 
 pub mod cast;
 pub mod gemm;
+pub mod layernorm;
+pub mod optim;
 mod plan;
+pub mod relu;
 pub mod scaler;
+pub mod softmax;
 pub mod unscale;

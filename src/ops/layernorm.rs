@@ -1,0 +1,454 @@
+//! LayerNorm over the last dimension on the GPU, f32 (`kernels/layernorm.cu`); CPU twin:
+//! [`crate::cpu::layernorm`], which documents the function, its non-finite behaviour and the
+//! argument checks. Same argument order, same errors, reported before anything is launched.
+//!
+//! The GPU sums in trees instead of left to right, so results agree with the reference to
+//! rounding, not bit for bit. They are bit-identical from run to run: every reduction, the
+//! `dgamma`/`dbeta` column sums included, has a fixed shape that depends only on `rows`, `cols`
+//! and whether the buffers allow 16-byte accesses; no float atomics are used. The column sums go
+//! through per-block partial rows in the device's scratch buffer and a second small kernel that
+//! adds them in block order.
+//!
+//! Launch shapes: one warp per row while a row fits 32 lanes' registers (≤ 1024 columns with
+//! float4 accesses, ≤ 256 without), otherwise one block per row; very long rows keep what fits of
+//! the row in shared memory and read the rest again (from L2). The backward keeps a row in
+//! registers up to 8192 columns and beyond that reads `x` and `dy` twice (20 instead of 12 bytes
+//! per element). float4 accesses need `cols % 4 == 0` and 16-byte aligned `x`, `y`, `gamma`,
+//! `beta` (forward) or `dy`, `x`, `gamma`, `dx` (backward); anything else takes the scalar
+//! kernels. Limits: `rows ≤ i32::MAX`, `cols ≤ 2^30`.
+//!
+//! Work is queued on [`Gpu::stream`]; nothing here synchronises with the host.
+
+use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
+use crate::error::{expect_len, matrix_len, Error, Result};
+use crate::kernels;
+use crate::ops::softmax::{
+    block_threads, by_width_and_p, check_aligned, kernel_dims, p_index, row_shape, shared_limit,
+    vec_width, warp_packs, RowShape, PACKS_PER_LANE, WARP_ROWS, WARP_THREADS,
+};
+use cudarc::driver::{DevicePtr, DevicePtrMut};
+
+/// Threads per block of `layernorm_bwd_cols` and `layernorm_bwd_finish`.
+const COLS_THREADS: u32 = 256;
+const FINISH_THREADS: u32 = 512;
+/// Partial rows for `dgamma`/`dbeta`: at most this many blocks, each over at least
+/// `MIN_ROWS_PER_BLOCK` rows (8 in block mode). A partial row is 2·cols floats written and read
+/// once, so it adds ≤ 1/12 to the backward's 12 B/element (≤ 1/6 in block mode).
+const MAX_PARTS: usize = 512;
+const MIN_ROWS_PER_BLOCK: usize = 16;
+const MIN_ROWS_PER_BLOCK_BLOCK_MODE: usize = 8;
+
+const FWD_WARP: [[&str; 4]; 2] = by_width_and_p!("layernorm_fwd_warp");
+const FWD_BLOCK: [&str; 2] = ["layernorm_fwd_block_v4", "layernorm_fwd_block_v1"];
+const BWD_ROWS: [[&str; 4]; 2] = by_width_and_p!("layernorm_bwd_rows");
+const BWD_STATS: [&str; 2] = ["layernorm_bwd_stats_v4", "layernorm_bwd_stats_v1"];
+const BWD_COLS: [&str; 2] = ["layernorm_bwd_cols_v4", "layernorm_bwd_cols_v1"];
+
+/// Row of the kernel-name tables for an access width.
+fn vec_index(vec: usize) -> usize {
+    usize::from(vec != 4)
+}
+
+/// The launch bound of `layernorm_bwd_rows_v{vec}_p{p}` (`bwd_bound` in the kernel): its state is
+/// 4·p·vec floats per thread.
+fn bwd_bound(vec: usize, p: usize) -> u32 {
+    match vec * p {
+        0..=8 => 1024,
+        9..=16 => 512,
+        _ => 256,
+    }
+}
+
+/// The backward's launch plan (pure, so the choice is testable without a GPU).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BwdShape {
+    /// `layernorm_bwd_rows`: row groups of `group` threads (32: warp mode) in blocks of `threads`.
+    Rows { p: usize, threads: u32, group: u32 },
+    /// `layernorm_bwd_stats` then `layernorm_bwd_cols`.
+    TwoPass,
+}
+
+/// Backward shape, rows per block and the number of partial rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BwdPlan {
+    pub shape: BwdShape,
+    pub rows_per_block: usize,
+    pub parts: usize,
+}
+
+/// Depends on `rows`, `cols`, `vec` and `max_warp_p` only (never on the device), so the column
+/// sums round the same way on every GPU. Warp mode takes rows of up to `32·max_warp_p` packs.
+pub(crate) fn bwd_plan(rows: usize, cols: usize, vec: usize, max_warp_p: usize) -> BwdPlan {
+    let packs = cols / vec;
+    let per_block = |min: usize| rows.div_ceil(MAX_PARTS).max(min);
+    let (shape, rows_per_block) = match warp_packs(packs).filter(|&p| p <= max_warp_p) {
+        Some(p) => (
+            BwdShape::Rows {
+                p,
+                threads: WARP_THREADS,
+                group: 32,
+            },
+            per_block(MIN_ROWS_PER_BLOCK),
+        ),
+        None => {
+            let fit = PACKS_PER_LANE.into_iter().find_map(|p| {
+                let threads = packs.div_ceil(p).next_power_of_two() as u32;
+                (threads <= bwd_bound(vec, p)).then_some((p, threads))
+            });
+            match fit {
+                Some((p, threads)) => (
+                    BwdShape::Rows {
+                        p,
+                        threads,
+                        group: threads,
+                    },
+                    per_block(MIN_ROWS_PER_BLOCK_BLOCK_MODE),
+                ),
+                None => (BwdShape::TwoPass, per_block(MIN_ROWS_PER_BLOCK)),
+            }
+        }
+    };
+    BwdPlan {
+        shape,
+        rows_per_block,
+        parts: rows.div_ceil(rows_per_block),
+    }
+}
+
+/// Normalises each row of `x` (`[rows, cols]`, row-major) and applies `gamma`/`beta`; saves the
+/// row `mean` and `rstd = 1/sqrt(var + eps)` for [`backward`]. The GPU twin of
+/// [`crate::cpu::layernorm::forward`]: same arguments (after `gpu`), same checks and errors, all
+/// before any launch.
+#[allow(clippy::too_many_arguments)] // mirrors the CPU reference's argument list one for one
+pub fn forward<X, G, B, Y, M, R>(
+    gpu: &Gpu,
+    x: &X,
+    rows: usize,
+    cols: usize,
+    gamma: &G,
+    beta: &B,
+    eps: f32,
+    y: &mut Y,
+    mean: &mut M,
+    rstd: &mut R,
+) -> Result<()>
+where
+    X: DevicePtr<f32>,
+    G: DevicePtr<f32>,
+    B: DevicePtr<f32>,
+    Y: DevicePtrMut<f32>,
+    M: DevicePtrMut<f32>,
+    R: DevicePtrMut<f32>,
+{
+    const OP: &str = "ops::layernorm::forward";
+    let len = matrix_len(OP, rows, cols, "cols")?;
+    if !(eps > 0.0 && eps.is_finite()) {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            detail: format!("eps is {eps}; it must be finite and > 0 (PyTorch's default is 1e-5)"),
+        });
+    }
+    let by_rows = format!("rows·cols = {rows}·{cols} = {len}");
+    expect_len(OP, "x", x.len(), len, &by_rows)?;
+    expect_len(OP, "y", y.len(), len, &by_rows)?;
+    expect_len(OP, "gamma", gamma.len(), cols, "cols")?;
+    expect_len(OP, "beta", beta.len(), cols, "cols")?;
+    expect_len(OP, "mean", mean.len(), rows, "rows")?;
+    expect_len(OP, "rstd", rstd.len(), rows, "rows")?;
+    let (ri, ci) = kernel_dims(OP, rows, cols)?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let stream = gpu.stream();
+    let (xp, _gx) = x.device_ptr(stream);
+    let (gp, _gg) = gamma.device_ptr(stream);
+    let (bp, _gb) = beta.device_ptr(stream);
+    let (yp, _gy) = y.device_ptr_mut(stream);
+    let (mp, _gm) = mean.device_ptr_mut(stream);
+    let (rp, _gr) = rstd.device_ptr_mut(stream);
+    let named = [("x", xp), ("gamma", gp), ("beta", bp), ("y", yp)];
+    check_aligned(OP, &named.map(|(n, a)| (n, a, 4)))?;
+    check_aligned(OP, &[("mean", mp, 4), ("rstd", rp, 4)])?;
+    let vec = vec_width(cols, &named.map(|(_, a)| (a, 4)));
+    let mut args = KernelArgs::new();
+    args.push(xp).push(gp).push(bp).push(yp).push(mp).push(rp);
+    let (kernel, cfg) = match row_shape(cols / vec, vec, 1, shared_limit(gpu)?) {
+        RowShape::Warp { p } => {
+            args.push(ri).push(ci).push(eps);
+            let blocks = rows.div_ceil(WARP_ROWS) as u32;
+            (
+                FWD_WARP[vec_index(vec)][p_index(p)],
+                LaunchConfig::linear(blocks, WARP_THREADS),
+            )
+        }
+        RowShape::Block { threads, cached } => {
+            args.push(ci).push(eps).push(cached as i32);
+            let cfg = LaunchConfig {
+                shared_bytes: (cached * vec * 4) as u32,
+                ..LaunchConfig::linear(ri as u32, threads)
+            };
+            (FWD_BLOCK[vec_index(vec)], cfg)
+        }
+    };
+    // SAFETY: layernorm_fwd_warp_v*(x, gamma, beta, y, mean, rstd, int rows, int cols, float eps)
+    // and layernorm_fwd_block_v*(x, gamma, beta, y, mean, rstd, int cols, float eps, int cached)
+    // match the arguments pushed for each shape. x and y hold rows·cols f32, gamma and beta cols,
+    // mean and rstd rows (checked above); the warp kernel skips rows ≥ rows, the block grid is
+    // exactly rows; float4 accesses only when cols % 4 == 0 and the four row-major pointers are
+    // 16-byte aligned; `cached` packs fit the dynamic shared memory requested. The guards outlive
+    // the launch.
+    unsafe { gpu.launch(&kernels::LAYERNORM, kernel, cfg, &args) }
+}
+
+/// Gradients of [`forward`]: writes `dx` (`[rows, cols]`) and **overwrites** `dgamma` and
+/// `dbeta` (`cols` each) with the sums over all rows, from the upstream gradient `dy` and the
+/// `mean` and `rstd` that [`forward`] saved for this `x`. The GPU twin of
+/// [`crate::cpu::layernorm::backward`]: same arguments (after `gpu`), same checks and errors, all
+/// before any launch. `rows = 0` writes zeros to `dgamma` and `dbeta`.
+///
+/// Uses the device's scratch buffer for the partial column sums (`2·cols` floats per block of
+/// 8+ rows, at most 512 blocks).
+#[allow(clippy::too_many_arguments)] // mirrors the CPU reference's argument list one for one
+pub fn backward<DY, X, M, R, G, DX, DG, DB>(
+    gpu: &Gpu,
+    dy: &DY,
+    x: &X,
+    mean: &M,
+    rstd: &R,
+    gamma: &G,
+    rows: usize,
+    cols: usize,
+    dx: &mut DX,
+    dgamma: &mut DG,
+    dbeta: &mut DB,
+) -> Result<()>
+where
+    DY: DevicePtr<f32>,
+    X: DevicePtr<f32>,
+    M: DevicePtr<f32>,
+    R: DevicePtr<f32>,
+    G: DevicePtr<f32>,
+    DX: DevicePtrMut<f32>,
+    DG: DevicePtrMut<f32>,
+    DB: DevicePtrMut<f32>,
+{
+    let inputs = (dy, x, mean, rstd, gamma);
+    backward_with_warp_limit(gpu, inputs, rows, cols, dx, dgamma, dbeta, 8)
+}
+
+/// [`backward`] with warp mode limited to rows of `32·max_warp_p` packs (1, 2, 4 or 8; longer
+/// rows take block mode), the inputs `(dy, x, mean, rstd, gamma)` as one tuple: for benchmarks
+/// and tests that compare the two shapes on one size.
+#[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
+pub fn backward_with_warp_limit<DY, X, M, R, G, DX, DG, DB>(
+    gpu: &Gpu,
+    (dy, x, mean, rstd, gamma): (&DY, &X, &M, &R, &G),
+    rows: usize,
+    cols: usize,
+    dx: &mut DX,
+    dgamma: &mut DG,
+    dbeta: &mut DB,
+    max_warp_p: usize,
+) -> Result<()>
+where
+    DY: DevicePtr<f32>,
+    X: DevicePtr<f32>,
+    M: DevicePtr<f32>,
+    R: DevicePtr<f32>,
+    G: DevicePtr<f32>,
+    DX: DevicePtrMut<f32>,
+    DG: DevicePtrMut<f32>,
+    DB: DevicePtrMut<f32>,
+{
+    const OP: &str = "ops::layernorm::backward";
+    let len = matrix_len(OP, rows, cols, "cols")?;
+    let by_rows = format!("rows·cols = {rows}·{cols} = {len}");
+    expect_len(OP, "dy", dy.len(), len, &by_rows)?;
+    expect_len(OP, "x", x.len(), len, &by_rows)?;
+    expect_len(OP, "dx", dx.len(), len, &by_rows)?;
+    expect_len(OP, "mean", mean.len(), rows, "rows")?;
+    expect_len(OP, "rstd", rstd.len(), rows, "rows")?;
+    expect_len(OP, "gamma", gamma.len(), cols, "cols")?;
+    expect_len(OP, "dgamma", dgamma.len(), cols, "cols")?;
+    expect_len(OP, "dbeta", dbeta.len(), cols, "cols")?;
+    let (ri, ci) = kernel_dims(OP, rows, cols)?;
+    let stream = gpu.stream();
+    let (dyp, _g1) = dy.device_ptr(stream);
+    let (xp, _g2) = x.device_ptr(stream);
+    let (mp, _g3) = mean.device_ptr(stream);
+    let (rp, _g4) = rstd.device_ptr(stream);
+    let (gp, _g5) = gamma.device_ptr(stream);
+    let (dxp, _g6) = dx.device_ptr_mut(stream);
+    let (dgp, _g7) = dgamma.device_ptr_mut(stream);
+    let (dbp, _g8) = dbeta.device_ptr_mut(stream);
+    let named = [("dy", dyp), ("x", xp), ("gamma", gp), ("dx", dxp)];
+    check_aligned(OP, &named.map(|(n, a)| (n, a, 4)))?;
+    let others = [("mean", mp), ("rstd", rp), ("dgamma", dgp), ("dbeta", dbp)];
+    check_aligned(OP, &others.map(|(n, a)| (n, a, 4)))?;
+    let vec = vec_width(cols, &named.map(|(_, a)| (a, 4)));
+    let plan = bwd_plan(rows, cols, vec, max_warp_p);
+    let partial_bytes = (plan.parts * 2 * cols * 4).next_multiple_of(256);
+    let stats_bytes = match plan.shape {
+        BwdShape::TwoPass => rows * 2 * 4,
+        BwdShape::Rows { .. } => 0,
+    };
+    let rpb = plan.rows_per_block as i32;
+    gpu.with_scratch((partial_bytes + stats_bytes).max(256), |scratch| {
+        let partial = scratch;
+        if rows > 0 {
+            match plan.shape {
+                BwdShape::Rows { p, threads, group } => {
+                    let mut args = KernelArgs::new();
+                    args.push(dyp).push(xp).push(mp).push(rp).push(gp).push(dxp);
+                    args.push(partial)
+                        .push(ri)
+                        .push(ci)
+                        .push(rpb)
+                        .push(group as i32);
+                    let shared = if group < threads { 2 * cols * 4 } else { 0 };
+                    let cfg = LaunchConfig {
+                        shared_bytes: shared as u32,
+                        ..LaunchConfig::linear(plan.parts as u32, threads)
+                    };
+                    let kernel = BWD_ROWS[vec_index(vec)][p_index(p)];
+                    // SAFETY: layernorm_bwd_rows_v*(dy, x, mean, rstd, gamma, dx, float* partial,
+                    // int rows, int cols, int rows_per_block, int group) matches. Buffers hold
+                    // what (rows, cols) address (checked above); the scratch holds parts·2·cols
+                    // f32; the plan keeps cols/vec ≤ p·group and threads within the kernel's
+                    // launch bound; warp mode (group 32) gets 2·cols floats of shared memory.
+                    unsafe { gpu.launch(&kernels::LAYERNORM, kernel, cfg, &args)? };
+                }
+                BwdShape::TwoPass => {
+                    let stats = partial + partial_bytes as u64;
+                    let packs = cols / vec;
+                    let mut args = KernelArgs::new();
+                    args.push(dyp)
+                        .push(xp)
+                        .push(mp)
+                        .push(rp)
+                        .push(gp)
+                        .push(stats)
+                        .push(ci);
+                    let cfg = LaunchConfig::linear(ri as u32, block_threads(packs));
+                    // SAFETY: layernorm_bwd_stats_v*(dy, x, mean, rstd, gamma, float* stats,
+                    // int cols) matches; a block per row; stats holds 2·rows f32 of scratch.
+                    unsafe {
+                        gpu.launch(&kernels::LAYERNORM, BWD_STATS[vec_index(vec)], cfg, &args)?
+                    };
+                    let mut args = KernelArgs::new();
+                    args.push(dyp)
+                        .push(xp)
+                        .push(mp)
+                        .push(rp)
+                        .push(gp)
+                        .push(stats);
+                    args.push(dxp).push(partial).push(ri).push(ci).push(rpb);
+                    let cfg = LaunchConfig {
+                        grid: (
+                            packs.div_ceil(COLS_THREADS as usize) as u32,
+                            plan.parts as u32,
+                            1,
+                        ),
+                        block: (COLS_THREADS, 1, 1),
+                        shared_bytes: 0,
+                    };
+                    // SAFETY: layernorm_bwd_cols_v*(dy, x, mean, rstd, gamma, const float* stats,
+                    // dx, float* partial, int rows, int cols, int rows_per_block) matches; threads
+                    // past cols/vec return; grid.y = parts ≤ 512 blocks of rows_per_block rows.
+                    unsafe {
+                        gpu.launch(&kernels::LAYERNORM, BWD_COLS[vec_index(vec)], cfg, &args)?
+                    };
+                }
+            }
+        }
+        let mut args = KernelArgs::new();
+        args.push(partial)
+            .push(plan.parts as i32)
+            .push(ci)
+            .push(dgp)
+            .push(dbp);
+        let blocks = (2 * cols).div_ceil(32) as u32;
+        // SAFETY: layernorm_bwd_finish(const float* partial, int parts, int cols, float* dgamma,
+        // float* dbeta) matches; the scratch holds parts partial rows of 2·cols f32 written above
+        // (none when rows = 0), dgamma and dbeta hold cols f32; columns past 2·cols are skipped.
+        unsafe {
+            gpu.launch(
+                &kernels::LAYERNORM,
+                "layernorm_bwd_finish",
+                LaunchConfig::linear(blocks, FINISH_THREADS),
+                &args,
+            )
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::softmax::ptx_maxntid;
+
+    #[test]
+    fn every_kernel_name_exists_with_the_host_launch_bound() {
+        let ptx = kernels::LAYERNORM.ptx;
+        for (v, vec) in [(0, 4), (1, 1)] {
+            for (i, p) in PACKS_PER_LANE.into_iter().enumerate() {
+                assert_eq!(ptx_maxntid(ptx, FWD_WARP[v][i]), Some(WARP_THREADS));
+                assert_eq!(
+                    ptx_maxntid(ptx, BWD_ROWS[v][i]),
+                    Some(bwd_bound(vec, p)),
+                    "{}",
+                    BWD_ROWS[v][i]
+                );
+            }
+            assert_eq!(ptx_maxntid(ptx, FWD_BLOCK[v]), Some(1024));
+            assert_eq!(ptx_maxntid(ptx, BWD_STATS[v]), Some(1024));
+            assert_eq!(ptx_maxntid(ptx, BWD_COLS[v]), Some(COLS_THREADS));
+        }
+        assert_eq!(
+            ptx_maxntid(ptx, "layernorm_bwd_finish"),
+            Some(FINISH_THREADS)
+        );
+    }
+
+    #[test]
+    fn backward_plans_fit_their_kernels() {
+        for (rows, cols, vec) in [
+            (4096, 512, 4),
+            (1, 1, 1),
+            (5000, 40, 4),
+            (7, 1025, 1),
+            (3, 4096, 4),
+            (2, 8192, 4),
+            (2, 8192, 1),
+            (2, 8193, 1),
+            (3, 65536, 4),
+            (1 << 20, 64, 4),
+            (0, 10, 1),
+        ] {
+            let plan = bwd_plan(rows, cols, vec, 8);
+            let packs = cols / vec;
+            assert!(plan.parts <= MAX_PARTS, "{plan:?}");
+            assert!(plan.parts * plan.rows_per_block >= rows, "{plan:?}");
+            match plan.shape {
+                BwdShape::Rows { p, threads, group } => {
+                    assert!(packs <= p * group as usize, "{rows}x{cols}: {plan:?}");
+                    assert!(threads <= bwd_bound(vec, p), "{plan:?}");
+                    assert!(group == 32 || group == threads, "{plan:?}");
+                }
+                BwdShape::TwoPass => assert!(cols > 8192, "{rows}x{cols}: {plan:?}"),
+            }
+        }
+        let mlp = bwd_plan(4096, 512, 4, 8);
+        assert_eq!((mlp.rows_per_block, mlp.parts), (16, 256));
+        let forced = bwd_plan(4096, 512, 4, 2);
+        assert_eq!(
+            forced.shape,
+            BwdShape::Rows {
+                p: 1,
+                threads: 128,
+                group: 128
+            }
+        );
+    }
+}

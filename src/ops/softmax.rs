@@ -1,0 +1,588 @@
+//! Softmax over the last dimension and fused softmax-cross-entropy on the GPU
+//! (`kernels/softmax.cu`); CPU twin: [`crate::cpu::softmax`], which documents the functions,
+//! their non-finite behaviour and the argument checks. Same argument order and errors, reported
+//! before anything is launched; the loss differs in where its inputs and output live (below).
+//!
+//! Sums and maxima are trees rather than left-to-right folds, so results agree with the
+//! reference to rounding; they are bit-identical run to run (fixed reduction shapes, no float
+//! atomics). One warp per row while a row fits 32 lanes' registers (≤ 1024 columns with 4-element
+//! accesses, ≤ 256 without), else one block per row with the row cached in shared memory (as much
+//! as fits; a longer tail is read again, from L2). 4-element accesses need `cols % 4 == 0` and
+//! every row-major buffer aligned to 4 elements.
+//!
+//! # Cross-entropy on the device
+//!
+//! [`softmax_cross_entropy`] computes in f32 (the reference in f64) and never synchronises with
+//! the host, so a training step can be captured in a CUDA graph:
+//! - `grad_scale` is **one f32 in device memory**, read by the kernel: AMP's loss scale, updated
+//!   on the device by [`crate::ops::scaler`], enters here and nowhere else. It multiplies the
+//!   gradient only, never the loss, and is applied as given (a non-finite scale gives non-finite
+//!   gradients, which the unscale step's inf check catches).
+//! - The mean loss is written to **one f32 in device memory**: row losses go to the device's
+//!   scratch buffer and a one-block kernel adds them in f64 in a fixed order.
+//! - **Labels out of range**: the reference returns [`Error::InvalidArgument`]; the labels here are
+//!   in device memory, and checking them would cost a host synchronisation. Instead a row whose
+//!   label is ≥ `classes` gets a NaN loss and NaN in every one of its `dlogits`, so the mean loss
+//!   is NaN (visible when the host logs it) and the step's inf/NaN check flags the gradients.
+//!   Other rows are computed normally.
+
+use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
+use crate::error::{expect_len, matrix_len, Error, Result};
+use crate::kernels;
+use cudarc::driver::sys::CUdevice_attribute;
+use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
+use half::f16;
+
+// Row-wise launch planning, shared with `ops::layernorm`.
+
+/// Rows per block of the warp-per-row kernels (`WARP_ROWS` in the kernels): 256 threads.
+pub(crate) const WARP_ROWS: usize = 8;
+/// Threads per block of the warp-per-row kernels.
+pub(crate) const WARP_THREADS: u32 = 32 * WARP_ROWS as u32;
+/// Packs per lane the warp kernels are instantiated for (`p1` … `p8`).
+pub(crate) const PACKS_PER_LANE: [usize; 4] = [1, 2, 4, 8];
+/// Shared memory kept back from the opt-in limit for the kernels' static reduction buffers.
+const STATIC_SHARED_RESERVE: usize = 1024;
+/// Largest `cols`: the kernels index a row's elements with 32-bit ints, with headroom.
+pub(crate) const MAX_COLS: usize = 1 << 30;
+
+/// How a row-wise kernel covers a row of `packs` packs of `vec` elements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RowShape {
+    /// A warp per row with `p` packs per lane, 8 rows per 256-thread block.
+    Warp {
+        /// Packs per lane (1, 2, 4 or 8).
+        p: usize,
+    },
+    /// A block of `threads` per row, the first `cached` packs kept in shared memory.
+    Block {
+        /// Threads per block.
+        threads: u32,
+        /// Packs of the row cached in shared memory (the rest is read again).
+        cached: usize,
+    },
+}
+
+/// 4 when `cols` is a multiple of 4 and every `(address, element bytes)` allows 4-element
+/// accesses, else 1.
+pub(crate) fn vec_width(cols: usize, ptrs: &[(u64, usize)]) -> usize {
+    let aligned = ptrs.iter().all(|&(a, b)| a % (4 * b as u64) == 0);
+    if cols % 4 == 0 && aligned {
+        4
+    } else {
+        1
+    }
+}
+
+/// The fewest packs per lane (1, 2, 4, 8) that let one warp hold `packs` packs, if any does.
+pub(crate) fn warp_packs(packs: usize) -> Option<usize> {
+    PACKS_PER_LANE.into_iter().find(|&p| 32 * p >= packs)
+}
+
+/// Index of `p` in [`PACKS_PER_LANE`], for the kernel-name tables.
+pub(crate) fn p_index(p: usize) -> usize {
+    p.trailing_zeros() as usize
+}
+
+/// Threads for a block-per-row kernel: about 4 packs each, 128 to 1024, a power of two.
+pub(crate) fn block_threads(packs: usize) -> u32 {
+    packs.div_ceil(4).next_power_of_two().clamp(128, 1024) as u32
+}
+
+/// Warp or block shape for a streaming row kernel that caches `arrays` f32 arrays per row in
+/// shared memory, with `shared_limit` bytes available per block.
+pub(crate) fn row_shape(packs: usize, vec: usize, arrays: usize, shared_limit: usize) -> RowShape {
+    match warp_packs(packs) {
+        Some(p) => RowShape::Warp { p },
+        None => RowShape::Block {
+            threads: block_threads(packs),
+            cached: packs.min(shared_limit / (arrays * vec * 4)),
+        },
+    }
+}
+
+/// Dynamic shared memory a block may use on this device (the opt-in limit, less what the kernels
+/// declare statically).
+pub(crate) fn shared_limit(gpu: &Gpu) -> Result<usize> {
+    let optin = gpu
+        .context()
+        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+        .map_err(Error::driver("reading the shared-memory limit"))?;
+    Ok((optin.max(0) as usize).saturating_sub(STATIC_SHARED_RESERVE))
+}
+
+/// `rows` and `cols` as the kernels' ints: [`Error::InvalidArgument`] past `i32::MAX` rows or
+/// [`MAX_COLS`] columns.
+pub(crate) fn kernel_dims(op: &'static str, rows: usize, cols: usize) -> Result<(i32, i32)> {
+    let rows_i = i32::try_from(rows).map_err(|_| Error::InvalidArgument {
+        op,
+        detail: format!("rows = {rows} exceeds i32::MAX, the kernels' row range"),
+    })?;
+    if cols > MAX_COLS {
+        return Err(Error::InvalidArgument {
+            op,
+            detail: format!("{cols} columns exceed the kernels' limit of 2^30"),
+        });
+    }
+    Ok((rows_i, cols as i32))
+}
+
+/// [`Error::InvalidArgument`] unless every `(name, address, element bytes)` is element-aligned.
+pub(crate) fn check_aligned(op: &'static str, ptrs: &[(&str, u64, usize)]) -> Result<()> {
+    for &(name, addr, bytes) in ptrs {
+        if addr % bytes as u64 != 0 {
+            return Err(Error::InvalidArgument {
+                op,
+                detail: format!("{name} at {addr:#x} is not aligned to its {bytes}-byte elements"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `[["<prefix>_v4_p1", … "_v4_p8"], ["<prefix>_v1_p1", … "_v1_p8"]]`: a row-kernel family's
+/// entry points by access width (4, 1) and packs per lane (1, 2, 4, 8).
+macro_rules! by_width_and_p {
+    ($prefix:literal) => {
+        [
+            [
+                concat!($prefix, "_v4_p1"),
+                concat!($prefix, "_v4_p2"),
+                concat!($prefix, "_v4_p4"),
+                concat!($prefix, "_v4_p8"),
+            ],
+            [
+                concat!($prefix, "_v1_p1"),
+                concat!($prefix, "_v1_p2"),
+                concat!($prefix, "_v1_p4"),
+                concat!($prefix, "_v1_p8"),
+            ],
+        ]
+    };
+}
+pub(crate) use by_width_and_p;
+
+/// The `.maxntid` (launch bound) of kernel `entry` in a PTX module, for tests that check the host's
+/// tables against the kernels.
+#[cfg(test)]
+pub(crate) fn ptx_maxntid(ptx: &str, entry: &str) -> Option<u32> {
+    let start = ptx.find(&format!(".entry {entry}("))?;
+    let rest = &ptx[start..];
+    let line = rest
+        .lines()
+        .find(|l| l.trim_start().starts_with(".maxntid"))?;
+    line.trim_start()
+        .trim_start_matches(".maxntid")
+        .split(',')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+const FINISH_THREADS: u32 = 1024;
+
+const FWD_WARP: [[&str; 4]; 2] = [
+    [
+        "softmax_fwd_warp_v4_p1",
+        "softmax_fwd_warp_v4_p2",
+        "softmax_fwd_warp_v4_p4",
+        "softmax_fwd_warp_v4_p8",
+    ],
+    [
+        "softmax_fwd_warp_v1_p1",
+        "softmax_fwd_warp_v1_p2",
+        "softmax_fwd_warp_v1_p4",
+        "softmax_fwd_warp_v1_p8",
+    ],
+];
+const FWD_BLOCK: [&str; 2] = ["softmax_fwd_block_v4", "softmax_fwd_block_v1"];
+const BWD_WARP: [[&str; 4]; 2] = [
+    [
+        "softmax_bwd_warp_v4_p1",
+        "softmax_bwd_warp_v4_p2",
+        "softmax_bwd_warp_v4_p4",
+        "softmax_bwd_warp_v4_p8",
+    ],
+    [
+        "softmax_bwd_warp_v1_p1",
+        "softmax_bwd_warp_v1_p2",
+        "softmax_bwd_warp_v1_p4",
+        "softmax_bwd_warp_v1_p8",
+    ],
+];
+const BWD_BLOCK: [&str; 2] = ["softmax_bwd_block_v4", "softmax_bwd_block_v1"];
+
+/// Logit types [`softmax_cross_entropy`] reads: f16 or f32.
+pub trait Logit: DeviceRepr + sealed::Sealed {
+    /// Warp-per-row kernels, by access width (4, 1) and packs per lane (1, 2, 4, 8).
+    #[doc(hidden)]
+    const WARP: [[&'static str; 4]; 2];
+    /// Block-per-row kernels, by access width (4, 1).
+    #[doc(hidden)]
+    const BLOCK: [&'static str; 2];
+}
+impl Logit for f32 {
+    const WARP: [[&'static str; 4]; 2] = [
+        [
+            "softmax_ce_warp_f32_v4_p1",
+            "softmax_ce_warp_f32_v4_p2",
+            "softmax_ce_warp_f32_v4_p4",
+            "softmax_ce_warp_f32_v4_p8",
+        ],
+        [
+            "softmax_ce_warp_f32_v1_p1",
+            "softmax_ce_warp_f32_v1_p2",
+            "softmax_ce_warp_f32_v1_p4",
+            "softmax_ce_warp_f32_v1_p8",
+        ],
+    ];
+    const BLOCK: [&'static str; 2] = ["softmax_ce_block_f32_v4", "softmax_ce_block_f32_v1"];
+}
+impl Logit for f16 {
+    const WARP: [[&'static str; 4]; 2] = [
+        [
+            "softmax_ce_warp_f16_v4_p1",
+            "softmax_ce_warp_f16_v4_p2",
+            "softmax_ce_warp_f16_v4_p4",
+            "softmax_ce_warp_f16_v4_p8",
+        ],
+        [
+            "softmax_ce_warp_f16_v1_p1",
+            "softmax_ce_warp_f16_v1_p2",
+            "softmax_ce_warp_f16_v1_p4",
+            "softmax_ce_warp_f16_v1_p8",
+        ],
+    ];
+    const BLOCK: [&'static str; 2] = ["softmax_ce_block_f16_v4", "softmax_ce_block_f16_v1"];
+}
+
+/// Gradient types [`softmax_cross_entropy`] writes: f16 (round to nearest even, overflow to
+/// ±inf) or f32.
+pub trait Grad: DeviceRepr + sealed::Sealed {
+    /// The kernels' `out_f16` flag.
+    #[doc(hidden)]
+    const OUT_F16: i32;
+}
+impl Grad for f32 {
+    const OUT_F16: i32 = 0;
+}
+impl Grad for f16 {
+    const OUT_F16: i32 = 1;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for half::f16 {}
+    impl Sealed for f32 {}
+}
+
+fn vec_index(vec: usize) -> usize {
+    usize::from(vec != 4)
+}
+
+/// The launch for a row-wise kernel over `rows` rows: warp kernels take 8 rows per block, block
+/// kernels a block per row with `cached` packs of `arrays` f32 arrays in shared memory.
+fn row_launch(rows: usize, shape: RowShape, vec: usize, arrays: usize) -> LaunchConfig {
+    match shape {
+        RowShape::Warp { .. } => {
+            LaunchConfig::linear(rows.div_ceil(WARP_ROWS) as u32, WARP_THREADS)
+        }
+        RowShape::Block { threads, cached } => LaunchConfig {
+            shared_bytes: (arrays * cached * vec * 4) as u32,
+            ..LaunchConfig::linear(rows as u32, threads)
+        },
+    }
+}
+
+/// Softmax of each row of `x` (`[rows, cols]`, row-major) into `y`. The GPU twin of
+/// [`crate::cpu::softmax::forward`]: same arguments (after `gpu`), checks and errors.
+pub fn forward<X, Y>(gpu: &Gpu, x: &X, rows: usize, cols: usize, y: &mut Y) -> Result<()>
+where
+    X: DevicePtr<f32>,
+    Y: DevicePtrMut<f32>,
+{
+    const OP: &str = "ops::softmax::forward";
+    let len = matrix_len(OP, rows, cols, "cols")?;
+    let by_rows = format!("rows·cols = {rows}·{cols} = {len}");
+    expect_len(OP, "x", x.len(), len, &by_rows)?;
+    expect_len(OP, "y", y.len(), len, &by_rows)?;
+    let (ri, ci) = kernel_dims(OP, rows, cols)?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let stream = gpu.stream();
+    let (xp, _gx) = x.device_ptr(stream);
+    let (yp, _gy) = y.device_ptr_mut(stream);
+    check_aligned(OP, &[("x", xp, 4), ("y", yp, 4)])?;
+    let vec = vec_width(cols, &[(xp, 4), (yp, 4)]);
+    let shape = row_shape(cols / vec, vec, 1, shared_limit(gpu)?);
+    let mut args = KernelArgs::new();
+    args.push(xp).push(yp);
+    let kernel = match shape {
+        RowShape::Warp { p } => {
+            args.push(ri).push(ci);
+            FWD_WARP[vec_index(vec)][p_index(p)]
+        }
+        RowShape::Block { cached, .. } => {
+            args.push(ci).push(cached as i32);
+            FWD_BLOCK[vec_index(vec)]
+        }
+    };
+    // SAFETY: softmax_fwd_warp_v*(const float* x, float* y, int rows, int cols) and
+    // softmax_fwd_block_v*(x, y, int cols, int cached) match the arguments pushed for each shape;
+    // x and y hold rows·cols f32 (checked above); warp kernels skip rows ≥ rows and the block
+    // grid is exactly rows; 4-wide accesses only when cols % 4 == 0 and both are 16-byte aligned;
+    // `cached` packs fit the shared memory requested. The guards outlive the launch.
+    unsafe {
+        gpu.launch(
+            &kernels::SOFTMAX,
+            kernel,
+            row_launch(rows, shape, vec, 1),
+            &args,
+        )
+    }
+}
+
+/// Gradient of [`forward`]: `dxⱼ = yⱼ · (dyⱼ − Σₖ dyₖ · yₖ)` per row, from the softmax output
+/// `y` and the upstream gradient `dy` (all `[rows, cols]`). The GPU twin of
+/// [`crate::cpu::softmax::backward`]: same arguments (after `gpu`), checks and errors.
+pub fn backward<Y, DY, DX>(
+    gpu: &Gpu,
+    y: &Y,
+    dy: &DY,
+    rows: usize,
+    cols: usize,
+    dx: &mut DX,
+) -> Result<()>
+where
+    Y: DevicePtr<f32>,
+    DY: DevicePtr<f32>,
+    DX: DevicePtrMut<f32>,
+{
+    const OP: &str = "ops::softmax::backward";
+    let len = matrix_len(OP, rows, cols, "cols")?;
+    let by_rows = format!("rows·cols = {rows}·{cols} = {len}");
+    expect_len(OP, "y", y.len(), len, &by_rows)?;
+    expect_len(OP, "dy", dy.len(), len, &by_rows)?;
+    expect_len(OP, "dx", dx.len(), len, &by_rows)?;
+    let (ri, ci) = kernel_dims(OP, rows, cols)?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let stream = gpu.stream();
+    let (yp, _g1) = y.device_ptr(stream);
+    let (dyp, _g2) = dy.device_ptr(stream);
+    let (dxp, _g3) = dx.device_ptr_mut(stream);
+    check_aligned(OP, &[("y", yp, 4), ("dy", dyp, 4), ("dx", dxp, 4)])?;
+    let vec = vec_width(cols, &[(yp, 4), (dyp, 4), (dxp, 4)]);
+    let shape = row_shape(cols / vec, vec, 2, shared_limit(gpu)?);
+    let mut args = KernelArgs::new();
+    args.push(yp).push(dyp).push(dxp);
+    let kernel = match shape {
+        RowShape::Warp { p } => {
+            args.push(ri).push(ci);
+            BWD_WARP[vec_index(vec)][p_index(p)]
+        }
+        RowShape::Block { cached, .. } => {
+            args.push(ci).push(cached as i32);
+            BWD_BLOCK[vec_index(vec)]
+        }
+    };
+    // SAFETY: softmax_bwd_warp_v*(const float* y, const float* dy, float* dx, int rows, int cols)
+    // and softmax_bwd_block_v*(y, dy, dx, int cols, int cached) match the arguments pushed for
+    // each shape; the three buffers hold rows·cols f32 (checked above); the block kernel caches
+    // `cached` packs of y and of dy, which is the shared memory requested.
+    unsafe {
+        gpu.launch(
+            &kernels::SOFTMAX,
+            kernel,
+            row_launch(rows, shape, vec, 2),
+            &args,
+        )
+    }
+}
+
+/// Fused softmax + cross-entropy: writes the mean over rows of `logsumexp(xᵣ) − xᵣ[labelᵣ]` to
+/// `loss` (one f32 on the device) and `dlogits = (softmax(x) − onehot(label)) · grad_scale / rows`
+/// in one pass over the logits, without materialising the probabilities.
+///
+/// `logits` and `dlogits` are `[rows, classes]` (f16 or f32 each), `labels` has `rows` entries,
+/// `grad_scale` and `loss` are one f32 each, all in device memory. The GPU twin of
+/// [`crate::cpu::softmax::softmax_cross_entropy`]: same argument checks and errors (before any
+/// launch), except that labels cannot be checked without a host synchronisation: an
+/// out-of-range label makes its row's loss and gradients NaN (see the [module docs](self)).
+/// Uses the device's scratch buffer for the row losses (`4·rows` bytes).
+#[allow(clippy::too_many_arguments)] // the CPU reference's arguments plus the device loss
+pub fn softmax_cross_entropy<L, D, X, T, S, G, O>(
+    gpu: &Gpu,
+    logits: &X,
+    labels: &T,
+    rows: usize,
+    classes: usize,
+    grad_scale: &S,
+    dlogits: &mut G,
+    loss: &mut O,
+) -> Result<()>
+where
+    L: Logit,
+    D: Grad,
+    X: DevicePtr<L>,
+    T: DevicePtr<u32>,
+    S: DevicePtr<f32>,
+    G: DevicePtrMut<D>,
+    O: DevicePtrMut<f32>,
+{
+    const OP: &str = "ops::softmax::softmax_cross_entropy";
+    if rows == 0 {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            detail: "rows is 0; the loss is a mean over rows and needs rows ≥ 1".into(),
+        });
+    }
+    let len = matrix_len(OP, rows, classes, "classes")?;
+    let by_rows = format!("rows·classes = {rows}·{classes} = {len}");
+    expect_len(OP, "logits", logits.len(), len, &by_rows)?;
+    expect_len(OP, "dlogits", dlogits.len(), len, &by_rows)?;
+    expect_len(OP, "labels", labels.len(), rows, "rows")?;
+    for (name, n) in [("grad_scale", grad_scale.len()), ("loss", loss.len())] {
+        if n != 1 {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                detail: format!("{name} must be one f32 on the device, got {n} elements"),
+            });
+        }
+    }
+    let (ri, ci) = kernel_dims(OP, rows, classes)?;
+    let (lb, db) = (std::mem::size_of::<L>(), std::mem::size_of::<D>());
+    let stream = gpu.stream();
+    let (xp, _g1) = logits.device_ptr(stream);
+    let (tp, _g2) = labels.device_ptr(stream);
+    let (sp, _g3) = grad_scale.device_ptr(stream);
+    let (dp, _g4) = dlogits.device_ptr_mut(stream);
+    let (op, _g5) = loss.device_ptr_mut(stream);
+    check_aligned(
+        OP,
+        &[
+            ("logits", xp, lb),
+            ("labels", tp, 4),
+            ("grad_scale", sp, 4),
+            ("dlogits", dp, db),
+            ("loss", op, 4),
+        ],
+    )?;
+    let vec = vec_width(classes, &[(xp, lb), (dp, db)]);
+    let shape = row_shape(classes / vec, vec, 1, shared_limit(gpu)?);
+    gpu.with_scratch((rows * 4).max(256), |row_loss| {
+        let mut args = KernelArgs::new();
+        args.push(xp).push(tp).push(sp).push(dp).push(D::OUT_F16);
+        args.push(row_loss).push(ri).push(ci);
+        let kernel = match shape {
+            RowShape::Warp { p } => L::WARP[vec_index(vec)][p_index(p)],
+            RowShape::Block { cached, .. } => {
+                args.push(cached as i32);
+                L::BLOCK[vec_index(vec)]
+            }
+        };
+        // SAFETY: softmax_ce_{warp,block}_{f32,f16}_v*(const L* logits, const unsigned* labels,
+        // const float* grad_scale, void* dlogits, int out_f16, float* row_loss, int rows,
+        // int classes[, int cached]) matches, with L and out_f16 from the element types. logits
+        // and dlogits hold rows·classes elements, labels rows u32, grad_scale one f32 (checked
+        // above); the scratch holds rows f32; a label ≥ classes is never used as an index.
+        unsafe {
+            gpu.launch(
+                &kernels::SOFTMAX,
+                kernel,
+                row_launch(rows, shape, vec, 1),
+                &args,
+            )?
+        };
+        let mut args = KernelArgs::new();
+        args.push(row_loss).push(ri).push(op);
+        // SAFETY: softmax_ce_finish(const float* row_loss, int rows, float* loss) matches; the
+        // scratch holds the rows f32 written above, loss one f32.
+        unsafe {
+            gpu.launch(
+                &kernels::SOFTMAX,
+                "softmax_ce_finish",
+                LaunchConfig::linear(1, FINISH_THREADS),
+                &args,
+            )
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kernel_name_exists_with_the_host_launch_bound() {
+        let ptx = kernels::SOFTMAX.ptx;
+        let warp: Vec<&str> = [FWD_WARP, BWD_WARP, f32::WARP, f16::WARP]
+            .iter()
+            .flatten()
+            .flatten()
+            .copied()
+            .collect();
+        for name in warp {
+            assert_eq!(ptx_maxntid(ptx, name), Some(WARP_THREADS), "{name}");
+        }
+        for name in [FWD_BLOCK, BWD_BLOCK, f32::BLOCK, f16::BLOCK].concat() {
+            assert_eq!(ptx_maxntid(ptx, name), Some(1024), "{name}");
+        }
+        assert_eq!(ptx_maxntid(ptx, "softmax_ce_finish"), Some(FINISH_THREADS));
+    }
+
+    #[test]
+    fn launches_cover_every_row() {
+        let warp = row_launch(4097, RowShape::Warp { p: 1 }, 1, 1);
+        assert_eq!(warp.grid.0 as usize * WARP_ROWS, 4104);
+        let block = row_launch(
+            3,
+            RowShape::Block {
+                threads: 256,
+                cached: 100,
+            },
+            4,
+            2,
+        );
+        assert_eq!((block.grid.0, block.shared_bytes), (3, 3200));
+    }
+
+    #[test]
+    fn warp_rows_up_to_1024_floats_then_blocks() {
+        assert_eq!(warp_packs(1), Some(1));
+        assert_eq!(warp_packs(33), Some(2));
+        assert_eq!(warp_packs(256), Some(8));
+        assert_eq!(warp_packs(257), None);
+        assert_eq!(vec_width(512, &[(0x1000, 4), (0x2010, 4)]), 4);
+        assert_eq!(vec_width(512, &[(0x1000, 4), (0x2004, 4)]), 1);
+        assert_eq!(vec_width(10, &[(0x1000, 4)]), 1);
+        // 65536 floats on a 227 KB device: 58 112 cached, the tail read again.
+        let shape = row_shape(65536 / 4, 4, 1, 227 * 1024 - STATIC_SHARED_RESERVE);
+        assert_eq!(
+            shape,
+            RowShape::Block {
+                threads: 1024,
+                cached: 14464
+            }
+        );
+        assert_eq!(
+            row_shape(300, 1, 1, 1 << 20),
+            RowShape::Block {
+                threads: 128,
+                cached: 300
+            }
+        );
+    }
+
+    #[test]
+    fn shapes_past_the_kernels_index_range_are_invalid() {
+        assert!(matches!(kernel_dims("t", 7, MAX_COLS), Ok((7, c)) if c == 1 << 30));
+        for (rows, cols) in [(1usize << 31, 1), (1, MAX_COLS + 1)] {
+            let e = kernel_dims("t", rows, cols).unwrap_err();
+            assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+        }
+    }
+}

@@ -1,0 +1,737 @@
+//! GPU optimizer (`ops::optim`) vs the CPU reference (`cpu::optim`): Adam, AdamW and SGD (plain,
+//! momentum, dampening + weight decay, Nesterov) over several steps on a model-sized tensor list
+//! (dozens of tensors of 1 to 2 M elements, odd sizes, unaligned views), gradients with huge
+//! values, subnormals and −0.0; skipped steps that write nothing (step counter included); the
+//! device's bias corrections bit for bit; more tensors than one launch holds; empty lists;
+//! checkpoint round trips; typed errors before any launch.
+//!
+//! Accuracy: every state element within 1e-6 relative (reported), and bit-exact (NaN as NaN)
+//! whenever the device's bias-correction terms for the steps taken equal the host's — the
+//! per-element math is the reference's, operation for operation.
+
+mod common;
+
+use ampkit::check::{compare, Tolerance};
+use ampkit::cpu::optim::{
+    self, AdamCoefficients, AdamConfig, OptimizerConfig, OptimizerState, ParamTensor, SgdConfig,
+};
+use ampkit::cpu::schedule::LrSchedule;
+use ampkit::cuda::{DeviceBuffer, Gpu};
+use ampkit::ops::cast::fill_f16;
+use ampkit::ops::optim::{adam_bias_terms, GpuOptimizer, GpuParamTensor};
+use ampkit::{f16, Error};
+use common::{assert_all_written, gpu, rng};
+use rand::rngs::StdRng;
+use rand::Rng;
+
+/// A signalling NaN: the kernel's f16 conversion always sets the quiet bit, so it never writes it.
+const POISON: f16 = f16::from_bits(0x7C01);
+
+/// SGD with (lr, momentum, dampening, weight decay, Nesterov).
+fn sgd(lr: f64, m: f64, d: f64, wd: f64, nesterov: bool) -> OptimizerConfig {
+    OptimizerConfig::Sgd(SgdConfig {
+        lr,
+        momentum: m,
+        dampening: d,
+        weight_decay: wd,
+        nesterov,
+    })
+}
+
+fn all_configs() -> Vec<OptimizerConfig> {
+    let l2 = AdamConfig {
+        lr: 0.05,
+        beta1: 0.8,
+        beta2: 0.99,
+        eps: 1e-6,
+        weight_decay: 0.1,
+    };
+    vec![
+        OptimizerConfig::adam(1e-3),
+        OptimizerConfig::Adam(l2),
+        OptimizerConfig::AdamW(AdamConfig {
+            lr: 0.05,
+            weight_decay: 0.1,
+            ..AdamConfig::default()
+        }),
+        sgd(0.05, 0.0, 0.0, 0.0, false),
+        sgd(0.05, 0.9, 0.0, 0.0, false),
+        sgd(0.05, 0.9, 0.5, 0.01, false),
+        sgd(0.05, 0.9, 0.0, 0.01, true),
+    ]
+}
+
+/// Tensor sizes like a model's, around the chunk and vector boundaries, up to 2 M.
+fn model_sizes(rng: &mut StdRng) -> Vec<usize> {
+    // 784·512 = 401_408; 2^21 + 5 = 2_097_157.
+    let mut sizes = vec![
+        1, 3, 10, 512, 401_408, 5120, 1023, 1024, 1025, 4095, 4096, 4097,
+    ];
+    sizes.extend([8193, 16385, 2_097_157]);
+    sizes.extend((0..27).map(|_| rng.gen_range(1..40_000)));
+    sizes
+}
+
+/// Random values of varied magnitude with `specials` sprinkled in.
+fn values(rng: &mut StdRng, n: usize, specials: &[f32]) -> Vec<f32> {
+    let mut v: Vec<f32> = (0..n)
+        .map(|_| rng.gen_range(-1.0f32..1.0) * 2f32.powi(rng.gen_range(-20..3)))
+        .collect();
+    for _ in 0..(1 + n / 500).min(n) {
+        let i = rng.gen_range(0..n);
+        v[i] = specials[rng.gen_range(0..specials.len())];
+    }
+    v
+}
+
+/// Huge (g·g overflows), subnormal, signed zeros, f16's largest.
+const GRAD_SPECIALS: &[f32] = &[1e30, -1e30, 3e38, 1e-40, -1e-45, -0.0, 0.0, 65504.0, 1e20];
+/// Masters that overflow f16, land in its subnormals, or are f32 subnormals.
+const MASTER_SPECIALS: &[f32] = &[-0.0, 0.0, 65504.0, 70000.0, -7e4, 3e-8, 1e-40];
+
+/// One model on both sides: CPU masters/halves/state and GPU buffers (each tensor a view at a
+/// per-tensor offset, so some are unaligned) with a `GpuOptimizer`.
+struct Rig {
+    lens: Vec<usize>,
+    /// Leading elements before each tensor's view: [master, grad, half].
+    offsets: Vec<[usize; 3]>,
+    master: Vec<DeviceBuffer<f32>>,
+    grad: Vec<DeviceBuffer<f32>>,
+    half: Vec<DeviceBuffer<f16>>,
+    cpu_master: Vec<Vec<f32>>,
+    cpu_half: Vec<Vec<f16>>,
+    cpu: OptimizerState,
+    opt: GpuOptimizer,
+}
+
+impl Rig {
+    fn new(gpu: &Gpu, rng: &mut StdRng, cfg: &OptimizerConfig, lens: &[usize]) -> Rig {
+        let offsets: Vec<[usize; 3]> = lens
+            .iter()
+            .map(|_| std::array::from_fn(|_| [0usize, 0, 1, 3][rng.gen_range(0..4)]))
+            .collect();
+        let cpu_master: Vec<Vec<f32>> = lens
+            .iter()
+            .map(|&n| values(rng, n, MASTER_SPECIALS))
+            .collect();
+        let cpu_half: Vec<Vec<f16>> = cpu_master
+            .iter()
+            .map(|m| m.iter().map(|&x| f16::from_f32(x)).collect())
+            .collect();
+        let padded = |v: &[f32], off: usize| [vec![f32::NAN; off], v.to_vec()].concat();
+        let master = (cpu_master.iter().zip(&offsets))
+            .map(|(m, o)| gpu.upload(&padded(m, o[0])).unwrap())
+            .collect();
+        let grad = (lens.iter().zip(&offsets))
+            .map(|(&n, o)| gpu.upload(&vec![0f32; n + o[1]]).unwrap())
+            .collect();
+        let half = (cpu_half.iter().zip(&offsets))
+            .map(|(h, o)| {
+                gpu.upload(&[vec![POISON; o[2]], h.clone()].concat())
+                    .unwrap()
+            })
+            .collect();
+        Rig {
+            lens: lens.to_vec(),
+            offsets,
+            master,
+            grad,
+            half,
+            cpu_master,
+            cpu_half,
+            cpu: OptimizerState::new(cfg, lens).unwrap(),
+            opt: GpuOptimizer::new(gpu, cfg, lens).unwrap(),
+        }
+    }
+
+    fn random_grads(&self, rng: &mut StdRng) -> Vec<Vec<f32>> {
+        self.lens
+            .iter()
+            .map(|&n| values(rng, n, GRAD_SPECIALS))
+            .collect()
+    }
+
+    /// One step on both sides. Before a real step the GPU halves are poisoned, and afterwards
+    /// every element must have been written.
+    fn step(&mut self, gpu: &Gpu, cfg: &OptimizerConfig, grads: &[Vec<f32>], found_inf: bool) {
+        self.step_scheduled(gpu, cfg, &LrSchedule::Constant, grads, found_inf)
+    }
+
+    /// [`Rig::step`] with a learning-rate schedule: the CPU side steps with the config whose lr
+    /// is the schedule's rate after the reference's real-step count.
+    fn step_scheduled(
+        &mut self,
+        gpu: &Gpu,
+        cfg: &OptimizerConfig,
+        schedule: &LrSchedule,
+        grads: &[Vec<f32>],
+        found_inf: bool,
+    ) {
+        let mut params: Vec<ParamTensor<'_>> = (self.cpu_master.iter_mut())
+            .zip(self.cpu_half.iter_mut())
+            .zip(grads)
+            .map(|((master, half), grad)| ParamTensor { master, grad, half })
+            .collect();
+        let mut now = *cfg;
+        match &mut now {
+            OptimizerConfig::Adam(c) | OptimizerConfig::AdamW(c) => {
+                c.lr = schedule.lr_at(c.lr, self.cpu.step_count())
+            }
+            OptimizerConfig::Sgd(c) => c.lr = schedule.lr_at(c.lr, self.cpu.step_count()),
+        }
+        let _ = optim::step(&now, &mut self.cpu, &mut params, found_inf).unwrap();
+        for ((buf, g), o) in self.grad.iter_mut().zip(grads).zip(&self.offsets) {
+            *buf = gpu
+                .upload(&[vec![f32::NAN; o[1]], g.clone()].concat())
+                .unwrap();
+        }
+        if !found_inf {
+            for h in &mut self.half {
+                fill_f16(gpu, h, POISON).unwrap();
+            }
+        }
+        let flag = gpu.upload(&[if found_inf { 1.0f32 } else { 0.0 }]).unwrap();
+        let mut params: Vec<GpuParamTensor<'_>> = (self.master.iter_mut())
+            .zip(&self.grad)
+            .zip(self.half.iter_mut())
+            .zip(&self.offsets)
+            .map(|(((m, g), h), o)| GpuParamTensor {
+                master: m.slice_mut(o[0]..),
+                grad: g.slice(o[1]..),
+                half: h.slice_mut(o[2]..),
+            })
+            .collect();
+        self.opt
+            .step_scheduled(gpu, cfg, schedule, &mut params, &flag)
+            .unwrap();
+        if !found_inf {
+            assert_all_written("f16 copies", &self.gpu_halves(gpu).concat(), POISON);
+        }
+    }
+
+    fn gpu_masters(&self, gpu: &Gpu) -> Vec<Vec<f32>> {
+        (self.master.iter().zip(&self.offsets))
+            .map(|(b, o)| gpu.download(b).unwrap()[o[0]..].to_vec())
+            .collect()
+    }
+
+    fn gpu_halves(&self, gpu: &Gpu) -> Vec<Vec<f16>> {
+        (self.half.iter().zip(&self.offsets))
+            .map(|(b, o)| gpu.download(b).unwrap()[o[2]..].to_vec())
+            .collect()
+    }
+
+    /// GPU vs CPU: counters exactly; every buffer within tolerance, and bit for bit if `exact`.
+    fn check(&self, gpu: &Gpu, what: &str, exact: bool, verbose: bool) {
+        let state = self.opt.download(gpu).unwrap();
+        assert_eq!(
+            state.step_count(),
+            self.cpu.step_count(),
+            "{what}: step count"
+        );
+        assert_eq!(
+            state.momentum_started(),
+            self.cpu.momentum_started(),
+            "{what}: momentum started"
+        );
+        let n = self.lens.len();
+        type Get = fn(&OptimizerState, usize) -> Option<&[f32]>;
+        let buffers: [(&str, Get); 3] = [
+            ("exp_avg", OptimizerState::exp_avg),
+            ("exp_avg_sq", OptimizerState::exp_avg_sq),
+            ("momentum_buffer", OptimizerState::momentum_buffer),
+        ];
+        for (name, get) in buffers {
+            let exists = |s: &OptimizerState| (0..n).map(|t| get(s, t).is_some()).collect();
+            let (got_exists, want_exists): (Vec<bool>, Vec<bool>) =
+                (exists(&state), exists(&self.cpu));
+            assert_eq!(
+                got_exists, want_exists,
+                "{what}: which {name} buffers exist"
+            );
+            if want_exists.first() == Some(&true) {
+                let flat = |s: &OptimizerState| -> Vec<f32> {
+                    (0..n).flat_map(|t| get(s, t).unwrap().to_vec()).collect()
+                };
+                let name = format!("{what}: {name}");
+                same_f32(&name, &flat(&state), &flat(&self.cpu), exact, verbose);
+            }
+        }
+        let masters = self.gpu_masters(gpu).concat();
+        same_f32(
+            &format!("{what}: masters"),
+            &masters,
+            &self.cpu_master.concat(),
+            exact,
+            verbose,
+        );
+        let (got, want) = (self.gpu_halves(gpu).concat(), self.cpu_half.concat());
+        let reference: Vec<f64> = want.iter().map(|h| h.to_f64()).collect();
+        let report = compare(&got, &reference, Tolerance::new(0.0, 1e-3));
+        assert!(report.passed(), "{what}: halves: {report}");
+        if exact {
+            assert_same_bits(&format!("{what}: halves"), &canon16(&got), &canon16(&want));
+        }
+    }
+}
+
+/// Within 1e-6 relative (elementwise, against the largest finite magnitude, and in L2), and bit
+/// for bit with NaN as NaN when `exact`.
+fn same_f32(what: &str, got: &[f32], want: &[f32], exact: bool, verbose: bool) {
+    let reference: Vec<f64> = want.iter().map(|&v| f64::from(v)).collect();
+    let scale = reference
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, |a, v| a.max(v.abs()));
+    let report = compare(got, &reference, Tolerance::new(1e-6 * scale, 1e-6));
+    if verbose || !report.passed() {
+        eprintln!("{what}: {report}");
+    }
+    assert!(report.passed(), "{what}: {report}");
+    if exact {
+        assert_same_bits(what, &canon32(got), &canon32(want));
+    }
+}
+
+fn canon32(v: &[f32]) -> Vec<u32> {
+    v.iter()
+        .map(|x| if x.is_nan() { 0x7FC0_0000 } else { x.to_bits() })
+        .collect()
+}
+
+fn canon16(v: &[f16]) -> Vec<u32> {
+    v.iter()
+        .map(|x| {
+            if x.is_nan() {
+                0x7E00
+            } else {
+                u32::from(x.to_bits())
+            }
+        })
+        .collect()
+}
+
+fn assert_same_bits(what: &str, got: &[u32], want: &[u32]) {
+    common::assert_bits_eq(what, got, want, |i| i);
+}
+
+/// Whether the device's bias corrections equal the host's for steps 1..=steps (always true for
+/// SGD, which has none). Printed, so a run shows which comparisons were bit-exact.
+fn bias_terms_exact(gpu: &Gpu, cfg: &OptimizerConfig, steps: u64) -> bool {
+    let (c, decoupled) = match cfg {
+        OptimizerConfig::Adam(c) => (c, false),
+        OptimizerConfig::AdamW(c) => (c, true),
+        OptimizerConfig::Sgd(_) => return true,
+    };
+    let ts: Vec<u64> = (1..=steps).collect();
+    let device = adam_bias_terms(gpu, c, &ts).unwrap();
+    let exact = ts.iter().zip(&device).all(|(&t, &(s, b))| {
+        let k = AdamCoefficients::new(c, decoupled, t);
+        (s.to_bits(), b.to_bits()) == (k.step_size.to_bits(), k.bias_correction2_sqrt.to_bits())
+    });
+    eprintln!("{cfg:?}: device bias corrections bit-exact for t ≤ {steps}: {exact}");
+    exact
+}
+
+#[test]
+fn every_optimizer_matches_the_cpu_over_steps() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = rng("gpu optim steps");
+    // A skipped first step (SGD's buffers must still start from the gradient) and a skip later.
+    let found_inf = [true, false, false, true, false, false];
+    for cfg in all_configs() {
+        let exact = bias_terms_exact(&gpu, &cfg, found_inf.len() as u64);
+        let sizes = model_sizes(&mut rng);
+        let mut rig = Rig::new(&gpu, &mut rng, &cfg, &sizes);
+        for (k, &skip) in found_inf.iter().enumerate() {
+            let grads = rig.random_grads(&mut rng);
+            rig.step(&gpu, &cfg, &grads, skip);
+            let last = k + 1 == found_inf.len();
+            rig.check(
+                &gpu,
+                &format!("{cfg:?} step {k} (skip {skip})"),
+                exact,
+                last,
+            );
+        }
+        let real = found_inf.iter().filter(|&&s| !s).count() as u64;
+        assert_eq!(rig.opt.step_count(&gpu).unwrap(), real);
+    }
+}
+
+/// A cosine schedule advances on real steps only (the GPU reads its step counter) and clamps
+/// past `total`; AdamW's decay follows the scheduled rate. Within 1e-6 of the CPU (the f64
+/// cosines of libm and CUDA may differ in the last bit before the rounding to f32).
+#[test]
+fn cosine_schedule_follows_real_steps() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = rng("gpu optim schedule");
+    let found_inf = [false, true, false, false, true, false, false];
+    for cfg in all_configs() {
+        let base = match cfg {
+            OptimizerConfig::Adam(c) | OptimizerConfig::AdamW(c) => c.lr,
+            OptimizerConfig::Sgd(c) => c.lr,
+        };
+        let schedule = LrSchedule::Cosine {
+            total: 4,
+            min_lr: base / 10.0,
+        };
+        let sizes = model_sizes(&mut rng);
+        let mut rig = Rig::new(&gpu, &mut rng, &cfg, &sizes);
+        for (k, &skip) in found_inf.iter().enumerate() {
+            let grads = rig.random_grads(&mut rng);
+            rig.step_scheduled(&gpu, &cfg, &schedule, &grads, skip);
+            let last = k + 1 == found_inf.len();
+            rig.check(&gpu, &format!("{cfg:?} cosine step {k}"), false, last);
+        }
+    }
+}
+
+#[test]
+fn adam_bias_corrections_match_the_host_bit_for_bit() {
+    let Some(gpu) = gpu() else { return };
+    let mut ts: Vec<u64> = (1..=20_000).collect();
+    ts.extend([1 << 20, 999_999, 123_456_789, 1 << 40]);
+    for (lr, beta1, beta2) in [
+        (1e-3, 0.9, 0.999),
+        (0.05, 0.8, 0.99),
+        (3e-4, 0.95, 0.9999),
+        (1.0, 0.5, 0.9),
+        (1e-3, 0.0, 0.0),
+        (2e-2, 0.999_999, 0.999_999_9),
+    ] {
+        let cfg = AdamConfig {
+            lr,
+            beta1,
+            beta2,
+            ..AdamConfig::default()
+        };
+        let device = adam_bias_terms(&gpu, &cfg, &ts).unwrap();
+        for (&t, &(step_size, bc2_sqrt)) in ts.iter().zip(&device) {
+            let k = AdamCoefficients::new(&cfg, false, t);
+            assert_eq!(
+                (step_size.to_bits(), bc2_sqrt.to_bits()),
+                (k.step_size.to_bits(), k.bias_correction2_sqrt.to_bits()),
+                "lr {lr} beta1 {beta1} beta2 {beta2} t {t}: device ({step_size:e}, {bc2_sqrt:e}), \
+                 host ({:e}, {:e})",
+                k.step_size,
+                k.bias_correction2_sqrt
+            );
+        }
+    }
+}
+
+#[test]
+fn skipped_steps_write_nothing() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = rng("gpu optim skip");
+    for cfg in [OptimizerConfig::adamw(1e-2), sgd(0.1, 0.9, 0.0, 0.0, true)] {
+        let sizes = [1, 4099, 70_000, 31];
+        let mut rig = Rig::new(&gpu, &mut rng, &cfg, &sizes);
+        let grads = rig.random_grads(&mut rng);
+        rig.step(&gpu, &cfg, &grads, false);
+        let before = (rig.opt.download(&gpu).unwrap(), rig.gpu_masters(&gpu));
+        // Poisoned halves show any write (the CPU's halves keep their values: the next real
+        // step rewrites both sides).
+        for h in &mut rig.half {
+            fill_f16(&gpu, h, POISON).unwrap();
+        }
+        let grads = rig.random_grads(&mut rng);
+        rig.step(&gpu, &cfg, &grads, true);
+        let halves = rig.gpu_halves(&gpu).concat();
+        assert!(
+            halves.iter().all(|h| h.to_bits() == POISON.to_bits()),
+            "{cfg:?}: a skipped step wrote an f16 copy"
+        );
+        let after = (rig.opt.download(&gpu).unwrap(), rig.gpu_masters(&gpu));
+        assert_eq!(
+            after.0.step_count(),
+            1,
+            "{cfg:?}: the skip advanced the counter"
+        );
+        let bits = |s: &OptimizerState, m: &[Vec<f32>]| {
+            let mut all = canon32(&m.concat());
+            for t in 0..sizes.len() {
+                for b in [s.exp_avg(t), s.exp_avg_sq(t), s.momentum_buffer(t)]
+                    .into_iter()
+                    .flatten()
+                {
+                    all.extend(canon32(b));
+                }
+            }
+            (all, s.step_count(), s.momentum_started())
+        };
+        assert!(
+            bits(&before.0, &before.1) == bits(&after.0, &after.1),
+            "{cfg:?}: a skipped step changed the masters or the state"
+        );
+        // The next real step rewrites every half and continues exactly like the CPU.
+        let grads = rig.random_grads(&mut rng);
+        rig.step(&gpu, &cfg, &grads, false);
+        let exact = bias_terms_exact(&gpu, &cfg, 2);
+        rig.check(&gpu, &format!("{cfg:?} after a skip"), exact, true);
+    }
+}
+
+#[test]
+fn more_tensors_than_one_launch_holds() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = rng("gpu optim many");
+    for cfg in [OptimizerConfig::adam(1e-2), sgd(0.05, 0.9, 0.1, 0.0, false)] {
+        // 199 non-empty tensors: launches of 76, 76 and 47.
+        let mut sizes: Vec<usize> = (0..200).map(|_| rng.gen_range(1..3000)).collect();
+        sizes[199] = 100_000;
+        sizes[70] = 0;
+        let exact = bias_terms_exact(&gpu, &cfg, 3);
+        let mut rig = Rig::new(&gpu, &mut rng, &cfg, &sizes);
+        for (k, skip) in [false, true, false, false].into_iter().enumerate() {
+            let grads = rig.random_grads(&mut rng);
+            rig.step(&gpu, &cfg, &grads, skip);
+            rig.check(
+                &gpu,
+                &format!("{cfg:?} 200 tensors, step {k}"),
+                exact,
+                k == 3,
+            );
+        }
+        // Three launches per step, one advance per real step.
+        assert_eq!(rig.opt.step_count(&gpu).unwrap(), 3);
+    }
+}
+
+#[test]
+fn empty_lists_and_tensors_still_count_the_step() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = rng("gpu optim empty");
+    for sizes in [vec![], vec![0, 0], vec![0, 5, 0]] {
+        for cfg in [OptimizerConfig::adam(1e-3), sgd(0.1, 0.5, 0.0, 0.0, false)] {
+            let exact = bias_terms_exact(&gpu, &cfg, 2);
+            let mut rig = Rig::new(&gpu, &mut rng, &cfg, &sizes);
+            for skip in [false, true, false] {
+                let grads = rig.random_grads(&mut rng);
+                rig.step(&gpu, &cfg, &grads, skip);
+                rig.check(&gpu, &format!("{cfg:?} on {sizes:?}"), exact, false);
+            }
+            assert_eq!(rig.opt.step_count(&gpu).unwrap(), 2, "{sizes:?}");
+        }
+    }
+}
+
+#[test]
+fn checkpoints_round_trip() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = rng("gpu optim checkpoint");
+    for cfg in [
+        OptimizerConfig::adamw(3e-3),
+        sgd(0.05, 0.9, 0.0, 0.01, false),
+    ] {
+        let sizes = [7, 1 << 16, 513];
+        let mut rig = Rig::new(&gpu, &mut rng, &cfg, &sizes);
+        for _ in 0..2 {
+            let grads = rig.random_grads(&mut rng);
+            rig.step(&gpu, &cfg, &grads, false);
+        }
+        // Download → upload → download is the identity, counters included.
+        let saved = rig.opt.download(&gpu).unwrap();
+        let restored = GpuOptimizer::from_state(&gpu, &cfg, &saved).unwrap();
+        let again = restored.download(&gpu).unwrap();
+        assert_eq!(again.step_count(), 2);
+        assert_eq!(again.momentum_started(), saved.momentum_started());
+        for t in 0..sizes.len() {
+            for (a, b) in [
+                (saved.exp_avg(t), again.exp_avg(t)),
+                (saved.exp_avg_sq(t), again.exp_avg_sq(t)),
+                (saved.momentum_buffer(t), again.momentum_buffer(t)),
+            ] {
+                assert_eq!(a.map(canon32), b.map(canon32), "{cfg:?} tensor {t}");
+            }
+        }
+        // A CPU state uploaded mid-run continues exactly like the CPU.
+        rig.opt = GpuOptimizer::from_state(&gpu, &cfg, &rig.cpu).unwrap();
+        let exact = bias_terms_exact(&gpu, &cfg, 4);
+        for _ in 0..2 {
+            let grads = rig.random_grads(&mut rng);
+            rig.step(&gpu, &cfg, &grads, false);
+        }
+        rig.check(&gpu, &format!("{cfg:?} restored"), exact, true);
+    }
+}
+
+#[test]
+fn bad_arguments_are_typed_errors_before_any_launch() {
+    let Some(gpu) = gpu() else { return };
+    let cfg = OptimizerConfig::adam(1e-2);
+    let lens = [3usize, 5];
+    let mut opt = GpuOptimizer::new(&gpu, &cfg, &lens).unwrap();
+    let mut master: Vec<DeviceBuffer<f32>> = lens
+        .iter()
+        .map(|&n| gpu.upload(&vec![1.5f32; n]).unwrap())
+        .collect();
+    let grad: Vec<DeviceBuffer<f32>> = lens
+        .iter()
+        .map(|&n| gpu.upload(&vec![0.25f32; n]).unwrap())
+        .collect();
+    let mut half: Vec<DeviceBuffer<f16>> = lens
+        .iter()
+        .map(|&n| gpu.upload(&vec![POISON; n]).unwrap())
+        .collect();
+    let clean = gpu.upload(&[0.0f32]).unwrap();
+    let two = gpu.upload(&[0.0f32; 2]).unwrap();
+    // (config, master trim, grad trim, half trim, tensors, found_inf, expected message part)
+    let adamw = OptimizerConfig::adamw(1e-2);
+    let bad_lr = OptimizerConfig::adam(-1.0);
+    let cases: [(&OptimizerConfig, usize, usize, usize, usize, bool, &str); 7] = [
+        (&cfg, 0, 0, 0, 1, false, "1 parameter tensors"),
+        (&cfg, 1, 0, 0, 2, false, "tensor 0: master has 2"),
+        (&cfg, 0, 1, 0, 2, false, "grad 2"),
+        (&cfg, 0, 0, 1, 2, false, "half 2"),
+        (&cfg, 0, 0, 0, 2, true, "found_inf"),
+        (&adamw, 0, 0, 0, 2, false, "created for Adam"),
+        (&bad_lr, 0, 0, 0, 2, false, "lr"),
+    ];
+    for (c, mt, gt, ht, count, bad_flag, message) in cases {
+        let mut params: Vec<GpuParamTensor<'_>> = (master.iter_mut())
+            .zip(&grad)
+            .zip(half.iter_mut())
+            .take(count)
+            .map(|((m, g), h)| GpuParamTensor {
+                master: m.slice_mut(mt..),
+                grad: g.slice(gt..),
+                half: h.slice_mut(ht..),
+            })
+            .collect();
+        let flag = if bad_flag { &two } else { &clean };
+        let e = opt.step(&gpu, c, &mut params, flag).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::ShapeMismatch { .. } | Error::InvalidArgument { .. }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains(message), "{e} (want {message:?})");
+    }
+    let e = GpuOptimizer::new(&gpu, &sgd(0.1, 0.0, 0.0, 0.0, false), &lens)
+        .unwrap()
+        .step(&gpu, &sgd(0.1, 0.9, 0.0, 0.0, false), &mut [], &clean)
+        .unwrap_err();
+    assert!(e.to_string().contains("without momentum buffers"), "{e}");
+    let e = GpuOptimizer::from_state(&gpu, &adamw, &opt.download(&gpu).unwrap()).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+    // Nothing ran: state, masters and halves as they were.
+    let state = opt.download(&gpu).unwrap();
+    assert_eq!(state.step_count(), 0);
+    assert!((0..2).all(|t| state.exp_avg(t).unwrap().iter().all(|&m| m.to_bits() == 0)));
+    assert!(master
+        .iter()
+        .all(|m| gpu.download(m).unwrap().iter().all(|&x| x == 1.5)));
+    assert!(half.iter().all(|h| gpu
+        .download(h)
+        .unwrap()
+        .iter()
+        .all(|x| x.to_bits() == POISON.to_bits())));
+}
+
+/// The device forms β^t by binary powering in double-double (kernels/optim.cu); mirrored here,
+/// it must round to the same f32 coefficients as the host's `powf` over a wide sweep. Runs
+/// without a GPU: it checks the algorithm, the GPU tests check the kernel.
+#[test]
+fn binary_powering_rounds_like_powf() {
+    fn dd_mul((ah, al): (f64, f64), (bh, bl): (f64, f64)) -> (f64, f64) {
+        let p = ah * bh;
+        let e = ah.mul_add(bh, -p) + (ah * bl + al * bh);
+        let s = p + e;
+        (s, e - (s - p))
+    }
+    fn pow_int(b: f64, mut t: u64) -> f64 {
+        let (mut r, mut x) = ((1.0, 0.0), (b, 0.0));
+        while t != 0 {
+            if t & 1 == 1 {
+                r = dd_mul(r, x);
+            }
+            t >>= 1;
+            if t != 0 {
+                x = dd_mul(x, x);
+            }
+        }
+        r.0 + r.1
+    }
+    let mut rng = rng("binary powering");
+    let mut cases: Vec<(f64, u64)> = [0.9, 0.999, 0.99, 0.8, 0.9999, 0.5, 0.0]
+        .iter()
+        .flat_map(|&b| (1..=20_000u64).map(move |t| (b, t)))
+        .collect();
+    cases.extend((0..100_000).map(|_| (rng.gen_range(0.0..1.0), rng.gen_range(1..1_000_000))));
+    for (beta, t) in cases {
+        let cfg = AdamConfig {
+            lr: 1e-3,
+            beta1: beta,
+            beta2: beta,
+            ..AdamConfig::default()
+        };
+        let k = AdamCoefficients::new(&cfg, false, t);
+        let bc = 1.0 - pow_int(beta, t);
+        assert_eq!(
+            ((cfg.lr / bc) as f32, bc.sqrt() as f32),
+            (k.step_size, k.bias_correction2_sqrt),
+            "beta {beta} t {t}"
+        );
+    }
+}
+
+/// `OptimizerState::from_parts` (what `GpuOptimizer::download` builds its result with) rebuilds
+/// a CPU state exactly and rejects inconsistent parts. Runs without a GPU.
+#[test]
+fn states_rebuild_from_their_parts() {
+    let mut rng = rng("optim from_parts");
+    let lens = [3usize, 0, 17];
+    for cfg in [OptimizerConfig::adamw(1e-2), sgd(0.1, 0.9, 0.0, 0.0, false)] {
+        let mut state = OptimizerState::new(&cfg, &lens).unwrap();
+        let mut master: Vec<Vec<f32>> = lens.iter().map(|&n| values(&mut rng, n, &[0.0])).collect();
+        let mut half: Vec<Vec<f16>> = lens.iter().map(|&n| vec![f16::ZERO; n]).collect();
+        for _ in 0..2 {
+            let grads: Vec<Vec<f32>> = lens.iter().map(|&n| values(&mut rng, n, &[1.0])).collect();
+            let mut params: Vec<ParamTensor<'_>> = (master.iter_mut())
+                .zip(half.iter_mut())
+                .zip(&grads)
+                .map(|((master, half), grad)| ParamTensor { master, grad, half })
+                .collect();
+            let _ = optim::step(&cfg, &mut state, &mut params, false).unwrap();
+        }
+        let parts = |get: fn(&OptimizerState, usize) -> Option<&[f32]>| {
+            (0..lens.len())
+                .map(|t| get(&state, t).map(<[f32]>::to_vec))
+                .collect::<Option<Vec<_>>>()
+        };
+        let (m, v) = match cfg {
+            OptimizerConfig::Sgd(_) => (parts(OptimizerState::momentum_buffer), None),
+            _ => (
+                parts(OptimizerState::exp_avg),
+                parts(OptimizerState::exp_avg_sq),
+            ),
+        };
+        let started = state.momentum_started();
+        let rebuilt =
+            OptimizerState::from_parts(&cfg, &lens, 2, started, m.clone(), v.clone()).unwrap();
+        assert_eq!(rebuilt, state, "{cfg:?}");
+        // Inconsistent parts.
+        let e = OptimizerState::from_parts(&cfg, &lens[..2], 2, started, m.clone(), v.clone())
+            .unwrap_err();
+        assert!(matches!(e, Error::ShapeMismatch { .. }), "{e}");
+        let e = OptimizerState::from_parts(&cfg, &lens, 2, started, m.clone(), Some(Vec::new()))
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::InvalidArgument { .. } | Error::ShapeMismatch { .. }
+            ),
+            "{e}"
+        );
+    }
+    let plain = sgd(0.1, 0.0, 0.0, 0.0, false);
+    let e = OptimizerState::from_parts(&plain, &lens, 0, true, None, None).unwrap_err();
+    assert!(e.to_string().contains("momentum_started"), "{e}");
+    let e = OptimizerState::from_parts(&OptimizerConfig::adam(1e-3), &lens, 0, false, None, None)
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+}
