@@ -6,6 +6,7 @@
 
 pub mod cast;
 pub mod gemm;
+mod gemm_sm90;
 mod plan;
 pub mod scaler;
 pub mod unscale;
