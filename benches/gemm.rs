@@ -11,7 +11,9 @@ mod common;
 
 use ampkit::cpu::gemm::{GemmShape, Layout};
 use ampkit::cuda::{DeviceBuffer, Gpu, GpuTimer, Timing};
-use ampkit::ops::gemm::{gemm, gemm_with_plan, plan, Epilogue, GemmOutput, Plan, CONFIGS, GROUP_M};
+use ampkit::ops::gemm::{
+    configs_for, gemm, gemm_with_plan, plan, Epilogue, GemmOutput, Plan, GROUP_M,
+};
 use ampkit::{Error, Result};
 use criterion::{Criterion, Throughput};
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
@@ -222,7 +224,12 @@ where
     let (x, y) = (gpu.download(&ours)?, gpu.download(&theirs)?);
     let reference: Vec<f64> = y.iter().map(|v| v.to_f64()).collect();
     let diff = ampkit::check::rel_l2_error(&x, &reference);
-    let p = plan(case.shape, true, gpu.info().multiprocessors);
+    let p = plan(
+        case.shape,
+        true,
+        gpu.info().multiprocessors,
+        gpu.info().compute_capability == (9, 0),
+    );
     Ok((
         case,
         format!("{}/{}", p.config.name, p.splits),
@@ -304,7 +311,7 @@ fn sweep(gpu: &Gpu) -> Result<()> {
         let b = gpu.upload(&noise(lb, 4))?;
         let mut c: DeviceBuffer<f32> = gpu.alloc_zeros(m * n)?;
         let mut row = format!("{:<28}", case.name);
-        for config in CONFIGS {
+        for config in configs_for(gpu) {
             for splits in [1usize, 4] {
                 if splits > 1 && case.shape.layout != Layout::Wgrad {
                     continue;
@@ -335,27 +342,41 @@ fn sweep(gpu: &Gpu) -> Result<()> {
         }
         println!("{row}");
     }
-    // Raster group height for the big case, with the configuration the model picks.
+    // Raster group height for the big case, for the model's choice and every Hopper config.
     let case = &CASES[0];
     let GemmShape { m, n, k, .. } = case.shape;
     let a = gpu.upload(&noise(m * k, 5))?;
     let b = gpu.upload(&noise(n * k, 6))?;
     let mut c: DeviceBuffer<f16> = gpu.alloc_zeros(m * n)?;
-    let base = plan(case.shape, true, gpu.info().multiprocessors);
-    let mut row = format!("{:<28}", format!("{} group_m", case.name));
-    for group_m in [2usize, 4, 8, 16, 32] {
-        let p = Some(Plan { group_m, ..base });
-        let t = timer.measure(3, 10, || {
-            gemm_with_plan(gpu, case.shape, p, &a, &b, &Epilogue::plain(), &mut c)
-        })?;
-        row += &format!(
-            " {}:{}={:.0}",
-            base.config.name,
-            group_m,
-            2.0 * (m * n * k) as f64 / (t.median_ms * 1e-3) / 1e12
-        );
+    let base = plan(
+        case.shape,
+        true,
+        gpu.info().multiprocessors,
+        gpu.info().compute_capability == (9, 0),
+    );
+    let mut bases = vec![base];
+    bases.extend(
+        configs_for(gpu)
+            .into_iter()
+            .filter(|c| c.hopper && c.name != base.config.name)
+            .map(|config| Plan { config, ..base }),
+    );
+    for base in bases {
+        let mut row = format!("{:<28}", format!("{} group_m", case.name));
+        for group_m in [1usize, 2, 4, 8, 16] {
+            let p = Some(Plan { group_m, ..base });
+            let t = timer.measure(3, 10, || {
+                gemm_with_plan(gpu, case.shape, p, &a, &b, &Epilogue::plain(), &mut c)
+            })?;
+            row += &format!(
+                " {}:{}={:.0}",
+                base.config.name,
+                group_m,
+                2.0 * (m * n * k) as f64 / (t.median_ms * 1e-3) / 1e12
+            );
+        }
+        println!("{row}");
     }
-    println!("{row}");
     Ok(())
 }
 

@@ -30,6 +30,7 @@
 // it; 3.35 TB/s): 8192³ = 1.1 TFLOP → 1.1 ms at peak; the MLP's 4096×512×784 forward = 3.3 GFLOP,
 // 11.4 MB → 3.3 µs of math against 3.8 µs of DRAM traffic, so it sits at the ridge point.
 #include "common.cuh"
+#include "gemm_epilogue.cuh"
 
 // A named namespace, not an anonymous one: nvcc names anonymous-namespace symbols (e.g. the
 // extern shared array) after a hash of the source path, which would make the committed PTX
@@ -146,19 +147,8 @@ __device__ __forceinline__ void load_b_frags(uint32_t (&b)[4], uint32_t tile, in
     }
 }
 
-struct Epilogue {
-    const float* bias;
-    float alpha, beta;
-    int relu;
-};
-
-__device__ __forceinline__ float finish(float acc, int col, float old, const Epilogue& e) {
-    float v = e.alpha * acc;
-    if (e.bias) v += e.bias[col];
-    if (e.beta != 0.f) v += e.beta * old;
-    if (e.relu && !(v > 0.f || isnan(v))) v = 0.f;
-    return v;
-}
+using gemm_epilogue::Epilogue;
+using gemm_epilogue::finish;
 
 // Stores four horizontally adjacent results (col..col+3) of row `row`; out_kind 0 f16, 1 f32,
 // 2 raw f32 partials (no epilogue). One 16-byte (f32) or 8-byte (f16) store when all four are

@@ -11,7 +11,8 @@ use ampkit::cpu::gemm::{
 };
 use ampkit::cuda::Gpu;
 use ampkit::ops::gemm::{
-    bias_grad, gemm, gemm_with_plan, Epilogue, GemmOutput, Plan, CONFIGS, GROUP_M, UNALIGNED,
+    bias_grad, configs_for, gemm, gemm_with_plan, Epilogue, GemmOutput, Plan, CONFIGS, GROUP_M,
+    UNALIGNED,
 };
 use ampkit::Error;
 use common::{assert_all_written, assert_close, gpu, rng};
@@ -185,7 +186,7 @@ fn every_tile_config_and_k_split_matches() {
     for layout in LAYOUTS {
         // Odd sizes: partial tiles on every edge, K not a multiple of the 32-deep stage.
         let case = Case::random(&mut rng, GemmShape::new(layout, 300, 520, 1000));
-        for config in CONFIGS.into_iter().chain([UNALIGNED]) {
+        for config in configs_for(&gpu).into_iter().chain([UNALIGNED]) {
             for splits in [1, 3] {
                 let plan = Plan {
                     config,
@@ -374,7 +375,10 @@ fn k_splits_are_deterministic() {
     let (la, lb) = operand_lens(shape);
     let a = gpu.upload(&random_f16(&mut rng, la)).unwrap();
     let b = gpu.upload(&random_f16(&mut rng, lb)).unwrap();
-    for config in [CONFIGS[0], CONFIGS[1]] {
+    for config in [CONFIGS[0], CONFIGS[1]]
+        .into_iter()
+        .chain(configs_for(&gpu).into_iter().filter(|c| c.hopper))
+    {
         let plan = Some(Plan {
             config,
             splits: 6,

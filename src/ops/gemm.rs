@@ -1,11 +1,13 @@
-//! FP16 tensor-core GEMM (`kernels/gemm.cu`); CPU twin: [`crate::cpu::gemm`].
+//! FP16 tensor-core GEMM (`kernels/gemm.cu`: mma.sync, any GPU ampkit supports;
+//! `kernels/gemm_sm90.cu`: wgmma + TMA on compute capability 9.0); CPU twin: [`crate::cpu::gemm`].
 //!
 //! Same layouts, shapes and epilogue as the CPU reference ([`GemmShape`], [`Layout`]): operands
 //! are f16, accumulation is f32, the output is f16 or f32. Any `m, n, k` (zero included) works.
 //!
 //! **Fast path**: each operand's contiguous dimension is a multiple of 8 halves and its device
 //! address is 16-byte aligned (A: `k` for `Forward`/`Dgrad`, `m` for `Wgrad`; B: `k` for
-//! `Forward`, `n` for `Dgrad`/`Wgrad`). Then tiles stream through a 3-4 stage `cp.async` pipeline.
+//! `Forward`, `n` for `Dgrad`/`Wgrad`). Then tiles stream through a 3-4 stage `cp.async` pipeline,
+//! or on Hopper (H100/H200) through TMA into `wgmma` ([`HOPPER_CONFIGS`]).
 //! Anything else takes a correct slower path that loads element by element. The output has no
 //! alignment requirement.
 //!
@@ -18,6 +20,7 @@ use crate::cpu::gemm::{check_shapes, GemmShape, Layout};
 use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
 use crate::error::{Error, Result};
 use crate::kernels;
+use crate::ops::gemm_sm90;
 use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut, DeviceRepr};
 use half::f16;
 
@@ -114,32 +117,58 @@ pub struct TileConfig {
     pub blocks_per_sm: usize,
     /// Relative math throughput per SM (big warp tiles reuse fragments more).
     pub efficiency: f64,
-    /// Entry points in `kernels/gemm.cu` for the forward, dgrad and wgrad layouts.
+    /// Entry points for the forward, dgrad and wgrad layouts.
     pub kernels: [&'static str; 3],
+    /// Whether the kernels are the Hopper ones (`kernels/gemm_sm90.cu`: wgmma + TMA, compute
+    /// capability 9.0 only) rather than the portable mma.sync ones of `kernels/gemm.cu`.
+    pub hopper: bool,
 }
 
 const PAD: usize = 8;
 /// The tiles `kernels/gemm.cu` instantiates (its `AMPKIT_GEMM_LAYOUT`). Efficiencies are the
 /// measured rates relative to `l64` (docs/kernels/gemm.md).
 #[rustfmt::skip]
-const LARGE64: TileConfig = TileConfig { name: "l64", bm: 128, bn: 256, bk: 64, threads: 256, stages: 3, blocks_per_sm: 1, efficiency: 1.0, kernels: ["gemm_fwd_l64", "gemm_dgrad_l64", "gemm_wgrad_l64"] };
+const LARGE64: TileConfig = TileConfig { name: "l64", bm: 128, bn: 256, bk: 64, threads: 256, stages: 3, blocks_per_sm: 1, efficiency: 1.0, kernels: ["gemm_fwd_l64", "gemm_dgrad_l64", "gemm_wgrad_l64"], hopper: false };
 #[rustfmt::skip]
-const MEDIUM8: TileConfig = TileConfig { name: "m8", bm: 128, bn: 128, bk: 32, threads: 256, stages: 4, blocks_per_sm: 1, efficiency: 0.61, kernels: ["gemm_fwd_m8", "gemm_dgrad_m8", "gemm_wgrad_m8"] };
+const MEDIUM8: TileConfig = TileConfig { name: "m8", bm: 128, bn: 128, bk: 32, threads: 256, stages: 4, blocks_per_sm: 1, efficiency: 0.61, kernels: ["gemm_fwd_m8", "gemm_dgrad_m8", "gemm_wgrad_m8"], hopper: false };
 #[rustfmt::skip]
-const MEDIUM8K64: TileConfig = TileConfig { name: "m8k64", bm: 128, bn: 128, bk: 64, threads: 256, stages: 3, blocks_per_sm: 1, efficiency: 0.84, kernels: ["gemm_fwd_m8k64", "gemm_dgrad_m8k64", "gemm_wgrad_m8k64"] };
+const MEDIUM8K64: TileConfig = TileConfig { name: "m8k64", bm: 128, bn: 128, bk: 64, threads: 256, stages: 3, blocks_per_sm: 1, efficiency: 0.84, kernels: ["gemm_fwd_m8k64", "gemm_dgrad_m8k64", "gemm_wgrad_m8k64"], hopper: false };
 #[rustfmt::skip]
-const MEDIUM: TileConfig = TileConfig { name: "m", bm: 128, bn: 128, bk: 32, threads: 128, stages: 4, blocks_per_sm: 2, efficiency: 0.81, kernels: ["gemm_fwd_m", "gemm_dgrad_m", "gemm_wgrad_m"] };
+const MEDIUM: TileConfig = TileConfig { name: "m", bm: 128, bn: 128, bk: 32, threads: 128, stages: 4, blocks_per_sm: 2, efficiency: 0.81, kernels: ["gemm_fwd_m", "gemm_dgrad_m", "gemm_wgrad_m"], hopper: false };
 #[rustfmt::skip]
-const SMALL: TileConfig = TileConfig { name: "s", bm: 64, bn: 64, bk: 32, threads: 128, stages: 4, blocks_per_sm: 4, efficiency: 0.42, kernels: ["gemm_fwd_s", "gemm_dgrad_s", "gemm_wgrad_s"] };
+const SMALL: TileConfig = TileConfig { name: "s", bm: 64, bn: 64, bk: 32, threads: 128, stages: 4, blocks_per_sm: 4, efficiency: 0.42, kernels: ["gemm_fwd_s", "gemm_dgrad_s", "gemm_wgrad_s"], hopper: false };
 /// The element-by-element configuration for operands off the fast path.
 #[rustfmt::skip]
-pub const UNALIGNED: TileConfig = TileConfig { name: "unaligned", bm: 64, bn: 64, bk: 32, threads: 128, stages: 2, blocks_per_sm: 4, efficiency: 0.2, kernels: ["gemm_fwd_unaligned", "gemm_dgrad_unaligned", "gemm_wgrad_unaligned"] };
+pub const UNALIGNED: TileConfig = TileConfig { name: "unaligned", bm: 64, bn: 64, bk: 32, threads: 128, stages: 2, blocks_per_sm: 4, efficiency: 0.2, kernels: ["gemm_fwd_unaligned", "gemm_dgrad_unaligned", "gemm_wgrad_unaligned"], hopper: false };
 /// The aligned configurations, largest first.
 pub const CONFIGS: [TileConfig; 5] = [LARGE64, MEDIUM, MEDIUM8, MEDIUM8K64, SMALL];
+/// The Hopper configurations (`kernels/gemm_sm90.cu`), used on compute capability 9.0 only: a
+/// producer warpgroup issuing TMA loads and two consumer warpgroups issuing `wgmma`. Efficiencies
+/// relative to `l64`, measured (docs/kernels/gemm.md).
+#[rustfmt::skip]
+pub const HOPPER_CONFIGS: [TileConfig; 2] = [
+    TileConfig { name: "h256", bm: 128, bn: 256, bk: 64, threads: 384, stages: 4, blocks_per_sm: 1, efficiency: 1.45, kernels: ["gemm_sm90_fwd_h256", "gemm_sm90_dgrad_h256", "gemm_sm90_wgrad_h256"], hopper: true },
+    TileConfig { name: "h128", bm: 128, bn: 128, bk: 64, threads: 384, stages: 4, blocks_per_sm: 1, efficiency: 1.42, kernels: ["gemm_sm90_fwd_h128", "gemm_sm90_dgrad_h128", "gemm_sm90_wgrad_h128"], hopper: true },
+];
+
+/// Every aligned configuration this GPU runs: [`CONFIGS`], plus [`HOPPER_CONFIGS`] on compute
+/// capability 9.0.
+pub fn configs_for(gpu: &Gpu) -> Vec<TileConfig> {
+    let mut all = CONFIGS.to_vec();
+    if gpu.info().compute_capability == (9, 0) {
+        all.extend(HOPPER_CONFIGS);
+    }
+    all
+}
 
 impl TileConfig {
     /// Dynamic shared memory of one block for a layout, bytes (the kernel's A_TILE and B_TILE).
     pub fn shared_bytes(&self, layout: Layout) -> usize {
+        if self.hopper {
+            // Unpadded swizzled tiles, 1 KB to align them to the swizzle period, and a full and
+            // an empty mbarrier per stage.
+            return self.stages * (self.bm + self.bn) * self.bk * 2 + 1024 + self.stages * 16;
+        }
         let (a_kmajor, b_kmajor) = kmajor(layout);
         let tile = |rows: usize, k_major: bool| {
             if k_major {
@@ -172,8 +201,19 @@ pub struct Plan {
     pub group_m: usize,
 }
 
-/// Tile-rows per raster group unless a plan says otherwise.
+/// Tile-rows per raster group for the mma.sync configurations.
 pub const GROUP_M: usize = 4;
+
+/// Tile-rows per raster group the planner uses for a configuration: 4 for the mma.sync tiles;
+/// 1 (plain row order) for `h256`, whose 132 resident blocks already span four 32-tile rows at
+/// 8192³; 8 for `h128` (docs/kernels/gemm.md, v8).
+pub fn group_m_for(config: &TileConfig) -> usize {
+    match config.name {
+        "h256" => 1,
+        "h128" => 8,
+        _ => GROUP_M,
+    }
+}
 
 /// Sustained math per SM of the best configuration (FLOP/s): 410 TFLOP/s over 132 SMs measured
 /// for `l64` at 8192³ on an H100 (docs/kernels/gemm.md). `TileConfig::efficiency` is relative to it.
@@ -188,23 +228,25 @@ const DRAM_BYTES_PER_S: f64 = 2.5e12;
 const LAUNCH_S: f64 = 3e-6;
 
 /// Picks the tile configuration and K-split for a shape on a GPU with `sms` SMs. `aligned` says
-/// whether the operands allow the fast path (see the module doc).
+/// whether the operands allow the fast path (see the module doc); `hopper` whether the GPU runs
+/// the [`HOPPER_CONFIGS`] (compute capability 9.0).
 ///
 /// The model: an SM runs its share of blocks (`ceil(blocks / sms)`) at the configuration's
 /// measured rate, scaled down when fewer than 8 warps are resident, plus a fixed cost per block
 /// wave; a K-split adds a launch and the f32 partials' round trip through memory.
-pub fn plan(shape: GemmShape, aligned: bool, sms: usize) -> Plan {
+pub fn plan(shape: GemmShape, aligned: bool, sms: usize, hopper: bool) -> Plan {
     let GemmShape { m, n, k, .. } = shape;
-    let config_only = |config| Plan {
+    let config_only = |config: TileConfig| Plan {
         config,
         splits: 1,
-        group_m: GROUP_M,
+        group_m: group_m_for(&config),
     };
     if !aligned {
         return config_only(UNALIGNED);
     }
     let mut best = (f64::INFINITY, config_only(SMALL));
-    for config in CONFIGS {
+    let hopper_configs: &[TileConfig] = if hopper { &HOPPER_CONFIGS } else { &[] };
+    for &config in CONFIGS.iter().chain(hopper_configs) {
         let k_tiles = k.div_ceil(config.bk).max(1);
         let tiles = m.div_ceil(config.bm) * n.div_ceil(config.bn);
         for splits in [1usize, 2, 3, 4, 6, 8] {
@@ -229,7 +271,7 @@ pub fn plan(shape: GemmShape, aligned: bool, sms: usize) -> Plan {
                     Plan {
                         config,
                         splits,
-                        group_m: GROUP_M,
+                        group_m: group_m_for(&config),
                     },
                 );
             }
@@ -332,7 +374,12 @@ where
             splits: p.splits.max(1),
             ..p
         },
-        None => plan(shape, aligned, gpu.info().multiprocessors),
+        None => plan(
+            shape,
+            aligned,
+            gpu.info().multiprocessors,
+            gpu.info().compute_capability == (9, 0),
+        ),
     };
     let tiles = m.div_ceil(p.config.bm) * n.div_ceil(p.config.bn);
     if tiles > i32::MAX as usize {
@@ -350,6 +397,31 @@ where
     };
     let kernel = p.config.kernels[layout as usize];
     let launch_main = |out: u64, out_kind: i32| {
+        if p.config.hopper {
+            let (a_mn, b_mn) = gemm_sm90::mn_major(layout);
+            let operand = |ptr, mn: bool, rows: usize, tile_rows| gemm_sm90::Operand {
+                ptr,
+                inner: if mn { rows } else { k },
+                outer: if mn { k } else { rows },
+                k_major: !mn,
+                tile_rows,
+            };
+            return gemm_sm90::launch(
+                gpu,
+                &operand(a_ptr, a_mn, m, p.config.bm),
+                &operand(b_ptr, b_mn, n, p.config.bn),
+                &gemm_sm90::Launch {
+                    kernel,
+                    cfg,
+                    out,
+                    bias: bias_ptr,
+                    dims: (mi, ni, ki),
+                    epilogue: (epilogue.alpha, epilogue.beta, i32::from(epilogue.relu)),
+                    out_kind,
+                    schedule: (per_split as i32, p.group_m as i32),
+                },
+            );
+        }
         let mut args = KernelArgs::new();
         args.push(a_ptr).push(b_ptr).push(out).push(bias_ptr);
         args.push(mi).push(ni).push(ki);
@@ -485,12 +557,27 @@ mod tests {
 
     #[test]
     fn plans_fit_the_shape() {
-        let big = plan(GemmShape::new(Layout::Forward, 8192, 8192, 8192), true, 132);
-        assert_eq!((big.config.name, big.splits), ("l64", 1));
+        let big = GemmShape::new(Layout::Forward, 8192, 8192, 8192);
+        let p = plan(big, true, 132, false);
+        assert_eq!((p.config.name, p.splits), ("l64", 1));
+        let p = plan(big, true, 132, true);
+        assert_eq!((p.config.name, p.splits), ("h256", 1));
         // The default MLP's wgrad: 784×512 outputs over K = 4096 → a K-split.
-        let wgrad = plan(GemmShape::new(Layout::Wgrad, 512, 784, 4096), true, 132);
+        let wgrad = plan(
+            GemmShape::new(Layout::Wgrad, 512, 784, 4096),
+            true,
+            132,
+            false,
+        );
         assert!(wgrad.splits > 1, "{wgrad:?}");
-        let tiny = plan(GemmShape::new(Layout::Dgrad, 4096, 512, 10), false, 132);
-        assert_eq!(tiny.config.name, "unaligned");
+        for hopper in [false, true] {
+            let tiny = plan(
+                GemmShape::new(Layout::Dgrad, 4096, 512, 10),
+                false,
+                132,
+                hopper,
+            );
+            assert_eq!(tiny.config.name, "unaligned");
+        }
     }
 }

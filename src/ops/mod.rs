@@ -6,6 +6,7 @@
 
 pub mod cast;
 pub mod gemm;
+mod gemm_sm90;
 pub mod layernorm;
 pub mod optim;
 mod plan;
