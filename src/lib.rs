@@ -9,6 +9,7 @@
 //! - [`ops`]: safe launch wrappers; [`cpu`]: their references.
 //! - [`check`]: the tolerance harness every parity test uses.
 //! - [`Device`]: the CPU backend or a GPU, chosen by the caller or by [`Device::auto`].
+//! - [`train`]: training on MNIST (the data layer so far).
 #![warn(missing_docs)]
 
 pub mod check;
@@ -18,6 +19,7 @@ mod device;
 mod error;
 pub mod kernels;
 pub mod ops;
+pub mod train;
 
 pub use device::Device;
 pub use error::{Error, Result};

@@ -1,0 +1,3 @@
+//! Training: [`data`], ...
+
+pub mod data;
