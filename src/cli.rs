@@ -3,8 +3,8 @@
 use ampkit::amp::{LossScale, Precision};
 use ampkit::cpu::optim::{AdamConfig, OptimizerConfig, SgdConfig};
 use ampkit::cpu::scaler::ScalerConfig;
+use ampkit::cpu::schedule::LrSchedule;
 use ampkit::nn::MlpConfig;
-use ampkit::train::schedule::LrSchedule;
 use ampkit::train::trainer::{self, Outputs};
 use ampkit::train::{checkpoint, data, open_backend, Progress, TrainConfig};
 use ampkit::{Device, Error, Result};
@@ -77,8 +77,14 @@ pub struct TrainArgs {
     #[arg(long)]
     epochs: Option<usize>,
     /// Samples per step.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 64)]
     batch: usize,
+    /// Shift training images by up to this many pixels each epoch (0: off).
+    #[arg(long, default_value_t = 2)]
+    augment_shift: usize,
+    /// Feed raw pixels/255 instead of standardised inputs.
+    #[arg(long)]
+    no_normalize: bool,
     /// Seed for the initial weights and the data order.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -142,7 +148,10 @@ pub struct EvalArgs {
 }
 
 fn invalid(detail: String) -> Error {
-    Error::InvalidArgument { op: "ampkit train", detail }
+    Error::InvalidArgument {
+        op: "ampkit train",
+        detail,
+    }
 }
 
 fn loss_scale(a: &TrainArgs) -> Result<LossScale> {
@@ -157,7 +166,9 @@ fn loss_scale(a: &TrainArgs) -> Result<LossScale> {
         }),
         "off" | "none" => LossScale::Off,
         v => LossScale::Static(v.parse().map_err(|_| {
-            invalid(format!("--loss-scale {v:?}: use dynamic, off, or a number such as 1024"))
+            invalid(format!(
+                "--loss-scale {v:?}: use dynamic, off, or a number such as 1024"
+            ))
         })?),
     };
     s.validate()?;
@@ -244,6 +255,8 @@ pub fn train(a: TrainArgs) -> Result<()> {
                 batch: a.batch,
                 seed: a.seed,
                 max_steps: None,
+                normalize: !a.no_normalize,
+                augment_shift: a.augment_shift,
             };
             (cfg, Progress::default(), None)
         }
@@ -289,7 +302,14 @@ pub fn train(a: TrainArgs) -> Result<()> {
         verbose: true,
     };
     let t = Instant::now();
-    let summary = trainer::run(backend.as_mut(), &cfg, &split.train, &split.test, progress, &out)?;
+    let summary = trainer::run(
+        backend.as_mut(),
+        &cfg,
+        &split.train,
+        &split.test,
+        progress,
+        &out,
+    )?;
     let skipped = summary.steps.iter().filter(|(_, r)| r.skipped).count();
     println!(
         "done: {} steps in {:.1} s ({} skipped) on {}",
@@ -312,7 +332,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let mut backend = open_backend(&dev, &cfg)?;
     backend.import(&state)?;
     split.test.check_input_size(cfg.model.inputs())?;
-    let (x, y) = ampkit::train::dataset_f32(&split.test);
+    let (x, y) = ampkit::train::dataset_f32(&split.test, cfg.normalize);
     let e = backend.evaluate(&x, &y)?;
     println!(
         "checkpoint {} (step {}): test accuracy {:.2}% ({}/{}), loss {:.4}, on {}",

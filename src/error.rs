@@ -89,6 +89,18 @@ pub enum Error {
         /// What is wrong and what to do.
         detail: String,
     },
+
+    /// A training data file or directory is missing, malformed, or does not fit the model.
+    #[error(
+        "data `{path}`: {detail}. ampkit reads the four MNIST IDX files (raw or .gz) from \
+         --data DIR, or from the bundled data/ that scripts/fetch-mnist rebuilds"
+    )]
+    Data {
+        /// The file or directory at fault.
+        path: String,
+        /// What is wrong with it and, where there is one, the specific fix.
+        detail: String,
+    },
 }
 
 impl Error {

@@ -98,7 +98,10 @@ fn info(ordinal: usize) -> ampkit::Result<()> {
     println!("loaded modules:");
     for m in &kernels::ALL {
         if m.arch.starts_with("compute_90") && i.compute_capability != (9, 0) {
-            println!("  {:<12} {:<12} (Hopper only: not loaded on this GPU)", m.name, m.arch);
+            println!(
+                "  {:<12} {:<12} (Hopper only: not loaded on this GPU)",
+                m.name, m.arch
+            );
             continue;
         }
         let t = Instant::now();

@@ -10,7 +10,8 @@ use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 /// How the loss is scaled.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "lowercase")]
 pub enum LossScale {
     /// PyTorch `GradScaler`: start at `init_scale`, back off on an inf/NaN gradient (the step is
     /// skipped), grow after `growth_interval` clean steps.

@@ -11,6 +11,7 @@ pub mod layernorm;
 pub mod optim;
 pub mod relu;
 pub mod scaler;
+pub mod schedule;
 pub mod softmax;
 pub mod unscale;
 

@@ -71,7 +71,7 @@ const PARALLEL_MIN: usize = 1 << 15;
 const CHUNK: usize = 1 << 14;
 
 /// Adam/AdamW hyperparameters (f64, as PyTorch receives them).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdamConfig {
     /// Learning rate. Accepted: finite (also as f32) and ≥ 0.
     pub lr: f64,
@@ -99,7 +99,7 @@ impl Default for AdamConfig {
 }
 
 /// SGD hyperparameters (f64, as PyTorch receives them).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SgdConfig {
     /// Learning rate. Accepted: finite (also as f32) and ≥ 0.
     pub lr: f64,
@@ -127,7 +127,8 @@ impl Default for SgdConfig {
 }
 
 /// Which optimizer, with its hyperparameters.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum OptimizerConfig {
     /// `torch.optim.Adam`: weight decay is L2, added to the gradient.
     Adam(AdamConfig),
@@ -397,6 +398,104 @@ impl OptimizerState {
             .then(|| self.exp_avg.get(t).map(Vec::as_slice))
             .flatten()
     }
+
+    /// SGD only: whether the state holds momentum buffers (it was created with momentum ≠ 0).
+    pub fn has_momentum_buffers(&self) -> bool {
+        self.momentum_buffers
+    }
+
+    /// SGD only: whether a real step with momentum has filled the buffers, so the next step
+    /// decays them instead of overwriting them with the gradient.
+    pub fn momentum_started(&self) -> bool {
+        self.momentum_started
+    }
+
+    /// Rebuilds a state from its parts (a checkpoint, or a GPU optimizer's download), for the
+    /// optimizer `cfg` selects and tensors of lengths `lens`. `exp_avg` holds one vector per
+    /// tensor for Adam/AdamW (`m`) and for SGD with momentum buffers, else `None`; `exp_avg_sq`
+    /// one per tensor for Adam/AdamW (`v`), else `None`. `momentum_started` may be true only with
+    /// momentum buffers. Anything else is [`Error::InvalidArgument`] or [`Error::ShapeMismatch`].
+    pub fn from_parts(
+        cfg: &OptimizerConfig,
+        lens: &[usize],
+        step: u64,
+        momentum_started: bool,
+        exp_avg: Option<Vec<Vec<f32>>>,
+        exp_avg_sq: Option<Vec<Vec<f32>>>,
+    ) -> Result<OptimizerState> {
+        const OP: &str = "cpu::optim::OptimizerState::from_parts";
+        cfg.validate()?;
+        let adam = matches!(cfg.kind(), Kind::Adam | Kind::AdamW);
+        let invalid = |detail: String| Err(Error::InvalidArgument { op: OP, detail });
+        if adam != exp_avg_sq.is_some() || (adam && exp_avg.is_none()) {
+            return invalid(format!(
+                "a {:?} state needs {}; pass Some for the buffers the optimizer keeps and None \
+                 for the others",
+                cfg.kind(),
+                if adam {
+                    "exp_avg and exp_avg_sq"
+                } else {
+                    "no exp_avg_sq"
+                }
+            ));
+        }
+        let momentum_buffers = !adam && exp_avg.is_some();
+        if momentum_started && !momentum_buffers {
+            return invalid("momentum_started is true but there are no momentum buffers".into());
+        }
+        let checked = |name: &str, bufs: Option<Vec<Vec<f32>>>| -> Result<Vec<Vec<f32>>> {
+            let Some(bufs) = bufs else {
+                return Ok(vec![Vec::new(); lens.len()]);
+            };
+            let got: Vec<usize> = bufs.iter().map(Vec::len).collect();
+            if got != lens {
+                return Err(Error::ShapeMismatch {
+                    op: OP,
+                    detail: format!("{name} has tensors of lengths {got:?}, expected {lens:?}"),
+                });
+            }
+            Ok(bufs)
+        };
+        Ok(OptimizerState {
+            kind: cfg.kind(),
+            step,
+            lens: lens.to_vec(),
+            exp_avg: checked("exp_avg", exp_avg)?,
+            exp_avg_sq: checked("exp_avg_sq", exp_avg_sq)?,
+            momentum_buffers,
+            momentum_started,
+        })
+    }
+
+    /// Checks that [`step`] accepts `cfg` for this state: the optimizer it was created for, and
+    /// momentum buffers if `cfg` asks for momentum. `op` names the caller in the error.
+    pub(crate) fn check_config(&self, op: &'static str, cfg: &OptimizerConfig) -> Result<()> {
+        cfg.validate()?;
+        if cfg.kind() != self.kind {
+            return Err(Error::InvalidArgument {
+                op,
+                detail: format!(
+                    "the state was created for {:?} but the config is {:?}; step a state with the \
+                     optimizer it was created for",
+                    self.kind,
+                    cfg.kind()
+                ),
+            });
+        }
+        if let OptimizerConfig::Sgd(c) = cfg {
+            if c.momentum != 0.0 && !self.momentum_buffers {
+                return Err(Error::InvalidArgument {
+                    op,
+                    detail: format!(
+                        "momentum = {} but the state was created without momentum buffers; \
+                         create the state with the momentum config",
+                        c.momentum
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One parameter tensor as the optimizer sees it.
@@ -484,30 +583,7 @@ fn validate_step(
     state: &OptimizerState,
     params: &[ParamTensor<'_>],
 ) -> Result<()> {
-    cfg.validate()?;
-    if cfg.kind() != state.kind {
-        return Err(Error::InvalidArgument {
-            op,
-            detail: format!(
-                "the state was created for {:?} but the config is {:?}; step a state with the \
-                 optimizer it was created for",
-                state.kind,
-                cfg.kind()
-            ),
-        });
-    }
-    if let OptimizerConfig::Sgd(c) = cfg {
-        if c.momentum != 0.0 && !state.momentum_buffers {
-            return Err(Error::InvalidArgument {
-                op,
-                detail: format!(
-                    "momentum = {} but the state was created without momentum buffers; create \
-                     the state with the momentum config",
-                    c.momentum
-                ),
-            });
-        }
-    }
+    state.check_config(op, cfg)?;
     if params.len() != state.lens.len() {
         return Err(Error::ShapeMismatch {
             op,

@@ -49,7 +49,7 @@ use crate::error::{Error, Result};
 
 /// Loss-scaler hyperparameters. [`Default`] is PyTorch's `GradScaler()`: 2¹⁶, ×2, ×0.5,
 /// 2000, no clamps.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ScalerConfig {
     /// The scale before the first update. Accepted: finite and > 0 (and within the clamps).
     pub init_scale: f32,

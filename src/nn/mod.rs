@@ -96,11 +96,27 @@ impl MlpConfig {
         for l in 0..self.linear_count() {
             let (fan_in, out) = (self.layers[l], self.layers[l + 1]);
             let i = self.sequential_index(l);
-            specs.push(ParamSpec::new(format!("{i}.weight"), vec![out, fan_in], Init::Uniform(fan_in)));
-            specs.push(ParamSpec::new(format!("{i}.bias"), vec![out], Init::Uniform(fan_in)));
+            specs.push(ParamSpec::new(
+                format!("{i}.weight"),
+                vec![out, fan_in],
+                Init::Uniform(fan_in),
+            ));
+            specs.push(ParamSpec::new(
+                format!("{i}.bias"),
+                vec![out],
+                Init::Uniform(fan_in),
+            ));
             if self.layernorm && l + 1 < self.linear_count() {
-                specs.push(ParamSpec::new(format!("{}.weight", i + 1), vec![out], Init::Ones));
-                specs.push(ParamSpec::new(format!("{}.bias", i + 1), vec![out], Init::Zeros));
+                specs.push(ParamSpec::new(
+                    format!("{}.weight", i + 1),
+                    vec![out],
+                    Init::Ones,
+                ));
+                specs.push(ParamSpec::new(
+                    format!("{}.bias", i + 1),
+                    vec![out],
+                    Init::Zeros,
+                ));
             }
         }
         specs
@@ -116,7 +132,11 @@ impl MlpConfig {
         let mut parts = Vec::new();
         for l in 0..self.linear_count() {
             let dtype = if self.half_layer(l) { "" } else { " [f32]" };
-            parts.push(format!("Linear({}, {}){dtype}", self.layers[l], self.layers[l + 1]));
+            parts.push(format!(
+                "Linear({}, {}){dtype}",
+                self.layers[l],
+                self.layers[l + 1]
+            ));
             if l + 1 < self.linear_count() {
                 if self.layernorm {
                     parts.push(format!("LayerNorm({})", self.layers[l + 1]));
@@ -189,7 +209,9 @@ pub fn init_parameters(cfg: &MlpConfig, seed: u64) -> Vec<Tensor> {
             let data = match spec.init {
                 Init::Uniform(fan_in) => {
                     let bound = 1.0 / (fan_in as f32).sqrt();
-                    (0..spec.len()).map(|_| rng.gen_range(-bound..bound)).collect()
+                    (0..spec.len())
+                        .map(|_| rng.gen_range(-bound..bound))
+                        .collect()
                 }
                 Init::Ones => vec![1.0; spec.len()],
                 Init::Zeros => vec![0.0; spec.len()],

@@ -85,6 +85,9 @@ pub trait Backend {
     /// Replaces the state with a checkpoint's (shapes and optimizer kind are checked).
     fn import(&mut self, state: &BackendState) -> Result<()>;
 
+    /// The current loss scale (the GPU reads it back: synchronises).
+    fn scale(&mut self) -> Result<f32>;
+
     /// The optimizer configuration (learning rate = the schedule's base rate).
     fn optimizer(&self) -> &OptimizerConfig;
 }

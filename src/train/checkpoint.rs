@@ -64,7 +64,8 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
     let path = dir.join(name);
     let mut f = fs::File::create(&tmp).map_err(|e| Error::io(&tmp, "creating", e))?;
-    f.write_all(bytes).map_err(|e| Error::io(&tmp, "writing", e))?;
+    f.write_all(bytes)
+        .map_err(|e| Error::io(&tmp, "writing", e))?;
     f.sync_all().map_err(|e| Error::io(&tmp, "syncing", e))?;
     drop(f);
     fs::rename(&tmp, &path).map_err(|e| Error::io(&path, "renaming the new file onto", e))?;
@@ -75,7 +76,10 @@ fn f32_bytes(v: &[f32]) -> &[u8] {
     bytemuck::cast_slice(v)
 }
 
-fn serialize(tensors: &[(String, Vec<usize>, &[f32])], meta: HashMap<String, String>) -> Result<Vec<u8>> {
+fn serialize(
+    tensors: &[(String, Vec<usize>, &[f32])],
+    meta: HashMap<String, String>,
+) -> Result<Vec<u8>> {
     let views = tensors
         .iter()
         .map(|(name, shape, data)| {
@@ -94,32 +98,63 @@ fn serialize(tensors: &[(String, Vec<usize>, &[f32])], meta: HashMap<String, Str
 
 /// Saves a checkpoint into `dir` (created if missing; an older checkpoint there is replaced
 /// file by file, atomically).
-pub fn save(dir: &Path, cfg: &TrainConfig, progress: &Progress, state: &BackendState) -> Result<()> {
+pub fn save(
+    dir: &Path,
+    cfg: &TrainConfig,
+    progress: &Progress,
+    state: &BackendState,
+) -> Result<()> {
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, "creating the checkpoint directory", e))?;
     let step = progress.global_step.to_string();
 
-    let model: Vec<(String, Vec<usize>, &[f32])> =
-        state.params.iter().map(|p| (p.name.clone(), p.shape.clone(), p.data.as_slice())).collect();
-    let meta = HashMap::from([("format".to_string(), "pt".to_string()), ("global_step".to_string(), step.clone())]);
+    let model: Vec<(String, Vec<usize>, &[f32])> = state
+        .params
+        .iter()
+        .map(|p| (p.name.clone(), p.shape.clone(), p.data.as_slice()))
+        .collect();
+    let meta = HashMap::from([
+        ("format".to_string(), "pt".to_string()),
+        ("global_step".to_string(), step.clone()),
+    ]);
     write_atomic(dir, MODEL, &serialize(&model, meta)?)?;
 
     let mut moments: Vec<(String, Vec<usize>, &[f32])> = Vec::new();
-    for (p, (m, v)) in state.params.iter().zip(state.exp_avg.iter().zip(&state.exp_avg_sq)) {
+    for (p, (m, v)) in state
+        .params
+        .iter()
+        .zip(state.exp_avg.iter().zip(&state.exp_avg_sq))
+    {
         if !m.is_empty() {
             moments.push((format!("exp_avg.{}", p.name), p.shape.clone(), m.as_slice()));
         }
         if !v.is_empty() {
-            moments.push((format!("exp_avg_sq.{}", p.name), p.shape.clone(), v.as_slice()));
+            moments.push((
+                format!("exp_avg_sq.{}", p.name),
+                p.shape.clone(),
+                v.as_slice(),
+            ));
         }
     }
     let meta = HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
         ("global_step".to_string(), step.clone()),
-        ("optimizer_step".to_string(), state.optimizer_step.to_string()),
-        ("momentum_started".to_string(), state.momentum_started.to_string()),
-        ("scale_bits".to_string(), format!("{:#010x}", state.scaler.scale.to_bits())),
+        (
+            "optimizer_step".to_string(),
+            state.optimizer_step.to_string(),
+        ),
+        (
+            "momentum_started".to_string(),
+            state.momentum_started.to_string(),
+        ),
+        (
+            "scale_bits".to_string(),
+            format!("{:#010x}", state.scaler.scale.to_bits()),
+        ),
         ("scale".to_string(), state.scaler.scale.to_string()),
-        ("growth_tracker".to_string(), state.scaler.growth_tracker.to_string()),
+        (
+            "growth_tracker".to_string(),
+            state.scaler.growth_tracker.to_string(),
+        ),
     ]);
     write_atomic(dir, STATE, &serialize(&moments, meta)?)?;
 
@@ -159,13 +194,19 @@ fn meta<'a>(path: &Path, m: &'a Option<HashMap<String, String>>, key: &str) -> R
 }
 
 fn parse<T: std::str::FromStr>(path: &Path, key: &str, v: &str) -> Result<T> {
-    v.parse().map_err(|_| corrupt(path, format!("metadata {key} = {v:?} is not valid")))
+    v.parse()
+        .map_err(|_| corrupt(path, format!("metadata {key} = {v:?} is not valid")))
 }
 
 fn f32_tensor(path: &Path, st: &SafeTensors<'_>, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
-    let t = st.tensor(name).map_err(|e| corrupt(path, format!("tensor {name}: {e}")))?;
+    let t = st
+        .tensor(name)
+        .map_err(|e| corrupt(path, format!("tensor {name}: {e}")))?;
     if t.dtype() != Dtype::F32 {
-        return Err(corrupt(path, format!("tensor {name} is {:?}, expected F32", t.dtype())));
+        return Err(corrupt(
+            path,
+            format!("tensor {name} is {:?}, expected F32", t.dtype()),
+        ));
     }
     let data = t
         .data()
@@ -180,30 +221,50 @@ fn f32_tensor(path: &Path, st: &SafeTensors<'_>, name: &str) -> Result<(Vec<usiz
 /// [`Error::Checkpoint`] errors naming the file.
 pub fn load(dir: &Path) -> Result<(TrainConfig, Progress, BackendState)> {
     if !dir.is_dir() {
-        return Err(corrupt(dir, "is not a directory (pass the DIR given to `ampkit train --save`)"));
+        return Err(corrupt(
+            dir,
+            "is not a directory (pass the DIR given to `ampkit train --save`)",
+        ));
     }
     let config_path = dir.join(CONFIG);
     let config: ConfigFile = serde_json::from_slice(&read(dir, CONFIG)?)
         .map_err(|e| corrupt(&config_path, format!("not a valid config.json: {e}")))?;
     if config.format != FORMAT {
-        return Err(corrupt(&config_path, format!("format {:?}, expected {FORMAT:?}", config.format)));
+        return Err(corrupt(
+            &config_path,
+            format!("format {:?}, expected {FORMAT:?}", config.format),
+        ));
     }
-    config.train.validate().map_err(|e| corrupt(&config_path, e.to_string()))?;
+    config
+        .train
+        .validate()
+        .map_err(|e| corrupt(&config_path, e.to_string()))?;
     let step = config.progress.global_step;
 
     let model_path = dir.join(MODEL);
     let model_bytes = read(dir, MODEL)?;
-    let model = SafeTensors::deserialize(&model_bytes)
-        .map_err(|e| corrupt(&model_path, format!("not a valid safetensors file (truncated?): {e}")))?;
+    let model = SafeTensors::deserialize(&model_bytes).map_err(|e| {
+        corrupt(
+            &model_path,
+            format!("not a valid safetensors file (truncated?): {e}"),
+        )
+    })?;
     let (_, model_meta) = SafeTensors::read_metadata(&model_bytes)
         .map_err(|e| corrupt(&model_path, e.to_string()))?;
     let state_path = dir.join(STATE);
     let state_bytes = read(dir, STATE)?;
-    let st = SafeTensors::deserialize(&state_bytes)
-        .map_err(|e| corrupt(&state_path, format!("not a valid safetensors file (truncated?): {e}")))?;
+    let st = SafeTensors::deserialize(&state_bytes).map_err(|e| {
+        corrupt(
+            &state_path,
+            format!("not a valid safetensors file (truncated?): {e}"),
+        )
+    })?;
     let (_, state_meta) = SafeTensors::read_metadata(&state_bytes)
         .map_err(|e| corrupt(&state_path, e.to_string()))?;
-    for (path, m) in [(&model_path, model_meta.metadata()), (&state_path, state_meta.metadata())] {
+    for (path, m) in [
+        (&model_path, model_meta.metadata()),
+        (&state_path, state_meta.metadata()),
+    ] {
         let s: u64 = parse(path, "global_step", meta(path, m, "global_step")?)?;
         if s != step {
             return Err(corrupt(
@@ -220,15 +281,28 @@ pub fn load(dir: &Path) -> Result<(TrainConfig, Progress, BackendState)> {
     for spec in &specs {
         let (shape, data) = f32_tensor(&model_path, &model, &spec.name)?;
         if shape != spec.shape {
-            return Err(corrupt(&model_path, format!("{} has shape {shape:?}; the model in config.json needs {:?}", spec.name, spec.shape)));
+            return Err(corrupt(
+                &model_path,
+                format!(
+                    "{} has shape {shape:?}; the model in config.json needs {:?}",
+                    spec.name, spec.shape
+                ),
+            ));
         }
-        params.push(Tensor { name: spec.name.clone(), shape, data });
+        params.push(Tensor {
+            name: spec.name.clone(),
+            shape,
+            data,
+        });
         for (prefix, out) in [("exp_avg.", &mut exp_avg), ("exp_avg_sq.", &mut exp_avg_sq)] {
             let key = format!("{prefix}{}", spec.name);
             out.push(if names.contains(&key.as_str()) {
                 let (shape, data) = f32_tensor(&state_path, &st, &key)?;
                 if shape != spec.shape {
-                    return Err(corrupt(&state_path, format!("{key} has shape {shape:?}, expected {:?}", spec.name)));
+                    return Err(corrupt(
+                        &state_path,
+                        format!("{key} has shape {shape:?}, expected {:?}", spec.name),
+                    ));
                 }
                 data
             } else {
@@ -237,22 +311,46 @@ pub fn load(dir: &Path) -> Result<(TrainConfig, Progress, BackendState)> {
         }
     }
     if model.names().len() != specs.len() {
-        return Err(corrupt(&model_path, format!("holds {} tensors; the model has {}", model.names().len(), specs.len())));
+        return Err(corrupt(
+            &model_path,
+            format!(
+                "holds {} tensors; the model has {}",
+                model.names().len(),
+                specs.len()
+            ),
+        ));
     }
     let m = state_meta.metadata();
     let scale_bits = meta(&state_path, m, "scale_bits")?;
     let scale = u32::from_str_radix(scale_bits.trim_start_matches("0x"), 16)
         .map(f32::from_bits)
-        .map_err(|_| corrupt(&state_path, format!("scale_bits {scale_bits:?} is not a hex bit pattern")))?;
+        .map_err(|_| {
+            corrupt(
+                &state_path,
+                format!("scale_bits {scale_bits:?} is not a hex bit pattern"),
+            )
+        })?;
     let state = BackendState {
         params,
-        optimizer_step: parse(&state_path, "optimizer_step", meta(&state_path, m, "optimizer_step")?)?,
-        momentum_started: parse(&state_path, "momentum_started", meta(&state_path, m, "momentum_started")?)?,
+        optimizer_step: parse(
+            &state_path,
+            "optimizer_step",
+            meta(&state_path, m, "optimizer_step")?,
+        )?,
+        momentum_started: parse(
+            &state_path,
+            "momentum_started",
+            meta(&state_path, m, "momentum_started")?,
+        )?,
         exp_avg,
         exp_avg_sq,
         scaler: ScalerState {
             scale,
-            growth_tracker: parse(&state_path, "growth_tracker", meta(&state_path, m, "growth_tracker")?)?,
+            growth_tracker: parse(
+                &state_path,
+                "growth_tracker",
+                meta(&state_path, m, "growth_tracker")?,
+            )?,
         },
     };
     Ok((config.train, config.progress, state))

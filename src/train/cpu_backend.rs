@@ -9,11 +9,11 @@
 //! inf/NaN); scale update.
 
 use super::backend::{Backend, BackendState, Evaluation, StepRecord};
-use super::schedule::LrSchedule;
 use crate::amp::{LossScale, ScalerStages};
 use crate::cpu::gemm::{bias_grad, gemm, Epilogue, GemmShape, Layout};
 use crate::cpu::optim::{self, OptimizerConfig, OptimizerState, ParamTensor};
 use crate::cpu::scaler::{update_scale, ScalerState};
+use crate::cpu::schedule::LrSchedule;
 use crate::cpu::{layernorm, relu, softmax, unscale};
 use crate::error::{Error, Result};
 use crate::nn::{init_parameters, MlpConfig, Tensor, LAYERNORM_EPS};
@@ -179,7 +179,10 @@ impl CpuBackend {
             acts.push(LayerActs { input, ln, act });
             input = next;
         }
-        let logits = acts.last_mut().map(|a| std::mem::take(&mut a.act)).unwrap_or_default();
+        let logits = acts
+            .last_mut()
+            .map(|a| std::mem::take(&mut a.act))
+            .unwrap_or_default();
         Ok((acts, logits))
     }
 
@@ -194,7 +197,8 @@ impl CpuBackend {
         let classes = self.cfg.classes();
         if self.cfg.half_layer(self.cfg.linear_count() - 1) {
             let mut d = vec![f16::ZERO; b * classes];
-            let loss = softmax::softmax_cross_entropy(&to_f16(logits), labels, b, classes, scale, &mut d)?;
+            let loss =
+                softmax::softmax_cross_entropy(&to_f16(logits), labels, b, classes, scale, &mut d)?;
             Ok((loss, to_f32(&d)))
         } else {
             let mut d = vec![0f32; b * classes];
@@ -307,7 +311,12 @@ impl Backend for CpuBackend {
 
     fn step(&mut self, first: usize, batch: usize) -> Result<()> {
         let inputs = self.cfg.inputs();
-        check_batch("train::CpuBackend::step", first, batch, self.epoch_labels.len())?;
+        check_batch(
+            "train::CpuBackend::step",
+            first,
+            batch,
+            self.epoch_labels.len(),
+        )?;
         let x = &self.epoch_images[first * inputs..(first + batch) * inputs];
         let labels = &self.epoch_labels[first..first + batch];
         let scale = self.scaler.scale;
@@ -358,7 +367,10 @@ impl Backend for CpuBackend {
             correct: 0,
             total: labels.len(),
         };
-        for (x, y) in images.chunks(EVAL_BATCH * inputs).zip(labels.chunks(EVAL_BATCH)) {
+        for (x, y) in images
+            .chunks(EVAL_BATCH * inputs)
+            .zip(labels.chunks(EVAL_BATCH))
+        {
             let b = y.len();
             let (_, logits) = self.forward(x, b)?;
             let (loss, _) = self.loss_and_grad(&logits, y, b, 1.0)?;
@@ -371,7 +383,9 @@ impl Backend for CpuBackend {
 
     fn export(&mut self) -> Result<BackendState> {
         let n = self.params.len();
-        let take = |f: &dyn Fn(usize) -> Option<Vec<f32>>| (0..n).map(|t| f(t).unwrap_or_default()).collect();
+        let take = |f: &dyn Fn(usize) -> Option<Vec<f32>>| {
+            (0..n).map(|t| f(t).unwrap_or_default()).collect()
+        };
         Ok(BackendState {
             params: self.params.clone(),
             optimizer_step: self.opt_state.step_count(),
@@ -395,6 +409,10 @@ impl Backend for CpuBackend {
         self.halves = self.params.iter().map(|p| to_f16(&p.data)).collect();
         self.scaler = state.scaler;
         Ok(())
+    }
+
+    fn scale(&mut self) -> Result<f32> {
+        Ok(self.scaler.scale)
     }
 
     fn optimizer(&self) -> &OptimizerConfig {
@@ -447,7 +465,12 @@ pub(crate) fn count_correct(logits: &[f32], labels: &[u32], classes: usize) -> u
 }
 
 /// Images `[n, inputs]` and `n` labels below `classes`.
-pub(crate) fn check_samples(op: &'static str, cfg: &MlpConfig, images: &[f32], labels: &[u32]) -> Result<()> {
+pub(crate) fn check_samples(
+    op: &'static str,
+    cfg: &MlpConfig,
+    images: &[f32],
+    labels: &[u32],
+) -> Result<()> {
     let n = labels.len();
     if images.len() != n * cfg.inputs() {
         return Err(Error::ShapeMismatch {
@@ -463,7 +486,11 @@ pub(crate) fn check_samples(op: &'static str, cfg: &MlpConfig, images: &[f32], l
     if let Some(i) = labels.iter().position(|&y| y as usize >= cfg.classes()) {
         return Err(Error::InvalidArgument {
             op,
-            detail: format!("label {} of sample {i} is not below the model's {} classes", labels[i], cfg.classes()),
+            detail: format!(
+                "label {} of sample {i} is not below the model's {} classes",
+                labels[i],
+                cfg.classes()
+            ),
         });
     }
     Ok(())
@@ -474,17 +501,34 @@ pub(crate) fn check_batch(op: &'static str, first: usize, batch: usize, n: usize
     if batch == 0 || first + batch > n {
         return Err(Error::InvalidArgument {
             op,
-            detail: format!("batch {first}..{} is empty or past the {n} loaded samples", first + batch),
+            detail: format!(
+                "batch {first}..{} is empty or past the {n} loaded samples",
+                first + batch
+            ),
         });
     }
     Ok(())
 }
 
 /// A checkpoint's parameters must match the model's names and shapes.
-pub(crate) fn check_params(op: &'static str, specs: &[crate::nn::ParamSpec], params: &[Tensor]) -> Result<()> {
-    let want: Vec<(&str, &[usize])> = specs.iter().map(|s| (s.name.as_str(), s.shape.as_slice())).collect();
-    let got: Vec<(&str, &[usize])> = params.iter().map(|p| (p.name.as_str(), p.shape.as_slice())).collect();
-    if want != got || params.iter().any(|p| p.data.len() != p.shape.iter().product::<usize>()) {
+pub(crate) fn check_params(
+    op: &'static str,
+    specs: &[crate::nn::ParamSpec],
+    params: &[Tensor],
+) -> Result<()> {
+    let want: Vec<(&str, &[usize])> = specs
+        .iter()
+        .map(|s| (s.name.as_str(), s.shape.as_slice()))
+        .collect();
+    let got: Vec<(&str, &[usize])> = params
+        .iter()
+        .map(|p| (p.name.as_str(), p.shape.as_slice()))
+        .collect();
+    if want != got
+        || params
+            .iter()
+            .any(|p| p.data.len() != p.shape.iter().product::<usize>())
+    {
         return Err(Error::ShapeMismatch {
             op,
             detail: format!("the state holds {got:?}; the model needs {want:?}"),

@@ -16,7 +16,7 @@ use super::cpu_backend::{
     base_lr, check_batch, check_params, check_samples, count_correct, layer_params,
     restore_optimizer, LayerParams,
 };
-use super::schedule::LrSchedule;
+use crate::cpu::schedule::LrSchedule;
 use crate::amp::{LossScale, ScalerStages};
 use crate::cpu::gemm::{GemmShape, Layout};
 use crate::cpu::optim::OptimizerConfig;
@@ -503,6 +503,10 @@ impl Backend for GpuBackend {
         self.tracker = self.gpu.upload(&[state.scaler.growth_tracker])?;
         self.real_steps = state.optimizer_step;
         Ok(())
+    }
+
+    fn scale(&mut self) -> Result<f32> {
+        Ok(self.gpu.download(&self.scale)?[0])
     }
 
     fn optimizer(&self) -> &OptimizerConfig {

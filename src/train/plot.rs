@@ -11,13 +11,19 @@ use std::sync::OnceLock;
 static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSansMono.ttf");
 
 fn plot_error(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::io(path, "drawing the plot", std::io::Error::other(e.to_string()))
+    Error::io(
+        path,
+        "drawing the plot",
+        std::io::Error::other(e.to_string()),
+    )
 }
 
 /// Draws loss (top) and loss scale (bottom, log axis) against the global step.
 pub fn loss_and_scale(path: &Path, steps: &[(u64, StepRecord)]) -> Result<()> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
-    if !*REGISTERED.get_or_init(|| plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).is_ok()) {
+    if !*REGISTERED.get_or_init(|| {
+        plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).is_ok()
+    }) {
         return Err(plot_error(path, "the embedded font could not be loaded"));
     }
     let root = BitMapBackend::new(path, (1000, 700)).into_drawing_area();
@@ -48,12 +54,13 @@ pub fn loss_and_scale(path: &Path, steps: &[(u64, StepRecord)]) -> Result<()> {
         .draw_series(LineSeries::new(losses.iter().copied(), &BLUE))
         .map_err(|e| plot_error(path, e))?;
     chart
-        .draw_series(
-            steps
-                .iter()
-                .filter(|(_, r)| r.skipped)
-                .map(|(s, r)| Circle::new((*s as f64, finite(r.loss).unwrap_or(0.0).min(loss_max)), 3, RED.filled())),
-        )
+        .draw_series(steps.iter().filter(|(_, r)| r.skipped).map(|(s, r)| {
+            Circle::new(
+                (*s as f64, finite(r.loss).unwrap_or(0.0).min(loss_max)),
+                3,
+                RED.filled(),
+            )
+        }))
         .map_err(|e| plot_error(path, e))?;
 
     let scales: Vec<(f64, f64)> = steps
@@ -62,7 +69,11 @@ pub fn loss_and_scale(path: &Path, steps: &[(u64, StepRecord)]) -> Result<()> {
         .collect();
     let lo = scales.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
     let hi = scales.iter().map(|p| p.1).fold(0.0, f64::max);
-    let (lo, hi) = if scales.is_empty() { (0.5, 2.0) } else { (lo / 2.0, hi * 2.0) };
+    let (lo, hi) = if scales.is_empty() {
+        (0.5, 2.0)
+    } else {
+        (lo / 2.0, hi * 2.0)
+    };
     let mut chart = ChartBuilder::on(&bottom)
         .caption("loss scale", ("sans-serif", 18))
         .margin(12)

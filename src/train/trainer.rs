@@ -8,7 +8,7 @@ use super::data::Dataset;
 use crate::error::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::io::Write;
 use std::path::PathBuf;
@@ -73,6 +73,53 @@ pub fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
     order
 }
 
+/// Fills `xs`/`ys` with epoch `epoch`'s samples in its order ([`epoch_order`]), each image
+/// shifted by up to `cfg.augment_shift` pixels in x and y (a ChaCha8 stream per epoch, so a
+/// resumed run sees the same images), the uncovered border filled with the background value.
+pub fn epoch_samples(
+    cfg: &TrainConfig,
+    epoch: usize,
+    images: &[f32],
+    labels: &[u32],
+    xs: &mut [f32],
+    ys: &mut [u32],
+) {
+    let inputs = cfg.model.inputs();
+    let side = (1..=inputs).find(|s| s * s >= inputs).unwrap_or(1);
+    let square = side * side == inputs;
+    let background = images.iter().copied().fold(f32::INFINITY, f32::min);
+    let mut shifts = ChaCha8Rng::seed_from_u64(cfg.seed ^ AUGMENT_SEED);
+    shifts.set_stream(epoch as u64);
+    let max = cfg.augment_shift as i64;
+    for (i, &s) in epoch_order(cfg.seed, epoch, labels.len())
+        .iter()
+        .enumerate()
+    {
+        let src = &images[s * inputs..(s + 1) * inputs];
+        let dst = &mut xs[i * inputs..(i + 1) * inputs];
+        ys[i] = labels[s];
+        if max == 0 || !square {
+            dst.copy_from_slice(src);
+            continue;
+        }
+        let (dx, dy) = (shifts.gen_range(-max..=max), shifts.gen_range(-max..=max));
+        for r in 0..side as i64 {
+            for c in 0..side as i64 {
+                let (sr, sc) = (r - dy, c - dx);
+                let inside = (0..side as i64).contains(&sr) && (0..side as i64).contains(&sc);
+                dst[r as usize * side + c as usize] = if inside {
+                    src[sr as usize * side + sc as usize]
+                } else {
+                    background
+                };
+            }
+        }
+    }
+}
+
+/// Mixed into the seed of the augmentation stream, so it differs from the data-order stream.
+const AUGMENT_SEED: u64 = 0x5eed_a06e_0000_0001;
+
 /// Runs training from `progress` (zero for a fresh run) to `cfg.epochs` epochs or
 /// `cfg.max_steps` steps.
 pub fn run(
@@ -85,13 +132,14 @@ pub fn run(
 ) -> Result<RunSummary> {
     cfg.validate()?;
     for (name, d) in [("training", train), ("test", test)] {
-        d.check_input_size(cfg.model.inputs()).map_err(|e| Error::InvalidArgument {
-            op: "train::run",
-            detail: format!("{name} set: {e}"),
-        })?;
+        d.check_input_size(cfg.model.inputs())
+            .map_err(|e| Error::InvalidArgument {
+                op: "train::run",
+                detail: format!("{name} set: {e}"),
+            })?;
     }
-    let (train_x, train_y) = super::dataset_f32(train);
-    let (test_x, test_y) = super::dataset_f32(test);
+    let (train_x, train_y) = super::dataset_f32(train, cfg.normalize);
+    let (test_x, test_y) = super::dataset_f32(test, cfg.normalize);
     let n = train.len();
     let steps_per_epoch = n.div_ceil(cfg.batch);
     let mut metrics = match &out.metrics {
@@ -112,16 +160,17 @@ pub fn run(
     let mut ys = vec![0u32; n];
     'epochs: while progress.epoch < cfg.epochs {
         let epoch = progress.epoch;
-        for (i, &s) in epoch_order(cfg.seed, epoch, n).iter().enumerate() {
-            xs[i * inputs..(i + 1) * inputs].copy_from_slice(&train_x[s * inputs..(s + 1) * inputs]);
-            ys[i] = train_y[s];
-        }
+        epoch_samples(cfg, epoch, &train_x, &train_y, &mut xs, &mut ys);
         backend.load_epoch(&xs, &ys)?;
         let bar = if out.progress_bar {
             let bar = ProgressBar::new(steps_per_epoch as u64);
             bar.set_style(
-                ProgressStyle::with_template("epoch {prefix} {bar:30} {pos}/{len} {msg}")
-                    .map_err(|e| Error::InvalidArgument { op: "train::run", detail: e.to_string() })?,
+                ProgressStyle::with_template("epoch {prefix} {bar:30} {pos}/{len} {msg}").map_err(
+                    |e| Error::InvalidArgument {
+                        op: "train::run",
+                        detail: e.to_string(),
+                    },
+                )?,
             );
             bar.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
             bar.set_position(progress.step_in_epoch as u64);
@@ -174,7 +223,7 @@ pub fn run(
                 / epoch_records.len().max(1) as f64,
             train: train_eval,
             test: test_eval,
-            scale: backend.export_scale()?,
+            scale: backend.scale()?,
             skipped: epoch_records.iter().filter(|r| r.skipped).count(),
             samples_per_s: samples as f64 / elapsed.max(1e-9),
         };
@@ -196,7 +245,8 @@ pub fn run(
         save(backend, cfg, &progress, out)?;
     }
     if let Some(m) = &mut metrics {
-        m.flush().map_err(|e| Error::io(out.metrics.as_ref().unwrap(), "writing metrics", e))?;
+        m.flush()
+            .map_err(|e| Error::io(out.metrics.as_ref().unwrap(), "writing metrics", e))?;
     }
     if let Some(p) = &out.plot {
         super::plot::loss_and_scale(p, &summary.steps)?;
@@ -205,7 +255,12 @@ pub fn run(
     Ok(summary)
 }
 
-fn save(backend: &mut dyn Backend, cfg: &TrainConfig, progress: &Progress, out: &Outputs) -> Result<()> {
+fn save(
+    backend: &mut dyn Backend,
+    cfg: &TrainConfig,
+    progress: &Progress,
+    out: &Outputs,
+) -> Result<()> {
     if let Some(dir) = &out.save {
         let state = backend.export()?;
         checkpoint::save(dir, cfg, progress, &state)?;
@@ -235,7 +290,8 @@ fn log_records(
                 "skipped": r.skipped,
                 "lr": r.lr,
             });
-            writeln!(m, "{line}").map_err(|e| Error::io(std::path::Path::new("metrics"), "writing metrics", e))?;
+            writeln!(m, "{line}")
+                .map_err(|e| Error::io(std::path::Path::new("metrics"), "writing metrics", e))?;
         }
     }
     Ok(())

@@ -1,4 +1,4 @@
-//! Learning-rate schedules. The rate is a function of the number of *real* optimizer steps taken
+//! Learning-rate schedules (the reference formula; the GPU optimizer evaluates the same one). The rate is a function of the number of *real* optimizer steps taken
 //! so far, so a skipped step (inf/NaN gradient) does not advance the schedule; on the GPU the
 //! optimizer kernel evaluates the same formula from its device-side step counter.
 
@@ -46,9 +46,11 @@ impl LrSchedule {
     /// Checks the parameters.
     pub fn validate(&self) -> Result<()> {
         match *self {
-            LrSchedule::Cosine { total, min_lr } if total == 0 || !(min_lr >= 0.0) => {
+            LrSchedule::Cosine { total, min_lr }
+                if total == 0 || !min_lr.is_finite() || min_lr < 0.0 =>
+            {
                 Err(Error::InvalidArgument {
-                    op: "train::LrSchedule",
+                    op: "cpu::schedule::LrSchedule",
                     detail: format!(
                         "cosine needs total ≥ 1 and min_lr ≥ 0 (got total {total}, min_lr {min_lr})"
                     ),
@@ -74,6 +76,11 @@ mod tests {
         assert!((s.lr_at(1e-3, 100) - 1e-5).abs() < 1e-18);
         assert_eq!(s.lr_at(1e-3, 1000), s.lr_at(1e-3, 100));
         assert_eq!(LrSchedule::Constant.lr_at(0.1, 77), 0.1);
-        assert!(LrSchedule::Cosine { total: 0, min_lr: 0.0 }.validate().is_err());
+        assert!(LrSchedule::Cosine {
+            total: 0,
+            min_lr: 0.0
+        }
+        .validate()
+        .is_err());
     }
 }
