@@ -68,9 +68,51 @@ pub enum Error {
         /// What is wrong and what is accepted.
         detail: String,
     },
+
+    /// A file could not be read or written.
+    #[error("{context} {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// What ampkit was doing, e.g. "writing the checkpoint file".
+        context: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A checkpoint is missing, truncated, corrupted, or does not match the model.
+    #[error("checkpoint {path}: {detail}")]
+    Checkpoint {
+        /// The checkpoint directory or file.
+        path: String,
+        /// What is wrong and what to do.
+        detail: String,
+    },
+
+    /// A training data file or directory is missing, malformed, or does not fit the model.
+    #[error(
+        "data `{path}`: {detail}. ampkit reads the four MNIST IDX files (raw or .gz) from \
+         --data DIR, or from the bundled data/ that scripts/fetch-mnist rebuilds"
+    )]
+    Data {
+        /// The file or directory at fault.
+        path: String,
+        /// What is wrong with it and, where there is one, the specific fix.
+        detail: String,
+    },
 }
 
 impl Error {
+    /// An I/O error on `path` while doing `context`.
+    pub fn io(path: &std::path::Path, context: &str, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.display().to_string(),
+            context: context.to_string(),
+            source,
+        }
+    }
+
     /// Wraps a driver error with what ampkit was doing when it happened.
     pub fn driver(context: impl Into<String>) -> impl FnOnce(DriverError) -> Error {
         let context = context.into();

@@ -9,15 +9,19 @@
 //! - [`ops`]: safe launch wrappers; [`cpu`]: their references.
 //! - [`check`]: the tolerance harness every parity test uses.
 //! - [`Device`]: the CPU backend or a GPU, chosen by the caller or by [`Device::auto`].
+//! - [`train`]: training on MNIST (the data layer so far).
 #![warn(missing_docs)]
 
+pub mod amp;
 pub mod check;
 pub mod cpu;
 pub mod cuda;
 mod device;
 mod error;
 pub mod kernels;
+pub mod nn;
 pub mod ops;
+pub mod train;
 
 pub use device::Device;
 pub use error::{Error, Result};

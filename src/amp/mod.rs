@@ -1,0 +1,196 @@
+//! Automatic mixed precision: the loss-scaling modes, PyTorch `GradScaler`'s per-step state
+//! machine, and the precision policy (which op runs in which dtype).
+//!
+//! The scale arithmetic itself lives in [`crate::cpu::scaler`] (reference) and
+//! [`crate::ops::scaler`] (the device-side update); this module decides *when* each piece runs
+//! and refuses the misuse PyTorch refuses.
+
+use crate::cpu::scaler::ScalerConfig;
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// How the loss is scaled.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "lowercase")]
+pub enum LossScale {
+    /// PyTorch `GradScaler`: start at `init_scale`, back off on an inf/NaN gradient (the step is
+    /// skipped), grow after `growth_interval` clean steps.
+    Dynamic(ScalerConfig),
+    /// A fixed scale. Gradients are still unscaled and checked, and a step with an inf/NaN
+    /// gradient is still skipped; the scale never changes.
+    Static(f32),
+    /// No scaling (scale 1). Gradients are still checked, and a non-finite step is skipped.
+    Off,
+}
+
+impl LossScale {
+    /// The scale of the first step.
+    pub fn initial_scale(&self) -> f32 {
+        match self {
+            LossScale::Dynamic(c) => c.init_scale,
+            LossScale::Static(s) => *s,
+            LossScale::Off => 1.0,
+        }
+    }
+
+    /// The dynamic scaler's config, if the scale is dynamic.
+    pub fn dynamic(&self) -> Option<&ScalerConfig> {
+        match self {
+            LossScale::Dynamic(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Checks the config (dynamic) or that a static scale is finite and > 0.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            LossScale::Dynamic(c) => c.validate(),
+            LossScale::Static(s) if !(s.is_finite() && *s > 0.0) => Err(Error::InvalidArgument {
+                op: "amp::LossScale",
+                detail: format!("a static loss scale must be finite and > 0, got {s}"),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Where a step stands in PyTorch `GradScaler`'s protocol: `scale(loss).backward()`, then
+/// optionally `unscale_()`, then `step()` (which unscales if that has not happened), then
+/// `update()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Stage {
+    /// Gradients are (being) produced at the current scale.
+    #[default]
+    Ready,
+    /// Gradients were unscaled and checked for inf/NaN.
+    Unscaled,
+    /// The optimizer step ran (or was skipped).
+    Stepped,
+}
+
+/// The `GradScaler` state machine: refuses to unscale twice or step twice before an update,
+/// with the same rules and nearly the same messages as PyTorch.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScalerStages {
+    stage: Stage,
+}
+
+impl ScalerStages {
+    /// A fresh scaler, ready for a backward pass.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The current stage.
+    pub fn stage(&self) -> Stage {
+        self.stage
+    }
+
+    /// Records `unscale_()`. Errors if the gradients were already unscaled or the step already
+    /// ran since the last [`update`](Self::update).
+    pub fn unscale(&mut self) -> Result<()> {
+        match self.stage {
+            Stage::Ready => {
+                self.stage = Stage::Unscaled;
+                Ok(())
+            }
+            Stage::Unscaled => Err(misuse(
+                "unscale_() has already been called on this optimizer since the last update()",
+            )),
+            Stage::Stepped => Err(misuse("unscale_() is being called after step()")),
+        }
+    }
+
+    /// Records `step()`; unscales first when that has not happened (returns whether it did).
+    /// Errors if the step already ran since the last [`update`](Self::update).
+    pub fn step(&mut self) -> Result<bool> {
+        match self.stage {
+            Stage::Ready => {
+                self.stage = Stage::Stepped;
+                Ok(true)
+            }
+            Stage::Unscaled => {
+                self.stage = Stage::Stepped;
+                Ok(false)
+            }
+            Stage::Stepped => Err(misuse(
+                "step() has already been called since the last update()",
+            )),
+        }
+    }
+
+    /// Records `update()`. Errors unless an inf check happened since the last update (PyTorch:
+    /// "No inf checks were recorded prior to update.").
+    pub fn update(&mut self) -> Result<()> {
+        if self.stage == Stage::Ready {
+            return Err(misuse(
+                "update() without a prior unscale_() or step(): no inf checks were recorded",
+            ));
+        }
+        self.stage = Stage::Ready;
+        Ok(())
+    }
+}
+
+fn misuse(detail: &str) -> Error {
+    Error::InvalidArgument {
+        op: "amp::ScalerStages",
+        detail: format!("{detail} (call order per step: backward, [unscale], step, update)"),
+    }
+}
+
+/// Which dtype the model computes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// PyTorch autocast: GEMMs in f16 with f32 accumulation, layernorm, softmax and the loss in
+    /// f32, f32 master weights. Layers named in the model's `fp32_layers` run in f32, like an
+    /// `autocast(enabled=False)` region.
+    #[default]
+    Mixed,
+    /// Everything in f32 (the baseline).
+    Fp32,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "amp" | "mixed" | "fp16" => Ok(Precision::Mixed),
+            "fp32" | "f32" => Ok(Precision::Fp32),
+            _ => Err(format!("unknown precision {s:?}: use mixed (fp16) or fp32")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_protocol_is_enforced() {
+        let mut s = ScalerStages::new();
+        assert!(s.update().is_err(), "update before any inf check");
+        s.unscale().unwrap();
+        assert!(s.unscale().is_err(), "unscale twice");
+        assert!(!s.step().unwrap(), "already unscaled");
+        assert!(s.step().is_err(), "step twice");
+        assert!(s.unscale().is_err(), "unscale after step");
+        s.update().unwrap();
+        assert!(s.step().unwrap(), "step unscales on its own");
+        s.update().unwrap();
+        assert_eq!(s.stage(), Stage::Ready);
+    }
+
+    #[test]
+    fn loss_scale_modes() {
+        assert_eq!(LossScale::Off.initial_scale(), 1.0);
+        assert_eq!(LossScale::Static(128.0).initial_scale(), 128.0);
+        assert_eq!(
+            LossScale::Dynamic(ScalerConfig::default()).initial_scale(),
+            65536.0
+        );
+        assert!(LossScale::Static(0.0).validate().is_err());
+        assert!(LossScale::Static(f32::INFINITY).validate().is_err());
+    }
+}

@@ -1,0 +1,93 @@
+//! The interface the training loop drives: one implementation on the CPU reference
+//! ([`super::cpu_backend::CpuBackend`]), one on the GPU ([`super::gpu_backend::GpuBackend`]).
+//!
+//! The loop owns everything that must be the same on both (data order, batching, the
+//! learning-rate schedule's inputs, logging, checkpoints); a backend owns the model's numbers and
+//! runs one AMP step at a time. A GPU step must not synchronise: its per-step records stay on
+//! the device until [`Backend::take_records`].
+
+use crate::cpu::optim::OptimizerConfig;
+use crate::cpu::scaler::ScalerState;
+use crate::error::Result;
+use crate::nn::Tensor;
+
+/// What one step did, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepRecord {
+    /// Mean cross-entropy of the batch (unscaled).
+    pub loss: f32,
+    /// The loss scale the step ran with.
+    pub scale: f32,
+    /// Whether the optimizer step was skipped (inf/NaN gradient).
+    pub skipped: bool,
+    /// The learning rate of the step (a skipped step reports the rate it would have used).
+    pub lr: f64,
+}
+
+/// Loss and accuracy over a dataset.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Evaluation {
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// Correctly classified samples (argmax of the logits; ties to the lowest class).
+    pub correct: usize,
+    /// Samples.
+    pub total: usize,
+}
+
+impl Evaluation {
+    /// `correct / total`.
+    pub fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.total.max(1) as f64
+    }
+}
+
+/// Everything a backend needs to continue exactly where it stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendState {
+    /// f32 master weights in `state_dict` order.
+    pub params: Vec<Tensor>,
+    /// Real (not skipped) optimizer steps.
+    pub optimizer_step: u64,
+    /// SGD: whether the momentum buffers are live.
+    pub momentum_started: bool,
+    /// Adam's `m` or SGD's momentum buffer per parameter (empty when the optimizer keeps none).
+    pub exp_avg: Vec<Vec<f32>>,
+    /// Adam's `v` per parameter (empty when the optimizer keeps none).
+    pub exp_avg_sq: Vec<Vec<f32>>,
+    /// Loss scale and growth tracker.
+    pub scaler: ScalerState,
+}
+
+/// One AMP training step at a time, on some device.
+pub trait Backend {
+    /// Where the work runs, for logs (e.g. `cuda:0 (NVIDIA H100 80GB HBM3)`).
+    fn device(&self) -> String;
+
+    /// Loads one epoch's training samples, already in the epoch's order: `images` is
+    /// `[n, inputs]` in [0, 1], `labels` has `n` entries.
+    fn load_epoch(&mut self, images: &[f32], labels: &[u32]) -> Result<()>;
+
+    /// One step on samples `first..first + batch` of the loaded epoch: forward, scaled
+    /// backward, unscale + inf check, optimizer (skipped on inf/NaN), scale update.
+    fn step(&mut self, first: usize, batch: usize) -> Result<()>;
+
+    /// The records of the steps since the last call, oldest first (the GPU reads them back
+    /// here, once, instead of once per step).
+    fn take_records(&mut self) -> Result<Vec<StepRecord>>;
+
+    /// Loss and accuracy of the current weights on `images` (`[n, inputs]`) and `labels`.
+    fn evaluate(&mut self, images: &[f32], labels: &[u32]) -> Result<Evaluation>;
+
+    /// The complete state, for a checkpoint.
+    fn export(&mut self) -> Result<BackendState>;
+
+    /// Replaces the state with a checkpoint's (shapes and optimizer kind are checked).
+    fn import(&mut self, state: &BackendState) -> Result<()>;
+
+    /// The current loss scale (the GPU reads it back: synchronises).
+    fn scale(&mut self) -> Result<f32>;
+
+    /// The optimizer configuration (learning rate = the schedule's base rate).
+    fn optimizer(&self) -> &OptimizerConfig;
+}

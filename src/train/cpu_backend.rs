@@ -1,0 +1,538 @@
+//! The training step on the CPU reference ops ([`crate::cpu`]): the numerics every GPU step is
+//! compared with, and the fallback when there is no GPU.
+//!
+//! Activations are kept in f32 vectors; a half-precision layer rounds its input to f16, runs the
+//! f16 GEMM with f32 accumulation and rounds its output to f16 (so every stored value is exactly
+//! what the GPU stores in f16). Order per step, as on the GPU: forward; softmax-cross-entropy
+//! whose gradient carries the loss scale; per layer backward (ReLU/LayerNorm backward, weight
+//! gradient in f32, bias gradient, data gradient); unscale + inf check; optimizer (skipped on
+//! inf/NaN); scale update.
+
+use super::backend::{Backend, BackendState, Evaluation, StepRecord};
+use crate::amp::{LossScale, ScalerStages};
+use crate::cpu::gemm::{bias_grad, gemm, Epilogue, GemmShape, Layout};
+use crate::cpu::optim::{self, OptimizerConfig, OptimizerState, ParamTensor};
+use crate::cpu::scaler::{update_scale, ScalerState};
+use crate::cpu::schedule::LrSchedule;
+use crate::cpu::{layernorm, relu, softmax, unscale};
+use crate::error::{Error, Result};
+use crate::nn::{init_parameters, MlpConfig, Tensor, LAYERNORM_EPS};
+use half::f16;
+
+/// Indices into the parameter list of one linear layer's tensors.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LayerParams {
+    pub w: usize,
+    pub b: usize,
+    /// LayerNorm γ and β after this layer, if any.
+    pub ln: Option<(usize, usize)>,
+}
+
+/// The parameter indices of every linear layer, in [`MlpConfig::parameter_specs`] order.
+pub(crate) fn layer_params(cfg: &MlpConfig) -> Vec<LayerParams> {
+    let mut next = 0;
+    (0..cfg.linear_count())
+        .map(|l| {
+            let (w, b) = (next, next + 1);
+            next += 2;
+            let ln = (cfg.layernorm && l + 1 < cfg.linear_count()).then(|| {
+                next += 2;
+                (next - 2, next - 1)
+            });
+            LayerParams { w, b, ln }
+        })
+        .collect()
+}
+
+/// What the forward pass keeps for the backward pass, per linear layer `l`.
+struct LayerActs {
+    /// The layer's input (`[b, in]`, f32 storage; f16 values for a half layer).
+    input: Vec<f32>,
+    /// LayerNorm layers: the GEMM output (LayerNorm's input), mean and rstd.
+    ln: Option<(Vec<f32>, Vec<f32>, Vec<f32>)>,
+    /// Hidden layers: the ReLU output (the next layer's input before rounding).
+    act: Vec<f32>,
+}
+
+/// The CPU backend.
+pub struct CpuBackend {
+    cfg: MlpConfig,
+    layers: Vec<LayerParams>,
+    opt: OptimizerConfig,
+    schedule: LrSchedule,
+    loss_scale: LossScale,
+    params: Vec<Tensor>,
+    halves: Vec<Vec<f16>>,
+    grads: Vec<Vec<f32>>,
+    opt_state: OptimizerState,
+    scaler: ScalerState,
+    stages: ScalerStages,
+    epoch_images: Vec<f32>,
+    epoch_labels: Vec<u32>,
+    records: Vec<StepRecord>,
+}
+
+fn to_f16(x: &[f32]) -> Vec<f16> {
+    x.iter().map(|&v| f16::from_f32(v)).collect()
+}
+
+fn to_f32(x: &[f16]) -> Vec<f32> {
+    x.iter().map(|v| v.to_f32()).collect()
+}
+
+/// Rounds every element to the nearest f16 (kept in f32).
+fn round_f16(x: &mut [f32]) {
+    x.iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32());
+}
+
+impl CpuBackend {
+    /// A model with fresh parameters from `seed`.
+    pub fn new(
+        cfg: &MlpConfig,
+        opt: OptimizerConfig,
+        schedule: LrSchedule,
+        loss_scale: LossScale,
+        seed: u64,
+    ) -> Result<CpuBackend> {
+        cfg.validate()?;
+        schedule.validate()?;
+        loss_scale.validate()?;
+        let params = init_parameters(cfg, seed);
+        let lens: Vec<usize> = params.iter().map(|p| p.data.len()).collect();
+        let scaler = ScalerState {
+            scale: loss_scale.initial_scale(),
+            growth_tracker: 0,
+        };
+        Ok(CpuBackend {
+            cfg: cfg.clone(),
+            layers: layer_params(cfg),
+            opt_state: OptimizerState::new(&opt, &lens)?,
+            opt,
+            schedule,
+            loss_scale,
+            halves: params.iter().map(|p| to_f16(&p.data)).collect(),
+            grads: lens.iter().map(|&n| vec![0.0; n]).collect(),
+            params,
+            scaler,
+            stages: ScalerStages::new(),
+            epoch_images: Vec::new(),
+            epoch_labels: Vec::new(),
+            records: Vec::new(),
+        })
+    }
+
+    /// Forward pass over `b` samples; returns the per-layer activations and the logits (f32
+    /// storage; f16 values when the last layer is half).
+    fn forward(&self, x: &[f32], b: usize) -> Result<(Vec<LayerActs>, Vec<f32>)> {
+        let n_layers = self.cfg.linear_count();
+        let mut acts = Vec::with_capacity(n_layers);
+        let mut input = x.to_vec();
+        for (l, lp) in self.layers.iter().enumerate() {
+            let (fan_in, out) = (self.cfg.layers[l], self.cfg.layers[l + 1]);
+            let half = self.cfg.half_layer(l);
+            let last = l + 1 == n_layers;
+            if half {
+                round_f16(&mut input);
+            }
+            let shape = GemmShape::new(Layout::Forward, b, out, fan_in);
+            let bias = &self.params[lp.b].data;
+            // Hidden layers without LayerNorm fuse their ReLU into the GEMM; LayerNorm layers
+            // produce the f32 GEMM output that LayerNorm reads (autocast's f32 input).
+            let fuse_relu = !last && lp.ln.is_none();
+            let mut z = vec![0f32; b * out];
+            if half {
+                let x16 = to_f16(&input);
+                let epi = Epilogue::bias(bias, fuse_relu);
+                if lp.ln.is_some() {
+                    gemm(shape, &x16, &self.halves[lp.w], &epi, &mut z)?;
+                } else {
+                    let mut z16 = vec![f16::ZERO; b * out];
+                    gemm(shape, &x16, &self.halves[lp.w], &epi, &mut z16)?;
+                    z = to_f32(&z16);
+                }
+            } else {
+                let epi = Epilogue::bias(bias, fuse_relu);
+                gemm(shape, &input, &self.params[lp.w].data, &epi, &mut z)?;
+            }
+            let (ln, act) = match lp.ln {
+                Some((g, be)) => {
+                    let mut y = vec![0f32; b * out];
+                    let (mut mean, mut rstd) = (vec![0f32; b], vec![0f32; b]);
+                    layernorm::forward(
+                        &z,
+                        b,
+                        out,
+                        &self.params[g].data,
+                        &self.params[be].data,
+                        LAYERNORM_EPS,
+                        &mut y,
+                        &mut mean,
+                        &mut rstd,
+                    )?;
+                    let mut a = vec![0f32; b * out];
+                    relu::forward(&y, &mut a)?;
+                    (Some((z, mean, rstd)), a)
+                }
+                None => (None, z),
+            };
+            let next = act.clone();
+            acts.push(LayerActs { input, ln, act });
+            input = next;
+        }
+        let logits = acts
+            .last_mut()
+            .map(|a| std::mem::take(&mut a.act))
+            .unwrap_or_default();
+        Ok((acts, logits))
+    }
+
+    /// Mean loss and dlogits (scaled by `scale`, in the last layer's dtype, f32 storage).
+    fn loss_and_grad(
+        &self,
+        logits: &[f32],
+        labels: &[u32],
+        b: usize,
+        scale: f32,
+    ) -> Result<(f64, Vec<f32>)> {
+        let classes = self.cfg.classes();
+        if self.cfg.half_layer(self.cfg.linear_count() - 1) {
+            let mut d = vec![f16::ZERO; b * classes];
+            let loss =
+                softmax::softmax_cross_entropy(&to_f16(logits), labels, b, classes, scale, &mut d)?;
+            Ok((loss, to_f32(&d)))
+        } else {
+            let mut d = vec![0f32; b * classes];
+            let loss = softmax::softmax_cross_entropy(logits, labels, b, classes, scale, &mut d)?;
+            Ok((loss, d))
+        }
+    }
+
+    /// Backward pass: fills `self.grads` (scaled) from dlogits.
+    fn backward(&mut self, acts: &[LayerActs], dlogits: Vec<f32>, b: usize) -> Result<()> {
+        let mut g = dlogits;
+        for l in (0..self.cfg.linear_count()).rev() {
+            let lp = self.layers[l];
+            let (fan_in, out) = (self.cfg.layers[l], self.cfg.layers[l + 1]);
+            let half = self.cfg.half_layer(l);
+            let last = l + 1 == self.cfg.linear_count();
+            // g is the gradient of this layer's output (after its ReLU); turn it into the
+            // gradient of the GEMM output.
+            let mut dz = if last {
+                g
+            } else {
+                let a = &acts[l].act;
+                let mut d = vec![0f32; b * out];
+                relu::backward(&g, a, &mut d)?;
+                if let (Some((g_idx, be_idx)), Some((z, mean, rstd))) = (lp.ln, &acts[l].ln) {
+                    let mut dx = vec![0f32; b * out];
+                    let (mut dgamma, mut dbeta) = (vec![0f32; out], vec![0f32; out]);
+                    layernorm::backward(
+                        &d,
+                        z,
+                        mean,
+                        rstd,
+                        &self.params[g_idx].data,
+                        b,
+                        out,
+                        &mut dx,
+                        &mut dgamma,
+                        &mut dbeta,
+                    )?;
+                    self.grads[g_idx] = dgamma;
+                    self.grads[be_idx] = dbeta;
+                    d = dx;
+                }
+                d
+            };
+            let x = &acts[l].input;
+            let wshape = GemmShape::new(Layout::Wgrad, out, fan_in, b);
+            let dshape = GemmShape::new(Layout::Dgrad, b, fan_in, out);
+            let plain = Epilogue::plain();
+            let mut dx = vec![0f32; if l > 0 { b * fan_in } else { 0 }];
+            if half {
+                round_f16(&mut dz);
+                let (dz16, x16) = (to_f16(&dz), to_f16(x));
+                gemm(wshape, &dz16, &x16, &plain, &mut self.grads[lp.w])?;
+                bias_grad(&dz16, b, out, &mut self.grads[lp.b])?;
+                if l > 0 {
+                    let mut dx16 = vec![f16::ZERO; b * fan_in];
+                    gemm(dshape, &dz16, &self.halves[lp.w], &plain, &mut dx16)?;
+                    dx = to_f32(&dx16);
+                }
+            } else {
+                gemm(wshape, &dz, x, &plain, &mut self.grads[lp.w])?;
+                bias_grad(&dz, b, out, &mut self.grads[lp.b])?;
+                if l > 0 {
+                    gemm(dshape, &dz, &self.params[lp.w].data, &plain, &mut dx)?;
+                }
+            }
+            g = dx;
+        }
+        Ok(())
+    }
+
+    /// The optimizer config with the schedule's rate for the next real step.
+    fn scheduled(&self) -> (OptimizerConfig, f64) {
+        let base = base_lr(&self.opt);
+        let lr = self.schedule.lr_at(base, self.opt_state.step_count());
+        (with_lr(&self.opt, lr), lr)
+    }
+}
+
+/// The learning rate of an optimizer config.
+pub(crate) fn base_lr(opt: &OptimizerConfig) -> f64 {
+    match opt {
+        OptimizerConfig::Adam(c) | OptimizerConfig::AdamW(c) => c.lr,
+        OptimizerConfig::Sgd(c) => c.lr,
+    }
+}
+
+/// The same config with another learning rate.
+pub(crate) fn with_lr(opt: &OptimizerConfig, lr: f64) -> OptimizerConfig {
+    let mut o = *opt;
+    match &mut o {
+        OptimizerConfig::Adam(c) | OptimizerConfig::AdamW(c) => c.lr = lr,
+        OptimizerConfig::Sgd(c) => c.lr = lr,
+    }
+    o
+}
+
+impl Backend for CpuBackend {
+    fn device(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn load_epoch(&mut self, images: &[f32], labels: &[u32]) -> Result<()> {
+        check_samples("train::CpuBackend::load_epoch", &self.cfg, images, labels)?;
+        self.epoch_images = images.to_vec();
+        self.epoch_labels = labels.to_vec();
+        Ok(())
+    }
+
+    fn step(&mut self, first: usize, batch: usize) -> Result<()> {
+        let inputs = self.cfg.inputs();
+        check_batch(
+            "train::CpuBackend::step",
+            first,
+            batch,
+            self.epoch_labels.len(),
+        )?;
+        let x = &self.epoch_images[first * inputs..(first + batch) * inputs];
+        let labels = &self.epoch_labels[first..first + batch];
+        let scale = self.scaler.scale;
+        let (acts, logits) = self.forward(x, batch)?;
+        let (loss, dlogits) = self.loss_and_grad(&logits, labels, batch, scale)?;
+        self.backward(&acts, dlogits, batch)?;
+
+        self.stages.unscale()?;
+        let inv = unscale::inv_scale(scale);
+        let mut views: Vec<&mut [f32]> = self.grads.iter_mut().map(|g| &mut g[..]).collect();
+        let found_inf = unscale::unscale_and_check(&mut views, inv);
+        self.stages.step()?;
+        let (cfg, lr) = self.scheduled();
+        let mut tensors: Vec<ParamTensor<'_>> = self
+            .params
+            .iter_mut()
+            .zip(&self.grads)
+            .zip(&mut self.halves)
+            .map(|((p, g), h)| ParamTensor {
+                master: &mut p.data,
+                grad: g,
+                half: h,
+            })
+            .collect();
+        let outcome = optim::step(&cfg, &mut self.opt_state, &mut tensors, found_inf)?;
+        if let Some(c) = self.loss_scale.dynamic() {
+            update_scale(&mut self.scaler, found_inf, c);
+        }
+        self.stages.update()?;
+        self.records.push(StepRecord {
+            loss: loss as f32,
+            scale,
+            skipped: outcome.skipped(),
+            lr,
+        });
+        Ok(())
+    }
+
+    fn take_records(&mut self) -> Result<Vec<StepRecord>> {
+        Ok(std::mem::take(&mut self.records))
+    }
+
+    fn evaluate(&mut self, images: &[f32], labels: &[u32]) -> Result<Evaluation> {
+        check_samples("train::CpuBackend::evaluate", &self.cfg, images, labels)?;
+        let (inputs, classes) = (self.cfg.inputs(), self.cfg.classes());
+        let mut eval = Evaluation {
+            loss: 0.0,
+            correct: 0,
+            total: labels.len(),
+        };
+        for (x, y) in images
+            .chunks(EVAL_BATCH * inputs)
+            .zip(labels.chunks(EVAL_BATCH))
+        {
+            let b = y.len();
+            let (_, logits) = self.forward(x, b)?;
+            let (loss, _) = self.loss_and_grad(&logits, y, b, 1.0)?;
+            eval.loss += loss * b as f64;
+            eval.correct += count_correct(&logits, y, classes);
+        }
+        eval.loss /= labels.len().max(1) as f64;
+        Ok(eval)
+    }
+
+    fn export(&mut self) -> Result<BackendState> {
+        let n = self.params.len();
+        let take = |f: &dyn Fn(usize) -> Option<Vec<f32>>| {
+            (0..n).map(|t| f(t).unwrap_or_default()).collect()
+        };
+        Ok(BackendState {
+            params: self.params.clone(),
+            optimizer_step: self.opt_state.step_count(),
+            momentum_started: self.opt_state.momentum_started(),
+            exp_avg: take(&|t| {
+                self.opt_state
+                    .exp_avg(t)
+                    .or_else(|| self.opt_state.momentum_buffer(t))
+                    .map(<[f32]>::to_vec)
+            }),
+            exp_avg_sq: take(&|t| self.opt_state.exp_avg_sq(t).map(<[f32]>::to_vec)),
+            scaler: self.scaler,
+        })
+    }
+
+    fn import(&mut self, state: &BackendState) -> Result<()> {
+        let specs = self.cfg.parameter_specs();
+        check_params("train::CpuBackend::import", &specs, &state.params)?;
+        self.opt_state = restore_optimizer(&self.opt, &state.params, state)?;
+        self.params = state.params.clone();
+        self.halves = self.params.iter().map(|p| to_f16(&p.data)).collect();
+        self.scaler = state.scaler;
+        Ok(())
+    }
+
+    fn scale(&mut self) -> Result<f32> {
+        Ok(self.scaler.scale)
+    }
+
+    fn optimizer(&self) -> &OptimizerConfig {
+        &self.opt
+    }
+}
+
+/// Samples per forward pass in [`Backend::evaluate`].
+pub(crate) const EVAL_BATCH: usize = 1000;
+
+/// Rebuilds an optimizer state from a checkpoint's parts.
+pub(crate) fn restore_optimizer(
+    opt: &OptimizerConfig,
+    params: &[Tensor],
+    state: &BackendState,
+) -> Result<OptimizerState> {
+    let lens: Vec<usize> = params.iter().map(|p| p.data.len()).collect();
+    let (exp_avg, exp_avg_sq) = match opt {
+        OptimizerConfig::Adam(_) | OptimizerConfig::AdamW(_) => {
+            (Some(state.exp_avg.clone()), Some(state.exp_avg_sq.clone()))
+        }
+        OptimizerConfig::Sgd(c) if c.momentum != 0.0 => (Some(state.exp_avg.clone()), None),
+        OptimizerConfig::Sgd(_) => (None, None),
+    };
+    OptimizerState::from_parts(
+        opt,
+        &lens,
+        state.optimizer_step,
+        state.momentum_started,
+        exp_avg,
+        exp_avg_sq,
+    )
+}
+
+/// Argmax per row (ties to the lowest class; NaN never wins) compared with the labels.
+pub(crate) fn count_correct(logits: &[f32], labels: &[u32], classes: usize) -> usize {
+    logits
+        .chunks(classes)
+        .zip(labels)
+        .filter(|(row, &y)| {
+            let mut best = 0;
+            for (j, &v) in row.iter().enumerate() {
+                if v > row[best] || row[best].is_nan() && !v.is_nan() {
+                    best = j;
+                }
+            }
+            best == y as usize
+        })
+        .count()
+}
+
+/// Images `[n, inputs]` and `n` labels below `classes`.
+pub(crate) fn check_samples(
+    op: &'static str,
+    cfg: &MlpConfig,
+    images: &[f32],
+    labels: &[u32],
+) -> Result<()> {
+    let n = labels.len();
+    if images.len() != n * cfg.inputs() {
+        return Err(Error::ShapeMismatch {
+            op,
+            detail: format!(
+                "{} image values for {n} labels; the model's {} inputs need {}",
+                images.len(),
+                cfg.inputs(),
+                n * cfg.inputs()
+            ),
+        });
+    }
+    if let Some(i) = labels.iter().position(|&y| y as usize >= cfg.classes()) {
+        return Err(Error::InvalidArgument {
+            op,
+            detail: format!(
+                "label {} of sample {i} is not below the model's {} classes",
+                labels[i],
+                cfg.classes()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// `first..first + batch` must be a non-empty range inside the loaded epoch.
+pub(crate) fn check_batch(op: &'static str, first: usize, batch: usize, n: usize) -> Result<()> {
+    if batch == 0 || first + batch > n {
+        return Err(Error::InvalidArgument {
+            op,
+            detail: format!(
+                "batch {first}..{} is empty or past the {n} loaded samples",
+                first + batch
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A checkpoint's parameters must match the model's names and shapes.
+pub(crate) fn check_params(
+    op: &'static str,
+    specs: &[crate::nn::ParamSpec],
+    params: &[Tensor],
+) -> Result<()> {
+    let want: Vec<(&str, &[usize])> = specs
+        .iter()
+        .map(|s| (s.name.as_str(), s.shape.as_slice()))
+        .collect();
+    let got: Vec<(&str, &[usize])> = params
+        .iter()
+        .map(|p| (p.name.as_str(), p.shape.as_slice()))
+        .collect();
+    if want != got
+        || params
+            .iter()
+            .any(|p| p.data.len() != p.shape.iter().product::<usize>())
+    {
+        return Err(Error::ShapeMismatch {
+            op,
+            detail: format!("the state holds {got:?}; the model needs {want:?}"),
+        });
+    }
+    Ok(())
+}

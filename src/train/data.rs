@@ -1,0 +1,523 @@
+//! MNIST in the standard IDX format: the reader and the batch gatherer that feeds the trainer.
+//!
+//! A data directory holds four files, each raw or gzipped (recognised by its content, not its
+//! name):
+//!
+//! | file | IDX magic | accepted names (each also with `.gz`) |
+//! |---|---|---|
+//! | training images | `0x00000803` (u8, 3 dims) | `train-images-idx3-ubyte`, `train-images.idx3-ubyte` |
+//! | training labels | `0x00000801` (u8, 1 dim) | `train-labels-idx1-ubyte`, `train-labels.idx1-ubyte` |
+//! | test images | `0x00000803` | `t10k-images-idx3-ubyte`, `test-images-idx3-ubyte` (or `.idx3-ubyte`) |
+//! | test labels | `0x00000801` | `t10k-labels-idx1-ubyte`, `test-labels-idx1-ubyte` (or `.idx1-ubyte`) |
+//!
+//! The original distribution's names come first; the dotted ones are how some mirrors spell them.
+//! The repository bundles an 8,000/2,000 subset in `data/` ([`bundled_dir`]); the full 60,000/10,000
+//! set loads the same way through [`load_dir`].
+//!
+//! Every defect in the files (missing, wrong magic, truncated, trailing bytes, count mismatch,
+//! label outside 0..=9, corrupt gzip) is an [`Error::Data`] naming the file, never a panic.
+
+use crate::error::{expect_len, Error, Result};
+use flate2::read::MultiGzDecoder;
+use half::f16;
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Number of classes: labels are `0..NUM_CLASSES`.
+pub const NUM_CLASSES: usize = 10;
+
+/// IDX magic of an unsigned-byte array with 3 dimensions (count, rows, cols).
+const IMAGES_MAGIC: u32 = 0x0000_0803;
+/// IDX magic of an unsigned-byte array with 1 dimension (count).
+const LABELS_MAGIC: u32 = 0x0000_0801;
+
+/// What to do when a file is damaged.
+const REFETCH: &str = "download the file again";
+
+/// One set of labelled images: `len()` images of `rows × cols` bytes each, row-major, stored
+/// contiguously, with one label in `0..NUM_CLASSES` per image.
+#[derive(Clone)]
+pub struct Dataset {
+    images: Vec<u8>,
+    labels: Vec<u8>,
+    rows: usize,
+    cols: usize,
+    // The images file, so later errors (such as a size mismatch with the model) can name it.
+    source: PathBuf,
+}
+
+/// The training and test sets of one data directory; both have the same image size.
+#[derive(Clone, Debug)]
+pub struct MnistSplit {
+    /// The training set (`train-*` files).
+    pub train: Dataset,
+    /// The test set (`t10k-*` or `test-*` files).
+    pub test: Dataset,
+}
+
+impl Dataset {
+    /// A dataset from images already in memory: `images` holds `labels.len()` images of
+    /// `rows × cols` bytes each.
+    ///
+    /// Fails with [`Error::Data`] if `rows` or `cols` is 0, if `images` is not
+    /// `labels.len() · rows · cols` bytes long, or if a label is 10 or more. [`Dataset::source`]
+    /// is then `<memory>`.
+    pub fn new(images: Vec<u8>, labels: Vec<u8>, rows: usize, cols: usize) -> Result<Dataset> {
+        let source = PathBuf::from("<memory>");
+        let image_size = image_size(&source, rows, cols)?;
+        let want = labels.len().checked_mul(image_size);
+        if want != Some(images.len()) {
+            return Err(data_err(
+                &source,
+                format!(
+                    "{} image bytes for {} labels of {rows}×{cols} images; expected {}·{image_size}",
+                    images.len(),
+                    labels.len(),
+                    labels.len()
+                ),
+            ));
+        }
+        check_labels(&source, &labels)?;
+        Ok(Dataset {
+            images,
+            labels,
+            rows,
+            cols,
+            source,
+        })
+    }
+
+    /// Reads an IDX images file and its IDX labels file (each raw or gzipped).
+    ///
+    /// Fails with [`Error::Data`] naming the file at fault when either cannot be read, is not the
+    /// right kind of IDX file, is truncated or has bytes after its data, when the two counts
+    /// differ, or when a label is 10 or more.
+    pub fn load(images_path: &Path, labels_path: &Path) -> Result<Dataset> {
+        let image_file = read_file(images_path)?;
+        let ([count, rows, cols], images) =
+            parse_idx::<3>(images_path, &image_file, IMAGES_MAGIC, "images")?;
+        // Validated before the label file is read: a zero-sized image makes every count fit.
+        image_size(images_path, rows, cols)?;
+        let label_file = read_file(labels_path)?;
+        let ([label_count], labels) =
+            parse_idx::<1>(labels_path, &label_file, LABELS_MAGIC, "labels")?;
+        if label_count != count {
+            return Err(data_err(
+                labels_path,
+                format!(
+                    "{label_count} labels, but the images file {} has {count} images; the two \
+                     files must come from the same set",
+                    images_path.display()
+                ),
+            ));
+        }
+        check_labels(labels_path, labels)?;
+        Ok(Dataset {
+            images: images.to_vec(),
+            labels: labels.to_vec(),
+            rows,
+            cols,
+            source: images_path.to_path_buf(),
+        })
+    }
+
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether the set has no images.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Pixels per image, `rows · cols` (784 for MNIST): the model's input size.
+    pub fn image_size(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    /// Image height in pixels.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Image width in pixels.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The file the images came from (`<memory>` for [`Dataset::new`]).
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// Image `i`: `image_size()` bytes, row-major, 0 = background.
+    ///
+    /// # Panics
+    ///
+    /// If `i >= len()`, like slice indexing; [`Dataset::gather_f32`] checks instead.
+    pub fn image(&self, i: usize) -> &[u8] {
+        let size = self.image_size();
+        &self.images[i * size..(i + 1) * size]
+    }
+
+    /// Label of image `i`, in `0..NUM_CLASSES`.
+    ///
+    /// # Panics
+    ///
+    /// If `i >= len()`, like slice indexing.
+    pub fn label(&self, i: usize) -> u8 {
+        self.labels[i]
+    }
+
+    /// All labels, one per image.
+    pub fn labels(&self) -> &[u8] {
+        &self.labels
+    }
+
+    /// All images, `len() · image_size()` bytes, image after image.
+    pub fn images(&self) -> &[u8] {
+        &self.images
+    }
+
+    /// How many images each class has.
+    pub fn class_counts(&self) -> [usize; NUM_CLASSES] {
+        let mut counts = [0; NUM_CLASSES];
+        for &label in &self.labels {
+            // Every constructor checked label < NUM_CLASSES.
+            counts[usize::from(label)] += 1;
+        }
+        counts
+    }
+
+    /// Fails with [`Error::Data`] naming the images file unless each image has `expected` pixels
+    /// (the first layer's input size).
+    pub fn check_input_size(&self, expected: usize) -> Result<()> {
+        if self.image_size() == expected {
+            return Ok(());
+        }
+        Err(data_err(
+            &self.source,
+            format!(
+                "image size {} does not match the first layer's {expected} inputs (the images \
+                 are {}×{}); build the model with {} inputs or use data of that size",
+                self.image_size(),
+                self.rows,
+                self.cols,
+                self.image_size()
+            ),
+        ))
+    }
+
+    /// Gathers the images and labels at `indices` into a batch: row `b` of `images` (a row-major
+    /// `indices.len() × image_size()` matrix) is image `indices[b]` with each pixel `p` as
+    /// `p / 255` in [0, 1], and `labels[b]` is its label. Allocates nothing.
+    ///
+    /// Fails, writing nothing, with [`Error::ShapeMismatch`] if `images` or `labels` has the
+    /// wrong length, and with [`Error::InvalidArgument`] if an index is `len()` or more.
+    pub fn gather_f32(
+        &self,
+        indices: &[usize],
+        images: &mut [f32],
+        labels: &mut [u32],
+    ) -> Result<()> {
+        // 256 possible pixels: one division each, then table lookups.
+        let table: [f32; 256] = std::array::from_fn(|p| p as f32 / 255.0);
+        self.gather("Dataset::gather_f32", indices, images, labels, &table)
+    }
+
+    /// [`Dataset::gather_f32`] in f16: each pixel is the f16 of the f32 `p / 255` (round to
+    /// nearest even), so the batch equals `gather_f32` followed by
+    /// [`crate::cpu::cast::f32_to_f16`]. Allocates nothing.
+    ///
+    /// Fails, writing nothing, as [`Dataset::gather_f32`] does.
+    pub fn gather_f16(
+        &self,
+        indices: &[usize],
+        images: &mut [f16],
+        labels: &mut [u32],
+    ) -> Result<()> {
+        let table: [f16; 256] = std::array::from_fn(|p| f16::from_f32(p as f32 / 255.0));
+        self.gather("Dataset::gather_f16", indices, images, labels, &table)
+    }
+
+    fn gather<T: Copy>(
+        &self,
+        op: &'static str,
+        indices: &[usize],
+        images: &mut [T],
+        labels: &mut [u32],
+        table: &[T; 256],
+    ) -> Result<()> {
+        let size = self.image_size();
+        expect_len(op, "labels", labels.len(), indices.len(), "the batch size")?;
+        let want = indices
+            .len()
+            .checked_mul(size)
+            .ok_or_else(|| Error::InvalidArgument {
+                op,
+                detail: format!("batch of {} images overflows usize", indices.len()),
+            })?;
+        expect_len(op, "images", images.len(), want, "batch size · image size")?;
+        // Checked up front so a bad index leaves the caller's buffers untouched.
+        if let Some((b, &i)) = indices.iter().enumerate().find(|&(_, &i)| i >= self.len()) {
+            return Err(Error::InvalidArgument {
+                op,
+                detail: format!(
+                    "index {i} at batch position {b} is out of range for {} samples",
+                    self.len()
+                ),
+            });
+        }
+        for ((&i, row), label) in indices
+            .iter()
+            .zip(images.chunks_exact_mut(size))
+            .zip(labels)
+        {
+            for (dst, &p) in row.iter_mut().zip(self.image(i)) {
+                *dst = table[usize::from(p)];
+            }
+            *label = u32::from(self.labels[i]);
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Dataset {
+    // The derived form would print every pixel.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dataset")
+            .field("len", &self.len())
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+/// Loads the training and test sets from `dir` (file names in the [module docs](self)).
+///
+/// Fails with [`Error::Data`] when `dir` is not a directory, a file is missing or bad (see
+/// [`Dataset::load`]), a set is empty, or the test images differ in size from the training images.
+pub fn load_dir(dir: &Path) -> Result<MnistSplit> {
+    if !dir.is_dir() {
+        let what = if dir.exists() {
+            "is not a directory"
+        } else {
+            "does not exist"
+        };
+        return Err(data_err(dir, format!("the data directory {what}")));
+    }
+    let find = |prefixes: &[&str], kind: &str, idx: &str| find_file(dir, prefixes, kind, idx);
+    let train_images = find(&["train"], "images", "idx3")?;
+    let train_labels = find(&["train"], "labels", "idx1")?;
+    let test_images = find(&["t10k", "test"], "images", "idx3")?;
+    let test_labels = find(&["t10k", "test"], "labels", "idx1")?;
+    let train = Dataset::load(&train_images, &train_labels)?;
+    let test = Dataset::load(&test_images, &test_labels)?;
+    for set in [&train, &test] {
+        if set.is_empty() {
+            return Err(data_err(
+                &set.source,
+                "contains no images; training and evaluation need at least one".to_string(),
+            ));
+        }
+    }
+    if (test.rows, test.cols) != (train.rows, train.cols) {
+        return Err(data_err(
+            &test.source,
+            format!(
+                "test images are {}×{} but the training images ({}) are {}×{}; both sets must \
+                 come from the same data",
+                test.rows,
+                test.cols,
+                train.source.display(),
+                train.rows,
+                train.cols
+            ),
+        ));
+    }
+    Ok(MnistSplit { train, test })
+}
+
+/// The bundled MNIST subset: `data/` under the current directory, else under the directory in the
+/// `CARGO_MANIFEST_DIR` environment variable (set by `cargo run` and `cargo test`), read at run
+/// time so an installed binary does not point into the tree it was built in. A candidate counts
+/// only if it holds a training images file.
+///
+/// Fails with [`Error::Data`] listing the places searched.
+pub fn bundled_dir() -> Result<PathBuf> {
+    let cwd = std::env::current_dir()
+        .map(|d| d.join("data"))
+        .map_err(|e| format!("the current directory (unreadable: {e})"));
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(|m| PathBuf::from(m).join("data"))
+        .ok_or_else(|| "$CARGO_MANIFEST_DIR/data (not set)".to_string());
+    let mut looked = Vec::new();
+    for candidate in [cwd, manifest] {
+        match candidate {
+            Ok(dir) if find_file(&dir, &["train"], "images", "idx3").is_ok() => return Ok(dir),
+            Ok(dir) => looked.push(dir.display().to_string()),
+            Err(note) => looked.push(note),
+        }
+    }
+    Err(data_err(
+        Path::new("data/"),
+        format!(
+            "no bundled MNIST data found (looked in {}); outside the ampkit repository, pass \
+             --data DIR",
+            looked.join(", ")
+        ),
+    ))
+}
+
+fn data_err(path: &Path, detail: String) -> Error {
+    Error::Data {
+        path: path.display().to_string(),
+        detail,
+    }
+}
+
+/// The first existing file among `<prefix>-<kind>-<idx>-ubyte[.gz]` and
+/// `<prefix>-<kind>.<idx>-ubyte[.gz]`, prefixes in order.
+fn find_file(dir: &Path, prefixes: &[&str], kind: &str, idx: &str) -> Result<PathBuf> {
+    for prefix in prefixes {
+        for sep in ['-', '.'] {
+            for ext in ["", ".gz"] {
+                let path = dir.join(format!("{prefix}-{kind}{sep}{idx}-ubyte{ext}"));
+                if path.is_file() {
+                    return Ok(path);
+                }
+            }
+        }
+    }
+    let names: Vec<String> = prefixes
+        .iter()
+        .map(|p| format!("{p}-{kind}-{idx}-ubyte[.gz]"))
+        .collect();
+    Err(data_err(
+        &dir.join(format!("{}-{kind}-{idx}-ubyte.gz", prefixes[0])),
+        format!(
+            "missing: no {} in {} (also tried `.{idx}-ubyte` spellings)",
+            names.join(" or "),
+            dir.display()
+        ),
+    ))
+}
+
+/// The file's bytes, gunzipped if it starts with the gzip magic (a raw IDX file starts with 0).
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).map_err(|e| data_err(path, format!("cannot read: {e}")))?;
+    if !bytes.starts_with(&[0x1f, 0x8b]) {
+        return Ok(bytes);
+    }
+    let mut raw = Vec::new();
+    // Multi-member: `cat a.gz b.gz` is a valid gzip file.
+    MultiGzDecoder::new(bytes.as_slice())
+        .read_to_end(&mut raw)
+        .map_err(|e| {
+            data_err(
+                path,
+                format!("corrupt or truncated gzip data ({e}); {REFETCH}"),
+            )
+        })?;
+    Ok(raw)
+}
+
+/// Splits an unsigned-byte IDX file with `N` dimensions into its dimensions and its data, which
+/// must be exactly their product in bytes.
+fn parse_idx<'a, const N: usize>(
+    path: &Path,
+    bytes: &'a [u8],
+    magic: u32,
+    what: &str,
+) -> Result<([usize; N], &'a [u8])> {
+    let header = 4 + 4 * N;
+    let word = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    if bytes.len() < 4 {
+        return Err(data_err(
+            path,
+            format!(
+                "{} bytes, too short for an IDX file; {REFETCH}",
+                bytes.len()
+            ),
+        ));
+    }
+    let found = word(0);
+    if found != magic {
+        let hint = match found {
+            IMAGES_MAGIC => " (an images file: images and labels swapped?)",
+            LABELS_MAGIC => " (a labels file: images and labels swapped?)",
+            _ => " (not an IDX file of unsigned bytes)",
+        };
+        return Err(data_err(
+            path,
+            format!(
+                "IDX magic is {found:#010x}{hint}, expected {magic:#010x} for MNIST {what} with \
+                 {N} dimension(s)"
+            ),
+        ));
+    }
+    if bytes.len() < header {
+        return Err(data_err(
+            path,
+            format!(
+                "truncated: {} bytes, shorter than the {header}-byte IDX header; {REFETCH}",
+                bytes.len()
+            ),
+        ));
+    }
+    let dims: [usize; N] = std::array::from_fn(|d| word(4 + 4 * d) as usize);
+    let shape = dims.map(|d| d.to_string()).join("×");
+    let want = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    let body = &bytes[header..];
+    match want {
+        Some(want) if body.len() == want => Ok((dims, body)),
+        Some(want) if body.len() < want => Err(data_err(
+            path,
+            format!(
+                "truncated: the header announces {shape} = {want} bytes of {what}, the file has \
+                 {} after the header; {REFETCH}",
+                body.len()
+            ),
+        )),
+        Some(want) => Err(data_err(
+            path,
+            format!(
+                "{} bytes of trailing garbage after the {shape} = {want} bytes of {what} the \
+                 header announces; {REFETCH}",
+                body.len() - want
+            ),
+        )),
+        None => Err(data_err(
+            path,
+            format!("the header announces {shape} {what}, which overflows usize"),
+        )),
+    }
+}
+
+/// `rows · cols`, which must be at least 1 and fit in usize.
+fn image_size(path: &Path, rows: usize, cols: usize) -> Result<usize> {
+    match rows.checked_mul(cols) {
+        Some(size) if size > 0 => Ok(size),
+        _ => Err(data_err(
+            path,
+            format!("image size {rows}×{cols}: rows and columns must be at least 1"),
+        )),
+    }
+}
+
+fn check_labels(path: &Path, labels: &[u8]) -> Result<()> {
+    match labels.iter().position(|&l| usize::from(l) >= NUM_CLASSES) {
+        None => Ok(()),
+        Some(i) => Err(data_err(
+            path,
+            format!(
+                "label {} at index {i} is out of range 0..={}; {REFETCH}",
+                labels[i],
+                NUM_CLASSES - 1
+            ),
+        )),
+    }
+}

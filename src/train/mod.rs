@@ -1,0 +1,79 @@
+//! Training: MNIST data, one loop over two backends (the CPU reference and the GPU),
+//! checkpoints, metrics and plots. `ampkit train` is a thin CLI over this module.
+//!
+//! ```no_run
+//! use ampkit::train::{data, open_backend, trainer, Progress, TrainConfig};
+//! # fn main() -> ampkit::Result<()> {
+//! let cfg = TrainConfig::mnist_default();
+//! let split = data::load_dir(&data::bundled_dir()?)?;
+//! let (device, note) = ampkit::Device::auto();
+//! println!("{note}");
+//! let mut backend = open_backend(&device, &cfg)?;
+//! let out = trainer::Outputs { verbose: true, ..Default::default() };
+//! let summary = trainer::run(backend.as_mut(), &cfg, &split.train, &split.test, Progress::default(), &out)?;
+//! println!("test accuracy {:.2}%", 100.0 * summary.epochs.last().unwrap().test.accuracy());
+//! # Ok(()) }
+//! ```
+
+pub mod backend;
+pub mod checkpoint;
+pub mod config;
+pub mod cpu_backend;
+pub mod data;
+pub mod gpu_backend;
+pub mod plot;
+
+pub mod trainer;
+
+pub use backend::{Backend, BackendState, Evaluation, StepRecord};
+pub use checkpoint::Progress;
+pub use config::TrainConfig;
+
+use crate::device::Device;
+use crate::error::Result;
+
+/// The backend for a device: the CPU reference, or the GPU path for a CUDA device.
+pub fn open_backend(device: &Device, cfg: &TrainConfig) -> Result<Box<dyn Backend>> {
+    cfg.validate()?;
+    Ok(match device {
+        Device::Cpu => Box::new(cpu_backend::CpuBackend::new(
+            &cfg.model,
+            cfg.optimizer,
+            cfg.schedule,
+            cfg.loss_scale,
+            cfg.seed,
+        )?),
+        Device::Cuda(gpu) => Box::new(gpu_backend::GpuBackend::new(
+            gpu.clone(),
+            &cfg.model,
+            cfg.optimizer,
+            cfg.schedule,
+            cfg.loss_scale,
+            cfg.batch,
+            cfg.seed,
+        )?),
+    })
+}
+
+/// MNIST's pixel mean and standard deviation (over the 60,000 training images, in [0, 1]
+/// units): the constants of PyTorch's MNIST example, `Normalize((0.1307,), (0.3081,))`.
+pub const MNIST_MEAN: f32 = 0.1307;
+/// See [`MNIST_MEAN`].
+pub const MNIST_STD: f32 = 0.3081;
+
+/// A dataset's images as f32 (`[n, rows·cols]`): pixels/255, standardised with [`MNIST_MEAN`]
+/// and [`MNIST_STD`] when `normalize`; and its labels as u32.
+pub fn dataset_f32(d: &data::Dataset, normalize: bool) -> (Vec<f32>, Vec<u32>) {
+    let pixel = |p: u8| {
+        let v = f32::from(p) / 255.0;
+        if normalize {
+            (v - MNIST_MEAN) / MNIST_STD
+        } else {
+            v
+        }
+    };
+    (
+        d.images().iter().map(|&p| pixel(p)).collect(),
+        d.labels().iter().map(|&l| u32::from(l)).collect(),
+    )
+}

@@ -1,0 +1,446 @@
+//! The MNIST data layer: the bundled subset as documented in data/README.md, raw vs gzip, the
+//! accepted file names, batch gathering, and every kind of bad data as a typed error naming the
+//! file.
+
+use ampkit::train::data::{bundled_dir, load_dir, Dataset, MnistSplit, NUM_CLASSES};
+use ampkit::{f16, Error};
+use flate2::read::GzDecoder;
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// data/ of this repository, found at run time (never `env!`, which would bake in the build
+/// machine's path).
+fn data_dir() -> PathBuf {
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+    let root = manifest.unwrap_or_else(|| std::env::current_dir().expect("current directory"));
+    root.join("data")
+}
+
+fn bundled() -> &'static MnistSplit {
+    static SPLIT: OnceLock<MnistSplit> = OnceLock::new();
+    SPLIT.get_or_init(|| load_dir(&data_dir()).expect("the bundled data loads"))
+}
+
+const TRAIN_COUNTS: [usize; NUM_CLASSES] = [801, 902, 793, 826, 784, 690, 811, 856, 755, 782];
+const TEST_COUNTS: [usize; NUM_CLASSES] = [200, 225, 198, 206, 196, 173, 203, 214, 189, 196];
+
+/// IDX bytes of a set: header (magic, dimensions) followed by the data.
+fn idx_images(n: u32, rows: u32, cols: u32, pixels: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for word in [0x803, n, rows, cols] {
+        out.extend_from_slice(&word.to_be_bytes());
+    }
+    out.extend_from_slice(pixels);
+    out
+}
+
+fn idx_labels(labels: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for word in [0x801, labels.len() as u32] {
+        out.extend_from_slice(&word.to_be_bytes());
+    }
+    out.extend_from_slice(labels);
+    out
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut enc = GzEncoder::new(Vec::new(), Compression::default());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
+
+fn gunzip(path: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    GzDecoder::new(std::fs::File::open(path).unwrap())
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn bundled_split_matches_its_readme() {
+    let split = bundled();
+    assert_eq!((split.train.len(), split.test.len()), (8000, 2000));
+    for set in [&split.train, &split.test] {
+        assert_eq!((set.rows(), set.cols(), set.image_size()), (28, 28, 784));
+        assert_eq!(set.images().len(), set.len() * 784);
+        assert_eq!(set.labels().len(), set.len());
+        set.check_input_size(784).unwrap();
+    }
+    assert_eq!(split.train.class_counts(), TRAIN_COUNTS);
+    assert_eq!(split.test.class_counts(), TEST_COUNTS);
+    for (train, test) in TRAIN_COUNTS.iter().zip(TEST_COUNTS) {
+        assert!((690..=910).contains(train) && (170..=230).contains(&test));
+    }
+
+    // The loader's view, serialised back to IDX, must hash to data/README.md's raw sha256s.
+    let hashes = [
+        (
+            idx_images(8000, 28, 28, split.train.images()),
+            "4987fe772ce9a708b20aa7d3aff93b61e4aed376a77a139646e679a0961597cf",
+        ),
+        (
+            idx_labels(split.train.labels()),
+            "2df73b721c9366e2e777870a2b99df564e255e45571da000353dddffc7f22297",
+        ),
+        (
+            idx_images(2000, 28, 28, split.test.images()),
+            "e6ab1f12d35ee633e955402c87dd01ebed15f99c672054215e5e7e6200a47394",
+        ),
+        (
+            idx_labels(split.test.labels()),
+            "1dc09ebaaeee3019a0fc294d290041c5510b71c5938151e3583cee3a71ad0285",
+        ),
+    ];
+    for (i, (bytes, want)) in hashes.iter().enumerate() {
+        assert_eq!(sha256(bytes), *want, "file {i}");
+    }
+}
+
+#[test]
+fn bundled_pixels_look_like_mnist() {
+    let split = bundled();
+    for set in [&split.train, &split.test] {
+        let px = set.images();
+        assert_eq!(px.iter().min(), Some(&0));
+        assert_eq!(px.iter().max(), Some(&255));
+        // MNIST's mean pixel is 0.1307 · 255 ≈ 33; a transposed or shifted decode is far off.
+        let mean = px.iter().map(|&p| p as f64).sum::<f64>() / px.len() as f64;
+        assert!((28.0..40.0).contains(&mean), "mean pixel {mean}");
+        for i in 0..set.len() {
+            let img = set.image(i);
+            // The 28×28 digits are centred in a 20×20 box: the corners are always background.
+            assert_eq!([img[0], img[27], img[756], img[783]], [0; 4], "image {i}");
+            assert!(
+                img.iter().filter(|&&p| p > 128).count() >= 10,
+                "image {i} is blank"
+            );
+        }
+    }
+    // Classes are interleaved: each 100-sample window of the training set holds every digit.
+    for w in split.train.labels().chunks(100) {
+        let mut seen = [false; NUM_CLASSES];
+        w.iter().for_each(|&l| seen[l as usize] = true);
+        assert!(seen.iter().all(|&s| s));
+    }
+}
+
+#[test]
+fn loading_is_deterministic_and_bundled_dir_finds_data() {
+    let dir = bundled_dir().unwrap();
+    assert!(dir.ends_with("data"));
+    let again = load_dir(&dir).unwrap();
+    assert_eq!(again.train.images(), bundled().train.images());
+    assert_eq!(again.train.labels(), bundled().train.labels());
+    assert_eq!(again.test.images(), bundled().test.images());
+    assert_eq!(again.test.labels(), bundled().test.labels());
+}
+
+#[test]
+fn raw_and_test_prefix_load_the_same() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (from, to) in [
+        ("train-images-idx3-ubyte", "train-images-idx3-ubyte"),
+        ("train-labels-idx1-ubyte", "train-labels.idx1-ubyte"),
+        ("t10k-images-idx3-ubyte", "test-images-idx3-ubyte"),
+        ("t10k-labels-idx1-ubyte", "test-labels-idx1-ubyte"),
+    ] {
+        let raw = gunzip(&data_dir().join(format!("{from}.gz")));
+        std::fs::write(tmp.path().join(to), raw).unwrap();
+    }
+    let raw = load_dir(tmp.path()).unwrap();
+    assert_eq!(raw.train.images(), bundled().train.images());
+    assert_eq!(raw.train.labels(), bundled().train.labels());
+    assert_eq!(raw.test.images(), bundled().test.images());
+    assert_eq!(raw.test.labels(), bundled().test.labels());
+    assert!(raw.test.source().ends_with("test-images-idx3-ubyte"));
+
+    // Re-gzipped with another encoder, and a multi-member gzip file: the same data.
+    let labels = std::fs::read(tmp.path().join("test-labels-idx1-ubyte")).unwrap();
+    let (head, tail) = labels.split_at(1000);
+    std::fs::remove_file(tmp.path().join("test-labels-idx1-ubyte")).unwrap();
+    let two_members = [gzip(head), gzip(tail)].concat();
+    std::fs::write(tmp.path().join("test-labels-idx1-ubyte.gz"), two_members).unwrap();
+    assert_eq!(
+        load_dir(tmp.path()).unwrap().test.labels(),
+        bundled().test.labels()
+    );
+}
+
+#[test]
+fn gather_builds_batches() {
+    let set = &bundled().train;
+    let indices = [7999, 0, 4321, 0];
+    let mut x = vec![f32::NAN; 4 * 784];
+    let mut y = vec![u32::MAX; 4];
+    set.gather_f32(&indices, &mut x, &mut y).unwrap();
+    let mut h = vec![f16::NAN; 4 * 784];
+    let mut yh = vec![u32::MAX; 4];
+    set.gather_f16(&indices, &mut h, &mut yh).unwrap();
+    for (b, &i) in indices.iter().enumerate() {
+        assert_eq!(y[b], set.label(i) as u32);
+        for (k, &p) in set.image(i).iter().enumerate() {
+            let v = x[b * 784 + k];
+            assert_eq!(v, p as f32 / 255.0);
+            assert_eq!(h[b * 784 + k].to_bits(), f16::from_f32(v).to_bits());
+        }
+    }
+    assert_eq!(yh, y);
+    assert!(x.iter().all(|v| (0.0..=1.0).contains(v)));
+    // An empty batch is fine.
+    set.gather_f32(&[], &mut [], &mut []).unwrap();
+}
+
+#[test]
+fn gather_rejects_bad_arguments_without_writing() {
+    let set = &bundled().test;
+    let mut x = vec![-1.0f32; 2 * 784];
+    let mut y = vec![99u32; 2];
+    let err = set.gather_f32(&[1, 2000], &mut x, &mut y).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+    assert!(err.to_string().contains("index 2000"), "{err}");
+    assert!(x.iter().all(|&v| v == -1.0) && y == [99, 99]);
+
+    let err = set.gather_f32(&[1, 2], &mut x[..784], &mut y).unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+    let err = set.gather_f32(&[1, 2], &mut x, &mut y[..1]).unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+    let mut h = vec![f16::ZERO; 784];
+    let err = set.gather_f16(&[3, 4], &mut h, &mut y).unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+}
+
+/// A small valid directory: 5 training and 3 test images of 4×3 pixels.
+fn small_dir() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    write_set(tmp.path(), "train", 5, 4, 3, &[0, 1, 2, 9, 4]);
+    write_set(tmp.path(), "t10k", 3, 4, 3, &[3, 5, 7]);
+    tmp
+}
+
+fn write_set(dir: &Path, prefix: &str, n: u32, rows: u32, cols: u32, labels: &[u8]) {
+    let pixels: Vec<u8> = (0..n * rows * cols).map(|i| (i * 37 % 256) as u8).collect();
+    let images = idx_images(n, rows, cols, &pixels);
+    std::fs::write(
+        dir.join(format!("{prefix}-images-idx3-ubyte.gz")),
+        gzip(&images),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join(format!("{prefix}-labels-idx1-ubyte")),
+        idx_labels(labels),
+    )
+    .unwrap();
+}
+
+/// Asserts `err` is [`Error::Data`] whose path and message name `file`, and whose message contains
+/// each of `words`.
+fn assert_data_error(err: Error, file: &str, words: &[&str]) {
+    let msg = err.to_string();
+    match &err {
+        Error::Data { path, .. } => assert!(path.ends_with(file), "path {path} for {file}"),
+        other => panic!("expected Error::Data, got {other:?}"),
+    }
+    assert!(msg.contains(file), "message does not name {file}: {msg}");
+    for w in words {
+        assert!(msg.contains(w), "message lacks {w:?}: {msg}");
+    }
+    assert!(msg.contains("--data DIR"), "message says what to do: {msg}");
+}
+
+#[test]
+fn small_directory_loads() {
+    let tmp = small_dir();
+    let split = load_dir(tmp.path()).unwrap();
+    assert_eq!((split.train.len(), split.test.len()), (5, 3));
+    assert_eq!((split.train.rows(), split.train.cols()), (4, 3));
+    assert_eq!(split.train.labels(), [0, 1, 2, 9, 4]);
+    assert_eq!(
+        split.test.image(2),
+        (24..36).map(|i| (i * 37 % 256) as u8).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn missing_directory_and_files() {
+    let tmp = small_dir();
+    let gone = tmp.path().join("no-such-dir");
+    assert_data_error(
+        load_dir(&gone).unwrap_err(),
+        "no-such-dir",
+        &["does not exist"],
+    );
+    let file = tmp.path().join("train-labels-idx1-ubyte");
+    assert_data_error(
+        load_dir(&file).unwrap_err(),
+        "train-labels-idx1-ubyte",
+        &["not a dir"],
+    );
+
+    std::fs::remove_file(tmp.path().join("t10k-labels-idx1-ubyte")).unwrap();
+    let err = load_dir(tmp.path()).unwrap_err();
+    assert_data_error(
+        err,
+        "t10k-labels-idx1-ubyte.gz",
+        &["missing", "test-labels-idx1-ubyte"],
+    );
+}
+
+#[test]
+fn wrong_magic() {
+    let tmp = small_dir();
+    // Swapped: a labels file where the images belong.
+    let labels = idx_labels(&[1, 2, 3, 4, 5]);
+    std::fs::write(tmp.path().join("train-images-idx3-ubyte.gz"), gzip(&labels)).unwrap();
+    let err = load_dir(tmp.path()).unwrap_err();
+    assert_data_error(
+        err,
+        "train-images-idx3-ubyte.gz",
+        &["0x00000801", "0x00000803"],
+    );
+
+    let tmp = small_dir();
+    std::fs::write(
+        tmp.path().join("t10k-labels-idx1-ubyte"),
+        b"PK\x03\x04 a zip file",
+    )
+    .unwrap();
+    let err = load_dir(tmp.path()).unwrap_err();
+    assert_data_error(err, "t10k-labels-idx1-ubyte", &["magic", "not an IDX file"]);
+}
+
+#[test]
+fn truncated_files() {
+    // Data cut short, inside a gzip stream that is itself intact.
+    let tmp = small_dir();
+    let short = idx_images(3, 4, 3, &[0; 35]);
+    std::fs::write(tmp.path().join("t10k-images-idx3-ubyte.gz"), gzip(&short)).unwrap();
+    let err = load_dir(tmp.path()).unwrap_err();
+    assert_data_error(
+        err,
+        "t10k-images-idx3-ubyte.gz",
+        &["truncated", "3×4×3 = 36", "35"],
+    );
+
+    // A header cut short, an empty file, and a gzip stream cut short.
+    let tmp = small_dir();
+    std::fs::write(
+        tmp.path().join("train-labels-idx1-ubyte"),
+        &idx_labels(&[])[..6],
+    )
+    .unwrap();
+    let err = load_dir(tmp.path()).unwrap_err();
+    assert_data_error(err, "train-labels-idx1-ubyte", &["truncated", "header"]);
+    std::fs::write(tmp.path().join("train-labels-idx1-ubyte"), b"").unwrap();
+    let err = load_dir(tmp.path()).unwrap_err();
+    assert_data_error(err, "train-labels-idx1-ubyte", &["too short"]);
+
+    let tmp = small_dir();
+    let path = tmp.path().join("train-images-idx3-ubyte.gz");
+    let gz = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &gz[..gz.len() - 10]).unwrap();
+    let err = load_dir(tmp.path()).unwrap_err();
+    assert_data_error(err, "train-images-idx3-ubyte.gz", &["gzip"]);
+    // A flipped byte in the compressed data fails the CRC or the inflater.
+    let mut bad = gz.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x55;
+    std::fs::write(&path, bad).unwrap();
+    let err = load_dir(tmp.path()).unwrap_err();
+    assert_data_error(err, "train-images-idx3-ubyte.gz", &["gzip"]);
+}
+
+#[test]
+fn trailing_garbage() {
+    let tmp = small_dir();
+    let mut labels = idx_labels(&[3, 5, 7]);
+    labels.extend_from_slice(b"\n\n");
+    std::fs::write(tmp.path().join("t10k-labels-idx1-ubyte"), labels).unwrap();
+    let err = load_dir(tmp.path()).unwrap_err();
+    assert_data_error(
+        err,
+        "t10k-labels-idx1-ubyte",
+        &["2 bytes of trailing garbage"],
+    );
+}
+
+#[test]
+fn count_mismatch_and_label_range() {
+    let tmp = small_dir();
+    std::fs::write(
+        tmp.path().join("train-labels-idx1-ubyte"),
+        idx_labels(&[0, 1, 2, 3]),
+    )
+    .unwrap();
+    let err = load_dir(tmp.path()).unwrap_err();
+    assert_data_error(err, "train-labels-idx1-ubyte", &["4 labels", "5 images"]);
+
+    let tmp = small_dir();
+    std::fs::write(
+        tmp.path().join("t10k-labels-idx1-ubyte"),
+        idx_labels(&[3, 10, 7]),
+    )
+    .unwrap();
+    let err = load_dir(tmp.path()).unwrap_err();
+    assert_data_error(
+        err,
+        "t10k-labels-idx1-ubyte",
+        &["label 10 at index 1", "0..=9"],
+    );
+}
+
+#[test]
+fn image_sizes() {
+    // Test images of another size than the training images.
+    let tmp = small_dir();
+    write_set(tmp.path(), "t10k", 3, 3, 4, &[3, 5, 7]);
+    let err = load_dir(tmp.path()).unwrap_err();
+    assert_data_error(err, "t10k-images-idx3-ubyte.gz", &["3×4", "4×3"]);
+
+    // Zero-sized images, and an empty set.
+    let tmp = small_dir();
+    write_set(tmp.path(), "train", 5, 0, 3, &[0, 1, 2, 9, 4]);
+    let err = load_dir(tmp.path()).unwrap_err();
+    assert_data_error(err, "train-images-idx3-ubyte.gz", &["0×3"]);
+    let tmp = small_dir();
+    write_set(tmp.path(), "t10k", 0, 4, 3, &[]);
+    let err = load_dir(tmp.path()).unwrap_err();
+    assert_data_error(err, "t10k-images-idx3-ubyte.gz", &["no images"]);
+
+    // The model's input size against the images.
+    let err = bundled().train.check_input_size(100).unwrap_err();
+    assert_data_error(
+        err,
+        "train-images-idx3-ubyte.gz",
+        &["image size 784 does not match the first layer's 100 inputs"],
+    );
+}
+
+#[test]
+fn in_memory_datasets() {
+    let set = Dataset::new(vec![0, 255, 128, 1, 2, 3], vec![4, 9], 1, 3).unwrap();
+    assert_eq!(
+        (set.len(), set.image_size(), set.image(1)),
+        (2, 3, &[1u8, 2, 3][..])
+    );
+    assert_eq!(set.class_counts()[4] + set.class_counts()[9], 2);
+    assert!(!set.is_empty() && Dataset::new(vec![], vec![], 28, 28).unwrap().is_empty());
+    for bad in [
+        Dataset::new(vec![0; 5], vec![1, 2], 1, 3),
+        Dataset::new(vec![0; 6], vec![1, 12], 1, 3),
+        Dataset::new(vec![], vec![], 0, 3),
+    ] {
+        assert_data_error(bad.unwrap_err(), "<memory>", &[]);
+    }
+}
