@@ -91,9 +91,10 @@ pub struct TrainArgs {
     /// Stop after this many steps in total (a checkpoint records the exact position).
     #[arg(long)]
     max_steps: Option<u64>,
-    /// `dynamic` (PyTorch GradScaler), a static scale such as `1024`, or `off`.
-    #[arg(long, default_value = "dynamic")]
-    loss_scale: String,
+    /// `dynamic` (PyTorch GradScaler), a static scale such as `1024`, or `off`. Default:
+    /// dynamic under mixed precision, off with `--precision fp32`.
+    #[arg(long)]
+    loss_scale: Option<String>,
     /// Dynamic scaling: the first scale.
     #[arg(long, default_value_t = 65536.0)]
     init_scale: f32,
@@ -155,7 +156,8 @@ fn invalid(detail: String) -> Error {
 }
 
 fn loss_scale(a: &TrainArgs) -> Result<LossScale> {
-    let s = match a.loss_scale.as_str() {
+    let default = if a.precision == Precision::Fp32 { "off" } else { "dynamic" };
+    let s = match a.loss_scale.as_deref().unwrap_or(default) {
         "dynamic" => LossScale::Dynamic(ScalerConfig {
             init_scale: a.init_scale,
             growth_factor: a.growth_factor,

@@ -4,6 +4,7 @@
 //!
 //! Each module here has a CPU twin of the same name in [`crate::cpu`] computing the same function.
 
+pub mod blas;
 pub mod cast;
 pub mod gemm;
 mod gemm_sm90;

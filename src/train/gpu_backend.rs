@@ -7,59 +7,38 @@
 //! 4-byte device-to-device copies that append (loss, scale, found_inf) to a record buffer the
 //! host reads back in [`Backend::take_records`].
 //!
-//! All buffers are allocated once for the configured batch, so their addresses are fixed.
-//! Mixed precision only: a layer in f32 (`--precision fp32`, `--fp32-layers`) needs an f32 GEMM,
-//! which the GPU path does not have yet; [`GpuBackend::new`] says so and the CPU backend runs it.
+//! All buffers are allocated once for the configured batch, so their addresses are fixed. Layers
+//! in f32 (`--precision fp32`, `--fp32-layers`) run their GEMMs through cuBLAS in true f32
+//! ([`crate::ops::blas`]); the per-layer passes are in [`super::gpu_layers`].
 
 use super::backend::{Backend, BackendState, Evaluation, StepRecord};
 use super::cpu_backend::{
     base_lr, check_batch, check_params, check_samples, count_correct, layer_params,
-    restore_optimizer, LayerParams,
+    restore_optimizer,
 };
+use super::gpu_layers::{self, Buf, Layer, Params, View};
 use crate::amp::{LossScale, ScalerStages};
-use crate::cpu::gemm::{GemmShape, Layout};
 use crate::cpu::optim::OptimizerConfig;
 use crate::cpu::scaler::ScalerState;
 use crate::cpu::schedule::LrSchedule;
 use crate::cuda::{DeviceBuffer, Gpu};
 use crate::error::{Error, Result};
-use crate::nn::{init_parameters, MlpConfig, Tensor, LAYERNORM_EPS};
-use crate::ops::gemm::{bias_grad, gemm, Epilogue};
+use crate::nn::{init_parameters, MlpConfig, Tensor};
+use crate::ops::blas::Blas;
 use crate::ops::optim::{GpuOptimizer, GpuParamTensor};
-use crate::ops::{cast, layernorm, relu, scaler, softmax, unscale};
+use crate::ops::{scaler, softmax, unscale};
 use half::f16;
 use std::sync::Arc;
 
 /// Values per step in the record buffer: loss, scale, found_inf.
 const RECORD: usize = 3;
 
-/// Per linear layer: the buffers of its forward and backward pass, sized for the batch.
-struct LayerBuffers {
-    /// The layer's output as the next layer reads it (f16): the ReLU output of a hidden layer
-    /// or the logits.
-    out16: DeviceBuffer<f16>,
-    /// LayerNorm layers: GEMM output (f32), LayerNorm output, ReLU output (f32), mean, rstd.
-    ln: Option<LnBuffers>,
-    /// Gradient of the GEMM output (f16), the input of wgrad, dgrad and the bias gradient.
-    dz16: DeviceBuffer<f16>,
-}
-
-struct LnBuffers {
-    z: DeviceBuffer<f32>,
-    y: DeviceBuffer<f32>,
-    a: DeviceBuffer<f32>,
-    mean: DeviceBuffer<f32>,
-    rstd: DeviceBuffer<f32>,
-    /// f32 scratch for the backward pass (gradient of `a`, then of `y`, then of `z`).
-    g1: DeviceBuffer<f32>,
-    g2: DeviceBuffer<f32>,
-}
-
 /// The GPU backend.
 pub struct GpuBackend {
     gpu: Arc<Gpu>,
     cfg: MlpConfig,
-    layers: Vec<LayerParams>,
+    layers: Vec<Layer>,
+    blas: Blas,
     opt: OptimizerConfig,
     schedule: LrSchedule,
     loss_scale: LossScale,
@@ -77,10 +56,8 @@ pub struct GpuBackend {
     loss: DeviceBuffer<f32>,
     records: DeviceBuffer<f32>,
     pending: usize,
-    bufs: Vec<LayerBuffers>,
-    /// The gradient arriving from the layer above (f16), one buffer per layer input width.
-    g16: Vec<DeviceBuffer<f16>>,
-    epoch_x: DeviceBuffer<f16>,
+    /// The epoch's inputs, in layer 0's dtype.
+    epoch_x: Buf,
     epoch_y: DeviceBuffer<u32>,
     epoch_len: usize,
     stages: ScalerStages,
@@ -108,14 +85,6 @@ impl GpuBackend {
         cfg.validate()?;
         schedule.validate()?;
         loss_scale.validate()?;
-        if let Some(l) = (0..cfg.linear_count()).find(|&l| !cfg.half_layer(l)) {
-            return Err(unsupported(format!(
-                "layer {l} is set to f32 ({:?} precision{}); the GPU path runs f16 GEMMs only so far: \
-                 train this configuration with --device cpu",
-                cfg.precision,
-                if cfg.fp32_layers.is_empty() { "" } else { ", --fp32-layers" }
-            )));
-        }
         if batch == 0 {
             return Err(unsupported("batch must be ≥ 1".into()));
         }
@@ -134,34 +103,12 @@ impl GpuBackend {
             .collect::<Result<Vec<_>>>()?;
         let lens: Vec<usize> = params.iter().map(|p| p.data.len()).collect();
         let optimizer = GpuOptimizer::new(&gpu, &opt, &lens)?;
-        let layers = layer_params(cfg);
-        let mut bufs = Vec::new();
-        let mut g16 = Vec::new();
-        for (l, lp) in layers.iter().enumerate() {
-            let out = cfg.layers[l + 1];
-            let n = batch * out;
-            let ln = match lp.ln {
-                Some(_) => Some(LnBuffers {
-                    z: gpu.alloc_zeros(n)?,
-                    y: gpu.alloc_zeros(n)?,
-                    a: gpu.alloc_zeros(n)?,
-                    mean: gpu.alloc_zeros(batch)?,
-                    rstd: gpu.alloc_zeros(batch)?,
-                    g1: gpu.alloc_zeros(n)?,
-                    g2: gpu.alloc_zeros(n)?,
-                }),
-                None => None,
-            };
-            bufs.push(LayerBuffers {
-                out16: gpu.alloc_zeros(n)?,
-                ln,
-                dz16: gpu.alloc_zeros(n)?,
-            });
-            g16.push(gpu.alloc_zeros(batch * cfg.layers[l])?);
-        }
+        let layers = gpu_layers::build(&gpu, cfg, &layer_params(cfg), batch)?;
+        let blas = Blas::new(&gpu)?;
         Ok(GpuBackend {
             cfg: cfg.clone(),
             layers,
+            blas,
             opt,
             schedule,
             batch_cap: batch,
@@ -176,9 +123,7 @@ impl GpuBackend {
             loss: gpu.alloc_zeros(1)?,
             records: gpu.alloc_zeros(RECORD)?,
             pending: 0,
-            bufs,
-            g16,
-            epoch_x: gpu.alloc_zeros(1)?,
+            epoch_x: Buf::F(gpu.alloc_zeros(1)?),
             epoch_y: gpu.alloc_zeros(1)?,
             epoch_len: 0,
             stages: ScalerStages::new(),
@@ -187,154 +132,16 @@ impl GpuBackend {
         })
     }
 
-    /// Forward pass over `b ≤ batch_cap` samples whose f16 inputs start at element `x_off` of
-    /// `eval_x`, or of the loaded epoch when `None`; the logits end in
-    /// `bufs.last().out16[..b·classes]`.
-    fn forward(
-        &mut self,
-        eval_x: Option<&DeviceBuffer<f16>>,
-        x_off: usize,
-        b: usize,
-    ) -> Result<()> {
-        let gpu = &*self.gpu;
-        let x = eval_x.unwrap_or(&self.epoch_x);
-        let n = self.cfg.linear_count();
-        for l in 0..n {
-            let (fan_in, out) = (self.cfg.layers[l], self.cfg.layers[l + 1]);
-            let lp = self.layers[l];
-            let last = l + 1 == n;
-            let shape = GemmShape::new(Layout::Forward, b, out, fan_in);
-            let (done, rest) = self.bufs.split_at_mut(l);
-            let cur = &mut rest[0];
-            let input = match done.last() {
-                Some(prev) => prev.out16.slice(..b * fan_in),
-                None => x.slice(x_off..x_off + b * fan_in),
-            };
-            let bias = self.masters[lp.b].slice(..);
-            let w = self.halves[lp.w].slice(..);
-            match (&mut cur.ln, lp.ln) {
-                (Some(ln), Some((g, be))) => {
-                    gemm(
-                        gpu,
-                        shape,
-                        &input,
-                        &w,
-                        &Epilogue::bias(&bias, false),
-                        &mut ln.z.slice_mut(..b * out),
-                    )?;
-                    layernorm::forward(
-                        gpu,
-                        &ln.z.slice(..b * out),
-                        b,
-                        out,
-                        &self.masters[g],
-                        &self.masters[be],
-                        LAYERNORM_EPS,
-                        &mut ln.y.slice_mut(..b * out),
-                        &mut ln.mean.slice_mut(..b),
-                        &mut ln.rstd.slice_mut(..b),
-                    )?;
-                    relu::forward(gpu, &ln.y.slice(..b * out), &mut ln.a.slice_mut(..b * out))?;
-                    cast::f32_to_f16(
-                        gpu,
-                        &ln.a.slice(..b * out),
-                        &mut cur.out16.slice_mut(..b * out),
-                    )?;
-                }
-                _ => {
-                    let epi = Epilogue::bias(&bias, !last);
-                    gemm(
-                        gpu,
-                        shape,
-                        &input,
-                        &w,
-                        &epi,
-                        &mut cur.out16.slice_mut(..b * out),
-                    )?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Backward pass from the f16 dlogits in `bufs.last().dz16`; fills the (scaled) gradients.
-    fn backward(&mut self, x_off: usize, b: usize) -> Result<()> {
-        let gpu = &*self.gpu;
-        let n = self.cfg.linear_count();
-        for l in (0..n).rev() {
-            let (fan_in, out) = (self.cfg.layers[l], self.cfg.layers[l + 1]);
-            let lp = self.layers[l];
-            let last = l + 1 == n;
-            let (below, rest) = self.bufs.split_at_mut(l);
-            let cur = &mut rest[0];
-            if !last {
-                // The gradient of this layer's output, left by layer l+1's dgrad in g16[l+1].
-                let g = self.g16[l + 1].slice(..b * out);
-                match (&mut cur.ln, lp.ln) {
-                    (Some(ln), Some((gi, bi))) => {
-                        cast::f16_to_f32(gpu, &g, &mut ln.g1.slice_mut(..b * out))?;
-                        relu::backward(
-                            gpu,
-                            &ln.g1.slice(..b * out),
-                            &ln.a.slice(..b * out),
-                            &mut ln.g2.slice_mut(..b * out),
-                        )?;
-                        let (dg, db) = pair_mut(&mut self.grads, gi, bi);
-                        layernorm::backward(
-                            gpu,
-                            &ln.g2.slice(..b * out),
-                            &ln.z.slice(..b * out),
-                            &ln.mean.slice(..b),
-                            &ln.rstd.slice(..b),
-                            &self.masters[gi],
-                            b,
-                            out,
-                            &mut ln.g1.slice_mut(..b * out),
-                            dg,
-                            db,
-                        )?;
-                        cast::f32_to_f16(
-                            gpu,
-                            &ln.g1.slice(..b * out),
-                            &mut cur.dz16.slice_mut(..b * out),
-                        )?;
-                    }
-                    _ => {
-                        relu::backward(
-                            gpu,
-                            &g,
-                            &cur.out16.slice(..b * out),
-                            &mut cur.dz16.slice_mut(..b * out),
-                        )?;
-                    }
-                }
-            }
-            let dz = cur.dz16.slice(..b * out);
-            let input = match below.last() {
-                Some(prev) => prev.out16.slice(..b * fan_in),
-                None => self.epoch_x.slice(x_off..x_off + b * fan_in),
-            };
-            gemm(
-                gpu,
-                GemmShape::new(Layout::Wgrad, out, fan_in, b),
-                &dz,
-                &input,
-                &Epilogue::plain(),
-                &mut self.grads[lp.w],
-            )?;
-            bias_grad(gpu, &dz, b, out, &mut self.grads[lp.b])?;
-            if l > 0 {
-                gemm(
-                    gpu,
-                    GemmShape::new(Layout::Dgrad, b, fan_in, out),
-                    &dz,
-                    &self.halves[lp.w],
-                    &Epilogue::plain(),
-                    &mut self.g16[l].slice_mut(..b * fan_in),
-                )?;
-            }
-        }
-        Ok(())
+    /// Uploads inputs in layer 0's dtype (f16 for a half layer: the autocast cast).
+    fn upload_inputs(&self, images: &[f32]) -> Result<Buf> {
+        Ok(if self.cfg.half_layer(0) {
+            Buf::H(
+                self.gpu
+                    .upload(&images.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>())?,
+            )
+        } else {
+            Buf::F(self.gpu.upload(images)?)
+        })
     }
 
     /// Appends (loss, scale, found_inf) of the step to the record buffer (sized in
@@ -355,11 +162,12 @@ impl GpuBackend {
     }
 }
 
-/// Two distinct elements of a slice, mutably.
-fn pair_mut<T>(v: &mut [T], i: usize, j: usize) -> (&mut T, &mut T) {
-    assert!(i < j, "parameter order puts γ before β");
-    let (a, b) = v.split_at_mut(j);
-    (&mut a[i], &mut b[0])
+/// `len` elements of `buf` from `offset`, as a dtype-tagged view.
+fn sample_view(buf: &Buf, offset: usize, len: usize) -> View<'_> {
+    match buf {
+        Buf::H(b) => View::H(b.slice(offset..offset + len)),
+        Buf::F(b) => View::F(b.slice(offset..offset + len)),
+    }
 }
 
 impl Backend for GpuBackend {
@@ -370,15 +178,11 @@ impl Backend for GpuBackend {
 
     fn load_epoch(&mut self, images: &[f32], labels: &[u32]) -> Result<()> {
         check_samples("train::GpuBackend::load_epoch", &self.cfg, images, labels)?;
-        let x: Vec<f16> = images.iter().map(|&v| f16::from_f32(v)).collect();
-        if self.epoch_x.len() < x.len().max(1) || self.epoch_y.len() < labels.len().max(1) {
-            self.epoch_x = self.gpu.alloc_zeros(x.len().max(1))?;
+        self.epoch_x = self.upload_inputs(images)?;
+        if self.epoch_y.len() < labels.len().max(1) {
             self.epoch_y = self.gpu.alloc_zeros(labels.len().max(1))?;
         }
         let stream = self.gpu.stream();
-        stream
-            .memcpy_htod(&x, &mut self.epoch_x.slice_mut(..x.len()))
-            .map_err(Error::driver("uploading the epoch's images"))?;
         stream
             .memcpy_htod(labels, &mut self.epoch_y.slice_mut(..labels.len()))
             .map_err(Error::driver("uploading the epoch's labels"))?;
@@ -415,21 +219,56 @@ impl Backend for GpuBackend {
             )));
         }
         let (inputs, classes) = (self.cfg.inputs(), self.cfg.classes());
-        self.forward(None, first * inputs, batch)?;
         let gpu_arc = self.gpu.clone();
         let gpu = &*gpu_arc;
-        let last = self.bufs.last_mut().expect("validated: at least one layer");
-        softmax::softmax_cross_entropy::<f16, f16, _, _, _, _, _>(
+        let x = sample_view(&self.epoch_x, first * inputs, batch * inputs);
+        let params = Params {
+            masters: &self.masters,
+            halves: &self.halves,
+        };
+        gpu_layers::forward(gpu, &mut self.blas, &mut self.layers, &params, &x, batch)?;
+        let last = self
+            .layers
+            .last_mut()
+            .expect("validated: at least one layer");
+        let labels = self.epoch_y.slice(first..first + batch);
+        let n = batch * classes;
+        match (&last.out_buf, &mut last.dz) {
+            (Buf::H(logits), Buf::H(d)) => {
+                softmax::softmax_cross_entropy::<f16, f16, _, _, _, _, _>(
+                    gpu,
+                    &logits.slice(..n),
+                    &labels,
+                    batch,
+                    classes,
+                    &self.scale,
+                    &mut d.slice_mut(..n),
+                    &mut self.loss,
+                )?
+            }
+            (Buf::F(logits), Buf::F(d)) => {
+                softmax::softmax_cross_entropy::<f32, f32, _, _, _, _, _>(
+                    gpu,
+                    &logits.slice(..n),
+                    &labels,
+                    batch,
+                    classes,
+                    &self.scale,
+                    &mut d.slice_mut(..n),
+                    &mut self.loss,
+                )?
+            }
+            _ => unreachable!("the last layer's logits and dlogits share its dtype"),
+        }
+        gpu_layers::backward(
             gpu,
-            &last.out16.slice(..batch * classes),
-            &self.epoch_y.slice(first..first + batch),
+            &mut self.blas,
+            &mut self.layers,
+            &params,
+            &mut self.grads,
+            &x,
             batch,
-            classes,
-            &self.scale,
-            &mut last.dz16.slice_mut(..batch * classes),
-            &mut self.loss,
         )?;
-        self.backward(first * inputs, batch)?;
 
         self.stages.unscale()?;
         gpu.stream()
@@ -494,8 +333,7 @@ impl Backend for GpuBackend {
     fn evaluate(&mut self, images: &[f32], labels: &[u32]) -> Result<Evaluation> {
         check_samples("train::GpuBackend::evaluate", &self.cfg, images, labels)?;
         let (inputs, classes) = (self.cfg.inputs(), self.cfg.classes());
-        let x: Vec<f16> = images.iter().map(|&v| f16::from_f32(v)).collect();
-        let xd = self.gpu.upload(&x)?;
+        let xd = self.upload_inputs(images)?;
         let mut eval = Evaluation {
             loss: 0.0,
             correct: 0,
@@ -503,14 +341,26 @@ impl Backend for GpuBackend {
         };
         for (c, y) in labels.chunks(self.batch_cap).enumerate() {
             let b = y.len();
-            self.forward(Some(&xd), c * self.batch_cap * inputs, b)?;
-            let last = self.bufs.last().expect("validated: at least one layer");
-            let logits: Vec<f32> = self
-                .gpu
-                .download(&last.out16.slice(..b * classes))?
-                .iter()
-                .map(|v| v.to_f32())
-                .collect();
+            let x = sample_view(&xd, c * self.batch_cap * inputs, b * inputs);
+            let params = Params {
+                masters: &self.masters,
+                halves: &self.halves,
+            };
+            gpu_layers::forward(&self.gpu, &mut self.blas, &mut self.layers, &params, &x, b)?;
+            let logits: Vec<f32> = match &self
+                .layers
+                .last()
+                .expect("validated: at least one layer")
+                .out_buf
+            {
+                Buf::H(l) => self
+                    .gpu
+                    .download(&l.slice(..b * classes))?
+                    .iter()
+                    .map(|v| v.to_f32())
+                    .collect(),
+                Buf::F(l) => self.gpu.download(&l.slice(..b * classes))?,
+            };
             let mut d = vec![0f32; b * classes];
             eval.loss +=
                 crate::cpu::softmax::softmax_cross_entropy(&logits, y, b, classes, 1.0, &mut d)?

@@ -21,6 +21,7 @@ pub mod config;
 pub mod cpu_backend;
 pub mod data;
 pub mod gpu_backend;
+mod gpu_layers;
 pub mod plot;
 
 pub mod trainer;

@@ -1,0 +1,425 @@
+//! The GPU MLP's per-layer buffers and its forward and backward passes, for any mix of f16
+//! (mixed precision) and f32 layers, with or without LayerNorm. Used by
+//! [`super::gpu_backend::GpuBackend`]; the CPU twin is [`super::cpu_backend`].
+//!
+//! Dtypes follow PyTorch autocast: a half layer runs the f16 GEMM (f32 accumulation) and emits
+//! f16; an f32 layer runs cuBLAS in f32; LayerNorm, its ReLU and everything after them is f32
+//! until the next half layer rounds its input to f16. Where a producer's dtype differs from what
+//! its consumer needs, one cast kernel converts into the consumer's own buffer.
+
+use super::cpu_backend::LayerParams;
+use crate::cpu::gemm::{GemmShape, Layout};
+use crate::cuda::{DeviceBuffer, Gpu};
+use crate::error::Result;
+use crate::nn::{MlpConfig, LAYERNORM_EPS};
+use crate::ops::blas::Blas;
+use crate::ops::gemm::{bias_grad, gemm, Epilogue};
+use crate::ops::{cast, layernorm, relu};
+use cudarc::driver::{CudaView, CudaViewMut};
+use half::f16;
+
+/// A device buffer of either dtype.
+pub(crate) enum Buf {
+    /// f16 values.
+    H(DeviceBuffer<f16>),
+    /// f32 values.
+    F(DeviceBuffer<f32>),
+}
+
+/// A view of either dtype.
+pub(crate) enum View<'a> {
+    /// f16 values.
+    H(CudaView<'a, f16>),
+    /// f32 values.
+    F(CudaView<'a, f32>),
+}
+
+impl Buf {
+    fn new(gpu: &Gpu, half: bool, n: usize) -> Result<Buf> {
+        Ok(if half {
+            Buf::H(gpu.alloc_zeros(n.max(1))?)
+        } else {
+            Buf::F(gpu.alloc_zeros(n.max(1))?)
+        })
+    }
+    fn view(&self, n: usize) -> View<'_> {
+        match self {
+            Buf::H(b) => View::H(b.slice(..n)),
+            Buf::F(b) => View::F(b.slice(..n)),
+        }
+    }
+    fn h(&mut self, n: usize) -> CudaViewMut<'_, f16> {
+        match self {
+            Buf::H(b) => b.slice_mut(..n),
+            Buf::F(_) => unreachable!("dtype fixed at construction"),
+        }
+    }
+    fn f(&mut self, n: usize) -> CudaViewMut<'_, f32> {
+        match self {
+            Buf::F(b) => b.slice_mut(..n),
+            Buf::H(_) => unreachable!("dtype fixed at construction"),
+        }
+    }
+}
+
+impl View<'_> {
+    fn h(&self) -> &CudaView<'_, f16> {
+        match self {
+            View::H(v) => v,
+            View::F(_) => unreachable!("dtype checked by the caller"),
+        }
+    }
+    fn f(&self) -> &CudaView<'_, f32> {
+        match self {
+            View::F(v) => v,
+            View::H(_) => unreachable!("dtype checked by the caller"),
+        }
+    }
+    fn is_half(&self) -> bool {
+        matches!(self, View::H(_))
+    }
+}
+
+/// Converts `src` into `dst` (different dtypes).
+fn convert(gpu: &Gpu, src: &View<'_>, dst: &mut Buf, n: usize) -> Result<()> {
+    match (src, dst) {
+        (View::H(s), Buf::F(d)) => cast::f16_to_f32(gpu, s, &mut d.slice_mut(..n)),
+        (View::F(s), Buf::H(d)) => cast::f32_to_f16(gpu, s, &mut d.slice_mut(..n)),
+        _ => unreachable!("convert is called only across dtypes"),
+    }
+}
+
+/// One linear layer (+ LayerNorm + ReLU when hidden).
+pub(crate) struct Layer {
+    pub p: LayerParams,
+    fan_in: usize,
+    out: usize,
+    /// Computes in f16.
+    half: bool,
+    last: bool,
+    /// The input in this layer's dtype when the producer emits the other one.
+    input: Option<Buf>,
+    /// GEMM output in f32 when something follows it (LayerNorm, or an f32 hidden layer's ReLU).
+    z: Option<DeviceBuffer<f32>>,
+    /// LayerNorm output, mean, rstd.
+    ln: Option<(DeviceBuffer<f32>, DeviceBuffer<f32>, DeviceBuffer<f32>)>,
+    /// The layer's output (after ReLU for hidden layers; the logits for the last).
+    pub out_buf: Buf,
+    /// Gradient of the output as the next layer's dgrad produced it, and its conversion.
+    grad_in: Option<Buf>,
+    grad_conv: Option<Buf>,
+    /// f32 scratch (LayerNorm path).
+    tmp: Option<DeviceBuffer<f32>>,
+    /// Gradient of the GEMM output, in this layer's dtype (the last layer's: dlogits).
+    pub dz: Buf,
+    /// f32 gradient of the GEMM output of a half LayerNorm layer, before its cast.
+    dz32: Option<DeviceBuffer<f32>>,
+}
+
+impl Layer {
+    /// Whether the output is f16 (a half layer without LayerNorm).
+    pub fn out_half(&self) -> bool {
+        self.half && self.ln.is_none()
+    }
+}
+
+/// Buffers of every layer for batches of up to `batch` samples.
+pub(crate) fn build(
+    gpu: &Gpu,
+    cfg: &MlpConfig,
+    params: &[LayerParams],
+    batch: usize,
+) -> Result<Vec<Layer>> {
+    let n_layers = cfg.linear_count();
+    let mut layers: Vec<Layer> = Vec::with_capacity(n_layers);
+    for (l, &p) in params.iter().enumerate() {
+        let (fan_in, out) = (cfg.layers[l], cfg.layers[l + 1]);
+        let half = cfg.half_layer(l);
+        let last = l + 1 == n_layers;
+        let has_ln = p.ln.is_some();
+        let out_half = half && !has_ln;
+        let n = batch * out;
+        // The producer's output dtype (layer 0 reads the epoch data, stored in its own dtype).
+        let producer_half = layers.last().map_or(half, Layer::out_half);
+        let next_half = (l + 1 < n_layers).then(|| cfg.half_layer(l + 1));
+        layers.push(Layer {
+            p,
+            fan_in,
+            out,
+            half,
+            last,
+            input: (producer_half != half)
+                .then(|| Buf::new(gpu, half, batch * fan_in))
+                .transpose()?,
+            z: (has_ln || (!half && !last))
+                .then(|| gpu.alloc_zeros(n))
+                .transpose()?,
+            ln: if has_ln {
+                Some((
+                    gpu.alloc_zeros(n)?,
+                    gpu.alloc_zeros(batch)?,
+                    gpu.alloc_zeros(batch)?,
+                ))
+            } else {
+                None
+            },
+            out_buf: Buf::new(gpu, out_half, n)?,
+            grad_in: next_half.map(|h| Buf::new(gpu, h, n)).transpose()?,
+            grad_conv: next_half
+                .filter(|&h| h != out_half)
+                .map(|h| Buf::new(gpu, !h, n))
+                .transpose()?,
+            tmp: has_ln.then(|| gpu.alloc_zeros(n)).transpose()?,
+            dz: Buf::new(gpu, half, n)?,
+            dz32: (has_ln && half).then(|| gpu.alloc_zeros(n)).transpose()?,
+        });
+    }
+    Ok(layers)
+}
+
+/// The parameters as the passes need them.
+pub(crate) struct Params<'a> {
+    pub masters: &'a [DeviceBuffer<f32>],
+    pub halves: &'a [DeviceBuffer<f16>],
+}
+
+/// Forward pass over `b` samples of `x` (`[b, inputs]` in layer 0's dtype); the logits end in
+/// the last layer's `out_buf`.
+pub(crate) fn forward(
+    gpu: &Gpu,
+    blas: &mut Blas,
+    layers: &mut [Layer],
+    p: &Params<'_>,
+    x: &View<'_>,
+    b: usize,
+) -> Result<()> {
+    for l in 0..layers.len() {
+        // Convert the producer's output into this layer's dtype if needed.
+        if layers[l].input.is_some() {
+            let n = b * layers[l].fan_in;
+            let (before, rest) = layers.split_at_mut(l);
+            let src = match before.last() {
+                Some(prev) => prev.out_buf.view(n),
+                None => match x {
+                    View::H(v) => View::H(v.slice(..n)),
+                    View::F(v) => View::F(v.slice(..n)),
+                },
+            };
+            convert(gpu, &src, rest[0].input.as_mut().expect("checked"), n)?;
+        }
+        let (before, rest) = layers.split_at_mut(l);
+        let layer = &mut rest[0];
+        let (fan_in, out, n) = (layer.fan_in, layer.out, b * layer.out);
+        let input = match &layer.input {
+            Some(buf) => buf.view(b * fan_in),
+            None => match before.last() {
+                Some(prev) => prev.out_buf.view(b * fan_in),
+                None => match x {
+                    View::H(v) => View::H(v.slice(..b * fan_in)),
+                    View::F(v) => View::F(v.slice(..b * fan_in)),
+                },
+            },
+        };
+        let shape = GemmShape::new(Layout::Forward, b, out, fan_in);
+        let bias = p.masters[layer.p.b].slice(..);
+        let relu_here = !layer.last;
+        // The GEMM (+ bias, + ReLU when nothing else follows it).
+        match (&mut layer.z, layer.half) {
+            (Some(z), true) => gemm(
+                gpu,
+                shape,
+                input.h(),
+                &p.halves[layer.p.w],
+                &Epilogue::bias(&bias, false),
+                &mut z.slice_mut(..n),
+            )?,
+            (Some(z), false) => blas.gemm_f32(
+                gpu,
+                shape,
+                input.f(),
+                &p.masters[layer.p.w],
+                Some(&bias),
+                0.0,
+                &mut z.slice_mut(..n),
+            )?,
+            (None, true) => gemm(
+                gpu,
+                shape,
+                input.h(),
+                &p.halves[layer.p.w],
+                &Epilogue::bias(&bias, relu_here),
+                &mut layer.out_buf.h(n),
+            )?,
+            (None, false) => blas.gemm_f32(
+                gpu,
+                shape,
+                input.f(),
+                &p.masters[layer.p.w],
+                Some(&bias),
+                0.0,
+                &mut layer.out_buf.f(n),
+            )?,
+        }
+        // LayerNorm and/or ReLU on the f32 GEMM output.
+        if let Some(z) = &layer.z {
+            let z = z.slice(..n);
+            match (&mut layer.ln, layer.p.ln) {
+                (Some((y, mean, rstd)), Some((g, be))) => {
+                    layernorm::forward(
+                        gpu,
+                        &z,
+                        b,
+                        out,
+                        &p.masters[g],
+                        &p.masters[be],
+                        LAYERNORM_EPS,
+                        &mut y.slice_mut(..n),
+                        &mut mean.slice_mut(..b),
+                        &mut rstd.slice_mut(..b),
+                    )?;
+                    relu::forward(gpu, &y.slice(..n), &mut layer.out_buf.f(n))?;
+                }
+                _ => relu::forward(gpu, &z, &mut layer.out_buf.f(n))?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Backward pass over `b` samples from the dlogits in the last layer's `dz`; writes every
+/// (scaled) weight and bias gradient into `grads` (and LayerNorm's γ/β gradients).
+pub(crate) fn backward(
+    gpu: &Gpu,
+    blas: &mut Blas,
+    layers: &mut [Layer],
+    p: &Params<'_>,
+    grads: &mut [DeviceBuffer<f32>],
+    x: &View<'_>,
+    b: usize,
+) -> Result<()> {
+    for l in (0..layers.len()).rev() {
+        let (before, rest) = layers.split_at_mut(l);
+        let layer = &mut rest[0];
+        let (fan_in, out, n) = (layer.fan_in, layer.out, b * layer.out);
+        if !layer.last {
+            // The gradient of the output, in the output's dtype.
+            let out_half = layer.out_half();
+            let grad_in = layer.grad_in.as_ref().expect("hidden layers have one");
+            let g = if let Some(conv) = &mut layer.grad_conv {
+                convert(gpu, &grad_in.view(n), conv, n)?;
+                conv.view(n)
+            } else {
+                grad_in.view(n)
+            };
+            debug_assert_eq!(g.is_half(), out_half);
+            match (&mut layer.ln, layer.p.ln) {
+                (Some((_, mean, rstd)), Some((gi, bi))) => {
+                    let tmp = layer.tmp.as_mut().expect("LayerNorm layers have one");
+                    relu::backward(
+                        gpu,
+                        g.f(),
+                        &layer.out_buf.view(n).f().slice(..),
+                        &mut tmp.slice_mut(..n),
+                    )?;
+                    let z = layer
+                        .z
+                        .as_ref()
+                        .expect("LayerNorm layers have one")
+                        .slice(..n);
+                    let (dg, db) = pair_mut(grads, gi, bi);
+                    let mut dx32 = match (&mut layer.dz32, &mut layer.dz) {
+                        (Some(d), _) => d.slice_mut(..n),
+                        (None, Buf::F(d)) => d.slice_mut(..n),
+                        (None, Buf::H(_)) => unreachable!("a half LayerNorm layer has dz32"),
+                    };
+                    layernorm::backward(
+                        gpu,
+                        &tmp.slice(..n),
+                        &z,
+                        &mean.slice(..b),
+                        &rstd.slice(..b),
+                        &p.masters[gi],
+                        b,
+                        out,
+                        &mut dx32,
+                        dg,
+                        db,
+                    )?;
+                    if let Some(d32) = &layer.dz32 {
+                        cast::f32_to_f16(gpu, &d32.slice(..n), &mut layer.dz.h(n))?;
+                    }
+                }
+                _ => match (&g, &mut layer.dz) {
+                    (View::H(g), Buf::H(dz)) => relu::backward(
+                        gpu,
+                        g,
+                        &layer.out_buf.view(n).h().slice(..),
+                        &mut dz.slice_mut(..n),
+                    )?,
+                    (View::F(g), Buf::F(dz)) => relu::backward(
+                        gpu,
+                        g,
+                        &layer.out_buf.view(n).f().slice(..),
+                        &mut dz.slice_mut(..n),
+                    )?,
+                    _ => unreachable!("a layer without LayerNorm emits its own dtype"),
+                },
+            }
+        }
+        let (prev_out, prev_grad) = match before.last_mut() {
+            Some(prev) => (Some(&prev.out_buf), prev.grad_in.as_mut()),
+            None => (None, None),
+        };
+        let input = match (&layer.input, prev_out) {
+            (Some(buf), _) => buf.view(b * fan_in),
+            (None, Some(out)) => out.view(b * fan_in),
+            (None, None) => match x {
+                View::H(v) => View::H(v.slice(..b * fan_in)),
+                View::F(v) => View::F(v.slice(..b * fan_in)),
+            },
+        };
+        let wshape = GemmShape::new(Layout::Wgrad, out, fan_in, b);
+        let dshape = GemmShape::new(Layout::Dgrad, b, fan_in, out);
+        let dz = layer.dz.view(n);
+        let (gw, gb) = pair_mut(grads, layer.p.w, layer.p.b);
+        // The previous layer receives dX in this layer's dtype.
+        match dz {
+            View::H(dz) => {
+                gemm(gpu, wshape, &dz, input.h(), &Epilogue::plain(), gw)?;
+                bias_grad(gpu, &dz, b, out, gb)?;
+                if let Some(pg) = prev_grad {
+                    gemm(
+                        gpu,
+                        dshape,
+                        &dz,
+                        &p.halves[layer.p.w],
+                        &Epilogue::plain(),
+                        &mut pg.h(b * fan_in),
+                    )?;
+                }
+            }
+            View::F(dz) => {
+                blas.gemm_f32(gpu, wshape, &dz, input.f(), None, 0.0, gw)?;
+                bias_grad(gpu, &dz, b, out, gb)?;
+                if let Some(pg) = prev_grad {
+                    blas.gemm_f32(
+                        gpu,
+                        dshape,
+                        &dz,
+                        &p.masters[layer.p.w],
+                        None,
+                        0.0,
+                        &mut pg.f(b * fan_in),
+                    )?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Two distinct elements of a slice, mutably (`i < j`).
+fn pair_mut<T>(v: &mut [T], i: usize, j: usize) -> (&mut T, &mut T) {
+    let (a, b) = v.split_at_mut(j);
+    (&mut a[i], &mut b[0])
+}
