@@ -156,7 +156,11 @@ fn invalid(detail: String) -> Error {
 }
 
 fn loss_scale(a: &TrainArgs) -> Result<LossScale> {
-    let default = if a.precision == Precision::Fp32 { "off" } else { "dynamic" };
+    let default = if a.precision == Precision::Fp32 {
+        "off"
+    } else {
+        "dynamic"
+    };
     let s = match a.loss_scale.as_deref().unwrap_or(default) {
         "dynamic" => LossScale::Dynamic(ScalerConfig {
             init_scale: a.init_scale,
