@@ -85,6 +85,9 @@ pub struct TrainArgs {
     /// Feed raw pixels/255 instead of standardised inputs.
     #[arg(long)]
     no_normalize: bool,
+    /// GPU: launch every kernel of a step separately instead of replaying a CUDA graph.
+    #[arg(long)]
+    no_cuda_graph: bool,
     /// Seed for the initial weights and the data order.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -263,6 +266,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
                 max_steps: None,
                 normalize: !a.no_normalize,
                 augment_shift: a.augment_shift,
+                cuda_graph: !a.no_cuda_graph,
             };
             (cfg, Progress::default(), None)
         }
@@ -272,6 +276,9 @@ pub fn train(a: TrainArgs) -> Result<()> {
     }
     if a.max_steps.is_some() {
         cfg.max_steps = a.max_steps;
+    }
+    if a.no_cuda_graph {
+        cfg.cuda_graph = false;
     }
     let split = dataset(&a.data)?;
     if a.resume.is_none() {

@@ -8,8 +8,9 @@ mod common;
 use ampkit::amp::{LossScale, Precision};
 use ampkit::cpu::scaler::ScalerConfig;
 use ampkit::train::data::{load_dir, Dataset, MnistSplit};
+use ampkit::train::gpu_backend::GpuBackend;
 use ampkit::train::trainer::{self, Outputs};
-use ampkit::train::{checkpoint, open_backend, BackendState, Progress, TrainConfig};
+use ampkit::train::{checkpoint, open_backend, Backend, BackendState, Progress, TrainConfig};
 use ampkit::{Device, Error};
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -424,6 +425,52 @@ fn gpu_matches_cpu_with_layernorm_and_f32_layers() {
         );
         eprintln!("{name}: worst relative loss difference {worst:.2e}");
     }
+}
+
+/// CUDA-graph mode replays the captured step: the same kernels with the same arguments, so a
+/// run with graphs ends bit-identical to one without (including a partial last batch, which runs
+/// eagerly, and skipped steps from an overflowing scale).
+#[test]
+fn cuda_graph_steps_are_bit_identical_to_eager_steps() {
+    let Some(gpu) = common::gpu() else { return };
+    // Capture needs a stream that does not synchronise after each launch.
+    gpu.set_sync_launches(false);
+    let split = bundled();
+    let train = subset(&split.train, 1000); // 15 full batches of 64 and one of 40
+    let cfg = TrainConfig {
+        loss_scale: LossScale::Dynamic(ScalerConfig {
+            init_scale: 1e8,
+            growth_interval: 7,
+            ..ScalerConfig::default()
+        }),
+        ..small_config(2)
+    };
+    let mut finals = Vec::new();
+    for graph in [false, true] {
+        let mut b = GpuBackend::new(
+            gpu.clone(),
+            &TrainConfig {
+                cuda_graph: graph,
+                ..cfg.clone()
+            },
+        )
+        .unwrap();
+        let s = trainer::run(
+            &mut b,
+            &cfg,
+            &train,
+            &split.test,
+            Progress::default(),
+            &quiet(),
+        )
+        .unwrap();
+        assert_eq!(b.graph_active(), graph, "graph mode engaged");
+        let losses: Vec<u32> = s.steps.iter().map(|(_, r)| r.loss.to_bits()).collect();
+        finals.push((bits(&b.export().unwrap()), losses));
+    }
+    gpu.set_sync_launches(true);
+    assert!(finals[0].1 == finals[1].1, "per-step losses differ");
+    assert!(finals[0].0 == finals[1].0, "final states differ");
 }
 
 #[test]

@@ -33,11 +33,33 @@ pub struct GpuInfo {
     pub driver_version: i32,
 }
 
-/// One CUDA device: a context, the one non-default stream every ampkit op runs on, and the kernel
-/// modules loaded into it so far.
+/// One CUDA device: a context, the one stream every ampkit op runs on, and the kernel modules
+/// loaded into it so far.
 ///
-/// All work is ordered on [`Gpu::stream`], so cudarc's per-buffer event tracking is switched off
-/// (it costs two events per argument per launch and matters only across streams).
+/// Open one with [`Gpu::new`] (ampkit creates the context and a non-blocking stream) or
+/// [`Gpu::from_stream`] (your own cudarc context and stream). Either way [`Gpu::context`] and
+/// [`Gpu::stream`] hand them out, so anything cudarc can do with them (allocate, copy, launch your
+/// own kernels, cuBLAS) interleaves with ampkit's ops in stream order. Every op in
+/// [`crate::ops`] takes device memory as cudarc's `DevicePtr`/`DevicePtrMut`: a
+/// [`CudaSlice`](cudarc::driver::CudaSlice) or a [`CudaView`](cudarc::driver::CudaView) of one,
+/// whoever allocated it.
+///
+/// [`Gpu::new`] switches cudarc's per-buffer event tracking off for its own context, since all of
+/// its work is ordered on one stream (tracking costs two events per argument per launch and
+/// matters only across streams); [`Gpu::from_stream`] leaves your context's setting alone.
+///
+/// ```no_run
+/// # fn main() -> ampkit::Result<()> {
+/// use ampkit::cuda::Gpu;
+/// let gpu = Gpu::new(0)?;
+/// let x = gpu.upload(&[1.0f32, 2.0, 3.0])?;
+/// let mut h = gpu.alloc_zeros::<ampkit::f16>(3)?;
+/// ampkit::ops::cast::f32_to_f16(&gpu, &x, &mut h)?;
+/// // The same stream, from cudarc directly:
+/// let back: Vec<ampkit::f16> = gpu.stream().clone_dtoh(&h).unwrap();
+/// assert_eq!(back[1].to_f32(), 2.0);
+/// # Ok(()) }
+/// ```
 pub struct Gpu {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
@@ -55,11 +77,14 @@ impl std::fmt::Debug for Gpu {
 }
 
 impl Gpu {
-    /// Opens CUDA device `ordinal`.
+    /// Opens CUDA device `ordinal`: a new context (cudarc's primary context for the device) and
+    /// a new non-blocking stream.
     ///
-    /// Returns [`Error::NoCudaDevice`] when the driver library is missing, no GPU is visible, or
-    /// `ordinal` is out of range. Set `AMPKIT_SYNC_LAUNCHES=1` to synchronise after every launch
-    /// (errors then name the kernel that caused them; see [`Gpu::set_sync_launches`]).
+    /// Errors: [`Error::NoCudaDevice`] when the driver library is missing, the driver does not
+    /// initialise, no GPU is visible, or `ordinal` is out of range; [`Error::Driver`] when the
+    /// context, the stream or a device property cannot be created or read. Set
+    /// `AMPKIT_SYNC_LAUNCHES=1` to synchronise after every launch (errors then name the kernel
+    /// that caused them; see [`Gpu::set_sync_launches`]).
     pub fn new(ordinal: usize) -> Result<Arc<Gpu>> {
         // SAFETY: only tries to dlopen libcuda; no symbol is called.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
@@ -93,8 +118,46 @@ impl Gpu {
         let stream = ctx
             .new_stream()
             .map_err(Error::driver("creating a stream"))?;
+        Gpu::open(stream)
+    }
+
+    /// An ampkit device backed by a stream you own: every ampkit op on the returned [`Gpu`] is
+    /// queued on `stream`, in `stream`'s context, so ampkit's kernels interleave with your own
+    /// cudarc work (or another library's, wrapped with
+    /// [`CudaContext::wrap_borrowed_stream`]) in one order.
+    ///
+    /// The context is left as you configured it: ampkit does not touch its event tracking.
+    /// With cudarc's default (tracking on), buffers used on several streams are synchronised by
+    /// cudarc; if you turned tracking off, order your other streams against this one yourself
+    /// (e.g. with [`CudaStream::join`]). Kernel modules are loaded into the context on first use,
+    /// as with [`Gpu::new`]; two `Gpu`s on one context each keep their own module cache and
+    /// scratch buffer.
+    ///
+    /// Errors: [`Error::Driver`] when the device's properties cannot be read (e.g. the context
+    /// was destroyed or the device is lost).
+    ///
+    /// ```no_run
+    /// use ampkit::cuda::Gpu;
+    /// use cudarc::driver::CudaContext;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ctx = CudaContext::new(0)?;        // your context
+    /// let stream = ctx.new_stream()?;        // your stream
+    /// let gpu = Gpu::from_stream(stream.clone())?;
+    /// let x = stream.clone_htod(&[1.0f32, -2.0, 3.0])?; // your buffer
+    /// let mut y = stream.alloc_zeros::<f32>(3)?;
+    /// ampkit::ops::relu::forward(&gpu, &x, &mut y)?;  // queued on your stream
+    /// assert_eq!(stream.clone_dtoh(&y)?, [1.0, 0.0, 3.0]);
+    /// # Ok(()) }
+    /// ```
+    pub fn from_stream(stream: Arc<CudaStream>) -> Result<Arc<Gpu>> {
+        Gpu::open(stream)
+    }
+
+    /// Reads the device's properties through `stream`'s context and wraps both.
+    fn open(stream: Arc<CudaStream>) -> Result<Arc<Gpu>> {
+        let ctx = stream.context().clone();
         let info = GpuInfo {
-            ordinal,
+            ordinal: ctx.ordinal(),
             name: ctx
                 .name()
                 .map_err(Error::driver("reading the device name"))?,
@@ -127,17 +190,20 @@ impl Gpu {
         &self.info
     }
 
-    /// The cudarc context (for interop with cudarc, e.g. cuBLAS handles).
+    /// The cudarc context ampkit's modules and buffers live in: for interop with cudarc
+    /// (allocations, your own modules, cuBLAS handles). With [`Gpu::from_stream`] it is yours.
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
     }
 
-    /// The stream every ampkit op on this device is ordered on.
+    /// The stream every ampkit op on this device is queued on (with [`Gpu::from_stream`], yours).
+    /// Work you queue on it with cudarc is ordered with ampkit's; to use results on another
+    /// stream, make that stream wait on this one (cudarc's `CudaStream::join`).
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
     }
 
-    /// Free and total device memory in bytes, now.
+    /// Free and total device memory in bytes, now. Errors: [`Error::Driver`].
     pub fn memory(&self) -> Result<(usize, usize)> {
         self.ctx
             .mem_get_info()
@@ -151,14 +217,22 @@ impl Gpu {
         self.sync_launches.store(on, Ordering::Relaxed);
     }
 
-    /// Blocks until all work queued on [`Gpu::stream`] has finished; reports any error it raised.
+    /// Whether launches synchronise ([`Gpu::set_sync_launches`]); a synchronising stream cannot
+    /// be captured into a CUDA graph.
+    pub fn sync_launches(&self) -> bool {
+        self.sync_launches.load(Ordering::Relaxed)
+    }
+
+    /// Blocks until all work queued on [`Gpu::stream`] has finished. Errors: [`Error::Driver`]
+    /// carrying any error a queued kernel raised (a fault, an illegal address).
     pub fn synchronize(&self) -> Result<()> {
         self.stream
             .synchronize()
             .map_err(Error::driver("synchronising the stream"))
     }
 
-    /// Copies `host` into a new device buffer.
+    /// Copies `host` into a new device buffer (queued on [`Gpu::stream`]). Errors:
+    /// [`Error::Driver`] (e.g. out of memory).
     pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
         self.stream.clone_htod(host).map_err(Error::driver(format!(
             "copying {} bytes to the device",
@@ -166,7 +240,9 @@ impl Gpu {
         )))
     }
 
-    /// Copies a device buffer (or view) back to the host. Waits for the copy to finish.
+    /// Copies a device buffer (or view) back to the host. Waits for the copy, and so for all
+    /// earlier work on [`Gpu::stream`], to finish. Errors: [`Error::Driver`], including any
+    /// error an earlier kernel raised.
     pub fn download<T: DeviceRepr, S: DevicePtr<T>>(&self, src: &S) -> Result<Vec<T>> {
         self.stream.clone_dtoh(src).map_err(Error::driver(format!(
             "copying {} bytes to the host",
@@ -174,7 +250,8 @@ impl Gpu {
         )))
     }
 
-    /// A new zero-filled device buffer of `len` elements.
+    /// A new zero-filled device buffer of `len` elements (queued on [`Gpu::stream`]). Errors:
+    /// [`Error::Driver`] (e.g. out of memory).
     pub fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<CudaSlice<T>> {
         self.stream.alloc_zeros(len).map_err(Error::driver(format!(
             "allocating {} bytes",
@@ -203,7 +280,11 @@ impl Gpu {
         f(ptr)
     }
 
-    /// Loads `module` into this context if it is not loaded yet.
+    /// Loads `module` (one of [`kernels::ALL`]) into this context if it is not loaded yet; ops
+    /// do this on first use, so call it only to load eagerly or to time the load.
+    ///
+    /// Errors: [`Error::ModuleLoad`] naming the module, with what to do (e.g. PTX newer than
+    /// the driver, or a Hopper-only module on another GPU).
     pub fn load_module(&self, module: &KernelModule) -> Result<Arc<CudaModule>> {
         let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(m) = &modules[module.index] {
@@ -231,7 +312,9 @@ impl Gpu {
             .collect()
     }
 
-    /// The entry point `kernel` of `module`, loading the module on first use.
+    /// The entry point `kernel` of `module`, loading the module on first use (cached).
+    ///
+    /// Errors: [`Error::ModuleLoad`] when the module does not load or has no such kernel.
     pub fn function(&self, module: &KernelModule, kernel: &'static str) -> Result<CudaFunction> {
         let key = (module.index, kernel);
         if let Some(f) = self
@@ -269,7 +352,7 @@ impl Gpu {
     /// `args` must match the kernel's parameter list in number, order and type, and every device
     /// pointer among them must stay valid, for every index the kernel touches under `cfg`, until
     /// the kernel has finished.
-    pub unsafe fn launch(
+    pub(crate) unsafe fn launch(
         &self,
         module: &KernelModule,
         kernel: &'static str,

@@ -31,6 +31,14 @@ pub struct TrainConfig {
     /// Shift each training image by up to this many pixels in x and y, freshly each epoch
     /// (0: no augmentation).
     pub augment_shift: usize,
+    /// GPU: replay full-batch steps as one captured CUDA graph (bit-identical to eager steps,
+    /// less host overhead).
+    #[serde(default = "yes")]
+    pub cuda_graph: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl TrainConfig {
@@ -48,6 +56,7 @@ impl TrainConfig {
             max_steps: None,
             normalize: true,
             augment_shift: 2,
+            cuda_graph: true,
         }
     }
 

@@ -9,6 +9,7 @@
 //! inf/NaN); scale update.
 
 use super::backend::{Backend, BackendState, Evaluation, StepRecord};
+use super::config::TrainConfig;
 use crate::amp::{LossScale, ScalerStages};
 use crate::cpu::gemm::{bias_grad, gemm, Epilogue, GemmShape, Layout};
 use crate::cpu::optim::{self, OptimizerConfig, OptimizerState, ParamTensor};
@@ -86,14 +87,15 @@ fn round_f16(x: &mut [f32]) {
 }
 
 impl CpuBackend {
-    /// A model with fresh parameters from `seed`.
-    pub fn new(
-        cfg: &MlpConfig,
-        opt: OptimizerConfig,
-        schedule: LrSchedule,
-        loss_scale: LossScale,
-        seed: u64,
-    ) -> Result<CpuBackend> {
+    /// The model of `train` with fresh parameters from its seed.
+    pub fn new(train: &TrainConfig) -> Result<CpuBackend> {
+        let (cfg, opt, schedule, loss_scale, seed) = (
+            &train.model,
+            train.optimizer,
+            train.schedule,
+            train.loss_scale,
+            train.seed,
+        );
         cfg.validate()?;
         schedule.validate()?;
         loss_scale.validate()?;

@@ -12,6 +12,7 @@
 //! ([`crate::ops::blas`]); the per-layer passes are in [`super::gpu_layers`].
 
 use super::backend::{Backend, BackendState, Evaluation, StepRecord};
+use super::config::TrainConfig;
 use super::cpu_backend::{
     base_lr, check_batch, check_params, check_samples, count_correct, layer_params,
     restore_optimizer,
@@ -27,6 +28,8 @@ use crate::nn::{init_parameters, MlpConfig, Tensor};
 use crate::ops::blas::Blas;
 use crate::ops::optim::{GpuOptimizer, GpuParamTensor};
 use crate::ops::{scaler, softmax, unscale};
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::CudaGraph;
 use half::f16;
 use std::sync::Arc;
 
@@ -51,6 +54,8 @@ pub struct GpuBackend {
     /// counter, advanced from the records' skip flags).
     real_steps: u64,
     scale: DeviceBuffer<f32>,
+    /// The scale the last step ran with (copied before the update, for its record).
+    scale_used: DeviceBuffer<f32>,
     tracker: DeviceBuffer<i32>,
     found_inf: DeviceBuffer<f32>,
     loss: DeviceBuffer<f32>,
@@ -61,6 +66,19 @@ pub struct GpuBackend {
     epoch_y: DeviceBuffer<u32>,
     epoch_len: usize,
     stages: ScalerStages,
+    graph: GraphState,
+}
+
+/// CUDA-graph mode: full batches are staged into fixed buffers and the whole step (≈20 launches)
+/// replays as one graph, captured on the second full step.
+struct GraphState {
+    enabled: bool,
+    /// One full step has run eagerly (modules loaded, scratch sized).
+    warm: bool,
+    exec: Option<CudaGraph>,
+    /// The staged batch, in layer 0's dtype, and its labels.
+    x: Buf,
+    y: DeviceBuffer<u32>,
 }
 
 fn unsupported(detail: String) -> Error {
@@ -71,17 +89,16 @@ fn unsupported(detail: String) -> Error {
 }
 
 impl GpuBackend {
-    /// A model with fresh parameters from `seed` on `gpu`, with buffers for batches of up to
-    /// `batch` samples.
-    pub fn new(
-        gpu: Arc<Gpu>,
-        cfg: &MlpConfig,
-        opt: OptimizerConfig,
-        schedule: LrSchedule,
-        loss_scale: LossScale,
-        batch: usize,
-        seed: u64,
-    ) -> Result<GpuBackend> {
+    /// The model of `train` with fresh parameters from its seed on `gpu`, with buffers for
+    /// batches of up to `train.batch` samples, in CUDA-graph mode if `train.cuda_graph`.
+    pub fn new(gpu: Arc<Gpu>, train: &TrainConfig) -> Result<GpuBackend> {
+        let (cfg, opt, schedule, loss_scale) = (
+            &train.model,
+            train.optimizer,
+            train.schedule,
+            train.loss_scale,
+        );
+        let (batch, seed, cuda_graph) = (train.batch, train.seed, train.cuda_graph);
         cfg.validate()?;
         schedule.validate()?;
         loss_scale.validate()?;
@@ -118,6 +135,7 @@ impl GpuBackend {
             optimizer,
             real_steps: 0,
             scale: gpu.upload(&[loss_scale.initial_scale()])?,
+            scale_used: gpu.alloc_zeros(1)?,
             tracker: gpu.alloc_zeros(1)?,
             found_inf: gpu.alloc_zeros(1)?,
             loss: gpu.alloc_zeros(1)?,
@@ -127,9 +145,30 @@ impl GpuBackend {
             epoch_y: gpu.alloc_zeros(1)?,
             epoch_len: 0,
             stages: ScalerStages::new(),
+            graph: GraphState {
+                enabled: cuda_graph,
+                warm: false,
+                exec: None,
+                x: Buf::new(&gpu, cfg.half_layer(0), batch * cfg.inputs())?,
+                y: gpu.alloc_zeros(batch)?,
+            },
             loss_scale,
             gpu,
         })
+    }
+
+    /// Turns CUDA-graph mode on or off (on by default through [`crate::train::TrainConfig`]).
+    /// Graph replay runs the same kernels with the same arguments as eager steps, so results are
+    /// bit-identical either way; it only removes the per-launch host overhead.
+    pub fn set_cuda_graph(&mut self, on: bool) {
+        self.graph.enabled = on;
+        self.graph.exec = None;
+        self.graph.warm = false;
+    }
+
+    /// Whether the steps are replaying a captured CUDA graph.
+    pub fn graph_active(&self) -> bool {
+        self.graph.exec.is_some()
     }
 
     /// Uploads inputs in layer 0's dtype (f16 for a half layer: the autocast cast).
@@ -155,7 +194,7 @@ impl GpuBackend {
                 .map_err(Error::driver("recording a step"))
         };
         copy(&self.loss, &mut self.records, 0)?;
-        copy(&self.scale, &mut self.records, 1)?;
+        copy(&self.scale_used, &mut self.records, 1)?;
         copy(&self.found_inf, &mut self.records, 2)?;
         self.pending += 1;
         Ok(())
@@ -218,10 +257,113 @@ impl Backend for GpuBackend {
                 self.pending
             )));
         }
+        let graphable = self.graph.enabled && batch == self.batch_cap && !self.gpu.sync_launches();
+        if !graphable {
+            self.step_body(Input::Epoch(first), batch)?;
+            return self.record();
+        }
+        // Graph mode: stage the batch in fixed buffers, then replay (or capture) the step.
+        let inputs = self.cfg.inputs();
+        let stream = self.gpu.stream().clone();
+        let (xs, ys) = (first * inputs, batch * inputs);
+        match (&self.epoch_x, &mut self.graph.x) {
+            (Buf::H(src), Buf::H(dst)) => {
+                stream.memcpy_dtod(&src.slice(xs..xs + ys), &mut dst.slice_mut(..ys))
+            }
+            (Buf::F(src), Buf::F(dst)) => {
+                stream.memcpy_dtod(&src.slice(xs..xs + ys), &mut dst.slice_mut(..ys))
+            }
+            _ => unreachable!("both hold layer 0's dtype"),
+        }
+        .map_err(Error::driver("staging the batch for the CUDA graph"))?;
+        stream
+            .memcpy_dtod(
+                &self.epoch_y.slice(first..first + batch),
+                &mut self.graph.y.slice_mut(..batch),
+            )
+            .map_err(Error::driver("staging the labels for the CUDA graph"))?;
+        if let Some(g) = &self.graph.exec {
+            g.launch()
+                .map_err(Error::driver("replaying the step's CUDA graph"))?;
+        } else if !self.graph.warm {
+            // The first full step runs eagerly: it loads every module and sizes the scratch
+            // buffer, so the capture allocates nothing.
+            self.step_body(Input::Staged, batch)?;
+            self.graph.warm = true;
+        } else {
+            stream
+                .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+                .map_err(Error::driver("starting the capture of a training step"))?;
+            let body = self.step_body(Input::Staged, batch);
+            let captured = stream.end_capture(CUgraphInstantiate_flags(0));
+            match (body, captured) {
+                (Ok(()), Ok(Some(g))) => {
+                    g.launch()
+                        .map_err(Error::driver("launching the step's CUDA graph"))?;
+                    self.graph.exec = Some(g);
+                }
+                _ => {
+                    // Something in the step cannot be captured: run eagerly from now on.
+                    self.graph.enabled = false;
+                    self.stages = ScalerStages::new();
+                    self.step_body(Input::Staged, batch)?;
+                }
+            }
+        }
+        self.record()
+    }
+
+    fn take_records(&mut self) -> Result<Vec<StepRecord>> {
+        self.take_records_impl()
+    }
+
+    fn evaluate(&mut self, images: &[f32], labels: &[u32]) -> Result<Evaluation> {
+        self.evaluate_impl(images, labels)
+    }
+
+    fn export(&mut self) -> Result<BackendState> {
+        self.export_impl()
+    }
+
+    fn import(&mut self, state: &BackendState) -> Result<()> {
+        self.import_impl(state)
+    }
+
+    fn scale(&mut self) -> Result<f32> {
+        Ok(self.gpu.download(&self.scale)?[0])
+    }
+
+    fn optimizer(&self) -> &OptimizerConfig {
+        &self.opt
+    }
+}
+
+/// Where a step's batch comes from.
+#[derive(Clone, Copy)]
+enum Input {
+    /// The loaded epoch, from this sample on.
+    Epoch(usize),
+    /// The fixed staging buffers of graph mode.
+    Staged,
+}
+
+impl GpuBackend {
+    /// One AMP step: forward, loss, backward, unscale + inf check, optimizer, scale update. No
+    /// host synchronisation and no allocation once warm, so it can be captured in a CUDA graph.
+    fn step_body(&mut self, input: Input, batch: usize) -> Result<()> {
         let (inputs, classes) = (self.cfg.inputs(), self.cfg.classes());
         let gpu_arc = self.gpu.clone();
         let gpu = &*gpu_arc;
-        let x = sample_view(&self.epoch_x, first * inputs, batch * inputs);
+        let (x, labels) = match input {
+            Input::Epoch(first) => (
+                sample_view(&self.epoch_x, first * inputs, batch * inputs),
+                self.epoch_y.slice(first..first + batch),
+            ),
+            Input::Staged => (
+                sample_view(&self.graph.x, 0, batch * inputs),
+                self.graph.y.slice(..batch),
+            ),
+        };
         let params = Params {
             masters: &self.masters,
             halves: &self.halves,
@@ -231,7 +373,6 @@ impl Backend for GpuBackend {
             .layers
             .last_mut()
             .expect("validated: at least one layer");
-        let labels = self.epoch_y.slice(first..first + batch);
         let n = batch * classes;
         match (&last.out_buf, &mut last.dz) {
             (Buf::H(logits), Buf::H(d)) => {
@@ -295,7 +436,10 @@ impl Backend for GpuBackend {
             &self.found_inf,
         )?;
         drop(params);
-        self.record()?;
+        // The scale this step ran with, before the update (for the step's record).
+        gpu.stream()
+            .memcpy_dtod(&self.scale, &mut self.scale_used)
+            .map_err(Error::driver("keeping the step's scale"))?;
         if let Some(c) = self.loss_scale.dynamic() {
             scaler::update_scale(gpu, &mut self.scale, &mut self.tracker, &self.found_inf, c)?;
         }
@@ -303,7 +447,7 @@ impl Backend for GpuBackend {
         Ok(())
     }
 
-    fn take_records(&mut self) -> Result<Vec<StepRecord>> {
+    fn take_records_impl(&mut self) -> Result<Vec<StepRecord>> {
         if self.pending == 0 {
             return Ok(Vec::new());
         }
@@ -330,7 +474,7 @@ impl Backend for GpuBackend {
             .collect())
     }
 
-    fn evaluate(&mut self, images: &[f32], labels: &[u32]) -> Result<Evaluation> {
+    fn evaluate_impl(&mut self, images: &[f32], labels: &[u32]) -> Result<Evaluation> {
         check_samples("train::GpuBackend::evaluate", &self.cfg, images, labels)?;
         let (inputs, classes) = (self.cfg.inputs(), self.cfg.classes());
         let xd = self.upload_inputs(images)?;
@@ -371,7 +515,7 @@ impl Backend for GpuBackend {
         Ok(eval)
     }
 
-    fn export(&mut self) -> Result<BackendState> {
+    fn export_impl(&mut self) -> Result<BackendState> {
         let specs = self.cfg.parameter_specs();
         let params = specs
             .iter()
@@ -406,7 +550,7 @@ impl Backend for GpuBackend {
         })
     }
 
-    fn import(&mut self, state: &BackendState) -> Result<()> {
+    fn import_impl(&mut self, state: &BackendState) -> Result<()> {
         check_params(
             "train::GpuBackend::import",
             &self.cfg.parameter_specs(),
@@ -423,14 +567,9 @@ impl Backend for GpuBackend {
         self.scale = self.gpu.upload(&[state.scaler.scale])?;
         self.tracker = self.gpu.upload(&[state.scaler.growth_tracker])?;
         self.real_steps = state.optimizer_step;
+        // Every state buffer was reallocated: a captured graph would update the old ones.
+        self.graph.exec = None;
+        self.graph.warm = false;
         Ok(())
-    }
-
-    fn scale(&mut self) -> Result<f32> {
-        Ok(self.gpu.download(&self.scale)?[0])
-    }
-
-    fn optimizer(&self) -> &OptimizerConfig {
-        &self.opt
     }
 }

@@ -35,7 +35,7 @@ pub(crate) enum View<'a> {
 }
 
 impl Buf {
-    fn new(gpu: &Gpu, half: bool, n: usize) -> Result<Buf> {
+    pub(crate) fn new(gpu: &Gpu, half: bool, n: usize) -> Result<Buf> {
         Ok(if half {
             Buf::H(gpu.alloc_zeros(n.max(1))?)
         } else {

@@ -37,22 +37,8 @@ use crate::error::Result;
 pub fn open_backend(device: &Device, cfg: &TrainConfig) -> Result<Box<dyn Backend>> {
     cfg.validate()?;
     Ok(match device {
-        Device::Cpu => Box::new(cpu_backend::CpuBackend::new(
-            &cfg.model,
-            cfg.optimizer,
-            cfg.schedule,
-            cfg.loss_scale,
-            cfg.seed,
-        )?),
-        Device::Cuda(gpu) => Box::new(gpu_backend::GpuBackend::new(
-            gpu.clone(),
-            &cfg.model,
-            cfg.optimizer,
-            cfg.schedule,
-            cfg.loss_scale,
-            cfg.batch,
-            cfg.seed,
-        )?),
+        Device::Cpu => Box::new(cpu_backend::CpuBackend::new(cfg)?),
+        Device::Cuda(gpu) => Box::new(gpu_backend::GpuBackend::new(gpu.clone(), cfg)?),
     })
 }
 
