@@ -68,6 +68,8 @@ pub struct Gpu {
     functions: Mutex<HashMap<(usize, &'static str), CudaFunction>>,
     scratch: Mutex<Option<CudaSlice<u8>>>,
     sync_launches: AtomicBool,
+    /// Incremented whenever the scratch buffer is reallocated (see [`Gpu::scratch_generation`]).
+    scratch_generation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -182,6 +184,7 @@ impl Gpu {
             functions: Mutex::new(HashMap::new()),
             scratch: Mutex::new(None),
             sync_launches: AtomicBool::new(sync),
+            scratch_generation: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -221,6 +224,13 @@ impl Gpu {
     /// be captured into a CUDA graph.
     pub fn sync_launches(&self) -> bool {
         self.sync_launches.load(Ordering::Relaxed)
+    }
+
+    /// Counts the reallocations of the scratch buffer that split-K GEMMs and the reductions of
+    /// LayerNorm and cross-entropy share. A captured CUDA graph holds the scratch address it was
+    /// captured with: when this number changes, recapture.
+    pub fn scratch_generation(&self) -> u64 {
+        self.scratch_generation.load(Ordering::Relaxed)
     }
 
     /// Blocks until all work queued on [`Gpu::stream`] has finished. Errors: [`Error::Driver`]
@@ -274,6 +284,7 @@ impl Gpu {
         if scratch.as_ref().is_none_or(|s| s.len() < bytes) {
             *scratch = None;
             *scratch = Some(self.alloc_zeros::<u8>(bytes.next_multiple_of(1 << 20))?);
+            self.scratch_generation.fetch_add(1, Ordering::Relaxed);
         }
         let buf = scratch.as_ref().expect("allocated above");
         let (ptr, _guard) = buf.device_ptr(&self.stream);

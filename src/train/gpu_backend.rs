@@ -76,6 +76,8 @@ struct GraphState {
     /// One full step has run eagerly (modules loaded, scratch sized).
     warm: bool,
     exec: Option<CudaGraph>,
+    /// The scratch generation the graph was captured with.
+    scratch: u64,
     /// The staged batch, in layer 0's dtype, and its labels.
     x: Buf,
     y: DeviceBuffer<u32>,
@@ -149,6 +151,7 @@ impl GpuBackend {
                 enabled: cuda_graph,
                 warm: false,
                 exec: None,
+                scratch: 0,
                 x: Buf::new(&gpu, cfg.half_layer(0), batch * cfg.inputs())?,
                 y: gpu.alloc_zeros(batch)?,
             },
@@ -282,6 +285,10 @@ impl Backend for GpuBackend {
                 &mut self.graph.y.slice_mut(..batch),
             )
             .map_err(Error::driver("staging the labels for the CUDA graph"))?;
+        if self.graph.scratch != self.gpu.scratch_generation() {
+            // The shared scratch buffer moved since the capture: capture again.
+            self.graph.exec = None;
+        }
         if let Some(g) = &self.graph.exec {
             g.launch()
                 .map_err(Error::driver("replaying the step's CUDA graph"))?;
@@ -298,6 +305,7 @@ impl Backend for GpuBackend {
             let captured = stream.end_capture(CUgraphInstantiate_flags(0));
             match (body, captured) {
                 (Ok(()), Ok(Some(g))) => {
+                    self.graph.scratch = self.gpu.scratch_generation();
                     g.launch()
                         .map_err(Error::driver("launching the step's CUDA graph"))?;
                     self.graph.exec = Some(g);
