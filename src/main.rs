@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 mod cli;
+mod cli_bench;
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +33,9 @@ enum Command {
     Train(Box<cli::TrainArgs>),
     /// Test accuracy of a checkpoint.
     Eval(cli::EvalArgs),
+    /// Every kernel against the card's copy and cuBLAS ceilings, measured in the same run (the
+    /// CPU reference without a GPU).
+    Bench(cli_bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +44,7 @@ fn main() -> ExitCode {
         Command::Info { device } => info(device),
         Command::Train(args) => cli::train(*args),
         Command::Eval(args) => cli::eval(args),
+        Command::Bench(args) => cli_bench::bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,437 @@
+//! The CPU half of `ampkit bench`, for machines without a GPU (or `--device cpu`): the CPU
+//! reference ops ([`crate::cpu`]) timed with `std::time::Instant`, median of the timed calls,
+//! against a host copy ceiling measured the same way. There is no cuBLAS here, so `vs cuBLAS`
+//! stays blank, and no compute ceiling, so GEMM and training rows have no `% ceiling`.
+
+use super::report::{Ceilings, Kind, Meta, Report, Row};
+use super::{
+    bytes, gemm_flops, gemm_shape, median, n_sets, random_f32, random_labels, train_config,
+    train_data, train_flops, train_shape, utc_date, Collector, GemmCase, Options, MLP_TENSORS,
+};
+use crate::cpu::gemm::{self as cgemm, Epilogue, GemmShape, Layout};
+use crate::cpu::optim::{self, OptimizerConfig, OptimizerState, ParamTensor};
+use crate::cpu::{layernorm, softmax, Element};
+use crate::error::Result;
+use crate::train::open_backend;
+use crate::Device;
+use half::f16;
+use rayon::prelude::*;
+use std::time::{Instant, SystemTime};
+
+/// The host copy ceiling's buffer: 256 MiB of f32, past any CPU's last-level cache share.
+const COPY_LEN: usize = 64 << 20;
+/// Batch of the CPU GEMM rows (the GPU rows use 4096; this keeps a CPU run short).
+const BATCH: usize = 1024;
+
+/// The CPU's GEMM rows: the MLP's four products at batch [`BATCH`].
+const CPU_GEMMS: [GemmCase; 4] = [
+    GemmCase {
+        name: "mlp fwd 1024x512x784",
+        layout: Layout::Forward,
+        m: BATCH,
+        n: 512,
+        k: 784,
+        f32_out: false,
+    },
+    GemmCase {
+        name: "mlp dgrad 1024x784x512",
+        layout: Layout::Dgrad,
+        m: BATCH,
+        n: 784,
+        k: 512,
+        f32_out: false,
+    },
+    GemmCase {
+        name: "mlp wgrad 512x784x1024",
+        layout: Layout::Wgrad,
+        m: 512,
+        n: 784,
+        k: BATCH,
+        f32_out: true,
+    },
+    GemmCase {
+        name: "mlp fwd2 1024x10x512",
+        layout: Layout::Forward,
+        m: BATCH,
+        n: 10,
+        k: 512,
+        f32_out: false,
+    },
+];
+
+/// Median µs of `f(warmup..warmup + runs)` after `f(0..warmup)`, each call timed on its own.
+fn median_us(opts: &Options, mut f: impl FnMut(usize) -> Result<()>) -> Result<f64> {
+    for i in 0..opts.warmup() {
+        f(i)?;
+    }
+    let mut times = Vec::with_capacity(opts.runs());
+    for i in 0..opts.runs() {
+        let t = Instant::now();
+        f(opts.warmup() + i)?;
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(median(&mut times))
+}
+
+/// A memory-bound row: `make(seed)` builds one input set, `call(set)` runs the op on it; sets
+/// are cycled as on the GPU.
+fn mem_row<S>(
+    opts: &Options,
+    (name, shape): (&str, &str),
+    (bytes, flops): (f64, f64),
+    ceil: &Ceilings,
+    make: impl FnMut(u32) -> Result<S>,
+    mut call: impl FnMut(&mut S) -> Result<()>,
+) -> Result<Row> {
+    let k = n_sets(bytes, opts.warmup() + opts.runs());
+    let mut sets = (0..k as u32)
+        .map(|s| 1000 + 7 * s)
+        .map(make)
+        .collect::<Result<Vec<S>>>()?;
+    let us = median_us(opts, |i| call(&mut sets[i % k]))?;
+    let gbs = bytes / us / 1e3;
+    Ok(
+        Row::measured(Kind::Mem, name, shape, us, Some(gbs), "GB/s", ceil.copy_gbs)
+            .with_work(flops, bytes),
+    )
+}
+
+/// The CPU model from `/proc/cpuinfo` where there is one, with the thread count.
+fn cpu_name() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    format!(
+        "CPU: {model} ({} threads, no GPU)",
+        rayon::current_num_threads()
+    )
+}
+
+/// The CPU benchmark: host copy ceiling, GEMMs, LayerNorm, softmax, cross-entropy, Adam, and a
+/// training step.
+pub(super) fn run(opts: &Options) -> Result<Report> {
+    let date = utc_date(SystemTime::now());
+    let mut c = Collector::new(opts);
+    c.ceilings.copy_gbs = c.row(Kind::Ceiling, "copy host", "256 MiB f32", true, |_| {
+        let src = random_f32(COPY_LEN, 1, -2.0, 2.0);
+        let mut dst = vec![0f32; COPY_LEN];
+        let us = median_us(opts, |_| {
+            (dst.par_chunks_mut(1 << 18))
+                .zip(src.par_chunks(1 << 18))
+                .for_each(|(d, s)| d.copy_from_slice(s));
+            Ok(())
+        })?;
+        let gbs = 8.0 * COPY_LEN as f64 / us / 1e3;
+        Ok(Row::measured(
+            Kind::Ceiling,
+            "copy host",
+            "256 MiB f32",
+            us,
+            Some(gbs),
+            "GB/s",
+            Some(gbs),
+        ))
+    });
+
+    for case in &CPU_GEMMS {
+        let (name, shape) = (
+            case.row_name(),
+            gemm_shape(case.layout, case.m, case.n, case.k),
+        );
+        c.row(Kind::Gemm, &name, &shape, false, |_| {
+            if case.f32_out {
+                gemm_row::<f32>(opts, case)
+            } else {
+                gemm_row::<f16>(opts, case)
+            }
+        });
+    }
+
+    layernorm_rows(opts, &mut c);
+    softmax_rows(opts, &mut c);
+    adam_row(opts, &mut c);
+
+    let (dims, batch): (&[usize], usize) = (&[784, 512, 10], 256);
+    let (name, shape) = ("mlp 784-512-10 b256", train_shape(dims, batch));
+    c.row(Kind::Train, name, &shape, false, |_| {
+        train_row(opts, name, dims, batch)
+    });
+    c.notes.push(format!(
+        "no GPU: the CPU reference ops (rayon, {} threads); GEMM rows at batch {BATCH}; \
+         no cuBLAS, so vs cuBLAS is blank, and no compute ceiling",
+        rayon::current_num_threads()
+    ));
+
+    Ok(c.into_report(Meta {
+        card: cpu_name(),
+        driver: "none (CPU reference)".into(),
+        ampkit: env!("CARGO_PKG_VERSION").to_string(),
+        date,
+        runs: opts.setup_line(
+            "std::time::Instant per call; input sets rotated for 200 MB per row; GFLOP/s",
+        ),
+    }))
+}
+
+/// `cpu::gemm` (f16 operands, f32 accumulation) on one operand set.
+fn gemm_row<C: Element>(opts: &Options, case: &GemmCase) -> Result<Row> {
+    let shape = GemmShape::new(case.layout, case.m, case.n, case.k);
+    let (la, lb) = case.operand_lens();
+    let half = |v: Vec<f32>| v.into_iter().map(f16::from_f32).collect::<Vec<f16>>();
+    let a = half(random_f32(la, 11, -2.0, 2.0));
+    let b = half(random_f32(lb, 12, -2.0, 2.0));
+    let mut out = vec![C::from_f32(0.0); case.m * case.n];
+    let us = median_us(opts, |_| {
+        cgemm::gemm(shape, &a, &b, &Epilogue::plain(), &mut out)
+    })?;
+    let flops = gemm_flops(case.m, case.n, case.k);
+    Ok(Row::measured(
+        Kind::Gemm,
+        &case.row_name(),
+        &gemm_shape(case.layout, case.m, case.n, case.k),
+        us,
+        Some(flops / us / 1e3),
+        "GFLOP/s",
+        None,
+    )
+    .with_work(flops, case.bytes()))
+}
+
+fn layernorm_rows(opts: &Options, c: &mut Collector) {
+    let (label, rows, cols) = ("MLP 4096x512", 4096, 512);
+    let n = rows * cols;
+    let gamma = random_f32(cols, 3, -2.0, 2.0);
+    let beta = random_f32(cols, 4, -2.0, 2.0);
+    let name = "layernorm fwd";
+    c.row(Kind::Mem, name, label, false, |ceil| {
+        let (mut y, mut mean, mut rstd) = (vec![0f32; n], vec![0f32; rows], vec![0f32; rows]);
+        let work = (
+            bytes::layernorm_fwd(rows, cols),
+            bytes::flops_per_element(name) * n as f64,
+        );
+        mem_row(
+            opts,
+            (name, label),
+            work,
+            ceil,
+            |s| Ok(random_f32(n, s, -2.0, 2.0)),
+            |x| {
+                layernorm::forward(
+                    x, rows, cols, &gamma, &beta, 1e-5, &mut y, &mut mean, &mut rstd,
+                )
+            },
+        )
+    });
+    let name = "layernorm bwd";
+    c.row(Kind::Mem, name, label, false, |ceil| {
+        let (mut dx, mut dgamma, mut dbeta) = (vec![0f32; n], vec![0f32; cols], vec![0f32; cols]);
+        let mut y = vec![0f32; n];
+        let work = (
+            bytes::layernorm_bwd(rows, cols),
+            bytes::flops_per_element(name) * n as f64,
+        );
+        type LnSet = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
+        mem_row(
+            opts,
+            (name, label),
+            work,
+            ceil,
+            |s| -> Result<LnSet> {
+                let x = random_f32(n, s, -2.0, 2.0);
+                let (mut mean, mut rstd) = (vec![0f32; rows], vec![0f32; rows]);
+                layernorm::forward(
+                    &x, rows, cols, &gamma, &beta, 1e-5, &mut y, &mut mean, &mut rstd,
+                )?;
+                Ok((x, random_f32(n, s + 5000, -2.0, 2.0), mean, rstd))
+            },
+            |s: &mut LnSet| {
+                layernorm::backward(
+                    &s.1,
+                    &s.0,
+                    &s.2,
+                    &s.3,
+                    &gamma,
+                    rows,
+                    cols,
+                    &mut dx,
+                    &mut dgamma,
+                    &mut dbeta,
+                )
+            },
+        )
+    });
+}
+
+fn softmax_rows(opts: &Options, c: &mut Collector) {
+    let (label, rows, cols) = ("MLP 4096x512", 4096, 512);
+    let n = rows * cols;
+    let name = "softmax fwd";
+    c.row(Kind::Mem, name, label, false, |ceil| {
+        let mut y = vec![0f32; n];
+        let work = (
+            bytes::softmax_fwd(rows, cols),
+            bytes::flops_per_element(name) * n as f64,
+        );
+        mem_row(
+            opts,
+            (name, label),
+            work,
+            ceil,
+            |s| Ok(random_f32(n, s, -2.0, 2.0)),
+            |x| softmax::forward(x, rows, cols, &mut y),
+        )
+    });
+    let name = "softmax bwd";
+    c.row(Kind::Mem, name, label, false, |ceil| {
+        let mut dx = vec![0f32; n];
+        let work = (
+            bytes::softmax_bwd(rows, cols),
+            bytes::flops_per_element(name) * n as f64,
+        );
+        mem_row(
+            opts,
+            (name, label),
+            work,
+            ceil,
+            |s| {
+                Ok((
+                    random_f32(n, s, -2.0, 2.0),
+                    random_f32(n, s + 5000, -2.0, 2.0),
+                ))
+            },
+            |s: &mut (Vec<f32>, Vec<f32>)| softmax::backward(&s.0, &s.1, rows, cols, &mut dx),
+        )
+    });
+    for (label, rows, cols) in [("MNIST 4096x10", 4096, 10), ("MLP 4096x512", 4096, 512)] {
+        for half in [false, true] {
+            let name = if half {
+                "xent fwd+bwd f16"
+            } else {
+                "xent fwd+bwd"
+            };
+            c.row(Kind::Mem, name, label, false, |ceil| {
+                let n = rows * cols;
+                let labels = random_labels(rows, cols, 5);
+                let elem = if half { 2 } else { 4 };
+                let work = (
+                    bytes::xent(rows, cols, elem, elem),
+                    bytes::flops_per_element("xent") * n as f64,
+                );
+                if half {
+                    let mut d = vec![f16::ZERO; n];
+                    mem_row(
+                        opts,
+                        (name, label),
+                        work,
+                        ceil,
+                        |s| {
+                            Ok(random_f32(n, s, -2.0, 2.0)
+                                .into_iter()
+                                .map(f16::from_f32)
+                                .collect())
+                        },
+                        |x: &mut Vec<f16>| {
+                            softmax::softmax_cross_entropy(x, &labels, rows, cols, 65536.0, &mut d)
+                                .map(|_| ())
+                        },
+                    )
+                } else {
+                    let mut d = vec![0f32; n];
+                    mem_row(
+                        opts,
+                        (name, label),
+                        work,
+                        ceil,
+                        |s| Ok(random_f32(n, s, -2.0, 2.0)),
+                        |x: &mut Vec<f32>| {
+                            softmax::softmax_cross_entropy(x, &labels, rows, cols, 65536.0, &mut d)
+                                .map(|_| ())
+                        },
+                    )
+                }
+            });
+        }
+    }
+}
+
+/// One input set of the Adam row: the optimizer's state and the tensors it updates.
+type AdamSet = (OptimizerState, Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<Vec<f16>>);
+
+fn adam_row(opts: &Options, c: &mut Collector) {
+    let (name, label) = ("adam step", "MLP 784-512-10 params");
+    let cfg = OptimizerConfig::adam(1e-3);
+    let sizes = MLP_TENSORS;
+    c.row(Kind::Mem, name, label, false, |ceil| {
+        let total: usize = sizes.iter().sum();
+        let work = (
+            bytes::adam(total),
+            bytes::flops_per_element("adam") * total as f64,
+        );
+        mem_row(
+            opts,
+            (name, label),
+            work,
+            ceil,
+            |s| -> Result<AdamSet> {
+                let tensors = |off: u32| -> Vec<Vec<f32>> {
+                    (sizes.iter().enumerate())
+                        .map(|(t, &len)| random_f32(len, s + off + 100 * t as u32, -2.0, 2.0))
+                        .collect()
+                };
+                let halves = sizes.iter().map(|&len| vec![f16::ZERO; len]).collect();
+                Ok((
+                    OptimizerState::new(&cfg, &sizes)?,
+                    tensors(0),
+                    tensors(5000),
+                    halves,
+                ))
+            },
+            |(state, masters, grads, halves): &mut AdamSet| {
+                let mut params: Vec<ParamTensor<'_>> = (masters.iter_mut())
+                    .zip(grads.iter())
+                    .zip(halves.iter_mut())
+                    .map(|((m, g), h)| ParamTensor {
+                        master: m,
+                        grad: g,
+                        half: h,
+                    })
+                    .collect();
+                optim::step(&cfg, state, &mut params, false).map(|_| ())
+            },
+        )
+    });
+}
+
+/// One CPU training step ([`crate::train::cpu_backend::CpuBackend`]), median of per-step times.
+fn train_row(opts: &Options, name: &str, dims: &[usize], batch: usize) -> Result<Row> {
+    let cfg = train_config(dims, batch);
+    let mut backend = open_backend(&Device::Cpu, &cfg)?;
+    let batches = 4;
+    let (images, labels) = train_data(dims, batches * batch, 77);
+    backend.load_epoch(&images, &labels)?;
+    let us = median_us(opts, |i| backend.step((i % batches) * batch, batch))?;
+    let records = backend.take_records()?;
+    if records.iter().all(|r| !r.loss.is_finite()) {
+        return Err(crate::Error::InvalidArgument {
+            op: "ampkit bench",
+            detail: "every step had a non-finite loss".into(),
+        });
+    }
+    let flops = train_flops(dims, batch);
+    Ok(Row::measured(
+        Kind::Train,
+        name,
+        &train_shape(dims, batch),
+        us,
+        Some(flops / us / 1e3),
+        "GFLOP/s",
+        None,
+    )
+    .with_work(flops, bytes::train_step(dims, batch)))
+}

@@ -1,0 +1,506 @@
+//! The GPU half of `ampkit bench`: the harness (CUDA-event timing with queue-ahead, random input
+//! sets cut from a device-resident pool), the two ceilings, the GEMM rows and the training rows.
+//! The memory-bound rows are in `gpu_mem.rs`.
+
+use super::report::{Kind, Meta, Report, Row};
+use super::{
+    bytes, gemm_flops, gemm_shape, median, random_f32, train_config, train_data, train_flops,
+    train_shape, utc_date, Collector, GemmCase, Options, GEMM_CASES, TRAIN_CASES,
+};
+use crate::check::{rel_l2_error, ToF64};
+use crate::cpu::gemm::{GemmShape, Layout};
+use crate::cuda::{DeviceBuffer, Gpu};
+use crate::error::{Error, Result};
+use crate::ops::blas::Blas;
+use crate::ops::gemm::{gemm, plan, Epilogue, GemmOutput};
+use crate::train::open_backend;
+use crate::{ops, Device};
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::ValidAsZeroBits;
+use half::f16;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+/// f32 elements of the random pool every input set is cut from (256 MB, uploaded once).
+const POOL_LEN: usize = 1 << 26;
+/// Bytes of each of the two buffers the queue-ahead copies move.
+const BUSY_BYTES: usize = 256 << 20;
+/// Most queue-ahead copies before one timed sequence.
+const MAX_BUSY_COPIES: usize = 512;
+/// Largest relative L2 difference between ampkit's GEMM and cuBLAS's that still counts as the
+/// same result (f16 outputs differ by rounding, ~1e-3).
+const GEMM_TOLERANCE: f64 = 1e-2;
+
+fn failure(detail: String) -> Error {
+    Error::InvalidArgument {
+        op: "ampkit bench",
+        detail,
+    }
+}
+
+/// Buffers the queue-ahead copies move, and how long one copy takes.
+struct Busy {
+    src: DeviceBuffer<u8>,
+    dst: DeviceBuffer<u8>,
+    copy_us: f64,
+}
+
+/// Timing and random data on one GPU.
+pub(super) struct Harness {
+    pub gpu: Arc<Gpu>,
+    pub warmup: usize,
+    pub runs: usize,
+    pool: DeviceBuffer<f32>,
+    busy: Option<Busy>,
+}
+
+/// Where set `seed` starts in the pool: a hash of the seed, 256-byte aligned, within `span`.
+fn pool_offset(seed: u32, span: usize) -> usize {
+    if span == 0 {
+        return 0;
+    }
+    (super::hash32(seed) as usize % (span + 1)) & !63
+}
+
+impl Harness {
+    /// Uploads the random pool (values in [-2, 2)).
+    pub fn new(gpu: &Arc<Gpu>, opts: &Options) -> Result<Harness> {
+        let pool = gpu.upload(&random_f32(POOL_LEN, 0xB0_0C, -2.0, 2.0))?;
+        Ok(Harness {
+            gpu: gpu.clone(),
+            warmup: opts.warmup(),
+            runs: opts.runs(),
+            pool,
+            busy: None,
+        })
+    }
+
+    /// Turns queue-ahead on, with copies timed from the measured copy bandwidth.
+    fn enable_queue_ahead(&mut self, copy_gbs: f64) -> Result<()> {
+        self.busy = Some(Busy {
+            src: self.gpu.alloc_zeros(BUSY_BYTES)?,
+            dst: self.gpu.alloc_zeros(BUSY_BYTES)?,
+            copy_us: 2.0 * BUSY_BYTES as f64 / (copy_gbs * 1e3),
+        });
+        Ok(())
+    }
+
+    /// Queues device copies lasting about `want_us` (clamped to 1-200 ms), so that the GPU is
+    /// still busy with them while the host enqueues the timed calls behind them.
+    fn queue_ahead(&mut self, want_us: f64) -> Result<()> {
+        let stream = self.gpu.stream().clone();
+        let Some(b) = self.busy.as_mut() else {
+            return Ok(());
+        };
+        let us = want_us.clamp(1_000.0, 200_000.0);
+        let copies = ((us / b.copy_us).ceil() as usize).clamp(1, MAX_BUSY_COPIES);
+        for _ in 0..copies {
+            stream
+                .memcpy_dtod(&b.src, &mut b.dst)
+                .map_err(Error::driver("queueing the queue-ahead copies"))?;
+        }
+        Ok(())
+    }
+
+    /// Calls `f(0..warmup)` untimed, then `f(warmup..warmup + runs)` back to back with a CUDA
+    /// event between consecutive calls; returns each timed call's µs. With `queue_ahead`, the
+    /// timed calls line up behind device copies lasting twice the host time they take to enqueue
+    /// (measured during the warm-up, its first call excluded).
+    pub fn times_us(
+        &mut self,
+        queue_ahead: bool,
+        warmup: usize,
+        runs: usize,
+        mut f: impl FnMut(usize) -> Result<()>,
+    ) -> Result<Vec<f64>> {
+        if runs == 0 {
+            return Err(failure("runs must be at least 1".into()));
+        }
+        let (mut host_s, mut counted) = (0.0, 0usize);
+        for i in 0..warmup {
+            let t = Instant::now();
+            f(i)?;
+            if i > 0 {
+                host_s += t.elapsed().as_secs_f64();
+                counted += 1;
+            }
+        }
+        self.gpu.synchronize()?;
+        let ctx = self.gpu.context().clone();
+        let events = (0..=runs)
+            .map(|_| ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(Error::driver("creating timing events"))?;
+        if queue_ahead {
+            let per_call_us = if counted > 0 {
+                host_s / counted as f64 * 1e6
+            } else {
+                50.0
+            };
+            self.queue_ahead(2.0 * per_call_us * runs as f64)?;
+        }
+        let stream = self.gpu.stream().clone();
+        let record = |e: &cudarc::driver::CudaEvent| {
+            e.record(&stream)
+                .map_err(Error::driver("recording a timing event"))
+        };
+        record(&events[0])?;
+        for i in 0..runs {
+            f(warmup + i)?;
+            record(&events[i + 1])?;
+        }
+        self.gpu.synchronize()?;
+        events
+            .windows(2)
+            .map(|w| {
+                w[0].elapsed_ms(&w[1])
+                    .map(|ms| f64::from(ms) * 1e3)
+                    .map_err(Error::driver("reading timing events"))
+            })
+            .collect()
+    }
+
+    /// The median µs of `f` over the standard warm-up and runs.
+    pub fn median_us(
+        &mut self,
+        queue_ahead: bool,
+        f: impl FnMut(usize) -> Result<()>,
+    ) -> Result<f64> {
+        let mut t = self.times_us(queue_ahead, self.warmup, self.runs, f)?;
+        Ok(median(&mut t))
+    }
+
+    /// A new f32 buffer of random values from the pool, starting at a place chosen by `seed`
+    /// (tiled from several places when longer than the pool).
+    pub fn f32_buf(&self, len: usize, seed: u32) -> Result<DeviceBuffer<f32>> {
+        let mut dst: DeviceBuffer<f32> = self.gpu.alloc_zeros(len)?;
+        let stream = self.gpu.stream();
+        let (mut done, mut s) = (0, seed);
+        while done < len {
+            let chunk = (len - done).min(POOL_LEN);
+            let off = pool_offset(s, POOL_LEN - chunk);
+            stream
+                .memcpy_dtod(
+                    &self.pool.slice(off..off + chunk),
+                    &mut dst.slice_mut(done..done + chunk),
+                )
+                .map_err(Error::driver("filling an input set"))?;
+            done += chunk;
+            s = s.wrapping_add(0x9E37);
+        }
+        Ok(dst)
+    }
+
+    /// [`Harness::f32_buf`] rounded to f16 (ampkit's own cast kernel).
+    pub fn f16_buf(&self, len: usize, seed: u32) -> Result<DeviceBuffer<f16>> {
+        let mut dst: DeviceBuffer<f16> = self.gpu.alloc_zeros(len)?;
+        let (mut done, mut s) = (0, seed);
+        while done < len {
+            let chunk = (len - done).min(POOL_LEN);
+            let off = pool_offset(s, POOL_LEN - chunk);
+            ops::cast::f32_to_f16(
+                &self.gpu,
+                &self.pool.slice(off..off + chunk),
+                &mut dst.slice_mut(done..done + chunk),
+            )?;
+            done += chunk;
+            s = s.wrapping_add(0x9E37);
+        }
+        Ok(dst)
+    }
+}
+
+/// The driver line: the CUDA version the driver supports and, where `/proc` shows it, the
+/// kernel module's version.
+fn driver_line(gpu: &Gpu) -> String {
+    let v = gpu.info().driver_version;
+    let cuda = format!("CUDA {}.{}", v / 1000, (v % 1000) / 10);
+    let module = std::fs::read_to_string("/proc/driver/nvidia/version")
+        .ok()
+        .and_then(|s| {
+            let first = s.lines().next()?.to_string();
+            first
+                .split_whitespace()
+                .find(|t| {
+                    t.split('.').count() >= 2
+                        && t.split('.')
+                            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                })
+                .map(str::to_string)
+        });
+    match module {
+        Some(m) => format!("{m} ({cuda})"),
+        None => cuda,
+    }
+}
+
+/// The GPU benchmark, every row in order: ceilings, GEMMs, memory-bound kernels, training steps.
+pub(super) fn run(gpu: &Arc<Gpu>, opts: &Options) -> Result<Report> {
+    let date = utc_date(SystemTime::now());
+    let mut h = Harness::new(gpu, opts)?;
+    let mut c = Collector::new(opts);
+
+    c.ceilings.copy_gbs = c.row(Kind::Ceiling, "copy d2d", "1 GiB f32", true, |_| {
+        copy_ceiling(&mut h)
+    });
+    let mut queue_ahead = false;
+    if let Some(gbs) = c.ceilings.copy_gbs {
+        match h.enable_queue_ahead(gbs) {
+            Ok(()) => queue_ahead = true,
+            Err(e) => c.notes.push(format!("queue-ahead off: {e}")),
+        }
+    }
+    let blas = Blas::new(gpu).map_err(|e| e.to_string());
+    let blas_ref = || blas.as_ref().map_err(|e| failure(e.clone()));
+    let big = gemm_shape(Layout::Forward, 8192, 8192, 8192);
+    c.ceilings.cublas_f16_8192_tflops =
+        c.row(Kind::Ceiling, "cuBLAS f16 gemm 8192^3", &big, true, |_| {
+            cublas_ceiling(&mut h, blas_ref()?)
+        });
+
+    let mut plans = Vec::new();
+    for case in &GEMM_CASES {
+        let (name, shape) = (
+            case.row_name(),
+            gemm_shape(case.layout, case.m, case.n, case.k),
+        );
+        c.row(Kind::Gemm, &name, &shape, false, |ceil| {
+            let rounds = opts.gemm_rounds();
+            let row = if case.f32_out {
+                gemm_row::<f32>(&mut h, blas_ref()?, case, rounds, ceil)
+            } else {
+                gemm_row::<f16>(&mut h, blas_ref()?, case, rounds, ceil)
+            }?;
+            plans.push(format!(
+                "{} {}",
+                case.name,
+                row.plan.as_deref().unwrap_or("?")
+            ));
+            Ok(row)
+        });
+    }
+    if !plans.is_empty() {
+        c.notes
+            .push(format!("gemm plans (tile/splits): {}", plans.join("; ")));
+    }
+
+    super::gpu_mem::run(&mut h, &mut c);
+
+    for (label, dims, batch) in TRAIN_CASES {
+        for graph in [false, true] {
+            let mode = if graph { "graph" } else { "eager" };
+            let (name, shape) = (format!("{label} {mode}"), train_shape(dims, batch));
+            let mut note = None;
+            c.row(Kind::Train, &name, &shape, false, |ceil| {
+                let (row, n) = train_row(&mut h, &name, dims, batch, graph, ceil)?;
+                note = Some(n);
+                Ok(row)
+            });
+            c.notes.extend(note);
+        }
+    }
+    c.notes.push(
+        "vs cuBLAS = cuBLAS time / ampkit time on the same operands (> 1: ampkit faster); \
+         train rows: one AMP step (forward, fused softmax-cross-entropy, backward, unscale + \
+         inf check, fused Adam, scale update) launched kernel by kernel, no CUDA graph"
+            .into(),
+    );
+
+    let runs = opts.setup_line(&format!(
+        "L2 rotation on (input sets for 200 MB per row); queue-ahead {}; GEMMs: {} alternating \
+         rounds vs cuBLAS; train: median of per-step CUDA-event times, no queue-ahead",
+        if queue_ahead { "on" } else { "off" },
+        opts.gemm_rounds()
+    ));
+    Ok(c.into_report(Meta {
+        card: gpu.info().name.clone(),
+        driver: driver_line(gpu),
+        ampkit: env!("CARGO_PKG_VERSION").to_string(),
+        date,
+        runs,
+    }))
+}
+
+/// Device-to-device copy of 1 GiB of f32: GB/s counts bytes read + written.
+fn copy_ceiling(h: &mut Harness) -> Result<Row> {
+    const N: usize = (1 << 30) / 4;
+    let src = h.f32_buf(N, 1)?;
+    let mut dst: DeviceBuffer<f32> = h.gpu.alloc_zeros(N)?;
+    let stream = h.gpu.stream().clone();
+    let us = h.median_us(false, |_| {
+        stream
+            .memcpy_dtod(&src, &mut dst)
+            .map_err(Error::driver("timing the device copy"))
+    })?;
+    let bytes = 2.0 * (1u64 << 30) as f64;
+    let gbs = bytes / us / 1e3;
+    Ok(Row::measured(
+        Kind::Ceiling,
+        "copy d2d",
+        "1 GiB f32",
+        us,
+        Some(gbs),
+        "GB/s",
+        Some(gbs),
+    ))
+}
+
+/// cuBLAS f16 GEMM at 8192³ (`Y = X·Wᵀ`, f16 out): TFLOP/s = 2·M·N·K / t.
+fn cublas_ceiling(h: &mut Harness, blas: &Blas) -> Result<Row> {
+    let (m, n, k) = (8192, 8192, 8192);
+    let shape = GemmShape::new(Layout::Forward, m, n, k);
+    let a = h.f16_buf(m * k, 2)?;
+    let b = h.f16_buf(n * k, 3)?;
+    let mut c: DeviceBuffer<f16> = h.gpu.alloc_zeros(m * n)?;
+    let gpu = h.gpu.clone();
+    let us = h.median_us(true, |_| {
+        blas.gemm_f16::<f16, _, _, _>(&gpu, shape, &a, &b, 0.0, &mut c)
+    })?;
+    let flops = gemm_flops(m, n, k);
+    let tflops = flops / us / 1e6;
+    let case = GemmCase {
+        name: "8192^3",
+        layout: Layout::Forward,
+        m,
+        n,
+        k,
+        f32_out: false,
+    };
+    Ok(Row::measured(
+        Kind::Ceiling,
+        "cuBLAS f16 gemm 8192^3",
+        &gemm_shape(Layout::Forward, m, n, k),
+        us,
+        Some(tflops),
+        "TFLOP/s",
+        Some(tflops),
+    )
+    .with_work(flops, case.bytes()))
+}
+
+/// ampkit's GEMM (the planner's choice) and cuBLAS on the same operands, in alternating rounds;
+/// fails if the two results differ by more than [`GEMM_TOLERANCE`].
+fn gemm_row<C>(
+    h: &mut Harness,
+    blas: &Blas,
+    case: &GemmCase,
+    rounds: usize,
+    ceil: &super::Ceilings,
+) -> Result<Row>
+where
+    C: GemmOutput + ValidAsZeroBits + ToF64,
+{
+    let shape = GemmShape::new(case.layout, case.m, case.n, case.k);
+    let (la, lb) = case.operand_lens();
+    let a = h.f16_buf(la, 11)?;
+    let b = h.f16_buf(lb, 12)?;
+    let mut ours: DeviceBuffer<C> = h.gpu.alloc_zeros(case.m * case.n)?;
+    let mut theirs: DeviceBuffer<C> = h.gpu.alloc_zeros(case.m * case.n)?;
+    let gpu = h.gpu.clone();
+    let rounds = rounds.max(1);
+    let per_round = (h.runs / rounds).max(1);
+    let (mut t_ours, mut t_theirs) = (Vec::new(), Vec::new());
+    for r in 0..rounds {
+        let warmup = if r == 0 { h.warmup } else { h.warmup.min(2) };
+        t_ours.extend(h.times_us(true, warmup, per_round, |_| {
+            gemm::<C, _, _, _>(&gpu, shape, &a, &b, &Epilogue::plain(), &mut ours)
+        })?);
+        t_theirs.extend(h.times_us(true, warmup, per_round, |_| {
+            blas.gemm_f16::<C, _, _, _>(&gpu, shape, &a, &b, 0.0, &mut theirs)
+        })?);
+    }
+    let (us, cublas_us) = (median(&mut t_ours), median(&mut t_theirs));
+    let x = gpu.download(&ours)?;
+    let reference: Vec<f64> = gpu.download(&theirs)?.iter().map(|v| v.to_f64()).collect();
+    let diff = rel_l2_error(&x, &reference);
+    if diff.is_nan() || diff > GEMM_TOLERANCE {
+        return Err(failure(format!(
+            "ampkit's result differs from cuBLAS's: relative L2 {diff:.2e} > {GEMM_TOLERANCE:.0e}"
+        )));
+    }
+    let info = gpu.info();
+    let p = plan(
+        shape,
+        true,
+        info.multiprocessors,
+        info.compute_capability == (9, 0),
+    );
+    let flops = gemm_flops(case.m, case.n, case.k);
+    let mut row = Row::measured(
+        Kind::Gemm,
+        &case.row_name(),
+        &gemm_shape(case.layout, case.m, case.n, case.k),
+        us,
+        Some(flops / us / 1e6),
+        "TFLOP/s",
+        ceil.cublas_f16_8192_tflops,
+    )
+    .with_work(flops, case.bytes());
+    row.vs_cublas = Some(cublas_us / us);
+    row.plan = Some(format!("{}/{}", p.config.name, p.splits));
+    Ok(row)
+}
+
+/// One training step of an MLP on the GPU backend, eager (each kernel launched from the host) or
+/// replaying the step's captured CUDA graph: warm-up, then the median of per-step event times
+/// over consecutive steps; the step records are read back outside the timed region.
+/// Returns the row and a note (skipped steps, last loss and scale).
+fn train_row(
+    h: &mut Harness,
+    name: &str,
+    dims: &[usize],
+    batch: usize,
+    graph: bool,
+    ceil: &super::Ceilings,
+) -> Result<(Row, String)> {
+    let cfg = crate::train::TrainConfig {
+        cuda_graph: graph,
+        ..train_config(dims, batch)
+    };
+    let mut backend = open_backend(&Device::Cuda(h.gpu.clone()), &cfg)?;
+    // A few batches of distinct data (two for the wide model: 256 MB of inputs each).
+    let batches = if batch * dims[0] > 1 << 24 { 2 } else { 4 };
+    let (images, labels) = train_data(dims, batches * batch, 77);
+    backend.load_epoch(&images, &labels)?;
+    drop(images);
+    let at = |i: usize| (i % batches) * batch;
+    for i in 0..h.warmup {
+        backend.step(at(i), batch)?;
+    }
+    h.gpu.synchronize()?;
+    backend.take_records()?;
+    let warmup = h.warmup;
+    let mut times = h.times_us(false, 0, h.runs, |i| backend.step(at(warmup + i), batch))?;
+    let records = backend.take_records()?;
+    let us = median(&mut times);
+    let Some(last) = records.last() else {
+        return Err(failure("the timed steps left no records".into()));
+    };
+    if records.iter().all(|r| !r.loss.is_finite()) {
+        return Err(failure(format!(
+            "every timed step had a non-finite loss (last {})",
+            last.loss
+        )));
+    }
+    let skipped = records.iter().filter(|r| r.skipped).count();
+    let flops = train_flops(dims, batch);
+    let row = Row::measured(
+        Kind::Train,
+        name,
+        &train_shape(dims, batch),
+        us,
+        Some(flops / us / 1e6),
+        "TFLOP/s",
+        ceil.cublas_f16_8192_tflops,
+    )
+    .with_work(flops, bytes::train_step(dims, batch));
+    let note = format!(
+        "{name}: {} parameters, {skipped} of {} timed steps skipped (inf/NaN gradients), \
+         last loss {:.4}, scale {}",
+        super::mlp_params(dims),
+        records.len(),
+        last.loss,
+        last.scale
+    );
+    Ok((row, note))
+}
