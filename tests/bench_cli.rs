@@ -58,6 +58,23 @@ fn cpu_gemm_and_train_rows() {
     assert!(train.error.is_none() && train.rate.unwrap() > 0.0);
 }
 
+/// The `ampkit` binary, found from this test executable's own location at run time:
+/// `target/<profile>/deps/<test>` → `target/<profile>/ampkit`, or, for executables staged for
+/// another machine, `<stage>/tests/<test>` → `<stage>/bin/ampkit`.
+fn ampkit_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let dir = exe.parent().expect("a directory");
+    let up = dir.parent().expect("a parent directory");
+    let candidates = [up.join("ampkit"), up.join("bin").join("ampkit")];
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!("no ampkit binary at {candidates:?}; build it with cargo build --release")
+        })
+}
+
 #[test]
 fn binary_writes_table_json_and_plot() {
     let dir = tempfile::tempdir().unwrap();
@@ -65,7 +82,7 @@ fn binary_writes_table_json_and_plot() {
         dir.path().join("bench.json"),
         dir.path().join("roofline.png"),
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_ampkit"))
+    let out = Command::new(ampkit_bin())
         .args(["bench", "--device", "cpu", "--quick", "--no-progress"])
         .args(["--only", "xent fwd+bwd f16 MNIST"])
         .arg("--json")
@@ -121,7 +138,7 @@ fn binary_writes_table_json_and_plot() {
 #[test]
 fn binary_rejects_bad_flags_without_panicking() {
     let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_ampkit"))
+        Command::new(ampkit_bin())
             .args(["bench", "--quick", "--no-progress"])
             .args(args)
             .output()

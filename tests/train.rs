@@ -357,8 +357,10 @@ fn cpu_and_gpu_loss_curves_agree() {
 
 /// LayerNorm, f32 precision and layers forced to f32 (alone and next to f16 layers, which
 /// exercises every dtype conversion between layers): 60 steps on the CPU and the GPU from the
-/// same seed agree step by step (f32 GEMMs differ only in summation order, so the f32 model is
-/// held 10× tighter).
+/// same seed. The first 10 steps agree within `tol` (relative loss); afterwards rounding
+/// differences of the f16 GEMMs (summation order) let the weights drift apart chaotically, so
+/// each step is held to 5 % and the mean of the last 20 to 2 %. The all-f32 model differs only in
+/// f32 summation order and is held to `tol` throughout.
 #[test]
 fn gpu_matches_cpu_with_layernorm_and_f32_layers() {
     let Some(gpu) = common::gpu() else { return };
@@ -366,16 +368,16 @@ fn gpu_matches_cpu_with_layernorm_and_f32_layers() {
     let train = subset(&split.train, 2000);
     type Tweak = Box<dyn Fn(&mut TrainConfig)>;
     let variants: Vec<(&str, Tweak, f32)> = vec![
-        ("layernorm", Box::new(|c| c.model.layernorm = true), 0.02),
+        ("layernorm", Box::new(|c| c.model.layernorm = true), 0.005),
         (
             "fp32",
             Box::new(|c| c.model.precision = Precision::Fp32),
-            0.002,
+            1e-4,
         ),
         (
             "fp32 layer 1",
             Box::new(|c| c.model.fp32_layers = vec![1]),
-            0.02,
+            0.005,
         ),
         (
             "3 layers, fp32 layer 0, layernorm",
@@ -384,7 +386,7 @@ fn gpu_matches_cpu_with_layernorm_and_f32_layers() {
                 c.model.fp32_layers = vec![0];
                 c.model.layernorm = true;
             }),
-            0.02,
+            0.005,
         ),
     ];
     for (name, tweak, tol) in variants {
@@ -407,17 +409,31 @@ fn gpu_matches_cpu_with_layernorm_and_f32_layers() {
         };
         let (cpu, dev) = (run(Device::cpu()), run(Device::Cuda(gpu.clone())));
         assert_eq!(dev.steps.len(), 60, "{name}");
-        let mut worst: f32 = 0.0;
-        for ((i, c), (_, g)) in cpu.steps.iter().zip(&dev.steps) {
-            let rel = (c.loss - g.loss).abs() / (0.01 + c.loss);
-            worst = worst.max(rel);
+        let rel: Vec<f32> = cpu
+            .steps
+            .iter()
+            .zip(&dev.steps)
+            .map(|((_, c), (_, g))| (c.loss - g.loss).abs() / (0.01 + c.loss))
+            .collect();
+        let all_f32 = cfg.model.precision == Precision::Fp32;
+        for (i, &r) in rel.iter().enumerate() {
+            let limit = if i < 10 || all_f32 { tol } else { 0.05 };
             assert!(
-                rel <= tol,
-                "{name}, step {i}: cpu {} gpu {}",
-                c.loss,
-                g.loss
+                r <= limit,
+                "{name}, step {i}: cpu {} gpu {} (relative {r:.2e})",
+                cpu.steps[i].1.loss,
+                dev.steps[i].1.loss
             );
         }
+        let mean = |s: &[(u64, ampkit::train::StepRecord)]| {
+            s[40..].iter().map(|(_, r)| r.loss).sum::<f32>() / 20.0
+        };
+        let (mc, mg) = (mean(&cpu.steps), mean(&dev.steps));
+        assert!(
+            (mc - mg).abs() <= 0.02 * mc,
+            "{name}: last-20 mean cpu {mc} gpu {mg}"
+        );
+        let worst = rel.iter().copied().fold(0f32, f32::max);
         let last = dev.steps.last().unwrap().1.loss;
         assert!(
             last < 0.8 * dev.steps[0].1.loss,
