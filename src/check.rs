@@ -9,6 +9,29 @@
 //!   pattern afterwards were never written.
 //! - [`numerical_gradient`]: central finite differences in f64, for gradient checks of every
 //!   backward.
+//!
+//! Checking a kernel of your own: compute its output (on the GPU, then downloaded, or anywhere),
+//! compute the reference in f64 (the [`crate::cpu`] functions are generic over f64 where it
+//! matters), pick a tolerance from the arithmetic (f32 sums of `n` terms err by about
+//! `√n·2⁻²⁴` of their size; an f16 output adds half an ulp, `2⁻¹¹` relative), and compare:
+//!
+//! ```
+//! use ampkit::check::{compare, unwritten, Tolerance};
+//! // "my kernel": a softmax written with f32 arithmetic.
+//! let x = [1.0f32, 2.0, 3.0, -1.0];
+//! let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+//! let e: Vec<f32> = x.iter().map(|v| (v - m).exp()).collect();
+//! let s: f32 = e.iter().sum();
+//! let mine: Vec<f32> = e.iter().map(|v| v / s).collect();
+//! // The reference, in f64.
+//! let x64: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+//! let mut want = vec![0f64; 4];
+//! ampkit::cpu::softmax::forward(&x64, 1, 4, &mut want)?;
+//! let report = compare(&mine, &want, Tolerance::new(1e-7, 1e-6));
+//! assert!(report.passed(), "{report}"); // Display lists the worst element and first mismatches
+//! assert!(unwritten(&mine, f32::from_bits(0xDEAD_BEEF)).is_empty());
+//! # Ok::<(), ampkit::Error>(())
+//! ```
 
 use half::f16;
 use std::fmt;

@@ -4,6 +4,30 @@
 //! The scale arithmetic itself lives in [`crate::cpu::scaler`] (reference) and
 //! [`crate::ops::scaler`] (the device-side update); this module decides *when* each piece runs
 //! and refuses the misuse PyTorch refuses.
+//!
+//! One step, PyTorch's `scaler.scale(loss).backward(); scaler.step(opt); scaler.update()`, on the
+//! CPU references (the GPU path calls the [`crate::ops`] twins in the same order):
+//!
+//! ```
+//! use ampkit::amp::ScalerStages;
+//! use ampkit::cpu::{scaler, unscale};
+//!
+//! let cfg = scaler::ScalerConfig::default(); // 2^16, ×2 per 2000 clean steps, ×0.5 on overflow
+//! let mut state = scaler::ScalerState::new(&cfg)?;
+//! let mut stages = ScalerStages::new();
+//!
+//! // backward at the current scale produced these gradients (one overflowed):
+//! let mut grads = vec![1.5 * state.scale, f32::INFINITY];
+//! stages.unscale()?; // scaler.unscale_(opt)
+//! let found_inf = unscale::unscale_and_check(&mut [&mut grads[..]], unscale::inv_scale(state.scale));
+//! assert!(found_inf);
+//! assert!(!stages.step()?); // scaler.step(opt): already unscaled; the optimizer skips on found_inf
+//! scaler::update_scale(&mut state, found_inf, &cfg); // scaler.update(): back off
+//! stages.update()?;
+//! assert_eq!(state.scale, 32768.0);
+//! assert!(stages.update().is_err()); // update() twice without an inf check: refused, like PyTorch
+//! # Ok::<(), ampkit::Error>(())
+//! ```
 
 use crate::cpu::scaler::ScalerConfig;
 use crate::error::{Error, Result};
@@ -41,7 +65,8 @@ impl LossScale {
         }
     }
 
-    /// Checks the config (dynamic) or that a static scale is finite and > 0.
+    /// Checks the config (dynamic) or that a static scale is finite and > 0. Errors:
+    /// [`Error::InvalidArgument`] naming what is out of range.
     pub fn validate(&self) -> Result<()> {
         match self {
             LossScale::Dynamic(c) => c.validate(),
@@ -69,7 +94,10 @@ pub enum Stage {
 }
 
 /// The `GradScaler` state machine: refuses to unscale twice or step twice before an update,
-/// with the same rules and nearly the same messages as PyTorch.
+/// with the same rules and nearly the same messages as PyTorch. It records only the call order;
+/// the scale itself is a [`crate::cpu::scaler::ScalerState`] (or its device twin). Misuse is an
+/// [`Error::InvalidArgument`] naming the call and the expected order, and leaves the stage
+/// unchanged.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ScalerStages {
     stage: Stage,

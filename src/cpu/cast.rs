@@ -3,6 +3,16 @@
 //! Conversions are the `half` crate's: f32 → f16 rounds to nearest even (overflow → ±inf,
 //! subnormal results rounded, NaN → sign | 0x7E00 | top payload bits); f16 → f32 is exact
 //! (NaN → sign | 0x7FC00000 | payload << 13).
+//!
+//! ```
+//! use ampkit::{cpu::cast, f16};
+//! let mut h = [f16::ZERO; 4];
+//! cast::f32_to_f16(&[1.0, 65504.0, 65520.0, 1e-8], &mut h)?;
+//! // 65520 is the tie between f16::MAX and the next power of two: it rounds to even, i.e. inf;
+//! // 1e-8 is below half the smallest subnormal: +0.
+//! assert_eq!(h, [f16::ONE, f16::MAX, f16::INFINITY, f16::ZERO]);
+//! # Ok::<(), ampkit::Error>(())
+//! ```
 
 use crate::error::{same_len, Result};
 use half::f16;
@@ -11,14 +21,20 @@ use rayon::prelude::*;
 /// Below this many elements the work stays on the calling thread (rayon's split costs more).
 const PARALLEL_MIN: usize = 1 << 15;
 
-/// `dst[i] = f16(src[i])`, round to nearest even.
+/// `dst[i] = f16(src[i])`, round to nearest even. Errors: [`Error::ShapeMismatch`] unless the
+/// lengths agree (nothing is written then).
+///
+/// [`Error::ShapeMismatch`]: crate::Error::ShapeMismatch
 pub fn f32_to_f16(src: &[f32], dst: &mut [f16]) -> Result<()> {
     same_len("cpu::cast::f32_to_f16", src.len(), dst.len())?;
     map(src, dst, f16::from_f32);
     Ok(())
 }
 
-/// `dst[i] = f32(src[i])`, exact.
+/// `dst[i] = f32(src[i])`, exact. Errors: [`Error::ShapeMismatch`] unless the lengths agree
+/// (nothing is written then).
+///
+/// [`Error::ShapeMismatch`]: crate::Error::ShapeMismatch
 pub fn f16_to_f32(src: &[f16], dst: &mut [f32]) -> Result<()> {
     same_len("cpu::cast::f16_to_f32", src.len(), dst.len())?;
     map(src, dst, f16::to_f32);

@@ -25,6 +25,7 @@ pub fn relu(x: f32) -> f32 {
 }
 
 /// `y[i] = relu(x[i])`, computed in f32 and rounded to `T` (exact for f16, f32 and f64 inputs).
+/// Errors: [`Error::ShapeMismatch`] unless the lengths agree.
 pub fn forward<T: Element>(x: &[T], y: &mut [T]) -> Result<()> {
     same_len("cpu::relu::forward", &[("x", x.len()), ("y", y.len())])?;
     zip_map(y, x, x, |v, _| {
@@ -37,7 +38,9 @@ pub fn forward<T: Element>(x: &[T], y: &mut [T]) -> Result<()> {
     Ok(())
 }
 
-/// `dx[i] = dy[i]` where the forward output `y[i] > 0`, else `+0.0`.
+/// `dx[i] = dy[i]` where the forward output `y[i] > 0`, else `+0.0`. Errors:
+/// [`Error::ShapeMismatch`] naming the operand unless the three
+/// lengths agree.
 pub fn backward<T: Element>(dy: &[T], y: &[T], dx: &mut [T]) -> Result<()> {
     same_len(
         "cpu::relu::backward",

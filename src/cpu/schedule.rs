@@ -36,7 +36,7 @@ impl LrSchedule {
 
     /// The schedule's code and parameters for the GPU optimizer kernel: (kind, total, min_lr),
     /// kind 0 constant, 1 cosine.
-    pub fn device_params(&self) -> (i32, u64, f64) {
+    pub(crate) fn device_params(&self) -> (i32, u64, f64) {
         match *self {
             LrSchedule::Constant => (0, 0, 0.0),
             LrSchedule::Cosine { total, min_lr } => (1, total, min_lr),

@@ -10,7 +10,7 @@ use cudarc::driver::DeviceRepr;
 /// slot). Structs passed by value (argument tables) take as many slots as they need; a kernel's
 /// parameters may total 4 KB.
 #[derive(Debug, Default, Clone)]
-pub struct KernelArgs {
+pub(crate) struct KernelArgs {
     slots: Vec<u64>,
     starts: Vec<usize>,
 }
@@ -41,7 +41,7 @@ impl KernelArgs {
 
 /// Grid and block shape of a launch (1-D to 3-D), plus dynamic shared memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LaunchConfig {
+pub(crate) struct LaunchConfig {
     /// Blocks in the grid (x, y, z).
     pub grid: (u32, u32, u32),
     /// Threads per block (x, y, z).

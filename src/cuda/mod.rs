@@ -1,17 +1,33 @@
-//! The CUDA runtime layer: one device handle ([`Gpu`]) owning a context, one non-default stream and
-//! a lazily filled cache of kernel modules; a launch helper ([`KernelArgs`], [`Gpu::launch`]) that
-//! keeps `unsafe` in the thin wrappers of `ops`; and a CUDA-event timer ([`GpuTimer`]).
+//! The CUDA runtime layer: the device handle ([`Gpu`]) owning or borrowing a context and one
+//! stream, with a lazily filled cache of ampkit's kernel modules; device buffers (cudarc's, see
+//! [`DeviceBuffer`]); and a CUDA-event timer ([`GpuTimer`]).
 //!
 //! Device memory is cudarc's `CudaSlice<T>` (re-exported as [`DeviceBuffer`]); views of it
-//! (`slice(..)`, `slice_mut(..)`) are what the ops accept, so any offset into a buffer works.
+//! (`slice(..)`, `slice_mut(..)`) are what the ops accept, so any offset into a buffer works, and
+//! buffers you allocate with cudarc work as they are. Interop goes both ways: [`Gpu::from_stream`]
+//! runs ampkit on your cudarc stream, and [`Gpu::context`] / [`Gpu::stream`] give ampkit's out.
+//!
+//! Nothing here needs a GPU to compile or link: cudarc loads the driver at run time, and
+//! [`Gpu::new`] returns [`crate::Error::NoCudaDevice`] on a machine without one.
+//!
+//! ```
+//! // Runs anywhere: on a machine without a GPU this takes the `Err` branch.
+//! match ampkit::cuda::Gpu::new(0) {
+//!     Ok(gpu) => println!("{}: {} SMs", gpu.info().name, gpu.info().multiprocessors),
+//!     Err(ampkit::Error::NoCudaDevice { reason }) => println!("no GPU: {reason}"),
+//!     Err(e) => panic!("{e}"),
+//! }
+//! ```
 
 mod gpu;
 mod launch;
 mod timer;
 
 pub use gpu::{Gpu, GpuInfo};
-pub use launch::{KernelArgs, LaunchConfig};
+pub(crate) use launch::{KernelArgs, LaunchConfig};
 pub use timer::{GpuTimer, Timing};
 
-/// A typed buffer in device memory (cudarc's `CudaSlice`).
+/// A typed buffer in device memory: cudarc's [`CudaSlice`](cudarc::driver::CudaSlice). Make
+/// one with [`Gpu::upload`] / [`Gpu::alloc_zeros`] or with cudarc on [`Gpu::stream`]; views
+/// (`buf.slice(a..b)`, `buf.slice_mut(a..b)`) are accepted wherever a buffer is.
 pub type DeviceBuffer<T> = cudarc::driver::CudaSlice<T>;

@@ -1,11 +1,23 @@
 //! CUDA-event timing for benchmarks: events with timing enabled, warm-up, median of many runs.
+//!
+//! ```no_run
+//! # fn main() -> ampkit::Result<()> {
+//! use ampkit::cuda::{Gpu, GpuTimer};
+//! let gpu = Gpu::new(0)?;
+//! let src = gpu.alloc_zeros::<f32>(1 << 24)?;
+//! let mut dst = gpu.alloc_zeros::<ampkit::f16>(1 << 24)?;
+//! let t = GpuTimer::new(&gpu)?.measure(3, 20, || ampkit::ops::cast::f32_to_f16(&gpu, &src, &mut dst))?;
+//! println!("f32→f16: {:.3} ms median ({} runs)", t.median_ms, t.runs);
+//! # Ok(()) }
+//! ```
 
 use crate::cuda::Gpu;
 use crate::error::{Error, Result};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::CudaEvent;
 
-/// A pair of timing-enabled CUDA events on a [`Gpu`]'s stream.
+/// A pair of timing-enabled CUDA events on a [`Gpu`]'s stream. Times are GPU time between the
+/// two events (resolution about 0.5 µs), not host wall-clock time.
 pub struct GpuTimer<'g> {
     gpu: &'g Gpu,
     start: CudaEvent,
@@ -27,6 +39,7 @@ pub struct Timing {
 
 impl<'g> GpuTimer<'g> {
     /// Creates the two events (`CU_EVENT_DEFAULT`: timing enabled; cudarc's `None` disables it).
+    /// Errors: [`Error::Driver`].
     pub fn new(gpu: &'g Gpu) -> Result<Self> {
         let new = || {
             gpu.context()
@@ -41,6 +54,7 @@ impl<'g> GpuTimer<'g> {
     }
 
     /// GPU time of the work `f` queues on the stream, in milliseconds. Waits for it to finish.
+    /// Errors: whatever `f` returns, or [`Error::Driver`] (including a fault in the timed work).
     pub fn time(&self, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
         let stream = self.gpu.stream();
         self.start
@@ -57,7 +71,8 @@ impl<'g> GpuTimer<'g> {
         Ok(f64::from(ms))
     }
 
-    /// Runs `f` `warmup` times untimed, then times `runs` runs one by one.
+    /// Runs `f` `warmup` times untimed, then times `runs` runs one by one. Errors as
+    /// [`GpuTimer::time`], and [`Error::InvalidArgument`] when `runs` is 0.
     pub fn measure(
         &self,
         warmup: usize,

@@ -4,6 +4,14 @@
 //!
 //! Row-major `C = A·B` is column-major `Cᵀ = Bᵀ·Aᵀ`, so every call passes B first. Compute type
 //! is `CUBLAS_COMPUTE_32F` (true f32: no TF32), default algorithm, on the GPU's stream.
+//!
+//! Numerics: f32 accumulation in cuBLAS's order, so results match [`crate::cpu::gemm::gemm`] to
+//! summation order (about `√k·2⁻²⁴` of the terms' size), not bit for bit. cuBLAS is loaded at
+//! run time, like the driver.
+//!
+//! Errors: [`Error::ShapeMismatch`] for a buffer whose length does not match the shape (before
+//! any call), [`Error::InvalidArgument`] for a dimension past `i32::MAX`, an unsupported
+//! argument combination, or a cuBLAS failure (named in the message).
 
 use crate::cpu::gemm::{check_shapes, GemmShape, Layout};
 use crate::cuda::Gpu;
@@ -36,7 +44,9 @@ struct Operand {
 }
 
 impl Blas {
-    /// A handle on `gpu`'s stream (loads the cuBLAS library on first use).
+    /// A handle on `gpu`'s stream (loads the cuBLAS library on first use). Pass the same `gpu`
+    /// to the GEMM calls. Errors: [`Error::InvalidArgument`] when cuBLAS cannot be loaded or the
+    /// handle cannot be created.
     pub fn new(gpu: &Gpu) -> Result<Blas> {
         let handle = CudaBlas::new(gpu.stream().clone()).map_err(|e| Error::InvalidArgument {
             op: "ops::blas::Blas::new",
@@ -101,8 +111,9 @@ impl Blas {
         })
     }
 
-    /// f16 operands, f32 accumulation, f16 or f32 output: `C = A·B + beta·C` (no bias or ReLU).
-    /// The cuBLAS reference of [`crate::ops::gemm::gemm`].
+    /// f16 operands, f32 accumulation, f16 or f32 output: `C = A·B + beta·C` (no bias or ReLU),
+    /// in the layouts of [`crate::cpu::gemm`]. The cuBLAS reference of [`crate::ops::gemm::gemm`].
+    /// Errors as in the [module doc](self).
     pub fn gemm_f16<C, A, B, O>(
         &self,
         gpu: &Gpu,
@@ -156,6 +167,9 @@ impl Blas {
     /// All-f32 GEMM: `C = A·B (+ bias broadcast over rows) + beta·C`, in true f32. A bias is
     /// added by a rank-1 cuBLAS update before the product (`beta` must then be 0). CPU twin:
     /// [`crate::cpu::gemm::gemm`] with f32 operands (up to summation order).
+    ///
+    /// Errors as in the [module doc](self), plus [`Error::InvalidArgument`] for a bias with
+    /// `beta ≠ 0`, and [`Error::Driver`] if the bias broadcast's buffer cannot be allocated.
     #[allow(clippy::too_many_arguments)]
     pub fn gemm_f32<A, B, O>(
         &mut self,

@@ -4,6 +4,23 @@
 //! bit-exact with its CPU twin: f32 → f16 rounds to nearest even, overflow goes to ±inf,
 //! subnormals are produced and consumed, NaN keeps its sign and top payload bits with the quiet bit
 //! set. Work is queued on [`Gpu::stream`]; nothing here synchronises.
+//!
+//! Errors, before any launch: [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when source
+//! and destination lengths differ; [`Error::InvalidArgument`](crate::Error::InvalidArgument) when
+//! a view's device address is not aligned to its element size. Empty buffers are accepted and
+//! launch nothing.
+//!
+//! ```no_run
+//! # fn main() -> ampkit::Result<()> {
+//! let gpu = ampkit::cuda::Gpu::new(0)?;
+//! let x = gpu.upload(&[1.0f32, 65520.0, 1e-8])?;
+//! let mut h = gpu.alloc_zeros::<ampkit::f16>(3)?;
+//! ampkit::ops::cast::f32_to_f16(&gpu, &x, &mut h)?;
+//! let mut want = [ampkit::f16::ZERO; 3];
+//! ampkit::cpu::cast::f32_to_f16(&[1.0, 65520.0, 1e-8], &mut want)?;
+//! assert_eq!(gpu.download(&h)?, want); // bit-exact: [1, inf, 0]
+//! # Ok(()) }
+//! ```
 
 use crate::cuda::{Gpu, KernelArgs};
 use crate::error::{same_len, Result};
@@ -21,7 +38,8 @@ const F16_TO_F32_MAX_WIDTH: usize = 4;
 const FILL32_WIDTHS: &[usize] = &[4, 2, 1];
 const FILL16_WIDTHS: &[usize] = &[8, 4, 2, 1];
 
-/// `dst[i] = f16(src[i])`, round to nearest even.
+/// `dst[i] = f16(src[i])`, round to nearest even (overflow to ±inf). Bit-exact with
+/// [`crate::cpu::cast::f32_to_f16`]; errors as in the [module doc](self).
 pub fn f32_to_f16<S, D>(gpu: &Gpu, src: &S, dst: &mut D) -> Result<()>
 where
     S: DevicePtr<f32>,
@@ -60,7 +78,8 @@ where
     )
 }
 
-/// `dst[i] = f32(src[i])`, exact.
+/// `dst[i] = f32(src[i])`, exact. Bit-exact with [`crate::cpu::cast::f16_to_f32`]; errors as in
+/// the [module doc](self).
 pub fn f16_to_f32<S, D>(gpu: &Gpu, src: &S, dst: &mut D) -> Result<()>
 where
     S: DevicePtr<f16>,
@@ -100,6 +119,7 @@ where
 }
 
 /// Sets every element of `dst` to `value` (bit pattern preserved, NaN payloads included).
+/// Errors: [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a misaligned view.
 pub fn fill_f32<D: DevicePtrMut<f32>>(gpu: &Gpu, dst: &mut D, value: f32) -> Result<()> {
     let n = dst.len();
     let (dst_ptr, _guard) = dst.device_ptr_mut(gpu.stream());
@@ -113,6 +133,7 @@ pub fn fill_f32<D: DevicePtrMut<f32>>(gpu: &Gpu, dst: &mut D, value: f32) -> Res
 }
 
 /// Sets every element of `dst` to `value` (bit pattern preserved, NaN payloads included).
+/// Errors: [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a misaligned view.
 pub fn fill_f16<D: DevicePtrMut<f16>>(gpu: &Gpu, dst: &mut D, value: f16) -> Result<()> {
     let n = dst.len();
     let (dst_ptr, _guard) = dst.device_ptr_mut(gpu.stream());

@@ -4,17 +4,46 @@
 //! Same layouts, shapes and epilogue as the CPU reference ([`GemmShape`], [`Layout`]): operands
 //! are f16, accumulation is f32, the output is f16 or f32. Any `m, n, k` (zero included) works.
 //!
-//! **Fast path**: each operand's contiguous dimension is a multiple of 8 halves and its device
-//! address is 16-byte aligned (A: `k` for `Forward`/`Dgrad`, `m` for `Wgrad`; B: `k` for
-//! `Forward`, `n` for `Dgrad`/`Wgrad`). Then tiles stream through a 3-4 stage `cp.async` pipeline,
-//! or on Hopper (H100/H200) through TMA into `wgmma` ([`HOPPER_CONFIGS`]).
-//! Anything else takes a correct slower path that loads element by element. The output has no
-//! alignment requirement.
+//! # Numerics
 //!
-//! The launch configuration (tile size and K-split) is chosen per shape from a small cost model
-//! ([`plan`]): big tiles for big problems, small tiles or a K-split where big tiles would leave
-//! SMs idle (the MLP's weight gradients). A K-split writes f32 partial sums to the device's
-//! scratch buffer and a second kernel adds them in a fixed order: results are deterministic.
+//! Products of f16 operands are exact in f32; the tensor cores add them in f32 in an order that
+//! differs from the CPU's, so results match [`crate::cpu::gemm::gemm`] to rounding, not bit for
+//! bit. The parity tests hold every element to `|out − ref| ≤ 1e-5·√k·max(1, |alpha|) + 1e-5·|ref|`
+//! against [`crate::cpu::gemm::gemm_f64`] (plus half an f16 ulp, `4.9e-4·|ref| + 6e-8`, for f16
+//! output) and the relative L2 error to 1e-3. The epilogue runs in f32 in the reference's order
+//! (alpha, bias, `beta·C_old`, ReLU, one rounding to the output type); with `beta = 0` the old
+//! contents of C are never read. Results are deterministic: the same inputs give the same bits on
+//! every run on one GPU model.
+//!
+//! # Fast path
+//!
+//! Each operand's contiguous dimension is a multiple of 8 halves and its device address is
+//! 16-byte aligned (A: `k` for `Forward`/`Dgrad`, `m` for `Wgrad`; B: `k` for `Forward`, `n` for
+//! `Dgrad`/`Wgrad`). Then tiles stream through a 3-4 stage `cp.async` pipeline, or on Hopper
+//! (H100/H200) through TMA into `wgmma`. Anything else takes a correct slower path that loads
+//! element by element. The output has no alignment requirement.
+//!
+//! The launch configuration (tile size and K-split) is chosen per shape from a small cost model:
+//! big tiles for big problems, small tiles or a K-split where big tiles would leave SMs idle (the
+//! MLP's weight gradients). A K-split writes f32 partial sums to the device's scratch buffer and
+//! a second kernel adds them in a fixed order: results are deterministic. The tile table and the
+//! planner are exposed `#[doc(hidden)]` for ampkit's own tests and benchmarks only; they are not
+//! part of the stable API.
+//!
+//! ```no_run
+//! # fn main() -> ampkit::Result<()> {
+//! use ampkit::cpu::gemm::{GemmShape, Layout};
+//! use ampkit::ops::gemm::{gemm, Epilogue};
+//! use ampkit::{cuda::Gpu, f16};
+//! let gpu = Gpu::new(0)?;
+//! let (m, n, k) = (64, 32, 128);
+//! let x = gpu.upload(&vec![f16::from_f32(0.5); m * k])?; // X [m, k]
+//! let w = gpu.upload(&vec![f16::from_f32(0.25); n * k])?; // W [n, k]
+//! let mut y = gpu.alloc_zeros::<f32>(m * n)?; // Y = X·Wᵀ [m, n], f32 out
+//! gemm(&gpu, GemmShape::new(Layout::Forward, m, n, k), &x, &w, &Epilogue::plain(), &mut y)?;
+//! assert!(gpu.download(&y)?.iter().all(|&v| v == 16.0));
+//! # Ok(()) }
+//! ```
 
 use crate::cpu::gemm::{check_shapes, GemmShape, Layout};
 use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
@@ -99,6 +128,8 @@ impl BiasGradInput for f32 {
 }
 
 /// A block-tile configuration of `kernels/gemm.cu` (must match its `AMPKIT_GEMM_LAYOUT`).
+/// Tuning internals for tests and benchmarks; not part of the stable API.
+#[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TileConfig {
     /// Kernel-name suffix.
@@ -138,13 +169,16 @@ const MEDIUM: TileConfig = TileConfig { name: "m", bm: 128, bn: 128, bk: 32, thr
 #[rustfmt::skip]
 const SMALL: TileConfig = TileConfig { name: "s", bm: 64, bn: 64, bk: 32, threads: 128, stages: 4, blocks_per_sm: 4, efficiency: 0.42, kernels: ["gemm_fwd_s", "gemm_dgrad_s", "gemm_wgrad_s"], hopper: false };
 /// The element-by-element configuration for operands off the fast path.
+#[doc(hidden)]
 #[rustfmt::skip]
 pub const UNALIGNED: TileConfig = TileConfig { name: "unaligned", bm: 64, bn: 64, bk: 32, threads: 128, stages: 2, blocks_per_sm: 4, efficiency: 0.2, kernels: ["gemm_fwd_unaligned", "gemm_dgrad_unaligned", "gemm_wgrad_unaligned"], hopper: false };
 /// The aligned configurations, largest first.
+#[doc(hidden)]
 pub const CONFIGS: [TileConfig; 5] = [LARGE64, MEDIUM, MEDIUM8, MEDIUM8K64, SMALL];
 /// The Hopper configurations (`kernels/gemm_sm90.cu`), used on compute capability 9.0 only: a
 /// producer warpgroup issuing TMA loads and two consumer warpgroups issuing `wgmma`. Efficiencies
 /// relative to `l64`, measured (docs/kernels/gemm.md).
+#[doc(hidden)]
 #[rustfmt::skip]
 pub const HOPPER_CONFIGS: [TileConfig; 2] = [
     TileConfig { name: "h256", bm: 128, bn: 256, bk: 64, threads: 384, stages: 4, blocks_per_sm: 1, efficiency: 1.45, kernels: ["gemm_sm90_fwd_h256", "gemm_sm90_dgrad_h256", "gemm_sm90_wgrad_h256"], hopper: true },
@@ -153,6 +187,7 @@ pub const HOPPER_CONFIGS: [TileConfig; 2] = [
 
 /// Every aligned configuration this GPU runs: [`CONFIGS`], plus [`HOPPER_CONFIGS`] on compute
 /// capability 9.0.
+#[doc(hidden)]
 pub fn configs_for(gpu: &Gpu) -> Vec<TileConfig> {
     let mut all = CONFIGS.to_vec();
     if gpu.info().compute_capability == (9, 0) {
@@ -191,6 +226,7 @@ fn kmajor(layout: Layout) -> (bool, bool) {
 }
 
 /// How a GEMM is launched: tile configuration and K-split.
+#[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Plan {
     /// The tile configuration.
@@ -202,12 +238,13 @@ pub struct Plan {
 }
 
 /// Tile-rows per raster group for the mma.sync configurations.
+#[doc(hidden)]
 pub const GROUP_M: usize = 4;
 
 /// Tile-rows per raster group the planner uses for a configuration: 4 for the mma.sync tiles;
 /// 1 (plain row order) for `h256`, whose 132 resident blocks already span four 32-tile rows at
 /// 8192³; 8 for `h128` (docs/kernels/gemm.md, v8).
-pub fn group_m_for(config: &TileConfig) -> usize {
+pub(crate) fn group_m_for(config: &TileConfig) -> usize {
     match config.name {
         "h256" => 1,
         "h128" => 8,
@@ -229,11 +266,12 @@ const LAUNCH_S: f64 = 3e-6;
 
 /// Picks the tile configuration and K-split for a shape on a GPU with `sms` SMs. `aligned` says
 /// whether the operands allow the fast path (see the module doc); `hopper` whether the GPU runs
-/// the [`HOPPER_CONFIGS`] (compute capability 9.0).
+/// the `HOPPER_CONFIGS` (compute capability 9.0).
 ///
 /// The model: an SM runs its share of blocks (`ceil(blocks / sms)`) at the configuration's
 /// measured rate, scaled down when fewer than 8 warps are resident, plus a fixed cost per block
 /// wave; a K-split adds a launch and the f32 partials' round trip through memory.
+#[doc(hidden)]
 pub fn plan(shape: GemmShape, aligned: bool, sms: usize, hopper: bool) -> Plan {
     let GemmShape { m, n, k, .. } = shape;
     let config_only = |config: TileConfig| Plan {
@@ -280,11 +318,17 @@ pub fn plan(shape: GemmShape, aligned: bool, sms: usize, hopper: bool) -> Plan {
     best.1
 }
 
-/// `C[m, n] = epilogue(A·B)` on the GPU, f16 operands, f32 accumulation, f16 or f32 output.
+/// `C[m, n] = epilogue(A·B)` on the GPU, f16 operands, f32 accumulation, f16 or f32 output
+/// (`C` is the output element type; write `gemm::<f32, _, _, _>` when it cannot be inferred).
+/// Operand layouts are in [`crate::cpu::gemm`]'s module doc; the tolerance against the CPU
+/// reference is in the [module doc](self). Queued on [`Gpu::stream`]; does not synchronise.
 ///
-/// Errors before any launch: [`Error::ShapeMismatch`] when a buffer's length does not match
-/// the shape (or the bias's `n`), [`Error::InvalidArgument`] when a dimension exceeds `i32::MAX`
-/// or an operand is not even 2-byte aligned.
+/// Errors, all before any launch: [`Error::ShapeMismatch`] when a buffer's length does not match
+/// the shape (or the bias's `n`); [`Error::InvalidArgument`] when a dimension exceeds `i32::MAX`,
+/// the output needs more tiles than a grid can launch, or an operand is not aligned to its
+/// element size (views at odd byte offsets). A fault while the kernel runs surfaces as
+/// [`Error::Driver`] at the next synchronisation (or [`Error::Launch`] with
+/// [`Gpu::set_sync_launches`]).
 pub fn gemm<C, A, B, O>(
     gpu: &Gpu,
     shape: GemmShape,
@@ -466,9 +510,13 @@ where
     })
 }
 
-/// Bias gradient on the GPU: `db[j] = Σ_i dy[i, j]` over a row-major `[rows, cols]` gradient,
-/// in f32, deterministic (fixed row blocks, added in a fixed order). CPU twin:
-/// [`crate::cpu::gemm::bias_grad`] (which sums in f64).
+/// Bias gradient on the GPU: `db[j] = Σ_i dy[i, j]` over a row-major `[rows, cols]` gradient
+/// (f16 or f32), summed in f32 into f32 `db`, deterministic (fixed row blocks, added in a fixed
+/// order). CPU twin: [`crate::cpu::gemm::bias_grad`] (which sums in f64); the parity tests allow
+/// `4e-6·√rows + 1e-5·|ref|` per element. `db` is overwritten, not accumulated into.
+///
+/// Errors, before any launch: [`Error::ShapeMismatch`] when `dy` is not `rows·cols` elements or
+/// `db` not `cols`; [`Error::InvalidArgument`] when `rows` or `cols` exceeds `i32::MAX`.
 pub fn bias_grad<T, S, D>(gpu: &Gpu, dy: &S, rows: usize, cols: usize, db: &mut D) -> Result<()>
 where
     T: BiasGradInput,

@@ -198,6 +198,9 @@ impl GpuOptimizer {
     /// Zeroed state on `gpu` for tensors of the given lengths, for the optimizer `cfg` selects
     /// (validated here), like [`OptimizerState::new`]: Adam/AdamW get two moments per tensor,
     /// SGD with momentum one buffer, plain SGD none; the step counter starts at 0.
+    ///
+    /// Errors: [`Error::InvalidArgument`] for an invalid config or lengths adding up past
+    /// `usize::MAX`; [`Error::Driver`] when the device memory cannot be allocated.
     pub fn new(gpu: &Gpu, cfg: &OptimizerConfig, lens: &[usize]) -> Result<GpuOptimizer> {
         cfg.validate()?;
         let momentum = matches!(cfg, OptimizerConfig::Sgd(c) if c.momentum != 0.0);
@@ -206,6 +209,9 @@ impl GpuOptimizer {
 
     /// Uploads a host state (a checkpoint, or a CPU optimizer's state) for stepping with `cfg`,
     /// which must be a config [`crate::cpu::optim::step`] accepts for `state`.
+    ///
+    /// Errors: [`Error::InvalidArgument`] when `cfg` is invalid or of another kind than `state`;
+    /// [`Error::Driver`] when allocating or copying fails.
     pub fn from_state(
         gpu: &Gpu,
         cfg: &OptimizerConfig,
@@ -274,6 +280,8 @@ impl GpuOptimizer {
     }
 
     /// Real (not skipped) steps taken so far. Reads the device counter: synchronises.
+    /// Errors: [`Error::InvalidArgument`] when `gpu` is not the context the state lives in;
+    /// [`Error::Driver`] for a failed copy (or an earlier kernel's fault).
     pub fn step_count(&self, gpu: &Gpu) -> Result<u64> {
         self.same_gpu("ops::optim::GpuOptimizer::step_count", gpu)?;
         Ok(gpu.download(&self.counters)?[COUNTER_STEP])
@@ -281,7 +289,7 @@ impl GpuOptimizer {
 
     /// Copies the whole state to the host, as the [`OptimizerState`] the CPU optimizer would
     /// hold after the same steps (compare with `==` bit for bit, or save as a checkpoint).
-    /// Synchronises.
+    /// Synchronises. Errors as [`GpuOptimizer::step_count`].
     pub fn download(&self, gpu: &Gpu) -> Result<OptimizerState> {
         self.same_gpu("ops::optim::GpuOptimizer::download", gpu)?;
         let counters = gpu.download(&self.counters)?;

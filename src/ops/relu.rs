@@ -62,8 +62,23 @@ impl ReluElement for f32 {
     ];
 }
 
-/// `y[i] = relu(x[i])`: `x[i]` where it is > 0 or NaN, else `+0.0`. The lengths must agree
-/// ([`Error::ShapeMismatch`] otherwise).
+/// `y[i] = relu(x[i])`: `x[i]` where it is > 0 or NaN, else `+0.0`; bit-exact with
+/// [`crate::cpu::relu::forward`].
+///
+/// Errors, before any launch: [`Error::ShapeMismatch`] unless the lengths agree;
+/// [`Error::InvalidArgument`] for a view not aligned to its element size.
+///
+/// ```no_run
+/// # fn main() -> ampkit::Result<()> {
+/// let gpu = ampkit::cuda::Gpu::new(0)?;
+/// let x = gpu.upload(&[-1.0f32, 0.5, f32::NAN])?;
+/// let mut y = gpu.alloc_zeros::<f32>(3)?;
+/// ampkit::ops::relu::forward(&gpu, &x, &mut y)?;
+/// let y = gpu.download(&y)?;
+/// assert_eq!(&y[..2], &[0.0, 0.5]);
+/// assert!(y[2].is_nan());
+/// # Ok(()) }
+/// ```
 pub fn forward<T, X, Y>(gpu: &Gpu, x: &X, y: &mut Y) -> Result<()>
 where
     T: ReluElement,
@@ -104,8 +119,10 @@ where
 }
 
 /// `dx[i] = dy[i]` where the forward output `y[i] > 0`, else `+0.0` (the module doc gives the
-/// treatment of special values). The three lengths must agree ([`Error::ShapeMismatch`]
-/// otherwise, naming the operand).
+/// treatment of special values); bit-exact with [`crate::cpu::relu::backward`].
+///
+/// Errors, before any launch: [`Error::ShapeMismatch`] naming the operand unless the three
+/// lengths agree; [`Error::InvalidArgument`] for a view not aligned to its element size.
 pub fn backward<T, D, Y, X>(gpu: &Gpu, dy: &D, y: &Y, dx: &mut X) -> Result<()>
 where
     T: ReluElement,

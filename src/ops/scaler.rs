@@ -13,7 +13,12 @@ use cudarc::driver::{DevicePtr, DevicePtrMut};
 
 /// Applies one update to the device-resident `scale` (one f32) and `growth_tracker` (one i32)
 /// from the device flag `found_inf` (one f32, nonzero meaning an overflow), with `cfg`'s factors
-/// and optional clamps. The config is validated first ([`ScalerConfig::validate`]).
+/// and optional clamps; bit-exact with [`crate::cpu::scaler::update_scale`]. Queued on
+/// [`Gpu::stream`]; read the scale back only when you need it on the host.
+///
+/// Errors, before any launch: [`Error::InvalidArgument`] when `cfg` fails
+/// [`ScalerConfig::validate`]; [`Error::ShapeMismatch`] unless each of the three buffers is one
+/// element.
 pub fn update_scale<S, T, F>(
     gpu: &Gpu,
     scale: &mut S,

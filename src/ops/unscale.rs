@@ -6,6 +6,26 @@
 //! from device memory, and the device flag `found_inf` is set to 1.0 if any input element is inf
 //! or NaN. The flag is never cleared here: zero it once per step, before the first call. Nothing
 //! synchronises or copies to the host, so a step can be captured in a CUDA graph.
+//!
+//! Bit-exact with [`crate::cpu::unscale`] (same multiplier, one f32 multiply per element, no
+//! flush to zero), except that a NaN input's output is *a* NaN whose payload may differ.
+//!
+//! Errors, before any launch: [`Error::ShapeMismatch`] when `scale` or `found_inf` is not one
+//! element, or (f16 → f32) the source and destination lists or a pair's lengths differ;
+//! [`Error::InvalidArgument`] when a tensor is not aligned to its element size or one list
+//! needs more than `i32::MAX` chunks of 8192 elements. Empty lists and tensors are accepted.
+//!
+//! ```no_run
+//! # fn main() -> ampkit::Result<()> {
+//! let gpu = ampkit::cuda::Gpu::new(0)?;
+//! let mut g = gpu.upload(&[1024.0f32, -2048.0])?;
+//! let scale = gpu.upload(&[1024.0f32])?;
+//! let mut found_inf = gpu.alloc_zeros::<f32>(1)?; // zero once per step
+//! ampkit::ops::unscale::unscale_and_check(&gpu, &mut [g.slice_mut(..)], &scale, &mut found_inf)?;
+//! assert_eq!(gpu.download(&g)?, [1.0, -2.0]);
+//! assert_eq!(gpu.download(&found_inf)?, [0.0]);
+//! # Ok(()) }
+//! ```
 
 use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
 use crate::error::{Error, Result};
@@ -42,7 +62,9 @@ struct Entry {
 }
 
 /// Unscales f32 gradients in place: `g = g · inv` (unless `inv == 1`), and sets `found_inf`
-/// (one f32 on the device) if any element was inf or NaN.
+/// (one f32 on the device) to 1.0 if any element was inf or NaN. `scale` is one f32 on the
+/// device. CPU twin: [`crate::cpu::unscale::unscale_and_check`]; errors in the
+/// [module doc](self).
 pub fn unscale_and_check<D, S, F>(
     gpu: &Gpu,
     grads: &mut [D],
@@ -73,7 +95,8 @@ where
 
 /// Widens f16 gradients into f32 master gradients and unscales them in the same pass:
 /// `dst = f32(src) · inv` (unless `inv == 1`), setting `found_inf` if any source element was inf
-/// or NaN. `src` and `dst` pair up by position and must have equal counts and lengths.
+/// or NaN. `src` and `dst` pair up by position and must have equal counts and lengths. CPU
+/// twin: [`crate::cpu::unscale::unscale_f16_to_f32`]; errors in the [module doc](self).
 pub fn unscale_f16_to_f32<S, D, C, F>(
     gpu: &Gpu,
     src: &[S],

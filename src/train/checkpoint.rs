@@ -98,6 +98,9 @@ fn serialize(
 
 /// Saves a checkpoint into `dir` (created if missing; an older checkpoint there is replaced
 /// file by file, atomically).
+///
+/// Errors: [`Error::Io`] naming the file when the directory or a file cannot be created,
+/// written, synced or renamed; [`Error::Checkpoint`] when the state cannot be serialised.
 pub fn save(
     dir: &Path,
     cfg: &TrainConfig,

@@ -9,7 +9,7 @@
 //!
 //! All buffers are allocated once for the configured batch, so their addresses are fixed. Layers
 //! in f32 (`--precision fp32`, `--fp32-layers`) run their GEMMs through cuBLAS in true f32
-//! ([`crate::ops::blas`]); the per-layer passes are in [`super::gpu_layers`].
+//! ([`crate::ops::blas`]); the per-layer passes are in `train/gpu_layers.rs` (private).
 
 use super::backend::{Backend, BackendState, Evaluation, StepRecord};
 use super::config::TrainConfig;

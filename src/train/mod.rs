@@ -33,7 +33,13 @@ pub use config::TrainConfig;
 use crate::device::Device;
 use crate::error::Result;
 
-/// The backend for a device: the CPU reference, or the GPU path for a CUDA device.
+/// The backend for a device: the CPU reference ([`cpu_backend::CpuBackend`], built from
+/// [`crate::cpu`]), or the GPU path ([`gpu_backend::GpuBackend`], built from [`crate::ops`]) for a
+/// CUDA device, with fresh parameters from `cfg.seed`. Both run the same AMP step; their losses
+/// agree to the GEMM and reduction tolerances of [`crate::ops`], not bit for bit.
+///
+/// Errors: [`crate::Error::InvalidArgument`] when `cfg` fails [`TrainConfig::validate`]; on a GPU,
+/// [`crate::Error::Driver`] when its buffers cannot be allocated.
 pub fn open_backend(device: &Device, cfg: &TrainConfig) -> Result<Box<dyn Backend>> {
     cfg.validate()?;
     Ok(match device {

@@ -18,7 +18,9 @@ fn plot_error(path: &Path, e: impl std::fmt::Display) -> Error {
     )
 }
 
-/// Draws loss (top) and loss scale (bottom, log axis) against the global step.
+/// Draws loss (top) and loss scale (bottom, log axis) against the global step into a PNG at
+/// `path`. Errors: [`Error::Io`] naming `path` when the plot cannot be drawn
+/// or written.
 pub fn loss_and_scale(path: &Path, steps: &[(u64, StepRecord)]) -> Result<()> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     if !*REGISTERED.get_or_init(|| {

@@ -65,7 +65,7 @@ pub struct RunSummary {
 
 /// The order of epoch `epoch`'s samples: a ChaCha8 shuffle seeded by the run's seed, one
 /// stream per epoch, so any epoch's order can be recomputed when resuming.
-pub fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
+pub(crate) fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(epoch as u64);
     let mut order: Vec<usize> = (0..n).collect();
@@ -76,7 +76,7 @@ pub fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
 /// Fills `xs`/`ys` with epoch `epoch`'s samples in its order ([`epoch_order`]), each image
 /// shifted by up to `cfg.augment_shift` pixels in x and y (a ChaCha8 stream per epoch, so a
 /// resumed run sees the same images), the uncovered border filled with the background value.
-pub fn epoch_samples(
+pub(crate) fn epoch_samples(
     cfg: &TrainConfig,
     epoch: usize,
     images: &[f32],
@@ -121,7 +121,14 @@ pub fn epoch_samples(
 const AUGMENT_SEED: u64 = 0x5eed_a06e_0000_0001;
 
 /// Runs training from `progress` (zero for a fresh run) to `cfg.epochs` epochs or
-/// `cfg.max_steps` steps.
+/// `cfg.max_steps` steps. Each epoch shuffles the training set with a ChaCha8 stream of
+/// `cfg.seed` (and shifts images by up to `cfg.augment_shift` pixels), runs `ceil(n / batch)`
+/// AMP steps on `backend`, then evaluates on the whole training and test sets; a checkpoint is
+/// written after every epoch when `out.save` is set.
+///
+/// Errors: [`Error::InvalidArgument`] for an invalid `cfg` or a dataset whose image size is not
+/// the model's input width; whatever the backend returns for a step; [`Error::Io`] /
+/// [`Error::Checkpoint`] for the metrics file, the plot or a checkpoint.
 pub fn run(
     backend: &mut dyn Backend,
     cfg: &TrainConfig,
