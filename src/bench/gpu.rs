@@ -278,6 +278,14 @@ pub(super) fn run(gpu: &Arc<Gpu>, opts: &Options) -> Result<Report> {
             ));
             Ok(row)
         });
+        if std::env::var_os("AMPKIT_BENCH_GEMM_SWEEP").is_some()
+            && super::selected(opts.only.as_deref(), Kind::Gemm.as_str(), &name, &shape)
+        {
+            match gemm_sweep(&mut h, case) {
+                Ok(line) => c.notes.push(line),
+                Err(e) => c.notes.push(format!("sweep {}: {e}", case.name)),
+            }
+        }
     }
     if !plans.is_empty() {
         c.notes
@@ -439,6 +447,63 @@ where
     row.vs_cublas = Some(cublas_us / us);
     row.plan = Some(format!("{}/{}", p.config.name, p.splits));
     Ok(row)
+}
+
+/// `AMPKIT_BENCH_GEMM_SWEEP=1`: every tile configuration (and K-splits 1, 2, 4) on one shape,
+/// TFLOP/s in GPU time (queue-ahead), f16 or f32 output as the case says — the data behind the
+/// planner's efficiencies.
+fn gemm_sweep(h: &mut Harness, case: &GemmCase) -> Result<String> {
+    let shape = GemmShape::new(case.layout, case.m, case.n, case.k);
+    let (la, lb) = case.operand_lens();
+    let a = h.f16_buf(la, 11)?;
+    let b = h.f16_buf(lb, 12)?;
+    let gpu = h.gpu.clone();
+    let mut out16: DeviceBuffer<f16> = gpu.alloc_zeros(case.m * case.n)?;
+    let mut out32: DeviceBuffer<f32> = gpu.alloc_zeros(case.m * case.n)?;
+    let flops = gemm_flops(case.m, case.n, case.k);
+    let mut line = format!("sweep {} (TFLOP/s, GPU time):", case.name);
+    for config in crate::ops::gemm::configs_for(&gpu) {
+        for splits in [1usize, 2, 4] {
+            if splits > 1 && case.k < 2048 {
+                continue;
+            }
+            let p = Some(crate::ops::gemm::Plan {
+                config,
+                splits,
+                group_m: crate::ops::gemm::GROUP_M,
+            });
+            let mut t = h.times_us(true, 3, 20, |_| {
+                if case.f32_out {
+                    crate::ops::gemm::gemm_with_plan(
+                        &gpu,
+                        shape,
+                        p,
+                        &a,
+                        &b,
+                        &Epilogue::plain(),
+                        &mut out32,
+                    )
+                } else {
+                    crate::ops::gemm::gemm_with_plan(
+                        &gpu,
+                        shape,
+                        p,
+                        &a,
+                        &b,
+                        &Epilogue::plain(),
+                        &mut out16,
+                    )
+                }
+            })?;
+            line += &format!(
+                " {}/{}={:.0}",
+                config.name,
+                splits,
+                flops / median(&mut t) / 1e6
+            );
+        }
+    }
+    Ok(line)
 }
 
 /// One training step of an MLP on the GPU backend, eager (each kernel launched from the host) or
