@@ -23,4 +23,51 @@ __device__ __forceinline__ float finish(float acc, int col, float old, const Epi
     return v;
 }
 
+// Stores four horizontally adjacent results (col..col+3) of row `row`; out_kind 0 f16, 1 f32,
+// 2 raw f32 partials (no epilogue). One 16-byte (f32) or 8-byte (f16) store when all four are
+// inside and `vec` says the row pitch and base allow it.
+__device__ __forceinline__ void store4(void* c, int out_kind, int M, int N, int row, int col,
+                                       float4 v, bool vec, const Epilogue& e) {
+    if (row >= M || col >= N) return;
+    const size_t idx = size_t(row) * N + col;
+    const int n_here = min(4, N - col);
+    float r[4] = {v.x, v.y, v.z, v.w};
+    if (out_kind == 2) {
+        float* p = static_cast<float*>(c) + idx;
+        if (vec && n_here == 4) {
+            *reinterpret_cast<float4*>(p) = v;
+        } else {
+            for (int q = 0; q < n_here; ++q) p[q] = r[q];
+        }
+    } else if (out_kind == 1) {
+        float* p = static_cast<float*>(c) + idx;
+        if (vec && n_here == 4) {
+            const float4 o = e.beta != 0.f ? *reinterpret_cast<const float4*>(p) : make_float4(0, 0, 0, 0);
+            const float old[4] = {o.x, o.y, o.z, o.w};
+#pragma unroll
+            for (int q = 0; q < 4; ++q) r[q] = finish(r[q], col + q, old[q], e);
+            *reinterpret_cast<float4*>(p) = make_float4(r[0], r[1], r[2], r[3]);
+        } else {
+            for (int q = 0; q < n_here; ++q) p[q] = finish(r[q], col + q, e.beta != 0.f ? p[q] : 0.f, e);
+        }
+    } else {
+        __half* p = static_cast<__half*>(c) + idx;
+        if (vec && n_here == 4) {
+            uint2 raw = e.beta != 0.f ? *reinterpret_cast<const uint2*>(p) : make_uint2(0, 0);
+            __half2* h = reinterpret_cast<__half2*>(&raw);
+            const float2 o01 = __half22float2(h[0]), o23 = __half22float2(h[1]);
+            h[0] = __halves2half2(__float2half_rn(finish(r[0], col, o01.x, e)),
+                                  __float2half_rn(finish(r[1], col + 1, o01.y, e)));
+            h[1] = __halves2half2(__float2half_rn(finish(r[2], col + 2, o23.x, e)),
+                                  __float2half_rn(finish(r[3], col + 3, o23.y, e)));
+            *reinterpret_cast<uint2*>(p) = raw;
+        } else {
+            for (int q = 0; q < n_here; ++q) {
+                const float old = e.beta != 0.f ? __half2float(p[q]) : 0.f;
+                p[q] = __float2half_rn(finish(r[q], col + q, old, e));
+            }
+        }
+    }
+}
+
 }  // namespace gemm_epilogue

@@ -19,8 +19,8 @@
 //   - K-major operands (forward A and B, dgrad A) are boxes of 64 K × rows; M/N-major ones
 //     (dgrad B, wgrad A and B) are boxes of 64 rows × 64 K, 8 KB each, read by wgmma with its
 //     transpose bit. TMA zero-fills everything past M, N and K, so tails need no code.
-//   - Epilogue straight from the accumulator registers (two adjacent columns per store), the
-//     shared epilogue of gemm_epilogue.cuh.
+//   - Epilogue through shared memory (the drained stages): accumulators → padded f32 staging →
+//     coalesced row segments, with the shared epilogue of gemm_epilogue.cuh.
 // Configs (block tile BM×BN×BK, stages, shared memory, blocks per SM):
 //   h256: 128×256×64, 4 stages, 193 KB, 1 block/SM  — large problems
 //   h128: 128×128×64, 4 stages, 129 KB, 1 block/SM  — MLP-sized problems (twice the tiles)
@@ -36,7 +36,7 @@
 namespace gemm_sm90_detail {
 
 using gemm_epilogue::Epilogue;
-using gemm_epilogue::finish;
+using gemm_epilogue::store4;
 
 constexpr int BM = 128, BK = 64;
 constexpr int THREADS = 384;
@@ -170,46 +170,6 @@ __device__ __forceinline__ void wgmma_tile(float (&d)[BN / 2], uint64_t da, uint
     }
 }
 
-// Stores two horizontally adjacent results (col, col+1) of row `row`; out_kind 0 f16, 1 f32,
-// 2 raw f32 partials. `pair` says both fit one aligned vector store (N even, C aligned).
-__device__ __forceinline__ void store2(void* c, int out_kind, int M, int N, int row, int col,
-                                       float v0, float v1, bool pair, const Epilogue& e) {
-    if (row >= M || col >= N) return;
-    const size_t idx = size_t(row) * N + col;
-    const bool both = pair && col + 1 < N;
-    if (out_kind == 2) {
-        float* p = static_cast<float*>(c) + idx;
-        if (both) {
-            *reinterpret_cast<float2*>(p) = make_float2(v0, v1);
-        } else {
-            p[0] = v0;
-            if (col + 1 < N) p[1] = v1;
-        }
-    } else if (out_kind == 1) {
-        float* p = static_cast<float*>(c) + idx;
-        if (both) {
-            const float2 o = e.beta != 0.f ? *reinterpret_cast<const float2*>(p) : make_float2(0.f, 0.f);
-            *reinterpret_cast<float2*>(p) = make_float2(finish(v0, col, o.x, e), finish(v1, col + 1, o.y, e));
-        } else {
-            p[0] = finish(v0, col, e.beta != 0.f ? p[0] : 0.f, e);
-            if (col + 1 < N) p[1] = finish(v1, col + 1, e.beta != 0.f ? p[1] : 0.f, e);
-        }
-    } else {
-        __half* p = static_cast<__half*>(c) + idx;
-        if (both) {
-            const float2 o = e.beta != 0.f ? __half22float2(*reinterpret_cast<const __half2*>(p))
-                                            : make_float2(0.f, 0.f);
-            *reinterpret_cast<__half2*>(p) =
-                __halves2half2(__float2half_rn(finish(v0, col, o.x, e)),
-                               __float2half_rn(finish(v1, col + 1, o.y, e)));
-        } else {
-            p[0] = __float2half_rn(finish(v0, col, e.beta != 0.f ? __half2float(p[0]) : 0.f, e));
-            if (col + 1 < N)
-                p[1] = __float2half_rn(finish(v1, col + 1, e.beta != 0.f ? __half2float(p[1]) : 0.f, e));
-        }
-    }
-}
-
 template <int BN, int STAGES, int REGS_CONSUMER, bool A_MN, bool B_MN>
 __device__ __forceinline__ void gemm_tile(const TensorMap& ta, const TensorMap& tb, void* C, int M,
                                           int N, int K, const Epilogue& e, int out_kind,
@@ -315,17 +275,39 @@ __device__ __forceinline__ void gemm_tile(const TensorMap& ta, const TensorMap& 
     }
     wgmma_wait<0>();
 
+    // Epilogue through shared memory, so that global stores are whole row segments (16-byte f32
+    // or 8-byte f16 per thread, a warp covering 128 consecutive columns) instead of the
+    // accumulators' scattered 2-column pieces. The pipeline's stages are free once both consumer
+    // warpgroups are past their last wgmma (named barrier 1: the 256 consumer threads; the
+    // producer has exited).
+    asm volatile("bar.sync 1, 256;\n" ::: "memory");
+    constexpr int LD = BN + 8;  // floats; ≡ 8 (mod 32) keeps the float2 writes conflict-free
+    static_assert(2 * 64 * LD * 4 <= STAGES * STAGE_BYTES, "staging fits in the stages");
+    float* stage = reinterpret_cast<float*>(smem_raw + (base - smem_addr(smem_raw))) + cw * 64 * LD;
     // Accumulator layout of wgmma m64nN: warp w of the warpgroup holds rows 16w + lane/4 (+8),
     // and for each 8-column block j, columns 8j + 2·(lane%4) (+1) in d[4j..4j+3].
+    {
+        const int r = 16 * warp + lane / 4, c = 2 * (lane % 4);
+#pragma unroll
+        for (int j = 0; j < BN / 8; ++j) {
+            *reinterpret_cast<float2*>(&stage[r * LD + 8 * j + c]) = make_float2(d[4 * j], d[4 * j + 1]);
+            *reinterpret_cast<float2*>(&stage[(r + 8) * LD + 8 * j + c]) = make_float2(d[4 * j + 2], d[4 * j + 3]);
+        }
+    }
+    asm volatile("bar.sync 1, 256;\n" ::: "memory");
     void* out = out_kind == 2 ? static_cast<void*>(static_cast<float*>(C) + size_t(blockIdx.z) * M * N) : C;
     const size_t elem = out_kind == 0 ? 2 : 4;
-    const bool pair = (N % 2 == 0) && (reinterpret_cast<uintptr_t>(out) % (2 * elem) == 0);
-    const int row = m0 + 64 * cw + 16 * warp + lane / 4;
-    const int col = n0 + 2 * (lane % 4);
-#pragma unroll
-    for (int j = 0; j < BN / 8; ++j) {
-        store2(out, out_kind, M, N, row, col + 8 * j, d[4 * j], d[4 * j + 1], pair, e);
-        store2(out, out_kind, M, N, row + 8, col + 8 * j, d[4 * j + 2], d[4 * j + 3], pair, e);
+    const bool vec = (N % 4 == 0) && (reinterpret_cast<uintptr_t>(out) % (4 * elem) == 0);
+    constexpr int THREADS_PER_ROW = BN / 4, ROWS_PER_PASS = 128 / THREADS_PER_ROW;
+    const int t = ctid % 128, c = (t % THREADS_PER_ROW) * 4;
+    // Columns past N (a narrow layer in a wide tile) and rows past M have nothing to store.
+    const int rows = min(64, M - m0 - 64 * cw);
+    if (n0 + c < N) {
+#pragma unroll 4
+        for (int r = t / THREADS_PER_ROW; r < rows; r += ROWS_PER_PASS) {
+            const float4 v = *reinterpret_cast<const float4*>(&stage[r * LD + c]);
+            store4(out, out_kind, M, N, m0 + 64 * cw + r, n0 + c, v, vec, e);
+        }
     }
 }
 
