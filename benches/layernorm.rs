@@ -10,12 +10,19 @@
 //!
 //! MLP-sized buffers stay in the 50 MB L2 between repetitions, for the kernels and the copy
 //! alike, as they would behind the GEMM that produced them.
+//!
+//! With `AMPKIT_BENCH_SWEEP=1` it then times every backward launch shape (warp or block per row,
+//! packs per thread, prefetch, rows per block) on a range of row lengths, to place the default
+//! plan's crossovers; the full table goes to `$OUT/layernorm-sweep.txt` when `OUT` is set.
 
 mod common;
 
 use ampkit::cuda::{DeviceBuffer, Gpu, GpuTimer, Timing};
-use ampkit::ops::layernorm::{backward, backward_with_warp_limit, forward};
+use ampkit::ops::layernorm::{
+    backward, backward_forced, backward_with_warp_limit, forward, BwdForce,
+};
 use ampkit::{Error, Result};
+use std::fmt::Write as _;
 
 const CASES: &[(&str, usize, usize)] = &[
     ("MLP 4096x512", 4096, 512),
@@ -32,6 +39,11 @@ fn main() {
     };
     if let Err(e) = run(&gpu) {
         panic!("layernorm benchmark failed: {e}");
+    }
+    if std::env::var("AMPKIT_BENCH_SWEEP").is_ok_and(|v| v == "1") {
+        if let Err(e) = sweep(&gpu) {
+            panic!("layernorm sweep failed: {e}");
+        }
     }
 }
 
@@ -134,6 +146,133 @@ fn run(gpu: &Gpu) -> Result<()> {
                 100.0 * rate / copy_gbs
             );
         }
+    }
+    Ok(())
+}
+
+/// Row lengths for the backward sweep, each at 64+ MB of traffic (4096×512 as the MLP's, in L2).
+const SWEEP: &[(usize, usize)] = &[
+    (131072, 128),
+    (65536, 256),
+    (4096, 512),
+    (32768, 512),
+    (16384, 1024),
+    (8192, 2048),
+    (4096, 4096),
+    (2048, 8192),
+];
+
+/// Times every backward shape that fits each [`SWEEP`] size; prints the best three per size and
+/// the default, and writes the whole table to `$OUT/layernorm-sweep.txt`.
+fn sweep(gpu: &Gpu) -> Result<()> {
+    let timer = GpuTimer::new(gpu)?;
+    let mut full = String::new();
+    println!("\nlayernorm backward shapes (best 3 per size, then the default):");
+    for &(rows, cols) in SWEEP {
+        let n = rows * cols;
+        let x = gpu.upload(&fill(n, 1))?;
+        let dy = gpu.upload(&fill(n, 2))?;
+        let gamma = gpu.upload(&fill(cols, 3))?;
+        let beta = gpu.upload(&fill(cols, 4))?;
+        let mut y: DeviceBuffer<f32> = gpu.alloc_zeros(n)?;
+        let mut dx: DeviceBuffer<f32> = gpu.alloc_zeros(n)?;
+        let mut mean: DeviceBuffer<f32> = gpu.alloc_zeros(rows)?;
+        let mut rstd: DeviceBuffer<f32> = gpu.alloc_zeros(rows)?;
+        let mut dgamma: DeviceBuffer<f32> = gpu.alloc_zeros(cols)?;
+        let mut dbeta: DeviceBuffer<f32> = gpu.alloc_zeros(cols)?;
+        let mut copy_dst: DeviceBuffer<f32> = gpu.alloc_zeros(n)?;
+        forward(
+            gpu, &x, rows, cols, &gamma, &beta, 1e-5, &mut y, &mut mean, &mut rstd,
+        )?;
+        let t_copy = timer.measure(10, 50, || {
+            gpu.stream()
+                .memcpy_dtod(&x, &mut copy_dst)
+                .map_err(Error::driver("copy"))
+        })?;
+        let copy_gbs = gbs(8 * n, &t_copy);
+        let bytes = 12 * n + 8 * rows + 12 * cols;
+        let mut forces = Vec::new();
+        for p in [1, 2, 4, 8] {
+            for prefetch in [false, true] {
+                forces.push(BwdForce::Warp {
+                    p,
+                    prefetch,
+                    min_rows: 16,
+                });
+                for min_rows in [8, 16, 32] {
+                    forces.push(BwdForce::Block {
+                        p,
+                        prefetch,
+                        min_rows,
+                    });
+                }
+            }
+        }
+        let mut results = Vec::new();
+        for force in forces {
+            let inputs = (&dy, &x, &mean, &rstd, &gamma);
+            let mut one = || {
+                backward_forced(
+                    gpu,
+                    inputs,
+                    rows,
+                    cols,
+                    &mut dx,
+                    &mut dgamma,
+                    &mut dbeta,
+                    force,
+                )
+            };
+            if one().is_err() {
+                continue; // the row does not fit this shape
+            }
+            let t = timer.measure(5, 30, one)?;
+            results.push((format!("{force:?}"), t));
+        }
+        let t_default = timer.measure(5, 30, || {
+            backward(
+                gpu,
+                &dy,
+                &x,
+                &mean,
+                &rstd,
+                &gamma,
+                rows,
+                cols,
+                &mut dx,
+                &mut dgamma,
+                &mut dbeta,
+            )
+        })?;
+        results.sort_by(|a, b| a.1.median_ms.total_cmp(&b.1.median_ms));
+        let line = |what: &str, t: &Timing| {
+            let rate = gbs(bytes, t);
+            format!(
+                "{:<12} {:<58} {:>8.1} us {:>6.0} GB/s {:>5.0}%",
+                format!("{rows}x{cols}"),
+                what,
+                t.median_ms * 1e3,
+                rate,
+                100.0 * rate / copy_gbs
+            )
+        };
+        for (i, (what, t)) in results.iter().enumerate() {
+            let l = line(what, t);
+            if i < 3 {
+                println!("{l}");
+            }
+            let _ = writeln!(full, "{l}");
+        }
+        let l = line("default", &t_default);
+        println!("{l}");
+        let _ = writeln!(full, "{l}");
+    }
+    if let Ok(out) = std::env::var("OUT") {
+        let path = std::path::Path::new(&out).join("layernorm-sweep.txt");
+        std::fs::write(&path, full).map_err(|e| Error::InvalidArgument {
+            op: "bench",
+            detail: format!("writing {}: {e}", path.display()),
+        })?;
     }
     Ok(())
 }

@@ -14,20 +14,24 @@
 //   fwd_warp<VEC,P>   cols ≤ 32·P·VEC: a warp per row, 8 rows per 256-thread block, the row in
 //                     registers (P packs per lane), shuffle reductions.
 //   fwd_block<VEC>    longer rows: a block per row. x is read once from memory into dynamic
-//                     shared memory (as much of the row as fits; a longer tail is read again and
-//                     comes from L2), then the variance and y passes run over the cached copy.
-//   bwd_rows<VEC,P>   cols ≤ P·VEC·(launch bound): a row group (a warp, or the whole block) holds
-//                     one row's x̂ and g in registers; each thread also sums dy·x̂ and dy for its
-//                     own columns over the block's `rows_per_block` rows, and the block writes one
-//                     partial row [dgamma | dbeta] (warps added in warp order through shared
-//                     memory).
+//                     shared memory (as much of the row as fits), 8 more floats per thread into
+//                     registers (a still longer tail is read again and comes from L2), then the
+//                     variance and y passes run over those copies.
+//   bwd_rows<VEC,P,PF> cols ≤ P·VEC·(launch bound): a row group (a warp, or the whole block)
+//                     holds one row's x̂ and g in registers; each thread also sums dy·x̂ and dy for
+//                     its own columns over the block's `rows_per_block` rows, and the block writes
+//                     one partial row [dgamma | dbeta] (warps added in warp order through shared
+//                     memory). PF (the _pf kernels) loads the next row during this row's
+//                     reduction. The host takes warp mode up to 256 float4 columns, else a block
+//                     per row with PF (measured: docs/kernels/layernorm.md).
 //   bwd_stats<VEC> then bwd_cols<VEC>   any longer row: mean(g) and mean(g·x̂) per row first, then
-//                     a column-tiled pass writes dx and the partial rows (x and dy read twice).
+//                     a column-tiled pass writes dx and the partial rows (x and dy read twice; the
+//                     second pass walks the rows backwards, so it starts on what is still in L2).
 //   bwd_finish        dgamma, dbeta = Σ partial rows in block order (16 strided sums, then a fixed
 //                     tree).
 // Roofline: forward reads x and writes y, 8 B/element (gamma, beta, mean, rstd are per column or
 //   per row); backward reads dy and x and writes dx, 12 B/element (20 B on the two-pass path), plus
-//   partial rows of 2·cols floats written and read once per ≥ 8-16 rows (≤ 8-16 % more). At the H100's
+//   partial rows of 2·cols floats written and read once per ≥ 8-32 rows (1.33/rows more). At the H100's
 //   ~2.9 TB/s device copy, 4096×512 forward (16.8 MB) is 5.8 µs, the size of the launch overhead;
 //   8192×2048 forward (134 MB) is 46 µs, backward (201 MB) 69 µs.
 #include "common.cuh"
@@ -40,10 +44,14 @@ constexpr int WARP_ROWS = 8;  // rows per block in warp mode (256 threads)
 constexpr int UNROLL = 4;     // packs per thread in flight in the block kernels' first pass
 constexpr int FINISH_Y = 16;  // partial rows summed side by side by bwd_finish
 
-// Threads a bwd_rows instance may be launched with: its per-thread state is 4·P·VEC floats, so
-// wide instances trade threads for registers (64 per thread at 1024 threads). Mirrored by
-// src/ops/layernorm.rs (checked there against the PTX's .maxntid).
-constexpr int bwd_bound(int vec, int p) { return vec * p <= 8 ? 1024 : vec * p <= 16 ? 512 : 256; }
+// Threads a bwd_rows instance may be launched with: its per-thread state is 4·P·VEC floats
+// (6·P·VEC with prefetch), so wide instances trade threads for registers (64 per thread at 1024
+// threads, 128 at 512). Mirrored by src/ops/layernorm.rs (checked there against the PTX's
+// .maxntid).
+constexpr int bwd_bound(int vec, int p, bool pf) {
+    return pf ? (vec * p <= 4 ? 1024 : vec * p <= 8 ? 512 : 256)
+              : (vec * p <= 8 ? 1024 : vec * p <= 16 ? 512 : 256);
+}
 
 template <int VEC>
 __device__ __forceinline__ void load(const float* __restrict__ row, int i, float (&v)[VEC]) {
@@ -144,51 +152,85 @@ __device__ __forceinline__ void fwd_warp(const float* __restrict__ x, const floa
     }
 }
 
-// Pack i of the row: from the shared-memory copy when it was cached, else from memory again.
-template <int VEC>
-__device__ __forceinline__ void cached_or_load(const float* cache, const float* __restrict__ row,
-                                               int i, int cached, float (&v)[VEC]) {
-    if (i < cached) {
-        load<VEC>(cache, i, v);
-    } else {
-        load<VEC>(row, i, v);
-    }
-}
+// Floats per thread that fwd_block keeps in registers past the shared-memory cache: packs
+// [cached, cached + TAIL_FLOATS/VEC·T) live in registers (thread t holds cached + u·T + t), so a
+// 65 536-float row is read once with 1024 threads on a 227 KB device.
+constexpr int TAIL_FLOATS = 8;
 
 template <int VEC>
 __device__ __forceinline__ void fwd_block(const float* __restrict__ x, const float* __restrict__ gamma,
                                           const float* __restrict__ beta, float* __restrict__ y,
                                           float* __restrict__ mean, float* __restrict__ rstd,
                                           int cols, float eps, int cached) {
+    constexpr int TP = TAIL_FLOATS / VEC;
     const int row = blockIdx.x, tid = threadIdx.x, T = blockDim.x;
     const int packs = cols / VEC;
+    const int rest = cached + TP * T;  // packs from here on are read again in each pass
     const float n = float(cols);
     const float* xr = x + size_t(row) * cols;
     float* cache = dyn_smem;
     // Each thread owns packs tid, tid + T, ... in every pass, so it only ever reads back what it
-    // cached itself: no barrier between the passes beyond the reductions'.
+    // cached itself: no barrier between the passes beyond the reductions'. Per thread, every pass
+    // visits its packs in increasing order (cache, registers, the rest).
+    float tail[TP][VEC];
+#pragma unroll
+    for (int u = 0; u < TP; ++u) {
+        if (cached + u * T + tid < packs) load<VEC>(xr, cached + u * T + tid, tail[u]);
+    }
     float sum = 0.f;
-    for (int base = tid; base < packs; base += UNROLL * T) {
+    for (int base = tid; base < cached; base += UNROLL * T) {
         float v[UNROLL][VEC];
 #pragma unroll
         for (int u = 0; u < UNROLL; ++u) {
-            if (base + u * T < packs) load<VEC>(xr, base + u * T, v[u]);
+            if (base + u * T < cached) load<VEC>(xr, base + u * T, v[u]);
         }
 #pragma unroll
         for (int u = 0; u < UNROLL; ++u) {
             const int i = base + u * T;
-            if (i < packs) {
-                if (i < cached) store<VEC>(cache, i, v[u]);
+            if (i < cached) {
+                store<VEC>(cache, i, v[u]);
 #pragma unroll
                 for (int k = 0; k < VEC; ++k) sum += v[u][k];
             }
         }
     }
+#pragma unroll
+    for (int u = 0; u < TP; ++u) {
+        if (cached + u * T + tid < packs) {
+#pragma unroll
+            for (int k = 0; k < VEC; ++k) sum += tail[u][k];
+        }
+    }
+    for (int i = rest + tid; i < packs; i += T) {
+        float v[VEC];
+        load<VEC>(xr, i, v);
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) sum += v[k];
+    }
     const float mu = block_sum2(sum, 0.f).x / n;
     float ss = 0.f;
-    for (int i = tid; i < packs; i += T) {
+    for (int i = tid; i < cached; i += T) {
         float v[VEC];
-        cached_or_load<VEC>(cache, xr, i, cached, v);
+        load<VEC>(cache, i, v);
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+            const float d = v[k] - mu;
+            ss += d * d;
+        }
+    }
+#pragma unroll
+    for (int u = 0; u < TP; ++u) {
+        if (cached + u * T + tid < packs) {
+#pragma unroll
+            for (int k = 0; k < VEC; ++k) {
+                const float d = tail[u][k] - mu;
+                ss += d * d;
+            }
+        }
+    }
+    for (int i = rest + tid; i < packs; i += T) {
+        float v[VEC];
+        load<VEC>(xr, i, v);
 #pragma unroll
         for (int k = 0; k < VEC; ++k) {
             const float d = v[k] - mu;
@@ -198,9 +240,30 @@ __device__ __forceinline__ void fwd_block(const float* __restrict__ x, const flo
     const float rs = 1.f / sqrtf(block_sum2(ss, 0.f).x / n + eps);
     float* yr = y + size_t(row) * cols;
 #pragma unroll 4
-    for (int i = tid; i < packs; i += T) {
+    for (int i = tid; i < cached; i += T) {
         float v[VEC], g[VEC], b[VEC], o[VEC];
-        cached_or_load<VEC>(cache, xr, i, cached, v);
+        load<VEC>(cache, i, v);
+        load<VEC>(gamma, i, g);
+        load<VEC>(beta, i, b);
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) o[k] = normalise(v[k], mu, rs, g[k], b[k]);
+        store<VEC>(yr, i, o);
+    }
+#pragma unroll
+    for (int u = 0; u < TP; ++u) {
+        const int i = cached + u * T + tid;
+        if (i < packs) {
+            float g[VEC], b[VEC], o[VEC];
+            load<VEC>(gamma, i, g);
+            load<VEC>(beta, i, b);
+#pragma unroll
+            for (int k = 0; k < VEC; ++k) o[k] = normalise(tail[u][k], mu, rs, g[k], b[k]);
+            store<VEC>(yr, i, o);
+        }
+    }
+    for (int i = rest + tid; i < packs; i += T) {
+        float v[VEC], g[VEC], b[VEC], o[VEC];
+        load<VEC>(xr, i, v);
         load<VEC>(gamma, i, g);
         load<VEC>(beta, i, b);
 #pragma unroll
@@ -218,9 +281,26 @@ __device__ __forceinline__ float dx_of(float g, float xh, float rs, float mg, fl
     return __fmul_rn(rs, __fsub_rn(__fsub_rn(g, mg), __fmul_rn(xh, mgx)));
 }
 
-// Row groups of `group` threads: 32 (warp mode: blockDim.x / 32 rows at a time, shuffles only)
-// or blockDim.x (block mode: one row at a time). Requires packs ≤ P·group.
+// This thread's packs (i = p·group + t) of x and dy in row `off`.
 template <int VEC, int P>
+__device__ __forceinline__ void load_row(const float* __restrict__ x, const float* __restrict__ dy,
+                                         size_t off, int group, int t, int packs,
+                                         float (&xv)[P][VEC], float (&dv)[P][VEC]) {
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+        const int i = p * group + t;
+        if (i < packs) {
+            load<VEC>(x + off, i, xv[p]);
+            load<VEC>(dy + off, i, dv[p]);
+        }
+    }
+}
+
+// Row groups of `group` threads: 32 (warp mode: blockDim.x / 32 rows at a time, shuffles only)
+// or blockDim.x (block mode: one row at a time). Requires packs ≤ P·group. With PF (prefetch),
+// the next row's x, dy, mean and rstd are loaded before this row's reduction, so loads stay in
+// flight across it (6·P·VEC floats of state per thread instead of 4·P·VEC).
+template <int VEC, int P, bool PF>
 __device__ __forceinline__ void bwd_rows(const float* __restrict__ dy, const float* __restrict__ x,
                                          const float* __restrict__ mean,
                                          const float* __restrict__ rstd,
@@ -237,30 +317,49 @@ __device__ __forceinline__ void bwd_rows(const float* __restrict__ dy, const flo
         for (int k = 0; k < VEC; ++k) acc_g[p][k] = acc_b[p][k] = 0.f;
     }
     const int r0 = blockIdx.x * rows_per_block, r1 = min(rows, r0 + rows_per_block);
+    float xv[P][VEC], dv[P][VEC];  // PF: the row the loop is on, loaded one iteration ahead
+    float mu = 0.f, rs = 0.f;
+    int r = r0 + my_group;
+    if (PF && r < r1) {
+        load_row<VEC, P>(x, dy, size_t(r) * cols, group, t, packs, xv, dv);
+        mu = mean[r];
+        rs = rstd[r];
+    }
     // In block mode groups == 1, so the trip count (and every barrier in it) is block-uniform.
-    for (int r = r0 + my_group; r < r1; r += groups) {
+    for (; r < r1; r += groups) {
         const size_t off = size_t(r) * cols;
-        const float mu = mean[r], rs = rstd[r];
         float xh[P][VEC], g[P][VEC];
         float sg = 0.f, sgx = 0.f;
+        if (!PF) {
+            mu = mean[r];
+            rs = rstd[r];
+        }
+        const float rs_here = rs;
 #pragma unroll
         for (int p = 0; p < P; ++p) {
             const int i = p * group + t;
             if (i < packs) {
-                float xv[VEC], dv[VEC], gm[VEC];
-                load<VEC>(x + off, i, xv);
-                load<VEC>(dy + off, i, dv);
+                float gm[VEC];
+                if (!PF) {
+                    load<VEC>(x + off, i, xv[p]);
+                    load<VEC>(dy + off, i, dv[p]);
+                }
                 load<VEC>(gamma, i, gm);
 #pragma unroll
                 for (int k = 0; k < VEC; ++k) {
-                    xh[p][k] = __fmul_rn(__fsub_rn(xv[k], mu), rs);
-                    g[p][k] = __fmul_rn(dv[k], gm[k]);
+                    xh[p][k] = __fmul_rn(__fsub_rn(xv[p][k], mu), rs);
+                    g[p][k] = __fmul_rn(dv[p][k], gm[k]);
                     sg += g[p][k];
                     sgx += g[p][k] * xh[p][k];
-                    acc_g[p][k] += dv[k] * xh[p][k];
-                    acc_b[p][k] += dv[k];
+                    acc_g[p][k] += dv[p][k] * xh[p][k];
+                    acc_b[p][k] += dv[p][k];
                 }
             }
+        }
+        if (PF && r + groups < r1) {
+            load_row<VEC, P>(x, dy, off + size_t(groups) * cols, group, t, packs, xv, dv);
+            mu = mean[r + groups];
+            rs = rstd[r + groups];
         }
         float2 s;
         if (group == 32) {
@@ -275,7 +374,7 @@ __device__ __forceinline__ void bwd_rows(const float* __restrict__ dy, const flo
             if (i < packs) {
                 float o[VEC];
 #pragma unroll
-                for (int k = 0; k < VEC; ++k) o[k] = dx_of(g[p][k], xh[p][k], rs, mg, mgx);
+                for (int k = 0; k < VEC; ++k) o[k] = dx_of(g[p][k], xh[p][k], rs_here, mg, mgx);
                 store<VEC>(dx + off, i, o);
             }
         }
@@ -347,7 +446,9 @@ __device__ __forceinline__ void bwd_stats(const float* __restrict__ dy, const fl
     }
 }
 
-// Two-pass path, pass 2: a thread per pack of columns, down the block's rows (blockIdx.y).
+// Two-pass path, pass 2: a thread per pack of columns, down the rows of part
+// gridDim.y − 1 − blockIdx.y: blocks start in blockIdx order, so this pass begins with the last
+// rows, which pass 1 read last and which are the likeliest to be still in L2.
 template <int VEC>
 __device__ __forceinline__ void bwd_cols(const float* __restrict__ dy, const float* __restrict__ x,
                                          const float* __restrict__ mean,
@@ -362,7 +463,8 @@ __device__ __forceinline__ void bwd_cols(const float* __restrict__ dy, const flo
     load<VEC>(gamma, i, gm);
 #pragma unroll
     for (int k = 0; k < VEC; ++k) acc_g[k] = acc_b[k] = 0.f;
-    const int r0 = blockIdx.y * rows_per_block, r1 = min(rows, r0 + rows_per_block);
+    const int part = gridDim.y - 1 - blockIdx.y;
+    const int r0 = part * rows_per_block, r1 = min(rows, r0 + rows_per_block);
 #pragma unroll 4
     for (int r = r0; r < r1; ++r) {
         const size_t off = size_t(r) * cols;
@@ -380,7 +482,7 @@ __device__ __forceinline__ void bwd_cols(const float* __restrict__ dy, const flo
         }
         store<VEC>(dx + off, i, o);
     }
-    float* out = partial + size_t(blockIdx.y) * 2 * cols;
+    float* out = partial + size_t(part) * 2 * cols;
     store<VEC>(out, i, acc_g);
     store<VEC>(out + cols, i, acc_b);
 }
@@ -413,12 +515,22 @@ LN_FWD_WARP(1, 8)
 LN_FWD_BLOCK(4)
 LN_FWD_BLOCK(1)
 
-#define LN_BWD_ROWS(V, P)                                                                       \
-    extern "C" __global__ void __launch_bounds__(bwd_bound(V, P)) layernorm_bwd_rows_v##V##_p##P( \
-        const float* dy, const float* x, const float* mean, const float* rstd,                  \
-        const float* gamma, float* dx, float* partial, int rows, int cols, int rows_per_block,  \
-        int group) {                                                                            \
-        bwd_rows<V, P>(dy, x, mean, rstd, gamma, dx, partial, rows, cols, rows_per_block, group); \
+#define LN_BWD_ROWS(V, P)                                                                        \
+    extern "C" __global__ void __launch_bounds__(bwd_bound(V, P, false))                         \
+        layernorm_bwd_rows_v##V##_p##P(const float* dy, const float* x, const float* mean,       \
+                                       const float* rstd, const float* gamma, float* dx,         \
+                                       float* partial, int rows, int cols, int rows_per_block,   \
+                                       int group) {                                              \
+        bwd_rows<V, P, false>(dy, x, mean, rstd, gamma, dx, partial, rows, cols, rows_per_block, \
+                              group);                                                            \
+    }                                                                                            \
+    extern "C" __global__ void __launch_bounds__(bwd_bound(V, P, true))                          \
+        layernorm_bwd_rows_pf_v##V##_p##P(const float* dy, const float* x, const float* mean,    \
+                                          const float* rstd, const float* gamma, float* dx,      \
+                                          float* partial, int rows, int cols,                    \
+                                          int rows_per_block, int group) {                       \
+        bwd_rows<V, P, true>(dy, x, mean, rstd, gamma, dx, partial, rows, cols, rows_per_block,  \
+                             group);                                                             \
     }
 LN_BWD_ROWS(4, 1)
 LN_BWD_ROWS(4, 2)

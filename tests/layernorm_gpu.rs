@@ -16,7 +16,9 @@ mod common;
 use ampkit::check::{compare, unwritten, Tolerance};
 use ampkit::cpu::layernorm as cpu;
 use ampkit::cuda::{DeviceBuffer, Gpu};
-use ampkit::ops::layernorm::{backward, backward_with_warp_limit, forward};
+use ampkit::ops::layernorm::{
+    backward, backward_forced, backward_with_warp_limit, forward, BwdForce,
+};
 use ampkit::Error;
 use common::{assert_all_written, assert_scaled, gpu, rng};
 use rand::rngs::StdRng;
@@ -93,10 +95,20 @@ fn upload_at(gpu: &Gpu, v: &[f32], offset: usize) -> DeviceBuffer<f32> {
     gpu.upload(&padded).unwrap()
 }
 
+/// Which backward [`run_gpu`] calls.
+#[derive(Clone, Copy, Debug)]
+enum Bwd {
+    /// `backward`: the default plan.
+    Default,
+    /// `backward_with_warp_limit`: block mode for rows longer than 32·p packs.
+    WarpLimit(usize),
+    /// `backward_forced`: one launch shape.
+    Forced(BwdForce),
+}
+
 /// Forward then backward on the GPU, every input and output at element `offset`, outputs
-/// poisoned; checks every output element was written. `max_warp_p` below 8 takes the backward's
-/// block mode for rows that would fit a warp (what the benchmark compares).
-fn run_gpu(gpu: &Gpu, c: &Case, offset: usize, max_warp_p: usize) -> Out {
+/// poisoned; checks every output element was written.
+fn run_gpu(gpu: &Gpu, c: &Case, offset: usize, bwd: Bwd) -> Out {
     let (rows, cols, o) = (c.rows, c.cols, offset);
     let up = |v: &[f32]| upload_at(gpu, v, o);
     let (x, gamma, beta, dy) = (up(&c.x), up(&c.gamma), up(&c.beta), up(&c.dy));
@@ -128,18 +140,17 @@ fn run_gpu(gpu: &Gpu, c: &Case, offset: usize, max_warp_p: usize) -> Out {
         dgamma.slice_mut(o..),
         dbeta.slice_mut(o..),
     );
-    if max_warp_p == 8 {
-        backward(
+    let inputs = (&dyv, &xv, &mv, &rv, &gv);
+    match bwd {
+        Bwd::Default => backward(
             gpu, &dyv, &xv, &mv, &rv, &gv, rows, cols, &mut dxv, &mut dgv, &mut dbv,
-        )
-        .unwrap();
-    } else {
-        let inputs = (&dyv, &xv, &mv, &rv, &gv);
-        backward_with_warp_limit(
-            gpu, inputs, rows, cols, &mut dxv, &mut dgv, &mut dbv, max_warp_p,
-        )
-        .unwrap();
+        ),
+        Bwd::WarpLimit(p) => {
+            backward_with_warp_limit(gpu, inputs, rows, cols, &mut dxv, &mut dgv, &mut dbv, p)
+        }
+        Bwd::Forced(f) => backward_forced(gpu, inputs, rows, cols, &mut dxv, &mut dgv, &mut dbv, f),
     }
+    .unwrap_or_else(|e| panic!("{rows}x{cols} {bwd:?}: {e}"));
     let down = |b: &DeviceBuffer<f32>| gpu.download(&b.slice(o..)).unwrap();
     let out = Out {
         y: down(&y),
@@ -169,8 +180,8 @@ fn wide(v: &[f32]) -> Vec<f64> {
 
 /// Compares one case with the f64 reference (the library's own CPU code in f64), each output in
 /// units of its scale.
-fn check_case(gpu: &Gpu, c: &Case, offset: usize, max_warp_p: usize) {
-    let got = run_gpu(gpu, c, offset, max_warp_p);
+fn check_case(gpu: &Gpu, c: &Case, offset: usize, bwd: Bwd) {
+    let got = run_gpu(gpu, c, offset, bwd);
     let (rows, cols, n) = (c.rows, c.cols, c.cols as f64);
     let (x, gamma, beta, dy) = (wide(&c.x), wide(&c.gamma), wide(&c.beta), wide(&c.dy));
     let (mut y, mut mean, mut rstd) = (vec![0.0; rows * cols], vec![0.0; rows], vec![0.0; rows]);
@@ -225,7 +236,7 @@ fn check_case(gpu: &Gpu, c: &Case, offset: usize, max_warp_p: usize) {
             s.dbeta[j] += d;
         }
     }
-    let what = format!("{rows}x{cols} offset {offset}");
+    let what = format!("{rows}x{cols} offset {offset} {bwd:?}");
     for (name, got, want, scale) in [
         ("y", &got.y, &y, &s.y),
         ("mean", &got.mean, &mean, &s.mean),
@@ -291,16 +302,97 @@ fn every_launch_shape_matches_the_f64_reference() {
         shapes.push((rng.gen_range(1..300), rng.gen_range(1..3000)));
     }
     for (rows, cols) in shapes {
-        check_case(&gpu, &case(&mut rng, rows, cols), 0, 8);
+        check_case(&gpu, &case(&mut rng, rows, cols), 0, Bwd::Default);
     }
     // Unaligned views take the scalar kernels even when cols % 4 == 0.
     for (rows, cols) in [(64, 784), (3, 4096), (2, 12288)] {
-        check_case(&gpu, &case(&mut rng, rows, cols), 1, 8);
+        check_case(&gpu, &case(&mut rng, rows, cols), 1, Bwd::Default);
     }
     // The backward's block mode on rows that would fit a warp (the benchmark's alternative).
     for (rows, cols) in [(33, 512), (5, 1024), (300, 784), (9, 100)] {
-        check_case(&gpu, &case(&mut rng, rows, cols), 0, 1);
+        check_case(&gpu, &case(&mut rng, rows, cols), 0, Bwd::WarpLimit(1));
     }
+}
+
+/// Every backward launch shape the benchmark compares (warp or block per row, 1-8 packs per
+/// thread, with and without prefetch, 1-33 rows per block, the two-pass path on short rows), on
+/// odd sizes, float4 and scalar: the same function as the reference whichever shape runs.
+#[test]
+fn every_forced_backward_shape_matches_the_f64_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = rng("gpu layernorm forced shapes");
+    let mut checked = 0;
+    for (rows, cols, offset) in [
+        (37, 100, 0),
+        (37, 100, 1),
+        (29, 508, 0),
+        (70, 1000, 0),
+        (13, 1023, 0),
+        (11, 2052, 0),
+        (5, 4100, 1),
+        (3, 8188, 0),
+    ] {
+        let c = case(&mut rng, rows, cols);
+        let vec = if cols % 4 == 0 && offset == 0 { 4 } else { 1 };
+        let packs = cols / vec;
+        for p in [1, 2, 4, 8] {
+            for prefetch in [false, true] {
+                for min_rows in [1, 3, 16, 33] {
+                    let block_threads = packs.div_ceil(p).next_power_of_two().max(32);
+                    let bound = match (prefetch, vec * p) {
+                        (false, 0..=8) | (true, 0..=4) => 1024,
+                        (false, 9..=16) | (true, 5..=8) => 512,
+                        _ => 256,
+                    };
+                    let mut forced = vec![];
+                    if packs <= 32 * p {
+                        forced.push(BwdForce::Warp {
+                            p,
+                            prefetch,
+                            min_rows,
+                        });
+                    }
+                    if block_threads <= bound {
+                        forced.push(BwdForce::Block {
+                            p,
+                            prefetch,
+                            min_rows,
+                        });
+                    }
+                    for f in forced {
+                        check_case(&gpu, &c, offset, Bwd::Forced(f));
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        check_case(
+            &gpu,
+            &c,
+            offset,
+            Bwd::Forced(BwdForce::TwoPass { min_rows: 5 }),
+        );
+    }
+    assert!(checked > 100, "only {checked} shapes ran");
+    // A shape the row does not fit is an error, not a launch.
+    let c = case(&mut rng, 2, 200);
+    let up = |v: &[f32]| gpu.upload(v).unwrap();
+    let (x, dy, gamma) = (up(&c.x), up(&c.dy), up(&c.gamma));
+    let (mean, rstd) = (up(&[0.0; 2]), up(&[1.0; 2]));
+    let (mut dx, mut dg, mut db) = (
+        up(&[poison(); 400]),
+        up(&[poison(); 200]),
+        up(&[poison(); 200]),
+    );
+    let warp = BwdForce::Warp {
+        p: 1,
+        prefetch: false,
+        min_rows: 1,
+    };
+    let inputs = (&dy, &x, &mean, &rstd, &gamma);
+    let e = backward_forced(&gpu, inputs, 2, 200, &mut dx, &mut dg, &mut db, warp).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+    assert!(untouched(&gpu, &[&dx, &dg, &db]));
 }
 
 /// Inputs with NaN, ±inf, −0.0, subnormals and values whose squares overflow f32: the GPU must
@@ -329,7 +421,7 @@ fn special_values_behave_like_the_f32_reference() {
         c.x[row(7)][1 % cols] = 3e38;
         c.dy[row(0)][0] = f32::INFINITY;
         c.dy[row(0)][cols - 1] = f32::NAN;
-        let got = run_gpu(&gpu, &c, 0, 8);
+        let got = run_gpu(&gpu, &c, 0, Bwd::Default);
 
         let (mut y, mut mean, mut rstd) =
             (vec![0f32; rows * cols], vec![0f32; rows], vec![0f32; rows]);
@@ -373,10 +465,10 @@ fn results_are_bitwise_reproducible() {
     let mut rng = rng("gpu layernorm reproducible");
     for (rows, cols) in [(4096, 512), (3001, 100), (40, 3000), (6, 9000)] {
         let c = case(&mut rng, rows, cols);
-        let first = run_gpu(&gpu, &c, 0, 8);
+        let first = run_gpu(&gpu, &c, 0, Bwd::Default);
         let other = case(&mut rng, 77, 333);
-        run_gpu(&gpu, &other, 0, 8);
-        let again = run_gpu(&gpu, &c, 0, 8);
+        run_gpu(&gpu, &other, 0, Bwd::Default);
+        let again = run_gpu(&gpu, &c, 0, Bwd::Default);
         assert!(
             first.bits() == again.bits(),
             "{rows}x{cols}: a second run gave other bits"

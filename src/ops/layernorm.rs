@@ -9,11 +9,13 @@
 //! through per-block partial rows in the device's scratch buffer and a second small kernel that
 //! adds them in block order.
 //!
-//! Launch shapes: one warp per row while a row fits 32 lanes' registers (≤ 1024 columns with
-//! float4 accesses, ≤ 256 without), otherwise one block per row; very long rows keep what fits of
-//! the row in shared memory and read the rest again (from L2). The backward keeps a row in
-//! registers up to 8192 columns and beyond that reads `x` and `dy` twice (20 instead of 12 bytes
-//! per element). float4 accesses need `cols % 4 == 0` and 16-byte aligned `x`, `y`, `gamma`,
+//! Launch shapes: the forward takes one warp per row while a row fits 32 lanes' registers (≤ 1024
+//! columns with float4 accesses, ≤ 256 without), otherwise one block per row; very long rows keep
+//! what fits of the row in shared memory plus 8 floats per thread in registers and read any rest
+//! again (from L2). The backward takes a warp per row up to 256 float4 columns, then a block per
+//! row that loads the next row during the current row's reduction (measured faster from 512
+//! columns on the H100), with the row in registers up to 8192 columns; beyond that it reads `x`
+//! and `dy` twice (20 instead of 12 bytes per element). float4 accesses need `cols % 4 == 0` and 16-byte aligned `x`, `y`, `gamma`,
 //! `beta` (forward) or `dy`, `x`, `gamma`, `dx` (backward); anything else takes the scalar
 //! kernels. Limits: `rows ≤ i32::MAX`, `cols ≤ 2^30`.
 //!
@@ -32,15 +34,16 @@ use cudarc::driver::{DevicePtr, DevicePtrMut};
 const COLS_THREADS: u32 = 256;
 const FINISH_THREADS: u32 = 512;
 /// Partial rows for `dgamma`/`dbeta`: at most this many blocks, each over at least
-/// `MIN_ROWS_PER_BLOCK` rows (8 in block mode). A partial row is 2·cols floats written and read
-/// once, so it adds ≤ 1/12 to the backward's 12 B/element (≤ 1/6 in block mode).
+/// `MIN_ROWS_PER_BLOCK` rows in warp mode and the two-pass path (block mode: `block_mode_rows`).
+/// A partial row is 2·cols floats written and read once, so over r rows it adds 1.33/r to the
+/// backward's 12 B/element (≤ 1/12 at 16 rows).
 const MAX_PARTS: usize = 512;
 const MIN_ROWS_PER_BLOCK: usize = 16;
-const MIN_ROWS_PER_BLOCK_BLOCK_MODE: usize = 8;
 
 const FWD_WARP: [[&str; 4]; 2] = by_width_and_p!("layernorm_fwd_warp");
 const FWD_BLOCK: [&str; 2] = ["layernorm_fwd_block_v4", "layernorm_fwd_block_v1"];
 const BWD_ROWS: [[&str; 4]; 2] = by_width_and_p!("layernorm_bwd_rows");
+const BWD_ROWS_PF: [[&str; 4]; 2] = by_width_and_p!("layernorm_bwd_rows_pf");
 const BWD_STATS: [&str; 2] = ["layernorm_bwd_stats_v4", "layernorm_bwd_stats_v1"];
 const BWD_COLS: [&str; 2] = ["layernorm_bwd_cols_v4", "layernorm_bwd_cols_v1"];
 
@@ -49,12 +52,12 @@ fn vec_index(vec: usize) -> usize {
     usize::from(vec != 4)
 }
 
-/// The launch bound of `layernorm_bwd_rows_v{vec}_p{p}` (`bwd_bound` in the kernel): its state is
-/// 4·p·vec floats per thread.
-fn bwd_bound(vec: usize, p: usize) -> u32 {
-    match vec * p {
-        0..=8 => 1024,
-        9..=16 => 512,
+/// The launch bound of `layernorm_bwd_rows[_pf]_v{vec}_p{p}` (`bwd_bound` in the kernel): its
+/// state is 4·p·vec floats per thread, 6·p·vec with prefetch.
+fn bwd_bound(vec: usize, p: usize, prefetch: bool) -> u32 {
+    match (prefetch, vec * p) {
+        (false, 0..=8) | (true, 0..=4) => 1024,
+        (false, 9..=16) | (true, 5..=8) => 512,
         _ => 256,
     }
 }
@@ -62,8 +65,14 @@ fn bwd_bound(vec: usize, p: usize) -> u32 {
 /// The backward's launch plan (pure, so the choice is testable without a GPU).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BwdShape {
-    /// `layernorm_bwd_rows`: row groups of `group` threads (32: warp mode) in blocks of `threads`.
-    Rows { p: usize, threads: u32, group: u32 },
+    /// `layernorm_bwd_rows[_pf]`: row groups of `group` threads (32: warp mode) in blocks of
+    /// `threads`; `prefetch` loads the next row before this row's reduction.
+    Rows {
+        p: usize,
+        threads: u32,
+        group: u32,
+        prefetch: bool,
+    },
     /// `layernorm_bwd_stats` then `layernorm_bwd_cols`.
     TwoPass,
 }
@@ -76,43 +85,130 @@ pub(crate) struct BwdPlan {
     pub parts: usize,
 }
 
-/// Depends on `rows`, `cols`, `vec` and `max_warp_p` only (never on the device), so the column
-/// sums round the same way on every GPU. Warp mode takes rows of up to `32·max_warp_p` packs.
+/// A backward launch shape chosen by the caller instead of [`bwd_plan`]: for benchmarks that
+/// compare shapes on one size, and tests that cover every shape on odd sizes. `min_rows` is the
+/// fewest rows per block (each block writes one partial row of the column sums; there are at
+/// most 512).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BwdForce {
+    /// A warp per row, `p` packs (of 4 floats, or 1 when unaligned) per lane, 8 rows at a time
+    /// per block; the row must fit (`packs ≤ 32·p`).
+    Warp {
+        p: usize,
+        prefetch: bool,
+        min_rows: usize,
+    },
+    /// A block per row, `p` packs per thread, as many threads as the next power of two of
+    /// `packs / p` (32 or more, within the kernel's launch bound).
+    Block {
+        p: usize,
+        prefetch: bool,
+        min_rows: usize,
+    },
+    /// The two-pass path (any row length).
+    TwoPass { min_rows: usize },
+}
+
+/// Warp mode takes rows of up to `32·WARP_MAX_P` packs by default (256 floats): past that, a
+/// block per row with prefetch measured faster (docs/kernels/layernorm.md).
+const WARP_MAX_P: usize = 2;
+
+/// Rows per block in block mode: enough that the partial row (2·cols floats written and read
+/// once) stays a few percent of the block's traffic, `cols / 64` clamped to 8..=32 (1.33/rows of
+/// it), but no fewer than 128 blocks while rows allow (one per SM or so); and at most 512 blocks.
+fn block_mode_rows(rows: usize, cols: usize) -> usize {
+    let wanted = (cols / 64).clamp(8, 32).min((rows / 128).max(1));
+    rows.div_ceil(MAX_PARTS).max(wanted)
+}
+
+/// The default plan. Depends on `rows`, `cols`, `vec` and `max_warp_p` only (never on the
+/// device), so the column sums round the same way on every GPU. Warp mode takes rows of up to
+/// `32·min(max_warp_p, WARP_MAX_P)` packs; longer rows take a block per row with prefetch (or
+/// without, where only that fits the launch bound) up to 8192 columns, then the two-pass path.
 pub(crate) fn bwd_plan(rows: usize, cols: usize, vec: usize, max_warp_p: usize) -> BwdPlan {
     let packs = cols / vec;
-    let per_block = |min: usize| rows.div_ceil(MAX_PARTS).max(min);
-    let (shape, rows_per_block) = match warp_packs(packs).filter(|&p| p <= max_warp_p) {
-        Some(p) => (
-            BwdShape::Rows {
+    let warp_limit = max_warp_p.min(WARP_MAX_P);
+    let block = |prefetch: bool| {
+        PACKS_PER_LANE
+            .into_iter()
+            .find(|&p| block_threads_for(packs, p) <= bwd_bound(vec, p, prefetch))
+            .map(|p| BwdForce::Block {
+                p,
+                prefetch,
+                min_rows: block_mode_rows(rows, cols),
+            })
+    };
+    let force = match warp_packs(packs).filter(|&p| p <= warp_limit) {
+        Some(p) => BwdForce::Warp {
+            p,
+            prefetch: false,
+            min_rows: MIN_ROWS_PER_BLOCK,
+        },
+        None => block(true)
+            .or_else(|| block(false))
+            .unwrap_or(BwdForce::TwoPass {
+                min_rows: MIN_ROWS_PER_BLOCK,
+            }),
+    };
+    forced_plan(rows, cols, vec, force).expect("the default plan fits its kernels")
+}
+
+/// Threads of a block-mode row group holding `packs` packs, `p` per thread.
+fn block_threads_for(packs: usize, p: usize) -> u32 {
+    packs.div_ceil(p).next_power_of_two().max(32) as u32
+}
+
+/// The plan for a forced shape, or `None` if the row does not fit it.
+pub(crate) fn forced_plan(
+    rows: usize,
+    cols: usize,
+    vec: usize,
+    force: BwdForce,
+) -> Option<BwdPlan> {
+    let packs = cols / vec;
+    let (shape, min_rows) = match force {
+        BwdForce::Warp {
+            p,
+            prefetch,
+            min_rows,
+        } => {
+            if !PACKS_PER_LANE.contains(&p) || packs > 32 * p {
+                return None;
+            }
+            let shape = BwdShape::Rows {
                 p,
                 threads: WARP_THREADS,
                 group: 32,
-            },
-            per_block(MIN_ROWS_PER_BLOCK),
-        ),
-        None => {
-            let fit = PACKS_PER_LANE.into_iter().find_map(|p| {
-                let threads = packs.div_ceil(p).next_power_of_two() as u32;
-                (threads <= bwd_bound(vec, p)).then_some((p, threads))
-            });
-            match fit {
-                Some((p, threads)) => (
-                    BwdShape::Rows {
-                        p,
-                        threads,
-                        group: threads,
-                    },
-                    per_block(MIN_ROWS_PER_BLOCK_BLOCK_MODE),
-                ),
-                None => (BwdShape::TwoPass, per_block(MIN_ROWS_PER_BLOCK)),
-            }
+                prefetch,
+            };
+            (shape, min_rows)
         }
+        BwdForce::Block {
+            p,
+            prefetch,
+            min_rows,
+        } => {
+            let threads = block_threads_for(packs, p);
+            if !PACKS_PER_LANE.contains(&p) || threads > bwd_bound(vec, p, prefetch) {
+                return None;
+            }
+            let shape = BwdShape::Rows {
+                p,
+                threads,
+                group: threads,
+                prefetch,
+            };
+            (shape, min_rows)
+        }
+        BwdForce::TwoPass { min_rows } => (BwdShape::TwoPass, min_rows),
     };
-    BwdPlan {
+    let rows_per_block = rows.div_ceil(MAX_PARTS).max(min_rows).max(1);
+    Some(BwdPlan {
         shape,
         rows_per_block,
         parts: rows.div_ceil(rows_per_block),
-    }
+    })
 }
 
 /// Normalises each row of `x` (`[rows, cols]`, row-major) and applies `gamma`/`beta`; saves the
@@ -243,13 +339,82 @@ where
 #[allow(clippy::too_many_arguments)]
 pub fn backward_with_warp_limit<DY, X, M, R, G, DX, DG, DB>(
     gpu: &Gpu,
-    (dy, x, mean, rstd, gamma): (&DY, &X, &M, &R, &G),
+    inputs: (&DY, &X, &M, &R, &G),
     rows: usize,
     cols: usize,
     dx: &mut DX,
     dgamma: &mut DG,
     dbeta: &mut DB,
     max_warp_p: usize,
+) -> Result<()>
+where
+    DY: DevicePtr<f32>,
+    X: DevicePtr<f32>,
+    M: DevicePtr<f32>,
+    R: DevicePtr<f32>,
+    G: DevicePtr<f32>,
+    DX: DevicePtrMut<f32>,
+    DG: DevicePtrMut<f32>,
+    DB: DevicePtrMut<f32>,
+{
+    let choice = Choice::WarpLimit(max_warp_p);
+    backward_impl(gpu, inputs, rows, cols, dx, dgamma, dbeta, choice)
+}
+
+/// [`backward`] in a shape the caller forces (see [`BwdForce`]), the inputs
+/// `(dy, x, mean, rstd, gamma)` as one tuple: for benchmarks and tests. A shape the row does not
+/// fit is [`Error::InvalidArgument`], before any launch.
+#[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
+pub fn backward_forced<DY, X, M, R, G, DX, DG, DB>(
+    gpu: &Gpu,
+    inputs: (&DY, &X, &M, &R, &G),
+    rows: usize,
+    cols: usize,
+    dx: &mut DX,
+    dgamma: &mut DG,
+    dbeta: &mut DB,
+    force: BwdForce,
+) -> Result<()>
+where
+    DY: DevicePtr<f32>,
+    X: DevicePtr<f32>,
+    M: DevicePtr<f32>,
+    R: DevicePtr<f32>,
+    G: DevicePtr<f32>,
+    DX: DevicePtrMut<f32>,
+    DG: DevicePtrMut<f32>,
+    DB: DevicePtrMut<f32>,
+{
+    backward_impl(
+        gpu,
+        inputs,
+        rows,
+        cols,
+        dx,
+        dgamma,
+        dbeta,
+        Choice::Forced(force),
+    )
+}
+
+/// How [`backward_impl`] picks its plan.
+#[derive(Clone, Copy)]
+enum Choice {
+    WarpLimit(usize),
+    Forced(BwdForce),
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_impl<DY, X, M, R, G, DX, DG, DB>(
+    gpu: &Gpu,
+    (dy, x, mean, rstd, gamma): (&DY, &X, &M, &R, &G),
+    rows: usize,
+    cols: usize,
+    dx: &mut DX,
+    dgamma: &mut DG,
+    dbeta: &mut DB,
+    choice: Choice,
 ) -> Result<()>
 where
     DY: DevicePtr<f32>,
@@ -287,7 +452,15 @@ where
     let others = [("mean", mp), ("rstd", rp), ("dgamma", dgp), ("dbeta", dbp)];
     check_aligned(OP, &others.map(|(n, a)| (n, a, 4)))?;
     let vec = vec_width(cols, &named.map(|(_, a)| (a, 4)));
-    let plan = bwd_plan(rows, cols, vec, max_warp_p);
+    let plan = match choice {
+        Choice::WarpLimit(max_warp_p) => bwd_plan(rows, cols, vec, max_warp_p),
+        Choice::Forced(force) => {
+            forced_plan(rows, cols, vec, force).ok_or_else(|| Error::InvalidArgument {
+                op: OP,
+                detail: format!("{force:?} does not fit rows of {cols} columns (vec {vec})"),
+            })?
+        }
+    };
     let partial_bytes = (plan.parts * 2 * cols * 4).next_multiple_of(256);
     let stats_bytes = match plan.shape {
         BwdShape::TwoPass => rows * 2 * 4,
@@ -298,7 +471,12 @@ where
         let partial = scratch;
         if rows > 0 {
             match plan.shape {
-                BwdShape::Rows { p, threads, group } => {
+                BwdShape::Rows {
+                    p,
+                    threads,
+                    group,
+                    prefetch,
+                } => {
                     let mut args = KernelArgs::new();
                     args.push(dyp).push(xp).push(mp).push(rp).push(gp).push(dxp);
                     args.push(partial)
@@ -311,7 +489,8 @@ where
                         shared_bytes: shared as u32,
                         ..LaunchConfig::linear(plan.parts as u32, threads)
                     };
-                    let kernel = BWD_ROWS[vec_index(vec)][p_index(p)];
+                    let table = if prefetch { BWD_ROWS_PF } else { BWD_ROWS };
+                    let kernel = table[vec_index(vec)][p_index(p)];
                     // SAFETY: layernorm_bwd_rows_v*(dy, x, mean, rstd, gamma, dx, float* partial,
                     // int rows, int cols, int rows_per_block, int group) matches. Buffers hold
                     // what (rows, cols) address (checked above); the scratch holds parts·2·cols
@@ -394,12 +573,14 @@ mod tests {
         for (v, vec) in [(0, 4), (1, 1)] {
             for (i, p) in PACKS_PER_LANE.into_iter().enumerate() {
                 assert_eq!(ptx_maxntid(ptx, FWD_WARP[v][i]), Some(WARP_THREADS));
-                assert_eq!(
-                    ptx_maxntid(ptx, BWD_ROWS[v][i]),
-                    Some(bwd_bound(vec, p)),
-                    "{}",
-                    BWD_ROWS[v][i]
-                );
+                for (table, pf) in [(BWD_ROWS, false), (BWD_ROWS_PF, true)] {
+                    assert_eq!(
+                        ptx_maxntid(ptx, table[v][i]),
+                        Some(bwd_bound(vec, p, pf)),
+                        "{}",
+                        table[v][i]
+                    );
+                }
             }
             assert_eq!(ptx_maxntid(ptx, FWD_BLOCK[v]), Some(1024));
             assert_eq!(ptx_maxntid(ptx, BWD_STATS[v]), Some(1024));
@@ -411,9 +592,33 @@ mod tests {
         );
     }
 
+    fn check_fits(rows: usize, cols: usize, vec: usize, plan: BwdPlan) {
+        let packs = cols / vec;
+        assert!(plan.parts <= MAX_PARTS, "{plan:?}");
+        assert!(plan.parts * plan.rows_per_block >= rows, "{plan:?}");
+        assert!(
+            rows == 0 || (plan.parts - 1) * plan.rows_per_block < rows,
+            "{plan:?}"
+        );
+        match plan.shape {
+            BwdShape::Rows {
+                p,
+                threads,
+                group,
+                prefetch,
+            } => {
+                assert!(packs <= p * group as usize, "{rows}x{cols}: {plan:?}");
+                assert!(threads <= bwd_bound(vec, p, prefetch), "{plan:?}");
+                assert!(threads % 32 == 0, "{plan:?}");
+                assert!(group == 32 || group == threads, "{plan:?}");
+            }
+            BwdShape::TwoPass => {}
+        }
+    }
+
     #[test]
     fn backward_plans_fit_their_kernels() {
-        for (rows, cols, vec) in [
+        let shapes = [
             (4096, 512, 4),
             (1, 1, 1),
             (5000, 40, 4),
@@ -425,30 +630,91 @@ mod tests {
             (3, 65536, 4),
             (1 << 20, 64, 4),
             (0, 10, 1),
-        ] {
+        ];
+        for (rows, cols, vec) in shapes {
             let plan = bwd_plan(rows, cols, vec, 8);
-            let packs = cols / vec;
-            assert!(plan.parts <= MAX_PARTS, "{plan:?}");
-            assert!(plan.parts * plan.rows_per_block >= rows, "{plan:?}");
-            match plan.shape {
-                BwdShape::Rows { p, threads, group } => {
-                    assert!(packs <= p * group as usize, "{rows}x{cols}: {plan:?}");
-                    assert!(threads <= bwd_bound(vec, p), "{plan:?}");
-                    assert!(group == 32 || group == threads, "{plan:?}");
+            check_fits(rows, cols, vec, plan);
+            if let BwdShape::TwoPass = plan.shape {
+                assert!(cols > 8192, "{rows}x{cols}: {plan:?}");
+            }
+            for p in PACKS_PER_LANE {
+                for prefetch in [false, true] {
+                    for min_rows in [1, 8, 32] {
+                        let forced = [
+                            BwdForce::Warp {
+                                p,
+                                prefetch,
+                                min_rows,
+                            },
+                            BwdForce::Block {
+                                p,
+                                prefetch,
+                                min_rows,
+                            },
+                            BwdForce::TwoPass { min_rows },
+                        ];
+                        for f in forced {
+                            if let Some(plan) = forced_plan(rows, cols, vec, f) {
+                                check_fits(rows, cols, vec, plan);
+                            }
+                        }
+                    }
                 }
-                BwdShape::TwoPass => assert!(cols > 8192, "{rows}x{cols}: {plan:?}"),
             }
         }
         let mlp = bwd_plan(4096, 512, 4, 8);
-        assert_eq!((mlp.rows_per_block, mlp.parts), (16, 256));
-        let forced = bwd_plan(4096, 512, 4, 2);
+        assert_eq!((mlp.rows_per_block, mlp.parts), (8, 512));
+        assert_eq!(
+            mlp.shape,
+            BwdShape::Rows {
+                p: 1,
+                threads: 128,
+                group: 128,
+                prefetch: true
+            }
+        );
+        // Rows per block (measured best on the H100): 32 at 2048 and 4096 columns, but no fewer
+        // than 128 blocks.
+        assert_eq!(bwd_plan(4096, 4096, 4, 8).rows_per_block, 32);
+        assert_eq!(bwd_plan(8192, 2048, 4, 8).rows_per_block, 32);
+        assert_eq!(bwd_plan(2048, 8192, 4, 8).rows_per_block, 16);
+        assert_eq!(bwd_plan(16384, 1024, 4, 8).rows_per_block, 32);
+        assert_eq!(
+            bwd_plan(2048, 8192, 4, 8).shape,
+            BwdShape::Rows {
+                p: 8,
+                threads: 256,
+                group: 256,
+                prefetch: true
+            }
+        );
+        // Scalar 8192-column rows fit 1024 threads only without prefetch.
+        assert!(matches!(
+            bwd_plan(3, 8192, 1, 8).shape,
+            BwdShape::Rows {
+                p: 8,
+                threads: 1024,
+                prefetch: false,
+                ..
+            }
+        ));
+        let warp = bwd_plan(65536, 256, 4, 8);
+        assert!(matches!(warp.shape, BwdShape::Rows { group: 32, .. }));
+        let forced = bwd_plan(4096, 256, 4, 1);
         assert_eq!(
             forced.shape,
             BwdShape::Rows {
                 p: 1,
-                threads: 128,
-                group: 128
+                threads: 64,
+                group: 64,
+                prefetch: true
             }
         );
+        let too_long = BwdForce::Warp {
+            p: 1,
+            prefetch: false,
+            min_rows: 16,
+        };
+        assert_eq!(forced_plan(4, 160, 1, too_long), None);
     }
 }
