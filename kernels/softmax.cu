@@ -7,28 +7,37 @@
 //   backward: dx_j = y_j·(dy_j − Σ_k y_k·dy_k).
 //   cross-entropy, per row: loss = (m − x_label) + ln s; dlogits_j = (e_j/s − [j = label])·scale
 //     with scale = *grad_scale / rows read from device memory (AMP's loss scale), stored as f16 or
-//     f32 (out_f16). The row losses go to a scratch array; ce_finish adds them in f64 in a fixed
-//     order and writes the mean as one f32: no host synchronisation and no float atomics. A label
-//     ≥ classes (the CPU reference's error, which the device cannot raise) makes that row's loss
-//     and all of its dlogits NaN, so the mean loss is NaN. s is summed as c + r, c the number of
-//     entries equal to a finite max (each e = 1 exactly) and r the rest, and ln s is taken as
-//     ln c + log1p(r / c): in a nearly one-hot row (the end of training) s = 1 + r rounds most of
-//     r away, while the loss is ≈ r, so ln s itself would lose the loss's relative precision.
+//     f32 (out_f16). e_j = 2^((x_j − m)·log2 e) through the SFU (exp_shifted: the subtraction
+//     rounded first, so the max gives exactly 1), and dlogits_j = e_j·(scale/s) except at the label,
+//     where (e/s − 1)·scale keeps the exact quotient. One launch: each block adds its rows' losses
+//     in f64 in a fixed order and writes one partial; the block that takes the last ticket (an
+//     acquire-release integer atomic) adds the partials in a fixed order and writes the mean as one
+//     f32: no host synchronisation, no float atomics, no second kernel. A label ≥ classes (the CPU
+//     reference's error, which the device cannot raise) makes that row's loss and all of its
+//     dlogits NaN, so the mean loss is NaN. s is summed as c + r, c the number of entries equal to
+//     a finite max (each e = 1 exactly) and r the rest, and ln s is taken as ln c + log1p(r / c):
+//     in a nearly one-hot row (the end of training) s = 1 + r rounds most of r away, while the loss
+//     is ≈ r, so ln s itself would lose the loss's relative precision.
 //   Non-finite inputs follow the IEEE operations exactly as the reference's do: −inf masks to 0, a
 //   row of all −inf or holding NaN/+inf is NaN throughout. Sums are trees rather than the CPU's
 //   left-to-right folds (results agree to rounding), with a fixed shape per (rows, cols,
 //   alignment): bit-identical run to run.
 // Launch shapes (picked in src/ops/softmax.rs). VEC = 4 when cols % 4 == 0 and every row pointer is
-//   aligned to 4 elements, else 1; a "pack" is VEC elements.
+//   aligned to 4 elements, else 1 (the loss with f16 logits: 8, one 16-byte access, when cols % 8
+//   == 0 and both buffers are 16-byte aligned); a "pack" is VEC elements.
 //   *_warp<VEC,P>   cols ≤ 32·P·VEC: a warp per row, 8 rows per 256-thread block, the row in
 //                   registers (P packs per lane; exp computed once and kept), shuffle reductions.
 //   *_block<VEC>    longer rows: a block per row; the input is read once into dynamic shared memory
-//                   (as much as fits; a longer tail is read again, from L2) and the later passes
-//                   run over that copy. The forward and the loss overwrite the cached logits with
-//                   e_j, so exp runs once per cached element.
+//                   (as much as fits) and 8 more floats per thread into registers (a still longer
+//                   tail is read again, from L2), and the later passes run over those copies. The
+//                   forward and the loss overwrite the cached logits with e_j, so exp runs once per
+//                   cached element.
+//   ce_rows<L,VEC,P,PF>  the loss with the row in registers: a warp per row, or (rows longer than
+//                   a warp holds) a block per row; blocks loop over rows past 2^18 threads. PF
+//                   loads the next row ahead. ce_block<L,VEC>: the shared-memory loss.
 // Roofline: forward 8 B/element, backward 12 B, cross-entropy 4 + 4 B (f32 → f32) or 2 + 2 B
-//   (f16 → f16) plus 4 B per row. 4096×10 is ~330 KB: launch-bound (two launches for the loss);
-//   at ≥ 64 MB the floor is the ~2.9 TB/s copy rate.
+//   (f16 → f16) plus 4 B per row. 4096×10 is ~330 KB: launch-bound; at ≥ 64 MB the floor is the
+//   ~2.6 TB/s copy rate measured on the H100.
 #include "common.cuh"
 
 namespace softmax_detail {
@@ -37,7 +46,6 @@ using ampkit::Pack;
 
 constexpr int WARP_ROWS = 8;  // rows per block in the warp kernels (256 threads)
 constexpr int UNROLL = 4;     // packs per thread in flight in the block kernels' first pass
-constexpr int FINISH_THREADS = 1024;
 
 template <int VEC>
 __device__ __forceinline__ void load(const float* __restrict__ row, int i, float (&v)[VEC]) {
@@ -51,6 +59,17 @@ __device__ __forceinline__ void load(const __half* __restrict__ row, int i, floa
     const Pack<__half, VEC> pk = reinterpret_cast<const Pack<__half, VEC>*>(row)[i];
 #pragma unroll
     for (int k = 0; k < VEC; ++k) v[k] = __half2float(pk.v[k]);
+}
+
+// This thread's packs (i = p·group + t) of a row as stored, for converting later.
+template <typename L, int VEC, int P>
+__device__ __forceinline__ void load_raw(const L* __restrict__ row, int group, int t, int packs,
+                                         Pack<L, VEC> (&out)[P]) {
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+        const int i = p * group + t;
+        if (i < packs) out[p] = reinterpret_cast<const Pack<L, VEC>*>(row)[i];
+    }
 }
 
 __device__ __forceinline__ float to_float(float v) { return v; }
@@ -178,8 +197,8 @@ __device__ __forceinline__ float exp_count(float x, float m, bool finite_m, floa
 }
 
 // Second pass of the block kernels: e = exp(x − m) for this thread's packs, written over the
-// cached x; returns the thread's (c, r) (see the header). Uncached packs are read again and their
-// e recomputed in the last pass.
+// cached x; returns the thread's (c, r) (see the header). Packs past `cached` are read again
+// (fwd_block passes packs = cached and handles those itself).
 template <typename L, int VEC>
 __device__ __forceinline__ float2 exp_pass(const L* __restrict__ row, int packs, int cached,
                                            float* cache, float m) {
@@ -198,19 +217,6 @@ __device__ __forceinline__ float2 exp_pass(const L* __restrict__ row, int packs,
         if (i < cached) store<VEC>(cache, i, v);
     }
     return make_float2(c, r);
-}
-
-// e for pack i in the last pass: the cached value, or recomputed from memory.
-template <typename L, int VEC>
-__device__ __forceinline__ void exp_of(const L* __restrict__ row, const float* cache, int i,
-                                       int cached, float m, float (&e)[VEC]) {
-    if (i < cached) {
-        load<VEC>(cache, i, e);
-    } else {
-        load<VEC>(row, i, e);
-#pragma unroll
-        for (int k = 0; k < VEC; ++k) e[k] = expf(e[k] - m);
-    }
 }
 
 template <int VEC, int P>
@@ -255,21 +261,78 @@ __device__ __forceinline__ void fwd_warp(const float* __restrict__ x, float* __r
     }
 }
 
+// Floats per thread that the long-row kernels keep in registers past the shared-memory cache:
+// packs [cached, cached + TAIL_FLOATS/VEC·T) live in registers (thread t holds cached + u·T + t),
+// so a 65 536-float row is read once with 1024 threads on a 227 KB device.
+constexpr int TAIL_FLOATS = 8;
+
 template <int VEC>
 __device__ __forceinline__ void fwd_block(const float* __restrict__ x, float* __restrict__ y,
                                           int cols, int cached) {
-    const int packs = cols / VEC;
+    constexpr int TP = TAIL_FLOATS / VEC;
+    const int packs = cols / VEC, T = blockDim.x, t = threadIdx.x;
     const size_t off = size_t(blockIdx.x) * cols;
+    const int rest = cached + TP * T;  // packs from here on are read again in each pass
     float* cache = dyn_smem;
-    const float m = block_max(load_cache_max<float, VEC>(x + off, packs, cached, cache));
-    const float2 cr = block_sum2(exp_pass<float, VEC>(x + off, packs, cached, cache, m));
+    float tail[TP][VEC];
+    float m = -INFINITY;
+#pragma unroll
+    for (int u = 0; u < TP; ++u) {
+        const int i = cached + u * T + t;
+        if (i < packs) {
+            load<VEC>(x + off, i, tail[u]);
+#pragma unroll
+            for (int k = 0; k < VEC; ++k) m = fmaxf(m, tail[u][k]);
+        }
+    }
+    m = fmaxf(m, load_cache_max<float, VEC>(x + off, cached, cached, cache));
+    for (int i = rest + t; i < packs; i += T) {
+        float v[VEC];
+        load<VEC>(x + off, i, v);
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) m = fmaxf(m, v[k]);
+    }
+    m = block_max(m);
+    float2 cr = exp_pass<float, VEC>(x + off, cached, cached, cache, m);
+    const bool finite_m = isfinite(m);
+#pragma unroll
+    for (int u = 0; u < TP; ++u) {
+        if (cached + u * T + t < packs) {
+#pragma unroll
+            for (int k = 0; k < VEC; ++k) tail[u][k] = exp_count(tail[u][k], m, finite_m, cr.x, cr.y);
+        }
+    }
+    for (int i = rest + t; i < packs; i += T) {
+        float v[VEC];
+        load<VEC>(x + off, i, v);
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) exp_count(v[k], m, finite_m, cr.x, cr.y);
+    }
+    cr = block_sum2(cr);
     const float s = cr.x + cr.y;
 #pragma unroll 4
-    for (int i = threadIdx.x; i < packs; i += blockDim.x) {
+    for (int i = t; i < cached; i += T) {
         float e[VEC];
-        exp_of<float, VEC>(x + off, cache, i, cached, m, e);
+        load<VEC>(cache, i, e);
 #pragma unroll
         for (int k = 0; k < VEC; ++k) e[k] = __fdiv_rn(e[k], s);
+        store<VEC>(y + off, i, e);
+    }
+#pragma unroll
+    for (int u = 0; u < TP; ++u) {
+        const int i = cached + u * T + t;
+        if (i < packs) {
+            float e[VEC];
+#pragma unroll
+            for (int k = 0; k < VEC; ++k) e[k] = __fdiv_rn(tail[u][k], s);
+            store<VEC>(y + off, i, e);
+        }
+    }
+    for (int i = rest + t; i < packs; i += T) {
+        float e[VEC];
+        load<VEC>(x + off, i, e);
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) e[k] = __fdiv_rn(expf(e[k] - m), s);
         store<VEC>(y + off, i, e);
     }
 }
@@ -355,12 +418,64 @@ __device__ __forceinline__ void bwd_block(const float* __restrict__ y, const flo
 
 __device__ __forceinline__ float quiet_nan() { return __int_as_float(0x7fc00000); }
 
-// (p − [j = label])·scale for element j, or NaN for the whole row when the label is out of range.
-__device__ __forceinline__ float ce_grad(float e, float s, int j, unsigned label, bool ok,
-                                         float scale) {
-    const float p = __fdiv_rn(e, s);
-    const float g = unsigned(j) == label ? __fsub_rn(p, 1.f) : p;
-    return ok ? __fmul_rn(g, scale) : quiet_nan();
+// exp(x − m) for the loss: the subtraction rounded first (so x = m gives exactly 1), then the
+// SFU's ex2.approx.f32 of (x − m)·log2(e): ≤ 2 ulp, subnormal results kept, 2^±0 = 1,
+// 2^−inf = +0, NaN stays NaN. Three instructions where expf takes about ten.
+__device__ __forceinline__ float exp_shifted(float x, float m) {
+    float y;
+    asm("ex2.approx.f32 %0, %1;" : "=f"(y) : "f"(__fmul_rn(__fsub_rn(x, m), 1.4426950408889634f)));
+    return y;
+}
+
+// e = exp(x − m) (exp_shifted), added to c (as 1: x is a finite max) or to r.
+__device__ __forceinline__ float exp_count_ce(float x, float m, bool finite_m, float& c, float& r) {
+    const float e = exp_shifted(x, m);
+    if (finite_m && x == m) {
+        c += 1.f;
+    } else {
+        r += e;
+    }
+    return e;
+}
+
+// Per row of the loss: what the gradient pass needs besides e.
+struct CeRow {
+    float ps;        // scale / s: the gradient of a non-label element is e·ps (NaN: bad label)
+    float s, scale;  // for the label's (e/s − 1)·scale
+};
+
+__device__ __forceinline__ CeRow ce_row(float scale, bool ok, float s) {
+    CeRow c;
+    c.scale = scale;
+    c.s = s;
+    c.ps = ok ? __fdiv_rn(c.scale, s) : quiet_nan();
+    return c;
+}
+
+// Pack i of dlogits: e·(scale/s) everywhere (the label's element is rewritten by ce_label).
+template <int VEC>
+__device__ __forceinline__ void ce_out(void* dlogits, size_t off, int i, const float (&e)[VEC],
+                                       float ps, int out_f16) {
+    float o[VEC];
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) o[k] = __fmul_rn(e[k], ps);
+    store_out<VEC>(dlogits, off, i, o, out_f16);
+}
+
+// The label's gradient, (e/s − 1)·scale with the exact quotient (the one element where the
+// subtraction cancels), written over what ce_out stored there. Called by the thread that stored
+// the label's pack, after it, so program order makes this the value that stays. e is computed
+// again from the logit, with the same operations as the pass that summed it: the same bits.
+template <typename L>
+__device__ __forceinline__ void ce_label(const L* __restrict__ row, void* dlogits, size_t off,
+                                         unsigned label, float m, const CeRow& c, int out_f16) {
+    const float e = exp_shifted(to_float(row[label]), m);
+    const float g = __fmul_rn(__fsub_rn(__fdiv_rn(e, c.s), 1.f), c.scale);
+    if (out_f16) {
+        static_cast<__half*>(dlogits)[off + label] = __float2half_rn(g);
+    } else {
+        static_cast<float*>(dlogits)[off + label] = g;
+    }
 }
 
 // (m − x_label) + ln s with ln s = ln c + log1p(r / c), or NaN for an out-of-range label. A
@@ -372,80 +487,258 @@ __device__ __forceinline__ float ce_loss(const L* __restrict__ row, unsigned lab
     return ok ? __fadd_rn(__fsub_rn(m, to_float(row[label])), ln_s) : quiet_nan();
 }
 
-template <typename L, int VEC, int P>
-__device__ __forceinline__ void ce_warp(const L* __restrict__ logits,
-                                        const unsigned* __restrict__ labels,
-                                        const float* __restrict__ grad_scale, void* dlogits,
-                                        int out_f16, float* __restrict__ row_loss, int rows,
-                                        int classes) {
-    const int lane = threadIdx.x & 31;
-    const int row = blockIdx.x * WARP_ROWS + (threadIdx.x >> 5);
-    if (row >= rows) return;
-    const int packs = classes / VEC;
-    const size_t off = size_t(row) * classes;
-    const unsigned label = labels[row];
-    const bool ok = label < unsigned(classes);
-    float v[P][VEC];
-    float m = -INFINITY;
+__device__ __forceinline__ double warp_sum_d(double v) {
 #pragma unroll
-    for (int p = 0; p < P; ++p) {
-        if (p * 32 + lane < packs) {
-            load<VEC>(logits + off, p * 32 + lane, v[p]);
-#pragma unroll
-            for (int k = 0; k < VEC; ++k) m = fmaxf(m, v[p][k]);
-        }
-    }
-    m = warp_max(m);
-    const bool finite_m = isfinite(m);
-    float c = 0.f, r = 0.f;
-#pragma unroll
-    for (int p = 0; p < P; ++p) {
-        if (p * 32 + lane < packs) {
-#pragma unroll
-            for (int k = 0; k < VEC; ++k) v[p][k] = exp_count(v[p][k], m, finite_m, c, r);
-        }
-    }
-    c = warp_sum(c);
-    r = warp_sum(r);
-    const float s = c + r;
-    const float scale = __fdiv_rn(*grad_scale, float(rows));
-#pragma unroll
-    for (int p = 0; p < P; ++p) {
-        const int i = p * 32 + lane;
-        if (i < packs) {
-            float o[VEC];
-#pragma unroll
-            for (int k = 0; k < VEC; ++k) o[k] = ce_grad(v[p][k], s, i * VEC + k, label, ok, scale);
-            store_out<VEC>(dlogits, off, i, o, out_f16);
-        }
-    }
-    if (lane == 0) row_loss[row] = ce_loss(logits + off, label, ok, m, c, r);
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
 }
 
+// Blocks of the current loss launch that have taken their ticket. Zero when the module loads;
+// the last block of each launch puts it back to zero, so every launch (and graph replay) starts
+// from zero. One module instance per context, and its launches are ordered on one stream.
+__device__ unsigned ce_blocks_done;
+
+// Called by every thread of the block at its end (each row group's first thread holds the f64
+// sum of its rows' losses, in row order; the others 0): the block adds them in group order,
+// writes partial[blockIdx.x], and takes a ticket with a release-acquire atomic (no full fence:
+// only that one store has to be visible first). Returns whether this block took the last
+// ticket, for every thread of the block.
+__device__ __forceinline__ bool ce_ticket(double* __restrict__ partial, double group_loss,
+                                          int group) {
+    __shared__ double part[32];
+    __shared__ unsigned ticket;
+    const int groups = blockDim.x / group;
+    if (threadIdx.x % group == 0) part[threadIdx.x / group] = group_loss;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double b = 0.0;
+        for (int w = 0; w < groups; ++w) b += part[w];
+        partial[blockIdx.x] = b;
+        unsigned t;
+        asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;"
+                     : "=r"(t)
+                     : "l"(&ce_blocks_done)
+                     : "memory");
+        ticket = t;
+    }
+    __syncthreads();
+    return ticket == gridDim.x - 1;
+}
+
+// The last block: adds the partials in a fixed order (strided per thread, then a fixed tree),
+// writes the mean and resets the counter. Every other block has released its partial before its
+// ticket, and this block's ticket acquired them (thread 0, then the barrier in ce_ticket). No
+// float atomics; the order depends on the launch shape only.
+__device__ __forceinline__ void ce_total(const double* __restrict__ partial,
+                                         float* __restrict__ loss, int rows) {
+    __shared__ double part[32];
+    double s = 0.0;
+    for (unsigned i = threadIdx.x; i < gridDim.x; i += blockDim.x) s += __ldcg(partial + i);
+    s = warp_sum_d(s);
+    const int lane = threadIdx.x & 31;
+    if (lane == 0) part[threadIdx.x >> 5] = s;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        s = warp_sum_d(lane < int(blockDim.x >> 5) ? part[lane] : 0.0);
+        if (threadIdx.x == 0) {
+            *loss = float(s / double(rows));
+            ce_blocks_done = 0;  // the launch's last access to it: the kernel's end orders it
+        }
+    }
+}
+
+// The gradient scale: AMP's loss scale over the number of rows.
+__device__ __forceinline__ float ce_scale(const float* __restrict__ grad_scale, int rows) {
+    return __fdiv_rn(*grad_scale, float(rows));
+}
+
+// The loss with the row in registers: row groups of `group` threads, 32 (a warp per row,
+// blockDim.x / 32 rows at a time) or blockDim.x (a block per row). Block b takes the row sets
+// b, b + gridDim.x, ... (a row set is blockDim.x / group consecutive rows), so a launch has a
+// bounded number of blocks, each paying ce_ticket's barrier and atomic once. With PF, each
+// thread loads its packs (as stored) and the label of its next row before working on the current
+// one, so memory stays busy while the rows' reductions and exps run. Requires packs ≤ P·group.
+template <typename L, int VEC, int P, bool PF>
+__device__ __forceinline__ void ce_rows(const L* __restrict__ logits,
+                                        const unsigned* __restrict__ labels,
+                                        const float* __restrict__ grad_scale, void* dlogits,
+                                        int out_f16, double* __restrict__ partial,
+                                        float* __restrict__ loss, int rows, int classes,
+                                        int group) {
+    const int groups = blockDim.x / group, my_group = int(threadIdx.x) / group;
+    const int t = threadIdx.x % group;
+    const int packs = classes / VEC;
+    const float scale = ce_scale(grad_scale, rows);
+    const int sets = (rows + groups - 1) / groups;
+    double group_loss = 0.0;
+    Pack<L, VEC> ahead[P];  // PF: the next row's packs, as loaded
+    unsigned ahead_label = 0;
+    if (PF) {
+        const int row = blockIdx.x * groups + my_group;
+        if (blockIdx.x < sets && row < rows) {
+            load_raw<L, VEC, P>(logits + size_t(row) * classes, group, t, packs, ahead);
+            ahead_label = labels[row];
+        }
+    }
+    // Every thread of the block runs the same sets; in block mode (groups == 1) every row of a
+    // set exists, so the barriers inside the block reductions are block-uniform. Warp mode has
+    // none inside.
+    for (int set = blockIdx.x; set < sets; set += gridDim.x) {
+        const int row = set * groups + my_group;
+        if (row >= rows) continue;
+        const size_t off = size_t(row) * classes;
+        float v[P][VEC];
+        unsigned label;
+        if (PF) {
+            label = ahead_label;
+#pragma unroll
+            for (int p = 0; p < P; ++p) {
+#pragma unroll
+                for (int k = 0; k < VEC; ++k) v[p][k] = to_float(ahead[p].v[k]);
+            }
+            const int next = row + gridDim.x * groups;
+            if (next < rows) {
+                load_raw<L, VEC, P>(logits + size_t(next) * classes, group, t, packs, ahead);
+                ahead_label = labels[next];
+            }
+        } else {
+            label = labels[row];
+#pragma unroll
+            for (int p = 0; p < P; ++p) {
+                if (p * group + t < packs) load<VEC>(logits + off, p * group + t, v[p]);
+            }
+        }
+        const bool ok = label < unsigned(classes);
+        float m = -INFINITY;
+#pragma unroll
+        for (int p = 0; p < P; ++p) {
+            if (p * group + t < packs) {
+#pragma unroll
+                for (int k = 0; k < VEC; ++k) m = fmaxf(m, v[p][k]);
+            }
+        }
+        m = group == 32 ? warp_max(m) : block_max(m);
+        const bool finite_m = isfinite(m);
+        float c = 0.f, r = 0.f;
+#pragma unroll
+        for (int p = 0; p < P; ++p) {
+            if (p * group + t < packs) {
+#pragma unroll
+                for (int k = 0; k < VEC; ++k) v[p][k] = exp_count_ce(v[p][k], m, finite_m, c, r);
+            }
+        }
+        const float2 cr = group == 32 ? make_float2(warp_sum(c), warp_sum(r))
+                                      : block_sum2(make_float2(c, r));
+        const CeRow cw = ce_row(scale, ok, cr.x + cr.y);
+#pragma unroll
+        for (int p = 0; p < P; ++p) {
+            const int i = p * group + t;
+            if (i < packs) ce_out<VEC>(dlogits, off, i, v[p], cw.ps, out_f16);
+        }
+        if (ok && int(label / VEC) % group == t) {
+            ce_label(logits + off, dlogits, off, label, m, cw, out_f16);
+        }
+        if (t == 0) group_loss += double(ce_loss(logits + off, label, ok, m, cr.x, cr.y));
+    }
+    if (ce_ticket(partial, group_loss, group)) ce_total(partial, loss, rows);
+}
+
+// The loss with a block per row too long for registers: packs [0, cached) are read once into
+// dynamic shared memory (as f32), the next TAIL_FLOATS·blockDim.x floats into registers (thread t
+// holds packs cached + u·T + t), and any beyond are read again (from L2) in the later passes.
+// The cached and register copies are overwritten with e = exp(x − m), so exp runs once for them.
+// Block b takes rows b, b + gridDim.x, ...; each thread only reads back the cache entries it
+// wrote itself, so rows need no barrier between them beyond the reductions'.
 template <typename L, int VEC>
 __device__ __forceinline__ void ce_block(const L* __restrict__ logits,
                                          const unsigned* __restrict__ labels,
                                          const float* __restrict__ grad_scale, void* dlogits,
-                                         int out_f16, float* __restrict__ row_loss, int rows,
-                                         int classes, int cached) {
-    const int row = blockIdx.x, packs = classes / VEC;
-    const size_t off = size_t(row) * classes;
-    const unsigned label = labels[row];
-    const bool ok = label < unsigned(classes);
+                                         int out_f16, double* __restrict__ partial,
+                                         float* __restrict__ loss, int rows, int classes,
+                                         int cached) {
+    constexpr int TP = TAIL_FLOATS / VEC;
+    const int T = blockDim.x, t = threadIdx.x, packs = classes / VEC;
+    const int rest = cached + TP * T;
+    const float scale = ce_scale(grad_scale, rows);
     float* cache = dyn_smem;
-    const float m = block_max(load_cache_max<L, VEC>(logits + off, packs, cached, cache));
-    const float2 cr = block_sum2(exp_pass<L, VEC>(logits + off, packs, cached, cache, m));
-    const float s = cr.x + cr.y;
-    const float scale = __fdiv_rn(*grad_scale, float(rows));
-#pragma unroll 4
-    for (int i = threadIdx.x; i < packs; i += blockDim.x) {
-        float e[VEC];
-        exp_of<L, VEC>(logits + off, cache, i, cached, m, e);
+    double row_losses = 0.0;
+    for (int row = blockIdx.x; row < rows; row += gridDim.x) {
+        const size_t off = size_t(row) * classes;
+        const L* __restrict__ xr = logits + off;
+        const unsigned label = labels[row];
+        const bool ok = label < unsigned(classes);
+        float tail[TP][VEC];
+        float m = -INFINITY;
 #pragma unroll
-        for (int k = 0; k < VEC; ++k) e[k] = ce_grad(e[k], s, i * VEC + k, label, ok, scale);
-        store_out<VEC>(dlogits, off, i, e, out_f16);
+        for (int u = 0; u < TP; ++u) {
+            const int i = cached + u * T + t;
+            if (i < packs) {
+                load<VEC>(xr, i, tail[u]);
+#pragma unroll
+                for (int k = 0; k < VEC; ++k) m = fmaxf(m, tail[u][k]);
+            }
+        }
+        m = fmaxf(m, load_cache_max<L, VEC>(xr, cached, cached, cache));
+        for (int i = rest + t; i < packs; i += T) {
+            float v[VEC];
+            load<VEC>(xr, i, v);
+#pragma unroll
+            for (int k = 0; k < VEC; ++k) m = fmaxf(m, v[k]);
+        }
+        m = block_max(m);
+        const bool finite_m = isfinite(m);
+        float c = 0.f, r = 0.f;
+#pragma unroll 4
+        for (int i = t; i < cached; i += T) {
+            float v[VEC];
+            load<VEC>(cache, i, v);
+#pragma unroll
+            for (int k = 0; k < VEC; ++k) v[k] = exp_count_ce(v[k], m, finite_m, c, r);
+            store<VEC>(cache, i, v);
+        }
+#pragma unroll
+        for (int u = 0; u < TP; ++u) {
+            if (cached + u * T + t < packs) {
+#pragma unroll
+                for (int k = 0; k < VEC; ++k) {
+                    tail[u][k] = exp_count_ce(tail[u][k], m, finite_m, c, r);
+                }
+            }
+        }
+        for (int i = rest + t; i < packs; i += T) {
+            float v[VEC];
+            load<VEC>(xr, i, v);
+#pragma unroll
+            for (int k = 0; k < VEC; ++k) exp_count_ce(v[k], m, finite_m, c, r);
+        }
+        const float2 cr = block_sum2(make_float2(c, r));
+        const CeRow cw = ce_row(scale, ok, cr.x + cr.y);
+#pragma unroll 4
+        for (int i = t; i < cached; i += T) {
+            float e[VEC];
+            load<VEC>(cache, i, e);
+            ce_out<VEC>(dlogits, off, i, e, cw.ps, out_f16);
+        }
+#pragma unroll
+        for (int u = 0; u < TP; ++u) {
+            const int i = cached + u * T + t;
+            if (i < packs) ce_out<VEC>(dlogits, off, i, tail[u], cw.ps, out_f16);
+        }
+        for (int i = rest + t; i < packs; i += T) {
+            float e[VEC];
+            load<VEC>(xr, i, e);
+#pragma unroll
+            for (int k = 0; k < VEC; ++k) e[k] = exp_shifted(e[k], m);
+            ce_out<VEC>(dlogits, off, i, e, cw.ps, out_f16);
+        }
+        // The thread that stored the label's pack: packs below `cached` and from `rest` on go
+        // to threads by index mod T, the register packs by (index − cached) mod T.
+        const int lp = int(label / VEC);
+        const int owner = lp < cached ? lp % T : lp < rest ? (lp - cached) % T : (lp - rest) % T;
+        if (ok && owner == t) ce_label(xr, dlogits, off, label, m, cw, out_f16);
+        if (t == 0) row_losses += double(ce_loss(xr, label, ok, m, cr.x, cr.y));
     }
-    if (threadIdx.x == 0) row_loss[row] = ce_loss(logits + off, label, ok, m, cr.x, cr.y);
+    if (ce_ticket(partial, row_losses, T)) ce_total(partial, loss, rows);
 }
 
 }  // namespace softmax_detail
@@ -460,18 +753,6 @@ using namespace softmax_detail;
     extern "C" __global__ void __launch_bounds__(32 * WARP_ROWS) softmax_bwd_warp_v##V##_p##P(   \
         const float* y, const float* dy, float* dx, int rows, int cols) {                        \
         bwd_warp<V, P>(y, dy, dx, rows, cols);                                                   \
-    }                                                                                            \
-    extern "C" __global__ void __launch_bounds__(32 * WARP_ROWS) softmax_ce_warp_f32_v##V##_p##P( \
-        const float* logits, const unsigned* labels, const float* grad_scale, void* dlogits,     \
-        int out_f16, float* row_loss, int rows, int classes) {                                   \
-        ce_warp<float, V, P>(logits, labels, grad_scale, dlogits, out_f16, row_loss, rows,      \
-                             classes);                                                           \
-    }                                                                                            \
-    extern "C" __global__ void __launch_bounds__(32 * WARP_ROWS) softmax_ce_warp_f16_v##V##_p##P( \
-        const __half* logits, const unsigned* labels, const float* grad_scale, void* dlogits,    \
-        int out_f16, float* row_loss, int rows, int classes) {                                   \
-        ce_warp<__half, V, P>(logits, labels, grad_scale, dlogits, out_f16, row_loss, rows,     \
-                              classes);                                                          \
     }
 SOFTMAX_WARP(4, 1)
 SOFTMAX_WARP(4, 2)
@@ -490,38 +771,47 @@ SOFTMAX_WARP(1, 8)
     extern "C" __global__ void __launch_bounds__(1024) softmax_bwd_block_v##V(                  \
         const float* y, const float* dy, float* dx, int cols, int cached) {                     \
         bwd_block<V>(y, dy, dx, cols, cached);                                                  \
-    }                                                                                           \
-    extern "C" __global__ void __launch_bounds__(1024) softmax_ce_block_f32_v##V(               \
-        const float* logits, const unsigned* labels, const float* grad_scale, void* dlogits,    \
-        int out_f16, float* row_loss, int rows, int classes, int cached) {                      \
-        ce_block<float, V>(logits, labels, grad_scale, dlogits, out_f16, row_loss, rows,       \
-                           classes, cached);                                                    \
-    }                                                                                           \
-    extern "C" __global__ void __launch_bounds__(1024) softmax_ce_block_f16_v##V(               \
-        const __half* logits, const unsigned* labels, const float* grad_scale, void* dlogits,   \
-        int out_f16, float* row_loss, int rows, int classes, int cached) {                      \
-        ce_block<__half, V>(logits, labels, grad_scale, dlogits, out_f16, row_loss, rows,      \
-                            classes, cached);                                                   \
     }
 SOFTMAX_BLOCK(4)
 SOFTMAX_BLOCK(1)
 
-// The mean of the row losses: one block; each thread adds rows tid, tid + T, ... in f64, then a
-// fixed tree. NaN and inf rows carry into the mean as in the reference's f64 sum.
-extern "C" __global__ void __launch_bounds__(FINISH_THREADS)
-    softmax_ce_finish(const float* __restrict__ row_loss, int rows, float* __restrict__ loss) {
-    __shared__ double part[32];
-    double s = 0.0;
-    for (int i = threadIdx.x; i < rows; i += blockDim.x) s += double(row_loss[i]);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    const int lane = threadIdx.x & 31;
-    if (lane == 0) part[threadIdx.x >> 5] = s;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        s = lane < int(blockDim.x >> 5) ? part[lane] : 0.0;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        if (threadIdx.x == 0) *loss = float(s / double(rows));
+// Threads a softmax_ce_rows instance may be launched with: it keeps VEC·P floats of the row per
+// thread. Mirrored by src/ops/softmax.rs (checked there against the PTX's .maxntid).
+constexpr int ce_rows_bound(int vec, int p) { return vec * p <= 16 ? 1024 : vec * p <= 32 ? 512 : 256; }
+// Resident blocks asked of the compiler: 2 keeps the 32-float instances at 64 registers (four
+// 256-thread blocks per SM in warp mode), which the grid-stride loop would otherwise push to ~94.
+constexpr int ce_rows_min_blocks(int vec, int p) { return vec * p <= 16 ? 1 : 2; }
+
+#define SOFTMAX_CE_ROWS(T, L, V, P)                                                               \
+    extern "C" __global__ void __launch_bounds__(ce_rows_bound(V, P), ce_rows_min_blocks(V, P))   \
+        softmax_ce_rows_##T##_v##V##_p##P(const L* logits, const unsigned* labels,                \
+                                          const float* grad_scale, void* dlogits, int out_f16,    \
+                                          double* partial, float* loss, int rows, int classes,    \
+                                          int group) {                                            \
+        ce_rows<L, V, P, false>(logits, labels, grad_scale, dlogits, out_f16, partial, loss,      \
+                                rows, classes, group);                                            \
+    }                                                                                             \
+    extern "C" __global__ void __launch_bounds__(ce_rows_bound(V, P))                             \
+        softmax_ce_rows_pf_##T##_v##V##_p##P(const L* logits, const unsigned* labels,             \
+                                             const float* grad_scale, void* dlogits,              \
+                                             int out_f16, double* partial, float* loss,           \
+                                             int rows, int classes, int group) {                  \
+        ce_rows<L, V, P, true>(logits, labels, grad_scale, dlogits, out_f16, partial, loss, rows, \
+                               classes, group);                                                   \
     }
-}
+#define SOFTMAX_CE(T, L, V)                                                                       \
+    SOFTMAX_CE_ROWS(T, L, V, 1)                                                                   \
+    SOFTMAX_CE_ROWS(T, L, V, 2)                                                                   \
+    SOFTMAX_CE_ROWS(T, L, V, 4)                                                                   \
+    SOFTMAX_CE_ROWS(T, L, V, 8)                                                                   \
+    extern "C" __global__ void __launch_bounds__(1024) softmax_ce_block_##T##_v##V(               \
+        const L* logits, const unsigned* labels, const float* grad_scale, void* dlogits,          \
+        int out_f16, double* partial, float* loss, int rows, int classes, int cached) {           \
+        ce_block<L, V>(logits, labels, grad_scale, dlogits, out_f16, partial, loss, rows,         \
+                       classes, cached);                                                          \
+    }
+SOFTMAX_CE(f32, float, 4)
+SOFTMAX_CE(f32, float, 1)
+SOFTMAX_CE(f16, __half, 8)
+SOFTMAX_CE(f16, __half, 4)
+SOFTMAX_CE(f16, __half, 1)

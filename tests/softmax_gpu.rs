@@ -18,7 +18,9 @@ use ampkit::check::{unwritten, ToF64, Tolerance};
 use ampkit::cpu::softmax as cpu;
 use ampkit::cpu::Element;
 use ampkit::cuda::{DeviceBuffer, Gpu};
-use ampkit::ops::softmax::{backward, forward, softmax_cross_entropy, Grad, Logit};
+use ampkit::ops::softmax::{
+    backward, forward, softmax_cross_entropy, softmax_cross_entropy_forced, CeForce, Grad, Logit,
+};
 use ampkit::{f16, Error};
 use common::{assert_all_written, assert_close, assert_scaled, gpu, rng};
 use cudarc::driver::DeviceRepr;
@@ -155,8 +157,49 @@ where
     L: Logit + Element + ToF64,
     D: Grad + Element + ToF64 + bytemuck::Pod,
 {
+    check_ce_with(gpu, x, labels, classes, scale, fill, what, 0, None)
+}
+
+/// [`check_ce`] with the buffers at element `offset` and, if given, a forced launch shape.
+#[allow(clippy::too_many_arguments)]
+fn check_ce_with<L, D>(
+    gpu: &Gpu,
+    x: &[L],
+    labels: &[u32],
+    classes: usize,
+    scale: f32,
+    fill: D,
+    what: &str,
+    offset: usize,
+    force: Option<CeForce>,
+) -> (f32, Vec<D>)
+where
+    L: Logit + Element + ToF64,
+    D: Grad + Element + ToF64 + bytemuck::Pod,
+{
+    try_check_ce(gpu, x, labels, classes, scale, fill, what, offset, force)
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// [`check_ce_with`], or the error of a forced shape the row does not fit (nothing launched).
+#[allow(clippy::too_many_arguments)]
+fn try_check_ce<L, D>(
+    gpu: &Gpu,
+    x: &[L],
+    labels: &[u32],
+    classes: usize,
+    scale: f32,
+    fill: D,
+    what: &str,
+    offset: usize,
+    force: Option<CeForce>,
+) -> Result<(f32, Vec<D>), Error>
+where
+    L: Logit + Element + ToF64,
+    D: Grad + Element + ToF64 + bytemuck::Pod,
+{
     let rows = labels.len();
-    let (got_loss, got) = run_ce(gpu, x, labels, classes, scale, fill, 0);
+    let (got_loss, got) = run_ce_with(gpu, x, labels, classes, scale, fill, offset, force)?;
     assert_all_written(&format!("{what} dlogits"), &got, fill);
     let mut want = vec![0.0f64; x.len()];
     let want_loss = cpu::softmax_cross_entropy(x, labels, rows, classes, scale, &mut want).unwrap();
@@ -165,7 +208,7 @@ where
     let err = (f64::from(got_loss) - want_loss).abs() / want_loss.abs().max(1e-30);
     eprintln!("{what} loss: {got_loss} vs {want_loss}, rel error {err:.2e}");
     assert!(err <= LIMIT, "{what}: loss {got_loss} vs {want_loss}");
-    (got_loss, got)
+    Ok((got_loss, got))
 }
 
 /// How far each gradient may be from the f64 reference `want`: [`LIMIT`] of the terms that
@@ -210,26 +253,42 @@ where
     L: Logit + Element,
     D: Grad + Element,
 {
+    run_ce_with(gpu, x, labels, classes, scale, fill, offset, None).unwrap()
+}
+
+/// [`run_ce`] in a forced launch shape when `force` is given.
+#[allow(clippy::too_many_arguments)]
+fn run_ce_with<L, D>(
+    gpu: &Gpu,
+    x: &[L],
+    labels: &[u32],
+    classes: usize,
+    scale: f32,
+    fill: D,
+    offset: usize,
+    force: Option<CeForce>,
+) -> Result<(f32, Vec<D>), Error>
+where
+    L: Logit + Element,
+    D: Grad + Element,
+{
     let (rows, o) = (labels.len(), offset);
     let xd = upload_at(gpu, x, o, x[0]);
     let ld = gpu.upload(labels).unwrap();
     let sd = gpu.upload(&[scale]).unwrap();
     let mut dd = upload_at(gpu, &vec![fill; x.len()], o, fill);
     let mut loss = gpu.upload(&[poison()]).unwrap();
-    softmax_cross_entropy(
-        gpu,
-        &xd.slice(o..),
-        &ld,
-        rows,
-        classes,
-        &sd,
-        &mut dd.slice_mut(o..),
-        &mut loss,
-    )
-    .unwrap();
+    let xv = xd.slice(o..);
+    let mut dv = dd.slice_mut(o..);
+    match force {
+        None => softmax_cross_entropy(gpu, &xv, &ld, rows, classes, &sd, &mut dv, &mut loss),
+        Some(f) => {
+            softmax_cross_entropy_forced(gpu, (&xv, &ld, &sd), rows, classes, &mut dv, &mut loss, f)
+        }
+    }?;
     let got_loss = gpu.download(&loss).unwrap()[0];
     assert_ne!(got_loss.to_bits(), poison().to_bits(), "loss never written");
-    (got_loss, gpu.download(&dd.slice(o..)).unwrap())
+    Ok((got_loss, gpu.download(&dd.slice(o..)).unwrap()))
 }
 
 #[test]
@@ -310,6 +369,110 @@ fn cross_entropy_matches_the_f64_reference_for_every_type_pair() {
     let allowed = allowance(&wide(&x), &l, 1024, 8.0, &want, false);
     assert_scaled("aligned dlogits", &aligned, &want, &allowed, 1.0);
     assert_scaled("offset-1 dlogits", &shifted, &want, &allowed, 1.0);
+}
+
+/// Every launch shape of the loss on odd sizes, for each access width (8: classes % 8 == 0 and
+/// 16-byte aligned; 4: a view 4 elements in; 1: odd classes) and type pair: warp per row with
+/// 1-8 packs per lane, block per row with the row in registers, and the shared-memory kernel
+/// with the row split between shared memory, registers (8 floats per thread) and a re-read tail.
+/// Each shape also writes the mean loss in its one launch (last block done).
+#[test]
+fn cross_entropy_every_forced_shape_matches_the_f64_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = rng("gpu cross-entropy forced shapes");
+    let mut checked = 0;
+    for (rows, classes, offset) in [
+        (37, 96, 0),
+        (37, 96, 4),
+        (21, 250, 0),
+        (9, 1000, 0),
+        (5, 1031, 0),
+        (3, 2056, 4),
+        (3, 4096, 0),
+    ] {
+        let x = logits(&mut rng, rows, classes, 20.0, 6.0);
+        let l = labels(&mut rng, rows, classes);
+        let x16: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
+        let mut forced = vec![];
+        for p in [1, 2, 4, 8] {
+            for prefetch in [false, true] {
+                forced.push(CeForce::Warp { p, prefetch });
+                forced.push(CeForce::Block { p, prefetch });
+            }
+        }
+        for (threads, cached) in [(32, 0), (64, 7), (128, 40), (256, classes / 3), (1024, 5)] {
+            forced.push(CeForce::Shared { threads, cached });
+        }
+        for f in forced {
+            let what = format!("{rows}x{classes} offset {offset} {f:?}");
+            let f = Some(f);
+            // A shape the row does not fit is refused before any launch (the unit tests check
+            // which); the four type pairs differ in access width, so each may fit or not.
+            let mut ran = |r: Result<(f32, Vec<f32>), Error>| match r {
+                Ok(_) => checked += 1,
+                Err(e) => assert!(e.to_string().contains("does not fit"), "{what}: {e}"),
+            };
+            let w = format!("{what} f32→f32");
+            ran(try_check_ce(
+                &gpu,
+                &x,
+                &l,
+                classes,
+                8.0,
+                poison(),
+                &w,
+                offset,
+                f,
+            ));
+            let w = format!("{what} f16→f32");
+            ran(try_check_ce(
+                &gpu,
+                &x16,
+                &l,
+                classes,
+                8.0,
+                poison(),
+                &w,
+                offset,
+                f,
+            ));
+            let w = format!("{what} f16→f16");
+            let r = try_check_ce(&gpu, &x16, &l, classes, 8.0, poison16(), &w, offset, f);
+            ran(r.map(|(loss, _)| (loss, vec![])));
+            let w = format!("{what} f32→f16");
+            let r = try_check_ce(&gpu, &x, &l, classes, 8.0, poison16(), &w, offset, f);
+            ran(r.map(|(loss, _)| (loss, vec![])));
+        }
+    }
+    assert!(checked > 250, "only {checked} shape runs");
+    // Launches past 2^18 threads loop over the rows: each block then adds several rows to its
+    // partial sum (warp mode: 9000 rows in at most 1024 blocks of 8; a block per row of 1024
+    // threads: at most 256 blocks).
+    // (rows, classes, f32 shape, f16 shape): 1024-thread blocks take packs of 4 f32 or 8 f16.
+    for prefetch in [false, true] {
+        let warp = CeForce::Warp { p: 1, prefetch };
+        let block = |p| CeForce::Block { p, prefetch };
+        let shared = |cached| CeForce::Shared {
+            threads: 1024,
+            cached,
+        };
+        for (rows, classes, f32_shape, f16_shape) in [
+            (9000, 24, warp, warp),
+            (301, 8000, block(2), block(1)),
+            (300, 100, shared(5), shared(5)),
+            (257, 2000, shared(100), shared(100)),
+        ] {
+            let x = logits(&mut rng, rows, classes, 20.0, 6.0);
+            let l = labels(&mut rng, rows, classes);
+            let x16: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
+            let what = format!("{rows}x{classes}");
+            let (f32_shape, f16_shape) = (Some(f32_shape), Some(f16_shape));
+            let w = format!("{what} {f32_shape:?} f32→f32");
+            check_ce_with(&gpu, &x, &l, classes, 8.0, poison(), &w, 0, f32_shape);
+            let w = format!("{what} {f16_shape:?} f16→f16");
+            check_ce_with(&gpu, &x16, &l, classes, 8.0, poison16(), &w, 0, f16_shape);
+        }
+    }
 }
 
 /// A label ≥ classes cannot be an error on the device: its row's loss and gradients are NaN

@@ -7,8 +7,11 @@
 //! reference to rounding; they are bit-identical run to run (fixed reduction shapes, no float
 //! atomics). One warp per row while a row fits 32 lanes' registers (≤ 1024 columns with 4-element
 //! accesses, ≤ 256 without), else one block per row with the row cached in shared memory (as much
-//! as fits; a longer tail is read again, from L2). 4-element accesses need `cols % 4 == 0` and
-//! every row-major buffer aligned to 4 elements.
+//! as fits, 8 more floats per thread in registers; a longer tail is read again, from L2).
+//! 4-element accesses need `cols % 4 == 0` and every row-major buffer aligned to 4 elements. The
+//! loss keeps rows of up to 16 384 classes in registers (a warp per row up to 1024, then a block
+//! per row) and reads f16 logits 8 at a time when `classes % 8 == 0` and both buffers are 16-byte
+//! aligned.
 //!
 //! # Cross-entropy on the device
 //!
@@ -18,8 +21,9 @@
 //!   on the device by [`crate::ops::scaler`], enters here and nowhere else. It multiplies the
 //!   gradient only, never the loss, and is applied as given (a non-finite scale gives non-finite
 //!   gradients, which the unscale step's inf check catches).
-//! - The mean loss is written to **one f32 in device memory**: row losses go to the device's
-//!   scratch buffer and a one-block kernel adds them in f64 in a fixed order.
+//! - The mean loss is written to **one f32 in device memory**, in the same launch: each block
+//!   writes one f64 partial sum of its rows' losses to the device's scratch buffer, and the last
+//!   block to finish (an integer ticket) adds the partials in a fixed order. No float atomics.
 //! - **Labels out of range**: the reference returns [`Error::InvalidArgument`]; the labels here are
 //!   in device memory, and checking them would cost a host synchronisation. Instead a row whose
 //!   label is ≥ `classes` gets a NaN loss and NaN in every one of its `dlogits`, so the mean loss
@@ -180,8 +184,6 @@ pub(crate) fn ptx_maxntid(ptx: &str, entry: &str) -> Option<u32> {
         .ok()
 }
 
-const FINISH_THREADS: u32 = 1024;
-
 const FWD_WARP: [[&str; 4]; 2] = [
     [
         "softmax_fwd_warp_v4_p1",
@@ -213,48 +215,65 @@ const BWD_WARP: [[&str; 4]; 2] = [
 ];
 const BWD_BLOCK: [&str; 2] = ["softmax_bwd_block_v4", "softmax_bwd_block_v1"];
 
+/// `["<prefix>_v{vec}_p1", … "_p8"]`: a loss kernel keeping the row in registers, for one access
+/// width and packs per thread 1, 2, 4, 8.
+macro_rules! ce_rows_names {
+    ($prefix:literal, $vec:literal) => {
+        [
+            concat!($prefix, "_v", $vec, "_p1"),
+            concat!($prefix, "_v", $vec, "_p2"),
+            concat!($prefix, "_v", $vec, "_p4"),
+            concat!($prefix, "_v", $vec, "_p8"),
+        ]
+    };
+}
+
 /// Logit types [`softmax_cross_entropy`] reads: f16 or f32.
 pub trait Logit: DeviceRepr + sealed::Sealed {
-    /// Warp-per-row kernels, by access width (4, 1) and packs per lane (1, 2, 4, 8).
+    /// Access widths the loss kernels are built for, widest first: 16 bytes of logits, then
+    /// 4 elements, then 1.
     #[doc(hidden)]
-    const WARP: [[&'static str; 4]; 2];
-    /// Block-per-row kernels, by access width (4, 1).
+    const VECS: &'static [usize];
+    /// Row-in-registers kernels, by access width (as [`Logit::VECS`]) and packs per thread
+    /// (1, 2, 4, 8).
     #[doc(hidden)]
-    const BLOCK: [&'static str; 2];
+    const ROWS: &'static [[&'static str; 4]];
+    /// The same with the next row prefetched.
+    #[doc(hidden)]
+    const ROWS_PF: &'static [[&'static str; 4]];
+    /// Block-per-row kernels with the row in shared memory, by access width.
+    #[doc(hidden)]
+    const BLOCK: &'static [&'static str];
 }
 impl Logit for f32 {
-    const WARP: [[&'static str; 4]; 2] = [
-        [
-            "softmax_ce_warp_f32_v4_p1",
-            "softmax_ce_warp_f32_v4_p2",
-            "softmax_ce_warp_f32_v4_p4",
-            "softmax_ce_warp_f32_v4_p8",
-        ],
-        [
-            "softmax_ce_warp_f32_v1_p1",
-            "softmax_ce_warp_f32_v1_p2",
-            "softmax_ce_warp_f32_v1_p4",
-            "softmax_ce_warp_f32_v1_p8",
-        ],
+    const VECS: &'static [usize] = &[4, 1];
+    const ROWS: &'static [[&'static str; 4]] = &[
+        ce_rows_names!("softmax_ce_rows_f32", "4"),
+        ce_rows_names!("softmax_ce_rows_f32", "1"),
     ];
-    const BLOCK: [&'static str; 2] = ["softmax_ce_block_f32_v4", "softmax_ce_block_f32_v1"];
+    const ROWS_PF: &'static [[&'static str; 4]] = &[
+        ce_rows_names!("softmax_ce_rows_pf_f32", "4"),
+        ce_rows_names!("softmax_ce_rows_pf_f32", "1"),
+    ];
+    const BLOCK: &'static [&'static str] = &["softmax_ce_block_f32_v4", "softmax_ce_block_f32_v1"];
 }
 impl Logit for f16 {
-    const WARP: [[&'static str; 4]; 2] = [
-        [
-            "softmax_ce_warp_f16_v4_p1",
-            "softmax_ce_warp_f16_v4_p2",
-            "softmax_ce_warp_f16_v4_p4",
-            "softmax_ce_warp_f16_v4_p8",
-        ],
-        [
-            "softmax_ce_warp_f16_v1_p1",
-            "softmax_ce_warp_f16_v1_p2",
-            "softmax_ce_warp_f16_v1_p4",
-            "softmax_ce_warp_f16_v1_p8",
-        ],
+    const VECS: &'static [usize] = &[8, 4, 1];
+    const ROWS: &'static [[&'static str; 4]] = &[
+        ce_rows_names!("softmax_ce_rows_f16", "8"),
+        ce_rows_names!("softmax_ce_rows_f16", "4"),
+        ce_rows_names!("softmax_ce_rows_f16", "1"),
     ];
-    const BLOCK: [&'static str; 2] = ["softmax_ce_block_f16_v4", "softmax_ce_block_f16_v1"];
+    const ROWS_PF: &'static [[&'static str; 4]] = &[
+        ce_rows_names!("softmax_ce_rows_pf_f16", "8"),
+        ce_rows_names!("softmax_ce_rows_pf_f16", "4"),
+        ce_rows_names!("softmax_ce_rows_pf_f16", "1"),
+    ];
+    const BLOCK: &'static [&'static str] = &[
+        "softmax_ce_block_f16_v8",
+        "softmax_ce_block_f16_v4",
+        "softmax_ce_block_f16_v1",
+    ];
 }
 
 /// Gradient types [`softmax_cross_entropy`] writes: f16 (round to nearest even, overflow to
@@ -292,6 +311,170 @@ fn row_launch(rows: usize, shape: RowShape, vec: usize, arrays: usize) -> Launch
             shared_bytes: (arrays * cached * vec * 4) as u32,
             ..LaunchConfig::linear(rows as u32, threads)
         },
+    }
+}
+
+/// Launch bound of `softmax_ce_rows_*_v{vec}_p{p}` (`ce_rows_bound` in the kernel): it keeps
+/// vec·p floats of the row per thread.
+fn ce_rows_bound(vec: usize, p: usize) -> u32 {
+    match vec * p {
+        0..=16 => 1024,
+        17..=32 => 512,
+        _ => 256,
+    }
+}
+
+/// Floats per thread the long-row loss keeps in registers past its shared-memory cache
+/// (`TAIL_FLOATS` in the kernel).
+#[cfg(test)]
+const TAIL_FLOATS: usize = 8;
+
+/// Access width of the loss: 16 bytes of logits (8 f16 or 4 f32: `widest`) when `classes` is a
+/// multiple and both row-major buffers are 16-byte aligned, else 4 elements when `classes % 4 ==
+/// 0` and both are aligned to 4 elements, else 1. (8 f32 per thread would be two 16-byte accesses
+/// 32 bytes apart, each using half of every 32-byte sector: measured slower.)
+fn ce_vec(classes: usize, widest: usize, logits: (u64, usize), dlogits: (u64, usize)) -> usize {
+    let ptrs = [logits, dlogits];
+    if widest == 8 && classes % 8 == 0 && ptrs.iter().all(|&(a, _)| a % 16 == 0) {
+        8
+    } else {
+        vec_width(classes, &ptrs)
+    }
+}
+
+/// Index of `vec` in a logit type's [`Logit::VECS`].
+fn ce_vec_index<L: Logit>(vec: usize) -> usize {
+    L::VECS
+        .iter()
+        .position(|&v| v == vec)
+        .expect("ce_vec returns one of the logit type's widths")
+}
+
+/// A launch shape of the loss, forced by benchmarks and tests instead of the default plan.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CeForce {
+    /// A warp per row, `p` packs per lane (the row must fit: `packs ≤ 32·p`), 8 rows per block;
+    /// `prefetch` loads each lane's next row before working on the current one.
+    Warp { p: usize, prefetch: bool },
+    /// A block per row, `p` packs per thread in registers, as many threads as the next power
+    /// of two of `packs / p` (32 or more, within the kernel's launch bound).
+    Block { p: usize, prefetch: bool },
+    /// A block of `threads` per row; the first `cached` packs (at most what the device's shared
+    /// memory holds) in shared memory, the next 8 floats per thread in registers, the rest read
+    /// again.
+    Shared { threads: u32, cached: usize },
+}
+
+/// How the loss covers its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CeShape {
+    /// `softmax_ce_rows[_pf]`: row groups of `group` threads (32: a warp per row) in blocks of
+    /// `threads`, `p` packs per thread.
+    Rows {
+        p: usize,
+        threads: u32,
+        group: u32,
+        prefetch: bool,
+    },
+    /// `softmax_ce_block`: a block per row with `cached` packs in shared memory.
+    Shared { threads: u32, cached: usize },
+}
+
+/// Threads in a loss launch at most: its blocks loop over the row sets (one row per group) past
+/// this, so the per-block ticket and barrier of the one-launch mean are paid a bounded number of
+/// times. 2^18 is about one wave of the H100's 132 SMs × 2048 threads; a constant, so the number
+/// of partial sums (and their order) does not depend on the device.
+const CE_GRID_THREADS: usize = 1 << 18;
+
+impl CeShape {
+    /// Blocks in the launch over `rows` rows.
+    fn blocks(self, rows: usize) -> usize {
+        let (sets, threads) = match self {
+            CeShape::Rows { threads, group, .. } => {
+                (rows.div_ceil((threads / group) as usize), threads)
+            }
+            CeShape::Shared { threads, .. } => (rows, threads),
+        };
+        sets.min(CE_GRID_THREADS / threads as usize).max(1)
+    }
+}
+
+/// Rows of up to this many floats per lane take a warp each; longer rows a block each, with at
+/// least 2 packs per thread and at most `CE_BLOCK_THREADS` threads where the row allows
+/// (measured: docs/kernels/softmax.md).
+const CE_WARP_FLOATS: usize = 32;
+const CE_BLOCK_THREADS: u32 = 256;
+
+/// The loss's default shape for rows of `packs` packs of `vec` elements, with `shared_limit`
+/// bytes of shared memory per block; `prefetch` picks the kernels that load the next row ahead
+/// (measured faster for f32 logits, slower for f16, whose 16-byte packs already keep enough in
+/// flight and whose prefetch registers cost a resident block). Depends on the device only
+/// through `shared_limit`, and only for rows too long for registers.
+pub(crate) fn ce_plan(packs: usize, vec: usize, shared_limit: usize, prefetch: bool) -> CeShape {
+    let warp = PACKS_PER_LANE
+        .into_iter()
+        .find(|&p| 32 * p >= packs && vec * p <= CE_WARP_FLOATS);
+    if let Some(p) = warp {
+        return CeShape::Rows {
+            p,
+            threads: WARP_THREADS,
+            group: 32,
+            prefetch,
+        };
+    }
+    let fits = |p: usize, most: u32| {
+        let threads = packs.div_ceil(p).next_power_of_two().max(32) as u32;
+        (threads <= most.min(ce_rows_bound(vec, p))).then_some(CeShape::Rows {
+            p,
+            threads,
+            group: threads,
+            prefetch,
+        })
+    };
+    let block = [2, 4, 8]
+        .into_iter()
+        .find_map(|p| fits(p, CE_BLOCK_THREADS))
+        .or_else(|| PACKS_PER_LANE.into_iter().find_map(|p| fits(p, 1024)));
+    block.unwrap_or(CeShape::Shared {
+        threads: block_threads(packs),
+        cached: packs.min(shared_limit / (vec * 4)),
+    })
+}
+
+/// The shape for a forced choice, or `None` if the row does not fit it.
+pub(crate) fn ce_forced(
+    packs: usize,
+    vec: usize,
+    shared_limit: usize,
+    force: CeForce,
+) -> Option<CeShape> {
+    match force {
+        CeForce::Warp { p, prefetch } => (PACKS_PER_LANE.contains(&p) && packs <= 32 * p)
+            .then_some(CeShape::Rows {
+                p,
+                threads: WARP_THREADS,
+                group: 32,
+                prefetch,
+            }),
+        CeForce::Block { p, prefetch } => {
+            let threads = packs.div_ceil(p).next_power_of_two().max(32) as u32;
+            (PACKS_PER_LANE.contains(&p) && threads <= ce_rows_bound(vec, p)).then_some(
+                CeShape::Rows {
+                    p,
+                    threads,
+                    group: threads,
+                    prefetch,
+                },
+            )
+        }
+        CeForce::Shared { threads, cached } => {
+            let ok = threads.is_power_of_two()
+                && (32..=1024).contains(&threads)
+                && cached <= packs
+                && cached * vec * 4 <= shared_limit;
+            ok.then_some(CeShape::Shared { threads, cached })
+        }
     }
 }
 
@@ -412,7 +595,8 @@ where
 /// [`crate::cpu::softmax::softmax_cross_entropy`]: same argument checks and errors (before any
 /// launch), except that labels cannot be checked without a host synchronisation: an
 /// out-of-range label makes its row's loss and gradients NaN (see the [module docs](self)).
-/// Uses the device's scratch buffer for the row losses (`4·rows` bytes).
+/// One launch; uses the device's scratch buffer for per-block partial sums of the loss (8 bytes
+/// per block, at most 2^18 / threads per block blocks).
 #[allow(clippy::too_many_arguments)] // the CPU reference's arguments plus the device loss
 pub fn softmax_cross_entropy<L, D, X, T, S, G, O>(
     gpu: &Gpu,
@@ -423,6 +607,54 @@ pub fn softmax_cross_entropy<L, D, X, T, S, G, O>(
     grad_scale: &S,
     dlogits: &mut G,
     loss: &mut O,
+) -> Result<()>
+where
+    L: Logit,
+    D: Grad,
+    X: DevicePtr<L>,
+    T: DevicePtr<u32>,
+    S: DevicePtr<f32>,
+    G: DevicePtrMut<D>,
+    O: DevicePtrMut<f32>,
+{
+    let bufs = (logits, labels, grad_scale);
+    cross_entropy_impl(gpu, bufs, rows, classes, dlogits, loss, None)
+}
+
+/// [`softmax_cross_entropy`] in a launch shape the caller forces (see [`CeForce`]), the inputs
+/// `(logits, labels, grad_scale)` as one tuple: for benchmarks and tests. A shape the row does
+/// not fit is [`Error::InvalidArgument`], before any launch.
+#[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
+pub fn softmax_cross_entropy_forced<L, D, X, T, S, G, O>(
+    gpu: &Gpu,
+    inputs: (&X, &T, &S),
+    rows: usize,
+    classes: usize,
+    dlogits: &mut G,
+    loss: &mut O,
+    force: CeForce,
+) -> Result<()>
+where
+    L: Logit,
+    D: Grad,
+    X: DevicePtr<L>,
+    T: DevicePtr<u32>,
+    S: DevicePtr<f32>,
+    G: DevicePtrMut<D>,
+    O: DevicePtrMut<f32>,
+{
+    cross_entropy_impl(gpu, inputs, rows, classes, dlogits, loss, Some(force))
+}
+
+fn cross_entropy_impl<L, D, X, T, S, G, O>(
+    gpu: &Gpu,
+    (logits, labels, grad_scale): (&X, &T, &S),
+    rows: usize,
+    classes: usize,
+    dlogits: &mut G,
+    loss: &mut O,
+    force: Option<CeForce>,
 ) -> Result<()>
 where
     L: Logit,
@@ -471,44 +703,52 @@ where
             ("loss", op, 4),
         ],
     )?;
-    let vec = vec_width(classes, &[(xp, lb), (dp, db)]);
-    let shape = row_shape(classes / vec, vec, 1, shared_limit(gpu)?);
-    gpu.with_scratch((rows * 4).max(256), |row_loss| {
+    let vec = ce_vec(classes, L::VECS[0], (xp, lb), (dp, db));
+    let packs = classes / vec;
+    let limit = shared_limit(gpu)?;
+    let shape = match force {
+        None => ce_plan(packs, vec, limit, lb == 4),
+        Some(f) => ce_forced(packs, vec, limit, f).ok_or_else(|| Error::InvalidArgument {
+            op: OP,
+            detail: format!("{f:?} does not fit rows of {classes} classes (vec {vec})"),
+        })?,
+    };
+    let blocks = shape.blocks(rows);
+    gpu.with_scratch((blocks * 8).max(256), |partial| {
         let mut args = KernelArgs::new();
         args.push(xp).push(tp).push(sp).push(dp).push(D::OUT_F16);
-        args.push(row_loss).push(ri).push(ci);
-        let kernel = match shape {
-            RowShape::Warp { p } => L::WARP[vec_index(vec)][p_index(p)],
-            RowShape::Block { cached, .. } => {
+        args.push(partial).push(op).push(ri).push(ci);
+        let (kernel, cfg) = match shape {
+            CeShape::Rows {
+                p,
+                threads,
+                group,
+                prefetch,
+            } => {
+                args.push(group as i32);
+                let table = if prefetch { L::ROWS_PF } else { L::ROWS };
+                let kernel = table[ce_vec_index::<L>(vec)][p_index(p)];
+                (kernel, LaunchConfig::linear(blocks as u32, threads))
+            }
+            CeShape::Shared { threads, cached } => {
                 args.push(cached as i32);
-                L::BLOCK[vec_index(vec)]
+                let cfg = LaunchConfig {
+                    shared_bytes: (cached * vec * 4) as u32,
+                    ..LaunchConfig::linear(blocks as u32, threads)
+                };
+                (L::BLOCK[ce_vec_index::<L>(vec)], cfg)
             }
         };
-        // SAFETY: softmax_ce_{warp,block}_{f32,f16}_v*(const L* logits, const unsigned* labels,
-        // const float* grad_scale, void* dlogits, int out_f16, float* row_loss, int rows,
-        // int classes[, int cached]) matches, with L and out_f16 from the element types. logits
-        // and dlogits hold rows·classes elements, labels rows u32, grad_scale one f32 (checked
-        // above); the scratch holds rows f32; a label ≥ classes is never used as an index.
-        unsafe {
-            gpu.launch(
-                &kernels::SOFTMAX,
-                kernel,
-                row_launch(rows, shape, vec, 1),
-                &args,
-            )?
-        };
-        let mut args = KernelArgs::new();
-        args.push(row_loss).push(ri).push(op);
-        // SAFETY: softmax_ce_finish(const float* row_loss, int rows, float* loss) matches; the
-        // scratch holds the rows f32 written above, loss one f32.
-        unsafe {
-            gpu.launch(
-                &kernels::SOFTMAX,
-                "softmax_ce_finish",
-                LaunchConfig::linear(1, FINISH_THREADS),
-                &args,
-            )
-        }
+        // SAFETY: softmax_ce_rows_{f32,f16}_v*_p*(const L* logits, const unsigned* labels,
+        // const float* grad_scale, void* dlogits, int out_f16, double* partial, float* loss,
+        // int rows, int classes, int group) and softmax_ce_block_{f32,f16}_v*(…, int classes,
+        // int cached) match, with L and out_f16 from the element types. logits and dlogits hold
+        // rows·classes elements, labels rows u32, grad_scale and loss one f32 (checked above);
+        // 8- and 4-wide accesses only when classes is a multiple and both row-major buffers are
+        // aligned for them; the scratch holds one f64 per block; the plan keeps packs ≤ p·group
+        // and threads within the launch bound, and `cached` packs within the shared memory
+        // requested; a label ≥ classes is never used as an index.
+        unsafe { gpu.launch(&kernels::SOFTMAX, kernel, cfg, &args) }
     })
 }
 
@@ -519,7 +759,7 @@ mod tests {
     #[test]
     fn every_kernel_name_exists_with_the_host_launch_bound() {
         let ptx = kernels::SOFTMAX.ptx;
-        let warp: Vec<&str> = [FWD_WARP, BWD_WARP, f32::WARP, f16::WARP]
+        let warp: Vec<&str> = [FWD_WARP, BWD_WARP]
             .iter()
             .flatten()
             .flatten()
@@ -528,10 +768,134 @@ mod tests {
         for name in warp {
             assert_eq!(ptx_maxntid(ptx, name), Some(WARP_THREADS), "{name}");
         }
-        for name in [FWD_BLOCK, BWD_BLOCK, f32::BLOCK, f16::BLOCK].concat() {
+        for name in [FWD_BLOCK, BWD_BLOCK].concat() {
             assert_eq!(ptx_maxntid(ptx, name), Some(1024), "{name}");
         }
-        assert_eq!(ptx_maxntid(ptx, "softmax_ce_finish"), Some(FINISH_THREADS));
+        for name in [f32::BLOCK, f16::BLOCK].concat() {
+            assert_eq!(ptx_maxntid(ptx, name), Some(1024), "{name}");
+        }
+        for (vecs, rows, rows_pf, block) in [
+            (f32::VECS, f32::ROWS, f32::ROWS_PF, f32::BLOCK),
+            (f16::VECS, f16::ROWS, f16::ROWS_PF, f16::BLOCK),
+        ] {
+            assert_eq!((rows.len(), block.len()), (vecs.len(), vecs.len()));
+            assert_eq!(rows_pf.len(), vecs.len());
+            for (v, &vec) in vecs.iter().enumerate() {
+                assert!(block[v].ends_with(&format!("_v{vec}")), "{}", block[v]);
+                for (i, p) in PACKS_PER_LANE.into_iter().enumerate() {
+                    for name in [rows[v][i], rows_pf[v][i]] {
+                        assert!(name.ends_with(&format!("_v{vec}_p{p}")), "{name}");
+                        assert_eq!(
+                            ptx_maxntid(ptx, name),
+                            Some(ce_rows_bound(vec, p)),
+                            "{name}"
+                        );
+                    }
+                    assert!(rows_pf[v][i].contains("_rows_pf_"));
+                }
+            }
+        }
+        assert_eq!((ce_vec_index::<f16>(4), ce_vec_index::<f32>(4)), (1, 0));
+    }
+
+    #[test]
+    fn loss_shapes_fit_their_kernels() {
+        let h100 = 227 * 1024 - STATIC_SHARED_RESERVE;
+        let check = |packs: usize, vec: usize, shape: CeShape| match shape {
+            CeShape::Rows {
+                p, threads, group, ..
+            } => {
+                assert!(packs <= p * group as usize, "{packs}: {shape:?}");
+                assert!(threads <= ce_rows_bound(vec, p), "{shape:?}");
+                assert!(group == 32 || group == threads, "{shape:?}");
+                assert!(threads % 32 == 0, "{shape:?}");
+            }
+            CeShape::Shared { threads, cached } => {
+                assert!(cached <= packs && cached * vec * 4 <= h100, "{shape:?}");
+                assert!(threads.is_power_of_two() && threads <= 1024, "{shape:?}");
+            }
+        };
+        for vec in [8, 4, 1] {
+            for classes in [
+                1usize, 10, 256, 1000, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 70000,
+            ] {
+                let packs = classes.div_ceil(vec);
+                for prefetch in [false, true] {
+                    check(packs, vec, ce_plan(packs, vec, h100, prefetch));
+                }
+                for p in PACKS_PER_LANE {
+                    for prefetch in [false, true] {
+                        let forced = [
+                            CeForce::Warp { p, prefetch },
+                            CeForce::Block { p, prefetch },
+                        ];
+                        for f in forced {
+                            if let Some(shape) = ce_forced(packs, vec, h100, f) {
+                                check(packs, vec, shape);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Rows of 1024 take a warp (f16: 4 packs of 8 per lane, f32: 8 of 4, prefetched);
+        // 2048 to 16384 a block with the row in registers, 2+ packs per thread, ≤ 256 threads
+        // where that fits.
+        let rows = |p, threads, group, prefetch| CeShape::Rows {
+            p,
+            threads,
+            group,
+            prefetch,
+        };
+        assert_eq!(ce_plan(128, 8, h100, false), rows(4, 256, 32, false));
+        assert_eq!(ce_plan(256, 4, h100, true), rows(8, 256, 32, true));
+        assert_eq!(ce_plan(256, 8, h100, false), rows(2, 128, 128, false));
+        assert_eq!(ce_plan(512, 4, h100, true), rows(2, 256, 256, true));
+        assert_eq!(ce_plan(1024, 8, h100, false), rows(4, 256, 256, false));
+        assert_eq!(ce_plan(4096, 4, h100, true), rows(4, 1024, 1024, true));
+        // 65 536 classes: shared memory plus 8 floats per thread in registers hold the row.
+        match ce_plan(8192, 8, h100, false) {
+            CeShape::Shared { threads, cached } => {
+                assert_eq!(threads, 1024);
+                assert!(cached + TAIL_FLOATS / 8 * threads as usize >= 8192);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Launches loop over their rows past 2^18 threads.
+        let warp = CeShape::Rows {
+            p: 4,
+            threads: 256,
+            group: 32,
+            prefetch: true,
+        };
+        assert_eq!((warp.blocks(16384), warp.blocks(100)), (1024, 13));
+        let shared = CeShape::Shared {
+            threads: 1024,
+            cached: 10,
+        };
+        assert_eq!((shared.blocks(256), shared.blocks(1000)), (256, 256));
+        let warp1 = CeForce::Warp {
+            p: 1,
+            prefetch: false,
+        };
+        assert_eq!(ce_forced(40, 1, h100, warp1), None);
+        assert_eq!(
+            ce_forced(
+                40,
+                1,
+                h100,
+                CeForce::Shared {
+                    threads: 100,
+                    cached: 0
+                }
+            ),
+            None
+        );
+        assert_eq!(ce_vec(1024, 8, (0x1000, 2), (0x2010, 2)), 8);
+        assert_eq!(ce_vec(1024, 8, (0x1008, 2), (0x2010, 2)), 4);
+        assert_eq!(ce_vec(1024, 4, (0x1000, 4), (0x2010, 4)), 4);
+        assert_eq!(ce_vec(1028, 8, (0x1000, 2), (0x2010, 4)), 4);
+        assert_eq!(ce_vec(1024, 4, (0x1004, 4), (0x2010, 4)), 1);
     }
 
     #[test]
