@@ -380,7 +380,9 @@ def train_step_fn(b, dims, batch, mode):
         graph.replay()
         scaler.step(opt)
         scaler.update()
-    replay.keep_alive = (graph, static_loss)
+    # The graph reads x and t at their captured addresses: they must outlive this function
+    # (freed, their memory is reused and the replay reads garbage labels).
+    replay.keep_alive = (graph, static_loss, x, t, model, opt, scaler)
     return replay
 
 
