@@ -204,6 +204,31 @@ impl GpuBackend {
     }
 }
 
+/// The fused softmax-cross-entropy of a batch's logits, dlogits in the logits' dtype.
+#[allow(clippy::too_many_arguments)] // the op's own argument list
+fn cross_entropy<T: softmax::Logit + softmax::Grad>(
+    gpu: &Gpu,
+    logits: &DeviceBuffer<T>,
+    labels: &cudarc::driver::CudaView<'_, u32>,
+    rows: usize,
+    classes: usize,
+    scale: &DeviceBuffer<f32>,
+    dlogits: &mut DeviceBuffer<T>,
+    loss: &mut DeviceBuffer<f32>,
+) -> Result<()> {
+    let n = rows * classes;
+    softmax::softmax_cross_entropy::<T, T, _, _, _, _, _>(
+        gpu,
+        &logits.slice(..n),
+        labels,
+        rows,
+        classes,
+        scale,
+        &mut dlogits.slice_mut(..n),
+        loss,
+    )
+}
+
 /// `len` elements of `buf` from `offset`, as a dtype-tagged view.
 fn sample_view(buf: &Buf, offset: usize, len: usize) -> View<'_> {
     match buf {
@@ -381,31 +406,13 @@ impl GpuBackend {
             .layers
             .last_mut()
             .expect("validated: at least one layer");
-        let n = batch * classes;
+        let (scale, loss) = (&self.scale, &mut self.loss);
         match (&last.out_buf, &mut last.dz) {
             (Buf::H(logits), Buf::H(d)) => {
-                softmax::softmax_cross_entropy::<f16, f16, _, _, _, _, _>(
-                    gpu,
-                    &logits.slice(..n),
-                    &labels,
-                    batch,
-                    classes,
-                    &self.scale,
-                    &mut d.slice_mut(..n),
-                    &mut self.loss,
-                )?
+                cross_entropy(gpu, logits, &labels, batch, classes, scale, d, loss)?
             }
             (Buf::F(logits), Buf::F(d)) => {
-                softmax::softmax_cross_entropy::<f32, f32, _, _, _, _, _>(
-                    gpu,
-                    &logits.slice(..n),
-                    &labels,
-                    batch,
-                    classes,
-                    &self.scale,
-                    &mut d.slice_mut(..n),
-                    &mut self.loss,
-                )?
+                cross_entropy(gpu, logits, &labels, batch, classes, scale, d, loss)?
             }
             _ => unreachable!("the last layer's logits and dlogits share its dtype"),
         }
