@@ -24,7 +24,7 @@
 use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
 use crate::error::{expect_len, matrix_len, Error, Result};
 use crate::kernels;
-use crate::ops::softmax::{
+use crate::ops::rows::{
     block_threads, by_width_and_p, check_aligned, kernel_dims, p_index, row_shape, shared_limit,
     vec_width, warp_packs, RowShape, PACKS_PER_LANE, WARP_ROWS, WARP_THREADS,
 };
@@ -565,7 +565,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::softmax::ptx_maxntid;
+    use crate::ops::rows::ptx_maxntid;
 
     #[test]
     fn every_kernel_name_exists_with_the_host_launch_bound() {

@@ -53,6 +53,7 @@ pub mod layernorm;
 pub mod optim;
 mod plan;
 pub mod relu;
+mod rows;
 pub mod scaler;
 pub mod softmax;
 pub mod unscale;
