@@ -1,0 +1,323 @@
+//! Softmax over the last dimension and fused softmax-cross-entropy on the GPU
+//! (`kernels/softmax.cu`); CPU twin: [`crate::cpu::softmax`], which documents the functions,
+//! their non-finite behaviour and the argument checks. Same argument order and errors, reported
+//! before anything is launched; the loss differs in where its inputs and output live (below).
+//!
+//! Sums and maxima are trees rather than left-to-right folds, so results agree with the
+//! reference to rounding; they are bit-identical run to run (fixed reduction shapes, no float
+//! atomics). One warp per row while a row fits 32 lanes' registers (≤ 1024 columns with 4-element
+//! accesses, ≤ 256 without), else one block per row with the row cached in shared memory (as much
+//! as fits, 8 more floats per thread in registers; a longer tail is read again, from L2).
+//! 4-element accesses need `cols % 4 == 0` and every row-major buffer aligned to 4 elements. The
+//! loss keeps rows of up to 16 384 classes in registers (a warp per row up to 1024, then a block
+//! per row) and reads f16 logits 8 at a time when `classes % 8 == 0` and both buffers are 16-byte
+//! aligned.
+//!
+//! # Cross-entropy on the device
+//!
+//! [`softmax_cross_entropy`] computes in f32 (the reference in f64) and never synchronises with
+//! the host, so a training step can be captured in a CUDA graph:
+//! - `grad_scale` is **one f32 in device memory**, read by the kernel: AMP's loss scale, updated
+//!   on the device by [`crate::ops::scaler`], enters here and nowhere else. It multiplies the
+//!   gradient only, never the loss, and is applied as given (a non-finite scale gives non-finite
+//!   gradients, which the unscale step's inf check catches).
+//! - The mean loss is written to **one f32 in device memory**, in the same launch: each block
+//!   writes one f64 partial sum of its rows' losses to the device's scratch buffer, and the last
+//!   block to finish (an integer ticket) adds the partials in a fixed order. No float atomics.
+//! - **Labels out of range**: the reference returns [`Error::InvalidArgument`](crate::Error::InvalidArgument); the labels here are
+//!   in device memory, and checking them would cost a host synchronisation. Instead a row whose
+//!   label is ≥ `classes` gets a NaN loss and NaN in every one of its `dlogits`, so the mean loss
+//!   is NaN (visible when the host logs it) and the step's inf/NaN check flags the gradients.
+//!   Other rows are computed normally.
+
+use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
+use crate::error::{expect_len, matrix_len, Result};
+use crate::kernels;
+use cudarc::driver::{DevicePtr, DevicePtrMut};
+
+#[cfg(test)]
+use super::rows::ptx_maxntid;
+
+use super::rows::{
+    check_aligned, kernel_dims, p_index, row_shape, shared_limit, vec_width, RowShape, WARP_ROWS,
+    WARP_THREADS,
+};
+
+const FWD_WARP: [[&str; 4]; 2] = [
+    [
+        "softmax_fwd_warp_v4_p1",
+        "softmax_fwd_warp_v4_p2",
+        "softmax_fwd_warp_v4_p4",
+        "softmax_fwd_warp_v4_p8",
+    ],
+    [
+        "softmax_fwd_warp_v1_p1",
+        "softmax_fwd_warp_v1_p2",
+        "softmax_fwd_warp_v1_p4",
+        "softmax_fwd_warp_v1_p8",
+    ],
+];
+const FWD_BLOCK: [&str; 2] = ["softmax_fwd_block_v4", "softmax_fwd_block_v1"];
+const BWD_WARP: [[&str; 4]; 2] = [
+    [
+        "softmax_bwd_warp_v4_p1",
+        "softmax_bwd_warp_v4_p2",
+        "softmax_bwd_warp_v4_p4",
+        "softmax_bwd_warp_v4_p8",
+    ],
+    [
+        "softmax_bwd_warp_v1_p1",
+        "softmax_bwd_warp_v1_p2",
+        "softmax_bwd_warp_v1_p4",
+        "softmax_bwd_warp_v1_p8",
+    ],
+];
+const BWD_BLOCK: [&str; 2] = ["softmax_bwd_block_v4", "softmax_bwd_block_v1"];
+
+/// `["<prefix>_v{vec}_p1", … "_p8"]`: a loss kernel keeping the row in registers, for one access
+/// width and packs per thread 1, 2, 4, 8.
+macro_rules! ce_rows_names {
+    ($prefix:literal, $vec:literal) => {
+        [
+            concat!($prefix, "_v", $vec, "_p1"),
+            concat!($prefix, "_v", $vec, "_p2"),
+            concat!($prefix, "_v", $vec, "_p4"),
+            concat!($prefix, "_v", $vec, "_p8"),
+        ]
+    };
+}
+
+// After the macro above: the loss module uses it (macro_rules! scope is textual).
+mod cross_entropy;
+pub use cross_entropy::{softmax_cross_entropy, Grad, Logit};
+#[doc(hidden)]
+pub use cross_entropy::{softmax_cross_entropy_forced, CeForce};
+
+fn vec_index(vec: usize) -> usize {
+    usize::from(vec != 4)
+}
+
+/// The launch for a row-wise kernel over `rows` rows: warp kernels take 8 rows per block, block
+/// kernels a block per row with `cached` packs of `arrays` f32 arrays in shared memory.
+fn row_launch(rows: usize, shape: RowShape, vec: usize, arrays: usize) -> LaunchConfig {
+    match shape {
+        RowShape::Warp { .. } => {
+            LaunchConfig::linear(rows.div_ceil(WARP_ROWS) as u32, WARP_THREADS)
+        }
+        RowShape::Block { threads, cached } => LaunchConfig {
+            shared_bytes: (arrays * cached * vec * 4) as u32,
+            ..LaunchConfig::linear(rows as u32, threads)
+        },
+    }
+}
+
+/// Softmax of each row of `x` (`[rows, cols]`, row-major) into `y`. The GPU twin of
+/// [`crate::cpu::softmax::forward`]: same arguments (after `gpu`), checks and errors.
+pub fn forward<X, Y>(gpu: &Gpu, x: &X, rows: usize, cols: usize, y: &mut Y) -> Result<()>
+where
+    X: DevicePtr<f32>,
+    Y: DevicePtrMut<f32>,
+{
+    const OP: &str = "ops::softmax::forward";
+    let len = matrix_len(OP, rows, cols, "cols")?;
+    let by_rows = format!("rows·cols = {rows}·{cols} = {len}");
+    expect_len(OP, "x", x.len(), len, &by_rows)?;
+    expect_len(OP, "y", y.len(), len, &by_rows)?;
+    let (ri, ci) = kernel_dims(OP, rows, cols)?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let stream = gpu.stream();
+    let (xp, _gx) = x.device_ptr(stream);
+    let (yp, _gy) = y.device_ptr_mut(stream);
+    check_aligned(OP, &[("x", xp, 4), ("y", yp, 4)])?;
+    let vec = vec_width(cols, &[(xp, 4), (yp, 4)]);
+    let shape = row_shape(cols / vec, vec, 1, shared_limit(gpu)?);
+    let mut args = KernelArgs::new();
+    args.push(xp).push(yp);
+    let kernel = match shape {
+        RowShape::Warp { p } => {
+            args.push(ri).push(ci);
+            FWD_WARP[vec_index(vec)][p_index(p)]
+        }
+        RowShape::Block { cached, .. } => {
+            args.push(ci).push(cached as i32);
+            FWD_BLOCK[vec_index(vec)]
+        }
+    };
+    // SAFETY: softmax_fwd_warp_v*(const float* x, float* y, int rows, int cols) and
+    // softmax_fwd_block_v*(x, y, int cols, int cached) match the arguments pushed for each shape;
+    // x and y hold rows·cols f32 (checked above); warp kernels skip rows ≥ rows and the block
+    // grid is exactly rows; 4-wide accesses only when cols % 4 == 0 and both are 16-byte aligned;
+    // `cached` packs fit the shared memory requested. The guards outlive the launch.
+    unsafe {
+        gpu.launch(
+            &kernels::SOFTMAX,
+            kernel,
+            row_launch(rows, shape, vec, 1),
+            &args,
+        )
+    }
+}
+
+/// Gradient of [`forward`]: `dxⱼ = yⱼ · (dyⱼ − Σₖ dyₖ · yₖ)` per row, from the softmax output
+/// `y` and the upstream gradient `dy` (all `[rows, cols]`). The GPU twin of
+/// [`crate::cpu::softmax::backward`]: same arguments (after `gpu`), checks and errors.
+pub fn backward<Y, DY, DX>(
+    gpu: &Gpu,
+    y: &Y,
+    dy: &DY,
+    rows: usize,
+    cols: usize,
+    dx: &mut DX,
+) -> Result<()>
+where
+    Y: DevicePtr<f32>,
+    DY: DevicePtr<f32>,
+    DX: DevicePtrMut<f32>,
+{
+    const OP: &str = "ops::softmax::backward";
+    let len = matrix_len(OP, rows, cols, "cols")?;
+    let by_rows = format!("rows·cols = {rows}·{cols} = {len}");
+    expect_len(OP, "y", y.len(), len, &by_rows)?;
+    expect_len(OP, "dy", dy.len(), len, &by_rows)?;
+    expect_len(OP, "dx", dx.len(), len, &by_rows)?;
+    let (ri, ci) = kernel_dims(OP, rows, cols)?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let stream = gpu.stream();
+    let (yp, _g1) = y.device_ptr(stream);
+    let (dyp, _g2) = dy.device_ptr(stream);
+    let (dxp, _g3) = dx.device_ptr_mut(stream);
+    check_aligned(OP, &[("y", yp, 4), ("dy", dyp, 4), ("dx", dxp, 4)])?;
+    let vec = vec_width(cols, &[(yp, 4), (dyp, 4), (dxp, 4)]);
+    let shape = row_shape(cols / vec, vec, 2, shared_limit(gpu)?);
+    let mut args = KernelArgs::new();
+    args.push(yp).push(dyp).push(dxp);
+    let kernel = match shape {
+        RowShape::Warp { p } => {
+            args.push(ri).push(ci);
+            BWD_WARP[vec_index(vec)][p_index(p)]
+        }
+        RowShape::Block { cached, .. } => {
+            args.push(ci).push(cached as i32);
+            BWD_BLOCK[vec_index(vec)]
+        }
+    };
+    // SAFETY: softmax_bwd_warp_v*(const float* y, const float* dy, float* dx, int rows, int cols)
+    // and softmax_bwd_block_v*(y, dy, dx, int cols, int cached) match the arguments pushed for
+    // each shape; the three buffers hold rows·cols f32 (checked above); the block kernel caches
+    // `cached` packs of y and of dy, which is the shared memory requested.
+    unsafe {
+        gpu.launch(
+            &kernels::SOFTMAX,
+            kernel,
+            row_launch(rows, shape, vec, 2),
+            &args,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cross_entropy::*;
+    use super::*;
+    use crate::error::Error;
+    use crate::ops::rows::*;
+    use half::f16;
+
+    #[test]
+    fn every_kernel_name_exists_with_the_host_launch_bound() {
+        let ptx = kernels::SOFTMAX.ptx;
+        let warp: Vec<&str> = [FWD_WARP, BWD_WARP]
+            .iter()
+            .flatten()
+            .flatten()
+            .copied()
+            .collect();
+        for name in warp {
+            assert_eq!(ptx_maxntid(ptx, name), Some(WARP_THREADS), "{name}");
+        }
+        for name in [FWD_BLOCK, BWD_BLOCK].concat() {
+            assert_eq!(ptx_maxntid(ptx, name), Some(1024), "{name}");
+        }
+        for name in [f32::BLOCK, f16::BLOCK].concat() {
+            assert_eq!(ptx_maxntid(ptx, name), Some(1024), "{name}");
+        }
+        for (vecs, rows, rows_pf, block) in [
+            (f32::VECS, f32::ROWS, f32::ROWS_PF, f32::BLOCK),
+            (f16::VECS, f16::ROWS, f16::ROWS_PF, f16::BLOCK),
+        ] {
+            assert_eq!((rows.len(), block.len()), (vecs.len(), vecs.len()));
+            assert_eq!(rows_pf.len(), vecs.len());
+            for (v, &vec) in vecs.iter().enumerate() {
+                assert!(block[v].ends_with(&format!("_v{vec}")), "{}", block[v]);
+                for (i, p) in PACKS_PER_LANE.into_iter().enumerate() {
+                    for name in [rows[v][i], rows_pf[v][i]] {
+                        assert!(name.ends_with(&format!("_v{vec}_p{p}")), "{name}");
+                        assert_eq!(
+                            ptx_maxntid(ptx, name),
+                            Some(ce_rows_bound(vec, p)),
+                            "{name}"
+                        );
+                    }
+                    assert!(rows_pf[v][i].contains("_rows_pf_"));
+                }
+            }
+        }
+        assert_eq!((ce_vec_index::<f16>(4), ce_vec_index::<f32>(4)), (1, 0));
+    }
+
+    #[test]
+    fn launches_cover_every_row() {
+        let warp = row_launch(4097, RowShape::Warp { p: 1 }, 1, 1);
+        assert_eq!(warp.grid.0 as usize * WARP_ROWS, 4104);
+        let block = row_launch(
+            3,
+            RowShape::Block {
+                threads: 256,
+                cached: 100,
+            },
+            4,
+            2,
+        );
+        assert_eq!((block.grid.0, block.shared_bytes), (3, 3200));
+    }
+
+    #[test]
+    fn warp_rows_up_to_1024_floats_then_blocks() {
+        assert_eq!(warp_packs(1), Some(1));
+        assert_eq!(warp_packs(33), Some(2));
+        assert_eq!(warp_packs(256), Some(8));
+        assert_eq!(warp_packs(257), None);
+        assert_eq!(vec_width(512, &[(0x1000, 4), (0x2010, 4)]), 4);
+        assert_eq!(vec_width(512, &[(0x1000, 4), (0x2004, 4)]), 1);
+        assert_eq!(vec_width(10, &[(0x1000, 4)]), 1);
+        // 65536 floats on a 227 KB device: 58 112 cached, the tail read again.
+        let shape = row_shape(65536 / 4, 4, 1, 227 * 1024 - STATIC_SHARED_RESERVE);
+        assert_eq!(
+            shape,
+            RowShape::Block {
+                threads: 1024,
+                cached: 14464
+            }
+        );
+        assert_eq!(
+            row_shape(300, 1, 1, 1 << 20),
+            RowShape::Block {
+                threads: 128,
+                cached: 300
+            }
+        );
+    }
+
+    #[test]
+    fn shapes_past_the_kernels_index_range_are_invalid() {
+        assert!(matches!(kernel_dims("t", 7, MAX_COLS), Ok((7, c)) if c == 1 << 30));
+        for (rows, cols) in [(1usize << 31, 1), (1, MAX_COLS + 1)] {
+            let e = kernel_dims("t", rows, cols).unwrap_err();
+            assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+        }
+    }
+}
