@@ -1,0 +1,242 @@
+//! The GEMM's tile configurations and the cost-model planner that picks one (and a K-split) per
+//! shape: tuning internals, public but `#[doc(hidden)]` for ampkit's tests and benchmarks.
+
+use crate::cpu::gemm::{GemmShape, Layout};
+use crate::cuda::Gpu;
+
+/// A block-tile configuration of `kernels/gemm.cu` (must match its `AMPKIT_GEMM_LAYOUT`).
+/// Tuning internals for tests and benchmarks; not part of the stable API.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TileConfig {
+    /// Kernel-name suffix.
+    pub name: &'static str,
+    /// Block tile rows.
+    pub bm: usize,
+    /// Block tile columns.
+    pub bn: usize,
+    /// K depth of one pipeline stage.
+    pub bk: usize,
+    /// Threads per block.
+    pub threads: u32,
+    /// cp.async pipeline depth.
+    pub stages: usize,
+    /// Blocks that fit on one SM at once (registers and shared memory).
+    pub blocks_per_sm: usize,
+    /// Relative math throughput per SM (big warp tiles reuse fragments more).
+    pub efficiency: f64,
+    /// Entry points for the forward, dgrad and wgrad layouts.
+    pub kernels: [&'static str; 3],
+    /// Whether the kernels are the Hopper ones (`kernels/gemm_sm90.cu`: wgmma + TMA, compute
+    /// capability 9.0 only) rather than the portable mma.sync ones of `kernels/gemm.cu`.
+    pub hopper: bool,
+}
+
+const PAD: usize = 8;
+/// The tiles `kernels/gemm.cu` instantiates (its `AMPKIT_GEMM_LAYOUT`). Efficiencies are the
+/// measured rates relative to `l64` (docs/kernels/gemm.md).
+#[rustfmt::skip]
+const LARGE64: TileConfig = TileConfig { name: "l64", bm: 128, bn: 256, bk: 64, threads: 256, stages: 3, blocks_per_sm: 1, efficiency: 1.0, kernels: ["gemm_fwd_l64", "gemm_dgrad_l64", "gemm_wgrad_l64"], hopper: false };
+#[rustfmt::skip]
+const MEDIUM8: TileConfig = TileConfig { name: "m8", bm: 128, bn: 128, bk: 32, threads: 256, stages: 4, blocks_per_sm: 1, efficiency: 0.61, kernels: ["gemm_fwd_m8", "gemm_dgrad_m8", "gemm_wgrad_m8"], hopper: false };
+#[rustfmt::skip]
+const MEDIUM8K64: TileConfig = TileConfig { name: "m8k64", bm: 128, bn: 128, bk: 64, threads: 256, stages: 3, blocks_per_sm: 1, efficiency: 0.84, kernels: ["gemm_fwd_m8k64", "gemm_dgrad_m8k64", "gemm_wgrad_m8k64"], hopper: false };
+#[rustfmt::skip]
+const MEDIUM: TileConfig = TileConfig { name: "m", bm: 128, bn: 128, bk: 32, threads: 128, stages: 4, blocks_per_sm: 2, efficiency: 0.81, kernels: ["gemm_fwd_m", "gemm_dgrad_m", "gemm_wgrad_m"], hopper: false };
+#[rustfmt::skip]
+const SMALL: TileConfig = TileConfig { name: "s", bm: 64, bn: 64, bk: 32, threads: 128, stages: 4, blocks_per_sm: 4, efficiency: 0.42, kernels: ["gemm_fwd_s", "gemm_dgrad_s", "gemm_wgrad_s"], hopper: false };
+/// The element-by-element configuration for operands off the fast path.
+#[doc(hidden)]
+#[rustfmt::skip]
+pub const UNALIGNED: TileConfig = TileConfig { name: "unaligned", bm: 64, bn: 64, bk: 32, threads: 128, stages: 2, blocks_per_sm: 4, efficiency: 0.2, kernels: ["gemm_fwd_unaligned", "gemm_dgrad_unaligned", "gemm_wgrad_unaligned"], hopper: false };
+/// The aligned configurations, largest first.
+#[doc(hidden)]
+pub const CONFIGS: [TileConfig; 5] = [LARGE64, MEDIUM, MEDIUM8, MEDIUM8K64, SMALL];
+/// The Hopper configurations (`kernels/gemm_sm90.cu`), used on compute capability 9.0 only: a
+/// producer warpgroup issuing TMA loads and two consumer warpgroups issuing `wgmma`. Efficiencies
+/// relative to `l64`, measured (docs/kernels/gemm.md).
+#[doc(hidden)]
+#[rustfmt::skip]
+pub const HOPPER_CONFIGS: [TileConfig; 2] = [
+    TileConfig { name: "h256", bm: 128, bn: 256, bk: 64, threads: 384, stages: 4, blocks_per_sm: 1, efficiency: 1.45, kernels: ["gemm_sm90_fwd_h256", "gemm_sm90_dgrad_h256", "gemm_sm90_wgrad_h256"], hopper: true },
+    TileConfig { name: "h128", bm: 128, bn: 128, bk: 64, threads: 384, stages: 4, blocks_per_sm: 1, efficiency: 1.42, kernels: ["gemm_sm90_fwd_h128", "gemm_sm90_dgrad_h128", "gemm_sm90_wgrad_h128"], hopper: true },
+];
+
+/// Every aligned configuration this GPU runs: [`CONFIGS`], plus [`HOPPER_CONFIGS`] on compute
+/// capability 9.0.
+#[doc(hidden)]
+pub fn configs_for(gpu: &Gpu) -> Vec<TileConfig> {
+    let mut all = CONFIGS.to_vec();
+    if gpu.info().compute_capability == (9, 0) {
+        all.extend(HOPPER_CONFIGS);
+    }
+    all
+}
+
+impl TileConfig {
+    /// Dynamic shared memory of one block for a layout, bytes (the kernel's A_TILE and B_TILE).
+    pub fn shared_bytes(&self, layout: Layout) -> usize {
+        if self.hopper {
+            // Unpadded swizzled tiles, 1 KB to align them to the swizzle period, and a full and
+            // an empty mbarrier per stage.
+            return self.stages * (self.bm + self.bn) * self.bk * 2 + 1024 + self.stages * 16;
+        }
+        let (a_kmajor, b_kmajor) = kmajor(layout);
+        let tile = |rows: usize, k_major: bool| {
+            if k_major {
+                rows * (self.bk + PAD)
+            } else {
+                self.bk * (rows + PAD)
+            }
+        };
+        self.stages * (tile(self.bm, a_kmajor) + tile(self.bn, b_kmajor)) * 2
+    }
+}
+
+/// Whether A and B are K-major (K contiguous) in a layout.
+fn kmajor(layout: Layout) -> (bool, bool) {
+    match layout {
+        Layout::Forward => (true, true),
+        Layout::Dgrad => (true, false),
+        Layout::Wgrad => (false, false),
+    }
+}
+
+/// How a GEMM is launched: tile configuration and K-split.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Plan {
+    /// The tile configuration.
+    pub config: TileConfig,
+    /// K is cut into this many slices, one per grid layer, summed by a second kernel when > 1.
+    pub splits: usize,
+    /// Tile-rows per raster group (blocks of a group share operand strips in L2).
+    pub group_m: usize,
+}
+
+/// Tile-rows per raster group for the mma.sync configurations.
+#[doc(hidden)]
+pub const GROUP_M: usize = 4;
+
+/// Tile-rows per raster group the planner uses for a configuration: 4 for the mma.sync tiles;
+/// 1 (plain row order) for `h256`, whose 132 resident blocks already span four 32-tile rows at
+/// 8192³; 8 for `h128` (docs/kernels/gemm.md, v8).
+pub(crate) fn group_m_for(config: &TileConfig) -> usize {
+    match config.name {
+        "h256" => 1,
+        "h128" => 8,
+        _ => GROUP_M,
+    }
+}
+
+/// Sustained math per SM of the best configuration (FLOP/s): 410 TFLOP/s over 132 SMs measured
+/// for `l64` at 8192³ on an H100 (docs/kernels/gemm.md). `TileConfig::efficiency` is relative to it.
+const SM_FLOPS: f64 = 3.1e12;
+/// Warps an SM needs resident to reach its full rate; fewer leave latency exposed.
+const WARPS_FOR_FULL_RATE: f64 = 8.0;
+/// Per-block fixed cost in the model (pipeline fill, epilogue), s.
+const BLOCK_OVERHEAD_S: f64 = 4e-6;
+/// Memory bandwidth assumed for the split-K reduction (bytes/s).
+const DRAM_BYTES_PER_S: f64 = 2.5e12;
+/// Cost of one extra kernel launch in the model (s).
+const LAUNCH_S: f64 = 3e-6;
+
+/// Picks the tile configuration and K-split for a shape on a GPU with `sms` SMs. `aligned` says
+/// whether the operands allow the fast path (see the module doc); `hopper` whether the GPU runs
+/// the `HOPPER_CONFIGS` (compute capability 9.0).
+///
+/// The model: an SM runs its share of blocks (`ceil(blocks / sms)`) at the configuration's
+/// measured rate, scaled down when fewer than 8 warps are resident, plus a fixed cost per block
+/// wave; a K-split adds a launch and the f32 partials' round trip through memory.
+#[doc(hidden)]
+pub fn plan(shape: GemmShape, aligned: bool, sms: usize, hopper: bool) -> Plan {
+    let GemmShape { m, n, k, .. } = shape;
+    let config_only = |config: TileConfig| Plan {
+        config,
+        splits: 1,
+        group_m: group_m_for(&config),
+    };
+    if !aligned {
+        return config_only(UNALIGNED);
+    }
+    let mut best = (f64::INFINITY, config_only(SMALL));
+    let hopper_configs: &[TileConfig] = if hopper { &HOPPER_CONFIGS } else { &[] };
+    for &config in CONFIGS.iter().chain(hopper_configs) {
+        let k_tiles = k.div_ceil(config.bk).max(1);
+        let tiles = m.div_ceil(config.bm) * n.div_ceil(config.bn);
+        for splits in [1usize, 2, 3, 4, 6, 8] {
+            // Each split keeps at least 8 K-tiles, so the pipeline has something to overlap.
+            if splits > 1 && k_tiles / splits < 8 {
+                break;
+            }
+            let per_sm = (tiles * splits).div_ceil(sms);
+            let resident = per_sm.min(config.blocks_per_sm);
+            let warps = (resident as u32 * config.threads / 32) as f64;
+            let rate = SM_FLOPS * config.efficiency * (warps / WARPS_FOR_FULL_RATE).min(1.0);
+            let block_flops =
+                2.0 * (config.bm * config.bn * k_tiles.div_ceil(splits) * config.bk) as f64;
+            let waves = per_sm.div_ceil(config.blocks_per_sm) as f64;
+            let mut cost = per_sm as f64 * block_flops / rate + waves * BLOCK_OVERHEAD_S;
+            if splits > 1 {
+                cost += LAUNCH_S + (m * n * 4 * (splits + 1)) as f64 / DRAM_BYTES_PER_S;
+            }
+            if cost < best.0 {
+                best = (
+                    cost,
+                    Plan {
+                        config,
+                        splits,
+                        group_m: group_m_for(&config),
+                    },
+                );
+            }
+        }
+    }
+    best.1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_memory_matches_the_kernel_header() {
+        assert_eq!(LARGE64.shared_bytes(Layout::Forward), 165_888);
+        assert_eq!(MEDIUM.shared_bytes(Layout::Wgrad), 69_632);
+        assert_eq!(SMALL.shared_bytes(Layout::Dgrad), 38_912);
+        for c in CONFIGS {
+            for l in [Layout::Forward, Layout::Dgrad, Layout::Wgrad] {
+                assert!(
+                    c.shared_bytes(l) <= 227 * 1024 / c.blocks_per_sm,
+                    "{c:?} {l:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn plans_fit_the_shape() {
+        let big = GemmShape::new(Layout::Forward, 8192, 8192, 8192);
+        let p = plan(big, true, 132, false);
+        assert_eq!((p.config.name, p.splits), ("l64", 1));
+        let p = plan(big, true, 132, true);
+        assert_eq!((p.config.name, p.splits), ("h256", 1));
+        // The default MLP's wgrad: 784×512 outputs over K = 4096 → a K-split.
+        let wgrad = plan(
+            GemmShape::new(Layout::Wgrad, 512, 784, 4096),
+            true,
+            132,
+            false,
+        );
+        assert!(wgrad.splits > 1, "{wgrad:?}");
+        for hopper in [false, true] {
+            let tiny = plan(
+                GemmShape::new(Layout::Dgrad, 4096, 512, 10),
+                false,
+                132,
+                hopper,
+            );
+            assert_eq!(tiny.config.name, "unaligned");
+        }
+    }
+}
