@@ -584,18 +584,31 @@ fn validate_step(
     params: &[ParamTensor<'_>],
 ) -> Result<()> {
     state.check_config(op, cfg)?;
-    if params.len() != state.lens.len() {
+    let lens: Vec<[usize; 3]> = params
+        .iter()
+        .map(|p| [p.master.len(), p.grad.len(), p.half.len()])
+        .collect();
+    check_tensor_lens(op, &state.lens, &lens)
+}
+
+/// The parameter list of a step (each tensor's master, grad and half lengths) against the
+/// lengths its optimizer state was created for; shared by the CPU and GPU optimizers.
+pub(crate) fn check_tensor_lens(
+    op: &'static str,
+    state: &[usize],
+    got: &[[usize; 3]],
+) -> Result<()> {
+    if got.len() != state.len() {
         return Err(Error::ShapeMismatch {
             op,
             detail: format!(
                 "{} parameter tensors but the state was created for {}",
-                params.len(),
-                state.lens.len()
+                got.len(),
+                state.len()
             ),
         });
     }
-    for (t, (p, &n)) in params.iter().zip(&state.lens).enumerate() {
-        let (master, grad, half) = (p.master.len(), p.grad.len(), p.half.len());
+    for (t, (&[master, grad, half], &n)) in got.iter().zip(state).enumerate() {
         if master != n || grad != n || half != n {
             return Err(Error::ShapeMismatch {
                 op,

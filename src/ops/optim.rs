@@ -14,7 +14,8 @@
 //! [`GpuOptimizer::download`] (for checkpoints and tests) is the one call that synchronises.
 
 use crate::cpu::optim::{
-    AdamCoefficients, AdamConfig, OptimizerConfig, OptimizerState, SgdCoefficients,
+    check_tensor_lens, AdamCoefficients, AdamConfig, OptimizerConfig, OptimizerState,
+    SgdCoefficients,
 };
 use crate::cpu::schedule::LrSchedule;
 use crate::cuda::{DeviceBuffer, Gpu, KernelArgs, LaunchConfig};
@@ -499,29 +500,11 @@ impl GpuOptimizer {
                 detail: format!("found_inf must be one f32 on the device, got {found_inf_len}"),
             });
         }
-        if params.len() != self.lens.len() {
-            return Err(Error::ShapeMismatch {
-                op,
-                detail: format!(
-                    "{} parameter tensors but the state was created for {}",
-                    params.len(),
-                    self.lens.len()
-                ),
-            });
-        }
-        for (t, (p, &n)) in params.iter().zip(&self.lens).enumerate() {
-            let (master, grad, half) = (p.master.len(), p.grad.len(), p.half.len());
-            if master != n || grad != n || half != n {
-                return Err(Error::ShapeMismatch {
-                    op,
-                    detail: format!(
-                        "tensor {t}: master has {master} elements, grad {grad}, half {half}; the \
-                         state was created for {n} and all four must agree"
-                    ),
-                });
-            }
-        }
-        Ok(())
+        let lens: Vec<[usize; 3]> = params
+            .iter()
+            .map(|p| [p.master.len(), p.grad.len(), p.half.len()])
+            .collect();
+        check_tensor_lens(op, &self.lens, &lens)
     }
 
     /// The state's buffers belong to the context they were allocated in.
