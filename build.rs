@@ -24,8 +24,9 @@ use std::process::Command;
 
 /// PTX target for kernels that run on any GPU ampkit supports (sm_80 and newer).
 const PORTABLE_ARCH: &str = "compute_80";
-/// Modules (file stems) that use Hopper-only instructions (wgmma, setmaxnreg): built for sm_90a.
-const HOPPER_ONLY: &[&str] = &["gemm_sm90"];
+/// Modules (file stems) that use Hopper-only instructions (wgmma, setmaxnreg, thread-block
+/// clusters): built for sm_90a.
+const HOPPER_ONLY: &[&str] = &["gemm_sm90", "softmax_sm90", "layernorm_sm90"];
 const HOPPER_ARCH: &str = "compute_90a";
 /// Flags shared by every module. No `-lineinfo`: it embeds absolute source paths in the PTX,
 /// which would make the committed snapshot depend on where the repository was cloned.

@@ -11,15 +11,23 @@
 //! MLP-sized buffers stay in the 50 MB L2 between repetitions, for the kernels and the copy
 //! alike, as they would behind the GEMM that produced them.
 //!
+//! Rows longer than 8192 columns are also timed on the portable paths (`forward, portable`,
+//! `backward, two-pass`), beside the default, which on compute capability 9.0 runs the
+//! thread-block-cluster kernels (`kernels/layernorm_sm90.cu`).
+//!
 //! With `AMPKIT_BENCH_SWEEP=1` it then times every backward launch shape (warp or block per row,
 //! packs per thread, prefetch, rows per block) on a range of row lengths, to place the default
-//! plan's crossovers; the full table goes to `$OUT/layernorm-sweep.txt` when `OUT` is set.
+//! plan's crossovers, and every cluster instance (forward and backward, blocks per cluster, packs
+//! per thread, backward cluster counts) on long rows; the full tables go to
+//! `$OUT/layernorm-sweep.txt` and `$OUT/layernorm-cluster-sweep.txt` when `OUT` is set.
+//! `AMPKIT_BENCH_SWEEP=clusters` runs the cluster sweep only.
 
 mod common;
 
 use ampkit::cuda::{DeviceBuffer, Gpu, GpuTimer, Timing};
 use ampkit::ops::layernorm::{
-    backward, backward_forced, backward_with_warp_limit, forward, BwdForce,
+    backward, backward_forced, backward_with_warp_limit, forward, forward_forced, BwdForce,
+    FwdForce,
 };
 use ampkit::{Error, Result};
 use std::fmt::Write as _;
@@ -40,9 +48,15 @@ fn main() {
     if let Err(e) = run(&gpu) {
         panic!("layernorm benchmark failed: {e}");
     }
-    if std::env::var("AMPKIT_BENCH_SWEEP").is_ok_and(|v| v == "1") {
+    let sweep_mode = std::env::var("AMPKIT_BENCH_SWEEP").unwrap_or_default();
+    if sweep_mode == "1" {
         if let Err(e) = sweep(&gpu) {
             panic!("layernorm sweep failed: {e}");
+        }
+    }
+    if sweep_mode == "1" || sweep_mode == "clusters" {
+        if let Err(e) = sweep_clusters(&gpu) {
+            panic!("layernorm cluster sweep failed: {e}");
         }
     }
 }
@@ -132,6 +146,43 @@ fn run(gpu: &Gpu) -> Result<()> {
                 "backward, block mode",
                 12 * n + 8 * rows + 12 * cols,
                 t_block,
+            ));
+        }
+        if cols > 8192 {
+            let t_portable = timer.measure(10, 50, || {
+                forward_forced(
+                    gpu,
+                    &x,
+                    rows,
+                    cols,
+                    &gamma,
+                    &beta,
+                    1e-5,
+                    &mut y,
+                    &mut mean,
+                    &mut rstd,
+                    FwdForce::Portable,
+                )
+            })?;
+            let t_two_pass = timer.measure(10, 50, || {
+                let inputs = (&dy, &x, &mean, &rstd, &gamma);
+                let two_pass = BwdForce::TwoPass { min_rows: 16 };
+                backward_forced(
+                    gpu,
+                    inputs,
+                    rows,
+                    cols,
+                    &mut dx,
+                    &mut dgamma,
+                    &mut dbeta,
+                    two_pass,
+                )
+            })?;
+            rows_out.push(("forward, portable", 8 * n + 8 * cols + 8 * rows, t_portable));
+            rows_out.push((
+                "backward, two-pass",
+                12 * n + 8 * rows + 12 * cols,
+                t_two_pass,
             ));
         }
         let copy_gbs = gbs(8 * n, &t_copy);
@@ -269,6 +320,133 @@ fn sweep(gpu: &Gpu) -> Result<()> {
     }
     if let Ok(out) = std::env::var("OUT") {
         let path = std::path::Path::new(&out).join("layernorm-sweep.txt");
+        std::fs::write(&path, full).map_err(|e| Error::InvalidArgument {
+            op: "bench",
+            detail: format!("writing {}: {e}", path.display()),
+        })?;
+    }
+    Ok(())
+}
+
+/// Long rows for the cluster sweep, 64 MB per array each.
+const CLUSTER_SWEEP: &[(usize, usize)] = &[(256, 65536), (512, 32768), (1024, 16384), (2048, 8196)];
+
+/// Times every forward and backward cluster instance that fits each [`CLUSTER_SWEEP`] size (the
+/// backward with 8 to 64 clusters), beside the portable paths and the default; prints the best
+/// three per direction and size and the default, and writes everything to
+/// `$OUT/layernorm-cluster-sweep.txt`. Forced cluster paths are errors off compute capability
+/// 9.0, so there only the portable paths and the default are timed.
+fn sweep_clusters(gpu: &Gpu) -> Result<()> {
+    let timer = GpuTimer::new(gpu)?;
+    let mut full = String::new();
+    println!("\nlayernorm cluster shapes (best 3 per size and direction, then the default):");
+    for &(rows, cols) in CLUSTER_SWEEP {
+        let n = rows * cols;
+        let x = gpu.upload(&fill(n, 1))?;
+        let dy = gpu.upload(&fill(n, 2))?;
+        let gamma = gpu.upload(&fill(cols, 3))?;
+        let beta = gpu.upload(&fill(cols, 4))?;
+        let mut y: DeviceBuffer<f32> = gpu.alloc_zeros(n)?;
+        let mut dx: DeviceBuffer<f32> = gpu.alloc_zeros(n)?;
+        let mut mean: DeviceBuffer<f32> = gpu.alloc_zeros(rows)?;
+        let mut rstd: DeviceBuffer<f32> = gpu.alloc_zeros(rows)?;
+        let mut dgamma: DeviceBuffer<f32> = gpu.alloc_zeros(cols)?;
+        let mut dbeta: DeviceBuffer<f32> = gpu.alloc_zeros(cols)?;
+        let mut copy_dst: DeviceBuffer<f32> = gpu.alloc_zeros(n)?;
+        let t_copy = timer.measure(10, 50, || {
+            gpu.stream()
+                .memcpy_dtod(&x, &mut copy_dst)
+                .map_err(Error::driver("copy"))
+        })?;
+        let copy_gbs = gbs(8 * n, &t_copy);
+        let line = |what: &str, bytes: usize, t: &Timing| {
+            let rate = gbs(bytes, t);
+            format!(
+                "{:<12} {:<48} {:>8.1} us {:>6.0} GB/s {:>5.0}%",
+                format!("{rows}x{cols}"),
+                what,
+                t.median_ms * 1e3,
+                rate,
+                100.0 * rate / copy_gbs
+            )
+        };
+        // Forward: None is the default plan.
+        let mut fwd = vec![Some(FwdForce::Portable), None];
+        for c in [2, 4, 8] {
+            for p in [2, 4, 8] {
+                fwd.push(Some(FwdForce::Cluster { c, p }));
+            }
+        }
+        let mut results = Vec::new();
+        for force in fwd {
+            let mut one = || match force {
+                None => forward(
+                    gpu, &x, rows, cols, &gamma, &beta, 1e-5, &mut y, &mut mean, &mut rstd,
+                ),
+                Some(f) => forward_forced(
+                    gpu, &x, rows, cols, &gamma, &beta, 1e-5, &mut y, &mut mean, &mut rstd, f,
+                ),
+            };
+            if one().is_err() {
+                continue; // the row or the device does not fit this instance
+            }
+            let t = timer.measure(5, 30, one)?;
+            let what = force.map_or("forward default".into(), |f| format!("forward {f:?}"));
+            results.push((what, t));
+        }
+        // Backward: None is the default plan.
+        let mut bwd = vec![Some(BwdForce::TwoPass { min_rows: 16 }), None];
+        for c in [2, 4, 8] {
+            for p in [2, 4, 8] {
+                for clusters in [8, 12, 16, 24, 32, 48, 64] {
+                    bwd.push(Some(BwdForce::Cluster { c, p, clusters }));
+                }
+            }
+        }
+        let mut bwd_results = Vec::new();
+        for force in bwd {
+            let inputs = (&dy, &x, &mean, &rstd, &gamma);
+            let mut one = || match force {
+                None => backward(
+                    gpu,
+                    &dy,
+                    &x,
+                    &mean,
+                    &rstd,
+                    &gamma,
+                    rows,
+                    cols,
+                    &mut dx,
+                    &mut dgamma,
+                    &mut dbeta,
+                ),
+                Some(f) => {
+                    backward_forced(gpu, inputs, rows, cols, &mut dx, &mut dgamma, &mut dbeta, f)
+                }
+            };
+            if one().is_err() {
+                continue;
+            }
+            let t = timer.measure(5, 30, one)?;
+            let what = force.map_or("backward default".into(), |f| format!("backward {f:?}"));
+            bwd_results.push((what, t));
+        }
+        for (list, bytes) in [
+            (&mut results, 8 * n + 8 * cols + 8 * rows),
+            (&mut bwd_results, 12 * n + 8 * rows + 12 * cols),
+        ] {
+            list.sort_by(|a, b| a.1.median_ms.total_cmp(&b.1.median_ms));
+            for (i, (what, t)) in list.iter().enumerate() {
+                let l = line(what, bytes, t);
+                if i < 3 || what.ends_with("default") {
+                    println!("{l}");
+                }
+                let _ = writeln!(full, "{l}");
+            }
+        }
+    }
+    if let Ok(out) = std::env::var("OUT") {
+        let path = std::path::Path::new(&out).join("layernorm-cluster-sweep.txt");
         std::fs::write(&path, full).map_err(|e| Error::InvalidArgument {
             op: "bench",
             detail: format!("writing {}: {e}", path.display()),

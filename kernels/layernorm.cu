@@ -9,8 +9,10 @@
 //   left-to-right folds, so results match it to rounding, not bit for bit. Every reduction has a
 //   fixed shape that depends only on (rows, cols, alignment): results are bit-identical run to run
 //   and no float atomics exist. NaN/inf propagate exactly as the IEEE operations carry them.
-// Algorithm and launch shapes (picked in src/ops/layernorm.rs). VEC = 4 (float4 accesses) when
-//   cols % 4 == 0 and every row pointer is 16-byte aligned, else 1. A "pack" is VEC floats.
+// Algorithm and launch shapes (picked in src/ops/layernorm/; on compute capability 9.0, float4
+//   rows past 8192 columns take layernorm_sm90.cu's cluster kernels instead, where they fit).
+//   VEC = 4 (float4 accesses) when cols % 4 == 0 and every row pointer is 16-byte aligned, else 1.
+//   A "pack" is VEC floats.
 //   fwd_warp<VEC,P>   cols ≤ 32·P·VEC: a warp per row, 8 rows per 256-thread block, the row in
 //                     registers (P packs per lane), shuffle reductions.
 //   fwd_block<VEC>    longer rows: a block per row. x is read once from memory into dynamic
@@ -34,11 +36,9 @@
 //   partial rows of 2·cols floats written and read once per ≥ 8-32 rows (1.33/rows more). At the H100's
 //   ~2.9 TB/s device copy, 4096×512 forward (16.8 MB) is 5.8 µs, the size of the launch overhead;
 //   8192×2048 forward (134 MB) is 46 µs, backward (201 MB) 69 µs.
-#include "common.cuh"
+#include "layernorm.cuh"
 
 namespace layernorm_detail {
-
-using ampkit::Pack;
 
 constexpr int WARP_ROWS = 8;  // rows per block in warp mode (256 threads)
 constexpr int UNROLL = 4;     // packs per thread in flight in the block kernels' first pass
@@ -51,21 +51,6 @@ constexpr int FINISH_Y = 16;  // partial rows summed side by side by bwd_finish
 constexpr int bwd_bound(int vec, int p, bool pf) {
     return pf ? (vec * p <= 4 ? 1024 : vec * p <= 8 ? 512 : 256)
               : (vec * p <= 8 ? 1024 : vec * p <= 16 ? 512 : 256);
-}
-
-template <int VEC>
-__device__ __forceinline__ void load(const float* __restrict__ row, int i, float (&v)[VEC]) {
-    const Pack<float, VEC> pk = reinterpret_cast<const Pack<float, VEC>*>(row)[i];
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) v[k] = pk.v[k];
-}
-
-template <int VEC>
-__device__ __forceinline__ void store(float* row, int i, const float (&v)[VEC]) {
-    Pack<float, VEC> pk;
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) pk.v[k] = v[k];
-    reinterpret_cast<Pack<float, VEC>*>(row)[i] = pk;
 }
 
 // Butterfly: lane i adds v_i + v_(i^o) and lane i^o the same two operands (addition commutes), so
@@ -92,11 +77,6 @@ __device__ __forceinline__ float2 block_sum2(float a, float b) {
 }
 
 extern __shared__ __align__(16) float dyn_smem[];
-
-// ((x − mean)·rstd)·gamma + beta, in that order, each step rounded.
-__device__ __forceinline__ float normalise(float x, float mu, float rs, float g, float b) {
-    return __fadd_rn(__fmul_rn(__fmul_rn(__fsub_rn(x, mu), rs), g), b);
-}
 
 template <int VEC, int P>
 __device__ __forceinline__ void fwd_warp(const float* __restrict__ x, const float* __restrict__ gamma,
@@ -274,11 +254,6 @@ __device__ __forceinline__ void fwd_block(const float* __restrict__ x, const flo
         mean[row] = mu;
         rstd[row] = rs;
     }
-}
-
-// rstd·((g − mean_g) − x̂·mean_gx), each step rounded (the CPU reference's order).
-__device__ __forceinline__ float dx_of(float g, float xh, float rs, float mg, float mgx) {
-    return __fmul_rn(rs, __fsub_rn(__fsub_rn(g, mg), __fmul_rn(xh, mgx)));
 }
 
 // This thread's packs (i = p·group + t) of x and dy in row `off`.

@@ -13,6 +13,7 @@ use crate::cpu::scaler::ScalerConfig;
 use crate::cuda::DeviceBuffer;
 use crate::error::Result;
 use crate::ops::optim::{GpuOptimizer, GpuParamTensor};
+use crate::ops::softmax::CeForce;
 use crate::ops::{cast, layernorm, relu, scaler, softmax, unscale};
 use half::f16;
 
@@ -20,7 +21,7 @@ const EPS: f32 = 1e-5;
 
 /// Times `call` on input sets built by `make(harness, seed)`: `n_sets(bytes)` of them, cycled,
 /// so that a pass over them exceeds the L2.
-fn mem_row<S>(
+pub(super) fn mem_row<S>(
     h: &mut Harness,
     (name, shape): (&str, &str),
     (bytes, flops): (f64, f64),
@@ -136,7 +137,11 @@ fn layernorm_rows(h: &mut Harness, c: &mut Collector) {
 }
 
 fn softmax_rows(h: &mut Harness, c: &mut Collector) {
+    let sweep = std::env::var_os("AMPKIT_BENCH_MEM_SWEEP").is_some();
     for (label, rows, cols) in SM_CASES {
+        if sweep {
+            super::gpu_sweep::softmax_sweep(h, c, label, rows, cols);
+        }
         let n = rows * cols;
         let name = "softmax fwd";
         c.row(Kind::Mem, name, label, false, |ceil| {
@@ -181,14 +186,16 @@ fn softmax_rows(h: &mut Harness, c: &mut Collector) {
                 "xent fwd+bwd"
             };
             c.row(Kind::Mem, name, label, false, |ceil| {
-                xent_row(h, name, label, rows, cols, half, ceil)
+                xent_row(h, name, label, rows, cols, half, ceil, None)
             });
         }
     }
 }
 
-/// Fused softmax-cross-entropy, f32 → f32 or f16 → f16, loss scale 65536 read on the device.
-fn xent_row(
+/// Fused softmax-cross-entropy, f32 → f32 or f16 → f16, loss scale 65536 read on the device;
+/// in the default launch shape, or a forced one (the sweep).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn xent_row(
     h: &mut Harness,
     name: &str,
     label: &str,
@@ -196,6 +203,7 @@ fn xent_row(
     cols: usize,
     half: bool,
     ceil: &Ceilings,
+    force: Option<CeForce>,
 ) -> Result<Row> {
     let gpu = h.gpu.clone();
     let n = rows * cols;
@@ -215,10 +223,19 @@ fn xent_row(
             work,
             ceil,
             |h, s| h.f16_buf(n, s),
-            |x, _| {
-                softmax::softmax_cross_entropy::<f16, f16, _, _, _, _, _>(
+            |x, _| match force {
+                None => softmax::softmax_cross_entropy::<f16, f16, _, _, _, _, _>(
                     &gpu, &*x, &labels, rows, cols, &scale, &mut d, &mut loss,
-                )
+                ),
+                Some(f) => softmax::softmax_cross_entropy_forced::<f16, f16, _, _, _, _, _>(
+                    &gpu,
+                    (&*x, &labels, &scale),
+                    rows,
+                    cols,
+                    &mut d,
+                    &mut loss,
+                    f,
+                ),
             },
         )
     } else {
@@ -229,10 +246,19 @@ fn xent_row(
             work,
             ceil,
             |h, s| h.f32_buf(n, s),
-            |x, _| {
-                softmax::softmax_cross_entropy::<f32, f32, _, _, _, _, _>(
+            |x, _| match force {
+                None => softmax::softmax_cross_entropy::<f32, f32, _, _, _, _, _>(
                     &gpu, &*x, &labels, rows, cols, &scale, &mut d, &mut loss,
-                )
+                ),
+                Some(f) => softmax::softmax_cross_entropy_forced::<f32, f32, _, _, _, _, _>(
+                    &gpu,
+                    (&*x, &labels, &scale),
+                    rows,
+                    cols,
+                    &mut d,
+                    &mut loss,
+                    f,
+                ),
             },
         )
     }

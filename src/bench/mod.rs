@@ -37,6 +37,7 @@ pub mod bytes;
 mod cpu;
 mod gpu;
 mod gpu_mem;
+mod gpu_sweep;
 pub mod plot;
 pub mod report;
 

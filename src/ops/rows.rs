@@ -150,3 +150,50 @@ pub(crate) fn ptx_maxntid(ptx: &str, entry: &str) -> Option<u32> {
         .parse()
         .ok()
 }
+
+/// One thread-block-cluster row kernel (sm_90 modules): `c` blocks per row, `p` packs per
+/// thread, launch bound `bound`, entry point `name`.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterKernel {
+    /// Blocks per cluster (one cluster per row).
+    pub c: usize,
+    /// Packs per thread.
+    pub p: usize,
+    /// The kernel's launch bound (`.maxntid`).
+    pub bound: u32,
+    /// Entry point.
+    pub name: &'static str,
+}
+
+/// A cluster launch: the kernel and its threads per block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ClusterShape {
+    /// The kernel.
+    pub kernel: ClusterKernel,
+    /// Threads per block.
+    pub threads: u32,
+}
+
+/// Threads a block of `kernel` needs for rows of `packs` packs, if within its launch bound and
+/// `most`: the next power of two (≥ 128) of the slice over `p`.
+pub(crate) fn cluster_threads(kernel: &ClusterKernel, packs: usize, most: u32) -> Option<u32> {
+    let span = packs.div_ceil(kernel.c);
+    let threads = span.div_ceil(kernel.p).next_power_of_two().max(128) as u32;
+    (threads <= kernel.bound.min(most)).then_some(threads)
+}
+
+/// The default cluster shape for rows of `packs` packs: the first of `kernels` (listed smallest
+/// cluster first, most packs per thread first within a cluster size) whose blocks need at most
+/// 256 threads, else the first that fits its launch bound at all; `None` when no instance holds
+/// the row.
+pub(crate) fn cluster_plan(packs: usize, kernels: &[ClusterKernel]) -> Option<ClusterShape> {
+    [256, 1024].into_iter().find_map(|most| {
+        kernels.iter().find_map(|k| {
+            cluster_threads(k, packs, most).map(|threads| ClusterShape {
+                kernel: *k,
+                threads,
+            })
+        })
+    })
+}

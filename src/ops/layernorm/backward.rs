@@ -1,6 +1,7 @@
-//! The LayerNorm backward: launch plans (warp or block per row, prefetch, two-pass for long
-//! rows) and the entry points; see the parent module's docs.
+//! The LayerNorm backward: launch plans (warp or block per row, prefetch, clusters or two-pass
+//! for long rows) and the entry points; see the parent module's docs.
 
+use super::cluster::{self, ClusterShape};
 use super::vec_index;
 use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
 use crate::error::{expect_len, matrix_len, Error, Result};
@@ -49,6 +50,8 @@ pub(crate) enum BwdShape {
     },
     /// `layernorm_bwd_stats` then `layernorm_bwd_cols`.
     TwoPass,
+    /// `layernorm_bwd_cluster` (compute capability 9.0), `parts` clusters.
+    Cluster(ClusterShape),
 }
 
 /// Backward shape, rows per block and the number of partial rows.
@@ -82,6 +85,10 @@ pub enum BwdForce {
     },
     /// The two-pass path (any row length).
     TwoPass { min_rows: usize },
+    /// `clusters` thread-block clusters of `c` blocks (2, 4, 8), each block its slice of the row
+    /// with `p` packs per thread (2, 4, 8); cluster g takes rows g, g + clusters, … (1 to 512
+    /// clusters, more than rows allowed). Compute capability 9.0 and float4 rows only.
+    Cluster { c: usize, p: usize, clusters: usize },
 }
 
 /// Warp mode takes rows of up to `32·WARP_MAX_P` packs by default (256 floats): past that, a
@@ -96,12 +103,28 @@ fn block_mode_rows(rows: usize, cols: usize) -> usize {
     rows.div_ceil(MAX_PARTS).max(wanted)
 }
 
-/// The default plan. Depends on `rows`, `cols`, `vec` and `max_warp_p` only (never on the
-/// device), so the column sums round the same way on every GPU. Warp mode takes rows of up to
+/// The default plan. Depends on `rows`, `cols`, `vec`, `max_warp_p` and whether the device runs
+/// the cluster kernels (`clusters`: compute capability 9.0) only, never on the SM count, so the
+/// column sums round the same way on every GPU of a kind. Warp mode takes rows of up to
 /// `32·min(max_warp_p, WARP_MAX_P)` packs; longer rows take a block per row with prefetch (or
-/// without, where only that fits the launch bound) up to 8192 columns, then the two-pass path.
-pub(crate) fn bwd_plan(rows: usize, cols: usize, vec: usize, max_warp_p: usize) -> BwdPlan {
+/// without, where only that fits the launch bound) up to 8192 columns, then clusters where they
+/// fit ([`cluster::bwd_plan`]), else the two-pass path.
+pub(crate) fn bwd_plan(
+    rows: usize,
+    cols: usize,
+    vec: usize,
+    max_warp_p: usize,
+    clusters: bool,
+) -> BwdPlan {
     let packs = cols / vec;
+    let cluster = || {
+        let (s, g) = cluster::bwd_plan(rows, cols, vec).filter(|_| clusters)?;
+        Some(BwdForce::Cluster {
+            c: s.c,
+            p: s.p,
+            clusters: g,
+        })
+    };
     let warp_limit = max_warp_p.min(WARP_MAX_P);
     let block = |prefetch: bool| {
         PACKS_PER_LANE
@@ -121,6 +144,7 @@ pub(crate) fn bwd_plan(rows: usize, cols: usize, vec: usize, max_warp_p: usize) 
         },
         None => block(true)
             .or_else(|| block(false))
+            .or_else(cluster)
             .unwrap_or(BwdForce::TwoPass {
                 min_rows: MIN_ROWS_PER_BLOCK,
             }),
@@ -176,6 +200,17 @@ pub(crate) fn forced_plan(
             (shape, min_rows)
         }
         BwdForce::TwoPass { min_rows } => (BwdShape::TwoPass, min_rows),
+        BwdForce::Cluster { c, p, clusters } => {
+            let shape = cluster::bwd_shape(packs, c, p).filter(|_| vec == 4)?;
+            if !(1..=MAX_PARTS).contains(&clusters) {
+                return None;
+            }
+            return Some(BwdPlan {
+                shape: BwdShape::Cluster(shape),
+                rows_per_block: rows.div_ceil(clusters),
+                parts: if rows == 0 { 0 } else { clusters },
+            });
+        }
     };
     let rows_per_block = rows.div_ceil(MAX_PARTS).max(min_rows).max(1);
     Some(BwdPlan {
@@ -342,7 +377,7 @@ where
     check_aligned(OP, &others.map(|(n, a)| (n, a, 4)))?;
     let vec = vec_width(cols, &named.map(|(_, a)| (a, 4)));
     let plan = match choice {
-        Choice::WarpLimit(max_warp_p) => bwd_plan(rows, cols, vec, max_warp_p),
+        Choice::WarpLimit(p) => bwd_plan(rows, cols, vec, p, cluster::available(gpu)),
         Choice::Forced(force) => {
             forced_plan(rows, cols, vec, force).ok_or_else(|| Error::InvalidArgument {
                 op: OP,
@@ -350,10 +385,13 @@ where
             })?
         }
     };
+    if let BwdShape::Cluster(_) = plan.shape {
+        cluster::require(OP, gpu)?;
+    }
     let partial_bytes = (plan.parts * 2 * cols * 4).next_multiple_of(256);
     let stats_bytes = match plan.shape {
         BwdShape::TwoPass => rows * 2 * 4,
-        BwdShape::Rows { .. } => 0,
+        BwdShape::Rows { .. } | BwdShape::Cluster(_) => 0,
     };
     let rpb = plan.rows_per_block as i32;
     gpu.with_scratch((partial_bytes + stats_bytes).max(256), |scratch| {
@@ -428,6 +466,10 @@ where
                         gpu.launch(&kernels::LAYERNORM, BWD_COLS[vec_index(vec)], cfg, &args)?
                     };
                 }
+                BwdShape::Cluster(shape) => {
+                    let ptrs = [dyp, xp, mp, rp, gp, dxp, partial];
+                    cluster::launch_bwd(gpu, shape, plan.parts, ri, ci, ptrs)?;
+                }
             }
         }
         let mut args = KernelArgs::new();
@@ -452,132 +494,4 @@ where
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn check_fits(rows: usize, cols: usize, vec: usize, plan: BwdPlan) {
-        let packs = cols / vec;
-        assert!(plan.parts <= MAX_PARTS, "{plan:?}");
-        assert!(plan.parts * plan.rows_per_block >= rows, "{plan:?}");
-        assert!(
-            rows == 0 || (plan.parts - 1) * plan.rows_per_block < rows,
-            "{plan:?}"
-        );
-        match plan.shape {
-            BwdShape::Rows {
-                p,
-                threads,
-                group,
-                prefetch,
-            } => {
-                assert!(packs <= p * group as usize, "{rows}x{cols}: {plan:?}");
-                assert!(threads <= bwd_bound(vec, p, prefetch), "{plan:?}");
-                assert!(threads % 32 == 0, "{plan:?}");
-                assert!(group == 32 || group == threads, "{plan:?}");
-            }
-            BwdShape::TwoPass => {}
-        }
-    }
-
-    #[test]
-    fn backward_plans_fit_their_kernels() {
-        let shapes = [
-            (4096, 512, 4),
-            (1, 1, 1),
-            (5000, 40, 4),
-            (7, 1025, 1),
-            (3, 4096, 4),
-            (2, 8192, 4),
-            (2, 8192, 1),
-            (2, 8193, 1),
-            (3, 65536, 4),
-            (1 << 20, 64, 4),
-            (0, 10, 1),
-        ];
-        for (rows, cols, vec) in shapes {
-            let plan = bwd_plan(rows, cols, vec, 8);
-            check_fits(rows, cols, vec, plan);
-            if let BwdShape::TwoPass = plan.shape {
-                assert!(cols > 8192, "{rows}x{cols}: {plan:?}");
-            }
-            for p in PACKS_PER_LANE {
-                for prefetch in [false, true] {
-                    for min_rows in [1, 8, 32] {
-                        let forced = [
-                            BwdForce::Warp {
-                                p,
-                                prefetch,
-                                min_rows,
-                            },
-                            BwdForce::Block {
-                                p,
-                                prefetch,
-                                min_rows,
-                            },
-                            BwdForce::TwoPass { min_rows },
-                        ];
-                        for f in forced {
-                            if let Some(plan) = forced_plan(rows, cols, vec, f) {
-                                check_fits(rows, cols, vec, plan);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        let mlp = bwd_plan(4096, 512, 4, 8);
-        assert_eq!((mlp.rows_per_block, mlp.parts), (8, 512));
-        assert_eq!(
-            mlp.shape,
-            BwdShape::Rows {
-                p: 1,
-                threads: 128,
-                group: 128,
-                prefetch: true
-            }
-        );
-        // Rows per block (measured best on the H100): 32 at 2048 and 4096 columns, but no fewer
-        // than 128 blocks.
-        assert_eq!(bwd_plan(4096, 4096, 4, 8).rows_per_block, 32);
-        assert_eq!(bwd_plan(8192, 2048, 4, 8).rows_per_block, 32);
-        assert_eq!(bwd_plan(2048, 8192, 4, 8).rows_per_block, 16);
-        assert_eq!(bwd_plan(16384, 1024, 4, 8).rows_per_block, 32);
-        assert_eq!(
-            bwd_plan(2048, 8192, 4, 8).shape,
-            BwdShape::Rows {
-                p: 8,
-                threads: 256,
-                group: 256,
-                prefetch: true
-            }
-        );
-        // Scalar 8192-column rows fit 1024 threads only without prefetch.
-        assert!(matches!(
-            bwd_plan(3, 8192, 1, 8).shape,
-            BwdShape::Rows {
-                p: 8,
-                threads: 1024,
-                prefetch: false,
-                ..
-            }
-        ));
-        let warp = bwd_plan(65536, 256, 4, 8);
-        assert!(matches!(warp.shape, BwdShape::Rows { group: 32, .. }));
-        let forced = bwd_plan(4096, 256, 4, 1);
-        assert_eq!(
-            forced.shape,
-            BwdShape::Rows {
-                p: 1,
-                threads: 64,
-                group: 64,
-                prefetch: true
-            }
-        );
-        let too_long = BwdForce::Warp {
-            p: 1,
-            prefetch: false,
-            min_rows: 16,
-        };
-        assert_eq!(forced_plan(4, 160, 1, too_long), None);
-    }
-}
+mod tests;

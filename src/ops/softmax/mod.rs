@@ -24,14 +24,14 @@
 //! - The mean loss is written to **one f32 in device memory**, in the same launch: each block
 //!   writes one f64 partial sum of its rows' losses to the device's scratch buffer, and the last
 //!   block to finish (an integer ticket) adds the partials in a fixed order. No float atomics.
-//! - **Labels out of range**: the reference returns [`Error::InvalidArgument`](crate::Error::InvalidArgument); the labels here are
+//! - **Labels out of range**: the reference returns [`Error::InvalidArgument`]; the labels here are
 //!   in device memory, and checking them would cost a host synchronisation. Instead a row whose
 //!   label is ≥ `classes` gets a NaN loss and NaN in every one of its `dlogits`, so the mean loss
 //!   is NaN (visible when the host logs it) and the step's inf/NaN check flags the gradients.
 //!   Other rows are computed normally.
 
 use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
-use crate::error::{expect_len, matrix_len, Result};
+use crate::error::{expect_len, matrix_len, Error, Result};
 use crate::kernels;
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 
@@ -39,8 +39,8 @@ use cudarc::driver::{DevicePtr, DevicePtrMut};
 use super::rows::ptx_maxntid;
 
 use super::rows::{
-    check_aligned, kernel_dims, p_index, row_shape, shared_limit, vec_width, RowShape, WARP_ROWS,
-    WARP_THREADS,
+    check_aligned, cluster_plan, cluster_threads, kernel_dims, p_index, row_shape, shared_limit,
+    vec_width, ClusterKernel, ClusterShape, RowShape, WARP_ROWS, WARP_THREADS,
 };
 
 const FWD_WARP: [[&str; 4]; 2] = [
@@ -74,6 +74,51 @@ const BWD_WARP: [[&str; 4]; 2] = [
 ];
 const BWD_BLOCK: [&str; 2] = ["softmax_bwd_block_v4", "softmax_bwd_block_v1"];
 
+/// The six cluster instances of a softmax kernel: packs per thread `big` (launch bound 512) and
+/// `small` (1024) for clusters of 2, 4 and 8.
+macro_rules! softmax_clusters {
+    ($prefix:literal, $big:literal, $small:literal) => {
+        [
+            ClusterKernel {
+                c: 2,
+                p: $big,
+                bound: 512,
+                name: concat!($prefix, "_c2_p", $big),
+            },
+            ClusterKernel {
+                c: 2,
+                p: $small,
+                bound: 1024,
+                name: concat!($prefix, "_c2_p", $small),
+            },
+            ClusterKernel {
+                c: 4,
+                p: $big,
+                bound: 512,
+                name: concat!($prefix, "_c4_p", $big),
+            },
+            ClusterKernel {
+                c: 4,
+                p: $small,
+                bound: 1024,
+                name: concat!($prefix, "_c4_p", $small),
+            },
+            ClusterKernel {
+                c: 8,
+                p: $big,
+                bound: 512,
+                name: concat!($prefix, "_c8_p", $big),
+            },
+            ClusterKernel {
+                c: 8,
+                p: $small,
+                bound: 1024,
+                name: concat!($prefix, "_c8_p", $small),
+            },
+        ]
+    };
+}
+
 /// `["<prefix>_v{vec}_p1", … "_p8"]`: a loss kernel keeping the row in registers, for one access
 /// width and packs per thread 1, 2, 4, 8.
 macro_rules! ce_rows_names {
@@ -88,10 +133,30 @@ macro_rules! ce_rows_names {
 }
 
 // After the macro above: the loss module uses it (macro_rules! scope is textual).
+mod ce_plan;
 mod cross_entropy;
-pub use cross_entropy::{softmax_cross_entropy, Grad, Logit};
 #[doc(hidden)]
-pub use cross_entropy::{softmax_cross_entropy_forced, CeForce};
+pub use ce_plan::{CeForce, GroupKernel};
+pub(crate) use cross_entropy::ce_force_fits;
+#[doc(hidden)]
+pub use cross_entropy::softmax_cross_entropy_forced;
+pub use cross_entropy::{softmax_cross_entropy, Grad, Logit};
+
+/// Whether `force` fits rows of `cols` columns on `gpu` for the forward (`bwd`: the backward)
+/// with 16-byte aligned buffers, without launching anything.
+pub(crate) fn softmax_force_fits(gpu: &Gpu, cols: usize, bwd: bool, force: SoftmaxForce) -> bool {
+    let vec = if cols % 4 == 0 { 4 } else { 1 };
+    let kernels: &[ClusterKernel] = if bwd { &BWD_CLUSTER } else { &FWD_CLUSTER };
+    cluster_shape("sweep", gpu, cols, vec, kernels, Some(force)).is_ok()
+}
+
+/// Cluster-per-row forward kernels (`kernels/softmax_sm90.cu`), smallest cluster first.
+const FWD_CLUSTER: [ClusterKernel; 6] = softmax_clusters!("softmax_fwd_cluster", 8, 4);
+/// Cluster-per-row backward kernels (two arrays per thread: half the packs of the forward).
+const BWD_CLUSTER: [ClusterKernel; 6] = softmax_clusters!("softmax_bwd_cluster", 4, 2);
+/// Rows of at least this many columns take a cluster per row on compute capability 9.0 (with
+/// 4-element accesses); shorter rows a warp or a block per row.
+const CLUSTER_MIN_COLS: usize = 16384;
 
 fn vec_index(vec: usize) -> usize {
     usize::from(vec != 4)
@@ -111,9 +176,99 @@ fn row_launch(rows: usize, shape: RowShape, vec: usize, arrays: usize) -> Launch
     }
 }
 
+/// A launch shape of [`forward`] or [`backward`] forced by benchmarks and tests.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SoftmaxForce {
+    /// The portable kernels (`kernels/softmax.cu`) even where a cluster would be used.
+    Portable,
+    /// A cluster of `c` blocks of `threads` per row, `p` packs per thread (compute capability
+    /// 9.0, 4-element accesses; an instance must exist and hold the row).
+    Cluster { c: usize, p: usize, threads: u32 },
+}
+
+/// The cluster shape for rows of `cols` columns of 4-element packs: the forced one, or by
+/// default the first instance that holds a row of ≥ [`CLUSTER_MIN_COLS`] columns, on a 9.0 device.
+fn cluster_shape(
+    op: &'static str,
+    gpu: &Gpu,
+    cols: usize,
+    vec: usize,
+    kernels: &[ClusterKernel],
+    force: Option<SoftmaxForce>,
+) -> Result<Option<ClusterShape>> {
+    let hopper = gpu.info().compute_capability == (9, 0);
+    let packs = cols / 4;
+    match force {
+        None => Ok((hopper && vec == 4 && cols >= CLUSTER_MIN_COLS)
+            .then(|| cluster_plan(packs, kernels))
+            .flatten()),
+        Some(SoftmaxForce::Portable) => Ok(None),
+        Some(SoftmaxForce::Cluster { c, p, threads }) => {
+            let shape = kernels
+                .iter()
+                .find(|k| k.c == c && k.p == p)
+                .filter(|k| {
+                    let least = cluster_threads(k, packs, k.bound);
+                    hopper && vec == 4 && least.is_some_and(|l| threads >= l)
+                })
+                .filter(|k| threads <= k.bound && threads % 32 == 0)
+                .map(|k| ClusterShape {
+                    kernel: *k,
+                    threads,
+                });
+            shape.map(Some).ok_or_else(|| Error::InvalidArgument {
+                op,
+                detail: format!("{force:?} does not fit rows of {cols} columns on this device"),
+            })
+        }
+    }
+}
+
+/// The launch of a cluster kernel over `rows` rows: `c` blocks per row.
+fn cluster_launch(op: &'static str, rows: usize, c: ClusterShape) -> Result<LaunchConfig> {
+    let grid = u32::try_from(rows * c.kernel.c).map_err(|_| Error::InvalidArgument {
+        op,
+        detail: format!("{rows} rows need more than 2^32 blocks"),
+    })?;
+    Ok(LaunchConfig::linear(grid, c.threads))
+}
+
 /// Softmax of each row of `x` (`[rows, cols]`, row-major) into `y`. The GPU twin of
 /// [`crate::cpu::softmax::forward`]: same arguments (after `gpu`), checks and errors.
 pub fn forward<X, Y>(gpu: &Gpu, x: &X, rows: usize, cols: usize, y: &mut Y) -> Result<()>
+where
+    X: DevicePtr<f32>,
+    Y: DevicePtrMut<f32>,
+{
+    forward_impl(gpu, x, rows, cols, y, None)
+}
+
+/// [`forward`] in a forced launch shape, for benchmarks and tests.
+#[doc(hidden)]
+pub fn forward_forced<X, Y>(
+    gpu: &Gpu,
+    x: &X,
+    rows: usize,
+    cols: usize,
+    y: &mut Y,
+    force: SoftmaxForce,
+) -> Result<()>
+where
+    X: DevicePtr<f32>,
+    Y: DevicePtrMut<f32>,
+{
+    forward_impl(gpu, x, rows, cols, y, Some(force))
+}
+
+fn forward_impl<X, Y>(
+    gpu: &Gpu,
+    x: &X,
+    rows: usize,
+    cols: usize,
+    y: &mut Y,
+    force: Option<SoftmaxForce>,
+) -> Result<()>
 where
     X: DevicePtr<f32>,
     Y: DevicePtrMut<f32>,
@@ -132,9 +287,18 @@ where
     let (yp, _gy) = y.device_ptr_mut(stream);
     check_aligned(OP, &[("x", xp, 4), ("y", yp, 4)])?;
     let vec = vec_width(cols, &[(xp, 4), (yp, 4)]);
-    let shape = row_shape(cols / vec, vec, 1, shared_limit(gpu)?);
     let mut args = KernelArgs::new();
     args.push(xp).push(yp);
+    if let Some(c) = cluster_shape(OP, gpu, cols, vec, &FWD_CLUSTER, force)? {
+        args.push(ci);
+        let cfg = cluster_launch(OP, rows, c)?;
+        // SAFETY: softmax_fwd_cluster_c*_p*(const float* x, float* y, int cols) matches; x and
+        // y hold rows·cols f32 (checked above), cols % 4 == 0 with 16-byte aligned rows (vec);
+        // the grid is rows clusters of the kernel's compile-time size, every row within
+        // c·p·threads packs, threads within the launch bound, on a 9.0 device.
+        return unsafe { gpu.launch(&kernels::SOFTMAX_SM90, c.kernel.name, cfg, &args) };
+    }
+    let shape = row_shape(cols / vec, vec, 1, shared_limit(gpu)?);
     let kernel = match shape {
         RowShape::Warp { p } => {
             args.push(ri).push(ci);
@@ -176,6 +340,40 @@ where
     DY: DevicePtr<f32>,
     DX: DevicePtrMut<f32>,
 {
+    backward_impl(gpu, (y, dy), rows, cols, dx, None)
+}
+
+/// [`backward`] in a forced launch shape, for benchmarks and tests.
+#[doc(hidden)]
+pub fn backward_forced<Y, DY, DX>(
+    gpu: &Gpu,
+    (y, dy): (&Y, &DY),
+    rows: usize,
+    cols: usize,
+    dx: &mut DX,
+    force: SoftmaxForce,
+) -> Result<()>
+where
+    Y: DevicePtr<f32>,
+    DY: DevicePtr<f32>,
+    DX: DevicePtrMut<f32>,
+{
+    backward_impl(gpu, (y, dy), rows, cols, dx, Some(force))
+}
+
+fn backward_impl<Y, DY, DX>(
+    gpu: &Gpu,
+    (y, dy): (&Y, &DY),
+    rows: usize,
+    cols: usize,
+    dx: &mut DX,
+    force: Option<SoftmaxForce>,
+) -> Result<()>
+where
+    Y: DevicePtr<f32>,
+    DY: DevicePtr<f32>,
+    DX: DevicePtrMut<f32>,
+{
     const OP: &str = "ops::softmax::backward";
     let len = matrix_len(OP, rows, cols, "cols")?;
     let by_rows = format!("rows·cols = {rows}·{cols} = {len}");
@@ -192,9 +390,18 @@ where
     let (dxp, _g3) = dx.device_ptr_mut(stream);
     check_aligned(OP, &[("y", yp, 4), ("dy", dyp, 4), ("dx", dxp, 4)])?;
     let vec = vec_width(cols, &[(yp, 4), (dyp, 4), (dxp, 4)]);
-    let shape = row_shape(cols / vec, vec, 2, shared_limit(gpu)?);
     let mut args = KernelArgs::new();
     args.push(yp).push(dyp).push(dxp);
+    if let Some(c) = cluster_shape(OP, gpu, cols, vec, &BWD_CLUSTER, force)? {
+        args.push(ci);
+        let cfg = cluster_launch(OP, rows, c)?;
+        // SAFETY: softmax_bwd_cluster_c*_p*(const float* y, const float* dy, float* dx, int
+        // cols) matches; the buffers hold rows·cols f32 (checked above), cols % 4 == 0 with
+        // 16-byte aligned rows (vec); the grid is rows clusters of the kernel's compile-time
+        // size, every row within c·p·threads packs, threads within the launch bound, on 9.0.
+        return unsafe { gpu.launch(&kernels::SOFTMAX_SM90, c.kernel.name, cfg, &args) };
+    }
+    let shape = row_shape(cols / vec, vec, 2, shared_limit(gpu)?);
     let kernel = match shape {
         RowShape::Warp { p } => {
             args.push(ri).push(ci);
@@ -221,6 +428,7 @@ where
 
 #[cfg(test)]
 mod tests {
+    use super::ce_plan::ce_rows_bound;
     use super::cross_entropy::*;
     use super::*;
     use crate::error::Error;
@@ -229,6 +437,27 @@ mod tests {
 
     #[test]
     fn every_kernel_name_exists_with_the_host_launch_bound() {
+        let sm90 = kernels::SOFTMAX_SM90.ptx;
+        for k in FWD_CLUSTER
+            .iter()
+            .chain(&BWD_CLUSTER)
+            .chain(f32::CLUSTER)
+            .chain(f16::CLUSTER)
+        {
+            assert_eq!(ptx_maxntid(sm90, k.name), Some(k.bound), "{}", k.name);
+            assert!(
+                sm90.contains(&format!(".entry {}(", k.name))
+                    && k.name.contains(&format!("_c{}_p{}", k.c, k.p)),
+                "{}",
+                k.name
+            );
+        }
+        let ce = kernels::CROSS_ENTROPY.ptx;
+        for g in f32::GROUPS.iter().chain(f16::GROUPS) {
+            for name in [g.name, g.name_pf] {
+                assert_eq!(ptx_maxntid(ce, name), Some(256), "{name}");
+            }
+        }
         let ptx = kernels::SOFTMAX.ptx;
         let warp: Vec<&str> = [FWD_WARP, BWD_WARP]
             .iter()
@@ -243,7 +472,7 @@ mod tests {
             assert_eq!(ptx_maxntid(ptx, name), Some(1024), "{name}");
         }
         for name in [f32::BLOCK, f16::BLOCK].concat() {
-            assert_eq!(ptx_maxntid(ptx, name), Some(1024), "{name}");
+            assert_eq!(ptx_maxntid(ce, name), Some(1024), "{name}");
         }
         for (vecs, rows, rows_pf, block) in [
             (f32::VECS, f32::ROWS, f32::ROWS_PF, f32::BLOCK),
@@ -256,11 +485,7 @@ mod tests {
                 for (i, p) in PACKS_PER_LANE.into_iter().enumerate() {
                     for name in [rows[v][i], rows_pf[v][i]] {
                         assert!(name.ends_with(&format!("_v{vec}_p{p}")), "{name}");
-                        assert_eq!(
-                            ptx_maxntid(ptx, name),
-                            Some(ce_rows_bound(vec, p)),
-                            "{name}"
-                        );
+                        assert_eq!(ptx_maxntid(ce, name), Some(ce_rows_bound(vec, p)), "{name}");
                     }
                     assert!(rows_pf[v][i].contains("_rows_pf_"));
                 }
