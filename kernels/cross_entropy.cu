@@ -456,7 +456,7 @@ SOFTMAX_CE(f16, __half, 1)
 // floats with one warp (up to 512), 16 with 2 and 4 warps, 32 with 4 and 8 warps (up to 8192).
 SOFTMAX_CE_GROUPS(f16, __half, 1, 1, 4, 4)
 SOFTMAX_CE_GROUPS(f16, __half, 2, 1, 4, 4)
-SOFTMAX_CE_GROUPS(f16, __half, 4, 1, 3, 3)
+SOFTMAX_CE_GROUPS(f16, __half, 4, 1, 4, 3)
 SOFTMAX_CE_GROUPS(f16, __half, 4, 2, 3, 3)
 SOFTMAX_CE_GROUPS(f16, __half, 4, 4, 3, 3)
 SOFTMAX_CE_GROUPS(f16, __half, 4, 8, 3, 3)

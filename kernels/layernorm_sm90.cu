@@ -12,22 +12,21 @@
 //   reducing and writing phases never overlap (forward). Split over the C blocks of a cluster
 //   (C = 2, 4, 8, compile-time __cluster_dims__), each block holds its slice of the row in
 //   registers and the row's statistics are combined through distributed shared memory
-//   (cluster.cuh's cluster_reduce: every block adds the C block sums in rank order, so all get
-//   the same bits).
+//   (cluster.cuh's cluster_reduce_async: each block pushes its block sums into every block's
+//   shared memory with st.async onto an mbarrier and every block adds the C sums in rank order,
+//   so all get the same bits; no memory fence, so prefetched loads stay in flight across it).
 // Algorithm and launch shapes (chosen in src/ops/layernorm/cluster.rs). packs = cols / 4; a block
 //   of rank r owns the packs [r·S, min((r+1)·S, packs)), S = ceil(packs / C); thread t holds its
 //   packs t, t + T, … (P of them, P·T ≥ S).
 //   fwd_cluster<C,P>  grid = rows·C, a cluster per row. Read the slice (all P loads in flight),
 //                     cluster sum → mean; Σ(x − mean)² over the registers, cluster sum → rstd;
-//                     y. Rank 0 thread 0 writes mean and rstd; a last cluster barrier keeps each
-//                     block's shared memory alive until every block has read it.
+//                     y. Rank 0 thread 0 writes mean and rstd.
 //   bwd_cluster<C,P>  grid = G·C: cluster g takes rows g, g + G, …, each block its column slice.
 //                     Per row: x̂ and g = dy·gamma, one cluster sum of (Σg, Σg·x̂), dx; dgamma and
 //                     dbeta accumulate per thread over the cluster's rows in row order. The next
 //                     row's x, dy, mean and rstd are loaded before this row's reduction, so loads
-//                     stay in flight across the cluster barrier. The two reduction slots
-//                     alternate by row parity (a slot is written again only after every block
-//                     passed the next barrier). Each block writes its slice of partial row g.
+//                     stay in flight across the cluster exchange (rounds alternate its two
+//                     buffers). Each block writes its slice of partial row g.
 //                     G depends on (rows, cols) only (never the SM count): bit-identical run to
 //                     run and across GPUs.
 // Roofline: forward 8 B/element, backward 12 B/element plus G partial rows of 2·cols floats
@@ -43,8 +42,9 @@ namespace layernorm_sm90_detail {
 using namespace layernorm_detail;
 using ampkit::cluster_index;
 using ampkit::cluster_rank;
-using ampkit::cluster_reduce;
-using ampkit::cluster_sync;
+using ampkit::cluster_reduce_async;
+using ampkit::ClusterExchange;
+using ampkit::exchange_init;
 
 constexpr int VEC = 4;
 
@@ -72,8 +72,7 @@ __device__ __forceinline__ void fwd_cluster(const float* __restrict__ x,
                                             const float* __restrict__ beta, float* __restrict__ y,
                                             float* __restrict__ mean, float* __restrict__ rstd,
                                             int cols, float eps) {
-    __shared__ float scratch[32];
-    __shared__ float slot_sum[1], slot_var[1];
+    __shared__ ClusterExchange<C, 1> ex;
     const int row = int(cluster_index()), tid = threadIdx.x, T = blockDim.x;
     const Slice s = slice_of<C>(cols);
     const float n = float(cols);
@@ -83,6 +82,7 @@ __device__ __forceinline__ void fwd_cluster(const float* __restrict__ x,
     for (int p = 0; p < P; ++p) {
         if (s.lo + p * T + tid < s.hi) load<VEC>(xr, s.lo + p * T + tid, v[p]);
     }
+    exchange_init(ex);  // while the loads are in flight
     float sum[1] = {0.f};
 #pragma unroll
     for (int p = 0; p < P; ++p) {
@@ -91,7 +91,7 @@ __device__ __forceinline__ void fwd_cluster(const float* __restrict__ x,
             for (int k = 0; k < VEC; ++k) sum[0] += v[p][k];
         }
     }
-    cluster_reduce<C, 1, false>(sum, scratch, slot_sum);
+    cluster_reduce_async<C, 1, false>(sum, ex, 0);
     const float mu = sum[0] / n;
     float ss[1] = {0.f};
 #pragma unroll
@@ -104,7 +104,7 @@ __device__ __forceinline__ void fwd_cluster(const float* __restrict__ x,
             }
         }
     }
-    cluster_reduce<C, 1, false>(ss, scratch, slot_var);
+    cluster_reduce_async<C, 1, false>(ss, ex, 1);
     const float rs = 1.f / sqrtf(ss[0] / n + eps);
     float* yr = y + size_t(row) * cols;
 #pragma unroll
@@ -123,7 +123,6 @@ __device__ __forceinline__ void fwd_cluster(const float* __restrict__ x,
         mean[row] = mu;
         rstd[row] = rs;
     }
-    cluster_sync();  // the other blocks may still be reading slot_var from this block
 }
 
 // This thread's packs of x and dy in the row at `off`.
@@ -150,8 +149,7 @@ __device__ __forceinline__ void bwd_cluster(const float* __restrict__ dy,
                                             const float* __restrict__ gamma,
                                             float* __restrict__ dx, float* __restrict__ partial,
                                             int rows, int cols) {
-    __shared__ float scratch[64];
-    __shared__ float slots[2][2];
+    __shared__ ClusterExchange<C, 2> ex;
     const int g = int(cluster_index()), G = int(gridDim.x) / C;
     const int tid = threadIdx.x, T = blockDim.x;
     const Slice s = slice_of<C>(cols);
@@ -170,6 +168,7 @@ __device__ __forceinline__ void bwd_cluster(const float* __restrict__ dy,
         mu = mean[r];
         rs = rstd[r];
     }
+    exchange_init(ex);  // while the first row's loads are in flight
     // Every block of the cluster walks the same rows: the trip count, and so every barrier in
     // the loop, is cluster-uniform.
     for (int it = 0; r < rows; r += G, ++it) {
@@ -199,7 +198,7 @@ __device__ __forceinline__ void bwd_cluster(const float* __restrict__ dy,
             mu = mean[r + G];
             rs = rstd[r + G];
         }
-        cluster_reduce<C, 2, false>(sums, scratch, slots[it & 1]);
+        cluster_reduce_async<C, 2, false>(sums, ex, it);
         const float mg = sums[0] / n, mgx = sums[1] / n;
 #pragma unroll
         for (int p = 0; p < P; ++p) {
@@ -222,7 +221,97 @@ __device__ __forceinline__ void bwd_cluster(const float* __restrict__ dy,
             store<VEC>(out + cols, i, acc_b[p]);
         }
     }
-    cluster_sync();  // the other blocks may still be reading the last row's slot from this block
+}
+
+
+extern __shared__ __align__(16) float dyn_acc[];
+
+// Threads per block of bwd_cluster_shared and the resident blocks asked of the compiler: two
+// 512-thread blocks per SM (≤ 64 registers), so twice as many clusters of 8 fit at once as the
+// one-block-per-SM register kernels allow.
+constexpr int SHARED_BWD_THREADS = 512;
+
+// bwd_cluster with dgamma and dbeta accumulated in dynamic shared memory (2·P·T float4, each
+// thread only ever touching its own packs, so no barrier guards them) instead of registers, no
+// prefetch, P = 4: ≤ 64 registers, so two blocks share an SM and one block's loads overlap the
+// other's reduction. Same per-column order of additions as bwd_cluster (row order, per thread).
+template <int C>
+__device__ __forceinline__ void bwd_cluster_shared(const float* __restrict__ dy,
+                                                   const float* __restrict__ x,
+                                                   const float* __restrict__ mean,
+                                                   const float* __restrict__ rstd,
+                                                   const float* __restrict__ gamma,
+                                                   float* __restrict__ dx,
+                                                   float* __restrict__ partial, int rows,
+                                                   int cols) {
+    constexpr int P = 4;
+    __shared__ ClusterExchange<C, 2> ex;
+    const int g = int(cluster_index()), G = int(gridDim.x) / C;
+    const int tid = threadIdx.x, T = blockDim.x;
+    const Slice s = slice_of<C>(cols);
+    const float n = float(cols);
+    float* acc_g = dyn_acc;                       // [P·T][4]
+    float* acc_b = dyn_acc + size_t(P) * T * VEC;  // [P·T][4]
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+        const float z[VEC] = {0.f, 0.f, 0.f, 0.f};
+        store<VEC>(acc_g, p * T + tid, z);
+        store<VEC>(acc_b, p * T + tid, z);
+    }
+    exchange_init(ex);
+    for (int it = 0, r = g; r < rows; r += G, ++it) {
+        const size_t off = size_t(r) * cols;
+        float xh[P][VEC], gv[P][VEC];
+        load_slice<P>(x, dy, off, s, xh, gv);  // x and dy, turned into x̂ and g below
+        const float mu = mean[r], rs = rstd[r];
+        float sums[2] = {0.f, 0.f};
+#pragma unroll
+        for (int p = 0; p < P; ++p) {
+            const int i = s.lo + p * T + tid;
+            if (i < s.hi) {
+                float gm[VEC], ag[VEC], ab[VEC];
+                load<VEC>(gamma, i, gm);
+                load<VEC>(acc_g, p * T + tid, ag);
+                load<VEC>(acc_b, p * T + tid, ab);
+#pragma unroll
+                for (int k = 0; k < VEC; ++k) {
+                    const float d = gv[p][k];
+                    xh[p][k] = __fmul_rn(__fsub_rn(xh[p][k], mu), rs);
+                    gv[p][k] = __fmul_rn(d, gm[k]);
+                    sums[0] += gv[p][k];
+                    sums[1] += gv[p][k] * xh[p][k];
+                    ag[k] += d * xh[p][k];
+                    ab[k] += d;
+                }
+                store<VEC>(acc_g, p * T + tid, ag);
+                store<VEC>(acc_b, p * T + tid, ab);
+            }
+        }
+        cluster_reduce_async<C, 2, false>(sums, ex, it);
+        const float mg = sums[0] / n, mgx = sums[1] / n;
+#pragma unroll
+        for (int p = 0; p < P; ++p) {
+            const int i = s.lo + p * T + tid;
+            if (i < s.hi) {
+                float o[VEC];
+#pragma unroll
+                for (int k = 0; k < VEC; ++k) o[k] = dx_of(gv[p][k], xh[p][k], rs, mg, mgx);
+                store<VEC>(dx + off, i, o);
+            }
+        }
+    }
+    float* out = partial + size_t(g) * 2 * cols;
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+        const int i = s.lo + p * T + tid;
+        if (i < s.hi) {
+            float ag[VEC], ab[VEC];
+            load<VEC>(acc_g, p * T + tid, ag);
+            load<VEC>(acc_b, p * T + tid, ab);
+            store<VEC>(out, i, ag);
+            store<VEC>(out + cols, i, ab);
+        }
+    }
 }
 
 }  // namespace layernorm_sm90_detail
@@ -251,3 +340,13 @@ LN_CLUSTER(4, 8)
 LN_CLUSTER(8, 2)
 LN_CLUSTER(8, 4)
 LN_CLUSTER(8, 8)
+
+#define LN_CLUSTER_SHARED(C)                                                                      \
+    extern "C" __global__ void __cluster_dims__(C, 1, 1)                                         \
+        __launch_bounds__(SHARED_BWD_THREADS, 2) layernorm_bwd_cluster_shared_c##C(               \
+            const float* dy, const float* x, const float* mean, const float* rstd,                \
+            const float* gamma, float* dx, float* partial, int rows, int cols) {                  \
+        bwd_cluster_shared<C>(dy, x, mean, rstd, gamma, dx, partial, rows, cols);                 \
+    }
+LN_CLUSTER_SHARED(4)
+LN_CLUSTER_SHARED(8)

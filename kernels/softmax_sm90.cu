@@ -9,9 +9,9 @@
 //   row; grid = rows·C. Block `rank` holds packs [rank·span, (rank+1)·span) of the row in registers
 //   (span = ceil(packs / C); thread t holds packs t, t + T, …, P of them, VEC = 4 f32 or 8 f16).
 //   Each reduction (max, then the sums) goes block-wide and then across the cluster through
-//   distributed shared memory (cluster.cuh: every block adds the C partials in rank order, so all
-//   get the same bits). A last cluster barrier keeps each block's shared memory alive until the
-//   other blocks have read it. The loss: the thread that stored the label's pack rewrites it;
+//   distributed shared memory (cluster.cuh's cluster_reduce_async: each block pushes its partials
+//   into every block's shared memory with st.async onto an mbarrier, and every block adds the C
+//   partials in rank order, so all get the same bits; no fences, no barrier at the end). The loss: the thread that stored the label's pack rewrites it;
 //   rank 0 computes the row loss and takes the ticket (one partial per row).
 // Why: a 65 536-float row (256 KB) fits no single SM; a block per row (softmax.cu) keeps part in
 //   shared memory and alternates reading, reducing and writing on one SM (measured 64-79 % of the
@@ -26,8 +26,9 @@ namespace softmax_detail {
 
 using ampkit::cluster_index;
 using ampkit::cluster_rank;
-using ampkit::cluster_reduce;
-using ampkit::cluster_sync;
+using ampkit::cluster_reduce_async;
+using ampkit::ClusterExchange;
+using ampkit::exchange_init;
 
 // This block's slice of the row: `first` pack and how many (≤ 0 for a block past a short row's
 // end; it still takes part in every reduction, with identity values).
@@ -46,22 +47,25 @@ template <int C, int P>
 __device__ __forceinline__ void fwd_cluster(const float* __restrict__ x, float* __restrict__ y,
                                             int cols) {
     constexpr int VEC = 4;
-    __shared__ float scratch[32];
-    __shared__ float slot_m[1], slot_s[1];
+    __shared__ ClusterExchange<C, 1> ex;
     const int T = blockDim.x, t = threadIdx.x;
     const Slice sl = slice<C>(cols / VEC);
     const size_t off = size_t(cluster_index()) * cols + size_t(sl.first) * VEC;
     float v[P][VEC];
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+        if (p * T + t < sl.count) load<VEC>(x + off, p * T + t, v[p]);
+    }
+    exchange_init(ex);  // while the loads are in flight
     float m[1] = {-INFINITY};
 #pragma unroll
     for (int p = 0; p < P; ++p) {
         if (p * T + t < sl.count) {
-            load<VEC>(x + off, p * T + t, v[p]);
 #pragma unroll
             for (int k = 0; k < VEC; ++k) m[0] = fmaxf(m[0], v[p][k]);
         }
     }
-    cluster_reduce<C, 1, true>(m, scratch, slot_m);
+    cluster_reduce_async<C, 1, true>(m, ex, 0);
     float s[1] = {0.f};
 #pragma unroll
     for (int p = 0; p < P; ++p) {
@@ -73,7 +77,7 @@ __device__ __forceinline__ void fwd_cluster(const float* __restrict__ x, float* 
             }
         }
     }
-    cluster_reduce<C, 1, false>(s, scratch, slot_s);
+    cluster_reduce_async<C, 1, false>(s, ex, 1);
 #pragma unroll
     for (int p = 0; p < P; ++p) {
         if (p * T + t < sl.count) {
@@ -83,7 +87,6 @@ __device__ __forceinline__ void fwd_cluster(const float* __restrict__ x, float* 
             store<VEC>(y + off, p * T + t, o);
         }
     }
-    cluster_sync();  // the other blocks may still be reading slot_s
 }
 
 template <int C, int P>
@@ -91,8 +94,7 @@ __device__ __forceinline__ void bwd_cluster(const float* __restrict__ y,
                                             const float* __restrict__ dy,
                                             float* __restrict__ dx, int cols) {
     constexpr int VEC = 4;
-    __shared__ float scratch[32];
-    __shared__ float slot[1];
+    __shared__ ClusterExchange<C, 1> ex;
     const int T = blockDim.x, t = threadIdx.x;
     const Slice sl = slice<C>(cols / VEC);
     const size_t off = size_t(cluster_index()) * cols + size_t(sl.first) * VEC;
@@ -105,6 +107,7 @@ __device__ __forceinline__ void bwd_cluster(const float* __restrict__ y,
             load<VEC>(dy + off, p * T + t, b[p]);
         }
     }
+    exchange_init(ex);
 #pragma unroll
     for (int p = 0; p < P; ++p) {
         if (p * T + t < sl.count) {
@@ -112,7 +115,7 @@ __device__ __forceinline__ void bwd_cluster(const float* __restrict__ y,
             for (int k = 0; k < VEC; ++k) dot[0] += a[p][k] * b[p][k];
         }
     }
-    cluster_reduce<C, 1, false>(dot, scratch, slot);
+    cluster_reduce_async<C, 1, false>(dot, ex, 0);
 #pragma unroll
     for (int p = 0; p < P; ++p) {
         if (p * T + t < sl.count) {
@@ -122,7 +125,6 @@ __device__ __forceinline__ void bwd_cluster(const float* __restrict__ y,
             store<VEC>(dx + off, p * T + t, o);
         }
     }
-    cluster_sync();
 }
 
 // The loss, one row per cluster (see the header). L = float (VEC 4) or __half (VEC 8).
@@ -133,8 +135,7 @@ __device__ __forceinline__ void ce_cluster(const L* __restrict__ logits,
                                            int out_f16, double* __restrict__ partial,
                                            float* __restrict__ loss, int rows, int classes) {
     constexpr int VEC = 16 / int(sizeof(L));
-    __shared__ float scratch[64];
-    __shared__ float slot_m[1], slot_cr[2];
+    __shared__ ClusterExchange<C, 2> ex;
     const int T = blockDim.x, t = threadIdx.x;
     const int row = int(cluster_index());
     const Slice sl = slice<C>(classes / VEC);
@@ -143,16 +144,20 @@ __device__ __forceinline__ void ce_cluster(const L* __restrict__ logits,
     const unsigned label = labels[row];
     const bool ok = label < unsigned(classes);
     float v[P][VEC];
-    float m[1] = {-INFINITY};
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+        if (p * T + t < sl.count) load<VEC>(logits + off, p * T + t, v[p]);
+    }
+    exchange_init(ex);  // while the loads are in flight
+    float m[2] = {-INFINITY, -INFINITY};  // one value used; the exchange moves two per round
 #pragma unroll
     for (int p = 0; p < P; ++p) {
         if (p * T + t < sl.count) {
-            load<VEC>(logits + off, p * T + t, v[p]);
 #pragma unroll
             for (int k = 0; k < VEC; ++k) m[0] = fmaxf(m[0], v[p][k]);
         }
     }
-    cluster_reduce<C, 1, true>(m, scratch, slot_m);
+    cluster_reduce_async<C, 2, true>(m, ex, 0);
     const bool finite_m = isfinite(m[0]);
     float cr[2] = {0.f, 0.f};
 #pragma unroll
@@ -164,7 +169,7 @@ __device__ __forceinline__ void ce_cluster(const L* __restrict__ logits,
             }
         }
     }
-    cluster_reduce<C, 2, false>(cr, scratch, slot_cr);
+    cluster_reduce_async<C, 2, false>(cr, ex, 1);
     const float scale = ce_scale(grad_scale, rows);
     const CeRow cw = ce_row(scale, ok, cr[0] + cr[1]);
 #pragma unroll
@@ -177,7 +182,6 @@ __device__ __forceinline__ void ce_cluster(const L* __restrict__ logits,
     if (ok && li >= 0 && li < sl.count && li % T == t) {
         ce_label(logits + row_off, dlogits, row_off, label, m[0], cw, out_f16);
     }
-    cluster_sync();  // the other blocks may still be reading slot_cr
     if (cluster_rank() == 0) {
         const double row_loss =
             t == 0 ? double(ce_loss(logits + row_off, label, ok, m[0], cr[0], cr[1])) : 0.0;
@@ -227,3 +231,6 @@ SOFTMAX_CLUSTER_ALL(8)
 SOFTMAX_CE_CLUSTER_ALL(2)
 SOFTMAX_CE_CLUSTER_ALL(4)
 SOFTMAX_CE_CLUSTER_ALL(8)
+// f16 logits with 64 per thread (half the per-block reduction work per element).
+SOFTMAX_CE_CLUSTER(f16, __half, 4, 8, 256)
+SOFTMAX_CE_CLUSTER(f16, __half, 8, 8, 256)
