@@ -23,7 +23,12 @@ Rows (`kind`):
            else f16 output; the name says which). `% ceiling`: of the measured cuBLAS 8192^3
            TFLOP/s. `vs cuBLAS`: this row over cuBLAS at the same shape, 1.00x by construction
            (torch.mm is cuBLAS); the column lines this table up with ampkit's.
-  mem      GB/s = bytes / t, `% ceiling` of the copy GB/s. Bytes (f32 = 4 B, n = rows*cols):
+  mem      GB/s = bytes / t, `% ceiling` of the copy GB/s. `% copy same bytes`: of the GB/s of
+           a d2d `dst.copy_(src)` moving the row's bytes (f32 tensors of bytes/8 elements: half
+           read, half written), timed like the row (same rotation, queue-ahead, median) and
+           measured once per size: small copies do not reach the 1 GiB copy's rate, so this is
+           what a kernel of the row's size could reach if it were a copy; the copies measured
+           are listed under the table. Bytes (f32 = 4 B, n = rows*cols):
            layernorm fwd 8n + 8cols (x, y, gamma, beta; mean/rstd not counted); layernorm bwd
            12n + 8cols (dy, x, dx, dgamma, dbeta; autograd.grad on a graph built once per set);
            softmax fwd 8n; softmax bwd 12n (torch._softmax_backward_data: dy, y, dx); xent fwd
@@ -53,7 +58,8 @@ import sys
 import tempfile
 import time
 
-COLUMNS = ["kind", "name", "shape", "median_us", "rate", "unit", "% ceiling", "vs cuBLAS"]
+COLUMNS = ["kind", "name", "shape", "median_us", "rate", "unit", "% ceiling", "vs cuBLAS",
+           "% copy same bytes"]
 ROTATE_BYTES = 200e6  # > 50 MB L2 with margin
 MAX_SETS = 2048
 GIB = 1 << 30
@@ -70,9 +76,11 @@ GEMM_CASES = [  # (name, layout, M, N, K, f32 output) -- the Rust benches/gemm.r
     ("wide wgrad 4096x4096x8192", "wgrad", 4096, 4096, 8192, True),
 ]
 LN_CASES = [("MLP 4096x512", 4096, 512), ("MLP 4096x10", 4096, 10), ("16384x1024", 16384, 1024),
-            ("8192x2048", 8192, 2048), ("4096x4096", 4096, 4096), ("256x65536", 256, 65536)]
+            ("8192x2048", 8192, 2048), ("4096x4096", 4096, 4096), ("256x65536", 256, 65536),
+            ("1024x65536", 1024, 65536)]
 SM_CASES = [("MNIST 4096x10", 4096, 10), ("MLP 4096x512", 4096, 512), ("16384x1024", 16384, 1024),
-            ("8192x2048", 8192, 2048), ("256x65536", 256, 65536), ("1024x65536", 1024, 65536)]
+            ("8192x2048", 8192, 2048), ("256x65536", 256, 65536), ("1024x65536", 1024, 65536),
+            ("2048x65536", 2048, 65536)]
 UNSCALE_CASES = [("4 x 2^24", [1 << 24] * 4),
                  ("MLP 784-512-10 grads", [784 * 512, 512, 512 * 10, 10])]
 TRAIN_CASES = [("mlp 784-512-10 b256", [784, 512, 10], 256),
@@ -108,15 +116,24 @@ BYTES = {  # bytes read + written per call, f32 = 4 B, int64 labels = 8 B (see t
 }
 
 
+def copy_len(nbytes):
+    """f32 elements of a copy whose bytes read + written (8 per element) match nbytes."""
+    return max(1, int(nbytes / 8 + 0.5))
+
+
 def n_sets(bytes_per_call, rotate=True):
     """Distinct input sets to cycle through so that one pass over them exceeds the L2."""
     return max(1, min(MAX_SETS, math.ceil(ROTATE_BYTES / bytes_per_call))) if rotate else 1
 
 
-def make_row(kind, name, shape, median_us, rate, unit, ceiling=None, vs_cublas=None):
+def make_row(kind, name, shape, median_us, rate, unit, ceiling=None, vs_cublas=None,
+             copy_gbs=None):
+    """copy_gbs: GB/s of a copy of the row's bytes, for `% copy same bytes` (mem rows)."""
     pct = 100.0 * rate / ceiling if ceiling and rate is not None else None
+    pct_copy = 100.0 * rate / copy_gbs if copy_gbs and rate is not None else None
     return {"kind": kind, "name": name, "shape": shape, "median_us": median_us, "rate": rate,
-            "unit": unit, "pct_ceiling": pct, "vs_cublas": vs_cublas}
+            "unit": unit, "pct_ceiling": pct, "vs_cublas": vs_cublas,
+            "pct_copy_same_bytes": pct_copy}
 
 
 def error_row(kind, name, shape, exc):
@@ -131,17 +148,18 @@ def selected(only, kind, name, shape):
 
 def row_cells(r):
     if r.get("error"):
-        return [r["kind"], r["name"], r["shape"], "ERROR", r["error"][:60], "", "", ""]
-    rate, pct, vs = r["rate"], r["pct_ceiling"], r["vs_cublas"]
+        return [r["kind"], r["name"], r["shape"], "ERROR", r["error"][:60], "", "", "", ""]
+    rate, pct, vs, pcp = r["rate"], r["pct_ceiling"], r["vs_cublas"], r["pct_copy_same_bytes"]
     return [r["kind"], r["name"], r["shape"], f"{r['median_us']:.1f}",
-            f"{rate:.1f}" if rate >= 1 else f"{rate:.4f}", r["unit"],
-            "" if pct is None else f"{pct:.1f}%", "" if vs is None else f"{vs:.2f}x"]
+            "" if rate is None else f"{rate:.1f}" if rate >= 1 else f"{rate:.4f}", r["unit"],
+            "" if pct is None else f"{pct:.1f}%", "" if vs is None else f"{vs:.2f}x",
+            "" if pcp is None else f"{pcp:.1f}%"]
 
 
 def markdown_table(rows):
     cells = [row_cells(r) for r in rows]
     widths = [max(len(c[i]) for c in [COLUMNS] + cells) for i in range(len(COLUMNS))]
-    right = (False, False, False, True, True, False, True, True)  # numeric columns
+    right = (False, False, False, True, True, False, True, True, True)  # numeric columns
     head = "| " + " | ".join(h.ljust(w) for h, w in zip(COLUMNS, widths)) + " |"
     sep = "|" + "|".join("-" * (w + 1) + (":" if r else "-") for w, r in zip(widths, right)) + "|"
     body = ["| " + " | ".join(v.rjust(w) if r else v.ljust(w) for v, w, r in zip(c, widths, right))
@@ -156,17 +174,34 @@ def report_json(meta, ceilings, rows):
     for r in rows:
         o = {k: r[k] for k in ("kind", "name", "shape", "unit")}
         o.update(median_us=rnd(r["median_us"], 3), rate=rnd(r["rate"], 4),
-                 pct_ceiling=rnd(r["pct_ceiling"], 2), vs_cublas=rnd(r["vs_cublas"], 3))
+                 pct_ceiling=rnd(r["pct_ceiling"], 2), vs_cublas=rnd(r["vs_cublas"], 3),
+                 pct_copy_same_bytes=rnd(r["pct_copy_same_bytes"], 2))
         out.append(dict(o, error=r["error"]) if r.get("error") else o)
     return dict({k: meta[k] for k in ("card", "driver", "torch", "date")}, rows=out,
                 ceilings={"copy_gbs": rnd(ceilings.get("copy_gbs"), 2),
                           "cublas_f16_8192_tflops": rnd(ceilings.get("cublas_f16_8192_tflops"), 3)})
 
 
-def emit(meta, ceilings, rows, json_path, extra=""):
+def copy_notes(copies, copy="device-to-device copy (dst.copy_(src))"):
+    """The lines under the table: what `% copy same bytes` means, then every copy measured
+    ({f32 elements: median us, or the error's text}), as ampkit prints them."""
+    if not copies:
+        return []
+    sizes = [f"{8 * n / 1e6:.3f} MB failed ({us})" if isinstance(us, str) else
+             f"{8 * n / 1e6:.3f} MB {us:.1f} us {8 * n / us / 1e3:.1f} GB/s"
+             for n, us in sorted(copies.items())]
+    return [f"% copy same bytes = 100 x rate / GB/s of a {copy} moving the row's bytes (half "
+            "read, half written), timed like the row in the same run; % ceiling is against the "
+            "1 GiB copy, whose rate a copy of a kernel's size need not reach",
+            "same-bytes copies (bytes read + written, median, rate): " + "; ".join(sizes)]
+
+
+def emit(meta, ceilings, rows, json_path, extra="", notes=()):
     print(f"card:   {meta['card']}\ndriver: {meta['driver']}\ntorch:  {meta['torch']}\n"
           f"date:   {meta['date']}{extra}\n")
     print(markdown_table(rows))
+    if notes:
+        print("\n" + "\n".join(notes))
     if json_path:
         with open(json_path, "w") as f:
             json.dump(report_json(meta, ceilings, rows), f, indent=2)
@@ -181,6 +216,7 @@ class Bench:
         self.rotate = not args.hot_l2
         self.dev = torch.device("cuda")
         self.ceilings, self.rows = {}, []
+        self.copies = {}  # same-bytes copies: f32 elements -> median us, or the error's text
         self.cycles_per_us = self._calibrate_sleep()
 
     def _calibrate_sleep(self):
@@ -238,14 +274,34 @@ class Bench:
     def randn(self, *shape, dtype=None):
         return self.torch.randn(*shape, device=self.dev, dtype=dtype or self.torch.float32)
 
+    def copy_same_bytes_gbs(self, nbytes):
+        """GB/s of dst.copy_(src) moving nbytes (copy_len f32 elements, read + written), timed
+        like a mem row (same rotation, queue-ahead, median); measured once per size, None if
+        it failed."""
+        n = copy_len(nbytes)
+        if n not in self.copies:
+            try:
+                k = min(n_sets(8 * n, self.rotate), self.warmup + self.runs)
+                srcs = [self.randn(n) for _ in range(k)]
+                dst = self.torch.empty_like(srcs[0])
+                self.copies[n] = self.time_us(lambda i: dst.copy_(srcs[i]), k)
+            except Exception as exc:  # the row keeps its other columns
+                self.copies[n] = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:200]
+            srcs = dst = None
+        us = self.copies[n]
+        return None if isinstance(us, str) else 8 * n / (us * 1e-6) / 1e9
+
     def mem(self, name, label, nbytes, make, call):
-        """A memory-bound row: make() builds one input set, call(set) runs the op on it."""
+        """A memory-bound row: make() builds one input set, call(set) runs the op on it; then
+        a copy of the same bytes, timed the same way (`% copy same bytes`)."""
         def body():
             k = min(n_sets(nbytes, self.rotate), self.warmup + self.runs)  # each call a cold set
             sets = [make() for _ in range(k)]
             us = self.time_us(lambda i: call(sets[i]), k)
+            sets.clear()  # free the inputs before the copy's
             return make_row("mem", name, label, us, nbytes / (us * 1e-6) / 1e9, "GB/s",
-                            self.ceilings.get("copy_gbs"))
+                            self.ceilings.get("copy_gbs"),
+                            copy_gbs=self.copy_same_bytes_gbs(nbytes))
         self.guarded("mem", name, label, body)
 
 
@@ -442,7 +498,7 @@ def run_gpu(args):
             family(b)
         except Exception as exc:  # a failure outside any row's guard: report it and go on
             b.rows.append(error_row("error", family.__name__, "", exc))
-    emit(meta, b.ceilings, b.rows, args.json, f"\nruns:   {setup}")
+    emit(meta, b.ceilings, b.rows, args.json, f"\nruns:   {setup}", copy_notes(b.copies))
     return 1 if any(r.get("error") for r in b.rows) else 0
 
 
@@ -463,26 +519,39 @@ def self_test(args):
             make_row("gemm", "mlp fwd 4096x512x784", gemm_shape("fwd", 4096, 512, 784), 21.3,
                      gemm_flops(4096, 512, 784) / 21.3e-6 / 1e12, "TFLOP/s", 700.0, vs_cublas=1.0),
             make_row("mem", "softmax fwd", "16384x1024", 50.0,
-                     BYTES["softmax fwd"](16384, 1024) / 50e-6 / 1e9, "GB/s", 3000.0),
+                     BYTES["softmax fwd"](16384, 1024) / 50e-6 / 1e9, "GB/s", 3000.0,
+                     copy_gbs=2800.0),
             make_row("train", "mlp 784-512-10 b256 eager", "784-512-10 x256", 35000.0,
                      train_flops(mlp, 256) / 35000e-6 / 1e12, "TFLOP/s", 700.0),
             error_row("train", "wide 4x4096 b8192 graph", "4096-4096-4096-4096-4096 x8192",
                       RuntimeError("capture failed | cudaErrorStreamCaptureInvalidated\nmore"))]
     assert abs(rows[2]["pct_ceiling"] - 100 * 2684.35456 / 3000) < 1e-6
+    assert abs(rows[2]["pct_copy_same_bytes"] - 100 * 2684.35456 / 2800) < 1e-6
+    assert rows[0]["pct_copy_same_bytes"] is None and rows[4]["pct_copy_same_bytes"] is None
+    assert copy_len(8 * 4096 * 512) == 4096 * 512 and copy_len(12) == 2 and copy_len(0) == 1
     lines = markdown_table(rows).splitlines()
     assert [c.strip() for c in lines[0].strip("|").split("|")] == COLUMNS, lines[0]
     assert all(line.count("|") == len(COLUMNS) + 1 for line in lines)
-    assert lines[3].rstrip(" |").endswith("1.00x") and lines[4].rstrip().endswith("|           |")
+    empty_last = "|" + " " * (len(COLUMNS[-1]) + 2) + "|"
+    assert " 1.00x |" in lines[3] and lines[3].endswith(empty_last), lines[3]
+    assert lines[4].endswith(" 95.9% |") and lines[5].endswith(empty_last), lines[4]
+    notes = copy_notes({2097152: 7.0, 500: "OutOfMemoryError: CUDA out of memory"})
+    assert notes[0].startswith("% copy same bytes = 100 x rate / GB/s of a device-to-device copy")
+    assert notes[1].endswith("0.004 MB failed (OutOfMemoryError: CUDA out of memory); "
+                             "16.777 MB 7.0 us 2396.7 GB/s"), notes[1]
+    assert copy_notes({}) == []
     meta = {"card": "FAKE GPU", "driver": "0.0", "torch": "none", "date": "1970-01-01T00:00:00Z"}
     path = args.json or os.path.join(tempfile.mkdtemp(), "self_test.json")
-    emit(meta, {"copy_gbs": 3000.0, "cublas_f16_8192_tflops": 700.0}, rows, path)
+    emit(meta, {"copy_gbs": 3000.0, "cublas_f16_8192_tflops": 700.0}, rows, path, notes=notes)
     with open(path) as f:
         doc = json.load(f)
-    keys = {"kind", "name", "shape", "median_us", "rate", "unit", "pct_ceiling", "vs_cublas"}
+    keys = {"kind", "name", "shape", "median_us", "rate", "unit", "pct_ceiling", "vs_cublas",
+            "pct_copy_same_bytes"}
     assert set(doc) == {"card", "driver", "torch", "date", "ceilings", "rows"}
     assert set(doc["ceilings"]) == {"copy_gbs", "cublas_f16_8192_tflops"}
     assert all(keys <= set(r) for r in doc["rows"]) and doc["rows"][4]["median_us"] is None
     assert "error" in doc["rows"][4] and doc["rows"][1]["vs_cublas"] == 1.0
+    assert doc["rows"][2]["pct_copy_same_bytes"] == 95.87
     print("\nself-test OK")
     return 0
 

@@ -403,11 +403,7 @@ fn sweep_clusters(gpu: &Gpu) -> Result<()> {
                 }
             }
         }
-        for c in [4, 8] {
-            for clusters in [12, 16, 20, 24, 28, 32, 48] {
-                bwd.push(Some(BwdForce::ClusterShared { c, clusters }));
-            }
-        }
+
         let mut bwd_results = Vec::new();
         for force in bwd {
             let inputs = (&dy, &x, &mean, &rstd, &gamma);

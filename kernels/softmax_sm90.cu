@@ -231,6 +231,3 @@ SOFTMAX_CLUSTER_ALL(8)
 SOFTMAX_CE_CLUSTER_ALL(2)
 SOFTMAX_CE_CLUSTER_ALL(4)
 SOFTMAX_CE_CLUSTER_ALL(8)
-// f16 logits with 64 per thread (half the per-block reduction work per element).
-SOFTMAX_CE_CLUSTER(f16, __half, 4, 8, 256)
-SOFTMAX_CE_CLUSTER(f16, __half, 8, 8, 256)

@@ -29,6 +29,20 @@ fn cpu_run_keeps_the_ceiling_and_the_selected_rows() {
     assert_eq!(row.unit, "GB/s");
     assert!(row.median_us.unwrap() > 0.0 && row.rate.unwrap() > 0.0);
     assert!(row.pct_ceiling.is_some() && row.vs_cublas.is_none());
+    // Against a host copy of the same bytes, timed like the row; the ceiling row has none.
+    let pct = row
+        .pct_copy_same_bytes
+        .expect("% copy same bytes on a mem row");
+    assert!(pct > 0.0 && pct.is_finite(), "{pct}");
+    assert_eq!(report.rows[0].pct_copy_same_bytes, None);
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.starts_with("% copy same bytes = ")),
+        "{:?}",
+        report.notes
+    );
 
     let text = report.text();
     assert!(text.starts_with("card:   CPU: "), "{text}");
@@ -125,6 +139,7 @@ fn binary_writes_table_json_and_plot() {
             "unit",
             "pct_ceiling",
             "vs_cublas",
+            "pct_copy_same_bytes",
         ] {
             assert!(r.get(k).is_some(), "{k} missing in {r}");
         }
@@ -132,6 +147,9 @@ fn binary_writes_table_json_and_plot() {
     assert_eq!(rows[1]["kind"], "mem");
     assert_eq!(rows[1]["unit"], "GB/s");
     assert!(rows[1]["vs_cublas"].is_null());
+    assert!(rows[1]["pct_copy_same_bytes"].as_f64().unwrap() > 0.0);
+    assert!(rows[0]["pct_copy_same_bytes"].is_null());
+    assert!(stdout.contains("| % copy same bytes |"), "{stdout}");
     assert_eq!(&std::fs::read(&png).unwrap()[1..4], b"PNG");
 }
 

@@ -116,22 +116,6 @@ fn every_forced_cluster_shape_matches_the_f64_reference() {
         }
     }
     assert!(checked > 60, "only {checked} shapes ran");
-    // The shared-memory-accumulator backward (4 packs per thread, ≤ 512 threads), with 1, a few
-    // and more clusters than rows, on rows it fits (and refusing one it does not).
-    for (rows, cols) in [(3, 8196), (37, 16384), (2, 65540), (1, 65536), (300, 32768)] {
-        let c = case(&mut rng, rows, cols);
-        let want = reference(&c);
-        for cs in [4, 8] {
-            if cs * 512 * 4 * 4 < cols {
-                continue; // 4 blocks of ≤ 512 threads × 4 float4 hold at most 32768 columns
-            }
-            for clusters in [1, 5, rows + 3] {
-                let b = Bwd::Forced(BwdForce::ClusterShared { c: cs, clusters });
-                let got = run_gpu_with(&gpu, &c, 0, Some(FwdForce::Portable), b);
-                check_out(&format!("{b:?}"), &got, &want);
-            }
-        }
-    }
     // The benchmark's shape with other cluster counts than the default 12.
     let c = case(&mut rng, 256, 65536);
     let want = reference(&c);

@@ -4,6 +4,7 @@
 //! stays blank, and no compute ceiling, so GEMM and training rows have no `% ceiling`.
 
 use super::report::{Ceilings, Kind, Meta, Report, Row};
+use super::same_bytes::{self, CopyCache};
 use super::{
     bytes, gemm_flops, gemm_shape, median, n_sets, random_f32, random_labels, train_config,
     train_data, train_flops, train_shape, utc_date, Collector, GemmCase, Options, MLP_TENSORS,
@@ -73,26 +74,62 @@ fn median_us(opts: &Options, mut f: impl FnMut(usize) -> Result<()>) -> Result<f
     Ok(median(&mut times))
 }
 
-/// A memory-bound row: `make(seed)` builds one input set, `call(set)` runs the op on it; sets
-/// are cycled as on the GPU.
-fn mem_row<S>(
+/// The median µs of `call` on input sets built by `make(seed)`, `n_sets(bytes)` of them,
+/// cycled as on the GPU; the sets are freed before it returns.
+fn time_sets<S>(
     opts: &Options,
-    (name, shape): (&str, &str),
-    (bytes, flops): (f64, f64),
-    ceil: &Ceilings,
+    bytes: f64,
     make: impl FnMut(u32) -> Result<S>,
     mut call: impl FnMut(&mut S) -> Result<()>,
-) -> Result<Row> {
+) -> Result<f64> {
     let k = n_sets(bytes, opts.warmup() + opts.runs());
     let mut sets = (0..k as u32)
         .map(|s| 1000 + 7 * s)
         .map(make)
         .collect::<Result<Vec<S>>>()?;
-    let us = median_us(opts, |i| call(&mut sets[i % k]))?;
+    median_us(opts, |i| call(&mut sets[i % k]))
+}
+
+/// `dst.copy_from_slice(src)` in parallel chunks, as the host copy ceiling copies.
+fn par_copy(dst: &mut [f32], src: &[f32]) {
+    (dst.par_chunks_mut(1 << 18))
+        .zip(src.par_chunks(1 << 18))
+        .for_each(|(d, s)| d.copy_from_slice(s));
+}
+
+/// Median µs of a host copy of `len` f32 elements, timed like a row ([`time_sets`]).
+fn host_copy_us(opts: &Options, len: usize) -> Result<f64> {
+    let mut dst = vec![0f32; len];
+    time_sets(
+        opts,
+        same_bytes::copy_bytes(len),
+        |s| Ok(vec![s as f32; len]),
+        |src: &mut Vec<f32>| {
+            par_copy(&mut dst, src);
+            Ok(())
+        },
+    )
+}
+
+/// A memory-bound row: `make(seed)` builds one input set, `call(set)` runs the op on it
+/// ([`time_sets`]); `% copy same bytes` against a host copy of `bytes` timed the same way,
+/// measured once per size in `copies`.
+fn mem_row<S>(
+    opts: &Options,
+    copies: &mut CopyCache,
+    (name, shape): (&str, &str),
+    (bytes, flops): (f64, f64),
+    ceil: &Ceilings,
+    make: impl FnMut(u32) -> Result<S>,
+    call: impl FnMut(&mut S) -> Result<()>,
+) -> Result<Row> {
+    let us = time_sets(opts, bytes, make, call)?;
     let gbs = bytes / us / 1e3;
+    let copy = copies.gbs(bytes, |len| host_copy_us(opts, len));
     Ok(
         Row::measured(Kind::Mem, name, shape, us, Some(gbs), "GB/s", ceil.copy_gbs)
-            .with_work(flops, bytes),
+            .with_work(flops, bytes)
+            .with_copy_same_bytes(copy),
     )
 }
 
@@ -122,9 +159,7 @@ pub(super) fn run(opts: &Options) -> Result<Report> {
         let src = random_f32(COPY_LEN, 1, -2.0, 2.0);
         let mut dst = vec![0f32; COPY_LEN];
         let us = median_us(opts, |_| {
-            (dst.par_chunks_mut(1 << 18))
-                .zip(src.par_chunks(1 << 18))
-                .for_each(|(d, s)| d.copy_from_slice(s));
+            par_copy(&mut dst, &src);
             Ok(())
         })?;
         let gbs = 8.0 * COPY_LEN as f64 / us / 1e3;
@@ -153,9 +188,12 @@ pub(super) fn run(opts: &Options) -> Result<Report> {
         });
     }
 
-    layernorm_rows(opts, &mut c);
-    softmax_rows(opts, &mut c);
-    adam_row(opts, &mut c);
+    let mut copies = CopyCache::default();
+    layernorm_rows(opts, &mut copies, &mut c);
+    softmax_rows(opts, &mut copies, &mut c);
+    adam_row(opts, &mut copies, &mut c);
+    c.notes
+        .extend(copies.notes("host copy", "256 MiB host copy"));
 
     let (dims, batch): (&[usize], usize) = (&[784, 512, 10], 256);
     let (name, shape) = ("mlp 784-512-10 b256", train_shape(dims, batch));
@@ -203,7 +241,7 @@ fn gemm_row<C: Element>(opts: &Options, case: &GemmCase) -> Result<Row> {
     .with_work(flops, case.bytes()))
 }
 
-fn layernorm_rows(opts: &Options, c: &mut Collector) {
+fn layernorm_rows(opts: &Options, copies: &mut CopyCache, c: &mut Collector) {
     let (label, rows, cols) = ("MLP 4096x512", 4096, 512);
     let n = rows * cols;
     let gamma = random_f32(cols, 3, -2.0, 2.0);
@@ -217,6 +255,7 @@ fn layernorm_rows(opts: &Options, c: &mut Collector) {
         );
         mem_row(
             opts,
+            copies,
             (name, label),
             work,
             ceil,
@@ -239,6 +278,7 @@ fn layernorm_rows(opts: &Options, c: &mut Collector) {
         type LnSet = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
         mem_row(
             opts,
+            copies,
             (name, label),
             work,
             ceil,
@@ -268,7 +308,7 @@ fn layernorm_rows(opts: &Options, c: &mut Collector) {
     });
 }
 
-fn softmax_rows(opts: &Options, c: &mut Collector) {
+fn softmax_rows(opts: &Options, copies: &mut CopyCache, c: &mut Collector) {
     let (label, rows, cols) = ("MLP 4096x512", 4096, 512);
     let n = rows * cols;
     let name = "softmax fwd";
@@ -280,6 +320,7 @@ fn softmax_rows(opts: &Options, c: &mut Collector) {
         );
         mem_row(
             opts,
+            copies,
             (name, label),
             work,
             ceil,
@@ -296,6 +337,7 @@ fn softmax_rows(opts: &Options, c: &mut Collector) {
         );
         mem_row(
             opts,
+            copies,
             (name, label),
             work,
             ceil,
@@ -327,6 +369,7 @@ fn softmax_rows(opts: &Options, c: &mut Collector) {
                     let mut d = vec![f16::ZERO; n];
                     mem_row(
                         opts,
+                        copies,
                         (name, label),
                         work,
                         ceil,
@@ -345,6 +388,7 @@ fn softmax_rows(opts: &Options, c: &mut Collector) {
                     let mut d = vec![0f32; n];
                     mem_row(
                         opts,
+                        copies,
                         (name, label),
                         work,
                         ceil,
@@ -363,7 +407,7 @@ fn softmax_rows(opts: &Options, c: &mut Collector) {
 /// One input set of the Adam row: the optimizer's state and the tensors it updates.
 type AdamSet = (OptimizerState, Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<Vec<f16>>);
 
-fn adam_row(opts: &Options, c: &mut Collector) {
+fn adam_row(opts: &Options, copies: &mut CopyCache, c: &mut Collector) {
     let (name, label) = ("adam step", "MLP 784-512-10 params");
     let cfg = OptimizerConfig::adam(1e-3);
     let sizes = MLP_TENSORS;
@@ -375,6 +419,7 @@ fn adam_row(opts: &Options, c: &mut Collector) {
         );
         mem_row(
             opts,
+            copies,
             (name, label),
             work,
             ceil,

@@ -52,6 +52,8 @@ pub(super) struct Harness {
     pub runs: usize,
     pool: DeviceBuffer<f32>,
     busy: Option<Busy>,
+    /// The same-bytes copies measured so far (`% copy same bytes`).
+    pub copies: super::same_bytes::CopyCache,
 }
 
 /// Where set `seed` starts in the pool: a hash of the seed, 256-byte aligned, within `span`.
@@ -72,6 +74,7 @@ impl Harness {
             runs: opts.runs(),
             pool,
             busy: None,
+            copies: Default::default(),
         })
     }
 

@@ -2,11 +2,13 @@
 //! ReLU backward, Adam and the loss-scale update. Every row cycles through [`n_sets`] input sets
 //! cut from the harness's random pool (outputs are shared: they are written, not read), lines its
 //! timed calls up behind the queue-ahead copies, and reports GB/s with the byte counts of
-//! [`super::bytes`] against the copy ceiling.
+//! [`super::bytes`] against the copy ceiling and against a copy of the same bytes
+//! (`same_bytes.rs`).
 
 use super::bytes::{self, flops_per_element};
 use super::gpu::Harness;
 use super::report::{Ceilings, Kind, Row};
+use super::same_bytes;
 use super::{n_sets, random_labels, Collector, LN_CASES, MLP_TENSORS, SM_CASES};
 use crate::cpu::optim::OptimizerConfig;
 use crate::cpu::scaler::ScalerConfig;
@@ -19,26 +21,40 @@ use half::f16;
 
 const EPS: f32 = 1e-5;
 
-/// Times `call` on input sets built by `make(harness, seed)`: `n_sets(bytes)` of them, cycled,
-/// so that a pass over them exceeds the L2.
-pub(super) fn mem_row<S>(
+/// The median µs of `call` on input sets built by `make(harness, seed)`: `n_sets(bytes)` of
+/// them, cycled, so that a pass over them exceeds the L2; queue-ahead. The sets are freed
+/// before it returns.
+pub(super) fn time_sets<S>(
     h: &mut Harness,
-    (name, shape): (&str, &str),
-    (bytes, flops): (f64, f64),
-    ceil: &Ceilings,
+    bytes: f64,
     mut make: impl FnMut(&Harness, u32) -> Result<S>,
     mut call: impl FnMut(&mut S, usize) -> Result<()>,
-) -> Result<Row> {
+) -> Result<f64> {
     let k = n_sets(bytes, h.warmup + h.runs);
     let mut sets = (0..k)
         .map(|s| make(h, 1000 + 7 * s as u32))
         .collect::<Result<Vec<S>>>()?;
     h.gpu.synchronize()?;
-    let us = h.median_us(true, |i| call(&mut sets[i % k], i))?;
+    h.median_us(true, |i| call(&mut sets[i % k], i))
+}
+
+/// A memory-bound row: [`time_sets`], GB/s against the copy ceiling, and `% copy same bytes`
+/// against a device copy of `bytes` timed the same way ([`same_bytes::device_copy_gbs`]).
+pub(super) fn mem_row<S>(
+    h: &mut Harness,
+    (name, shape): (&str, &str),
+    (bytes, flops): (f64, f64),
+    ceil: &Ceilings,
+    make: impl FnMut(&Harness, u32) -> Result<S>,
+    call: impl FnMut(&mut S, usize) -> Result<()>,
+) -> Result<Row> {
+    let us = time_sets(h, bytes, make, call)?;
     let gbs = bytes / us / 1e3;
+    let copy = same_bytes::device_copy_gbs(h, bytes);
     Ok(
         Row::measured(Kind::Mem, name, shape, us, Some(gbs), "GB/s", ceil.copy_gbs)
-            .with_work(flops, bytes),
+            .with_work(flops, bytes)
+            .with_copy_same_bytes(copy),
     )
 }
 
@@ -51,6 +67,10 @@ pub(super) fn run(h: &mut Harness, c: &mut Collector) {
     relu_rows(h, c);
     adam_rows(h, c);
     scaler_row(h, c);
+    c.notes.extend(
+        h.copies
+            .notes("device-to-device copy (memcpy_dtod)", "1 GiB copy"),
+    );
 }
 
 fn layernorm_rows(h: &mut Harness, c: &mut Collector) {

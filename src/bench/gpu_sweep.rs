@@ -67,8 +67,9 @@ pub(super) fn softmax_sweep(
         }
     }
     forces.dedup();
-    // The copy of the same bytes as each loss (f32 → f32: 8·n, f16 → f16: 4·n), timed like the
-    // kernels: the ceiling at this size, launch ramp and tail included.
+    // The copy of the same bytes as each loss (f32 → f32: 8·n, f16 → f16: 4·n, plus the
+    // labels and row losses), timed like the kernels: the ceiling at this size, launch ramp and
+    // tail included — the same measurement as the loss rows' `% copy same bytes`.
     let n = rows * cols;
     for bytes_per in [4usize, 2] {
         let name = format!(
@@ -76,21 +77,8 @@ pub(super) fn softmax_sweep(
             2 * bytes_per
         );
         c.row(Kind::Mem, &name, label, false, |ceil| {
-            let len = n * bytes_per / 4;
-            let mut dst: DeviceBuffer<f32> = h.gpu.alloc_zeros(len)?;
-            let stream = h.gpu.stream().clone();
-            mem_row(
-                h,
-                (&name, label),
-                ((2 * len * 4) as f64, 0.0),
-                ceil,
-                |h, s| h.f32_buf(len, s),
-                |src, _| {
-                    stream
-                        .memcpy_dtod(&*src, &mut dst)
-                        .map_err(Error::driver("timing the device copy"))
-                },
-            )
+            let bytes = bytes::xent(rows, cols, bytes_per, bytes_per);
+            super::same_bytes::device_copy_row(h, (&name, label), bytes, ceil)
         });
     }
     for half in [false, true] {

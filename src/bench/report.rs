@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 /// The table's columns, in order.
-pub const COLUMNS: [&str; 8] = [
+pub const COLUMNS: [&str; 9] = [
     "kind",
     "name",
     "shape",
@@ -17,10 +17,14 @@ pub const COLUMNS: [&str; 8] = [
     "unit",
     "% ceiling",
     "vs cuBLAS",
+    "% copy same bytes",
 ];
 
+/// How many columns the table has.
+const NCOL: usize = COLUMNS.len();
+
 /// Right-aligned (numeric) columns.
-const RIGHT: [bool; 8] = [false, false, false, true, true, false, true, true];
+const RIGHT: [bool; NCOL] = [false, false, false, true, true, false, true, true, true];
 
 /// What a row measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,10 +68,17 @@ pub struct Row {
     /// `GB/s`, `TFLOP/s` or `GFLOP/s` (empty when there is no rate).
     pub unit: String,
     /// The rate as a percentage of the matching ceiling (copy bandwidth for `mem`, cuBLAS 8192³
-    /// for `gemm` and `train` on the GPU).
+    /// for `gemm` and `train` on the GPU); see also [`Row::pct_copy_same_bytes`].
     pub pct_ceiling: Option<f64>,
     /// GEMM rows: cuBLAS's time over ampkit's at the same shape (> 1 means faster than cuBLAS).
     pub vs_cublas: Option<f64>,
+    /// Memory-bound rows with a byte count: the rate as a percentage of a copy that moves the
+    /// same bytes (half read, half written), timed the same way in the same run —
+    /// `100 · rate / copy GB/s`. Unlike [`Row::pct_ceiling`] (against a 1 GiB copy), this is
+    /// what a kernel of this size could reach if it were a copy: small copies do not reach the
+    /// 1 GiB rate (launch ramp and tail). `None` for other rows, rows without bytes, and where
+    /// the copy could not be measured.
+    pub pct_copy_same_bytes: Option<f64>,
     /// GEMM rows: the planner's choice, `tile/splits` (e.g. `h256/1`).
     pub plan: Option<String>,
     /// Floating-point operations per call (exact for GEMMs and steps, approximate for
@@ -103,6 +114,7 @@ impl Row {
             unit: unit.to_string(),
             pct_ceiling: pct,
             vs_cublas: None,
+            pct_copy_same_bytes: None,
             plan: None,
             flops: None,
             bytes: None,
@@ -135,8 +147,19 @@ impl Row {
         self
     }
 
-    /// The eight cells of the table, formatted as the PyTorch script formats them.
-    pub fn cells(&self) -> [String; 8] {
+    /// Sets [`Row::pct_copy_same_bytes`] from the GB/s of a copy of the row's bytes:
+    /// `100 · rate / copy_gbs` when both are known, finite and the copy's is positive, else
+    /// `None`.
+    pub fn with_copy_same_bytes(mut self, copy_gbs: Option<f64>) -> Row {
+        self.pct_copy_same_bytes = match (self.rate, copy_gbs) {
+            (Some(r), Some(c)) if c > 0.0 && r.is_finite() && c.is_finite() => Some(100.0 * r / c),
+            _ => None,
+        };
+        self
+    }
+
+    /// The cells of the table ([`COLUMNS`]), formatted as the PyTorch script formats them.
+    pub fn cells(&self) -> [String; NCOL] {
         let kind = self.kind.as_str().to_string();
         let (name, shape) = (self.name.clone(), self.shape.clone());
         if let Some(e) = &self.error {
@@ -147,6 +170,7 @@ impl Row {
                 shape,
                 "ERROR".into(),
                 short,
+                String::new(),
                 String::new(),
                 String::new(),
                 String::new(),
@@ -168,6 +192,7 @@ impl Row {
             self.unit.clone(),
             opt(self.pct_ceiling, &|p| format!("{p:.1}%")),
             opt(self.vs_cublas, &|v| format!("{v:.2}x")),
+            opt(self.pct_copy_same_bytes, &|p| format!("{p:.1}%")),
         ]
     }
 }
@@ -175,7 +200,7 @@ impl Row {
 /// The markdown table of `rows` with [`COLUMNS`], padded to aligned columns, numeric columns
 /// right-aligned.
 pub fn markdown_table(rows: &[Row]) -> String {
-    let cells: Vec<[String; 8]> = rows.iter().map(Row::cells).collect();
+    let cells: Vec<[String; NCOL]> = rows.iter().map(Row::cells).collect();
     let width = |i: usize| {
         cells
             .iter()
@@ -200,7 +225,7 @@ pub fn markdown_table(rows: &[Row]) -> String {
         format!("| {} |", parts.join(" | "))
     };
     let head: Vec<String> = COLUMNS.iter().map(|s| s.to_string()).collect();
-    let mut out = line(&head, &[false; 8]);
+    let mut out = line(&head, &[false; NCOL]);
     out.push('\n');
     let seps: Vec<String> = widths
         .iter()
@@ -263,6 +288,8 @@ struct JsonRow {
     unit: String,
     pct_ceiling: Option<f64>,
     vs_cublas: Option<f64>,
+    #[serde(default)]
+    pct_copy_same_bytes: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     plan: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -312,7 +339,8 @@ impl Report {
 
     /// The JSON document: `card`, `driver`, `ampkit`, `date`, `ceilings` (`copy_gbs`,
     /// `cublas_f16_8192_tflops`) and `rows` (`kind`, `name`, `shape`, `median_us`, `rate`,
-    /// `unit`, `pct_ceiling`, `vs_cublas`, plus `plan` on GEMM rows and `error` on failed ones),
+    /// `unit`, `pct_ceiling`, `vs_cublas`, `pct_copy_same_bytes`, plus `plan` on GEMM rows and
+    /// `error` on failed ones),
     /// rounded as the PyTorch script rounds; missing values are `null`.
     pub fn to_json(&self) -> String {
         let doc = JsonReport {
@@ -336,6 +364,7 @@ impl Report {
                     unit: r.unit.clone(),
                     pct_ceiling: rnd(r.pct_ceiling, 2),
                     vs_cublas: rnd(r.vs_cublas, 3),
+                    pct_copy_same_bytes: rnd(r.pct_copy_same_bytes, 2),
                     plan: r.plan.clone(),
                     error: r.error.clone(),
                 })
@@ -399,7 +428,8 @@ mod tests {
                     Some(8.0 * 16384.0 * 1024.0 / 50e-6 / 1e9),
                     "GB/s",
                     Some(3000.0),
-                ),
+                )
+                .with_copy_same_bytes(Some(2800.0)),
                 Row::measured(Kind::Mem, "loss-scale update", "1", 2.5, None, "", None),
                 Row::failed(
                     Kind::Train,
@@ -432,12 +462,20 @@ mod tests {
             .all(|l| l.chars().count() == lines[0].chars().count()));
         assert!(lines[1].starts_with("|-") && lines[1].ends_with(":|"));
         assert!(lines[2].contains(" 100.0% |"), "{}", lines[2]);
-        assert!(
-            lines[3].trim_end_matches(" |").ends_with("0.90x"),
-            "{}",
-            lines[3]
-        );
+        assert!(lines[3].contains(" 0.90x |"), "{}", lines[3]);
         assert!(lines[4].contains("2684.4") && lines[4].contains("89.5%"));
+        // 2684.35 GB/s against a 2800 GB/s copy of the same bytes: the last column.
+        assert!(
+            lines[4].trim_end_matches(" |").ends_with(" 95.9%"),
+            "{}",
+            lines[4]
+        );
+        for l in [lines[2], lines[3], lines[5], lines[6]] {
+            assert!(
+                l.ends_with(&format!("{} |", " ".repeat(COLUMNS[8].len()))),
+                "{l}"
+            );
+        }
         assert!(lines[5].contains("| 2.5 |") || lines[5].contains(" 2.5 |"));
         assert!(lines[6].contains("ERROR") && lines[6].contains("out of memory / cuda"));
         let text = r.text();
@@ -478,6 +516,7 @@ mod tests {
             "unit",
             "pct_ceiling",
             "vs_cublas",
+            "pct_copy_same_bytes",
         ];
         for r in rows {
             for k in keys {
@@ -488,6 +527,10 @@ mod tests {
         assert_eq!(rows[1]["plan"], "h128/1");
         assert_eq!(rows[1]["vs_cublas"], 0.9);
         assert_eq!(rows[2]["pct_ceiling"], 89.48);
+        assert_eq!(rows[2]["pct_copy_same_bytes"], 95.87);
+        assert!(
+            rows[0]["pct_copy_same_bytes"].is_null() && rows[3]["pct_copy_same_bytes"].is_null()
+        );
         assert!(rows[3]["rate"].is_null() && rows[3]["median_us"] == 2.5);
         assert!(rows[4]["median_us"].is_null() && rows[4]["error"].is_string());
         assert!(rows[0].get("error").is_none() && rows[0].get("plan").is_none());
@@ -500,5 +543,24 @@ mod tests {
         assert_eq!(rnd(Some(1.23456), 2), Some(1.23));
         let row = Row::measured(Kind::Mem, "x", "y", 1.0, Some(1.0), "GB/s", Some(0.0));
         assert_eq!(row.pct_ceiling, None);
+        assert_eq!(
+            row.clone()
+                .with_copy_same_bytes(Some(0.0))
+                .pct_copy_same_bytes,
+            None
+        );
+        assert_eq!(
+            row.clone().with_copy_same_bytes(None).pct_copy_same_bytes,
+            None
+        );
+        assert_eq!(
+            row.with_copy_same_bytes(Some(4.0)).pct_copy_same_bytes,
+            Some(25.0)
+        );
+        let none = Row::measured(Kind::Mem, "loss-scale update", "1", 2.0, None, "", None);
+        assert_eq!(
+            none.with_copy_same_bytes(Some(3000.0)).pct_copy_same_bytes,
+            None
+        );
     }
 }

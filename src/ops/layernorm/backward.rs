@@ -52,8 +52,6 @@ pub(crate) enum BwdShape {
     TwoPass,
     /// `layernorm_bwd_cluster` (compute capability 9.0), `parts` clusters.
     Cluster(ClusterShape),
-    /// `layernorm_bwd_cluster_shared` (compute capability 9.0), `parts` clusters.
-    ClusterShared(ClusterShape),
 }
 
 /// Backward shape, rows per block and the number of partial rows.
@@ -91,9 +89,6 @@ pub enum BwdForce {
     /// with `p` packs per thread (2, 4, 8); cluster g takes rows g, g + clusters, … (1 to 512
     /// clusters, more than rows allowed). Compute capability 9.0 and float4 rows only.
     Cluster { c: usize, p: usize, clusters: usize },
-    /// As `Cluster`, with dgamma and dbeta accumulated in shared memory, 4 packs per thread and
-    /// two blocks per SM (`c` = 4 or 8).
-    ClusterShared { c: usize, clusters: usize },
 }
 
 /// Warp mode takes rows of up to `32·WARP_MAX_P` packs by default (256 floats): past that, a
@@ -212,17 +207,6 @@ pub(crate) fn forced_plan(
             }
             return Some(BwdPlan {
                 shape: BwdShape::Cluster(shape),
-                rows_per_block: rows.div_ceil(clusters),
-                parts: if rows == 0 { 0 } else { clusters },
-            });
-        }
-        BwdForce::ClusterShared { c, clusters } => {
-            let shape = cluster::bwd_shared_shape(packs, c).filter(|_| vec == 4)?;
-            if !(1..=MAX_PARTS).contains(&clusters) {
-                return None;
-            }
-            return Some(BwdPlan {
-                shape: BwdShape::ClusterShared(shape),
                 rows_per_block: rows.div_ceil(clusters),
                 parts: if rows == 0 { 0 } else { clusters },
             });
@@ -401,13 +385,13 @@ where
             })?
         }
     };
-    if let BwdShape::Cluster(_) | BwdShape::ClusterShared(_) = plan.shape {
+    if let BwdShape::Cluster(_) = plan.shape {
         cluster::require(OP, gpu)?;
     }
     let partial_bytes = (plan.parts * 2 * cols * 4).next_multiple_of(256);
     let stats_bytes = match plan.shape {
         BwdShape::TwoPass => rows * 2 * 4,
-        BwdShape::Rows { .. } | BwdShape::Cluster(_) | BwdShape::ClusterShared(_) => 0,
+        BwdShape::Rows { .. } | BwdShape::Cluster(_) => 0,
     };
     let rpb = plan.rows_per_block as i32;
     gpu.with_scratch((partial_bytes + stats_bytes).max(256), |scratch| {
@@ -485,10 +469,6 @@ where
                 BwdShape::Cluster(shape) => {
                     let ptrs = [dyp, xp, mp, rp, gp, dxp, partial];
                     cluster::launch_bwd(gpu, shape, plan.parts, ri, ci, ptrs)?;
-                }
-                BwdShape::ClusterShared(shape) => {
-                    let ptrs = [dyp, xp, mp, rp, gp, dxp, partial];
-                    cluster::launch_bwd_shared(gpu, shape, plan.parts, ri, ci, ptrs)?;
                 }
             }
         }

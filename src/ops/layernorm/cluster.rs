@@ -30,12 +30,6 @@ const TARGET_BLOCKS: usize = 96;
 /// partial row of 2·cols floats, 1.33/(rows per cluster) of the 12 B/element traffic.
 const MIN_ROWS_PER_CLUSTER: usize = 4;
 
-/// Cluster sizes of `layernorm_bwd_cluster_shared` (dgamma/dbeta in shared memory, 4 packs per
-/// thread, ≤ 512 threads, two blocks per SM).
-pub(crate) const SHARED_SIZES: [usize; 2] = [4, 8];
-/// Threads per block of `layernorm_bwd_cluster_shared` at most (`SHARED_BWD_THREADS`).
-pub(crate) const SHARED_THREADS: u32 = 512;
-
 /// One cluster instance and its block size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ClusterShape {
@@ -79,25 +73,6 @@ pub(crate) fn fwd_shape(packs: usize, c: usize, p: usize) -> Option<ClusterShape
 /// The backward instance `(c, p)` for rows of `packs` float4 packs, if the row fits it.
 pub(crate) fn bwd_shape(packs: usize, c: usize, p: usize) -> Option<ClusterShape> {
     shape(packs, c, p, bwd_bound)
-}
-
-/// The `layernorm_bwd_cluster_shared` instance with `c` blocks for rows of `packs` packs (4 per
-/// thread), if the row fits.
-pub(crate) fn bwd_shared_shape(packs: usize, c: usize) -> Option<ClusterShape> {
-    if !SHARED_SIZES.contains(&c) {
-        return None;
-    }
-    let threads = packs.div_ceil(c).div_ceil(4).next_multiple_of(32).max(32);
-    let threads = u32::try_from(threads)
-        .ok()
-        .filter(|&t| t <= SHARED_THREADS)?;
-    Some(ClusterShape { c, p: 4, threads })
-}
-
-/// Dynamic shared memory of `layernorm_bwd_cluster_shared` with `threads` threads: dgamma and
-/// dbeta for 4 float4 packs per thread.
-pub(crate) fn shared_acc_bytes(threads: u32) -> u32 {
-    2 * 4 * 16 * threads
 }
 
 /// The smallest cluster whose blocks hold at most [`SLICE_PACKS`] packs each.
@@ -259,38 +234,6 @@ pub(super) fn launch_bwd(
     unsafe { gpu.launch(&kernels::LAYERNORM_SM90, kernel, cfg, &args) }
 }
 
-/// Launches `layernorm_bwd_cluster_shared`: as [`launch_bwd`], with `shape` from
-/// [`bwd_shared_shape`].
-pub(super) fn launch_bwd_shared(
-    gpu: &Gpu,
-    shape: ClusterShape,
-    clusters: usize,
-    rows: i32,
-    cols: i32,
-    ptrs: [u64; 7],
-) -> Result<()> {
-    let mut args = KernelArgs::new();
-    for p in ptrs {
-        args.push(p);
-    }
-    args.push(rows).push(cols);
-    let kernel = if shape.c == 4 {
-        "layernorm_bwd_cluster_shared_c4"
-    } else {
-        "layernorm_bwd_cluster_shared_c8"
-    };
-    let cfg = LaunchConfig {
-        shared_bytes: shared_acc_bytes(shape.threads),
-        ..LaunchConfig::linear((clusters * shape.c) as u32, shape.threads)
-    };
-    // SAFETY: layernorm_bwd_cluster_shared_c*(dy, x, mean, rstd, gamma, dx, float* partial, int
-    // rows, int cols) matches, with the same buffer, grid and alignment duties as launch_bwd; the
-    // dynamic shared memory holds the 2·4·threads float4 accumulators the kernel indexes (thread
-    // t's packs p·threads + t, p < 4), and each block's slice fits 4·threads packs (threads ≤ 512,
-    // whole warps).
-    unsafe { gpu.launch(&kernels::LAYERNORM_SM90, kernel, cfg, &args) }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,14 +266,6 @@ mod tests {
                 assert_eq!(ptx_cluster(ptx, b), Some(c), "{b}");
             }
         }
-        for c in SHARED_SIZES {
-            let name = format!("layernorm_bwd_cluster_shared_c{c}");
-            assert_eq!(ptx_maxntid(ptx, &name), Some(SHARED_THREADS), "{name}");
-            assert_eq!(ptx_cluster(ptx, &name), Some(c), "{name}");
-        }
-        let s = bwd_shared_shape(65536 / 4, 8).unwrap();
-        assert_eq!((s.threads, shared_acc_bytes(s.threads)), (512, 65536));
-        assert_eq!(bwd_shared_shape(65536 / 4, 4), None);
     }
 
     /// Every pack of a row belongs to exactly one (rank, thread, pack index) of the shape.

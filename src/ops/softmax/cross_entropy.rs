@@ -127,16 +127,7 @@ impl Logit for f16 {
         group!("f16", 4, 8),
     ];
     const GROUPS_PREFETCH: bool = false;
-    const CLUSTER: &'static [ClusterKernel] = &[
-        cluster!("f16", 2, 4, 512),
-        cluster!("f16", 2, 2, 1024),
-        cluster!("f16", 4, 4, 512),
-        cluster!("f16", 4, 2, 1024),
-        cluster!("f16", 8, 4, 512),
-        cluster!("f16", 8, 2, 1024),
-        cluster!("f16", 4, 8, 256),
-        cluster!("f16", 8, 8, 256),
-    ];
+    const CLUSTER: &'static [ClusterKernel] = clusters!("f16", 4, 2);
 }
 
 /// Gradient types [`softmax_cross_entropy`] writes: f16 (round to nearest even, overflow to

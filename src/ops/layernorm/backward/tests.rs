@@ -6,10 +6,7 @@ fn check_fits(rows: usize, cols: usize, vec: usize, plan: BwdPlan) {
     let packs = cols / vec;
     assert!(plan.parts <= MAX_PARTS, "{plan:?}");
     assert!(plan.parts * plan.rows_per_block >= rows, "{plan:?}");
-    let cluster = matches!(
-        plan.shape,
-        BwdShape::Cluster(_) | BwdShape::ClusterShared(_)
-    );
+    let cluster = matches!(plan.shape, BwdShape::Cluster(_));
     assert!(
         rows == 0 || cluster || (plan.parts - 1) * plan.rows_per_block < rows,
         "{plan:?}"
@@ -27,16 +24,10 @@ fn check_fits(rows: usize, cols: usize, vec: usize, plan: BwdPlan) {
             assert!(group == 32 || group == threads, "{plan:?}");
         }
         BwdShape::TwoPass => {}
-        BwdShape::Cluster(s) | BwdShape::ClusterShared(s) => {
+        BwdShape::Cluster(s) => {
             assert_eq!(vec, 4, "{plan:?}");
             assert!(packs.div_ceil(s.c) <= s.p * s.threads as usize, "{plan:?}");
         }
-    }
-    if let BwdShape::ClusterShared(s) = plan.shape {
-        assert!(
-            s.p == 4 && s.threads <= 512 && [4, 8].contains(&s.c),
-            "{plan:?}"
-        );
     }
 }
 
@@ -61,9 +52,7 @@ fn backward_plans_fit_their_kernels() {
             check_fits(rows, cols, vec, plan);
             match plan.shape {
                 BwdShape::TwoPass => assert!(cols > 8192, "{rows}x{cols}: {plan:?}"),
-                BwdShape::Cluster(_) | BwdShape::ClusterShared(_) => {
-                    assert!(clusters && cols > 8192, "{plan:?}")
-                }
+                BwdShape::Cluster(_) => assert!(clusters && cols > 8192, "{plan:?}"),
                 BwdShape::Rows { .. } => {}
             }
         }
@@ -85,10 +74,6 @@ fn backward_plans_fit_their_kernels() {
                         BwdForce::Cluster {
                             c: 2 * p,
                             p,
-                            clusters: min_rows,
-                        },
-                        BwdForce::ClusterShared {
-                            c: 4 * p.min(2),
                             clusters: min_rows,
                         },
                     ];
