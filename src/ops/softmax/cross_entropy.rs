@@ -200,7 +200,7 @@ pub(crate) fn ce_force_fits<L: Logit>(gpu: &Gpu, classes: usize, force: CeForce)
 /// launch), except that labels cannot be checked without a host synchronisation: an
 /// out-of-range label makes its row's loss and gradients NaN (see the [module docs](super)).
 /// One launch; uses the device's scratch buffer for per-block partial sums of the loss (8 bytes
-/// per block, at most 2^18 / threads per block blocks).
+/// per block (at most 1024 blocks, or 2^18 threads) or per row (the cluster kernels)).
 #[allow(clippy::too_many_arguments)] // the CPU reference's arguments plus the device loss
 pub fn softmax_cross_entropy<L, D, X, T, S, G, O>(
     gpu: &Gpu,

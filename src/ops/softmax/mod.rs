@@ -1,17 +1,24 @@
 //! Softmax over the last dimension and fused softmax-cross-entropy on the GPU
-//! (`kernels/softmax.cu`); CPU twin: [`crate::cpu::softmax`], which documents the functions,
+//! (`kernels/softmax.cu`, `kernels/cross_entropy.cu`, and on compute capability 9.0
+//! `kernels/softmax_sm90.cu`); CPU twin: [`crate::cpu::softmax`], which documents the functions,
 //! their non-finite behaviour and the argument checks. Same argument order and errors, reported
 //! before anything is launched; the loss differs in where its inputs and output live (below).
 //!
 //! Sums and maxima are trees rather than left-to-right folds, so results agree with the
 //! reference to rounding; they are bit-identical run to run (fixed reduction shapes, no float
-//! atomics). One warp per row while a row fits 32 lanes' registers (≤ 1024 columns with 4-element
-//! accesses, ≤ 256 without), else one block per row with the row cached in shared memory (as much
-//! as fits, 8 more floats per thread in registers; a longer tail is read again, from L2).
-//! 4-element accesses need `cols % 4 == 0` and every row-major buffer aligned to 4 elements. The
-//! loss keeps rows of up to 16 384 classes in registers (a warp per row up to 1024, then a block
-//! per row) and reads f16 logits 8 at a time when `classes % 8 == 0` and both buffers are 16-byte
-//! aligned.
+//! atomics). Softmax takes one warp per row while a row fits 32 lanes' registers (≤ 1024 columns
+//! with 4-element accesses, ≤ 256 without), else one block per row with the row cached in shared
+//! memory (as much as fits, 8 more floats per thread in registers; a longer tail is read again,
+//! from L2); on compute capability 9.0, rows of ≥ 16 384 columns (4-element accesses) take a
+//! thread-block cluster of up to 8 blocks per row instead, each block holding its slice in
+//! registers. 4-element accesses need `cols % 4 == 0` and every row-major buffer aligned to 4
+//! elements.
+//!
+//! The loss reads 16 bytes of logits at a time (8 f16 or 4 f32) when `classes` is a multiple and
+//! both buffers are 16-byte aligned: then rows of up to 8192 classes take row groups of 1-8 warps
+//! with the row in registers, and longer rows a cluster per row on 9.0 (elsewhere, and for other
+//! widths, a warp or block per row up to 16 384 classes, then shared memory). Launch shapes are
+//! measured choices: docs/kernels/softmax.md.
 //!
 //! # Cross-entropy on the device
 //!
@@ -24,6 +31,9 @@
 //! - The mean loss is written to **one f32 in device memory**, in the same launch: each block
 //!   writes one f64 partial sum of its rows' losses to the device's scratch buffer, and the last
 //!   block to finish (an integer ticket) adds the partials in a fixed order. No float atomics.
+//! - exp(x − max) goes through the SFU's flush-to-zero `ex2`: values below 2^−126 are 0, so each
+//!   gradient may differ from the reference's by `|grad_scale/rows|·2^−126` (they add nothing to
+//!   the row sum in f32).
 //! - **Labels out of range**: the reference returns [`Error::InvalidArgument`]; the labels here are
 //!   in device memory, and checking them would cost a host synchronisation. Instead a row whose
 //!   label is ≥ `classes` gets a NaN loss and NaN in every one of its `dlogits`, so the mean loss
