@@ -87,38 +87,17 @@ __device__ __forceinline__ void ce_rows(const L* __restrict__ logits,
             }
         } else {
             label = labels[row];
-#pragma unroll
-            for (int p = 0; p < P; ++p) {
-                if (p * group + t < packs) load<VEC>(logits + off, p * group + t, v[p]);
-            }
+            load_packs<L, VEC, P>(logits + off, group, t, packs, v);
         }
         const bool ok = label < unsigned(classes);
-        float m = -INFINITY;
-#pragma unroll
-        for (int p = 0; p < P; ++p) {
-            if (p * group + t < packs) {
-#pragma unroll
-                for (int k = 0; k < VEC; ++k) m = fmaxf(m, v[p][k]);
-            }
-        }
+        float m = packs_max<VEC, P>(v, group, t, packs);
         m = group == 32 ? warp_max(m) : block_max(m);
-        const bool finite_m = isfinite(m);
         float c = 0.f, r = 0.f;
-#pragma unroll
-        for (int p = 0; p < P; ++p) {
-            if (p * group + t < packs) {
-#pragma unroll
-                for (int k = 0; k < VEC; ++k) v[p][k] = exp_count_ce(v[p][k], m, finite_m, c, r);
-            }
-        }
+        packs_exp_count<VEC, P>(v, group, t, packs, m, c, r);
         const float2 cr = group == 32 ? make_float2(warp_sum(c), warp_sum(r))
                                       : block_sum2(make_float2(c, r));
         const CeRow cw = ce_row(scale, ok, cr.x + cr.y);
-#pragma unroll
-        for (int p = 0; p < P; ++p) {
-            const int i = p * group + t;
-            if (i < packs) ce_out<VEC>(dlogits, off, i, v[p], cw.ps, out_f16);
-        }
+        packs_out<VEC, P>(dlogits, off, v, group, t, packs, cw.ps, out_f16);
         if (ok && int(label / VEC) % group == t) {
             ce_label(logits + off, dlogits, off, label, m, cw, out_f16);
         }
@@ -332,39 +311,17 @@ __device__ __forceinline__ void ce_groups(const L* __restrict__ logits,
             }
         } else {
             label = labels[row];
-#pragma unroll
-            for (int p = 0; p < P; ++p) {
-                if (p * G + t < packs) load<VEC>(logits + off, p * G + t, v[p]);
-            }
+            load_packs<L, VEC, P>(logits + off, G, t, packs, v);
         }
         const bool ok = label < unsigned(classes);
-        float m = -INFINITY;
-#pragma unroll
-        for (int p = 0; p < P; ++p) {
-            if (p * G + t < packs) {
-#pragma unroll
-                for (int k = 0; k < VEC; ++k) m = fmaxf(m, v[p][k]);
-            }
-        }
-        m = group_max<W>(m, red_max, gid);
-        const bool finite_m = isfinite(m);
+        const float m = group_max<W>(packs_max<VEC, P>(v, G, t, packs), red_max, gid);
         float c = 0.f, r = 0.f;
-#pragma unroll
-        for (int p = 0; p < P; ++p) {
-            if (p * G + t < packs) {
-#pragma unroll
-                for (int k = 0; k < VEC; ++k) v[p][k] = exp_count_ce(v[p][k], m, finite_m, c, r);
-            }
-        }
+        packs_exp_count<VEC, P>(v, G, t, packs, m, c, r);
         const float2 cr = group_sum2<W>(make_float2(c, r), red_cr, gid);
         c = cr.x;
         r = cr.y;
         const CeRow cw = ce_row(scale, ok, c + r);
-#pragma unroll
-        for (int p = 0; p < P; ++p) {
-            const int i = p * G + t;
-            if (i < packs) ce_out<VEC>(dlogits, off, i, v[p], cw.ps, out_f16);
-        }
+        packs_out<VEC, P>(dlogits, off, v, G, t, packs, cw.ps, out_f16);
         if (t == j % G) {
             d_row = row;
             d_m = m;

@@ -332,6 +332,57 @@ __device__ __forceinline__ void ce_total(const double* __restrict__ partial,
     }
 }
 
+// A row held in registers: this thread's packs i = p·stride + t for p < P, those with i < packs
+// present (the row-in-registers loss kernels: stride = the row group's or block's threads).
+template <typename L, int VEC, int P>
+__device__ __forceinline__ void load_packs(const L* __restrict__ row, int stride, int t, int packs,
+                                           float (&v)[P][VEC]) {
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+        if (p * stride + t < packs) load<VEC>(row, p * stride + t, v[p]);
+    }
+}
+
+// The maximum of the present packs (−inf if none).
+template <int VEC, int P>
+__device__ __forceinline__ float packs_max(const float (&v)[P][VEC], int stride, int t,
+                                           int packs) {
+    float m = -INFINITY;
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+        if (p * stride + t < packs) {
+#pragma unroll
+            for (int k = 0; k < VEC; ++k) m = fmaxf(m, v[p][k]);
+        }
+    }
+    return m;
+}
+
+// e = exp(x − m) in place for the present packs, added to c (a finite max) or r (the rest).
+template <int VEC, int P>
+__device__ __forceinline__ void packs_exp_count(float (&v)[P][VEC], int stride, int t, int packs,
+                                                float m, float& c, float& r) {
+    const bool finite_m = isfinite(m);
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+        if (p * stride + t < packs) {
+#pragma unroll
+            for (int k = 0; k < VEC; ++k) v[p][k] = exp_count_ce(v[p][k], m, finite_m, c, r);
+        }
+    }
+}
+
+// dlogits of the present packs: e·ps (the row at element `off` of dlogits).
+template <int VEC, int P>
+__device__ __forceinline__ void packs_out(void* dlogits, size_t off, const float (&v)[P][VEC],
+                                          int stride, int t, int packs, float ps, int out_f16) {
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+        const int i = p * stride + t;
+        if (i < packs) ce_out<VEC>(dlogits, off, i, v[p], ps, out_f16);
+    }
+}
+
 // The gradient scale: AMP's loss scale over the number of rows.
 __device__ __forceinline__ float ce_scale(const float* __restrict__ grad_scale, int rows) {
     return __fdiv_rn(*grad_scale, float(rows));

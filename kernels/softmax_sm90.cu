@@ -52,19 +52,9 @@ __device__ __forceinline__ void fwd_cluster(const float* __restrict__ x, float* 
     const Slice sl = slice<C>(cols / VEC);
     const size_t off = size_t(cluster_index()) * cols + size_t(sl.first) * VEC;
     float v[P][VEC];
-#pragma unroll
-    for (int p = 0; p < P; ++p) {
-        if (p * T + t < sl.count) load<VEC>(x + off, p * T + t, v[p]);
-    }
+    load_packs<float, VEC, P>(x + off, T, t, sl.count, v);
     exchange_init(ex);  // while the loads are in flight
-    float m[1] = {-INFINITY};
-#pragma unroll
-    for (int p = 0; p < P; ++p) {
-        if (p * T + t < sl.count) {
-#pragma unroll
-            for (int k = 0; k < VEC; ++k) m[0] = fmaxf(m[0], v[p][k]);
-        }
-    }
+    float m[1] = {packs_max<VEC, P>(v, T, t, sl.count)};
     cluster_reduce_async<C, 1, true>(m, ex, 0);
     float s[1] = {0.f};
 #pragma unroll
@@ -144,39 +134,17 @@ __device__ __forceinline__ void ce_cluster(const L* __restrict__ logits,
     const unsigned label = labels[row];
     const bool ok = label < unsigned(classes);
     float v[P][VEC];
-#pragma unroll
-    for (int p = 0; p < P; ++p) {
-        if (p * T + t < sl.count) load<VEC>(logits + off, p * T + t, v[p]);
-    }
+    load_packs<L, VEC, P>(logits + off, T, t, sl.count, v);
     exchange_init(ex);  // while the loads are in flight
-    float m[2] = {-INFINITY, -INFINITY};  // one value used; the exchange moves two per round
-#pragma unroll
-    for (int p = 0; p < P; ++p) {
-        if (p * T + t < sl.count) {
-#pragma unroll
-            for (int k = 0; k < VEC; ++k) m[0] = fmaxf(m[0], v[p][k]);
-        }
-    }
+    const float mt = packs_max<VEC, P>(v, T, t, sl.count);
+    float m[2] = {mt, mt};  // one value used; the exchange moves two per round
     cluster_reduce_async<C, 2, true>(m, ex, 0);
-    const bool finite_m = isfinite(m[0]);
     float cr[2] = {0.f, 0.f};
-#pragma unroll
-    for (int p = 0; p < P; ++p) {
-        if (p * T + t < sl.count) {
-#pragma unroll
-            for (int k = 0; k < VEC; ++k) {
-                v[p][k] = exp_count_ce(v[p][k], m[0], finite_m, cr[0], cr[1]);
-            }
-        }
-    }
+    packs_exp_count<VEC, P>(v, T, t, sl.count, m[0], cr[0], cr[1]);
     cluster_reduce_async<C, 2, false>(cr, ex, 1);
     const float scale = ce_scale(grad_scale, rows);
     const CeRow cw = ce_row(scale, ok, cr[0] + cr[1]);
-#pragma unroll
-    for (int p = 0; p < P; ++p) {
-        const int i = p * T + t;
-        if (i < sl.count) ce_out<VEC>(dlogits, off, i, v[p], cw.ps, out_f16);
-    }
+    packs_out<VEC, P>(dlogits, off, v, T, t, sl.count, cw.ps, out_f16);
     // The thread that stored the label's pack rewrites the label's element (program order).
     const int li = int(label / VEC) - sl.first;
     if (ok && li >= 0 && li < sl.count && li % T == t) {
