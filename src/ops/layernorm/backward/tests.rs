@@ -144,8 +144,8 @@ fn backward_plans_fit_their_kernels() {
     let long = bwd_plan(256, 65536, 4, 8, true);
     let shape = ClusterShape {
         c: 8,
-        p: 8,
-        threads: 256,
+        p: 4,
+        threads: 512,
     };
     assert_eq!((long.shape, long.parts), (BwdShape::Cluster(shape), 12));
     assert_eq!(bwd_plan(256, 65536, 4, 8, false).shape, BwdShape::TwoPass);
