@@ -1,7 +1,7 @@
 // optim.cu — fused, skip-aware optimizer step on f32 master weights: Adam, AdamW, SGD.
 //
 // What: one launch updates every parameter tensor of a model (up to 76 per launch; more take
-//   more launches, src/ops/optim.rs). Per element, exactly src/cpu/optim.rs's f32 formulas, every
+//   more launches, src/ops/optim/). Per element, exactly src/cpu/optim/'s f32 formulas, every
 //   operation an explicit round-to-nearest intrinsic (__fmul_rn, __fadd_rn, __fdiv_rn,
 //   __fsqrt_rn) so nvcc cannot contract a multiply-add the reference does not: bit-exact with
 //   it (NaN payloads aside), writing the master, the moments and the f16 working copy (round to
@@ -36,13 +36,13 @@ namespace optim_detail {
 constexpr int MAX_TENSORS = 76;
 constexpr int THREADS = 256;
 
-// Indices into the device counters (COUNTER_* in src/ops/optim.rs).
+// Indices into the device counters (COUNTER_* in src/ops/optim/mod.rs).
 constexpr int STEP = 0;
 constexpr int MOMENTUM_STARTED = 1;
 constexpr int BLOCKS_DONE = 2;
 
-// Mirrors src/ops/optim.rs's TensorTable (#[repr(C)]). exp_avg: Adam's m or SGD's momentum buffer,
-// exp_avg_sq: Adam's v; 0 where unused.
+// Mirrors src/ops/optim/args.rs's TensorTable (#[repr(C)]). exp_avg: Adam's m or SGD's momentum
+// buffer, exp_avg_sq: Adam's v; 0 where unused.
 struct TensorTable {
     unsigned long long master[MAX_TENSORS];
     unsigned long long grad[MAX_TENSORS];
@@ -67,7 +67,7 @@ struct SgdHyper {
     int nesterov, unused;
 };
 
-// Mirrors Schedule in src/ops/optim.rs: the learning-rate schedule of src/cpu/schedule.rs,
+// Mirrors Schedule in src/ops/optim/args.rs: the learning-rate schedule of src/cpu/schedule.rs,
 // evaluated here from the device step counter so that a skipped step does not advance it.
 // kind 0: constant (the hyperparameters' own lr, bit for bit as without a schedule);
 // 1: cosine from base_lr to min_lr over `total` real steps. `decoupled_wd` is AdamW's weight
@@ -123,7 +123,7 @@ __device__ __forceinline__ float2 adam_bias_terms(const AdamHyper& h, double lr,
                        __double2float_rn(__dsqrt_rn(bc2)));
 }
 
-// ---- per-element math (src/cpu/optim.rs, operation for operation) --------------------------
+// ---- per-element math (src/cpu/optim/update.rs, operation for operation) -------------------
 
 // f32 → f16 like half::f16::from_f32: round to nearest even; NaN keeps sign and top payload bits
 // with the quiet bit set (cvt.rn.f16.f32 may return a canonical NaN instead).

@@ -12,21 +12,25 @@
 //! counter, exactly as [`AdamCoefficients::new`] computes them on the host. Nothing synchronises
 //! or copies to the host, and every address is fixed, so a step can be captured in a CUDA graph;
 //! [`GpuOptimizer::download`] (for checkpoints and tests) is the one call that synchronises.
+//!
+//! [`AdamCoefficients::new`]: crate::cpu::optim::AdamCoefficients::new
+
+// The kernel's argument structs (with the C layouts of `kernels/optim.cu`) and the per-launch
+// table planning live in `args`; the state, its checks and the launches are here.
+mod args;
 
 use crate::cpu::optim::{
-    check_tensor_lens, AdamCoefficients, AdamConfig, OptimizerConfig, OptimizerState,
-    SgdCoefficients,
+    check_tensor_lens, AdamConfig, OptimizerConfig, OptimizerState, SgdCoefficients,
 };
 use crate::cpu::schedule::LrSchedule;
 use crate::cuda::{DeviceBuffer, Gpu, KernelArgs, LaunchConfig};
 use crate::error::{Error, Result};
 use crate::kernels;
-use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr};
+use args::{table, AdamHyper, Hyper, Schedule, SgdHyper, MAX_TENSORS};
+use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut};
 use half::f16;
 use std::sync::Arc;
 
-/// Tensors per launch: the argument table must fit the 4 KB kernel-parameter limit.
-const MAX_TENSORS: usize = 76;
 const THREADS: u32 = 256;
 /// Bounds of the elements per block; chunks are powers of two, so multiples of the 1024
 /// elements one vector pass of a block covers, which keeps every chunk vector-aligned.
@@ -42,126 +46,6 @@ const OFFSET_ALIGN: usize = 4;
 const COUNTER_STEP: usize = 0;
 const COUNTER_MOMENTUM_STARTED: usize = 1;
 const COUNTERS: usize = 3;
-
-/// The kernel's argument table, passed by value (`TensorTable` in `kernels/optim.cu`).
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct TensorTable {
-    master: [u64; MAX_TENSORS],
-    grad: [u64; MAX_TENSORS],
-    half: [u64; MAX_TENSORS],
-    exp_avg: [u64; MAX_TENSORS],
-    exp_avg_sq: [u64; MAX_TENSORS],
-    len: [i64; MAX_TENSORS],
-    chunk_start: [i32; MAX_TENSORS + 1],
-    count: i32,
-}
-
-/// `AdamHyper` in `kernels/optim.cu`: f64 inputs of the bias correction, then the
-/// step-independent f32 coefficients.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct AdamHyper {
-    lr: f64,
-    beta1: f64,
-    beta2: f64,
-    beta1_f: f32,
-    one_minus_beta1: f32,
-    beta2_f: f32,
-    one_minus_beta2: f32,
-    eps: f32,
-    l2: f32,
-    decay: f32,
-    unused: f32,
-}
-
-/// `SgdHyper` in `kernels/optim.cu`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct SgdHyper {
-    lr: f32,
-    momentum: f32,
-    one_minus_dampening: f32,
-    weight_decay: f32,
-    nesterov: i32,
-    unused: i32,
-}
-
-/// `Schedule` in `kernels/optim.cu`: the learning-rate schedule, evaluated on the device from the
-/// step counter.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Schedule {
-    base_lr: f64,
-    min_lr: f64,
-    decoupled_wd: f64,
-    total: u64,
-    kind: i32,
-    unused: i32,
-}
-
-impl Schedule {
-    fn new(cfg: &OptimizerConfig, schedule: &LrSchedule) -> Schedule {
-        let (kind, total, min_lr) = schedule.device_params();
-        let (base_lr, decoupled_wd) = match cfg {
-            OptimizerConfig::Adam(c) => (c.lr, 0.0),
-            OptimizerConfig::AdamW(c) => (c.lr, c.weight_decay),
-            OptimizerConfig::Sgd(c) => (c.lr, 0.0),
-        };
-        Schedule {
-            base_lr,
-            min_lr,
-            decoupled_wd,
-            total,
-            kind,
-            unused: 0,
-        }
-    }
-}
-
-// The table, the larger hyperparameter struct, the schedule, counters, found_inf, chunk and
-// final_launch must fit the 4 KB of kernel parameters.
-const _: () = assert!(
-    std::mem::size_of::<TensorTable>()
-        + std::mem::size_of::<AdamHyper>()
-        + std::mem::size_of::<Schedule>()
-        + 8
-        + 8
-        + 8
-        + 4
-        <= 4096
-);
-
-// SAFETY: plain old data with the kernel's C layout; every field is initialised and none of
-// the three has padding (3960 = 495·8 bytes, 24 + 8·4 bytes, 6·4 bytes).
-unsafe impl DeviceRepr for TensorTable {}
-// SAFETY: see above.
-unsafe impl DeviceRepr for AdamHyper {}
-// SAFETY: see above.
-unsafe impl DeviceRepr for SgdHyper {}
-// SAFETY: plain old data with the kernel's C layout: 3·8 + 8 + 2·4 bytes, no padding.
-unsafe impl DeviceRepr for Schedule {}
-
-impl AdamHyper {
-    fn new(cfg: &AdamConfig, decoupled: bool) -> AdamHyper {
-        // The step-independent coefficients are the reference's own; only step_size and
-        // bias_correction2_sqrt depend on t, and the kernel forms those from lr, beta1, beta2.
-        let k = AdamCoefficients::new(cfg, decoupled, 1);
-        AdamHyper {
-            lr: cfg.lr,
-            beta1: cfg.beta1,
-            beta2: cfg.beta2,
-            beta1_f: k.beta1,
-            one_minus_beta1: k.one_minus_beta1,
-            beta2_f: k.beta2,
-            one_minus_beta2: k.one_minus_beta2,
-            eps: k.eps,
-            l2: k.l2,
-            decay: k.decay,
-            unused: 0.0,
-        }
-    }
-}
 
 /// One parameter tensor as the GPU optimizer sees it (the twin of
 /// [`crate::cpu::optim::ParamTensor`]); views of any offset and length work.
@@ -542,12 +426,6 @@ fn restore<'s>(
         .map_err(Error::driver("copying optimizer state to the device"))
 }
 
-#[derive(Clone, Copy)]
-enum Hyper {
-    Adam(AdamHyper),
-    Sgd(SgdHyper),
-}
-
 fn kind_name(cfg: &OptimizerConfig) -> &'static str {
     match cfg {
         OptimizerConfig::Adam(_) => "Adam",
@@ -556,44 +434,11 @@ fn kind_name(cfg: &OptimizerConfig) -> &'static str {
     }
 }
 
-/// One launch's table and block count. Entries are `[master, grad, half, m, v, len]`.
-fn table(op: &'static str, batch: &[[u64; 6]], chunk: usize) -> Result<(TensorTable, u32)> {
-    let mut table = TensorTable {
-        master: [0; MAX_TENSORS],
-        grad: [0; MAX_TENSORS],
-        half: [0; MAX_TENSORS],
-        exp_avg: [0; MAX_TENSORS],
-        exp_avg_sq: [0; MAX_TENSORS],
-        len: [0; MAX_TENSORS],
-        chunk_start: [0; MAX_TENSORS + 1],
-        count: batch.len() as i32,
-    };
-    let mut chunks = 0usize;
-    for (i, &[master, grad, half, m, v, len]) in batch.iter().enumerate() {
-        table.master[i] = master;
-        table.grad[i] = grad;
-        table.half[i] = half;
-        table.exp_avg[i] = m;
-        table.exp_avg_sq[i] = v;
-        table.len[i] = len as i64;
-        table.chunk_start[i] = chunks as i32;
-        chunks += (len as usize).div_ceil(chunk);
-        if chunks > i32::MAX as usize {
-            return Err(Error::InvalidArgument {
-                op,
-                detail: format!(
-                    "{chunks} chunks of {chunk} elements exceed one launch; split the tensors"
-                ),
-            });
-        }
-    }
-    table.chunk_start[batch.len()] = chunks as i32;
-    Ok((table, chunks.max(1) as u32))
-}
-
 /// The device's Adam bias-correction terms `(f32(lr / (1 − β1^t)), f32(sqrt(1 − β2^t)))` for
 /// each `t` of `steps`, computed by the code the optimizer kernel runs; for tests comparing
 /// them with [`AdamCoefficients::new`]'s `step_size` and `bias_correction2_sqrt`. Synchronises.
+///
+/// [`AdamCoefficients::new`]: crate::cpu::optim::AdamCoefficients::new
 #[doc(hidden)]
 pub fn adam_bias_terms(gpu: &Gpu, cfg: &AdamConfig, steps: &[u64]) -> Result<Vec<(f32, f32)>> {
     const OP: &str = "ops::optim::adam_bias_terms";
@@ -628,31 +473,4 @@ pub fn adam_bias_terms(gpu: &Gpu, cfg: &AdamConfig, steps: &[u64]) -> Result<Vec
     }
     let flat = gpu.download(&out)?;
     Ok(flat.chunks_exact(2).map(|c| (c[0], c[1])).collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn argument_structs_have_the_kernel_sizes() {
-        // The kernel header's layouts: 6 arrays of 76 eight-byte fields, 77 + 1 ints.
-        assert_eq!(std::mem::size_of::<TensorTable>(), 3960);
-        assert_eq!(std::mem::size_of::<AdamHyper>(), 56);
-        assert_eq!(std::mem::size_of::<SgdHyper>(), 24);
-    }
-
-    #[test]
-    fn tables_count_chunks_per_tensor() {
-        let entries = [[16, 32, 64, 0, 0, 1], [16, 32, 64, 0, 0, 2049], [0; 6]];
-        let (t, blocks) = table("t", &entries[..2], 1024).unwrap();
-        assert_eq!((t.count, blocks), (2, 4));
-        assert_eq!(&t.chunk_start[..3], &[0, 1, 4]);
-        let (t, blocks) = table("t", &[], 1024).unwrap();
-        assert_eq!(
-            (t.count, blocks),
-            (0, 1),
-            "an empty step still runs one block"
-        );
-    }
 }

@@ -1,0 +1,107 @@
+//! The per-element update rules (the module doc of [`crate::cpu::optim`] gives the formulas),
+//! split into rayon tasks over large tensors.
+
+use super::{AdamCoefficients, ParamTensor, SgdCoefficients, CHUNK, PARALLEL_MIN};
+use half::f16;
+use rayon::prelude::*;
+
+/// One tensor, split into rayon tasks when it is large.
+pub(super) fn adam_tensor(
+    k: &AdamCoefficients,
+    p: &mut ParamTensor<'_>,
+    m: &mut [f32],
+    v: &mut [f32],
+) {
+    if p.master.len() < PARALLEL_MIN {
+        adam_chunk(k, p.master, p.grad, p.half, m, v);
+        return;
+    }
+    p.master
+        .par_chunks_mut(CHUNK)
+        .zip(p.grad.par_chunks(CHUNK))
+        .zip(p.half.par_chunks_mut(CHUNK))
+        .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+        .for_each(|(((w, g), h), (m, v))| adam_chunk(k, w, g, h, m, v));
+}
+
+fn adam_chunk(
+    k: &AdamCoefficients,
+    master: &mut [f32],
+    grad: &[f32],
+    half: &mut [f16],
+    m: &mut [f32],
+    v: &mut [f32],
+) {
+    for ((((w, &g), h), m), v) in master.iter_mut().zip(grad).zip(half).zip(m).zip(v) {
+        let mut p = *w;
+        let mut g = g;
+        if k.l2 != 0.0 {
+            g += k.l2 * p;
+        }
+        if k.decay != 1.0 {
+            p *= k.decay;
+        }
+        *m = k.beta1 * *m + k.one_minus_beta1 * g;
+        *v = k.beta2 * *v + k.one_minus_beta2 * g * g;
+        let denom = v.sqrt() / k.bias_correction2_sqrt + k.eps;
+        p -= k.step_size * *m / denom;
+        *w = p;
+        *h = f16::from_f32(p);
+    }
+}
+
+pub(super) fn sgd_tensor(k: &SgdCoefficients, p: &mut ParamTensor<'_>, buf: Option<&mut [f32]>) {
+    if p.master.len() < PARALLEL_MIN {
+        sgd_chunk(k, p.master, p.grad, p.half, buf);
+        return;
+    }
+    let tasks = p
+        .master
+        .par_chunks_mut(CHUNK)
+        .zip(p.grad.par_chunks(CHUNK))
+        .zip(p.half.par_chunks_mut(CHUNK));
+    match buf {
+        Some(buf) => tasks
+            .zip(buf.par_chunks_mut(CHUNK))
+            .for_each(|(((w, g), h), b)| sgd_chunk(k, w, g, h, Some(b))),
+        None => tasks.for_each(|((w, g), h)| sgd_chunk(k, w, g, h, None)),
+    }
+}
+
+/// `buf` is `Some` exactly when momentum is nonzero.
+fn sgd_chunk(
+    k: &SgdCoefficients,
+    master: &mut [f32],
+    grad: &[f32],
+    half: &mut [f16],
+    buf: Option<&mut [f32]>,
+) {
+    let decayed = |p: f32, g: f32| {
+        if k.weight_decay != 0.0 {
+            g + k.weight_decay * p
+        } else {
+            g
+        }
+    };
+    match buf {
+        None => {
+            for ((w, &g), h) in master.iter_mut().zip(grad).zip(half) {
+                *w -= k.lr * decayed(*w, g);
+                *h = f16::from_f32(*w);
+            }
+        }
+        Some(buf) => {
+            for (((w, &g), h), b) in master.iter_mut().zip(grad).zip(half).zip(buf) {
+                let d = decayed(*w, g);
+                *b = if k.first_step {
+                    d
+                } else {
+                    k.momentum * *b + k.one_minus_dampening * d
+                };
+                let d = if k.nesterov { d + k.momentum * *b } else { *b };
+                *w -= k.lr * d;
+                *h = f16::from_f32(*w);
+            }
+        }
+    }
+}

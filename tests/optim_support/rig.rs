@@ -1,0 +1,289 @@
+//! The GPU optimizer tests' rig: one model on both sides (CPU reference and `GpuOptimizer`, the
+//! GPU tensors as unaligned views), random values with special values sprinkled in, and the
+//! GPU-vs-CPU comparisons (within 1e-6, or bit for bit with NaN as NaN).
+
+use crate::common::{self, assert_all_written};
+use ampkit::check::{compare, Tolerance};
+use ampkit::cpu::optim::{self, AdamCoefficients, OptimizerConfig, OptimizerState, ParamTensor};
+use ampkit::cpu::schedule::LrSchedule;
+use ampkit::cuda::{DeviceBuffer, Gpu};
+use ampkit::f16;
+use ampkit::ops::cast::fill_f16;
+use ampkit::ops::optim::{adam_bias_terms, GpuOptimizer, GpuParamTensor};
+use rand::rngs::StdRng;
+use rand::Rng;
+
+/// A signalling NaN: the kernel's f16 conversion always sets the quiet bit, so it never writes it.
+pub const POISON: f16 = f16::from_bits(0x7C01);
+
+/// Tensor sizes like a model's, around the chunk and vector boundaries, up to 2 M.
+pub fn model_sizes(rng: &mut StdRng) -> Vec<usize> {
+    // 784·512 = 401_408; 2^21 + 5 = 2_097_157.
+    let mut sizes = vec![
+        1, 3, 10, 512, 401_408, 5120, 1023, 1024, 1025, 4095, 4096, 4097,
+    ];
+    sizes.extend([8193, 16385, 2_097_157]);
+    sizes.extend((0..27).map(|_| rng.gen_range(1..40_000)));
+    sizes
+}
+
+/// Random values of varied magnitude with `specials` sprinkled in.
+pub fn values(rng: &mut StdRng, n: usize, specials: &[f32]) -> Vec<f32> {
+    let mut v: Vec<f32> = (0..n)
+        .map(|_| rng.gen_range(-1.0f32..1.0) * 2f32.powi(rng.gen_range(-20..3)))
+        .collect();
+    for _ in 0..(1 + n / 500).min(n) {
+        let i = rng.gen_range(0..n);
+        v[i] = specials[rng.gen_range(0..specials.len())];
+    }
+    v
+}
+
+/// Huge (g·g overflows), subnormal, signed zeros, f16's largest.
+pub const GRAD_SPECIALS: &[f32] = &[1e30, -1e30, 3e38, 1e-40, -1e-45, -0.0, 0.0, 65504.0, 1e20];
+/// Masters that overflow f16, land in its subnormals, or are f32 subnormals.
+pub const MASTER_SPECIALS: &[f32] = &[-0.0, 0.0, 65504.0, 70000.0, -7e4, 3e-8, 1e-40];
+
+/// One model on both sides: CPU masters/halves/state and GPU buffers (each tensor a view at a
+/// per-tensor offset, so some are unaligned) with a `GpuOptimizer`.
+pub struct Rig {
+    pub lens: Vec<usize>,
+    /// Leading elements before each tensor's view: [master, grad, half].
+    pub offsets: Vec<[usize; 3]>,
+    pub master: Vec<DeviceBuffer<f32>>,
+    pub grad: Vec<DeviceBuffer<f32>>,
+    pub half: Vec<DeviceBuffer<f16>>,
+    pub cpu_master: Vec<Vec<f32>>,
+    pub cpu_half: Vec<Vec<f16>>,
+    pub cpu: OptimizerState,
+    pub opt: GpuOptimizer,
+}
+
+impl Rig {
+    pub fn new(gpu: &Gpu, rng: &mut StdRng, cfg: &OptimizerConfig, lens: &[usize]) -> Rig {
+        let offsets: Vec<[usize; 3]> = lens
+            .iter()
+            .map(|_| std::array::from_fn(|_| [0usize, 0, 1, 3][rng.gen_range(0..4)]))
+            .collect();
+        let cpu_master: Vec<Vec<f32>> = lens
+            .iter()
+            .map(|&n| values(rng, n, MASTER_SPECIALS))
+            .collect();
+        let cpu_half: Vec<Vec<f16>> = cpu_master
+            .iter()
+            .map(|m| m.iter().map(|&x| f16::from_f32(x)).collect())
+            .collect();
+        let padded = |v: &[f32], off: usize| [vec![f32::NAN; off], v.to_vec()].concat();
+        let master = (cpu_master.iter().zip(&offsets))
+            .map(|(m, o)| gpu.upload(&padded(m, o[0])).unwrap())
+            .collect();
+        let grad = (lens.iter().zip(&offsets))
+            .map(|(&n, o)| gpu.upload(&vec![0f32; n + o[1]]).unwrap())
+            .collect();
+        let half = (cpu_half.iter().zip(&offsets))
+            .map(|(h, o)| {
+                gpu.upload(&[vec![POISON; o[2]], h.clone()].concat())
+                    .unwrap()
+            })
+            .collect();
+        Rig {
+            lens: lens.to_vec(),
+            offsets,
+            master,
+            grad,
+            half,
+            cpu_master,
+            cpu_half,
+            cpu: OptimizerState::new(cfg, lens).unwrap(),
+            opt: GpuOptimizer::new(gpu, cfg, lens).unwrap(),
+        }
+    }
+
+    pub fn random_grads(&self, rng: &mut StdRng) -> Vec<Vec<f32>> {
+        self.lens
+            .iter()
+            .map(|&n| values(rng, n, GRAD_SPECIALS))
+            .collect()
+    }
+
+    /// One step on both sides. Before a real step the GPU halves are poisoned, and afterwards
+    /// every element must have been written.
+    pub fn step(&mut self, gpu: &Gpu, cfg: &OptimizerConfig, grads: &[Vec<f32>], found_inf: bool) {
+        self.step_scheduled(gpu, cfg, &LrSchedule::Constant, grads, found_inf)
+    }
+
+    /// [`Rig::step`] with a learning-rate schedule: the CPU side steps with the config whose lr
+    /// is the schedule's rate after the reference's real-step count.
+    pub fn step_scheduled(
+        &mut self,
+        gpu: &Gpu,
+        cfg: &OptimizerConfig,
+        schedule: &LrSchedule,
+        grads: &[Vec<f32>],
+        found_inf: bool,
+    ) {
+        let mut params: Vec<ParamTensor<'_>> = (self.cpu_master.iter_mut())
+            .zip(self.cpu_half.iter_mut())
+            .zip(grads)
+            .map(|((master, half), grad)| ParamTensor { master, grad, half })
+            .collect();
+        let mut now = *cfg;
+        match &mut now {
+            OptimizerConfig::Adam(c) | OptimizerConfig::AdamW(c) => {
+                c.lr = schedule.lr_at(c.lr, self.cpu.step_count())
+            }
+            OptimizerConfig::Sgd(c) => c.lr = schedule.lr_at(c.lr, self.cpu.step_count()),
+        }
+        let _ = optim::step(&now, &mut self.cpu, &mut params, found_inf).unwrap();
+        for ((buf, g), o) in self.grad.iter_mut().zip(grads).zip(&self.offsets) {
+            *buf = gpu
+                .upload(&[vec![f32::NAN; o[1]], g.clone()].concat())
+                .unwrap();
+        }
+        if !found_inf {
+            for h in &mut self.half {
+                fill_f16(gpu, h, POISON).unwrap();
+            }
+        }
+        let flag = gpu.upload(&[if found_inf { 1.0f32 } else { 0.0 }]).unwrap();
+        let mut params: Vec<GpuParamTensor<'_>> = (self.master.iter_mut())
+            .zip(&self.grad)
+            .zip(self.half.iter_mut())
+            .zip(&self.offsets)
+            .map(|(((m, g), h), o)| GpuParamTensor {
+                master: m.slice_mut(o[0]..),
+                grad: g.slice(o[1]..),
+                half: h.slice_mut(o[2]..),
+            })
+            .collect();
+        self.opt
+            .step_scheduled(gpu, cfg, schedule, &mut params, &flag)
+            .unwrap();
+        if !found_inf {
+            assert_all_written("f16 copies", &self.gpu_halves(gpu).concat(), POISON);
+        }
+    }
+
+    pub fn gpu_masters(&self, gpu: &Gpu) -> Vec<Vec<f32>> {
+        (self.master.iter().zip(&self.offsets))
+            .map(|(b, o)| gpu.download(b).unwrap()[o[0]..].to_vec())
+            .collect()
+    }
+
+    pub fn gpu_halves(&self, gpu: &Gpu) -> Vec<Vec<f16>> {
+        (self.half.iter().zip(&self.offsets))
+            .map(|(b, o)| gpu.download(b).unwrap()[o[2]..].to_vec())
+            .collect()
+    }
+
+    /// GPU vs CPU: counters exactly; every buffer within tolerance, and bit for bit if `exact`.
+    pub fn check(&self, gpu: &Gpu, what: &str, exact: bool, verbose: bool) {
+        let state = self.opt.download(gpu).unwrap();
+        assert_eq!(
+            state.step_count(),
+            self.cpu.step_count(),
+            "{what}: step count"
+        );
+        assert_eq!(
+            state.momentum_started(),
+            self.cpu.momentum_started(),
+            "{what}: momentum started"
+        );
+        let n = self.lens.len();
+        type Get = fn(&OptimizerState, usize) -> Option<&[f32]>;
+        let buffers: [(&str, Get); 3] = [
+            ("exp_avg", OptimizerState::exp_avg),
+            ("exp_avg_sq", OptimizerState::exp_avg_sq),
+            ("momentum_buffer", OptimizerState::momentum_buffer),
+        ];
+        for (name, get) in buffers {
+            let exists = |s: &OptimizerState| (0..n).map(|t| get(s, t).is_some()).collect();
+            let (got_exists, want_exists): (Vec<bool>, Vec<bool>) =
+                (exists(&state), exists(&self.cpu));
+            assert_eq!(
+                got_exists, want_exists,
+                "{what}: which {name} buffers exist"
+            );
+            if want_exists.first() == Some(&true) {
+                let flat = |s: &OptimizerState| -> Vec<f32> {
+                    (0..n).flat_map(|t| get(s, t).unwrap().to_vec()).collect()
+                };
+                let name = format!("{what}: {name}");
+                same_f32(&name, &flat(&state), &flat(&self.cpu), exact, verbose);
+            }
+        }
+        let masters = self.gpu_masters(gpu).concat();
+        same_f32(
+            &format!("{what}: masters"),
+            &masters,
+            &self.cpu_master.concat(),
+            exact,
+            verbose,
+        );
+        let (got, want) = (self.gpu_halves(gpu).concat(), self.cpu_half.concat());
+        let reference: Vec<f64> = want.iter().map(|h| h.to_f64()).collect();
+        let report = compare(&got, &reference, Tolerance::new(0.0, 1e-3));
+        assert!(report.passed(), "{what}: halves: {report}");
+        if exact {
+            assert_same_bits(&format!("{what}: halves"), &canon16(&got), &canon16(&want));
+        }
+    }
+}
+
+/// Within 1e-6 relative (elementwise, against the largest finite magnitude, and in L2), and bit
+/// for bit with NaN as NaN when `exact`.
+pub fn same_f32(what: &str, got: &[f32], want: &[f32], exact: bool, verbose: bool) {
+    let reference: Vec<f64> = want.iter().map(|&v| f64::from(v)).collect();
+    let scale = reference
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, |a, v| a.max(v.abs()));
+    let report = compare(got, &reference, Tolerance::new(1e-6 * scale, 1e-6));
+    if verbose || !report.passed() {
+        eprintln!("{what}: {report}");
+    }
+    assert!(report.passed(), "{what}: {report}");
+    if exact {
+        assert_same_bits(what, &canon32(got), &canon32(want));
+    }
+}
+
+pub fn canon32(v: &[f32]) -> Vec<u32> {
+    v.iter()
+        .map(|x| if x.is_nan() { 0x7FC0_0000 } else { x.to_bits() })
+        .collect()
+}
+
+pub fn canon16(v: &[f16]) -> Vec<u32> {
+    v.iter()
+        .map(|x| {
+            if x.is_nan() {
+                0x7E00
+            } else {
+                u32::from(x.to_bits())
+            }
+        })
+        .collect()
+}
+
+pub fn assert_same_bits(what: &str, got: &[u32], want: &[u32]) {
+    common::assert_bits_eq(what, got, want, |i| i);
+}
+
+/// Whether the device's bias corrections equal the host's for steps 1..=steps (always true for
+/// SGD, which has none). Printed, so a run shows which comparisons were bit-exact.
+pub fn bias_terms_exact(gpu: &Gpu, cfg: &OptimizerConfig, steps: u64) -> bool {
+    let (c, decoupled) = match cfg {
+        OptimizerConfig::Adam(c) => (c, false),
+        OptimizerConfig::AdamW(c) => (c, true),
+        OptimizerConfig::Sgd(_) => return true,
+    };
+    let ts: Vec<u64> = (1..=steps).collect();
+    let device = adam_bias_terms(gpu, c, &ts).unwrap();
+    let exact = ts.iter().zip(&device).all(|(&t, &(s, b))| {
+        let k = AdamCoefficients::new(c, decoupled, t);
+        (s.to_bits(), b.to_bits()) == (k.step_size.to_bits(), k.bias_correction2_sqrt.to_bits())
+    });
+    eprintln!("{cfg:?}: device bias corrections bit-exact for t ≤ {steps}: {exact}");
+    exact
+}
