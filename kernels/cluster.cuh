@@ -31,40 +31,6 @@ static __device__ __forceinline__ unsigned cluster_index() {
     return r;
 }
 
-// Barrier over every thread of the cluster. Release/acquire: shared-memory writes made before it
-// by any block of the cluster are visible to reads after it from any block. Called by all threads
-// (the .aligned form: whole warps, uniformly).
-static __device__ __forceinline__ void cluster_sync() {
-    asm volatile(
-        "barrier.cluster.arrive.release.aligned;\n\t"
-        "barrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
-
-// *p in the shared memory of cluster block `rank` (p: an address of this block's shared memory;
-// the same variable in every block of the kernel).
-template <typename T>
-static __device__ __forceinline__ T load_remote(const T* p, unsigned rank);
-
-template <>
-__device__ __forceinline__ float load_remote<float>(const float* p, unsigned rank) {
-    const unsigned local = static_cast<unsigned>(__cvta_generic_to_shared(p));
-    unsigned remote;
-    float v;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
-    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
-    return v;
-}
-
-template <>
-__device__ __forceinline__ double load_remote<double>(const double* p, unsigned rank) {
-    const unsigned local = static_cast<unsigned>(__cvta_generic_to_shared(p));
-    unsigned remote;
-    double v;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
-    asm volatile("ld.shared::cluster.f64 %0, [%1];" : "=d"(v) : "r"(remote) : "memory");
-    return v;
-}
-
 static __device__ __forceinline__ float cl_warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -77,53 +43,17 @@ static __device__ __forceinline__ float cl_warp_max(float v) {
     return v;
 }
 
-// N values reduced over the cluster: each block reduces its threads' values (warp butterflies,
-// then the warps in order through `scratch`), thread 0 publishes the block's N results in
-// `slot`, the cluster synchronises, and every thread combines the C blocks' slots in rank order.
-// MAX selects fmaxf instead of +. `slot` must not be written again until every block of the
-// cluster has passed the next cluster_sync (callers alternate two slots, or sync before exit).
-// `scratch` holds ≥ 32·N floats; blockDim.x is a multiple of 32.
-template <int C, int N, bool MAX>
-static __device__ __forceinline__ void cluster_reduce(float (&v)[N], float* scratch,
-                                                      float* slot) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-#pragma unroll
-    for (int k = 0; k < N; ++k) {
-        v[k] = MAX ? cl_warp_max(v[k]) : cl_warp_sum(v[k]);
-        if (lane == 0) scratch[k * 32 + warp] = v[k];
-    }
-    __syncthreads();
-    if (threadIdx.x < 32) {
-#pragma unroll
-        for (int k = 0; k < N; ++k) {
-            const float id = MAX ? -INFINITY : 0.f;
-            float b = lane < warps ? scratch[k * 32 + lane] : id;
-            b = MAX ? cl_warp_max(b) : cl_warp_sum(b);
-            if (lane == 0) slot[k] = b;
-        }
-    }
-    cluster_sync();
-#pragma unroll
-    for (int k = 0; k < N; ++k) {
-        float a = MAX ? -INFINITY : 0.f;
-#pragma unroll
-        for (int r = 0; r < C; ++r) {
-            const float b = load_remote(slot + k, unsigned(r));
-            a = MAX ? fmaxf(a, b) : a + b;
-        }
-        v[k] = a;
-    }
-}
-
-// A block's shared state for cluster reductions without fences (cluster_reduce_async): two
-// buffers, used by alternate rounds, each an mbarrier and one slot per (source block, value).
+// A block's shared state for cluster reductions (cluster_reduce_async): two buffers, used by
+// alternate rounds, each an mbarrier and one slot per (source block, value).
 // Each block pushes its block-level results into every block's slots with st.async, which
 // signals the destination's mbarrier with the bytes written (release at cluster scope); each
 // block waits on its own mbarrier (acquire at cluster scope) until all C·N values have arrived.
 // Unlike a cluster barrier with release/acquire (which nvcc lowers to MEMBAR.ALL.GPU — waiting for
-// every outstanding store and prefetched load — and an L1 invalidation in every thread), nothing
-// waits for unrelated memory traffic, and no block waits for any other to read its memory: the
-// data is pushed, so a block may exit once its own last round has arrived.
+// every outstanding store and prefetched load — and an L1 invalidation in every thread; the first
+// version of these kernels used one per reduction and measured no faster than one block per row,
+// docs/kernels/softmax.md v3), nothing waits for unrelated memory traffic, and no block waits for
+// any other to read its memory: the data is pushed, so a block may exit once its own last round
+// has arrived.
 template <int C, int N>
 struct ClusterExchange {
     unsigned long long bar[2];
@@ -175,8 +105,10 @@ static __device__ __forceinline__ void mbar_wait(unsigned long long* bar, unsign
         : "memory");
 }
 
-// cluster_reduce's result (N values reduced over the cluster, combined in rank order, the same
-// bits in every block) through `ex` (exchange_init first). `round` counts this block's calls
+// N values reduced over the cluster (MAX: fmaxf, else +): each block reduces its threads' values
+// (warp butterflies, then the warps in order through `ex.scratch`), pushes the block's results
+// into every block's slots, and every thread combines the C blocks' slots in rank order, so every
+// block gets the same bits. Uses `ex` (exchange_init first). `round` counts this block's calls
 // from 0; rounds alternate buffers, and a buffer is written again only after every block has
 // pushed the round in between, which each does only after all its threads passed a barrier
 // that follows their reads of this round.
