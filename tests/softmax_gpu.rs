@@ -44,6 +44,10 @@ fn softmax_matches_the_f64_reference_on_every_launch_shape() {
         (2, 40000),
         (2, 65536),
         (2, 65537),
+        // 48 KB of cached row exactly (forward 12288 floats, backward 6144 × 2 arrays): with the
+        // kernels' static buffers past the 48 KB that needs no opt-in.
+        (3, 12288),
+        (4, 6144),
     ];
     for _ in 0..6 {
         shapes.push((rng.gen_range(1..200), rng.gen_range(1..5000)));

@@ -15,6 +15,9 @@ use std::sync::{Arc, Mutex};
 
 /// Dynamic shared memory a kernel may use without opting in, bytes.
 const STATIC_SHARED_LIMIT: u32 = 48 * 1024;
+/// More than any ampkit kernel declares statically (their reduction buffers and mbarriers: at
+/// most ~1 KB, `ops::rows::STATIC_SHARED_RESERVE`).
+const STATIC_SHARED_SLACK: u32 = 2 * 1024;
 
 /// What a [`Gpu`] is: read once when it is opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -371,8 +374,11 @@ impl Gpu {
         args: &KernelArgs,
     ) -> Result<()> {
         let f = self.function(module, kernel)?;
-        if cfg.shared_bytes > STATIC_SHARED_LIMIT {
-            // Above 48 KB a kernel must opt in to dynamic shared memory, per function.
+        if cfg.shared_bytes > STATIC_SHARED_LIMIT - STATIC_SHARED_SLACK {
+            // Static plus dynamic shared memory above 48 KB needs a per-function opt-in; the
+            // kernels' own static shared memory (≤ STATIC_SHARED_SLACK) counts toward the 48 KB,
+            // so opt in from a little below it (a 48 KB dynamic request on top of a kernel's
+            // static buffers fails to launch otherwise).
             f.set_attribute(
                 CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 cfg.shared_bytes as i32,
