@@ -24,6 +24,8 @@
 
 mod common;
 
+mod support;
+
 use ampkit::cuda::{DeviceBuffer, Gpu, GpuTimer, Timing};
 use ampkit::ops::layernorm::{
     backward, backward_forced, backward_with_warp_limit, forward, forward_forced, BwdForce,
@@ -31,6 +33,7 @@ use ampkit::ops::layernorm::{
 };
 use ampkit::{Error, Result};
 use std::fmt::Write as _;
+use support::{gbs, write_out};
 
 const CASES: &[(&str, usize, usize)] = &[
     ("MLP 4096x512", 4096, 512),
@@ -71,8 +74,46 @@ fn fill(n: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
-fn gbs(bytes: usize, t: &Timing) -> f64 {
-    bytes as f64 / (t.median_ms * 1e-3) / 1e9
+/// Every buffer of one LayerNorm case: random x, dy, gamma, beta; zeroed outputs.
+struct Bufs {
+    x: DeviceBuffer<f32>,
+    dy: DeviceBuffer<f32>,
+    gamma: DeviceBuffer<f32>,
+    beta: DeviceBuffer<f32>,
+    y: DeviceBuffer<f32>,
+    dx: DeviceBuffer<f32>,
+    mean: DeviceBuffer<f32>,
+    rstd: DeviceBuffer<f32>,
+    dgamma: DeviceBuffer<f32>,
+    dbeta: DeviceBuffer<f32>,
+}
+
+impl Bufs {
+    fn new(gpu: &Gpu, rows: usize, cols: usize) -> Result<Bufs> {
+        let n = rows * cols;
+        Ok(Bufs {
+            x: gpu.upload(&fill(n, 1))?,
+            dy: gpu.upload(&fill(n, 2))?,
+            gamma: gpu.upload(&fill(cols, 3))?,
+            beta: gpu.upload(&fill(cols, 4))?,
+            y: gpu.alloc_zeros(n)?,
+            dx: gpu.alloc_zeros(n)?,
+            mean: gpu.alloc_zeros(rows)?,
+            rstd: gpu.alloc_zeros(rows)?,
+            dgamma: gpu.alloc_zeros(cols)?,
+            dbeta: gpu.alloc_zeros(cols)?,
+        })
+    }
+}
+
+/// The device copy of `x` (the ceiling the rows are compared with), timed like them.
+fn copy_time(gpu: &Gpu, timer: &GpuTimer, x: &DeviceBuffer<f32>) -> Result<Timing> {
+    let mut dst: DeviceBuffer<f32> = gpu.alloc_zeros(x.len())?;
+    timer.measure(10, 50, || {
+        gpu.stream()
+            .memcpy_dtod(x, &mut dst)
+            .map_err(Error::driver("copy"))
+    })
 }
 
 fn run(gpu: &Gpu) -> Result<()> {
@@ -87,22 +128,19 @@ fn run(gpu: &Gpu) -> Result<()> {
     );
     for &(name, rows, cols) in CASES {
         let n = rows * cols;
-        let x = gpu.upload(&fill(n, 1))?;
-        let dy = gpu.upload(&fill(n, 2))?;
-        let gamma = gpu.upload(&fill(cols, 3))?;
-        let beta = gpu.upload(&fill(cols, 4))?;
-        let mut y: DeviceBuffer<f32> = gpu.alloc_zeros(n)?;
-        let mut dx: DeviceBuffer<f32> = gpu.alloc_zeros(n)?;
-        let mut mean: DeviceBuffer<f32> = gpu.alloc_zeros(rows)?;
-        let mut rstd: DeviceBuffer<f32> = gpu.alloc_zeros(rows)?;
-        let mut dgamma: DeviceBuffer<f32> = gpu.alloc_zeros(cols)?;
-        let mut dbeta: DeviceBuffer<f32> = gpu.alloc_zeros(cols)?;
-        let mut copy_dst: DeviceBuffer<f32> = gpu.alloc_zeros(n)?;
-        let t_copy = timer.measure(10, 50, || {
-            gpu.stream()
-                .memcpy_dtod(&x, &mut copy_dst)
-                .map_err(Error::driver("copy"))
-        })?;
+        let Bufs {
+            x,
+            dy,
+            gamma,
+            beta,
+            mut y,
+            mut dx,
+            mut mean,
+            mut rstd,
+            mut dgamma,
+            mut dbeta,
+        } = Bufs::new(gpu, rows, cols)?;
+        let t_copy = copy_time(gpu, &timer, &x)?;
         let t_fwd = timer.measure(10, 50, || {
             forward(
                 gpu, &x, rows, cols, &gamma, &beta, 1e-5, &mut y, &mut mean, &mut rstd,
@@ -221,25 +259,22 @@ fn sweep(gpu: &Gpu) -> Result<()> {
     println!("\nlayernorm backward shapes (best 3 per size, then the default):");
     for &(rows, cols) in SWEEP {
         let n = rows * cols;
-        let x = gpu.upload(&fill(n, 1))?;
-        let dy = gpu.upload(&fill(n, 2))?;
-        let gamma = gpu.upload(&fill(cols, 3))?;
-        let beta = gpu.upload(&fill(cols, 4))?;
-        let mut y: DeviceBuffer<f32> = gpu.alloc_zeros(n)?;
-        let mut dx: DeviceBuffer<f32> = gpu.alloc_zeros(n)?;
-        let mut mean: DeviceBuffer<f32> = gpu.alloc_zeros(rows)?;
-        let mut rstd: DeviceBuffer<f32> = gpu.alloc_zeros(rows)?;
-        let mut dgamma: DeviceBuffer<f32> = gpu.alloc_zeros(cols)?;
-        let mut dbeta: DeviceBuffer<f32> = gpu.alloc_zeros(cols)?;
-        let mut copy_dst: DeviceBuffer<f32> = gpu.alloc_zeros(n)?;
+        let Bufs {
+            x,
+            dy,
+            gamma,
+            beta,
+            mut y,
+            mut dx,
+            mut mean,
+            mut rstd,
+            mut dgamma,
+            mut dbeta,
+        } = Bufs::new(gpu, rows, cols)?;
         forward(
             gpu, &x, rows, cols, &gamma, &beta, 1e-5, &mut y, &mut mean, &mut rstd,
         )?;
-        let t_copy = timer.measure(10, 50, || {
-            gpu.stream()
-                .memcpy_dtod(&x, &mut copy_dst)
-                .map_err(Error::driver("copy"))
-        })?;
+        let t_copy = copy_time(gpu, &timer, &x)?;
         let copy_gbs = gbs(8 * n, &t_copy);
         let bytes = 12 * n + 8 * rows + 12 * cols;
         let mut forces = Vec::new();
@@ -318,14 +353,7 @@ fn sweep(gpu: &Gpu) -> Result<()> {
         println!("{l}");
         let _ = writeln!(full, "{l}");
     }
-    if let Ok(out) = std::env::var("OUT") {
-        let path = std::path::Path::new(&out).join("layernorm-sweep.txt");
-        std::fs::write(&path, full).map_err(|e| Error::InvalidArgument {
-            op: "bench",
-            detail: format!("writing {}: {e}", path.display()),
-        })?;
-    }
-    Ok(())
+    write_out("layernorm-sweep.txt", &full)
 }
 
 /// Long rows for the cluster sweep, 64 MB per array each.
@@ -342,22 +370,19 @@ fn sweep_clusters(gpu: &Gpu) -> Result<()> {
     println!("\nlayernorm cluster shapes (best 3 per size and direction, then the default):");
     for &(rows, cols) in CLUSTER_SWEEP {
         let n = rows * cols;
-        let x = gpu.upload(&fill(n, 1))?;
-        let dy = gpu.upload(&fill(n, 2))?;
-        let gamma = gpu.upload(&fill(cols, 3))?;
-        let beta = gpu.upload(&fill(cols, 4))?;
-        let mut y: DeviceBuffer<f32> = gpu.alloc_zeros(n)?;
-        let mut dx: DeviceBuffer<f32> = gpu.alloc_zeros(n)?;
-        let mut mean: DeviceBuffer<f32> = gpu.alloc_zeros(rows)?;
-        let mut rstd: DeviceBuffer<f32> = gpu.alloc_zeros(rows)?;
-        let mut dgamma: DeviceBuffer<f32> = gpu.alloc_zeros(cols)?;
-        let mut dbeta: DeviceBuffer<f32> = gpu.alloc_zeros(cols)?;
-        let mut copy_dst: DeviceBuffer<f32> = gpu.alloc_zeros(n)?;
-        let t_copy = timer.measure(10, 50, || {
-            gpu.stream()
-                .memcpy_dtod(&x, &mut copy_dst)
-                .map_err(Error::driver("copy"))
-        })?;
+        let Bufs {
+            x,
+            dy,
+            gamma,
+            beta,
+            mut y,
+            mut dx,
+            mut mean,
+            mut rstd,
+            mut dgamma,
+            mut dbeta,
+        } = Bufs::new(gpu, rows, cols)?;
+        let t_copy = copy_time(gpu, &timer, &x)?;
         let copy_gbs = gbs(8 * n, &t_copy);
         let line = |what: &str, bytes: usize, t: &Timing| {
             let rate = gbs(bytes, t);
@@ -446,12 +471,5 @@ fn sweep_clusters(gpu: &Gpu) -> Result<()> {
             }
         }
     }
-    if let Ok(out) = std::env::var("OUT") {
-        let path = std::path::Path::new(&out).join("layernorm-cluster-sweep.txt");
-        std::fs::write(&path, full).map_err(|e| Error::InvalidArgument {
-            op: "bench",
-            detail: format!("writing {}: {e}", path.display()),
-        })?;
-    }
-    Ok(())
+    write_out("layernorm-cluster-sweep.txt", &full)
 }

@@ -14,12 +14,15 @@
 
 mod common;
 
+mod support;
+
 use ampkit::cuda::{DeviceBuffer, Gpu, GpuTimer, Timing};
 use ampkit::ops::softmax::{
     backward, forward, softmax_cross_entropy, softmax_cross_entropy_forced, CeForce,
 };
 use ampkit::{f16, Error, Result};
 use std::fmt::Write as _;
+use support::{gbs, write_out};
 
 const CASES: &[(&str, usize, usize)] = &[
     ("MNIST 4096x10", 4096, 10),
@@ -51,10 +54,6 @@ fn fill(n: usize, seed: u32) -> Vec<f32> {
             h as f32 / 2_097_152.0 - 4.0
         })
         .collect()
-}
-
-fn gbs(bytes: usize, t: &Timing) -> f64 {
-    bytes as f64 / (t.median_ms * 1e-3) / 1e9
 }
 
 fn run(gpu: &Gpu) -> Result<()> {
@@ -239,12 +238,5 @@ fn sweep(gpu: &Gpu) -> Result<()> {
             let _ = writeln!(full, "{l}");
         }
     }
-    if let Ok(out) = std::env::var("OUT") {
-        let path = std::path::Path::new(&out).join("softmax-sweep.txt");
-        std::fs::write(&path, full).map_err(|e| Error::InvalidArgument {
-            op: "bench",
-            detail: format!("writing {}: {e}", path.display()),
-        })?;
-    }
-    Ok(())
+    write_out("softmax-sweep.txt", &full)
 }

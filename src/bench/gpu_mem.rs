@@ -225,63 +225,56 @@ pub(super) fn xent_row(
     ceil: &Ceilings,
     force: Option<CeForce>,
 ) -> Result<Row> {
+    let n = rows * cols;
+    if half {
+        xent_typed::<f16>(h, (name, label), rows, cols, ceil, force, |h, s| {
+            h.f16_buf(n, s)
+        })
+    } else {
+        xent_typed::<f32>(h, (name, label), rows, cols, ceil, force, |h, s| {
+            h.f32_buf(n, s)
+        })
+    }
+}
+
+/// [`xent_row`] with logits and gradients of type `T`, input sets from `make`.
+fn xent_typed<T>(
+    h: &mut Harness,
+    what: (&str, &str),
+    rows: usize,
+    cols: usize,
+    ceil: &Ceilings,
+    force: Option<CeForce>,
+    make: impl FnMut(&Harness, u32) -> Result<DeviceBuffer<T>>,
+) -> Result<Row>
+where
+    T: softmax::Logit + softmax::Grad + cudarc::driver::ValidAsZeroBits,
+{
     let gpu = h.gpu.clone();
     let n = rows * cols;
     let labels = gpu.upload(&random_labels(rows, cols, 5))?;
     let scale = gpu.upload(&[65536.0f32])?;
     let mut loss: DeviceBuffer<f32> = gpu.alloc_zeros(1)?;
-    let elem = if half { 2 } else { 4 };
+    let mut d: DeviceBuffer<T> = gpu.alloc_zeros(n)?;
+    let elem = std::mem::size_of::<T>();
     let work = (
         bytes::xent(rows, cols, elem, elem),
         flops_per_element("xent") * n as f64,
     );
-    if half {
-        let mut d: DeviceBuffer<f16> = gpu.alloc_zeros(n)?;
-        mem_row(
-            h,
-            (name, label),
-            work,
-            ceil,
-            |h, s| h.f16_buf(n, s),
-            |x, _| match force {
-                None => softmax::softmax_cross_entropy::<f16, f16, _, _, _, _, _>(
-                    &gpu, &*x, &labels, rows, cols, &scale, &mut d, &mut loss,
-                ),
-                Some(f) => softmax::softmax_cross_entropy_forced::<f16, f16, _, _, _, _, _>(
-                    &gpu,
-                    (&*x, &labels, &scale),
-                    rows,
-                    cols,
-                    &mut d,
-                    &mut loss,
-                    f,
-                ),
-            },
-        )
-    } else {
-        let mut d: DeviceBuffer<f32> = gpu.alloc_zeros(n)?;
-        mem_row(
-            h,
-            (name, label),
-            work,
-            ceil,
-            |h, s| h.f32_buf(n, s),
-            |x, _| match force {
-                None => softmax::softmax_cross_entropy::<f32, f32, _, _, _, _, _>(
-                    &gpu, &*x, &labels, rows, cols, &scale, &mut d, &mut loss,
-                ),
-                Some(f) => softmax::softmax_cross_entropy_forced::<f32, f32, _, _, _, _, _>(
-                    &gpu,
-                    (&*x, &labels, &scale),
-                    rows,
-                    cols,
-                    &mut d,
-                    &mut loss,
-                    f,
-                ),
-            },
-        )
-    }
+    mem_row(h, what, work, ceil, make, |x, _| match force {
+        None => softmax::softmax_cross_entropy::<T, T, _, _, _, _, _>(
+            &gpu, &*x, &labels, rows, cols, &scale, &mut d, &mut loss,
+        ),
+        Some(f) => softmax::softmax_cross_entropy_forced::<T, T, _, _, _, _, _>(
+            &gpu,
+            (&*x, &labels, &scale),
+            rows,
+            cols,
+            &mut d,
+            &mut loss,
+            f,
+        ),
+    })
 }
 
 fn unscale_rows(h: &mut Harness, c: &mut Collector) {
