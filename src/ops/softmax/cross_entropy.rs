@@ -176,17 +176,22 @@ pub(super) fn ce_vec_index<L: Logit>(vec: usize) -> usize {
         .expect("ce_vec returns one of the logit type's widths")
 }
 
+/// The instances the planner may choose from for logits `L` on `gpu` (clusters on 9.0 only).
+fn ce_kernels<L: Logit>(gpu: &Gpu) -> CeKernels {
+    CeKernels {
+        widest: L::VECS[0],
+        groups: L::GROUPS,
+        groups_prefetch: L::GROUPS_PREFETCH,
+        cluster: (gpu.info().compute_capability == (9, 0)).then_some(L::CLUSTER),
+    }
+}
+
 /// Whether `force` fits rows of `classes` logits of type `L` on `gpu` with 16-byte aligned
 /// buffers (what the benchmark sweep allocates), without launching anything.
 pub(crate) fn ce_force_fits<L: Logit>(gpu: &Gpu, classes: usize, force: CeForce) -> Result<bool> {
     let lb = std::mem::size_of::<L>();
     let vec = ce_vec(classes, L::VECS[0], (0, lb), (0, lb));
-    let k = CeKernels {
-        widest: L::VECS[0],
-        groups: L::GROUPS,
-        groups_prefetch: L::GROUPS_PREFETCH,
-        cluster: (gpu.info().compute_capability == (9, 0)).then_some(L::CLUSTER),
-    };
+    let k = ce_kernels::<L>(gpu);
     Ok(ce_forced(classes / vec, vec, shared_limit(gpu)?, force, &k).is_some())
 }
 
@@ -310,12 +315,7 @@ where
     let vec = ce_vec(classes, L::VECS[0], (xp, lb), (dp, db));
     let packs = classes / vec;
     let limit = shared_limit(gpu)?;
-    let k = CeKernels {
-        widest: L::VECS[0],
-        groups: L::GROUPS,
-        groups_prefetch: L::GROUPS_PREFETCH,
-        cluster: (gpu.info().compute_capability == (9, 0)).then_some(L::CLUSTER),
-    };
+    let k = ce_kernels::<L>(gpu);
     let shape = match force {
         None => ce_plan(packs, vec, limit, lb == 4, &k),
         Some(f) => ce_forced(packs, vec, limit, f, &k).ok_or_else(|| Error::InvalidArgument {
