@@ -53,7 +53,8 @@ fn main() -> ampkit::Result<()> {
     );
 
     // The ops load modules on first use; loading them all up front checks that the driver accepts
-    // this build's PTX (and shows what the JIT costs).
+    // this build's kernels and says which image it took: SASS built for this GPU, or PTX it
+    // JIT-compiles (slow the first time on a machine, then cached by the driver).
     for m in &kernels::ALL {
         if m.arch.starts_with("compute_90") && info.compute_capability != (9, 0) {
             println!(
@@ -63,11 +64,11 @@ fn main() -> ampkit::Result<()> {
             continue;
         }
         let t = Instant::now();
-        gpu.load_module(m)?;
+        let image = gpu.load_module(m)?;
         println!(
-            "  {:<10} {:<11} {:>3} kernels, loaded in {:.1} ms",
+            "  {:<14} {:<16} {:>3} kernels, loaded in {:.1} ms",
             m.name,
-            m.arch,
+            image.to_string(),
             m.entry_points().count(),
             t.elapsed().as_secs_f64() * 1e3
         );

@@ -448,8 +448,10 @@ fn gpu_matches_cpu_with_layernorm_and_f32_layers() {
 /// eagerly, and skipped steps from an overflowing scale).
 #[test]
 fn cuda_graph_steps_are_bit_identical_to_eager_steps() {
-    let Some(gpu) = common::gpu() else { return };
-    // Capture needs a stream that does not synchronise after each launch.
+    let Some(shared) = common::gpu() else { return };
+    // Capture needs a stream that does not synchronise after each launch: a handle of its own,
+    // so the tests running beside this one keep theirs.
+    let gpu = shared.fork().unwrap();
     gpu.set_sync_launches(false);
     let split = bundled();
     let train = subset(&split.train, 1000); // 15 full batches of 64 and one of 40
@@ -484,7 +486,6 @@ fn cuda_graph_steps_are_bit_identical_to_eager_steps() {
         let losses: Vec<u32> = s.steps.iter().map(|(_, r)| r.loss.to_bits()).collect();
         finals.push((bits(&b.export().unwrap()), losses));
     }
-    gpu.set_sync_launches(true);
     assert!(finals[0].1 == finals[1].1, "per-step losses differ");
     assert!(finals[0].0 == finals[1].0, "final states differ");
 }

@@ -11,10 +11,11 @@ use crate::check::{rel_l2_error, ToF64};
 use crate::cpu::gemm::{GemmShape, Layout};
 use crate::cuda::{DeviceBuffer, Gpu};
 use crate::error::{Error, Result};
+use crate::ops;
 use crate::ops::blas::Blas;
 use crate::ops::gemm::{gemm, plan, Epilogue, GemmOutput};
-use crate::train::open_backend;
-use crate::{ops, Device};
+use crate::train::gpu_backend::GpuBackend;
+use crate::train::Backend;
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::ValidAsZeroBits;
 use half::f16;
@@ -525,22 +526,12 @@ fn train_row(
         cuda_graph: graph,
         ..train_config(dims, batch)
     };
-    let mut backend = open_backend(&Device::Cuda(h.gpu.clone()), &cfg)?;
-    // A few batches of distinct data (two for the wide model: 256 MB of inputs each).
-    let batches = if batch * dims[0] > 1 << 24 { 2 } else { 4 };
-    let (images, labels) = train_data(dims, batches * batch, 77);
-    backend.load_epoch(&images, &labels)?;
-    drop(images);
-    let at = |i: usize| (i % batches) * batch;
-    for i in 0..h.warmup {
-        backend.step(at(i), batch)?;
-    }
-    h.gpu.synchronize()?;
-    backend.take_records()?;
-    let warmup = h.warmup;
-    let mut times = h.times_us(false, 0, h.runs, |i| backend.step(at(warmup + i), batch))?;
-    let records = backend.take_records()?;
-    let us = median(&mut times);
+    let mut backend = GpuBackend::new(h.gpu.clone(), &cfg)?;
+    // The backend queues its steps on a stream of its own: time them there.
+    let bench_gpu = std::mem::replace(&mut h.gpu, backend.gpu().clone());
+    let timed = train_row_timed(h, &mut backend, dims, batch);
+    h.gpu = bench_gpu;
+    let (us, records) = timed?;
     let Some(last) = records.last() else {
         return Err(failure("the timed steps left no records".into()));
     };
@@ -571,4 +562,29 @@ fn train_row(
         last.scale
     );
     Ok((row, note))
+}
+
+/// The timed part of [`train_row`], with `h.gpu` the backend's own handle: warm-up steps, then
+/// per-step event times; returns the median and the timed steps' records.
+fn train_row_timed(
+    h: &mut Harness,
+    backend: &mut GpuBackend,
+    dims: &[usize],
+    batch: usize,
+) -> Result<(f64, Vec<crate::train::StepRecord>)> {
+    // A few batches of distinct data (two for the wide model: 256 MB of inputs each).
+    let batches = if batch * dims[0] > 1 << 24 { 2 } else { 4 };
+    let (images, labels) = train_data(dims, batches * batch, 77);
+    backend.load_epoch(&images, &labels)?;
+    drop(images);
+    let at = |i: usize| (i % batches) * batch;
+    for i in 0..h.warmup {
+        backend.step(at(i), batch)?;
+    }
+    h.gpu.synchronize()?;
+    backend.take_records()?;
+    let warmup = h.warmup;
+    let mut times = h.times_us(false, 0, h.runs, |i| backend.step(at(warmup + i), batch))?;
+    let records = backend.take_records()?;
+    Ok((median(&mut times), records))
 }

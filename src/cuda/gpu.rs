@@ -1,23 +1,18 @@
 //! The device handle: context, stream, module cache, buffer helpers.
 
+use super::modules::{ContextModules, ModuleImage};
 use crate::cuda::launch::{KernelArgs, LaunchConfig};
 use crate::error::{Error, Result};
 use crate::kernels::{self, KernelModule};
-use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute, CUresult};
+use cudarc::driver::sys::{
+    CUdevice_attribute, CUgraphInstantiate_flags, CUresult, CUstreamCaptureMode,
+};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
+    CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
     DriverError, PushKernelArg, ValidAsZeroBits,
 };
-use cudarc::nvrtc::Ptx;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-
-/// Dynamic shared memory a kernel may use without opting in, bytes.
-const STATIC_SHARED_LIMIT: u32 = 48 * 1024;
-/// More than any ampkit kernel declares statically (their reduction buffers and mbarriers: at
-/// most ~1 KB, `ops::rows::STATIC_SHARED_RESERVE`).
-const STATIC_SHARED_SLACK: u32 = 2 * 1024;
 
 /// What a [`Gpu`] is: read once when it is opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,8 +31,8 @@ pub struct GpuInfo {
     pub driver_version: i32,
 }
 
-/// One CUDA device: a context, the one stream every ampkit op runs on, and the kernel modules
-/// loaded into it so far.
+/// One CUDA device as ampkit uses it: a context, one stream every op on this handle is queued on,
+/// a scratch buffer, and the kernel modules loaded into the context so far.
 ///
 /// Open one with [`Gpu::new`] (ampkit creates the context and a non-blocking stream) or
 /// [`Gpu::from_stream`] (your own cudarc context and stream). Either way [`Gpu::context`] and
@@ -47,9 +42,36 @@ pub struct GpuInfo {
 /// [`CudaSlice`](cudarc::driver::CudaSlice) or a [`CudaView`](cudarc::driver::CudaView) of one,
 /// whoever allocated it.
 ///
-/// [`Gpu::new`] switches cudarc's per-buffer event tracking off for its own context, since all of
-/// its work is ordered on one stream (tracking costs two events per argument per launch and
-/// matters only across streams); [`Gpu::from_stream`] leaves your context's setting alone.
+/// # Threads
+/// A `Gpu` is `Send + Sync`: share it as `Arc<Gpu>`. The contract:
+/// - **Ops from several threads on one `Gpu`** are queued on its one stream, each call's work
+///   in its own order, the calls in whatever order the threads make them. Each op touches only
+///   its arguments and the handle's scratch buffer (locked for the length of the call), so every
+///   result is bit-identical to the same calls made one after another. Buffers are yours to
+///   keep apart: two threads writing one buffer race, as on the CPU.
+/// - **Kernel modules** are loaded once per CUDA context (every `Gpu` on the device's primary
+///   context shares them), on first use or with [`Gpu::load_module`], with every entry point
+///   fetched up front. A load never runs during a CUDA-graph capture on that context: it waits
+///   for captures in progress, and a capture waits for a load in progress.
+/// - **Own streams for independent work**: [`Gpu::fork`] gives a handle with a stream (and
+///   scratch buffer) of its own on the same context and modules, ordered after the work queued
+///   so far on this one. The training backend ([`crate::train::gpu_backend::GpuBackend`]) runs
+///   on a fork, so its steps, and the CUDA graph it captures, never mix with other threads'
+///   work.
+/// - **CUDA graphs** are captured with [`Gpu::capture`] on a handle no other thread uses (a
+///   fork): any work another thread queued on the same stream during the capture would land in
+///   the graph. The capture runs in thread-local mode, so a call in the capturing thread that
+///   cannot be captured fails as an error rather than corrupting the graph.
+/// - **Errors, not crashes**: misuse (a capture that would load a module, a nested capture, a
+///   capture with synchronising launches) is an [`Error`]; no path through ampkit's safe API
+///   dereferences freed memory or lets one thread's work into another's graph.
+/// - Work you queue yourself with cudarc on [`Gpu::stream`] from another thread is ordered with
+///   ampkit's like any other stream work; keep it off a stream while that stream is capturing.
+///
+/// [`Gpu::new`] switches cudarc's per-buffer event tracking off for its own context, since
+/// each ampkit stream orders its own work (tracking costs two events per argument per launch);
+/// order buffers you move between a `Gpu` and its forks yourself (`CudaStream::join`).
+/// [`Gpu::from_stream`] leaves your context's setting alone.
 ///
 /// ```no_run
 /// # fn main() -> ampkit::Result<()> {
@@ -67,12 +89,11 @@ pub struct Gpu {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     info: GpuInfo,
-    modules: Mutex<Vec<Option<Arc<CudaModule>>>>,
-    functions: Mutex<HashMap<(usize, &'static str), CudaFunction>>,
+    modules: Arc<ContextModules>,
     scratch: Mutex<Option<CudaSlice<u8>>>,
     sync_launches: AtomicBool,
     /// Incremented whenever the scratch buffer is reallocated (see [`Gpu::scratch_generation`]).
-    scratch_generation: std::sync::atomic::AtomicU64,
+    scratch_generation: AtomicU64,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -180,15 +201,79 @@ impl Gpu {
         };
         let sync = std::env::var("AMPKIT_SYNC_LAUNCHES").is_ok_and(|v| v == "1");
         Ok(Arc::new(Gpu {
+            modules: ContextModules::of(&ctx),
             ctx,
             stream,
             info,
-            modules: Mutex::new(vec![None; kernels::ALL.len()]),
-            functions: Mutex::new(HashMap::new()),
             scratch: Mutex::new(None),
             sync_launches: AtomicBool::new(sync),
-            scratch_generation: std::sync::atomic::AtomicU64::new(0),
+            scratch_generation: AtomicU64::new(0),
         }))
+    }
+
+    /// A handle on the same device, context and loaded modules with a new non-blocking stream
+    /// and a scratch buffer of its own; its stream first waits for everything queued on this
+    /// one so far, so buffers written here can be read there. Launch synchronisation
+    /// ([`Gpu::set_sync_launches`]) starts as this handle's.
+    ///
+    /// Work on the fork runs concurrently with work on this handle: order it again where
+    /// buffers cross (`fork.stream().join(gpu.stream())` or the reverse). Errors:
+    /// [`Error::Driver`] when the stream or its event cannot be created.
+    pub fn fork(&self) -> Result<Arc<Gpu>> {
+        let stream = self
+            .stream
+            .fork()
+            .map_err(Error::driver("creating a forked stream"))?;
+        Ok(Arc::new(Gpu {
+            ctx: self.ctx.clone(),
+            stream,
+            info: self.info.clone(),
+            modules: self.modules.clone(),
+            scratch: Mutex::new(None),
+            sync_launches: AtomicBool::new(self.sync_launches()),
+            scratch_generation: AtomicU64::new(0),
+        }))
+    }
+
+    /// Captures the work `body` queues on this handle's stream into a CUDA graph, ready to
+    /// launch (on this stream: `graph.launch()`), and returns it with `body`'s result.
+    ///
+    /// Use a handle no other thread queues work on during the capture ([`Gpu::fork`] makes
+    /// one): anything queued on the stream meanwhile lands in the graph. The capture is in
+    /// thread-local mode (a call in this thread that cannot be captured, such as a
+    /// synchronisation, fails instead of silently breaking the graph), module loads wait until
+    /// it ends, and every module the body uses must already be loaded: run the body once
+    /// eagerly first (which also sizes the scratch buffer), or call [`Gpu::load_module`].
+    ///
+    /// Errors: [`Error::InvalidArgument`] when launches synchronise ([`Gpu::set_sync_launches`]),
+    /// when this thread is already capturing, or when the body needs a module that is not
+    /// loaded; [`Error::Driver`] when the driver rejects the capture (the body's own error comes
+    /// first if it failed). The stream is out of capture mode when this returns, either way.
+    pub fn capture<R>(&self, body: impl FnOnce(&Gpu) -> Result<R>) -> Result<(R, CudaGraph)> {
+        const OP: &str = "cuda::Gpu::capture";
+        if self.sync_launches() {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                detail: "launches synchronise on this Gpu (set_sync_launches / \
+                         AMPKIT_SYNC_LAUNCHES=1), and a capturing stream cannot synchronise: \
+                         capture on a handle with it off (e.g. a fork)"
+                    .into(),
+            });
+        }
+        let _gate = self.modules.begin_capture()?;
+        self.stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(Error::driver("starting a CUDA-graph capture"))?;
+        let result = body(self);
+        let graph = self.stream.end_capture(CUgraphInstantiate_flags(0));
+        let value = result?;
+        match graph.map_err(Error::driver("ending a CUDA-graph capture"))? {
+            Some(g) => Ok((value, g)),
+            None => Err(Error::InvalidArgument {
+                op: OP,
+                detail: "the capture recorded no work".into(),
+            }),
+        }
     }
 
     /// What this device is.
@@ -285,6 +370,16 @@ impl Gpu {
     ) -> Result<R> {
         let mut scratch = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
         if scratch.as_ref().is_none_or(|s| s.len() < bytes) {
+            if super::modules::capturing() {
+                // The allocation and the free would become nodes of the graph.
+                return Err(Error::InvalidArgument {
+                    op: "cuda::Gpu::capture",
+                    detail: format!(
+                        "the scratch buffer would grow to {bytes} bytes during a CUDA-graph \
+                         capture: run the work once before capturing it"
+                    ),
+                });
+            }
             *scratch = None;
             *scratch = Some(self.alloc_zeros::<u8>(bytes.next_multiple_of(1 << 20))?);
             self.scratch_generation.fetch_add(1, Ordering::Relaxed);
@@ -294,66 +389,41 @@ impl Gpu {
         f(ptr)
     }
 
-    /// Loads `module` (one of [`kernels::ALL`]) into this context if it is not loaded yet; ops
-    /// do this on first use, so call it only to load eagerly or to time the load.
+    /// Loads `module` (one of [`kernels::ALL`]) into this context if it is not loaded yet, and
+    /// says which image the driver took (SASS built for this GPU, or PTX it JIT-compiles). Ops
+    /// load what they need on first use, so call it only to load eagerly (e.g. before a
+    /// capture) or to time the load. Modules are shared by every `Gpu` on the context.
     ///
     /// Errors: [`Error::ModuleLoad`] naming the module, with what to do (e.g. PTX newer than
-    /// the driver, or a Hopper-only module on another GPU).
-    pub fn load_module(&self, module: &KernelModule) -> Result<Arc<CudaModule>> {
-        let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(m) = &modules[module.index] {
-            return Ok(m.clone());
-        }
-        let loaded = self
-            .ctx
-            .load_module(Ptx::from_src(module.ptx))
-            .map_err(|source| Error::ModuleLoad {
-                module: module.name,
-                hint: load_hint(source, module, &self.info),
-                source,
-            })?;
-        modules[module.index] = Some(loaded.clone());
-        Ok(loaded)
+    /// the driver, or a Hopper-only module on another GPU); [`Error::InvalidArgument`] during a
+    /// capture in this thread.
+    pub fn load_module(&self, module: &KernelModule) -> Result<ModuleImage> {
+        self.modules.ensure(module, self.info.compute_capability)
     }
 
-    /// Names of the modules loaded so far.
+    /// The image `module` was loaded from, or `None` if it is not loaded on this context.
+    pub fn module_image(&self, module: &KernelModule) -> Option<ModuleImage> {
+        self.modules.image(module)
+    }
+
+    /// Names of the modules loaded into this context so far.
     pub fn loaded_modules(&self) -> Vec<&'static str> {
-        let modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
         kernels::ALL
             .iter()
-            .filter(|m| modules[m.index].is_some())
+            .filter(|m| self.modules.image(m).is_some())
             .map(|m| m.name)
             .collect()
     }
 
-    /// The entry point `kernel` of `module`, loading the module on first use (cached).
+    /// The entry point `kernel` of `module`, loading the module on first use.
     ///
     /// Errors: [`Error::ModuleLoad`] when the module does not load or has no such kernel.
     pub fn function(&self, module: &KernelModule, kernel: &'static str) -> Result<CudaFunction> {
-        let key = (module.index, kernel);
-        if let Some(f) = self
-            .functions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return Ok(f.clone());
-        }
-        let f = self
-            .load_module(module)?
-            .load_function(kernel)
-            .map_err(|source| Error::ModuleLoad {
-                module: module.name,
-                source,
-                hint: format!(
-                    "it has no kernel `{kernel}`: the PTX and the host code disagree; rebuild"
-                ),
-            })?;
-        self.functions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, f.clone());
-        Ok(f)
+        Ok(self
+            .modules
+            .kernel(module, kernel, self.info.compute_capability)?
+            .function
+            .clone())
     }
 
     /// Launches `kernel` from `module` on [`Gpu::stream`].
@@ -373,19 +443,11 @@ impl Gpu {
         cfg: LaunchConfig,
         args: &KernelArgs,
     ) -> Result<()> {
-        let f = self.function(module, kernel)?;
-        if cfg.shared_bytes > STATIC_SHARED_LIMIT - STATIC_SHARED_SLACK {
-            // Static plus dynamic shared memory above 48 KB needs a per-function opt-in; the
-            // kernels' own static shared memory (≤ STATIC_SHARED_SLACK) counts toward the 48 KB,
-            // so opt in from a little below it (a 48 KB dynamic request on top of a kernel's
-            // static buffers fails to launch otherwise).
-            f.set_attribute(
-                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                cfg.shared_bytes as i32,
-            )
-            .map_err(|source| Error::Launch { kernel, source })?;
-        }
-        let mut builder = self.stream.launch_builder(&f);
+        let k = self
+            .modules
+            .kernel(module, kernel, self.info.compute_capability)?;
+        k.allow_shared(kernel, cfg.shared_bytes)?;
+        let mut builder = self.stream.launch_builder(&k.function);
         for slot in args.first_slots() {
             builder.arg(slot);
         }
@@ -411,23 +473,4 @@ fn driver_version() -> Result<i32> {
         });
     }
     Ok(version)
-}
-
-fn load_hint(err: DriverError, module: &KernelModule, info: &GpuInfo) -> String {
-    let (major, minor) = info.compute_capability;
-    match err.0 {
-        CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION => format!(
-            "The PTX was written by an nvcc newer than this driver (CUDA {}.{}) accepts: rebuild \
-             with nvcc 13.0 (scripts/install-nvcc, then NVCC=<its path>), or build with \
-             AMPKIT_PTX_SNAPSHOT=use to embed the committed snapshot",
-            info.driver_version / 1000,
-            (info.driver_version % 1000) / 10
-        ),
-        CUresult::CUDA_ERROR_NO_BINARY_FOR_GPU | CUresult::CUDA_ERROR_INVALID_PTX => format!(
-            "The module targets {} and this GPU is sm_{major}{minor}: ampkit needs compute \
-             capability 8.0 or newer (9.0 for Hopper-only modules)",
-            module.arch
-        ),
-        _ => "Check that the GPU is healthy (nvidia-smi) and that the build's PTX is intact".into(),
-    }
 }

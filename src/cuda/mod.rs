@@ -1,5 +1,6 @@
 //! The CUDA runtime layer: the device handle ([`Gpu`]) owning or borrowing a context and one
-//! stream, with a lazily filled cache of ampkit's kernel modules; device buffers (cudarc's, see
+//! stream (forks add more), with a lazily filled, context-wide cache of ampkit's kernel modules
+//! (see [`Gpu`] for what sharing one across threads means); device buffers (cudarc's, see
 //! [`DeviceBuffer`]); and a CUDA-event timer ([`GpuTimer`]).
 //!
 //! Device memory is cudarc's `CudaSlice<T>` (re-exported as [`DeviceBuffer`]); views of it
@@ -21,10 +22,12 @@
 
 mod gpu;
 mod launch;
+mod modules;
 mod timer;
 
 pub use gpu::{Gpu, GpuInfo};
 pub(crate) use launch::{KernelArgs, LaunchConfig};
+pub use modules::ModuleImage;
 pub use timer::{GpuTimer, Timing};
 
 /// A typed buffer in device memory: cudarc's [`CudaSlice`](cudarc::driver::CudaSlice). Make

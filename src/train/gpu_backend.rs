@@ -7,7 +7,10 @@
 //! 4-byte device-to-device copies that append (loss, scale, found_inf) to a record buffer the
 //! host reads back in [`Backend::take_records`].
 //!
-//! All buffers are allocated once for the configured batch, so their addresses are fixed. Layers
+//! The backend runs on a stream of its own ([`Gpu::fork`] of the handle it is given), so other
+//! threads' work on that handle never enters its steps or the CUDA graph it captures, and its
+//! scratch buffer is its own. All buffers are allocated once for the configured batch, so their
+//! addresses are fixed. Layers
 //! in f32 (`--precision fp32`, `--fp32-layers`) run their GEMMs through cuBLAS in true f32
 //! ([`crate::ops::blas`]); the per-layer passes are in `train/gpu_layers.rs` (private).
 
@@ -28,7 +31,6 @@ use crate::nn::{init_parameters, MlpConfig, Tensor};
 use crate::ops::blas::Blas;
 use crate::ops::optim::{GpuOptimizer, GpuParamTensor};
 use crate::ops::{scaler, softmax, unscale};
-use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::CudaGraph;
 use half::f16;
 use std::sync::Arc;
@@ -93,6 +95,10 @@ fn unsupported(detail: String) -> Error {
 impl GpuBackend {
     /// The model of `train` with fresh parameters from its seed on `gpu`, with buffers for
     /// batches of up to `train.batch` samples, in CUDA-graph mode if `train.cuda_graph`.
+    ///
+    /// The backend works on a fork of `gpu` (a stream and scratch buffer of its own on the same
+    /// context, ordered after the work queued on `gpu` so far; launch synchronisation as
+    /// `gpu`'s at this point), so `gpu` can be shared with other threads and other backends.
     pub fn new(gpu: Arc<Gpu>, train: &TrainConfig) -> Result<GpuBackend> {
         let (cfg, opt, schedule, loss_scale) = (
             &train.model,
@@ -107,6 +113,7 @@ impl GpuBackend {
         if batch == 0 {
             return Err(unsupported("batch must be ≥ 1".into()));
         }
+        let gpu = gpu.fork()?;
         let params = init_parameters(cfg, seed);
         let masters = params
             .iter()
@@ -167,6 +174,12 @@ impl GpuBackend {
         self.graph.enabled = on;
         self.graph.exec = None;
         self.graph.warm = false;
+    }
+
+    /// The handle the backend queues its work on: a fork of the `Gpu` it was built with (see
+    /// [`GpuBackend::new`]); time or order its steps on this handle's stream.
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
     }
 
     /// Whether the steps are replaying a captured CUDA graph.
@@ -323,20 +336,17 @@ impl Backend for GpuBackend {
             self.step_body(Input::Staged, batch)?;
             self.graph.warm = true;
         } else {
-            stream
-                .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
-                .map_err(Error::driver("starting the capture of a training step"))?;
-            let body = self.step_body(Input::Staged, batch);
-            let captured = stream.end_capture(CUgraphInstantiate_flags(0));
-            match (body, captured) {
-                (Ok(()), Ok(Some(g))) => {
+            let gpu = self.gpu.clone();
+            match gpu.capture(|_| self.step_body(Input::Staged, batch)) {
+                Ok(((), g)) => {
                     self.graph.scratch = self.gpu.scratch_generation();
                     g.launch()
                         .map_err(Error::driver("launching the step's CUDA graph"))?;
                     self.graph.exec = Some(g);
                 }
-                _ => {
-                    // Something in the step cannot be captured: run eagerly from now on.
+                Err(_) => {
+                    // Something in the step cannot be captured: nothing it queued ran, so run
+                    // it eagerly from now on (bit-identical, only slower).
                     self.graph.enabled = false;
                     self.stages = ScalerStages::new();
                     self.step_body(Input::Staged, batch)?;
