@@ -306,14 +306,26 @@ fn f64_matches_independent_formulas() {
     assert_matches("f64 9x250", &run::<f64>(&c, 0.0), &naive(&c), 1e-13, 1e-13);
 }
 
-/// f32 against the f64 formulas, in units of each element's scale. Each f32 operation rounds by
-/// ≤ u = 2^-24 ≈ 6e-8; a sum of n terms errs by ≤ (n−1)·u of the sum of magnitudes, ~√n·u
-/// typically. With n ≤ 784 that is ~2e-6 typical and 5e-5 worst case. Observed worst over 30
-/// runs: 1.4e-6 forward (y, mean), 1.0e-6 backward (dgamma). The limits 1e-5 (forward) and 2e-5
-/// (backward, which sums twice) leave 7-20× and still catch any formula error, which shows up at
-/// the 1e-2 level or above.
-const F32_FWD: f64 = 1e-5;
-const F32_BWD: f64 = 2e-5;
+/// f32's unit roundoff 2⁻²⁴ ≈ 6e-8: the largest relative error of one rounding to nearest.
+const U: f64 = 1.0 / (1u64 << 24) as f64;
+
+/// f32 against the f64 formulas, in units of each element's scale. The library's sums accumulate
+/// in f64 and are rounded once, so their error does not grow with `cols` (or `rows`); what remains
+/// is each element's own f32 arithmetic, first order in u = 2⁻²⁴:
+/// - mean: rounded once, ≤ 1 u. rstd: the variance rounded once, `+ eps` (with eps itself
+///   rounded to f32), `sqrt`, the reciprocal: ≤ 3 u.
+/// - x̂ = (x − mean)·rstd in f32: mean's error (u·|mean|), the subtraction, rstd's 3 u and the
+///   product: ≤ 5 u of x̂ₜ = |x̂| + |mean|·rstd. y = x̂·γ + β then ≤ 7 u of its scale.
+/// - dx = rstd·((g − mean(g)) − x̂·mean(g·x̂)): g and mean(g) 1 u each, mean(g·x̂) 6 u (x̂'s 5
+///   and its rounding), the product x̂·mean(g·x̂) 12 u, two subtractions, rstd 3 u and the last
+///   product: ≤ 17 u of its scale. dgamma ≤ 6 u (x̂'s 5 and the rounding), dbeta ≤ 1 u.
+///
+/// So the limits are 8 u ≈ 4.8e-7 (forward) and 17 u ≈ 1.0e-6 (backward). Observed worst over 30
+/// runs: mean 1.0 u, rstd 2.1 u, y 3.5 u, dx 2.5 u, dgamma 1.9 u, dbeta 1.0 u. (With the earlier
+/// left-to-right f32 sums this test needed 1e-5 and 2e-5: observed 1.4e-6 forward, 1.0e-6
+/// backward.) Any formula error shows up at the 1e-2 level or above.
+const F32_FWD: f64 = 8.0 * U;
+const F32_BWD: f64 = 17.0 * U;
 
 fn f32_against_f64(c: &Case, what: &str) {
     let o = run::<f32>(c, poison());
@@ -360,11 +372,118 @@ proptest! {
     }
 }
 
+/// Long rows with a clearly nonzero mean (offset ±[2, 6], spread 0.5-2 times ±1.7): what a
+/// left-to-right f32 row sum handles worst, its partial sums growing to `cols·|mean|`.
+fn long_case(rng: &mut StdRng, rows: usize, cols: usize) -> Case {
+    let mut c = case(rng, rows, cols);
+    for row in c.x.chunks_mut(cols) {
+        let sign = if rng.gen::<bool>() { 1.0 } else { -1.0 };
+        let (offset, spread) = (
+            sign * rng.gen_range(2.0..6.0f32),
+            rng.gen_range(0.5..2.0f32),
+        );
+        for v in row.iter_mut() {
+            *v = offset + spread * rng.gen_range(-1.7..1.7f32);
+        }
+    }
+    c
+}
+
+/// The worst `|got − want| / scale` in units of [`U`].
+fn worst_in_u<T: ToF64>(got: &[T], want: &[f64], scale: &[f64]) -> f64 {
+    got.iter()
+        .zip(want)
+        .zip(scale)
+        .map(|((g, w), s)| (g.to_f64() - w).abs() / s / U)
+        .fold(0.0, f64::max)
+}
+
+/// The f32 reference against the f64 reference (the same code in f64, on the same inputs) on
+/// rows of 4096 and 65536 columns with a nonzero mean, each output in units of its scale (as in
+/// [`naive`]). The row sums accumulate in f64 and are rounded once, so the errors are those of a
+/// few f32 roundings per element, whatever `cols`: the limits are [`F32_FWD`]'s and
+/// [`F32_BWD`]'s derivation per output (mean 1 u, rstd 3 u, y 8 u, dx 17 u, dgamma 6 u, dbeta
+/// 1 u; here mean and variance are even the f64 ones rounded once).
+///
+/// Observed worst over 5 seeds, 4096 / 65536 columns: mean 0.92 / 0.74 u, rstd 1.7 / 1.2 u,
+/// y 1.9 / 2.2 u, dx 1.2 / 1.2 u, dgamma 0.25 / 1.4 u, dbeta 0.41 / 0 u. The left-to-right f32
+/// sums this replaced gave, at 65536 columns: mean 68-142 u (4e-6 to 8.4e-6 relative), rstd
+/// 42-116 u, y 71-141 u, dx 9-32 u, dgamma 65-130 u; at 4096: mean 35-42 u, y 35-41 u.
+#[test]
+fn f32_long_rows_are_accurate_to_a_few_roundings() {
+    let mut rng = rng("f32_long_rows_are_accurate_to_a_few_roundings");
+    let mut failed = Vec::new();
+    for (rows, cols) in [(64, 4096), (4, 65536)] {
+        let c = long_case(&mut rng, rows, cols);
+        let (lo, hi) = (run::<f32>(&c, poison()), run::<f64>(&c, 0.0));
+        let (x, gamma, beta, dy) = (wide(&c.x), wide(&c.gamma), wide(&c.beta), wide(&c.dy));
+        let n = cols as f64;
+        let mut s = Scales {
+            dgamma: vec![0.0; cols],
+            dbeta: vec![0.0; cols],
+            ..Scales::default()
+        };
+        for r in 0..rows {
+            let row = r * cols..(r + 1) * cols;
+            let (mu, rs) = (hi.mean[r], hi.rstd[r]);
+            let xt: Vec<f64> = x[row.clone()]
+                .iter()
+                .map(|v| ((v - mu) * rs).abs() + mu.abs() * rs)
+                .collect();
+            let g: Vec<f64> = (0..cols)
+                .map(|j| (dy[r * cols + j] * gamma[j]).abs())
+                .collect();
+            let mean_g = g.iter().sum::<f64>() / n;
+            let mean_gx = g.iter().zip(&xt).map(|(g, x)| g * x).sum::<f64>() / n;
+            s.mean.push(mu.abs());
+            for j in 0..cols {
+                let d = dy[r * cols + j].abs();
+                s.y.push(gamma[j].abs() * xt[j] + beta[j].abs());
+                s.dx.push(rs * (g[j] + mean_g + xt[j] * mean_gx));
+                s.dgamma[j] += d * xt[j];
+                s.dbeta[j] += d;
+            }
+        }
+        let e = [
+            ("mean", worst_in_u(&lo.mean, &hi.mean, &s.mean), 1.0),
+            ("rstd", worst_in_u(&lo.rstd, &hi.rstd, &hi.rstd), 3.0),
+            ("y", worst_in_u(&lo.y, &hi.y, &s.y), 8.0),
+            ("dx", worst_in_u(&lo.dx, &hi.dx, &s.dx), 17.0),
+            ("dgamma", worst_in_u(&lo.dgamma, &hi.dgamma, &s.dgamma), 6.0),
+            ("dbeta", worst_in_u(&lo.dbeta, &hi.dbeta, &s.dbeta), 1.0),
+        ];
+        let shown: Vec<String> = e
+            .iter()
+            .map(|(name, err, _)| format!("{name} {err:.2} u ({:.1e})", err * U))
+            .collect();
+        eprintln!("{rows}x{cols} f32 vs f64, worst: {}", shown.join(", "));
+        failed.extend(
+            e.iter()
+                .filter(|(_, err, limit)| err > limit)
+                .map(|(name, err, limit)| {
+                    format!(
+                        "{rows}x{cols} {name}: {err:.2} u from the f64 reference, limit {limit} u"
+                    )
+                }),
+        );
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+#[derive(Default)]
+struct Scales {
+    y: Vec<f64>,
+    mean: Vec<f64>,
+    dx: Vec<f64>,
+    dgamma: Vec<f64>,
+    dbeta: Vec<f64>,
+}
+
 /// Column sums come out bit-identical on 1, 3 and 8 threads (the row blocks depend on `rows`
 /// only), and dx too. A rayon `reduce` over rows could fail this: its split points depend on the
 /// thread count and on work stealing. 5003 rows make 251 blocks of 20 rows (more than
 /// `MIN_BLOCK_ROWS`), and the sums must still be right: within [`F32_BWD`] of the naive f64 sums
-/// (random-sign terms keep the partial sums, and so the rounding, small against Σ|terms|).
+/// (they accumulate in f64, so 5003 rows add nothing to x̂'s own error).
 #[test]
 fn column_sums_are_bitwise_reproducible_across_thread_counts() {
     let mut rng = rng("column_sums_are_bitwise_reproducible_across_thread_counts");

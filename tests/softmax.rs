@@ -151,13 +151,22 @@ fn gradients_match_finite_differences_in_f64() {
     }
 }
 
-/// Softmax f32 against the f64 formulas. Forward: each yⱼ carries the rounding of `xⱼ − m`
-/// (≤ |xⱼ − m|·u, u = 2^-24), of `exp`, of the row sum (≤ (n−1)·u, ~√(n/3)·u/√3 ≈ 6e-7 typical for
-/// n = 1000) and of the division. Observed worst over 30 runs 2.2e-6 relative elementwise; limit
-/// 1e-5. Backward: in units of its scale `yⱼ·(|dyⱼ| + Σ|dy|·y)` (dx cancels dy against Σ dy·y),
-/// where y's own error carries straight through; observed worst 1.5e-6, limit 1e-5.
-const F32_SOFTMAX_FWD: Tolerance = Tolerance::new(1e-30, 1e-5);
-const F32_SOFTMAX_BWD: f64 = 1e-5;
+/// f32's unit roundoff 2⁻²⁴ ≈ 6e-8: the largest relative error of one rounding to nearest.
+const U: f64 = 1.0 / (1u64 << 24) as f64;
+
+/// Softmax f32 against the f64 formulas, first order in u = 2⁻²⁴. The row sums accumulate in f64
+/// and are rounded once, so no error grows with `cols`. Forward, relative: `xⱼ − m` rounds by
+/// ≤ u·|xⱼ − m|, which `exp` turns into a relative ≤ |xⱼ − m| u; `exp` itself ≤ 1 ulp (2 u); the
+/// sum averages its terms' errors (≤ w + 2 u, w the y-weighted mean of |x − m|); rounding the sum
+/// and the division 1 u each: Eⱼ ≤ (|xⱼ − m| + w + 6) u. With logits spread ±6, |x − m| and w
+/// are ≤ 12: ≤ 30 u ≈ 1.8e-6, limit 2e-6. Backward, in units of its scale
+/// `yⱼ·(|dyⱼ| + Σ|dy|·y)` (dx cancels dy against Σ dy·y): y's Eⱼ carries through, the dot
+/// product takes up to max E + 1 u from the y it sums, the subtraction and the product 1 u each:
+/// ≤ (2·12 + 2w + 15) u ≤ 63 u ≈ 3.8e-6, limit 4e-6. Observed worst over 30 runs: 6.2e-7 (10.4 u)
+/// forward, 4.6e-7 (7.7 u) backward. (With the earlier left-to-right f32 sums the limits were
+/// 1e-5 for both, observed 2.2e-6 and 1.5e-6 at 1000 columns.)
+const F32_SOFTMAX_FWD: Tolerance = Tolerance::new(1e-30, 2e-6);
+const F32_SOFTMAX_BWD: f64 = 4e-6;
 
 fn softmax_f32_against_f64(rng: &mut StdRng, rows: usize, cols: usize, what: &str) {
     let (x, dy) = (
@@ -245,6 +254,111 @@ fn f32_agrees_with_f64_on_the_parallel_path() {
     let x16: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
     let p16 = f16::from_bits(0x7E5A); // a NaN payload the op never produces
     cross_entropy_against_f64(&x16, &l, 1000, 1024.0, p16, ROUNDED_F16, "64x1000 f16→f16");
+}
+
+/// The f32 softmax against the f64 one (the same code in f64, on the same inputs) on rows of 4096
+/// and 65536 columns with a nonzero offset. The row sums (`Σ exp`, `Σ dy·y`) accumulate in f64 and
+/// are rounded once, so no error grows with `cols`; each element is held to its own bound from
+/// [`F32_SOFTMAX_FWD`]'s derivation (units of u = 2⁻²⁴, `m` the row max, w the y-weighted mean
+/// of |x − m|, R the row's largest |x − m|):
+/// - y, relative: Eⱼ = (|xⱼ − m| + w + 6) u.
+/// - dx, in units of `yⱼ·(|dyⱼ| + Σ|dy|·y)`: Eⱼ + (R + w + 9) u.
+/// - The cross-entropy runs in f64 from exactly widened logits whatever their type: the loss from
+///   f32 logits has the same bits as from f64 logits, and each f32 gradient is the f64 one rounded
+///   once.
+///
+/// Observed worst over 5 seeds (spread ±6, so |x − m| ≤ 12): y 10.2 u (6.1e-7 relative), dx 7.1 u
+/// at both 4096 and 65536 columns, all within their elements' limits. The left-to-right f32 sums
+/// this replaced gave y 1400-1470 u (8.3e-5 to 8.8e-5 relative) and dx 940-990 u at 65536
+/// columns, y 32-59 u at 4096.
+#[test]
+fn f32_long_rows_are_accurate_to_a_few_roundings() {
+    let mut rng = rng("f32_long_rows_are_accurate_to_a_few_roundings");
+    let mut failed = Vec::new();
+    for (rows, cols) in [(8, 4096), (4, 65536)] {
+        let (x, dy) = (
+            logits(&mut rng, rows, cols, 3.0, 6.0),
+            uniform(&mut rng, rows * cols),
+        );
+        let (mut y, mut dx) = (vec![poison(); x.len()], vec![poison(); x.len()]);
+        forward(&x, rows, cols, &mut y).unwrap();
+        backward(&y, &dy, rows, cols, &mut dx).unwrap();
+        let (x64, dy64) = (wide(&x), wide(&dy));
+        let (mut y64, mut dx64) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+        forward(&x64, rows, cols, &mut y64).unwrap();
+        backward(&y64, &dy64, rows, cols, &mut dx64).unwrap();
+
+        // Worst errors in u, and worst excess over each element's limit (≤ 0 passes).
+        let (mut y_err, mut y_over, mut dx_err, mut dx_over) = (0f64, f64::MIN, 0f64, f64::MIN);
+        for r in 0..rows {
+            let row = r * cols..(r + 1) * cols;
+            let (x, y, y64) = (&x64[row.clone()], &y[row.clone()], &y64[row.clone()]);
+            let (dy, dx, dx64) = (&dy64[row.clone()], &dx[row.clone()], &dx64[row]);
+            let m = x.iter().copied().fold(f64::MIN, f64::max);
+            let w: f64 = x.iter().zip(y64).map(|(x, y)| y * (m - x)).sum();
+            let range = x.iter().map(|x| m - x).fold(0.0, f64::max);
+            let dot_abs: f64 = y64.iter().zip(dy).map(|(y, d)| y * d.abs()).sum();
+            for j in 0..cols {
+                let e = (f64::from(y[j]) - y64[j]).abs() / y64[j] / U;
+                y_err = y_err.max(e);
+                y_over = y_over.max(e - (m - x[j] + w + 6.0));
+                let scale = y64[j] * (dy[j].abs() + dot_abs);
+                let e = (f64::from(dx[j]) - dx64[j]).abs() / scale / U;
+                dx_err = dx_err.max(e);
+                dx_over = dx_over.max(e - (m - x[j] + w + 6.0) - (range + w + 9.0));
+            }
+        }
+
+        let labels = labels(&mut rng, rows, cols);
+        let (mut d32, mut d64) = (vec![poison(); x.len()], vec![0.0f64; x.len()]);
+        let loss32 = softmax_cross_entropy(&x, &labels, rows, cols, 1.0, &mut d32).unwrap();
+        let loss64 = softmax_cross_entropy(&x64, &labels, rows, cols, 1.0, &mut d64).unwrap();
+        let (naive_loss, _) = naive_cross_entropy(&x64, &labels, cols, 1.0);
+        let loss_err = (loss32 - naive_loss).abs() / naive_loss;
+        let d_err = d32
+            .iter()
+            .zip(&d64)
+            .map(|(&g, &w)| (f64::from(g) - w).abs() / w.abs() / U)
+            .fold(0.0, f64::max);
+
+        eprintln!(
+            "{rows}x{cols} f32 vs f64, worst: softmax y {y_err:.2} u ({:.1e}), dx {dx_err:.2} u \
+             of scale; cross-entropy loss {loss_err:.1e} from the naive f64 formula, dlogits \
+             {d_err:.2} u",
+            y_err * U
+        );
+        let rounded_once = d32
+            .iter()
+            .zip(&d64)
+            .all(|(&g, &w)| g.to_bits() == (w as f32).to_bits());
+        for (bad, what) in [
+            (
+                y_over > 0.0,
+                format!("softmax y: {y_over:.2} u past its limit"),
+            ),
+            (
+                dx_over > 0.0,
+                format!("softmax dx: {dx_over:.2} u past its limit"),
+            ),
+            (
+                loss32.to_bits() != loss64.to_bits(),
+                format!("loss {loss32} vs {loss64} from f64 logits"),
+            ),
+            (
+                loss_err > 1e-12,
+                format!("loss {loss32} vs naive {naive_loss}"),
+            ),
+            (
+                !rounded_once,
+                "dlogits not the f64 gradients rounded once".into(),
+            ),
+        ] {
+            if bad {
+                failed.push(format!("{rows}x{cols} {what}"));
+            }
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
 
 proptest! {

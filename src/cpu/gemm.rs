@@ -17,8 +17,11 @@
 //!
 //! f16 operands are widened to f32 exactly, so every product is exact and only the f32 sums
 //! round; the order of those sums differs from the GPU's, which the parity tests' tolerances
-//! cover. [`gemm_f64`] runs the same layouts and epilogue entirely in f64: the reference for
-//! tolerance checks and the function gradient checks differentiate.
+//! cover. The f32 accumulation is deliberate (unlike the f64 row sums of
+//! [`crate::cpu::layernorm`] and [`crate::cpu::softmax`]): it is the tensor cores' precision,
+//! which the CPU training backend reproduces. [`gemm_f64`] runs the same layouts and epilogue
+//! entirely in f64: the reference for tolerance checks and the function gradient checks
+//! differentiate.
 //!
 //! The products run through `matrixmultiply` (packed, SIMD, runtime CPU detection), one call
 //! per block of output rows, blocks spread over rayon's threads.

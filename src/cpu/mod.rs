@@ -4,6 +4,14 @@
 //!
 //! Functions that matter for gradient checks are generic over [`Element`], so the same code also
 //! runs in f64 as the high-precision reference.
+//!
+//! Reductions: the row and column sums of [`layernorm`] and [`softmax`] (means, variance, sum of
+//! exponentials, the backward dot products, `dgamma`/`dbeta`) accumulate in f64 for every element
+//! type and are rounded once, so an f32 result is within a few f32 roundings per element of the
+//! f64 one at any row length (the kernels' f32 tree sums are measured against the f64 one); the
+//! loss and [`gemm::bias_grad`] sum in f64 too. [`gemm::gemm`] is the exception, on purpose:
+//! it accumulates in f32 like the tensor cores, so that the CPU backend trains with the GPU's
+//! precision; its accurate reference is [`gemm::gemm_f64`].
 
 pub mod cast;
 pub mod gemm;
@@ -16,6 +24,7 @@ pub mod softmax;
 pub mod unscale;
 
 use half::f16;
+use num_traits::Float;
 
 /// A storage type ops read and write: f16 and f32 in training, f64 for references.
 pub trait Element: Copy + Send + Sync + PartialEq + std::fmt::Debug + 'static {
@@ -92,6 +101,18 @@ impl Element for f64 {
     fn from_f64(x: f64) -> Self {
         x
     }
+}
+
+/// `v` widened to f64, for the f64 sums of the [`Float`]-generic references (layernorm, softmax):
+/// exact for f32 and f64.
+fn wide<T: Float>(v: T) -> f64 {
+    // Float-to-float conversions always succeed (num-traits casts with `as`).
+    v.to_f64().unwrap_or(f64::NAN)
+}
+
+/// An f64 rounded to `T` once, to nearest even (overflow to ±inf); the identity for f64.
+fn narrow<T: Float>(v: f64) -> T {
+    T::from(v).unwrap_or_else(T::nan)
 }
 
 #[cfg(test)]

@@ -5,10 +5,17 @@
 //!
 //! # Softmax ([`forward`], [`backward`])
 //!
-//! Generic over the float type `T` (f32 in training, f64 as the gradient-check reference); all
-//! arithmetic is in `T`. For each row, `m = max_j xⱼ`, `eⱼ = exp(xⱼ − m)`, `s = Σⱼ eⱼ` summed left
-//! to right, `yⱼ = eⱼ / s` (a division, not a multiply by `1/s`). Subtracting the row max keeps
-//! `exp` from overflowing at any finite logit.
+//! Generic over the float type `T` (f32 in training, f64 as the gradient-check reference). For
+//! each row, `m = max_j xⱼ`, `eⱼ = exp(xⱼ − m)` in `T`, `s = Σⱼ eⱼ` summed left to right in f64
+//! (each `eⱼ` widened exactly) and rounded once to `T`, `yⱼ = eⱼ / s` in `T` (a division, not a
+//! multiply by `1/s`). Subtracting the row max keeps `exp` from overflowing at any finite logit.
+//!
+//! The f64 sum keeps the f32 instantiation's error per element and independent of `cols`: to first
+//! order ≤ (|xⱼ − m| + w + 6)·2⁻²⁴ relative, w the y-weighted mean of |x − m| (the rounding of
+//! `xⱼ − m`, which `exp` turns into a relative error; `exp`; the terms' errors averaged by the
+//! sum; the sum's rounding and the division), measured ≤ 6.2e-7 for logits spread over ±6. A
+//! left-to-right f32 sum erred by 8e-5 relative at 65 536 columns instead. The f64 instantiation
+//! is plain f64 arithmetic, the reference the GPU kernels are measured against.
 //!
 //! Non-finite inputs, matching PyTorch's `softmax`:
 //! - `−inf` entries in a row with at least one finite entry give exactly `0` (masking).
@@ -16,7 +23,9 @@
 //! - A NaN or `+inf` anywhere in a row makes the whole row NaN. The max skips NaN (like CUDA's
 //!   `fmaxf`); the NaN then enters through `exp` and the sum.
 //!
-//! The backward is `dxⱼ = yⱼ · (dyⱼ − Σₖ dyₖ · yₖ)`, from the saved output `y`.
+//! The backward is `dxⱼ = yⱼ · (dyⱼ − Σₖ dyₖ · yₖ)`, from the saved output `y`: the dot product
+//! summed left to right in f64 from the exact f64 products and rounded once to `T`, the rest in
+//! `T`.
 //!
 //! # Fused softmax-cross-entropy ([`softmax_cross_entropy`])
 //!
@@ -46,7 +55,7 @@
 //! checked before any output is written: a wrong slice length is [`Error::ShapeMismatch`], a bad
 //! size or label [`Error::InvalidArgument`].
 
-use crate::cpu::Element;
+use crate::cpu::{narrow, wide, Element};
 use crate::error::{expect_len, matrix_len, Error, Result};
 use num_traits::Float;
 use rayon::prelude::*;
@@ -72,11 +81,12 @@ pub fn forward<T: Float + Send + Sync>(
 
     let row = |(y, x): (&mut [T], &[T])| {
         let m = row_max(x.iter().copied(), T::neg_infinity());
-        let mut s = T::zero();
+        let mut s = 0.0f64;
         for (y, &x) in y.iter_mut().zip(x) {
             *y = (x - m).exp();
-            s = s + *y;
+            s += wide(*y);
         }
+        let s: T = narrow(s);
         for y in y.iter_mut() {
             *y = *y / s;
         }
@@ -108,7 +118,11 @@ pub fn backward<T: Float + Send + Sync>(
     expect_len(OP, "dx", dx.len(), len, &by_rows)?;
 
     let row = |((dx, y), dy): ((&mut [T], &[T]), &[T])| {
-        let dot = y.iter().zip(dy).fold(T::zero(), |s, (&y, &d)| s + y * d);
+        let dot = y
+            .iter()
+            .zip(dy)
+            .fold(0.0, |s, (&y, &d)| s + wide(y) * wide(d));
+        let dot: T = narrow(dot);
         for ((dx, &y), &d) in dx.iter_mut().zip(y).zip(dy) {
             *dx = y * (d - dot);
         }

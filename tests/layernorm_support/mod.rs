@@ -334,9 +334,10 @@ pub fn check_specials(gpu: &Gpu, rng: &mut StdRng, cols: usize, fwd: Option<FwdF
         &c.dy, &c.x, &mean, &rstd, &c.gamma, rows, cols, &mut dx, &mut dg, &mut db,
     )
     .unwrap();
-    // Loose: this test is about which values are NaN or infinite; the f32 reference's own
-    // left-to-right sums over 8196 columns err by ~1e-5 of dx's magnitude, and accuracy is
-    // checked against f64 above.
+    // Loose: this test is about which values are NaN or infinite, and accuracy is checked against
+    // f64 above (in units of each element's scale; dx cancels to far below its scale, so no
+    // tight tolerance on the raw values fits it). The f32 reference sums in f64, so its own error
+    // is a few f32 roundings per element.
     let tol = Tolerance::new(1e-3, 1e-3).with_rel_l2(f64::INFINITY);
     for (name, got, want) in [
         ("y", &got.y, &y),
