@@ -156,7 +156,7 @@ impl Gpu {
     /// With cudarc's default (tracking on), buffers used on several streams are synchronised by
     /// cudarc; if you turned tracking off, order your other streams against this one yourself
     /// (e.g. with [`CudaStream::join`]). Kernel modules are loaded into the context on first use,
-    /// as with [`Gpu::new`]; two `Gpu`s on one context each keep their own module cache and
+    /// as with [`Gpu::new`], and shared by every `Gpu` on the context; each `Gpu` keeps its own
     /// scratch buffer.
     ///
     /// Errors: [`Error::Driver`] when the device's properties cannot be read (e.g. the context
