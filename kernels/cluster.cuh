@@ -44,7 +44,8 @@ static __device__ __forceinline__ float cl_warp_max(float v) {
 }
 
 // A block's shared state for cluster reductions (cluster_reduce_async): two buffers, used by
-// alternate rounds, each an mbarrier and one slot per (source block, value).
+// alternate rounds, each an mbarrier, one slot per (source block, value) and the block's own
+// per-warp partials (scratch).
 // Each block pushes its block-level results into every block's slots with st.async, which
 // signals the destination's mbarrier with the bytes written (release at cluster scope); each
 // block waits on its own mbarrier (acquire at cluster scope) until all C·N values have arrived.
@@ -58,7 +59,12 @@ template <int C, int N>
 struct ClusterExchange {
     unsigned long long bar[2];
     float slot[2][C * N];
-    float scratch[32 * N];
+    // Per round parity, like the slots: round r+1's warp partials go to the other half, so the
+    // writes of round r+2 into this half follow round r+1's __syncthreads, which follows warp
+    // 0's reads of round r. (With one half, those reads and round r+1's writes were ordered
+    // only through warp 0's st.async to its own mbarrier — sound under the PTX memory model but
+    // invisible to compute-sanitizer's racecheck, which reported it as a hazard.)
+    float scratch[2][32 * N];
 };
 
 static __device__ __forceinline__ unsigned smem_addr(const void* p) {
@@ -121,7 +127,7 @@ static __device__ __forceinline__ void cluster_reduce_async(float (&v)[N],
 #pragma unroll
     for (int k = 0; k < N; ++k) {
         v[k] = MAX ? cl_warp_max(v[k]) : cl_warp_sum(v[k]);
-        if (lane == 0) ex.scratch[k * 32 + warp] = v[k];
+        if (lane == 0) ex.scratch[b][k * 32 + warp] = v[k];
     }
     __syncthreads();
     if (threadIdx.x < 32) {
@@ -129,7 +135,7 @@ static __device__ __forceinline__ void cluster_reduce_async(float (&v)[N],
 #pragma unroll
         for (int k = 0; k < N; ++k) {
             const float id = MAX ? -INFINITY : 0.f;
-            float x = lane < warps ? ex.scratch[k * 32 + lane] : id;
+            float x = lane < warps ? ex.scratch[b][k * 32 + lane] : id;
             x = MAX ? cl_warp_max(x) : cl_warp_sum(x);
             if (lane < C) {
                 unsigned dst, bar;

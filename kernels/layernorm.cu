@@ -5,8 +5,8 @@
 //   (two-pass, over the row held on chip); rstd = 1 / sqrt(var + eps) (IEEE sqrt and division);
 //   y = ((x − mean)·rstd)·gamma + beta through _rn intrinsics, so nothing is contracted into an
 //   FMA. Backward: x̂ = (x − mean)·rstd, g = dy·gamma, dx = rstd·((g − mean(g)) − x̂·mean(g·x̂));
-//   dgamma = Σ_rows dy·x̂ and dbeta = Σ_rows dy, overwritten. Sums are trees rather than the CPU's
-//   left-to-right folds, so results match it to rounding, not bit for bit. Every reduction has a
+//   dgamma = Σ_rows dy·x̂ and dbeta = Σ_rows dy, overwritten. Sums are f32 trees rather than the CPU's
+//   left-to-right folds in f64, so results match it to rounding, not bit for bit. Every reduction has a
 //   fixed shape that depends only on (rows, cols, alignment): results are bit-identical run to run
 //   and no float atomics exist. NaN/inf propagate exactly as the IEEE operations carry them.
 // Algorithm and launch shapes (picked in src/ops/layernorm/; on compute capability 9.0, float4
