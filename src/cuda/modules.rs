@@ -205,8 +205,8 @@ impl ContextModules {
         module: &KernelModule,
         cc: (i32, i32),
     ) -> Result<(Arc<CudaModule>, ModuleImage)> {
-        if let Some((arch, fatbin)) = sass_image(module, cc) {
-            if let Ok(m) = self.ctx.load_module(Ptx::from_binary(fatbin.to_vec())) {
+        if let Some(arch) = module.sass_for(cc) {
+            if let Ok(m) = self.ctx.load_module(Ptx::from_binary(module.fatbin.to_vec())) {
                 return Ok((m, ModuleImage::Sass { arch }));
             }
         }
@@ -282,7 +282,3 @@ fn load_hint(err: DriverError, module: &KernelModule, (major, minor): (i32, i32)
     }
 }
 
-/// TEMPORARY until the SASS snapshot lands.
-fn sass_image(_module: &KernelModule, _cc: (i32, i32)) -> Option<(&'static str, &'static [u8])> {
-    None
-}
