@@ -926,14 +926,30 @@ fn write_module_table(
     )
     .unwrap();
     writeln!(src, "pub const SASS_ORIGIN: &str = {sass_origin:?};\n").unwrap();
+    // The bytes live in statics that the module constants point to: a constant holding the
+    // bytes themselves would be copied into every codegen unit that uses it (2-4 copies of
+    // each module per executable).
     for (i, k) in kernels.iter().enumerate() {
         let upper = k.stem.to_uppercase();
+        let ptx_len = fs::metadata(out_dir.join(format!("{}.ptx", k.stem)))
+            .map_err(|e| e.to_string())?
+            .len();
+        writeln!(
+            src,
+            "static {upper}_PTX: [u8; {ptx_len}] = \
+             *include_bytes!(concat!(env!(\"OUT_DIR\"), \"/{}.ptx\"));",
+            k.stem
+        )
+        .unwrap();
         let has_sass = sass.get(&k.stem).is_some_and(|s| !s.fatbin.is_empty());
         let (fatbin, targets) = if has_sass {
+            let len = fs::metadata(out_dir.join(format!("{}.fatbin", k.stem)))
+                .map_err(|e| e.to_string())?
+                .len();
             writeln!(
                 src,
-                "const {upper}_FATBIN: &Aligned<[u8]> = \
-                 &Aligned(*include_bytes!(concat!(env!(\"OUT_DIR\"), \"/{}.fatbin\")));",
+                "static {upper}_FATBIN: Aligned<[u8; {len}]> = \
+                 Aligned(*include_bytes!(concat!(env!(\"OUT_DIR\"), \"/{}.fatbin\")));",
                 k.stem
             )
             .unwrap();
@@ -945,11 +961,8 @@ fn write_module_table(
         writeln!(
             src,
             "pub const {upper}: KernelModule = KernelModule {{ index: {i}, name: {:?}, arch: {:?}, \
-             ptx: include_str!(concat!(env!(\"OUT_DIR\"), \"/{}.ptx\")), fatbin: {fatbin}, \
-             sass: &{targets} }};",
-            k.stem,
-            k.arch,
-            k.stem
+             ptx: ptx_text(&{upper}_PTX), fatbin: {fatbin}, sass: &{targets} }};",
+            k.stem, k.arch
         )
         .unwrap();
     }

@@ -110,11 +110,31 @@ fn parse_sm(target: &str) -> Option<(i32, i32, &str)> {
 #[repr(C, align(16))]
 struct Aligned<T: ?Sized>(T);
 
+/// The embedded PTX as text. Only build.rs's module table calls it, on files build.rs wrote
+/// from a `String` (checked again by a unit test below); validating megabytes of text in const
+/// evaluation would trip the compiler's long-running-evaluation lint.
+const fn ptx_text(bytes: &'static [u8]) -> &'static str {
+    // SAFETY: the bytes are a PTX file build.rs wrote from a Rust `String`: valid UTF-8.
+    unsafe { std::str::from_utf8_unchecked(bytes) }
+}
+
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn embedded_ptx_is_utf8_text() {
+        for m in &ALL {
+            assert!(std::str::from_utf8(m.ptx.as_bytes()).is_ok(), "{}", m.name);
+            assert!(
+                m.entry_points().count() > 0,
+                "{} has no entry points",
+                m.name
+            );
+        }
+    }
 
     const PORTABLE_SASS: &[&str] = &["sm_80", "sm_86", "sm_89", "sm_90"];
     const FAKE_FATBIN: &[u8] = &[0x50, 0xed, 0x55, 0xba];
