@@ -432,3 +432,30 @@ fn captures_replay_and_misuse_is_a_typed_error() {
     relu::forward(&gpu, &x, &mut z).unwrap();
     assert_eq!(gpu.download(&z).unwrap(), want);
 }
+
+/// Modules load from the SASS built for this GPU wherever the build carries some (no JIT at
+/// first use), and the loader reports the image the driver was given.
+#[test]
+fn modules_load_from_the_sass_built_for_this_gpu() {
+    let Some(gpu) = common::gpu() else { return };
+    let cc = gpu.info().compute_capability;
+    for m in &ampkit::kernels::ALL {
+        if m.arch.starts_with("compute_90") && cc != (9, 0) {
+            continue; // Hopper-only
+        }
+        let image = gpu.load_module(m).expect("the module loads");
+        assert_eq!(gpu.module_image(m), Some(image), "{}", m.name);
+        match m.sass_for(cc) {
+            Some(arch) => assert_eq!(
+                image,
+                ampkit::cuda::ModuleImage::Sass { arch },
+                "{}: the driver refused the SASS built for sm_{}{}",
+                m.name,
+                cc.0,
+                cc.1
+            ),
+            None => assert_eq!(image, ampkit::cuda::ModuleImage::Ptx { arch: m.arch }),
+        }
+        eprintln!("{:<16} {image}", m.name);
+    }
+}

@@ -206,7 +206,10 @@ impl ContextModules {
         cc: (i32, i32),
     ) -> Result<(Arc<CudaModule>, ModuleImage)> {
         if let Some(arch) = module.sass_for(cc) {
-            if let Ok(m) = self.ctx.load_module(Ptx::from_binary(module.fatbin.to_vec())) {
+            if let Ok(m) = self
+                .ctx
+                .load_module(Ptx::from_binary(module.fatbin.to_vec()))
+            {
                 return Ok((m, ModuleImage::Sass { arch }));
             }
         }
@@ -281,4 +284,3 @@ fn load_hint(err: DriverError, module: &KernelModule, (major, minor): (i32, i32)
             .into(),
     }
 }
-
