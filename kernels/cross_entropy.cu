@@ -13,7 +13,9 @@
 //   ≈ r. A label ≥ classes (the CPU reference's error, which the device cannot raise) makes that
 //   row's loss and all of its dlogits NaN, so the mean loss is NaN. One launch: each block adds
 //   its rows' losses in f64 in a fixed order and writes one partial; the block that takes the last
-//   ticket (an acquire-release integer atomic) adds the partials in a fixed order and writes the
+//   ticket (an acquire-release integer atomic on the counter at the head of `partial`, a buffer
+//   of the launching Gpu handle's own: softmax_common.cuh) adds the partials in a fixed order and
+//   writes the
 //   mean as one f32: no host synchronisation, no float atomics, no second kernel. Bit-identical
 //   run to run (every order depends on the launch shape only).
 // Launch shapes (picked in src/ops/softmax/cross_entropy.rs); a "pack" is VEC elements, VEC = 16

@@ -275,17 +275,23 @@ __device__ __forceinline__ double warp_sum_d(double v) {
     return v;
 }
 
-// Blocks of the current loss launch that have taken their ticket. Zero when the module loads;
-// the last block of each launch puts it back to zero, so every launch (and graph replay) starts
-// from zero. One module instance per context, and its launches are ordered on one stream.
-__device__ unsigned ce_blocks_done;
+// The loss kernels' `partial` buffer: its first 8 bytes are the ticket counter (the blocks of the
+// current launch that have taken their ticket), the partial sums follow. The buffer belongs to one
+// ampkit Gpu handle (one stream), whose loss launches therefore run one after another: the host
+// allocates it zeroed, and the last block of each launch puts the counter back to zero, so every
+// launch (and graph replay) starts from zero. (A module-wide __device__ counter would be shared by
+// launches on every stream of the context, and two concurrent launches would take each other's
+// tickets.)
+__device__ __forceinline__ unsigned* ce_counter(double* partial) {
+    return reinterpret_cast<unsigned*>(partial);
+}
 
 // Called by every thread of the block at its end (each row group's first thread holds the f64
 // sum of its rows' losses, in row order; the others 0): the block adds them in group order,
-// writes partial[index], and takes a ticket with a release-acquire atomic (no full fence: only
-// that one store has to be visible first). Returns whether this block took the last of `count`
-// tickets, for every thread of the block. index and count default to the grid's (one partial per
-// block); the cluster kernels pass one per cluster.
+// writes its partial (slot index, after the counter), and takes a ticket with a release-acquire
+// atomic (no full fence: only that one store has to be visible first). Returns whether this block
+// took the last of `count` tickets, for every thread of the block. index and count default to the
+// grid's (one partial per block); the cluster kernels pass one per cluster.
 __device__ __forceinline__ bool ce_ticket(double* __restrict__ partial, double group_loss,
                                           int group, unsigned index = blockIdx.x,
                                           unsigned count = gridDim.x) {
@@ -297,11 +303,11 @@ __device__ __forceinline__ bool ce_ticket(double* __restrict__ partial, double g
     if (threadIdx.x == 0) {
         double b = 0.0;
         for (int w = 0; w < groups; ++w) b += part[w];
-        partial[index] = b;
+        partial[1 + index] = b;
         unsigned t;
         asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;"
                      : "=r"(t)
-                     : "l"(&ce_blocks_done)
+                     : "l"(ce_counter(partial))
                      : "memory");
         ticket = t;
     }
@@ -313,12 +319,11 @@ __device__ __forceinline__ bool ce_ticket(double* __restrict__ partial, double g
 // writes the mean and resets the counter. Every other block has released its partial before its
 // ticket, and this block's ticket acquired them (thread 0, then the barrier in ce_ticket). No
 // float atomics; the order depends on the launch shape only.
-__device__ __forceinline__ void ce_total(const double* __restrict__ partial,
-                                         float* __restrict__ loss, int rows,
-                                         unsigned count = gridDim.x) {
+__device__ __forceinline__ void ce_total(double* __restrict__ partial, float* __restrict__ loss,
+                                         int rows, unsigned count = gridDim.x) {
     __shared__ double part[32];
     double s = 0.0;
-    for (unsigned i = threadIdx.x; i < count; i += blockDim.x) s += __ldcg(partial + i);
+    for (unsigned i = threadIdx.x; i < count; i += blockDim.x) s += __ldcg(partial + 1 + i);
     s = warp_sum_d(s);
     const int lane = threadIdx.x & 31;
     if (lane == 0) part[threadIdx.x >> 5] = s;
@@ -327,7 +332,7 @@ __device__ __forceinline__ void ce_total(const double* __restrict__ partial,
         s = warp_sum_d(lane < int(blockDim.x >> 5) ? part[lane] : 0.0);
         if (threadIdx.x == 0) {
             *loss = float(s / double(rows));
-            ce_blocks_done = 0;  // the launch's last access to it: the kernel's end orders it
+            *ce_counter(partial) = 0;  // the launch's last access to it: the kernel's end orders it
         }
     }
 }

@@ -91,8 +91,11 @@ pub struct Gpu {
     info: GpuInfo,
     modules: Arc<ContextModules>,
     scratch: Mutex<Option<CudaSlice<u8>>>,
+    /// Partial sums of the loss kernels, behind their completion counter (see
+    /// [`Gpu::with_ticket_scratch`]); never shared with other ops.
+    ticket_scratch: Mutex<Option<CudaSlice<u8>>>,
     sync_launches: AtomicBool,
-    /// Incremented whenever the scratch buffer is reallocated (see [`Gpu::scratch_generation`]).
+    /// Incremented whenever a scratch buffer is reallocated (see [`Gpu::scratch_generation`]).
     scratch_generation: AtomicU64,
 }
 
@@ -206,6 +209,7 @@ impl Gpu {
             stream,
             info,
             scratch: Mutex::new(None),
+            ticket_scratch: Mutex::new(None),
             sync_launches: AtomicBool::new(sync),
             scratch_generation: AtomicU64::new(0),
         }))
@@ -230,6 +234,7 @@ impl Gpu {
             info: self.info.clone(),
             modules: self.modules.clone(),
             scratch: Mutex::new(None),
+            ticket_scratch: Mutex::new(None),
             sync_launches: AtomicBool::new(self.sync_launches()),
             scratch_generation: AtomicU64::new(0),
         }))
@@ -314,8 +319,8 @@ impl Gpu {
         self.sync_launches.load(Ordering::Relaxed)
     }
 
-    /// Counts the reallocations of the scratch buffer that split-K GEMMs and the reductions of
-    /// LayerNorm and cross-entropy share. A captured CUDA graph holds the scratch address it was
+    /// Counts the reallocations of this handle's scratch buffers (split-K GEMMs and LayerNorm's
+    /// reductions share one; the fused loss has its own). A captured CUDA graph holds the scratch address it was
     /// captured with: when this number changes, recapture.
     pub fn scratch_generation(&self) -> u64 {
         self.scratch_generation.load(Ordering::Relaxed)
@@ -368,14 +373,36 @@ impl Gpu {
         bytes: usize,
         f: impl FnOnce(u64) -> Result<R>,
     ) -> Result<R> {
-        let mut scratch = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        self.with_buffer(&self.scratch, bytes, f)
+    }
+
+    /// Like [`Gpu::with_scratch`], for kernels that count finished blocks in the buffer's first
+    /// 8 bytes (the fused loss: the last block adds the partial sums and puts the counter back to
+    /// zero). Its own buffer, allocated zeroed and touched by nothing else, so the counter is
+    /// zero whenever no such kernel is running; and this handle's launches are ordered on its one
+    /// stream, so two of them never take each other's tickets.
+    pub(crate) fn with_ticket_scratch<R>(
+        &self,
+        bytes: usize,
+        f: impl FnOnce(u64) -> Result<R>,
+    ) -> Result<R> {
+        self.with_buffer(&self.ticket_scratch, bytes, f)
+    }
+
+    fn with_buffer<R>(
+        &self,
+        buffer: &Mutex<Option<CudaSlice<u8>>>,
+        bytes: usize,
+        f: impl FnOnce(u64) -> Result<R>,
+    ) -> Result<R> {
+        let mut scratch = buffer.lock().unwrap_or_else(|p| p.into_inner());
         if scratch.as_ref().is_none_or(|s| s.len() < bytes) {
             if super::modules::capturing() {
                 // The allocation and the free would become nodes of the graph.
                 return Err(Error::InvalidArgument {
                     op: "cuda::Gpu::capture",
                     detail: format!(
-                        "the scratch buffer would grow to {bytes} bytes during a CUDA-graph \
+                        "a scratch buffer would grow to {bytes} bytes during a CUDA-graph \
                          capture: run the work once before capturing it"
                     ),
                 });

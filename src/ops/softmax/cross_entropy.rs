@@ -204,8 +204,9 @@ pub(crate) fn ce_force_fits<L: Logit>(gpu: &Gpu, classes: usize, force: CeForce)
 /// [`crate::cpu::softmax::softmax_cross_entropy`]: same argument checks and errors (before any
 /// launch), except that labels cannot be checked without a host synchronisation: an
 /// out-of-range label makes its row's loss and gradients NaN (see the [module docs](super)).
-/// One launch; uses the device's scratch buffer for per-block partial sums of the loss (8 bytes
-/// per block (at most 1024 blocks, or 2^18 threads) or per row (the cluster kernels)).
+/// One launch; uses a scratch buffer of the `Gpu` handle's own (never shared with other ops) for
+/// per-block partial sums of the loss (8 bytes per block (at most 1024 blocks, or 2^18 threads)
+/// or per row (the cluster kernels)) behind the counter of blocks done.
 #[allow(clippy::too_many_arguments)] // the CPU reference's arguments plus the device loss
 pub fn softmax_cross_entropy<L, D, X, T, S, G, O>(
     gpu: &Gpu,
@@ -326,7 +327,8 @@ where
         })?,
     };
     let blocks = shape.blocks(rows);
-    gpu.with_scratch((shape.partials(rows) * 8).max(256), |partial| {
+    // 8 bytes of completion counter, then one f64 per partial.
+    gpu.with_ticket_scratch(8 + shape.partials(rows) * 8, |partial| {
         let mut args = KernelArgs::new();
         args.push(xp).push(tp).push(sp).push(dp).push(D::OUT_F16);
         args.push(partial).push(op).push(ri).push(ci);
@@ -377,9 +379,10 @@ where
         // classes) match the arguments pushed for each shape, with L and out_f16 from the element
         // types. logits and dlogits hold rows·classes elements, labels rows u32, grad_scale and
         // loss one f32 (checked above); 8- and 4-wide accesses only when classes is a multiple and
-        // both row-major buffers are aligned for them; the scratch holds one f64 per partial
-        // (block, or cluster = row); the plans keep every row within the instance's packs per
-        // thread × threads (× warps or cluster blocks) and threads within the launch bound, the
+        // both row-major buffers are aligned for them; the ticket scratch holds the counter
+        // (zero between launches) and one f64 per partial (block, or cluster = row); the plans
+        // keep every row within the instance's packs per thread × threads (× warps or cluster
+        // blocks) and threads within the launch bound, the
         // cluster grid a multiple of its compile-time cluster size on a 9.0 device, and `cached`
         // packs within the shared memory requested; a label ≥ classes is never used as an index.
         unsafe { gpu.launch(module, kernel, cfg, &args) }
