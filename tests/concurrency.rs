@@ -9,7 +9,7 @@ mod common;
 
 use ampkit::cpu::gemm::{GemmShape, Layout};
 use ampkit::cpu::optim::OptimizerConfig;
-use ampkit::cuda::Gpu;
+use ampkit::cuda::{DeviceBuffer, Gpu};
 use ampkit::f16;
 use ampkit::nn::MlpConfig;
 use ampkit::ops::gemm::{self, Epilogue};
@@ -457,5 +457,68 @@ fn modules_load_from_the_sass_built_for_this_gpu() {
             None => assert_eq!(image, ampkit::cuda::ModuleImage::Ptx { arch: m.arch }),
         }
         eprintln!("{:<16} {image}", m.name);
+    }
+}
+
+/// Fused-loss launches queued on two streams at once (two forks of one `Gpu`) each compute their
+/// own mean loss: the kernels' completion counter belongs to the launching handle, not to the
+/// module.
+#[test]
+fn loss_launches_on_two_streams_keep_their_own_tickets() {
+    let Some(shared) = common::gpu() else { return };
+    let mut rng = common::rng("two-stream loss");
+    let (rows, classes, launches) = (8192, 1000, 32);
+    let forks = [shared.fork().unwrap(), shared.fork().unwrap()];
+    let inputs: Vec<_> = forks
+        .iter()
+        .map(|g| {
+            let logits = g
+                .upload(&uniform(&mut rng, rows * classes, -6.0, 6.0))
+                .unwrap();
+            let labels: Vec<u32> = (0..rows)
+                .map(|_| rng.gen_range(0..classes as u32))
+                .collect();
+            (
+                logits,
+                g.upload(&labels).unwrap(),
+                g.upload(&[1.0f32]).unwrap(),
+            )
+        })
+        .collect();
+    let run = |g: &Gpu,
+               (x, y, s): &(DeviceBuffer<f32>, DeviceBuffer<u32>, DeviceBuffer<f32>),
+               sync: bool| {
+        let mut d = g.alloc_zeros::<f32>(rows * classes).unwrap();
+        let mut losses = g.alloc_zeros::<f32>(launches).unwrap();
+        for i in 0..launches {
+            let mut loss = losses.slice_mut(i..i + 1);
+            softmax::softmax_cross_entropy::<f32, f32, _, _, _, _, _>(
+                g, x, y, rows, classes, s, &mut d, &mut loss,
+            )
+            .unwrap();
+            if sync {
+                g.synchronize().unwrap();
+            }
+        }
+        losses
+    };
+    for g in &forks {
+        g.set_sync_launches(false);
+    }
+    // Both streams' launches queued before either is waited for, so they overlap on the GPU.
+    let concurrent: Vec<_> = forks
+        .iter()
+        .zip(&inputs)
+        .map(|(g, i)| run(g, i, false))
+        .collect();
+    for (g, (i, got)) in forks.iter().zip(inputs.iter().zip(&concurrent)) {
+        let got = g.download(got).unwrap();
+        let want = g.download(&run(g, i, true)).unwrap();
+        assert!(got.iter().all(|l| l.is_finite()), "{got:?}");
+        assert!(
+            got.iter().all(|l| l.to_bits() == want[0].to_bits()),
+            "losses of concurrent launches {got:?}, alone {}",
+            want[0]
+        );
     }
 }
