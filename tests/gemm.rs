@@ -2,6 +2,10 @@
 //! configuration and K-split, every epilogue, f16 and f32 outputs, shapes of 1, 7, 10, 784, 4096
 //! and non-multiples of every tile, unaligned operands, poisoned outputs, and products beyond the
 //! f16 range. Then the bias gradient, and argument errors.
+//!
+//! Under `AMPKIT_TEST_SANITIZE=1` (compute-sanitizer) the shapes shrink to a few million MACs per
+//! GEMM; every layout, tile configuration, K-split, epilogue and output type still runs, on sizes
+//! with partial tiles on every edge.
 
 mod common;
 
@@ -15,7 +19,7 @@ use ampkit::ops::gemm::{
     UNALIGNED,
 };
 use ampkit::Error;
-use common::{assert_all_written, assert_close, gpu, rng};
+use common::{assert_all_written, assert_close, gpu, rng, sanitizing, sized};
 use half::f16;
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -159,16 +163,29 @@ fn every_layout_and_output_matches_the_f64_reference() {
     let Some(gpu) = gpu() else { return };
     let mut rng = rng("gpu gemm shapes");
     let mut worst = 0f64;
-    // 1, 7, 10, 784, 4096 and sizes off every tile multiple (64, 128, 256, 32 for K).
-    let dims = [
-        (1, 1, 1),
-        (7, 10, 784),
-        (10, 784, 7),
-        (65, 129, 33),
-        (300, 257, 200),
-        (4096, 10, 512),
-        (784, 512, 96),
-    ];
+    // 1, 7, 10, 784, 4096 and sizes off every tile multiple (64, 128, 256, 32 for K). Sanitizing:
+    // the same kinds of shape at ≤ 5 M MACs.
+    let dims = if sanitizing() {
+        [
+            (1, 1, 1),
+            (7, 10, 784),
+            (10, 784, 7),
+            (65, 129, 33),
+            (150, 257, 40),
+            (4096, 10, 32),
+            (784, 64, 96),
+        ]
+    } else {
+        [
+            (1, 1, 1),
+            (7, 10, 784),
+            (10, 784, 7),
+            (65, 129, 33),
+            (300, 257, 200),
+            (4096, 10, 512),
+            (784, 512, 96),
+        ]
+    };
     for (m, n, k) in dims {
         for layout in LAYOUTS {
             let case = Case::random(&mut rng, GemmShape::new(layout, m, n, k));
@@ -183,9 +200,15 @@ fn every_layout_and_output_matches_the_f64_reference() {
 fn every_tile_config_and_k_split_matches() {
     let Some(gpu) = gpu() else { return };
     let mut rng = rng("gpu gemm configs");
+    // Odd sizes: partial tiles on every edge, K not a multiple of the 32-deep stage. Sanitizing:
+    // 72×136×264, 2.6 M MACs: still a partial tile along M (64 and 128 rows) and N (64, 128 and
+    // 256 columns) for every configuration, and K = 264 (5 K-tiles of 64, 9 of 32) still wraps
+    // every 3-4 stage pipeline at 1 split and leaves each of 3 splits at least one K-tile. There
+    // m and n are multiples of 8, so Wgrad runs the aligned configurations too (m = 300 sends it
+    // to the unaligned kernel whatever the forced configuration).
+    let (m, n, k) = sized((300, 520, 1000), (72, 136, 264));
     for layout in LAYOUTS {
-        // Odd sizes: partial tiles on every edge, K not a multiple of the 32-deep stage.
-        let case = Case::random(&mut rng, GemmShape::new(layout, 300, 520, 1000));
+        let case = Case::random(&mut rng, GemmShape::new(layout, m, n, k));
         for config in configs_for(&gpu).into_iter().chain([UNALIGNED]) {
             for splits in [1, 3] {
                 let plan = Plan {
@@ -210,18 +233,21 @@ fn every_tile_config_and_k_split_matches() {
     }
 }
 
+/// The MLP's GEMMs at batch 4096 through the default plans. Sanitizing: a 32→64→10 MLP at
+/// batch 1024, whose 64×32 weight gradient over K = 1024 still plans a K-split.
 #[test]
 fn mlp_shapes_at_batch_4096() {
     let Some(gpu) = gpu() else { return };
     let mut rng = rng("gpu gemm mlp");
+    let (batch, inputs, hidden) = sized((4096, 784, 512), (1024, 32, 64));
     // Forward 784→512 and 512→10, dgrad of both, wgrad of both (the K-split case).
     for (layout, m, n, k) in [
-        (Layout::Forward, 4096, 512, 784),
-        (Layout::Forward, 4096, 10, 512),
-        (Layout::Dgrad, 4096, 784, 512),
-        (Layout::Dgrad, 4096, 512, 10),
-        (Layout::Wgrad, 512, 784, 4096),
-        (Layout::Wgrad, 10, 512, 4096),
+        (Layout::Forward, batch, hidden, inputs),
+        (Layout::Forward, batch, 10, hidden),
+        (Layout::Dgrad, batch, inputs, hidden),
+        (Layout::Dgrad, batch, hidden, 10),
+        (Layout::Wgrad, hidden, inputs, batch),
+        (Layout::Wgrad, 10, hidden, batch),
     ] {
         let case = Case::random(&mut rng, GemmShape::new(layout, m, n, k));
         let rel = case.check::<f32>(&gpu, &mut rng, None, "mlp");
@@ -292,7 +318,8 @@ fn views_at_odd_offsets_take_the_slow_path_correctly() {
 fn bias_grad_matches_the_reference() {
     let Some(gpu) = gpu() else { return };
     let mut rng = rng("gpu bias_grad");
-    for (rows, cols) in [(1, 1), (7, 10), (4096, 512), (4097, 513), (33, 784)] {
+    let (big, odd) = sized(((4096, 512), (4097, 513)), ((1024, 512), (1025, 513)));
+    for (rows, cols) in [(1, 1), (7, 10), big, odd, (33, 784)] {
         let dy: Vec<f16> = (0..rows * cols)
             .map(|_| f16::from_f32(rng.gen_range(-4.0..4.0)))
             .collect();
@@ -367,11 +394,14 @@ fn bad_arguments_are_errors_before_any_launch() {
     assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
 }
 
+/// Six-way K-splits give the same bits run to run. Sanitizing: 72×136 over K = 328, where each
+/// of the 6 splits still gets K-tiles (1 of 64, or 2 of 32 and 1 in the last).
 #[test]
 fn k_splits_are_deterministic() {
     let Some(gpu) = gpu() else { return };
     let mut rng = rng("gpu gemm determinism");
-    let shape = GemmShape::new(Layout::Wgrad, 512, 784, 4096);
+    let (m, n, k) = sized((512, 784, 4096), (72, 136, 328));
+    let shape = GemmShape::new(Layout::Wgrad, m, n, k);
     let (la, lb) = operand_lens(shape);
     let a = gpu.upload(&random_f16(&mut rng, la)).unwrap();
     let b = gpu.upload(&random_f16(&mut rng, lb)).unwrap();
@@ -385,7 +415,7 @@ fn k_splits_are_deterministic() {
             group_m: GROUP_M,
         });
         let run32 = || {
-            let mut c = gpu.upload(&vec![0f32; 512 * 784]).unwrap();
+            let mut c = gpu.upload(&vec![0f32; m * n]).unwrap();
             gemm_with_plan(&gpu, shape, plan, &a, &b, &Epilogue::plain(), &mut c).unwrap();
             gpu.download(&c)
                 .unwrap()
@@ -394,7 +424,7 @@ fn k_splits_are_deterministic() {
                 .collect::<Vec<_>>()
         };
         let run16 = || {
-            let mut c = gpu.upload(&vec![f16::ZERO; 512 * 784]).unwrap();
+            let mut c = gpu.upload(&vec![f16::ZERO; m * n]).unwrap();
             gemm_with_plan(&gpu, shape, plan, &a, &b, &Epilogue::plain(), &mut c).unwrap();
             gpu.download(&c)
                 .unwrap()

@@ -8,6 +8,10 @@
 //! Without a GPU every test prints `skipped: no CUDA device`; on a GPU other than compute
 //! capability 9.0 the cluster cases print `skipped: ...` and only check that forcing a cluster
 //! path is a typed error.
+//!
+//! Under `AMPKIT_TEST_SANITIZE=1` (compute-sanitizer) the many-row cases shrink (256 → 24 or 20
+//! rows of 65 536, 37 → 13 rows of 16 384): every instance and the row loops of the backward's
+//! clusters still run.
 
 mod common;
 mod layernorm_support;
@@ -15,7 +19,7 @@ mod layernorm_support;
 use ampkit::cuda::Gpu;
 use ampkit::ops::layernorm::{backward_forced, forward_forced, BwdForce, FwdForce};
 use ampkit::Error;
-use common::{gpu, rng};
+use common::{gpu, rng, sized};
 use layernorm_support::*;
 use std::io::Write;
 use std::sync::Arc;
@@ -72,7 +76,7 @@ fn the_default_plan_matches_the_f64_reference() {
         (3, 65540),  // forward c8 p8; backward two-pass (past the backward instances)
         (2, 131072), // forward c8 p8 at 512 threads; backward two-pass
         (2, 131076), // both portable
-        (256, 65536),
+        sized((256, 65536), (24, 65536)),
     ] {
         let c = case(&mut rng, rows, cols);
         check_out(
@@ -93,7 +97,8 @@ fn every_forced_cluster_shape_matches_the_f64_reference() {
     let mut rng = rng("gpu layernorm cluster forced");
     let mut checked = 0;
     // 12288 columns: the portable forward caches exactly 48 KB of the row.
-    for (rows, cols) in [(3, 8196), (37, 16384), (2, 65540), (1, 65536), (2, 12288)] {
+    let some = sized(37, 13);
+    for (rows, cols) in [(3, 8196), (some, 16384), (2, 65540), (1, 65536), (2, 12288)] {
         let c = case(&mut rng, rows, cols);
         let want = reference(&c);
         for cs in SIZES {
@@ -117,8 +122,9 @@ fn every_forced_cluster_shape_matches_the_f64_reference() {
         }
     }
     assert!(checked > 60, "only {checked} shapes ran");
-    // The benchmark's shape with other cluster counts than the default 12.
-    let c = case(&mut rng, 256, 65536);
+    // The benchmark's shape with other cluster counts than the default 12 (sanitizing: 20 rows,
+    // so 7 and 16 clusters take 1-3 rows each and 32 leave some without).
+    let c = case(&mut rng, sized(256, 20), 65536);
     let want = reference(&c);
     for clusters in [7, 16, 32] {
         let b = Bwd::Forced(BwdForce::Cluster {
@@ -155,9 +161,11 @@ fn special_values_behave_like_the_f32_reference() {
 fn results_are_reproducible_and_the_default_takes_the_cluster_path() {
     let Some(gpu) = hopper() else { return };
     let mut rng = rng("gpu layernorm cluster reproducible");
-    // (rows, cols, forward instance, backward instance and clusters) of the default plan.
+    // (rows, cols, forward instance, backward instance and clusters) of the default plan: 12
+    // clusters of 8 for 256 rows (sanitizing: 24 rows, 4 per cluster, so 6 clusters).
+    let (many, clusters) = sized((256, 12), (24, 6));
     for (rows, cols, fwd, bwd) in [
-        (256, 65536, (8, 4), (8, 4, 12)),
+        (many, 65536, (8, 4), (8, 4, clusters)),
         (37, 16384, (2, 4), (2, 4, 10)),
         (3, 32768, (4, 4), (4, 4, 1)),
     ] {
@@ -187,7 +195,7 @@ fn results_are_reproducible_and_the_default_takes_the_cluster_path() {
             first.dx == forced.dx && first.dgamma == forced.dgamma,
             "{rows}x{cols} bwd"
         );
-        if rows == 256 {
+        if rows == many {
             let two_pass = Bwd::Forced(BwdForce::TwoPass { min_rows: 16 });
             let portable = run_gpu_with(&gpu, &c, 0, Some(FwdForce::Portable), two_pass);
             assert!(

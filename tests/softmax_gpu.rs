@@ -11,6 +11,11 @@
 //! kernels err by ~1e-6: the rounding of `x − max` carries `|x − max|·2^-24` into each exp
 //! (logits here span ≤ 24), plus a few roundings per step and tree sums. f16 gradients add half
 //! an f16 ulp (2^-11 relative, 2^-25 absolute for subnormals).
+//!
+//! Under `AMPKIT_TEST_SANITIZE=1` (compute-sanitizer) the random shapes take fewer rows, each
+//! loss shape runs at one of the three scales (rotating) instead of all three, and the looping
+//! block-per-row shape takes 260×4104 instead of 301×8000; every launch shape and type pair
+//! still runs.
 
 mod common;
 
@@ -20,7 +25,7 @@ use ampkit::cuda::DeviceBuffer;
 use ampkit::ops::softmax::{backward, forward, softmax_cross_entropy, CeForce};
 use ampkit::{f16, Error};
 use common::softmax::*;
-use common::{assert_close, assert_scaled, gpu, rng};
+use common::{assert_close, assert_scaled, gpu, rng, sanitizing, sized};
 use rand::Rng;
 
 #[test]
@@ -50,7 +55,7 @@ fn softmax_matches_the_f64_reference_on_every_launch_shape() {
         (4, 6144),
     ];
     for _ in 0..6 {
-        shapes.push((rng.gen_range(1..200), rng.gen_range(1..5000)));
+        shapes.push((rng.gen_range(1..sized(200, 40)), rng.gen_range(1..5000)));
     }
     for (rows, cols) in shapes {
         check_softmax(&gpu, &mut rng, rows, cols, 0);
@@ -78,13 +83,20 @@ fn cross_entropy_matches_the_f64_reference_for_every_type_pair() {
         (2, 65537),
     ];
     for _ in 0..4 {
-        shapes.push((rng.gen_range(1..300), rng.gen_range(1..3000)));
+        shapes.push((rng.gen_range(1..sized(300, 40)), rng.gen_range(1..3000)));
     }
-    for (rows, classes) in shapes {
+    const SCALES: [f32; 3] = [1.0, 65536.0, 1e-3];
+    for (i, (rows, classes)) in shapes.into_iter().enumerate() {
         let x = logits(&mut rng, rows, classes, 20.0, 6.0);
         let l = labels(&mut rng, rows, classes);
         let x16: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
-        for scale in [1.0f32, 65536.0, 1e-3] {
+        // Sanitizing: one scale per shape, in turn (the scale is data, not a launch shape).
+        let scales = if sanitizing() {
+            &SCALES[i % 3..i % 3 + 1]
+        } else {
+            &SCALES[..]
+        };
+        for &scale in scales {
             let what = format!("{rows}x{classes} scale {scale}");
             check_ce(
                 &gpu,
@@ -218,6 +230,9 @@ fn cross_entropy_every_forced_shape_matches_the_f64_reference() {
     // partial sum (warp mode: 9000 rows in at most 1024 blocks of 8; a block per row of 1024
     // threads: at most 256 blocks).
     // (rows, classes, f32 shape, f16 shape): 1024-thread blocks take packs of 4 f32 or 8 f16.
+    // Sanitizing: 260×4104 instead of 301×8000 (1026 packs of 4 f32 still need 1024 threads of
+    // 2 packs, 513 packs of 8 f16 1024 threads of 1; 260 rows still exceed the 256 blocks).
+    let (long_rows, long_classes) = sized((301, 8000), (260, 4104));
     for prefetch in [false, true] {
         let warp = CeForce::Warp { p: 1, prefetch };
         let block = |p| CeForce::Block { p, prefetch };
@@ -227,7 +242,7 @@ fn cross_entropy_every_forced_shape_matches_the_f64_reference() {
         };
         for (rows, classes, f32_shape, f16_shape) in [
             (9000, 24, warp, warp),
-            (301, 8000, block(2), block(1)),
+            (long_rows, long_classes, block(2), block(1)),
             (300, 100, shared(5), shared(5)),
             (257, 2000, shared(100), shared(100)),
         ] {

@@ -4,13 +4,18 @@
 //! against the f64 reference, with the limits of tests/softmax_gpu.rs: every instance and forced
 //! shape on odd row counts, the deferred work flushed mid-loop and at the end, rows shorter than a
 //! cluster's blocks, poisoned outputs, and bit-identical reruns.
+//!
+//! Under `AMPKIT_TEST_SANITIZE=1` (compute-sanitizer) each row-group instance runs with one of
+//! the three block bounds per shape (in turn) instead of all three, plus one block on the 300-row
+//! shape (its groups flush mid-loop), and the reproducibility shapes shrink to about 1 M logits;
+//! every instance, cluster size and thread count still runs.
 
 mod common;
 
 use ampkit::ops::softmax::{CeForce, SoftmaxForce};
 use ampkit::{f16, Error};
 use common::softmax::*;
-use common::{assert_all_written, gpu, rng};
+use common::{assert_all_written, gpu, rng, sanitizing, sized};
 
 /// Runs `check` for f32 → f32 and f16 → f16 under `force`, counting the shapes that fit; a shape
 /// the row does not fit must be refused with "does not fit" before any launch.
@@ -45,7 +50,8 @@ fn cross_entropy_row_groups_match_the_f64_reference() {
     let Some(gpu) = gpu() else { return };
     let mut rng = rng("gpu cross-entropy row groups");
     let mut checked = 0;
-    for shape in [
+    const BLOCKS: [usize; 3] = [0, 1, 3];
+    for (i, shape) in [
         (300, 8),
         (37, 96),
         (45, 256),
@@ -54,11 +60,22 @@ fn cross_entropy_row_groups_match_the_f64_reference() {
         (5, 2048),
         (3, 4096),
         (2, 8192),
-    ] {
-        for warps in [1, 2, 4, 8] {
-            for p in [1, 2, 4, 8] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for (w, warps) in [1, 2, 4, 8].into_iter().enumerate() {
+            for (j, p) in [1, 2, 4, 8].into_iter().enumerate() {
                 for prefetch in [false, true] {
-                    for blocks in [0, 1, 3] {
+                    // Sanitizing: one bound per instance, in turn, and on the first shape also
+                    // one block (300 rows: its groups flush mid-loop).
+                    let k = i + w + j + usize::from(prefetch);
+                    let blocks: &[usize] = match (sanitizing(), i) {
+                        (false, _) => &BLOCKS,
+                        (true, 0) => [&[1, 0], &[1, 3]][k % 2],
+                        (true, _) => &BLOCKS[k % 3..k % 3 + 1],
+                    };
+                    for &blocks in blocks {
                         let f = CeForce::Groups {
                             warps,
                             p,
@@ -164,7 +181,10 @@ fn softmax_clusters_match_the_f64_reference() {
 fn groups_and_clusters_are_bitwise_reproducible() {
     let Some(gpu) = gpu() else { return };
     let mut rng = rng("gpu groups clusters reproducible");
-    let mut shapes = vec![(4096, 1024), (1000, 4096)];
+    let mut shapes = vec![
+        sized((4096, 1024), (1024, 1024)),
+        sized((1000, 4096), (250, 4096)),
+    ];
     if gpu.info().compute_capability == (9, 0) {
         shapes.push((5, 65536));
     }

@@ -2,6 +2,10 @@
 //! skipped and backed off, a resumed run ends bit-identical to an uninterrupted one (CPU, and GPU
 //! where present), the CPU and GPU loss curves agree, checkpoints reject damage, and the
 //! metrics and plot files are written.
+//!
+//! Under `AMPKIT_TEST_SANITIZE=1` (compute-sanitizer) most runs are shorter: fewer samples, epochs
+//! and steps, a 500-image test set for the per-epoch evaluations, a 2^40 initial scale for the
+//! overflow test (about 20 skipped steps instead of 80); the assertions follow the sizes.
 
 mod common;
 
@@ -12,6 +16,7 @@ use ampkit::train::gpu_backend::GpuBackend;
 use ampkit::train::trainer::{self, Outputs};
 use ampkit::train::{checkpoint, open_backend, Backend, BackendState, Progress, TrainConfig};
 use ampkit::{Device, Error};
+use common::sized;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -37,6 +42,12 @@ fn subset(d: &Dataset, n: usize) -> Dataset {
         d.cols(),
     )
     .unwrap()
+}
+
+/// The test set the per-epoch evaluations run on: all of it, or the first 500 images under
+/// `AMPKIT_TEST_SANITIZE=1` (an evaluation is one forward pass per 64 images).
+fn eval_set(split: &MnistSplit) -> Dataset {
+    subset(&split.test, sized(split.test.len(), 500))
 }
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -87,9 +98,11 @@ fn bits(s: &BackendState) -> Vec<u32> {
 #[test]
 fn training_lowers_the_loss_and_learns() {
     let split = bundled();
-    let (train, test) = (subset(&split.train, 2000), &split.test);
+    // Sanitizing too: fewer steps leave too little margin on the loss and accuracy limits.
+    let (samples, epochs) = (2000, 3);
+    let (train, test) = (subset(&split.train, samples), &eval_set(split));
     for device in devices() {
-        let cfg = small_config(3);
+        let cfg = small_config(epochs);
         let mut backend = open_backend(&device, &cfg).unwrap();
         let s = trainer::run(
             backend.as_mut(),
@@ -114,7 +127,7 @@ fn training_lowers_the_loss_and_learns() {
         );
         assert!(last.train_loss < 0.8, "{}", last.train_loss);
         assert!(last.test.accuracy() > 0.8, "{}", last.test.accuracy());
-        assert_eq!(s.steps.len(), 3 * 2000usize.div_ceil(64));
+        assert_eq!(s.steps.len(), epochs * samples.div_ceil(64));
         assert!(s
             .steps
             .iter()
@@ -125,14 +138,18 @@ fn training_lowers_the_loss_and_learns() {
 #[test]
 fn an_overflowing_scale_skips_steps_and_backs_off() {
     let split = bundled();
-    let train = subset(&split.train, 4000);
+    // Sanitizing: 2^40 = 1.1e12 takes about 60 fewer halvings than 1e30 (log2(1e30) ≈ 99.7),
+    // over 96 steps instead of 189.
+    let (samples, epochs, init_scale, halvings) =
+        sized((4000, 3, 1e30, 60..100), (2000, 3, 2f32.powi(40), 10..40));
+    let (train, test) = (subset(&split.train, samples), eval_set(split));
     for device in devices() {
         let cfg = TrainConfig {
             loss_scale: LossScale::Dynamic(ScalerConfig {
-                init_scale: 1e30,
+                init_scale,
                 ..ScalerConfig::default()
             }),
-            ..small_config(3)
+            ..small_config(epochs)
         };
         let mut backend = open_backend(&device, &cfg).unwrap();
         let before = backend.export().unwrap();
@@ -140,7 +157,7 @@ fn an_overflowing_scale_skips_steps_and_backs_off() {
             backend.as_mut(),
             &cfg,
             &train,
-            &split.test,
+            &test,
             Progress::default(),
             &quiet(),
         )
@@ -151,7 +168,11 @@ fn an_overflowing_scale_skips_steps_and_backs_off() {
             .filter(|(_, r)| r.skipped)
             .map(|(i, _)| *i)
             .collect();
-        eprintln!("{}: skipped steps {skipped:?}", backend.device());
+        eprintln!(
+            "{}: skipped steps {skipped:?}, last epoch loss {:.3}",
+            backend.device(),
+            s.epochs.last().unwrap().train_loss
+        );
         // f16 gradients overflow until the scale is small enough (1e30 / 2^k below ~1e5: about
         // 80 halvings); each skip halves it. A scale near the edge may overflow once more later.
         let run = skipped
@@ -159,7 +180,7 @@ fn an_overflowing_scale_skips_steps_and_backs_off() {
             .enumerate()
             .take_while(|&(i, &s)| s == i as u64)
             .count();
-        assert!((60..100).contains(&run), "{skipped:?}");
+        assert!(halvings.contains(&run), "{skipped:?}");
         assert!(skipped.len() - run < 5, "{skipped:?}");
         for w in s.steps.windows(2) {
             let (a, b) = (w[0].1, w[1].1);
@@ -212,7 +233,11 @@ fn a_skipped_step_changes_nothing() {
 #[test]
 fn resuming_is_bit_identical_to_an_uninterrupted_run() {
     let split = bundled();
-    let train = subset(&split.train, 1000); // 16 steps per epoch
+    // 16 steps per epoch (sanitizing: 8); the first run stops 5 steps into epoch 2.
+    let train = subset(&split.train, sized(1000, 500));
+    let test = eval_set(split);
+    let per_epoch = train.len().div_ceil(64) as u64;
+    let stop = per_epoch + 5;
     for device in devices() {
         let cfg = TrainConfig {
             loss_scale: LossScale::Dynamic(ScalerConfig {
@@ -227,7 +252,7 @@ fn resuming_is_bit_identical_to_an_uninterrupted_run() {
             straight.as_mut(),
             &cfg,
             &train,
-            &split.test,
+            &test,
             Progress::default(),
             &quiet(),
         )
@@ -236,7 +261,7 @@ fn resuming_is_bit_identical_to_an_uninterrupted_run() {
 
         let dir = temp_dir(&format!("resume-{}", device.gpu().is_some()));
         let first = TrainConfig {
-            max_steps: Some(21),
+            max_steps: Some(stop),
             ..cfg.clone()
         }; // mid-epoch 2
         let mut a = open_backend(&device, &first).unwrap();
@@ -244,16 +269,9 @@ fn resuming_is_bit_identical_to_an_uninterrupted_run() {
             save: Some(dir.clone()),
             ..quiet()
         };
-        let part = trainer::run(
-            a.as_mut(),
-            &first,
-            &train,
-            &split.test,
-            Progress::default(),
-            &out,
-        )
-        .unwrap();
-        assert_eq!(part.progress.global_step, 21);
+        let part =
+            trainer::run(a.as_mut(), &first, &train, &test, Progress::default(), &out).unwrap();
+        assert_eq!(part.progress.global_step, stop);
         drop(a);
 
         let (saved_cfg, progress, state) = checkpoint::load(&dir).unwrap();
@@ -262,7 +280,7 @@ fn resuming_is_bit_identical_to_an_uninterrupted_run() {
             Progress {
                 epoch: 1,
                 step_in_epoch: 5,
-                global_step: 21,
+                global_step: stop,
                 skipped: progress.skipped
             }
         );
@@ -273,15 +291,8 @@ fn resuming_is_bit_identical_to_an_uninterrupted_run() {
         assert_eq!(resumed_cfg, cfg);
         let mut b = open_backend(&device, &resumed_cfg).unwrap();
         b.import(&state).unwrap();
-        let rest = trainer::run(
-            b.as_mut(),
-            &resumed_cfg,
-            &train,
-            &split.test,
-            progress,
-            &quiet(),
-        )
-        .unwrap();
+        let rest =
+            trainer::run(b.as_mut(), &resumed_cfg, &train, &test, progress, &quiet()).unwrap();
         let got = b.export().unwrap();
         eprintln!(
             "{}: {} + {} steps vs {}",
@@ -307,15 +318,17 @@ fn resuming_is_bit_identical_to_an_uninterrupted_run() {
     }
 }
 
-/// The same 300 steps on the CPU reference and on the GPU from the same seed: the loss curves
-/// agree step by step within 2 % (relative, plus 0.01 absolute), which is what f16 GEMMs with
-/// differently ordered f32 accumulation allow once the weights have drifted apart by rounding.
+/// The same 300 steps (sanitizing: 40) on the CPU reference and on the GPU from the same seed: the
+/// loss curves agree step by step within 2 % (relative, plus 0.01 absolute), which is what f16
+/// GEMMs with differently ordered f32 accumulation allow once the weights have drifted apart by
+/// rounding.
 #[test]
 fn cpu_and_gpu_loss_curves_agree() {
     let Some(gpu) = common::gpu() else { return };
     let split = bundled();
+    let steps = sized(300, 40);
     let cfg = TrainConfig {
-        max_steps: Some(300),
+        max_steps: Some(steps as u64),
         ..small_config(3)
     };
     let run = |device: Device| {
@@ -331,8 +344,8 @@ fn cpu_and_gpu_loss_curves_agree() {
         .unwrap()
     };
     let (cpu, dev) = (run(Device::cpu()), run(Device::Cuda(gpu)));
-    assert_eq!(cpu.steps.len(), 300);
-    assert_eq!(dev.steps.len(), 300);
+    assert_eq!(cpu.steps.len(), steps);
+    assert_eq!(dev.steps.len(), steps);
     let mut worst: f32 = 0.0;
     for ((i, c), (_, g)) in cpu.steps.iter().zip(&dev.steps) {
         let diff = (c.loss - g.loss).abs();
@@ -352,20 +365,21 @@ fn cpu_and_gpu_loss_curves_agree() {
         (c0 - g0).abs() <= 1e-3 * c0,
         "first step: cpu {c0} gpu {g0}"
     );
-    eprintln!("worst relative loss difference over 300 steps: {worst:.2e}");
+    eprintln!("worst relative loss difference over {steps} steps: {worst:.2e}");
 }
 
 /// LayerNorm, f32 precision and layers forced to f32 (alone and next to f16 layers, which
-/// exercises every dtype conversion between layers): 60 steps on the CPU and the GPU from the
-/// same seed. The first 10 steps agree within `tol` (relative loss); afterwards rounding
-/// differences of the f16 GEMMs (summation order) let the weights drift apart chaotically, so
-/// each step is held to 5 % and the mean of the last 20 to 2 %. The all-f32 model differs only in
-/// f32 summation order and is held to `tol` throughout.
+/// exercises every dtype conversion between layers): 60 steps (sanitizing: 30) on the CPU and the
+/// GPU from the same seed. The first 10 steps agree within `tol` (relative loss); afterwards
+/// rounding differences of the f16 GEMMs (summation order) let the weights drift apart
+/// chaotically, so each step is held to 5 % and the mean of the last third to 2 %. The all-f32
+/// model differs only in f32 summation order and is held to `tol` throughout.
 #[test]
 fn gpu_matches_cpu_with_layernorm_and_f32_layers() {
     let Some(gpu) = common::gpu() else { return };
     let split = bundled();
     let train = subset(&split.train, 2000);
+    let steps = sized(60, 30);
     type Tweak = Box<dyn Fn(&mut TrainConfig)>;
     let variants: Vec<(&str, Tweak, f32)> = vec![
         ("layernorm", Box::new(|c| c.model.layernorm = true), 0.005),
@@ -391,7 +405,7 @@ fn gpu_matches_cpu_with_layernorm_and_f32_layers() {
     ];
     for (name, tweak, tol) in variants {
         let mut cfg = TrainConfig {
-            max_steps: Some(60),
+            max_steps: Some(steps as u64),
             ..small_config(2)
         };
         tweak(&mut cfg);
@@ -408,7 +422,7 @@ fn gpu_matches_cpu_with_layernorm_and_f32_layers() {
             .unwrap()
         };
         let (cpu, dev) = (run(Device::cpu()), run(Device::Cuda(gpu.clone())));
-        assert_eq!(dev.steps.len(), 60, "{name}");
+        assert_eq!(dev.steps.len(), steps, "{name}");
         let rel: Vec<f32> = cpu
             .steps
             .iter()
@@ -425,13 +439,14 @@ fn gpu_matches_cpu_with_layernorm_and_f32_layers() {
                 dev.steps[i].1.loss
             );
         }
+        let tail = steps / 3;
         let mean = |s: &[(u64, ampkit::train::StepRecord)]| {
-            s[40..].iter().map(|(_, r)| r.loss).sum::<f32>() / 20.0
+            s[steps - tail..].iter().map(|(_, r)| r.loss).sum::<f32>() / tail as f32
         };
         let (mc, mg) = (mean(&cpu.steps), mean(&dev.steps));
         assert!(
             (mc - mg).abs() <= 0.02 * mc,
-            "{name}: last-20 mean cpu {mc} gpu {mg}"
+            "{name}: last-{tail} mean cpu {mc} gpu {mg}"
         );
         let worst = rel.iter().copied().fold(0f32, f32::max);
         let last = dev.steps.last().unwrap().1.loss;
@@ -454,7 +469,9 @@ fn cuda_graph_steps_are_bit_identical_to_eager_steps() {
     let gpu = shared.fork().unwrap();
     gpu.set_sync_launches(false);
     let split = bundled();
-    let train = subset(&split.train, 1000); // 15 full batches of 64 and one of 40
+    // 15 full batches of 64 and one of 40 (sanitizing: 7 and one of 52).
+    let train = subset(&split.train, sized(1000, 500));
+    let test = eval_set(split);
     let cfg = TrainConfig {
         loss_scale: LossScale::Dynamic(ScalerConfig {
             init_scale: 1e8,
@@ -473,15 +490,7 @@ fn cuda_graph_steps_are_bit_identical_to_eager_steps() {
             },
         )
         .unwrap();
-        let s = trainer::run(
-            &mut b,
-            &cfg,
-            &train,
-            &split.test,
-            Progress::default(),
-            &quiet(),
-        )
-        .unwrap();
+        let s = trainer::run(&mut b, &cfg, &train, &test, Progress::default(), &quiet()).unwrap();
         assert_eq!(b.graph_active(), graph, "graph mode engaged");
         let losses: Vec<u32> = s.steps.iter().map(|(_, r)| r.loss.to_bits()).collect();
         finals.push((bits(&b.export().unwrap()), losses));

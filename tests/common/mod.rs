@@ -38,6 +38,27 @@ pub fn gpu() -> Option<Arc<Gpu>> {
     }
 }
 
+/// Whether the GPU tests run instrumented: `AMPKIT_TEST_SANITIZE=1`, which `scripts/gpu-sanitize`
+/// sets for every compute-sanitizer job. The GPU tests then shrink their sizes and repeat counts
+/// so that the instrumented run fits the sweep's budget (racecheck costs tens of milliseconds per
+/// launch, growing with the shared-memory accesses executed), while still launching every kernel
+/// variant, forced launch shape, tile configuration, K-split and cluster size at least once,
+/// including odd (non-multiple) sizes and special values. Unset (or anything but `1`), every test
+/// runs at its full size.
+pub fn sanitizing() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("AMPKIT_TEST_SANITIZE").is_ok_and(|v| v == "1"))
+}
+
+/// `full` normally, `small` under [`sanitizing`].
+pub fn sized<T>(full: T, small: T) -> T {
+    if sanitizing() {
+        small
+    } else {
+        full
+    }
+}
+
 /// A fresh random generator per test; the seed is printed so a failure can be replayed with
 /// `AMPKIT_TEST_SEED=<seed>`.
 pub fn rng(test: &str) -> StdRng {
