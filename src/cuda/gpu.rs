@@ -52,7 +52,8 @@ pub struct GpuInfo {
 /// - **Kernel modules** are loaded once per CUDA context (every `Gpu` on the device's primary
 ///   context shares them), on first use or with [`Gpu::load_module`], with every entry point
 ///   fetched up front. A load never runs during a CUDA-graph capture on that context: it waits
-///   for captures in progress, and a capture waits for a load in progress.
+///   for captures in progress (up to 30 s, then it is an error rather than a possible
+///   deadlock), and a capture waits for a load in progress.
 /// - **Own streams for independent work**: [`Gpu::fork`] gives a handle with a stream (and
 ///   scratch buffer) of its own on the same context and modules, ordered after the work queued
 ///   so far on this one. The training backend ([`crate::train::gpu_backend::GpuBackend`]) runs

@@ -95,6 +95,10 @@ pub(crate) struct ContextModules {
     gate: RwLock<()>,
 }
 
+/// How long a module load waits for captures on its context to end (see
+/// [`ContextModules::exclusive`]).
+const LOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 thread_local! {
     /// Set while this thread has a capture open (through [`ContextModules::begin_capture`]).
     static CAPTURING: Cell<bool> = const { Cell::new(false) };
@@ -169,7 +173,7 @@ impl ContextModules {
                 ),
             });
         }
-        let _exclusive = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        let _exclusive = self.exclusive(module)?;
         if let Some(l) = self.cached(module) {
             return Ok(l); // another thread loaded it while this one waited
         }
@@ -196,6 +200,35 @@ impl ContextModules {
         });
         self.modules.lock().unwrap_or_else(|p| p.into_inner())[module.index] = Some(loaded.clone());
         Ok(loaded)
+    }
+
+    /// The gate, exclusively, for loading `module`. Captures last microseconds to milliseconds,
+    /// so this polls rather than blocks: a capture that never ends (its thread waits on a lock
+    /// this thread holds, e.g. when it captures on a handle other threads use too) becomes an
+    /// error here after [`LOAD_WAIT`] instead of a deadlock.
+    fn exclusive(&self, module: &KernelModule) -> Result<std::sync::RwLockWriteGuard<'_, ()>> {
+        let start = std::time::Instant::now();
+        loop {
+            match self.gate.try_write() {
+                Ok(guard) => return Ok(guard),
+                Err(std::sync::TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) if start.elapsed() < LOAD_WAIT => {
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                }
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    return Err(Error::InvalidArgument {
+                        op: "cuda::Gpu::load_module",
+                        detail: format!(
+                            "kernel module `{}` waited {} s for CUDA-graph captures on this \
+                             context to end: capture on a handle no other thread uses \
+                             (Gpu::fork), or load the module before capturing",
+                            module.name,
+                            LOAD_WAIT.as_secs()
+                        ),
+                    })
+                }
+            }
+        }
     }
 
     /// SASS built for this device when the module carries some, else (or if the driver refuses
