@@ -58,9 +58,10 @@ fn main() -> ExitCode {
 fn info(ordinal: usize) -> ampkit::Result<()> {
     println!("ampkit {}", env!("CARGO_PKG_VERSION"));
     println!(
-        "kernels: {} module(s), PTX from {}",
+        "kernels: {} module(s), PTX from {}, SASS from {}",
         kernels::ALL.len(),
-        kernels::PTX_ORIGIN
+        kernels::PTX_ORIGIN,
+        kernels::SASS_ORIGIN
     );
     let gpu = match Gpu::new(ordinal) {
         Ok(gpu) => gpu,
@@ -68,9 +69,16 @@ fn info(ordinal: usize) -> ampkit::Result<()> {
             println!("device: {} — no CUDA device: {reason}", Device::cpu());
             for m in &kernels::ALL {
                 let entries = m.entry_points().count();
+                let sass = if m.sass.is_empty() {
+                    "no SASS".to_string()
+                } else {
+                    format!("SASS {}", m.sass.join(" "))
+                };
                 println!(
-                    "  {:<12} {:<12} {entries:>3} kernels  (not loaded: no GPU)",
-                    m.name, m.arch
+                    "  {:<14} {:<12} {entries:>3} kernels  {sass} ({} KB)  (not loaded: no GPU)",
+                    m.name,
+                    m.arch,
+                    m.fatbin.len().div_ceil(1024)
                 );
             }
             return Ok(());
