@@ -15,9 +15,8 @@
 //   its rows' losses in f64 in a fixed order and writes one partial; the block that takes the last
 //   ticket (an acquire-release integer atomic on the counter at the head of `partial`, a buffer
 //   of the launching Gpu handle's own: softmax_common.cuh) adds the partials in a fixed order and
-//   writes the
-//   mean as one f32: no host synchronisation, no float atomics, no second kernel. Bit-identical
-//   run to run (every order depends on the launch shape only).
+//   writes the mean as one f32: no host synchronisation, no float atomics, no second kernel.
+//   Bit-identical run to run (every order depends on the launch shape only).
 // Launch shapes (picked in src/ops/softmax/cross_entropy.rs); a "pack" is VEC elements, VEC = 16
 //   bytes of logits (8 f16 / 4 f32) when classes allow it and both buffers are 16-byte aligned.
 //   ce_groups<L,P,W,PF>  the default for 16-byte packs: row groups of W warps (1, 2, 4, 8; 256-

@@ -5,10 +5,10 @@
 //   (two-pass, over the row held on chip); rstd = 1 / sqrt(var + eps) (IEEE sqrt and division);
 //   y = ((x − mean)·rstd)·gamma + beta through _rn intrinsics, so nothing is contracted into an
 //   FMA. Backward: x̂ = (x − mean)·rstd, g = dy·gamma, dx = rstd·((g − mean(g)) − x̂·mean(g·x̂));
-//   dgamma = Σ_rows dy·x̂ and dbeta = Σ_rows dy, overwritten. Sums are f32 trees rather than the CPU's
-//   left-to-right folds in f64, so results match it to rounding, not bit for bit. Every reduction has a
-//   fixed shape that depends only on (rows, cols, alignment): results are bit-identical run to run
-//   and no float atomics exist. NaN/inf propagate exactly as the IEEE operations carry them.
+//   dgamma = Σ_rows dy·x̂ and dbeta = Σ_rows dy, overwritten. Sums are f32 trees rather than the
+//   CPU's left-to-right folds in f64, so results match it to rounding, not bit for bit. Every
+//   reduction has a fixed shape that depends only on (rows, cols, alignment): results are
+//   bit-identical run to run and no float atomics exist. NaN/inf propagate exactly as the IEEE operations carry them.
 // Algorithm and launch shapes (picked in src/ops/layernorm/; on compute capability 9.0, float4
 //   rows past 8192 columns take layernorm_sm90.cu's cluster kernels instead, where they fit).
 //   VEC = 4 (float4 accesses) when cols % 4 == 0 and every row pointer is 16-byte aligned, else 1.

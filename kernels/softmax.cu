@@ -6,9 +6,9 @@
 //   forward:  m = max_j x_j (fmaxf: NaN skipped), e_j = exp(x_j − m), s = Σ e_j, y_j = e_j / s.
 //   backward: dx_j = y_j·(dy_j − Σ_k y_k·dy_k).
 //   Non-finite inputs follow the IEEE operations exactly as the reference's do: −inf masks to 0, a
-//   row of all −inf or holding NaN/+inf is NaN throughout. Sums are f32 trees rather than the CPU's
-//   left-to-right f64 folds (results agree to rounding), with a fixed shape per (rows, cols,
-//   alignment): bit-identical run to run.
+//   row of all −inf or holding NaN/+inf is NaN throughout. Sums are f32 trees rather than the
+//   CPU's left-to-right f64 folds (results agree to rounding), with a fixed shape per (rows,
+//   cols, alignment): bit-identical run to run.
 // Launch shapes (picked in src/ops/softmax/mod.rs). VEC = 4 when cols % 4 == 0 and every row
 //   pointer is aligned to 4 elements, else 1; a "pack" is VEC elements.
 //   *_warp<VEC,P>   cols ≤ 32·P·VEC: a warp per row, 8 rows per 256-thread block, the row in

@@ -111,7 +111,7 @@ fn parse_sm(target: &str) -> Option<(i32, i32, &str)> {
 struct Aligned<T: ?Sized>(T);
 
 /// The embedded PTX as text. Only build.rs's module table calls it, on files build.rs wrote
-/// from a `String` (checked again by a unit test below); validating megabytes of text in const
+/// from a `String`; validating megabytes of text in const
 /// evaluation would trip the compiler's long-running-evaluation lint.
 const fn ptx_text(bytes: &'static [u8]) -> &'static str {
     // SAFETY: the bytes are a PTX file build.rs wrote from a Rust `String`: valid UTF-8.
@@ -125,9 +125,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn embedded_ptx_is_utf8_text() {
+    fn every_embedded_module_has_ptx_entry_points() {
         for m in &ALL {
-            assert!(std::str::from_utf8(m.ptx.as_bytes()).is_ok(), "{}", m.name);
             assert!(
                 m.entry_points().count() > 0,
                 "{} has no entry points",

@@ -79,9 +79,8 @@ impl Kernel {
     }
 }
 
+/// A loaded module: each `CudaFunction` holds the module, so it stays loaded while cached.
 struct Loaded {
-    /// Kept so the module stays loaded while any function of it is cached.
-    _module: Arc<CudaModule>,
     image: ModuleImage,
     kernels: HashMap<&'static str, Arc<Kernel>>,
 }
@@ -193,11 +192,7 @@ impl ContextModules {
             };
             kernels.insert(name, Arc::new(kernel));
         }
-        let loaded = Arc::new(Loaded {
-            _module: cu_module,
-            image,
-            kernels,
-        });
+        let loaded = Arc::new(Loaded { image, kernels });
         self.modules.lock().unwrap_or_else(|p| p.into_inner())[module.index] = Some(loaded.clone());
         Ok(loaded)
     }

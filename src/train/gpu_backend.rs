@@ -10,9 +10,9 @@
 //! The backend runs on a stream of its own ([`Gpu::fork`] of the handle it is given), so other
 //! threads' work on that handle never enters its steps or the CUDA graph it captures, and its
 //! scratch buffer is its own. All buffers are allocated once for the configured batch, so their
-//! addresses are fixed. Layers
-//! in f32 (`--precision fp32`, `--fp32-layers`) run their GEMMs through cuBLAS in true f32
-//! ([`crate::ops::blas`]); the per-layer passes are in `train/gpu_layers.rs` (private).
+//! addresses are fixed. Layers in f32 (`--precision fp32`, `--fp32-layers`) run their GEMMs
+//! through cuBLAS in true f32 ([`crate::ops::blas`]); the per-layer passes are in
+//! `train/gpu_layers.rs` (private).
 
 use super::backend::{Backend, BackendState, Evaluation, StepRecord};
 use super::config::TrainConfig;
