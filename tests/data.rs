@@ -1,24 +1,12 @@
 //! The MNIST data layer: the bundled subset as documented in data/README.md, raw vs gzip, the
-//! accepted file names, batch gathering, and every kind of bad data as a typed error naming the
-//! file.
+//! accepted file names and batch gathering. Bad data is in data_errors.rs.
+
+mod data_support;
 
 use ampkit::train::data::{bundled_dir, load_dir, Dataset, MnistSplit, NUM_CLASSES};
 use ampkit::{f16, Error};
-use flate2::read::GzDecoder;
-use flate2::write::GzEncoder;
-use flate2::Compression;
-use sha2::{Digest, Sha256};
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use data_support::*;
 use std::sync::OnceLock;
-
-/// data/ of this repository, found at run time (never `env!`, which would bake in the build
-/// machine's path).
-fn data_dir() -> PathBuf {
-    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
-    let root = manifest.unwrap_or_else(|| std::env::current_dir().expect("current directory"));
-    root.join("data")
-}
 
 fn bundled() -> &'static MnistSplit {
     static SPLIT: OnceLock<MnistSplit> = OnceLock::new();
@@ -27,46 +15,6 @@ fn bundled() -> &'static MnistSplit {
 
 const TRAIN_COUNTS: [usize; NUM_CLASSES] = [801, 902, 793, 826, 784, 690, 811, 856, 755, 782];
 const TEST_COUNTS: [usize; NUM_CLASSES] = [200, 225, 198, 206, 196, 173, 203, 214, 189, 196];
-
-/// IDX bytes of a set: header (magic, dimensions) followed by the data.
-fn idx_images(n: u32, rows: u32, cols: u32, pixels: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for word in [0x803, n, rows, cols] {
-        out.extend_from_slice(&word.to_be_bytes());
-    }
-    out.extend_from_slice(pixels);
-    out
-}
-
-fn idx_labels(labels: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for word in [0x801, labels.len() as u32] {
-        out.extend_from_slice(&word.to_be_bytes());
-    }
-    out.extend_from_slice(labels);
-    out
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut enc = GzEncoder::new(Vec::new(), Compression::default());
-    enc.write_all(bytes).unwrap();
-    enc.finish().unwrap()
-}
-
-fn gunzip(path: &Path) -> Vec<u8> {
-    let mut out = Vec::new();
-    GzDecoder::new(std::fs::File::open(path).unwrap())
-        .read_to_end(&mut out)
-        .unwrap();
-    out
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 #[test]
 fn bundled_split_matches_its_readme() {
@@ -221,44 +169,6 @@ fn gather_rejects_bad_arguments_without_writing() {
     assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
 }
 
-/// A small valid directory: 5 training and 3 test images of 4×3 pixels.
-fn small_dir() -> tempfile::TempDir {
-    let tmp = tempfile::tempdir().unwrap();
-    write_set(tmp.path(), "train", 5, 4, 3, &[0, 1, 2, 9, 4]);
-    write_set(tmp.path(), "t10k", 3, 4, 3, &[3, 5, 7]);
-    tmp
-}
-
-fn write_set(dir: &Path, prefix: &str, n: u32, rows: u32, cols: u32, labels: &[u8]) {
-    let pixels: Vec<u8> = (0..n * rows * cols).map(|i| (i * 37 % 256) as u8).collect();
-    let images = idx_images(n, rows, cols, &pixels);
-    std::fs::write(
-        dir.join(format!("{prefix}-images-idx3-ubyte.gz")),
-        gzip(&images),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join(format!("{prefix}-labels-idx1-ubyte")),
-        idx_labels(labels),
-    )
-    .unwrap();
-}
-
-/// Asserts `err` is [`Error::Data`] whose path and message name `file`, and whose message contains
-/// each of `words`.
-fn assert_data_error(err: Error, file: &str, words: &[&str]) {
-    let msg = err.to_string();
-    match &err {
-        Error::Data { path, .. } => assert!(path.ends_with(file), "path {path} for {file}"),
-        other => panic!("expected Error::Data, got {other:?}"),
-    }
-    assert!(msg.contains(file), "message does not name {file}: {msg}");
-    for w in words {
-        assert!(msg.contains(w), "message lacks {w:?}: {msg}");
-    }
-    assert!(msg.contains("--data DIR"), "message says what to do: {msg}");
-}
-
 #[test]
 fn small_directory_loads() {
     let tmp = small_dir();
@@ -269,161 +179,6 @@ fn small_directory_loads() {
     assert_eq!(
         split.test.image(2),
         (24..36).map(|i| (i * 37 % 256) as u8).collect::<Vec<_>>()
-    );
-}
-
-#[test]
-fn missing_directory_and_files() {
-    let tmp = small_dir();
-    let gone = tmp.path().join("no-such-dir");
-    assert_data_error(
-        load_dir(&gone).unwrap_err(),
-        "no-such-dir",
-        &["does not exist"],
-    );
-    let file = tmp.path().join("train-labels-idx1-ubyte");
-    assert_data_error(
-        load_dir(&file).unwrap_err(),
-        "train-labels-idx1-ubyte",
-        &["not a dir"],
-    );
-
-    std::fs::remove_file(tmp.path().join("t10k-labels-idx1-ubyte")).unwrap();
-    let err = load_dir(tmp.path()).unwrap_err();
-    assert_data_error(
-        err,
-        "t10k-labels-idx1-ubyte.gz",
-        &["missing", "test-labels-idx1-ubyte"],
-    );
-}
-
-#[test]
-fn wrong_magic() {
-    let tmp = small_dir();
-    // Swapped: a labels file where the images belong.
-    let labels = idx_labels(&[1, 2, 3, 4, 5]);
-    std::fs::write(tmp.path().join("train-images-idx3-ubyte.gz"), gzip(&labels)).unwrap();
-    let err = load_dir(tmp.path()).unwrap_err();
-    assert_data_error(
-        err,
-        "train-images-idx3-ubyte.gz",
-        &["0x00000801", "0x00000803"],
-    );
-
-    let tmp = small_dir();
-    std::fs::write(
-        tmp.path().join("t10k-labels-idx1-ubyte"),
-        b"PK\x03\x04 a zip file",
-    )
-    .unwrap();
-    let err = load_dir(tmp.path()).unwrap_err();
-    assert_data_error(err, "t10k-labels-idx1-ubyte", &["magic", "not an IDX file"]);
-}
-
-#[test]
-fn truncated_files() {
-    // Data cut short, inside a gzip stream that is itself intact.
-    let tmp = small_dir();
-    let short = idx_images(3, 4, 3, &[0; 35]);
-    std::fs::write(tmp.path().join("t10k-images-idx3-ubyte.gz"), gzip(&short)).unwrap();
-    let err = load_dir(tmp.path()).unwrap_err();
-    assert_data_error(
-        err,
-        "t10k-images-idx3-ubyte.gz",
-        &["truncated", "3×4×3 = 36", "35"],
-    );
-
-    // A header cut short, an empty file, and a gzip stream cut short.
-    let tmp = small_dir();
-    std::fs::write(
-        tmp.path().join("train-labels-idx1-ubyte"),
-        &idx_labels(&[])[..6],
-    )
-    .unwrap();
-    let err = load_dir(tmp.path()).unwrap_err();
-    assert_data_error(err, "train-labels-idx1-ubyte", &["truncated", "header"]);
-    std::fs::write(tmp.path().join("train-labels-idx1-ubyte"), b"").unwrap();
-    let err = load_dir(tmp.path()).unwrap_err();
-    assert_data_error(err, "train-labels-idx1-ubyte", &["too short"]);
-
-    let tmp = small_dir();
-    let path = tmp.path().join("train-images-idx3-ubyte.gz");
-    let gz = std::fs::read(&path).unwrap();
-    std::fs::write(&path, &gz[..gz.len() - 10]).unwrap();
-    let err = load_dir(tmp.path()).unwrap_err();
-    assert_data_error(err, "train-images-idx3-ubyte.gz", &["gzip"]);
-    // A flipped byte in the compressed data fails the CRC or the inflater.
-    let mut bad = gz.clone();
-    let mid = bad.len() / 2;
-    bad[mid] ^= 0x55;
-    std::fs::write(&path, bad).unwrap();
-    let err = load_dir(tmp.path()).unwrap_err();
-    assert_data_error(err, "train-images-idx3-ubyte.gz", &["gzip"]);
-}
-
-#[test]
-fn trailing_garbage() {
-    let tmp = small_dir();
-    let mut labels = idx_labels(&[3, 5, 7]);
-    labels.extend_from_slice(b"\n\n");
-    std::fs::write(tmp.path().join("t10k-labels-idx1-ubyte"), labels).unwrap();
-    let err = load_dir(tmp.path()).unwrap_err();
-    assert_data_error(
-        err,
-        "t10k-labels-idx1-ubyte",
-        &["2 bytes of trailing garbage"],
-    );
-}
-
-#[test]
-fn count_mismatch_and_label_range() {
-    let tmp = small_dir();
-    std::fs::write(
-        tmp.path().join("train-labels-idx1-ubyte"),
-        idx_labels(&[0, 1, 2, 3]),
-    )
-    .unwrap();
-    let err = load_dir(tmp.path()).unwrap_err();
-    assert_data_error(err, "train-labels-idx1-ubyte", &["4 labels", "5 images"]);
-
-    let tmp = small_dir();
-    std::fs::write(
-        tmp.path().join("t10k-labels-idx1-ubyte"),
-        idx_labels(&[3, 10, 7]),
-    )
-    .unwrap();
-    let err = load_dir(tmp.path()).unwrap_err();
-    assert_data_error(
-        err,
-        "t10k-labels-idx1-ubyte",
-        &["label 10 at index 1", "0..=9"],
-    );
-}
-
-#[test]
-fn image_sizes() {
-    // Test images of another size than the training images.
-    let tmp = small_dir();
-    write_set(tmp.path(), "t10k", 3, 3, 4, &[3, 5, 7]);
-    let err = load_dir(tmp.path()).unwrap_err();
-    assert_data_error(err, "t10k-images-idx3-ubyte.gz", &["3×4", "4×3"]);
-
-    // Zero-sized images, and an empty set.
-    let tmp = small_dir();
-    write_set(tmp.path(), "train", 5, 0, 3, &[0, 1, 2, 9, 4]);
-    let err = load_dir(tmp.path()).unwrap_err();
-    assert_data_error(err, "train-images-idx3-ubyte.gz", &["0×3"]);
-    let tmp = small_dir();
-    write_set(tmp.path(), "t10k", 0, 4, 3, &[]);
-    let err = load_dir(tmp.path()).unwrap_err();
-    assert_data_error(err, "t10k-images-idx3-ubyte.gz", &["no images"]);
-
-    // The model's input size against the images.
-    let err = bundled().train.check_input_size(100).unwrap_err();
-    assert_data_error(
-        err,
-        "train-images-idx3-ubyte.gz",
-        &["image size 784 does not match the first layer's 100 inputs"],
     );
 }
 
@@ -443,4 +198,15 @@ fn in_memory_datasets() {
     ] {
         assert_data_error(bad.unwrap_err(), "<memory>", &[]);
     }
+}
+
+#[test]
+fn input_size_against_the_model() {
+    // The model's input size against the images.
+    let err = bundled().train.check_input_size(100).unwrap_err();
+    assert_data_error(
+        err,
+        "train-images-idx3-ubyte.gz",
+        &["image size 784 does not match the first layer's 100 inputs"],
+    );
 }

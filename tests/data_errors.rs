@@ -1,0 +1,154 @@
+//! Every kind of bad MNIST data: a typed error naming the file and saying what to do, never a
+//! panic.
+
+mod data_support;
+
+use ampkit::train::data::load_dir;
+use data_support::*;
+
+#[test]
+fn missing_directory_and_files() {
+    let tmp = small_dir();
+    let gone = tmp.path().join("no-such-dir");
+    assert_data_error(
+        load_dir(&gone).unwrap_err(),
+        "no-such-dir",
+        &["does not exist"],
+    );
+    let file = tmp.path().join("train-labels-idx1-ubyte");
+    assert_data_error(
+        load_dir(&file).unwrap_err(),
+        "train-labels-idx1-ubyte",
+        &["not a dir"],
+    );
+
+    std::fs::remove_file(tmp.path().join("t10k-labels-idx1-ubyte")).unwrap();
+    let err = load_dir(tmp.path()).unwrap_err();
+    assert_data_error(
+        err,
+        "t10k-labels-idx1-ubyte.gz",
+        &["missing", "test-labels-idx1-ubyte"],
+    );
+}
+
+#[test]
+fn wrong_magic() {
+    let tmp = small_dir();
+    // Swapped: a labels file where the images belong.
+    let labels = idx_labels(&[1, 2, 3, 4, 5]);
+    std::fs::write(tmp.path().join("train-images-idx3-ubyte.gz"), gzip(&labels)).unwrap();
+    let err = load_dir(tmp.path()).unwrap_err();
+    assert_data_error(
+        err,
+        "train-images-idx3-ubyte.gz",
+        &["0x00000801", "0x00000803"],
+    );
+
+    let tmp = small_dir();
+    std::fs::write(
+        tmp.path().join("t10k-labels-idx1-ubyte"),
+        b"PK\x03\x04 a zip file",
+    )
+    .unwrap();
+    let err = load_dir(tmp.path()).unwrap_err();
+    assert_data_error(err, "t10k-labels-idx1-ubyte", &["magic", "not an IDX file"]);
+}
+
+#[test]
+fn truncated_files() {
+    // Data cut short, inside a gzip stream that is itself intact.
+    let tmp = small_dir();
+    let short = idx_images(3, 4, 3, &[0; 35]);
+    std::fs::write(tmp.path().join("t10k-images-idx3-ubyte.gz"), gzip(&short)).unwrap();
+    let err = load_dir(tmp.path()).unwrap_err();
+    assert_data_error(
+        err,
+        "t10k-images-idx3-ubyte.gz",
+        &["truncated", "3×4×3 = 36", "35"],
+    );
+
+    // A header cut short, an empty file, and a gzip stream cut short.
+    let tmp = small_dir();
+    std::fs::write(
+        tmp.path().join("train-labels-idx1-ubyte"),
+        &idx_labels(&[])[..6],
+    )
+    .unwrap();
+    let err = load_dir(tmp.path()).unwrap_err();
+    assert_data_error(err, "train-labels-idx1-ubyte", &["truncated", "header"]);
+    std::fs::write(tmp.path().join("train-labels-idx1-ubyte"), b"").unwrap();
+    let err = load_dir(tmp.path()).unwrap_err();
+    assert_data_error(err, "train-labels-idx1-ubyte", &["too short"]);
+
+    let tmp = small_dir();
+    let path = tmp.path().join("train-images-idx3-ubyte.gz");
+    let gz = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &gz[..gz.len() - 10]).unwrap();
+    let err = load_dir(tmp.path()).unwrap_err();
+    assert_data_error(err, "train-images-idx3-ubyte.gz", &["gzip"]);
+    // A flipped byte in the compressed data fails the CRC or the inflater.
+    let mut bad = gz.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x55;
+    std::fs::write(&path, bad).unwrap();
+    let err = load_dir(tmp.path()).unwrap_err();
+    assert_data_error(err, "train-images-idx3-ubyte.gz", &["gzip"]);
+}
+
+#[test]
+fn trailing_garbage() {
+    let tmp = small_dir();
+    let mut labels = idx_labels(&[3, 5, 7]);
+    labels.extend_from_slice(b"\n\n");
+    std::fs::write(tmp.path().join("t10k-labels-idx1-ubyte"), labels).unwrap();
+    let err = load_dir(tmp.path()).unwrap_err();
+    assert_data_error(
+        err,
+        "t10k-labels-idx1-ubyte",
+        &["2 bytes of trailing garbage"],
+    );
+}
+
+#[test]
+fn count_mismatch_and_label_range() {
+    let tmp = small_dir();
+    std::fs::write(
+        tmp.path().join("train-labels-idx1-ubyte"),
+        idx_labels(&[0, 1, 2, 3]),
+    )
+    .unwrap();
+    let err = load_dir(tmp.path()).unwrap_err();
+    assert_data_error(err, "train-labels-idx1-ubyte", &["4 labels", "5 images"]);
+
+    let tmp = small_dir();
+    std::fs::write(
+        tmp.path().join("t10k-labels-idx1-ubyte"),
+        idx_labels(&[3, 10, 7]),
+    )
+    .unwrap();
+    let err = load_dir(tmp.path()).unwrap_err();
+    assert_data_error(
+        err,
+        "t10k-labels-idx1-ubyte",
+        &["label 10 at index 1", "0..=9"],
+    );
+}
+
+#[test]
+fn image_sizes() {
+    // Test images of another size than the training images.
+    let tmp = small_dir();
+    write_set(tmp.path(), "t10k", 3, 3, 4, &[3, 5, 7]);
+    let err = load_dir(tmp.path()).unwrap_err();
+    assert_data_error(err, "t10k-images-idx3-ubyte.gz", &["3×4", "4×3"]);
+
+    // Zero-sized images, and an empty set.
+    let tmp = small_dir();
+    write_set(tmp.path(), "train", 5, 0, 3, &[0, 1, 2, 9, 4]);
+    let err = load_dir(tmp.path()).unwrap_err();
+    assert_data_error(err, "train-images-idx3-ubyte.gz", &["0×3"]);
+    let tmp = small_dir();
+    write_set(tmp.path(), "t10k", 0, 4, 3, &[]);
+    let err = load_dir(tmp.path()).unwrap_err();
+    assert_data_error(err, "t10k-images-idx3-ubyte.gz", &["no images"]);
+}
