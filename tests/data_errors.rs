@@ -1,5 +1,5 @@
-//! Every kind of bad MNIST data: a typed error naming the file and saying what to do, never a
-//! panic.
+//! Every kind of bad MNIST data and unreadable paths: a typed error naming the file and saying
+//! what to do, never a panic.
 
 mod data_support;
 
@@ -151,4 +151,59 @@ fn image_sizes() {
     write_set(tmp.path(), "t10k", 0, 4, 3, &[]);
     let err = load_dir(tmp.path()).unwrap_err();
     assert_data_error(err, "t10k-images-idx3-ubyte.gz", &["no images"]);
+}
+
+#[cfg(unix)]
+#[test]
+fn unreadable_paths_report_the_os_error() {
+    use std::os::unix::fs::PermissionsExt;
+
+    // A data directory below a regular file: ENOTDIR, which permission bits (and root) don't
+    // change. It was reported as "does not exist".
+    let tmp = small_dir();
+    let below_file = tmp.path().join("train-labels-idx1-ubyte").join("mnist");
+    let err = load_dir(&below_file).unwrap_err();
+    assert!(!err.to_string().contains("does not exist"), "{err}");
+    assert_data_error(
+        err,
+        "mnist",
+        &["cannot read the data directory", "os error", "permissions"],
+    );
+
+    // A symlink loop and a directory where the file belongs: the reason, not "missing".
+    let tmp = small_dir();
+    let path = tmp.path().join("train-images-idx3-ubyte.gz");
+    std::fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink(&path, &path).unwrap();
+    let err = load_dir(tmp.path()).unwrap_err();
+    assert!(!err.to_string().contains("missing"), "{err}");
+    assert_data_error(
+        err,
+        "train-images-idx3-ubyte.gz",
+        &["cannot read", "os error"],
+    );
+    std::fs::remove_file(&path).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    let err = load_dir(tmp.path()).unwrap_err();
+    assert_data_error(err, "train-images-idx3-ubyte.gz", &["not a regular file"]);
+    // A usable candidate still wins over an unusable one found first, as before.
+    std::fs::remove_dir(&path).unwrap();
+    std::fs::create_dir(tmp.path().join("train-images-idx3-ubyte")).unwrap();
+    write_set(tmp.path(), "train", 5, 4, 3, &[0, 1, 2, 9, 4]);
+    assert_eq!(load_dir(tmp.path()).unwrap().train.len(), 5);
+
+    // A directory without permissions: EACCES, unless the tests run as root, who may read it.
+    let tmp = small_dir();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o000)).unwrap();
+    let as_root = std::fs::metadata(tmp.path().join("train-labels-idx1-ubyte")).is_ok();
+    let result = load_dir(tmp.path());
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    if as_root {
+        eprintln!("skipped the permission case: permission bits do not stop this user");
+        assert!(result.is_ok());
+    } else {
+        let err = result.unwrap_err();
+        assert!(!err.to_string().contains("missing"), "{err}");
+        assert_data_error(err, "train-images-idx3-ubyte", &["cannot read", "os error"]);
+    }
 }

@@ -298,16 +298,33 @@ impl fmt::Debug for Dataset {
 
 /// Loads the training and test sets from `dir` (file names in the [module docs](self)).
 ///
-/// Fails with [`Error::Data`] when `dir` is not a directory, a file is missing or bad (see
-/// [`Dataset::load`]), a set is empty, or the test images differ in size from the training images.
+/// Fails with [`Error::Data`] when `dir` or a file in it is missing or cannot be read (with the
+/// operating system's reason), when `dir` is not a directory, when a file is bad (see
+/// [`Dataset::load`]), when a set is empty, or when the test images differ in size from the
+/// training images.
 pub fn load_dir(dir: &Path) -> Result<MnistSplit> {
-    if !dir.is_dir() {
-        let what = if dir.exists() {
-            "is not a directory"
-        } else {
-            "does not exist"
-        };
-        return Err(data_err(dir, format!("the data directory {what}")));
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return Err(data_err(
+                dir,
+                "the data directory is not a directory; pass the directory that holds the four \
+                 files"
+                    .to_string(),
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(data_err(
+                dir,
+                "the data directory does not exist".to_string(),
+            ))
+        }
+        Err(e) => {
+            return Err(data_err(
+                dir,
+                format!("cannot read the data directory ({e}); check the path and its permissions"),
+            ))
+        }
     }
     let find = |prefixes: &[&str], kind: &str, idx: &str| find_file(dir, prefixes, kind, idx);
     let train_images = find(&["train"], "images", "idx3")?;
@@ -381,16 +398,28 @@ fn data_err(path: &Path, detail: String) -> Error {
 
 /// The first existing file among `<prefix>-<kind>-<idx>-ubyte[.gz]` and
 /// `<prefix>-<kind>.<idx>-ubyte[.gz]`, prefixes in order.
+///
+/// A candidate that cannot be examined (no permission, a symlink loop) or is not a file is passed
+/// over like a missing one, but if no candidate is usable the error names the first such problem:
+/// calling the file missing would hide why it cannot be read.
 fn find_file(dir: &Path, prefixes: &[&str], kind: &str, idx: &str) -> Result<PathBuf> {
+    let mut problem = None;
     for prefix in prefixes {
         for sep in ['-', '.'] {
             for ext in ["", ".gz"] {
                 let path = dir.join(format!("{prefix}-{kind}{sep}{idx}-ubyte{ext}"));
-                if path.is_file() {
-                    return Ok(path);
-                }
+                let detail = match std::fs::metadata(&path) {
+                    Ok(meta) if meta.is_file() => return Ok(path),
+                    Ok(_) => "is not a regular file; put the IDX file itself here".to_string(),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => format!("cannot read ({e}); check the file and its permissions"),
+                };
+                problem.get_or_insert_with(|| data_err(&path, detail));
             }
         }
+    }
+    if let Some(err) = problem {
+        return Err(err);
     }
     let names: Vec<String> = prefixes
         .iter()
