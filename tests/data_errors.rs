@@ -1,5 +1,5 @@
-//! Every kind of bad MNIST data and unreadable paths: a typed error naming the file and saying
-//! what to do, never a panic.
+//! Every kind of bad MNIST data, announced sizes over the limits, and unreadable paths: a typed
+//! error naming the file and saying what to do, never a panic.
 
 mod data_support;
 
@@ -41,7 +41,7 @@ fn wrong_magic() {
     assert_data_error(
         err,
         "train-images-idx3-ubyte.gz",
-        &["0x00000801", "0x00000803"],
+        &["0x00000801", "0x00000803", "images and labels swapped?"],
     );
 
     let tmp = small_dir();
@@ -52,6 +52,17 @@ fn wrong_magic() {
     .unwrap();
     let err = load_dir(tmp.path()).unwrap_err();
     assert_data_error(err, "t10k-labels-idx1-ubyte", &["magic", "not an IDX file"]);
+
+    // IDX, but of another element type: the header says which.
+    let mut floats = idx_labels(&[0; 8]);
+    floats[2..4].copy_from_slice(&[0x0d, 2]);
+    std::fs::write(tmp.path().join("t10k-labels-idx1-ubyte"), floats).unwrap();
+    let err = load_dir(tmp.path()).unwrap_err();
+    assert_data_error(
+        err,
+        "t10k-labels-idx1-ubyte",
+        &["0x00000d02 (an IDX file of f32 with 2 dimension(s))"],
+    );
 }
 
 #[test]
@@ -107,6 +118,16 @@ fn trailing_garbage() {
         "t10k-labels-idx1-ubyte",
         &["2 bytes of trailing garbage"],
     );
+    // Past 1 MiB the reader stops counting (and reading).
+    let mut labels = idx_labels(&[3, 5, 7]);
+    labels.resize(labels.len() + (1 << 20) + 1, 0);
+    std::fs::write(tmp.path().join("t10k-labels-idx1-ubyte"), gzip(&labels)).unwrap();
+    let err = load_dir(tmp.path()).unwrap_err();
+    assert_data_error(
+        err,
+        "t10k-labels-idx1-ubyte",
+        &["more than 1048576 bytes of trailing garbage"],
+    );
 }
 
 #[test]
@@ -117,6 +138,11 @@ fn count_mismatch_and_label_range() {
         idx_labels(&[0, 1, 2, 3]),
     )
     .unwrap();
+    let err = load_dir(tmp.path()).unwrap_err();
+    assert_data_error(err, "train-labels-idx1-ubyte", &["4 labels", "5 images"]);
+    // Found from the headers, before the truncated images payload is read.
+    let short = idx_images(5, 4, 3, &[0; 35]);
+    std::fs::write(tmp.path().join("train-images-idx3-ubyte.gz"), gzip(&short)).unwrap();
     let err = load_dir(tmp.path()).unwrap_err();
     assert_data_error(err, "train-labels-idx1-ubyte", &["4 labels", "5 images"]);
 
@@ -151,6 +177,43 @@ fn image_sizes() {
     write_set(tmp.path(), "t10k", 0, 4, 3, &[]);
     let err = load_dir(tmp.path()).unwrap_err();
     assert_data_error(err, "t10k-images-idx3-ubyte.gz", &["no images"]);
+}
+
+#[test]
+fn announced_sizes_over_the_limits_fail_before_any_payload() {
+    // Each header is followed by 100 bytes only: the old reader called these truncated after
+    // reading them; now the header alone decides.
+    let cases: [(u32, u32, u32, &str); 4] = [
+        (1 << 31, 28, 28, "2147483648 items, more than the 16777216"),
+        (u32::MAX, u32::MAX, u32::MAX, "4294967295 items"),
+        (
+            10,
+            2048,
+            1024,
+            "2097152 bytes per item, more than the 1048576",
+        ),
+        (
+            1 << 20,
+            32,
+            64,
+            "2147483648 bytes in all, more than the 1073741824",
+        ),
+    ];
+    for (n, rows, cols, words) in cases {
+        let tmp = small_dir();
+        let mut file = idx_images(n, rows, cols, &[0; 100]);
+        file.truncate(16 + 100);
+        std::fs::write(tmp.path().join("train-images-idx3-ubyte.gz"), gzip(&file)).unwrap();
+        let err = load_dir(tmp.path()).unwrap_err();
+        assert!(!err.to_string().contains("truncated"), "{err}");
+        assert_data_error(err, "train-images-idx3-ubyte.gz", &[words, "download"]);
+    }
+    let tmp = small_dir();
+    let mut labels = idx_labels(&[]);
+    labels[4..8].copy_from_slice(&(1u32 << 31).to_be_bytes());
+    std::fs::write(tmp.path().join("t10k-labels-idx1-ubyte"), labels).unwrap();
+    let err = load_dir(tmp.path()).unwrap_err();
+    assert_data_error(err, "t10k-labels-idx1-ubyte", &["2147483648 items"]);
 }
 
 #[cfg(unix)]

@@ -1,6 +1,6 @@
-//! Shared support of the MNIST data tests (`data`, `data_errors`): IDX and gzip bytes built in
-//! memory, a small valid data directory, and the check that an error names its file and says what
-//! to do.
+//! Shared support of the MNIST data tests (`data`, `data_errors`, `data_bomb`): IDX and gzip
+//! bytes built in memory, a small valid data directory, and the check that an error names its file
+//! and says what to do.
 #![allow(dead_code)]
 
 use ampkit::Error;

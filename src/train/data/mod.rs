@@ -14,14 +14,20 @@
 //! The repository bundles an 8,000/2,000 subset in `data/` ([`bundled_dir`]); the full 60,000/10,000
 //! set loads the same way through [`load_dir`].
 //!
-//! Every defect in the files (missing, wrong magic, truncated, trailing bytes, count mismatch,
-//! label outside 0..=9, corrupt gzip) is an [`Error::Data`] naming the file, never a panic.
+//! Files are streamed: each header is checked before its payload is read, a file may announce at
+//! most 16,777,216 items of at most 1 MiB each and 1 GiB in all, and exactly the announced payload
+//! is read, so memory stays at what the headers announce however far a gzip stream would inflate.
+//!
+//! Every defect in the files (missing or unreadable, wrong magic, an announced size over the
+//! limits, truncated, trailing bytes, count mismatch, label outside 0..=9, corrupt gzip) is an
+//! [`Error::Data`] naming the file, never a panic.
+
+mod idx;
 
 use crate::error::{expect_len, Error, Result};
-use flate2::read::MultiGzDecoder;
 use half::f16;
+use idx::IdxReader;
 use std::fmt;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// Number of classes: labels are `0..NUM_CLASSES`.
@@ -90,35 +96,47 @@ impl Dataset {
 
     /// Reads an IDX images file and its IDX labels file (each raw or gzipped).
     ///
+    /// Both headers are read and checked before either payload, so a count mismatch or an
+    /// announced size over the limits ([module docs](self)) fails before the data is read.
+    ///
     /// Fails with [`Error::Data`] naming the file at fault when either cannot be read, is not the
-    /// right kind of IDX file, is truncated or has bytes after its data, when the two counts
-    /// differ, or when a label is 10 or more.
+    /// right kind of IDX file, announces too much data, is truncated or has bytes after its data,
+    /// when the two counts differ, or when a label is 10 or more.
     pub fn load(images_path: &Path, labels_path: &Path) -> Result<Dataset> {
-        let image_file = read_file(images_path)?;
-        let ([count, rows, cols], images) =
-            parse_idx::<3>(images_path, &image_file, IMAGES_MAGIC, "images")?;
-        // Validated before the label file is read: a zero-sized image makes every count fit.
+        let images = IdxReader::open(images_path, IMAGES_MAGIC, "images")?;
+        // Checked before the labels file is opened: a zero-sized image makes any count fit.
+        let [_, rows, cols] = images.dims();
         image_size(images_path, rows, cols)?;
-        let label_file = read_file(labels_path)?;
-        let ([label_count], labels) =
-            parse_idx::<1>(labels_path, &label_file, LABELS_MAGIC, "labels")?;
+        let labels = IdxReader::open(labels_path, LABELS_MAGIC, "labels")?;
+        Dataset::from_idx(images, labels)
+    }
+
+    /// The set whose headers `images` and `labels` have read; reads both payloads.
+    fn from_idx(images: IdxReader<'_, 3>, labels: IdxReader<'_, 1>) -> Result<Dataset> {
+        let [count, rows, cols] = images.dims();
+        image_size(images.source(), rows, cols)?;
+        let [label_count] = labels.dims();
         if label_count != count {
             return Err(data_err(
-                labels_path,
+                labels.source(),
                 format!(
                     "{label_count} labels, but the images file {} has {count} images; the two \
                      files must come from the same set",
-                    images_path.display()
+                    images.source().display()
                 ),
             ));
         }
-        check_labels(labels_path, labels)?;
+        let source = images.source().to_path_buf();
+        let labels_source = labels.source().to_path_buf();
+        let images = images.finish()?;
+        let labels = labels.finish()?;
+        check_labels(&labels_source, &labels)?;
         Ok(Dataset {
-            images: images.to_vec(),
-            labels: labels.to_vec(),
+            images,
+            labels,
             rows,
             cols,
-            source: images_path.to_path_buf(),
+            source,
         })
     }
 
@@ -433,97 +451,6 @@ fn find_file(dir: &Path, prefixes: &[&str], kind: &str, idx: &str) -> Result<Pat
             dir.display()
         ),
     ))
-}
-
-/// The file's bytes, gunzipped if it starts with the gzip magic (a raw IDX file starts with 0).
-fn read_file(path: &Path) -> Result<Vec<u8>> {
-    let bytes = std::fs::read(path).map_err(|e| data_err(path, format!("cannot read: {e}")))?;
-    if !bytes.starts_with(&[0x1f, 0x8b]) {
-        return Ok(bytes);
-    }
-    let mut raw = Vec::new();
-    // Multi-member: `cat a.gz b.gz` is a valid gzip file.
-    MultiGzDecoder::new(bytes.as_slice())
-        .read_to_end(&mut raw)
-        .map_err(|e| {
-            data_err(
-                path,
-                format!("corrupt or truncated gzip data ({e}); {REFETCH}"),
-            )
-        })?;
-    Ok(raw)
-}
-
-/// Splits an unsigned-byte IDX file with `N` dimensions into its dimensions and its data, which
-/// must be exactly their product in bytes.
-fn parse_idx<'a, const N: usize>(
-    path: &Path,
-    bytes: &'a [u8],
-    magic: u32,
-    what: &str,
-) -> Result<([usize; N], &'a [u8])> {
-    let header = 4 + 4 * N;
-    let word = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
-    if bytes.len() < 4 {
-        return Err(data_err(
-            path,
-            format!(
-                "{} bytes, too short for an IDX file; {REFETCH}",
-                bytes.len()
-            ),
-        ));
-    }
-    let found = word(0);
-    if found != magic {
-        let hint = match found {
-            IMAGES_MAGIC => " (an images file: images and labels swapped?)",
-            LABELS_MAGIC => " (a labels file: images and labels swapped?)",
-            _ => " (not an IDX file of unsigned bytes)",
-        };
-        return Err(data_err(
-            path,
-            format!(
-                "IDX magic is {found:#010x}{hint}, expected {magic:#010x} for MNIST {what} with \
-                 {N} dimension(s)"
-            ),
-        ));
-    }
-    if bytes.len() < header {
-        return Err(data_err(
-            path,
-            format!(
-                "truncated: {} bytes, shorter than the {header}-byte IDX header; {REFETCH}",
-                bytes.len()
-            ),
-        ));
-    }
-    let dims: [usize; N] = std::array::from_fn(|d| word(4 + 4 * d) as usize);
-    let shape = dims.map(|d| d.to_string()).join("×");
-    let want = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
-    let body = &bytes[header..];
-    match want {
-        Some(want) if body.len() == want => Ok((dims, body)),
-        Some(want) if body.len() < want => Err(data_err(
-            path,
-            format!(
-                "truncated: the header announces {shape} = {want} bytes of {what}, the file has \
-                 {} after the header; {REFETCH}",
-                body.len()
-            ),
-        )),
-        Some(want) => Err(data_err(
-            path,
-            format!(
-                "{} bytes of trailing garbage after the {shape} = {want} bytes of {what} the \
-                 header announces; {REFETCH}",
-                body.len() - want
-            ),
-        )),
-        None => Err(data_err(
-            path,
-            format!("the header announces {shape} {what}, which overflows usize"),
-        )),
-    }
 }
 
 /// `rows · cols`, which must be at least 1 and fit in usize.
