@@ -27,8 +27,8 @@ fn main() -> ampkit::Result<()> {
         cfg.model.parameter_count()
     );
 
-    // data/ in the working directory or the crate root: 8,000 training and 2,000 test digits.
-    let split = data::load_dir(&data::bundled_dir()?)?;
+    // The bundled subset, compiled into the library: 8,000 training and 2,000 test digits.
+    let split = data::bundled()?;
     println!(
         "data: {} training, {} test images of {}×{}",
         split.train.len(),

@@ -227,11 +227,10 @@ pub fn device(spec: &str) -> Result<Device> {
 }
 
 fn dataset(dir: &Option<PathBuf>) -> Result<data::MnistSplit> {
-    let dir = match dir {
-        Some(d) => d.clone(),
-        None => data::bundled_dir()?,
-    };
-    data::load_dir(&dir)
+    match dir {
+        Some(dir) => data::load_dir(dir),
+        None => data::bundled(),
+    }
 }
 
 /// `ampkit train`.

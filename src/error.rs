@@ -93,7 +93,7 @@ pub enum Error {
     /// A training data file or directory is missing, malformed, or does not fit the model.
     #[error(
         "data `{path}`: {detail}. ampkit reads the four MNIST IDX files (raw or .gz) from \
-         --data DIR, or from the bundled data/ that scripts/fetch-mnist rebuilds"
+         --data DIR; without --data it uses the 8,000/2,000 subset built into it"
     )]
     Data {
         /// The file or directory at fault.

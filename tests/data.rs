@@ -1,16 +1,20 @@
-//! The MNIST data layer: the bundled subset as documented in data/README.md, raw vs gzip, the
-//! accepted file names and batch gathering. Bad data is in data_errors.rs.
+//! The MNIST data layer: the bundled subset as documented in data/README.md (compiled in, and the
+//! same as its files), raw vs gzip, the accepted file names, batch gathering, and the binary
+//! training outside the repository. Bad data and unreadable paths are in data_errors.rs,
+//! gzip bombs in data_bomb.rs.
 
 mod data_support;
 
-use ampkit::train::data::{bundled_dir, load_dir, Dataset, MnistSplit, NUM_CLASSES};
+use ampkit::train::data::{self, load_dir, Dataset, MnistSplit, NUM_CLASSES};
 use ampkit::{f16, Error};
 use data_support::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::OnceLock;
 
 fn bundled() -> &'static MnistSplit {
     static SPLIT: OnceLock<MnistSplit> = OnceLock::new();
-    SPLIT.get_or_init(|| load_dir(&data_dir()).expect("the bundled data loads"))
+    SPLIT.get_or_init(|| data::bundled().expect("the bundled data decodes"))
 }
 
 const TRAIN_COUNTS: [usize; NUM_CLASSES] = [801, 902, 793, 826, 784, 690, 811, 856, 755, 782];
@@ -54,6 +58,8 @@ fn bundled_split_matches_its_readme() {
     for (i, (bytes, want)) in hashes.iter().enumerate() {
         assert_eq!(sha256(bytes), *want, "file {i}");
     }
+    assert!(split.train.source().ends_with("train-images-idx3-ubyte.gz"));
+    assert!(split.train.source().starts_with("<bundled>"));
 }
 
 #[test]
@@ -85,14 +91,20 @@ fn bundled_pixels_look_like_mnist() {
 }
 
 #[test]
-fn loading_is_deterministic_and_bundled_dir_finds_data() {
-    let dir = bundled_dir().unwrap();
-    assert!(dir.ends_with("data"));
-    let again = load_dir(&dir).unwrap();
-    assert_eq!(again.train.images(), bundled().train.images());
-    assert_eq!(again.train.labels(), bundled().train.labels());
-    assert_eq!(again.test.images(), bundled().test.images());
-    assert_eq!(again.test.labels(), bundled().test.labels());
+fn compiled_in_data_equals_the_data_files() {
+    let files = load_dir(&data_dir()).unwrap();
+    let built_in = bundled();
+    assert_eq!(files.train.images(), built_in.train.images());
+    assert_eq!(files.train.labels(), built_in.train.labels());
+    assert_eq!(files.test.images(), built_in.test.images());
+    assert_eq!(files.test.labels(), built_in.test.labels());
+    assert!(files
+        .train
+        .source()
+        .ends_with("data/train-images-idx3-ubyte.gz"));
+    // Decoding again gives the same data.
+    let again = data::bundled().unwrap();
+    assert_eq!(again.train.images(), built_in.train.images());
 }
 
 #[test]
@@ -120,10 +132,8 @@ fn raw_and_test_prefix_load_the_same() {
     std::fs::remove_file(tmp.path().join("test-labels-idx1-ubyte")).unwrap();
     let two_members = [gzip(head), gzip(tail)].concat();
     std::fs::write(tmp.path().join("test-labels-idx1-ubyte.gz"), two_members).unwrap();
-    assert_eq!(
-        load_dir(tmp.path()).unwrap().test.labels(),
-        bundled().test.labels()
-    );
+    let regzipped = load_dir(tmp.path()).unwrap();
+    assert_eq!(regzipped.test.labels(), bundled().test.labels());
 }
 
 #[test]
@@ -209,4 +219,59 @@ fn input_size_against_the_model() {
         "train-images-idx3-ubyte.gz",
         &["image size 784 does not match the first layer's 100 inputs"],
     );
+}
+
+/// The ampkit binary cargo built next to this test executable (target/<profile>/ampkit), found at
+/// run time.
+fn ampkit_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let up = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let candidates = [up.join("ampkit"), up.join("bin").join("ampkit")];
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| panic!("no ampkit binary at {candidates:?}; build it with cargo build"))
+}
+
+#[test]
+fn binary_trains_and_evaluates_outside_the_repository() {
+    // No data/ here, and no CARGO_MANIFEST_DIR (cargo sets it for tests) to lead back to one:
+    // as after `cargo install`.
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(ampkit_bin())
+            .current_dir(tmp.path())
+            .env_remove("CARGO_MANIFEST_DIR")
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "ampkit {args:?} failed:\n{text}");
+        text
+    };
+    let train = run(&[
+        "train",
+        "--device",
+        "cpu",
+        "--epochs",
+        "1",
+        "--max-steps",
+        "3",
+        "--no-progress",
+        "--save",
+        "ckpt",
+    ]);
+    assert!(train.contains("8000 train / 2000 test"), "{train}");
+    assert!(train.contains("done: 3 steps"), "{train}");
+    assert!(tmp.path().join("ckpt").is_dir());
+    let eval = run(&["eval", "--checkpoint", "ckpt", "--device", "cpu"]);
+    assert!(eval.contains("/2000)"), "{eval}");
 }

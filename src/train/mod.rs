@@ -5,7 +5,7 @@
 //! use ampkit::train::{data, open_backend, trainer, Progress, TrainConfig};
 //! # fn main() -> ampkit::Result<()> {
 //! let cfg = TrainConfig::mnist_default();
-//! let split = data::load_dir(&data::bundled_dir()?)?;
+//! let split = data::bundled()?;
 //! let (device, note) = ampkit::Device::auto();
 //! println!("{note}");
 //! let mut backend = open_backend(&device, &cfg)?;

@@ -11,8 +11,8 @@
 //! | test labels | `0x00000801` | `t10k-labels-idx1-ubyte`, `test-labels-idx1-ubyte` (or `.idx1-ubyte`) |
 //!
 //! The original distribution's names come first; the dotted ones are how some mirrors spell them.
-//! The repository bundles an 8,000/2,000 subset in `data/` ([`bundled_dir`]); the full 60,000/10,000
-//! set loads the same way through [`load_dir`].
+//! An 8,000/2,000 subset is compiled into the library ([`bundled`]), so it needs no files at run
+//! time; the full 60,000/10,000 set, or any set in these files, loads through [`load_dir`].
 //!
 //! Files are streamed: each header is checked before its payload is read, a file may announce at
 //! most 16,777,216 items of at most 1 MiB each and 1 GiB in all, and exactly the announced payload
@@ -54,6 +54,9 @@ pub struct Dataset {
 }
 
 /// The training and test sets of one data directory; both have the same image size.
+///
+/// [`load_dir`] and [`bundled`] check that both sets are non-empty and of one image size; a split
+/// built from its fields is whatever the caller puts in.
 #[derive(Clone, Debug)]
 pub struct MnistSplit {
     /// The training set (`train-*` files).
@@ -165,7 +168,8 @@ impl Dataset {
         self.cols
     }
 
-    /// The file the images came from (`<memory>` for [`Dataset::new`]).
+    /// The file the images came from: `<memory>` for [`Dataset::new`], `<bundled>/<file name>` for
+    /// [`bundled`].
     pub fn source(&self) -> &Path {
         &self.source
     }
@@ -314,6 +318,35 @@ impl fmt::Debug for Dataset {
     }
 }
 
+impl MnistSplit {
+    /// A split of two loaded sets, which must be non-empty and of one image size.
+    fn checked(train: Dataset, test: Dataset) -> Result<MnistSplit> {
+        for set in [&train, &test] {
+            if set.is_empty() {
+                return Err(data_err(
+                    &set.source,
+                    "contains no images; training and evaluation need at least one".to_string(),
+                ));
+            }
+        }
+        if (test.rows, test.cols) != (train.rows, train.cols) {
+            return Err(data_err(
+                &test.source,
+                format!(
+                    "test images are {}×{} but the training images ({}) are {}×{}; both sets \
+                     must come from the same data",
+                    test.rows,
+                    test.cols,
+                    train.source.display(),
+                    train.rows,
+                    train.cols
+                ),
+            ));
+        }
+        Ok(MnistSplit { train, test })
+    }
+}
+
 /// Loads the training and test sets from `dir` (file names in the [module docs](self)).
 ///
 /// Fails with [`Error::Data`] when `dir` or a file in it is missing or cannot be read (with the
@@ -351,60 +384,47 @@ pub fn load_dir(dir: &Path) -> Result<MnistSplit> {
     let test_labels = find(&["t10k", "test"], "labels", "idx1")?;
     let train = Dataset::load(&train_images, &train_labels)?;
     let test = Dataset::load(&test_images, &test_labels)?;
-    for set in [&train, &test] {
-        if set.is_empty() {
-            return Err(data_err(
-                &set.source,
-                "contains no images; training and evaluation need at least one".to_string(),
-            ));
-        }
-    }
-    if (test.rows, test.cols) != (train.rows, train.cols) {
-        return Err(data_err(
-            &test.source,
-            format!(
-                "test images are {}×{} but the training images ({}) are {}×{}; both sets must \
-                 come from the same data",
-                test.rows,
-                test.cols,
-                train.source.display(),
-                train.rows,
-                train.cols
-            ),
-        ));
-    }
-    Ok(MnistSplit { train, test })
+    MnistSplit::checked(train, test)
 }
 
-/// The bundled MNIST subset: `data/` under the current directory, else under the directory in the
-/// `CARGO_MANIFEST_DIR` environment variable (set by `cargo run` and `cargo test`), read at run
-/// time so an installed binary does not point into the tree it was built in. A candidate counts
-/// only if it holds a training images file.
+/// The repository's `data/` files, compiled in so an installed binary needs no files.
+const BUNDLED: [(&str, &[u8]); 4] = [
+    (
+        "train-images-idx3-ubyte.gz",
+        include_bytes!("../../../data/train-images-idx3-ubyte.gz"),
+    ),
+    (
+        "train-labels-idx1-ubyte.gz",
+        include_bytes!("../../../data/train-labels-idx1-ubyte.gz"),
+    ),
+    (
+        "t10k-images-idx3-ubyte.gz",
+        include_bytes!("../../../data/t10k-images-idx3-ubyte.gz"),
+    ),
+    (
+        "t10k-labels-idx1-ubyte.gz",
+        include_bytes!("../../../data/t10k-labels-idx1-ubyte.gz"),
+    ),
+];
+
+/// The bundled MNIST subset, 8,000 training and 2,000 test images of 28×28: the repository's
+/// `data/` files (its README says where they come from and how they were split), compiled into the
+/// library. Reads no files; each call decodes the embedded bytes anew (tens of milliseconds).
 ///
-/// Fails with [`Error::Data`] listing the places searched.
-pub fn bundled_dir() -> Result<PathBuf> {
-    let cwd = std::env::current_dir()
-        .map(|d| d.join("data"))
-        .map_err(|e| format!("the current directory (unreadable: {e})"));
-    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
-        .map(|m| PathBuf::from(m).join("data"))
-        .ok_or_else(|| "$CARGO_MANIFEST_DIR/data (not set)".to_string());
-    let mut looked = Vec::new();
-    for candidate in [cwd, manifest] {
-        match candidate {
-            Ok(dir) if find_file(&dir, &["train"], "images", "idx3").is_ok() => return Ok(dir),
-            Ok(dir) => looked.push(dir.display().to_string()),
-            Err(note) => looked.push(note),
-        }
-    }
-    Err(data_err(
-        Path::new("data/"),
-        format!(
-            "no bundled MNIST data found (looked in {}); outside the ampkit repository, pass \
-             --data DIR",
-            looked.join(", ")
-        ),
-    ))
+/// The sets' [`Dataset::source`] is `<bundled>/<file name>`. Fails with [`Error::Data`] only if
+/// the embedded files are damaged, which would be a defect of the build.
+pub fn bundled() -> Result<MnistSplit> {
+    let set = |images: (&str, &'static [u8]), labels: (&str, &'static [u8])| {
+        let part = |name: &str| Path::new("<bundled>").join(name);
+        let images = IdxReader::new(part(images.0), images.1, IMAGES_MAGIC, "images")?;
+        let labels = IdxReader::new(part(labels.0), labels.1, LABELS_MAGIC, "labels")?;
+        Dataset::from_idx(images, labels)
+    };
+    let [train_images, train_labels, test_images, test_labels] = BUNDLED;
+    MnistSplit::checked(
+        set(train_images, train_labels)?,
+        set(test_images, test_labels)?,
+    )
 }
 
 fn data_err(path: &Path, detail: String) -> Error {
