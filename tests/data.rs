@@ -1,6 +1,6 @@
 //! The MNIST data layer: the bundled subset as documented in data/README.md (compiled in, and the
-//! same as its files), raw vs gzip, the accepted file names, batch gathering, and the binary
-//! training outside the repository. Bad data and unreadable paths are in data_errors.rs,
+//! same as its files), raw vs gzip, the accepted file names, fingerprints, batch gathering, and
+//! the binary training outside the repository. Bad data and unreadable paths are in data_errors.rs,
 //! gzip bombs in data_bomb.rs.
 
 mod data_support;
@@ -8,6 +8,7 @@ mod data_support;
 use ampkit::train::data::{self, load_dir, Dataset, MnistSplit, NUM_CLASSES};
 use ampkit::{f16, Error};
 use data_support::*;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -16,6 +17,26 @@ fn bundled() -> &'static MnistSplit {
     static SPLIT: OnceLock<MnistSplit> = OnceLock::new();
     SPLIT.get_or_init(|| data::bundled().expect("the bundled data decodes"))
 }
+
+/// data/README.md's sha256 of each decoded file, under the fingerprint's part names.
+const README_SHA256: [(&str, &str); 4] = [
+    (
+        "train-images",
+        "4987fe772ce9a708b20aa7d3aff93b61e4aed376a77a139646e679a0961597cf",
+    ),
+    (
+        "train-labels",
+        "2df73b721c9366e2e777870a2b99df564e255e45571da000353dddffc7f22297",
+    ),
+    (
+        "test-images",
+        "e6ab1f12d35ee633e955402c87dd01ebed15f99c672054215e5e7e6200a47394",
+    ),
+    (
+        "test-labels",
+        "1dc09ebaaeee3019a0fc294d290041c5510b71c5938151e3583cee3a71ad0285",
+    ),
+];
 
 const TRAIN_COUNTS: [usize; NUM_CLASSES] = [801, 902, 793, 826, 784, 690, 811, 856, 755, 782];
 const TEST_COUNTS: [usize; NUM_CLASSES] = [200, 225, 198, 206, 196, 173, 203, 214, 189, 196];
@@ -37,27 +58,21 @@ fn bundled_split_matches_its_readme() {
     }
 
     // The loader's view, serialised back to IDX, must hash to data/README.md's raw sha256s.
-    let hashes = [
-        (
-            idx_images(8000, 28, 28, split.train.images()),
-            "4987fe772ce9a708b20aa7d3aff93b61e4aed376a77a139646e679a0961597cf",
-        ),
-        (
-            idx_labels(split.train.labels()),
-            "2df73b721c9366e2e777870a2b99df564e255e45571da000353dddffc7f22297",
-        ),
-        (
-            idx_images(2000, 28, 28, split.test.images()),
-            "e6ab1f12d35ee633e955402c87dd01ebed15f99c672054215e5e7e6200a47394",
-        ),
-        (
-            idx_labels(split.test.labels()),
-            "1dc09ebaaeee3019a0fc294d290041c5510b71c5938151e3583cee3a71ad0285",
-        ),
+    let serialised = [
+        idx_images(8000, 28, 28, split.train.images()),
+        idx_labels(split.train.labels()),
+        idx_images(2000, 28, 28, split.test.images()),
+        idx_labels(split.test.labels()),
     ];
-    for (i, (bytes, want)) in hashes.iter().enumerate() {
-        assert_eq!(sha256(bytes), *want, "file {i}");
+    for (bytes, (part, want)) in serialised.iter().zip(README_SHA256) {
+        assert_eq!(sha256(bytes), want, "{part}");
     }
+    // And so must the fingerprint, which hashes the decoded files as they are read.
+    let want: BTreeMap<String, String> = README_SHA256
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(split.fingerprint(), want);
     assert!(split.train.source().ends_with("train-images-idx3-ubyte.gz"));
     assert!(split.train.source().starts_with("<bundled>"));
 }
@@ -98,6 +113,7 @@ fn compiled_in_data_equals_the_data_files() {
     assert_eq!(files.train.labels(), built_in.train.labels());
     assert_eq!(files.test.images(), built_in.test.images());
     assert_eq!(files.test.labels(), built_in.test.labels());
+    assert_eq!(files.fingerprint(), built_in.fingerprint());
     assert!(files
         .train
         .source()
@@ -105,6 +121,7 @@ fn compiled_in_data_equals_the_data_files() {
     // Decoding again gives the same data.
     let again = data::bundled().unwrap();
     assert_eq!(again.train.images(), built_in.train.images());
+    assert_eq!(again.fingerprint(), built_in.fingerprint());
 }
 
 #[test]
@@ -120,6 +137,8 @@ fn raw_and_test_prefix_load_the_same() {
         std::fs::write(tmp.path().join(to), raw).unwrap();
     }
     let raw = load_dir(tmp.path()).unwrap();
+    // Raw files, another name: the fingerprint of the gzipped originals.
+    assert_eq!(raw.fingerprint(), bundled().fingerprint());
     assert_eq!(raw.train.images(), bundled().train.images());
     assert_eq!(raw.train.labels(), bundled().train.labels());
     assert_eq!(raw.test.images(), bundled().test.images());
@@ -134,6 +153,7 @@ fn raw_and_test_prefix_load_the_same() {
     std::fs::write(tmp.path().join("test-labels-idx1-ubyte.gz"), two_members).unwrap();
     let regzipped = load_dir(tmp.path()).unwrap();
     assert_eq!(regzipped.test.labels(), bundled().test.labels());
+    assert_eq!(regzipped.fingerprint(), bundled().fingerprint());
 }
 
 #[test]
@@ -219,6 +239,66 @@ fn input_size_against_the_model() {
         "train-images-idx3-ubyte.gz",
         &["image size 784 does not match the first layer's 100 inputs"],
     );
+}
+
+#[test]
+fn fingerprint_tracks_every_byte_of_the_decoded_files() {
+    let tmp = small_dir();
+    let split = load_dir(tmp.path()).unwrap();
+    let base = split.fingerprint();
+    let parts: Vec<&str> = base.keys().map(String::as_str).collect();
+    assert_eq!(
+        parts,
+        ["test-images", "test-labels", "train-images", "train-labels"]
+    );
+    // Each part is the sha256 of the decoded IDX file, gzipped on disk or not.
+    let train_images = gunzip(&tmp.path().join("train-images-idx3-ubyte.gz"));
+    assert_eq!(base["train-images"], sha256(&train_images));
+    assert_eq!(base["train-labels"], sha256(&idx_labels(&[0, 1, 2, 9, 4])));
+
+    // The same data built in memory.
+    let copy = |d: &Dataset| {
+        Dataset::new(d.images().to_vec(), d.labels().to_vec(), d.rows(), d.cols()).unwrap()
+    };
+    let in_memory = MnistSplit {
+        train: copy(&split.train),
+        test: copy(&split.test),
+    };
+    assert_eq!(in_memory.fingerprint(), base);
+
+    // One pixel, one label, the shape of the same bytes: each changes only its own part.
+    let changed = |edit: &dyn Fn(&Path), part: &str| {
+        let tmp = small_dir();
+        edit(tmp.path());
+        let new = load_dir(tmp.path()).unwrap().fingerprint();
+        for (k, v) in &new {
+            assert_eq!(v == &base[k], k != part, "{part}: {k}");
+        }
+    };
+    let mut pixels = split.train.images().to_vec();
+    pixels[7] ^= 1;
+    changed(
+        &|dir| {
+            let file = idx_images(5, 4, 3, &pixels);
+            std::fs::write(dir.join("train-images-idx3-ubyte.gz"), gzip(&file)).unwrap();
+        },
+        "train-images",
+    );
+    changed(
+        &|dir| {
+            std::fs::write(dir.join("t10k-labels-idx1-ubyte"), idx_labels(&[3, 5, 8])).unwrap();
+        },
+        "test-labels",
+    );
+    // Same 60 bytes as 5 images of 12×1 pixels (the test set must match: 12×1 too).
+    let tmp = small_dir();
+    let file = idx_images(5, 12, 1, split.train.images());
+    std::fs::write(tmp.path().join("train-images-idx3-ubyte.gz"), gzip(&file)).unwrap();
+    let file = idx_images(3, 12, 1, split.test.images());
+    std::fs::write(tmp.path().join("t10k-images-idx3-ubyte.gz"), gzip(&file)).unwrap();
+    let reshaped = load_dir(tmp.path()).unwrap().fingerprint();
+    assert_ne!(reshaped["train-images"], base["train-images"]);
+    assert_eq!(reshaped["train-labels"], base["train-labels"]);
 }
 
 /// The ampkit binary cargo built next to this test executable (target/<profile>/ampkit), found at

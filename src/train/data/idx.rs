@@ -7,9 +7,10 @@
 //! report trailing data. Peak memory is therefore what the header announces, however far a gzip
 //! stream would inflate.
 
-use super::{data_err, REFETCH};
+use super::{data_err, to_hex, REFETCH};
 use crate::error::Result;
 use flate2::bufread::MultiGzDecoder;
+use sha2::{Digest, Sha256};
 use std::io::{self, BufRead, Read};
 use std::path::{Path, PathBuf};
 
@@ -32,6 +33,7 @@ pub(super) struct IdxReader<'a, const N: usize> {
     gzip: bool,
     stream: Box<dyn Read + 'a>,
     dims: [usize; N],
+    hash: Sha256,
 }
 
 impl<'a, const N: usize> IdxReader<'a, N> {
@@ -66,6 +68,7 @@ impl<'a, const N: usize> IdxReader<'a, N> {
             gzip,
             stream,
             dims: [0; N],
+            hash: Sha256::new(),
         };
         reader.read_header(magic)?;
         Ok(reader)
@@ -96,6 +99,7 @@ impl<'a, const N: usize> IdxReader<'a, N> {
                 self.what
             )));
         }
+        self.hash.update(word);
         let mut dims = vec![0u8; 4 * N];
         let got = self.read_full(&mut dims)?;
         if got < dims.len() {
@@ -105,6 +109,7 @@ impl<'a, const N: usize> IdxReader<'a, N> {
                 4 + 4 * N
             )));
         }
+        self.hash.update(&dims);
         let mut words = dims
             .chunks_exact(4)
             .map(|w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]) as usize);
@@ -147,8 +152,9 @@ impl<'a, const N: usize> IdxReader<'a, N> {
         Ok(())
     }
 
-    /// Reads the payload the header announces and checks that nothing follows it.
-    pub(super) fn finish(mut self) -> Result<Vec<u8>> {
+    /// Reads the payload the header announces and checks that nothing follows it; returns the
+    /// payload and the sha256 (hex) of the decoded file, header and payload.
+    pub(super) fn finish(mut self) -> Result<(Vec<u8>, String)> {
         // check_dims bounded the product by MAX_PAYLOAD_BYTES.
         let want: usize = self.dims.iter().product();
         let mut payload = Vec::new();
@@ -190,7 +196,8 @@ impl<'a, const N: usize> IdxReader<'a, N> {
                 self.what
             )));
         }
-        Ok(payload)
+        self.hash.update(&payload);
+        Ok((payload, to_hex(&self.hash.finalize())))
     }
 
     /// Fills `buf` unless the stream ends first; returns how many bytes it read.

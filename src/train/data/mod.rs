@@ -27,6 +27,8 @@ mod idx;
 use crate::error::{expect_len, Error, Result};
 use half::f16;
 use idx::IdxReader;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -51,6 +53,10 @@ pub struct Dataset {
     cols: usize,
     // The images file, so later errors (such as a size mismatch with the model) can name it.
     source: PathBuf,
+    // sha256 (hex) of the images and labels as IDX files, computed once when the set is built:
+    // the data cannot change afterwards.
+    images_sha256: String,
+    labels_sha256: String,
 }
 
 /// The training and test sets of one data directory; both have the same image size.
@@ -70,8 +76,9 @@ impl Dataset {
     /// `rows × cols` bytes each.
     ///
     /// Fails with [`Error::Data`] if `rows` or `cols` is 0, if `images` is not
-    /// `labels.len() · rows · cols` bytes long, or if a label is 10 or more. [`Dataset::source`]
-    /// is then `<memory>`.
+    /// `labels.len() · rows · cols` bytes long, if a label is 10 or more, or if the count, `rows`
+    /// or `cols` does not fit the 32 bits of an IDX header. [`Dataset::source`] is then
+    /// `<memory>`.
     pub fn new(images: Vec<u8>, labels: Vec<u8>, rows: usize, cols: usize) -> Result<Dataset> {
         let source = PathBuf::from("<memory>");
         let image_size = image_size(&source, rows, cols)?;
@@ -88,12 +95,31 @@ impl Dataset {
             ));
         }
         check_labels(&source, &labels)?;
+        // The fingerprint hashes the IDX files these would be, so it matches a load of them.
+        let header = |dims: &[usize]| -> Result<Vec<u8>> {
+            let mut out = Vec::with_capacity(4 + 4 * dims.len());
+            out.extend_from_slice(&[0, 0, 8, dims.len() as u8]);
+            for &d in dims {
+                let d = u32::try_from(d).map_err(|_| {
+                    data_err(
+                        &source,
+                        format!("dimension {d} does not fit an IDX header's 32 bits"),
+                    )
+                })?;
+                out.extend_from_slice(&d.to_be_bytes());
+            }
+            Ok(out)
+        };
+        let images_sha256 = sha256_hex(&[&header(&[labels.len(), rows, cols])?, &images]);
+        let labels_sha256 = sha256_hex(&[&header(&[labels.len()])?, &labels]);
         Ok(Dataset {
             images,
             labels,
             rows,
             cols,
             source,
+            images_sha256,
+            labels_sha256,
         })
     }
 
@@ -131,8 +157,8 @@ impl Dataset {
         }
         let source = images.source().to_path_buf();
         let labels_source = labels.source().to_path_buf();
-        let images = images.finish()?;
-        let labels = labels.finish()?;
+        let (images, images_sha256) = images.finish()?;
+        let (labels, labels_sha256) = labels.finish()?;
         check_labels(&labels_source, &labels)?;
         Ok(Dataset {
             images,
@@ -140,6 +166,8 @@ impl Dataset {
             rows,
             cols,
             source,
+            images_sha256,
+            labels_sha256,
         })
     }
 
@@ -319,6 +347,26 @@ impl fmt::Debug for Dataset {
 }
 
 impl MnistSplit {
+    /// The identity of the data: for each of `train-images`, `train-labels`, `test-images` and
+    /// `test-labels`, the sha256 (lowercase hex) of that part as a decoded IDX file, header and
+    /// payload, as `gunzip -c FILE.gz | sha256sum` prints it.
+    ///
+    /// The same data raw or gzipped, under any accepted file name, or built in memory with
+    /// [`Dataset::new`], has the same fingerprint; one changed pixel, label or dimension changes
+    /// it. The hashes are computed once, while each set is read (or built), so this only copies
+    /// them.
+    pub fn fingerprint(&self) -> BTreeMap<String, String> {
+        [
+            ("train-images", &self.train.images_sha256),
+            ("train-labels", &self.train.labels_sha256),
+            ("test-images", &self.test.images_sha256),
+            ("test-labels", &self.test.labels_sha256),
+        ]
+        .into_iter()
+        .map(|(part, hash)| (part.to_string(), hash.clone()))
+        .collect()
+    }
+
     /// A split of two loaded sets, which must be non-empty and of one image size.
     fn checked(train: Dataset, test: Dataset) -> Result<MnistSplit> {
         for set in [&train, &test] {
@@ -471,6 +519,17 @@ fn find_file(dir: &Path, prefixes: &[&str], kind: &str, idx: &str) -> Result<Pat
             dir.display()
         ),
     ))
+}
+
+/// sha256 (lowercase hex) of the concatenated `parts`.
+fn sha256_hex(parts: &[&[u8]]) -> String {
+    let mut hash = Sha256::new();
+    parts.iter().for_each(|p| hash.update(p));
+    to_hex(&hash.finalize())
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `rows · cols`, which must be at least 1 and fit in usize.
