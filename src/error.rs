@@ -101,6 +101,21 @@ pub enum Error {
         /// What is wrong with it and, where there is one, the specific fix.
         detail: String,
     },
+
+    /// Training stopped because the run can no longer learn: the loss scale collapsed, the loss
+    /// stayed inf/NaN, or every step was skipped for too long. The criteria are listed in
+    /// [`crate::train::health`]; they are read from the step records the loop already fetches,
+    /// so checking them costs no extra device synchronisation. A state that meets one is never
+    /// written as a checkpoint: the last checkpoint saved before it is intact.
+    #[error("training diverged at step {step}: {reason}; {hint}")]
+    Diverged {
+        /// The global step (0-based) whose record met the criterion.
+        step: u64,
+        /// Which criterion, with the numbers that met it.
+        reason: String,
+        /// What to change.
+        hint: String,
+    },
 }
 
 impl Error {

@@ -22,6 +22,8 @@ pub mod cpu_backend;
 pub mod data;
 pub mod gpu_backend;
 mod gpu_layers;
+pub mod health;
+pub mod outputs;
 pub mod plot;
 pub mod resume;
 
