@@ -1,7 +1,8 @@
 //! The training loop's guards, through the library on the CPU (and the GPU where present): a
 //! dead run stops with [`Error::Diverged`] and leaves the last checkpoint as it was, output
-//! paths are checked before the first step, an epoch without steps reports no loss, and a
-//! cosine run resumed with its own horizon continues bit for bit.
+//! paths are checked before the first step, a model too large for the machine is refused before
+//! anything is allocated, an epoch without steps reports no loss, and a cosine run resumed with
+//! its own horizon continues bit for bit.
 
 mod common;
 
@@ -9,9 +10,10 @@ use ampkit::amp::LossScale;
 use ampkit::cpu::optim::OptimizerConfig;
 use ampkit::cpu::schedule::LrSchedule;
 use ampkit::train::data::{load_dir, Dataset, MnistSplit};
+use ampkit::train::gpu_backend::GpuBackend;
 use ampkit::train::resume::{resumed_config, Horizon};
 use ampkit::train::trainer::{self, Outputs};
-use ampkit::train::{open_backend, BackendState, Progress, TrainConfig};
+use ampkit::train::{memory, open_backend, BackendState, Progress, TrainConfig};
 use ampkit::{Device, Error};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -226,6 +228,62 @@ fn an_epoch_resumed_at_its_end_has_no_loss() {
     assert_eq!(s.epochs.len(), 1);
     assert_eq!(s.epochs[0].train_loss, None);
     assert_eq!(s.saved, None);
+}
+
+/// 1.6·10¹² parameters: no host and no GPU has the memory.
+fn huge() -> TrainConfig {
+    let mut cfg = TrainConfig::mnist_default();
+    cfg.model.layers = vec![784, 2_000_000_000, 10];
+    cfg
+}
+
+#[test]
+fn a_model_too_large_for_the_host_is_refused_before_allocating() {
+    let e = match open_backend(&Device::cpu(), &huge()) {
+        Err(e) => e,
+        Ok(_) => panic!("a 1.6e12-parameter model was built"),
+    };
+    match &e {
+        Error::InsufficientMemory {
+            needed,
+            available,
+            device,
+            ..
+        } => {
+            assert!(needed > available, "{e}");
+            assert_eq!(device, "the host");
+            assert!(e.to_string().contains("GiB"), "{e}");
+        }
+        other => panic!("{other}"),
+    }
+    let e = memory::check_run(&Device::cpu(), &huge(), 8000, 2000).unwrap_err();
+    assert!(matches!(e, Error::InsufficientMemory { .. }), "{e}");
+    memory::check_run(&Device::cpu(), &TrainConfig::mnist_default(), 8000, 2000).unwrap();
+}
+
+#[test]
+fn a_model_too_large_for_the_gpu_is_refused_before_allocating() {
+    let Some(gpu) = common::gpu() else { return };
+    let (free_before, _) = gpu.memory().unwrap();
+    let e = match GpuBackend::new(gpu.clone(), &huge()) {
+        Err(e) => e,
+        Ok(_) => panic!("a 1.6e12-parameter model was built"),
+    };
+    match &e {
+        Error::InsufficientMemory { device, .. } => {
+            assert!(device.starts_with("cuda:"), "not the GPU's check: {e}");
+        }
+        other => panic!("{other}"),
+    }
+    let (free_after, _) = gpu.memory().unwrap();
+    assert!(
+        free_after + (64 << 20) >= free_before,
+        "{free_before} → {free_after}: something was allocated"
+    );
+    let dev = Device::Cuda(gpu);
+    memory::check_run(&dev, &TrainConfig::mnist_default(), 8000, 2000).unwrap();
+    let e = memory::check_run(&dev, &huge(), 8000, 2000).unwrap_err();
+    assert!(matches!(e, Error::InsufficientMemory { .. }), "{e}");
 }
 
 #[test]

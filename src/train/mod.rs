@@ -23,6 +23,7 @@ pub mod data;
 pub mod gpu_backend;
 mod gpu_layers;
 pub mod health;
+pub mod memory;
 pub mod outputs;
 pub mod plot;
 pub mod resume;
