@@ -1,12 +1,14 @@
 //! `ampkit train` and `ampkit eval`: flags → [`TrainConfig`], then the library's loop.
 
+use crate::cli_resume::{self, Given};
 use ampkit::amp::{LossScale, Precision};
 use ampkit::cpu::optim::{AdamConfig, OptimizerConfig, SgdConfig};
 use ampkit::cpu::scaler::ScalerConfig;
 use ampkit::cpu::schedule::LrSchedule;
 use ampkit::nn::MlpConfig;
+use ampkit::train::resume::{self, Horizon};
 use ampkit::train::trainer::{self, Outputs};
-use ampkit::train::{checkpoint, data, open_backend, Progress, TrainConfig};
+use ampkit::train::{checkpoint, data, memory, open_backend, Progress, TrainConfig};
 use ampkit::{Device, Error, Result};
 use clap::{Args, ValueEnum};
 use std::io::IsTerminal;
@@ -14,7 +16,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 /// Which optimizer.
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OptimizerKind {
     /// Adam (default lr 1e-3).
     Adam,
@@ -25,116 +27,125 @@ pub enum OptimizerKind {
 }
 
 /// Learning-rate schedules.
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ScheduleKind {
     /// The base rate throughout.
     Constant,
-    /// Cosine decay to --min-lr over the whole run (counted in real steps).
+    /// Cosine decay to --min-lr over the run's steps (--epochs, or --max-steps if fewer),
+    /// advanced by real steps only.
     Cosine,
 }
 
-/// Flags of `ampkit train`.
+/// Flags of `ampkit train`. Numeric flags take negative values (`--lr -1`, `--lr -1e-3`) so
+/// that validation can say what is wrong with them, instead of clap reading them as flags.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     /// MNIST IDX directory (train-/t10k- images and labels, raw or .gz); default: the bundled
     /// 8,000/2,000 split in data/.
     #[arg(long)]
-    data: Option<PathBuf>,
+    pub(crate) data: Option<PathBuf>,
     /// Layer widths, input to output.
-    #[arg(long, value_delimiter = ',', default_value = "784,512,10")]
-    layers: Vec<usize>,
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "784,512,10",
+        allow_negative_numbers = true
+    )]
+    pub(crate) layers: Vec<usize>,
     /// LayerNorm after each hidden layer (before its ReLU).
     #[arg(long)]
-    layernorm: bool,
+    pub(crate) layernorm: bool,
     /// mixed (f16 GEMMs, f32 master weights, loss scaling) or fp32.
     #[arg(long, default_value = "mixed")]
-    precision: Precision,
+    pub(crate) precision: Precision,
     /// Linear layers (0-based) kept in f32 under mixed precision, e.g. `--fp32-layers 1`.
-    #[arg(long, value_delimiter = ',')]
-    fp32_layers: Vec<usize>,
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    pub(crate) fp32_layers: Vec<usize>,
     /// Optimizer.
     #[arg(long, value_enum, default_value = "adam")]
-    optimizer: OptimizerKind,
+    pub(crate) optimizer: OptimizerKind,
     /// Base learning rate (default per optimizer).
-    #[arg(long)]
-    lr: Option<f64>,
+    #[arg(long, allow_hyphen_values = true)]
+    pub(crate) lr: Option<f64>,
     /// Weight decay (L2 for adam and sgd, decoupled for adamw; adamw defaults to 1e-2).
-    #[arg(long)]
-    weight_decay: Option<f64>,
+    #[arg(long, allow_hyphen_values = true)]
+    pub(crate) weight_decay: Option<f64>,
     /// SGD momentum.
-    #[arg(long, default_value_t = 0.0)]
-    momentum: f64,
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    pub(crate) momentum: f64,
     /// SGD Nesterov momentum.
     #[arg(long)]
-    nesterov: bool,
+    pub(crate) nesterov: bool,
     /// Learning-rate schedule; it advances only on real (not skipped) steps.
     #[arg(long, value_enum, default_value = "constant")]
-    schedule: ScheduleKind,
+    pub(crate) schedule: ScheduleKind,
     /// Cosine schedule floor.
-    #[arg(long, default_value_t = 0.0)]
-    min_lr: f64,
-    /// Epochs.
-    #[arg(long)]
-    epochs: Option<usize>,
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    pub(crate) min_lr: f64,
+    /// Epochs (default 10; on --resume, the checkpoint's), counted from the start of the run.
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) epochs: Option<usize>,
     /// Samples per step.
-    #[arg(long, default_value_t = 64)]
-    batch: usize,
+    #[arg(long, default_value_t = 64, allow_negative_numbers = true)]
+    pub(crate) batch: usize,
     /// Shift training images by up to this many pixels each epoch (0: off).
-    #[arg(long, default_value_t = 2)]
-    augment_shift: usize,
+    #[arg(long, default_value_t = 2, allow_negative_numbers = true)]
+    pub(crate) augment_shift: usize,
     /// Feed raw pixels/255 instead of standardised inputs.
     #[arg(long)]
-    no_normalize: bool,
+    pub(crate) no_normalize: bool,
     /// GPU: launch every kernel of a step separately instead of replaying a CUDA graph.
     #[arg(long)]
-    no_cuda_graph: bool,
+    pub(crate) no_cuda_graph: bool,
     /// Seed for the initial weights and the data order.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Stop after this many steps in total (a checkpoint records the exact position).
-    #[arg(long)]
-    max_steps: Option<u64>,
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub(crate) seed: u64,
+    /// Stop after this many steps in total, counted from the start of the run (resumed or
+    /// not); the checkpoint records the exact position. Not carried over by --resume.
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) max_steps: Option<u64>,
     /// `dynamic` (PyTorch GradScaler), a static scale such as `1024`, or `off`. Default:
     /// dynamic under mixed precision, off with `--precision fp32`.
-    #[arg(long)]
-    loss_scale: Option<String>,
+    #[arg(long, allow_hyphen_values = true)]
+    pub(crate) loss_scale: Option<String>,
     /// Dynamic scaling: the first scale.
-    #[arg(long, default_value_t = 65536.0)]
-    init_scale: f32,
+    #[arg(long, default_value_t = 65536.0, allow_hyphen_values = true)]
+    pub(crate) init_scale: f32,
     /// Dynamic scaling: growth factor.
-    #[arg(long, default_value_t = 2.0)]
-    growth_factor: f64,
+    #[arg(long, default_value_t = 2.0, allow_hyphen_values = true)]
+    pub(crate) growth_factor: f64,
     /// Dynamic scaling: backoff factor.
-    #[arg(long, default_value_t = 0.5)]
-    backoff_factor: f64,
+    #[arg(long, default_value_t = 0.5, allow_hyphen_values = true)]
+    pub(crate) backoff_factor: f64,
     /// Dynamic scaling: clean steps before a growth.
-    #[arg(long, default_value_t = 2000)]
-    growth_interval: i32,
+    #[arg(long, default_value_t = 2000, allow_negative_numbers = true)]
+    pub(crate) growth_interval: i32,
     /// Dynamic scaling: floor after a backoff (not in PyTorch).
-    #[arg(long)]
-    min_scale: Option<f32>,
+    #[arg(long, allow_hyphen_values = true)]
+    pub(crate) min_scale: Option<f32>,
     /// Dynamic scaling: cap on a growth (not in PyTorch).
-    #[arg(long)]
-    max_scale: Option<f32>,
-    /// `auto` (GPU 0 if there is one), `cpu`, or `cuda:N`.
+    #[arg(long, allow_hyphen_values = true)]
+    pub(crate) max_scale: Option<f32>,
+    /// `auto` (GPU 0 if there is one, else the CPU), `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "auto")]
-    device: String,
+    pub(crate) device: String,
     /// Write a checkpoint directory after every epoch (and at --max-steps).
     #[arg(long)]
-    save: Option<PathBuf>,
-    /// Continue from a checkpoint directory (its model and training flags win; --epochs and
-    /// --max-steps may extend the run).
+    pub(crate) save: Option<PathBuf>,
+    /// Continue from a checkpoint directory: its model, optimizer, schedule, loss scaling and
+    /// data order are kept (giving another value is an error); --epochs and --max-steps set the
+    /// new end, counted from the start of the run, and a cosine schedule decays over it.
     #[arg(long)]
-    resume: Option<PathBuf>,
+    pub(crate) resume: Option<PathBuf>,
     /// JSON Lines metrics, one record per step.
     #[arg(long)]
-    metrics: Option<PathBuf>,
+    pub(crate) metrics: Option<PathBuf>,
     /// PNG of loss and loss scale over the steps, skipped steps marked.
     #[arg(long)]
-    plot: Option<PathBuf>,
+    pub(crate) plot: Option<PathBuf>,
     /// No progress bar.
     #[arg(long)]
-    no_progress: bool,
+    pub(crate) no_progress: bool,
 }
 
 /// Flags of `ampkit eval`.
@@ -158,7 +169,7 @@ fn invalid(detail: String) -> Error {
     }
 }
 
-fn loss_scale(a: &TrainArgs) -> Result<LossScale> {
+pub(crate) fn loss_scale(a: &TrainArgs) -> Result<LossScale> {
     let default = if a.precision == Precision::Fp32 {
         "off"
     } else {
@@ -209,20 +220,44 @@ fn optimizer(a: &TrainArgs) -> OptimizerConfig {
     }
 }
 
-/// `auto`, `cpu`, `cuda`, `cuda:N`.
-pub fn device(spec: &str) -> Result<Device> {
+/// A `--device` value, the same syntax for every command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// GPU 0 if one can be opened, else the CPU.
+    Auto,
+    /// The CPU reference backend.
+    Cpu,
+    /// CUDA device N.
+    Cuda(usize),
+}
+
+/// Parses `auto`, `cpu`, `cuda` (= `cuda:0`, also `gpu`) or `cuda:N`; a bare `N` is kept as an
+/// alias of `cuda:N`, the syntax `ampkit info --device` once had.
+pub fn device_spec(spec: &str) -> Result<DeviceSpec> {
     match spec {
-        "auto" => {
+        "auto" => Ok(DeviceSpec::Auto),
+        "cpu" => Ok(DeviceSpec::Cpu),
+        "cuda" | "gpu" => Ok(DeviceSpec::Cuda(0)),
+        s => match s.strip_prefix("cuda:").unwrap_or(s).parse() {
+            Ok(n) => Ok(DeviceSpec::Cuda(n)),
+            Err(_) => Err(Error::InvalidArgument {
+                op: "--device",
+                detail: format!("{s:?} is not a device: use auto, cpu or cuda:N (cuda is cuda:0)"),
+            }),
+        },
+    }
+}
+
+/// Opens the device a `--device` value names (`auto` prints which one it chose).
+pub fn device(spec: &str) -> Result<Device> {
+    match device_spec(spec)? {
+        DeviceSpec::Auto => {
             let (d, note) = Device::auto();
             println!("device: {note}");
             Ok(d)
         }
-        "cpu" => Ok(Device::cpu()),
-        "cuda" | "gpu" => Device::cuda(0),
-        s => match s.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
-            Some(n) => Device::cuda(n),
-            None => Err(invalid(format!("--device {s:?}: use auto, cpu or cuda:N"))),
-        },
+        DeviceSpec::Cpu => Ok(Device::cpu()),
+        DeviceSpec::Cuda(n) => Device::cuda(n),
     }
 }
 
@@ -233,64 +268,49 @@ fn dataset(dir: &Option<PathBuf>) -> Result<data::MnistSplit> {
     }
 }
 
-/// `ampkit train`.
-pub fn train(a: TrainArgs) -> Result<()> {
-    let (mut cfg, progress, state) = match &a.resume {
+/// `ampkit train`. `given` tells which flags were typed on the command line (as opposed to
+/// defaults): a resumed run rejects those that contradict its checkpoint
+/// ([`cli_resume::check_flags`]), and a fresh run those that would be ignored.
+pub fn train(a: TrainArgs, given: &Given<'_>) -> Result<()> {
+    let out = Outputs {
+        save: a.save.clone(),
+        metrics: a.metrics.clone(),
+        plot: a.plot.clone(),
+        progress_bar: !a.no_progress && std::io::stderr().is_terminal(),
+        verbose: true,
+    };
+    // Everything that can be checked without training is checked before the first step: a bad
+    // path found after the last epoch costs the whole run.
+    out.validate()?;
+    let dev = device(&a.device)?;
+    let split = dataset(&a.data)?;
+    let n = split.train.len();
+    let (cfg, progress, state) = match &a.resume {
         Some(dir) => {
-            let (cfg, progress, state) = checkpoint::load(dir)?;
+            let (saved, progress, state) = checkpoint::load(dir)?;
+            cli_resume::check_flags(&a, given, &saved, dir)?;
+            // The checkpoint does not record which data set it was trained on yet; when it
+            // does, a different --data is reported here, beside the other settings a resumed
+            // run must share with its checkpoint.
+            let horizon = Horizon {
+                epochs: a.epochs,
+                max_steps: a.max_steps,
+            };
+            let mut cfg = resume::resumed_config(&saved, &progress, horizon, n)?;
+            cfg.cuda_graph = !a.no_cuda_graph;
             println!(
-                "resuming {} at epoch {}, step {} ({} steps done)",
+                "resuming {} at epoch {}, step {} ({} steps done); this run ends at step {}",
                 dir.display(),
                 progress.epoch + 1,
                 progress.step_in_epoch,
-                progress.global_step
+                progress.global_step,
+                cfg.end_step(n)
             );
             (cfg, progress, Some(state))
         }
-        None => {
-            let model = MlpConfig {
-                layers: a.layers.clone(),
-                layernorm: a.layernorm,
-                precision: a.precision,
-                fp32_layers: a.fp32_layers.clone(),
-            };
-            let cfg = TrainConfig {
-                model,
-                optimizer: optimizer(&a),
-                schedule: LrSchedule::Constant,
-                loss_scale: loss_scale(&a)?,
-                epochs: 10,
-                batch: a.batch,
-                seed: a.seed,
-                max_steps: None,
-                normalize: !a.no_normalize,
-                augment_shift: a.augment_shift,
-                cuda_graph: !a.no_cuda_graph,
-            };
-            (cfg, Progress::default(), None)
-        }
+        None => (fresh_config(&a, given, n)?, Progress::default(), None),
     };
-    if let Some(e) = a.epochs {
-        cfg.epochs = e;
-    }
-    if a.max_steps.is_some() {
-        cfg.max_steps = a.max_steps;
-    }
-    if a.no_cuda_graph {
-        cfg.cuda_graph = false;
-    }
-    let split = dataset(&a.data)?;
-    if a.resume.is_none() {
-        if let ScheduleKind::Cosine = a.schedule {
-            let steps = split.train.len().div_ceil(cfg.batch.max(1)) * cfg.epochs;
-            cfg.schedule = LrSchedule::Cosine {
-                total: steps as u64,
-                min_lr: a.min_lr,
-            };
-        }
-    }
-    cfg.validate()?;
-    let dev = device(&a.device)?;
+    memory::check_run(&dev, &cfg, n, split.test.len())?;
     let mut backend = open_backend(&dev, &cfg)?;
     if let Some(state) = &state {
         backend.import(state)?;
@@ -306,13 +326,6 @@ pub fn train(a: TrainArgs) -> Result<()> {
         cfg.optimizer,
         cfg.loss_scale
     );
-    let out = Outputs {
-        save: a.save.clone(),
-        metrics: a.metrics.clone(),
-        plot: a.plot.clone(),
-        progress_bar: !a.no_progress && std::io::stderr().is_terminal(),
-        verbose: true,
-    };
     let t = Instant::now();
     let summary = trainer::run(
         backend.as_mut(),
@@ -331,10 +344,122 @@ pub fn train(a: TrainArgs) -> Result<()> {
         backend.device()
     );
     if let Some(p) = &a.save {
-        println!("checkpoint: {}", p.display());
+        println!("{}", saved_line(p, &summary));
     }
     Ok(())
 }
+
+/// What `--save` left behind, said exactly: the step the checkpoint holds, or that none was
+/// written (every save withheld because the loss was inf/NaN at the time).
+fn saved_line(dir: &std::path::Path, summary: &trainer::RunSummary) -> String {
+    match summary.saved {
+        Some(p) if p == summary.progress => {
+            let at = if p.step_in_epoch == 0 {
+                format!("the end of epoch {}", p.epoch)
+            } else {
+                format!("step {} of epoch {}", p.step_in_epoch, p.epoch + 1)
+            };
+            format!(
+                "checkpoint: {} (global step {}, {at})",
+                dir.display(),
+                p.global_step
+            )
+        }
+        Some(p) => format!(
+            "checkpoint: {} holds step {}, not the final step {} (the loss was inf/NaN when the \
+             later saves were due)",
+            dir.display(),
+            p.global_step,
+            summary.progress.global_step
+        ),
+        None => format!(
+            "no checkpoint written to {}: the loss was inf/NaN whenever a save was due",
+            dir.display()
+        ),
+    }
+}
+
+/// The configuration of a new run from its flags. Flags that would be silently ignored in
+/// this combination are errors.
+fn fresh_config(a: &TrainArgs, given: &Given<'_>, train_len: usize) -> Result<TrainConfig> {
+    let sgd = matches!(a.optimizer, OptimizerKind::Sgd);
+    for (id, ok, needs) in [
+        ("momentum", sgd, "--optimizer sgd"),
+        ("nesterov", sgd, "--optimizer sgd"),
+        (
+            "min_lr",
+            matches!(a.schedule, ScheduleKind::Cosine),
+            "--schedule cosine",
+        ),
+    ] {
+        if given.has(id) && !ok {
+            return Err(invalid(format!(
+                "--{} applies only with {needs}; it would be ignored here",
+                id.replace('_', "-")
+            )));
+        }
+    }
+    // The library names the field (`lr = -1`); the command line names the flag.
+    for (flag, v) in [
+        ("lr", a.lr),
+        ("weight-decay", a.weight_decay),
+        ("momentum", Some(a.momentum)),
+        ("min-lr", Some(a.min_lr)),
+    ] {
+        if let Some(v) = v.filter(|v| !(v.is_finite() && *v >= 0.0)) {
+            return Err(invalid(format!(
+                "--{flag} {v}: must be a finite number ≥ 0"
+            )));
+        }
+    }
+    let loss_scale = loss_scale(a)?;
+    if loss_scale.dynamic().is_none() {
+        if let Some(id) = DYNAMIC_FLAGS.iter().find(|id| given.has(id)) {
+            return Err(invalid(format!(
+                "--{} applies only to dynamic loss scaling, and the loss scale is {}",
+                id.replace('_', "-"),
+                cli_resume::loss_scale_name(&loss_scale)
+            )));
+        }
+    }
+    let cfg = TrainConfig {
+        model: MlpConfig {
+            layers: a.layers.clone(),
+            layernorm: a.layernorm,
+            precision: a.precision,
+            fp32_layers: a.fp32_layers.clone(),
+        },
+        optimizer: optimizer(a),
+        schedule: match a.schedule {
+            ScheduleKind::Constant => LrSchedule::Constant,
+            // The horizon is set below, from the epochs and the step limit.
+            ScheduleKind::Cosine => LrSchedule::Cosine {
+                total: 1,
+                min_lr: a.min_lr,
+            },
+        },
+        loss_scale,
+        epochs: a.epochs.unwrap_or(10),
+        batch: a.batch,
+        seed: a.seed,
+        max_steps: a.max_steps,
+        normalize: !a.no_normalize,
+        augment_shift: a.augment_shift,
+        cuda_graph: !a.no_cuda_graph,
+    };
+    cfg.validate()?;
+    Ok(cfg.with_schedule_horizon(train_len))
+}
+
+/// The flags of dynamic loss scaling (clap ids).
+pub(crate) const DYNAMIC_FLAGS: [&str; 6] = [
+    "init_scale",
+    "growth_factor",
+    "backoff_factor",
+    "growth_interval",
+    "min_scale",
+    "max_scale",
+];
 
 /// `ampkit eval`.
 pub fn eval(a: EvalArgs) -> Result<()> {

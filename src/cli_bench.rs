@@ -22,7 +22,7 @@ pub struct BenchArgs {
     /// ceilings always run.
     #[arg(long, value_name = "SUBSTRING")]
     only: Option<String>,
-    /// `auto` (GPU 0 if there is one, else the CPU reference), `cpu`, or `cuda:N`.
+    /// `auto` (GPU 0 if there is one, else the CPU reference), `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "auto")]
     device: String,
     /// No per-row progress on stderr.
@@ -31,8 +31,8 @@ pub struct BenchArgs {
 }
 
 fn device(spec: &str) -> Result<Device> {
-    match spec {
-        "auto" => Ok(match Gpu::new(0) {
+    match crate::cli::device_spec(spec)? {
+        crate::cli::DeviceSpec::Auto => Ok(match Gpu::new(0) {
             Ok(gpu) => Device::Cuda(gpu),
             Err(e) => {
                 let why = match e {
@@ -43,15 +43,8 @@ fn device(spec: &str) -> Result<Device> {
                 Device::cpu()
             }
         }),
-        "cpu" => Ok(Device::cpu()),
-        "cuda" | "gpu" => Device::cuda(0),
-        s => match s.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
-            Some(n) => Device::cuda(n),
-            None => Err(Error::InvalidArgument {
-                op: "ampkit bench",
-                detail: format!("--device {s:?}: use auto, cpu or cuda:N"),
-            }),
-        },
+        crate::cli::DeviceSpec::Cpu => Ok(Device::cpu()),
+        crate::cli::DeviceSpec::Cuda(n) => Device::cuda(n),
     }
 }
 

@@ -101,6 +101,57 @@ pub enum Error {
         /// What is wrong with it and, where there is one, the specific fix.
         detail: String,
     },
+
+    /// Training stopped because the run can no longer learn: the loss scale collapsed, the loss
+    /// stayed inf/NaN, or every step was skipped for too long. The criteria are listed in
+    /// [`crate::train::health`]; they are read from the step records the loop already fetches,
+    /// so checking them costs no extra device synchronisation. A state that meets one is never
+    /// written as a checkpoint: the last checkpoint saved before it is intact.
+    #[error("training diverged at step {step}: {reason}; {hint}")]
+    Diverged {
+        /// The global step (0-based) whose record met the criterion.
+        step: u64,
+        /// Which criterion, with the numbers that met it.
+        reason: String,
+        /// What to change.
+        hint: String,
+    },
+
+    /// A model, batch or data set needs more memory than the host or the GPU has, found before
+    /// anything was allocated for it.
+    #[error(
+        "{what} needs {} but {device} has {} available; {hint}",
+        bytes(*.needed),
+        bytes(*.available)
+    )]
+    InsufficientMemory {
+        /// What the memory is for, e.g. "training 784→3000000→10 at batch 64".
+        what: String,
+        /// Where: "the host" or the GPU, e.g. "cuda:0 (NVIDIA H100 80GB HBM3)".
+        device: String,
+        /// Bytes needed (`u64::MAX` when the size overflows).
+        needed: u64,
+        /// Bytes available.
+        available: u64,
+        /// What to change.
+        hint: String,
+    },
+}
+
+/// A byte count for messages: GiB, MiB or KiB with two decimals, or "more than
+/// 2^64 bytes" for a size that overflowed.
+pub(crate) fn bytes(n: u64) -> String {
+    const KIB: f64 = 1024.0;
+    let v = n as f64;
+    if n == u64::MAX {
+        "more than 2^64 bytes".to_string()
+    } else if v >= KIB * KIB * KIB {
+        format!("{:.2} GiB", v / (KIB * KIB * KIB))
+    } else if v >= KIB * KIB {
+        format!("{:.2} MiB", v / (KIB * KIB))
+    } else {
+        format!("{:.2} KiB", v / KIB)
+    }
 }
 
 impl Error {

@@ -1,13 +1,14 @@
 //! The `ampkit` command line.
 
 use ampkit::cuda::Gpu;
-use ampkit::{kernels, Device};
-use clap::{Parser, Subcommand};
+use ampkit::{kernels, Device, Error};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
 use std::time::Instant;
 
 mod cli;
 mod cli_bench;
+mod cli_resume;
 
 #[derive(Parser)]
 #[command(
@@ -24,9 +25,10 @@ struct Cli {
 enum Command {
     /// Show the GPU (name, compute capability, memory, driver) and load every kernel module.
     Info {
-        /// CUDA device ordinal.
-        #[arg(long, default_value_t = 0)]
-        device: usize,
+        /// `auto` (GPU 0, or the kernel list without loading when there is none), `cpu` (the
+        /// kernel list only), `cuda` or `cuda:N`.
+        #[arg(long, default_value = "auto")]
+        device: String,
     },
     /// Train an MLP with mixed precision (default: 784→512→10 on the bundled MNIST split, on the
     /// GPU if there is one).
@@ -39,23 +41,61 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
-        Command::Info { device } => info(device),
-        Command::Train(args) => cli::train(*args),
+        Command::Info { device } => info(&device),
+        Command::Train(args) => {
+            let given = cli_resume::Given::new(matches.subcommand_matches("train"));
+            cli::train(*args, &given)
+        }
         Command::Eval(args) => cli::eval(args),
         Command::Bench(args) => cli_bench::bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ampkit: error: {e}");
+            eprintln!("ampkit: error: {}", message(&e));
             ExitCode::FAILURE
         }
     }
 }
 
-fn info(ordinal: usize) -> ampkit::Result<()> {
+/// An error as a command-line user needs it: the library's advice on a missing GPU names Rust
+/// calls, so the CLI gives the flag instead.
+fn message(e: &Error) -> String {
+    match e {
+        Error::NoCudaDevice { reason } => format!(
+            "no CUDA device: {reason}. Use --device cpu to run on the CPU (--device auto falls \
+             back to it by itself)"
+        ),
+        e => e.to_string(),
+    }
+}
+
+/// The kernel modules without loading them (no GPU, or `--device cpu`).
+fn list_modules(why: &str) {
+    println!("device: {} — {why}", Device::cpu());
+    for m in &kernels::ALL {
+        let entries = m.entry_points().count();
+        let sass = if m.sass.is_empty() {
+            "no SASS".to_string()
+        } else {
+            format!("SASS {}", m.sass.join(" "))
+        };
+        println!(
+            "  {:<14} {:<12} {entries:>3} kernels  {sass} ({} KB)  (not loaded: no GPU)",
+            m.name,
+            m.arch,
+            m.fatbin.len().div_ceil(1024)
+        );
+    }
+}
+
+fn info(spec: &str) -> ampkit::Result<()> {
     println!("ampkit {}", env!("CARGO_PKG_VERSION"));
     println!(
         "kernels: {} module(s), PTX from {}, SASS from {}",
@@ -63,27 +103,21 @@ fn info(ordinal: usize) -> ampkit::Result<()> {
         kernels::PTX_ORIGIN,
         kernels::SASS_ORIGIN
     );
-    let gpu = match Gpu::new(ordinal) {
-        Ok(gpu) => gpu,
-        Err(ampkit::Error::NoCudaDevice { reason }) => {
-            println!("device: {} — no CUDA device: {reason}", Device::cpu());
-            for m in &kernels::ALL {
-                let entries = m.entry_points().count();
-                let sass = if m.sass.is_empty() {
-                    "no SASS".to_string()
-                } else {
-                    format!("SASS {}", m.sass.join(" "))
-                };
-                println!(
-                    "  {:<14} {:<12} {entries:>3} kernels  {sass} ({} KB)  (not loaded: no GPU)",
-                    m.name,
-                    m.arch,
-                    m.fatbin.len().div_ceil(1024)
-                );
-            }
+    let gpu = match cli::device_spec(spec)? {
+        cli::DeviceSpec::Cpu => {
+            list_modules("--device cpu");
             return Ok(());
         }
-        Err(e) => return Err(e),
+        cli::DeviceSpec::Auto => match Gpu::new(0) {
+            Ok(gpu) => gpu,
+            Err(Error::NoCudaDevice { reason }) => {
+                list_modules(&format!("no CUDA device: {reason}"));
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        },
+        // A GPU asked for by number must exist.
+        cli::DeviceSpec::Cuda(n) => Gpu::new(n)?,
     };
     let i = gpu.info();
     let (free, total) = gpu.memory()?;

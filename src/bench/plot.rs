@@ -8,6 +8,7 @@
 
 use super::report::{Kind, Report, Row};
 use crate::error::{Error, Result};
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::Path;
 use std::sync::OnceLock;
@@ -83,8 +84,26 @@ pub fn roofline(path: &Path, report: &Report) -> Result<()> {
     let (y0, y1) = lo_hi(&ys, 1e9, 1e15);
 
     let key_lines = pts.len() + 2;
-    let height = (80 + 15 * key_lines as u32).max(800);
-    let root = BitMapBackend::new(path, (1700, height)).into_drawing_area();
+    let size = (1700, (80 + 15 * key_lines as u32).max(800));
+    let mut pixels = vec![0u8; 3 * size.0 as usize * size.1 as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut pixels, size).into_drawing_area();
+        draw(&root, path, &pts, (bw, peak), (x0, x1, y0, y1), report)?;
+    }
+    crate::train::plot::write_png(path, &pixels, size)
+}
+
+type Point<'a> = (usize, &'a Row, (f64, f64));
+
+/// The chart and its key on `root`: points, the copy-bandwidth slope and the compute roof.
+fn draw(
+    root: &DrawingArea<BitMapBackend<'_>, Shift>,
+    path: &Path,
+    pts: &[Point<'_>],
+    (bw, peak): (Option<f64>, Option<f64>),
+    (x0, x1, y0, y1): (f64, f64, f64, f64),
+    report: &Report,
+) -> Result<()> {
     root.fill(&WHITE).map_err(|e| plot_error(path, e))?;
     let (left, right) = root.split_horizontally(1100);
     let mut chart = ChartBuilder::on(&left)
@@ -176,8 +195,7 @@ pub fn roofline(path: &Path, report: &Report) -> Result<()> {
             .draw(&Text::new(text, (10, 45 + 15 * line as i32), style))
             .map_err(|e| plot_error(path, e))?;
     }
-    root.present().map_err(|e| plot_error(path, e))?;
-    Ok(())
+    root.present().map_err(|e| plot_error(path, e))
 }
 
 #[cfg(test)]

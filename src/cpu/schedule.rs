@@ -34,6 +34,17 @@ impl LrSchedule {
         }
     }
 
+    /// The same schedule over `total` steps: a cosine schedule's `total` (`T_max`) is replaced,
+    /// its floor kept; a constant schedule is returned as it is. Extending a run uses this: the
+    /// rate of the next step is `lr_at(base, t)` with `t` still the real steps taken so far, so
+    /// the decay continues from where the run is, over the new horizon.
+    pub fn with_total(self, total: u64) -> LrSchedule {
+        match self {
+            LrSchedule::Constant => LrSchedule::Constant,
+            LrSchedule::Cosine { min_lr, .. } => LrSchedule::Cosine { total, min_lr },
+        }
+    }
+
     /// The schedule's code and parameters for the GPU optimizer kernel: (kind, total, min_lr),
     /// kind 0 constant, 1 cosine.
     pub(crate) fn device_params(&self) -> (i32, u64, f64) {

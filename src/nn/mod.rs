@@ -40,7 +40,8 @@ impl MlpConfig {
         }
     }
 
-    /// Checks widths (≥ 2 entries, each ≥ 1) and that every forced-f32 layer exists.
+    /// Checks widths (≥ 2 entries, each ≥ 1, parameter count within usize) and that every
+    /// forced-f32 layer exists.
     pub fn validate(&self) -> Result<()> {
         let bad = |detail: String| Error::InvalidArgument {
             op: "nn::MlpConfig",
@@ -53,7 +54,25 @@ impl MlpConfig {
             )));
         }
         if let Some(i) = self.layers.iter().position(|&w| w == 0) {
-            return Err(bad(format!("layer width {i} is 0; widths must be ≥ 1")));
+            return Err(bad(format!(
+                "layers {:?}: entry {i} (0-based) is 0; every width must be ≥ 1",
+                self.layers
+            )));
+        }
+        // Element counts are usize products: a model whose tensors cannot be counted cannot be
+        // allocated either, and the count must not wrap.
+        let mut total: usize = 0;
+        for w in self.layers.windows(2) {
+            let tensor = w[0].checked_add(3).and_then(|n| n.checked_mul(w[1]));
+            match tensor.and_then(|n| total.checked_add(n)) {
+                Some(t) => total = t,
+                None => {
+                    return Err(bad(format!(
+                        "layers {:?}: the parameter count overflows usize; use narrower layers",
+                        self.layers
+                    )))
+                }
+            }
         }
         if let Some(&l) = self.fp32_layers.iter().find(|&&l| l >= self.linear_count()) {
             return Err(bad(format!(
@@ -266,7 +285,11 @@ mod tests {
         cfg.layers = vec![784];
         assert!(cfg.validate().is_err());
         cfg.layers = vec![784, 0, 10];
-        assert!(cfg.validate().is_err());
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("entry 1") && e.contains("is 0"), "{e}");
+        cfg.layers = vec![usize::MAX / 2, 4, 10];
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("overflows"), "{e}");
         cfg.layers = vec![784, 10];
         cfg.fp32_layers = vec![1];
         assert!(cfg.validate().is_err());

@@ -10,6 +10,7 @@
 
 use super::backend::{Backend, BackendState, Evaluation, StepRecord};
 use super::config::TrainConfig;
+use super::memory;
 use crate::amp::{LossScale, ScalerStages};
 use crate::cpu::gemm::{bias_grad, gemm, Epilogue, GemmShape, Layout};
 use crate::cpu::optim::{self, OptimizerConfig, OptimizerState, ParamTensor};
@@ -88,6 +89,10 @@ fn round_f16(x: &mut [f32]) {
 
 impl CpuBackend {
     /// The model of `train` with fresh parameters from its seed.
+    ///
+    /// Errors: [`Error::InvalidArgument`] for an invalid model, schedule or loss scaling;
+    /// [`Error::InsufficientMemory`] from [`super::memory::check_cpu_model`], before anything
+    /// is allocated.
     pub fn new(train: &TrainConfig) -> Result<CpuBackend> {
         let (cfg, opt, schedule, loss_scale, seed) = (
             &train.model,
@@ -99,6 +104,7 @@ impl CpuBackend {
         cfg.validate()?;
         schedule.validate()?;
         loss_scale.validate()?;
+        memory::check_cpu_model(train)?;
         let params = init_parameters(cfg, seed);
         let lens: Vec<usize> = params.iter().map(|p| p.data.len()).collect();
         let scaler = ScalerState {

@@ -15,12 +15,12 @@
 //! `train/gpu_layers.rs` (private).
 
 use super::backend::{Backend, BackendState, Evaluation, StepRecord};
-use super::config::TrainConfig;
 use super::cpu_backend::{
     base_lr, check_batch, check_params, check_samples, count_correct, layer_params,
     restore_optimizer,
 };
 use super::gpu_layers::{self, Buf, Layer, Params, View};
+use super::{config::TrainConfig, memory};
 use crate::amp::{LossScale, ScalerStages};
 use crate::cpu::optim::OptimizerConfig;
 use crate::cpu::scaler::ScalerState;
@@ -99,6 +99,10 @@ impl GpuBackend {
     /// The backend works on a fork of `gpu` (a stream and scratch buffer of its own on the same
     /// context, ordered after the work queued on `gpu` so far; launch synchronisation as
     /// `gpu`'s at this point), so `gpu` can be shared with other threads and other backends.
+    ///
+    /// Errors: [`Error::InvalidArgument`] when `train` fails [`TrainConfig::validate`];
+    /// [`Error::InsufficientMemory`] from [`super::memory::check_gpu_model`], before anything
+    /// is allocated; [`Error::Driver`] when an allocation fails all the same.
     pub fn new(gpu: Arc<Gpu>, train: &TrainConfig) -> Result<GpuBackend> {
         let (cfg, opt, schedule, loss_scale) = (
             &train.model,
@@ -107,13 +111,9 @@ impl GpuBackend {
             train.loss_scale,
         );
         let (batch, seed, cuda_graph) = (train.batch, train.seed, train.cuda_graph);
-        cfg.validate()?;
-        schedule.validate()?;
-        loss_scale.validate()?;
-        if batch == 0 {
-            return Err(unsupported("batch must be ≥ 1".into()));
-        }
+        train.validate()?;
         let gpu = gpu.fork()?;
+        memory::check_gpu_model(&gpu, train)?;
         let params = init_parameters(cfg, seed);
         let masters = params
             .iter()

@@ -22,7 +22,11 @@ pub mod cpu_backend;
 pub mod data;
 pub mod gpu_backend;
 mod gpu_layers;
+pub mod health;
+pub mod memory;
+pub mod outputs;
 pub mod plot;
+pub mod resume;
 
 pub mod trainer;
 

@@ -4,6 +4,7 @@
 
 use super::backend::StepRecord;
 use crate::error::{Error, Result};
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::Path;
 use std::sync::OnceLock;
@@ -19,8 +20,8 @@ fn plot_error(path: &Path, e: impl std::fmt::Display) -> Error {
 }
 
 /// Draws loss (top) and loss scale (bottom, log axis) against the global step into a PNG at
-/// `path`. Errors: [`Error::Io`] naming `path` when the plot cannot be drawn
-/// or written.
+/// `path`. Errors: [`Error::Io`] naming `path` when the plot cannot be drawn or written (with
+/// the operating system's own error for the latter).
 pub fn loss_and_scale(path: &Path, steps: &[(u64, StepRecord)]) -> Result<()> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     if !*REGISTERED.get_or_init(|| {
@@ -28,7 +29,38 @@ pub fn loss_and_scale(path: &Path, steps: &[(u64, StepRecord)]) -> Result<()> {
     }) {
         return Err(plot_error(path, "the embedded font could not be loaded"));
     }
-    let root = BitMapBackend::new(path, (1000, 700)).into_drawing_area();
+    let size = (1000, 700);
+    let mut pixels = vec![0u8; 3 * size.0 as usize * size.1 as usize];
+    draw(
+        BitMapBackend::with_buffer(&mut pixels, size).into_drawing_area(),
+        path,
+        steps,
+    )?;
+    write_png(path, &pixels, size)
+}
+
+/// Writes RGB pixels as a PNG. plotters can write the file itself, but its errors print as Rust
+/// debug dumps; this one reports the operating system's error against the path.
+pub(crate) fn write_png(path: &Path, rgb: &[u8], (w, h): (u32, u32)) -> Result<()> {
+    image::save_buffer_with_format(
+        path,
+        rgb,
+        w,
+        h,
+        image::ColorType::Rgb8,
+        image::ImageFormat::Png,
+    )
+    .map_err(|e| match e {
+        image::ImageError::IoError(io) => Error::io(path, "writing the plot", io),
+        e => plot_error(path, e),
+    })
+}
+
+fn draw(
+    root: DrawingArea<BitMapBackend<'_>, Shift>,
+    path: &Path,
+    steps: &[(u64, StepRecord)],
+) -> Result<()> {
     root.fill(&WHITE).map_err(|e| plot_error(path, e))?;
     let (top, bottom) = root.split_vertically(350);
     let x_max = steps.last().map_or(1.0, |(s, _)| *s as f64 + 1.0);
@@ -101,6 +133,5 @@ pub fn loss_and_scale(path: &Path, steps: &[(u64, StepRecord)]) -> Result<()> {
                 .map(|(s, r)| Circle::new((*s as f64, f64::from(r.scale)), 3, RED.filled())),
         )
         .map_err(|e| plot_error(path, e))?;
-    root.present().map_err(|e| plot_error(path, e))?;
-    Ok(())
+    root.present().map_err(|e| plot_error(path, e))
 }

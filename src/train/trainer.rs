@@ -5,41 +5,30 @@ use super::backend::{Backend, Evaluation, StepRecord};
 use super::checkpoint::{self, Progress};
 use super::config::TrainConfig;
 use super::data::Dataset;
+use super::health::{format_scale, Health};
 use crate::error::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::Instant;
 
-/// Steps between read-backs of the step records while an epoch runs (each is one device
-/// synchronisation on the GPU), so the progress bar shows a recent loss.
-const RECORDS_EVERY: u64 = 25;
+pub use super::outputs::Outputs;
 
-/// Where the loop writes besides the terminal.
-#[derive(Debug, Clone, Default)]
-pub struct Outputs {
-    /// Checkpoint directory, rewritten (atomically) after every epoch and at the end.
-    pub save: Option<PathBuf>,
-    /// JSON Lines file, one record per step.
-    pub metrics: Option<PathBuf>,
-    /// PNG of loss and loss scale over the steps of this run.
-    pub plot: Option<PathBuf>,
-    /// Show a progress bar (off in tests and when output is not a terminal).
-    pub progress_bar: bool,
-    /// Print the per-epoch lines.
-    pub verbose: bool,
-}
+/// Steps between read-backs of the step records while an epoch runs (each is one device
+/// synchronisation on the GPU), so the progress bar shows a recent loss and a dead run
+/// ([`super::health`]) is found within this many steps.
+pub const RECORDS_EVERY: u64 = 25;
 
 /// One epoch's summary line.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EpochSummary {
     /// 0-based epoch.
     pub epoch: usize,
-    /// Mean training loss over the epoch's steps in this run.
-    pub train_loss: f64,
+    /// Mean training loss over the epoch's steps in this run; `None` when the run took none of
+    /// them (it resumed at the epoch's end).
+    pub train_loss: Option<f64>,
     /// Accuracy of the end-of-epoch weights on the training set.
     pub train: Evaluation,
     /// Accuracy of the end-of-epoch weights on the test set.
@@ -61,6 +50,9 @@ pub struct RunSummary {
     pub epochs: Vec<EpochSummary>,
     /// Where training stopped.
     pub progress: Progress,
+    /// Where the last checkpoint this run wrote stands (`None`: none written, because no
+    /// directory was given or every save was withheld; see [`run`]).
+    pub saved: Option<Progress>,
 }
 
 /// The order of epoch `epoch`'s samples: a ChaCha8 shuffle seeded by the run's seed, one
@@ -121,23 +113,33 @@ pub(crate) fn epoch_samples(
 const AUGMENT_SEED: u64 = 0x5eed_a06e_0000_0001;
 
 /// Runs training from `progress` (zero for a fresh run) to `cfg.epochs` epochs or
-/// `cfg.max_steps` steps. Each epoch shuffles the training set with a ChaCha8 stream of
+/// `cfg.max_steps` steps in total. Each epoch shuffles the training set with a ChaCha8 stream of
 /// `cfg.seed` (and shifts images by up to `cfg.augment_shift` pixels), runs `ceil(n / batch)`
 /// AMP steps on `backend`, then evaluates on the whole training and test sets; a checkpoint is
-/// written after every epoch when `out.save` is set.
+/// written after every epoch and where `max_steps` stops the run, when `out.save` is set.
 ///
-/// Errors: [`Error::InvalidArgument`] for an invalid `cfg` or a dataset whose image size is not
-/// the model's input width; whatever the backend returns for a step; [`Error::Io`] /
-/// [`Error::Checkpoint`] for the metrics file, the plot or a checkpoint.
+/// Before the first step it checks `cfg`, the data and every output path
+/// ([`Outputs::validate`]). On every record read-back it applies the divergence rules of
+/// [`super::health`]; a checkpoint is written only after they pass, and is withheld (the
+/// previous one kept, [`RunSummary::saved`] telling which) while the latest step's loss is
+/// inf/NaN. A progress already at or past the end trains nothing and returns an empty summary
+/// (`super::resume::resumed_config` refuses that case for a resumed run).
+///
+/// Errors: [`Error::InvalidArgument`] for an invalid `cfg`, an output path that cannot be
+/// written, or a dataset whose image size is not the model's input width; [`Error::Diverged`]
+/// when the run can no longer learn (the plot, if asked for, is still drawn, so it shows how);
+/// whatever the backend returns for a step; [`Error::Io`] / [`Error::Checkpoint`] for the
+/// metrics file, the plot or a checkpoint.
 pub fn run(
     backend: &mut dyn Backend,
     cfg: &TrainConfig,
     train: &Dataset,
     test: &Dataset,
-    mut progress: Progress,
+    progress: Progress,
     out: &Outputs,
 ) -> Result<RunSummary> {
     cfg.validate()?;
+    out.validate()?;
     for (name, d) in [("training", train), ("test", test)] {
         d.check_input_size(cfg.model.inputs())
             .map_err(|e| Error::InvalidArgument {
@@ -145,27 +147,54 @@ pub fn run(
                 detail: format!("{name} set: {e}"),
             })?;
     }
+    let mut summary = RunSummary::default();
+    let result = epochs(backend, cfg, train, test, progress, out, &mut summary);
+    let plotted = match &out.plot {
+        Some(p) => super::plot::loss_and_scale(p, &summary.steps),
+        None => Ok(()),
+    };
+    // A dead run's plot is drawn too (it shows how it died), but its error is the one to report.
+    result?;
+    plotted?;
+    Ok(summary)
+}
+
+/// The epochs of [`run`], filling `summary` as they go so that the plot can be drawn from it
+/// even when a step fails.
+fn epochs(
+    backend: &mut dyn Backend,
+    cfg: &TrainConfig,
+    train: &Dataset,
+    test: &Dataset,
+    mut progress: Progress,
+    out: &Outputs,
+    summary: &mut RunSummary,
+) -> Result<()> {
     let (train_x, train_y) = super::dataset_f32(train, cfg.normalize);
     let (test_x, test_y) = super::dataset_f32(test, cfg.normalize);
     let n = train.len();
-    let steps_per_epoch = n.div_ceil(cfg.batch);
+    let steps_per_epoch = cfg.steps_per_epoch(n) as usize;
     let mut metrics = match &out.metrics {
-        Some(p) => Some(std::io::BufWriter::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(progress.global_step > 0)
-                .write(true)
-                .truncate(progress.global_step == 0)
-                .open(p)
-                .map_err(|e| Error::io(p, "opening the metrics file", e))?,
+        Some(p) => Some((
+            std::io::BufWriter::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(progress.global_step > 0)
+                    .write(true)
+                    .truncate(progress.global_step == 0)
+                    .open(p)
+                    .map_err(|e| Error::io(p, "opening the metrics file", e))?,
+            ),
+            p.as_path(),
         )),
         None => None,
     };
-    let mut summary = RunSummary::default();
+    let mut health = Health::new(&cfg.loss_scale);
     let inputs = cfg.model.inputs();
     let mut xs = vec![0f32; n * inputs];
     let mut ys = vec![0u32; n];
-    'epochs: while progress.epoch < cfg.epochs {
+    let at_max = |p: &Progress| cfg.max_steps.is_some_and(|m| p.global_step >= m);
+    while progress.epoch < cfg.epochs && !at_max(&progress) {
         let epoch = progress.epoch;
         epoch_samples(cfg, epoch, &train_x, &train_y, &mut xs, &mut ys);
         backend.load_epoch(&xs, &ys)?;
@@ -190,7 +219,7 @@ pub fn run(
         let mut samples = 0usize;
         let mut stopped = false;
         while progress.step_in_epoch < steps_per_epoch {
-            if cfg.max_steps.is_some_and(|m| progress.global_step >= m) {
+            if at_max(&progress) {
                 stopped = true;
                 break;
             }
@@ -202,76 +231,110 @@ pub fn run(
             progress.global_step += 1;
             if progress.global_step % RECORDS_EVERY == 0 {
                 let records = backend.take_records()?;
-                log_records(&mut summary, &mut metrics, &progress, &records, epoch)?;
+                log_records(summary, &mut metrics, &progress, &records, epoch)?;
+                health.observe(progress.global_step - records.len() as u64, &records)?;
                 if let Some(r) = records.last() {
-                    bar.set_message(format!("loss {:.4} scale {}", r.loss, r.scale));
+                    bar.set_message(format!(
+                        "loss {:.4} scale {}",
+                        r.loss,
+                        format_scale(r.scale)
+                    ));
                 }
                 epoch_records.extend(records);
             }
             bar.set_position(progress.step_in_epoch as u64);
         }
         let records = backend.take_records()?;
-        log_records(&mut summary, &mut metrics, &progress, &records, epoch)?;
+        log_records(summary, &mut metrics, &progress, &records, epoch)?;
+        health.observe(progress.global_step - records.len() as u64, &records)?;
         epoch_records.extend(records);
         let elapsed = started.elapsed().as_secs_f64();
         bar.finish_and_clear();
         progress.skipped += epoch_records.iter().filter(|r| r.skipped).count() as u64;
         if stopped {
-            save(backend, cfg, &progress, out)?;
-            break 'epochs;
+            let scale = backend.scale()?;
+            health.check_scale(progress.global_step, scale)?;
+            save(backend, cfg, &progress, out, &health, summary)?;
+            break;
         }
         progress.epoch += 1;
         progress.step_in_epoch = 0;
         let train_eval = backend.evaluate(&train_x, &train_y)?;
         let test_eval = backend.evaluate(&test_x, &test_y)?;
+        let scale = backend.scale()?;
+        health.check_scale(progress.global_step, scale)?;
         let line = EpochSummary {
             epoch,
-            train_loss: epoch_records.iter().map(|r| f64::from(r.loss)).sum::<f64>()
-                / epoch_records.len().max(1) as f64,
+            train_loss: (!epoch_records.is_empty()).then(|| {
+                epoch_records.iter().map(|r| f64::from(r.loss)).sum::<f64>()
+                    / epoch_records.len() as f64
+            }),
             train: train_eval,
             test: test_eval,
-            scale: backend.scale()?,
+            scale,
             skipped: epoch_records.iter().filter(|r| r.skipped).count(),
             samples_per_s: samples as f64 / elapsed.max(1e-9),
         };
         if out.verbose {
-            println!(
-                "epoch {:>3}/{}  loss {:.4}  train acc {:.2}%  test acc {:.2}%  scale {}  skipped {}  {:.0} samples/s  on {}",
-                epoch + 1,
-                cfg.epochs,
-                line.train_loss,
-                100.0 * line.train.accuracy(),
-                100.0 * line.test.accuracy(),
-                line.scale,
-                line.skipped,
-                line.samples_per_s,
-                backend.device()
-            );
+            println!("{}", epoch_line(&line, cfg.epochs, &backend.device()));
         }
         summary.epochs.push(line);
-        save(backend, cfg, &progress, out)?;
+        save(backend, cfg, &progress, out, &health, summary)?;
     }
-    if let Some(m) = &mut metrics {
+    if let Some((m, p)) = &mut metrics {
         m.flush()
-            .map_err(|e| Error::io(out.metrics.as_ref().unwrap(), "writing metrics", e))?;
-    }
-    if let Some(p) = &out.plot {
-        super::plot::loss_and_scale(p, &summary.steps)?;
+            .map_err(|e| Error::io(p, "writing metrics to", e))?;
     }
     summary.progress = progress;
-    Ok(summary)
+    Ok(())
 }
 
+/// The line printed after an epoch. A mean loss over no steps is not 0 (nor the `-0` an empty
+/// f64 sum gives): it is said to be absent.
+fn epoch_line(line: &EpochSummary, epochs: usize, device: &str) -> String {
+    let loss = match line.train_loss {
+        Some(l) => format!("loss {l:.4}"),
+        None => "loss n/a (no steps of this epoch in this run)".to_string(),
+    };
+    format!(
+        "epoch {:>3}/{epochs}  {loss}  train acc {:.2}%  test acc {:.2}%  scale {}  skipped {}  {:.0} samples/s  on {device}",
+        line.epoch + 1,
+        100.0 * line.train.accuracy(),
+        100.0 * line.test.accuracy(),
+        format_scale(line.scale),
+        line.skipped,
+        line.samples_per_s,
+    )
+}
+
+/// Writes a checkpoint when `out.save` is set, unless the latest step's loss was inf/NaN: such
+/// weights are on their way to [`Error::Diverged`] (rule 2 of [`super::health`]) and must not
+/// replace a good checkpoint.
 fn save(
     backend: &mut dyn Backend,
     cfg: &TrainConfig,
     progress: &Progress,
     out: &Outputs,
+    health: &Health,
+    summary: &mut RunSummary,
 ) -> Result<()> {
-    if let Some(dir) = &out.save {
-        let state = backend.export()?;
-        checkpoint::save(dir, cfg, progress, &state)?;
+    let Some(dir) = &out.save else {
+        return Ok(());
+    };
+    if !health.last_loss_finite() {
+        if out.verbose {
+            println!(
+                "checkpoint not written at step {}: the last step's loss was inf/NaN; {} keeps \
+                 the previous one",
+                progress.global_step,
+                dir.display()
+            );
+        }
+        return Ok(());
     }
+    let state = backend.export()?;
+    checkpoint::save(dir, cfg, progress, &state)?;
+    summary.saved = Some(*progress);
     Ok(())
 }
 
@@ -279,7 +342,7 @@ fn save(
 /// record.
 fn log_records(
     summary: &mut RunSummary,
-    metrics: &mut Option<std::io::BufWriter<std::fs::File>>,
+    metrics: &mut Option<(std::io::BufWriter<std::fs::File>, &std::path::Path)>,
     progress: &Progress,
     records: &[StepRecord],
     epoch: usize,
@@ -288,7 +351,7 @@ fn log_records(
     for (i, r) in records.iter().enumerate() {
         let step = first + i as u64;
         summary.steps.push((step, *r));
-        if let Some(m) = metrics {
+        if let Some((m, path)) = metrics {
             let line = serde_json::json!({
                 "step": step,
                 "epoch": epoch,
@@ -297,9 +360,43 @@ fn log_records(
                 "skipped": r.skipped,
                 "lr": r.lr,
             });
-            writeln!(m, "{line}")
-                .map_err(|e| Error::io(std::path::Path::new("metrics"), "writing metrics", e))?;
+            writeln!(m, "{line}").map_err(|e| Error::io(path, "writing metrics to", e))?;
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_epoch_without_steps_says_so() {
+        let eval = Evaluation {
+            loss: 0.5,
+            correct: 9,
+            total: 10,
+        };
+        let mut line = EpochSummary {
+            epoch: 2,
+            train_loss: None,
+            train: eval,
+            test: eval,
+            scale: f32::from_bits(1 << 19), // 2^-130, subnormal
+            skipped: 0,
+            samples_per_s: 0.0,
+        };
+        let text = epoch_line(&line, 5, "cpu");
+        assert!(
+            text.starts_with("epoch   3/5  loss n/a (no steps"),
+            "{text}"
+        );
+        assert!(text.contains("scale 7.34684e-40"), "{text}");
+        assert!(!text.contains("-0"), "{text}");
+        line.train_loss = Some(0.25);
+        line.scale = 65536.0;
+        let text = epoch_line(&line, 5, "cpu");
+        assert!(text.contains("loss 0.2500  train acc 90.00%"), "{text}");
+        assert!(text.contains("scale 65536  skipped 0"), "{text}");
+    }
 }
