@@ -238,7 +238,8 @@ fn dataset(dir: &Option<PathBuf>) -> Result<data::MnistSplit> {
 pub fn train(a: TrainArgs) -> Result<()> {
     let (mut cfg, progress, state) = match &a.resume {
         Some(dir) => {
-            let (cfg, progress, state) = checkpoint::load(dir)?;
+            let c = checkpoint::load(dir)?;
+            let (cfg, progress, state) = (c.config, c.progress, c.state);
             println!(
                 "resuming {} at epoch {}, step {} ({} steps done)",
                 dir.display(),
@@ -339,7 +340,8 @@ pub fn train(a: TrainArgs) -> Result<()> {
 
 /// `ampkit eval`.
 pub fn eval(a: EvalArgs) -> Result<()> {
-    let (cfg, progress, state) = checkpoint::load(&a.checkpoint)?;
+    let c = checkpoint::load(&a.checkpoint)?;
+    let (cfg, progress, state) = (c.config, c.progress, c.state);
     let split = dataset(&a.data)?;
     let dev = device(&a.device)?;
     let mut backend = open_backend(&dev, &cfg)?;

@@ -270,7 +270,7 @@ fn save(
 ) -> Result<()> {
     if let Some(dir) = &out.save {
         let state = backend.export()?;
-        checkpoint::save(dir, cfg, progress, &state)?;
+        checkpoint::save(dir, cfg, progress, &state, None)?;
     }
     Ok(())
 }
