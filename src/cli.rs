@@ -340,11 +340,20 @@ pub fn train(a: TrainArgs) -> Result<()> {
 
 /// `ampkit eval`.
 pub fn eval(a: EvalArgs) -> Result<()> {
-    let c = checkpoint::load(&a.checkpoint)?;
-    let (cfg, progress, state) = (c.config, c.progress, c.state);
+    // The model alone: evaluation needs neither the optimizer moments nor train_state.safetensors.
+    let checkpoint::ModelCheckpoint {
+        config: cfg,
+        progress,
+        params,
+        ..
+    } = checkpoint::load_model(&a.checkpoint)?;
     let split = dataset(&a.data)?;
     let dev = device(&a.device)?;
     let mut backend = open_backend(&dev, &cfg)?;
+    // import takes a whole state: the fresh backend's zero moments stand in for the optimizer's,
+    // which evaluation never reads.
+    let mut state = backend.export()?;
+    state.params = params;
     backend.import(&state)?;
     split.test.check_input_size(cfg.model.inputs())?;
     let (x, y) = ampkit::train::dataset_f32(&split.test, cfg.normalize);

@@ -1,6 +1,6 @@
 //! Checkpoint contents: files of two saves or changed files are refused naming the file,
 //! non-finite values and invalid loss scales are load errors naming the tensor, identical runs
-//! write identical bytes, and checkpoints of the earlier flat
+//! write identical bytes, evaluation needs only the model, and checkpoints of the earlier flat
 //! layout still load. Crashes during a save: tests/checkpoint_crash.rs.
 
 mod checkpoint_support;
@@ -226,6 +226,11 @@ fn non_finite_values_and_bad_scales_are_load_errors_naming_the_tensor() {
         rehash(dir);
         let needle = format!("{tensor}[{at}] is {value}");
         assert_refused(checkpoint::load(dir), file, &[&needle]);
+        if file == "model.safetensors" {
+            assert_refused(checkpoint::load_model(dir), file, &[&needle]);
+        } else {
+            checkpoint::load_model(dir).unwrap();
+        }
     }
     for scale in [f32::NAN, 0.0, -1.0, f32::INFINITY] {
         let root = temp();
@@ -315,6 +320,58 @@ fn identical_runs_write_identical_bytes() {
     assert_ne!(other, first);
 }
 
+/// Evaluation reads the model and the configuration only: without train_state.safetensors
+/// `load_model` and `ampkit eval` still work, while `load` names the missing file. The data
+/// record passed to `save` comes back from both loads.
+#[test]
+fn eval_needs_only_the_model_and_the_config() {
+    let mut rng = common::rng("model only");
+    let a = Save::at_any_step(&mut rng, 1);
+    let root = temp();
+    let dir = root.path().join("ckpt");
+    let cfg = TrainConfig {
+        model: MlpConfig {
+            layers: vec![784, 8, 10],
+            ..MlpConfig::mnist_default()
+        },
+        ..a.cfg.clone()
+    };
+    let params = init_parameters(&cfg.model, cfg.seed);
+    let mut backend = open_backend(&Device::cpu(), &cfg).unwrap();
+    let state = backend.export().unwrap();
+    checkpoint::save(&dir, &cfg, &a.progress, &state, Some(&a.data)).unwrap();
+    assert_eq!(checkpoint::load(&dir).unwrap().data.as_ref(), Some(&a.data));
+    std::fs::remove_file(dir.join("latest/train_state.safetensors")).unwrap();
+    assert_refused(
+        checkpoint::load(&dir),
+        "train_state.safetensors",
+        &["missing"],
+    );
+    let m = checkpoint::load_model(&dir).unwrap();
+    assert_eq!(
+        (m.config, m.progress, m.params),
+        (cfg.clone(), a.progress, params)
+    );
+    assert_eq!(m.data.as_ref(), Some(&a.data));
+
+    let data = root.path().join("data");
+    checkpoint_support::write_idx_dir(&data, &mut rng, 16, 32);
+    let out = std::process::Command::new(checkpoint_support::ampkit_bin())
+        .args(["eval", "--device", "cpu", "--checkpoint"])
+        .arg(&dir)
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("test accuracy"), "{stdout}");
+}
+
 /// The parts of the checkpoint in tests/checkpoint_v1, which the flat-layout writer of the
 /// previous release wrote (format ampkit-checkpoint-1).
 fn v1_fixture() -> (TrainConfig, Progress, BackendState) {
@@ -391,6 +448,10 @@ fn flat_checkpoints_of_the_previous_release_load_and_migrate() {
         id: None,
     };
     assert_eq!(got, want);
+    assert_eq!(
+        checkpoint::load_model(dir.path()).unwrap().params,
+        state.params
+    );
 
     let mut rng = common::rng("migrate");
     let b = Save::random(&mut rng, 2, progress);

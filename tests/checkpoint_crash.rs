@@ -10,7 +10,7 @@ use ampkit::Error;
 use checkpoint_support::*;
 
 /// A first save into an empty directory, cut off after each of its file-system steps in turn:
-/// every cut leaves either "no checkpoint yet" (a typed error) or,
+/// every cut leaves either "no checkpoint yet" (a typed error, from `load` and `load_model`) or,
 /// once the manifest is renamed into place, the complete checkpoint. The next save removes the
 /// leftovers; a load never does.
 #[test]
@@ -30,6 +30,13 @@ fn a_first_save_cut_at_every_step_leaves_no_checkpoint_or_the_whole_one() {
                 assert_eq!(path, dir.display().to_string());
                 assert!(!detail.is_empty());
                 assert!(
+                    matches!(
+                        checkpoint::load_model(&dir),
+                        Err(Error::NoCheckpoint { .. })
+                    ),
+                    "load_model after {n} steps"
+                );
+                assert!(
                     empty == cuts,
                     "no checkpoint after {n} steps, following a commit"
                 );
@@ -40,6 +47,7 @@ fn a_first_save_cut_at_every_step_leaves_no_checkpoint_or_the_whole_one() {
                     a.is(&got),
                     "after {n} steps: a checkpoint that is not the save"
                 );
+                assert_eq!(checkpoint::load_model(&dir).unwrap().params, a.state.params);
             }
             Err(e) => panic!("after {n} steps: {e}"),
         }
@@ -90,6 +98,8 @@ fn run_b_cut_at_every_step_over_run_a_loads_a_or_b_never_a_mix() {
             before,
             "a load changed the directory (after {n} steps)"
         );
+        let model = checkpoint::load_model(dir).unwrap();
+        assert_eq!((&model.params, &model.id), (&got.state.params, &got.id));
         if a.is(&got) {
             assert!(
                 committed_after.is_none(),

@@ -1,5 +1,6 @@
 //! Shared support of the checkpoint tests (`checkpoint`, `checkpoint_crash`): random saves of a
-//! tiny model and views of a checkpoint directory.
+//! tiny model, views of a checkpoint directory, the `ampkit` binary and a small synthetic MNIST
+//! directory for it.
 #![allow(dead_code)]
 
 use ampkit::cpu::scaler::ScalerState;
@@ -10,6 +11,39 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+/// The `ampkit` binary cargo built next to the test executable (`target/<profile>/ampkit`).
+pub fn ampkit_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let dir = exe.parent().expect("a directory");
+    let up = dir.parent().expect("a parent directory");
+    let candidates = [up.join("ampkit"), up.join("bin").join("ampkit")];
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| panic!("no ampkit binary at {candidates:?}; build it with cargo build"))
+}
+
+/// Writes the four MNIST IDX files (raw, 28×28 random pixels, random labels 0..=9) for `train`
+/// training and `test` test images into `dir`.
+pub fn write_idx_dir(dir: &Path, rng: &mut impl Rng, train: usize, test: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (prefix, n) in [("train", train), ("t10k", test)] {
+        let mut images = [0x803u32, n as u32, 28, 28]
+            .iter()
+            .flat_map(|v| v.to_be_bytes())
+            .collect::<Vec<u8>>();
+        images.extend((0..n * 28 * 28).map(|_| rng.gen::<u8>()));
+        let mut labels = [0x801u32, n as u32]
+            .iter()
+            .flat_map(|v| v.to_be_bytes())
+            .collect::<Vec<u8>>();
+        labels.extend((0..n).map(|_| rng.gen_range(0..10u8)));
+        std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
+        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
+    }
+}
 
 pub fn tiny_config(seed: u64) -> TrainConfig {
     TrainConfig {

@@ -103,6 +103,22 @@ pub struct Checkpoint {
     pub id: Option<String>,
 }
 
+/// A checkpoint's model only, for evaluation: [`load_model`] neither reads nor needs
+/// `train_state.safetensors`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelCheckpoint {
+    /// The run's configuration.
+    pub config: TrainConfig,
+    /// Where the run stopped.
+    pub progress: Progress,
+    /// The f32 master weights, in `state_dict` order.
+    pub params: Vec<Tensor>,
+    /// As [`Checkpoint::data`].
+    pub data: Option<BTreeMap<String, String>>,
+    /// As [`Checkpoint::id`].
+    pub id: Option<String>,
+}
+
 /// Saves a checkpoint into `dir` (created if missing) as a new generation and commits it
 /// atomically; see the [module docs](self). `data` is the training data's identity (file name →
 /// SHA-256 hex), stored in `config.json` and returned by [`load`].
@@ -195,6 +211,22 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         config: config.train,
         progress: config.progress,
         state,
+        data: config.data,
+        id: config.id,
+    })
+}
+
+/// Loads only the configuration and the model weights of the checkpoint in `dir`, for evaluation:
+/// `train_state.safetensors` is neither read nor required. Checks as [`load`] does for the files
+/// it reads.
+///
+/// Errors: as [`load`].
+pub fn load_model(dir: &Path) -> Result<ModelCheckpoint> {
+    let (config, params) = load_common(&set::locate(dir)?)?;
+    Ok(ModelCheckpoint {
+        config: config.train,
+        progress: config.progress,
+        params,
         data: config.data,
         id: config.id,
     })
