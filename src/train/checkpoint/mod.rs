@@ -19,7 +19,7 @@
 //! DIR/
 //!   manifest.json     the commit record: which generation is the checkpoint, its id, the
 //!                     SHA-256 of each of its files, and "model": "gen-000007/model.safetensors"
-//!   latest -> gen-000007    symlink to the committed generation (Unix)
+//!   latest -> gen-000007    symlink to the committed generation (Unix file systems with symlinks)
 //!   gen-000007/       model.safetensors, train_state.safetensors, config.json
 //! ```
 //!

@@ -291,17 +291,33 @@ pub(super) fn save(dir: &Path, enc: &Encoded, steps: &mut Steps) -> Step {
 }
 
 /// Points `dir/latest` at `generation`: a relative symlink, created under a temporary name and
-/// renamed over the old one, so a reader never sees `latest` missing or half-made.
+/// renamed over the old one, so a reader never sees `latest` missing or half-made. On a file
+/// system without symlinks (FAT, some network mounts) there is no `latest`: the checkpoint is
+/// committed already, and manifest.json's "model" names the file.
 #[cfg(unix)]
 fn link_latest(dir: &Path, generation: &str, steps: &mut Steps) -> Step {
     let (tmp, link) = (dir.join(LATEST_TMP), dir.join(LATEST));
-    steps.run(&tmp, "creating the symlink", || {
-        std::os::unix::fs::symlink(generation, &tmp)
-    })?;
+    let made = steps.run(
+        &tmp,
+        "creating the symlink",
+        || match std::os::unix::fs::symlink(generation, &tmp) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Unsupported | io::ErrorKind::PermissionDenied
+                ) =>
+            {
+                Ok(false)
+            }
+            r => r.map(|()| true),
+        },
+    )?;
+    if !made {
+        return Ok(());
+    }
     steps.run(
         &link,
-        "replacing (ampkit keeps a symlink to the newest generation there; move this entry \
-         away)",
+        "replacing the `latest` symlink (move whatever else is there away)",
         || fs::rename(&tmp, &link),
     )
 }
