@@ -63,9 +63,14 @@ fn main() -> ampkit::Result<()> {
         summary.steps.len()
     );
 
-    // The checkpoint: model.safetensors (PyTorch state_dict names), optimizer and scaler state,
-    // config.json. Load it into a fresh backend and evaluate.
-    let (saved_cfg, progress, state) = checkpoint::load(&dir)?;
+    // The checkpoint: model.safetensors (PyTorch state_dict names, in DIR/latest/), optimizer and
+    // scaler state, config.json. Load it into a fresh backend and evaluate.
+    let checkpoint::Checkpoint {
+        config: saved_cfg,
+        progress,
+        state,
+        ..
+    } = checkpoint::load(&dir)?;
     let mut fresh = open_backend(&device, &saved_cfg)?;
     fresh.import(&state)?;
     let (test_x, test_y) = ampkit::train::dataset_f32(&split.test, saved_cfg.normalize);

@@ -278,20 +278,31 @@ pub fn train(a: TrainArgs, given: &Given<'_>) -> Result<()> {
         plot: a.plot.clone(),
         progress_bar: !a.no_progress && std::io::stderr().is_terminal(),
         verbose: true,
+        data: None,
     };
     // Everything that can be checked without training is checked before the first step: a bad
     // path found after the last epoch costs the whole run.
     out.validate()?;
     let dev = device(&a.device)?;
     let split = dataset(&a.data)?;
+    let out = Outputs {
+        data: Some(split.fingerprint()),
+        ..out
+    };
     let n = split.train.len();
     let (cfg, progress, state) = match &a.resume {
         Some(dir) => {
-            let (saved, progress, state) = checkpoint::load(dir)?;
+            let checkpoint::Checkpoint {
+                config: saved,
+                progress,
+                state,
+                data: saved_data,
+                ..
+            } = checkpoint::load(dir)?;
             cli_resume::check_flags(&a, given, &saved, dir)?;
-            // The checkpoint does not record which data set it was trained on yet; when it
-            // does, a different --data is reported here, beside the other settings a resumed
-            // run must share with its checkpoint.
+            if let Some(w) = data_warning(saved_data.as_ref(), &split.fingerprint()) {
+                eprintln!("warning: {w}");
+            }
             let horizon = Horizon {
                 epochs: a.epochs,
                 max_steps: a.max_steps,
@@ -347,6 +358,41 @@ pub fn train(a: TrainArgs, given: &Given<'_>) -> Result<()> {
         println!("{}", saved_line(p, &summary));
     }
     Ok(())
+}
+
+/// Why a resumed run's data may not be the data its checkpoint was trained on: the parts whose
+/// sha256 differ, or that the checkpoint (written before data identities were recorded) cannot
+/// tell. A different data set is allowed (fine-tuning on new data is legitimate), so this is a
+/// warning, not an error.
+fn data_warning(
+    saved: Option<&std::collections::BTreeMap<String, String>>,
+    now: &std::collections::BTreeMap<String, String>,
+) -> Option<String> {
+    let Some(saved) = saved else {
+        return Some(
+            "the checkpoint does not record which data it was trained on (written by an older \
+             ampkit); make sure --data names the same set"
+                .into(),
+        );
+    };
+    let differ: Vec<&str> = now
+        .iter()
+        .filter(|(k, v)| saved.get(*k) != Some(*v))
+        .map(|(k, _)| k.as_str())
+        .chain(
+            saved
+                .keys()
+                .filter(|k| !now.contains_key(*k))
+                .map(String::as_str),
+        )
+        .collect();
+    (!differ.is_empty()).then(|| {
+        format!(
+            "this data differs from the data the checkpoint was trained on ({} changed, by \
+             sha256): the run continues, on the new data",
+            differ.join(", ")
+        )
+    })
 }
 
 /// What `--save` left behind, said exactly: the step the checkpoint holds, or that none was
@@ -463,10 +509,20 @@ pub(crate) const DYNAMIC_FLAGS: [&str; 6] = [
 
 /// `ampkit eval`.
 pub fn eval(a: EvalArgs) -> Result<()> {
-    let (cfg, progress, state) = checkpoint::load(&a.checkpoint)?;
+    // The model alone: evaluation needs neither the optimizer moments nor train_state.safetensors.
+    let checkpoint::ModelCheckpoint {
+        config: cfg,
+        progress,
+        params,
+        ..
+    } = checkpoint::load_model(&a.checkpoint)?;
     let split = dataset(&a.data)?;
     let dev = device(&a.device)?;
     let mut backend = open_backend(&dev, &cfg)?;
+    // import takes a whole state: the fresh backend's zero moments stand in for the optimizer's,
+    // which evaluation never reads.
+    let mut state = backend.export()?;
+    state.params = params;
     backend.import(&state)?;
     split.test.check_input_size(cfg.model.inputs())?;
     let (x, y) = ampkit::train::dataset_f32(&split.test, cfg.normalize);

@@ -90,6 +90,16 @@ pub enum Error {
         detail: String,
     },
 
+    /// A directory holds no committed checkpoint yet: it does not exist, nothing was saved
+    /// there, or the first save into it was interrupted before it committed.
+    #[error("no checkpoint yet in {path}: {detail}")]
+    NoCheckpoint {
+        /// The checkpoint directory.
+        path: String,
+        /// What the directory holds instead.
+        detail: String,
+    },
+
     /// A training data file or directory is missing, malformed, or does not fit the model.
     #[error(
         "data `{path}`: {detail}. ampkit reads the four MNIST IDX files (raw or .gz) from \

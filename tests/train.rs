@@ -1,7 +1,7 @@
 //! Training end to end on the bundled MNIST split: the loss falls, overflowing scales are
 //! skipped and backed off, a resumed run ends bit-identical to an uninterrupted one (CPU, and GPU
-//! where present), the CPU and GPU loss curves agree, checkpoints reject damage, and the
-//! metrics and plot files are written.
+//! where present), the CPU and GPU loss curves agree, checkpoints hold PyTorch's names, and the
+//! metrics and plot files are written (checkpoint damage and crashes: tests/checkpoint.rs).
 //!
 //! Under `AMPKIT_TEST_SANITIZE=1` (compute-sanitizer) most runs are shorter: fewer samples, epochs
 //! and steps, a 500-image test set for the per-epoch evaluations, a 2^40 initial scale for the
@@ -15,7 +15,7 @@ use ampkit::train::data::{load_dir, Dataset, MnistSplit};
 use ampkit::train::gpu_backend::GpuBackend;
 use ampkit::train::trainer::{self, Outputs};
 use ampkit::train::{checkpoint, open_backend, Backend, BackendState, Progress, TrainConfig};
-use ampkit::{Device, Error};
+use ampkit::Device;
 use common::sized;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -274,7 +274,12 @@ fn resuming_is_bit_identical_to_an_uninterrupted_run() {
         assert_eq!(part.progress.global_step, stop);
         drop(a);
 
-        let (saved_cfg, progress, state) = checkpoint::load(&dir).unwrap();
+        let checkpoint::Checkpoint {
+            config: saved_cfg,
+            progress,
+            state,
+            ..
+        } = checkpoint::load(&dir).unwrap();
         assert_eq!(
             progress,
             Progress {
@@ -500,62 +505,6 @@ fn cuda_graph_steps_are_bit_identical_to_eager_steps() {
 }
 
 #[test]
-fn damaged_checkpoints_are_clear_errors() {
-    let split = bundled();
-    let train = subset(&split.train, 200);
-    let dir = temp_dir("damage");
-    let cfg = small_config(1);
-    let mut b = open_backend(&Device::cpu(), &cfg).unwrap();
-    let out = Outputs {
-        save: Some(dir.clone()),
-        ..quiet()
-    };
-    trainer::run(
-        b.as_mut(),
-        &cfg,
-        &train,
-        &split.test,
-        Progress::default(),
-        &out,
-    )
-    .unwrap();
-    checkpoint::load(&dir).unwrap();
-
-    let expect = |what: &str, needle: &str| {
-        let e = checkpoint::load(&dir).unwrap_err();
-        assert!(matches!(e, Error::Checkpoint { .. }), "{what}: {e}");
-        assert!(e.to_string().contains(needle), "{what}: {e}");
-    };
-    let model = dir.join("model.safetensors");
-    let good = std::fs::read(&model).unwrap();
-    std::fs::write(&model, &good[..good.len() / 2]).unwrap();
-    expect("truncated", "model.safetensors");
-    let mut bad = good.clone();
-    bad[3] ^= 0x55; // header length
-    std::fs::write(&model, &bad).unwrap();
-    expect("corrupted", "model.safetensors");
-    std::fs::write(&model, &good).unwrap();
-
-    let config = dir.join("config.json");
-    let json = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        json.replace("\"global_step\": 4", "\"global_step\": 3"),
-    )
-    .unwrap();
-    expect("mixed steps", "mixes two checkpoints");
-    std::fs::write(&config, json.replace("784", "785")).unwrap();
-    expect("other model", "model.safetensors");
-    std::fs::write(&config, "{").unwrap();
-    expect("bad json", "config.json");
-    std::fs::remove_file(&config).unwrap();
-    expect("missing", "config.json");
-    let e = checkpoint::load(&dir.join("nope")).unwrap_err();
-    assert!(matches!(e, Error::Checkpoint { .. }), "{e}");
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-#[test]
 fn checkpoint_files_have_pytorch_names_and_shapes() {
     let split = bundled();
     let dir = temp_dir("names");
@@ -579,7 +528,7 @@ fn checkpoint_files_have_pytorch_names_and_shapes() {
         &out,
     )
     .unwrap();
-    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let bytes = std::fs::read(dir.join("latest/model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut names: Vec<(String, Vec<usize>)> = st
         .tensors()
@@ -596,7 +545,7 @@ fn checkpoint_files_have_pytorch_names_and_shapes() {
             ("2.weight".to_string(), vec![10, 512]),
         ]
     );
-    let state = std::fs::read(dir.join("train_state.safetensors")).unwrap();
+    let state = std::fs::read(dir.join("latest/train_state.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&state).unwrap();
     assert!(st.names().contains(&"exp_avg_sq.0.weight"));
     let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();

@@ -19,6 +19,9 @@ pub struct Outputs {
     pub progress_bar: bool,
     /// Print the per-epoch lines.
     pub verbose: bool,
+    /// The training data's identity ([`super::data::MnistSplit::fingerprint`]), recorded in every
+    /// checkpoint so that a resume on other data can say so.
+    pub data: Option<std::collections::BTreeMap<String, String>>,
 }
 
 const OP: &str = "train::Outputs";

@@ -333,7 +333,7 @@ fn save(
         return Ok(());
     }
     let state = backend.export()?;
-    checkpoint::save(dir, cfg, progress, &state)?;
+    checkpoint::save(dir, cfg, progress, &state, out.data.as_ref())?;
     summary.saved = Some(*progress);
     Ok(())
 }
