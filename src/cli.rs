@@ -539,3 +539,39 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::data_warning;
+    use std::collections::BTreeMap;
+
+    fn record(parts: &[(&str, &str)]) -> BTreeMap<String, String> {
+        parts
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn resuming_on_other_data_names_the_parts_that_differ() {
+        let saved = record(&[
+            ("train-images", "aa"),
+            ("train-labels", "bb"),
+            ("test-images", "cc"),
+        ]);
+        assert_eq!(data_warning(Some(&saved), &saved.clone()), None);
+        let now = record(&[
+            ("train-images", "aa"),
+            ("train-labels", "b2"),
+            ("test-labels", "dd"),
+        ]);
+        let w = data_warning(Some(&saved), &now).expect("a warning");
+        assert!(
+            w.contains("train-labels") && w.contains("test-labels") && w.contains("test-images"),
+            "{w}"
+        );
+        assert!(!w.contains("train-images"), "{w}");
+        let old = data_warning(None, &now).expect("a warning for a checkpoint without a record");
+        assert!(old.contains("does not record"), "{old}");
+    }
+}
