@@ -118,7 +118,6 @@
 #![deny(missing_docs)]
 
 pub mod amp;
-pub mod bench;
 pub mod check;
 pub mod cpu;
 pub mod cuda;

@@ -1,76 +1,7 @@
-//! `ampkit bench` on the CPU path (no GPU needed): the library run with quick settings and a
-//! narrow filter, and the binary end to end (table, JSON, roofline, bad flags).
+//! `ampkit bench` on the CPU path (no GPU needed), the binary end to end: table, JSON, roofline,
+//! bad flags. The rows themselves are tested inside the binary (`bench::cpu`'s unit tests).
 
-use ampkit::bench::{self, report::COLUMNS, Kind, Options};
-use ampkit::Device;
 use std::process::Command;
-
-fn quick(only: &str) -> Options {
-    Options {
-        quick: true,
-        only: Some(only.into()),
-        progress: false,
-    }
-}
-
-#[test]
-fn cpu_run_keeps_the_ceiling_and_the_selected_rows() {
-    let report = bench::run(&Device::cpu(), &quick("softmax fwd")).unwrap();
-    let kinds: Vec<Kind> = report.rows.iter().map(|r| r.kind).collect();
-    assert_eq!(kinds, [Kind::Ceiling, Kind::Mem], "{:?}", report.rows);
-    assert_eq!(report.rows[0].name, "copy host");
-    assert_eq!(report.rows[1].name, "softmax fwd");
-    assert_eq!(report.rows[1].shape, "MLP 4096x512");
-    assert!(report.failures().is_empty(), "{:?}", report.failures());
-    let copy = report.ceilings.copy_gbs.expect("a host copy ceiling");
-    assert!(copy > 0.0 && copy.is_finite());
-    assert_eq!(report.ceilings.cublas_f16_8192_tflops, None);
-    let row = &report.rows[1];
-    assert_eq!(row.unit, "GB/s");
-    assert!(row.median_us.unwrap() > 0.0 && row.rate.unwrap() > 0.0);
-    assert!(row.pct_ceiling.is_some() && row.vs_cublas.is_none());
-    // Against a host copy of the same bytes, timed like the row; the ceiling row has none.
-    let pct = row
-        .pct_copy_same_bytes
-        .expect("% copy same bytes on a mem row");
-    assert!(pct > 0.0 && pct.is_finite(), "{pct}");
-    assert_eq!(report.rows[0].pct_copy_same_bytes, None);
-    assert!(
-        report
-            .notes
-            .iter()
-            .any(|n| n.starts_with("% copy same bytes = ")),
-        "{:?}",
-        report.notes
-    );
-
-    let text = report.text();
-    assert!(text.starts_with("card:   CPU: "), "{text}");
-    let table: Vec<&str> = text.lines().filter(|l| l.starts_with('|')).collect();
-    let head: Vec<&str> = table[0]
-        .trim_matches('|')
-        .split('|')
-        .map(str::trim)
-        .collect();
-    assert_eq!(head, COLUMNS);
-    assert_eq!(table.len(), 2 + report.rows.len());
-}
-
-#[test]
-fn cpu_gemm_and_train_rows() {
-    let report = bench::run(&Device::cpu(), &quick("fwd2")).unwrap();
-    let gemm = report.rows.iter().find(|r| r.kind == Kind::Gemm).unwrap();
-    assert_eq!(gemm.name, "mlp fwd2 1024x10x512");
-    assert_eq!(gemm.shape, "[1024x512]@[10x512]^T");
-    assert_eq!(gemm.unit, "GFLOP/s");
-    assert!(gemm.rate.unwrap() > 0.0 && gemm.vs_cublas.is_none());
-
-    let report = bench::run(&Device::cpu(), &quick("train")).unwrap();
-    let train = report.rows.iter().find(|r| r.kind == Kind::Train).unwrap();
-    assert_eq!(train.name, "mlp 784-512-10 b256");
-    assert_eq!(train.shape, "784-512-10 x256");
-    assert!(train.error.is_none() && train.rate.unwrap() > 0.0);
-}
 
 /// The `ampkit` binary, found from this test executable's own location at run time:
 /// `target/<profile>/deps/<test>` → `target/<profile>/ampkit`, or, for executables staged for

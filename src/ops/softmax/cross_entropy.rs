@@ -187,8 +187,9 @@ fn ce_kernels<L: Logit>(gpu: &Gpu) -> CeKernels {
 }
 
 /// Whether `force` fits rows of `classes` logits of type `L` on `gpu` with 16-byte aligned
-/// buffers (what the benchmark sweep allocates), without launching anything.
-pub(crate) fn ce_force_fits<L: Logit>(gpu: &Gpu, classes: usize, force: CeForce) -> Result<bool> {
+/// buffers (what the benchmark sweep allocates), without launching anything. Public for
+/// `ampkit bench`'s sweep (in the binary), not part of the API.
+pub fn ce_force_fits<L: Logit>(gpu: &Gpu, classes: usize, force: CeForce) -> Result<bool> {
     let lb = std::mem::size_of::<L>();
     let vec = ce_vec(classes, L::VECS[0], (0, lb), (0, lb));
     let k = ce_kernels::<L>(gpu);

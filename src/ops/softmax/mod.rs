@@ -147,14 +147,15 @@ mod ce_plan;
 mod cross_entropy;
 #[doc(hidden)]
 pub use ce_plan::{CeForce, GroupKernel};
-pub(crate) use cross_entropy::ce_force_fits;
 #[doc(hidden)]
-pub use cross_entropy::softmax_cross_entropy_forced;
+pub use cross_entropy::{ce_force_fits, softmax_cross_entropy_forced};
 pub use cross_entropy::{softmax_cross_entropy, Grad, Logit};
 
 /// Whether `force` fits rows of `cols` columns on `gpu` for the forward (`bwd`: the backward)
-/// with 16-byte aligned buffers, without launching anything.
-pub(crate) fn softmax_force_fits(gpu: &Gpu, cols: usize, bwd: bool, force: SoftmaxForce) -> bool {
+/// with 16-byte aligned buffers, without launching anything. Public for `ampkit bench`'s sweep
+/// (in the binary), not part of the API.
+#[doc(hidden)]
+pub fn softmax_force_fits(gpu: &Gpu, cols: usize, bwd: bool, force: SoftmaxForce) -> bool {
     let vec = if cols % 4 == 0 { 4 } else { 1 };
     let kernels: &[ClusterKernel] = if bwd { &BWD_CLUSTER } else { &FWD_CLUSTER };
     cluster_shape("sweep", gpu, cols, vec, kernels, Some(force)).is_ok()

@@ -1,5 +1,5 @@
 //! The CPU half of `ampkit bench`, for machines without a GPU (or `--device cpu`): the CPU
-//! reference ops ([`crate::cpu`]) timed with `std::time::Instant`, median of the timed calls,
+//! reference ops ([`ampkit::cpu`]) timed with `std::time::Instant`, median of the timed calls,
 //! against a host copy ceiling measured the same way. There is no cuBLAS here, so `vs cuBLAS`
 //! stays blank, and no compute ceiling, so GEMM and training rows have no `% ceiling`.
 
@@ -9,12 +9,12 @@ use super::{
     bytes, gemm_flops, gemm_shape, median, n_sets, random_f32, random_labels, train_config,
     train_data, train_flops, train_shape, utc_date, Collector, GemmCase, Options, MLP_TENSORS,
 };
-use crate::cpu::gemm::{self as cgemm, Epilogue, GemmShape, Layout};
-use crate::cpu::optim::{self, OptimizerConfig, OptimizerState, ParamTensor};
-use crate::cpu::{layernorm, softmax, Element};
-use crate::error::Result;
-use crate::train::open_backend;
-use crate::Device;
+use ampkit::cpu::gemm::{self as cgemm, Epilogue, GemmShape, Layout};
+use ampkit::cpu::optim::{self, OptimizerConfig, OptimizerState, ParamTensor};
+use ampkit::cpu::{layernorm, softmax, Element};
+use ampkit::train::open_backend;
+use ampkit::Device;
+use ampkit::Result;
 use half::f16;
 use rayon::prelude::*;
 use std::time::{Instant, SystemTime};
@@ -453,7 +453,7 @@ fn adam_row(opts: &Options, copies: &mut CopyCache, c: &mut Collector) {
     });
 }
 
-/// One CPU training step ([`crate::train::cpu_backend::CpuBackend`]), median of per-step times.
+/// One CPU training step ([`ampkit::train::cpu_backend::CpuBackend`]), median of per-step times.
 fn train_row(opts: &Options, name: &str, dims: &[usize], batch: usize) -> Result<Row> {
     let cfg = train_config(dims, batch);
     let mut backend = open_backend(&Device::Cpu, &cfg)?;
@@ -463,7 +463,7 @@ fn train_row(opts: &Options, name: &str, dims: &[usize], batch: usize) -> Result
     let us = median_us(opts, |i| backend.step((i % batches) * batch, batch))?;
     let records = backend.take_records()?;
     if records.iter().all(|r| !r.loss.is_finite()) {
-        return Err(crate::Error::InvalidArgument {
+        return Err(ampkit::Error::InvalidArgument {
             op: "ampkit bench",
             detail: "every step had a non-finite loss".into(),
         });
@@ -479,4 +479,79 @@ fn train_row(opts: &Options, name: &str, dims: &[usize], batch: usize) -> Result
         None,
     )
     .with_work(flops, bytes::train_step(dims, batch)))
+}
+
+/// The CPU run end to end, with quick settings and a narrow filter (no GPU needed).
+#[cfg(test)]
+mod tests {
+    use super::super::report::{Kind, COLUMNS};
+    use super::super::Options;
+    use super::run;
+
+    fn quick(only: &str) -> Options {
+        Options {
+            quick: true,
+            only: Some(only.into()),
+            progress: false,
+        }
+    }
+
+    #[test]
+    fn cpu_run_keeps_the_ceiling_and_the_selected_rows() {
+        let report = run(&quick("softmax fwd")).unwrap();
+        let kinds: Vec<Kind> = report.rows.iter().map(|r| r.kind).collect();
+        assert_eq!(kinds, [Kind::Ceiling, Kind::Mem], "{:?}", report.rows);
+        assert_eq!(report.rows[0].name, "copy host");
+        assert_eq!(report.rows[1].name, "softmax fwd");
+        assert_eq!(report.rows[1].shape, "MLP 4096x512");
+        assert!(report.failures().is_empty(), "{:?}", report.failures());
+        let copy = report.ceilings.copy_gbs.expect("a host copy ceiling");
+        assert!(copy > 0.0 && copy.is_finite());
+        assert_eq!(report.ceilings.cublas_f16_8192_tflops, None);
+        let row = &report.rows[1];
+        assert_eq!(row.unit, "GB/s");
+        assert!(row.median_us.unwrap() > 0.0 && row.rate.unwrap() > 0.0);
+        assert!(row.pct_ceiling.is_some() && row.vs_cublas.is_none());
+        // Against a host copy of the same bytes, timed like the row; the ceiling row has none.
+        let pct = row
+            .pct_copy_same_bytes
+            .expect("% copy same bytes on a mem row");
+        assert!(pct > 0.0 && pct.is_finite(), "{pct}");
+        assert_eq!(report.rows[0].pct_copy_same_bytes, None);
+        assert!(
+            report
+                .notes
+                .iter()
+                .any(|n| n.starts_with("% copy same bytes = ")),
+            "{:?}",
+            report.notes
+        );
+
+        let text = report.text();
+        assert!(text.starts_with("card:   CPU: "), "{text}");
+        let table: Vec<&str> = text.lines().filter(|l| l.starts_with('|')).collect();
+        let head: Vec<&str> = table[0]
+            .trim_matches('|')
+            .split('|')
+            .map(str::trim)
+            .collect();
+        assert_eq!(head, COLUMNS);
+        assert_eq!(table.len(), 2 + report.rows.len());
+    }
+
+    #[test]
+    fn cpu_gemm_and_train_rows() {
+        let report = run(&quick("fwd2")).unwrap();
+        let gemm = report.rows.iter().find(|r| r.kind == Kind::Gemm).unwrap();
+        assert_eq!(gemm.name, "mlp fwd2 1024x10x512");
+        assert_eq!(gemm.shape, "[1024x512]@[10x512]^T");
+        assert_eq!(gemm.unit, "GFLOP/s");
+        assert!(gemm.rate.unwrap() > 0.0 && gemm.vs_cublas.is_none());
+
+        let report = run(&quick("train")).unwrap();
+        let train = report.rows.iter().find(|r| r.kind == Kind::Train).unwrap();
+        assert_eq!(train.name, "mlp 784-512-10 b256");
+        assert_eq!(train.shape, "784-512-10 x256");
+        assert!(train.error.is_none() && train.rate.unwrap() > 0.0);
+    }
 }

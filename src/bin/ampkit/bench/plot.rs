@@ -4,16 +4,16 @@
 //! FLOP counts, [`super::bytes::flops_per_element`]). Both measured ceilings are drawn: the copy
 //! bandwidth as the sloped line, cuBLAS 8192³ as the flat one. Each row is a numbered point,
 //! coloured by kind; the key beside the chart names them. The font is embedded (DejaVu Sans Mono,
-//! `assets/fonts/`, as in [`crate::train::plot`]), so no system fonts are needed.
+//! `assets/fonts/`, as in [`ampkit::train::plot`]), so no system fonts are needed.
 
 use super::report::{Kind, Report, Row};
-use crate::error::{Error, Result};
+use ampkit::{Error, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::Path;
 use std::sync::OnceLock;
 
-static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSansMono.ttf");
+static FONT: &[u8] = include_bytes!("../../../../assets/fonts/DejaVuSansMono.ttf");
 
 fn plot_error(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::io(
@@ -90,7 +90,24 @@ pub fn roofline(path: &Path, report: &Report) -> Result<()> {
         let root = BitMapBackend::with_buffer(&mut pixels, size).into_drawing_area();
         draw(&root, path, &pts, (bw, peak), (x0, x1, y0, y1), report)?;
     }
-    crate::train::plot::write_png(path, &pixels, size)
+    write_png(path, &pixels, size)
+}
+
+/// Writes RGB pixels as a PNG. plotters can write the file itself, but its errors print as Rust
+/// debug dumps; this one reports the operating system's error against the path.
+fn write_png(path: &Path, rgb: &[u8], (w, h): (u32, u32)) -> Result<()> {
+    image::save_buffer_with_format(
+        path,
+        rgb,
+        w,
+        h,
+        image::ColorType::Rgb8,
+        image::ImageFormat::Png,
+    )
+    .map_err(|e| match e {
+        image::ImageError::IoError(io) => Error::io(path, "writing the plot", io),
+        e => plot_error(path, e),
+    })
 }
 
 type Point<'a> = (usize, &'a Row, (f64, f64));

@@ -6,6 +6,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
 use std::time::Instant;
 
+mod bench;
 mod cli;
 mod cli_bench;
 mod cli_resume;

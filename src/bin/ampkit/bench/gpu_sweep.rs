@@ -8,9 +8,9 @@ use super::gpu::Harness;
 use super::gpu_mem::{mem_row, xent_row};
 use super::report::Kind;
 use super::Collector;
-use crate::cuda::DeviceBuffer;
-use crate::error::Error;
-use crate::ops::softmax::{self, CeForce, SoftmaxForce};
+use ampkit::cuda::DeviceBuffer;
+use ampkit::ops::softmax::{self, CeForce, SoftmaxForce};
+use ampkit::Error;
 
 /// Cluster shapes tried: (blocks per cluster, packs per thread, threads).
 fn cluster_shapes(ps: [usize; 2]) -> Vec<(usize, usize, u32)> {
@@ -89,7 +89,7 @@ pub(super) fn softmax_sweep(
         };
         for f in &forces {
             let fits = if half {
-                softmax::ce_force_fits::<crate::f16>(&h.gpu, cols, *f)
+                softmax::ce_force_fits::<ampkit::f16>(&h.gpu, cols, *f)
             } else {
                 softmax::ce_force_fits::<f32>(&h.gpu, cols, *f)
             };

@@ -1,6 +1,6 @@
-//! `ampkit bench`: flags → [`ampkit::bench::Options`], the run, then the table, JSON and plot.
+//! `ampkit bench`: flags → [`crate::bench::Options`], the run, then the table, JSON and plot.
 
-use ampkit::bench::{self, Options};
+use crate::bench::{self, Options};
 use ampkit::cuda::Gpu;
 use ampkit::{Device, Error, Result};
 use clap::Args;

@@ -5,7 +5,7 @@
 //! # Method (GPU)
 //!
 //! - **Ceilings first.** `copy d2d`: `memcpy_dtod` of a 1 GiB f32 buffer, GB/s = bytes read +
-//!   written (2 GiB) / t. `cuBLAS f16 gemm 8192^3`: [`crate::ops::blas::Blas::gemm_f16`],
+//!   written (2 GiB) / t. `cuBLAS f16 gemm 8192^3`: [`ampkit::ops::blas::Blas::gemm_f16`],
 //!   `Y = X·Wᵀ`, f16 out, TFLOP/s = 2·M·N·K / t.
 //! - **Timing.** CUDA events between consecutive calls queued back to back; warm-up, then the
 //!   median of the timed calls (10 + 50, `--quick` 3 + 10). Kernel rows first queue enough
@@ -13,7 +13,7 @@
 //!   ("queue-ahead", the role `torch.cuda._sleep` plays in the PyTorch script), so host launch
 //!   overhead drops out and the rows measure GPU time; the copies also evict the L2. Training rows
 //!   do not queue ahead: a step's time includes any host overhead the GPU waits for.
-//! - **GEMMs** (`kind = gemm`): [`crate::ops::gemm::gemm`] with the planner's choice and cuBLAS on
+//! - **GEMMs** (`kind = gemm`): [`ampkit::ops::gemm::gemm`] with the planner's choice and cuBLAS on
 //!   the same operands, in alternating rounds (5 × 10 timed calls per side, `--quick` 2 × 5) so
 //!   clock drift lands on both alike; each side's median is over all its timed calls. `rate` is
 //!   TFLOP/s = 2·M·N·K / t, `% ceiling` of the cuBLAS 8192³ ceiling, `vs cuBLAS` = cuBLAS time /
@@ -31,7 +31,7 @@
 //!   67 MB copy runs at about 84 % of it), so this column says how close the kernel is to what
 //!   a copy of its size achieves, `% ceiling` how close it is to the card's bandwidth. Rows
 //!   without bytes (the loss-scale update) leave it blank.
-//! - **Training steps** (`kind = train`): [`crate::train::open_backend`] with mixed precision,
+//! - **Training steps** (`kind = train`): [`ampkit::train::open_backend`] with mixed precision,
 //!   Adam (lr 1e-3) and dynamic loss scaling, random inputs in [0, 1) and random labels; the
 //!   median of per-step event times over consecutive steps (no host sync between steps; the
 //!   step records are read back after the timed region). TFLOP/s = 6 · parameters · batch / t.
@@ -53,9 +53,9 @@ mod same_bytes;
 
 pub use report::{Ceilings, Kind, Meta, Report, Row};
 
-use crate::cpu::gemm::Layout;
-use crate::error::Result;
-use crate::Device;
+use ampkit::cpu::gemm::Layout;
+use ampkit::Device;
+use ampkit::Result;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// What `ampkit bench` runs and how long.
@@ -176,9 +176,9 @@ impl Collector {
 
 /// The training configuration every benchmarked step uses: the `ampkit train` defaults (mixed
 /// precision, Adam at 1e-3, PyTorch's dynamic loss scaling) with these widths and batch.
-pub(crate) fn train_config(dims: &[usize], batch: usize) -> crate::train::TrainConfig {
-    use crate::nn::MlpConfig;
-    use crate::train::TrainConfig;
+pub(crate) fn train_config(dims: &[usize], batch: usize) -> ampkit::train::TrainConfig {
+    use ampkit::nn::MlpConfig;
+    use ampkit::train::TrainConfig;
     TrainConfig {
         model: MlpConfig {
             layers: dims.to_vec(),

@@ -7,15 +7,15 @@ use super::{
     bytes, gemm_flops, gemm_shape, median, random_f32, train_config, train_data, train_flops,
     train_shape, utc_date, Collector, GemmCase, Options, GEMM_CASES, TRAIN_CASES,
 };
-use crate::check::{rel_l2_error, ToF64};
-use crate::cpu::gemm::{GemmShape, Layout};
-use crate::cuda::{DeviceBuffer, Gpu};
-use crate::error::{Error, Result};
-use crate::ops;
-use crate::ops::blas::Blas;
-use crate::ops::gemm::{gemm, plan, Epilogue, GemmOutput};
-use crate::train::gpu_backend::GpuBackend;
-use crate::train::Backend;
+use ampkit::check::{rel_l2_error, ToF64};
+use ampkit::cpu::gemm::{GemmShape, Layout};
+use ampkit::cuda::{DeviceBuffer, Gpu};
+use ampkit::ops;
+use ampkit::ops::blas::Blas;
+use ampkit::ops::gemm::{gemm, plan, Epilogue, GemmOutput};
+use ampkit::train::gpu_backend::GpuBackend;
+use ampkit::train::Backend;
+use ampkit::{Error, Result};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::ValidAsZeroBits;
 use half::f16;
@@ -466,19 +466,19 @@ fn gemm_sweep(h: &mut Harness, case: &GemmCase) -> Result<String> {
     let mut out32: DeviceBuffer<f32> = gpu.alloc_zeros(case.m * case.n)?;
     let flops = gemm_flops(case.m, case.n, case.k);
     let mut line = format!("sweep {} (TFLOP/s, GPU time):", case.name);
-    for config in crate::ops::gemm::configs_for(&gpu) {
+    for config in ampkit::ops::gemm::configs_for(&gpu) {
         for splits in [1usize, 2, 4] {
             if splits > 1 && case.k < 2048 {
                 continue;
             }
-            let p = Some(crate::ops::gemm::Plan {
+            let p = Some(ampkit::ops::gemm::Plan {
                 config,
                 splits,
-                group_m: crate::ops::gemm::GROUP_M,
+                group_m: ampkit::ops::gemm::GROUP_M,
             });
             let mut t = h.times_us(true, 3, 20, |_| {
                 if case.f32_out {
-                    crate::ops::gemm::gemm_with_plan(
+                    ampkit::ops::gemm::gemm_with_plan(
                         &gpu,
                         shape,
                         p,
@@ -488,7 +488,7 @@ fn gemm_sweep(h: &mut Harness, case: &GemmCase) -> Result<String> {
                         &mut out32,
                     )
                 } else {
-                    crate::ops::gemm::gemm_with_plan(
+                    ampkit::ops::gemm::gemm_with_plan(
                         &gpu,
                         shape,
                         p,
@@ -522,7 +522,7 @@ fn train_row(
     graph: bool,
     ceil: &super::Ceilings,
 ) -> Result<(Row, String)> {
-    let cfg = crate::train::TrainConfig {
+    let cfg = ampkit::train::TrainConfig {
         cuda_graph: graph,
         ..train_config(dims, batch)
     };
@@ -571,7 +571,7 @@ fn train_row_timed(
     backend: &mut GpuBackend,
     dims: &[usize],
     batch: usize,
-) -> Result<(f64, Vec<crate::train::StepRecord>)> {
+) -> Result<(f64, Vec<ampkit::train::StepRecord>)> {
     // A few batches of distinct data (two for the wide model: 256 MB of inputs each).
     let batches = if batch * dims[0] > 1 << 24 { 2 } else { 4 };
     let (images, labels) = train_data(dims, batches * batch, 77);

@@ -8,8 +8,8 @@
 use super::gpu::Harness;
 use super::gpu_mem::time_sets;
 use super::report::{Ceilings, Kind, Row};
-use crate::cuda::DeviceBuffer;
-use crate::error::{Error, Result};
+use ampkit::cuda::DeviceBuffer;
+use ampkit::{Error, Result};
 use std::collections::BTreeMap;
 
 /// f32 elements a copy moves so that its bytes read + written (`8 · len`) match `bytes`,

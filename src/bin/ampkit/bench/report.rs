@@ -2,7 +2,7 @@
 //! in the formats `bench/pytorch_reference.py` writes (same columns, number formats and keys, with
 //! `ampkit` in place of `torch`).
 
-use crate::error::{Error, Result};
+use ampkit::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::path::Path;
