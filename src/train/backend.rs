@@ -11,6 +11,10 @@ use crate::cpu::scaler::ScalerState;
 use crate::error::Result;
 use crate::nn::Tensor;
 
+/// Samples per forward pass in [`Backend::evaluate`] (the CPU backend's; the memory estimate
+/// sizes one evaluation batch with it).
+pub(crate) const EVAL_BATCH: usize = 1000;
+
 /// What one step did, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepRecord {

@@ -1,6 +1,5 @@
 //! Everything that defines a training run, as saved in a checkpoint's `config.json`.
 
-use super::cpu_backend::base_lr;
 use crate::amp::LossScale;
 use crate::cpu::optim::OptimizerConfig;
 use crate::cpu::schedule::LrSchedule;
@@ -127,5 +126,13 @@ impl TrainConfig {
     pub fn with_schedule_horizon(mut self, train_len: usize) -> TrainConfig {
         self.schedule = self.schedule.with_total(self.end_step(train_len).max(1));
         self
+    }
+}
+
+/// The learning rate of an optimizer config (the schedule's base rate).
+pub(crate) fn base_lr(opt: &OptimizerConfig) -> f64 {
+    match opt {
+        OptimizerConfig::Adam(c) | OptimizerConfig::AdamW(c) => c.lr,
+        OptimizerConfig::Sgd(c) => c.lr,
     }
 }

@@ -8,8 +8,8 @@
 //! gradient in f32, bias gradient, data gradient); unscale + inf check; optimizer (skipped on
 //! inf/NaN); scale update.
 
-use super::backend::{Backend, BackendState, Evaluation, StepRecord};
-use super::config::TrainConfig;
+use super::backend::{Backend, BackendState, Evaluation, StepRecord, EVAL_BATCH};
+use super::config::{base_lr, TrainConfig};
 use super::memory;
 use crate::amp::{LossScale, ScalerStages};
 use crate::cpu::gemm::{bias_grad, gemm, Epilogue, GemmShape, Layout};
@@ -287,14 +287,6 @@ impl CpuBackend {
     }
 }
 
-/// The learning rate of an optimizer config.
-pub(crate) fn base_lr(opt: &OptimizerConfig) -> f64 {
-    match opt {
-        OptimizerConfig::Adam(c) | OptimizerConfig::AdamW(c) => c.lr,
-        OptimizerConfig::Sgd(c) => c.lr,
-    }
-}
-
 /// The same config with another learning rate.
 pub(crate) fn with_lr(opt: &OptimizerConfig, lr: f64) -> OptimizerConfig {
     let mut o = *opt;
@@ -427,9 +419,6 @@ impl Backend for CpuBackend {
         &self.opt
     }
 }
-
-/// Samples per forward pass in [`Backend::evaluate`].
-pub(crate) const EVAL_BATCH: usize = 1000;
 
 /// Rebuilds an optimizer state from a checkpoint's parts.
 pub(crate) fn restore_optimizer(

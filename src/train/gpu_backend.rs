@@ -15,9 +15,9 @@
 //! `train/gpu_layers.rs` (private).
 
 use super::backend::{Backend, BackendState, Evaluation, StepRecord};
+use super::config::base_lr;
 use super::cpu_backend::{
-    base_lr, check_batch, check_params, check_samples, count_correct, layer_params,
-    restore_optimizer,
+    check_batch, check_params, check_samples, count_correct, layer_params, restore_optimizer,
 };
 use super::gpu_layers::{self, Buf, Layer, Params, View};
 use super::{config::TrainConfig, memory};

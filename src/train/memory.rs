@@ -9,8 +9,8 @@
 //! f32 copies of the data set. Small, fixed costs (kernel modules, cuBLAS workspace, scratch)
 //! are covered by [`GPU_SLACK`] on the GPU and ignored on the host.
 
+use super::backend::EVAL_BATCH;
 use super::config::TrainConfig;
-use super::cpu_backend::EVAL_BATCH;
 use crate::cpu::optim::OptimizerConfig;
 use crate::cuda::Gpu;
 use crate::device::Device;
