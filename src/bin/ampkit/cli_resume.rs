@@ -3,7 +3,7 @@
 //! `ampkit::train::resume`; this module finds the flags that contradict a checkpoint, telling a
 //! typed flag from a default through clap's value source.
 
-use crate::cli::{self, OptimizerKind, ScheduleKind, TrainArgs};
+use crate::train_args::{self, OptimizerKind, ScheduleKind, TrainArgs};
 use ampkit::amp::{LossScale, Precision};
 use ampkit::cpu::optim::OptimizerConfig;
 use ampkit::cpu::schedule::LrSchedule;
@@ -216,7 +216,7 @@ pub fn check_flags(
 
     let saved_scale = loss_scale_name(&saved.loss_scale);
     if given.has("loss_scale") {
-        let want = cli::loss_scale(a)?;
+        let want = train_args::loss_scale(a)?;
         let same = match (want, saved.loss_scale) {
             (LossScale::Dynamic(_), LossScale::Dynamic(_)) | (LossScale::Off, LossScale::Off) => {
                 true

@@ -10,6 +10,7 @@ mod bench;
 mod cli;
 mod cli_bench;
 mod cli_resume;
+mod train_args;
 
 #[derive(Parser)]
 #[command(
@@ -33,9 +34,9 @@ enum Command {
     },
     /// Train an MLP with mixed precision (default: 784→512→10 on the bundled MNIST split, on the
     /// GPU if there is one).
-    Train(Box<cli::TrainArgs>),
+    Train(Box<train_args::TrainArgs>),
     /// Test accuracy of a checkpoint.
-    Eval(cli::EvalArgs),
+    Eval(train_args::EvalArgs),
     /// Every kernel against the card's copy and cuBLAS ceilings, measured in the same run (the
     /// CPU reference without a GPU).
     Bench(cli_bench::BenchArgs),
