@@ -71,10 +71,29 @@ pub fn flops_per_element(op: &str) -> f64 {
 /// `in → out`, f16 activations `2·batch·(3·in + 3·out)` (forward reads X and writes Y;
 /// backward reads dY twice, X once and writes dX).
 pub fn train_step(dims: &[usize], batch: usize) -> f64 {
-    let params = super::mlp_params(dims) as f64;
+    let params = super::work::mlp_params(dims) as f64;
     let acts: f64 = dims
         .windows(2)
         .map(|w| 2.0 * batch as f64 * (3.0 * w[0] as f64 + 3.0 * w[1] as f64))
         .sum();
     46.0 * params + acts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::cases::{LN_CASES, SM_CASES};
+    use super::*;
+
+    #[test]
+    fn every_memory_family_has_a_case_near_the_copy_asymptote() {
+        assert!(layernorm_fwd(16384, 1024) >= (64 << 20) as f64);
+        let most = |v: &mut dyn Iterator<Item = f64>| v.fold(0.0, f64::max);
+        let ln = most(&mut LN_CASES.iter().map(|&(_, r, c)| layernorm_fwd(r, c)));
+        let xent16 = most(&mut SM_CASES.iter().map(|&(_, r, c)| xent(r, c, 2, 2)));
+        let softmax = most(&mut SM_CASES.iter().map(|&(_, r, c)| softmax_fwd(r, c)));
+        assert!(ln >= 5e8 && xent16 >= 5e8 && softmax >= 5e8);
+        // The largest set (softmax backward, f32) stays far below the card's memory.
+        let (_, r, c) = SM_CASES[SM_CASES.len() - 1];
+        assert!(softmax_bwd(r, c) < 2e9);
+    }
 }

@@ -3,12 +3,14 @@
 //! against a host copy ceiling measured the same way. There is no cuBLAS here, so `vs cuBLAS`
 //! stays blank, and no compute ceiling, so GEMM and training rows have no `% ceiling`.
 
+use super::bytes;
+use super::cases::{GemmCase, MLP_TENSORS};
+use super::clock::{median, utc_date};
+use super::collect::{Collector, Options};
+use super::copies::{self, CopyCache};
+use super::inputs::{n_sets, random_f32, random_labels, train_config, train_data};
 use super::report::{Ceilings, Kind, Meta, Report, Row};
-use super::same_bytes::{self, CopyCache};
-use super::{
-    bytes, gemm_flops, gemm_shape, median, n_sets, random_f32, random_labels, train_config,
-    train_data, train_flops, train_shape, utc_date, Collector, GemmCase, Options, MLP_TENSORS,
-};
+use super::work::{gemm_flops, gemm_shape, train_flops, train_shape};
 use ampkit::cpu::gemm::{self as cgemm, Epilogue, GemmShape, Layout};
 use ampkit::cpu::optim::{self, OptimizerConfig, OptimizerState, ParamTensor};
 use ampkit::cpu::{layernorm, softmax, Element};
@@ -102,7 +104,7 @@ fn host_copy_us(opts: &Options, len: usize) -> Result<f64> {
     let mut dst = vec![0f32; len];
     time_sets(
         opts,
-        same_bytes::copy_bytes(len),
+        copies::copy_bytes(len),
         |s| Ok(vec![s as f32; len]),
         |src: &mut Vec<f32>| {
             par_copy(&mut dst, src);
@@ -152,7 +154,7 @@ fn cpu_name() -> String {
 
 /// The CPU benchmark: host copy ceiling, GEMMs, LayerNorm, softmax, cross-entropy, Adam, and a
 /// training step.
-pub(super) fn run(opts: &Options) -> Result<Report> {
+pub fn run(opts: &Options) -> Result<Report> {
     let date = utc_date(SystemTime::now());
     let mut c = Collector::new(opts);
     c.ceilings.copy_gbs = c.row(Kind::Ceiling, "copy host", "256 MiB f32", true, |_| {
@@ -484,8 +486,8 @@ fn train_row(opts: &Options, name: &str, dims: &[usize], batch: usize) -> Result
 /// The CPU run end to end, with quick settings and a narrow filter (no GPU needed).
 #[cfg(test)]
 mod tests {
+    use super::super::collect::Options;
     use super::super::report::{Kind, COLUMNS};
-    use super::super::Options;
     use super::run;
 
     fn quick(only: &str) -> Options {

@@ -6,10 +6,12 @@
 //! (`same_bytes.rs`).
 
 use super::bytes::{self, flops_per_element};
-use super::gpu::Harness;
+use super::cases::{LN_CASES, MLP_TENSORS, SM_CASES};
+use super::collect::Collector;
+use super::harness::{time_sets, Harness};
+use super::inputs::{n_sets, random_labels};
 use super::report::{Ceilings, Kind, Row};
 use super::same_bytes;
-use super::{n_sets, random_labels, Collector, LN_CASES, MLP_TENSORS, SM_CASES};
 use ampkit::cpu::optim::OptimizerConfig;
 use ampkit::cpu::scaler::ScalerConfig;
 use ampkit::cuda::DeviceBuffer;
@@ -21,26 +23,9 @@ use half::f16;
 
 const EPS: f32 = 1e-5;
 
-/// The median µs of `call` on input sets built by `make(harness, seed)`: `n_sets(bytes)` of
-/// them, cycled, so that a pass over them exceeds the L2; queue-ahead. The sets are freed
-/// before it returns.
-pub(super) fn time_sets<S>(
-    h: &mut Harness,
-    bytes: f64,
-    mut make: impl FnMut(&Harness, u32) -> Result<S>,
-    mut call: impl FnMut(&mut S, usize) -> Result<()>,
-) -> Result<f64> {
-    let k = n_sets(bytes, h.warmup + h.runs);
-    let mut sets = (0..k)
-        .map(|s| make(h, 1000 + 7 * s as u32))
-        .collect::<Result<Vec<S>>>()?;
-    h.gpu.synchronize()?;
-    h.median_us(true, |i| call(&mut sets[i % k], i))
-}
-
 /// A memory-bound row: [`time_sets`], GB/s against the copy ceiling, and `% copy same bytes`
 /// against a device copy of `bytes` timed the same way ([`same_bytes::device_copy_gbs`]).
-pub(super) fn mem_row<S>(
+pub fn mem_row<S>(
     h: &mut Harness,
     (name, shape): (&str, &str),
     (bytes, flops): (f64, f64),
@@ -58,10 +43,14 @@ pub(super) fn mem_row<S>(
     )
 }
 
-/// Every memory-bound row, in the PyTorch script's order where the two overlap.
-pub(super) fn run(h: &mut Harness, c: &mut Collector) {
+/// Extra rows run before each softmax case's own: `(harness, collector, label, rows, cols)`.
+pub type CaseRows = fn(&mut Harness, &mut Collector, &str, usize, usize);
+
+/// Every memory-bound row, in the PyTorch script's order where the two overlap; `before_softmax`
+/// runs before each softmax case's rows (the launch-shape sweep, which builds on this module).
+pub fn run(h: &mut Harness, c: &mut Collector, before_softmax: Option<CaseRows>) {
     layernorm_rows(h, c);
-    softmax_rows(h, c);
+    softmax_rows(h, c, before_softmax);
     unscale_rows(h, c);
     cast_rows(h, c);
     relu_rows(h, c);
@@ -156,11 +145,10 @@ fn layernorm_rows(h: &mut Harness, c: &mut Collector) {
     }
 }
 
-fn softmax_rows(h: &mut Harness, c: &mut Collector) {
-    let sweep = std::env::var_os("AMPKIT_BENCH_MEM_SWEEP").is_some();
+fn softmax_rows(h: &mut Harness, c: &mut Collector, before: Option<CaseRows>) {
     for (label, rows, cols) in SM_CASES {
-        if sweep {
-            super::gpu_sweep::softmax_sweep(h, c, label, rows, cols);
+        if let Some(extra) = before {
+            extra(h, c, label, rows, cols);
         }
         let n = rows * cols;
         let name = "softmax fwd";
@@ -215,7 +203,7 @@ fn softmax_rows(h: &mut Harness, c: &mut Collector) {
 /// Fused softmax-cross-entropy, f32 → f32 or f16 → f16, loss scale 65536 read on the device;
 /// in the default launch shape, or a forced one (the sweep).
 #[allow(clippy::too_many_arguments)]
-pub(super) fn xent_row(
+pub fn xent_row(
     h: &mut Harness,
     name: &str,
     label: &str,

@@ -4,10 +4,11 @@
 //! (docs/kernels/softmax.md). Shapes a case does not fit are left out.
 
 use super::bytes::{self, flops_per_element};
-use super::gpu::Harness;
+use super::collect::Collector;
 use super::gpu_mem::{mem_row, xent_row};
+use super::harness::Harness;
 use super::report::Kind;
-use super::Collector;
+use super::same_bytes;
 use ampkit::cuda::DeviceBuffer;
 use ampkit::ops::softmax::{self, CeForce, SoftmaxForce};
 use ampkit::Error;
@@ -30,13 +31,7 @@ fn does_not_fit(e: &Error) -> bool {
 }
 
 /// The sweep rows of one softmax case.
-pub(super) fn softmax_sweep(
-    h: &mut Harness,
-    c: &mut Collector,
-    label: &str,
-    rows: usize,
-    cols: usize,
-) {
+pub fn softmax_sweep(h: &mut Harness, c: &mut Collector, label: &str, rows: usize, cols: usize) {
     let mut forces = vec![];
     for warps in [1, 2, 4, 8] {
         for p in [1, 2, 4, 8] {
@@ -78,7 +73,7 @@ pub(super) fn softmax_sweep(
         );
         c.row(Kind::Mem, &name, label, false, |ceil| {
             let bytes = bytes::xent(rows, cols, bytes_per, bytes_per);
-            super::same_bytes::device_copy_row(h, (&name, label), bytes, ceil)
+            same_bytes::device_copy_row(h, (&name, label), bytes, ceil)
         });
     }
     for half in [false, true] {
