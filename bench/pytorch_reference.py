@@ -64,28 +64,23 @@ ROTATE_BYTES = 200e6  # > 50 MB L2 with margin
 MAX_SETS = 2048
 GIB = 1 << 30
 
-GEMM_CASES = [  # (name, layout, M, N, K, f32 output) -- the Rust benches/gemm.rs list
-    ("8192^3", "fwd", 8192, 8192, 8192, False),
-    ("4096^3", "fwd", 4096, 4096, 4096, False),
-    ("mlp fwd 4096x512x784", "fwd", 4096, 512, 784, False),
-    ("mlp dgrad 4096x784x512", "dgrad", 4096, 784, 512, False),
-    ("mlp wgrad 512x784x4096", "wgrad", 512, 784, 4096, True),
-    ("mlp fwd2 4096x10x512", "fwd", 4096, 10, 512, False),
-    ("wide fwd 8192x4096x4096", "fwd", 8192, 4096, 4096, False),
-    ("wide dgrad 8192x4096x4096", "dgrad", 8192, 4096, 4096, False),
-    ("wide wgrad 4096x4096x8192", "wgrad", 4096, 4096, 8192, True),
-]
-LN_CASES = [("MLP 4096x512", 4096, 512), ("MLP 4096x10", 4096, 10), ("16384x1024", 16384, 1024),
-            ("8192x2048", 8192, 2048), ("4096x4096", 4096, 4096), ("256x65536", 256, 65536),
-            ("1024x65536", 1024, 65536)]
-SM_CASES = [("MNIST 4096x10", 4096, 10), ("MLP 4096x512", 4096, 512), ("16384x1024", 16384, 1024),
-            ("8192x2048", 8192, 2048), ("256x65536", 256, 65536), ("1024x65536", 1024, 65536),
-            ("2048x65536", 2048, 65536)]
-UNSCALE_CASES = [("4 x 2^24", [1 << 24] * 4),
-                 ("MLP 784-512-10 grads", [784 * 512, 512, 512 * 10, 10])]
-TRAIN_CASES = [("mlp 784-512-10 b256", [784, 512, 10], 256),
-               ("mlp 784-512-10 b4096", [784, 512, 10], 4096),
-               ("wide 4x4096 b8192", [4096] * 5, 8192)]
+CASES_JSON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cases.json")
+
+
+def load_cases(path=CASES_JSON):
+    """The workloads, from the table `ampkit bench` and the Rust benches read too (bench/cases.json),
+    as this script's lists: GEMM (name, layout, M, N, K, f32 output), LayerNorm and softmax (name,
+    rows, cols), unscale (name, tensor lengths), training steps (name, widths, batch)."""
+    with open(path) as f:
+        t = json.load(f)
+    return ([(g["name"], g["layout"], g["m"], g["n"], g["k"], g["f32_out"]) for g in t["gemm"]],
+            [(c["name"], c["rows"], c["cols"]) for c in t["layernorm"]],
+            [(c["name"], c["rows"], c["cols"]) for c in t["softmax"]],
+            [(c["name"], c["tensors"]) for c in t["unscale"]],
+            [(c["name"], c["layers"], c["batch"]) for c in t["train"]])
+
+
+GEMM_CASES, LN_CASES, SM_CASES, UNSCALE_CASES, TRAIN_CASES = load_cases()
 
 
 # ---------------------------------------------------------------- pure arithmetic (no torch)
@@ -505,6 +500,11 @@ def run_gpu(args):
 def self_test(args):
     """Formatting and arithmetic with fake numbers; needs neither torch nor a GPU."""
     assert "torch" not in sys.modules, "self-test must not import torch"
+    assert GEMM_CASES[0] == ("8192^3", "fwd", 8192, 8192, 8192, False), GEMM_CASES[0]
+    assert all(layout in ("fwd", "dgrad", "wgrad") for _, layout, *_ in GEMM_CASES)
+    assert ("MLP 4096x512", 4096, 512) in LN_CASES and ("MNIST 4096x10", 4096, 10) in SM_CASES
+    assert UNSCALE_CASES[1] == ("MLP 784-512-10 grads", [784 * 512, 512, 512 * 10, 10])
+    assert TRAIN_CASES[0] == ("mlp 784-512-10 b256", [784, 512, 10], 256), TRAIN_CASES[0]
     assert gemm_flops(8192, 8192, 8192) == 2 * 8192 ** 3
     assert mlp_params([784, 512, 10]) == 407050 and mlp_params([4096] * 5) == 4 * (4096 ** 2 + 4096)
     assert BYTES["layernorm fwd"](16384, 1024) == 8 * 16384 * 1024 + 8 * 1024 >= 64 << 20

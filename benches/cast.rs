@@ -1,4 +1,5 @@
-//! Cast-family benchmark: f32 → f16, f16 → f32 and fill over 2^26 elements (far past the 50 MB L2),
+//! Cast-family benchmark: f32 → f16, f16 → f32 and fill on the `cast` list of `bench/cases.json`,
+//! which `ampkit bench` runs too (2^26 elements, far past the 50 MB L2, and the MLP's 4096×512),
 //! timed with CUDA events, against the device-to-device copy ceiling measured in the same run.
 //!
 //! Criterion reports each kernel's time and throughput (bytes read + written); a table at the end
@@ -13,33 +14,31 @@ use criterion::{Criterion, Throughput};
 use half::f16;
 use std::time::Duration;
 
-const N: usize = 1 << 26;
-
 struct Buffers {
     f32_a: ampkit::cuda::DeviceBuffer<f32>,
     f32_b: ampkit::cuda::DeviceBuffer<f32>,
     f16_a: ampkit::cuda::DeviceBuffer<f16>,
 }
 
-/// One benchmarked operation: its name, bytes moved per call, and how to queue it.
-type Case = (&'static str, usize, fn(&Gpu, &mut Buffers) -> Result<()>);
+/// One benchmarked operation: its name, bytes moved per element, and how to queue it.
+type Op = (&'static str, usize, fn(&Gpu, &mut Buffers) -> Result<()>);
 
-const CASES: &[Case] = &[
-    ("copy_f32 (ceiling)", 8 * N, |gpu, b| {
+const OPS: &[Op] = &[
+    ("copy_f32 (ceiling)", 8, |gpu, b| {
         gpu.stream()
             .memcpy_dtod(&b.f32_a, &mut b.f32_b)
             .map_err(Error::driver("device copy"))
     }),
-    ("f32_to_f16", 6 * N, |gpu, b| {
+    ("f32_to_f16", 6, |gpu, b| {
         ops::cast::f32_to_f16(gpu, &b.f32_a, &mut b.f16_a)
     }),
-    ("f16_to_f32", 6 * N, |gpu, b| {
+    ("f16_to_f32", 6, |gpu, b| {
         ops::cast::f16_to_f32(gpu, &b.f16_a, &mut b.f32_b)
     }),
-    ("fill_f32", 4 * N, |gpu, b| {
+    ("fill_f32", 4, |gpu, b| {
         ops::cast::fill_f32(gpu, &mut b.f32_b, 0.5)
     }),
-    ("fill_f16", 2 * N, |gpu, b| {
+    ("fill_f16", 2, |gpu, b| {
         ops::cast::fill_f16(gpu, &mut b.f16_a, f16::ONE)
     }),
 ];
@@ -48,14 +47,17 @@ fn main() {
     let Some(gpu) = common::gpu_or_skip() else {
         return;
     };
-    if let Err(e) = run(&gpu) {
-        panic!("cast benchmark failed: {e}");
+    for size in &common::cases().cast {
+        if let Err(e) = run(&gpu, &size.name, size.n) {
+            panic!("cast benchmark failed: {e}");
+        }
     }
 }
 
-fn run(gpu: &Gpu) -> Result<()> {
+/// Every op of [`OPS`] on `n` elements, then the vector-width sweep.
+fn run(gpu: &Gpu, label: &str, n: usize) -> Result<()> {
     // Random-looking data (never zeros): a cheap hash of the index, spread over many exponents.
-    let host: Vec<f32> = (0..N as u32)
+    let host: Vec<f32> = (0..n as u32)
         .map(|i| {
             let h = i.wrapping_mul(0x9E37_79B9).rotate_left(13);
             (h as f32 / u32::MAX as f32 - 0.5) * 2f32.powi((h % 24) as i32 - 12)
@@ -63,8 +65,8 @@ fn run(gpu: &Gpu) -> Result<()> {
         .collect();
     let mut b = Buffers {
         f32_a: gpu.upload(&host)?,
-        f32_b: gpu.alloc_zeros(N)?,
-        f16_a: gpu.alloc_zeros(N)?,
+        f32_b: gpu.alloc_zeros(n)?,
+        f16_a: gpu.alloc_zeros(n)?,
     };
     ops::cast::f32_to_f16(gpu, &b.f32_a, &mut b.f16_a)?;
     gpu.synchronize()?;
@@ -75,9 +77,9 @@ fn run(gpu: &Gpu) -> Result<()> {
         .measurement_time(Duration::from_secs(2))
         .sample_size(30)
         .configure_from_args();
-    let mut group = c.benchmark_group(format!("cast/{}", gpu.info().name));
-    for &(name, bytes, f) in CASES {
-        group.throughput(Throughput::Bytes(bytes as u64));
+    let mut group = c.benchmark_group(format!("cast/{}/{label}", gpu.info().name));
+    for &(name, per_element, f) in OPS {
+        group.throughput(Throughput::Bytes((per_element * n) as u64));
         group.bench_function(name, |bencher| {
             bencher.iter_custom(|iters| {
                 let ms = timer
@@ -90,7 +92,7 @@ fn run(gpu: &Gpu) -> Result<()> {
     group.finish();
 
     println!(
-        "\ncast kernels, N = 2^26, {} (median of 50, CUDA events):",
+        "\ncast kernels, N = {label}, {} (median of 50, CUDA events):",
         gpu.info().name
     );
     println!(
@@ -98,9 +100,9 @@ fn run(gpu: &Gpu) -> Result<()> {
         "kernel", "time (us)", "GB/s", "of copy"
     );
     let mut copy_gbs = f64::NAN;
-    for &(name, bytes, f) in CASES {
+    for &(name, per_element, f) in OPS {
         let t = timer.measure(10, 50, || f(gpu, &mut b))?;
-        let gbs = bytes as f64 / (t.median_ms * 1e-3) / 1e9;
+        let gbs = (per_element * n) as f64 / (t.median_ms * 1e-3) / 1e9;
         if copy_gbs.is_nan() {
             copy_gbs = gbs;
         }
@@ -129,7 +131,7 @@ fn run(gpu: &Gpu) -> Result<()> {
         let mut row = format!("{name:<12}");
         for w in [8, 4, 2, 1] {
             let t = timer.measure(10, 50, || f(gpu, &mut b, w))?;
-            row += &format!(" {:>8.0}", 6.0 * N as f64 / (t.median_ms * 1e-3) / 1e9);
+            row += &format!(" {:>8.0}", 6.0 * n as f64 / (t.median_ms * 1e-3) / 1e9);
         }
         println!("{row}");
     }

@@ -1,8 +1,9 @@
 //! GEMM benchmark: ampkit's tensor-core kernel against cuBLAS (`cublasGemmEx`, f16 operands,
 //! f32 compute, the same output type) on the same operands in the same run, timed with CUDA
 //! events (5 alternating rounds of 10 timed runs per side, median of the round medians).
-//! Shapes: 8192³, 4096³, the default MLP at batch 4096 (784→512 forward, dgrad, wgrad; 512→10
-//! forward) and a wide 4096→4096 layer at batch 8192.
+//! Shapes: the `gemm` list of `bench/cases.json`, which `ampkit bench` runs too: 8192³, 4096³,
+//! the default MLP at batch 4096 (784→512 forward, dgrad, wgrad; 512→10 forward) and a wide
+//! 4096→4096 layer at batch 8192.
 //!
 //! Prints TFLOP/s for both and the ratio, plus the relative L2 difference between the two results
 //! as a sanity check. Without a GPU it prints `skipped: no CUDA device` and exits 0.
@@ -15,6 +16,7 @@ use ampkit::ops::gemm::{
     configs_for, gemm, gemm_with_plan, plan, Epilogue, GemmOutput, Plan, GROUP_M,
 };
 use ampkit::{Error, Result};
+use common::cases::GemmCase;
 use criterion::{Criterion, Throughput};
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
 use cudarc::cublas::CudaBlas;
@@ -22,88 +24,6 @@ use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, ValidAsZeroBits};
 use half::f16;
 use std::ffi::c_void;
 use std::time::Duration;
-
-struct Case {
-    name: &'static str,
-    shape: GemmShape,
-    f32_out: bool,
-}
-
-const fn case(
-    name: &'static str,
-    layout: Layout,
-    m: usize,
-    n: usize,
-    k: usize,
-    f32_out: bool,
-) -> Case {
-    Case {
-        name,
-        shape: GemmShape { layout, m, n, k },
-        f32_out,
-    }
-}
-
-const CASES: &[Case] = &[
-    case("8192^3", Layout::Forward, 8192, 8192, 8192, false),
-    case("4096^3", Layout::Forward, 4096, 4096, 4096, false),
-    case(
-        "mlp fwd 4096x512x784",
-        Layout::Forward,
-        4096,
-        512,
-        784,
-        false,
-    ),
-    case(
-        "mlp dgrad 4096x784x512",
-        Layout::Dgrad,
-        4096,
-        784,
-        512,
-        false,
-    ),
-    case(
-        "mlp wgrad 512x784x4096",
-        Layout::Wgrad,
-        512,
-        784,
-        4096,
-        true,
-    ),
-    case(
-        "mlp fwd2 4096x10x512",
-        Layout::Forward,
-        4096,
-        10,
-        512,
-        false,
-    ),
-    case(
-        "wide fwd 8192x4096x4096",
-        Layout::Forward,
-        8192,
-        4096,
-        4096,
-        false,
-    ),
-    case(
-        "wide dgrad 8192x4096x4096",
-        Layout::Dgrad,
-        8192,
-        4096,
-        4096,
-        false,
-    ),
-    case(
-        "wide wgrad 4096x4096x8192",
-        Layout::Wgrad,
-        4096,
-        4096,
-        8192,
-        true,
-    ),
-];
 
 fn main() {
     let Some(gpu) = common::gpu_or_skip() else {
@@ -115,8 +35,9 @@ fn main() {
         .measurement_time(Duration::from_secs(1))
         .sample_size(10)
         .configure_from_args();
+    let cases = common::cases();
     let mut rows = Vec::new();
-    for case in CASES {
+    for case in &cases.gemm {
         let row = if case.f32_out {
             run::<f32>(&gpu, &blas, case, &mut c)
         } else {
@@ -124,7 +45,7 @@ fn main() {
         };
         rows.push(row.expect("benchmark case"));
     }
-    sweep(&gpu).expect("config sweep");
+    sweep(&gpu, &cases.gemm).expect("config sweep");
     println!(
         "\nGEMM on {} (TFLOP/s, 5 alternating rounds × 10 runs, CUDA events):",
         gpu.info().name
@@ -134,9 +55,8 @@ fn main() {
         "shape", "plan", "ampkit", "cuBLAS", "ratio", "rel diff"
     );
     for (case, plan, ours, theirs, diff) in rows {
-        let tflops = |t: Timing| {
-            2.0 * (case.shape.m * case.shape.n * case.shape.k) as f64 / (t.median_ms * 1e-3) / 1e12
-        };
+        let tflops =
+            |t: Timing| 2.0 * (case.m * case.n * case.k) as f64 / (t.median_ms * 1e-3) / 1e12;
         println!(
             "{:<28} {:>6} {:>9.1} {:>9.1} {:>7.2} {:>10.1e}",
             case.name,
@@ -166,13 +86,18 @@ fn median_of(mut rounds: Vec<Timing>) -> Timing {
     }
 }
 
-type Row = (&'static Case, String, Timing, Timing, f64);
+type Row<'a> = (&'a GemmCase, String, Timing, Timing, f64);
 
-fn run<C>(gpu: &Gpu, blas: &CudaBlas, case: &'static Case, crit: &mut Criterion) -> Result<Row>
+fn run<'a, C>(
+    gpu: &Gpu,
+    blas: &CudaBlas,
+    case: &'a GemmCase,
+    crit: &mut Criterion,
+) -> Result<Row<'a>>
 where
     C: GemmOutput + ValidAsZeroBits + DeviceRepr + ampkit::check::ToF64,
 {
-    let GemmShape { layout, m, n, k } = case.shape;
+    let GemmShape { layout, m, n, k } = case.shape();
     let (la, lb) = match layout {
         Layout::Forward => (m * k, n * k),
         Layout::Dgrad => (m * k, k * n),
@@ -184,8 +109,8 @@ where
     let mut theirs: DeviceBuffer<C> = gpu.alloc_zeros(m * n)?;
     let timer = GpuTimer::new(gpu)?;
     let mut run_ours =
-        |c: &mut DeviceBuffer<C>| gemm(gpu, case.shape, &a, &b, &Epilogue::plain(), c);
-    let mut run_theirs = |c: &mut DeviceBuffer<C>| cublas_gemm(gpu, blas, case.shape, &a, &b, c);
+        |c: &mut DeviceBuffer<C>| gemm(gpu, case.shape(), &a, &b, &Epilogue::plain(), c);
+    let mut run_theirs = |c: &mut DeviceBuffer<C>| cublas_gemm(gpu, blas, case.shape(), &a, &b, c);
 
     let flops = 2 * m * n * k;
     let mut group = crit.benchmark_group(format!("gemm/{}", case.name));
@@ -225,7 +150,7 @@ where
     let reference: Vec<f64> = y.iter().map(|v| v.to_f64()).collect();
     let diff = ampkit::check::rel_l2_error(&x, &reference);
     let p = plan(
-        case.shape,
+        case.shape(),
         true,
         gpu.info().multiprocessors,
         gpu.info().compute_capability == (9, 0),
@@ -299,13 +224,14 @@ fn cublas_gemm<C: GemmOutput>(
 }
 
 /// Every tile configuration (and K-splits) on the shapes that decide the cost model's choices,
-/// TFLOP/s with f16 output: the data behind `plan`.
-fn sweep(gpu: &Gpu) -> Result<()> {
+/// TFLOP/s with f16 output: the data behind `plan`. Those shapes are the table's first GEMM
+/// (8192³) and the MLP's three products (its entries 2-4).
+fn sweep(gpu: &Gpu, cases: &[GemmCase]) -> Result<()> {
     let timer = GpuTimer::new(gpu)?;
     println!("\ntile config sweep (TFLOP/s, median of 10):");
     for &i in &[0usize, 2, 3, 4] {
-        let case = &CASES[i];
-        let GemmShape { m, n, k, .. } = case.shape;
+        let case = &cases[i];
+        let GemmShape { m, n, k, .. } = case.shape();
         let (la, lb) = (m.max(n) * k, k * n.max(m));
         let a = gpu.upload(&noise(la, 3))?;
         let b = gpu.upload(&noise(lb, 4))?;
@@ -313,7 +239,7 @@ fn sweep(gpu: &Gpu) -> Result<()> {
         let mut row = format!("{:<28}", case.name);
         for config in configs_for(gpu) {
             for splits in [1usize, 4] {
-                if splits > 1 && case.shape.layout != Layout::Wgrad {
+                if splits > 1 && case.layout != Layout::Wgrad {
                     continue;
                 }
                 let p = Some(Plan {
@@ -324,10 +250,10 @@ fn sweep(gpu: &Gpu) -> Result<()> {
                 let t = timer.measure(3, 10, || {
                     gemm_with_plan(
                         gpu,
-                        case.shape,
+                        case.shape(),
                         p,
-                        &a.slice(..a_len(case.shape)),
-                        &b.slice(..b_len(case.shape)),
+                        &a.slice(..a_len(case.shape())),
+                        &b.slice(..b_len(case.shape())),
                         &Epilogue::plain(),
                         &mut c,
                     )
@@ -343,13 +269,13 @@ fn sweep(gpu: &Gpu) -> Result<()> {
         println!("{row}");
     }
     // Raster group height for the big case, for the model's choice and every Hopper config.
-    let case = &CASES[0];
-    let GemmShape { m, n, k, .. } = case.shape;
+    let case = &cases[0];
+    let GemmShape { m, n, k, .. } = case.shape();
     let a = gpu.upload(&noise(m * k, 5))?;
     let b = gpu.upload(&noise(n * k, 6))?;
     let mut c: DeviceBuffer<f16> = gpu.alloc_zeros(m * n)?;
     let base = plan(
-        case.shape,
+        case.shape(),
         true,
         gpu.info().multiprocessors,
         gpu.info().compute_capability == (9, 0),
@@ -366,7 +292,7 @@ fn sweep(gpu: &Gpu) -> Result<()> {
         for group_m in [1usize, 2, 4, 8, 16] {
             let p = Some(Plan { group_m, ..base });
             let t = timer.measure(3, 10, || {
-                gemm_with_plan(gpu, case.shape, p, &a, &b, &Epilogue::plain(), &mut c)
+                gemm_with_plan(gpu, case.shape(), p, &a, &b, &Epilogue::plain(), &mut c)
             })?;
             row += &format!(
                 " {}:{}={:.0}",

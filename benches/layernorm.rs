@@ -1,8 +1,9 @@
 //! LayerNorm benchmark: GB/s (bytes read + written once: forward x, y and the per-row/per-column
-//! vectors; backward dy, x, dx and the vectors) of `ops::layernorm` at the default MLP's sizes
-//! (4096×512, 4096×10) and at 64+ MB of traffic in each launch shape (warp per row at 1024
-//! columns, block per row at 2048 and 4096, the two-pass backward and the shared-memory tail at
-//! 65 536), beside a device-to-device copy of the same rows×cols floats measured in the same run
+//! vectors; backward dy, x, dx and the vectors) of `ops::layernorm` on the `layernorm` list of
+//! `bench/cases.json`, which `ampkit bench` runs too: the default MLP's sizes (4096×512,
+//! 4096×10), 64+ MB of traffic in each launch shape (warp per row at 1024 columns, block per row
+//! at 2048 and 4096, the two-pass backward and the shared-memory tail at 65 536) and 537 MB
+//! (1024×65 536, near the copy's asymptote), beside a device-to-device copy of the same rows×cols floats measured in the same run
 //! (counted as 8 bytes per element). Where the backward takes a warp per row with 2+ packs per
 //! lane (512 and 1024 columns), it is also timed in block mode (a block per row, fewer registers
 //! per thread), to choose between the two. CUDA events, median of 50 after 10 warm-ups. Without
@@ -34,15 +35,6 @@ use ampkit::ops::layernorm::{
 use ampkit::{Error, Result};
 use std::fmt::Write as _;
 use support::{gbs, write_out};
-
-const CASES: &[(&str, usize, usize)] = &[
-    ("MLP 4096x512", 4096, 512),
-    ("MLP 4096x10", 4096, 10),
-    ("16384x1024", 16384, 1024),
-    ("8192x2048", 8192, 2048),
-    ("4096x4096", 4096, 4096),
-    ("256x65536", 256, 65536),
-];
 
 fn main() {
     let Some(gpu) = common::gpu_or_skip() else {
@@ -126,7 +118,8 @@ fn run(gpu: &Gpu) -> Result<()> {
         "{:<28} {:>10} {:>10} {:>10} {:>9}",
         "case", "MB moved", "time (us)", "GB/s", "of copy"
     );
-    for &(name, rows, cols) in CASES {
+    for case in &common::cases().layernorm {
+        let (name, rows, cols) = (case.name.as_str(), case.rows, case.cols);
         let n = rows * cols;
         let Bufs {
             x,

@@ -1,6 +1,7 @@
 //! Fused optimizer benchmark: GB/s (bytes read + written) of one `GpuOptimizer::step` for Adam,
-//! AdamW, SGD with momentum and plain SGD, on 4 × 2^23 parameters (128 MB of f32 masters; Adam
-//! moves 1 GB) and on the default MLP's list (784·512 + 512 + 512·10 + 10), beside the
+//! AdamW, SGD with momentum and plain SGD, on the `adam` list of `bench/cases.json` (which
+//! `ampkit bench` runs Adam on): 4 × 2^23 parameters (128 MB of f32 masters; Adam moves 1 GB) and
+//! the default MLP's list (784·512 + 512 + 512·10 + 10), beside the
 //! device-to-device copy of the same byte count measured in the same run, and a skipped step
 //! (found_inf set: the cost of a launch that returns at once). CUDA events, median of 50 after
 //! 10 warm-ups.
@@ -53,10 +54,8 @@ fn run(gpu: &Gpu) -> Result<()> {
             }),
         ),
     ];
-    for (name, sizes) in [
-        ("4 x 2^23", vec![1usize << 23; 4]),
-        ("MLP 784-512-10", vec![784 * 512, 512, 512 * 10, 10]),
-    ] {
+    for case in &common::cases().adam {
+        let (name, sizes) = (case.name.as_str(), &case.tensors);
         let total: usize = sizes.iter().sum();
         let fill = |n: usize, seed: u32, scale: f32| -> Vec<f32> {
             (0..n as u32)
@@ -89,7 +88,7 @@ fn run(gpu: &Gpu) -> Result<()> {
                     .map_err(Error::driver("copy"))
             })?;
             drop((copy_src, copy_dst));
-            let mut opt = GpuOptimizer::new(gpu, cfg, &sizes)?;
+            let mut opt = GpuOptimizer::new(gpu, cfg, sizes)?;
             let mut params: Vec<GpuParamTensor<'_>> = (masters.iter_mut())
                 .zip(&grads)
                 .zip(halves.iter_mut())

@@ -1,5 +1,6 @@
-//! ReLU backward benchmark: GB/s (dy and y read, dx written) in f16 and f32 on 2^26 elements and
-//! on the default MLP's hidden gradient (4096 × 512), beside the device-to-device copy of the
+//! ReLU backward benchmark: GB/s (dy and y read, dx written) in f16 and f32 on the `relu` list of
+//! `bench/cases.json`, which `ampkit bench` runs too: 2^26 elements and the default MLP's hidden
+//! gradient (4096 × 512), beside the device-to-device copy of the
 //! same byte count measured in the same run. CUDA events, median of 50 after 10 warm-ups.
 
 mod common;
@@ -28,7 +29,8 @@ fn run(gpu: &Gpu) -> Result<()> {
         "{:<30} {:>10} {:>10} {:>10} {:>9}",
         "case", "elements", "time (us)", "GB/s", "of copy"
     );
-    for (name, n) in [("2^26", 1usize << 26), ("MLP hidden 4096x512", 4096 * 512)] {
+    for size in &common::cases().relu {
+        let (name, n) = (size.name.as_str(), size.n);
         case::<f16>(gpu, &timer, &format!("{name} f16"), n, f16::from_f32)?;
         case::<f32>(gpu, &timer, &format!("{name} f32"), n, |x| x)?;
     }

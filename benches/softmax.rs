@@ -1,8 +1,9 @@
 //! Softmax and cross-entropy benchmark: GB/s (bytes read + written once) of `ops::softmax`'s
 //! forward (8 B/element), backward (12 B) and fused softmax-cross-entropy (f32 → f32: 8 B,
-//! f16 → f16: 4 B, plus labels and the row losses) at MNIST's 4096×10, the MLP's 4096×512 and at
-//! 64+ MB of traffic in each launch shape (warp per row at 1024 columns, block per row at 2048 and
-//! 65 536, the last past the shared-memory cache), beside a device-to-device copy of the same
+//! f16 → f16: 4 B, plus labels and the row losses) on the `softmax` list of `bench/cases.json`,
+//! which `ampkit bench` runs too: MNIST's 4096×10, the MLP's 4096×512, 64+ MB of traffic in each
+//! launch shape (warp per row at 1024 columns, block per row at 2048 and 65 536, the last past the
+//! shared-memory cache) and 0.5-1.6 GB (1024 and 2048 × 65 536), beside a device-to-device copy of the same
 //! rows×cols floats (8 bytes per element) measured in the same run. CUDA events, median of 50
 //! after 10 warm-ups. Without a GPU it prints `skipped: no CUDA device` and exits 0.
 //!
@@ -23,14 +24,6 @@ use ampkit::ops::softmax::{
 use ampkit::{f16, Error, Result};
 use std::fmt::Write as _;
 use support::{gbs, write_out};
-
-const CASES: &[(&str, usize, usize)] = &[
-    ("MNIST 4096x10", 4096, 10),
-    ("MLP 4096x512", 4096, 512),
-    ("16384x1024", 16384, 1024),
-    ("8192x2048", 8192, 2048),
-    ("256x65536", 256, 65536),
-];
 
 fn main() {
     let Some(gpu) = common::gpu_or_skip() else {
@@ -66,7 +59,8 @@ fn run(gpu: &Gpu) -> Result<()> {
         "{:<34} {:>10} {:>10} {:>10} {:>9}",
         "case", "MB moved", "time (us)", "GB/s", "of copy"
     );
-    for &(name, rows, cols) in CASES {
+    for case in &common::cases().softmax {
+        let (name, rows, cols) = (case.name.as_str(), case.rows, case.cols);
         let n = rows * cols;
         let host = fill(n, 1);
         let x = gpu.upload(&host)?;

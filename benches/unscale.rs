@@ -1,6 +1,7 @@
 //! Unscale + inf-check benchmark: GB/s (bytes read + written) of the f32 in-place and f16 → f32
-//! kernels on 2^24-element tensors ×4 (256 MB of f32 traffic in place) and on the default MLP's
-//! gradient list (784·512 + 512 + 512·10 + 10 elements), beside the device-to-device copy of
+//! kernels on the `unscale` list of `bench/cases.json`, which `ampkit bench` runs too: 2^24-element
+//! tensors ×4 (256 MB of f32 traffic in place) and the default MLP's gradient list (784·512 +
+//! 512 + 512·10 + 10 elements), beside the device-to-device copy of
 //! the same byte count measured in the same run. CUDA events, median of 50 after 10 warm-ups.
 
 mod common;
@@ -29,10 +30,8 @@ fn run(gpu: &Gpu) -> Result<()> {
         "{:<26} {:>10} {:>10} {:>10} {:>9}",
         "case", "elements", "time (us)", "GB/s", "of copy"
     );
-    for (name, sizes) in [
-        ("4 x 2^24", vec![1usize << 24; 4]),
-        ("MLP 784-512-10", vec![784 * 512, 512, 512 * 10, 10]),
-    ] {
+    for case in &common::cases().unscale {
+        let (name, sizes) = (case.name.as_str(), &case.tensors);
         let total: usize = sizes.iter().sum();
         let fill = |n: usize, seed: u32| -> Vec<f32> {
             (0..n as u32)

@@ -16,3 +16,15 @@ pub fn gpu_or_skip() -> Option<Arc<Gpu>> {
         Err(e) => panic!("opening the GPU: {e}"),
     }
 }
+
+/// The case table `ampkit bench` and `bench/pytorch_reference.py` read too (`bench/cases.json`),
+/// through the binary's own loader. Each bench reads one family, so the rest is unused here.
+#[allow(dead_code)]
+#[path = "../../src/bin/ampkit/bench/cases.rs"]
+pub mod cases;
+
+/// The workloads of `bench/cases.json`; a malformed table stops the bench with its error.
+#[allow(dead_code)]
+pub fn cases() -> cases::Cases {
+    cases::Cases::embedded().unwrap_or_else(|e| panic!("{e}"))
+}

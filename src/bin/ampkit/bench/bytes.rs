@@ -81,19 +81,21 @@ pub fn train_step(dims: &[usize], batch: usize) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::cases::{LN_CASES, SM_CASES};
+    use super::super::cases::Cases;
     use super::*;
 
     #[test]
     fn every_memory_family_has_a_case_near_the_copy_asymptote() {
         assert!(layernorm_fwd(16384, 1024) >= (64 << 20) as f64);
+        let cases = Cases::embedded().unwrap();
+        let (ln, sm) = (&cases.layernorm, &cases.softmax);
         let most = |v: &mut dyn Iterator<Item = f64>| v.fold(0.0, f64::max);
-        let ln = most(&mut LN_CASES.iter().map(|&(_, r, c)| layernorm_fwd(r, c)));
-        let xent16 = most(&mut SM_CASES.iter().map(|&(_, r, c)| xent(r, c, 2, 2)));
-        let softmax = most(&mut SM_CASES.iter().map(|&(_, r, c)| softmax_fwd(r, c)));
+        let ln = most(&mut ln.iter().map(|c| layernorm_fwd(c.rows, c.cols)));
+        let xent16 = most(&mut sm.iter().map(|c| xent(c.rows, c.cols, 2, 2)));
+        let softmax = most(&mut sm.iter().map(|c| softmax_fwd(c.rows, c.cols)));
         assert!(ln >= 5e8 && xent16 >= 5e8 && softmax >= 5e8);
         // The largest set (softmax backward, f32) stays far below the card's memory.
-        let (_, r, c) = SM_CASES[SM_CASES.len() - 1];
-        assert!(softmax_bwd(r, c) < 2e9);
+        let largest = sm.iter().map(|c| softmax_bwd(c.rows, c.cols));
+        assert!(largest.fold(0.0, f64::max) < 2e9);
     }
 }

@@ -1,107 +1,62 @@
-//! The workloads `ampkit bench` runs: the GEMM shapes, LayerNorm and softmax sizes, the
-//! parameter lists of unscale and Adam, and the training steps, with what each case's rows need
-//! to know about it (operand lengths, bytes).
+//! The workloads: `bench/cases.json`, the one table that `ampkit bench`, the criterion benches
+//! (`benches/*.rs`, which include this file) and `bench/pytorch_reference.py` all read, parsed
+//! and checked, with what each case's rows need to know about it (operand lengths, bytes).
+//!
+//! The table is compiled in (`include_str!`), so an installed `ampkit` needs no source tree; it
+//! is parsed when a run starts, and a malformed table is an error naming what is wrong. This
+//! file uses nothing of the binary (only `ampkit`, serde and serde_json), so the criterion
+//! benches can include it with `#[path]`.
 
-use ampkit::cpu::gemm::Layout;
+use ampkit::cpu::gemm::{GemmShape, Layout};
+use ampkit::{Error, Result};
+use serde::Deserialize;
 
-/// One GEMM workload: the PyTorch script's `GEMM_CASES`, the same list as `benches/gemm.rs`.
-#[derive(Debug, Clone, Copy)]
+/// The table's text, as built into this executable.
+pub const CASES_JSON: &str = include_str!("../../../../bench/cases.json");
+
+/// The table's layout names: `fwd`, `dgrad`, `wgrad` (the PyTorch script's).
+#[derive(Deserialize)]
+#[serde(remote = "Layout")]
+enum LayoutName {
+    #[serde(rename = "fwd")]
+    Forward,
+    #[serde(rename = "dgrad")]
+    Dgrad,
+    #[serde(rename = "wgrad")]
+    Wgrad,
+}
+
+/// One GEMM: `Y[m, n]` from f16 operands in `layout`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GemmCase {
-    pub name: &'static str,
+    /// The row's name (wgrad rows get ` (f32 out)` appended, see [`GemmCase::row_name`]).
+    pub name: String,
+    /// Which product.
+    #[serde(with = "LayoutName")]
     pub layout: Layout,
+    /// Output rows.
     pub m: usize,
+    /// Output columns.
     pub n: usize,
+    /// The contracted dimension.
     pub k: usize,
+    /// An f32 output instead of f16.
     pub f32_out: bool,
 }
 
-const fn gemm_case(
-    name: &'static str,
-    layout: Layout,
-    m: usize,
-    n: usize,
-    k: usize,
-    f32_out: bool,
-) -> GemmCase {
-    GemmCase {
-        name,
-        layout,
-        m,
-        n,
-        k,
-        f32_out,
-    }
-}
-
-/// GEMM rows; `wgrad` rows get ` (f32 out)` appended to their name, as in the PyTorch script.
-pub const GEMM_CASES: [GemmCase; 9] = [
-    gemm_case("8192^3", Layout::Forward, 8192, 8192, 8192, false),
-    gemm_case("4096^3", Layout::Forward, 4096, 4096, 4096, false),
-    gemm_case(
-        "mlp fwd 4096x512x784",
-        Layout::Forward,
-        4096,
-        512,
-        784,
-        false,
-    ),
-    gemm_case(
-        "mlp dgrad 4096x784x512",
-        Layout::Dgrad,
-        4096,
-        784,
-        512,
-        false,
-    ),
-    gemm_case(
-        "mlp wgrad 512x784x4096",
-        Layout::Wgrad,
-        512,
-        784,
-        4096,
-        true,
-    ),
-    gemm_case(
-        "mlp fwd2 4096x10x512",
-        Layout::Forward,
-        4096,
-        10,
-        512,
-        false,
-    ),
-    gemm_case(
-        "wide fwd 8192x4096x4096",
-        Layout::Forward,
-        8192,
-        4096,
-        4096,
-        false,
-    ),
-    gemm_case(
-        "wide dgrad 8192x4096x4096",
-        Layout::Dgrad,
-        8192,
-        4096,
-        4096,
-        false,
-    ),
-    gemm_case(
-        "wide wgrad 4096x4096x8192",
-        Layout::Wgrad,
-        4096,
-        4096,
-        8192,
-        true,
-    ),
-];
-
 impl GemmCase {
+    /// The problem size, as the ops take it.
+    pub fn shape(&self) -> GemmShape {
+        GemmShape::new(self.layout, self.m, self.n, self.k)
+    }
+
     /// The row name (`wgrad` rows say their output type).
     pub fn row_name(&self) -> String {
         if self.f32_out {
             format!("{} (f32 out)", self.name)
         } else {
-            self.name.to_string()
+            self.name.clone()
         }
     }
 
@@ -123,36 +78,220 @@ impl GemmCase {
     }
 }
 
-/// LayerNorm rows: the PyTorch script's `LN_CASES`. The last moves ≥ 500 MB per call (forward
-/// 537 MB, backward 806 MB), where a copy of the same bytes runs near its 1 GiB rate.
-pub const LN_CASES: [(&str, usize, usize); 7] = [
-    ("MLP 4096x512", 4096, 512),
-    ("MLP 4096x10", 4096, 10),
-    ("16384x1024", 16384, 1024),
-    ("8192x2048", 8192, 2048),
-    ("4096x4096", 4096, 4096),
-    ("256x65536", 256, 65536),
-    ("1024x65536", 1024, 65536),
-];
+/// A row-wise op on `rows × cols` f32 (LayerNorm, softmax, the fused loss).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RowsCase {
+    /// The shape column of its rows.
+    pub name: String,
+    /// Rows.
+    pub rows: usize,
+    /// Columns (the normalised dimension).
+    pub cols: usize,
+}
 
-/// Softmax and cross-entropy rows: the PyTorch script's `SM_CASES`. The last gives every row
-/// ≥ 500 MB per call (f16 cross-entropy 537 MB; f32 softmax forward 1.07 GB, backward 1.61 GB).
-pub const SM_CASES: [(&str, usize, usize); 7] = [
-    ("MNIST 4096x10", 4096, 10),
-    ("MLP 4096x512", 4096, 512),
-    ("16384x1024", 16384, 1024),
-    ("8192x2048", 8192, 2048),
-    ("256x65536", 256, 65536),
-    ("1024x65536", 1024, 65536),
-    ("2048x65536", 2048, 65536),
-];
+/// A multi-tensor op (unscale, the optimizer) over tensors of these lengths.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorsCase {
+    /// The shape column of its rows.
+    pub name: String,
+    /// Each tensor's length.
+    pub tensors: Vec<usize>,
+}
 
-/// The default MLP's parameter tensors (784·512, 512, 512·10, 10).
-pub const MLP_TENSORS: [usize; 4] = [784 * 512, 512, 512 * 10, 10];
+/// An elementwise op (cast, ReLU) over `n` elements.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SizeCase {
+    /// The shape column of its rows.
+    pub name: String,
+    /// Elements.
+    pub n: usize,
+}
 
-/// Training rows: (name, widths, batch), the PyTorch script's `TRAIN_CASES`.
-pub const TRAIN_CASES: [(&str, &[usize], usize); 3] = [
-    ("mlp 784-512-10 b256", &[784, 512, 10], 256),
-    ("mlp 784-512-10 b4096", &[784, 512, 10], 4096),
-    ("wide 4x4096 b8192", &[4096, 4096, 4096, 4096, 4096], 8192),
-];
+/// One training step of an MLP.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainCase {
+    /// The row's name (the GPU rows add ` eager` / ` graph`).
+    pub name: String,
+    /// Widths, input to output.
+    pub layers: Vec<usize>,
+    /// Samples per step.
+    pub batch: usize,
+}
+
+/// The table as written: the CPU run names its cases.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Written {
+    #[allow(dead_code)] // Read by people: what the table is.
+    about: String,
+    gemm: Vec<GemmCase>,
+    layernorm: Vec<RowsCase>,
+    softmax: Vec<RowsCase>,
+    unscale: Vec<TensorsCase>,
+    adam: Vec<TensorsCase>,
+    cast: Vec<SizeCase>,
+    relu: Vec<SizeCase>,
+    train: Vec<TrainCase>,
+    cpu: WrittenCpu,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WrittenCpu {
+    gemm: Vec<GemmCase>,
+    layernorm: Vec<String>,
+    softmax: Vec<String>,
+    xent: Vec<String>,
+    adam: Vec<String>,
+    train: Vec<String>,
+}
+
+/// What the CPU run (no GPU) runs: its own GEMMs, and cases of the lists above.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CpuCases {
+    /// `cpu::gemm` rows.
+    pub gemm: Vec<GemmCase>,
+    /// LayerNorm forward and backward.
+    pub layernorm: Vec<RowsCase>,
+    /// Softmax forward and backward.
+    pub softmax: Vec<RowsCase>,
+    /// The fused loss, f32 and f16.
+    pub xent: Vec<RowsCase>,
+    /// Adam.
+    pub adam: Vec<TensorsCase>,
+    /// The CPU backend's training step.
+    pub train: Vec<TrainCase>,
+}
+
+/// Every workload, in the order the rows run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cases {
+    /// GEMMs, ampkit's beside cuBLAS's.
+    pub gemm: Vec<GemmCase>,
+    /// LayerNorm forward and backward.
+    pub layernorm: Vec<RowsCase>,
+    /// Softmax forward and backward, and the fused loss.
+    pub softmax: Vec<RowsCase>,
+    /// Multi-tensor unscale + inf check.
+    pub unscale: Vec<TensorsCase>,
+    /// The fused optimizer (Adam in `ampkit bench`).
+    pub adam: Vec<TensorsCase>,
+    /// f32 ↔ f16 casts.
+    pub cast: Vec<SizeCase>,
+    /// ReLU backward.
+    pub relu: Vec<SizeCase>,
+    /// Training steps.
+    pub train: Vec<TrainCase>,
+    /// The CPU run's selection.
+    pub cpu: CpuCases,
+}
+
+fn bad(detail: String) -> Error {
+    Error::InvalidArgument {
+        op: "bench/cases.json",
+        detail,
+    }
+}
+
+/// The cases of `list` named in `names`, in that order; an unknown name is an error.
+fn pick<T: Clone>(
+    what: &str,
+    names: &[String],
+    list: &[T],
+    name: fn(&T) -> &str,
+) -> Result<Vec<T>> {
+    names
+        .iter()
+        .map(|n| {
+            list.iter().find(|c| name(c) == n).cloned().ok_or_else(|| {
+                bad(format!(
+                    "cpu.{what} names {n:?}, which is not in the {what} list"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Fails unless every name in `names` is new and every size is positive.
+fn check<'a>(what: &str, items: impl Iterator<Item = (&'a str, Vec<usize>)>) -> Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    for (name, sizes) in items {
+        if !seen.insert(name) {
+            return Err(bad(format!("{what}: {name:?} appears twice")));
+        }
+        if sizes.is_empty() || sizes.contains(&0) {
+            return Err(bad(format!(
+                "{what} {name:?}: sizes {sizes:?} must be positive"
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Cases {
+    /// The table built into this executable.
+    pub fn embedded() -> Result<Cases> {
+        Cases::parse(CASES_JSON)
+    }
+
+    /// Parses and checks a table: every name unique in its list, every size positive, a
+    /// training case with at least two widths, every name the CPU selection uses defined.
+    pub fn parse(json: &str) -> Result<Cases> {
+        let w: Written = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
+        let gemm = |g: &GemmCase| vec![g.m, g.n, g.k];
+        check("gemm", w.gemm.iter().map(|g| (g.name.as_str(), gemm(g))))?;
+        check(
+            "cpu.gemm",
+            w.cpu.gemm.iter().map(|g| (g.name.as_str(), gemm(g))),
+        )?;
+        for (what, list) in [("layernorm", &w.layernorm), ("softmax", &w.softmax)] {
+            check(
+                what,
+                list.iter().map(|c| (c.name.as_str(), vec![c.rows, c.cols])),
+            )?;
+        }
+        for (what, list) in [("unscale", &w.unscale), ("adam", &w.adam)] {
+            check(
+                what,
+                list.iter().map(|c| (c.name.as_str(), c.tensors.clone())),
+            )?;
+        }
+        for (what, list) in [("cast", &w.cast), ("relu", &w.relu)] {
+            check(what, list.iter().map(|c| (c.name.as_str(), vec![c.n])))?;
+        }
+        let steps = w.train.iter();
+        check(
+            "train",
+            steps.map(|c| (c.name.as_str(), [&c.layers[..], &[c.batch]].concat())),
+        )?;
+        if let Some(t) = w.train.iter().find(|t| t.layers.len() < 2) {
+            return Err(bad(format!(
+                "train {:?}: an MLP needs at least two widths",
+                t.name
+            )));
+        }
+        let cpu = CpuCases {
+            layernorm: pick("layernorm", &w.cpu.layernorm, &w.layernorm, |c| &c.name)?,
+            softmax: pick("softmax", &w.cpu.softmax, &w.softmax, |c| &c.name)?,
+            xent: pick("softmax", &w.cpu.xent, &w.softmax, |c| &c.name)?,
+            adam: pick("adam", &w.cpu.adam, &w.adam, |c| &c.name)?,
+            train: pick("train", &w.cpu.train, &w.train, |c| &c.name)?,
+            gemm: w.cpu.gemm,
+        };
+        Ok(Cases {
+            gemm: w.gemm,
+            layernorm: w.layernorm,
+            softmax: w.softmax,
+            unscale: w.unscale,
+            adam: w.adam,
+            cast: w.cast,
+            relu: w.relu,
+            train: w.train,
+            cpu,
+        })
+    }
+}

@@ -4,7 +4,7 @@
 //! stays blank, and no compute ceiling, so GEMM and training rows have no `% ceiling`.
 
 use super::bytes;
-use super::cases::{GemmCase, MLP_TENSORS};
+use super::cases::{Cases, GemmCase, RowsCase, TensorsCase};
 use super::clock::{median, utc_date};
 use super::collect::{Collector, Options};
 use super::copies::{self, CopyCache};
@@ -23,45 +23,6 @@ use std::time::{Instant, SystemTime};
 
 /// The host copy ceiling's buffer: 256 MiB of f32, past any CPU's last-level cache share.
 const COPY_LEN: usize = 64 << 20;
-/// Batch of the CPU GEMM rows (the GPU rows use 4096; this keeps a CPU run short).
-const BATCH: usize = 1024;
-
-/// The CPU's GEMM rows: the MLP's four products at batch [`BATCH`].
-const CPU_GEMMS: [GemmCase; 4] = [
-    GemmCase {
-        name: "mlp fwd 1024x512x784",
-        layout: Layout::Forward,
-        m: BATCH,
-        n: 512,
-        k: 784,
-        f32_out: false,
-    },
-    GemmCase {
-        name: "mlp dgrad 1024x784x512",
-        layout: Layout::Dgrad,
-        m: BATCH,
-        n: 784,
-        k: 512,
-        f32_out: false,
-    },
-    GemmCase {
-        name: "mlp wgrad 512x784x1024",
-        layout: Layout::Wgrad,
-        m: 512,
-        n: 784,
-        k: BATCH,
-        f32_out: true,
-    },
-    GemmCase {
-        name: "mlp fwd2 1024x10x512",
-        layout: Layout::Forward,
-        m: BATCH,
-        n: 10,
-        k: 512,
-        f32_out: false,
-    },
-];
-
 /// Median µs of `f(warmup..warmup + runs)` after `f(0..warmup)`, each call timed on its own.
 fn median_us(opts: &Options, mut f: impl FnMut(usize) -> Result<()>) -> Result<f64> {
     for i in 0..opts.warmup() {
@@ -154,7 +115,7 @@ fn cpu_name() -> String {
 
 /// The CPU benchmark: host copy ceiling, GEMMs, LayerNorm, softmax, cross-entropy, Adam, and a
 /// training step.
-pub fn run(opts: &Options) -> Result<Report> {
+pub fn run(opts: &Options, cases: &Cases) -> Result<Report> {
     let date = utc_date(SystemTime::now());
     let mut c = Collector::new(opts);
     c.ceilings.copy_gbs = c.row(Kind::Ceiling, "copy host", "256 MiB f32", true, |_| {
@@ -176,7 +137,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         ))
     });
 
-    for case in &CPU_GEMMS {
+    for case in &cases.cpu.gemm {
         let (name, shape) = (
             case.row_name(),
             gemm_shape(case.layout, case.m, case.n, case.k),
@@ -191,21 +152,33 @@ pub fn run(opts: &Options) -> Result<Report> {
     }
 
     let mut copies = CopyCache::default();
-    layernorm_rows(opts, &mut copies, &mut c);
-    softmax_rows(opts, &mut copies, &mut c);
-    adam_row(opts, &mut copies, &mut c);
+    for case in &cases.cpu.layernorm {
+        layernorm_rows(opts, &mut copies, &mut c, case);
+    }
+    for case in &cases.cpu.softmax {
+        softmax_rows(opts, &mut copies, &mut c, case);
+    }
+    for case in &cases.cpu.xent {
+        xent_rows(opts, &mut copies, &mut c, case);
+    }
+    for case in &cases.cpu.adam {
+        adam_row(opts, &mut copies, &mut c, case);
+    }
     c.notes
         .extend(copies.notes("host copy", "256 MiB host copy"));
 
-    let (dims, batch): (&[usize], usize) = (&[784, 512, 10], 256);
-    let (name, shape) = ("mlp 784-512-10 b256", train_shape(dims, batch));
-    c.row(Kind::Train, name, &shape, false, |_| {
-        train_row(opts, name, dims, batch)
-    });
+    for t in &cases.cpu.train {
+        let (name, dims, batch) = (t.name.as_str(), &t.layers[..], t.batch);
+        let shape = train_shape(dims, batch);
+        c.row(Kind::Train, name, &shape, false, |_| {
+            train_row(opts, name, dims, batch)
+        });
+    }
     c.notes.push(format!(
-        "no GPU: the CPU reference ops (rayon, {} threads); GEMM rows at batch {BATCH}; \
+        "no GPU: the CPU reference ops (rayon, {} threads); GEMM rows at batch {}; \
          no cuBLAS, so vs cuBLAS is blank, and no compute ceiling",
-        rayon::current_num_threads()
+        rayon::current_num_threads(),
+        gemm_batches(&cases.cpu.gemm)
     ));
 
     Ok(c.into_report(Meta {
@@ -243,8 +216,19 @@ fn gemm_row<C: Element>(opts: &Options, case: &GemmCase) -> Result<Row> {
     .with_work(flops, case.bytes()))
 }
 
-fn layernorm_rows(opts: &Options, copies: &mut CopyCache, c: &mut Collector) {
-    let (label, rows, cols) = ("MLP 4096x512", 4096, 512);
+/// The batch of the CPU's GEMM rows, for the note under the table: the `m` of forward and dgrad
+/// products, the `k` of weight gradients (smaller than the GPU's 4096, to keep a CPU run short).
+fn gemm_batches(gemms: &[GemmCase]) -> String {
+    let mut b: Vec<usize> = (gemms.iter())
+        .map(|g| if g.layout == Layout::Wgrad { g.k } else { g.m })
+        .collect();
+    b.sort_unstable();
+    b.dedup();
+    b.iter().map(usize::to_string).collect::<Vec<_>>().join("/")
+}
+
+fn layernorm_rows(opts: &Options, copies: &mut CopyCache, c: &mut Collector, case: &RowsCase) {
+    let (label, rows, cols) = (case.name.as_str(), case.rows, case.cols);
     let n = rows * cols;
     let gamma = random_f32(cols, 3, -2.0, 2.0);
     let beta = random_f32(cols, 4, -2.0, 2.0);
@@ -310,8 +294,8 @@ fn layernorm_rows(opts: &Options, copies: &mut CopyCache, c: &mut Collector) {
     });
 }
 
-fn softmax_rows(opts: &Options, copies: &mut CopyCache, c: &mut Collector) {
-    let (label, rows, cols) = ("MLP 4096x512", 4096, 512);
+fn softmax_rows(opts: &Options, copies: &mut CopyCache, c: &mut Collector, case: &RowsCase) {
+    let (label, rows, cols) = (case.name.as_str(), case.rows, case.cols);
     let n = rows * cols;
     let name = "softmax fwd";
     c.row(Kind::Mem, name, label, false, |ceil| {
@@ -352,67 +336,70 @@ fn softmax_rows(opts: &Options, copies: &mut CopyCache, c: &mut Collector) {
             |s: &mut (Vec<f32>, Vec<f32>)| softmax::backward(&s.0, &s.1, rows, cols, &mut dx),
         )
     });
-    for (label, rows, cols) in [("MNIST 4096x10", 4096, 10), ("MLP 4096x512", 4096, 512)] {
-        for half in [false, true] {
-            let name = if half {
-                "xent fwd+bwd f16"
+}
+
+/// The fused loss, f32 → f32 and f16 → f16, loss scale 65536.
+fn xent_rows(opts: &Options, copies: &mut CopyCache, c: &mut Collector, case: &RowsCase) {
+    let (label, rows, cols) = (case.name.as_str(), case.rows, case.cols);
+    for half in [false, true] {
+        let name = if half {
+            "xent fwd+bwd f16"
+        } else {
+            "xent fwd+bwd"
+        };
+        c.row(Kind::Mem, name, label, false, |ceil| {
+            let n = rows * cols;
+            let labels = random_labels(rows, cols, 5);
+            let elem = if half { 2 } else { 4 };
+            let work = (
+                bytes::xent(rows, cols, elem, elem),
+                bytes::flops_per_element("xent") * n as f64,
+            );
+            if half {
+                let mut d = vec![f16::ZERO; n];
+                mem_row(
+                    opts,
+                    copies,
+                    (name, label),
+                    work,
+                    ceil,
+                    |s| {
+                        Ok(random_f32(n, s, -2.0, 2.0)
+                            .into_iter()
+                            .map(f16::from_f32)
+                            .collect())
+                    },
+                    |x: &mut Vec<f16>| {
+                        softmax::softmax_cross_entropy(x, &labels, rows, cols, 65536.0, &mut d)
+                            .map(|_| ())
+                    },
+                )
             } else {
-                "xent fwd+bwd"
-            };
-            c.row(Kind::Mem, name, label, false, |ceil| {
-                let n = rows * cols;
-                let labels = random_labels(rows, cols, 5);
-                let elem = if half { 2 } else { 4 };
-                let work = (
-                    bytes::xent(rows, cols, elem, elem),
-                    bytes::flops_per_element("xent") * n as f64,
-                );
-                if half {
-                    let mut d = vec![f16::ZERO; n];
-                    mem_row(
-                        opts,
-                        copies,
-                        (name, label),
-                        work,
-                        ceil,
-                        |s| {
-                            Ok(random_f32(n, s, -2.0, 2.0)
-                                .into_iter()
-                                .map(f16::from_f32)
-                                .collect())
-                        },
-                        |x: &mut Vec<f16>| {
-                            softmax::softmax_cross_entropy(x, &labels, rows, cols, 65536.0, &mut d)
-                                .map(|_| ())
-                        },
-                    )
-                } else {
-                    let mut d = vec![0f32; n];
-                    mem_row(
-                        opts,
-                        copies,
-                        (name, label),
-                        work,
-                        ceil,
-                        |s| Ok(random_f32(n, s, -2.0, 2.0)),
-                        |x: &mut Vec<f32>| {
-                            softmax::softmax_cross_entropy(x, &labels, rows, cols, 65536.0, &mut d)
-                                .map(|_| ())
-                        },
-                    )
-                }
-            });
-        }
+                let mut d = vec![0f32; n];
+                mem_row(
+                    opts,
+                    copies,
+                    (name, label),
+                    work,
+                    ceil,
+                    |s| Ok(random_f32(n, s, -2.0, 2.0)),
+                    |x: &mut Vec<f32>| {
+                        softmax::softmax_cross_entropy(x, &labels, rows, cols, 65536.0, &mut d)
+                            .map(|_| ())
+                    },
+                )
+            }
+        });
     }
 }
 
 /// One input set of the Adam row: the optimizer's state and the tensors it updates.
 type AdamSet = (OptimizerState, Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<Vec<f16>>);
 
-fn adam_row(opts: &Options, copies: &mut CopyCache, c: &mut Collector) {
-    let (name, label) = ("adam step", "MLP 784-512-10 params");
+fn adam_row(opts: &Options, copies: &mut CopyCache, c: &mut Collector, case: &TensorsCase) {
+    let (name, label) = ("adam step", case.name.as_str());
     let cfg = OptimizerConfig::adam(1e-3);
-    let sizes = MLP_TENSORS;
+    let sizes = &case.tensors[..];
     c.row(Kind::Mem, name, label, false, |ceil| {
         let total: usize = sizes.iter().sum();
         let work = (
@@ -433,7 +420,7 @@ fn adam_row(opts: &Options, copies: &mut CopyCache, c: &mut Collector) {
                 };
                 let halves = sizes.iter().map(|&len| vec![f16::ZERO; len]).collect();
                 Ok((
-                    OptimizerState::new(&cfg, &sizes)?,
+                    OptimizerState::new(&cfg, sizes)?,
                     tensors(0),
                     tensors(5000),
                     halves,
@@ -486,9 +473,14 @@ fn train_row(opts: &Options, name: &str, dims: &[usize], batch: usize) -> Result
 /// The CPU run end to end, with quick settings and a narrow filter (no GPU needed).
 #[cfg(test)]
 mod tests {
+    use super::super::cases::Cases;
     use super::super::collect::Options;
-    use super::super::report::{Kind, COLUMNS};
-    use super::run;
+    use super::super::report::{Kind, Report, COLUMNS};
+
+    /// The CPU run on the built-in table.
+    fn run(opts: &Options) -> ampkit::Result<Report> {
+        super::run(opts, &Cases::embedded()?)
+    }
 
     fn quick(only: &str) -> Options {
         Options {

@@ -3,7 +3,7 @@
 //! training rows, all timed by the harness (`harness.rs`).
 
 use super::bytes;
-use super::cases::{GemmCase, GEMM_CASES, TRAIN_CASES};
+use super::cases::{Cases, GemmCase};
 use super::clock::{median, utc_date};
 use super::collect::{selected, Collector, Options};
 use super::gpu_mem::{self, CaseRows};
@@ -54,7 +54,7 @@ fn driver_line(gpu: &Gpu) -> String {
 }
 
 /// The GPU benchmark, every row in order: ceilings, GEMMs, memory-bound kernels, training steps.
-pub fn run(gpu: &Arc<Gpu>, opts: &Options) -> Result<Report> {
+pub fn run(gpu: &Arc<Gpu>, opts: &Options, cases: &Cases) -> Result<Report> {
     let date = utc_date(SystemTime::now());
     let mut h = Harness::new(gpu, opts)?;
     let mut c = Collector::new(opts);
@@ -78,7 +78,7 @@ pub fn run(gpu: &Arc<Gpu>, opts: &Options) -> Result<Report> {
         });
 
     let mut plans = Vec::new();
-    for case in &GEMM_CASES {
+    for case in &cases.gemm {
         let (name, shape) = (
             case.row_name(),
             gemm_shape(case.layout, case.m, case.n, case.k),
@@ -116,10 +116,12 @@ pub fn run(gpu: &Arc<Gpu>, opts: &Options) -> Result<Report> {
     gpu_mem::run(
         &mut h,
         &mut c,
+        cases,
         sweep.then_some(gpu_sweep::softmax_sweep as CaseRows),
     );
 
-    for (label, dims, batch) in TRAIN_CASES {
+    for t in &cases.train {
+        let (label, dims, batch) = (&t.name, &t.layers[..], t.batch);
         for graph in [false, true] {
             let mode = if graph { "graph" } else { "eager" };
             let (name, shape) = (format!("{label} {mode}"), train_shape(dims, batch));
@@ -192,7 +194,7 @@ fn cublas_ceiling(h: &mut Harness, blas: &Blas) -> Result<Row> {
     let flops = gemm_flops(m, n, k);
     let tflops = flops / us / 1e6;
     let case = GemmCase {
-        name: "8192^3",
+        name: "8192^3".into(),
         layout: Layout::Forward,
         m,
         n,
@@ -223,7 +225,7 @@ fn gemm_row<C>(
 where
     C: GemmOutput + ValidAsZeroBits + ToF64,
 {
-    let shape = GemmShape::new(case.layout, case.m, case.n, case.k);
+    let shape = case.shape();
     let (la, lb) = case.operand_lens();
     let a = h.f16_buf(la, 11)?;
     let b = h.f16_buf(lb, 12)?;
@@ -278,7 +280,7 @@ where
 /// TFLOP/s in GPU time (queue-ahead), f16 or f32 output as the case says — the data behind the
 /// planner's efficiencies.
 fn gemm_sweep(h: &mut Harness, case: &GemmCase) -> Result<String> {
-    let shape = GemmShape::new(case.layout, case.m, case.n, case.k);
+    let shape = case.shape();
     let (la, lb) = case.operand_lens();
     let a = h.f16_buf(la, 11)?;
     let b = h.f16_buf(lb, 12)?;

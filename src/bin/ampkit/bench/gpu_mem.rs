@@ -6,7 +6,7 @@
 //! (`same_bytes.rs`).
 
 use super::bytes::{self, flops_per_element};
-use super::cases::{LN_CASES, MLP_TENSORS, SM_CASES};
+use super::cases::{Cases, RowsCase, SizeCase, TensorsCase};
 use super::collect::Collector;
 use super::harness::{time_sets, Harness};
 use super::inputs::{n_sets, random_labels};
@@ -48,13 +48,13 @@ pub type CaseRows = fn(&mut Harness, &mut Collector, &str, usize, usize);
 
 /// Every memory-bound row, in the PyTorch script's order where the two overlap; `before_softmax`
 /// runs before each softmax case's rows (the launch-shape sweep, which builds on this module).
-pub fn run(h: &mut Harness, c: &mut Collector, before_softmax: Option<CaseRows>) {
-    layernorm_rows(h, c);
-    softmax_rows(h, c, before_softmax);
-    unscale_rows(h, c);
-    cast_rows(h, c);
-    relu_rows(h, c);
-    adam_rows(h, c);
+pub fn run(h: &mut Harness, c: &mut Collector, cases: &Cases, before_softmax: Option<CaseRows>) {
+    layernorm_rows(h, c, &cases.layernorm);
+    softmax_rows(h, c, &cases.softmax, before_softmax);
+    unscale_rows(h, c, &cases.unscale);
+    cast_rows(h, c, &cases.cast);
+    relu_rows(h, c, &cases.relu);
+    adam_rows(h, c, &cases.adam);
     scaler_row(h, c);
     c.notes.extend(
         h.copies
@@ -62,8 +62,9 @@ pub fn run(h: &mut Harness, c: &mut Collector, before_softmax: Option<CaseRows>)
     );
 }
 
-fn layernorm_rows(h: &mut Harness, c: &mut Collector) {
-    for (label, rows, cols) in LN_CASES {
+fn layernorm_rows(h: &mut Harness, c: &mut Collector, cases: &[RowsCase]) {
+    for case in cases {
+        let (label, rows, cols) = (case.name.as_str(), case.rows, case.cols);
         let n = rows * cols;
         let name = "layernorm fwd";
         c.row(Kind::Mem, name, label, false, |ceil| {
@@ -145,8 +146,9 @@ fn layernorm_rows(h: &mut Harness, c: &mut Collector) {
     }
 }
 
-fn softmax_rows(h: &mut Harness, c: &mut Collector, before: Option<CaseRows>) {
-    for (label, rows, cols) in SM_CASES {
+fn softmax_rows(h: &mut Harness, c: &mut Collector, cases: &[RowsCase], before: Option<CaseRows>) {
+    for case in cases {
+        let (label, rows, cols) = (case.name.as_str(), case.rows, case.cols);
         if let Some(extra) = before {
             extra(h, c, label, rows, cols);
         }
@@ -265,13 +267,10 @@ where
     })
 }
 
-fn unscale_rows(h: &mut Harness, c: &mut Collector) {
-    let cases: [(&str, Vec<usize>); 2] = [
-        ("4 x 2^24", vec![1 << 24; 4]),
-        ("MLP 784-512-10 grads", MLP_TENSORS.to_vec()),
-    ];
+fn unscale_rows(h: &mut Harness, c: &mut Collector, cases: &[TensorsCase]) {
     let name = "unscale+inf check";
-    for (label, sizes) in cases {
+    for case in cases {
+        let (label, sizes) = (case.name.as_str(), &case.tensors);
         c.row(Kind::Mem, name, label, false, |ceil| {
             let gpu = h.gpu.clone();
             let total: usize = sizes.iter().sum();
@@ -299,8 +298,9 @@ fn unscale_rows(h: &mut Harness, c: &mut Collector) {
     }
 }
 
-fn cast_rows(h: &mut Harness, c: &mut Collector) {
-    for (label, n) in [("2^26", 1usize << 26), ("MLP 4096x512", 4096 * 512)] {
+fn cast_rows(h: &mut Harness, c: &mut Collector, cases: &[SizeCase]) {
+    for case in cases {
+        let (label, n) = (case.name.as_str(), case.n);
         let work = (bytes::cast(n), n as f64);
         c.row(Kind::Mem, "cast f32->f16", label, false, |ceil| {
             let gpu = h.gpu.clone();
@@ -329,9 +329,10 @@ fn cast_rows(h: &mut Harness, c: &mut Collector) {
     }
 }
 
-fn relu_rows(h: &mut Harness, c: &mut Collector) {
+fn relu_rows(h: &mut Harness, c: &mut Collector, cases: &[SizeCase]) {
     let name = "relu bwd f16";
-    for (label, n) in [("2^26", 1usize << 26), ("MLP 4096x512", 4096 * 512)] {
+    for case in cases {
+        let (label, n) = (case.name.as_str(), case.n);
         c.row(Kind::Mem, name, label, false, |ceil| {
             let gpu = h.gpu.clone();
             let mut dx: DeviceBuffer<f16> = gpu.alloc_zeros(n)?;
@@ -357,14 +358,11 @@ struct AdamSet {
     halves: Vec<DeviceBuffer<f16>>,
 }
 
-fn adam_rows(h: &mut Harness, c: &mut Collector) {
-    let cases: [(&str, Vec<usize>); 2] = [
-        ("4 x 2^23", vec![1 << 23; 4]),
-        ("MLP 784-512-10 params", MLP_TENSORS.to_vec()),
-    ];
+fn adam_rows(h: &mut Harness, c: &mut Collector, cases: &[TensorsCase]) {
     let name = "adam step";
     let cfg = OptimizerConfig::adam(1e-3);
-    for (label, sizes) in cases {
+    for case in cases {
+        let (label, sizes) = (case.name.as_str(), &case.tensors);
         c.row(Kind::Mem, name, label, false, |ceil| {
             let gpu = h.gpu.clone();
             let total: usize = sizes.iter().sum();
@@ -377,7 +375,7 @@ fn adam_rows(h: &mut Harness, c: &mut Collector) {
                 |h, s| {
                     let buf = |t: usize, off: u32| h.f32_buf(sizes[t], s + off + 100 * t as u32);
                     Ok(AdamSet {
-                        opt: GpuOptimizer::new(&h.gpu, &cfg, &sizes)?,
+                        opt: GpuOptimizer::new(&h.gpu, &cfg, sizes)?,
                         masters: (0..sizes.len()).map(|t| buf(t, 0)).collect::<Result<_>>()?,
                         grads: (0..sizes.len())
                             .map(|t| buf(t, 5000))

@@ -52,6 +52,8 @@
 
 pub mod bytes;
 mod cases;
+#[cfg(test)]
+mod cases_tests;
 mod clock;
 mod collect;
 mod copies;
@@ -71,14 +73,16 @@ pub use report::Report;
 
 use ampkit::{Device, Result};
 
-/// Benchmarks `device`: the GPU path for a CUDA device, the CPU reference otherwise.
+/// Benchmarks `device` on the workloads of `bench/cases.json` ([`cases`]): the GPU path for a
+/// CUDA device, the CPU reference otherwise.
 ///
 /// A row whose workload fails becomes an ERROR row (the message in [`report::Row::error`]) and
-/// the run goes on; only a failure to set the run up at all (e.g. the GPU's memory cannot hold
-/// the random-data pool) is an `Err`.
+/// the run goes on; only a failure to set the run up at all (a malformed case table, or a GPU
+/// whose memory cannot hold the random-data pool) is an `Err`.
 pub fn run(device: &Device, opts: &Options) -> Result<Report> {
+    let cases = cases::Cases::embedded()?;
     match device {
-        Device::Cpu => cpu::run(opts),
-        Device::Cuda(gpu) => gpu::run(gpu, opts),
+        Device::Cpu => cpu::run(opts, &cases),
+        Device::Cuda(gpu) => gpu::run(gpu, opts, &cases),
     }
 }
