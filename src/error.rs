@@ -146,6 +146,20 @@ pub enum Error {
         /// What to change.
         hint: String,
     },
+
+    /// The call needs a cargo feature this build of ampkit was compiled without (a training
+    /// plot without `plot`, say). Found before any work is done.
+    #[error(
+        "{what} needs ampkit's `{feature}` cargo feature, which this build was compiled without: \
+         enable it (`ampkit = {{ version = \"...\", features = [\"{feature}\"] }}`; the \
+         default features include it)"
+    )]
+    FeatureDisabled {
+        /// The cargo feature, e.g. `plot`.
+        feature: &'static str,
+        /// What asked for it, e.g. "the plot loss.png".
+        what: String,
+    },
 }
 
 /// A byte count for messages: GiB, MiB or KiB with two decimals, or "more than

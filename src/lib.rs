@@ -109,6 +109,21 @@
 //! [`cuda::Gpu::new`] returns [`Error::NoCudaDevice`], [`Device::auto`] falls back to the CPU, and
 //! everything in [`cpu`], [`check`], [`amp`], [`nn`] and [`train`] works.
 //!
+//! # Cargo features
+//!
+//! - `cli` (default): the `ampkit` command (`train`, `eval`, `bench`, `info`); turns on `plot`
+//!   and `progress` and brings clap.
+//! - `plot` (default, through `cli`): PNG plots of a training run (`train::plot`,
+//!   `train::trainer::Outputs::plot`); brings plotters and image. Without it, a plot asked of
+//!   the training loop is [`Error::FeatureDisabled`], found before the first step.
+//! - `progress` (default, through `cli`): the training loop's progress bar; brings indicatif.
+//!   Without it the loop shows no bar.
+//!
+//! A library user who needs none of them depends on
+//! `ampkit = { version = "0.1", default-features = false }`: the kernels, ops, CPU references,
+//! [`check`], [`amp`], [`nn`] and [`train`] (loop, backends, data, checkpoints, metrics) are all
+//! there, without clap, plotters, image or indicatif.
+//!
 //! # Examples
 //!
 //! `examples/` holds numbered, runnable programs (`cargo run --release --example 02_gemm`): the

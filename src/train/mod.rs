@@ -25,7 +25,9 @@ mod gpu_layers;
 pub mod health;
 pub mod memory;
 pub mod outputs;
+#[cfg(feature = "plot")]
 pub mod plot;
+mod progress;
 pub mod resume;
 
 pub mod trainer;

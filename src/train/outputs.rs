@@ -2,6 +2,7 @@
 //! paths can be written before the first step: a run that trains for an hour and then cannot
 //! write its plot or its checkpoint has lost the hour (and, without a checkpoint, the model).
 
+use super::backend::StepRecord;
 use crate::error::{Error, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,9 +14,12 @@ pub struct Outputs {
     pub save: Option<PathBuf>,
     /// JSON Lines file, one record per step.
     pub metrics: Option<PathBuf>,
-    /// PNG of loss and loss scale over the steps of this run.
+    /// PNG of loss and loss scale over the steps of this run. Needs the `plot` cargo feature (a
+    /// default one): without it, [`Outputs::validate`] refuses a plot with
+    /// [`Error::FeatureDisabled`].
     pub plot: Option<PathBuf>,
-    /// Show a progress bar (off in tests and when output is not a terminal).
+    /// Show a progress bar (off in tests and when output is not a terminal). Without the
+    /// `progress` cargo feature (a default one) there is no bar to show, and this is ignored.
     pub progress_bar: bool,
     /// Print the per-epoch lines.
     pub verbose: bool,
@@ -39,14 +43,16 @@ impl Outputs {
     /// - `metrics` and `plot`: not a directory, in a directory that exists and accepts a new file
     ///   (an existing file must open for writing); the plot's name must end in `.png`, the only
     ///   format it is drawn in;
-    /// - `metrics` and `plot` are different files.
+    /// - `metrics` and `plot` are different files;
+    /// - a plot needs the `plot` cargo feature.
     ///
     /// Writability is tested by creating and removing an empty file, since permission bits do
     /// not tell (ACLs, read-only mounts, root). [`super::trainer::run`] calls this before its
     /// first step.
     ///
     /// Errors: [`Error::InvalidArgument`] naming the output and the path, for a wrong kind of
-    /// path or a missing directory; [`Error::Io`] when the operating system refuses the write.
+    /// path or a missing directory; [`Error::Io`] when the operating system refuses the write;
+    /// [`Error::FeatureDisabled`] for a plot in a build without the `plot` feature.
     pub fn validate(&self) -> Result<()> {
         if let Some(dir) = &self.save {
             check_dir(dir)?;
@@ -75,8 +81,32 @@ impl Outputs {
                 )));
             }
         }
-        Ok(())
+        // Last, so that a build without plots still reports a bad path as one.
+        match &self.plot {
+            Some(p) if !cfg!(feature = "plot") => Err(no_plot(p)),
+            _ => Ok(()),
+        }
     }
+}
+
+/// The error for a plot asked of a build without the `plot` feature.
+fn no_plot(path: &Path) -> Error {
+    Error::FeatureDisabled {
+        feature: "plot",
+        what: format!("the plot {}", path.display()),
+    }
+}
+
+/// Draws the run's plot at `path` with [`super::plot::loss_and_scale`].
+#[cfg(feature = "plot")]
+pub(crate) fn draw_plot(path: &Path, steps: &[(u64, StepRecord)]) -> Result<()> {
+    super::plot::loss_and_scale(path, steps)
+}
+
+/// Without the `plot` feature: the error [`Outputs::validate`] gives before the first step.
+#[cfg(not(feature = "plot"))]
+pub(crate) fn draw_plot(path: &Path, _steps: &[(u64, StepRecord)]) -> Result<()> {
+    Err(no_plot(path))
 }
 
 /// The directory a relative file name without one lives in.
@@ -185,13 +215,25 @@ mod tests {
     fn good_paths_pass_and_leave_nothing_behind() {
         let t = tempfile::tempdir().unwrap();
         let d = t.path();
-        out(
+        let all = out(
             Some(&d.join("new/nested/ckpt")),
             Some(&d.join("m.jsonl")),
             Some(&d.join("loss.PNG")),
-        )
-        .validate()
-        .unwrap();
+        );
+        let checked = all.validate();
+        if cfg!(feature = "plot") {
+            checked.unwrap();
+        } else {
+            // Every path was checked first: only the missing feature is left.
+            let plot_off = matches!(
+                checked,
+                Err(Error::FeatureDisabled {
+                    feature: "plot",
+                    ..
+                })
+            );
+            assert!(plot_off, "{checked:?}");
+        }
         std::fs::write(d.join("m.jsonl"), "kept").unwrap();
         out(Some(d), Some(&d.join("m.jsonl")), None)
             .validate()
@@ -236,5 +278,23 @@ mod tests {
             assert!(e.to_string().contains(needle), "{o:?}: {e}");
             assert!(matches!(e, Error::InvalidArgument { .. }), "{e:?}");
         }
+    }
+
+    #[cfg(not(feature = "plot"))]
+    #[test]
+    fn without_the_plot_feature_a_plot_is_a_typed_error() {
+        let t = tempfile::tempdir().unwrap();
+        let png = t.path().join("loss.png");
+        let e = out(None, None, Some(&png)).validate().unwrap_err();
+        assert!(
+            matches!(&e, Error::FeatureDisabled { feature: "plot", what } if what.contains("loss.png")),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("`plot` cargo feature"), "{e}");
+        assert!(matches!(
+            draw_plot(&png, &[]),
+            Err(Error::FeatureDisabled { .. })
+        ));
+        assert!(!png.exists());
     }
 }

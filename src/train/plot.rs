@@ -1,6 +1,10 @@
 //! `--plot PATH`: a PNG of the loss and the loss scale over the steps of a run, skipped steps
 //! marked in red. The font is embedded (DejaVu Sans Mono, `assets/fonts/`), so the plot needs no
 //! system fonts.
+//!
+//! Only with the `plot` cargo feature (a default feature; it brings plotters and image): without
+//! it this module is absent, and a plot asked of [`super::trainer::run`] is refused by
+//! [`super::outputs::Outputs::validate`] with [`Error::FeatureDisabled`] before the first step.
 
 use super::backend::StepRecord;
 use crate::error::{Error, Result};
@@ -41,7 +45,7 @@ pub fn loss_and_scale(path: &Path, steps: &[(u64, StepRecord)]) -> Result<()> {
 
 /// Writes RGB pixels as a PNG. plotters can write the file itself, but its errors print as Rust
 /// debug dumps; this one reports the operating system's error against the path.
-pub(crate) fn write_png(path: &Path, rgb: &[u8], (w, h): (u32, u32)) -> Result<()> {
+fn write_png(path: &Path, rgb: &[u8], (w, h): (u32, u32)) -> Result<()> {
     image::save_buffer_with_format(
         path,
         rgb,

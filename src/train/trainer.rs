@@ -6,8 +6,8 @@ use super::checkpoint::{self, Progress};
 use super::config::TrainConfig;
 use super::data::Dataset;
 use super::health::{format_scale, Health};
+use super::progress::EpochBar;
 use crate::error::{Error, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -150,7 +150,7 @@ pub fn run(
     let mut summary = RunSummary::default();
     let result = epochs(backend, cfg, train, test, progress, out, &mut summary);
     let plotted = match &out.plot {
-        Some(p) => super::plot::loss_and_scale(p, &summary.steps),
+        Some(p) => super::outputs::draw_plot(p, &summary.steps),
         None => Ok(()),
     };
     // A dead run's plot is drawn too (it shows how it died), but its error is the one to report.
@@ -198,22 +198,12 @@ fn epochs(
         let epoch = progress.epoch;
         epoch_samples(cfg, epoch, &train_x, &train_y, &mut xs, &mut ys);
         backend.load_epoch(&xs, &ys)?;
-        let bar = if out.progress_bar {
-            let bar = ProgressBar::new(steps_per_epoch as u64);
-            bar.set_style(
-                ProgressStyle::with_template("epoch {prefix} {bar:30} {pos}/{len} {msg}").map_err(
-                    |e| Error::InvalidArgument {
-                        op: "train::run",
-                        detail: e.to_string(),
-                    },
-                )?,
-            );
-            bar.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
-            bar.set_position(progress.step_in_epoch as u64);
-            bar
-        } else {
-            ProgressBar::hidden()
-        };
+        let bar = EpochBar::new(
+            out.progress_bar,
+            steps_per_epoch as u64,
+            format!("{}/{}", epoch + 1, cfg.epochs),
+            progress.step_in_epoch as u64,
+        )?;
         let started = Instant::now();
         let mut epoch_records: Vec<StepRecord> = Vec::new();
         let mut samples = 0usize;
