@@ -36,8 +36,11 @@ struct Busy {
 
 /// Timing and random data on one GPU.
 pub struct Harness {
+    /// The GPU handle the rows launch on (the training rows swap in the backend's fork).
     pub gpu: Arc<Gpu>,
+    /// Untimed calls before a row's timed ones.
     pub warmup: usize,
+    /// Timed calls per row.
     pub runs: usize,
     pool: DeviceBuffer<f32>,
     busy: Option<Busy>,
