@@ -34,8 +34,11 @@ use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 /// How the loss is scaled.
+///
+/// Serialised with a `mode` tag: `{"mode": "dynamic", "init_scale": 65536.0, ...}` (the
+/// [`ScalerConfig`] fields), `{"mode": "static", "scale": 1024.0}`, `{"mode": "off"}`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "mode", rename_all = "lowercase")]
+#[serde(from = "LossScaleRepr", into = "LossScaleRepr")]
 pub enum LossScale {
     /// PyTorch `GradScaler`: start at `init_scale`, back off on an inf/NaN gradient (the step is
     /// skipped), grow after `growth_interval` clean steps.
@@ -45,6 +48,37 @@ pub enum LossScale {
     Static(f32),
     /// No scaling (scale 1). Gradients are still checked, and a non-finite step is skipped.
     Off,
+}
+
+/// [`LossScale`]'s serialised form. serde cannot write an internally tagged newtype variant
+/// holding a number, so the static scale gets a field name; the other modes are written as the
+/// derived internally tagged enum always wrote them.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "lowercase")]
+enum LossScaleRepr {
+    Dynamic(ScalerConfig),
+    Static { scale: f32 },
+    Off,
+}
+
+impl From<LossScaleRepr> for LossScale {
+    fn from(r: LossScaleRepr) -> LossScale {
+        match r {
+            LossScaleRepr::Dynamic(c) => LossScale::Dynamic(c),
+            LossScaleRepr::Static { scale } => LossScale::Static(scale),
+            LossScaleRepr::Off => LossScale::Off,
+        }
+    }
+}
+
+impl From<LossScale> for LossScaleRepr {
+    fn from(s: LossScale) -> LossScaleRepr {
+        match s {
+            LossScale::Dynamic(c) => LossScaleRepr::Dynamic(c),
+            LossScale::Static(scale) => LossScaleRepr::Static { scale },
+            LossScale::Off => LossScaleRepr::Off,
+        }
+    }
 }
 
 impl LossScale {
@@ -220,5 +254,27 @@ mod tests {
         );
         assert!(LossScale::Static(0.0).validate().is_err());
         assert!(LossScale::Static(f32::INFINITY).validate().is_err());
+    }
+
+    #[test]
+    fn every_loss_scale_mode_round_trips_through_json() {
+        let dynamic = LossScale::Dynamic(ScalerConfig {
+            min_scale: Some(1.0),
+            ..ScalerConfig::default()
+        });
+        for (mode, json) in [
+            (
+                LossScale::Static(1024.0),
+                r#"{"mode":"static","scale":1024.0}"#,
+            ),
+            (LossScale::Off, r#"{"mode":"off"}"#),
+            (
+                dynamic,
+                r#"{"mode":"dynamic","init_scale":65536.0,"growth_factor":2.0,"backoff_factor":0.5,"growth_interval":2000,"min_scale":1.0,"max_scale":null}"#,
+            ),
+        ] {
+            assert_eq!(serde_json::to_string(&mode).unwrap(), json);
+            assert_eq!(serde_json::from_str::<LossScale>(json).unwrap(), mode);
+        }
     }
 }
