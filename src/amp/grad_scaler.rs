@@ -249,6 +249,12 @@ impl GradScaler {
         self.stages = ScalerStages::new();
         Ok(())
     }
+
+    /// Back to the start of a step, for a caller whose step was abandoned before it ran (a
+    /// CUDA-graph capture that failed queues nothing).
+    pub(crate) fn restart_step(&mut self) {
+        self.stages = ScalerStages::new();
+    }
 }
 
 /// [`GradScaler`]'s twin on the CPU references, with the same calls and results: the scale and

@@ -283,6 +283,19 @@ impl Sgd {
     }
 }
 
+/// The optimizer `cfg` names, boxed: for code that picks the kind at run time (the trainer).
+pub(crate) fn for_config(
+    device: &Device,
+    cfg: &OptimizerConfig,
+    lens: &[usize],
+) -> Result<Box<dyn Optimizer + Send>> {
+    Ok(match *cfg {
+        OptimizerConfig::Adam(c) => Box::new(Adam::new(device, c, lens)?),
+        OptimizerConfig::AdamW(c) => Box::new(AdamW::new(device, c, lens)?),
+        OptimizerConfig::Sgd(c) => Box::new(Sgd::new(device, c, lens)?),
+    })
+}
+
 /// The learning rate of an optimizer config (a schedule's base rate).
 pub(crate) fn base_lr(cfg: &OptimizerConfig) -> f64 {
     match cfg {

@@ -1,11 +1,11 @@
 //! Everything that defines a training run, as saved in a checkpoint's `config.json`.
 
-use super::cpu_backend::base_lr;
 use crate::amp::LossScale;
 use crate::cpu::optim::OptimizerConfig;
 use crate::cpu::schedule::LrSchedule;
 use crate::error::{Error, Result};
 use crate::nn::MlpConfig;
+use crate::optim::base_lr;
 use serde::{Deserialize, Serialize};
 
 /// A training run's configuration.
