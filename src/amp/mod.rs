@@ -183,30 +183,29 @@ pub enum Stage {
     Stepped,
 }
 
-/// The call-order state machine inside [`GradScaler`] and [`CpuGradScaler`] (for hand-written
-/// steps on the primitives): refuses to
+/// The call-order state machine inside [`GradScaler`] and [`CpuGradScaler`]: refuses to
 /// unscale twice or step twice before an update, with the same rules and nearly the same
 /// messages as PyTorch. It records only the call order. Misuse is an [`Error::InvalidArgument`]
 /// naming the call and the expected order, and leaves the stage unchanged.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ScalerStages {
+pub(crate) struct ScalerStages {
     stage: Stage,
 }
 
 impl ScalerStages {
     /// A fresh scaler, ready for a backward pass.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// The current stage.
-    pub fn stage(&self) -> Stage {
+    pub(crate) fn stage(&self) -> Stage {
         self.stage
     }
 
     /// Records `unscale_()`. Errors if the gradients were already unscaled or the step already
     /// ran since the last [`update`](Self::update).
-    pub fn unscale(&mut self) -> Result<()> {
+    pub(crate) fn unscale(&mut self) -> Result<()> {
         match self.stage {
             Stage::Ready => {
                 self.stage = Stage::Unscaled;
@@ -221,7 +220,7 @@ impl ScalerStages {
 
     /// Records `step()`; unscales first when that has not happened (returns whether it did).
     /// Errors if the step already ran since the last [`update`](Self::update).
-    pub fn step(&mut self) -> Result<bool> {
+    pub(crate) fn step(&mut self) -> Result<bool> {
         match self.stage {
             Stage::Ready => {
                 self.stage = Stage::Stepped;
@@ -239,7 +238,7 @@ impl ScalerStages {
 
     /// Records `update()`. Errors unless an inf check happened since the last update (PyTorch:
     /// "No inf checks were recorded prior to update.").
-    pub fn update(&mut self) -> Result<()> {
+    pub(crate) fn update(&mut self) -> Result<()> {
         if self.stage == Stage::Ready {
             return Err(misuse(
                 "update() without a prior unscale() or step(): no inf checks were recorded",
