@@ -63,9 +63,12 @@ impl ScalerStateDict {
 ///    overflow and grows (×`growth_factor`, if still finite) after `growth_interval` clean
 ///    steps.
 ///
-/// Every result is bit-identical to [`CpuGradScaler`] and to the primitives it runs
-/// ([`ops::unscale::unscale_and_check`], the optimizer's fused kernel,
-/// [`ops::scaler::update_scale`]), NaN payloads aside. Calls out of this order are refused
+/// Every result is bit-identical to the primitives it runs ([`ops::unscale::unscale_and_check`],
+/// the optimizer's fused kernel, [`ops::scaler::update_scale`]), and so to [`CpuGradScaler`]:
+/// the flag, the unscaled gradients, the scale and the tracker always (NaN payloads aside), the
+/// optimizer's results as the kernel matches [`crate::cpu::optim`] (bit for bit with a constant
+/// learning rate; a cosine schedule's f64 cosine may differ in its last bit between CUDA and
+/// libm before it is rounded to f32). Calls out of this order are refused
 /// like PyTorch refuses them ([`Error::InvalidArgument`], nothing changed): `unscale` twice or
 /// after `step`, `step` twice, `update` without an `unscale` or `step` since the last one. One
 /// optimizer per step: unscale all its gradients at once.
@@ -261,7 +264,8 @@ impl GradScaler {
 /// tracker are a [`ScalerState`], the flag a `bool`, and each call runs
 /// [`crate::cpu::unscale::unscale_and_check`], [`crate::cpu::optim::step`] and
 /// [`crate::cpu::scaler::update_scale`] exactly as a hand-written step would, so results are
-/// bit-identical to those (and to the GPU). Misuse is refused as by [`GradScaler`].
+/// bit-identical to those (and to the GPU, as [`GradScaler`] says). Misuse is refused as by
+/// [`GradScaler`].
 #[derive(Debug, Clone)]
 pub struct CpuGradScaler {
     mode: LossScale,

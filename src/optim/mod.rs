@@ -22,7 +22,9 @@
 //! A GPU step is one launch of the fused kernel behind [`crate::ops::optim::GpuOptimizer`]
 //! (learning-rate schedule evaluated on the device from the step counter), a CPU step one call of
 //! [`crate::cpu::optim::step`] with the schedule's rate for the real steps taken so far: results
-//! are bit-identical to calling those directly, and so to each other (NaN payloads aside). The
+//! are bit-identical to calling those directly, and to each other as the kernel is to the
+//! reference (NaN payloads aside; a cosine schedule's f64 cosine may differ in its last bit
+//! between CUDA and libm before it is rounded to f32, so `tests/` compare those within 1e-6). The
 //! per-element formulas and what is computed in f64 are in [`crate::cpu::optim`]'s module doc.
 //! Parameters are f32 masters with f16 working copies ([`Param`], [`GpuParam`]); moments are f32.
 //! A step with an inf/NaN gradient changes nothing, step counter included.
