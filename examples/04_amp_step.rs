@@ -1,23 +1,24 @@
 //! A hand-written AMP training step for a linear classifier (64 features → 10 classes, batch 32):
 //! f16 forward GEMM with f32 accumulation, softmax-cross-entropy whose gradient carries the loss
-//! scale (in f16, where an overflow shows up), backward GEMM and bias gradient, unscale + inf
-//! check, Adam on f32 masters (skipped on inf), and PyTorch's dynamic scale update — the call
-//! order enforced by `amp::ScalerStages`. The initial scale, 2²², is too large on purpose: the
-//! first step overflows, is skipped and halves the scale; every 3 clean steps the scale doubles
-//! and overflows again while the loss is still high.
+//! scale (in f16, where an overflow shows up), backward GEMM and bias gradient, then PyTorch's
+//! `scaler.step(opt)` (unscale + inf check, Adam on f32 masters, skipped on inf) and
+//! `scaler.update()` with `amp::GradScaler` and `optim::Adam`. The initial scale, 2²², is too
+//! large on purpose: the first step overflows, is skipped and halves the scale; every 3 clean
+//! steps the scale doubles and overflows again while the loss is still high.
 //!
-//! The CPU path uses `ampkit::cpu::*`, the GPU path the `ampkit::ops::*` twins with the scale, the
-//! flag and the loss in device memory. Without a GPU only the CPU path runs.
+//! The CPU path uses `amp::CpuGradScaler` and an `optim::Adam` on the host over the
+//! `ampkit::cpu::*` ops, the GPU path `amp::GradScaler` and an `optim::Adam` on the device over
+//! the `ampkit::ops::*` twins, with the scale, the flag, the moments and the loss in device
+//! memory. Without a GPU only the CPU path runs.
 //!
 //! cargo run --release --example 04_amp_step
 
-use ampkit::amp::ScalerStages;
+use ampkit::amp::{CpuGradScaler, GradScaler, LossScale, ScalerConfig};
+use ampkit::cpu;
 use ampkit::cpu::gemm::{Epilogue as CpuEpilogue, GemmShape, Layout};
-use ampkit::cpu::optim::{OptimizerConfig, OptimizerState, ParamTensor};
-use ampkit::cpu::scaler::{ScalerConfig, ScalerState};
-use ampkit::cpu::{self, optim, unscale};
 use ampkit::cuda::{DeviceBuffer, Gpu};
-use ampkit::ops::{self, gemm::Epilogue, optim::GpuOptimizer, optim::GpuParamTensor};
+use ampkit::ops::{self, gemm::Epilogue};
+use ampkit::optim::{Adam, AdamConfig, GpuParam, Optimizer, Param};
 use ampkit::{f16, Device, Result};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -30,12 +31,15 @@ const STEPS: usize = 10;
 type Log = (f64, f32, f32, bool);
 
 fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
-    let scaler_cfg = ScalerConfig {
+    let loss_scale = LossScale::Dynamic(ScalerConfig {
         init_scale: (1 << 22) as f32,
         growth_interval: 3,
         ..ScalerConfig::default()
+    });
+    let opt_cfg = AdamConfig {
+        lr: 0.05,
+        ..AdamConfig::default()
     };
-    let opt_cfg = OptimizerConfig::adam(0.05);
 
     // Synthetic data: labels are the argmax of a fixed random projection of the inputs.
     let mut rng = StdRng::seed_from_u64(4);
@@ -63,8 +67,8 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         .collect();
     let b0: Vec<f32> = (0..CLASSES).map(|_| rng.gen_range(-bound..bound)).collect();
 
-    println!("CPU path (ampkit::cpu):");
-    let cpu_log = cpu_path(&x, &labels, &w0, &b0, &scaler_cfg, &opt_cfg)?;
+    println!("CPU path (amp::CpuGradScaler, optim::Adam on the host, ampkit::cpu ops):");
+    let cpu_log = cpu_path(&x, &labels, &w0, &b0, loss_scale, opt_cfg)?;
 
     let (device, note) = Device::auto();
     println!("{note}");
@@ -72,8 +76,8 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         println!("no GPU: ran the CPU path only");
         return Ok(());
     };
-    println!("GPU path (ampkit::ops):");
-    let gpu_log = gpu_path(gpu, &x, &labels, &w0, &b0, &scaler_cfg, &opt_cfg)?;
+    println!("GPU path (amp::GradScaler, optim::Adam on the device, ampkit::ops):");
+    let gpu_log = gpu_path(gpu, &x, &labels, &w0, &b0, loss_scale, opt_cfg)?;
     let same = |(a, b): (&Log, &Log)| {
         a.1 == b.1 && a.2 == b.2 && a.3 == b.3 && (a.0 - b.0).abs() <= 1e-3 * a.0
     };
@@ -98,24 +102,23 @@ fn cpu_path(
     labels: &[u32],
     w0: &[f32],
     b0: &[f32],
-    scaler_cfg: &ScalerConfig,
-    opt_cfg: &OptimizerConfig,
+    loss_scale: LossScale,
+    opt_cfg: AdamConfig,
 ) -> Result<Vec<Log>> {
     let (mut w, mut b) = (w0.to_vec(), b0.to_vec()); // f32 masters
     let mut w16: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect(); // f16 working copy
     let mut b16 = vec![f16::ZERO; CLASSES]; // the bias enters the GEMM epilogue in f32
     let (mut dw, mut db) = (vec![0f32; w.len()], vec![0f32; CLASSES]);
-    let mut opt = OptimizerState::new(opt_cfg, &[w.len(), b.len()])?;
-    let mut scaler = ScalerState::new(scaler_cfg)?;
-    let mut stages = ScalerStages::new();
+    let mut opt = Adam::new(&Device::Cpu, opt_cfg, &[w.len(), b.len()])?;
+    let mut scaler = CpuGradScaler::new(loss_scale)?;
     let mut log = Vec::new();
     for step in 0..STEPS {
-        let scale = scaler.scale;
+        let scale = scaler.scale();
         // Forward: logits = X·Wᵀ + b, f16 operands, f32 accumulation and output.
         let mut logits = vec![0f32; BATCH * CLASSES];
         let fwd = GemmShape::new(Layout::Forward, BATCH, CLASSES, FEATURES);
         cpu::gemm::gemm(fwd, x, &w16, &CpuEpilogue::bias(&b, false), &mut logits)?;
-        // Loss, and its gradient times the loss scale, in f16.
+        // 1. The loss, and its gradient times the loss scale, in f16.
         let mut dlogits = vec![f16::ZERO; BATCH * CLASSES];
         let loss = cpu::softmax::softmax_cross_entropy(
             &logits,
@@ -129,46 +132,41 @@ fn cpu_path(
         let wgrad = GemmShape::new(Layout::Wgrad, CLASSES, FEATURES, BATCH);
         cpu::gemm::gemm(wgrad, &dlogits, x, &CpuEpilogue::plain(), &mut dw)?;
         cpu::gemm::bias_grad(&dlogits, BATCH, CLASSES, &mut db)?;
-        // Unscale and look for inf/NaN, then the optimizer, which skips itself on found_inf.
-        stages.unscale()?;
-        let found_inf =
-            unscale::unscale_and_check(&mut [&mut dw[..], &mut db[..]], unscale::inv_scale(scale));
-        stages.step()?;
+        // 2. Unscale, look for inf/NaN, and Adam, which skips itself on found_inf.
         let mut params = [
-            ParamTensor {
+            Param {
                 master: &mut w,
-                grad: &dw,
+                grad: &mut dw,
                 half: &mut w16,
             },
-            ParamTensor {
+            Param {
                 master: &mut b,
-                grad: &db,
+                grad: &mut db,
                 half: &mut b16,
             },
         ];
-        let outcome = optim::step(opt_cfg, &mut opt, &mut params, found_inf)?;
-        // Back off on overflow, grow after `growth_interval` clean steps.
-        cpu::scaler::update_scale(&mut scaler, found_inf, scaler_cfg);
-        stages.update()?;
-        log.push((loss, scale, scaler.scale, outcome.skipped()));
+        let outcome = scaler.step(&mut opt, &mut params)?;
+        // 3. Back off on overflow, grow after `growth_interval` clean steps.
+        scaler.update()?;
+        log.push((loss, scale, scaler.scale(), outcome.skipped()));
         print_step(step, log[step]);
     }
-    let misuse = stages
+    let misuse = scaler
         .update()
         .expect_err("update() without an inf check is refused");
-    println!("  ScalerStages refuses misuse, like PyTorch: {misuse}");
-    println!("  real optimizer steps: {} of {STEPS}", opt.step_count());
+    println!("  the scaler refuses misuse, like PyTorch: {misuse}");
+    println!("  real optimizer steps: {} of {STEPS}", opt.step_count()?);
     Ok(log)
 }
 
 fn gpu_path(
-    gpu: &Gpu,
+    gpu: &std::sync::Arc<Gpu>,
     x: &[f16],
     labels: &[u32],
     w0: &[f32],
     b0: &[f32],
-    scaler_cfg: &ScalerConfig,
-    opt_cfg: &OptimizerConfig,
+    loss_scale: LossScale,
+    opt_cfg: AdamConfig,
 ) -> Result<Vec<Log>> {
     let (x, labels) = (gpu.upload(x)?, gpu.upload(labels)?);
     let (mut w, mut b) = (gpu.upload(w0)?, gpu.upload(b0)?);
@@ -180,17 +178,14 @@ fn gpu_path(
     );
     let mut logits: DeviceBuffer<f32> = gpu.alloc_zeros(BATCH * CLASSES)?;
     let mut dlogits: DeviceBuffer<f16> = gpu.alloc_zeros(BATCH * CLASSES)?;
-    // The scaler's state, the inf flag and the loss live on the device: a step never syncs.
-    let mut scale = gpu.upload(&[scaler_cfg.init_scale])?;
-    let mut tracker = gpu.alloc_zeros::<i32>(1)?;
-    let mut found_inf = gpu.alloc_zeros::<f32>(1)?;
+    // The scaler's state, the inf flag, the moments and the loss live on the device: a step
+    // never syncs.
+    let mut scaler = GradScaler::new(gpu, loss_scale)?;
+    let mut opt = Adam::new(&Device::Cuda(gpu.clone()), opt_cfg, &[w0.len(), CLASSES])?;
     let mut loss = gpu.alloc_zeros::<f32>(1)?;
-    let mut opt = GpuOptimizer::new(gpu, opt_cfg, &[w0.len(), CLASSES])?;
-    let mut stages = ScalerStages::new();
     let mut log = Vec::new();
     for step in 0..STEPS {
-        let scale_before = gpu.download(&scale)?[0]; // for the log only (synchronises)
-        ops::cast::fill_f32(gpu, &mut found_inf, 0.0)?; // reset once per step
+        let scale_before = scaler.get_scale()?; // for the log only (synchronises)
         let b_view = b.slice(..);
         let fwd = GemmShape::new(Layout::Forward, BATCH, CLASSES, FEATURES);
         ops::gemm::gemm(
@@ -201,55 +196,45 @@ fn gpu_path(
             &Epilogue::bias(&b_view, false),
             &mut logits,
         )?;
+        // 1. The loss gradient at the scaler's device scale.
         ops::softmax::softmax_cross_entropy(
             gpu,
             &logits,
             &labels,
             BATCH,
             CLASSES,
-            &scale,
+            scaler.scale(),
             &mut dlogits,
             &mut loss,
         )?;
         let wgrad = GemmShape::new(Layout::Wgrad, CLASSES, FEATURES, BATCH);
         ops::gemm::gemm(gpu, wgrad, &dlogits, &x, &Epilogue::plain(), &mut dw)?;
         ops::gemm::bias_grad(gpu, &dlogits, BATCH, CLASSES, &mut db)?;
-        stages.unscale()?;
-        ops::unscale::unscale_and_check(
-            gpu,
-            &mut [dw.slice_mut(..), db.slice_mut(..)],
-            &scale,
-            &mut found_inf,
-        )?;
-        stages.step()?;
+        // 2. and 3.: queued on the device; the skip decision never leaves it.
         let mut params = [
-            GpuParamTensor {
+            GpuParam {
                 master: w.slice_mut(..),
-                grad: dw.slice(..),
+                grad: dw.slice_mut(..),
                 half: w16.slice_mut(..),
             },
-            GpuParamTensor {
+            GpuParam {
                 master: b.slice_mut(..),
-                grad: db.slice(..),
+                grad: db.slice_mut(..),
                 half: b16.slice_mut(..),
             },
         ];
-        opt.step(gpu, opt_cfg, &mut params, &found_inf)?; // skips itself when found_inf ≠ 0
-        ops::scaler::update_scale(gpu, &mut scale, &mut tracker, &found_inf, scaler_cfg)?;
-        stages.update()?;
+        scaler.step(&mut opt, &mut params)?;
+        scaler.update()?;
         // A training loop reads these back every N steps; here every step, for the log.
         let entry = (
             f64::from(gpu.download(&loss)?[0]),
             scale_before,
-            gpu.download(&scale)?[0],
-            gpu.download(&found_inf)?[0] != 0.0,
+            scaler.get_scale()?,
+            gpu.download(scaler.found_inf())?[0] != 0.0,
         );
         log.push(entry);
         print_step(step, entry);
     }
-    println!(
-        "  real optimizer steps: {} of {STEPS}",
-        opt.step_count(gpu)?
-    );
+    println!("  real optimizer steps: {} of {STEPS}", opt.step_count()?);
     Ok(log)
 }

@@ -85,8 +85,9 @@
 //!   it. Public so you can validate your own kernels against it.
 //! - [`check`]: the tolerance harness: relative L2 and elementwise `atol + rtol·|ref|` against an
 //!   f64 reference, NaN only where expected, poisoned-output checks, finite differences.
-//! - [`amp`]: loss-scaling modes, `GradScaler`'s call-order state machine
-//!   ([`amp::ScalerStages`]), the precision policy.
+//! - [`amp`] and [`optim`]: PyTorch's `GradScaler` ([`amp::GradScaler`] on the device,
+//!   [`amp::CpuGradScaler`]) and optimizer objects ([`optim::Adam`], [`optim::AdamW`],
+//!   [`optim::Sgd`]): one AMP step on your own buffers is scale, `step`, `update`.
 //! - [`nn`] and [`train`]: the MLP (PyTorch `nn.Sequential` names and shapes), the training loop
 //!   over a CPU and a GPU backend, MNIST data, checkpoints, metrics and plots.
 //! - [`Device`]: the CPU or a GPU, chosen by the caller or by [`Device::auto`].
@@ -141,6 +142,7 @@ mod error;
 pub mod kernels;
 pub mod nn;
 pub mod ops;
+pub mod optim;
 pub mod train;
 
 pub use device::Device;

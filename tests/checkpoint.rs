@@ -6,7 +6,8 @@
 mod checkpoint_support;
 mod common;
 
-use ampkit::cpu::scaler::ScalerState;
+use ampkit::amp::LossScale;
+use ampkit::cpu::scaler::{ScalerConfig, ScalerState};
 use ampkit::nn::{init_parameters, MlpConfig};
 use ampkit::train::checkpoint::{self, Checkpoint};
 use ampkit::train::data::Dataset;
@@ -274,6 +275,29 @@ fn non_finite_values_and_bad_scales_are_load_errors_naming_the_tensor() {
 
 /// Two identical CPU runs write byte-identical files (the safetensors metadata used to come out
 /// in a random order); the id is the content's, so a different run gets another.
+/// Every loss-scaling mode is saved in the config and loaded back (a static scale could not be
+/// serialised before 0.2).
+#[test]
+fn every_loss_scale_mode_saves_and_loads() {
+    let mut rng = common::rng("loss scale modes");
+    for mode in [
+        LossScale::Static(1024.0),
+        LossScale::Off,
+        LossScale::Dynamic(ScalerConfig {
+            min_scale: Some(0.5),
+            ..ScalerConfig::default()
+        }),
+    ] {
+        let mut save = Save::at_any_step(&mut rng, 5);
+        save.cfg.loss_scale = mode;
+        let root = temp();
+        save.save(root.path());
+        let loaded = checkpoint::load(root.path()).unwrap();
+        assert_eq!(loaded.config.loss_scale, mode);
+        assert!(save.is(&loaded), "{mode:?}");
+    }
+}
+
 #[test]
 fn identical_runs_write_identical_bytes() {
     let mut rng = common::rng("reproducible");

@@ -1,41 +1,100 @@
-//! Automatic mixed precision: the loss-scaling modes, PyTorch `GradScaler`'s per-step state
-//! machine, and the precision policy (which op runs in which dtype).
+//! Automatic mixed precision: PyTorch's `GradScaler` — [`GradScaler`] with its state in device
+//! memory, [`CpuGradScaler`] its twin on the CPU references — the loss-scaling modes
+//! ([`LossScale`]) and the precision policy ([`Precision`]).
 //!
-//! The scale arithmetic itself lives in [`crate::cpu::scaler`] (reference) and
-//! [`crate::ops::scaler`] (the device-side update); this module decides *when* each piece runs
-//! and refuses the misuse PyTorch refuses.
+//! # One AMP step
 //!
-//! One step, PyTorch's `scaler.scale(loss).backward(); scaler.step(opt); scaler.update()`, on the
-//! CPU references (the GPU path calls the [`crate::ops`] twins in the same order):
+//! On your own buffers, with an optimizer from [`crate::optim`], one step is three calls around
+//! your forward and backward:
+//!
+//! 1. **scale**: compute the loss's gradient multiplied by `scaler.scale()` (PyTorch's
+//!    `scaler.scale(loss).backward()`); the loss kernels take the scale as an argument
+//!    ([`crate::ops::softmax::softmax_cross_entropy`] reads it from device memory), and
+//!    backward leaves every gradient scaled;
+//! 2. **step**: `scaler.step(&mut opt, &mut params)?` unscales the gradients in place, checks
+//!    them for inf/NaN and runs the optimizer, which changes nothing (weights, f16 copies,
+//!    moments, step counter) when one was found. Call `scaler.unscale(grads)` before it to see
+//!    or clip the unscaled gradients; `step` then does not unscale again;
+//! 3. **update**: `scaler.update()?` halves a dynamic scale after an overflow and doubles it
+//!    after `growth_interval` clean steps (if it stays finite).
+//!
+//! On the CPU, with a tiny model `loss = ½(w·x)²` whose backward we write by hand; the second
+//! step's input overflows, so that step is skipped and the scale backs off:
 //!
 //! ```
-//! use ampkit::amp::ScalerStages;
-//! use ampkit::cpu::{scaler, unscale};
+//! use ampkit::amp::{CpuGradScaler, LossScale, ScalerConfig};
+//! use ampkit::optim::{Optimizer, Param, Sgd, SgdConfig};
+//! use ampkit::{f16, Device};
 //!
-//! let cfg = scaler::ScalerConfig::default(); // 2^16, ×2 per 2000 clean steps, ×0.5 on overflow
-//! let mut state = scaler::ScalerState::new(&cfg)?;
-//! let mut stages = ScalerStages::new();
-//!
-//! // backward at the current scale produced these gradients (one overflowed):
-//! let mut grads = vec![1.5 * state.scale, f32::INFINITY];
-//! stages.unscale()?; // scaler.unscale_(opt)
-//! let found_inf = unscale::unscale_and_check(&mut [&mut grads[..]], unscale::inv_scale(state.scale));
-//! assert!(found_inf);
-//! assert!(!stages.step()?); // scaler.step(opt): already unscaled; the optimizer skips on found_inf
-//! scaler::update_scale(&mut state, found_inf, &cfg); // scaler.update(): back off
-//! stages.update()?;
-//! assert_eq!(state.scale, 32768.0);
-//! assert!(stages.update().is_err()); // update() twice without an inf check: refused, like PyTorch
+//! let mut scaler = CpuGradScaler::new(LossScale::Dynamic(ScalerConfig::default()))?;
+//! let mut opt = Sgd::new(&Device::Cpu, SgdConfig { lr: 0.5, ..SgdConfig::default() }, &[2])?;
+//! let mut w = vec![1.0f32, -1.0]; // f32 master weights
+//! let mut w16: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect(); // f16 copy
+//! for x in [[0.5f32, 0.25], [f32::INFINITY, 1.0]] {
+//!     // 1. scale: backward of scale·loss, d/dw = scale·(w·x)·x
+//!     let y: f32 = w.iter().zip(&x).map(|(a, b)| a * b).sum();
+//!     let mut grad: Vec<f32> = x.iter().map(|&xi| scaler.scale() * y * xi).collect();
+//!     // 2. step: unscale, check, optimizer (skipped on inf/NaN)
+//!     let param = Param { master: &mut w, grad: &mut grad, half: &mut w16 };
+//!     let outcome = scaler.step(&mut opt, &mut [param])?;
+//!     // 3. update the scale
+//!     scaler.update()?;
+//!     println!("skipped: {}, scale now {}", outcome.skipped(), scaler.scale());
+//! }
+//! assert_eq!(w, [0.9375, -1.03125]); // one real step: w − 0.5·(w·x)·x
+//! assert_eq!(scaler.scale(), 32768.0); // 65536 backed off once
+//! assert_eq!(opt.step_count()?, 1);
+//! assert!(scaler.update().is_err()); // update() twice without an inf check: refused
 //! # Ok::<(), ampkit::Error>(())
 //! ```
+//!
+//! On a GPU the same three calls run on device buffers and never synchronise (`no_run`: it
+//! needs a GPU; `examples/04_amp_step.rs` runs both):
+//!
+//! ```no_run
+//! # fn main() -> ampkit::Result<()> {
+//! use ampkit::amp::{GradScaler, LossScale, ScalerConfig};
+//! use ampkit::optim::{Adam, AdamConfig, GpuParam};
+//! use ampkit::{f16, Device};
+//!
+//! let gpu = ampkit::cuda::Gpu::new(0)?;
+//! let (rows, classes) = (32, 10);
+//! let (mut w, mut w16) = (gpu.alloc_zeros::<f32>(640)?, gpu.alloc_zeros::<f16>(640)?);
+//! let mut dw = gpu.alloc_zeros::<f32>(640)?;
+//! let (logits, labels) = (gpu.alloc_zeros::<f32>(rows * classes)?, gpu.alloc_zeros::<u32>(rows)?);
+//! let (mut dlogits, mut loss) = (gpu.alloc_zeros::<f16>(rows * classes)?, gpu.alloc_zeros(1)?);
+//!
+//! let mut scaler = GradScaler::new(&gpu, LossScale::Dynamic(ScalerConfig::default()))?;
+//! let mut opt = Adam::new(&Device::Cuda(gpu.clone()), AdamConfig::default(), &[640])?;
+//! // forward into `logits`, then 1. the loss gradient at the scaler's (device) scale:
+//! ampkit::ops::softmax::softmax_cross_entropy(
+//!     &gpu, &logits, &labels, rows, classes, scaler.scale(), &mut dlogits, &mut loss,
+//! )?;
+//! // ... backward from dlogits into dw (scaled), then 2. and 3.:
+//! let param = GpuParam { master: w.slice_mut(..), grad: dw.slice_mut(..), half: w16.slice_mut(..) };
+//! scaler.step(&mut opt, &mut [param])?;
+//! scaler.update()?;
+//! # Ok(()) }
+//! ```
+//!
+//! The scale arithmetic is [`crate::cpu::scaler`]'s (reference) and [`crate::ops::scaler`]'s
+//! (device), the unscale [`crate::cpu::unscale`]'s and [`crate::ops::unscale`]'s; the scalers
+//! decide when each runs and refuse the call orders PyTorch refuses.
 
-use crate::cpu::scaler::ScalerConfig;
+mod grad_scaler;
+
+pub use crate::cpu::scaler::ScalerConfig;
+pub use grad_scaler::{CpuGradScaler, GradScaler, ScalerStateDict};
+
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 /// How the loss is scaled.
+///
+/// Serialised with a `mode` tag: `{"mode": "dynamic", "init_scale": 65536.0, ...}` (the
+/// [`ScalerConfig`] fields), `{"mode": "static", "scale": 1024.0}`, `{"mode": "off"}`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "mode", rename_all = "lowercase")]
+#[serde(from = "LossScaleRepr", into = "LossScaleRepr")]
 pub enum LossScale {
     /// PyTorch `GradScaler`: start at `init_scale`, back off on an inf/NaN gradient (the step is
     /// skipped), grow after `growth_interval` clean steps.
@@ -45,6 +104,37 @@ pub enum LossScale {
     Static(f32),
     /// No scaling (scale 1). Gradients are still checked, and a non-finite step is skipped.
     Off,
+}
+
+/// [`LossScale`]'s serialised form. serde cannot write an internally tagged newtype variant
+/// holding a number, so the static scale gets a field name; the other modes are written as the
+/// derived internally tagged enum always wrote them.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "lowercase")]
+enum LossScaleRepr {
+    Dynamic(ScalerConfig),
+    Static { scale: f32 },
+    Off,
+}
+
+impl From<LossScaleRepr> for LossScale {
+    fn from(r: LossScaleRepr) -> LossScale {
+        match r {
+            LossScaleRepr::Dynamic(c) => LossScale::Dynamic(c),
+            LossScaleRepr::Static { scale } => LossScale::Static(scale),
+            LossScaleRepr::Off => LossScale::Off,
+        }
+    }
+}
+
+impl From<LossScale> for LossScaleRepr {
+    fn from(s: LossScale) -> LossScaleRepr {
+        match s {
+            LossScale::Dynamic(c) => LossScaleRepr::Dynamic(c),
+            LossScale::Static(scale) => LossScaleRepr::Static { scale },
+            LossScale::Off => LossScaleRepr::Off,
+        }
+    }
 }
 
 impl LossScale {
@@ -79,9 +169,9 @@ impl LossScale {
     }
 }
 
-/// Where a step stands in PyTorch `GradScaler`'s protocol: `scale(loss).backward()`, then
-/// optionally `unscale_()`, then `step()` (which unscales if that has not happened), then
-/// `update()`.
+/// Where a step stands in PyTorch `GradScaler`'s protocol ([`GradScaler::stage`]):
+/// `scale(loss).backward()`, then optionally `unscale()`, then `step()` (which unscales if that
+/// has not happened), then `update()`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Stage {
     /// Gradients are (being) produced at the current scale.
@@ -93,45 +183,44 @@ pub enum Stage {
     Stepped,
 }
 
-/// The `GradScaler` state machine: refuses to unscale twice or step twice before an update,
-/// with the same rules and nearly the same messages as PyTorch. It records only the call order;
-/// the scale itself is a [`crate::cpu::scaler::ScalerState`] (or its device twin). Misuse is an
-/// [`Error::InvalidArgument`] naming the call and the expected order, and leaves the stage
-/// unchanged.
+/// The call-order state machine inside [`GradScaler`] and [`CpuGradScaler`]: refuses to
+/// unscale twice or step twice before an update, with the same rules and nearly the same
+/// messages as PyTorch. It records only the call order. Misuse is an [`Error::InvalidArgument`]
+/// naming the call and the expected order, and leaves the stage unchanged.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ScalerStages {
+pub(crate) struct ScalerStages {
     stage: Stage,
 }
 
 impl ScalerStages {
     /// A fresh scaler, ready for a backward pass.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// The current stage.
-    pub fn stage(&self) -> Stage {
+    pub(crate) fn stage(&self) -> Stage {
         self.stage
     }
 
     /// Records `unscale_()`. Errors if the gradients were already unscaled or the step already
     /// ran since the last [`update`](Self::update).
-    pub fn unscale(&mut self) -> Result<()> {
+    pub(crate) fn unscale(&mut self) -> Result<()> {
         match self.stage {
             Stage::Ready => {
                 self.stage = Stage::Unscaled;
                 Ok(())
             }
             Stage::Unscaled => Err(misuse(
-                "unscale_() has already been called on this optimizer since the last update()",
+                "unscale() has already been called since the last update()",
             )),
-            Stage::Stepped => Err(misuse("unscale_() is being called after step()")),
+            Stage::Stepped => Err(misuse("unscale() is being called after step()")),
         }
     }
 
     /// Records `step()`; unscales first when that has not happened (returns whether it did).
     /// Errors if the step already ran since the last [`update`](Self::update).
-    pub fn step(&mut self) -> Result<bool> {
+    pub(crate) fn step(&mut self) -> Result<bool> {
         match self.stage {
             Stage::Ready => {
                 self.stage = Stage::Stepped;
@@ -149,10 +238,10 @@ impl ScalerStages {
 
     /// Records `update()`. Errors unless an inf check happened since the last update (PyTorch:
     /// "No inf checks were recorded prior to update.").
-    pub fn update(&mut self) -> Result<()> {
+    pub(crate) fn update(&mut self) -> Result<()> {
         if self.stage == Stage::Ready {
             return Err(misuse(
-                "update() without a prior unscale_() or step(): no inf checks were recorded",
+                "update() without a prior unscale() or step(): no inf checks were recorded",
             ));
         }
         self.stage = Stage::Ready;
@@ -162,7 +251,7 @@ impl ScalerStages {
 
 fn misuse(detail: &str) -> Error {
     Error::InvalidArgument {
-        op: "amp::ScalerStages",
+        op: "amp::GradScaler",
         detail: format!("{detail} (call order per step: backward, [unscale], step, update)"),
     }
 }
@@ -220,5 +309,27 @@ mod tests {
         );
         assert!(LossScale::Static(0.0).validate().is_err());
         assert!(LossScale::Static(f32::INFINITY).validate().is_err());
+    }
+
+    #[test]
+    fn every_loss_scale_mode_round_trips_through_json() {
+        let dynamic = LossScale::Dynamic(ScalerConfig {
+            min_scale: Some(1.0),
+            ..ScalerConfig::default()
+        });
+        for (mode, json) in [
+            (
+                LossScale::Static(1024.0),
+                r#"{"mode":"static","scale":1024.0}"#,
+            ),
+            (LossScale::Off, r#"{"mode":"off"}"#),
+            (
+                dynamic,
+                r#"{"mode":"dynamic","init_scale":65536.0,"growth_factor":2.0,"backoff_factor":0.5,"growth_interval":2000,"min_scale":1.0,"max_scale":null}"#,
+            ),
+        ] {
+            assert_eq!(serde_json::to_string(&mode).unwrap(), json);
+            assert_eq!(serde_json::from_str::<LossScale>(json).unwrap(), mode);
+        }
     }
 }

@@ -5,6 +5,7 @@ use crate::cpu::optim::OptimizerConfig;
 use crate::cpu::schedule::LrSchedule;
 use crate::error::{Error, Result};
 use crate::nn::MlpConfig;
+use crate::optim::base_lr;
 use serde::{Deserialize, Serialize};
 
 /// A training run's configuration.
@@ -126,13 +127,5 @@ impl TrainConfig {
     pub fn with_schedule_horizon(mut self, train_len: usize) -> TrainConfig {
         self.schedule = self.schedule.with_total(self.end_step(train_len).max(1));
         self
-    }
-}
-
-/// The learning rate of an optimizer config (the schedule's base rate).
-pub(crate) fn base_lr(opt: &OptimizerConfig) -> f64 {
-    match opt {
-        OptimizerConfig::Adam(c) | OptimizerConfig::AdamW(c) => c.lr,
-        OptimizerConfig::Sgd(c) => c.lr,
     }
 }

@@ -9,16 +9,18 @@
 //! inf/NaN); scale update.
 
 use super::backend::{Backend, BackendState, Evaluation, StepRecord, EVAL_BATCH};
-use super::config::{base_lr, TrainConfig};
+use super::config::TrainConfig;
 use super::memory;
-use crate::amp::{LossScale, ScalerStages};
+use crate::amp::{CpuGradScaler, LossScale, ScalerStateDict};
 use crate::cpu::gemm::{bias_grad, gemm, Epilogue, GemmShape, Layout};
-use crate::cpu::optim::{self, OptimizerConfig, OptimizerState, ParamTensor};
-use crate::cpu::scaler::{update_scale, ScalerState};
+use crate::cpu::optim::OptimizerConfig;
+use crate::cpu::scaler::ScalerState;
 use crate::cpu::schedule::LrSchedule;
-use crate::cpu::{layernorm, relu, softmax, unscale};
+use crate::cpu::{layernorm, relu, softmax};
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::nn::{init_parameters, MlpConfig, Tensor, LAYERNORM_EPS};
+use crate::optim::{self, Optimizer, OptimizerStateDict, Param};
 use half::f16;
 
 /// Indices into the parameter list of one linear layer's tensors.
@@ -62,13 +64,12 @@ pub struct CpuBackend {
     layers: Vec<LayerParams>,
     opt: OptimizerConfig,
     schedule: LrSchedule,
-    loss_scale: LossScale,
     params: Vec<Tensor>,
     halves: Vec<Vec<f16>>,
     grads: Vec<Vec<f32>>,
-    opt_state: OptimizerState,
-    scaler: ScalerState,
-    stages: ScalerStages,
+    /// The optimizer object on the host (its config's rate is the schedule's base).
+    optimizer: Box<dyn Optimizer + Send>,
+    scaler: CpuGradScaler,
     epoch_images: Vec<f32>,
     epoch_labels: Vec<u32>,
     records: Vec<StepRecord>,
@@ -107,22 +108,18 @@ impl CpuBackend {
         memory::check_cpu_model(train)?;
         let params = init_parameters(cfg, seed);
         let lens: Vec<usize> = params.iter().map(|p| p.data.len()).collect();
-        let scaler = ScalerState {
-            scale: loss_scale.initial_scale(),
-            growth_tracker: 0,
-        };
+        let mut optimizer = optim::for_config(&Device::Cpu, &opt, &lens)?;
+        optimizer.set_schedule(schedule)?;
         Ok(CpuBackend {
             cfg: cfg.clone(),
             layers: layer_params(cfg),
-            opt_state: OptimizerState::new(&opt, &lens)?,
+            optimizer,
             opt,
             schedule,
-            loss_scale,
             halves: params.iter().map(|p| to_f16(&p.data)).collect(),
             grads: lens.iter().map(|&n| vec![0.0; n]).collect(),
             params,
-            scaler,
-            stages: ScalerStages::new(),
+            scaler: CpuGradScaler::new(loss_scale)?,
             epoch_images: Vec::new(),
             epoch_labels: Vec::new(),
             records: Vec::new(),
@@ -278,23 +275,6 @@ impl CpuBackend {
         }
         Ok(())
     }
-
-    /// The optimizer config with the schedule's rate for the next real step.
-    fn scheduled(&self) -> (OptimizerConfig, f64) {
-        let base = base_lr(&self.opt);
-        let lr = self.schedule.lr_at(base, self.opt_state.step_count());
-        (with_lr(&self.opt, lr), lr)
-    }
-}
-
-/// The same config with another learning rate.
-pub(crate) fn with_lr(opt: &OptimizerConfig, lr: f64) -> OptimizerConfig {
-    let mut o = *opt;
-    match &mut o {
-        OptimizerConfig::Adam(c) | OptimizerConfig::AdamW(c) => c.lr = lr,
-        OptimizerConfig::Sgd(c) => c.lr = lr,
-    }
-    o
 }
 
 impl Backend for CpuBackend {
@@ -319,33 +299,25 @@ impl Backend for CpuBackend {
         )?;
         let x = &self.epoch_images[first * inputs..(first + batch) * inputs];
         let labels = &self.epoch_labels[first..first + batch];
-        let scale = self.scaler.scale;
+        // The AMP step: the loss gradient at the scaler's scale, then scaler.step (unscale,
+        // inf check, the optimizer at the schedule's rate, skipped on inf/NaN) and update.
+        let scale = self.scaler.scale();
         let (acts, logits) = self.forward(x, batch)?;
         let (loss, dlogits) = self.loss_and_grad(&logits, labels, batch, scale)?;
         self.backward(&acts, dlogits, batch)?;
 
-        self.stages.unscale()?;
-        let inv = unscale::inv_scale(scale);
-        let mut views: Vec<&mut [f32]> = self.grads.iter_mut().map(|g| &mut g[..]).collect();
-        let found_inf = unscale::unscale_and_check(&mut views, inv);
-        self.stages.step()?;
-        let (cfg, lr) = self.scheduled();
-        let mut tensors: Vec<ParamTensor<'_>> = self
-            .params
-            .iter_mut()
-            .zip(&self.grads)
+        let lr = (self.schedule).lr_at(optim::base_lr(&self.opt), self.optimizer.step_count()?);
+        let mut params: Vec<Param<'_>> = (self.params.iter_mut())
+            .zip(&mut self.grads)
             .zip(&mut self.halves)
-            .map(|((p, g), h)| ParamTensor {
+            .map(|((p, g), h)| Param {
                 master: &mut p.data,
                 grad: g,
                 half: h,
             })
             .collect();
-        let outcome = optim::step(&cfg, &mut self.opt_state, &mut tensors, found_inf)?;
-        if let Some(c) = self.loss_scale.dynamic() {
-            update_scale(&mut self.scaler, found_inf, c);
-        }
-        self.stages.update()?;
+        let outcome = self.scaler.step(&mut *self.optimizer, &mut params)?;
+        self.scaler.update()?;
         self.records.push(StepRecord {
             loss: loss as f32,
             scale,
@@ -382,37 +354,29 @@ impl Backend for CpuBackend {
     }
 
     fn export(&mut self) -> Result<BackendState> {
-        let n = self.params.len();
-        let take = |f: &dyn Fn(usize) -> Option<Vec<f32>>| {
-            (0..n).map(|t| f(t).unwrap_or_default()).collect()
+        let dict = self.scaler.state_dict();
+        let scaler = ScalerState {
+            scale: dict.scale,
+            growth_tracker: dict.growth_tracker,
         };
-        Ok(BackendState {
-            params: self.params.clone(),
-            optimizer_step: self.opt_state.step_count(),
-            momentum_started: self.opt_state.momentum_started(),
-            exp_avg: take(&|t| {
-                self.opt_state
-                    .exp_avg(t)
-                    .or_else(|| self.opt_state.momentum_buffer(t))
-                    .map(<[f32]>::to_vec)
-            }),
-            exp_avg_sq: take(&|t| self.opt_state.exp_avg_sq(t).map(<[f32]>::to_vec)),
-            scaler: self.scaler,
-        })
+        export_state(self.params.clone(), &self.optimizer.state_dict()?, scaler)
     }
 
     fn import(&mut self, state: &BackendState) -> Result<()> {
         let specs = self.cfg.parameter_specs();
         check_params("train::CpuBackend::import", &specs, &state.params)?;
-        self.opt_state = restore_optimizer(&self.opt, &state.params, state)?;
+        let (opt, scaler) =
+            import_dicts(&self.opt, self.schedule, self.scaler.loss_scale(), state)?;
+        scaler.validate()?; // so that nothing changes unless both load
+        self.optimizer.load_state_dict(&opt)?;
+        self.scaler.load_state_dict(&scaler)?;
         self.params = state.params.clone();
         self.halves = self.params.iter().map(|p| to_f16(&p.data)).collect();
-        self.scaler = state.scaler;
         Ok(())
     }
 
     fn scale(&mut self) -> Result<f32> {
-        Ok(self.scaler.scale)
+        Ok(self.scaler.scale())
     }
 
     fn optimizer(&self) -> &OptimizerConfig {
@@ -420,28 +384,63 @@ impl Backend for CpuBackend {
     }
 }
 
-/// Rebuilds an optimizer state from a checkpoint's parts.
-pub(crate) fn restore_optimizer(
+/// A checkpoint's state from the parameters and the optimizer's and scaler's state dicts: the
+/// moments one vector per tensor, empty where the optimizer keeps none (SGD's momentum buffer
+/// in `exp_avg`).
+pub(crate) fn export_state(
+    params: Vec<Tensor>,
+    opt: &OptimizerStateDict,
+    scaler: ScalerState,
+) -> Result<BackendState> {
+    let n = params.len();
+    let per_tensor = |m: &Option<Vec<Vec<f32>>>| m.clone().unwrap_or_else(|| vec![Vec::new(); n]);
+    Ok(BackendState {
+        params,
+        optimizer_step: opt.step,
+        momentum_started: opt.momentum_started,
+        exp_avg: per_tensor(if opt.exp_avg.is_some() {
+            &opt.exp_avg
+        } else {
+            &opt.momentum_buffer
+        }),
+        exp_avg_sq: per_tensor(&opt.exp_avg_sq),
+        scaler,
+    })
+}
+
+/// The optimizer's and scaler's state dicts of a checkpoint, for the run's optimizer config and
+/// schedule and loss-scaling mode: the moments the config keeps (SGD's momentum buffer from
+/// `exp_avg` when it has momentum), the scale and tracker as saved.
+pub(crate) fn import_dicts(
     opt: &OptimizerConfig,
-    params: &[Tensor],
+    schedule: LrSchedule,
+    loss_scale: &LossScale,
     state: &BackendState,
-) -> Result<OptimizerState> {
-    let lens: Vec<usize> = params.iter().map(|p| p.data.len()).collect();
-    let (exp_avg, exp_avg_sq) = match opt {
-        OptimizerConfig::Adam(_) | OptimizerConfig::AdamW(_) => {
-            (Some(state.exp_avg.clone()), Some(state.exp_avg_sq.clone()))
-        }
-        OptimizerConfig::Sgd(c) if c.momentum != 0.0 => (Some(state.exp_avg.clone()), None),
-        OptimizerConfig::Sgd(_) => (None, None),
+) -> Result<(OptimizerStateDict, ScalerStateDict)> {
+    let (exp_avg, exp_avg_sq, momentum_buffer) = match opt {
+        OptimizerConfig::Adam(_) | OptimizerConfig::AdamW(_) => (
+            Some(state.exp_avg.clone()),
+            Some(state.exp_avg_sq.clone()),
+            None,
+        ),
+        OptimizerConfig::Sgd(c) if c.momentum != 0.0 => (None, None, Some(state.exp_avg.clone())),
+        OptimizerConfig::Sgd(_) => (None, None, None),
     };
-    OptimizerState::from_parts(
-        opt,
-        &lens,
-        state.optimizer_step,
-        state.momentum_started,
+    let opt = OptimizerStateDict {
+        config: *opt,
+        schedule,
+        step: state.optimizer_step,
+        momentum_started: state.momentum_started,
         exp_avg,
         exp_avg_sq,
-    )
+        momentum_buffer,
+    };
+    let scaler = ScalerStateDict {
+        loss_scale: *loss_scale,
+        scale: state.scaler.scale,
+        growth_tracker: state.scaler.growth_tracker,
+    };
+    Ok((opt, scaler))
 }
 
 /// Argmax per row (ties to the lowest class; NaN never wins) compared with the labels.

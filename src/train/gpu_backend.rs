@@ -1,9 +1,10 @@
 //! The training step on the GPU: the same sequence as [`super::cpu_backend`], each op from
 //! [`crate::ops`], everything on one stream with no host synchronisation and no device-to-host
 //! copy. Per step: forward GEMMs (bias and ReLU in the epilogue), fused softmax-cross-entropy
-//! (the loss scale read from device memory), per-layer backward (ReLU/LayerNorm backward, f32
-//! weight gradient, bias gradient, f16 data gradient), one multi-tensor unscale + inf check, one
-//! fused optimizer launch (skips itself on inf/NaN), the device-side scale update, and three
+//! (the loss scale read from the [`GradScaler`]'s device buffer), per-layer backward
+//! (ReLU/LayerNorm backward, f32 weight gradient, bias gradient, f16 data gradient), then
+//! [`GradScaler::step`] (one multi-tensor unscale + inf check, one fused optimizer launch that
+//! skips itself on inf/NaN) and [`GradScaler::update`] (the device-side scale update), and three
 //! 4-byte device-to-device copies that append (loss, scale, found_inf) to a record buffer the
 //! host reads back in [`Backend::take_records`].
 //!
@@ -15,22 +16,23 @@
 //! `train/gpu_layers.rs` (private).
 
 use super::backend::{Backend, BackendState, Evaluation, StepRecord};
-use super::config::base_lr;
 use super::cpu_backend::{
-    check_batch, check_params, check_samples, count_correct, layer_params, restore_optimizer,
+    check_batch, check_params, check_samples, count_correct, export_state, import_dicts,
+    layer_params,
 };
 use super::gpu_layers::{self, Buf, Layer, Params, View};
 use super::{config::TrainConfig, memory};
-use crate::amp::{LossScale, ScalerStages};
+use crate::amp::GradScaler;
 use crate::cpu::optim::OptimizerConfig;
 use crate::cpu::scaler::ScalerState;
 use crate::cpu::schedule::LrSchedule;
 use crate::cuda::{DeviceBuffer, Gpu};
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::nn::{init_parameters, MlpConfig, Tensor};
 use crate::ops::blas::Blas;
-use crate::ops::optim::{GpuOptimizer, GpuParamTensor};
-use crate::ops::{scaler, softmax, unscale};
+use crate::ops::softmax;
+use crate::optim::{self, base_lr, GpuParam, Optimizer};
 use cudarc::driver::CudaGraph;
 use half::f16;
 use std::sync::Arc;
@@ -46,20 +48,19 @@ pub struct GpuBackend {
     blas: Blas,
     opt: OptimizerConfig,
     schedule: LrSchedule,
-    loss_scale: LossScale,
     batch_cap: usize,
     masters: Vec<DeviceBuffer<f32>>,
     halves: Vec<DeviceBuffer<f16>>,
     grads: Vec<DeviceBuffer<f32>>,
-    optimizer: GpuOptimizer,
+    /// The optimizer object, its moments and step counter on the device (created on `gpu`).
+    optimizer: Box<dyn Optimizer + Send>,
+    /// The loss scaler: scale, growth tracker and found_inf in device memory (on `gpu`).
+    scaler: GradScaler,
     /// Real optimizer steps as of the last record read-back (the host's copy of the device
     /// counter, advanced from the records' skip flags).
     real_steps: u64,
-    scale: DeviceBuffer<f32>,
     /// The scale the last step ran with (copied before the update, for its record).
     scale_used: DeviceBuffer<f32>,
-    tracker: DeviceBuffer<i32>,
-    found_inf: DeviceBuffer<f32>,
     loss: DeviceBuffer<f32>,
     records: DeviceBuffer<f32>,
     pending: usize,
@@ -67,7 +68,6 @@ pub struct GpuBackend {
     epoch_x: Buf,
     epoch_y: DeviceBuffer<u32>,
     epoch_len: usize,
-    stages: ScalerStages,
     graph: GraphState,
 }
 
@@ -128,7 +128,8 @@ impl GpuBackend {
             .map(|p| gpu.alloc_zeros(p.data.len()))
             .collect::<Result<Vec<_>>>()?;
         let lens: Vec<usize> = params.iter().map(|p| p.data.len()).collect();
-        let optimizer = GpuOptimizer::new(&gpu, &opt, &lens)?;
+        let mut optimizer = optim::for_config(&Device::Cuda(gpu.clone()), &opt, &lens)?;
+        optimizer.set_schedule(schedule)?;
         let layers = gpu_layers::build(&gpu, cfg, &layer_params(cfg), batch)?;
         let blas = Blas::new(&gpu)?;
         Ok(GpuBackend {
@@ -142,18 +143,15 @@ impl GpuBackend {
             halves,
             grads,
             optimizer,
+            scaler: GradScaler::new(&gpu, loss_scale)?,
             real_steps: 0,
-            scale: gpu.upload(&[loss_scale.initial_scale()])?,
             scale_used: gpu.alloc_zeros(1)?,
-            tracker: gpu.alloc_zeros(1)?,
-            found_inf: gpu.alloc_zeros(1)?,
             loss: gpu.alloc_zeros(1)?,
             records: gpu.alloc_zeros(RECORD)?,
             pending: 0,
             epoch_x: Buf::F(gpu.alloc_zeros(1)?),
             epoch_y: gpu.alloc_zeros(1)?,
             epoch_len: 0,
-            stages: ScalerStages::new(),
             graph: GraphState {
                 enabled: cuda_graph,
                 warm: false,
@@ -162,7 +160,6 @@ impl GpuBackend {
                 x: Buf::new(&gpu, cfg.half_layer(0), batch * cfg.inputs())?,
                 y: gpu.alloc_zeros(batch)?,
             },
-            loss_scale,
             gpu,
         })
     }
@@ -211,7 +208,7 @@ impl GpuBackend {
         };
         copy(&self.loss, &mut self.records, 0)?;
         copy(&self.scale_used, &mut self.records, 1)?;
-        copy(&self.found_inf, &mut self.records, 2)?;
+        copy(self.scaler.found_inf(), &mut self.records, 2)?;
         self.pending += 1;
         Ok(())
     }
@@ -348,7 +345,7 @@ impl Backend for GpuBackend {
                     // Something in the step cannot be captured: nothing it queued ran, so run
                     // it eagerly from now on (bit-identical, only slower).
                     self.graph.enabled = false;
-                    self.stages = ScalerStages::new();
+                    self.scaler.restart_step();
                     self.step_body(Input::Staged, batch)?;
                 }
             }
@@ -373,7 +370,7 @@ impl Backend for GpuBackend {
     }
 
     fn scale(&mut self) -> Result<f32> {
-        Ok(self.gpu.download(&self.scale)?[0])
+        self.scaler.get_scale()
     }
 
     fn optimizer(&self) -> &OptimizerConfig {
@@ -391,8 +388,9 @@ enum Input {
 }
 
 impl GpuBackend {
-    /// One AMP step: forward, loss, backward, unscale + inf check, optimizer, scale update. No
-    /// host synchronisation and no allocation once warm, so it can be captured in a CUDA graph.
+    /// One AMP step: forward, loss at the scaler's scale, backward, then the scaler's step
+    /// (unscale + inf check, optimizer) and update. No host synchronisation and no allocation
+    /// once warm, so it can be captured in a CUDA graph.
     fn step_body(&mut self, input: Input, batch: usize) -> Result<()> {
         let (inputs, classes) = (self.cfg.inputs(), self.cfg.classes());
         let gpu_arc = self.gpu.clone();
@@ -416,7 +414,7 @@ impl GpuBackend {
             .layers
             .last_mut()
             .expect("validated: at least one layer");
-        let (scale, loss) = (&self.scale, &mut self.loss);
+        let (scale, loss) = (self.scaler.scale(), &mut self.loss);
         match (&last.out_buf, &mut last.dz) {
             (Buf::H(logits), Buf::H(d)) => {
                 cross_entropy(gpu, logits, &labels, batch, classes, scale, d, loss)?
@@ -436,39 +434,24 @@ impl GpuBackend {
             batch,
         )?;
 
-        self.stages.unscale()?;
-        gpu.stream()
-            .memset_zeros(&mut self.found_inf)
-            .map_err(Error::driver("clearing found_inf"))?;
-        unscale::unscale_and_check(gpu, &mut self.grads, &self.scale, &mut self.found_inf)?;
-        self.stages.step()?;
-        let mut params: Vec<GpuParamTensor<'_>> = self
-            .masters
-            .iter_mut()
-            .zip(&self.grads)
+        // Unscale + inf check and the optimizer (memset of found_inf, one unscale launch, one
+        // fused optimizer launch at the schedule's rate, skipped on the device on inf/NaN).
+        let mut params: Vec<GpuParam<'_>> = (self.masters.iter_mut())
+            .zip(&mut self.grads)
             .zip(&mut self.halves)
-            .map(|((m, g), h)| GpuParamTensor {
+            .map(|((m, g), h)| GpuParam {
                 master: m.slice_mut(..),
-                grad: g.slice(..),
+                grad: g.slice_mut(..),
                 half: h.slice_mut(..),
             })
             .collect();
-        self.optimizer.step_scheduled(
-            gpu,
-            &self.opt,
-            &self.schedule,
-            &mut params,
-            &self.found_inf,
-        )?;
+        self.scaler.step(&mut *self.optimizer, &mut params)?;
         drop(params);
         // The scale this step ran with, before the update (for the step's record).
         gpu.stream()
-            .memcpy_dtod(&self.scale, &mut self.scale_used)
+            .memcpy_dtod(self.scaler.scale(), &mut self.scale_used)
             .map_err(Error::driver("keeping the step's scale"))?;
-        if let Some(c) = self.loss_scale.dynamic() {
-            scaler::update_scale(gpu, &mut self.scale, &mut self.tracker, &self.found_inf, c)?;
-        }
-        self.stages.update()?;
+        self.scaler.update()?;
         Ok(())
     }
 
@@ -553,26 +536,12 @@ impl GpuBackend {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let st = self.optimizer.download(&self.gpu)?;
-        let n = params.len();
-        let take = |f: &dyn Fn(usize) -> Option<Vec<f32>>| {
-            (0..n).map(|t| f(t).unwrap_or_default()).collect()
+        let dict = self.scaler.state_dict()?;
+        let scaler = ScalerState {
+            scale: dict.scale,
+            growth_tracker: dict.growth_tracker,
         };
-        Ok(BackendState {
-            params,
-            optimizer_step: st.step_count(),
-            momentum_started: st.momentum_started(),
-            exp_avg: take(&|t| {
-                st.exp_avg(t)
-                    .or_else(|| st.momentum_buffer(t))
-                    .map(<[f32]>::to_vec)
-            }),
-            exp_avg_sq: take(&|t| st.exp_avg_sq(t).map(<[f32]>::to_vec)),
-            scaler: ScalerState {
-                scale: self.gpu.download(&self.scale)?[0],
-                growth_tracker: self.gpu.download(&self.tracker)?[0],
-            },
-        })
+        export_state(params, &self.optimizer.state_dict()?, scaler)
     }
 
     fn import_impl(&mut self, state: &BackendState) -> Result<()> {
@@ -581,18 +550,20 @@ impl GpuBackend {
             &self.cfg.parameter_specs(),
             &state.params,
         )?;
-        let host = restore_optimizer(&self.opt, &state.params, state)?;
-        self.optimizer = GpuOptimizer::from_state(&self.gpu, &self.opt, &host)?;
+        let (opt, scaler) =
+            import_dicts(&self.opt, self.schedule, self.scaler.loss_scale(), state)?;
+        scaler.validate()?; // so that nothing changes unless both load
+        self.optimizer.load_state_dict(&opt)?;
+        self.scaler.load_state_dict(&scaler)?;
         for (t, p) in state.params.iter().enumerate() {
             self.masters[t] = self.gpu.upload(&p.data)?;
             self.halves[t] = self
                 .gpu
                 .upload(&p.data.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>())?;
         }
-        self.scale = self.gpu.upload(&[state.scaler.scale])?;
-        self.tracker = self.gpu.upload(&[state.scaler.growth_tracker])?;
         self.real_steps = state.optimizer_step;
-        // Every state buffer was reallocated: a captured graph would update the old ones.
+        // The masters and f16 copies were reallocated: a captured graph would update the old
+        // ones (the optimizer and scaler loaded theirs in place).
         self.graph.exec = None;
         self.graph.warm = false;
         Ok(())

@@ -103,24 +103,88 @@ impl GpuOptimizer {
         state: &OptimizerState,
     ) -> Result<GpuOptimizer> {
         state.check_config("ops::optim::GpuOptimizer::from_state", cfg)?;
+        let mut opt = Self::allocate(gpu, cfg, state.tensor_lens(), state.has_momentum_buffers())?;
+        opt.fill(gpu, state)?;
+        Ok(opt)
+    }
+
+    /// Replaces the state with `state` (for stepping with `cfg`, checked as in
+    /// [`GpuOptimizer::from_state`]), copying it into the existing buffers so that their
+    /// addresses, and a CUDA graph captured over them, stay valid; only a state with SGD
+    /// momentum buffers where this one has none (or the reverse) is reallocated. Errors, with
+    /// nothing changed: as [`GpuOptimizer::from_state`], plus [`Error::ShapeMismatch`] when the
+    /// tensor lengths differ and [`Error::InvalidArgument`] for a state of another kind or on
+    /// another GPU.
+    pub(crate) fn load_state(
+        &mut self,
+        gpu: &Gpu,
+        cfg: &OptimizerConfig,
+        state: &OptimizerState,
+    ) -> Result<()> {
+        const OP: &str = "ops::optim::GpuOptimizer::load_state";
+        state.check_config(OP, cfg)?;
+        self.same_gpu(OP, gpu)?;
+        if std::mem::discriminant(cfg) != std::mem::discriminant(&self.cfg) {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                detail: format!(
+                    "the state was created for {} but the loaded one is for {}",
+                    kind_name(&self.cfg),
+                    kind_name(cfg)
+                ),
+            });
+        }
+        if state.tensor_lens() != self.lens.as_slice() {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                detail: format!(
+                    "the loaded state has tensors of lengths {:?}, this one {:?}",
+                    state.tensor_lens(),
+                    self.lens
+                ),
+            });
+        }
+        let sgd = matches!(cfg, OptimizerConfig::Sgd(_));
+        if sgd && state.has_momentum_buffers() != self.momentum_buffers {
+            *self = Self::from_state(gpu, cfg, state)?;
+            return Ok(());
+        }
+        self.fill(gpu, state)?;
+        self.cfg = *cfg;
+        Ok(())
+    }
+
+    /// Copies `state`'s buffers and counters into this layout's (same lengths and buffers).
+    fn fill(&mut self, gpu: &Gpu, state: &OptimizerState) -> Result<()> {
         let lens = state.tensor_lens();
-        let mut opt = Self::allocate(gpu, cfg, lens, state.has_momentum_buffers())?;
-        let layout = (opt.offsets.clone(), opt.flat_len());
-        if matches!(cfg, OptimizerConfig::Sgd(_)) {
-            restore(gpu, &mut opt.exp_avg, &layout, lens, |t| {
+        let layout = (self.offsets.clone(), self.flat_len());
+        if matches!(self.cfg, OptimizerConfig::Sgd(_)) {
+            restore(gpu, &mut self.exp_avg, &layout, lens, |t| {
                 state.momentum_buffer(t)
             })?;
         } else {
-            restore(gpu, &mut opt.exp_avg, &layout, lens, |t| state.exp_avg(t))?;
-            restore(gpu, &mut opt.exp_avg_sq, &layout, lens, |t| {
+            restore(gpu, &mut self.exp_avg, &layout, lens, |t| state.exp_avg(t))?;
+            restore(gpu, &mut self.exp_avg_sq, &layout, lens, |t| {
                 state.exp_avg_sq(t)
             })?;
         }
         let started = u64::from(state.momentum_started());
         gpu.stream()
-            .memcpy_htod(&[state.step_count(), started, 0], &mut opt.counters)
-            .map_err(Error::driver("copying optimizer state to the device"))?;
-        Ok(opt)
+            .memcpy_htod(&[state.step_count(), started, 0], &mut self.counters)
+            .map_err(Error::driver("copying optimizer state to the device"))
+    }
+
+    /// Tensor `t`'s part of the first (`second = false`: Adam's `m`, SGD's momentum buffer) or
+    /// second (Adam's `v`) flat buffer; `None` if the state keeps no such buffer or `t` is out
+    /// of range.
+    pub(crate) fn moment_view(&self, second: bool, t: usize) -> Option<CudaView<'_, f32>> {
+        let buf = if second {
+            self.exp_avg_sq.as_ref()?
+        } else {
+            self.exp_avg.as_ref()?
+        };
+        let (off, n) = (*self.offsets.get(t)?, *self.lens.get(t)?);
+        Some(buf.slice(off..off + n))
     }
 
     /// Zeroed buffers and counters for the layout; the caller fills what it restores.
@@ -162,6 +226,11 @@ impl GpuOptimizer {
     /// The tensor lengths the state was created for.
     pub fn tensor_lens(&self) -> &[usize] {
         &self.lens
+    }
+
+    /// SGD: whether the state holds momentum buffers (created or uploaded with them).
+    pub(crate) fn has_momentum_buffers(&self) -> bool {
+        self.momentum_buffers
     }
 
     /// Real (not skipped) steps taken so far. Reads the device counter: synchronises.
@@ -234,7 +303,11 @@ impl GpuOptimizer {
     ) -> Result<()> {
         const OP: &str = "ops::optim::GpuOptimizer::step";
         schedule.validate()?;
-        self.validate(OP, gpu, cfg, params, found_inf.len())?;
+        let lens: Vec<[usize; 3]> = params
+            .iter()
+            .map(|p| [p.master.len(), p.grad.len(), p.half.len()])
+            .collect();
+        self.check_step(OP, gpu, cfg, &lens, found_inf.len())?;
         let sched = Schedule::new(cfg, schedule);
         let stream = gpu.stream();
         let mut guards = Vec::with_capacity(3 * params.len() + 4);
@@ -344,13 +417,14 @@ impl GpuOptimizer {
         Ok(())
     }
 
-    /// Everything [`GpuOptimizer::step`] checks before it launches.
-    fn validate(
+    /// Everything [`GpuOptimizer::step`] checks before it launches (except the schedule and
+    /// the views' alignment), with each tensor's `[master, grad, half]` lengths.
+    pub(crate) fn check_step(
         &self,
         op: &'static str,
         gpu: &Gpu,
         cfg: &OptimizerConfig,
-        params: &[GpuParamTensor<'_>],
+        lens: &[[usize; 3]],
         found_inf_len: usize,
     ) -> Result<()> {
         cfg.validate()?;
@@ -384,11 +458,7 @@ impl GpuOptimizer {
                 detail: format!("found_inf must be one f32 on the device, got {found_inf_len}"),
             });
         }
-        let lens: Vec<[usize; 3]> = params
-            .iter()
-            .map(|p| [p.master.len(), p.grad.len(), p.half.len()])
-            .collect();
-        check_tensor_lens(op, &self.lens, &lens)
+        check_tensor_lens(op, &self.lens, lens)
     }
 
     /// The state's buffers belong to the context they were allocated in.

@@ -1,12 +1,14 @@
 //! ampkit's public API from outside the crate: the CPU GEMM under the tolerance harness, the
-//! loss scaler's state machine and update rule, a small training run on synthetic data, and GPU
-//! ops (and a GPU on your own cudarc stream) that skip without a GPU.
+//! loss scaler's update rule, one AMP step with `amp::CpuGradScaler` / `amp::GradScaler` and the
+//! `optim` objects (misuse refused, state dicts resumed), a small training run on synthetic data,
+//! and GPU ops (and a GPU on your own cudarc stream) that skip without a GPU.
 
-use ampkit::amp::{LossScale, ScalerStages, Stage};
+use ampkit::amp::{CpuGradScaler, GradScaler, LossScale, ScalerConfig, Stage};
 use ampkit::check::{compare, unwritten, Tolerance};
 use ampkit::cpu::gemm::{gemm_f64, Epilogue, GemmShape, Layout};
-use ampkit::cpu::scaler::{update_scale, ScalerConfig, ScalerState};
+use ampkit::cpu::scaler::{update_scale, ScalerState};
 use ampkit::cuda::Gpu;
+use ampkit::optim::{GpuParam, Moment, Optimizer, Param, Sgd, SgdConfig};
 use ampkit::train::data::Dataset;
 use ampkit::train::trainer::{self, Outputs};
 use ampkit::train::{open_backend, Progress, TrainConfig};
@@ -75,19 +77,7 @@ fn the_harness_reports_nan_and_unwritten_outputs() {
 }
 
 #[test]
-fn scaler_state_machine_and_update_rule() {
-    let mut stages = ScalerStages::new();
-    assert!(stages.update().is_err(), "update before an inf check");
-    stages.unscale().unwrap();
-    assert!(stages.unscale().is_err(), "unscale twice");
-    assert!(
-        !stages.step().unwrap(),
-        "step after unscale does not unscale again"
-    );
-    assert!(stages.step().is_err(), "step twice");
-    stages.update().unwrap();
-    assert_eq!(stages.stage(), Stage::Ready);
-
+fn scaler_update_rule() {
     let cfg = ScalerConfig {
         growth_interval: 2,
         ..ScalerConfig::default()
@@ -100,6 +90,171 @@ fn scaler_state_machine_and_update_rule() {
     update_scale(&mut state, false, &cfg); // two clean steps: grow
     assert_eq!(state.scale, 65536.0);
     assert!(LossScale::Static(0.0).validate().is_err());
+}
+
+/// The gradients of a step at `scale`: fixed values times the scale, an inf at step 1.
+fn scaled_grads(step: usize, scale: f32) -> Vec<Vec<f32>> {
+    let g = |n: usize, seed: u32| -> Vec<f32> {
+        let v = values(n, seed ^ step as u32);
+        v.iter().map(|h| h.to_f32() * scale).collect()
+    };
+    let mut grads = vec![g(6, 7), g(1030, 9)];
+    if step == 1 {
+        grads[1][1029] = f32::INFINITY;
+    }
+    grads
+}
+
+fn scale_cfg() -> LossScale {
+    LossScale::Dynamic(ScalerConfig {
+        growth_interval: 2,
+        ..ScalerConfig::default()
+    })
+}
+
+fn sgd() -> SgdConfig {
+    SgdConfig {
+        lr: 0.1,
+        momentum: 0.9,
+        ..SgdConfig::default()
+    }
+}
+
+/// Master weights, f16 copies and gradients of a two-tensor model, on the host.
+struct HostModel {
+    master: Vec<Vec<f32>>,
+    half: Vec<Vec<f16>>,
+}
+
+impl HostModel {
+    fn new() -> HostModel {
+        let master: Vec<Vec<f32>> = [(6, 1), (1030, 2)]
+            .iter()
+            .map(|&(n, s)| values(n, s).iter().map(|h| h.to_f32()).collect())
+            .collect();
+        let half = master
+            .iter()
+            .map(|m| m.iter().map(|&x| f16::from_f32(x)).collect())
+            .collect();
+        HostModel { master, half }
+    }
+
+    /// One AMP step after backward: `scaler.step(&mut opt, &mut params)`, `scaler.update()`.
+    fn step(&mut self, scaler: &mut CpuGradScaler, opt: &mut Sgd, step: usize) -> bool {
+        let mut grads = scaled_grads(step, scaler.scale());
+        let mut params: Vec<Param<'_>> = (self.master.iter_mut())
+            .zip(grads.iter_mut())
+            .zip(self.half.iter_mut())
+            .map(|((master, grad), half)| Param { master, grad, half })
+            .collect();
+        let skipped = scaler.step(opt, &mut params).unwrap().skipped();
+        scaler.update().unwrap();
+        skipped
+    }
+}
+
+#[test]
+fn amp_step_on_the_cpu_skips_overflows_refuses_misuse_and_resumes() {
+    let mut scaler = CpuGradScaler::new(scale_cfg()).unwrap();
+    let mut opt = Sgd::new(&Device::Cpu, sgd(), &[6, 1030]).unwrap();
+    let mut model = HostModel::new();
+    let mut scales = Vec::new();
+    for step in 0..3 {
+        assert_eq!(model.step(&mut scaler, &mut opt, step), step == 1);
+        scales.push(scaler.scale());
+    }
+    // Clean, overflow (×0.5, skipped), clean: 2 clean steps in a row only after the overflow.
+    assert_eq!(scales, [65536.0, 32768.0, 32768.0]);
+    assert_eq!(opt.step_count().unwrap(), 2);
+    assert_eq!(opt.moment(Moment::MomentumBuffer, 0).unwrap().len(), 6);
+
+    // Misuse is an ampkit::Error, not a panic, and changes nothing.
+    assert!(matches!(
+        scaler.update(),
+        Err(Error::InvalidArgument { .. })
+    ));
+    let mut g = scaled_grads(3, scaler.scale());
+    let mut views: Vec<&mut [f32]> = g.iter_mut().map(|v| &mut v[..]).collect();
+    scaler.unscale(&mut views).unwrap();
+    assert!(scaler.unscale(&mut views).is_err(), "unscale twice");
+    assert_eq!(scaler.stage(), Stage::Unscaled);
+    let mut fresh = CpuGradScaler::new(scale_cfg()).unwrap();
+    fresh.load_state_dict(&scaler.state_dict()).unwrap();
+    assert_eq!(fresh.stage(), Stage::Ready);
+
+    // The state dicts resume bit for bit.
+    let (opt_dict, scaler_dict) = (opt.state_dict().unwrap(), fresh.state_dict());
+    let mut opt2 = Sgd::new(&Device::Cpu, SgdConfig::default(), &[6, 1030]).unwrap();
+    opt2.load_state_dict(&opt_dict).unwrap();
+    let mut scaler2 = CpuGradScaler::new(LossScale::Off).unwrap();
+    scaler2.load_state_dict(&scaler_dict).unwrap();
+    let mut model2 = HostModel {
+        master: model.master.clone(),
+        half: model.half.clone(),
+    };
+    let mut scales = Vec::new();
+    for step in 3..6 {
+        model.step(&mut fresh, &mut opt, step);
+        model2.step(&mut scaler2, &mut opt2, step);
+        assert_eq!(model.master, model2.master);
+        assert_eq!(fresh.scale(), scaler2.scale());
+        scales.push(fresh.scale());
+    }
+    // The tracker (1 after step 2) came along: a growth after every second clean step.
+    assert_eq!(scales, [65536.0, 65536.0, 131072.0]);
+    assert_eq!(
+        opt2.config(),
+        opt.config(),
+        "the config came with the state dict"
+    );
+}
+
+#[test]
+fn amp_step_on_the_gpu_matches_the_cpu_twin_bit_for_bit() {
+    let Some(gpu) = gpu() else { return };
+    let device = Device::Cuda(gpu.clone());
+    let mut scaler = GradScaler::new(&gpu, scale_cfg()).unwrap();
+    let mut opt = ampkit::optim::Sgd::new(&device, sgd(), &[6, 1030]).unwrap();
+    let (mut cpu_scaler, mut cpu_opt, mut cpu) = (
+        CpuGradScaler::new(scale_cfg()).unwrap(),
+        Sgd::new(&Device::Cpu, sgd(), &[6, 1030]).unwrap(),
+        HostModel::new(),
+    );
+    let mut master: Vec<_> = cpu.master.iter().map(|m| gpu.upload(m).unwrap()).collect();
+    let mut half: Vec<_> = cpu.half.iter().map(|h| gpu.upload(h).unwrap()).collect();
+    for step in 0..5 {
+        let scale = scaler.get_scale().unwrap(); // for the test; a training loop never syncs
+        let mut grads: Vec<_> = scaled_grads(step, scale)
+            .iter()
+            .map(|g| gpu.upload(g).unwrap())
+            .collect();
+        let mut params: Vec<GpuParam<'_>> = (master.iter_mut())
+            .zip(grads.iter_mut())
+            .zip(half.iter_mut())
+            .map(|((m, g), h)| GpuParam {
+                master: m.slice_mut(..),
+                grad: g.slice_mut(..),
+                half: h.slice_mut(..),
+            })
+            .collect();
+        scaler.step(&mut opt, &mut params).unwrap();
+        drop(params);
+        scaler.update().unwrap();
+        let skipped = cpu.step(&mut cpu_scaler, &mut cpu_opt, step);
+        assert_eq!(gpu.download(scaler.found_inf()).unwrap()[0] != 0.0, skipped);
+        assert_eq!(scaler.get_scale().unwrap(), cpu_scaler.scale());
+        for (d, h) in master.iter().zip(&cpu.master) {
+            let got: Vec<u32> = gpu
+                .download(d)
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect();
+            let want: Vec<u32> = h.iter().map(|x| x.to_bits()).collect();
+            assert_eq!(got, want, "step {step}");
+        }
+    }
+    assert_eq!(opt.state_dict().unwrap(), cpu_opt.state_dict().unwrap());
 }
 
 /// 4×4 images: class 0 is bright on top, class 1 bright at the bottom, with noise.

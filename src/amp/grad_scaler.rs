@@ -1,0 +1,394 @@
+//! PyTorch's `GradScaler` as objects: [`GradScaler`] keeps its state in device memory and queues
+//! every step on the GPU without synchronising; [`CpuGradScaler`] is its host twin over the CPU
+//! references. The module doc of [`crate::amp`] shows one step.
+
+use super::{LossScale, ScalerStages, Stage};
+use crate::cpu::optim::ParamTensor;
+use crate::cpu::scaler::{update_scale, ScalerState};
+use crate::cpu::unscale::{inv_scale, unscale_and_check};
+use crate::cuda::{DeviceBuffer, Gpu};
+use crate::error::{Error, Result};
+use crate::ops;
+use crate::ops::optim::GpuParamTensor;
+use crate::optim::{GpuParam, Optimizer, Param, StepOutcome};
+use cudarc::driver::{CudaViewMut, DevicePtrMut};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// A scaler's state as plain data (serde), PyTorch's `GradScaler.state_dict()`: the mode with
+/// its hyperparameters, the scale and the growth tracker. The stage of a step in progress is
+/// not part of it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ScalerStateDict {
+    /// The loss-scaling mode and, when dynamic, its config.
+    pub loss_scale: LossScale,
+    /// The current loss scale (f32, PyTorch's `_scale`). Accepted: finite and ≥ 0 (a dynamic
+    /// scale without `min_scale` may have collapsed to 0).
+    pub scale: f32,
+    /// Clean steps since the last growth or backoff (i32, PyTorch's `_growth_tracker`).
+    pub growth_tracker: i32,
+}
+
+impl ScalerStateDict {
+    /// Checks the mode ([`LossScale::validate`]) and that the scale is finite and ≥ 0; returns
+    /// [`Error::InvalidArgument`] naming what is out of range.
+    pub fn validate(&self) -> Result<()> {
+        self.loss_scale.validate()?;
+        if !(self.scale.is_finite() && self.scale >= 0.0) {
+            return Err(Error::InvalidArgument {
+                op: "amp::ScalerStateDict::validate",
+                detail: format!(
+                    "scale = {}; accepted: a finite value ≥ 0, as the update rule produces",
+                    self.scale
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// PyTorch's `torch.amp.GradScaler` on a GPU: the scale, the growth tracker and the inf/NaN flag
+/// are one-element device buffers that every call updates in place with queued kernels. No call
+/// of a step ([`GradScaler::unscale`], [`GradScaler::step`], [`GradScaler::update`])
+/// synchronises, copies to the host or allocates device memory, and the buffers never move, so a
+/// whole step can be captured in a CUDA graph ([`Gpu::capture`]) and replayed.
+///
+/// Per step, in this order (the module doc of [`crate::amp`] has the code):
+/// 1. compute the loss's gradient at [`GradScaler::scale`] (the device scale the loss kernel
+///    multiplies by) and run backward: the gradients are scaled;
+/// 2. optionally [`GradScaler::unscale`] them (e.g. to clip them);
+/// 3. [`GradScaler::step`]: unscales unless step 2 did, then runs the optimizer, which changes
+///    nothing when an inf/NaN gradient was found;
+/// 4. [`GradScaler::update`]: the dynamic scale backs off (×`backoff_factor`) after an
+///    overflow and grows (×`growth_factor`, if still finite) after `growth_interval` clean
+///    steps.
+///
+/// Every result is bit-identical to the primitives it runs ([`ops::unscale::unscale_and_check`],
+/// the optimizer's fused kernel, [`ops::scaler::update_scale`]), and so to [`CpuGradScaler`]:
+/// the flag, the unscaled gradients, the scale and the tracker always (NaN payloads aside), the
+/// optimizer's results as the kernel matches [`crate::cpu::optim`] (bit for bit with a constant
+/// learning rate; a cosine schedule's f64 cosine may differ in its last bit between CUDA and
+/// libm before it is rounded to f32). Calls out of this order are refused
+/// like PyTorch refuses them ([`Error::InvalidArgument`], nothing changed): `unscale` twice or
+/// after `step`, `step` twice, `update` without an `unscale` or `step` since the last one. One
+/// optimizer per step: unscale all its gradients at once.
+///
+/// All work is queued on the stream of the `Gpu` the scaler was created with; create the
+/// optimizer with the same handle.
+#[derive(Debug)]
+pub struct GradScaler {
+    gpu: Arc<Gpu>,
+    mode: LossScale,
+    scale: DeviceBuffer<f32>,
+    growth_tracker: DeviceBuffer<i32>,
+    found_inf: DeviceBuffer<f32>,
+    stages: ScalerStages,
+}
+
+impl GradScaler {
+    /// A scaler on `gpu` at `loss_scale`'s initial scale, tracker 0, ready for a backward pass.
+    ///
+    /// Errors: [`Error::InvalidArgument`] when `loss_scale` fails [`LossScale::validate`];
+    /// [`Error::Driver`] when the three buffers cannot be allocated.
+    pub fn new(gpu: &Arc<Gpu>, loss_scale: LossScale) -> Result<GradScaler> {
+        loss_scale.validate()?;
+        Ok(GradScaler {
+            scale: gpu.upload(&[loss_scale.initial_scale()])?,
+            growth_tracker: gpu.alloc_zeros(1)?,
+            found_inf: gpu.alloc_zeros(1)?,
+            gpu: gpu.clone(),
+            mode: loss_scale,
+            stages: ScalerStages::new(),
+        })
+    }
+
+    /// The loss scale in device memory (one f32): pass it to the loss kernel (e.g.
+    /// [`ops::softmax::softmax_cross_entropy`]'s `scale`), which multiplies the loss gradient
+    /// by it — PyTorch's `scaler.scale(loss)`. [`GradScaler::update`] changes it in place.
+    pub fn scale(&self) -> &DeviceBuffer<f32> {
+        &self.scale
+    }
+
+    /// The current scale, copied to the host: waits for the work queued so far (PyTorch's
+    /// `get_scale()`). For logs; the step itself never needs it. Errors: [`Error::Driver`].
+    pub fn get_scale(&self) -> Result<f32> {
+        Ok(self.gpu.download(&self.scale)?[0])
+    }
+
+    /// The inf/NaN flag of the current (or last) step in device memory (one f32, 1.0 when a
+    /// gradient was inf or NaN and the optimizer step was skipped, else 0.0): copy it where you
+    /// keep per-step records. Cleared by the next unscale.
+    pub fn found_inf(&self) -> &DeviceBuffer<f32> {
+        &self.found_inf
+    }
+
+    /// The loss-scaling mode.
+    pub fn loss_scale(&self) -> &LossScale {
+        &self.mode
+    }
+
+    /// Where the current step stands.
+    pub fn stage(&self) -> Stage {
+        self.stages.stage()
+    }
+
+    /// PyTorch's `unscale_(optimizer)`: multiplies every gradient in place by
+    /// `f32(1 / f64(scale))` (skipped when that is exactly 1) and records in
+    /// [`GradScaler::found_inf`] whether any was inf or NaN, in one launch per 96 tensors.
+    /// Pass all gradients of the optimizer at once; [`GradScaler::step`] then does not unscale
+    /// again.
+    ///
+    /// Errors, with nothing queued: [`Error::InvalidArgument`] when called twice in a step or
+    /// after [`GradScaler::step`], or for a misaligned tensor; otherwise as
+    /// [`ops::unscale::unscale_and_check`].
+    pub fn unscale<D: DevicePtrMut<f32>>(&mut self, grads: &mut [D]) -> Result<()> {
+        let mut next = self.stages;
+        next.unscale()?;
+        self.unscale_now(grads)?;
+        self.stages = next;
+        Ok(())
+    }
+
+    /// Clears the flag, then unscales and checks (the flag is an OR over the call).
+    fn unscale_now<D: DevicePtrMut<f32>>(&mut self, grads: &mut [D]) -> Result<()> {
+        self.gpu
+            .stream()
+            .memset_zeros(&mut self.found_inf)
+            .map_err(Error::driver("clearing found_inf"))?;
+        ops::unscale::unscale_and_check(&self.gpu, grads, &self.scale, &mut self.found_inf)
+    }
+
+    /// PyTorch's `step(optimizer)`: unscales the gradients in `params` unless
+    /// [`GradScaler::unscale`] already did this step, then queues one optimizer step over every
+    /// tensor, which the device skips entirely (masters, f16 copies, moments, step counter)
+    /// when the flag is set. `params` are in the order, and of the lengths, the optimizer was
+    /// created for. Nothing synchronises: whether the step was skipped is
+    /// [`GradScaler::found_inf`].
+    ///
+    /// Errors, all before anything is queued or changed: [`Error::InvalidArgument`] when called
+    /// twice in a step, for an optimizer on the host or created with another `Gpu` handle, or
+    /// for an optimizer error [`crate::ops::optim::GpuOptimizer::step`] lists;
+    /// [`Error::ShapeMismatch`] when the tensor count or a length disagrees with the optimizer.
+    pub fn step<O: Optimizer + ?Sized>(
+        &mut self,
+        optimizer: &mut O,
+        params: &mut [GpuParam<'_>],
+    ) -> Result<()> {
+        const OP: &str = "amp::GradScaler::step";
+        let mut next = self.stages;
+        let unscale = next.step()?;
+        let lens: Vec<[usize; 3]> = (params.iter())
+            .map(|p| [p.master.len(), p.grad.len(), p.half.len()])
+            .collect();
+        let inner = optimizer.inner_mut();
+        inner.check_device(OP, &self.gpu, &lens)?;
+        if unscale {
+            let mut grads: Vec<CudaViewMut<'_, f32>> =
+                params.iter_mut().map(|p| p.grad.slice_mut(..)).collect();
+            self.unscale_now(&mut grads)?;
+        }
+        let mut tensors: Vec<GpuParamTensor<'_>> = params
+            .iter_mut()
+            .map(|p| GpuParamTensor {
+                master: p.master.slice_mut(..),
+                grad: p.grad.slice(..),
+                half: p.half.slice_mut(..),
+            })
+            .collect();
+        inner.step_device(&self.gpu, &mut tensors, &self.found_inf)?;
+        self.stages = next;
+        Ok(())
+    }
+
+    /// PyTorch's `update()`: with [`LossScale::Dynamic`], one launch applies the update rule of
+    /// [`crate::cpu::scaler`] to the device scale and tracker from this step's flag; with
+    /// [`LossScale::Static`] and [`LossScale::Off`] the scale stays. Ends the step.
+    ///
+    /// Errors, with nothing queued: [`Error::InvalidArgument`] when neither
+    /// [`GradScaler::unscale`] nor [`GradScaler::step`] ran since the last update (PyTorch:
+    /// "No inf checks were recorded"); [`Error::Launch`] when the launch fails.
+    pub fn update(&mut self) -> Result<()> {
+        let mut next = self.stages;
+        next.update()?;
+        if let Some(cfg) = self.mode.dynamic() {
+            ops::scaler::update_scale(
+                &self.gpu,
+                &mut self.scale,
+                &mut self.growth_tracker,
+                &self.found_inf,
+                cfg,
+            )?;
+        }
+        self.stages = next;
+        Ok(())
+    }
+
+    /// The state as plain data: copies the scale and tracker to the host (waits for the queued
+    /// work). Errors: [`Error::Driver`].
+    pub fn state_dict(&self) -> Result<ScalerStateDict> {
+        Ok(ScalerStateDict {
+            loss_scale: self.mode,
+            scale: self.get_scale()?,
+            growth_tracker: self.gpu.download(&self.growth_tracker)?[0],
+        })
+    }
+
+    /// Replaces the mode, scale and tracker with `dict`'s, copied into the existing device
+    /// buffers (their addresses, and a CUDA graph captured over them, stay valid), and starts a
+    /// new step. The scale is taken as it is, also for a static mode.
+    ///
+    /// Errors, with nothing changed: [`Error::InvalidArgument`] when `dict` fails
+    /// [`ScalerStateDict::validate`]; [`Error::Driver`] when a copy fails.
+    pub fn load_state_dict(&mut self, dict: &ScalerStateDict) -> Result<()> {
+        dict.validate()?;
+        let stream = self.gpu.stream();
+        stream
+            .memcpy_htod(&[dict.scale], &mut self.scale)
+            .map_err(Error::driver("copying the loss scale to the device"))?;
+        stream
+            .memcpy_htod(&[dict.growth_tracker], &mut self.growth_tracker)
+            .map_err(Error::driver("copying the growth tracker to the device"))?;
+        self.mode = dict.loss_scale;
+        self.stages = ScalerStages::new();
+        Ok(())
+    }
+
+    /// Back to the start of a step, for a caller whose step was abandoned before it ran (a
+    /// CUDA-graph capture that failed queues nothing).
+    pub(crate) fn restart_step(&mut self) {
+        self.stages = ScalerStages::new();
+    }
+}
+
+/// [`GradScaler`]'s twin on the CPU references, with the same calls and results: the scale and
+/// tracker are a [`ScalerState`], the flag a `bool`, and each call runs
+/// [`crate::cpu::unscale::unscale_and_check`], [`crate::cpu::optim::step`] and
+/// [`crate::cpu::scaler::update_scale`] exactly as a hand-written step would, so results are
+/// bit-identical to those (and to the GPU, as [`GradScaler`] says). Misuse is refused as by
+/// [`GradScaler`].
+#[derive(Debug, Clone)]
+pub struct CpuGradScaler {
+    mode: LossScale,
+    state: ScalerState,
+    found_inf: bool,
+    stages: ScalerStages,
+}
+
+impl CpuGradScaler {
+    /// A scaler at `loss_scale`'s initial scale, tracker 0, ready for a backward pass.
+    /// Errors: [`Error::InvalidArgument`] when `loss_scale` fails [`LossScale::validate`].
+    pub fn new(loss_scale: LossScale) -> Result<CpuGradScaler> {
+        loss_scale.validate()?;
+        Ok(CpuGradScaler {
+            state: ScalerState {
+                scale: loss_scale.initial_scale(),
+                growth_tracker: 0,
+            },
+            mode: loss_scale,
+            found_inf: false,
+            stages: ScalerStages::new(),
+        })
+    }
+
+    /// The loss scale the loss gradient is multiplied by (PyTorch's `scaler.scale(loss)` is
+    /// `loss * scale()`).
+    pub fn scale(&self) -> f32 {
+        self.state.scale
+    }
+
+    /// Whether the current (or last) step found an inf/NaN gradient (and so skipped the
+    /// optimizer step). Cleared by the next unscale.
+    pub fn found_inf(&self) -> bool {
+        self.found_inf
+    }
+
+    /// The loss-scaling mode.
+    pub fn loss_scale(&self) -> &LossScale {
+        &self.mode
+    }
+
+    /// Where the current step stands.
+    pub fn stage(&self) -> Stage {
+        self.stages.stage()
+    }
+
+    /// [`GradScaler::unscale`] on the host: `g *= f32(1 / f64(scale))` unless that is 1, and
+    /// records whether any input was inf or NaN. Errors: [`Error::InvalidArgument`] when
+    /// called twice in a step or after [`CpuGradScaler::step`] (nothing changed).
+    pub fn unscale(&mut self, grads: &mut [&mut [f32]]) -> Result<()> {
+        self.stages.unscale()?;
+        self.found_inf = unscale_and_check(grads, inv_scale(self.state.scale));
+        Ok(())
+    }
+
+    /// [`GradScaler::step`] on the host: unscales unless already done this step, then the
+    /// optimizer step, skipped when an inf/NaN was found; returns which it was.
+    ///
+    /// Errors, all before anything changes: [`Error::InvalidArgument`] when called twice in a
+    /// step or for an optimizer on a GPU; [`Error::ShapeMismatch`] when the tensor count or a
+    /// length disagrees with the optimizer.
+    pub fn step<O: Optimizer + ?Sized>(
+        &mut self,
+        optimizer: &mut O,
+        params: &mut [Param<'_>],
+    ) -> Result<StepOutcome> {
+        const OP: &str = "amp::CpuGradScaler::step";
+        let mut next = self.stages;
+        let unscale = next.step()?;
+        let lens: Vec<[usize; 3]> = (params.iter())
+            .map(|p| [p.master.len(), p.grad.len(), p.half.len()])
+            .collect();
+        let inner = optimizer.inner_mut();
+        inner.check_host(OP, &lens)?;
+        if unscale {
+            let mut grads: Vec<&mut [f32]> = params.iter_mut().map(|p| &mut *p.grad).collect();
+            self.found_inf = unscale_and_check(&mut grads, inv_scale(self.state.scale));
+        }
+        let mut tensors: Vec<ParamTensor<'_>> = params
+            .iter_mut()
+            .map(|p| ParamTensor {
+                master: &mut *p.master,
+                grad: &*p.grad,
+                half: &mut *p.half,
+            })
+            .collect();
+        let outcome = inner.step_host(&mut tensors, self.found_inf)?;
+        self.stages = next;
+        Ok(outcome)
+    }
+
+    /// [`GradScaler::update`] on the host ([`crate::cpu::scaler::update_scale`] for a dynamic
+    /// scale). Errors: [`Error::InvalidArgument`] when no unscale or step ran since the last
+    /// update.
+    pub fn update(&mut self) -> Result<()> {
+        self.stages.update()?;
+        if let Some(cfg) = self.mode.dynamic() {
+            update_scale(&mut self.state, self.found_inf, cfg);
+        }
+        Ok(())
+    }
+
+    /// The state as plain data.
+    pub fn state_dict(&self) -> ScalerStateDict {
+        ScalerStateDict {
+            loss_scale: self.mode,
+            scale: self.state.scale,
+            growth_tracker: self.state.growth_tracker,
+        }
+    }
+
+    /// Replaces the mode, scale and tracker with `dict`'s and starts a new step, as
+    /// [`GradScaler::load_state_dict`]. Errors: [`Error::InvalidArgument`] when `dict` fails
+    /// [`ScalerStateDict::validate`] (nothing changed).
+    pub fn load_state_dict(&mut self, dict: &ScalerStateDict) -> Result<()> {
+        dict.validate()?;
+        self.mode = dict.loss_scale;
+        self.state = ScalerState {
+            scale: dict.scale,
+            growth_tracker: dict.growth_tracker,
+        };
+        self.found_inf = false;
+        self.stages = ScalerStages::new();
+        Ok(())
+    }
+}
