@@ -12,12 +12,13 @@
 //! cargo run --release --example 04_amp_step
 
 use ampkit::amp::ScalerStages;
-use ampkit::cpu::gemm::{Epilogue as CpuEpilogue, GemmShape, Layout};
+use ampkit::cpu::gemm::Epilogue as CpuEpilogue;
 use ampkit::cpu::optim::{OptimizerConfig, OptimizerState, ParamTensor};
 use ampkit::cpu::scaler::{ScalerConfig, ScalerState};
 use ampkit::cpu::{self, optim, unscale};
 use ampkit::cuda::{DeviceBuffer, Gpu};
 use ampkit::ops::{self, gemm::Epilogue, optim::GpuOptimizer, optim::GpuParamTensor};
+use ampkit::shape::{GemmShape, Layout};
 use ampkit::{f16, Device, Result};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 

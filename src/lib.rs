@@ -14,7 +14,8 @@
 //!
 //! ```
 //! use ampkit::check::{compare, Tolerance};
-//! use ampkit::cpu::gemm::{gemm, gemm_f64, Epilogue, GemmShape, Layout};
+//! use ampkit::cpu::gemm::{gemm, gemm_f64, Epilogue};
+//! use ampkit::shape::{GemmShape, Layout};
 //! use ampkit::f16;
 //!
 //! # fn main() -> ampkit::Result<()> {
@@ -40,7 +41,7 @@
 //! the same way (`no_run` here: it needs a GPU; see `examples/02_gemm.rs`):
 //!
 //! ```no_run
-//! # use ampkit::cpu::gemm::{GemmShape, Layout};
+//! # use ampkit::shape::{GemmShape, Layout};
 //! # use ampkit::f16;
 //! # fn main() -> ampkit::Result<()> {
 //! # let (m, n, k) = (8, 16, 32);
@@ -83,6 +84,7 @@
 //! - [`cpu`]: the reference of every op (rayon), same names and argument order, each module
 //!   documenting its exact semantics (rounding, NaN/inf, operation order) so a kernel can match
 //!   it. Public so you can validate your own kernels against it.
+//! - [`shape`]: problem shapes both twins take ([`shape::GemmShape`], [`shape::Layout`]).
 //! - [`check`]: the tolerance harness: relative L2 and elementwise `atol + rtol·|ref|` against an
 //!   f64 reference, NaN only where expected, poisoned-output checks, finite differences.
 //! - [`amp`]: loss-scaling modes, `GradScaler`'s call-order state machine
@@ -127,6 +129,7 @@ mod error;
 pub mod kernels;
 pub mod nn;
 pub mod ops;
+pub mod shape;
 pub mod train;
 
 pub use device::Device;

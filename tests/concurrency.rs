@@ -7,7 +7,6 @@
 
 mod common;
 
-use ampkit::cpu::gemm::{GemmShape, Layout};
 use ampkit::cpu::optim::OptimizerConfig;
 use ampkit::cuda::{DeviceBuffer, Gpu};
 use ampkit::f16;
@@ -15,6 +14,7 @@ use ampkit::nn::MlpConfig;
 use ampkit::ops::gemm::{self, Epilogue};
 use ampkit::ops::optim::{GpuOptimizer, GpuParamTensor};
 use ampkit::ops::{cast, layernorm, relu, softmax, unscale};
+use ampkit::shape::{GemmShape, Layout};
 use ampkit::train::gpu_backend::GpuBackend;
 use ampkit::train::{Backend, TrainConfig};
 use rand::rngs::StdRng;

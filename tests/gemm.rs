@@ -10,14 +10,13 @@
 mod common;
 
 use ampkit::check::{compare, Tolerance};
-use ampkit::cpu::gemm::{
-    bias_grad as cpu_bias_grad, gemm_f64, Epilogue as CpuEpilogue, GemmShape, Layout,
-};
+use ampkit::cpu::gemm::{bias_grad as cpu_bias_grad, gemm_f64, Epilogue as CpuEpilogue};
 use ampkit::cuda::Gpu;
 use ampkit::ops::gemm::{
     bias_grad, configs_for, gemm, gemm_with_plan, Epilogue, GemmOutput, Plan, CONFIGS, GROUP_M,
     UNALIGNED,
 };
+use ampkit::shape::{GemmShape, Layout};
 use ampkit::Error;
 use common::{assert_all_written, assert_close, gpu, rng, sanitizing, sized};
 use half::f16;

@@ -1,14 +1,8 @@
 //! GEMM on the CPU: f16 (or f32) operands, f32 accumulation, the three layouts of an MLP, fused
 //! epilogues. The reference for the tensor-core GEMM and the CPU training backend's workhorse.
 //!
-//! Every matrix is row-major and read in place, in the layout an MLP stores it (W is
-//! `[out, in]` like PyTorch's `nn.Linear`). The output is always `C[m, n]`, contracted over `k`:
-//!
-//! | [`Layout`] | computes | A | B |
-//! |---|---|---|---|
-//! | `Forward` | `Y = X·Wᵀ` | X `[m, k]` | W `[n, k]` |
-//! | `Dgrad` | `dX = dY·W` | dY `[m, k]` | W `[k, n]` |
-//! | `Wgrad` | `dW = dYᵀ·X` | dY `[k, m]` | X `[k, n]` |
+//! Operands are read in place in the layouts of [`crate::shape::Layout`] (the table of operand
+//! shapes is in [`crate::shape`]); the output is always `C[m, n]`, contracted over `k`.
 //!
 //! Epilogue, per element, in the accumulator's precision: `v = alpha·acc`, then `v += bias[j]`
 //! (a bias per output column), then `v += beta·C_old` (only when `beta ≠ 0`: with `beta = 0` the
@@ -31,36 +25,10 @@ use crate::cpu::Element;
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 
-/// Which product [`gemm`] computes; see the module doc for the operand shapes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Layout {
-    /// Forward: `C[m,n] = A[m,k] · B[n,k]ᵀ` (`Y = X·Wᵀ`).
-    Forward = 0,
-    /// Data gradient: `C[m,n] = A[m,k] · B[k,n]` (`dX = dY·W`).
-    Dgrad = 1,
-    /// Weight gradient: `C[m,n] = A[k,m]ᵀ · B[k,n]` (`dW = dYᵀ·X`).
-    Wgrad = 2,
-}
-
-/// The problem size: which layout, and `C[m, n]` contracted over `k`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct GemmShape {
-    /// Which operand layout (see the module doc).
-    pub layout: Layout,
-    /// Rows of C.
-    pub m: usize,
-    /// Columns of C.
-    pub n: usize,
-    /// The contracted dimension.
-    pub k: usize,
-}
-
-impl GemmShape {
-    /// A `layout` product giving `C[m, n]`, contracted over `k`.
-    pub fn new(layout: Layout, m: usize, n: usize, k: usize) -> Self {
-        GemmShape { layout, m, n, k }
-    }
-}
+// The shapes' old path, kept only for the benchmark code (src/bench, benches/) until it moves
+// to `crate::shape`; not part of the API.
+#[doc(hidden)]
+pub use crate::shape::{GemmShape, Layout};
 
 /// What happens to the product before it is stored; see the module doc for the order.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -121,7 +89,8 @@ impl<'a> Epilogue<'a> {
 ///
 /// ```
 /// use ampkit::check::{compare, Tolerance};
-/// use ampkit::cpu::gemm::{gemm, gemm_f64, Epilogue, GemmShape, Layout};
+/// use ampkit::cpu::gemm::{gemm, gemm_f64, Epilogue};
+/// use ampkit::shape::{GemmShape, Layout};
 /// use ampkit::f16;
 /// // A linear layer's forward, Y = relu(X·Wᵀ + b): X [2, 3], W [4, 3], b [4], Y [2, 4].
 /// let x: Vec<f16> = [1.0, 2.0, 3.0, -1.0, 0.5, 0.25].map(f16::from_f32).to_vec();
@@ -240,15 +209,6 @@ pub fn bias_grad<G: Element, D: Element>(
     Ok(())
 }
 
-/// Operand shapes `(A rows, A cols, B rows, B cols)` as stored, for a layout.
-fn stored_shapes(layout: Layout, m: usize, n: usize, k: usize) -> [(usize, usize); 2] {
-    match layout {
-        Layout::Forward => [(m, k), (n, k)],
-        Layout::Dgrad => [(m, k), (k, n)],
-        Layout::Wgrad => [(k, m), (k, n)],
-    }
-}
-
 /// Strides (row, column) of the logical `A[m,k]` and `B[k,n]` inside the stored operands.
 fn logical_strides(layout: Layout, m: usize, n: usize, k: usize) -> [(isize, isize); 2] {
     let (m, n, k) = (m as isize, n as isize, k as isize);
@@ -263,11 +223,12 @@ fn logical_strides(layout: Layout, m: usize, n: usize, k: usize) -> [(isize, isi
 /// wrapper so both report the same errors.
 pub(crate) fn check_shapes(
     op: &'static str,
-    GemmShape { layout, m, n, k }: GemmShape,
+    shape: GemmShape,
     [a_len, b_len, c_len]: [usize; 3],
     bias_len: Option<usize>,
 ) -> Result<()> {
-    let [(ar, ac), (br, bc)] = stored_shapes(layout, m, n, k);
+    let GemmShape { m, n, .. } = shape;
+    let [(ar, ac), (br, bc)] = shape.stored();
     expect_len(op, "A", a_len, ar, ac)?;
     expect_len(op, "B", b_len, br, bc)?;
     expect_len(op, "C", c_len, m, n)?;

@@ -3,10 +3,10 @@
 //! compute capability 9.0 for aligned operands; results match the mma.sync kernels' contract
 //! (f32 accumulation, one rounding in the shared epilogue).
 
-use crate::cpu::gemm::Layout;
 use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
 use crate::error::{Error, Result};
 use crate::kernels;
+use crate::shape::Layout;
 use cudarc::driver::sys::{
     cuTensorMapEncodeTiled, CUresult, CUtensorMap, CUtensorMapDataType, CUtensorMapFloatOOBfill,
     CUtensorMapInterleave, CUtensorMapL2promotion, CUtensorMapSwizzle,

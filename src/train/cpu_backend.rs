@@ -12,13 +12,14 @@ use super::backend::{Backend, BackendState, Evaluation, StepRecord};
 use super::config::TrainConfig;
 use super::memory;
 use crate::amp::{LossScale, ScalerStages};
-use crate::cpu::gemm::{bias_grad, gemm, Epilogue, GemmShape, Layout};
+use crate::cpu::gemm::{bias_grad, gemm, Epilogue};
 use crate::cpu::optim::{self, OptimizerConfig, OptimizerState, ParamTensor};
 use crate::cpu::scaler::{update_scale, ScalerState};
 use crate::cpu::schedule::LrSchedule;
 use crate::cpu::{layernorm, relu, softmax, unscale};
 use crate::error::{Error, Result};
 use crate::nn::{init_parameters, MlpConfig, Tensor, LAYERNORM_EPS};
+use crate::shape::{GemmShape, Layout};
 use half::f16;
 
 /// Indices into the parameter list of one linear layer's tensors.

@@ -32,7 +32,7 @@
 //!
 //! ```no_run
 //! # fn main() -> ampkit::Result<()> {
-//! use ampkit::cpu::gemm::{GemmShape, Layout};
+//! use ampkit::shape::{GemmShape, Layout};
 //! use ampkit::ops::gemm::{gemm, Epilogue};
 //! use ampkit::{cuda::Gpu, f16};
 //! let gpu = Gpu::new(0)?;
@@ -45,11 +45,12 @@
 //! # Ok(()) }
 //! ```
 
-use crate::cpu::gemm::{check_shapes, GemmShape, Layout};
+use crate::cpu::gemm::check_shapes;
 use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
 use crate::error::{Error, Result};
 use crate::kernels;
 use crate::ops::gemm_sm90;
+use crate::shape::{GemmShape, Layout};
 
 mod plan;
 use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut, DeviceRepr};
@@ -133,7 +134,7 @@ impl BiasGradInput for f32 {
 
 /// `C[m, n] = epilogue(A·B)` on the GPU, f16 operands, f32 accumulation, f16 or f32 output
 /// (`C` is the output element type; write `gemm::<f32, _, _, _>` when it cannot be inferred).
-/// Operand layouts are in [`crate::cpu::gemm`]'s module doc; the tolerance against the CPU
+/// Operand layouts are in [`crate::shape`]'s module doc; the tolerance against the CPU
 /// reference is in the [module doc](self). Queued on [`Gpu::stream`]; does not synchronise.
 ///
 /// Errors, all before any launch: [`Error::ShapeMismatch`] when a buffer's length does not match

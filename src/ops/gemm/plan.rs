@@ -1,8 +1,8 @@
 //! The GEMM's tile configurations and the cost-model planner that picks one (and a K-split) per
 //! shape: tuning internals, public but `#[doc(hidden)]` for ampkit's tests and benchmarks.
 
-use crate::cpu::gemm::{GemmShape, Layout};
 use crate::cuda::Gpu;
+use crate::shape::{GemmShape, Layout};
 
 /// A block-tile configuration of `kernels/gemm.cu` (must match its `AMPKIT_GEMM_LAYOUT`).
 /// Tuning internals for tests and benchmarks; not part of the stable API.

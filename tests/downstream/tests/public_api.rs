@@ -4,9 +4,10 @@
 
 use ampkit::amp::{LossScale, ScalerStages, Stage};
 use ampkit::check::{compare, unwritten, Tolerance};
-use ampkit::cpu::gemm::{gemm_f64, Epilogue, GemmShape, Layout};
+use ampkit::cpu::gemm::{gemm_f64, Epilogue};
 use ampkit::cpu::scaler::{update_scale, ScalerConfig, ScalerState};
 use ampkit::cuda::Gpu;
+use ampkit::shape::{GemmShape, Layout};
 use ampkit::train::data::Dataset;
 use ampkit::train::trainer::{self, Outputs};
 use ampkit::train::{open_backend, Progress, TrainConfig};
