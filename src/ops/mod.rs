@@ -48,7 +48,6 @@
 pub mod blas;
 pub mod cast;
 pub mod gemm;
-mod gemm_sm90;
 pub mod layernorm;
 pub mod optim;
 mod plan;

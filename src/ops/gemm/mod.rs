@@ -49,10 +49,10 @@ use crate::cpu::gemm::check_shapes;
 use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
 use crate::error::{Error, Result};
 use crate::kernels;
-use crate::ops::gemm_sm90;
 use crate::shape::{GemmShape, Layout};
 
 mod plan;
+mod sm90;
 use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut, DeviceRepr};
 use half::f16;
 #[doc(hidden)]
@@ -256,19 +256,19 @@ where
     let kernel = p.config.kernels[layout as usize];
     let launch_main = |out: u64, out_kind: i32| {
         if p.config.hopper {
-            let (a_mn, b_mn) = gemm_sm90::mn_major(layout);
-            let operand = |ptr, mn: bool, rows: usize, tile_rows| gemm_sm90::Operand {
+            let (a_mn, b_mn) = sm90::mn_major(layout);
+            let operand = |ptr, mn: bool, rows: usize, tile_rows| sm90::Operand {
                 ptr,
                 inner: if mn { rows } else { k },
                 outer: if mn { k } else { rows },
                 k_major: !mn,
                 tile_rows,
             };
-            return gemm_sm90::launch(
+            return sm90::launch(
                 gpu,
                 &operand(a_ptr, a_mn, m, p.config.bm),
                 &operand(b_ptr, b_mn, n, p.config.bn),
-                &gemm_sm90::Launch {
+                &sm90::Launch {
                     kernel,
                     cfg,
                     out,

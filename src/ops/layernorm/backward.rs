@@ -1,7 +1,7 @@
 //! The LayerNorm backward: launch plans (warp or block per row, prefetch, clusters or two-pass
 //! for long rows) and the entry points; see the parent module's docs.
 
-use super::cluster::{self, ClusterShape};
+use super::sm90::{self, ClusterShape};
 use super::vec_index;
 use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
 use crate::error::{expect_len, matrix_len, Error, Result};
@@ -108,7 +108,7 @@ fn block_mode_rows(rows: usize, cols: usize) -> usize {
 /// column sums round the same way on every GPU of a kind. Warp mode takes rows of up to
 /// `32·min(max_warp_p, WARP_MAX_P)` packs; longer rows take a block per row with prefetch (or
 /// without, where only that fits the launch bound) up to 8192 columns, then clusters where they
-/// fit ([`cluster::bwd_plan`]), else the two-pass path.
+/// fit ([`sm90::bwd_plan`]), else the two-pass path.
 pub(crate) fn bwd_plan(
     rows: usize,
     cols: usize,
@@ -118,7 +118,7 @@ pub(crate) fn bwd_plan(
 ) -> BwdPlan {
     let packs = cols / vec;
     let cluster = || {
-        let (s, g) = cluster::bwd_plan(rows, cols, vec).filter(|_| clusters)?;
+        let (s, g) = sm90::bwd_plan(rows, cols, vec).filter(|_| clusters)?;
         Some(BwdForce::Cluster {
             c: s.c,
             p: s.p,
@@ -201,7 +201,7 @@ pub(crate) fn forced_plan(
         }
         BwdForce::TwoPass { min_rows } => (BwdShape::TwoPass, min_rows),
         BwdForce::Cluster { c, p, clusters } => {
-            let shape = cluster::bwd_shape(packs, c, p).filter(|_| vec == 4)?;
+            let shape = sm90::bwd_shape(packs, c, p).filter(|_| vec == 4)?;
             if !(1..=MAX_PARTS).contains(&clusters) {
                 return None;
             }
@@ -377,7 +377,7 @@ where
     check_aligned(OP, &others.map(|(n, a)| (n, a, 4)))?;
     let vec = vec_width(cols, &named.map(|(_, a)| (a, 4)));
     let plan = match choice {
-        Choice::WarpLimit(p) => bwd_plan(rows, cols, vec, p, cluster::available(gpu)),
+        Choice::WarpLimit(p) => bwd_plan(rows, cols, vec, p, sm90::available(gpu)),
         Choice::Forced(force) => {
             forced_plan(rows, cols, vec, force).ok_or_else(|| Error::InvalidArgument {
                 op: OP,
@@ -386,7 +386,7 @@ where
         }
     };
     if let BwdShape::Cluster(_) = plan.shape {
-        cluster::require(OP, gpu)?;
+        sm90::require(OP, gpu)?;
     }
     let partial_bytes = (plan.parts * 2 * cols * 4).next_multiple_of(256);
     let stats_bytes = match plan.shape {
@@ -468,7 +468,7 @@ where
                 }
                 BwdShape::Cluster(shape) => {
                     let ptrs = [dyp, xp, mp, rp, gp, dxp, partial];
-                    cluster::launch_bwd(gpu, shape, plan.parts, ri, ci, ptrs)?;
+                    sm90::launch_bwd(gpu, shape, plan.parts, ri, ci, ptrs)?;
                 }
             }
         }

@@ -42,7 +42,7 @@ use crate::ops::rows::{
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 
 mod backward;
-mod cluster;
+mod sm90;
 pub use backward::backward;
 #[doc(hidden)]
 pub use backward::{backward_forced, backward_with_warp_limit, BwdForce};
@@ -174,15 +174,15 @@ where
     expect_len(OP, "rstd", rstd.len(), rows, "rows")?;
     let (ri, ci) = kernel_dims(OP, rows, cols)?;
     if let Some(FwdForce::Cluster { c, p }) = force {
-        let fits = cluster::fwd_shape(cols / 4, c, p)
-            .filter(|_| cols % 4 == 0 && cluster::grid_fits(rows, c));
+        let fits =
+            sm90::fwd_shape(cols / 4, c, p).filter(|_| cols % 4 == 0 && sm90::grid_fits(rows, c));
         if fits.is_none() {
             return Err(Error::InvalidArgument {
                 op: OP,
                 detail: format!("{force:?} does not fit {rows} rows of {cols} columns"),
             });
         }
-        cluster::require(OP, gpu)?;
+        sm90::require(OP, gpu)?;
     }
     if rows == 0 {
         return Ok(());
@@ -199,7 +199,7 @@ where
     check_aligned(OP, &[("mean", mp, 4), ("rstd", rp, 4)])?;
     let vec = vec_width(cols, &named.map(|(_, a)| (a, 4)));
     let shape = match force {
-        None if cluster::available(gpu) => cluster::fwd_plan(rows, cols, vec),
+        None if sm90::available(gpu) => sm90::fwd_plan(rows, cols, vec),
         None | Some(FwdForce::Portable) => None,
         Some(FwdForce::Cluster { c, p }) => {
             if vec != 4 {
@@ -208,12 +208,12 @@ where
                     detail: format!("{force:?} needs 16-byte aligned x, gamma, beta and y"),
                 });
             }
-            cluster::fwd_shape(cols / 4, c, p)
+            sm90::fwd_shape(cols / 4, c, p)
         }
     };
     if let Some(shape) = shape {
         let ptrs = [xp, gp, bp, yp, mp, rp];
-        return cluster::launch_fwd(gpu, shape, rows, ci, eps, ptrs);
+        return sm90::launch_fwd(gpu, shape, rows, ci, eps, ptrs);
     }
     let mut args = KernelArgs::new();
     args.push(xp).push(gp).push(bp).push(yp).push(mp).push(rp);
