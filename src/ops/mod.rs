@@ -47,6 +47,7 @@
 
 pub mod blas;
 pub mod cast;
+pub mod cross_entropy;
 pub mod gemm;
 pub mod layernorm;
 pub mod optim;

@@ -129,28 +129,13 @@ macro_rules! softmax_clusters {
     };
 }
 
-/// `["<prefix>_v{vec}_p1", … "_p8"]`: a loss kernel keeping the row in registers, for one access
-/// width and packs per thread 1, 2, 4, 8.
-macro_rules! ce_rows_names {
-    ($prefix:literal, $vec:literal) => {
-        [
-            concat!($prefix, "_v", $vec, "_p1"),
-            concat!($prefix, "_v", $vec, "_p2"),
-            concat!($prefix, "_v", $vec, "_p4"),
-            concat!($prefix, "_v", $vec, "_p8"),
-        ]
-    };
-}
-
-// After the macro above: the loss module uses it (macro_rules! scope is textual).
-mod ce_plan;
-mod cross_entropy;
+// The loss's old paths, kept only for the benchmark code (src/bench, benches/) until it moves to
+// `crate::ops::cross_entropy`; not part of the API.
+pub(crate) use crate::ops::cross_entropy::ce_force_fits;
 #[doc(hidden)]
-pub use ce_plan::{CeForce, GroupKernel};
-pub(crate) use cross_entropy::ce_force_fits;
-#[doc(hidden)]
-pub use cross_entropy::softmax_cross_entropy_forced;
-pub use cross_entropy::{softmax_cross_entropy, Grad, Logit};
+pub use crate::ops::cross_entropy::{
+    softmax_cross_entropy, softmax_cross_entropy_forced, CeForce, Grad, GroupKernel, Logit,
+};
 
 /// Whether `force` fits rows of `cols` columns on `gpu` for the forward (`bwd`: the backward)
 /// with 16-byte aligned buffers, without launching anything.
@@ -438,22 +423,14 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::ce_plan::ce_rows_bound;
-    use super::cross_entropy::*;
     use super::*;
     use crate::error::Error;
     use crate::ops::rows::*;
-    use half::f16;
 
     #[test]
     fn every_kernel_name_exists_with_the_host_launch_bound() {
         let sm90 = kernels::SOFTMAX_SM90.ptx;
-        for k in FWD_CLUSTER
-            .iter()
-            .chain(&BWD_CLUSTER)
-            .chain(f32::CLUSTER)
-            .chain(f16::CLUSTER)
-        {
+        for k in FWD_CLUSTER.iter().chain(&BWD_CLUSTER) {
             assert_eq!(ptx_maxntid(sm90, k.name), Some(k.bound), "{}", k.name);
             assert!(
                 sm90.contains(&format!(".entry {}(", k.name))
@@ -461,12 +438,6 @@ mod tests {
                 "{}",
                 k.name
             );
-        }
-        let ce = kernels::CROSS_ENTROPY.ptx;
-        for g in f32::GROUPS.iter().chain(f16::GROUPS) {
-            for name in [g.name, g.name_pf] {
-                assert_eq!(ptx_maxntid(ce, name), Some(256), "{name}");
-            }
         }
         let ptx = kernels::SOFTMAX.ptx;
         let warp: Vec<&str> = [FWD_WARP, BWD_WARP]
@@ -481,27 +452,6 @@ mod tests {
         for name in [FWD_BLOCK, BWD_BLOCK].concat() {
             assert_eq!(ptx_maxntid(ptx, name), Some(1024), "{name}");
         }
-        for name in [f32::BLOCK, f16::BLOCK].concat() {
-            assert_eq!(ptx_maxntid(ce, name), Some(1024), "{name}");
-        }
-        for (vecs, rows, rows_pf, block) in [
-            (f32::VECS, f32::ROWS, f32::ROWS_PF, f32::BLOCK),
-            (f16::VECS, f16::ROWS, f16::ROWS_PF, f16::BLOCK),
-        ] {
-            assert_eq!((rows.len(), block.len()), (vecs.len(), vecs.len()));
-            assert_eq!(rows_pf.len(), vecs.len());
-            for (v, &vec) in vecs.iter().enumerate() {
-                assert!(block[v].ends_with(&format!("_v{vec}")), "{}", block[v]);
-                for (i, p) in PACKS_PER_LANE.into_iter().enumerate() {
-                    for name in [rows[v][i], rows_pf[v][i]] {
-                        assert!(name.ends_with(&format!("_v{vec}_p{p}")), "{name}");
-                        assert_eq!(ptx_maxntid(ce, name), Some(ce_rows_bound(vec, p)), "{name}");
-                    }
-                    assert!(rows_pf[v][i].contains("_rows_pf_"));
-                }
-            }
-        }
-        assert_eq!((ce_vec_index::<f16>(4), ce_vec_index::<f32>(4)), (1, 0));
     }
 
     #[test]

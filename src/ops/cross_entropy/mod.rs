@@ -7,11 +7,26 @@ use crate::kernels;
 use crate::ops::rows::{
     check_aligned, kernel_dims, p_index, shared_limit, vec_width, ClusterKernel,
 };
-use crate::ops::softmax::ce_plan::{
-    ce_forced, ce_plan, CeForce, CeKernels, CeShape, GroupKernel, GROUP_BLOCK,
-};
 use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
 use half::f16;
+use plan::{ce_forced, ce_plan, CeKernels, CeShape, GROUP_BLOCK};
+
+/// `["<prefix>_v{vec}_p1", … "_p8"]`: a loss kernel keeping the row in registers, for one access
+/// width and packs per thread 1, 2, 4, 8.
+macro_rules! ce_rows_names {
+    ($prefix:literal, $vec:literal) => {
+        [
+            concat!($prefix, "_v", $vec, "_p1"),
+            concat!($prefix, "_v", $vec, "_p2"),
+            concat!($prefix, "_v", $vec, "_p4"),
+            concat!($prefix, "_v", $vec, "_p8"),
+        ]
+    };
+}
+
+mod plan;
+#[doc(hidden)]
+pub use plan::{CeForce, GroupKernel};
 
 /// Logit types [`softmax_cross_entropy`] reads: f16 or f32.
 pub trait Logit: DeviceRepr + sealed::Sealed {
@@ -154,7 +169,7 @@ mod sealed {
 /// multiple and both row-major buffers are 16-byte aligned, else 4 elements when `classes % 4 ==
 /// 0` and both are aligned to 4 elements, else 1. (8 f32 per thread would be two 16-byte accesses
 /// 32 bytes apart, each using half of every 32-byte sector: measured slower.)
-pub(super) fn ce_vec(
+pub(crate) fn ce_vec(
     classes: usize,
     widest: usize,
     logits: (u64, usize),
@@ -169,7 +184,7 @@ pub(super) fn ce_vec(
 }
 
 /// Index of `vec` in a logit type's [`Logit::VECS`].
-pub(super) fn ce_vec_index<L: Logit>(vec: usize) -> usize {
+pub(crate) fn ce_vec_index<L: Logit>(vec: usize) -> usize {
     L::VECS
         .iter()
         .position(|&v| v == vec)
@@ -275,7 +290,7 @@ where
     G: DevicePtrMut<D>,
     O: DevicePtrMut<f32>,
 {
-    const OP: &str = "ops::softmax::softmax_cross_entropy";
+    const OP: &str = "ops::cross_entropy::softmax_cross_entropy";
     if rows == 0 {
         return Err(Error::InvalidArgument {
             op: OP,
@@ -391,7 +406,49 @@ where
 
 #[cfg(test)]
 mod tests {
+    use super::plan::ce_rows_bound;
     use super::*;
+    use crate::ops::rows::{ptx_maxntid, PACKS_PER_LANE};
+
+    #[test]
+    fn every_kernel_name_exists_with_the_host_launch_bound() {
+        let sm90 = kernels::SOFTMAX_SM90.ptx;
+        for k in f32::CLUSTER.iter().chain(f16::CLUSTER) {
+            assert_eq!(ptx_maxntid(sm90, k.name), Some(k.bound), "{}", k.name);
+            assert!(
+                sm90.contains(&format!(".entry {}(", k.name))
+                    && k.name.contains(&format!("_c{}_p{}", k.c, k.p)),
+                "{}",
+                k.name
+            );
+        }
+        let ce = kernels::CROSS_ENTROPY.ptx;
+        for g in f32::GROUPS.iter().chain(f16::GROUPS) {
+            for name in [g.name, g.name_pf] {
+                assert_eq!(ptx_maxntid(ce, name), Some(256), "{name}");
+            }
+        }
+        for name in [f32::BLOCK, f16::BLOCK].concat() {
+            assert_eq!(ptx_maxntid(ce, name), Some(1024), "{name}");
+        }
+        for (vecs, rows, rows_pf, block) in [
+            (f32::VECS, f32::ROWS, f32::ROWS_PF, f32::BLOCK),
+            (f16::VECS, f16::ROWS, f16::ROWS_PF, f16::BLOCK),
+        ] {
+            assert_eq!((rows.len(), block.len()), (vecs.len(), vecs.len()));
+            assert_eq!(rows_pf.len(), vecs.len());
+            for (v, &vec) in vecs.iter().enumerate() {
+                assert!(block[v].ends_with(&format!("_v{vec}")), "{}", block[v]);
+                for (i, p) in PACKS_PER_LANE.into_iter().enumerate() {
+                    for name in [rows[v][i], rows_pf[v][i]] {
+                        assert!(name.ends_with(&format!("_v{vec}_p{p}")), "{name}");
+                        assert_eq!(ptx_maxntid(ce, name), Some(ce_rows_bound(vec, p)), "{name}");
+                    }
+                    assert!(rows_pf[v][i].contains("_rows_pf_"));
+                }
+            }
+        }
+    }
 
     #[test]
     fn access_width_follows_classes_and_alignment() {
