@@ -1,5 +1,36 @@
-//! The fused softmax-cross-entropy half of [`super`]: logit and gradient types, the loss's launch
-//! plans, and the entry points (see the parent module's docs for the device-side contract).
+//! Fused softmax-cross-entropy on the GPU (`kernels/cross_entropy.cu`, and on compute capability
+//! 9.0 the cluster kernels for long rows in `kernels/softmax_sm90.cu`, the sm_90a module it shares
+//! with softmax); CPU twin: [`crate::cpu::softmax::softmax_cross_entropy`], which documents the
+//! function, its non-finite behaviour and the argument checks. Same argument order and errors,
+//! reported before anything is launched; the loss differs in where its inputs and output live
+//! (below).
+//!
+//! The kernels read 16 bytes of logits at a time (8 f16 or 4 f32) when `classes` is a multiple
+//! of that and both `logits` and `dlogits` are 16-byte aligned, else 4 or 1 elements. The launch
+//! shapes (row groups of warps, a warp or block per row, shared memory, a thread-block cluster
+//! per row) and the row lengths that choose between them are stated in the kernels' headers,
+//! `kernels/cross_entropy.cu` and `kernels/softmax_sm90.cu`; the measurements behind them are in
+//! `docs/kernels/cross_entropy.md`.
+//!
+//! # On the device
+//!
+//! [`softmax_cross_entropy`] computes in f32 (the reference in f64) and never synchronises with
+//! the host, so a training step can be captured in a CUDA graph:
+//! - `grad_scale` is **one f32 in device memory**, read by the kernel: AMP's loss scale, updated
+//!   on the device by [`crate::ops::scaler`], enters here and nowhere else. It multiplies the
+//!   gradient only, never the loss, and is applied as given (a non-finite scale gives non-finite
+//!   gradients, which the unscale step's inf check catches).
+//! - The mean loss is written to **one f32 in device memory**, in the same launch: each block
+//!   writes one f64 partial sum of its rows' losses to the device's scratch buffer, and the last
+//!   block to finish (an integer ticket) adds the partials in a fixed order. No float atomics.
+//! - exp(x − max) goes through the SFU's flush-to-zero `ex2`: values below 2^−126 are 0, so each
+//!   gradient may differ from the reference's by `|grad_scale/rows|·2^−126` (they add nothing to
+//!   the row sum in f32).
+//! - **Labels out of range**: the reference returns [`Error::InvalidArgument`]; the labels here are
+//!   in device memory, and checking them would cost a host synchronisation. Instead a row whose
+//!   label is ≥ `classes` gets a NaN loss and NaN in every one of its `dlogits`, so the mean loss
+//!   is NaN (visible when the host logs it) and the step's inf/NaN check flags the gradients.
+//!   Other rows are computed normally.
 
 use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
 use crate::error::{expect_len, matrix_len, Error, Result};
@@ -25,6 +56,7 @@ macro_rules! ce_rows_names {
 }
 
 mod plan;
+mod sm90;
 #[doc(hidden)]
 pub use plan::{CeForce, GroupKernel};
 
@@ -67,32 +99,6 @@ macro_rules! group {
     };
 }
 
-/// A `softmax_ce_cluster` table entry.
-macro_rules! cluster {
-    ($t:literal, $c:literal, $p:literal, $bound:literal) => {
-        ClusterKernel {
-            c: $c,
-            p: $p,
-            bound: $bound,
-            name: concat!("softmax_ce_cluster_", $t, "_c", $c, "_p", $p),
-        }
-    };
-}
-
-/// The cluster instances of one logit type: packs per thread `big` (launch bound 512) and
-/// `small` (1024) for clusters of 2, 4 and 8.
-macro_rules! clusters {
-    ($t:literal, $big:literal, $small:literal) => {
-        &[
-            cluster!($t, 2, $big, 512),
-            cluster!($t, 2, $small, 1024),
-            cluster!($t, 4, $big, 512),
-            cluster!($t, 4, $small, 1024),
-            cluster!($t, 8, $big, 512),
-            cluster!($t, 8, $small, 1024),
-        ]
-    };
-}
 impl Logit for f32 {
     const VECS: &'static [usize] = &[4, 1];
     const ROWS: &'static [[&'static str; 4]] = &[
@@ -114,7 +120,7 @@ impl Logit for f32 {
         group!("f32", 8, 8),
     ];
     const GROUPS_PREFETCH: bool = false;
-    const CLUSTER: &'static [ClusterKernel] = clusters!("f32", 8, 4);
+    const CLUSTER: &'static [ClusterKernel] = sm90::F32_CLUSTER;
 }
 impl Logit for f16 {
     const VECS: &'static [usize] = &[8, 4, 1];
@@ -142,7 +148,7 @@ impl Logit for f16 {
         group!("f16", 4, 8),
     ];
     const GROUPS_PREFETCH: bool = false;
-    const CLUSTER: &'static [ClusterKernel] = clusters!("f16", 4, 2);
+    const CLUSTER: &'static [ClusterKernel] = sm90::F16_CLUSTER;
 }
 
 /// Gradient types [`softmax_cross_entropy`] writes: f16 (round to nearest even, overflow to
@@ -218,10 +224,10 @@ pub(crate) fn ce_force_fits<L: Logit>(gpu: &Gpu, classes: usize, force: CeForce)
 /// `grad_scale` and `loss` are one f32 each, all in device memory. The GPU twin of
 /// [`crate::cpu::softmax::softmax_cross_entropy`]: same argument checks and errors (before any
 /// launch), except that labels cannot be checked without a host synchronisation: an
-/// out-of-range label makes its row's loss and gradients NaN (see the [module docs](super)).
+/// out-of-range label makes its row's loss and gradients NaN (see the [module docs](self)).
 /// One launch; uses a scratch buffer of the `Gpu` handle's own (never shared with other ops) for
-/// per-block partial sums of the loss (8 bytes per block (at most 1024 blocks, or 2^18 threads)
-/// or per row (the cluster kernels)) behind the counter of blocks done.
+/// the partial sums of the loss (8 bytes per block, or per row for the cluster kernels) behind
+/// the counter of blocks done.
 #[allow(clippy::too_many_arguments)] // the CPU reference's arguments plus the device loss
 pub fn softmax_cross_entropy<L, D, X, T, S, G, O>(
     gpu: &Gpu,
@@ -379,12 +385,9 @@ where
                 (name, LaunchConfig::linear(blocks as u32, GROUP_BLOCK))
             }
             CeShape::Cluster(c) => {
-                module = &kernels::SOFTMAX_SM90;
-                let grid = u32::try_from(blocks).map_err(|_| Error::InvalidArgument {
-                    op: OP,
-                    detail: format!("{rows} rows need more than 2^32 blocks"),
-                })?;
-                (c.kernel.name, LaunchConfig::linear(grid, c.threads))
+                let (sm90_module, kernel, cfg) = sm90::cluster_launch(OP, rows, blocks, c)?;
+                module = sm90_module;
+                (kernel, cfg)
             }
         };
         // SAFETY: softmax_ce_rows_{f32,f16}_v*_p*(const L* logits, const unsigned* labels,
@@ -412,16 +415,6 @@ mod tests {
 
     #[test]
     fn every_kernel_name_exists_with_the_host_launch_bound() {
-        let sm90 = kernels::SOFTMAX_SM90.ptx;
-        for k in f32::CLUSTER.iter().chain(f16::CLUSTER) {
-            assert_eq!(ptx_maxntid(sm90, k.name), Some(k.bound), "{}", k.name);
-            assert!(
-                sm90.contains(&format!(".entry {}(", k.name))
-                    && k.name.contains(&format!("_c{}_p{}", k.c, k.p)),
-                "{}",
-                k.name
-            );
-        }
         let ce = kernels::CROSS_ENTROPY.ptx;
         for g in f32::GROUPS.iter().chain(f16::GROUPS) {
             for name in [g.name, g.name_pf] {
