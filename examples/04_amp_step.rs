@@ -118,7 +118,7 @@ fn cpu_path(
         cpu::gemm::gemm(fwd, x, &w16, &CpuEpilogue::bias(&b, false), &mut logits)?;
         // Loss, and its gradient times the loss scale, in f16.
         let mut dlogits = vec![f16::ZERO; BATCH * CLASSES];
-        let loss = cpu::softmax::softmax_cross_entropy(
+        let loss = cpu::cross_entropy::softmax_cross_entropy(
             &logits,
             labels,
             BATCH,
@@ -202,7 +202,7 @@ fn gpu_path(
             &Epilogue::bias(&b_view, false),
             &mut logits,
         )?;
-        ops::softmax::softmax_cross_entropy(
+        ops::cross_entropy::softmax_cross_entropy(
             gpu,
             &logits,
             &labels,

@@ -5,7 +5,8 @@
 mod common;
 
 use ampkit::check::{compare, numerical_gradient, unwritten, ToF64, Tolerance};
-use ampkit::cpu::softmax::{backward, forward, softmax_cross_entropy};
+use ampkit::cpu::cross_entropy::softmax_cross_entropy;
+use ampkit::cpu::softmax::{backward, forward};
 use ampkit::cpu::Element;
 use ampkit::{f16, Error};
 use common::{assert_all_written, assert_close, assert_scaled, rng};

@@ -22,7 +22,8 @@ mod common;
 use ampkit::check::{unwritten, Tolerance};
 use ampkit::cpu::softmax as cpu;
 use ampkit::cuda::DeviceBuffer;
-use ampkit::ops::softmax::{backward, forward, softmax_cross_entropy, CeForce};
+use ampkit::ops::cross_entropy::{softmax_cross_entropy, CeForce};
+use ampkit::ops::softmax::{backward, forward};
 use ampkit::{f16, Error};
 use common::softmax::*;
 use common::{assert_close, assert_scaled, gpu, rng, sanitizing, sized};
@@ -146,7 +147,7 @@ fn cross_entropy_matches_the_f64_reference_for_every_type_pair() {
     let (_, aligned) = run_ce(&gpu, &x, &l, 1024, 8.0, poison(), 0);
     let (_, shifted) = run_ce(&gpu, &x, &l, 1024, 8.0, poison(), 1);
     let mut want = vec![0.0f64; x.len()];
-    cpu::softmax_cross_entropy(&x, &l, 9, 1024, 8.0, &mut want).unwrap();
+    ampkit::cpu::cross_entropy::softmax_cross_entropy(&x, &l, 9, 1024, 8.0, &mut want).unwrap();
     let allowed = allowance(&wide(&x), &l, 1024, 8.0, &want, false);
     assert_scaled("aligned dlogits", &aligned, &want, &allowed, 1.0);
     assert_scaled("offset-1 dlogits", &shifted, &want, &allowed, 1.0);
@@ -272,7 +273,8 @@ fn out_of_range_labels_give_nan_rows() {
         assert!(loss.is_nan(), "classes {classes}: loss {loss}");
         let good = [1u32, 0, 0, 0];
         let mut want = vec![0.0f64; x.len()];
-        cpu::softmax_cross_entropy(&x, &good, 4, classes, 2.0, &mut want).unwrap();
+        ampkit::cpu::cross_entropy::softmax_cross_entropy(&x, &good, 4, classes, 2.0, &mut want)
+            .unwrap();
         let allowed = allowance(&wide(&x), &good, classes, 2.0, &want, false);
         for r in [1, 3] {
             want[r * classes..(r + 1) * classes].fill(f64::NAN);

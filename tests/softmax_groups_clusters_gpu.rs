@@ -12,7 +12,8 @@
 
 mod common;
 
-use ampkit::ops::softmax::{CeForce, SoftmaxForce};
+use ampkit::ops::cross_entropy::CeForce;
+use ampkit::ops::softmax::SoftmaxForce;
 use ampkit::{f16, Error};
 use common::softmax::*;
 use common::{assert_all_written, gpu, rng, sanitizing, sized};

@@ -16,7 +16,7 @@ use crate::cpu::gemm::{bias_grad, gemm, Epilogue};
 use crate::cpu::optim::{self, OptimizerConfig, OptimizerState, ParamTensor};
 use crate::cpu::scaler::{update_scale, ScalerState};
 use crate::cpu::schedule::LrSchedule;
-use crate::cpu::{layernorm, relu, softmax, unscale};
+use crate::cpu::{cross_entropy, layernorm, relu, unscale};
 use crate::error::{Error, Result};
 use crate::nn::{init_parameters, MlpConfig, Tensor, LAYERNORM_EPS};
 use crate::shape::{GemmShape, Layout};
@@ -206,12 +206,19 @@ impl CpuBackend {
         let classes = self.cfg.classes();
         if self.cfg.half_layer(self.cfg.linear_count() - 1) {
             let mut d = vec![f16::ZERO; b * classes];
-            let loss =
-                softmax::softmax_cross_entropy(&to_f16(logits), labels, b, classes, scale, &mut d)?;
+            let loss = cross_entropy::softmax_cross_entropy(
+                &to_f16(logits),
+                labels,
+                b,
+                classes,
+                scale,
+                &mut d,
+            )?;
             Ok((loss, to_f32(&d)))
         } else {
             let mut d = vec![0f32; b * classes];
-            let loss = softmax::softmax_cross_entropy(logits, labels, b, classes, scale, &mut d)?;
+            let loss =
+                cross_entropy::softmax_cross_entropy(logits, labels, b, classes, scale, &mut d)?;
             Ok((loss, d))
         }
     }

@@ -6,10 +6,10 @@ use ampkit::check::{ToF64, Tolerance};
 use ampkit::cpu::softmax as cpu;
 use ampkit::cpu::Element;
 use ampkit::cuda::{DeviceBuffer, Gpu};
-use ampkit::ops::softmax::{
-    backward, backward_forced, forward, forward_forced, softmax_cross_entropy,
-    softmax_cross_entropy_forced, CeForce, Grad, Logit, SoftmaxForce,
+use ampkit::ops::cross_entropy::{
+    softmax_cross_entropy, softmax_cross_entropy_forced, CeForce, Grad, Logit,
 };
+use ampkit::ops::softmax::{backward, backward_forced, forward, forward_forced, SoftmaxForce};
 use ampkit::{f16, Error};
 use cudarc::driver::DeviceRepr;
 use rand::rngs::StdRng;
@@ -185,7 +185,10 @@ where
     let (got_loss, got) = run_ce_with(gpu, x, labels, classes, scale, fill, offset, force)?;
     assert_all_written(&format!("{what} dlogits"), &got, fill);
     let mut want = vec![0.0f64; x.len()];
-    let want_loss = cpu::softmax_cross_entropy(x, labels, rows, classes, scale, &mut want).unwrap();
+    let want_loss = ampkit::cpu::cross_entropy::softmax_cross_entropy(
+        x, labels, rows, classes, scale, &mut want,
+    )
+    .unwrap();
     let allowed = allowance(&wide(x), labels, classes, scale, &want, size_of::<D>() == 2);
     assert_scaled(&format!("{what} dlogits"), &got, &want, &allowed, 1.0);
     let err = (f64::from(got_loss) - want_loss).abs() / want_loss.abs().max(1e-30);

@@ -1,6 +1,6 @@
 //! Fused softmax-cross-entropy on the GPU (`kernels/cross_entropy.cu`, and on compute capability
 //! 9.0 the cluster kernels for long rows in `kernels/softmax_sm90.cu`, the sm_90a module it shares
-//! with softmax); CPU twin: [`crate::cpu::softmax::softmax_cross_entropy`], which documents the
+//! with softmax); CPU twin: [`crate::cpu::cross_entropy`], which documents the
 //! function, its non-finite behaviour and the argument checks. Same argument order and errors,
 //! reported before anything is launched; the loss differs in where its inputs and output live
 //! (below).
@@ -222,7 +222,7 @@ pub(crate) fn ce_force_fits<L: Logit>(gpu: &Gpu, classes: usize, force: CeForce)
 ///
 /// `logits` and `dlogits` are `[rows, classes]` (f16 or f32 each), `labels` has `rows` entries,
 /// `grad_scale` and `loss` are one f32 each, all in device memory. The GPU twin of
-/// [`crate::cpu::softmax::softmax_cross_entropy`]: same argument checks and errors (before any
+/// [`crate::cpu::cross_entropy::softmax_cross_entropy`]: same argument checks and errors (before any
 /// launch), except that labels cannot be checked without a host synchronisation: an
 /// out-of-range label makes its row's loss and gradients NaN (see the [module docs](self)).
 /// One launch; uses a scratch buffer of the `Gpu` handle's own (never shared with other ops) for
