@@ -131,6 +131,7 @@ pub mod nn;
 pub mod ops;
 pub mod shape;
 pub mod train;
+mod validate;
 
 pub use device::Device;
 pub use error::{Error, Result};

@@ -30,7 +30,8 @@
 
 use crate::cpu::softmax::row_max;
 use crate::cpu::Element;
-use crate::error::{expect_len, matrix_len, Error, Result};
+use crate::error::{Error, Result};
+use crate::validate;
 use rayon::prelude::*;
 
 /// Below this many elements the work stays on the calling thread (rayon's split costs more).
@@ -53,17 +54,8 @@ pub fn softmax_cross_entropy<L: Element, D: Element>(
     dlogits: &mut [D],
 ) -> Result<f64> {
     const OP: &str = "cpu::cross_entropy::softmax_cross_entropy";
-    if rows == 0 {
-        return Err(Error::InvalidArgument {
-            op: OP,
-            detail: "rows is 0; the loss is a mean over rows and needs rows ≥ 1".into(),
-        });
-    }
-    let len = matrix_len(OP, rows, classes, "classes")?;
-    let by_rows = format!("rows·classes = {rows}·{classes} = {len}");
-    expect_len(OP, "logits", logits.len(), len, &by_rows)?;
-    expect_len(OP, "dlogits", dlogits.len(), len, &by_rows)?;
-    expect_len(OP, "labels", labels.len(), rows, "rows")?;
+    let lens = [logits.len(), dlogits.len(), labels.len()];
+    let len = validate::cross_entropy::check(OP, rows, classes, lens)?;
     if let Some(row) = labels.iter().position(|&l| l as usize >= classes) {
         let label = labels[row];
         return Err(Error::InvalidArgument {

@@ -22,7 +22,8 @@
 
 use crate::cpu::relu::relu;
 use crate::cpu::Element;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::validate;
 use rayon::prelude::*;
 
 // The shapes' old path, kept only for the benchmark code (src/bench, benches/) until it moves
@@ -107,6 +108,8 @@ impl<'a> Epilogue<'a> {
 /// assert!(report.passed(), "{report}");
 /// # Ok::<(), ampkit::Error>(())
 /// ```
+///
+/// [`Error::ShapeMismatch`]: crate::Error::ShapeMismatch
 pub fn gemm<A: Element, C: Element>(
     shape: GemmShape,
     a: &[A],
@@ -114,7 +117,7 @@ pub fn gemm<A: Element, C: Element>(
     epilogue: &Epilogue,
     c: &mut [C],
 ) -> Result<()> {
-    check_shapes(
+    validate::gemm::gemm(
         "cpu::gemm::gemm",
         shape,
         [a.len(), b.len(), c.len()],
@@ -148,7 +151,7 @@ pub fn gemm_f64(
     epilogue: &Epilogue,
     c: &mut [f64],
 ) -> Result<()> {
-    check_shapes(
+    validate::gemm::gemm(
         "cpu::gemm::gemm_f64",
         shape,
         [a.len(), b.len(), c.len()],
@@ -181,15 +184,15 @@ pub fn gemm_f64(
 /// overwritten.
 ///
 /// Errors: [`Error::ShapeMismatch`] unless `dy` has `rows·cols` elements and `db` has `cols`.
+///
+/// [`Error::ShapeMismatch`]: crate::Error::ShapeMismatch
 pub fn bias_grad<G: Element, D: Element>(
     dy: &[G],
     rows: usize,
     cols: usize,
     db: &mut [D],
 ) -> Result<()> {
-    const OP: &str = "cpu::gemm::bias_grad";
-    expect_len(OP, "dy", dy.len(), rows, cols)?;
-    expect_len(OP, "db", db.len(), 1, cols)?;
+    validate::gemm::bias_grad("cpu::gemm::bias_grad", rows, cols, dy.len(), db.len())?;
     // Column blocks: each thread sums its columns over every row, in row order.
     const COLS_PER_TASK: usize = 64;
     db.par_chunks_mut(COLS_PER_TASK)
@@ -216,35 +219,6 @@ fn logical_strides(layout: Layout, m: usize, n: usize, k: usize) -> [(isize, isi
         Layout::Forward => [(k, 1), (1, k)],
         Layout::Dgrad => [(k, 1), (n, 1)],
         Layout::Wgrad => [(1, m), (n, 1)],
-    }
-}
-
-/// Checks operand lengths against the shape (and the bias against `n`); shared with the GPU
-/// wrapper so both report the same errors.
-pub(crate) fn check_shapes(
-    op: &'static str,
-    shape: GemmShape,
-    [a_len, b_len, c_len]: [usize; 3],
-    bias_len: Option<usize>,
-) -> Result<()> {
-    let GemmShape { m, n, .. } = shape;
-    let [(ar, ac), (br, bc)] = shape.stored();
-    expect_len(op, "A", a_len, ar, ac)?;
-    expect_len(op, "B", b_len, br, bc)?;
-    expect_len(op, "C", c_len, m, n)?;
-    if let Some(len) = bias_len {
-        expect_len(op, "bias", len, 1, n)?;
-    }
-    Ok(())
-}
-
-fn expect_len(op: &'static str, name: &str, len: usize, rows: usize, cols: usize) -> Result<()> {
-    match rows.checked_mul(cols) {
-        Some(want) if want == len => Ok(()),
-        _ => Err(Error::ShapeMismatch {
-            op,
-            detail: format!("{name} has {len} elements, the shape needs {rows}×{cols}"),
-        }),
     }
 }
 
@@ -334,7 +308,7 @@ fn product<T: Accumulator>(
         .for_each(|(t, block)| {
             let i0 = t * rows_per_task;
             let rows = block.len() / n;
-            // SAFETY: check_shapes established a.len() and b.len() for (layout, m, n, k), and
+            // SAFETY: validate::gemm established a.len() and b.len() for (layout, m, n, k), and
             // logical_strides addresses exactly those elements; rows i0..i0+rows of A start at
             // offset i0·rsa; the block holds rows×n elements with row stride n.
             unsafe {

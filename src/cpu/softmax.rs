@@ -37,7 +37,8 @@
 //! [`Error::InvalidArgument`]: crate::Error::InvalidArgument
 
 use crate::cpu::{narrow, wide};
-use crate::error::{expect_len, matrix_len, Result};
+use crate::error::Result;
+use crate::validate;
 use num_traits::Float;
 use rayon::prelude::*;
 
@@ -59,11 +60,7 @@ pub fn forward<T: Float + Send + Sync>(
     cols: usize,
     y: &mut [T],
 ) -> Result<()> {
-    const OP: &str = "cpu::softmax::forward";
-    let len = matrix_len(OP, rows, cols, "cols")?;
-    let by_rows = format!("rows·cols = {rows}·{cols} = {len}");
-    expect_len(OP, "x", x.len(), len, &by_rows)?;
-    expect_len(OP, "y", y.len(), len, &by_rows)?;
+    let len = validate::softmax::forward("cpu::softmax::forward", rows, cols, [x.len(), y.len()])?;
 
     let row = |(y, x): (&mut [T], &[T])| {
         let m = row_max(x.iter().copied(), T::neg_infinity());
@@ -96,12 +93,8 @@ pub fn backward<T: Float + Send + Sync>(
     cols: usize,
     dx: &mut [T],
 ) -> Result<()> {
-    const OP: &str = "cpu::softmax::backward";
-    let len = matrix_len(OP, rows, cols, "cols")?;
-    let by_rows = format!("rows·cols = {rows}·{cols} = {len}");
-    expect_len(OP, "y", y.len(), len, &by_rows)?;
-    expect_len(OP, "dy", dy.len(), len, &by_rows)?;
-    expect_len(OP, "dx", dx.len(), len, &by_rows)?;
+    let lens = [y.len(), dy.len(), dx.len()];
+    let len = validate::softmax::backward("cpu::softmax::backward", rows, cols, lens)?;
 
     let row = |((dx, y), dy): ((&mut [T], &[T]), &[T])| {
         let dot = y

@@ -13,11 +13,11 @@
 //! any call), [`Error::InvalidArgument`] for a dimension past `i32::MAX`, an unsupported
 //! argument combination, or a cuBLAS failure (named in the message).
 
-use crate::cpu::gemm::check_shapes;
 use crate::cuda::Gpu;
 use crate::error::{Error, Result};
 use crate::ops::gemm::GemmOutput;
 use crate::shape::{GemmShape, Layout};
+use crate::validate;
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut};
@@ -80,7 +80,7 @@ impl Blas {
                 detail: format!("dimension {v} exceeds cuBLAS's i32 range"),
             })
         };
-        // SAFETY: the callers proved with check_shapes that A, B and C hold what the shape
+        // SAFETY: the callers proved with validate::gemm::gemm that A, B and C hold what the shape
         // addresses with these leading dimensions; alpha and beta are host f32, as
         // CUBLAS_COMPUTE_32F expects in host pointer mode.
         unsafe {
@@ -130,7 +130,7 @@ impl Blas {
         B: DevicePtr<f16>,
         O: DevicePtrMut<C>,
     {
-        check_shapes(
+        validate::gemm::gemm(
             "ops::blas::gemm_f16",
             shape,
             [a.len(), b.len(), c.len()],
@@ -188,7 +188,7 @@ impl Blas {
         O: DevicePtrMut<f32>,
     {
         const OP: &str = "ops::blas::gemm_f32";
-        check_shapes(
+        validate::gemm::gemm(
             OP,
             shape,
             [a.len(), b.len(), c.len()],

@@ -33,11 +33,12 @@
 //!   Other rows are computed normally.
 
 use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
-use crate::error::{expect_len, matrix_len, Error, Result};
+use crate::error::{Error, Result};
 use crate::kernels;
 use crate::ops::rows::{
     check_aligned, kernel_dims, p_index, shared_limit, vec_width, ClusterKernel,
 };
+use crate::validate;
 use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
 use half::f16;
 use plan::{ce_forced, ce_plan, CeKernels, CeShape, GROUP_BLOCK};
@@ -297,17 +298,8 @@ where
     O: DevicePtrMut<f32>,
 {
     const OP: &str = "ops::cross_entropy::softmax_cross_entropy";
-    if rows == 0 {
-        return Err(Error::InvalidArgument {
-            op: OP,
-            detail: "rows is 0; the loss is a mean over rows and needs rows ≥ 1".into(),
-        });
-    }
-    let len = matrix_len(OP, rows, classes, "classes")?;
-    let by_rows = format!("rows·classes = {rows}·{classes} = {len}");
-    expect_len(OP, "logits", logits.len(), len, &by_rows)?;
-    expect_len(OP, "dlogits", dlogits.len(), len, &by_rows)?;
-    expect_len(OP, "labels", labels.len(), rows, "rows")?;
+    let lens = [logits.len(), dlogits.len(), labels.len()];
+    validate::cross_entropy::check(OP, rows, classes, lens)?;
     for (name, n) in [("grad_scale", grad_scale.len()), ("loss", loss.len())] {
         if n != 1 {
             return Err(Error::ShapeMismatch {

@@ -45,11 +45,11 @@
 //! # Ok(()) }
 //! ```
 
-use crate::cpu::gemm::check_shapes;
 use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
 use crate::error::{Error, Result};
 use crate::kernels;
 use crate::shape::{GemmShape, Layout};
+use crate::validate;
 
 mod plan;
 mod sm90;
@@ -180,7 +180,7 @@ where
     O: DevicePtrMut<C>,
 {
     const OP: &str = "ops::gemm::gemm";
-    check_shapes(
+    validate::gemm::gemm(
         OP,
         shape,
         [a.len(), b.len(), c.len()],
@@ -291,7 +291,7 @@ where
             .push(p.group_m as i32);
         // SAFETY: gemm_<layout>_<config>(const half* A, const half* B, void* C, const float* bias,
         // int M, int N, int K, float alpha, float beta, int relu, int out_kind,
-        // int k_tiles_per_split, int group_m) matches the arguments. check_shapes proved A, B, C
+        // int k_tiles_per_split, int group_m) matches the arguments. validate::gemm proved A, B, C
         // (and bias) hold exactly what (layout, m, n, k) addresses; the kernel bounds-checks
         // every tile edge; `out` holds splits·m·n f32 when out_kind is 2. Alignment was checked
         // above.
@@ -338,14 +338,7 @@ where
     D: DevicePtrMut<f32>,
 {
     const OP: &str = "ops::gemm::bias_grad";
-    crate::error::expect_len(
-        OP,
-        "dy",
-        dy.len(),
-        rows.saturating_mul(cols),
-        &format!("rows·cols = {rows}·{cols}"),
-    )?;
-    crate::error::expect_len(OP, "db", db.len(), cols, "cols")?;
+    validate::gemm::bias_grad(OP, rows, cols, dy.len(), db.len())?;
     let (ri, ci) = (
         i32::try_from(rows).map_err(|_| Error::InvalidArgument {
             op: OP,

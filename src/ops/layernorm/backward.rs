@@ -4,12 +4,13 @@
 use super::sm90::{self, ClusterShape};
 use super::vec_index;
 use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
-use crate::error::{expect_len, matrix_len, Error, Result};
+use crate::error::{Error, Result};
 use crate::kernels;
 use crate::ops::rows::{
     block_threads, by_width_and_p, check_aligned, kernel_dims, p_index, vec_width, warp_packs,
     PACKS_PER_LANE, WARP_THREADS,
 };
+use crate::validate;
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 
 /// Threads per block of `layernorm_bwd_cols` and `layernorm_bwd_finish`.
@@ -351,16 +352,17 @@ where
     DB: DevicePtrMut<f32>,
 {
     const OP: &str = "ops::layernorm::backward";
-    let len = matrix_len(OP, rows, cols, "cols")?;
-    let by_rows = format!("rows·cols = {rows}·{cols} = {len}");
-    expect_len(OP, "dy", dy.len(), len, &by_rows)?;
-    expect_len(OP, "x", x.len(), len, &by_rows)?;
-    expect_len(OP, "dx", dx.len(), len, &by_rows)?;
-    expect_len(OP, "mean", mean.len(), rows, "rows")?;
-    expect_len(OP, "rstd", rstd.len(), rows, "rows")?;
-    expect_len(OP, "gamma", gamma.len(), cols, "cols")?;
-    expect_len(OP, "dgamma", dgamma.len(), cols, "cols")?;
-    expect_len(OP, "dbeta", dbeta.len(), cols, "cols")?;
+    let lens = [
+        dy.len(),
+        x.len(),
+        dx.len(),
+        mean.len(),
+        rstd.len(),
+        gamma.len(),
+        dgamma.len(),
+        dbeta.len(),
+    ];
+    validate::layernorm::backward(OP, rows, cols, lens)?;
     let (ri, ci) = kernel_dims(OP, rows, cols)?;
     let stream = gpu.stream();
     let (dyp, _g1) = dy.device_ptr(stream);

@@ -33,12 +33,13 @@
 //! Work is queued on [`Gpu::stream`]; nothing here synchronises with the host.
 
 use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
-use crate::error::{expect_len, matrix_len, Error, Result};
+use crate::error::{Error, Result};
 use crate::kernels;
 use crate::ops::rows::{
     by_width_and_p, check_aligned, kernel_dims, p_index, row_shape, shared_limit, vec_width,
     RowShape, WARP_ROWS, WARP_THREADS,
 };
+use crate::validate;
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 
 mod backward;
@@ -158,20 +159,15 @@ where
     R: DevicePtrMut<f32>,
 {
     const OP: &str = "ops::layernorm::forward";
-    let len = matrix_len(OP, rows, cols, "cols")?;
-    if !(eps > 0.0 && eps.is_finite()) {
-        return Err(Error::InvalidArgument {
-            op: OP,
-            detail: format!("eps is {eps}; it must be finite and > 0 (PyTorch's default is 1e-5)"),
-        });
-    }
-    let by_rows = format!("rows·cols = {rows}·{cols} = {len}");
-    expect_len(OP, "x", x.len(), len, &by_rows)?;
-    expect_len(OP, "y", y.len(), len, &by_rows)?;
-    expect_len(OP, "gamma", gamma.len(), cols, "cols")?;
-    expect_len(OP, "beta", beta.len(), cols, "cols")?;
-    expect_len(OP, "mean", mean.len(), rows, "rows")?;
-    expect_len(OP, "rstd", rstd.len(), rows, "rows")?;
+    let lens = [
+        x.len(),
+        y.len(),
+        gamma.len(),
+        beta.len(),
+        mean.len(),
+        rstd.len(),
+    ];
+    validate::layernorm::forward(OP, rows, cols, f64::from(eps), lens)?;
     let (ri, ci) = kernel_dims(OP, rows, cols)?;
     if let Some(FwdForce::Cluster { c, p }) = force {
         let fits =

@@ -13,8 +13,9 @@
 //! `docs/kernels/softmax.md`.
 
 use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
-use crate::error::{expect_len, matrix_len, Result};
+use crate::error::Result;
 use crate::kernels;
+use crate::validate;
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 
 use super::rows::{
@@ -124,10 +125,7 @@ where
     Y: DevicePtrMut<f32>,
 {
     const OP: &str = "ops::softmax::forward";
-    let len = matrix_len(OP, rows, cols, "cols")?;
-    let by_rows = format!("rows·cols = {rows}·{cols} = {len}");
-    expect_len(OP, "x", x.len(), len, &by_rows)?;
-    expect_len(OP, "y", y.len(), len, &by_rows)?;
+    validate::softmax::forward(OP, rows, cols, [x.len(), y.len()])?;
     let (ri, ci) = kernel_dims(OP, rows, cols)?;
     if rows == 0 {
         return Ok(());
@@ -219,11 +217,7 @@ where
     DX: DevicePtrMut<f32>,
 {
     const OP: &str = "ops::softmax::backward";
-    let len = matrix_len(OP, rows, cols, "cols")?;
-    let by_rows = format!("rows·cols = {rows}·{cols} = {len}");
-    expect_len(OP, "y", y.len(), len, &by_rows)?;
-    expect_len(OP, "dy", dy.len(), len, &by_rows)?;
-    expect_len(OP, "dx", dx.len(), len, &by_rows)?;
+    validate::softmax::backward(OP, rows, cols, [y.len(), dy.len(), dx.len()])?;
     let (ri, ci) = kernel_dims(OP, rows, cols)?;
     if rows == 0 {
         return Ok(());
