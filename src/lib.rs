@@ -131,6 +131,8 @@ pub mod nn;
 pub mod ops;
 pub mod shape;
 pub mod train;
+#[doc(hidden)]
+pub mod tuning;
 mod validate;
 
 pub use device::Device;

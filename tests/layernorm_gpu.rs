@@ -20,7 +20,8 @@ mod common;
 mod layernorm_support;
 
 use ampkit::cuda::{DeviceBuffer, Gpu};
-use ampkit::ops::layernorm::{backward, backward_forced, forward, BwdForce};
+use ampkit::ops::layernorm::{backward, forward};
+use ampkit::tuning::layernorm::{backward_forced, BwdForce};
 use ampkit::Error;
 use common::{gpu, rng, sanitizing, sized};
 use layernorm_support::*;

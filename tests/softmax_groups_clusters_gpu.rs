@@ -12,8 +12,8 @@
 
 mod common;
 
-use ampkit::ops::cross_entropy::CeForce;
-use ampkit::ops::softmax::SoftmaxForce;
+use ampkit::tuning::cross_entropy::CeForce;
+use ampkit::tuning::softmax::SoftmaxForce;
 use ampkit::{f16, Error};
 use common::softmax::*;
 use common::{assert_all_written, gpu, rng, sanitizing, sized};

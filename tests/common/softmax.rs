@@ -6,10 +6,10 @@ use ampkit::check::{ToF64, Tolerance};
 use ampkit::cpu::softmax as cpu;
 use ampkit::cpu::Element;
 use ampkit::cuda::{DeviceBuffer, Gpu};
-use ampkit::ops::cross_entropy::{
-    softmax_cross_entropy, softmax_cross_entropy_forced, CeForce, Grad, Logit,
-};
-use ampkit::ops::softmax::{backward, backward_forced, forward, forward_forced, SoftmaxForce};
+use ampkit::ops::cross_entropy::{softmax_cross_entropy, Grad, Logit};
+use ampkit::ops::softmax::{backward, forward};
+use ampkit::tuning::cross_entropy::{softmax_cross_entropy_forced, CeForce};
+use ampkit::tuning::softmax::{backward_forced, forward_forced, SoftmaxForce};
 use ampkit::{f16, Error};
 use cudarc::driver::DeviceRepr;
 use rand::rngs::StdRng;

@@ -13,9 +13,9 @@ use crate::common::{assert_all_written, assert_scaled};
 use ampkit::check::{compare, unwritten, Tolerance};
 use ampkit::cpu::layernorm as cpu;
 use ampkit::cuda::{DeviceBuffer, Gpu};
-use ampkit::ops::layernorm::{
-    backward, backward_forced, backward_with_warp_limit, forward, forward_forced, BwdForce,
-    FwdForce,
+use ampkit::ops::layernorm::{backward, forward};
+use ampkit::tuning::layernorm::{
+    backward_forced, backward_with_warp_limit, forward_forced, BwdForce, FwdForce,
 };
 use rand::rngs::StdRng;
 use rand::Rng;

@@ -58,8 +58,8 @@ macro_rules! ce_rows_names {
 
 mod plan;
 mod sm90;
-#[doc(hidden)]
-pub use plan::{CeForce, GroupKernel};
+pub(crate) mod tuning;
+use plan::{CeForce, GroupKernel};
 
 /// Logit types [`softmax_cross_entropy`] reads: f16 or f32.
 pub trait Logit: DeviceRepr + sealed::Sealed {
@@ -199,22 +199,13 @@ pub(crate) fn ce_vec_index<L: Logit>(vec: usize) -> usize {
 }
 
 /// The instances the planner may choose from for logits `L` on `gpu` (clusters on 9.0 only).
-fn ce_kernels<L: Logit>(gpu: &Gpu) -> CeKernels {
+pub(super) fn ce_kernels<L: Logit>(gpu: &Gpu) -> CeKernels {
     CeKernels {
         widest: L::VECS[0],
         groups: L::GROUPS,
         groups_prefetch: L::GROUPS_PREFETCH,
         cluster: (gpu.info().compute_capability == (9, 0)).then_some(L::CLUSTER),
     }
-}
-
-/// Whether `force` fits rows of `classes` logits of type `L` on `gpu` with 16-byte aligned
-/// buffers (what the benchmark sweep allocates), without launching anything.
-pub(crate) fn ce_force_fits<L: Logit>(gpu: &Gpu, classes: usize, force: CeForce) -> Result<bool> {
-    let lb = std::mem::size_of::<L>();
-    let vec = ce_vec(classes, L::VECS[0], (0, lb), (0, lb));
-    let k = ce_kernels::<L>(gpu);
-    Ok(ce_forced(classes / vec, vec, shared_limit(gpu)?, force, &k).is_some())
 }
 
 /// Fused softmax + cross-entropy: writes the mean over rows of `logsumexp(xᵣ) − xᵣ[labelᵣ]` to
@@ -251,32 +242,6 @@ where
 {
     let bufs = (logits, labels, grad_scale);
     cross_entropy_impl(gpu, bufs, rows, classes, dlogits, loss, None)
-}
-
-/// [`softmax_cross_entropy`] in a launch shape the caller forces (see [`CeForce`]), the inputs
-/// `(logits, labels, grad_scale)` as one tuple: for benchmarks and tests. A shape the row does
-/// not fit is [`Error::InvalidArgument`], before any launch.
-#[doc(hidden)]
-#[allow(clippy::too_many_arguments)]
-pub fn softmax_cross_entropy_forced<L, D, X, T, S, G, O>(
-    gpu: &Gpu,
-    inputs: (&X, &T, &S),
-    rows: usize,
-    classes: usize,
-    dlogits: &mut G,
-    loss: &mut O,
-    force: CeForce,
-) -> Result<()>
-where
-    L: Logit,
-    D: Grad,
-    X: DevicePtr<L>,
-    T: DevicePtr<u32>,
-    S: DevicePtr<f32>,
-    G: DevicePtrMut<D>,
-    O: DevicePtrMut<f32>,
-{
-    cross_entropy_impl(gpu, inputs, rows, classes, dlogits, loss, Some(force))
 }
 
 fn cross_entropy_impl<L, D, X, T, S, G, O>(

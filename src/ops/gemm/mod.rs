@@ -27,8 +27,8 @@
 //! big tiles for big problems, small tiles or a K-split where big tiles would leave SMs idle (the
 //! MLP's weight gradients). A K-split writes f32 partial sums to the device's scratch buffer and
 //! a second kernel adds them in a fixed order: results are deterministic. The tile table and the
-//! planner are exposed `#[doc(hidden)]` for ampkit's own tests and benchmarks only; they are not
-//! part of the stable API.
+//! planner are reachable, hidden, as `ampkit::tuning::gemm` for ampkit's own tests and
+//! benchmarks only; they are not part of the stable API.
 //!
 //! ```no_run
 //! # fn main() -> ampkit::Result<()> {
@@ -55,8 +55,13 @@ mod plan;
 mod sm90;
 use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut, DeviceRepr};
 use half::f16;
+pub(crate) mod tuning;
+use plan::UNALIGNED;
+
+// Old paths of the tuning items, kept only for the benchmark code (src/bench, benches/) until it
+// moves to `ampkit::tuning::gemm`; not part of the API.
 #[doc(hidden)]
-pub use plan::{configs_for, plan, Plan, TileConfig, CONFIGS, GROUP_M, HOPPER_CONFIGS, UNALIGNED};
+pub use tuning::{configs_for, gemm_with_plan, plan, Plan, GROUP_M};
 
 /// What happens to the product before it is stored (the CPU reference's order: alpha, bias,
 /// beta·C_old, ReLU, one rounding).
@@ -157,14 +162,13 @@ where
     B: DevicePtr<f16>,
     O: DevicePtrMut<C>,
 {
-    gemm_with_plan(gpu, shape, None, a, b, epilogue, c)
+    gemm_impl(gpu, shape, None, a, b, epilogue, c)
 }
 
-/// [`gemm`] with a forced [`Plan`] instead of the cost model's, for tests and benchmarks that
-/// must exercise every configuration. An aligned configuration on operands that do not meet the
-/// fast path's alignment is replaced by the unaligned one.
-#[doc(hidden)]
-pub fn gemm_with_plan<C, A, B, O>(
+/// [`gemm`] with the plan `forced` instead of the cost model's (`None`: the cost model's). An
+/// aligned configuration on operands that do not meet the fast path's alignment is replaced by
+/// the unaligned one.
+fn gemm_impl<C, A, B, O>(
     gpu: &Gpu,
     shape: GemmShape,
     forced: Option<Plan>,

@@ -67,6 +67,7 @@ pub(crate) struct BwdPlan {
 /// compare shapes on one size, and tests that cover every shape on odd sizes. `min_rows` is the
 /// fewest rows per block (each block writes one partial row of the column sums; there are at
 /// most 512).
+// Hidden like the rest of the tuning surface: its variants' fields are described in prose.
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BwdForce {
@@ -254,63 +255,6 @@ where
     DB: DevicePtrMut<f32>,
 {
     let inputs = (dy, x, mean, rstd, gamma);
-    backward_with_warp_limit(gpu, inputs, rows, cols, dx, dgamma, dbeta, 8)
-}
-
-/// [`backward()`] with warp mode limited to rows of `32·max_warp_p` packs (1, 2, 4 or 8; longer
-/// rows take block mode), the inputs `(dy, x, mean, rstd, gamma)` as one tuple: for benchmarks
-/// and tests that compare the two shapes on one size.
-#[doc(hidden)]
-#[allow(clippy::too_many_arguments)]
-pub fn backward_with_warp_limit<DY, X, M, R, G, DX, DG, DB>(
-    gpu: &Gpu,
-    inputs: (&DY, &X, &M, &R, &G),
-    rows: usize,
-    cols: usize,
-    dx: &mut DX,
-    dgamma: &mut DG,
-    dbeta: &mut DB,
-    max_warp_p: usize,
-) -> Result<()>
-where
-    DY: DevicePtr<f32>,
-    X: DevicePtr<f32>,
-    M: DevicePtr<f32>,
-    R: DevicePtr<f32>,
-    G: DevicePtr<f32>,
-    DX: DevicePtrMut<f32>,
-    DG: DevicePtrMut<f32>,
-    DB: DevicePtrMut<f32>,
-{
-    let choice = Choice::WarpLimit(max_warp_p);
-    backward_impl(gpu, inputs, rows, cols, dx, dgamma, dbeta, choice)
-}
-
-/// [`backward()`] in a shape the caller forces (see [`BwdForce`]), the inputs
-/// `(dy, x, mean, rstd, gamma)` as one tuple: for benchmarks and tests. A shape the row does not
-/// fit is [`Error::InvalidArgument`], before any launch.
-#[doc(hidden)]
-#[allow(clippy::too_many_arguments)]
-pub fn backward_forced<DY, X, M, R, G, DX, DG, DB>(
-    gpu: &Gpu,
-    inputs: (&DY, &X, &M, &R, &G),
-    rows: usize,
-    cols: usize,
-    dx: &mut DX,
-    dgamma: &mut DG,
-    dbeta: &mut DB,
-    force: BwdForce,
-) -> Result<()>
-where
-    DY: DevicePtr<f32>,
-    X: DevicePtr<f32>,
-    M: DevicePtr<f32>,
-    R: DevicePtr<f32>,
-    G: DevicePtr<f32>,
-    DX: DevicePtrMut<f32>,
-    DG: DevicePtrMut<f32>,
-    DB: DevicePtrMut<f32>,
-{
     backward_impl(
         gpu,
         inputs,
@@ -319,19 +263,20 @@ where
         dx,
         dgamma,
         dbeta,
-        Choice::Forced(force),
+        Choice::WarpLimit(8),
     )
 }
 
-/// How [`backward_impl`] picks its plan.
+/// How [`backward_impl`] picks its plan: the default with warp mode limited to rows of
+/// `32·max_warp_p` packs, or a forced shape.
 #[derive(Clone, Copy)]
-enum Choice {
+pub(super) enum Choice {
     WarpLimit(usize),
     Forced(BwdForce),
 }
 
 #[allow(clippy::too_many_arguments)]
-fn backward_impl<DY, X, M, R, G, DX, DG, DB>(
+pub(super) fn backward_impl<DY, X, M, R, G, DX, DG, DB>(
     gpu: &Gpu,
     (dy, x, mean, rstd, gamma): (&DY, &X, &M, &R, &G),
     rows: usize,

@@ -44,21 +44,13 @@ use cudarc::driver::{DevicePtr, DevicePtrMut};
 
 mod backward;
 mod sm90;
+pub(crate) mod tuning;
 pub use backward::backward;
-#[doc(hidden)]
-pub use backward::{backward_forced, backward_with_warp_limit, BwdForce};
 
-/// A forward launch path chosen by the caller instead of the default plan: for benchmarks that
-/// compare paths on one size, and tests that run the cluster kernels on odd sizes.
+// Old paths of the tuning items, kept only for the benchmark code (benches/) until it moves to
+// `ampkit::tuning::layernorm`; not part of the API.
 #[doc(hidden)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FwdForce {
-    /// The portable kernels (a warp or a block per row), on any device.
-    Portable,
-    /// `layernorm_fwd_cluster_c{c}_p{p}`: a cluster of `c` blocks (2, 4, 8) per row, `p` packs
-    /// of 4 floats per thread (2, 4, 8). Compute capability 9.0 and float4 rows only.
-    Cluster { c: usize, p: usize },
-}
+pub use tuning::{backward_forced, backward_with_warp_limit, forward_forced, BwdForce, FwdForce};
 
 const FWD_WARP: [[&str; 4]; 2] = by_width_and_p!("layernorm_fwd_warp");
 const FWD_BLOCK: [&str; 2] = ["layernorm_fwd_block_v4", "layernorm_fwd_block_v1"];
@@ -94,46 +86,6 @@ where
     R: DevicePtrMut<f32>,
 {
     forward_impl(gpu, x, rows, cols, gamma, beta, eps, y, mean, rstd, None)
-}
-
-/// [`forward`] on the path the caller forces (see [`FwdForce`]): for benchmarks and tests. A path
-/// the row or the device does not fit is [`Error::InvalidArgument`], before any launch.
-#[doc(hidden)]
-#[allow(clippy::too_many_arguments)]
-pub fn forward_forced<X, G, B, Y, M, R>(
-    gpu: &Gpu,
-    x: &X,
-    rows: usize,
-    cols: usize,
-    gamma: &G,
-    beta: &B,
-    eps: f32,
-    y: &mut Y,
-    mean: &mut M,
-    rstd: &mut R,
-    force: FwdForce,
-) -> Result<()>
-where
-    X: DevicePtr<f32>,
-    G: DevicePtr<f32>,
-    B: DevicePtr<f32>,
-    Y: DevicePtrMut<f32>,
-    M: DevicePtrMut<f32>,
-    R: DevicePtrMut<f32>,
-{
-    forward_impl(
-        gpu,
-        x,
-        rows,
-        cols,
-        gamma,
-        beta,
-        eps,
-        y,
-        mean,
-        rstd,
-        Some(force),
-    )
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -24,9 +24,7 @@ use super::rows::{
 };
 
 mod sm90;
-pub(crate) use sm90::softmax_force_fits;
-#[doc(hidden)]
-pub use sm90::SoftmaxForce;
+pub(crate) mod tuning;
 
 const FWD_WARP: [[&str; 4]; 2] = [
     [
@@ -59,13 +57,16 @@ const BWD_WARP: [[&str; 4]; 2] = [
 ];
 const BWD_BLOCK: [&str; 2] = ["softmax_bwd_block_v4", "softmax_bwd_block_v1"];
 
-// The loss's old paths, kept only for the benchmark code (src/bench, benches/) until it moves to
-// `crate::ops::cross_entropy`; not part of the API.
-pub(crate) use crate::ops::cross_entropy::ce_force_fits;
+// Old paths of the loss and of softmax's tuning items, kept only for the benchmark code
+// (src/bench, benches/) until it moves to `crate::ops::cross_entropy` and `crate::tuning`; not
+// part of the API.
 #[doc(hidden)]
-pub use crate::ops::cross_entropy::{
-    softmax_cross_entropy, softmax_cross_entropy_forced, CeForce, Grad, GroupKernel, Logit,
-};
+pub use crate::ops::cross_entropy::tuning::{softmax_cross_entropy_forced, CeForce};
+#[doc(hidden)]
+pub use crate::ops::cross_entropy::{softmax_cross_entropy, Grad, Logit};
+
+pub(crate) use crate::ops::cross_entropy::tuning::ce_force_fits;
+pub(crate) use tuning::{backward_forced, forward_forced, softmax_force_fits, SoftmaxForce};
 
 fn vec_index(vec: usize) -> usize {
     usize::from(vec != 4)
@@ -93,23 +94,6 @@ where
     Y: DevicePtrMut<f32>,
 {
     forward_impl(gpu, x, rows, cols, y, None)
-}
-
-/// [`forward`] in a forced launch shape, for benchmarks and tests.
-#[doc(hidden)]
-pub fn forward_forced<X, Y>(
-    gpu: &Gpu,
-    x: &X,
-    rows: usize,
-    cols: usize,
-    y: &mut Y,
-    force: SoftmaxForce,
-) -> Result<()>
-where
-    X: DevicePtr<f32>,
-    Y: DevicePtrMut<f32>,
-{
-    forward_impl(gpu, x, rows, cols, y, Some(force))
 }
 
 fn forward_impl<X, Y>(
@@ -183,24 +167,6 @@ where
     DX: DevicePtrMut<f32>,
 {
     backward_impl(gpu, (y, dy), rows, cols, dx, None)
-}
-
-/// [`backward`] in a forced launch shape, for benchmarks and tests.
-#[doc(hidden)]
-pub fn backward_forced<Y, DY, DX>(
-    gpu: &Gpu,
-    (y, dy): (&Y, &DY),
-    rows: usize,
-    cols: usize,
-    dx: &mut DX,
-    force: SoftmaxForce,
-) -> Result<()>
-where
-    Y: DevicePtr<f32>,
-    DY: DevicePtr<f32>,
-    DX: DevicePtrMut<f32>,
-{
-    backward_impl(gpu, (y, dy), rows, cols, dx, Some(force))
 }
 
 fn backward_impl<Y, DY, DX>(

@@ -74,7 +74,7 @@ pub enum SoftmaxForce {
 
 /// Whether `force` fits rows of `cols` columns on `gpu` for the forward (`bwd`: the backward)
 /// with 16-byte aligned buffers, without launching anything.
-pub(crate) fn softmax_force_fits(gpu: &Gpu, cols: usize, bwd: bool, force: SoftmaxForce) -> bool {
+pub fn softmax_force_fits(gpu: &Gpu, cols: usize, bwd: bool, force: SoftmaxForce) -> bool {
     let vec = if cols % 4 == 0 { 4 } else { 1 };
     let kernels: &[ClusterKernel] = if bwd { &BWD_CLUSTER } else { &FWD_CLUSTER };
     cluster_shape("sweep", gpu, cols, vec, kernels, Some(force)).is_ok()
