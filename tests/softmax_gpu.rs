@@ -18,6 +18,7 @@
 //! still runs.
 
 mod common;
+mod softmax_support;
 
 use ampkit::check::{unwritten, Tolerance};
 use ampkit::cpu::softmax as cpu;
@@ -26,9 +27,9 @@ use ampkit::ops::cross_entropy::softmax_cross_entropy;
 use ampkit::ops::softmax::{backward, forward};
 use ampkit::tuning::cross_entropy::CeForce;
 use ampkit::{f16, Error};
-use common::softmax::*;
 use common::{assert_close, assert_scaled, gpu, rng, sanitizing, sized};
 use rand::Rng;
+use softmax_support::*;
 
 #[test]
 fn softmax_matches_the_f64_reference_on_every_launch_shape() {

@@ -3,6 +3,7 @@
 //! state's buffers, and (in [`rig`]) the GPU-vs-CPU rig of the GPU tests.
 #![allow(dead_code)]
 
+pub mod expected;
 pub mod rig;
 
 use crate::common::{assert_all_written, assert_bits_eq};

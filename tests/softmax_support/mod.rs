@@ -1,7 +1,9 @@
 //! Softmax and cross-entropy test support: random logits and labels, misaligned uploads, and the
 //! checks against the f64 reference with their limits (see tests/softmax_gpu.rs's docs).
 
-use super::{assert_all_written, assert_close, assert_scaled};
+#![allow(dead_code)]
+
+use crate::common::{assert_all_written, assert_close, assert_scaled};
 use ampkit::check::{ToF64, Tolerance};
 use ampkit::cpu::softmax as cpu;
 use ampkit::cpu::Element;

@@ -11,12 +11,13 @@
 //! every instance, cluster size and thread count still runs.
 
 mod common;
+mod softmax_support;
 
 use ampkit::tuning::cross_entropy::CeForce;
 use ampkit::tuning::softmax::SoftmaxForce;
 use ampkit::{f16, Error};
-use common::softmax::*;
 use common::{assert_all_written, gpu, rng, sanitizing, sized};
+use softmax_support::*;
 
 /// Runs `check` for f32 → f32 and f16 → f16 under `force`, counting the shapes that fit; a shape
 /// the row does not fit must be refused with "does not fit" before any launch.
