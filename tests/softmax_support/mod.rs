@@ -1,26 +1,22 @@
-//! Softmax and cross-entropy test support: random logits and labels, misaligned uploads, and the
-//! checks against the f64 reference with their limits (see tests/softmax_gpu.rs's docs).
+//! Softmax test support (`softmax_gpu`, `softmax_sm90_gpu`, and under the loss's own support
+//! `cross_entropy_gpu`, `cross_entropy_sm90_gpu`): random logits, poison values, misaligned
+//! uploads, the Hopper gate, typed-error checks, and softmax's checks against the f64 reference
+//! with their limits (see tests/softmax_gpu.rs's docs).
 
 #![allow(dead_code)]
 
 use crate::common::{assert_all_written, assert_close, assert_scaled};
 use ampkit::check::{ToF64, Tolerance};
 use ampkit::cpu::softmax as cpu;
-use ampkit::cpu::Element;
 use ampkit::cuda::{DeviceBuffer, Gpu};
-use ampkit::ops::cross_entropy::{softmax_cross_entropy, Grad, Logit};
 use ampkit::ops::softmax::{backward, forward};
-use ampkit::tuning::cross_entropy::{softmax_cross_entropy_forced, CeForce};
 use ampkit::tuning::softmax::{backward_forced, forward_forced, SoftmaxForce};
 use ampkit::{f16, Error};
 use cudarc::driver::DeviceRepr;
 use rand::rngs::StdRng;
 use rand::Rng;
-use std::mem::size_of;
 
 pub const LIMIT: f64 = 1e-5;
-/// exp(x − max) below this flushes to zero in the loss kernels (2^-126, f32's least normal).
-pub const FLUSHED_EXP: f64 = 1.1754943508222875e-38;
 /// Softmax outputs: relative elementwise and in L2; the 1e-30 absolute covers outputs that
 /// underflow to subnormals.
 pub const SOFTMAX_FWD: Tolerance = Tolerance::new(1e-30, LIMIT);
@@ -41,12 +37,6 @@ pub fn logits(rng: &mut StdRng, rows: usize, cols: usize, offset: f32, spread: f
         x.extend((0..cols).map(|_| o + rng.gen_range(-spread..=spread)));
     }
     x
-}
-
-pub fn labels(rng: &mut StdRng, rows: usize, classes: usize) -> Vec<u32> {
-    (0..rows)
-        .map(|_| rng.gen_range(0..classes as u32))
-        .collect()
 }
 
 pub fn wide<T: ToF64>(v: &[T]) -> Vec<f64> {
@@ -126,157 +116,25 @@ pub fn check_softmax_with(
     Ok(())
 }
 
-/// The cross-entropy of `x` into `D` gradients on the GPU, against the f64 reference: the loss to
-/// [`LIMIT`] relative, every gradient within `LIMIT·|scale/rows|·(p + onehot)` plus, for f16
-/// outputs, half an f16 ulp. Returns (loss, dlogits) as computed.
-pub fn check_ce<L, D>(
-    gpu: &Gpu,
-    x: &[L],
-    labels: &[u32],
-    classes: usize,
-    scale: f32,
-    fill: D,
-    what: &str,
-) -> (f32, Vec<D>)
-where
-    L: Logit + Element + ToF64,
-    D: Grad + Element + ToF64 + bytemuck::Pod,
-{
-    check_ce_with(gpu, x, labels, classes, scale, fill, what, 0, None)
+/// Whether the GPU runs the thread-block-cluster kernels (compute capability 9.0); prints
+/// `skipped: ...` when it does not.
+pub fn hopper(gpu: &Gpu) -> bool {
+    if gpu.info().compute_capability == (9, 0) {
+        true
+    } else {
+        eprintln!("skipped: the cluster kernels need compute capability 9.0");
+        false
+    }
 }
 
-/// [`check_ce`] with the buffers at element `offset` and, if given, a forced launch shape.
-#[allow(clippy::too_many_arguments)]
-pub fn check_ce_with<L, D>(
-    gpu: &Gpu,
-    x: &[L],
-    labels: &[u32],
-    classes: usize,
-    scale: f32,
-    fill: D,
-    what: &str,
-    offset: usize,
-    force: Option<CeForce>,
-) -> (f32, Vec<D>)
-where
-    L: Logit + Element + ToF64,
-    D: Grad + Element + ToF64 + bytemuck::Pod,
-{
-    try_check_ce(gpu, x, labels, classes, scale, fill, what, offset, force)
-        .unwrap_or_else(|e| panic!("{what}: {e}"))
-}
-
-/// [`check_ce_with`], or the error of a forced shape the row does not fit (nothing launched).
-#[allow(clippy::too_many_arguments)]
-pub fn try_check_ce<L, D>(
-    gpu: &Gpu,
-    x: &[L],
-    labels: &[u32],
-    classes: usize,
-    scale: f32,
-    fill: D,
-    what: &str,
-    offset: usize,
-    force: Option<CeForce>,
-) -> Result<(f32, Vec<D>), Error>
-where
-    L: Logit + Element + ToF64,
-    D: Grad + Element + ToF64 + bytemuck::Pod,
-{
-    let rows = labels.len();
-    let (got_loss, got) = run_ce_with(gpu, x, labels, classes, scale, fill, offset, force)?;
-    assert_all_written(&format!("{what} dlogits"), &got, fill);
-    let mut want = vec![0.0f64; x.len()];
-    let want_loss = ampkit::cpu::cross_entropy::softmax_cross_entropy(
-        x, labels, rows, classes, scale, &mut want,
-    )
-    .unwrap();
-    let allowed = allowance(&wide(x), labels, classes, scale, &want, size_of::<D>() == 2);
-    assert_scaled(&format!("{what} dlogits"), &got, &want, &allowed, 1.0);
-    let err = (f64::from(got_loss) - want_loss).abs() / want_loss.abs().max(1e-30);
-    eprintln!("{what} loss: {got_loss} vs {want_loss}, rel error {err:.2e}");
-    assert!(err <= LIMIT, "{what}: loss {got_loss} vs {want_loss}");
-    Ok((got_loss, got))
-}
-
-/// How far each gradient may be from the f64 reference `want`: [`LIMIT`] of the terms that
-/// cancel in it, `|grad_scale/rows|·(p + onehot)`, and for f16 outputs half an f16 ulp
-/// (2^-11 relative, 2^-25 absolute among subnormals; 4.9e-4 and 3e-8 leave a little slack).
-/// The kernels flush exp(x − max) below 2^-126 to zero (`exp_shifted`), so every gradient may
-/// also be off by `|grad_scale/rows|·2^-126`.
-pub fn allowance(
-    x: &[f64],
-    labels: &[u32],
-    classes: usize,
-    scale: f32,
-    want: &[f64],
-    f16_out: bool,
-) -> Vec<f64> {
-    let rows = labels.len();
-    let mut p = vec![0.0f64; x.len()];
-    cpu::forward(x, rows, classes, &mut p).unwrap();
-    let unit = (f64::from(scale) / rows as f64).abs();
-    (0..x.len())
-        .map(|i| {
-            let onehot = f64::from(labels[i / classes] as usize == i % classes);
-            let f16_err = if f16_out {
-                4.9e-4 * want[i].abs() + 3e-8
-            } else {
-                0.0
-            };
-            LIMIT * unit * (p[i] + onehot) + unit * FLUSHED_EXP + f16_err
-        })
-        .collect()
-}
-
-/// Uploads and runs one cross-entropy (buffers at element `offset`); returns (loss, dlogits).
-pub fn run_ce<L, D>(
-    gpu: &Gpu,
-    x: &[L],
-    labels: &[u32],
-    classes: usize,
-    scale: f32,
-    fill: D,
-    offset: usize,
-) -> (f32, Vec<D>)
-where
-    L: Logit + Element,
-    D: Grad + Element,
-{
-    run_ce_with(gpu, x, labels, classes, scale, fill, offset, None).unwrap()
-}
-
-/// [`run_ce`] in a forced launch shape when `force` is given.
-#[allow(clippy::too_many_arguments)]
-pub fn run_ce_with<L, D>(
-    gpu: &Gpu,
-    x: &[L],
-    labels: &[u32],
-    classes: usize,
-    scale: f32,
-    fill: D,
-    offset: usize,
-    force: Option<CeForce>,
-) -> Result<(f32, Vec<D>), Error>
-where
-    L: Logit + Element,
-    D: Grad + Element,
-{
-    let (rows, o) = (labels.len(), offset);
-    let xd = upload_at(gpu, x, o, x[0]);
-    let ld = gpu.upload(labels).unwrap();
-    let sd = gpu.upload(&[scale]).unwrap();
-    let mut dd = upload_at(gpu, &vec![fill; x.len()], o, fill);
-    let mut loss = gpu.upload(&[poison()]).unwrap();
-    let xv = xd.slice(o..);
-    let mut dv = dd.slice_mut(o..);
-    match force {
-        None => softmax_cross_entropy(gpu, &xv, &ld, rows, classes, &sd, &mut dv, &mut loss),
-        Some(f) => {
-            softmax_cross_entropy_forced(gpu, (&xv, &ld, &sd), rows, classes, &mut dv, &mut loss, f)
-        }
-    }?;
-    let got_loss = gpu.download(&loss).unwrap()[0];
-    assert_ne!(got_loss.to_bits(), poison().to_bits(), "loss never written");
-    Ok((got_loss, gpu.download(&dd.slice(o..)).unwrap()))
+/// Fails unless `r` is the expected kind of error (`shape`: [`Error::ShapeMismatch`], else
+/// [`Error::InvalidArgument`]) mentioning `needle`.
+pub fn expect(r: ampkit::Result<()>, shape: bool, needle: &str) {
+    let e = r.unwrap_err();
+    let kind = if shape {
+        matches!(e, Error::ShapeMismatch { .. })
+    } else {
+        matches!(e, Error::InvalidArgument { .. })
+    };
+    assert!(kind && e.to_string().contains(needle), "{needle}: {e}");
 }
