@@ -19,14 +19,14 @@
 //!
 //! Each operand's contiguous dimension is a multiple of 8 halves and its device address is
 //! 16-byte aligned (A: `k` for `Forward`/`Dgrad`, `m` for `Wgrad`; B: `k` for `Forward`, `n` for
-//! `Dgrad`/`Wgrad`). Then tiles stream through a 3-4 stage `cp.async` pipeline, or on Hopper
-//! (H100/H200) through TMA into `wgmma`. Anything else takes a correct slower path that loads
-//! element by element. The output has no alignment requirement.
+//! `Dgrad`/`Wgrad`). Anything else takes a correct slower path that loads element by element. The
+//! output has no alignment requirement.
 //!
-//! The launch configuration (tile size and K-split) is chosen per shape from a small cost model:
-//! big tiles for big problems, small tiles or a K-split where big tiles would leave SMs idle (the
-//! MLP's weight gradients). A K-split writes f32 partial sums to the device's scratch buffer and
-//! a second kernel adds them in a fixed order: results are deterministic. The tile table and the
+//! The launch configuration (tile size and K-split) is chosen per shape from a small cost model;
+//! the tile configurations and the launch shapes are stated in the kernels' headers,
+//! `kernels/gemm.cu` and `kernels/gemm_sm90.cu`, the measurements behind them in
+//! `docs/kernels/gemm.md`. A K-split writes f32 partial sums to the device's scratch buffer and a
+//! second kernel adds them in a fixed order: results are deterministic. The tile table and the
 //! planner are reachable, hidden, as `ampkit::tuning::gemm` for ampkit's own tests and
 //! benchmarks only; they are not part of the stable API.
 //!

@@ -11,20 +11,10 @@
 //! per-cluster) partial rows in the device's scratch buffer and a second small kernel that adds
 //! them in order.
 //!
-//! Launch shapes: the forward takes one warp per row while a row fits 32 lanes' registers (≤ 1024
-//! columns with float4 accesses, ≤ 256 without), otherwise one block per row; very long rows keep
-//! what fits of the row in shared memory plus 8 floats per thread in registers and read any rest
-//! again (from L2). The backward takes a warp per row up to 256 float4 columns, then a block per
-//! row that loads the next row during the current row's reduction (measured faster from 512
-//! columns on the H100), with the row in registers up to 8192 columns; beyond that it reads `x`
-//! and `dy` twice (20 instead of 12 bytes per element).
-//!
-//! On compute capability 9.0 (H100, H200), float4 rows of more than 8192 columns take
-//! thread-block clusters instead: 2, 4 or 8 blocks share a row, each holding its slice in
-//! registers, and combine the row's sums through distributed shared memory. The forward runs a
-//! cluster per row (up to 131 072 columns); the backward reads `x` and `dy` once, with up to 96
-//! blocks in clusters that each take every G-th row, G from `rows` and the cluster size (up to
-//! 65 536 columns; longer rows keep the two-pass path).
+//! The launch shapes (a warp, a block or a thread-block cluster per row, the backward's two-pass
+//! path for the longest rows) and the row lengths that choose between them are stated in the
+//! kernels' headers, `kernels/layernorm.cu` and `kernels/layernorm_sm90.cu`; the measurements
+//! behind them are in `docs/kernels/layernorm.md`.
 //!
 //! float4 accesses need `cols % 4 == 0` and 16-byte aligned `x`, `y`, `gamma`, `beta` (forward)
 //! or `dy`, `x`, `gamma`, `dx` (backward); anything else takes the scalar kernels. Limits:
