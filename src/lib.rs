@@ -101,7 +101,7 @@
 //! softmax and the loss compute in f32 from f16 or f32 inputs; master weights, moments and
 //! unscaled gradients are f32; f16 copies are rounded to nearest even. Elementwise ops (cast,
 //! ReLU, unscale, scale update, optimizer) are bit-exact with their CPU references; reductions
-//! (GEMM, LayerNorm, softmax) agree to rounding, to the tolerances in [`ops`], and are
+//! (GEMM, LayerNorm, softmax, the loss) agree to rounding, to the tolerances in [`ops`], and are
 //! deterministic run to run.
 //!
 //! # Without a GPU
