@@ -5,9 +5,10 @@
 //! cargo run --release --example 02_gemm
 
 use ampkit::check::{compare, Tolerance};
-use ampkit::cpu::gemm::{gemm as cpu_gemm, gemm_f64, Epilogue as CpuEpilogue, GemmShape, Layout};
+use ampkit::cpu::gemm::{gemm as cpu_gemm, gemm_f64, Epilogue as CpuEpilogue};
 use ampkit::cuda::Gpu;
 use ampkit::ops::gemm::{gemm, Epilogue};
+use ampkit::shape::{GemmShape, Layout};
 use ampkit::{f16, Device};
 use cudarc::driver::CudaContext;
 use rand::{rngs::StdRng, Rng, SeedableRng};

@@ -5,8 +5,8 @@
 //! cargo run --release --example 03_layernorm_softmax_ce
 
 use ampkit::check::{compare, Tolerance};
-use ampkit::cpu::{layernorm as cpu_ln, softmax as cpu_sm};
-use ampkit::ops::{layernorm, softmax};
+use ampkit::cpu::{cross_entropy as cpu_ce, layernorm as cpu_ln};
+use ampkit::ops::{cross_entropy, layernorm};
 use ampkit::{f16, Device};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -55,9 +55,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Cross-entropy: the reference computes in f64; with D = f64 its dlogits are unrounded.
     let mut d64 = vec![0f64; rows * classes];
-    let loss64 = cpu_sm::softmax_cross_entropy(&logits, &labels, rows, classes, scale, &mut d64)?;
+    let loss64 = cpu_ce::softmax_cross_entropy(&logits, &labels, rows, classes, scale, &mut d64)?;
     let mut d16 = vec![f16::ZERO; rows * classes];
-    cpu_sm::softmax_cross_entropy(&logits, &labels, rows, classes, scale, &mut d16)?;
+    cpu_ce::softmax_cross_entropy(&logits, &labels, rows, classes, scale, &mut d16)?;
     // An f16 gradient is within half an ulp (2⁻¹¹ relative) of the exact one, plus f32 error.
     let g = f64::from(scale) / rows as f64;
     let ce_tol = Tolerance::new(1e-5 * g + 6e-8, 4.9e-4 + 1e-5).with_rel_l2(1e-3);
@@ -97,7 +97,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dscale = gpu.upload(&[scale])?;
     let mut ddlogits = gpu.alloc_zeros::<f16>(rows * classes)?;
     let mut dloss = gpu.alloc_zeros::<f32>(1)?;
-    softmax::softmax_cross_entropy(
+    cross_entropy::softmax_cross_entropy(
         gpu,
         &dlogits_in,
         &dlabels,

@@ -15,10 +15,11 @@
 
 use ampkit::amp::{CpuGradScaler, GradScaler, LossScale, ScalerConfig};
 use ampkit::cpu;
-use ampkit::cpu::gemm::{Epilogue as CpuEpilogue, GemmShape, Layout};
+use ampkit::cpu::gemm::Epilogue as CpuEpilogue;
 use ampkit::cuda::{DeviceBuffer, Gpu};
 use ampkit::ops::{self, gemm::Epilogue};
 use ampkit::optim::{Adam, AdamConfig, GpuParam, Optimizer, Param};
+use ampkit::shape::{GemmShape, Layout};
 use ampkit::{f16, Device, Result};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -120,7 +121,7 @@ fn cpu_path(
         cpu::gemm::gemm(fwd, x, &w16, &CpuEpilogue::bias(&b, false), &mut logits)?;
         // 1. The loss, and its gradient times the loss scale, in f16.
         let mut dlogits = vec![f16::ZERO; BATCH * CLASSES];
-        let loss = cpu::softmax::softmax_cross_entropy(
+        let loss = cpu::cross_entropy::softmax_cross_entropy(
             &logits,
             labels,
             BATCH,
@@ -197,7 +198,7 @@ fn gpu_path(
             &mut logits,
         )?;
         // 1. The loss gradient at the scaler's device scale.
-        ops::softmax::softmax_cross_entropy(
+        ops::cross_entropy::softmax_cross_entropy(
             gpu,
             &logits,
             &labels,

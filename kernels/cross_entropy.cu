@@ -1,7 +1,7 @@
 // cross_entropy.cu — fused softmax-cross-entropy: f16 or f32 logits, u32 labels, f32 math, f16 or
 // f32 dlogits, and the mean loss left on the device, in one launch.
 //
-// What: src/cpu/softmax.rs's softmax_cross_entropy. Per row: loss = (m − x_label) + ln s;
+// What: src/cpu/cross_entropy.rs's softmax_cross_entropy. Per row: loss = (m − x_label) + ln s;
 //   dlogits_j = (e_j/s − [j = label])·scale with scale = *grad_scale / rows read from device memory
 //   (AMP's loss scale), stored as f16 or f32 (out_f16). e_j = 2^((x_j − m)·log2 e) through the SFU
 //   (exp_shifted: the subtraction rounded first, so the max gives exactly 1; flush-to-zero, so an
@@ -17,7 +17,7 @@
 //   of the launching Gpu handle's own: softmax_common.cuh) adds the partials in a fixed order and
 //   writes the mean as one f32: no host synchronisation, no float atomics, no second kernel.
 //   Bit-identical run to run (every order depends on the launch shape only).
-// Launch shapes (picked in src/ops/softmax/cross_entropy.rs); a "pack" is VEC elements, VEC = 16
+// Launch shapes (picked in src/ops/cross_entropy/plan.rs); a "pack" is VEC elements, VEC = 16
 //   bytes of logits (8 f16 / 4 f32) when classes allow it and both buffers are 16-byte aligned.
 //   ce_groups<L,P,W,PF>  the default for 16-byte packs: row groups of W warps (1, 2, 4, 8; 256-
 //                   thread blocks hold 8/W groups), the row in registers (P packs per thread),
@@ -30,6 +30,8 @@
 //   ce_rows<L,VEC,P,PF>  any access width: a warp or a block per row, the row in registers,
 //                   per-row work inline; blocks loop over rows past 2^18 threads.
 //   ce_block<L,VEC>  rows too long for registers: a block per row through shared memory.
+//   On compute capability 9.0, rows of 16-byte packs past 8192 classes (too long for any ce_groups
+//   instance) take softmax_sm90.cu's cluster kernels instead, where an instance holds them.
 // Roofline: 4 + 4 B/element (f32 → f32) or 2 + 2 B (f16 → f16) plus 4 B per row. The f16 loss
 //   needs ~2.5 elements per clock per SM at the H100's ~3.0 TB/s copy rate, so its instruction
 //   count per element (ce_groups: ~7 in the exp pass, 18 in all by ncu; ce_rows: 32) matters as much
@@ -351,7 +353,8 @@ __device__ __forceinline__ void ce_groups(const L* __restrict__ logits,
 using namespace softmax_detail;
 
 // Threads a softmax_ce_rows instance may be launched with: it keeps VEC·P floats of the row per
-// thread. Mirrored by src/ops/softmax.rs (checked there against the PTX's .maxntid).
+// thread. Mirrored by src/ops/cross_entropy/plan.rs (checked against the PTX's .maxntid in
+// src/ops/cross_entropy/mod.rs).
 constexpr int ce_rows_bound(int vec, int p) { return vec * p <= 16 ? 1024 : vec * p <= 32 ? 512 : 256; }
 // Resident blocks asked of the compiler: 2 keeps the 32-float instances at 64 registers (four
 // 256-thread blocks per SM in warp mode), which the grid-stride loop would otherwise push to ~94.

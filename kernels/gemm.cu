@@ -23,7 +23,7 @@
 //   s:    64×64×32,  4 warps (2×2) of 32×32, 4 stages,  36-40 KB  — small problems, and the
 //       unaligned path (leading dimension not a multiple of 8 halves, or a pointer not 16-byte
 //       aligned), which loads element by element instead of cp.async
-// The host picks the config and a K-split by shape (src/ops/gemm.rs) and states the fast path's
+// The host picks the config and a K-split by shape (src/ops/gemm/) and states the fast path's
 // alignment: each operand's contiguous dimension a multiple of 8 and its base 16-byte aligned.
 // Launch: grid (tiles, 1, splits), block = 32·warps, dynamic smem as above.
 // Roofline (H100 SXM: 989 TFLOP/s dense f16 peak, mma.sync reported to top out near 63-65% of

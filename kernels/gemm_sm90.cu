@@ -316,7 +316,7 @@ __device__ __forceinline__ void gemm_tile(const TensorMap& ta, const TensorMap& 
 using namespace gemm_sm90_detail;
 
 // Entry points: gemm_sm90_<layout>_<config>. Arguments: the tensor maps of A and B (built by
-// src/ops/gemm_sm90.rs), C (or the split workspace), bias (may be null), M, N, K, alpha, beta,
+// src/ops/gemm/sm90.rs), C (or the split workspace), bias (may be null), M, N, K, alpha, beta,
 // relu, out_kind (0 f16, 1 f32, 2 f32 partials), K tiles per split, tile-rows per raster group.
 #define AMPKIT_GEMM_SM90(NAME, BN, ST, REGS, MINB, AMN, BMN)                                       \
     extern "C" __global__ void __launch_bounds__(THREADS, MINB)                                   \

@@ -46,8 +46,8 @@ constexpr int FINISH_Y = 16;  // partial rows summed side by side by bwd_finish
 
 // Threads a bwd_rows instance may be launched with: its per-thread state is 4·P·VEC floats
 // (6·P·VEC with prefetch), so wide instances trade threads for registers (64 per thread at 1024
-// threads, 128 at 512). Mirrored by src/ops/layernorm.rs (checked there against the PTX's
-// .maxntid).
+// threads, 128 at 512). Mirrored by src/ops/layernorm/backward.rs (checked against the PTX's
+// .maxntid in src/ops/layernorm/mod.rs).
 constexpr int bwd_bound(int vec, int p, bool pf) {
     return pf ? (vec * p <= 4 ? 1024 : vec * p <= 8 ? 512 : 256)
               : (vec * p <= 8 ? 1024 : vec * p <= 16 ? 512 : 256);

@@ -15,7 +15,7 @@
 //   (cluster.cuh's cluster_reduce_async: each block pushes its block sums into every block's
 //   shared memory with st.async onto an mbarrier and every block adds the C sums in rank order,
 //   so all get the same bits; no memory fence, so prefetched loads stay in flight across it).
-// Algorithm and launch shapes (chosen in src/ops/layernorm/cluster.rs). packs = cols / 4; a block
+// Algorithm and launch shapes (chosen in src/ops/layernorm/sm90.rs). packs = cols / 4; a block
 //   of rank r owns the packs [r·S, min((r+1)·S, packs)), S = ceil(packs / C); thread t holds its
 //   packs t, t + T, … (P of them, P·T ≥ S).
 //   fwd_cluster<C,P>  grid = rows·C, a cluster per row. Read the slice (all P loads in flight),
@@ -48,7 +48,7 @@ using ampkit::exchange_init;
 
 constexpr int VEC = 4;
 
-// Launch bounds, mirrored by src/ops/layernorm/cluster.rs (checked there against the PTX's
+// Launch bounds, mirrored by src/ops/layernorm/sm90.rs (checked there against the PTX's
 // .maxntid). Forward state is P·4 floats per thread; backward with prefetch 6·P·4 (x̂, g, the next
 // row's x and dy, the dgamma and dbeta sums): P = 4 fits 128 registers without spilling, so 512
 // threads (16 warps, one block per SM) — measured 9-12 % faster at 65 536 columns than P = 8 with

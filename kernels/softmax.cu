@@ -17,6 +17,8 @@
 //                   (as much as fits) and 8 more floats per thread into registers (a still longer
 //                   tail is read again, from L2), and the later passes run over those copies. The
 //                   forward overwrites the cached x with e_j, so exp runs once per cached element.
+//   On compute capability 9.0, rows of 16 384 columns or more with VEC = 4 take softmax_sm90.cu's
+//   cluster kernels instead, where an instance holds them.
 // Roofline: forward 8 B/element, backward 12 B. 4096×10 is ~330 KB: launch-bound; at ≥ 64 MB the
 //   floor is bytes over the ~3.0 TB/s device copy measured on the H100.
 #include "softmax_common.cuh"

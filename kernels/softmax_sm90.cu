@@ -1,6 +1,10 @@
 // softmax_sm90.cu — softmax forward/backward and the fused softmax-cross-entropy for very long rows
-// (16 384 columns and more), one thread-block cluster per row. sm_90 only (compute_90a); other
-// GPUs, and rows these instances cannot hold, take softmax.cu's and cross_entropy.cu's kernels.
+// (softmax: 16 384 columns and more with 4-element packs; the loss: past 8192 classes with
+// 16-byte packs), one thread-block cluster per row. sm_90 only (compute_90a); other GPUs, and
+// rows these instances cannot hold, take softmax.cu's and cross_entropy.cu's kernels.
+// The loss's cluster kernels live here rather than in a cross_entropy_sm90.cu because the two
+// families share this module's device code; their host code is src/ops/softmax/sm90.rs (softmax)
+// and src/ops/cross_entropy/sm90.rs (the loss).
 //
 // What: the same functions, formulas and rounding as softmax.cu (forward: expf, a plain sum and an
 //   IEEE division; backward: y·(dy − Σ y·dy)) and cross_entropy.cu (exp_shifted, the c + r split,

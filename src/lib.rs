@@ -14,7 +14,8 @@
 //!
 //! ```
 //! use ampkit::check::{compare, Tolerance};
-//! use ampkit::cpu::gemm::{gemm, gemm_f64, Epilogue, GemmShape, Layout};
+//! use ampkit::cpu::gemm::{gemm, gemm_f64, Epilogue};
+//! use ampkit::shape::{GemmShape, Layout};
 //! use ampkit::f16;
 //!
 //! # fn main() -> ampkit::Result<()> {
@@ -40,7 +41,7 @@
 //! the same way (`no_run` here: it needs a GPU; see `examples/02_gemm.rs`):
 //!
 //! ```no_run
-//! # use ampkit::cpu::gemm::{GemmShape, Layout};
+//! # use ampkit::shape::{GemmShape, Layout};
 //! # use ampkit::f16;
 //! # fn main() -> ampkit::Result<()> {
 //! # let (m, n, k) = (8, 16, 32);
@@ -83,6 +84,7 @@
 //! - [`cpu`]: the reference of every op (rayon), same names and argument order, each module
 //!   documenting its exact semantics (rounding, NaN/inf, operation order) so a kernel can match
 //!   it. Public so you can validate your own kernels against it.
+//! - [`shape`]: problem shapes both twins take ([`shape::GemmShape`], [`shape::Layout`]).
 //! - [`check`]: the tolerance harness: relative L2 and elementwise `atol + rtol·|ref|` against an
 //!   f64 reference, NaN only where expected, poisoned-output checks, finite differences.
 //! - [`amp`] and [`optim`]: PyTorch's `GradScaler` ([`amp::GradScaler`] on the device,
@@ -100,7 +102,7 @@
 //! softmax and the loss compute in f32 from f16 or f32 inputs; master weights, moments and
 //! unscaled gradients are f32; f16 copies are rounded to nearest even. Elementwise ops (cast,
 //! ReLU, unscale, scale update, optimizer) are bit-exact with their CPU references; reductions
-//! (GEMM, LayerNorm, softmax) agree to rounding, to the tolerances in [`ops`], and are
+//! (GEMM, LayerNorm, softmax, the loss) agree to rounding, to the tolerances in [`ops`], and are
 //! deterministic run to run.
 //!
 //! # Without a GPU
@@ -143,7 +145,11 @@ pub mod kernels;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod shape;
 pub mod train;
+#[doc(hidden)]
+pub mod tuning;
+mod validate;
 
 pub use device::Device;
 pub use error::{Error, Result};

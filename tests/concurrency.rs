@@ -7,14 +7,14 @@
 
 mod common;
 
-use ampkit::cpu::gemm::{GemmShape, Layout};
 use ampkit::cpu::optim::OptimizerConfig;
 use ampkit::cuda::{DeviceBuffer, Gpu};
 use ampkit::f16;
 use ampkit::nn::MlpConfig;
 use ampkit::ops::gemm::{self, Epilogue};
 use ampkit::ops::optim::{GpuOptimizer, GpuParamTensor};
-use ampkit::ops::{cast, layernorm, relu, softmax, unscale};
+use ampkit::ops::{cast, cross_entropy, layernorm, relu, softmax, unscale};
+use ampkit::shape::{GemmShape, Layout};
 use ampkit::train::gpu_backend::GpuBackend;
 use ampkit::train::{Backend, TrainConfig};
 use rand::rngs::StdRng;
@@ -230,7 +230,7 @@ fn amp_step(gpu: &Gpu, rng: &mut StdRng) -> ampkit::Result<Vec<u32>> {
     let scale = gpu.upload(&[1024.0f32])?;
     let mut dlogits = gpu.upload(&vec![f16::NAN; r * c])?;
     let mut loss = gpu.upload(&[f32::NAN])?;
-    softmax::softmax_cross_entropy::<f16, f16, _, _, _, _, _>(
+    cross_entropy::softmax_cross_entropy::<f16, f16, _, _, _, _, _>(
         gpu,
         &logits,
         &labels,
@@ -492,7 +492,7 @@ fn loss_launches_on_two_streams_keep_their_own_tickets() {
         let mut losses = g.alloc_zeros::<f32>(launches).unwrap();
         for i in 0..launches {
             let mut loss = losses.slice_mut(i..i + 1);
-            softmax::softmax_cross_entropy::<f32, f32, _, _, _, _, _>(
+            cross_entropy::softmax_cross_entropy::<f32, f32, _, _, _, _, _>(
                 g, x, y, rows, classes, s, &mut d, &mut loss,
             )
             .unwrap();

@@ -6,7 +6,7 @@
 //! run bit-identical results; typed errors before any launch.
 //!
 //! Errors are measured in units of each element's scale, the sum of the magnitudes of the terms
-//! that produce it (tests/layernorm.rs explains why: LayerNorm's outputs cancel). f32 arithmetic
+//! that produce it (tests/layernorm_cpu.rs explains why: LayerNorm's outputs cancel). f32 arithmetic
 //! with tree sums errs by ≲ (terms per thread + tree depth)·2^-24 ≈ 5e-6 of that scale in the
 //! worst case and ~1e-6 typically; the limit is 1e-5, while a wrong formula or index errs by
 //! 1e-2 or more.
@@ -20,7 +20,8 @@ mod common;
 mod layernorm_support;
 
 use ampkit::cuda::{DeviceBuffer, Gpu};
-use ampkit::ops::layernorm::{backward, backward_forced, forward, BwdForce};
+use ampkit::ops::layernorm::{backward, forward};
+use ampkit::tuning::layernorm::{backward_forced, BwdForce};
 use ampkit::Error;
 use common::{gpu, rng, sanitizing, sized};
 use layernorm_support::*;

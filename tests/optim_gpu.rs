@@ -18,7 +18,8 @@ use ampkit::cpu::optim::{
 use ampkit::cpu::schedule::LrSchedule;
 use ampkit::cuda::DeviceBuffer;
 use ampkit::ops::cast::fill_f16;
-use ampkit::ops::optim::{adam_bias_terms, GpuOptimizer, GpuParamTensor};
+use ampkit::ops::optim::{GpuOptimizer, GpuParamTensor};
+use ampkit::tuning::optim::adam_bias_terms;
 use ampkit::{f16, Error};
 use common::{gpu, rng};
 use optim_support::rig::*;

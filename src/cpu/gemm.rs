@@ -1,14 +1,8 @@
 //! GEMM on the CPU: f16 (or f32) operands, f32 accumulation, the three layouts of an MLP, fused
 //! epilogues. The reference for the tensor-core GEMM and the CPU training backend's workhorse.
 //!
-//! Every matrix is row-major and read in place, in the layout an MLP stores it (W is
-//! `[out, in]` like PyTorch's `nn.Linear`). The output is always `C[m, n]`, contracted over `k`:
-//!
-//! | [`Layout`] | computes | A | B |
-//! |---|---|---|---|
-//! | `Forward` | `Y = X·Wᵀ` | X `[m, k]` | W `[n, k]` |
-//! | `Dgrad` | `dX = dY·W` | dY `[m, k]` | W `[k, n]` |
-//! | `Wgrad` | `dW = dYᵀ·X` | dY `[k, m]` | X `[k, n]` |
+//! Operands are read in place in the layouts of [`crate::shape::Layout`] (the table of operand
+//! shapes is in [`crate::shape`]); the output is always `C[m, n]`, contracted over `k`.
 //!
 //! Epilogue, per element, in the accumulator's precision: `v = alpha·acc`, then `v += bias[j]`
 //! (a bias per output column), then `v += beta·C_old` (only when `beta ≠ 0`: with `beta = 0` the
@@ -28,39 +22,14 @@
 
 use crate::cpu::relu::relu;
 use crate::cpu::Element;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::validate;
 use rayon::prelude::*;
 
-/// Which product [`gemm`] computes; see the module doc for the operand shapes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Layout {
-    /// Forward: `C[m,n] = A[m,k] · B[n,k]ᵀ` (`Y = X·Wᵀ`).
-    Forward = 0,
-    /// Data gradient: `C[m,n] = A[m,k] · B[k,n]` (`dX = dY·W`).
-    Dgrad = 1,
-    /// Weight gradient: `C[m,n] = A[k,m]ᵀ · B[k,n]` (`dW = dYᵀ·X`).
-    Wgrad = 2,
-}
-
-/// The problem size: which layout, and `C[m, n]` contracted over `k`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct GemmShape {
-    /// Which operand layout (see the module doc).
-    pub layout: Layout,
-    /// Rows of C.
-    pub m: usize,
-    /// Columns of C.
-    pub n: usize,
-    /// The contracted dimension.
-    pub k: usize,
-}
-
-impl GemmShape {
-    /// A `layout` product giving `C[m, n]`, contracted over `k`.
-    pub fn new(layout: Layout, m: usize, n: usize, k: usize) -> Self {
-        GemmShape { layout, m, n, k }
-    }
-}
+// The shapes' old path, kept only for the benchmark code (src/bench, benches/) until it moves
+// to `crate::shape`; not part of the API.
+#[doc(hidden)]
+pub use crate::shape::{GemmShape, Layout};
 
 /// What happens to the product before it is stored; see the module doc for the order.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -121,7 +90,8 @@ impl<'a> Epilogue<'a> {
 ///
 /// ```
 /// use ampkit::check::{compare, Tolerance};
-/// use ampkit::cpu::gemm::{gemm, gemm_f64, Epilogue, GemmShape, Layout};
+/// use ampkit::cpu::gemm::{gemm, gemm_f64, Epilogue};
+/// use ampkit::shape::{GemmShape, Layout};
 /// use ampkit::f16;
 /// // A linear layer's forward, Y = relu(X·Wᵀ + b): X [2, 3], W [4, 3], b [4], Y [2, 4].
 /// let x: Vec<f16> = [1.0, 2.0, 3.0, -1.0, 0.5, 0.25].map(f16::from_f32).to_vec();
@@ -138,6 +108,8 @@ impl<'a> Epilogue<'a> {
 /// assert!(report.passed(), "{report}");
 /// # Ok::<(), ampkit::Error>(())
 /// ```
+///
+/// [`Error::ShapeMismatch`]: crate::Error::ShapeMismatch
 pub fn gemm<A: Element, C: Element>(
     shape: GemmShape,
     a: &[A],
@@ -145,7 +117,7 @@ pub fn gemm<A: Element, C: Element>(
     epilogue: &Epilogue,
     c: &mut [C],
 ) -> Result<()> {
-    check_shapes(
+    validate::gemm::gemm(
         "cpu::gemm::gemm",
         shape,
         [a.len(), b.len(), c.len()],
@@ -179,7 +151,7 @@ pub fn gemm_f64(
     epilogue: &Epilogue,
     c: &mut [f64],
 ) -> Result<()> {
-    check_shapes(
+    validate::gemm::gemm(
         "cpu::gemm::gemm_f64",
         shape,
         [a.len(), b.len(), c.len()],
@@ -212,15 +184,15 @@ pub fn gemm_f64(
 /// overwritten.
 ///
 /// Errors: [`Error::ShapeMismatch`] unless `dy` has `rows·cols` elements and `db` has `cols`.
+///
+/// [`Error::ShapeMismatch`]: crate::Error::ShapeMismatch
 pub fn bias_grad<G: Element, D: Element>(
     dy: &[G],
     rows: usize,
     cols: usize,
     db: &mut [D],
 ) -> Result<()> {
-    const OP: &str = "cpu::gemm::bias_grad";
-    expect_len(OP, "dy", dy.len(), rows, cols)?;
-    expect_len(OP, "db", db.len(), 1, cols)?;
+    validate::gemm::bias_grad("cpu::gemm::bias_grad", rows, cols, dy.len(), db.len())?;
     // Column blocks: each thread sums its columns over every row, in row order.
     const COLS_PER_TASK: usize = 64;
     db.par_chunks_mut(COLS_PER_TASK)
@@ -240,15 +212,6 @@ pub fn bias_grad<G: Element, D: Element>(
     Ok(())
 }
 
-/// Operand shapes `(A rows, A cols, B rows, B cols)` as stored, for a layout.
-fn stored_shapes(layout: Layout, m: usize, n: usize, k: usize) -> [(usize, usize); 2] {
-    match layout {
-        Layout::Forward => [(m, k), (n, k)],
-        Layout::Dgrad => [(m, k), (k, n)],
-        Layout::Wgrad => [(k, m), (k, n)],
-    }
-}
-
 /// Strides (row, column) of the logical `A[m,k]` and `B[k,n]` inside the stored operands.
 fn logical_strides(layout: Layout, m: usize, n: usize, k: usize) -> [(isize, isize); 2] {
     let (m, n, k) = (m as isize, n as isize, k as isize);
@@ -256,34 +219,6 @@ fn logical_strides(layout: Layout, m: usize, n: usize, k: usize) -> [(isize, isi
         Layout::Forward => [(k, 1), (1, k)],
         Layout::Dgrad => [(k, 1), (n, 1)],
         Layout::Wgrad => [(1, m), (n, 1)],
-    }
-}
-
-/// Checks operand lengths against the shape (and the bias against `n`); shared with the GPU
-/// wrapper so both report the same errors.
-pub(crate) fn check_shapes(
-    op: &'static str,
-    GemmShape { layout, m, n, k }: GemmShape,
-    [a_len, b_len, c_len]: [usize; 3],
-    bias_len: Option<usize>,
-) -> Result<()> {
-    let [(ar, ac), (br, bc)] = stored_shapes(layout, m, n, k);
-    expect_len(op, "A", a_len, ar, ac)?;
-    expect_len(op, "B", b_len, br, bc)?;
-    expect_len(op, "C", c_len, m, n)?;
-    if let Some(len) = bias_len {
-        expect_len(op, "bias", len, 1, n)?;
-    }
-    Ok(())
-}
-
-fn expect_len(op: &'static str, name: &str, len: usize, rows: usize, cols: usize) -> Result<()> {
-    match rows.checked_mul(cols) {
-        Some(want) if want == len => Ok(()),
-        _ => Err(Error::ShapeMismatch {
-            op,
-            detail: format!("{name} has {len} elements, the shape needs {rows}×{cols}"),
-        }),
     }
 }
 
@@ -373,7 +308,7 @@ fn product<T: Accumulator>(
         .for_each(|(t, block)| {
             let i0 = t * rows_per_task;
             let rows = block.len() / n;
-            // SAFETY: check_shapes established a.len() and b.len() for (layout, m, n, k), and
+            // SAFETY: validate::gemm established a.len() and b.len() for (layout, m, n, k), and
             // logical_strides addresses exactly those elements; rows i0..i0+rows of A start at
             // offset i0·rsa; the block holds rows×n elements with row stride n.
             unsafe {

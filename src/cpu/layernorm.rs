@@ -62,9 +62,13 @@
 //! constant row into `0 · inf = NaN`. Every slice length is checked before anything is written:
 //! a wrong length is [`Error::ShapeMismatch`], a bad `cols` or `eps` is
 //! [`Error::InvalidArgument`].
+//!
+//! [`Error::InvalidArgument`]: crate::Error::InvalidArgument
+//! [`Error::ShapeMismatch`]: crate::Error::ShapeMismatch
 
 use crate::cpu::{narrow, wide};
-use crate::error::{expect_len, matrix_len, Error, Result};
+use crate::error::Result;
+use crate::validate;
 use num_traits::Float;
 use rayon::prelude::*;
 
@@ -95,24 +99,15 @@ pub fn forward<T: Float + Send + Sync>(
     mean: &mut [T],
     rstd: &mut [T],
 ) -> Result<()> {
-    const OP: &str = "cpu::layernorm::forward";
-    let len = matrix_len(OP, rows, cols, "cols")?;
-    if !(eps > T::zero() && eps.is_finite()) {
-        return Err(Error::InvalidArgument {
-            op: OP,
-            detail: format!(
-                "eps is {}; it must be finite and > 0 (PyTorch's default is 1e-5)",
-                eps.to_f64().unwrap_or(f64::NAN)
-            ),
-        });
-    }
-    let by_rows = format!("rows·cols = {rows}·{cols} = {len}");
-    expect_len(OP, "x", x.len(), len, &by_rows)?;
-    expect_len(OP, "y", y.len(), len, &by_rows)?;
-    expect_len(OP, "gamma", gamma.len(), cols, "cols")?;
-    expect_len(OP, "beta", beta.len(), cols, "cols")?;
-    expect_len(OP, "mean", mean.len(), rows, "rows")?;
-    expect_len(OP, "rstd", rstd.len(), rows, "rows")?;
+    let lens = [
+        x.len(),
+        y.len(),
+        gamma.len(),
+        beta.len(),
+        mean.len(),
+        rstd.len(),
+    ];
+    let len = validate::layernorm::forward("cpu::layernorm::forward", rows, cols, wide(eps), lens)?;
     let n = cols as f64; // the divisor of the row means, exact below 2⁵³
 
     let row = |((y, x), (m, r)): RowArgs<'_, T>| {
@@ -151,17 +146,17 @@ pub fn backward<T: Float + Send + Sync>(
     dgamma: &mut [T],
     dbeta: &mut [T],
 ) -> Result<()> {
-    const OP: &str = "cpu::layernorm::backward";
-    let len = matrix_len(OP, rows, cols, "cols")?;
-    let by_rows = format!("rows·cols = {rows}·{cols} = {len}");
-    expect_len(OP, "dy", dy.len(), len, &by_rows)?;
-    expect_len(OP, "x", x.len(), len, &by_rows)?;
-    expect_len(OP, "dx", dx.len(), len, &by_rows)?;
-    expect_len(OP, "mean", mean.len(), rows, "rows")?;
-    expect_len(OP, "rstd", rstd.len(), rows, "rows")?;
-    expect_len(OP, "gamma", gamma.len(), cols, "cols")?;
-    expect_len(OP, "dgamma", dgamma.len(), cols, "cols")?;
-    expect_len(OP, "dbeta", dbeta.len(), cols, "cols")?;
+    let lens = [
+        dy.len(),
+        x.len(),
+        dx.len(),
+        mean.len(),
+        rstd.len(),
+        gamma.len(),
+        dgamma.len(),
+        dbeta.len(),
+    ];
+    let len = validate::layernorm::backward("cpu::layernorm::backward", rows, cols, lens)?;
     let n = cols as f64; // the divisor of the row means, exact below 2⁵³
 
     // Depends on `rows` alone, so the block partition, and with it every rounding in the column

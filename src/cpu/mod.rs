@@ -9,11 +9,12 @@
 //! exponentials, the backward dot products, `dgamma`/`dbeta`) accumulate in f64 for every element
 //! type and are rounded once, so an f32 result is within a few f32 roundings per element of the
 //! f64 one at any row length (the kernels' f32 tree sums are measured against the f64 one); the
-//! loss and [`gemm::bias_grad`] sum in f64 too. [`gemm::gemm`] is the exception, on purpose:
+//! loss ([`cross_entropy`], all in f64) and [`gemm::bias_grad`] sum in f64 too. [`gemm::gemm`] is the exception, on purpose:
 //! it accumulates in f32 like the tensor cores, so that the CPU backend trains with the GPU's
 //! precision; its accurate reference is [`gemm::gemm_f64`].
 
 pub mod cast;
+pub mod cross_entropy;
 pub mod gemm;
 pub mod layernorm;
 pub mod optim;

@@ -8,7 +8,8 @@
 //!   two agree everywhere except at NaN, where no gradient is meaningful.
 
 use crate::cpu::Element;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::validate;
 use rayon::prelude::*;
 
 /// Below this many elements the work stays on the calling thread.
@@ -26,8 +27,10 @@ pub fn relu(x: f32) -> f32 {
 
 /// `y[i] = relu(x[i])`, computed in f32 and rounded to `T` (exact for f16, f32 and f64 inputs).
 /// Errors: [`Error::ShapeMismatch`] unless the lengths agree.
+///
+/// [`Error::ShapeMismatch`]: crate::Error::ShapeMismatch
 pub fn forward<T: Element>(x: &[T], y: &mut [T]) -> Result<()> {
-    same_len("cpu::relu::forward", &[("x", x.len()), ("y", y.len())])?;
+    validate::relu::same_len("cpu::relu::forward", &[("x", x.len()), ("y", y.len())])?;
     zip_map(y, x, x, |v, _| {
         if v.to_f64() > 0.0 || v.to_f64().is_nan() {
             v
@@ -41,8 +44,10 @@ pub fn forward<T: Element>(x: &[T], y: &mut [T]) -> Result<()> {
 /// `dx[i] = dy[i]` where the forward output `y[i] > 0`, else `+0.0`. Errors:
 /// [`Error::ShapeMismatch`] naming the operand unless the three
 /// lengths agree.
+///
+/// [`Error::ShapeMismatch`]: crate::Error::ShapeMismatch
 pub fn backward<T: Element>(dy: &[T], y: &[T], dx: &mut [T]) -> Result<()> {
-    same_len(
+    validate::relu::same_len(
         "cpu::relu::backward",
         &[("dy", dy.len()), ("y", y.len()), ("dx", dx.len())],
     )?;
@@ -65,17 +70,6 @@ fn zip_map<T: Element>(dst: &mut [T], a: &[T], b: &[T], f: impl Fn(T, T) -> T + 
         dst.par_iter_mut()
             .zip(a.par_iter().zip(b.par_iter()))
             .for_each(|(d, (&x, &y))| *d = f(x, y));
-    }
-}
-
-fn same_len(op: &'static str, lens: &[(&str, usize)]) -> Result<()> {
-    let (first, n) = lens[0];
-    match lens.iter().find(|(_, len)| *len != n) {
-        None => Ok(()),
-        Some((name, len)) => Err(Error::ShapeMismatch {
-            op,
-            detail: format!("{first} has {n} elements but {name} has {len}"),
-        }),
     }
 }
 

@@ -29,7 +29,8 @@
 //!   which is non-finite exactly when `h` is.
 //! - Empty lists and empty tensors are accepted and contribute nothing.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::validate;
 use half::f16;
 use rayon::prelude::*;
 
@@ -73,30 +74,14 @@ pub fn unscale_and_check(grads: &mut [&mut [f32]], inv_scale: f32) -> bool {
 /// `dst[t][i] = f32(src[t][i])`, times `inv_scale` unless it is exactly 1.0. Every element of
 /// every `dst` tensor is written. The tensor count and each tensor's length must agree
 /// ([`Error::ShapeMismatch`] otherwise, before anything is written).
+///
+/// [`Error::ShapeMismatch`]: crate::Error::ShapeMismatch
 pub fn unscale_f16_to_f32(src: &[&[f16]], dst: &mut [&mut [f32]], inv_scale: f32) -> Result<bool> {
-    const OP: &str = "cpu::unscale::unscale_f16_to_f32";
-    if src.len() != dst.len() {
-        return Err(Error::ShapeMismatch {
-            op: OP,
-            detail: format!(
-                "{} source tensors but {} destination tensors; pass one f32 destination per \
-                 f16 source",
-                src.len(),
-                dst.len()
-            ),
-        });
-    }
-    if let Some(t) = (0..src.len()).find(|&t| src[t].len() != dst[t].len()) {
-        return Err(Error::ShapeMismatch {
-            op: OP,
-            detail: format!(
-                "tensor {t}: source has {} elements, destination {}; each destination must \
-                 have its source's length",
-                src[t].len(),
-                dst[t].len()
-            ),
-        });
-    }
+    validate::unscale::pairs(
+        "cpu::unscale::unscale_f16_to_f32",
+        src.iter().map(|s| s.len()),
+        dst.iter().map(|d| d.len()),
+    )?;
     let total: usize = src.iter().map(|s| s.len()).sum();
     let found = if total < PARALLEL_MIN {
         src.iter()

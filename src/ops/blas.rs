@@ -1,4 +1,4 @@
-//! cuBLAS GEMMs on ampkit's buffers, in the three layouts of [`crate::cpu::gemm`]: the f32 GEMM
+//! cuBLAS GEMMs on ampkit's buffers, in the three layouts of [`crate::shape::Layout`]: the f32 GEMM
 //! of the full-precision paths (`--precision fp32`, layers forced to f32), which ampkit does not
 //! hand-write, and the f16 reference that benchmarks compare [`crate::ops::gemm`] with.
 //!
@@ -13,10 +13,11 @@
 //! any call), [`Error::InvalidArgument`] for a dimension past `i32::MAX`, an unsupported
 //! argument combination, or a cuBLAS failure (named in the message).
 
-use crate::cpu::gemm::{check_shapes, GemmShape, Layout};
 use crate::cuda::Gpu;
 use crate::error::{Error, Result};
 use crate::ops::gemm::GemmOutput;
+use crate::shape::{GemmShape, Layout};
+use crate::validate;
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut};
@@ -79,7 +80,7 @@ impl Blas {
                 detail: format!("dimension {v} exceeds cuBLAS's i32 range"),
             })
         };
-        // SAFETY: the callers proved with check_shapes that A, B and C hold what the shape
+        // SAFETY: the callers proved with validate::gemm::gemm that A, B and C hold what the shape
         // addresses with these leading dimensions; alpha and beta are host f32, as
         // CUBLAS_COMPUTE_32F expects in host pointer mode.
         unsafe {
@@ -112,7 +113,7 @@ impl Blas {
     }
 
     /// f16 operands, f32 accumulation, f16 or f32 output: `C = A·B + beta·C` (no bias or ReLU),
-    /// in the layouts of [`crate::cpu::gemm`]. The cuBLAS reference of [`crate::ops::gemm::gemm`].
+    /// in the layouts of [`crate::shape::Layout`]. The cuBLAS reference of [`crate::ops::gemm::gemm`].
     /// Errors as in the [module doc](self).
     pub fn gemm_f16<C, A, B, O>(
         &self,
@@ -129,7 +130,7 @@ impl Blas {
         B: DevicePtr<f16>,
         O: DevicePtrMut<C>,
     {
-        check_shapes(
+        validate::gemm::gemm(
             "ops::blas::gemm_f16",
             shape,
             [a.len(), b.len(), c.len()],
@@ -187,7 +188,7 @@ impl Blas {
         O: DevicePtrMut<f32>,
     {
         const OP: &str = "ops::blas::gemm_f32";
-        check_shapes(
+        validate::gemm::gemm(
             OP,
             shape,
             [a.len(), b.len(), c.len()],

@@ -45,37 +45,7 @@ where
     S: DevicePtr<f32>,
     D: DevicePtrMut<f16>,
 {
-    f32_to_f16_max_width(gpu, src, dst, F32_TO_F16_MAX_WIDTH)
-}
-
-/// [`f32_to_f16`] with vector accesses of at most `max_width` elements (8, 4, 2 or 1); for
-/// benchmarks comparing kernel variants.
-#[doc(hidden)]
-pub fn f32_to_f16_max_width<S, D>(gpu: &Gpu, src: &S, dst: &mut D, max_width: usize) -> Result<()>
-where
-    S: DevicePtr<f32>,
-    D: DevicePtrMut<f16>,
-{
-    const OP: &str = "cast::f32_to_f16";
-    same_len(OP, src.len(), dst.len())?;
-    let stream = gpu.stream();
-    let (src_ptr, _src_guard) = src.device_ptr(stream);
-    let (dst_ptr, _dst_guard) = dst.device_ptr_mut(stream);
-    let kernel = |w| match w {
-        8 => "cast_f32_to_f16_v8",
-        4 => "cast_f32_to_f16_v4",
-        2 => "cast_f32_to_f16_v2",
-        _ => "cast_f32_to_f16_v1",
-    };
-    launch_cast(
-        gpu,
-        OP,
-        (src_ptr, 4),
-        (dst_ptr, 2),
-        src.len(),
-        max_width,
-        kernel,
-    )
+    tuning::f32_to_f16_max_width(gpu, src, dst, F32_TO_F16_MAX_WIDTH)
 }
 
 /// `dst[i] = f32(src[i])`, exact. Bit-exact with [`crate::cpu::cast::f16_to_f32`]; errors as in
@@ -85,37 +55,7 @@ where
     S: DevicePtr<f16>,
     D: DevicePtrMut<f32>,
 {
-    f16_to_f32_max_width(gpu, src, dst, F16_TO_F32_MAX_WIDTH)
-}
-
-/// [`f16_to_f32`] with vector accesses of at most `max_width` elements (8, 4, 2 or 1); for
-/// benchmarks comparing kernel variants.
-#[doc(hidden)]
-pub fn f16_to_f32_max_width<S, D>(gpu: &Gpu, src: &S, dst: &mut D, max_width: usize) -> Result<()>
-where
-    S: DevicePtr<f16>,
-    D: DevicePtrMut<f32>,
-{
-    const OP: &str = "cast::f16_to_f32";
-    same_len(OP, src.len(), dst.len())?;
-    let stream = gpu.stream();
-    let (src_ptr, _src_guard) = src.device_ptr(stream);
-    let (dst_ptr, _dst_guard) = dst.device_ptr_mut(stream);
-    let kernel = |w| match w {
-        8 => "cast_f16_to_f32_v8",
-        4 => "cast_f16_to_f32_v4",
-        2 => "cast_f16_to_f32_v2",
-        _ => "cast_f16_to_f32_v1",
-    };
-    launch_cast(
-        gpu,
-        OP,
-        (src_ptr, 2),
-        (dst_ptr, 4),
-        src.len(),
-        max_width,
-        kernel,
-    )
+    tuning::f16_to_f32_max_width(gpu, src, dst, F16_TO_F32_MAX_WIDTH)
 }
 
 /// Sets every element of `dst` to `value` (bit pattern preserved, NaN payloads included).
@@ -146,6 +86,84 @@ pub fn fill_f16<D: DevicePtrMut<f16>>(gpu: &Gpu, dst: &mut D, value: f16) -> Res
     let plan = plan_fill("cast::fill_f16", dst_ptr, 2, FILL16_WIDTHS)?;
     launch_fill(gpu, dst_ptr, n, plan, kernel(plan.width), value.to_bits())
 }
+
+/// The cast's tuning variants, for benchmarks and tests; public only as `ampkit::tuning::cast`.
+pub(crate) mod tuning {
+    use super::*;
+
+    /// [`f32_to_f16`](super::f32_to_f16) with vector accesses of at most `max_width` elements
+    /// (8, 4, 2 or 1); for benchmarks comparing kernel variants.
+    pub fn f32_to_f16_max_width<S, D>(
+        gpu: &Gpu,
+        src: &S,
+        dst: &mut D,
+        max_width: usize,
+    ) -> Result<()>
+    where
+        S: DevicePtr<f32>,
+        D: DevicePtrMut<f16>,
+    {
+        const OP: &str = "cast::f32_to_f16";
+        same_len(OP, src.len(), dst.len())?;
+        let stream = gpu.stream();
+        let (src_ptr, _src_guard) = src.device_ptr(stream);
+        let (dst_ptr, _dst_guard) = dst.device_ptr_mut(stream);
+        let kernel = |w| match w {
+            8 => "cast_f32_to_f16_v8",
+            4 => "cast_f32_to_f16_v4",
+            2 => "cast_f32_to_f16_v2",
+            _ => "cast_f32_to_f16_v1",
+        };
+        launch_cast(
+            gpu,
+            OP,
+            (src_ptr, 4),
+            (dst_ptr, 2),
+            src.len(),
+            max_width,
+            kernel,
+        )
+    }
+
+    /// [`f16_to_f32`](super::f16_to_f32) with vector accesses of at most `max_width` elements
+    /// (8, 4, 2 or 1); for benchmarks comparing kernel variants.
+    pub fn f16_to_f32_max_width<S, D>(
+        gpu: &Gpu,
+        src: &S,
+        dst: &mut D,
+        max_width: usize,
+    ) -> Result<()>
+    where
+        S: DevicePtr<f16>,
+        D: DevicePtrMut<f32>,
+    {
+        const OP: &str = "cast::f16_to_f32";
+        same_len(OP, src.len(), dst.len())?;
+        let stream = gpu.stream();
+        let (src_ptr, _src_guard) = src.device_ptr(stream);
+        let (dst_ptr, _dst_guard) = dst.device_ptr_mut(stream);
+        let kernel = |w| match w {
+            8 => "cast_f16_to_f32_v8",
+            4 => "cast_f16_to_f32_v4",
+            2 => "cast_f16_to_f32_v2",
+            _ => "cast_f16_to_f32_v1",
+        };
+        launch_cast(
+            gpu,
+            OP,
+            (src_ptr, 2),
+            (dst_ptr, 4),
+            src.len(),
+            max_width,
+            kernel,
+        )
+    }
+}
+
+// Old paths of the tuning variants, kept only for the benchmark code (benches/) until it moves
+// to `ampkit::tuning::cast`; not part of the API.
+#[doc(hidden)]
+pub use tuning::{f16_to_f32_max_width, f32_to_f16_max_width};
 
 fn launch_cast(
     gpu: &Gpu,

@@ -16,7 +16,8 @@
 //! | [`gemm`] | f16 in, f16/f32 out | f32 accumulation (tensor cores) | `1e-5·√k + 1e-5·\|ref\|` per element, rel. L2 ≤ 1e-3 (f16 out: + half an ulp) |
 //! | [`blas`] | f32 (and the f16 reference) | cuBLAS, true f32 (no TF32) | to summation order |
 //! | [`layernorm`] | f32 | f32 tree sums | 1e-5 of each element's scale |
-//! | [`softmax`] | f32; loss from f16/f32 logits into f16/f32 dlogits | f32 (reference in f64) | 1e-5 relative (f16 dlogits: + half an ulp) |
+//! | [`softmax`] | f32 | f32 (reference in f64) | 1e-5 relative |
+//! | [`cross_entropy`] | f16/f32 logits into f16/f32 dlogits | f32 (reference in f64) | 1e-5 relative (f16 dlogits: + half an ulp) |
 //!
 //! # Conventions
 //!
@@ -47,8 +48,8 @@
 
 pub mod blas;
 pub mod cast;
+pub mod cross_entropy;
 pub mod gemm;
-mod gemm_sm90;
 pub mod layernorm;
 pub mod optim;
 mod plan;

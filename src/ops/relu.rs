@@ -12,9 +12,10 @@
 //! synchronises.
 
 use crate::cuda::{Gpu, KernelArgs};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::kernels;
 use crate::ops::plan::{elementwise_launch, vector_plan, Operand};
+use crate::validate;
 use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
 use half::f16;
 
@@ -79,6 +80,9 @@ impl ReluElement for f32 {
 /// assert!(y[2].is_nan());
 /// # Ok(()) }
 /// ```
+///
+/// [`Error::InvalidArgument`]: crate::Error::InvalidArgument
+/// [`Error::ShapeMismatch`]: crate::Error::ShapeMismatch
 pub fn forward<T, X, Y>(gpu: &Gpu, x: &X, y: &mut Y) -> Result<()>
 where
     T: ReluElement,
@@ -87,12 +91,7 @@ where
 {
     const OP: &str = "ops::relu::forward";
     let n = x.len();
-    if y.len() != n {
-        return Err(Error::ShapeMismatch {
-            op: OP,
-            detail: format!("x has {n} elements but y has {}", y.len()),
-        });
-    }
+    validate::relu::same_len(OP, &[("x", n), ("y", y.len())])?;
     let stream = gpu.stream();
     let (x_ptr, _g1) = x.device_ptr(stream);
     let (y_ptr, _g2) = y.device_ptr_mut(stream);
@@ -123,6 +122,9 @@ where
 ///
 /// Errors, before any launch: [`Error::ShapeMismatch`] naming the operand unless the three
 /// lengths agree; [`Error::InvalidArgument`] for a view not aligned to its element size.
+///
+/// [`Error::InvalidArgument`]: crate::Error::InvalidArgument
+/// [`Error::ShapeMismatch`]: crate::Error::ShapeMismatch
 pub fn backward<T, D, Y, X>(gpu: &Gpu, dy: &D, y: &Y, dx: &mut X) -> Result<()>
 where
     T: ReluElement,
@@ -132,14 +134,7 @@ where
 {
     const OP: &str = "ops::relu::backward";
     let n = dy.len();
-    for (name, len) in [("y", y.len()), ("dx", dx.len())] {
-        if len != n {
-            return Err(Error::ShapeMismatch {
-                op: OP,
-                detail: format!("dy has {n} elements but {name} has {len}"),
-            });
-        }
-    }
+    validate::relu::same_len(OP, &[("dy", n), ("y", y.len()), ("dx", dx.len())])?;
     let stream = gpu.stream();
     let (dy_ptr, _g1) = dy.device_ptr(stream);
     let (y_ptr, _g2) = y.device_ptr(stream);

@@ -1,6 +1,6 @@
-//! Row-wise launch planning shared by the row kernels of [`crate::ops::layernorm`] and
-//! [`crate::ops::softmax`]: warp-per-row or block-per-row shapes, access widths, the device's
-//! shared-memory limit, and argument checks.
+//! Row-wise launch planning shared by the row kernels of [`crate::ops::layernorm`],
+//! [`crate::ops::softmax`] and [`crate::ops::cross_entropy`]: warp-per-row or block-per-row
+//! shapes, access widths, the device's shared-memory limit, and argument checks.
 
 use crate::cuda::Gpu;
 use crate::error::{Error, Result};

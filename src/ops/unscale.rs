@@ -30,6 +30,7 @@
 use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
 use crate::error::{Error, Result};
 use crate::kernels;
+use crate::validate;
 use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
 use half::f16;
 
@@ -111,30 +112,11 @@ where
     F: DevicePtrMut<f32>,
 {
     const OP: &str = "ops::unscale::unscale_f16_to_f32";
-    if src.len() != dst.len() {
-        return Err(Error::ShapeMismatch {
-            op: OP,
-            detail: format!(
-                "{} source tensors but {} destinations; pass one f32 destination per f16 source",
-                src.len(),
-                dst.len()
-            ),
-        });
-    }
+    validate::unscale::pairs(OP, src.iter().map(|s| s.len()), dst.iter().map(|d| d.len()))?;
     let stream = gpu.stream();
     let mut guards = Vec::with_capacity(2 * src.len());
     let mut entries = Vec::with_capacity(src.len());
-    for (t, (s, d)) in src.iter().zip(dst.iter_mut()).enumerate() {
-        if s.len() != d.len() {
-            return Err(Error::ShapeMismatch {
-                op: OP,
-                detail: format!(
-                    "tensor {t}: source has {} elements, destination {}",
-                    s.len(),
-                    d.len()
-                ),
-            });
-        }
+    for (s, d) in src.iter().zip(dst.iter_mut()) {
         let len = s.len();
         let (sp, sg) = s.device_ptr(stream);
         let (dp, dg) = d.device_ptr_mut(stream);

@@ -12,15 +12,16 @@ use super::backend::{Backend, BackendState, Evaluation, StepRecord, EVAL_BATCH};
 use super::config::TrainConfig;
 use super::memory;
 use crate::amp::{CpuGradScaler, LossScale, ScalerStateDict};
-use crate::cpu::gemm::{bias_grad, gemm, Epilogue, GemmShape, Layout};
+use crate::cpu::gemm::{bias_grad, gemm, Epilogue};
 use crate::cpu::optim::OptimizerConfig;
 use crate::cpu::scaler::ScalerState;
 use crate::cpu::schedule::LrSchedule;
-use crate::cpu::{layernorm, relu, softmax};
+use crate::cpu::{cross_entropy, layernorm, relu};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::nn::{init_parameters, MlpConfig, Tensor, LAYERNORM_EPS};
 use crate::optim::{self, Optimizer, OptimizerStateDict, Param};
+use crate::shape::{GemmShape, Layout};
 use half::f16;
 
 /// Indices into the parameter list of one linear layer's tensors.
@@ -202,12 +203,19 @@ impl CpuBackend {
         let classes = self.cfg.classes();
         if self.cfg.half_layer(self.cfg.linear_count() - 1) {
             let mut d = vec![f16::ZERO; b * classes];
-            let loss =
-                softmax::softmax_cross_entropy(&to_f16(logits), labels, b, classes, scale, &mut d)?;
+            let loss = cross_entropy::softmax_cross_entropy(
+                &to_f16(logits),
+                labels,
+                b,
+                classes,
+                scale,
+                &mut d,
+            )?;
             Ok((loss, to_f32(&d)))
         } else {
             let mut d = vec![0f32; b * classes];
-            let loss = softmax::softmax_cross_entropy(logits, labels, b, classes, scale, &mut d)?;
+            let loss =
+                cross_entropy::softmax_cross_entropy(logits, labels, b, classes, scale, &mut d)?;
             Ok((loss, d))
         }
     }

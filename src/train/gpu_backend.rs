@@ -31,7 +31,7 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::nn::{init_parameters, MlpConfig, Tensor};
 use crate::ops::blas::Blas;
-use crate::ops::softmax;
+use crate::ops::cross_entropy::{softmax_cross_entropy, Grad, Logit};
 use crate::optim::{self, base_lr, GpuParam, Optimizer};
 use cudarc::driver::CudaGraph;
 use half::f16;
@@ -216,7 +216,7 @@ impl GpuBackend {
 
 /// The fused softmax-cross-entropy of a batch's logits, dlogits in the logits' dtype.
 #[allow(clippy::too_many_arguments)] // the op's own argument list
-fn cross_entropy<T: softmax::Logit + softmax::Grad>(
+fn cross_entropy<T: Logit + Grad>(
     gpu: &Gpu,
     logits: &DeviceBuffer<T>,
     labels: &cudarc::driver::CudaView<'_, u32>,
@@ -227,7 +227,7 @@ fn cross_entropy<T: softmax::Logit + softmax::Grad>(
     loss: &mut DeviceBuffer<f32>,
 ) -> Result<()> {
     let n = rows * classes;
-    softmax::softmax_cross_entropy::<T, T, _, _, _, _, _>(
+    softmax_cross_entropy::<T, T, _, _, _, _, _>(
         gpu,
         &logits.slice(..n),
         labels,
@@ -514,9 +514,9 @@ impl GpuBackend {
                 Buf::F(l) => self.gpu.download(&l.slice(..b * classes))?,
             };
             let mut d = vec![0f32; b * classes];
-            eval.loss +=
-                crate::cpu::softmax::softmax_cross_entropy(&logits, y, b, classes, 1.0, &mut d)?
-                    * b as f64;
+            eval.loss += crate::cpu::cross_entropy::softmax_cross_entropy(
+                &logits, y, b, classes, 1.0, &mut d,
+            )? * b as f64;
             eval.correct += count_correct(&logits, y, classes);
         }
         eval.loss /= labels.len().max(1) as f64;

@@ -8,13 +8,13 @@
 //! its consumer needs, one cast kernel converts into the consumer's own buffer.
 
 use super::cpu_backend::LayerParams;
-use crate::cpu::gemm::{GemmShape, Layout};
 use crate::cuda::{DeviceBuffer, Gpu};
 use crate::error::Result;
 use crate::nn::{MlpConfig, LAYERNORM_EPS};
 use crate::ops::blas::Blas;
 use crate::ops::gemm::{bias_grad, gemm, Epilogue};
 use crate::ops::{cast, layernorm, relu};
+use crate::shape::{GemmShape, Layout};
 use cudarc::driver::{CudaView, CudaViewMut};
 use half::f16;
 

@@ -154,4 +154,3 @@ pub fn assert_scaled<T: ToF64>(what: &str, got: &[T], want: &[f64], scale: &[f64
         Tolerance::new(limit, 0.0).with_rel_l2(f64::INFINITY),
     );
 }
-pub mod softmax;

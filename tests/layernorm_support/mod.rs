@@ -1,9 +1,9 @@
-//! Shared support of the LayerNorm GPU tests (`layernorm_gpu`, `layernorm_cluster_gpu`): random
+//! Shared support of the LayerNorm GPU tests (`layernorm_gpu`, `layernorm_sm90_gpu`): random
 //! cases, one forward + backward on the GPU with poisoned outputs, the f64 reference with each
 //! element's scale, and the special-value check against the f32 reference.
 //!
 //! Errors are measured in units of each element's scale, the sum of the magnitudes of the terms
-//! that produce it (tests/layernorm.rs explains why: LayerNorm's outputs cancel). f32 arithmetic
+//! that produce it (tests/layernorm_cpu.rs explains why: LayerNorm's outputs cancel). f32 arithmetic
 //! with tree sums errs by ≲ (terms per thread + tree depth)·2^-24 ≈ 5e-6 of that scale in the
 //! worst case and ~1e-6 typically; the limit is 1e-5, while a wrong formula or index errs by
 //! 1e-2 or more.
@@ -13,9 +13,9 @@ use crate::common::{assert_all_written, assert_scaled};
 use ampkit::check::{compare, unwritten, Tolerance};
 use ampkit::cpu::layernorm as cpu;
 use ampkit::cuda::{DeviceBuffer, Gpu};
-use ampkit::ops::layernorm::{
-    backward, backward_forced, backward_with_warp_limit, forward, forward_forced, BwdForce,
-    FwdForce,
+use ampkit::ops::layernorm::{backward, forward};
+use ampkit::tuning::layernorm::{
+    backward_forced, backward_with_warp_limit, forward_forced, BwdForce, FwdForce,
 };
 use rand::rngs::StdRng;
 use rand::Rng;

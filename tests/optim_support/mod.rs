@@ -1,8 +1,10 @@
-//! Shared support of the optimizer tests (`optim`, `optim_gpu`): the optimizer configs both
+//! Shared support of the optimizer tests (`optim_cpu`, `optim_gpu`): the optimizer configs both
 //! cover, a CPU model (f32 masters, f16 copies) stepped through `cpu::optim` with accessors for the
-//! state's buffers, and (in [`rig`]) the GPU-vs-CPU rig of the GPU tests.
+//! state's buffers, (in [`rig`]) the GPU-vs-CPU rig of the GPU tests, and (in [`expected`]) the
+//! CPU tests' float64 expected values.
 #![allow(dead_code)]
 
+pub mod expected;
 pub mod rig;
 
 use crate::common::{assert_all_written, assert_bits_eq};

@@ -9,7 +9,8 @@ use ampkit::cpu::schedule::LrSchedule;
 use ampkit::cuda::{DeviceBuffer, Gpu};
 use ampkit::f16;
 use ampkit::ops::cast::fill_f16;
-use ampkit::ops::optim::{adam_bias_terms, GpuOptimizer, GpuParamTensor};
+use ampkit::ops::optim::{GpuOptimizer, GpuParamTensor};
+use ampkit::tuning::optim::adam_bias_terms;
 use rand::rngs::StdRng;
 use rand::Rng;
 

@@ -19,20 +19,20 @@
 //!
 //! Each operand's contiguous dimension is a multiple of 8 halves and its device address is
 //! 16-byte aligned (A: `k` for `Forward`/`Dgrad`, `m` for `Wgrad`; B: `k` for `Forward`, `n` for
-//! `Dgrad`/`Wgrad`). Then tiles stream through a 3-4 stage `cp.async` pipeline, or on Hopper
-//! (H100/H200) through TMA into `wgmma`. Anything else takes a correct slower path that loads
-//! element by element. The output has no alignment requirement.
+//! `Dgrad`/`Wgrad`). Anything else takes a correct slower path that loads element by element. The
+//! output has no alignment requirement.
 //!
-//! The launch configuration (tile size and K-split) is chosen per shape from a small cost model:
-//! big tiles for big problems, small tiles or a K-split where big tiles would leave SMs idle (the
-//! MLP's weight gradients). A K-split writes f32 partial sums to the device's scratch buffer and
-//! a second kernel adds them in a fixed order: results are deterministic. The tile table and the
-//! planner are exposed `#[doc(hidden)]` for ampkit's own tests and benchmarks only; they are not
-//! part of the stable API.
+//! The launch configuration (tile size and K-split) is chosen per shape from a small cost model;
+//! the tile configurations and the launch shapes are stated in the kernels' headers,
+//! `kernels/gemm.cu` and `kernels/gemm_sm90.cu`, the measurements behind them in
+//! `docs/kernels/gemm.md`. A K-split writes f32 partial sums to the device's scratch buffer and a
+//! second kernel adds them in a fixed order: results are deterministic. The tile table and the
+//! planner are reachable, hidden, as `ampkit::tuning::gemm` for ampkit's own tests and
+//! benchmarks only; they are not part of the stable API.
 //!
 //! ```no_run
 //! # fn main() -> ampkit::Result<()> {
-//! use ampkit::cpu::gemm::{GemmShape, Layout};
+//! use ampkit::shape::{GemmShape, Layout};
 //! use ampkit::ops::gemm::{gemm, Epilogue};
 //! use ampkit::{cuda::Gpu, f16};
 //! let gpu = Gpu::new(0)?;
@@ -45,17 +45,23 @@
 //! # Ok(()) }
 //! ```
 
-use crate::cpu::gemm::{check_shapes, GemmShape, Layout};
 use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
 use crate::error::{Error, Result};
 use crate::kernels;
-use crate::ops::gemm_sm90;
+use crate::shape::{GemmShape, Layout};
+use crate::validate;
 
 mod plan;
+mod sm90;
 use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut, DeviceRepr};
 use half::f16;
+pub(crate) mod tuning;
+use plan::UNALIGNED;
+
+// Old paths of the tuning items, kept only for the benchmark code (src/bench, benches/) until it
+// moves to `ampkit::tuning::gemm`; not part of the API.
 #[doc(hidden)]
-pub use plan::{configs_for, plan, Plan, TileConfig, CONFIGS, GROUP_M, HOPPER_CONFIGS, UNALIGNED};
+pub use tuning::{configs_for, gemm_with_plan, plan, Plan, GROUP_M};
 
 /// What happens to the product before it is stored (the CPU reference's order: alpha, bias,
 /// beta·C_old, ReLU, one rounding).
@@ -133,7 +139,7 @@ impl BiasGradInput for f32 {
 
 /// `C[m, n] = epilogue(A·B)` on the GPU, f16 operands, f32 accumulation, f16 or f32 output
 /// (`C` is the output element type; write `gemm::<f32, _, _, _>` when it cannot be inferred).
-/// Operand layouts are in [`crate::cpu::gemm`]'s module doc; the tolerance against the CPU
+/// Operand layouts are in [`crate::shape`]'s module doc; the tolerance against the CPU
 /// reference is in the [module doc](self). Queued on [`Gpu::stream`]; does not synchronise.
 ///
 /// Errors, all before any launch: [`Error::ShapeMismatch`] when a buffer's length does not match
@@ -156,14 +162,13 @@ where
     B: DevicePtr<f16>,
     O: DevicePtrMut<C>,
 {
-    gemm_with_plan(gpu, shape, None, a, b, epilogue, c)
+    gemm_impl(gpu, shape, None, a, b, epilogue, c)
 }
 
-/// [`gemm`] with a forced [`Plan`] instead of the cost model's, for tests and benchmarks that
-/// must exercise every configuration. An aligned configuration on operands that do not meet the
-/// fast path's alignment is replaced by the unaligned one.
-#[doc(hidden)]
-pub fn gemm_with_plan<C, A, B, O>(
+/// [`gemm`] with the plan `forced` instead of the cost model's (`None`: the cost model's). An
+/// aligned configuration on operands that do not meet the fast path's alignment is replaced by
+/// the unaligned one.
+fn gemm_impl<C, A, B, O>(
     gpu: &Gpu,
     shape: GemmShape,
     forced: Option<Plan>,
@@ -179,7 +184,7 @@ where
     O: DevicePtrMut<C>,
 {
     const OP: &str = "ops::gemm::gemm";
-    check_shapes(
+    validate::gemm::gemm(
         OP,
         shape,
         [a.len(), b.len(), c.len()],
@@ -255,19 +260,19 @@ where
     let kernel = p.config.kernels[layout as usize];
     let launch_main = |out: u64, out_kind: i32| {
         if p.config.hopper {
-            let (a_mn, b_mn) = gemm_sm90::mn_major(layout);
-            let operand = |ptr, mn: bool, rows: usize, tile_rows| gemm_sm90::Operand {
+            let (a_mn, b_mn) = sm90::mn_major(layout);
+            let operand = |ptr, mn: bool, rows: usize, tile_rows| sm90::Operand {
                 ptr,
                 inner: if mn { rows } else { k },
                 outer: if mn { k } else { rows },
                 k_major: !mn,
                 tile_rows,
             };
-            return gemm_sm90::launch(
+            return sm90::launch(
                 gpu,
                 &operand(a_ptr, a_mn, m, p.config.bm),
                 &operand(b_ptr, b_mn, n, p.config.bn),
-                &gemm_sm90::Launch {
+                &sm90::Launch {
                     kernel,
                     cfg,
                     out,
@@ -290,7 +295,7 @@ where
             .push(p.group_m as i32);
         // SAFETY: gemm_<layout>_<config>(const half* A, const half* B, void* C, const float* bias,
         // int M, int N, int K, float alpha, float beta, int relu, int out_kind,
-        // int k_tiles_per_split, int group_m) matches the arguments. check_shapes proved A, B, C
+        // int k_tiles_per_split, int group_m) matches the arguments. validate::gemm proved A, B, C
         // (and bias) hold exactly what (layout, m, n, k) addresses; the kernel bounds-checks
         // every tile edge; `out` holds splits·m·n f32 when out_kind is 2. Alignment was checked
         // above.
@@ -337,14 +342,7 @@ where
     D: DevicePtrMut<f32>,
 {
     const OP: &str = "ops::gemm::bias_grad";
-    crate::error::expect_len(
-        OP,
-        "dy",
-        dy.len(),
-        rows.saturating_mul(cols),
-        &format!("rows·cols = {rows}·{cols}"),
-    )?;
-    crate::error::expect_len(OP, "db", db.len(), cols, "cols")?;
+    validate::gemm::bias_grad(OP, rows, cols, dy.len(), db.len())?;
     let (ri, ci) = (
         i32::try_from(rows).map_err(|_| Error::InvalidArgument {
             op: OP,

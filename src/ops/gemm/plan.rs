@@ -1,12 +1,12 @@
 //! The GEMM's tile configurations and the cost-model planner that picks one (and a K-split) per
-//! shape: tuning internals, public but `#[doc(hidden)]` for ampkit's tests and benchmarks.
+//! shape. Outside the crate these are reachable only as `ampkit::tuning::gemm`, for ampkit's tests
+//! and benchmarks.
 
-use crate::cpu::gemm::{GemmShape, Layout};
 use crate::cuda::Gpu;
+use crate::shape::{GemmShape, Layout};
 
 /// A block-tile configuration of `kernels/gemm.cu` (must match its `AMPKIT_GEMM_LAYOUT`).
 /// Tuning internals for tests and benchmarks; not part of the stable API.
-#[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TileConfig {
     /// Kernel-name suffix.
@@ -46,16 +46,13 @@ const MEDIUM: TileConfig = TileConfig { name: "m", bm: 128, bn: 128, bk: 32, thr
 #[rustfmt::skip]
 const SMALL: TileConfig = TileConfig { name: "s", bm: 64, bn: 64, bk: 32, threads: 128, stages: 4, blocks_per_sm: 4, efficiency: 0.42, kernels: ["gemm_fwd_s", "gemm_dgrad_s", "gemm_wgrad_s"], hopper: false };
 /// The element-by-element configuration for operands off the fast path.
-#[doc(hidden)]
 #[rustfmt::skip]
 pub const UNALIGNED: TileConfig = TileConfig { name: "unaligned", bm: 64, bn: 64, bk: 32, threads: 128, stages: 2, blocks_per_sm: 4, efficiency: 0.2, kernels: ["gemm_fwd_unaligned", "gemm_dgrad_unaligned", "gemm_wgrad_unaligned"], hopper: false };
 /// The aligned configurations, largest first.
-#[doc(hidden)]
 pub const CONFIGS: [TileConfig; 5] = [LARGE64, MEDIUM, MEDIUM8, MEDIUM8K64, SMALL];
 /// The Hopper configurations (`kernels/gemm_sm90.cu`), used on compute capability 9.0 only: a
 /// producer warpgroup issuing TMA loads and two consumer warpgroups issuing `wgmma`. Efficiencies
 /// relative to `l64`, measured (docs/kernels/gemm.md).
-#[doc(hidden)]
 #[rustfmt::skip]
 pub const HOPPER_CONFIGS: [TileConfig; 2] = [
     TileConfig { name: "h256", bm: 128, bn: 256, bk: 64, threads: 384, stages: 4, blocks_per_sm: 1, efficiency: 1.45, kernels: ["gemm_sm90_fwd_h256", "gemm_sm90_dgrad_h256", "gemm_sm90_wgrad_h256"], hopper: true },
@@ -64,7 +61,6 @@ pub const HOPPER_CONFIGS: [TileConfig; 2] = [
 
 /// Every aligned configuration this GPU runs: [`CONFIGS`], plus [`HOPPER_CONFIGS`] on compute
 /// capability 9.0.
-#[doc(hidden)]
 pub fn configs_for(gpu: &Gpu) -> Vec<TileConfig> {
     let mut all = CONFIGS.to_vec();
     if gpu.info().compute_capability == (9, 0) {
@@ -103,7 +99,6 @@ fn kmajor(layout: Layout) -> (bool, bool) {
 }
 
 /// How a GEMM is launched: tile configuration and K-split.
-#[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Plan {
     /// The tile configuration.
@@ -115,7 +110,6 @@ pub struct Plan {
 }
 
 /// Tile-rows per raster group for the mma.sync configurations.
-#[doc(hidden)]
 pub const GROUP_M: usize = 4;
 
 /// Tile-rows per raster group the planner uses for a configuration: 4 for the mma.sync tiles;
@@ -148,7 +142,6 @@ const LAUNCH_S: f64 = 3e-6;
 /// The model: an SM runs its share of blocks (`ceil(blocks / sms)`) at the configuration's
 /// measured rate, scaled down when fewer than 8 warps are resident, plus a fixed cost per block
 /// wave; a K-split adds a launch and the f32 partials' round trip through memory.
-#[doc(hidden)]
 pub fn plan(shape: GemmShape, aligned: bool, sms: usize, hopper: bool) -> Plan {
     let GemmShape { m, n, k, .. } = shape;
     let config_only = |config: TileConfig| Plan {

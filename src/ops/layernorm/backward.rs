@@ -1,15 +1,16 @@
 //! The LayerNorm backward: launch plans (warp or block per row, prefetch, clusters or two-pass
 //! for long rows) and the entry points; see the parent module's docs.
 
-use super::cluster::{self, ClusterShape};
+use super::sm90::{self, ClusterShape};
 use super::vec_index;
 use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
-use crate::error::{expect_len, matrix_len, Error, Result};
+use crate::error::{Error, Result};
 use crate::kernels;
 use crate::ops::rows::{
     block_threads, by_width_and_p, check_aligned, kernel_dims, p_index, vec_width, warp_packs,
     PACKS_PER_LANE, WARP_THREADS,
 };
+use crate::validate;
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 
 /// Threads per block of `layernorm_bwd_cols` and `layernorm_bwd_finish`.
@@ -66,6 +67,7 @@ pub(crate) struct BwdPlan {
 /// compare shapes on one size, and tests that cover every shape on odd sizes. `min_rows` is the
 /// fewest rows per block (each block writes one partial row of the column sums; there are at
 /// most 512).
+// Hidden like the rest of the tuning surface: its variants' fields are described in prose.
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BwdForce {
@@ -108,7 +110,7 @@ fn block_mode_rows(rows: usize, cols: usize) -> usize {
 /// column sums round the same way on every GPU of a kind. Warp mode takes rows of up to
 /// `32·min(max_warp_p, WARP_MAX_P)` packs; longer rows take a block per row with prefetch (or
 /// without, where only that fits the launch bound) up to 8192 columns, then clusters where they
-/// fit ([`cluster::bwd_plan`]), else the two-pass path.
+/// fit ([`sm90::bwd_plan`]), else the two-pass path.
 pub(crate) fn bwd_plan(
     rows: usize,
     cols: usize,
@@ -118,7 +120,7 @@ pub(crate) fn bwd_plan(
 ) -> BwdPlan {
     let packs = cols / vec;
     let cluster = || {
-        let (s, g) = cluster::bwd_plan(rows, cols, vec).filter(|_| clusters)?;
+        let (s, g) = sm90::bwd_plan(rows, cols, vec).filter(|_| clusters)?;
         Some(BwdForce::Cluster {
             c: s.c,
             p: s.p,
@@ -201,7 +203,7 @@ pub(crate) fn forced_plan(
         }
         BwdForce::TwoPass { min_rows } => (BwdShape::TwoPass, min_rows),
         BwdForce::Cluster { c, p, clusters } => {
-            let shape = cluster::bwd_shape(packs, c, p).filter(|_| vec == 4)?;
+            let shape = sm90::bwd_shape(packs, c, p).filter(|_| vec == 4)?;
             if !(1..=MAX_PARTS).contains(&clusters) {
                 return None;
             }
@@ -253,63 +255,6 @@ where
     DB: DevicePtrMut<f32>,
 {
     let inputs = (dy, x, mean, rstd, gamma);
-    backward_with_warp_limit(gpu, inputs, rows, cols, dx, dgamma, dbeta, 8)
-}
-
-/// [`backward()`] with warp mode limited to rows of `32·max_warp_p` packs (1, 2, 4 or 8; longer
-/// rows take block mode), the inputs `(dy, x, mean, rstd, gamma)` as one tuple: for benchmarks
-/// and tests that compare the two shapes on one size.
-#[doc(hidden)]
-#[allow(clippy::too_many_arguments)]
-pub fn backward_with_warp_limit<DY, X, M, R, G, DX, DG, DB>(
-    gpu: &Gpu,
-    inputs: (&DY, &X, &M, &R, &G),
-    rows: usize,
-    cols: usize,
-    dx: &mut DX,
-    dgamma: &mut DG,
-    dbeta: &mut DB,
-    max_warp_p: usize,
-) -> Result<()>
-where
-    DY: DevicePtr<f32>,
-    X: DevicePtr<f32>,
-    M: DevicePtr<f32>,
-    R: DevicePtr<f32>,
-    G: DevicePtr<f32>,
-    DX: DevicePtrMut<f32>,
-    DG: DevicePtrMut<f32>,
-    DB: DevicePtrMut<f32>,
-{
-    let choice = Choice::WarpLimit(max_warp_p);
-    backward_impl(gpu, inputs, rows, cols, dx, dgamma, dbeta, choice)
-}
-
-/// [`backward()`] in a shape the caller forces (see [`BwdForce`]), the inputs
-/// `(dy, x, mean, rstd, gamma)` as one tuple: for benchmarks and tests. A shape the row does not
-/// fit is [`Error::InvalidArgument`], before any launch.
-#[doc(hidden)]
-#[allow(clippy::too_many_arguments)]
-pub fn backward_forced<DY, X, M, R, G, DX, DG, DB>(
-    gpu: &Gpu,
-    inputs: (&DY, &X, &M, &R, &G),
-    rows: usize,
-    cols: usize,
-    dx: &mut DX,
-    dgamma: &mut DG,
-    dbeta: &mut DB,
-    force: BwdForce,
-) -> Result<()>
-where
-    DY: DevicePtr<f32>,
-    X: DevicePtr<f32>,
-    M: DevicePtr<f32>,
-    R: DevicePtr<f32>,
-    G: DevicePtr<f32>,
-    DX: DevicePtrMut<f32>,
-    DG: DevicePtrMut<f32>,
-    DB: DevicePtrMut<f32>,
-{
     backward_impl(
         gpu,
         inputs,
@@ -318,19 +263,20 @@ where
         dx,
         dgamma,
         dbeta,
-        Choice::Forced(force),
+        Choice::WarpLimit(8),
     )
 }
 
-/// How [`backward_impl`] picks its plan.
+/// How [`backward_impl`] picks its plan: the default with warp mode limited to rows of
+/// `32·max_warp_p` packs, or a forced shape.
 #[derive(Clone, Copy)]
-enum Choice {
+pub(super) enum Choice {
     WarpLimit(usize),
     Forced(BwdForce),
 }
 
 #[allow(clippy::too_many_arguments)]
-fn backward_impl<DY, X, M, R, G, DX, DG, DB>(
+pub(super) fn backward_impl<DY, X, M, R, G, DX, DG, DB>(
     gpu: &Gpu,
     (dy, x, mean, rstd, gamma): (&DY, &X, &M, &R, &G),
     rows: usize,
@@ -351,16 +297,17 @@ where
     DB: DevicePtrMut<f32>,
 {
     const OP: &str = "ops::layernorm::backward";
-    let len = matrix_len(OP, rows, cols, "cols")?;
-    let by_rows = format!("rows·cols = {rows}·{cols} = {len}");
-    expect_len(OP, "dy", dy.len(), len, &by_rows)?;
-    expect_len(OP, "x", x.len(), len, &by_rows)?;
-    expect_len(OP, "dx", dx.len(), len, &by_rows)?;
-    expect_len(OP, "mean", mean.len(), rows, "rows")?;
-    expect_len(OP, "rstd", rstd.len(), rows, "rows")?;
-    expect_len(OP, "gamma", gamma.len(), cols, "cols")?;
-    expect_len(OP, "dgamma", dgamma.len(), cols, "cols")?;
-    expect_len(OP, "dbeta", dbeta.len(), cols, "cols")?;
+    let lens = [
+        dy.len(),
+        x.len(),
+        dx.len(),
+        mean.len(),
+        rstd.len(),
+        gamma.len(),
+        dgamma.len(),
+        dbeta.len(),
+    ];
+    validate::layernorm::backward(OP, rows, cols, lens)?;
     let (ri, ci) = kernel_dims(OP, rows, cols)?;
     let stream = gpu.stream();
     let (dyp, _g1) = dy.device_ptr(stream);
@@ -377,7 +324,7 @@ where
     check_aligned(OP, &others.map(|(n, a)| (n, a, 4)))?;
     let vec = vec_width(cols, &named.map(|(_, a)| (a, 4)));
     let plan = match choice {
-        Choice::WarpLimit(p) => bwd_plan(rows, cols, vec, p, cluster::available(gpu)),
+        Choice::WarpLimit(p) => bwd_plan(rows, cols, vec, p, sm90::available(gpu)),
         Choice::Forced(force) => {
             forced_plan(rows, cols, vec, force).ok_or_else(|| Error::InvalidArgument {
                 op: OP,
@@ -386,7 +333,7 @@ where
         }
     };
     if let BwdShape::Cluster(_) = plan.shape {
-        cluster::require(OP, gpu)?;
+        sm90::require(OP, gpu)?;
     }
     let partial_bytes = (plan.parts * 2 * cols * 4).next_multiple_of(256);
     let stats_bytes = match plan.shape {
@@ -468,7 +415,7 @@ where
                 }
                 BwdShape::Cluster(shape) => {
                     let ptrs = [dyp, xp, mp, rp, gp, dxp, partial];
-                    cluster::launch_bwd(gpu, shape, plan.parts, ri, ci, ptrs)?;
+                    sm90::launch_bwd(gpu, shape, plan.parts, ri, ci, ptrs)?;
                 }
             }
         }

@@ -11,20 +11,10 @@
 //! per-cluster) partial rows in the device's scratch buffer and a second small kernel that adds
 //! them in order.
 //!
-//! Launch shapes: the forward takes one warp per row while a row fits 32 lanes' registers (≤ 1024
-//! columns with float4 accesses, ≤ 256 without), otherwise one block per row; very long rows keep
-//! what fits of the row in shared memory plus 8 floats per thread in registers and read any rest
-//! again (from L2). The backward takes a warp per row up to 256 float4 columns, then a block per
-//! row that loads the next row during the current row's reduction (measured faster from 512
-//! columns on the H100), with the row in registers up to 8192 columns; beyond that it reads `x`
-//! and `dy` twice (20 instead of 12 bytes per element).
-//!
-//! On compute capability 9.0 (H100, H200), float4 rows of more than 8192 columns take
-//! thread-block clusters instead: 2, 4 or 8 blocks share a row, each holding its slice in
-//! registers, and combine the row's sums through distributed shared memory. The forward runs a
-//! cluster per row (up to 131 072 columns); the backward reads `x` and `dy` once, with up to 96
-//! blocks in clusters that each take every G-th row, G from `rows` and the cluster size (up to
-//! 65 536 columns; longer rows keep the two-pass path).
+//! The launch shapes (a warp, a block or a thread-block cluster per row, the backward's two-pass
+//! path for the longest rows) and the row lengths that choose between them are stated in the
+//! kernels' headers, `kernels/layernorm.cu` and `kernels/layernorm_sm90.cu`; the measurements
+//! behind them are in `docs/kernels/layernorm.md`.
 //!
 //! float4 accesses need `cols % 4 == 0` and 16-byte aligned `x`, `y`, `gamma`, `beta` (forward)
 //! or `dy`, `x`, `gamma`, `dx` (backward); anything else takes the scalar kernels. Limits:
@@ -33,31 +23,24 @@
 //! Work is queued on [`Gpu::stream`]; nothing here synchronises with the host.
 
 use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
-use crate::error::{expect_len, matrix_len, Error, Result};
+use crate::error::{Error, Result};
 use crate::kernels;
 use crate::ops::rows::{
     by_width_and_p, check_aligned, kernel_dims, p_index, row_shape, shared_limit, vec_width,
     RowShape, WARP_ROWS, WARP_THREADS,
 };
+use crate::validate;
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 
 mod backward;
-mod cluster;
+mod sm90;
+pub(crate) mod tuning;
 pub use backward::backward;
-#[doc(hidden)]
-pub use backward::{backward_forced, backward_with_warp_limit, BwdForce};
 
-/// A forward launch path chosen by the caller instead of the default plan: for benchmarks that
-/// compare paths on one size, and tests that run the cluster kernels on odd sizes.
+// Old paths of the tuning items, kept only for the benchmark code (benches/) until it moves to
+// `ampkit::tuning::layernorm`; not part of the API.
 #[doc(hidden)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FwdForce {
-    /// The portable kernels (a warp or a block per row), on any device.
-    Portable,
-    /// `layernorm_fwd_cluster_c{c}_p{p}`: a cluster of `c` blocks (2, 4, 8) per row, `p` packs
-    /// of 4 floats per thread (2, 4, 8). Compute capability 9.0 and float4 rows only.
-    Cluster { c: usize, p: usize },
-}
+pub use tuning::{backward_forced, backward_with_warp_limit, forward_forced, BwdForce, FwdForce};
 
 const FWD_WARP: [[&str; 4]; 2] = by_width_and_p!("layernorm_fwd_warp");
 const FWD_BLOCK: [&str; 2] = ["layernorm_fwd_block_v4", "layernorm_fwd_block_v1"];
@@ -95,46 +78,6 @@ where
     forward_impl(gpu, x, rows, cols, gamma, beta, eps, y, mean, rstd, None)
 }
 
-/// [`forward`] on the path the caller forces (see [`FwdForce`]): for benchmarks and tests. A path
-/// the row or the device does not fit is [`Error::InvalidArgument`], before any launch.
-#[doc(hidden)]
-#[allow(clippy::too_many_arguments)]
-pub fn forward_forced<X, G, B, Y, M, R>(
-    gpu: &Gpu,
-    x: &X,
-    rows: usize,
-    cols: usize,
-    gamma: &G,
-    beta: &B,
-    eps: f32,
-    y: &mut Y,
-    mean: &mut M,
-    rstd: &mut R,
-    force: FwdForce,
-) -> Result<()>
-where
-    X: DevicePtr<f32>,
-    G: DevicePtr<f32>,
-    B: DevicePtr<f32>,
-    Y: DevicePtrMut<f32>,
-    M: DevicePtrMut<f32>,
-    R: DevicePtrMut<f32>,
-{
-    forward_impl(
-        gpu,
-        x,
-        rows,
-        cols,
-        gamma,
-        beta,
-        eps,
-        y,
-        mean,
-        rstd,
-        Some(force),
-    )
-}
-
 #[allow(clippy::too_many_arguments)]
 fn forward_impl<X, G, B, Y, M, R>(
     gpu: &Gpu,
@@ -158,31 +101,26 @@ where
     R: DevicePtrMut<f32>,
 {
     const OP: &str = "ops::layernorm::forward";
-    let len = matrix_len(OP, rows, cols, "cols")?;
-    if !(eps > 0.0 && eps.is_finite()) {
-        return Err(Error::InvalidArgument {
-            op: OP,
-            detail: format!("eps is {eps}; it must be finite and > 0 (PyTorch's default is 1e-5)"),
-        });
-    }
-    let by_rows = format!("rows·cols = {rows}·{cols} = {len}");
-    expect_len(OP, "x", x.len(), len, &by_rows)?;
-    expect_len(OP, "y", y.len(), len, &by_rows)?;
-    expect_len(OP, "gamma", gamma.len(), cols, "cols")?;
-    expect_len(OP, "beta", beta.len(), cols, "cols")?;
-    expect_len(OP, "mean", mean.len(), rows, "rows")?;
-    expect_len(OP, "rstd", rstd.len(), rows, "rows")?;
+    let lens = [
+        x.len(),
+        y.len(),
+        gamma.len(),
+        beta.len(),
+        mean.len(),
+        rstd.len(),
+    ];
+    validate::layernorm::forward(OP, rows, cols, f64::from(eps), lens)?;
     let (ri, ci) = kernel_dims(OP, rows, cols)?;
     if let Some(FwdForce::Cluster { c, p }) = force {
-        let fits = cluster::fwd_shape(cols / 4, c, p)
-            .filter(|_| cols % 4 == 0 && cluster::grid_fits(rows, c));
+        let fits =
+            sm90::fwd_shape(cols / 4, c, p).filter(|_| cols % 4 == 0 && sm90::grid_fits(rows, c));
         if fits.is_none() {
             return Err(Error::InvalidArgument {
                 op: OP,
                 detail: format!("{force:?} does not fit {rows} rows of {cols} columns"),
             });
         }
-        cluster::require(OP, gpu)?;
+        sm90::require(OP, gpu)?;
     }
     if rows == 0 {
         return Ok(());
@@ -199,7 +137,7 @@ where
     check_aligned(OP, &[("mean", mp, 4), ("rstd", rp, 4)])?;
     let vec = vec_width(cols, &named.map(|(_, a)| (a, 4)));
     let shape = match force {
-        None if cluster::available(gpu) => cluster::fwd_plan(rows, cols, vec),
+        None if sm90::available(gpu) => sm90::fwd_plan(rows, cols, vec),
         None | Some(FwdForce::Portable) => None,
         Some(FwdForce::Cluster { c, p }) => {
             if vec != 4 {
@@ -208,12 +146,12 @@ where
                     detail: format!("{force:?} needs 16-byte aligned x, gamma, beta and y"),
                 });
             }
-            cluster::fwd_shape(cols / 4, c, p)
+            sm90::fwd_shape(cols / 4, c, p)
         }
     };
     if let Some(shape) = shape {
         let ptrs = [xp, gp, bp, yp, mp, rp];
-        return cluster::launch_fwd(gpu, shape, rows, ci, eps, ptrs);
+        return sm90::launch_fwd(gpu, shape, rows, ci, eps, ptrs);
     }
     let mut args = KernelArgs::new();
     args.push(xp).push(gp).push(bp).push(yp).push(mp).push(rp);

@@ -1,57 +1,30 @@
-//! Softmax over the last dimension and fused softmax-cross-entropy on the GPU
-//! (`kernels/softmax.cu`, `kernels/cross_entropy.cu`, and on compute capability 9.0
-//! `kernels/softmax_sm90.cu`); CPU twin: [`crate::cpu::softmax`], which documents the functions,
-//! their non-finite behaviour and the argument checks. Same argument order and errors, reported
-//! before anything is launched; the loss differs in where its inputs and output live (below).
+//! Softmax over the last dimension on the GPU (`kernels/softmax.cu`, and on compute capability 9.0
+//! `kernels/softmax_sm90.cu` for long rows); CPU twin: [`crate::cpu::softmax`], which documents
+//! the functions, their non-finite behaviour and the argument checks. Same argument order and
+//! errors, reported before anything is launched. The fused softmax-cross-entropy is
+//! [`crate::ops::cross_entropy`].
 //!
 //! Sums and maxima are trees rather than left-to-right folds, so results agree with the
 //! reference to rounding; they are bit-identical run to run (fixed reduction shapes, no float
-//! atomics). Softmax takes one warp per row while a row fits 32 lanes' registers (≤ 1024 columns
-//! with 4-element accesses, ≤ 256 without), else one block per row with the row cached in shared
-//! memory (as much as fits, 8 more floats per thread in registers; a longer tail is read again,
-//! from L2); on compute capability 9.0, rows of ≥ 16 384 columns (4-element accesses) take a
-//! thread-block cluster of up to 8 blocks per row instead, each block holding its slice in
-//! registers. 4-element accesses need `cols % 4 == 0` and every row-major buffer aligned to 4
-//! elements.
-//!
-//! The loss reads 16 bytes of logits at a time (8 f16 or 4 f32) when `classes` is a multiple and
-//! both buffers are 16-byte aligned: then rows of up to 8192 classes take row groups of 1-8 warps
-//! with the row in registers, and longer rows a cluster per row on 9.0 (elsewhere, and for other
-//! widths, a warp or block per row up to 16 384 classes, then shared memory). Launch shapes are
-//! measured choices: docs/kernels/softmax.md.
-//!
-//! # Cross-entropy on the device
-//!
-//! [`softmax_cross_entropy`] computes in f32 (the reference in f64) and never synchronises with
-//! the host, so a training step can be captured in a CUDA graph:
-//! - `grad_scale` is **one f32 in device memory**, read by the kernel: AMP's loss scale, updated
-//!   on the device by [`crate::ops::scaler`], enters here and nowhere else. It multiplies the
-//!   gradient only, never the loss, and is applied as given (a non-finite scale gives non-finite
-//!   gradients, which the unscale step's inf check catches).
-//! - The mean loss is written to **one f32 in device memory**, in the same launch: each block
-//!   writes one f64 partial sum of its rows' losses to the device's scratch buffer, and the last
-//!   block to finish (an integer ticket) adds the partials in a fixed order. No float atomics.
-//! - exp(x − max) goes through the SFU's flush-to-zero `ex2`: values below 2^−126 are 0, so each
-//!   gradient may differ from the reference's by `|grad_scale/rows|·2^−126` (they add nothing to
-//!   the row sum in f32).
-//! - **Labels out of range**: the reference returns [`Error::InvalidArgument`]; the labels here are
-//!   in device memory, and checking them would cost a host synchronisation. Instead a row whose
-//!   label is ≥ `classes` gets a NaN loss and NaN in every one of its `dlogits`, so the mean loss
-//!   is NaN (visible when the host logs it) and the step's inf/NaN check flags the gradients.
-//!   Other rows are computed normally.
+//! atomics). Rows take 4-element accesses when `cols % 4 == 0` and every row-major buffer is
+//! aligned to 4 elements. The launch shapes (a warp, a block or a thread-block cluster per row)
+//! and the row lengths that choose between them are stated in the kernels' headers,
+//! `kernels/softmax.cu` and `kernels/softmax_sm90.cu`; the measurements behind them are in
+//! `docs/kernels/softmax.md`.
 
 use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
-use crate::error::{expect_len, matrix_len, Error, Result};
+use crate::error::Result;
 use crate::kernels;
+use crate::validate;
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 
-#[cfg(test)]
-use super::rows::ptx_maxntid;
-
 use super::rows::{
-    check_aligned, cluster_plan, cluster_threads, kernel_dims, p_index, row_shape, shared_limit,
-    vec_width, ClusterKernel, ClusterShape, RowShape, WARP_ROWS, WARP_THREADS,
+    check_aligned, kernel_dims, p_index, row_shape, shared_limit, vec_width, RowShape, WARP_ROWS,
+    WARP_THREADS,
 };
+
+mod sm90;
+pub(crate) mod tuning;
 
 const FWD_WARP: [[&str; 4]; 2] = [
     [
@@ -84,90 +57,15 @@ const BWD_WARP: [[&str; 4]; 2] = [
 ];
 const BWD_BLOCK: [&str; 2] = ["softmax_bwd_block_v4", "softmax_bwd_block_v1"];
 
-/// The six cluster instances of a softmax kernel: packs per thread `big` (launch bound 512) and
-/// `small` (1024) for clusters of 2, 4 and 8.
-macro_rules! softmax_clusters {
-    ($prefix:literal, $big:literal, $small:literal) => {
-        [
-            ClusterKernel {
-                c: 2,
-                p: $big,
-                bound: 512,
-                name: concat!($prefix, "_c2_p", $big),
-            },
-            ClusterKernel {
-                c: 2,
-                p: $small,
-                bound: 1024,
-                name: concat!($prefix, "_c2_p", $small),
-            },
-            ClusterKernel {
-                c: 4,
-                p: $big,
-                bound: 512,
-                name: concat!($prefix, "_c4_p", $big),
-            },
-            ClusterKernel {
-                c: 4,
-                p: $small,
-                bound: 1024,
-                name: concat!($prefix, "_c4_p", $small),
-            },
-            ClusterKernel {
-                c: 8,
-                p: $big,
-                bound: 512,
-                name: concat!($prefix, "_c8_p", $big),
-            },
-            ClusterKernel {
-                c: 8,
-                p: $small,
-                bound: 1024,
-                name: concat!($prefix, "_c8_p", $small),
-            },
-        ]
-    };
-}
-
-/// `["<prefix>_v{vec}_p1", … "_p8"]`: a loss kernel keeping the row in registers, for one access
-/// width and packs per thread 1, 2, 4, 8.
-macro_rules! ce_rows_names {
-    ($prefix:literal, $vec:literal) => {
-        [
-            concat!($prefix, "_v", $vec, "_p1"),
-            concat!($prefix, "_v", $vec, "_p2"),
-            concat!($prefix, "_v", $vec, "_p4"),
-            concat!($prefix, "_v", $vec, "_p8"),
-        ]
-    };
-}
-
-// After the macro above: the loss module uses it (macro_rules! scope is textual).
-mod ce_plan;
-mod cross_entropy;
+// Old paths of the loss and of softmax's tuning items, kept only for the benchmark code
+// (src/bench, benches/) until it moves to `crate::ops::cross_entropy` and `crate::tuning`; not
+// part of the API.
 #[doc(hidden)]
-pub use ce_plan::{CeForce, GroupKernel};
+pub use crate::ops::cross_entropy::tuning::{softmax_cross_entropy_forced, CeForce};
 #[doc(hidden)]
-pub use cross_entropy::{ce_force_fits, softmax_cross_entropy_forced};
-pub use cross_entropy::{softmax_cross_entropy, Grad, Logit};
+pub use crate::ops::cross_entropy::{softmax_cross_entropy, Grad, Logit};
 
-/// Whether `force` fits rows of `cols` columns on `gpu` for the forward (`bwd`: the backward)
-/// with 16-byte aligned buffers, without launching anything. Public for `ampkit bench`'s sweep
-/// (in the binary), not part of the API.
-#[doc(hidden)]
-pub fn softmax_force_fits(gpu: &Gpu, cols: usize, bwd: bool, force: SoftmaxForce) -> bool {
-    let vec = if cols % 4 == 0 { 4 } else { 1 };
-    let kernels: &[ClusterKernel] = if bwd { &BWD_CLUSTER } else { &FWD_CLUSTER };
-    cluster_shape("sweep", gpu, cols, vec, kernels, Some(force)).is_ok()
-}
-
-/// Cluster-per-row forward kernels (`kernels/softmax_sm90.cu`), smallest cluster first.
-const FWD_CLUSTER: [ClusterKernel; 6] = softmax_clusters!("softmax_fwd_cluster", 8, 4);
-/// Cluster-per-row backward kernels (two arrays per thread: half the packs of the forward).
-const BWD_CLUSTER: [ClusterKernel; 6] = softmax_clusters!("softmax_bwd_cluster", 4, 2);
-/// Rows of at least this many columns take a cluster per row on compute capability 9.0 (with
-/// 4-element accesses); shorter rows a warp or a block per row.
-const CLUSTER_MIN_COLS: usize = 16384;
+pub(crate) use tuning::SoftmaxForce;
 
 fn vec_index(vec: usize) -> usize {
     usize::from(vec != 4)
@@ -187,64 +85,6 @@ fn row_launch(rows: usize, shape: RowShape, vec: usize, arrays: usize) -> Launch
     }
 }
 
-/// A launch shape of [`forward`] or [`backward`] forced by benchmarks and tests.
-#[doc(hidden)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SoftmaxForce {
-    /// The portable kernels (`kernels/softmax.cu`) even where a cluster would be used.
-    Portable,
-    /// A cluster of `c` blocks of `threads` per row, `p` packs per thread (compute capability
-    /// 9.0, 4-element accesses; an instance must exist and hold the row).
-    Cluster { c: usize, p: usize, threads: u32 },
-}
-
-/// The cluster shape for rows of `cols` columns of 4-element packs: the forced one, or by
-/// default the first instance that holds a row of ≥ [`CLUSTER_MIN_COLS`] columns, on a 9.0 device.
-fn cluster_shape(
-    op: &'static str,
-    gpu: &Gpu,
-    cols: usize,
-    vec: usize,
-    kernels: &[ClusterKernel],
-    force: Option<SoftmaxForce>,
-) -> Result<Option<ClusterShape>> {
-    let hopper = gpu.info().compute_capability == (9, 0);
-    let packs = cols / 4;
-    match force {
-        None => Ok((hopper && vec == 4 && cols >= CLUSTER_MIN_COLS)
-            .then(|| cluster_plan(packs, kernels))
-            .flatten()),
-        Some(SoftmaxForce::Portable) => Ok(None),
-        Some(SoftmaxForce::Cluster { c, p, threads }) => {
-            let shape = kernels
-                .iter()
-                .find(|k| k.c == c && k.p == p)
-                .filter(|k| {
-                    let least = cluster_threads(k, packs, k.bound);
-                    hopper && vec == 4 && least.is_some_and(|l| threads >= l)
-                })
-                .filter(|k| threads <= k.bound && threads % 32 == 0)
-                .map(|k| ClusterShape {
-                    kernel: *k,
-                    threads,
-                });
-            shape.map(Some).ok_or_else(|| Error::InvalidArgument {
-                op,
-                detail: format!("{force:?} does not fit rows of {cols} columns on this device"),
-            })
-        }
-    }
-}
-
-/// The launch of a cluster kernel over `rows` rows: `c` blocks per row.
-fn cluster_launch(op: &'static str, rows: usize, c: ClusterShape) -> Result<LaunchConfig> {
-    let grid = u32::try_from(rows * c.kernel.c).map_err(|_| Error::InvalidArgument {
-        op,
-        detail: format!("{rows} rows need more than 2^32 blocks"),
-    })?;
-    Ok(LaunchConfig::linear(grid, c.threads))
-}
-
 /// Softmax of each row of `x` (`[rows, cols]`, row-major) into `y`. The GPU twin of
 /// [`crate::cpu::softmax::forward`]: same arguments (after `gpu`), checks and errors.
 pub fn forward<X, Y>(gpu: &Gpu, x: &X, rows: usize, cols: usize, y: &mut Y) -> Result<()>
@@ -253,23 +93,6 @@ where
     Y: DevicePtrMut<f32>,
 {
     forward_impl(gpu, x, rows, cols, y, None)
-}
-
-/// [`forward`] in a forced launch shape, for benchmarks and tests.
-#[doc(hidden)]
-pub fn forward_forced<X, Y>(
-    gpu: &Gpu,
-    x: &X,
-    rows: usize,
-    cols: usize,
-    y: &mut Y,
-    force: SoftmaxForce,
-) -> Result<()>
-where
-    X: DevicePtr<f32>,
-    Y: DevicePtrMut<f32>,
-{
-    forward_impl(gpu, x, rows, cols, y, Some(force))
 }
 
 fn forward_impl<X, Y>(
@@ -285,10 +108,7 @@ where
     Y: DevicePtrMut<f32>,
 {
     const OP: &str = "ops::softmax::forward";
-    let len = matrix_len(OP, rows, cols, "cols")?;
-    let by_rows = format!("rows·cols = {rows}·{cols} = {len}");
-    expect_len(OP, "x", x.len(), len, &by_rows)?;
-    expect_len(OP, "y", y.len(), len, &by_rows)?;
+    validate::softmax::forward(OP, rows, cols, [x.len(), y.len()])?;
     let (ri, ci) = kernel_dims(OP, rows, cols)?;
     if rows == 0 {
         return Ok(());
@@ -298,17 +118,11 @@ where
     let (yp, _gy) = y.device_ptr_mut(stream);
     check_aligned(OP, &[("x", xp, 4), ("y", yp, 4)])?;
     let vec = vec_width(cols, &[(xp, 4), (yp, 4)]);
+    if let Some(c) = sm90::cluster_shape(OP, gpu, cols, vec, &sm90::FWD_CLUSTER, force)? {
+        return sm90::launch_fwd(OP, gpu, rows, c, [xp, yp], ci);
+    }
     let mut args = KernelArgs::new();
     args.push(xp).push(yp);
-    if let Some(c) = cluster_shape(OP, gpu, cols, vec, &FWD_CLUSTER, force)? {
-        args.push(ci);
-        let cfg = cluster_launch(OP, rows, c)?;
-        // SAFETY: softmax_fwd_cluster_c*_p*(const float* x, float* y, int cols) matches; x and
-        // y hold rows·cols f32 (checked above), cols % 4 == 0 with 16-byte aligned rows (vec);
-        // the grid is rows clusters of the kernel's compile-time size, every row within
-        // c·p·threads packs, threads within the launch bound, on a 9.0 device.
-        return unsafe { gpu.launch(&kernels::SOFTMAX_SM90, c.kernel.name, cfg, &args) };
-    }
     let shape = row_shape(cols / vec, vec, 1, shared_limit(gpu)?);
     let kernel = match shape {
         RowShape::Warp { p } => {
@@ -354,24 +168,6 @@ where
     backward_impl(gpu, (y, dy), rows, cols, dx, None)
 }
 
-/// [`backward`] in a forced launch shape, for benchmarks and tests.
-#[doc(hidden)]
-pub fn backward_forced<Y, DY, DX>(
-    gpu: &Gpu,
-    (y, dy): (&Y, &DY),
-    rows: usize,
-    cols: usize,
-    dx: &mut DX,
-    force: SoftmaxForce,
-) -> Result<()>
-where
-    Y: DevicePtr<f32>,
-    DY: DevicePtr<f32>,
-    DX: DevicePtrMut<f32>,
-{
-    backward_impl(gpu, (y, dy), rows, cols, dx, Some(force))
-}
-
 fn backward_impl<Y, DY, DX>(
     gpu: &Gpu,
     (y, dy): (&Y, &DY),
@@ -386,11 +182,7 @@ where
     DX: DevicePtrMut<f32>,
 {
     const OP: &str = "ops::softmax::backward";
-    let len = matrix_len(OP, rows, cols, "cols")?;
-    let by_rows = format!("rows·cols = {rows}·{cols} = {len}");
-    expect_len(OP, "y", y.len(), len, &by_rows)?;
-    expect_len(OP, "dy", dy.len(), len, &by_rows)?;
-    expect_len(OP, "dx", dx.len(), len, &by_rows)?;
+    validate::softmax::backward(OP, rows, cols, [y.len(), dy.len(), dx.len()])?;
     let (ri, ci) = kernel_dims(OP, rows, cols)?;
     if rows == 0 {
         return Ok(());
@@ -401,17 +193,11 @@ where
     let (dxp, _g3) = dx.device_ptr_mut(stream);
     check_aligned(OP, &[("y", yp, 4), ("dy", dyp, 4), ("dx", dxp, 4)])?;
     let vec = vec_width(cols, &[(yp, 4), (dyp, 4), (dxp, 4)]);
+    if let Some(c) = sm90::cluster_shape(OP, gpu, cols, vec, &sm90::BWD_CLUSTER, force)? {
+        return sm90::launch_bwd(OP, gpu, rows, c, [yp, dyp, dxp], ci);
+    }
     let mut args = KernelArgs::new();
     args.push(yp).push(dyp).push(dxp);
-    if let Some(c) = cluster_shape(OP, gpu, cols, vec, &BWD_CLUSTER, force)? {
-        args.push(ci);
-        let cfg = cluster_launch(OP, rows, c)?;
-        // SAFETY: softmax_bwd_cluster_c*_p*(const float* y, const float* dy, float* dx, int
-        // cols) matches; the buffers hold rows·cols f32 (checked above), cols % 4 == 0 with
-        // 16-byte aligned rows (vec); the grid is rows clusters of the kernel's compile-time
-        // size, every row within c·p·threads packs, threads within the launch bound, on 9.0.
-        return unsafe { gpu.launch(&kernels::SOFTMAX_SM90, c.kernel.name, cfg, &args) };
-    }
     let shape = row_shape(cols / vec, vec, 2, shared_limit(gpu)?);
     let kernel = match shape {
         RowShape::Warp { p } => {
@@ -439,36 +225,12 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::ce_plan::ce_rows_bound;
-    use super::cross_entropy::*;
     use super::*;
     use crate::error::Error;
     use crate::ops::rows::*;
-    use half::f16;
 
     #[test]
     fn every_kernel_name_exists_with_the_host_launch_bound() {
-        let sm90 = kernels::SOFTMAX_SM90.ptx;
-        for k in FWD_CLUSTER
-            .iter()
-            .chain(&BWD_CLUSTER)
-            .chain(f32::CLUSTER)
-            .chain(f16::CLUSTER)
-        {
-            assert_eq!(ptx_maxntid(sm90, k.name), Some(k.bound), "{}", k.name);
-            assert!(
-                sm90.contains(&format!(".entry {}(", k.name))
-                    && k.name.contains(&format!("_c{}_p{}", k.c, k.p)),
-                "{}",
-                k.name
-            );
-        }
-        let ce = kernels::CROSS_ENTROPY.ptx;
-        for g in f32::GROUPS.iter().chain(f16::GROUPS) {
-            for name in [g.name, g.name_pf] {
-                assert_eq!(ptx_maxntid(ce, name), Some(256), "{name}");
-            }
-        }
         let ptx = kernels::SOFTMAX.ptx;
         let warp: Vec<&str> = [FWD_WARP, BWD_WARP]
             .iter()
@@ -482,27 +244,6 @@ mod tests {
         for name in [FWD_BLOCK, BWD_BLOCK].concat() {
             assert_eq!(ptx_maxntid(ptx, name), Some(1024), "{name}");
         }
-        for name in [f32::BLOCK, f16::BLOCK].concat() {
-            assert_eq!(ptx_maxntid(ce, name), Some(1024), "{name}");
-        }
-        for (vecs, rows, rows_pf, block) in [
-            (f32::VECS, f32::ROWS, f32::ROWS_PF, f32::BLOCK),
-            (f16::VECS, f16::ROWS, f16::ROWS_PF, f16::BLOCK),
-        ] {
-            assert_eq!((rows.len(), block.len()), (vecs.len(), vecs.len()));
-            assert_eq!(rows_pf.len(), vecs.len());
-            for (v, &vec) in vecs.iter().enumerate() {
-                assert!(block[v].ends_with(&format!("_v{vec}")), "{}", block[v]);
-                for (i, p) in PACKS_PER_LANE.into_iter().enumerate() {
-                    for name in [rows[v][i], rows_pf[v][i]] {
-                        assert!(name.ends_with(&format!("_v{vec}_p{p}")), "{name}");
-                        assert_eq!(ptx_maxntid(ce, name), Some(ce_rows_bound(vec, p)), "{name}");
-                    }
-                    assert!(rows_pf[v][i].contains("_rows_pf_"));
-                }
-            }
-        }
-        assert_eq!((ce_vec_index::<f16>(4), ce_vec_index::<f32>(4)), (1, 0));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! What a downstream crate writes on top of ampkit: a linear layer's forward on whichever device
 //! it was given, through the public API only.
 
-use ampkit::cpu::gemm::{gemm, Epilogue, GemmShape, Layout};
+use ampkit::cpu::gemm::{gemm, Epilogue};
+use ampkit::shape::{GemmShape, Layout};
 use ampkit::{f16, Device, Result};
 
 /// `Y[m, n] = relu?(X[m, k]·W[n, k]ᵀ + b)` with f16 operands and f32 output, on `device`.

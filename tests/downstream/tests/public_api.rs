@@ -5,10 +5,11 @@
 
 use ampkit::amp::{CpuGradScaler, GradScaler, LossScale, ScalerConfig, Stage};
 use ampkit::check::{compare, unwritten, Tolerance};
-use ampkit::cpu::gemm::{gemm_f64, Epilogue, GemmShape, Layout};
+use ampkit::cpu::gemm::{gemm_f64, Epilogue};
 use ampkit::cpu::scaler::{update_scale, ScalerState};
 use ampkit::cuda::Gpu;
 use ampkit::optim::{GpuParam, Moment, Optimizer, Param, Sgd, SgdConfig};
+use ampkit::shape::{GemmShape, Layout};
 use ampkit::train::data::Dataset;
 use ampkit::train::trainer::{self, Outputs};
 use ampkit::train::{open_backend, Progress, TrainConfig};

@@ -10,7 +10,8 @@ use super::harness::Harness;
 use super::report::Kind;
 use super::same_bytes;
 use ampkit::cuda::DeviceBuffer;
-use ampkit::ops::softmax::{self, CeForce, SoftmaxForce};
+use ampkit::tuning::cross_entropy::{self as ce_tuning, CeForce};
+use ampkit::tuning::softmax::{self, SoftmaxForce};
 use ampkit::Error;
 
 /// Cluster shapes tried: (blocks per cluster, packs per thread, threads).
@@ -84,9 +85,9 @@ pub fn softmax_sweep(h: &mut Harness, c: &mut Collector, label: &str, rows: usiz
         };
         for f in &forces {
             let fits = if half {
-                softmax::ce_force_fits::<ampkit::f16>(&h.gpu, cols, *f)
+                ce_tuning::ce_force_fits::<ampkit::f16>(&h.gpu, cols, *f)
             } else {
-                softmax::ce_force_fits::<f32>(&h.gpu, cols, *f)
+                ce_tuning::ce_force_fits::<f32>(&h.gpu, cols, *f)
             };
             if !fits.unwrap_or(false) {
                 continue;

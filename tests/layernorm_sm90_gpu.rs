@@ -17,7 +17,7 @@ mod common;
 mod layernorm_support;
 
 use ampkit::cuda::Gpu;
-use ampkit::ops::layernorm::{backward_forced, forward_forced, BwdForce, FwdForce};
+use ampkit::tuning::layernorm::{backward_forced, forward_forced, BwdForce, FwdForce};
 use ampkit::Error;
 use common::{gpu, rng, sized};
 use layernorm_support::*;

@@ -1,12 +1,13 @@
 //! The Hopper path of [`crate::ops::gemm`] (`kernels/gemm_sm90.cu`, `wgmma` + TMA, sm_90a): the
-//! tensor maps its TMA loads read, and its launch. [`crate::ops::gemm::plan`] chooses it on
+//! tensor maps its TMA loads read, and its launch. The planner (`super::plan`) chooses it on
 //! compute capability 9.0 for aligned operands; results match the mma.sync kernels' contract
-//! (f32 accumulation, one rounding in the shared epilogue).
+//! (f32 accumulation, one rounding in the shared epilogue). Launch shapes are stated in the
+//! kernel's header.
 
-use crate::cpu::gemm::Layout;
 use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
 use crate::error::{Error, Result};
 use crate::kernels;
+use crate::shape::Layout;
 use cudarc::driver::sys::{
     cuTensorMapEncodeTiled, CUresult, CUtensorMap, CUtensorMapDataType, CUtensorMapFloatOOBfill,
     CUtensorMapInterleave, CUtensorMapL2promotion, CUtensorMapSwizzle,

@@ -1,14 +1,15 @@
-//! CPU softmax and fused softmax-cross-entropy: finite-difference gradient checks in f64, f32 and
-//! f16 against independent f64 formulas, property tests over shapes, stability and non-finite
-//! inputs, and argument checks.
+//! CPU fused softmax-cross-entropy (`cpu::cross_entropy`): finite-difference gradient checks in
+//! f64, f32 and f16 against independent f64 formulas, property tests over shapes, stability and
+//! non-finite logits, thread-count independence, and argument checks. (Softmax's own tests are
+//! tests/softmax_cpu.rs.)
 
 mod common;
 
-use ampkit::check::{compare, numerical_gradient, unwritten, ToF64, Tolerance};
-use ampkit::cpu::softmax::{backward, forward, softmax_cross_entropy};
+use ampkit::check::{numerical_gradient, unwritten, ToF64, Tolerance};
+use ampkit::cpu::cross_entropy::softmax_cross_entropy;
 use ampkit::cpu::Element;
 use ampkit::{f16, Error};
-use common::{assert_all_written, assert_close, assert_scaled, rng};
+use common::{assert_all_written, assert_close, rng};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -25,10 +26,6 @@ fn logits(rng: &mut StdRng, rows: usize, cols: usize, offset: f32, spread: f32) 
         x.extend((0..cols).map(|_| o + rng.gen_range(-spread..=spread)));
     }
     x
-}
-
-fn uniform(rng: &mut StdRng, n: usize) -> Vec<f32> {
-    (0..n).map(|_| rng.gen_range(-1.0..1.0f32)).collect()
 }
 
 fn labels(rng: &mut StdRng, rows: usize, classes: usize) -> Vec<u32> {
@@ -50,21 +47,6 @@ fn naive_softmax(x: &[f64], cols: usize) -> Vec<f64> {
             row.iter().map(move |v| v.exp() / total)
         })
         .collect()
-}
-
-/// Softmax backward through the explicit Jacobian `∂yₖ/∂xⱼ = yₖ(δₖⱼ − yⱼ)`, O(cols²) per row.
-/// Also returns each entry's error scale `yⱼ·(|dyⱼ| + Σₖ|dyₖ|·yₖ)`: the terms that cancel.
-fn naive_softmax_backward(y: &[f64], dy: &[f64], cols: usize) -> (Vec<f64>, Vec<f64>) {
-    let (mut dx, mut scale) = (Vec::new(), Vec::new());
-    for (y, dy) in y.chunks(cols).zip(dy.chunks(cols)) {
-        let dot_abs: f64 = y.iter().zip(dy).map(|(y, d)| y * d.abs()).sum();
-        for j in 0..cols {
-            let jac = |k: usize| y[k] * (f64::from(k == j) - y[j]);
-            dx.push((0..cols).map(|k| dy[k] * jac(k)).sum());
-            scale.push(y[j] * (dy[j].abs() + dot_abs));
-        }
-    }
-    (dx, scale)
 }
 
 /// Cross-entropy as `−ln(softmax(x)[label])` and its gradient `(softmax − onehot)·scale/rows`,
@@ -101,27 +83,6 @@ fn loss_f64(x: &[f64], labels: &[u32], classes: usize) -> f64 {
 /// L2 ≤ 2e-8.
 const FD_TOL: Tolerance = Tolerance::new(1e-9, 1e-6).with_rel_l2(f64::INFINITY);
 
-fn softmax_gradient_check(rng: &mut StdRng, rows: usize, cols: usize) {
-    let x = wide(&logits(rng, rows, cols, 3.0, 3.0));
-    let g = wide(&uniform(rng, rows * cols));
-    let mut y = vec![0.0; x.len()];
-    forward(&x, rows, cols, &mut y).unwrap();
-    let mut dx = vec![0.0; x.len()];
-    backward(&y, &g, rows, cols, &mut dx).unwrap();
-    let loss = |x: &[f64]| {
-        let mut y = vec![0.0; x.len()];
-        forward(x, rows, cols, &mut y).unwrap();
-        y.iter().zip(&g).map(|(y, g)| y * g).sum::<f64>()
-    };
-    let num = numerical_gradient(loss, &x, 1e-5);
-    assert_close(
-        &format!("softmax {rows}x{cols} dx vs finite differences"),
-        &dx,
-        &num,
-        FD_TOL,
-    );
-}
-
 fn cross_entropy_gradient_check(rng: &mut StdRng, rows: usize, classes: usize) {
     let x = wide(&logits(rng, rows, classes, 3.0, 3.0));
     let labels = labels(rng, rows, classes);
@@ -144,56 +105,14 @@ fn cross_entropy_gradient_check(rng: &mut StdRng, rows: usize, classes: usize) {
 
 #[test]
 fn gradients_match_finite_differences_in_f64() {
-    let mut rng = rng("gradients_match_finite_differences_in_f64");
+    let mut rng = rng("cross-entropy gradients_match_finite_differences_in_f64");
     for (rows, cols) in [(1, 1), (1, 2), (3, 17), (4, 64), (2, 784)] {
-        softmax_gradient_check(&mut rng, rows, cols);
         cross_entropy_gradient_check(&mut rng, rows, cols);
     }
 }
 
 /// f32's unit roundoff 2⁻²⁴ ≈ 6e-8: the largest relative error of one rounding to nearest.
 const U: f64 = 1.0 / (1u64 << 24) as f64;
-
-/// Softmax f32 against the f64 formulas, first order in u = 2⁻²⁴. The row sums accumulate in f64
-/// and are rounded once, so no error grows with `cols`. Forward, relative: `xⱼ − m` rounds by
-/// ≤ u·|xⱼ − m|, which `exp` turns into a relative ≤ |xⱼ − m| u; `exp` itself ≤ 1 ulp (2 u); the
-/// sum averages its terms' errors (≤ w + 2 u, w the y-weighted mean of |x − m|); rounding the sum
-/// and the division 1 u each: Eⱼ ≤ (|xⱼ − m| + w + 6) u. With logits spread ±6, |x − m| and w
-/// are ≤ 12: ≤ 30 u ≈ 1.8e-6, limit 2e-6. Backward, in units of its scale
-/// `yⱼ·(|dyⱼ| + Σ|dy|·y)` (dx cancels dy against Σ dy·y): y's Eⱼ carries through, the dot
-/// product takes up to max E + 1 u from the y it sums, the subtraction and the product 1 u each:
-/// ≤ (2·12 + 2w + 15) u ≤ 63 u ≈ 3.8e-6, limit 4e-6. Observed worst over 30 runs: 6.2e-7 (10.4 u)
-/// forward, 4.6e-7 (7.7 u) backward. (With the earlier left-to-right f32 sums the limits were
-/// 1e-5 for both, observed 2.2e-6 and 1.5e-6 at 1000 columns.)
-const F32_SOFTMAX_FWD: Tolerance = Tolerance::new(1e-30, 2e-6);
-const F32_SOFTMAX_BWD: f64 = 4e-6;
-
-fn softmax_f32_against_f64(rng: &mut StdRng, rows: usize, cols: usize, what: &str) {
-    let (x, dy) = (
-        logits(rng, rows, cols, 20.0, 6.0),
-        uniform(rng, rows * cols),
-    );
-    let (mut y, mut dx) = (vec![poison(); x.len()], vec![poison(); x.len()]);
-    forward(&x, rows, cols, &mut y).unwrap();
-    backward(&y, &dy, rows, cols, &mut dx).unwrap();
-    assert_all_written(&format!("{what} y"), &y, poison());
-    assert_all_written(&format!("{what} dx"), &dx, poison());
-    let y_ref = naive_softmax(&wide(&x), cols);
-    let (dx_ref, scale) = naive_softmax_backward(&y_ref, &wide(&dy), cols);
-    assert_close(
-        &format!("{what} f32 softmax y"),
-        &y,
-        &y_ref,
-        F32_SOFTMAX_FWD,
-    );
-    assert_scaled(
-        &format!("{what} f32 softmax dx"),
-        &dx,
-        &dx_ref,
-        &scale,
-        F32_SOFTMAX_BWD,
-    );
-}
 
 /// The loss is computed in f64 from exactly widened logits, so it matches the naive f64 formula
 /// to ~1e-15 (limit 1e-12 relative plus 1e-14 absolute, the naive `ln p` near p = 1). Each
@@ -235,9 +154,8 @@ fn cross_entropy_against_f64<L, D>(
 
 #[test]
 fn f32_agrees_with_f64_on_the_parallel_path() {
-    let mut rng = rng("f32_agrees_with_f64_on_the_parallel_path");
+    let mut rng = rng("cross-entropy f32_agrees_with_f64_on_the_parallel_path");
     // 64·1000 elements: past the parallel threshold.
-    softmax_f32_against_f64(&mut rng, 64, 1000, "64x1000");
     let (x, l) = (
         logits(&mut rng, 64, 1000, 20.0, 6.0),
         labels(&mut rng, 64, 1000),
@@ -256,59 +174,16 @@ fn f32_agrees_with_f64_on_the_parallel_path() {
     cross_entropy_against_f64(&x16, &l, 1000, 1024.0, p16, ROUNDED_F16, "64x1000 f16→f16");
 }
 
-/// The f32 softmax against the f64 one (the same code in f64, on the same inputs) on rows of 4096
-/// and 65536 columns with a nonzero offset. The row sums (`Σ exp`, `Σ dy·y`) accumulate in f64 and
-/// are rounded once, so no error grows with `cols`; each element is held to its own bound from
-/// [`F32_SOFTMAX_FWD`]'s derivation (units of u = 2⁻²⁴, `m` the row max, w the y-weighted mean
-/// of |x − m|, R the row's largest |x − m|):
-/// - y, relative: Eⱼ = (|xⱼ − m| + w + 6) u.
-/// - dx, in units of `yⱼ·(|dyⱼ| + Σ|dy|·y)`: Eⱼ + (R + w + 9) u.
-/// - The cross-entropy runs in f64 from exactly widened logits whatever their type: the loss from
-///   f32 logits has the same bits as from f64 logits, and each f32 gradient is the f64 one rounded
-///   once.
-///
-/// Observed worst over 5 seeds (spread ±6, so |x − m| ≤ 12): y 10.2 u (6.1e-7 relative), dx 7.1 u
-/// at both 4096 and 65536 columns, all within their elements' limits. The left-to-right f32 sums
-/// this replaced gave y 1400-1470 u (8.3e-5 to 8.8e-5 relative) and dx 940-990 u at 65536
-/// columns, y 32-59 u at 4096.
+/// The cross-entropy on rows of 4096 and 65536 columns with a nonzero offset runs in f64 from
+/// exactly widened logits whatever their type: the loss from f32 logits has the same bits as
+/// from f64 logits, and each f32 gradient is the f64 one rounded once.
 #[test]
-fn f32_long_rows_are_accurate_to_a_few_roundings() {
-    let mut rng = rng("f32_long_rows_are_accurate_to_a_few_roundings");
+fn f32_long_rows_are_the_f64_results_rounded_once() {
+    let mut rng = rng("f32_long_rows_are_the_f64_results_rounded_once");
     let mut failed = Vec::new();
     for (rows, cols) in [(8, 4096), (4, 65536)] {
-        let (x, dy) = (
-            logits(&mut rng, rows, cols, 3.0, 6.0),
-            uniform(&mut rng, rows * cols),
-        );
-        let (mut y, mut dx) = (vec![poison(); x.len()], vec![poison(); x.len()]);
-        forward(&x, rows, cols, &mut y).unwrap();
-        backward(&y, &dy, rows, cols, &mut dx).unwrap();
-        let (x64, dy64) = (wide(&x), wide(&dy));
-        let (mut y64, mut dx64) = (vec![0.0; x.len()], vec![0.0; x.len()]);
-        forward(&x64, rows, cols, &mut y64).unwrap();
-        backward(&y64, &dy64, rows, cols, &mut dx64).unwrap();
-
-        // Worst errors in u, and worst excess over each element's limit (≤ 0 passes).
-        let (mut y_err, mut y_over, mut dx_err, mut dx_over) = (0f64, f64::MIN, 0f64, f64::MIN);
-        for r in 0..rows {
-            let row = r * cols..(r + 1) * cols;
-            let (x, y, y64) = (&x64[row.clone()], &y[row.clone()], &y64[row.clone()]);
-            let (dy, dx, dx64) = (&dy64[row.clone()], &dx[row.clone()], &dx64[row]);
-            let m = x.iter().copied().fold(f64::MIN, f64::max);
-            let w: f64 = x.iter().zip(y64).map(|(x, y)| y * (m - x)).sum();
-            let range = x.iter().map(|x| m - x).fold(0.0, f64::max);
-            let dot_abs: f64 = y64.iter().zip(dy).map(|(y, d)| y * d.abs()).sum();
-            for j in 0..cols {
-                let e = (f64::from(y[j]) - y64[j]).abs() / y64[j] / U;
-                y_err = y_err.max(e);
-                y_over = y_over.max(e - (m - x[j] + w + 6.0));
-                let scale = y64[j] * (dy[j].abs() + dot_abs);
-                let e = (f64::from(dx[j]) - dx64[j]).abs() / scale / U;
-                dx_err = dx_err.max(e);
-                dx_over = dx_over.max(e - (m - x[j] + w + 6.0) - (range + w + 9.0));
-            }
-        }
-
+        let x = logits(&mut rng, rows, cols, 3.0, 6.0);
+        let x64 = wide(&x);
         let labels = labels(&mut rng, rows, cols);
         let (mut d32, mut d64) = (vec![poison(); x.len()], vec![0.0f64; x.len()]);
         let loss32 = softmax_cross_entropy(&x, &labels, rows, cols, 1.0, &mut d32).unwrap();
@@ -322,24 +197,14 @@ fn f32_long_rows_are_accurate_to_a_few_roundings() {
             .fold(0.0, f64::max);
 
         eprintln!(
-            "{rows}x{cols} f32 vs f64, worst: softmax y {y_err:.2} u ({:.1e}), dx {dx_err:.2} u \
-             of scale; cross-entropy loss {loss_err:.1e} from the naive f64 formula, dlogits \
-             {d_err:.2} u",
-            y_err * U
+            "{rows}x{cols} f32 vs f64: cross-entropy loss {loss_err:.1e} from the naive f64 \
+             formula, dlogits {d_err:.2} u"
         );
         let rounded_once = d32
             .iter()
             .zip(&d64)
             .all(|(&g, &w)| g.to_bits() == (w as f32).to_bits());
         for (bad, what) in [
-            (
-                y_over > 0.0,
-                format!("softmax y: {y_over:.2} u past its limit"),
-            ),
-            (
-                dx_over > 0.0,
-                format!("softmax dx: {dx_over:.2} u past its limit"),
-            ),
             (
                 loss32.to_bits() != loss64.to_bits(),
                 format!("loss {loss32} vs {loss64} from f64 logits"),
@@ -373,7 +238,6 @@ proptest! {
     ) {
         let mut rng = StdRng::seed_from_u64(seed);
         let what = format!("{rows}x{cols} seed {seed}");
-        softmax_f32_against_f64(&mut rng, rows, cols, &what);
         let (x, l) = (logits(&mut rng, rows, cols, 20.0, 6.0), labels(&mut rng, rows, cols));
         cross_entropy_against_f64(&x, &l, cols, scale, poison(), ROUNDED_ONCE_F32, &what);
         let x16: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
@@ -390,7 +254,6 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let mut rng = StdRng::seed_from_u64(seed);
-        softmax_gradient_check(&mut rng, rows, cols);
         cross_entropy_gradient_check(&mut rng, rows, cols);
     }
 }
@@ -470,12 +333,6 @@ fn f16_logits_near_65504_are_stable() {
 /// Logits of ±1e4 in f32 (e^1e4 overflows f32 and f64) and of ±1e-30, and signed zeros.
 #[test]
 fn huge_tiny_and_signed_zero_logits() {
-    let e1 = (-1.0f64).exp();
-    let mut y = [poison(); 4];
-    forward(&[1e4f32, 1e4 - 1.0, -1e4, 0.0], 1, 4, &mut y).unwrap();
-    let want = [1.0 / (1.0 + e1), e1 / (1.0 + e1), 0.0, 0.0];
-    assert_close("softmax of ±1e4", &y, &want, Tolerance::new(0.0, 1e-6));
-
     let mut d = [poison(); 3];
     let loss = softmax_cross_entropy(&[1e4f32, 0.0, -1e4], &[1], 1, 3, 1.0, &mut d).unwrap();
     assert_eq!(loss, 1e4); // + ln(1 + e^-1e4 + e^-2e4), which rounds away
@@ -492,9 +349,6 @@ fn huge_tiny_and_signed_zero_logits() {
         ROUNDED_ONCE_F32,
     );
 
-    let mut y = [poison(); 2];
-    forward(&[-0.0f32, 0.0], 1, 2, &mut y).unwrap();
-    assert_eq!(y, [0.5, 0.5]);
     let mut d = [poison(); 8];
     let loss = softmax_cross_entropy(&[-0.0f32; 8], &[2, 3], 2, 4, 1.0, &mut d).unwrap();
     assert_eq!(loss, 4f64.ln());
@@ -502,25 +356,6 @@ fn huge_tiny_and_signed_zero_logits() {
         d,
         [0.125, 0.125, -0.375, 0.125, 0.125, 0.125, 0.125, -0.375]
     );
-}
-
-/// −inf masks to exactly 0; a row of all −inf, or one holding NaN or +inf, is NaN throughout
-/// (PyTorch's behaviour); other rows are untouched.
-#[test]
-fn softmax_non_finite_rows() {
-    let (inf, nan) = (f32::INFINITY, f32::NAN);
-    let x = [
-        0.0, -inf, 0.0, -inf, -inf, -inf, 1.0, nan, 2.0, 1.0, inf, 2.0,
-    ];
-    let mut y = [poison(); 12];
-    forward(&x, 4, 3, &mut y).unwrap();
-    let mut want = vec![0.5, 0.0, 0.5];
-    want.extend([f64::NAN; 9]);
-    assert!(compare(&y, &want, Tolerance::EXACT).passed(), "{y:?}");
-    let mut dx = [poison(); 12];
-    backward(&y, &[1.0; 12], 4, 3, &mut dx).unwrap();
-    assert_eq!(&dx[..3], &[0.0; 3]);
-    assert!(dx[3..].iter().all(|v| v.is_nan()), "{dx:?}");
 }
 
 /// A NaN or +inf logit makes its row's loss and gradients NaN, and the mean loss NaN; the other
@@ -614,15 +449,6 @@ fn wrong_lengths_and_sizes_are_rejected() {
     };
     let (ok, short) = ([0.5f32; 6], [0.5f32; 5]);
     let mut out = vec![poison(); 7];
-    shape(forward(&short, 2, 3, &mut out[..6]), "x");
-    shape(forward(&ok, 2, 3, &mut out[..5]), "y");
-    shape(backward(&short, &ok, 2, 3, &mut out[..6]), "y");
-    shape(backward(&ok, &short, 2, 3, &mut out[..6]), "dy");
-    shape(backward(&ok, &ok, 2, 3, &mut out[..7]), "dx");
-    invalid(forward::<f32>(&[], 2, 0, &mut []), "cols is 0");
-    invalid(forward::<f32>(&[], usize::MAX, 2, &mut []), "overflows");
-    forward::<f32>(&[], 0, 3, &mut []).unwrap(); // an empty batch is fine
-
     let ce = |x: &[f32], l: &[u32], rows, classes, d: &mut [f32]| {
         softmax_cross_entropy(x, l, rows, classes, 1.0, d).map(|_| ())
     };

@@ -1,8 +1,7 @@
-//! Thread-block-cluster LayerNorm for long rows on compute capability 9.0
-//! (`kernels/layernorm_sm90.cu`): the launch plans (pure, so they are testable without a GPU) and
-//! the launches. A cluster of `c` blocks shares one row, each block holding its slice of the row
-//! in registers (`p` float4 packs per thread); the forward runs a cluster per row, the backward `G`
-//! clusters that each walk every `G`-th row and write one partial row of the column sums.
+//! The Hopper path of [`crate::ops::layernorm`]: thread-block-cluster LayerNorm for long rows on
+//! compute capability 9.0 (`kernels/layernorm_sm90.cu`, sm_90a): the launch plans (pure, so they
+//! are testable without a GPU) and the launches. The cluster shapes (`c` blocks per row, `p`
+//! float4 packs per thread, `G` backward clusters) are stated in the kernel's header.
 
 use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
 use crate::error::{Error, Result};

@@ -267,7 +267,7 @@ fn every_vector_width_is_exact() {
     for width in [8, 4, 2, 1] {
         for off in [0, 3] {
             let mut out16 = gpu.upload(&vec![f16::from_bits(POISON_F16); n]).unwrap();
-            ops::cast::f32_to_f16_max_width(
+            ampkit::tuning::cast::f32_to_f16_max_width(
                 &gpu,
                 &src_dev.slice(off..),
                 &mut out16.slice_mut(off..),
@@ -287,7 +287,7 @@ fn every_vector_width_is_exact() {
             );
 
             let mut out32 = gpu.upload(&vec![f32::from_bits(POISON_F32); n]).unwrap();
-            ops::cast::f16_to_f32_max_width(
+            ampkit::tuning::cast::f16_to_f32_max_width(
                 &gpu,
                 &half_dev.slice(off..),
                 &mut out32.slice_mut(off..),

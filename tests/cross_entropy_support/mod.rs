@@ -1,127 +1,30 @@
-//! Softmax and cross-entropy test support: random logits and labels, misaligned uploads, and the
-//! checks against the f64 reference with their limits (see tests/softmax_gpu.rs's docs).
+//! Cross-entropy test support (`cross_entropy_gpu`, `cross_entropy_sm90_gpu`; on top of
+//! `softmax_support`): random labels, one loss on the GPU with poisoned outputs, and its check
+//! against the f64 reference with the limits of tests/cross_entropy_gpu.rs's docs.
 
-use super::{assert_all_written, assert_close, assert_scaled};
-use ampkit::check::{ToF64, Tolerance};
+#![allow(dead_code)]
+
+use crate::common::{assert_all_written, assert_scaled};
+use crate::softmax_support::{logits, poison, poison16, upload_at, wide, LIMIT};
+use ampkit::check::ToF64;
+use ampkit::cpu::cross_entropy as cpu_ce;
 use ampkit::cpu::softmax as cpu;
 use ampkit::cpu::Element;
-use ampkit::cuda::{DeviceBuffer, Gpu};
-use ampkit::ops::softmax::{
-    backward, backward_forced, forward, forward_forced, softmax_cross_entropy,
-    softmax_cross_entropy_forced, CeForce, Grad, Logit, SoftmaxForce,
-};
+use ampkit::cuda::Gpu;
+use ampkit::ops::cross_entropy::{softmax_cross_entropy, Grad, Logit};
+use ampkit::tuning::cross_entropy::{softmax_cross_entropy_forced, CeForce};
 use ampkit::{f16, Error};
-use cudarc::driver::DeviceRepr;
 use rand::rngs::StdRng;
 use rand::Rng;
 use std::mem::size_of;
 
-pub const LIMIT: f64 = 1e-5;
 /// exp(x − max) below this flushes to zero in the loss kernels (2^-126, f32's least normal).
 pub const FLUSHED_EXP: f64 = 1.1754943508222875e-38;
-/// Softmax outputs: relative elementwise and in L2; the 1e-30 absolute covers outputs that
-/// underflow to subnormals.
-pub const SOFTMAX_FWD: Tolerance = Tolerance::new(1e-30, LIMIT);
-
-pub fn poison() -> f32 {
-    f32::from_bits(0xDEAD_BEEF)
-}
-
-pub fn poison16() -> f16 {
-    f16::from_bits(0x7E5A) // a NaN payload the kernels never write
-}
-
-/// `rows·cols` logits: each row around its own offset in ±`offset`, spread ±`spread`.
-pub fn logits(rng: &mut StdRng, rows: usize, cols: usize, offset: f32, spread: f32) -> Vec<f32> {
-    let mut x = Vec::with_capacity(rows * cols);
-    for _ in 0..rows {
-        let o = rng.gen_range(-offset..=offset);
-        x.extend((0..cols).map(|_| o + rng.gen_range(-spread..=spread)));
-    }
-    x
-}
 
 pub fn labels(rng: &mut StdRng, rows: usize, classes: usize) -> Vec<u32> {
     (0..rows)
         .map(|_| rng.gen_range(0..classes as u32))
         .collect()
-}
-
-pub fn wide<T: ToF64>(v: &[T]) -> Vec<f64> {
-    v.iter().map(|v| v.to_f64()).collect()
-}
-
-/// `v` on the device behind `offset` leading `pad` elements (a view at `offset` is then
-/// misaligned for 4-wide accesses when offset is odd).
-pub fn upload_at<T: DeviceRepr + Copy>(
-    gpu: &Gpu,
-    v: &[T],
-    offset: usize,
-    pad: T,
-) -> DeviceBuffer<T> {
-    let mut padded = vec![pad; offset];
-    padded.extend_from_slice(v);
-    gpu.upload(&padded).unwrap()
-}
-
-/// Forward then backward (on the GPU's own y), every buffer at element `offset`; y and dx
-/// poisoned, fully written and within the limits of the f64 reference.
-pub fn check_softmax(gpu: &Gpu, rng: &mut StdRng, rows: usize, cols: usize, offset: usize) {
-    check_softmax_with(gpu, rng, rows, cols, offset, None).unwrap();
-}
-
-/// [`check_softmax`] in a forced launch shape, or the error of a shape the row does not fit.
-pub fn check_softmax_with(
-    gpu: &Gpu,
-    rng: &mut StdRng,
-    rows: usize,
-    cols: usize,
-    offset: usize,
-    force: Option<SoftmaxForce>,
-) -> Result<(), Error> {
-    let what = format!("softmax {rows}x{cols} offset {offset} {force:?}");
-    let x = logits(rng, rows, cols, 20.0, 6.0);
-    let dy: Vec<f32> = (0..rows * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
-    let o = offset;
-    let xd = upload_at(gpu, &x, o, 0.0);
-    let dyd = upload_at(gpu, &dy, o, 0.0);
-    let mut y = upload_at(gpu, &vec![poison(); x.len()], o, 0.0);
-    let mut dx = upload_at(gpu, &vec![poison(); x.len()], o, 0.0);
-    match force {
-        None => {
-            forward(gpu, &xd.slice(o..), rows, cols, &mut y.slice_mut(o..))?;
-            backward(
-                gpu,
-                &y.slice(o..),
-                &dyd.slice(o..),
-                rows,
-                cols,
-                &mut dx.slice_mut(o..),
-            )?;
-        }
-        Some(f) => {
-            forward_forced(gpu, &xd.slice(o..), rows, cols, &mut y.slice_mut(o..), f)?;
-            let ins = (&y.slice(o..), &dyd.slice(o..));
-            backward_forced(gpu, ins, rows, cols, &mut dx.slice_mut(o..), f)?;
-        }
-    }
-    let got_y = gpu.download(&y.slice(o..)).unwrap();
-    let got_dx = gpu.download(&dx.slice(o..)).unwrap();
-    assert_all_written(&format!("{what} y"), &got_y, poison());
-    assert_all_written(&format!("{what} dx"), &got_dx, poison());
-
-    let (x64, dy64) = (wide(&x), wide(&dy));
-    let (mut y64, mut dx64) = (vec![0.0; x.len()], vec![0.0; x.len()]);
-    cpu::forward(&x64, rows, cols, &mut y64).unwrap();
-    cpu::backward(&y64, &dy64, rows, cols, &mut dx64).unwrap();
-    let mut scale = Vec::with_capacity(x.len());
-    for (y, dy) in y64.chunks(cols).zip(dy64.chunks(cols)) {
-        let dot_abs: f64 = y.iter().zip(dy).map(|(y, d)| y * d.abs()).sum();
-        scale.extend(y.iter().zip(dy).map(|(y, d)| y * (d.abs() + dot_abs)));
-    }
-    assert_close(&format!("{what} y"), &got_y, &y64, SOFTMAX_FWD);
-    assert_scaled(&format!("{what} dx"), &got_dx, &dx64, &scale, LIMIT);
-    Ok(())
 }
 
 /// The cross-entropy of `x` into `D` gradients on the GPU, against the f64 reference: the loss to
@@ -185,7 +88,8 @@ where
     let (got_loss, got) = run_ce_with(gpu, x, labels, classes, scale, fill, offset, force)?;
     assert_all_written(&format!("{what} dlogits"), &got, fill);
     let mut want = vec![0.0f64; x.len()];
-    let want_loss = cpu::softmax_cross_entropy(x, labels, rows, classes, scale, &mut want).unwrap();
+    let want_loss =
+        cpu_ce::softmax_cross_entropy(x, labels, rows, classes, scale, &mut want).unwrap();
     let allowed = allowance(&wide(x), labels, classes, scale, &want, size_of::<D>() == 2);
     assert_scaled(&format!("{what} dlogits"), &got, &want, &allowed, 1.0);
     let err = (f64::from(got_loss) - want_loss).abs() / want_loss.abs().max(1e-30);
@@ -274,4 +178,30 @@ where
     let got_loss = gpu.download(&loss).unwrap()[0];
     assert_ne!(got_loss.to_bits(), poison().to_bits(), "loss never written");
     Ok((got_loss, gpu.download(&dd.slice(o..)).unwrap()))
+}
+
+/// Runs [`try_check_ce`] for f32 → f32, f16 → f16 and f16 → f32 under `force`, counting the
+/// shapes that fit in `checked`; a shape the row does not fit must be refused with "does not
+/// fit" before any launch.
+pub fn both_types(
+    gpu: &Gpu,
+    rng: &mut StdRng,
+    (rows, classes): (usize, usize),
+    force: Option<CeForce>,
+    checked: &mut usize,
+) {
+    let x = logits(rng, rows, classes, 20.0, 6.0);
+    let l = labels(rng, rows, classes);
+    let x16: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
+    let what = format!("{rows}x{classes} {force:?}");
+    let mut ran = |r: Result<f32, Error>| match r {
+        Ok(_) => *checked += 1,
+        Err(e) => assert!(e.to_string().contains("does not fit"), "{what}: {e}"),
+    };
+    let w = format!("{what} f32→f32");
+    ran(try_check_ce(gpu, &x, &l, classes, 8.0, poison(), &w, 0, force).map(|r| r.0));
+    let w = format!("{what} f16→f16");
+    ran(try_check_ce(gpu, &x16, &l, classes, 8.0, poison16(), &w, 0, force).map(|r| r.0));
+    let w = format!("{what} f16→f32");
+    ran(try_check_ce(gpu, &x16, &l, classes, 65536.0, poison(), &w, 0, force).map(|r| r.0));
 }

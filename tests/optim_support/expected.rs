@@ -1,4 +1,4 @@
-//! Expected values for tests/optim.rs: the scripted problem and float64 results per step.
+//! Expected values for tests/optim_cpu.rs: the scripted problem and float64 results per step.
 
 /// The scripted problem: two tensors (4 and 2 elements) and four steps of gradients, all exactly
 /// representable in f32 so the float64 script and the test start from the same numbers.

@@ -1,17 +1,65 @@
-//! The fused softmax-cross-entropy half of [`super`]: logit and gradient types, the loss's launch
-//! plans, and the entry points (see the parent module's docs for the device-side contract).
+//! Fused softmax-cross-entropy on the GPU (`kernels/cross_entropy.cu`, and on compute capability
+//! 9.0 the cluster kernels for long rows in `kernels/softmax_sm90.cu`, the sm_90a module it shares
+//! with softmax); CPU twin: [`crate::cpu::cross_entropy`], which documents the
+//! function, its non-finite behaviour and the argument checks. Same argument order and errors,
+//! reported before anything is launched; the loss differs in where its inputs and output live
+//! (below).
+//!
+//! The kernels read 16 bytes of logits at a time (8 f16 or 4 f32) when `classes` is a multiple
+//! of that and both `logits` and `dlogits` are 16-byte aligned, else 4 or 1 elements. The launch
+//! shapes (row groups of warps, a warp or block per row, shared memory, a thread-block cluster
+//! per row) and the row lengths that choose between them are stated in the kernels' headers,
+//! `kernels/cross_entropy.cu` and `kernels/softmax_sm90.cu`; the measurements behind them are in
+//! `docs/kernels/cross_entropy.md`.
+//!
+//! # On the device
+//!
+//! [`softmax_cross_entropy`] computes in f32 (the reference in f64) and never synchronises with
+//! the host, so a training step can be captured in a CUDA graph:
+//! - `grad_scale` is **one f32 in device memory**, read by the kernel: AMP's loss scale, updated
+//!   on the device by [`crate::ops::scaler`], enters here and nowhere else. It multiplies the
+//!   gradient only, never the loss, and is applied as given (a non-finite scale gives non-finite
+//!   gradients, which the unscale step's inf check catches).
+//! - The mean loss is written to **one f32 in device memory**, in the same launch: each block
+//!   writes one f64 partial sum of its rows' losses to the device's scratch buffer, and the last
+//!   block to finish (an integer ticket) adds the partials in a fixed order. No float atomics.
+//! - exp(x − max) goes through the SFU's flush-to-zero `ex2`: values below 2^−126 are 0, so each
+//!   gradient may differ from the reference's by `|grad_scale/rows|·2^−126` (they add nothing to
+//!   the row sum in f32).
+//! - **Labels out of range**: the reference returns [`Error::InvalidArgument`]; the labels here are
+//!   in device memory, and checking them would cost a host synchronisation. Instead a row whose
+//!   label is ≥ `classes` gets a NaN loss and NaN in every one of its `dlogits`, so the mean loss
+//!   is NaN (visible when the host logs it) and the step's inf/NaN check flags the gradients.
+//!   Other rows are computed normally.
 
 use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
-use crate::error::{expect_len, matrix_len, Error, Result};
+use crate::error::{Error, Result};
 use crate::kernels;
 use crate::ops::rows::{
     check_aligned, kernel_dims, p_index, shared_limit, vec_width, ClusterKernel,
 };
-use crate::ops::softmax::ce_plan::{
-    ce_forced, ce_plan, CeForce, CeKernels, CeShape, GroupKernel, GROUP_BLOCK,
-};
+use crate::validate;
 use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
 use half::f16;
+use plan::{ce_forced, ce_plan, CeKernels, CeShape, GROUP_BLOCK};
+
+/// `["<prefix>_v{vec}_p1", … "_p8"]`: a loss kernel keeping the row in registers, for one access
+/// width and packs per thread 1, 2, 4, 8.
+macro_rules! ce_rows_names {
+    ($prefix:literal, $vec:literal) => {
+        [
+            concat!($prefix, "_v", $vec, "_p1"),
+            concat!($prefix, "_v", $vec, "_p2"),
+            concat!($prefix, "_v", $vec, "_p4"),
+            concat!($prefix, "_v", $vec, "_p8"),
+        ]
+    };
+}
+
+mod plan;
+mod sm90;
+pub(crate) mod tuning;
+use plan::{CeForce, GroupKernel};
 
 /// Logit types [`softmax_cross_entropy`] reads: f16 or f32.
 pub trait Logit: DeviceRepr + sealed::Sealed {
@@ -52,32 +100,6 @@ macro_rules! group {
     };
 }
 
-/// A `softmax_ce_cluster` table entry.
-macro_rules! cluster {
-    ($t:literal, $c:literal, $p:literal, $bound:literal) => {
-        ClusterKernel {
-            c: $c,
-            p: $p,
-            bound: $bound,
-            name: concat!("softmax_ce_cluster_", $t, "_c", $c, "_p", $p),
-        }
-    };
-}
-
-/// The cluster instances of one logit type: packs per thread `big` (launch bound 512) and
-/// `small` (1024) for clusters of 2, 4 and 8.
-macro_rules! clusters {
-    ($t:literal, $big:literal, $small:literal) => {
-        &[
-            cluster!($t, 2, $big, 512),
-            cluster!($t, 2, $small, 1024),
-            cluster!($t, 4, $big, 512),
-            cluster!($t, 4, $small, 1024),
-            cluster!($t, 8, $big, 512),
-            cluster!($t, 8, $small, 1024),
-        ]
-    };
-}
 impl Logit for f32 {
     const VECS: &'static [usize] = &[4, 1];
     const ROWS: &'static [[&'static str; 4]] = &[
@@ -99,7 +121,7 @@ impl Logit for f32 {
         group!("f32", 8, 8),
     ];
     const GROUPS_PREFETCH: bool = false;
-    const CLUSTER: &'static [ClusterKernel] = clusters!("f32", 8, 4);
+    const CLUSTER: &'static [ClusterKernel] = sm90::F32_CLUSTER;
 }
 impl Logit for f16 {
     const VECS: &'static [usize] = &[8, 4, 1];
@@ -127,7 +149,7 @@ impl Logit for f16 {
         group!("f16", 4, 8),
     ];
     const GROUPS_PREFETCH: bool = false;
-    const CLUSTER: &'static [ClusterKernel] = clusters!("f16", 4, 2);
+    const CLUSTER: &'static [ClusterKernel] = sm90::F16_CLUSTER;
 }
 
 /// Gradient types [`softmax_cross_entropy`] writes: f16 (round to nearest even, overflow to
@@ -154,7 +176,7 @@ mod sealed {
 /// multiple and both row-major buffers are 16-byte aligned, else 4 elements when `classes % 4 ==
 /// 0` and both are aligned to 4 elements, else 1. (8 f32 per thread would be two 16-byte accesses
 /// 32 bytes apart, each using half of every 32-byte sector: measured slower.)
-pub(super) fn ce_vec(
+pub(crate) fn ce_vec(
     classes: usize,
     widest: usize,
     logits: (u64, usize),
@@ -169,7 +191,7 @@ pub(super) fn ce_vec(
 }
 
 /// Index of `vec` in a logit type's [`Logit::VECS`].
-pub(super) fn ce_vec_index<L: Logit>(vec: usize) -> usize {
+pub(crate) fn ce_vec_index<L: Logit>(vec: usize) -> usize {
     L::VECS
         .iter()
         .position(|&v| v == vec)
@@ -177,7 +199,7 @@ pub(super) fn ce_vec_index<L: Logit>(vec: usize) -> usize {
 }
 
 /// The instances the planner may choose from for logits `L` on `gpu` (clusters on 9.0 only).
-fn ce_kernels<L: Logit>(gpu: &Gpu) -> CeKernels {
+pub(super) fn ce_kernels<L: Logit>(gpu: &Gpu) -> CeKernels {
     CeKernels {
         widest: L::VECS[0],
         groups: L::GROUPS,
@@ -186,28 +208,18 @@ fn ce_kernels<L: Logit>(gpu: &Gpu) -> CeKernels {
     }
 }
 
-/// Whether `force` fits rows of `classes` logits of type `L` on `gpu` with 16-byte aligned
-/// buffers (what the benchmark sweep allocates), without launching anything. Public for
-/// `ampkit bench`'s sweep (in the binary), not part of the API.
-pub fn ce_force_fits<L: Logit>(gpu: &Gpu, classes: usize, force: CeForce) -> Result<bool> {
-    let lb = std::mem::size_of::<L>();
-    let vec = ce_vec(classes, L::VECS[0], (0, lb), (0, lb));
-    let k = ce_kernels::<L>(gpu);
-    Ok(ce_forced(classes / vec, vec, shared_limit(gpu)?, force, &k).is_some())
-}
-
 /// Fused softmax + cross-entropy: writes the mean over rows of `logsumexp(xᵣ) − xᵣ[labelᵣ]` to
 /// `loss` (one f32 on the device) and `dlogits = (softmax(x) − onehot(label)) · grad_scale / rows`
 /// in one pass over the logits, without materialising the probabilities.
 ///
 /// `logits` and `dlogits` are `[rows, classes]` (f16 or f32 each), `labels` has `rows` entries,
 /// `grad_scale` and `loss` are one f32 each, all in device memory. The GPU twin of
-/// [`crate::cpu::softmax::softmax_cross_entropy`]: same argument checks and errors (before any
+/// [`crate::cpu::cross_entropy::softmax_cross_entropy`]: same argument checks and errors (before any
 /// launch), except that labels cannot be checked without a host synchronisation: an
-/// out-of-range label makes its row's loss and gradients NaN (see the [module docs](super)).
+/// out-of-range label makes its row's loss and gradients NaN (see the [module docs](self)).
 /// One launch; uses a scratch buffer of the `Gpu` handle's own (never shared with other ops) for
-/// per-block partial sums of the loss (8 bytes per block (at most 1024 blocks, or 2^18 threads)
-/// or per row (the cluster kernels)) behind the counter of blocks done.
+/// the partial sums of the loss (8 bytes per block, or per row for the cluster kernels) behind
+/// the counter of blocks done.
 #[allow(clippy::too_many_arguments)] // the CPU reference's arguments plus the device loss
 pub fn softmax_cross_entropy<L, D, X, T, S, G, O>(
     gpu: &Gpu,
@@ -232,32 +244,6 @@ where
     cross_entropy_impl(gpu, bufs, rows, classes, dlogits, loss, None)
 }
 
-/// [`softmax_cross_entropy`] in a launch shape the caller forces (see [`CeForce`]), the inputs
-/// `(logits, labels, grad_scale)` as one tuple: for benchmarks and tests. A shape the row does
-/// not fit is [`Error::InvalidArgument`], before any launch.
-#[doc(hidden)]
-#[allow(clippy::too_many_arguments)]
-pub fn softmax_cross_entropy_forced<L, D, X, T, S, G, O>(
-    gpu: &Gpu,
-    inputs: (&X, &T, &S),
-    rows: usize,
-    classes: usize,
-    dlogits: &mut G,
-    loss: &mut O,
-    force: CeForce,
-) -> Result<()>
-where
-    L: Logit,
-    D: Grad,
-    X: DevicePtr<L>,
-    T: DevicePtr<u32>,
-    S: DevicePtr<f32>,
-    G: DevicePtrMut<D>,
-    O: DevicePtrMut<f32>,
-{
-    cross_entropy_impl(gpu, inputs, rows, classes, dlogits, loss, Some(force))
-}
-
 fn cross_entropy_impl<L, D, X, T, S, G, O>(
     gpu: &Gpu,
     (logits, labels, grad_scale): (&X, &T, &S),
@@ -276,18 +262,9 @@ where
     G: DevicePtrMut<D>,
     O: DevicePtrMut<f32>,
 {
-    const OP: &str = "ops::softmax::softmax_cross_entropy";
-    if rows == 0 {
-        return Err(Error::InvalidArgument {
-            op: OP,
-            detail: "rows is 0; the loss is a mean over rows and needs rows ≥ 1".into(),
-        });
-    }
-    let len = matrix_len(OP, rows, classes, "classes")?;
-    let by_rows = format!("rows·classes = {rows}·{classes} = {len}");
-    expect_len(OP, "logits", logits.len(), len, &by_rows)?;
-    expect_len(OP, "dlogits", dlogits.len(), len, &by_rows)?;
-    expect_len(OP, "labels", labels.len(), rows, "rows")?;
+    const OP: &str = "ops::cross_entropy::softmax_cross_entropy";
+    let lens = [logits.len(), dlogits.len(), labels.len()];
+    validate::cross_entropy::check(OP, rows, classes, lens)?;
     for (name, n) in [("grad_scale", grad_scale.len()), ("loss", loss.len())] {
         if n != 1 {
             return Err(Error::ShapeMismatch {
@@ -365,12 +342,9 @@ where
                 (name, LaunchConfig::linear(blocks as u32, GROUP_BLOCK))
             }
             CeShape::Cluster(c) => {
-                module = &kernels::SOFTMAX_SM90;
-                let grid = u32::try_from(blocks).map_err(|_| Error::InvalidArgument {
-                    op: OP,
-                    detail: format!("{rows} rows need more than 2^32 blocks"),
-                })?;
-                (c.kernel.name, LaunchConfig::linear(grid, c.threads))
+                let (sm90_module, kernel, cfg) = sm90::cluster_launch(OP, rows, blocks, c)?;
+                module = sm90_module;
+                (kernel, cfg)
             }
         };
         // SAFETY: softmax_ce_rows_{f32,f16}_v*_p*(const L* logits, const unsigned* labels,
@@ -392,7 +366,39 @@ where
 
 #[cfg(test)]
 mod tests {
+    use super::plan::ce_rows_bound;
     use super::*;
+    use crate::ops::rows::{ptx_maxntid, PACKS_PER_LANE};
+
+    #[test]
+    fn every_kernel_name_exists_with_the_host_launch_bound() {
+        let ce = kernels::CROSS_ENTROPY.ptx;
+        for g in f32::GROUPS.iter().chain(f16::GROUPS) {
+            for name in [g.name, g.name_pf] {
+                assert_eq!(ptx_maxntid(ce, name), Some(256), "{name}");
+            }
+        }
+        for name in [f32::BLOCK, f16::BLOCK].concat() {
+            assert_eq!(ptx_maxntid(ce, name), Some(1024), "{name}");
+        }
+        for (vecs, rows, rows_pf, block) in [
+            (f32::VECS, f32::ROWS, f32::ROWS_PF, f32::BLOCK),
+            (f16::VECS, f16::ROWS, f16::ROWS_PF, f16::BLOCK),
+        ] {
+            assert_eq!((rows.len(), block.len()), (vecs.len(), vecs.len()));
+            assert_eq!(rows_pf.len(), vecs.len());
+            for (v, &vec) in vecs.iter().enumerate() {
+                assert!(block[v].ends_with(&format!("_v{vec}")), "{}", block[v]);
+                for (i, p) in PACKS_PER_LANE.into_iter().enumerate() {
+                    for name in [rows[v][i], rows_pf[v][i]] {
+                        assert!(name.ends_with(&format!("_v{vec}_p{p}")), "{name}");
+                        assert_eq!(ptx_maxntid(ce, name), Some(ce_rows_bound(vec, p)), "{name}");
+                    }
+                    assert!(rows_pf[v][i].contains("_rows_pf_"));
+                }
+            }
+        }
+    }
 
     #[test]
     fn access_width_follows_classes_and_alignment() {

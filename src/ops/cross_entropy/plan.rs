@@ -262,8 +262,8 @@ pub(crate) fn ce_forced(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::cross_entropy::Logit;
     use crate::ops::rows::STATIC_SHARED_RESERVE;
-    use crate::ops::softmax::cross_entropy::Logit;
     use half::f16;
 
     fn kernels<L: Logit>(cluster: bool) -> CeKernels {

@@ -10,14 +10,11 @@
 mod common;
 
 use ampkit::check::{compare, Tolerance};
-use ampkit::cpu::gemm::{
-    bias_grad as cpu_bias_grad, gemm_f64, Epilogue as CpuEpilogue, GemmShape, Layout,
-};
+use ampkit::cpu::gemm::{bias_grad as cpu_bias_grad, gemm_f64, Epilogue as CpuEpilogue};
 use ampkit::cuda::Gpu;
-use ampkit::ops::gemm::{
-    bias_grad, configs_for, gemm, gemm_with_plan, Epilogue, GemmOutput, Plan, CONFIGS, GROUP_M,
-    UNALIGNED,
-};
+use ampkit::ops::gemm::{bias_grad, gemm, Epilogue, GemmOutput};
+use ampkit::shape::{GemmShape, Layout};
+use ampkit::tuning::gemm::{configs_for, gemm_with_plan, Plan, CONFIGS, GROUP_M, UNALIGNED};
 use ampkit::Error;
 use common::{assert_all_written, assert_close, gpu, rng, sanitizing, sized};
 use half::f16;

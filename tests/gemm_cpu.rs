@@ -3,8 +3,9 @@
 mod common;
 
 use ampkit::check::{compare, numerical_gradient, Tolerance};
-use ampkit::cpu::gemm::{bias_grad, gemm, gemm_f64, Epilogue, GemmShape, Layout};
+use ampkit::cpu::gemm::{bias_grad, gemm, gemm_f64, Epilogue};
 use ampkit::cpu::relu;
+use ampkit::shape::{GemmShape, Layout};
 use common::{assert_all_written, assert_close, rng};
 use half::f16;
 use proptest::prelude::*;

@@ -18,8 +18,7 @@ use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-mod optim_expected;
-use optim_expected::*;
+use optim_support::expected::*;
 
 fn scripted_grads() -> Vec<Vec<Vec<f32>>> {
     GRADS.iter().map(|g| split(g, &LENS)).collect()
