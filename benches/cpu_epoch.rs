@@ -14,7 +14,7 @@
 use ampkit::cpu::gemm::{bias_grad, gemm, Epilogue, GemmShape, Layout};
 use ampkit::cpu::optim::{self, OptimizerConfig, OptimizerState, ParamTensor};
 use ampkit::cpu::scaler::{update_scale, ScalerConfig, ScalerState};
-use ampkit::cpu::{relu, softmax, unscale};
+use ampkit::cpu::{cross_entropy, relu, unscale};
 use ampkit::Result;
 use criterion::{Criterion, Throughput};
 use half::f16;
@@ -138,8 +138,14 @@ impl Trainer {
             &Epilogue::bias(&b2.master, false),
             logits,
         )?;
-        let loss =
-            softmax::softmax_cross_entropy(logits, labels, b, CLASSES, self.scale.scale, dlogits)?;
+        let loss = cross_entropy::softmax_cross_entropy(
+            logits,
+            labels,
+            b,
+            CLASSES,
+            self.scale.scale,
+            dlogits,
+        )?;
 
         gemm(
             GemmShape::new(Layout::Wgrad, CLASSES, HIDDEN, b),

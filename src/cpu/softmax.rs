@@ -42,11 +42,6 @@ use crate::validate;
 use num_traits::Float;
 use rayon::prelude::*;
 
-// The loss's old path, kept only for the benchmark code (src/bench, benches/) until it moves to
-// `crate::cpu::cross_entropy`; not part of the API.
-#[doc(hidden)]
-pub use crate::cpu::cross_entropy::softmax_cross_entropy;
-
 /// Below this many elements the work stays on the calling thread (rayon's split costs more).
 const PARALLEL_MIN: usize = 1 << 15;
 

@@ -370,8 +370,10 @@ fn xent_rows(opts: &Options, copies: &mut CopyCache, c: &mut Collector, case: &R
                             .collect())
                     },
                     |x: &mut Vec<f16>| {
-                        softmax::softmax_cross_entropy(x, &labels, rows, cols, 65536.0, &mut d)
-                            .map(|_| ())
+                        ampkit::cpu::cross_entropy::softmax_cross_entropy(
+                            x, &labels, rows, cols, 65536.0, &mut d,
+                        )
+                        .map(|_| ())
                     },
                 )
             } else {
@@ -384,8 +386,10 @@ fn xent_rows(opts: &Options, copies: &mut CopyCache, c: &mut Collector, case: &R
                     ceil,
                     |s| Ok(random_f32(n, s, -2.0, 2.0)),
                     |x: &mut Vec<f32>| {
-                        softmax::softmax_cross_entropy(x, &labels, rows, cols, 65536.0, &mut d)
-                            .map(|_| ())
+                        ampkit::cpu::cross_entropy::softmax_cross_entropy(
+                            x, &labels, rows, cols, 65536.0, &mut d,
+                        )
+                        .map(|_| ())
                     },
                 )
             }
