@@ -3,7 +3,7 @@
 //! the ones above it.
 //!
 //! The check reads the sources (std only, no parser crate): it follows `mod` declarations from
-//! each crate root (`src/lib.rs`, `src/main.rs`, `src/bin/*.rs`, `src/bin/*/main.rs`), collects
+//! each crate root (`src/lib.rs`, a `main.rs` beside it, `src/bin/*.rs`, `src/bin/*/main.rs`), collects
 //! every path a module names (`use` trees, and paths in code that start with `crate::`,
 //! `super::`, `self::` or a child module's name), resolves each to the module that defines the
 //! item, following `use` re-exports, and fails on every strongly connected component of more than
@@ -148,7 +148,7 @@ fn cycles(g: &Graph) -> Vec<Vec<ModPath>> {
     s.out
 }
 
-/// Every crate root under `dir/src/`, relative to `dir`: the library, `src/main.rs`, and each
+/// Every crate root under `dir/src/`, relative to `dir`: the library, a `main.rs` beside it, and each
 /// `src/bin/` binary.
 fn roots(dir: &Path) -> Vec<PathBuf> {
     let src = PathBuf::from("src");

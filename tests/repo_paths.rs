@@ -68,7 +68,7 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {
-            // Build outputs (tests/downstream/target) and the kernel snapshot's generated files.
+            // Build outputs (the downstream crate's target dir) and the kernel snapshot's generated files.
             if !matches!(entry.file_name().to_str(), Some("target" | "ptx")) {
                 files_under(&path, out);
             }

@@ -26,7 +26,7 @@ use crate::error::Result;
 use crate::validate;
 use rayon::prelude::*;
 
-// The shapes' old path, kept only for the benchmark code (src/bench, benches/) until it moves
+// The shapes' old path, kept only for the benchmark code (src/bin/ampkit/bench, benches/) until it moves
 // to `crate::shape`; not part of the API.
 #[doc(hidden)]
 pub use crate::shape::{GemmShape, Layout};

@@ -58,7 +58,7 @@ use half::f16;
 pub(crate) mod tuning;
 use plan::UNALIGNED;
 
-// Old paths of the tuning items, kept only for the benchmark code (src/bench, benches/) until it
+// Old paths of the tuning items, kept only for the benchmark code (src/bin/ampkit/bench, benches/) until it
 // moves to `ampkit::tuning::gemm`; not part of the API.
 #[doc(hidden)]
 pub use tuning::{configs_for, gemm_with_plan, plan, Plan, GROUP_M};
