@@ -81,7 +81,10 @@ static __device__ __forceinline__ void mbar_arm(unsigned long long* bar, unsigne
 
 // Called by every thread of every block of the cluster before its first round: initialises
 // and arms both mbarriers, then one cluster barrier (relaxed: only the mbarrier initialisation,
-// fenced for the cluster, has to be visible before any block pushes to another).
+// fenced for the cluster, has to be visible before any block pushes to another). The block
+// barrier between initialising and arming is for compute-sanitizer: the compiler issues the
+// initialisation on the warp's uniform datapath, which racecheck charges to every lane of warp
+// 0, and without a barrier it reported thread 0's arming as racing with the other lanes.
 template <int C, int N>
 static __device__ __forceinline__ void exchange_init(ClusterExchange<C, N>& ex) {
     if (threadIdx.x == 0) {
@@ -89,9 +92,13 @@ static __device__ __forceinline__ void exchange_init(ClusterExchange<C, N>& ex) 
         for (int b = 0; b < 2; ++b) {
             asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(&ex.bar[b]))
                          : "memory");
-            mbar_arm(&ex.bar[b], C * N * 4);
         }
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+#pragma unroll
+        for (int b = 0; b < 2; ++b) mbar_arm(&ex.bar[b], C * N * 4);
     }
     asm volatile(
         "barrier.cluster.arrive.relaxed.aligned;\n\t"

@@ -296,10 +296,10 @@ __device__ __forceinline__ bool ce_ticket(double* __restrict__ partial, double g
                                           int group, unsigned index = blockIdx.x,
                                           unsigned count = gridDim.x) {
     __shared__ double part[32];
-    __shared__ unsigned ticket;
     const int groups = blockDim.x / group;
     if (threadIdx.x % group == 0) part[threadIdx.x / group] = group_loss;
     __syncthreads();
+    int last = 0;
     if (threadIdx.x == 0) {
         double b = 0.0;
         for (int w = 0; w < groups; ++w) b += part[w];
@@ -309,10 +309,11 @@ __device__ __forceinline__ bool ce_ticket(double* __restrict__ partial, double g
                      : "=r"(t)
                      : "l"(ce_counter(partial))
                      : "memory");
-        ticket = t;
+        last = t == count - 1;
     }
-    __syncthreads();
-    return ticket == count - 1;
+    // The verdict goes to every thread through the barrier's own reduction, not a shared
+    // variable, so nothing in shared memory is written between this block's two barriers.
+    return __syncthreads_or(last);
 }
 
 // The last block: adds the partials in a fixed order (strided per thread, then a fixed tree),

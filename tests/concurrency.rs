@@ -421,13 +421,24 @@ fn captures_replay_and_misuse_is_a_typed_error() {
         "{nested:?}"
     );
 
-    // A synchronisation inside the capture: the driver refuses it, the capture ends, and the
-    // handle still computes.
+    // A synchronisation or a copy to the host inside the capture: a typed error raised before
+    // the driver is asked (which would invalidate the capture and report an API error), the
+    // capture ends, and the handle still computes.
     let synced = gpu.capture(|g| {
         relu::forward(g, &x, &mut y)?;
         g.synchronize()
     });
-    assert!(synced.is_err(), "a synchronising capture succeeded");
+    assert!(
+        matches!(synced, Err(ampkit::Error::InvalidArgument { .. })),
+        "a synchronising capture: {:?}",
+        synced.map(|_| ())
+    );
+    let copied = gpu.capture(|g| g.download(&y));
+    assert!(
+        matches!(copied, Err(ampkit::Error::InvalidArgument { .. })),
+        "a download inside a capture: {:?}",
+        copied.map(|_| ())
+    );
     let mut z = gpu.upload(&vec![f32::NAN; n]).unwrap();
     relu::forward(&gpu, &x, &mut z).unwrap();
     assert_eq!(gpu.download(&z).unwrap(), want);

@@ -299,7 +299,10 @@ fn cross_entropy_row_groups_match_the_f64_reference() {
         }
         both_types(&gpu, &mut rng, shape, None, &mut checked);
     }
-    assert!(checked > 300, "only {checked} shape runs");
+    // Instances too narrow for a shape are skipped; this catches a loop that checks nothing
+    // (258 runs when sanitizing, which tries one block bound per instance instead of three).
+    let least = if sanitizing() { 250 } else { 300 };
+    assert!(checked > least, "only {checked} shape runs");
     // Many rows per group: 2000 rows in one block of 8 one-warp groups (250 rows each).
     for prefetch in [false, true] {
         let f = CeForce::Groups {

@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::kernels::{self, KernelModule};
 use cudarc::driver::sys::{
     CUdevice_attribute, CUgraphInstantiate_flags, CUresult, CUstreamCaptureMode,
+    CUstreamCaptureStatus,
 };
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
@@ -282,6 +283,23 @@ impl Gpu {
         }
     }
 
+    /// A typed error instead of a driver call that a capturing stream refuses: the driver would
+    /// also invalidate the capture (and report the refusal to any tool watching API errors).
+    fn refuse_while_capturing(&self, op: &'static str, what: &str) -> Result<()> {
+        let status = (self.stream.capture_status())
+            .map_err(Error::driver("asking whether the stream is capturing"))?;
+        if status == CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE {
+            return Ok(());
+        }
+        Err(Error::InvalidArgument {
+            op,
+            detail: format!(
+                "{what} cannot be part of a CUDA graph, and this stream is capturing one: \
+                 do it before or after Gpu::capture, or on another handle (Gpu::fork)"
+            ),
+        })
+    }
+
     /// What this device is.
     pub fn info(&self) -> &GpuInfo {
         &self.info
@@ -329,7 +347,11 @@ impl Gpu {
 
     /// Blocks until all work queued on [`Gpu::stream`] has finished. Errors: [`Error::Driver`]
     /// carrying any error a queued kernel raised (a fault, an illegal address).
+    ///
+    /// On a stream that is capturing a CUDA graph it returns [`Error::InvalidArgument`] without
+    /// asking the driver, so the capture is not invalidated by a refused call.
     pub fn synchronize(&self) -> Result<()> {
+        self.refuse_while_capturing("cuda::Gpu::synchronize", "a synchronisation")?;
         self.stream
             .synchronize()
             .map_err(Error::driver("synchronising the stream"))
@@ -338,6 +360,7 @@ impl Gpu {
     /// Copies `host` into a new device buffer (queued on [`Gpu::stream`]). Errors:
     /// [`Error::Driver`] (e.g. out of memory).
     pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
+        self.refuse_while_capturing("cuda::Gpu::upload", "a copy from pageable host memory")?;
         self.stream.clone_htod(host).map_err(Error::driver(format!(
             "copying {} bytes to the device",
             std::mem::size_of_val(host)
@@ -348,6 +371,7 @@ impl Gpu {
     /// earlier work on [`Gpu::stream`], to finish. Errors: [`Error::Driver`], including any
     /// error an earlier kernel raised.
     pub fn download<T: DeviceRepr, S: DevicePtr<T>>(&self, src: &S) -> Result<Vec<T>> {
+        self.refuse_while_capturing("cuda::Gpu::download", "a copy to the host")?;
         self.stream.clone_dtoh(src).map_err(Error::driver(format!(
             "copying {} bytes to the host",
             src.num_bytes()
