@@ -960,7 +960,7 @@ fn write_module_table(
         writeln!(src, "/// PTX module compiled from `kernels/{}.cu`.", k.stem).unwrap();
         writeln!(
             src,
-            "pub const {upper}: KernelModule = KernelModule {{ index: {i}, name: {:?}, arch: {:?}, \
+            "pub(crate) const {upper}: KernelModule = KernelModule {{ index: {i}, name: {:?}, arch: {:?}, \
              ptx: ptx_text(&{upper}_PTX), fatbin: {fatbin}, sass: &{targets} }};",
             k.stem, k.arch
         )

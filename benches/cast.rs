@@ -121,10 +121,10 @@ fn run(gpu: &Gpu, label: &str, n: usize) -> Result<()> {
     type Sweep = fn(&Gpu, &mut Buffers, usize) -> Result<()>;
     let sweeps: [(&str, Sweep); 2] = [
         ("f32_to_f16", |gpu, b, w| {
-            ops::cast::f32_to_f16_max_width(gpu, &b.f32_a, &mut b.f16_a, w)
+            ampkit::tuning::cast::f32_to_f16_max_width(gpu, &b.f32_a, &mut b.f16_a, w)
         }),
         ("f16_to_f32", |gpu, b, w| {
-            ops::cast::f16_to_f32_max_width(gpu, &b.f16_a, &mut b.f32_b, w)
+            ampkit::tuning::cast::f16_to_f32_max_width(gpu, &b.f16_a, &mut b.f32_b, w)
         }),
     ];
     for (name, f) in sweeps {

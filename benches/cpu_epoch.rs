@@ -11,10 +11,11 @@
 //! The data is synthetic but learnable (labels are the argmax of a fixed random projection of the
 //! input), so the printed loss falls from epoch to epoch; MNIST itself arrives with `ampkit train`.
 
-use ampkit::cpu::gemm::{bias_grad, gemm, Epilogue, GemmShape, Layout};
+use ampkit::cpu::gemm::{bias_grad, gemm, Epilogue};
 use ampkit::cpu::optim::{self, OptimizerConfig, OptimizerState, ParamTensor};
 use ampkit::cpu::scaler::{update_scale, ScalerConfig, ScalerState};
 use ampkit::cpu::{cross_entropy, relu, unscale};
+use ampkit::shape::{GemmShape, Layout};
 use ampkit::Result;
 use criterion::{Criterion, Throughput};
 use half::f16;

@@ -10,11 +10,10 @@
 
 mod common;
 
-use ampkit::cpu::gemm::{GemmShape, Layout};
 use ampkit::cuda::{DeviceBuffer, Gpu, GpuTimer, Timing};
-use ampkit::ops::gemm::{
-    configs_for, gemm, gemm_with_plan, plan, Epilogue, GemmOutput, Plan, GROUP_M,
-};
+use ampkit::ops::gemm::{gemm, Epilogue, GemmOutput};
+use ampkit::shape::{GemmShape, Layout};
+use ampkit::tuning::gemm::{configs_for, gemm_with_plan, plan, Plan, GROUP_M};
 use ampkit::{Error, Result};
 use common::cases::GemmCase;
 use criterion::{Criterion, Throughput};

@@ -28,9 +28,9 @@ mod common;
 mod support;
 
 use ampkit::cuda::{DeviceBuffer, Gpu, GpuTimer, Timing};
-use ampkit::ops::layernorm::{
-    backward, backward_forced, backward_with_warp_limit, forward, forward_forced, BwdForce,
-    FwdForce,
+use ampkit::ops::layernorm::{backward, forward};
+use ampkit::tuning::layernorm::{
+    backward_forced, backward_with_warp_limit, forward_forced, BwdForce, FwdForce,
 };
 use ampkit::{Error, Result};
 use std::fmt::Write as _;

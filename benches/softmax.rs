@@ -1,29 +1,21 @@
-//! Softmax and cross-entropy benchmark: GB/s (bytes read + written once) of `ops::softmax`'s
-//! forward (8 B/element), backward (12 B) and fused softmax-cross-entropy (f32 → f32: 8 B,
-//! f16 → f16: 4 B, plus labels and the row losses) on the `softmax` list of `bench/cases.json`,
-//! which `ampkit bench` runs too: MNIST's 4096×10, the MLP's 4096×512, 64+ MB of traffic in each
+//! Softmax benchmark: GB/s (bytes read + written once) of `ops::softmax`'s forward
+//! (8 B/element) and backward (12 B) on the `softmax` list of `bench/cases.json`, which
+//! `ampkit bench` runs too: MNIST's 4096×10, the MLP's 4096×512, 64+ MB of traffic in each
 //! launch shape (warp per row at 1024 columns, block per row at 2048 and 65 536, the last past the
-//! shared-memory cache) and 0.5-1.6 GB (1024 and 2048 × 65 536), beside a device-to-device copy of the same
-//! rows×cols floats (8 bytes per element) measured in the same run. CUDA events, median of 50
-//! after 10 warm-ups. Without a GPU it prints `skipped: no CUDA device` and exits 0.
-//!
-//! The loss is one launch (its last block adds the per-block partial losses).
-//!
-//! With `AMPKIT_BENCH_SWEEP=1` it then times every launch shape of the loss (warp per row, block
-//! per row with the row in registers, shared memory) for f32 → f32 and f16 → f16 on a range of
-//! row lengths; the full table goes to `$OUT/softmax-sweep.txt` when `OUT` is set.
+//! shared-memory cache) and 0.5-1.6 GB (1024 and 2048 × 65 536), beside a device-to-device copy of
+//! the same rows×cols floats (8 bytes per element) measured in the same run. CUDA events, median
+//! of 50 after 10 warm-ups. Without a GPU it prints `skipped: no CUDA device` and exits 0. The
+//! fused loss on the same rows is `benches/cross_entropy.rs`.
 
 mod common;
 
+#[allow(dead_code)] // write_out: softmax has no sweep
 mod support;
 
-use ampkit::cuda::{DeviceBuffer, Gpu, GpuTimer, Timing};
-use ampkit::ops::softmax::{
-    backward, forward, softmax_cross_entropy, softmax_cross_entropy_forced, CeForce,
-};
-use ampkit::{f16, Error, Result};
-use std::fmt::Write as _;
-use support::{gbs, write_out};
+use ampkit::cuda::{DeviceBuffer, Gpu, GpuTimer};
+use ampkit::ops::softmax::{backward, forward};
+use ampkit::{Error, Result};
+use support::gbs;
 
 fn main() {
     let Some(gpu) = common::gpu_or_skip() else {
@@ -31,11 +23,6 @@ fn main() {
     };
     if let Err(e) = run(&gpu) {
         panic!("softmax benchmark failed: {e}");
-    }
-    if std::env::var("AMPKIT_BENCH_SWEEP").is_ok_and(|v| v == "1") {
-        if let Err(e) = sweep(&gpu) {
-            panic!("softmax sweep failed: {e}");
-        }
     }
 }
 
@@ -52,7 +39,7 @@ fn fill(n: usize, seed: u32) -> Vec<f32> {
 fn run(gpu: &Gpu) -> Result<()> {
     let timer = GpuTimer::new(gpu)?;
     println!(
-        "\nsoftmax / cross-entropy on {} (median of 50, CUDA events):",
+        "\nsoftmax on {} (median of 50, CUDA events):",
         gpu.info().name
     );
     println!(
@@ -64,17 +51,9 @@ fn run(gpu: &Gpu) -> Result<()> {
         let n = rows * cols;
         let host = fill(n, 1);
         let x = gpu.upload(&host)?;
-        let x16 = gpu.upload(&host.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>())?;
         let dy = gpu.upload(&fill(n, 2))?;
-        let labels: Vec<u32> = (0..rows as u32)
-            .map(|r| r.wrapping_mul(2_654_435_761) % cols as u32)
-            .collect();
-        let labels = gpu.upload(&labels)?;
-        let scale = gpu.upload(&[65536.0f32])?;
-        let mut loss: DeviceBuffer<f32> = gpu.alloc_zeros(1)?;
         let mut y: DeviceBuffer<f32> = gpu.alloc_zeros(n)?;
         let mut dx: DeviceBuffer<f32> = gpu.alloc_zeros(n)?;
-        let mut d16: DeviceBuffer<f16> = gpu.alloc_zeros(n)?;
         let mut copy_dst: DeviceBuffer<f32> = gpu.alloc_zeros(n)?;
         let t_copy = timer.measure(10, 50, || {
             gpu.stream()
@@ -83,20 +62,11 @@ fn run(gpu: &Gpu) -> Result<()> {
         })?;
         let t_fwd = timer.measure(10, 50, || forward(gpu, &x, rows, cols, &mut y))?;
         let t_bwd = timer.measure(10, 50, || backward(gpu, &y, &dy, rows, cols, &mut dx))?;
-        let t_ce32 = timer.measure(10, 50, || {
-            softmax_cross_entropy(gpu, &x, &labels, rows, cols, &scale, &mut dx, &mut loss)
-        })?;
-        let t_ce16 = timer.measure(10, 50, || {
-            softmax_cross_entropy(gpu, &x16, &labels, rows, cols, &scale, &mut d16, &mut loss)
-        })?;
         let copy_gbs = gbs(8 * n, &t_copy);
-        let per_row = 4 + 8; // label, one partial loss per row at most (written and read back)
         for (op, bytes, t) in [
             ("copy (ceiling)", 8 * n, t_copy),
             ("softmax forward", 8 * n, t_fwd),
             ("softmax backward", 12 * n, t_bwd),
-            ("xent f32->f32", 8 * n + per_row * rows, t_ce32),
-            ("xent f16->f16", 4 * n + per_row * rows, t_ce16),
         ] {
             let rate = gbs(bytes, &t);
             println!(
@@ -110,127 +80,4 @@ fn run(gpu: &Gpu) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Row lengths for the loss sweep (64+ MB of f32 logits, and the MLP's 4096×512 in L2).
-const SWEEP: &[(usize, usize)] = &[
-    (4096, 512),
-    (32768, 512),
-    (16384, 1024),
-    (8192, 2048),
-    (4096, 4096),
-    (2048, 8192),
-    (1024, 16384),
-    (256, 65536),
-];
-
-/// Times every loss shape that fits each [`SWEEP`] size, f32 → f32 and f16 → f16; prints the
-/// best three per size and type and the default, and writes the whole table to
-/// `$OUT/softmax-sweep.txt`.
-fn sweep(gpu: &Gpu) -> Result<()> {
-    let timer = GpuTimer::new(gpu)?;
-    let mut full = String::new();
-    println!("\ncross-entropy shapes (best 3 per size and type, then the default):");
-    for &(rows, cols) in SWEEP {
-        let n = rows * cols;
-        let host = fill(n, 1);
-        let x = gpu.upload(&host)?;
-        let x16 = gpu.upload(&host.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>())?;
-        let labels: Vec<u32> = (0..rows as u32)
-            .map(|r| r.wrapping_mul(2_654_435_761) % cols as u32)
-            .collect();
-        let labels = gpu.upload(&labels)?;
-        let scale = gpu.upload(&[65536.0f32])?;
-        let mut loss: DeviceBuffer<f32> = gpu.alloc_zeros(1)?;
-        let mut dx: DeviceBuffer<f32> = gpu.alloc_zeros(n)?;
-        let mut d16: DeviceBuffer<f16> = gpu.alloc_zeros(n)?;
-        let mut copy_dst: DeviceBuffer<f32> = gpu.alloc_zeros(n)?;
-        let t_copy = timer.measure(10, 50, || {
-            gpu.stream()
-                .memcpy_dtod(&x, &mut copy_dst)
-                .map_err(Error::driver("copy"))
-        })?;
-        let copy_gbs = gbs(8 * n, &t_copy);
-        let mut forces = Vec::new();
-        for p in [1, 2, 4, 8] {
-            for prefetch in [false, true] {
-                forces.push(CeForce::Warp { p, prefetch });
-                forces.push(CeForce::Block { p, prefetch });
-            }
-        }
-        for threads in [256, 512, 1024] {
-            forces.push(CeForce::Shared {
-                threads,
-                cached: usize::MAX,
-            });
-        }
-        for f16_io in [false, true] {
-            let bytes = if f16_io { 4 * n } else { 8 * n } + 12 * rows;
-            let mut results = Vec::new();
-            for force in &forces {
-                let mut force = *force;
-                // "All it can": the largest cache the row and the device allow.
-                if let CeForce::Shared { threads, .. } = force {
-                    let limit = 227 * 1024 - 1024;
-                    let vec = if f16_io && cols % 8 == 0 { 8 } else { 4 };
-                    force = CeForce::Shared {
-                        threads,
-                        cached: (cols / vec).min(limit / (vec * 4)),
-                    };
-                }
-                let inputs = (&x, &labels, &scale);
-                let inputs16 = (&x16, &labels, &scale);
-                let mut one = || {
-                    if f16_io {
-                        softmax_cross_entropy_forced(
-                            gpu, inputs16, rows, cols, &mut d16, &mut loss, force,
-                        )
-                    } else {
-                        softmax_cross_entropy_forced(
-                            gpu, inputs, rows, cols, &mut dx, &mut loss, force,
-                        )
-                    }
-                };
-                if one().is_err() {
-                    continue; // the row does not fit this shape
-                }
-                let t = timer.measure(5, 30, one)?;
-                results.push((format!("{force:?}"), t));
-            }
-            let t_default = timer.measure(5, 30, || {
-                if f16_io {
-                    softmax_cross_entropy(
-                        gpu, &x16, &labels, rows, cols, &scale, &mut d16, &mut loss,
-                    )
-                } else {
-                    softmax_cross_entropy(gpu, &x, &labels, rows, cols, &scale, &mut dx, &mut loss)
-                }
-            })?;
-            results.sort_by(|a, b| a.1.median_ms.total_cmp(&b.1.median_ms));
-            let ty = if f16_io { "f16" } else { "f32" };
-            let line = |what: &str, t: &Timing| {
-                let rate = gbs(bytes, t);
-                format!(
-                    "{:<12} {} {:<44} {:>8.1} us {:>6.0} GB/s {:>5.0}%",
-                    format!("{rows}x{cols}"),
-                    ty,
-                    what,
-                    t.median_ms * 1e3,
-                    rate,
-                    100.0 * rate / copy_gbs
-                )
-            };
-            for (i, (what, t)) in results.iter().enumerate() {
-                let l = line(what, t);
-                if i < 3 {
-                    println!("{l}");
-                }
-                let _ = writeln!(full, "{l}");
-            }
-            let l = line("default", &t_default);
-            println!("{l}");
-            let _ = writeln!(full, "{l}");
-        }
-    }
-    write_out("softmax-sweep.txt", &full)
 }

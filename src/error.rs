@@ -113,10 +113,18 @@ pub enum Error {
     },
 
     /// Training stopped because the run can no longer learn: the loss scale collapsed, the loss
-    /// stayed inf/NaN, or every step was skipped for too long. The criteria are listed in
-    /// [`crate::train::health`]; they are read from the step records the loop already fetches,
-    /// so checking them costs no extra device synchronisation. A state that meets one is never
-    /// written as a checkpoint: the last checkpoint saved before it is intact.
+    /// stayed inf/NaN, or every step was skipped for too long. The run is declared dead when its
+    /// step records show any of:
+    /// 1. the dynamic loss scale is not a normal f32 (0, subnormal, inf or NaN);
+    /// 2. 25 consecutive skipped steps with an inf/NaN loss (the weights, unchanged by a skip,
+    ///    already give non-finite outputs on 25 different batches);
+    /// 3. more consecutive skipped steps than 256 under a static scale or none, or than 256
+    ///    plus the backoffs that bring the initial dynamic scale down to 1 (272 from 65536).
+    ///
+    /// They are read from the step records the loop already fetches (every 25 steps and at each
+    /// epoch's end), so checking them costs no extra device synchronisation, and a dead run is
+    /// found at most 25 steps late. A state that meets one is never written as a checkpoint:
+    /// the last checkpoint saved before it is intact.
     #[error("training diverged at step {step}: {reason}; {hint}")]
     Diverged {
         /// The global step (0-based) whose record met the criterion.

@@ -19,8 +19,8 @@
 //! ```
 
 /// One compiled kernel module: a `kernels/<name>.cu` file as PTX text plus, usually, SASS. The
-/// only values are the constants of this module (a device's module cache is indexed by their
-/// position in [`ALL`]).
+/// only values are the entries of [`ALL`] (a device's module cache is indexed by their position);
+/// [`by_name`] finds one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelModule {
     /// Position in [`ALL`]; the device's module cache is indexed by it.
@@ -61,11 +61,12 @@ impl KernelModule {
     /// Architecture-specific targets (`sm_90a`) only ever match their own capability.
     ///
     /// ```
-    /// use ampkit::kernels::{CAST, GEMM_SM90};
-    /// if !CAST.fatbin.is_empty() {
-    ///     assert_eq!(CAST.sass_for((8, 7)), Some("sm_86"));
-    ///     assert_eq!(GEMM_SM90.sass_for((9, 0)), Some("sm_90a"));
-    ///     assert_eq!(CAST.sass_for((7, 5)), None);
+    /// use ampkit::kernels::by_name;
+    /// let (cast, gemm_sm90) = (by_name("cast").unwrap(), by_name("gemm_sm90").unwrap());
+    /// if !cast.fatbin.is_empty() {
+    ///     assert_eq!(cast.sass_for((8, 7)), Some("sm_86"));
+    ///     assert_eq!(gemm_sm90.sass_for((9, 0)), Some("sm_90a"));
+    ///     assert_eq!(cast.sass_for((7, 5)), None);
     /// }
     /// ```
     pub fn sass_for(&self, compute_capability: (i32, i32)) -> Option<&'static str> {
@@ -119,6 +120,18 @@ const fn ptx_text(bytes: &'static [u8]) -> &'static str {
 }
 
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
+
+/// The module built from `kernels/<name>.cu` (e.g. `"gemm"`, `"softmax_sm90"`), or `None`.
+///
+/// ```
+/// let gemm = ampkit::kernels::by_name("gemm").unwrap();
+/// assert!(gemm.entry_points().any(|k| k.starts_with("gemm")));
+/// assert!(ampkit::kernels::by_name("nope").is_none());
+/// ```
+pub fn by_name(name: &str) -> Option<&'static KernelModule> {
+    static TABLE: [KernelModule; ALL.len()] = ALL;
+    TABLE.iter().find(|m| m.name == name)
+}
 
 #[cfg(test)]
 mod tests {

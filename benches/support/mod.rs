@@ -1,5 +1,5 @@
-//! Shared by the row-kernel benches (`layernorm`, `softmax`): rates and the sweep tables they
-//! write under `$OUT`.
+//! Shared by the row-kernel benches (`layernorm`, `softmax`, `cross_entropy`): rates and the
+//! sweep tables they write under `$OUT`.
 
 use ampkit::cuda::Timing;
 use ampkit::{Error, Result};

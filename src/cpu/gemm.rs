@@ -7,7 +7,7 @@
 //! Epilogue, per element, in the accumulator's precision: `v = alpha·acc`, then `v += bias[j]`
 //! (a bias per output column), then `v += beta·C_old` (only when `beta ≠ 0`: with `beta = 0` the
 //! old contents are never read, so poison or NaN there cannot leak in), then `relu(v)`
-//! ([`crate::cpu::relu::relu`]), then one rounding to the output type (nearest even).
+//! (`max(v, 0)`, NaN kept), then one rounding to the output type (nearest even).
 //!
 //! f16 operands are widened to f32 exactly, so every product is exact and only the f32 sums
 //! round; the order of those sums differs from the GPU's, which the parity tests' tolerances
@@ -23,13 +23,9 @@
 use crate::cpu::relu::relu;
 use crate::cpu::Element;
 use crate::error::Result;
+use crate::shape::{GemmShape, Layout};
 use crate::validate;
 use rayon::prelude::*;
-
-// The shapes' old path, kept only for the benchmark code (src/bin/ampkit/bench, benches/) until it moves
-// to `crate::shape`; not part of the API.
-#[doc(hidden)]
-pub use crate::shape::{GemmShape, Layout};
 
 /// What happens to the product before it is stored; see the module doc for the order.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -17,7 +17,7 @@ const PARALLEL_MIN: usize = 1 << 15;
 
 /// ReLU of one value (see the module doc for NaN and `-0.0`).
 #[inline]
-pub fn relu(x: f32) -> f32 {
+pub(crate) fn relu(x: f32) -> f32 {
     if x > 0.0 || x.is_nan() {
         x
     } else {

@@ -27,7 +27,7 @@ pub struct MlpConfig {
 }
 
 /// LayerNorm's epsilon (PyTorch's default).
-pub const LAYERNORM_EPS: f32 = 1e-5;
+pub(crate) const LAYERNORM_EPS: f32 = 1e-5;
 
 impl MlpConfig {
     /// The default model: 784→512→10, ReLU, mixed precision.

@@ -160,11 +160,6 @@ pub(crate) mod tuning {
     }
 }
 
-// Old paths of the tuning variants, kept only for the benchmark code (benches/) until it moves
-// to `ampkit::tuning::cast`; not part of the API.
-#[doc(hidden)]
-pub use tuning::{f16_to_f32_max_width, f32_to_f16_max_width};
-
 fn launch_cast(
     gpu: &Gpu,
     op: &'static str,

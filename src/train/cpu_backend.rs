@@ -93,7 +93,7 @@ impl CpuBackend {
     /// The model of `train` with fresh parameters from its seed.
     ///
     /// Errors: [`Error::InvalidArgument`] for an invalid model, schedule or loss scaling;
-    /// [`Error::InsufficientMemory`] from [`super::memory::check_cpu_model`], before anything
+    /// [`Error::InsufficientMemory`] when the model does not fit in the host's free memory, before anything
     /// is allocated.
     pub fn new(train: &TrainConfig) -> Result<CpuBackend> {
         let (cfg, opt, schedule, loss_scale, seed) = (

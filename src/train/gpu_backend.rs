@@ -101,7 +101,7 @@ impl GpuBackend {
     /// `gpu`'s at this point), so `gpu` can be shared with other threads and other backends.
     ///
     /// Errors: [`Error::InvalidArgument`] when `train` fails [`TrainConfig::validate`];
-    /// [`Error::InsufficientMemory`] from [`super::memory::check_gpu_model`], before anything
+    /// [`Error::InsufficientMemory`] when the model does not fit in the GPU's free memory, before anything
     /// is allocated; [`Error::Driver`] when an allocation fails all the same.
     pub fn new(gpu: Arc<Gpu>, train: &TrainConfig) -> Result<GpuBackend> {
         let (cfg, opt, schedule, loss_scale) = (

@@ -17,7 +17,7 @@
 //!    non-finite gradients). Nothing in the loop can change that; it is what a too-high
 //!    learning rate looks like one step after the blow-up, and it is caught within two record
 //!    read-backs instead of after the scale has halved 143 times.
-//! 3. **More consecutive skipped steps than [`Health::skip_limit`]**: [`MIN_SKIP_STREAK`] (256)
+//! 3. **More consecutive skipped steps than `Health::skip_limit`**: [`MIN_SKIP_STREAK`] (256)
 //!    under a static scale or none, where a skip changes nothing at all; under dynamic scaling
 //!    256 plus the backoffs that bring the initial scale down to 1 (16 for 65536, so 272), so
 //!    that a huge initial scale has room to come down first. Without a `min_scale` floor rule 1
@@ -37,10 +37,10 @@ use crate::amp::LossScale;
 use crate::error::{Error, Result};
 
 /// Consecutive skipped steps with a non-finite loss that end a run (rule 2 above).
-pub const LOSS_STREAK: u64 = 25;
+pub(crate) const LOSS_STREAK: u64 = 25;
 
 /// Consecutive skipped steps that end a run under a scale that cannot collapse (rule 3 above).
-pub const MIN_SKIP_STREAK: u64 = 256;
+pub(crate) const MIN_SKIP_STREAK: u64 = 256;
 
 /// What to do when the weights themselves are gone.
 const BLOWN_UP: &str =
@@ -77,12 +77,14 @@ impl Health {
     }
 
     /// Consecutive skipped steps that end the run (rule 3).
-    pub fn skip_limit(&self) -> u64 {
+    #[cfg(test)]
+    fn skip_limit(&self) -> u64 {
         self.skip_limit
     }
 
     /// Consecutive skipped steps up to the latest record seen.
-    pub fn skip_streak(&self) -> u64 {
+    #[cfg(test)]
+    fn skip_streak(&self) -> u64 {
         self.skipped
     }
 

@@ -7,7 +7,7 @@
 //! master weight, its f16 copy, the f32 gradient and the optimizer's moments; per linear layer
 //! the activations a step (or an evaluation batch) keeps and the temporaries it makes; and the
 //! f32 copies of the data set. Small, fixed costs (kernel modules, cuBLAS workspace, scratch)
-//! are covered by [`GPU_SLACK`] on the GPU and ignored on the host.
+//! are covered by a fixed 256 MiB on the GPU and ignored on the host.
 
 use super::backend::EVAL_BATCH;
 use super::config::TrainConfig;
@@ -19,10 +19,10 @@ use crate::nn::MlpConfig;
 
 /// Device memory kept free for what the estimate does not itemise: the loaded kernel modules,
 /// cuBLAS's workspace, the shared scratch buffer and the CUDA graph.
-pub const GPU_SLACK: u64 = 256 << 20;
+pub(crate) const GPU_SLACK: u64 = 256 << 20;
 
 /// Parameters of the model, or `None` if the count overflows u64.
-pub fn parameter_count(m: &MlpConfig) -> Option<u64> {
+pub(crate) fn parameter_count(m: &MlpConfig) -> Option<u64> {
     let mut n: u64 = 0;
     for l in 0..m.layers.len().saturating_sub(1) {
         let (fan_in, out) = (m.layers[l] as u64, m.layers[l + 1] as u64);
@@ -63,7 +63,7 @@ fn per_layer(m: &MlpConfig, rows: u64, a: u64, b: u64) -> Option<u64> {
 /// one evaluation batch's) activations and temporaries, f32 and f16 copies of each layer's
 /// input and output through forward and backward (at most 12 bytes per input and 28 per output
 /// value). `None` when the size overflows u64.
-pub fn cpu_model_bytes(cfg: &TrainConfig) -> Option<u64> {
+pub(crate) fn cpu_model_bytes(cfg: &TrainConfig) -> Option<u64> {
     let params = parameter_count(&cfg.model)?.checked_mul(bytes_per_parameter(&cfg.optimizer))?;
     let rows = cfg.batch.max(EVAL_BATCH) as u64;
     params.checked_add(per_layer(&cfg.model, rows, 12, 28)?)
@@ -71,7 +71,7 @@ pub fn cpu_model_bytes(cfg: &TrainConfig) -> Option<u64> {
 
 /// Host bytes of the data during a CPU run: the f32 training and test sets, the epoch's
 /// shuffled copy and the backend's copy of it, and the labels.
-pub fn cpu_data_bytes(cfg: &TrainConfig, train_len: usize, test_len: usize) -> Option<u64> {
+pub(crate) fn cpu_data_bytes(cfg: &TrainConfig, train_len: usize, test_len: usize) -> Option<u64> {
     let inputs = cfg.model.layers.first().copied().unwrap_or(0) as u64;
     let (n, m) = (train_len as u64, test_len as u64);
     let images = n.checked_mul(3)?.checked_add(m)?.checked_mul(inputs)?;
@@ -83,7 +83,7 @@ pub fn cpu_data_bytes(cfg: &TrainConfig, train_len: usize, test_len: usize) -> O
 /// Device bytes of the GPU backend: parameters with gradients and moments, every layer's
 /// buffers for `cfg.batch` rows (at most 4 bytes per input and 32 per output value, plus the
 /// CUDA graph's staging buffer), and [`GPU_SLACK`].
-pub fn gpu_model_bytes(cfg: &TrainConfig) -> Option<u64> {
+pub(crate) fn gpu_model_bytes(cfg: &TrainConfig) -> Option<u64> {
     let params = parameter_count(&cfg.model)?.checked_mul(bytes_per_parameter(&cfg.optimizer))?;
     let rows = cfg.batch as u64;
     let layers = per_layer(&cfg.model, rows, 4, 32)?;
@@ -97,7 +97,7 @@ pub fn gpu_model_bytes(cfg: &TrainConfig) -> Option<u64> {
 /// Device bytes of the data during a GPU run: the epoch's inputs (twice while the next epoch
 /// replaces them), the training set uploaded for the end-of-epoch evaluation, the labels and
 /// the per-step records.
-pub fn gpu_data_bytes(cfg: &TrainConfig, train_len: usize, test_len: usize) -> Option<u64> {
+pub(crate) fn gpu_data_bytes(cfg: &TrainConfig, train_len: usize, test_len: usize) -> Option<u64> {
     let inputs = cfg.model.layers.first().copied().unwrap_or(0) as u64;
     let n = (train_len.max(test_len)) as u64;
     n.checked_mul(inputs)?
@@ -108,7 +108,7 @@ pub fn gpu_data_bytes(cfg: &TrainConfig, train_len: usize, test_len: usize) -> O
 /// Bytes the host can still allocate: `MemAvailable` from `/proc/meminfo`, lowered to the
 /// cgroup's remaining limit where one is set (in a container `MemAvailable` describes the whole
 /// machine). `None` where neither can be read (not Linux).
-pub fn host_available() -> Option<u64> {
+pub(crate) fn host_available() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     let kib: u64 = meminfo
         .lines()
@@ -131,14 +131,14 @@ pub fn host_available() -> Option<u64> {
 
 /// [`Error::InsufficientMemory`] unless `needed` (`None`: it overflowed) fits in what the host
 /// has available (or, where that is unknown, in the largest allocation Rust allows).
-pub fn check_host(what: &str, needed: Option<u64>, hint: &str) -> Result<()> {
+pub(crate) fn check_host(what: &str, needed: Option<u64>, hint: &str) -> Result<()> {
     let available = host_available().unwrap_or(isize::MAX as u64);
     check(what, needed, available, "the host", hint)
 }
 
 /// [`Error::InsufficientMemory`] unless `needed` (`None`: it overflowed) fits in the GPU's free
 /// memory. Errors: [`Error::Driver`] if the free memory cannot be read.
-pub fn check_gpu(gpu: &Gpu, what: &str, needed: Option<u64>, hint: &str) -> Result<()> {
+pub(crate) fn check_gpu(gpu: &Gpu, what: &str, needed: Option<u64>, hint: &str) -> Result<()> {
     let (free, _) = gpu.memory()?;
     let i = gpu.info();
     let device = format!("cuda:{} ({})", i.ordinal, i.name);
@@ -183,7 +183,7 @@ const MODEL_HINT: &str = "use fewer or narrower layers or a smaller batch";
 /// before any of it is allocated.
 ///
 /// Errors: [`Error::InsufficientMemory`].
-pub fn check_cpu_model(cfg: &TrainConfig) -> Result<()> {
+pub(crate) fn check_cpu_model(cfg: &TrainConfig) -> Result<()> {
     let what = format!("training {} on the CPU", describe(cfg));
     check_host(&what, cpu_model_bytes(cfg), MODEL_HINT)
 }
@@ -193,7 +193,7 @@ pub fn check_cpu_model(cfg: &TrainConfig) -> Result<()> {
 /// the host's, before either is allocated.
 ///
 /// Errors: [`Error::InsufficientMemory`]; [`Error::Driver`] if the free memory cannot be read.
-pub fn check_gpu_model(gpu: &Gpu, cfg: &TrainConfig) -> Result<()> {
+pub(crate) fn check_gpu_model(gpu: &Gpu, cfg: &TrainConfig) -> Result<()> {
     let what = describe(cfg);
     check_gpu(
         gpu,

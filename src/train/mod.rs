@@ -22,11 +22,11 @@ pub mod cpu_backend;
 pub mod data;
 pub mod gpu_backend;
 mod gpu_layers;
-pub mod health;
+pub(crate) mod health;
 pub mod memory;
 pub mod outputs;
 #[cfg(feature = "plot")]
-pub mod plot;
+pub(crate) mod plot;
 mod progress;
 pub mod resume;
 
@@ -56,12 +56,12 @@ pub fn open_backend(device: &Device, cfg: &TrainConfig) -> Result<Box<dyn Backen
 
 /// MNIST's pixel mean and standard deviation (over the 60,000 training images, in [0, 1]
 /// units): the constants of PyTorch's MNIST example, `Normalize((0.1307,), (0.3081,))`.
-pub const MNIST_MEAN: f32 = 0.1307;
+pub(crate) const MNIST_MEAN: f32 = 0.1307;
 /// See [`MNIST_MEAN`].
-pub const MNIST_STD: f32 = 0.3081;
+pub(crate) const MNIST_STD: f32 = 0.3081;
 
-/// A dataset's images as f32 (`[n, rows·cols]`): pixels/255, standardised with [`MNIST_MEAN`]
-/// and [`MNIST_STD`] when `normalize`; and its labels as u32.
+/// A dataset's images as f32 (`[n, rows·cols]`): pixels/255, standardised with MNIST's mean
+/// 0.1307 and standard deviation 0.3081 when `normalize`; and its labels as u32.
 pub fn dataset_f32(d: &data::Dataset, normalize: bool) -> (Vec<f32>, Vec<u32>) {
     let pixel = |p: u8| {
         let v = f32::from(p) / 255.0;

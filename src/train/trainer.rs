@@ -19,7 +19,7 @@ pub use super::outputs::Outputs;
 /// Steps between read-backs of the step records while an epoch runs (each is one device
 /// synchronisation on the GPU), so the progress bar shows a recent loss and a dead run
 /// ([`super::health`]) is found within this many steps.
-pub const RECORDS_EVERY: u64 = 25;
+pub(crate) const RECORDS_EVERY: u64 = 25;
 
 /// One epoch's summary line.
 #[derive(Debug, Clone, PartialEq)]
@@ -119,8 +119,8 @@ const AUGMENT_SEED: u64 = 0x5eed_a06e_0000_0001;
 /// written after every epoch and where `max_steps` stops the run, when `out.save` is set.
 ///
 /// Before the first step it checks `cfg`, the data and every output path
-/// ([`Outputs::validate`]). On every record read-back it applies the divergence rules of
-/// [`super::health`]; a checkpoint is written only after they pass, and is withheld (the
+/// ([`Outputs::validate`]). On every record read-back it applies the divergence rules listed
+/// under [`Error::Diverged`]; a checkpoint is written only after they pass, and is withheld (the
 /// previous one kept, [`RunSummary::saved`] telling which) while the latest step's loss is
 /// inf/NaN. A progress already at or past the end trains nothing and returns an empty summary
 /// (`super::resume::resumed_config` refuses that case for a resumed run).

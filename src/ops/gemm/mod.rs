@@ -57,11 +57,7 @@ use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut, DeviceRepr};
 use half::f16;
 pub(crate) mod tuning;
 use plan::UNALIGNED;
-
-// Old paths of the tuning items, kept only for the benchmark code (src/bin/ampkit/bench, benches/) until it
-// moves to `ampkit::tuning::gemm`; not part of the API.
-#[doc(hidden)]
-pub use tuning::{configs_for, gemm_with_plan, plan, Plan, GROUP_M};
+use tuning::{plan, Plan};
 
 /// What happens to the product before it is stored (the CPU reference's order: alpha, bias,
 /// beta·C_old, ReLU, one rounding).

@@ -36,11 +36,7 @@ mod backward;
 mod sm90;
 pub(crate) mod tuning;
 pub use backward::backward;
-
-// Old paths of the tuning items, kept only for the benchmark code (benches/) until it moves to
-// `ampkit::tuning::layernorm`; not part of the API.
-#[doc(hidden)]
-pub use tuning::{backward_forced, backward_with_warp_limit, forward_forced, BwdForce, FwdForce};
+use tuning::FwdForce;
 
 const FWD_WARP: [[&str; 4]; 2] = by_width_and_p!("layernorm_fwd_warp");
 const FWD_BLOCK: [&str; 2] = ["layernorm_fwd_block_v4", "layernorm_fwd_block_v1"];

@@ -57,14 +57,6 @@ const BWD_WARP: [[&str; 4]; 2] = [
 ];
 const BWD_BLOCK: [&str; 2] = ["softmax_bwd_block_v4", "softmax_bwd_block_v1"];
 
-// Old paths of the loss and of softmax's tuning items, kept only for the benchmark code
-// (src/bin/ampkit/bench, benches/) until it moves to `crate::ops::cross_entropy` and `crate::tuning`; not
-// part of the API.
-#[doc(hidden)]
-pub use crate::ops::cross_entropy::tuning::{softmax_cross_entropy_forced, CeForce};
-#[doc(hidden)]
-pub use crate::ops::cross_entropy::{softmax_cross_entropy, Grad, Logit};
-
 pub(crate) use tuning::SoftmaxForce;
 
 fn vec_index(vec: usize) -> usize {

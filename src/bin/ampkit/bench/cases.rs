@@ -7,7 +7,7 @@
 //! file uses nothing of the binary (only `ampkit`, serde and serde_json), so the criterion
 //! benches can include it with `#[path]`.
 
-use ampkit::cpu::gemm::{GemmShape, Layout};
+use ampkit::shape::{GemmShape, Layout};
 use ampkit::{Error, Result};
 use serde::Deserialize;
 

@@ -2,7 +2,7 @@
 //! criterion benches include `cases.rs` itself, and must not compile these.
 
 use super::cases::{Cases, GemmCase, CASES_JSON};
-use ampkit::cpu::gemm::Layout;
+use ampkit::shape::Layout;
 
 #[test]
 fn the_built_in_table_parses_with_the_cpu_selection_resolved() {

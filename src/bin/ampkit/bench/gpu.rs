@@ -13,12 +13,13 @@ use super::inputs::{train_config, train_data};
 use super::report::{Ceilings, Kind, Meta, Report, Row};
 use super::work::{gemm_flops, gemm_shape, mlp_params, train_flops, train_shape};
 use ampkit::check::{rel_l2_error, ToF64};
-use ampkit::cpu::gemm::{GemmShape, Layout};
 use ampkit::cuda::{DeviceBuffer, Gpu};
 use ampkit::ops::blas::Blas;
-use ampkit::ops::gemm::{gemm, plan, Epilogue, GemmOutput};
+use ampkit::ops::gemm::{gemm, Epilogue, GemmOutput};
+use ampkit::shape::{GemmShape, Layout};
 use ampkit::train::gpu_backend::GpuBackend;
 use ampkit::train::Backend;
+use ampkit::tuning::gemm::plan;
 use ampkit::{Error, Result};
 use cudarc::driver::ValidAsZeroBits;
 use half::f16;
@@ -289,19 +290,19 @@ fn gemm_sweep(h: &mut Harness, case: &GemmCase) -> Result<String> {
     let mut out32: DeviceBuffer<f32> = gpu.alloc_zeros(case.m * case.n)?;
     let flops = gemm_flops(case.m, case.n, case.k);
     let mut line = format!("sweep {} (TFLOP/s, GPU time):", case.name);
-    for config in ampkit::ops::gemm::configs_for(&gpu) {
+    for config in ampkit::tuning::gemm::configs_for(&gpu) {
         for splits in [1usize, 2, 4] {
             if splits > 1 && case.k < 2048 {
                 continue;
             }
-            let p = Some(ampkit::ops::gemm::Plan {
+            let p = Some(ampkit::tuning::gemm::Plan {
                 config,
                 splits,
-                group_m: ampkit::ops::gemm::GROUP_M,
+                group_m: ampkit::tuning::gemm::GROUP_M,
             });
             let mut t = h.times_us(true, 3, 20, |_| {
                 if case.f32_out {
-                    ampkit::ops::gemm::gemm_with_plan(
+                    ampkit::tuning::gemm::gemm_with_plan(
                         &gpu,
                         shape,
                         p,
@@ -311,7 +312,7 @@ fn gemm_sweep(h: &mut Harness, case: &GemmCase) -> Result<String> {
                         &mut out32,
                     )
                 } else {
-                    ampkit::ops::gemm::gemm_with_plan(
+                    ampkit::tuning::gemm::gemm_with_plan(
                         &gpu,
                         shape,
                         p,

@@ -16,8 +16,8 @@ use ampkit::cpu::optim::OptimizerConfig;
 use ampkit::cpu::scaler::ScalerConfig;
 use ampkit::cuda::DeviceBuffer;
 use ampkit::ops::optim::{GpuOptimizer, GpuParamTensor};
-use ampkit::ops::softmax::CeForce;
-use ampkit::ops::{cast, layernorm, relu, scaler, softmax, unscale};
+use ampkit::ops::{cast, cross_entropy, layernorm, relu, scaler, softmax, unscale};
+use ampkit::tuning::cross_entropy::CeForce;
 use ampkit::Result;
 use half::f16;
 
@@ -238,7 +238,7 @@ fn xent_typed<T>(
     make: impl FnMut(&Harness, u32) -> Result<DeviceBuffer<T>>,
 ) -> Result<Row>
 where
-    T: softmax::Logit + softmax::Grad + cudarc::driver::ValidAsZeroBits,
+    T: cross_entropy::Logit + cross_entropy::Grad + cudarc::driver::ValidAsZeroBits,
 {
     let gpu = h.gpu.clone();
     let n = rows * cols;
@@ -252,18 +252,20 @@ where
         flops_per_element("xent") * n as f64,
     );
     mem_row(h, what, work, ceil, make, |x, _| match force {
-        None => softmax::softmax_cross_entropy::<T, T, _, _, _, _, _>(
+        None => cross_entropy::softmax_cross_entropy::<T, T, _, _, _, _, _>(
             &gpu, &*x, &labels, rows, cols, &scale, &mut d, &mut loss,
         ),
-        Some(f) => softmax::softmax_cross_entropy_forced::<T, T, _, _, _, _, _>(
-            &gpu,
-            (&*x, &labels, &scale),
-            rows,
-            cols,
-            &mut d,
-            &mut loss,
-            f,
-        ),
+        Some(f) => {
+            ampkit::tuning::cross_entropy::softmax_cross_entropy_forced::<T, T, _, _, _, _, _>(
+                &gpu,
+                (&*x, &labels, &scale),
+                rows,
+                cols,
+                &mut d,
+                &mut loss,
+                f,
+            )
+        }
     })
 }
 

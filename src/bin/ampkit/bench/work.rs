@@ -1,7 +1,7 @@
 //! What the compute-bound rows do, as the PyTorch script counts and names it: GEMM and
 //! training-step FLOPs, and the shape column of GEMM and training rows.
 
-use ampkit::cpu::gemm::Layout;
+use ampkit::shape::Layout;
 
 /// The shape column of a GEMM row, as the PyTorch script writes it: `[MxK]@[NxK]^T` (forward),
 /// `[MxK]@[KxN]` (dgrad), `[KxM]^T@[KxN]` (wgrad).
