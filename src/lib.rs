@@ -123,7 +123,7 @@
 //!   Without it the loop shows no bar.
 //!
 //! A library user who needs none of them depends on
-//! `ampkit = { version = "0.1", default-features = false }`: the kernels, ops, CPU references,
+//! `ampkit = { version = "0.2", default-features = false }`: the kernels, ops, CPU references,
 //! [`check`], [`amp`], [`nn`] and [`train`] (loop, backends, data, checkpoints, metrics) are all
 //! there, without clap, plotters, image or indicatif.
 //!

@@ -103,7 +103,7 @@ impl GradScaler {
     }
 
     /// The loss scale in device memory (one f32): pass it to the loss kernel (e.g.
-    /// [`ops::softmax::softmax_cross_entropy`]'s `scale`), which multiplies the loss gradient
+    /// [`ops::cross_entropy::softmax_cross_entropy`]'s `scale`), which multiplies the loss gradient
     /// by it — PyTorch's `scaler.scale(loss)`. [`GradScaler::update`] changes it in place.
     pub fn scale(&self) -> &DeviceBuffer<f32> {
         &self.scale

@@ -9,7 +9,7 @@
 //!
 //! 1. **scale**: compute the loss's gradient multiplied by `scaler.scale()` (PyTorch's
 //!    `scaler.scale(loss).backward()`); the loss kernels take the scale as an argument
-//!    ([`crate::ops::softmax::softmax_cross_entropy`] reads it from device memory), and
+//!    ([`crate::ops::cross_entropy::softmax_cross_entropy`] reads it from device memory), and
 //!    backward leaves every gradient scaled;
 //! 2. **step**: `scaler.step(&mut opt, &mut params)?` unscales the gradients in place, checks
 //!    them for inf/NaN and runs the optimizer, which changes nothing (weights, f16 copies,
@@ -67,7 +67,7 @@
 //! let mut scaler = GradScaler::new(&gpu, LossScale::Dynamic(ScalerConfig::default()))?;
 //! let mut opt = Adam::new(&Device::Cuda(gpu.clone()), AdamConfig::default(), &[640])?;
 //! // forward into `logits`, then 1. the loss gradient at the scaler's (device) scale:
-//! ampkit::ops::softmax::softmax_cross_entropy(
+//! ampkit::ops::cross_entropy::softmax_cross_entropy(
 //!     &gpu, &logits, &labels, rows, classes, scaler.scale(), &mut dlogits, &mut loss,
 //! )?;
 //! // ... backward from dlogits into dw (scaled), then 2. and 3.:
