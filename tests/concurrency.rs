@@ -230,7 +230,7 @@ fn amp_step(gpu: &Gpu, rng: &mut StdRng) -> ampkit::Result<Vec<u32>> {
     let scale = gpu.upload(&[1024.0f32])?;
     let mut dlogits = gpu.upload(&vec![f16::NAN; r * c])?;
     let mut loss = gpu.upload(&[f32::NAN])?;
-    cross_entropy::softmax_cross_entropy::<f16, f16, _, _, _, _, _>(
+    cross_entropy::softmax_cross_entropy::<f16, f16>(
         gpu,
         &logits,
         &labels,
@@ -503,7 +503,7 @@ fn loss_launches_on_two_streams_keep_their_own_tickets() {
         let mut losses = g.alloc_zeros::<f32>(launches).unwrap();
         for i in 0..launches {
             let mut loss = losses.slice_mut(i..i + 1);
-            cross_entropy::softmax_cross_entropy::<f32, f32, _, _, _, _, _>(
+            cross_entropy::softmax_cross_entropy::<f32, f32>(
                 g, x, y, rows, classes, s, &mut d, &mut loss,
             )
             .unwrap();

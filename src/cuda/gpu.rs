@@ -9,8 +9,8 @@ use cudarc::driver::sys::{
     CUstreamCaptureStatus,
 };
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
-    DriverError, PushKernelArg, ValidAsZeroBits,
+    CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
+    DeviceRepr, DriverError, PushKernelArg, ValidAsZeroBits,
 };
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -362,6 +362,34 @@ impl Gpu {
     pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
         self.refuse_while_capturing("cuda::Gpu::upload", "a copy from pageable host memory")?;
         self.stream.clone_htod(host).map_err(Error::driver(format!(
+            "copying {} bytes to the device",
+            std::mem::size_of_val(host)
+        )))
+    }
+
+    /// Copies `host` into an existing device buffer or view of the same length (queued on
+    /// [`Gpu::stream`]), without allocating: for refreshing inputs a captured CUDA graph reads.
+    /// The copy is from pageable memory, so the call returns once `host` has been staged and may
+    /// be reused. Errors: [`Error::ShapeMismatch`] when the lengths differ (nothing is copied);
+    /// [`Error::InvalidArgument`] while this stream is capturing a CUDA graph; [`Error::Driver`].
+    ///
+    /// ```no_run
+    /// # fn main() -> ampkit::Result<()> {
+    /// let gpu = ampkit::cuda::Gpu::new(0)?;
+    /// let mut x = gpu.upload(&[0.0f32; 4])?;
+    /// gpu.upload_into(&[1.0, 2.0, 3.0, 4.0], &mut x)?;
+    /// assert_eq!(gpu.download(&x)?, [1.0, 2.0, 3.0, 4.0]);
+    /// # Ok(()) }
+    /// ```
+    pub fn upload_into<T: DeviceRepr>(
+        &self,
+        host: &[T],
+        dst: &mut impl DevicePtrMut<T>,
+    ) -> Result<()> {
+        const OP: &str = "cuda::Gpu::upload_into";
+        crate::error::same_len(OP, host.len(), dst.len())?;
+        self.refuse_while_capturing(OP, "a copy from pageable host memory")?;
+        (self.stream.memcpy_htod(host, dst)).map_err(Error::driver(format!(
             "copying {} bytes to the device",
             std::mem::size_of_val(host)
         )))

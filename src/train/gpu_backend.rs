@@ -227,7 +227,7 @@ fn cross_entropy<T: Logit + Grad>(
     loss: &mut DeviceBuffer<f32>,
 ) -> Result<()> {
     let n = rows * classes;
-    softmax_cross_entropy::<T, T, _, _, _, _, _>(
+    softmax_cross_entropy::<T, T>(
         gpu,
         &logits.slice(..n),
         labels,

@@ -221,25 +221,19 @@ pub(super) fn ce_kernels<L: Logit>(gpu: &Gpu) -> CeKernels {
 /// the partial sums of the loss (8 bytes per block, or per row for the cluster kernels) behind
 /// the counter of blocks done.
 #[allow(clippy::too_many_arguments)] // the CPU reference's arguments plus the device loss
-pub fn softmax_cross_entropy<L, D, X, T, S, G, O>(
+///
+/// The two type parameters are the element types, inferred from the buffers; name them to pick
+/// an instance without buffers in scope: `softmax_cross_entropy::<f16, f32>(...)`.
+pub fn softmax_cross_entropy<L: Logit, D: Grad>(
     gpu: &Gpu,
-    logits: &X,
-    labels: &T,
+    logits: &impl DevicePtr<L>,
+    labels: &impl DevicePtr<u32>,
     rows: usize,
     classes: usize,
-    grad_scale: &S,
-    dlogits: &mut G,
-    loss: &mut O,
-) -> Result<()>
-where
-    L: Logit,
-    D: Grad,
-    X: DevicePtr<L>,
-    T: DevicePtr<u32>,
-    S: DevicePtr<f32>,
-    G: DevicePtrMut<D>,
-    O: DevicePtrMut<f32>,
-{
+    grad_scale: &impl DevicePtr<f32>,
+    dlogits: &mut impl DevicePtrMut<D>,
+    loss: &mut impl DevicePtrMut<f32>,
+) -> Result<()> {
     let bufs = (logits, labels, grad_scale);
     cross_entropy_impl(gpu, bufs, rows, classes, dlogits, loss, None)
 }

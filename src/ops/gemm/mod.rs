@@ -53,7 +53,7 @@ use crate::validate;
 
 mod plan;
 mod sm90;
-use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut, DeviceRepr};
+use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
 use half::f16;
 pub(crate) mod tuning;
 use plan::UNALIGNED;
@@ -61,16 +61,28 @@ use tuning::{plan, Plan};
 
 /// What happens to the product before it is stored (the CPU reference's order: alpha, bias,
 /// beta·C_old, ReLU, one rounding).
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Epilogue<'a> {
     /// Scales the product.
     pub alpha: f32,
     /// Scales the old contents of C, added to the result; 0 means C is write-only.
     pub beta: f32,
-    /// One f32 per output column (`n` of them), added to every row.
-    pub bias: Option<&'a CudaView<'a, f32>>,
+    /// One f32 per output column (`n` of them), added to every row: any device buffer or view
+    /// (`CudaSlice`, `CudaView`, `CudaViewMut`), like the ops' other arguments.
+    pub bias: Option<&'a dyn DevicePtr<f32>>,
     /// Applies ReLU last.
     pub relu: bool,
+}
+
+impl std::fmt::Debug for Epilogue<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Epilogue")
+            .field("alpha", &self.alpha)
+            .field("beta", &self.beta)
+            .field("bias_len", &self.bias.map(|b| b.len()))
+            .field("relu", &self.relu)
+            .finish()
+    }
 }
 
 impl<'a> Epilogue<'a> {
@@ -85,7 +97,7 @@ impl<'a> Epilogue<'a> {
     }
 
     /// `C = relu?(A·B + bias)`: a linear layer's forward.
-    pub fn bias(bias: &'a CudaView<'a, f32>, relu: bool) -> Self {
+    pub fn bias(bias: &'a dyn DevicePtr<f32>, relu: bool) -> Self {
         Epilogue {
             bias: Some(bias),
             relu,

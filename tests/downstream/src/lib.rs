@@ -21,8 +21,8 @@ pub fn linear(
         Device::Cuda(gpu) => {
             let (dx, dw, db) = (gpu.upload(x)?, gpu.upload(w)?, gpu.upload(b)?);
             let mut dy = gpu.alloc_zeros::<f32>(m * n)?;
-            let bias = db.slice(..);
-            let epilogue = ampkit::ops::gemm::Epilogue::bias(&bias, relu);
+            // The bias is the buffer itself, as every op takes any device pointer.
+            let epilogue = ampkit::ops::gemm::Epilogue::bias(&db, relu);
             ampkit::ops::gemm::gemm(gpu, shape, &dx, &dw, &epilogue, &mut dy)?;
             y = gpu.download(&dy)?;
         }

@@ -320,6 +320,21 @@ fn gpu_gemm_matches_the_cpu() {
     assert!(report.passed(), "{report}");
 }
 
+/// `upload_into` refreshes an existing buffer (or a view of one) in place, and refuses a length
+/// mismatch without copying.
+#[test]
+fn upload_into_refreshes_a_buffer_in_place() {
+    let Some(gpu) = gpu() else { return };
+    let mut x = gpu.upload(&[f32::NAN; 6]).unwrap();
+    gpu.upload_into(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], &mut x)
+        .unwrap();
+    let mut tail = x.slice_mut(4..);
+    gpu.upload_into(&[-5.0f32, -6.0], &mut tail).unwrap();
+    let err = gpu.upload_into(&[0.0f32; 5], &mut x).unwrap_err();
+    assert!(matches!(err, ampkit::Error::ShapeMismatch { .. }), "{err}");
+    assert_eq!(gpu.download(&x).unwrap(), [1.0, 2.0, 3.0, 4.0, -5.0, -6.0]);
+}
+
 #[test]
 fn ampkit_runs_on_your_own_cudarc_stream() {
     let Some(probe) = gpu() else { return };

@@ -252,7 +252,7 @@ where
         flops_per_element("xent") * n as f64,
     );
     mem_row(h, what, work, ceil, make, |x, _| match force {
-        None => cross_entropy::softmax_cross_entropy::<T, T, _, _, _, _, _>(
+        None => cross_entropy::softmax_cross_entropy::<T, T>(
             &gpu, &*x, &labels, rows, cols, &scale, &mut d, &mut loss,
         ),
         Some(f) => {
