@@ -183,7 +183,7 @@ impl Trainer {
         });
         let _ = optim::step(&self.opt, &mut self.opt_state, &mut tensors, found_inf)?;
         update_scale(&mut self.scale, found_inf, &self.scaler);
-        Ok(loss)
+        Ok(f64::from(loss))
     }
 
     /// One pass over the 8,000 samples (31 batches of 256 and one of 64); returns the mean loss.

@@ -29,7 +29,7 @@ const CLASSES: usize = 10;
 const STEPS: usize = 10;
 
 /// What one step did: loss, the scale it ran with, the scale after the update, skipped.
-type Log = (f64, f32, f32, bool);
+type Log = (f32, f32, f32, bool);
 
 fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let loss_scale = LossScale::Dynamic(ScalerConfig {
@@ -228,7 +228,7 @@ fn gpu_path(
         scaler.update()?;
         // A training loop reads these back every N steps; here every step, for the log.
         let entry = (
-            f64::from(gpu.download(&loss)?[0]),
+            gpu.download(&loss)?[0],
             scale_before,
             scaler.get_scale()?,
             gpu.download(scaler.found_inf())?[0] != 0.0,

@@ -6,7 +6,9 @@
 //! For logits `x` of type `L` (f16, f32 or f64) and integer labels, per row
 //! `lossᵣ = (m − x_label) + ln Σⱼ exp(xⱼ − m)` (that is `logsumexp(x) − x_label`, arranged so a
 //! label at the max loses nothing to cancellation). The function returns `(Σᵣ lossᵣ) / rows`, the
-//! row losses added in row order (the same bits for any thread count), and writes
+//! row losses added in row order (the same bits for any thread count) and rounded once to
+//! `D::Acc` (f32 for f16 and f32 gradients, the type the GPU writes its loss in; f64 for f64
+//! gradients, the reference the GPU tests compare with), and writes
 //! `dlogitsⱼ = (softmax(x)ⱼ − [j = label]) · (grad_scale / rows)`, rounded once to `D` by
 //! [`Element::from_f64`].
 //!
@@ -37,8 +39,9 @@ use rayon::prelude::*;
 /// Below this many elements the work stays on the calling thread (rayon's split costs more).
 const PARALLEL_MIN: usize = 1 << 15;
 
-/// Fused softmax + cross-entropy: returns the mean over rows of `logsumexp(xᵣ) − xᵣ[labelᵣ]` and
-/// writes `dlogits = (softmax(x) − onehot(label)) / rows · grad_scale`, rounded once to `D`.
+/// Fused softmax + cross-entropy: returns the mean over rows of `logsumexp(xᵣ) − xᵣ[labelᵣ]`
+/// (as `D::Acc`: f32 like the GPU's loss for f16/f32 gradients, f64 for f64 ones) and writes
+/// `dlogits = (softmax(x) − onehot(label)) / rows · grad_scale`, rounded once to `D`.
 ///
 /// `logits` and `dlogits` are `[rows, classes]`, `labels` has `rows` entries. Computed in f64 (the
 /// GPU kernel computes in f32 and is checked against this). `grad_scale` scales the gradient
@@ -52,7 +55,7 @@ pub fn softmax_cross_entropy<L: Element, D: Element>(
     classes: usize,
     grad_scale: f32,
     dlogits: &mut [D],
-) -> Result<f64> {
+) -> Result<D::Acc> {
     const OP: &str = "cpu::cross_entropy::softmax_cross_entropy";
     let lens = [logits.len(), dlogits.len(), labels.len()];
     let len = validate::cross_entropy::check(OP, rows, classes, lens)?;
@@ -94,5 +97,5 @@ pub fn softmax_cross_entropy<L: Element, D: Element>(
             .map(row)
             .collect()
     };
-    Ok(losses.iter().sum::<f64>() / rows as f64)
+    Ok(D::acc_from_f64(losses.iter().sum::<f64>() / rows as f64))
 }

@@ -37,9 +37,18 @@ pub trait Element: Copy + Send + Sync + PartialEq + std::fmt::Debug + 'static {
     fn to_f64(self) -> f64;
     /// Rounds an f64 to this type, to nearest even (once: no double rounding through f32).
     fn from_f64(x: f64) -> Self;
+    /// The type a scalar reduced over elements of this type comes back in (the fused loss):
+    /// f32 for f16 and f32, as the GPU kernels write it; f64 for the f64 references.
+    type Acc: Copy + PartialOrd + std::fmt::Debug + std::fmt::Display + Into<f64>;
+    /// Rounds an f64 to [`Element::Acc`], to nearest even.
+    fn acc_from_f64(x: f64) -> Self::Acc;
 }
 
 impl Element for f16 {
+    type Acc = f32;
+    fn acc_from_f64(x: f64) -> f32 {
+        x as f32
+    }
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
     }
@@ -75,6 +84,10 @@ fn f32_round_to_odd(x: f64) -> f32 {
 }
 
 impl Element for f32 {
+    type Acc = f32;
+    fn acc_from_f64(x: f64) -> f32 {
+        x as f32
+    }
     fn to_f32(self) -> f32 {
         self
     }
@@ -90,6 +103,10 @@ impl Element for f32 {
 }
 
 impl Element for f64 {
+    type Acc = f64;
+    fn acc_from_f64(x: f64) -> f64 {
+        x
+    }
     fn to_f32(self) -> f32 {
         self as f32
     }

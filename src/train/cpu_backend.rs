@@ -211,12 +211,12 @@ impl CpuBackend {
                 scale,
                 &mut d,
             )?;
-            Ok((loss, to_f32(&d)))
+            Ok((f64::from(loss), to_f32(&d)))
         } else {
             let mut d = vec![0f32; b * classes];
             let loss =
                 cross_entropy::softmax_cross_entropy(logits, labels, b, classes, scale, &mut d)?;
-            Ok((loss, d))
+            Ok((f64::from(loss), d))
         }
     }
 

@@ -514,9 +514,10 @@ impl GpuBackend {
                 Buf::F(l) => self.gpu.download(&l.slice(..b * classes))?,
             };
             let mut d = vec![0f32; b * classes];
-            eval.loss += crate::cpu::cross_entropy::softmax_cross_entropy(
+            let loss = crate::cpu::cross_entropy::softmax_cross_entropy(
                 &logits, y, b, classes, 1.0, &mut d,
-            )? * b as f64;
+            )?;
+            eval.loss += f64::from(loss) * b as f64;
             eval.correct += count_correct(&logits, y, classes);
         }
         eval.loss /= labels.len().max(1) as f64;
