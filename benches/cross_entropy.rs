@@ -20,7 +20,7 @@ use ampkit::ops::cross_entropy::softmax_cross_entropy;
 use ampkit::tuning::cross_entropy::{softmax_cross_entropy_forced, CeForce};
 use ampkit::{f16, Error, Result};
 use std::fmt::Write as _;
-use support::{gbs, write_out};
+use support::{gbs, logits, write_out};
 
 fn main() {
     let Some(gpu) = common::gpu_or_skip() else {
@@ -36,16 +36,6 @@ fn main() {
     }
 }
 
-/// Random-looking logits (never all equal): a hash of the index, in [-4, 4).
-fn fill(n: usize, seed: u32) -> Vec<f32> {
-    (0..n as u32)
-        .map(|i| {
-            let h = (i ^ seed.wrapping_mul(0x85EB_CA6B)).wrapping_mul(0x9E37_79B9) >> 8;
-            h as f32 / 2_097_152.0 - 4.0
-        })
-        .collect()
-}
-
 fn run(gpu: &Gpu) -> Result<()> {
     let timer = GpuTimer::new(gpu)?;
     println!(
@@ -59,7 +49,7 @@ fn run(gpu: &Gpu) -> Result<()> {
     for case in &common::cases().softmax {
         let (name, rows, cols) = (case.name.as_str(), case.rows, case.cols);
         let n = rows * cols;
-        let host = fill(n, 1);
+        let host = logits(n, 1);
         let x = gpu.upload(&host)?;
         let x16 = gpu.upload(&host.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>())?;
         let labels: Vec<u32> = (0..rows as u32)
@@ -124,7 +114,7 @@ fn sweep(gpu: &Gpu) -> Result<()> {
     println!("\ncross-entropy shapes (best 3 per size and type, then the default):");
     for &(rows, cols) in SWEEP {
         let n = rows * cols;
-        let host = fill(n, 1);
+        let host = logits(n, 1);
         let x = gpu.upload(&host)?;
         let x16 = gpu.upload(&host.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>())?;
         let labels: Vec<u32> = (0..rows as u32)

@@ -25,6 +25,7 @@
 
 mod common;
 
+#[allow(dead_code)] // logits: the loss benches' inputs
 mod support;
 
 use ampkit::cuda::{DeviceBuffer, Gpu, GpuTimer, Timing};

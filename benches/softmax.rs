@@ -15,7 +15,7 @@ mod support;
 use ampkit::cuda::{DeviceBuffer, Gpu, GpuTimer};
 use ampkit::ops::softmax::{backward, forward};
 use ampkit::{Error, Result};
-use support::gbs;
+use support::{gbs, logits};
 
 fn main() {
     let Some(gpu) = common::gpu_or_skip() else {
@@ -24,16 +24,6 @@ fn main() {
     if let Err(e) = run(&gpu) {
         panic!("softmax benchmark failed: {e}");
     }
-}
-
-/// Random-looking logits (never all equal): a hash of the index, in [-4, 4).
-fn fill(n: usize, seed: u32) -> Vec<f32> {
-    (0..n as u32)
-        .map(|i| {
-            let h = (i ^ seed.wrapping_mul(0x85EB_CA6B)).wrapping_mul(0x9E37_79B9) >> 8;
-            h as f32 / 2_097_152.0 - 4.0
-        })
-        .collect()
 }
 
 fn run(gpu: &Gpu) -> Result<()> {
@@ -49,9 +39,9 @@ fn run(gpu: &Gpu) -> Result<()> {
     for case in &common::cases().softmax {
         let (name, rows, cols) = (case.name.as_str(), case.rows, case.cols);
         let n = rows * cols;
-        let host = fill(n, 1);
+        let host = logits(n, 1);
         let x = gpu.upload(&host)?;
-        let dy = gpu.upload(&fill(n, 2))?;
+        let dy = gpu.upload(&logits(n, 2))?;
         let mut y: DeviceBuffer<f32> = gpu.alloc_zeros(n)?;
         let mut dx: DeviceBuffer<f32> = gpu.alloc_zeros(n)?;
         let mut copy_dst: DeviceBuffer<f32> = gpu.alloc_zeros(n)?;

@@ -4,6 +4,16 @@
 use ampkit::cuda::Timing;
 use ampkit::{Error, Result};
 
+/// Random-looking logits (never all equal): a hash of the index, in [-4, 4).
+pub fn logits(n: usize, seed: u32) -> Vec<f32> {
+    (0..n as u32)
+        .map(|i| {
+            let h = (i ^ seed.wrapping_mul(0x85EB_CA6B)).wrapping_mul(0x9E37_79B9) >> 8;
+            h as f32 / 2_097_152.0 - 4.0
+        })
+        .collect()
+}
+
 /// GB/s of `bytes` moved in the median time of `t`.
 pub fn gbs(bytes: usize, t: &Timing) -> f64 {
     bytes as f64 / (t.median_ms * 1e-3) / 1e9

@@ -40,21 +40,21 @@ const FILL16_WIDTHS: &[usize] = &[8, 4, 2, 1];
 
 /// `dst[i] = f16(src[i])`, round to nearest even (overflow to ±inf). Bit-exact with
 /// [`crate::cpu::cast::f32_to_f16`]; errors as in the [module doc](self).
-pub fn f32_to_f16<S, D>(gpu: &Gpu, src: &S, dst: &mut D) -> Result<()>
-where
-    S: DevicePtr<f32>,
-    D: DevicePtrMut<f16>,
-{
+pub fn f32_to_f16(
+    gpu: &Gpu,
+    src: &impl DevicePtr<f32>,
+    dst: &mut impl DevicePtrMut<f16>,
+) -> Result<()> {
     tuning::f32_to_f16_max_width(gpu, src, dst, F32_TO_F16_MAX_WIDTH)
 }
 
 /// `dst[i] = f32(src[i])`, exact. Bit-exact with [`crate::cpu::cast::f16_to_f32`]; errors as in
 /// the [module doc](self).
-pub fn f16_to_f32<S, D>(gpu: &Gpu, src: &S, dst: &mut D) -> Result<()>
-where
-    S: DevicePtr<f16>,
-    D: DevicePtrMut<f32>,
-{
+pub fn f16_to_f32(
+    gpu: &Gpu,
+    src: &impl DevicePtr<f16>,
+    dst: &mut impl DevicePtrMut<f32>,
+) -> Result<()> {
     tuning::f16_to_f32_max_width(gpu, src, dst, F16_TO_F32_MAX_WIDTH)
 }
 

@@ -83,12 +83,11 @@ impl ReluElement for f32 {
 ///
 /// [`Error::InvalidArgument`]: crate::Error::InvalidArgument
 /// [`Error::ShapeMismatch`]: crate::Error::ShapeMismatch
-pub fn forward<T, X, Y>(gpu: &Gpu, x: &X, y: &mut Y) -> Result<()>
-where
-    T: ReluElement,
-    X: DevicePtr<T>,
-    Y: DevicePtrMut<T>,
-{
+pub fn forward<T: ReluElement>(
+    gpu: &Gpu,
+    x: &impl DevicePtr<T>,
+    y: &mut impl DevicePtrMut<T>,
+) -> Result<()> {
     const OP: &str = "ops::relu::forward";
     let n = x.len();
     validate::relu::same_len(OP, &[("x", n), ("y", y.len())])?;
@@ -125,13 +124,12 @@ where
 ///
 /// [`Error::InvalidArgument`]: crate::Error::InvalidArgument
 /// [`Error::ShapeMismatch`]: crate::Error::ShapeMismatch
-pub fn backward<T, D, Y, X>(gpu: &Gpu, dy: &D, y: &Y, dx: &mut X) -> Result<()>
-where
-    T: ReluElement,
-    D: DevicePtr<T>,
-    Y: DevicePtr<T>,
-    X: DevicePtrMut<T>,
-{
+pub fn backward<T: ReluElement>(
+    gpu: &Gpu,
+    dy: &impl DevicePtr<T>,
+    y: &impl DevicePtr<T>,
+    dx: &mut impl DevicePtrMut<T>,
+) -> Result<()> {
     const OP: &str = "ops::relu::backward";
     let n = dy.len();
     validate::relu::same_len(OP, &[("dy", n), ("y", y.len()), ("dx", dx.len())])?;

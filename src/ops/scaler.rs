@@ -19,18 +19,13 @@ use cudarc::driver::{DevicePtr, DevicePtrMut};
 /// Errors, before any launch: [`Error::InvalidArgument`] when `cfg` fails
 /// [`ScalerConfig::validate`]; [`Error::ShapeMismatch`] unless each of the three buffers is one
 /// element.
-pub fn update_scale<S, T, F>(
+pub fn update_scale(
     gpu: &Gpu,
-    scale: &mut S,
-    growth_tracker: &mut T,
-    found_inf: &F,
+    scale: &mut impl DevicePtrMut<f32>,
+    growth_tracker: &mut impl DevicePtrMut<i32>,
+    found_inf: &impl DevicePtr<f32>,
     cfg: &ScalerConfig,
-) -> Result<()>
-where
-    S: DevicePtrMut<f32>,
-    T: DevicePtrMut<i32>,
-    F: DevicePtr<f32>,
-{
+) -> Result<()> {
     const OP: &str = "ops::scaler::update_scale";
     cfg.validate()?;
     for (name, len) in [

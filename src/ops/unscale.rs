@@ -66,17 +66,12 @@ struct Entry {
 /// (one f32 on the device) to 1.0 if any element was inf or NaN. `scale` is one f32 on the
 /// device. CPU twin: [`crate::cpu::unscale::unscale_and_check`]; errors in the
 /// [module doc](self).
-pub fn unscale_and_check<D, S, F>(
+pub fn unscale_and_check<D: DevicePtrMut<f32>>(
     gpu: &Gpu,
     grads: &mut [D],
-    scale: &S,
-    found_inf: &mut F,
-) -> Result<()>
-where
-    D: DevicePtrMut<f32>,
-    S: DevicePtr<f32>,
-    F: DevicePtrMut<f32>,
-{
+    scale: &impl DevicePtr<f32>,
+    found_inf: &mut impl DevicePtrMut<f32>,
+) -> Result<()> {
     const OP: &str = "ops::unscale::unscale_and_check";
     let stream = gpu.stream();
     let mut guards = Vec::with_capacity(grads.len());
@@ -98,19 +93,13 @@ where
 /// `dst = f32(src) · inv` (unless `inv == 1`), setting `found_inf` if any source element was inf
 /// or NaN. `src` and `dst` pair up by position and must have equal counts and lengths. CPU
 /// twin: [`crate::cpu::unscale::unscale_f16_to_f32`]; errors in the [module doc](self).
-pub fn unscale_f16_to_f32<S, D, C, F>(
+pub fn unscale_f16_to_f32<S: DevicePtr<f16>, D: DevicePtrMut<f32>>(
     gpu: &Gpu,
     src: &[S],
     dst: &mut [D],
-    scale: &C,
-    found_inf: &mut F,
-) -> Result<()>
-where
-    S: DevicePtr<f16>,
-    D: DevicePtrMut<f32>,
-    C: DevicePtr<f32>,
-    F: DevicePtrMut<f32>,
-{
+    scale: &impl DevicePtr<f32>,
+    found_inf: &mut impl DevicePtrMut<f32>,
+) -> Result<()> {
     const OP: &str = "ops::unscale::unscale_f16_to_f32";
     validate::unscale::pairs(OP, src.iter().map(|s| s.len()), dst.iter().map(|d| d.len()))?;
     let stream = gpu.stream();

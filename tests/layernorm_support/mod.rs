@@ -1,4 +1,5 @@
-//! Shared support of the LayerNorm GPU tests (`layernorm_gpu`, `layernorm_sm90_gpu`): random
+//! Shared support of the LayerNorm tests (`layernorm_gpu`, `layernorm_sm90_gpu`; [`naive`] for
+//! `layernorm_cpu`): random
 //! cases, one forward + backward on the GPU with poisoned outputs, the f64 reference with each
 //! element's scale, and the special-value check against the f32 reference.
 //!
@@ -8,6 +9,8 @@
 //! worst case and ~1e-6 typically; the limit is 1e-5, while a wrong formula or index errs by
 //! 1e-2 or more.
 #![allow(dead_code)]
+
+pub mod naive;
 
 use crate::common::{assert_all_written, assert_scaled};
 use ampkit::check::{compare, unwritten, Tolerance};

@@ -156,20 +156,14 @@ impl BiasGradInput for f32 {
 /// element size (views at odd byte offsets). A fault while the kernel runs surfaces as
 /// [`Error::Driver`] at the next synchronisation (or [`Error::Launch`] with
 /// [`Gpu::set_sync_launches`]).
-pub fn gemm<C, A, B, O>(
+pub fn gemm<C: GemmOutput>(
     gpu: &Gpu,
     shape: GemmShape,
-    a: &A,
-    b: &B,
+    a: &impl DevicePtr<f16>,
+    b: &impl DevicePtr<f16>,
     epilogue: &Epilogue,
-    c: &mut O,
-) -> Result<()>
-where
-    C: GemmOutput,
-    A: DevicePtr<f16>,
-    B: DevicePtr<f16>,
-    O: DevicePtrMut<C>,
-{
+    c: &mut impl DevicePtrMut<C>,
+) -> Result<()> {
     gemm_impl(gpu, shape, None, a, b, epilogue, c)
 }
 
@@ -343,12 +337,13 @@ where
 ///
 /// Errors, before any launch: [`Error::ShapeMismatch`] when `dy` is not `rows·cols` elements or
 /// `db` not `cols`; [`Error::InvalidArgument`] when `rows` or `cols` exceeds `i32::MAX`.
-pub fn bias_grad<T, S, D>(gpu: &Gpu, dy: &S, rows: usize, cols: usize, db: &mut D) -> Result<()>
-where
-    T: BiasGradInput,
-    S: DevicePtr<T>,
-    D: DevicePtrMut<f32>,
-{
+pub fn bias_grad<T: BiasGradInput>(
+    gpu: &Gpu,
+    dy: &impl DevicePtr<T>,
+    rows: usize,
+    cols: usize,
+    db: &mut impl DevicePtrMut<f32>,
+) -> Result<()> {
     const OP: &str = "ops::gemm::bias_grad";
     validate::gemm::bias_grad(OP, rows, cols, dy.len(), db.len())?;
     let (ri, ci) = (

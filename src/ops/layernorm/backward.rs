@@ -231,29 +231,19 @@ pub(crate) fn forced_plan(
 /// Uses the device's scratch buffer for the partial column sums (`2·cols` floats per block of
 /// 8+ rows, at most 512 blocks).
 #[allow(clippy::too_many_arguments)] // mirrors the CPU reference's argument list one for one
-pub fn backward<DY, X, M, R, G, DX, DG, DB>(
+pub fn backward(
     gpu: &Gpu,
-    dy: &DY,
-    x: &X,
-    mean: &M,
-    rstd: &R,
-    gamma: &G,
+    dy: &impl DevicePtr<f32>,
+    x: &impl DevicePtr<f32>,
+    mean: &impl DevicePtr<f32>,
+    rstd: &impl DevicePtr<f32>,
+    gamma: &impl DevicePtr<f32>,
     rows: usize,
     cols: usize,
-    dx: &mut DX,
-    dgamma: &mut DG,
-    dbeta: &mut DB,
-) -> Result<()>
-where
-    DY: DevicePtr<f32>,
-    X: DevicePtr<f32>,
-    M: DevicePtr<f32>,
-    R: DevicePtr<f32>,
-    G: DevicePtr<f32>,
-    DX: DevicePtrMut<f32>,
-    DG: DevicePtrMut<f32>,
-    DB: DevicePtrMut<f32>,
-{
+    dx: &mut impl DevicePtrMut<f32>,
+    dgamma: &mut impl DevicePtrMut<f32>,
+    dbeta: &mut impl DevicePtrMut<f32>,
+) -> Result<()> {
     let inputs = (dy, x, mean, rstd, gamma);
     backward_impl(
         gpu,

@@ -51,26 +51,18 @@ fn vec_index(vec: usize) -> usize {
 /// [`crate::cpu::layernorm::forward`]: same arguments (after `gpu`), same checks and errors, all
 /// before any launch.
 #[allow(clippy::too_many_arguments)] // mirrors the CPU reference's argument list one for one
-pub fn forward<X, G, B, Y, M, R>(
+pub fn forward(
     gpu: &Gpu,
-    x: &X,
+    x: &impl DevicePtr<f32>,
     rows: usize,
     cols: usize,
-    gamma: &G,
-    beta: &B,
+    gamma: &impl DevicePtr<f32>,
+    beta: &impl DevicePtr<f32>,
     eps: f32,
-    y: &mut Y,
-    mean: &mut M,
-    rstd: &mut R,
-) -> Result<()>
-where
-    X: DevicePtr<f32>,
-    G: DevicePtr<f32>,
-    B: DevicePtr<f32>,
-    Y: DevicePtrMut<f32>,
-    M: DevicePtrMut<f32>,
-    R: DevicePtrMut<f32>,
-{
+    y: &mut impl DevicePtrMut<f32>,
+    mean: &mut impl DevicePtrMut<f32>,
+    rstd: &mut impl DevicePtrMut<f32>,
+) -> Result<()> {
     forward_impl(gpu, x, rows, cols, gamma, beta, eps, y, mean, rstd, None)
 }
 

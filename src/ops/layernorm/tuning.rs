@@ -28,27 +28,19 @@ pub enum FwdForce {
 ///
 /// [`Error::InvalidArgument`]: crate::Error::InvalidArgument
 #[allow(clippy::too_many_arguments)]
-pub fn forward_forced<X, G, B, Y, M, R>(
+pub fn forward_forced(
     gpu: &Gpu,
-    x: &X,
+    x: &impl DevicePtr<f32>,
     rows: usize,
     cols: usize,
-    gamma: &G,
-    beta: &B,
+    gamma: &impl DevicePtr<f32>,
+    beta: &impl DevicePtr<f32>,
     eps: f32,
-    y: &mut Y,
-    mean: &mut M,
-    rstd: &mut R,
+    y: &mut impl DevicePtrMut<f32>,
+    mean: &mut impl DevicePtrMut<f32>,
+    rstd: &mut impl DevicePtrMut<f32>,
     force: FwdForce,
-) -> Result<()>
-where
-    X: DevicePtr<f32>,
-    G: DevicePtr<f32>,
-    B: DevicePtr<f32>,
-    Y: DevicePtrMut<f32>,
-    M: DevicePtrMut<f32>,
-    R: DevicePtrMut<f32>,
-{
+) -> Result<()> {
     super::forward_impl(
         gpu,
         x,

@@ -79,11 +79,13 @@ fn row_launch(rows: usize, shape: RowShape, vec: usize, arrays: usize) -> Launch
 
 /// Softmax of each row of `x` (`[rows, cols]`, row-major) into `y`. The GPU twin of
 /// [`crate::cpu::softmax::forward`]: same arguments (after `gpu`), checks and errors.
-pub fn forward<X, Y>(gpu: &Gpu, x: &X, rows: usize, cols: usize, y: &mut Y) -> Result<()>
-where
-    X: DevicePtr<f32>,
-    Y: DevicePtrMut<f32>,
-{
+pub fn forward(
+    gpu: &Gpu,
+    x: &impl DevicePtr<f32>,
+    rows: usize,
+    cols: usize,
+    y: &mut impl DevicePtrMut<f32>,
+) -> Result<()> {
     forward_impl(gpu, x, rows, cols, y, None)
 }
 
@@ -144,19 +146,14 @@ where
 /// Gradient of [`forward`]: `dxⱼ = yⱼ · (dyⱼ − Σₖ dyₖ · yₖ)` per row, from the softmax output
 /// `y` and the upstream gradient `dy` (all `[rows, cols]`). The GPU twin of
 /// [`crate::cpu::softmax::backward`]: same arguments (after `gpu`), checks and errors.
-pub fn backward<Y, DY, DX>(
+pub fn backward(
     gpu: &Gpu,
-    y: &Y,
-    dy: &DY,
+    y: &impl DevicePtr<f32>,
+    dy: &impl DevicePtr<f32>,
     rows: usize,
     cols: usize,
-    dx: &mut DX,
-) -> Result<()>
-where
-    Y: DevicePtr<f32>,
-    DY: DevicePtr<f32>,
-    DX: DevicePtrMut<f32>,
-{
+    dx: &mut impl DevicePtrMut<f32>,
+) -> Result<()> {
     backward_impl(gpu, (y, dy), rows, cols, dx, None)
 }
 

@@ -9,18 +9,14 @@ use cudarc::driver::{DevicePtr, DevicePtrMut};
 pub use super::sm90::{softmax_force_fits, SoftmaxForce};
 
 /// [`forward`](super::forward) in a forced launch shape, for benchmarks and tests.
-pub fn forward_forced<X, Y>(
+pub fn forward_forced(
     gpu: &Gpu,
-    x: &X,
+    x: &impl DevicePtr<f32>,
     rows: usize,
     cols: usize,
-    y: &mut Y,
+    y: &mut impl DevicePtrMut<f32>,
     force: SoftmaxForce,
-) -> Result<()>
-where
-    X: DevicePtr<f32>,
-    Y: DevicePtrMut<f32>,
-{
+) -> Result<()> {
     super::forward_impl(gpu, x, rows, cols, y, Some(force))
 }
 

@@ -239,7 +239,7 @@ where
     for r in 0..rounds {
         let warmup = if r == 0 { h.warmup } else { h.warmup.min(2) };
         t_ours.extend(h.times_us(true, warmup, per_round, |_| {
-            gemm::<C, _, _, _>(&gpu, shape, &a, &b, &Epilogue::plain(), &mut ours)
+            gemm::<C>(&gpu, shape, &a, &b, &Epilogue::plain(), &mut ours)
         })?);
         t_theirs.extend(h.times_us(true, warmup, per_round, |_| {
             blas.gemm_f16::<C, _, _, _>(&gpu, shape, &a, &b, 0.0, &mut theirs)

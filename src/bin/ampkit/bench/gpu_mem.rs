@@ -345,7 +345,7 @@ fn relu_rows(h: &mut Harness, c: &mut Collector, cases: &[SizeCase]) {
                 ceil,
                 |h, s| Ok((h.f16_buf(n, s)?, h.f16_buf(n, s + 5000)?)),
                 |s: &mut (DeviceBuffer<f16>, DeviceBuffer<f16>), _| {
-                    relu::backward::<f16, _, _, _>(&gpu, &s.0, &s.1, &mut dx)
+                    relu::backward::<f16>(&gpu, &s.0, &s.1, &mut dx)
                 },
             )
         });
