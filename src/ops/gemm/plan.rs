@@ -143,36 +143,38 @@ const LAUNCH_S: f64 = 3e-6;
 /// measured rate, scaled down when fewer than 8 warps are resident, plus a fixed cost per block
 /// wave; a K-split adds a launch and the f32 partials' round trip through memory.
 pub fn plan(shape: GemmShape, aligned: bool, sms: usize, hopper: bool) -> Plan {
-    let GemmShape { m, n, k, .. } = shape;
+    let GemmShape { m, n, .. } = shape;
     let config_only = |config: TileConfig| Plan {
         config,
         splits: 1,
         group_m: group_m_for(&config),
     };
-    if !aligned {
-        return config_only(UNALIGNED);
-    }
     let mut best = (f64::INFINITY, config_only(SMALL));
+    if !aligned {
+        // The unaligned kernel splits K only when its output tiles cannot fill a quarter of the
+        // SMs: the 10-class layer's weight gradient (10×512 over the batch) is 8 tiles of 64×64,
+        // which ran on 8 of 132 SMs for half of a 4096-sample step (issue 17). Wider outputs
+        // keep one launch, as the split's extra launch would cost more than it gains.
+        let tiles = m.div_ceil(UNALIGNED.bm) * n.div_ceil(UNALIGNED.bn);
+        if tiles * 4 >= sms {
+            return config_only(UNALIGNED);
+        }
+        best.1 = config_only(UNALIGNED);
+        for splits in [1usize, 2, 3, 4, 6, 8, 12, 16] {
+            match plan_cost(UNALIGNED, shape, splits, sms) {
+                Some(cost) if cost < best.0 => best = (cost, Plan { splits, ..best.1 }),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        return best.1;
+    }
     let hopper_configs: &[TileConfig] = if hopper { &HOPPER_CONFIGS } else { &[] };
     for &config in CONFIGS.iter().chain(hopper_configs) {
-        let k_tiles = k.div_ceil(config.bk).max(1);
-        let tiles = m.div_ceil(config.bm) * n.div_ceil(config.bn);
         for splits in [1usize, 2, 3, 4, 6, 8] {
-            // Each split keeps at least 8 K-tiles, so the pipeline has something to overlap.
-            if splits > 1 && k_tiles / splits < 8 {
+            let Some(cost) = plan_cost(config, shape, splits, sms) else {
                 break;
-            }
-            let per_sm = (tiles * splits).div_ceil(sms);
-            let resident = per_sm.min(config.blocks_per_sm);
-            let warps = (resident as u32 * config.threads / 32) as f64;
-            let rate = SM_FLOPS * config.efficiency * (warps / WARPS_FOR_FULL_RATE).min(1.0);
-            let block_flops =
-                2.0 * (config.bm * config.bn * k_tiles.div_ceil(splits) * config.bk) as f64;
-            let waves = per_sm.div_ceil(config.blocks_per_sm) as f64;
-            let mut cost = per_sm as f64 * block_flops / rate + waves * BLOCK_OVERHEAD_S;
-            if splits > 1 {
-                cost += LAUNCH_S + (m * n * 4 * (splits + 1)) as f64 / DRAM_BYTES_PER_S;
-            }
+            };
             if cost < best.0 {
                 best = (
                     cost,
@@ -186,6 +188,28 @@ pub fn plan(shape: GemmShape, aligned: bool, sms: usize, hopper: bool) -> Plan {
         }
     }
     best.1
+}
+
+/// The model's time for `shape` in `config` with `splits` K-splits (see [`plan`]), or `None` when
+/// a split would get fewer than 8 K-tiles (the pipeline needs something to overlap).
+fn plan_cost(config: TileConfig, shape: GemmShape, splits: usize, sms: usize) -> Option<f64> {
+    let GemmShape { m, n, k, .. } = shape;
+    let k_tiles = k.div_ceil(config.bk).max(1);
+    if splits > 1 && k_tiles / splits < 8 {
+        return None;
+    }
+    let tiles = m.div_ceil(config.bm) * n.div_ceil(config.bn);
+    let per_sm = (tiles * splits).div_ceil(sms);
+    let resident = per_sm.min(config.blocks_per_sm);
+    let warps = (resident as u32 * config.threads / 32) as f64;
+    let rate = SM_FLOPS * config.efficiency * (warps / WARPS_FOR_FULL_RATE).min(1.0);
+    let block_flops = 2.0 * (config.bm * config.bn * k_tiles.div_ceil(splits) * config.bk) as f64;
+    let waves = per_sm.div_ceil(config.blocks_per_sm) as f64;
+    let mut cost = per_sm as f64 * block_flops / rate + waves * BLOCK_OVERHEAD_S;
+    if splits > 1 {
+        cost += LAUNCH_S + (m * n * 4 * (splits + 1)) as f64 / DRAM_BYTES_PER_S;
+    }
+    Some(cost)
 }
 
 #[cfg(test)]
@@ -230,6 +254,41 @@ mod tests {
                 hopper,
             );
             assert_eq!(tiny.config.name, "unaligned");
+            assert_eq!(tiny.splits, 1, "K = 10 has one K-tile");
         }
+    }
+
+    #[test]
+    fn a_narrow_unaligned_output_splits_k_and_a_wide_one_does_not() {
+        // The 10-class layer's weight gradient: 8 output tiles for 132 SMs, K = the batch.
+        for batch in [3904, 4096] {
+            let p = plan(
+                GemmShape::new(Layout::Wgrad, 10, 512, batch),
+                false,
+                132,
+                true,
+            );
+            assert_eq!(p.config.name, "unaligned");
+            assert!(p.splits >= 8, "{batch}: {p:?}");
+            assert!(
+                batch.div_ceil(UNALIGNED.bk) / p.splits >= 8,
+                "{batch}: {p:?}"
+            );
+        }
+        // Its forward (64 tiles of 4096×10) and a 784-wide dgrad fill enough SMs unsplit.
+        for shape in [
+            GemmShape::new(Layout::Forward, 4096, 10, 512),
+            GemmShape::new(Layout::Dgrad, 4096, 784, 512),
+        ] {
+            assert_eq!(plan(shape, false, 132, true).splits, 1, "{shape:?}");
+        }
+        // Too little K to split.
+        let short = plan(
+            GemmShape::new(Layout::Wgrad, 10, 512, 200),
+            false,
+            132,
+            true,
+        );
+        assert_eq!(short.splits, 1, "{short:?}");
     }
 }
