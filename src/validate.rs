@@ -227,6 +227,59 @@ pub(crate) mod relu {
     }
 }
 
+/// The shifted gather of training inputs ([`crate::ops::augment`], [`crate::cpu::augment`]).
+pub(crate) mod augment {
+    use super::*;
+
+    /// The shapes of one gather: `images` holds whole images of `inputs` values, `order` one
+    /// index per sample, `shifts` a (dx, dy) pair per sample, `out` `samples·inputs` values; a
+    /// `side` of 0 (no shift) or with `side² = inputs`. Returns `(samples, images)`.
+    pub(crate) fn check(
+        op: &'static str,
+        inputs: usize,
+        side: usize,
+        [images, order, shifts, out]: [usize; 4],
+    ) -> Result<(usize, usize)> {
+        if inputs == 0 {
+            return Err(Error::InvalidArgument {
+                op,
+                detail: "inputs is 0; an image needs at least one value".into(),
+            });
+        }
+        if side != 0 && side.checked_mul(side) != Some(inputs) {
+            return Err(Error::InvalidArgument {
+                op,
+                detail: format!(
+                    "side {side} does not make a square image of {inputs} inputs; pass 0 for \
+                     inputs that are not a square image (no shift)"
+                ),
+            });
+        }
+        if images % inputs != 0 {
+            return Err(Error::ShapeMismatch {
+                op,
+                detail: format!("images has {images} values, not a multiple of inputs = {inputs}"),
+            });
+        }
+        if side > i32::MAX as usize
+            || inputs > u32::MAX as usize
+            || images / inputs > u32::MAX as usize
+        {
+            return Err(Error::InvalidArgument {
+                op,
+                detail: "more than 2^32 images or a side past i32::MAX: beyond the kernel's \
+                         index range"
+                    .into(),
+            });
+        }
+        let samples = order;
+        expect_len(op, "shifts", shifts, samples * 2, "2·samples")?;
+        let want = matrix_len(op, samples, inputs, "inputs")?;
+        expect_len(op, "out", out, want, "samples·inputs")?;
+        Ok((samples, images / inputs))
+    }
+}
+
 /// The multi-tensor unscale ([`crate::ops::unscale`], [`crate::cpu::unscale`]).
 pub(crate) mod unscale {
     use super::*;

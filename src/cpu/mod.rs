@@ -13,6 +13,7 @@
 //! it accumulates in f32 like the tensor cores, so that the CPU backend trains with the GPU's
 //! precision; its accurate reference is [`gemm::gemm_f64`].
 
+pub mod augment;
 pub mod cast;
 pub mod cross_entropy;
 pub mod gemm;

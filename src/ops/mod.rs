@@ -46,6 +46,7 @@
 //! [`Error::Driver`]: crate::Error::Driver
 //! [`Error::Launch`]: crate::Error::Launch
 
+pub mod augment;
 pub mod blas;
 pub mod cast;
 pub mod cross_entropy;

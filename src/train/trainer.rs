@@ -65,9 +65,36 @@ pub(crate) fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
     order
 }
 
-/// Fills `xs`/`ys` with epoch `epoch`'s samples in its order ([`epoch_order`]), each image
-/// shifted by up to `cfg.augment_shift` pixels in x and y (a ChaCha8 stream per epoch, so a
-/// resumed run sees the same images), the uncovered border filled with the background value.
+/// Epoch `epoch`'s plan: the samples in its order ([`epoch_order`]), a (dx, dy) shift of up to
+/// `cfg.augment_shift` pixels per sample (a ChaCha8 stream per epoch, so a resumed run sees the
+/// same images), and the image side to shift on (0: no shift, for a shift of 0 or inputs that are
+/// not a square image, and then no shift is drawn).
+pub(crate) fn epoch_plan(cfg: &TrainConfig, epoch: usize, n: usize) -> (Vec<u32>, Vec<i32>, usize) {
+    let inputs = cfg.model.inputs();
+    let side = (1..=inputs).find(|s| s * s >= inputs).unwrap_or(1);
+    let order: Vec<u32> = epoch_order(cfg.seed, epoch, n)
+        .into_iter()
+        .map(|s| s as u32)
+        .collect();
+    if cfg.augment_shift == 0 || side * side != inputs {
+        return (order, vec![0; 2 * n], 0);
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ AUGMENT_SEED);
+    rng.set_stream(epoch as u64);
+    // Drawn as i64, as since the first release, so that checkpoints resume onto the same images.
+    let max = cfg.augment_shift as i64;
+    let shifts = (0..n)
+        .flat_map(|_| {
+            let dx = rng.gen_range(-max..=max) as i32;
+            [dx, rng.gen_range(-max..=max) as i32]
+        })
+        .collect();
+    (order, shifts, side)
+}
+
+/// Fills `xs`/`ys` with epoch `epoch`'s samples ([`epoch_plan`]) through
+/// [`crate::cpu::augment::gather_shifted`], the uncovered border filled with the data's smallest
+/// value (the background).
 pub(crate) fn epoch_samples(
     cfg: &TrainConfig,
     epoch: usize,
@@ -75,38 +102,14 @@ pub(crate) fn epoch_samples(
     labels: &[u32],
     xs: &mut [f32],
     ys: &mut [u32],
-) {
-    let inputs = cfg.model.inputs();
-    let side = (1..=inputs).find(|s| s * s >= inputs).unwrap_or(1);
-    let square = side * side == inputs;
+) -> Result<()> {
+    let (order, shifts, side) = epoch_plan(cfg, epoch, labels.len());
     let background = images.iter().copied().fold(f32::INFINITY, f32::min);
-    let mut shifts = ChaCha8Rng::seed_from_u64(cfg.seed ^ AUGMENT_SEED);
-    shifts.set_stream(epoch as u64);
-    let max = cfg.augment_shift as i64;
-    for (i, &s) in epoch_order(cfg.seed, epoch, labels.len())
-        .iter()
-        .enumerate()
-    {
-        let src = &images[s * inputs..(s + 1) * inputs];
-        let dst = &mut xs[i * inputs..(i + 1) * inputs];
-        ys[i] = labels[s];
-        if max == 0 || !square {
-            dst.copy_from_slice(src);
-            continue;
-        }
-        let (dx, dy) = (shifts.gen_range(-max..=max), shifts.gen_range(-max..=max));
-        for r in 0..side as i64 {
-            for c in 0..side as i64 {
-                let (sr, sc) = (r - dy, c - dx);
-                let inside = (0..side as i64).contains(&sr) && (0..side as i64).contains(&sc);
-                dst[r as usize * side + c as usize] = if inside {
-                    src[sr as usize * side + sc as usize]
-                } else {
-                    background
-                };
-            }
-        }
+    for (y, &s) in ys.iter_mut().zip(&order) {
+        *y = labels[s as usize];
     }
+    let inputs = cfg.model.inputs();
+    crate::cpu::augment::gather_shifted(images, inputs, side, &order, &shifts, background, xs)
 }
 
 /// Mixed into the seed of the augmentation stream, so it differs from the data-order stream.
@@ -196,7 +199,7 @@ fn epochs(
     let at_max = |p: &Progress| cfg.max_steps.is_some_and(|m| p.global_step >= m);
     while progress.epoch < cfg.epochs && !at_max(&progress) {
         let epoch = progress.epoch;
-        epoch_samples(cfg, epoch, &train_x, &train_y, &mut xs, &mut ys);
+        epoch_samples(cfg, epoch, &train_x, &train_y, &mut xs, &mut ys)?;
         backend.load_epoch(&xs, &ys)?;
         let bar = EpochBar::new(
             out.progress_bar,
@@ -359,6 +362,75 @@ fn log_records(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The epoch assembly of 0.2.0 and before (per-sample draws interleaved with the copies),
+    /// kept to pin the gather-based [`epoch_samples`] to the same bytes: checkpoints of earlier
+    /// runs resume onto the same images.
+    fn epoch_samples_0_2(
+        cfg: &TrainConfig,
+        epoch: usize,
+        images: &[f32],
+        labels: &[u32],
+    ) -> (Vec<f32>, Vec<u32>) {
+        let inputs = cfg.model.inputs();
+        let (mut xs, mut ys) = (vec![0f32; labels.len() * inputs], vec![0u32; labels.len()]);
+        let side = (1..=inputs).find(|s| s * s >= inputs).unwrap_or(1);
+        let square = side * side == inputs;
+        let background = images.iter().copied().fold(f32::INFINITY, f32::min);
+        let mut shifts = ChaCha8Rng::seed_from_u64(cfg.seed ^ AUGMENT_SEED);
+        shifts.set_stream(epoch as u64);
+        let max = cfg.augment_shift as i64;
+        for (i, &s) in epoch_order(cfg.seed, epoch, labels.len())
+            .iter()
+            .enumerate()
+        {
+            let src = &images[s * inputs..(s + 1) * inputs];
+            let dst = &mut xs[i * inputs..(i + 1) * inputs];
+            ys[i] = labels[s];
+            if max == 0 || !square {
+                dst.copy_from_slice(src);
+                continue;
+            }
+            let (dx, dy) = (shifts.gen_range(-max..=max), shifts.gen_range(-max..=max));
+            for r in 0..side as i64 {
+                for c in 0..side as i64 {
+                    let (sr, sc) = (r - dy, c - dx);
+                    let inside = (0..side as i64).contains(&sr) && (0..side as i64).contains(&sc);
+                    dst[r as usize * side + c as usize] = if inside {
+                        src[sr as usize * side + sc as usize]
+                    } else {
+                        background
+                    };
+                }
+            }
+        }
+        (xs, ys)
+    }
+
+    #[test]
+    fn epoch_samples_are_the_bytes_of_0_2() {
+        let mut cfg = TrainConfig::mnist_default();
+        let inputs = cfg.model.inputs();
+        let n = 300;
+        let images: Vec<f32> = (0..(n * inputs) as u32)
+            .map(|i| (i.wrapping_mul(0x9E37_79B9) >> 8) as f32 / 16_777_216.0 - 0.3)
+            .collect();
+        let labels: Vec<u32> = (0..n as u32).map(|i| i % 10).collect();
+        for (seed, shift, epoch) in [(0, 2, 0), (7, 2, 3), (1, 0, 1), (3, 5, 2)] {
+            cfg.seed = seed;
+            cfg.augment_shift = shift;
+            let (want_x, want_y) = epoch_samples_0_2(&cfg, epoch, &images, &labels);
+            let (mut xs, mut ys) = (vec![f32::NAN; n * inputs], vec![u32::MAX; n]);
+            epoch_samples(&cfg, epoch, &images, &labels, &mut xs, &mut ys).unwrap();
+            assert_eq!(ys, want_y, "seed {seed} shift {shift} epoch {epoch}");
+            assert!(
+                xs.iter()
+                    .zip(&want_x)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "seed {seed} shift {shift} epoch {epoch}: images differ"
+            );
+        }
+    }
 
     #[test]
     fn an_epoch_without_steps_says_so() {

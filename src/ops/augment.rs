@@ -1,0 +1,103 @@
+//! Training inputs gathered on the GPU from a dataset resident there, with a shift per sample
+//! (`kernels/augment.cu`); CPU twin: [`crate::cpu::augment`], bit for bit.
+//!
+//! Sample `i` is image `order[i]` shifted by `(shifts[2i], shifts[2i + 1])` pixels (columns,
+//! rows) on its `side × side` grid, the uncovered border `background`; `side = 0` gathers without
+//! shifting. The output is f32 or f16 (rounded to nearest even). One launch; work is queued on
+//! [`Gpu::stream`] and nothing synchronises. With the images uploaded once, a training step (or an
+//! epoch) needs only its indices and shifts from the host.
+
+use crate::cuda::{Gpu, KernelArgs};
+use crate::error::Result;
+use crate::kernels;
+use crate::ops::plan::{elementwise_launch, vector_plan, Operand};
+use crate::validate;
+use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
+use half::f16;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for half::f16 {}
+    impl Sealed for f32 {}
+}
+
+/// An output type [`gather_shifted`] writes: f32 or f16.
+pub trait AugmentOutput: DeviceRepr + sealed::Sealed {
+    /// The kernel that writes this type.
+    #[doc(hidden)]
+    const KERNEL: &'static str;
+}
+
+impl AugmentOutput for f32 {
+    const KERNEL: &'static str = "augment_gather_f32";
+}
+
+impl AugmentOutput for f16 {
+    const KERNEL: &'static str = "augment_gather_f16";
+}
+
+/// Writes `out[i] =` image `order[i]` of `images` shifted by `(shifts[2i], shifts[2i + 1])`, the
+/// GPU twin of [`crate::cpu::augment::gather_shifted`] (same arguments after `gpu`, same checks
+/// and errors), bit-exact with it.
+///
+/// `images` holds whole images of `inputs` f32 values; `order` one image index per sample;
+/// `shifts` an i32 (dx, dy) pair per sample; `out` `samples·inputs` values. An index past the last
+/// image cannot be checked without a host synchronisation: that sample's row is NaN.
+///
+/// Errors, before any launch: [`Error::ShapeMismatch`] for a wrong length,
+/// [`Error::InvalidArgument`] for `inputs = 0`, a `side` with `side² ≠ inputs` (other than 0) or
+/// a view not aligned to its element size.
+///
+/// [`Error::ShapeMismatch`]: crate::Error::ShapeMismatch
+/// [`Error::InvalidArgument`]: crate::Error::InvalidArgument
+#[allow(clippy::too_many_arguments)] // the CPU twin's arguments, after `gpu`
+pub fn gather_shifted<T: AugmentOutput>(
+    gpu: &Gpu,
+    images: &impl DevicePtr<f32>,
+    inputs: usize,
+    side: usize,
+    order: &impl DevicePtr<u32>,
+    shifts: &impl DevicePtr<i32>,
+    background: f32,
+    out: &mut impl DevicePtrMut<T>,
+) -> Result<()> {
+    const OP: &str = "ops::augment::gather_shifted";
+    let lens = [images.len(), order.len(), shifts.len(), out.len()];
+    let (samples, count) = validate::augment::check(OP, inputs, side, lens)?;
+    let stream = gpu.stream();
+    let (images_ptr, _g1) = images.device_ptr(stream);
+    let (order_ptr, _g2) = order.device_ptr(stream);
+    let (shifts_ptr, _g3) = shifts.device_ptr(stream);
+    let (out_ptr, _g4) = out.device_ptr_mut(stream);
+    let operand = |addr, elem_bytes| Operand { addr, elem_bytes };
+    let operands = [
+        operand(images_ptr, 4),
+        operand(order_ptr, 4),
+        operand(shifts_ptr, 4),
+        operand(out_ptr, std::mem::size_of::<T>()),
+    ];
+    let plan = vector_plan(OP, &operands, &[1])?;
+    let total = samples * inputs;
+    if total == 0 {
+        return Ok(());
+    }
+    let mut args = KernelArgs::new();
+    args.push(images_ptr)
+        .push(order_ptr)
+        .push(shifts_ptr)
+        .push(out_ptr);
+    args.push(samples)
+        .push(inputs as u32)
+        .push(side as u32)
+        .push(count as u32)
+        .push(background);
+    let cfg = elementwise_launch(gpu, total, plan);
+    // SAFETY: augment_gather_{f32,f16}(const float* images, const unsigned* order, const int*
+    // shifts, T* out, size_t n, unsigned inputs, unsigned side, unsigned count, float background)
+    // matches, T being the kernel's output type (T::KERNEL). validate::augment::check proved
+    // images = count·inputs, shifts = 2·samples, out = samples·inputs values, that inputs, side
+    // and count fit u32, and side is 0 or side² = inputs; the kernel reads an image only for an
+    // index below count, and only pixels inside its grid. Every pointer is element-aligned
+    // (vector_plan) and its guard outlives the launch.
+    unsafe { gpu.launch(&kernels::AUGMENT, T::KERNEL, cfg, &args) }
+}
