@@ -36,6 +36,47 @@ fn main() {
     }
 }
 
+/// One loss case's device buffers (random logits as f32 and f16, labels, a loss scale, outputs)
+/// and the time of a device copy of the f32 logits, its ceiling.
+struct Bufs {
+    x: DeviceBuffer<f32>,
+    x16: DeviceBuffer<f16>,
+    labels: DeviceBuffer<u32>,
+    scale: DeviceBuffer<f32>,
+    loss: DeviceBuffer<f32>,
+    dx: DeviceBuffer<f32>,
+    d16: DeviceBuffer<f16>,
+    t_copy: Timing,
+}
+
+impl Bufs {
+    fn new(gpu: &Gpu, timer: &GpuTimer<'_>, rows: usize, cols: usize) -> Result<Bufs> {
+        let n = rows * cols;
+        let host = logits(n, 1);
+        let x = gpu.upload(&host)?;
+        let x16 = gpu.upload(&host.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>())?;
+        let labels: Vec<u32> = (0..rows as u32)
+            .map(|r| r.wrapping_mul(2_654_435_761) % cols as u32)
+            .collect();
+        let mut copy_dst: DeviceBuffer<f32> = gpu.alloc_zeros(n)?;
+        let t_copy = timer.measure(10, 50, || {
+            gpu.stream()
+                .memcpy_dtod(&x, &mut copy_dst)
+                .map_err(Error::driver("copy"))
+        })?;
+        Ok(Bufs {
+            x,
+            x16,
+            labels: gpu.upload(&labels)?,
+            scale: gpu.upload(&[65536.0f32])?,
+            loss: gpu.alloc_zeros(1)?,
+            dx: gpu.alloc_zeros(n)?,
+            d16: gpu.alloc_zeros(n)?,
+            t_copy,
+        })
+    }
+}
+
 fn run(gpu: &Gpu) -> Result<()> {
     let timer = GpuTimer::new(gpu)?;
     println!(
@@ -49,23 +90,16 @@ fn run(gpu: &Gpu) -> Result<()> {
     for case in &common::cases().softmax {
         let (name, rows, cols) = (case.name.as_str(), case.rows, case.cols);
         let n = rows * cols;
-        let host = logits(n, 1);
-        let x = gpu.upload(&host)?;
-        let x16 = gpu.upload(&host.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>())?;
-        let labels: Vec<u32> = (0..rows as u32)
-            .map(|r| r.wrapping_mul(2_654_435_761) % cols as u32)
-            .collect();
-        let labels = gpu.upload(&labels)?;
-        let scale = gpu.upload(&[65536.0f32])?;
-        let mut loss: DeviceBuffer<f32> = gpu.alloc_zeros(1)?;
-        let mut dx: DeviceBuffer<f32> = gpu.alloc_zeros(n)?;
-        let mut d16: DeviceBuffer<f16> = gpu.alloc_zeros(n)?;
-        let mut copy_dst: DeviceBuffer<f32> = gpu.alloc_zeros(n)?;
-        let t_copy = timer.measure(10, 50, || {
-            gpu.stream()
-                .memcpy_dtod(&x, &mut copy_dst)
-                .map_err(Error::driver("copy"))
-        })?;
+        let Bufs {
+            x,
+            x16,
+            labels,
+            scale,
+            mut loss,
+            mut dx,
+            mut d16,
+            t_copy,
+        } = Bufs::new(gpu, &timer, rows, cols)?;
         let t_ce32 = timer.measure(10, 50, || {
             softmax_cross_entropy(gpu, &x, &labels, rows, cols, &scale, &mut dx, &mut loss)
         })?;
@@ -114,23 +148,16 @@ fn sweep(gpu: &Gpu) -> Result<()> {
     println!("\ncross-entropy shapes (best 3 per size and type, then the default):");
     for &(rows, cols) in SWEEP {
         let n = rows * cols;
-        let host = logits(n, 1);
-        let x = gpu.upload(&host)?;
-        let x16 = gpu.upload(&host.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>())?;
-        let labels: Vec<u32> = (0..rows as u32)
-            .map(|r| r.wrapping_mul(2_654_435_761) % cols as u32)
-            .collect();
-        let labels = gpu.upload(&labels)?;
-        let scale = gpu.upload(&[65536.0f32])?;
-        let mut loss: DeviceBuffer<f32> = gpu.alloc_zeros(1)?;
-        let mut dx: DeviceBuffer<f32> = gpu.alloc_zeros(n)?;
-        let mut d16: DeviceBuffer<f16> = gpu.alloc_zeros(n)?;
-        let mut copy_dst: DeviceBuffer<f32> = gpu.alloc_zeros(n)?;
-        let t_copy = timer.measure(10, 50, || {
-            gpu.stream()
-                .memcpy_dtod(&x, &mut copy_dst)
-                .map_err(Error::driver("copy"))
-        })?;
+        let Bufs {
+            x,
+            x16,
+            labels,
+            scale,
+            mut loss,
+            mut dx,
+            mut d16,
+            t_copy,
+        } = Bufs::new(gpu, &timer, rows, cols)?;
         let copy_gbs = gbs(8 * n, &t_copy);
         let mut forces = Vec::new();
         for p in [1, 2, 4, 8] {

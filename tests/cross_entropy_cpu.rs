@@ -9,7 +9,7 @@ use ampkit::check::{numerical_gradient, unwritten, ToF64, Tolerance};
 use ampkit::cpu::cross_entropy::softmax_cross_entropy;
 use ampkit::cpu::Element;
 use ampkit::{f16, Error};
-use common::{assert_all_written, assert_close, rng};
+use common::{assert_all_written, assert_close, assert_invalid, assert_shape_error, rng};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -443,30 +443,15 @@ fn out_of_range_label_is_rejected_before_anything_is_written() {
 
 #[test]
 fn wrong_lengths_and_sizes_are_rejected() {
-    let shape = |r: Result<(), Error>, name: &str| {
-        let e = r.unwrap_err();
-        let named = e.to_string().contains(&format!("mismatch: {name} has"));
-        assert!(
-            matches!(e, Error::ShapeMismatch { .. }) && named,
-            "{name}: {e}"
-        );
-    };
-    let invalid = |r: Result<(), Error>, what: &str| {
-        let e = r.unwrap_err();
-        assert!(
-            matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains(what),
-            "{what}: {e}"
-        );
-    };
     let (ok, short) = ([0.5f32; 6], [0.5f32; 5]);
     let mut out = vec![poison(); 7];
     let ce = |x: &[f32], l: &[u32], rows, classes, d: &mut [f32]| {
         softmax_cross_entropy(x, l, rows, classes, 1.0, d).map(|_| ())
     };
-    shape(ce(&short, &[0, 1], 2, 3, &mut out[..6]), "logits");
-    shape(ce(&ok, &[0, 1], 2, 3, &mut out[..7]), "dlogits");
-    shape(ce(&ok, &[0, 1, 2], 2, 3, &mut out[..6]), "labels");
-    invalid(ce(&[], &[], 0, 3, &mut []), "rows is 0");
-    invalid(ce(&[], &[0], 1, 0, &mut []), "classes is 0");
+    assert_shape_error(ce(&short, &[0, 1], 2, 3, &mut out[..6]), "logits");
+    assert_shape_error(ce(&ok, &[0, 1], 2, 3, &mut out[..7]), "dlogits");
+    assert_shape_error(ce(&ok, &[0, 1, 2], 2, 3, &mut out[..6]), "labels");
+    assert_invalid(ce(&[], &[], 0, 3, &mut []), "rows is 0");
+    assert_invalid(ce(&[], &[0], 1, 0, &mut []), "classes is 0");
     assert_eq!(unwritten(&out, poison()).len(), 7, "an output was written");
 }

@@ -6,8 +6,9 @@ mod common;
 
 use ampkit::check::{compare, numerical_gradient, unwritten, ToF64, Tolerance};
 use ampkit::cpu::softmax::{backward, forward};
-use ampkit::Error;
-use common::{assert_all_written, assert_close, assert_scaled, rng};
+use common::{
+    assert_all_written, assert_close, assert_invalid, assert_scaled, assert_shape_error, rng,
+};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -281,30 +282,15 @@ fn softmax_non_finite_rows() {
 
 #[test]
 fn wrong_lengths_and_sizes_are_rejected() {
-    let shape = |r: Result<(), Error>, name: &str| {
-        let e = r.unwrap_err();
-        let named = e.to_string().contains(&format!("mismatch: {name} has"));
-        assert!(
-            matches!(e, Error::ShapeMismatch { .. }) && named,
-            "{name}: {e}"
-        );
-    };
-    let invalid = |r: Result<(), Error>, what: &str| {
-        let e = r.unwrap_err();
-        assert!(
-            matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains(what),
-            "{what}: {e}"
-        );
-    };
     let (ok, short) = ([0.5f32; 6], [0.5f32; 5]);
     let mut out = vec![poison(); 7];
-    shape(forward(&short, 2, 3, &mut out[..6]), "x");
-    shape(forward(&ok, 2, 3, &mut out[..5]), "y");
-    shape(backward(&short, &ok, 2, 3, &mut out[..6]), "y");
-    shape(backward(&ok, &short, 2, 3, &mut out[..6]), "dy");
-    shape(backward(&ok, &ok, 2, 3, &mut out[..7]), "dx");
-    invalid(forward::<f32>(&[], 2, 0, &mut []), "cols is 0");
-    invalid(forward::<f32>(&[], usize::MAX, 2, &mut []), "overflows");
+    assert_shape_error(forward(&short, 2, 3, &mut out[..6]), "x");
+    assert_shape_error(forward(&ok, 2, 3, &mut out[..5]), "y");
+    assert_shape_error(backward(&short, &ok, 2, 3, &mut out[..6]), "y");
+    assert_shape_error(backward(&ok, &short, 2, 3, &mut out[..6]), "dy");
+    assert_shape_error(backward(&ok, &ok, 2, 3, &mut out[..7]), "dx");
+    assert_invalid(forward::<f32>(&[], 2, 0, &mut []), "cols is 0");
+    assert_invalid(forward::<f32>(&[], usize::MAX, 2, &mut []), "overflows");
     forward::<f32>(&[], 0, 3, &mut []).unwrap(); // an empty batch is fine
     assert_eq!(unwritten(&out, poison()).len(), 7, "an output was written");
 }

@@ -154,3 +154,22 @@ pub fn assert_scaled<T: ToF64>(what: &str, got: &[T], want: &[f64], scale: &[f64
         Tolerance::new(limit, 0.0).with_rel_l2(f64::INFINITY),
     );
 }
+
+/// Asserts `r` is [`Error::ShapeMismatch`] naming the operand `name` ("mismatch: NAME has").
+pub fn assert_shape_error(r: Result<(), Error>, name: &str) {
+    let e = r.unwrap_err();
+    let named = e.to_string().contains(&format!("mismatch: {name} has"));
+    assert!(
+        matches!(e, Error::ShapeMismatch { .. }) && named,
+        "{name}: {e}"
+    );
+}
+
+/// Asserts `r` is [`Error::InvalidArgument`] whose message contains `what`.
+pub fn assert_invalid(r: Result<(), Error>, what: &str) {
+    let e = r.unwrap_err();
+    assert!(
+        matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains(what),
+        "{what}: {e}"
+    );
+}
