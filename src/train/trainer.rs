@@ -69,7 +69,7 @@ pub(crate) fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
 /// `cfg.augment_shift` pixels per sample (a ChaCha8 stream per epoch, so a resumed run sees the
 /// same images), and the image side to shift on (0: no shift, for a shift of 0 or inputs that are
 /// not a square image, and then no shift is drawn).
-pub(crate) fn epoch_plan(cfg: &TrainConfig, epoch: usize, n: usize) -> (Vec<u32>, Vec<i32>, usize) {
+fn epoch_plan(cfg: &TrainConfig, epoch: usize, n: usize) -> (Vec<u32>, Vec<i32>, usize) {
     let inputs = cfg.model.inputs();
     let side = (1..=inputs).find(|s| s * s >= inputs).unwrap_or(1);
     let order: Vec<u32> = epoch_order(cfg.seed, epoch, n)
