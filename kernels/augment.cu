@@ -8,7 +8,8 @@
 //   An image index ≥ `count` (not checkable on the host without a synchronisation) makes the
 //   sample's row NaN.
 // Numerics (bit-exact with src/cpu/augment.rs): every value is copied, never computed; the f16
-//   output rounds the f32 to nearest even (__float2half_rn), as half's f16::from_f32 does.
+//   output rounds the f32 to nearest even and keeps NaN payloads, as half's f16::from_f32 does
+//   (ampkit::f32_to_f16_exact: plain __float2half_rn returns a canonical NaN).
 // Launch: 1-D grid-stride over n·inputs output elements, 256 threads, grid capped by the host at
 //   a wave of resident blocks; consecutive threads write consecutive pixels of one sample, so the
 //   stores are coalesced and the shifted loads stay within one image row (L1/L2 hits).
@@ -21,7 +22,7 @@ namespace augment_detail {
 
 __device__ __forceinline__ void store(float* out, size_t i, float v) { out[i] = v; }
 __device__ __forceinline__ void store(__half* out, size_t i, float v) {
-    out[i] = __float2half_rn(v);
+    out[i] = ampkit::f32_to_f16_exact(v);
 }
 
 template <typename T>

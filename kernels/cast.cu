@@ -26,15 +26,6 @@ using ampkit::Split;
 // depend on where the repository is checked out.
 namespace cast_detail {
 
-__device__ __forceinline__ __half f32_to_f16(float x) {
-    uint32_t bits = __float_as_uint(x);
-    if ((bits & 0x7FFFFFFFu) > 0x7F800000u) {  // NaN: keep sign and payload, force quiet
-        uint16_t h = uint16_t(((bits >> 16) & 0x8000u) | 0x7E00u | ((bits >> 13) & 0x03FFu));
-        return __ushort_as_half(h);
-    }
-    return __float2half_rn(x);
-}
-
 __device__ __forceinline__ float f16_to_f32(__half h) {
     uint32_t bits = __half_as_ushort(h);
     if ((bits & 0x7FFFu) > 0x7C00u) {  // NaN
@@ -46,7 +37,7 @@ __device__ __forceinline__ float f16_to_f32(__half h) {
 template <typename Src, typename Dst>
 __device__ __forceinline__ Dst convert(Src x);
 template <>
-__device__ __forceinline__ __half convert<float, __half>(float x) { return f32_to_f16(x); }
+__device__ __forceinline__ __half convert<float, __half>(float x) { return ampkit::f32_to_f16_exact(x); }
 template <>
 __device__ __forceinline__ float convert<__half, float>(__half x) { return f16_to_f32(x); }
 

@@ -46,4 +46,15 @@ static __device__ __forceinline__ size_t grid_threads() {
     return size_t(gridDim.x) * blockDim.x;
 }
 
+// f32 -> f16 rounded to nearest even, bit-exact with the host's `half::f16::from_f32`: a NaN keeps
+// its sign and top payload bits with the quiet bit forced (sign | 0x7E00 | payload >> 13), which
+// cvt.rn.f16.f32 does not promise (it may return the canonical 0x7FFF), so NaNs take their own path.
+static __device__ __forceinline__ __half f32_to_f16_exact(float x) {
+    const uint32_t bits = __float_as_uint(x);
+    if ((bits & 0x7FFFFFFFu) > 0x7F800000u) {
+        return __ushort_as_half(uint16_t(((bits >> 16) & 0x8000u) | 0x7E00u | ((bits >> 13) & 0x03FFu)));
+    }
+    return __float2half_rn(x);
+}
+
 }  // namespace ampkit
