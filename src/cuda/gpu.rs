@@ -300,6 +300,18 @@ impl Gpu {
         })
     }
 
+    /// See [`ContextModules::outside_captures`]: runs `f` while no CUDA-graph capture is in
+    /// progress on this context (at once on a capturing thread).
+    pub(crate) fn outside_captures<R>(&self, what: &str, f: impl FnOnce() -> R) -> Result<R> {
+        self.modules.outside_captures(what, f)
+    }
+
+    /// The context's capture gate, for an object that must reach it when it is dropped
+    /// ([`crate::ops::blas::Blas`]).
+    pub(crate) fn context_gate(&self) -> Arc<ContextModules> {
+        self.modules.clone()
+    }
+
     /// What this device is.
     pub fn info(&self) -> &GpuInfo {
         &self.info

@@ -22,7 +22,7 @@
 
 mod gpu;
 mod launch;
-mod modules;
+pub(crate) mod modules;
 mod timer;
 
 pub use gpu::{Gpu, GpuInfo};

@@ -172,7 +172,7 @@ impl ContextModules {
                 ),
             });
         }
-        let _exclusive = self.exclusive(module)?;
+        let _exclusive = self.exclusive(&format!("kernel module `{}`", module.name))?;
         if let Some(l) = self.cached(module) {
             return Ok(l); // another thread loaded it while this one waited
         }
@@ -201,7 +201,7 @@ impl ContextModules {
     /// so this polls rather than blocks: a capture that never ends (its thread waits on a lock
     /// this thread holds, e.g. when it captures on a handle other threads use too) becomes an
     /// error here after [`LOAD_WAIT`] instead of a deadlock.
-    fn exclusive(&self, module: &KernelModule) -> Result<std::sync::RwLockWriteGuard<'_, ()>> {
+    fn exclusive(&self, what: &str) -> Result<std::sync::RwLockWriteGuard<'_, ()>> {
         let start = std::time::Instant::now();
         loop {
             match self.gate.try_write() {
@@ -214,16 +214,32 @@ impl ContextModules {
                     return Err(Error::InvalidArgument {
                         op: "cuda::Gpu::load_module",
                         detail: format!(
-                            "kernel module `{}` waited {} s for CUDA-graph captures on this \
-                             context to end: capture on a handle no other thread uses \
-                             (Gpu::fork), or load the module before capturing",
-                            module.name,
+                            "{what} waited {} s for CUDA-graph captures on this context to \
+                             end: capture on a handle no other thread uses (Gpu::fork), or \
+                             load modules and create cuBLAS handles before capturing",
                             LOAD_WAIT.as_secs()
                         ),
                     })
                 }
             }
         }
+    }
+
+    /// Runs `f`, which may synchronise the whole context or load code into it (creating or
+    /// destroying a cuBLAS handle, whose destruction synchronises the context and frees memory
+    /// synchronously; a cuBLAS GEMM, whose kernels load on first launch), while no CUDA-graph
+    /// capture is in progress on the context: the driver crashed (H100, driver 580) when
+    /// `cublasDestroy` synchronised the context while other threads captured and instantiated
+    /// graphs. On a thread that is capturing itself, `f` runs at once (its own capture holds the
+    /// gate shared, so waiting would deadlock; what it queues joins its graph).
+    ///
+    /// Errors: [`Error::InvalidArgument`] after waiting [`LOAD_WAIT`] for captures to end.
+    pub(crate) fn outside_captures<R>(&self, what: &str, f: impl FnOnce() -> R) -> Result<R> {
+        if capturing() {
+            return Ok(f());
+        }
+        let _exclusive = self.exclusive(what)?;
+        Ok(f())
     }
 
     /// SASS built for this device when the module carries some, else (or if the driver refuses

@@ -25,11 +25,33 @@ use half::f16;
 use std::ffi::c_void;
 
 /// A cuBLAS handle bound to a [`Gpu`]'s stream.
+///
+/// Threads: cuBLAS synchronises the whole context when a handle is destroyed and loads its
+/// kernels on first launch, which crashed the driver while other threads captured CUDA graphs on
+/// the same context. So creating and dropping a `Blas`, and each GEMM on a thread that is not
+/// itself capturing, wait until no capture is in progress on the context (see
+/// [`Gpu::capture`]); a GEMM inside your own capture runs at once (warm it up eagerly first).
 pub struct Blas {
-    handle: CudaBlas,
+    /// `None` only while dropping.
+    handle: Option<CudaBlas>,
+    gate: std::sync::Arc<crate::cuda::modules::ContextModules>,
     /// `ones[i] = 1`, grown on demand: the left factor of the rank-1 update that broadcasts a
     /// bias into C.
     ones: Option<cudarc::driver::CudaSlice<f32>>,
+}
+
+impl Drop for Blas {
+    fn drop(&mut self) {
+        // cublasDestroy synchronises the context: not while another thread captures. If the
+        // captures do not end within the wait, the handle is leaked rather than destroyed.
+        let mut handle = self.handle.take();
+        let destroyed = (self.gate).outside_captures("destroying a cuBLAS handle", || {
+            drop(handle.take());
+        });
+        if destroyed.is_err() {
+            std::mem::forget(handle.take());
+        }
+    }
 }
 
 impl std::fmt::Debug for Blas {
@@ -49,11 +71,22 @@ impl Blas {
     /// to the GEMM calls. Errors: [`Error::InvalidArgument`] when cuBLAS cannot be loaded or the
     /// handle cannot be created.
     pub fn new(gpu: &Gpu) -> Result<Blas> {
-        let handle = CudaBlas::new(gpu.stream().clone()).map_err(|e| Error::InvalidArgument {
+        let created = gpu.outside_captures("creating a cuBLAS handle", || {
+            CudaBlas::new(gpu.stream().clone())
+        })?;
+        let handle = created.map_err(|e| Error::InvalidArgument {
             op: "ops::blas::Blas::new",
             detail: format!("creating a cuBLAS handle failed ({e}); is libcublas installed with the driver's CUDA version?"),
         })?;
-        Ok(Blas { handle, ones: None })
+        Ok(Blas {
+            handle: Some(handle),
+            gate: gpu.context_gate(),
+            ones: None,
+        })
+    }
+
+    fn handle(&self) -> cudarc::cublas::sys::cublasHandle_t {
+        *self.handle.as_ref().expect("present until drop").handle()
     }
 
     /// The raw call: `C = alpha·op(A)·op(B) + beta·C` for a row-major shape.
@@ -80,36 +113,41 @@ impl Blas {
                 detail: format!("dimension {v} exceeds cuBLAS's i32 range"),
             })
         };
+        let (ldb, lda, ldc) = (dim(ldb.max(1))?, dim(lda.max(1))?, dim(n.max(1))?);
+        let (n, m, k) = (dim(n)?, dim(m)?, dim(k)?);
+        let handle = self.handle();
         // SAFETY: the callers proved with validate::gemm::gemm that A, B and C hold what the shape
         // addresses with these leading dimensions; alpha and beta are host f32, as
         // CUBLAS_COMPUTE_32F expects in host pointer mode.
-        unsafe {
+        let call = || unsafe {
             cudarc::cublas::result::gemm_ex(
-                *self.handle.handle(),
+                handle,
                 op_b,
                 op_a,
-                dim(n)?,
-                dim(m)?,
-                dim(k)?,
+                n,
+                m,
+                k,
                 &alpha as *const f32 as *const c_void,
                 b.ptr as *const c_void,
                 b.dtype,
-                dim(ldb.max(1))?,
+                ldb,
                 a.ptr as *const c_void,
                 a.dtype,
-                dim(lda.max(1))?,
+                lda,
                 &beta as *const f32 as *const c_void,
                 c.ptr as *mut c_void,
                 c.dtype,
-                dim(n.max(1))?,
+                ldc,
                 cublasComputeType_t::CUBLAS_COMPUTE_32F,
                 cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
-        }
-        .map_err(|e| Error::InvalidArgument {
-            op: "ops::blas",
-            detail: format!("cuBLAS gemm_ex failed: {e}"),
-        })
+        };
+        self.gate
+            .outside_captures("a cuBLAS GEMM", call)?
+            .map_err(|e| Error::InvalidArgument {
+                op: "ops::blas",
+                detail: format!("cuBLAS gemm_ex failed: {e}"),
+            })
     }
 
     /// f16 operands, f32 accumulation, f16 or f32 output: `C = A·B + beta·C` (no bias or ReLU),

@@ -187,7 +187,7 @@ pub(crate) struct Params<'a> {
 /// the last layer's `out_buf`.
 pub(crate) fn forward(
     gpu: &Gpu,
-    blas: &mut Blas,
+    blas: &mut Option<Blas>,
     layers: &mut [Layer],
     p: &Params<'_>,
     x: &View<'_>,
@@ -233,7 +233,7 @@ pub(crate) fn forward(
                 &Epilogue::bias(&bias, false),
                 &mut z.slice_mut(..n),
             )?,
-            (Some(z), false) => blas.gemm_f32(
+            (Some(z), false) => f32_blas(blas)?.gemm_f32(
                 gpu,
                 shape,
                 input.f(),
@@ -250,7 +250,7 @@ pub(crate) fn forward(
                 &Epilogue::bias(&bias, relu_here),
                 &mut layer.out_buf.h(n),
             )?,
-            (None, false) => blas.gemm_f32(
+            (None, false) => f32_blas(blas)?.gemm_f32(
                 gpu,
                 shape,
                 input.f(),
@@ -290,7 +290,7 @@ pub(crate) fn forward(
 /// (scaled) weight and bias gradient into `grads` (and LayerNorm's γ/β gradients).
 pub(crate) fn backward(
     gpu: &Gpu,
-    blas: &mut Blas,
+    blas: &mut Option<Blas>,
     layers: &mut [Layer],
     p: &Params<'_>,
     grads: &mut [DeviceBuffer<f32>],
@@ -399,10 +399,10 @@ pub(crate) fn backward(
                 }
             }
             View::F(dz) => {
-                blas.gemm_f32(gpu, wshape, &dz, input.f(), None, 0.0, gw)?;
+                f32_blas(blas)?.gemm_f32(gpu, wshape, &dz, input.f(), None, 0.0, gw)?;
                 bias_grad(gpu, &dz, b, out, gb)?;
                 if let Some(pg) = prev_grad {
-                    blas.gemm_f32(
+                    f32_blas(blas)?.gemm_f32(
                         gpu,
                         dshape,
                         &dz,
@@ -416,6 +416,16 @@ pub(crate) fn backward(
         }
     }
     Ok(())
+}
+
+/// The cuBLAS handle of the f32 layers: the backend creates one only for a model that has some.
+fn f32_blas(blas: &mut Option<Blas>) -> Result<&mut Blas> {
+    blas.as_mut().ok_or_else(|| crate::Error::InvalidArgument {
+        op: "train::GpuBackend",
+        detail: "an f32 layer without a cuBLAS handle (the backend creates one when the model \
+                 has f32 layers)"
+            .into(),
+    })
 }
 
 /// Two distinct elements of a slice, mutably (`i < j`).
