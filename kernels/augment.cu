@@ -10,6 +10,12 @@
 // Numerics (bit-exact with src/cpu/augment.rs): every value is copied, never computed; the f16
 //   output rounds the f32 to nearest even and keeps NaN payloads, as half's f16::from_f32 does
 //   (ampkit::f32_to_f16_exact: plain __float2half_rn returns a canonical NaN).
+// Batch mode (augment_batch_f32/f16, the training step's own input stage): the same gather for
+//   `n` samples starting at sample cursor[1] of the epoch's plan, which the step's bookkeeping
+//   kernel (scaler.cu: record_step) advances on the device, so a captured CUDA graph stages each
+//   replay's batch with no host call; labels_out[i] = labels[order[first + i]]. A cursor that
+//   would read past the plan's plan_len samples (bookkeeping gone wrong) poisons the batch: NaN
+//   inputs, labels 0xFFFFFFFF.
 // Launch: 1-D grid-stride over n·inputs output elements, 256 threads, grid capped by the host at
 //   a wave of resident blocks; consecutive threads write consecutive pixels of one sample, so the
 //   stores are coalesced and the shifted loads stay within one image row (L1/L2 hits).
@@ -51,6 +57,31 @@ __device__ __forceinline__ void gather(const float* __restrict__ images,
     }
 }
 
+template <typename T>
+__device__ __forceinline__ void batch(const float* __restrict__ images,
+                                      const unsigned* __restrict__ labels,
+                                      const unsigned* __restrict__ order,
+                                      const int* __restrict__ shifts, const unsigned* cursor,
+                                      T* __restrict__ out, unsigned* __restrict__ labels_out,
+                                      size_t n, size_t plan_len, unsigned inputs, unsigned side,
+                                      unsigned count, float background) {
+    const size_t first = cursor[1];
+    if (first + n > plan_len) {  // the host's bookkeeping went wrong: poison, never read past
+        for (size_t e = ampkit::global_thread(); e < n * inputs; e += ampkit::grid_threads()) {
+            store(out, e, __int_as_float(0x7fc00000));
+            if (e < n) labels_out[e] = 0xFFFFFFFFu;
+        }
+        return;
+    }
+    order += first;
+    shifts += 2 * first;
+    for (size_t i = ampkit::global_thread(); i < n; i += ampkit::grid_threads()) {
+        const unsigned s = order[i];
+        labels_out[i] = s < count ? labels[s] : 0xFFFFFFFFu;
+    }
+    gather<T>(images, order, shifts, out, n, inputs, side, count, background);
+}
+
 }  // namespace augment_detail
 
 #define AUGMENT_GATHER(NAME, T)                                                                  \
@@ -63,3 +94,16 @@ __device__ __forceinline__ void gather(const float* __restrict__ images,
 
 AUGMENT_GATHER(augment_gather_f32, float)
 AUGMENT_GATHER(augment_gather_f16, __half)
+
+#define AUGMENT_BATCH(NAME, T)                                                                   \
+    extern "C" __global__ void __launch_bounds__(256)                                            \
+        NAME(const float* images, const unsigned* labels, const unsigned* order,                 \
+             const int* shifts, const unsigned* cursor, T* out, unsigned* labels_out, size_t n,  \
+             size_t plan_len, unsigned inputs, unsigned side, unsigned count,                    \
+             float background) {                                                                 \
+        augment_detail::batch<T>(images, labels, order, shifts, cursor, out, labels_out, n,      \
+                                 plan_len, inputs, side, count, background);                     \
+    }
+
+AUGMENT_BATCH(augment_batch_f32, float)
+AUGMENT_BATCH(augment_batch_f16, __half)

@@ -32,3 +32,23 @@ extern "C" __global__ void update_scale(float* scale, int* tracker, const float*
         }
     }
 }
+
+// record_step — a training step's bookkeeping, the last kernel of the step (captured with it in a
+// CUDA graph, so a replay needs no host call): appends (loss, scale, found_inf) at record
+// cursor[0] of `records` (capacity records; the host sizes the buffer and reads cursor[0] records
+// back before it fills) and advances cursor[0] by one and the epoch's sample cursor[1] by
+// `advance` (the step's batch: where augment.cu's batch gather starts the next step).
+// Run it before update_scale: the record holds the scale the step ran with.
+// Launch: 1 block of 1 thread.
+extern "C" __global__ void record_step(const float* loss, const float* scale,
+                                       const float* found_inf, float* records, unsigned* cursor,
+                                       unsigned capacity, unsigned advance) {
+    const unsigned i = cursor[0];
+    if (i < capacity) {
+        records[3 * size_t(i)] = *loss;
+        records[3 * size_t(i) + 1] = *scale;
+        records[3 * size_t(i) + 2] = *found_inf;
+    }
+    cursor[0] = i + 1;
+    cursor[1] += advance;
+}

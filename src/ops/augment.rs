@@ -7,8 +7,8 @@
 //! [`Gpu::stream`] and nothing synchronises. With the images uploaded once, a training step (or an
 //! epoch) needs only its indices and shifts from the host.
 
-use crate::cuda::{Gpu, KernelArgs};
-use crate::error::Result;
+use crate::cuda::{DeviceBuffer, Gpu, KernelArgs};
+use crate::error::{Error, Result};
 use crate::kernels;
 use crate::ops::plan::{elementwise_launch, vector_plan, Operand};
 use crate::validate;
@@ -26,14 +26,19 @@ pub trait AugmentOutput: DeviceRepr + sealed::Sealed {
     /// The kernel that writes this type.
     #[doc(hidden)]
     const KERNEL: &'static str;
+    /// Its batch-mode twin (the training step's input stage).
+    #[doc(hidden)]
+    const BATCH_KERNEL: &'static str;
 }
 
 impl AugmentOutput for f32 {
     const KERNEL: &'static str = "augment_gather_f32";
+    const BATCH_KERNEL: &'static str = "augment_batch_f32";
 }
 
 impl AugmentOutput for f16 {
     const KERNEL: &'static str = "augment_gather_f16";
+    const BATCH_KERNEL: &'static str = "augment_batch_f16";
 }
 
 /// Writes `out[i] =` image `order[i]` of `images` shifted by `(shifts[2i], shifts[2i + 1])`, the
@@ -100,4 +105,113 @@ pub fn gather_shifted<T: AugmentOutput>(
     // index below count, and only pixels inside its grid. Every pointer is element-aligned
     // (vector_plan) and its guard outlives the launch.
     unsafe { gpu.launch(&kernels::AUGMENT, T::KERNEL, cfg, &args) }
+}
+
+/// An epoch's plan over a dataset resident on the GPU: what the training step's input stage
+/// ([`gather_batch`]) reads.
+pub(crate) struct EpochSource<'a> {
+    /// `count·inputs` f32 values: the whole training set.
+    pub images: &'a DeviceBuffer<f32>,
+    /// `count` labels.
+    pub labels: &'a DeviceBuffer<u32>,
+    /// At least `plan_len` image indices, in the epoch's order (each below `count`).
+    pub order: &'a DeviceBuffer<u32>,
+    /// At least `2·plan_len` shifts when `side ≠ 0` (not read otherwise).
+    pub shifts: &'a DeviceBuffer<i32>,
+    /// Samples in the epoch.
+    pub plan_len: usize,
+    /// Values per image.
+    pub inputs: usize,
+    /// The image side to shift on, or 0.
+    pub side: usize,
+    /// The uncovered border's value.
+    pub background: f32,
+}
+
+/// The training step's input stage: `n` samples of `src`'s epoch from sample `cursor[1]` (a
+/// device value, advanced by the step's bookkeeping kernel, [`crate::ops::scaler::record_step`],
+/// so a CUDA graph replays it unchanged), gathered and shifted like [`gather_shifted`] into `out`
+/// and their labels into `labels_out`. A cursor past `plan_len − n` poisons the batch (NaN
+/// inputs, labels `u32::MAX`) instead of reading past the plan.
+///
+/// Errors, before any launch: [`crate::Error::ShapeMismatch`] when a buffer is shorter than the
+/// shapes say or `n` exceeds `plan_len`.
+pub(crate) fn gather_batch<T: AugmentOutput>(
+    gpu: &Gpu,
+    src: &EpochSource<'_>,
+    cursor: &DeviceBuffer<u32>,
+    out: &mut impl DevicePtrMut<T>,
+    labels_out: &mut impl DevicePtrMut<u32>,
+    n: usize,
+) -> Result<()> {
+    const OP: &str = "ops::augment::gather_batch";
+    let count = src.labels.len();
+    let shifts_needed = if src.side == 0 { 0 } else { 2 * src.plan_len };
+    let (inputs, side) = (src.inputs, src.side);
+    validate::augment::check(OP, inputs, side, [src.images.len(), n, 2 * n, n * inputs])?;
+    for (what, have, need) in [
+        ("images", src.images.len(), count * inputs),
+        ("order", src.order.len(), src.plan_len),
+        ("shifts", src.shifts.len(), shifts_needed),
+        ("cursor", cursor.len(), 2),
+        ("out", out.len(), n * inputs),
+        ("labels_out", labels_out.len(), n),
+        ("plan", src.plan_len, n),
+    ] {
+        if have < need {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                detail: format!("{what} holds {have} values where {need} are needed"),
+            });
+        }
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    let stream = gpu.stream();
+    let (out_ptr, _g1) = out.device_ptr_mut(stream);
+    let (labels_out_ptr, _g2) = labels_out.device_ptr_mut(stream);
+    let plan = vector_plan(
+        OP,
+        &[
+            Operand {
+                addr: out_ptr,
+                elem_bytes: std::mem::size_of::<T>(),
+            },
+            Operand {
+                addr: labels_out_ptr,
+                elem_bytes: 4,
+            },
+        ],
+        &[1],
+    )?;
+    let (images_ptr, _g3) = src.images.device_ptr(stream);
+    let (labels_ptr, _g4) = src.labels.device_ptr(stream);
+    let (order_ptr, _g5) = src.order.device_ptr(stream);
+    let (shifts_ptr, _g6) = src.shifts.device_ptr(stream);
+    let (cursor_ptr, _g7) = cursor.device_ptr(stream);
+    let mut args = KernelArgs::new();
+    args.push(images_ptr)
+        .push(labels_ptr)
+        .push(order_ptr)
+        .push(shifts_ptr)
+        .push(cursor_ptr)
+        .push(out_ptr)
+        .push(labels_out_ptr);
+    args.push(n)
+        .push(src.plan_len)
+        .push(inputs as u32)
+        .push(side as u32)
+        .push(count as u32)
+        .push(src.background);
+    let cfg = elementwise_launch(gpu, n * inputs, plan);
+    // SAFETY: augment_batch_{f32,f16}(const float* images, const unsigned* labels, const unsigned*
+    // order, const int* shifts, const unsigned* cursor, T* out, unsigned* labels_out, size_t n,
+    // size_t plan_len, unsigned inputs, unsigned side, unsigned count, float background) matches,
+    // T being the kernel's output type. The checks above proved every buffer at least as long as
+    // the kernel reads or writes given cursor[1] + n <= plan_len, which the kernel itself checks
+    // (poisoning the batch otherwise); images are read only below count, shifts only when side is
+    // not 0. The buffers are whole allocations (element-aligned) or were checked by vector_plan,
+    // and their guards live past the launch.
+    unsafe { gpu.launch(&kernels::AUGMENT, T::BATCH_KERNEL, cfg, &args) }
 }

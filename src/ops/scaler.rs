@@ -65,3 +65,67 @@ pub fn update_scale(
         )
     }
 }
+
+/// A training step's bookkeeping on the device (`record_step` in `kernels/scaler.cu`): appends
+/// `(loss, scale, found_inf)` as record `cursor[0]` of `records` (three f32 per record; nothing is
+/// written once the buffer is full, but the cursor still counts), then advances `cursor[0]` by
+/// one and the epoch's sample cursor `cursor[1]` by `advance` (the step's batch, where
+/// [`crate::ops::augment::gather_batch`] starts the next step). Queue it before
+/// [`update_scale`], so the record holds the scale the step ran with.
+///
+/// Errors, before any launch: [`Error::ShapeMismatch`] unless `loss`, `scale` and `found_inf`
+/// hold one value, `cursor` two and `records` a multiple of three.
+pub(crate) fn record_step(
+    gpu: &Gpu,
+    [loss, scale, found_inf]: [&crate::cuda::DeviceBuffer<f32>; 3],
+    records: &mut crate::cuda::DeviceBuffer<f32>,
+    cursor: &mut crate::cuda::DeviceBuffer<u32>,
+    advance: usize,
+) -> Result<()> {
+    const OP: &str = "ops::scaler::record_step";
+    let ok = loss.len() == 1
+        && scale.len() == 1
+        && found_inf.len() == 1
+        && cursor.len() == 2
+        && records.len() % 3 == 0;
+    if !ok {
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            detail: format!(
+                "loss, scale and found_inf must be one value ({}, {}, {}), cursor two ({}), \
+                 records a multiple of three ({})",
+                loss.len(),
+                scale.len(),
+                found_inf.len(),
+                cursor.len(),
+                records.len()
+            ),
+        });
+    }
+    let capacity = u32::try_from(records.len() / 3).unwrap_or(u32::MAX);
+    let advance = u32::try_from(advance).map_err(|_| Error::InvalidArgument {
+        op: OP,
+        detail: format!("a batch of {advance} samples exceeds u32"),
+    })?;
+    let stream = gpu.stream();
+    let (l, _g1) = loss.device_ptr(stream);
+    let (s, _g2) = scale.device_ptr(stream);
+    let (f, _g3) = found_inf.device_ptr(stream);
+    let (r, _g4) = records.device_ptr_mut(stream);
+    let (c, _g5) = cursor.device_ptr_mut(stream);
+    let mut args = KernelArgs::new();
+    args.push(l).push(s).push(f).push(r).push(c);
+    args.push(capacity).push(advance);
+    // SAFETY: record_step(const float* loss, const float* scale, const float* found_inf, float*
+    // records, unsigned* cursor, unsigned capacity, unsigned advance) matches in order and type;
+    // the three inputs hold one value, cursor two, and records 3·capacity values, which the
+    // kernel never writes past.
+    unsafe {
+        gpu.launch(
+            &kernels::SCALER,
+            "record_step",
+            LaunchConfig::linear(1, 1),
+            &args,
+        )
+    }
+}

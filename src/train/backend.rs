@@ -72,6 +72,41 @@ pub trait Backend {
     /// `[n, inputs]` in [0, 1], `labels` has `n` entries.
     fn load_epoch(&mut self, images: &[f32], labels: &[u32]) -> Result<()>;
 
+    /// Keeps the training set (`images` `[n, inputs]`, `labels`) where the backend computes,
+    /// for [`Backend::load_epoch_plan`], which then assembles each epoch there: the GPU keeps it
+    /// in device memory and gathers every batch on the device. Returns `false` when the backend
+    /// keeps no dataset (the default): assemble epochs yourself and call
+    /// [`Backend::load_epoch`]. Errors: as `load_epoch`'s checks, and an empty set.
+    fn keep_dataset(&mut self, images: &[f32], labels: &[u32]) -> Result<bool> {
+        let _ = (images, labels);
+        Ok(false)
+    }
+
+    /// Loads an epoch of the kept dataset ([`Backend::keep_dataset`]): sample `i` is image
+    /// `order[i]` shifted by `(shifts[2i], shifts[2i + 1])` pixels on its `side × side` grid
+    /// (`side` 0: no shift, `shifts` unread), the uncovered border `background`, with label
+    /// `labels[order[i]]`: bit for bit the samples that
+    /// [`crate::cpu::augment::gather_shifted`] makes of the same arguments.
+    ///
+    /// Errors: [`crate::Error::InvalidArgument`] when no dataset is kept (always, for a backend
+    /// that keeps none), an index is past it, or `side` is neither 0 nor the images' side;
+    /// [`crate::Error::ShapeMismatch`] for a `shifts` that is not two values per sample.
+    fn load_epoch_plan(
+        &mut self,
+        order: &[u32],
+        shifts: &[i32],
+        side: usize,
+        background: f32,
+    ) -> Result<()> {
+        let _ = (order, shifts, side, background);
+        Err(crate::Error::InvalidArgument {
+            op: "train::Backend::load_epoch_plan",
+            detail: "this backend keeps no dataset (keep_dataset returned false): assemble the \
+                     epoch and call load_epoch"
+                .into(),
+        })
+    }
+
     /// One step on samples `first..first + batch` of the loaded epoch: forward, scaled
     /// backward, unscale + inf check, optimizer (skipped on inf/NaN), scale update.
     fn step(&mut self, first: usize, batch: usize) -> Result<()>;

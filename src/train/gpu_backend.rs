@@ -4,9 +4,14 @@
 //! (the loss scale read from the [`GradScaler`]'s device buffer), per-layer backward
 //! (ReLU/LayerNorm backward, f32 weight gradient, bias gradient, f16 data gradient), then
 //! [`GradScaler::step`] (one multi-tensor unscale + inf check, one fused optimizer launch that
-//! skips itself on inf/NaN) and [`GradScaler::update`] (the device-side scale update), and three
-//! 4-byte device-to-device copies that append (loss, scale, found_inf) to a record buffer the
-//! host reads back in [`Backend::take_records`].
+//! skips itself on inf/NaN), the step's bookkeeping kernel (appends (loss, scale, found_inf) to
+//! a record buffer the host reads back in [`Backend::take_records`], and advances the epoch's
+//! sample cursor) and [`GradScaler::update`] (the device-side scale update).
+//!
+//! The step's inputs come from the training set resident on the device: each step starts with
+//! one kernel that gathers (and shifts, and casts to f16) its batch from the epoch's plan at the
+//! device-side cursor ([`Backend::keep_dataset`], [`Backend::load_epoch_plan`]; `load_epoch`'s
+//! images take the same path), so a CUDA-graph step is one graph launch and nothing else.
 //!
 //! The backend runs on a stream of its own ([`Gpu::fork`] of the handle it is given), so other
 //! threads' work on that handle never enters its steps or the CUDA graph it captures, and its
@@ -20,6 +25,7 @@ use super::cpu_backend::{
     check_batch, check_params, check_samples, count_correct, export_state, import_dicts,
     layer_params,
 };
+use super::gpu_data::EpochData;
 use super::gpu_layers::{self, Buf, Layer, Params, View};
 use super::{config::TrainConfig, memory};
 use crate::amp::GradScaler;
@@ -32,8 +38,9 @@ use crate::error::{Error, Result};
 use crate::nn::{init_parameters, MlpConfig, Tensor};
 use crate::ops::blas::Blas;
 use crate::ops::cross_entropy::{softmax_cross_entropy, Grad, Logit};
+use crate::ops::{augment, scaler};
 use crate::optim::{self, base_lr, GpuParam, Optimizer};
-use cudarc::driver::CudaGraph;
+use cudarc::driver::{CudaGraph, DevicePtr};
 use half::f16;
 use std::sync::Arc;
 
@@ -45,7 +52,8 @@ pub struct GpuBackend {
     gpu: Arc<Gpu>,
     cfg: MlpConfig,
     layers: Vec<Layer>,
-    blas: Blas,
+    /// cuBLAS, for f32 layers only (none for an all-f16 model).
+    blas: Option<Blas>,
     opt: OptimizerConfig,
     schedule: LrSchedule,
     batch_cap: usize,
@@ -59,20 +67,24 @@ pub struct GpuBackend {
     /// Real optimizer steps as of the last record read-back (the host's copy of the device
     /// counter, advanced from the records' skip flags).
     real_steps: u64,
-    /// The scale the last step ran with (copied before the update, for its record).
-    scale_used: DeviceBuffer<f32>,
     loss: DeviceBuffer<f32>,
     records: DeviceBuffer<f32>,
+    /// Steps recorded on the device since the last read-back (the host's copy of `cursor[0]`).
     pending: usize,
-    /// The epoch's inputs, in layer 0's dtype.
-    epoch_x: Buf,
-    epoch_y: DeviceBuffer<u32>,
-    epoch_len: usize,
+    /// `[records written, the epoch's next sample]`, advanced by the step's bookkeeping kernel.
+    cursor: DeviceBuffer<u32>,
+    /// The host's copy of `cursor[1]`.
+    next_first: usize,
+    /// The training set on the device and the epoch's plan.
+    data: EpochData,
+    /// The step's batch, gathered by its first kernel, in layer 0's dtype, and its labels.
+    batch_x: Buf,
+    batch_y: DeviceBuffer<u32>,
     graph: GraphState,
 }
 
-/// CUDA-graph mode: full batches are staged into fixed buffers and the whole step (≈20 launches)
-/// replays as one graph, captured on the second full step.
+/// CUDA-graph mode: a full batch's whole step (its input gather included) replays as one graph,
+/// captured on the second full step.
 struct GraphState {
     enabled: bool,
     /// One full step has run eagerly (modules loaded, scratch sized).
@@ -80,9 +92,9 @@ struct GraphState {
     exec: Option<CudaGraph>,
     /// The scratch generation the graph was captured with.
     scratch: u64,
-    /// The staged batch, in layer 0's dtype, and its labels.
-    x: Buf,
-    y: DeviceBuffer<u32>,
+    /// The data's [`EpochData::signature`] and the record buffer's address it was captured
+    /// with.
+    data: ([u64; 7], u64),
 }
 
 fn unsupported(detail: String) -> Error {
@@ -131,7 +143,10 @@ impl GpuBackend {
         let mut optimizer = optim::for_config(&Device::Cuda(gpu.clone()), &opt, &lens)?;
         optimizer.set_schedule(schedule)?;
         let layers = gpu_layers::build(&gpu, cfg, &layer_params(cfg), batch)?;
-        let blas = Blas::new(&gpu)?;
+        let blas = (0..cfg.linear_count())
+            .any(|l| !cfg.half_layer(l))
+            .then(|| Blas::new(&gpu))
+            .transpose()?;
         Ok(GpuBackend {
             cfg: cfg.clone(),
             layers,
@@ -145,20 +160,20 @@ impl GpuBackend {
             optimizer,
             scaler: GradScaler::new(&gpu, loss_scale)?,
             real_steps: 0,
-            scale_used: gpu.alloc_zeros(1)?,
             loss: gpu.alloc_zeros(1)?,
             records: gpu.alloc_zeros(RECORD)?,
             pending: 0,
-            epoch_x: Buf::F(gpu.alloc_zeros(1)?),
-            epoch_y: gpu.alloc_zeros(1)?,
-            epoch_len: 0,
+            cursor: gpu.alloc_zeros(2)?,
+            next_first: 0,
+            data: EpochData::empty(&gpu)?,
+            batch_x: Buf::new(&gpu, cfg.half_layer(0), batch * cfg.inputs())?,
+            batch_y: gpu.alloc_zeros(batch)?,
             graph: GraphState {
                 enabled: cuda_graph,
                 warm: false,
                 exec: None,
                 scratch: 0,
-                x: Buf::new(&gpu, cfg.half_layer(0), batch * cfg.inputs())?,
-                y: gpu.alloc_zeros(batch)?,
+                data: ([0; 7], 0),
             },
             gpu,
         })
@@ -196,20 +211,33 @@ impl GpuBackend {
         })
     }
 
-    /// Appends (loss, scale, found_inf) of the step to the record buffer (sized in
-    /// [`Backend::load_epoch`] for a whole epoch, so a step never allocates).
-    fn record(&mut self) -> Result<()> {
-        let stream = self.gpu.stream();
-        let at = self.pending * RECORD;
-        let copy = |src: &DeviceBuffer<f32>, dst: &mut DeviceBuffer<f32>, i: usize| {
-            stream
-                .memcpy_dtod(&src.slice(0..1), &mut dst.slice_mut(at + i..at + i + 1))
-                .map_err(Error::driver("recording a step"))
-        };
-        copy(&self.loss, &mut self.records, 0)?;
-        copy(&self.scale_used, &mut self.records, 1)?;
-        copy(self.scaler.found_inf(), &mut self.records, 2)?;
-        self.pending += 1;
+    /// What a captured step depends on besides the scratch buffer: see [`GraphState::data`].
+    fn captured_with(&self) -> ([u64; 7], u64) {
+        let records = self.records.device_ptr(self.gpu.stream()).0;
+        (self.data.signature(&self.gpu), records)
+    }
+
+    /// After an epoch is loaded: the step cursor back to its first sample, and room in the
+    /// record buffer for every step of the epoch (at most one per sample) plus the unread ones.
+    fn epoch_loaded(&mut self) -> Result<()> {
+        let stream = self.gpu.stream().clone();
+        stream
+            .memcpy_htod(&[0u32], &mut self.cursor.slice_mut(1..2))
+            .map_err(Error::driver("resetting the epoch's sample cursor"))?;
+        self.next_first = 0;
+        let need = (self.pending + self.data.len()) * RECORD;
+        if self.records.len() < need {
+            let mut bigger = self.gpu.alloc_zeros::<f32>(need)?;
+            if self.pending > 0 {
+                stream
+                    .memcpy_dtod(
+                        &self.records.slice(..self.pending * RECORD),
+                        &mut bigger.slice_mut(..self.pending * RECORD),
+                    )
+                    .map_err(Error::driver("growing the step records"))?;
+            }
+            self.records = bigger; // a graph captured over the old one recaptures
+        }
         Ok(())
     }
 }
@@ -254,35 +282,30 @@ impl Backend for GpuBackend {
     }
 
     fn load_epoch(&mut self, images: &[f32], labels: &[u32]) -> Result<()> {
-        check_samples("train::GpuBackend::load_epoch", &self.cfg, images, labels)?;
-        self.epoch_x = self.upload_inputs(images)?;
-        if self.epoch_y.len() < labels.len().max(1) {
-            self.epoch_y = self.gpu.alloc_zeros(labels.len().max(1))?;
-        }
-        let stream = self.gpu.stream();
-        stream
-            .memcpy_htod(labels, &mut self.epoch_y.slice_mut(..labels.len()))
-            .map_err(Error::driver("uploading the epoch's labels"))?;
-        self.epoch_len = labels.len();
-        // Room for every step of the epoch (at most one per sample) plus what is still unread.
-        let need = (self.pending + labels.len()) * RECORD;
-        if self.records.len() < need {
-            let mut bigger = self.gpu.alloc_zeros::<f32>(need)?;
-            if self.pending > 0 {
-                stream
-                    .memcpy_dtod(
-                        &self.records.slice(..self.pending * RECORD),
-                        &mut bigger.slice_mut(..self.pending * RECORD),
-                    )
-                    .map_err(Error::driver("growing the step records"))?;
-            }
-            self.records = bigger;
-        }
-        Ok(())
+        self.data.load(&self.gpu, &self.cfg, images, labels)?;
+        self.epoch_loaded()
+    }
+
+    fn keep_dataset(&mut self, images: &[f32], labels: &[u32]) -> Result<bool> {
+        self.data.keep(&self.gpu, &self.cfg, images, labels)?;
+        Ok(true)
+    }
+
+    fn load_epoch_plan(
+        &mut self,
+        order: &[u32],
+        shifts: &[i32],
+        side: usize,
+        background: f32,
+    ) -> Result<()> {
+        let inputs = self.cfg.inputs();
+        self.data
+            .plan(&self.gpu, inputs, order, shifts, side, background)?;
+        self.epoch_loaded()
     }
 
     fn step(&mut self, first: usize, batch: usize) -> Result<()> {
-        check_batch("train::GpuBackend::step", first, batch, self.epoch_len)?;
+        check_batch("train::GpuBackend::step", first, batch, self.data.len())?;
         if batch > self.batch_cap {
             return Err(unsupported(format!(
                 "batch {batch} exceeds the {} the backend was built for",
@@ -295,62 +318,57 @@ impl Backend for GpuBackend {
                 self.pending
             )));
         }
+        if first != self.next_first {
+            // Not where the last step left the device cursor (a resumed epoch, or steps out of
+            // order): move it.
+            let at = u32::try_from(first).map_err(|_| unsupported(format!("sample {first}")))?;
+            (self.gpu.stream())
+                .memcpy_htod(&[at], &mut self.cursor.slice_mut(1..2))
+                .map_err(Error::driver("moving the epoch's sample cursor"))?;
+        }
         let graphable = self.graph.enabled && batch == self.batch_cap && !self.gpu.sync_launches();
         if !graphable {
-            self.step_body(Input::Epoch(first), batch)?;
-            return self.record();
-        }
-        // Graph mode: stage the batch in fixed buffers, then replay (or capture) the step.
-        let inputs = self.cfg.inputs();
-        let stream = self.gpu.stream().clone();
-        let (xs, ys) = (first * inputs, batch * inputs);
-        match (&self.epoch_x, &mut self.graph.x) {
-            (Buf::H(src), Buf::H(dst)) => {
-                stream.memcpy_dtod(&src.slice(xs..xs + ys), &mut dst.slice_mut(..ys))
-            }
-            (Buf::F(src), Buf::F(dst)) => {
-                stream.memcpy_dtod(&src.slice(xs..xs + ys), &mut dst.slice_mut(..ys))
-            }
-            _ => unreachable!("both hold layer 0's dtype"),
-        }
-        .map_err(Error::driver("staging the batch for the CUDA graph"))?;
-        stream
-            .memcpy_dtod(
-                &self.epoch_y.slice(first..first + batch),
-                &mut self.graph.y.slice_mut(..batch),
-            )
-            .map_err(Error::driver("staging the labels for the CUDA graph"))?;
-        if self.graph.scratch != self.gpu.scratch_generation() {
-            // The shared scratch buffer moved since the capture: capture again.
-            self.graph.exec = None;
-        }
-        if let Some(g) = &self.graph.exec {
-            g.launch()
-                .map_err(Error::driver("replaying the step's CUDA graph"))?;
-        } else if !self.graph.warm {
-            // The first full step runs eagerly: it loads every module and sizes the scratch
-            // buffer, so the capture allocates nothing.
-            self.step_body(Input::Staged, batch)?;
-            self.graph.warm = true;
+            self.step_body(batch)?;
         } else {
-            let gpu = self.gpu.clone();
-            match gpu.capture(|_| self.step_body(Input::Staged, batch)) {
-                Ok(((), g)) => {
-                    self.graph.scratch = self.gpu.scratch_generation();
-                    g.launch()
-                        .map_err(Error::driver("launching the step's CUDA graph"))?;
-                    self.graph.exec = Some(g);
-                }
-                Err(_) => {
-                    // Something in the step cannot be captured: nothing it queued ran, so run
-                    // it eagerly from now on (bit-identical, only slower).
-                    self.graph.enabled = false;
-                    self.scaler.restart_step();
-                    self.step_body(Input::Staged, batch)?;
+            let captured_with = self.captured_with();
+            if self.graph.scratch != self.gpu.scratch_generation()
+                || self.graph.data != captured_with
+            {
+                // The scratch buffer, the data or the records moved, or the plan changed, since
+                // the capture: capture again.
+                self.graph.exec = None;
+            }
+            if let Some(g) = &self.graph.exec {
+                g.launch()
+                    .map_err(Error::driver("replaying the step's CUDA graph"))?;
+            } else if !self.graph.warm {
+                // The first full step runs eagerly: it loads every module and sizes the scratch
+                // buffer, so the capture allocates nothing.
+                self.step_body(batch)?;
+                self.graph.warm = true;
+            } else {
+                let gpu = self.gpu.clone();
+                match gpu.capture(|_| self.step_body(batch)) {
+                    Ok(((), g)) => {
+                        self.graph.scratch = self.gpu.scratch_generation();
+                        self.graph.data = captured_with;
+                        g.launch()
+                            .map_err(Error::driver("launching the step's CUDA graph"))?;
+                        self.graph.exec = Some(g);
+                    }
+                    Err(_) => {
+                        // Something in the step cannot be captured: nothing it queued ran, so
+                        // run it eagerly from now on (bit-identical, only slower).
+                        self.graph.enabled = false;
+                        self.scaler.restart_step();
+                        self.step_body(batch)?;
+                    }
                 }
             }
         }
-        self.record()
+        self.pending += 1;
+        self.next_first = first + batch;
+        Ok(())
     }
 
     fn take_records(&mut self) -> Result<Vec<StepRecord>> {
@@ -378,33 +396,39 @@ impl Backend for GpuBackend {
     }
 }
 
-/// Where a step's batch comes from.
-#[derive(Clone, Copy)]
-enum Input {
-    /// The loaded epoch, from this sample on.
-    Epoch(usize),
-    /// The fixed staging buffers of graph mode.
-    Staged,
-}
-
 impl GpuBackend {
-    /// One AMP step: forward, loss at the scaler's scale, backward, then the scaler's step
-    /// (unscale + inf check, optimizer) and update. No host synchronisation and no allocation
-    /// once warm, so it can be captured in a CUDA graph.
-    fn step_body(&mut self, input: Input, batch: usize) -> Result<()> {
+    /// One AMP step on the `batch` samples at the device's sample cursor: the batch's gather,
+    /// forward, loss at the scaler's scale, backward, the scaler's step (unscale + inf check,
+    /// optimizer), the step's record, the scale update. No host synchronisation and no
+    /// allocation once warm, so it can be captured in a CUDA graph.
+    fn step_body(&mut self, batch: usize) -> Result<()> {
         let (inputs, classes) = (self.cfg.inputs(), self.cfg.classes());
         let gpu_arc = self.gpu.clone();
         let gpu = &*gpu_arc;
-        let (x, labels) = match input {
-            Input::Epoch(first) => (
-                sample_view(&self.epoch_x, first * inputs, batch * inputs),
-                self.epoch_y.slice(first..first + batch),
-            ),
-            Input::Staged => (
-                sample_view(&self.graph.x, 0, batch * inputs),
-                self.graph.y.slice(..batch),
-            ),
-        };
+        let source = self.data.source(inputs);
+        let n = batch * inputs;
+        match &mut self.batch_x {
+            Buf::H(x) => augment::gather_batch(
+                gpu,
+                &source,
+                &self.cursor,
+                &mut x.slice_mut(..n),
+                &mut self.batch_y,
+                batch,
+            )?,
+            Buf::F(x) => augment::gather_batch(
+                gpu,
+                &source,
+                &self.cursor,
+                &mut x.slice_mut(..n),
+                &mut self.batch_y,
+                batch,
+            )?,
+        }
+        let (x, labels) = (
+            sample_view(&self.batch_x, 0, n),
+            self.batch_y.slice(..batch),
+        );
         let params = Params {
             masters: &self.masters,
             halves: &self.halves,
@@ -447,10 +471,14 @@ impl GpuBackend {
             .collect();
         self.scaler.step(&mut *self.optimizer, &mut params)?;
         drop(params);
-        // The scale this step ran with, before the update (for the step's record).
-        gpu.stream()
-            .memcpy_dtod(self.scaler.scale(), &mut self.scale_used)
-            .map_err(Error::driver("keeping the step's scale"))?;
+        // The step's record holds the scale it ran with: before the update.
+        scaler::record_step(
+            gpu,
+            [&self.loss, self.scaler.scale(), self.scaler.found_inf()],
+            &mut self.records,
+            &mut self.cursor,
+            batch,
+        )?;
         self.scaler.update()?;
         Ok(())
     }
@@ -462,6 +490,9 @@ impl GpuBackend {
         let raw = self
             .gpu
             .download(&self.records.slice(..self.pending * RECORD))?;
+        (self.gpu.stream())
+            .memcpy_htod(&[0u32], &mut self.cursor.slice_mut(0..1))
+            .map_err(Error::driver("resetting the record cursor"))?;
         self.pending = 0;
         let base = base_lr(&self.opt);
         Ok(raw

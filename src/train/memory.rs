@@ -94,15 +94,15 @@ pub(crate) fn gpu_model_bytes(cfg: &TrainConfig) -> Option<u64> {
         .checked_add(GPU_SLACK)
 }
 
-/// Device bytes of the data during a GPU run: the epoch's inputs (twice while the next epoch
-/// replaces them), the training set uploaded for the end-of-epoch evaluation, the labels and
-/// the per-step records.
+/// Device bytes of the data during a GPU run: the resident training set (f32, twice while a
+/// replacement is uploaded), the set uploaded for the end-of-epoch evaluation, the labels, the
+/// epoch's plan (an index and two shifts per sample) and the per-step records.
 pub(crate) fn gpu_data_bytes(cfg: &TrainConfig, train_len: usize, test_len: usize) -> Option<u64> {
     let inputs = cfg.model.layers.first().copied().unwrap_or(0) as u64;
     let n = (train_len.max(test_len)) as u64;
     n.checked_mul(inputs)?
         .checked_mul(3 * 4)?
-        .checked_add(n.checked_mul(4 + 12)?)
+        .checked_add(n.checked_mul(4 + 12 + 12)?)
 }
 
 /// Bytes the host can still allocate: `MemAvailable` from `/proc/meminfo`, lowered to the

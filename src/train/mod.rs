@@ -21,6 +21,7 @@ pub mod config;
 pub mod cpu_backend;
 pub mod data;
 pub mod gpu_backend;
+mod gpu_data;
 mod gpu_layers;
 pub(crate) mod health;
 pub mod memory;

@@ -104,12 +104,17 @@ pub(crate) fn epoch_samples(
     ys: &mut [u32],
 ) -> Result<()> {
     let (order, shifts, side) = epoch_plan(cfg, epoch, labels.len());
-    let background = images.iter().copied().fold(f32::INFINITY, f32::min);
+    let background = background(images);
     for (y, &s) in ys.iter_mut().zip(&order) {
         *y = labels[s as usize];
     }
     let inputs = cfg.model.inputs();
     crate::cpu::augment::gather_shifted(images, inputs, side, &order, &shifts, background, xs)
+}
+
+/// The value a shifted image's uncovered border takes: the data's smallest.
+fn background(images: &[f32]) -> f32 {
+    images.iter().copied().fold(f32::INFINITY, f32::min)
 }
 
 /// Mixed into the seed of the augmentation stream, so it differs from the data-order stream.
@@ -193,14 +198,23 @@ fn epochs(
         None => None,
     };
     let mut health = Health::new(&cfg.loss_scale);
-    let inputs = cfg.model.inputs();
-    let mut xs = vec![0f32; n * inputs];
-    let mut ys = vec![0u32; n];
+    // A backend that keeps the training set (the GPU) assembles each epoch itself from its plan;
+    // otherwise the epoch's samples are assembled here. The same bytes either way.
+    let kept = backend.keep_dataset(&train_x, &train_y)?;
+    let border = background(&train_x);
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
     let at_max = |p: &Progress| cfg.max_steps.is_some_and(|m| p.global_step >= m);
     while progress.epoch < cfg.epochs && !at_max(&progress) {
         let epoch = progress.epoch;
-        epoch_samples(cfg, epoch, &train_x, &train_y, &mut xs, &mut ys)?;
-        backend.load_epoch(&xs, &ys)?;
+        if kept {
+            let (order, shifts, side) = epoch_plan(cfg, epoch, n);
+            backend.load_epoch_plan(&order, &shifts, side, border)?;
+        } else {
+            xs.resize(n * cfg.model.inputs(), 0.0);
+            ys.resize(n, 0);
+            epoch_samples(cfg, epoch, &train_x, &train_y, &mut xs, &mut ys)?;
+            backend.load_epoch(&xs, &ys)?;
+        }
         let bar = EpochBar::new(
             out.progress_bar,
             steps_per_epoch as u64,
