@@ -16,9 +16,11 @@
 //   replay's batch with no host call; labels_out[i] = labels[order[first + i]]. A cursor that
 //   would read past the plan's plan_len samples (bookkeeping gone wrong) poisons the batch: NaN
 //   inputs, labels 0xFFFFFFFF.
-// Launch: 1-D grid-stride over n·inputs output elements, 256 threads, grid capped by the host at
-//   a wave of resident blocks; consecutive threads write consecutive pixels of one sample, so the
-//   stores are coalesced and the shifted loads stay within one image row (L1/L2 hits).
+// Launch: 128-thread blocks, samples grid-strided over at most a wave of resident blocks
+//   (host: ops/augment.rs), a sample's pixels over the block's threads; consecutive threads write
+//   consecutive pixels (pairs of them when `pairs`), so the stores coalesce, and the shifted
+//   loads read the same image lines (L1/L2 hits). v1 was one thread per element with a 64-bit
+//   division each, at 49-64 % of a copy (docs/kernels/augment.md).
 // Roofline: writes 4 (f32) or 2 (f16) bytes per element and reads at most 4; MNIST's 8,000-sample
 //   epoch (6.3 M elements) is 50 MB as f32 → ~17 µs at the device copy rate (~2.9 TB/s, H100), a
 //   4096-sample f16 batch (3.2 M elements, 19 MB) ~7 µs.
@@ -31,29 +33,56 @@ __device__ __forceinline__ void store(__half* out, size_t i, float v) {
     out[i] = ampkit::f32_to_f16_exact(v);
 }
 
+// Two neighbouring outputs stored as one 4-byte (f16) or 8-byte (f32) access.
+template <typename T>
+struct Pair;
+template <>
+struct Pair<float> {
+    using type = float2;
+    static __device__ __forceinline__ float2 make(float a, float b) { return make_float2(a, b); }
+};
+template <>
+struct Pair<__half> {
+    using type = __half2;
+    static __device__ __forceinline__ __half2 make(float a, float b) {
+        return __halves2half2(ampkit::f32_to_f16_exact(a), ampkit::f32_to_f16_exact(b));
+    }
+};
+
+// Samples are grid-strided over blocks, a sample's pixels over the block's threads: the image
+// index and shift are read once per sample (broadcast loads), the pixel's row and column need
+// one 32-bit division, and with `pairs` (inputs even, output aligned to two elements) each
+// thread stores two neighbouring pixels at once.
 template <typename T>
 __device__ __forceinline__ void gather(const float* __restrict__ images,
                                        const unsigned* __restrict__ order,
                                        const int* __restrict__ shifts, T* __restrict__ out,
                                        size_t n, unsigned inputs, unsigned side, unsigned count,
-                                       float background) {
-    const size_t total = n * inputs;
-    for (size_t e = ampkit::global_thread(); e < total; e += ampkit::grid_threads()) {
-        const size_t i = e / inputs;
-        const unsigned p = unsigned(e - i * inputs);
+                                       float background, unsigned pairs) {
+    for (size_t i = blockIdx.x; i < n; i += gridDim.x) {
         const unsigned s = order[i];
-        float v;
-        if (s >= count) {
-            v = __int_as_float(0x7fc00000);  // quiet NaN: the whole row
-        } else if (side == 0) {
-            v = images[size_t(s) * inputs + p];
-        } else {
-            const int r = int(p / side) - shifts[2 * i + 1];
-            const int c = int(p % side) - shifts[2 * i];
+        const bool valid = s < count;
+        const int dx = side != 0 ? shifts[2 * i] : 0;
+        const int dy = side != 0 ? shifts[2 * i + 1] : 0;
+        const float* img = images + (valid ? size_t(s) * inputs : 0);
+        T* row = out + i * inputs;
+        auto value = [&](unsigned p) -> float {
+            if (!valid) return __int_as_float(0x7fc00000);  // quiet NaN: the whole row
+            if (side == 0) return img[p];
+            const unsigned r0 = p / side;
+            const int r = int(r0) - dy;
+            const int c = int(p - r0 * side) - dx;
             const bool inside = r >= 0 && r < int(side) && c >= 0 && c < int(side);
-            v = inside ? images[size_t(s) * inputs + unsigned(r) * side + unsigned(c)] : background;
+            return inside ? img[unsigned(r) * side + unsigned(c)] : background;
+        };
+        if (pairs) {
+            auto* row2 = reinterpret_cast<typename Pair<T>::type*>(row);
+            for (unsigned q = threadIdx.x; q < inputs / 2; q += blockDim.x) {
+                row2[q] = Pair<T>::make(value(2 * q), value(2 * q + 1));
+            }
+        } else {
+            for (unsigned p = threadIdx.x; p < inputs; p += blockDim.x) store(row, p, value(p));
         }
-        store(out, e, v);
     }
 }
 
@@ -64,7 +93,7 @@ __device__ __forceinline__ void batch(const float* __restrict__ images,
                                       const int* __restrict__ shifts, const unsigned* cursor,
                                       T* __restrict__ out, unsigned* __restrict__ labels_out,
                                       size_t n, size_t plan_len, unsigned inputs, unsigned side,
-                                      unsigned count, float background) {
+                                      unsigned count, float background, unsigned pairs) {
     const size_t first = cursor[1];
     if (first + n > plan_len) {  // the host's bookkeeping went wrong: poison, never read past
         for (size_t e = ampkit::global_thread(); e < n * inputs; e += ampkit::grid_threads()) {
@@ -79,7 +108,7 @@ __device__ __forceinline__ void batch(const float* __restrict__ images,
         const unsigned s = order[i];
         labels_out[i] = s < count ? labels[s] : 0xFFFFFFFFu;
     }
-    gather<T>(images, order, shifts, out, n, inputs, side, count, background);
+    gather<T>(images, order, shifts, out, n, inputs, side, count, background, pairs);
 }
 
 }  // namespace augment_detail
@@ -87,9 +116,9 @@ __device__ __forceinline__ void batch(const float* __restrict__ images,
 #define AUGMENT_GATHER(NAME, T)                                                                  \
     extern "C" __global__ void __launch_bounds__(256)                                            \
         NAME(const float* images, const unsigned* order, const int* shifts, T* out, size_t n,  \
-             unsigned inputs, unsigned side, unsigned count, float background) {                 \
+             unsigned inputs, unsigned side, unsigned count, float background, unsigned pairs) { \
         augment_detail::gather<T>(images, order, shifts, out, n, inputs, side, count,            \
-                                  background);                                                   \
+                                  background, pairs);                                            \
     }
 
 AUGMENT_GATHER(augment_gather_f32, float)
@@ -100,9 +129,9 @@ AUGMENT_GATHER(augment_gather_f16, __half)
         NAME(const float* images, const unsigned* labels, const unsigned* order,                 \
              const int* shifts, const unsigned* cursor, T* out, unsigned* labels_out, size_t n,  \
              size_t plan_len, unsigned inputs, unsigned side, unsigned count,                    \
-             float background) {                                                                 \
+             float background, unsigned pairs) {                                                 \
         augment_detail::batch<T>(images, labels, order, shifts, cursor, out, labels_out, n,      \
-                                 plan_len, inputs, side, count, background);                     \
+                                 plan_len, inputs, side, count, background, pairs);              \
     }
 
 AUGMENT_BATCH(augment_batch_f32, float)

@@ -60,18 +60,25 @@ where
         gpu.upload(&c.order).unwrap(),
         gpu.upload(&c.shifts).unwrap(),
     );
-    // The output is a view at an odd element offset inside a larger poisoned buffer.
-    let mut buf = gpu.upload(&vec![poison; n + 3]).unwrap();
-    let mut view = buf.slice_mut(1..n + 1);
-    gather_shifted(gpu, &images, inputs, side, &order, &shifts, -0.5, &mut view).unwrap();
-    let got: Vec<T> = gpu.download(&buf).unwrap();
-    assert_all_written(what, &got[1..n + 1], poison);
-    let bits = |v: &[T]| bytemuck::cast_slice::<T, u8>(v).to_vec();
-    assert!(
-        bits(&got[1..n + 1]) == bits(&want),
-        "{what}: GPU and CPU differ"
-    );
-    assert!(bits(&got[..1]) == bits(&[poison]) && bits(&got[n + 1..]) == bits(&[poison; 2]));
+    // The output is a view inside a larger poisoned buffer: at an odd element offset (one value
+    // per store) and at an even one (pairs of values per store when `inputs` is even).
+    for at in [1, 2] {
+        let mut buf = gpu.upload(&vec![poison; n + 4]).unwrap();
+        let mut view = buf.slice_mut(at..n + at);
+        gather_shifted(gpu, &images, inputs, side, &order, &shifts, -0.5, &mut view).unwrap();
+        let got: Vec<T> = gpu.download(&buf).unwrap();
+        assert_all_written(what, &got[at..n + at], poison);
+        let bits = |v: &[T]| bytemuck::cast_slice::<T, u8>(v).to_vec();
+        assert!(
+            bits(&got[at..n + at]) == bits(&want),
+            "{what}, output at element {at}: GPU and CPU differ"
+        );
+        assert!(
+            bits(&got[..at]) == bits(&vec![poison; at])
+                && bits(&got[n + at..]) == bits(&vec![poison; 4 - at]),
+            "{what}, output at element {at}: a value outside the view was written"
+        );
+    }
 }
 
 #[test]
@@ -115,6 +122,15 @@ fn gpu_matches_the_cpu_bit_for_bit() {
         0,
         f32::from_bits(0x7fa5_5a5a),
         "13 inputs, no shift",
+    );
+    let c = case(&mut rng, 9, 301, 14, 4);
+    check(
+        &gpu,
+        &c,
+        14,
+        0,
+        f16::from_bits(0x7d5a),
+        "14 inputs, no shift, f16",
     );
 }
 

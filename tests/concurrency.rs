@@ -533,3 +533,69 @@ fn loss_launches_on_two_streams_keep_their_own_tickets() {
         );
     }
 }
+
+/// Per-kernel profiling on a handle: each launch outside a capture gets its own GPU time, in
+/// launch order; the launch count counts kernels (a capture's too, a replay's not); reading the
+/// times inside a capture is a typed error; the memory high-water mark sees a new allocation.
+#[test]
+fn kernel_profiles_count_and_time_each_launch() {
+    let Some(shared) = common::gpu() else { return };
+    let gpu = shared.fork().unwrap();
+    gpu.set_sync_launches(false);
+    let n = 1 << 20;
+    let x = gpu
+        .upload(&uniform(&mut common::rng("profile"), n, -4.0, 4.0))
+        .unwrap();
+    let mut y = gpu.upload(&vec![f32::NAN; n]).unwrap();
+    let mut h = gpu.upload(&vec![f16::NAN; n]).unwrap();
+    relu::forward(&gpu, &x, &mut y).unwrap(); // loads the modules before counting
+    cast::f32_to_f16(&gpu, &x, &mut h).unwrap();
+    assert!(gpu.kernel_times().unwrap().is_empty(), "profiling is off");
+
+    gpu.profile_kernels(true);
+    let before = gpu.launch_count();
+    for _ in 0..3 {
+        relu::forward(&gpu, &x, &mut y).unwrap();
+    }
+    cast::f32_to_f16(&gpu, &y, &mut h).unwrap();
+    assert_eq!(gpu.launch_count() - before, 4);
+    let times = gpu.kernel_times().unwrap();
+    let names: Vec<&str> = times.iter().map(|(k, _)| *k).collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+    assert!(
+        names[..3].iter().all(|k| k.starts_with("relu_forward")),
+        "{names:?}"
+    );
+    assert!(names[3].starts_with("cast_f32_to_f16"), "{names:?}");
+    assert!(
+        times.iter().all(|(_, us)| *us > 0.0 && *us < 1e5),
+        "{times:?}"
+    );
+    assert!(gpu.kernel_times().unwrap().is_empty(), "read once");
+
+    // Captured launches count but are not profiled; reading times inside a capture is refused.
+    let before = gpu.launch_count();
+    let (inside, graph) = gpu
+        .capture(|g| {
+            relu::forward(g, &x, &mut y)?;
+            Ok(g.kernel_times().is_err())
+        })
+        .unwrap();
+    assert!(inside, "kernel_times inside a capture must be an error");
+    assert_eq!(gpu.launch_count() - before, 1);
+    graph.launch().unwrap();
+    assert_eq!(
+        gpu.launch_count() - before,
+        1,
+        "a replay launches no kernel through ampkit"
+    );
+    assert!(gpu.kernel_times().unwrap().is_empty());
+    gpu.profile_kernels(false);
+
+    gpu.reset_peak_memory().unwrap();
+    let base = gpu.peak_memory().unwrap();
+    let big = gpu.alloc_zeros::<u8>(64 << 20).unwrap();
+    gpu.synchronize().unwrap();
+    assert!(gpu.peak_memory().unwrap() >= base + (64 << 20));
+    drop(big);
+}

@@ -13,6 +13,12 @@ use cudarc::driver::{
     DeviceRepr, DriverError, PushKernelArg, ValidAsZeroBits,
 };
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+// Per-kernel profiling, the launch count and the memory high-water mark: a child module, so it
+// sees the handle's private fields.
+#[path = "profile.rs"]
+mod profile;
+use profile::KernelSpan;
 use std::sync::{Arc, Mutex};
 
 /// What a [`Gpu`] is: read once when it is opened.
@@ -99,6 +105,10 @@ pub struct Gpu {
     sync_launches: AtomicBool,
     /// Incremented whenever a scratch buffer is reallocated (see [`Gpu::scratch_generation`]).
     scratch_generation: AtomicU64,
+    /// Kernels launched through this handle ([`Gpu::launch_count`]).
+    launches: AtomicU64,
+    /// Per-kernel event pairs while profiling ([`Gpu::profile_kernels`]).
+    profile: Mutex<Option<Vec<KernelSpan>>>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -214,6 +224,8 @@ impl Gpu {
             ticket_scratch: Mutex::new(None),
             sync_launches: AtomicBool::new(sync),
             scratch_generation: AtomicU64::new(0),
+            launches: AtomicU64::new(0),
+            profile: Mutex::new(None),
         }))
     }
 
@@ -239,6 +251,8 @@ impl Gpu {
             ticket_scratch: Mutex::new(None),
             sync_launches: AtomicBool::new(self.sync_launches()),
             scratch_generation: AtomicU64::new(0),
+            launches: AtomicU64::new(0),
+            profile: Mutex::new(None),
         }))
     }
 
@@ -543,8 +557,11 @@ impl Gpu {
         for slot in args.first_slots() {
             builder.arg(slot);
         }
+        let span = self.span_start(kernel)?;
         // SAFETY: forwarded to the caller (see the function's contract).
         unsafe { builder.launch(cfg.into()) }.map_err(|source| Error::Launch { kernel, source })?;
+        self.launches.fetch_add(1, Ordering::Relaxed);
+        self.span_end(span)?;
         if self.sync_launches.load(Ordering::Relaxed) {
             self.stream
                 .synchronize()

@@ -7,10 +7,11 @@
 //! [`Gpu::stream`] and nothing synchronises. With the images uploaded once, a training step (or an
 //! epoch) needs only its indices and shifts from the host.
 
+use crate::cuda::LaunchConfig;
 use crate::cuda::{DeviceBuffer, Gpu, KernelArgs};
 use crate::error::{Error, Result};
 use crate::kernels;
-use crate::ops::plan::{elementwise_launch, vector_plan, Operand};
+use crate::ops::plan::{vector_plan, Operand};
 use crate::validate;
 use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
 use half::f16;
@@ -81,11 +82,11 @@ pub fn gather_shifted<T: AugmentOutput>(
         operand(shifts_ptr, 4),
         operand(out_ptr, std::mem::size_of::<T>()),
     ];
-    let plan = vector_plan(OP, &operands, &[1])?;
-    let total = samples * inputs;
-    if total == 0 {
+    vector_plan(OP, &operands, &[1])?;
+    if samples * inputs == 0 {
         return Ok(());
     }
+    let (cfg, pairs) = launch_shape::<T>(gpu, samples, inputs, out_ptr);
     let mut args = KernelArgs::new();
     args.push(images_ptr)
         .push(order_ptr)
@@ -95,16 +96,32 @@ pub fn gather_shifted<T: AugmentOutput>(
         .push(inputs as u32)
         .push(side as u32)
         .push(count as u32)
-        .push(background);
-    let cfg = elementwise_launch(gpu, total, plan);
+        .push(background)
+        .push(pairs);
     // SAFETY: augment_gather_{f32,f16}(const float* images, const unsigned* order, const int*
-    // shifts, T* out, size_t n, unsigned inputs, unsigned side, unsigned count, float background)
-    // matches, T being the kernel's output type (T::KERNEL). validate::augment::check proved
+    // shifts, T* out, size_t n, unsigned inputs, unsigned side, unsigned count, float background,
+    // unsigned pairs) matches, T being the kernel's output type (T::KERNEL); pairs only when
+    // launch_shape found `out` aligned to two elements and `inputs` even. validate::augment::check proved
     // images = count·inputs, shifts = 2·samples, out = samples·inputs values, that inputs, side
     // and count fit u32, and side is 0 or side² = inputs; the kernel reads an image only for an
     // index below count, and only pixels inside its grid. Every pointer is element-aligned
     // (vector_plan) and its guard outlives the launch.
     unsafe { gpu.launch(&kernels::AUGMENT, T::KERNEL, cfg, &args) }
+}
+
+/// Threads per block of the gather kernels: a sample's pixels are spread over one block.
+const THREADS: u32 = 128;
+/// Resident blocks per SM at [`THREADS`] (2048 threads, the SM's limit).
+const BLOCKS_PER_SM: usize = 16;
+
+/// One block per sample up to a wave of resident blocks (the kernel grid-strides past it), and
+/// whether each thread may store two neighbouring outputs at once: `inputs` even (so every
+/// sample's row starts on a pair) and `out` aligned to two elements.
+fn launch_shape<T>(gpu: &Gpu, samples: usize, inputs: usize, out_ptr: u64) -> (LaunchConfig, u32) {
+    let wave = gpu.info().multiprocessors.max(1) * BLOCKS_PER_SM;
+    let blocks = samples.clamp(1, wave) as u32;
+    let pairs = inputs % 2 == 0 && out_ptr % (2 * std::mem::size_of::<T>() as u64) == 0;
+    (LaunchConfig::linear(blocks, THREADS), u32::from(pairs))
 }
 
 /// An epoch's plan over a dataset resident on the GPU: what the training step's input stage
@@ -171,7 +188,7 @@ pub(crate) fn gather_batch<T: AugmentOutput>(
     let stream = gpu.stream();
     let (out_ptr, _g1) = out.device_ptr_mut(stream);
     let (labels_out_ptr, _g2) = labels_out.device_ptr_mut(stream);
-    let plan = vector_plan(
+    vector_plan(
         OP,
         &[
             Operand {
@@ -190,6 +207,7 @@ pub(crate) fn gather_batch<T: AugmentOutput>(
     let (order_ptr, _g5) = src.order.device_ptr(stream);
     let (shifts_ptr, _g6) = src.shifts.device_ptr(stream);
     let (cursor_ptr, _g7) = cursor.device_ptr(stream);
+    let (cfg, pairs) = launch_shape::<T>(gpu, n, inputs, out_ptr);
     let mut args = KernelArgs::new();
     args.push(images_ptr)
         .push(labels_ptr)
@@ -203,12 +221,12 @@ pub(crate) fn gather_batch<T: AugmentOutput>(
         .push(inputs as u32)
         .push(side as u32)
         .push(count as u32)
-        .push(src.background);
-    let cfg = elementwise_launch(gpu, n * inputs, plan);
+        .push(src.background)
+        .push(pairs);
     // SAFETY: augment_batch_{f32,f16}(const float* images, const unsigned* labels, const unsigned*
     // order, const int* shifts, const unsigned* cursor, T* out, unsigned* labels_out, size_t n,
-    // size_t plan_len, unsigned inputs, unsigned side, unsigned count, float background) matches,
-    // T being the kernel's output type. The checks above proved every buffer at least as long as
+    // size_t plan_len, unsigned inputs, unsigned side, unsigned count, float background, unsigned
+    // pairs) matches, T being the kernel's output type; pairs as in gather_shifted. The checks above proved every buffer at least as long as
     // the kernel reads or writes given cursor[1] + n <= plan_len, which the kernel itself checks
     // (poisoning the batch otherwise); images are read only below count, shifts only when side is
     // not 0. The buffers are whole allocations (element-aligned) or were checked by vector_plan,

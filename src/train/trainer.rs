@@ -53,6 +53,9 @@ pub struct RunSummary {
     /// Where the last checkpoint this run wrote stands (`None`: none written, because no
     /// directory was given or every save was withheld; see [`run`]).
     pub saved: Option<Progress>,
+    /// Wall time spent in the epochs' step loops (the steps and the record read-backs, not the
+    /// data preparation, the evaluations or the checkpoints), seconds.
+    pub step_seconds: f64,
 }
 
 /// The order of epoch `epoch`'s samples: a ChaCha8 shuffle seeded by the run's seed, one
@@ -256,6 +259,7 @@ fn epochs(
         health.observe(progress.global_step - records.len() as u64, &records)?;
         epoch_records.extend(records);
         let elapsed = started.elapsed().as_secs_f64();
+        summary.step_seconds += elapsed;
         bar.finish_and_clear();
         progress.skipped += epoch_records.iter().filter(|r| r.skipped).count() as u64;
         if stopped {

@@ -179,10 +179,35 @@ pub fn train(a: TrainArgs, given: &Given<'_>) -> Result<()> {
         skipped,
         backend.device()
     );
+    println!("{}", speed_line(&summary, t.elapsed().as_secs_f64(), &dev));
     if let Some(p) = &a.save {
         println!("{}", saved_line(p, &summary));
     }
     Ok(())
+}
+
+/// Where a run's time went: steps per second inside the step loops, their share of the run, and
+/// on a GPU the most device memory held at once.
+fn speed_line(summary: &trainer::RunSummary, run_seconds: f64, dev: &Device) -> String {
+    let steps = summary.steps.len();
+    let mut line = format!(
+        "steps: {:.0} steps/s, {:.3} s in the step loops ({:.0} % of the run)",
+        steps as f64 / summary.step_seconds.max(1e-9),
+        summary.step_seconds,
+        100.0 * summary.step_seconds / run_seconds.max(1e-9)
+    );
+    if let Device::Cuda(gpu) = dev {
+        match gpu.peak_memory() {
+            Ok(b) => {
+                line += &format!(
+                    "; peak device memory {:.1} MiB",
+                    b as f64 / (1 << 20) as f64
+                )
+            }
+            Err(e) => line += &format!("; peak device memory unknown ({e})"),
+        }
+    }
+    line
 }
 
 /// Why a resumed run's data may not be the data its checkpoint was trained on: the parts whose

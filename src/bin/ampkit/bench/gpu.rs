@@ -355,7 +355,7 @@ fn train_row(
     let bench_gpu = std::mem::replace(&mut h.gpu, backend.gpu().clone());
     let timed = train_row_timed(h, &mut backend, dims, batch);
     h.gpu = bench_gpu;
-    let (us, records) = timed?;
+    let (us, records, step) = timed?;
     let Some(last) = records.last() else {
         return Err(failure("the timed steps left no records".into()));
     };
@@ -377,25 +377,43 @@ fn train_row(
         ceil.cublas_f16_8192_tflops,
     )
     .with_work(flops, bytes::train_step(dims, batch));
+    let busy: f64 = step.kernels.iter().map(|(_, t)| t).sum();
+    let kernels: Vec<String> = (step.kernels.iter())
+        .map(|(k, t)| format!("{k} {t:.1}"))
+        .collect();
     let note = format!(
         "{name}: {} parameters, {skipped} of {} timed steps skipped (inf/NaN gradients), \
-         last loss {:.4}, scale {}",
+         last loss {:.4}, scale {}; {:.1} us wall per step (host); one eager step: {} kernels, \
+         {busy:.1} us of kernel time ({:.0} % of the step's GPU time): {}",
         mlp_params(dims),
         records.len(),
         last.loss,
-        last.scale
+        last.scale,
+        step.wall_us,
+        step.kernels.len(),
+        100.0 * busy / us,
+        kernels.join(", ")
     );
     Ok((row, note))
 }
 
+/// Where one training step's time goes, beside its event-timed median.
+struct StepAnatomy {
+    /// Host wall time per timed step, µs (launches, or the graph launch, and the event records).
+    wall_us: f64,
+    /// One eager step's kernels in launch order, each with its own GPU time in µs.
+    kernels: Vec<(&'static str, f64)>,
+}
+
 /// The timed part of [`train_row`], with `h.gpu` the backend's own handle: warm-up steps, then
-/// per-step event times; returns the median and the timed steps' records.
+/// per-step event times; returns the median, the timed steps' records, and the anatomy of one
+/// more step run eagerly with per-kernel events.
 fn train_row_timed(
     h: &mut Harness,
     backend: &mut GpuBackend,
     dims: &[usize],
     batch: usize,
-) -> Result<(f64, Vec<ampkit::train::StepRecord>)> {
+) -> Result<(f64, Vec<ampkit::train::StepRecord>, StepAnatomy)> {
     // A few batches of distinct data (two for the wide model: 256 MB of inputs each).
     let batches = if batch * dims[0] > 1 << 24 { 2 } else { 4 };
     let (images, labels) = train_data(dims, batches * batch, 77);
@@ -408,7 +426,21 @@ fn train_row_timed(
     h.gpu.synchronize()?;
     backend.take_records()?;
     let warmup = h.warmup;
+    let wall = std::time::Instant::now();
     let mut times = h.times_us(false, 0, h.runs, |i| backend.step(at(warmup + i), batch))?;
+    let wall_us = wall.elapsed().as_secs_f64() * 1e6 / h.runs.max(1) as f64;
     let records = backend.take_records()?;
-    Ok((median(&mut times), records))
+    // One more step, eager, each kernel bracketed by events (outside the timed steps).
+    backend.set_cuda_graph(false);
+    let gpu = backend.gpu().clone();
+    gpu.profile_kernels(true);
+    let profiled = backend.step(0, batch).and_then(|()| gpu.kernel_times());
+    gpu.profile_kernels(false);
+    let kernels = profiled?;
+    backend.take_records()?;
+    Ok((
+        median(&mut times),
+        records,
+        StepAnatomy { wall_us, kernels },
+    ))
 }

@@ -1,0 +1,142 @@
+//! Per-kernel profiling ([`Gpu::profile_kernels`], [`Gpu::kernel_times`]), the launch count and
+//! the device memory high-water mark: what `ampkit bench` and `ampkit train` report about a step.
+
+use super::Gpu;
+use crate::error::{Error, Result};
+use cudarc::driver::sys::{CUevent_flags, CUmemPool_attribute};
+use cudarc::driver::CudaEvent;
+use std::sync::atomic::Ordering;
+
+/// One profiled launch: events recorded just before and after it.
+pub(super) struct KernelSpan {
+    kernel: &'static str,
+    start: CudaEvent,
+    end: CudaEvent,
+}
+
+impl Gpu {
+    /// The number of kernels launched through ampkit on this handle so far (cuBLAS's own
+    /// launches are not counted; a CUDA-graph replay counts nothing, its capture counts each
+    /// kernel once). The difference across one step is the step's kernel count.
+    pub fn launch_count(&self) -> u64 {
+        self.launches.load(Ordering::Relaxed)
+    }
+
+    /// Turns per-kernel timing on or off for this handle: while on, each launch outside a
+    /// CUDA-graph capture is bracketed by two CUDA events (a few µs of host time per launch),
+    /// and [`Gpu::kernel_times`] reports each kernel's GPU time. Turning it off drops the
+    /// spans not yet read.
+    pub fn profile_kernels(&self, on: bool) {
+        *self.profile.lock().unwrap_or_else(|p| p.into_inner()) = on.then(Vec::new);
+    }
+
+    /// The kernels launched since profiling started or since the last call, in launch order,
+    /// with the GPU time of each in µs, and clears them: what one step's kernels cost, without
+    /// the gaps between them. Waits for the stream. Empty when profiling is off.
+    ///
+    /// Errors: [`Error::InvalidArgument`] while this stream is capturing a CUDA graph;
+    /// [`Error::Driver`] when an event cannot be read.
+    pub fn kernel_times(&self) -> Result<Vec<(&'static str, f64)>> {
+        self.refuse_while_capturing("cuda::Gpu::kernel_times", "reading kernel timings")?;
+        let spans = match self
+            .profile
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            Some(v) => std::mem::take(v),
+            None => return Ok(Vec::new()),
+        };
+        self.synchronize()?;
+        spans
+            .iter()
+            .map(|s| {
+                let ms = (s.start.elapsed_ms(&s.end))
+                    .map_err(Error::driver("reading a kernel's timing events"))?;
+                Ok((s.kernel, 1e3 * f64::from(ms)))
+            })
+            .collect()
+    }
+
+    /// The most device memory held at once by stream-ordered allocations (every ampkit and
+    /// cudarc buffer on this device, all handles) since the context started or the last
+    /// [`Gpu::reset_peak_memory`], in bytes: the device's default memory pool's high-water
+    /// mark. Errors: [`Error::Driver`] when the pool cannot be read (e.g. a GPU without
+    /// stream-ordered allocation).
+    pub fn peak_memory(&self) -> Result<u64> {
+        let mut high = 0u64;
+        self.ctx
+            .bind_to_thread()
+            .map_err(Error::driver("binding the context"))?;
+        // SAFETY: the device handle comes from this live context; USED_MEM_HIGH is a cuuint64_t,
+        // written into `high`.
+        unsafe {
+            let pool = cudarc::driver::result::device::get_default_mem_pool(self.ctx.cu_device())
+                .map_err(Error::driver("finding the device's memory pool"))?;
+            cudarc::driver::result::mem_pool::get_attribute(
+                pool,
+                CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                (&mut high as *mut u64).cast(),
+            )
+            .map_err(Error::driver("reading the memory pool's high-water mark"))?;
+        }
+        Ok(high)
+    }
+
+    /// Restarts [`Gpu::peak_memory`] from the memory held now. Errors: [`Error::Driver`].
+    pub fn reset_peak_memory(&self) -> Result<()> {
+        let mut zero = 0u64;
+        self.ctx
+            .bind_to_thread()
+            .map_err(Error::driver("binding the context"))?;
+        // SAFETY: as in peak_memory; the attribute may only be set to 0, which it is.
+        unsafe {
+            let pool = cudarc::driver::result::device::get_default_mem_pool(self.ctx.cu_device())
+                .map_err(Error::driver("finding the device's memory pool"))?;
+            cudarc::driver::result::mem_pool::set_attribute(
+                pool,
+                CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                (&mut zero as *mut u64).cast(),
+            )
+            .map_err(Error::driver("resetting the memory pool's high-water mark"))
+        }
+    }
+
+    /// Records a kernel's start event when profiling is on (and this thread is not capturing).
+    pub(super) fn span_start(&self, kernel: &'static str) -> Result<Option<KernelSpan>> {
+        let on = self
+            .profile
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        if !on || crate::cuda::modules::capturing() {
+            return Ok(None);
+        }
+        let event = || {
+            (self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)))
+                .map_err(Error::driver("creating a profiling event"))
+        };
+        let (start, end) = (event()?, event()?);
+        start
+            .record(&self.stream)
+            .map_err(Error::driver("recording a profiling event"))?;
+        Ok(Some(KernelSpan { kernel, start, end }))
+    }
+
+    /// Records the end event of a profiled launch and keeps the span.
+    pub(super) fn span_end(&self, span: Option<KernelSpan>) -> Result<()> {
+        let Some(span) = span else { return Ok(()) };
+        span.end
+            .record(&self.stream)
+            .map_err(Error::driver("recording a profiling event"))?;
+        if let Some(v) = self
+            .profile
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            v.push(span);
+        }
+        Ok(())
+    }
+}
