@@ -24,15 +24,21 @@ impl Gpu {
 
     /// Turns per-kernel timing on or off for this handle: while on, each launch outside a
     /// CUDA-graph capture is bracketed by two CUDA events (a few µs of host time per launch),
-    /// and [`Gpu::kernel_times`] reports each kernel's GPU time. Turning it off drops the
-    /// spans not yet read.
+    /// and [`Gpu::kernel_times`] reports each bracket. Turning it off drops the spans not yet
+    /// read.
+    ///
+    /// A bracket is the kernel's GPU time only when the GPU is behind the host. When the GPU
+    /// waits for launches (small kernels launched one by one), the start event completes as soon
+    /// as the GPU reaches it, before the kernel is even queued, so the bracket also holds the
+    /// host's launch time: on the H100 the brackets of an eager 784→512→10 step summed to
+    /// 1.4-2.2× the step's event-timed GPU time. Read them as upper bounds and for ranking.
     pub fn profile_kernels(&self, on: bool) {
         *self.profile.lock().unwrap_or_else(|p| p.into_inner()) = on.then(Vec::new);
     }
 
     /// The kernels launched since profiling started or since the last call, in launch order,
-    /// with the GPU time of each in µs, and clears them: what one step's kernels cost, without
-    /// the gaps between them. Waits for the stream. Empty when profiling is off.
+    /// each with its event bracket in µs (see [`Gpu::profile_kernels`] for what a bracket
+    /// holds), and clears them. Waits for the stream. Empty when profiling is off.
     ///
     /// Errors: [`Error::InvalidArgument`] while this stream is capturing a CUDA graph;
     /// [`Error::Driver`] when an event cannot be read.

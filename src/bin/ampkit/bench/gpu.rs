@@ -384,7 +384,8 @@ fn train_row(
     let note = format!(
         "{name}: {} parameters, {skipped} of {} timed steps skipped (inf/NaN gradients), \
          last loss {:.4}, scale {}; {:.1} us wall per step (host); one eager step: {} kernels, \
-         {busy:.1} us of kernel time ({:.0} % of the step's GPU time): {}",
+         their event brackets (each also holds any wait for its own launch: upper bounds) sum \
+         to {busy:.1} us, {:.0} % of the step's GPU time: {}",
         mlp_params(dims),
         records.len(),
         last.loss,
