@@ -155,9 +155,8 @@ fn a_resumed_epoch_moves_the_device_cursor() {
         cuda_graph: true,
         ..TrainConfig::mnist_default()
     };
-    // Steps 0..3 then 5..6 (skipping batch 3 and 4) on one backend; the second runs only the
-    // later steps from the same starting state: the records of the shared steps must agree
-    // only where the state agrees, so compare the step that starts each at a fresh state.
+    // Two fresh backends (same seed, same weights) take one step each: at batch 0, and at batch
+    // 5 with no step before it, so the device cursor must be moved from 0 to sample 5·batch.
     let mut records = Vec::new();
     for skip_to in [0usize, 5] {
         let mut b = GpuBackend::new(gpu.clone(), &cfg).unwrap();

@@ -96,23 +96,22 @@ fn epoch_plan(cfg: &TrainConfig, epoch: usize, n: usize) -> (Vec<u32>, Vec<i32>,
 }
 
 /// Fills `xs`/`ys` with epoch `epoch`'s samples ([`epoch_plan`]) through
-/// [`crate::cpu::augment::gather_shifted`], the uncovered border filled with the data's smallest
-/// value (the background).
+/// [`crate::cpu::augment::gather_shifted`], the uncovered border filled with `border` (the
+/// data's smallest value, [`background`], computed once per run).
 pub(crate) fn epoch_samples(
     cfg: &TrainConfig,
     epoch: usize,
-    images: &[f32],
-    labels: &[u32],
+    (images, labels): (&[f32], &[u32]),
+    border: f32,
     xs: &mut [f32],
     ys: &mut [u32],
 ) -> Result<()> {
     let (order, shifts, side) = epoch_plan(cfg, epoch, labels.len());
-    let background = background(images);
     for (y, &s) in ys.iter_mut().zip(&order) {
         *y = labels[s as usize];
     }
     let inputs = cfg.model.inputs();
-    crate::cpu::augment::gather_shifted(images, inputs, side, &order, &shifts, background, xs)
+    crate::cpu::augment::gather_shifted(images, inputs, side, &order, &shifts, border, xs)
 }
 
 /// The value a shifted image's uncovered border takes: the data's smallest.
@@ -215,7 +214,7 @@ fn epochs(
         } else {
             xs.resize(n * cfg.model.inputs(), 0.0);
             ys.resize(n, 0);
-            epoch_samples(cfg, epoch, &train_x, &train_y, &mut xs, &mut ys)?;
+            epoch_samples(cfg, epoch, (&train_x, &train_y), border, &mut xs, &mut ys)?;
             backend.load_epoch(&xs, &ys)?;
         }
         let bar = EpochBar::new(
@@ -439,7 +438,8 @@ mod tests {
             cfg.augment_shift = shift;
             let (want_x, want_y) = epoch_samples_0_2(&cfg, epoch, &images, &labels);
             let (mut xs, mut ys) = (vec![f32::NAN; n * inputs], vec![u32::MAX; n]);
-            epoch_samples(&cfg, epoch, &images, &labels, &mut xs, &mut ys).unwrap();
+            let border = background(&images);
+            epoch_samples(&cfg, epoch, (&images, &labels), border, &mut xs, &mut ys).unwrap();
             assert_eq!(ys, want_y, "seed {seed} shift {shift} epoch {epoch}");
             assert!(
                 xs.iter()
