@@ -9,12 +9,17 @@
 //   found_inf is the f32 flag the unscale kernel sets (nonzero = overflow). has_min / has_max
 //   switch the optional clamps (off: PyTorch exactly). fmaxf/fminf match Rust's f32::max/min.
 // Launch: 1 block of 1 thread. Roofline: a few loads and stores; the cost is the launch.
+// record_step (below) is the training step's bookkeeping with the same rule fused in.
 #include "common.cuh"
 
-extern "C" __global__ void update_scale(float* scale, int* tracker, const float* found_inf,
-                                        double growth, double backoff, int interval, int has_min,
-                                        float min_scale, int has_max, float max_scale) {
-    if (*found_inf != 0.f) {
+namespace scaler_detail {
+
+// The update rule above, on a scale and tracker in device memory.
+__device__ __forceinline__ void apply_update(float* scale, int* tracker, bool found_inf,
+                                             double growth, double backoff, int interval,
+                                             int has_min, float min_scale, int has_max,
+                                             float max_scale) {
+    if (found_inf) {
         float s = float(double(*scale) * backoff);
         if (has_min) s = fmaxf(s, min_scale);
         *scale = s;
@@ -33,22 +38,39 @@ extern "C" __global__ void update_scale(float* scale, int* tracker, const float*
     }
 }
 
+}  // namespace scaler_detail
+
+extern "C" __global__ void update_scale(float* scale, int* tracker, const float* found_inf,
+                                        double growth, double backoff, int interval, int has_min,
+                                        float min_scale, int has_max, float max_scale) {
+    scaler_detail::apply_update(scale, tracker, *found_inf != 0.f, growth, backoff, interval,
+                                has_min, min_scale, has_max, max_scale);
+}
+
 // record_step — a training step's bookkeeping, the last kernel of the step (captured with it in a
 // CUDA graph, so a replay needs no host call): appends (loss, scale, found_inf) at record
 // cursor[0] of `records` (capacity records; the host sizes the buffer and reads cursor[0] records
-// back before it fills) and advances cursor[0] by one and the epoch's sample cursor[1] by
-// `advance` (the step's batch: where augment.cu's batch gather starts the next step).
-// Run it before update_scale: the record holds the scale the step ran with.
+// back before it fills), advances cursor[0] by one and the epoch's sample cursor[1] by `advance`
+// (the step's batch: where augment.cu's batch gather starts the next step), then, when `dynamic`,
+// applies update_scale's rule (tracker non-null): one launch instead of two. The record holds the
+// scale the step ran with, read before the update.
 // Launch: 1 block of 1 thread.
-extern "C" __global__ void record_step(const float* loss, const float* scale,
-                                       const float* found_inf, float* records, unsigned* cursor,
-                                       unsigned capacity, unsigned advance) {
+extern "C" __global__ void record_step(const float* loss, float* scale, const float* found_inf,
+                                       float* records, unsigned* cursor, unsigned capacity,
+                                       unsigned advance, int dynamic, int* tracker, double growth,
+                                       double backoff, int interval, int has_min,
+                                       float min_scale, int has_max, float max_scale) {
     const unsigned i = cursor[0];
+    const float inf_flag = *found_inf;
     if (i < capacity) {
         records[3 * size_t(i)] = *loss;
         records[3 * size_t(i) + 1] = *scale;
-        records[3 * size_t(i) + 2] = *found_inf;
+        records[3 * size_t(i) + 2] = inf_flag;
     }
     cursor[0] = i + 1;
     cursor[1] += advance;
+    if (dynamic) {
+        scaler_detail::apply_update(scale, tracker, inf_flag != 0.f, growth, backoff, interval,
+                                    has_min, min_scale, has_max, max_scale);
+    }
 }

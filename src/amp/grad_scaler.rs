@@ -223,6 +223,35 @@ impl GradScaler {
         Ok(())
     }
 
+    /// [`GradScaler::update`] fused with a training step's bookkeeping in one launch
+    /// ([`ops::scaler::record_step`]): appends `(loss, scale, found_inf)` to `records` at the
+    /// device's record cursor, advances `cursor` (records, and the epoch's sample cursor by
+    /// `advance`), then updates the scale as `update` does. Errors: as `update`'s and
+    /// `record_step`'s, with nothing queued.
+    pub(crate) fn update_recording(
+        &mut self,
+        loss: &DeviceBuffer<f32>,
+        records: &mut DeviceBuffer<f32>,
+        cursor: &mut DeviceBuffer<u32>,
+        advance: usize,
+    ) -> Result<()> {
+        let mut next = self.stages;
+        next.update()?;
+        let rule = self.mode.dynamic().copied();
+        ops::scaler::record_step(
+            &self.gpu,
+            loss,
+            &mut self.scale,
+            &self.found_inf,
+            rule.as_ref().map(|cfg| (&mut self.growth_tracker, cfg)),
+            records,
+            cursor,
+            advance,
+        )?;
+        self.stages = next;
+        Ok(())
+    }
+
     /// The state as plain data: copies the scale and tracker to the host (waits for the queued
     /// work). Errors: [`Error::Driver`].
     pub fn state_dict(&self) -> Result<ScalerStateDict> {

@@ -46,13 +46,7 @@ pub fn update_scale(
     let (f, _g3) = found_inf.device_ptr(stream);
     let mut args = KernelArgs::new();
     args.push(s).push(t).push(f);
-    args.push(cfg.growth_factor)
-        .push(cfg.backoff_factor)
-        .push(cfg.growth_interval);
-    args.push(i32::from(cfg.min_scale.is_some()))
-        .push(cfg.min_scale.unwrap_or(0.0));
-    args.push(i32::from(cfg.max_scale.is_some()))
-        .push(cfg.max_scale.unwrap_or(0.0));
+    push_rule(&mut args, cfg);
     // SAFETY: update_scale(float* scale, int* tracker, const float* found_inf, double growth,
     // double backoff, int interval, int has_min, float min_scale, int has_max, float max_scale)
     // matches the arguments in order and type; the three pointers each hold one element.
@@ -66,34 +60,54 @@ pub fn update_scale(
     }
 }
 
+/// The update rule's parameters, in the kernels' order: growth, backoff, interval, has_min,
+/// min_scale, has_max, max_scale.
+fn push_rule(args: &mut KernelArgs, cfg: &ScalerConfig) {
+    args.push(cfg.growth_factor)
+        .push(cfg.backoff_factor)
+        .push(cfg.growth_interval);
+    args.push(i32::from(cfg.min_scale.is_some()))
+        .push(cfg.min_scale.unwrap_or(0.0));
+    args.push(i32::from(cfg.max_scale.is_some()))
+        .push(cfg.max_scale.unwrap_or(0.0));
+}
+
 /// A training step's bookkeeping on the device (`record_step` in `kernels/scaler.cu`): appends
 /// `(loss, scale, found_inf)` as record `cursor[0]` of `records` (three f32 per record; nothing is
-/// written once the buffer is full, but the cursor still counts), then advances `cursor[0]` by
-/// one and the epoch's sample cursor `cursor[1]` by `advance` (the step's batch, where
-/// [`crate::ops::augment::gather_batch`] starts the next step). Queue it before
-/// [`update_scale`], so the record holds the scale the step ran with.
+/// written once the buffer is full, but the cursor still counts), advances `cursor[0]` by one and
+/// the epoch's sample cursor `cursor[1]` by `advance` (the step's batch, where
+/// [`crate::ops::augment::gather_batch`] starts the next step), then, with `update`, applies
+/// [`update_scale`]'s rule to `scale` and the tracker in the same launch. The record holds the
+/// scale the step ran with.
 ///
-/// Errors, before any launch: [`Error::ShapeMismatch`] unless `loss`, `scale` and `found_inf`
-/// hold one value, `cursor` two and `records` a multiple of three.
+/// Errors, before any launch: [`Error::ShapeMismatch`] unless `loss`, `scale`, `found_inf` and
+/// the tracker hold one value, `cursor` two and `records` a multiple of three;
+/// [`Error::InvalidArgument`] when the rule fails [`ScalerConfig::validate`].
+#[allow(clippy::too_many_arguments)] // one launch's buffers
 pub(crate) fn record_step(
     gpu: &Gpu,
-    [loss, scale, found_inf]: [&crate::cuda::DeviceBuffer<f32>; 3],
+    loss: &crate::cuda::DeviceBuffer<f32>,
+    scale: &mut crate::cuda::DeviceBuffer<f32>,
+    found_inf: &crate::cuda::DeviceBuffer<f32>,
+    update: Option<(&mut crate::cuda::DeviceBuffer<i32>, &ScalerConfig)>,
     records: &mut crate::cuda::DeviceBuffer<f32>,
     cursor: &mut crate::cuda::DeviceBuffer<u32>,
     advance: usize,
 ) -> Result<()> {
     const OP: &str = "ops::scaler::record_step";
+    let tracker_len = update.as_ref().map_or(1, |(t, _)| t.len());
     let ok = loss.len() == 1
         && scale.len() == 1
         && found_inf.len() == 1
+        && tracker_len == 1
         && cursor.len() == 2
         && records.len() % 3 == 0;
     if !ok {
         return Err(Error::ShapeMismatch {
             op: OP,
             detail: format!(
-                "loss, scale and found_inf must be one value ({}, {}, {}), cursor two ({}), \
-                 records a multiple of three ({})",
+                "loss, scale, found_inf and the growth tracker must be one value ({}, {}, {}, \
+                 {tracker_len}), cursor two ({}), records a multiple of three ({})",
                 loss.len(),
                 scale.len(),
                 found_inf.len(),
@@ -102,6 +116,9 @@ pub(crate) fn record_step(
             ),
         });
     }
+    if let Some((_, cfg)) = &update {
+        cfg.validate()?;
+    }
     let capacity = u32::try_from(records.len() / 3).unwrap_or(u32::MAX);
     let advance = u32::try_from(advance).map_err(|_| Error::InvalidArgument {
         op: OP,
@@ -109,23 +126,35 @@ pub(crate) fn record_step(
     })?;
     let stream = gpu.stream();
     let (l, _g1) = loss.device_ptr(stream);
-    let (s, _g2) = scale.device_ptr(stream);
+    let (s, _g2) = scale.device_ptr_mut(stream);
     let (f, _g3) = found_inf.device_ptr(stream);
     let (r, _g4) = records.device_ptr_mut(stream);
     let (c, _g5) = cursor.device_ptr_mut(stream);
     let mut args = KernelArgs::new();
     args.push(l).push(s).push(f).push(r).push(c);
     args.push(capacity).push(advance);
-    // SAFETY: record_step(const float* loss, const float* scale, const float* found_inf, float*
-    // records, unsigned* cursor, unsigned capacity, unsigned advance) matches in order and type;
-    // the three inputs hold one value, cursor two, and records 3·capacity values, which the
-    // kernel never writes past.
-    unsafe {
+    let (mut tracker, cfg) = match update {
+        Some((t, cfg)) => (Some(t), *cfg),
+        None => (None, ScalerConfig::default()),
+    };
+    let tracker_ptr = tracker.as_mut().map(|t| t.device_ptr_mut(stream));
+    args.push(i32::from(tracker_ptr.is_some()))
+        .push(tracker_ptr.as_ref().map_or(0u64, |(p, _)| *p));
+    push_rule(&mut args, &cfg);
+    // SAFETY: record_step(const float* loss, float* scale, const float* found_inf, float* records,
+    // unsigned* cursor, unsigned capacity, unsigned advance, int dynamic, int* tracker, double
+    // growth, double backoff, int interval, int has_min, float min_scale, int has_max, float
+    // max_scale) matches in order and type; loss, scale, found_inf and (when dynamic) the tracker
+    // hold one value each, cursor two, records 3·capacity values, which the kernel never writes
+    // past; the tracker (null when not dynamic) is read only when dynamic is 1.
+    let launched = unsafe {
         gpu.launch(
             &kernels::SCALER,
             "record_step",
             LaunchConfig::linear(1, 1),
             &args,
         )
-    }
+    };
+    drop(tracker_ptr);
+    launched
 }

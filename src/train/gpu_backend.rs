@@ -4,9 +4,9 @@
 //! (the loss scale read from the [`GradScaler`]'s device buffer), per-layer backward
 //! (ReLU/LayerNorm backward, f32 weight gradient, bias gradient, f16 data gradient), then
 //! [`GradScaler::step`] (one multi-tensor unscale + inf check, one fused optimizer launch that
-//! skips itself on inf/NaN), the step's bookkeeping kernel (appends (loss, scale, found_inf) to
-//! a record buffer the host reads back in [`Backend::take_records`], and advances the epoch's
-//! sample cursor) and [`GradScaler::update`] (the device-side scale update).
+//! skips itself on inf/NaN), and the step's bookkeeping kernel, which appends (loss, scale,
+//! found_inf) to a record buffer the host reads back in [`Backend::take_records`], advances the
+//! epoch's sample cursor and applies [`GradScaler::update`]'s scale update in the same launch.
 //!
 //! The step's inputs come from the training set resident on the device: each step starts with
 //! one kernel that gathers (and shifts, and casts to f16) its batch from the epoch's plan at the
@@ -36,9 +36,9 @@ use crate::cuda::{DeviceBuffer, Gpu};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::nn::{init_parameters, MlpConfig, Tensor};
+use crate::ops::augment;
 use crate::ops::blas::Blas;
 use crate::ops::cross_entropy::{softmax_cross_entropy, Grad, Logit};
-use crate::ops::{augment, scaler};
 use crate::optim::{self, base_lr, GpuParam, Optimizer};
 use cudarc::driver::{CudaGraph, DevicePtr};
 use half::f16;
@@ -471,15 +471,8 @@ impl GpuBackend {
             .collect();
         self.scaler.step(&mut *self.optimizer, &mut params)?;
         drop(params);
-        // The step's record holds the scale it ran with: before the update.
-        scaler::record_step(
-            gpu,
-            [&self.loss, self.scaler.scale(), self.scaler.found_inf()],
-            &mut self.records,
-            &mut self.cursor,
-            batch,
-        )?;
-        self.scaler.update()?;
+        // The step's record (with the scale it ran with), then the scale update: one launch.
+        (self.scaler).update_recording(&self.loss, &mut self.records, &mut self.cursor, batch)?;
         Ok(())
     }
 
