@@ -17,6 +17,8 @@ pub mod augment;
 pub mod cast;
 pub mod cross_entropy;
 pub mod gemm;
+#[cfg(test)]
+pub(crate) mod head;
 pub mod layernorm;
 pub mod optim;
 pub mod relu;

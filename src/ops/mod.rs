@@ -51,6 +51,7 @@ pub mod blas;
 pub mod cast;
 pub mod cross_entropy;
 pub mod gemm;
+pub(crate) mod head;
 pub mod layernorm;
 pub mod optim;
 mod plan;

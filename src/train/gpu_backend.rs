@@ -81,6 +81,8 @@ pub struct GpuBackend {
     batch_x: Buf,
     batch_y: DeviceBuffer<u32>,
     graph: GraphState,
+    /// Fused kernels where the model allows them (the classifier head).
+    fused: bool,
 }
 
 /// CUDA-graph mode: a full batch's whole step (its input gather included) replays as one graph,
@@ -175,6 +177,7 @@ impl GpuBackend {
                 scratch: 0,
                 data: ([0; 7], 0),
             },
+            fused: true,
             gpu,
         })
     }
@@ -184,6 +187,18 @@ impl GpuBackend {
     /// bit-identical either way; it only removes the per-launch host overhead.
     pub fn set_cuda_graph(&mut self, on: bool) {
         self.graph.enabled = on;
+        self.graph.exec = None;
+        self.graph.warm = false;
+    }
+
+    /// Turns the step's fused kernels on or off (on by default). A model whose last layer is f16
+    /// with at most 16 classes over an f16 ReLU layer whose width is a multiple of 32 (up to
+    /// 1024) runs its classifier head (last GEMM, loss, both bias gradients, the last dgrad and
+    /// the ReLU backward) as one kernel; off, the step launches the unfused ops one by one.
+    /// The two agree within the ops' tolerances, not bit for bit (the head's f32 sums run in
+    /// another order); each is deterministic. For comparisons; there is no reason to turn it off.
+    pub fn set_fusion(&mut self, on: bool) {
+        self.fused = on;
         self.graph.exec = None;
         self.graph.warm = false;
     }
@@ -433,20 +448,43 @@ impl GpuBackend {
             masters: &self.masters,
             halves: &self.halves,
         };
-        gpu_layers::forward(gpu, &mut self.blas, &mut self.layers, &params, &x, batch)?;
-        let last = self
-            .layers
-            .last_mut()
-            .expect("validated: at least one layer");
+        let head = self.fused && gpu_layers::head_fits(&self.layers);
+        let count = self.layers.len() - usize::from(head);
+        gpu_layers::forward(
+            gpu,
+            &mut self.blas,
+            &mut self.layers,
+            &params,
+            &x,
+            batch,
+            count,
+        )?;
         let (scale, loss) = (self.scaler.scale(), &mut self.loss);
-        match (&last.out_buf, &mut last.dz) {
-            (Buf::H(logits), Buf::H(d)) => {
-                cross_entropy(gpu, logits, &labels, batch, classes, scale, d, loss)?
+        if head {
+            gpu_layers::head(
+                gpu,
+                &mut self.layers,
+                &params,
+                &mut self.grads,
+                labels,
+                scale,
+                loss,
+                batch,
+            )?;
+        } else {
+            let last = self
+                .layers
+                .last_mut()
+                .expect("validated: at least one layer");
+            match (&last.out_buf, &mut last.dz) {
+                (Buf::H(logits), Buf::H(d)) => {
+                    cross_entropy(gpu, logits, &labels, batch, classes, scale, d, loss)?
+                }
+                (Buf::F(logits), Buf::F(d)) => {
+                    cross_entropy(gpu, logits, &labels, batch, classes, scale, d, loss)?
+                }
+                _ => unreachable!("the last layer's logits and dlogits share its dtype"),
             }
-            (Buf::F(logits), Buf::F(d)) => {
-                cross_entropy(gpu, logits, &labels, batch, classes, scale, d, loss)?
-            }
-            _ => unreachable!("the last layer's logits and dlogits share its dtype"),
         }
         gpu_layers::backward(
             gpu,
@@ -456,6 +494,7 @@ impl GpuBackend {
             &mut self.grads,
             &x,
             batch,
+            head,
         )?;
 
         // Unscale + inf check and the optimizer (memset of found_inf, one unscale launch, one
@@ -522,7 +561,16 @@ impl GpuBackend {
                 masters: &self.masters,
                 halves: &self.halves,
             };
-            gpu_layers::forward(&self.gpu, &mut self.blas, &mut self.layers, &params, &x, b)?;
+            let all = self.layers.len();
+            gpu_layers::forward(
+                &self.gpu,
+                &mut self.blas,
+                &mut self.layers,
+                &params,
+                &x,
+                b,
+                all,
+            )?;
             let logits: Vec<f32> = match &self
                 .layers
                 .last()

@@ -183,8 +183,65 @@ pub(crate) struct Params<'a> {
     pub halves: &'a [DeviceBuffer<f16>],
 }
 
-/// Forward pass over `b` samples of `x` (`[b, inputs]` in layer 0's dtype); the logits end in
-/// the last layer's `out_buf`.
+/// Whether the last layer and the hidden layer below it can run as the fused head
+/// ([`head`]): both f16 without LayerNorm, at most 16 classes over a hidden width the kernel
+/// serves.
+pub(crate) fn head_fits(layers: &[Layer]) -> bool {
+    match layers {
+        [.., prev, last] => {
+            prev.out_half()
+                && matches!(prev.dz, Buf::H(_))
+                && last.out_half()
+                && last.input.is_none()
+                && crate::ops::head::fits(last.fan_in, last.out)
+        }
+        _ => false,
+    }
+}
+
+/// The fused head over `b` samples (see [`crate::ops::head`]): from the hidden layer's output,
+/// the logits (the last layer's `out_buf`), the loss, the dlogits (its `dz`), the hidden layer's
+/// `dz` and both bias gradients. Call only where [`head_fits`].
+#[allow(clippy::too_many_arguments)] // the passes' shared state
+pub(crate) fn head(
+    gpu: &Gpu,
+    layers: &mut [Layer],
+    p: &Params<'_>,
+    grads: &mut [DeviceBuffer<f32>],
+    labels: CudaView<'_, u32>,
+    grad_scale: &DeviceBuffer<f32>,
+    loss: &mut DeviceBuffer<f32>,
+    b: usize,
+) -> Result<()> {
+    use crate::ops::head::{head_step, HeadInputs, HeadOutputs};
+    let [.., prev, last] = layers else {
+        unreachable!("head_fits: at least two layers")
+    };
+    let (width, classes) = (last.fan_in, last.out);
+    let (dbias_hidden, dbias) = pair_mut(grads, prev.p.b, last.p.b);
+    let (Buf::H(hidden), Buf::H(dhidden)) = (&prev.out_buf, &mut prev.dz) else {
+        unreachable!("head_fits: an f16 hidden layer")
+    };
+    let inputs = HeadInputs {
+        hidden: hidden.slice(..b * width),
+        weight: p.halves[last.p.w].slice(..),
+        bias: p.masters[last.p.b].slice(..),
+        labels,
+        grad_scale,
+    };
+    let mut outputs = HeadOutputs {
+        logits: last.out_buf.h(b * classes),
+        dlogits: last.dz.h(b * classes),
+        dhidden: dhidden.slice_mut(..b * width),
+        dbias_hidden: dbias_hidden.slice_mut(..),
+        dbias: dbias.slice_mut(..),
+        loss,
+    };
+    head_step(gpu, b, width, classes, &inputs, &mut outputs)
+}
+
+/// Forward pass over `b` samples of `x` (`[b, inputs]` in layer 0's dtype) through the first
+/// `count` layers; with all of them, the logits end in the last layer's `out_buf`.
 pub(crate) fn forward(
     gpu: &Gpu,
     blas: &mut Option<Blas>,
@@ -192,8 +249,9 @@ pub(crate) fn forward(
     p: &Params<'_>,
     x: &View<'_>,
     b: usize,
+    count: usize,
 ) -> Result<()> {
-    for l in 0..layers.len() {
+    for l in 0..count.min(layers.len()) {
         // Convert the producer's output into this layer's dtype if needed.
         if layers[l].input.is_some() {
             let n = b * layers[l].fan_in;
@@ -287,7 +345,10 @@ pub(crate) fn forward(
 }
 
 /// Backward pass over `b` samples from the dlogits in the last layer's `dz`; writes every
-/// (scaled) weight and bias gradient into `grads` (and LayerNorm's γ/β gradients).
+/// (scaled) weight and bias gradient into `grads` (and LayerNorm's γ/β gradients). After the
+/// fused [`head`] (`after_head`), what it computed is skipped: the last layer's bias gradient
+/// and data gradient, and the hidden layer's ReLU backward and bias gradient.
+#[allow(clippy::too_many_arguments)] // the passes' shared state
 pub(crate) fn backward(
     gpu: &Gpu,
     blas: &mut Option<Blas>,
@@ -296,12 +357,17 @@ pub(crate) fn backward(
     grads: &mut [DeviceBuffer<f32>],
     x: &View<'_>,
     b: usize,
+    after_head: bool,
 ) -> Result<()> {
-    for l in (0..layers.len()).rev() {
+    let top = layers.len();
+    for l in (0..top).rev() {
+        // Done by the head: this layer's bias gradient (and, for the last, its dgrad; for the
+        // hidden layer below, its ReLU backward).
+        let head_did = after_head && l + 2 >= top;
         let (before, rest) = layers.split_at_mut(l);
         let layer = &mut rest[0];
         let (fan_in, out, n) = (layer.fan_in, layer.out, b * layer.out);
-        if !layer.last {
+        if !layer.last && !head_did {
             // The gradient of the output, in the output's dtype.
             let out_half = layer.out_half();
             let grad_in = layer.grad_in.as_ref().expect("hidden layers have one");
@@ -367,7 +433,10 @@ pub(crate) fn backward(
             }
         }
         let (prev_out, prev_grad) = match before.last_mut() {
-            Some(prev) => (Some(&prev.out_buf), prev.grad_in.as_mut()),
+            Some(prev) => (
+                Some(&prev.out_buf),
+                prev.grad_in.as_mut().filter(|_| !(head_did && layer.last)),
+            ),
             None => (None, None),
         };
         let input = match (&layer.input, prev_out) {
@@ -386,7 +455,9 @@ pub(crate) fn backward(
         match dz {
             View::H(dz) => {
                 gemm(gpu, wshape, &dz, input.h(), &Epilogue::plain(), gw)?;
-                bias_grad(gpu, &dz, b, out, gb)?;
+                if !head_did {
+                    bias_grad(gpu, &dz, b, out, gb)?;
+                }
                 if let Some(pg) = prev_grad {
                     gemm(
                         gpu,

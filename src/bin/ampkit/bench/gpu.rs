@@ -123,12 +123,19 @@ pub fn run(gpu: &Arc<Gpu>, opts: &Options, cases: &Cases) -> Result<Report> {
 
     for t in &cases.train {
         let (label, dims, batch) = (&t.name, &t.layers[..], t.batch);
-        for graph in [false, true] {
-            let mode = if graph { "graph" } else { "eager" };
+        // The unfused step beside the fused one, for models with a classifier head to fuse.
+        let head = dims.last().is_some_and(|&c| c <= 16);
+        let modes = [(false, true), (true, true), (true, false)];
+        for (graph, fused) in modes.into_iter().filter(|&(_, f)| f || head) {
+            let mode = match (graph, fused) {
+                (false, _) => "eager",
+                (true, true) => "graph",
+                (true, false) => "graph unfused",
+            };
             let (name, shape) = (format!("{label} {mode}"), train_shape(dims, batch));
             let mut note = None;
             c.row(Kind::Train, &name, &shape, false, |ceil| {
-                let (row, n) = train_row(&mut h, &name, dims, batch, graph, ceil)?;
+                let (row, n) = train_row(&mut h, &name, dims, batch, (graph, fused), ceil)?;
                 note = Some(n);
                 Ok(row)
             });
@@ -343,7 +350,7 @@ fn train_row(
     name: &str,
     dims: &[usize],
     batch: usize,
-    graph: bool,
+    (graph, fused): (bool, bool),
     ceil: &Ceilings,
 ) -> Result<(Row, String)> {
     let cfg = ampkit::train::TrainConfig {
@@ -351,6 +358,7 @@ fn train_row(
         ..train_config(dims, batch)
     };
     let mut backend = GpuBackend::new(h.gpu.clone(), &cfg)?;
+    backend.set_fusion(fused);
     // The backend queues its steps on a stream of its own: time them there.
     let bench_gpu = std::mem::replace(&mut h.gpu, backend.gpu().clone());
     let timed = train_row_timed(h, &mut backend, dims, batch);
