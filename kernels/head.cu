@@ -30,11 +30,15 @@
 //     order into one partial per block; the last block to finish (an acquire-release ticket, as
 //     cross_entropy.cu) adds the partials in block order. No float atomics: bit-identical run to
 //     run for a given launch shape.
-// Launch: 256 threads (8 warps), grid = min(⌈tiles / 8⌉, number of SMs), dynamic shared memory:
-//   w as [16][H + pad] f16 (forward fragments), wᵀ as [H][16 + 2] f16 (dgrad fragments), and
-//   8 rows of H f32 (the warps' bias-gradient rows); the host checks H % 32 == 0, H ≤ 1024, C ≤ 16
-//   and 16-byte alignment of h and dz. Scratch (the Gpu handle's ticket buffer): the counter, one
-//   f64 loss partial per block, then H + 16 f32 bias-gradient partials per block.
+// Launch: 256 threads (8 warps), grid = min(⌈tiles / 8⌉, number of SMs); dynamic shared memory:
+//   the warps' bias-gradient rows (8·H f32). The weights (C·H f16, 10 KiB for MNIST) are read
+//   straight from global memory as 16-byte fragments: every warp reads all of them, so after the
+//   first they hit L1, and no block waits for a shared-memory copy before its first load of h
+//   (v1 staged w and wᵀ in shared memory with scalar loads: a 16-iteration prologue of dependent
+//   L2 round trips made the kernel 40 µs). The host checks H % 32 == 0, H ≤ 1024, C ≤ 16 and
+//   16-byte alignment of h, dz and w. Scratch (the Gpu handle's ticket buffer): the counter, one
+//   f64 loss partial per block, then, 16-byte aligned, H + 16 f32 bias-gradient partials per
+//   block, which the last block reads as float4 with eight in flight per thread.
 // Roofline (784→512→10 MLP, 4096 rows): reads h (4 MiB) and writes dz (4 MiB) plus 160 KiB of
 //   logits and dlogits: ~2.8 µs at the H100's ~3 TB/s; 2·4096·512·16·2 = 134 MFLOP on the tensor
 //   cores is nothing. The unfused launches it replaces took ~40 µs (bench/RESULTS.md).
@@ -45,8 +49,8 @@ namespace head_detail {
 using namespace softmax_detail;
 
 constexpr int WARPS = 8;
-constexpr int CP = 16;         // classes padded to two n8 tiles
-constexpr int WT_STRIDE = 18;  // halves per row of wᵀ in shared memory (9 words: 2-way conflicts)
+constexpr int CP = 16;      // classes padded to two n8 tiles
+constexpr int GROUP = 16;   // blocks per first-level reduction group
 
 __device__ __forceinline__ void mma16816(float (&d)[4], unsigned a0, unsigned a1, unsigned a2,
                                          unsigned a3, unsigned b0, unsigned b1) {
@@ -54,6 +58,14 @@ __device__ __forceinline__ void mma16816(float (&d)[4], unsigned a0, unsigned a1
         "{%8,%9}, {%0,%1,%2,%3};"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// Eight f16 weights of class row `row` from column `col` (16 bytes; zeros for the padding rows
+// ≥ classes). w is small (classes·H f16) and read by every warp, so these hit L1.
+__device__ __forceinline__ uint4 load_w(const __half* __restrict__ w, int row, int classes, int H,
+                                        int col) {
+    return row < classes ? __ldg(reinterpret_cast<const uint4*>(w + size_t(row) * H + col))
+                         : make_uint4(0u, 0u, 0u, 0u);
 }
 
 __device__ __forceinline__ unsigned pack2(__half lo, __half hi) {
@@ -124,33 +136,127 @@ __device__ __forceinline__ float row_loss(const float (&x)[4], const bool (&pres
 
 using namespace head_detail;
 
-extern "C" __global__ void __launch_bounds__(WARPS * 32)
-    mlp_head_f16(const __half* __restrict__ h, const __half* __restrict__ w,
+// The bias-gradient and loss partials: one row of `width` f32 and one f64 per block, then one
+// per group of GROUP blocks; the last block of each group (a ticket on its group's counter) adds
+// its group's rows in block order, and the last group to finish (a ticket on the counter after the
+// groups') adds the group rows in group order: two short rounds instead of one block reading
+// every block's row. Each counter is put back to zero by the block that takes its last ticket.
+// Returns whether this block is the last one overall (its threads then hold nothing more to do
+// but the final writes, done here).
+__device__ __forceinline__ void reduce_partials(float* __restrict__ rows_p,
+                                                double* __restrict__ loss_p,
+                                                unsigned* __restrict__ counters, int width,
+                                                int H, int classes, int rows,
+                                                float* __restrict__ dbias_hidden,
+                                                float* __restrict__ dbias,
+                                                float* __restrict__ loss) {
+    const unsigned grid = gridDim.x, groups = (grid + GROUP - 1) / GROUP;
+    const unsigned group = blockIdx.x / GROUP;
+    const unsigned first = group * GROUP, count = min(grid - first, unsigned(GROUP));
+    const int w4 = width / 4;
+    __threadfence();
+    __syncthreads();
+    int last = 0;
+    if (threadIdx.x == 0) {
+        unsigned t;
+        asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;"
+                     : "=r"(t)
+                     : "l"(counters + group)
+                     : "memory");
+        last = t == count - 1;
+        if (last) counters[group] = 0;  // every block of the group has taken its ticket
+    }
+    if (!__syncthreads_or(last)) return;
+    // The group's rows, in block order, into group row `grid + group`.
+    const float4* src = reinterpret_cast<const float4*>(rows_p);
+    float4* dst = reinterpret_cast<float4*>(rows_p) + size_t(grid + group) * w4;
+    for (int k = threadIdx.x; k < w4; k += blockDim.x) {
+        float4 v[GROUP];
+#pragma unroll
+        for (int b = 0; b < GROUP; ++b) {
+            v[b] = b < int(count) ? __ldcg(src + size_t(first + b) * w4 + k)
+                                  : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+        float4 s = v[0];
+#pragma unroll
+        for (int b = 1; b < GROUP; ++b) {
+            s.x += v[b].x;
+            s.y += v[b].y;
+            s.z += v[b].z;
+            s.w += v[b].w;
+        }
+        dst[k] = s;
+    }
+    if (threadIdx.x == 0) {
+        double l = 0.0;
+        for (unsigned b = 0; b < count; ++b) l += __ldcg(loss_p + first + b);
+        loss_p[grid + group] = l;
+    }
+    __threadfence();
+    __syncthreads();
+    last = 0;
+    if (threadIdx.x == 0) {
+        unsigned t;
+        asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;"
+                     : "=r"(t)
+                     : "l"(counters + groups)
+                     : "memory");
+        last = t == groups - 1;
+        if (last) counters[groups] = 0;
+    }
+    if (!__syncthreads_or(last)) return;
+    // The group rows, in group order (at most grid / GROUP + 1 of them).
+    const float4* gsrc = reinterpret_cast<const float4*>(rows_p) + size_t(grid) * w4;
+    for (int k = threadIdx.x; k < w4; k += blockDim.x) {
+        float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
+        for (unsigned g0 = 0; g0 < groups; g0 += GROUP) {
+            float4 v[GROUP];
+#pragma unroll
+            for (int b = 0; b < GROUP; ++b) {
+                v[b] = g0 + b < groups ? __ldcg(gsrc + size_t(g0 + b) * w4 + k)
+                                       : make_float4(0.f, 0.f, 0.f, 0.f);
+            }
+#pragma unroll
+            for (int b = 0; b < GROUP; ++b) {
+                s.x += v[b].x;
+                s.y += v[b].y;
+                s.z += v[b].z;
+                s.w += v[b].w;
+            }
+        }
+        const float sum[4] = {s.x, s.y, s.z, s.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int col = 4 * k + e;
+            if (col < H) {
+                dbias_hidden[col] = sum[e];
+            } else if (col - H < classes) {
+                dbias[col - H] = sum[e];
+            }
+        }
+    }
+    if (threadIdx.x == 0) {
+        double l = 0.0;
+        for (unsigned g0 = 0; g0 < groups; ++g0) l += __ldcg(loss_p + grid + g0);
+        *loss = float(l / double(rows));
+    }
+}
+
+template <int JW>
+__device__ __forceinline__ void head_body(const __half* __restrict__ h, const __half* __restrict__ w,
                  const float* __restrict__ bias, const unsigned* __restrict__ labels,
                  const float* __restrict__ grad_scale, int rows, int hidden, int classes,
                  __half* __restrict__ logits, __half* __restrict__ dlogits,
                  __half* __restrict__ dz, float* __restrict__ dbias_hidden,
-                 float* __restrict__ dbias, double* __restrict__ partial,
+                 float* __restrict__ dbias, float* __restrict__ rows_p,
+                 double* __restrict__ loss_p, unsigned* __restrict__ counters,
                  float* __restrict__ loss) {
-    const int H = hidden;
-    const int ws = H + ((H * 2) % 128 == 0 ? 32 : 0);  // w row stride: rows 64 B apart in banks
-    __half* w_s = reinterpret_cast<__half*>(dyn_smem);
-    __half* wt_s = w_s + CP * ws;
-    float* red = reinterpret_cast<float*>(wt_s + size_t(H) * WT_STRIDE);  // [WARPS][H]
-    __shared__ float red_out[WARPS][CP];
-
-    // Weights into shared memory, classes ≥ C as zeros, in both layouts.
-    for (int i = threadIdx.x; i < CP * H; i += blockDim.x) {
-        const int c = i / H, k = i - c * H;
-        const __half v = c < classes ? w[size_t(c) * H + k] : __float2half_rn(0.f);
-        w_s[c * ws + k] = v;
-        wt_s[k * WT_STRIDE + c] = v;
-    }
+    const int H = hidden, J = H / 32;
+    // Each tile's forward partials, one buffer per tile parity: a warp writes the buffer of tile
+    // i + 2 only after the barrier of tile i + 1, which every warp reaches after its reads of
+    // tile i, so one barrier per tile suffices.
+    __shared__ float part[2][WARPS][8][32];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
-    float* my_red = red + warp * H;
-    for (int k = lane; k < H; k += 32) my_red[k] = 0.f;
-    __syncthreads();
-
     const float scale = ce_scale(grad_scale, rows);
     float cls_bias[4];
     bool present[4];
@@ -160,32 +266,55 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32)
         present[i] = cls < classes;
         cls_bias[i] = present[i] ? bias[cls] : 0.f;
     }
-    float out_sum[4] = {0.f, 0.f, 0.f, 0.f};  // dbias of this lane's classes, over its tiles
-    double warp_loss = 0.0;
-    const int tiles = (rows + 15) / 16, blocks32 = H / 32;
+    // This warp's column blocks are j = warp + WARPS·i; col[i][k] sums the hidden gradient of
+    // columns 32j + 8q + k over rows g and g + 8 of every tile.
+    float col[JW][8];
+#pragma unroll
+    for (int i = 0; i < JW; ++i) {
+#pragma unroll
+        for (int k = 0; k < 8; ++k) col[i][k] = 0.f;
+    }
+    float out_sum[4] = {0.f, 0.f, 0.f, 0.f};  // warp 0: dbias of this lane's classes
+    double block_loss = 0.0;                   // warp 0
+    const int tiles = (rows + 15) / 16;
 
-    for (int tile = blockIdx.x * WARPS + warp; tile < tiles; tile += gridDim.x * WARPS) {
+    int parity = 0;
+    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x, parity ^= 1) {
         const int ra = tile * 16 + g, rb = ra + 8;
         const bool va = ra < rows, vb = rb < rows;
         const __half* ha = h + size_t(va ? ra : 0) * H + 8 * q;
         const __half* hb = h + size_t(vb ? rb : 0) * H + 8 * q;
+        uint4 ya[JW], yb[JW];  // kept for the ReLU mask
 
-        // Forward: logits of the 16 rows × 16 (padded) classes.
+        // Forward over this warp's column blocks, then the block's sum in warp order.
         float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-#pragma unroll 8
-        for (int j = 0; j < blocks32; ++j) {
-            const uint4 lo = va ? *reinterpret_cast<const uint4*>(ha + 32 * j) : make_uint4(0, 0, 0, 0);
-            const uint4 hi = vb ? *reinterpret_cast<const uint4*>(hb + 32 * j) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int i = 0; i < JW; ++i) {
+            const int j = warp + WARPS * i;
+            const bool here = j < J;
+            ya[i] = here && va ? *reinterpret_cast<const uint4*>(ha + 32 * j) : make_uint4(0, 0, 0, 0);
+            yb[i] = here && vb ? *reinterpret_cast<const uint4*>(hb + 32 * j) : make_uint4(0, 0, 0, 0);
+            if (!here) continue;
 #pragma unroll
             for (int nt = 0; nt < 2; ++nt) {
-                const uint4 wv =
-                    *reinterpret_cast<const uint4*>(w_s + (8 * nt + g) * ws + 32 * j + 8 * q);
-                mma16816(acc[nt], lo.x, hi.x, lo.y, hi.y, wv.x, wv.y);
-                mma16816(acc[nt], lo.z, hi.z, lo.w, hi.w, wv.z, wv.w);
+                const uint4 wv = load_w(w, 8 * nt + g, classes, H, 32 * j + 8 * q);
+                mma16816(acc[nt], ya[i].x, yb[i].x, ya[i].y, yb[i].y, wv.x, wv.y);
+                mma16816(acc[nt], ya[i].z, yb[i].z, ya[i].w, yb[i].w, wv.z, wv.w);
             }
         }
+#pragma unroll
+        for (int e = 0; e < 8; ++e) part[parity][warp][e][lane] = acc[e >> 2][e & 3];
+        __syncthreads();
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            float s = part[parity][0][e][lane];
+#pragma unroll
+            for (int v = 1; v < WARPS; ++v) s += part[parity][v][e][lane];
+            acc[e >> 2][e & 3] = s;
+        }
 
-        // Bias, the f16 logits, the loss and its f16 gradient, per row (quad g: rows ra, rb).
+        // Bias, the f16 logits, the loss and its f16 gradient, per row (quad g: rows ra, rb),
+        // the same in every warp; warp 0 stores them.
         __half dl[2][4];
         float row_l[2];
 #pragma unroll
@@ -199,7 +328,7 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32)
                 const __half hv = __float2half_rn(v);
                 x[i] = __half2float(hv);
                 const int cls = (i >> 1) * 8 + 2 * q + (i & 1);
-                if (valid && present[i]) logits[size_t(row) * classes + cls] = hv;
+                if (warp == 0 && valid && present[i]) logits[size_t(row) * classes + cls] = hv;
             }
             const unsigned label = valid ? labels[row] : 0u;
             row_l[half_row] = row_loss(x, present, label, classes, scale, q, dl[half_row]);
@@ -207,23 +336,27 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32)
 #pragma unroll
                 for (int i = 0; i < 4; ++i) dl[half_row][i] = __float2half_rn(0.f);
             }
+            if (warp == 0) {
 #pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const int cls = (i >> 1) * 8 + 2 * q + (i & 1);
-                if (valid && present[i]) dlogits[size_t(row) * classes + cls] = dl[half_row][i];
+                for (int i = 0; i < 4; ++i) {
+                    const int cls = (i >> 1) * 8 + 2 * q + (i & 1);
+                    if (valid && present[i]) dlogits[size_t(row) * classes + cls] = dl[half_row][i];
+                }
             }
         }
-        // The tile's loss in row order of quads (rows ra, rb per quad), added in f64.
-        double tl = (q == 0) ? (va ? double(row_l[0]) : 0.0) + (vb ? double(row_l[1]) : 0.0) : 0.0;
-        tl = warp_sum_d(tl);
-        warp_loss += tl;
+        if (warp == 0) {
+            // The tile's loss in quad order (rows ra, rb per quad), added in f64.
+            double tl = (q == 0) ? (va ? double(row_l[0]) : 0.0) + (vb ? double(row_l[1]) : 0.0)
+                                 : 0.0;
+            block_loss += warp_sum_d(tl);
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            float s = __half2float(dl[0][i]) + __half2float(dl[1][i]);
-            s += __shfl_xor_sync(0xffffffffu, s, 4);
-            s += __shfl_xor_sync(0xffffffffu, s, 8);
-            s += __shfl_xor_sync(0xffffffffu, s, 16);
-            out_sum[i] += s;
+            for (int i = 0; i < 4; ++i) {
+                float s = __half2float(dl[0][i]) + __half2float(dl[1][i]);
+                s += __shfl_xor_sync(0xffffffffu, s, 4);
+                s += __shfl_xor_sync(0xffffffffu, s, 8);
+                s += __shfl_xor_sync(0xffffffffu, s, 16);
+                out_sum[i] += s;
+            }
         }
 
         // The dgrad's A fragment is the dlogits fragment: a0/a1 classes 2q, 2q+1 of rows ra/rb,
@@ -232,72 +365,74 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32)
         const unsigned a2 = pack2(dl[0][2], dl[0][3]), a3 = pack2(dl[1][2], dl[1][3]);
         __half* za = dz + size_t(va ? ra : 0) * H + 8 * q;
         __half* zb = dz + size_t(vb ? rb : 0) * H + 8 * q;
-#pragma unroll 4
-        for (int j = 0; j < blocks32; ++j) {
-            const uint4 ya = va ? *reinterpret_cast<const uint4*>(ha + 32 * j) : make_uint4(0, 0, 0, 0);
-            const uint4 yb = vb ? *reinterpret_cast<const uint4*>(hb + 32 * j) : make_uint4(0, 0, 0, 0);
-            const unsigned ya_[4] = {ya.x, ya.y, ya.z, ya.w}, yb_[4] = {yb.x, yb.y, yb.z, yb.w};
+#pragma unroll
+        for (int i = 0; i < JW; ++i) {
+            const int j = warp + WARPS * i;
+            if (j >= J) continue;
+            const unsigned ya_[4] = {ya[i].x, ya[i].y, ya[i].z, ya[i].w};
+            const unsigned yb_[4] = {yb[i].x, yb[i].y, yb[i].z, yb[i].w};
+            // B fragments of the four n-tiles: rows 2q, 2q+1, 2q+8, 2q+9 of w at columns
+            // 32j + 8·(g/2) + [0, 8); n-tile u takes element 2u + g%2 of each.
+            const int wc = 32 * j + 8 * (g >> 1);
+            const uint4 w0 = load_w(w, 2 * q, classes, H, wc), w1 = load_w(w, 2 * q + 1, classes, H, wc);
+            const uint4 w2 = load_w(w, 2 * q + 8, classes, H, wc), w3 = load_w(w, 2 * q + 9, classes, H, wc);
+            const unsigned w0_[4] = {w0.x, w0.y, w0.z, w0.w}, w1_[4] = {w1.x, w1.y, w1.z, w1.w};
+            const unsigned w2_[4] = {w2.x, w2.y, w2.z, w2.w}, w3_[4] = {w3.x, w3.y, w3.z, w3.w};
+            const int sh = 16 * (g & 1);
             unsigned oa[4], ob[4];
-            float col[8];
 #pragma unroll
             for (int u = 0; u < 4; ++u) {
                 // n-tile column g is physical column 32j + 8·(g/2) + 2u + g%2.
-                const int p = 32 * j + 8 * (g >> 1) + 2 * u + (g & 1);
-                const unsigned* wt = reinterpret_cast<const unsigned*>(wt_s + p * WT_STRIDE);
+                const unsigned b0 = ((w0_[u] >> sh) & 0xFFFFu) | (((w1_[u] >> sh) & 0xFFFFu) << 16);
+                const unsigned b1 = ((w2_[u] >> sh) & 0xFFFFu) | (((w3_[u] >> sh) & 0xFFFFu) << 16);
                 float d[4] = {0.f, 0.f, 0.f, 0.f};
-                mma16816(d, a0, a1, a2, a3, wt[q], wt[q + 4]);
+                mma16816(d, a0, a1, a2, a3, b0, b1);
                 oa[u] = mask_pair(d[0], d[1], ya_[u]);
                 ob[u] = mask_pair(d[2], d[3], yb_[u]);
-                col[2 * u] = lo_f(oa[u]) + lo_f(ob[u]);
-                col[2 * u + 1] = hi_f(oa[u]) + hi_f(ob[u]);
+                col[i][2 * u] += lo_f(oa[u]) + lo_f(ob[u]);
+                col[i][2 * u + 1] += hi_f(oa[u]) + hi_f(ob[u]);
             }
             if (va) *reinterpret_cast<uint4*>(za + 32 * j) = make_uint4(oa[0], oa[1], oa[2], oa[3]);
             if (vb) *reinterpret_cast<uint4*>(zb + 32 * j) = make_uint4(ob[0], ob[1], ob[2], ob[3]);
-#pragma unroll
-            for (int k = 0; k < 8; ++k) {
-                col[k] += __shfl_xor_sync(0xffffffffu, col[k], 4);
-                col[k] += __shfl_xor_sync(0xffffffffu, col[k], 8);
-                col[k] += __shfl_xor_sync(0xffffffffu, col[k], 16);
-            }
-            if (g == 0) {
-#pragma unroll
-                for (int k = 0; k < 8; ++k) my_red[32 * j + 8 * q + k] += col[k];
-            }
         }
     }
 
-    // The block's partials: the warps' rows summed in warp order.
-    if (g == 0) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) red_out[warp][(i >> 1) * 8 + 2 * q + (i & 1)] = out_sum[i];
-    }
-    __syncthreads();
+    // This block's partial row: the hidden bias gradient by shuffles across the 8 quads (each
+    // warp owns its columns), the last layer's from warp 0, the loss from warp 0's lane 0.
     const int width = H + CP;
-    float* dbp = reinterpret_cast<float*>(partial + 1 + gridDim.x);  // [grid][H + 16]
-    for (int k = threadIdx.x; k < width; k += blockDim.x) {
-        float s = 0.f;
-        for (int v = 0; v < WARPS; ++v) s += k < H ? red[v * H + k] : red_out[v][k - H];
-        dbp[size_t(blockIdx.x) * width + k] = s;
-    }
-    __threadfence();
-    // The loss partial and the ticket (cross_entropy.cu's); the last block adds everything.
-    if (!ce_ticket(partial, warp_loss, 32)) return;
-    for (int k = threadIdx.x; k < width; k += blockDim.x) {
-        // Eight running sums (block b into sum b % 8) keep eight loads in flight; they are
-        // added in a fixed tree at the end.
-        float s8[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-        for (unsigned b0 = 0; b0 < gridDim.x; b0 += 8) {
+    float* my_row = rows_p + size_t(blockIdx.x) * width;
 #pragma unroll
-            for (int i = 0; i < 8; ++i) {
-                if (b0 + i < gridDim.x) s8[i] += __ldcg(dbp + size_t(b0 + i) * width + k);
-            }
-        }
-        const float s = ((s8[0] + s8[1]) + (s8[2] + s8[3])) + ((s8[4] + s8[5]) + (s8[6] + s8[7]));
-        if (k < H) {
-            dbias_hidden[k] = s;
-        } else if (k - H < classes) {
-            dbias[k - H] = s;
+    for (int i = 0; i < JW; ++i) {
+        const int j = warp + WARPS * i;
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+            float s = col[i][k];
+            s += __shfl_xor_sync(0xffffffffu, s, 4);
+            s += __shfl_xor_sync(0xffffffffu, s, 8);
+            s += __shfl_xor_sync(0xffffffffu, s, 16);
+            if (j < J && g == 0) my_row[32 * j + 8 * q + k] = s;
         }
     }
-    ce_total(partial, loss, rows);
+    if (warp == 0 && g == 0) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) my_row[H + (i >> 1) * 8 + 2 * q + (i & 1)] = out_sum[i];
+    }
+    if (threadIdx.x == 0) loss_p[blockIdx.x] = block_loss;
+    reduce_partials(rows_p, loss_p, counters, width, H, classes, rows, dbias_hidden, dbias, loss);
 }
+
+// One instance per column blocks per warp (JW): H ≤ 256, 512, 1024.
+#define AMPKIT_HEAD(JW)                                                                           \
+    extern "C" __global__ void __launch_bounds__(WARPS * 32) mlp_head_f16_j##JW(                   \
+        const __half* __restrict__ h, const __half* __restrict__ w,                               \
+        const float* __restrict__ bias, const unsigned* __restrict__ labels,                      \
+        const float* __restrict__ grad_scale, int rows, int hidden, int classes,                  \
+        __half* __restrict__ logits, __half* __restrict__ dlogits, __half* __restrict__ dz,       \
+        float* __restrict__ dbias_hidden, float* __restrict__ dbias, float* __restrict__ rows_p,  \
+        double* __restrict__ loss_p, unsigned* __restrict__ counters, float* __restrict__ loss) { \
+        head_body<JW>(h, w, bias, labels, grad_scale, rows, hidden, classes, logits, dlogits, dz, \
+                      dbias_hidden, dbias, rows_p, loss_p, counters, loss);                       \
+    }
+AMPKIT_HEAD(1)
+AMPKIT_HEAD(2)
+AMPKIT_HEAD(4)

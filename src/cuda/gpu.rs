@@ -102,6 +102,8 @@ pub struct Gpu {
     /// Partial sums of the loss kernels, behind their completion counter (see
     /// [`Gpu::with_ticket_scratch`]); never shared with other ops.
     ticket_scratch: Mutex<Option<CudaSlice<u8>>>,
+    /// Completion counters of multi-level reductions (see [`Gpu::with_counters`]).
+    counters: Mutex<Option<CudaSlice<u8>>>,
     sync_launches: AtomicBool,
     /// Incremented whenever a scratch buffer is reallocated (see [`Gpu::scratch_generation`]).
     scratch_generation: AtomicU64,
@@ -222,6 +224,7 @@ impl Gpu {
             info,
             scratch: Mutex::new(None),
             ticket_scratch: Mutex::new(None),
+            counters: Mutex::new(None),
             sync_launches: AtomicBool::new(sync),
             scratch_generation: AtomicU64::new(0),
             launches: AtomicU64::new(0),
@@ -249,6 +252,7 @@ impl Gpu {
             modules: self.modules.clone(),
             scratch: Mutex::new(None),
             ticket_scratch: Mutex::new(None),
+            counters: Mutex::new(None),
             sync_launches: AtomicBool::new(self.sync_launches()),
             scratch_generation: AtomicU64::new(0),
             launches: AtomicU64::new(0),
@@ -466,6 +470,19 @@ impl Gpu {
         f: impl FnOnce(u64) -> Result<R>,
     ) -> Result<R> {
         self.with_buffer(&self.ticket_scratch, bytes, f)
+    }
+
+    /// Runs `f` with the device address of at least `bytes` bytes of u32 completion counters
+    /// that are zero whenever no kernel is using them: allocated zeroed, and every kernel that
+    /// takes tickets from them puts each counter back to zero after its last ticket (the fused
+    /// head's two-level reduction). This handle's launches are ordered on its one stream, so two
+    /// of them never take each other's tickets.
+    pub(crate) fn with_counters<R>(
+        &self,
+        bytes: usize,
+        f: impl FnOnce(u64) -> Result<R>,
+    ) -> Result<R> {
+        self.with_buffer(&self.counters, bytes, f)
     }
 
     fn with_buffer<R>(

@@ -20,8 +20,8 @@ const OP: &str = "ops::head::head_step";
 const WARPS: usize = 8;
 /// Classes padded to two mma n-tiles.
 const CLASSES_MAX: usize = 16;
-/// The widest hidden layer: its weights (twice) and the warps' bias-gradient rows fit the shared
-/// memory of every supported GPU (103 KiB at 1024).
+/// The widest hidden layer: 4 column blocks of 32 for each of the 8 warps (wider would need
+/// another instance and more registers).
 const WIDTH_MAX: usize = 1024;
 
 /// Whether the head kernel serves a last layer of `classes` outputs over a hidden layer of
@@ -52,11 +52,16 @@ pub(crate) struct HeadOutputs<'a> {
     pub loss: &'a mut DeviceBuffer<f32>,
 }
 
-/// The shared memory the kernel asks for at `width`: w (rows padded so that consecutive class
-/// rows fall 64 bytes apart in the banks), wᵀ (18 halves per column) and one f32 row per warp.
-fn shared_bytes(width: usize) -> usize {
-    let ws = width + if (width * 2) % 128 == 0 { 32 } else { 0 };
-    CLASSES_MAX * ws * 2 + width * 18 * 2 + WARPS * width * 4
+/// Blocks per first-level group of the partial sums (`GROUP` in the kernel).
+const GROUP: usize = 16;
+
+/// The instance for `width`: column blocks of 32 per warp (1, 2 or 4).
+fn instance(width: usize) -> &'static str {
+    match (width / 32).div_ceil(WARPS) {
+        0 | 1 => "mlp_head_f16_j1",
+        2 => "mlp_head_f16_j2",
+        _ => "mlp_head_f16_j4",
+    }
 }
 
 /// One launch of the head over `rows` samples (see the module docs and `kernels/head.cu`). An
@@ -123,7 +128,7 @@ pub(crate) fn head_step(
         &[
             ("hidden (16-byte rows)", hp, 16),
             ("dhidden (16-byte rows)", zp, 16),
-            ("weight", wp, 2),
+            ("weight (16-byte rows)", wp, 16),
             ("bias", bp, 4),
             ("labels", lp, 4),
             ("grad_scale", sp, 4),
@@ -134,32 +139,38 @@ pub(crate) fn head_step(
             ("loss", op, 4),
         ],
     )?;
+    // A block per 16-row tile (its 8 warps split the width), up to two per SM; blocks loop over
+    // tiles beyond that.
     let tiles = rows.div_ceil(16);
-    let blocks = tiles.div_ceil(WARPS).min(gpu.info().multiprocessors.max(1));
-    // The ticket counter (8 bytes), one f64 loss partial per block, then width + 16 f32
-    // bias-gradient partials per block.
-    let scratch = 8 + blocks * 8 + blocks * (width + CLASSES_MAX) * 4;
+    let blocks = tiles.min(2 * gpu.info().multiprocessors.max(1));
+    let groups = blocks.div_ceil(GROUP);
+    let partial_rows = blocks + groups;
+    // One f32 row of width + 16 per block and per group, then one f64 loss partial for each.
+    let row_bytes = partial_rows * (width + CLASSES_MAX) * 4;
+    let scratch = row_bytes + partial_rows * 8;
     let ci = classes as i32; // ≤ 16 (fits)
-    gpu.with_ticket_scratch(scratch, |partial| {
-        let mut args = KernelArgs::new();
-        args.push(hp).push(wp).push(bp).push(lp).push(sp);
-        args.push(ri).push(wi).push(ci);
-        args.push(xp).push(dp).push(zp).push(hbp).push(obp);
-        args.push(partial).push(op);
-        let cfg = LaunchConfig {
-            shared_bytes: shared_bytes(width) as u32,
-            ..LaunchConfig::linear(blocks as u32, (WARPS * 32) as u32)
-        };
-        // SAFETY: mlp_head_f16(const __half* h, const __half* w, const float* bias,
-        // const unsigned* labels, const float* grad_scale, int rows, int hidden, int classes,
-        // __half* logits, __half* dlogits, __half* dz, float* dbias_hidden, float* dbias,
-        // double* partial, float* loss) matches the arguments in order and type. Every buffer's
-        // length was checked against rows, width and classes above; h and dz are 16-byte aligned
-        // and width is a multiple of 32, so every row's 16-byte accesses are aligned and inside;
-        // the shared memory requested is what the kernel lays out for this width; the ticket
-        // scratch holds the counter (zero between launches), `blocks` f64 partials and
-        // blocks·(width + 16) f32 partials; a label ≥ classes is never used as an index.
-        unsafe { gpu.launch(&kernels::HEAD, "mlp_head_f16", cfg, &args) }
+    gpu.with_scratch(scratch, |rows_p| {
+        gpu.with_counters((groups + 1) * 4, |counters| {
+            let loss_p = rows_p + row_bytes as u64; // a multiple of 8 bytes in
+            let mut args = KernelArgs::new();
+            args.push(hp).push(wp).push(bp).push(lp).push(sp);
+            args.push(ri).push(wi).push(ci);
+            args.push(xp).push(dp).push(zp).push(hbp).push(obp);
+            args.push(rows_p).push(loss_p).push(counters).push(op);
+            let cfg = LaunchConfig::linear(blocks as u32, (WARPS * 32) as u32);
+            // SAFETY: mlp_head_f16_j{1,2,4}(const __half* h, const __half* w, const float* bias,
+            // const unsigned* labels, const float* grad_scale, int rows, int hidden, int classes,
+            // __half* logits, __half* dlogits, __half* dz, float* dbias_hidden, float* dbias,
+            // float* rows_p, double* loss_p, unsigned* counters, float* loss) matches the
+            // arguments in order and type. Every buffer's length was checked against rows,
+            // width and classes above; h, dz and w are 16-byte aligned and width is a multiple
+            // of 32 within the instance's 32·8·JW, so every 16-byte access is aligned and inside
+            // (w's rows ≥ classes are never read); the scratch holds blocks + groups rows of
+            // width + 16 f32 (16-byte aligned: the buffer is, and width + 16 is a multiple of 4)
+            // and as many f64 after them; the counters (groups + 1 u32) are zero between launches
+            // and the kernel leaves them zero; a label ≥ classes is never used as an index.
+            unsafe { gpu.launch(&kernels::HEAD, instance(width), cfg, &args) }
+        })
     })
 }
 
