@@ -11,39 +11,13 @@
 // Launch: 1 block of 1 thread. Roofline: a few loads and stores; the cost is the launch.
 // record_step (below) is the training step's bookkeeping with the same rule fused in.
 #include "common.cuh"
+#include "step_record.cuh"
 
-namespace scaler_detail {
-
-// The update rule above, on a scale and tracker in device memory.
-__device__ __forceinline__ void apply_update(float* scale, int* tracker, bool found_inf,
-                                             double growth, double backoff, int interval,
-                                             int has_min, float min_scale, int has_max,
-                                             float max_scale) {
-    if (found_inf) {
-        float s = float(double(*scale) * backoff);
-        if (has_min) s = fmaxf(s, min_scale);
-        *scale = s;
-        *tracker = 0;
-    } else {
-        // Two's-complement wrap, like the reference's wrapping_add.
-        const int successful = int(unsigned(*tracker) + 1u);
-        if (successful == interval) {
-            float grown = float(double(*scale) * growth);
-            if (has_max) grown = fminf(grown, max_scale);
-            if (isfinite(grown)) *scale = grown;
-            *tracker = 0;
-        } else {
-            *tracker = successful;
-        }
-    }
-}
-
-}  // namespace scaler_detail
 
 extern "C" __global__ void update_scale(float* scale, int* tracker, const float* found_inf,
                                         double growth, double backoff, int interval, int has_min,
                                         float min_scale, int has_max, float max_scale) {
-    scaler_detail::apply_update(scale, tracker, *found_inf != 0.f, growth, backoff, interval,
+    step_record::apply_update(scale, tracker, *found_inf != 0.f, growth, backoff, interval,
                                 has_min, min_scale, has_max, max_scale);
 }
 
@@ -54,23 +28,13 @@ extern "C" __global__ void update_scale(float* scale, int* tracker, const float*
 // (the step's batch: where augment.cu's batch gather starts the next step), then, when `dynamic`,
 // applies update_scale's rule (tracker non-null): one launch instead of two. The record holds the
 // scale the step ran with, read before the update.
-// Launch: 1 block of 1 thread.
-extern "C" __global__ void record_step(const float* loss, float* scale, const float* found_inf,
+// Launch: 1 block of 1 thread. Its parameters after scale and found_inf are unscale.cu's
+// unscale_f32_record's after its ticket, which runs the same record in its last block.
+extern "C" __global__ void record_step(float* scale, const float* found_inf, const float* loss,
                                        float* records, unsigned* cursor, unsigned capacity,
                                        unsigned advance, int dynamic, int* tracker, double growth,
                                        double backoff, int interval, int has_min,
                                        float min_scale, int has_max, float max_scale) {
-    const unsigned i = cursor[0];
-    const float inf_flag = *found_inf;
-    if (i < capacity) {
-        records[3 * size_t(i)] = *loss;
-        records[3 * size_t(i) + 1] = *scale;
-        records[3 * size_t(i) + 2] = inf_flag;
-    }
-    cursor[0] = i + 1;
-    cursor[1] += advance;
-    if (dynamic) {
-        scaler_detail::apply_update(scale, tracker, inf_flag != 0.f, growth, backoff, interval,
-                                    has_min, min_scale, has_max, max_scale);
-    }
+    step_record::record(loss, scale, found_inf, records, cursor, capacity, advance, dynamic, tracker,
+                        growth, backoff, interval, has_min, min_scale, has_max, max_scale);
 }

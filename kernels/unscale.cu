@@ -7,7 +7,13 @@
 //   found_inf is never cleared here (the caller zeroes it once per step). Bit-exact with
 //   src/cpu/unscale.rs except NaN payloads under a multiply (the GPU returns the canonical NaN).
 //   unscale_f32: in place on f32 gradients. unscale_f16_to_f32: reads f16 gradients and writes
-//   f32 master gradients in the same pass.
+//   f32 master gradients in the same pass. unscale_f32_record: unscale_f32, then the block that
+//   takes the last ticket (an acquire-release atomic on a counter the host keeps zero between
+//   launches; the block resets it) runs a training step's record and scale update
+//   (step_record.cuh, as scaler.cu's record_step): every block read the scale at its start and
+//   stored its flag before its ticket, so the record sees the step's final found_inf and the
+//   scale it ran with, and the update never races a reader. The optimizer that follows reads only
+//   found_inf. One launch instead of two.
 // Launch: an argument table (by value, ≤ 4 KB of kernel parameters) of up to 96 tensors, their
 //   lengths and a prefix sum of 8192-element chunks; one 256-thread block per chunk, which finds
 //   its tensor by binary search. More tensors take more launches (src/ops/unscale.rs).
@@ -15,6 +21,7 @@
 //   copy on the H100) the 784→512→10 MLP's 407 k gradients take ~1.1 µs, so launch overhead
 //   dominates there; at 64 M elements the floor is ~180 µs.
 #include "common.cuh"
+#include "step_record.cuh"
 
 namespace unscale_detail {
 
@@ -98,4 +105,22 @@ extern "C" __global__ void __launch_bounds__(THREADS)
 extern "C" __global__ void __launch_bounds__(THREADS)
     unscale_f16_to_f32(TensorTable table, const float* scale, float* found_inf) {
     unscale<__half>(table, scale, found_inf);
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS)
+    unscale_f32_record(TensorTable table, float* scale, float* found_inf, unsigned* ticket,
+                       const float* loss, float* records, unsigned* cursor, unsigned capacity,
+                       unsigned advance, int dynamic, int* tracker, double growth, double backoff,
+                       int interval, int has_min, float min_scale, int has_max, float max_scale) {
+    unscale<float>(table, scale, found_inf);
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x != 0) return;
+    unsigned t;
+    asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(t) : "l"(ticket) : "memory");
+    if (t != gridDim.x - 1) return;
+    *ticket = 0;
+    step_record::record(loss, scale, found_inf, records, cursor, capacity, advance, dynamic,
+                        tracker, growth, backoff, interval, has_min, min_scale, has_max,
+                        max_scale);
 }

@@ -223,31 +223,59 @@ impl GradScaler {
         Ok(())
     }
 
-    /// [`GradScaler::update`] fused with a training step's bookkeeping in one launch
-    /// ([`ops::scaler::record_step`]): appends `(loss, scale, found_inf)` to `records` at the
-    /// device's record cursor, advances `cursor` (records, and the epoch's sample cursor by
-    /// `advance`), then updates the scale as `update` does. Errors: as `update`'s and
-    /// `record_step`'s, with nothing queued.
-    pub(crate) fn update_recording(
+    /// [`GradScaler::step`] and [`GradScaler::update`] of a training step, with the step's
+    /// bookkeeping (`record_step` in `kernels/scaler.cu`: `(loss, scale, found_inf)` appended to the
+    /// record buffer at the device's record cursor, the cursors advanced) and the scale update
+    /// run by the last block of the unscale launch ([`ops::unscale::unscale_and_record`]), then
+    /// the optimizer: one launch fewer than `step` + `update`, the same results (the optimizer
+    /// reads only the flag; the record holds the scale the step ran with). Ends the step.
+    /// Errors: as `step`'s and `update`'s, and [`Error::InvalidArgument`] after
+    /// [`GradScaler::unscale`] this step; nothing queued.
+    pub(crate) fn step_recording<O: Optimizer + ?Sized>(
         &mut self,
-        loss: &DeviceBuffer<f32>,
-        records: &mut DeviceBuffer<f32>,
-        cursor: &mut DeviceBuffer<u32>,
-        advance: usize,
+        optimizer: &mut O,
+        params: &mut [GpuParam<'_>],
+        target: &mut ops::scaler::RecordTarget<'_>,
     ) -> Result<()> {
+        const OP: &str = "amp::GradScaler::step_recording";
         let mut next = self.stages;
+        if !next.step()? {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                detail: "the gradients were unscaled already this step: use step and update".into(),
+            });
+        }
         next.update()?;
+        let lens: Vec<[usize; 3]> = (params.iter())
+            .map(|p| [p.master.len(), p.grad.len(), p.half.len()])
+            .collect();
+        let inner = optimizer.inner_mut();
+        inner.check_device(OP, &self.gpu, &lens)?;
+        self.gpu
+            .stream()
+            .memset_zeros(&mut self.found_inf)
+            .map_err(Error::driver("clearing found_inf"))?;
+        let mut grads: Vec<CudaViewMut<'_, f32>> =
+            params.iter_mut().map(|p| p.grad.slice_mut(..)).collect();
         let rule = self.mode.dynamic().copied();
-        ops::scaler::record_step(
+        ops::unscale::unscale_and_record(
             &self.gpu,
-            loss,
+            &mut grads,
             &mut self.scale,
-            &self.found_inf,
+            &mut self.found_inf,
+            target,
             rule.as_ref().map(|cfg| (&mut self.growth_tracker, cfg)),
-            records,
-            cursor,
-            advance,
         )?;
+        drop(grads);
+        let mut tensors: Vec<GpuParamTensor<'_>> = params
+            .iter_mut()
+            .map(|p| GpuParamTensor {
+                master: p.master.slice_mut(..),
+                grad: p.grad.slice(..),
+                half: p.half.slice_mut(..),
+            })
+            .collect();
+        inner.step_device(&self.gpu, &mut tensors, &self.found_inf)?;
         self.stages = next;
         Ok(())
     }

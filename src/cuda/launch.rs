@@ -33,6 +33,17 @@ impl KernelArgs {
         self
     }
 
+    /// Appends every argument of `tail`, in order (a kernel whose trailing parameters another
+    /// op prepares).
+    pub fn extend(&mut self, tail: &KernelArgs) -> &mut Self {
+        for (i, &start) in tail.starts.iter().enumerate() {
+            let end = tail.starts.get(i + 1).copied().unwrap_or(tail.slots.len());
+            self.starts.push(self.slots.len());
+            self.slots.extend_from_slice(&tail.slots[start..end]);
+        }
+        self
+    }
+
     /// The first slot of each argument, in order: what the driver's parameter array points at.
     pub(crate) fn first_slots(&self) -> impl Iterator<Item = &u64> {
         self.starts.iter().map(|&s| &self.slots[s])

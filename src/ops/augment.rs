@@ -146,7 +146,7 @@ pub(crate) struct EpochSource<'a> {
 }
 
 /// The training step's input stage: `n` samples of `src`'s epoch from sample `cursor[1]` (a
-/// device value, advanced by the step's bookkeeping kernel, [`crate::ops::scaler::record_step`],
+/// device value, advanced by the step's bookkeeping kernel, [`crate::ops::unscale::unscale_and_record`],
 /// so a CUDA graph replays it unchanged), gathered and shifted like [`gather_shifted`] into `out`
 /// and their labels into `labels_out`. A cursor past `plan_len − n` poisons the batch (NaN
 /// inputs, labels `u32::MAX`) instead of reading past the plan.

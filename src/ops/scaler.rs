@@ -6,7 +6,7 @@
 //! fixed addresses for CUDA-graph replay. Read them back only when logging.
 
 use crate::cpu::scaler::ScalerConfig;
-use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
+use crate::cuda::{DeviceBuffer, Gpu, KernelArgs, LaunchConfig};
 use crate::error::{Error, Result};
 use crate::kernels;
 use cudarc::driver::{DevicePtr, DevicePtrMut};
@@ -72,45 +72,39 @@ fn push_rule(args: &mut KernelArgs, cfg: &ScalerConfig) {
         .push(cfg.max_scale.unwrap_or(0.0));
 }
 
-/// A training step's bookkeeping on the device (`record_step` in `kernels/scaler.cu`): appends
-/// `(loss, scale, found_inf)` as record `cursor[0]` of `records` (three f32 per record; nothing is
-/// written once the buffer is full, but the cursor still counts), advances `cursor[0]` by one and
-/// the epoch's sample cursor `cursor[1]` by `advance` (the step's batch, where
-/// [`crate::ops::augment::gather_batch`] starts the next step), then, with `update`, applies
-/// [`update_scale`]'s rule to `scale` and the tracker in the same launch. The record holds the
-/// scale the step ran with.
-///
-/// Errors, before any launch: [`Error::ShapeMismatch`] unless `loss`, `scale`, `found_inf` and
-/// the tracker hold one value, `cursor` two and `records` a multiple of three;
-/// [`Error::InvalidArgument`] when the rule fails [`ScalerConfig::validate`].
-#[allow(clippy::too_many_arguments)] // one launch's buffers
-pub(crate) fn record_step(
+/// Where a training step's record goes: the device loss to record, the record buffer (three
+/// f32 per record) and `[records written, the epoch's next sample]`, advanced by one record and
+/// `advance` samples.
+pub(crate) struct RecordTarget<'a> {
+    pub loss: &'a DeviceBuffer<f32>,
+    pub records: &'a mut DeviceBuffer<f32>,
+    pub cursor: &'a mut DeviceBuffer<u32>,
+    pub advance: usize,
+}
+
+/// Checks a record's buffers and returns `record_step`'s arguments after `scale` and
+/// `found_inf` (loss, records, cursor, capacity, advance, dynamic, tracker, the rule), with
+/// `update` the tracker and rule of a dynamic scale. The caller checks scale and found_inf.
+/// Errors: [`Error::ShapeMismatch`] unless the loss and tracker hold one value, the cursor two
+/// and the records a multiple of three; [`Error::InvalidArgument`] when the rule fails
+/// [`ScalerConfig::validate`] or `advance` exceeds u32.
+pub(crate) fn record_args(
     gpu: &Gpu,
-    loss: &crate::cuda::DeviceBuffer<f32>,
-    scale: &mut crate::cuda::DeviceBuffer<f32>,
-    found_inf: &crate::cuda::DeviceBuffer<f32>,
-    update: Option<(&mut crate::cuda::DeviceBuffer<i32>, &ScalerConfig)>,
-    records: &mut crate::cuda::DeviceBuffer<f32>,
-    cursor: &mut crate::cuda::DeviceBuffer<u32>,
-    advance: usize,
-) -> Result<()> {
-    const OP: &str = "ops::scaler::record_step";
+    op: &'static str,
+    target: &mut RecordTarget<'_>,
+    update: Option<(&mut DeviceBuffer<i32>, &ScalerConfig)>,
+) -> Result<KernelArgs> {
     let tracker_len = update.as_ref().map_or(1, |(t, _)| t.len());
-    let ok = loss.len() == 1
-        && scale.len() == 1
-        && found_inf.len() == 1
-        && tracker_len == 1
-        && cursor.len() == 2
-        && records.len() % 3 == 0;
+    let (records, cursor) = (&mut *target.records, &mut *target.cursor);
+    let ok =
+        target.loss.len() == 1 && tracker_len == 1 && cursor.len() == 2 && records.len() % 3 == 0;
     if !ok {
         return Err(Error::ShapeMismatch {
-            op: OP,
+            op,
             detail: format!(
-                "loss, scale, found_inf and the growth tracker must be one value ({}, {}, {}, \
-                 {tracker_len}), cursor two ({}), records a multiple of three ({})",
-                loss.len(),
-                scale.len(),
-                found_inf.len(),
+                "the loss and the growth tracker must be one value ({}, {tracker_len}), cursor \
+                 two ({}), records a multiple of three ({})",
+                target.loss.len(),
                 cursor.len(),
                 records.len()
             ),
@@ -120,41 +114,24 @@ pub(crate) fn record_step(
         cfg.validate()?;
     }
     let capacity = u32::try_from(records.len() / 3).unwrap_or(u32::MAX);
-    let advance = u32::try_from(advance).map_err(|_| Error::InvalidArgument {
-        op: OP,
-        detail: format!("a batch of {advance} samples exceeds u32"),
+    let advance = u32::try_from(target.advance).map_err(|_| Error::InvalidArgument {
+        op,
+        detail: format!("a batch of {} samples exceeds u32", target.advance),
     })?;
     let stream = gpu.stream();
-    let (l, _g1) = loss.device_ptr(stream);
-    let (s, _g2) = scale.device_ptr_mut(stream);
-    let (f, _g3) = found_inf.device_ptr(stream);
-    let (r, _g4) = records.device_ptr_mut(stream);
-    let (c, _g5) = cursor.device_ptr_mut(stream);
+    // Plain addresses: ampkit's contexts run with cudarc's event tracking off (cuda::gpu), so
+    // the guards order nothing and may end here.
+    let (l, _g1) = target.loss.device_ptr(stream);
+    let (r, _g2) = records.device_ptr_mut(stream);
+    let (c, _g3) = cursor.device_ptr_mut(stream);
     let mut args = KernelArgs::new();
-    args.push(l).push(s).push(f).push(r).push(c);
-    args.push(capacity).push(advance);
-    let (mut tracker, cfg) = match update {
-        Some((t, cfg)) => (Some(t), *cfg),
+    args.push(l).push(r).push(c).push(capacity).push(advance);
+    let (tracker, cfg) = match update {
+        Some((t, cfg)) => (Some(t.device_ptr_mut(stream).0), *cfg),
         None => (None, ScalerConfig::default()),
     };
-    let tracker_ptr = tracker.as_mut().map(|t| t.device_ptr_mut(stream));
-    args.push(i32::from(tracker_ptr.is_some()))
-        .push(tracker_ptr.as_ref().map_or(0u64, |(p, _)| *p));
+    args.push(i32::from(tracker.is_some()))
+        .push(tracker.unwrap_or(0));
     push_rule(&mut args, &cfg);
-    // SAFETY: record_step(const float* loss, float* scale, const float* found_inf, float* records,
-    // unsigned* cursor, unsigned capacity, unsigned advance, int dynamic, int* tracker, double
-    // growth, double backoff, int interval, int has_min, float min_scale, int has_max, float
-    // max_scale) matches in order and type; loss, scale, found_inf and (when dynamic) the tracker
-    // hold one value each, cursor two, records 3·capacity values, which the kernel never writes
-    // past; the tracker (null when not dynamic) is read only when dynamic is 1.
-    let launched = unsafe {
-        gpu.launch(
-            &kernels::SCALER,
-            "record_step",
-            LaunchConfig::linear(1, 1),
-            &args,
-        )
-    };
-    drop(tracker_ptr);
-    launched
+    Ok(args)
 }

@@ -86,7 +86,7 @@ pub fn unscale_and_check<D: DevicePtrMut<f32>>(
             len,
         });
     }
-    launch_all(gpu, OP, "unscale_f32", 4, &entries, scale, found_inf)
+    launch_all(gpu, OP, "unscale_f32", 4, &entries, scale, found_inf, None)
 }
 
 /// Widens f16 gradients into f32 master gradients and unscales them in the same pass:
@@ -117,9 +117,103 @@ pub fn unscale_f16_to_f32<S: DevicePtr<f16>, D: DevicePtrMut<f32>>(
             len,
         });
     }
-    launch_all(gpu, OP, "unscale_f16_to_f32", 2, &entries, scale, found_inf)
+    launch_all(
+        gpu,
+        OP,
+        "unscale_f16_to_f32",
+        2,
+        &entries,
+        scale,
+        found_inf,
+        None,
+    )
 }
 
+/// [`unscale_and_check`] on a training step's gradients, with the step's record and scale
+/// update (`record_step` in `kernels/scaler.cu`, its arguments from
+/// [`crate::ops::scaler::record_args`]) run by the last block of the (last) unscale launch
+/// instead of a launch of its own: the record sees the step's final `found_inf` and the scale
+/// it ran with. The optimizer that follows reads only `found_inf`. Errors: as
+/// [`unscale_and_check`] and [`crate::ops::scaler::record_args`], before any launch.
+pub(crate) fn unscale_and_record<D: DevicePtrMut<f32>>(
+    gpu: &Gpu,
+    grads: &mut [D],
+    scale: &mut crate::cuda::DeviceBuffer<f32>,
+    found_inf: &mut crate::cuda::DeviceBuffer<f32>,
+    target: &mut crate::ops::scaler::RecordTarget<'_>,
+    update: Option<(
+        &mut crate::cuda::DeviceBuffer<i32>,
+        &crate::cpu::scaler::ScalerConfig,
+    )>,
+) -> Result<()> {
+    const OP: &str = "ops::unscale::unscale_and_record";
+    for (name, len) in [("scale", scale.len()), ("found_inf", found_inf.len())] {
+        if len != 1 {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                detail: format!("{name} must be one f32 on the device, got {len} elements"),
+            });
+        }
+    }
+    let tail = crate::ops::scaler::record_args(gpu, OP, target, update)?;
+    let stream = gpu.stream();
+    let mut guards = Vec::with_capacity(grads.len());
+    let mut entries = Vec::with_capacity(grads.len());
+    for g in grads.iter_mut() {
+        let len = g.len();
+        let (ptr, guard) = g.device_ptr_mut(stream);
+        guards.push(guard);
+        entries.push(Entry {
+            src: ptr,
+            dst: ptr,
+            len,
+        });
+    }
+    if entries.iter().all(|e| e.len == 0) {
+        // Nothing to unscale: the record takes its own launch.
+        drop(guards);
+        let (s, _g1) = scale.device_ptr_mut(stream);
+        let (f, _g2) = found_inf.device_ptr(stream);
+        let mut args = KernelArgs::new();
+        args.push(s).push(f).extend(&tail);
+        // SAFETY: as in ops::scaler::record_step: record_step(float* scale, const float*
+        // found_inf, then record_args' tail) matches; scale and found_inf are single f32s
+        // (checked above).
+        return unsafe {
+            gpu.launch(
+                &kernels::SCALER,
+                "record_step",
+                LaunchConfig::linear(1, 1),
+                &args,
+            )
+        };
+    }
+    gpu.with_counters(4, |ticket| {
+        let record = Record {
+            ticket,
+            tail: &tail,
+        };
+        launch_all(
+            gpu,
+            OP,
+            "unscale_f32",
+            4,
+            &entries,
+            &*scale,
+            found_inf,
+            Some(record),
+        )
+    })
+}
+
+/// The record for the last unscale launch: its ticket counter and `record_step`'s trailing
+/// arguments.
+struct Record<'a> {
+    ticket: u64,
+    tail: &'a KernelArgs,
+}
+
+#[allow(clippy::too_many_arguments)] // the launches' shared arguments
 fn launch_all<S, F>(
     gpu: &Gpu,
     op: &'static str,
@@ -128,6 +222,7 @@ fn launch_all<S, F>(
     entries: &[Entry],
     scale: &S,
     found_inf: &mut F,
+    record: Option<Record<'_>>,
 ) -> Result<()>
 where
     S: DevicePtr<f32>,
@@ -153,7 +248,8 @@ where
     let (scale_ptr, _g1) = scale.device_ptr(stream);
     let (flag_ptr, _g2) = found_inf.device_ptr_mut(stream);
     let nonempty: Vec<&Entry> = entries.iter().filter(|e| e.len > 0).collect();
-    for batch in nonempty.chunks(MAX_TENSORS) {
+    let batches = nonempty.len().div_ceil(MAX_TENSORS);
+    for (b, batch) in nonempty.chunks(MAX_TENSORS).enumerate() {
         let mut table = TensorTable {
             src: [0; MAX_TENSORS],
             dst: [0; MAX_TENSORS],
@@ -180,10 +276,21 @@ where
         table.chunk_start[batch.len()] = chunks as i32;
         let mut args = KernelArgs::new();
         args.push(table).push(scale_ptr).push(flag_ptr);
+        let mut kernel = kernel;
+        if let (Some(r), true) = (&record, b + 1 == batches) {
+            // The step's record in this launch's last block (unscale_f32_record).
+            args.push(r.ticket).extend(r.tail);
+            kernel = "unscale_f32_record";
+        }
         // SAFETY: unscale_{f32,f16_to_f32}(TensorTable table, const float* scale,
         // float* found_inf) matches: the table has the kernel's layout, each entry's source and
         // destination hold `len` elements of the kernel's types (checked by the callers), the
         // scale and flag are single f32s, and the guards above outlive the launch.
+        // unscale_f32_record(TensorTable, float* scale, float* found_inf, unsigned* ticket, then
+        // record_step's arguments after found_inf) takes the same plus the ticket (one u32 of
+        // the handle's counters, zero between launches, reset by the kernel) and the tail
+        // ops::scaler::record_args checked; its last block writes the scale, which the caller
+        // holds mutably.
         unsafe {
             gpu.launch(
                 &kernels::UNSCALE,

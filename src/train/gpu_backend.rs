@@ -36,9 +36,9 @@ use crate::cuda::{DeviceBuffer, Gpu};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::nn::{init_parameters, MlpConfig, Tensor};
-use crate::ops::augment;
 use crate::ops::blas::Blas;
 use crate::ops::cross_entropy::{softmax_cross_entropy, Grad, Logit};
+use crate::ops::{augment, scaler};
 use crate::optim::{self, base_lr, GpuParam, Optimizer};
 use cudarc::driver::{CudaGraph, DevicePtr};
 use half::f16;
@@ -497,8 +497,10 @@ impl GpuBackend {
             head,
         )?;
 
-        // Unscale + inf check and the optimizer (memset of found_inf, one unscale launch, one
-        // fused optimizer launch at the schedule's rate, skipped on the device on inf/NaN).
+        // Unscale + inf check, the step's record and the scale update, and the optimizer (memset
+        // of found_inf, one unscale launch whose last block records the step and updates the
+        // scale, one fused optimizer launch at the schedule's rate, skipped on the device on
+        // inf/NaN). The record holds the scale the step ran with.
         let mut params: Vec<GpuParam<'_>> = (self.masters.iter_mut())
             .zip(&mut self.grads)
             .zip(&mut self.halves)
@@ -508,10 +510,14 @@ impl GpuBackend {
                 half: h.slice_mut(..),
             })
             .collect();
-        self.scaler.step(&mut *self.optimizer, &mut params)?;
-        drop(params);
-        // The step's record (with the scale it ran with), then the scale update: one launch.
-        (self.scaler).update_recording(&self.loss, &mut self.records, &mut self.cursor, batch)?;
+        let mut target = scaler::RecordTarget {
+            loss: &self.loss,
+            records: &mut self.records,
+            cursor: &mut self.cursor,
+            advance: batch,
+        };
+        self.scaler
+            .step_recording(&mut *self.optimizer, &mut params, &mut target)?;
         Ok(())
     }
 
