@@ -15,8 +15,11 @@
 //   scale it ran with, and the update never races a reader. The optimizer that follows reads only
 //   found_inf. One launch instead of two.
 // Launch: an argument table (by value, ≤ 4 KB of kernel parameters) of up to 96 tensors, their
-//   lengths and a prefix sum of 8192-element chunks; one 256-thread block per chunk, which finds
-//   its tensor by binary search. More tensors take more launches (src/ops/unscale.rs).
+//   lengths and a prefix sum of `chunk`-element chunks; one 256-thread block per chunk, which
+//   finds its tensor by binary search. More tensors take more launches (src/ops/unscale.rs). The
+//   host picks chunk (a power of two, 1024 to 8192) for about four blocks per SM: with a fixed
+//   8192 the MLP's 407 k gradients made 50 blocks of eight dependent round trips per thread
+//   (~8 µs); at 1024, 400 blocks of one 16-byte access per thread.
 // Roofline: f32 in place moves 8 bytes per element, f16 → f32 6 bytes; at ~2.9 TB/s (device
 //   copy on the H100) the 784→512→10 MLP's 407 k gradients take ~1.1 µs, so launch overhead
 //   dominates there; at 64 M elements the floor is ~180 µs.
@@ -26,7 +29,6 @@
 namespace unscale_detail {
 
 constexpr int MAX_TENSORS = 96;
-constexpr int CHUNK = 8192;  // elements per block
 constexpr int THREADS = 256;
 
 // Mirrors src/ops/unscale.rs's TensorTable (#[repr(C)]).
@@ -47,7 +49,8 @@ __device__ __forceinline__ float apply(float v, float inv, bool& found) {
 }
 
 template <typename Src>
-__device__ __forceinline__ void unscale(const TensorTable& t, const float* scale, float* found_inf) {
+__device__ __forceinline__ void unscale(const TensorTable& t, const float* scale, float* found_inf,
+                                        long long chunk) {
     // The tensor this block's chunk belongs to: the last t with chunk_start[t] <= blockIdx.x.
     int lo = 0, hi = t.count - 1;
     while (lo < hi) {
@@ -56,8 +59,8 @@ __device__ __forceinline__ void unscale(const TensorTable& t, const float* scale
     }
     const Src* src = reinterpret_cast<const Src*>(t.src[lo]);
     float* dst = reinterpret_cast<float*>(t.dst[lo]);
-    const long long begin = (long long)(blockIdx.x - t.chunk_start[lo]) * CHUNK;
-    const long long end = min(t.len[lo], begin + CHUNK);
+    const long long begin = (long long)(blockIdx.x - t.chunk_start[lo]) * chunk;
+    const long long end = min(t.len[lo], begin + chunk);
     const float inv = float(1.0 / double(*scale));
     bool found = false;
     // Four elements per thread per step (16-byte f32 / 8-byte f16 accesses) when both tensors
@@ -98,21 +101,22 @@ __device__ __forceinline__ void unscale(const TensorTable& t, const float* scale
 using namespace unscale_detail;
 
 extern "C" __global__ void __launch_bounds__(THREADS)
-    unscale_f32(TensorTable table, const float* scale, float* found_inf) {
-    unscale<float>(table, scale, found_inf);
+    unscale_f32(TensorTable table, const float* scale, float* found_inf, long long chunk) {
+    unscale<float>(table, scale, found_inf, chunk);
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS)
-    unscale_f16_to_f32(TensorTable table, const float* scale, float* found_inf) {
-    unscale<__half>(table, scale, found_inf);
+    unscale_f16_to_f32(TensorTable table, const float* scale, float* found_inf, long long chunk) {
+    unscale<__half>(table, scale, found_inf, chunk);
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS)
-    unscale_f32_record(TensorTable table, float* scale, float* found_inf, unsigned* ticket,
+    unscale_f32_record(TensorTable table, float* scale, float* found_inf, long long chunk,
+                       unsigned* ticket,
                        const float* loss, float* records, unsigned* cursor, unsigned capacity,
                        unsigned advance, int dynamic, int* tracker, double growth, double backoff,
                        int interval, int has_min, float min_scale, int has_max, float max_scale) {
-    unscale<float>(table, scale, found_inf);
+    unscale<float>(table, scale, found_inf, chunk);
     __threadfence();
     __syncthreads();
     if (threadIdx.x != 0) return;

@@ -36,8 +36,12 @@ use half::f16;
 
 /// Tensors per launch: the argument table must fit the 4 KB kernel-parameter limit.
 const MAX_TENSORS: usize = 96;
-/// Elements per block (`CHUNK` in the kernel).
-const CHUNK: usize = 8192;
+/// Bounds of the elements per block (`chunk` in the kernel): powers of two, multiples of the
+/// 1024 elements one 16-byte pass of a block covers.
+const MIN_CHUNK: usize = 1024;
+const MAX_CHUNK: usize = 8192;
+/// Blocks per SM a launch aims for before chunks grow past [`MIN_CHUNK`].
+const BLOCKS_PER_SM: usize = 4;
 const THREADS: u32 = 256;
 
 /// The kernel's argument table, passed by value (`TensorTable` in `kernels/unscale.cu`).
@@ -176,9 +180,9 @@ pub(crate) fn unscale_and_record<D: DevicePtrMut<f32>>(
         let (f, _g2) = found_inf.device_ptr(stream);
         let mut args = KernelArgs::new();
         args.push(s).push(f).extend(&tail);
-        // SAFETY: as in ops::scaler::record_step: record_step(float* scale, const float*
-        // found_inf, then record_args' tail) matches; scale and found_inf are single f32s
-        // (checked above).
+        // SAFETY: kernels/scaler.cu's record_step(float* scale, const float* found_inf, then
+        // the arguments ops::scaler::record_args pushed and checked) matches; scale and
+        // found_inf are single f32s (checked above).
         return unsafe {
             gpu.launch(
                 &kernels::SCALER,
@@ -249,6 +253,10 @@ where
     let (flag_ptr, _g2) = found_inf.device_ptr_mut(stream);
     let nonempty: Vec<&Entry> = entries.iter().filter(|e| e.len > 0).collect();
     let batches = nonempty.len().div_ceil(MAX_TENSORS);
+    let total: usize = nonempty.iter().map(|e| e.len).sum();
+    let chunk = (total / (BLOCKS_PER_SM * gpu.info().multiprocessors.max(1)))
+        .clamp(MIN_CHUNK, MAX_CHUNK)
+        .next_power_of_two();
     for (b, batch) in nonempty.chunks(MAX_TENSORS).enumerate() {
         let mut table = TensorTable {
             src: [0; MAX_TENSORS],
@@ -263,19 +271,22 @@ where
             table.dst[i] = e.dst;
             table.len[i] = e.len as i64;
             table.chunk_start[i] = chunks as i32;
-            chunks += e.len.div_ceil(CHUNK);
+            chunks += e.len.div_ceil(chunk);
         }
         if chunks > i32::MAX as usize {
             return Err(Error::InvalidArgument {
                 op,
                 detail: format!(
-                    "{chunks} chunks of {CHUNK} elements exceed one launch; split the list"
+                    "{chunks} chunks of {chunk} elements exceed one launch; split the list"
                 ),
             });
         }
         table.chunk_start[batch.len()] = chunks as i32;
         let mut args = KernelArgs::new();
-        args.push(table).push(scale_ptr).push(flag_ptr);
+        args.push(table)
+            .push(scale_ptr)
+            .push(flag_ptr)
+            .push(chunk as i64);
         let mut kernel = kernel;
         if let (Some(r), true) = (&record, b + 1 == batches) {
             // The step's record in this launch's last block (unscale_f32_record).
@@ -283,12 +294,13 @@ where
             kernel = "unscale_f32_record";
         }
         // SAFETY: unscale_{f32,f16_to_f32}(TensorTable table, const float* scale,
-        // float* found_inf) matches: the table has the kernel's layout, each entry's source and
-        // destination hold `len` elements of the kernel's types (checked by the callers), the
-        // scale and flag are single f32s, and the guards above outlive the launch.
-        // unscale_f32_record(TensorTable, float* scale, float* found_inf, unsigned* ticket, then
-        // record_step's arguments after found_inf) takes the same plus the ticket (one u32 of
-        // the handle's counters, zero between launches, reset by the kernel) and the tail
+        // float* found_inf, long long chunk) matches: the table has the kernel's layout with
+        // chunk_start counting chunks of `chunk`, each entry's source and destination hold `len`
+        // elements of the kernel's types (checked by the callers), the scale and flag are single
+        // f32s, and the guards above outlive the launch. unscale_f32_record(TensorTable, float*
+        // scale, float* found_inf, long long chunk, unsigned* ticket, then record_step's
+        // arguments after found_inf) takes the same plus the ticket (one u32 of the handle's
+        // counters, zero between launches, reset by the kernel) and the tail
         // ops::scaler::record_args checked; its last block writes the scale, which the caller
         // holds mutably.
         unsafe {
