@@ -136,6 +136,50 @@ __device__ __forceinline__ float row_loss(const float (&x)[4], const bool (&pres
 
 using namespace head_detail;
 
+// The final sums of partial rows [first, first + n) (in row order, GROUP at a time) into the bias
+// gradients, and of their f64 loss partials into the mean loss.
+__device__ __forceinline__ void final_sums(const float* __restrict__ rows_p,
+                                           const double* __restrict__ loss_p, unsigned first,
+                                           unsigned n, int width, int H, int classes, int rows,
+                                           float* __restrict__ dbias_hidden,
+                                           float* __restrict__ dbias, float* __restrict__ loss) {
+    const int w4 = width / 4;
+    const float4* gsrc = reinterpret_cast<const float4*>(rows_p) + size_t(first) * w4;
+    for (int k = threadIdx.x; k < w4; k += blockDim.x) {
+        float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
+        for (unsigned g0 = 0; g0 < n; g0 += GROUP) {
+            float4 v[GROUP];
+#pragma unroll
+            for (int b = 0; b < GROUP; ++b) {
+                v[b] = g0 + b < n ? __ldcg(gsrc + size_t(g0 + b) * w4 + k)
+                                       : make_float4(0.f, 0.f, 0.f, 0.f);
+            }
+#pragma unroll
+            for (int b = 0; b < GROUP; ++b) {
+                s.x += v[b].x;
+                s.y += v[b].y;
+                s.z += v[b].z;
+                s.w += v[b].w;
+            }
+        }
+        const float sum[4] = {s.x, s.y, s.z, s.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int col = 4 * k + e;
+            if (col < H) {
+                dbias_hidden[col] = sum[e];
+            } else if (col - H < classes) {
+                dbias[col - H] = sum[e];
+            }
+        }
+    }
+    if (threadIdx.x == 0) {
+        double l = 0.0;
+        for (unsigned g0 = 0; g0 < n; ++g0) l += __ldcg(loss_p + first + g0);
+        *loss = float(l / double(rows));
+    }
+}
+
 // The bias-gradient and loss partials: one row of `width` f32 and one f64 per block, then one
 // per group of GROUP blocks; the last block of each group (a ticket on its group's counter) adds
 // its group's rows in block order, and the last group to finish (a ticket on the counter after the
@@ -167,6 +211,11 @@ __device__ __forceinline__ void reduce_partials(float* __restrict__ rows_p,
         if (last) counters[group] = 0;  // every block of the group has taken its ticket
     }
     if (!__syncthreads_or(last)) return;
+    if (groups == 1) {
+        // One group: its last block is the last overall and adds the rows itself.
+        final_sums(rows_p, loss_p, 0, count, width, H, classes, rows, dbias_hidden, dbias, loss);
+        return;
+    }
     // The group's rows, in block order, into group row `grid + group`.
     const float4* src = reinterpret_cast<const float4*>(rows_p);
     float4* dst = reinterpret_cast<float4*>(rows_p) + size_t(grid + group) * w4;
@@ -206,41 +255,9 @@ __device__ __forceinline__ void reduce_partials(float* __restrict__ rows_p,
     }
     if (!__syncthreads_or(last)) return;
     // The group rows, in group order (at most grid / GROUP + 1 of them).
-    const float4* gsrc = reinterpret_cast<const float4*>(rows_p) + size_t(grid) * w4;
-    for (int k = threadIdx.x; k < w4; k += blockDim.x) {
-        float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
-        for (unsigned g0 = 0; g0 < groups; g0 += GROUP) {
-            float4 v[GROUP];
-#pragma unroll
-            for (int b = 0; b < GROUP; ++b) {
-                v[b] = g0 + b < groups ? __ldcg(gsrc + size_t(g0 + b) * w4 + k)
-                                       : make_float4(0.f, 0.f, 0.f, 0.f);
-            }
-#pragma unroll
-            for (int b = 0; b < GROUP; ++b) {
-                s.x += v[b].x;
-                s.y += v[b].y;
-                s.z += v[b].z;
-                s.w += v[b].w;
-            }
-        }
-        const float sum[4] = {s.x, s.y, s.z, s.w};
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const int col = 4 * k + e;
-            if (col < H) {
-                dbias_hidden[col] = sum[e];
-            } else if (col - H < classes) {
-                dbias[col - H] = sum[e];
-            }
-        }
-    }
-    if (threadIdx.x == 0) {
-        double l = 0.0;
-        for (unsigned g0 = 0; g0 < groups; ++g0) l += __ldcg(loss_p + grid + g0);
-        *loss = float(l / double(rows));
-    }
+    final_sums(rows_p, loss_p, grid, groups, width, H, classes, rows, dbias_hidden, dbias, loss);
 }
+
 
 template <int JW>
 __device__ __forceinline__ void head_body(const __half* __restrict__ h, const __half* __restrict__ w,
@@ -284,6 +301,8 @@ __device__ __forceinline__ void head_body(const __half* __restrict__ h, const __
         const bool va = ra < rows, vb = rb < rows;
         const __half* ha = h + size_t(va ? ra : 0) * H + 8 * q;
         const __half* hb = h + size_t(vb ? rb : 0) * H + 8 * q;
+        // The labels now, so their round trip overlaps the forward's, not the loss's.
+        const unsigned label_a = va ? labels[ra] : 0u, label_b = vb ? labels[rb] : 0u;
         uint4 ya[JW], yb[JW];  // kept for the ReLU mask
 
         // Forward over this warp's column blocks, then the block's sum in warp order.
@@ -330,7 +349,7 @@ __device__ __forceinline__ void head_body(const __half* __restrict__ h, const __
                 const int cls = (i >> 1) * 8 + 2 * q + (i & 1);
                 if (warp == 0 && valid && present[i]) logits[size_t(row) * classes + cls] = hv;
             }
-            const unsigned label = valid ? labels[row] : 0u;
+            const unsigned label = half_row ? label_b : label_a;
             row_l[half_row] = row_loss(x, present, label, classes, scale, q, dl[half_row]);
             if (!valid) {
 #pragma unroll
