@@ -13,35 +13,44 @@
 //   dz[r, k] = f16(Σ_c dlogits[r, c]·w[c, k]) where h[r, k] > 0 (bit test, as relu.cu), else +0
 //   dbias[c] = Σ_r dlogits[r, c],  dbias_hidden[k] = Σ_r dz[r, k]      (f32 sums of the f16 values)
 //   loss = the mean row loss (f64 partial sums, as cross_entropy.cu)
-// Algorithm: a warp takes 16 rows at a time (one m16 tile) and runs both products on the tensor
-//   cores (mma.sync m16n8k16, f16 in, f32 out), classes padded to 16 with zero weights:
-//   - forward: K = H in steps of 16. The K order is permuted so that every load is 16 bytes:
-//     lane (g = lane/4, q = lane%4) loads h[row g and g+8][32j + 8q, +8) and w[class][32j + 8q,
-//     +8), which are its A and B fragments of two k-steps (a permutation of the k index common
-//     to both operands leaves the dot product's terms unchanged; only their f32 summation order
-//     differs, as between any two GEMM tilings).
+// Algorithm: a block takes 16 rows at a time (one m16 tile) and its 8 warps split the hidden
+//   width: warp w owns the column blocks j = w, w + 8, … of 32 columns. Both products run on the
+//   tensor cores (mma.sync m16n8k16, f16 in, f32 out), classes padded to 16 with zero weights:
+//   - forward: each warp multiplies its column blocks (K steps of 16). The K order is permuted so
+//     that every load is 16 bytes: lane (g = lane/4, q = lane%4) loads h[row g and g+8][32j + 8q,
+//     +8) and w[class][32j + 8q, +8), its A and B fragments of two k-steps (a permutation of the k
+//     index common to both operands leaves the dot product's terms unchanged; only their f32
+//     summation order differs, as between any two GEMM tilings). The 8 warps' partial logits
+//     meet in shared memory (one buffer per tile parity, one barrier per tile) and every warp
+//     adds them in warp order: the same sums, bits and loss in every warp.
 //   - the loss works on the accumulator fragments: a row's 16 logits live in the 4 lanes of one
 //     quad, so its max and sums take two shuffles; the f16 dlogits fragment is, register for
-//     register, the A fragment of the data-gradient product (K = 16 classes).
-//   - dgrad: N = H in tiles of 8 whose columns are permuted so that lane (g, q) receives exactly
-//     h[row][32j + 8q, +8), the 16 bytes it loads for the ReLU mask, and stores 16 bytes of dz.
-//   - bias gradients: column sums of each tile by shuffles across the 8 quads, added per warp
-//     into its own shared-memory row in tile order, then summed over the block's warps in warp
-//     order into one partial per block; the last block to finish (an acquire-release ticket, as
-//     cross_entropy.cu) adds the partials in block order. No float atomics: bit-identical run to
-//     run for a given launch shape.
-// Launch: 256 threads (8 warps), grid = min(⌈tiles / 8⌉, number of SMs); dynamic shared memory:
-//   the warps' bias-gradient rows (8·H f32). The weights (C·H f16, 10 KiB for MNIST) are read
-//   straight from global memory as 16-byte fragments: every warp reads all of them, so after the
-//   first they hit L1, and no block waits for a shared-memory copy before its first load of h
-//   (v1 staged w and wᵀ in shared memory with scalar loads: a 16-iteration prologue of dependent
-//   L2 round trips made the kernel 40 µs). The host checks H % 32 == 0, H ≤ 1024, C ≤ 16 and
-//   16-byte alignment of h, dz and w. Scratch (the Gpu handle's ticket buffer): the counter, one
-//   f64 loss partial per block, then, 16-byte aligned, H + 16 f32 bias-gradient partials per
-//   block, which the last block reads as float4 with eight in flight per thread.
+//     register, the A fragment of the data-gradient product (K = 16 classes). Warp 0 stores the
+//     logits, the dlogits and the loss.
+//   - dgrad: each warp its column blocks, N in tiles of 8 whose columns are permuted so that lane
+//     (g, q) receives exactly h[row][32j + 8q, +8), the 16 bytes it loaded for the forward (kept
+//     in registers for the ReLU mask), and stores 16 bytes of dz.
+//   - bias gradients: each lane sums its 8 columns of rows g and g + 8 over the block's tiles in
+//     registers; at the end shuffles across the 8 quads give the block's partial row. The
+//     partial rows (and the f64 loss partials) are added in two deterministic rounds: the last
+//     block of each group of 16 (an acquire-release ticket) adds its group's rows in block order,
+//     the last group adds the group rows in group order (one round for up to 16 blocks). No
+//     float atomics: bit-identical run to run for a given launch shape.
+// Launch: 256 threads (8 warps), a block per tile up to 2 per SM (blocks loop over tiles beyond);
+//   instances mlp_head_f16_j{1,2,4} for up to 1, 2, 4 column blocks per warp (H ≤ 256, 512,
+//   1024; 80, 104, 180 registers). The weights (C·H f16, 10 KiB for MNIST) are read straight from
+//   global memory as 16-byte fragments: every warp reads them, so after the first they hit L1.
+//   The host checks H % 32 == 0, H ≤ 1024, C ≤ 16 and 16-byte alignment of h, dz and w. Scratch:
+//   the partial rows of width H + 16 f32 and the f64 loss partials (the Gpu handle's scratch
+//   buffer), and one u32 counter per group plus one (Gpu::with_counters: zero between launches,
+//   each reset by the block that takes its last ticket).
 // Roofline (784→512→10 MLP, 4096 rows): reads h (4 MiB) and writes dz (4 MiB) plus 160 KiB of
 //   logits and dlogits: ~2.8 µs at the H100's ~3 TB/s; 2·4096·512·16·2 = 134 MFLOP on the tensor
-//   cores is nothing. The unfused launches it replaces took ~40 µs (bench/RESULTS.md).
+//   cores is nothing. The six unfused launches it replaces took ~40 µs of event brackets; v3 takes
+//   12-19 µs (H100): each block's path holds two HBM round trips, the loss's dependent
+//   arithmetic and the ticket rounds.
+// History (docs/kernels/head.md): v1 gave each warp whole tiles, one after another: a chain of
+//   ~8 K dependent instructions per tile made it 40-54 µs; v3 splits every tile over 8 warps.
 #include "softmax_common.cuh"
 
 namespace head_detail {

@@ -2,11 +2,16 @@
 //! [`crate::ops`], everything on one stream with no host synchronisation and no device-to-host
 //! copy. Per step: forward GEMMs (bias and ReLU in the epilogue), fused softmax-cross-entropy
 //! (the loss scale read from the [`GradScaler`]'s device buffer), per-layer backward
-//! (ReLU/LayerNorm backward, f32 weight gradient, bias gradient, f16 data gradient), then
-//! [`GradScaler::step`] (one multi-tensor unscale + inf check, one fused optimizer launch that
-//! skips itself on inf/NaN), and the step's bookkeeping kernel, which appends (loss, scale,
-//! found_inf) to a record buffer the host reads back in [`Backend::take_records`], advances the
-//! epoch's sample cursor and applies [`GradScaler::update`]'s scale update in the same launch.
+//! (ReLU/LayerNorm backward, f32 weight gradient, bias gradient, f16 data gradient), then the
+//! scaler's step: one multi-tensor unscale + inf check whose last block also appends (loss,
+//! scale, found_inf) to a record buffer the host reads back in [`Backend::take_records`],
+//! advances the epoch's sample cursor and applies [`GradScaler::update`]'s scale update, and one
+//! fused optimizer launch that skips itself on inf/NaN.
+//!
+//! Where the model allows ([`GpuBackend::set_fusion`]), the last layer, the loss and the
+//! gradients around it (both bias gradients, the last dgrad, the hidden layer's ReLU backward)
+//! are one kernel (`kernels/head.cu`): 7 kernels per step for the default model (9 when the
+//! weight gradients split K).
 //!
 //! The step's inputs come from the training set resident on the device: each step starts with
 //! one kernel that gathers (and shifts, and casts to f16) its batch from the epoch's plan at the
@@ -30,7 +35,6 @@ use super::gpu_layers::{self, Buf, Layer, Params, View};
 use super::{config::TrainConfig, memory};
 use crate::amp::GradScaler;
 use crate::cpu::optim::OptimizerConfig;
-use crate::cpu::scaler::ScalerState;
 use crate::cpu::schedule::LrSchedule;
 use crate::cuda::{DeviceBuffer, Gpu};
 use crate::device::Device;
@@ -43,6 +47,10 @@ use crate::optim::{self, base_lr, GpuParam, Optimizer};
 use cudarc::driver::{CudaGraph, DevicePtr};
 use half::f16;
 use std::sync::Arc;
+
+// The records, evaluation, export and import: a child module, so it sees the backend's fields.
+#[path = "gpu_backend_state.rs"]
+mod state;
 
 /// Values per step in the record buffer: loss, scale, found_inf.
 const RECORD: usize = 3;
@@ -518,133 +526,6 @@ impl GpuBackend {
         };
         self.scaler
             .step_recording(&mut *self.optimizer, &mut params, &mut target)?;
-        Ok(())
-    }
-
-    fn take_records_impl(&mut self) -> Result<Vec<StepRecord>> {
-        if self.pending == 0 {
-            return Ok(Vec::new());
-        }
-        let raw = self
-            .gpu
-            .download(&self.records.slice(..self.pending * RECORD))?;
-        (self.gpu.stream())
-            .memcpy_htod(&[0u32], &mut self.cursor.slice_mut(0..1))
-            .map_err(Error::driver("resetting the record cursor"))?;
-        self.pending = 0;
-        let base = base_lr(&self.opt);
-        Ok(raw
-            .chunks_exact(RECORD)
-            .map(|r| {
-                let skipped = r[2] != 0.0;
-                let lr = self.schedule.lr_at(base, self.real_steps);
-                if !skipped {
-                    self.real_steps += 1;
-                }
-                StepRecord {
-                    loss: r[0],
-                    scale: r[1],
-                    skipped,
-                    lr,
-                }
-            })
-            .collect())
-    }
-
-    fn evaluate_impl(&mut self, images: &[f32], labels: &[u32]) -> Result<Evaluation> {
-        check_samples("train::GpuBackend::evaluate", &self.cfg, images, labels)?;
-        let (inputs, classes) = (self.cfg.inputs(), self.cfg.classes());
-        let xd = self.upload_inputs(images)?;
-        let mut eval = Evaluation {
-            loss: 0.0,
-            correct: 0,
-            total: labels.len(),
-        };
-        for (c, y) in labels.chunks(self.batch_cap).enumerate() {
-            let b = y.len();
-            let x = sample_view(&xd, c * self.batch_cap * inputs, b * inputs);
-            let params = Params {
-                masters: &self.masters,
-                halves: &self.halves,
-            };
-            let all = self.layers.len();
-            gpu_layers::forward(
-                &self.gpu,
-                &mut self.blas,
-                &mut self.layers,
-                &params,
-                &x,
-                b,
-                all,
-            )?;
-            let logits: Vec<f32> = match &self
-                .layers
-                .last()
-                .expect("validated: at least one layer")
-                .out_buf
-            {
-                Buf::H(l) => self
-                    .gpu
-                    .download(&l.slice(..b * classes))?
-                    .iter()
-                    .map(|v| v.to_f32())
-                    .collect(),
-                Buf::F(l) => self.gpu.download(&l.slice(..b * classes))?,
-            };
-            let mut d = vec![0f32; b * classes];
-            let loss = crate::cpu::cross_entropy::softmax_cross_entropy(
-                &logits, y, b, classes, 1.0, &mut d,
-            )?;
-            eval.loss += f64::from(loss) * b as f64;
-            eval.correct += count_correct(&logits, y, classes);
-        }
-        eval.loss /= labels.len().max(1) as f64;
-        Ok(eval)
-    }
-
-    fn export_impl(&mut self) -> Result<BackendState> {
-        let specs = self.cfg.parameter_specs();
-        let params = specs
-            .iter()
-            .zip(&self.masters)
-            .map(|(s, m)| {
-                Ok(Tensor {
-                    name: s.name.clone(),
-                    shape: s.shape.clone(),
-                    data: self.gpu.download(m)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let dict = self.scaler.state_dict()?;
-        let scaler = ScalerState {
-            scale: dict.scale,
-            growth_tracker: dict.growth_tracker,
-        };
-        export_state(params, &self.optimizer.state_dict()?, scaler)
-    }
-
-    fn import_impl(&mut self, state: &BackendState) -> Result<()> {
-        check_params(
-            "train::GpuBackend::import",
-            &self.cfg.parameter_specs(),
-            &state.params,
-        )?;
-        let (opt, scaler) =
-            import_dicts(&self.opt, self.schedule, self.scaler.loss_scale(), state)?;
-        scaler.validate()?; // so that nothing changes unless both load
-        self.optimizer.load_state_dict(&opt)?;
-        self.scaler.load_state_dict(&scaler)?;
-        for (t, p) in state.params.iter().enumerate() {
-            self.masters[t] = self.gpu.upload(&p.data)?;
-            self.halves[t] = self
-                .gpu
-                .upload(&p.data.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>())?;
-        }
-        self.real_steps = state.optimizer_step;
-        // The masters and f16 copies were reallocated: a captured graph would update the old
-        // ones (the optimizer and scaler loaded theirs in place).
-        self.graph.exec = None;
-        self.graph.warm = false;
         Ok(())
     }
 }
