@@ -7,7 +7,9 @@
 //   found_inf is never cleared here (the caller zeroes it once per step). Bit-exact with
 //   src/cpu/unscale.rs except NaN payloads under a multiply (the GPU returns the canonical NaN).
 //   unscale_f32: in place on f32 gradients. unscale_f16_to_f32: reads f16 gradients and writes
-//   f32 master gradients in the same pass. unscale_f32_record: unscale_f32, then the block that
+//   f32 master gradients in the same pass. A tensor of the f32 table may come as K-split GEMM
+//   partials (splits > 1): they are summed in slice order first, as the GEMM's own reduce would,
+//   which saves the training step that reduce's launch. unscale_f32_record: unscale_f32, then the block that
 //   takes the last ticket (an acquire-release atomic on a counter the host keeps zero between
 //   launches; the block resets it) runs a training step's record and scale update
 //   (step_record.cuh, as scaler.cu's record_step): every block read the scale at its start and
@@ -38,6 +40,10 @@ struct TensorTable {
     long long len[MAX_TENSORS];
     int chunk_start[MAX_TENSORS + 1];  // chunk_start[t] = chunks of tensors before t
     int count;
+    // K-split partials summed on the way (f32 sources only): src holds splits[t] slices of len
+    // elements, added in slice order from 0, as gemm.cu's gemm_splitk_reduce adds them, so the
+    // result is that reduce's followed by this unscale, bit for bit. 1: src is the gradient.
+    int splits[MAX_TENSORS];
 };
 
 __device__ __forceinline__ float load(const float* p, long long i) { return p[i]; }
@@ -66,11 +72,29 @@ __device__ __forceinline__ void unscale(const TensorTable& t, const float* scale
     // Four elements per thread per step (16-byte f32 / 8-byte f16 accesses) when both tensors
     // are aligned; chunks start at multiples of 8192 elements, so alignment carries over. The
     // last (len mod 4) elements, or every element of an unaligned tensor, go one by one.
-    const bool vec = (t.src[lo] % (4 * sizeof(Src)) == 0) && (t.dst[lo] % 16 == 0);
+    const int splits = t.splits[lo];
+    const long long len = t.len[lo];
+    const bool vec = (t.src[lo] % (4 * sizeof(Src)) == 0) && (t.dst[lo] % 16 == 0) &&
+                     (splits == 1 || len % 4 == 0);
     const long long full = vec ? begin + ((end - begin) & ~3LL) : begin;
     for (long long i = begin + 4 * threadIdx.x; i < full; i += 4 * THREADS) {
         float v[4];
-        if (sizeof(Src) == 4) {
+        if (splits > 1) {
+            // f32 partials (the host passes splits > 1 only for f32 sources).
+            const float* p = reinterpret_cast<const float*>(src);
+            float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
+            for (int s = 0; s < splits; ++s) {
+                const float4 x = *reinterpret_cast<const float4*>(p + s * len + i);
+                a.x += x.x;
+                a.y += x.y;
+                a.z += x.z;
+                a.w += x.w;
+            }
+            v[0] = a.x;
+            v[1] = a.y;
+            v[2] = a.z;
+            v[3] = a.w;
+        } else if (sizeof(Src) == 4) {
             const float4 x = *reinterpret_cast<const float4*>(src + i);
             v[0] = x.x;
             v[1] = x.y;
@@ -90,7 +114,13 @@ __device__ __forceinline__ void unscale(const TensorTable& t, const float* scale
         *reinterpret_cast<float4*>(dst + i) = make_float4(v[0], v[1], v[2], v[3]);
     }
     for (long long j = full + threadIdx.x; j < end; j += THREADS) {
-        dst[j] = apply(load(src, j), inv, found);
+        float v = 0.f;
+        if (splits > 1) {
+            for (int s = 0; s < splits; ++s) v += load(src, s * len + j);
+        } else {
+            v = load(src, j);
+        }
+        dst[j] = apply(v, inv, found);
     }
     // Racy but benign: every writer stores the same 1.0f (PyTorch's kernel does the same).
     if (__syncthreads_or(found) && threadIdx.x == 0) *found_inf = 1.f;

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::ops;
 use crate::ops::optim::GpuParamTensor;
 use crate::optim::{GpuParam, Optimizer, Param, StepOutcome};
-use cudarc::driver::{CudaViewMut, DevicePtrMut};
+use cudarc::driver::{CudaView, CudaViewMut, DevicePtrMut};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -231,10 +231,13 @@ impl GradScaler {
     /// reads only the flag; the record holds the scale the step ran with). Ends the step.
     /// Errors: as `step`'s and `update`'s, and [`Error::InvalidArgument`] after
     /// [`GradScaler::unscale`] this step; nothing queued.
+    /// `partials[t]`, when given, holds parameter `t`'s gradient as K-split slices that the
+    /// unscale adds first (see [`ops::unscale::unscale_and_record`]).
     pub(crate) fn step_recording<O: Optimizer + ?Sized>(
         &mut self,
         optimizer: &mut O,
         params: &mut [GpuParam<'_>],
+        partials: &[Option<(CudaView<'_, f32>, usize)>],
         target: &mut ops::scaler::RecordTarget<'_>,
     ) -> Result<()> {
         const OP: &str = "amp::GradScaler::step_recording";
@@ -261,6 +264,7 @@ impl GradScaler {
         ops::unscale::unscale_and_record(
             &self.gpu,
             &mut grads,
+            partials,
             &mut self.scale,
             &mut self.found_inf,
             target,

@@ -31,7 +31,7 @@ use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
 use crate::error::{Error, Result};
 use crate::kernels;
 use crate::validate;
-use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
+use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut, DeviceRepr};
 use half::f16;
 
 /// Tensors per launch: the argument table must fit the 4 KB kernel-parameter limit.
@@ -53,17 +53,20 @@ struct TensorTable {
     len: [i64; MAX_TENSORS],
     chunk_start: [i32; MAX_TENSORS + 1],
     count: i32,
+    splits: [i32; MAX_TENSORS],
 }
 
 // SAFETY: plain old data with the kernel's C layout (u64/i64 arrays, then i32s), no padding
 // inside and none the kernel reads.
 unsafe impl DeviceRepr for TensorTable {}
 
-/// One tensor of a list: source and destination addresses, element count.
+/// One tensor of a list: source and destination addresses, element count, and the K-split
+/// slices the source holds (1: the source is the tensor itself).
 struct Entry {
     src: u64,
     dst: u64,
     len: usize,
+    splits: usize,
 }
 
 /// Unscales f32 gradients in place: `g = g · inv` (unless `inv == 1`), and sets `found_inf`
@@ -88,6 +91,7 @@ pub fn unscale_and_check<D: DevicePtrMut<f32>>(
             src: ptr,
             dst: ptr,
             len,
+            splits: 1,
         });
     }
     launch_all(gpu, OP, "unscale_f32", 4, &entries, scale, found_inf, None)
@@ -119,6 +123,7 @@ pub fn unscale_f16_to_f32<S: DevicePtr<f16>, D: DevicePtrMut<f32>>(
             src: sp,
             dst: dp,
             len,
+            splits: 1,
         });
     }
     launch_all(
@@ -139,9 +144,15 @@ pub fn unscale_f16_to_f32<S: DevicePtr<f16>, D: DevicePtrMut<f32>>(
 /// instead of a launch of its own: the record sees the step's final `found_inf` and the scale
 /// it ran with. The optimizer that follows reads only `found_inf`. Errors: as
 /// [`unscale_and_check`] and [`crate::ops::scaler::record_args`], before any launch.
+///
+/// `partials[t]`, when given, holds tensor `t`'s gradient as `splits` K-split GEMM slices
+/// ([`crate::ops::gemm`]'s deferred reduce): they are summed in slice order, exactly as the
+/// GEMM's reduce would have, and the sum is unscaled into `grads[t]`. Errors also
+/// [`Error::ShapeMismatch`] when a partial buffer is shorter than `splits` slices of its tensor.
 pub(crate) fn unscale_and_record<D: DevicePtrMut<f32>>(
     gpu: &Gpu,
     grads: &mut [D],
+    partials: &[Option<(CudaView<'_, f32>, usize)>],
     scale: &mut crate::cuda::DeviceBuffer<f32>,
     found_inf: &mut crate::cuda::DeviceBuffer<f32>,
     target: &mut crate::ops::scaler::RecordTarget<'_>,
@@ -163,14 +174,33 @@ pub(crate) fn unscale_and_record<D: DevicePtrMut<f32>>(
     let stream = gpu.stream();
     let mut guards = Vec::with_capacity(grads.len());
     let mut entries = Vec::with_capacity(grads.len());
-    for g in grads.iter_mut() {
+    for (t, g) in grads.iter_mut().enumerate() {
         let len = g.len();
         let (ptr, guard) = g.device_ptr_mut(stream);
         guards.push(guard);
+        let (src, splits) = match partials.get(t) {
+            Some(Some((view, splits))) if *splits > 1 => {
+                if view.len() < splits * len {
+                    return Err(Error::ShapeMismatch {
+                        op: OP,
+                        detail: format!(
+                            "tensor {t}'s partials hold {} elements, {splits} slices of {len} \
+                             expected",
+                            view.len()
+                        ),
+                    });
+                }
+                let (p, guard) = view.device_ptr(stream);
+                guards.push(guard);
+                (p, *splits)
+            }
+            _ => (ptr, 1),
+        };
         entries.push(Entry {
-            src: ptr,
+            src,
             dst: ptr,
             len,
+            splits,
         });
     }
     if entries.iter().all(|e| e.len == 0) {
@@ -264,12 +294,17 @@ where
             len: [0; MAX_TENSORS],
             chunk_start: [0; MAX_TENSORS + 1],
             count: batch.len() as i32,
+            splits: [1; MAX_TENSORS],
         };
         let mut chunks = 0usize;
         for (i, e) in batch.iter().enumerate() {
             table.src[i] = e.src;
             table.dst[i] = e.dst;
             table.len[i] = e.len as i64;
+            table.splits[i] = i32::try_from(e.splits).map_err(|_| Error::InvalidArgument {
+                op,
+                detail: format!("{} K-split slices", e.splits),
+            })?;
             table.chunk_start[i] = chunks as i32;
             chunks += e.len.div_ceil(chunk);
         }
@@ -314,3 +349,7 @@ where
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "deferred_tests.rs"]
+mod deferred_tests;

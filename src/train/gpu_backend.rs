@@ -524,8 +524,9 @@ impl GpuBackend {
             cursor: &mut self.cursor,
             advance: batch,
         };
+        let partials = gpu_layers::pending_partials(&self.layers, params.len());
         self.scaler
-            .step_recording(&mut *self.optimizer, &mut params, &mut target)?;
+            .step_recording(&mut *self.optimizer, &mut params, &partials, &mut target)?;
         Ok(())
     }
 }

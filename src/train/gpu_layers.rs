@@ -12,7 +12,7 @@ use crate::cuda::{DeviceBuffer, Gpu};
 use crate::error::Result;
 use crate::nn::{MlpConfig, LAYERNORM_EPS};
 use crate::ops::blas::Blas;
-use crate::ops::gemm::{bias_grad, gemm, Epilogue};
+use crate::ops::gemm::{bias_grad, gemm, gemm_deferred, Epilogue};
 use crate::ops::{cast, layernorm, relu};
 use crate::shape::{GemmShape, Layout};
 use cudarc::driver::{CudaView, CudaViewMut};
@@ -114,6 +114,11 @@ pub(crate) struct Layer {
     pub dz: Buf,
     /// f32 gradient of the GEMM output of a half LayerNorm layer, before its cast.
     dz32: Option<DeviceBuffer<f32>>,
+    /// The weight gradient's K-split slices, for a half layer whose wgrad GEMM splits K at the
+    /// configured batch: the unscale adds them (the GEMM's own reduce launch saved).
+    pub wgrad_partials: Option<DeviceBuffer<f32>>,
+    /// Slices the last backward left in `wgrad_partials` (1: the gradient is in `grads`).
+    pub wgrad_splits: usize,
 }
 
 impl Layer {
@@ -172,6 +177,17 @@ pub(crate) fn build(
             tmp: has_ln.then(|| gpu.alloc_zeros(n)).transpose()?,
             dz: Buf::new(gpu, half, n)?,
             dz32: (has_ln && half).then(|| gpu.alloc_zeros(n)).transpose()?,
+            wgrad_partials: {
+                // The slices the planner takes at the full batch (the buffers are fresh, so
+                // aligned; the GEMM's fast path also needs both widths multiples of 8).
+                let shape = GemmShape::new(Layout::Wgrad, out, fan_in, batch);
+                let aligned = out % 8 == 0 && fan_in % 8 == 0;
+                let splits = crate::ops::gemm::planned_splits(gpu, shape, aligned);
+                (half && splits > 1)
+                    .then(|| gpu.alloc_zeros(splits * out * fan_in))
+                    .transpose()?
+            },
+            wgrad_splits: 1,
         });
     }
     Ok(layers)
@@ -454,7 +470,13 @@ pub(crate) fn backward(
         // The previous layer receives dX in this layer's dtype.
         match dz {
             View::H(dz) => {
-                gemm(gpu, wshape, &dz, input.h(), &Epilogue::plain(), gw)?;
+                layer.wgrad_splits = match &mut layer.wgrad_partials {
+                    Some(partials) => gemm_deferred(gpu, wshape, &dz, input.h(), gw, partials)?,
+                    None => {
+                        gemm(gpu, wshape, &dz, input.h(), &Epilogue::plain(), gw)?;
+                        1
+                    }
+                };
                 if !head_did {
                     bias_grad(gpu, &dz, b, out, gb)?;
                 }
@@ -497,6 +519,23 @@ fn f32_blas(blas: &mut Option<Blas>) -> Result<&mut Blas> {
                  has f32 layers)"
             .into(),
     })
+}
+
+/// For each parameter tensor, the K-split slices its gradient waits in (from the last
+/// backward), for the unscale to add: `None` where the gradient is complete.
+pub(crate) fn pending_partials<'a>(
+    layers: &'a [Layer],
+    tensors: usize,
+) -> Vec<Option<(CudaView<'a, f32>, usize)>> {
+    let mut out: Vec<Option<(CudaView<'a, f32>, usize)>> = (0..tensors).map(|_| None).collect();
+    for layer in layers {
+        if let (Some(p), splits) = (&layer.wgrad_partials, layer.wgrad_splits) {
+            if splits > 1 {
+                out[layer.p.w] = Some((p.slice(..), splits));
+            }
+        }
+    }
+    out
 }
 
 /// Two distinct elements of a slice, mutably (`i < j`).

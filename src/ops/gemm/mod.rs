@@ -164,12 +164,54 @@ pub fn gemm<C: GemmOutput>(
     epilogue: &Epilogue,
     c: &mut impl DevicePtrMut<C>,
 ) -> Result<()> {
-    gemm_impl(gpu, shape, None, a, b, epilogue, c)
+    gemm_impl(gpu, shape, None, a, b, epilogue, c, None).map(drop)
+}
+
+/// The K-splits the cost model picks for `shape` on `gpu` when the operands meet the fast path's
+/// alignment (`aligned`) or not: how many slices of `m·n` f32 a deferred reduce
+/// ([`gemm_deferred`]) leaves.
+pub(crate) fn planned_splits(gpu: &Gpu, shape: GemmShape, aligned: bool) -> usize {
+    let hopper = gpu.info().compute_capability == (9, 0);
+    plan(shape, aligned, gpu.info().multiprocessors, hopper)
+        .splits
+        .max(1)
+}
+
+/// [`gemm`] with a plain epilogue into an f32 output whose K-split reduce, if the plan splits K,
+/// is left to the caller: the slices go to `partials` (`splits·m·n` f32, slice s at `s·m·n`)
+/// and `c` is not written. Returns the number of slices left there, or 1 when the plan does not
+/// split K or `partials` is too short for its slices (then `c` holds the result, as from
+/// [`gemm`]). The caller adds the slices in slice order from 0, as `gemm_splitk_reduce` does
+/// (the training step: [`crate::ops::unscale::unscale_and_record`]). Errors: as [`gemm`].
+pub(crate) fn gemm_deferred(
+    gpu: &Gpu,
+    shape: GemmShape,
+    a: &impl DevicePtr<f16>,
+    b: &impl DevicePtr<f16>,
+    c: &mut impl DevicePtrMut<f32>,
+    partials: &mut crate::cuda::DeviceBuffer<f32>,
+) -> Result<usize> {
+    let stream = gpu.stream();
+    let capacity = partials.len();
+    let (ptr, _g) = partials.device_ptr_mut(stream);
+    gemm_impl(
+        gpu,
+        shape,
+        None,
+        a,
+        b,
+        &Epilogue::plain(),
+        c,
+        Some((ptr, capacity)),
+    )
 }
 
 /// [`gemm`] with the plan `forced` instead of the cost model's (`None`: the cost model's). An
 /// aligned configuration on operands that do not meet the fast path's alignment is replaced by
-/// the unaligned one.
+/// the unaligned one. With `defer` (an f32 buffer's address and length) and a plan that splits
+/// K into slices that fit it, the slices go there unreduced; returns their number (1: `c` was
+/// written).
+#[allow(clippy::too_many_arguments)] // gemm's arguments plus the plan and the deferral
 fn gemm_impl<C, A, B, O>(
     gpu: &Gpu,
     shape: GemmShape,
@@ -178,7 +220,8 @@ fn gemm_impl<C, A, B, O>(
     b: &B,
     epilogue: &Epilogue,
     c: &mut O,
-) -> Result<()>
+    defer: Option<(u64, usize)>,
+) -> Result<usize>
 where
     C: GemmOutput,
     A: DevicePtr<f16>,
@@ -201,7 +244,7 @@ where
     };
     let (mi, ni, ki) = (dim("m", m)?, dim("n", n)?, dim("k", k)?);
     if m == 0 || n == 0 {
-        return Ok(());
+        return Ok(1);
     }
     let stream = gpu.stream();
     let (a_ptr, _ga) = a.device_ptr(stream);
@@ -304,7 +347,16 @@ where
         unsafe { gpu.launch(&kernels::GEMM, kernel, cfg, &args) }
     };
     if p.splits == 1 {
-        return launch_main(c_ptr, C::KIND);
+        return launch_main(c_ptr, C::KIND).map(|()| 1);
+    }
+    if let Some((ptr, _)) = defer.filter(|&(_, cap)| cap >= p.splits * m * n) {
+        if ptr % 16 != 0 {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                detail: format!("the K-split partials at {ptr:#x} are not 16-byte aligned"),
+            });
+        }
+        return launch_main(ptr, 2).map(|()| p.splits);
     }
     gpu.with_scratch(p.splits * m * n * 4, |ws| {
         launch_main(ws, 2)?;
@@ -328,6 +380,7 @@ where
         // splits·m·n f32 written above, C holds m·n elements of the out_kind type.
         unsafe { gpu.launch(&kernels::GEMM, "gemm_splitk_reduce", cfg, &args) }
     })
+    .map(|()| 1)
 }
 
 /// Bias gradient on the GPU: `db[j] = Σ_i dy[i, j]` over a row-major `[rows, cols]` gradient

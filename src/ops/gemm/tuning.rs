@@ -30,5 +30,5 @@ where
     B: DevicePtr<f16>,
     O: DevicePtrMut<C>,
 {
-    super::gemm_impl(gpu, shape, forced, a, b, epilogue, c)
+    super::gemm_impl(gpu, shape, forced, a, b, epilogue, c, None).map(drop)
 }

@@ -1,0 +1,136 @@
+//! The training step's deferred K-split reduce: a weight-gradient GEMM that leaves its K-split
+//! slices unreduced ([`crate::ops::gemm::gemm_deferred`]) followed by the unscale that adds them
+//! and records the step ([`super::unscale_and_record`]) must give the gradients, the flag, the
+//! record and the cursors of the unfused path (the GEMM with its own reduce, then
+//! [`super::unscale_and_check`]) bit for bit: the slices are added in the same order. Shapes of
+//! the MLP step that split K on the H100 (512×784 and the unaligned 10×512 over 4096 rows) and
+//! one that does not; finite gradients and gradients with an inf. In-crate: both ops are the
+//! training step's.
+
+use super::{unscale_and_check, unscale_and_record};
+use crate::cuda::Gpu;
+use crate::error::Error;
+use crate::ops::gemm::{gemm, gemm_deferred, planned_splits, Epilogue};
+use crate::ops::scaler::RecordTarget;
+use crate::shape::{GemmShape, Layout};
+use half::f16;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::sync::Arc;
+
+fn gpu() -> Option<Arc<Gpu>> {
+    match Gpu::new(0) {
+        Ok(g) => {
+            g.set_sync_launches(true);
+            Some(g)
+        }
+        Err(Error::NoCudaDevice { reason }) => {
+            if std::env::var("AMPKIT_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("AMPKIT_REQUIRE_GPU=1 but there is no CUDA device: {reason}");
+            }
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "skipped: no CUDA device ({reason})");
+            None
+        }
+        Err(e) => panic!("opening the GPU failed: {e}"),
+    }
+}
+
+#[test]
+fn deferred_reduce_in_the_unscale_matches_the_gemm_reduce() {
+    let Some(gpu) = gpu() else { return };
+    let sanitizing = std::env::var("AMPKIT_TEST_SANITIZE").is_ok_and(|v| v == "1");
+    let rows = if sanitizing { 1024 } else { 4096 };
+    let mut rng = StdRng::seed_from_u64(17);
+    for (m, n, k, inf) in [
+        (512, 784, rows, false),
+        (10, 512, rows, false),
+        (10, 512, rows, true),
+        (64, 96, 64, false),
+    ] {
+        let what = format!("{m}x{n} over {k}{}", if inf { " with an inf" } else { "" });
+        let shape = GemmShape::new(Layout::Wgrad, m, n, k);
+        let mut dy: Vec<f16> = (0..k * m)
+            .map(|_| f16::from_f32(rng.gen_range(-8.0f32..8.0)))
+            .collect();
+        if inf {
+            dy[k * m / 2] = f16::INFINITY;
+        }
+        let x: Vec<f16> = (0..k * n)
+            .map(|_| f16::from_f32(rng.gen_range(0.0f32..2.0)))
+            .collect();
+        let (dy, x) = (gpu.upload(&dy).unwrap(), gpu.upload(&x).unwrap());
+        let scale_value = 1024.0f32;
+        // The unfused path.
+        let mut want = gpu.alloc_zeros::<f32>(m * n).unwrap();
+        gemm(&gpu, shape, &dy, &x, &Epilogue::plain(), &mut want).unwrap();
+        let scale = gpu.upload(&[scale_value]).unwrap();
+        let mut want_flag = gpu.alloc_zeros::<f32>(1).unwrap();
+        unscale_and_check(&gpu, &mut [want.slice_mut(..)], &scale, &mut want_flag).unwrap();
+        // The deferred path: poisoned gradient, slices, then the unscale that adds them.
+        let aligned = m % 8 == 0 && n % 8 == 0;
+        let planned = planned_splits(&gpu, shape, aligned);
+        let mut partials = gpu.alloc_zeros::<f32>(planned.max(1) * m * n).unwrap();
+        let mut got = gpu
+            .upload(&vec![f32::from_bits(0x7FA5_5A5A); m * n])
+            .unwrap();
+        let splits = gemm_deferred(&gpu, shape, &dy, &x, &mut got, &mut partials).unwrap();
+        assert_eq!(splits, planned, "{what}: slices");
+        let mut scale = gpu.upload(&[scale_value]).unwrap();
+        let mut flag = gpu.alloc_zeros::<f32>(1).unwrap();
+        let loss = gpu.upload(&[2.5f32]).unwrap();
+        let mut records = gpu.alloc_zeros::<f32>(6).unwrap();
+        let mut cursor = gpu.upload(&[1u32, 100]).unwrap();
+        let pending = [(splits > 1).then(|| (partials.slice(..), splits))];
+        let mut target = RecordTarget {
+            loss: &loss,
+            records: &mut records,
+            cursor: &mut cursor,
+            advance: 64,
+        };
+        unscale_and_record(
+            &gpu,
+            &mut [got.slice_mut(..)],
+            &pending,
+            &mut scale,
+            &mut flag,
+            &mut target,
+            None,
+        )
+        .unwrap();
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        let (g, w) = (gpu.download(&got).unwrap(), gpu.download(&want).unwrap());
+        // NaN payloads aside (an inf meets a finite partial in a different operation).
+        let same = g
+            .iter()
+            .zip(&w)
+            .all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()));
+        assert!(same, "{what}: gradients differ");
+        assert_eq!(
+            bits(gpu.download(&flag).unwrap()),
+            bits(gpu.download(&want_flag).unwrap())
+        );
+        assert_eq!(
+            gpu.download(&flag).unwrap()[0],
+            if inf { 1.0 } else { 0.0 },
+            "{what}"
+        );
+        // Record 1 (the cursor said one was written): loss, the scale the step ran with, flag.
+        let r = gpu.download(&records).unwrap();
+        assert_eq!(
+            &r[3..],
+            &[2.5, scale_value, if inf { 1.0 } else { 0.0 }],
+            "{what}"
+        );
+        assert_eq!(
+            gpu.download(&cursor).unwrap(),
+            vec![2, 164],
+            "{what}: cursors"
+        );
+        assert_eq!(
+            gpu.download(&scale).unwrap(),
+            vec![scale_value],
+            "{what}: static scale"
+        );
+    }
+}
