@@ -10,8 +10,8 @@
 //!
 //! Where the model allows ([`GpuBackend::set_fusion`]), the last layer, the loss and the
 //! gradients around it (both bias gradients, the last dgrad, the hidden layer's ReLU backward)
-//! are one kernel (`kernels/head.cu`): 7 kernels per step for the default model (9 when the
-//! weight gradients split K).
+//! are one kernel (`kernels/head.cu`), and a weight-gradient GEMM that splits K leaves its slices
+//! for the unscale to add: 7 kernels per step for the default model.
 //!
 //! The step's inputs come from the training set resident on the device: each step starts with
 //! one kernel that gathers (and shifts, and casts to f16) its batch from the epoch's plan at the
