@@ -5,8 +5,9 @@
 //!
 //! The figures are upper bounds of the large buffers, not an exact account: per parameter the f32
 //! master weight, its f16 copy, the f32 gradient and the optimizer's moments; per linear layer
-//! the activations a step (or an evaluation batch) keeps and the temporaries it makes; and the
-//! f32 copies of the data set. Small, fixed costs (kernel modules, cuBLAS workspace, scratch)
+//! the activations a step (or an evaluation batch) keeps and the temporaries it makes; on the GPU
+//! the weight gradients' K-split slices where the GEMM planner splits them; and the f32 copies
+//! of the data set. Small, fixed costs (kernel modules, cuBLAS workspace, scratch)
 //! are covered by a fixed 256 MiB on the GPU and ignored on the host.
 
 use super::backend::EVAL_BATCH;
@@ -16,6 +17,7 @@ use crate::cuda::Gpu;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::nn::MlpConfig;
+use crate::shape::{GemmShape, Layout};
 
 /// Device memory kept free for what the estimate does not itemise: the loaded kernel modules,
 /// cuBLAS's workspace, the shared scratch buffer and the CUDA graph.
@@ -195,14 +197,34 @@ pub(crate) fn check_cpu_model(cfg: &TrainConfig) -> Result<()> {
 /// Errors: [`Error::InsufficientMemory`]; [`Error::Driver`] if the free memory cannot be read.
 pub(crate) fn check_gpu_model(gpu: &Gpu, cfg: &TrainConfig) -> Result<()> {
     let what = describe(cfg);
-    check_gpu(
-        gpu,
-        &format!("training {what}"),
-        gpu_model_bytes(cfg),
-        MODEL_HINT,
-    )?;
+    let needed = gpu_model_bytes(cfg).and_then(|n| n.checked_add(wgrad_slice_bytes(gpu, cfg)?));
+    check_gpu(gpu, &format!("training {what}"), needed, MODEL_HINT)?;
     let host = parameter_count(&cfg.model).and_then(|n| n.checked_mul(6));
     check_host(&format!("preparing {what} for the GPU"), host, MODEL_HINT)
+}
+
+/// Device bytes of the GPU backend's K-split slice buffers: for each f16 layer whose weight
+/// gradient the GEMM planner splits at the configured batch on `gpu`, that many f32 copies of
+/// the weight (`train::gpu_layers`; the unscale adds them).
+fn wgrad_slice_bytes(gpu: &Gpu, cfg: &TrainConfig) -> Option<u64> {
+    let model = &cfg.model;
+    (0..model.linear_count())
+        .filter(|&l| model.half_layer(l))
+        .try_fold(0u64, |sum, l| {
+            let (fan_in, out) = (model.layers[l], model.layers[l + 1]);
+            let shape = GemmShape::new(Layout::Wgrad, out, fan_in, cfg.batch);
+            let aligned = out % 8 == 0 && fan_in % 8 == 0;
+            let splits = crate::ops::gemm::planned_splits(gpu, shape, aligned);
+            let bytes = if splits > 1 {
+                (splits as u64)
+                    .checked_mul(out as u64)?
+                    .checked_mul(fan_in as u64)?
+                    .checked_mul(4)?
+            } else {
+                0
+            };
+            sum.checked_add(bytes)
+        })
 }
 
 /// Checks the whole run (model, batch and data) against the host and, for a GPU, the device,
@@ -225,6 +247,7 @@ pub fn check_run(
         }
         Device::Cuda(gpu) => {
             let need = gpu_model_bytes(cfg)
+                .and_then(|m| m.checked_add(wgrad_slice_bytes(gpu, cfg)?))
                 .and_then(|m| m.checked_add(gpu_data_bytes(cfg, train_len, test_len)?));
             check_gpu(gpu, &format!("training {what}"), need, MODEL_HINT)?;
             // The host keeps the f32 data and builds the parameters before uploading them.
