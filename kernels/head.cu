@@ -77,6 +77,14 @@ __device__ __forceinline__ uint4 load_w(const __half* __restrict__ w, int row, i
                          : make_uint4(0u, 0u, 0u, 0u);
 }
 
+// s += v, lane by lane.
+__device__ __forceinline__ void add4(float4& s, float4 v) {
+    s.x += v.x;
+    s.y += v.y;
+    s.z += v.z;
+    s.w += v.w;
+}
+
 __device__ __forceinline__ unsigned pack2(__half lo, __half hi) {
     return unsigned(__half_as_ushort(lo)) | (unsigned(__half_as_ushort(hi)) << 16);
 }
@@ -165,10 +173,7 @@ __device__ __forceinline__ void final_sums(const float* __restrict__ rows_p,
             }
 #pragma unroll
             for (int b = 0; b < GROUP; ++b) {
-                s.x += v[b].x;
-                s.y += v[b].y;
-                s.z += v[b].z;
-                s.w += v[b].w;
+                add4(s, v[b]);
             }
         }
         const float sum[4] = {s.x, s.y, s.z, s.w};
@@ -238,10 +243,7 @@ __device__ __forceinline__ void reduce_partials(float* __restrict__ rows_p,
         float4 s = v[0];
 #pragma unroll
         for (int b = 1; b < GROUP; ++b) {
-            s.x += v[b].x;
-            s.y += v[b].y;
-            s.z += v[b].z;
-            s.w += v[b].w;
+            add4(s, v[b]);
         }
         dst[k] = s;
     }
