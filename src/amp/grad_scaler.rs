@@ -10,7 +10,7 @@ use crate::cuda::{DeviceBuffer, Gpu};
 use crate::error::{Error, Result};
 use crate::ops;
 use crate::ops::optim::GpuParamTensor;
-use crate::optim::{GpuParam, Optimizer, Param, StepOutcome};
+use crate::optim::{GpuParam, Inner, Optimizer, Param, StepOutcome};
 use cudarc::driver::{CudaView, CudaViewMut, DevicePtrMut};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -151,11 +151,44 @@ impl GradScaler {
 
     /// Clears the flag, then unscales and checks (the flag is an OR over the call).
     fn unscale_now<D: DevicePtrMut<f32>>(&mut self, grads: &mut [D]) -> Result<()> {
+        self.clear_flag()?;
+        ops::unscale::unscale_and_check(&self.gpu, grads, &self.scale, &mut self.found_inf)
+    }
+
+    /// Zeroes the device flag before a step's unscale.
+    fn clear_flag(&mut self) -> Result<()> {
         self.gpu
             .stream()
             .memset_zeros(&mut self.found_inf)
-            .map_err(Error::driver("clearing found_inf"))?;
-        ops::unscale::unscale_and_check(&self.gpu, grads, &self.scale, &mut self.found_inf)
+            .map_err(Error::driver("clearing found_inf"))
+    }
+
+    /// `optimizer`'s device state, checked against this handle and `params`' count and lengths.
+    fn checked_optimizer<'o, O: Optimizer + ?Sized>(
+        &self,
+        op: &'static str,
+        optimizer: &'o mut O,
+        params: &[GpuParam<'_>],
+    ) -> Result<&'o mut Inner> {
+        let lens: Vec<[usize; 3]> = (params.iter())
+            .map(|p| [p.master.len(), p.grad.len(), p.half.len()])
+            .collect();
+        let inner = optimizer.inner_mut();
+        inner.check_device(op, &self.gpu, &lens)?;
+        Ok(inner)
+    }
+
+    /// The optimizer's step over `params`, which the device skips when the flag is set.
+    fn optimizer_step(&self, inner: &mut Inner, params: &mut [GpuParam<'_>]) -> Result<()> {
+        let mut tensors: Vec<GpuParamTensor<'_>> = params
+            .iter_mut()
+            .map(|p| GpuParamTensor {
+                master: p.master.slice_mut(..),
+                grad: p.grad.slice(..),
+                half: p.half.slice_mut(..),
+            })
+            .collect();
+        inner.step_device(&self.gpu, &mut tensors, &self.found_inf)
     }
 
     /// PyTorch's `step(optimizer)`: unscales the gradients in `params` unless
@@ -177,25 +210,13 @@ impl GradScaler {
         const OP: &str = "amp::GradScaler::step";
         let mut next = self.stages;
         let unscale = next.step()?;
-        let lens: Vec<[usize; 3]> = (params.iter())
-            .map(|p| [p.master.len(), p.grad.len(), p.half.len()])
-            .collect();
-        let inner = optimizer.inner_mut();
-        inner.check_device(OP, &self.gpu, &lens)?;
+        let inner = self.checked_optimizer(OP, optimizer, params)?;
         if unscale {
             let mut grads: Vec<CudaViewMut<'_, f32>> =
                 params.iter_mut().map(|p| p.grad.slice_mut(..)).collect();
             self.unscale_now(&mut grads)?;
         }
-        let mut tensors: Vec<GpuParamTensor<'_>> = params
-            .iter_mut()
-            .map(|p| GpuParamTensor {
-                master: p.master.slice_mut(..),
-                grad: p.grad.slice(..),
-                half: p.half.slice_mut(..),
-            })
-            .collect();
-        inner.step_device(&self.gpu, &mut tensors, &self.found_inf)?;
+        self.optimizer_step(inner, params)?;
         self.stages = next;
         Ok(())
     }
@@ -229,10 +250,11 @@ impl GradScaler {
     /// run by the last block of the unscale launch ([`ops::unscale::unscale_and_record`]), then
     /// the optimizer: one launch fewer than `step` + `update`, the same results (the optimizer
     /// reads only the flag; the record holds the scale the step ran with). Ends the step.
-    /// Errors: as `step`'s and `update`'s, and [`Error::InvalidArgument`] after
-    /// [`GradScaler::unscale`] this step; nothing queued.
     /// `partials[t]`, when given, holds parameter `t`'s gradient as K-split slices that the
     /// unscale adds first (see [`ops::unscale::unscale_and_record`]).
+    ///
+    /// Errors: as `step`'s and `update`'s, and [`Error::InvalidArgument`] after
+    /// [`GradScaler::unscale`] this step; nothing queued.
     pub(crate) fn step_recording<O: Optimizer + ?Sized>(
         &mut self,
         optimizer: &mut O,
@@ -249,15 +271,8 @@ impl GradScaler {
             });
         }
         next.update()?;
-        let lens: Vec<[usize; 3]> = (params.iter())
-            .map(|p| [p.master.len(), p.grad.len(), p.half.len()])
-            .collect();
-        let inner = optimizer.inner_mut();
-        inner.check_device(OP, &self.gpu, &lens)?;
-        self.gpu
-            .stream()
-            .memset_zeros(&mut self.found_inf)
-            .map_err(Error::driver("clearing found_inf"))?;
+        let inner = self.checked_optimizer(OP, optimizer, params)?;
+        self.clear_flag()?;
         let mut grads: Vec<CudaViewMut<'_, f32>> =
             params.iter_mut().map(|p| p.grad.slice_mut(..)).collect();
         let rule = self.mode.dynamic().copied();
@@ -271,15 +286,7 @@ impl GradScaler {
             rule.as_ref().map(|cfg| (&mut self.growth_tracker, cfg)),
         )?;
         drop(grads);
-        let mut tensors: Vec<GpuParamTensor<'_>> = params
-            .iter_mut()
-            .map(|p| GpuParamTensor {
-                master: p.master.slice_mut(..),
-                grad: p.grad.slice(..),
-                half: p.half.slice_mut(..),
-            })
-            .collect();
-        inner.step_device(&self.gpu, &mut tensors, &self.found_inf)?;
+        self.optimizer_step(inner, params)?;
         self.stages = next;
         Ok(())
     }

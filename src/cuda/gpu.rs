@@ -111,6 +111,8 @@ pub struct Gpu {
     launches: AtomicU64,
     /// Per-kernel event pairs while profiling ([`Gpu::profile_kernels`]).
     profile: Mutex<Option<Vec<KernelSpan>>>,
+    /// Whether `profile` is on, read by every launch.
+    profiling: AtomicBool,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -229,6 +231,7 @@ impl Gpu {
             scratch_generation: AtomicU64::new(0),
             launches: AtomicU64::new(0),
             profile: Mutex::new(None),
+            profiling: AtomicBool::new(false),
         }))
     }
 
@@ -257,6 +260,7 @@ impl Gpu {
             scratch_generation: AtomicU64::new(0),
             launches: AtomicU64::new(0),
             profile: Mutex::new(None),
+            profiling: AtomicBool::new(false),
         }))
     }
 

@@ -34,3 +34,26 @@ pub use timer::{GpuTimer, Timing};
 /// one with [`Gpu::upload`] / [`Gpu::alloc_zeros`] or with cudarc on [`Gpu::stream`]; views
 /// (`buf.slice(a..b)`, `buf.slice_mut(a..b)`) are accepted wherever a buffer is.
 pub type DeviceBuffer<T> = cudarc::driver::CudaSlice<T>;
+
+/// The GPU for the library's own GPU unit tests (the training step's crate-private ops), as
+/// `tests/common`'s `gpu()` for the integration tests: `None` after printing `skipped: no CUDA
+/// device (...)`, or a failure with `AMPKIT_REQUIRE_GPU=1`; launches synchronised so a fault
+/// names its kernel.
+#[cfg(test)]
+pub(crate) fn test_gpu() -> Option<std::sync::Arc<Gpu>> {
+    match Gpu::new(0) {
+        Ok(g) => {
+            g.set_sync_launches(true);
+            Some(g)
+        }
+        Err(crate::Error::NoCudaDevice { reason }) => {
+            if std::env::var("AMPKIT_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("AMPKIT_REQUIRE_GPU=1 but there is no CUDA device: {reason}");
+            }
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "skipped: no CUDA device ({reason})");
+            None
+        }
+        Err(e) => panic!("opening the GPU failed: {e}"),
+    }
+}

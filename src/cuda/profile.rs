@@ -33,7 +33,9 @@ impl Gpu {
     /// host's launch time: on the H100 the brackets of an eager 784→512→10 step summed to
     /// 1.4-2.2× the step's event-timed GPU time. Read them as upper bounds and for ranking.
     pub fn profile_kernels(&self, on: bool) {
-        *self.profile.lock().unwrap_or_else(|p| p.into_inner()) = on.then(Vec::new);
+        let mut spans = self.profile.lock().unwrap_or_else(|p| p.into_inner());
+        *spans = on.then(Vec::new);
+        self.profiling.store(on, Ordering::Relaxed);
     }
 
     /// The kernels launched since profiling started or since the last call, in launch order,
@@ -71,51 +73,49 @@ impl Gpu {
     /// stream-ordered allocation).
     pub fn peak_memory(&self) -> Result<u64> {
         let mut high = 0u64;
-        self.ctx
-            .bind_to_thread()
-            .map_err(Error::driver("binding the context"))?;
-        // SAFETY: the device handle comes from this live context; USED_MEM_HIGH is a cuuint64_t,
-        // written into `high`.
+        let pool = self.default_pool()?;
+        // SAFETY: the pool belongs to this live context's device; USED_MEM_HIGH is a
+        // cuuint64_t, written into `high`.
         unsafe {
-            let pool = cudarc::driver::result::device::get_default_mem_pool(self.ctx.cu_device())
-                .map_err(Error::driver("finding the device's memory pool"))?;
             cudarc::driver::result::mem_pool::get_attribute(
                 pool,
                 CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
                 (&mut high as *mut u64).cast(),
             )
-            .map_err(Error::driver("reading the memory pool's high-water mark"))?;
         }
+        .map_err(Error::driver("reading the memory pool's high-water mark"))?;
         Ok(high)
     }
 
     /// Restarts [`Gpu::peak_memory`] from the memory held now. Errors: [`Error::Driver`].
     pub fn reset_peak_memory(&self) -> Result<()> {
         let mut zero = 0u64;
-        self.ctx
-            .bind_to_thread()
-            .map_err(Error::driver("binding the context"))?;
+        let pool = self.default_pool()?;
         // SAFETY: as in peak_memory; the attribute may only be set to 0, which it is.
         unsafe {
-            let pool = cudarc::driver::result::device::get_default_mem_pool(self.ctx.cu_device())
-                .map_err(Error::driver("finding the device's memory pool"))?;
             cudarc::driver::result::mem_pool::set_attribute(
                 pool,
                 CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
                 (&mut zero as *mut u64).cast(),
             )
-            .map_err(Error::driver("resetting the memory pool's high-water mark"))
         }
+        .map_err(Error::driver("resetting the memory pool's high-water mark"))
+    }
+
+    /// The device's default memory pool, with this context bound to the calling thread.
+    fn default_pool(&self) -> Result<cudarc::driver::sys::CUmemoryPool> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(Error::driver("binding the context"))?;
+        // SAFETY: the device handle comes from this live context.
+        unsafe { cudarc::driver::result::device::get_default_mem_pool(self.ctx.cu_device()) }
+            .map_err(Error::driver("finding the device's memory pool"))
     }
 
     /// Records a kernel's start event when profiling is on (and this thread is not capturing).
     pub(super) fn span_start(&self, kernel: &'static str) -> Result<Option<KernelSpan>> {
-        let on = self
-            .profile
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some();
-        if !on || crate::cuda::modules::capturing() {
+        // An atomic, not the spans' mutex: every launch asks.
+        if !self.profiling.load(Ordering::Relaxed) || crate::cuda::modules::capturing() {
             return Ok(None);
         }
         let event = || {

@@ -8,37 +8,17 @@
 //! training step's.
 
 use super::{unscale_and_check, unscale_and_record};
-use crate::cuda::Gpu;
-use crate::error::Error;
+use crate::cuda::test_gpu;
 use crate::ops::gemm::{gemm, gemm_deferred, planned_splits, Epilogue};
 use crate::ops::scaler::RecordTarget;
 use crate::shape::{GemmShape, Layout};
 use half::f16;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::sync::Arc;
-
-fn gpu() -> Option<Arc<Gpu>> {
-    match Gpu::new(0) {
-        Ok(g) => {
-            g.set_sync_launches(true);
-            Some(g)
-        }
-        Err(Error::NoCudaDevice { reason }) => {
-            if std::env::var("AMPKIT_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                panic!("AMPKIT_REQUIRE_GPU=1 but there is no CUDA device: {reason}");
-            }
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "skipped: no CUDA device ({reason})");
-            None
-        }
-        Err(e) => panic!("opening the GPU failed: {e}"),
-    }
-}
 
 #[test]
 fn deferred_reduce_in_the_unscale_matches_the_gemm_reduce() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = test_gpu() else { return };
     let sanitizing = std::env::var("AMPKIT_TEST_SANITIZE").is_ok_and(|v| v == "1");
     let rows = if sanitizing { 1024 } else { 4096 };
     let mut rng = StdRng::seed_from_u64(17);

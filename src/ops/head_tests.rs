@@ -16,34 +16,15 @@
 use super::{fits, head_step, HeadInputs, HeadOutputs};
 use crate::cpu::cross_entropy::softmax_cross_entropy;
 use crate::cpu::gemm::{gemm, Epilogue};
-use crate::cuda::Gpu;
+use crate::cuda::{test_gpu, Gpu};
 use crate::error::Error;
 use crate::shape::{GemmShape, Layout};
 use half::f16;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::sync::Arc;
 
 const POISON16: u16 = 0x7D5A; // a signalling NaN no kernel writes
 const POISON32: u32 = 0x7FA5_5A5A;
-
-fn gpu() -> Option<Arc<Gpu>> {
-    match Gpu::new(0) {
-        Ok(g) => {
-            g.set_sync_launches(true);
-            Some(g)
-        }
-        Err(Error::NoCudaDevice { reason }) => {
-            if std::env::var("AMPKIT_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                panic!("AMPKIT_REQUIRE_GPU=1 but there is no CUDA device: {reason}");
-            }
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "skipped: no CUDA device ({reason})");
-            None
-        }
-        Err(e) => panic!("opening the GPU failed: {e}"),
-    }
-}
 
 struct Case {
     hidden: Vec<f16>,
@@ -425,7 +406,7 @@ fn whole_chain(c: &Case, out: &Out, reference: &crate::cpu::head::Head, what: &s
 
 #[test]
 fn head_matches_the_composed_reference() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = test_gpu() else { return };
     let sanitizing = std::env::var("AMPKIT_TEST_SANITIZE").is_ok_and(|v| v == "1");
     let mut shapes = vec![
         (1, 32, 1),
@@ -447,7 +428,7 @@ fn head_matches_the_composed_reference() {
 
 #[test]
 fn head_overflowing_logits_and_bad_labels() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = test_gpu() else { return };
     // Weights this large overflow f16 logits (inf, and NaN rows where +inf meets −inf).
     let c = case(40, 70, 256, 10, 60.0);
     check(&gpu, &c, "overflowing logits");
@@ -467,7 +448,7 @@ fn head_overflowing_logits_and_bad_labels() {
 fn head_rejects_what_it_cannot_serve() {
     assert!(fits(512, 10) && fits(32, 1) && fits(1024, 16));
     assert!(!fits(500, 10) && !fits(512, 17) && !fits(2048, 10) && !fits(512, 0));
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = test_gpu() else { return };
     let c = case(50, 16, 64, 10, 0.1);
     let h = gpu.upload(&c.hidden).unwrap();
     let wt = gpu.upload(&c.weight).unwrap();

@@ -62,7 +62,7 @@ use crate::error::Result;
 use cudarc::driver::{CudaView, CudaViewMut};
 use half::f16;
 use serde::{Deserialize, Serialize};
-use store::Inner;
+pub(crate) use store::Inner;
 
 /// One parameter tensor on the host, as [`crate::amp::CpuGradScaler::step`] takes it.
 #[derive(Debug)]

@@ -17,7 +17,6 @@ use crate::cuda::Gpu;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::nn::MlpConfig;
-use crate::shape::{GemmShape, Layout};
 
 /// Device memory kept free for what the estimate does not itemise: the loaded kernel modules,
 /// cuBLAS's workspace, the shared scratch buffer and the CUDA graph.
@@ -212,9 +211,7 @@ fn wgrad_slice_bytes(gpu: &Gpu, cfg: &TrainConfig) -> Option<u64> {
         .filter(|&l| model.half_layer(l))
         .try_fold(0u64, |sum, l| {
             let (fan_in, out) = (model.layers[l], model.layers[l + 1]);
-            let shape = GemmShape::new(Layout::Wgrad, out, fan_in, cfg.batch);
-            let aligned = out % 8 == 0 && fan_in % 8 == 0;
-            let splits = crate::ops::gemm::planned_splits(gpu, shape, aligned);
+            let splits = super::gpu_layers::wgrad_splits(gpu, out, fan_in, cfg.batch);
             let bytes = if splits > 1 {
                 (splits as u64)
                     .checked_mul(out as u64)?
