@@ -178,7 +178,7 @@ pub(crate) fn build(
             dz: Buf::new(gpu, half, n)?,
             dz32: (has_ln && half).then(|| gpu.alloc_zeros(n)).transpose()?,
             wgrad_partials: {
-                let splits = wgrad_splits(gpu, out, fan_in, batch);
+                let splits = crate::ops::gemm::wgrad_splits(gpu, out, fan_in, batch);
                 (half && splits > 1)
                     .then(|| gpu.alloc_zeros(splits * out * fan_in))
                     .transpose()?
@@ -187,14 +187,6 @@ pub(crate) fn build(
         });
     }
     Ok(layers)
-}
-
-/// The K-split slices the GEMM planner takes for the weight gradient of an `out × fan_in` f16
-/// layer over `batch` rows on `gpu` (1: none). The backend's buffers are fresh allocations, so
-/// aligned; the GEMM's fast path also needs both widths to be multiples of 8.
-pub(crate) fn wgrad_splits(gpu: &Gpu, out: usize, fan_in: usize, batch: usize) -> usize {
-    let shape = GemmShape::new(Layout::Wgrad, out, fan_in, batch);
-    crate::ops::gemm::planned_splits(gpu, shape, out % 8 == 0 && fan_in % 8 == 0)
 }
 
 /// The parameters as the passes need them.

@@ -211,7 +211,7 @@ fn wgrad_slice_bytes(gpu: &Gpu, cfg: &TrainConfig) -> Option<u64> {
         .filter(|&l| model.half_layer(l))
         .try_fold(0u64, |sum, l| {
             let (fan_in, out) = (model.layers[l], model.layers[l + 1]);
-            let splits = super::gpu_layers::wgrad_splits(gpu, out, fan_in, cfg.batch);
+            let splits = crate::ops::gemm::wgrad_splits(gpu, out, fan_in, cfg.batch);
             let bytes = if splits > 1 {
                 (splits as u64)
                     .checked_mul(out as u64)?

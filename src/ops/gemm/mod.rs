@@ -177,6 +177,14 @@ pub(crate) fn planned_splits(gpu: &Gpu, shape: GemmShape, aligned: bool) -> usiz
         .max(1)
 }
 
+/// The K-split slices the planner takes for the weight gradient of an `out × fan_in` layer over
+/// `rows` rows on `gpu` (1: none), for operands in fresh (aligned) buffers: the fast path then
+/// needs only both widths to be multiples of 8. The training step's slice buffers are sized by it.
+pub(crate) fn wgrad_splits(gpu: &Gpu, out: usize, fan_in: usize, rows: usize) -> usize {
+    let shape = GemmShape::new(Layout::Wgrad, out, fan_in, rows);
+    planned_splits(gpu, shape, out % 8 == 0 && fan_in % 8 == 0)
+}
+
 /// [`gemm`] with a plain epilogue into an f32 output whose K-split reduce, if the plan splits K,
 /// is left to the caller: the slices go to `partials` (`splits·m·n` f32, slice s at `s·m·n`)
 /// and `c` is not written. Returns the number of slices left there, or 1 when the plan does not
