@@ -1,8 +1,9 @@
 // head.cu — the classifier head of an f16 MLP's training step in one launch: the last linear
 // layer (N = classes ≤ 16), softmax-cross-entropy at the loss scale, the last layer's bias
 // gradient, its data gradient and the ReLU backward of the hidden layer below it, with that
-// layer's bias gradient. It replaces six launches of the unfused step (the N = 10 forward GEMM,
-// softmax_ce, the dgrad GEMM with K = 10, relu_backward, and two bias-gradient reductions).
+// layer's bias gradient; at small batches also the last layer's weight gradient. It replaces six
+// launches of the unfused step (the N = 10 forward GEMM, softmax_ce, the dgrad GEMM with K = 10,
+// relu_backward, and two bias-gradient reductions), seven with the weight gradient.
 //
 // What (per row r of `rows`; H = the hidden width, C = classes; src/cpu/head.rs is the reference,
 // composed of the unfused ops' CPU references):
@@ -12,6 +13,8 @@
 //       c + r split, the label's exact quotient, the row loss), dlogits rounded to f16
 //   dz[r, k] = f16(Σ_c dlogits[r, c]·w[c, k]) where h[r, k] > 0 (bit test, as relu.cu), else +0
 //   dbias[c] = Σ_r dlogits[r, c],  dbias_hidden[k] = Σ_r dz[r, k]      (f32 sums of the f16 values)
+//   if dw is not null (one tile per block): dw[b][c, k] = Σ_{r in tile b} dlogits[r, c]·h[r, k],
+//       one f32 slice per block; the unscale adds the slices in block order
 //   loss = the mean row loss (f64 partial sums, as cross_entropy.cu)
 // Algorithm: a block takes 16 rows at a time (one m16 tile) and its 8 warps split the hidden
 //   width: warp w owns the column blocks j = w, w + 8, … of 32 columns. Both products run on the
@@ -30,6 +33,9 @@
 //   - dgrad: each warp its column blocks, N in tiles of 8 whose columns are permuted so that lane
 //     (g, q) receives exactly h[row][32j + 8q, +8), the 16 bytes it loaded for the forward (kept
 //     in registers for the ReLU mask), and stores 16 bytes of dz.
+//   - weight gradient (dw): A = dlogitsᵀ (classes × rows) and B = h (rows × columns) are the
+//     transposes (movmatrix) of the fragments above, n-tiles permuted so that each lane ends with
+//     8 consecutive columns of two classes: two 16-byte stores per class.
 //   - bias gradients: each lane sums its 8 columns of rows g and g + 8 over the block's tiles in
 //     registers; at the end shuffles across the 8 quads give the block's partial row. The
 //     partial rows (and the f64 loss partials) are added in two deterministic rounds: the last
@@ -38,19 +44,22 @@
 //     float atomics: bit-identical run to run for a given launch shape.
 // Launch: 256 threads (8 warps), a block per tile up to 2 per SM (blocks loop over tiles beyond);
 //   instances mlp_head_f16_j{1,2,4} for up to 1, 2, 4 column blocks per warp (H ≤ 256, 512,
-//   1024; 80, 104, 180 registers). The weights (C·H f16, 10 KiB for MNIST) are read straight from
-//   global memory as 16-byte fragments: every warp reads them, so after the first they hit L1.
-//   The host checks H % 32 == 0, H ≤ 1024, C ≤ 16 and 16-byte alignment of h, dz and w. Scratch:
-//   the partial rows of width H + 16 f32 and the f64 loss partials (the Gpu handle's scratch
-//   buffer), and one u32 counter per group plus one (Gpu::with_counters: zero between launches,
-//   each reset by the block that takes its last ticket).
+//   1024; 124, 127, 192 registers, j1 and j2 bounded to two blocks per SM). The weights (C·H
+//   f16, 10 KiB for MNIST) are read straight from global memory as 16-byte fragments: every warp
+//   reads them, so after the first they hit L1. The host checks H % 32 == 0, H ≤ 1024, C ≤ 16
+//   and 16-byte alignment of h, dz, dw and w. Scratch: the partial rows of width H + 16 f32 and
+//   the f64 loss partials (the Gpu handle's scratch buffer), and one u32 counter per group plus
+//   one (Gpu::with_counters: zero between launches, each reset by the block that takes its last
+//   ticket).
 // Roofline (784→512→10 MLP, 4096 rows): reads h (4 MiB) and writes dz (4 MiB) plus 160 KiB of
 //   logits and dlogits: ~2.8 µs at the H100's ~3 TB/s; 2·4096·512·16·2 = 134 MFLOP on the tensor
 //   cores is nothing. The six unfused launches it replaces took ~40 µs of event brackets; v3 takes
 //   12-19 µs (H100): each block's path holds two HBM round trips, the loss's dependent
 //   arithmetic and the ticket rounds.
 // History (docs/kernels/head.md): v1 gave each warp whole tiles, one after another: a chain of
-//   ~8 K dependent instructions per tile made it 40-54 µs; v3 splits every tile over 8 warps.
+//   ~8 K dependent instructions per tile made it 40-54 µs; v3 splits every tile over 8 warps. v4
+//   adds the weight gradient: at 256 rows it replaces a 10-12 µs GEMM launch for ~1.5 µs; at 4096
+//   rows adding 256 blocks' slices (by ticket levels or in the unscale) cost more than the GEMM.
 #include "softmax_common.cuh"
 
 namespace head_detail {
@@ -67,6 +76,14 @@ __device__ __forceinline__ void mma16816(float (&d)[4], unsigned a0, unsigned a1
         "{%8,%9}, {%0,%1,%2,%3};"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// The transpose of an 8×8 f16 matrix held as mma fragments (lane g·4 + q: row g, columns 2q,
+// 2q + 1) in the same layout.
+__device__ __forceinline__ unsigned trans8(unsigned v) {
+    unsigned t;
+    asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;" : "=r"(t) : "r"(v));
+    return t;
 }
 
 // Eight f16 weights of class row `row` from column `col` (16 bytes; zeros for the padding rows
@@ -153,6 +170,25 @@ __device__ __forceinline__ float row_loss(const float (&x)[4], const bool (&pres
 
 using namespace head_detail;
 
+// dst[k] = Σ_b src[b·n4 + k] over b in [0, count) in block order (float4s, count ≤ GROUP).
+__device__ __forceinline__ void sum_rows(const float4* __restrict__ src, unsigned count, int n4,
+                                         float4* __restrict__ dst) {
+    for (int k = threadIdx.x; k < n4; k += blockDim.x) {
+        float4 v[GROUP];
+#pragma unroll
+        for (int b = 0; b < GROUP; ++b) {
+            v[b] = b < int(count) ? __ldcg(src + size_t(b) * n4 + k)
+                                  : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+        float4 s = v[0];
+#pragma unroll
+        for (int b = 1; b < GROUP; ++b) {
+            add4(s, v[b]);
+        }
+        dst[k] = s;
+    }
+}
+
 // The final sums of partial rows [first, first + n) (in row order, GROUP at a time) into the bias
 // gradients, and of their f64 loss partials into the mean loss.
 __device__ __forceinline__ void final_sums(const float* __restrict__ rows_p,
@@ -231,22 +267,8 @@ __device__ __forceinline__ void reduce_partials(float* __restrict__ rows_p,
         return;
     }
     // The group's rows, in block order, into group row `grid + group`.
-    const float4* src = reinterpret_cast<const float4*>(rows_p);
-    float4* dst = reinterpret_cast<float4*>(rows_p) + size_t(grid + group) * w4;
-    for (int k = threadIdx.x; k < w4; k += blockDim.x) {
-        float4 v[GROUP];
-#pragma unroll
-        for (int b = 0; b < GROUP; ++b) {
-            v[b] = b < int(count) ? __ldcg(src + size_t(first + b) * w4 + k)
-                                  : make_float4(0.f, 0.f, 0.f, 0.f);
-        }
-        float4 s = v[0];
-#pragma unroll
-        for (int b = 1; b < GROUP; ++b) {
-            add4(s, v[b]);
-        }
-        dst[k] = s;
-    }
+    sum_rows(reinterpret_cast<const float4*>(rows_p) + size_t(first) * w4, count, w4,
+             reinterpret_cast<float4*>(rows_p) + size_t(grid + group) * w4);
     if (threadIdx.x == 0) {
         double l = 0.0;
         for (unsigned b = 0; b < count; ++b) l += __ldcg(loss_p + first + b);
@@ -276,8 +298,9 @@ __device__ __forceinline__ void head_body(const __half* __restrict__ h, const __
                  const float* __restrict__ grad_scale, int rows, int hidden, int classes,
                  __half* __restrict__ logits, __half* __restrict__ dlogits,
                  __half* __restrict__ dz, float* __restrict__ dbias_hidden,
-                 float* __restrict__ dbias, float* __restrict__ rows_p,
-                 double* __restrict__ loss_p, unsigned* __restrict__ counters,
+                 float* __restrict__ dbias, float* __restrict__ dw,
+                 float* __restrict__ rows_p, double* __restrict__ loss_p,
+                 unsigned* __restrict__ counters,
                  float* __restrict__ loss) {
     const int H = hidden, J = H / 32;
     // Each tile's forward partials, one buffer per tile parity: a warp writes the buffer of tile
@@ -393,6 +416,17 @@ __device__ __forceinline__ void head_body(const __half* __restrict__ h, const __
         // a2/a3 classes 8 + 2q, 9 + 2q.
         const unsigned a0 = pack2(dl[0][0], dl[0][1]), a1 = pack2(dl[1][0], dl[1][1]);
         const unsigned a2 = pack2(dl[0][2], dl[0][3]), a3 = pack2(dl[1][2], dl[1][3]);
+        // The weight gradient's A fragment (classes × rows) is the transposed dlogits fragment.
+        unsigned t0 = 0, t1 = 0, t2 = 0, t3 = 0;
+        if (dw != nullptr) {
+            t0 = trans8(a0);
+            t1 = trans8(a2);
+            t2 = trans8(a1);
+            t3 = trans8(a3);
+        }
+        // The host passes dw only for a grid of one tile per block: each block's slice is its
+        // tile's product, written once.
+        float* dw_block = dw + size_t(blockIdx.x) * classes * H;
         __half* za = dz + size_t(va ? ra : 0) * H + 8 * q;
         __half* zb = dz + size_t(vb ? rb : 0) * H + 8 * q;
 #pragma unroll
@@ -424,6 +458,31 @@ __device__ __forceinline__ void head_body(const __half* __restrict__ h, const __
             }
             if (va) *reinterpret_cast<uint4*>(za + 32 * j) = make_uint4(oa[0], oa[1], oa[2], oa[3]);
             if (vb) *reinterpret_cast<uint4*>(zb + 32 * j) = make_uint4(ob[0], ob[1], ob[2], ob[3]);
+
+            if (dw == nullptr) continue;
+            // The weight gradient dlogitsᵀ·h of this tile on these columns: B is h (rows ×
+            // columns), the transposes of the registers loaded for the forward; n-tile u's
+            // column g is physical column 32j + 8·(g/2) + 2u + g%2, so that lane (g, q) receives
+            // classes g and g + 8 of columns 32j + 8q + 2u, +1: 8 consecutive columns per class.
+            float dwv[4][4];
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) dwv[u][e] = 0.f;
+                mma16816(dwv[u], t0, t1, t2, t3, trans8(ya_[u]), trans8(yb_[u]));
+            }
+#pragma unroll
+            for (int half_c = 0; half_c < 2; ++half_c) {
+                const int cls = g + 8 * half_c;
+                if (cls >= classes) continue;
+                float4* out = reinterpret_cast<float4*>(dw_block + size_t(cls) * H + 32 * j + 8 * q);
+                const float4 lo = make_float4(dwv[0][2 * half_c], dwv[0][2 * half_c + 1],
+                                              dwv[1][2 * half_c], dwv[1][2 * half_c + 1]);
+                const float4 hi = make_float4(dwv[2][2 * half_c], dwv[2][2 * half_c + 1],
+                                              dwv[3][2 * half_c], dwv[3][2 * half_c + 1]);
+                out[0] = lo;
+                out[1] = hi;
+            }
         }
     }
 
@@ -452,17 +511,18 @@ __device__ __forceinline__ void head_body(const __half* __restrict__ h, const __
 }
 
 // One instance per column blocks per warp (JW): H ≤ 256, 512, 1024.
-#define AMPKIT_HEAD(JW)                                                                           \
-    extern "C" __global__ void __launch_bounds__(WARPS * 32) mlp_head_f16_j##JW(                   \
+#define AMPKIT_HEAD(JW, MIN_BLOCKS)                                                               \
+    extern "C" __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) mlp_head_f16_j##JW(       \
         const __half* __restrict__ h, const __half* __restrict__ w,                               \
         const float* __restrict__ bias, const unsigned* __restrict__ labels,                      \
         const float* __restrict__ grad_scale, int rows, int hidden, int classes,                  \
         __half* __restrict__ logits, __half* __restrict__ dlogits, __half* __restrict__ dz,       \
-        float* __restrict__ dbias_hidden, float* __restrict__ dbias, float* __restrict__ rows_p,  \
-        double* __restrict__ loss_p, unsigned* __restrict__ counters, float* __restrict__ loss) { \
+        float* __restrict__ dbias_hidden, float* __restrict__ dbias, float* __restrict__ dw,      \
+        float* __restrict__ rows_p, double* __restrict__ loss_p, unsigned* __restrict__ counters, \
+        float* __restrict__ loss) {                                                               \
         head_body<JW>(h, w, bias, labels, grad_scale, rows, hidden, classes, logits, dlogits, dz, \
-                      dbias_hidden, dbias, rows_p, loss_p, counters, loss);                       \
+                      dbias_hidden, dbias, dw, rows_p, loss_p, counters, loss);                   \
     }
-AMPKIT_HEAD(1)
-AMPKIT_HEAD(2)
-AMPKIT_HEAD(4)
+AMPKIT_HEAD(1, 2)
+AMPKIT_HEAD(2, 2)
+AMPKIT_HEAD(4, 1)

@@ -17,7 +17,7 @@
 //   f32 roundings f32(lr / bc1), f32(sqrt(bc2)) equal AdamCoefficients::new's (checked on the CPU
 //   over millions of (β, t) pairs, and on the GPU by tests/optim_gpu.rs).
 // The step advance: every block's thread 0 reads the counters, then (in the last launch of a
-//   step) bumps BLOCKS_DONE; the block that brings it to gridDim.x has seen every other block's
+//   step, after its block's updates) bumps BLOCKS_DONE; the block that brings it to gridDim.x has seen every other block's
 //   read, so it alone writes STEP + 1 (and MOMENTUM_STARTED), and resets BLOCKS_DONE. Fences on
 //   both sides order the reads before the writes. Earlier launches of the same step finished
 //   before the last one started (one stream), so every block of the step saw the same t.
@@ -340,16 +340,16 @@ __device__ __forceinline__ void step_block(const TensorTable& t, const typename 
     Regs<4> pre;
     if (first < full) Op::template load<4>(ptr, first, pre, h);
 
+    unsigned long long step = 0;  // thread 0
     if (threadIdx.x == 0) {
         // L2 loads: the counters were written by an earlier kernel, never through this SM's L1.
-        const bool skip = __ldcg(found_inf) != 0.f;
+        // All three at once (one round trip); the counters are only used on a real step.
+        const float inf = __ldcg(found_inf);
+        step = __ldcg(counters + STEP);
+        const bool started = __ldcg(counters + MOMENTUM_STARTED) != 0;
+        const bool skip = inf != 0.f;
         shared_skip = skip;
-        if (!skip) {
-            const unsigned long long step = __ldcg(counters + STEP);
-            const bool started = __ldcg(counters + MOMENTUM_STARTED) != 0;
-            shared_coef = Op::coefficients(h, sched, step, started);
-            if (final_launch) finish_step(counters, step, Op::starts_momentum(h));
-        }
+        if (!skip) shared_coef = Op::coefficients(h, sched, step, started);
     }
     __syncthreads();
     if (shared_skip) return;
@@ -367,6 +367,8 @@ __device__ __forceinline__ void step_block(const TensorTable& t, const typename 
         Op::template load<1>(ptr, j, r, h);
         Op::template update_store<1>(ptr, j, r, k, h);
     }
+    // The block's arrival comes last, off the path to its first store.
+    if (threadIdx.x == 0 && final_launch) finish_step(counters, step, Op::starts_momentum(h));
 }
 
 }  // namespace optim_detail

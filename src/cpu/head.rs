@@ -1,7 +1,7 @@
 //! The CPU reference of the fused classifier head ([`crate::ops::head`]): the unfused ops'
 //! references composed in the training step's order, each rounding where the unfused GPU step
-//! rounds (f16 logits, f16 dlogits, f16 data gradient), so that the fused kernel is checked
-//! against exactly what it replaces.
+//! rounds (f16 logits, f16 dlogits, f16 data gradient; f32 weight gradient), so that the fused
+//! kernel is checked against exactly what it replaces.
 
 use super::cross_entropy::softmax_cross_entropy;
 use super::gemm::{bias_grad, gemm, Epilogue};
@@ -19,6 +19,8 @@ pub(crate) struct Head {
     pub dhidden: Vec<f16>,
     pub dbias_hidden: Vec<f32>,
     pub dbias: Vec<f32>,
+    /// The last layer's weight gradient `[classes, width]`.
+    pub dweight: Vec<f32>,
     pub loss: f32,
 }
 
@@ -54,6 +56,9 @@ pub(crate) fn head_step(
     relu::backward(&grad_in, hidden, &mut dhidden)?;
     let mut dbias = vec![0f32; classes];
     bias_grad(&dlogits, rows, classes, &mut dbias)?;
+    let mut dweight = vec![0f32; classes * width];
+    let wgrad = GemmShape::new(Layout::Wgrad, classes, width, rows);
+    gemm(wgrad, &dlogits, hidden, &Epilogue::plain(), &mut dweight)?;
     let mut dbias_hidden = vec![0f32; width];
     bias_grad(&dhidden, rows, width, &mut dbias_hidden)?;
     Ok(Head {
@@ -62,6 +67,7 @@ pub(crate) fn head_step(
         dhidden,
         dbias_hidden,
         dbias,
+        dweight,
         loss,
     })
 }

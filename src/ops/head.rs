@@ -1,12 +1,13 @@
 //! The classifier head of an f16 MLP's training step in one launch (`kernels/head.cu`): the last
 //! linear layer (at most 16 classes), softmax-cross-entropy at the loss scale, both bias
-//! gradients, the last layer's data gradient and the hidden layer's ReLU backward. The CPU twin
-//! is [`crate::cpu::head`], the unfused ops' references composed.
+//! gradients, the last layer's weight and data gradients and the hidden layer's ReLU backward.
+//! The CPU twin is [`crate::cpu::head`], the unfused ops' references composed.
 //!
-//! The training step uses it where the model allows ([`fits`]): it replaces six launches (the
-//! narrow forward GEMM, the loss, the K = classes dgrad GEMM, the ReLU backward and two bias
-//! gradients) that together took most of a small model's step. The last layer's weight gradient
-//! stays a GEMM.
+//! The training step uses it where the model allows ([`fits`]): it replaces seven launches (the
+//! narrow forward GEMM, the loss, the K = classes dgrad GEMM, the N = classes weight-gradient
+//! GEMM, the ReLU backward and two bias gradients) that together took most of a small model's
+//! step. The weight gradient comes as [`weight_slices`] f32 slices for the unscale to add (one:
+//! the gradient itself).
 
 use crate::cuda::{DeviceBuffer, Gpu, KernelArgs, LaunchConfig};
 use crate::error::{Error, Result};
@@ -42,18 +43,58 @@ pub(crate) struct HeadInputs<'a> {
 
 /// The head's outputs: f16 logits and dlogits `[rows, classes]`, the hidden layer's f16 GEMM-output
 /// gradient `[rows, width]` (ReLU applied), the f32 bias gradients of the hidden and last layers,
-/// and the mean loss (one f32). All overwritten.
+/// the last layer's f32 weight gradient as [`weight_slices`] slices of `[classes, width]` (their
+/// sum in slice order is the gradient) where the head computes it (`None` otherwise), and the
+/// mean loss (one f32). All overwritten.
 pub(crate) struct HeadOutputs<'a> {
     pub logits: CudaViewMut<'a, f16>,
     pub dlogits: CudaViewMut<'a, f16>,
     pub dhidden: CudaViewMut<'a, f16>,
     pub dbias_hidden: CudaViewMut<'a, f32>,
     pub dbias: CudaViewMut<'a, f32>,
+    pub dweight: Option<CudaViewMut<'a, f32>>,
     pub loss: &'a mut DeviceBuffer<f32>,
 }
 
 /// Blocks per first-level group of the partial sums (`GROUP` in the kernel).
 const GROUP: usize = 16;
+
+/// Blocks of one launch over `rows` rows: one per 16-row tile, up to two per SM.
+fn grid_blocks(gpu: &Gpu, rows: usize) -> usize {
+    rows.div_ceil(16)
+        .min(2 * gpu.info().multiprocessors.max(1))
+        .max(1)
+}
+
+/// The most 16-row tiles whose weight-gradient slices the head leaves to the unscale.
+const WEIGHT_SLICES_MAX: usize = 16;
+
+/// Whether a launch over `rows` rows also computes the last layer's weight gradient, and in how
+/// many f32 slices (one per block and 16-row tile; their sum in slice order is the gradient): up
+/// to 16 tiles (256 rows), each in a block of its own. Beyond, the weight-gradient GEMM is faster
+/// than adding the blocks' slices (`docs/kernels/head.md`, v4).
+pub(crate) fn weight_slices(gpu: &Gpu, rows: usize) -> Option<usize> {
+    let tiles = rows.div_ceil(16);
+    (tiles <= WEIGHT_SLICES_MAX && grid_blocks(gpu, rows) == tiles).then_some(tiles)
+}
+
+/// The f32 copies of an `out × fan_in` f16 layer's weight gradient that a training step at
+/// `batch` rows leaves for the unscale to add (the trainer's slice buffers are sized by it): the
+/// GEMM planner's K-splits ([`crate::ops::gemm::wgrad_splits`]) or, for a `last` layer the head
+/// serves, the head's [`weight_slices`] if more (the step may run fused or not).
+pub(crate) fn step_weight_slices(
+    gpu: &Gpu,
+    out: usize,
+    fan_in: usize,
+    batch: usize,
+    last: bool,
+) -> usize {
+    let gemm = crate::ops::gemm::wgrad_splits(gpu, out, fan_in, batch);
+    match weight_slices(gpu, batch) {
+        Some(head) if last && fits(fan_in, out) => gemm.max(head),
+        _ => gemm,
+    }
+}
 
 /// The instance for `width`: column blocks of 32 per warp (1, 2 or 4).
 fn instance(width: usize) -> &'static str {
@@ -68,9 +109,12 @@ fn instance(width: usize) -> &'static str {
 /// out-of-range label makes its row's loss and gradients NaN, as in
 /// [`crate::ops::cross_entropy::softmax_cross_entropy`].
 ///
+/// Returns the weight gradient's slices in `outputs.dweight` ([`weight_slices`]; 0 where the head
+/// leaves the weight gradient to the GEMM).
+///
 /// Errors, before any launch: [`Error::InvalidArgument`] unless [`fits`] and the hidden
-/// activations and their gradient are 16-byte aligned; [`Error::ShapeMismatch`] when a buffer's
-/// length disagrees with `rows`, `width` and `classes`.
+/// activations, their gradient and the weight gradient are 16-byte aligned;
+/// [`Error::ShapeMismatch`] when a buffer's length disagrees with `rows`, `width` and `classes`.
 pub(crate) fn head_step(
     gpu: &Gpu,
     rows: usize,
@@ -78,7 +122,7 @@ pub(crate) fn head_step(
     classes: usize,
     inputs: &HeadInputs<'_>,
     outputs: &mut HeadOutputs<'_>,
-) -> Result<()> {
+) -> Result<usize> {
     if !fits(width, classes) {
         return Err(Error::InvalidArgument {
             op: OP,
@@ -89,6 +133,7 @@ pub(crate) fn head_step(
         });
     }
     let (ri, wi) = kernel_dims(OP, rows, width)?;
+    let slices = weight_slices(gpu, rows).unwrap_or(0);
     let want = [
         ("hidden", inputs.hidden.len(), rows * width),
         ("weight", inputs.weight.len(), classes * width),
@@ -100,6 +145,11 @@ pub(crate) fn head_step(
         ("dhidden", outputs.dhidden.len(), rows * width),
         ("dbias_hidden", outputs.dbias_hidden.len(), width),
         ("dbias", outputs.dbias.len(), classes),
+        (
+            "dweight",
+            outputs.dweight.as_ref().map_or(0, |d| d.len()),
+            slices * classes * width,
+        ),
         ("loss", outputs.loss.len(), 1),
     ];
     if let Some((name, got, need)) = want.iter().find(|(_, got, need)| got != need) {
@@ -123,6 +173,13 @@ pub(crate) fn head_step(
     let (hbp, _g9) = outputs.dbias_hidden.device_ptr_mut(stream);
     let (obp, _g10) = outputs.dbias.device_ptr_mut(stream);
     let (op, _g11) = outputs.loss.device_ptr_mut(stream);
+    let (dwp, _g12) = match &mut outputs.dweight {
+        Some(d) => {
+            let (p, g) = d.device_ptr_mut(stream);
+            (p, Some(g))
+        }
+        None => (0, None),
+    };
     check_aligned(
         OP,
         &[
@@ -136,13 +193,13 @@ pub(crate) fn head_step(
             ("dlogits", dp, 2),
             ("dbias_hidden", hbp, 4),
             ("dbias", obp, 4),
+            ("dweight (16-byte rows)", dwp, 16),
             ("loss", op, 4),
         ],
     )?;
     // A block per 16-row tile (its 8 warps split the width), up to two per SM; blocks loop over
     // tiles beyond that.
-    let tiles = rows.div_ceil(16);
-    let blocks = tiles.min(2 * gpu.info().multiprocessors.max(1));
+    let blocks = grid_blocks(gpu, rows);
     let groups = blocks.div_ceil(GROUP);
     let partial_rows = blocks + groups;
     // One f32 row of width + 16 per block and per group, then one f64 loss partial for each.
@@ -155,23 +212,30 @@ pub(crate) fn head_step(
             let mut args = KernelArgs::new();
             args.push(hp).push(wp).push(bp).push(lp).push(sp);
             args.push(ri).push(wi).push(ci);
-            args.push(xp).push(dp).push(zp).push(hbp).push(obp);
+            args.push(xp)
+                .push(dp)
+                .push(zp)
+                .push(hbp)
+                .push(obp)
+                .push(dwp);
             args.push(rows_p).push(loss_p).push(counters).push(op);
             let cfg = LaunchConfig::linear(blocks as u32, (WARPS * 32) as u32);
             // SAFETY: mlp_head_f16_j{1,2,4}(const __half* h, const __half* w, const float* bias,
             // const unsigned* labels, const float* grad_scale, int rows, int hidden, int classes,
             // __half* logits, __half* dlogits, __half* dz, float* dbias_hidden, float* dbias,
-            // float* rows_p, double* loss_p, unsigned* counters, float* loss) matches the
-            // arguments in order and type. Every buffer's length was checked against rows,
-            // width and classes above; h, dz and w are 16-byte aligned and width is a multiple
-            // of 32 within the instance's 32·8·JW, so every 16-byte access is aligned and inside
-            // (w's rows ≥ classes are never read); the scratch holds blocks + groups rows of
-            // width + 16 f32 (16-byte aligned: the buffer is, and width + 16 is a multiple of 4)
-            // and as many f64 after them; the counters (groups + 1 u32) are zero between launches
-            // and the kernel leaves them zero; a label ≥ classes is never used as an index.
+            // float* dw, float* rows_p, double* loss_p, unsigned* counters, float* loss) matches
+            // the arguments in order and type. Every buffer's length was checked against rows,
+            // width and classes above (dw: null, or a classes × width slice per block); h, dz,
+            // dw and w are 16-byte aligned and width is a multiple of 32 within the instance's
+            // 32·8·JW, so every 16-byte access is aligned and inside (w's rows ≥ classes are
+            // never read); the scratch holds blocks + groups rows of width + 16 f32 (16-byte
+            // aligned: the buffer is, and width + 16 is a multiple of 4) and as many f64 after
+            // them; the counters (groups + 1 u32) are zero between launches and the kernel
+            // leaves them zero; a label ≥ classes is never used as an index.
             unsafe { gpu.launch(&kernels::HEAD, instance(width), cfg, &args) }
         })
-    })
+    })?;
+    Ok(slices)
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! The fused head on the GPU against the CPU reference ([`crate::cpu::head`]), stage by stage: the
 //! logits against the reference forward, then each later stage against the reference applied to
 //! the GPU's own output of the stage before (dlogits and loss from the GPU's logits, the hidden
-//! gradient from the GPU's dlogits, the bias gradients from the GPU's gradients), so that each
-//! comparison isolates one stage. Odd row counts (partial 16-row tiles, partial blocks, more tiles
+//! and weight gradients from the GPU's dlogits, the bias gradients from the GPU's gradients), so
+//! that each comparison isolates one stage. Odd row counts (partial 16-row tiles, partial blocks, more tiles
 //! than warps), widths 32-1024, 1-16 classes; hidden values with +0, −0, negatives, subnormals,
 //! NaN and +inf; logits that overflow f16; an out-of-range label; poisoned outputs; bit-identical
 //! reruns; typed errors. In-crate because the op is the training step's, not public API.
@@ -10,10 +10,11 @@
 //! Limits: logits within two f16 ulps plus 2^-20 of the sum of |terms| (the f32 sums of the GEMM and
 //! of the kernel add in different orders); dlogits within one f16 ulp plus 2e-5·|scale/rows| (the
 //! loss kernels' f32 arithmetic, see tests/cross_entropy_gpu.rs); the hidden gradient within one
-//! f16 ulp plus 2^-24 of the sum of |terms|; the bias gradients within rows·2^-24 of the sum of
-//! |terms| (f32 sums); the loss 1e-5 relative.
+//! f16 ulp plus 2^-24 of the sum of |terms|; the bias gradients and the weight gradient (its
+//! slices added in slice order, as the unscale adds them) within rows·2^-24 of the sum of |terms|
+//! (f32 sums); the loss 1e-5 relative.
 
-use super::{fits, head_step, HeadInputs, HeadOutputs};
+use super::{fits, head_step, weight_slices, HeadInputs, HeadOutputs};
 use crate::cpu::cross_entropy::softmax_cross_entropy;
 use crate::cpu::gemm::{gemm, Epilogue};
 use crate::cuda::{test_gpu, Gpu};
@@ -82,6 +83,9 @@ struct Out {
     dhidden: Vec<f16>,
     dbias_hidden: Vec<f32>,
     dbias: Vec<f32>,
+    /// The weight gradient's slices added in slice order in f32, as the unscale adds them (`None`
+    /// for batches whose weight gradient the head leaves to the GEMM).
+    dweight: Option<Vec<f32>>,
     loss: f32,
 }
 
@@ -99,6 +103,8 @@ fn run(gpu: &Gpu, c: &Case) -> Out {
     let mut dhidden = gpu.upload(&vec![p16; r * w]).unwrap();
     let mut dbh = gpu.upload(&vec![p32; w]).unwrap();
     let mut db = gpu.upload(&vec![p32; k]).unwrap();
+    let slices = weight_slices(gpu, r);
+    let mut dw = gpu.upload(&vec![p32; slices.unwrap_or(1) * k * w]).unwrap();
     let mut loss = gpu.upload(&[p32]).unwrap();
     let inputs = HeadInputs {
         hidden: h.slice(..),
@@ -107,7 +113,7 @@ fn run(gpu: &Gpu, c: &Case) -> Out {
         labels: l.slice(..),
         grad_scale: &s,
     };
-    head_step(
+    let got_slices = head_step(
         gpu,
         r,
         w,
@@ -119,16 +125,39 @@ fn run(gpu: &Gpu, c: &Case) -> Out {
             dhidden: dhidden.slice_mut(..),
             dbias_hidden: dbh.slice_mut(..),
             dbias: db.slice_mut(..),
+            dweight: slices.map(|_| dw.slice_mut(..)),
             loss: &mut loss,
         },
     )
     .unwrap();
+    assert_eq!(got_slices, slices.unwrap_or(0));
+    let dw_slices = gpu.download(&dw).unwrap();
+    let dweight = if slices.is_some() {
+        if let Some(i) = dw_slices.iter().position(|x| x.to_bits() == POISON32) {
+            panic!("{r}x{w}x{k}: dweight slice element {i} not written");
+        }
+        let mut sum = dw_slices[..k * w].to_vec();
+        for slice in dw_slices.chunks(k * w).skip(1) {
+            for (d, v) in sum.iter_mut().zip(slice) {
+                *d += v;
+            }
+        }
+        Some(sum)
+    } else {
+        // Left to the GEMM: the buffer keeps its poison.
+        assert!(
+            dw_slices.iter().all(|x| x.to_bits() == POISON32),
+            "{r}x{w}x{k}: dweight written though the head leaves it to the GEMM"
+        );
+        None
+    };
     Out {
         logits: gpu.download(&logits).unwrap(),
         dlogits: gpu.download(&dlogits).unwrap(),
         dhidden: gpu.download(&dhidden).unwrap(),
         dbias_hidden: gpu.download(&dbh).unwrap(),
         dbias: gpu.download(&db).unwrap(),
+        dweight,
         loss: gpu.download(&loss).unwrap()[0],
     }
 }
@@ -295,6 +324,18 @@ fn check(gpu: &Gpu, c: &Case, what: &str) {
             allowed,
         );
     }
+    // 5. The weight gradient: f64 sums of the GPU's dlogits times the hidden values.
+    if let Some(dweight) = &out.dweight {
+        for (i, &got) in dweight.iter().enumerate() {
+            let (cls, col) = (i / w, i % w);
+            let (s, a) = (0..r).fold((0.0, 0.0), |(s, a), row| {
+                let t = out.dlogits[row * k + cls].to_f64() * c.hidden[row * w + col].to_f64();
+                (s + t, a + t.abs())
+            });
+            let allowed = a * r as f64 * 2f64.powi(-24);
+            close(&format!("{what} dweight"), i, f64::from(got), s, allowed);
+        }
+    }
     // Bit-identical when run again.
     let again = run(gpu, c);
     let bits16 = |v: &[f16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
@@ -323,6 +364,11 @@ fn check(gpu: &Gpu, c: &Case, what: &str) {
         bits32(&again.dbias),
         bits32(&out.dbias),
         "{what}: rerun dbias"
+    );
+    assert_eq!(
+        again.dweight.as_deref().map(bits32),
+        out.dweight.as_deref().map(bits32),
+        "{what}: rerun dweight"
     );
     assert_eq!(
         again.loss.to_bits(),
@@ -401,6 +447,23 @@ fn whole_chain(c: &Case, out: &Out, reference: &crate::cpu::head::Head, what: &s
             );
             close(&format!("{what} chain dbias_hidden"), j, g, r, allowed);
         }
+        for (i, &got) in out.dweight.iter().flatten().enumerate() {
+            let (cls, col) = (i / w, i % w);
+            let a: f64 = (0..c.rows)
+                .map(|row| {
+                    let d = reference.dlogits[row * k + cls].to_f64();
+                    (d * c.hidden[row * w + col].to_f64()).abs()
+                })
+                .sum();
+            let (g, r) = (f64::from(got), f64::from(reference.dweight[i]));
+            close(
+                &format!("{what} chain dweight"),
+                i,
+                g,
+                r,
+                1e-2 * a + 1e-6 * unit,
+            );
+        }
     }
 }
 
@@ -460,8 +523,9 @@ fn head_rejects_what_it_cannot_serve() {
     let mut dh = gpu.alloc_zeros::<f16>(16 * 64 + 8).unwrap();
     let mut dbh = gpu.alloc_zeros::<f32>(64).unwrap();
     let mut db = gpu.alloc_zeros::<f32>(10).unwrap();
+    let mut dw = gpu.alloc_zeros::<f32>(640 + 4).unwrap();
     let mut loss = gpu.alloc_zeros::<f32>(1).unwrap();
-    let mut attempt = |dh_from: usize, rows: usize| {
+    let mut attempt = |dh_from: usize, dw_from: usize, rows: usize| {
         let inputs = HeadInputs {
             hidden: h.slice(..),
             weight: wt.slice(..),
@@ -475,17 +539,21 @@ fn head_rejects_what_it_cannot_serve() {
             dhidden: dh.slice_mut(dh_from..dh_from + rows * 64),
             dbias_hidden: dbh.slice_mut(..),
             dbias: db.slice_mut(..),
+            dweight: Some(dw.slice_mut(dw_from..dw_from + 640)),
             loss: &mut loss,
         };
         head_step(&gpu, rows, 64, 10, &inputs, &mut outputs)
     };
-    assert!(attempt(0, 16).is_ok());
+    assert_eq!(attempt(0, 0, 16).unwrap(), 1);
     // A view one element in is not 16-byte aligned.
-    let e = attempt(1, 16).unwrap_err();
+    let e = attempt(1, 0, 16).unwrap_err();
     assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
     assert!(e.to_string().contains("dhidden"), "{e}");
+    let e = attempt(0, 2, 16).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+    assert!(e.to_string().contains("dweight"), "{e}");
     // Lengths that disagree with the shape.
-    let e = attempt(0, 15).unwrap_err();
+    let e = attempt(0, 0, 15).unwrap_err();
     assert!(matches!(e, Error::ShapeMismatch { .. }), "{e}");
     assert!(e.to_string().contains("hidden"), "{e}");
 }

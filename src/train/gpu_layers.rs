@@ -119,6 +119,9 @@ pub(crate) struct Layer {
     pub wgrad_partials: Option<DeviceBuffer<f32>>,
     /// Slices the last backward left in `wgrad_partials` (1: the gradient is in `grads`).
     pub wgrad_splits: usize,
+    /// Whether the last fused head computed this (last) layer's weight gradient: it does at
+    /// small batches ([`crate::ops::head::weight_slices`]); otherwise backward runs the GEMM.
+    pub wgrad_by_head: bool,
 }
 
 impl Layer {
@@ -178,12 +181,13 @@ pub(crate) fn build(
             dz: Buf::new(gpu, half, n)?,
             dz32: (has_ln && half).then(|| gpu.alloc_zeros(n)).transpose()?,
             wgrad_partials: {
-                let splits = crate::ops::gemm::wgrad_splits(gpu, out, fan_in, batch);
+                let splits = crate::ops::head::step_weight_slices(gpu, out, fan_in, batch, last);
                 (half && splits > 1)
                     .then(|| gpu.alloc_zeros(splits * out * fan_in))
                     .transpose()?
             },
             wgrad_splits: 1,
+            wgrad_by_head: false,
         });
     }
     Ok(layers)
@@ -213,7 +217,8 @@ pub(crate) fn head_fits(layers: &[Layer]) -> bool {
 
 /// The fused head over `b` samples (see [`crate::ops::head`]): from the hidden layer's output,
 /// the logits (the last layer's `out_buf`), the loss, the dlogits (its `dz`), the hidden layer's
-/// `dz` and both bias gradients. Call only where [`head_fits`].
+/// `dz`, both bias gradients and, at small batches, the last layer's weight gradient (in its
+/// `wgrad_partials` when the head leaves several slices). Call only where [`head_fits`].
 #[allow(clippy::too_many_arguments)] // the passes' shared state
 pub(crate) fn head(
     gpu: &Gpu,
@@ -230,7 +235,16 @@ pub(crate) fn head(
         unreachable!("head_fits: at least two layers")
     };
     let (width, classes) = (last.fan_in, last.out);
-    let (dbias_hidden, dbias) = pair_mut(grads, prev.p.b, last.p.b);
+    let slices = crate::ops::head::weight_slices(gpu, b);
+    let [dbias_hidden, dbias, dweight] = disjoint_mut(grads, [prev.p.b, last.p.b, last.p.w]);
+    let dweight = match (slices, &mut last.wgrad_partials) {
+        // Several slices: in the buffer build sized for the configured batch.
+        (Some(n), Some(p)) if n > 1 => Some(p.slice_mut(..n * classes * width)),
+        // One slice: the gradient itself.
+        (Some(_), _) => Some(dweight.slice_mut(..)),
+        // A batch this large leaves the weight gradient to the GEMM (backward).
+        (None, _) => None,
+    };
     let (Buf::H(hidden), Buf::H(dhidden)) = (&prev.out_buf, &mut prev.dz) else {
         unreachable!("head_fits: an f16 hidden layer")
     };
@@ -247,9 +261,15 @@ pub(crate) fn head(
         dhidden: dhidden.slice_mut(..b * width),
         dbias_hidden: dbias_hidden.slice_mut(..),
         dbias: dbias.slice_mut(..),
+        dweight,
         loss,
     };
-    head_step(gpu, b, width, classes, &inputs, &mut outputs)
+    let slices = head_step(gpu, b, width, classes, &inputs, &mut outputs)?;
+    last.wgrad_by_head = slices > 0;
+    if slices > 0 {
+        last.wgrad_splits = slices;
+    }
+    Ok(())
 }
 
 /// Forward pass over `b` samples of `x` (`[b, inputs]` in layer 0's dtype) through the first
@@ -358,8 +378,9 @@ pub(crate) fn forward(
 
 /// Backward pass over `b` samples from the dlogits in the last layer's `dz`; writes every
 /// (scaled) weight and bias gradient into `grads` (and LayerNorm's γ/β gradients). After the
-/// fused [`head`] (`after_head`), what it computed is skipped: the last layer's bias gradient
-/// and data gradient, and the hidden layer's ReLU backward and bias gradient.
+/// fused [`head`] (`after_head`), what it computed is skipped: the last layer's bias and data
+/// gradients (and its weight gradient where the head computed it), and the hidden layer's ReLU
+/// backward and bias gradient.
 #[allow(clippy::too_many_arguments)] // the passes' shared state
 pub(crate) fn backward(
     gpu: &Gpu,
@@ -378,6 +399,11 @@ pub(crate) fn backward(
         let head_did = after_head && l + 2 >= top;
         let (before, rest) = layers.split_at_mut(l);
         let layer = &mut rest[0];
+        if head_did && layer.last && layer.wgrad_by_head {
+            // The head did all of the last layer's backward (its weight gradient waits in
+            // `wgrad_partials` when `wgrad_splits` > 1).
+            continue;
+        }
         let (fan_in, out, n) = (layer.fan_in, layer.out, b * layer.out);
         if !layer.last && !head_did {
             // The gradient of the output, in the output's dtype.
@@ -532,6 +558,18 @@ pub(crate) fn pending_partials<'a>(
         }
     }
     out
+}
+
+/// Distinct elements of a slice, mutably, in the order of `at` (the indices must differ and lie
+/// within the slice: parameter tensor indices of one model).
+fn disjoint_mut<T, const N: usize>(v: &mut [T], at: [usize; N]) -> [&mut T; N] {
+    let mut out: [Option<&mut T>; N] = [(); N].map(|_| None);
+    for (i, x) in v.iter_mut().enumerate() {
+        if let Some(k) = at.iter().position(|&j| j == i) {
+            out[k] = Some(x);
+        }
+    }
+    out.map(|o| o.expect("distinct parameter tensors"))
 }
 
 /// Two distinct elements of a slice, mutably (`i < j`).

@@ -202,16 +202,19 @@ pub(crate) fn check_gpu_model(gpu: &Gpu, cfg: &TrainConfig) -> Result<()> {
     check_host(&format!("preparing {what} for the GPU"), host, MODEL_HINT)
 }
 
-/// Device bytes of the GPU backend's K-split slice buffers: for each f16 layer whose weight
-/// gradient the GEMM planner splits at the configured batch on `gpu`, that many f32 copies of
-/// the weight (`train::gpu_layers`; the unscale adds them).
+/// Device bytes of the GPU backend's weight-gradient slice buffers: for each f16 layer whose
+/// weight gradient a step leaves in slices at the configured batch on `gpu` (the GEMM planner's
+/// K-splits, or the fused head's slices for the last layer), that many f32 copies of the weight
+/// (`train::gpu_layers`; the unscale adds them).
 fn wgrad_slice_bytes(gpu: &Gpu, cfg: &TrainConfig) -> Option<u64> {
     let model = &cfg.model;
-    (0..model.linear_count())
+    let count = model.linear_count();
+    (0..count)
         .filter(|&l| model.half_layer(l))
         .try_fold(0u64, |sum, l| {
             let (fan_in, out) = (model.layers[l], model.layers[l + 1]);
-            let splits = crate::ops::gemm::wgrad_splits(gpu, out, fan_in, cfg.batch);
+            let last = l + 1 == count;
+            let splits = crate::ops::head::step_weight_slices(gpu, out, fan_in, cfg.batch, last);
             let bytes = if splits > 1 {
                 (splits as u64)
                     .checked_mul(out as u64)?
