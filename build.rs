@@ -52,8 +52,17 @@ const PORTABLE_ARCH: &str = "compute_80";
 /// they JIT-compile the PTX instead.
 const PORTABLE_SASS: &[&str] = &["sm_80", "sm_86", "sm_89", "sm_90"];
 /// Modules (file stems) that use Hopper-only instructions (wgmma, setmaxnreg, thread-block
-/// clusters): built for sm_90a.
-const HOPPER_ONLY: &[&str] = &["gemm_sm90", "softmax_sm90", "layernorm_sm90"];
+/// clusters, griddepcontrol): built for sm_90a. The `_pdl` modules are the training step's
+/// portable modules again, with programmatic dependent launch (`kernels/pdl.cuh`).
+const HOPPER_ONLY: &[&str] = &[
+    "gemm_sm90",
+    "softmax_sm90",
+    "layernorm_sm90",
+    "augment_pdl",
+    "head_pdl",
+    "unscale_pdl",
+    "optim_pdl",
+];
 const HOPPER_ARCH: &str = "compute_90a";
 /// Flags shared by every module. No `-lineinfo`: it embeds absolute source paths in the PTX,
 /// which would make the committed snapshot depend on where the repository was cloned.

@@ -30,8 +30,11 @@
 // its base 16-byte aligned (TMA's global-stride and address rules).
 // Roofline: 8192³ = 1.1 TFLOP, 1.1 ms at the 989 TFLOP/s dense peak; per stage a block moves
 // 48 KB into shared memory for 4.2 MFLOP (h256), 85 FLOP/B out of L2.
+// Launched with programmatic dependent launch (pdl.cuh): every entry point starts with pdl_start().
+#define AMPKIT_PDL 1
 #include "common.cuh"
 #include "gemm_epilogue.cuh"
+#include "pdl.cuh"
 
 namespace gemm_sm90_detail {
 
@@ -323,6 +326,7 @@ using namespace gemm_sm90_detail;
         NAME(const __grid_constant__ TensorMap ta, const __grid_constant__ TensorMap tb, void* C, \
              const float* bias, int M, int N, int K, float alpha, float beta, int relu,           \
              int out_kind, int k_tiles_per_split, int group_m) {                                  \
+        pdl_start();                                                                              \
         const Epilogue e{bias, alpha, beta, relu};                                                \
         gemm_tile<BN, ST, REGS, AMN, BMN>(ta, tb, C, M, N, K, e, out_kind, k_tiles_per_split,     \
                                           group_m);                                               \

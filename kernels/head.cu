@@ -60,6 +60,7 @@
 //   ~8 K dependent instructions per tile made it 40-54 µs; v3 splits every tile over 8 warps. v4
 //   adds the weight gradient: at 256 rows it replaces a 10-12 µs GEMM launch for ~1.5 µs; at 4096
 //   rows adding 256 blocks' slices (by ticket levels or in the unscale) cost more than the GEMM.
+#include "pdl.cuh"
 #include "softmax_common.cuh"
 
 namespace head_detail {
@@ -520,6 +521,7 @@ __device__ __forceinline__ void head_body(const __half* __restrict__ h, const __
         float* __restrict__ dbias_hidden, float* __restrict__ dbias, float* __restrict__ dw,      \
         float* __restrict__ rows_p, double* __restrict__ loss_p, unsigned* __restrict__ counters, \
         float* __restrict__ loss) {                                                               \
+        pdl_start();                                                                              \
         head_body<JW>(h, w, bias, labels, grad_scale, rows, hidden, classes, logits, dlogits, dz, \
                       dbias_hidden, dbias, dw, rows_p, loss_p, counters, loss);                   \
     }

@@ -30,6 +30,7 @@
 //   22 B; plain SGD 14 B. At ~2.9 TB/s (device copy, H100) 2^25 Adam parameters take ~350 µs; the
 //   default MLP's 407 k take ~4 µs, under the launch overhead.
 #include "common.cuh"
+#include "pdl.cuh"
 
 namespace optim_detail {
 
@@ -378,12 +379,14 @@ using namespace optim_detail;
 extern "C" __global__ void __launch_bounds__(THREADS)
     optim_adam(TensorTable table, AdamHyper hyper, Schedule sched, unsigned long long* counters,
                const float* found_inf, long long chunk, int final_launch) {
+    pdl_start();
     step_block<Adam>(table, hyper, sched, counters, found_inf, chunk, final_launch);
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS)
     optim_sgd(TensorTable table, SgdHyper hyper, Schedule sched, unsigned long long* counters,
               const float* found_inf, long long chunk, int final_launch) {
+    pdl_start();
     step_block<Sgd>(table, hyper, sched, counters, found_inf, chunk, final_launch);
 }
 
@@ -391,6 +394,7 @@ extern "C" __global__ void __launch_bounds__(THREADS)
 // out[2i+1] = f32(sqrt(1 − β2^t)). For tests comparing them with AdamCoefficients::new.
 extern "C" __global__ void optim_adam_bias_terms(AdamHyper hyper, const unsigned long long* ts,
                                                  int n, float* out) {
+    pdl_start();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
         const float2 b = adam_bias_terms(hyper, hyper.lr, ts[i]);

@@ -26,6 +26,7 @@
 //   copy on the H100) the 784→512→10 MLP's 407 k gradients take ~1.1 µs, so launch overhead
 //   dominates there; at 64 M elements the floor is ~180 µs.
 #include "common.cuh"
+#include "pdl.cuh"
 #include "step_record.cuh"
 
 namespace unscale_detail {
@@ -132,11 +133,13 @@ using namespace unscale_detail;
 
 extern "C" __global__ void __launch_bounds__(THREADS)
     unscale_f32(TensorTable table, const float* scale, float* found_inf, long long chunk) {
+    pdl_start();
     unscale<float>(table, scale, found_inf, chunk);
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS)
     unscale_f16_to_f32(TensorTable table, const float* scale, float* found_inf, long long chunk) {
+    pdl_start();
     unscale<__half>(table, scale, found_inf, chunk);
 }
 
@@ -146,6 +149,7 @@ extern "C" __global__ void __launch_bounds__(THREADS)
                        const float* loss, float* records, unsigned* cursor, unsigned capacity,
                        unsigned advance, int dynamic, int* tracker, double growth, double backoff,
                        int interval, int has_min, float min_scale, int has_max, float max_scale) {
+    pdl_start();
     unscale<float>(table, scale, found_inf, chunk);
     __threadfence();
     __syncthreads();

@@ -133,9 +133,92 @@ pub fn by_name(name: &str) -> Option<&'static KernelModule> {
     TABLE.iter().find(|m| m.name == name)
 }
 
+/// The twin of a portable module built for programmatic dependent launch
+/// (`kernels/<name>_pdl.cu`: the same kernels for sm_90a, each beginning with `pdl_start()`), or
+/// `None`. [`crate::cuda::Gpu::set_dependent_launch`] says when launches take it.
+pub(crate) fn pdl_twin(module: &KernelModule) -> Option<&'static KernelModule> {
+    match module.name {
+        "augment" => Some(&AUGMENT_PDL),
+        "head" => Some(&HEAD_PDL),
+        "unscale" => Some(&UNSCALE_PDL),
+        "optim" => Some(&OPTIM_PDL),
+        _ => None,
+    }
+}
+
+/// Whether every kernel of `module` begins with `pdl_start()` (`kernels/pdl.cuh`), so that it
+/// may launch with programmatic dependent launch: the `_pdl` twins and the Hopper GEMM.
+pub(crate) fn launches_dependent(module: &KernelModule) -> bool {
+    module.name.ends_with("_pdl") || module.name == "gemm_sm90"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The PTX of each entry point of `module`: from its `.entry` line to the next one.
+    fn entry_bodies(module: &KernelModule) -> Vec<(&'static str, &'static str)> {
+        let starts: Vec<usize> = module
+            .ptx
+            .match_indices(".visible .entry ")
+            .map(|(i, _)| i)
+            .collect();
+        starts
+            .iter()
+            .enumerate()
+            .map(|(n, &i)| {
+                let end = starts.get(n + 1).copied().unwrap_or(module.ptx.len());
+                let body = &module.ptx[i..end];
+                let name = body[".visible .entry ".len()..]
+                    .split('(')
+                    .next()
+                    .unwrap_or("")
+                    .trim();
+                (name, body)
+            })
+            .collect()
+    }
+
+    /// A module launched with programmatic dependent launch must wait before touching memory in
+    /// every kernel: `griddepcontrol.wait` comes before the first global load or store of each
+    /// entry point (in PTX order, which pdl_start()'s volatile asm keeps first). The twins have
+    /// exactly their base modules' entry points.
+    #[test]
+    fn dependent_launch_modules_wait_first() {
+        let dependent: Vec<&KernelModule> = ALL.iter().filter(|m| launches_dependent(m)).collect();
+        assert_eq!(dependent.len(), 5, "the four twins and gemm_sm90");
+        for m in dependent {
+            assert_eq!(
+                m.arch, "compute_90a",
+                "{}: griddepcontrol needs sm_90",
+                m.name
+            );
+            let bodies = entry_bodies(m);
+            assert!(!bodies.is_empty(), "{} has no entry points", m.name);
+            for (name, body) in bodies {
+                let wait = body
+                    .find("griddepcontrol.wait")
+                    .unwrap_or_else(|| panic!("{}::{name} never waits", m.name));
+                let first_access = ["ld.global", "st.global", "atom.", "red.", "cp.async"]
+                    .iter()
+                    .filter_map(|op| body.find(op))
+                    .min()
+                    .unwrap_or(body.len());
+                assert!(
+                    wait < first_access,
+                    "{}::{name} touches memory before griddepcontrol.wait",
+                    m.name
+                );
+            }
+        }
+        for base in &ALL {
+            if let Some(twin) = pdl_twin(base) {
+                let names = |m: &KernelModule| m.entry_points().collect::<Vec<_>>();
+                assert_eq!(names(base), names(twin), "{} and its twin", base.name);
+                assert!(!launches_dependent(base), "{}", base.name);
+            }
+        }
+    }
 
     #[test]
     fn every_embedded_module_has_ptx_entry_points() {

@@ -113,6 +113,8 @@ pub struct Gpu {
     profile: Mutex<Option<Vec<KernelSpan>>>,
     /// Whether `profile` is on, read by every launch.
     profiling: AtomicBool,
+    /// Programmatic dependent launch of the modules built for it ([`Gpu::set_dependent_launch`]).
+    dependent_launch: AtomicBool,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -219,6 +221,7 @@ impl Gpu {
             driver_version: driver_version()?,
         };
         let sync = std::env::var("AMPKIT_SYNC_LAUNCHES").is_ok_and(|v| v == "1");
+        let pdl = dependent_launch_default(info.compute_capability);
         Ok(Arc::new(Gpu {
             modules: ContextModules::of(&ctx),
             ctx,
@@ -232,6 +235,7 @@ impl Gpu {
             launches: AtomicU64::new(0),
             profile: Mutex::new(None),
             profiling: AtomicBool::new(false),
+            dependent_launch: AtomicBool::new(pdl),
         }))
     }
 
@@ -261,6 +265,7 @@ impl Gpu {
             launches: AtomicU64::new(0),
             profile: Mutex::new(None),
             profiling: AtomicBool::new(false),
+            dependent_launch: AtomicBool::new(self.dependent_launch()),
         }))
     }
 
@@ -370,6 +375,22 @@ impl Gpu {
     /// be captured into a CUDA graph.
     pub fn sync_launches(&self) -> bool {
         self.sync_launches.load(Ordering::Relaxed)
+    }
+
+    /// When on (the default on compute capability 9.0 unless `AMPKIT_PDL=0`), the training
+    /// step's kernels (GEMM, augmentation, fused head, unscale, optimizer) launch with Hopper's
+    /// programmatic dependent launch: each may start while the kernel before it finishes, and
+    /// waits on the device for that kernel's results, so launch latency between them overlaps
+    /// work, in eager mode and in captured graphs alike. Results are bit-identical either way.
+    /// Ignored on other GPUs (the kernels built for it are sm_90a).
+    pub fn set_dependent_launch(&self, on: bool) {
+        let on = on && self.info.compute_capability == (9, 0);
+        self.dependent_launch.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether launches use programmatic dependent launch ([`Gpu::set_dependent_launch`]).
+    pub fn dependent_launch(&self) -> bool {
+        self.dependent_launch.load(Ordering::Relaxed)
     }
 
     /// Counts the reallocations of this handle's scratch buffers (split-K GEMMs and LayerNorm's
@@ -570,17 +591,33 @@ impl Gpu {
         cfg: LaunchConfig,
         args: &KernelArgs,
     ) -> Result<()> {
+        // The module's twin built for programmatic dependent launch, where there is one.
+        let (module, dependent) = match self.dependent_launch() {
+            true => {
+                let m = kernels::pdl_twin(module).unwrap_or(module);
+                (m, kernels::launches_dependent(m))
+            }
+            false => (module, false),
+        };
         let k = self
             .modules
             .kernel(module, kernel, self.info.compute_capability)?;
         k.allow_shared(kernel, cfg.shared_bytes)?;
-        let mut builder = self.stream.launch_builder(&k.function);
-        for slot in args.first_slots() {
-            builder.arg(slot);
-        }
         let span = self.span_start(kernel)?;
-        // SAFETY: forwarded to the caller (see the function's contract).
-        unsafe { builder.launch(cfg.into()) }.map_err(|source| Error::Launch { kernel, source })?;
+        if dependent {
+            // SAFETY: forwarded to the caller; every kernel of the module begins with
+            // pdl_start() (kernels::launches_dependent, checked by its tests).
+            unsafe { super::launch::launch_dependent(&self.stream, &k.function, cfg, args) }
+                .map_err(|source| Error::Launch { kernel, source })?;
+        } else {
+            let mut builder = self.stream.launch_builder(&k.function);
+            for slot in args.first_slots() {
+                builder.arg(slot);
+            }
+            // SAFETY: forwarded to the caller (see the function's contract).
+            unsafe { builder.launch(cfg.into()) }
+                .map_err(|source| Error::Launch { kernel, source })?;
+        }
         self.launches.fetch_add(1, Ordering::Relaxed);
         self.span_end(span)?;
         if self.sync_launches.load(Ordering::Relaxed) {
@@ -590,6 +627,12 @@ impl Gpu {
         }
         Ok(())
     }
+}
+
+/// Programmatic dependent launch starts on for compute capability 9.0 (the sm_90a modules built
+/// for it), unless `AMPKIT_PDL=0`.
+fn dependent_launch_default(cc: (i32, i32)) -> bool {
+    cc == (9, 0) && std::env::var("AMPKIT_PDL").map_or(true, |v| v != "0")
 }
 
 fn driver_version() -> Result<i32> {

@@ -81,3 +81,56 @@ impl From<LaunchConfig> for cudarc::driver::LaunchConfig {
         }
     }
 }
+
+/// Launches `function` on `stream` with programmatic dependent launch allowed (Hopper): the
+/// kernel may start before the previous kernel in the stream has finished, so every kernel
+/// launched this way must begin with `pdl_start()` (`kernels/pdl.cuh`), which waits for that
+/// kernel's completion and writes before any global memory access. Inside a stream capture the
+/// edge becomes a programmatic dependency of the graph.
+///
+/// # Safety
+/// As `cuLaunchKernelEx`: `args` must match the kernel's parameters, every pointer among them
+/// stay valid until the kernel finishes, and the kernel must begin with `pdl_start()`.
+pub(crate) unsafe fn launch_dependent(
+    stream: &cudarc::driver::CudaStream,
+    function: &cudarc::driver::CudaFunction,
+    cfg: LaunchConfig,
+    args: &KernelArgs,
+) -> Result<(), cudarc::driver::DriverError> {
+    use cudarc::driver::sys;
+    stream.context().bind_to_thread()?;
+    let mut params: Vec<*mut std::ffi::c_void> = args
+        .first_slots()
+        .map(|s| s as *const u64 as *mut std::ffi::c_void)
+        .collect();
+    let mut attr = sys::CUlaunchAttribute {
+        id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+        pad: [0; 4],
+        value: sys::CUlaunchAttributeValue {
+            programmaticStreamSerializationAllowed: 1,
+        },
+    };
+    let config = sys::CUlaunchConfig {
+        gridDimX: cfg.grid.0,
+        gridDimY: cfg.grid.1,
+        gridDimZ: cfg.grid.2,
+        blockDimX: cfg.block.0,
+        blockDimY: cfg.block.1,
+        blockDimZ: cfg.block.2,
+        sharedMemBytes: cfg.shared_bytes,
+        hStream: stream.cu_stream(),
+        attrs: &mut attr,
+        numAttrs: 1,
+    };
+    // SAFETY: the config, its one attribute and the parameter array outlive the call (the
+    // driver copies the parameters before returning); the rest is the caller's contract.
+    unsafe {
+        sys::cuLaunchKernelEx(
+            &config,
+            function.cu_function(),
+            params.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+    }
+    .result()
+}
