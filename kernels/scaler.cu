@@ -17,8 +17,8 @@
 extern "C" __global__ void update_scale(float* scale, int* tracker, const float* found_inf,
                                         double growth, double backoff, int interval, int has_min,
                                         float min_scale, int has_max, float max_scale) {
-    step_record::apply_update(scale, tracker, *found_inf != 0.f, growth, backoff, interval,
-                                has_min, min_scale, has_max, max_scale);
+    step_record::apply_update(scale, tracker, *scale, *tracker, *found_inf != 0.f, growth,
+                              backoff, interval, has_min, min_scale, has_max, max_scale);
 }
 
 // record_step — a training step's bookkeeping, the last kernel of the step (captured with it in a

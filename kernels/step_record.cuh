@@ -6,21 +6,22 @@
 
 namespace step_record {
 
-// The update rule on a scale and tracker in device memory.
-__device__ __forceinline__ void apply_update(float* scale, int* tracker, bool found_inf,
-                                             double growth, double backoff, int interval,
-                                             int has_min, float min_scale, int has_max,
-                                             float max_scale) {
+// The update rule: from the scale and tracker values `now` (read by the caller), the new ones
+// written to `scale` and `tracker`.
+__device__ __forceinline__ void apply_update(float* scale, int* tracker, float scale_now,
+                                             int tracker_now, bool found_inf, double growth,
+                                             double backoff, int interval, int has_min,
+                                             float min_scale, int has_max, float max_scale) {
     if (found_inf) {
-        float s = float(double(*scale) * backoff);
+        float s = float(double(scale_now) * backoff);
         if (has_min) s = fmaxf(s, min_scale);
         *scale = s;
         *tracker = 0;
     } else {
         // Two's-complement wrap, like the reference's wrapping_add.
-        const int successful = int(unsigned(*tracker) + 1u);
+        const int successful = int(unsigned(tracker_now) + 1u);
         if (successful == interval) {
-            float grown = float(double(*scale) * growth);
+            float grown = float(double(scale_now) * growth);
             if (has_max) grown = fminf(grown, max_scale);
             if (isfinite(grown)) *scale = grown;
             *tracker = 0;
@@ -30,26 +31,27 @@ __device__ __forceinline__ void apply_update(float* scale, int* tracker, bool fo
     }
 }
 
-// Appends (loss, scale, found_inf) at record cursor[0] (nothing past `capacity`), advances
-// cursor[0] by one and the sample cursor[1] by `advance`, then, when `dynamic`, updates the scale.
-// The record holds the scale the step ran with, read before the update.
 __device__ __forceinline__ void record(const float* loss, float* scale, const float* found_inf,
                                        float* records, unsigned* cursor, unsigned capacity,
                                        unsigned advance, int dynamic, int* tracker, double growth,
                                        double backoff, int interval, int has_min,
                                        float min_scale, int has_max, float max_scale) {
-    const unsigned i = cursor[0];
-    const float inf_flag = *found_inf;
+    // Every value first, then the writes: with the stores in between (which may alias, for all
+    // the compiler knows), each load waited for the one before, a chain of L2 round trips at
+    // the end of the step's unscale launch. The buffers are distinct allocations.
+    const unsigned i = cursor[0], next = cursor[1];
+    const float inf_flag = *found_inf, step_loss = *loss, step_scale = *scale;
+    const int step_tracker = dynamic ? *tracker : 0;
     if (i < capacity) {
-        records[3 * size_t(i)] = *loss;
-        records[3 * size_t(i) + 1] = *scale;
+        records[3 * size_t(i)] = step_loss;
+        records[3 * size_t(i) + 1] = step_scale;
         records[3 * size_t(i) + 2] = inf_flag;
     }
     cursor[0] = i + 1;
-    cursor[1] += advance;
+    cursor[1] = next + advance;
     if (dynamic) {
-        apply_update(scale, tracker, inf_flag != 0.f, growth, backoff, interval, has_min,
-                     min_scale, has_max, max_scale);
+        apply_update(scale, tracker, step_scale, step_tracker, inf_flag != 0.f, growth, backoff,
+                     interval, has_min, min_scale, has_max, max_scale);
     }
 }
 
