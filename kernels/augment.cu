@@ -10,6 +10,9 @@
 // Numerics (bit-exact with src/cpu/augment.rs): every value is copied, never computed; the f16
 //   output rounds the f32 to nearest even and keeps NaN payloads, as half's f16::from_f32 does
 //   (ampkit::f32_to_f16_exact: plain __float2half_rn returns a canonical NaN).
+// Pixels: f32 values, or (augment_batch_coded_f32/f16) one-byte codes into a 256-entry f32
+//   palette, for a dataset of at most 256 distinct values (8-bit images scaled to k/255): the
+//   same values come out, from a quarter of the bytes.
 // Batch mode (augment_batch_f32/f16, the training step's own input stage): the same gather for
 //   `n` samples starting at sample cursor[1] of the epoch's plan, which the step's bookkeeping
 //   kernel (scaler.cu: record_step) advances on the device, so a captured CUDA graph stages each
@@ -23,7 +26,7 @@
 //   division each, at 49-64 % of a copy (docs/kernels/augment.md).
 // Roofline: writes 4 (f32) or 2 (f16) bytes per element and reads at most 4; MNIST's 8,000-sample
 //   epoch (6.3 M elements) is 50 MB as f32 → ~17 µs at the device copy rate (~2.9 TB/s, H100), a
-//   4096-sample f16 batch (3.2 M elements, 19 MB) ~7 µs.
+//   4096-sample f16 batch (3.2 M elements, 19 MB) ~7 µs; from palette codes 9.6 MB, ~3.5 µs.
 #include "common.cuh"
 #include "pdl.cuh"
 
@@ -50,13 +53,25 @@ struct Pair<__half> {
     }
 };
 
+// The dataset's pixels: f32 values, or one-byte codes into a palette of at most 256 f32 values
+// (a dataset with that few distinct values, MNIST's k/255: a quarter of the bytes to read, the
+// same values out).
+struct F32Pixels {
+    const float* __restrict__ values;
+    __device__ __forceinline__ float at(size_t i) const { return values[i]; }
+};
+struct CodedPixels {
+    const unsigned char* __restrict__ codes;
+    const float* __restrict__ palette;
+    __device__ __forceinline__ float at(size_t i) const { return __ldg(palette + codes[i]); }
+};
+
 // Samples are grid-strided over blocks, a sample's pixels over the block's threads: the image
 // index and shift are read once per sample (broadcast loads), the pixel's row and column need
 // one 32-bit division, and with `pairs` (inputs even, output aligned to two elements) each
 // thread stores two neighbouring pixels at once.
-template <typename T>
-__device__ __forceinline__ void gather(const float* __restrict__ images,
-                                       const unsigned* __restrict__ order,
+template <typename T, typename Px>
+__device__ __forceinline__ void gather(const Px images, const unsigned* __restrict__ order,
                                        const int* __restrict__ shifts, T* __restrict__ out,
                                        size_t n, unsigned inputs, unsigned side, unsigned count,
                                        float background, unsigned pairs) {
@@ -65,16 +80,16 @@ __device__ __forceinline__ void gather(const float* __restrict__ images,
         const bool valid = s < count;
         const int dx = side != 0 ? shifts[2 * i] : 0;
         const int dy = side != 0 ? shifts[2 * i + 1] : 0;
-        const float* img = images + (valid ? size_t(s) * inputs : 0);
+        const size_t img = valid ? size_t(s) * inputs : 0;
         T* row = out + i * inputs;
         auto value = [&](unsigned p) -> float {
             if (!valid) return __int_as_float(0x7fc00000);  // quiet NaN: the whole row
-            if (side == 0) return img[p];
+            if (side == 0) return images.at(img + p);
             const unsigned r0 = p / side;
             const int r = int(r0) - dy;
             const int c = int(p - r0 * side) - dx;
             const bool inside = r >= 0 && r < int(side) && c >= 0 && c < int(side);
-            return inside ? img[unsigned(r) * side + unsigned(c)] : background;
+            return inside ? images.at(img + unsigned(r) * side + unsigned(c)) : background;
         };
         if (pairs) {
             auto* row2 = reinterpret_cast<typename Pair<T>::type*>(row);
@@ -87,8 +102,8 @@ __device__ __forceinline__ void gather(const float* __restrict__ images,
     }
 }
 
-template <typename T>
-__device__ __forceinline__ void batch(const float* __restrict__ images,
+template <typename T, typename Px>
+__device__ __forceinline__ void batch(const Px images,
                                       const unsigned* __restrict__ labels,
                                       const unsigned* __restrict__ order,
                                       const int* __restrict__ shifts, const unsigned* cursor,
@@ -109,7 +124,7 @@ __device__ __forceinline__ void batch(const float* __restrict__ images,
         const unsigned s = order[i];
         labels_out[i] = s < count ? labels[s] : 0xFFFFFFFFu;
     }
-    gather<T>(images, order, shifts, out, n, inputs, side, count, background, pairs);
+    gather<T, Px>(images, order, shifts, out, n, inputs, side, count, background, pairs);
 }
 
 }  // namespace augment_detail
@@ -119,8 +134,8 @@ __device__ __forceinline__ void batch(const float* __restrict__ images,
         NAME(const float* images, const unsigned* order, const int* shifts, T* out, size_t n,  \
              unsigned inputs, unsigned side, unsigned count, float background, unsigned pairs) { \
         pdl_start();                                                                             \
-        augment_detail::gather<T>(images, order, shifts, out, n, inputs, side, count,            \
-                                  background, pairs);                                            \
+        augment_detail::gather<T>(augment_detail::F32Pixels{images}, order, shifts, out, n,      \
+                                  inputs, side, count, background, pairs);                       \
     }
 
 AUGMENT_GATHER(augment_gather_f32, float)
@@ -133,9 +148,27 @@ AUGMENT_GATHER(augment_gather_f16, __half)
              size_t plan_len, unsigned inputs, unsigned side, unsigned count,                    \
              float background, unsigned pairs) {                                                 \
         pdl_start();                                                                             \
-        augment_detail::batch<T>(images, labels, order, shifts, cursor, out, labels_out, n,      \
-                                 plan_len, inputs, side, count, background, pairs);              \
+        augment_detail::batch<T>(augment_detail::F32Pixels{images}, labels, order, shifts,       \
+                                 cursor, out, labels_out, n, plan_len, inputs, side, count,      \
+                                 background, pairs);                                             \
     }
 
 AUGMENT_BATCH(augment_batch_f32, float)
 AUGMENT_BATCH(augment_batch_f16, __half)
+
+// The batch stage over a palette-coded dataset: codes (one byte per pixel) and a palette of 256
+// f32 values (entries past the dataset's distinct values are never indexed).
+#define AUGMENT_BATCH_CODED(NAME, T)                                                             \
+    extern "C" __global__ void __launch_bounds__(256)                                            \
+        NAME(const unsigned char* codes, const float* palette, const unsigned* labels,           \
+             const unsigned* order, const int* shifts, const unsigned* cursor, T* out,           \
+             unsigned* labels_out, size_t n, size_t plan_len, unsigned inputs, unsigned side,    \
+             unsigned count, float background, unsigned pairs) {                                 \
+        pdl_start();                                                                             \
+        augment_detail::batch<T>(augment_detail::CodedPixels{codes, palette}, labels, order,     \
+                                 shifts, cursor, out, labels_out, n, plan_len, inputs, side,     \
+                                 count, background, pairs);                                      \
+    }
+
+AUGMENT_BATCH_CODED(augment_batch_coded_f32, float)
+AUGMENT_BATCH_CODED(augment_batch_coded_f16, __half)

@@ -30,16 +30,21 @@ pub trait AugmentOutput: DeviceRepr + sealed::Sealed {
     /// Its batch-mode twin (the training step's input stage).
     #[doc(hidden)]
     const BATCH_KERNEL: &'static str;
+    /// The batch-mode twin over palette-coded images.
+    #[doc(hidden)]
+    const CODED_BATCH_KERNEL: &'static str;
 }
 
 impl AugmentOutput for f32 {
     const KERNEL: &'static str = "augment_gather_f32";
     const BATCH_KERNEL: &'static str = "augment_batch_f32";
+    const CODED_BATCH_KERNEL: &'static str = "augment_batch_coded_f32";
 }
 
 impl AugmentOutput for f16 {
     const KERNEL: &'static str = "augment_gather_f16";
     const BATCH_KERNEL: &'static str = "augment_batch_f16";
+    const CODED_BATCH_KERNEL: &'static str = "augment_batch_coded_f16";
 }
 
 /// Writes `out[i] =` image `order[i]` of `images` shifted by `(shifts[2i], shifts[2i + 1])`, the
@@ -124,11 +129,36 @@ fn launch_shape<T>(gpu: &Gpu, samples: usize, inputs: usize, out_ptr: u64) -> (L
     (LaunchConfig::linear(blocks, THREADS), u32::from(pairs))
 }
 
+/// Entries of a palette ([`Pixels::Coded`]).
+pub(crate) const PALETTE: usize = 256;
+
+/// A resident dataset's pixels as the input stage reads them.
+pub(crate) enum Pixels<'a> {
+    /// `count·inputs` f32 values.
+    F32(&'a DeviceBuffer<f32>),
+    /// `count·inputs` one-byte codes into `palette` ([`PALETTE`] f32 values): a quarter of the
+    /// bytes to read for a dataset of at most 256 distinct values, the same values out.
+    Coded {
+        codes: &'a DeviceBuffer<u8>,
+        palette: &'a DeviceBuffer<f32>,
+    },
+}
+
+impl Pixels<'_> {
+    /// Pixels held (values or codes).
+    pub fn len(&self) -> usize {
+        match self {
+            Pixels::F32(v) => v.len(),
+            Pixels::Coded { codes, .. } => codes.len(),
+        }
+    }
+}
+
 /// An epoch's plan over a dataset resident on the GPU: what the training step's input stage
 /// ([`gather_batch`]) reads.
 pub(crate) struct EpochSource<'a> {
-    /// `count·inputs` f32 values: the whole training set.
-    pub images: &'a DeviceBuffer<f32>,
+    /// `count·inputs` pixels: the whole training set.
+    pub images: Pixels<'a>,
     /// `count` labels.
     pub labels: &'a DeviceBuffer<u32>,
     /// At least `plan_len` image indices, in the epoch's order (each below `count`).
@@ -202,15 +232,37 @@ pub(crate) fn gather_batch<T: AugmentOutput>(
         ],
         &[1],
     )?;
-    let (images_ptr, _g3) = src.images.device_ptr(stream);
+    let (images_ptr, palette_ptr, _g3, _g8) = match &src.images {
+        Pixels::F32(v) => {
+            let (p, g) = v.device_ptr(stream);
+            (p, None, g, None)
+        }
+        Pixels::Coded { codes, palette } => {
+            if palette.len() < PALETTE {
+                return Err(Error::ShapeMismatch {
+                    op: OP,
+                    detail: format!(
+                        "the palette holds {} values where {PALETTE} are needed",
+                        palette.len()
+                    ),
+                });
+            }
+            let (p, g) = codes.device_ptr(stream);
+            let (q, h) = palette.device_ptr(stream);
+            (p, Some(q), g, Some(h))
+        }
+    };
     let (labels_ptr, _g4) = src.labels.device_ptr(stream);
     let (order_ptr, _g5) = src.order.device_ptr(stream);
     let (shifts_ptr, _g6) = src.shifts.device_ptr(stream);
     let (cursor_ptr, _g7) = cursor.device_ptr(stream);
     let (cfg, pairs) = launch_shape::<T>(gpu, n, inputs, out_ptr);
     let mut args = KernelArgs::new();
-    args.push(images_ptr)
-        .push(labels_ptr)
+    args.push(images_ptr);
+    if let Some(p) = palette_ptr {
+        args.push(p);
+    }
+    args.push(labels_ptr)
         .push(order_ptr)
         .push(shifts_ptr)
         .push(cursor_ptr)
@@ -223,13 +275,124 @@ pub(crate) fn gather_batch<T: AugmentOutput>(
         .push(count as u32)
         .push(src.background)
         .push(pairs);
+    let kernel = match src.images {
+        Pixels::F32(_) => T::BATCH_KERNEL,
+        Pixels::Coded { .. } => T::CODED_BATCH_KERNEL,
+    };
     // SAFETY: augment_batch_{f32,f16}(const float* images, const unsigned* labels, const unsigned*
     // order, const int* shifts, const unsigned* cursor, T* out, unsigned* labels_out, size_t n,
     // size_t plan_len, unsigned inputs, unsigned side, unsigned count, float background, unsigned
-    // pairs) matches, T being the kernel's output type; pairs as in gather_shifted. The checks above proved every buffer at least as long as
-    // the kernel reads or writes given cursor[1] + n <= plan_len, which the kernel itself checks
-    // (poisoning the batch otherwise); images are read only below count, shifts only when side is
-    // not 0. The buffers are whole allocations (element-aligned) or were checked by vector_plan,
-    // and their guards live past the launch.
-    unsafe { gpu.launch(&kernels::AUGMENT, T::BATCH_KERNEL, cfg, &args) }
+    // pairs) matches, T being the kernel's output type, and so does augment_batch_coded_{f32,f16}
+    // with (const unsigned char* codes, const float* palette) in place of images; pairs as in
+    // gather_shifted. The checks above proved every buffer at least as long as the kernel reads
+    // or writes given cursor[1] + n <= plan_len, which the kernel itself checks (poisoning the
+    // batch otherwise); images (or codes) are read only below count, a code indexes the
+    // palette's 256 entries, shifts only when side is not 0. The buffers are whole allocations
+    // (element-aligned) or were checked by vector_plan, and their guards live past the launch.
+    unsafe { gpu.launch(&kernels::AUGMENT, kernel, cfg, &args) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{gather_batch, AugmentOutput, EpochSource, Pixels, PALETTE};
+    use crate::cpu::augment::gather_shifted;
+    use crate::cuda::{test_gpu, Gpu};
+    use half::f16;
+
+    /// The batch stage over palette-coded images against the CPU reference on the decoded f32
+    /// images and against the f32 stage: every output bit and label equal, shifted and not, for
+    /// f16 and f32 outputs, an odd batch from an odd cursor; a cursor past the plan poisons.
+    fn coded_matches<
+        T: AugmentOutput + crate::cpu::Element + Default + cudarc::driver::ValidAsZeroBits,
+    >(
+        gpu: &Gpu,
+        bits: impl Fn(&T) -> u32,
+    ) {
+        let (count, side) = (37usize, 28usize);
+        let inputs = side * side;
+        // Codes 0..=255 over a palette with −0.0, a NaN payload, an infinity and 8-bit steps.
+        let mut palette: Vec<f32> = (0..PALETTE).map(|k| k as f32 / 255.0).collect();
+        palette[3] = -0.0;
+        palette[4] = f32::from_bits(0x7FC0_0ABC);
+        palette[5] = f32::INFINITY;
+        palette[6] = 70000.0; // past f16's range
+        let codes: Vec<u8> = (0..count * inputs)
+            .map(|i| ((i * 2654435761usize) >> 7) as u8)
+            .collect();
+        let images: Vec<f32> = codes.iter().map(|&c| palette[c as usize]).collect();
+        let labels: Vec<u32> = (0..count as u32).map(|i| i % 10).collect();
+        let plan_len = 50usize;
+        let order: Vec<u32> = (0..plan_len as u32)
+            .map(|i| (i * 7 + 3) % count as u32)
+            .collect();
+        let shifts: Vec<i32> = (0..2 * plan_len as i32).map(|i| (i * 3) % 5 - 2).collect();
+        let (first, n) = (9usize, 23usize);
+        let d_codes = gpu.upload(&codes).unwrap();
+        let d_palette = gpu.upload(&palette).unwrap();
+        let d_images = gpu.upload(&images).unwrap();
+        let d_labels = gpu.upload(&labels).unwrap();
+        let d_order = gpu.upload(&order).unwrap();
+        let d_shifts = gpu.upload(&shifts).unwrap();
+        for (cursor_at, s) in [(first, side), (first, 0), (plan_len - n + 1, side)] {
+            let cursor = gpu.upload(&[0u32, cursor_at as u32]).unwrap();
+            let mut got = Vec::new();
+            for coded in [true, false] {
+                let src = EpochSource {
+                    images: if coded {
+                        Pixels::Coded {
+                            codes: &d_codes,
+                            palette: &d_palette,
+                        }
+                    } else {
+                        Pixels::F32(&d_images)
+                    },
+                    labels: &d_labels,
+                    order: &d_order,
+                    shifts: &d_shifts,
+                    plan_len,
+                    inputs,
+                    side: s,
+                    background: -1.5,
+                };
+                let mut out = gpu.alloc_zeros::<T>(n * inputs).unwrap();
+                let mut labels_out = gpu.alloc_zeros::<u32>(n).unwrap();
+                gather_batch(gpu, &src, &cursor, &mut out, &mut labels_out, n).unwrap();
+                let out = gpu.download(&out).unwrap();
+                let lab = gpu.download(&labels_out).unwrap();
+                got.push((out.iter().map(&bits).collect::<Vec<u32>>(), lab));
+            }
+            assert_eq!(got[0], got[1], "coded vs f32, cursor {cursor_at}, side {s}");
+            if cursor_at + n > plan_len {
+                assert!(got[0].1.iter().all(|&l| l == u32::MAX), "poisoned labels");
+                continue;
+            }
+            let mut want = vec![T::default(); n * inputs];
+            let range = cursor_at..cursor_at + n;
+            let shift_range = 2 * cursor_at..2 * (cursor_at + n);
+            gather_shifted(
+                &images,
+                inputs,
+                s,
+                &order[range.clone()],
+                &shifts[shift_range],
+                -1.5,
+                &mut want,
+            )
+            .unwrap();
+            let want_bits: Vec<u32> = want.iter().map(&bits).collect();
+            assert_eq!(
+                got[0].0, want_bits,
+                "coded vs CPU, cursor {cursor_at}, side {s}"
+            );
+            let want_labels: Vec<u32> = order[range].iter().map(|&i| labels[i as usize]).collect();
+            assert_eq!(got[0].1, want_labels);
+        }
+    }
+
+    #[test]
+    fn coded_batches_equal_f32_batches_bit_for_bit() {
+        let Some(gpu) = test_gpu() else { return };
+        coded_matches::<f16>(&gpu, |v| u32::from(v.to_bits()));
+        coded_matches::<f32>(&gpu, |v| v.to_bits());
+    }
 }

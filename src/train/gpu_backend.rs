@@ -104,7 +104,7 @@ struct GraphState {
     scratch: u64,
     /// The data's [`EpochData::signature`] and the record buffer's address it was captured
     /// with.
-    data: ([u64; 7], u64),
+    data: ([u64; 8], u64),
 }
 
 fn unsupported(detail: String) -> Error {
@@ -183,7 +183,7 @@ impl GpuBackend {
                 warm: false,
                 exec: None,
                 scratch: 0,
-                data: ([0; 7], 0),
+                data: ([0; 8], 0),
             },
             fused: true,
             gpu,
@@ -235,7 +235,7 @@ impl GpuBackend {
     }
 
     /// What a captured step depends on besides the scratch buffer: see [`GraphState::data`].
-    fn captured_with(&self) -> ([u64; 7], u64) {
+    fn captured_with(&self) -> ([u64; 8], u64) {
         let records = self.records.device_ptr(self.gpu.stream()).0;
         (self.data.signature(&self.gpu), records)
     }

@@ -11,13 +11,69 @@ use super::cpu_backend::check_samples;
 use crate::cuda::{DeviceBuffer, Gpu};
 use crate::error::{Error, Result};
 use crate::nn::MlpConfig;
-use crate::ops::augment::EpochSource;
+use crate::ops::augment::{EpochSource, Pixels, PALETTE};
 use cudarc::driver::DevicePtr;
+use std::collections::HashMap;
+
+/// The dataset's pixels on the device: f32 values, or one-byte codes into a palette when the
+/// set has at most 256 distinct values (8-bit images scaled to k/255: a quarter of the memory,
+/// and of the bytes each batch reads; the batch holds the same values either way).
+enum Images {
+    F32(DeviceBuffer<f32>),
+    Coded {
+        codes: DeviceBuffer<u8>,
+        palette: DeviceBuffer<f32>,
+    },
+}
+
+impl Images {
+    fn pixels(&self) -> Pixels<'_> {
+        match self {
+            Images::F32(v) => Pixels::F32(v),
+            Images::Coded { codes, palette } => Pixels::Coded { codes, palette },
+        }
+    }
+}
+
+/// One-byte codes for `values` and the [`PALETTE`] values they index (unused entries 0), when the
+/// values hold at most 256 distinct bit patterns; `None` otherwise. 8-bit images scaled as
+/// `k as f32 / 255.0` take a fast path that codes `k` itself.
+pub(crate) fn palette_codes(values: &[f32]) -> Option<(Vec<u8>, Vec<f32>)> {
+    let by_255 = |v: f32| -> Option<u8> {
+        let k = (v * 255.0).round();
+        ((0.0..=255.0).contains(&k) && (k / 255.0).to_bits() == v.to_bits()).then_some(k as u8)
+    };
+    if let Some(codes) = values
+        .iter()
+        .map(|&v| by_255(v))
+        .collect::<Option<Vec<u8>>>()
+    {
+        let palette = (0..PALETTE).map(|k| k as f32 / 255.0).collect();
+        return Some((codes, palette));
+    }
+    let mut index: HashMap<u32, u8> = HashMap::new();
+    let mut palette = vec![0f32; PALETTE];
+    let mut codes = Vec::with_capacity(values.len());
+    for &v in values {
+        let next = index.len();
+        let code = match index.get(&v.to_bits()) {
+            Some(&c) => c,
+            None if next < PALETTE => {
+                index.insert(v.to_bits(), next as u8);
+                palette[next] = v;
+                next as u8
+            }
+            None => return None,
+        };
+        codes.push(code);
+    }
+    Some((codes, palette))
+}
 
 /// The dataset on the device and the loaded epoch's plan over it.
 pub(crate) struct EpochData {
-    /// `count·inputs` f32 values.
-    images: DeviceBuffer<f32>,
+    /// `count·inputs` pixels.
+    images: Images,
     /// `count` labels.
     labels: DeviceBuffer<u32>,
     /// The plan: at least `plan_len` indices (and `2·plan_len` shifts when `side ≠ 0`).
@@ -38,7 +94,7 @@ impl EpochData {
     /// Nothing loaded yet (one-element placeholders; `plan_len` 0 refuses every step).
     pub(crate) fn empty(gpu: &Gpu) -> Result<EpochData> {
         Ok(EpochData {
-            images: gpu.alloc_zeros(1)?,
+            images: Images::F32(gpu.alloc_zeros(1)?),
             labels: gpu.alloc_zeros(1)?,
             order: gpu.alloc_zeros(1)?,
             shifts: gpu.alloc_zeros(1)?,
@@ -51,10 +107,17 @@ impl EpochData {
 
     /// Everything about the data that a captured step holds (buffer addresses, the plan's
     /// length, side and background): a graph captured with another signature is stale.
-    pub(crate) fn signature(&self, gpu: &Gpu) -> [u64; 7] {
+    pub(crate) fn signature(&self, gpu: &Gpu) -> [u64; 8] {
         let stream = gpu.stream();
+        let (images, palette) = match &self.images {
+            Images::F32(v) => (v.device_ptr(stream).0, 0),
+            Images::Coded { codes, palette } => {
+                (codes.device_ptr(stream).0, palette.device_ptr(stream).0)
+            }
+        };
         [
-            self.images.device_ptr(stream).0,
+            images,
+            palette,
             self.labels.device_ptr(stream).0,
             self.order.device_ptr(stream).0,
             self.shifts.device_ptr(stream).0,
@@ -72,7 +135,7 @@ impl EpochData {
     /// What the input stage reads.
     pub(crate) fn source(&self, inputs: usize) -> EpochSource<'_> {
         EpochSource {
-            images: &self.images,
+            images: self.images.pixels(),
             labels: &self.labels,
             order: &self.order,
             shifts: &self.shifts,
@@ -185,12 +248,31 @@ impl EpochData {
         if labels.is_empty() {
             return Ok(()); // an empty epoch: plan_len 0 refuses every step
         }
-        // Reuse the buffers when the size is unchanged (every epoch of a run), else replace.
-        if self.images.len() == images.len() && self.labels.len() == labels.len() {
-            gpu.upload_into(images, &mut self.images)?;
+        // Reuse the buffers when the size and coding are unchanged (every epoch of a run), else
+        // replace.
+        match (palette_codes(images), &mut self.images) {
+            (
+                Some((codes, palette)),
+                Images::Coded {
+                    codes: c,
+                    palette: p,
+                },
+            ) if c.len() == codes.len() => {
+                gpu.upload_into(&codes, c)?;
+                gpu.upload_into(&palette, p)?;
+            }
+            (Some((codes, palette)), _) => {
+                self.images = Images::Coded {
+                    codes: gpu.upload(&codes)?,
+                    palette: gpu.upload(&palette)?,
+                };
+            }
+            (None, Images::F32(v)) if v.len() == images.len() => gpu.upload_into(images, v)?,
+            (None, _) => self.images = Images::F32(gpu.upload(images)?),
+        }
+        if self.labels.len() == labels.len() {
             gpu.upload_into(labels, &mut self.labels)?;
         } else {
-            self.images = gpu.upload(images)?;
             self.labels = gpu.upload(labels)?;
         }
         Ok(())
@@ -222,5 +304,39 @@ impl EpochData {
         self.side = side;
         self.background = background;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::palette_codes;
+
+    #[test]
+    fn palette_codes_keep_every_bit() {
+        // 8-bit images scaled by 255: the fast path, code = k.
+        let scaled: Vec<f32> = (0..1000u32).map(|i| (i * 7 % 256) as f32 / 255.0).collect();
+        let (codes, palette) = palette_codes(&scaled).unwrap();
+        assert_eq!(palette.len(), 256);
+        for (v, &c) in scaled.iter().zip(&codes) {
+            assert_eq!(palette[c as usize].to_bits(), v.to_bits());
+            assert_eq!(u32::from(c), (v * 255.0).round() as u32);
+        }
+        // Any other ≤ 256 distinct values, −0.0, NaN payloads and infinities included.
+        let mut odd: Vec<f32> = (0..250).map(|i| i as f32 * 0.37 - 20.0).collect();
+        odd.extend([
+            -0.0,
+            f32::from_bits(0x7FC0_1234),
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ]);
+        let values: Vec<f32> = (0..5000).map(|i| odd[(i * 31) % odd.len()]).collect();
+        let (codes, palette) = palette_codes(&values).unwrap();
+        for (v, &c) in values.iter().zip(&codes) {
+            assert_eq!(palette[c as usize].to_bits(), v.to_bits());
+        }
+        // 257 distinct values do not fit.
+        let many: Vec<f32> = (0..257).map(|i| i as f32 + 0.5).collect();
+        assert!(palette_codes(&many).is_none());
+        assert!(palette_codes(&many[..256]).is_some());
     }
 }

@@ -34,15 +34,17 @@ pub fn train_config(dims: &[usize], batch: usize) -> TrainConfig {
     }
 }
 
-/// `n` random samples for a model of these widths: inputs in [0, 1), labels below the last
-/// width.
+/// `n` random samples for a model of these widths: inputs random 8-bit pixels scaled to [0, 1]
+/// (`k / 255`, as the MNIST loader scales them, so the GPU keeps them palette-coded as it does
+/// MNIST), labels below the last width.
 pub fn train_data(dims: &[usize], n: usize, seed: u32) -> (Vec<f32>, Vec<u32>) {
     let inputs = dims.first().copied().unwrap_or(1);
     let classes = dims.last().copied().unwrap_or(1);
-    (
-        random_f32(n * inputs, seed, 0.0, 1.0),
-        random_labels(n, classes, seed ^ 0x5EED),
-    )
+    let pixels = random_f32(n * inputs, seed, 0.0, 1.0)
+        .into_iter()
+        .map(|u| (u * 256.0).floor().min(255.0) / 255.0)
+        .collect();
+    (pixels, random_labels(n, classes, seed ^ 0x5EED))
 }
 
 /// A well-mixed 32-bit hash (murmur3's finaliser): the random data of every row.
