@@ -78,10 +78,11 @@ pub(crate) fn weight_slices(gpu: &Gpu, rows: usize) -> Option<usize> {
     (tiles <= WEIGHT_SLICES_MAX && grid_blocks(gpu, rows) == tiles).then_some(tiles)
 }
 
-/// The f32 copies of an `out × fan_in` f16 layer's weight gradient that a training step at
-/// `batch` rows leaves for the unscale to add (the trainer's slice buffers are sized by it): the
-/// GEMM planner's K-splits ([`crate::ops::gemm::wgrad_splits`]) or, for a `last` layer the head
-/// serves, the head's [`weight_slices`] if more (the step may run fused or not).
+/// The f32 copies of an `out × fan_in` f16 layer's weight gradient that a training step of at
+/// most `batch` rows leaves for the unscale to add (the trainer's slice buffers are sized by it):
+/// the GEMM planner's K-splits ([`crate::ops::gemm::wgrad_splits`]) or, for a `last` layer the
+/// head serves, the head's [`weight_slices`] at any batch up to `batch`, if more (the step may
+/// run fused or not).
 pub(crate) fn step_weight_slices(
     gpu: &Gpu,
     out: usize,
@@ -90,7 +91,10 @@ pub(crate) fn step_weight_slices(
     last: bool,
 ) -> usize {
     let gemm = crate::ops::gemm::wgrad_splits(gpu, out, fan_in, batch);
-    match weight_slices(gpu, batch) {
+    // Any batch up to `batch` may come (an epoch's last one is shorter), and the head leaves the
+    // most slices at the largest batch it serves: min(batch, 256) rows.
+    let head_rows = batch.min(16 * WEIGHT_SLICES_MAX);
+    match weight_slices(gpu, head_rows) {
         Some(head) if last && fits(fan_in, out) => gemm.max(head),
         _ => gemm,
     }

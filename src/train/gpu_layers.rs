@@ -239,8 +239,11 @@ pub(crate) fn head(
     let [dbias_hidden, dbias, dweight] = disjoint_mut(grads, [prev.p.b, last.p.b, last.p.w]);
     let dweight = match (slices, &mut last.wgrad_partials) {
         // Several slices: in the buffer build sized for the configured batch.
-        (Some(n), Some(p)) if n > 1 => Some(p.slice_mut(..n * classes * width)),
-        // One slice: the gradient itself.
+        (Some(n), Some(p)) if n > 1 && p.len() >= n * classes * width => {
+            Some(p.slice_mut(..n * classes * width))
+        }
+        // One slice: the gradient itself (several without a buffer for them: head_step's
+        // ShapeMismatch, which step_weight_slices' sizing rules out).
         (Some(_), _) => Some(dweight.slice_mut(..)),
         // A batch this large leaves the weight gradient to the GEMM (backward).
         (None, _) => None,
