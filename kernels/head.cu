@@ -249,9 +249,8 @@ __device__ __forceinline__ void final_sums(const float* __restrict__ rows_p,
 // per group of GROUP blocks; the last block of each group (a ticket on its group's counter) adds
 // its group's rows in block order, and the last group to finish (a ticket on the counter after the
 // groups') adds the group rows in group order: two short rounds instead of one block reading
-// every block's row. Each counter is put back to zero by the block that takes its last ticket.
-// Returns whether this block is the last one overall (its threads then hold nothing more to do
-// but the final writes, done here).
+// every block's row. Each counter is put back to zero by the block that takes its last ticket;
+// the last block overall writes the bias gradients and the loss.
 __device__ __forceinline__ void reduce_partials(float* __restrict__ rows_p,
                                                 double* __restrict__ loss_p,
                                                 unsigned* __restrict__ counters, int width,
@@ -301,7 +300,6 @@ __device__ __forceinline__ void reduce_partials(float* __restrict__ rows_p,
     // The group rows, in group order (at most grid / GROUP + 1 of them).
     final_sums(rows_p, loss_p, grid, groups, width, H, classes, rows, dbias_hidden, dbias, loss);
 }
-
 
 template <int JW>
 __device__ __forceinline__ void head_body(const __half* __restrict__ h, const __half* __restrict__ w,
@@ -435,9 +433,6 @@ __device__ __forceinline__ void head_body(const __half* __restrict__ h, const __
             t2 = trans8(a1);
             t3 = trans8(a3);
         }
-        // The host passes dw only for a grid of one tile per block: each block's slice is its
-        // tile's product, written once.
-        float* dw_block = dw + size_t(blockIdx.x) * classes * H;
         __half* za = dz + size_t(va ? ra : 0) * H + 8 * q;
         __half* zb = dz + size_t(vb ? rb : 0) * H + 8 * q;
 #pragma unroll
@@ -475,6 +470,9 @@ __device__ __forceinline__ void head_body(const __half* __restrict__ h, const __
             // columns), the transposes of the registers loaded for the forward; n-tile u's
             // column g is physical column 32j + 8·(g/2) + 2u + g%2, so that lane (g, q) receives
             // classes g and g + 8 of columns 32j + 8q + 2u, +1: 8 consecutive columns per class.
+            // The host passes dw only for a grid of one tile per block: each block's slice is
+            // its tile's product, written once.
+            float* dw_block = dw + size_t(blockIdx.x) * classes * H;
             float dwv[4][4];
 #pragma unroll
             for (int u = 0; u < 4; ++u) {

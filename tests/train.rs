@@ -109,11 +109,9 @@ fn dependent_launch_is_bit_identical() {
             gpu.set_sync_launches(false);
             gpu.set_dependent_launch(pdl);
             let mut b = GpuBackend::new(gpu, &cfg).unwrap();
-            let s =
-                trainer::run(&mut b, &cfg, &train, &test, Progress::default(), &quiet()).unwrap();
-            assert!(s.steps.iter().any(|(_, r)| r.skipped), "1e8 skips steps");
-            let losses: Vec<u32> = s.steps.iter().map(|(_, r)| r.loss.to_bits()).collect();
-            finals.push((bits(&b.export().unwrap()), losses));
+            let (state, losses, skipped) = run_bits(&mut b, &cfg, &train, &test);
+            assert!(skipped, "1e8 skips steps");
+            finals.push((state, losses));
         }
         assert!(
             finals[0].1 == finals[1].1,
@@ -124,6 +122,20 @@ fn dependent_launch_is_bit_identical() {
             "batch {batch}: final states differ"
         );
     }
+}
+
+/// Trains `b` with `cfg` and returns the final state's bits, each step's loss bits, and whether
+/// any step was skipped.
+fn run_bits(
+    b: &mut GpuBackend,
+    cfg: &TrainConfig,
+    train: &Dataset,
+    test: &Dataset,
+) -> (Vec<u32>, Vec<u32>, bool) {
+    let s = trainer::run(b, cfg, train, test, Progress::default(), &quiet()).unwrap();
+    let losses = s.steps.iter().map(|(_, r)| r.loss.to_bits()).collect();
+    let skipped = s.steps.iter().any(|(_, r)| r.skipped);
+    (bits(&b.export().unwrap()), losses, skipped)
 }
 
 fn bits(s: &BackendState) -> Vec<u32> {
@@ -543,10 +555,9 @@ fn cuda_graph_steps_are_bit_identical_to_eager_steps() {
             },
         )
         .unwrap();
-        let s = trainer::run(&mut b, &cfg, &train, &test, Progress::default(), &quiet()).unwrap();
+        let (state, losses, _) = run_bits(&mut b, &cfg, &train, &test);
         assert_eq!(b.graph_active(), graph, "graph mode engaged");
-        let losses: Vec<u32> = s.steps.iter().map(|(_, r)| r.loss.to_bits()).collect();
-        finals.push((bits(&b.export().unwrap()), losses));
+        finals.push((state, losses));
     }
     assert!(finals[0].1 == finals[1].1, "per-step losses differ");
     assert!(finals[0].0 == finals[1].0, "final states differ");

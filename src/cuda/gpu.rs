@@ -592,12 +592,11 @@ impl Gpu {
         args: &KernelArgs,
     ) -> Result<()> {
         // The module's twin built for programmatic dependent launch, where there is one.
-        let (module, dependent) = match self.dependent_launch() {
-            true => {
-                let m = kernels::pdl_twin(module).unwrap_or(module);
-                (m, kernels::launches_dependent(m))
-            }
-            false => (module, false),
+        let (module, dependent) = if self.dependent_launch() {
+            let m = kernels::pdl_twin(module).unwrap_or(module);
+            (m, kernels::launches_dependent(m))
+        } else {
+            (module, false)
         };
         let k = self
             .modules

@@ -232,10 +232,10 @@ pub(crate) fn gather_batch<T: AugmentOutput>(
         ],
         &[1],
     )?;
-    let (images_ptr, palette_ptr, _g3, _g8) = match &src.images {
+    let (kernel, images_ptr, palette_ptr, _g3, _g8) = match &src.images {
         Pixels::F32(v) => {
             let (p, g) = v.device_ptr(stream);
-            (p, None, g, None)
+            (T::BATCH_KERNEL, p, None, g, None)
         }
         Pixels::Coded { codes, palette } => {
             if palette.len() < PALETTE {
@@ -249,7 +249,7 @@ pub(crate) fn gather_batch<T: AugmentOutput>(
             }
             let (p, g) = codes.device_ptr(stream);
             let (q, h) = palette.device_ptr(stream);
-            (p, Some(q), g, Some(h))
+            (T::CODED_BATCH_KERNEL, p, Some(q), g, Some(h))
         }
     };
     let (labels_ptr, _g4) = src.labels.device_ptr(stream);
@@ -275,10 +275,6 @@ pub(crate) fn gather_batch<T: AugmentOutput>(
         .push(count as u32)
         .push(src.background)
         .push(pairs);
-    let kernel = match src.images {
-        Pixels::F32(_) => T::BATCH_KERNEL,
-        Pixels::Coded { .. } => T::CODED_BATCH_KERNEL,
-    };
     // SAFETY: augment_batch_{f32,f16}(const float* images, const unsigned* labels, const unsigned*
     // order, const int* shifts, const unsigned* cursor, T* out, unsigned* labels_out, size_t n,
     // size_t plan_len, unsigned inputs, unsigned side, unsigned count, float background, unsigned

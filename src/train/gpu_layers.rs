@@ -433,7 +433,7 @@ pub(crate) fn backward(
                         .as_ref()
                         .expect("LayerNorm layers have one")
                         .slice(..n);
-                    let (dg, db) = pair_mut(grads, gi, bi);
+                    let [dg, db] = disjoint_mut(grads, [gi, bi]);
                     let mut dx32 = match (&mut layer.dz32, &mut layer.dz) {
                         (Some(d), _) => d.slice_mut(..n),
                         (None, Buf::F(d)) => d.slice_mut(..n),
@@ -491,7 +491,7 @@ pub(crate) fn backward(
         let wshape = GemmShape::new(Layout::Wgrad, out, fan_in, b);
         let dshape = GemmShape::new(Layout::Dgrad, b, fan_in, out);
         let dz = layer.dz.view(n);
-        let (gw, gb) = pair_mut(grads, layer.p.w, layer.p.b);
+        let [gw, gb] = disjoint_mut(grads, [layer.p.w, layer.p.b]);
         // The previous layer receives dX in this layer's dtype.
         match dz {
             View::H(dz) => {
@@ -573,10 +573,4 @@ fn disjoint_mut<T, const N: usize>(v: &mut [T], at: [usize; N]) -> [&mut T; N] {
         }
     }
     out.map(|o| o.expect("distinct parameter tensors"))
-}
-
-/// Two distinct elements of a slice, mutably (`i < j`).
-fn pair_mut<T>(v: &mut [T], i: usize, j: usize) -> (&mut T, &mut T) {
-    let (a, b) = v.split_at_mut(j);
-    (&mut a[i], &mut b[0])
 }
