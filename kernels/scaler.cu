@@ -22,19 +22,22 @@ extern "C" __global__ void update_scale(float* scale, int* tracker, const float*
 }
 
 // record_step — a training step's bookkeeping, the last kernel of the step (captured with it in a
-// CUDA graph, so a replay needs no host call): appends (loss, scale, found_inf) at record
-// cursor[0] of `records` (capacity records; the host sizes the buffer and reads cursor[0] records
-// back before it fills), advances cursor[0] by one and the epoch's sample cursor[1] by `advance`
-// (the step's batch: where augment.cu's batch gather starts the next step), then, when `dynamic`,
-// applies update_scale's rule (tracker non-null): one launch instead of two. The record holds the
-// scale the step ran with, read before the update.
-// Launch: 1 block of 1 thread. Its parameters after scale and found_inf are unscale.cu's
+// CUDA graph, so a replay needs no host call): appends (loss, scale, found_inf, the two words of
+// the non-finite gradient mask, zeros when `mask` is null) at record cursor[0] of `records`
+// (capacity records of step_record::RECORD values; the host sizes the buffer and reads cursor[0]
+// records back before it fills), clears the mask, advances cursor[0] by one and the epoch's
+// sample cursor[1] by `advance` (the step's batch: where augment.cu's batch gather starts the
+// next step), then, when `dynamic`, applies update_scale's rule (tracker non-null): one launch
+// instead of two. The record holds the scale the step ran with, read before the update.
+// Launch: 1 block of 1 thread. Its parameters after scale, found_inf and mask are unscale.cu's
 // unscale_f32_record's after its ticket, which runs the same record in its last block.
-extern "C" __global__ void record_step(float* scale, const float* found_inf, const float* loss,
-                                       float* records, unsigned* cursor, unsigned capacity,
-                                       unsigned advance, int dynamic, int* tracker, double growth,
-                                       double backoff, int interval, int has_min,
-                                       float min_scale, int has_max, float max_scale) {
-    step_record::record(loss, scale, found_inf, records, cursor, capacity, advance, dynamic, tracker,
-                        growth, backoff, interval, has_min, min_scale, has_max, max_scale);
+extern "C" __global__ void record_step(float* scale, const float* found_inf, unsigned* mask,
+                                       const float* loss, float* records, unsigned* cursor,
+                                       unsigned capacity, unsigned advance, int dynamic,
+                                       int* tracker, double growth, double backoff, int interval,
+                                       int has_min, float min_scale, int has_max,
+                                       float max_scale) {
+    step_record::record(loss, scale, found_inf, mask, records, cursor, capacity, advance,
+                        dynamic, tracker, growth, backoff, interval, has_min, min_scale, has_max,
+                        max_scale);
 }

@@ -6,6 +6,10 @@
 
 namespace step_record {
 
+// Values per record: loss, scale, found_inf, then the two words of the non-finite gradient mask
+// (bit t: tensor t of the step's list; 63: tensor 63 or later) as f32 bit patterns.
+constexpr int RECORD = 5;
+
 // The update rule: from the scale and tracker values `now` (read by the caller), the new ones
 // written to `scale` and `tracker`.
 __device__ __forceinline__ void apply_update(float* scale, int* tracker, float scale_now,
@@ -32,20 +36,31 @@ __device__ __forceinline__ void apply_update(float* scale, int* tracker, float s
 }
 
 __device__ __forceinline__ void record(const float* loss, float* scale, const float* found_inf,
-                                       float* records, unsigned* cursor, unsigned capacity,
-                                       unsigned advance, int dynamic, int* tracker, double growth,
-                                       double backoff, int interval, int has_min,
-                                       float min_scale, int has_max, float max_scale) {
+                                       unsigned* mask, float* records, unsigned* cursor,
+                                       unsigned capacity, unsigned advance, int dynamic,
+                                       int* tracker, double growth, double backoff, int interval,
+                                       int has_min, float min_scale, int has_max,
+                                       float max_scale) {
     // Every value first, then the writes: with the stores in between (which may alias, for all
     // the compiler knows), each load waited for the one before, a chain of L2 round trips at
     // the end of the step's unscale launch. The buffers are distinct allocations.
     const unsigned i = cursor[0], next = cursor[1];
     const float inf_flag = *found_inf, step_loss = *loss, step_scale = *scale;
     const int step_tracker = dynamic ? *tracker : 0;
+    const unsigned lo = mask ? mask[0] : 0u, hi = mask ? mask[1] : 0u;
     if (i < capacity) {
-        records[3 * size_t(i)] = step_loss;
-        records[3 * size_t(i) + 1] = step_scale;
-        records[3 * size_t(i) + 2] = inf_flag;
+        float* r = records + RECORD * size_t(i);
+        r[0] = step_loss;
+        r[1] = step_scale;
+        r[2] = inf_flag;
+        r[3] = __uint_as_float(lo);
+        r[4] = __uint_as_float(hi);
+    }
+    // The mask is the step's: cleared for the next one here, where it was last read (the
+    // unscale's blocks all set their bits before this block's ticket).
+    if (mask && (lo | hi)) {
+        mask[0] = 0u;
+        mask[1] = 0u;
     }
     cursor[0] = i + 1;
     cursor[1] = next + advance;

@@ -4,7 +4,10 @@
 //   out = v if inv == 1.0f, else v · inv (one f32 multiply), where inv = f32(1.0 / f64(*scale))
 //   is computed on the device from the loss scale in device memory (PyTorch's
 //   `scale.double().reciprocal().float()`). Every element is written back; nothing stops early;
-//   found_inf is never cleared here (the caller zeroes it once per step). Bit-exact with
+//   found_inf is never cleared here (the caller zeroes it once per step). When `mask` is not
+//   null, a block that saw an inf/NaN also sets its tensor's bit (the table's `bit`: the
+//   tensor's index in the caller's list) in the two-word mask: which gradients overflowed, in
+//   the same pass (the overflow locator; a clean step never touches it). Bit-exact with
 //   src/cpu/unscale.rs except NaN payloads under a multiply (the GPU returns the canonical NaN).
 //   unscale_f32: in place on f32 gradients. unscale_f16_to_f32: reads f16 gradients and writes
 //   f32 master gradients in the same pass. A tensor of the f32 table may come as K-split GEMM
@@ -45,6 +48,9 @@ struct TensorTable {
     // elements, added in slice order from 0, as gemm.cu's gemm_splitk_reduce adds them, so the
     // result is that reduce's followed by this unscale, bit for bit. 1: src is the gradient.
     int splits[MAX_TENSORS];
+    // The tensor's bit in the caller's non-finite mask (its index in the caller's list, 63 for
+    // index 63 and later).
+    int bit[MAX_TENSORS];
 };
 
 __device__ __forceinline__ float load(const float* p, long long i) { return p[i]; }
@@ -57,7 +63,7 @@ __device__ __forceinline__ float apply(float v, float inv, bool& found) {
 
 template <typename Src>
 __device__ __forceinline__ void unscale(const TensorTable& t, const float* scale, float* found_inf,
-                                        long long chunk) {
+                                        unsigned* mask, long long chunk) {
     // The tensor this block's chunk belongs to: the last t with chunk_start[t] <= blockIdx.x.
     int lo = 0, hi = t.count - 1;
     while (lo < hi) {
@@ -123,8 +129,12 @@ __device__ __forceinline__ void unscale(const TensorTable& t, const float* scale
         }
         dst[j] = apply(v, inv, found);
     }
-    // Racy but benign: every writer stores the same 1.0f (PyTorch's kernel does the same).
-    if (__syncthreads_or(found) && threadIdx.x == 0) *found_inf = 1.f;
+    // Racy but benign: every writer stores the same 1.0f (PyTorch's kernel does the same). The
+    // tensor's bit in the mask (null: not wanted) costs nothing on a clean step.
+    if (__syncthreads_or(found) && threadIdx.x == 0) {
+        *found_inf = 1.f;
+        if (mask) atomicOr(mask + (t.bit[lo] >> 5), 1u << (t.bit[lo] & 31));
+    }
 }
 
 }  // namespace unscale_detail
@@ -132,25 +142,27 @@ __device__ __forceinline__ void unscale(const TensorTable& t, const float* scale
 using namespace unscale_detail;
 
 extern "C" __global__ void __launch_bounds__(THREADS)
-    unscale_f32(TensorTable table, const float* scale, float* found_inf, long long chunk) {
+    unscale_f32(TensorTable table, const float* scale, float* found_inf, unsigned* mask,
+                long long chunk) {
     pdl_start();
-    unscale<float>(table, scale, found_inf, chunk);
+    unscale<float>(table, scale, found_inf, mask, chunk);
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS)
-    unscale_f16_to_f32(TensorTable table, const float* scale, float* found_inf, long long chunk) {
+    unscale_f16_to_f32(TensorTable table, const float* scale, float* found_inf, unsigned* mask,
+                       long long chunk) {
     pdl_start();
-    unscale<__half>(table, scale, found_inf, chunk);
+    unscale<__half>(table, scale, found_inf, mask, chunk);
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS)
-    unscale_f32_record(TensorTable table, float* scale, float* found_inf, long long chunk,
-                       unsigned* ticket,
+    unscale_f32_record(TensorTable table, float* scale, float* found_inf, unsigned* mask,
+                       long long chunk, unsigned* ticket,
                        const float* loss, float* records, unsigned* cursor, unsigned capacity,
                        unsigned advance, int dynamic, int* tracker, double growth, double backoff,
                        int interval, int has_min, float min_scale, int has_max, float max_scale) {
     pdl_start();
-    unscale<float>(table, scale, found_inf, chunk);
+    unscale<float>(table, scale, found_inf, mask, chunk);
     __threadfence();
     __syncthreads();
     if (threadIdx.x != 0) return;
@@ -158,7 +170,7 @@ extern "C" __global__ void __launch_bounds__(THREADS)
     asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(t) : "l"(ticket) : "memory");
     if (t != gridDim.x - 1) return;
     *ticket = 0;
-    step_record::record(loss, scale, found_inf, records, cursor, capacity, advance, dynamic,
+    step_record::record(loss, scale, found_inf, mask, records, cursor, capacity, advance, dynamic,
                         tracker, growth, backoff, interval, has_min, min_scale, has_max,
                         max_scale);
 }

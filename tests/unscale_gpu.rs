@@ -2,12 +2,14 @@
 //! tensors from 0 to millions of elements, odd sizes, unaligned views) with inf, NaN, −0.0,
 //! subnormals and huge values at random places; bit-exact results (NaN compared as NaN where a
 //! multiply happens), found_inf exactly when the reference finds one, the flag never cleared,
-//! more tensors than one launch holds, and argument errors.
+//! more tensors than one launch holds, the per-tensor non-finite flags (the overflow locator's)
+//! against the reference's, and argument errors.
 
 mod common;
 
+use ampkit::amp::NonFinite;
 use ampkit::cpu::unscale as cpu;
-use ampkit::ops::unscale::{unscale_and_check, unscale_f16_to_f32};
+use ampkit::ops::unscale::{unscale_and_check, unscale_and_locate, unscale_f16_to_f32};
 use ampkit::Error;
 use common::{gpu, rng, sized};
 use half::f16;
@@ -66,22 +68,30 @@ fn check_f32_case(
         .map(|&n| grads(rng, n + offset, specials))
         .collect();
     let mut want = host.clone();
-    let want_found = {
+    let want_tensors = {
         let mut views: Vec<&mut [f32]> = want.iter_mut().map(|g| &mut g[offset..]).collect();
-        cpu::unscale_and_check(&mut views, cpu::inv_scale(scale))
+        cpu::unscale_and_locate(&mut views, cpu::inv_scale(scale))
     };
+    let want_found = !want_tensors.is_empty();
     let mut dev: Vec<_> = host.iter().map(|g| gpu.upload(g).unwrap()).collect();
     let scale_dev = gpu.upload(&[scale]).unwrap();
     let mut found = gpu.upload(&[0f32]).unwrap();
+    let mut mask = gpu.alloc_zeros::<u32>(2).unwrap();
     {
         let mut views: Vec<_> = dev.iter_mut().map(|d| d.slice_mut(offset..)).collect();
-        unscale_and_check(gpu, &mut views, &scale_dev, &mut found).unwrap();
+        unscale_and_locate(gpu, &mut views, &scale_dev, &mut found, &mut mask).unwrap();
     }
     let got_found = gpu.download(&found).unwrap()[0];
     assert_eq!(
         got_found == 1.0,
         want_found,
         "found_inf (scale {scale}, specials {specials})"
+    );
+    let words = gpu.download(&mask).unwrap();
+    assert_eq!(
+        NonFinite::from_words(words[0], words[1]),
+        want_tensors,
+        "the non-finite tensors (scale {scale}, specials {specials})"
     );
     for (t, (d, w)) in dev.iter().zip(&want).enumerate() {
         let got = gpu.download(d).unwrap();
@@ -241,6 +251,24 @@ fn more_tensors_than_one_launch_holds() {
         1.0,
         "an inf in tensor 203 is seen"
     );
+    // The locator across launches: tensors 5 (first launch) and 70, 203 (later launches; 70
+    // and up share bit 63), with an empty tensor before them shifting nothing.
+    poisoned[5][1] = f32::INFINITY;
+    poisoned[70][0] = f32::NEG_INFINITY;
+    poisoned[2].clear();
+    let mut dev: Vec<_> = poisoned.iter().map(|g| gpu.upload(g).unwrap()).collect();
+    let (mut found, mut mask) = (gpu.upload(&[0f32]).unwrap(), gpu.alloc_zeros(2).unwrap());
+    let scale = gpu.upload(&[8.0f32]).unwrap();
+    unscale_and_locate(&gpu, &mut dev, &scale, &mut found, &mut mask).unwrap();
+    let words = gpu.download(&mask).unwrap();
+    let got = NonFinite::from_words(words[0], words[1]);
+    assert_eq!(got, NonFinite::NONE.with(5).with(70).with(203), "{got}");
+    let mut want = poisoned.clone();
+    let mut views: Vec<&mut [f32]> = want.iter_mut().map(|g| &mut g[..]).collect();
+    assert_eq!(
+        cpu::unscale_and_locate(&mut views, cpu::inv_scale(8.0)),
+        got
+    );
 }
 
 #[test]
@@ -256,4 +284,8 @@ fn bad_arguments_are_typed_errors() {
     let mut grads = vec![gpu.upload(&[1f32; 3]).unwrap()];
     let e = unscale_and_check(&gpu, &mut grads, &scale, &mut two).unwrap_err();
     assert!(e.to_string().contains("found_inf"), "{e}");
+    let mut mask = gpu.alloc_zeros::<u32>(3).unwrap();
+    let e = unscale_and_locate(&gpu, &mut grads, &scale, &mut found, &mut mask).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { .. }), "{e}");
+    assert!(e.to_string().contains("two u32 words"), "{e}");
 }

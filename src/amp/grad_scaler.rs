@@ -2,10 +2,10 @@
 //! every step on the GPU without synchronising; [`CpuGradScaler`] is its host twin over the CPU
 //! references. The module doc of [`crate::amp`] shows one step.
 
-use super::{LossScale, ScalerStages, Stage};
+use super::{LossScale, NonFinite, ScalerStages, Stage};
 use crate::cpu::optim::ParamTensor;
 use crate::cpu::scaler::{update_scale, ScalerState};
-use crate::cpu::unscale::{inv_scale, unscale_and_check};
+use crate::cpu::unscale::{inv_scale, unscale_and_locate};
 use crate::cuda::{DeviceBuffer, Gpu};
 use crate::error::{Error, Result};
 use crate::ops;
@@ -82,6 +82,11 @@ pub struct GradScaler {
     scale: DeviceBuffer<f32>,
     growth_tracker: DeviceBuffer<i32>,
     found_inf: DeviceBuffer<f32>,
+    /// Two words: bit t set when gradient t of the last unscale held an inf/NaN.
+    nonfinite: DeviceBuffer<u32>,
+    /// Whether `nonfinite` may hold bits of a [`GradScaler::unscale`] / [`GradScaler::step`]
+    /// (the training step's record clears its own).
+    nonfinite_dirty: bool,
     stages: ScalerStages,
 }
 
@@ -96,6 +101,8 @@ impl GradScaler {
             scale: gpu.upload(&[loss_scale.initial_scale()])?,
             growth_tracker: gpu.alloc_zeros(1)?,
             found_inf: gpu.alloc_zeros(1)?,
+            nonfinite: gpu.alloc_zeros(2)?,
+            nonfinite_dirty: false,
             gpu: gpu.clone(),
             mode: loss_scale,
             stages: ScalerStages::new(),
@@ -120,6 +127,16 @@ impl GradScaler {
     /// keep per-step records. Cleared by the next unscale.
     pub fn found_inf(&self) -> &DeviceBuffer<f32> {
         &self.found_inf
+    }
+
+    /// Which gradients of the last [`GradScaler::unscale`] or [`GradScaler::step`] held an inf
+    /// or NaN, by position in the list it was given (the overflow locator's per-tensor flags,
+    /// set by the unscale kernel in the same pass as [`GradScaler::found_inf`]). Copies two
+    /// words to the host: waits for the queued work. Empty when that step was clean.
+    /// Errors: [`Error::Driver`].
+    pub fn nonfinite_grads(&self) -> Result<NonFinite> {
+        let w = self.gpu.download(&self.nonfinite)?;
+        Ok(NonFinite::from_words(w[0], w[1]))
     }
 
     /// The loss-scaling mode.
@@ -149,18 +166,33 @@ impl GradScaler {
         Ok(())
     }
 
-    /// Clears the flag, then unscales and checks (the flag is an OR over the call).
+    /// Clears the flags, then unscales and checks (the flags are an OR over the call).
     fn unscale_now<D: DevicePtrMut<f32>>(&mut self, grads: &mut [D]) -> Result<()> {
         self.clear_flag()?;
-        ops::unscale::unscale_and_check(&self.gpu, grads, &self.scale, &mut self.found_inf)
+        self.nonfinite_dirty = true;
+        ops::unscale::unscale_and_locate(
+            &self.gpu,
+            grads,
+            &self.scale,
+            &mut self.found_inf,
+            &mut self.nonfinite,
+        )
     }
 
-    /// Zeroes the device flag before a step's unscale.
+    /// Zeroes the device flag, and the per-tensor mask when an earlier unscale may have left
+    /// bits in it, before a step's unscale.
     fn clear_flag(&mut self) -> Result<()> {
-        self.gpu
-            .stream()
+        let stream = self.gpu.stream();
+        stream
             .memset_zeros(&mut self.found_inf)
-            .map_err(Error::driver("clearing found_inf"))
+            .map_err(Error::driver("clearing found_inf"))?;
+        if self.nonfinite_dirty {
+            stream
+                .memset_zeros(&mut self.nonfinite)
+                .map_err(Error::driver("clearing the non-finite mask"))?;
+            self.nonfinite_dirty = false;
+        }
+        Ok(())
     }
 
     /// `optimizer`'s device state, checked against this handle and `params`' count and lengths.
@@ -282,6 +314,7 @@ impl GradScaler {
             partials,
             &mut self.scale,
             &mut self.found_inf,
+            &mut self.nonfinite,
             target,
             rule.as_ref().map(|cfg| (&mut self.growth_tracker, cfg)),
         )?;
@@ -330,7 +363,7 @@ impl GradScaler {
 
 /// [`GradScaler`]'s twin on the CPU references, with the same calls and results: the scale and
 /// tracker are a [`ScalerState`], the flag a `bool`, and each call runs
-/// [`crate::cpu::unscale::unscale_and_check`], [`crate::cpu::optim::step`] and
+/// [`crate::cpu::unscale::unscale_and_locate`], [`crate::cpu::optim::step`] and
 /// [`crate::cpu::scaler::update_scale`] exactly as a hand-written step would, so results are
 /// bit-identical to those (and to the GPU, as [`GradScaler`] says). Misuse is refused as by
 /// [`GradScaler`].
@@ -338,7 +371,7 @@ impl GradScaler {
 pub struct CpuGradScaler {
     mode: LossScale,
     state: ScalerState,
-    found_inf: bool,
+    nonfinite: NonFinite,
     stages: ScalerStages,
 }
 
@@ -353,7 +386,7 @@ impl CpuGradScaler {
                 growth_tracker: 0,
             },
             mode: loss_scale,
-            found_inf: false,
+            nonfinite: NonFinite::NONE,
             stages: ScalerStages::new(),
         })
     }
@@ -367,7 +400,13 @@ impl CpuGradScaler {
     /// Whether the current (or last) step found an inf/NaN gradient (and so skipped the
     /// optimizer step). Cleared by the next unscale.
     pub fn found_inf(&self) -> bool {
-        self.found_inf
+        !self.nonfinite.is_empty()
+    }
+
+    /// Which gradients of the last unscale held an inf or NaN, by position in the list it was
+    /// given ([`GradScaler::nonfinite_grads`] on the host). Cleared by the next unscale.
+    pub fn nonfinite_grads(&self) -> NonFinite {
+        self.nonfinite
     }
 
     /// The loss-scaling mode.
@@ -385,7 +424,7 @@ impl CpuGradScaler {
     /// called twice in a step or after [`CpuGradScaler::step`] (nothing changed).
     pub fn unscale(&mut self, grads: &mut [&mut [f32]]) -> Result<()> {
         self.stages.unscale()?;
-        self.found_inf = unscale_and_check(grads, inv_scale(self.state.scale));
+        self.nonfinite = unscale_and_locate(grads, inv_scale(self.state.scale));
         Ok(())
     }
 
@@ -410,7 +449,7 @@ impl CpuGradScaler {
         inner.check_host(OP, &lens)?;
         if unscale {
             let mut grads: Vec<&mut [f32]> = params.iter_mut().map(|p| &mut *p.grad).collect();
-            self.found_inf = unscale_and_check(&mut grads, inv_scale(self.state.scale));
+            self.nonfinite = unscale_and_locate(&mut grads, inv_scale(self.state.scale));
         }
         let mut tensors: Vec<ParamTensor<'_>> = params
             .iter_mut()
@@ -420,7 +459,7 @@ impl CpuGradScaler {
                 half: &mut *p.half,
             })
             .collect();
-        let outcome = inner.step_host(&mut tensors, self.found_inf)?;
+        let outcome = inner.step_host(&mut tensors, self.found_inf())?;
         self.stages = next;
         Ok(outcome)
     }
@@ -431,7 +470,8 @@ impl CpuGradScaler {
     pub fn update(&mut self) -> Result<()> {
         self.stages.update()?;
         if let Some(cfg) = self.mode.dynamic() {
-            update_scale(&mut self.state, self.found_inf, cfg);
+            let found_inf = self.found_inf();
+            update_scale(&mut self.state, found_inf, cfg);
         }
         Ok(())
     }
@@ -455,7 +495,7 @@ impl CpuGradScaler {
             scale: dict.scale,
             growth_tracker: dict.growth_tracker,
         };
-        self.found_inf = false;
+        self.nonfinite = NonFinite::NONE;
         self.stages = ScalerStages::new();
         Ok(())
     }

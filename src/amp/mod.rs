@@ -82,9 +82,11 @@
 //! decide when each runs and refuse the call orders PyTorch refuses.
 
 mod grad_scaler;
+mod nonfinite;
 
 pub use crate::cpu::scaler::ScalerConfig;
 pub use grad_scaler::{CpuGradScaler, GradScaler, ScalerStateDict};
+pub use nonfinite::NonFinite;
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};

@@ -29,6 +29,7 @@
 //!   which is non-finite exactly when `h` is.
 //! - Empty lists and empty tensors are accepted and contribute nothing.
 
+use crate::amp::NonFinite;
 use crate::error::Result;
 use crate::validate;
 use half::f16;
@@ -54,18 +55,27 @@ pub fn inv_scale(scale: f32) -> f32 {
 /// is `true` exactly when some element was non-finite *before* the multiply. Every element is
 /// written, whatever is found. See the module doc for the exact rules.
 pub fn unscale_and_check(grads: &mut [&mut [f32]], inv_scale: f32) -> bool {
+    !unscale_and_locate(grads, inv_scale).is_empty()
+}
+
+/// [`unscale_and_check`] that also says which tensors held an inf or NaN (by position in
+/// `grads`): the reference of the GPU's per-tensor flags
+/// ([`crate::ops::unscale::unscale_and_locate`]). Empty exactly when `unscale_and_check` would
+/// return `false`; the gradients are written the same.
+pub fn unscale_and_locate(grads: &mut [&mut [f32]], inv_scale: f32) -> NonFinite {
     let total: usize = grads.iter().map(|g| g.len()).sum();
-    if total < PARALLEL_MIN {
-        // Every tensor must be visited, so fold with a non-short-circuiting OR.
+    let flags: Vec<bool> = if total < PARALLEL_MIN {
         grads
             .iter_mut()
-            .fold(false, |found, g| unscale_slice(g, inv_scale) | found)
+            .map(|g| unscale_slice(g, inv_scale))
+            .collect()
     } else {
         grads
             .par_iter_mut()
             .map(|g| unscale_tensor(g, inv_scale))
-            .reduce(|| false, |a, b| a | b)
-    }
+            .collect()
+    };
+    NonFinite::from_flags(flags)
 }
 
 /// Widens f16 gradients to f32, unscales them into `dst` and reports whether any input element
@@ -162,6 +172,24 @@ mod tests {
         assert_eq!(inv_scale(65536.0), 1.0 / 65536.0);
         assert_eq!(inv_scale(0.5), 2.0);
         assert_eq!(inv_scale(0.0), f32::INFINITY);
+    }
+
+    #[test]
+    fn locates_the_tensors_that_overflowed() {
+        // Small lists take the serial path, a list past PARALLEL_MIN the rayon one.
+        for big in [1usize, PARALLEL_MIN] {
+            let mut g: Vec<Vec<f32>> = (0..70).map(|t| vec![t as f32; big + t % 3]).collect();
+            g[1][0] = f32::NAN;
+            g[4][big - 1] = f32::NEG_INFINITY;
+            g[66][0] = f32::INFINITY;
+            let mut views: Vec<&mut [f32]> = g.iter_mut().map(|v| &mut v[..]).collect();
+            let got = unscale_and_locate(&mut views, 0.5);
+            assert_eq!(got.indices().collect::<Vec<_>>(), [1, 4, 63], "{big}");
+            assert_eq!(g[3][0], 1.5, "every tensor is unscaled");
+            let mut clean: Vec<Vec<f32>> = vec![vec![2.0; big]; 3];
+            let mut views: Vec<&mut [f32]> = clean.iter_mut().map(|v| &mut v[..]).collect();
+            assert!(unscale_and_locate(&mut views, 0.5).is_empty());
+        }
     }
 
     #[test]

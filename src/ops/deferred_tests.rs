@@ -10,7 +10,7 @@
 use super::{unscale_and_check, unscale_and_record};
 use crate::cuda::test_gpu;
 use crate::ops::gemm::{gemm, gemm_deferred, planned_splits, Epilogue};
-use crate::ops::scaler::RecordTarget;
+use crate::ops::scaler::{RecordTarget, RECORD};
 use crate::shape::{GemmShape, Layout};
 use half::f16;
 use rand::rngs::StdRng;
@@ -59,7 +59,8 @@ fn deferred_reduce_in_the_unscale_matches_the_gemm_reduce() {
         let mut scale = gpu.upload(&[scale_value]).unwrap();
         let mut flag = gpu.alloc_zeros::<f32>(1).unwrap();
         let loss = gpu.upload(&[2.5f32]).unwrap();
-        let mut records = gpu.alloc_zeros::<f32>(6).unwrap();
+        let mut records = gpu.alloc_zeros::<f32>(2 * RECORD).unwrap();
+        let mut mask = gpu.alloc_zeros::<u32>(2).unwrap();
         let mut cursor = gpu.upload(&[1u32, 100]).unwrap();
         let pending = [(splits > 1).then(|| (partials.slice(..), splits))];
         let mut target = RecordTarget {
@@ -74,6 +75,7 @@ fn deferred_reduce_in_the_unscale_matches_the_gemm_reduce() {
             &pending,
             &mut scale,
             &mut flag,
+            &mut mask,
             &mut target,
             None,
         )
@@ -95,13 +97,17 @@ fn deferred_reduce_in_the_unscale_matches_the_gemm_reduce() {
             if inf { 1.0 } else { 0.0 },
             "{what}"
         );
-        // Record 1 (the cursor said one was written): loss, the scale the step ran with, flag.
+        // Record 1 (the cursor said one was written): loss, the scale the step ran with, flag,
+        // the mask (tensor 0 when the gradient held the inf), which the record cleared.
         let r = gpu.download(&records).unwrap();
         assert_eq!(
-            &r[3..],
+            &r[RECORD..RECORD + 3],
             &[2.5, scale_value, if inf { 1.0 } else { 0.0 }],
             "{what}"
         );
+        let words = [r[RECORD + 3].to_bits(), r[RECORD + 4].to_bits()];
+        assert_eq!(words, [u32::from(inf), 0], "{what}: mask in the record");
+        assert_eq!(gpu.download(&mask).unwrap(), [0, 0], "{what}: mask cleared");
         assert_eq!(
             gpu.download(&cursor).unwrap(),
             vec![2, 164],

@@ -72,8 +72,12 @@ fn push_rule(args: &mut KernelArgs, cfg: &ScalerConfig) {
         .push(cfg.max_scale.unwrap_or(0.0));
 }
 
-/// Where a training step's record goes: the device loss to record, the record buffer (three
-/// f32 per record) and `[records written, the epoch's next sample]`, advanced by one record and
+/// Values per step record: loss, scale, found_inf and the two words of the non-finite mask
+/// (f32 bit patterns; `RECORD` in `kernels/step_record.cuh`).
+pub(crate) const RECORD: usize = 5;
+
+/// Where a training step's record goes: the device loss to record, the record buffer
+/// ([`RECORD`] f32 per record) and `[records written, the epoch's next sample]`, advanced by one record and
 /// `advance` samples.
 pub(crate) struct RecordTarget<'a> {
     pub loss: &'a DeviceBuffer<f32>,
@@ -82,11 +86,11 @@ pub(crate) struct RecordTarget<'a> {
     pub advance: usize,
 }
 
-/// Checks a record's buffers and returns `record_step`'s arguments after `scale` and
-/// `found_inf` (loss, records, cursor, capacity, advance, dynamic, tracker, the rule), with
+/// Checks a record's buffers and returns `record_step`'s arguments after `scale`, `found_inf`
+/// and the mask (loss, records, cursor, capacity, advance, dynamic, tracker, the rule), with
 /// `update` the tracker and rule of a dynamic scale. The caller checks scale and found_inf.
 /// Errors: [`Error::ShapeMismatch`] unless the loss and tracker hold one value, the cursor two
-/// and the records a multiple of three; [`Error::InvalidArgument`] when the rule fails
+/// and the records a multiple of [`RECORD`]; [`Error::InvalidArgument`] when the rule fails
 /// [`ScalerConfig::validate`] or `advance` exceeds u32.
 pub(crate) fn record_args(
     gpu: &Gpu,
@@ -96,14 +100,16 @@ pub(crate) fn record_args(
 ) -> Result<KernelArgs> {
     let tracker_len = update.as_ref().map_or(1, |(t, _)| t.len());
     let (records, cursor) = (&mut *target.records, &mut *target.cursor);
-    let ok =
-        target.loss.len() == 1 && tracker_len == 1 && cursor.len() == 2 && records.len() % 3 == 0;
+    let ok = target.loss.len() == 1
+        && tracker_len == 1
+        && cursor.len() == 2
+        && records.len() % RECORD == 0;
     if !ok {
         return Err(Error::ShapeMismatch {
             op,
             detail: format!(
                 "the loss and the growth tracker must be one value ({}, {tracker_len}), cursor \
-                 two ({}), records a multiple of three ({})",
+                 two ({}), records a multiple of {RECORD} ({})",
                 target.loss.len(),
                 cursor.len(),
                 records.len()
@@ -113,7 +119,7 @@ pub(crate) fn record_args(
     if let Some((_, cfg)) = &update {
         cfg.validate()?;
     }
-    let capacity = u32::try_from(records.len() / 3).unwrap_or(u32::MAX);
+    let capacity = u32::try_from(records.len() / RECORD).unwrap_or(u32::MAX);
     let advance = u32::try_from(target.advance).map_err(|_| Error::InvalidArgument {
         op,
         detail: format!("a batch of {} samples exceeds u32", target.advance),

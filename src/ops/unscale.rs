@@ -54,6 +54,7 @@ struct TensorTable {
     chunk_start: [i32; MAX_TENSORS + 1],
     count: i32,
     splits: [i32; MAX_TENSORS],
+    bit: [i32; MAX_TENSORS],
 }
 
 // SAFETY: plain old data with the kernel's C layout (u64/i64 arrays, then i32s), no padding
@@ -94,7 +95,77 @@ pub fn unscale_and_check<D: DevicePtrMut<f32>>(
             splits: 1,
         });
     }
-    launch_all(gpu, OP, "unscale_f32", 4, &entries, scale, found_inf, None)
+    launch_all(
+        gpu,
+        OP,
+        "unscale_f32",
+        4,
+        &entries,
+        scale,
+        found_inf,
+        0,
+        None,
+    )
+}
+
+/// [`unscale_and_check`] that also sets, in `mask` (two u32 words on the device), bit `t` of
+/// each tensor `t` of `grads` that held an inf or NaN (bit 63 for tensor 63 and later; read it
+/// with [`crate::amp::NonFinite::from_words`]). Bits are only ever set: zero `mask` with
+/// `found_inf`. A clean step costs the same as `unscale_and_check`: only a block that finds an
+/// inf/NaN touches the mask. CPU twin: [`crate::cpu::unscale::unscale_and_locate`].
+///
+/// Errors: as [`unscale_and_check`], and [`Error::ShapeMismatch`] unless `mask` holds two words.
+pub fn unscale_and_locate<D: DevicePtrMut<f32>>(
+    gpu: &Gpu,
+    grads: &mut [D],
+    scale: &impl DevicePtr<f32>,
+    found_inf: &mut impl DevicePtrMut<f32>,
+    mask: &mut impl DevicePtrMut<u32>,
+) -> Result<()> {
+    const OP: &str = "ops::unscale::unscale_and_locate";
+    let stream = gpu.stream();
+    let mask_ptr = mask_ptr(OP, gpu, mask)?;
+    let mut guards = Vec::with_capacity(grads.len());
+    let mut entries = Vec::with_capacity(grads.len());
+    for g in grads.iter_mut() {
+        let len = g.len();
+        let (ptr, guard) = g.device_ptr_mut(stream);
+        guards.push(guard);
+        entries.push(Entry {
+            src: ptr,
+            dst: ptr,
+            len,
+            splits: 1,
+        });
+    }
+    launch_all(
+        gpu,
+        OP,
+        "unscale_f32",
+        4,
+        &entries,
+        scale,
+        found_inf,
+        mask_ptr,
+        None,
+    )
+}
+
+/// The address of a two-word non-finite mask. Errors: [`Error::ShapeMismatch`] for another
+/// length.
+fn mask_ptr(op: &'static str, gpu: &Gpu, mask: &mut impl DevicePtrMut<u32>) -> Result<u64> {
+    if mask.len() != 2 {
+        return Err(Error::ShapeMismatch {
+            op,
+            detail: format!(
+                "the non-finite mask must be two u32 words on the device, got {} elements",
+                mask.len()
+            ),
+        });
+    }
+    // Plain addresses: ampkit's contexts run with cudarc's event tracking off (cuda::gpu), so
+    // the guard orders nothing and may end here.
+    Ok(mask.device_ptr_mut(gpu.stream()).0)
 }
 
 /// Widens f16 gradients into f32 master gradients and unscales them in the same pass:
@@ -134,6 +205,7 @@ pub fn unscale_f16_to_f32<S: DevicePtr<f16>, D: DevicePtrMut<f32>>(
         &entries,
         scale,
         found_inf,
+        0,
         None,
     )
 }
@@ -142,19 +214,23 @@ pub fn unscale_f16_to_f32<S: DevicePtr<f16>, D: DevicePtrMut<f32>>(
 /// update (`record_step` in `kernels/scaler.cu`, its arguments from
 /// [`crate::ops::scaler::record_args`]) run by the last block of the (last) unscale launch
 /// instead of a launch of its own: the record sees the step's final `found_inf` and the scale
-/// it ran with. The optimizer that follows reads only `found_inf`. Errors: as
-/// [`unscale_and_check`] and [`crate::ops::scaler::record_args`], before any launch.
+/// it ran with. The optimizer that follows reads only `found_inf`. `mask` collects the step's
+/// non-finite tensors as in [`unscale_and_locate`]; the record copies it and clears it for the
+/// next step. Errors: as [`unscale_and_locate`] and [`crate::ops::scaler::record_args`], before
+/// any launch.
 ///
 /// `partials[t]`, when given, holds tensor `t`'s gradient as `splits` K-split GEMM slices
 /// ([`crate::ops::gemm`]'s deferred reduce): they are summed in slice order, exactly as the
 /// GEMM's reduce would have, and the sum is unscaled into `grads[t]`. Errors also
 /// [`Error::ShapeMismatch`] when a partial buffer is shorter than `splits` slices of its tensor.
+#[allow(clippy::too_many_arguments)] // the step's buffers, each a kernel argument
 pub(crate) fn unscale_and_record<D: DevicePtrMut<f32>>(
     gpu: &Gpu,
     grads: &mut [D],
     partials: &[Option<(CudaView<'_, f32>, usize)>],
     scale: &mut crate::cuda::DeviceBuffer<f32>,
     found_inf: &mut crate::cuda::DeviceBuffer<f32>,
+    mask: &mut crate::cuda::DeviceBuffer<u32>,
     target: &mut crate::ops::scaler::RecordTarget<'_>,
     update: Option<(
         &mut crate::cuda::DeviceBuffer<i32>,
@@ -170,6 +246,7 @@ pub(crate) fn unscale_and_record<D: DevicePtrMut<f32>>(
             });
         }
     }
+    let mask_ptr = mask_ptr(OP, gpu, mask)?;
     let tail = crate::ops::scaler::record_args(gpu, OP, target, update)?;
     let stream = gpu.stream();
     let mut guards = Vec::with_capacity(grads.len());
@@ -209,10 +286,10 @@ pub(crate) fn unscale_and_record<D: DevicePtrMut<f32>>(
         let (s, _g1) = scale.device_ptr_mut(stream);
         let (f, _g2) = found_inf.device_ptr(stream);
         let mut args = KernelArgs::new();
-        args.push(s).push(f).extend(&tail);
-        // SAFETY: kernels/scaler.cu's record_step(float* scale, const float* found_inf, then
-        // the arguments ops::scaler::record_args pushed and checked) matches; scale and
-        // found_inf are single f32s (checked above).
+        args.push(s).push(f).push(mask_ptr).extend(&tail);
+        // SAFETY: kernels/scaler.cu's record_step(float* scale, const float* found_inf,
+        // unsigned* mask, then the arguments ops::scaler::record_args pushed and checked)
+        // matches; scale and found_inf are single f32s, the mask two words (checked above).
         return unsafe {
             gpu.launch(
                 &kernels::SCALER,
@@ -235,6 +312,7 @@ pub(crate) fn unscale_and_record<D: DevicePtrMut<f32>>(
             &entries,
             &*scale,
             found_inf,
+            mask_ptr,
             Some(record),
         )
     })
@@ -256,6 +334,7 @@ fn launch_all<S, F>(
     entries: &[Entry],
     scale: &S,
     found_inf: &mut F,
+    mask: u64,
     record: Option<Record<'_>>,
 ) -> Result<()>
 where
@@ -281,9 +360,14 @@ where
     let stream = gpu.stream();
     let (scale_ptr, _g1) = scale.device_ptr(stream);
     let (flag_ptr, _g2) = found_inf.device_ptr_mut(stream);
-    let nonempty: Vec<&Entry> = entries.iter().filter(|e| e.len > 0).collect();
+    // (position in the caller's list, entry): the position is the tensor's bit in the mask.
+    let nonempty: Vec<(usize, &Entry)> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.len > 0)
+        .collect();
     let batches = nonempty.len().div_ceil(MAX_TENSORS);
-    let total: usize = nonempty.iter().map(|e| e.len).sum();
+    let total: usize = nonempty.iter().map(|(_, e)| e.len).sum();
     let chunk = (total / (BLOCKS_PER_SM * gpu.info().multiprocessors.max(1)))
         .clamp(MIN_CHUNK, MAX_CHUNK)
         .next_power_of_two();
@@ -295,9 +379,11 @@ where
             chunk_start: [0; MAX_TENSORS + 1],
             count: batch.len() as i32,
             splits: [1; MAX_TENSORS],
+            bit: [0; MAX_TENSORS],
         };
         let mut chunks = 0usize;
-        for (i, e) in batch.iter().enumerate() {
+        for (i, &(position, e)) in batch.iter().enumerate() {
+            table.bit[i] = position.min(crate::amp::NonFinite::LAST_BIT) as i32;
             table.src[i] = e.src;
             table.dst[i] = e.dst;
             table.len[i] = e.len as i64;
@@ -321,6 +407,7 @@ where
         args.push(table)
             .push(scale_ptr)
             .push(flag_ptr)
+            .push(mask)
             .push(chunk as i64);
         let mut kernel = kernel;
         if let (Some(r), true) = (&record, b + 1 == batches) {
@@ -329,12 +416,13 @@ where
             kernel = "unscale_f32_record";
         }
         // SAFETY: unscale_{f32,f16_to_f32}(TensorTable table, const float* scale,
-        // float* found_inf, long long chunk) matches: the table has the kernel's layout with
-        // chunk_start counting chunks of `chunk`, each entry's source and destination hold `len`
-        // elements of the kernel's types (checked by the callers), the scale and flag are single
-        // f32s, and the guards above outlive the launch. unscale_f32_record(TensorTable, float*
-        // scale, float* found_inf, long long chunk, unsigned* ticket, then record_step's
-        // arguments after found_inf) takes the same plus the ticket (one u32 of the handle's
+        // float* found_inf, unsigned* mask, long long chunk) matches: the table has the kernel's
+        // layout with chunk_start counting chunks of `chunk` and bits below 64, each entry's
+        // source and destination hold `len` elements of the kernel's types (checked by the
+        // callers), the scale and flag are single f32s, the mask null or two words (mask_ptr),
+        // and the guards above outlive the launch. unscale_f32_record(TensorTable, float*
+        // scale, float* found_inf, unsigned* mask, long long chunk, unsigned* ticket, then
+        // record_step's arguments after the mask) takes the same plus the ticket (one u32 of the handle's
         // counters, zero between launches, reset by the kernel) and the tail
         // ops::scaler::record_args checked; its last block writes the scale, which the caller
         // holds mutably.

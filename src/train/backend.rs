@@ -6,6 +6,7 @@
 //! runs one AMP step at a time. A GPU step must not synchronise: its per-step records stay on
 //! the device until [`Backend::take_records`].
 
+use crate::amp::NonFinite;
 use crate::cpu::optim::OptimizerConfig;
 use crate::cpu::scaler::ScalerState;
 use crate::error::Result;
@@ -26,6 +27,10 @@ pub struct StepRecord {
     pub skipped: bool,
     /// The learning rate of the step (a skipped step reports the rate it would have used).
     pub lr: f64,
+    /// Which parameter gradients held an inf or NaN (positions in
+    /// [`crate::nn::MlpConfig::parameter_specs`] order; empty on a step that was not skipped),
+    /// from the unscale's per-tensor flags.
+    pub nonfinite: NonFinite,
 }
 
 /// Loss and accuracy over a dataset.

@@ -10,6 +10,7 @@
 
 use super::backend::{Backend, BackendState, Evaluation, StepRecord, EVAL_BATCH};
 use super::config::TrainConfig;
+use super::locate::{layer_name, OverflowSite, Pass, Probe};
 use super::memory;
 use crate::amp::{CpuGradScaler, LossScale, ScalerStateDict};
 use crate::cpu::gemm::{bias_grad, gemm, Epilogue};
@@ -74,6 +75,8 @@ pub struct CpuBackend {
     epoch_images: Vec<f32>,
     epoch_labels: Vec<u32>,
     records: Vec<StepRecord>,
+    /// The parameters' `state_dict` names (for the overflow locator's reports).
+    names: Vec<String>,
 }
 
 fn to_f16(x: &[f32]) -> Vec<f16> {
@@ -124,16 +127,31 @@ impl CpuBackend {
             epoch_images: Vec::new(),
             epoch_labels: Vec::new(),
             records: Vec::new(),
+            names: (cfg.parameter_specs().into_iter())
+                .map(|s| s.name)
+                .collect(),
         })
     }
 
     /// Forward pass over `b` samples; returns the per-layer activations and the logits (f32
     /// storage; f16 values when the last layer is half).
-    fn forward(&self, x: &[f32], b: usize) -> Result<(Vec<LayerActs>, Vec<f32>)> {
+    ///
+    /// With a `probe` ([`super::locate`]), every op's output is checked for inf/NaN as it is
+    /// produced (the input batch too).
+    fn forward(
+        &self,
+        x: &[f32],
+        b: usize,
+        mut probe: Option<&mut Probe>,
+    ) -> Result<(Vec<LayerActs>, Vec<f32>)> {
         let n_layers = self.cfg.linear_count();
         let mut acts = Vec::with_capacity(n_layers);
         let mut input = x.to_vec();
+        if let Some(p) = probe.as_deref_mut() {
+            p.check(Pass::Input, || "the batch".into(), "f32", x, None);
+        }
         for (l, lp) in self.layers.iter().enumerate() {
+            let name = || layer_name(&self.names[lp.w]);
             let (fan_in, out) = (self.cfg.layers[l], self.cfg.layers[l + 1]);
             let half = self.cfg.half_layer(l);
             let last = l + 1 == n_layers;
@@ -151,14 +169,40 @@ impl CpuBackend {
                 let epi = Epilogue::bias(bias, fuse_relu);
                 if lp.ln.is_some() {
                     gemm(shape, &x16, &self.halves[lp.w], &epi, &mut z)?;
+                    if let Some(p) = probe.as_deref_mut() {
+                        p.check(
+                            Pass::Forward,
+                            || format!("{} output", name()),
+                            "f32",
+                            &z,
+                            None,
+                        );
+                    }
                 } else {
                     let mut z16 = vec![f16::ZERO; b * out];
                     gemm(shape, &x16, &self.halves[lp.w], &epi, &mut z16)?;
                     z = to_f32(&z16);
+                    if let Some(p) = probe.as_deref_mut() {
+                        let wide = || {
+                            let mut w = vec![0f32; b * out];
+                            let _ = gemm(shape, &x16, &self.halves[lp.w], &epi, &mut w);
+                            w
+                        };
+                        p.check_f16(Pass::Forward, || format!("{} output", name()), &z, &wide);
+                    }
                 }
             } else {
                 let epi = Epilogue::bias(bias, fuse_relu);
                 gemm(shape, &input, &self.params[lp.w].data, &epi, &mut z)?;
+                if let Some(p) = probe.as_deref_mut() {
+                    p.check(
+                        Pass::Forward,
+                        || format!("{} output", name()),
+                        "f32",
+                        &z,
+                        None,
+                    );
+                }
             }
             let (ln, act) = match lp.ln {
                 Some((g, be)) => {
@@ -175,6 +219,10 @@ impl CpuBackend {
                         &mut mean,
                         &mut rstd,
                     )?;
+                    if let Some(p) = probe.as_deref_mut() {
+                        let op = || format!("LayerNorm after {}", name());
+                        p.check(Pass::Forward, op, "f32", &y, None);
+                    }
                     let mut a = vec![0f32; b * out];
                     relu::forward(&y, &mut a)?;
                     (Some((z, mean, rstd)), a)
@@ -190,6 +238,56 @@ impl CpuBackend {
             .map(|a| std::mem::take(&mut a.act))
             .unwrap_or_default();
         Ok((acts, logits))
+    }
+
+    /// Replays the forward and backward of a step on samples `first..first + batch` of the
+    /// loaded epoch at loss scale `scale`, checking every op's output: the first that held an
+    /// inf/NaN ([`super::locate`]), or `None` when all were finite. Overwrites the gradient
+    /// buffers (a step recomputes them) and nothing else: weights, optimizer and scaler stay.
+    ///
+    /// Errors: as [`Backend::step`]'s batch check.
+    pub(crate) fn locate(
+        &mut self,
+        first: usize,
+        batch: usize,
+        scale: f32,
+    ) -> Result<Option<OverflowSite>> {
+        let inputs = self.cfg.inputs();
+        check_batch(
+            "train::CpuBackend::locate",
+            first,
+            batch,
+            self.epoch_labels.len(),
+        )?;
+        let x = self.epoch_images[first * inputs..(first + batch) * inputs].to_vec();
+        let labels = self.epoch_labels[first..first + batch].to_vec();
+        let mut probe = Probe::default();
+        let (acts, logits) = self.forward(&x, batch, Some(&mut probe))?;
+        let (loss, dlogits) = self.loss_and_grad(&logits, &labels, batch, scale)?;
+        probe.check(
+            Pass::Loss,
+            || "the cross-entropy loss".into(),
+            "f32",
+            &[loss as f32],
+            None,
+        );
+        let classes = self.cfg.classes();
+        let op = || format!("the loss gradient (dlogits × loss scale {scale})");
+        if self.cfg.half_layer(self.cfg.linear_count() - 1) {
+            let wide = || {
+                let l16: Vec<f32> = to_f32(&to_f16(&logits));
+                let mut d = vec![0f32; batch * classes];
+                let _ = cross_entropy::softmax_cross_entropy(
+                    &l16, &labels, batch, classes, scale, &mut d,
+                );
+                d
+            };
+            probe.check_f16(Pass::Loss, op, &dlogits, &wide);
+        } else {
+            probe.check(Pass::Loss, op, "f32", &dlogits, None);
+        }
+        self.backward(&acts, dlogits, batch, Some(&mut probe))?;
+        Ok(probe.into_site())
     }
 
     /// Mean loss and dlogits (scaled by `scale`, in the last layer's dtype, f32 storage).
@@ -220,11 +318,19 @@ impl CpuBackend {
         }
     }
 
-    /// Backward pass: fills `self.grads` (scaled) from dlogits.
-    fn backward(&mut self, acts: &[LayerActs], dlogits: Vec<f32>, b: usize) -> Result<()> {
+    /// Backward pass: fills `self.grads` (scaled) from dlogits; with a `probe`, every op's
+    /// output is checked as it is produced.
+    fn backward(
+        &mut self,
+        acts: &[LayerActs],
+        dlogits: Vec<f32>,
+        b: usize,
+        mut probe: Option<&mut Probe>,
+    ) -> Result<()> {
         let mut g = dlogits;
         for l in (0..self.cfg.linear_count()).rev() {
             let lp = self.layers[l];
+            let name = layer_name(&self.names[lp.w]);
             let (fan_in, out) = (self.cfg.layers[l], self.cfg.layers[l + 1]);
             let half = self.cfg.half_layer(l);
             let last = l + 1 == self.cfg.linear_count();
@@ -251,6 +357,30 @@ impl CpuBackend {
                         &mut dgamma,
                         &mut dbeta,
                     )?;
+                    if let Some(p) = probe.as_deref_mut() {
+                        let what = |t: &str| format!("LayerNorm backward after {name} ({t})");
+                        p.check(
+                            Pass::Backward,
+                            || what("its input's gradient"),
+                            "f32",
+                            &dx,
+                            None,
+                        );
+                        p.check(
+                            Pass::Backward,
+                            || what("weight gradient"),
+                            "f32",
+                            &dgamma,
+                            None,
+                        );
+                        p.check(
+                            Pass::Backward,
+                            || what("bias gradient"),
+                            "f32",
+                            &dbeta,
+                            None,
+                        );
+                    }
                     self.grads[g_idx] = dgamma;
                     self.grads[be_idx] = dbeta;
                     d = dx;
@@ -262,8 +392,14 @@ impl CpuBackend {
             let dshape = GemmShape::new(Layout::Dgrad, b, fan_in, out);
             let plain = Epilogue::plain();
             let mut dx = vec![0f32; if l > 0 { b * fan_in } else { 0 }];
+            let (wname, bname) = (&self.names[lp.w], &self.names[lp.b]);
             if half {
+                let wide = dz.clone();
                 round_f16(&mut dz);
+                if let Some(p) = probe.as_deref_mut() {
+                    let op = || format!("the gradient of {name}'s output, rounded to f16");
+                    p.check_f16(Pass::Backward, op, &dz, &|| wide.clone());
+                }
                 let (dz16, x16) = (to_f16(&dz), to_f16(x));
                 gemm(wshape, &dz16, &x16, &plain, &mut self.grads[lp.w])?;
                 bias_grad(&dz16, b, out, &mut self.grads[lp.b])?;
@@ -271,12 +407,32 @@ impl CpuBackend {
                     let mut dx16 = vec![f16::ZERO; b * fan_in];
                     gemm(dshape, &dz16, &self.halves[lp.w], &plain, &mut dx16)?;
                     dx = to_f32(&dx16);
+                    if let Some(p) = probe.as_deref_mut() {
+                        let w16 = &self.halves[lp.w];
+                        let wide = || {
+                            let mut w = vec![0f32; b * fan_in];
+                            let _ = gemm(dshape, &dz16, w16, &plain, &mut w);
+                            w
+                        };
+                        let op = || format!("dgrad of {name} (its input's gradient)");
+                        p.check_f16(Pass::Backward, op, &dx, &wide);
+                    }
                 }
             } else {
                 gemm(wshape, &dz, x, &plain, &mut self.grads[lp.w])?;
                 bias_grad(&dz, b, out, &mut self.grads[lp.b])?;
                 if l > 0 {
                     gemm(dshape, &dz, &self.params[lp.w].data, &plain, &mut dx)?;
+                }
+            }
+            if let Some(p) = probe.as_deref_mut() {
+                let (gw, gb) = (&self.grads[lp.w], &self.grads[lp.b]);
+                let op = |t: &str, n: &str| format!("{t} gradient of {name} ({n})");
+                p.check(Pass::Backward, || op("weight", wname), "f32", gw, None);
+                p.check(Pass::Backward, || op("bias", bname), "f32", gb, None);
+                if !half && l > 0 {
+                    let op = || format!("dgrad of {name} (its input's gradient)");
+                    p.check(Pass::Backward, op, "f32", &dx, None);
                 }
             }
             g = dx;
@@ -310,9 +466,9 @@ impl Backend for CpuBackend {
         // The AMP step: the loss gradient at the scaler's scale, then scaler.step (unscale,
         // inf check, the optimizer at the schedule's rate, skipped on inf/NaN) and update.
         let scale = self.scaler.scale();
-        let (acts, logits) = self.forward(x, batch)?;
+        let (acts, logits) = self.forward(x, batch, None)?;
         let (loss, dlogits) = self.loss_and_grad(&logits, labels, batch, scale)?;
-        self.backward(&acts, dlogits, batch)?;
+        self.backward(&acts, dlogits, batch, None)?;
 
         let lr = (self.schedule).lr_at(optim::base_lr(&self.opt), self.optimizer.step_count()?);
         let mut params: Vec<Param<'_>> = (self.params.iter_mut())
@@ -331,6 +487,7 @@ impl Backend for CpuBackend {
             scale,
             skipped: outcome.skipped(),
             lr,
+            nonfinite: self.scaler.nonfinite_grads(),
         });
         Ok(())
     }
@@ -352,7 +509,7 @@ impl Backend for CpuBackend {
             .zip(labels.chunks(EVAL_BATCH))
         {
             let b = y.len();
-            let (_, logits) = self.forward(x, b)?;
+            let (_, logits) = self.forward(x, b, None)?;
             let (loss, _) = self.loss_and_grad(&logits, y, b, 1.0)?;
             eval.loss += loss * b as f64;
             eval.correct += count_correct(&logits, y, classes);

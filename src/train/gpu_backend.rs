@@ -4,7 +4,7 @@
 //! (the loss scale read from the [`GradScaler`]'s device buffer), per-layer backward
 //! (ReLU/LayerNorm backward, f32 weight gradient, bias gradient, f16 data gradient), then the
 //! scaler's step: one multi-tensor unscale + inf check whose last block also appends (loss,
-//! scale, found_inf) to a record buffer the host reads back in [`Backend::take_records`],
+//! scale, found_inf, which gradients were non-finite) to a record buffer the host reads back in [`Backend::take_records`],
 //! advances the epoch's sample cursor and applies [`GradScaler::update`]'s scale update, and one
 //! fused optimizer launch that skips itself on inf/NaN.
 //!
@@ -52,8 +52,8 @@ use std::sync::Arc;
 #[path = "gpu_backend_state.rs"]
 mod state;
 
-/// Values per step in the record buffer: loss, scale, found_inf.
-const RECORD: usize = 3;
+// Values per step in the record buffer: loss, scale, found_inf, the non-finite mask's words.
+use crate::ops::scaler::RECORD;
 
 /// The GPU backend.
 pub struct GpuBackend {

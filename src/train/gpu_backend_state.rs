@@ -3,6 +3,7 @@
 //! sees the backend's fields).
 
 use super::*;
+use crate::amp::NonFinite;
 use crate::cpu::scaler::ScalerState;
 
 impl GpuBackend {
@@ -31,6 +32,7 @@ impl GpuBackend {
                     scale: r[1],
                     skipped,
                     lr,
+                    nonfinite: NonFinite::from_words(r[3].to_bits(), r[4].to_bits()),
                 }
             })
             .collect())

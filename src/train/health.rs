@@ -191,6 +191,7 @@ mod tests {
             scale,
             skipped,
             lr: 1e-3,
+            nonfinite: crate::amp::NonFinite::NONE,
         }
     }
 

@@ -24,8 +24,10 @@ pub mod gpu_backend;
 mod gpu_data;
 mod gpu_layers;
 pub(crate) mod health;
+pub mod locate;
 pub mod memory;
 pub mod outputs;
+pub mod overflow;
 #[cfg(feature = "plot")]
 pub(crate) mod plot;
 mod progress;

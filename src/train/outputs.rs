@@ -21,8 +21,14 @@ pub struct Outputs {
     /// Show a progress bar (off in tests and when output is not a terminal). Without the
     /// `progress` cargo feature (a default one) there is no bar to show, and this is ignored.
     pub progress_bar: bool,
-    /// Print the per-epoch lines.
+    /// Print the per-epoch lines and the loss scaler's warnings.
     pub verbose: bool,
+    /// When the loss scaler's warnings fire ([`super::overflow::WarnConfig`]).
+    pub warn: super::overflow::WarnConfig,
+    /// Replay every skipped step on the CPU reference and name the first op whose output was
+    /// inf/NaN ([`super::locate`]); reads the step records back after every step (one
+    /// synchronisation per step on a GPU).
+    pub locate_overflow: bool,
     /// The training data's identity ([`super::data::MnistSplit::fingerprint`]), recorded in every
     /// checkpoint so that a resume on other data can say so.
     pub data: Option<std::collections::BTreeMap<String, String>>,

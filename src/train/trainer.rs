@@ -6,6 +6,8 @@ use super::checkpoint::{self, Progress};
 use super::config::TrainConfig;
 use super::data::Dataset;
 use super::health::{format_scale, Health};
+use super::locate::OverflowSite;
+use super::overflow::{skip_reason, Advisor, EpochTally, ScalerWarning};
 use super::progress::EpochBar;
 use crate::error::{Error, Result};
 use rand::seq::SliceRandom;
@@ -37,6 +39,11 @@ pub struct EpochSummary {
     pub scale: f32,
     /// Skipped steps in the epoch.
     pub skipped: usize,
+    /// The smallest and largest loss scale the epoch's steps ran with (`None`: no steps).
+    pub scale_range: Option<(f32, f32)>,
+    /// Per parameter (`state_dict` name) whose gradient was inf/NaN on some skipped step of the
+    /// epoch: how many, in parameter order.
+    pub overflows: Vec<(String, u64)>,
     /// Training samples per second (steps only, without evaluation).
     pub samples_per_s: f64,
 }
@@ -56,6 +63,12 @@ pub struct RunSummary {
     /// Wall time spent in the epochs' step loops (the steps and the record read-backs, not the
     /// data preparation, the evaluations or the checkpoints), seconds.
     pub step_seconds: f64,
+    /// The loss scaler's warnings, in the order they fired (each kind at most once; printed
+    /// as they fire when [`Outputs::verbose`]).
+    pub warnings: Vec<(u64, ScalerWarning)>,
+    /// With [`Outputs::locate_overflow`]: every skipped step (global step) and the first op of
+    /// its replay whose output was inf/NaN (`None`: the replay found every op finite).
+    pub overflow_sites: Vec<(u64, Option<OverflowSite>)>,
 }
 
 /// The order of epoch `epoch`'s samples: a ChaCha8 shuffle seeded by the run's seed, one
@@ -200,17 +213,36 @@ fn epochs(
         None => None,
     };
     let mut health = Health::new(&cfg.loss_scale);
+    let mut advisor = Advisor::new(out.warn, &cfg.loss_scale);
+    let names: Vec<String> = (cfg.model.parameter_specs().into_iter())
+        .map(|s| s.name)
+        .collect();
+    let mut seen = Seen {
+        health: &mut health,
+        advisor: &mut advisor,
+        names: &names,
+        verbose: out.verbose,
+    };
     // A backend that keeps the training set (the GPU) assembles each epoch itself from its plan;
     // otherwise the epoch's samples are assembled here. The same bytes either way.
     let kept = backend.keep_dataset(&train_x, &train_y)?;
     let border = background(&train_x);
     let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    // Records are read back after every step while locating overflows, so that a skipped step
+    // is replayed with the weights it ran with.
+    let records_every = if out.locate_overflow {
+        1
+    } else {
+        RECORDS_EVERY
+    };
     let at_max = |p: &Progress| cfg.max_steps.is_some_and(|m| p.global_step >= m);
     while progress.epoch < cfg.epochs && !at_max(&progress) {
         let epoch = progress.epoch;
+        let mut plan = None;
         if kept {
             let (order, shifts, side) = epoch_plan(cfg, epoch, n);
             backend.load_epoch_plan(&order, &shifts, side, border)?;
+            plan = Some((order, shifts, side));
         } else {
             xs.resize(n * cfg.model.inputs(), 0.0);
             ys.resize(n, 0);
@@ -225,6 +257,7 @@ fn epochs(
         )?;
         let started = Instant::now();
         let mut epoch_records: Vec<StepRecord> = Vec::new();
+        let mut tally = EpochTally::default();
         let mut samples = 0usize;
         let mut stopped = false;
         while progress.step_in_epoch < steps_per_epoch {
@@ -238,10 +271,32 @@ fn epochs(
             samples += b;
             progress.step_in_epoch += 1;
             progress.global_step += 1;
-            if progress.global_step % RECORDS_EVERY == 0 {
+            if progress.global_step % records_every == 0 {
                 let records = backend.take_records()?;
-                log_records(summary, &mut metrics, &progress, &records, epoch)?;
-                health.observe(progress.global_step - records.len() as u64, &records)?;
+                let site = match records.last() {
+                    Some(r) if r.skipped && out.locate_overflow => {
+                        let batch = match &plan {
+                            Some((order, shifts, side)) => {
+                                let rows = first..first + b;
+                                let s = (&order[rows.clone()], &shifts[2 * first..2 * (first + b)]);
+                                plan_batch(cfg, (&train_x, &train_y), s, *side, border)?
+                            }
+                            None => (
+                                xs[first * cfg.model.inputs()..(first + b) * cfg.model.inputs()]
+                                    .to_vec(),
+                                ys[first..first + b].to_vec(),
+                            ),
+                        };
+                        let site = replay(backend, cfg, batch, r.scale)?;
+                        summary
+                            .overflow_sites
+                            .push((progress.global_step - 1, site.clone()));
+                        Some(site)
+                    }
+                    _ => None,
+                };
+                seen.records(summary, &mut metrics, &progress, &records, epoch, site)?;
+                tally.add(&records);
                 if let Some(r) = records.last() {
                     bar.set_message(format!(
                         "loss {:.4} scale {}",
@@ -254,8 +309,8 @@ fn epochs(
             bar.set_position(progress.step_in_epoch as u64);
         }
         let records = backend.take_records()?;
-        log_records(summary, &mut metrics, &progress, &records, epoch)?;
-        health.observe(progress.global_step - records.len() as u64, &records)?;
+        seen.records(summary, &mut metrics, &progress, &records, epoch, None)?;
+        tally.add(&records);
         epoch_records.extend(records);
         let elapsed = started.elapsed().as_secs_f64();
         summary.step_seconds += elapsed;
@@ -263,8 +318,8 @@ fn epochs(
         progress.skipped += epoch_records.iter().filter(|r| r.skipped).count() as u64;
         if stopped {
             let scale = backend.scale()?;
-            health.check_scale(progress.global_step, scale)?;
-            save(backend, cfg, &progress, out, &health, summary)?;
+            seen.health.check_scale(progress.global_step, scale)?;
+            save(backend, cfg, &progress, out, seen.health, summary)?;
             break;
         }
         progress.epoch += 1;
@@ -272,7 +327,7 @@ fn epochs(
         let train_eval = backend.evaluate(&train_x, &train_y)?;
         let test_eval = backend.evaluate(&test_x, &test_y)?;
         let scale = backend.scale()?;
-        health.check_scale(progress.global_step, scale)?;
+        seen.health.check_scale(progress.global_step, scale)?;
         let line = EpochSummary {
             epoch,
             train_loss: (!epoch_records.is_empty()).then(|| {
@@ -283,13 +338,15 @@ fn epochs(
             test: test_eval,
             scale,
             skipped: epoch_records.iter().filter(|r| r.skipped).count(),
+            scale_range: tally.scale_range(),
+            overflows: tally.overflows(&names),
             samples_per_s: samples as f64 / elapsed.max(1e-9),
         };
         if out.verbose {
             println!("{}", epoch_line(&line, cfg.epochs, &backend.device()));
         }
         summary.epochs.push(line);
-        save(backend, cfg, &progress, out, &health, summary)?;
+        save(backend, cfg, &progress, out, seen.health, summary)?;
     }
     if let Some((m, p)) = &mut metrics {
         m.flush()
@@ -306,15 +363,31 @@ fn epoch_line(line: &EpochSummary, epochs: usize, device: &str) -> String {
         Some(l) => format!("loss {l:.4}"),
         None => "loss n/a (no steps of this epoch in this run)".to_string(),
     };
-    format!(
-        "epoch {:>3}/{epochs}  {loss}  train acc {:.2}%  test acc {:.2}%  scale {}  skipped {}  {:.0} samples/s  on {device}",
+    let range = match line.scale_range {
+        Some((lo, hi)) if lo != hi => {
+            format!(" (steps ran at {}-{})", format_scale(lo), format_scale(hi))
+        }
+        _ => String::new(),
+    };
+    let mut text = format!(
+        "epoch {:>3}/{epochs}  {loss}  train acc {:.2}%  test acc {:.2}%  scale {}{range}  skipped {}  {:.0} samples/s  on {device}",
         line.epoch + 1,
         100.0 * line.train.accuracy(),
         100.0 * line.test.accuracy(),
         format_scale(line.scale),
         line.skipped,
         line.samples_per_s,
-    )
+    );
+    if !line.overflows.is_empty() {
+        let per: Vec<String> = (line.overflows.iter())
+            .map(|(name, n)| format!("{name} ({n})"))
+            .collect();
+        text.push_str(&format!(
+            "\n           skipped steps had inf/NaN gradients in: {}",
+            per.join(", ")
+        ));
+    }
+    text
 }
 
 /// Writes a checkpoint when `out.save` is set, unless the latest step's loss was inf/NaN: such
@@ -348,21 +421,106 @@ fn save(
     Ok(())
 }
 
-/// Appends records to the run summary and the metrics file. `progress` is already past the last
-/// record.
+/// The first inf/NaN of a located step, in words.
+fn site_text(site: Option<&OverflowSite>) -> String {
+    match site {
+        Some(s) => format!("first inf/NaN: {s}"),
+        None => "its replay on the CPU reference found every op finite (the overflow is within \
+                 f32 summation-order differences of f16's limit)"
+            .to_string(),
+    }
+}
+
+/// The samples of a kept dataset's plan rows (`order`, `shifts`), gathered on the host exactly
+/// as the device gathers them ([`crate::cpu::augment::gather_shifted`]).
+fn plan_batch(
+    cfg: &TrainConfig,
+    (images, labels): (&[f32], &[u32]),
+    (order, shifts): (&[u32], &[i32]),
+    side: usize,
+    border: f32,
+) -> Result<(Vec<f32>, Vec<u32>)> {
+    let inputs = cfg.model.inputs();
+    let mut x = vec![0f32; order.len() * inputs];
+    crate::cpu::augment::gather_shifted(images, inputs, side, order, shifts, border, &mut x)?;
+    Ok((x, order.iter().map(|&s| labels[s as usize]).collect()))
+}
+
+/// Replays a skipped step ([`super::locate`]) on a CPU replica of `backend`'s state (the
+/// weights the step ran with: a skipped step changed none), on `batch` at `scale`.
+fn replay(
+    backend: &mut dyn Backend,
+    cfg: &TrainConfig,
+    (x, y): (Vec<f32>, Vec<u32>),
+    scale: f32,
+) -> Result<Option<OverflowSite>> {
+    let state = backend.export()?;
+    let mut replica = super::cpu_backend::CpuBackend::new(cfg)?;
+    replica.import(&state)?;
+    replica.load_epoch(&x, &y)?;
+    replica.locate(0, y.len(), scale)
+}
+
+/// What the loop does with each batch of records it reads back: the divergence rules, the
+/// scaler's warnings, the run summary and the metrics file.
+struct Seen<'a> {
+    health: &'a mut Health,
+    advisor: &'a mut Advisor,
+    /// The parameters' `state_dict` names, for the overflow reports.
+    names: &'a [String],
+    verbose: bool,
+}
+
+impl Seen<'_> {
+    /// Feeds `records` (`progress` is already past the last one) to the warnings, the summary
+    /// and the metrics file, then to the divergence rules, so that a dead run's records are
+    /// logged before its error.
+    fn records(
+        &mut self,
+        summary: &mut RunSummary,
+        metrics: &mut Option<(std::io::BufWriter<std::fs::File>, &std::path::Path)>,
+        progress: &Progress,
+        records: &[StepRecord],
+        epoch: usize,
+        site: Option<Option<OverflowSite>>,
+    ) -> Result<()> {
+        let first = progress.global_step - records.len() as u64;
+        for w in self.advisor.observe(first, records, self.names) {
+            if self.verbose {
+                eprintln!("warning: {w}");
+            }
+            summary.warnings.push((progress.global_step, w));
+        }
+        if let (Some(site), Some(r), true) = (&site, records.last(), self.verbose) {
+            let reason = skip_reason(r, self.names).unwrap_or_default();
+            eprintln!(
+                "step {} skipped: {reason}; {}",
+                progress.global_step - 1,
+                site_text(site.as_ref())
+            );
+        }
+        log_records(summary, metrics, first, records, epoch, self.names, site)?;
+        self.health.observe(first, records)
+    }
+}
+
+/// Appends the records of global steps `first..` to the run summary and the metrics file; a
+/// skipped step's line also says why (`skip_reason`) and names its inf/NaN gradients
+/// (`nonfinite`).
 fn log_records(
     summary: &mut RunSummary,
     metrics: &mut Option<(std::io::BufWriter<std::fs::File>, &std::path::Path)>,
-    progress: &Progress,
+    first: u64,
     records: &[StepRecord],
     epoch: usize,
+    names: &[String],
+    site: Option<Option<OverflowSite>>,
 ) -> Result<()> {
-    let first = progress.global_step - records.len() as u64;
     for (i, r) in records.iter().enumerate() {
         let step = first + i as u64;
         summary.steps.push((step, *r));
         if let Some((m, path)) = metrics {
-            let line = serde_json::json!({
+            let mut line = serde_json::json!({
                 "step": step,
                 "epoch": epoch,
                 "loss": r.loss,
@@ -370,6 +528,13 @@ fn log_records(
                 "skipped": r.skipped,
                 "lr": r.lr,
             });
+            if let Some(reason) = skip_reason(r, names) {
+                line["skip_reason"] = reason.into();
+                line["nonfinite"] = r.nonfinite.names(names).into();
+                if let (Some(site), true) = (&site, i + 1 == records.len()) {
+                    line["overflow_site"] = site_text(site.as_ref()).into();
+                }
+            }
             writeln!(m, "{line}").map_err(|e| Error::io(path, "writing metrics to", e))?;
         }
     }
@@ -464,6 +629,8 @@ mod tests {
             test: eval,
             scale: f32::from_bits(1 << 19), // 2^-130, subnormal
             skipped: 0,
+            scale_range: None,
+            overflows: Vec::new(),
             samples_per_s: 0.0,
         };
         let text = epoch_line(&line, 5, "cpu");

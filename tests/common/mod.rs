@@ -173,3 +173,15 @@ pub fn assert_invalid(r: Result<(), Error>, what: &str) {
         "{what}: {e}"
     );
 }
+
+/// The bundled MNIST split (`data/`, found from `CARGO_MANIFEST_DIR` or the current directory
+/// at run time), loaded once per test executable.
+pub fn bundled_mnist() -> &'static ampkit::train::data::MnistSplit {
+    static SPLIT: OnceLock<ampkit::train::data::MnistSplit> = OnceLock::new();
+    SPLIT.get_or_init(|| {
+        let root = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::env::current_dir().expect("current directory"));
+        ampkit::train::data::load_dir(&root.join("data")).expect("the bundled data loads")
+    })
+}

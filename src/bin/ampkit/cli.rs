@@ -103,6 +103,11 @@ pub fn train(a: TrainArgs, given: &Given<'_>) -> Result<()> {
         plot: a.plot.clone(),
         progress_bar: !a.no_progress && std::io::stderr().is_terminal(),
         verbose: true,
+        warn: ampkit::train::overflow::WarnConfig {
+            skip_streak: a.warn_skip_streak,
+            scale_floor: None,
+        },
+        locate_overflow: a.locate_overflow,
         data: None,
     };
     // Everything that can be checked without training is checked before the first step: a bad

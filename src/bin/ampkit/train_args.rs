@@ -138,6 +138,13 @@ pub struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     pub(crate) no_progress: bool,
+    /// Warn (once) when this many consecutive steps are skipped (0: never).
+    #[arg(long, default_value_t = 10, allow_negative_numbers = true)]
+    pub(crate) warn_skip_streak: u64,
+    /// On every skipped step, replay the step op by op on the CPU reference and name the first
+    /// op whose output was inf/NaN (reads the step records back after every step).
+    #[arg(long)]
+    pub(crate) locate_overflow: bool,
 }
 
 /// Flags of `ampkit eval`.
