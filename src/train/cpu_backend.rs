@@ -272,7 +272,10 @@ impl CpuBackend {
             None,
         );
         let classes = self.cfg.classes();
-        let op = || format!("the loss gradient (dlogits × loss scale {scale})");
+        let op = || {
+            let s = super::health::format_scale(scale);
+            format!("the loss gradient (dlogits × loss scale {s})")
+        };
         if self.cfg.half_layer(self.cfg.linear_count() - 1) {
             let wide = || {
                 let l16: Vec<f32> = to_f32(&to_f16(&logits));

@@ -200,11 +200,13 @@ pub(crate) struct Advisor {
 
 impl Advisor {
     pub(crate) fn new(cfg: WarnConfig, loss_scale: &LossScale) -> Advisor {
-        let floor = loss_scale.dynamic().map(|c| match (cfg.scale_floor, c.min_scale) {
-            (Some(f), _) => (f, false),
-            (None, Some(m)) => (m, true),
-            (None, None) => (1.0, false),
-        });
+        let floor = loss_scale
+            .dynamic()
+            .map(|c| match (cfg.scale_floor, c.min_scale) {
+                (Some(f), _) => (f, false),
+                (None, Some(m)) => (m, true),
+                (None, None) => (1.0, false),
+            });
         Advisor {
             cfg,
             floor,

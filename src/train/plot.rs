@@ -1,5 +1,5 @@
 //! `--plot PATH`: a PNG of the loss and the loss scale over the steps of a run, skipped steps
-//! marked in red. The font is embedded (DejaVu Sans Mono, `assets/fonts/`), so the plot needs no
+//! marked (red: inf/NaN gradients; magenta: an inf/NaN loss, a forward overflow). The font is embedded (DejaVu Sans Mono, `assets/fonts/`), so the plot needs no
 //! system fonts.
 //!
 //! Only with the `plot` cargo feature (a default feature; it brings plotters and image): without
@@ -60,6 +60,16 @@ fn write_png(path: &Path, rgb: &[u8], (w, h): (u32, u32)) -> Result<()> {
     })
 }
 
+/// A skipped step's marker: red when the gradients overflowed (the backward pass), magenta
+/// when the loss itself was inf/NaN (the forward pass).
+fn overflow_color(r: &StepRecord) -> RGBColor {
+    if r.loss.is_finite() {
+        RED
+    } else {
+        MAGENTA
+    }
+}
+
 fn draw(
     root: DrawingArea<BitMapBackend<'_>, Shift>,
     path: &Path,
@@ -76,7 +86,10 @@ fn draw(
         .collect();
     let loss_max = losses.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-3) * 1.05;
     let mut chart = ChartBuilder::on(&top)
-        .caption("training loss (red: skipped steps)", ("sans-serif", 18))
+        .caption(
+            "training loss (skipped steps: red for inf/NaN gradients, magenta for an inf/NaN loss)",
+            ("sans-serif", 18),
+        )
         .margin(12)
         .x_label_area_size(30)
         .y_label_area_size(60)
@@ -96,7 +109,7 @@ fn draw(
             Circle::new(
                 (*s as f64, finite(r.loss).unwrap_or(0.0).min(loss_max)),
                 3,
-                RED.filled(),
+                overflow_color(r).filled(),
             )
         }))
         .map_err(|e| plot_error(path, e))?;
@@ -134,7 +147,13 @@ fn draw(
             steps
                 .iter()
                 .filter(|(_, r)| r.skipped && r.scale > 0.0 && r.scale.is_finite())
-                .map(|(s, r)| Circle::new((*s as f64, f64::from(r.scale)), 3, RED.filled())),
+                .map(|(s, r)| {
+                    Circle::new(
+                        (*s as f64, f64::from(r.scale)),
+                        3,
+                        overflow_color(r).filled(),
+                    )
+                }),
         )
         .map_err(|e| plot_error(path, e))?;
     root.present().map_err(|e| plot_error(path, e))

@@ -169,6 +169,14 @@ impl GpuPair {
         let (found, outcome) = self.reference.step(&mut want);
         let flag = self.gpu.download(self.scaler.found_inf()).unwrap()[0];
         assert_eq!(flag != 0.0, found, "{what}: found_inf");
+        // The overflow locator's per-tensor flags: exactly the tensors holding an inf/NaN (a
+        // clean step after a poisoned one must have cleared them).
+        let bad = grads.iter().map(|g| g.iter().any(|v| !v.is_finite()));
+        assert_eq!(
+            self.scaler.nonfinite_grads().unwrap(),
+            ampkit::amp::NonFinite::from_flags(bad),
+            "{what}: non-finite tensors"
+        );
         assert_eq!(outcome.skipped(), found, "{what}");
         let gpu = &self.gpu;
         assert_same_f32(&format!("{what}: grads"), &self.model.grads(gpu), &want);
