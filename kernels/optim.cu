@@ -1,6 +1,6 @@
 // optim.cu — fused, skip-aware optimizer step on f32 master weights: Adam, AdamW, SGD.
 //
-// What: one launch updates every parameter tensor of a model (up to 76 per launch; more take
+// What: one launch updates every parameter tensor of a model (up to 74 per launch; more take
 //   more launches, src/ops/optim/). Per element, exactly src/cpu/optim/'s f32 formulas, every
 //   operation an explicit round-to-nearest intrinsic (__fmul_rn, __fadd_rn, __fdiv_rn,
 //   __fsqrt_rn) so nvcc cannot contract a multiply-add the reference does not: bit-exact with
@@ -21,7 +21,7 @@
 //   read, so it alone writes STEP + 1 (and MOMENTUM_STARTED), and resets BLOCKS_DONE. Fences on
 //   both sides order the reads before the writes. Earlier launches of the same step finished
 //   before the last one started (one stream), so every block of the step saw the same t.
-// Launch: argument table by value (76 tensors: 3960 B, + 124 B of other arguments = 4084 B of
+// Launch: argument table by value (74 tensors: 3856 B, + 140 B of other arguments = 3996 B of
 //   the 4 KB parameter limit); one 256-thread block per `chunk` elements (a multiple of 1024 the host
 //   picks from the step's size); the block finds its tensor by binary search; 16-byte accesses
 //   when every pointer of the tensor is aligned. Each thread loads its first vector before the
@@ -34,7 +34,7 @@
 
 namespace optim_detail {
 
-constexpr int MAX_TENSORS = 76;
+constexpr int MAX_TENSORS = 74;
 constexpr int THREADS = 256;
 
 // Indices into the device counters (COUNTER_* in src/ops/optim/mod.rs).
@@ -66,6 +66,16 @@ struct AdamHyper {
 struct SgdHyper {
     float lr, momentum, one_minus_dampening, weight_decay;
     int nesterov, unused;
+};
+
+// Mirrors GradClip in src/ops/optim/args.rs: gradient clipping applied to each gradient as it is
+// loaded (src/cpu/clip.rs): g · *coef when coef is not null (clip_grad_norm_'s factor, written by
+// the unscale pass), then clamped to [−value, value] when value > 0 (clip_grad_value_). The
+// gradient buffers themselves are not changed.
+struct GradClip {
+    const float* coef;
+    float value;
+    int unused;
 };
 
 // Mirrors Schedule in src/ops/optim/args.rs: the learning-rate schedule of src/cpu/schedule.rs,
@@ -305,13 +315,24 @@ __device__ __forceinline__ void finish_step(unsigned long long* counters, unsign
     }
 }
 
+// The clipping of GradClip on W loaded gradients (coef: 1 when clip.coef is null).
+template <int W>
+__device__ __forceinline__ void clip_grads(float (&g)[W], const GradClip& clip, float coef) {
+#pragma unroll
+    for (int q = 0; q < W; ++q) {
+        if (clip.coef) g[q] = __fmul_rn(g[q], coef);
+        if (clip.value > 0.f && !isnan(g[q])) g[q] = fminf(fmaxf(g[q], -clip.value), clip.value);
+    }
+}
+
 template <class Op>
 __device__ __forceinline__ void step_block(const TensorTable& t, const typename Op::Hyper& h,
                                            const Schedule& sched, unsigned long long* counters,
-                                           const float* found_inf,
+                                           const float* found_inf, const GradClip& clip,
                                            long long chunk, int final_launch) {
     __shared__ typename Op::Coef shared_coef;
     __shared__ int shared_skip;
+    __shared__ float shared_clip;
 
     // The tensor this block's chunk belongs to: the last t with chunk_start[t] <= blockIdx.x.
     // An empty table (a step over no elements, launched only to advance the counter) has none.
@@ -350,22 +371,29 @@ __device__ __forceinline__ void step_block(const TensorTable& t, const typename 
         const bool started = __ldcg(counters + MOMENTUM_STARTED) != 0;
         const bool skip = inf != 0.f;
         shared_skip = skip;
+        shared_clip = clip.coef ? __ldcg(clip.coef) : 1.f;
         if (!skip) shared_coef = Op::coefficients(h, sched, step, started);
     }
     __syncthreads();
     if (shared_skip) return;
     const typename Op::Coef k = shared_coef;
+    const float coef = shared_clip;
 
-    if (first < full) Op::template update_store<4>(ptr, first, pre, k, h);
+    if (first < full) {
+        clip_grads<4>(pre.g, clip, coef);
+        Op::template update_store<4>(ptr, first, pre, k, h);
+    }
     for (long long i = first + 4 * THREADS; i < full; i += 4 * THREADS) {
         Regs<4> r;
         Op::template load<4>(ptr, i, r, h);
+        clip_grads<4>(r.g, clip, coef);
         Op::template update_store<4>(ptr, i, r, k, h);
     }
     // The last (len mod 4) elements, or every element of an unaligned tensor.
     for (long long j = full + threadIdx.x; j < end; j += THREADS) {
         Regs<1> r;
         Op::template load<1>(ptr, j, r, h);
+        clip_grads<1>(r.g, clip, coef);
         Op::template update_store<1>(ptr, j, r, k, h);
     }
     // The block's arrival comes last, off the path to its first store.
@@ -378,16 +406,16 @@ using namespace optim_detail;
 
 extern "C" __global__ void __launch_bounds__(THREADS)
     optim_adam(TensorTable table, AdamHyper hyper, Schedule sched, unsigned long long* counters,
-               const float* found_inf, long long chunk, int final_launch) {
+               const float* found_inf, GradClip clip, long long chunk, int final_launch) {
     pdl_start();
-    step_block<Adam>(table, hyper, sched, counters, found_inf, chunk, final_launch);
+    step_block<Adam>(table, hyper, sched, counters, found_inf, clip, chunk, final_launch);
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS)
     optim_sgd(TensorTable table, SgdHyper hyper, Schedule sched, unsigned long long* counters,
-              const float* found_inf, long long chunk, int final_launch) {
+              const float* found_inf, GradClip clip, long long chunk, int final_launch) {
     pdl_start();
-    step_block<Sgd>(table, hyper, sched, counters, found_inf, chunk, final_launch);
+    step_block<Sgd>(table, hyper, sched, counters, found_inf, clip, chunk, final_launch);
 }
 
 // The device's bias-correction terms for steps ts[0..n): out[2i] = f32(lr / (1 − β1^t)),

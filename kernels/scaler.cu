@@ -23,7 +23,8 @@ extern "C" __global__ void update_scale(float* scale, int* tracker, const float*
 
 // record_step — a training step's bookkeeping, the last kernel of the step (captured with it in a
 // CUDA graph, so a replay needs no host call): appends (loss, scale, found_inf, the two words of
-// the non-finite gradient mask, zeros when `mask` is null) at record cursor[0] of `records`
+// the non-finite gradient mask, zeros when `mask` is null, and a NaN gradient norm: this kernel
+// runs only for a step without gradients to unscale) at record cursor[0] of `records`
 // (capacity records of step_record::RECORD values; the host sizes the buffer and reads cursor[0]
 // records back before it fills), clears the mask, advances cursor[0] by one and the epoch's
 // sample cursor[1] by `advance` (the step's batch: where augment.cu's batch gather starts the
@@ -37,7 +38,7 @@ extern "C" __global__ void record_step(float* scale, const float* found_inf, uns
                                        int* tracker, double growth, double backoff, int interval,
                                        int has_min, float min_scale, int has_max,
                                        float max_scale) {
-    step_record::record(loss, scale, found_inf, mask, records, cursor, capacity, advance,
+    step_record::record(loss, scale, found_inf, mask, nullptr, records, cursor, capacity, advance,
                         dynamic, tracker, growth, backoff, interval, has_min, min_scale, has_max,
                         max_scale);
 }

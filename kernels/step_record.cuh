@@ -7,8 +7,9 @@
 namespace step_record {
 
 // Values per record: loss, scale, found_inf, then the two words of the non-finite gradient mask
-// (bit t: tensor t of the step's list; 63: tensor 63 or later) as f32 bit patterns.
-constexpr int RECORD = 5;
+// (bit t: tensor t of the step's list; 63: tensor 63 or later) as f32 bit patterns, then the
+// gradient norm of clip_grad_norm_ (NaN without it).
+constexpr int RECORD = 6;
 
 // The update rule: from the scale and tracker values `now` (read by the caller), the new ones
 // written to `scale` and `tracker`.
@@ -36,10 +37,10 @@ __device__ __forceinline__ void apply_update(float* scale, int* tracker, float s
 }
 
 __device__ __forceinline__ void record(const float* loss, float* scale, const float* found_inf,
-                                       unsigned* mask, float* records, unsigned* cursor,
-                                       unsigned capacity, unsigned advance, int dynamic,
-                                       int* tracker, double growth, double backoff, int interval,
-                                       int has_min, float min_scale, int has_max,
+                                       unsigned* mask, const float* norm, float* records,
+                                       unsigned* cursor, unsigned capacity, unsigned advance,
+                                       int dynamic, int* tracker, double growth, double backoff,
+                                       int interval, int has_min, float min_scale, int has_max,
                                        float max_scale) {
     // Every value first, then the writes: with the stores in between (which may alias, for all
     // the compiler knows), each load waited for the one before, a chain of L2 round trips at
@@ -48,6 +49,7 @@ __device__ __forceinline__ void record(const float* loss, float* scale, const fl
     const float inf_flag = *found_inf, step_loss = *loss, step_scale = *scale;
     const int step_tracker = dynamic ? *tracker : 0;
     const unsigned lo = mask ? mask[0] : 0u, hi = mask ? mask[1] : 0u;
+    const float step_norm = norm ? *norm : __int_as_float(0x7fc00000);
     if (i < capacity) {
         float* r = records + RECORD * size_t(i);
         r[0] = step_loss;
@@ -55,6 +57,7 @@ __device__ __forceinline__ void record(const float* loss, float* scale, const fl
         r[2] = inf_flag;
         r[3] = __uint_as_float(lo);
         r[4] = __uint_as_float(hi);
+        r[5] = step_norm;
     }
     // The mask is the step's: cleared for the next one here, where it was last read (the
     // unscale's blocks all set their bits before this block's ticket).

@@ -51,7 +51,67 @@ struct TensorTable {
     // The tensor's bit in the caller's non-finite mask (its index in the caller's list, 63 for
     // index 63 and later).
     int bit[MAX_TENSORS];
+    // This launch's first block's slot in the norm partials (the blocks of earlier launches of
+    // the same list come first).
+    int block_base;
+    int unused;  // no tail padding: the host copies the struct byte for byte
 };
+
+// A Neumaier-compensated f64 sum (src/cpu/clip.rs's SquareSum, operation for operation).
+struct SquareSum {
+    double hi, lo;
+};
+
+__device__ __forceinline__ void sq_add(SquareSum& s, double v) {
+    const double t = __dadd_rn(s.hi, v);
+    const double e = fabs(s.hi) >= fabs(v) ? __dadd_rn(__dsub_rn(s.hi, t), v)
+                                           : __dadd_rn(__dsub_rn(v, t), s.hi);
+    s.lo = __dadd_rn(s.lo, e);
+    s.hi = t;
+}
+
+__device__ __forceinline__ void sq_merge(SquareSum& a, const SquareSum& b) {
+    sq_add(a, b.hi);
+    a.lo = __dadd_rn(a.lo, b.lo);
+}
+
+// The block's sum in thread 0 (a fixed tree: deterministic). Every thread must call it.
+__device__ __forceinline__ SquareSum block_sum(SquareSum s) {
+    __shared__ SquareSum warps[THREADS / 32];
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        const SquareSum o{__shfl_down_sync(0xffffffffu, s.hi, off),
+                          __shfl_down_sync(0xffffffffu, s.lo, off)};
+        sq_merge(s, o);
+    }
+    if ((threadIdx.x & 31) == 0) warps[threadIdx.x >> 5] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < THREADS / 32; ++w) sq_merge(s, warps[w]);
+    }
+    __syncthreads();
+    return s;
+}
+
+// clip_grad_norm_'s factor from the partial sums of every block of the list, in slot order
+// (all threads of the finishing block): clip[0] = min(f32(f32(1 / (n + 1e-6)) · max_norm), 1),
+// clip[1] = n = f32(sqrt(Σ)), as src/cpu/clip.rs. The partials were written by other blocks
+// before their ticket: read through L2.
+__device__ __forceinline__ void finish_norm(const SquareSum* partials, int count, float max_norm,
+                                            float* clip) {
+    SquareSum s{0.0, 0.0};
+    for (int i = threadIdx.x; i < count; i += THREADS) {
+        const SquareSum p{__ldcg(&partials[i].hi), __ldcg(&partials[i].lo)};
+        sq_merge(s, p);
+    }
+    s = block_sum(s);
+    if (threadIdx.x == 0) {
+        const float n = __double2float_rn(__dsqrt_rn(__dadd_rn(s.hi, s.lo)));
+        const float coef = __fmul_rn(__frcp_rn(__fadd_rn(n, 1e-6f)), max_norm);
+        clip[0] = fminf(coef, 1.f);
+        clip[1] = n;
+    }
+}
 
 __device__ __forceinline__ float load(const float* p, long long i) { return p[i]; }
 __device__ __forceinline__ float load(const __half* p, long long i) { return __half2float(p[i]); }
@@ -63,7 +123,7 @@ __device__ __forceinline__ float apply(float v, float inv, bool& found) {
 
 template <typename Src>
 __device__ __forceinline__ void unscale(const TensorTable& t, const float* scale, float* found_inf,
-                                        unsigned* mask, long long chunk) {
+                                        unsigned* mask, SquareSum* norm, long long chunk) {
     // The tensor this block's chunk belongs to: the last t with chunk_start[t] <= blockIdx.x.
     int lo = 0, hi = t.count - 1;
     while (lo < hi) {
@@ -76,6 +136,8 @@ __device__ __forceinline__ void unscale(const TensorTable& t, const float* scale
     const long long end = min(t.len[lo], begin + chunk);
     const float inv = float(1.0 / double(*scale));
     bool found = false;
+    // The sum of squares of the unscaled values for clip_grad_norm_ (norm not null).
+    SquareSum sq{0.0, 0.0};
     // Four elements per thread per step (16-byte f32 / 8-byte f16 accesses) when both tensors
     // are aligned; chunks start at multiples of 8192 elements, so alignment carries over. The
     // last (len mod 4) elements, or every element of an unaligned tensor, go one by one.
@@ -119,6 +181,10 @@ __device__ __forceinline__ void unscale(const TensorTable& t, const float* scale
 #pragma unroll
         for (int q = 0; q < 4; ++q) v[q] = apply(v[q], inv, found);
         *reinterpret_cast<float4*>(dst + i) = make_float4(v[0], v[1], v[2], v[3]);
+        if (norm) {
+#pragma unroll
+            for (int q = 0; q < 4; ++q) sq_add(sq, double(v[q]) * double(v[q]));
+        }
     }
     for (long long j = full + threadIdx.x; j < end; j += THREADS) {
         float v = 0.f;
@@ -127,7 +193,13 @@ __device__ __forceinline__ void unscale(const TensorTable& t, const float* scale
         } else {
             v = load(src, j);
         }
-        dst[j] = apply(v, inv, found);
+        const float u = apply(v, inv, found);
+        dst[j] = u;
+        if (norm) sq_add(sq, double(u) * double(u));
+    }
+    if (norm) {
+        sq = block_sum(sq);
+        if (threadIdx.x == 0) norm[t.block_base + blockIdx.x] = sq;
     }
     // Racy but benign: every writer stores the same 1.0f (PyTorch's kernel does the same). The
     // tensor's bit in the mask (null: not wanted) costs nothing on a clean step.
@@ -137,40 +209,74 @@ __device__ __forceinline__ void unscale(const TensorTable& t, const float* scale
     }
 }
 
+// The ticket round of a list's last launch: true in every thread of the block that arrives last
+// (its blocks' stores, fenced before their tickets, are then visible to it); that block resets
+// the ticket.
+__device__ __forceinline__ bool last_block(unsigned* ticket) {
+    __shared__ int last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        unsigned t;
+        asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;"
+                     : "=r"(t)
+                     : "l"(ticket)
+                     : "memory");
+        last = t == gridDim.x - 1;
+        if (last) *ticket = 0;
+    }
+    __syncthreads();
+    return last;
+}
+
 }  // namespace unscale_detail
 
 using namespace unscale_detail;
 
+// norm: null, or the list's partial sums of squares (one slot per block of all its launches),
+// for clip_grad_norm_.
 extern "C" __global__ void __launch_bounds__(THREADS)
     unscale_f32(TensorTable table, const float* scale, float* found_inf, unsigned* mask,
-                long long chunk) {
+                SquareSum* norm, long long chunk) {
     pdl_start();
-    unscale<float>(table, scale, found_inf, mask, chunk);
+    unscale<float>(table, scale, found_inf, mask, norm, chunk);
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS)
     unscale_f16_to_f32(TensorTable table, const float* scale, float* found_inf, unsigned* mask,
-                       long long chunk) {
+                       SquareSum* norm, long long chunk) {
     pdl_start();
-    unscale<__half>(table, scale, found_inf, mask, chunk);
+    unscale<__half>(table, scale, found_inf, mask, norm, chunk);
 }
 
+// unscale_f32 as a list's last launch with clip_grad_norm_: the last block adds the `count`
+// partials and writes the clip factor and the norm to clip[0..2] (finish_norm).
+extern "C" __global__ void __launch_bounds__(THREADS)
+    unscale_f32_norm(TensorTable table, const float* scale, float* found_inf, unsigned* mask,
+                     SquareSum* norm, long long chunk, unsigned* ticket, int count,
+                     float max_norm, float* clip) {
+    pdl_start();
+    unscale<float>(table, scale, found_inf, mask, norm, chunk);
+    if (!last_block(ticket)) return;
+    finish_norm(norm, count, max_norm, clip);
+}
+
+// The training step's last unscale launch: the last block finishes the norm (when `norm` is not
+// null, as unscale_f32_norm), then records the step and updates the scale (step_record.cuh),
+// the record holding the norm (clip[1]; NaN without clipping).
 extern "C" __global__ void __launch_bounds__(THREADS)
     unscale_f32_record(TensorTable table, float* scale, float* found_inf, unsigned* mask,
-                       long long chunk, unsigned* ticket,
-                       const float* loss, float* records, unsigned* cursor, unsigned capacity,
-                       unsigned advance, int dynamic, int* tracker, double growth, double backoff,
-                       int interval, int has_min, float min_scale, int has_max, float max_scale) {
+                       SquareSum* norm, long long chunk, unsigned* ticket, int count,
+                       float max_norm, float* clip, const float* loss, float* records,
+                       unsigned* cursor, unsigned capacity, unsigned advance, int dynamic,
+                       int* tracker, double growth, double backoff, int interval, int has_min,
+                       float min_scale, int has_max, float max_scale) {
     pdl_start();
-    unscale<float>(table, scale, found_inf, mask, chunk);
-    __threadfence();
-    __syncthreads();
+    unscale<float>(table, scale, found_inf, mask, norm, chunk);
+    if (!last_block(ticket)) return;
+    if (norm) finish_norm(norm, count, max_norm, clip);
     if (threadIdx.x != 0) return;
-    unsigned t;
-    asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(t) : "l"(ticket) : "memory");
-    if (t != gridDim.x - 1) return;
-    *ticket = 0;
-    step_record::record(loss, scale, found_inf, mask, records, cursor, capacity, advance, dynamic,
-                        tracker, growth, backoff, interval, has_min, min_scale, has_max,
-                        max_scale);
+    step_record::record(loss, scale, found_inf, mask, norm ? clip + 1 : nullptr, records, cursor,
+                        capacity, advance, dynamic, tracker, growth, backoff, interval, has_min,
+                        min_scale, has_max, max_scale);
 }

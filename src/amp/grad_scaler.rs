@@ -2,16 +2,13 @@
 //! every step on the GPU without synchronising; [`CpuGradScaler`] is its host twin over the CPU
 //! references. The module doc of [`crate::amp`] shows one step.
 
-use super::{LossScale, NonFinite, ScalerStages, Stage};
-use crate::cpu::optim::ParamTensor;
-use crate::cpu::scaler::{update_scale, ScalerState};
-use crate::cpu::unscale::{inv_scale, unscale_and_locate};
+use super::{GradClip, LossScale, NonFinite, ScalerStages, Stage};
 use crate::cuda::{DeviceBuffer, Gpu};
 use crate::error::{Error, Result};
 use crate::ops;
 use crate::ops::optim::GpuParamTensor;
-use crate::optim::{GpuParam, Inner, Optimizer, Param, StepOutcome};
-use cudarc::driver::{CudaView, CudaViewMut, DevicePtrMut};
+use crate::optim::{GpuParam, Inner, Optimizer};
+use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -87,6 +84,12 @@ pub struct GradScaler {
     /// Whether `nonfinite` may hold bits of a [`GradScaler::unscale`] / [`GradScaler::step`]
     /// (the training step's record clears its own).
     nonfinite_dirty: bool,
+    /// Gradient clipping of real steps.
+    clip: GradClip,
+    /// `[factor, norm]` of `clip_grad_norm_`, written by the unscale's last block.
+    clip_out: DeviceBuffer<f32>,
+    /// The unscale's per-block sums of squares (pairs of f64), sized at the first clipped step.
+    norm_partials: DeviceBuffer<f64>,
     stages: ScalerStages,
 }
 
@@ -103,6 +106,9 @@ impl GradScaler {
             found_inf: gpu.alloc_zeros(1)?,
             nonfinite: gpu.alloc_zeros(2)?,
             nonfinite_dirty: false,
+            clip: GradClip::Off,
+            clip_out: gpu.upload(&[1.0f32, 0.0])?,
+            norm_partials: gpu.alloc_zeros(2)?,
             gpu: gpu.clone(),
             mode: loss_scale,
             stages: ScalerStages::new(),
@@ -149,6 +155,59 @@ impl GradScaler {
         self.stages.stage()
     }
 
+    /// Clips the unscaled gradients of every following real step ([`GradClip`]: the norm in
+    /// the unscale pass, the factor or clamp in the optimizer's; nothing synchronises). Takes
+    /// effect at the next unscale. Errors: [`Error::InvalidArgument`] for an invalid limit.
+    pub fn set_grad_clip(&mut self, clip: GradClip) -> Result<()> {
+        clip.validate()?;
+        self.clip = clip;
+        Ok(())
+    }
+
+    /// The clipping set by [`GradScaler::set_grad_clip`] (off by default).
+    pub fn grad_clip(&self) -> GradClip {
+        self.clip
+    }
+
+    /// With [`GradClip::Norm`]: the global 2-norm of the last step's unscaled gradients (f32,
+    /// what `clip_grad_norm_` returns; inf or NaN on a skipped step). Copies one value to the
+    /// host: waits for the queued work. `None` without norm clipping. Errors: [`Error::Driver`].
+    pub fn last_grad_norm(&self) -> Result<Option<f32>> {
+        if !matches!(self.clip, GradClip::Norm { .. }) {
+            return Ok(None);
+        }
+        Ok(Some(self.gpu.download(&self.clip_out)?[1]))
+    }
+
+    /// Grows the norm partials for an unscale over tensors of `lens` when clipping by norm (an
+    /// allocation only at the first step of a model: a captured step never allocates).
+    fn grow_norm_partials(&mut self, lens: &[usize]) -> Result<()> {
+        if matches!(self.clip, GradClip::Norm { .. }) {
+            let slots = ops::unscale::norm_slots(&self.gpu, lens);
+            if self.norm_partials.len() < 2 * slots {
+                self.norm_partials = self.gpu.alloc_zeros(2 * slots)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The optimizer's view of the clipping: the factor's address or the clamp value.
+    fn optimizer_clip(&self) -> ops::optim::GradClip {
+        let stream = self.gpu.stream();
+        match self.clip {
+            GradClip::Off => ops::optim::GradClip::default(),
+            // A plain address: ampkit's contexts run without cudarc's event tracking.
+            GradClip::Norm { .. } => ops::optim::GradClip {
+                coef: self.clip_out.device_ptr(stream).0,
+                ..Default::default()
+            },
+            GradClip::Value { value } => ops::optim::GradClip {
+                value,
+                ..Default::default()
+            },
+        }
+    }
+
     /// PyTorch's `unscale_(optimizer)`: multiplies every gradient in place by
     /// `f32(1 / f64(scale))` (skipped when that is exactly 1) and records in
     /// [`GradScaler::found_inf`] whether any was inf or NaN, in one launch per 96 tensors.
@@ -166,17 +225,24 @@ impl GradScaler {
         Ok(())
     }
 
-    /// Clears the flags, then unscales and checks (the flags are an OR over the call).
+    /// Clears the flags, then unscales and checks (the flags are an OR over the call), and
+    /// computes the clip factor when clipping by norm.
     fn unscale_now<D: DevicePtrMut<f32>>(&mut self, grads: &mut [D]) -> Result<()> {
+        let lens: Vec<usize> = grads.iter().map(|g| g.len()).collect();
+        self.grow_norm_partials(&lens)?;
         self.clear_flag()?;
         self.nonfinite_dirty = true;
-        ops::unscale::unscale_and_locate(
-            &self.gpu,
-            grads,
-            &self.scale,
-            &mut self.found_inf,
-            &mut self.nonfinite,
-        )
+        let gpu = self.gpu.clone();
+        let (scale, found_inf, mask) = (&self.scale, &mut self.found_inf, &mut self.nonfinite);
+        let mut norm = match self.clip {
+            GradClip::Norm { max_norm } => Some(ops::unscale::NormTarget {
+                partials: &mut self.norm_partials,
+                clip: &mut self.clip_out,
+                max_norm,
+            }),
+            _ => None,
+        };
+        ops::unscale::unscale_locate_norm(&gpu, grads, scale, found_inf, mask, norm.as_mut())
     }
 
     /// Zeroes the device flag, and the per-tensor mask when an earlier unscale may have left
@@ -220,7 +286,12 @@ impl GradScaler {
                 half: p.half.slice_mut(..),
             })
             .collect();
-        inner.step_device(&self.gpu, &mut tensors, &self.found_inf)
+        inner.step_device(
+            &self.gpu,
+            &mut tensors,
+            &self.found_inf,
+            self.optimizer_clip(),
+        )
     }
 
     /// PyTorch's `step(optimizer)`: unscales the gradients in `params` unless
@@ -304,10 +375,20 @@ impl GradScaler {
         }
         next.update()?;
         let inner = self.checked_optimizer(OP, optimizer, params)?;
+        let lens: Vec<usize> = params.iter().map(|p| p.grad.len()).collect();
+        self.grow_norm_partials(&lens)?;
         self.clear_flag()?;
         let mut grads: Vec<CudaViewMut<'_, f32>> =
             params.iter_mut().map(|p| p.grad.slice_mut(..)).collect();
         let rule = self.mode.dynamic().copied();
+        let mut norm = match self.clip {
+            GradClip::Norm { max_norm } => Some(ops::unscale::NormTarget {
+                partials: &mut self.norm_partials,
+                clip: &mut self.clip_out,
+                max_norm,
+            }),
+            _ => None,
+        };
         ops::unscale::unscale_and_record(
             &self.gpu,
             &mut grads,
@@ -315,6 +396,7 @@ impl GradScaler {
             &mut self.scale,
             &mut self.found_inf,
             &mut self.nonfinite,
+            norm.as_mut(),
             target,
             rule.as_ref().map(|cfg| (&mut self.growth_tracker, cfg)),
         )?;
@@ -358,145 +440,5 @@ impl GradScaler {
     /// CUDA-graph capture that failed queues nothing).
     pub(crate) fn restart_step(&mut self) {
         self.stages = ScalerStages::new();
-    }
-}
-
-/// [`GradScaler`]'s twin on the CPU references, with the same calls and results: the scale and
-/// tracker are a [`ScalerState`], the flag a `bool`, and each call runs
-/// [`crate::cpu::unscale::unscale_and_locate`], [`crate::cpu::optim::step`] and
-/// [`crate::cpu::scaler::update_scale`] exactly as a hand-written step would, so results are
-/// bit-identical to those (and to the GPU, as [`GradScaler`] says). Misuse is refused as by
-/// [`GradScaler`].
-#[derive(Debug, Clone)]
-pub struct CpuGradScaler {
-    mode: LossScale,
-    state: ScalerState,
-    nonfinite: NonFinite,
-    stages: ScalerStages,
-}
-
-impl CpuGradScaler {
-    /// A scaler at `loss_scale`'s initial scale, tracker 0, ready for a backward pass.
-    /// Errors: [`Error::InvalidArgument`] when `loss_scale` fails [`LossScale::validate`].
-    pub fn new(loss_scale: LossScale) -> Result<CpuGradScaler> {
-        loss_scale.validate()?;
-        Ok(CpuGradScaler {
-            state: ScalerState {
-                scale: loss_scale.initial_scale(),
-                growth_tracker: 0,
-            },
-            mode: loss_scale,
-            nonfinite: NonFinite::NONE,
-            stages: ScalerStages::new(),
-        })
-    }
-
-    /// The loss scale the loss gradient is multiplied by (PyTorch's `scaler.scale(loss)` is
-    /// `loss * scale()`).
-    pub fn scale(&self) -> f32 {
-        self.state.scale
-    }
-
-    /// Whether the current (or last) step found an inf/NaN gradient (and so skipped the
-    /// optimizer step). Cleared by the next unscale.
-    pub fn found_inf(&self) -> bool {
-        !self.nonfinite.is_empty()
-    }
-
-    /// Which gradients of the last unscale held an inf or NaN, by position in the list it was
-    /// given ([`GradScaler::nonfinite_grads`] on the host). Cleared by the next unscale.
-    pub fn nonfinite_grads(&self) -> NonFinite {
-        self.nonfinite
-    }
-
-    /// The loss-scaling mode.
-    pub fn loss_scale(&self) -> &LossScale {
-        &self.mode
-    }
-
-    /// Where the current step stands.
-    pub fn stage(&self) -> Stage {
-        self.stages.stage()
-    }
-
-    /// [`GradScaler::unscale`] on the host: `g *= f32(1 / f64(scale))` unless that is 1, and
-    /// records whether any input was inf or NaN. Errors: [`Error::InvalidArgument`] when
-    /// called twice in a step or after [`CpuGradScaler::step`] (nothing changed).
-    pub fn unscale(&mut self, grads: &mut [&mut [f32]]) -> Result<()> {
-        self.stages.unscale()?;
-        self.nonfinite = unscale_and_locate(grads, inv_scale(self.state.scale));
-        Ok(())
-    }
-
-    /// [`GradScaler::step`] on the host: unscales unless already done this step, then the
-    /// optimizer step, skipped when an inf/NaN was found; returns which it was.
-    ///
-    /// Errors, all before anything changes: [`Error::InvalidArgument`] when called twice in a
-    /// step or for an optimizer on a GPU; [`Error::ShapeMismatch`] when the tensor count or a
-    /// length disagrees with the optimizer.
-    pub fn step<O: Optimizer + ?Sized>(
-        &mut self,
-        optimizer: &mut O,
-        params: &mut [Param<'_>],
-    ) -> Result<StepOutcome> {
-        const OP: &str = "amp::CpuGradScaler::step";
-        let mut next = self.stages;
-        let unscale = next.step()?;
-        let lens: Vec<[usize; 3]> = (params.iter())
-            .map(|p| [p.master.len(), p.grad.len(), p.half.len()])
-            .collect();
-        let inner = optimizer.inner_mut();
-        inner.check_host(OP, &lens)?;
-        if unscale {
-            let mut grads: Vec<&mut [f32]> = params.iter_mut().map(|p| &mut *p.grad).collect();
-            self.nonfinite = unscale_and_locate(&mut grads, inv_scale(self.state.scale));
-        }
-        let mut tensors: Vec<ParamTensor<'_>> = params
-            .iter_mut()
-            .map(|p| ParamTensor {
-                master: &mut *p.master,
-                grad: &*p.grad,
-                half: &mut *p.half,
-            })
-            .collect();
-        let outcome = inner.step_host(&mut tensors, self.found_inf())?;
-        self.stages = next;
-        Ok(outcome)
-    }
-
-    /// [`GradScaler::update`] on the host ([`crate::cpu::scaler::update_scale`] for a dynamic
-    /// scale). Errors: [`Error::InvalidArgument`] when no unscale or step ran since the last
-    /// update.
-    pub fn update(&mut self) -> Result<()> {
-        self.stages.update()?;
-        if let Some(cfg) = self.mode.dynamic() {
-            let found_inf = self.found_inf();
-            update_scale(&mut self.state, found_inf, cfg);
-        }
-        Ok(())
-    }
-
-    /// The state as plain data.
-    pub fn state_dict(&self) -> ScalerStateDict {
-        ScalerStateDict {
-            loss_scale: self.mode,
-            scale: self.state.scale,
-            growth_tracker: self.state.growth_tracker,
-        }
-    }
-
-    /// Replaces the mode, scale and tracker with `dict`'s and starts a new step, as
-    /// [`GradScaler::load_state_dict`]. Errors: [`Error::InvalidArgument`] when `dict` fails
-    /// [`ScalerStateDict::validate`] (nothing changed).
-    pub fn load_state_dict(&mut self, dict: &ScalerStateDict) -> Result<()> {
-        dict.validate()?;
-        self.mode = dict.loss_scale;
-        self.state = ScalerState {
-            scale: dict.scale,
-            growth_tracker: dict.growth_tracker,
-        };
-        self.nonfinite = NonFinite::NONE;
-        self.stages = ScalerStages::new();
-        Ok(())
     }
 }

@@ -81,11 +81,15 @@
 //! (device), the unscale [`crate::cpu::unscale`]'s and [`crate::ops::unscale`]'s; the scalers
 //! decide when each runs and refuse the call orders PyTorch refuses.
 
+mod clip;
+mod cpu_grad_scaler;
 mod grad_scaler;
 mod nonfinite;
 
 pub use crate::cpu::scaler::ScalerConfig;
-pub use grad_scaler::{CpuGradScaler, GradScaler, ScalerStateDict};
+pub use clip::GradClip;
+pub use cpu_grad_scaler::CpuGradScaler;
+pub use grad_scaler::{GradScaler, ScalerStateDict};
 pub use nonfinite::NonFinite;
 
 use crate::error::{Error, Result};

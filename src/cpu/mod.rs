@@ -15,6 +15,7 @@
 
 pub mod augment;
 pub mod cast;
+pub mod clip;
 pub mod cross_entropy;
 pub mod gemm;
 #[cfg(test)]

@@ -76,6 +76,7 @@ fn deferred_reduce_in_the_unscale_matches_the_gemm_reduce() {
             &mut scale,
             &mut flag,
             &mut mask,
+            None,
             &mut target,
             None,
         )

@@ -72,9 +72,10 @@ fn push_rule(args: &mut KernelArgs, cfg: &ScalerConfig) {
         .push(cfg.max_scale.unwrap_or(0.0));
 }
 
-/// Values per step record: loss, scale, found_inf and the two words of the non-finite mask
-/// (f32 bit patterns; `RECORD` in `kernels/step_record.cuh`).
-pub(crate) const RECORD: usize = 5;
+/// Values per step record: loss, scale, found_inf, the two words of the non-finite mask (f32
+/// bit patterns) and the gradient norm of norm clipping (NaN without; `RECORD` in
+/// `kernels/step_record.cuh`).
+pub(crate) const RECORD: usize = 6;
 
 /// Where a training step's record goes: the device loss to record, the record buffer
 /// ([`RECORD`] f32 per record) and `[records written, the epoch's next sample]`, advanced by one record and

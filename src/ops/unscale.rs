@@ -55,6 +55,8 @@ struct TensorTable {
     count: i32,
     splits: [i32; MAX_TENSORS],
     bit: [i32; MAX_TENSORS],
+    block_base: i32,
+    unused: i32,
 }
 
 // SAFETY: plain old data with the kernel's C layout (u64/i64 arrays, then i32s), no padding
@@ -104,7 +106,7 @@ pub fn unscale_and_check<D: DevicePtrMut<f32>>(
         scale,
         found_inf,
         0,
-        None,
+        Finish::None,
     )
 }
 
@@ -122,9 +124,28 @@ pub fn unscale_and_locate<D: DevicePtrMut<f32>>(
     found_inf: &mut impl DevicePtrMut<f32>,
     mask: &mut impl DevicePtrMut<u32>,
 ) -> Result<()> {
+    unscale_locate_norm(gpu, grads, scale, found_inf, mask, None)
+}
+
+/// [`unscale_and_locate`], with `norm` also the pass of `clip_grad_norm_`
+/// ([`crate::cpu::clip`]): each block adds the squares of its unscaled values (f64,
+/// compensated) into its slot of `norm.partials`, and the list's last block adds the slots in
+/// order and writes the clip factor and the norm to `norm.clip` (`[factor, norm]`, f32), where
+/// the optimizer reads the factor. Errors: as [`unscale_and_locate`], and
+/// [`Error::ShapeMismatch`] when the partials hold fewer than [`norm_slots`] slots or the clip
+/// buffer is not two f32.
+pub(crate) fn unscale_locate_norm<D: DevicePtrMut<f32>>(
+    gpu: &Gpu,
+    grads: &mut [D],
+    scale: &impl DevicePtr<f32>,
+    found_inf: &mut impl DevicePtrMut<f32>,
+    mask: &mut impl DevicePtrMut<u32>,
+    norm: Option<&mut NormTarget<'_>>,
+) -> Result<()> {
     const OP: &str = "ops::unscale::unscale_and_locate";
     let stream = gpu.stream();
     let mask_ptr = mask_ptr(OP, gpu, mask)?;
+    let norm = norm.map(|n| n.args(OP, gpu)).transpose()?;
     let mut guards = Vec::with_capacity(grads.len());
     let mut entries = Vec::with_capacity(grads.len());
     for g in grads.iter_mut() {
@@ -138,17 +159,76 @@ pub fn unscale_and_locate<D: DevicePtrMut<f32>>(
             splits: 1,
         });
     }
-    launch_all(
-        gpu,
-        OP,
-        "unscale_f32",
-        4,
-        &entries,
-        scale,
-        found_inf,
-        mask_ptr,
-        None,
-    )
+    let mut run = |finish| {
+        launch_all(
+            gpu,
+            OP,
+            "unscale_f32",
+            4,
+            &entries,
+            scale,
+            found_inf,
+            mask_ptr,
+            finish,
+        )
+    };
+    match norm {
+        None => run(Finish::None),
+        Some(args) => gpu.with_counters(4, |ticket| run(Finish::Norm { ticket, args })),
+    }
+}
+
+/// Where the `clip_grad_norm_` pass of an unscale writes: one slot of two f64 per block of the
+/// list's launches ([`norm_slots`]), and `[factor, norm]` (two f32).
+pub(crate) struct NormTarget<'a> {
+    pub partials: &'a mut crate::cuda::DeviceBuffer<f64>,
+    pub clip: &'a mut crate::cuda::DeviceBuffer<f32>,
+    pub max_norm: f32,
+}
+
+impl NormTarget<'_> {
+    fn args(&mut self, op: &'static str, gpu: &Gpu) -> Result<NormArgs> {
+        if self.clip.len() != 2 {
+            return Err(Error::ShapeMismatch {
+                op,
+                detail: format!("the clip buffer must be two f32, got {}", self.clip.len()),
+            });
+        }
+        let stream = gpu.stream();
+        let slots = self.partials.len() / 2;
+        // Plain addresses, as in mask_ptr.
+        let partials = self.partials.device_ptr_mut(stream).0;
+        let clip = self.clip.device_ptr_mut(stream).0;
+        Ok(NormArgs {
+            partials,
+            slots,
+            clip,
+            max_norm: self.max_norm,
+        })
+    }
+}
+
+/// A [`NormTarget`]'s addresses and sizes.
+#[derive(Clone, Copy)]
+struct NormArgs {
+    partials: u64,
+    slots: usize,
+    clip: u64,
+    max_norm: f32,
+}
+
+/// The norm partial slots (pairs of f64) an unscale of tensors of lengths `lens` needs on
+/// `gpu`: one per block of its launches.
+pub(crate) fn norm_slots(gpu: &Gpu, lens: &[usize]) -> usize {
+    let chunk = chunk_for(gpu, lens.iter().sum());
+    lens.iter().map(|&n| n.div_ceil(chunk)).sum()
+}
+
+/// Elements per block for a list of `total` elements: about [`BLOCKS_PER_SM`] blocks per SM.
+fn chunk_for(gpu: &Gpu, total: usize) -> usize {
+    (total / (BLOCKS_PER_SM * gpu.info().multiprocessors.max(1)))
+        .clamp(MIN_CHUNK, MAX_CHUNK)
+        .next_power_of_two()
 }
 
 /// The address of a two-word non-finite mask. Errors: [`Error::ShapeMismatch`] for another
@@ -206,7 +286,7 @@ pub fn unscale_f16_to_f32<S: DevicePtr<f16>, D: DevicePtrMut<f32>>(
         scale,
         found_inf,
         0,
-        None,
+        Finish::None,
     )
 }
 
@@ -231,6 +311,7 @@ pub(crate) fn unscale_and_record<D: DevicePtrMut<f32>>(
     scale: &mut crate::cuda::DeviceBuffer<f32>,
     found_inf: &mut crate::cuda::DeviceBuffer<f32>,
     mask: &mut crate::cuda::DeviceBuffer<u32>,
+    norm: Option<&mut NormTarget<'_>>,
     target: &mut crate::ops::scaler::RecordTarget<'_>,
     update: Option<(
         &mut crate::cuda::DeviceBuffer<i32>,
@@ -247,6 +328,7 @@ pub(crate) fn unscale_and_record<D: DevicePtrMut<f32>>(
         }
     }
     let mask_ptr = mask_ptr(OP, gpu, mask)?;
+    let norm = norm.map(|n| n.args(OP, gpu)).transpose()?;
     let tail = crate::ops::scaler::record_args(gpu, OP, target, update)?;
     let stream = gpu.stream();
     let mut guards = Vec::with_capacity(grads.len());
@@ -300,9 +382,10 @@ pub(crate) fn unscale_and_record<D: DevicePtrMut<f32>>(
         };
     }
     gpu.with_counters(4, |ticket| {
-        let record = Record {
+        let finish = Finish::Record {
             ticket,
             tail: &tail,
+            norm,
         };
         launch_all(
             gpu,
@@ -313,16 +396,24 @@ pub(crate) fn unscale_and_record<D: DevicePtrMut<f32>>(
             &*scale,
             found_inf,
             mask_ptr,
-            Some(record),
+            finish,
         )
     })
 }
 
-/// The record for the last unscale launch: its ticket counter and `record_step`'s trailing
-/// arguments.
-struct Record<'a> {
-    ticket: u64,
-    tail: &'a KernelArgs,
+/// What the list's last launch also does in its last block.
+enum Finish<'a> {
+    /// Nothing.
+    None,
+    /// `clip_grad_norm_`'s factor (`unscale_f32_norm`), with the ticket counter.
+    Norm { ticket: u64, args: NormArgs },
+    /// The training step's record (and the norm's factor, when given): the ticket counter and
+    /// `record_step`'s trailing arguments (`unscale_f32_record`).
+    Record {
+        ticket: u64,
+        tail: &'a KernelArgs,
+        norm: Option<NormArgs>,
+    },
 }
 
 #[allow(clippy::too_many_arguments)] // the launches' shared arguments
@@ -335,7 +426,7 @@ fn launch_all<S, F>(
     scale: &S,
     found_inf: &mut F,
     mask: u64,
-    record: Option<Record<'_>>,
+    finish: Finish<'_>,
 ) -> Result<()>
 where
     S: DevicePtr<f32>,
@@ -368,9 +459,28 @@ where
         .collect();
     let batches = nonempty.len().div_ceil(MAX_TENSORS);
     let total: usize = nonempty.iter().map(|(_, e)| e.len).sum();
-    let chunk = (total / (BLOCKS_PER_SM * gpu.info().multiprocessors.max(1)))
-        .clamp(MIN_CHUNK, MAX_CHUNK)
-        .next_power_of_two();
+    let chunk = chunk_for(gpu, total);
+    let blocks: usize = nonempty.iter().map(|(_, e)| e.len.div_ceil(chunk)).sum();
+    let norm = match &finish {
+        Finish::Norm { args, .. }
+        | Finish::Record {
+            norm: Some(args), ..
+        } => Some(*args),
+        _ => None,
+    };
+    if let Some(n) = &norm {
+        if n.slots < blocks {
+            return Err(Error::ShapeMismatch {
+                op,
+                detail: format!(
+                    "the norm partials hold {} slots, the unscale needs {blocks}",
+                    n.slots
+                ),
+            });
+        }
+    }
+    let norm_ptr = norm.map_or(0, |n| n.partials);
+    let mut block_base = 0usize;
     for (b, batch) in nonempty.chunks(MAX_TENSORS).enumerate() {
         let mut table = TensorTable {
             src: [0; MAX_TENSORS],
@@ -380,6 +490,8 @@ where
             count: batch.len() as i32,
             splits: [1; MAX_TENSORS],
             bit: [0; MAX_TENSORS],
+            block_base: block_base as i32,
+            unused: 0,
         };
         let mut chunks = 0usize;
         for (i, &(position, e)) in batch.iter().enumerate() {
@@ -403,17 +515,41 @@ where
             });
         }
         table.chunk_start[batch.len()] = chunks as i32;
+        block_base += chunks;
         let mut args = KernelArgs::new();
         args.push(table)
             .push(scale_ptr)
             .push(flag_ptr)
             .push(mask)
+            .push(norm_ptr)
             .push(chunk as i64);
         let mut kernel = kernel;
-        if let (Some(r), true) = (&record, b + 1 == batches) {
-            // The step's record in this launch's last block (unscale_f32_record).
-            args.push(r.ticket).extend(r.tail);
-            kernel = "unscale_f32_record";
+        if b + 1 == batches {
+            // The list's last launch: its last block finishes the norm and/or the record.
+            let norm_tail = |args: &mut KernelArgs, ticket: u64, n: Option<NormArgs>| {
+                let n = n.unwrap_or(NormArgs {
+                    partials: 0,
+                    slots: 0,
+                    clip: 0,
+                    max_norm: 0.0,
+                });
+                args.push(ticket)
+                    .push(blocks as i32)
+                    .push(n.max_norm)
+                    .push(n.clip);
+            };
+            match &finish {
+                Finish::None => {}
+                Finish::Norm { ticket, args: n } => {
+                    norm_tail(&mut args, *ticket, Some(*n));
+                    kernel = "unscale_f32_norm";
+                }
+                Finish::Record { ticket, tail, norm } => {
+                    norm_tail(&mut args, *ticket, *norm);
+                    args.extend(tail);
+                    kernel = "unscale_f32_record";
+                }
+            }
         }
         // SAFETY: unscale_{f32,f16_to_f32}(TensorTable table, const float* scale,
         // float* found_inf, unsigned* mask, long long chunk) matches: the table has the kernel's

@@ -329,12 +329,14 @@ impl Inner {
     }
 
     /// One fused GPU step (schedule on the device), skipped on the device when `found_inf` is
-    /// nonzero. Queues work only: no synchronisation, no device allocation.
+    /// nonzero, with `clip` applied to each gradient as it is loaded. Queues work only: no
+    /// synchronisation, no device allocation.
     pub(crate) fn step_device(
         &mut self,
         gpu: &Gpu,
         params: &mut [GpuParamTensor<'_>],
         found_inf: &DeviceBuffer<f32>,
+        clip: crate::ops::optim::GradClip,
     ) -> Result<()> {
         let Store::Device { opt, .. } = &mut self.store else {
             return Err(invalid(
@@ -342,6 +344,6 @@ impl Inner {
                 "this optimizer's state is on the host".into(),
             ));
         };
-        opt.step_scheduled(gpu, &self.cfg, &self.schedule, params, found_inf)
+        opt.step_clipped(gpu, &self.cfg, &self.schedule, params, found_inf, clip)
     }
 }

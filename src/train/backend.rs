@@ -31,6 +31,9 @@ pub struct StepRecord {
     /// [`crate::nn::MlpConfig::parameter_specs`] order; empty on a step that was not skipped),
     /// from the unscale's per-tensor flags.
     pub nonfinite: NonFinite,
+    /// With norm clipping ([`crate::amp::GradClip::Norm`]): the global 2-norm of the step's
+    /// unscaled gradients, before clipping (inf/NaN on a skipped step).
+    pub grad_norm: Option<f32>,
 }
 
 /// Loss and accuracy over a dataset.

@@ -1,6 +1,6 @@
 //! Everything that defines a training run, as saved in a checkpoint's `config.json`.
 
-use crate::amp::LossScale;
+use crate::amp::{GradClip, LossScale};
 use crate::cpu::optim::OptimizerConfig;
 use crate::cpu::schedule::LrSchedule;
 use crate::error::{Error, Result};
@@ -36,6 +36,11 @@ pub struct TrainConfig {
     /// less host overhead).
     #[serde(default = "yes")]
     pub cuda_graph: bool,
+    /// Gradient clipping of real steps (PyTorch's `clip_grad_norm_` / `clip_grad_value_` after
+    /// `unscale_`), fused into the unscale and optimizer passes. Absent in checkpoints of
+    /// earlier versions: off.
+    #[serde(default)]
+    pub clip: GradClip,
 }
 
 fn yes() -> bool {
@@ -58,6 +63,7 @@ impl TrainConfig {
             normalize: true,
             augment_shift: 2,
             cuda_graph: true,
+            clip: GradClip::Off,
         }
     }
 
@@ -71,6 +77,7 @@ impl TrainConfig {
         self.optimizer.validate()?;
         self.schedule.validate()?;
         self.loss_scale.validate()?;
+        self.clip.validate()?;
         let bad = |detail: String| {
             Err(Error::InvalidArgument {
                 op: "train::TrainConfig",

@@ -9,19 +9,22 @@
 //! inf/NaN); scale update.
 
 use super::backend::{Backend, BackendState, Evaluation, StepRecord, EVAL_BATCH};
+pub(crate) use super::backend_common::{
+    check_batch, check_params, check_samples, count_correct, export_state, import_dicts,
+};
 use super::config::TrainConfig;
 use super::locate::{layer_name, OverflowSite, Pass, Probe};
 use super::memory;
-use crate::amp::{CpuGradScaler, LossScale, ScalerStateDict};
+use crate::amp::CpuGradScaler;
 use crate::cpu::gemm::{bias_grad, gemm, Epilogue};
 use crate::cpu::optim::OptimizerConfig;
 use crate::cpu::scaler::ScalerState;
 use crate::cpu::schedule::LrSchedule;
 use crate::cpu::{cross_entropy, layernorm, relu};
 use crate::device::Device;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::nn::{init_parameters, MlpConfig, Tensor, LAYERNORM_EPS};
-use crate::optim::{self, Optimizer, OptimizerStateDict, Param};
+use crate::optim::{self, Optimizer, Param};
 use crate::shape::{GemmShape, Layout};
 use half::f16;
 
@@ -123,7 +126,11 @@ impl CpuBackend {
             halves: params.iter().map(|p| to_f16(&p.data)).collect(),
             grads: lens.iter().map(|&n| vec![0.0; n]).collect(),
             params,
-            scaler: CpuGradScaler::new(loss_scale)?,
+            scaler: {
+                let mut s = CpuGradScaler::new(loss_scale)?;
+                s.set_grad_clip(train.clip)?;
+                s
+            },
             epoch_images: Vec::new(),
             epoch_labels: Vec::new(),
             records: Vec::new(),
@@ -491,6 +498,7 @@ impl Backend for CpuBackend {
             skipped: outcome.skipped(),
             lr,
             nonfinite: self.scaler.nonfinite_grads(),
+            grad_norm: self.scaler.last_grad_norm(),
         });
         Ok(())
     }
@@ -550,153 +558,4 @@ impl Backend for CpuBackend {
     fn optimizer(&self) -> &OptimizerConfig {
         &self.opt
     }
-}
-
-/// A checkpoint's state from the parameters and the optimizer's and scaler's state dicts: the
-/// moments one vector per tensor, empty where the optimizer keeps none (SGD's momentum buffer
-/// in `exp_avg`).
-pub(crate) fn export_state(
-    params: Vec<Tensor>,
-    opt: &OptimizerStateDict,
-    scaler: ScalerState,
-) -> Result<BackendState> {
-    let n = params.len();
-    let per_tensor = |m: &Option<Vec<Vec<f32>>>| m.clone().unwrap_or_else(|| vec![Vec::new(); n]);
-    Ok(BackendState {
-        params,
-        optimizer_step: opt.step,
-        momentum_started: opt.momentum_started,
-        exp_avg: per_tensor(if opt.exp_avg.is_some() {
-            &opt.exp_avg
-        } else {
-            &opt.momentum_buffer
-        }),
-        exp_avg_sq: per_tensor(&opt.exp_avg_sq),
-        scaler,
-    })
-}
-
-/// The optimizer's and scaler's state dicts of a checkpoint, for the run's optimizer config and
-/// schedule and loss-scaling mode: the moments the config keeps (SGD's momentum buffer from
-/// `exp_avg` when it has momentum), the scale and tracker as saved.
-pub(crate) fn import_dicts(
-    opt: &OptimizerConfig,
-    schedule: LrSchedule,
-    loss_scale: &LossScale,
-    state: &BackendState,
-) -> Result<(OptimizerStateDict, ScalerStateDict)> {
-    let (exp_avg, exp_avg_sq, momentum_buffer) = match opt {
-        OptimizerConfig::Adam(_) | OptimizerConfig::AdamW(_) => (
-            Some(state.exp_avg.clone()),
-            Some(state.exp_avg_sq.clone()),
-            None,
-        ),
-        OptimizerConfig::Sgd(c) if c.momentum != 0.0 => (None, None, Some(state.exp_avg.clone())),
-        OptimizerConfig::Sgd(_) => (None, None, None),
-    };
-    let opt = OptimizerStateDict {
-        config: *opt,
-        schedule,
-        step: state.optimizer_step,
-        momentum_started: state.momentum_started,
-        exp_avg,
-        exp_avg_sq,
-        momentum_buffer,
-    };
-    let scaler = ScalerStateDict {
-        loss_scale: *loss_scale,
-        scale: state.scaler.scale,
-        growth_tracker: state.scaler.growth_tracker,
-    };
-    Ok((opt, scaler))
-}
-
-/// Argmax per row (ties to the lowest class; NaN never wins) compared with the labels.
-pub(crate) fn count_correct(logits: &[f32], labels: &[u32], classes: usize) -> usize {
-    logits
-        .chunks(classes)
-        .zip(labels)
-        .filter(|(row, &y)| {
-            let mut best = 0;
-            for (j, &v) in row.iter().enumerate() {
-                if v > row[best] || row[best].is_nan() && !v.is_nan() {
-                    best = j;
-                }
-            }
-            best == y as usize
-        })
-        .count()
-}
-
-/// Images `[n, inputs]` and `n` labels below `classes`.
-pub(crate) fn check_samples(
-    op: &'static str,
-    cfg: &MlpConfig,
-    images: &[f32],
-    labels: &[u32],
-) -> Result<()> {
-    let n = labels.len();
-    if images.len() != n * cfg.inputs() {
-        return Err(Error::ShapeMismatch {
-            op,
-            detail: format!(
-                "{} image values for {n} labels; the model's {} inputs need {}",
-                images.len(),
-                cfg.inputs(),
-                n * cfg.inputs()
-            ),
-        });
-    }
-    if let Some(i) = labels.iter().position(|&y| y as usize >= cfg.classes()) {
-        return Err(Error::InvalidArgument {
-            op,
-            detail: format!(
-                "label {} of sample {i} is not below the model's {} classes",
-                labels[i],
-                cfg.classes()
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// `first..first + batch` must be a non-empty range inside the loaded epoch.
-pub(crate) fn check_batch(op: &'static str, first: usize, batch: usize, n: usize) -> Result<()> {
-    if batch == 0 || first + batch > n {
-        return Err(Error::InvalidArgument {
-            op,
-            detail: format!(
-                "batch {first}..{} is empty or past the {n} loaded samples",
-                first + batch
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// A checkpoint's parameters must match the model's names and shapes.
-pub(crate) fn check_params(
-    op: &'static str,
-    specs: &[crate::nn::ParamSpec],
-    params: &[Tensor],
-) -> Result<()> {
-    let want: Vec<(&str, &[usize])> = specs
-        .iter()
-        .map(|s| (s.name.as_str(), s.shape.as_slice()))
-        .collect();
-    let got: Vec<(&str, &[usize])> = params
-        .iter()
-        .map(|p| (p.name.as_str(), p.shape.as_slice()))
-        .collect();
-    if want != got
-        || params
-            .iter()
-            .any(|p| p.data.len() != p.shape.iter().product::<usize>())
-    {
-        return Err(Error::ShapeMismatch {
-            op,
-            detail: format!("the state holds {got:?}; the model needs {want:?}"),
-        });
-    }
-    Ok(())
 }

@@ -168,7 +168,11 @@ impl GpuBackend {
             halves,
             grads,
             optimizer,
-            scaler: GradScaler::new(&gpu, loss_scale)?,
+            scaler: {
+                let mut s = GradScaler::new(&gpu, loss_scale)?;
+                s.set_grad_clip(train.clip)?;
+                s
+            },
             real_steps: 0,
             loss: gpu.alloc_zeros(1)?,
             records: gpu.alloc_zeros(RECORD)?,

@@ -19,6 +19,7 @@ impl GpuBackend {
             .map_err(Error::driver("resetting the record cursor"))?;
         self.pending = 0;
         let base = base_lr(&self.opt);
+        let norm_clipping = matches!(self.scaler.grad_clip(), crate::amp::GradClip::Norm { .. });
         Ok(raw
             .chunks_exact(RECORD)
             .map(|r| {
@@ -33,6 +34,7 @@ impl GpuBackend {
                     skipped,
                     lr,
                     nonfinite: NonFinite::from_words(r[3].to_bits(), r[4].to_bits()),
+                    grad_norm: norm_clipping.then_some(r[5]),
                 }
             })
             .collect())

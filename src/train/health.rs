@@ -192,6 +192,7 @@ mod tests {
             skipped,
             lr: 1e-3,
             nonfinite: crate::amp::NonFinite::NONE,
+            grad_norm: None,
         }
     }
 

@@ -16,6 +16,7 @@
 //! ```
 
 pub mod backend;
+mod backend_common;
 pub mod checkpoint;
 pub mod config;
 pub mod cpu_backend;

@@ -283,6 +283,7 @@ mod tests {
             skipped,
             lr: 1e-3,
             nonfinite: bad.iter().fold(NonFinite::NONE, |s, &t| s.with(t)),
+            grad_norm: None,
         }
     }
 

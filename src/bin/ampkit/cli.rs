@@ -1,7 +1,7 @@
 //! `ampkit train` and `ampkit eval`: flags → [`TrainConfig`], then the library's loop.
 
 use crate::cli_resume::{self, Given};
-use crate::train_args::{loss_scale, EvalArgs, OptimizerKind, ScheduleKind, TrainArgs};
+use crate::train_args::{self, loss_scale, EvalArgs, OptimizerKind, ScheduleKind, TrainArgs};
 use ampkit::cpu::optim::{AdamConfig, OptimizerConfig, SgdConfig};
 use ampkit::cpu::schedule::LrSchedule;
 use ampkit::nn::MlpConfig;
@@ -347,6 +347,7 @@ fn fresh_config(a: &TrainArgs, given: &Given<'_>, train_len: usize) -> Result<Tr
         normalize: !a.no_normalize,
         augment_shift: a.augment_shift,
         cuda_graph: !a.no_cuda_graph,
+        clip: train_args::grad_clip(a)?,
     };
     cfg.validate()?;
     Ok(cfg.with_schedule_horizon(train_len))

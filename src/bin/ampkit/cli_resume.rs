@@ -4,7 +4,7 @@
 //! typed flag from a default through clap's value source.
 
 use crate::train_args::{self, OptimizerKind, ScheduleKind, TrainArgs};
-use ampkit::amp::{LossScale, Precision};
+use ampkit::amp::{GradClip, LossScale, Precision};
 use ampkit::cpu::optim::OptimizerConfig;
 use ampkit::cpu::schedule::LrSchedule;
 use ampkit::train::TrainConfig;
@@ -213,6 +213,21 @@ pub fn check_flags(
         String::new(),
         "standardised inputs".into(),
     );
+
+    let clip_name = |c: GradClip| match c {
+        GradClip::Off => "no clipping".to_string(),
+        GradClip::Norm { max_norm } => format!("--clip-grad-norm {max_norm}"),
+        GradClip::Value { value } => format!("--clip-grad-value {value}"),
+    };
+    let clip = train_args::grad_clip(a)?;
+    for id in ["clip_grad_norm", "clip_grad_value"] {
+        let value = match clip {
+            GradClip::Norm { max_norm } => max_norm.to_string(),
+            GradClip::Value { value } => value.to_string(),
+            GradClip::Off => String::new(),
+        };
+        check(id, clip == saved.clip, value, clip_name(saved.clip));
+    }
 
     let saved_scale = loss_scale_name(&saved.loss_scale);
     if given.has("loss_scale") {

@@ -1,7 +1,7 @@
 //! The flags of `ampkit train` and `ampkit eval`, and the loss scaling they ask for: shared by
 //! the commands (`cli.rs`) and the resume checks (`cli_resume.rs`), which both read them.
 
-use ampkit::amp::{LossScale, Precision};
+use ampkit::amp::{GradClip, LossScale, Precision};
 use ampkit::cpu::scaler::ScalerConfig;
 use ampkit::{Error, Result};
 use clap::{Args, ValueEnum};
@@ -141,6 +141,13 @@ pub struct TrainArgs {
     /// Warn (once) when this many consecutive steps are skipped (0: never).
     #[arg(long, default_value_t = 10, allow_negative_numbers = true)]
     pub(crate) warn_skip_streak: u64,
+    /// Clip the unscaled gradients of every real step to this global 2-norm (PyTorch's
+    /// clip_grad_norm_, fused into the unscale and optimizer passes).
+    #[arg(long, allow_hyphen_values = true, conflicts_with = "clip_grad_value")]
+    pub(crate) clip_grad_norm: Option<f32>,
+    /// Clamp the unscaled gradients of every real step to [-VALUE, VALUE] (clip_grad_value_).
+    #[arg(long, allow_hyphen_values = true)]
+    pub(crate) clip_grad_value: Option<f32>,
     /// On every skipped step, replay the step op by op on the CPU reference and name the first
     /// op whose output was inf/NaN (reads the step records back after every step).
     #[arg(long)]
@@ -159,6 +166,17 @@ pub struct EvalArgs {
     /// `auto`, `cpu`, or `cuda:N`.
     #[arg(long, default_value = "auto")]
     pub(crate) device: String,
+}
+
+/// The gradient clipping the flags ask for, checked.
+pub(crate) fn grad_clip(a: &TrainArgs) -> Result<GradClip> {
+    let clip = match (a.clip_grad_norm, a.clip_grad_value) {
+        (Some(max_norm), _) => GradClip::Norm { max_norm },
+        (None, Some(value)) => GradClip::Value { value },
+        (None, None) => GradClip::Off,
+    };
+    clip.validate()?;
+    Ok(clip)
 }
 
 /// The loss scaling the flags ask for (`--loss-scale`, and the dynamic scaler's flags), checked.

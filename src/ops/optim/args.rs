@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use cudarc::driver::DeviceRepr;
 
 /// Tensors per launch: the argument table must fit the 4 KB kernel-parameter limit.
-pub(super) const MAX_TENSORS: usize = 76;
+pub(super) const MAX_TENSORS: usize = 74;
 
 /// The kernel's argument table, passed by value (`TensorTable` in `kernels/optim.cu`).
 #[repr(C)]
@@ -86,21 +86,32 @@ impl Schedule {
     }
 }
 
-// The table, the larger hyperparameter struct, the schedule, counters, found_inf, chunk and
-// final_launch must fit the 4 KB of kernel parameters.
+/// Mirrors `GradClip` in `kernels/optim.cu`: the clip factor's address (0: none) and the
+/// clip value (≤ 0: none), applied to each gradient as the optimizer loads it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct GradClip {
+    pub coef: u64,
+    pub value: f32,
+    pub unused: i32,
+}
+
+// The table, the larger hyperparameter struct, the schedule, counters, found_inf, the clipping,
+// chunk and final_launch must fit the 4 KB of kernel parameters.
 const _: () = assert!(
     std::mem::size_of::<TensorTable>()
         + std::mem::size_of::<AdamHyper>()
         + std::mem::size_of::<Schedule>()
         + 8
         + 8
+        + std::mem::size_of::<GradClip>()
         + 8
         + 4
         <= 4096
 );
 
 // SAFETY: plain old data with the kernel's C layout; every field is initialised and none of
-// the three has padding (3960 = 495·8 bytes, 24 + 8·4 bytes, 6·4 bytes).
+// the three has padding (3856 = 482·8 bytes, 24 + 8·4 bytes, 6·4 bytes).
 unsafe impl DeviceRepr for TensorTable {}
 // SAFETY: see above.
 unsafe impl DeviceRepr for AdamHyper {}
@@ -108,6 +119,8 @@ unsafe impl DeviceRepr for AdamHyper {}
 unsafe impl DeviceRepr for SgdHyper {}
 // SAFETY: plain old data with the kernel's C layout: 3·8 + 8 + 2·4 bytes, no padding.
 unsafe impl DeviceRepr for Schedule {}
+// SAFETY: plain old data with the kernel's C layout: 8 + 4 + 4 bytes, no padding.
+unsafe impl DeviceRepr for GradClip {}
 
 impl AdamHyper {
     pub(super) fn new(cfg: &AdamConfig, decoupled: bool) -> AdamHyper {
@@ -181,8 +194,8 @@ mod tests {
 
     #[test]
     fn argument_structs_have_the_kernel_sizes() {
-        // The kernel header's layouts: 6 arrays of 76 eight-byte fields, 77 + 1 ints.
-        assert_eq!(std::mem::size_of::<TensorTable>(), 3960);
+        // The kernel header's layouts: 6 arrays of 74 eight-byte fields, 75 + 1 ints.
+        assert_eq!(std::mem::size_of::<TensorTable>(), 3856);
         assert_eq!(std::mem::size_of::<AdamHyper>(), 56);
         assert_eq!(std::mem::size_of::<SgdHyper>(), 24);
     }

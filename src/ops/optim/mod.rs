@@ -5,7 +5,7 @@
 //! [`GpuOptimizer`] keeps everything a step reads or writes besides the parameters on the
 //! device: Adam's moments or SGD's momentum buffers (f32), the step counter and SGD's "momentum
 //! started" flag. [`GpuOptimizer::step`] updates every parameter tensor in one launch (up to
-//! 76 tensors; more take more launches), reading the `found_inf` flag that [`crate::ops::unscale`]
+//! 74 tensors; more take more launches), reading the `found_inf` flag that [`crate::ops::unscale`]
 //! sets: if it is nonzero nothing changes — masters, moments, f16 copies, step counter. Otherwise
 //! the f32 masters and moments are updated, the f16 working copies rewritten, and the counter
 //! advanced, all on the device. Adam's bias corrections are computed on the device from the
@@ -26,6 +26,7 @@ use crate::cpu::schedule::LrSchedule;
 use crate::cuda::{DeviceBuffer, Gpu, KernelArgs, LaunchConfig};
 use crate::error::{Error, Result};
 use crate::kernels;
+pub(crate) use args::GradClip;
 use args::{table, AdamHyper, Hyper, Schedule, SgdHyper, MAX_TENSORS};
 use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut};
 use half::f16;
@@ -301,6 +302,22 @@ impl GpuOptimizer {
         params: &mut [GpuParamTensor<'_>],
         found_inf: &F,
     ) -> Result<()> {
+        self.step_clipped(gpu, cfg, schedule, params, found_inf, GradClip::default())
+    }
+
+    /// [`GpuOptimizer::step_scheduled`] with gradient clipping applied to each gradient as it
+    /// is loaded (the gradient buffers are not changed): `g · *coef` when `clip.coef` is the
+    /// address of one f32 on the device (a `clip_grad_norm_` factor the unscale wrote), then
+    /// clamped to `[−value, value]` when `clip.value > 0`. The amp scaler passes it.
+    pub(crate) fn step_clipped<F: DevicePtr<f32>>(
+        &mut self,
+        gpu: &Gpu,
+        cfg: &OptimizerConfig,
+        schedule: &LrSchedule,
+        params: &mut [GpuParamTensor<'_>],
+        found_inf: &F,
+        clip: GradClip,
+    ) -> Result<()> {
         const OP: &str = "ops::optim::GpuOptimizer::step";
         schedule.validate()?;
         let lens: Vec<[usize; 3]> = params
@@ -396,11 +413,13 @@ impl GpuOptimizer {
             args.push(sched);
             args.push(counters)
                 .push(flag)
+                .push(clip)
                 .push(chunk as i64)
                 .push(i32::from(i + 1 == batches.len()));
             // SAFETY: optim_{adam,sgd}(TensorTable, {Adam,Sgd}Hyper, Schedule,
-            // unsigned long long* counters,
-            // const float* found_inf, long long chunk, int final_launch) matches: the table and
+            // unsigned long long* counters, const float* found_inf, GradClip clip,
+            // long long chunk, int final_launch) matches (clip.coef is null or one f32 on the
+            // device, the caller's promise): the table and
             // hyperparameters have the kernel's layouts; each entry's master, grad and half hold
             // `len` elements (validated), its moments `len` f32 at their offsets in the flat
             // buffers (allocated for these lengths), or are null where the kernel does not read

@@ -123,19 +123,27 @@ pub fn run(gpu: &Arc<Gpu>, opts: &Options, cases: &Cases) -> Result<Report> {
 
     for t in &cases.train {
         let (label, dims, batch) = (&t.name, &t.layers[..], t.batch);
-        // The unfused step beside the fused one, for models with a classifier head to fuse.
+        // The unfused step beside the fused one, for models with a classifier head to fuse,
+        // and the fused step with gradient-norm clipping (what the fused clipping costs).
         let head = dims.last().is_some_and(|&c| c <= 16);
-        let modes = [(false, true), (true, true), (true, false)];
-        for (graph, fused) in modes.into_iter().filter(|&(_, f)| f || head) {
-            let mode = match (graph, fused) {
-                (false, _) => "eager",
-                (true, true) => "graph",
-                (true, false) => "graph unfused",
+        let modes = [
+            (false, true, false),
+            (true, true, false),
+            (true, false, false),
+            (true, true, true),
+        ];
+        for (graph, fused, clip) in modes.into_iter().filter(|&(_, f, c)| (f && !c) || head) {
+            let mode = match (graph, fused, clip) {
+                (false, _, _) => "eager",
+                (true, true, false) => "graph",
+                (true, false, _) => "graph unfused",
+                (true, true, true) => "graph clip-norm",
             };
             let (name, shape) = (format!("{label} {mode}"), train_shape(dims, batch));
             let mut note = None;
             c.row(Kind::Train, &name, &shape, false, |ceil| {
-                let (row, n) = train_row(&mut h, &name, dims, batch, (graph, fused), ceil)?;
+                let mode = (graph, fused, clip);
+                let (row, n) = train_row(&mut h, &name, dims, batch, mode, ceil)?;
                 note = Some(n);
                 Ok(row)
             });
@@ -350,11 +358,17 @@ fn train_row(
     name: &str,
     dims: &[usize],
     batch: usize,
-    (graph, fused): (bool, bool),
+    (graph, fused, clip): (bool, bool, bool),
     ceil: &Ceilings,
 ) -> Result<(Row, String)> {
     let cfg = ampkit::train::TrainConfig {
         cuda_graph: graph,
+        // A limit the bench's gradients exceed, so that every step scales them.
+        clip: if clip {
+            ampkit::amp::GradClip::Norm { max_norm: 1e-3 }
+        } else {
+            ampkit::amp::GradClip::Off
+        },
         ..train_config(dims, batch)
     };
     let mut backend = GpuBackend::new(h.gpu.clone(), &cfg)?;
