@@ -336,3 +336,86 @@ fn every_command_takes_the_same_device_syntax() {
         assert!(!err.contains("Device::cpu()"), "{err}");
     }
 }
+
+#[test]
+fn clipping_and_the_overflow_locator_from_the_command_line() {
+    let t = tempfile::tempdir().unwrap();
+    let m = t.path().join("m.jsonl");
+    let run = ampkit(&[
+        "train",
+        "--max-steps",
+        "3",
+        "--init-scale",
+        "1e30",
+        "--locate-overflow",
+        "--clip-grad-norm",
+        "0.5",
+        "--metrics",
+        s(&m),
+    ]);
+    run.ok();
+    // Each of the three steps overflows at 1e30: named, located, and logged with the reason.
+    for step in 0..3 {
+        let line = format!("step {step} skipped: inf/NaN gradients in 0.weight, 0.bias");
+        assert!(run.stderr.contains(&line), "{}", run.stderr);
+    }
+    assert!(
+        run.stderr.contains(
+            "first inf/NaN: loss: the loss gradient (dlogits × loss scale 1e30) overflowed f16"
+        ),
+        "{}",
+        run.stderr
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&m)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines[0]["overflow_site"]
+        .as_str()
+        .unwrap()
+        .contains("loss gradient"));
+    assert!(lines[0]["skip_reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("inf/NaN gradients"));
+    // The norm of a skipped step is not finite: JSON null.
+    assert!(lines[0]["grad_norm"].is_null(), "{}", lines[0]);
+    // A clipped run that takes real steps logs their norms.
+    let run = ampkit(&[
+        "train",
+        "--max-steps",
+        "2",
+        "--clip-grad-value",
+        "0.01",
+        "--metrics",
+        s(&m),
+    ]);
+    run.ok();
+    let run = ampkit(&[
+        "train",
+        "--max-steps",
+        "2",
+        "--clip-grad-norm",
+        "2",
+        "--metrics",
+        s(&m),
+    ]);
+    run.ok();
+    let first: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&m).unwrap().lines().next().unwrap()).unwrap();
+    assert!(first["grad_norm"].as_f64().unwrap() > 0.0, "{first}");
+    // Bad limits and both kinds at once are refused.
+    let err = ampkit(&["train", "--clip-grad-norm", "-1"])
+        .failed()
+        .to_string();
+    assert!(err.contains("above 0"), "{err}");
+    let both = ampkit(&["train", "--clip-grad-norm", "1", "--clip-grad-value", "1"]);
+    assert_ne!(both.code, Some(0));
+    assert!(
+        both.stderr.contains("cannot be used with"),
+        "{}",
+        both.stderr
+    );
+}
