@@ -6,6 +6,8 @@ use crate::cpu::scaler::{update_scale, ScalerState};
 use crate::cpu::unscale::{inv_scale, unscale_and_locate};
 use crate::error::Result;
 use crate::optim::{Optimizer, Param, StepOutcome};
+#[cfg(doc)]
+use {super::GradScaler, crate::error::Error};
 
 /// [`GradScaler`]'s twin on the CPU references, with the same calls and results: the scale and
 /// tracker are a [`ScalerState`], the flag a `bool`, and each call runs

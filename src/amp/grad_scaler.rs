@@ -8,6 +8,8 @@ use crate::error::{Error, Result};
 use crate::ops;
 use crate::ops::optim::GpuParamTensor;
 use crate::optim::{GpuParam, Inner, Optimizer};
+#[cfg(doc)]
+use super::CpuGradScaler;
 use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
