@@ -2,14 +2,14 @@
 //! every step on the GPU without synchronising; [`CpuGradScaler`] is its host twin over the CPU
 //! references. The module doc of [`crate::amp`] shows one step.
 
+#[cfg(doc)]
+use super::CpuGradScaler;
 use super::{GradClip, LossScale, NonFinite, ScalerStages, Stage};
 use crate::cuda::{DeviceBuffer, Gpu};
 use crate::error::{Error, Result};
 use crate::ops;
 use crate::ops::optim::GpuParamTensor;
 use crate::optim::{GpuParam, Inner, Optimizer};
-#[cfg(doc)]
-use super::CpuGradScaler;
 use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;

@@ -22,9 +22,9 @@ use crate::cpu::scaler::ScalerState;
 use crate::cpu::schedule::LrSchedule;
 use crate::cpu::{cross_entropy, layernorm, relu};
 use crate::device::Device;
-use crate::error::Result;
 #[cfg(doc)]
 use crate::error::Error;
+use crate::error::Result;
 use crate::nn::{init_parameters, MlpConfig, Tensor, LAYERNORM_EPS};
 use crate::optim::{self, Optimizer, Param};
 use crate::shape::{GemmShape, Layout};
