@@ -1,9 +1,7 @@
 //! PyTorch's `GradScaler` as objects: [`GradScaler`] keeps its state in device memory and queues
-//! every step on the GPU without synchronising; [`CpuGradScaler`] is its host twin over the CPU
-//! references. The module doc of [`crate::amp`] shows one step.
+//! every step on the GPU without synchronising; [`CpuGradScaler`](super::CpuGradScaler) is its
+//! host twin over the CPU references. The module doc of [`crate::amp`] shows one step.
 
-#[cfg(doc)]
-use super::CpuGradScaler;
 use super::{GradClip, LossScale, NonFinite, ScalerStages, Stage};
 use crate::cuda::{DeviceBuffer, Gpu};
 use crate::error::{Error, Result};
@@ -63,7 +61,7 @@ impl ScalerStateDict {
 ///    steps.
 ///
 /// Every result is bit-identical to the primitives it runs ([`ops::unscale::unscale_and_check`],
-/// the optimizer's fused kernel, [`ops::scaler::update_scale`]), and so to [`CpuGradScaler`]:
+/// the optimizer's fused kernel, [`ops::scaler::update_scale`]), and so to [`CpuGradScaler`](super::CpuGradScaler):
 /// the flag, the unscaled gradients, the scale and the tracker always (NaN payloads aside), the
 /// optimizer's results as the kernel matches [`crate::cpu::optim`] (bit for bit with a constant
 /// learning rate; a cosine schedule's f64 cosine may differ in its last bit between CUDA and
