@@ -275,18 +275,11 @@ fn epochs(
                 let records = backend.take_records()?;
                 let site = match records.last() {
                     Some(r) if r.skipped && out.locate_overflow => {
-                        let batch = match &plan {
-                            Some((order, shifts, side)) => {
-                                let rows = first..first + b;
-                                let s = (&order[rows.clone()], &shifts[2 * first..2 * (first + b)]);
-                                plan_batch(cfg, (&train_x, &train_y), s, *side, border)?
-                            }
-                            None => (
-                                xs[first * cfg.model.inputs()..(first + b) * cfg.model.inputs()]
-                                    .to_vec(),
-                                ys[first..first + b].to_vec(),
-                            ),
+                        let epoch_set = match &plan {
+                            Some(p) => EpochSet::Plan(p, (&train_x, &train_y), border),
+                            None => EpochSet::Samples(&xs, &ys),
                         };
+                        let batch = step_batch(cfg, epoch_set, first, b)?;
                         let site = replay(backend, cfg, batch, r.scale)?;
                         summary
                             .overflow_sites
@@ -425,7 +418,7 @@ fn save(
 // module, so it sees this module's items.
 #[path = "trainer_records.rs"]
 mod records;
-use records::{plan_batch, replay, Seen};
+use records::{replay, step_batch, EpochSet, Seen};
 
 #[cfg(test)]
 mod tests {
@@ -498,6 +491,28 @@ mod tests {
                     .all(|(a, b)| a.to_bits() == b.to_bits()),
                 "seed {seed} shift {shift} epoch {epoch}: images differ"
             );
+        }
+    }
+
+    #[test]
+    fn a_located_steps_batch_is_the_one_the_backend_saw() {
+        // The overflow locator rebuilds a step's batch from a kept dataset's plan: the same
+        // samples as the host-assembled epoch's rows.
+        let cfg = TrainConfig::mnist_default();
+        let (n, inputs) = (300, cfg.model.inputs());
+        let images: Vec<f32> = (0..(n * inputs) as u32)
+            .map(|i| (i.wrapping_mul(0x9E37_79B9) >> 8) as f32 / 16_777_216.0)
+            .collect();
+        let labels: Vec<u32> = (0..n as u32).map(|i| i % 10).collect();
+        let border = background(&images);
+        let (mut xs, mut ys) = (vec![0f32; n * inputs], vec![0u32; n]);
+        epoch_samples(&cfg, 3, (&images, &labels), border, &mut xs, &mut ys).unwrap();
+        let plan = epoch_plan(&cfg, 3, n);
+        for (first, b) in [(0, 64), (128, 64), (256, 44)] {
+            let set = EpochSet::Plan(&plan, (&images, &labels), border);
+            let from_plan = step_batch(&cfg, set, first, b).unwrap();
+            let host = step_batch(&cfg, EpochSet::Samples(&xs, &ys), first, b).unwrap();
+            assert_eq!(from_plan, host, "rows {first}..{}", first + b);
         }
     }
 

@@ -14,19 +14,39 @@ pub(super) fn site_text(site: Option<&OverflowSite>) -> String {
     }
 }
 
-/// The samples of a kept dataset's plan rows (`order`, `shifts`), gathered on the host exactly
-/// as the device gathers them ([`crate::cpu::augment::gather_shifted`]).
-pub(super) fn plan_batch(
+/// Where an epoch's samples are: a kept dataset's plan (`order`, `shifts`, `side`) over the
+/// training set with its border value, or the samples assembled on the host.
+pub(super) enum EpochSet<'a> {
+    Plan(&'a (Vec<u32>, Vec<i32>, usize), (&'a [f32], &'a [u32]), f32),
+    Samples(&'a [f32], &'a [u32]),
+}
+
+/// The samples and labels of the step on rows `first..first + batch` of the epoch, as the
+/// backend saw them (a plan's rows gathered with [`crate::cpu::augment::gather_shifted`], as the
+/// device gathers them).
+pub(super) fn step_batch(
     cfg: &TrainConfig,
-    (images, labels): (&[f32], &[u32]),
-    (order, shifts): (&[u32], &[i32]),
-    side: usize,
-    border: f32,
+    set: EpochSet<'_>,
+    first: usize,
+    batch: usize,
 ) -> Result<(Vec<f32>, Vec<u32>)> {
     let inputs = cfg.model.inputs();
-    let mut x = vec![0f32; order.len() * inputs];
-    crate::cpu::augment::gather_shifted(images, inputs, side, order, shifts, border, &mut x)?;
-    Ok((x, order.iter().map(|&s| labels[s as usize]).collect()))
+    let rows = first..first + batch;
+    match set {
+        EpochSet::Plan((order, shifts, side), (images, labels), border) => {
+            let order = &order[rows];
+            let shifts = &shifts[2 * first..2 * (first + batch)];
+            let mut x = vec![0f32; batch * inputs];
+            crate::cpu::augment::gather_shifted(
+                images, inputs, *side, order, shifts, border, &mut x,
+            )?;
+            Ok((x, order.iter().map(|&s| labels[s as usize]).collect()))
+        }
+        EpochSet::Samples(xs, ys) => Ok((
+            xs[first * inputs..(first + batch) * inputs].to_vec(),
+            ys[rows].to_vec(),
+        )),
+    }
 }
 
 /// Replays a skipped step ([`crate::train::locate`]) on a CPU replica of `backend`'s state (the
