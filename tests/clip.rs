@@ -10,7 +10,6 @@ mod common;
 
 use ampkit::amp::{CpuGradScaler, GradClip, GradScaler, LossScale, ScalerConfig};
 use ampkit::optim::{Adam, AdamConfig, GpuParam, Optimizer, Param};
-use ampkit::train::data::Dataset;
 use ampkit::train::trainer::{self, Outputs};
 use ampkit::train::{open_backend, Progress, TrainConfig};
 use ampkit::{f16, Device};
@@ -169,22 +168,13 @@ fn gpu_clipping_matches_the_cpu_twin() {
         .is_err());
 }
 
-/// The first `n` samples of a set.
-fn subset(d: &Dataset, n: usize) -> Dataset {
-    let size = d.image_size();
-    Dataset::new(
-        d.images()[..n * size].to_vec(),
-        d.labels()[..n].to_vec(),
-        d.rows(),
-        d.cols(),
-    )
-    .unwrap()
-}
-
 #[test]
 fn training_with_clipping_on_the_cpu_and_the_gpu() {
     let split = common::bundled_mnist();
-    let (train, test) = (subset(&split.train, 1280), subset(&split.test, 200));
+    let (train, test) = (
+        common::subset(&split.train, 1280),
+        common::subset(&split.test, 200),
+    );
     let base = TrainConfig {
         epochs: 1,
         batch: 64,

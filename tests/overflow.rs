@@ -8,24 +8,10 @@
 mod common;
 
 use ampkit::amp::NonFinite;
-use ampkit::train::data::Dataset;
 use ampkit::train::locate::Pass;
 use ampkit::train::overflow::ScalerWarning;
 use ampkit::train::trainer::{self, Outputs};
 use ampkit::train::{open_backend, Backend, Progress, TrainConfig};
-use ampkit::Device;
-
-/// The first `n` samples of a set.
-fn subset(d: &Dataset, n: usize) -> Dataset {
-    let size = d.image_size();
-    Dataset::new(
-        d.images()[..n * size].to_vec(),
-        d.labels()[..n].to_vec(),
-        d.rows(),
-        d.cols(),
-    )
-    .unwrap()
-}
 
 /// Hidden unit whose outgoing weight to class 0 is made huge.
 const UNIT: usize = 37;
@@ -48,20 +34,15 @@ fn poison(backend: &mut dyn Backend) {
     backend.import(&state).unwrap();
 }
 
-fn devices() -> Vec<Device> {
-    let mut d = vec![Device::cpu()];
-    if let Some(gpu) = common::gpu() {
-        d.push(Device::Cuda(gpu));
-    }
-    d
-}
-
 #[test]
 fn the_locator_names_the_op_and_the_gradients() {
     let split = common::bundled_mnist();
-    let (train, test) = (subset(&split.train, 640), subset(&split.test, 200));
+    let (train, test) = (
+        common::subset(&split.train, 640),
+        common::subset(&split.test, 200),
+    );
     let dir = tempfile::tempdir().unwrap();
-    for device in devices() {
+    for device in common::devices() {
         let cfg = TrainConfig {
             epochs: 1,
             batch: 64,

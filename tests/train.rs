@@ -11,43 +11,18 @@ mod common;
 
 use ampkit::amp::{LossScale, Precision};
 use ampkit::cpu::scaler::ScalerConfig;
-use ampkit::train::data::{load_dir, Dataset, MnistSplit};
+use ampkit::train::data::{Dataset, MnistSplit};
 use ampkit::train::gpu_backend::GpuBackend;
 use ampkit::train::trainer::{self, Outputs};
 use ampkit::train::{checkpoint, open_backend, Backend, BackendState, Progress, TrainConfig};
 use ampkit::Device;
 use common::sized;
 use std::path::PathBuf;
-use std::sync::OnceLock;
-
-fn data_dir() -> PathBuf {
-    let root = std::env::var_os("CARGO_MANIFEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::current_dir().expect("current directory"));
-    root.join("data")
-}
-
-fn bundled() -> &'static MnistSplit {
-    static SPLIT: OnceLock<MnistSplit> = OnceLock::new();
-    SPLIT.get_or_init(|| load_dir(&data_dir()).expect("the bundled data loads"))
-}
-
-/// The first `n` samples of a set.
-fn subset(d: &Dataset, n: usize) -> Dataset {
-    let size = d.image_size();
-    Dataset::new(
-        d.images()[..n * size].to_vec(),
-        d.labels()[..n].to_vec(),
-        d.rows(),
-        d.cols(),
-    )
-    .unwrap()
-}
 
 /// The test set the per-epoch evaluations run on: all of it, or the first 500 images under
 /// `AMPKIT_TEST_SANITIZE=1` (an evaluation is one forward pass per 64 images).
 fn eval_set(split: &MnistSplit) -> Dataset {
-    subset(&split.test, sized(split.test.len(), 500))
+    common::subset(&split.test, sized(split.test.len(), 500))
 }
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -69,14 +44,6 @@ fn small_config(epochs: usize) -> TrainConfig {
     }
 }
 
-fn devices() -> Vec<Device> {
-    let mut d = vec![Device::cpu()];
-    if let Some(gpu) = common::gpu() {
-        d.push(Device::Cuda(gpu));
-    }
-    d
-}
-
 /// Every bit of a backend state, for bit-identity checks.
 /// Programmatic dependent launch (on by default on compute capability 9.0) changes when kernels
 /// start, never what they compute: runs with it on and off end bit-identical, eager and in graph
@@ -87,8 +54,8 @@ fn devices() -> Vec<Device> {
 #[test]
 fn dependent_launch_is_bit_identical() {
     let Some(shared) = common::gpu() else { return };
-    let split = bundled();
-    let train = subset(&split.train, sized(700, 400));
+    let split = common::bundled_mnist();
+    let train = common::subset(&split.train, sized(700, 400));
     let test = eval_set(split);
     for (batch, graph) in [(64, true), (300, false)] {
         let cfg = TrainConfig {
@@ -157,11 +124,11 @@ fn bits(s: &BackendState) -> Vec<u32> {
 
 #[test]
 fn training_lowers_the_loss_and_learns() {
-    let split = bundled();
+    let split = common::bundled_mnist();
     // Sanitizing too: fewer steps leave too little margin on the loss and accuracy limits.
     let (samples, epochs) = (2000, 3);
-    let (train, test) = (subset(&split.train, samples), &eval_set(split));
-    for device in devices() {
+    let (train, test) = (common::subset(&split.train, samples), &eval_set(split));
+    for device in common::devices() {
         let cfg = small_config(epochs);
         let mut backend = open_backend(&device, &cfg).unwrap();
         let s = trainer::run(
@@ -197,13 +164,13 @@ fn training_lowers_the_loss_and_learns() {
 
 #[test]
 fn an_overflowing_scale_skips_steps_and_backs_off() {
-    let split = bundled();
+    let split = common::bundled_mnist();
     // Sanitizing: 2^40 = 1.1e12 takes about 60 fewer halvings than 1e30 (log2(1e30) ≈ 99.7),
     // over 96 steps instead of 189.
     let (samples, epochs, init_scale, halvings) =
         sized((4000, 3, 1e30, 60..100), (2000, 3, 2f32.powi(40), 10..40));
-    let (train, test) = (subset(&split.train, samples), eval_set(split));
-    for device in devices() {
+    let (train, test) = (common::subset(&split.train, samples), eval_set(split));
+    for device in common::devices() {
         let cfg = TrainConfig {
             loss_scale: LossScale::Dynamic(ScalerConfig {
                 init_scale,
@@ -257,9 +224,9 @@ fn an_overflowing_scale_skips_steps_and_backs_off() {
 
 #[test]
 fn a_skipped_step_changes_nothing() {
-    let split = bundled();
-    let train = subset(&split.train, 256);
-    for device in devices() {
+    let split = common::bundled_mnist();
+    let train = common::subset(&split.train, 256);
+    for device in common::devices() {
         let cfg = TrainConfig {
             loss_scale: LossScale::Static(1e30),
             max_steps: Some(1),
@@ -292,13 +259,13 @@ fn a_skipped_step_changes_nothing() {
 
 #[test]
 fn resuming_is_bit_identical_to_an_uninterrupted_run() {
-    let split = bundled();
+    let split = common::bundled_mnist();
     // 16 steps per epoch (sanitizing: 8); the first run stops 5 steps into epoch 2.
-    let train = subset(&split.train, sized(1000, 500));
+    let train = common::subset(&split.train, sized(1000, 500));
     let test = eval_set(split);
     let per_epoch = train.len().div_ceil(64) as u64;
     let stop = per_epoch + 5;
-    for device in devices() {
+    for device in common::devices() {
         let cfg = TrainConfig {
             loss_scale: LossScale::Dynamic(ScalerConfig {
                 init_scale: 1e8, // a few skips early, so the scaler state matters
@@ -390,7 +357,7 @@ fn resuming_is_bit_identical_to_an_uninterrupted_run() {
 #[test]
 fn cpu_and_gpu_loss_curves_agree() {
     let Some(gpu) = common::gpu() else { return };
-    let split = bundled();
+    let split = common::bundled_mnist();
     let steps = sized(300, 40);
     let cfg = TrainConfig {
         max_steps: Some(steps as u64),
@@ -442,8 +409,8 @@ fn cpu_and_gpu_loss_curves_agree() {
 #[test]
 fn gpu_matches_cpu_with_layernorm_and_f32_layers() {
     let Some(gpu) = common::gpu() else { return };
-    let split = bundled();
-    let train = subset(&split.train, 2000);
+    let split = common::bundled_mnist();
+    let train = common::subset(&split.train, 2000);
     let steps = sized(60, 30);
     type Tweak = Box<dyn Fn(&mut TrainConfig)>;
     let variants: Vec<(&str, Tweak, f32)> = vec![
@@ -533,9 +500,9 @@ fn cuda_graph_steps_are_bit_identical_to_eager_steps() {
     // so the tests running beside this one keep theirs.
     let gpu = shared.fork().unwrap();
     gpu.set_sync_launches(false);
-    let split = bundled();
+    let split = common::bundled_mnist();
     // 15 full batches of 64 and one of 40 (sanitizing: 7 and one of 52).
-    let train = subset(&split.train, sized(1000, 500));
+    let train = common::subset(&split.train, sized(1000, 500));
     let test = eval_set(split);
     let cfg = TrainConfig {
         loss_scale: LossScale::Dynamic(ScalerConfig {
@@ -565,7 +532,7 @@ fn cuda_graph_steps_are_bit_identical_to_eager_steps() {
 
 #[test]
 fn checkpoint_files_have_pytorch_names_and_shapes() {
-    let split = bundled();
+    let split = common::bundled_mnist();
     let dir = temp_dir("names");
     let cfg = TrainConfig {
         max_steps: Some(2),
@@ -581,7 +548,7 @@ fn checkpoint_files_have_pytorch_names_and_shapes() {
     trainer::run(
         b.as_mut(),
         &cfg,
-        &subset(&split.train, 500),
+        &common::subset(&split.train, 500),
         &split.test,
         Progress::default(),
         &out,
@@ -625,8 +592,8 @@ fn checkpoint_files_have_pytorch_names_and_shapes() {
 #[test]
 fn fused_head_steps_match_unfused_steps() {
     let Some(gpu) = common::gpu() else { return };
-    let split = bundled();
-    let train = subset(&split.train, sized(1000, 500));
+    let split = common::bundled_mnist();
+    let train = common::subset(&split.train, sized(1000, 500));
     let cfg = TrainConfig {
         loss_scale: LossScale::Dynamic(ScalerConfig {
             init_scale: 1e12,

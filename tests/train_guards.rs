@@ -9,7 +9,6 @@ mod common;
 use ampkit::amp::LossScale;
 use ampkit::cpu::optim::OptimizerConfig;
 use ampkit::cpu::schedule::LrSchedule;
-use ampkit::train::data::{load_dir, Dataset, MnistSplit};
 use ampkit::train::gpu_backend::GpuBackend;
 use ampkit::train::resume::{resumed_config, Horizon};
 use ampkit::train::trainer::{self, Outputs};
@@ -17,37 +16,6 @@ use ampkit::train::{memory, open_backend, BackendState, Progress, TrainConfig};
 use ampkit::{Device, Error};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-
-fn bundled() -> &'static MnistSplit {
-    static SPLIT: OnceLock<MnistSplit> = OnceLock::new();
-    SPLIT.get_or_init(|| {
-        let root = std::env::var_os("CARGO_MANIFEST_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| std::env::current_dir().expect("current directory"));
-        load_dir(&root.join("data")).expect("the bundled data loads")
-    })
-}
-
-/// The first `n` samples of a set.
-fn subset(d: &Dataset, n: usize) -> Dataset {
-    let size = d.image_size();
-    Dataset::new(
-        d.images()[..n * size].to_vec(),
-        d.labels()[..n].to_vec(),
-        d.rows(),
-        d.cols(),
-    )
-    .unwrap()
-}
-
-fn devices() -> Vec<Device> {
-    let mut d = vec![Device::cpu()];
-    if let Some(gpu) = common::gpu() {
-        d.push(Device::Cuda(gpu));
-    }
-    d
-}
 
 /// Every file under `dir` with its bytes (whatever the checkpoint layout).
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
@@ -80,10 +48,13 @@ fn bits(s: &BackendState) -> Vec<u32> {
 
 #[test]
 fn a_diverging_run_stops_and_leaves_the_checkpoint_alone() {
-    let split = bundled();
+    let split = common::bundled_mnist();
     // 10 steps per epoch: the epoch ends (a save is due) before the divergence rules can fire.
-    let (train, test) = (subset(&split.train, 640), subset(&split.test, 200));
-    for device in devices() {
+    let (train, test) = (
+        common::subset(&split.train, 640),
+        common::subset(&split.test, 200),
+    );
+    for device in common::devices() {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path().join("ckpt");
         let plot = t.path().join("dead.png");
@@ -134,10 +105,13 @@ fn a_diverging_run_stops_and_leaves_the_checkpoint_alone() {
 
 #[test]
 fn a_scale_that_always_overflows_ends_the_run() {
-    let split = bundled();
+    let split = common::bundled_mnist();
     // 32 steps per epoch; every step overflows f16 at 1e30 and the scale never changes.
-    let (train, test) = (subset(&split.train, 2000), subset(&split.test, 100));
-    for device in devices() {
+    let (train, test) = (
+        common::subset(&split.train, 2000),
+        common::subset(&split.test, 100),
+    );
+    for device in common::devices() {
         let cfg = TrainConfig {
             epochs: 10,
             loss_scale: LossScale::Static(1e30),
@@ -166,7 +140,7 @@ fn a_scale_that_always_overflows_ends_the_run() {
 
 #[test]
 fn output_paths_are_checked_before_any_step() {
-    let split = bundled();
+    let split = common::bundled_mnist();
     let t = tempfile::tempdir().unwrap();
     let cfg = TrainConfig {
         epochs: 1,
@@ -189,7 +163,7 @@ fn output_paths_are_checked_before_any_step() {
         let e = trainer::run(
             b.as_mut(),
             &cfg,
-            &subset(&split.train, 200),
+            &common::subset(&split.train, 200),
             &split.test,
             Progress::default(),
             &out,
@@ -202,8 +176,8 @@ fn output_paths_are_checked_before_any_step() {
 
 #[test]
 fn an_epoch_resumed_at_its_end_has_no_loss() {
-    let split = bundled();
-    let train = subset(&split.train, 200); // 4 steps per epoch
+    let split = common::bundled_mnist();
+    let train = common::subset(&split.train, 200); // 4 steps per epoch
     let cfg = TrainConfig {
         epochs: 1,
         ..TrainConfig::mnist_default()
@@ -219,7 +193,7 @@ fn an_epoch_resumed_at_its_end_has_no_loss() {
         b.as_mut(),
         &cfg,
         &train,
-        &subset(&split.test, 100),
+        &common::subset(&split.test, 100),
         at_end,
         &Outputs::default(),
     )
@@ -288,9 +262,12 @@ fn a_model_too_large_for_the_gpu_is_refused_before_allocating() {
 
 #[test]
 fn a_cosine_run_resumed_with_its_own_horizon_is_bit_identical() {
-    let split = bundled();
-    let (train, test) = (subset(&split.train, 500), subset(&split.test, 100)); // 8 steps/epoch
-    for device in devices() {
+    let split = common::bundled_mnist();
+    let (train, test) = (
+        common::subset(&split.train, 500),
+        common::subset(&split.test, 100),
+    ); // 8 steps/epoch
+    for device in common::devices() {
         let cfg = TrainConfig {
             epochs: 2,
             schedule: LrSchedule::Cosine {

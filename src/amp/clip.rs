@@ -1,7 +1,10 @@
 //! Gradient clipping as part of the AMP step: PyTorch's `clip_grad_norm_` / `clip_grad_value_`
 //! after `scaler.unscale_(optimizer)`, fused into the passes the step already makes.
 
+use crate::cuda::{DeviceBuffer, Gpu};
 use crate::error::{Error, Result};
+use crate::ops;
+use cudarc::driver::DevicePtr;
 use serde::{Deserialize, Serialize};
 
 /// Gradient clipping a scaler applies to the unscaled gradients of every real step (a skipped
@@ -56,6 +59,74 @@ impl GradClip {
                     "gradient clipping {what} must be a finite number above 0, got {v}"
                 ),
             })
+        }
+    }
+}
+
+/// A [`super::GradScaler`]'s clipping: the mode, the device's `[factor, norm]` (written by the
+/// unscale's last block, read by the optimizer) and the unscale's per-block sums of squares.
+#[derive(Debug)]
+pub(crate) struct Clipping {
+    pub(crate) mode: GradClip,
+    out: DeviceBuffer<f32>,
+    partials: DeviceBuffer<f64>,
+}
+
+impl Clipping {
+    /// Off; the factor reads 1 until a clipped unscale writes it.
+    pub(crate) fn new(gpu: &Gpu) -> Result<Clipping> {
+        Ok(Clipping {
+            mode: GradClip::Off,
+            out: gpu.upload(&[1.0f32, 0.0])?,
+            partials: gpu.alloc_zeros(2)?,
+        })
+    }
+
+    /// Sizes the partials for an unscale over tensors of `lens` when clipping by norm (an
+    /// allocation only at a model's first step: a captured step never allocates).
+    pub(crate) fn reserve(&mut self, gpu: &Gpu, lens: &[usize]) -> Result<()> {
+        if matches!(self.mode, GradClip::Norm { .. }) {
+            let slots = ops::unscale::norm_slots(gpu, lens);
+            if self.partials.len() < 2 * slots {
+                self.partials = gpu.alloc_zeros(2 * slots)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The unscale's norm target when clipping by norm ([`Clipping::reserve`] first).
+    pub(crate) fn norm_target(&mut self) -> Option<ops::unscale::NormTarget<'_>> {
+        let GradClip::Norm { max_norm } = self.mode else {
+            return None;
+        };
+        Some(ops::unscale::NormTarget {
+            partials: &mut self.partials,
+            clip: &mut self.out,
+            max_norm,
+        })
+    }
+
+    /// The last clipped unscale's norm (`None` unless clipping by norm); waits for the device.
+    pub(crate) fn last_norm(&self, gpu: &Gpu) -> Result<Option<f32>> {
+        match self.mode {
+            GradClip::Norm { .. } => Ok(Some(gpu.download(&self.out)?[1])),
+            _ => Ok(None),
+        }
+    }
+
+    /// The optimizer's view: the factor's address or the clamp value.
+    pub(crate) fn optimizer_args(&self, gpu: &Gpu) -> ops::optim::GradClip {
+        match self.mode {
+            GradClip::Off => ops::optim::GradClip::default(),
+            // A plain address: ampkit's contexts run without cudarc's event tracking.
+            GradClip::Norm { .. } => ops::optim::GradClip {
+                coef: self.out.device_ptr(gpu.stream()).0,
+                ..Default::default()
+            },
+            GradClip::Value { value } => ops::optim::GradClip {
+                value,
+                ..Default::default()
+            },
         }
     }
 }

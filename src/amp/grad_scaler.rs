@@ -2,13 +2,14 @@
 //! every step on the GPU without synchronising; [`CpuGradScaler`](super::CpuGradScaler) is its
 //! host twin over the CPU references. The module doc of [`crate::amp`] shows one step.
 
+use super::clip::Clipping;
 use super::{GradClip, LossScale, NonFinite, ScalerStages, Stage};
 use crate::cuda::{DeviceBuffer, Gpu};
 use crate::error::{Error, Result};
 use crate::ops;
 use crate::ops::optim::GpuParamTensor;
 use crate::optim::{GpuParam, Inner, Optimizer};
-use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut};
+use cudarc::driver::{CudaView, CudaViewMut, DevicePtrMut};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -85,11 +86,7 @@ pub struct GradScaler {
     /// (the training step's record clears its own).
     nonfinite_dirty: bool,
     /// Gradient clipping of real steps.
-    clip: GradClip,
-    /// `[factor, norm]` of `clip_grad_norm_`, written by the unscale's last block.
-    clip_out: DeviceBuffer<f32>,
-    /// The unscale's per-block sums of squares (pairs of f64), sized at the first clipped step.
-    norm_partials: DeviceBuffer<f64>,
+    clipping: Clipping,
     stages: ScalerStages,
 }
 
@@ -106,9 +103,7 @@ impl GradScaler {
             found_inf: gpu.alloc_zeros(1)?,
             nonfinite: gpu.alloc_zeros(2)?,
             nonfinite_dirty: false,
-            clip: GradClip::Off,
-            clip_out: gpu.upload(&[1.0f32, 0.0])?,
-            norm_partials: gpu.alloc_zeros(2)?,
+            clipping: Clipping::new(gpu)?,
             gpu: gpu.clone(),
             mode: loss_scale,
             stages: ScalerStages::new(),
@@ -160,52 +155,20 @@ impl GradScaler {
     /// effect at the next unscale. Errors: [`Error::InvalidArgument`] for an invalid limit.
     pub fn set_grad_clip(&mut self, clip: GradClip) -> Result<()> {
         clip.validate()?;
-        self.clip = clip;
+        self.clipping.mode = clip;
         Ok(())
     }
 
     /// The clipping set by [`GradScaler::set_grad_clip`] (off by default).
     pub fn grad_clip(&self) -> GradClip {
-        self.clip
+        self.clipping.mode
     }
 
     /// With [`GradClip::Norm`]: the global 2-norm of the last step's unscaled gradients (f32,
     /// what `clip_grad_norm_` returns; inf or NaN on a skipped step). Copies one value to the
     /// host: waits for the queued work. `None` without norm clipping. Errors: [`Error::Driver`].
     pub fn last_grad_norm(&self) -> Result<Option<f32>> {
-        if !matches!(self.clip, GradClip::Norm { .. }) {
-            return Ok(None);
-        }
-        Ok(Some(self.gpu.download(&self.clip_out)?[1]))
-    }
-
-    /// Grows the norm partials for an unscale over tensors of `lens` when clipping by norm (an
-    /// allocation only at the first step of a model: a captured step never allocates).
-    fn grow_norm_partials(&mut self, lens: &[usize]) -> Result<()> {
-        if matches!(self.clip, GradClip::Norm { .. }) {
-            let slots = ops::unscale::norm_slots(&self.gpu, lens);
-            if self.norm_partials.len() < 2 * slots {
-                self.norm_partials = self.gpu.alloc_zeros(2 * slots)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The optimizer's view of the clipping: the factor's address or the clamp value.
-    fn optimizer_clip(&self) -> ops::optim::GradClip {
-        let stream = self.gpu.stream();
-        match self.clip {
-            GradClip::Off => ops::optim::GradClip::default(),
-            // A plain address: ampkit's contexts run without cudarc's event tracking.
-            GradClip::Norm { .. } => ops::optim::GradClip {
-                coef: self.clip_out.device_ptr(stream).0,
-                ..Default::default()
-            },
-            GradClip::Value { value } => ops::optim::GradClip {
-                value,
-                ..Default::default()
-            },
-        }
+        self.clipping.last_norm(&self.gpu)
     }
 
     /// PyTorch's `unscale_(optimizer)`: multiplies every gradient in place by
@@ -229,19 +192,12 @@ impl GradScaler {
     /// computes the clip factor when clipping by norm.
     fn unscale_now<D: DevicePtrMut<f32>>(&mut self, grads: &mut [D]) -> Result<()> {
         let lens: Vec<usize> = grads.iter().map(|g| g.len()).collect();
-        self.grow_norm_partials(&lens)?;
+        self.clipping.reserve(&self.gpu, &lens)?;
         self.clear_flag()?;
         self.nonfinite_dirty = true;
         let gpu = self.gpu.clone();
         let (scale, found_inf, mask) = (&self.scale, &mut self.found_inf, &mut self.nonfinite);
-        let mut norm = match self.clip {
-            GradClip::Norm { max_norm } => Some(ops::unscale::NormTarget {
-                partials: &mut self.norm_partials,
-                clip: &mut self.clip_out,
-                max_norm,
-            }),
-            _ => None,
-        };
+        let mut norm = self.clipping.norm_target();
         ops::unscale::unscale_locate_norm(&gpu, grads, scale, found_inf, mask, norm.as_mut())
     }
 
@@ -290,7 +246,7 @@ impl GradScaler {
             &self.gpu,
             &mut tensors,
             &self.found_inf,
-            self.optimizer_clip(),
+            self.clipping.optimizer_args(&self.gpu),
         )
     }
 
@@ -376,19 +332,12 @@ impl GradScaler {
         next.update()?;
         let inner = self.checked_optimizer(OP, optimizer, params)?;
         let lens: Vec<usize> = params.iter().map(|p| p.grad.len()).collect();
-        self.grow_norm_partials(&lens)?;
+        self.clipping.reserve(&self.gpu, &lens)?;
         self.clear_flag()?;
         let mut grads: Vec<CudaViewMut<'_, f32>> =
             params.iter_mut().map(|p| p.grad.slice_mut(..)).collect();
         let rule = self.mode.dynamic().copied();
-        let mut norm = match self.clip {
-            GradClip::Norm { max_norm } => Some(ops::unscale::NormTarget {
-                partials: &mut self.norm_partials,
-                clip: &mut self.clip_out,
-                max_norm,
-            }),
-            _ => None,
-        };
+        let mut norm = self.clipping.norm_target();
         ops::unscale::unscale_and_record(
             &self.gpu,
             &mut grads,

@@ -83,31 +83,7 @@ pub fn unscale_and_check<D: DevicePtrMut<f32>>(
     found_inf: &mut impl DevicePtrMut<f32>,
 ) -> Result<()> {
     const OP: &str = "ops::unscale::unscale_and_check";
-    let stream = gpu.stream();
-    let mut guards = Vec::with_capacity(grads.len());
-    let mut entries = Vec::with_capacity(grads.len());
-    for g in grads.iter_mut() {
-        let len = g.len();
-        let (ptr, guard) = g.device_ptr_mut(stream);
-        guards.push(guard);
-        entries.push(Entry {
-            src: ptr,
-            dst: ptr,
-            len,
-            splits: 1,
-        });
-    }
-    launch_all(
-        gpu,
-        OP,
-        "unscale_f32",
-        4,
-        &entries,
-        scale,
-        found_inf,
-        0,
-        Finish::None,
-    )
+    in_place(gpu, OP, grads, scale, found_inf, 0, None)
 }
 
 /// [`unscale_and_check`] that also sets, in `mask` (two u32 words on the device), bit `t` of
@@ -143,9 +119,24 @@ pub(crate) fn unscale_locate_norm<D: DevicePtrMut<f32>>(
     norm: Option<&mut NormTarget<'_>>,
 ) -> Result<()> {
     const OP: &str = "ops::unscale::unscale_and_locate";
-    let stream = gpu.stream();
     let mask_ptr = mask_ptr(OP, gpu, mask)?;
     let norm = norm.map(|n| n.args(OP, gpu)).transpose()?;
+    in_place(gpu, OP, grads, scale, found_inf, mask_ptr, norm)
+}
+
+/// The in-place f32 unscale of `grads` behind [`unscale_and_check`] and
+/// [`unscale_locate_norm`]: `mask` a checked mask address (0: none), `norm` checked norm
+/// arguments.
+fn in_place<D: DevicePtrMut<f32>>(
+    gpu: &Gpu,
+    op: &'static str,
+    grads: &mut [D],
+    scale: &impl DevicePtr<f32>,
+    found_inf: &mut impl DevicePtrMut<f32>,
+    mask: u64,
+    norm: Option<NormArgs>,
+) -> Result<()> {
+    let stream = gpu.stream();
     let mut guards = Vec::with_capacity(grads.len());
     let mut entries = Vec::with_capacity(grads.len());
     for g in grads.iter_mut() {
@@ -162,13 +153,13 @@ pub(crate) fn unscale_locate_norm<D: DevicePtrMut<f32>>(
     let mut run = |finish| {
         launch_all(
             gpu,
-            OP,
+            op,
             "unscale_f32",
             4,
             &entries,
             scale,
             found_inf,
-            mask_ptr,
+            mask,
             finish,
         )
     };

@@ -178,15 +178,6 @@ impl CpuBackend {
                 let epi = Epilogue::bias(bias, fuse_relu);
                 if lp.ln.is_some() {
                     gemm(shape, &x16, &self.halves[lp.w], &epi, &mut z)?;
-                    if let Some(p) = probe.as_deref_mut() {
-                        p.check(
-                            Pass::Forward,
-                            || format!("{} output", name()),
-                            "f32",
-                            &z,
-                            None,
-                        );
-                    }
                 } else {
                     let mut z16 = vec![f16::ZERO; b * out];
                     gemm(shape, &x16, &self.halves[lp.w], &epi, &mut z16)?;
@@ -194,8 +185,8 @@ impl CpuBackend {
                     if let Some(p) = probe.as_deref_mut() {
                         let wide = || {
                             let mut w = vec![0f32; b * out];
-                            let _ = gemm(shape, &x16, &self.halves[lp.w], &epi, &mut w);
-                            w
+                            let done = gemm(shape, &x16, &self.halves[lp.w], &epi, &mut w);
+                            done.map(|()| w).unwrap_or_default()
                         };
                         p.check_f16(Pass::Forward, || format!("{} output", name()), &z, &wide);
                     }
@@ -203,15 +194,17 @@ impl CpuBackend {
             } else {
                 let epi = Epilogue::bias(bias, fuse_relu);
                 gemm(shape, &input, &self.params[lp.w].data, &epi, &mut z)?;
-                if let Some(p) = probe.as_deref_mut() {
-                    p.check(
-                        Pass::Forward,
-                        || format!("{} output", name()),
-                        "f32",
-                        &z,
-                        None,
-                    );
-                }
+            }
+            // The f32 outputs (an f16 one was checked before its widening, with its range).
+            let stored_f32 = !half || lp.ln.is_some();
+            if let (Some(p), true) = (probe.as_deref_mut(), stored_f32) {
+                p.check(
+                    Pass::Forward,
+                    || format!("{} output", name()),
+                    "f32",
+                    &z,
+                    None,
+                );
             }
             let (ln, act) = match lp.ln {
                 Some((g, be)) => {
@@ -289,10 +282,10 @@ impl CpuBackend {
             let wide = || {
                 let l16: Vec<f32> = to_f32(&to_f16(&logits));
                 let mut d = vec![0f32; batch * classes];
-                let _ = cross_entropy::softmax_cross_entropy(
+                let done = cross_entropy::softmax_cross_entropy(
                     &l16, &labels, batch, classes, scale, &mut d,
                 );
-                d
+                done.map(|_| d).unwrap_or_default()
             };
             probe.check_f16(Pass::Loss, op, &dlogits, &wide);
         } else {
@@ -342,7 +335,8 @@ impl CpuBackend {
         let mut g = dlogits;
         for l in (0..self.cfg.linear_count()).rev() {
             let lp = self.layers[l];
-            let name = layer_name(&self.names[lp.w]);
+            // Only a probe's messages need the layer's name.
+            let name = || layer_name(&self.names[lp.w]);
             let (fan_in, out) = (self.cfg.layers[l], self.cfg.layers[l + 1]);
             let half = self.cfg.half_layer(l);
             let last = l + 1 == self.cfg.linear_count();
@@ -370,7 +364,7 @@ impl CpuBackend {
                         &mut dbeta,
                     )?;
                     if let Some(p) = probe.as_deref_mut() {
-                        let what = |t: &str| format!("LayerNorm backward after {name} ({t})");
+                        let what = |t: &str| format!("LayerNorm backward after {} ({t})", name());
                         p.check(
                             Pass::Backward,
                             || what("its input's gradient"),
@@ -406,10 +400,11 @@ impl CpuBackend {
             let mut dx = vec![0f32; if l > 0 { b * fan_in } else { 0 }];
             let (wname, bname) = (&self.names[lp.w], &self.names[lp.b]);
             if half {
-                let wide = dz.clone();
+                // The values before the rounding, kept only for a probe's report.
+                let wide = probe.is_some().then(|| dz.clone());
                 round_f16(&mut dz);
-                if let Some(p) = probe.as_deref_mut() {
-                    let op = || format!("the gradient of {name}'s output, rounded to f16");
+                if let (Some(p), Some(wide)) = (probe.as_deref_mut(), wide) {
+                    let op = || format!("the gradient of {}'s output, rounded to f16", name());
                     p.check_f16(Pass::Backward, op, &dz, &|| wide.clone());
                 }
                 let (dz16, x16) = (to_f16(&dz), to_f16(x));
@@ -423,10 +418,10 @@ impl CpuBackend {
                         let w16 = &self.halves[lp.w];
                         let wide = || {
                             let mut w = vec![0f32; b * fan_in];
-                            let _ = gemm(dshape, &dz16, w16, &plain, &mut w);
-                            w
+                            let done = gemm(dshape, &dz16, w16, &plain, &mut w);
+                            done.map(|()| w).unwrap_or_default()
                         };
-                        let op = || format!("dgrad of {name} (its input's gradient)");
+                        let op = || format!("dgrad of {} (its input's gradient)", name());
                         p.check_f16(Pass::Backward, op, &dx, &wide);
                     }
                 }
@@ -439,11 +434,11 @@ impl CpuBackend {
             }
             if let Some(p) = probe.as_deref_mut() {
                 let (gw, gb) = (&self.grads[lp.w], &self.grads[lp.b]);
-                let op = |t: &str, n: &str| format!("{t} gradient of {name} ({n})");
+                let op = |t: &str, n: &str| format!("{t} gradient of {} ({n})", name());
                 p.check(Pass::Backward, || op("weight", wname), "f32", gw, None);
                 p.check(Pass::Backward, || op("bias", bname), "f32", gb, None);
                 if !half && l > 0 {
-                    let op = || format!("dgrad of {name} (its input's gradient)");
+                    let op = || format!("dgrad of {} (its input's gradient)", name());
                     p.check(Pass::Backward, op, "f32", &dx, None);
                 }
             }

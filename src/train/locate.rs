@@ -87,7 +87,8 @@ impl Probe {
 
     /// Checks an op's output (`out`, already in its storage precision, f32 storage). When it
     /// holds an inf/NaN and no earlier op did, records the op; `wide` recomputes the output
-    /// before its rounding to f16 (for the max |x|), `None` for ops without a rounding.
+    /// before its rounding to f16 (for the max |x|; empty if that failed), `None` for ops
+    /// without a rounding.
     pub(crate) fn check(
         &mut self,
         pass: Pass,
@@ -103,10 +104,10 @@ impl Probe {
         if bad == 0 {
             return;
         }
+        // No range when the recomputation failed (empty) or was itself non-finite.
         let max_abs = wide.and_then(|w| {
             let v = w();
-            v.iter()
-                .all(|x| x.is_finite())
+            (!v.is_empty() && v.iter().all(|x| x.is_finite()))
                 .then(|| v.iter().fold(0f64, |m, x| m.max(f64::from(x.abs()))))
         });
         self.site = Some(OverflowSite {

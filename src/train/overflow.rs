@@ -29,8 +29,9 @@ pub fn skip_reason(r: &StepRecord, names: &[String]) -> Option<String> {
     })
 }
 
-/// Names joined by commas; "none recorded" for an empty list (a skip whose gradients were
-/// finite cannot happen through the unscale, but a record of an older build has no mask).
+/// Names joined by commas; "(none recorded)" for an empty list, which a skipped step's record
+/// does not have (the unscale flags a tensor whenever it sets found_inf), so that a broken
+/// record still reads as a sentence.
 fn list(names: &[String]) -> String {
     if names.is_empty() {
         "(none recorded)".to_string()
@@ -40,19 +41,26 @@ fn list(names: &[String]) -> String {
 }
 
 /// One epoch's skipped steps per gradient tensor and its range of loss scales.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct EpochTally {
+    /// Skipped steps per mask bit ([`NonFinite::LAST_BIT`] + 1 of them).
     per_tensor: Vec<u64>,
     range: Option<(f32, f32)>,
+}
+
+impl Default for EpochTally {
+    fn default() -> Self {
+        EpochTally {
+            per_tensor: vec![0; NonFinite::LAST_BIT + 1],
+            range: None,
+        }
+    }
 }
 
 impl EpochTally {
     /// Counts `records` in.
     pub(crate) fn add(&mut self, records: &[StepRecord]) {
         for r in records {
-            if self.per_tensor.is_empty() {
-                self.per_tensor = vec![0; NonFinite::LAST_BIT + 1];
-            }
             for t in r.nonfinite.indices() {
                 self.per_tensor[t] += 1;
             }
@@ -190,11 +198,11 @@ pub(crate) struct Advisor {
     /// it is the scaler's own `min_scale` (a scale clamped there cannot fall below it: sitting
     /// on it and still skipping draws the warning).
     floor: Option<(f32, bool)>,
-    initial: f32,
+    /// The scale of the first record seen (the run's, or a resumed run's, starting scale).
+    initial: Option<f32>,
     streak: u64,
     /// Whether every record so far was skipped (the run's first streak).
     opening: bool,
-    seen: bool,
     fired: [bool; 3],
 }
 
@@ -210,10 +218,9 @@ impl Advisor {
         Advisor {
             cfg,
             floor,
-            initial: loss_scale.initial_scale(),
+            initial: None,
             streak: 0,
             opening: true,
-            seen: false,
             fired: [false; 3],
         }
     }
@@ -228,10 +235,7 @@ impl Advisor {
         let mut out = Vec::new();
         for (i, r) in records.iter().enumerate() {
             let step = first + i as u64;
-            if !self.seen {
-                self.seen = true;
-                self.initial = r.scale;
-            }
+            let initial = *self.initial.get_or_insert(r.scale);
             if let Some((floor, clamped)) = self.floor {
                 let low = r.scale < floor || (clamped && r.scale <= floor && r.skipped);
                 if low && !std::mem::replace(&mut self.fired[1], true) {
@@ -247,7 +251,7 @@ impl Advisor {
                     out.push(ScalerWarning::EarlyOverflow {
                         skipped: self.streak,
                         settled: r.scale,
-                        initial: self.initial,
+                        initial,
                     });
                 }
                 self.opening = false;

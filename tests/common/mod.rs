@@ -185,3 +185,24 @@ pub fn bundled_mnist() -> &'static ampkit::train::data::MnistSplit {
         ampkit::train::data::load_dir(&root.join("data")).expect("the bundled data loads")
     })
 }
+
+/// The first `n` samples of a set.
+pub fn subset(d: &ampkit::train::data::Dataset, n: usize) -> ampkit::train::data::Dataset {
+    let size = d.image_size();
+    ampkit::train::data::Dataset::new(
+        d.images()[..n * size].to_vec(),
+        d.labels()[..n].to_vec(),
+        d.rows(),
+        d.cols(),
+    )
+    .unwrap()
+}
+
+/// The CPU, and the GPU when there is one ([`gpu`]'s rules).
+pub fn devices() -> Vec<ampkit::Device> {
+    let mut d = vec![ampkit::Device::cpu()];
+    if let Some(gpu) = gpu() {
+        d.push(ampkit::Device::Cuda(gpu));
+    }
+    d
+}
