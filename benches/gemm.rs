@@ -245,6 +245,7 @@ fn sweep(gpu: &Gpu, cases: &[GemmCase]) -> Result<()> {
                     config,
                     splits,
                     group_m: GROUP_M,
+                    blocks: 0,
                 });
                 let t = timer.measure(3, 10, || {
                     gemm_with_plan(

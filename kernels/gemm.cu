@@ -190,12 +190,17 @@ __device__ __forceinline__ void gemm_tile(const __half* __restrict__ A,
     const int nt = max(min(k_tiles, kt0 + k_tiles_per_split) - kt0, 0);
 
     float acc[MI][NI][4];
+    // The unaligned kernel's blocked summation (see the end of the K loop); unused otherwise.
+    float total[VEC ? 1 : MI][VEC ? 1 : NI][4];
 #pragma unroll
     for (int i = 0; i < MI; ++i)
 #pragma unroll
         for (int j = 0; j < NI; ++j)
 #pragma unroll
-            for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.f;
+            for (int q = 0; q < 4; ++q) {
+                acc[i][j][q] = 0.f;
+                if (!VEC) total[i][j][q] = 0.f;
+            }
 
     auto load_stage = [&](int stage, int kt) {
         const int k0 = (kt0 + kt) * BK;
@@ -264,6 +269,30 @@ __device__ __forceinline__ void gemm_tile(const __half* __restrict__ A,
                 write_stage = write_stage + 1 == STAGES ? 0 : write_stage + 1;
             }
         }
+        if (!VEC) {
+            // Blocked summation (the unaligned kernel only, whose narrow outputs run long K
+            // loops): the tensor cores add each stage's 32 products into a zeroed accumulator,
+            // which is then added to the total with one f32 rounding. With one running
+            // accumulator the tensor cores' own additions carried the error across the whole K
+            // (relative L2 4.8e-6 at K = 4097, 24× cuBLAS's); now they span one stage.
+#pragma unroll
+            for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+                for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+                    for (int q = 0; q < 4; ++q) {
+                        total[mi][ni][q] += acc[mi][ni][q];
+                        acc[mi][ni][q] = 0.f;
+                    }
+        }
+    }
+    if (!VEC) {
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+            for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+                for (int q = 0; q < 4; ++q) acc[mi][ni][q] = total[mi][ni][q];
     }
     // Epilogue through shared memory, one 16-row slab of the warp tile at a time: fragments go
     // to a per-warp staging area, then each lane stores 4 consecutive columns, so a warp writes

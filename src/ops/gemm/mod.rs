@@ -305,8 +305,29 @@ where
     }
     let k_tiles = k.div_ceil(p.config.bk);
     let per_split = k_tiles.div_ceil(p.splits).max(1);
+    let grid = if p.config.persistent {
+        // One block per SM at most (or the plan's count), in whole clusters, none idle from
+        // the start: a cluster per pair of tile-rows × tile-column × split.
+        let cluster = plan::PERSISTENT_CLUSTER;
+        let units = m.div_ceil(p.config.bm).div_ceil(cluster) * n.div_ceil(p.config.bn) * p.splits;
+        let blocks = match p.blocks {
+            0 => gpu.info().multiprocessors,
+            b => b,
+        };
+        ((blocks / cluster).clamp(1, units) * cluster) as u32
+    } else {
+        tiles as u32
+    };
     let cfg = LaunchConfig {
-        grid: (tiles as u32, 1, p.splits as u32),
+        grid: (
+            grid,
+            1,
+            if p.config.persistent {
+                1
+            } else {
+                p.splits as u32
+            },
+        ),
         block: (p.config.threads, 1, 1),
         shared_bytes: p.config.shared_bytes(layout) as u32,
     };
@@ -321,10 +342,16 @@ where
                 k_major: !mn,
                 tile_rows,
             };
+            // A persistent cluster's blocks each load half of the shared B tile.
+            let b_rows = if p.config.persistent {
+                p.config.bn / plan::PERSISTENT_CLUSTER
+            } else {
+                p.config.bn
+            };
             return sm90::launch(
                 gpu,
                 &operand(a_ptr, a_mn, m, p.config.bm),
-                &operand(b_ptr, b_mn, n, p.config.bn),
+                &operand(b_ptr, b_mn, n, b_rows),
                 &sm90::Launch {
                     kernel,
                     cfg,
@@ -333,7 +360,7 @@ where
                     dims: (mi, ni, ki),
                     epilogue: (epilogue.alpha, epilogue.beta, i32::from(epilogue.relu)),
                     out_kind,
-                    schedule: (per_split as i32, p.group_m as i32),
+                    schedule: (per_split as i32, p.splits as i32, p.group_m as i32),
                 },
             );
         }

@@ -30,34 +30,46 @@ pub struct TileConfig {
     /// Whether the kernels are the Hopper ones (`kernels/gemm_sm90.cu`: wgmma + TMA, compute
     /// capability 9.0 only) rather than the portable mma.sync ones of `kernels/gemm.cu`.
     pub hopper: bool,
+    /// Whether the kernels are persistent (one block per SM walking the tiles, in clusters of 2
+    /// blocks that take vertically adjacent tiles and share the B tile), launched with one block
+    /// per SM at most instead of one per tile.
+    pub persistent: bool,
 }
 
 const PAD: usize = 8;
 /// The tiles `kernels/gemm.cu` instantiates (its `AMPKIT_GEMM_LAYOUT`). Efficiencies are the
 /// measured rates relative to `l64` (docs/kernels/gemm.md).
 #[rustfmt::skip]
-const LARGE64: TileConfig = TileConfig { name: "l64", bm: 128, bn: 256, bk: 64, threads: 256, stages: 3, blocks_per_sm: 1, efficiency: 1.0, kernels: ["gemm_fwd_l64", "gemm_dgrad_l64", "gemm_wgrad_l64"], hopper: false };
+const LARGE64: TileConfig = TileConfig { name: "l64", bm: 128, bn: 256, bk: 64, threads: 256, stages: 3, blocks_per_sm: 1, efficiency: 1.0, kernels: ["gemm_fwd_l64", "gemm_dgrad_l64", "gemm_wgrad_l64"], hopper: false, persistent: false };
 #[rustfmt::skip]
-const MEDIUM8: TileConfig = TileConfig { name: "m8", bm: 128, bn: 128, bk: 32, threads: 256, stages: 4, blocks_per_sm: 1, efficiency: 0.61, kernels: ["gemm_fwd_m8", "gemm_dgrad_m8", "gemm_wgrad_m8"], hopper: false };
+const MEDIUM8: TileConfig = TileConfig { name: "m8", bm: 128, bn: 128, bk: 32, threads: 256, stages: 4, blocks_per_sm: 1, efficiency: 0.61, kernels: ["gemm_fwd_m8", "gemm_dgrad_m8", "gemm_wgrad_m8"], hopper: false, persistent: false };
 #[rustfmt::skip]
-const MEDIUM8K64: TileConfig = TileConfig { name: "m8k64", bm: 128, bn: 128, bk: 64, threads: 256, stages: 3, blocks_per_sm: 1, efficiency: 0.84, kernels: ["gemm_fwd_m8k64", "gemm_dgrad_m8k64", "gemm_wgrad_m8k64"], hopper: false };
+const MEDIUM8K64: TileConfig = TileConfig { name: "m8k64", bm: 128, bn: 128, bk: 64, threads: 256, stages: 3, blocks_per_sm: 1, efficiency: 0.84, kernels: ["gemm_fwd_m8k64", "gemm_dgrad_m8k64", "gemm_wgrad_m8k64"], hopper: false, persistent: false };
 #[rustfmt::skip]
-const MEDIUM: TileConfig = TileConfig { name: "m", bm: 128, bn: 128, bk: 32, threads: 128, stages: 4, blocks_per_sm: 2, efficiency: 0.81, kernels: ["gemm_fwd_m", "gemm_dgrad_m", "gemm_wgrad_m"], hopper: false };
+const MEDIUM: TileConfig = TileConfig { name: "m", bm: 128, bn: 128, bk: 32, threads: 128, stages: 4, blocks_per_sm: 2, efficiency: 0.81, kernels: ["gemm_fwd_m", "gemm_dgrad_m", "gemm_wgrad_m"], hopper: false, persistent: false };
 #[rustfmt::skip]
-const SMALL: TileConfig = TileConfig { name: "s", bm: 64, bn: 64, bk: 32, threads: 128, stages: 4, blocks_per_sm: 4, efficiency: 0.42, kernels: ["gemm_fwd_s", "gemm_dgrad_s", "gemm_wgrad_s"], hopper: false };
+const SMALL: TileConfig = TileConfig { name: "s", bm: 64, bn: 64, bk: 32, threads: 128, stages: 4, blocks_per_sm: 4, efficiency: 0.42, kernels: ["gemm_fwd_s", "gemm_dgrad_s", "gemm_wgrad_s"], hopper: false, persistent: false };
 /// The element-by-element configuration for operands off the fast path.
 #[rustfmt::skip]
-pub const UNALIGNED: TileConfig = TileConfig { name: "unaligned", bm: 64, bn: 64, bk: 32, threads: 128, stages: 2, blocks_per_sm: 4, efficiency: 0.2, kernels: ["gemm_fwd_unaligned", "gemm_dgrad_unaligned", "gemm_wgrad_unaligned"], hopper: false };
+pub const UNALIGNED: TileConfig = TileConfig { name: "unaligned", bm: 64, bn: 64, bk: 32, threads: 128, stages: 2, blocks_per_sm: 4, efficiency: 0.2, kernels: ["gemm_fwd_unaligned", "gemm_dgrad_unaligned", "gemm_wgrad_unaligned"], hopper: false, persistent: false };
 /// The aligned configurations, largest first.
 pub const CONFIGS: [TileConfig; 5] = [LARGE64, MEDIUM, MEDIUM8, MEDIUM8K64, SMALL];
 /// The Hopper configurations (`kernels/gemm_sm90.cu`), used on compute capability 9.0 only: a
-/// producer warpgroup issuing TMA loads and two consumer warpgroups issuing `wgmma`. Efficiencies
-/// relative to `l64`, measured (docs/kernels/gemm.md).
+/// producer warpgroup issuing TMA loads and two consumer warpgroups issuing `wgmma`; `h*` one
+/// block per tile, `p*` persistent clusters of two (v12). Efficiencies relative to `l64`,
+/// measured (docs/kernels/gemm.md).
 #[rustfmt::skip]
-pub const HOPPER_CONFIGS: [TileConfig; 2] = [
-    TileConfig { name: "h256", bm: 128, bn: 256, bk: 64, threads: 384, stages: 4, blocks_per_sm: 1, efficiency: 1.45, kernels: ["gemm_sm90_fwd_h256", "gemm_sm90_dgrad_h256", "gemm_sm90_wgrad_h256"], hopper: true },
-    TileConfig { name: "h128", bm: 128, bn: 128, bk: 64, threads: 384, stages: 4, blocks_per_sm: 1, efficiency: 1.42, kernels: ["gemm_sm90_fwd_h128", "gemm_sm90_dgrad_h128", "gemm_sm90_wgrad_h128"], hopper: true },
+pub const HOPPER_CONFIGS: [TileConfig; 4] = [
+    TileConfig { name: "h256", bm: 128, bn: 256, bk: 64, threads: 384, stages: 4, blocks_per_sm: 1, efficiency: 1.45, kernels: ["gemm_sm90_fwd_h256", "gemm_sm90_dgrad_h256", "gemm_sm90_wgrad_h256"], hopper: true, persistent: false },
+    TileConfig { name: "h128", bm: 128, bn: 128, bk: 64, threads: 384, stages: 4, blocks_per_sm: 1, efficiency: 1.42, kernels: ["gemm_sm90_fwd_h128", "gemm_sm90_dgrad_h128", "gemm_sm90_wgrad_h128"], hopper: true, persistent: false },
+    TileConfig { name: "p256", bm: 128, bn: 256, bk: 64, threads: 384, stages: 4, blocks_per_sm: 1, efficiency: 1.6, kernels: ["gemm_sm90_fwd_p256", "gemm_sm90_dgrad_p256", "gemm_sm90_wgrad_p256"], hopper: true, persistent: true },
+    TileConfig { name: "p128", bm: 128, bn: 128, bk: 64, threads: 384, stages: 6, blocks_per_sm: 1, efficiency: 1.5, kernels: ["gemm_sm90_fwd_p128", "gemm_sm90_dgrad_p128", "gemm_sm90_wgrad_p128"], hopper: true, persistent: true },
 ];
+
+/// Blocks per cluster of the persistent configurations (`CLUSTER` in `kernels/gemm_sm90.cu`).
+pub(crate) const PERSISTENT_CLUSTER: usize = 2;
+/// Shared memory of the persistent kernels' two epilogue staging buffers (64 rows × 40 f32 each).
+const PERSISTENT_EPILOGUE_BYTES: usize = 2 * 64 * 40 * 4;
 
 /// Every aligned configuration this GPU runs: [`CONFIGS`], plus [`HOPPER_CONFIGS`] on compute
 /// capability 9.0.
@@ -74,8 +86,16 @@ impl TileConfig {
     pub fn shared_bytes(&self, layout: Layout) -> usize {
         if self.hopper {
             // Unpadded swizzled tiles, 1 KB to align them to the swizzle period, and a full and
-            // an empty mbarrier per stage.
-            return self.stages * (self.bm + self.bn) * self.bk * 2 + 1024 + self.stages * 16;
+            // an empty mbarrier per stage (+ the epilogue's staging for the persistent kernels).
+            let epilogue = if self.persistent {
+                PERSISTENT_EPILOGUE_BYTES
+            } else {
+                0
+            };
+            return self.stages * (self.bm + self.bn) * self.bk * 2
+                + epilogue
+                + 1024
+                + self.stages * 16;
         }
         let (a_kmajor, b_kmajor) = kmajor(layout);
         let tile = |rows: usize, k_major: bool| {
@@ -105,8 +125,12 @@ pub struct Plan {
     pub config: TileConfig,
     /// K is cut into this many slices, one per grid layer, summed by a second kernel when > 1.
     pub splits: usize,
-    /// Tile-rows per raster group (blocks of a group share operand strips in L2).
+    /// Tile-rows per raster group (blocks of a group share operand strips in L2); pairs of
+    /// tile-rows for the persistent configurations.
     pub group_m: usize,
+    /// Blocks a persistent configuration launches (rounded down to whole clusters); 0 for one
+    /// per SM. Ignored by the other configurations, which launch one block per tile.
+    pub blocks: usize,
 }
 
 /// Tile-rows per raster group for the mma.sync configurations.
@@ -118,7 +142,7 @@ pub const GROUP_M: usize = 4;
 pub(crate) fn group_m_for(config: &TileConfig) -> usize {
     match config.name {
         "h256" => 1,
-        "h128" => 8,
+        "h128" | "p256" | "p128" => 8,
         _ => GROUP_M,
     }
 }
@@ -148,6 +172,7 @@ pub fn plan(shape: GemmShape, aligned: bool, sms: usize, hopper: bool) -> Plan {
         config,
         splits: 1,
         group_m: group_m_for(&config),
+        blocks: 0,
     };
     let mut best = (f64::INFINITY, config_only(SMALL));
     if !aligned {
@@ -182,6 +207,7 @@ pub fn plan(shape: GemmShape, aligned: bool, sms: usize, hopper: bool) -> Plan {
                         config,
                         splits,
                         group_m: group_m_for(&config),
+                        blocks: 0,
                     },
                 );
             }
@@ -198,13 +224,24 @@ fn plan_cost(config: TileConfig, shape: GemmShape, splits: usize, sms: usize) ->
     if splits > 1 && k_tiles / splits < 8 {
         return None;
     }
-    let tiles = m.div_ceil(config.bm) * n.div_ceil(config.bn);
+    // A persistent cluster computes tile-rows in pairs (an odd last one with an idle partner).
+    let tile_rows = if config.persistent {
+        m.div_ceil(config.bm).next_multiple_of(PERSISTENT_CLUSTER)
+    } else {
+        m.div_ceil(config.bm)
+    };
+    let tiles = tile_rows * n.div_ceil(config.bn);
     let per_sm = (tiles * splits).div_ceil(sms);
     let resident = per_sm.min(config.blocks_per_sm);
     let warps = (resident as u32 * config.threads / 32) as f64;
     let rate = SM_FLOPS * config.efficiency * (warps / WARPS_FOR_FULL_RATE).min(1.0);
     let block_flops = 2.0 * (config.bm * config.bn * k_tiles.div_ceil(splits) * config.bk) as f64;
-    let waves = per_sm.div_ceil(config.blocks_per_sm) as f64;
+    // A persistent block fills its pipeline and launches once; the others once per block wave.
+    let waves = if config.persistent {
+        1.0
+    } else {
+        per_sm.div_ceil(config.blocks_per_sm) as f64
+    };
     let mut cost = per_sm as f64 * block_flops / rate + waves * BLOCK_OVERHEAD_S;
     if splits > 1 {
         cost += LAUNCH_S + (m * n * 4 * (splits + 1)) as f64 / DRAM_BYTES_PER_S;
@@ -221,7 +258,11 @@ mod tests {
         assert_eq!(LARGE64.shared_bytes(Layout::Forward), 165_888);
         assert_eq!(MEDIUM.shared_bytes(Layout::Wgrad), 69_632);
         assert_eq!(SMALL.shared_bytes(Layout::Dgrad), 38_912);
-        for c in CONFIGS {
+        // The persistent kernels: 4 stages of 128×256 or 6 of 128×128, two 64×40 f32 staging
+        // buffers, alignment and barriers.
+        assert_eq!(HOPPER_CONFIGS[2].shared_bytes(Layout::Forward), 218_176);
+        assert_eq!(HOPPER_CONFIGS[3].shared_bytes(Layout::Wgrad), 218_208);
+        for c in CONFIGS.iter().chain(&HOPPER_CONFIGS) {
             for l in [Layout::Forward, Layout::Dgrad, Layout::Wgrad] {
                 assert!(
                     c.shared_bytes(l) <= 227 * 1024 / c.blocks_per_sm,
@@ -237,7 +278,7 @@ mod tests {
         let p = plan(big, true, 132, false);
         assert_eq!((p.config.name, p.splits), ("l64", 1));
         let p = plan(big, true, 132, true);
-        assert_eq!((p.config.name, p.splits), ("h256", 1));
+        assert_eq!((p.config.name, p.splits), ("p256", 1));
         // The default MLP's wgrad: 784×512 outputs over K = 4096 → a K-split.
         let wgrad = plan(
             GemmShape::new(Layout::Wgrad, 512, 784, 4096),

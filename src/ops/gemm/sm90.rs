@@ -39,7 +39,8 @@ pub(crate) struct Operand {
     pub outer: usize,
     /// Whether K is the contiguous dimension.
     pub k_major: bool,
-    /// Rows of the block tile along M or N (the box height for a K-major operand).
+    /// Rows of one TMA box of a K-major operand: the block tile's rows along M or N, or half of
+    /// them for the B tile a persistent cluster's two blocks load half each.
     pub tile_rows: usize,
 }
 
@@ -105,8 +106,8 @@ pub(crate) struct Launch {
     pub epilogue: (f32, f32, i32),
     /// 0 f16, 1 f32, 2 f32 partials.
     pub out_kind: i32,
-    /// K tiles per split, tile-rows per raster group.
-    pub schedule: (i32, i32),
+    /// K tiles per split, splits, tile-rows per raster group.
+    pub schedule: (i32, i32, i32),
 }
 
 /// Whether A and B are M/N-major in a layout (the kernel's transpose bits).
@@ -138,12 +139,16 @@ pub(crate) fn launch(gpu: &Gpu, a: &Operand, b: &Operand, l: &Launch) -> Result<
     args.push(l.epilogue.0)
         .push(l.epilogue.1)
         .push(l.epilogue.2);
-    args.push(l.out_kind).push(l.schedule.0).push(l.schedule.1);
+    args.push(l.out_kind)
+        .push(l.schedule.0)
+        .push(l.schedule.1)
+        .push(l.schedule.2);
     // SAFETY: gemm_sm90_<layout>_<config>(TensorMap ta, TensorMap tb, void* C, const float* bias,
     // int M, int N, int K, float alpha, float beta, int relu, int out_kind,
-    // int k_tiles_per_split, int group_m) matches the arguments. The tensor maps describe
-    // exactly the operands the caller's shape check proved in bounds (TMA clips every box to
-    // them); C holds M·N elements of the out_kind type, or splits·M·N f32 for out_kind 2; the
-    // kernel bounds-checks each store.
+    // int k_tiles_per_split, int splits, int group_m) matches the arguments. The tensor maps
+    // describe exactly the operands the caller's shape check proved in bounds (TMA clips every box
+    // to them); C holds M·N elements of the out_kind type, or splits·M·N f32 for out_kind 2; the
+    // kernel bounds-checks each store. A persistent kernel's grid is a multiple of its compile-time
+    // cluster size (2).
     unsafe { gpu.launch(&kernels::GEMM_SM90, l.kernel, l.cfg, &args) }
 }

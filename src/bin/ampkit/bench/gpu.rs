@@ -305,16 +305,43 @@ fn gemm_sweep(h: &mut Harness, case: &GemmCase) -> Result<String> {
     let mut out32: DeviceBuffer<f32> = gpu.alloc_zeros(case.m * case.n)?;
     let flops = gemm_flops(case.m, case.n, case.k);
     let mut line = format!("sweep {} (TFLOP/s, GPU time):", case.name);
+    let mut plans = Vec::new();
     for config in ampkit::tuning::gemm::configs_for(&gpu) {
         for splits in [1usize, 2, 4] {
             if splits > 1 && case.k < 2048 {
                 continue;
             }
-            let p = Some(ampkit::tuning::gemm::Plan {
+            let p = ampkit::tuning::gemm::Plan {
                 config,
                 splits,
                 group_m: ampkit::tuning::gemm::GROUP_M,
-            });
+                blocks: 0,
+            };
+            plans.push((format!("{}/{splits}", config.name), p));
+            // The persistent kernels' raster groups (pairs of tile-rows) and grid size: all SMs,
+            // or 128 of them (reported faster than all 132 for a similar kernel).
+            if config.persistent && splits == 1 {
+                for group_m in [2usize, 8, 16] {
+                    for blocks in [0usize, 128] {
+                        if (group_m, blocks) != (ampkit::tuning::gemm::GROUP_M, 0) {
+                            let name = format!("{}/1/g{group_m}/b{blocks}", config.name);
+                            plans.push((
+                                name,
+                                ampkit::tuning::gemm::Plan {
+                                    group_m,
+                                    blocks,
+                                    ..p
+                                },
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (name, p) in plans {
+        {
+            let p = Some(p);
             let mut t = h.times_us(true, 3, 20, |_| {
                 if case.f32_out {
                     ampkit::tuning::gemm::gemm_with_plan(
@@ -338,12 +365,7 @@ fn gemm_sweep(h: &mut Harness, case: &GemmCase) -> Result<String> {
                     )
                 }
             })?;
-            line += &format!(
-                " {}/{}={:.0}",
-                config.name,
-                splits,
-                flops / median(&mut t) / 1e6
-            );
+            line += &format!(" {name}={:.0}", flops / median(&mut t) / 1e6);
         }
     }
     Ok(line)
