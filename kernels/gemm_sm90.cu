@@ -226,29 +226,42 @@ __device__ __forceinline__ Unit unit_at(int u, int rank, int M, int N, int K, in
                 split};
 }
 
-template <int BN, int STAGES, bool A_MN, bool B_MN>
+template <int BN, int STAGES, bool PINGPONG, bool A_MN, bool B_MN>
 __device__ __forceinline__ void gemm_persistent(const TensorMap& ta, const TensorMap& tb, void* C,
                                                 int M, int N, int K, const Epilogue& e, int out_kind,
                                                 int k_tiles_per_split, int splits, int group_m) {
     constexpr int A_BYTES = BM * BK * 2, B_BYTES = BN * BK * 2;
     constexpr int STAGE_BYTES = A_BYTES + B_BYTES, B_HALF = B_BYTES / CLUSTER;
+    // Ping-pong: each consumer warpgroup computes whole tiles (both 64-row halves), taking every
+    // other unit, so one's epilogue overlaps the other's main loop; BN = 128 keeps its two
+    // halves' accumulators at 128 registers.
+    constexpr int HALVES = PINGPONG ? 2 : 1;
+    static_assert(!PINGPONG || BN == 128, "ping-pong holds 2 × 64 accumulators per thread");
 
     extern __shared__ __align__(16) unsigned char smem_raw[];
     // Same offsets in both blocks of a cluster (same kernel, same dynamic shared memory base), which
     // the multicast loads rely on.
     const uint32_t base = (smem_addr(smem_raw) + 1023) & ~1023u;
     const uint32_t sA = base, sB = base + STAGES * A_BYTES, sEpi = sB + STAGES * B_BYTES;
-    const uint32_t bars = sEpi + 2 * EPI_BYTES;  // full[STAGES], then empty[STAGES]
+    const uint32_t bars = sEpi + 2 * EPI_BYTES;  // full[STAGES], empty[STAGES], order[2]
     auto full = [&](int s) { return bars + 8 * s; };
     auto empty = [&](int s) { return bars + 8 * (STAGES + s); };
+    // Ping-pong's turn barriers: order[w] completes a phase when the other warpgroup has passed
+    // all its waits of a unit, so the two main loops alternate and neither waits on a stage two
+    // fills ahead (a parity wait cannot tell that fill from the one before the last).
+    auto order = [&](int w) { return bars + 8 * (2 * STAGES + w); };
 
     const int tid = threadIdx.x, wg = tid / 128;
     const int rank = int(cluster_ctarank());
     if (tid == 0) {
         for (int s = 0; s < STAGES; ++s) {
             mbar_init(full(s), 1);              // own expect_tx arrive; both blocks' TMA bytes
-            mbar_init(empty(s), 8 * CLUSTER);   // one arrive per consumer warp of each block
+            // One arrive per consumer warp of each block that reads the stage: both warpgroups,
+            // or (ping-pong) the one whose unit it holds.
+            mbar_init(empty(s), (PINGPONG ? 4 : 8) * CLUSTER);
         }
+        mbar_init(order(0), 4);
+        mbar_init(order(1), 4);
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     // The peer's multicast loads and remote arrives target these barriers: both blocks'
@@ -312,20 +325,35 @@ __device__ __forceinline__ void gemm_persistent(const TensorMap& ta, const Tenso
         };
         const size_t elem = out_kind == 0 ? 2 : 4;
         int s = 0, phase = 0;
-        for (int u = first_unit; u < units; u += stride) {
+        for (int u = first_unit, j = 0; u < units; u += stride, ++j) {
             const Unit w = unit_at<BN>(u, rank, M, N, K, k_tiles_per_split, group);
-            float d[BN / 2];
+            if (PINGPONG && j % 2 != cw) {
+                // The other warpgroup's unit: skip its stages in the ring.
+                s += w.nt;
+                phase ^= (s / STAGES) & 1;
+                s %= STAGES;
+                continue;
+            }
+            // Cooperative: this warpgroup's 64 rows of the tile; ping-pong: both 64-row halves.
+            float d[HALVES][BN / 2];
 #pragma unroll
-            for (int i = 0; i < BN / 2; ++i) d[i] = 0.f;
+            for (int h = 0; h < HALVES; ++h)
+#pragma unroll
+                for (int i = 0; i < BN / 2; ++i) d[h][i] = 0.f;
+            // Ping-pong: this warpgroup's n-th unit starts after the other's unit before it.
+            if (PINGPONG && j > 0) mbar_wait(order(cw), (j / 2 - (cw == 0 ? 1 : 0)) & 1);
             int prev = -1;
             for (int i = 0; i < w.nt; ++i) {
                 mbar_wait(full(s), phase);
-                const uint32_t a = sA + s * A_BYTES + cw * BOX_BYTES, b = sB + s * B_BYTES;
                 wgmma_fence();
 #pragma unroll
-                for (int kk = 0; kk < BK / 16; ++kk) {
-                    wgmma_tile<BN, A_MN, B_MN>(d, descriptor(a + kk * A_STEP, A_LBO, 1024),
-                                               descriptor(b + kk * B_STEP, B_LBO, 1024));
+                for (int h = 0; h < HALVES; ++h) {
+                    const uint32_t a = sA + s * A_BYTES + (PINGPONG ? h : cw) * BOX_BYTES, b = sB + s * B_BYTES;
+#pragma unroll
+                    for (int kk = 0; kk < BK / 16; ++kk) {
+                        wgmma_tile<BN, A_MN, B_MN>(d[h], descriptor(a + kk * A_STEP, A_LBO, 1024),
+                                                   descriptor(b + kk * B_STEP, B_LBO, 1024));
+                    }
                 }
                 wgmma_commit();
                 wgmma_wait<1>();
@@ -336,35 +364,43 @@ __device__ __forceinline__ void gemm_persistent(const TensorMap& ta, const Tenso
                     phase ^= 1;
                 }
             }
+            if (PINGPONG) {
+                __syncwarp();
+                if (lane == 0) mbar_arrive(order(1 - cw));
+            }
             wgmma_wait<0>();
             if (prev >= 0) release(prev);
 
             // Epilogue, 32 columns at a time through this warpgroup's staging buffer.
-            const int row0 = w.m0 + 64 * cw, rows = min(64, M - row0);
-            if (rows <= 0) continue;  // the pad block of an odd number of tile-rows
             void* out = out_kind == 2 ? static_cast<void*>(static_cast<float*>(C) + size_t(w.split) * M * N) : C;
             const bool vec = (N % 4 == 0) && (reinterpret_cast<uintptr_t>(out) % (4 * elem) == 0);
             const int r = 16 * warp + lane / 4, c = 2 * (lane % 4);
             const int t = ctid % 128, sc = (t % (EPI_COLS / 4)) * 4, sr = t / (EPI_COLS / 4);
             constexpr int ROWS_PER_PASS = 128 / (EPI_COLS / 4);
 #pragma unroll
-            for (int ch = 0; ch < BN / EPI_COLS; ++ch) {
-                if (w.n0 + ch * EPI_COLS < N) {
+            for (int h = 0; h < HALVES; ++h) {
+                const int row0 = w.m0 + 64 * (PINGPONG ? h : cw), rows = min(64, M - row0);
+                if (rows <= 0) continue;  // past M, e.g. the pad block of an odd number of tile-rows
 #pragma unroll
-                    for (int j = 0; j < EPI_COLS / 8; ++j) {
-                        const int q = ch * (EPI_COLS / 8) + j;
-                        *reinterpret_cast<float2*>(&stage[r * EPI_LD + 8 * j + c]) = make_float2(d[4 * q], d[4 * q + 1]);
-                        *reinterpret_cast<float2*>(&stage[(r + 8) * EPI_LD + 8 * j + c]) =
-                            make_float2(d[4 * q + 2], d[4 * q + 3]);
-                    }
-                    asm volatile("bar.sync %0, 128;\n" ::"r"(2 + cw) : "memory");
-                    // Not unrolled: store4 is large, and this sits in the unrolled chunk loop.
+                for (int ch = 0; ch < BN / EPI_COLS; ++ch) {
+                    if (w.n0 + ch * EPI_COLS < N) {
+#pragma unroll
+                        for (int jj = 0; jj < EPI_COLS / 8; ++jj) {
+                            const int q = ch * (EPI_COLS / 8) + jj;
+                            *reinterpret_cast<float2*>(&stage[r * EPI_LD + 8 * jj + c]) =
+                                make_float2(d[h][4 * q], d[h][4 * q + 1]);
+                            *reinterpret_cast<float2*>(&stage[(r + 8) * EPI_LD + 8 * jj + c]) =
+                                make_float2(d[h][4 * q + 2], d[h][4 * q + 3]);
+                        }
+                        asm volatile("bar.sync %0, 128;\n" ::"r"(2 + cw) : "memory");
+                        // Not unrolled: store4 is large, and this sits in the unrolled chunk loop.
 #pragma unroll 1
-                    for (int rr = sr; rr < rows; rr += ROWS_PER_PASS) {
-                        const float4 v = *reinterpret_cast<const float4*>(&stage[rr * EPI_LD + sc]);
-                        store4(out, out_kind, M, N, row0 + rr, w.n0 + ch * EPI_COLS + sc, v, vec, e);
+                        for (int rr = sr; rr < rows; rr += ROWS_PER_PASS) {
+                            const float4 v = *reinterpret_cast<const float4*>(&stage[rr * EPI_LD + sc]);
+                            store4(out, out_kind, M, N, row0 + rr, w.n0 + ch * EPI_COLS + sc, v, vec, e);
+                        }
+                        asm volatile("bar.sync %0, 128;\n" ::"r"(2 + cw) : "memory");
                     }
-                    asm volatile("bar.sync %0, 128;\n" ::"r"(2 + cw) : "memory");
                 }
             }
         }
@@ -392,14 +428,14 @@ using namespace gemm_sm90_detail;
         gemm_tile<BN, ST, REGS, AMN, BMN>(ta, tb, C, M, N, K, e, out_kind, k_tiles_per_split,     \
                                           group_m);                                               \
     }
-#define AMPKIT_GEMM_SM90P(NAME, BN, ST, AMN, BMN)                                                  \
+#define AMPKIT_GEMM_SM90P(NAME, BN, ST, PP, AMN, BMN)                                                 \
     extern "C" __global__ void __cluster_dims__(CLUSTER, 1, 1) __launch_bounds__(THREADS, 1)     \
         NAME(const __grid_constant__ TensorMap ta, const __grid_constant__ TensorMap tb, void* C, \
              const float* bias, int M, int N, int K, float alpha, float beta, int relu,           \
              int out_kind, int k_tiles_per_split, int splits, int group_m) {                      \
         pdl_start();                                                                              \
         const Epilogue e{bias, alpha, beta, relu};                                                \
-        gemm_persistent<BN, ST, AMN, BMN>(ta, tb, C, M, N, K, e, out_kind, k_tiles_per_split,     \
+        gemm_persistent<BN, ST, PP, AMN, BMN>(ta, tb, C, M, N, K, e, out_kind, k_tiles_per_split, \
                                           splits, group_m);                                       \
     }
 
@@ -408,8 +444,9 @@ using namespace gemm_sm90_detail;
 #define AMPKIT_GEMM_SM90_LAYOUT(L, AMN, BMN)                         \
     AMPKIT_GEMM_SM90(gemm_sm90_##L##_h256, 256, 4, 232, 1, AMN, BMN) \
     AMPKIT_GEMM_SM90(gemm_sm90_##L##_h128, 128, 4, 232, 1, AMN, BMN) \
-    AMPKIT_GEMM_SM90P(gemm_sm90_##L##_p256, 256, 4, AMN, BMN)        \
-    AMPKIT_GEMM_SM90P(gemm_sm90_##L##_p128, 128, 6, AMN, BMN)
+    AMPKIT_GEMM_SM90P(gemm_sm90_##L##_p256, 256, 4, false, AMN, BMN) \
+    AMPKIT_GEMM_SM90P(gemm_sm90_##L##_p128, 128, 6, false, AMN, BMN) \
+    AMPKIT_GEMM_SM90P(gemm_sm90_##L##_pp128, 128, 6, true, AMN, BMN)
 
 AMPKIT_GEMM_SM90_LAYOUT(fwd, false, false)
 AMPKIT_GEMM_SM90_LAYOUT(dgrad, false, true)

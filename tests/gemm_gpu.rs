@@ -231,6 +231,37 @@ fn every_tile_config_and_k_split_matches() {
     }
 }
 
+/// K = 1 and K = 8 (one partial K-tile) in every configuration, K-split 1 and 3: with K = 1 the
+/// second and third splits have no K-tile at all and must still write their zero partials. The
+/// weight-gradient layout with m and n multiples of 8 takes the aligned (and Hopper) kernels even
+/// at K = 1.
+#[test]
+fn every_tile_config_handles_k_of_1_and_8() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = rng("gpu gemm tiny k");
+    for shape in [
+        GemmShape::new(Layout::Wgrad, 136, 264, 1),
+        GemmShape::new(Layout::Wgrad, 264, 392, 8),
+        GemmShape::new(Layout::Forward, 300, 136, 8),
+        GemmShape::new(Layout::Dgrad, 136, 264, 8),
+    ] {
+        let case = Case::random(&mut rng, shape);
+        for config in configs_for(&gpu).into_iter().chain([UNALIGNED]) {
+            for splits in [1, 3] {
+                let plan = Plan {
+                    config,
+                    splits,
+                    group_m: GROUP_M,
+                    blocks: 0,
+                };
+                let what = format!("{}/{splits} k={}", config.name, shape.k);
+                case.check::<f32>(&gpu, &mut rng, Some(plan), &what);
+                case.check::<f16>(&gpu, &mut rng, Some(plan), &what);
+            }
+        }
+    }
+}
+
 /// The MLP's GEMMs at batch 4096 through the default plans. Sanitizing: a 32→64→10 MLP at
 /// batch 1024, whose 64×32 weight gradient over K = 1024 still plans a K-split.
 #[test]

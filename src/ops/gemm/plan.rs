@@ -56,20 +56,23 @@ pub const UNALIGNED: TileConfig = TileConfig { name: "unaligned", bm: 64, bn: 64
 pub const CONFIGS: [TileConfig; 5] = [LARGE64, MEDIUM, MEDIUM8, MEDIUM8K64, SMALL];
 /// The Hopper configurations (`kernels/gemm_sm90.cu`), used on compute capability 9.0 only: a
 /// producer warpgroup issuing TMA loads and two consumer warpgroups issuing `wgmma`; `h*` one
-/// block per tile, `p*` persistent clusters of two (v12). Efficiencies relative to `l64`,
-/// measured (docs/kernels/gemm.md).
+/// block per tile, `p*` persistent clusters of two (v12) whose consumers share each tile
+/// (cooperative), `pp128` the same with each consumer taking whole tiles in turn (ping-pong).
+/// Efficiencies relative to `l64`, measured (docs/kernels/gemm.md).
 #[rustfmt::skip]
-pub const HOPPER_CONFIGS: [TileConfig; 4] = [
+pub const HOPPER_CONFIGS: [TileConfig; 5] = [
     TileConfig { name: "h256", bm: 128, bn: 256, bk: 64, threads: 384, stages: 4, blocks_per_sm: 1, efficiency: 1.45, kernels: ["gemm_sm90_fwd_h256", "gemm_sm90_dgrad_h256", "gemm_sm90_wgrad_h256"], hopper: true, persistent: false },
     TileConfig { name: "h128", bm: 128, bn: 128, bk: 64, threads: 384, stages: 4, blocks_per_sm: 1, efficiency: 1.42, kernels: ["gemm_sm90_fwd_h128", "gemm_sm90_dgrad_h128", "gemm_sm90_wgrad_h128"], hopper: true, persistent: false },
     TileConfig { name: "p256", bm: 128, bn: 256, bk: 64, threads: 384, stages: 4, blocks_per_sm: 1, efficiency: 1.6, kernels: ["gemm_sm90_fwd_p256", "gemm_sm90_dgrad_p256", "gemm_sm90_wgrad_p256"], hopper: true, persistent: true },
     TileConfig { name: "p128", bm: 128, bn: 128, bk: 64, threads: 384, stages: 6, blocks_per_sm: 1, efficiency: 1.5, kernels: ["gemm_sm90_fwd_p128", "gemm_sm90_dgrad_p128", "gemm_sm90_wgrad_p128"], hopper: true, persistent: true },
+    TileConfig { name: "pp128", bm: 128, bn: 128, bk: 64, threads: 384, stages: 6, blocks_per_sm: 1, efficiency: 1.45, kernels: ["gemm_sm90_fwd_pp128", "gemm_sm90_dgrad_pp128", "gemm_sm90_wgrad_pp128"], hopper: true, persistent: true },
 ];
 
 /// Blocks per cluster of the persistent configurations (`CLUSTER` in `kernels/gemm_sm90.cu`).
 pub(crate) const PERSISTENT_CLUSTER: usize = 2;
-/// Shared memory of the persistent kernels' two epilogue staging buffers (64 rows × 40 f32 each).
-const PERSISTENT_EPILOGUE_BYTES: usize = 2 * 64 * 40 * 4;
+/// Shared memory of the persistent kernels' two epilogue staging buffers (64 rows × 40 f32 each)
+/// and their two ping-pong turn barriers.
+const PERSISTENT_EXTRA_BYTES: usize = 2 * 64 * 40 * 4 + 16;
 
 /// Every aligned configuration this GPU runs: [`CONFIGS`], plus [`HOPPER_CONFIGS`] on compute
 /// capability 9.0.
@@ -86,9 +89,9 @@ impl TileConfig {
     pub fn shared_bytes(&self, layout: Layout) -> usize {
         if self.hopper {
             // Unpadded swizzled tiles, 1 KB to align them to the swizzle period, and a full and
-            // an empty mbarrier per stage (+ the epilogue's staging for the persistent kernels).
+            // an empty mbarrier per stage (+ the persistent kernels' staging and turn barriers).
             let epilogue = if self.persistent {
-                PERSISTENT_EPILOGUE_BYTES
+                PERSISTENT_EXTRA_BYTES
             } else {
                 0
             };
@@ -142,7 +145,7 @@ pub const GROUP_M: usize = 4;
 pub(crate) fn group_m_for(config: &TileConfig) -> usize {
     match config.name {
         "h256" => 1,
-        "h128" | "p256" | "p128" => 8,
+        "h128" | "p256" | "p128" | "pp128" => 8,
         _ => GROUP_M,
     }
 }
@@ -259,9 +262,10 @@ mod tests {
         assert_eq!(MEDIUM.shared_bytes(Layout::Wgrad), 69_632);
         assert_eq!(SMALL.shared_bytes(Layout::Dgrad), 38_912);
         // The persistent kernels: 4 stages of 128×256 or 6 of 128×128, two 64×40 f32 staging
-        // buffers, alignment and barriers.
-        assert_eq!(HOPPER_CONFIGS[2].shared_bytes(Layout::Forward), 218_176);
-        assert_eq!(HOPPER_CONFIGS[3].shared_bytes(Layout::Wgrad), 218_208);
+        // buffers, alignment, stage and turn barriers.
+        assert_eq!(HOPPER_CONFIGS[2].shared_bytes(Layout::Forward), 218_192);
+        assert_eq!(HOPPER_CONFIGS[3].shared_bytes(Layout::Wgrad), 218_224);
+        assert_eq!(HOPPER_CONFIGS[4].shared_bytes(Layout::Dgrad), 218_224);
         for c in CONFIGS.iter().chain(&HOPPER_CONFIGS) {
             for l in [Layout::Forward, Layout::Dgrad, Layout::Wgrad] {
                 assert!(
