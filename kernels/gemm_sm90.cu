@@ -21,11 +21,19 @@
 //     transpose bit. TMA zero-fills everything past M, N and K, so tails need no code.
 //   - Epilogue through shared memory (the drained stages): accumulators → padded f32 staging →
 //     coalesced row segments, with the shared epilogue of gemm_epilogue.cuh.
+// Persistent kernels (v12, below gemm_tile): one block per SM walks a list of tiles, blocks in
+// clusters of 2 that share the B tile through TMA multicast; see the comment above
+// gemm_persistent. Cooperative (both consumers on one tile, 64 rows each) or ping-pong (each
+// consumer whole tiles, in turn).
 // Configs (block tile BM×BN×BK, stages, shared memory, blocks per SM):
-//   h256: 128×256×64, 4 stages, 193 KB, 1 block/SM  — large problems
-//   h128: 128×128×64, 4 stages, 129 KB, 1 block/SM  — MLP-sized problems (twice the tiles)
-// Launch: grid (tiles, 1, splits), 384 threads, dynamic shared memory as above + 1 KB so the
-// tiles can be aligned to the swizzle's 1024-byte period.
+//   h256:  128×256×64, 4 stages, 193 KB, 1 block/SM — one block per tile
+//   h128:  128×128×64, 4 stages, 129 KB, 1 block/SM — one block per tile
+//   p256:  128×256×64, 4 stages, 213 KB, persistent, cooperative, cluster 2
+//   p128:  128×128×64, 6 stages, 213 KB, persistent, cooperative, cluster 2
+//   pp128: 128×128×64, 6 stages, 213 KB, persistent, ping-pong, cluster 2
+// Launch: h*: grid (tiles, 1, splits); p*: grid (2·clusters, 1, 1) with at most one block per SM
+// (or the plan's count) and at most one cluster per unit; 384 threads, dynamic shared memory as
+// above + 1 KB so the tiles can be aligned to the swizzle's 1024-byte period.
 // Alignment (the host checks): each operand's contiguous dimension a multiple of 8 halves and
 // its base 16-byte aligned (TMA's global-stride and address rules).
 // Roofline: 8192³ = 1.1 TFLOP, 1.1 ms at the 989 TFLOP/s dense peak; per stage a block moves
