@@ -159,12 +159,16 @@ __device__ __forceinline__ void cluster_sync() {
     asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::
                      : "memory");
 }
-// Arrives on the mbarrier at the same shared-memory offset in block `rank` of the cluster.
+// Arrives on the mbarrier at the same shared-memory offset in block `rank` of the cluster. The
+// default semantics (release at CTA scope): what the arrive publishes is that this warp's wgmma
+// reads of a stage are complete (wgmma.wait_group), not any memory writes. `.release.cluster`
+// compiled to MEMBAR.ALL.GPU before every arrive, which waited for the epilogue's global stores
+// and cost 40 % of the persistent kernel's time (v12, docs/kernels/gemm.md).
 __device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, uint32_t rank) {
     asm volatile(
         "{\n.reg .b32 remote;\n"
         "mapa.shared::cluster.u32 remote, %0, %1;\n"
-        "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n}\n" ::"r"(bar),
+        "mbarrier.arrive.shared::cluster.b64 _, [remote];\n}\n" ::"r"(bar),
         "r"(rank)
         : "memory");
 }

@@ -592,10 +592,14 @@ fn kernel_profiles_count_and_time_each_launch() {
     assert!(gpu.kernel_times().unwrap().is_empty());
     gpu.profile_kernels(false);
 
+    // The pool is the device's, shared with the tests running beside this one, which may free
+    // memory between two readings: so the checks are that the mark never goes down and that it
+    // covers this allocation, not that it rose by exactly its size.
     gpu.reset_peak_memory().unwrap();
     let base = gpu.peak_memory().unwrap();
     let big = gpu.alloc_zeros::<u8>(64 << 20).unwrap();
     gpu.synchronize().unwrap();
-    assert!(gpu.peak_memory().unwrap() >= base + (64 << 20));
+    let peak = gpu.peak_memory().unwrap();
+    assert!(peak >= base && peak >= 64 << 20, "{base} → {peak}");
     drop(big);
 }
