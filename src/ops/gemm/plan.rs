@@ -63,9 +63,9 @@ pub const CONFIGS: [TileConfig; 5] = [LARGE64, MEDIUM, MEDIUM8, MEDIUM8K64, SMAL
 pub const HOPPER_CONFIGS: [TileConfig; 5] = [
     TileConfig { name: "h256", bm: 128, bn: 256, bk: 64, threads: 384, stages: 4, blocks_per_sm: 1, efficiency: 1.45, kernels: ["gemm_sm90_fwd_h256", "gemm_sm90_dgrad_h256", "gemm_sm90_wgrad_h256"], hopper: true, persistent: false },
     TileConfig { name: "h128", bm: 128, bn: 128, bk: 64, threads: 384, stages: 4, blocks_per_sm: 1, efficiency: 1.42, kernels: ["gemm_sm90_fwd_h128", "gemm_sm90_dgrad_h128", "gemm_sm90_wgrad_h128"], hopper: true, persistent: false },
-    TileConfig { name: "p256", bm: 128, bn: 256, bk: 64, threads: 384, stages: 4, blocks_per_sm: 1, efficiency: 1.6, kernels: ["gemm_sm90_fwd_p256", "gemm_sm90_dgrad_p256", "gemm_sm90_wgrad_p256"], hopper: true, persistent: true },
-    TileConfig { name: "p128", bm: 128, bn: 128, bk: 64, threads: 384, stages: 6, blocks_per_sm: 1, efficiency: 1.5, kernels: ["gemm_sm90_fwd_p128", "gemm_sm90_dgrad_p128", "gemm_sm90_wgrad_p128"], hopper: true, persistent: true },
-    TileConfig { name: "pp128", bm: 128, bn: 128, bk: 64, threads: 384, stages: 6, blocks_per_sm: 1, efficiency: 1.45, kernels: ["gemm_sm90_fwd_pp128", "gemm_sm90_dgrad_pp128", "gemm_sm90_wgrad_pp128"], hopper: true, persistent: true },
+    TileConfig { name: "p256", bm: 128, bn: 256, bk: 64, threads: 384, stages: 4, blocks_per_sm: 1, efficiency: 1.0, kernels: ["gemm_sm90_fwd_p256", "gemm_sm90_dgrad_p256", "gemm_sm90_wgrad_p256"], hopper: true, persistent: true },
+    TileConfig { name: "p128", bm: 128, bn: 128, bk: 64, threads: 384, stages: 6, blocks_per_sm: 1, efficiency: 1.0, kernels: ["gemm_sm90_fwd_p128", "gemm_sm90_dgrad_p128", "gemm_sm90_wgrad_p128"], hopper: true, persistent: true },
+    TileConfig { name: "pp128", bm: 128, bn: 128, bk: 64, threads: 384, stages: 6, blocks_per_sm: 1, efficiency: 1.0, kernels: ["gemm_sm90_fwd_pp128", "gemm_sm90_dgrad_pp128", "gemm_sm90_wgrad_pp128"], hopper: true, persistent: true },
 ];
 
 /// Blocks per cluster of the persistent configurations (`CLUSTER` in `kernels/gemm_sm90.cu`).
@@ -282,7 +282,7 @@ mod tests {
         let p = plan(big, true, 132, false);
         assert_eq!((p.config.name, p.splits), ("l64", 1));
         let p = plan(big, true, 132, true);
-        assert_eq!((p.config.name, p.splits), ("p256", 1));
+        assert_eq!((p.config.name, p.splits), ("h256", 1));
         // The default MLP's wgrad: 784×512 outputs over K = 4096 → a K-split.
         let wgrad = plan(
             GemmShape::new(Layout::Wgrad, 512, 784, 4096),
