@@ -106,6 +106,15 @@ pub fn run(gpu: &Arc<Gpu>, opts: &Options, cases: &Cases) -> Result<Report> {
                 Err(e) => c.notes.push(format!("sweep {}: {e}", case.name)),
             }
         }
+        if let Some(specs) = std::env::var_os("AMPKIT_BENCH_GEMM_VERSUS") {
+            if selected(opts.only.as_deref(), Kind::Gemm.as_str(), &name, &shape) {
+                let specs = specs.to_string_lossy().into_owned();
+                match gemm_versus(&mut h, blas_ref()?, case, &specs) {
+                    Ok(line) => c.notes.push(line),
+                    Err(e) => c.notes.push(format!("versus {}: {e}", case.name)),
+                }
+            }
+        }
     }
     if !plans.is_empty() {
         c.notes
@@ -367,6 +376,84 @@ fn gemm_sweep(h: &mut Harness, case: &GemmCase) -> Result<String> {
             })?;
             line += &format!(" {name}={:.0}", flops / median(&mut t) / 1e6);
         }
+    }
+    Ok(line)
+}
+
+/// `AMPKIT_BENCH_GEMM_VERSUS=h256,p256/1/g16,…`: forced plans (`config[/splits[/gGROUP[/bBLOCKS]]]`)
+/// and cuBLAS timed in alternating rounds on the same operands, as the table times ampkit against
+/// cuBLAS, so that clock and power drift between configurations cancels; a sweep times one
+/// configuration after another. Prints each one's TFLOP/s and its ratio to cuBLAS.
+fn gemm_versus(h: &mut Harness, blas: &Blas, case: &GemmCase, specs: &str) -> Result<String> {
+    use ampkit::tuning::gemm::{configs_for, gemm_with_plan, Plan, GROUP_M};
+    let gpu = h.gpu.clone();
+    let configs = configs_for(&gpu);
+    let mut plans = Vec::new();
+    for spec in specs.split(',').filter(|s| !s.is_empty()) {
+        let mut parts = spec.split('/');
+        let name = parts.next().unwrap_or_default();
+        let config = configs
+            .iter()
+            .find(|c| c.name == name)
+            .copied()
+            .ok_or_else(|| failure(format!("no configuration {name:?}")))?;
+        let mut plan = Plan {
+            config,
+            splits: 1,
+            group_m: if config.persistent { 8 } else { GROUP_M },
+            blocks: 0,
+        };
+        for (i, part) in parts.enumerate() {
+            let value = |p: &str| {
+                p.parse::<usize>()
+                    .map_err(|_| failure(format!("bad plan spec {spec:?}")))
+            };
+            match (i, part.chars().next()) {
+                (0, _) => plan.splits = value(part)?,
+                (_, Some('g')) => plan.group_m = value(&part[1..])?,
+                (_, Some('b')) => plan.blocks = value(&part[1..])?,
+                _ => return Err(failure(format!("bad plan spec {spec:?}"))),
+            }
+        }
+        plans.push((spec.to_string(), plan));
+    }
+    let shape = case.shape();
+    let (la, lb) = case.operand_lens();
+    let a = h.f16_buf(la, 11)?;
+    let b = h.f16_buf(lb, 12)?;
+    let mut out16: DeviceBuffer<f16> = gpu.alloc_zeros(case.m * case.n)?;
+    let mut out32: DeviceBuffer<f32> = gpu.alloc_zeros(case.m * case.n)?;
+    let mut times = vec![Vec::new(); plans.len() + 1];
+    for round in 0..7 {
+        let warmup = if round == 0 { 3 } else { 1 };
+        for (i, (_, p)) in plans.iter().enumerate() {
+            let p = Some(*p);
+            times[i].extend(h.times_us(true, warmup, 10, |_| {
+                if case.f32_out {
+                    gemm_with_plan(&gpu, shape, p, &a, &b, &Epilogue::plain(), &mut out32)
+                } else {
+                    gemm_with_plan(&gpu, shape, p, &a, &b, &Epilogue::plain(), &mut out16)
+                }
+            })?);
+        }
+        times[plans.len()].extend(h.times_us(true, warmup, 10, |_| {
+            if case.f32_out {
+                blas.gemm_f16::<f32, _, _, _>(&gpu, shape, &a, &b, 0.0, &mut out32)
+            } else {
+                blas.gemm_f16::<f16, _, _, _>(&gpu, shape, &a, &b, 0.0, &mut out16)
+            }
+        })?);
+    }
+    let flops = gemm_flops(case.m, case.n, case.k);
+    let cublas_us = median(&mut times[plans.len()]);
+    let mut line = format!(
+        "versus {} (TFLOP/s, ×cuBLAS; 7 alternating rounds): cuBLAS={:.0}",
+        case.name,
+        flops / cublas_us / 1e6
+    );
+    for (i, (spec, _)) in plans.iter().enumerate() {
+        let us = median(&mut times[i]);
+        line += &format!(" {spec}={:.0} ({:.2}x)", flops / us / 1e6, cublas_us / us);
     }
     Ok(line)
 }
