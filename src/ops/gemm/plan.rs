@@ -34,38 +34,43 @@ pub struct TileConfig {
     /// blocks that take vertically adjacent tiles and share the B tile), launched with one block
     /// per SM at most instead of one per tile.
     pub persistent: bool,
+    /// Whether a persistent configuration's two consumer warpgroups take whole tiles in turn
+    /// (ping-pong) rather than sharing each tile (cooperative).
+    pub pingpong: bool,
 }
 
 const PAD: usize = 8;
 /// The tiles `kernels/gemm.cu` instantiates (its `AMPKIT_GEMM_LAYOUT`). Efficiencies are the
 /// measured rates relative to `l64` (docs/kernels/gemm.md).
 #[rustfmt::skip]
-const LARGE64: TileConfig = TileConfig { name: "l64", bm: 128, bn: 256, bk: 64, threads: 256, stages: 3, blocks_per_sm: 1, efficiency: 1.0, kernels: ["gemm_fwd_l64", "gemm_dgrad_l64", "gemm_wgrad_l64"], hopper: false, persistent: false };
+const LARGE64: TileConfig = TileConfig { name: "l64", bm: 128, bn: 256, bk: 64, threads: 256, stages: 3, blocks_per_sm: 1, efficiency: 1.0, kernels: ["gemm_fwd_l64", "gemm_dgrad_l64", "gemm_wgrad_l64"], hopper: false, persistent: false, pingpong: false };
 #[rustfmt::skip]
-const MEDIUM8: TileConfig = TileConfig { name: "m8", bm: 128, bn: 128, bk: 32, threads: 256, stages: 4, blocks_per_sm: 1, efficiency: 0.61, kernels: ["gemm_fwd_m8", "gemm_dgrad_m8", "gemm_wgrad_m8"], hopper: false, persistent: false };
+const MEDIUM8: TileConfig = TileConfig { name: "m8", bm: 128, bn: 128, bk: 32, threads: 256, stages: 4, blocks_per_sm: 1, efficiency: 0.61, kernels: ["gemm_fwd_m8", "gemm_dgrad_m8", "gemm_wgrad_m8"], hopper: false, persistent: false, pingpong: false };
 #[rustfmt::skip]
-const MEDIUM8K64: TileConfig = TileConfig { name: "m8k64", bm: 128, bn: 128, bk: 64, threads: 256, stages: 3, blocks_per_sm: 1, efficiency: 0.84, kernels: ["gemm_fwd_m8k64", "gemm_dgrad_m8k64", "gemm_wgrad_m8k64"], hopper: false, persistent: false };
+const MEDIUM8K64: TileConfig = TileConfig { name: "m8k64", bm: 128, bn: 128, bk: 64, threads: 256, stages: 3, blocks_per_sm: 1, efficiency: 0.84, kernels: ["gemm_fwd_m8k64", "gemm_dgrad_m8k64", "gemm_wgrad_m8k64"], hopper: false, persistent: false, pingpong: false };
 #[rustfmt::skip]
-const MEDIUM: TileConfig = TileConfig { name: "m", bm: 128, bn: 128, bk: 32, threads: 128, stages: 4, blocks_per_sm: 2, efficiency: 0.81, kernels: ["gemm_fwd_m", "gemm_dgrad_m", "gemm_wgrad_m"], hopper: false, persistent: false };
+const MEDIUM: TileConfig = TileConfig { name: "m", bm: 128, bn: 128, bk: 32, threads: 128, stages: 4, blocks_per_sm: 2, efficiency: 0.81, kernels: ["gemm_fwd_m", "gemm_dgrad_m", "gemm_wgrad_m"], hopper: false, persistent: false, pingpong: false };
 #[rustfmt::skip]
-const SMALL: TileConfig = TileConfig { name: "s", bm: 64, bn: 64, bk: 32, threads: 128, stages: 4, blocks_per_sm: 4, efficiency: 0.42, kernels: ["gemm_fwd_s", "gemm_dgrad_s", "gemm_wgrad_s"], hopper: false, persistent: false };
+const SMALL: TileConfig = TileConfig { name: "s", bm: 64, bn: 64, bk: 32, threads: 128, stages: 4, blocks_per_sm: 4, efficiency: 0.42, kernels: ["gemm_fwd_s", "gemm_dgrad_s", "gemm_wgrad_s"], hopper: false, persistent: false, pingpong: false };
 /// The element-by-element configuration for operands off the fast path.
 #[rustfmt::skip]
-pub const UNALIGNED: TileConfig = TileConfig { name: "unaligned", bm: 64, bn: 64, bk: 32, threads: 128, stages: 2, blocks_per_sm: 4, efficiency: 0.2, kernels: ["gemm_fwd_unaligned", "gemm_dgrad_unaligned", "gemm_wgrad_unaligned"], hopper: false, persistent: false };
+pub const UNALIGNED: TileConfig = TileConfig { name: "unaligned", bm: 64, bn: 64, bk: 32, threads: 128, stages: 2, blocks_per_sm: 4, efficiency: 0.2, kernels: ["gemm_fwd_unaligned", "gemm_dgrad_unaligned", "gemm_wgrad_unaligned"], hopper: false, persistent: false, pingpong: false };
 /// The aligned configurations, largest first.
 pub const CONFIGS: [TileConfig; 5] = [LARGE64, MEDIUM, MEDIUM8, MEDIUM8K64, SMALL];
 /// The Hopper configurations (`kernels/gemm_sm90.cu`), used on compute capability 9.0 only: a
 /// producer warpgroup issuing TMA loads and two consumer warpgroups issuing `wgmma`; `h*` one
 /// block per tile, `p*` persistent clusters of two (v12) whose consumers share each tile
 /// (cooperative), `pp128` the same with each consumer taking whole tiles in turn (ping-pong).
-/// Efficiencies relative to `l64`, measured (docs/kernels/gemm.md).
+/// Efficiencies relative to `l64`, measured (docs/kernels/gemm.md). The cooperative persistent
+/// kernels measured no faster than `h256`/`h128` in alternating rounds, so their efficiency keeps
+/// them out of the default plans (forced plans and the bench still run them).
 #[rustfmt::skip]
 pub const HOPPER_CONFIGS: [TileConfig; 5] = [
-    TileConfig { name: "h256", bm: 128, bn: 256, bk: 64, threads: 384, stages: 4, blocks_per_sm: 1, efficiency: 1.45, kernels: ["gemm_sm90_fwd_h256", "gemm_sm90_dgrad_h256", "gemm_sm90_wgrad_h256"], hopper: true, persistent: false },
-    TileConfig { name: "h128", bm: 128, bn: 128, bk: 64, threads: 384, stages: 4, blocks_per_sm: 1, efficiency: 1.42, kernels: ["gemm_sm90_fwd_h128", "gemm_sm90_dgrad_h128", "gemm_sm90_wgrad_h128"], hopper: true, persistent: false },
-    TileConfig { name: "p256", bm: 128, bn: 256, bk: 64, threads: 384, stages: 4, blocks_per_sm: 1, efficiency: 1.0, kernels: ["gemm_sm90_fwd_p256", "gemm_sm90_dgrad_p256", "gemm_sm90_wgrad_p256"], hopper: true, persistent: true },
-    TileConfig { name: "p128", bm: 128, bn: 128, bk: 64, threads: 384, stages: 6, blocks_per_sm: 1, efficiency: 1.0, kernels: ["gemm_sm90_fwd_p128", "gemm_sm90_dgrad_p128", "gemm_sm90_wgrad_p128"], hopper: true, persistent: true },
-    TileConfig { name: "pp128", bm: 128, bn: 128, bk: 64, threads: 384, stages: 6, blocks_per_sm: 1, efficiency: 1.0, kernels: ["gemm_sm90_fwd_pp128", "gemm_sm90_dgrad_pp128", "gemm_sm90_wgrad_pp128"], hopper: true, persistent: true },
+    TileConfig { name: "h256", bm: 128, bn: 256, bk: 64, threads: 384, stages: 4, blocks_per_sm: 1, efficiency: 1.45, kernels: ["gemm_sm90_fwd_h256", "gemm_sm90_dgrad_h256", "gemm_sm90_wgrad_h256"], hopper: true, persistent: false, pingpong: false },
+    TileConfig { name: "h128", bm: 128, bn: 128, bk: 64, threads: 384, stages: 4, blocks_per_sm: 1, efficiency: 1.42, kernels: ["gemm_sm90_fwd_h128", "gemm_sm90_dgrad_h128", "gemm_sm90_wgrad_h128"], hopper: true, persistent: false, pingpong: false },
+    TileConfig { name: "p256", bm: 128, bn: 256, bk: 64, threads: 384, stages: 4, blocks_per_sm: 1, efficiency: 1.0, kernels: ["gemm_sm90_fwd_p256", "gemm_sm90_dgrad_p256", "gemm_sm90_wgrad_p256"], hopper: true, persistent: true, pingpong: false },
+    TileConfig { name: "p128", bm: 128, bn: 128, bk: 64, threads: 384, stages: 6, blocks_per_sm: 1, efficiency: 1.0, kernels: ["gemm_sm90_fwd_p128", "gemm_sm90_dgrad_p128", "gemm_sm90_wgrad_p128"], hopper: true, persistent: true, pingpong: false },
+    TileConfig { name: "pp128", bm: 128, bn: 128, bk: 64, threads: 384, stages: 6, blocks_per_sm: 1, efficiency: 1.53, kernels: ["gemm_sm90_fwd_pp128", "gemm_sm90_dgrad_pp128", "gemm_sm90_wgrad_pp128"], hopper: true, persistent: true, pingpong: true },
 ];
 
 /// Blocks per cluster of the persistent configurations (`CLUSTER` in `kernels/gemm_sm90.cu`).
@@ -237,7 +242,17 @@ fn plan_cost(config: TileConfig, shape: GemmShape, splits: usize, sms: usize) ->
     let per_sm = (tiles * splits).div_ceil(sms);
     let resident = per_sm.min(config.blocks_per_sm);
     let warps = (resident as u32 * config.threads / 32) as f64;
-    let rate = SM_FLOPS * config.efficiency * (warps / WARPS_FOR_FULL_RATE).min(1.0);
+    // Ping-pong: a block with one unit computes it on one of its two consumer warpgroups, and one
+    // warpgroup's epilogue hides behind the other's main loop only once a block has several units
+    // (MLP dgrad, 2 units: 0.60× cuBLAS against h256's 0.63×; 8192³, 16 units: 0.99× against
+    // 0.95×; H100, docs/kernels/gemm.md v12).
+    let pingpong = match (config.pingpong, per_sm) {
+        (false, _) => 1.0,
+        (true, 0 | 1) => 0.5,
+        (true, 2 | 3) => 0.75,
+        (true, _) => 1.0,
+    };
+    let rate = SM_FLOPS * config.efficiency * pingpong * (warps / WARPS_FOR_FULL_RATE).min(1.0);
     let block_flops = 2.0 * (config.bm * config.bn * k_tiles.div_ceil(splits) * config.bk) as f64;
     // A persistent block fills its pipeline and launches once; the others once per block wave.
     let waves = if config.persistent {
@@ -282,7 +297,7 @@ mod tests {
         let p = plan(big, true, 132, false);
         assert_eq!((p.config.name, p.splits), ("l64", 1));
         let p = plan(big, true, 132, true);
-        assert_eq!((p.config.name, p.splits), ("h256", 1));
+        assert_eq!((p.config.name, p.splits), ("pp128", 1));
         // The default MLP's wgrad: 784×512 outputs over K = 4096 → a K-split.
         let wgrad = plan(
             GemmShape::new(Layout::Wgrad, 512, 784, 4096),
@@ -300,6 +315,25 @@ mod tests {
             );
             assert_eq!(tiny.config.name, "unaligned");
             assert_eq!(tiny.splits, 1, "K = 10 has one K-tile");
+        }
+    }
+
+    /// The plans on the H100 (132 SMs) for `ampkit bench`'s shapes: each the fastest of the
+    /// forced plans timed against cuBLAS in alternating rounds (docs/kernels/gemm.md, v12).
+    #[test]
+    fn hopper_plans_are_the_measured_fastest() {
+        for (layout, m, n, k, want) in [
+            (Layout::Forward, 8192, 8192, 8192, ("pp128", 1)),
+            (Layout::Forward, 4096, 4096, 4096, ("pp128", 1)),
+            (Layout::Forward, 8192, 4096, 4096, ("pp128", 1)),
+            (Layout::Dgrad, 8192, 4096, 4096, ("pp128", 1)),
+            (Layout::Wgrad, 4096, 4096, 8192, ("pp128", 1)),
+            (Layout::Forward, 4096, 512, 784, ("h128", 1)),
+            (Layout::Dgrad, 4096, 784, 512, ("h256", 1)),
+            (Layout::Wgrad, 512, 784, 4096, ("h128", 4)),
+        ] {
+            let p = plan(GemmShape::new(layout, m, n, k), true, 132, true);
+            assert_eq!((p.config.name, p.splits), want, "{layout:?} {m}×{n}×{k}");
         }
     }
 
