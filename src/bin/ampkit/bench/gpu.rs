@@ -349,33 +349,31 @@ fn gemm_sweep(h: &mut Harness, case: &GemmCase) -> Result<String> {
         }
     }
     for (name, p) in plans {
-        {
-            let p = Some(p);
-            let mut t = h.times_us(true, 3, 20, |_| {
-                if case.f32_out {
-                    ampkit::tuning::gemm::gemm_with_plan(
-                        &gpu,
-                        shape,
-                        p,
-                        &a,
-                        &b,
-                        &Epilogue::plain(),
-                        &mut out32,
-                    )
-                } else {
-                    ampkit::tuning::gemm::gemm_with_plan(
-                        &gpu,
-                        shape,
-                        p,
-                        &a,
-                        &b,
-                        &Epilogue::plain(),
-                        &mut out16,
-                    )
-                }
-            })?;
-            line += &format!(" {name}={:.0}", flops / median(&mut t) / 1e6);
-        }
+        let p = Some(p);
+        let mut t = h.times_us(true, 3, 20, |_| {
+            if case.f32_out {
+                ampkit::tuning::gemm::gemm_with_plan(
+                    &gpu,
+                    shape,
+                    p,
+                    &a,
+                    &b,
+                    &Epilogue::plain(),
+                    &mut out32,
+                )
+            } else {
+                ampkit::tuning::gemm::gemm_with_plan(
+                    &gpu,
+                    shape,
+                    p,
+                    &a,
+                    &b,
+                    &Epilogue::plain(),
+                    &mut out16,
+                )
+            }
+        })?;
+        line += &format!(" {name}={:.0}", flops / median(&mut t) / 1e6);
     }
     Ok(line)
 }
