@@ -1,6 +1,7 @@
-// cluster.cuh — thread-block-cluster helpers (sm_90) for row kernels that split one long row
-// across the C blocks of a cluster and combine per-block statistics through distributed shared
-// memory. Only the *_sm90 modules (built for compute_90a) include it.
+// cluster.cuh — thread-block-cluster helpers (sm_90): the cluster rank, index and count (also used
+// by the persistent GEMM), and for row kernels that split one long row across the C blocks of a
+// cluster, the combining of per-block statistics through distributed shared memory. Only the
+// *_sm90 modules (built for compute_90a) include it.
 //
 // Why clusters: a row of 65 536 floats (256 KB) fits no single SM's registers or shared memory, so
 // a block per row re-reads part of it or alternates, on one SM, between reading, reducing and
@@ -28,6 +29,13 @@ static __device__ __forceinline__ unsigned cluster_rank() {
 static __device__ __forceinline__ unsigned cluster_index() {
     unsigned r;
     asm volatile("mov.u32 %0, %%clusterid.x;" : "=r"(r));
+    return r;
+}
+
+// Clusters in the grid (along x only).
+static __device__ __forceinline__ unsigned cluster_count() {
+    unsigned r;
+    asm volatile("mov.u32 %0, %%nclusterid.x;" : "=r"(r));
     return r;
 }
 

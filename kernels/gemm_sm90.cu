@@ -260,7 +260,7 @@ __device__ __forceinline__ void gemm_persistent(const TensorMap& ta, const Tenso
     auto order = [&](int w) { return bars + 8 * (2 * STAGES + w); };
 
     const int tid = threadIdx.x, wg = tid / 128;
-    const int rank = int(cluster_ctarank());
+    const int rank = int(ampkit::cluster_rank());
     if (tid == 0) {
         for (int s = 0; s < STAGES; ++s) {
             mbar_init(full(s), 1);              // own expect_tx arrive; both blocks' TMA bytes
@@ -278,7 +278,7 @@ __device__ __forceinline__ void gemm_persistent(const TensorMap& ta, const Tenso
 
     const int tiles_m = (M + BM - 1) / BM, tiles_n = (N + BN - 1) / BN;
     const int units = (tiles_m + 1) / 2 * tiles_n * splits;
-    const int first_unit = int(cluster_id_x()), stride = int(cluster_count_x());
+    const int first_unit = int(ampkit::cluster_index()), stride = int(ampkit::cluster_count());
     const int group = max(group_m, 1);
 
     if (wg == 0) {

@@ -4,6 +4,7 @@
 // are combined.
 #pragma once
 
+#include "cluster.cuh"
 #include "common.cuh"
 
 namespace wgmma {
@@ -136,23 +137,9 @@ __device__ __forceinline__ void wgmma_tile(float (&d)[BN / 2], uint64_t da, uint
     }
 }
 
-// --- Thread-block clusters (the persistent kernel's pairs of blocks) ---
+// --- Thread-block clusters (the persistent kernel's pairs of blocks; rank, index and count are
+// cluster.cuh's) ---
 
-__device__ __forceinline__ uint32_t cluster_ctarank() {
-    uint32_t r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-    return r;
-}
-__device__ __forceinline__ uint32_t cluster_id_x() {
-    uint32_t r;
-    asm volatile("mov.u32 %0, %%clusterid.x;\n" : "=r"(r));
-    return r;
-}
-__device__ __forceinline__ uint32_t cluster_count_x() {
-    uint32_t r;
-    asm volatile("mov.u32 %0, %%nclusterid.x;\n" : "=r"(r));
-    return r;
-}
 // Every thread of every block of the cluster; release/acquire at cluster scope, so shared-memory
 // writes (mbarrier initialisation, remote arrives) before it are visible to every block after it.
 __device__ __forceinline__ void cluster_sync() {
