@@ -206,27 +206,24 @@ fn every_tile_config_and_k_split_matches() {
     let (m, n, k) = sized((300, 520, 1000), (72, 136, 264));
     for layout in LAYOUTS {
         let case = Case::random(&mut rng, GemmShape::new(layout, m, n, k));
-        for config in configs_for(&gpu).into_iter().chain([UNALIGNED]) {
-            for splits in [1, 3] {
-                let plan = Plan {
-                    config,
-                    splits,
-                    group_m: GROUP_M,
-                    blocks: 0,
-                };
-                case.check::<f32>(
-                    &gpu,
-                    &mut rng,
-                    Some(plan),
-                    &format!("{}/{splits}", config.name),
-                );
-                case.check::<f16>(
-                    &gpu,
-                    &mut rng,
-                    Some(plan),
-                    &format!("{}/{splits}", config.name),
-                );
-            }
+        check_every_config(&gpu, &mut rng, &case);
+    }
+}
+
+/// `case` in every tile configuration this GPU runs (and the unaligned one), at K-split 1 and 3,
+/// with f32 and f16 output.
+fn check_every_config(gpu: &Gpu, rng: &mut StdRng, case: &Case) {
+    for config in configs_for(gpu).into_iter().chain([UNALIGNED]) {
+        for splits in [1, 3] {
+            let plan = Plan {
+                config,
+                splits,
+                group_m: GROUP_M,
+                blocks: 0,
+            };
+            let what = format!("{}/{splits}", config.name);
+            case.check::<f32>(gpu, rng, Some(plan), &what);
+            case.check::<f16>(gpu, rng, Some(plan), &what);
         }
     }
 }
@@ -246,19 +243,7 @@ fn every_tile_config_handles_k_of_1_and_8() {
         GemmShape::new(Layout::Dgrad, 136, 264, 8),
     ] {
         let case = Case::random(&mut rng, shape);
-        for config in configs_for(&gpu).into_iter().chain([UNALIGNED]) {
-            for splits in [1, 3] {
-                let plan = Plan {
-                    config,
-                    splits,
-                    group_m: GROUP_M,
-                    blocks: 0,
-                };
-                let what = format!("{}/{splits} k={}", config.name, shape.k);
-                case.check::<f32>(&gpu, &mut rng, Some(plan), &what);
-                case.check::<f16>(&gpu, &mut rng, Some(plan), &what);
-            }
-        }
+        check_every_config(&gpu, &mut rng, &case);
     }
 }
 
