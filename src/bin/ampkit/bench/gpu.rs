@@ -6,6 +6,7 @@ use super::bytes;
 use super::cases::{Cases, GemmCase};
 use super::clock::{median, utc_date};
 use super::collect::{selected, Collector, Options};
+use super::gpu_gemm_tuning;
 use super::gpu_mem::{self, CaseRows};
 use super::gpu_sweep;
 use super::harness::{failure, Harness};
@@ -101,7 +102,7 @@ pub fn run(gpu: &Arc<Gpu>, opts: &Options, cases: &Cases) -> Result<Report> {
         if std::env::var_os("AMPKIT_BENCH_GEMM_SWEEP").is_some()
             && selected(opts.only.as_deref(), Kind::Gemm.as_str(), &name, &shape)
         {
-            match gemm_sweep(&mut h, case) {
+            match gpu_gemm_tuning::gemm_sweep(&mut h, case) {
                 Ok(line) => c.notes.push(line),
                 Err(e) => c.notes.push(format!("sweep {}: {e}", case.name)),
             }
@@ -109,7 +110,7 @@ pub fn run(gpu: &Arc<Gpu>, opts: &Options, cases: &Cases) -> Result<Report> {
         if let Some(specs) = std::env::var_os("AMPKIT_BENCH_GEMM_VERSUS") {
             if selected(opts.only.as_deref(), Kind::Gemm.as_str(), &name, &shape) {
                 let specs = specs.to_string_lossy().into_owned();
-                match gemm_versus(&mut h, blas_ref()?, case, &specs) {
+                match gpu_gemm_tuning::gemm_versus(&mut h, blas_ref()?, case, &specs) {
                     Ok(line) => c.notes.push(line),
                     Err(e) => c.notes.push(format!("versus {}: {e}", case.name)),
                 }
@@ -299,161 +300,6 @@ where
     row.vs_cublas = Some(cublas_us / us);
     row.plan = Some(format!("{}/{}", p.config.name, p.splits));
     Ok(row)
-}
-
-/// `AMPKIT_BENCH_GEMM_SWEEP=1`: every tile configuration (and K-splits 1, 2, 4) on one shape,
-/// TFLOP/s in GPU time (queue-ahead), f16 or f32 output as the case says — the data behind the
-/// planner's efficiencies.
-fn gemm_sweep(h: &mut Harness, case: &GemmCase) -> Result<String> {
-    let shape = case.shape();
-    let (la, lb) = case.operand_lens();
-    let a = h.f16_buf(la, 11)?;
-    let b = h.f16_buf(lb, 12)?;
-    let gpu = h.gpu.clone();
-    let mut out16: DeviceBuffer<f16> = gpu.alloc_zeros(case.m * case.n)?;
-    let mut out32: DeviceBuffer<f32> = gpu.alloc_zeros(case.m * case.n)?;
-    let flops = gemm_flops(case.m, case.n, case.k);
-    let mut line = format!("sweep {} (TFLOP/s, GPU time):", case.name);
-    let mut plans = Vec::new();
-    for config in ampkit::tuning::gemm::configs_for(&gpu) {
-        for splits in [1usize, 2, 4] {
-            if splits > 1 && case.k < 2048 {
-                continue;
-            }
-            let p = ampkit::tuning::gemm::Plan {
-                config,
-                splits,
-                group_m: ampkit::tuning::gemm::GROUP_M,
-                blocks: 0,
-            };
-            plans.push((format!("{}/{splits}", config.name), p));
-            // The persistent kernels' raster groups (pairs of tile-rows) and grid size: all SMs,
-            // or 128 of them (reported faster than all 132 for a similar kernel).
-            if config.persistent && splits == 1 {
-                for group_m in [2usize, 8, 16] {
-                    for blocks in [0usize, 128] {
-                        if (group_m, blocks) != (ampkit::tuning::gemm::GROUP_M, 0) {
-                            let name = format!("{}/1/g{group_m}/b{blocks}", config.name);
-                            plans.push((
-                                name,
-                                ampkit::tuning::gemm::Plan {
-                                    group_m,
-                                    blocks,
-                                    ..p
-                                },
-                            ));
-                        }
-                    }
-                }
-            }
-        }
-    }
-    for (name, p) in plans {
-        let p = Some(p);
-        let mut t = h.times_us(true, 3, 20, |_| {
-            if case.f32_out {
-                ampkit::tuning::gemm::gemm_with_plan(
-                    &gpu,
-                    shape,
-                    p,
-                    &a,
-                    &b,
-                    &Epilogue::plain(),
-                    &mut out32,
-                )
-            } else {
-                ampkit::tuning::gemm::gemm_with_plan(
-                    &gpu,
-                    shape,
-                    p,
-                    &a,
-                    &b,
-                    &Epilogue::plain(),
-                    &mut out16,
-                )
-            }
-        })?;
-        line += &format!(" {name}={:.0}", flops / median(&mut t) / 1e6);
-    }
-    Ok(line)
-}
-
-/// `AMPKIT_BENCH_GEMM_VERSUS=h256,p256/1/g16,…`: forced plans (`config[/splits[/gGROUP[/bBLOCKS]]]`)
-/// and cuBLAS timed in alternating rounds on the same operands, as the table times ampkit against
-/// cuBLAS, so that clock and power drift between configurations cancels; a sweep times one
-/// configuration after another. Prints each one's TFLOP/s and its ratio to cuBLAS.
-fn gemm_versus(h: &mut Harness, blas: &Blas, case: &GemmCase, specs: &str) -> Result<String> {
-    use ampkit::tuning::gemm::{configs_for, gemm_with_plan, Plan, GROUP_M};
-    let gpu = h.gpu.clone();
-    let configs = configs_for(&gpu);
-    let mut plans = Vec::new();
-    for spec in specs.split(',').filter(|s| !s.is_empty()) {
-        let mut parts = spec.split('/');
-        let name = parts.next().unwrap_or_default();
-        let config = configs
-            .iter()
-            .find(|c| c.name == name)
-            .copied()
-            .ok_or_else(|| failure(format!("no configuration {name:?}")))?;
-        let mut plan = Plan {
-            config,
-            splits: 1,
-            group_m: if config.persistent { 8 } else { GROUP_M },
-            blocks: 0,
-        };
-        for (i, part) in parts.enumerate() {
-            let value = |p: &str| {
-                p.parse::<usize>()
-                    .map_err(|_| failure(format!("bad plan spec {spec:?}")))
-            };
-            match (i, part.chars().next()) {
-                (0, _) => plan.splits = value(part)?,
-                (_, Some('g')) => plan.group_m = value(&part[1..])?,
-                (_, Some('b')) => plan.blocks = value(&part[1..])?,
-                _ => return Err(failure(format!("bad plan spec {spec:?}"))),
-            }
-        }
-        plans.push((spec.to_string(), plan));
-    }
-    let shape = case.shape();
-    let (la, lb) = case.operand_lens();
-    let a = h.f16_buf(la, 11)?;
-    let b = h.f16_buf(lb, 12)?;
-    let mut out16: DeviceBuffer<f16> = gpu.alloc_zeros(case.m * case.n)?;
-    let mut out32: DeviceBuffer<f32> = gpu.alloc_zeros(case.m * case.n)?;
-    let mut times = vec![Vec::new(); plans.len() + 1];
-    for round in 0..7 {
-        let warmup = if round == 0 { 3 } else { 1 };
-        for (i, (_, p)) in plans.iter().enumerate() {
-            let p = Some(*p);
-            times[i].extend(h.times_us(true, warmup, 10, |_| {
-                if case.f32_out {
-                    gemm_with_plan(&gpu, shape, p, &a, &b, &Epilogue::plain(), &mut out32)
-                } else {
-                    gemm_with_plan(&gpu, shape, p, &a, &b, &Epilogue::plain(), &mut out16)
-                }
-            })?);
-        }
-        times[plans.len()].extend(h.times_us(true, warmup, 10, |_| {
-            if case.f32_out {
-                blas.gemm_f16::<f32, _, _, _>(&gpu, shape, &a, &b, 0.0, &mut out32)
-            } else {
-                blas.gemm_f16::<f16, _, _, _>(&gpu, shape, &a, &b, 0.0, &mut out16)
-            }
-        })?);
-    }
-    let flops = gemm_flops(case.m, case.n, case.k);
-    let cublas_us = median(&mut times[plans.len()]);
-    let mut line = format!(
-        "versus {} (TFLOP/s, ×cuBLAS; 7 alternating rounds): cuBLAS={:.0}",
-        case.name,
-        flops / cublas_us / 1e6
-    );
-    for (i, (spec, _)) in plans.iter().enumerate() {
-        let us = median(&mut times[i]);
-        line += &format!(" {spec}={:.0} ({:.2}x)", flops / us / 1e6, cublas_us / us);
-    }
-    Ok(line)
 }
 
 /// One training step of an MLP on the GPU backend, eager (each kernel launched from the host) or

@@ -1,0 +1,213 @@
+//! The GEMM's tuning lines of `ampkit bench` (notes under the table, for the planner's data):
+//! `AMPKIT_BENCH_GEMM_SWEEP=1` times every tile configuration one after another;
+//! `AMPKIT_BENCH_GEMM_VERSUS=h256,pp128,…` times named plans and cuBLAS in alternating rounds.
+
+use super::cases::GemmCase;
+use super::clock::median;
+use super::harness::{failure, Harness};
+use super::work::gemm_flops;
+use ampkit::cuda::{DeviceBuffer, Gpu};
+use ampkit::ops::blas::Blas;
+use ampkit::ops::gemm::Epilogue;
+use ampkit::tuning::gemm::{configs_for, gemm_with_plan, Plan, CONFIGS, GROUP_M, HOPPER_CONFIGS};
+use ampkit::Result;
+use half::f16;
+
+/// One case's operands and both output types, so a forced plan or cuBLAS runs with the output
+/// the case names.
+struct Operands {
+    case: GemmCase,
+    a: DeviceBuffer<f16>,
+    b: DeviceBuffer<f16>,
+    out16: DeviceBuffer<f16>,
+    out32: DeviceBuffer<f32>,
+}
+
+impl Operands {
+    fn new(h: &Harness, case: &GemmCase) -> Result<Self> {
+        let (la, lb) = case.operand_lens();
+        Ok(Operands {
+            case: case.clone(),
+            a: h.f16_buf(la, 11)?,
+            b: h.f16_buf(lb, 12)?,
+            out16: h.gpu.alloc_zeros(case.m * case.n)?,
+            out32: h.gpu.alloc_zeros(case.m * case.n)?,
+        })
+    }
+
+    fn ampkit(&mut self, gpu: &Gpu, plan: Plan) -> Result<()> {
+        let (shape, epi) = (self.case.shape(), Epilogue::plain());
+        if self.case.f32_out {
+            gemm_with_plan(
+                gpu,
+                shape,
+                Some(plan),
+                &self.a,
+                &self.b,
+                &epi,
+                &mut self.out32,
+            )
+        } else {
+            gemm_with_plan(
+                gpu,
+                shape,
+                Some(plan),
+                &self.a,
+                &self.b,
+                &epi,
+                &mut self.out16,
+            )
+        }
+    }
+
+    fn cublas(&mut self, gpu: &Gpu, blas: &Blas) -> Result<()> {
+        let shape = self.case.shape();
+        if self.case.f32_out {
+            blas.gemm_f16::<f32, _, _, _>(gpu, shape, &self.a, &self.b, 0.0, &mut self.out32)
+        } else {
+            blas.gemm_f16::<f16, _, _, _>(gpu, shape, &self.a, &self.b, 0.0, &mut self.out16)
+        }
+    }
+}
+
+/// `AMPKIT_BENCH_GEMM_SWEEP=1`: every tile configuration (and K-splits 1, 2, 4; for the
+/// persistent ones also raster groups and a 128-block grid) on one shape, TFLOP/s in GPU time
+/// (queue-ahead), one configuration after another.
+pub(super) fn gemm_sweep(h: &mut Harness, case: &GemmCase) -> Result<String> {
+    let gpu = h.gpu.clone();
+    let mut ops = Operands::new(h, case)?;
+    let flops = gemm_flops(case.m, case.n, case.k);
+    let mut plans = Vec::new();
+    for config in configs_for(&gpu) {
+        for splits in [1usize, 2, 4] {
+            if splits > 1 && case.k < 2048 {
+                continue;
+            }
+            let p = Plan {
+                config,
+                splits,
+                group_m: GROUP_M,
+                blocks: 0,
+            };
+            plans.push((format!("{}/{splits}", config.name), p));
+            // The persistent kernels' raster groups (pairs of tile-rows) and grid size: all SMs,
+            // or 128 of them (reported faster than all 132 for a similar kernel).
+            if config.persistent && splits == 1 {
+                for group_m in [2usize, 8, 16] {
+                    for blocks in [0usize, 128] {
+                        let name = format!("{}/1/g{group_m}/b{blocks}", config.name);
+                        plans.push((
+                            name,
+                            Plan {
+                                group_m,
+                                blocks,
+                                ..p
+                            },
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let mut line = format!("sweep {} (TFLOP/s, GPU time):", case.name);
+    for (name, p) in plans {
+        let mut t = h.times_us(true, 3, 20, |_| ops.ampkit(&gpu, p))?;
+        line += &format!(" {name}={:.0}", flops / median(&mut t) / 1e6);
+    }
+    Ok(line)
+}
+
+/// A plan named `config[/splits[/gGROUP[/bBLOCKS]]]`, e.g. `pp128`, `h128/4`, `p256/1/g16/b128`
+/// (a Hopper configuration on another GPU fails at its launch, with a typed error).
+fn parse_plan(spec: &str) -> Result<Plan> {
+    let bad = || {
+        failure(format!(
+            "bad plan spec {spec:?}: config[/splits[/gGROUP[/bBLOCKS]]]"
+        ))
+    };
+    let mut parts = spec.split('/');
+    let name = parts.next().unwrap_or_default();
+    let config = CONFIGS
+        .iter()
+        .chain(&HOPPER_CONFIGS)
+        .copied()
+        .find(|c| c.name == name)
+        .ok_or_else(|| failure(format!("no tile configuration {name:?}")))?;
+    let mut plan = Plan {
+        config,
+        splits: 1,
+        group_m: if config.persistent { 8 } else { GROUP_M },
+        blocks: 0,
+    };
+    for (i, part) in parts.enumerate() {
+        let (field, digits) = match (i, part.chars().next()) {
+            (0, _) => (&mut plan.splits, part),
+            (_, Some('g')) => (&mut plan.group_m, &part[1..]),
+            (_, Some('b')) => (&mut plan.blocks, &part[1..]),
+            _ => return Err(bad()),
+        };
+        *field = digits.parse().map_err(|_| bad())?;
+    }
+    Ok(plan)
+}
+
+/// `AMPKIT_BENCH_GEMM_VERSUS=h256,p256/1/g16,…`: the named plans (see [`parse_plan`]) and cuBLAS
+/// timed in alternating rounds on the same operands, as the table times ampkit against cuBLAS, so
+/// that clock and power drift between configurations cancels (a sweep times one configuration
+/// after another). Prints each one's TFLOP/s and its ratio to cuBLAS.
+pub(super) fn gemm_versus(
+    h: &mut Harness,
+    blas: &Blas,
+    case: &GemmCase,
+    specs: &str,
+) -> Result<String> {
+    let gpu = h.gpu.clone();
+    let plans = specs
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|spec| Ok((spec.to_string(), parse_plan(spec)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let mut ops = Operands::new(h, case)?;
+    const ROUNDS: usize = 7;
+    let mut times = vec![Vec::new(); plans.len() + 1];
+    for round in 0..ROUNDS {
+        let warmup = if round == 0 { 3 } else { 1 };
+        for (i, (_, p)) in plans.iter().enumerate() {
+            times[i].extend(h.times_us(true, warmup, 10, |_| ops.ampkit(&gpu, *p))?);
+        }
+        times[plans.len()].extend(h.times_us(true, warmup, 10, |_| ops.cublas(&gpu, blas))?);
+    }
+    let flops = gemm_flops(case.m, case.n, case.k);
+    let cublas_us = median(&mut times[plans.len()]);
+    let mut line = format!(
+        "versus {} (TFLOP/s, ×cuBLAS; {ROUNDS} alternating rounds): cuBLAS={:.0}",
+        case.name,
+        flops / cublas_us / 1e6
+    );
+    for (i, (spec, _)) in plans.iter().enumerate() {
+        let us = median(&mut times[i]);
+        line += &format!(" {spec}={:.0} ({:.2}x)", flops / us / 1e6, cublas_us / us);
+    }
+    Ok(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_plan;
+
+    #[test]
+    fn plan_specs_parse_and_bad_ones_are_errors() {
+        let p = parse_plan("pp128").unwrap();
+        assert_eq!(
+            (p.config.name, p.splits, p.group_m, p.blocks),
+            ("pp128", 1, 8, 0)
+        );
+        let p = parse_plan("h128/4").unwrap();
+        assert_eq!((p.config.name, p.splits, p.group_m), ("h128", 4, 4));
+        let p = parse_plan("p256/1/g16/b128").unwrap();
+        assert_eq!((p.splits, p.group_m, p.blocks), (1, 16, 128));
+        for bad in ["nope", "h256/x", "h256/1/q3", "h256/1/g"] {
+            assert!(parse_plan(bad).is_err(), "{bad}");
+        }
+    }
+}
