@@ -69,11 +69,12 @@ CASES_JSON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cases.jso
 
 def load_cases(path=CASES_JSON):
     """The workloads, from the table `ampkit bench` and the Rust benches read too (bench/cases.json),
-    as this script's lists: GEMM (name, layout, M, N, K, f32 output), LayerNorm and softmax (name,
+    as this script's lists: GEMM (name, layout, M, N, K, f32 output, bf16 operands), LayerNorm and softmax (name,
     rows, cols), unscale (name, tensor lengths), training steps (name, widths, batch)."""
     with open(path) as f:
         t = json.load(f)
-    return ([(g["name"], g["layout"], g["m"], g["n"], g["k"], g["f32_out"]) for g in t["gemm"]],
+    return ([(g["name"], g["layout"], g["m"], g["n"], g["k"], g["f32_out"], g.get("bf16", False))
+             for g in t["gemm"]],
             [(c["name"], c["rows"], c["cols"]) for c in t["layernorm"]],
             [(c["name"], c["rows"], c["cols"]) for c in t["softmax"]],
             [(c["name"], c["tensors"]) for c in t["unscale"]],
@@ -301,9 +302,11 @@ class Bench:
 
 
 # ---------------------------------------------------------------- workloads
-def gemm_time(b, layout, m, n, k, f32_out):
-    """(median us, TFLOP/s) of one torch.mm in the given layout (see GEMM_CASES)."""
-    torch, h = b.torch, b.torch.float16
+def gemm_time(b, layout, m, n, k, f32_out, bf16=False):
+    """(median us, TFLOP/s) of one torch.mm in the given layout (see GEMM_CASES), on f16 or bf16
+    operands."""
+    torch = b.torch
+    h = torch.bfloat16 if bf16 else torch.float16
     if layout == "fwd":
         a, w = b.randn(m, k, dtype=h), b.randn(n, k, dtype=h).t()
     elif layout == "dgrad":
@@ -339,14 +342,14 @@ def run_gemms(b):
         f32_ok = torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32
     except Exception:
         f32_ok = False
-    for name, layout, m, n, k, f32_out in GEMM_CASES:
+    for name, layout, m, n, k, f32_out, bf16 in GEMM_CASES:
         f32_out = f32_out and f32_ok
         if layout == "wgrad":
-            name += " (f32 out)" if f32_out else " (f16 out)"
+            name += " (f32 out)" if f32_out else (" (bf16 out)" if bf16 else " (f16 out)")
         shape = gemm_shape(layout, m, n, k)
 
         def body():
-            us, tflops = gemm_time(b, layout, m, n, k, f32_out)
+            us, tflops = gemm_time(b, layout, m, n, k, f32_out, bf16)
             return make_row("gemm", name, shape, us, tflops, "TFLOP/s",
                             b.ceilings.get("cublas_f16_8192_tflops"), vs_cublas=1.0)
         b.guarded("gemm", name, shape, body)

@@ -1,4 +1,5 @@
-// gemm.cu — FP16 tensor-core GEMM with f32 accumulation for MLP training, plus its helpers.
+// gemm.cu — FP16 (and, as gemm_bf16.cu, BF16) tensor-core GEMM with f32 accumulation for MLP
+// training, plus its helpers.
 //
 // What: C[m,n] = epilogue(A·B) in the three layouts of src/cpu/gemm.rs, operands read in place:
 //   fwd    C = A[m,k]·B[n,k]ᵀ   (Y = X·Wᵀ)    A K-major, B K-major
@@ -30,12 +31,15 @@
 // it; 3.35 TB/s): 8192³ = 1.1 TFLOP → 1.1 ms at peak; the MLP's 4096×512×784 forward = 3.3 GFLOP,
 // 11.4 MB → 3.3 µs of math against 3.8 µs of DRAM traffic, so it sits at the ridge point.
 #include "common.cuh"
+#include "gemm_element.cuh"
 #include "gemm_epilogue.cuh"
 
 // A named namespace, not an anonymous one: nvcc names anonymous-namespace symbols (e.g. the
 // extern shared array) after a hash of the source path, which would make the committed PTX
 // depend on where the repository is checked out.
 namespace gemm_detail {
+
+using gemm_element::elem;
 
 constexpr int PAD = 8;   // halves of padding per shared-memory row
 
@@ -69,7 +73,8 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t add
 __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
                                          uint32_t b1) {
     asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "mma.sync.aligned.m16n8k16.row.col.f32." AMPKIT_GEMM_AB "." AMPKIT_GEMM_AB
+        ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
@@ -81,7 +86,7 @@ __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], 
 // VEC: one cp.async of 8 halves per chunk (contiguous dimension a multiple of 8, so a chunk is
 // entirely inside or outside); otherwise element by element with bounds checks.
 template <int BK, int ROWS, bool KMAJOR, bool VEC, int THREADS>
-__device__ __forceinline__ void load_tile(uint32_t smem, const __half* __restrict__ g, int outer,
+__device__ __forceinline__ void load_tile(uint32_t smem, const elem* __restrict__ g, int outer,
                                           int K, int o0, int k0, int tid) {
     constexpr int PER_ROW = KMAJOR ? BK / 8 : ROWS / 8;  // 8-half chunks per shared row
     constexpr int SROWS = KMAJOR ? ROWS : BK;            // shared rows
@@ -97,23 +102,23 @@ __device__ __forceinline__ void load_tile(uint32_t smem, const __half* __restric
     const int cols_total = KMAJOR ? K : outer;
     const int gr0 = (KMAJOR ? o0 : k0) + r0;
     const int gc = (KMAJOR ? k0 : o0) + col;
-    const __half* src0 = g + size_t(gr0) * cols_total + gc;
+    const elem* src0 = g + size_t(gr0) * cols_total + gc;
     const size_t pass_stride = size_t(ROWS_PER_PASS) * cols_total;
     const uint32_t dst0 = smem + 2 * (r0 * LD + col);
 #pragma unroll
     for (int i = 0; i < SROWS / ROWS_PER_PASS; ++i) {
         const int gr = gr0 + i * ROWS_PER_PASS;
-        const __half* src = src0 + i * pass_stride;
+        const elem* src = src0 + i * pass_stride;
         const uint32_t dst = dst0 + 2 * i * ROWS_PER_PASS * LD;
         if (VEC) {
             // Contiguous dimension a multiple of 8: a chunk is entirely inside or outside.
             const bool inside = gr < rows_total && gc < cols_total;
             cp_async16(dst, inside ? src : g, inside ? 16 : 0);
         } else {
-            alignas(16) __half v[8];
+            alignas(16) elem v[8];
 #pragma unroll
             for (int e = 0; e < 8; ++e) {
-                v[e] = (gr < rows_total && gc + e < cols_total) ? src[e] : __float2half(0.f);
+                v[e] = (gr < rows_total && gc + e < cols_total) ? src[e] : gemm_element::from_float(0.f);
             }
             const uint4 w = *reinterpret_cast<const uint4*>(v);
             asm volatile("st.shared.v4.u32 [%0], {%1,%2,%3,%4};\n" ::"r"(dst), "r"(w.x), "r"(w.y),
@@ -154,8 +159,8 @@ using gemm_epilogue::store4;
 
 template <int BM, int BN, int BK, int WARPS_M, int WARPS_N, int STAGES, bool A_K, bool B_K,
           bool VEC>
-__device__ __forceinline__ void gemm_tile(const __half* __restrict__ A,
-                                          const __half* __restrict__ B, void* C, int M, int N,
+__device__ __forceinline__ void gemm_tile(const elem* __restrict__ A,
+                                          const elem* __restrict__ B, void* C, int M, int N,
                                           int K, const Epilogue& e, int out_kind,
                                           int k_tiles_per_split, int group_m) {
     constexpr int THREADS = WARPS_M * WARPS_N * 32;
@@ -330,12 +335,12 @@ __device__ __forceinline__ void gemm_tile(const __half* __restrict__ A,
 
 using namespace gemm_detail;
 
-// Entry points: gemm_<layout>_<config>. Arguments: A, B, C (or the split workspace), bias (may be
-// null), M, N, K, alpha, beta, relu, out_kind (0 f16, 1 f32, 2 f32 partials), K tiles per split,
-// tile-rows per raster group.
+// Entry points: gemm_<layout>_<config>, the same names in the f16 and the bf16 module. Arguments:
+// A, B, C (or the split workspace), bias (may be null), M, N, K, alpha, beta, relu, out_kind (0 the
+// module's 16-bit element, 1 f32, 2 f32 partials), K tiles per split, tile-rows per raster group.
 #define AMPKIT_GEMM(NAME, BM, BN, BKK, WM, WN, ST, AK, BK_, VEC, MINB)                           \
     extern "C" __global__ void __launch_bounds__(WM * WN * 32, MINB)                            \
-        NAME(const __half* A, const __half* B, void* C, const float* bias, int M, int N, int K, \
+        NAME(const elem* A, const elem* B, void* C, const float* bias, int M, int N, int K,     \
              float alpha, float beta, int relu, int out_kind, int k_tiles_per_split,            \
              int group_m) {                                                                     \
         const Epilogue e{bias, alpha, beta, relu};                                              \
@@ -355,8 +360,8 @@ AMPKIT_GEMM_LAYOUT(fwd, true, true)
 AMPKIT_GEMM_LAYOUT(dgrad, true, false)
 AMPKIT_GEMM_LAYOUT(wgrad, false, false)
 
-// Adds the K-split partials ws[s][M][N] in split order and applies the epilogue; out_kind 0 f16,
-// 1 f32. Grid-stride over M·N.
+// Adds the K-split partials ws[s][M][N] in split order and applies the epilogue; out_kind 0 the
+// module's 16-bit element, 1 f32. Grid-stride over M·N.
 extern "C" __global__ void gemm_splitk_reduce(const float* __restrict__ ws, int splits, int M,
                                               int N, void* C, int out_kind, const float* bias,
                                               float alpha, float beta, int relu) {
@@ -370,11 +375,15 @@ extern "C" __global__ void gemm_splitk_reduce(const float* __restrict__ ws, int 
             float* p = static_cast<float*>(C) + i;
             *p = finish(acc, col, e.beta != 0.f ? *p : 0.f, e);
         } else {
-            __half* p = static_cast<__half*>(C) + i;
-            *p = __float2half_rn(finish(acc, col, e.beta != 0.f ? __half2float(*p) : 0.f, e));
+            gemm_element::elem* p = static_cast<gemm_element::elem*>(C) + i;
+            const float old = e.beta != 0.f ? gemm_element::to_float(*p) : 0.f;
+            *p = gemm_element::from_float(finish(acc, col, old, e));
         }
     }
 }
+
+// The bias gradient lives in the f16 module only: it reads f16, bf16 or f32 gradients alike.
+#if !defined(AMPKIT_GEMM_BF16)
 
 // Bias gradient, pass 1: partial[split][col] = Σ dy[row][col] over this split's rows, in f32.
 // Block: 32 column pairs × 8 row lanes; grid (ceil(cols/64), splits). The 8 lanes' sums are added
@@ -408,6 +417,10 @@ extern "C" __global__ void bias_grad_partial_f16(const __half* dy, int rows, int
                                                  int rows_per_split, float* partial) {
     bias_grad_partial(dy, rows, cols, rows_per_split, partial);
 }
+extern "C" __global__ void bias_grad_partial_bf16(const __nv_bfloat16* dy, int rows, int cols,
+                                                  int rows_per_split, float* partial) {
+    bias_grad_partial(dy, rows, cols, rows_per_split, partial);
+}
 extern "C" __global__ void bias_grad_partial_f32(const float* dy, int rows, int cols,
                                                  int rows_per_split, float* partial) {
     bias_grad_partial(dy, rows, cols, rows_per_split, partial);
@@ -422,3 +435,5 @@ extern "C" __global__ void bias_grad_finish(const float* __restrict__ partial, i
     for (int i = 0; i < splits; ++i) s += partial[size_t(i) * cols + c];
     db[c] = s;
 }
+
+#endif  // !AMPKIT_GEMM_BF16

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cuda_fp16.h>
+#include "gemm_element.cuh"
 
 namespace gemm_epilogue {
 
@@ -23,8 +24,8 @@ __device__ __forceinline__ float finish(float acc, int col, float old, const Epi
     return v;
 }
 
-// Stores four horizontally adjacent results (col..col+3) of row `row`; out_kind 0 f16, 1 f32,
-// 2 raw f32 partials (no epilogue). One 16-byte (f32) or 8-byte (f16) store when all four are
+// Stores four horizontally adjacent results (col..col+3) of row `row`; out_kind 0 the module's
+// 16-bit element (gemm_element.cuh: f16 or bf16), 1 f32, 2 raw f32 partials (no epilogue). One 16-byte (f32) or 8-byte (16-bit) store when all four are
 // inside and `vec` says the row pitch and base allow it.
 __device__ __forceinline__ void store4(void* c, int out_kind, int M, int N, int row, int col,
                                        float4 v, bool vec, const Epilogue& e) {
@@ -51,20 +52,20 @@ __device__ __forceinline__ void store4(void* c, int out_kind, int M, int N, int 
             for (int q = 0; q < n_here; ++q) p[q] = finish(r[q], col + q, e.beta != 0.f ? p[q] : 0.f, e);
         }
     } else {
-        __half* p = static_cast<__half*>(c) + idx;
+        using gemm_element::elem;
+        using gemm_element::elem2;
+        elem* p = static_cast<elem*>(c) + idx;
         if (vec && n_here == 4) {
             uint2 raw = e.beta != 0.f ? *reinterpret_cast<const uint2*>(p) : make_uint2(0, 0);
-            __half2* h = reinterpret_cast<__half2*>(&raw);
-            const float2 o01 = __half22float2(h[0]), o23 = __half22float2(h[1]);
-            h[0] = __halves2half2(__float2half_rn(finish(r[0], col, o01.x, e)),
-                                  __float2half_rn(finish(r[1], col + 1, o01.y, e)));
-            h[1] = __halves2half2(__float2half_rn(finish(r[2], col + 2, o23.x, e)),
-                                  __float2half_rn(finish(r[3], col + 3, o23.y, e)));
+            elem2* h = reinterpret_cast<elem2*>(&raw);
+            const float2 o01 = gemm_element::to_float2(h[0]), o23 = gemm_element::to_float2(h[1]);
+            h[0] = gemm_element::pack2(finish(r[0], col, o01.x, e), finish(r[1], col + 1, o01.y, e));
+            h[1] = gemm_element::pack2(finish(r[2], col + 2, o23.x, e), finish(r[3], col + 3, o23.y, e));
             *reinterpret_cast<uint2*>(p) = raw;
         } else {
             for (int q = 0; q < n_here; ++q) {
-                const float old = e.beta != 0.f ? __half2float(p[q]) : 0.f;
-                p[q] = __float2half_rn(finish(r[q], col + q, old, e));
+                const float old = e.beta != 0.f ? gemm_element::to_float(p[q]) : 0.f;
+                p[q] = gemm_element::from_float(finish(r[q], col + q, old, e));
             }
         }
     }

@@ -1,9 +1,10 @@
-// gemm_sm90.cu — FP16 GEMM with f32 accumulation on Hopper tensor cores (wgmma + TMA), sm_90a.
+// gemm_sm90.cu — FP16 (and, as gemm_sm90_bf16.cu, BF16) GEMM with f32 accumulation on Hopper
+// tensor cores (wgmma + TMA), sm_90a.
 //
 // What: the same function as kernels/gemm.cu (C[m,n] = epilogue(A·B) in the forward, dgrad and
-// wgrad layouts of src/cpu/gemm.rs, operands read in place, out_kind 0 f16 / 1 f32 / 2 raw f32
-// K-split partials for gemm_splitk_reduce), for H100/H200 only. The mma.sync kernels in gemm.cu
-// stay the portable path and the one for shapes this kernel does not fit (unaligned operands,
+// wgrad layouts of src/cpu/gemm.rs, operands read in place, out_kind 0 16-bit / 1 f32 / 2 raw
+// f32 K-split partials for gemm_splitk_reduce), for H100/H200 only. The mma.sync kernels in
+// gemm.cu stay the portable path and the one for shapes this kernel does not fit (unaligned operands,
 // N ≤ 64).
 //
 // Algorithm: warp-specialised producer/consumer pipeline.
@@ -41,6 +42,7 @@
 // Launched with programmatic dependent launch (pdl.cuh): every entry point starts with pdl_start().
 #define AMPKIT_PDL 1
 #include "common.cuh"
+#include "gemm_element.cuh"
 #include "gemm_epilogue.cuh"
 #include "pdl.cuh"
 #include "wgmma.cuh"
@@ -423,9 +425,10 @@ using namespace gemm_sm90_detail;
 
 // Entry points: gemm_sm90_<layout>_<config>. Arguments: the tensor maps of A and B (built by
 // src/ops/gemm/sm90.rs), C (or the split workspace), bias (may be null), M, N, K, alpha, beta,
-// relu, out_kind (0 f16, 1 f32, 2 f32 partials), K tiles per split, splits (the persistent
-// kernels walk them as units; the others take them from the grid's z), tile-rows per raster
-// group (pairs of tile-rows for the persistent kernels).
+// relu, out_kind (0 the module's 16-bit element, 1 f32, 2 f32 partials), K tiles per split,
+// splits (the persistent kernels walk them as units; the others take them from the grid's z),
+// tile-rows per raster group (pairs of tile-rows for the persistent kernels). The same names in
+// the f16 and the bf16 module.
 #define AMPKIT_GEMM_SM90(NAME, BN, ST, REGS, MINB, AMN, BMN)                                       \
     extern "C" __global__ void __launch_bounds__(THREADS, MINB)                                   \
         NAME(const __grid_constant__ TensorMap ta, const __grid_constant__ TensorMap tb, void* C, \

@@ -38,11 +38,16 @@ use std::fmt;
 
 /// A value the harness can compare: widened to f64 exactly.
 pub trait ToF64: Copy {
-    /// The value as f64 (exact for f16, f32 and f64).
+    /// The value as f64 (exact for f16, bf16, f32 and f64).
     fn to_f64(self) -> f64;
 }
 
 impl ToF64 for f16 {
+    fn to_f64(self) -> f64 {
+        self.to_f64()
+    }
+}
+impl ToF64 for half::bf16 {
     fn to_f64(self) -> f64 {
         self.to_f64()
     }

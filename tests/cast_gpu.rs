@@ -1,4 +1,4 @@
-//! GPU-vs-CPU parity for the cast family (f32 ↔ f16, fill): bit for bit, on fresh random inputs
+//! GPU-vs-CPU parity for the cast family (f32 ↔ f16, f32 ↔ bf16, fill): bit for bit, on fresh random inputs
 //! with inf, NaN (with payloads), subnormals, values around 65504 and rounding ties, at odd
 //! lengths and every alignment offset. Outputs are poisoned first, and the poison around each
 //! output view must survive (no write outside it).
@@ -304,6 +304,97 @@ fn every_vector_width_is_exact() {
                 &got,
                 &want,
                 |i| want16[off + i],
+            );
+        }
+    }
+}
+
+/// f32 inputs that stress f32 → bf16: any bit pattern (NaN payloads, subnormals), exact ties
+/// between adjacent bf16 values and the values around the overflow threshold.
+fn bf16_inputs(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|_| match rng.gen_range(0..6) {
+            0 | 1 => f32::from_bits(rng.gen()),
+            2 => {
+                let h = rng.gen_range(0..0x7F7Eu32) | (rng.gen_range(0..2u32) << 15);
+                f32::from_bits((h << 16) | 0x8000) // exactly halfway to the next bf16
+            }
+            3 => f32::from_bits(0x7F7F_0000 + rng.gen_range(0..0x1_0000)), // bf16::MAX and above
+            4 => f32::from_bits(rng.gen_range(0..0x0100_0000)), // subnormals and tiny normals
+            _ => rng.gen_range(-4.0f32..4.0) * 2f32.powi(rng.gen_range(-40..40)),
+        })
+        .collect()
+}
+
+#[test]
+fn bf16_casts_match_cpu_bit_for_bit() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = rng("bf16 casts");
+    let mut lengths = LENGTHS.to_vec();
+    lengths.push(65_536 + 3); // bf16 → f32 covers every bf16 bit pattern
+    for n in lengths {
+        for (src_off, dst_off) in [(0, 0), (1, 1), (3, 6), (2, 7), (1, 0)] {
+            // f32 → bf16, then back: the first output, poisoned around its view, is the second's
+            // input, and every bf16 pattern goes through bf16 → f32 as well.
+            let src = bf16_inputs(&mut rng, n);
+            let mut want = vec![half::bf16::ZERO; n];
+            cpu::cast::f32_to_bf16(&src, &mut want).unwrap();
+            let mut src_host = vec![f32::from_bits(POISON_F32); src_off];
+            src_host.extend_from_slice(&src);
+            let src_dev = gpu.upload(&src_host).unwrap();
+            let poison = half::bf16::from_bits(POISON_F16);
+            let mut dst_dev = gpu.upload(&vec![poison; dst_off + n + GUARD]).unwrap();
+            let mut view = dst_dev.slice_mut(dst_off..dst_off + n);
+            ops::cast::f32_to_bf16(&gpu, &src_dev.slice(src_off..), &mut view).unwrap();
+            let got = gpu.download(&dst_dev).unwrap();
+            let bits = |v: &[half::bf16]| v.iter().map(|h| h.to_bits()).collect::<Vec<_>>();
+            let what = format!("f32_to_bf16 n={n} src_off={src_off} dst_off={dst_off}");
+            assert_bits_eq(
+                &what,
+                &bits(&got[dst_off..dst_off + n]),
+                &bits(&want),
+                |i| src[i],
+            );
+            assert!(
+                got[..dst_off]
+                    .iter()
+                    .chain(&got[dst_off + n..])
+                    .all(|h| h.to_bits() == POISON_F16),
+                "{what}: wrote outside the destination view"
+            );
+
+            let back_src: Vec<half::bf16> = (0..n)
+                .map(|i| {
+                    if i < 65_536 {
+                        half::bf16::from_bits(i as u16)
+                    } else {
+                        want[i]
+                    }
+                })
+                .collect();
+            let mut back_want = vec![0f32; n];
+            cpu::cast::bf16_to_f32(&back_src, &mut back_want).unwrap();
+            let back_dev = gpu.upload(&back_src).unwrap();
+            let mut out = gpu
+                .upload(&vec![f32::from_bits(POISON_F32); dst_off + n + GUARD])
+                .unwrap();
+            let mut view = out.slice_mut(dst_off..dst_off + n);
+            ops::cast::bf16_to_f32(&gpu, &back_dev, &mut view).unwrap();
+            let got = gpu.download(&out).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let what = format!("bf16_to_f32 n={n} dst_off={dst_off}");
+            assert_bits_eq(
+                &what,
+                &bits(&got[dst_off..dst_off + n]),
+                &bits(&back_want),
+                |i| back_src[i],
+            );
+            assert!(
+                got[..dst_off]
+                    .iter()
+                    .chain(&got[dst_off + n..])
+                    .all(|x| x.to_bits() == POISON_F32),
+                "{what}: wrote outside the destination view"
             );
         }
     }

@@ -1,8 +1,10 @@
-//! f32 ↔ f16 conversion and fill on the CPU; reference for [`crate::ops::cast`].
+//! f32 ↔ f16 and f32 ↔ bf16 conversion and fill on the CPU; reference for [`crate::ops::cast`].
 //!
 //! Conversions are the `half` crate's: f32 → f16 rounds to nearest even (overflow → ±inf,
 //! subnormal results rounded, NaN → sign | 0x7E00 | top payload bits); f16 → f32 is exact
-//! (NaN → sign | 0x7FC00000 | payload << 13).
+//! (NaN → sign | 0x7FC00000 | payload << 13). f32 → bf16 rounds to nearest even (overflow → ±inf,
+//! subnormals kept, NaN → its top 16 bits with the quiet bit 0x0040 set); bf16 → f32 is exact
+//! (NaN gets the quiet bit).
 //!
 //! ```
 //! use ampkit::{cpu::cast, f16};
@@ -15,7 +17,7 @@
 //! ```
 
 use crate::error::{same_len, Result};
-use half::f16;
+use half::{bf16, f16};
 use rayon::prelude::*;
 
 /// Below this many elements the work stays on the calling thread (rayon's split costs more).
@@ -38,6 +40,26 @@ pub fn f32_to_f16(src: &[f32], dst: &mut [f16]) -> Result<()> {
 pub fn f16_to_f32(src: &[f16], dst: &mut [f32]) -> Result<()> {
     same_len("cpu::cast::f16_to_f32", src.len(), dst.len())?;
     map(src, dst, f16::to_f32);
+    Ok(())
+}
+
+/// `dst[i] = bf16(src[i])`, round to nearest even. Errors: [`Error::ShapeMismatch`] unless the
+/// lengths agree (nothing is written then).
+///
+/// [`Error::ShapeMismatch`]: crate::Error::ShapeMismatch
+pub fn f32_to_bf16(src: &[f32], dst: &mut [bf16]) -> Result<()> {
+    same_len("cpu::cast::f32_to_bf16", src.len(), dst.len())?;
+    map(src, dst, bf16::from_f32);
+    Ok(())
+}
+
+/// `dst[i] = f32(src[i])`, exact. Errors: [`Error::ShapeMismatch`] unless the lengths agree
+/// (nothing is written then).
+///
+/// [`Error::ShapeMismatch`]: crate::Error::ShapeMismatch
+pub fn bf16_to_f32(src: &[bf16], dst: &mut [f32]) -> Result<()> {
+    same_len("cpu::cast::bf16_to_f32", src.len(), dst.len())?;
+    map(src, dst, bf16::to_f32);
     Ok(())
 }
 

@@ -28,12 +28,12 @@ pub mod schedule;
 pub mod softmax;
 pub mod unscale;
 
-use half::f16;
+use half::{bf16, f16};
 use num_traits::Float;
 
-/// A storage type ops read and write: f16 and f32 in training, f64 for references.
+/// A storage type ops read and write: f16, bf16 and f32 in training, f64 for references.
 pub trait Element: Copy + Send + Sync + PartialEq + std::fmt::Debug + 'static {
-    /// Widens (or narrows, for f64) to f32; exact for f16 and f32.
+    /// Widens (or narrows, for f64) to f32; exact for f16, bf16 and f32.
     fn to_f32(self) -> f32;
     /// Rounds an f32 to this type, to nearest even.
     fn from_f32(x: f32) -> Self;
@@ -67,6 +67,26 @@ impl Element for f16 {
         // value just above an f16 tie down to the tie and then to even. Rounding to f32 *to odd*
         // first keeps the information a second rounding needs (f32 has 13 more bits than f16).
         f16::from_f32(f32_round_to_odd(x))
+    }
+}
+
+impl Element for bf16 {
+    type Acc = f32;
+    fn acc_from_f64(x: f64) -> f32 {
+        x as f32
+    }
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+    fn from_f32(x: f32) -> Self {
+        bf16::from_f32(x)
+    }
+    fn to_f64(self) -> f64 {
+        bf16::to_f64(self)
+    }
+    fn from_f64(x: f64) -> Self {
+        // One rounding, as for f16: round-to-odd to f32 keeps what the rounding to bf16 needs.
+        bf16::from_f32(f32_round_to_odd(x))
     }
 }
 

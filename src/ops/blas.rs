@@ -15,13 +15,12 @@
 
 use crate::cuda::Gpu;
 use crate::error::{Error, Result};
-use crate::ops::gemm::GemmOutput;
+use crate::ops::gemm::{GemmOperand, GemmOutput, TmaElement};
 use crate::shape::{GemmShape, Layout};
 use crate::validate;
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut};
-use half::f16;
 use std::ffi::c_void;
 
 /// A cuBLAS handle bound to a [`Gpu`]'s stream.
@@ -150,10 +149,10 @@ impl Blas {
             })
     }
 
-    /// f16 operands, f32 accumulation, f16 or f32 output: `C = A·B + beta·C` (no bias or ReLU),
-    /// in the layouts of [`crate::shape::Layout`]. The cuBLAS reference of [`crate::ops::gemm::gemm`].
-    /// Errors as in the [module doc](self).
-    pub fn gemm_f16<C, A, B, O>(
+    /// 16-bit operands (f16 or bf16), f32 accumulation, output of the operands' type or f32:
+    /// `C = A·B + beta·C` (no bias or ReLU), in the layouts of [`crate::shape::Layout`]. The
+    /// cuBLAS reference of [`crate::ops::gemm::gemm`]. Errors as in the [module doc](self).
+    pub fn gemm_half<C, T, A, B, O>(
         &self,
         gpu: &Gpu,
         shape: GemmShape,
@@ -163,13 +162,14 @@ impl Blas {
         c: &mut O,
     ) -> Result<()>
     where
-        C: GemmOutput,
-        A: DevicePtr<f16>,
-        B: DevicePtr<f16>,
+        C: GemmOutput<T>,
+        T: GemmOperand,
+        A: DevicePtr<T>,
+        B: DevicePtr<T>,
         O: DevicePtrMut<C>,
     {
         validate::gemm::gemm(
-            "ops::blas::gemm_f16",
+            "ops::blas::gemm_half",
             shape,
             [a.len(), b.len(), c.len()],
             None,
@@ -181,14 +181,18 @@ impl Blas {
         let (pa, _ga) = a.device_ptr(stream);
         let (pb, _gb) = b.device_ptr(stream);
         let (pc, _gc) = c.device_ptr_mut(stream);
+        let operand_type = match T::TMA {
+            TmaElement::F16 => cudaDataType::CUDA_R_16F,
+            TmaElement::Bf16 => cudaDataType::CUDA_R_16BF,
+        };
         let c_type = if C::KIND == 0 {
-            cudaDataType::CUDA_R_16F
+            operand_type
         } else {
             cudaDataType::CUDA_R_32F
         };
         let half = |ptr| Operand {
             ptr,
-            dtype: cudaDataType::CUDA_R_16F,
+            dtype: operand_type,
         };
         self.raw(
             shape,

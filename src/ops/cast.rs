@@ -1,9 +1,10 @@
-//! f32 ↔ f16 conversion and fill on the GPU (`kernels/cast.cu`); CPU twin: [`crate::cpu::cast`].
+//! f32 ↔ f16 and f32 ↔ bf16 conversion and fill on the GPU (`kernels/cast.cu`); CPU twin:
+//! [`crate::cpu::cast`].
 //!
 //! Every function takes buffers or views at any element offset and of any length, and is
-//! bit-exact with its CPU twin: f32 → f16 rounds to nearest even, overflow goes to ±inf,
-//! subnormals are produced and consumed, NaN keeps its sign and top payload bits with the quiet bit
-//! set. Work is queued on [`Gpu::stream`]; nothing here synchronises.
+//! bit-exact with its CPU twin: f32 → f16 and f32 → bf16 round to nearest even, overflow goes to
+//! ±inf, subnormals are produced and consumed, NaN keeps its sign and top payload bits with the
+//! quiet bit set. Work is queued on [`Gpu::stream`]; nothing here synchronises.
 //!
 //! Errors, before any launch: [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when source
 //! and destination lengths differ; [`Error::InvalidArgument`](crate::Error::InvalidArgument) when
@@ -27,7 +28,7 @@ use crate::error::{same_len, Result};
 use crate::kernels;
 use crate::ops::plan::{elementwise_launch, vector_plan, Operand, VectorPlan};
 use cudarc::driver::{DevicePtr, DevicePtrMut};
-use half::f16;
+use half::{bf16, f16};
 
 const CAST_WIDTHS: &[usize] = &[8, 4, 2, 1];
 /// Widest access per direction, measured (docs/kernels/cast.md): f32 → f16 reads 2×16 B and
@@ -56,6 +57,67 @@ pub fn f16_to_f32(
     dst: &mut impl DevicePtrMut<f32>,
 ) -> Result<()> {
     tuning::f16_to_f32_max_width(gpu, src, dst, F16_TO_F32_MAX_WIDTH)
+}
+
+/// `dst[i] = bf16(src[i])`, round to nearest even (overflow to ±inf). Bit-exact with
+/// [`crate::cpu::cast::f32_to_bf16`]; errors as in the [module doc](self). Vector widths as for
+/// f32 → f16 (the same bytes move).
+pub fn f32_to_bf16(
+    gpu: &Gpu,
+    src: &impl DevicePtr<f32>,
+    dst: &mut impl DevicePtrMut<bf16>,
+) -> Result<()> {
+    const OP: &str = "cast::f32_to_bf16";
+    same_len(OP, src.len(), dst.len())?;
+    let stream = gpu.stream();
+    let (src_ptr, _src_guard) = src.device_ptr(stream);
+    let (dst_ptr, _dst_guard) = dst.device_ptr_mut(stream);
+    let kernel = |w| match w {
+        8 => "cast_f32_to_bf16_v8",
+        4 => "cast_f32_to_bf16_v4",
+        2 => "cast_f32_to_bf16_v2",
+        _ => "cast_f32_to_bf16_v1",
+    };
+    let n = src.len();
+    launch_cast(
+        gpu,
+        OP,
+        (src_ptr, 4),
+        (dst_ptr, 2),
+        n,
+        F32_TO_F16_MAX_WIDTH,
+        kernel,
+    )
+}
+
+/// `dst[i] = f32(src[i])`, exact. Bit-exact with [`crate::cpu::cast::bf16_to_f32`]; errors as in
+/// the [module doc](self).
+pub fn bf16_to_f32(
+    gpu: &Gpu,
+    src: &impl DevicePtr<bf16>,
+    dst: &mut impl DevicePtrMut<f32>,
+) -> Result<()> {
+    const OP: &str = "cast::bf16_to_f32";
+    same_len(OP, src.len(), dst.len())?;
+    let stream = gpu.stream();
+    let (src_ptr, _src_guard) = src.device_ptr(stream);
+    let (dst_ptr, _dst_guard) = dst.device_ptr_mut(stream);
+    let kernel = |w| match w {
+        8 => "cast_bf16_to_f32_v8",
+        4 => "cast_bf16_to_f32_v4",
+        2 => "cast_bf16_to_f32_v2",
+        _ => "cast_bf16_to_f32_v1",
+    };
+    let n = src.len();
+    launch_cast(
+        gpu,
+        OP,
+        (src_ptr, 2),
+        (dst_ptr, 4),
+        n,
+        F16_TO_F32_MAX_WIDTH,
+        kernel,
+    )
 }
 
 /// Sets every element of `dst` to `value` (bit pattern preserved, NaN payloads included).

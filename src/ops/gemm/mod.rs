@@ -1,16 +1,21 @@
-//! FP16 tensor-core GEMM (`kernels/gemm.cu`: mma.sync, any GPU ampkit supports;
-//! `kernels/gemm_sm90.cu`: wgmma + TMA on compute capability 9.0); CPU twin: [`crate::cpu::gemm`].
+//! FP16 and BF16 tensor-core GEMM (`kernels/gemm.cu`: mma.sync, any GPU ampkit supports;
+//! `kernels/gemm_sm90.cu`: wgmma + TMA on compute capability 9.0; the bf16 builds of both:
+//! `kernels/gemm_bf16.cu`, `kernels/gemm_sm90_bf16.cu`); CPU twin: [`crate::cpu::gemm`].
 //!
 //! Same layouts, shapes and epilogue as the CPU reference ([`GemmShape`], [`Layout`]): operands
-//! are f16, accumulation is f32, the output is f16 or f32. Any `m, n, k` (zero included) works.
+//! are f16 or bf16 ([`GemmOperand`]), accumulation is f32, the output is the operands' type or
+//! f32 ([`GemmOutput`]). Any `m, n, k` (zero included) works. The two element types run the same
+//! kernels, tile configurations and planner.
 //!
 //! # Numerics
 //!
-//! Products of f16 operands are exact in f32; the tensor cores add them in f32 in an order that
-//! differs from the CPU's, so results match [`crate::cpu::gemm::gemm`] to rounding, not bit for
-//! bit. The parity tests hold every element to `|out − ref| ≤ 1e-5·√k·max(1, |alpha|) + 1e-5·|ref|`
-//! against [`crate::cpu::gemm::gemm_f64`] (plus half an f16 ulp, `4.9e-4·|ref| + 6e-8`, for f16
-//! output) and the relative L2 error to 1e-3. The epilogue runs in f32 in the reference's order
+//! Products of f16 (or bf16) operands are exact in f32; the tensor cores add them in f32 in an
+//! order that differs from the CPU's, so results match [`crate::cpu::gemm::gemm`] to rounding, not
+//! bit for bit. The parity tests hold every element to
+//! `|out − ref| ≤ 1e-5·√k·max(1, |alpha|) + 1e-5·|ref|` against [`crate::cpu::gemm::gemm_f64`]
+//! (plus half an ulp of a 16-bit output: `4.9e-4·|ref| + 6e-8` for f16, `3.9e-3·|ref|` for bf16)
+//! and the relative L2 error to 1e-3 (4e-3 with bf16 output). A bf16 output is the f32 result
+//! rounded once to nearest even, bit for bit. The epilogue runs in f32 in the reference's order
 //! (alpha, bias, `beta·C_old`, ReLU, one rounding to the output type); with `beta = 0` the old
 //! contents of C are never read. Results are deterministic: the same inputs give the same bits on
 //! every run on one GPU model.
@@ -54,7 +59,9 @@ use crate::validate;
 mod plan;
 mod sm90;
 use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
-use half::f16;
+use half::{bf16, f16};
+#[doc(hidden)]
+pub use sm90::TmaElement;
 pub(crate) mod tuning;
 use plan::UNALIGNED;
 use tuning::{plan, Plan};
@@ -114,25 +121,50 @@ impl<'a> Epilogue<'a> {
     }
 }
 
-/// Output element types of [`gemm`]: f16 or f32.
-pub trait GemmOutput: DeviceRepr + sealed::Sealed {
+/// Operand element types of [`gemm`]: f16 or bf16, both accumulated in f32 (bf16 runs the same
+/// kernels built for bf16: `kernels/gemm_bf16.cu`, `kernels/gemm_sm90_bf16.cu`).
+pub trait GemmOperand: DeviceRepr + sealed::Sealed {
+    /// The portable (mma.sync) and the Hopper (wgmma) kernel modules for this element type.
+    #[doc(hidden)]
+    const MODULES: [crate::kernels::KernelModule; 2];
+    /// The element type of the Hopper kernels' TMA tensor maps.
+    #[doc(hidden)]
+    const TMA: sm90::TmaElement;
+}
+impl GemmOperand for f16 {
+    const MODULES: [crate::kernels::KernelModule; 2] = [kernels::GEMM, kernels::GEMM_SM90];
+    const TMA: sm90::TmaElement = sm90::TmaElement::F16;
+}
+impl GemmOperand for bf16 {
+    const MODULES: [crate::kernels::KernelModule; 2] =
+        [kernels::GEMM_BF16, kernels::GEMM_SM90_BF16];
+    const TMA: sm90::TmaElement = sm90::TmaElement::Bf16;
+}
+
+/// Output element types of [`gemm`] for operands of type `T`: f32, or `T` itself (f16 operands
+/// give f16 or f32, bf16 operands bf16 or f32, as autocast does).
+pub trait GemmOutput<T: GemmOperand = f16>: DeviceRepr + sealed::Sealed {
     /// The kernel's `out_kind` code.
     #[doc(hidden)]
     const KIND: i32;
 }
-impl GemmOutput for f16 {
+impl GemmOutput<f16> for f16 {
     const KIND: i32 = 0;
 }
-impl GemmOutput for f32 {
+impl GemmOutput<bf16> for bf16 {
+    const KIND: i32 = 0;
+}
+impl<T: GemmOperand> GemmOutput<T> for f32 {
     const KIND: i32 = 1;
 }
 mod sealed {
     pub trait Sealed {}
     impl Sealed for half::f16 {}
+    impl Sealed for half::bf16 {}
     impl Sealed for f32 {}
 }
 
-/// Element types [`bias_grad`] reads: f16 or f32.
+/// Element types [`bias_grad`] reads: f16, bf16 or f32.
 pub trait BiasGradInput: DeviceRepr + sealed::Sealed {
     /// The pass-1 kernel for this type.
     #[doc(hidden)]
@@ -141,12 +173,16 @@ pub trait BiasGradInput: DeviceRepr + sealed::Sealed {
 impl BiasGradInput for f16 {
     const KERNEL: &'static str = "bias_grad_partial_f16";
 }
+impl BiasGradInput for bf16 {
+    const KERNEL: &'static str = "bias_grad_partial_bf16";
+}
 impl BiasGradInput for f32 {
     const KERNEL: &'static str = "bias_grad_partial_f32";
 }
 
-/// `C[m, n] = epilogue(A·B)` on the GPU, f16 operands, f32 accumulation, f16 or f32 output
-/// (`C` is the output element type; write `gemm::<f32, _, _, _>` when it cannot be inferred).
+/// `C[m, n] = epilogue(A·B)` on the GPU, f16 or bf16 operands, f32 accumulation, output of the
+/// operands' type or f32
+/// (`C` is the output element type; write `gemm::<f32, _>` when it cannot be inferred).
 /// Operand layouts are in [`crate::shape`]'s module doc; the tolerance against the CPU
 /// reference is in the [module doc](self). Queued on [`Gpu::stream`]; does not synchronise.
 ///
@@ -156,11 +192,11 @@ impl BiasGradInput for f32 {
 /// element size (views at odd byte offsets). A fault while the kernel runs surfaces as
 /// [`Error::Driver`] at the next synchronisation (or [`Error::Launch`] with
 /// [`Gpu::set_sync_launches`]).
-pub fn gemm<C: GemmOutput>(
+pub fn gemm<C: GemmOutput<T>, T: GemmOperand>(
     gpu: &Gpu,
     shape: GemmShape,
-    a: &impl DevicePtr<f16>,
-    b: &impl DevicePtr<f16>,
+    a: &impl DevicePtr<T>,
+    b: &impl DevicePtr<T>,
     epilogue: &Epilogue,
     c: &mut impl DevicePtrMut<C>,
 ) -> Result<()> {
@@ -220,7 +256,7 @@ pub(crate) fn gemm_deferred(
 /// K into slices that fit it, the slices go there unreduced; returns their number (1: `c` was
 /// written).
 #[allow(clippy::too_many_arguments)] // gemm's arguments plus the plan and the deferral
-fn gemm_impl<C, A, B, O>(
+fn gemm_impl<C, T, A, B, O>(
     gpu: &Gpu,
     shape: GemmShape,
     forced: Option<Plan>,
@@ -231,11 +267,13 @@ fn gemm_impl<C, A, B, O>(
     defer: Option<(u64, usize)>,
 ) -> Result<usize>
 where
-    C: GemmOutput,
-    A: DevicePtr<f16>,
-    B: DevicePtr<f16>,
+    C: GemmOutput<T>,
+    T: GemmOperand,
+    A: DevicePtr<T>,
+    B: DevicePtr<T>,
     O: DevicePtrMut<C>,
 {
+    let [portable, hopper] = T::MODULES;
     const OP: &str = "ops::gemm::gemm";
     validate::gemm::gemm(
         OP,
@@ -350,6 +388,8 @@ where
             };
             return sm90::launch(
                 gpu,
+                &hopper,
+                T::TMA,
                 &operand(a_ptr, a_mn, m, p.config.bm),
                 &operand(b_ptr, b_mn, n, b_rows),
                 &sm90::Launch {
@@ -379,7 +419,7 @@ where
         // (and bias) hold exactly what (layout, m, n, k) addresses; the kernel bounds-checks
         // every tile edge; `out` holds splits·m·n f32 when out_kind is 2. Alignment was checked
         // above.
-        unsafe { gpu.launch(&kernels::GEMM, kernel, cfg, &args) }
+        unsafe { gpu.launch(&portable, kernel, cfg, &args) }
     };
     if p.splits == 1 {
         return launch_main(c_ptr, C::KIND).map(|()| 1);
@@ -413,7 +453,7 @@ where
         // SAFETY: gemm_splitk_reduce(const float* ws, int splits, int M, int N, void* C,
         // int out_kind, const float* bias, float alpha, float beta, int relu) matches; ws holds
         // splits·m·n f32 written above, C holds m·n elements of the out_kind type.
-        unsafe { gpu.launch(&kernels::GEMM, "gemm_splitk_reduce", cfg, &args) }
+        unsafe { gpu.launch(&portable, "gemm_splitk_reduce", cfg, &args) }
     })
     .map(|()| 1)
 }

@@ -6,7 +6,7 @@
 
 use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
 use crate::error::{Error, Result};
-use crate::kernels;
+use crate::kernels::KernelModule;
 use crate::shape::Layout;
 use cudarc::driver::sys::{
     cuTensorMapEncodeTiled, CUresult, CUtensorMap, CUtensorMapDataType, CUtensorMapFloatOOBfill,
@@ -28,7 +28,16 @@ struct TensorMap(CUtensorMap);
 // `__grid_constant__` struct.
 unsafe impl DeviceRepr for TensorMap {}
 
-/// One f16 operand in global memory: `outer` rows of `inner` contiguous halves.
+/// The element type a tensor map describes: the GEMM's 16-bit operand type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TmaElement {
+    /// IEEE half.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+/// One 16-bit operand in global memory: `outer` rows of `inner` contiguous elements.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Operand {
     /// Device address, 16-byte aligned.
@@ -46,7 +55,7 @@ pub(crate) struct Operand {
 
 /// Encodes the tensor map of one operand: 128-byte swizzle, zero fill past the edges. A K-major
 /// operand is read as boxes of `tile_rows` rows × 64 K, an M/N-major one as 64 K rows × 64.
-fn tensor_map(op: &Operand) -> Result<TensorMap> {
+fn tensor_map(op: &Operand, element: TmaElement) -> Result<TensorMap> {
     const WHAT: &str = "encoding a TMA tensor map for the Hopper GEMM";
     let dims = [op.inner as u64, op.outer as u64];
     let strides = [op.inner as u64 * 2];
@@ -63,7 +72,10 @@ fn tensor_map(op: &Operand) -> Result<TensorMap> {
     let rc = unsafe {
         cuTensorMapEncodeTiled(
             map.as_mut_ptr(),
-            CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+            match element {
+                TmaElement::F16 => CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+                TmaElement::Bf16 => CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            },
             2,
             op.ptr as *mut std::ffi::c_void,
             dims.as_ptr(),
@@ -79,7 +91,7 @@ fn tensor_map(op: &Operand) -> Result<TensorMap> {
     if rc != CUresult::CUDA_SUCCESS {
         return Err(Error::Driver {
             context: format!(
-                "{WHAT} ({} × {} halves, box {:?}); the operand must be 16-byte aligned with a \
+                "{WHAT} ({} × {} elements, box {:?}); the operand must be 16-byte aligned with a \
                  contiguous dimension that is a multiple of 8",
                 op.outer, op.inner, boxes
             ),
@@ -104,7 +116,7 @@ pub(crate) struct Launch {
     pub dims: (i32, i32, i32),
     /// alpha, beta, relu.
     pub epilogue: (f32, f32, i32),
-    /// 0 f16, 1 f32, 2 f32 partials.
+    /// 0 the operands' 16-bit type, 1 f32, 2 f32 partials.
     pub out_kind: i32,
     /// K tiles per split, splits, tile-rows per raster group.
     pub schedule: (i32, i32, i32),
@@ -119,8 +131,16 @@ pub(crate) fn mn_major(layout: Layout) -> (bool, bool) {
     }
 }
 
-/// Launches one `gemm_sm90_*` kernel on operands A and B.
-pub(crate) fn launch(gpu: &Gpu, a: &Operand, b: &Operand, l: &Launch) -> Result<()> {
+/// Launches one `gemm_sm90_*` kernel of `module` (the f16 or the bf16 build) on operands A and B
+/// of type `element`.
+pub(crate) fn launch(
+    gpu: &Gpu,
+    module: &KernelModule,
+    element: TmaElement,
+    a: &Operand,
+    b: &Operand,
+    l: &Launch,
+) -> Result<()> {
     if gpu.info().compute_capability != (9, 0) {
         return Err(Error::InvalidArgument {
             op: "ops::gemm::gemm",
@@ -132,7 +152,7 @@ pub(crate) fn launch(gpu: &Gpu, a: &Operand, b: &Operand, l: &Launch) -> Result<
             ),
         });
     }
-    let (ta, tb) = (tensor_map(a)?, tensor_map(b)?);
+    let (ta, tb) = (tensor_map(a, element)?, tensor_map(b, element)?);
     let mut args = KernelArgs::new();
     args.push(ta).push(tb).push(l.out).push(l.bias);
     args.push(l.dims.0).push(l.dims.1).push(l.dims.2);
@@ -150,5 +170,5 @@ pub(crate) fn launch(gpu: &Gpu, a: &Operand, b: &Operand, l: &Launch) -> Result<
     // to them); C holds M·N elements of the out_kind type, or splits·M·N f32 for out_kind 2; the
     // kernel bounds-checks each store. A persistent kernel's grid is a multiple of its compile-time
     // cluster size (2).
-    unsafe { gpu.launch(&kernels::GEMM_SM90, l.kernel, l.cfg, &args) }
+    unsafe { gpu.launch(module, l.kernel, l.cfg, &args) }
 }

@@ -1,12 +1,11 @@
 //! The GEMM's tuning surface, for ampkit's tests and benchmarks: the tile table, the planner and
 //! a GEMM in a forced plan. Public only as `ampkit::tuning::gemm`.
 
-use super::{Epilogue, GemmOutput};
+use super::{Epilogue, GemmOperand, GemmOutput};
 use crate::cuda::Gpu;
 use crate::error::Result;
 use crate::shape::GemmShape;
 use cudarc::driver::{DevicePtr, DevicePtrMut};
-use half::f16;
 
 pub use super::plan::{
     configs_for, plan, Plan, TileConfig, CONFIGS, GROUP_M, HOPPER_CONFIGS, UNALIGNED,
@@ -15,7 +14,7 @@ pub use super::plan::{
 /// [`gemm`](super::gemm) with a forced [`Plan`] instead of the cost model's, for tests and
 /// benchmarks that must exercise every configuration. An aligned configuration on operands that
 /// do not meet the fast path's alignment is replaced by the unaligned one.
-pub fn gemm_with_plan<C, A, B, O>(
+pub fn gemm_with_plan<C, T, A, B, O>(
     gpu: &Gpu,
     shape: GemmShape,
     forced: Option<Plan>,
@@ -25,9 +24,10 @@ pub fn gemm_with_plan<C, A, B, O>(
     c: &mut O,
 ) -> Result<()>
 where
-    C: GemmOutput,
-    A: DevicePtr<f16>,
-    B: DevicePtr<f16>,
+    C: GemmOutput<T>,
+    T: GemmOperand,
+    A: DevicePtr<T>,
+    B: DevicePtr<T>,
     O: DevicePtrMut<C>,
 {
     super::gemm_impl(gpu, shape, forced, a, b, epilogue, c, None).map(drop)

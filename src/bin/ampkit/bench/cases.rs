@@ -26,7 +26,7 @@ enum LayoutName {
     Wgrad,
 }
 
-/// One GEMM: `Y[m, n]` from f16 operands in `layout`.
+/// One GEMM: `Y[m, n]` from f16 (or bf16) operands in `layout`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GemmCase {
@@ -41,8 +41,11 @@ pub struct GemmCase {
     pub n: usize,
     /// The contracted dimension.
     pub k: usize,
-    /// An f32 output instead of f16.
+    /// An f32 output instead of the operands' 16-bit type.
     pub f32_out: bool,
+    /// bf16 operands (and a bf16 or f32 output) instead of f16; absent means f16.
+    #[serde(default)]
+    pub bf16: bool,
 }
 
 impl GemmCase {

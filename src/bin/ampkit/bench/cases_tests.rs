@@ -36,6 +36,7 @@ fn gemm_cases_know_their_operands() {
         n: 3,
         k: 5,
         f32_out,
+        bf16: false,
     };
     assert_eq!(case(Layout::Forward, false).operand_lens(), (10, 15));
     assert_eq!(case(Layout::Wgrad, false).operand_lens(), (10, 15));

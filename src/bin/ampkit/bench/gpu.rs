@@ -16,14 +16,14 @@ use super::work::{gemm_flops, gemm_shape, mlp_params, train_flops, train_shape};
 use ampkit::check::{rel_l2_error, ToF64};
 use ampkit::cuda::{DeviceBuffer, Gpu};
 use ampkit::ops::blas::Blas;
-use ampkit::ops::gemm::{gemm, Epilogue, GemmOutput};
+use ampkit::ops::gemm::{gemm, Epilogue, GemmOperand, GemmOutput};
 use ampkit::shape::{GemmShape, Layout};
 use ampkit::train::gpu_backend::GpuBackend;
 use ampkit::train::Backend;
 use ampkit::tuning::gemm::plan;
 use ampkit::{Error, Result};
 use cudarc::driver::ValidAsZeroBits;
-use half::f16;
+use half::{bf16, f16};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -87,10 +87,12 @@ pub fn run(gpu: &Arc<Gpu>, opts: &Options, cases: &Cases) -> Result<Report> {
         );
         c.row(Kind::Gemm, &name, &shape, false, |ceil| {
             let rounds = opts.gemm_rounds();
-            let row = if case.f32_out {
-                gemm_row::<f32>(&mut h, blas_ref()?, case, rounds, ceil)
-            } else {
-                gemm_row::<f16>(&mut h, blas_ref()?, case, rounds, ceil)
+            let blas = blas_ref()?;
+            let row = match (case.bf16, case.f32_out) {
+                (false, true) => gemm_row::<f32, f16>(&mut h, blas, case, rounds, ceil),
+                (false, false) => gemm_row::<f16, f16>(&mut h, blas, case, rounds, ceil),
+                (true, true) => gemm_row::<f32, bf16>(&mut h, blas, case, rounds, ceil),
+                (true, false) => gemm_row::<bf16, bf16>(&mut h, blas, case, rounds, ceil),
             }?;
             plans.push(format!(
                 "{} {}",
@@ -215,7 +217,7 @@ fn cublas_ceiling(h: &mut Harness, blas: &Blas) -> Result<Row> {
     let mut c: DeviceBuffer<f16> = h.gpu.alloc_zeros(m * n)?;
     let gpu = h.gpu.clone();
     let us = h.median_us(true, |_| {
-        blas.gemm_f16::<f16, _, _, _>(&gpu, shape, &a, &b, 0.0, &mut c)
+        blas.gemm_half::<f16, _, _, _, _>(&gpu, shape, &a, &b, 0.0, &mut c)
     })?;
     let flops = gemm_flops(m, n, k);
     let tflops = flops / us / 1e6;
@@ -226,6 +228,7 @@ fn cublas_ceiling(h: &mut Harness, blas: &Blas) -> Result<Row> {
         n,
         k,
         f32_out: false,
+        bf16: false,
     };
     Ok(Row::measured(
         Kind::Ceiling,
@@ -239,9 +242,25 @@ fn cublas_ceiling(h: &mut Harness, blas: &Blas) -> Result<Row> {
     .with_work(flops, case.bytes()))
 }
 
+/// A GEMM operand type the bench fills with random values.
+pub(super) trait BenchOperand: GemmOperand + ValidAsZeroBits + Sized {
+    /// `len` random values (the harness's pool, rounded) from the place `seed` picks.
+    fn buf(h: &Harness, len: usize, seed: u32) -> Result<DeviceBuffer<Self>>;
+}
+impl BenchOperand for f16 {
+    fn buf(h: &Harness, len: usize, seed: u32) -> Result<DeviceBuffer<f16>> {
+        h.f16_buf(len, seed)
+    }
+}
+impl BenchOperand for bf16 {
+    fn buf(h: &Harness, len: usize, seed: u32) -> Result<DeviceBuffer<bf16>> {
+        h.bf16_buf(len, seed)
+    }
+}
+
 /// ampkit's GEMM (the planner's choice) and cuBLAS on the same operands, in alternating rounds;
 /// fails if the two results differ by more than [`GEMM_TOLERANCE`].
-fn gemm_row<C>(
+fn gemm_row<C, T>(
     h: &mut Harness,
     blas: &Blas,
     case: &GemmCase,
@@ -249,12 +268,13 @@ fn gemm_row<C>(
     ceil: &Ceilings,
 ) -> Result<Row>
 where
-    C: GemmOutput + ValidAsZeroBits + ToF64,
+    C: GemmOutput<T> + ValidAsZeroBits + ToF64,
+    T: BenchOperand,
 {
     let shape = case.shape();
     let (la, lb) = case.operand_lens();
-    let a = h.f16_buf(la, 11)?;
-    let b = h.f16_buf(lb, 12)?;
+    let a = T::buf(h, la, 11)?;
+    let b = T::buf(h, lb, 12)?;
     let mut ours: DeviceBuffer<C> = h.gpu.alloc_zeros(case.m * case.n)?;
     let mut theirs: DeviceBuffer<C> = h.gpu.alloc_zeros(case.m * case.n)?;
     let gpu = h.gpu.clone();
@@ -264,10 +284,10 @@ where
     for r in 0..rounds {
         let warmup = if r == 0 { h.warmup } else { h.warmup.min(2) };
         t_ours.extend(h.times_us(true, warmup, per_round, |_| {
-            gemm::<C>(&gpu, shape, &a, &b, &Epilogue::plain(), &mut ours)
+            gemm::<C, _>(&gpu, shape, &a, &b, &Epilogue::plain(), &mut ours)
         })?);
         t_theirs.extend(h.times_us(true, warmup, per_round, |_| {
-            blas.gemm_f16::<C, _, _, _>(&gpu, shape, &a, &b, 0.0, &mut theirs)
+            blas.gemm_half::<C, _, _, _, _>(&gpu, shape, &a, &b, 0.0, &mut theirs)
         })?);
     }
     let (us, cublas_us) = (median(&mut t_ours), median(&mut t_theirs));

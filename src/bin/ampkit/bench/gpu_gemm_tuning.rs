@@ -63,9 +63,9 @@ impl Operands {
     fn cublas(&mut self, gpu: &Gpu, blas: &Blas) -> Result<()> {
         let shape = self.case.shape();
         if self.case.f32_out {
-            blas.gemm_f16::<f32, _, _, _>(gpu, shape, &self.a, &self.b, 0.0, &mut self.out32)
+            blas.gemm_half::<f32, _, _, _, _>(gpu, shape, &self.a, &self.b, 0.0, &mut self.out32)
         } else {
-            blas.gemm_f16::<f16, _, _, _>(gpu, shape, &self.a, &self.b, 0.0, &mut self.out16)
+            blas.gemm_half::<f16, _, _, _, _>(gpu, shape, &self.a, &self.b, 0.0, &mut self.out16)
         }
     }
 }

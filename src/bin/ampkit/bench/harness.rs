@@ -9,7 +9,8 @@ use super::inputs::{hash32, n_sets, random_f32};
 use ampkit::cuda::{DeviceBuffer, Gpu};
 use ampkit::{ops, Error, Result};
 use cudarc::driver::sys::CUevent_flags;
-use half::f16;
+use cudarc::driver::{CudaView, CudaViewMut};
+use half::{bf16, f16};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -188,12 +189,31 @@ impl Harness {
 
     /// [`Harness::f32_buf`] rounded to f16 (ampkit's own cast kernel).
     pub fn f16_buf(&self, len: usize, seed: u32) -> Result<DeviceBuffer<f16>> {
-        let mut dst: DeviceBuffer<f16> = self.gpu.alloc_zeros(len)?;
+        self.rounded_buf(len, seed, |gpu, src, dst| {
+            ops::cast::f32_to_f16(gpu, src, dst)
+        })
+    }
+
+    /// [`Harness::f32_buf`] rounded to bf16 (ampkit's own cast kernel).
+    pub fn bf16_buf(&self, len: usize, seed: u32) -> Result<DeviceBuffer<bf16>> {
+        self.rounded_buf(len, seed, |gpu, src, dst| {
+            ops::cast::f32_to_bf16(gpu, src, dst)
+        })
+    }
+
+    /// A buffer of `len` pool values from the place `seed` picks, through `cast`.
+    fn rounded_buf<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        len: usize,
+        seed: u32,
+        cast: impl Fn(&Gpu, &CudaView<'_, f32>, &mut CudaViewMut<'_, T>) -> Result<()>,
+    ) -> Result<DeviceBuffer<T>> {
+        let mut dst: DeviceBuffer<T> = self.gpu.alloc_zeros(len)?;
         let (mut done, mut s) = (0, seed);
         while done < len {
             let chunk = (len - done).min(POOL_LEN);
             let off = pool_offset(s, POOL_LEN - chunk);
-            ops::cast::f32_to_f16(
+            cast(
                 &self.gpu,
                 &self.pool.slice(off..off + chunk),
                 &mut dst.slice_mut(done..done + chunk),

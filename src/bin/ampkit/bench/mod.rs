@@ -5,7 +5,7 @@
 //! # Method (GPU)
 //!
 //! - **Ceilings first.** `copy d2d`: `memcpy_dtod` of a 1 GiB f32 buffer, GB/s = bytes read +
-//!   written (2 GiB) / t. `cuBLAS f16 gemm 8192^3`: [`ampkit::ops::blas::Blas::gemm_f16`],
+//!   written (2 GiB) / t. `cuBLAS f16 gemm 8192^3`: [`ampkit::ops::blas::Blas::gemm_half`],
 //!   `Y = X·Wᵀ`, f16 out, TFLOP/s = 2·M·N·K / t.
 //! - **Timing.** CUDA events between consecutive calls queued back to back; warm-up, then the
 //!   median of the timed calls (10 + 50, `--quick` 3 + 10). Kernel rows first queue enough
