@@ -17,6 +17,7 @@ pub mod augment;
 pub mod cast;
 pub mod clip;
 pub mod cross_entropy;
+pub mod fp8;
 pub mod gemm;
 #[cfg(test)]
 pub(crate) mod head;

@@ -8,13 +8,14 @@
 //!
 //! | module | dtypes | arithmetic | agreement with [`crate::cpu`] |
 //! |---|---|---|---|
-//! | [`cast`] | f32 ↔ f16, fill | round to nearest even | bit-exact |
+//! | [`cast`] | f32 ↔ f16, f32 ↔ bf16, fill | round to nearest even | bit-exact |
+//! | [`fp8`] | f32 ↔ E4M3/E5M2, per-tensor scale, amax | one f32 multiply, round to nearest even, saturate | bit-exact |
 //! | [`relu`] | f16, f32 | bit tests and copies | bit-exact |
 //! | [`unscale`] | f32 in place; f16 → f32 | one f32 multiply by `f32(1/f64(scale))` | bit-exact (a NaN stays a NaN; payload may differ) |
 //! | [`scaler`] | f32 scale, i32 tracker | f64 products rounded once | bit-exact |
 //! | [`optim`] | f32 masters and moments, f16 copies | f32, no FMA; scalars in f64 | bit-exact (NaN payloads aside) |
-//! | [`gemm`] | f16 in, f16/f32 out | f32 accumulation (tensor cores) | `1e-5·√k + 1e-5·\|ref\|` per element, rel. L2 ≤ 1e-3 (f16 out: + half an ulp) |
-//! | [`blas`] | f32 (and the f16 reference) | cuBLAS, true f32 (no TF32) | to summation order |
+//! | [`gemm`] | f16 or bf16 in, the same or f32 out | f32 accumulation (tensor cores) | `1e-5·√k + 1e-5·\|ref\|` per element, rel. L2 ≤ 1e-3 (16-bit out: + half an ulp) |
+//! | [`blas`] | f32 (and the f16/bf16 reference) | cuBLAS, true f32 (no TF32) | to summation order |
 //! | [`layernorm`] | f32 | f32 tree sums | 1e-5 of each element's scale |
 //! | [`softmax`] | f32 | f32 (reference in f64) | 1e-5 relative |
 //! | [`cross_entropy`] | f16/f32 logits into f16/f32 dlogits | f32 (reference in f64) | 1e-5 relative (f16 dlogits: + half an ulp) |
@@ -50,6 +51,7 @@ pub mod augment;
 pub mod blas;
 pub mod cast;
 pub mod cross_entropy;
+pub mod fp8;
 pub mod gemm;
 pub(crate) mod head;
 pub mod layernorm;
