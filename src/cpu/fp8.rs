@@ -1,4 +1,5 @@
-//! FP8 (E4M3, E5M2) quantize and dequantize on the CPU; reference for [`crate::ops::fp8`].
+//! FP8 (E4M3, E5M2) quantize and dequantize on the CPU, reference for [`crate::ops::fp8`]; and
+//! the delayed-scaling recipe's per-tensor state ([`ScalingState`]: amax history, scale update).
 //!
 //! The conversion is the `float8` crate's, a port of `cuda_fp8.hpp`: round to nearest even with
 //! saturation to the largest finite value (E4M3 ±448, E5M2 ±57344, infinities included), f32
@@ -94,6 +95,78 @@ pub fn dequantize(format: Fp8Format, q: &[u8], scale_inv: f32, y: &mut [f32]) ->
     Ok(())
 }
 
+/// How the recipe reduces an amax history to the amax a scale is computed from (Transformer
+/// Engine's `amax_compute_algo`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum AmaxAlgo {
+    /// The largest amax in the window (NaN entries ignored, as `fmaxf` does). TE's default.
+    #[default]
+    Max,
+    /// The amax of the step that just ran.
+    MostRecent,
+}
+
+/// Delayed scaling's per-tensor state: an amax history and the scale derived from it.
+///
+/// `history[0]` collects the current step's amax (the casts fold theirs in with a max, as
+/// [`quantize`] returns it); [`ScalingState::update`] then computes the next scale and rolls the
+/// window, exactly as Transformer Engine's `amax_and_scale_update` kernel does:
+/// - the amax used is the max over the whole history, the entry about to leave included
+///   ([`AmaxAlgo::Max`], NaN entries ignored), or `history[0]` ([`AmaxAlgo::MostRecent`]);
+/// - `scale = fp8_max · 2^-margin / amax` if that amax is finite and positive, else the scale is
+///   kept (an overflowing or all-zero tensor never drives it to 0 or inf);
+/// - the history becomes `[0, h[2], …, h[len-1], h[0]]`: the oldest entry (`h[1]`) leaves, this
+///   step's moves to the end, and slot 0 is cleared for the next step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScalingState {
+    /// The amax window; `history[0]` is the step in progress.
+    pub history: Vec<f32>,
+    /// The scale the next casts multiply by (1 before the first update).
+    pub scale: f32,
+}
+
+impl ScalingState {
+    /// A fresh state: `len` zero amaxes (at least one) and scale 1.
+    pub fn new(len: usize) -> ScalingState {
+        ScalingState {
+            history: vec![0.0; len.max(1)],
+            scale: 1.0,
+        }
+    }
+
+    /// Folds a cast's amax into this step's slot (a max; NaN wins, as the GPU's atomic max on
+    /// the bits makes it).
+    pub fn record(&mut self, amax: f32) {
+        let slot = &mut self.history[0];
+        if amax.is_nan() || amax > *slot {
+            *slot = amax;
+        }
+    }
+
+    /// The scale update and history roll described on [`ScalingState`]; returns the new scale.
+    pub fn update(&mut self, format: Fp8Format, algo: AmaxAlgo, margin: f32) -> f32 {
+        let h = &mut self.history;
+        let amax = match algo {
+            AmaxAlgo::Max => h.iter().fold(0f32, |m, &a| m.max(a)),
+            AmaxAlgo::MostRecent => h[0],
+        };
+        let scaled_max = format.max() * 2f32.powf(-margin);
+        if amax.is_finite() && amax > 0.0 {
+            self.scale = scaled_max / amax;
+        }
+        if h.len() > 1 {
+            let newest = h[0];
+            h.rotate_left(1); // [h1, h2, …, h_last, h0]
+            h[0] = 0.0; // drops h1, the oldest
+            let last = h.len() - 1;
+            h[last] = newest;
+        } else {
+            h[0] = 0.0;
+        }
+        self.scale
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +209,49 @@ mod tests {
         let nan = quantize(Fp8Format::E5M2, &[0.5, f32::NAN, 2.0, 0.0], 1.0, &mut q).unwrap();
         assert!(nan.is_nan());
         assert!(quantize(Fp8Format::E4M3, &[1.0], 1.0, &mut [0u8; 2]).is_err());
+    }
+
+    #[test]
+    fn delayed_scaling_follows_the_window_and_keeps_the_scale_on_bad_amaxes() {
+        let f = Fp8Format::E4M3;
+        let mut s = ScalingState::new(3);
+        // No amax yet: the scale stays 1.
+        assert_eq!(s.update(f, AmaxAlgo::Max, 0.0), 1.0);
+        s.record(2.0);
+        s.record(4.0);
+        s.record(1.0);
+        assert_eq!(s.update(f, AmaxAlgo::Max, 0.0), 448.0 / 4.0);
+        assert_eq!(s.history, [0.0, 0.0, 4.0]);
+        s.record(1.0);
+        assert_eq!(
+            s.update(f, AmaxAlgo::Max, 1.0),
+            224.0 / 4.0,
+            "margin 1 halves it"
+        );
+        assert_eq!(s.history, [0.0, 4.0, 1.0]);
+        s.record(0.5);
+        s.update(f, AmaxAlgo::Max, 0.0);
+        // The oldest amax (4) still counts in the update that drops it, as in TE's kernel.
+        assert_eq!(s.scale, 112.0);
+        assert_eq!(
+            s.history,
+            [0.0, 1.0, 0.5],
+            "the oldest amax (4) left the window"
+        );
+        s.record(8.0);
+        assert_eq!(s.update(f, AmaxAlgo::MostRecent, 0.0), 56.0);
+        // An infinite amax keeps the scale while it is in the window; a NaN one is ignored by
+        // Max and keeps the scale under MostRecent.
+        s.record(f32::INFINITY);
+        assert_eq!(s.update(f, AmaxAlgo::Max, 0.0), 56.0);
+        s.record(f32::NAN);
+        assert_eq!(s.update(f, AmaxAlgo::MostRecent, 0.0), 56.0);
+        let mut one = ScalingState::new(1);
+        one.record(7.0);
+        assert_eq!(
+            one.update(Fp8Format::E5M2, AmaxAlgo::Max, 0.0),
+            57344.0 / 7.0
+        );
+        assert_eq!(one.history, [0.0]);
     }
 }
