@@ -5,145 +5,21 @@
 //! gradient. The f16 GEMM's own tests are in `tests/gemm_gpu.rs`.
 
 mod common;
+mod gemm_case;
 
-use ampkit::check::{compare, ToF64, Tolerance};
-use ampkit::cpu::gemm::{bias_grad as cpu_bias_grad, gemm_f64, Epilogue as CpuEpilogue};
-use ampkit::cuda::Gpu;
-use ampkit::ops::gemm::{bias_grad, gemm, Epilogue, GemmOutput};
+use ampkit::check::Tolerance;
+use ampkit::cpu::gemm::bias_grad as cpu_bias_grad;
+use ampkit::ops::gemm::{bias_grad, gemm, Epilogue};
 use ampkit::shape::{GemmShape, Layout};
-use ampkit::tuning::gemm::{configs_for, gemm_with_plan, Plan, GROUP_M, UNALIGNED};
-use common::{assert_all_written, assert_close, gpu, rng, sized};
+use ampkit::tuning::gemm::{configs_for, Plan, GROUP_M, UNALIGNED};
+use common::{assert_close, gpu, rng, sized};
+use gemm_case::Operand;
 use half::bf16;
-use rand::rngs::StdRng;
 use rand::Rng;
 
 const LAYOUTS: [Layout; 3] = [Layout::Forward, Layout::Dgrad, Layout::Wgrad];
 
-fn operand_lens(s: GemmShape) -> (usize, usize) {
-    match s.layout {
-        Layout::Forward => (s.m * s.k, s.n * s.k),
-        Layout::Dgrad => (s.m * s.k, s.k * s.n),
-        Layout::Wgrad => (s.k * s.m, s.k * s.n),
-    }
-}
-
-fn random_bf16(rng: &mut StdRng, len: usize) -> Vec<bf16> {
-    (0..len)
-        .map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0)))
-        .collect()
-}
-
-/// The two outputs a bf16 GEMM writes.
-trait Out: GemmOutput<bf16> + ToF64 + bytemuck::Pod {
-    const POISON: Self;
-    fn from_f64(v: f64) -> Self;
-    fn tolerance(k: usize, alpha: f32) -> Tolerance;
-}
-impl Out for f32 {
-    const POISON: f32 = f32::from_bits(0x7FC0_5A5A);
-    fn from_f64(v: f64) -> f32 {
-        v as f32
-    }
-    fn tolerance(k: usize, alpha: f32) -> Tolerance {
-        // Products of bf16 are exact in f32; only the f32 sums round (as for f16 operands).
-        let scale = (k as f64).sqrt().max(1.0) * f64::from(alpha.abs()).max(1.0);
-        Tolerance::new(1e-5 * scale, 1e-5).with_rel_l2(1e-3)
-    }
-}
-impl Out for bf16 {
-    const POISON: bf16 = bf16::from_bits(0x7FDA); // a NaN
-    fn from_f64(v: f64) -> bf16 {
-        bf16::from_f64(v)
-    }
-    fn tolerance(k: usize, alpha: f32) -> Tolerance {
-        // One more rounding: half a bf16 ulp (2^-8 relative); bf16 shares f32's subnormal grid.
-        let scale = (k as f64).sqrt().max(1.0) * f64::from(alpha.abs()).max(1.0);
-        Tolerance::new(1e-5 * scale + 1e-38, 3.91e-3 + 1e-5).with_rel_l2(4e-3)
-    }
-}
-
-struct Case {
-    shape: GemmShape,
-    a: Vec<bf16>,
-    b: Vec<bf16>,
-    bias: Vec<f32>,
-    use_bias: bool,
-    relu: bool,
-    alpha: f32,
-    beta: f32,
-}
-
-impl Case {
-    fn random(rng: &mut StdRng, shape: GemmShape) -> Case {
-        let (la, lb) = operand_lens(shape);
-        Case {
-            shape,
-            a: random_bf16(rng, la),
-            b: random_bf16(rng, lb),
-            bias: (0..shape.n).map(|_| rng.gen_range(-1.0..1.0)).collect(),
-            use_bias: rng.gen_bool(0.5),
-            relu: rng.gen_bool(0.5),
-            alpha: [1.0, 0.5, -2.0][rng.gen_range(0..3)],
-            beta: [0.0, 0.0, 1.0, -0.5][rng.gen_range(0..4)],
-        }
-    }
-
-    /// The GPU GEMM in a forced plan (or the model's) against the f64 reference; the relative
-    /// L2 error.
-    fn check<O: Out>(&self, gpu: &Gpu, rng: &mut StdRng, forced: Option<Plan>, what: &str) -> f64 {
-        let GemmShape { m, n, k, .. } = self.shape;
-        let wide = |v: &[bf16]| v.iter().map(|x| x.to_f64()).collect::<Vec<f64>>();
-        let old: Vec<O> = if self.beta == 0.0 {
-            vec![O::POISON; m * n]
-        } else {
-            (0..m * n)
-                .map(|_| O::from_f64(rng.gen_range(-1.0..1.0)))
-                .collect()
-        };
-        let cpu_epilogue = CpuEpilogue {
-            alpha: self.alpha,
-            beta: self.beta,
-            bias: self.use_bias.then_some(&self.bias[..]),
-            relu: self.relu,
-        };
-        let mut want: Vec<f64> = old.iter().map(|v| v.to_f64()).collect();
-        gemm_f64(
-            self.shape,
-            &wide(&self.a),
-            &wide(&self.b),
-            &cpu_epilogue,
-            &mut want,
-        )
-        .unwrap();
-        let (a, b) = (gpu.upload(&self.a).unwrap(), gpu.upload(&self.b).unwrap());
-        let bias = gpu.upload(&self.bias).unwrap();
-        let bias_view = bias.slice(..);
-        let mut c = gpu.upload(&old).unwrap();
-        let epilogue = Epilogue {
-            alpha: self.alpha,
-            beta: self.beta,
-            bias: self.use_bias.then_some(&bias_view),
-            relu: self.relu,
-        };
-        gemm_with_plan(gpu, self.shape, forced, &a, &b, &epilogue, &mut c).unwrap();
-        let got: Vec<O> = gpu.download(&c).unwrap();
-        let what = format!(
-            "bf16 {what} {:?} m={m} n={n} k={k} out {} alpha={} beta={} bias={} relu={}",
-            self.shape.layout,
-            std::any::type_name::<O>(),
-            self.alpha,
-            self.beta,
-            self.use_bias,
-            self.relu
-        );
-        if self.beta == 0.0 {
-            assert_all_written(&what, &got, O::POISON);
-        }
-        let report = compare(&got, &want, O::tolerance(k, self.alpha));
-        assert!(report.passed(), "{what}: {report}");
-        report.rel_l2
-    }
-}
+type Case = gemm_case::Case<bf16>;
 
 #[test]
 fn every_tile_config_layout_and_output_matches_the_f64_reference() {
@@ -278,7 +154,7 @@ fn bias_grad_of_a_bf16_gradient_matches_the_reference() {
     let Some(gpu) = gpu() else { return };
     let mut rng = rng("gpu bias_grad bf16");
     for (rows, cols) in [(1, 1), (4096, 512), (333, 10), (1000, 777)] {
-        let dy = random_bf16(&mut rng, rows * cols);
+        let dy = bf16::random(&mut rng, rows * cols);
         let mut want = vec![0f64; cols];
         cpu_bias_grad(&dy, rows, cols, &mut want).unwrap();
         let mut db = gpu.alloc_zeros::<f32>(cols).unwrap();

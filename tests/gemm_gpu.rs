@@ -8,152 +8,24 @@
 //! with partial tiles on every edge.
 
 mod common;
+mod gemm_case;
 
-use ampkit::check::{compare, Tolerance};
+use ampkit::check::Tolerance;
 use ampkit::cpu::gemm::{bias_grad as cpu_bias_grad, gemm_f64, Epilogue as CpuEpilogue};
 use ampkit::cuda::Gpu;
-use ampkit::ops::gemm::{bias_grad, gemm, Epilogue, GemmOutput};
+use ampkit::ops::gemm::{bias_grad, gemm, Epilogue};
 use ampkit::shape::{GemmShape, Layout};
 use ampkit::tuning::gemm::{configs_for, gemm_with_plan, Plan, CONFIGS, GROUP_M, UNALIGNED};
 use ampkit::Error;
-use common::{assert_all_written, assert_close, gpu, rng, sanitizing, sized};
+use common::{assert_close, gpu, rng, sanitizing, sized};
+use gemm_case::{operand_lens, Operand, Out, POISON_F32};
 use half::f16;
 use rand::rngs::StdRng;
 use rand::Rng;
 
 const LAYOUTS: [Layout; 3] = [Layout::Forward, Layout::Dgrad, Layout::Wgrad];
-const POISON_F16: u16 = 0x7E5A; // a NaN: unwritten or read-before-write shows
-const POISON_F32: u32 = 0x7FC0_5A5A;
 
-/// Stored sizes of A and B for a shape.
-fn operand_lens(s: GemmShape) -> (usize, usize) {
-    match s.layout {
-        Layout::Forward => (s.m * s.k, s.n * s.k),
-        Layout::Dgrad => (s.m * s.k, s.k * s.n),
-        Layout::Wgrad => (s.k * s.m, s.k * s.n),
-    }
-}
-
-fn random_f16(rng: &mut StdRng, len: usize) -> Vec<f16> {
-    (0..len)
-        .map(|_| f16::from_f32(rng.gen_range(-1.0..1.0)))
-        .collect()
-}
-
-/// Output types the test runs through one generic path.
-trait Out: GemmOutput + ampkit::check::ToF64 + bytemuck::Pod + Copy {
-    const POISON: Self;
-    fn from_f64(v: f64) -> Self;
-    /// Elementwise tolerance for results of a length-k dot product of O(1) terms scaled by alpha.
-    fn tolerance(k: usize, alpha: f32) -> Tolerance;
-}
-impl Out for f32 {
-    const POISON: f32 = f32::from_bits(POISON_F32);
-    fn from_f64(v: f64) -> f32 {
-        v as f32
-    }
-    fn tolerance(k: usize, alpha: f32) -> Tolerance {
-        // f32 sums: about sqrt(k)·2^-24 of the terms' size, so absolute slack grows with sqrt(k).
-        let scale = (k as f64).sqrt().max(1.0) * f64::from(alpha.abs()).max(1.0);
-        Tolerance::new(1e-5 * scale, 1e-5).with_rel_l2(1e-3)
-    }
-}
-impl Out for f16 {
-    const POISON: f16 = f16::from_bits(POISON_F16);
-    fn from_f64(v: f64) -> f16 {
-        f16::from_f64(v)
-    }
-    fn tolerance(k: usize, alpha: f32) -> Tolerance {
-        // One more rounding: half an f16 ulp (2^-11 relative), 2^-24 absolute on the subnormal grid.
-        let scale = (k as f64).sqrt().max(1.0) * f64::from(alpha.abs()).max(1.0);
-        Tolerance::new(1e-5 * scale + 6e-8, 4.9e-4 + 1e-5).with_rel_l2(1e-3)
-    }
-}
-
-struct Case {
-    shape: GemmShape,
-    a: Vec<f16>,
-    b: Vec<f16>,
-    bias: Vec<f32>,
-    use_bias: bool,
-    relu: bool,
-    alpha: f32,
-    beta: f32,
-}
-
-impl Case {
-    fn random(rng: &mut StdRng, shape: GemmShape) -> Case {
-        let (la, lb) = operand_lens(shape);
-        Case {
-            shape,
-            a: random_f16(rng, la),
-            b: random_f16(rng, lb),
-            bias: (0..shape.n).map(|_| rng.gen_range(-1.0..1.0)).collect(),
-            use_bias: rng.gen_bool(0.5),
-            relu: rng.gen_bool(0.5),
-            alpha: [1.0, 0.5, -2.0][rng.gen_range(0..3)],
-            beta: [0.0, 0.0, 1.0, -0.5][rng.gen_range(0..4)],
-        }
-    }
-
-    /// Runs the GPU GEMM (forced plan or the model's) and checks it against the f64 reference.
-    fn check<O: Out>(&self, gpu: &Gpu, rng: &mut StdRng, forced: Option<Plan>, what: &str) -> f64 {
-        let GemmShape { m, n, k, .. } = self.shape;
-        let wide = |v: &[f16]| v.iter().map(|x| x.to_f64()).collect::<Vec<f64>>();
-        // beta = 0: C starts poisoned and must be fully overwritten; otherwise random old values.
-        let old: Vec<O> = if self.beta == 0.0 {
-            vec![O::POISON; m * n]
-        } else {
-            (0..m * n)
-                .map(|_| O::from_f64(rng.gen_range(-1.0..1.0)))
-                .collect()
-        };
-        let epi_cpu = CpuEpilogue {
-            alpha: self.alpha,
-            beta: self.beta,
-            bias: self.use_bias.then_some(&self.bias[..]),
-            relu: self.relu,
-        };
-        let mut want: Vec<f64> = old.iter().map(|v| v.to_f64()).collect();
-        gemm_f64(
-            self.shape,
-            &wide(&self.a),
-            &wide(&self.b),
-            &epi_cpu,
-            &mut want,
-        )
-        .unwrap();
-
-        let a = gpu.upload(&self.a).unwrap();
-        let b = gpu.upload(&self.b).unwrap();
-        let bias = gpu.upload(&self.bias).unwrap();
-        let bias_view = bias.slice(..);
-        let mut c = gpu.upload(&old).unwrap();
-        let epi = Epilogue {
-            alpha: self.alpha,
-            beta: self.beta,
-            bias: self.use_bias.then_some(&bias_view),
-            relu: self.relu,
-        };
-        gemm_with_plan(gpu, self.shape, forced, &a, &b, &epi, &mut c).unwrap();
-        let got: Vec<O> = gpu.download(&c).unwrap();
-        let what = format!(
-            "{what} {:?} m={m} n={n} k={k} {} alpha={} beta={} bias={} relu={}",
-            self.shape.layout,
-            std::any::type_name::<O>(),
-            self.alpha,
-            self.beta,
-            self.use_bias,
-            self.relu
-        );
-        if self.beta == 0.0 {
-            assert_all_written(&what, &got, O::POISON);
-        }
-        let report = compare(&got, &want, O::tolerance(k, self.alpha));
-        assert!(report.passed(), "{what}: {report}");
-        report.rel_l2
-    }
-}
+type Case = gemm_case::Case<f16>;
 
 #[test]
 fn every_layout_and_output_matches_the_f64_reference() {
@@ -294,8 +166,8 @@ fn views_at_odd_offsets_take_the_slow_path_correctly() {
     let Some(gpu) = gpu() else { return };
     let mut rng = rng("gpu gemm offsets");
     let (m, n, k) = (37, 41, 64);
-    let a = random_f16(&mut rng, m * k + 1);
-    let b = random_f16(&mut rng, n * k + 3);
+    let a = f16::random(&mut rng, m * k + 1);
+    let b = f16::random(&mut rng, n * k + 3);
     let (da, db) = (gpu.upload(&a).unwrap(), gpu.upload(&b).unwrap());
     let mut c = gpu
         .upload(&vec![f32::from_bits(POISON_F32); m * n])
@@ -324,7 +196,7 @@ fn views_at_odd_offsets_take_the_slow_path_correctly() {
         "offset views",
         &gpu.download(&c).unwrap(),
         &want,
-        f32::tolerance(k, 1.0),
+        <f32 as Out<f16>>::tolerance(k, 1.0),
     );
 }
 
@@ -340,7 +212,7 @@ fn a_long_unaligned_k_loop_stays_accurate() {
     for layout in LAYOUTS {
         let shape = GemmShape::new(layout, 1, n, k);
         let (la, lb) = operand_lens(shape);
-        let (a, b) = (random_f16(&mut rng, la), random_f16(&mut rng, lb));
+        let (a, b) = (f16::random(&mut rng, la), f16::random(&mut rng, lb));
         let mut c = gpu.upload(&vec![f32::from_bits(POISON_F32); n]).unwrap();
         let (da, db) = (gpu.upload(&a).unwrap(), gpu.upload(&b).unwrap());
         gemm(&gpu, shape, &da, &db, &Epilogue::plain(), &mut c).unwrap();
@@ -459,8 +331,8 @@ fn k_splits_are_deterministic() {
     let (m, n, k) = sized((512, 784, 4096), (72, 136, 328));
     let shape = GemmShape::new(Layout::Wgrad, m, n, k);
     let (la, lb) = operand_lens(shape);
-    let a = gpu.upload(&random_f16(&mut rng, la)).unwrap();
-    let b = gpu.upload(&random_f16(&mut rng, lb)).unwrap();
+    let a = gpu.upload(&f16::random(&mut rng, la)).unwrap();
+    let b = gpu.upload(&f16::random(&mut rng, lb)).unwrap();
     for config in [CONFIGS[0], CONFIGS[1]]
         .into_iter()
         .chain(configs_for(&gpu).into_iter().filter(|c| c.hopper))

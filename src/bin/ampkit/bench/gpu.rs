@@ -9,14 +9,14 @@ use super::collect::{selected, Collector, Options};
 use super::gpu_gemm_tuning;
 use super::gpu_mem::{self, CaseRows};
 use super::gpu_sweep;
-use super::harness::{failure, Harness};
+use super::harness::{failure, BenchOperand, Harness};
 use super::inputs::{train_config, train_data};
 use super::report::{Ceilings, Kind, Meta, Report, Row};
 use super::work::{gemm_flops, gemm_shape, mlp_params, train_flops, train_shape};
 use ampkit::check::{rel_l2_error, ToF64};
 use ampkit::cuda::{DeviceBuffer, Gpu};
 use ampkit::ops::blas::Blas;
-use ampkit::ops::gemm::{gemm, Epilogue, GemmOperand, GemmOutput};
+use ampkit::ops::gemm::{gemm, Epilogue, GemmOutput};
 use ampkit::shape::{GemmShape, Layout};
 use ampkit::train::gpu_backend::GpuBackend;
 use ampkit::train::Backend;
@@ -240,22 +240,6 @@ fn cublas_ceiling(h: &mut Harness, blas: &Blas) -> Result<Row> {
         Some(tflops),
     )
     .with_work(flops, case.bytes()))
-}
-
-/// A GEMM operand type the bench fills with random values.
-pub(super) trait BenchOperand: GemmOperand + ValidAsZeroBits + Sized {
-    /// `len` random values (the harness's pool, rounded) from the place `seed` picks.
-    fn buf(h: &Harness, len: usize, seed: u32) -> Result<DeviceBuffer<Self>>;
-}
-impl BenchOperand for f16 {
-    fn buf(h: &Harness, len: usize, seed: u32) -> Result<DeviceBuffer<f16>> {
-        h.f16_buf(len, seed)
-    }
-}
-impl BenchOperand for bf16 {
-    fn buf(h: &Harness, len: usize, seed: u32) -> Result<DeviceBuffer<bf16>> {
-        h.bf16_buf(len, seed)
-    }
 }
 
 /// ampkit's GEMM (the planner's choice) and cuBLAS on the same operands, in alternating rounds;

@@ -4,68 +4,71 @@
 
 use super::cases::GemmCase;
 use super::clock::median;
-use super::harness::{failure, Harness};
+use super::harness::{failure, BenchOperand, Harness};
 use super::work::gemm_flops;
 use ampkit::cuda::{DeviceBuffer, Gpu};
 use ampkit::ops::blas::Blas;
-use ampkit::ops::gemm::Epilogue;
+use ampkit::ops::gemm::{Epilogue, GemmOutput};
 use ampkit::tuning::gemm::{configs_for, gemm_with_plan, Plan, CONFIGS, GROUP_M, HOPPER_CONFIGS};
 use ampkit::Result;
-use half::f16;
+use half::{bf16, f16};
 
-/// One case's operands and both output types, so a forced plan or cuBLAS runs with the output
-/// the case names.
-struct Operands {
+/// A case's forced-plan GEMM and its cuBLAS twin on one operand set, whatever its types.
+trait TimedGemm {
+    /// ampkit's GEMM in `plan`, into the output type the case names.
+    fn ampkit(&mut self, gpu: &Gpu, plan: Plan) -> Result<()>;
+    /// cuBLAS on the same operands and output type.
+    fn cublas(&mut self, gpu: &Gpu, blas: &Blas) -> Result<()>;
+}
+
+/// One case's operands (f16 or bf16, as the case says) and both output types.
+struct Operands<T: BenchOperand> {
     case: GemmCase,
-    a: DeviceBuffer<f16>,
-    b: DeviceBuffer<f16>,
-    out16: DeviceBuffer<f16>,
+    a: DeviceBuffer<T>,
+    b: DeviceBuffer<T>,
+    out16: DeviceBuffer<T>,
     out32: DeviceBuffer<f32>,
 }
 
-impl Operands {
-    fn new(h: &Harness, case: &GemmCase) -> Result<Self> {
+/// The case's operands in its element type.
+fn operands(h: &Harness, case: &GemmCase) -> Result<Box<dyn TimedGemm>> {
+    fn make<T: BenchOperand + GemmOutput<T> + 'static>(
+        h: &Harness,
+        case: &GemmCase,
+    ) -> Result<Box<dyn TimedGemm>> {
         let (la, lb) = case.operand_lens();
-        Ok(Operands {
+        Ok(Box::new(Operands::<T> {
             case: case.clone(),
-            a: h.f16_buf(la, 11)?,
-            b: h.f16_buf(lb, 12)?,
+            a: T::buf(h, la, 11)?,
+            b: T::buf(h, lb, 12)?,
             out16: h.gpu.alloc_zeros(case.m * case.n)?,
             out32: h.gpu.alloc_zeros(case.m * case.n)?,
-        })
+        }))
     }
+    if case.bf16 {
+        make::<bf16>(h, case)
+    } else {
+        make::<f16>(h, case)
+    }
+}
 
+impl<T: BenchOperand + GemmOutput<T>> TimedGemm for Operands<T> {
     fn ampkit(&mut self, gpu: &Gpu, plan: Plan) -> Result<()> {
-        let (shape, epi) = (self.case.shape(), Epilogue::plain());
+        let (shape, epi, plan) = (self.case.shape(), Epilogue::plain(), Some(plan));
+        let (a, b) = (&self.a, &self.b);
         if self.case.f32_out {
-            gemm_with_plan(
-                gpu,
-                shape,
-                Some(plan),
-                &self.a,
-                &self.b,
-                &epi,
-                &mut self.out32,
-            )
+            gemm_with_plan(gpu, shape, plan, a, b, &epi, &mut self.out32)
         } else {
-            gemm_with_plan(
-                gpu,
-                shape,
-                Some(plan),
-                &self.a,
-                &self.b,
-                &epi,
-                &mut self.out16,
-            )
+            gemm_with_plan(gpu, shape, plan, a, b, &epi, &mut self.out16)
         }
     }
 
     fn cublas(&mut self, gpu: &Gpu, blas: &Blas) -> Result<()> {
-        let shape = self.case.shape();
+        let (shape, a, b) = (self.case.shape(), &self.a, &self.b);
         if self.case.f32_out {
-            blas.gemm_half::<f32, _, _, _, _>(gpu, shape, &self.a, &self.b, 0.0, &mut self.out32)
+            blas.gemm_half::<f32, T, _, _, _>(gpu, shape, a, b, 0.0, &mut self.out32)
         } else {
-            blas.gemm_half::<f16, _, _, _, _>(gpu, shape, &self.a, &self.b, 0.0, &mut self.out16)
+            blas.gemm_half::<T, T, _, _, _>(gpu, shape, a, b, 0.0, &mut self.out16)
         }
     }
 }
@@ -75,7 +78,7 @@ impl Operands {
 /// (queue-ahead), one configuration after another.
 pub(super) fn gemm_sweep(h: &mut Harness, case: &GemmCase) -> Result<String> {
     let gpu = h.gpu.clone();
-    let mut ops = Operands::new(h, case)?;
+    let mut ops = operands(h, case)?;
     let flops = gemm_flops(case.m, case.n, case.k);
     let mut plans = Vec::new();
     for config in configs_for(&gpu) {
@@ -167,7 +170,7 @@ pub(super) fn gemm_versus(
         .filter(|s| !s.is_empty())
         .map(|spec| Ok((spec.to_string(), parse_plan(spec)?)))
         .collect::<Result<Vec<_>>>()?;
-    let mut ops = Operands::new(h, case)?;
+    let mut ops = operands(h, case)?;
     const ROUNDS: usize = 7;
     let mut times = vec![Vec::new(); plans.len() + 1];
     for round in 0..ROUNDS {

@@ -7,9 +7,10 @@ use super::collect::Options;
 use super::copies::CopyCache;
 use super::inputs::{hash32, n_sets, random_f32};
 use ampkit::cuda::{DeviceBuffer, Gpu};
+use ampkit::ops::gemm::GemmOperand;
 use ampkit::{ops, Error, Result};
 use cudarc::driver::sys::CUevent_flags;
-use cudarc::driver::{CudaView, CudaViewMut};
+use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, ValidAsZeroBits};
 use half::{bf16, f16};
 use std::sync::Arc;
 use std::time::Instant;
@@ -202,7 +203,7 @@ impl Harness {
     }
 
     /// A buffer of `len` pool values from the place `seed` picks, through `cast`.
-    fn rounded_buf<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+    fn rounded_buf<T: DeviceRepr + ValidAsZeroBits>(
         &self,
         len: usize,
         seed: u32,
@@ -222,6 +223,22 @@ impl Harness {
             s = s.wrapping_add(0x9E37);
         }
         Ok(dst)
+    }
+}
+
+/// A GEMM operand type the bench fills with random values.
+pub trait BenchOperand: GemmOperand + ValidAsZeroBits + Sized {
+    /// `len` random values (the harness's pool, rounded) from the place `seed` picks.
+    fn buf(h: &Harness, len: usize, seed: u32) -> Result<DeviceBuffer<Self>>;
+}
+impl BenchOperand for f16 {
+    fn buf(h: &Harness, len: usize, seed: u32) -> Result<DeviceBuffer<f16>> {
+        h.f16_buf(len, seed)
+    }
+}
+impl BenchOperand for bf16 {
+    fn buf(h: &Harness, len: usize, seed: u32) -> Result<DeviceBuffer<bf16>> {
+        h.bf16_buf(len, seed)
     }
 }
 
