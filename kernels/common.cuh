@@ -57,4 +57,14 @@ static __device__ __forceinline__ __half f32_to_f16_exact(float x) {
     return __float2half_rn(x);
 }
 
+// f32 -> bf16 bits rounded to nearest even, bit-exact with the host's `half::bf16::from_f32`
+// (the same rule as cast.cu's f32_to_bf16, in integer operations): finite values and infinities
+// round on their bits (a carry into the exponent gives the next binade or ±inf); a NaN keeps its
+// sign and top 16 bits with the quiet bit (0x0040) forced.
+static __device__ __forceinline__ uint16_t f32_to_bf16_bits_exact(float x) {
+    const uint32_t bits = __float_as_uint(x);
+    if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return uint16_t((bits >> 16) | 0x0040u);
+    return uint16_t((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+}
+
 }  // namespace ampkit

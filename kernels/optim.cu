@@ -4,8 +4,12 @@
 //   more launches, src/ops/optim/). Per element, exactly src/cpu/optim/'s f32 formulas, every
 //   operation an explicit round-to-nearest intrinsic (__fmul_rn, __fadd_rn, __fdiv_rn,
 //   __fsqrt_rn) so nvcc cannot contract a multiply-add the reference does not: bit-exact with
-//   it (NaN payloads aside), writing the master, the moments and the f16 working copy (round to
-//   nearest even; NaN keeps sign and top payload bits, as the `half` crate does).
+//   it (NaN payloads aside), writing the master, the moments and the 16-bit working copy, f16 or
+//   bf16 by the table's copy_kind (round to nearest even; NaN keeps sign and top payload bits, as
+//   the `half` crate's f16::from_f32 / bf16::from_f32 do).
+// Entry points: optim_adam, optim_sgd (one step; Adam/AdamW or SGD), optim_adam_bias_terms (the
+//   device's bias corrections, for tests). The copy type is a per-launch code, not a separate
+//   entry: each kernel branches once, uniformly, into an instantiation for f16 or bf16 copies.
 // Device-resident state (so a step needs no host synchronisation and a CUDA graph can replay it):
 //   counters[STEP] real steps taken, counters[MOMENTUM_STARTED] SGD's "buffer filled" flag,
 //   counters[BLOCKS_DONE] scratch for the end-of-step handshake; found_inf is the f32 flag
@@ -21,13 +25,13 @@
 //   read, so it alone writes STEP + 1 (and MOMENTUM_STARTED), and resets BLOCKS_DONE. Fences on
 //   both sides order the reads before the writes. Earlier launches of the same step finished
 //   before the last one started (one stream), so every block of the step saw the same t.
-// Launch: argument table by value (74 tensors: 3856 B, + 140 B of other arguments = 3996 B of
-//   the 4 KB parameter limit); one 256-thread block per `chunk` elements (a multiple of 1024 the host
+// Launch: argument table by value (74 tensors and the copy kind: 3864 B, + 140 B of other
+//   arguments = 4004 B of the 4 KB parameter limit); one 256-thread block per `chunk` elements (a multiple of 1024 the host
 //   picks from the step's size); the block finds its tensor by binary search; 16-byte accesses
 //   when every pointer of the tensor is aligned. Each thread loads its first vector before the
 //   counters arrive, so the f64 prologue (~1 µs) overlaps the first memory round trip.
 // Roofline: Adam reads p, g, m, v and writes p, m, v, half: 30 B per element; SGD with momentum
-//   22 B; plain SGD 14 B. At ~2.9 TB/s (device copy, H100) 2^25 Adam parameters take ~350 µs; the
+//   22 B; plain SGD 14 B (either copy type: both are 2 bytes). At ~2.9 TB/s (device copy, H100) 2^25 Adam parameters take ~350 µs; the
 //   default MLP's 407 k take ~4 µs, under the launch overhead.
 #include "common.cuh"
 #include "pdl.cuh"
@@ -53,7 +57,14 @@ struct TensorTable {
     long long len[MAX_TENSORS];
     int chunk_start[MAX_TENSORS + 1];  // chunk_start[t] = chunks of tensors before t
     int count;
+    int copy_kind;  // the working copies' type, for every tensor of the launch: COPY_F16, COPY_BF16
+    int unused;
 };
+
+// TensorTable::copy_kind (HalfCopy's device code in src/cpu/optim/half_copy.rs).
+constexpr int COPY_F16 = 0;
+constexpr int COPY_BF16 = 1;
+static_assert(COPY_F16 == 0 && COPY_BF16 == 1, "the device codes of HalfCopy (Rust)");
 
 // Mirrors AdamHyper: the f64 scalars the bias correction needs, and the step-independent f32
 // coefficients the host takes from AdamCoefficients::new.
@@ -136,16 +147,23 @@ __device__ __forceinline__ float2 adam_bias_terms(const AdamHyper& h, double lr,
 
 // ---- per-element math (src/cpu/optim/update.rs, operation for operation) -------------------
 
-// f32 → f16 like half::f16::from_f32: round to nearest even; NaN keeps sign and top payload bits
-// with the quiet bit set (cvt.rn.f16.f32 may return a canonical NaN instead).
-__device__ __forceinline__ __half to_half(float x) {
-    const uint32_t bits = __float_as_uint(x);
-    if ((bits & 0x7FFFFFFFu) > 0x7F800000u) {
-        return __ushort_as_half(
-            uint16_t(((bits >> 16) & 0x8000u) | 0x7E00u | ((bits >> 13) & 0x03FFu)));
+// The working copy's bits from an f32, by copy type. F16: like half::f16::from_f32, round to
+// nearest even; NaN keeps sign and top payload bits with the quiet bit set (cvt.rn.f16.f32 may
+// return a canonical NaN instead). Bf16: like half::bf16::from_f32 (common.cuh).
+struct CopyF16 {
+    static __device__ __forceinline__ uint16_t bits(float x) {
+        const uint32_t b = __float_as_uint(x);
+        if ((b & 0x7FFFFFFFu) > 0x7F800000u) {
+            return uint16_t(((b >> 16) & 0x8000u) | 0x7E00u | ((b >> 13) & 0x03FFu));
+        }
+        return __half_as_ushort(__float2half_rn(x));
     }
-    return __float2half_rn(x);
-}
+};
+struct CopyBf16 {
+    static __device__ __forceinline__ uint16_t bits(float x) {
+        return ampkit::f32_to_bf16_bits_exact(x);
+    }
+};
 
 // Registers for W consecutive elements of one tensor.
 template <int W>
@@ -157,7 +175,7 @@ struct Regs {
 struct Ptrs {
     float* master;
     const float* grad;
-    __half* half;
+    uint16_t* half;  // the working copy's bits (f16 or bf16: the Copy type of the instantiation)
     float* m;
     float* v;
 };
@@ -184,18 +202,18 @@ __device__ __forceinline__ void store_f32(float* dst, long long i, const float (
     }
 }
 
-template <int W>
-__device__ __forceinline__ void store_half(__half* dst, long long i, const float (&src)[W]) {
+template <class Copy, int W>
+__device__ __forceinline__ void store_half(uint16_t* dst, long long i, const float (&src)[W]) {
     if constexpr (W == 4) {
-        __half h[4];
+        uint16_t h[4];
 #pragma unroll
-        for (int q = 0; q < 4; ++q) h[q] = to_half(src[q]);
+        for (int q = 0; q < 4; ++q) h[q] = Copy::bits(src[q]);
         uint2 raw;
-        raw.x = uint32_t(__half_as_ushort(h[0])) | (uint32_t(__half_as_ushort(h[1])) << 16);
-        raw.y = uint32_t(__half_as_ushort(h[2])) | (uint32_t(__half_as_ushort(h[3])) << 16);
+        raw.x = uint32_t(h[0]) | (uint32_t(h[1]) << 16);
+        raw.y = uint32_t(h[2]) | (uint32_t(h[3]) << 16);
         *reinterpret_cast<uint2*>(dst + i) = raw;
     } else {
-        dst[i] = to_half(src[0]);
+        dst[i] = Copy::bits(src[0]);
     }
 }
 
@@ -227,7 +245,7 @@ struct Adam {
         load_f32<W>(t.v, i, r.v);
     }
 
-    template <int W>
+    template <class Copy, int W>
     static __device__ __forceinline__ void update_store(const Ptrs& t, long long i, Regs<W>& r,
                                                         const Coef& k, const Hyper&) {
 #pragma unroll
@@ -246,7 +264,7 @@ struct Adam {
         store_f32<W>(t.master, i, r.p);
         store_f32<W>(t.m, i, r.m);
         store_f32<W>(t.v, i, r.v);
-        store_half<W>(t.half, i, r.p);
+        store_half<Copy, W>(t.half, i, r.p);
     }
 };
 
@@ -278,7 +296,7 @@ struct Sgd {
         if (h.momentum != 0.f) load_f32<W>(t.m, i, r.m);
     }
 
-    template <int W>
+    template <class Copy, int W>
     static __device__ __forceinline__ void update_store(const Ptrs& t, long long i, Regs<W>& r,
                                                         const Coef& k, const Hyper& h) {
         const bool momentum = h.momentum != 0.f;
@@ -298,7 +316,7 @@ struct Sgd {
         }
         store_f32<W>(t.master, i, r.p);
         if (momentum) store_f32<W>(t.m, i, r.m);
-        store_half<W>(t.half, i, r.p);
+        store_half<Copy, W>(t.half, i, r.p);
     }
 };
 
@@ -325,7 +343,7 @@ __device__ __forceinline__ void clip_grads(float (&g)[W], const GradClip& clip, 
     }
 }
 
-template <class Op>
+template <class Op, class Copy>
 __device__ __forceinline__ void step_block(const TensorTable& t, const typename Op::Hyper& h,
                                            const Schedule& sched, unsigned long long* counters,
                                            const float* found_inf, const GradClip& clip,
@@ -347,7 +365,7 @@ __device__ __forceinline__ void step_block(const TensorTable& t, const typename 
         }
         ptr = Ptrs{reinterpret_cast<float*>(t.master[lo]),
                    reinterpret_cast<const float*>(t.grad[lo]),
-                   reinterpret_cast<__half*>(t.half[lo]), reinterpret_cast<float*>(t.exp_avg[lo]),
+                   reinterpret_cast<uint16_t*>(t.half[lo]), reinterpret_cast<float*>(t.exp_avg[lo]),
                    reinterpret_cast<float*>(t.exp_avg_sq[lo])};
         begin = (long long)(blockIdx.x - t.chunk_start[lo]) * chunk;
         end = min(t.len[lo], begin + chunk);
@@ -381,23 +399,38 @@ __device__ __forceinline__ void step_block(const TensorTable& t, const typename 
 
     if (first < full) {
         clip_grads<4>(pre.g, clip, coef);
-        Op::template update_store<4>(ptr, first, pre, k, h);
+        Op::template update_store<Copy, 4>(ptr, first, pre, k, h);
     }
     for (long long i = first + 4 * THREADS; i < full; i += 4 * THREADS) {
         Regs<4> r;
         Op::template load<4>(ptr, i, r, h);
         clip_grads<4>(r.g, clip, coef);
-        Op::template update_store<4>(ptr, i, r, k, h);
+        Op::template update_store<Copy, 4>(ptr, i, r, k, h);
     }
     // The last (len mod 4) elements, or every element of an unaligned tensor.
     for (long long j = full + threadIdx.x; j < end; j += THREADS) {
         Regs<1> r;
         Op::template load<1>(ptr, j, r, h);
         clip_grads<1>(r.g, clip, coef);
-        Op::template update_store<1>(ptr, j, r, k, h);
+        Op::template update_store<Copy, 1>(ptr, j, r, k, h);
     }
     // The block's arrival comes last, off the path to its first store.
     if (threadIdx.x == 0 && final_launch) finish_step(counters, step, Op::starts_momentum(h));
+}
+
+// One step's block for the table's copy type: a uniform branch, once per block.
+template <class Op>
+__device__ __forceinline__ void step_block_for_copy(const TensorTable& t,
+                                                    const typename Op::Hyper& h,
+                                                    const Schedule& sched,
+                                                    unsigned long long* counters,
+                                                    const float* found_inf, const GradClip& clip,
+                                                    long long chunk, int final_launch) {
+    if (t.copy_kind == COPY_BF16) {
+        step_block<Op, CopyBf16>(t, h, sched, counters, found_inf, clip, chunk, final_launch);
+    } else {
+        step_block<Op, CopyF16>(t, h, sched, counters, found_inf, clip, chunk, final_launch);
+    }
 }
 
 }  // namespace optim_detail
@@ -408,14 +441,14 @@ extern "C" __global__ void __launch_bounds__(THREADS)
     optim_adam(TensorTable table, AdamHyper hyper, Schedule sched, unsigned long long* counters,
                const float* found_inf, GradClip clip, long long chunk, int final_launch) {
     pdl_start();
-    step_block<Adam>(table, hyper, sched, counters, found_inf, clip, chunk, final_launch);
+    step_block_for_copy<Adam>(table, hyper, sched, counters, found_inf, clip, chunk, final_launch);
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS)
     optim_sgd(TensorTable table, SgdHyper hyper, Schedule sched, unsigned long long* counters,
               const float* found_inf, GradClip clip, long long chunk, int final_launch) {
     pdl_start();
-    step_block<Sgd>(table, hyper, sched, counters, found_inf, clip, chunk, final_launch);
+    step_block_for_copy<Sgd>(table, hyper, sched, counters, found_inf, clip, chunk, final_launch);
 }
 
 // The device's bias-correction terms for steps ts[0..n): out[2i] = f32(lr / (1 − β1^t)),

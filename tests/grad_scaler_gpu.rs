@@ -4,7 +4,8 @@
 //! `GpuOptimizer`, `ops::scaler`) over lists longer than one launch holds, with a schedule;
 //! misuse as typed errors that queue nothing; state dicts moving between the GPU and the CPU and
 //! resuming; the whole step replayed as a CUDA graph, bit for bit with eager steps, also after a
-//! state dict was loaded into it in place; one tensor's moments read without a full download.
+//! state dict was loaded into it in place; one tensor's moments read without a full download;
+//! bf16 working copies through the public step (`GpuParam<'_, bf16>`) against `CpuGradScaler`.
 //! Skips without a GPU (`common::gpu`).
 //!
 //! Against the CPU: the flag, the unscaled gradients, the scale and the tracker always bit for
@@ -17,13 +18,18 @@ mod common;
 mod grad_scaler_support;
 mod optim_support;
 
-use ampkit::amp::{CpuGradScaler, LossScale, ScalerStateDict, Stage};
+use ampkit::amp::{CpuGradScaler, GradScaler, LossScale, ScalerStateDict, Stage};
+use ampkit::cuda::DeviceBuffer;
 use ampkit::ops::optim::{GpuOptimizer, GpuParamTensor};
-use ampkit::optim::{AdamConfig, LrSchedule, Moment, OptimizerConfig, OptimizerStateDict};
+use ampkit::optim::{
+    AdamConfig, GpuParam, LrSchedule, Moment, OptimizerConfig, OptimizerStateDict, Param,
+};
 use ampkit::{Device, Error};
 use common::{gpu, rng, sized};
 use grad_scaler_support::device::{same, same_device, DeviceModel, GpuPair};
 use grad_scaler_support::*;
+use half::bf16;
+use optim_support::rig::bias_terms_exact;
 use rand::rngs::StdRng;
 use rand::Rng;
 
@@ -396,4 +402,107 @@ fn one_tensors_moments_are_read_without_a_full_download() {
             }
         }
     }
+}
+
+/// The public step with bf16 working copies (`GpuParam<'_, bf16>`): the GPU scaler and
+/// optimizer object against `CpuGradScaler` with `Param<'_, bf16>`, every optimizer, poisoned
+/// steps included. Each step starts from poisoned copies: a skipped step leaves them, a real one
+/// writes each as `bf16::from_f32` of its new master, bit for bit with the CPU (NaN as NaN)
+/// whenever the masters are (constant rate, the device's bias corrections exact).
+#[test]
+fn gpu_scaler_steps_bf16_copies_like_the_cpu_scaler() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = rng("gpu grad scaler bf16");
+    let poison = bf16::from_bits(0x7F81); // never written: the conversion quiets NaNs
+    let lens = sizes(&mut rng, sized(70_001, 9_001), 5_000, 3);
+    for cfg in optim_support::all_configs() {
+        let exact = bias_terms_exact(&gpu, &cfg, 64);
+        let mut cpu_opt = object(&Device::Cpu, &cfg, &lens);
+        let mut gpu_opt = object(&Device::Cuda(gpu.clone()), &cfg, &lens);
+        let mut cpu_scaler = CpuGradScaler::new(dynamic(2)).unwrap();
+        let mut scaler = GradScaler::new(&gpu, dynamic(2)).unwrap();
+        let mut master: Vec<Vec<f32>> = lens.iter().map(|&n| values(&mut rng, n)).collect();
+        let mut copy: Vec<Vec<bf16>> = lens.iter().map(|&n| vec![poison; n]).collect();
+        let mut d_master: Vec<DeviceBuffer<f32>> =
+            master.iter().map(|m| gpu.upload(m).unwrap()).collect();
+        let mut d_grad: Vec<DeviceBuffer<f32>> =
+            lens.iter().map(|&n| gpu.alloc_zeros(n).unwrap()).collect();
+        // At an odd offset: 2-byte aligned, not 8.
+        let mut d_copy: Vec<DeviceBuffer<bf16>> = lens
+            .iter()
+            .map(|&n| gpu.upload(&vec![poison; n + 1]).unwrap())
+            .collect();
+        for step in 0..6 {
+            let bad = step == 1 || rng.gen_bool(0.2);
+            let mut grads = scaled_grads(&mut rng, &lens, cpu_scaler.scale(), bad);
+            for (d, g) in d_grad.iter_mut().zip(&grads) {
+                gpu.stream().memcpy_htod(g, d).unwrap();
+            }
+            for d in &mut d_copy {
+                gpu.stream().memcpy_htod(&vec![poison; d.len()], d).unwrap();
+            }
+            copy.iter_mut().for_each(|c| c.fill(poison));
+            let mut params: Vec<Param<'_, bf16>> = (master.iter_mut())
+                .zip(grads.iter_mut())
+                .zip(copy.iter_mut())
+                .map(|((master, grad), half)| Param { master, grad, half })
+                .collect();
+            let outcome = cpu_scaler.step(&mut *cpu_opt, &mut params).unwrap();
+            drop(params);
+            cpu_scaler.update().unwrap();
+            let mut params: Vec<GpuParam<'_, bf16>> = (d_master.iter_mut())
+                .zip(d_grad.iter_mut())
+                .zip(d_copy.iter_mut())
+                .map(|((m, g), h)| GpuParam {
+                    master: m.slice_mut(..),
+                    grad: g.slice_mut(..),
+                    half: h.slice_mut(1..),
+                })
+                .collect();
+            scaler.step(&mut *gpu_opt, &mut params).unwrap();
+            drop(params);
+            scaler.update().unwrap();
+
+            let what = format!("{cfg:?} bf16 step {step} (poisoned {bad})");
+            assert_eq!(outcome.skipped(), bad, "{what}");
+            let flag = gpu.download(scaler.found_inf()).unwrap()[0];
+            assert_eq!(flag != 0.0, bad, "{what}: found_inf");
+            let got_master: Vec<Vec<f32>> =
+                d_master.iter().map(|d| gpu.download(d).unwrap()).collect();
+            same(&format!("{what}: masters"), &got_master, &master, exact);
+            let got_copy: Vec<Vec<bf16>> = d_copy
+                .iter()
+                .map(|d| gpu.download(d).unwrap()[1..].to_vec())
+                .collect();
+            for (t, (g, w)) in got_copy.iter().zip(&copy).enumerate() {
+                let what = format!("{what}: bf16 copy {t}");
+                if bad {
+                    assert!(g.iter().all(|x| x.to_bits() == poison.to_bits()), "{what}");
+                    continue;
+                }
+                common::assert_all_written(&what, g, poison);
+                let rounded: Vec<u32> = (got_master[t].iter())
+                    .map(|&x| u32::from(bf16::from_f32(x).to_bits()))
+                    .collect();
+                assert_bits_eq_nan(&what, g, &rounded);
+                if exact {
+                    let want: Vec<u32> = w.iter().map(|h| u32::from(h.to_bits())).collect();
+                    assert_bits_eq_nan(&what, g, &want);
+                }
+            }
+            assert_eq!(
+                scaler.get_scale().unwrap().to_bits(),
+                cpu_scaler.scale().to_bits(),
+                "{what}: scale"
+            );
+        }
+    }
+}
+
+/// bf16 bits against expected bits, every NaN as one value.
+fn assert_bits_eq_nan(what: &str, got: &[bf16], want: &[u32]) {
+    let canon = |b: u32| if b & 0x7FFF > 0x7F80 { 0x1_0000 } else { b };
+    let got: Vec<u32> = got.iter().map(|h| canon(u32::from(h.to_bits()))).collect();
+    let want: Vec<u32> = want.iter().map(|&b| canon(b)).collect();
+    common::assert_bits_eq(what, &got, &want, |i| i);
 }

@@ -1,7 +1,7 @@
 //! CPU optimizers (Adam, AdamW, SGD): several steps against values computed independently in
 //! float64 from PyTorch's documented formulas, skipped steps (bit-identical state, the next real
-//! step continues as if the skip never happened), the f16 working copy, argument checks,
-//! thread-count independence, and property tests over random tensor lists.
+//! step continues as if the skip never happened), the f16 working copy and the bf16 one,
+//! argument checks, thread-count independence, and property tests over random tensor lists.
 
 mod common;
 mod optim_support;
@@ -13,6 +13,7 @@ use ampkit::cpu::optim::{
 };
 use ampkit::{f16, Error};
 use common::{assert_bits_eq, assert_close, rng};
+use half::bf16;
 use optim_support::*;
 use proptest::prelude::*;
 use rand::rngs::StdRng;
@@ -168,6 +169,68 @@ fn results_do_not_depend_on_the_thread_count() {
         assert_bits_eq(&format!("{cfg:?}: f16"), &three.1, &one.1, |i| p0[i]);
         assert!(three.2 == one.2, "{cfg:?}: moments differ");
         assert_ne!(one.0, p0.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+    }
+}
+
+/// A step writing bf16 copies updates the masters and moments exactly as one writing f16 copies
+/// (the copy is only an output), and each bf16 copy is `bf16::from_f32` of its new master; a
+/// skipped step leaves the copies as they were. Large enough for the parallel split.
+#[test]
+fn bf16_copies_are_the_rounded_masters() {
+    let mut rng = rng("optim bf16 copies");
+    let lens = [40_003usize, 7, 1, 65_536];
+    let total: usize = lens.iter().sum();
+    let mut p0: Vec<f32> = (0..total).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+    let tie = f32::from_bits(0x3F80_8000); // 1 + 2^-8, a bf16 tie
+    p0[..6].copy_from_slice(&[3.4e38, -3.4e38, 1e-40, -0.0, tie, 70000.0]);
+    for cfg in all_configs() {
+        let mut model = Model::new(split(&p0, &lens));
+        let mut state = OptimizerState::new(&cfg, &lens).unwrap();
+        let mut master = split(&p0, &lens);
+        let mut copy: Vec<Vec<bf16>> = lens
+            .iter()
+            .map(|&n| vec![bf16::from_bits(0x7F81); n])
+            .collect();
+        let mut state16 = OptimizerState::new(&cfg, &lens).unwrap();
+        for (step, skip) in [false, true, false].into_iter().enumerate() {
+            let g: Vec<f32> = (0..total).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+            let g = split(&g, &lens);
+            let before: Vec<u16> = copy.concat().iter().map(|h| h.to_bits()).collect();
+            let _ = model.step(&cfg, &mut state, &g, skip).unwrap();
+            let mut params: Vec<ParamTensor<'_, bf16>> = (master.iter_mut())
+                .zip(copy.iter_mut())
+                .zip(&g)
+                .map(|((master, half), grad)| ParamTensor { master, grad, half })
+                .collect();
+            let outcome = optim::step(&cfg, &mut state16, &mut params, skip).unwrap();
+            assert_eq!(outcome.skipped(), skip);
+            let what = format!("{cfg:?} step {step}");
+            let bits =
+                |m: &[Vec<f32>]| -> Vec<u32> { m.concat().iter().map(|x| x.to_bits()).collect() };
+            assert_bits_eq(
+                &format!("{what}: masters"),
+                &bits(&master),
+                &model.master_bits(),
+                |i| p0[i],
+            );
+            assert!(
+                state_bits(&state16) == state_bits(&state),
+                "{what}: moments differ"
+            );
+            let got: Vec<u16> = copy.concat().iter().map(|h| h.to_bits()).collect();
+            let want: Vec<u16> = if skip {
+                before
+            } else {
+                master
+                    .concat()
+                    .iter()
+                    .map(|&x| bf16::from_f32(x).to_bits())
+                    .collect()
+            };
+            assert_bits_eq(&format!("{what}: bf16 copies"), &got, &want, |i| {
+                master.concat()[i]
+            });
+        }
     }
 }
 
@@ -344,7 +407,7 @@ fn a_state_only_steps_with_its_own_optimizer() {
 fn empty_lists_and_empty_tensors_are_fine() {
     for cfg in all_configs() {
         let mut state = OptimizerState::new(&cfg, &[]).unwrap();
-        let outcome = optim::step(&cfg, &mut state, &mut [], false).unwrap();
+        let outcome = optim::step::<f16>(&cfg, &mut state, &mut [], false).unwrap();
         assert_eq!((outcome, state.step_count()), (StepOutcome::Stepped, 1));
 
         let lens = [0usize, 3];

@@ -3,7 +3,9 @@
 //! (dozens of tensors of 1 to 2 M elements, odd sizes, unaligned views), gradients with huge
 //! values, subnormals and −0.0; skipped steps that write nothing (step counter included); the
 //! device's bias corrections bit for bit; more tensors than one launch holds; empty lists;
-//! checkpoint round trips; typed errors before any launch.
+//! checkpoint round trips; typed errors before any launch. Each test that writes working copies
+//! runs with f16 copies and again with bf16 copies (the `_bf16` twins), and the bf16 rounding is
+//! checked bit for bit on its critical values (ties, overflow, subnormals).
 //!
 //! Accuracy: every state element within 1e-6 relative (reported), and bit-exact (NaN as NaN)
 //! whenever the device's bias-correction terms for the steps taken equal the host's — the
@@ -17,32 +19,41 @@ use ampkit::cpu::optim::{
 };
 use ampkit::cpu::schedule::LrSchedule;
 use ampkit::cuda::DeviceBuffer;
-use ampkit::ops::cast::fill_f16;
 use ampkit::ops::optim::{GpuOptimizer, GpuParamTensor};
 use ampkit::tuning::optim::adam_bias_terms;
 use ampkit::{f16, Error};
 use common::{gpu, rng};
+use half::bf16;
 use optim_support::rig::*;
 use optim_support::{all_configs, sgd};
 use rand::Rng;
 
 #[test]
 fn every_optimizer_matches_the_cpu_over_steps() {
+    every_optimizer_matches::<f16>("gpu optim steps");
+}
+
+#[test]
+fn every_optimizer_matches_the_cpu_over_steps_bf16() {
+    every_optimizer_matches::<bf16>("gpu optim steps bf16");
+}
+
+fn every_optimizer_matches<H: Copy16>(seed: &str) {
     let Some(gpu) = gpu() else { return };
-    let mut rng = rng("gpu optim steps");
+    let mut rng = rng(seed);
     // A skipped first step (SGD's buffers must still start from the gradient) and a skip later.
     let found_inf = [true, false, false, true, false, false];
     for cfg in all_configs() {
         let exact = bias_terms_exact(&gpu, &cfg, found_inf.len() as u64);
         let sizes = model_sizes(&mut rng);
-        let mut rig = Rig::new(&gpu, &mut rng, &cfg, &sizes);
+        let mut rig = HalfRig::<H>::new(&gpu, &mut rng, &cfg, &sizes);
         for (k, &skip) in found_inf.iter().enumerate() {
             let grads = rig.random_grads(&mut rng);
             rig.step(&gpu, &cfg, &grads, skip);
             let last = k + 1 == found_inf.len();
             rig.check(
                 &gpu,
-                &format!("{cfg:?} step {k} (skip {skip})"),
+                &format!("{} {cfg:?} step {k} (skip {skip})", H::NAME),
                 exact,
                 last,
             );
@@ -57,8 +68,17 @@ fn every_optimizer_matches_the_cpu_over_steps() {
 /// cosines of libm and CUDA may differ in the last bit before the rounding to f32).
 #[test]
 fn cosine_schedule_follows_real_steps() {
+    cosine_schedule::<f16>("gpu optim schedule");
+}
+
+#[test]
+fn cosine_schedule_follows_real_steps_bf16() {
+    cosine_schedule::<bf16>("gpu optim schedule bf16");
+}
+
+fn cosine_schedule<H: Copy16>(seed: &str) {
     let Some(gpu) = gpu() else { return };
-    let mut rng = rng("gpu optim schedule");
+    let mut rng = rng(seed);
     let found_inf = [false, true, false, false, true, false, false];
     for cfg in all_configs() {
         let base = match cfg {
@@ -70,12 +90,13 @@ fn cosine_schedule_follows_real_steps() {
             min_lr: base / 10.0,
         };
         let sizes = model_sizes(&mut rng);
-        let mut rig = Rig::new(&gpu, &mut rng, &cfg, &sizes);
+        let mut rig = HalfRig::<H>::new(&gpu, &mut rng, &cfg, &sizes);
         for (k, &skip) in found_inf.iter().enumerate() {
             let grads = rig.random_grads(&mut rng);
             rig.step_scheduled(&gpu, &cfg, &schedule, &grads, skip);
             let last = k + 1 == found_inf.len();
-            rig.check(&gpu, &format!("{cfg:?} cosine step {k}"), false, last);
+            let what = format!("{} {cfg:?} cosine step {k}", H::NAME);
+            rig.check(&gpu, &what, false, last);
         }
     }
 }
@@ -116,25 +137,35 @@ fn adam_bias_corrections_match_the_host_bit_for_bit() {
 
 #[test]
 fn skipped_steps_write_nothing() {
+    skipped_steps::<f16>("gpu optim skip");
+}
+
+#[test]
+fn skipped_steps_write_nothing_bf16() {
+    skipped_steps::<bf16>("gpu optim skip bf16");
+}
+
+fn skipped_steps<H: Copy16>(seed: &str) {
     let Some(gpu) = gpu() else { return };
-    let mut rng = rng("gpu optim skip");
+    let mut rng = rng(seed);
     for cfg in [OptimizerConfig::adamw(1e-2), sgd(0.1, 0.9, 0.0, 0.0, true)] {
         let sizes = [1, 4099, 70_000, 31];
-        let mut rig = Rig::new(&gpu, &mut rng, &cfg, &sizes);
+        let mut rig = HalfRig::<H>::new(&gpu, &mut rng, &cfg, &sizes);
         let grads = rig.random_grads(&mut rng);
         rig.step(&gpu, &cfg, &grads, false);
         let before = (rig.opt.download(&gpu).unwrap(), rig.gpu_masters(&gpu));
         // Poisoned halves show any write (the CPU's halves keep their values: the next real
         // step rewrites both sides).
         for h in &mut rig.half {
-            fill_f16(&gpu, h, POISON).unwrap();
+            poison(&gpu, h);
         }
         let grads = rig.random_grads(&mut rng);
         rig.step(&gpu, &cfg, &grads, true);
         let halves = rig.gpu_halves(&gpu).concat();
         assert!(
-            halves.iter().all(|h| h.to_bits() == POISON.to_bits()),
-            "{cfg:?}: a skipped step wrote an f16 copy"
+            halves.iter().all(|h| h.to_bits() == H::POISON.to_bits()),
+            "{cfg:?}: a skipped step wrote an {} copy",
+            H::NAME
         );
         let after = (rig.opt.download(&gpu).unwrap(), rig.gpu_masters(&gpu));
         assert_eq!(
@@ -162,27 +193,41 @@ fn skipped_steps_write_nothing() {
         let grads = rig.random_grads(&mut rng);
         rig.step(&gpu, &cfg, &grads, false);
         let exact = bias_terms_exact(&gpu, &cfg, 2);
-        rig.check(&gpu, &format!("{cfg:?} after a skip"), exact, true);
+        rig.check(
+            &gpu,
+            &format!("{} {cfg:?} after a skip", H::NAME),
+            exact,
+            true,
+        );
     }
 }
 
 #[test]
 fn more_tensors_than_one_launch_holds() {
+    many_tensors::<f16>("gpu optim many");
+}
+
+#[test]
+fn more_tensors_than_one_launch_holds_bf16() {
+    many_tensors::<bf16>("gpu optim many bf16");
+}
+
+fn many_tensors<H: Copy16>(seed: &str) {
     let Some(gpu) = gpu() else { return };
-    let mut rng = rng("gpu optim many");
+    let mut rng = rng(seed);
     for cfg in [OptimizerConfig::adam(1e-2), sgd(0.05, 0.9, 0.1, 0.0, false)] {
         // 199 non-empty tensors: launches of 74, 74 and 51.
         let mut sizes: Vec<usize> = (0..200).map(|_| rng.gen_range(1..3000)).collect();
         sizes[199] = 100_000;
         sizes[70] = 0;
         let exact = bias_terms_exact(&gpu, &cfg, 3);
-        let mut rig = Rig::new(&gpu, &mut rng, &cfg, &sizes);
+        let mut rig = HalfRig::<H>::new(&gpu, &mut rng, &cfg, &sizes);
         for (k, skip) in [false, true, false, false].into_iter().enumerate() {
             let grads = rig.random_grads(&mut rng);
             rig.step(&gpu, &cfg, &grads, skip);
             rig.check(
                 &gpu,
-                &format!("{cfg:?} 200 tensors, step {k}"),
+                &format!("{} {cfg:?} 200 tensors, step {k}", H::NAME),
                 exact,
                 k == 3,
             );
@@ -194,12 +239,21 @@ fn more_tensors_than_one_launch_holds() {
 
 #[test]
 fn empty_lists_and_tensors_still_count_the_step() {
+    empty_lists::<f16>("gpu optim empty");
+}
+
+#[test]
+fn empty_lists_and_tensors_still_count_the_step_bf16() {
+    empty_lists::<bf16>("gpu optim empty bf16");
+}
+
+fn empty_lists<H: Copy16>(seed: &str) {
     let Some(gpu) = gpu() else { return };
-    let mut rng = rng("gpu optim empty");
+    let mut rng = rng(seed);
     for sizes in [vec![], vec![0, 0], vec![0, 5, 0]] {
         for cfg in [OptimizerConfig::adam(1e-3), sgd(0.1, 0.5, 0.0, 0.0, false)] {
             let exact = bias_terms_exact(&gpu, &cfg, 2);
-            let mut rig = Rig::new(&gpu, &mut rng, &cfg, &sizes);
+            let mut rig = HalfRig::<H>::new(&gpu, &mut rng, &cfg, &sizes);
             for skip in [false, true, false] {
                 let grads = rig.random_grads(&mut rng);
                 rig.step(&gpu, &cfg, &grads, skip);
@@ -208,6 +262,59 @@ fn empty_lists_and_tensors_still_count_the_step() {
             assert_eq!(rig.opt.step_count(&gpu).unwrap(), 2, "{sizes:?}");
         }
     }
+}
+
+/// bf16 copies round like `half::bf16::from_f32` on their critical values: plain SGD at lr 0
+/// leaves every master as it is (`p − 0·g`), so each copy is the rounding of a chosen f32 —
+/// ties to even both ways, just off ties, the largest finite values (which round to ±inf), inf,
+/// subnormals, ±0 — bit for bit, on vector and scalar paths.
+#[test]
+fn bf16_copies_round_like_half_bit_for_bit() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = rng("gpu optim bf16 rounding");
+    let mut special: Vec<f32> = [
+        0x3F80_8000u32, // 1 + 2^-8: a tie, even below → down
+        0x3F81_8000,    // a tie, odd below → up
+        0x3F80_8001,    // just above a tie → up
+        0x3F80_7FFF,    // just below a tie → down
+        0x7F7F_FFFF,    // f32::MAX → inf
+        0x7F7F_8000,    // the tie above bf16's largest → inf (odd below)
+        0x7F7F_7FFF,    // → bf16's largest
+        0xFF7F_FFFF,    // −f32::MAX → −inf
+        0x7F80_0000,    // inf
+        0xFF80_0000,    // −inf
+        0x0000_0001,    // the smallest subnormal → +0
+        0x0000_8000,    // a subnormal tie (even below) → +0
+        0x0001_8000,    // a subnormal tie (odd below) → up
+        0x007F_FFFF,    // the largest subnormal → the smallest normal
+        0x8000_0000,    // −0
+        0x0000_0000,
+    ]
+    .iter()
+    .map(|&b| f32::from_bits(b))
+    .collect();
+    special.extend((0..4093).map(|_| f32::from_bits(rng.gen::<u32>())));
+    special.retain(|x| !x.is_nan());
+    let cfg = sgd(0.0, 0.0, 0.0, 0.0, false);
+    let lens = [special.len(), 7, 1];
+    let mut rig = HalfRig::<bf16>::new(&gpu, &mut rng, &cfg, &lens);
+    rig.cpu_master[0] = special.clone();
+    gpu.stream()
+        .memcpy_htod(
+            &[vec![0f32; rig.offsets[0][0]], special.clone()].concat(),
+            &mut rig.master[0],
+        )
+        .unwrap();
+    let grads: Vec<Vec<f32>> = lens.iter().map(|&n| vec![0.0; n]).collect();
+    rig.step(&gpu, &cfg, &grads, false);
+    let got = rig.gpu_halves(&gpu);
+    let want: Vec<u16> = special
+        .iter()
+        .map(|&x| bf16::from_f32(x).to_bits())
+        .collect();
+    let got: Vec<u16> = got[0].iter().map(|h| h.to_bits()).collect();
+    common::assert_bits_eq("bf16 copies of chosen masters", &got, &want, |i| special[i]);
+    rig.check(&gpu, "bf16 rounding", true, false);
 }
 
 #[test]
@@ -306,7 +413,7 @@ fn bad_arguments_are_typed_errors_before_any_launch() {
     }
     let e = GpuOptimizer::new(&gpu, &sgd(0.1, 0.0, 0.0, 0.0, false), &lens)
         .unwrap()
-        .step(&gpu, &sgd(0.1, 0.9, 0.0, 0.0, false), &mut [], &clean)
+        .step::<f16, _>(&gpu, &sgd(0.1, 0.9, 0.0, 0.0, false), &mut [], &clean)
         .unwrap_err();
     assert!(e.to_string().contains("without momentum buffers"), "{e}");
     let e = GpuOptimizer::from_state(&gpu, &adamw, &opt.download(&gpu).unwrap()).unwrap_err();

@@ -5,7 +5,7 @@ use crate::cpu::optim::ParamTensor;
 use crate::cpu::scaler::{update_scale, ScalerState};
 use crate::cpu::unscale::{inv_scale, unscale_and_locate};
 use crate::error::Result;
-use crate::optim::{Optimizer, Param, StepOutcome};
+use crate::optim::{HalfCopy, Optimizer, Param, StepOutcome};
 #[cfg(doc)]
 use {super::GradScaler, crate::error::Error};
 
@@ -138,15 +138,16 @@ impl CpuGradScaler {
     }
 
     /// [`GradScaler::step`] on the host: unscales unless already done this step, then the
-    /// optimizer step, skipped when an inf/NaN was found; returns which it was.
+    /// optimizer step, skipped when an inf/NaN was found; returns which it was. The working
+    /// copies are f16 or bf16 ([`HalfCopy`]: `Param<'_>` or `Param<'_, bf16>`).
     ///
     /// Errors, all before anything changes: [`Error::InvalidArgument`] when called twice in a
     /// step or for an optimizer on a GPU; [`Error::ShapeMismatch`] when the tensor count or a
     /// length disagrees with the optimizer.
-    pub fn step<O: Optimizer + ?Sized>(
+    pub fn step<O: Optimizer + ?Sized, H: HalfCopy>(
         &mut self,
         optimizer: &mut O,
-        params: &mut [Param<'_>],
+        params: &mut [Param<'_, H>],
     ) -> Result<StepOutcome> {
         const OP: &str = "amp::CpuGradScaler::step";
         let mut next = self.stages;
@@ -162,7 +163,7 @@ impl CpuGradScaler {
         }
         let views: Vec<&[f32]> = params.iter().map(|p| &*p.grad).collect();
         let clipped = self.clipped(&views);
-        let mut tensors: Vec<ParamTensor<'_>> = params
+        let mut tensors: Vec<ParamTensor<'_, H>> = params
             .iter_mut()
             .enumerate()
             .map(|(t, p)| ParamTensor {

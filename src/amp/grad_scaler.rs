@@ -8,7 +8,7 @@ use crate::cuda::{DeviceBuffer, Gpu};
 use crate::error::{Error, Result};
 use crate::ops;
 use crate::ops::optim::GpuParamTensor;
-use crate::optim::{GpuParam, Inner, Optimizer};
+use crate::optim::{GpuParam, HalfCopy, Inner, Optimizer};
 use cudarc::driver::{CudaView, CudaViewMut, DevicePtrMut};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -218,11 +218,11 @@ impl GradScaler {
     }
 
     /// `optimizer`'s device state, checked against this handle and `params`' count and lengths.
-    fn checked_optimizer<'o, O: Optimizer + ?Sized>(
+    fn checked_optimizer<'o, O: Optimizer + ?Sized, H: HalfCopy>(
         &self,
         op: &'static str,
         optimizer: &'o mut O,
-        params: &[GpuParam<'_>],
+        params: &[GpuParam<'_, H>],
     ) -> Result<&'o mut Inner> {
         let lens: Vec<[usize; 3]> = (params.iter())
             .map(|p| [p.master.len(), p.grad.len(), p.half.len()])
@@ -233,8 +233,12 @@ impl GradScaler {
     }
 
     /// The optimizer's step over `params`, which the device skips when the flag is set.
-    fn optimizer_step(&self, inner: &mut Inner, params: &mut [GpuParam<'_>]) -> Result<()> {
-        let mut tensors: Vec<GpuParamTensor<'_>> = params
+    fn optimizer_step<H: HalfCopy>(
+        &self,
+        inner: &mut Inner,
+        params: &mut [GpuParam<'_, H>],
+    ) -> Result<()> {
+        let mut tensors: Vec<GpuParamTensor<'_, H>> = params
             .iter_mut()
             .map(|p| GpuParamTensor {
                 master: p.master.slice_mut(..),
@@ -252,8 +256,9 @@ impl GradScaler {
 
     /// PyTorch's `step(optimizer)`: unscales the gradients in `params` unless
     /// [`GradScaler::unscale`] already did this step, then queues one optimizer step over every
-    /// tensor, which the device skips entirely (masters, f16 copies, moments, step counter)
-    /// when the flag is set. `params` are in the order, and of the lengths, the optimizer was
+    /// tensor, which the device skips entirely (masters, 16-bit copies, moments, step counter)
+    /// when the flag is set. The working copies are f16 or bf16 ([`HalfCopy`]: `GpuParam<'_>`
+    /// or `GpuParam<'_, bf16>`). `params` are in the order, and of the lengths, the optimizer was
     /// created for. Nothing synchronises: whether the step was skipped is
     /// [`GradScaler::found_inf`].
     ///
@@ -261,10 +266,10 @@ impl GradScaler {
     /// twice in a step, for an optimizer on the host or created with another `Gpu` handle, or
     /// for an optimizer error [`crate::ops::optim::GpuOptimizer::step`] lists;
     /// [`Error::ShapeMismatch`] when the tensor count or a length disagrees with the optimizer.
-    pub fn step<O: Optimizer + ?Sized>(
+    pub fn step<O: Optimizer + ?Sized, H: HalfCopy>(
         &mut self,
         optimizer: &mut O,
-        params: &mut [GpuParam<'_>],
+        params: &mut [GpuParam<'_, H>],
     ) -> Result<()> {
         const OP: &str = "amp::GradScaler::step";
         let mut next = self.stages;
@@ -314,10 +319,10 @@ impl GradScaler {
     ///
     /// Errors: as `step`'s and `update`'s, and [`Error::InvalidArgument`] after
     /// [`GradScaler::unscale`] this step; nothing queued.
-    pub(crate) fn step_recording<O: Optimizer + ?Sized>(
+    pub(crate) fn step_recording<O: Optimizer + ?Sized, H: HalfCopy>(
         &mut self,
         optimizer: &mut O,
-        params: &mut [GpuParam<'_>],
+        params: &mut [GpuParam<'_, H>],
         partials: &[Option<(CudaView<'_, f32>, usize)>],
         target: &mut ops::scaler::RecordTarget<'_>,
     ) -> Result<()> {

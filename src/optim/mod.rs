@@ -26,7 +26,9 @@
 //! reference (NaN payloads aside; a cosine schedule's f64 cosine may differ in its last bit
 //! between CUDA and libm before it is rounded to f32, so `tests/` compare those within 1e-6). The
 //! per-element formulas and what is computed in f64 are in [`crate::cpu::optim`]'s module doc.
-//! Parameters are f32 masters with f16 working copies ([`Param`], [`GpuParam`]); moments are f32.
+//! Parameters are f32 masters with 16-bit working copies ([`Param`], [`GpuParam`]): f16 by
+//! default, or bf16 ([`HalfCopy`]; `Param<'_, bf16>`), rewritten by every real step with the
+//! `half` crate's rounding, bit for bit on either device; moments are f32.
 //! A step with an inf/NaN gradient changes nothing, step counter included.
 //!
 //! # Reading the state
@@ -54,7 +56,7 @@
 // types, which own one `Inner` each, and the trait the scalers accept.
 mod store;
 
-pub use crate::cpu::optim::{AdamConfig, OptimizerConfig, SgdConfig, StepOutcome};
+pub use crate::cpu::optim::{AdamConfig, HalfCopy, OptimizerConfig, SgdConfig, StepOutcome};
 pub use crate::cpu::schedule::LrSchedule;
 
 use crate::device::Device;
@@ -64,28 +66,32 @@ use half::f16;
 use serde::{Deserialize, Serialize};
 pub(crate) use store::Inner;
 
-/// One parameter tensor on the host, as [`crate::amp::CpuGradScaler::step`] takes it.
+/// One parameter tensor on the host, as [`crate::amp::CpuGradScaler::step`] takes it, with a
+/// working copy of type `H`: [`f16`] by default, or [`half::bf16`] (`Param<'_, bf16>`).
 #[derive(Debug)]
-pub struct Param<'a> {
+pub struct Param<'a, H: HalfCopy = f16> {
     /// f32 master weights, updated in place by a real step.
     pub master: &'a mut [f32],
     /// The f32 gradient, as backward left it (scaled); the scaler unscales it in place.
     pub grad: &'a mut [f32],
-    /// The f16 working copy, rewritten from the new master weights by a real step.
-    pub half: &'a mut [f16],
+    /// The 16-bit working copy, rewritten from the new master weights by a real step
+    /// ([`HalfCopy::from_f32`]).
+    pub half: &'a mut [H],
 }
 
 /// One parameter tensor in device memory, as [`crate::amp::GradScaler::step`] takes it: views
 /// of any buffers (yours or ampkit's), at any offset, of the length the optimizer was created
-/// for.
+/// for. The working copy is of type `H`: [`f16`] by default, or [`half::bf16`]
+/// (`GpuParam<'_, bf16>`); either must be 2-byte aligned.
 #[derive(Debug)]
-pub struct GpuParam<'a> {
+pub struct GpuParam<'a, H: HalfCopy = f16> {
     /// f32 master weights, updated in place by a real step.
     pub master: CudaViewMut<'a, f32>,
     /// The f32 gradient, as backward left it (scaled); the scaler unscales it in place.
     pub grad: CudaViewMut<'a, f32>,
-    /// The f16 working copy, rewritten from the new master weights by a real step.
-    pub half: CudaViewMut<'a, f16>,
+    /// The 16-bit working copy, rewritten from the new master weights by a real step (rounded
+    /// as [`HalfCopy::from_f32`], bit for bit).
+    pub half: CudaViewMut<'a, H>,
 }
 
 /// Which per-tensor buffer of an optimizer's state, with PyTorch's state keys: Adam/AdamW keep

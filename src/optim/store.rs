@@ -4,7 +4,9 @@
 //! bit-identical to calling the primitives directly.
 
 use super::{base_lr, with_lr, LrSchedule, Moment, OptimizerConfig, OptimizerStateDict};
-use crate::cpu::optim::{self, check_tensor_lens, OptimizerState, ParamTensor, StepOutcome};
+use crate::cpu::optim::{
+    self, check_tensor_lens, HalfCopy, OptimizerState, ParamTensor, StepOutcome,
+};
 use crate::cuda::{DeviceBuffer, Gpu};
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -286,9 +288,9 @@ impl Inner {
 
     /// One CPU step with the schedule's rate for the real steps taken so far, skipped when
     /// `found_inf` (the CPU trainer's step, unchanged).
-    pub(crate) fn step_host(
+    pub(crate) fn step_host<H: HalfCopy>(
         &mut self,
-        params: &mut [ParamTensor<'_>],
+        params: &mut [ParamTensor<'_, H>],
         found_inf: bool,
     ) -> Result<StepOutcome> {
         let Store::Host(state) = &mut self.store else {
@@ -331,10 +333,10 @@ impl Inner {
     /// One fused GPU step (schedule on the device), skipped on the device when `found_inf` is
     /// nonzero, with `clip` applied to each gradient as it is loaded. Queues work only: no
     /// synchronisation, no device allocation.
-    pub(crate) fn step_device(
+    pub(crate) fn step_device<H: HalfCopy>(
         &mut self,
         gpu: &Gpu,
-        params: &mut [GpuParamTensor<'_>],
+        params: &mut [GpuParamTensor<'_, H>],
         found_inf: &DeviceBuffer<f32>,
         clip: crate::ops::optim::GradClip,
     ) -> Result<()> {

@@ -1,21 +1,51 @@
 //! The GPU optimizer tests' rig: one model on both sides (CPU reference and `GpuOptimizer`, the
 //! GPU tensors as unaligned views), random values with special values sprinkled in, and the
-//! GPU-vs-CPU comparisons (within 1e-6, or bit for bit with NaN as NaN).
+//! GPU-vs-CPU comparisons (within 1e-6, or bit for bit with NaN as NaN). Generic over the
+//! working copy's type ([`Copy16`]: f16 or bf16); [`Rig`] is the f16 one.
 
 use crate::common::{self, assert_all_written};
-use ampkit::check::{compare, Tolerance};
-use ampkit::cpu::optim::{self, AdamCoefficients, OptimizerConfig, OptimizerState, ParamTensor};
+use ampkit::check::{compare, ToF64, Tolerance};
+use ampkit::cpu::optim::{
+    self, AdamCoefficients, HalfCopy, OptimizerConfig, OptimizerState, ParamTensor,
+};
 use ampkit::cpu::schedule::LrSchedule;
 use ampkit::cuda::{DeviceBuffer, Gpu};
+use ampkit::cudarc::driver::DeviceRepr;
 use ampkit::f16;
-use ampkit::ops::cast::fill_f16;
 use ampkit::ops::optim::{GpuOptimizer, GpuParamTensor};
 use ampkit::tuning::optim::adam_bias_terms;
+use half::bf16;
 use rand::rngs::StdRng;
 use rand::Rng;
 
 /// A signalling NaN: the kernel's f16 conversion always sets the quiet bit, so it never writes it.
 pub const POISON: f16 = f16::from_bits(0x7C01);
+
+/// What the rig needs of a working-copy type besides [`HalfCopy`].
+pub trait Copy16: HalfCopy + ToF64 + DeviceRepr + bytemuck::Pod + Unpin {
+    /// A signalling NaN: the kernel's conversion always sets the quiet bit, so it never writes it.
+    const POISON: Self;
+    /// Relative tolerance between two roundings of masters within 1e-6 of each other: an ulp
+    /// and a bit (f16: 2^-10, bf16: 2^-7).
+    const REL_TOL: f64;
+}
+
+impl Copy16 for f16 {
+    const POISON: Self = POISON;
+    const REL_TOL: f64 = 1e-3;
+}
+
+impl Copy16 for bf16 {
+    const POISON: Self = bf16::from_bits(0x7F81);
+    const REL_TOL: f64 = 8e-3;
+}
+
+/// Overwrites every element of `buf` with `H::POISON` (a copy from the host, ordered on the
+/// stream; the buffer keeps its address).
+pub fn poison<H: Copy16>(gpu: &Gpu, buf: &mut DeviceBuffer<H>) {
+    let host = vec![H::POISON; buf.len()];
+    gpu.stream().memcpy_htod(&host, buf).unwrap();
+}
 
 /// Tensor sizes like a model's, around the chunk and vector boundaries, up to 2 M (under
 /// [`common::sanitizing`] up to 0.5 M, about 0.75 M in all instead of 3 M).
@@ -49,22 +79,25 @@ pub const GRAD_SPECIALS: &[f32] = &[1e30, -1e30, 3e38, 1e-40, -1e-45, -0.0, 0.0,
 pub const MASTER_SPECIALS: &[f32] = &[-0.0, 0.0, 65504.0, 70000.0, -7e4, 3e-8, 1e-40];
 
 /// One model on both sides: CPU masters/halves/state and GPU buffers (each tensor a view at a
-/// per-tensor offset, so some are unaligned) with a `GpuOptimizer`.
-pub struct Rig {
+/// per-tensor offset, so some are unaligned) with a `GpuOptimizer`; working copies of type `H`.
+pub struct HalfRig<H: Copy16> {
     pub lens: Vec<usize>,
     /// Leading elements before each tensor's view: [master, grad, half].
     pub offsets: Vec<[usize; 3]>,
     pub master: Vec<DeviceBuffer<f32>>,
     pub grad: Vec<DeviceBuffer<f32>>,
-    pub half: Vec<DeviceBuffer<f16>>,
+    pub half: Vec<DeviceBuffer<H>>,
     pub cpu_master: Vec<Vec<f32>>,
-    pub cpu_half: Vec<Vec<f16>>,
+    pub cpu_half: Vec<Vec<H>>,
     pub cpu: OptimizerState,
     pub opt: GpuOptimizer,
 }
 
-impl Rig {
-    pub fn new(gpu: &Gpu, rng: &mut StdRng, cfg: &OptimizerConfig, lens: &[usize]) -> Rig {
+/// The rig with f16 copies.
+pub type Rig = HalfRig<f16>;
+
+impl<H: Copy16> HalfRig<H> {
+    pub fn new(gpu: &Gpu, rng: &mut StdRng, cfg: &OptimizerConfig, lens: &[usize]) -> Self {
         let offsets: Vec<[usize; 3]> = lens
             .iter()
             .map(|_| std::array::from_fn(|_| [0usize, 0, 1, 3][rng.gen_range(0..4)]))
@@ -73,9 +106,9 @@ impl Rig {
             .iter()
             .map(|&n| values(rng, n, MASTER_SPECIALS))
             .collect();
-        let cpu_half: Vec<Vec<f16>> = cpu_master
+        let cpu_half: Vec<Vec<H>> = cpu_master
             .iter()
-            .map(|m| m.iter().map(|&x| f16::from_f32(x)).collect())
+            .map(|m| m.iter().map(|&x| H::from_f32(x)).collect())
             .collect();
         let padded = |v: &[f32], off: usize| [vec![f32::NAN; off], v.to_vec()].concat();
         let master = (cpu_master.iter().zip(&offsets))
@@ -86,11 +119,11 @@ impl Rig {
             .collect();
         let half = (cpu_half.iter().zip(&offsets))
             .map(|(h, o)| {
-                gpu.upload(&[vec![POISON; o[2]], h.clone()].concat())
+                gpu.upload(&[vec![H::POISON; o[2]], h.clone()].concat())
                     .unwrap()
             })
             .collect();
-        Rig {
+        HalfRig {
             lens: lens.to_vec(),
             offsets,
             master,
@@ -126,7 +159,7 @@ impl Rig {
         grads: &[Vec<f32>],
         found_inf: bool,
     ) {
-        let mut params: Vec<ParamTensor<'_>> = (self.cpu_master.iter_mut())
+        let mut params: Vec<ParamTensor<'_, H>> = (self.cpu_master.iter_mut())
             .zip(self.cpu_half.iter_mut())
             .zip(grads)
             .map(|((master, half), grad)| ParamTensor { master, grad, half })
@@ -146,11 +179,11 @@ impl Rig {
         }
         if !found_inf {
             for h in &mut self.half {
-                fill_f16(gpu, h, POISON).unwrap();
+                poison(gpu, h);
             }
         }
         let flag = gpu.upload(&[if found_inf { 1.0f32 } else { 0.0 }]).unwrap();
-        let mut params: Vec<GpuParamTensor<'_>> = (self.master.iter_mut())
+        let mut params: Vec<GpuParamTensor<'_, H>> = (self.master.iter_mut())
             .zip(&self.grad)
             .zip(self.half.iter_mut())
             .zip(&self.offsets)
@@ -164,7 +197,8 @@ impl Rig {
             .step_scheduled(gpu, cfg, schedule, &mut params, &flag)
             .unwrap();
         if !found_inf {
-            assert_all_written("f16 copies", &self.gpu_halves(gpu).concat(), POISON);
+            let what = format!("{} copies", H::NAME);
+            assert_all_written(&what, &self.gpu_halves(gpu).concat(), H::POISON);
         }
     }
 
@@ -174,7 +208,7 @@ impl Rig {
             .collect()
     }
 
-    pub fn gpu_halves(&self, gpu: &Gpu) -> Vec<Vec<f16>> {
+    pub fn gpu_halves(&self, gpu: &Gpu) -> Vec<Vec<H>> {
         (self.half.iter().zip(&self.offsets))
             .map(|(b, o)| gpu.download(b).unwrap()[o[2]..].to_vec())
             .collect()
@@ -226,10 +260,11 @@ impl Rig {
         );
         let (got, want) = (self.gpu_halves(gpu).concat(), self.cpu_half.concat());
         let reference: Vec<f64> = want.iter().map(|h| h.to_f64()).collect();
-        let report = compare(&got, &reference, Tolerance::new(0.0, 1e-3));
-        assert!(report.passed(), "{what}: halves: {report}");
+        let report = compare(&got, &reference, Tolerance::new(0.0, H::REL_TOL));
+        assert!(report.passed(), "{what}: {} halves: {report}", H::NAME);
         if exact {
-            assert_same_bits(&format!("{what}: halves"), &canon16(&got), &canon16(&want));
+            let what = format!("{what}: {} halves", H::NAME);
+            assert_same_bits(&what, &canon16(&got), &canon16(&want));
         }
     }
 }
@@ -258,11 +293,12 @@ pub fn canon32(v: &[f32]) -> Vec<u32> {
         .collect()
 }
 
-pub fn canon16(v: &[f16]) -> Vec<u32> {
+/// The bits of 16-bit values, every NaN as one value (outside the 16-bit range).
+pub fn canon16<H: HalfCopy>(v: &[H]) -> Vec<u32> {
     v.iter()
         .map(|x| {
-            if x.is_nan() {
-                0x7E00
+            if x.to_f32().is_nan() {
+                0x1_0000
             } else {
                 u32::from(x.to_bits())
             }

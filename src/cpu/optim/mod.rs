@@ -4,17 +4,18 @@
 //! # One step
 //!
 //! [`step`] takes the config, the [`OptimizerState`] (moment buffers and ONE step counter), a list
-//! of [`ParamTensor`]s (f32 master weights, f32 *unscaled* gradient, f16 working copy) and the
-//! scaler's `found_inf`:
+//! of [`ParamTensor`]s (f32 master weights, f32 *unscaled* gradient, 16-bit working copy: f16, or
+//! bf16 — [`HalfCopy`]) and the scaler's `found_inf`:
 //!
 //! - Everything is validated first (config ranges, state kind, tensor count, every length);
 //!   an error modifies nothing.
 //! - `found_inf = true`: nothing is touched — master weights, moments, the step counter and the
-//!   f16 copies stay bit-identical — and [`StepOutcome::Skipped`] is returned. Because the
+//!   16-bit copies stay bit-identical — and [`StepOutcome::Skipped`] is returned. Because the
 //!   counter does not advance, the next real step uses the bias corrections it would have used
 //!   had the skipped step never been attempted (as `_fused_adam` undoes its step increment).
-//! - Otherwise the counter advances to `t`, each element is updated as below, and the f16 copy
-//!   becomes `f16::from_f32(new master)` (round to nearest even, overflow to ±inf).
+//! - Otherwise the counter advances to `t`, each element is updated as below, and the copy
+//!   becomes `f16::from_f32(new master)` (round to nearest even, overflow to ±inf), or
+//!   `bf16::from_f32(new master)` for a bf16 copy (round to nearest even; [`HalfCopy`]).
 //!
 //! # Precision: what is f64 and what is f32
 //!
@@ -65,11 +66,13 @@
 // and its argument checks are here. Everything public is re-exported at this path.
 mod coefficients;
 mod config;
+pub(crate) mod half_copy;
 mod state;
 mod update;
 
 pub use coefficients::{AdamCoefficients, SgdCoefficients};
 pub use config::{AdamConfig, OptimizerConfig, SgdConfig};
+pub use half_copy::HalfCopy;
 pub use state::{OptimizerState, ParamTensor, StepOutcome};
 
 use crate::error::{Error, Result};
@@ -82,17 +85,17 @@ const PARALLEL_MIN: usize = 1 << 15;
 /// Elements per rayon task inside one large tensor.
 const CHUNK: usize = 1 << 14;
 
-/// One optimizer step over every tensor, skipped entirely when `found_inf` is set. The exact
-/// semantics are in the module doc.
+/// One optimizer step over every tensor, skipped entirely when `found_inf` is set, writing
+/// working copies of type `H` (f16 or bf16). The exact semantics are in the module doc.
 ///
 /// Errors, all raised before anything is modified: [`Error::InvalidArgument`] for an invalid
 /// config or one of another kind than the state was created for (or SGD momentum on a state
 /// created without); [`Error::ShapeMismatch`] when the tensor count or any master/grad/half
 /// length disagrees with the state.
-pub fn step(
+pub fn step<H: HalfCopy>(
     cfg: &OptimizerConfig,
     state: &mut OptimizerState,
-    params: &mut [ParamTensor<'_>],
+    params: &mut [ParamTensor<'_, H>],
     found_inf: bool,
 ) -> Result<StepOutcome> {
     const OP: &str = "cpu::optim::step";
@@ -133,11 +136,11 @@ pub fn step(
     Ok(StepOutcome::Stepped)
 }
 
-fn validate_step(
+fn validate_step<H: HalfCopy>(
     op: &'static str,
     cfg: &OptimizerConfig,
     state: &OptimizerState,
-    params: &[ParamTensor<'_>],
+    params: &[ParamTensor<'_, H>],
 ) -> Result<()> {
     state.check_config(op, cfg)?;
     let lens: Vec<[usize; 3]> = params

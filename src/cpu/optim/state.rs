@@ -1,6 +1,7 @@
 //! The optimizer's state (moment buffers and the step counter) and what a step takes and returns.
 
 use super::config::Kind;
+use super::HalfCopy;
 use super::OptimizerConfig;
 use crate::error::{Error, Result};
 use half::f16;
@@ -178,15 +179,17 @@ impl OptimizerState {
     }
 }
 
-/// One parameter tensor as the optimizer sees it.
+/// One parameter tensor as the optimizer sees it, with a working copy of type `H` ([`f16`] by
+/// default, or [`half::bf16`]).
 #[derive(Debug)]
-pub struct ParamTensor<'a> {
+pub struct ParamTensor<'a, H: HalfCopy = f16> {
     /// f32 master weights, updated in place.
     pub master: &'a mut [f32],
     /// The f32 gradient, already unscaled.
     pub grad: &'a [f32],
-    /// The f16 working copy, rewritten from the new master weights after a real step.
-    pub half: &'a mut [f16],
+    /// The 16-bit working copy, rewritten from the new master weights after a real step
+    /// ([`HalfCopy::from_f32`]).
+    pub half: &'a mut [H],
 }
 
 /// What [`step`](super::step) did.

@@ -1,14 +1,13 @@
 //! The per-element update rules (the module doc of [`crate::cpu::optim`] gives the formulas),
 //! split into rayon tasks over large tensors.
 
-use super::{AdamCoefficients, ParamTensor, SgdCoefficients, CHUNK, PARALLEL_MIN};
-use half::f16;
+use super::{AdamCoefficients, HalfCopy, ParamTensor, SgdCoefficients, CHUNK, PARALLEL_MIN};
 use rayon::prelude::*;
 
 /// One tensor, split into rayon tasks when it is large.
-pub(super) fn adam_tensor(
+pub(super) fn adam_tensor<H: HalfCopy>(
     k: &AdamCoefficients,
-    p: &mut ParamTensor<'_>,
+    p: &mut ParamTensor<'_, H>,
     m: &mut [f32],
     v: &mut [f32],
 ) {
@@ -24,11 +23,11 @@ pub(super) fn adam_tensor(
         .for_each(|(((w, g), h), (m, v))| adam_chunk(k, w, g, h, m, v));
 }
 
-fn adam_chunk(
+fn adam_chunk<H: HalfCopy>(
     k: &AdamCoefficients,
     master: &mut [f32],
     grad: &[f32],
-    half: &mut [f16],
+    half: &mut [H],
     m: &mut [f32],
     v: &mut [f32],
 ) {
@@ -46,11 +45,15 @@ fn adam_chunk(
         let denom = v.sqrt() / k.bias_correction2_sqrt + k.eps;
         p -= k.step_size * *m / denom;
         *w = p;
-        *h = f16::from_f32(p);
+        *h = H::from_f32(p);
     }
 }
 
-pub(super) fn sgd_tensor(k: &SgdCoefficients, p: &mut ParamTensor<'_>, buf: Option<&mut [f32]>) {
+pub(super) fn sgd_tensor<H: HalfCopy>(
+    k: &SgdCoefficients,
+    p: &mut ParamTensor<'_, H>,
+    buf: Option<&mut [f32]>,
+) {
     if p.master.len() < PARALLEL_MIN {
         sgd_chunk(k, p.master, p.grad, p.half, buf);
         return;
@@ -69,11 +72,11 @@ pub(super) fn sgd_tensor(k: &SgdCoefficients, p: &mut ParamTensor<'_>, buf: Opti
 }
 
 /// `buf` is `Some` exactly when momentum is nonzero.
-fn sgd_chunk(
+fn sgd_chunk<H: HalfCopy>(
     k: &SgdCoefficients,
     master: &mut [f32],
     grad: &[f32],
-    half: &mut [f16],
+    half: &mut [H],
     buf: Option<&mut [f32]>,
 ) {
     let decayed = |p: f32, g: f32| {
@@ -87,7 +90,7 @@ fn sgd_chunk(
         None => {
             for ((w, &g), h) in master.iter_mut().zip(grad).zip(half) {
                 *w -= k.lr * decayed(*w, g);
-                *h = f16::from_f32(*w);
+                *h = H::from_f32(*w);
             }
         }
         Some(buf) => {
@@ -100,7 +103,7 @@ fn sgd_chunk(
                 };
                 let d = if k.nesterov { d + k.momentum * *b } else { *b };
                 *w -= k.lr * d;
-                *h = f16::from_f32(*w);
+                *h = H::from_f32(*w);
             }
         }
     }

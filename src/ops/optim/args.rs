@@ -10,7 +10,8 @@ use cudarc::driver::DeviceRepr;
 /// Tensors per launch: the argument table must fit the 4 KB kernel-parameter limit.
 pub(super) const MAX_TENSORS: usize = 74;
 
-/// The kernel's argument table, passed by value (`TensorTable` in `kernels/optim.cu`).
+/// The kernel's argument table, passed by value (`TensorTable` in `kernels/optim.cu`): per-tensor
+/// pointers and lengths, and the working copies' type for the whole launch.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub(super) struct TensorTable {
@@ -22,6 +23,9 @@ pub(super) struct TensorTable {
     len: [i64; MAX_TENSORS],
     chunk_start: [i32; MAX_TENSORS + 1],
     count: i32,
+    /// `HalfCopy`'s device code: 0 f16, 1 bf16.
+    copy_kind: i32,
+    unused: i32,
 }
 
 /// `AdamHyper` in `kernels/optim.cu`: f64 inputs of the bias correction, then the
@@ -111,7 +115,7 @@ const _: () = assert!(
 );
 
 // SAFETY: plain old data with the kernel's C layout; every field is initialised and none of
-// the three has padding (3856 = 482·8 bytes, 24 + 8·4 bytes, 6·4 bytes).
+// the three has padding (3864 = 483·8 bytes, 24 + 8·4 bytes, 6·4 bytes).
 unsafe impl DeviceRepr for TensorTable {}
 // SAFETY: see above.
 unsafe impl DeviceRepr for AdamHyper {}
@@ -149,11 +153,13 @@ pub(super) enum Hyper {
     Sgd(SgdHyper),
 }
 
-/// One launch's table and block count. Entries are `[master, grad, half, m, v, len]`.
+/// One launch's table and block count. Entries are `[master, grad, half, m, v, len]`;
+/// `copy_kind` is the halves' device code (`HalfCopy`).
 pub(super) fn table(
     op: &'static str,
     batch: &[[u64; 6]],
     chunk: usize,
+    copy_kind: i32,
 ) -> Result<(TensorTable, u32)> {
     let mut table = TensorTable {
         master: [0; MAX_TENSORS],
@@ -164,6 +170,8 @@ pub(super) fn table(
         len: [0; MAX_TENSORS],
         chunk_start: [0; MAX_TENSORS + 1],
         count: batch.len() as i32,
+        copy_kind,
+        unused: 0,
     };
     let mut chunks = 0usize;
     for (i, &[master, grad, half, m, v, len]) in batch.iter().enumerate() {
@@ -194,8 +202,8 @@ mod tests {
 
     #[test]
     fn argument_structs_have_the_kernel_sizes() {
-        // The kernel header's layouts: 6 arrays of 74 eight-byte fields, 75 + 1 ints.
-        assert_eq!(std::mem::size_of::<TensorTable>(), 3856);
+        // The kernel header's layouts: 6 arrays of 74 eight-byte fields, 75 + 3 ints.
+        assert_eq!(std::mem::size_of::<TensorTable>(), 3864);
         assert_eq!(std::mem::size_of::<AdamHyper>(), 56);
         assert_eq!(std::mem::size_of::<SgdHyper>(), 24);
     }
@@ -203,10 +211,10 @@ mod tests {
     #[test]
     fn tables_count_chunks_per_tensor() {
         let entries = [[16, 32, 64, 0, 0, 1], [16, 32, 64, 0, 0, 2049], [0; 6]];
-        let (t, blocks) = table("t", &entries[..2], 1024).unwrap();
-        assert_eq!((t.count, blocks), (2, 4));
+        let (t, blocks) = table("t", &entries[..2], 1024, 1).unwrap();
+        assert_eq!((t.count, blocks, t.copy_kind), (2, 4, 1));
         assert_eq!(&t.chunk_start[..3], &[0, 1, 4]);
-        let (t, blocks) = table("t", &[], 1024).unwrap();
+        let (t, blocks) = table("t", &[], 1024, 0).unwrap();
         assert_eq!(
             (t.count, blocks),
             (0, 1),

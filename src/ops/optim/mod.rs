@@ -6,8 +6,9 @@
 //! device: Adam's moments or SGD's momentum buffers (f32), the step counter and SGD's "momentum
 //! started" flag. [`GpuOptimizer::step`] updates every parameter tensor in one launch (up to
 //! 74 tensors; more take more launches), reading the `found_inf` flag that [`crate::ops::unscale`]
-//! sets: if it is nonzero nothing changes — masters, moments, f16 copies, step counter. Otherwise
-//! the f32 masters and moments are updated, the f16 working copies rewritten, and the counter
+//! sets: if it is nonzero nothing changes — masters, moments, 16-bit copies, step counter.
+//! Otherwise the f32 masters and moments are updated, the working copies (f16, or bf16:
+//! [`HalfCopy`], one type per step) rewritten, and the counter
 //! advanced, all on the device. Adam's bias corrections are computed on the device from the
 //! counter, exactly as [`AdamCoefficients::new`] computes them on the host. Nothing synchronises
 //! or copies to the host, and every address is fixed, so a step can be captured in a CUDA graph;
@@ -20,7 +21,7 @@
 mod args;
 
 use crate::cpu::optim::{
-    check_tensor_lens, AdamConfig, OptimizerConfig, OptimizerState, SgdCoefficients,
+    check_tensor_lens, AdamConfig, HalfCopy, OptimizerConfig, OptimizerState, SgdCoefficients,
 };
 use crate::cpu::schedule::LrSchedule;
 use crate::cuda::{DeviceBuffer, Gpu, KernelArgs, LaunchConfig};
@@ -49,15 +50,17 @@ const COUNTER_MOMENTUM_STARTED: usize = 1;
 const COUNTERS: usize = 3;
 
 /// One parameter tensor as the GPU optimizer sees it (the twin of
-/// [`crate::cpu::optim::ParamTensor`]); views of any offset and length work.
+/// [`crate::cpu::optim::ParamTensor`]), with a working copy of type `H` ([`f16`] by default, or
+/// [`half::bf16`]); views of any offset and length work.
 #[derive(Debug)]
-pub struct GpuParamTensor<'a> {
+pub struct GpuParamTensor<'a, H: HalfCopy = f16> {
     /// f32 master weights, updated in place.
     pub master: CudaViewMut<'a, f32>,
     /// The f32 gradient, already unscaled.
     pub grad: CudaView<'a, f32>,
-    /// The f16 working copy, rewritten from the new master weights after a real step.
-    pub half: CudaViewMut<'a, f16>,
+    /// The 16-bit working copy, rewritten from the new master weights after a real step
+    /// (rounded as [`HalfCopy::from_f32`], bit for bit).
+    pub half: CudaViewMut<'a, H>,
 }
 
 /// The optimizer's device-resident state: moments (or momentum buffers), step counter and
@@ -270,7 +273,8 @@ impl GpuOptimizer {
     }
 
     /// One optimizer step over every tensor, skipped entirely on the device when `found_inf`
-    /// (one f32, as [`crate::ops::unscale`] writes it) is nonzero. `cfg` may change between steps
+    /// (one f32, as [`crate::ops::unscale`] writes it) is nonzero. The working copies are of
+    /// type `H` (f16 or bf16; 2-byte aligned either way). `cfg` may change between steps
     /// (a learning-rate schedule) but must be of the kind the state was created for. Queues the
     /// work and returns; whether the step was skipped is `found_inf` itself.
     ///
@@ -279,11 +283,11 @@ impl GpuOptimizer {
     /// buffers), a state created on another GPU, or a misaligned view;
     /// [`Error::ShapeMismatch`] when the tensor count or any master/grad/half length disagrees
     /// with the state, or `found_inf` is not one element.
-    pub fn step<F: DevicePtr<f32>>(
+    pub fn step<H: HalfCopy, F: DevicePtr<f32>>(
         &mut self,
         gpu: &Gpu,
         cfg: &OptimizerConfig,
-        params: &mut [GpuParamTensor<'_>],
+        params: &mut [GpuParamTensor<'_, H>],
         found_inf: &F,
     ) -> Result<()> {
         self.step_scheduled(gpu, cfg, &LrSchedule::Constant, params, found_inf)
@@ -294,12 +298,12 @@ impl GpuOptimizer {
     /// taken), so skipped steps do not advance it and nothing synchronises. For AdamW the decay
     /// factor `f32(1 − lr·wd)` follows the scheduled rate. [`LrSchedule::Constant`] gives
     /// exactly [`GpuOptimizer::step`]. Errors as there, plus an invalid schedule.
-    pub fn step_scheduled<F: DevicePtr<f32>>(
+    pub fn step_scheduled<H: HalfCopy, F: DevicePtr<f32>>(
         &mut self,
         gpu: &Gpu,
         cfg: &OptimizerConfig,
         schedule: &LrSchedule,
-        params: &mut [GpuParamTensor<'_>],
+        params: &mut [GpuParamTensor<'_, H>],
         found_inf: &F,
     ) -> Result<()> {
         self.step_clipped(gpu, cfg, schedule, params, found_inf, GradClip::default())
@@ -309,12 +313,12 @@ impl GpuOptimizer {
     /// is loaded (the gradient buffers are not changed): `g · *coef` when `clip.coef` is the
     /// address of one f32 on the device (a `clip_grad_norm_` factor the unscale wrote), then
     /// clamped to `[−value, value]` when `clip.value > 0`. The amp scaler passes it.
-    pub(crate) fn step_clipped<F: DevicePtr<f32>>(
+    pub(crate) fn step_clipped<H: HalfCopy, F: DevicePtr<f32>>(
         &mut self,
         gpu: &Gpu,
         cfg: &OptimizerConfig,
         schedule: &LrSchedule,
-        params: &mut [GpuParamTensor<'_>],
+        params: &mut [GpuParamTensor<'_, H>],
         found_inf: &F,
         clip: GradClip,
     ) -> Result<()> {
@@ -401,7 +405,7 @@ impl GpuOptimizer {
         };
         let mut tables = Vec::with_capacity(batches.len());
         for batch in &batches {
-            tables.push(table(OP, batch, chunk)?);
+            tables.push(table(OP, batch, chunk, H::DEVICE_KIND)?);
         }
         for (i, (table, blocks)) in tables.into_iter().enumerate() {
             let mut args = KernelArgs::new();
@@ -420,8 +424,9 @@ impl GpuOptimizer {
             // unsigned long long* counters, const float* found_inf, GradClip clip,
             // long long chunk, int final_launch) matches (clip.coef is null or one f32 on the
             // device, the caller's promise): the table and
-            // hyperparameters have the kernel's layouts; each entry's master, grad and half hold
-            // `len` elements (validated), its moments `len` f32 at their offsets in the flat
+            // hyperparameters have the kernel's layouts (the table's copy_kind is H's, so the
+            // kernel writes 2-byte elements of H's format); each entry's master, grad and half
+            // hold `len` elements (validated), its moments `len` f32 at their offsets in the flat
             // buffers (allocated for these lengths), or are null where the kernel does not read
             // them; counters holds 3 u64 and found_inf one f32; the guards outlive the launch.
             unsafe {
