@@ -1,9 +1,16 @@
-// cross_entropy.cu — fused softmax-cross-entropy: f16 or f32 logits, u32 labels, f32 math, f16 or
-// f32 dlogits, and the mean loss left on the device, in one launch.
+// cross_entropy.cu — fused softmax-cross-entropy: f32, f16 or bf16 logits, u32 labels, f32 math,
+// f32, f16 or bf16 dlogits, and the mean loss left on the device, in one launch.
 //
+// Entry points (T = f32, f16, bf16: the logit type; each writes any gradient type):
+//   softmax_ce_groups[_pf]_T_p{P}_w{W}, softmax_ce_rows[_pf]_T_v{VEC}_p{1,2,4,8},
+//   softmax_ce_block_T_v{VEC} (VEC = 4, 1 for f32; 8, 4, 1 for f16 and bf16), and in
+//   softmax_sm90.cu softmax_ce_cluster_T_c{2,4,8}_p{P}. bf16 logits take f16's instances (the
+//   same widths: 8 elements per 16-byte pack).
 // What: src/cpu/cross_entropy.rs's softmax_cross_entropy. Per row: loss = (m − x_label) + ln s;
 //   dlogits_j = (e_j/s − [j = label])·scale with scale = *grad_scale / rows read from device memory
-//   (AMP's loss scale), stored as f16 or f32 (out_f16). e_j = 2^((x_j − m)·log2 e) through the SFU
+//   (AMP's loss scale), stored as f32, f16 or bf16 by the output-kind code out_kind (0, 1, 2:
+//   softmax_common.cuh's store_one; bf16 rounds to nearest even as half's bf16::from_f32).
+//   Logits of any type are widened exactly to f32. e_j = 2^((x_j − m)·log2 e) through the SFU
 //   (exp_shifted: the subtraction rounded first, so the max gives exactly 1; flush-to-zero, so an
 //   e below 2^−126 is 0 — it adds nothing to s ≥ 1 in f32, and its gradient e·scale/s < 2^−110
 //   is 0 in f16 and negligible in f32), and dlogits_j = e_j·(scale/s) except at the label, where
@@ -18,7 +25,8 @@
 //   writes the mean as one f32: no host synchronisation, no float atomics, no second kernel.
 //   Bit-identical run to run (every order depends on the launch shape only).
 // Launch shapes (picked in src/ops/cross_entropy/plan.rs); a "pack" is VEC elements, VEC = 16
-//   bytes of logits (8 f16 / 4 f32) when classes allow it and both buffers are 16-byte aligned.
+//   bytes of logits (8 f16 or bf16 / 4 f32) when classes allow it and both buffers are 16-byte
+//   aligned.
 //   ce_groups<L,P,W,PF>  the default for 16-byte packs: row groups of W warps (1, 2, 4, 8; 256-
 //                   thread blocks hold 8/W groups), the row in registers (P packs per thread),
 //                   reductions by shuffles and, for W > 1, through shared memory with one named
@@ -32,7 +40,7 @@
 //   ce_block<L,VEC>  rows too long for registers: a block per row through shared memory.
 //   On compute capability 9.0, rows of 16-byte packs past 8192 classes (too long for any ce_groups
 //   instance) take softmax_sm90.cu's cluster kernels instead, where an instance holds them.
-// Roofline: 4 + 4 B/element (f32 → f32) or 2 + 2 B (f16 → f16) plus 4 B per row. The f16 loss
+// Roofline: 4 + 4 B/element (f32 → f32) or 2 + 2 B (f16 → f16, bf16 → bf16) plus 4 B per row. The f16 loss
 //   needs ~2.5 elements per clock per SM at the H100's ~3.0 TB/s copy rate, so its instruction
 //   count per element (ce_groups: ~7 in the exp pass, 18 in all by ncu; ce_rows: 32) matters as much
 //   as its bytes in flight.
@@ -50,7 +58,7 @@ template <typename L, int VEC, int P, bool PF>
 __device__ __forceinline__ void ce_rows(const L* __restrict__ logits,
                                         const unsigned* __restrict__ labels,
                                         const float* __restrict__ grad_scale, void* dlogits,
-                                        int out_f16, double* __restrict__ partial,
+                                        int out_kind, double* __restrict__ partial,
                                         float* __restrict__ loss, int rows, int classes,
                                         int group) {
     const int groups = blockDim.x / group, my_group = int(threadIdx.x) / group;
@@ -101,9 +109,9 @@ __device__ __forceinline__ void ce_rows(const L* __restrict__ logits,
         const float2 cr = group == 32 ? make_float2(warp_sum(c), warp_sum(r))
                                       : block_sum2(make_float2(c, r));
         const CeRow cw = ce_row(scale, ok, cr.x + cr.y);
-        packs_out<VEC, P>(dlogits, off, v, group, t, packs, cw.ps, out_f16);
+        packs_out<VEC, P>(dlogits, off, v, group, t, packs, cw.ps, out_kind);
         if (ok && int(label / VEC) % group == t) {
-            ce_label(logits + off, dlogits, off, label, m, cw, out_f16);
+            ce_label(logits + off, dlogits, off, label, m, cw, out_kind);
         }
         if (t == 0) group_loss += double(ce_loss(logits + off, label, ok, m, cr.x, cr.y));
     }
@@ -120,7 +128,7 @@ template <typename L, int VEC>
 __device__ __forceinline__ void ce_block(const L* __restrict__ logits,
                                          const unsigned* __restrict__ labels,
                                          const float* __restrict__ grad_scale, void* dlogits,
-                                         int out_f16, double* __restrict__ partial,
+                                         int out_kind, double* __restrict__ partial,
                                          float* __restrict__ loss, int rows, int classes,
                                          int cached) {
     constexpr int TP = TAIL_FLOATS / VEC;
@@ -184,25 +192,25 @@ __device__ __forceinline__ void ce_block(const L* __restrict__ logits,
         for (int i = t; i < cached; i += T) {
             float e[VEC];
             load<VEC>(cache, i, e);
-            ce_out<VEC>(dlogits, off, i, e, cw.ps, out_f16);
+            ce_out<VEC>(dlogits, off, i, e, cw.ps, out_kind);
         }
 #pragma unroll
         for (int u = 0; u < TP; ++u) {
             const int i = cached + u * T + t;
-            if (i < packs) ce_out<VEC>(dlogits, off, i, tail[u], cw.ps, out_f16);
+            if (i < packs) ce_out<VEC>(dlogits, off, i, tail[u], cw.ps, out_kind);
         }
         for (int i = rest + t; i < packs; i += T) {
             float e[VEC];
             load<VEC>(xr, i, e);
 #pragma unroll
             for (int k = 0; k < VEC; ++k) e[k] = exp_shifted(e[k], m);
-            ce_out<VEC>(dlogits, off, i, e, cw.ps, out_f16);
+            ce_out<VEC>(dlogits, off, i, e, cw.ps, out_kind);
         }
         // The thread that stored the label's pack: packs below `cached` and from `rest` on go
         // to threads by index mod T, the register packs by (index − cached) mod T.
         const int lp = int(label / VEC);
         const int owner = lp < cached ? lp % T : lp < rest ? (lp - cached) % T : (lp - rest) % T;
-        if (ok && owner == t) ce_label(xr, dlogits, off, label, m, cw, out_f16);
+        if (ok && owner == t) ce_label(xr, dlogits, off, label, m, cw, out_kind);
         if (t == 0) row_losses += double(ce_loss(xr, label, ok, m, cr.x, cr.y));
     }
     if (ce_ticket(partial, row_losses, T)) ce_total(partial, loss, rows);
@@ -256,13 +264,13 @@ __device__ __forceinline__ float2 group_sum2(float2 v, float2* red, int gid) {
 template <typename L>
 __device__ __forceinline__ double ce_finish_row(const L* __restrict__ logits,
                                                 const unsigned* __restrict__ labels,
-                                                void* dlogits, int out_f16, int row, int classes,
+                                                void* dlogits, int out_kind, int row, int classes,
                                                 float scale, float m, float c, float r) {
     const unsigned label = labels[row];
     const bool ok = label < unsigned(classes);
     const size_t off = size_t(row) * classes;
     const CeRow cw = ce_row(scale, ok, c + r);
-    if (ok) ce_label(logits + off, dlogits, off, label, m, cw, out_f16);
+    if (ok) ce_label(logits + off, dlogits, off, label, m, cw, out_kind);
     return double(ce_loss(logits + off, label, ok, m, c, r));
 }
 
@@ -276,7 +284,7 @@ template <typename L, int P, int W, bool PF>
 __device__ __forceinline__ void ce_groups(const L* __restrict__ logits,
                                           const unsigned* __restrict__ labels,
                                           const float* __restrict__ grad_scale, void* dlogits,
-                                          int out_f16, double* __restrict__ partial,
+                                          int out_kind, double* __restrict__ partial,
                                           float* __restrict__ loss, int rows, int classes) {
     constexpr int VEC = 16 / int(sizeof(L));
     constexpr int G = 32 * W;
@@ -325,7 +333,7 @@ __device__ __forceinline__ void ce_groups(const L* __restrict__ logits,
         c = cr.x;
         r = cr.y;
         const CeRow cw = ce_row(scale, ok, c + r);
-        packs_out<VEC, P>(dlogits, off, v, G, t, packs, cw.ps, out_f16);
+        packs_out<VEC, P>(dlogits, off, v, G, t, packs, cw.ps, out_kind);
         if (t == j % G) {
             d_row = row;
             d_m = m;
@@ -339,7 +347,7 @@ __device__ __forceinline__ void ce_groups(const L* __restrict__ logits,
                 group_bar(gid, G);
             }
             if (d_row >= 0) {
-                my_loss += ce_finish_row(logits, labels, dlogits, out_f16, d_row, classes, scale,
+                my_loss += ce_finish_row(logits, labels, dlogits, out_kind, d_row, classes, scale,
                                          d_m, d_c, d_r);
                 d_row = -1;
             }
@@ -363,18 +371,18 @@ constexpr int ce_rows_min_blocks(int vec, int p) { return vec * p <= 16 ? 1 : 2;
 #define SOFTMAX_CE_ROWS(T, L, V, P)                                                               \
     extern "C" __global__ void __launch_bounds__(ce_rows_bound(V, P), ce_rows_min_blocks(V, P))   \
         softmax_ce_rows_##T##_v##V##_p##P(const L* logits, const unsigned* labels,                \
-                                          const float* grad_scale, void* dlogits, int out_f16,    \
+                                          const float* grad_scale, void* dlogits, int out_kind,    \
                                           double* partial, float* loss, int rows, int classes,    \
                                           int group) {                                            \
-        ce_rows<L, V, P, false>(logits, labels, grad_scale, dlogits, out_f16, partial, loss,      \
+        ce_rows<L, V, P, false>(logits, labels, grad_scale, dlogits, out_kind, partial, loss,      \
                                 rows, classes, group);                                            \
     }                                                                                             \
     extern "C" __global__ void __launch_bounds__(ce_rows_bound(V, P))                             \
         softmax_ce_rows_pf_##T##_v##V##_p##P(const L* logits, const unsigned* labels,             \
                                              const float* grad_scale, void* dlogits,              \
-                                             int out_f16, double* partial, float* loss,           \
+                                             int out_kind, double* partial, float* loss,           \
                                              int rows, int classes, int group) {                  \
-        ce_rows<L, V, P, true>(logits, labels, grad_scale, dlogits, out_f16, partial, loss, rows, \
+        ce_rows<L, V, P, true>(logits, labels, grad_scale, dlogits, out_kind, partial, loss, rows, \
                                classes, group);                                                   \
     }
 #define SOFTMAX_CE(T, L, V)                                                                       \
@@ -384,8 +392,8 @@ constexpr int ce_rows_min_blocks(int vec, int p) { return vec * p <= 16 ? 1 : 2;
     SOFTMAX_CE_ROWS(T, L, V, 8)                                                                   \
     extern "C" __global__ void __launch_bounds__(1024) softmax_ce_block_##T##_v##V(               \
         const L* logits, const unsigned* labels, const float* grad_scale, void* dlogits,          \
-        int out_f16, double* partial, float* loss, int rows, int classes, int cached) {           \
-        ce_block<L, V>(logits, labels, grad_scale, dlogits, out_f16, partial, loss, rows,         \
+        int out_kind, double* partial, float* loss, int rows, int classes, int cached) {           \
+        ce_block<L, V>(logits, labels, grad_scale, dlogits, out_kind, partial, loss, rows,         \
                        classes, cached);                                                          \
     }
 SOFTMAX_CE(f32, float, 4)
@@ -393,22 +401,25 @@ SOFTMAX_CE(f32, float, 1)
 SOFTMAX_CE(f16, __half, 8)
 SOFTMAX_CE(f16, __half, 4)
 SOFTMAX_CE(f16, __half, 1)
+SOFTMAX_CE(bf16, __nv_bfloat16, 8)
+SOFTMAX_CE(bf16, __nv_bfloat16, 4)
+SOFTMAX_CE(bf16, __nv_bfloat16, 1)
 
 #define SOFTMAX_CE_GROUPS(T, L, P, W, MIN_BLOCKS, MIN_BLOCKS_PF)                                \
     extern "C" __global__ void __launch_bounds__(GROUP_BLOCK, MIN_BLOCKS)                       \
         softmax_ce_groups_##T##_p##P##_w##W(const L* logits, const unsigned* labels,            \
                                             const float* grad_scale, void* dlogits,             \
-                                            int out_f16, double* partial, float* loss,          \
+                                            int out_kind, double* partial, float* loss,          \
                                             int rows, int classes) {                            \
-        ce_groups<L, P, W, false>(logits, labels, grad_scale, dlogits, out_f16, partial, loss,  \
+        ce_groups<L, P, W, false>(logits, labels, grad_scale, dlogits, out_kind, partial, loss,  \
                                   rows, classes);                                               \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(GROUP_BLOCK, MIN_BLOCKS_PF)                    \
         softmax_ce_groups_pf_##T##_p##P##_w##W(const L* logits, const unsigned* labels,         \
                                                const float* grad_scale, void* dlogits,          \
-                                               int out_f16, double* partial, float* loss,       \
+                                               int out_kind, double* partial, float* loss,       \
                                                int rows, int classes) {                         \
-        ce_groups<L, P, W, true>(logits, labels, grad_scale, dlogits, out_f16, partial, loss,   \
+        ce_groups<L, P, W, true>(logits, labels, grad_scale, dlogits, out_kind, partial, loss,   \
                                  rows, classes);                                                \
     }
 // Resident 256-thread blocks asked of the compiler: 4 (64 registers) for up to 16 floats per
@@ -416,6 +427,7 @@ SOFTMAX_CE(f16, __half, 1)
 // with the prefetched row. f16: 8, 16, 32 floats per thread with one warp per row (up to 1024
 // classes), then 32 floats per thread with 2, 4, 8 warps per row (up to 8192). f32: 4, 8, 16
 // floats with one warp (up to 512), 16 with 2 and 4 warps, 32 with 4 and 8 warps (up to 8192).
+// bf16: f16's instances.
 SOFTMAX_CE_GROUPS(f16, __half, 1, 1, 4, 4)
 SOFTMAX_CE_GROUPS(f16, __half, 2, 1, 4, 4)
 SOFTMAX_CE_GROUPS(f16, __half, 4, 1, 4, 3)
@@ -429,3 +441,9 @@ SOFTMAX_CE_GROUPS(f32, float, 4, 2, 4, 3)
 SOFTMAX_CE_GROUPS(f32, float, 4, 4, 4, 3)
 SOFTMAX_CE_GROUPS(f32, float, 8, 4, 3, 2)
 SOFTMAX_CE_GROUPS(f32, float, 8, 8, 3, 2)
+SOFTMAX_CE_GROUPS(bf16, __nv_bfloat16, 1, 1, 4, 4)
+SOFTMAX_CE_GROUPS(bf16, __nv_bfloat16, 2, 1, 4, 4)
+SOFTMAX_CE_GROUPS(bf16, __nv_bfloat16, 4, 1, 4, 3)
+SOFTMAX_CE_GROUPS(bf16, __nv_bfloat16, 4, 2, 3, 3)
+SOFTMAX_CE_GROUPS(bf16, __nv_bfloat16, 4, 4, 3, 3)
+SOFTMAX_CE_GROUPS(bf16, __nv_bfloat16, 4, 8, 3, 3)

@@ -3,9 +3,13 @@
 // (exp_shifted, the c + r split, the label's gradient, the row loss) and the one-launch loss
 // total (per-block f64 partials, an acquire-release ticket, the last block's fixed-order sum).
 // The functions and their numerics are documented in softmax.cu's and cross_entropy.cu's headers.
+// Logits are f32, f16 or bf16 (widened exactly); the loss's gradients are written as f32, f16 or
+// bf16 by an output-kind code (OUT_F32, OUT_F16, OUT_BF16).
 #pragma once
 
 #include "common.cuh"
+
+#include <cuda_bf16.h>
 
 namespace softmax_detail {
 
@@ -28,6 +32,14 @@ __device__ __forceinline__ void load(const __half* __restrict__ row, int i, floa
     for (int k = 0; k < VEC; ++k) v[k] = __half2float(pk.v[k]);
 }
 
+template <int VEC>
+__device__ __forceinline__ void load(const __nv_bfloat16* __restrict__ row, int i,
+                                     float (&v)[VEC]) {
+    const Pack<__nv_bfloat16, VEC> pk = reinterpret_cast<const Pack<__nv_bfloat16, VEC>*>(row)[i];
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) v[k] = __bfloat162float(pk.v[k]);
+}
+
 // This thread's packs (i = p·group + t) of a row as stored, for converting later.
 template <typename L, int VEC, int P>
 __device__ __forceinline__ void load_raw(const L* __restrict__ row, int group, int t, int packs,
@@ -41,6 +53,7 @@ __device__ __forceinline__ void load_raw(const L* __restrict__ row, int group, i
 
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 
 template <int VEC>
 __device__ __forceinline__ void store(float* row, int i, const float (&v)[VEC]) {
@@ -50,15 +63,38 @@ __device__ __forceinline__ void store(float* row, int i, const float (&v)[VEC]) 
     reinterpret_cast<Pack<float, VEC>*>(row)[i] = pk;
 }
 
-// dlogits row `off`, pack i, as f16 (round to nearest even, overflow to ±inf) or f32.
+// The loss's output-kind codes (`Grad::OUT_KIND` in src/ops/cross_entropy/mod.rs): the type the
+// gradients are stored in.
+constexpr int OUT_F32 = 0;
+constexpr int OUT_F16 = 1;
+constexpr int OUT_BF16 = 2;
+
+// One gradient as stored for an out_kind: f16 (round to nearest even, overflow to ±inf), bf16
+// (round to nearest even, `half`'s bf16::from_f32 bit for bit, NaN included) or f32.
+__device__ __forceinline__ void store_one(void* out, size_t i, float g, int out_kind) {
+    if (out_kind == OUT_F16) {
+        static_cast<__half*>(out)[i] = __float2half_rn(g);
+    } else if (out_kind == OUT_BF16) {
+        static_cast<uint16_t*>(out)[i] = ampkit::f32_to_bf16_bits_exact(g);
+    } else {
+        static_cast<float*>(out)[i] = g;
+    }
+}
+
+// dlogits row `off`, pack i, as store_one stores each element.
 template <int VEC>
 __device__ __forceinline__ void store_out(void* out, size_t off, int i, const float (&v)[VEC],
-                                          int out_f16) {
-    if (out_f16) {
+                                          int out_kind) {
+    if (out_kind == OUT_F16) {
         Pack<__half, VEC> pk;
 #pragma unroll
         for (int k = 0; k < VEC; ++k) pk.v[k] = __float2half_rn(v[k]);
         reinterpret_cast<Pack<__half, VEC>*>(static_cast<__half*>(out) + off)[i] = pk;
+    } else if (out_kind == OUT_BF16) {
+        Pack<uint16_t, VEC> pk;
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) pk.v[k] = ampkit::f32_to_bf16_bits_exact(v[k]);
+        reinterpret_cast<Pack<uint16_t, VEC>*>(static_cast<uint16_t*>(out) + off)[i] = pk;
     } else {
         store<VEC>(static_cast<float*>(out) + off, i, v);
     }
@@ -237,11 +273,11 @@ __device__ __forceinline__ CeRow ce_row(float scale, bool ok, float s) {
 // Pack i of dlogits: e·(scale/s) everywhere (the label's element is rewritten by ce_label).
 template <int VEC>
 __device__ __forceinline__ void ce_out(void* dlogits, size_t off, int i, const float (&e)[VEC],
-                                       float ps, int out_f16) {
+                                       float ps, int out_kind) {
     float o[VEC];
 #pragma unroll
     for (int k = 0; k < VEC; ++k) o[k] = __fmul_rn(e[k], ps);
-    store_out<VEC>(dlogits, off, i, o, out_f16);
+    store_out<VEC>(dlogits, off, i, o, out_kind);
 }
 
 // The label's gradient, (e/s − 1)·scale with the exact quotient (the one element where the
@@ -250,14 +286,10 @@ __device__ __forceinline__ void ce_out(void* dlogits, size_t off, int i, const f
 // again from the logit, with the same operations as the pass that summed it: the same bits.
 template <typename L>
 __device__ __forceinline__ void ce_label(const L* __restrict__ row, void* dlogits, size_t off,
-                                         unsigned label, float m, const CeRow& c, int out_f16) {
+                                         unsigned label, float m, const CeRow& c, int out_kind) {
     const float e = exp_shifted(to_float(row[label]), m);
     const float g = __fmul_rn(__fsub_rn(__fdiv_rn(e, c.s), 1.f), c.scale);
-    if (out_f16) {
-        static_cast<__half*>(dlogits)[off + label] = __float2half_rn(g);
-    } else {
-        static_cast<float*>(dlogits)[off + label] = g;
-    }
+    store_one(dlogits, off + label, g, out_kind);
 }
 
 // (m − x_label) + ln s with ln s = ln c + log1p(r / c), or NaN for an out-of-range label. A
@@ -381,11 +413,11 @@ __device__ __forceinline__ void packs_exp_count(float (&v)[P][VEC], int stride, 
 // dlogits of the present packs: e·ps (the row at element `off` of dlogits).
 template <int VEC, int P>
 __device__ __forceinline__ void packs_out(void* dlogits, size_t off, const float (&v)[P][VEC],
-                                          int stride, int t, int packs, float ps, int out_f16) {
+                                          int stride, int t, int packs, float ps, int out_kind) {
 #pragma unroll
     for (int p = 0; p < P; ++p) {
         const int i = p * stride + t;
-        if (i < packs) ce_out<VEC>(dlogits, off, i, v[p], ps, out_f16);
+        if (i < packs) ce_out<VEC>(dlogits, off, i, v[p], ps, out_kind);
     }
 }
 

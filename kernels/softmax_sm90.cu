@@ -6,12 +6,16 @@
 // families share this module's device code; their host code is src/ops/softmax/sm90.rs (softmax)
 // and src/ops/cross_entropy/sm90.rs (the loss).
 //
+// Entry points: softmax_fwd_cluster_c{2,4,8}_p{4,8}, softmax_bwd_cluster_c{2,4,8}_p{2,4},
+//   softmax_ce_cluster_{f32,f16,bf16}_c{2,4,8}_p{P} (f32: P = 4, 8; f16 and bf16: P = 2, 4), the
+//   loss writing f32, f16 or bf16 gradients by its out_kind code (cross_entropy.cu).
 // What: the same functions, formulas and rounding as softmax.cu (forward: expf, a plain sum and an
 //   IEEE division; backward: y·(dy − Σ y·dy)) and cross_entropy.cu (exp_shifted, the c + r split,
 //   the label's exact gradient, the row loss, one-launch mean with a last-block ticket).
 // Algorithm: a cluster of C blocks (C = 2, 4, 8; `__cluster_dims__`, so a plain launch works) per
 //   row; grid = rows·C. Block `rank` holds packs [rank·span, (rank+1)·span) of the row in registers
-//   (span = ceil(packs / C); thread t holds packs t, t + T, …, P of them, VEC = 4 f32 or 8 f16).
+//   (span = ceil(packs / C); thread t holds packs t, t + T, …, P of them, VEC = 4 f32 or 8
+//   f16/bf16).
 //   Each reduction (max, then the sums) goes block-wide and then across the cluster through
 //   distributed shared memory (cluster.cuh's cluster_reduce_async: each block pushes its partials
 //   into every block's shared memory with st.async onto an mbarrier, and every block adds the C
@@ -22,7 +26,7 @@
 //   copy rate). Spread over 8 SMs each block holds 8192 floats in registers, like the 8192-column
 //   rows that run at ~90 %, and 3-4 clusters' blocks per SM overlap their phases.
 // Roofline (256×65 536): forward 8 B/element = 134 MB, backward 12 B = 201 MB, loss 8 B (f32) or
-//   4 B (f16); at the H100's ~3.0 TB/s copy: 45, 67, 45 and 22 µs.
+//   4 B (f16, bf16); at the H100's ~3.0 TB/s copy: 45, 67, 45 and 22 µs.
 #include "cluster.cuh"
 #include "softmax_common.cuh"
 
@@ -121,12 +125,13 @@ __device__ __forceinline__ void bwd_cluster(const float* __restrict__ y,
     }
 }
 
-// The loss, one row per cluster (see the header). L = float (VEC 4) or __half (VEC 8).
+// The loss, one row per cluster (see the header). L = float (VEC 4), __half or __nv_bfloat16
+// (VEC 8).
 template <typename L, int C, int P>
 __device__ __forceinline__ void ce_cluster(const L* __restrict__ logits,
                                            const unsigned* __restrict__ labels,
                                            const float* __restrict__ grad_scale, void* dlogits,
-                                           int out_f16, double* __restrict__ partial,
+                                           int out_kind, double* __restrict__ partial,
                                            float* __restrict__ loss, int rows, int classes) {
     constexpr int VEC = 16 / int(sizeof(L));
     __shared__ ClusterExchange<C, 2> ex;
@@ -148,11 +153,11 @@ __device__ __forceinline__ void ce_cluster(const L* __restrict__ logits,
     cluster_reduce_async<C, 2, false>(cr, ex, 1);
     const float scale = ce_scale(grad_scale, rows);
     const CeRow cw = ce_row(scale, ok, cr[0] + cr[1]);
-    packs_out<VEC, P>(dlogits, off, v, T, t, sl.count, cw.ps, out_f16);
+    packs_out<VEC, P>(dlogits, off, v, T, t, sl.count, cw.ps, out_kind);
     // The thread that stored the label's pack rewrites the label's element (program order).
     const int li = int(label / VEC) - sl.first;
     if (ok && li >= 0 && li < sl.count && li % T == t) {
-        ce_label(logits + row_off, dlogits, row_off, label, m[0], cw, out_f16);
+        ce_label(logits + row_off, dlogits, row_off, label, m[0], cw, out_kind);
     }
     if (cluster_rank() == 0) {
         const double row_loss =
@@ -190,16 +195,18 @@ SOFTMAX_CLUSTER_ALL(8)
     extern "C" __global__ void __cluster_dims__(C, 1, 1) __launch_bounds__(BOUND)                \
         softmax_ce_cluster_##T##_c##C##_p##P(const L* logits, const unsigned* labels,            \
                                              const float* grad_scale, void* dlogits,             \
-                                             int out_f16, double* partial, float* loss,          \
+                                             int out_kind, double* partial, float* loss,          \
                                              int rows, int classes) {                            \
-        ce_cluster<L, C, P>(logits, labels, grad_scale, dlogits, out_f16, partial, loss, rows,   \
+        ce_cluster<L, C, P>(logits, labels, grad_scale, dlogits, out_kind, partial, loss, rows,   \
                             classes);                                                            \
     }
 #define SOFTMAX_CE_CLUSTER_ALL(C)                   \
     SOFTMAX_CE_CLUSTER(f32, float, C, 4, 1024)      \
     SOFTMAX_CE_CLUSTER(f32, float, C, 8, 512)       \
     SOFTMAX_CE_CLUSTER(f16, __half, C, 2, 1024)     \
-    SOFTMAX_CE_CLUSTER(f16, __half, C, 4, 512)
+    SOFTMAX_CE_CLUSTER(f16, __half, C, 4, 512)      \
+    SOFTMAX_CE_CLUSTER(bf16, __nv_bfloat16, C, 2, 1024) \
+    SOFTMAX_CE_CLUSTER(bf16, __nv_bfloat16, C, 4, 512)
 SOFTMAX_CE_CLUSTER_ALL(2)
 SOFTMAX_CE_CLUSTER_ALL(4)
 SOFTMAX_CE_CLUSTER_ALL(8)

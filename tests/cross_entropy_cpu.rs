@@ -1,7 +1,7 @@
 //! CPU fused softmax-cross-entropy (`cpu::cross_entropy`): finite-difference gradient checks in
 //! f64, f32 and f16 against independent f64 formulas, property tests over shapes, stability and
-//! non-finite logits, thread-count independence, and argument checks. (Softmax's own tests are
-//! tests/softmax_cpu.rs.)
+//! non-finite logits, thread-count independence, argument checks, and bf16 logits and gradients.
+//! (Softmax's own tests are tests/softmax_cpu.rs.)
 
 mod common;
 
@@ -10,6 +10,7 @@ use ampkit::cpu::cross_entropy::softmax_cross_entropy;
 use ampkit::cpu::Element;
 use ampkit::{f16, Error};
 use common::{assert_all_written, assert_close, assert_invalid, assert_shape_error, rng};
+use half::bf16;
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -454,4 +455,32 @@ fn wrong_lengths_and_sizes_are_rejected() {
     assert_invalid(ce(&[], &[], 0, 3, &mut []), "rows is 0");
     assert_invalid(ce(&[], &[0], 1, 0, &mut []), "classes is 0");
     assert_eq!(unwritten(&out, poison()).len(), 7, "an output was written");
+}
+
+/// bf16 logits are widened exactly and bf16 gradients are the f64 gradients rounded once
+/// (`Element::from_f64`, nearest even), with the loss rounded to f32 as for f16 and f32; large
+/// enough for the parallel path.
+#[test]
+fn bf16_logits_and_gradients_round_once() {
+    let mut rng = rng("cpu cross-entropy bf16");
+    let (rows, classes) = (70, 1000);
+    let x: Vec<bf16> = logits(&mut rng, rows, classes, 20.0, 6.0)
+        .iter()
+        .map(|&v| bf16::from_f32(v))
+        .collect();
+    let l = labels(&mut rng, rows, classes);
+    let mut wide_out = vec![0.0f64; x.len()];
+    let want = softmax_cross_entropy(&x, &l, rows, classes, 65536.0, &mut wide_out).unwrap();
+    let mut out = vec![bf16::from_bits(0x7F81); x.len()];
+    let loss = softmax_cross_entropy(&x, &l, rows, classes, 65536.0, &mut out).unwrap();
+    assert_eq!(loss.to_bits(), (want as f32).to_bits());
+    let got: Vec<u16> = out.iter().map(|h| h.to_bits()).collect();
+    let rounded: Vec<u16> = (wide_out.iter())
+        .map(|&g| <bf16 as Element>::from_f64(g).to_bits())
+        .collect();
+    assert_eq!(got, rounded);
+    // The same loss from the f64 widening of the bf16 logits.
+    let mut again = vec![0.0f64; x.len()];
+    let same = softmax_cross_entropy(&wide(&x), &l, rows, classes, 65536.0, &mut again).unwrap();
+    assert_eq!((same.to_bits(), again), (want.to_bits(), wide_out));
 }

@@ -3,11 +3,11 @@
 //!
 //! Layout: `logits` and `dlogits` are row-major `[rows, classes]`, `labels` has one entry per row.
 //!
-//! For logits `x` of type `L` (f16, f32 or f64) and integer labels, per row
+//! For logits `x` of type `L` (f16, bf16, f32 or f64) and integer labels, per row
 //! `lossᵣ = (m − x_label) + ln Σⱼ exp(xⱼ − m)` (that is `logsumexp(x) − x_label`, arranged so a
 //! label at the max loses nothing to cancellation). The function returns `(Σᵣ lossᵣ) / rows`, the
 //! row losses added in row order (the same bits for any thread count) and rounded once to
-//! `D::Acc` (f32 for f16 and f32 gradients, the type the GPU writes its loss in; f64 for f64
+//! `D::Acc` (f32 for f16, bf16 and f32 gradients, the type the GPU writes its loss in; f64 for f64
 //! gradients, the reference the GPU tests compare with), and writes
 //! `dlogitsⱼ = (softmax(x)ⱼ − [j = label]) · (grad_scale / rows)`, rounded once to `D` by
 //! [`Element::from_f64`].

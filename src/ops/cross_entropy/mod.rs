@@ -5,8 +5,10 @@
 //! reported before anything is launched; the loss differs in where its inputs and output live
 //! (below).
 //!
-//! The kernels read 16 bytes of logits at a time (8 f16 or 4 f32) when `classes` is a multiple
-//! of that and both `logits` and `dlogits` are 16-byte aligned, else 4 or 1 elements. The launch
+//! Logits are f32, f16 or bf16 ([`Logit`]), gradients f32, f16 or bf16 ([`Grad`]), in any
+//! pairing; the math is f32 for all. The kernels read 16 bytes of logits at a time (8 f16 or bf16,
+//! 4 f32) when `classes` is a multiple of that and both `logits` and `dlogits` are 16-byte
+//! aligned, else 4 or 1 elements. The launch
 //! shapes (row groups of warps, a warp or block per row, shared memory, a thread-block cluster
 //! per row) and the row lengths that choose between them are stated in the kernels' headers,
 //! `kernels/cross_entropy.cu` and `kernels/softmax_sm90.cu`; the measurements behind them are in
@@ -40,7 +42,7 @@ use crate::ops::rows::{
 };
 use crate::validate;
 use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
-use half::f16;
+use half::{bf16, f16};
 use plan::{ce_forced, ce_plan, CeKernels, CeShape, GROUP_BLOCK};
 
 /// `["<prefix>_v{vec}_p1", … "_p8"]`: a loss kernel keeping the row in registers, for one access
@@ -61,7 +63,7 @@ mod sm90;
 pub(crate) mod tuning;
 use plan::{CeForce, GroupKernel};
 
-/// Logit types [`softmax_cross_entropy`] reads: f16 or f32.
+/// Logit types [`softmax_cross_entropy`] reads: f32, f16 or bf16 (widened exactly to f32).
 pub trait Logit: DeviceRepr + sealed::Sealed {
     /// Access widths the loss kernels are built for, widest first: 16 bytes of logits, then
     /// 4 elements, then 1.
@@ -151,31 +153,67 @@ impl Logit for f16 {
     const GROUPS_PREFETCH: bool = false;
     const CLUSTER: &'static [ClusterKernel] = sm90::F16_CLUSTER;
 }
+/// bf16 logits take f16's instances (the same widths), built for bf16.
+impl Logit for bf16 {
+    const VECS: &'static [usize] = &[8, 4, 1];
+    const ROWS: &'static [[&'static str; 4]] = &[
+        ce_rows_names!("softmax_ce_rows_bf16", "8"),
+        ce_rows_names!("softmax_ce_rows_bf16", "4"),
+        ce_rows_names!("softmax_ce_rows_bf16", "1"),
+    ];
+    const ROWS_PF: &'static [[&'static str; 4]] = &[
+        ce_rows_names!("softmax_ce_rows_pf_bf16", "8"),
+        ce_rows_names!("softmax_ce_rows_pf_bf16", "4"),
+        ce_rows_names!("softmax_ce_rows_pf_bf16", "1"),
+    ];
+    const BLOCK: &'static [&'static str] = &[
+        "softmax_ce_block_bf16_v8",
+        "softmax_ce_block_bf16_v4",
+        "softmax_ce_block_bf16_v1",
+    ];
+    const GROUPS: &'static [GroupKernel] = &[
+        group!("bf16", 1, 1),
+        group!("bf16", 2, 1),
+        group!("bf16", 4, 1),
+        group!("bf16", 4, 2),
+        group!("bf16", 4, 4),
+        group!("bf16", 4, 8),
+    ];
+    const GROUPS_PREFETCH: bool = false;
+    const CLUSTER: &'static [ClusterKernel] = sm90::BF16_CLUSTER;
+}
 
-/// Gradient types [`softmax_cross_entropy`] writes: f16 (round to nearest even, overflow to
-/// ±inf) or f32.
+/// Gradient types [`softmax_cross_entropy`] writes: f32, f16 (round to nearest even, overflow to
+/// ±inf from 65520) or bf16 (round to nearest even, bit for bit as `half::bf16::from_f32` on the
+/// kernel's f32 value: f32's range, 8 significant bits).
 pub trait Grad: DeviceRepr + sealed::Sealed {
-    /// The kernels' `out_f16` flag.
+    /// The kernels' `out_kind` code (`OUT_F32`, `OUT_F16`, `OUT_BF16` in
+    /// `kernels/softmax_common.cuh`).
     #[doc(hidden)]
-    const OUT_F16: i32;
+    const OUT_KIND: i32;
 }
 impl Grad for f32 {
-    const OUT_F16: i32 = 0;
+    const OUT_KIND: i32 = 0;
 }
 impl Grad for f16 {
-    const OUT_F16: i32 = 1;
+    const OUT_KIND: i32 = 1;
+}
+impl Grad for bf16 {
+    const OUT_KIND: i32 = 2;
 }
 
 mod sealed {
     pub trait Sealed {}
     impl Sealed for half::f16 {}
+    impl Sealed for half::bf16 {}
     impl Sealed for f32 {}
 }
 
-/// Access width of the loss: 16 bytes of logits (8 f16 or 4 f32: `widest`) when `classes` is a
-/// multiple and both row-major buffers are 16-byte aligned, else 4 elements when `classes % 4 ==
-/// 0` and both are aligned to 4 elements, else 1. (8 f32 per thread would be two 16-byte accesses
-/// 32 bytes apart, each using half of every 32-byte sector: measured slower.)
+/// Access width of the loss: 16 bytes of logits (8 f16/bf16 or 4 f32: `widest`) when `classes`
+/// is a multiple and both row-major buffers are 16-byte aligned, else 4 elements when
+/// `classes % 4 == 0` and both are aligned to 4 elements, else 1. (8 f32 per thread would be
+/// two 16-byte accesses 32 bytes apart, each using half of every 32-byte sector: measured
+/// slower.)
 pub(crate) fn ce_vec(
     classes: usize,
     widest: usize,
@@ -212,8 +250,8 @@ pub(super) fn ce_kernels<L: Logit>(gpu: &Gpu) -> CeKernels {
 /// `loss` (one f32 on the device) and `dlogits = (softmax(x) − onehot(label)) · grad_scale / rows`
 /// in one pass over the logits, without materialising the probabilities.
 ///
-/// `logits` and `dlogits` are `[rows, classes]` (f16 or f32 each), `labels` has `rows` entries,
-/// `grad_scale` and `loss` are one f32 each, all in device memory. The GPU twin of
+/// `logits` and `dlogits` are `[rows, classes]` (f32, f16 or bf16 each), `labels` has `rows`
+/// entries, `grad_scale` and `loss` are one f32 each, all in device memory. The GPU twin of
 /// [`crate::cpu::cross_entropy::softmax_cross_entropy`]: same argument checks and errors (before any
 /// launch), except that labels cannot be checked without a host synchronisation: an
 /// out-of-range label makes its row's loss and gradients NaN (see the [module docs](self)).
@@ -302,7 +340,7 @@ where
     // 8 bytes of completion counter, then one f64 per partial.
     gpu.with_ticket_scratch(8 + shape.partials(rows) * 8, |partial| {
         let mut args = KernelArgs::new();
-        args.push(xp).push(tp).push(sp).push(dp).push(D::OUT_F16);
+        args.push(xp).push(tp).push(sp).push(dp).push(D::OUT_KIND);
         args.push(partial).push(op).push(ri).push(ci);
         let mut module = &kernels::CROSS_ENTROPY;
         let (kernel, cfg) = match shape {
@@ -341,12 +379,13 @@ where
                 (kernel, cfg)
             }
         };
-        // SAFETY: softmax_ce_rows_{f32,f16}_v*_p*(const L* logits, const unsigned* labels,
-        // const float* grad_scale, void* dlogits, int out_f16, double* partial, float* loss,
-        // int rows, int classes, int group), softmax_ce_block_{f32,f16}_v*(…, int classes,
+        // SAFETY: softmax_ce_rows_{f32,f16,bf16}_v*_p*(const L* logits, const unsigned* labels,
+        // const float* grad_scale, void* dlogits, int out_kind, double* partial, float* loss,
+        // int rows, int classes, int group), softmax_ce_block_{f32,f16,bf16}_v*(…, int classes,
         // int cached), and softmax_ce_groups[_pf]_* and softmax_ce_cluster_* (…, int rows, int
-        // classes) match the arguments pushed for each shape, with L and out_f16 from the element
-        // types. logits and dlogits hold rows·classes elements, labels rows u32, grad_scale and
+        // classes) match the arguments pushed for each shape, with L (the instance's logit type)
+        // and out_kind (dlogits' element type, 2 or 4 bytes as the kernel stores) from the
+        // element types. logits and dlogits hold rows·classes elements, labels rows u32, grad_scale and
         // loss one f32 (checked above); 8- and 4-wide accesses only when classes is a multiple and
         // both row-major buffers are aligned for them; the ticket scratch holds the counter
         // (zero between launches) and one f64 per partial (block, or cluster = row); the plans
@@ -367,17 +406,18 @@ mod tests {
     #[test]
     fn every_kernel_name_exists_with_the_host_launch_bound() {
         let ce = kernels::CROSS_ENTROPY.ptx;
-        for g in f32::GROUPS.iter().chain(f16::GROUPS) {
+        for g in f32::GROUPS.iter().chain(f16::GROUPS).chain(bf16::GROUPS) {
             for name in [g.name, g.name_pf] {
                 assert_eq!(ptx_maxntid(ce, name), Some(256), "{name}");
             }
         }
-        for name in [f32::BLOCK, f16::BLOCK].concat() {
+        for name in [f32::BLOCK, f16::BLOCK, bf16::BLOCK].concat() {
             assert_eq!(ptx_maxntid(ce, name), Some(1024), "{name}");
         }
         for (vecs, rows, rows_pf, block) in [
             (f32::VECS, f32::ROWS, f32::ROWS_PF, f32::BLOCK),
             (f16::VECS, f16::ROWS, f16::ROWS_PF, f16::BLOCK),
+            (bf16::VECS, bf16::ROWS, bf16::ROWS_PF, bf16::BLOCK),
         ] {
             assert_eq!((rows.len(), block.len()), (vecs.len(), vecs.len()));
             assert_eq!(rows_pf.len(), vecs.len());
@@ -402,5 +442,11 @@ mod tests {
         assert_eq!(ce_vec(1028, 8, (0x1000, 2), (0x2010, 4)), 4);
         assert_eq!(ce_vec(1024, 4, (0x1004, 4), (0x2010, 4)), 1);
         assert_eq!((ce_vec_index::<f16>(4), ce_vec_index::<f32>(4)), (1, 0));
+        assert_eq!(ce_vec_index::<bf16>(8), 0);
+        assert_eq!(
+            (bf16::VECS, bf16::GROUPS.len()),
+            (f16::VECS, f16::GROUPS.len())
+        );
+        assert!(bf16::ROWS.iter().flatten().all(|n| n.contains("_bf16_")));
     }
 }

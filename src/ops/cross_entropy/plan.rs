@@ -353,6 +353,7 @@ mod tests {
     fn loss_shapes_fit_their_kernels() {
         all_shapes::<f32>();
         all_shapes::<f16>();
+        all_shapes::<half::bf16>();
     }
 
     #[test]

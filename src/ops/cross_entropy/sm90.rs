@@ -40,6 +40,8 @@ macro_rules! clusters {
 pub(super) const F32_CLUSTER: &[ClusterKernel] = clusters!("f32", 8, 4);
 /// The f16-logit cluster instances, smallest cluster first.
 pub(super) const F16_CLUSTER: &[ClusterKernel] = clusters!("f16", 4, 2);
+/// The bf16-logit cluster instances (f16's shapes), smallest cluster first.
+pub(super) const BF16_CLUSTER: &[ClusterKernel] = clusters!("bf16", 4, 2);
 
 /// The module, entry point and launch configuration of a cluster loss over `rows` rows in
 /// `blocks` blocks (`c`'s cluster size per row).
@@ -68,7 +70,7 @@ mod tests {
     #[test]
     fn every_kernel_name_exists_with_the_host_launch_bound() {
         let sm90 = kernels::SOFTMAX_SM90.ptx;
-        for k in F32_CLUSTER.iter().chain(F16_CLUSTER) {
+        for k in F32_CLUSTER.iter().chain(F16_CLUSTER).chain(BF16_CLUSTER) {
             assert_eq!(ptx_maxntid(sm90, k.name), Some(k.bound), "{}", k.name);
             assert!(
                 sm90.contains(&format!(".entry {}(", k.name))
