@@ -2,10 +2,11 @@
 // output (dx = dy where y > 0, else +0.0). (In the MLP the forward is usually the GEMM epilogue's;
 // this kernel serves activations the GEMM does not produce, e.g. LayerNorm outputs.)
 //
-// What: relu_{forward,backward}_f16_v{1,2,4,8}, relu_{forward,backward}_f32_v{1,2,4}; one
-//   instantiation per vector
-//   width V (elements per access); the host picks the widest V that the three pointers' alignment
-//   allows at some head offset (src/ops/relu.rs).
+// What: relu_{forward,backward}_f16_v{1,2,4,8}, relu_{forward,backward}_bf16_v{1,2,4,8},
+//   relu_{forward,backward}_f32_v{1,2,4}; one instantiation per element format and vector width
+//   V (elements per access); the host picks the widest V that the three pointers' alignment
+//   allows at some head offset (src/ops/relu.rs). f16 and bf16 share the 16-bit storage but not
+//   the bit pattern of +inf (0x7C00, 0x7F80), so the format is a tag type, not the storage width.
 // Numerics (bit-exact with src/cpu/relu.rs::backward): the test is done on bit patterns, so no
 //   value is converted or rounded: y > 0 exactly when y's sign bit is clear, y is not ±0 and not
 //   NaN, i.e. its bits lie in [1, +inf]; then dx takes dy's bits unchanged (NaN payloads, −0.0,
@@ -14,8 +15,8 @@
 //   [1, +inf] or x is NaN (src/cpu/relu.rs::forward: NaN stays NaN), else writes +0.0.
 // Launch: 1-D grid-stride, 256 threads, grid capped by the host at a wave of resident blocks;
 //   thread t also handles head element t (t < head < V) and tail element t (t < V).
-// Roofline: reads dy and y, writes dx: 6 B per f16 element, 12 B per f32 element; a compare and a
-//   select each. The default MLP's 4096×512 hidden gradient (f16, 12.6 MB) takes ~4 µs at the
+// Roofline: reads dy and y, writes dx: 6 B per f16 or bf16 element, 12 B per f32 element; a
+//   compare and a select each. The default MLP's 4096×512 hidden gradient (f16, 12.6 MB) takes ~4 µs at the
 //   device copy rate (~2.9 TB/s on the H100).
 #include "common.cuh"
 
@@ -24,32 +25,36 @@ using ampkit::Split;
 
 namespace relu_detail {
 
-// The bit pattern of +inf per storage width; y > 0 ⇔ 0 < bits(y) ≤ +inf.
-template <typename Bits>
-struct PositiveInfinity;
-template <>
-struct PositiveInfinity<uint16_t> {
-    static constexpr uint16_t bits = 0x7C00u;
+// The element formats: their storage and the bit pattern of +inf; y > 0 ⇔ 0 < bits(y) ≤ +inf.
+struct F16 {
+    using Bits = uint16_t;
+    static constexpr Bits inf = 0x7C00u;
 };
-template <>
-struct PositiveInfinity<uint32_t> {
-    static constexpr uint32_t bits = 0x7F800000u;
+struct Bf16 {
+    using Bits = uint16_t;
+    static constexpr Bits inf = 0x7F80u;
+};
+struct F32 {
+    using Bits = uint32_t;
+    static constexpr Bits inf = 0x7F800000u;
 };
 
-template <typename Bits>
+template <class Fmt>
 struct Backward {
+    using Bits = typename Fmt::Bits;
     static __device__ __forceinline__ Bits apply(Bits dy, Bits y) {
-        return (y != 0 && y <= PositiveInfinity<Bits>::bits) ? dy : Bits(0);
+        return (y != 0 && y <= Fmt::inf) ? dy : Bits(0);
     }
 };
 
 // Called with both operands = x.
-template <typename Bits>
+template <class Fmt>
 struct Forward {
+    using Bits = typename Fmt::Bits;
     static __device__ __forceinline__ Bits apply(Bits x, Bits) {
         constexpr Bits sign = Bits(Bits(1) << (8 * sizeof(Bits) - 1));
-        const bool nan = Bits(x & Bits(~sign)) > PositiveInfinity<Bits>::bits;
-        return (nan || (x != 0 && x <= PositiveInfinity<Bits>::bits)) ? x : Bits(0);
+        const bool nan = Bits(x & Bits(~sign)) > Fmt::inf;
+        return (nan || (x != 0 && x <= Fmt::inf)) ? x : Bits(0);
     }
 };
 
@@ -81,20 +86,24 @@ __device__ __forceinline__ void elementwise(const Bits* __restrict__ dy, const B
 
 using namespace relu_detail;
 
-// One extern "C" entry point per (type, V): stable, unmangled names for the host's module table.
-#define AMPKIT_RELU_BACKWARD(NAME, BITS, V)                                                       \
-    extern "C" __global__ void relu_backward_##NAME##_v##V(const BITS* dy, const BITS* y,         \
-                                                           BITS* dx, size_t n, size_t head) {    \
-        elementwise<V, Backward<BITS>>(dy, y, dx, n, head);                                       \
+// One extern "C" entry point per (format, V): stable, unmangled names for the host's module table.
+#define AMPKIT_RELU_BACKWARD(NAME, FMT, V)                                                        \
+    extern "C" __global__ void relu_backward_##NAME##_v##V(                                       \
+        const FMT::Bits* dy, const FMT::Bits* y, FMT::Bits* dx, size_t n, size_t head) {          \
+        elementwise<V, Backward<FMT>>(dy, y, dx, n, head);                                        \
     }                                                                                             \
-    extern "C" __global__ void relu_forward_##NAME##_v##V(const BITS* x, BITS* y, size_t n,       \
-                                                          size_t head) {                         \
-        elementwise<V, Forward<BITS>>(x, x, y, n, head);                                          \
+    extern "C" __global__ void relu_forward_##NAME##_v##V(const FMT::Bits* x, FMT::Bits* y,       \
+                                                          size_t n, size_t head) {               \
+        elementwise<V, Forward<FMT>>(x, x, y, n, head);                                           \
     }
-AMPKIT_RELU_BACKWARD(f16, uint16_t, 1)
-AMPKIT_RELU_BACKWARD(f16, uint16_t, 2)
-AMPKIT_RELU_BACKWARD(f16, uint16_t, 4)
-AMPKIT_RELU_BACKWARD(f16, uint16_t, 8)
-AMPKIT_RELU_BACKWARD(f32, uint32_t, 1)
-AMPKIT_RELU_BACKWARD(f32, uint32_t, 2)
-AMPKIT_RELU_BACKWARD(f32, uint32_t, 4)
+AMPKIT_RELU_BACKWARD(f16, F16, 1)
+AMPKIT_RELU_BACKWARD(f16, F16, 2)
+AMPKIT_RELU_BACKWARD(f16, F16, 4)
+AMPKIT_RELU_BACKWARD(f16, F16, 8)
+AMPKIT_RELU_BACKWARD(bf16, Bf16, 1)
+AMPKIT_RELU_BACKWARD(bf16, Bf16, 2)
+AMPKIT_RELU_BACKWARD(bf16, Bf16, 4)
+AMPKIT_RELU_BACKWARD(bf16, Bf16, 8)
+AMPKIT_RELU_BACKWARD(f32, F32, 1)
+AMPKIT_RELU_BACKWARD(f32, F32, 2)
+AMPKIT_RELU_BACKWARD(f32, F32, 4)

@@ -1,4 +1,5 @@
-//! GPU ReLU forward and backward (`ops::relu`) vs the CPU reference, bit for bit, in f16 and f32:
+//! GPU ReLU forward and backward (`ops::relu`) vs the CPU reference, bit for bit, in f16, bf16 and
+//! f32 (every bf16 test a `bf16_` twin of the f16 one):
 //! every bit pattern (NaN payloads, ±inf, −0.0, subnormals) in both the gradient and the forward
 //! output, lengths around the vector widths, views at offsets that force every vector width and
 //! head, poisoned outputs all written, and length errors naming the operand.
@@ -11,6 +12,7 @@ use ampkit::ops::relu::{backward, forward, ReluElement};
 use ampkit::{f16, Error};
 use common::{assert_all_written, assert_bits_eq, gpu, rng};
 use cudarc::driver::DeviceRepr;
+use half::bf16;
 use rand::rngs::StdRng;
 use rand::Rng;
 
@@ -42,6 +44,32 @@ impl Bits for f16 {
     ];
     fn random(rng: &mut StdRng) -> f16 {
         f16::from_bits(rng.gen())
+    }
+    fn bits(self) -> u16 {
+        self.to_bits()
+    }
+}
+
+impl Bits for bf16 {
+    type U = u16;
+    const POISON: bf16 = bf16::from_bits(0x7FA5);
+    const SPECIALS: &'static [bf16] = &[
+        bf16::from_bits(0x0000),
+        bf16::from_bits(0x8000),
+        bf16::from_bits(0x0001),
+        bf16::from_bits(0x8001),
+        bf16::from_bits(0x7F80),
+        bf16::from_bits(0xFF80),
+        bf16::from_bits(0x7FC0),
+        bf16::from_bits(0xFFC1),
+        bf16::from_bits(0x7F81),
+        bf16::from_bits(0x7F7F),
+        // f16's +inf bit pattern: an ordinary positive bf16.
+        bf16::from_bits(0x7C00),
+        bf16::from_bits(0x7C01),
+    ];
+    fn random(rng: &mut StdRng) -> bf16 {
+        bf16::from_bits(rng.gen())
     }
     fn bits(self) -> u16 {
         self.to_bits()
@@ -172,6 +200,17 @@ fn forward_matches_the_reference_bit_for_bit() {
     assert!(matches!(e, Error::ShapeMismatch { .. }), "{e}");
 }
 
+#[test]
+fn bf16_forward_matches_the_reference_bit_for_bit() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = rng("gpu relu forward bf16");
+    for n in [0, 1, 7, 8, 9, 17, 4097, (1 << 20) + 3] {
+        for off in [[0, 0], [1, 1], [0, 3], [5, 2]] {
+            check_forward::<bf16>(&gpu, &mut rng, n, off);
+        }
+    }
+}
+
 fn matches_the_reference<T: Bits>(label: &str) {
     let Some(gpu) = gpu() else { return };
     let mut rng = rng(label);
@@ -193,6 +232,11 @@ fn matches_the_reference<T: Bits>(label: &str) {
 #[test]
 fn f16_matches_the_reference_bit_for_bit() {
     matches_the_reference::<f16>("gpu relu backward f16");
+}
+
+#[test]
+fn bf16_matches_the_reference_bit_for_bit() {
+    matches_the_reference::<bf16>("gpu relu backward bf16");
 }
 
 #[test]
@@ -221,6 +265,45 @@ fn every_f16_output_pattern_against_every_sign() {
         .filter(|&i| got[i].to_bits() == dy[i].to_bits())
         .count();
     assert_eq!(passed, 0x7C00);
+}
+
+/// Every bf16 pattern, in both directions: only 0x0001..=0x7F80 (positive, finite or +inf; f16's
+/// +inf pattern 0x7C00 is an ordinary bf16) pass the gradient, and the forward keeps those and
+/// the NaNs (bits unchanged), writing +0 elsewhere.
+#[test]
+fn every_bf16_output_pattern_against_every_sign() {
+    let Some(gpu) = gpu() else { return };
+    let y: Vec<bf16> = (0..=u16::MAX).map(bf16::from_bits).collect();
+    let dy: Vec<bf16> = (0..=u16::MAX)
+        .map(|i| bf16::from_bits((i ^ 0x5555) | 1))
+        .collect();
+    let mut want = vec![bf16::ZERO; y.len()];
+    relu::backward(&dy, &y, &mut want).unwrap();
+    let mut dx = gpu.upload(&vec![bf16::ONE; y.len()]).unwrap();
+    let (dy_dev, y_dev) = (gpu.upload(&dy).unwrap(), gpu.upload(&y).unwrap());
+    backward(&gpu, &dy_dev, &y_dev, &mut dx).unwrap();
+    let got = gpu.download(&dx).unwrap();
+    let bits = |v: &[bf16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_bits_eq("all bf16 patterns", &bits(&got), &bits(&want), |i| y[i]);
+    let passed = (0..y.len())
+        .filter(|&i| got[i].to_bits() == dy[i].to_bits())
+        .count();
+    assert_eq!(passed, 0x7F80);
+
+    let mut want = vec![bf16::ZERO; y.len()];
+    relu::forward(&y, &mut want).unwrap();
+    let mut out = gpu.upload(&vec![bf16::ONE; y.len()]).unwrap();
+    forward(&gpu, &y_dev, &mut out).unwrap();
+    let got = gpu.download(&out).unwrap();
+    assert_bits_eq(
+        "all bf16 patterns, forward",
+        &bits(&got),
+        &bits(&want),
+        |i| y[i],
+    );
+    let kept = (0..y.len()).filter(|&i| got[i].to_bits() == y[i].to_bits() && i != 0);
+    // 0x0001..=0x7F80, and the NaNs: 0x7F81..=0x7FFF, 0xFF81..=0xFFFF.
+    assert_eq!(kept.count(), 0x7F80 + 2 * 0x7F);
 }
 
 #[test]

@@ -25,7 +25,8 @@ pub(crate) fn relu(x: f32) -> f32 {
     }
 }
 
-/// `y[i] = relu(x[i])`, computed in f32 and rounded to `T` (exact for f16, f32 and f64 inputs).
+/// `y[i] = relu(x[i])`, computed in f32 and rounded to `T` (exact for f16, bf16, f32 and f64
+/// inputs).
 /// Errors: [`Error::ShapeMismatch`] unless the lengths agree.
 ///
 /// [`Error::ShapeMismatch`]: crate::Error::ShapeMismatch
@@ -103,6 +104,25 @@ mod tests {
         backward(&dy, &y, &mut dx).unwrap();
         let bits: Vec<u16> = dx.iter().map(|v| v.to_bits()).collect();
         assert_eq!(bits, [0x4200, 0, 0, 0x4200, 0]);
+    }
+
+    #[test]
+    fn forward_and_backward_on_bf16() {
+        use half::bf16;
+        // 1, −1, −0, bf16's largest, +inf, −inf, a NaN with a payload, the smallest subnormal.
+        let bits = [
+            0x3F80u16, 0xBF80, 0x8000, 0x7F7F, 0x7F80, 0xFF80, 0x7FC1, 0x0001,
+        ];
+        let x: Vec<bf16> = bits.iter().map(|&b| bf16::from_bits(b)).collect();
+        let mut y = vec![bf16::ZERO; x.len()];
+        forward(&x, &mut y).unwrap();
+        let got: Vec<u16> = y.iter().map(|v| v.to_bits()).collect();
+        assert_eq!(got, [0x3F80, 0, 0, 0x7F7F, 0x7F80, 0, 0x7FC1, 0x0001]);
+        let dy = vec![bf16::from_bits(0xC040); x.len()]; // −3
+        let mut dx = vec![bf16::ONE; x.len()];
+        backward(&dy, &y, &mut dx).unwrap();
+        let got: Vec<u16> = dx.iter().map(|v| v.to_bits()).collect();
+        assert_eq!(got, [0xC040, 0, 0, 0xC040, 0xC040, 0, 0, 0xC040]);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! `dx[i] = dy[i]` where the forward output `y[i] > 0`, else `+0.0`; bit-exact with the CPU for
 //! every input: the kernel tests and copies bit patterns, so `dy`'s NaN payloads, `-0.0`,
 //! subnormals and infinities pass through unchanged, and a NaN, `±0` or negative `y` gives
-//! `+0.0`. f16 and f32, views at any offset and of any length; vector accesses of up to 16
+//! `+0.0`. f16, bf16 and f32, views at any offset and of any length; vector accesses of up to 16
 //! bytes where the three pointers' alignment allows. Work is queued on [`Gpu::stream`]; nothing
 //! synchronises.
 
@@ -17,15 +17,16 @@ use crate::kernels;
 use crate::ops::plan::{elementwise_launch, vector_plan, Operand};
 use crate::validate;
 use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
-use half::f16;
+use half::{bf16, f16};
 
 mod sealed {
     pub trait Sealed {}
     impl Sealed for half::f16 {}
+    impl Sealed for half::bf16 {}
     impl Sealed for f32 {}
 }
 
-/// An element type [`forward`] and [`backward`] run on: f16 or f32.
+/// An element type [`forward`] and [`backward`] run on: f16, bf16 or f32.
 pub trait ReluElement: DeviceRepr + sealed::Sealed {
     /// The backward kernels per vector width, widest first (elements per access).
     #[doc(hidden)]
@@ -47,6 +48,22 @@ impl ReluElement for f16 {
         (4, "relu_forward_f16_v4"),
         (2, "relu_forward_f16_v2"),
         (1, "relu_forward_f16_v1"),
+    ];
+}
+
+/// bf16: the same bit tests as f16 with bf16's +inf (0x7F80).
+impl ReluElement for bf16 {
+    const KERNELS: &'static [(usize, &'static str)] = &[
+        (8, "relu_backward_bf16_v8"),
+        (4, "relu_backward_bf16_v4"),
+        (2, "relu_backward_bf16_v2"),
+        (1, "relu_backward_bf16_v1"),
+    ];
+    const FORWARD: &'static [(usize, &'static str)] = &[
+        (8, "relu_forward_bf16_v8"),
+        (4, "relu_forward_bf16_v4"),
+        (2, "relu_forward_bf16_v2"),
+        (1, "relu_forward_bf16_v1"),
     ];
 }
 
@@ -110,7 +127,8 @@ pub fn forward<T: ReluElement>(
     let mut args = KernelArgs::new();
     args.push(x_ptr).push(y_ptr).push(n).push(plan.head);
     let cfg = elementwise_launch(gpu, n, plan);
-    // SAFETY: relu_forward_{f16,f32}_v*(const T* x, T* y, size_t n, size_t head) matches; both
+    // SAFETY: relu_forward_{f16,bf16,f32}_v*(const T* x, T* y, size_t n, size_t head) matches
+    // (the instance of T's format, T::FORWARD); both
     // pointers hold n elements (checked above), are element-aligned and vector-aligned after
     // `head` (vector_plan), and their guards outlive the launch.
     unsafe { gpu.launch(&kernels::RELU, kernel, cfg, &args) }
@@ -158,9 +176,35 @@ pub fn backward<T: ReluElement>(
         .push(n)
         .push(plan.head);
     let cfg = elementwise_launch(gpu, n, plan);
-    // SAFETY: relu_backward_{f16,f32}_v*(const T* dy, const T* y, T* dx, size_t n, size_t head)
-    // matches, with T the kernel's storage width (T::KERNELS); the three pointers hold n
+    // SAFETY: relu_backward_{f16,bf16,f32}_v*(const T* dy, const T* y, T* dx, size_t n,
+    // size_t head) matches, with T the kernel's format and storage width (T::KERNELS); the three pointers hold n
     // elements (checked above), are element-aligned and vector-aligned after `head`
     // (vector_plan), and their guards outlive the launch.
     unsafe { gpu.launch(&kernels::RELU, kernel, cfg, &args) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kernel_name_exists() {
+        let ptx = kernels::RELU.ptx;
+        let tables = [
+            (f16::KERNELS, f16::FORWARD),
+            (bf16::KERNELS, bf16::FORWARD),
+            (f32::KERNELS, f32::FORWARD),
+        ];
+        for (backward, forward) in tables {
+            assert_eq!(backward.len(), forward.len());
+            for (&(w, b), &(v, f)) in backward.iter().zip(forward) {
+                assert_eq!(w, v);
+                for name in [b, f] {
+                    assert!(name.ends_with(&format!("_v{w}")), "{name}");
+                    assert!(ptx.contains(&format!(".entry {name}(")), "{name}");
+                }
+            }
+        }
+        assert!(bf16::KERNELS.iter().all(|(_, n)| n.contains("_bf16_")));
+    }
 }
