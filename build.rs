@@ -57,6 +57,7 @@ const PORTABLE_SASS: &[&str] = &["sm_80", "sm_86", "sm_89", "sm_90"];
 const HOPPER_ONLY: &[&str] = &[
     "gemm_sm90",
     "gemm_sm90_bf16",
+    "gemm_fp8",
     "softmax_sm90",
     "layernorm_sm90",
     "augment_pdl",

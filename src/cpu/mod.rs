@@ -19,6 +19,7 @@ pub mod clip;
 pub mod cross_entropy;
 pub mod fp8;
 pub mod gemm;
+pub mod gemm_fp8;
 #[cfg(test)]
 pub(crate) mod head;
 pub mod layernorm;

@@ -15,6 +15,7 @@
 //! | [`scaler`] | f32 scale, i32 tracker | f64 products rounded once | bit-exact |
 //! | [`optim`] | f32 masters and moments, f16 copies | f32, no FMA; scalars in f64 | bit-exact (NaN payloads aside) |
 //! | [`gemm`] | f16 or bf16 in, the same or f32 out | f32 accumulation (tensor cores) | `1e-5·√k + 1e-5·\|ref\|` per element, rel. L2 ≤ 1e-3 (16-bit out: + half an ulp) |
+//! | [`gemm_fp8`] | E4M3/E5M2 in (Hopper), f32/f16/bf16 out | tensor-core FP8 accumulation, `fma(acc, scale, bias)` | `⌈k/32⌉·2⁻¹³·scale·Σ\|A·B\|` per element, rel. L2 ≤ 1e-2 |
 //! | [`blas`] | f32 (and the f16/bf16 reference) | cuBLAS, true f32 (no TF32) | to summation order |
 //! | [`layernorm`] | f32 | f32 tree sums | 1e-5 of each element's scale |
 //! | [`softmax`] | f32 | f32 (reference in f64) | 1e-5 relative |
@@ -53,6 +54,7 @@ pub mod cast;
 pub mod cross_entropy;
 pub mod fp8;
 pub mod gemm;
+pub mod gemm_fp8;
 pub(crate) mod head;
 pub mod layernorm;
 pub mod optim;

@@ -57,7 +57,7 @@ use crate::shape::{GemmShape, Layout};
 use crate::validate;
 
 mod plan;
-mod sm90;
+pub(crate) mod sm90;
 use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
 use half::{bf16, f16};
 #[doc(hidden)]

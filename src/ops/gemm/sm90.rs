@@ -22,7 +22,7 @@ const BOX_MN: u32 = 64;
 /// A CUDA tensor map (128 opaque bytes, 64-byte aligned) passed to the kernel by value.
 #[repr(C, align(64))]
 #[derive(Clone, Copy)]
-struct TensorMap(CUtensorMap);
+pub(crate) struct TensorMap(CUtensorMap);
 
 // SAFETY: 128 bytes of plain data that the kernel declares as a 128-byte, 64-byte aligned
 // `__grid_constant__` struct.
@@ -56,14 +56,37 @@ pub(crate) struct Operand {
 /// Encodes the tensor map of one operand: 128-byte swizzle, zero fill past the edges. A K-major
 /// operand is read as boxes of `tile_rows` rows × 64 K, an M/N-major one as 64 K rows × 64.
 fn tensor_map(op: &Operand, element: TmaElement) -> Result<TensorMap> {
-    const WHAT: &str = "encoding a TMA tensor map for the Hopper GEMM";
-    let dims = [op.inner as u64, op.outer as u64];
-    let strides = [op.inner as u64 * 2];
     let boxes = if op.k_major {
         [BOX_K, op.tile_rows as u32]
     } else {
         [BOX_MN, BOX_K]
     };
+    let dtype = match element {
+        TmaElement::F16 => CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+        TmaElement::Bf16 => CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+    };
+    tensor_map_2d(op.ptr, dtype, 2, [op.inner, op.outer], boxes).map_err(|source| Error::Driver {
+        context: format!(
+            "encoding a TMA tensor map for the Hopper GEMM ({} × {} elements, box {:?}); the \
+             operand must be 16-byte aligned with a contiguous dimension that is a multiple of 8",
+            op.outer, op.inner, boxes
+        ),
+        source,
+    })
+}
+
+/// Encodes a 2-D tensor map over `dims = [inner, outer]` elements of `elem_bytes` bytes each
+/// (row pitch `inner·elem_bytes`) read as boxes of `boxes = [inner, outer]` elements, with the
+/// 128-byte swizzle and zero fill past the edges (also used by the FP8 GEMM, `super::fp8`).
+pub(crate) fn tensor_map_2d(
+    ptr: u64,
+    dtype: CUtensorMapDataType,
+    elem_bytes: usize,
+    dims: [usize; 2],
+    boxes: [u32; 2],
+) -> std::result::Result<TensorMap, DriverError> {
+    let dims = [dims[0] as u64, dims[1] as u64];
+    let strides = [dims[0] * elem_bytes as u64];
     let element_strides = [1u32, 1];
     let mut map = std::mem::MaybeUninit::<CUtensorMap>::zeroed();
     // SAFETY: every pointer refers to a live local array of the length the rank (2) implies;
@@ -72,12 +95,9 @@ fn tensor_map(op: &Operand, element: TmaElement) -> Result<TensorMap> {
     let rc = unsafe {
         cuTensorMapEncodeTiled(
             map.as_mut_ptr(),
-            match element {
-                TmaElement::F16 => CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
-                TmaElement::Bf16 => CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
-            },
+            dtype,
             2,
-            op.ptr as *mut std::ffi::c_void,
+            ptr as *mut std::ffi::c_void,
             dims.as_ptr(),
             strides.as_ptr(),
             boxes.as_ptr(),
@@ -89,14 +109,7 @@ fn tensor_map(op: &Operand, element: TmaElement) -> Result<TensorMap> {
         )
     };
     if rc != CUresult::CUDA_SUCCESS {
-        return Err(Error::Driver {
-            context: format!(
-                "{WHAT} ({} × {} elements, box {:?}); the operand must be 16-byte aligned with a \
-                 contiguous dimension that is a multiple of 8",
-                op.outer, op.inner, boxes
-            ),
-            source: DriverError(rc),
-        });
+        return Err(DriverError(rc));
     }
     // SAFETY: the call succeeded and filled all 128 bytes.
     Ok(TensorMap(unsafe { map.assume_init() }))

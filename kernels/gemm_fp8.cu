@@ -1,0 +1,313 @@
+// gemm_fp8.cu — FP8 (E4M3/E5M2) GEMM with f32 accumulation and a scaled f32/f16/bf16 output on
+// Hopper tensor cores (wgmma + TMA), sm_90a only.
+//
+// What: D[m,n] = scale · Σ_k A[m,k]·B[n,k] (+ bias[n]), A [M,K] and B [N,K] row-major FP8 codes
+// (both K-major: FP8 wgmma reads no transposed operand), scale = a_scale_inv[0] · b_scale_inv[0]
+// read from device memory (the delayed-scaling recipe's per-tensor inverse scales), one fma
+// `acc·scale + bias` in f32, then one rounding (nearest even) to the output type. The format of
+// each operand is chosen per launch: E4M3×E4M3 (forward), E5M2×E4M3 / E4M3×E5M2 (gradients in
+// Transformer Engine's HYBRID recipe), and E5M2×E5M2. Host side: src/ops/gemm/fp8.rs; CPU twin:
+// src/cpu/gemm_fp8.rs.
+//
+// Algorithm: the persistent, clustered, warp-specialised pipeline of gemm_sm90.cu (v12), for
+// 1-byte operands:
+//   - one block per SM walks a list of work units; blocks come in clusters of 2 that take
+//     vertically adjacent tiles (rows m0 and m0 + BM) of one column strip, so each loads half of
+//     the shared B tile with a TMA multicast into both blocks and its own A tile;
+//   - warpgroup 0 (producer, one thread): cp.async.bulk.tensor loads of BK = 128 deep stages
+//     (128 FP8 = one 128-byte swizzled row per operand row) into a ring of STAGES stages, each
+//     completing on its "full" mbarrier; "empty" mbarriers count the consumer warps of both
+//     blocks that must release a stage before it is refilled;
+//   - warpgroups 1 and 2 (consumers): per stage 4 × wgmma.m64nNk32 (k32 = 32 bytes along the
+//     swizzled row) per 64-row slice, one wgmma group kept in flight across stages;
+//     cooperative (both consumers on one tile, 64 rows each) or ping-pong (each consumer whole
+//     tiles in turn, so one's epilogue overlaps the other's main loop);
+//   - epilogue per consumer warpgroup, 32 columns at a time through a private f32 staging buffer,
+//     stored as row segments (16-byte f32 / 8-byte 16-bit stores).
+// TMA zero-fills past M, N and K, so tails cost no code; K must be a multiple of 16 (the row
+// pitch of a tensor map is a multiple of 16 bytes) and A, B 16-byte aligned: the host checks.
+//
+// Configs (tile BM×BN×BK, consumer shape, stages, dynamic shared memory):
+//   pp128: 128×128×128, ping-pong (2 × m64n128 per consumer per k32), 6 × 32 KB, 218 KB
+//   p256:  128×256×128, cooperative (1 × m64n256 per consumer),       4 × 48 KB, 214 KB
+//   pp64:   64×256×128, ping-pong (1 × m64n256 per consumer),          5 × 40 KB, 222 KB
+// Launch: grid (2·clusters, 1, 1), at most one block per SM, 384 threads, cluster dims (2,1,1)
+// compiled in; dynamic shared memory as above (including 1 KB to align the tiles to the
+// 128-byte swizzle's 1024-byte period).
+// Roofline (H100 SXM): 8192³ is 1.10 TFLOP, 0.56 ms at the 1979 TFLOP/s dense FP8 peak; the
+// operands are 128 MiB (each read once: 0.04 ms at 3.35 TB/s), so it is compute-bound. Per stage a
+// p256 block takes 32 KB out of L2 (A 16 KB + half of B) for 8.4 MFLOP: 4.9 TB/s of L2 traffic
+// at 1300 TFLOP/s; pp128 and pp64 take 24 KB per 4.2 MFLOP, 7.4 TB/s.
+#include "common.cuh"
+#include "wgmma.cuh"
+#include "wgmma_fp8.cuh"
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+namespace gemm_fp8_detail {
+
+using namespace wgmma;
+using wgmma_fp8::Fp8Mma;
+using wgmma_fp8::FP8_E4M3;
+using wgmma_fp8::FP8_E5M2;
+
+constexpr int BK = 128;  // elements = bytes: one swizzled 128-byte row per operand row
+constexpr int THREADS = 384;
+constexpr int CLUSTER = 2;
+constexpr int SLICE_BYTES = 64 * BK;  // one 64-row slice of a stage's A tile
+constexpr int EPI_COLS = 32, EPI_LD = EPI_COLS + 8;  // LD ≡ 8 (mod 32): conflict-free float2 writes
+constexpr int EPI_BYTES = 64 * EPI_LD * 4;
+constexpr int OUT_F32 = 0, OUT_F16 = 1, OUT_BF16 = 2;  // out_kind, as src/ops/gemm/fp8.rs passes it
+
+// Four adjacent results of one row (columns col..col+3, already scaled and biased), rounded to
+// the output type; one 16-byte (f32) or 8-byte (16-bit) store when all four are inside and `vec`
+// says the row pitch and base allow it.
+__device__ __forceinline__ void store4(void* C, int out_kind, int N, int row, int col, float4 v,
+                                       bool vec) {
+    const size_t idx = size_t(row) * N + col;
+    const int n_here = min(4, N - col);
+    const float r[4] = {v.x, v.y, v.z, v.w};
+    if (out_kind == OUT_F32) {
+        float* p = static_cast<float*>(C) + idx;
+        if (vec && n_here == 4) {
+            *reinterpret_cast<float4*>(p) = v;
+        } else {
+            for (int q = 0; q < n_here; ++q) p[q] = r[q];
+        }
+    } else if (out_kind == OUT_F16) {
+        __half* p = static_cast<__half*>(C) + idx;
+        if (vec && n_here == 4) {
+            __half2 h[2] = {__floats2half2_rn(v.x, v.y), __floats2half2_rn(v.z, v.w)};
+            *reinterpret_cast<uint2*>(p) = *reinterpret_cast<const uint2*>(h);
+        } else {
+            for (int q = 0; q < n_here; ++q) p[q] = __float2half_rn(r[q]);
+        }
+    } else {
+        __nv_bfloat16* p = static_cast<__nv_bfloat16*>(C) + idx;
+        if (vec && n_here == 4) {
+            __nv_bfloat162 h[2] = {__floats2bfloat162_rn(v.x, v.y), __floats2bfloat162_rn(v.z, v.w)};
+            *reinterpret_cast<uint2*>(p) = *reinterpret_cast<const uint2*>(h);
+        } else {
+            for (int q = 0; q < n_here; ++q) p[q] = __float2bfloat16_rn(r[q]);
+        }
+    }
+}
+
+// The output tile of work unit u for block `rank` of a cluster: units run over pairs of
+// tile-rows × tile-columns, in raster groups of `group` pair-rows that sweep the tile-columns
+// together (so the group's B strips stay in L2).
+template <int BM, int BN>
+__device__ __forceinline__ int2 unit_at(int u, int rank, int M, int N, int group) {
+    const int tiles_m = (M + BM - 1) / BM, tiles_n = (N + BN - 1) / BN;
+    const int pair_rows = (tiles_m + 1) / 2;
+    const int g = u / (group * tiles_n), first = g * group, rows = min(pair_rows - first, group);
+    const int pr = first + (u % (group * tiles_n)) % rows, tn = (u % (group * tiles_n)) / rows;
+    return make_int2((2 * pr + rank) * BM, tn * BN);
+}
+
+template <int BM, int BN, int STAGES, bool PINGPONG, int FA, int FB>
+__device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& tb, void* C,
+                                         const float* bias, const float* a_scale_inv,
+                                         const float* b_scale_inv, int M, int N, int K,
+                                         int out_kind, int group_m) {
+    constexpr int A_BYTES = BM * BK, B_BYTES = BN * BK;
+    constexpr int STAGE_BYTES = A_BYTES + B_BYTES, B_HALF = B_BYTES / CLUSTER;
+    // 64-row slices of a tile per consumer: ping-pong consumers take whole tiles, cooperative
+    // ones one slice each of a 128-row tile.
+    constexpr int SLICES = PINGPONG ? BM / 64 : 1;
+    static_assert(PINGPONG || BM == 128, "a cooperative tile is one 64-row slice per consumer");
+    static_assert(SLICES * BN / 2 <= 128, "at most 128 accumulators per thread");
+    static_assert(A_BYTES % 1024 == 0 && B_HALF % 1024 == 0, "tiles start on the swizzle period");
+
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    // Same offsets in both blocks of a cluster (same kernel, same dynamic shared memory base):
+    // the multicast loads and remote arrives rely on it.
+    const uint32_t base = (smem_addr(smem_raw) + 1023) & ~1023u;
+    const uint32_t sA = base, sB = base + STAGES * A_BYTES, sEpi = sB + STAGES * B_BYTES;
+    const uint32_t bars = sEpi + 2 * EPI_BYTES;  // full[STAGES], empty[STAGES], order[2]
+    auto full = [&](int s) { return bars + 8 * s; };
+    auto empty = [&](int s) { return bars + 8 * (STAGES + s); };
+    // Ping-pong turn barriers: order[w] completes a phase when the other consumer has passed all
+    // its waits of a unit, so the two main loops alternate and neither waits on a stage two fills
+    // ahead (a parity wait cannot tell that fill from the one before it).
+    auto order = [&](int w) { return bars + 8 * (2 * STAGES + w); };
+
+    const int tid = threadIdx.x, wg = tid / 128;
+    const int rank = int(ampkit::cluster_rank());
+    if (tid == 0) {
+        for (int s = 0; s < STAGES; ++s) {
+            mbar_init(full(s), 1);  // own expect_tx arrive; both blocks' TMA bytes
+            mbar_init(empty(s), (PINGPONG ? 4 : 8) * CLUSTER);  // consumer warps of both blocks
+        }
+        mbar_init(order(0), 4);
+        mbar_init(order(1), 4);
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    // The peer's multicast loads and remote arrives target these barriers.
+    cluster_sync();
+
+    const int tiles_m = (M + BM - 1) / BM, tiles_n = (N + BN - 1) / BN;
+    const int units = (tiles_m + 1) / 2 * tiles_n;
+    const int first_unit = int(ampkit::cluster_index()), stride = int(ampkit::cluster_count());
+    const int group = max(group_m, 1);
+    const int nt = (K + BK - 1) / BK;  // K stages per unit
+
+    if (wg == 0) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+        if (tid == 0) {
+            asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&ta)) : "memory");
+            asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&tb)) : "memory");
+            int s = 0, phase = 0;
+            for (int u = first_unit; u < units; u += stride) {
+                const int2 t = unit_at<BM, BN>(u, rank, M, N, group);
+                for (int i = 0; i < nt; ++i) {
+                    mbar_wait(empty(s), phase ^ 1);
+                    mbar_expect_tx(full(s), STAGE_BYTES);
+                    const int k0 = i * BK;
+                    tma_load(sA + s * A_BYTES, ta, k0, t.x, full(s));
+                    // This block's half of the B tile, into both blocks.
+                    tma_load_multicast(sB + s * B_BYTES + rank * B_HALF, tb, k0, t.y + rank * (BN / CLUSTER),
+                                       full(s), 0x3);
+                    if (++s == STAGES) {
+                        s = 0;
+                        phase ^= 1;
+                    }
+                }
+            }
+        }
+        __syncwarp();
+    } else {
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+        const int ctid = tid - 128, cw = ctid / 128;
+        const int warp = (ctid / 32) % 4, lane = tid % 32;
+        float* stage = reinterpret_cast<float*>(smem_raw + (sEpi - smem_addr(smem_raw))) + cw * (EPI_BYTES / 4);
+        const float scale = a_scale_inv[0] * b_scale_inv[0];
+        const size_t elem = out_kind == OUT_F32 ? 4 : 2;
+        const bool vec = (N % 4 == 0) && (reinterpret_cast<uintptr_t>(C) % (4 * elem) == 0);
+        // Releases a stage in both blocks of the cluster: lane r of each warp arrives on block r.
+        auto release = [&](int st) {
+            __syncwarp();
+            if (lane < CLUSTER) mbar_arrive_cluster(empty(st), lane);
+        };
+        int s = 0, phase = 0;
+        for (int u = first_unit, j = 0; u < units; u += stride, ++j) {
+            if (PINGPONG && j % 2 != cw) {
+                // The other consumer's unit: skip its stages in the ring.
+                s += nt;
+                phase ^= (s / STAGES) & 1;
+                s %= STAGES;
+                continue;
+            }
+            const int2 t = unit_at<BM, BN>(u, rank, M, N, group);
+            float d[SLICES][BN / 2];
+#pragma unroll
+            for (int h = 0; h < SLICES; ++h)
+#pragma unroll
+                for (int i = 0; i < BN / 2; ++i) d[h][i] = 0.f;
+            // Ping-pong: this consumer's n-th unit starts after the other's unit before it.
+            if (PINGPONG && j > 0) mbar_wait(order(cw), (j / 2 - (cw == 0 ? 1 : 0)) & 1);
+            int prev = -1;
+            for (int i = 0; i < nt; ++i) {
+                mbar_wait(full(s), phase);
+                wgmma_fence();
+#pragma unroll
+                for (int h = 0; h < SLICES; ++h) {
+                    const uint32_t a = sA + s * A_BYTES + (PINGPONG ? h : cw) * SLICE_BYTES, b = sB + s * B_BYTES;
+#pragma unroll
+                    for (int kk = 0; kk < BK / 32; ++kk) {
+                        Fp8Mma<BN, FA, FB>::run(d[h], descriptor(a + kk * 32, 16, 1024),
+                                                descriptor(b + kk * 32, 16, 1024));
+                    }
+                }
+                wgmma_commit();
+                // Keep this stage's group in flight; the one before it has finished reading its
+                // stage, which goes back to the producers of both blocks.
+                wgmma_wait<1>();
+                if (prev >= 0) release(prev);
+                prev = s;
+                if (++s == STAGES) {
+                    s = 0;
+                    phase ^= 1;
+                }
+            }
+            if (PINGPONG) {
+                __syncwarp();
+                if (lane == 0) mbar_arrive(order(1 - cw));
+            }
+            wgmma_wait<0>();
+            if (prev >= 0) release(prev);
+
+            // Epilogue, 32 columns at a time through this consumer's staging buffer. Accumulator
+            // layout of wgmma m64nN: warp w holds rows 16w + lane/4 (+8) and, for each 8-column
+            // block q, columns 8q + 2·(lane%4) (+1) in d[4q..4q+3].
+            const int r = 16 * warp + lane / 4, c = 2 * (lane % 4);
+            const int sc = (ctid % 128 % (EPI_COLS / 4)) * 4, sr = ctid % 128 / (EPI_COLS / 4);
+            constexpr int ROWS_PER_PASS = 128 / (EPI_COLS / 4);
+#pragma unroll
+            for (int h = 0; h < SLICES; ++h) {
+                const int row0 = t.x + 64 * (PINGPONG ? h : cw), rows = min(64, M - row0);
+                if (rows <= 0) continue;  // past M, e.g. the pad block of an odd number of tile-rows
+#pragma unroll
+                for (int ch = 0; ch < BN / EPI_COLS; ++ch) {
+                    const int col = t.y + ch * EPI_COLS + sc;
+                    if (t.y + ch * EPI_COLS >= N) continue;
+#pragma unroll
+                    for (int jj = 0; jj < EPI_COLS / 8; ++jj) {
+                        const int q = ch * (EPI_COLS / 8) + jj;
+                        *reinterpret_cast<float2*>(&stage[r * EPI_LD + 8 * jj + c]) =
+                            make_float2(d[h][4 * q], d[h][4 * q + 1]);
+                        *reinterpret_cast<float2*>(&stage[(r + 8) * EPI_LD + 8 * jj + c]) =
+                            make_float2(d[h][4 * q + 2], d[h][4 * q + 3]);
+                    }
+                    asm volatile("bar.sync %0, 128;\n" ::"r"(2 + cw) : "memory");
+                    // The bias of this thread's 4 columns, once per chunk (0 past N or without one).
+                    float bv[4] = {0.f, 0.f, 0.f, 0.f};
+                    if (bias) {
+#pragma unroll
+                        for (int q = 0; q < 4; ++q) bv[q] = col + q < N ? bias[col + q] : 0.f;
+                    }
+                    if (col < N) {
+#pragma unroll 1
+                        for (int rr = sr; rr < rows; rr += ROWS_PER_PASS) {
+                            const float4 a = *reinterpret_cast<const float4*>(&stage[rr * EPI_LD + sc]);
+                            const float4 v = make_float4(fmaf(a.x, scale, bv[0]), fmaf(a.y, scale, bv[1]),
+                                                         fmaf(a.z, scale, bv[2]), fmaf(a.w, scale, bv[3]));
+                            store4(C, out_kind, N, row0 + rr, col, v, vec);
+                        }
+                    }
+                    asm volatile("bar.sync %0, 128;\n" ::"r"(2 + cw) : "memory");
+                }
+            }
+        }
+    }
+    // No block may exit while its peer can still arrive on its barriers or write its stages.
+    cluster_sync();
+}
+
+}  // namespace gemm_fp8_detail
+
+using namespace gemm_fp8_detail;
+
+// Entry points: gemm_fp8_<config>_<A format><B format>, formats e4 (E4M3) and e5 (E5M2).
+// Arguments: the tensor maps of A and B (src/ops/gemm/fp8.rs: UINT8, boxes of 128 K × BM rows for
+// A and 128 K × BN/2 rows for B, 128-byte swizzle), D, bias (may be null), the two inverse scales
+// (one f32 each, device memory), M, N, K, out_kind (0 f32, 1 f16, 2 bf16), pair-rows per raster
+// group.
+#define AMPKIT_GEMM_FP8(NAME, BM, BN, ST, PP, FA, FB)                                                \
+    extern "C" __global__ void __cluster_dims__(CLUSTER, 1, 1) __launch_bounds__(THREADS, 1)       \
+        NAME(const __grid_constant__ TensorMap ta, const __grid_constant__ TensorMap tb, void* C,   \
+             const float* bias, const float* a_scale_inv, const float* b_scale_inv, int M, int N, \
+             int K, int out_kind, int group_m) {                                                    \
+        gemm_fp8<BM, BN, ST, PP, FA, FB>(ta, tb, C, bias, a_scale_inv, b_scale_inv, M, N, K,       \
+                                         out_kind, group_m);                                        \
+    }
+#define AMPKIT_GEMM_FP8_FORMATS(CFG, BM, BN, ST, PP)                                  \
+    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e4e4, BM, BN, ST, PP, FP8_E4M3, FP8_E4M3) \
+    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e4e5, BM, BN, ST, PP, FP8_E4M3, FP8_E5M2) \
+    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e5e4, BM, BN, ST, PP, FP8_E5M2, FP8_E4M3) \
+    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e5e5, BM, BN, ST, PP, FP8_E5M2, FP8_E5M2)
+
+// Register budget: 128·40 + 256·232 = 64512 of 65536 for the one block per SM.
+AMPKIT_GEMM_FP8_FORMATS(pp128, 128, 128, 6, true)
+AMPKIT_GEMM_FP8_FORMATS(p256, 128, 256, 4, false)
+AMPKIT_GEMM_FP8_FORMATS(pp64, 64, 256, 5, true)

@@ -1,0 +1,356 @@
+//! FP8 tensor-core GEMM on Hopper (`kernels/gemm_fp8.cu`: wgmma + TMA, sm_90a only); CPU twin:
+//! [`crate::cpu::gemm_fp8`].
+//!
+//! `D[m, n] = scale · Σ_k A[m, k]·B[n, k] (+ bias[n])`: A is `[m, k]` and B `[n, k]`, both
+//! row-major FP8 codes (`u8`, E4M3 or E5M2 chosen per operand), i.e. [`Layout::Forward`] with K
+//! contiguous in both — the only layout the FP8 tensor cores read, so a gradient GEMM takes
+//! operands transposed beforehand (as Transformer Engine's casts write them). `scale` is
+//! `a.scale_inv[0] · b.scale_inv[0]`, read on the device (the delayed-scaling recipe's per-tensor
+//! inverse scales, [`crate::cpu::fp8::ScalingState`]). The output is f32, f16 or bf16
+//! ([`Fp8Output`]).
+//!
+//! # Numerics
+//!
+//! FP8 products are exact; the tensor core adds each k32 step's 32 products and the running sum
+//! in its own reduced precision (about 14 significant bits are kept per step on H100/H800, as
+//! DeepSeek-V3's report measured), into f32 registers: there is no promotion to a separate f32
+//! sum (cuBLASLt's `CUBLASLT_MATMUL_DESC_FAST_ACCUM` mode, which Transformer Engine uses for the
+//! forward GEMM). The parity tests (`tests/gemm_fp8_gpu.rs`) hold each element to
+//! `⌈k/32⌉·2⁻¹³·scale·Σ_k |A·B|` of the f64 reference (plus half an ulp of a 16-bit output; the
+//! worst seen on an H100 was 0.36 of that) and the relative L2 error to 1e-2; sums whose partial
+//! results fit in 11 bits come out exact, bit for bit after the output's rounding.
+//! The epilogue is one f32 `fma(acc, scale, bias)` and one rounding to nearest even to the output
+//! type. Results are deterministic (fixed instruction order, no atomics).
+//!
+//! # Requirements
+//!
+//! Compute capability 9.0 (H100/H200); `k` a positive multiple of 16 (TMA's row pitch is a
+//! multiple of 16 bytes); A and B 16-byte aligned. Any `m` and `n` (tails are zero-filled by TMA
+//! and bounds-checked on store); C and bias need only their element alignment.
+//!
+//! ```no_run
+//! # fn main() -> ampkit::Result<()> {
+//! use ampkit::cpu::fp8::Fp8Format;
+//! use ampkit::ops::gemm_fp8::{gemm_fp8, Fp8Operand};
+//! use ampkit::shape::{GemmShape, Layout};
+//! let gpu = ampkit::cuda::Gpu::new(0)?;
+//! let (m, n, k) = (256, 128, 512);
+//! let one = Fp8Format::E4M3.encode(1.0);
+//! let x = gpu.upload(&vec![one; m * k])?; // X [m, k], E4M3
+//! let w = gpu.upload(&vec![one; n * k])?; // W [n, k], E4M3
+//! let (sx, sw) = (gpu.upload(&[0.5f32])?, gpu.upload(&[0.25f32])?);
+//! let mut y = gpu.alloc_zeros::<f32>(m * n)?;
+//! let a = Fp8Operand { data: &x, format: Fp8Format::E4M3, scale_inv: &sx };
+//! let b = Fp8Operand { data: &w, format: Fp8Format::E4M3, scale_inv: &sw };
+//! gemm_fp8(&gpu, GemmShape::new(Layout::Forward, m, n, k), &a, &b, None, &mut y)?;
+//! assert!(gpu.download(&y)?.iter().all(|&v| v == 64.0)); // 512 · 0.5 · 0.25
+//! # Ok(()) }
+//! ```
+
+use crate::cpu::fp8::Fp8Format;
+use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
+use crate::error::{expect_len, Error, Result};
+use crate::kernels;
+use crate::ops::gemm::sm90::tensor_map_2d;
+use crate::shape::{GemmShape, Layout};
+use crate::validate;
+use cudarc::driver::sys::CUtensorMapDataType;
+use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
+use half::{bf16, f16};
+
+const OP: &str = "ops::gemm_fp8::gemm_fp8";
+/// K per pipeline stage: one 128-byte swizzled row of FP8 codes.
+const BK: usize = 128;
+/// Blocks per cluster (the pair that shares the B tile).
+const CLUSTER: usize = 2;
+/// Pair-rows of tiles per raster group.
+const GROUP_M: i32 = 8;
+
+/// One FP8 operand: codes in device memory (row-major, K contiguous), their format, and the
+/// inverse scale that turns a code's value back into the tensor's (one f32 in device memory).
+#[derive(Clone, Copy)]
+pub struct Fp8Operand<'a> {
+    /// The FP8 codes, `rows × k` row-major (any `u8` device buffer or view).
+    pub data: &'a dyn DevicePtr<u8>,
+    /// How the codes are encoded.
+    pub format: Fp8Format,
+    /// One f32: the value of a code is `decode(code) · scale_inv[0]`.
+    pub scale_inv: &'a dyn DevicePtr<f32>,
+}
+
+impl std::fmt::Debug for Fp8Operand<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fp8Operand")
+            .field("len", &self.data.len())
+            .field("format", &self.format)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Output element types of [`gemm_fp8`]: f32, f16 or bf16.
+pub trait Fp8Output: DeviceRepr + sealed::Sealed {
+    /// The kernel's `out_kind` code.
+    #[doc(hidden)]
+    const KIND: i32;
+}
+impl Fp8Output for f32 {
+    const KIND: i32 = 0;
+}
+impl Fp8Output for f16 {
+    const KIND: i32 = 1;
+}
+impl Fp8Output for bf16 {
+    const KIND: i32 = 2;
+}
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::f16 {}
+    impl Sealed for half::bf16 {}
+}
+
+/// One tile configuration of `kernels/gemm_fp8.cu` (its header states each one's launch shape).
+/// For ampkit's tests and benchmarks; not part of the stable API.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fp8Config {
+    /// The config's name in the kernel's entry points, e.g. `"p256"`.
+    pub name: &'static str,
+    /// Tile rows.
+    pub bm: usize,
+    /// Tile columns.
+    pub bn: usize,
+    /// Pipeline stages.
+    pub stages: usize,
+    /// Entry points for A×B formats E4M3×E4M3, E4M3×E5M2, E5M2×E4M3, E5M2×E5M2.
+    pub kernels: [&'static str; 4],
+}
+
+impl Fp8Config {
+    /// Dynamic shared memory: the stages, two consumers' 64×40 f32 epilogue buffers, the
+    /// mbarriers, and 1 KB to align the tiles to the swizzle's period.
+    pub fn shared_bytes(&self) -> usize {
+        1024 + self.stages * (self.bm + self.bn) * BK + 2 * 64 * 40 * 4 + 8 * (2 * self.stages + 2)
+    }
+}
+
+/// Every configuration, the planner's default first.
+#[doc(hidden)]
+pub const FP8_CONFIGS: [Fp8Config; 3] = [
+    Fp8Config {
+        name: "p256",
+        bm: 128,
+        bn: 256,
+        stages: 4,
+        kernels: [
+            "gemm_fp8_p256_e4e4",
+            "gemm_fp8_p256_e4e5",
+            "gemm_fp8_p256_e5e4",
+            "gemm_fp8_p256_e5e5",
+        ],
+    },
+    Fp8Config {
+        name: "pp128",
+        bm: 128,
+        bn: 128,
+        stages: 6,
+        kernels: [
+            "gemm_fp8_pp128_e4e4",
+            "gemm_fp8_pp128_e4e5",
+            "gemm_fp8_pp128_e5e4",
+            "gemm_fp8_pp128_e5e5",
+        ],
+    },
+    Fp8Config {
+        name: "pp64",
+        bm: 64,
+        bn: 256,
+        stages: 5,
+        kernels: [
+            "gemm_fp8_pp64_e4e4",
+            "gemm_fp8_pp64_e4e5",
+            "gemm_fp8_pp64_e5e4",
+            "gemm_fp8_pp64_e5e5",
+        ],
+    },
+];
+
+/// The configuration [`gemm_fp8`] runs for `shape` on `sms` multiprocessors: `p256` (the
+/// fastest at 8192³ and on the wide shapes, docs/kernels/gemm_fp8.md) unless its 128×256 tiles
+/// give fewer than two rounds of work units for the clusters, then `pp128`, whose 128×128 tiles
+/// make twice as many (a rule, not yet measured on small shapes).
+#[doc(hidden)]
+pub fn plan_fp8(shape: GemmShape, sms: usize) -> Fp8Config {
+    let units = |c: &Fp8Config| shape.m.div_ceil(c.bm).div_ceil(CLUSTER) * shape.n.div_ceil(c.bn);
+    let clusters = (sms / CLUSTER).max(1);
+    if units(&FP8_CONFIGS[0]) >= 2 * clusters {
+        FP8_CONFIGS[0]
+    } else {
+        FP8_CONFIGS[1]
+    }
+}
+
+/// `C[m, n] = a.scale_inv·b.scale_inv · Σ_k A[m, k]·B[n, k] (+ bias[n])` on the GPU, FP8
+/// operands, f32 accumulation in the tensor core's precision, output f32, f16 or bf16 (see the
+/// [module doc](self)). `shape.layout` must be [`Layout::Forward`]. Queued on [`Gpu::stream`];
+/// does not synchronise.
+///
+/// Errors, all before any launch: [`Error::ShapeMismatch`] when a buffer's length does not match
+/// the shape (A `m·k`, B `n·k`, C `m·n`, bias `n`, each `scale_inv` one element);
+/// [`Error::InvalidArgument`] when the layout is not `Forward`, `k` is not a positive multiple of
+/// 16, A or B is not 16-byte aligned (C, bias or a scale not aligned to its element), a
+/// dimension exceeds `i32::MAX`, or the GPU is not compute capability 9.0 (the kernels are built
+/// for sm_90a only). A fault while the kernel runs surfaces as [`Error::Driver`] at the next
+/// synchronisation (or [`Error::Launch`] with [`Gpu::set_sync_launches`]).
+pub fn gemm_fp8<C: Fp8Output>(
+    gpu: &Gpu,
+    shape: GemmShape,
+    a: &Fp8Operand<'_>,
+    b: &Fp8Operand<'_>,
+    bias: Option<&dyn DevicePtr<f32>>,
+    c: &mut impl DevicePtrMut<C>,
+) -> Result<()> {
+    gemm_fp8_with(
+        gpu,
+        plan_fp8(shape, gpu.info().multiprocessors),
+        shape,
+        a,
+        b,
+        bias,
+        c,
+    )
+}
+
+fn invalid(detail: String) -> Error {
+    Error::InvalidArgument { op: OP, detail }
+}
+
+/// The argument checks of [`gemm_fp8`] that need no device.
+fn check_args(
+    shape: GemmShape,
+    a: &Fp8Operand<'_>,
+    b: &Fp8Operand<'_>,
+    bias: Option<usize>,
+    c_len: usize,
+) -> Result<()> {
+    if shape.layout != Layout::Forward {
+        return Err(invalid(format!(
+            "the FP8 GEMM reads K-major operands only (Layout::Forward: A [m, k], B [n, k]); \
+             {:?} needs its operands transposed first",
+            shape.layout
+        )));
+    }
+    validate::gemm::gemm(OP, shape, [a.data.len(), b.data.len(), c_len], bias)?;
+    expect_len(OP, "A's scale_inv", a.scale_inv.len(), 1, "one")?;
+    expect_len(OP, "B's scale_inv", b.scale_inv.len(), 1, "one")?;
+    let GemmShape { m, n, k, .. } = shape;
+    if k == 0 || k % 16 != 0 {
+        return Err(invalid(format!(
+            "k = {k}: the FP8 GEMM needs a positive multiple of 16 (the operands' row pitch, \
+             k bytes, must be a multiple of 16 for TMA); pad K with zeros"
+        )));
+    }
+    for (name, v) in [("m", m), ("n", n), ("k", k)] {
+        if i32::try_from(v).is_err() {
+            return Err(invalid(format!(
+                "{name} = {v} exceeds i32::MAX, the kernel's index range"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// [`gemm_fp8`] with the tile configuration `config` instead of the planner's. For ampkit's
+/// tests and benchmarks; not part of the stable API.
+#[doc(hidden)]
+pub fn gemm_fp8_with<C: Fp8Output>(
+    gpu: &Gpu,
+    config: Fp8Config,
+    shape: GemmShape,
+    a: &Fp8Operand<'_>,
+    b: &Fp8Operand<'_>,
+    bias: Option<&dyn DevicePtr<f32>>,
+    c: &mut impl DevicePtrMut<C>,
+) -> Result<()> {
+    check_args(shape, a, b, bias.map(|b| b.len()), c.len())?;
+    let cc = gpu.info().compute_capability;
+    if cc != (9, 0) {
+        return Err(invalid(format!(
+            "the FP8 GEMM runs on Hopper only (wgmma FP8, built for sm_90a: compute capability \
+             9.0); this GPU has compute capability {}.{}",
+            cc.0, cc.1
+        )));
+    }
+    let GemmShape { m, n, k, .. } = shape;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let stream = gpu.stream();
+    let (a_ptr, _ga) = a.data.device_ptr(stream);
+    let (b_ptr, _gb) = b.data.device_ptr(stream);
+    let (sa_ptr, _gsa) = a.scale_inv.device_ptr(stream);
+    let (sb_ptr, _gsb) = b.scale_inv.device_ptr(stream);
+    let (c_ptr, _gc) = c.device_ptr_mut(stream);
+    let bias = bias.map(|b| b.device_ptr(stream));
+    let bias_ptr = bias.as_ref().map_or(0, |(p, _)| *p);
+    for (name, p, align) in [
+        ("A", a_ptr, 16),
+        ("B", b_ptr, 16),
+        ("C", c_ptr, std::mem::size_of::<C>() as u64),
+        ("bias", bias_ptr, 4),
+        ("A's scale_inv", sa_ptr, 4),
+        ("B's scale_inv", sb_ptr, 4),
+    ] {
+        if p % align != 0 {
+            return Err(invalid(format!(
+                "{name} at {p:#x} is not {align}-byte aligned{}",
+                if align == 16 {
+                    " (TMA reads the FP8 operands from 16-byte aligned addresses)"
+                } else {
+                    ""
+                }
+            )));
+        }
+    }
+    let map = |ptr: u64, rows: usize, box_rows: usize, what: &str| {
+        tensor_map_2d(
+            ptr,
+            CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT8,
+            1,
+            [k, rows],
+            [BK as u32, box_rows as u32],
+        )
+        .map_err(|source| Error::Driver {
+            context: format!("encoding the TMA tensor map of {what} ({rows} × {k} FP8 codes)"),
+            source,
+        })
+    };
+    // Each block of a cluster loads half of the B tile (and multicasts it to both).
+    let ta = map(a_ptr, m, config.bm, "A")?;
+    let tb = map(b_ptr, n, config.bn / CLUSTER, "B")?;
+    let units = m.div_ceil(config.bm).div_ceil(CLUSTER) * n.div_ceil(config.bn);
+    let clusters = (gpu.info().multiprocessors / CLUSTER).clamp(1, units);
+    let cfg = LaunchConfig {
+        grid: ((clusters * CLUSTER) as u32, 1, 1),
+        block: (384, 1, 1),
+        shared_bytes: config.shared_bytes() as u32,
+    };
+    let format = |f: Fp8Format| match f {
+        Fp8Format::E4M3 => 0,
+        Fp8Format::E5M2 => 1,
+    };
+    let kernel = config.kernels[2 * format(a.format) + format(b.format)];
+    let mut args = KernelArgs::new();
+    args.push(ta).push(tb).push(c_ptr).push(bias_ptr);
+    args.push(sa_ptr).push(sb_ptr);
+    args.push(m as i32).push(n as i32).push(k as i32);
+    args.push(C::KIND).push(GROUP_M);
+    // SAFETY: gemm_fp8_<config>_<formats>(TensorMap ta, TensorMap tb, void* C, const float* bias,
+    // const float* a_scale_inv, const float* b_scale_inv, int M, int N, int K, int out_kind,
+    // int group_m) matches the arguments. The tensor maps describe exactly A (m × k bytes) and
+    // B (n × k bytes), whose lengths check_args proved (TMA clips every box to them); C holds m·n
+    // elements of the out_kind type and the kernel bounds-checks every store; bias holds n f32
+    // and each scale one; the grid is a multiple of the compiled cluster size (2). The guards
+    // above outlive the launch.
+    unsafe { gpu.launch(&kernels::GEMM_FP8, kernel, cfg, &args) }
+}
