@@ -1,6 +1,7 @@
 //! cuBLAS GEMMs on ampkit's buffers, in the three layouts of [`crate::shape::Layout`]: the f32 GEMM
 //! of the full-precision paths (`--precision fp32`, layers forced to f32), which ampkit does not
-//! hand-write, and the f16 reference that benchmarks compare [`crate::ops::gemm`] with.
+//! hand-write, and the f16 reference that benchmarks compare [`crate::ops::gemm`] with; and
+//! [`BlasLt`], cuBLASLt's FP8 GEMM, the reference of [`crate::ops::gemm_fp8`].
 //!
 //! Row-major `C = A·B` is column-major `Cᵀ = Bᵀ·Aᵀ`, so every call passes B first. Compute type
 //! is `CUBLAS_COMPUTE_32F` (true f32: no TF32), default algorithm, on the GPU's stream.
@@ -22,6 +23,9 @@ use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut};
 use std::ffi::c_void;
+
+mod lt;
+pub use lt::BlasLt;
 
 /// A cuBLAS handle bound to a [`Gpu`]'s stream.
 ///
