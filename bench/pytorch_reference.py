@@ -20,8 +20,10 @@ Rows (`kind`):
   gemm     torch.mm on f16 operands with f32 accumulation (reduced-precision reduction off):
            fwd Y[M,N] = X[M,K].W[N,K]^T, dgrad dX[M,N] = dY[M,K].W[K,N], wgrad dW[M,N] =
            dY[K,M]^T.X[K,N] (f32 output via torch.mm(out_dtype=float32) where this torch has it,
-           else f16 output; the name says which). `% ceiling`: of the measured cuBLAS 8192^3
-           TFLOP/s. `vs cuBLAS`: this row over cuBLAS at the same shape, 1.00x by construction
+           else f16 output; the name says which). FP8 rows (`fp8` in the table): torch._scaled_mm
+           (cuBLASLt) on E4M3/E5M2 operands in the TN layout with per-tensor inverse scales, fast
+           accumulation, bf16 output (f32 where the case says f32_out). `% ceiling`: of the
+           measured cuBLAS 8192^3 TFLOP/s. `vs cuBLAS`: this row over cuBLAS at the same shape, 1.00x by construction
            (torch.mm is cuBLAS); the column lines this table up with ampkit's.
   mem      GB/s = bytes / t, `% ceiling` of the copy GB/s. `% copy same bytes`: of the GB/s of
            a d2d `dst.copy_(src)` moving the row's bytes (f32 tensors of bytes/8 elements: half
@@ -73,7 +75,8 @@ def load_cases(path=CASES_JSON):
     rows, cols), unscale (name, tensor lengths), training steps (name, widths, batch)."""
     with open(path) as f:
         t = json.load(f)
-    return ([(g["name"], g["layout"], g["m"], g["n"], g["k"], g["f32_out"], g.get("bf16", False))
+    return ([(g["name"], g["layout"], g["m"], g["n"], g["k"], g["f32_out"], g.get("bf16", False),
+              g.get("fp8"))
              for g in t["gemm"]],
             [(c["name"], c["rows"], c["cols"]) for c in t["layernorm"]],
             [(c["name"], c["rows"], c["cols"]) for c in t["softmax"]],
@@ -318,6 +321,21 @@ def gemm_time(b, layout, m, n, k, f32_out, bf16=False):
     return us, gemm_flops(m, n, k) / (us * 1e-6) / 1e12
 
 
+def fp8_time(b, m, n, k, fp8, f32_out):
+    """(median us, TFLOP/s) of one torch._scaled_mm: A [m,k] and W [n,k] quantized to the case's
+    FP8 formats ("e4m3" or "<A>x<B>"), scales 1/32, fast accumulation."""
+    torch = b.torch
+    kinds = {"e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
+    fa, fw = fp8.split("x") if "x" in fp8 else (fp8, fp8)
+    a = (b.randn(m, k) * 32).to(kinds[fa])
+    w = (b.randn(n, k) * 32).to(kinds[fw])
+    s = torch.tensor(1.0 / 32, device="cuda")
+    out = torch.float32 if f32_out else torch.bfloat16
+    us = b.time_us(lambda i: torch._scaled_mm(a, w.t(), scale_a=s, scale_b=s, out_dtype=out,
+                                              use_fast_accum=True))
+    return us, gemm_flops(m, n, k) / (us * 1e-6) / 1e12
+
+
 def run_ceilings(b):
     def copy():
         src = b.randn(GIB // 4)
@@ -342,7 +360,18 @@ def run_gemms(b):
         f32_ok = torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32
     except Exception:
         f32_ok = False
-    for name, layout, m, n, k, f32_out, bf16 in GEMM_CASES:
+    for name, layout, m, n, k, f32_out, bf16, fp8 in GEMM_CASES:
+        if fp8:
+            if f32_out:
+                name += " (f32 out)"
+            shape = gemm_shape(layout, m, n, k)
+
+            def body8(m=m, n=n, k=k, fp8=fp8, f32_out=f32_out):
+                us, tflops = fp8_time(b, m, n, k, fp8, f32_out)
+                return make_row("gemm", name, shape, us, tflops, "TFLOP/s",
+                                b.ceilings.get("cublas_f16_8192_tflops"), vs_cublas=1.0)
+            b.guarded("gemm", name, shape, body8)
+            continue
         f32_out = f32_out and f32_ok
         if layout == "wgrad":
             name += " (f32 out)" if f32_out else (" (bf16 out)" if bf16 else " (f16 out)")
@@ -503,7 +532,8 @@ def run_gpu(args):
 def self_test(args):
     """Formatting and arithmetic with fake numbers; needs neither torch nor a GPU."""
     assert "torch" not in sys.modules, "self-test must not import torch"
-    assert GEMM_CASES[0] == ("8192^3", "fwd", 8192, 8192, 8192, False), GEMM_CASES[0]
+    assert GEMM_CASES[0][:6] == ("8192^3", "fwd", 8192, 8192, 8192, False), GEMM_CASES[0]
+    assert any(g[7] == "e4m3" and g[2:5] == (8192, 8192, 8192) for g in GEMM_CASES)
     assert all(layout in ("fwd", "dgrad", "wgrad") for _, layout, *_ in GEMM_CASES)
     assert ("MLP 4096x512", 4096, 512) in LN_CASES and ("MNIST 4096x10", 4096, 10) in SM_CASES
     assert UNSCALE_CASES[1] == ("MLP 784-512-10 grads", [784 * 512, 512, 512 * 10, 10])

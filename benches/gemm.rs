@@ -36,8 +36,11 @@ fn main() {
         .configure_from_args();
     let cases = common::cases();
     let mut rows = Vec::new();
-    // The bf16 rows are `ampkit bench`'s (this bench times the f16 kernels).
-    let f16_cases: Vec<_> = cases.gemm.iter().filter(|c| !c.bf16).cloned().collect();
+    // The bf16 and FP8 rows are `ampkit bench`'s (this bench times the f16 kernels).
+    let f16_cases: Vec<_> = (cases.gemm.iter())
+        .filter(|c| !c.bf16 && c.fp8.is_none())
+        .cloned()
+        .collect();
     for case in &f16_cases {
         let row = if case.f32_out {
             run::<f32>(&gpu, &blas, case, &mut c)

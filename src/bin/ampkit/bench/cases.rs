@@ -7,6 +7,7 @@
 //! file uses nothing of the binary (only `ampkit`, serde and serde_json), so the criterion
 //! benches can include it with `#[path]`.
 
+use ampkit::cpu::fp8::Fp8Format;
 use ampkit::shape::{GemmShape, Layout};
 use ampkit::{Error, Result};
 use serde::Deserialize;
@@ -46,6 +47,11 @@ pub struct GemmCase {
     /// bf16 operands (and a bf16 or f32 output) instead of f16; absent means f16.
     #[serde(default)]
     pub bf16: bool,
+    /// FP8 operands instead (`ops::gemm_fp8`, beside cuBLASLt): `"e4m3"` for both E4M3, or
+    /// `"<A>x<B>"` with each `e4m3` or `e5m2`; a `fwd` (TN) layout, output bf16 (f32 with
+    /// `f32_out`). Absent: not FP8.
+    #[serde(default)]
+    pub fp8: Option<String>,
 }
 
 impl GemmCase {
@@ -73,11 +79,32 @@ impl GemmCase {
         }
     }
 
-    /// Minimal traffic: both f16 operands read once, the output written once.
+    /// Minimal traffic: both operands (2 bytes an element, 1 for FP8) read once, the output
+    /// written once.
     pub fn bytes(&self) -> f64 {
         let (la, lb) = self.operand_lens();
         let out = if self.f32_out { 4 } else { 2 };
-        (2 * (la + lb) + out * self.m * self.n) as f64
+        let operand = if self.fp8.is_some() { 1 } else { 2 };
+        (operand * (la + lb) + out * self.m * self.n) as f64
+    }
+
+    /// The FP8 formats of A and B, for an FP8 case; `Err` names a malformed `fp8` value.
+    pub fn fp8_formats(&self) -> Result<Option<(Fp8Format, Fp8Format)>> {
+        let Some(spec) = &self.fp8 else {
+            return Ok(None);
+        };
+        let one = |f: &str| match f {
+            "e4m3" => Ok(Fp8Format::E4M3),
+            "e5m2" => Ok(Fp8Format::E5M2),
+            _ => Err(bad(format!(
+                "gemm {:?}: fp8 {spec:?} is not \"e4m3\", \"e5m2\" or \"<A>x<B>\" of them",
+                self.name
+            ))),
+        };
+        Ok(Some(match spec.split_once('x') {
+            Some((a, b)) => (one(a)?, one(b)?),
+            None => (one(spec)?, one(spec)?),
+        }))
     }
 }
 
@@ -247,6 +274,16 @@ impl Cases {
         let w: Written = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
         let gemm = |g: &GemmCase| vec![g.m, g.n, g.k];
         check("gemm", w.gemm.iter().map(|g| (g.name.as_str(), gemm(g))))?;
+        for g in &w.gemm {
+            if g.fp8_formats()?.is_some()
+                && (g.layout != Layout::Forward || g.bf16 || g.k % 16 != 0)
+            {
+                return Err(bad(format!(
+                    "gemm {:?}: an FP8 case needs the fwd (TN) layout, no bf16 and k a multiple of 16",
+                    g.name
+                )));
+            }
+        }
         check(
             "cpu.gemm",
             w.cpu.gemm.iter().map(|g| (g.name.as_str(), gemm(g))),

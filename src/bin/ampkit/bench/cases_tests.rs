@@ -2,6 +2,7 @@
 //! criterion benches include `cases.rs` itself, and must not compile these.
 
 use super::cases::{Cases, GemmCase, CASES_JSON};
+use ampkit::cpu::fp8::Fp8Format;
 use ampkit::shape::Layout;
 
 #[test]
@@ -37,6 +38,7 @@ fn gemm_cases_know_their_operands() {
         k: 5,
         f32_out,
         bf16: false,
+        fp8: None,
     };
     assert_eq!(case(Layout::Forward, false).operand_lens(), (10, 15));
     assert_eq!(case(Layout::Wgrad, false).operand_lens(), (10, 15));
@@ -46,6 +48,25 @@ fn gemm_cases_know_their_operands() {
     );
     assert_eq!(case(Layout::Dgrad, true).bytes(), (2 * 25 + 4 * 6) as f64);
     assert_eq!(case(Layout::Dgrad, true).shape().layout, Layout::Dgrad);
+    let fp8 = GemmCase {
+        fp8: Some("e5m2xe4m3".into()),
+        ..case(Layout::Forward, false)
+    };
+    assert_eq!(fp8.bytes(), (25 + 2 * 6) as f64);
+    assert_eq!(
+        fp8.fp8_formats().unwrap(),
+        Some((Fp8Format::E5M2, Fp8Format::E4M3))
+    );
+}
+
+#[test]
+fn the_fp8_cases_are_tn_problems_with_formats() {
+    let c = Cases::embedded().unwrap();
+    let fp8: Vec<&GemmCase> = c.gemm.iter().filter(|g| g.fp8.is_some()).collect();
+    assert!(fp8.iter().any(|g| (g.m, g.n, g.k) == (8192, 8192, 8192)));
+    for g in fp8 {
+        assert!(g.fp8_formats().unwrap().is_some() && g.layout == Layout::Forward);
+    }
 }
 
 #[test]
@@ -74,6 +95,14 @@ fn a_malformed_table_is_an_error_naming_the_fault() {
         "cpu.softmax names \"nope\"",
     );
     fails(&|t| t["gemm"][0]["layout"] = "sideways".into(), "sideways");
+    fails(&|t| t["gemm"][0]["fp8"] = "e3m4".into(), "\"e3m4\" is not");
+    fails(
+        &|t| {
+            t["gemm"][2]["fp8"] = "e4m3".into();
+            t["gemm"][2]["layout"] = "dgrad".into();
+        },
+        "needs the fwd (TN) layout",
+    );
     fails(
         &|t| t["relu"][0]["count"] = 1.into(),
         "unknown field `count`",

@@ -6,6 +6,7 @@ use super::bytes;
 use super::cases::{Cases, GemmCase};
 use super::clock::{median, utc_date};
 use super::collect::{selected, Collector, Options};
+use super::gpu_fp8;
 use super::gpu_gemm_tuning;
 use super::gpu_mem::{self, CaseRows};
 use super::gpu_sweep;
@@ -15,7 +16,7 @@ use super::report::{Ceilings, Kind, Meta, Report, Row};
 use super::work::{gemm_flops, gemm_shape, mlp_params, train_flops, train_shape};
 use ampkit::check::{rel_l2_error, ToF64};
 use ampkit::cuda::{DeviceBuffer, Gpu};
-use ampkit::ops::blas::Blas;
+use ampkit::ops::blas::{Blas, BlasLt};
 use ampkit::ops::gemm::{gemm, Epilogue, GemmOutput};
 use ampkit::shape::{GemmShape, Layout};
 use ampkit::train::gpu_backend::GpuBackend;
@@ -80,11 +81,37 @@ pub fn run(gpu: &Arc<Gpu>, opts: &Options, cases: &Cases) -> Result<Report> {
         });
 
     let mut plans = Vec::new();
+    // cuBLASLt (the FP8 rows' baseline), created by the first FP8 row that runs.
+    let mut blas_lt: Option<std::result::Result<BlasLt, String>> = None;
     for case in &cases.gemm {
         let (name, shape) = (
             case.row_name(),
             gemm_shape(case.layout, case.m, case.n, case.k),
         );
+        if case.fp8.is_some() {
+            let sweep = std::env::var_os("AMPKIT_BENCH_GEMM_SWEEP").is_some()
+                && selected(opts.only.as_deref(), Kind::Gemm.as_str(), &name, &shape);
+            let mut note = None;
+            c.row(Kind::Gemm, &name, &shape, false, |_| {
+                let lt = blas_lt.get_or_insert_with(|| BlasLt::new(gpu).map_err(|e| e.to_string()));
+                let lt = lt.as_mut().map_err(|e| failure(e.clone()))?;
+                let row = gpu_fp8::fp8_row(&mut h, lt, case)?;
+                if sweep {
+                    note = Some(
+                        gpu_fp8::fp8_sweep(&mut h, lt, case)
+                            .unwrap_or_else(|e| format!("fp8 sweep {}: {e}", case.name)),
+                    );
+                }
+                plans.push(format!(
+                    "{} {}",
+                    case.name,
+                    row.plan.as_deref().unwrap_or("?")
+                ));
+                Ok(row)
+            });
+            c.notes.extend(note);
+            continue;
+        }
         c.row(Kind::Gemm, &name, &shape, false, |ceil| {
             let rounds = opts.gemm_rounds();
             let blas = blas_ref()?;
@@ -229,6 +256,7 @@ fn cublas_ceiling(h: &mut Harness, blas: &Blas) -> Result<Row> {
         k,
         f32_out: false,
         bf16: false,
+        fp8: None,
     };
     Ok(Row::measured(
         Kind::Ceiling,

@@ -59,6 +59,7 @@ mod collect;
 mod copies;
 mod cpu;
 mod gpu;
+mod gpu_fp8;
 mod gpu_gemm_tuning;
 mod gpu_mem;
 mod gpu_sweep;
