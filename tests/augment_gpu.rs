@@ -1,7 +1,9 @@
-//! The GPU shifted gather (`ops::augment`) against the CPU reference, bit for bit, in f32 and f16:
+//! The GPU shifted gather (`ops::augment`) against the CPU reference, bit for bit, in f32 and f16
+//! and (the `_bf16` twin, with bf16's rounding ties, overflow and NaN payloads) bf16:
 //! MNIST-sized epochs and odd sizes, shifts past the image's side, special values, views at
 //! offsets, poisoned outputs all written, an out-of-range image index (a NaN row), and argument
-//! errors before any launch.
+//! errors before any launch. (The batch stage's bf16 output: the unit test
+//! `ops::augment::tests::coded_batches_equal_f32_batches_bit_for_bit`.)
 
 mod common;
 
@@ -10,6 +12,7 @@ use ampkit::cuda::Gpu;
 use ampkit::ops::augment::{gather_shifted, AugmentOutput};
 use ampkit::{f16, Error};
 use common::{assert_all_written, gpu, rng, sized};
+use half::bf16;
 use rand::rngs::StdRng;
 use rand::Rng;
 
@@ -132,6 +135,63 @@ fn gpu_matches_the_cpu_bit_for_bit() {
         f16::from_bits(0x7d5a),
         "14 inputs, no shift, f16",
     );
+}
+
+/// bf16 output, the same shapes as [`gpu_matches_the_cpu_bit_for_bit`], with values on bf16's
+/// rounding ties (both ways), just off them, past its largest value (→ ±inf), NaN payloads and
+/// subnormals sprinkled in.
+#[test]
+fn gpu_matches_the_cpu_bit_for_bit_bf16() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = rng("gpu augment bf16");
+    let specials: Vec<f32> = [
+        0x3F80_8000u32, // a tie, even below
+        0x3F81_8000,    // a tie, odd below
+        0x3F80_8001,
+        0x3F80_7FFF,
+        0x7F7F_FFFF, // → inf
+        0xFF7F_8000, // → −inf (the tie above the largest, odd below)
+        0x7F7F_7FFF,
+        0x7FC0_1234, // NaN payloads, quiet and signalling
+        0xFF80_ABCD,
+        0x0000_8000, // subnormal ties
+        0x0001_8000,
+        0x8000_0000,
+    ]
+    .iter()
+    .map(|&b| f32::from_bits(b))
+    .collect();
+    let poison = bf16::from_bits(0x7FA5); // quiet bit clear: never written
+    let shapes = [
+        (28, 11, sized(8000, 300), 2),
+        (28, 5, 4096 + 3, 30),
+        (5, 3, 1001, 6),
+        (1, 2, 7, 1),
+        (64, 4, 33, 3),
+    ];
+    for (side, count, samples, max_shift) in shapes {
+        let inputs = side * side;
+        let mut c = case(&mut rng, count, samples, inputs, max_shift);
+        for (i, v) in c.images.iter_mut().enumerate().filter(|(i, _)| i % 13 == 7) {
+            *v = specials[i % specials.len()];
+        }
+        let what = format!("{samples} samples of {side}x{side}, shifts ±{max_shift} bf16");
+        check(&gpu, &c, inputs, side, poison, &what);
+    }
+    for inputs in [13, 14] {
+        let mut c = case(&mut rng, 9, 301, inputs, 4);
+        for (i, v) in c.images.iter_mut().enumerate().filter(|(i, _)| i % 5 == 1) {
+            *v = specials[i % specials.len()];
+        }
+        check(
+            &gpu,
+            &c,
+            inputs,
+            0,
+            poison,
+            &format!("{inputs} inputs, no shift, bf16"),
+        );
+    }
 }
 
 #[test]

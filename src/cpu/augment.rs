@@ -5,8 +5,8 @@
 //! `side × side` grid), shifted by `dx = shifts[2i]` columns and `dy = shifts[2i + 1]` rows:
 //! output pixel `(r, c)` is source pixel `(r − dy, c − dx)` where that lies on the grid, else
 //! `background`. `side = 0` means no shift (a plain gather, for inputs that are not square
-//! images). Values are copied, never computed, then rounded once to the output type (f16: to
-//! nearest even), so the GPU kernel matches this bit for bit.
+//! images). Values are copied, never computed, then rounded once to the output type (f16 or bf16:
+//! to nearest even, `half`'s `from_f32`), so the GPU kernel matches this bit for bit.
 //!
 //! # Accepted arguments
 //!

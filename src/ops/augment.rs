@@ -3,7 +3,8 @@
 //!
 //! Sample `i` is image `order[i]` shifted by `(shifts[2i], shifts[2i + 1])` pixels (columns,
 //! rows) on its `side × side` grid, the uncovered border `background`; `side = 0` gathers without
-//! shifting. The output is f32 or f16 (rounded to nearest even). One launch; work is queued on
+//! shifting. The output is f32, f16 or bf16 (rounded to nearest even, as `half` rounds). One
+//! launch; work is queued on
 //! [`Gpu::stream`] and nothing synchronises. With the images uploaded once, a training step (or an
 //! epoch) needs only its indices and shifts from the host.
 
@@ -14,15 +15,16 @@ use crate::kernels;
 use crate::ops::plan::{vector_plan, Operand};
 use crate::validate;
 use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
-use half::f16;
+use half::{bf16, f16};
 
 mod sealed {
     pub trait Sealed {}
     impl Sealed for half::f16 {}
+    impl Sealed for half::bf16 {}
     impl Sealed for f32 {}
 }
 
-/// An output type [`gather_shifted`] writes: f32 or f16.
+/// An output type [`gather_shifted`] writes: f32, f16 or bf16.
 pub trait AugmentOutput: DeviceRepr + sealed::Sealed {
     /// The kernel that writes this type.
     #[doc(hidden)]
@@ -45,6 +47,12 @@ impl AugmentOutput for f16 {
     const KERNEL: &'static str = "augment_gather_f16";
     const BATCH_KERNEL: &'static str = "augment_batch_f16";
     const CODED_BATCH_KERNEL: &'static str = "augment_batch_coded_f16";
+}
+
+impl AugmentOutput for bf16 {
+    const KERNEL: &'static str = "augment_gather_bf16";
+    const BATCH_KERNEL: &'static str = "augment_batch_bf16";
+    const CODED_BATCH_KERNEL: &'static str = "augment_batch_coded_bf16";
 }
 
 /// Writes `out[i] =` image `order[i]` of `images` shifted by `(shifts[2i], shifts[2i + 1])`, the
@@ -103,7 +111,7 @@ pub fn gather_shifted<T: AugmentOutput>(
         .push(count as u32)
         .push(background)
         .push(pairs);
-    // SAFETY: augment_gather_{f32,f16}(const float* images, const unsigned* order, const int*
+    // SAFETY: augment_gather_{f32,f16,bf16}(const float* images, const unsigned* order, const int*
     // shifts, T* out, size_t n, unsigned inputs, unsigned side, unsigned count, float background,
     // unsigned pairs) matches, T being the kernel's output type (T::KERNEL); pairs only when
     // launch_shape found `out` aligned to two elements and `inputs` even. validate::augment::check proved
@@ -275,10 +283,10 @@ pub(crate) fn gather_batch<T: AugmentOutput>(
         .push(count as u32)
         .push(src.background)
         .push(pairs);
-    // SAFETY: augment_batch_{f32,f16}(const float* images, const unsigned* labels, const unsigned*
-    // order, const int* shifts, const unsigned* cursor, T* out, unsigned* labels_out, size_t n,
-    // size_t plan_len, unsigned inputs, unsigned side, unsigned count, float background, unsigned
-    // pairs) matches, T being the kernel's output type, and so does augment_batch_coded_{f32,f16}
+    // SAFETY: augment_batch_{f32,f16,bf16}(const float* images, const unsigned* labels, const
+    // unsigned* order, const int* shifts, const unsigned* cursor, T* out, unsigned* labels_out,
+    // size_t n, size_t plan_len, unsigned inputs, unsigned side, unsigned count, float background,
+    // unsigned pairs) matches, T being the kernel's output type, and so does augment_batch_coded_*
     // with (const unsigned char* codes, const float* palette) in place of images; pairs as in
     // gather_shifted. The checks above proved every buffer at least as long as the kernel reads
     // or writes given cursor[1] + n <= plan_len, which the kernel itself checks (poisoning the
@@ -293,11 +301,12 @@ mod tests {
     use super::{gather_batch, AugmentOutput, EpochSource, Pixels, PALETTE};
     use crate::cpu::augment::gather_shifted;
     use crate::cuda::{test_gpu, Gpu};
-    use half::f16;
+    use crate::kernels;
+    use half::{bf16, f16};
 
     /// The batch stage over palette-coded images against the CPU reference on the decoded f32
     /// images and against the f32 stage: every output bit and label equal, shifted and not, for
-    /// f16 and f32 outputs, an odd batch from an odd cursor; a cursor past the plan poisons.
+    /// f16, bf16 and f32 outputs, an odd batch from an odd cursor; a cursor past the plan poisons.
     fn coded_matches<
         T: AugmentOutput + crate::cpu::Element + Default + cudarc::driver::ValidAsZeroBits,
     >(
@@ -389,6 +398,19 @@ mod tests {
     fn coded_batches_equal_f32_batches_bit_for_bit() {
         let Some(gpu) = test_gpu() else { return };
         coded_matches::<f16>(&gpu, |v| u32::from(v.to_bits()));
+        coded_matches::<bf16>(&gpu, |v| u32::from(v.to_bits()));
         coded_matches::<f32>(&gpu, |v| v.to_bits());
+    }
+
+    #[test]
+    fn every_kernel_name_exists_in_both_modules() {
+        fn names<T: AugmentOutput>() -> [&'static str; 3] {
+            [T::KERNEL, T::BATCH_KERNEL, T::CODED_BATCH_KERNEL]
+        }
+        for module in [&kernels::AUGMENT, &kernels::AUGMENT_PDL] {
+            for name in [names::<f32>(), names::<f16>(), names::<bf16>()].concat() {
+                assert!(module.ptx.contains(&format!(".entry {name}(")), "{name}");
+            }
+        }
     }
 }
