@@ -67,7 +67,7 @@ use serde::{Deserialize, Serialize};
 pub(crate) use store::Inner;
 
 /// One parameter tensor on the host, as [`crate::amp::CpuGradScaler::step`] takes it, with a
-/// working copy of type `H`: [`f16`] by default, or [`half::bf16`] (`Param<'_, bf16>`).
+/// working copy of type `H`: [`half::f16`] by default, or [`half::bf16`] (`Param<'_, bf16>`).
 #[derive(Debug)]
 pub struct Param<'a, H: HalfCopy = f16> {
     /// f32 master weights, updated in place by a real step.
@@ -81,7 +81,7 @@ pub struct Param<'a, H: HalfCopy = f16> {
 
 /// One parameter tensor in device memory, as [`crate::amp::GradScaler::step`] takes it: views
 /// of any buffers (yours or ampkit's), at any offset, of the length the optimizer was created
-/// for. The working copy is of type `H`: [`f16`] by default, or [`half::bf16`]
+/// for. The working copy is of type `H`: [`half::f16`] by default, or [`half::bf16`]
 /// (`GpuParam<'_, bf16>`); either must be 2-byte aligned.
 #[derive(Debug)]
 pub struct GpuParam<'a, H: HalfCopy = f16> {

@@ -13,8 +13,8 @@ pub(crate) mod sealed {
 }
 
 /// The element type of a parameter's 16-bit working copy, which a real optimizer step rewrites
-/// from the new f32 master weights: [`f16`] (the default of every type that takes one) or
-/// [`bf16`]. Sealed: implemented for these two only.
+/// from the new f32 master weights: [`half::f16`] (the default of every type that takes one) or
+/// [`half::bf16`]. Sealed: implemented for these two only.
 ///
 /// The conversion is the `half` crate's, on the CPU and bit for bit on the GPU: round to nearest
 /// even; f16 overflows to ±inf from 65520 and keeps subnormals, bf16 keeps f32's range (it

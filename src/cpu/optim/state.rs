@@ -179,8 +179,8 @@ impl OptimizerState {
     }
 }
 
-/// One parameter tensor as the optimizer sees it, with a working copy of type `H` ([`f16`] by
-/// default, or [`half::bf16`]).
+/// One parameter tensor as the optimizer sees it, with a working copy of type `H`
+/// ([`half::f16`] by default, or [`half::bf16`]).
 #[derive(Debug)]
 pub struct ParamTensor<'a, H: HalfCopy = f16> {
     /// f32 master weights, updated in place.

@@ -50,8 +50,8 @@ const COUNTER_MOMENTUM_STARTED: usize = 1;
 const COUNTERS: usize = 3;
 
 /// One parameter tensor as the GPU optimizer sees it (the twin of
-/// [`crate::cpu::optim::ParamTensor`]), with a working copy of type `H` ([`f16`] by default, or
-/// [`half::bf16`]); views of any offset and length work.
+/// [`crate::cpu::optim::ParamTensor`]), with a working copy of type `H` ([`half::f16`] by
+/// default, or [`half::bf16`]); views of any offset and length work.
 #[derive(Debug)]
 pub struct GpuParamTensor<'a, H: HalfCopy = f16> {
     /// f32 master weights, updated in place.
