@@ -27,9 +27,10 @@
 //   consecutive pixels (pairs of them when `pairs`), so the stores coalesce, and the shifted
 //   loads read the same image lines (L1/L2 hits). v1 was one thread per element with a 64-bit
 //   division each, at 49-64 % of a copy (docs/kernels/augment.md).
-// Roofline: writes 4 (f32) or 2 (f16, bf16) bytes per element and reads at most 4; MNIST's 8,000-sample
-//   epoch (6.3 M elements) is 50 MB as f32 → ~17 µs at the device copy rate (~2.9 TB/s, H100), a
-//   4096-sample f16 batch (3.2 M elements, 19 MB) ~7 µs; from palette codes 9.6 MB, ~3.5 µs.
+// Roofline: writes 4 (f32) or 2 (f16, bf16) bytes per element and reads at most 4; MNIST's
+//   8,000-sample epoch (6.3 M elements) is 50 MB as f32 → ~17 µs at the device copy rate
+//   (~2.9 TB/s, H100), a 4096-sample f16 batch (3.2 M elements, 19 MB) ~7 µs; from palette codes
+//   9.6 MB, ~3.5 µs.
 #include "common.cuh"
 #include "pdl.cuh"
 

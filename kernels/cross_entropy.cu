@@ -40,10 +40,10 @@
 //   ce_block<L,VEC>  rows too long for registers: a block per row through shared memory.
 //   On compute capability 9.0, rows of 16-byte packs past 8192 classes (too long for any ce_groups
 //   instance) take softmax_sm90.cu's cluster kernels instead, where an instance holds them.
-// Roofline: 4 + 4 B/element (f32 → f32) or 2 + 2 B (f16 → f16, bf16 → bf16) plus 4 B per row. The f16 loss
-//   needs ~2.5 elements per clock per SM at the H100's ~3.0 TB/s copy rate, so its instruction
-//   count per element (ce_groups: ~7 in the exp pass, 18 in all by ncu; ce_rows: 32) matters as much
-//   as its bytes in flight.
+// Roofline: 4 + 4 B/element (f32 → f32) or 2 + 2 B (f16 → f16, bf16 → bf16) plus 4 B per row.
+//   The f16 loss needs ~2.5 elements per clock per SM at the H100's ~3.0 TB/s copy rate, so its
+//   instruction count per element (ce_groups: ~7 in the exp pass, 18 in all by ncu; ce_rows: 32)
+//   matters as much as its bytes in flight.
 #include "softmax_common.cuh"
 
 namespace softmax_detail {

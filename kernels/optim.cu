@@ -26,13 +26,15 @@
 //   both sides order the reads before the writes. Earlier launches of the same step finished
 //   before the last one started (one stream), so every block of the step saw the same t.
 // Launch: argument table by value (74 tensors and the copy kind: 3864 B, + 140 B of other
-//   arguments = 4004 B of the 4 KB parameter limit); one 256-thread block per `chunk` elements (a multiple of 1024 the host
-//   picks from the step's size); the block finds its tensor by binary search; 16-byte accesses
-//   when every pointer of the tensor is aligned. Each thread loads its first vector before the
-//   counters arrive, so the f64 prologue (~1 µs) overlaps the first memory round trip.
+//   arguments = 4004 B of the 4 KB parameter limit); one 256-thread block per `chunk` elements
+//   (a multiple of 1024 the host picks from the step's size); the block finds its tensor by
+//   binary search; 16-byte accesses when every pointer of the tensor is aligned. Each thread
+//   loads its first vector before the counters arrive, so the f64 prologue (~1 µs) overlaps the
+//   first memory round trip.
 // Roofline: Adam reads p, g, m, v and writes p, m, v, half: 30 B per element; SGD with momentum
-//   22 B; plain SGD 14 B (either copy type: both are 2 bytes). At ~2.9 TB/s (device copy, H100) 2^25 Adam parameters take ~350 µs; the
-//   default MLP's 407 k take ~4 µs, under the launch overhead.
+//   22 B; plain SGD 14 B (either copy type: both are 2 bytes). At ~2.9 TB/s (device copy, H100)
+//   2^25 Adam parameters take ~350 µs; the default MLP's 407 k take ~4 µs, under the launch
+//   overhead.
 #include "common.cuh"
 #include "pdl.cuh"
 

@@ -16,8 +16,8 @@
 // Launch: 1-D grid-stride, 256 threads, grid capped by the host at a wave of resident blocks;
 //   thread t also handles head element t (t < head < V) and tail element t (t < V).
 // Roofline: reads dy and y, writes dx: 6 B per f16 or bf16 element, 12 B per f32 element; a
-//   compare and a select each. The default MLP's 4096×512 hidden gradient (f16, 12.6 MB) takes ~4 µs at the
-//   device copy rate (~2.9 TB/s on the H100).
+//   compare and a select each. The default MLP's 4096×512 hidden gradient (f16, 12.6 MB) takes
+//   ~4 µs at the device copy rate (~2.9 TB/s on the H100).
 #include "common.cuh"
 
 using ampkit::Pack;
