@@ -1,5 +1,6 @@
-//! FP8 (E4M3, E5M2) quantize and dequantize on the CPU, reference for [`crate::ops::fp8`]; and
-//! the delayed-scaling recipe's per-tensor state ([`ScalingState`]: amax history, scale update).
+//! FP8 (E4M3, E5M2) quantize, cast + transpose and dequantize on the CPU, reference for
+//! [`crate::ops::fp8`]; and the delayed-scaling recipe's per-tensor state ([`ScalingState`]:
+//! amax history, scale update).
 //!
 //! The conversion is the `float8` crate's, a port of `cuda_fp8.hpp`: round to nearest even with
 //! saturation to the largest finite value (E4M3 ±448, E5M2 ±57344, infinities included), f32
@@ -18,8 +19,9 @@
 //! # Ok::<(), ampkit::Error>(())
 //! ```
 
-use crate::error::{same_len, Result};
+use crate::error::{expect_len, same_len, Error, Result};
 use float8::{F8E4M3, F8E5M2};
+use half::bf16;
 use rayon::prelude::*;
 
 /// The two FP8 formats of the H100's tensor cores (OCP FP8): E4M3 (4 exponent bits, 3 mantissa
@@ -83,6 +85,129 @@ pub fn quantize(format: Fp8Format, x: &[f32], scale: f32, q: &mut [u8]) -> Resul
     Ok(f32::from_bits(bits))
 }
 
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::bf16 {}
+}
+
+/// An element type the FP8 casts read ([`cast_transpose`], `ops::fp8::cast_transpose`): f32, or
+/// bf16 widened exactly to f32.
+pub trait CastInput: Copy + Send + Sync + sealed::Sealed {
+    /// The value as f32, exactly: a bf16's bits shifted up 16, NaN payloads as they are (`half`'s
+    /// `to_f32` sets a NaN's quiet bit; the amax of a NaN tensor is its largest bit pattern, so
+    /// the widening must be the GPU's, which is the shift).
+    fn widen(self) -> f32;
+}
+
+impl CastInput for f32 {
+    fn widen(self) -> f32 {
+        self
+    }
+}
+
+impl CastInput for bf16 {
+    fn widen(self) -> f32 {
+        f32::from_bits(u32::from(self.to_bits()) << 16)
+    }
+}
+
+/// The row pitch of a transposed FP8 copy of a matrix with `rows` rows: `rows` rounded up to a
+/// multiple of 16 (the FP8 GEMM reads its operands through TMA, whose row pitch must be a
+/// multiple of 16 bytes); `None` when that overflows.
+pub fn transpose_ld(rows: usize) -> Option<usize> {
+    rows.checked_next_multiple_of(16)
+}
+
+/// `(rows·cols, ld, cols·ld)` of a cast + transpose, or [`Error::InvalidArgument`] when a size
+/// overflows.
+pub(crate) fn cast_transpose_sizes(
+    op: &'static str,
+    rows: usize,
+    cols: usize,
+) -> Result<(usize, usize, usize)> {
+    let overflow = |what: &str| Error::InvalidArgument {
+        op,
+        detail: format!("{what} overflows usize (rows = {rows}, cols = {cols})"),
+    };
+    let n = rows
+        .checked_mul(cols)
+        .ok_or_else(|| overflow("rows·cols"))?;
+    let ld = transpose_ld(rows).ok_or_else(|| overflow("rows rounded up to 16"))?;
+    let nt = cols.checked_mul(ld).ok_or_else(|| overflow("cols·ld"))?;
+    Ok((n, ld, nt))
+}
+
+/// Tile width of [`cast_transpose`]'s transposed writes (columns of `src` per task).
+const TRANSPOSE_BLOCK: usize = 64;
+
+/// The cast + transpose of delayed-scaling training: for `src` `[rows, cols]` row-major,
+/// `q[r·cols + c] = fp8(src[r·cols + c]·scale)` (as [`quantize`], the source widened exactly by
+/// [`CastInput::widen`]) when `q` is given, and the transposed copy `qt[c·ld + r] = q[r·cols +
+/// c]` for `r < rows`, `0x00` for `rows ≤ r < ld`, where `ld` = [`transpose_ld`]`(rows)`. Returns
+/// `max |src|` before scaling, as [`quantize`] does (0 when empty; a NaN's largest bit pattern).
+///
+/// Errors: [`Error::ShapeMismatch`] unless `src` and `q` hold `rows·cols` elements and `qt`
+/// `cols·ld`; [`Error::InvalidArgument`] when a size overflows.
+///
+/// ```
+/// use ampkit::cpu::fp8::{cast_transpose, Fp8Format};
+/// let src = [1.0f32, 2.0, 3.0, -4.0, 5.0, 6.0]; // [2, 3]
+/// let (mut q, mut qt) = ([0u8; 6], [0xAAu8; 3 * 16]); // ld = 16
+/// let amax = cast_transpose(Fp8Format::E4M3, &src, 2, 3, 1.0, Some(&mut q), &mut qt)?;
+/// assert_eq!(amax, 6.0);
+/// let e = |x| Fp8Format::E4M3.encode(x);
+/// assert_eq!(&qt[16..18], [e(2.0), e(5.0)]); // column 1 of q
+/// assert!(qt[18..32].iter().all(|&b| b == 0)); // its padding
+/// # Ok::<(), ampkit::Error>(())
+/// ```
+pub fn cast_transpose<T: CastInput>(
+    format: Fp8Format,
+    src: &[T],
+    rows: usize,
+    cols: usize,
+    scale: f32,
+    q: Option<&mut [u8]>,
+    qt: &mut [u8],
+) -> Result<f32> {
+    const OP: &str = "cpu::fp8::cast_transpose";
+    let (n, ld, nt) = cast_transpose_sizes(OP, rows, cols)?;
+    let how = format!("rows·cols = {rows}·{cols}");
+    expect_len(OP, "src", src.len(), n, &how)?;
+    if let Some(q) = &q {
+        expect_len(OP, "q", q.len(), n, &how)?;
+    }
+    expect_len(OP, "qt", qt.len(), nt, &format!("cols·ld = {cols}·{ld}"))?;
+    let code = |v: T| format.encode(v.widen() * scale);
+    if let Some(q) = q {
+        q.par_iter_mut()
+            .zip(src.par_iter())
+            .for_each(|(o, &v)| *o = code(v));
+    }
+    if nt > 0 {
+        // A task per TRANSPOSE_BLOCK rows of qt: it reads those columns of src row by row.
+        qt.par_chunks_mut(TRANSPOSE_BLOCK * ld)
+            .enumerate()
+            .for_each(|(b, out)| {
+                let (c0, nc) = (b * TRANSPOSE_BLOCK, out.len() / ld);
+                for (r, row) in src.chunks_exact(cols).enumerate() {
+                    for (j, &v) in row[c0..c0 + nc].iter().enumerate() {
+                        out[j * ld + r] = code(v);
+                    }
+                }
+                for line in out.chunks_exact_mut(ld) {
+                    line[rows..].fill(0);
+                }
+            });
+    }
+    let bits = src
+        .par_iter()
+        .map(|v| v.widen().to_bits() & 0x7FFF_FFFF)
+        .max()
+        .unwrap_or(0);
+    Ok(f32::from_bits(bits))
+}
+
 /// `y[i] = f32(q[i])·scale_inv` ([`Fp8Format::decode`], then one f32 multiply; NaN stays
 /// 0x7FFFFFFF). Errors: [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) unless the lengths
 /// agree.
@@ -97,13 +222,23 @@ pub fn dequantize(format: Fp8Format, q: &[u8], scale_inv: f32, y: &mut [f32]) ->
 
 /// How the recipe reduces an amax history to the amax a scale is computed from (Transformer
 /// Engine's `amax_compute_algo`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum AmaxAlgo {
     /// The largest amax in the window (NaN entries ignored, as `fmaxf` does). TE's default.
     #[default]
     Max,
     /// The amax of the step that just ran.
     MostRecent,
+}
+
+/// `2^-margin` in f32, the factor [`ScalingState::update`] multiplies the format's largest value
+/// by (`powf`, as Transformer Engine's `std::pow(2.f, -margin)`; exact for integer margins).
+/// `ops::fp8::update_scales` passes this same value to the device, so the two agree bit for bit.
+pub fn margin_factor(margin: f32) -> f32 {
+    2f32.powf(-margin)
 }
 
 /// Delayed scaling's per-tensor state: an amax history and the scale derived from it.
@@ -113,8 +248,11 @@ pub enum AmaxAlgo {
 /// window, exactly as Transformer Engine's `amax_and_scale_update` kernel does:
 /// - the amax used is the max over the whole history, the entry about to leave included
 ///   ([`AmaxAlgo::Max`], NaN entries ignored), or `history[0]` ([`AmaxAlgo::MostRecent`]);
-/// - `scale = fp8_max · 2^-margin / amax` if that amax is finite and positive, else the scale is
-///   kept (an overflowing or all-zero tensor never drives it to 0 or inf);
+/// - `scale = (fp8_max · 2^-margin) / amax` (f32 operations in that order, `2^-margin` as
+///   [`margin_factor`] computes it) if that amax is finite and positive, else the scale is kept
+///   (an overflowing or all-zero tensor never drives it to 0 or inf); a scale that comes out
+///   infinite (an amax so small that the quotient overflows, or an infinite scale kept) becomes
+///   `f32::MAX`, as in current Transformer Engine;
 /// - the history becomes `[0, h[2], …, h[len-1], h[0]]`: the oldest entry (`h[1]`) leaves, this
 ///   step's moves to the end, and slot 0 is cleared for the next step.
 #[derive(Debug, Clone, PartialEq)]
@@ -134,12 +272,14 @@ impl ScalingState {
         }
     }
 
-    /// Folds a cast's amax into this step's slot (a max; NaN wins, as the GPU's atomic max on
-    /// the bits makes it).
+    /// Folds a cast's amax (a magnitude: the sign bit is ignored) into this step's slot: the
+    /// larger bit pattern wins, exactly as the GPU casts' atomic max on the bits (so a NaN wins
+    /// over any number, and of two NaNs the larger payload).
     pub fn record(&mut self, amax: f32) {
+        let bits = amax.to_bits() & 0x7FFF_FFFF;
         let slot = &mut self.history[0];
-        if amax.is_nan() || amax > *slot {
-            *slot = amax;
+        if bits > slot.to_bits() {
+            *slot = f32::from_bits(bits);
         }
     }
 
@@ -150,9 +290,12 @@ impl ScalingState {
             AmaxAlgo::Max => h.iter().fold(0f32, |m, &a| m.max(a)),
             AmaxAlgo::MostRecent => h[0],
         };
-        let scaled_max = format.max() * 2f32.powf(-margin);
+        let scaled_max = format.max() * margin_factor(margin);
         if amax.is_finite() && amax > 0.0 {
             self.scale = scaled_max / amax;
+        }
+        if self.scale.is_infinite() {
+            self.scale = f32::MAX;
         }
         if h.len() > 1 {
             let newest = h[0];
@@ -246,6 +389,9 @@ mod tests {
         assert_eq!(s.update(f, AmaxAlgo::Max, 0.0), 56.0);
         s.record(f32::NAN);
         assert_eq!(s.update(f, AmaxAlgo::MostRecent, 0.0), 56.0);
+        // An amax so small that the quotient overflows: the scale is f32::MAX, not inf.
+        s.record(1e-40);
+        assert_eq!(s.update(f, AmaxAlgo::MostRecent, 0.0), f32::MAX);
         let mut one = ScalingState::new(1);
         one.record(7.0);
         assert_eq!(
