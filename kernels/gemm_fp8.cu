@@ -28,9 +28,9 @@
 // pitch of a tensor map is a multiple of 16 bytes) and A, B 16-byte aligned: the host checks.
 //
 // Configs (tile BM×BN×BK, consumer shape, stages, dynamic shared memory):
-//   pp128: 128×128×128, ping-pong (2 × m64n128 per consumer per k32), 6 × 32 KB, 218 KB
-//   p256:  128×256×128, cooperative (1 × m64n256 per consumer),       4 × 48 KB, 214 KB
-//   pp64:   64×256×128, ping-pong (1 × m64n256 per consumer),          5 × 40 KB, 222 KB
+//   pp128: 128×128×128, ping-pong (2 × m64n128 per consumer per k32), 6 × 32 KB, 213 KB
+//   p256:  128×256×128, cooperative (1 × m64n256 per consumer),       4 × 48 KB, 213 KB
+//   pp64:   64×256×128, ping-pong (1 × m64n256 per consumer),          5 × 40 KB, 221 KB
 // Launch: grid (2·clusters, 1, 1), at most one block per SM, 384 threads, cluster dims (2,1,1)
 // compiled in; dynamic shared memory as above (including 1 KB to align the tiles to the
 // 128-byte swizzle's 1024-byte period).

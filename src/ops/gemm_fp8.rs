@@ -134,7 +134,7 @@ impl Fp8Config {
     }
 }
 
-/// Every configuration, the planner's default first.
+/// Every configuration: `p256` and `pp128` (the planner's two), then `pp64`.
 #[doc(hidden)]
 pub const FP8_CONFIGS: [Fp8Config; 3] = [
     Fp8Config {
@@ -175,15 +175,16 @@ pub const FP8_CONFIGS: [Fp8Config; 3] = [
     },
 ];
 
-/// The configuration [`gemm_fp8`] runs for `shape` on `sms` multiprocessors: `p256` (the
-/// fastest at 8192³ and on the wide shapes, docs/kernels/gemm_fp8.md) unless its 128×256 tiles
-/// give fewer than two rounds of work units for the clusters, then `pp128`, whose 128×128 tiles
-/// make twice as many (a rule, not yet measured on small shapes).
+/// The configuration [`gemm_fp8`] runs for `shape` on `sms` multiprocessors. Measured on an H100
+/// (docs/kernels/gemm_fp8.md): `p256` led at k = 8192 (8192³, 4096×4096×8192), `pp128` at
+/// k = 4096 (8192×4096×4096), where `p256`'s epilogue, which stops both consumers, is a larger
+/// share of each tile. So `p256` for k ≥ 8192 when its 128×256 tiles give every cluster at least
+/// two work units, else `pp128` (small shapes: a rule, not measured).
 #[doc(hidden)]
 pub fn plan_fp8(shape: GemmShape, sms: usize) -> Fp8Config {
     let units = |c: &Fp8Config| shape.m.div_ceil(c.bm).div_ceil(CLUSTER) * shape.n.div_ceil(c.bn);
     let clusters = (sms / CLUSTER).max(1);
-    if units(&FP8_CONFIGS[0]) >= 2 * clusters {
+    if shape.k >= 8192 && units(&FP8_CONFIGS[0]) >= 2 * clusters {
         FP8_CONFIGS[0]
     } else {
         FP8_CONFIGS[1]
@@ -353,4 +354,27 @@ pub fn gemm_fp8_with<C: Fp8Output>(
     // and each scale one; the grid is a multiple of the compiled cluster size (2). The guards
     // above outlive the launch.
     unsafe { gpu.launch(&kernels::GEMM_FP8, kernel, cfg, &args) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_planner_takes_p256_at_deep_k_and_pp128_elsewhere() {
+        let plan = |m, n, k| plan_fp8(GemmShape::new(Layout::Forward, m, n, k), 132).name;
+        assert_eq!(plan(8192, 8192, 8192), "p256");
+        assert_eq!(plan(4096, 4096, 8192), "p256");
+        assert_eq!(plan(8192, 4096, 4096), "pp128");
+        // Too few 128×256 units for two rounds of 66 clusters.
+        assert_eq!(plan(1024, 1024, 8192), "pp128");
+        for c in FP8_CONFIGS {
+            assert!(
+                c.shared_bytes() <= 227 * 1024,
+                "{}: {}",
+                c.name,
+                c.shared_bytes()
+            );
+        }
+    }
 }
