@@ -433,6 +433,7 @@ fn v1_fixture() -> (TrainConfig, Progress, BackendState) {
             scale: 32768.0,
             growth_tracker: 2,
         },
+        fp8: Vec::new(),
     };
     let progress = Progress {
         epoch: 1,

@@ -83,12 +83,14 @@
 
 mod clip;
 mod cpu_grad_scaler;
+mod fp8;
 mod grad_scaler;
 mod nonfinite;
 
 pub use crate::cpu::scaler::ScalerConfig;
 pub use clip::GradClip;
 pub use cpu_grad_scaler::CpuGradScaler;
+pub use fp8::{Fp8Formats, Fp8Recipe, MAX_HISTORY as FP8_MAX_HISTORY};
 pub use grad_scaler::{GradScaler, ScalerStateDict};
 pub use nonfinite::NonFinite;
 
@@ -271,17 +273,50 @@ pub enum Precision {
     /// `autocast(enabled=False)` region.
     #[default]
     Mixed,
+    /// BF16 autocast: the same placement as [`Precision::Mixed`] with bf16 in place of f16
+    /// (bf16 GEMM operands and activations, f32 accumulation, f32 master weights with bf16
+    /// copies). bf16 has f32's exponent range, so it trains without loss scaling: the default
+    /// loss scaling is off, as PyTorch uses no `GradScaler` with bf16 autocast.
+    Bf16,
+    /// FP8 GEMMs in the hidden linear layers with Transformer Engine's delayed scaling
+    /// ([`Fp8Recipe`]: E4M3 inputs and weights, E5M2 gradients, per-tensor scales from an amax
+    /// history), f32 accumulation; everything else as [`Precision::Bf16`] (the last layer,
+    /// which TE recommends keeping in higher precision, the activations between layers, f32
+    /// masters, no loss scaling).
+    Fp8,
     /// Everything in f32 (the baseline).
     Fp32,
+}
+
+impl Precision {
+    /// The name `--precision` takes and messages use: `mixed`, `bf16`, `fp8` or `fp32`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Mixed => "mixed",
+            Precision::Bf16 => "bf16",
+            Precision::Fp8 => "fp8",
+            Precision::Fp32 => "fp32",
+        }
+    }
+
+    /// Whether the default loss scaling is dynamic (f16 only: bf16, FP8 with its per-tensor
+    /// scales, and f32 need none).
+    pub fn scales_loss(self) -> bool {
+        self == Precision::Mixed
+    }
 }
 
 impl std::str::FromStr for Precision {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s {
-            "amp" | "mixed" | "fp16" => Ok(Precision::Mixed),
+            "amp" | "mixed" | "fp16" | "f16" => Ok(Precision::Mixed),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            "fp8" | "f8" => Ok(Precision::Fp8),
             "fp32" | "f32" => Ok(Precision::Fp32),
-            _ => Err(format!("unknown precision {s:?}: use mixed (fp16) or fp32")),
+            _ => Err(format!(
+                "unknown precision {s:?}: use mixed (fp16), bf16, fp8 or fp32"
+            )),
         }
     }
 }

@@ -6,7 +6,7 @@
 //! `state_dict` keys of that `Sequential` (`0.weight`, `0.bias`, `2.weight`, …), weights
 //! `[out, in]`, so a checkpoint loads into PyTorch unchanged.
 
-use crate::amp::Precision;
+use crate::amp::{Fp8Recipe, Precision};
 use crate::error::{Error, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -24,6 +24,10 @@ pub struct MlpConfig {
     /// Linear layers (0-based) computed in f32 under mixed precision, like PyTorch's
     /// `autocast(enabled=False)` regions.
     pub fp32_layers: Vec<usize>,
+    /// Delayed scaling's parameters under [`Precision::Fp8`] (ignored otherwise). Absent in
+    /// checkpoints of earlier versions: the defaults.
+    #[serde(default)]
+    pub fp8: Fp8Recipe,
 }
 
 /// LayerNorm's epsilon (PyTorch's default).
@@ -37,6 +41,7 @@ impl MlpConfig {
             layernorm: false,
             precision: Precision::Mixed,
             fp32_layers: Vec::new(),
+            fp8: Fp8Recipe::default(),
         }
     }
 
@@ -74,6 +79,19 @@ impl MlpConfig {
                 }
             }
         }
+        if self.precision == Precision::Fp8 {
+            self.fp8.validate()?;
+            for l in (0..self.linear_count()).filter(|&l| self.fp8_layer(l)) {
+                let (fan_in, out) = (self.layers[l], self.layers[l + 1]);
+                if fan_in % 16 != 0 || out % 16 != 0 {
+                    return Err(bad(format!(
+                        "layer {l} ({fan_in}→{out}) runs in FP8, whose GEMMs need both widths \
+                         to be multiples of 16: change the widths or keep it out of FP8 with \
+                         --fp32-layers {l}"
+                    )));
+                }
+            }
+        }
         if let Some(&l) = self.fp32_layers.iter().find(|&&l| l >= self.linear_count()) {
             return Err(bad(format!(
                 "fp32 layer {l} does not exist: the model has linear layers 0..{}",
@@ -98,9 +116,21 @@ impl MlpConfig {
         *self.layers.last().unwrap_or(&0)
     }
 
-    /// Whether linear layer `l` computes in f16 (mixed precision and not forced to f32).
+    /// Whether linear layer `l` computes in a 16-bit type, f16 or bf16 (mixed, bf16 or fp8
+    /// precision, and not forced to f32); under fp8 its GEMMs may be FP8 ([`Self::fp8_layer`])
+    /// with bf16 activations around them.
     pub fn half_layer(&self, l: usize) -> bool {
-        self.precision == Precision::Mixed && !self.fp32_layers.contains(&l)
+        matches!(
+            self.precision,
+            Precision::Mixed | Precision::Bf16 | Precision::Fp8
+        ) && !self.fp32_layers.contains(&l)
+    }
+
+    /// Whether linear layer `l` runs its GEMMs in FP8: under [`Precision::Fp8`], every layer
+    /// but the last (the classifier, kept in bf16 as Transformer Engine recommends for the
+    /// last layer) and those forced to f32.
+    pub fn fp8_layer(&self, l: usize) -> bool {
+        self.precision == Precision::Fp8 && l + 1 < self.linear_count() && self.half_layer(l)
     }
 
     /// The `Sequential` index of linear layer `l` (and `+1` is its LayerNorm, if any).

@@ -7,6 +7,7 @@
 //! the device until [`Backend::take_records`].
 
 use crate::amp::NonFinite;
+use crate::cpu::fp8::ScalingState;
 use crate::cpu::optim::OptimizerConfig;
 use crate::cpu::scaler::ScalerState;
 use crate::error::Result;
@@ -69,6 +70,9 @@ pub struct BackendState {
     pub exp_avg_sq: Vec<Vec<f32>>,
     /// Loss scale and growth tracker.
     pub scaler: ScalerState,
+    /// `--precision fp8`: delayed scaling's amax history and scale of every FP8 tensor, per
+    /// FP8 layer its input, weight and output gradient, layers in order; empty otherwise.
+    pub fp8: Vec<ScalingState>,
 }
 
 /// One AMP training step at a time, on some device.

@@ -17,6 +17,7 @@ pub(crate) fn export_state(
     params: Vec<Tensor>,
     opt: &OptimizerStateDict,
     scaler: ScalerState,
+    fp8: Vec<crate::cpu::fp8::ScalingState>,
 ) -> Result<BackendState> {
     let n = params.len();
     let per_tensor = |m: &Option<Vec<Vec<f32>>>| m.clone().unwrap_or_else(|| vec![Vec::new(); n]);
@@ -31,6 +32,7 @@ pub(crate) fn export_state(
         }),
         exp_avg_sq: per_tensor(&opt.exp_avg_sq),
         scaler,
+        fp8,
     })
 }
 

@@ -2,7 +2,7 @@
 //! [`crate::ops`], everything on one stream with no host synchronisation and no device-to-host
 //! copy. Per step: forward GEMMs (bias and ReLU in the epilogue), fused softmax-cross-entropy
 //! (the loss scale read from the [`GradScaler`]'s device buffer), per-layer backward
-//! (ReLU/LayerNorm backward, f32 weight gradient, bias gradient, f16 data gradient), then the
+//! (ReLU/LayerNorm backward, f32 weight gradient, bias gradient, 16-bit data gradient), then the
 //! scaler's step: one multi-tensor unscale + inf check whose last block also appends (loss,
 //! scale, found_inf, which gradients were non-finite) to a record buffer the host reads back in [`Backend::take_records`],
 //! advances the epoch's sample cursor and applies [`GradScaler::update`]'s scale update, and one
@@ -14,7 +14,7 @@
 //! for the unscale to add: 7 kernels per step for the default model.
 //!
 //! The step's inputs come from the training set resident on the device: each step starts with
-//! one kernel that gathers (and shifts, and casts to f16) its batch from the epoch's plan at the
+//! one kernel that gathers (and shifts, and casts to the first layer's dtype) its batch from the epoch's plan at the
 //! device-side cursor ([`Backend::keep_dataset`], [`Backend::load_epoch_plan`]; `load_epoch`'s
 //! images take the same path), so a CUDA-graph step is one graph launch and nothing else.
 //!
@@ -24,183 +24,70 @@
 //! addresses are fixed. Layers in f32 (`--precision fp32`, `--fp32-layers`) run their GEMMs
 //! through cuBLAS in true f32 ([`crate::ops::blas`]); the per-layer passes are in
 //! `train/gpu_layers.rs` (private).
+//!
+//! The half layers compute in f16 under [`crate::amp::Precision::Mixed`] and in bf16 under
+//! [`crate::amp::Precision::Bf16`] (the same step, each op built for both types; the fused head
+//! is f16 only, so a bf16 step runs the unfused ops).
 
-use super::backend::{Backend, BackendState, Evaluation, StepRecord};
-use super::cpu_backend::{
-    check_batch, check_params, check_samples, count_correct, export_state, import_dicts,
-    layer_params,
-};
-use super::gpu_data::EpochData;
-use super::gpu_layers::{self, Buf, Layer, Params, View};
-use super::{config::TrainConfig, memory};
-use crate::amp::GradScaler;
+use super::backend::{Backend, BackendState, Evaluation};
+use super::config::TrainConfig;
+use super::gpu_engine::Engine;
+use crate::amp::Precision;
 use crate::cpu::optim::OptimizerConfig;
-use crate::cpu::schedule::LrSchedule;
-use crate::cuda::{DeviceBuffer, Gpu};
-use crate::device::Device;
-use crate::error::{Error, Result};
-use crate::nn::{init_parameters, MlpConfig, Tensor};
-use crate::ops::blas::Blas;
-use crate::ops::cross_entropy::{softmax_cross_entropy, Grad, Logit};
-use crate::ops::{augment, scaler};
-use crate::optim::{self, base_lr, GpuParam, Optimizer};
-use cudarc::driver::{CudaGraph, DevicePtr};
-use half::f16;
+use crate::cuda::Gpu;
+use crate::error::Result;
+#[cfg(doc)]
+use crate::{amp::GradScaler, error::Error};
+use half::{bf16, f16};
 use std::sync::Arc;
 
-// The records, evaluation, export and import: a child module, so it sees the backend's fields.
-#[path = "gpu_backend_state.rs"]
-mod state;
-
-// Values per step in the record buffer: loss, scale, found_inf, the non-finite mask's words.
-use crate::ops::scaler::RECORD;
-
-/// The GPU backend.
+/// The GPU backend: the model's parameters, optimizer state, scaler and every buffer of the step
+/// on one device.
 pub struct GpuBackend {
-    gpu: Arc<Gpu>,
-    cfg: MlpConfig,
-    layers: Vec<Layer>,
-    /// cuBLAS, for f32 layers only (none for an all-f16 model).
-    blas: Option<Blas>,
-    opt: OptimizerConfig,
-    schedule: LrSchedule,
-    batch_cap: usize,
-    masters: Vec<DeviceBuffer<f32>>,
-    halves: Vec<DeviceBuffer<f16>>,
-    grads: Vec<DeviceBuffer<f32>>,
-    /// The optimizer object, its moments and step counter on the device (created on `gpu`).
-    optimizer: Box<dyn Optimizer + Send>,
-    /// The loss scaler: scale, growth tracker and found_inf in device memory (on `gpu`).
-    scaler: GradScaler,
-    /// Real optimizer steps as of the last record read-back (the host's copy of the device
-    /// counter, advanced from the records' skip flags).
-    real_steps: u64,
-    loss: DeviceBuffer<f32>,
-    records: DeviceBuffer<f32>,
-    /// Steps recorded on the device since the last read-back (the host's copy of `cursor[0]`).
-    pending: usize,
-    /// `[records written, the epoch's next sample]`, advanced by the step's bookkeeping kernel.
-    cursor: DeviceBuffer<u32>,
-    /// The host's copy of `cursor[1]`.
-    next_first: usize,
-    /// The training set on the device and the epoch's plan.
-    data: EpochData,
-    /// The step's batch, gathered by its first kernel, in layer 0's dtype, and its labels.
-    batch_x: Buf,
-    batch_y: DeviceBuffer<u32>,
-    graph: GraphState,
-    /// Fused kernels where the model allows them (the classifier head).
-    fused: bool,
+    engine: Typed,
 }
 
-/// CUDA-graph mode: a full batch's whole step (its input gather included) replays as one graph,
-/// captured on the second full step.
-struct GraphState {
-    enabled: bool,
-    /// One full step has run eagerly (modules loaded, scratch sized).
-    warm: bool,
-    exec: Option<CudaGraph>,
-    /// The scratch generation the graph was captured with.
-    scratch: u64,
-    /// The data's [`EpochData::signature`] and the record buffer's address it was captured
-    /// with.
-    data: ([u64; 8], u64),
+/// The engine for the model's 16-bit type.
+enum Typed {
+    F16(Engine<f16>),
+    Bf16(Engine<bf16>),
 }
 
-fn unsupported(detail: String) -> Error {
-    Error::InvalidArgument {
-        op: "train::GpuBackend",
-        detail,
-    }
+/// Runs `$body` with `$e` bound to the engine, whichever its type.
+macro_rules! with_engine {
+    ($self:expr, $e:ident => $body:expr) => {
+        match $self {
+            Typed::F16($e) => $body,
+            Typed::Bf16($e) => $body,
+        }
+    };
 }
 
 impl GpuBackend {
     /// The model of `train` with fresh parameters from its seed on `gpu`, with buffers for
-    /// batches of up to `train.batch` samples, in CUDA-graph mode if `train.cuda_graph`.
+    /// batches of up to `train.batch` samples, in CUDA-graph mode if `train.cuda_graph`. Half
+    /// layers compute in bf16 under `--precision bf16` ([`Precision::Bf16`]), else in f16.
     ///
     /// The backend works on a fork of `gpu` (a stream and scratch buffer of its own on the same
     /// context, ordered after the work queued on `gpu` so far; launch synchronisation as
     /// `gpu`'s at this point), so `gpu` can be shared with other threads and other backends.
     ///
     /// Errors: [`Error::InvalidArgument`] when `train` fails [`TrainConfig::validate`];
-    /// [`Error::InsufficientMemory`] when the model does not fit in the GPU's free memory, before anything
-    /// is allocated; [`Error::Driver`] when an allocation fails all the same.
+    /// [`Error::InsufficientMemory`] when the model does not fit in the GPU's free memory, before
+    /// anything is allocated; [`Error::Driver`] when an allocation fails all the same.
     pub fn new(gpu: Arc<Gpu>, train: &TrainConfig) -> Result<GpuBackend> {
-        let (cfg, opt, schedule, loss_scale) = (
-            &train.model,
-            train.optimizer,
-            train.schedule,
-            train.loss_scale,
-        );
-        let (batch, seed, cuda_graph) = (train.batch, train.seed, train.cuda_graph);
-        train.validate()?;
-        let gpu = gpu.fork()?;
-        memory::check_gpu_model(&gpu, train)?;
-        let params = init_parameters(cfg, seed);
-        let masters = params
-            .iter()
-            .map(|p| gpu.upload(&p.data))
-            .collect::<Result<Vec<_>>>()?;
-        let halves = params
-            .iter()
-            .map(|p| gpu.upload(&p.data.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>()))
-            .collect::<Result<Vec<_>>>()?;
-        let grads = params
-            .iter()
-            .map(|p| gpu.alloc_zeros(p.data.len()))
-            .collect::<Result<Vec<_>>>()?;
-        let lens: Vec<usize> = params.iter().map(|p| p.data.len()).collect();
-        let mut optimizer = optim::for_config(&Device::Cuda(gpu.clone()), &opt, &lens)?;
-        optimizer.set_schedule(schedule)?;
-        let layers = gpu_layers::build(&gpu, cfg, &layer_params(cfg), batch)?;
-        let blas = (0..cfg.linear_count())
-            .any(|l| !cfg.half_layer(l))
-            .then(|| Blas::new(&gpu))
-            .transpose()?;
-        Ok(GpuBackend {
-            cfg: cfg.clone(),
-            layers,
-            blas,
-            opt,
-            schedule,
-            batch_cap: batch,
-            masters,
-            halves,
-            grads,
-            optimizer,
-            scaler: {
-                let mut s = GradScaler::new(&gpu, loss_scale)?;
-                s.set_grad_clip(train.clip)?;
-                s
-            },
-            real_steps: 0,
-            loss: gpu.alloc_zeros(1)?,
-            records: gpu.alloc_zeros(RECORD)?,
-            pending: 0,
-            cursor: gpu.alloc_zeros(2)?,
-            next_first: 0,
-            data: EpochData::empty(&gpu)?,
-            batch_x: Buf::new(&gpu, cfg.half_layer(0), batch * cfg.inputs())?,
-            batch_y: gpu.alloc_zeros(batch)?,
-            graph: GraphState {
-                enabled: cuda_graph,
-                warm: false,
-                exec: None,
-                scratch: 0,
-                data: ([0; 8], 0),
-            },
-            fused: true,
-            gpu,
-        })
+        let engine = match train.model.precision {
+            Precision::Bf16 | Precision::Fp8 => Typed::Bf16(Engine::new(gpu, train)?),
+            Precision::Mixed | Precision::Fp32 => Typed::F16(Engine::new(gpu, train)?),
+        };
+        Ok(GpuBackend { engine })
     }
 
     /// Turns CUDA-graph mode on or off (on by default through [`crate::train::TrainConfig`]).
     /// Graph replay runs the same kernels with the same arguments as eager steps, so results are
     /// bit-identical either way; it only removes the per-launch host overhead.
     pub fn set_cuda_graph(&mut self, on: bool) {
-        self.graph.enabled = on;
-        self.graph.exec = None;
-        self.graph.warm = false;
+        with_engine!(&mut self.engine, e => e.set_cuda_graph(on))
     }
 
     /// Turns the step's fused kernels on or off (on by default). A model whose last layer is f16
@@ -209,115 +96,33 @@ impl GpuBackend {
     /// the ReLU backward) as one kernel; off, the step launches the unfused ops one by one.
     /// The two agree within the ops' tolerances, not bit for bit (the head's f32 sums run in
     /// another order); each is deterministic. For comparisons; there is no reason to turn it off.
+    /// (A bf16 model always runs the unfused ops.)
     pub fn set_fusion(&mut self, on: bool) {
-        self.fused = on;
-        self.graph.exec = None;
-        self.graph.warm = false;
+        with_engine!(&mut self.engine, e => e.set_fusion(on))
     }
 
     /// The handle the backend queues its work on: a fork of the `Gpu` it was built with (see
     /// [`GpuBackend::new`]); time or order its steps on this handle's stream.
     pub fn gpu(&self) -> &Arc<Gpu> {
-        &self.gpu
+        with_engine!(&self.engine, e => e.gpu())
     }
 
     /// Whether the steps are replaying a captured CUDA graph.
     pub fn graph_active(&self) -> bool {
-        self.graph.exec.is_some()
-    }
-
-    /// Uploads inputs in layer 0's dtype (f16 for a half layer: the autocast cast).
-    fn upload_inputs(&self, images: &[f32]) -> Result<Buf> {
-        Ok(if self.cfg.half_layer(0) {
-            Buf::H(
-                self.gpu
-                    .upload(&images.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>())?,
-            )
-        } else {
-            Buf::F(self.gpu.upload(images)?)
-        })
-    }
-
-    /// What a captured step depends on besides the scratch buffer: see [`GraphState::data`].
-    fn captured_with(&self) -> ([u64; 8], u64) {
-        let records = self.records.device_ptr(self.gpu.stream()).0;
-        (self.data.signature(&self.gpu), records)
-    }
-
-    /// After an epoch is loaded: the step cursor back to its first sample, and room in the
-    /// record buffer for every step of the epoch (at most one per sample) plus the unread ones.
-    fn epoch_loaded(&mut self) -> Result<()> {
-        let stream = self.gpu.stream().clone();
-        stream
-            .memcpy_htod(&[0u32], &mut self.cursor.slice_mut(1..2))
-            .map_err(Error::driver("resetting the epoch's sample cursor"))?;
-        self.next_first = 0;
-        let need = (self.pending + self.data.len()) * RECORD;
-        if self.records.len() < need {
-            let mut bigger = self.gpu.alloc_zeros::<f32>(need)?;
-            if self.pending > 0 {
-                stream
-                    .memcpy_dtod(
-                        &self.records.slice(..self.pending * RECORD),
-                        &mut bigger.slice_mut(..self.pending * RECORD),
-                    )
-                    .map_err(Error::driver("growing the step records"))?;
-            }
-            self.records = bigger; // a graph captured over the old one recaptures
-        }
-        Ok(())
-    }
-}
-
-/// The fused softmax-cross-entropy of a batch's logits, dlogits in the logits' dtype.
-#[allow(clippy::too_many_arguments)] // the op's own argument list
-fn cross_entropy<T: Logit + Grad>(
-    gpu: &Gpu,
-    logits: &DeviceBuffer<T>,
-    labels: &cudarc::driver::CudaView<'_, u32>,
-    rows: usize,
-    classes: usize,
-    scale: &DeviceBuffer<f32>,
-    dlogits: &mut DeviceBuffer<T>,
-    loss: &mut DeviceBuffer<f32>,
-) -> Result<()> {
-    let n = rows * classes;
-    softmax_cross_entropy::<T, T>(
-        gpu,
-        &logits.slice(..n),
-        labels,
-        rows,
-        classes,
-        scale,
-        &mut dlogits.slice_mut(..n),
-        loss,
-    )
-}
-
-/// `len` elements of `buf` from `offset`, as a dtype-tagged view.
-fn sample_view(buf: &Buf, offset: usize, len: usize) -> View<'_> {
-    match buf {
-        Buf::H(b) => View::H(b.slice(offset..offset + len)),
-        Buf::F(b) => View::F(b.slice(offset..offset + len)),
+        with_engine!(&self.engine, e => e.graph_active())
     }
 }
 
 impl Backend for GpuBackend {
     fn device(&self) -> String {
-        let i = self.gpu.info();
-        format!("cuda:{} ({})", i.ordinal, i.name)
+        with_engine!(&self.engine, e => e.device())
     }
-
     fn load_epoch(&mut self, images: &[f32], labels: &[u32]) -> Result<()> {
-        self.data.load(&self.gpu, &self.cfg, images, labels)?;
-        self.epoch_loaded()
+        with_engine!(&mut self.engine, e => e.load_epoch(images, labels))
     }
-
     fn keep_dataset(&mut self, images: &[f32], labels: &[u32]) -> Result<bool> {
-        self.data.keep(&self.gpu, &self.cfg, images, labels)?;
-        Ok(true)
+        with_engine!(&mut self.engine, e => e.keep_dataset(images, labels))
     }
-
     fn load_epoch_plan(
         &mut self,
         order: &[u32],
@@ -325,212 +130,27 @@ impl Backend for GpuBackend {
         side: usize,
         background: f32,
     ) -> Result<()> {
-        let inputs = self.cfg.inputs();
-        self.data
-            .plan(&self.gpu, inputs, order, shifts, side, background)?;
-        self.epoch_loaded()
+        with_engine!(&mut self.engine, e => e.load_epoch_plan(order, shifts, side, background))
     }
-
     fn step(&mut self, first: usize, batch: usize) -> Result<()> {
-        check_batch("train::GpuBackend::step", first, batch, self.data.len())?;
-        if batch > self.batch_cap {
-            return Err(unsupported(format!(
-                "batch {batch} exceeds the {} the backend was built for",
-                self.batch_cap
-            )));
-        }
-        if (self.pending + 1) * RECORD > self.records.len() {
-            return Err(unsupported(format!(
-                "{} step records are waiting: call take_records() at least once per epoch",
-                self.pending
-            )));
-        }
-        if first != self.next_first {
-            // Not where the last step left the device cursor (a resumed epoch, or steps out of
-            // order): move it.
-            let at = u32::try_from(first).map_err(|_| unsupported(format!("sample {first}")))?;
-            (self.gpu.stream())
-                .memcpy_htod(&[at], &mut self.cursor.slice_mut(1..2))
-                .map_err(Error::driver("moving the epoch's sample cursor"))?;
-        }
-        let graphable = self.graph.enabled && batch == self.batch_cap && !self.gpu.sync_launches();
-        if !graphable {
-            self.step_body(batch)?;
-        } else {
-            let captured_with = self.captured_with();
-            if self.graph.scratch != self.gpu.scratch_generation()
-                || self.graph.data != captured_with
-            {
-                // The scratch buffer, the data or the records moved, or the plan changed, since
-                // the capture: capture again.
-                self.graph.exec = None;
-            }
-            if let Some(g) = &self.graph.exec {
-                g.launch()
-                    .map_err(Error::driver("replaying the step's CUDA graph"))?;
-            } else if !self.graph.warm {
-                // The first full step runs eagerly: it loads every module and sizes the scratch
-                // buffer, so the capture allocates nothing.
-                self.step_body(batch)?;
-                self.graph.warm = true;
-            } else {
-                let gpu = self.gpu.clone();
-                match gpu.capture(|_| self.step_body(batch)) {
-                    Ok(((), g)) => {
-                        self.graph.scratch = self.gpu.scratch_generation();
-                        self.graph.data = captured_with;
-                        g.launch()
-                            .map_err(Error::driver("launching the step's CUDA graph"))?;
-                        self.graph.exec = Some(g);
-                    }
-                    Err(_) => {
-                        // Something in the step cannot be captured: nothing it queued ran, so
-                        // run it eagerly from now on (bit-identical, only slower).
-                        self.graph.enabled = false;
-                        self.scaler.restart_step();
-                        self.step_body(batch)?;
-                    }
-                }
-            }
-        }
-        self.pending += 1;
-        self.next_first = first + batch;
-        Ok(())
+        with_engine!(&mut self.engine, e => e.step(first, batch))
     }
-
-    fn take_records(&mut self) -> Result<Vec<StepRecord>> {
-        self.take_records_impl()
+    fn take_records(&mut self) -> Result<Vec<super::StepRecord>> {
+        with_engine!(&mut self.engine, e => e.take_records())
     }
-
     fn evaluate(&mut self, images: &[f32], labels: &[u32]) -> Result<Evaluation> {
-        self.evaluate_impl(images, labels)
+        with_engine!(&mut self.engine, e => e.evaluate(images, labels))
     }
-
     fn export(&mut self) -> Result<BackendState> {
-        self.export_impl()
+        with_engine!(&mut self.engine, e => e.export())
     }
-
     fn import(&mut self, state: &BackendState) -> Result<()> {
-        self.import_impl(state)
+        with_engine!(&mut self.engine, e => e.import(state))
     }
-
     fn scale(&mut self) -> Result<f32> {
-        self.scaler.get_scale()
+        with_engine!(&mut self.engine, e => e.scale())
     }
-
     fn optimizer(&self) -> &OptimizerConfig {
-        &self.opt
-    }
-}
-
-impl GpuBackend {
-    /// One AMP step on the `batch` samples at the device's sample cursor: the batch's gather,
-    /// forward, loss at the scaler's scale, backward, the scaler's step (unscale + inf check,
-    /// optimizer), the step's record, the scale update. No host synchronisation and no
-    /// allocation once warm, so it can be captured in a CUDA graph.
-    fn step_body(&mut self, batch: usize) -> Result<()> {
-        let (inputs, classes) = (self.cfg.inputs(), self.cfg.classes());
-        let gpu_arc = self.gpu.clone();
-        let gpu = &*gpu_arc;
-        let source = self.data.source(inputs);
-        let n = batch * inputs;
-        match &mut self.batch_x {
-            Buf::H(x) => augment::gather_batch(
-                gpu,
-                &source,
-                &self.cursor,
-                &mut x.slice_mut(..n),
-                &mut self.batch_y,
-                batch,
-            )?,
-            Buf::F(x) => augment::gather_batch(
-                gpu,
-                &source,
-                &self.cursor,
-                &mut x.slice_mut(..n),
-                &mut self.batch_y,
-                batch,
-            )?,
-        }
-        let (x, labels) = (
-            sample_view(&self.batch_x, 0, n),
-            self.batch_y.slice(..batch),
-        );
-        let params = Params {
-            masters: &self.masters,
-            halves: &self.halves,
-        };
-        let head = self.fused && gpu_layers::head_fits(&self.layers);
-        let count = self.layers.len() - usize::from(head);
-        gpu_layers::forward(
-            gpu,
-            &mut self.blas,
-            &mut self.layers,
-            &params,
-            &x,
-            batch,
-            count,
-        )?;
-        let (scale, loss) = (self.scaler.scale(), &mut self.loss);
-        if head {
-            gpu_layers::head(
-                gpu,
-                &mut self.layers,
-                &params,
-                &mut self.grads,
-                labels,
-                scale,
-                loss,
-                batch,
-            )?;
-        } else {
-            let last = self
-                .layers
-                .last_mut()
-                .expect("validated: at least one layer");
-            match (&last.out_buf, &mut last.dz) {
-                (Buf::H(logits), Buf::H(d)) => {
-                    cross_entropy(gpu, logits, &labels, batch, classes, scale, d, loss)?
-                }
-                (Buf::F(logits), Buf::F(d)) => {
-                    cross_entropy(gpu, logits, &labels, batch, classes, scale, d, loss)?
-                }
-                _ => unreachable!("the last layer's logits and dlogits share its dtype"),
-            }
-        }
-        gpu_layers::backward(
-            gpu,
-            &mut self.blas,
-            &mut self.layers,
-            &params,
-            &mut self.grads,
-            &x,
-            batch,
-            head,
-        )?;
-
-        // Unscale + inf check, the step's record and the scale update, and the optimizer (memset
-        // of found_inf, one unscale launch whose last block records the step and updates the
-        // scale, one fused optimizer launch at the schedule's rate, skipped on the device on
-        // inf/NaN). The record holds the scale the step ran with.
-        let mut params: Vec<GpuParam<'_>> = (self.masters.iter_mut())
-            .zip(&mut self.grads)
-            .zip(&mut self.halves)
-            .map(|((m, g), h)| GpuParam {
-                master: m.slice_mut(..),
-                grad: g.slice_mut(..),
-                half: h.slice_mut(..),
-            })
-            .collect();
-        let mut target = scaler::RecordTarget {
-            loss: &self.loss,
-            records: &mut self.records,
-            cursor: &mut self.cursor,
-            advance: batch,
-        };
-        let partials = gpu_layers::pending_partials(&self.layers, params.len());
-        self.scaler
-            .step_recording(&mut *self.optimizer, &mut params, &partials, &mut target)?;
-        Ok(())
+        with_engine!(&self.engine, e => e.optimizer())
     }
 }

@@ -1,54 +1,56 @@
-//! The GPU MLP's per-layer buffers and its forward and backward passes, for any mix of f16
-//! (mixed precision) and f32 layers, with or without LayerNorm. Used by
+//! The GPU MLP's per-layer buffers and its forward and backward passes, for any mix of 16-bit
+//! (f16 under mixed precision, bf16 under bf16 precision: the type `H`) and f32 layers, with or
+//! without LayerNorm. Used by
 //! [`super::gpu_backend::GpuBackend`]; the CPU twin is [`super::cpu_backend`].
 //!
-//! Dtypes follow PyTorch autocast: a half layer runs the f16 GEMM (f32 accumulation) and emits
-//! f16; an f32 layer runs cuBLAS in f32; LayerNorm, its ReLU and everything after them is f32
-//! until the next half layer rounds its input to f16. Where a producer's dtype differs from what
+//! Dtypes follow PyTorch autocast: a half layer runs the 16-bit GEMM (f32 accumulation) and
+//! emits `H`; an f32 layer runs cuBLAS in f32; LayerNorm, its ReLU and everything after them is
+//! f32 until the next half layer rounds its input to `H`. Where a producer's dtype differs from what
 //! its consumer needs, one cast kernel converts into the consumer's own buffer.
 
 use super::cpu_backend::LayerParams;
+use super::gpu_fp8::{self, Fp8Bufs, Fp8Out, Fp8Run};
+use super::half::TrainHalf;
 use crate::cuda::{DeviceBuffer, Gpu};
 use crate::error::Result;
 use crate::nn::{MlpConfig, LAYERNORM_EPS};
 use crate::ops::blas::Blas;
 use crate::ops::gemm::{bias_grad, gemm, gemm_deferred, Epilogue};
-use crate::ops::{cast, layernorm, relu};
+use crate::ops::{layernorm, relu};
 use crate::shape::{GemmShape, Layout};
 use cudarc::driver::{CudaView, CudaViewMut};
-use half::f16;
 
 /// A device buffer of either dtype.
-pub(crate) enum Buf {
-    /// f16 values.
-    H(DeviceBuffer<f16>),
+pub(crate) enum Buf<H: TrainHalf> {
+    /// 16-bit values.
+    H(DeviceBuffer<H>),
     /// f32 values.
     F(DeviceBuffer<f32>),
 }
 
 /// A view of either dtype.
-pub(crate) enum View<'a> {
-    /// f16 values.
-    H(CudaView<'a, f16>),
+pub(crate) enum View<'a, H: TrainHalf> {
+    /// 16-bit values.
+    H(CudaView<'a, H>),
     /// f32 values.
     F(CudaView<'a, f32>),
 }
 
-impl Buf {
-    pub(crate) fn new(gpu: &Gpu, half: bool, n: usize) -> Result<Buf> {
+impl<H: TrainHalf> Buf<H> {
+    pub(crate) fn new(gpu: &Gpu, half: bool, n: usize) -> Result<Buf<H>> {
         Ok(if half {
             Buf::H(gpu.alloc_zeros(n.max(1))?)
         } else {
             Buf::F(gpu.alloc_zeros(n.max(1))?)
         })
     }
-    fn view(&self, n: usize) -> View<'_> {
+    fn view(&self, n: usize) -> View<'_, H> {
         match self {
             Buf::H(b) => View::H(b.slice(..n)),
             Buf::F(b) => View::F(b.slice(..n)),
         }
     }
-    fn h(&mut self, n: usize) -> CudaViewMut<'_, f16> {
+    fn h(&mut self, n: usize) -> CudaViewMut<'_, H> {
         match self {
             Buf::H(b) => b.slice_mut(..n),
             Buf::F(_) => unreachable!("dtype fixed at construction"),
@@ -62,8 +64,8 @@ impl Buf {
     }
 }
 
-impl View<'_> {
-    fn h(&self) -> &CudaView<'_, f16> {
+impl<H: TrainHalf> View<'_, H> {
+    fn h(&self) -> &CudaView<'_, H> {
         match self {
             View::H(v) => v,
             View::F(_) => unreachable!("dtype checked by the caller"),
@@ -81,37 +83,37 @@ impl View<'_> {
 }
 
 /// Converts `src` into `dst` (different dtypes).
-fn convert(gpu: &Gpu, src: &View<'_>, dst: &mut Buf, n: usize) -> Result<()> {
+fn convert<H: TrainHalf>(gpu: &Gpu, src: &View<'_, H>, dst: &mut Buf<H>, n: usize) -> Result<()> {
     match (src, dst) {
-        (View::H(s), Buf::F(d)) => cast::f16_to_f32(gpu, s, &mut d.slice_mut(..n)),
-        (View::F(s), Buf::H(d)) => cast::f32_to_f16(gpu, s, &mut d.slice_mut(..n)),
+        (View::H(s), Buf::F(d)) => H::widen(gpu, s, &mut d.slice_mut(..n)),
+        (View::F(s), Buf::H(d)) => H::narrow(gpu, s, &mut d.slice_mut(..n)),
         _ => unreachable!("convert is called only across dtypes"),
     }
 }
 
 /// One linear layer (+ LayerNorm + ReLU when hidden).
-pub(crate) struct Layer {
+pub(crate) struct Layer<H: TrainHalf> {
     pub p: LayerParams,
     fan_in: usize,
     out: usize,
-    /// Computes in f16.
+    /// Computes in `H`.
     half: bool,
     last: bool,
     /// The input in this layer's dtype when the producer emits the other one.
-    input: Option<Buf>,
+    input: Option<Buf<H>>,
     /// GEMM output in f32 when something follows it (LayerNorm, or an f32 hidden layer's ReLU).
     z: Option<DeviceBuffer<f32>>,
     /// LayerNorm output, mean, rstd.
     ln: Option<(DeviceBuffer<f32>, DeviceBuffer<f32>, DeviceBuffer<f32>)>,
     /// The layer's output (after ReLU for hidden layers; the logits for the last).
-    pub out_buf: Buf,
+    pub out_buf: Buf<H>,
     /// Gradient of the output as the next layer's dgrad produced it, and its conversion.
-    grad_in: Option<Buf>,
-    grad_conv: Option<Buf>,
+    grad_in: Option<Buf<H>>,
+    grad_conv: Option<Buf<H>>,
     /// f32 scratch (LayerNorm path).
     tmp: Option<DeviceBuffer<f32>>,
     /// Gradient of the GEMM output, in this layer's dtype (the last layer's: dlogits).
-    pub dz: Buf,
+    pub dz: Buf<H>,
     /// f32 gradient of the GEMM output of a half LayerNorm layer, before its cast.
     dz32: Option<DeviceBuffer<f32>>,
     /// The weight gradient's K-split slices, for a half layer whose wgrad GEMM splits K at the
@@ -122,24 +124,27 @@ pub(crate) struct Layer {
     /// Whether the last fused head computed this (last) layer's weight gradient: it does at
     /// small batches ([`crate::ops::head::weight_slices`]); otherwise backward runs the GEMM.
     pub wgrad_by_head: bool,
+    /// FP8 layers ([`MlpConfig::fp8_layer`]): their FP8 copies; their GEMMs run in FP8.
+    fp8: Option<Fp8Bufs<H>>,
 }
 
-impl Layer {
-    /// Whether the output is f16 (a half layer without LayerNorm).
+impl<H: TrainHalf> Layer<H> {
+    /// Whether the output is `H` (a half layer without LayerNorm).
     pub fn out_half(&self) -> bool {
         self.half && self.ln.is_none()
     }
 }
 
 /// Buffers of every layer for batches of up to `batch` samples.
-pub(crate) fn build(
+pub(crate) fn build<H: TrainHalf>(
     gpu: &Gpu,
     cfg: &MlpConfig,
     params: &[LayerParams],
     batch: usize,
-) -> Result<Vec<Layer>> {
+) -> Result<Vec<Layer<H>>> {
     let n_layers = cfg.linear_count();
-    let mut layers: Vec<Layer> = Vec::with_capacity(n_layers);
+    let mut layers: Vec<Layer<H>> = Vec::with_capacity(n_layers);
+    let fp8_slots = super::cpu_fp8::slots(cfg);
     for (l, &p) in params.iter().enumerate() {
         let (fan_in, out) = (cfg.layers[l], cfg.layers[l + 1]);
         let half = cfg.half_layer(l);
@@ -181,31 +186,36 @@ pub(crate) fn build(
             dz: Buf::new(gpu, half, n)?,
             dz32: (has_ln && half).then(|| gpu.alloc_zeros(n)).transpose()?,
             wgrad_partials: {
-                let splits = crate::ops::head::step_weight_slices(gpu, out, fan_in, batch, last);
-                (half && splits > 1)
+                let head = last && H::FUSED_HEAD;
+                let splits = crate::ops::head::step_weight_slices(gpu, out, fan_in, batch, head);
+                (half && splits > 1 && fp8_slots[l].is_none())
                     .then(|| gpu.alloc_zeros(splits * out * fan_in))
                     .transpose()?
             },
             wgrad_splits: 1,
             wgrad_by_head: false,
+            fp8: fp8_slots[l]
+                .map(|base| Fp8Bufs::new(gpu, base, (batch, out, fan_in)))
+                .transpose()?,
         });
     }
     Ok(layers)
 }
 
 /// The parameters as the passes need them.
-pub(crate) struct Params<'a> {
+pub(crate) struct Params<'a, H: TrainHalf> {
     pub masters: &'a [DeviceBuffer<f32>],
-    pub halves: &'a [DeviceBuffer<f16>],
+    pub halves: &'a [DeviceBuffer<H>],
 }
 
 /// Whether the last layer and the hidden layer below it can run as the fused head
-/// ([`head`]): both f16 without LayerNorm, at most 16 classes over a hidden width the kernel
+/// ([`head`]): both f16 (not bf16) without LayerNorm, at most 16 classes over a hidden width the kernel
 /// serves.
-pub(crate) fn head_fits(layers: &[Layer]) -> bool {
+pub(crate) fn head_fits<H: TrainHalf>(layers: &[Layer<H>]) -> bool {
     match layers {
         [.., prev, last] => {
-            prev.out_half()
+            H::FUSED_HEAD
+                && prev.out_half()
                 && matches!(prev.dz, Buf::H(_))
                 && last.out_half()
                 && last.input.is_none()
@@ -220,10 +230,10 @@ pub(crate) fn head_fits(layers: &[Layer]) -> bool {
 /// `dz`, both bias gradients and, at small batches, the last layer's weight gradient (in its
 /// `wgrad_partials` when the head leaves several slices). Call only where [`head_fits`].
 #[allow(clippy::too_many_arguments)] // the passes' shared state
-pub(crate) fn head(
+pub(crate) fn head<H: TrainHalf>(
     gpu: &Gpu,
-    layers: &mut [Layer],
-    p: &Params<'_>,
+    layers: &mut [Layer<H>],
+    p: &Params<'_, H>,
     grads: &mut [DeviceBuffer<f32>],
     labels: CudaView<'_, u32>,
     grad_scale: &DeviceBuffer<f32>,
@@ -248,19 +258,31 @@ pub(crate) fn head(
         // A batch this large leaves the weight gradient to the GEMM (backward).
         (None, _) => None,
     };
-    let (Buf::H(hidden), Buf::H(dhidden)) = (&prev.out_buf, &mut prev.dz) else {
-        unreachable!("head_fits: an f16 hidden layer")
+    let not_f16 = || crate::Error::InvalidArgument {
+        op: "train::GpuBackend",
+        detail: format!("the fused head serves f16 layers, not {}", H::DTYPE),
     };
+    let (Buf::H(hidden), Buf::H(dhidden)) = (&prev.out_buf, &mut prev.dz) else {
+        unreachable!("head_fits: a 16-bit hidden layer")
+    };
+    let (Buf::H(logits), Buf::H(dlogits)) = (&mut last.out_buf, &mut last.dz) else {
+        unreachable!("head_fits: a 16-bit last layer")
+    };
+    let hidden = H::as_f16(hidden).ok_or_else(not_f16)?;
+    let dhidden = H::as_f16_mut(dhidden).ok_or_else(not_f16)?;
+    let weight = H::as_f16(&p.halves[last.p.w]).ok_or_else(not_f16)?;
+    let logits = H::as_f16_mut(logits).ok_or_else(not_f16)?;
+    let dlogits = H::as_f16_mut(dlogits).ok_or_else(not_f16)?;
     let inputs = HeadInputs {
         hidden: hidden.slice(..b * width),
-        weight: p.halves[last.p.w].slice(..),
+        weight: weight.slice(..),
         bias: p.masters[last.p.b].slice(..),
         labels,
         grad_scale,
     };
     let mut outputs = HeadOutputs {
-        logits: last.out_buf.h(b * classes),
-        dlogits: last.dz.h(b * classes),
+        logits: logits.slice_mut(..b * classes),
+        dlogits: dlogits.slice_mut(..b * classes),
         dhidden: dhidden.slice_mut(..b * width),
         dbias_hidden: dbias_hidden.slice_mut(..),
         dbias: dbias.slice_mut(..),
@@ -277,14 +299,16 @@ pub(crate) fn head(
 
 /// Forward pass over `b` samples of `x` (`[b, inputs]` in layer 0's dtype) through the first
 /// `count` layers; with all of them, the logits end in the last layer's `out_buf`.
-pub(crate) fn forward(
+#[allow(clippy::too_many_arguments)] // the passes' shared state
+pub(crate) fn forward<H: TrainHalf>(
     gpu: &Gpu,
     blas: &mut Option<Blas>,
-    layers: &mut [Layer],
-    p: &Params<'_>,
-    x: &View<'_>,
+    layers: &mut [Layer<H>],
+    p: &Params<'_, H>,
+    x: &View<'_, H>,
     b: usize,
     count: usize,
+    (fp8, record): (&mut Option<Fp8Run>, bool),
 ) -> Result<()> {
     for l in 0..count.min(layers.len()) {
         // Convert the producer's output into this layer's dtype if needed.
@@ -317,41 +341,59 @@ pub(crate) fn forward(
         let bias = p.masters[layer.p.b].slice(..);
         let relu_here = !layer.last;
         // The GEMM (+ bias, + ReLU when nothing else follows it).
-        match (&mut layer.z, layer.half) {
-            (Some(z), true) => gemm(
+        if let Some(bufs) = &mut layer.fp8 {
+            let dst = match &mut layer.z {
+                Some(z) => Fp8Out::Z(z.slice_mut(..n)),
+                None => Fp8Out::Relu(layer.out_buf.h(n)),
+            };
+            gpu_fp8::forward(
                 gpu,
-                shape,
+                fp8_run(fp8)?,
+                bufs,
                 input.h(),
-                &p.halves[layer.p.w],
-                &Epilogue::bias(&bias, false),
-                &mut z.slice_mut(..n),
-            )?,
-            (Some(z), false) => f32_blas(blas)?.gemm_f32(
-                gpu,
-                shape,
-                input.f(),
                 &p.masters[layer.p.w],
-                Some(&bias),
-                0.0,
-                &mut z.slice_mut(..n),
-            )?,
-            (None, true) => gemm(
-                gpu,
-                shape,
-                input.h(),
-                &p.halves[layer.p.w],
-                &Epilogue::bias(&bias, relu_here),
-                &mut layer.out_buf.h(n),
-            )?,
-            (None, false) => f32_blas(blas)?.gemm_f32(
-                gpu,
-                shape,
-                input.f(),
-                &p.masters[layer.p.w],
-                Some(&bias),
-                0.0,
-                &mut layer.out_buf.f(n),
-            )?,
+                &bias,
+                (b, out, fan_in),
+                record,
+                dst,
+            )?;
+        } else {
+            match (&mut layer.z, layer.half) {
+                (Some(z), true) => gemm(
+                    gpu,
+                    shape,
+                    input.h(),
+                    &p.halves[layer.p.w],
+                    &Epilogue::bias(&bias, false),
+                    &mut z.slice_mut(..n),
+                )?,
+                (Some(z), false) => f32_blas(blas)?.gemm_f32(
+                    gpu,
+                    shape,
+                    input.f(),
+                    &p.masters[layer.p.w],
+                    Some(&bias),
+                    0.0,
+                    &mut z.slice_mut(..n),
+                )?,
+                (None, true) => gemm(
+                    gpu,
+                    shape,
+                    input.h(),
+                    &p.halves[layer.p.w],
+                    &Epilogue::bias(&bias, relu_here),
+                    &mut layer.out_buf.h(n),
+                )?,
+                (None, false) => f32_blas(blas)?.gemm_f32(
+                    gpu,
+                    shape,
+                    input.f(),
+                    &p.masters[layer.p.w],
+                    Some(&bias),
+                    0.0,
+                    &mut layer.out_buf.f(n),
+                )?,
+            }
         }
         // LayerNorm and/or ReLU on the f32 GEMM output.
         if let Some(z) = &layer.z {
@@ -385,15 +427,16 @@ pub(crate) fn forward(
 /// gradients (and its weight gradient where the head computed it), and the hidden layer's ReLU
 /// backward and bias gradient.
 #[allow(clippy::too_many_arguments)] // the passes' shared state
-pub(crate) fn backward(
+pub(crate) fn backward<H: TrainHalf>(
     gpu: &Gpu,
     blas: &mut Option<Blas>,
-    layers: &mut [Layer],
-    p: &Params<'_>,
+    layers: &mut [Layer<H>],
+    p: &Params<'_, H>,
     grads: &mut [DeviceBuffer<f32>],
-    x: &View<'_>,
+    x: &View<'_, H>,
     b: usize,
     after_head: bool,
+    fp8: &mut Option<Fp8Run>,
 ) -> Result<()> {
     let top = layers.len();
     for l in (0..top).rev() {
@@ -453,7 +496,7 @@ pub(crate) fn backward(
                         db,
                     )?;
                     if let Some(d32) = &layer.dz32 {
-                        cast::f32_to_f16(gpu, &d32.slice(..n), &mut layer.dz.h(n))?;
+                        H::narrow(gpu, &d32.slice(..n), &mut layer.dz.h(n))?;
                     }
                 }
                 _ => match (&g, &mut layer.dz) {
@@ -494,6 +537,15 @@ pub(crate) fn backward(
         let [gw, gb] = disjoint_mut(grads, [layer.p.w, layer.p.b]);
         // The previous layer receives dX in this layer's dtype.
         match dz {
+            View::H(dz) if layer.fp8.is_some() => {
+                let bufs = layer.fp8.as_mut().expect("checked");
+                let dx = prev_grad.map(|pg| pg.h(b * fan_in));
+                gpu_fp8::backward(gpu, fp8_run(fp8)?, bufs, &dz, (b, out, fan_in), gw, dx)?;
+                layer.wgrad_splits = 1;
+                if !head_did {
+                    bias_grad(gpu, &dz, b, out, gb)?;
+                }
+            }
             View::H(dz) => {
                 layer.wgrad_splits = match &mut layer.wgrad_partials {
                     Some(partials) => gemm_deferred(gpu, wshape, &dz, input.h(), gw, partials)?,
@@ -536,6 +588,14 @@ pub(crate) fn backward(
     Ok(())
 }
 
+/// The FP8 state of a model with FP8 layers (the backend creates one when it has some).
+fn fp8_run(run: &mut Option<Fp8Run>) -> Result<&mut Fp8Run> {
+    run.as_mut().ok_or_else(|| crate::Error::InvalidArgument {
+        op: "train::GpuBackend",
+        detail: "an FP8 layer without its scaling state".into(),
+    })
+}
+
 /// The cuBLAS handle of the f32 layers: the backend creates one only for a model that has some.
 fn f32_blas(blas: &mut Option<Blas>) -> Result<&mut Blas> {
     blas.as_mut().ok_or_else(|| crate::Error::InvalidArgument {
@@ -548,8 +608,8 @@ fn f32_blas(blas: &mut Option<Blas>) -> Result<&mut Blas> {
 
 /// For each parameter tensor, the K-split slices its gradient waits in (from the last
 /// backward), for the unscale to add: `None` where the gradient is complete.
-pub(crate) fn pending_partials<'a>(
-    layers: &'a [Layer],
+pub(crate) fn pending_partials<'a, H: TrainHalf>(
+    layers: &'a [Layer<H>],
     tensors: usize,
 ) -> Vec<Option<(CudaView<'a, f32>, usize)>> {
     let mut out: Vec<Option<(CudaView<'a, f32>, usize)>> = (0..tensors).map(|_| None).collect();

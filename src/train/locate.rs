@@ -119,15 +119,17 @@ impl Probe {
         });
     }
 
-    /// [`Probe::check`] for an op whose output is stored as f16 values (f32 storage).
-    pub(crate) fn check_f16(
+    /// [`Probe::check`] for an op whose output is stored as 16-bit values of type `dtype` (f32
+    /// storage).
+    pub(crate) fn check_half(
         &mut self,
         pass: Pass,
         op: impl FnOnce() -> String,
+        dtype: &'static str,
         out: &[f32],
         wide: &dyn Fn() -> Vec<f32>,
     ) {
-        self.check(pass, op, "f16", out, Some(wide));
+        self.check(pass, op, dtype, out, Some(wide));
     }
 }
 
@@ -147,9 +149,10 @@ mod tests {
         p.check(Pass::Forward, || "a".into(), "f32", &[1.0, 2.0], None);
         assert!(p.site.is_none());
         let wide = || vec![70000.0f32, 1.0];
-        p.check_f16(
+        p.check_half(
             Pass::Forward,
             || "Linear 0 output".into(),
+            "f16",
             &[f32::INFINITY, 1.0],
             &wide,
         );
@@ -162,7 +165,7 @@ mod tests {
         );
         let mut p = Probe::default();
         let nan = || vec![f32::NAN];
-        p.check_f16(Pass::Loss, || "dlogits".into(), &[f32::NAN], &nan);
+        p.check_half(Pass::Loss, || "dlogits".into(), "f16", &[f32::NAN], &nan);
         assert!(p
             .into_site()
             .unwrap()

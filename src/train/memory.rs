@@ -92,7 +92,31 @@ pub(crate) fn gpu_model_bytes(cfg: &TrainConfig) -> Option<u64> {
     params
         .checked_add(layers)?
         .checked_add(staging.checked_mul(4)?)?
+        .checked_add(fp8_bytes(&cfg.model, rows)?)?
         .checked_add(GPU_SLACK)
+}
+
+/// Device bytes of the FP8 layers' casts (`--precision fp8`): per FP8 layer its input, weight
+/// and output gradient in FP8, each also transposed (the transposes padded to 16 rows), and
+/// three amax histories with their scales.
+fn fp8_bytes(m: &MlpConfig, rows: u64) -> Option<u64> {
+    let mut n: u64 = 0;
+    for l in (0..m.linear_count()).filter(|&l| m.fp8_layer(l)) {
+        let (fan_in, out) = (m.layers[l] as u64, m.layers[l + 1] as u64);
+        let acts = rows
+            .checked_add(16)?
+            .checked_mul(fan_in.checked_add(out)?)?;
+        let weight = fan_in.checked_mul(out)?;
+        let history = (m.fp8.history_len as u64)
+            .checked_add(2)?
+            .checked_mul(3 * 4)?;
+        n = n.checked_add(
+            acts.checked_add(weight)?
+                .checked_mul(2)?
+                .checked_add(history)?,
+        )?;
+    }
+    Some(n)
 }
 
 /// Device bytes of the data during a GPU run: the resident training set (f32, twice while a

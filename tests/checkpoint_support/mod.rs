@@ -99,6 +99,7 @@ impl Save {
                     scale: 2f32.powi(rng.gen_range(0..24)),
                     growth_tracker: rng.gen_range(0..2000),
                 },
+                fp8: Vec::new(),
             },
             cfg,
             progress,

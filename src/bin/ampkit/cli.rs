@@ -323,12 +323,22 @@ fn fresh_config(a: &TrainArgs, given: &Given<'_>, train_len: usize) -> Result<Tr
             )));
         }
     }
+    if a.precision != ampkit::amp::Precision::Fp8 {
+        if let Some(id) = FP8_FLAGS.iter().find(|id| given.has(id)) {
+            return Err(invalid(format!(
+                "--{} applies only to --precision fp8, and the precision is {}",
+                id.replace('_', "-"),
+                a.precision.name()
+            )));
+        }
+    }
     let cfg = TrainConfig {
         model: MlpConfig {
             layers: a.layers.clone(),
             layernorm: a.layernorm,
             precision: a.precision,
             fp32_layers: a.fp32_layers.clone(),
+            fp8: train_args::fp8_recipe(a),
         },
         optimizer: optimizer(a),
         schedule: match a.schedule {
@@ -354,6 +364,10 @@ fn fresh_config(a: &TrainArgs, given: &Given<'_>, train_len: usize) -> Result<Tr
 }
 
 /// The flags of dynamic loss scaling (clap ids).
+/// The flags of the FP8 recipe (`--precision fp8` only).
+pub(crate) const FP8_FLAGS: [&str; 4] =
+    ["fp8_history", "fp8_margin", "fp8_amax_algo", "fp8_format"];
+
 pub(crate) const DYNAMIC_FLAGS: [&str; 6] = [
     "init_scale",
     "growth_factor",

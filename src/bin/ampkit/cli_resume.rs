@@ -48,10 +48,7 @@ fn list(v: &[usize]) -> String {
 }
 
 fn precision_name(p: Precision) -> &'static str {
-    match p {
-        Precision::Mixed => "mixed",
-        Precision::Fp32 => "fp32",
-    }
+    p.name()
 }
 
 fn optimizer_name(k: OptimizerKind) -> &'static str {
@@ -125,6 +122,31 @@ pub fn check_flags(
         sorted(&a.fp32_layers) == sorted(&m.fp32_layers),
         list(&a.fp32_layers),
         list(&m.fp32_layers),
+    );
+    let fp8 = crate::train_args::fp8_recipe(a);
+    check(
+        "fp8_history",
+        fp8.history_len == m.fp8.history_len,
+        fp8.history_len.to_string(),
+        m.fp8.history_len.to_string(),
+    );
+    check(
+        "fp8_margin",
+        fp8.margin == m.fp8.margin,
+        fp8.margin.to_string(),
+        m.fp8.margin.to_string(),
+    );
+    check(
+        "fp8_amax_algo",
+        fp8.amax_algo == m.fp8.amax_algo,
+        format!("{:?}", fp8.amax_algo).to_lowercase(),
+        format!("{:?}", m.fp8.amax_algo).to_lowercase(),
+    );
+    check(
+        "fp8_format",
+        fp8.formats == m.fp8.formats,
+        format!("{:?}", fp8.formats).to_lowercase(),
+        format!("{:?}", m.fp8.formats).to_lowercase(),
     );
 
     let (kind, lr, wd, sgd) = match saved.optimizer {

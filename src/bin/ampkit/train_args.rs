@@ -1,7 +1,8 @@
 //! The flags of `ampkit train` and `ampkit eval`, and the loss scaling they ask for: shared by
 //! the commands (`cli.rs`) and the resume checks (`cli_resume.rs`), which both read them.
 
-use ampkit::amp::{GradClip, LossScale, Precision};
+use ampkit::amp::{Fp8Formats, Fp8Recipe, GradClip, LossScale, Precision};
+use ampkit::cpu::fp8::AmaxAlgo;
 use ampkit::cpu::scaler::ScalerConfig;
 use ampkit::{Error, Result};
 use clap::{Args, ValueEnum};
@@ -47,12 +48,26 @@ pub struct TrainArgs {
     /// LayerNorm after each hidden layer (before its ReLU).
     #[arg(long)]
     pub(crate) layernorm: bool,
-    /// mixed (f16 GEMMs, f32 master weights, loss scaling) or fp32.
+    /// mixed (f16 GEMMs, f32 master weights, loss scaling), bf16 (bf16 GEMMs, f32 master
+    /// weights, no loss scaling) or fp32.
     #[arg(long, default_value = "mixed")]
     pub(crate) precision: Precision,
-    /// Linear layers (0-based) kept in f32 under mixed precision, e.g. `--fp32-layers 1`.
+    /// Linear layers (0-based) kept in f32 under mixed or bf16 precision, e.g. `--fp32-layers 1`.
     #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
     pub(crate) fp32_layers: Vec<usize>,
+    /// --precision fp8: steps of amax history per scale (Transformer Engine's
+    /// amax_history_len).
+    #[arg(long, default_value_t = 1024)]
+    pub(crate) fp8_history: usize,
+    /// --precision fp8: scale = fp8_max / amax / 2^margin.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub(crate) fp8_margin: i32,
+    /// --precision fp8: reduce the amax history by its max, or use the latest step's amax.
+    #[arg(long, value_enum, default_value = "max")]
+    pub(crate) fp8_amax_algo: AmaxAlgoArg,
+    /// --precision fp8: hybrid (E4M3 inputs and weights, E5M2 gradients) or e4m3 throughout.
+    #[arg(long, value_enum, default_value = "hybrid")]
+    pub(crate) fp8_format: Fp8FormatArg,
     /// Optimizer.
     #[arg(long, value_enum, default_value = "adam")]
     pub(crate) optimizer: OptimizerKind,
@@ -97,7 +112,7 @@ pub struct TrainArgs {
     #[arg(long, allow_negative_numbers = true)]
     pub(crate) max_steps: Option<u64>,
     /// `dynamic` (PyTorch GradScaler), a static scale such as `1024`, or `off`. Default:
-    /// dynamic under mixed precision, off with `--precision fp32`.
+    /// dynamic under mixed precision, off with `--precision bf16` or `fp32`.
     #[arg(long, allow_hyphen_values = true)]
     pub(crate) loss_scale: Option<String>,
     /// Dynamic scaling: the first scale.
@@ -181,10 +196,10 @@ pub(crate) fn grad_clip(a: &TrainArgs) -> Result<GradClip> {
 
 /// The loss scaling the flags ask for (`--loss-scale`, and the dynamic scaler's flags), checked.
 pub(crate) fn loss_scale(a: &TrainArgs) -> Result<LossScale> {
-    let default = if a.precision == Precision::Fp32 {
-        "off"
-    } else {
+    let default = if a.precision.scales_loss() {
         "dynamic"
+    } else {
+        "off"
     };
     let s = match a.loss_scale.as_deref().unwrap_or(default) {
         "dynamic" => LossScale::Dynamic(ScalerConfig {
@@ -203,4 +218,38 @@ pub(crate) fn loss_scale(a: &TrainArgs) -> Result<LossScale> {
     };
     s.validate()?;
     Ok(s)
+}
+
+/// `--fp8-amax-algo`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum AmaxAlgoArg {
+    /// The largest amax in the window.
+    Max,
+    /// The latest step's amax.
+    MostRecent,
+}
+
+/// `--fp8-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Fp8FormatArg {
+    /// E4M3 forward tensors, E5M2 gradients.
+    Hybrid,
+    /// E4M3 for every tensor.
+    E4m3,
+}
+
+/// The FP8 recipe the flags ask for (checked with the model).
+pub(crate) fn fp8_recipe(a: &TrainArgs) -> Fp8Recipe {
+    Fp8Recipe {
+        history_len: a.fp8_history,
+        margin: a.fp8_margin,
+        amax_algo: match a.fp8_amax_algo {
+            AmaxAlgoArg::Max => AmaxAlgo::Max,
+            AmaxAlgoArg::MostRecent => AmaxAlgo::MostRecent,
+        },
+        formats: match a.fp8_format {
+            Fp8FormatArg::Hybrid => Fp8Formats::Hybrid,
+            Fp8FormatArg::E4m3 => Fp8Formats::E4m3,
+        },
+    }
 }

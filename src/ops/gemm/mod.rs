@@ -227,11 +227,11 @@ pub(crate) fn wgrad_splits(gpu: &Gpu, out: usize, fan_in: usize, rows: usize) ->
 /// split K or `partials` is too short for its slices (then `c` holds the result, as from
 /// [`gemm`]). The caller adds the slices in slice order from 0, as `gemm_splitk_reduce` does
 /// (the training step: [`crate::ops::unscale::unscale_and_record`]). Errors: as [`gemm`].
-pub(crate) fn gemm_deferred(
+pub(crate) fn gemm_deferred<T: GemmOperand>(
     gpu: &Gpu,
     shape: GemmShape,
-    a: &impl DevicePtr<f16>,
-    b: &impl DevicePtr<f16>,
+    a: &impl DevicePtr<T>,
+    b: &impl DevicePtr<T>,
     c: &mut impl DevicePtrMut<f32>,
     partials: &mut crate::cuda::DeviceBuffer<f32>,
 ) -> Result<usize> {

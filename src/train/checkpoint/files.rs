@@ -106,6 +106,14 @@ pub(super) fn encode(
             }
         }
     }
+    for (name, t) in fp8_names(&cfg.model).iter().zip(&state.fp8) {
+        moments.push(Named::new(
+            format!("{name}.amax_history"),
+            &[t.history.len()],
+            &t.history,
+        ));
+        moments.push(Named::new(format!("{name}.scale"), &[1], &[t.scale]));
+    }
     let mut state_meta = BTreeMap::from([
         ("format".to_string(), FORMAT.to_string()),
         ("global_step".to_string(), step.clone()),
@@ -153,6 +161,19 @@ pub(super) fn encode(
             (CONFIG, config_bytes),
         ],
     })
+}
+
+/// The checkpoint names of the FP8 scaling states, in [`BackendState::fp8`]'s order:
+/// `fp8.{i}.input`, `fp8.{i}.weight`, `fp8.{i}.grad_output` per FP8 layer (`i` its `Sequential`
+/// index), each saved as `<name>.amax_history` and `<name>.scale`.
+fn fp8_names(model: &crate::nn::MlpConfig) -> Vec<String> {
+    (0..model.linear_count())
+        .filter(|&l| model.fp8_layer(l))
+        .flat_map(|l| {
+            let i = model.sequential_index(l);
+            ["input", "weight", "grad_output"].map(|t| format!("fp8.{i}.{t}"))
+        })
+        .collect()
 }
 
 fn json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
@@ -293,6 +314,24 @@ fn check_state(cfg: &TrainConfig, state: &BackendState) -> Result<()> {
             }
         }
     }
+    let fp8 = fp8_names(&cfg.model);
+    if state.fp8.len() != fp8.len() {
+        return Err(refuse(format!(
+            "the state holds {} FP8 scaling states; the configuration's model has {} FP8 tensors",
+            state.fp8.len(),
+            fp8.len()
+        )));
+    }
+    for (name, t) in fp8.iter().zip(&state.fp8) {
+        if t.history.len() != cfg.model.fp8.history_len || !(t.scale.is_finite() && t.scale > 0.0) {
+            return Err(refuse(format!(
+                "{name}: an amax history of {} steps (the recipe has {}) and scale {}",
+                t.history.len(),
+                cfg.model.fp8.history_len,
+                t.scale
+            )));
+        }
+    }
     let scale = state.scaler.scale;
     if !(scale.is_finite() && scale > 0.0) {
         return Err(refuse(format!(
@@ -396,6 +435,24 @@ impl<'a> SafeFile<'a> {
     /// Tensor `name`: F32 of `shape` (`whose` says where the shape comes from), every value
     /// finite, and non-negative when `nonnegative`.
     fn f32(&self, name: &str, shape: &[usize], whose: &str, nonnegative: bool) -> Result<Vec<f32>> {
+        let data = self.f32_any(name, shape, whose)?;
+        if let Some((i, v)) = first_bad(&data, nonnegative) {
+            return Err(corrupt(
+                self.path,
+                format!(
+                    "tensor {name}[{i}] is {v} (of {} values): a checkpoint holds only finite \
+                     values{}; the file is damaged, resume from another checkpoint",
+                    data.len(),
+                    if nonnegative { " ≥ 0 here" } else { "" }
+                ),
+            ));
+        }
+        Ok(data)
+    }
+
+    /// Tensor `name`: F32 of `shape`, any values (an FP8 amax history keeps the NaN amax of a
+    /// step whose tensor held one).
+    fn f32_any(&self, name: &str, shape: &[usize], whose: &str) -> Result<Vec<f32>> {
         let t = self
             .st
             .tensor(name)
@@ -415,23 +472,10 @@ impl<'a> SafeFile<'a> {
                 ),
             ));
         }
-        let data: Vec<f32> = t
-            .data()
+        Ok(t.data()
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        if let Some((i, v)) = first_bad(&data, nonnegative) {
-            return Err(corrupt(
-                self.path,
-                format!(
-                    "tensor {name}[{i}] is {v} (of {} values): a checkpoint holds only finite \
-                     values{}; the file is damaged, resume from another checkpoint",
-                    data.len(),
-                    if nonnegative { " ≥ 0 here" } else { "" }
-                ),
-            ));
-        }
-        Ok(data)
+            .collect())
     }
 }
 
@@ -488,6 +532,25 @@ pub(super) fn decode_state(
             });
         }
     }
+    let mut fp8 = Vec::new();
+    let history = config.train.model.fp8.history_len;
+    for name in fp8_names(&config.train.model) {
+        let mut take = |key: String, len: usize| -> Result<Vec<f32>> {
+            let i = (unknown.iter().position(|n| *n == key))
+                .ok_or_else(|| corrupt(path, format!("tensor {key} is missing")))?;
+            unknown.swap_remove(i);
+            f.f32_any(&key, &[len], "the FP8 recipe in config.json")
+        };
+        let history = take(format!("{name}.amax_history"), history)?;
+        let scale = take(format!("{name}.scale"), 1)?[0];
+        if !(scale.is_finite() && scale > 0.0) {
+            return Err(corrupt(
+                path,
+                format!("{name}.scale is {scale}; a saved scale is positive and finite"),
+            ));
+        }
+        fp8.push(crate::cpu::fp8::ScalingState { history, scale });
+    }
     if !unknown.is_empty() {
         unknown.sort_unstable();
         return Err(corrupt(
@@ -523,5 +586,6 @@ pub(super) fn decode_state(
             scale,
             growth_tracker: f.parse("growth_tracker")?,
         },
+        fp8,
     })
 }

@@ -1,12 +1,12 @@
 //! The GPU backend's reads and writes of its state: the step records, evaluation, and the
-//! export and import of parameters, optimizer and scaler (a child module of `gpu_backend`, so it
+//! export and import of parameters, optimizer and scaler (a child module of `gpu_engine`, so it
 //! sees the backend's fields).
 
 use super::*;
 use crate::amp::NonFinite;
 use crate::cpu::scaler::ScalerState;
 
-impl GpuBackend {
+impl<H: TrainHalf> Engine<H> {
     pub(super) fn take_records_impl(&mut self) -> Result<Vec<StepRecord>> {
         if self.pending == 0 {
             return Ok(Vec::new());
@@ -65,6 +65,7 @@ impl GpuBackend {
                 &x,
                 b,
                 all,
+                (&mut self.fp8, false),
             )?;
             let logits: Vec<f32> = match &self
                 .layers
@@ -76,7 +77,7 @@ impl GpuBackend {
                     .gpu
                     .download(&l.slice(..b * classes))?
                     .iter()
-                    .map(|v| v.to_f32())
+                    .map(|&v| crate::cpu::Element::to_f32(v))
                     .collect(),
                 Buf::F(l) => self.gpu.download(&l.slice(..b * classes))?,
             };
@@ -109,7 +110,11 @@ impl GpuBackend {
             scale: dict.scale,
             growth_tracker: dict.growth_tracker,
         };
-        export_state(params, &self.optimizer.state_dict()?, scaler)
+        let fp8 = match &self.fp8 {
+            Some(f) => f.download(&self.gpu)?,
+            None => Vec::new(),
+        };
+        export_state(params, &self.optimizer.state_dict()?, scaler, fp8)
     }
 
     pub(super) fn import_impl(&mut self, state: &BackendState) -> Result<()> {
@@ -120,17 +125,19 @@ impl GpuBackend {
         )?;
         let (opt, scaler) =
             import_dicts(&self.opt, self.schedule, self.scaler.loss_scale(), state)?;
-        scaler.validate()?; // so that nothing changes unless both load
+        scaler.validate()?; // so that nothing changes unless all load
+        crate::train::cpu_fp8::check_states("train::GpuBackend::import", &self.cfg, &state.fp8)?;
         self.optimizer.load_state_dict(&opt)?;
         self.scaler.load_state_dict(&scaler)?;
         for (t, p) in state.params.iter().enumerate() {
             self.masters[t] = self.gpu.upload(&p.data)?;
-            self.halves[t] = self
-                .gpu
-                .upload(&p.data.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>())?;
+            self.halves[t] = self.gpu.upload(&narrow_vec::<H>(&p.data))?;
+        }
+        if let Some(f) = &mut self.fp8 {
+            f.upload(&self.gpu, &state.fp8)?;
         }
         self.real_steps = state.optimizer_step;
-        // The masters and f16 copies were reallocated: a captured graph would update the old
+        // The masters and 16-bit copies were reallocated: a captured graph would update the old
         // ones (the optimizer and scaler loaded theirs in place).
         self.graph.exec = None;
         self.graph.warm = false;

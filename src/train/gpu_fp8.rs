@@ -1,0 +1,286 @@
+//! The FP8 layers of `--precision fp8` on the GPU: the twin of [`super::cpu_fp8`] (which states
+//! the recipe), built from [`crate::ops::fp8`]'s casts and [`crate::ops::gemm_fp8`].
+//!
+//! Per FP8 layer and step: the input (bf16) and the f32 master weight are cast to E4M3, each
+//! also transposed, with their amaxes folded into the recipe's history in the same pass; the
+//! forward GEMM reads the two K-major copies. In backward the output gradient (bf16) is cast the
+//! same way; the weight-gradient GEMM reads the two transposes (K = the batch, padded to 16 with
+//! zeros), the input-gradient GEMM the gradient and the weight's transpose. One launch after the
+//! optimizer updates every scale ([`crate::ops::fp8::update_scales`]). Every buffer is
+//! allocated once, so the step stays capturable as a CUDA graph.
+
+use super::cpu_fp8::{fresh_states, GRAD, INPUT, WEIGHT};
+use super::half::TrainHalf;
+use crate::amp::Fp8Recipe;
+use crate::cpu::fp8::{transpose_ld, Fp8Format, ScalingState};
+use crate::cuda::{DeviceBuffer, Gpu};
+use crate::error::{Error, Result};
+use crate::nn::MlpConfig;
+use crate::ops::fp8::{update_scales, Fp8Scales};
+use crate::ops::gemm_fp8::{gemm_fp8, Fp8Operand};
+use crate::ops::relu;
+use crate::shape::{GemmShape, Layout};
+use cudarc::driver::{CudaView, CudaViewMut};
+
+/// The model's FP8 scaling state on the device, and the recipe.
+pub(crate) struct Fp8Run {
+    scales: Fp8Scales,
+    recipe: Fp8Recipe,
+    /// Where evaluations' casts fold their amax: they must not touch the histories.
+    scratch_amax: DeviceBuffer<f32>,
+}
+
+impl Fp8Run {
+    /// The state of `cfg`'s FP8 tensors (fresh: scale 1, zero histories), or `None` for a model
+    /// without FP8 layers.
+    pub(crate) fn new(gpu: &Gpu, cfg: &MlpConfig) -> Result<Option<Fp8Run>> {
+        let states = fresh_states(cfg);
+        if states.is_empty() {
+            return Ok(None);
+        }
+        let formats = super::cpu_fp8::formats(&cfg.fp8, states.len());
+        Ok(Some(Fp8Run {
+            scales: Fp8Scales::new(gpu, &formats, cfg.fp8.history_len)?,
+            recipe: cfg.fp8,
+            scratch_amax: gpu.alloc_zeros(1)?,
+        }))
+    }
+
+    /// The step's scale update: every next scale and window roll, one launch.
+    pub(crate) fn update(&mut self, gpu: &Gpu) -> Result<()> {
+        let margin = self.recipe.margin as f32;
+        update_scales(gpu, &mut self.scales, self.recipe.amax_algo, margin)
+    }
+
+    /// The states, for a checkpoint (waits for the stream).
+    pub(crate) fn download(&self, gpu: &Gpu) -> Result<Vec<ScalingState>> {
+        self.scales.download(gpu)
+    }
+
+    /// Replaces the states (a resumed run's).
+    pub(crate) fn upload(&mut self, gpu: &Gpu, states: &[ScalingState]) -> Result<()> {
+        self.scales.upload(gpu, states)
+    }
+}
+
+/// One FP8 layer's device buffers, for batches of up to the backend's batch.
+pub(crate) struct Fp8Bufs<H: TrainHalf> {
+    /// The layer's first state.
+    base: usize,
+    /// The input `[b, in]` and its transpose `[in, ld(b)]`.
+    xq: DeviceBuffer<u8>,
+    xqt: DeviceBuffer<u8>,
+    /// The weight `[out, in]` and its transpose `[in, out]`.
+    wq: DeviceBuffer<u8>,
+    wqt: DeviceBuffer<u8>,
+    /// The output gradient `[b, out]` and its transpose `[out, ld(b)]`.
+    dq: DeviceBuffer<u8>,
+    dqt: DeviceBuffer<u8>,
+    /// The GEMM output before the ReLU (hidden layers without LayerNorm).
+    pre: DeviceBuffer<H>,
+}
+
+/// `rows` rounded up to 16 (the transposes' row pitch), as the casts lay them out.
+fn ld(rows: usize) -> Result<usize> {
+    transpose_ld(rows).ok_or_else(|| Error::InvalidArgument {
+        op: "train::GpuBackend",
+        detail: format!("{rows} rows overflow the FP8 transposes' sizes"),
+    })
+}
+
+impl<H: TrainHalf> Fp8Bufs<H> {
+    /// The buffers of a `fan_in → out` layer whose first state is `base`.
+    pub(crate) fn new(
+        gpu: &Gpu,
+        base: usize,
+        (batch, out, fan_in): (usize, usize, usize),
+    ) -> Result<Fp8Bufs<H>> {
+        let ldb = ld(batch)?;
+        let z = |n: usize| gpu.alloc_zeros::<u8>(n.max(1));
+        Ok(Fp8Bufs {
+            base,
+            xq: z(batch * fan_in)?,
+            xqt: z(fan_in * ldb)?,
+            wq: z(out * fan_in)?,
+            wqt: z(fan_in * out)?,
+            dq: z(batch * out)?,
+            dqt: z(out * ldb)?,
+            pre: gpu.alloc_zeros((batch * out).max(1))?,
+        })
+    }
+}
+
+/// Where an FP8 layer's forward writes: the f32 GEMM output that LayerNorm reads, or the layer's
+/// output after its ReLU.
+pub(crate) enum Fp8Out<'a, H: TrainHalf> {
+    /// f32, no ReLU.
+    Z(CudaViewMut<'a, f32>),
+    /// `H`, after the ReLU.
+    Relu(CudaViewMut<'a, H>),
+}
+
+/// An FP8 operand of the GEMM.
+fn operand<'a>(
+    data: &'a CudaView<'a, u8>,
+    format: Fp8Format,
+    scale_inv: &'a CudaView<'a, f32>,
+) -> Fp8Operand<'a> {
+    Fp8Operand {
+        data,
+        format,
+        scale_inv,
+    }
+}
+
+/// The forward of FP8 layer `bufs` over `b` samples of `x` (`[b, fan_in]`): casts of the input
+/// and of the master weight `w`, their amaxes recorded when `record` (a training step; an
+/// evaluation records nothing), then the GEMM with the bias into `out`.
+#[allow(clippy::too_many_arguments)] // one layer's operands and shapes
+pub(crate) fn forward<H: TrainHalf>(
+    gpu: &Gpu,
+    run: &mut Fp8Run,
+    bufs: &mut Fp8Bufs<H>,
+    x: &CudaView<'_, H>,
+    w: &DeviceBuffer<f32>,
+    bias: &CudaView<'_, f32>,
+    (b, out, fan_in): (usize, usize, usize),
+    record: bool,
+    dst: Fp8Out<'_, H>,
+) -> Result<()> {
+    let f = run.recipe.forward_format();
+    let ldb = ld(b)?;
+    let (ti, tw) = (bufs.base + INPUT, bufs.base + WEIGHT);
+    {
+        let q = bufs.xq.slice_mut(..b * fan_in);
+        let qt = bufs.xqt.slice_mut(..fan_in * ldb);
+        let Fp8Run {
+            scales,
+            scratch_amax,
+            ..
+        } = &mut *run;
+        let spare = (!record).then(|| scratch_amax.slice_mut(..));
+        cast(gpu, scales, spare, ti, q, qt, |gpu, scale, q, qt, amax| {
+            H::cast_transpose_fp8(gpu, f, x, b, fan_in, scale, q, qt, amax)
+        })?;
+    }
+    {
+        let (q, qt) = (bufs.wq.slice_mut(..), bufs.wqt.slice_mut(..));
+        let Fp8Run {
+            scales,
+            scratch_amax,
+            ..
+        } = &mut *run;
+        let spare = (!record).then(|| scratch_amax.slice_mut(..));
+        cast(gpu, scales, spare, tw, q, qt, |gpu, scale, q, qt, amax| {
+            crate::ops::fp8::cast_transpose(gpu, f, w, out, fan_in, scale, Some(q), qt, amax)
+        })?;
+    }
+    let (sx, sw) = (run.scales.scale_inv(ti)?, run.scales.scale_inv(tw)?);
+    let (xq, wq) = (bufs.xq.slice(..b * fan_in), bufs.wq.slice(..));
+    let (a, bm) = (operand(&xq, f, &sx), operand(&wq, f, &sw));
+    let shape = GemmShape::new(Layout::Forward, b, out, fan_in);
+    match dst {
+        Fp8Out::Z(mut z) => gemm_fp8(gpu, shape, &a, &bm, Some(bias), &mut z),
+        Fp8Out::Relu(mut y) => {
+            gemm_fp8(
+                gpu,
+                shape,
+                &a,
+                &bm,
+                Some(bias),
+                &mut bufs.pre.slice_mut(..b * out),
+            )?;
+            relu::forward(gpu, &bufs.pre.slice(..b * out), &mut y)
+        }
+    }
+}
+
+/// One cast of state `t` at its scale, its amax folded into its history's current slot or,
+/// given `spare`, into that scratch value (evaluations).
+fn cast<'q>(
+    gpu: &Gpu,
+    scales: &mut Fp8Scales,
+    spare: Option<CudaViewMut<'_, f32>>,
+    t: usize,
+    mut q: CudaViewMut<'q, u8>,
+    mut qt: CudaViewMut<'q, u8>,
+    go: impl FnOnce(
+        &Gpu,
+        &CudaView<'_, f32>,
+        &mut CudaViewMut<'q, u8>,
+        &mut CudaViewMut<'q, u8>,
+        &mut CudaViewMut<'_, f32>,
+    ) -> Result<()>,
+) -> Result<()> {
+    match spare {
+        Some(mut amax) => {
+            let scale = scales.scale(t)?;
+            go(gpu, &scale, &mut q, &mut qt, &mut amax)
+        }
+        None => {
+            let (scale, mut amax) = scales.scale_and_amax(t)?;
+            go(gpu, &scale, &mut q, &mut qt, &mut amax)
+        }
+    }
+}
+
+/// The backward of FP8 layer `bufs` from `dz` (`[b, out]`, the gradient of its GEMM output):
+/// its cast (amax recorded), the f32 weight gradient into `dw` and, with `dx`, the input
+/// gradient (`[b, fan_in]`). The bias gradient is the caller's (from `dz`, unquantised).
+#[allow(clippy::too_many_arguments)] // one layer's operands and shapes
+pub(crate) fn backward<H: TrainHalf>(
+    gpu: &Gpu,
+    run: &mut Fp8Run,
+    bufs: &mut Fp8Bufs<H>,
+    dz: &CudaView<'_, H>,
+    (b, out, fan_in): (usize, usize, usize),
+    dw: &mut DeviceBuffer<f32>,
+    dx: Option<CudaViewMut<'_, H>>,
+) -> Result<()> {
+    let (ff, gf) = (run.recipe.forward_format(), run.recipe.gradient_format());
+    let ldb = ld(b)?;
+    let (ti, tw, tg) = (bufs.base + INPUT, bufs.base + WEIGHT, bufs.base + GRAD);
+    {
+        let q = bufs.dq.slice_mut(..b * out);
+        let qt = bufs.dqt.slice_mut(..out * ldb);
+        cast(
+            gpu,
+            &mut run.scales,
+            None,
+            tg,
+            q,
+            qt,
+            |gpu, scale, q, qt, amax| {
+                H::cast_transpose_fp8(gpu, gf, dz, b, out, scale, q, qt, amax)
+            },
+        )?;
+    }
+    let (sx, sw, sg) = (
+        run.scales.scale_inv(ti)?,
+        run.scales.scale_inv(tw)?,
+        run.scales.scale_inv(tg)?,
+    );
+    // dW [out, in] = dzᵀ·x: the two transposes, K = the padded batch (zeros past b).
+    let (dqt, xqt) = (bufs.dqt.slice(..out * ldb), bufs.xqt.slice(..fan_in * ldb));
+    gemm_fp8(
+        gpu,
+        GemmShape::new(Layout::Forward, out, fan_in, ldb),
+        &operand(&dqt, gf, &sg),
+        &operand(&xqt, ff, &sx),
+        None,
+        dw,
+    )?;
+    if let Some(mut dx) = dx {
+        // dX [b, in] = dz·W: the gradient and the weight's transpose, K = out.
+        let (dq, wqt) = (bufs.dq.slice(..b * out), bufs.wqt.slice(..));
+        gemm_fp8(
+            gpu,
+            GemmShape::new(Layout::Forward, b, fan_in, out),
+            &operand(&dq, gf, &sg),
+            &operand(&wqt, ff, &sw),
+            None,
+            &mut dx,
+        )?;
+    }
+    Ok(())
+}
