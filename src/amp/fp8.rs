@@ -47,8 +47,7 @@ impl Default for Fp8Recipe {
     }
 }
 
-/// The longest amax history [`Fp8Recipe::validate`] accepts.
-pub const MAX_HISTORY: usize = 4096;
+use crate::ops::fp8::MAX_HISTORY;
 
 impl Fp8Recipe {
     /// The format of forward tensors (inputs and weights): E4M3.
@@ -62,11 +61,6 @@ impl Fp8Recipe {
             Fp8Formats::Hybrid => Fp8Format::E5M2,
             Fp8Formats::E4m3 => Fp8Format::E4M3,
         }
-    }
-
-    /// `2^-margin`, the factor the scale update multiplies `fp8_max` by.
-    pub fn margin_factor(&self) -> f32 {
-        (-self.margin as f32).exp2()
     }
 
     /// Checks a history of 1 to [`MAX_HISTORY`] steps and a margin within ±64.

@@ -90,7 +90,7 @@ mod nonfinite;
 pub use crate::cpu::scaler::ScalerConfig;
 pub use clip::GradClip;
 pub use cpu_grad_scaler::CpuGradScaler;
-pub use fp8::{Fp8Formats, Fp8Recipe, MAX_HISTORY as FP8_MAX_HISTORY};
+pub use fp8::{Fp8Formats, Fp8Recipe};
 pub use grad_scaler::{GradScaler, ScalerStateDict};
 pub use nonfinite::NonFinite;
 

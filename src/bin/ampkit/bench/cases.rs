@@ -150,6 +150,9 @@ pub struct TrainCase {
     pub layers: Vec<usize>,
     /// Samples per step.
     pub batch: usize,
+    /// `mixed` (f16 with dynamic loss scaling, the default), `bf16` or `fp8` (no loss scaling).
+    #[serde(default)]
+    pub precision: ampkit::amp::Precision,
 }
 
 /// The table as written: the CPU run names its cases.

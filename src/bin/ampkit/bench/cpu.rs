@@ -172,7 +172,7 @@ pub fn run(opts: &Options, cases: &Cases) -> Result<Report> {
         let (name, dims, batch) = (t.name.as_str(), &t.layers[..], t.batch);
         let shape = train_shape(dims, batch);
         c.row(Kind::Train, name, &shape, false, |_| {
-            train_row(opts, name, dims, batch)
+            train_row(opts, name, (dims, t.precision), batch)
         });
     }
     c.notes.push(format!(
@@ -448,8 +448,13 @@ fn adam_row(opts: &Options, copies: &mut CopyCache, c: &mut Collector, case: &Te
 }
 
 /// One CPU training step ([`ampkit::train::cpu_backend::CpuBackend`]), median of per-step times.
-fn train_row(opts: &Options, name: &str, dims: &[usize], batch: usize) -> Result<Row> {
-    let cfg = train_config(dims, batch);
+fn train_row(
+    opts: &Options,
+    name: &str,
+    (dims, precision): (&[usize], ampkit::amp::Precision),
+    batch: usize,
+) -> Result<Row> {
+    let cfg = train_config(dims, batch, precision);
     let mut backend = open_backend(&Device::Cpu, &cfg)?;
     let batches = 4;
     let (images, labels) = train_data(dims, batches * batch, 77);

@@ -161,7 +161,9 @@ pub fn run(gpu: &Arc<Gpu>, opts: &Options, cases: &Cases) -> Result<Report> {
     );
 
     for t in &cases.train {
-        let (label, dims, batch) = (&t.name, &t.layers[..], t.batch);
+        let (label, dims, batch, precision) = (&t.name, &t.layers[..], t.batch, t.precision);
+        // bf16 and FP8 rows: the graph step only (what they are compared on).
+        let low = precision != ampkit::amp::Precision::Mixed;
         // The unfused step beside the fused one, for models with a classifier head to fuse,
         // and the fused step with gradient-norm clipping (what the fused clipping costs).
         let head = dims.last().is_some_and(|&c| c <= 16);
@@ -171,7 +173,14 @@ pub fn run(gpu: &Arc<Gpu>, opts: &Options, cases: &Cases) -> Result<Report> {
             (true, false, false),
             (true, true, true),
         ];
-        for (graph, fused, clip) in modes.into_iter().filter(|&(_, f, c)| (f && !c) || head) {
+        let wanted = |&(g, f, c): &(bool, bool, bool)| {
+            if low {
+                g && f && !c
+            } else {
+                (f && !c) || head
+            }
+        };
+        for (graph, fused, clip) in modes.into_iter().filter(wanted) {
             let mode = match (graph, fused, clip) {
                 (false, _, _) => "eager",
                 (true, true, false) => "graph",
@@ -182,7 +191,7 @@ pub fn run(gpu: &Arc<Gpu>, opts: &Options, cases: &Cases) -> Result<Report> {
             let mut note = None;
             c.row(Kind::Train, &name, &shape, false, |ceil| {
                 let mode = (graph, fused, clip);
-                let (row, n) = train_row(&mut h, &name, dims, batch, mode, ceil)?;
+                let (row, n) = train_row(&mut h, &name, (dims, precision), batch, mode, ceil)?;
                 note = Some(n);
                 Ok(row)
             });
@@ -341,7 +350,7 @@ where
 fn train_row(
     h: &mut Harness,
     name: &str,
-    dims: &[usize],
+    (dims, precision): (&[usize], ampkit::amp::Precision),
     batch: usize,
     (graph, fused, clip): (bool, bool, bool),
     ceil: &Ceilings,
@@ -354,7 +363,7 @@ fn train_row(
         } else {
             ampkit::amp::GradClip::Off
         },
-        ..train_config(dims, batch)
+        ..train_config(dims, batch, precision)
     };
     let mut backend = GpuBackend::new(h.gpu.clone(), &cfg)?;
     backend.set_fusion(fused);

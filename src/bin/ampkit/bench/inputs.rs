@@ -2,6 +2,7 @@
 //! distinct input sets a row cycles through to keep its reads out of the L2, and the training
 //! configuration and data of the training-step rows.
 
+use ampkit::amp::{LossScale, Precision};
 use ampkit::nn::MlpConfig;
 use ampkit::train::TrainConfig;
 
@@ -21,15 +22,22 @@ pub fn n_sets(bytes_per_call: f64, calls: usize) -> usize {
     want.min(calls).max(1)
 }
 
-/// The training configuration every benchmarked step uses: the `ampkit train` defaults (mixed
-/// precision, Adam at 1e-3, PyTorch's dynamic loss scaling) with these widths and batch.
-pub fn train_config(dims: &[usize], batch: usize) -> TrainConfig {
+/// The training configuration every benchmarked step uses: the `ampkit train` defaults (Adam
+/// at 1e-3; PyTorch's dynamic loss scaling under mixed precision, none under bf16 and fp8) with
+/// these widths, batch and precision.
+pub fn train_config(dims: &[usize], batch: usize, precision: Precision) -> TrainConfig {
     TrainConfig {
         model: MlpConfig {
             layers: dims.to_vec(),
+            precision,
             ..MlpConfig::mnist_default()
         },
         batch,
+        loss_scale: if precision.scales_loss() {
+            LossScale::Dynamic(Default::default())
+        } else {
+            LossScale::Off
+        },
         ..TrainConfig::mnist_default()
     }
 }
