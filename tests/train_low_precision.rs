@@ -234,7 +234,7 @@ fn gpu_follows_the_cpu_reference() {
     let train = common::subset(&split.train, 2000);
     let steps = sized(120, 30);
     type Tweak = fn(&mut TrainConfig);
-    let variants: [(&str, Precision, Tweak, [f32; 3]); 4] = [
+    let variants: [(&str, Precision, Tweak, [f32; 3]); 5] = [
         ("784-512-10", Precision::Bf16, |_| {}, [0.01, 0.05, 0.02]),
         (
             "3 layers, layernorm, fp32 layer 1",
@@ -254,6 +254,15 @@ fn gpu_follows_the_cpu_reference() {
                 c.model.layers = vec![784, 256, 128, 10];
                 c.model.layernorm = true;
                 c.model.fp32_layers = vec![0];
+            },
+            [0.03, 0.10, 0.03],
+        ),
+        (
+            "784-256-128-16, every layer in FP8",
+            Precision::Fp8,
+            |c| {
+                c.model.layers = vec![784, 256, 128, 16];
+                c.model.fp8.last_layer = true;
             },
             [0.03, 0.10, 0.03],
         ),

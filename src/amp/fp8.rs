@@ -34,6 +34,11 @@ pub struct Fp8Recipe {
     pub amax_algo: AmaxAlgo,
     /// Formats of the forward tensors and of the gradients.
     pub formats: Fp8Formats,
+    /// The last linear layer in FP8 too. Off by default: Transformer Engine recommends keeping
+    /// a model's last layer (the classifier) in higher precision, so it runs in bf16. Turn it on
+    /// for a stack whose last layer is an ordinary hidden-size layer.
+    #[serde(default)]
+    pub last_layer: bool,
 }
 
 impl Default for Fp8Recipe {
@@ -43,6 +48,7 @@ impl Default for Fp8Recipe {
             margin: 0,
             amax_algo: AmaxAlgo::Max,
             formats: Fp8Formats::Hybrid,
+            last_layer: false,
         }
     }
 }

@@ -127,10 +127,12 @@ impl MlpConfig {
     }
 
     /// Whether linear layer `l` runs its GEMMs in FP8: under [`Precision::Fp8`], every layer
-    /// but the last (the classifier, kept in bf16 as Transformer Engine recommends for the
-    /// last layer) and those forced to f32.
+    /// but those forced to f32 and the last (the classifier, kept in bf16 as Transformer Engine
+    /// recommends, unless the recipe's `last_layer` says otherwise).
     pub fn fp8_layer(&self, l: usize) -> bool {
-        self.precision == Precision::Fp8 && l + 1 < self.linear_count() && self.half_layer(l)
+        self.precision == Precision::Fp8
+            && (l + 1 < self.linear_count() || self.fp8.last_layer)
+            && self.half_layer(l)
     }
 
     /// The `Sequential` index of linear layer `l` (and `+1` is its LayerNorm, if any).

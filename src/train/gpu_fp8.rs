@@ -117,6 +117,8 @@ pub(crate) enum Fp8Out<'a, H: TrainHalf> {
     Z(CudaViewMut<'a, f32>),
     /// `H`, after the ReLU.
     Relu(CudaViewMut<'a, H>),
+    /// `H`, no ReLU (the last layer: the logits).
+    Plain(CudaViewMut<'a, H>),
 }
 
 /// An FP8 operand of the GEMM.
@@ -181,6 +183,7 @@ pub(crate) fn forward<H: TrainHalf>(
     let shape = GemmShape::new(Layout::Forward, b, out, fan_in);
     match dst {
         Fp8Out::Z(mut z) => gemm_fp8(gpu, shape, &a, &bm, Some(bias), &mut z),
+        Fp8Out::Plain(mut y) => gemm_fp8(gpu, shape, &a, &bm, Some(bias), &mut y),
         Fp8Out::Relu(mut y) => {
             gemm_fp8(
                 gpu,

@@ -344,7 +344,8 @@ pub(crate) fn forward<H: TrainHalf>(
         if let Some(bufs) = &mut layer.fp8 {
             let dst = match &mut layer.z {
                 Some(z) => Fp8Out::Z(z.slice_mut(..n)),
-                None => Fp8Out::Relu(layer.out_buf.h(n)),
+                None if relu_here => Fp8Out::Relu(layer.out_buf.h(n)),
+                None => Fp8Out::Plain(layer.out_buf.h(n)),
             };
             gpu_fp8::forward(
                 gpu,

@@ -143,6 +143,17 @@ pub fn check_flags(
         format!("{:?}", m.fp8.amax_algo).to_lowercase(),
     );
     check(
+        "fp8_last_layer",
+        fp8.last_layer == m.fp8.last_layer,
+        String::new(),
+        if m.fp8.last_layer {
+            "the last layer in FP8"
+        } else {
+            "the last layer in bf16"
+        }
+        .into(),
+    );
+    check(
         "fp8_format",
         fp8.formats == m.fp8.formats,
         format!("{:?}", fp8.formats).to_lowercase(),

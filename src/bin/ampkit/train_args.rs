@@ -65,6 +65,10 @@ pub struct TrainArgs {
     /// --precision fp8: reduce the amax history by its max, or use the latest step's amax.
     #[arg(long, value_enum, default_value = "max")]
     pub(crate) fp8_amax_algo: AmaxAlgoArg,
+    /// --precision fp8: the last layer in FP8 too (by default it stays in bf16, as Transformer
+    /// Engine recommends for a classifier).
+    #[arg(long)]
+    pub(crate) fp8_last_layer: bool,
     /// --precision fp8: hybrid (E4M3 inputs and weights, E5M2 gradients) or e4m3 throughout.
     #[arg(long, value_enum, default_value = "hybrid")]
     pub(crate) fp8_format: Fp8FormatArg,
@@ -251,5 +255,6 @@ pub(crate) fn fp8_recipe(a: &TrainArgs) -> Fp8Recipe {
             Fp8FormatArg::Hybrid => Fp8Formats::Hybrid,
             Fp8FormatArg::E4m3 => Fp8Formats::E4m3,
         },
+        last_layer: a.fp8_last_layer,
     }
 }

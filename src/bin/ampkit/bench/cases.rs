@@ -153,6 +153,9 @@ pub struct TrainCase {
     /// `mixed` (f16 with dynamic loss scaling, the default), `bf16` or `fp8` (no loss scaling).
     #[serde(default)]
     pub precision: ampkit::amp::Precision,
+    /// fp8: the last layer in FP8 too ([`ampkit::amp::Fp8Recipe::last_layer`]).
+    #[serde(default)]
+    pub fp8_last_layer: bool,
 }
 
 /// The table as written: the CPU run names its cases.

@@ -162,6 +162,7 @@ pub fn run(gpu: &Arc<Gpu>, opts: &Options, cases: &Cases) -> Result<Report> {
 
     for t in &cases.train {
         let (label, dims, batch, precision) = (&t.name, &t.layers[..], t.batch, t.precision);
+        let fp8_last = t.fp8_last_layer;
         // bf16 and FP8 rows: the graph step only (what they are compared on).
         let low = precision != ampkit::amp::Precision::Mixed;
         // The unfused step beside the fused one, for models with a classifier head to fuse,
@@ -191,7 +192,8 @@ pub fn run(gpu: &Arc<Gpu>, opts: &Options, cases: &Cases) -> Result<Report> {
             let mut note = None;
             c.row(Kind::Train, &name, &shape, false, |ceil| {
                 let mode = (graph, fused, clip);
-                let (row, n) = train_row(&mut h, &name, (dims, precision), batch, mode, ceil)?;
+                let model = (dims, precision, fp8_last);
+                let (row, n) = train_row(&mut h, &name, model, batch, mode, ceil)?;
                 note = Some(n);
                 Ok(row)
             });
@@ -350,12 +352,12 @@ where
 fn train_row(
     h: &mut Harness,
     name: &str,
-    (dims, precision): (&[usize], ampkit::amp::Precision),
+    (dims, precision, fp8_last): (&[usize], ampkit::amp::Precision, bool),
     batch: usize,
     (graph, fused, clip): (bool, bool, bool),
     ceil: &Ceilings,
 ) -> Result<(Row, String)> {
-    let cfg = ampkit::train::TrainConfig {
+    let mut cfg = ampkit::train::TrainConfig {
         cuda_graph: graph,
         // A limit the bench's gradients exceed, so that every step scales them.
         clip: if clip {
@@ -365,6 +367,7 @@ fn train_row(
         },
         ..train_config(dims, batch, precision)
     };
+    cfg.model.fp8.last_layer = fp8_last;
     let mut backend = GpuBackend::new(h.gpu.clone(), &cfg)?;
     backend.set_fusion(fused);
     // The backend queues its steps on a stream of its own: time them there.
