@@ -182,7 +182,13 @@ impl MlpConfig {
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
         for l in 0..self.linear_count() {
-            let dtype = if self.half_layer(l) { "" } else { " [f32]" };
+            let dtype = if self.fp8_layer(l) {
+                " [fp8]"
+            } else if self.half_layer(l) {
+                ""
+            } else {
+                " [f32]"
+            };
             parts.push(format!(
                 "Linear({}, {}){dtype}",
                 self.layers[l],
