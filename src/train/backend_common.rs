@@ -160,3 +160,28 @@ pub(crate) fn check_params(
     }
     Ok(())
 }
+
+/// Indices into the parameter list of one linear layer's tensors.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LayerParams {
+    pub w: usize,
+    pub b: usize,
+    /// LayerNorm γ and β after this layer, if any.
+    pub ln: Option<(usize, usize)>,
+}
+
+/// The parameter indices of every linear layer, in [`MlpConfig::parameter_specs`] order.
+pub(crate) fn layer_params(cfg: &MlpConfig) -> Vec<LayerParams> {
+    let mut next = 0;
+    (0..cfg.linear_count())
+        .map(|l| {
+            let (w, b) = (next, next + 1);
+            next += 2;
+            let ln = (cfg.layernorm && l + 1 < cfg.linear_count()).then(|| {
+                next += 2;
+                (next - 2, next - 1)
+            });
+            LayerParams { w, b, ln }
+        })
+        .collect()
+}

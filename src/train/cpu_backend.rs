@@ -12,6 +12,7 @@
 use super::backend::{Backend, BackendState, Evaluation, StepRecord};
 pub(crate) use super::backend_common::{
     check_batch, check_params, check_samples, count_correct, export_state, import_dicts,
+    layer_params, LayerParams,
 };
 use super::config::TrainConfig;
 use super::cpu_engine::CpuEngine;
@@ -21,33 +22,7 @@ use crate::cpu::optim::OptimizerConfig;
 #[cfg(doc)]
 use crate::error::Error;
 use crate::error::Result;
-use crate::nn::MlpConfig;
 use half::{bf16, f16};
-
-/// Indices into the parameter list of one linear layer's tensors.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct LayerParams {
-    pub w: usize,
-    pub b: usize,
-    /// LayerNorm γ and β after this layer, if any.
-    pub ln: Option<(usize, usize)>,
-}
-
-/// The parameter indices of every linear layer, in [`MlpConfig::parameter_specs`] order.
-pub(crate) fn layer_params(cfg: &MlpConfig) -> Vec<LayerParams> {
-    let mut next = 0;
-    (0..cfg.linear_count())
-        .map(|l| {
-            let (w, b) = (next, next + 1);
-            next += 2;
-            let ln = (cfg.layernorm && l + 1 < cfg.linear_count()).then(|| {
-                next += 2;
-                (next - 2, next - 1)
-            });
-            LayerParams { w, b, ln }
-        })
-        .collect()
-}
 
 /// The CPU backend: the model's parameters, optimizer state and scaler on the host.
 pub struct CpuBackend {
