@@ -64,6 +64,7 @@ const HOPPER_ONLY: &[&str] = &[
     "head_pdl",
     "unscale_pdl",
     "optim_pdl",
+    "fp8_train_pdl",
 ];
 const HOPPER_ARCH: &str = "compute_90a";
 /// Flags shared by every module. No `-lineinfo`: it embeds absolute source paths in the PTX,

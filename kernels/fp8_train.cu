@@ -17,9 +17,11 @@
 //     positive, else kept; an infinite scale becomes FLT_MAX; scale_inv[t] = 1 / scale[t]; the
 //     window rolls to [0, h2, …, h_last, h0]. margin_factor = 2^-margin, computed by the host as
 //     the CPU twin computes it, so the f32 operations are the same ones in the same order.
-// Numerics: bit-exact with src/cpu/fp8.rs (cast_transpose, ScalingState::update). The module is
-//   compute_80 PTX, so __nv_cvt_float_to_fp8 takes its software path (the float8 crate's) on
-//   every GPU; the divisions are IEEE (div.rn, no fast math). Maxima are order-independent.
+// Numerics: bit-exact with src/cpu/fp8.rs (cast_transpose, ScalingState::update). This module is
+//   compute_80 PTX, so __nv_cvt_float_to_fp8 takes its software path (the float8 crate's); its
+//   twin fp8_train_pdl.cu (sm_90a, what Hopper launches) converts with cvt.rn.satfinite, one
+//   instruction where the software path takes ~20 (to_fp8 pins NaN to 0x7F for both); the
+//   divisions are IEEE (div.rn, no fast math). Maxima are order-independent.
 // Launch, cast_transpose: 256 threads, 64×64 tiles, a grid-stride loop over tiles (row band
 //   major), at most 6 blocks per SM (the register bound it is compiled for). A thread loads 4 consecutive elements of 4 rows (16 B of f32 or 8 B of bf16 per
 //   access in v4: a warp reads 2 whole tile rows), writes their 4 codes to q as one u32 and
@@ -36,6 +38,8 @@
 #include <float.h>
 #include <stdint.h>
 
+#include "pdl.cuh"
+
 namespace fp8_train_detail {
 
 constexpr int kTile = 64;                           // a tile is kTile × kTile elements
@@ -46,6 +50,15 @@ constexpr int kPasses = kTile / kRowsPerPass;       // 4
 // Resident blocks per SM the cast is compiled for: 40 registers, no spills (8 would force 32
 // and spill; unbounded takes 60, 4 blocks). The host caps the grid at this many per SM.
 constexpr int kBlocksPerSm = 6;
+
+// x rounded to FP8 (nearest even, saturating), NaN → 0x7F. cuda_fp8.hpp converts in software
+// for compute_80 (this module) and with the sm_89+ instruction cvt.rn.satfinite (the
+// fp8_train_pdl twin, built for sm_90a); both round the f32 once and saturate alike, and the NaN
+// case is pinned here so the two agree on it whatever the instruction's NaN pattern.
+template <__nv_fp8_interpretation_t F>
+__device__ __forceinline__ uint32_t to_fp8(float x) {
+    return x != x ? 0x7Fu : uint32_t(__nv_cvt_float_to_fp8(x, __NV_SATFINITE, F));
+}
 
 // Source element access: f32 as is, bf16 (stored as uint16_t) widened exactly.
 __device__ __forceinline__ float widen(float x) { return x; }
@@ -106,7 +119,7 @@ __device__ __forceinline__ void cast_transpose(const T* __restrict__ src, uint8_
             for (int k = 0; k < 4; ++k) {
                 m = max(m, __float_as_uint(v[p][k]) & 0x7FFFFFFFu);  // 0 outside the matrix
                 const bool inside = r < rows && c + k < cols;
-                const uint32_t b = inside ? __nv_cvt_float_to_fp8(v[p][k] * s, __NV_SATFINITE, F) : 0u;
+                const uint32_t b = inside ? to_fp8<F>(v[p][k] * s) : 0u;
                 packed |= b << (8 * k);
                 staged_bytes[staged_word(4 * g + k, lr >> 2) * 4 + (lr & 3)] = uint8_t(b);
             }
@@ -162,6 +175,7 @@ using namespace fp8_train_detail;
         fp8_cast_transpose_##TNAME##_##FNAME##_##VNAME(const T* src, uint8_t* q, uint8_t* qt,    \
                                                       size_t rows, size_t cols, size_t ld,       \
                                                       const float* scale, unsigned int* amax) {  \
+        pdl_start();                                                                             \
         cast_transpose<T, F, V>(src, q, qt, rows, cols, ld, scale, amax);                        \
     }
 #define AMPKIT_CAST_T_V(TNAME, T, FNAME, F)        \
@@ -175,6 +189,7 @@ AMPKIT_CAST_T_V(bf16, uint16_t, e5m2, __NV_E5M2)
 extern "C" __global__ void __launch_bounds__(kThreads)
     fp8_update_scales(float* history, float* scale, float* scale_inv, const float* fp8_max,
                       unsigned int len, int most_recent, float margin_factor) {
+    pdl_start();
     __shared__ float window[kMaxHistory];
     __shared__ float warp_max[kThreads / 32];
     const unsigned int t = blockIdx.x;

@@ -4,7 +4,8 @@
 // What: D[m,n] = scale · Σ_k A[m,k]·B[n,k] (+ bias[n]), A [M,K] and B [N,K] row-major FP8 codes
 // (both K-major: FP8 wgmma reads no transposed operand), scale = a_scale_inv[0] · b_scale_inv[0]
 // read from device memory (the delayed-scaling recipe's per-tensor inverse scales), one fma
-// `acc·scale + bias` in f32, then one rounding (nearest even) to the output type. The format of
+// `acc·scale + bias` in f32, an optional ReLU (out_kind bit 2), then one rounding (nearest even)
+// to the output type. The format of
 // each operand is chosen per launch: E4M3×E4M3 (forward), E5M2×E4M3 / E4M3×E5M2 (gradients in
 // Transformer Engine's HYBRID recipe), and E5M2×E5M2. Host side: src/ops/gemm/fp8.rs; CPU twin:
 // src/cpu/gemm_fp8.rs.
@@ -58,6 +59,7 @@ constexpr int SLICE_BYTES = 64 * BK;  // one 64-row slice of a stage's A tile
 constexpr int EPI_COLS = 32, EPI_LD = EPI_COLS + 8;  // LD ≡ 8 (mod 32): conflict-free float2 writes
 constexpr int EPI_BYTES = 64 * EPI_LD * 4;
 constexpr int OUT_F32 = 0, OUT_F16 = 1, OUT_BF16 = 2;  // out_kind, as src/ops/gemm/fp8.rs passes it
+constexpr int OUT_RELU = 4;  // or'ed into out_kind: relu(v) = v where v > 0 or NaN, else +0
 
 // Four adjacent results of one row (columns col..col+3, already scaled and biased), rounded to
 // the output type; one 16-byte (f32) or 8-byte (16-bit) store when all four are inside and `vec`
@@ -110,6 +112,9 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
                                          const float* bias, const float* a_scale_inv,
                                          const float* b_scale_inv, int M, int N, int K,
                                          int out_kind, int group_m) {
+    // Bit 2 of out_kind asks for a ReLU after the bias (the training step's hidden layers).
+    const bool relu = (out_kind & OUT_RELU) != 0;
+    out_kind &= ~OUT_RELU;
     constexpr int A_BYTES = BM * BK, B_BYTES = BN * BK;
     constexpr int STAGE_BYTES = A_BYTES + B_BYTES, B_HALF = B_BYTES / CLUSTER;
     // 64-row slices of a tile per consumer: ping-pong consumers take whole tiles, cooperative
@@ -270,8 +275,15 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
 #pragma unroll 1
                         for (int rr = sr; rr < rows; rr += ROWS_PER_PASS) {
                             const float4 a = *reinterpret_cast<const float4*>(&stage[rr * EPI_LD + sc]);
-                            const float4 v = make_float4(fmaf(a.x, scale, bv[0]), fmaf(a.y, scale, bv[1]),
-                                                         fmaf(a.z, scale, bv[2]), fmaf(a.w, scale, bv[3]));
+                            float4 v = make_float4(fmaf(a.x, scale, bv[0]), fmaf(a.y, scale, bv[1]),
+                                                   fmaf(a.z, scale, bv[2]), fmaf(a.w, scale, bv[3]));
+                            if (relu) {
+                                // As gemm_epilogue.cuh's ReLU: NaN kept, everything not above 0 → +0.
+                                v.x = (v.x > 0.f || isnan(v.x)) ? v.x : 0.f;
+                                v.y = (v.y > 0.f || isnan(v.y)) ? v.y : 0.f;
+                                v.z = (v.z > 0.f || isnan(v.z)) ? v.z : 0.f;
+                                v.w = (v.w > 0.f || isnan(v.w)) ? v.w : 0.f;
+                            }
                             store4(C, out_kind, N, row0 + rr, col, v, vec);
                         }
                     }

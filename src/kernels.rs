@@ -142,6 +142,7 @@ pub(crate) fn pdl_twin(module: &KernelModule) -> Option<&'static KernelModule> {
         "head" => Some(&HEAD_PDL),
         "unscale" => Some(&UNSCALE_PDL),
         "optim" => Some(&OPTIM_PDL),
+        "fp8_train" => Some(&FP8_TRAIN_PDL),
         _ => None,
     }
 }
@@ -186,7 +187,7 @@ mod tests {
     #[test]
     fn dependent_launch_modules_wait_first() {
         let dependent: Vec<&KernelModule> = ALL.iter().filter(|m| launches_dependent(m)).collect();
-        assert_eq!(dependent.len(), 5, "the four twins and gemm_sm90");
+        assert_eq!(dependent.len(), 6, "the five twins and gemm_sm90");
         for m in dependent {
             assert_eq!(
                 m.arch, "compute_90a",

@@ -11,7 +11,7 @@ use ampkit::cpu::fp8::Fp8Format;
 use ampkit::cpu::gemm_fp8::{gemm_fp8_f64, gemm_fp8_magnitude, Fp8Matrix};
 use ampkit::cuda::Gpu;
 use ampkit::ops::gemm_fp8::{
-    gemm_fp8, gemm_fp8_with, Fp8Config, Fp8Operand, Fp8Output, FP8_CONFIGS,
+    gemm_fp8, gemm_fp8_relu, gemm_fp8_with, Fp8Config, Fp8Operand, Fp8Output, FP8_CONFIGS,
 };
 use ampkit::shape::{GemmShape, Layout};
 use ampkit::Error;
@@ -354,6 +354,55 @@ fn small_integer_products_are_exact_for_every_config_format_and_output() {
         failures.extend(case.check_exact::<bf16>(&gpu, PAIRS[0], None, &want).err());
     }
     assert_none_failed(&failures);
+}
+
+/// `gemm_fp8_relu`: the same exact sums with every value not above 0 written as +0 (the training
+/// step's hidden-layer forward), bf16 and f32 out, with a bias that pushes some sums below 0.
+#[test]
+fn the_relu_epilogue_keeps_only_positive_sums() {
+    let Some(gpu) = hopper() else { return };
+    let mut rng = rng("gpu gemm fp8 relu");
+    let case = Case::exact(&mut rng, 257, 389, 272);
+    let (want, _) = case.reference(PAIRS[0]);
+    assert!(want.iter().any(|&v| v < 0.0) && want.iter().any(|&v| v > 0.0));
+    let (ca, cb) = case.codes(PAIRS[0]);
+    let (da, db) = (gpu.upload(&ca).unwrap(), gpu.upload(&cb).unwrap());
+    let sa = gpu.upload(&[case.scale_inv.0]).unwrap();
+    let sb = gpu.upload(&[case.scale_inv.1]).unwrap();
+    let bias = case.bias.as_ref().map(|b| gpu.upload(b).unwrap());
+    let bias = bias
+        .as_ref()
+        .map(|b| b as &dyn cudarc::driver::DevicePtr<f32>);
+    let a = Fp8Operand {
+        data: &da,
+        format: PAIRS[0].0,
+        scale_inv: &sa,
+    };
+    let b = Fp8Operand {
+        data: &db,
+        format: PAIRS[0].1,
+        scale_inv: &sb,
+    };
+    fn check<C: Out>(
+        gpu: &Gpu,
+        case: &Case,
+        ops: (&Fp8Operand<'_>, &Fp8Operand<'_>),
+        bias: Option<&dyn cudarc::driver::DevicePtr<f32>>,
+        want: &[f64],
+    ) {
+        let mut out = gpu.upload(&vec![C::POISON; want.len()]).unwrap();
+        gemm_fp8_relu(gpu, case.shape, ops.0, ops.1, bias, &mut out).unwrap();
+        let got = gpu.download(&out).unwrap();
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            let expect = C::round(if w > 0.0 { w } else { 0.0 });
+            assert!(
+                g == expect,
+                "relu output {i}: got {g:?}, want {expect:?} (sum {w})"
+            );
+        }
+    }
+    check::<bf16>(&gpu, &case, (&a, &b), bias, &want);
+    check::<f32>(&gpu, &case, (&a, &b), bias, &want);
 }
 
 #[test]

@@ -261,6 +261,22 @@ fn check_args(
     Ok(())
 }
 
+/// [`gemm_fp8`] followed by a ReLU in the same epilogue: `D = relu(scale·A·Bᵀ + bias)`, with
+/// relu keeping NaN and turning everything not above 0 into +0 (as [`crate::cpu::relu::relu`]),
+/// applied before the rounding (which it commutes with). A hidden layer's forward. Errors: as
+/// [`gemm_fp8`].
+pub fn gemm_fp8_relu<C: Fp8Output>(
+    gpu: &Gpu,
+    shape: GemmShape,
+    a: &Fp8Operand<'_>,
+    b: &Fp8Operand<'_>,
+    bias: Option<&dyn DevicePtr<f32>>,
+    c: &mut impl DevicePtrMut<C>,
+) -> Result<()> {
+    let config = plan_fp8(shape, gpu.info().multiprocessors);
+    launch(gpu, config, shape, (a, b, bias), true, c)
+}
+
 /// [`gemm_fp8`] with the tile configuration `config` instead of the planner's. For ampkit's
 /// tests and benchmarks; not part of the stable API.
 #[doc(hidden)]
@@ -271,6 +287,22 @@ pub fn gemm_fp8_with<C: Fp8Output>(
     a: &Fp8Operand<'_>,
     b: &Fp8Operand<'_>,
     bias: Option<&dyn DevicePtr<f32>>,
+    c: &mut impl DevicePtrMut<C>,
+) -> Result<()> {
+    launch(gpu, config, shape, (a, b, bias), false, c)
+}
+
+/// The checks and the launch of `config`, with the ReLU epilogue when `relu`.
+fn launch<C: Fp8Output>(
+    gpu: &Gpu,
+    config: Fp8Config,
+    shape: GemmShape,
+    (a, b, bias): (
+        &Fp8Operand<'_>,
+        &Fp8Operand<'_>,
+        Option<&dyn DevicePtr<f32>>,
+    ),
+    relu: bool,
     c: &mut impl DevicePtrMut<C>,
 ) -> Result<()> {
     check_args(shape, a, b, bias.map(|b| b.len()), c.len())?;
@@ -345,7 +377,8 @@ pub fn gemm_fp8_with<C: Fp8Output>(
     args.push(ta).push(tb).push(c_ptr).push(bias_ptr);
     args.push(sa_ptr).push(sb_ptr);
     args.push(m as i32).push(n as i32).push(k as i32);
-    args.push(C::KIND).push(GROUP_M);
+    // Bit 2 of out_kind: the ReLU epilogue (OUT_RELU in the kernel).
+    args.push(C::KIND | if relu { 4 } else { 0 }).push(GROUP_M);
     // SAFETY: gemm_fp8_<config>_<formats>(TensorMap ta, TensorMap tb, void* C, const float* bias,
     // const float* a_scale_inv, const float* b_scale_inv, int M, int N, int K, int out_kind,
     // int group_m) matches the arguments. The tensor maps describe exactly A (m × k bytes) and

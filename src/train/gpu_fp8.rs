@@ -17,8 +17,7 @@ use crate::cuda::{DeviceBuffer, Gpu};
 use crate::error::{Error, Result};
 use crate::nn::MlpConfig;
 use crate::ops::fp8::{update_scales, Fp8Scales};
-use crate::ops::gemm_fp8::{gemm_fp8, Fp8Operand};
-use crate::ops::relu;
+use crate::ops::gemm_fp8::{gemm_fp8, gemm_fp8_relu, Fp8Operand};
 use crate::shape::{GemmShape, Layout};
 use cudarc::driver::{CudaView, CudaViewMut};
 
@@ -76,8 +75,7 @@ pub(crate) struct Fp8Bufs<H: TrainHalf> {
     /// The output gradient `[b, out]` and its transpose `[out, ld(b)]`.
     dq: DeviceBuffer<u8>,
     dqt: DeviceBuffer<u8>,
-    /// The GEMM output before the ReLU (hidden layers without LayerNorm).
-    pre: DeviceBuffer<H>,
+    _h: std::marker::PhantomData<H>,
 }
 
 /// `rows` rounded up to 16 (the transposes' row pitch), as the casts lay them out.
@@ -105,7 +103,7 @@ impl<H: TrainHalf> Fp8Bufs<H> {
             wqt: z(fan_in * out)?,
             dq: z(batch * out)?,
             dqt: z(out * ldb)?,
-            pre: gpu.alloc_zeros((batch * out).max(1))?,
+            _h: std::marker::PhantomData,
         })
     }
 }
@@ -184,17 +182,7 @@ pub(crate) fn forward<H: TrainHalf>(
     match dst {
         Fp8Out::Z(mut z) => gemm_fp8(gpu, shape, &a, &bm, Some(bias), &mut z),
         Fp8Out::Plain(mut y) => gemm_fp8(gpu, shape, &a, &bm, Some(bias), &mut y),
-        Fp8Out::Relu(mut y) => {
-            gemm_fp8(
-                gpu,
-                shape,
-                &a,
-                &bm,
-                Some(bias),
-                &mut bufs.pre.slice_mut(..b * out),
-            )?;
-            relu::forward(gpu, &bufs.pre.slice(..b * out), &mut y)
-        }
+        Fp8Out::Relu(mut y) => gemm_fp8_relu(gpu, shape, &a, &bm, Some(bias), &mut y),
     }
 }
 
