@@ -63,7 +63,7 @@ impl Fp8Run {
 }
 
 /// One FP8 layer's device buffers, for batches of up to the backend's batch.
-pub(crate) struct Fp8Bufs<H: TrainHalf> {
+pub(crate) struct Fp8Bufs {
     /// The layer's first state.
     base: usize,
     /// The input `[b, in]` and its transpose `[in, ld(b)]`.
@@ -75,7 +75,6 @@ pub(crate) struct Fp8Bufs<H: TrainHalf> {
     /// The output gradient `[b, out]` and its transpose `[out, ld(b)]`.
     dq: DeviceBuffer<u8>,
     dqt: DeviceBuffer<u8>,
-    _h: std::marker::PhantomData<H>,
 }
 
 /// `rows` rounded up to 16 (the transposes' row pitch), as the casts lay them out.
@@ -86,13 +85,13 @@ fn ld(rows: usize) -> Result<usize> {
     })
 }
 
-impl<H: TrainHalf> Fp8Bufs<H> {
+impl Fp8Bufs {
     /// The buffers of a `fan_in → out` layer whose first state is `base`.
     pub(crate) fn new(
         gpu: &Gpu,
         base: usize,
         (batch, out, fan_in): (usize, usize, usize),
-    ) -> Result<Fp8Bufs<H>> {
+    ) -> Result<Fp8Bufs> {
         let ldb = ld(batch)?;
         let z = |n: usize| gpu.alloc_zeros::<u8>(n.max(1));
         Ok(Fp8Bufs {
@@ -103,7 +102,6 @@ impl<H: TrainHalf> Fp8Bufs<H> {
             wqt: z(fan_in * out)?,
             dq: z(batch * out)?,
             dqt: z(out * ldb)?,
-            _h: std::marker::PhantomData,
         })
     }
 }
@@ -139,7 +137,7 @@ fn operand<'a>(
 pub(crate) fn forward<H: TrainHalf>(
     gpu: &Gpu,
     run: &mut Fp8Run,
-    bufs: &mut Fp8Bufs<H>,
+    bufs: &mut Fp8Bufs,
     x: &CudaView<'_, H>,
     w: &DeviceBuffer<f32>,
     bias: &CudaView<'_, f32>,
@@ -222,7 +220,7 @@ fn cast<'q>(
 pub(crate) fn backward<H: TrainHalf>(
     gpu: &Gpu,
     run: &mut Fp8Run,
-    bufs: &mut Fp8Bufs<H>,
+    bufs: &mut Fp8Bufs,
     dz: &CudaView<'_, H>,
     (b, out, fan_in): (usize, usize, usize),
     dw: &mut DeviceBuffer<f32>,

@@ -125,7 +125,7 @@ pub(crate) struct Layer<H: TrainHalf> {
     /// small batches ([`crate::ops::head::weight_slices`]); otherwise backward runs the GEMM.
     pub wgrad_by_head: bool,
     /// FP8 layers ([`MlpConfig::fp8_layer`]): their FP8 copies; their GEMMs run in FP8.
-    fp8: Option<Fp8Bufs<H>>,
+    fp8: Option<Fp8Bufs>,
 }
 
 impl<H: TrainHalf> Layer<H> {
