@@ -71,7 +71,7 @@ impl Fp8Format {
 /// `q[i] = fp8(x[i]·scale)` (one f32 multiply, then [`Fp8Format::encode`]); returns
 /// `max |x[i]|` before scaling (0 for an empty `x`; a NaN's magnitude when `x` holds one: the
 /// largest bit pattern, as the GPU's atomic max on the bits finds it). Errors:
-/// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) unless the lengths agree.
+/// [`Error::ShapeMismatch`] unless the lengths agree.
 pub fn quantize(format: Fp8Format, x: &[f32], scale: f32, q: &mut [u8]) -> Result<f32> {
     same_len("cpu::fp8::quantize", x.len(), q.len())?;
     q.par_iter_mut()
@@ -209,7 +209,7 @@ pub fn cast_transpose<T: CastInput>(
 }
 
 /// `y[i] = f32(q[i])·scale_inv` ([`Fp8Format::decode`], then one f32 multiply; NaN stays
-/// 0x7FFFFFFF). Errors: [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) unless the lengths
+/// 0x7FFFFFFF). Errors: [`Error::ShapeMismatch`] unless the lengths
 /// agree.
 pub fn dequantize(format: Fp8Format, q: &[u8], scale_inv: f32, y: &mut [f32]) -> Result<()> {
     same_len("cpu::fp8::dequantize", q.len(), y.len())?;

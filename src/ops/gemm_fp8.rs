@@ -262,7 +262,7 @@ fn check_args(
 }
 
 /// [`gemm_fp8`] followed by a ReLU in the same epilogue: `D = relu(scale·A·Bᵀ + bias)`, with
-/// relu keeping NaN and turning everything not above 0 into +0 (as [`crate::cpu::relu::relu`]),
+/// relu keeping NaN and turning everything not above 0 into +0 (as `crate::cpu::relu`'s ReLU),
 /// applied before the rounding (which it commutes with). A hidden layer's forward. Errors: as
 /// [`gemm_fp8`].
 pub fn gemm_fp8_relu<C: Fp8Output>(
