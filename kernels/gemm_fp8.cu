@@ -7,7 +7,7 @@
 // `acc·scale + bias` in f32, an optional ReLU (out_kind bit 2), then one rounding (nearest even)
 // to the output type. The format of
 // each operand is chosen per launch: E4M3×E4M3 (forward), E5M2×E4M3 / E4M3×E5M2 (gradients in
-// Transformer Engine's HYBRID recipe), and E5M2×E5M2. Host side: src/ops/gemm/fp8.rs; CPU twin:
+// Transformer Engine's HYBRID recipe), and E5M2×E5M2. Host side: src/ops/gemm_fp8.rs; CPU twin:
 // src/cpu/gemm_fp8.rs.
 //
 // Algorithm: the persistent, clustered, warp-specialised pipeline of gemm_sm90.cu (v12), for
@@ -58,7 +58,7 @@ constexpr int CLUSTER = 2;
 constexpr int SLICE_BYTES = 64 * BK;  // one 64-row slice of a stage's A tile
 constexpr int EPI_COLS = 32, EPI_LD = EPI_COLS + 8;  // LD ≡ 8 (mod 32): conflict-free float2 writes
 constexpr int EPI_BYTES = 64 * EPI_LD * 4;
-constexpr int OUT_F32 = 0, OUT_F16 = 1, OUT_BF16 = 2;  // out_kind, as src/ops/gemm/fp8.rs passes it
+constexpr int OUT_F32 = 0, OUT_F16 = 1, OUT_BF16 = 2;  // out_kind, as src/ops/gemm_fp8.rs passes it
 constexpr int OUT_RELU = 4;  // or'ed into out_kind: relu(v) = v where v > 0 or NaN, else +0
 
 // Four adjacent results of one row (columns col..col+3, already scaled and biased), rounded to
@@ -301,7 +301,7 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
 using namespace gemm_fp8_detail;
 
 // Entry points: gemm_fp8_<config>_<A format><B format>, formats e4 (E4M3) and e5 (E5M2).
-// Arguments: the tensor maps of A and B (src/ops/gemm/fp8.rs: UINT8, boxes of 128 K × BM rows for
+// Arguments: the tensor maps of A and B (src/ops/gemm_fp8.rs: UINT8, boxes of 128 K × BM rows for
 // A and 128 K × BN/2 rows for B, 128-byte swizzle), D, bias (may be null), the two inverse scales
 // (one f32 each, device memory), M, N, K, out_kind (0 f32, 1 f16, 2 bf16), pair-rows per raster
 // group.

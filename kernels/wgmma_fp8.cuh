@@ -4,7 +4,7 @@
 //
 // FP8 wgmma has no transpose bits: both operands must be K-major in shared memory, which is why
 // the FP8 GEMM takes A [M,K] and B [N,K] only. The accumulation runs in the tensor core's own
-// precision (coarser than f32 per k32 step: see src/ops/gemm/fp8.rs's numerics), into f32
+// precision (coarser than f32 per k32 step: see src/ops/gemm_fp8.rs's numerics), into f32
 // registers.
 //
 // Fp8Mma<N, FA, FB>::run(d, da, db): D(64×N) += A(64×32) · B(32×N); FA, FB = FP8_E4M3 or FP8_E5M2
