@@ -91,13 +91,20 @@ __device__ __forceinline__ void load4(const T* __restrict__ src, size_t rows, si
 // Word w (rows 4w..4w+3) of tile column c in the staging buffer.
 __device__ __forceinline__ int staged_word(int c, int w) { return c * (kTile / 4) + (w ^ ((c >> 2) & 15)); }
 
-template <typename T, __nv_fp8_interpretation_t F, bool V>
-__device__ __forceinline__ void cast_transpose(const T* __restrict__ src, uint8_t* __restrict__ q,
-                                               uint8_t* __restrict__ qt, size_t rows, size_t cols,
-                                               size_t ld, const float* __restrict__ scale,
-                                               unsigned int* __restrict__ amax_bits) {
+// DRELU: the source is the ReLU backward of src on the forward output relu_out (src where
+// relu_out > 0, else +0: relu.cu's backward, whose bit test on a bf16 is the widened value's
+// `> 0`). DBIAS: also the source's column sums of each 64-row tile, into partial[tile row][col].
+template <typename T, __nv_fp8_interpretation_t F, bool V, bool DRELU, bool DBIAS>
+__device__ __forceinline__ void cast_transpose(const T* __restrict__ src,
+                                               const T* __restrict__ relu_out,
+                                               uint8_t* __restrict__ q, uint8_t* __restrict__ qt,
+                                               size_t rows, size_t cols, size_t ld,
+                                               const float* __restrict__ scale,
+                                               unsigned int* __restrict__ amax_bits,
+                                               float* __restrict__ partial) {
     __shared__ uint32_t staged[kTile * kTile / 4];
     __shared__ unsigned int block_max[kThreads / 32];
+    __shared__ float col_sums[DBIAS ? kThreads / 32 : 1][kTile];
     uint8_t* staged_bytes = reinterpret_cast<uint8_t*>(staged);
     const float s = *scale;
     const int g = threadIdx.x % kGroups, rr = threadIdx.x / kGroups;
@@ -110,6 +117,31 @@ __device__ __forceinline__ void cast_transpose(const T* __restrict__ src, uint8_
         float v[kPasses][4];
 #pragma unroll
         for (int p = 0; p < kPasses; ++p) load4<T, V>(src, rows, cols, r0 + rr + p * kRowsPerPass, c, v[p]);
+        if (DRELU) {
+            float y[kPasses][4];
+#pragma unroll
+            for (int p = 0; p < kPasses; ++p)
+                load4<T, V>(relu_out, rows, cols, r0 + rr + p * kRowsPerPass, c, y[p]);
+#pragma unroll
+            for (int p = 0; p < kPasses; ++p)
+#pragma unroll
+                for (int k = 0; k < 4; ++k)  // y in (0, +inf]: its bits in [1, 0x7F800000]
+                    v[p][k] = __float_as_uint(y[p][k]) - 1u < 0x7F800000u ? v[p][k] : 0.f;
+        }
+        if (DBIAS) {
+            // Column sums of the tile, in a fixed order: each thread's 4 rows in pass order, the
+            // two threads of a warp that share columns (lanes l and l ^ 16: a + b == b + a), then
+            // the 8 warps in order.
+            const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                float cs = 0.f;
+#pragma unroll
+                for (int p = 0; p < kPasses; ++p) cs += v[p][k];
+                cs += __shfl_xor_sync(0xFFFFFFFFu, cs, 16);
+                if (lane < 16) col_sums[DBIAS ? warp : 0][4 * g + k] = cs;
+            }
+        }
 #pragma unroll
         for (int p = 0; p < kPasses; ++p) {
             const int lr = rr + p * kRowsPerPass;
@@ -135,6 +167,12 @@ __device__ __forceinline__ void cast_transpose(const T* __restrict__ src, uint8_
             }
         }
         __syncthreads();
+        if (DBIAS && threadIdx.x < kTile && c0 + threadIdx.x < cols) {
+            float sum = 0.f;
+#pragma unroll
+            for (int w = 0; w < kThreads / 32; ++w) sum += col_sums[DBIAS ? w : 0][threadIdx.x];
+            partial[(r0 / kTile) * cols + c0 + threadIdx.x] = sum;
+        }
 #pragma unroll
         for (int p = 0; p < kPasses; ++p) {
             // Tile column lc is qt row c0 + lc; this thread writes its rows r0+4g .. r0+4g+3 (all
@@ -176,7 +214,8 @@ using namespace fp8_train_detail;
                                                       size_t rows, size_t cols, size_t ld,       \
                                                       const float* scale, unsigned int* amax) {  \
         pdl_start();                                                                             \
-        cast_transpose<T, F, V>(src, q, qt, rows, cols, ld, scale, amax);                        \
+        cast_transpose<T, F, V, false, false>(src, nullptr, q, qt, rows, cols, ld, scale, amax,  \
+                                              nullptr);                                          \
     }
 #define AMPKIT_CAST_T_V(TNAME, T, FNAME, F)        \
     AMPKIT_CAST_T(TNAME, T, FNAME, F, v4, true) \
@@ -185,6 +224,27 @@ AMPKIT_CAST_T_V(f32, float, e4m3, __NV_E4M3)
 AMPKIT_CAST_T_V(f32, float, e5m2, __NV_E5M2)
 AMPKIT_CAST_T_V(bf16, uint16_t, e4m3, __NV_E4M3)
 AMPKIT_CAST_T_V(bf16, uint16_t, e5m2, __NV_E5M2)
+
+// The gradient's cast with the bias gradient's first pass (and the ReLU backward, drelu): bf16
+// only, the dtype of FP8 training's activations.
+// (The element-wise v1 of the plain dbias cast needs 41 registers: one block fewer per SM, as
+// the host's grid cap knows, keeps it from spilling.)
+#define AMPKIT_CAST_DBIAS(DNAME, DRELU, FNAME, F, VNAME, V)                                       \
+    extern "C" __global__ void __launch_bounds__(kThreads, V ? kBlocksPerSm : kBlocksPerSm - 1)  \
+        fp8_cast_transpose_dbias##DNAME##_bf16_##FNAME##_##VNAME(                                \
+            const uint16_t* src, const uint16_t* relu_out, uint8_t* q, uint8_t* qt, size_t rows, \
+            size_t cols, size_t ld, const float* scale, unsigned int* amax, float* partial) {    \
+        pdl_start();                                                                             \
+        cast_transpose<uint16_t, F, V, DRELU, true>(src, relu_out, q, qt, rows, cols, ld, scale, \
+                                                    amax, partial);                              \
+    }
+#define AMPKIT_CAST_DBIAS_V(DNAME, DRELU, FNAME, F)        \
+    AMPKIT_CAST_DBIAS(DNAME, DRELU, FNAME, F, v4, true) \
+    AMPKIT_CAST_DBIAS(DNAME, DRELU, FNAME, F, v1, false)
+AMPKIT_CAST_DBIAS_V(, false, e4m3, __NV_E4M3)
+AMPKIT_CAST_DBIAS_V(, false, e5m2, __NV_E5M2)
+AMPKIT_CAST_DBIAS_V(_drelu, true, e4m3, __NV_E4M3)
+AMPKIT_CAST_DBIAS_V(_drelu, true, e5m2, __NV_E5M2)
 
 extern "C" __global__ void __launch_bounds__(kThreads)
     fp8_update_scales(float* history, float* scale, float* scale_inv, const float* fp8_max,

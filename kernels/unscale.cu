@@ -3,7 +3,8 @@
 // What: for every element v of every gradient tensor: found_inf = 1.0f if v is inf or NaN;
 //   out = v if inv == 1.0f, else v · inv (one f32 multiply), where inv = f32(1.0 / f64(*scale))
 //   is computed on the device from the loss scale in device memory (PyTorch's
-//   `scale.double().reciprocal().float()`). Every element is written back; nothing stops early;
+//   `scale.double().reciprocal().float()`). Every element is written back, except in place at
+//   inv == 1.0f where out is v already (only read: 4 bytes per element); nothing stops early;
 //   found_inf is never cleared here (the caller zeroes it once per step). When `mask` is not
 //   null, a block that saw an inf/NaN also sets its tensor's bit (the table's `bit`: the
 //   tensor's index in the caller's list) in the two-word mask: which gradients overflowed, in
@@ -25,9 +26,9 @@
 //   host picks chunk (a power of two, 1024 to 8192) for about four blocks per SM: with a fixed
 //   8192 the MLP's 407 k gradients made 50 blocks of eight dependent round trips per thread
 //   (~8 µs); at 1024, 400 blocks of one 16-byte access per thread.
-// Roofline: f32 in place moves 8 bytes per element, f16 → f32 6 bytes; at ~2.9 TB/s (device
-//   copy on the H100) the 784→512→10 MLP's 407 k gradients take ~1.1 µs, so launch overhead
-//   dominates there; at 64 M elements the floor is ~180 µs.
+// Roofline: f32 in place moves 8 bytes per element (4 at scale 1), f16 → f32 6 bytes; at
+//   ~2.9 TB/s (device copy on the H100) the 784→512→10 MLP's 407 k gradients take ~1.1 µs, so
+//   launch overhead dominates there; at 64 M elements the floor is ~180 µs (~90 at scale 1).
 #include "common.cuh"
 #include "pdl.cuh"
 #include "step_record.cuh"
@@ -146,6 +147,9 @@ __device__ __forceinline__ void unscale(const TensorTable& t, const float* scale
     const bool vec = (t.src[lo] % (4 * sizeof(Src)) == 0) && (t.dst[lo] % 16 == 0) &&
                      (splits == 1 || len % 4 == 0);
     const long long full = vec ? begin + ((end - begin) & ~3LL) : begin;
+    // In place at scale 1 (a static scale of 1: bf16 and FP8 training) the values are unchanged:
+    // only the check reads them, and the half of the traffic the stores were is saved.
+    const bool store = !(inv == 1.f && splits == 1 && t.src[lo] == t.dst[lo]);
     for (long long i = begin + 4 * threadIdx.x; i < full; i += 4 * THREADS) {
         float v[4];
         if (splits > 1) {
@@ -180,7 +184,7 @@ __device__ __forceinline__ void unscale(const TensorTable& t, const float* scale
         }
 #pragma unroll
         for (int q = 0; q < 4; ++q) v[q] = apply(v[q], inv, found);
-        *reinterpret_cast<float4*>(dst + i) = make_float4(v[0], v[1], v[2], v[3]);
+        if (store) *reinterpret_cast<float4*>(dst + i) = make_float4(v[0], v[1], v[2], v[3]);
         if (norm) {
 #pragma unroll
             for (int q = 0; q < 4; ++q) sq_add(sq, double(v[q]) * double(v[q]));
@@ -194,7 +198,7 @@ __device__ __forceinline__ void unscale(const TensorTable& t, const float* scale
             v = load(src, j);
         }
         const float u = apply(v, inv, found);
-        dst[j] = u;
+        if (store) dst[j] = u;
         if (norm) sq_add(sq, double(u) * double(u));
     }
     if (norm) {

@@ -208,6 +208,93 @@ pub fn cast_transpose<T: CastInput>(
     Ok(f32::from_bits(bits))
 }
 
+/// Rows (and columns) of the tiles whose column sums [`cast_transpose_dbias`] adds first, and
+/// the rows per thread-pair of its GPU twin's sum: its order, reproduced here.
+const DBIAS_TILE: usize = 64;
+const DBIAS_LANES: usize = 16;
+
+/// The output gradient's cast of an FP8 layer's backward, with its bias gradient and,
+/// given `relu_out`, the ReLU backward before both (Transformer Engine's
+/// `cast_transpose_dbias_dgelu`, for ReLU). The source is `dz = grad` where `relu_out` is in
+/// (0, +inf] and +0 elsewhere (without `relu_out`, `dz = grad`): [`crate::cpu::relu::backward`]'s
+/// rule. Then `q`, `qt` and the returned amax are [`cast_transpose`]'s of `dz`, and `dbias[c] =
+/// Σ_r dz[r][c]` in f32, added as the GPU adds them: per 64-row tile, each of 16 lanes sums rows
+/// `lane, lane + 16, lane + 32, lane + 48` in that order from 0, the tile's sum adds the lane pairs
+/// `(0 + 1), (2 + 3), …` in order from 0, and the tiles' sums add in order from 0.
+///
+/// Errors: [`Error::ShapeMismatch`] unless `grad`, `relu_out` and `q` hold `rows·cols` elements,
+/// `qt` `cols·ld` and `dbias` `cols`; [`Error::InvalidArgument`] when a size overflows.
+///
+/// ```
+/// use ampkit::cpu::fp8::{cast_transpose_dbias, Fp8Format};
+/// use half::bf16;
+/// let b = |v: &[f32]| v.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>();
+/// let (grad, out) = (b(&[1.0, 2.0, 3.0, 4.0]), b(&[0.5, 0.0, 1.0, -1.0])); // [2, 2]
+/// let (mut qt, mut dbias) = ([0u8; 2 * 16], [0f32; 2]);
+/// let amax = cast_transpose_dbias(
+///     Fp8Format::E5M2, &grad, Some(&out), 2, 2, 1.0, None, &mut qt, &mut dbias,
+/// )?;
+/// assert_eq!((amax, dbias), (3.0, [4.0, 0.0])); // dz = [[1, 0], [3, 0]]
+/// # Ok::<(), ampkit::Error>(())
+/// ```
+#[allow(clippy::too_many_arguments)] // the gradient, the ReLU output, the shape, the outputs
+pub fn cast_transpose_dbias(
+    format: Fp8Format,
+    grad: &[bf16],
+    relu_out: Option<&[bf16]>,
+    rows: usize,
+    cols: usize,
+    scale: f32,
+    q: Option<&mut [u8]>,
+    qt: &mut [u8],
+    dbias: &mut [f32],
+) -> Result<f32> {
+    const OP: &str = "cpu::fp8::cast_transpose_dbias";
+    let (n, _, _) = cast_transpose_sizes(OP, rows, cols)?;
+    let how = format!("rows·cols = {rows}·{cols}");
+    expect_len(OP, "grad", grad.len(), n, &how)?;
+    expect_len(OP, "dbias", dbias.len(), cols, "cols")?;
+    let relu_backward: Vec<bf16>;
+    let dz = match relu_out {
+        Some(y) => {
+            expect_len(OP, "relu_out", y.len(), n, &how)?;
+            let keep = |y: bf16| (1..=0x7F80).contains(&y.to_bits());
+            relu_backward = (grad.par_iter().zip(y.par_iter()))
+                .map(|(&g, &y)| if keep(y) { g } else { bf16::ZERO })
+                .collect();
+            &relu_backward[..]
+        }
+        None => grad,
+    };
+    let amax = cast_transpose(format, dz, rows, cols, scale, q, qt)?;
+    dbias
+        .par_chunks_mut(DBIAS_TILE)
+        .enumerate()
+        .for_each(|(block, out)| {
+            let c0 = block * DBIAS_TILE;
+            out.fill(0.0);
+            for r0 in (0..rows).step_by(DBIAS_TILE) {
+                let mut lanes = [[0f32; DBIAS_TILE]; DBIAS_LANES];
+                for (lane, sums) in lanes.iter_mut().enumerate() {
+                    for r in (r0 + lane..r0 + DBIAS_TILE).step_by(DBIAS_LANES) {
+                        let row = (r < rows).then(|| &dz[r * cols + c0..][..out.len()]);
+                        for (j, s) in sums[..out.len()].iter_mut().enumerate() {
+                            *s += row.map_or(0.0, |row| row[j].widen());
+                        }
+                    }
+                }
+                for (j, o) in out.iter_mut().enumerate() {
+                    let mut tile = 0f32;
+                    for pair in lanes.chunks_exact(2) {
+                        tile += pair[0][j] + pair[1][j];
+                    }
+                    *o += tile;
+                }
+            }
+        });
+    Ok(amax)
+}
+
 /// `y[i] = f32(q[i])·scale_inv` ([`Fp8Format::decode`], then one f32 multiply; NaN stays
 /// 0x7FFFFFFF). Errors: [`Error::ShapeMismatch`] unless the lengths
 /// agree.

@@ -4,7 +4,8 @@
 //! [`quantize`] writes `fp8(x·scale)` and folds the tensor's `max |x|` into an amax on the device
 //! in the same pass; [`cast_transpose`] does the same for a matrix and also writes its transpose
 //! (the FP8 GEMM reads only K-major operands, so a training step needs each FP8 tensor both
-//! ways); [`dequantize`] writes `f32(q)·scale_inv`. Scales and amaxes are one-element device
+//! ways), and [`cast_transpose_dbias`] for an output gradient with its bias gradient and ReLU
+//! backward; [`dequantize`] writes `f32(q)·scale_inv`. Scales and amaxes are one-element device
 //! buffers: [`Fp8Scales`] holds a model's, and [`update_scales`] runs the recipe's scale update
 //! for all of them in one launch, so the step never needs the host. Work is queued on
 //! [`Gpu::stream`]; nothing here synchronises.
@@ -20,7 +21,9 @@ use crate::kernels;
 use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
 use half::bf16;
 
+mod dbias;
 mod scales;
+pub use dbias::cast_transpose_dbias;
 pub use scales::{update_scales, Fp8Scales, MAX_HISTORY};
 
 const THREADS: u32 = 256;

@@ -213,17 +213,32 @@ fn cast<'q>(
     }
 }
 
+/// The gradient of an FP8 layer's GEMM output, as its backward receives it.
+pub(crate) enum Fp8Grad<'a, H: TrainHalf> {
+    /// The gradient itself (`[b, out]`).
+    Plain(CudaView<'a, H>),
+    /// The gradient of the layer's output after its ReLU, and that output: the backward's cast
+    /// applies the ReLU backward on the way ([`crate::ops::fp8::cast_transpose_dbias`]).
+    Relu {
+        grad: CudaView<'a, H>,
+        relu_out: CudaView<'a, H>,
+    },
+}
+
 /// The backward of FP8 layer `bufs` from `dz` (`[b, out]`, the gradient of its GEMM output):
-/// its cast (amax recorded), the f32 weight gradient into `dw` and, with `dx`, the input
-/// gradient (`[b, fan_in]`). The bias gradient is the caller's (from `dz`, unquantised).
+/// its cast (amax recorded) and, given `dbias`, the bias gradient from the unquantised `dz` in
+/// the same pass; the f32 weight gradient into `dw` and, with `dx`, the input gradient
+/// (`[b, fan_in]`). A [`Fp8Grad::Relu`] gradient needs `dbias` (its ReLU backward is fused
+/// only into the cast with the bias gradient).
 #[allow(clippy::too_many_arguments)] // one layer's operands and shapes
 pub(crate) fn backward<H: TrainHalf>(
     gpu: &Gpu,
     run: &mut Fp8Run,
     bufs: &mut Fp8Bufs,
-    dz: &CudaView<'_, H>,
+    dz: Fp8Grad<'_, H>,
     (b, out, fan_in): (usize, usize, usize),
     dw: &mut DeviceBuffer<f32>,
+    dbias: Option<&mut DeviceBuffer<f32>>,
     dx: Option<CudaViewMut<'_, H>>,
 ) -> Result<()> {
     let (ff, gf) = (run.recipe.forward_format(), run.recipe.gradient_format());
@@ -232,6 +247,10 @@ pub(crate) fn backward<H: TrainHalf>(
     {
         let q = bufs.dq.slice_mut(..b * out);
         let qt = bufs.dqt.slice_mut(..out * ldb);
+        let (grad, relu_out) = match &dz {
+            Fp8Grad::Plain(g) => (g, None),
+            Fp8Grad::Relu { grad, relu_out } => (grad, Some(relu_out)),
+        };
         cast(
             gpu,
             &mut run.scales,
@@ -239,8 +258,24 @@ pub(crate) fn backward<H: TrainHalf>(
             tg,
             q,
             qt,
-            |gpu, scale, q, qt, amax| {
-                H::cast_transpose_fp8(gpu, gf, dz, b, out, scale, q, qt, amax)
+            |gpu, scale, q, qt, amax| match (dbias, relu_out) {
+                (Some(db), _) => H::cast_transpose_dbias_fp8(
+                    gpu,
+                    gf,
+                    grad,
+                    relu_out,
+                    (b, out),
+                    scale,
+                    q,
+                    qt,
+                    amax,
+                    db,
+                ),
+                (None, None) => H::cast_transpose_fp8(gpu, gf, grad, b, out, scale, q, qt, amax),
+                (None, Some(_)) => Err(Error::InvalidArgument {
+                    op: "train::GpuBackend",
+                    detail: "an FP8 layer's ReLU backward without its bias gradient".into(),
+                }),
             },
         )?;
     }

@@ -9,7 +9,7 @@
 //! its consumer needs, one cast kernel converts into the consumer's own buffer.
 
 use super::cpu_backend::LayerParams;
-use super::gpu_fp8::{self, Fp8Bufs, Fp8Out, Fp8Run};
+use super::gpu_fp8::{self, Fp8Bufs, Fp8Grad, Fp8Out, Fp8Run};
 use super::half::TrainHalf;
 use crate::cuda::{DeviceBuffer, Gpu};
 use crate::error::Result;
@@ -64,7 +64,7 @@ impl<H: TrainHalf> Buf<H> {
     }
 }
 
-impl<H: TrainHalf> View<'_, H> {
+impl<'a, H: TrainHalf> View<'a, H> {
     fn h(&self) -> &CudaView<'_, H> {
         match self {
             View::H(v) => v,
@@ -75,6 +75,12 @@ impl<H: TrainHalf> View<'_, H> {
         match self {
             View::F(v) => v,
             View::H(_) => unreachable!("dtype checked by the caller"),
+        }
+    }
+    fn into_h(self) -> CudaView<'a, H> {
+        match self {
+            View::H(v) => v,
+            View::F(_) => unreachable!("dtype checked by the caller"),
         }
     }
     fn is_half(&self) -> bool {
@@ -452,6 +458,8 @@ pub(crate) fn backward<H: TrainHalf>(
             continue;
         }
         let (fan_in, out, n) = (layer.fan_in, layer.out, b * layer.out);
+        // An FP8 layer's ReLU backward runs inside its gradient's cast (with the bias gradient).
+        let mut relu_in_cast = false;
         if !layer.last && !head_did {
             // The gradient of the output, in the output's dtype.
             let out_half = layer.out_half();
@@ -500,6 +508,7 @@ pub(crate) fn backward<H: TrainHalf>(
                         H::narrow(gpu, &d32.slice(..n), &mut layer.dz.h(n))?;
                     }
                 }
+                _ if layer.fp8.is_some() && g.is_half() => relu_in_cast = true,
                 _ => match (&g, &mut layer.dz) {
                     (View::H(g), Buf::H(dz)) => relu::backward(
                         gpu,
@@ -541,11 +550,23 @@ pub(crate) fn backward<H: TrainHalf>(
             View::H(dz) if layer.fp8.is_some() => {
                 let bufs = layer.fp8.as_mut().expect("checked");
                 let dx = prev_grad.map(|pg| pg.h(b * fan_in));
-                gpu_fp8::backward(gpu, fp8_run(fp8)?, bufs, &dz, (b, out, fan_in), gw, dx)?;
+                let src = if relu_in_cast {
+                    let g = match (&layer.grad_conv, &layer.grad_in) {
+                        (Some(conv), _) => conv.view(n),
+                        (None, Some(grad_in)) => grad_in.view(n),
+                        (None, None) => unreachable!("hidden layers have one"),
+                    };
+                    Fp8Grad::Relu {
+                        grad: g.into_h(),
+                        relu_out: layer.out_buf.view(n).into_h(),
+                    }
+                } else {
+                    Fp8Grad::Plain(dz)
+                };
+                let dbias = (!head_did).then_some(gb);
+                let dims = (b, out, fan_in);
+                gpu_fp8::backward(gpu, fp8_run(fp8)?, bufs, src, dims, gw, dbias, dx)?;
                 layer.wgrad_splits = 1;
-                if !head_did {
-                    bias_grad(gpu, &dz, b, out, gb)?;
-                }
             }
             View::H(dz) => {
                 layer.wgrad_splits = match &mut layer.wgrad_partials {

@@ -55,6 +55,22 @@ pub(crate) trait TrainHalf:
         qt: &mut CudaViewMut<'_, u8>,
         amax: &mut CudaViewMut<'_, f32>,
     ) -> Result<()>;
+    /// [`crate::ops::fp8::cast_transpose_dbias`] of a `[rows, cols]` output gradient of this
+    /// type, with the ReLU backward on `relu_out` when given (bf16 only, as
+    /// [`TrainHalf::cast_transpose_fp8`]).
+    #[allow(clippy::too_many_arguments)] // the cast's own arguments
+    fn cast_transpose_dbias_fp8(
+        gpu: &Gpu,
+        format: Fp8Format,
+        grad: &CudaView<'_, Self>,
+        relu_out: Option<&CudaView<'_, Self>>,
+        rows_cols: (usize, usize),
+        scale: &CudaView<'_, f32>,
+        q: &mut CudaViewMut<'_, u8>,
+        qt: &mut CudaViewMut<'_, u8>,
+        amax: &mut CudaViewMut<'_, f32>,
+        dbias: &mut DeviceBuffer<f32>,
+    ) -> Result<()>;
     /// The buffer as f16, for the fused classifier head (f16 only: `None` for bf16, whose step
     /// runs the unfused ops).
     fn as_f16(buf: &DeviceBuffer<Self>) -> Option<&DeviceBuffer<f16>>;
@@ -82,10 +98,21 @@ impl TrainHalf for f16 {
         _: &mut CudaViewMut<'_, u8>,
         _: &mut CudaViewMut<'_, f32>,
     ) -> Result<()> {
-        Err(crate::Error::InvalidArgument {
-            op: "train::GpuBackend",
-            detail: "FP8 layers run among bf16 layers (--precision fp8), not f16 ones".into(),
-        })
+        Err(fp8_among_f16())
+    }
+    fn cast_transpose_dbias_fp8(
+        _: &Gpu,
+        _: Fp8Format,
+        _: &CudaView<'_, f16>,
+        _: Option<&CudaView<'_, f16>>,
+        _: (usize, usize),
+        _: &CudaView<'_, f32>,
+        _: &mut CudaViewMut<'_, u8>,
+        _: &mut CudaViewMut<'_, u8>,
+        _: &mut CudaViewMut<'_, f32>,
+        _: &mut DeviceBuffer<f32>,
+    ) -> Result<()> {
+        Err(fp8_among_f16())
     }
     fn as_f16(buf: &DeviceBuffer<f16>) -> Option<&DeviceBuffer<f16>> {
         Some(buf)
@@ -117,11 +144,45 @@ impl TrainHalf for bf16 {
     ) -> Result<()> {
         crate::ops::fp8::cast_transpose(gpu, format, src, rows, cols, scale, Some(q), qt, amax)
     }
+    fn cast_transpose_dbias_fp8(
+        gpu: &Gpu,
+        format: Fp8Format,
+        grad: &CudaView<'_, bf16>,
+        relu_out: Option<&CudaView<'_, bf16>>,
+        rows_cols: (usize, usize),
+        scale: &CudaView<'_, f32>,
+        q: &mut CudaViewMut<'_, u8>,
+        qt: &mut CudaViewMut<'_, u8>,
+        amax: &mut CudaViewMut<'_, f32>,
+        dbias: &mut DeviceBuffer<f32>,
+    ) -> Result<()> {
+        let relu_out = relu_out.map(|y| y as &dyn cudarc::driver::DevicePtr<bf16>);
+        crate::ops::fp8::cast_transpose_dbias(
+            gpu,
+            format,
+            grad,
+            relu_out,
+            rows_cols,
+            scale,
+            Some(q),
+            qt,
+            amax,
+            dbias,
+        )
+    }
     fn as_f16(_: &DeviceBuffer<bf16>) -> Option<&DeviceBuffer<f16>> {
         None
     }
     fn as_f16_mut(_: &mut DeviceBuffer<bf16>) -> Option<&mut DeviceBuffer<f16>> {
         None
+    }
+}
+
+/// What the FP8 methods of f16 return.
+fn fp8_among_f16() -> crate::Error {
+    crate::Error::InvalidArgument {
+        op: "train::GpuBackend",
+        detail: "FP8 layers run among bf16 layers (--precision fp8), not f16 ones".into(),
     }
 }
 

@@ -49,7 +49,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub(crate) layernorm: bool,
     /// mixed (f16 GEMMs, f32 master weights, loss scaling), bf16 (bf16 GEMMs, f32 master
-    /// weights, no loss scaling) or fp32.
+    /// weights, no loss scaling), fp8 (bf16 with FP8 GEMMs in every layer but the last, delayed
+    /// scaling) or fp32.
     #[arg(long, default_value = "mixed")]
     pub(crate) precision: Precision,
     /// Linear layers (0-based) kept in f32 under mixed or bf16 precision, e.g. `--fp32-layers 1`.
