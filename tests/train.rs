@@ -14,22 +14,14 @@ use ampkit::cpu::scaler::ScalerConfig;
 use ampkit::train::data::{Dataset, MnistSplit};
 use ampkit::train::gpu_backend::GpuBackend;
 use ampkit::train::trainer::{self, Outputs};
-use ampkit::train::{checkpoint, open_backend, Backend, BackendState, Progress, TrainConfig};
+use ampkit::train::{checkpoint, open_backend, Backend, Progress, TrainConfig};
 use ampkit::Device;
 use common::sized;
-use std::path::PathBuf;
 
 /// The test set the per-epoch evaluations run on: all of it, or the first 500 images under
 /// `AMPKIT_TEST_SANITIZE=1` (an evaluation is one forward pass per 64 images).
 fn eval_set(split: &MnistSplit) -> Dataset {
     common::subset(&split.test, sized(split.test.len(), 500))
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ampkit-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn quiet() -> Outputs {
@@ -102,24 +94,7 @@ fn run_bits(
     let s = trainer::run(b, cfg, train, test, Progress::default(), &quiet()).unwrap();
     let losses = s.steps.iter().map(|(_, r)| r.loss.to_bits()).collect();
     let skipped = s.steps.iter().any(|(_, r)| r.skipped);
-    (bits(&b.export().unwrap()), losses, skipped)
-}
-
-fn bits(s: &BackendState) -> Vec<u32> {
-    let mut v: Vec<u32> = Vec::new();
-    for p in &s.params {
-        v.extend(p.data.iter().map(|x| x.to_bits()));
-    }
-    for m in s.exp_avg.iter().chain(&s.exp_avg_sq) {
-        v.extend(m.iter().map(|x| x.to_bits()));
-    }
-    v.extend([
-        s.optimizer_step as u32,
-        u32::from(s.momentum_started),
-        s.scaler.scale.to_bits(),
-        s.scaler.growth_tracker as u32,
-    ]);
-    v
+    (common::state_bits(&b.export().unwrap()), losses, skipped)
 }
 
 #[test]
@@ -217,7 +192,7 @@ fn an_overflowing_scale_skips_steps_and_backs_off() {
         }
         let after = backend.export().unwrap();
         assert_eq!(after.optimizer_step as usize, s.steps.len() - skipped.len());
-        assert_ne!(bits(&before), bits(&after));
+        assert_ne!(common::state_bits(&before), common::state_bits(&after));
         assert!(last_loss < 1.0, "{last_loss}");
     }
 }
@@ -249,8 +224,8 @@ fn a_skipped_step_changes_nothing() {
             backend.device()
         );
         assert_eq!(
-            bits(&before),
-            bits(&backend.export().unwrap()),
+            common::state_bits(&before),
+            common::state_bits(&backend.export().unwrap()),
             "{}",
             backend.device()
         );
@@ -286,7 +261,7 @@ fn resuming_is_bit_identical_to_an_uninterrupted_run() {
         .unwrap();
         let want = straight.export().unwrap();
 
-        let dir = temp_dir(&format!("resume-{}", device.gpu().is_some()));
+        let dir = common::temp_dir(&format!("train-resume-{}", device.gpu().is_some()));
         let first = TrainConfig {
             max_steps: Some(stop),
             ..cfg.clone()
@@ -342,7 +317,7 @@ fn resuming_is_bit_identical_to_an_uninterrupted_run() {
             losses(&full.steps)
         );
         assert!(
-            bits(&got) == bits(&want),
+            common::state_bits(&got) == common::state_bits(&want),
             "{}: the resumed state differs",
             b.device()
         );
@@ -533,7 +508,7 @@ fn cuda_graph_steps_are_bit_identical_to_eager_steps() {
 #[test]
 fn checkpoint_files_have_pytorch_names_and_shapes() {
     let split = common::bundled_mnist();
-    let dir = temp_dir("names");
+    let dir = common::temp_dir("train-names");
     let cfg = TrainConfig {
         max_steps: Some(2),
         ..small_config(1)

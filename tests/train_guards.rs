@@ -12,7 +12,7 @@ use ampkit::cpu::schedule::LrSchedule;
 use ampkit::train::gpu_backend::GpuBackend;
 use ampkit::train::resume::{resumed_config, Horizon};
 use ampkit::train::trainer::{self, Outputs};
-use ampkit::train::{memory, open_backend, BackendState, Progress, TrainConfig};
+use ampkit::train::{memory, open_backend, Progress, TrainConfig};
 use ampkit::{Device, Error};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -32,18 +32,6 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
         }
     }
     files
-}
-
-fn bits(s: &BackendState) -> Vec<u32> {
-    let mut v: Vec<u32> = Vec::new();
-    for p in &s.params {
-        v.extend(p.data.iter().map(|x| x.to_bits()));
-    }
-    for m in s.exp_avg.iter().chain(&s.exp_avg_sq) {
-        v.extend(m.iter().map(|x| x.to_bits()));
-    }
-    v.extend([s.optimizer_step as u32, s.scaler.scale.to_bits()]);
-    v
 }
 
 #[test]
@@ -170,7 +158,11 @@ fn output_paths_are_checked_before_any_step() {
         )
         .unwrap_err();
         assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
-        assert_eq!(bits(&b.export().unwrap()), bits(&fresh), "a step ran: {e}");
+        assert_eq!(
+            common::state_bits(&b.export().unwrap()),
+            common::state_bits(&fresh),
+            "a step ran: {e}"
+        );
     }
 }
 
@@ -315,7 +307,7 @@ fn a_cosine_run_resumed_with_its_own_horizon_is_bit_identical() {
         b.import(&state).unwrap();
         trainer::run(b.as_mut(), &resumed, &train, &test, part.progress, &quiet).unwrap();
         assert!(
-            bits(&b.export().unwrap()) == bits(&want),
+            common::state_bits(&b.export().unwrap()) == common::state_bits(&want),
             "{}: the resumed cosine run differs",
             b.device()
         );

@@ -12,10 +12,9 @@ use ampkit::amp::{LossScale, Precision};
 use ampkit::train::data::Dataset;
 use ampkit::train::gpu_backend::GpuBackend;
 use ampkit::train::trainer::{self, Outputs, RunSummary as Summary};
-use ampkit::train::{checkpoint, open_backend, Backend, BackendState, Progress, TrainConfig};
+use ampkit::train::{checkpoint, open_backend, Backend, Progress, TrainConfig};
 use ampkit::Device;
 use common::sized;
-use std::path::PathBuf;
 
 /// The model `ampkit train --precision <precision>` trains (bf16 or fp8): loss scaling off.
 fn config(precision: Precision, epochs: usize) -> TrainConfig {
@@ -44,36 +43,8 @@ fn run(b: &mut dyn Backend, cfg: &TrainConfig, train: &Dataset, test: &Dataset) 
     .unwrap()
 }
 
-/// Every bit of the parameters, moments, step counter and scaler.
-fn bits(s: &BackendState) -> Vec<u32> {
-    let mut v: Vec<u32> = Vec::new();
-    for p in &s.params {
-        v.extend(p.data.iter().map(|x| x.to_bits()));
-    }
-    for m in s.exp_avg.iter().chain(&s.exp_avg_sq) {
-        v.extend(m.iter().map(|x| x.to_bits()));
-    }
-    v.extend([
-        s.optimizer_step as u32,
-        s.scaler.scale.to_bits(),
-        s.scaler.growth_tracker as u32,
-    ]);
-    for t in &s.fp8 {
-        v.extend(t.history.iter().map(|x| x.to_bits()));
-        v.push(t.scale.to_bits());
-    }
-    v
-}
-
 fn loss_bits(s: &Summary) -> Vec<u32> {
     s.steps.iter().map(|(_, r)| r.loss.to_bits()).collect()
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ampkit-bf16-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 #[test]
@@ -166,8 +137,8 @@ fn bf16_and_fp8_resume_bit_identically() {
         let full = run(straight.as_mut(), &cfg, &train, &test);
         let want = straight.export().unwrap();
 
-        let dir = temp_dir(&format!(
-            "resume-{}-{}",
+        let dir = common::temp_dir(&format!(
+            "bf16-resume-{}-{}",
             device.gpu().is_some(),
             precision.name()
         ));
@@ -211,7 +182,7 @@ fn bf16_and_fp8_resume_bit_identically() {
             b.device()
         );
         assert!(
-            bits(&b.export().unwrap()) == bits(&want),
+            common::state_bits(&b.export().unwrap()) == common::state_bits(&want),
             "{} {precision:?}: the resumed state differs",
             b.device()
         );
@@ -328,7 +299,7 @@ fn cuda_graph_steps_are_bit_identical_to_eager_steps() {
             };
             let mut b = GpuBackend::new(gpu.clone(), &cfg).unwrap();
             let s = run(&mut b, &cfg, &train, &test);
-            finals.push((bits(&b.export().unwrap()), loss_bits(&s)));
+            finals.push((common::state_bits(&b.export().unwrap()), loss_bits(&s)));
         }
         assert!(
             finals[0].1 == finals[1].1,

@@ -206,3 +206,34 @@ pub fn devices() -> Vec<ampkit::Device> {
     }
     d
 }
+
+/// Every bit of a training state: parameters, moments, step counter, momentum flag, loss scaler
+/// and FP8 scaling state (so two runs agree bit for bit exactly when these do).
+pub fn state_bits(s: &ampkit::train::BackendState) -> Vec<u32> {
+    let mut v: Vec<u32> = Vec::new();
+    for p in &s.params {
+        v.extend(p.data.iter().map(|x| x.to_bits()));
+    }
+    for m in s.exp_avg.iter().chain(&s.exp_avg_sq) {
+        v.extend(m.iter().map(|x| x.to_bits()));
+    }
+    v.extend([
+        s.optimizer_step as u32,
+        u32::from(s.momentum_started),
+        s.scaler.scale.to_bits(),
+        s.scaler.growth_tracker as u32,
+    ]);
+    for t in &s.fp8 {
+        v.extend(t.history.iter().map(|x| x.to_bits()));
+        v.push(t.scale.to_bits());
+    }
+    v
+}
+
+/// A fresh, empty directory `ampkit-<name>-<pid>` under the system's temp directory.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ampkit-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
