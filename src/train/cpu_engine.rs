@@ -396,17 +396,17 @@ impl<H: TrainHalf> CpuEngine<H> {
                     let op = || format!("the gradient of {}'s output", name());
                     p.check(Pass::Backward, op, H::DTYPE, &dz, None);
                 }
+                let mut db = vec![0f32; out];
                 let amax = cpu_fp8::backward::<H>(
                     &self.cfg.fp8,
                     &self.fp8[base..base + cpu_fp8::PER_LAYER],
                     fa,
                     &dz,
                     (b, out, fan_in),
-                    &mut self.grads[lp.w],
+                    (&mut self.grads[lp.w], &mut db),
                     (l > 0).then_some(&mut dx),
                 )?;
-                let dz16: Vec<H> = narrow_vec(&dz);
-                bias_grad(&dz16, b, out, &mut self.grads[lp.b])?;
+                self.grads[lp.b] = db;
                 if record {
                     let [x, w] = fa.amax;
                     self.fp8[base + cpu_fp8::INPUT].record(x);

@@ -9,18 +9,24 @@
 //! - backward: the gradient of the GEMM output (bf16 values) to the recipe's gradient format
 //!   (E5M2 under HYBRID); the weight gradient `dy_qᵀ·x_q · (sdy⁻¹·sx⁻¹)` in f32 and the input
 //!   gradient `dy_q·w_q · (sdy⁻¹·sw⁻¹)` rounded to bf16; the bias gradient from the unquantised
-//!   bf16 gradient, as in the bf16 layers.
+//!   bf16 gradient, summed in the order of the GPU's fused cast
+//!   ([`crate::cpu::fp8::cast_transpose_dbias`]).
+//!
+//! The casts are the GPU's ([`crate::cpu::fp8::cast_transpose`]: each tensor and its transpose,
+//! the batch padded to 16 with zeros), and so are the GEMMs' operands, so the two backends run
+//! the same products.
 //!
 //! Each cast folds its tensor's amax into its state's current slot; after the step, [`update`]
 //! computes every next scale and rolls the windows (skipped steps included, as TE does).
 //! Evaluations and overflow replays cast with the same scales but record nothing.
 
 use crate::amp::Fp8Recipe;
-use crate::cpu::fp8::{quantize, Fp8Format, ScalingState};
+use crate::cpu::fp8::ScalingState;
+use crate::cpu::fp8::{cast_transpose, cast_transpose_dbias, transpose_ld, Fp8Format};
 use crate::cpu::gemm_fp8::{gemm_fp8, Fp8Matrix};
 use crate::cpu::relu::relu;
 use crate::cpu::Element;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::nn::MlpConfig;
 use crate::shape::{GemmShape, Layout};
 
@@ -113,8 +119,9 @@ pub(crate) fn update(recipe: &Fp8Recipe, states: &mut [ScalingState]) {
 /// What an FP8 layer's forward keeps for its backward: the FP8 input and weight and their
 /// amaxes (recorded by the step, not by evaluations).
 pub(crate) struct Fp8Acts {
-    xq: Vec<u8>,
-    wq: Vec<u8>,
+    /// The input's transpose `[in, ld(b)]` and the weight's `[in, ld(out)]`.
+    xqt: Vec<u8>,
+    wqt: Vec<u8>,
     sx: f32,
     sw: f32,
     /// `max |x|` and `max |w|` of this forward.
@@ -138,10 +145,11 @@ pub(crate) fn forward<H: Element>(
 ) -> Result<(Vec<f32>, Fp8Acts)> {
     let format = recipe.forward_format();
     let (sx, sw) = (states[INPUT].scale, states[WEIGHT].scale);
-    let mut xq = vec![0u8; b * fan_in];
-    let ax = quantize(format, x, sx, &mut xq)?;
-    let mut wq = vec![0u8; out * fan_in];
-    let aw = quantize(format, w, sw, &mut wq)?;
+    let (ldb, ldo) = (ld(b)?, ld(out)?);
+    let (mut xq, mut xqt) = (vec![0u8; b * fan_in], vec![0u8; fan_in * ldb]);
+    let ax = cast_transpose(format, x, b, fan_in, sx, Some(&mut xq), &mut xqt)?;
+    let (mut wq, mut wqt) = (vec![0u8; out * fan_in], vec![0u8; fan_in * ldo]);
+    let aw = cast_transpose(format, w, out, fan_in, sw, Some(&mut wq), &mut wqt)?;
     let shape = GemmShape::new(Layout::Forward, b, out, fan_in);
     let (xm, wm) = (
         Fp8Matrix {
@@ -171,8 +179,8 @@ pub(crate) fn forward<H: Element>(
         y
     };
     let acts = Fp8Acts {
-        xq,
-        wq,
+        xqt,
+        wqt,
         sx,
         sw,
         amax: [ax, aw],
@@ -180,20 +188,17 @@ pub(crate) fn forward<H: Element>(
     Ok((y, acts))
 }
 
-/// `rows × cols` row-major codes transposed.
-fn transpose(q: &[u8], rows: usize, cols: usize) -> Vec<u8> {
-    let mut t = vec![0u8; q.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            t[c * rows + r] = q[r * cols + c];
-        }
-    }
-    t
+/// `rows` rounded up to 16, the transposes' row pitch.
+fn ld(rows: usize) -> Result<usize> {
+    transpose_ld(rows).ok_or_else(|| Error::InvalidArgument {
+        op: "train::CpuBackend",
+        detail: format!("{rows} rows overflow the FP8 transposes' sizes"),
+    })
 }
 
 /// The backward GEMMs of an FP8 layer from `dz` (the gradient of its GEMM output, `[b, out]`,
-/// `H` values): the f32 weight gradient into `dw` and, with `dx`, the input gradient (`[b,
-/// fan_in]`, `H` values). Returns the amax of `dz`.
+/// bf16 values): the bias gradient into `db`, the f32 weight gradient into `dw` and, with `dx`,
+/// the input gradient (`[b, fan_in]`, `H` values). Returns the amax of `dz`.
 #[allow(clippy::too_many_arguments)] // one layer's shapes and operands
 pub(crate) fn backward<H: Element>(
     recipe: &Fp8Recipe,
@@ -201,24 +206,26 @@ pub(crate) fn backward<H: Element>(
     acts: &Fp8Acts,
     dz: &[f32],
     (b, out, fan_in): (usize, usize, usize),
-    dw: &mut [f32],
+    (dw, db): (&mut [f32], &mut [f32]),
     dx: Option<&mut Vec<f32>>,
 ) -> Result<f32> {
     let (gf, ff) = (recipe.gradient_format(), recipe.forward_format());
     let sdy = states[GRAD].scale;
-    let mut dq = vec![0u8; b * out];
-    let amax = quantize(gf, dz, sdy, &mut dq)?;
-    let dq_t = transpose(&dq, b, out);
-    let xq_t = transpose(&acts.xq, b, fan_in);
+    let ldb = ld(b)?;
+    // The gradient holds bf16 values (FP8 layers run among bf16 ones): converting is exact.
+    let dz16: Vec<half::bf16> = dz.iter().map(|&v| half::bf16::from_f32(v)).collect();
+    let (mut dq, mut dqt) = (vec![0u8; b * out], vec![0u8; out * ldb]);
+    let amax = cast_transpose_dbias(gf, &dz16, None, b, out, sdy, Some(&mut dq), &mut dqt, db)?;
+    // dW [out, in] = dzᵀ·x: the two transposes, K = the padded batch (zeros past b).
     gemm_fp8(
-        GemmShape::new(Layout::Forward, out, fan_in, b),
+        GemmShape::new(Layout::Forward, out, fan_in, ldb),
         &Fp8Matrix {
-            data: &dq_t,
+            data: &dqt,
             format: gf,
             scale_inv: 1.0 / sdy,
         },
         &Fp8Matrix {
-            data: &xq_t,
+            data: &acts.xqt,
             format: ff,
             scale_inv: 1.0 / acts.sx,
         },
@@ -226,7 +233,7 @@ pub(crate) fn backward<H: Element>(
         dw,
     )?;
     if let Some(dx) = dx {
-        let wq_t = transpose(&acts.wq, out, fan_in);
+        // dX [b, in] = dz·W: the gradient and the weight's transpose, K = out.
         let mut d = vec![H::from_f32(0.0); b * fan_in];
         gemm_fp8(
             GemmShape::new(Layout::Forward, b, fan_in, out),
@@ -236,7 +243,7 @@ pub(crate) fn backward<H: Element>(
                 scale_inv: 1.0 / sdy,
             },
             &Fp8Matrix {
-                data: &wq_t,
+                data: &acts.wqt,
                 format: ff,
                 scale_inv: 1.0 / acts.sw,
             },
@@ -290,11 +297,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn transpose_moves_rows_to_columns() {
-        assert_eq!(transpose(&[1, 2, 3, 4, 5, 6], 2, 3), [1, 4, 2, 5, 3, 6]);
-    }
-
     /// One FP8 layer against its definition: dequantised operands multiplied in f64.
     #[test]
     fn forward_and_backward_are_the_scaled_fp8_products() {
@@ -304,12 +306,14 @@ mod tests {
         states[INPUT].scale = 2.0;
         states[WEIGHT].scale = 64.0;
         states[GRAD].scale = 1024.0;
-        let (b, out, fan_in) = (3, 2, 4);
+        // out a multiple of 16, as FP8 layers' widths are (the weight's transpose has no padding).
+        let (b, out, fan_in) = (3, 16, 4);
         let x: Vec<f32> = (0..b * fan_in).map(|i| (i as f32 - 5.0) * 0.37).collect();
         let w: Vec<f32> = (0..out * fan_in)
             .map(|i| (i as f32 - 3.0) * 0.011)
             .collect();
-        let bias = [0.25f32, -0.5];
+        let bias: Vec<f32> = (0..out).map(|o| 0.25 - 0.0625 * o as f32).collect();
+        // The transposes' row pitch: b = 3 and out = 16 rounded up to 16.
         let (y, acts) = forward::<bf16>(
             &recipe,
             &states,
@@ -326,15 +330,18 @@ mod tests {
             for o in 0..out {
                 let mut v = f64::from(bias[o]);
                 for k in 0..fan_in {
-                    v += dec(acts.xq[r * fan_in + k], 2.0) * dec(acts.wq[o * fan_in + k], 64.0);
+                    v += dec(acts.xqt[k * 16 + r], 2.0) * dec(acts.wqt[k * 16 + o], 64.0);
                 }
                 let want = <bf16 as Element>::from_f64(v.max(0.0)).to_f32();
                 assert_eq!(y[r * out + o], want, "y[{r},{o}]");
             }
         }
-        assert_eq!(acts.amax, [6.0 * 0.37, 4.0 * 0.011]);
-        let dz: Vec<f32> = (0..b * out).map(|i| (i as f32 - 2.5) * 1e-3).collect();
-        let mut dw = vec![0f32; out * fan_in];
+        assert_eq!(acts.amax, [6.0 * 0.37, 60.0 * 0.011]);
+        // bf16 values, as the engine passes.
+        let dz: Vec<f32> = (0..b * out)
+            .map(|i| bf16::from_f32((i as f32 - 2.5) * 1e-3).to_f32())
+            .collect();
+        let (mut dw, mut db) = (vec![0f32; out * fan_in], vec![f32::NAN; out]);
         let mut dx = Vec::new();
         let amax = backward::<bf16>(
             &recipe,
@@ -342,10 +349,17 @@ mod tests {
             &acts,
             &dz,
             (b, out, fan_in),
-            &mut dw,
+            (&mut dw, &mut db),
             Some(&mut dx),
         )
         .unwrap();
+        for (o, &got) in db.iter().enumerate() {
+            let want: f32 = (0..b).map(|r| dz[r * out + o]).sum();
+            assert!(
+                (got - want).abs() <= want.abs() * 1e-6,
+                "db[{o}] = {got} vs {want}"
+            );
+        }
         assert_eq!(amax, dz.iter().fold(0f32, |m, v| m.max(v.abs())));
         let g = |r: usize, o: usize| {
             let q = Fp8Format::E5M2.encode(dz[r * out + o] * 1024.0);
@@ -354,7 +368,7 @@ mod tests {
         for o in 0..out {
             for k in 0..fan_in {
                 let v: f64 = (0..b)
-                    .map(|r| g(r, o) * dec(acts.xq[r * fan_in + k], 2.0))
+                    .map(|r| g(r, o) * dec(acts.xqt[k * 16 + r], 2.0))
                     .sum();
                 assert_eq!(dw[o * fan_in + k], v as f32, "dw[{o},{k}]");
             }
@@ -362,7 +376,7 @@ mod tests {
         for r in 0..b {
             for k in 0..fan_in {
                 let v: f64 = (0..out)
-                    .map(|o| g(r, o) * dec(acts.wq[o * fan_in + k], 64.0))
+                    .map(|o| g(r, o) * dec(acts.wqt[k * 16 + o], 64.0))
                     .sum();
                 assert_eq!(
                     dx[r * fan_in + k],
