@@ -28,6 +28,20 @@ pub use scales::{update_scales, Fp8Scales, MAX_HISTORY};
 
 const THREADS: u32 = 256;
 
+/// The address of an optional output (0, which the casts skip, for `None`) and its guard.
+fn optional_ptr_mut<'a, 'q: 'a>(
+    q: Option<&'a mut (dyn DevicePtrMut<u8> + 'q)>,
+    stream: &'a std::sync::Arc<cudarc::driver::CudaStream>,
+) -> (u64, Option<cudarc::driver::SyncOnDrop<'a>>) {
+    match q {
+        Some(q) => {
+            let (p, guard) = q.device_ptr_mut(stream);
+            (p, Some(guard))
+        }
+        None => (0, None),
+    }
+}
+
 fn launch_config(gpu: &Gpu, n: usize) -> LaunchConfig {
     let blocks = n
         .div_ceil(THREADS as usize)
@@ -203,13 +217,7 @@ pub fn cast_transpose<T: CastSource>(
     }
     let stream = gpu.stream();
     let (s, _gs) = src.device_ptr(stream);
-    let (q_ptr, _gq) = match q {
-        Some(q) => {
-            let (p, g) = q.device_ptr_mut(stream);
-            (p, Some(g))
-        }
-        None => (0, None),
-    };
+    let (q_ptr, _gq) = optional_ptr_mut(q, stream);
     let (qt_ptr, _gqt) = qt.device_ptr_mut(stream);
     let (sc, _gsc) = scale.device_ptr(stream);
     let (am, _gam) = amax.device_ptr_mut(stream);

@@ -103,13 +103,7 @@ pub fn cast_transpose_dbias(
         }
         None => (0, None),
     };
-    let (q_ptr, _gq) = match q {
-        Some(q) => {
-            let (p, guard) = q.device_ptr_mut(stream);
-            (p, Some(guard))
-        }
-        None => (0, None),
-    };
+    let (q_ptr, _gq) = super::optional_ptr_mut(q, stream);
     let (qt_ptr, _gqt) = qt.device_ptr_mut(stream);
     let (sc, _gsc) = scale.device_ptr(stream);
     let (am, _gam) = amax.device_ptr_mut(stream);
