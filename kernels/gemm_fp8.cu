@@ -24,7 +24,10 @@
 //     cooperative (both consumers on one tile, 64 rows each) or ping-pong (each consumer whole
 //     tiles in turn, so one's epilogue overlaps the other's main loop);
 //   - epilogue per consumer warpgroup, 32 columns at a time through a private f32 staging buffer,
-//     stored as row segments (16-byte f32 / 8-byte 16-bit stores).
+//     stored as row segments (16-byte f32 / 8-byte 16-bit stores); or, in the TMA-store configs
+//     (suffix s), rounded from the accumulators into two swizzled 64-row × 128-byte boxes in turn,
+//     each written out by one TMA store while the warps fill the other (half the shared-memory
+//     traffic of the f32 staging for 16-bit output, no global store instructions, no tail code).
 // TMA zero-fills past M, N and K, so tails cost no code; K must be a multiple of 16 (the row
 // pitch of a tensor map is a multiple of 16 bytes) and A, B 16-byte aligned: the host checks.
 //
@@ -32,6 +35,9 @@
 //   pp128: 128×128×128, ping-pong (2 × m64n128 per consumer per k32), 6 × 32 KB, 213 KB
 //   p256:  128×256×128, cooperative (1 × m64n256 per consumer),       4 × 48 KB, 213 KB
 //   pp64:   64×256×128, ping-pong (1 × m64n256 per consumer),          5 × 40 KB, 221 KB
+//   pp128s, p256s: pp128 and p256 with the TMA-store epilogue (2 × 2 × 8 KB boxes instead of
+//   2 × 10 KB staging buffers): 225 KB; the host takes them only when D's base is 16-byte aligned
+//   and its row pitch a multiple of 16 bytes (TMA's rule), else the plain config.
 // Launch: grid (2·clusters, 1, 1), at most one block per SM, 384 threads, cluster dims (2,1,1)
 // compiled in; dynamic shared memory as above (including 1 KB to align the tiles to the
 // 128-byte swizzle's 1024-byte period).
@@ -95,6 +101,72 @@ __device__ __forceinline__ void store4(void* C, int out_kind, int N, int row, in
     }
 }
 
+constexpr int OUT_BOX_BYTES = 64 * 128;  // one TMA-store box: 64 rows × 128 bytes, 128-byte swizzle
+
+// The TMA-store epilogue of one consumer's 64-row slice (rows row0.., columns col0..col0+BN-1):
+// each box of 64 rows × 128 bytes (CW = 128 / ESZ columns) is scaled, biased, ReLU'd and rounded
+// straight from the accumulators into one of the consumer's two swizzled staging boxes, then one
+// thread stores it with TMA (clipped to M and N) while the warps fill the other box. Before the
+// warpgroup's barrier of box i that thread waits until box i-1's store has read its staging box,
+// so box i+1 may overwrite it; the consumer never waits for a store to reach global memory.
+template <int ESZ, int BN>
+__device__ __forceinline__ void store_slice_tma(const float (&d)[BN / 2], const TensorMap& tc,
+                                                uint32_t s_out, uint32_t& nbox, int out_kind,
+                                                bool relu, float scale, const float* bias,
+                                                int row0, int col0, int N, int warp, int lane,
+                                                int bar_id) {
+    constexpr int CW = 128 / ESZ;
+    const bool leader = warp == 0 && lane == 0;
+    // wgmma m64nN accumulators: rows 16w + lane/4 (+8), columns 8q + 2·(lane%4) (+1) in
+    // d[4q..4q+3]. Row r of a box starts at 128·r; its 16-byte unit u sits at u ^ (r % 8).
+    const int r = 16 * warp + lane / 4, c = 2 * (lane % 4);
+#pragma unroll
+    for (int ch = 0; ch < BN / CW; ++ch) {
+        if (col0 + ch * CW >= N) break;  // uniform: the tile's last columns are past N
+        const uint32_t box = s_out + (nbox & 1) * OUT_BOX_BYTES;
+#pragma unroll
+        for (int qq = 0; qq < CW / 8; ++qq) {
+            const int q = ch * (CW / 8) + qq, gc = col0 + ch * CW + 8 * qq + c;
+            const float b0 = (bias && gc < N) ? bias[gc] : 0.f;
+            const float b1 = (bias && gc + 1 < N) ? bias[gc + 1] : 0.f;
+#pragma unroll
+            for (int hf = 0; hf < 2; ++hf) {
+                const int row = r + 8 * hf;
+                float v0 = fmaf(d[4 * q + 2 * hf], scale, b0), v1 = fmaf(d[4 * q + 2 * hf + 1], scale, b1);
+                if (relu) {
+                    // As gemm_epilogue.cuh's ReLU: NaN kept, everything not above 0 → +0.
+                    v0 = (v0 > 0.f || isnan(v0)) ? v0 : 0.f;
+                    v1 = (v1 > 0.f || isnan(v1)) ? v1 : 0.f;
+                }
+                if constexpr (ESZ == 4) {
+                    const uint32_t unit = 2 * qq + (lane % 4) / 2;
+                    const uint32_t addr = box + row * 128 + ((unit ^ (row & 7)) << 4) + 8 * (lane & 1);
+                    asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(v0), "f"(v1) : "memory");
+                } else {
+                    uint32_t bits;
+                    if (out_kind == OUT_F16) {
+                        const __half2 h = __floats2half2_rn(v0, v1);
+                        bits = *reinterpret_cast<const uint32_t*>(&h);
+                    } else {
+                        const __nv_bfloat162 h = __floats2bfloat162_rn(v0, v1);
+                        bits = *reinterpret_cast<const uint32_t*>(&h);
+                    }
+                    const uint32_t addr = box + row * 128 + ((qq ^ (row & 7)) << 4) + 4 * (lane % 4);
+                    asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(bits) : "memory");
+                }
+            }
+        }
+        fence_proxy_async();
+        if (leader) bulk_wait_read();
+        asm volatile("bar.sync %0, 128;\n" ::"r"(bar_id) : "memory");
+        if (leader) {
+            tma_store(tc, col0 + ch * CW, row0, box);
+            bulk_commit();
+        }
+        ++nbox;
+    }
+}
+
 // The output tile of work unit u for block `rank` of a cluster: units run over pairs of
 // tile-rows × tile-columns, in raster groups of `group` pair-rows that sweep the tile-columns
 // together (so the group's B strips stay in L2).
@@ -107,8 +179,8 @@ __device__ __forceinline__ int2 unit_at(int u, int rank, int M, int N, int group
     return make_int2((2 * pr + rank) * BM, tn * BN);
 }
 
-template <int BM, int BN, int STAGES, bool PINGPONG, int FA, int FB>
-__device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& tb, void* C,
+template <int BM, int BN, int STAGES, bool PINGPONG, bool TMA_STORE, int FA, int FB>
+__device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& tb, const TensorMap& tc, void* C,
                                          const float* bias, const float* a_scale_inv,
                                          const float* b_scale_inv, int M, int N, int K,
                                          int out_kind, int group_m) {
@@ -129,7 +201,9 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
     // the multicast loads and remote arrives rely on it.
     const uint32_t base = (smem_addr(smem_raw) + 1023) & ~1023u;
     const uint32_t sA = base, sB = base + STAGES * A_BYTES, sEpi = sB + STAGES * B_BYTES;
-    const uint32_t bars = sEpi + 2 * EPI_BYTES;  // full[STAGES], empty[STAGES], order[2]
+    // Per consumer: one f32 staging buffer, or two swizzled TMA-store boxes.
+    constexpr int EPI_REGION = TMA_STORE ? 2 * 2 * OUT_BOX_BYTES : 2 * EPI_BYTES;
+    const uint32_t bars = sEpi + EPI_REGION;  // full[STAGES], empty[STAGES], order[2]
     auto full = [&](int s) { return bars + 8 * s; };
     auto empty = [&](int s) { return bars + 8 * (STAGES + s); };
     // Ping-pong turn barriers: order[w] completes a phase when the other consumer has passed all
@@ -162,6 +236,7 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
         if (tid == 0) {
             asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&ta)) : "memory");
             asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&tb)) : "memory");
+            if (TMA_STORE) asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&tc)) : "memory");
             int s = 0, phase = 0;
             for (int u = first_unit; u < units; u += stride) {
                 const int2 t = unit_at<BM, BN>(u, rank, M, N, group);
@@ -194,6 +269,7 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
             __syncwarp();
             if (lane < CLUSTER) mbar_arrive_cluster(empty(st), lane);
         };
+        uint32_t nbox = 0;  // TMA-store boxes this consumer has filled (which box is next)
         int s = 0, phase = 0;
         for (int u = first_unit, j = 0; u < units; u += stride, ++j) {
             if (PINGPONG && j % 2 != cw) {
@@ -242,6 +318,22 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
             wgmma_wait<0>();
             if (prev >= 0) release(prev);
 
+            if constexpr (TMA_STORE) {
+                const uint32_t s_out = sEpi + cw * 2 * OUT_BOX_BYTES;
+#pragma unroll
+                for (int h = 0; h < SLICES; ++h) {
+                    const int row0 = t.x + 64 * (PINGPONG ? h : cw);
+                    if (row0 >= M) continue;  // the pad block of an odd number of tile-rows
+                    if (out_kind == OUT_F32) {
+                        store_slice_tma<4, BN>(d[h], tc, s_out, nbox, out_kind, relu, scale, bias, row0,
+                                               t.y, N, warp, lane, 2 + cw);
+                    } else {
+                        store_slice_tma<2, BN>(d[h], tc, s_out, nbox, out_kind, relu, scale, bias, row0,
+                                               t.y, N, warp, lane, 2 + cw);
+                    }
+                }
+                continue;
+            }
             // Epilogue, 32 columns at a time through this consumer's staging buffer. Accumulator
             // layout of wgmma m64nN: warp w holds rows 16w + lane/4 (+8) and, for each 8-column
             // block q, columns 8q + 2·(lane%4) (+1) in d[4q..4q+3].
@@ -291,6 +383,8 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
                 }
             }
         }
+        // The staging boxes must outlive the stores that read them.
+        if (TMA_STORE && warp == 0 && lane == 0) bulk_wait_all();
     }
     // No block may exit while its peer can still arrive on its barriers or write its stages.
     cluster_sync();
@@ -302,24 +396,28 @@ using namespace gemm_fp8_detail;
 
 // Entry points: gemm_fp8_<config>_<A format><B format>, formats e4 (E4M3) and e5 (E5M2).
 // Arguments: the tensor maps of A and B (src/ops/gemm_fp8.rs: UINT8, boxes of 128 K × BM rows for
-// A and 128 K × BN/2 rows for B, 128-byte swizzle), D, bias (may be null), the two inverse scales
-// (one f32 each, device memory), M, N, K, out_kind (0 f32, 1 f16, 2 bf16), pair-rows per raster
-// group.
-#define AMPKIT_GEMM_FP8(NAME, BM, BN, ST, PP, FA, FB)                                                \
+// A and 128 K × BN/2 rows for B, 128-byte swizzle), the tensor map of D (TMA-store configs: boxes
+// of 128 bytes × 64 rows, 128-byte swizzle; unread by the others), D, bias (may be null), the two
+// inverse scales (one f32 each, device memory), M, N, K, out_kind (0 f32, 1 f16, 2 bf16, | 4 for
+// the ReLU), pair-rows per raster group.
+#define AMPKIT_GEMM_FP8(NAME, BM, BN, ST, PP, TS, FA, FB)                                            \
     extern "C" __global__ void __cluster_dims__(CLUSTER, 1, 1) __launch_bounds__(THREADS, 1)       \
-        NAME(const __grid_constant__ TensorMap ta, const __grid_constant__ TensorMap tb, void* C,   \
-             const float* bias, const float* a_scale_inv, const float* b_scale_inv, int M, int N, \
-             int K, int out_kind, int group_m) {                                                    \
-        gemm_fp8<BM, BN, ST, PP, FA, FB>(ta, tb, C, bias, a_scale_inv, b_scale_inv, M, N, K,       \
-                                         out_kind, group_m);                                        \
+        NAME(const __grid_constant__ TensorMap ta, const __grid_constant__ TensorMap tb,            \
+             const __grid_constant__ TensorMap tc, void* C, const float* bias,                      \
+             const float* a_scale_inv, const float* b_scale_inv, int M, int N, int K, int out_kind, \
+             int group_m) {                                                                         \
+        gemm_fp8<BM, BN, ST, PP, TS, FA, FB>(ta, tb, tc, C, bias, a_scale_inv, b_scale_inv, M, N,   \
+                                             K, out_kind, group_m);                                 \
     }
-#define AMPKIT_GEMM_FP8_FORMATS(CFG, BM, BN, ST, PP)                                  \
-    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e4e4, BM, BN, ST, PP, FP8_E4M3, FP8_E4M3) \
-    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e4e5, BM, BN, ST, PP, FP8_E4M3, FP8_E5M2) \
-    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e5e4, BM, BN, ST, PP, FP8_E5M2, FP8_E4M3) \
-    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e5e5, BM, BN, ST, PP, FP8_E5M2, FP8_E5M2)
+#define AMPKIT_GEMM_FP8_FORMATS(CFG, BM, BN, ST, PP, TS)                           \
+    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e4e4, BM, BN, ST, PP, TS, FP8_E4M3, FP8_E4M3) \
+    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e4e5, BM, BN, ST, PP, TS, FP8_E4M3, FP8_E5M2) \
+    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e5e4, BM, BN, ST, PP, TS, FP8_E5M2, FP8_E4M3) \
+    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e5e5, BM, BN, ST, PP, TS, FP8_E5M2, FP8_E5M2)
 
 // Register budget: 128·40 + 256·232 = 64512 of 65536 for the one block per SM.
-AMPKIT_GEMM_FP8_FORMATS(pp128, 128, 128, 6, true)
-AMPKIT_GEMM_FP8_FORMATS(p256, 128, 256, 4, false)
-AMPKIT_GEMM_FP8_FORMATS(pp64, 64, 256, 5, true)
+AMPKIT_GEMM_FP8_FORMATS(pp128, 128, 128, 6, true, false)
+AMPKIT_GEMM_FP8_FORMATS(p256, 128, 256, 4, false, false)
+AMPKIT_GEMM_FP8_FORMATS(pp64, 64, 256, 5, true, false)
+AMPKIT_GEMM_FP8_FORMATS(pp128s, 128, 128, 6, true, true)
+AMPKIT_GEMM_FP8_FORMATS(p256s, 128, 256, 4, false, true)

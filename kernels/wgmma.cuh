@@ -54,6 +54,27 @@ __device__ __forceinline__ void tma_load(uint32_t dst, const TensorMap& map, int
         : "memory");
 }
 
+// TMA store of one box from this block's shared memory (laid out as the map's swizzle says) to
+// global memory; the write is clipped to the tensor's bounds. Tracked in the issuing thread's
+// bulk async-groups: commit with bulk_commit, wait with bulk_wait_read / bulk_wait_all.
+__device__ __forceinline__ void tma_store(const TensorMap& map, int c0, int c1, uint32_t src) {
+    asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];\n" ::"l"(
+                     reinterpret_cast<uint64_t>(&map)),
+                 "r"(c0), "r"(c1), "r"(src)
+                 : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// Until every committed store of this thread has finished reading its shared memory.
+__device__ __forceinline__ void bulk_wait_read() {
+    asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+}
+// Until every committed store of this thread has completed.
+__device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
+// Makes this thread's generic-proxy shared-memory writes visible to TMA (the async proxy).
+__device__ __forceinline__ void fence_proxy_async() {
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
 // wgmma shared-memory matrix descriptor, 128-byte swizzle: start address, leading-dimension
 // byte offset (M/N-major: the distance between 64-element M/N blocks; unused for swizzled
 // K-major), stride byte offset (the distance between 8-row groups), all in 16-byte units.

@@ -11,7 +11,8 @@ use ampkit::cpu::fp8::Fp8Format;
 use ampkit::cpu::gemm_fp8::{gemm_fp8_f64, gemm_fp8_magnitude, Fp8Matrix};
 use ampkit::cuda::Gpu;
 use ampkit::ops::gemm_fp8::{
-    gemm_fp8, gemm_fp8_relu, gemm_fp8_with, Fp8Config, Fp8Operand, Fp8Output, FP8_CONFIGS,
+    gemm_fp8, gemm_fp8_relu, gemm_fp8_relu_with, gemm_fp8_with, Fp8Config, Fp8Operand, Fp8Output,
+    FP8_CONFIGS,
 };
 use ampkit::shape::{GemmShape, Layout};
 use ampkit::Error;
@@ -357,22 +358,82 @@ fn small_integer_products_are_exact_for_every_config_format_and_output() {
 }
 
 /// `gemm_fp8_relu`: the same exact sums with every value not above 0 written as +0 (the training
-/// step's hidden-layer forward), bf16 and f32 out, with a bias that pushes some sums below 0.
+/// step's hidden-layer forward), bf16 and f32 out, with a bias that pushes some sums below 0;
+/// through the planner and every config, on a shape whose rows TMA can store (520 columns) and
+/// one whose rows it cannot (389: the plain epilogue).
 #[test]
 fn the_relu_epilogue_keeps_only_positive_sums() {
     let Some(gpu) = hopper() else { return };
     let mut rng = rng("gpu gemm fp8 relu");
-    let case = Case::exact(&mut rng, 257, 389, 272);
+    for (m, n, k) in [(257, 389, 272), (130, 520, 48)] {
+        let case = Case::exact(&mut rng, m, n, k);
+        let (want, _) = case.reference(PAIRS[0]);
+        assert!(want.iter().any(|&v| v < 0.0) && want.iter().any(|&v| v > 0.0));
+        let (ca, cb) = case.codes(PAIRS[0]);
+        let (da, db) = (gpu.upload(&ca).unwrap(), gpu.upload(&cb).unwrap());
+        let sa = gpu.upload(&[case.scale_inv.0]).unwrap();
+        let sb = gpu.upload(&[case.scale_inv.1]).unwrap();
+        let bias = case.bias.as_ref().map(|b| gpu.upload(b).unwrap());
+        let bias = bias
+            .as_ref()
+            .map(|b| b as &dyn cudarc::driver::DevicePtr<f32>);
+        let a = Fp8Operand {
+            data: &da,
+            format: PAIRS[0].0,
+            scale_inv: &sa,
+        };
+        let b = Fp8Operand {
+            data: &db,
+            format: PAIRS[0].1,
+            scale_inv: &sb,
+        };
+        for config in FP8_CONFIGS.into_iter().map(Some).chain([None]) {
+            check_relu::<bf16>(&gpu, &case, (&a, &b), bias, config, &want);
+            check_relu::<f32>(&gpu, &case, (&a, &b), bias, config, &want);
+        }
+    }
+}
+
+fn check_relu<C: Out>(
+    gpu: &Gpu,
+    case: &Case,
+    ops: (&Fp8Operand<'_>, &Fp8Operand<'_>),
+    bias: Option<&dyn cudarc::driver::DevicePtr<f32>>,
+    config: Option<Fp8Config>,
+    want: &[f64],
+) {
+    let mut out = gpu.upload(&vec![C::POISON; want.len()]).unwrap();
+    match config {
+        Some(cfg) => gemm_fp8_relu_with(gpu, cfg, case.shape, ops.0, ops.1, bias, &mut out),
+        None => gemm_fp8_relu(gpu, case.shape, ops.0, ops.1, bias, &mut out),
+    }
+    .unwrap();
+    let got = gpu.download(&out).unwrap();
+    let name = config.map_or("planner", |c| c.name);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let expect = C::round(if w > 0.0 { w } else { 0.0 });
+        assert!(
+            g == expect,
+            "{name} {:?}: relu output {i}: got {g:?}, want {expect:?} (sum {w})",
+            case.shape
+        );
+    }
+}
+
+/// The TMA-store configs write through a tensor map only when D's base and row pitch are 16-byte
+/// multiples: an output view 8 bytes past an aligned base takes the plain epilogue of the same
+/// tiles, with the same exact results and nothing written outside the view.
+#[test]
+fn tma_store_configs_fall_back_for_a_misaligned_output() {
+    let Some(gpu) = hopper() else { return };
+    let mut rng = rng("gpu gemm fp8 tma fallback");
+    let case = Case::exact(&mut rng, 130, 520, 48);
     let (want, _) = case.reference(PAIRS[0]);
-    assert!(want.iter().any(|&v| v < 0.0) && want.iter().any(|&v| v > 0.0));
     let (ca, cb) = case.codes(PAIRS[0]);
     let (da, db) = (gpu.upload(&ca).unwrap(), gpu.upload(&cb).unwrap());
     let sa = gpu.upload(&[case.scale_inv.0]).unwrap();
     let sb = gpu.upload(&[case.scale_inv.1]).unwrap();
-    let bias = case.bias.as_ref().map(|b| gpu.upload(b).unwrap());
-    let bias = bias
-        .as_ref()
-        .map(|b| b as &dyn cudarc::driver::DevicePtr<f32>);
+    let bias = gpu.upload(case.bias.as_ref().unwrap()).unwrap();
     let a = Fp8Operand {
         data: &da,
         format: PAIRS[0].0,
@@ -383,26 +444,29 @@ fn the_relu_epilogue_keeps_only_positive_sums() {
         format: PAIRS[0].1,
         scale_inv: &sb,
     };
-    fn check<C: Out>(
-        gpu: &Gpu,
-        case: &Case,
-        ops: (&Fp8Operand<'_>, &Fp8Operand<'_>),
-        bias: Option<&dyn cudarc::driver::DevicePtr<f32>>,
-        want: &[f64],
-    ) {
-        let mut out = gpu.upload(&vec![C::POISON; want.len()]).unwrap();
-        gemm_fp8_relu(gpu, case.shape, ops.0, ops.1, bias, &mut out).unwrap();
+    let len = want.len();
+    for config in FP8_CONFIGS.into_iter().filter(|c| c.tma_store) {
+        // f32 elements: 2 of them put the view 8 bytes past the buffer's (aligned) base.
+        let mut out = gpu.upload(&vec![<f32 as Out>::POISON; len + 4]).unwrap();
+        let mut view = out.slice_mut(2..2 + len);
+        gemm_fp8_with(&gpu, config, case.shape, &a, &b, Some(&bias), &mut view).unwrap();
         let got = gpu.download(&out).unwrap();
-        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-            let expect = C::round(if w > 0.0 { w } else { 0.0 });
+        for i in [0, 1, len + 2, len + 3] {
             assert!(
-                g == expect,
-                "relu output {i}: got {g:?}, want {expect:?} (sum {w})"
+                got[i].to_bits() == <f32 as Out>::POISON.to_bits(),
+                "{}: element {i} outside the view was written",
+                config.name
+            );
+        }
+        for (i, (&g, &w)) in got[2..2 + len].iter().zip(&want).enumerate() {
+            assert!(
+                g == <f32 as Out>::round(w),
+                "{}: output {i}: got {g}, want {}",
+                config.name,
+                <f32 as Out>::round(w)
             );
         }
     }
-    check::<bf16>(&gpu, &case, (&a, &b), bias, &want);
-    check::<f32>(&gpu, &case, (&a, &b), bias, &want);
 }
 
 #[test]

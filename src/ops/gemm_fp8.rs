@@ -122,23 +122,42 @@ pub struct Fp8Config {
     pub bn: usize,
     /// Pipeline stages.
     pub stages: usize,
+    /// Whether the epilogue writes D with TMA stores (D 16-byte aligned with a row pitch that is a
+    /// multiple of 16 bytes; otherwise the launch takes the same tiles' plain config).
+    pub tma_store: bool,
     /// Entry points for A×B formats E4M3×E4M3, E4M3×E5M2, E5M2×E4M3, E5M2×E5M2.
     pub kernels: [&'static str; 4],
 }
 
 impl Fp8Config {
-    /// Dynamic shared memory: the stages, two consumers' 64×40 f32 epilogue buffers, the
-    /// mbarriers, and 1 KB to align the tiles to the swizzle's period.
+    /// Dynamic shared memory: the stages, two consumers' epilogue buffers (64×40 f32 each, or
+    /// two 64-row × 128-byte TMA-store boxes each), the mbarriers, and 1 KB to align the tiles to
+    /// the swizzle's period.
     pub fn shared_bytes(&self) -> usize {
-        1024 + self.stages * (self.bm + self.bn) * BK + 2 * 64 * 40 * 4 + 8 * (2 * self.stages + 2)
+        let epilogue = if self.tma_store {
+            2 * 2 * 64 * 128
+        } else {
+            2 * 64 * 40 * 4
+        };
+        1024 + self.stages * (self.bm + self.bn) * BK + epilogue + 8 * (2 * self.stages + 2)
+    }
+
+    /// The config with the same tiles and the plain epilogue (itself when it has it).
+    fn plain(self) -> Fp8Config {
+        FP8_CONFIGS
+            .into_iter()
+            .find(|c| !c.tma_store && (c.bm, c.bn, c.stages) == (self.bm, self.bn, self.stages))
+            .unwrap_or(self)
     }
 }
 
-/// Every configuration: `p256` and `pp128` (the planner's two), then `pp64`.
+/// Every configuration: `p256` and `pp128` (the planner's two), `pp64`, then `p256s` and
+/// `pp128s` (`p256` and `pp128` with the TMA-store epilogue).
 #[doc(hidden)]
-pub const FP8_CONFIGS: [Fp8Config; 3] = [
+pub const FP8_CONFIGS: [Fp8Config; 5] = [
     Fp8Config {
         name: "p256",
+        tma_store: false,
         bm: 128,
         bn: 256,
         stages: 4,
@@ -151,6 +170,7 @@ pub const FP8_CONFIGS: [Fp8Config; 3] = [
     },
     Fp8Config {
         name: "pp128",
+        tma_store: false,
         bm: 128,
         bn: 128,
         stages: 6,
@@ -163,6 +183,7 @@ pub const FP8_CONFIGS: [Fp8Config; 3] = [
     },
     Fp8Config {
         name: "pp64",
+        tma_store: false,
         bm: 64,
         bn: 256,
         stages: 5,
@@ -171,6 +192,32 @@ pub const FP8_CONFIGS: [Fp8Config; 3] = [
             "gemm_fp8_pp64_e4e5",
             "gemm_fp8_pp64_e5e4",
             "gemm_fp8_pp64_e5e5",
+        ],
+    },
+    Fp8Config {
+        name: "p256s",
+        tma_store: true,
+        bm: 128,
+        bn: 256,
+        stages: 4,
+        kernels: [
+            "gemm_fp8_p256s_e4e4",
+            "gemm_fp8_p256s_e4e5",
+            "gemm_fp8_p256s_e5e4",
+            "gemm_fp8_p256s_e5e5",
+        ],
+    },
+    Fp8Config {
+        name: "pp128s",
+        tma_store: true,
+        bm: 128,
+        bn: 128,
+        stages: 6,
+        kernels: [
+            "gemm_fp8_pp128s_e4e4",
+            "gemm_fp8_pp128s_e4e5",
+            "gemm_fp8_pp128s_e5e4",
+            "gemm_fp8_pp128s_e5e5",
         ],
     },
 ];
@@ -292,6 +339,21 @@ pub fn gemm_fp8_with<C: Fp8Output>(
     launch(gpu, config, shape, (a, b, bias), false, c)
 }
 
+/// [`gemm_fp8_relu`] with the tile configuration `config` instead of the planner's. For
+/// ampkit's tests and benchmarks; not part of the stable API.
+#[doc(hidden)]
+pub fn gemm_fp8_relu_with<C: Fp8Output>(
+    gpu: &Gpu,
+    config: Fp8Config,
+    shape: GemmShape,
+    a: &Fp8Operand<'_>,
+    b: &Fp8Operand<'_>,
+    bias: Option<&dyn DevicePtr<f32>>,
+    c: &mut impl DevicePtrMut<C>,
+) -> Result<()> {
+    launch(gpu, config, shape, (a, b, bias), true, c)
+}
+
 /// The checks and the launch of `config`, with the ReLU epilogue when `relu`.
 fn launch<C: Fp8Output>(
     gpu: &Gpu,
@@ -361,6 +423,30 @@ fn launch<C: Fp8Output>(
     // Each block of a cluster loads half of the B tile (and multicasts it to both).
     let ta = map(a_ptr, m, config.bm, "A")?;
     let tb = map(b_ptr, n, config.bn / CLUSTER, "B")?;
+    // TMA stores need D's base and row pitch in 16-byte steps; other outputs take the plain
+    // epilogue of the same tiles.
+    let elem = std::mem::size_of::<C>();
+    let config = if c_ptr % 16 == 0 && (n * elem) % 16 == 0 {
+        config
+    } else {
+        config.plain()
+    };
+    let tc = if config.tma_store {
+        let dtype = if elem == 4 {
+            CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT32
+        } else {
+            CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT16
+        };
+        tensor_map_2d(c_ptr, dtype, elem, [n, m], [(128 / elem) as u32, 64]).map_err(|source| {
+            Error::Driver {
+                context: format!("encoding the TMA tensor map of C ({m} × {n})"),
+                source,
+            }
+        })?
+    } else {
+        // Unread by the plain epilogue; any valid map fills the parameter.
+        ta
+    };
     let units = m.div_ceil(config.bm).div_ceil(CLUSTER) * n.div_ceil(config.bn);
     let clusters = (gpu.info().multiprocessors / CLUSTER).clamp(1, units);
     let cfg = LaunchConfig {
@@ -374,16 +460,18 @@ fn launch<C: Fp8Output>(
     };
     let kernel = config.kernels[2 * format(a.format) + format(b.format)];
     let mut args = KernelArgs::new();
-    args.push(ta).push(tb).push(c_ptr).push(bias_ptr);
+    args.push(ta).push(tb).push(tc).push(c_ptr).push(bias_ptr);
     args.push(sa_ptr).push(sb_ptr);
     args.push(m as i32).push(n as i32).push(k as i32);
     // Bit 2 of out_kind: the ReLU epilogue (OUT_RELU in the kernel).
     args.push(C::KIND | if relu { 4 } else { 0 }).push(GROUP_M);
-    // SAFETY: gemm_fp8_<config>_<formats>(TensorMap ta, TensorMap tb, void* C, const float* bias,
-    // const float* a_scale_inv, const float* b_scale_inv, int M, int N, int K, int out_kind,
-    // int group_m) matches the arguments. The tensor maps describe exactly A (m × k bytes) and
-    // B (n × k bytes), whose lengths check_args proved (TMA clips every box to them); C holds m·n
-    // elements of the out_kind type and the kernel bounds-checks every store; bias holds n f32
+    // SAFETY: gemm_fp8_<config>_<formats>(TensorMap ta, TensorMap tb, TensorMap tc, void* C,
+    // const float* bias, const float* a_scale_inv, const float* b_scale_inv, int M, int N, int K,
+    // int out_kind, int group_m) matches the arguments. The tensor maps describe exactly A (m × k
+    // bytes), B (n × k bytes) and, for a TMA-store config, C (m × n elements of C, 16-byte
+    // aligned base and pitch as checked above); check_args proved those lengths and TMA clips
+    // every box to them; C holds m·n elements of the out_kind type and the plain epilogue
+    // bounds-checks every store; bias holds n f32
     // and each scale one; the grid is a multiple of the compiled cluster size (2). The guards
     // above outlive the launch.
     unsafe { gpu.launch(&kernels::GEMM_FP8, kernel, cfg, &args) }
