@@ -148,18 +148,8 @@ pub fn cast_transpose_dbias(
                 )?
             };
         }
-        let mut args = KernelArgs::new();
-        args.push(partial).push(splits).push(ci).push(db);
-        // SAFETY: bias_grad_finish(const float* partial, int splits, int cols, float* db)
-        // matches; the scratch holds row_tiles·cols f32 written above (none when rows = 0, and
-        // then none is read), db holds cols f32.
-        unsafe {
-            gpu.launch(
-                &kernels::GEMM,
-                "bias_grad_finish",
-                LaunchConfig::linear(cols.div_ceil(256) as u32, 256),
-                &args,
-            )
-        }
+        // SAFETY: the scratch holds row_tiles·cols f32, written above for every tile (none when
+        // rows = 0, and then splits = 0 and none is read); db holds cols f32 (checked above).
+        unsafe { crate::ops::gemm::bias_grad_finish(gpu, partial, splits, ci, db) }
     })
 }

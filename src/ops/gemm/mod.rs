@@ -511,17 +511,35 @@ pub fn bias_grad<T: BiasGradInput>(
         // float* partial) matches, with T the kernel's type (T::KERNEL); dy holds rows·cols, the
         // scratch holds splits·cols f32 and the kernel bounds-checks rows and columns.
         unsafe { gpu.launch(&kernels::GEMM, T::KERNEL, cfg, &args)? };
-        let mut args = KernelArgs::new();
-        args.push(partial).push(splits as i32).push(ci).push(db_ptr);
-        // SAFETY: bias_grad_finish(const float* partial, int splits, int cols, float* db) matches;
-        // db holds cols f32.
-        unsafe {
-            gpu.launch(
-                &kernels::GEMM,
-                "bias_grad_finish",
-                LaunchConfig::linear(cols.div_ceil(256) as u32, 256),
-                &args,
-            )
-        }
+        // SAFETY: the scratch holds splits·cols f32 (the partial kernel wrote every one) and db
+        // holds cols (validated above).
+        unsafe { bias_grad_finish(gpu, partial, splits as i32, ci, db_ptr) }
     })
+}
+
+/// Launches `bias_grad_finish` (kernels/gemm.cu): `db[c] = Σ_s partial[s·cols + c]` for
+/// `c < cols`, summed in order of `s` (deterministic).
+///
+/// # Safety
+/// `partial` must point at `splits·cols` f32 written before this launch on the stream and `db` at
+/// `cols` f32, both live until the launch completes; `cols > 0`.
+pub(crate) unsafe fn bias_grad_finish(
+    gpu: &Gpu,
+    partial: u64,
+    splits: i32,
+    cols: i32,
+    db: u64,
+) -> Result<()> {
+    let mut args = KernelArgs::new();
+    args.push(partial).push(splits).push(cols).push(db);
+    // SAFETY: bias_grad_finish(const float* partial, int splits, int cols, float* db) matches;
+    // the caller vouches for the buffers.
+    unsafe {
+        gpu.launch(
+            &kernels::GEMM,
+            "bias_grad_finish",
+            LaunchConfig::linear((cols as u32).div_ceil(256), 256),
+            &args,
+        )
+    }
 }
