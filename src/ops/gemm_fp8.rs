@@ -490,6 +490,14 @@ mod tests {
         // Too few 128×256 units for two rounds of 66 clusters.
         assert_eq!(plan(1024, 1024, 8192), "pp128");
         for c in FP8_CONFIGS {
+            // A TMA-store config falls back to a plain one with the same tiles.
+            let plain = c.plain();
+            assert!(
+                !plain.tma_store,
+                "{}: no plain config with its tiles",
+                c.name
+            );
+            assert_eq!((plain.bm, plain.bn, plain.stages), (c.bm, c.bn, c.stages));
             assert!(
                 c.shared_bytes() <= 227 * 1024,
                 "{}: {}",
