@@ -17,6 +17,7 @@ use ampkit::ops::gemm_fp8::{
 use ampkit::shape::{GemmShape, Layout};
 use ampkit::Error;
 use common::{assert_all_written, assert_invalid, assert_shape_error, gpu, rng, sized};
+use cudarc::driver::{CudaSlice, DevicePtr};
 use half::{bf16, f16};
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -93,6 +94,37 @@ fn spread(rng: &mut StdRng, len: usize, lo: i32, hi: i32) -> Vec<f32> {
         .collect()
 }
 
+/// A case's operands on the GPU (`Case::upload`).
+struct OnDevice {
+    pair: (Fp8Format, Fp8Format),
+    a: CudaSlice<u8>,
+    b: CudaSlice<u8>,
+    sa: CudaSlice<f32>,
+    sb: CudaSlice<f32>,
+    bias: Option<CudaSlice<f32>>,
+}
+
+impl OnDevice {
+    fn operands(&self) -> (Fp8Operand<'_>, Fp8Operand<'_>) {
+        (
+            Fp8Operand {
+                data: &self.a,
+                format: self.pair.0,
+                scale_inv: &self.sa,
+            },
+            Fp8Operand {
+                data: &self.b,
+                format: self.pair.1,
+                scale_inv: &self.sb,
+            },
+        )
+    }
+
+    fn bias(&self) -> Option<&dyn DevicePtr<f32>> {
+        self.bias.as_ref().map(|b| b as &dyn DevicePtr<f32>)
+    }
+}
+
 impl Case {
     /// Operands in {0, ±1, ±2}, power-of-two scales, bias in quarters: every partial sum of
     /// k ≤ 272 products stays below 2^11 in whole numbers, which the tensor core adds exactly, and
@@ -152,6 +184,19 @@ impl Case {
         (r, gemm_fp8_magnitude(self.shape, &a, &b).unwrap())
     }
 
+    /// The case's codes in `pair`'s formats, scales and bias, on the GPU.
+    fn upload(&self, gpu: &Gpu, pair: (Fp8Format, Fp8Format)) -> OnDevice {
+        let (ca, cb) = self.codes(pair);
+        OnDevice {
+            pair,
+            a: gpu.upload(&ca).unwrap(),
+            b: gpu.upload(&cb).unwrap(),
+            sa: gpu.upload(&[self.scale_inv.0]).unwrap(),
+            sb: gpu.upload(&[self.scale_inv.1]).unwrap(),
+            bias: self.bias.as_ref().map(|b| gpu.upload(b).unwrap()),
+        }
+    }
+
     /// The GPU result with `config` (the planner's with `None`), into a poisoned buffer, every
     /// element checked written.
     fn run<C: Out>(
@@ -160,30 +205,14 @@ impl Case {
         pair: (Fp8Format, Fp8Format),
         config: Option<Fp8Config>,
     ) -> Vec<C> {
-        let (ca, cb) = self.codes(pair);
-        let (da, db) = (gpu.upload(&ca).unwrap(), gpu.upload(&cb).unwrap());
-        let sa = gpu.upload(&[self.scale_inv.0]).unwrap();
-        let sb = gpu.upload(&[self.scale_inv.1]).unwrap();
-        let bias = self.bias.as_ref().map(|b| gpu.upload(b).unwrap());
+        let dev = self.upload(gpu, pair);
+        let (a, b) = dev.operands();
         let mut out = gpu
             .upload(&vec![C::POISON; self.shape.m * self.shape.n])
             .unwrap();
-        let a = Fp8Operand {
-            data: &da,
-            format: pair.0,
-            scale_inv: &sa,
-        };
-        let b = Fp8Operand {
-            data: &db,
-            format: pair.1,
-            scale_inv: &sb,
-        };
-        let bias = bias
-            .as_ref()
-            .map(|b| b as &dyn cudarc::driver::DevicePtr<f32>);
         match config {
-            Some(cfg) => gemm_fp8_with(gpu, cfg, self.shape, &a, &b, bias, &mut out),
-            None => gemm_fp8(gpu, self.shape, &a, &b, bias, &mut out),
+            Some(cfg) => gemm_fp8_with(gpu, cfg, self.shape, &a, &b, dev.bias(), &mut out),
+            None => gemm_fp8(gpu, self.shape, &a, &b, dev.bias(), &mut out),
         }
         .unwrap();
         let got = gpu.download(&out).unwrap();
@@ -299,20 +328,9 @@ fn hopper() -> Option<std::sync::Arc<Gpu>> {
     }
     let mut rng = rng("gpu gemm fp8 not hopper");
     let case = Case::exact(&mut rng, 8, 8, 16);
-    let (ca, cb) = case.codes(PAIRS[0]);
-    let (da, db) = (gpu.upload(&ca).unwrap(), gpu.upload(&cb).unwrap());
-    let s = gpu.upload(&[1f32]).unwrap();
+    let dev = case.upload(&gpu, PAIRS[0]);
+    let (a, b) = dev.operands();
     let mut out = gpu.alloc_zeros::<f32>(64).unwrap();
-    let a = Fp8Operand {
-        data: &da,
-        format: Fp8Format::E4M3,
-        scale_inv: &s,
-    };
-    let b = Fp8Operand {
-        data: &db,
-        format: Fp8Format::E4M3,
-        scale_inv: &s,
-    };
     assert_invalid(
         gemm_fp8(&gpu, case.shape, &a, &b, None, &mut out),
         "Hopper only",
@@ -369,27 +387,11 @@ fn the_relu_epilogue_keeps_only_positive_sums() {
         let case = Case::exact(&mut rng, m, n, k);
         let (want, _) = case.reference(PAIRS[0]);
         assert!(want.iter().any(|&v| v < 0.0) && want.iter().any(|&v| v > 0.0));
-        let (ca, cb) = case.codes(PAIRS[0]);
-        let (da, db) = (gpu.upload(&ca).unwrap(), gpu.upload(&cb).unwrap());
-        let sa = gpu.upload(&[case.scale_inv.0]).unwrap();
-        let sb = gpu.upload(&[case.scale_inv.1]).unwrap();
-        let bias = case.bias.as_ref().map(|b| gpu.upload(b).unwrap());
-        let bias = bias
-            .as_ref()
-            .map(|b| b as &dyn cudarc::driver::DevicePtr<f32>);
-        let a = Fp8Operand {
-            data: &da,
-            format: PAIRS[0].0,
-            scale_inv: &sa,
-        };
-        let b = Fp8Operand {
-            data: &db,
-            format: PAIRS[0].1,
-            scale_inv: &sb,
-        };
+        let dev = case.upload(&gpu, PAIRS[0]);
+        let (a, b) = dev.operands();
         for config in FP8_CONFIGS.into_iter().map(Some).chain([None]) {
-            check_relu::<bf16>(&gpu, &case, (&a, &b), bias, config, &want);
-            check_relu::<f32>(&gpu, &case, (&a, &b), bias, config, &want);
+            check_relu::<bf16>(&gpu, &case, (&a, &b), dev.bias(), config, &want);
+            check_relu::<f32>(&gpu, &case, (&a, &b), dev.bias(), config, &want);
         }
     }
 }
@@ -398,7 +400,7 @@ fn check_relu<C: Out>(
     gpu: &Gpu,
     case: &Case,
     ops: (&Fp8Operand<'_>, &Fp8Operand<'_>),
-    bias: Option<&dyn cudarc::driver::DevicePtr<f32>>,
+    bias: Option<&dyn DevicePtr<f32>>,
     config: Option<Fp8Config>,
     want: &[f64],
 ) {
@@ -429,27 +431,14 @@ fn tma_store_configs_fall_back_for_a_misaligned_output() {
     let mut rng = rng("gpu gemm fp8 tma fallback");
     let case = Case::exact(&mut rng, 130, 520, 48);
     let (want, _) = case.reference(PAIRS[0]);
-    let (ca, cb) = case.codes(PAIRS[0]);
-    let (da, db) = (gpu.upload(&ca).unwrap(), gpu.upload(&cb).unwrap());
-    let sa = gpu.upload(&[case.scale_inv.0]).unwrap();
-    let sb = gpu.upload(&[case.scale_inv.1]).unwrap();
-    let bias = gpu.upload(case.bias.as_ref().unwrap()).unwrap();
-    let a = Fp8Operand {
-        data: &da,
-        format: PAIRS[0].0,
-        scale_inv: &sa,
-    };
-    let b = Fp8Operand {
-        data: &db,
-        format: PAIRS[0].1,
-        scale_inv: &sb,
-    };
+    let dev = case.upload(&gpu, PAIRS[0]);
+    let (a, b) = dev.operands();
     let len = want.len();
     for config in FP8_CONFIGS.into_iter().filter(|c| c.tma_store) {
         // f32 elements: 2 of them put the view 8 bytes past the buffer's (aligned) base.
         let mut out = gpu.upload(&vec![<f32 as Out>::POISON; len + 4]).unwrap();
         let mut view = out.slice_mut(2..2 + len);
-        gemm_fp8_with(&gpu, config, case.shape, &a, &b, Some(&bias), &mut view).unwrap();
+        gemm_fp8_with(&gpu, config, case.shape, &a, &b, dev.bias(), &mut view).unwrap();
         let got = gpu.download(&out).unwrap();
         for i in [0, 1, len + 2, len + 3] {
             assert!(
