@@ -321,7 +321,7 @@ pub fn gemm_fp8_relu<C: Fp8Output>(
     c: &mut impl DevicePtrMut<C>,
 ) -> Result<()> {
     let config = plan_fp8(shape, gpu.info().multiprocessors);
-    launch(gpu, config, shape, (a, b, bias), true, c)
+    gemm_fp8_relu_with(gpu, config, shape, a, b, bias, c)
 }
 
 /// [`gemm_fp8`] with the tile configuration `config` instead of the planner's. For ampkit's
@@ -471,9 +471,8 @@ fn launch<C: Fp8Output>(
     // bytes), B (n × k bytes) and, for a TMA-store config, C (m × n elements of C, 16-byte
     // aligned base and pitch as checked above); check_args proved those lengths and TMA clips
     // every box to them; C holds m·n elements of the out_kind type and the plain epilogue
-    // bounds-checks every store; bias holds n f32
-    // and each scale one; the grid is a multiple of the compiled cluster size (2). The guards
-    // above outlive the launch.
+    // bounds-checks every store; bias holds n f32 and each scale one; the grid is a multiple of
+    // the compiled cluster size (2). The guards above outlive the launch.
     unsafe { gpu.launch(&kernels::GEMM_FP8, kernel, cfg, &args) }
 }
 
