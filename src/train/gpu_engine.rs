@@ -466,13 +466,13 @@ impl<H: TrainHalf> Engine<H> {
                 .last_mut()
                 .expect("validated: at least one layer");
             match (&last.out_buf, &mut last.dz) {
-                (Buf::H(logits), Buf::H(d)) => {
+                (Buf::H(logits), Some(Buf::H(d))) => {
                     cross_entropy(gpu, logits, &labels, batch, classes, scale, d, loss)?
                 }
-                (Buf::F(logits), Buf::F(d)) => {
+                (Buf::F(logits), Some(Buf::F(d))) => {
                     cross_entropy(gpu, logits, &labels, batch, classes, scale, d, loss)?
                 }
-                _ => unreachable!("the last layer's logits and dlogits share its dtype"),
+                _ => unreachable!("the last layer has dlogits, in its logits' dtype"),
             }
         }
         gpu_layers::backward(

@@ -118,8 +118,10 @@ pub(crate) struct Layer<H: TrainHalf> {
     grad_conv: Option<Buf<H>>,
     /// f32 scratch (LayerNorm path).
     tmp: Option<DeviceBuffer<f32>>,
-    /// Gradient of the GEMM output, in this layer's dtype (the last layer's: dlogits).
-    pub dz: Buf<H>,
+    /// Gradient of the GEMM output, in this layer's dtype (the last layer's: dlogits). `None` for
+    /// an FP8 hidden layer without LayerNorm that the fused head does not serve: its ReLU
+    /// backward runs inside its gradient's FP8 cast, which reads the output's gradient directly.
+    pub dz: Option<Buf<H>>,
     /// f32 gradient of the GEMM output of a half LayerNorm layer, before its cast.
     dz32: Option<DeviceBuffer<f32>>,
     /// The weight gradient's K-split slices, for a half layer whose wgrad GEMM splits K at the
@@ -189,7 +191,13 @@ pub(crate) fn build<H: TrainHalf>(
                 .map(|h| Buf::new(gpu, !h, n))
                 .transpose()?,
             tmp: has_ln.then(|| gpu.alloc_zeros(n)).transpose()?,
-            dz: Buf::new(gpu, half, n)?,
+            dz: {
+                let head_writes = H::FUSED_HEAD && l + 2 == n_layers;
+                let relu_in_cast = fp8_slots[l].is_some() && !has_ln && !last;
+                (!relu_in_cast || head_writes)
+                    .then(|| Buf::new(gpu, half, n))
+                    .transpose()?
+            },
             dz32: (has_ln && half).then(|| gpu.alloc_zeros(n)).transpose()?,
             wgrad_partials: {
                 let head = last && H::FUSED_HEAD;
@@ -222,7 +230,7 @@ pub(crate) fn head_fits<H: TrainHalf>(layers: &[Layer<H>]) -> bool {
         [.., prev, last] => {
             H::FUSED_HEAD
                 && prev.out_half()
-                && matches!(prev.dz, Buf::H(_))
+                && matches!(prev.dz, Some(Buf::H(_)))
                 && last.out_half()
                 && last.input.is_none()
                 && crate::ops::head::fits(last.fan_in, last.out)
@@ -268,10 +276,10 @@ pub(crate) fn head<H: TrainHalf>(
         op: "train::GpuBackend",
         detail: format!("the fused head serves f16 layers, not {}", H::DTYPE),
     };
-    let (Buf::H(hidden), Buf::H(dhidden)) = (&prev.out_buf, &mut prev.dz) else {
+    let (Buf::H(hidden), Some(Buf::H(dhidden))) = (&prev.out_buf, &mut prev.dz) else {
         unreachable!("head_fits: a 16-bit hidden layer")
     };
-    let (Buf::H(logits), Buf::H(dlogits)) = (&mut last.out_buf, &mut last.dz) else {
+    let (Buf::H(logits), Some(Buf::H(dlogits))) = (&mut last.out_buf, &mut last.dz) else {
         unreachable!("head_fits: a 16-bit last layer")
     };
     let hidden = H::as_f16(hidden).ok_or_else(not_f16)?;
@@ -486,7 +494,8 @@ pub(crate) fn backward<H: TrainHalf>(
                         .expect("LayerNorm layers have one")
                         .slice(..n);
                     let [dg, db] = disjoint_mut(grads, [gi, bi]);
-                    let mut dx32 = match (&mut layer.dz32, &mut layer.dz) {
+                    let dz = layer.dz.as_mut().expect("LayerNorm layers have one");
+                    let mut dx32 = match (&mut layer.dz32, &mut *dz) {
                         (Some(d), _) => d.slice_mut(..n),
                         (None, Buf::F(d)) => d.slice_mut(..n),
                         (None, Buf::H(_)) => unreachable!("a half LayerNorm layer has dz32"),
@@ -505,11 +514,11 @@ pub(crate) fn backward<H: TrainHalf>(
                         db,
                     )?;
                     if let Some(d32) = &layer.dz32 {
-                        H::narrow(gpu, &d32.slice(..n), &mut layer.dz.h(n))?;
+                        H::narrow(gpu, &d32.slice(..n), &mut dz.h(n))?;
                     }
                 }
                 _ if layer.fp8.is_some() && g.is_half() => relu_in_cast = true,
-                _ => match (&g, &mut layer.dz) {
+                _ => match (&g, layer.dz.as_mut().expect("built with the layer's ReLU")) {
                     (View::H(g), Buf::H(dz)) => relu::backward(
                         gpu,
                         g,
@@ -543,31 +552,35 @@ pub(crate) fn backward<H: TrainHalf>(
         };
         let wshape = GemmShape::new(Layout::Wgrad, out, fan_in, b);
         let dshape = GemmShape::new(Layout::Dgrad, b, fan_in, out);
-        let dz = layer.dz.view(n);
         let [gw, gb] = disjoint_mut(grads, [layer.p.w, layer.p.b]);
         // The previous layer receives dX in this layer's dtype.
-        match dz {
-            View::H(dz) if layer.fp8.is_some() => {
-                let bufs = layer.fp8.as_mut().expect("checked");
-                let dx = prev_grad.map(|pg| pg.h(b * fan_in));
-                let src = if relu_in_cast {
-                    let g = match (&layer.grad_conv, &layer.grad_in) {
-                        (Some(conv), _) => conv.view(n),
-                        (None, Some(grad_in)) => grad_in.view(n),
-                        (None, None) => unreachable!("hidden layers have one"),
-                    };
-                    Fp8Grad::Relu {
-                        grad: g.into_h(),
-                        relu_out: layer.out_buf.view(n).into_h(),
-                    }
-                } else {
-                    Fp8Grad::Plain(dz)
+        if let Some(bufs) = layer.fp8.as_mut() {
+            let dx = prev_grad.map(|pg| pg.h(b * fan_in));
+            let src = if relu_in_cast {
+                let g = match (&layer.grad_conv, &layer.grad_in) {
+                    (Some(conv), _) => conv.view(n),
+                    (None, Some(grad_in)) => grad_in.view(n),
+                    (None, None) => unreachable!("hidden layers have one"),
                 };
-                let dbias = (!head_did).then_some(gb);
-                let dims = (b, out, fan_in);
-                gpu_fp8::backward(gpu, fp8_run(fp8)?, bufs, src, dims, gw, dbias, dx)?;
-                layer.wgrad_splits = 1;
-            }
+                Fp8Grad::Relu {
+                    grad: g.into_h(),
+                    relu_out: layer.out_buf.view(n).into_h(),
+                }
+            } else {
+                let dz = layer
+                    .dz
+                    .as_ref()
+                    .expect("only relu_in_cast layers lack one");
+                Fp8Grad::Plain(dz.view(n).into_h())
+            };
+            let dbias = (!head_did).then_some(gb);
+            let dims = (b, out, fan_in);
+            gpu_fp8::backward(gpu, fp8_run(fp8)?, bufs, src, dims, gw, dbias, dx)?;
+            layer.wgrad_splits = 1;
+            continue;
+        }
+        let dz = layer.dz.as_ref().expect("only FP8 layers may lack one");
+        match dz.view(n) {
             View::H(dz) => {
                 layer.wgrad_splits = match &mut layer.wgrad_partials {
                     Some(partials) => gemm_deferred(gpu, wshape, &dz, input.h(), gw, partials)?,
