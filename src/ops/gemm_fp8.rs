@@ -151,8 +151,8 @@ impl Fp8Config {
     }
 }
 
-/// Every configuration: `p256` and `pp128` (the planner's two), `pp64`, then `p256s` and
-/// `pp128s` (`p256` and `pp128` with the TMA-store epilogue).
+/// Every configuration: `p256`, `pp128` (the planner's for small products), `pp64`, then `p256s`
+/// (the planner's for large ones) and `pp128s`: `p256` and `pp128` with the TMA-store epilogue.
 #[doc(hidden)]
 pub const FP8_CONFIGS: [Fp8Config; 5] = [
     Fp8Config {
@@ -223,18 +223,20 @@ pub const FP8_CONFIGS: [Fp8Config; 5] = [
 ];
 
 /// The configuration [`gemm_fp8`] runs for `shape` on `sms` multiprocessors. Measured on an H100
-/// (docs/kernels/gemm_fp8.md): `p256` led at k = 8192 (8192³, 4096×4096×8192), `pp128` at
-/// k = 4096 (8192×4096×4096), where `p256`'s epilogue, which stops both consumers, is a larger
-/// share of each tile. So `p256` for k ≥ 8192 when its 128×256 tiles give every cluster at least
-/// two work units, else `pp128` (small shapes: a rule, not measured).
+/// (docs/kernels/gemm_fp8.md, v2): `p256s` (128×256 tiles, TMA-store epilogue) led or tied every
+/// large shape, deep and shallow K (8192³, 8192×4096×4096, 4096×4096×8192), so it runs wherever its
+/// tiles give every cluster at least two work units; below that `pp128`, whose 128×128 tiles
+/// spread a small product over more clusters (small shapes: a rule, not measured). The launch
+/// takes `p256s`'s plain twin `p256` when the output cannot be written by TMA.
 #[doc(hidden)]
 pub fn plan_fp8(shape: GemmShape, sms: usize) -> Fp8Config {
-    let units = |c: &Fp8Config| shape.m.div_ceil(c.bm).div_ceil(CLUSTER) * shape.n.div_ceil(c.bn);
+    let (p256s, pp128) = (FP8_CONFIGS[3], FP8_CONFIGS[1]);
+    let units = shape.m.div_ceil(p256s.bm).div_ceil(CLUSTER) * shape.n.div_ceil(p256s.bn);
     let clusters = (sms / CLUSTER).max(1);
-    if shape.k >= 8192 && units(&FP8_CONFIGS[0]) >= 2 * clusters {
-        FP8_CONFIGS[0]
+    if units >= 2 * clusters {
+        p256s
     } else {
-        FP8_CONFIGS[1]
+        pp128
     }
 }
 
@@ -481,13 +483,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_planner_takes_p256_at_deep_k_and_pp128_elsewhere() {
+    fn the_planner_takes_p256s_for_large_products_and_pp128_for_small_ones() {
         let plan = |m, n, k| plan_fp8(GemmShape::new(Layout::Forward, m, n, k), 132).name;
-        assert_eq!(plan(8192, 8192, 8192), "p256");
-        assert_eq!(plan(4096, 4096, 8192), "p256");
-        assert_eq!(plan(8192, 4096, 4096), "pp128");
+        assert_eq!(plan(8192, 8192, 8192), "p256s");
+        assert_eq!(plan(4096, 4096, 8192), "p256s");
+        assert_eq!(plan(8192, 4096, 4096), "p256s");
         // Too few 128×256 units for two rounds of 66 clusters.
         assert_eq!(plan(1024, 1024, 8192), "pp128");
+        assert_eq!(plan(4096, 512, 784), "pp128");
         for c in FP8_CONFIGS {
             // A TMA-store config falls back to a plain one with the same tiles.
             let plain = c.plain();
