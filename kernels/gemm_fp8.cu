@@ -34,8 +34,7 @@
 //     round. A piece that stops inside a unit stores its partial sums (f32, one workspace slot
 //     per cluster range, block and consumer) and raises a flag (release); the piece that ends the
 //     unit waits for the flag (acquire), resets it, adds the partial sums and runs the epilogue.
-//     Each cluster runs the piece it leaves unfinished first and the one it finishes from a
-//     neighbour's partial sums last, so the partial sums are ready before they are needed.
+//     Each cluster does its unfinished piece before its finishing ones, so a wait is short.
 // TMA zero-fills past M, N and K, so tails cost no code; K must be a multiple of 16 (the row
 // pitch of a tensor map is a multiple of 16 bytes) and A, B 16-byte aligned: the host checks.
 //
@@ -166,8 +165,6 @@ __device__ __forceinline__ void store_slice_tma(const float (&d)[BN / 2], const 
         }
         fence_proxy_async();
         if (leader) bulk_wait_read();
-        // bar.sync is warp-aligned: warp 0 must arrive converged, not with its lane 0 still waiting.
-        __syncwarp();
         asm volatile("bar.sync %0, 128;\n" ::"r"(bar_id) : "memory");
         if (leader) {
             tma_store(tc, col0 + ch * CW, row0, box);
@@ -199,12 +196,10 @@ struct WorkItem {
 // Item j of cluster c of C (false past the last). Units [0, U - S) are data-parallel, whole,
 // round-robin (every cluster gets the same number: U - S is a multiple of C). The last S units
 // (0 or C + U % C, so each cluster's share is at least one unit's nt k-blocks) are stream-K: their
-// S·nt k-blocks are cut into C equal contiguous ranges [lo, hi), one per cluster. A range holds at
-// most three kinds of piece, run in this order: the head of the unit it stops inside (written to
-// slot c for cluster c + 1, which finishes that unit), the whole units inside it, and the tail of
-// the unit it starts inside (cluster c - 1 wrote that unit's head to slot c - 1). The head runs
-// first and the tail last, so by the time a cluster needs its neighbour's head, the neighbour has
-// long finished it (each head is shorter than any range).
+// S·nt k-blocks are cut into C equal contiguous ranges, one per cluster. A range holds at most one
+// piece that stops inside a unit (its end; the cluster writes it first, into slot c, so cluster
+// c + 1, which finishes that unit, waits as little as possible), then the pieces that end a unit:
+// the first may start inside one (its head is cluster c - 1's slot), the others are whole.
 __device__ __forceinline__ bool work_item(int j, int c, int C, int U, int S, int nt, WorkItem& it) {
     const int dp = U - S;
     const int ndp = c < dp ? (dp - 1 - c) / C + 1 : 0;
@@ -223,16 +218,11 @@ __device__ __forceinline__ bool work_item(int j, int c, int C, int U, int S, int
         }
         --j;
     }
-    const int whole0 = int((lo + nt - 1) / nt), whole = int(hi / nt) - whole0;
-    if (j < whole) {
-        it = WorkItem{dp + whole0 + j, 0, nt, -1, -1};
-        return true;
-    }
-    if (lo % nt != 0 && j == whole) {
-        it = WorkItem{dp + int(lo / nt), int(lo % nt), nt, c - 1, -1};
-        return true;
-    }
-    return false;
+    const int u = int(lo / nt) + j;
+    if (u >= int(hi / nt)) return false;
+    const int kb0 = j == 0 ? int(lo % nt) : 0;
+    it = WorkItem{dp + u, kb0, nt, kb0 > 0 ? c - 1 : -1, -1};
+    return true;
 }
 
 template <int BM, int BN, int STAGES, bool PINGPONG, bool TMA_STORE, int FA, int FB>
@@ -390,7 +380,6 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
                     __threadfence();
                     asm volatile("bar.sync %0, 128;\n" ::"r"(2 + cw) : "memory");
                     if (leader) asm volatile("st.release.gpu.global.u32 [%0], 1;\n" ::"l"(sk_flags + slot) : "memory");
-                    __syncwarp();
                     continue;  // the cluster that ends this unit writes it
                 }
                 if (it.wait_slot >= 0) {
@@ -403,8 +392,6 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
                         // Back to zero for the next launch (nothing else writes this slot in this one).
                         sk_flags[slot] = 0;
                     }
-                    // bar.sync is warp-aligned: warp 0 arrives converged, after its lane 0's wait.
-                    __syncwarp();
                     asm volatile("bar.sync %0, 128;\n" ::"r"(2 + cw) : "memory");
                     const float* p = sk_partials + size_t(slot) * (128 * (BN / 2)) + tix;
 #pragma unroll
