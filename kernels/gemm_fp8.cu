@@ -27,14 +27,7 @@
 //     stored as row segments (16-byte f32 / 8-byte 16-bit stores); or, in the TMA-store configs
 //     (suffix s), rounded from the accumulators into two swizzled 64-row × 128-byte boxes in turn,
 //     each written out by one TMA store while the warps fill the other (half the shared-memory
-//     traffic of the f32 staging for 16-bit output, no global store instructions, no tail code);
-//   - stream-K tail (cooperative configs, when the host asks: sk_units > 0): whole units fill
-//     all but the last one or two rounds; the k-blocks of the remaining sk_units units are cut
-//     into one equal range per cluster (work_item), so no cluster idles through a partial last
-//     round. A piece that stops inside a unit stores its partial sums (f32, one workspace slot
-//     per cluster range, block and consumer) and raises a flag (release); the piece that ends the
-//     unit waits for the flag (acquire), resets it, adds the partial sums and runs the epilogue.
-//     Each cluster does its unfinished piece before its finishing ones, so a wait is short.
+//     traffic of the f32 staging for 16-bit output, no global store instructions, no tail code).
 // TMA zero-fills past M, N and K, so tails cost no code; K must be a multiple of 16 (the row
 // pitch of a tensor map is a multiple of 16 bytes) and A, B 16-byte aligned: the host checks.
 //
@@ -186,51 +179,11 @@ __device__ __forceinline__ int2 unit_at(int u, int rank, int M, int N, int group
     return make_int2((2 * pr + rank) * BM, tn * BN);
 }
 
-// One piece of work of a cluster: k-blocks [kb0, kb1) of work unit `unit`. A stream-K piece that
-// stops before the unit's last k-block leaves its partial sums in workspace slot `write_slot`;
-// the piece that ends the unit adds slot `wait_slot` (if >= 0) before its epilogue.
-struct WorkItem {
-    int unit, kb0, kb1, wait_slot, write_slot;
-};
-
-// Item j of cluster c of C (false past the last). Units [0, U - S) are data-parallel, whole,
-// round-robin (every cluster gets the same number: U - S is a multiple of C). The last S units
-// (0 or C + U % C, so each cluster's share is at least one unit's nt k-blocks) are stream-K: their
-// S·nt k-blocks are cut into C equal contiguous ranges, one per cluster. A range holds at most one
-// piece that stops inside a unit (its end; the cluster writes it first, into slot c, so cluster
-// c + 1, which finishes that unit, waits as little as possible), then the pieces that end a unit:
-// the first may start inside one (its head is cluster c - 1's slot), the others are whole.
-__device__ __forceinline__ bool work_item(int j, int c, int C, int U, int S, int nt, WorkItem& it) {
-    const int dp = U - S;
-    const int ndp = c < dp ? (dp - 1 - c) / C + 1 : 0;
-    if (j < ndp) {
-        it = WorkItem{c + j * C, 0, nt, -1, -1};
-        return true;
-    }
-    j -= ndp;
-    if (S == 0) return false;
-    const long long total = (long long)S * nt;
-    const long long lo = total * c / C, hi = total * (c + 1) / C;
-    if (hi % nt != 0) {
-        if (j == 0) {
-            it = WorkItem{dp + int(hi / nt), 0, int(hi % nt), -1, c};
-            return true;
-        }
-        --j;
-    }
-    const int u = int(lo / nt) + j;
-    if (u >= int(hi / nt)) return false;
-    const int kb0 = j == 0 ? int(lo % nt) : 0;
-    it = WorkItem{dp + u, kb0, nt, kb0 > 0 ? c - 1 : -1, -1};
-    return true;
-}
-
 template <int BM, int BN, int STAGES, bool PINGPONG, bool TMA_STORE, int FA, int FB>
 __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& tb, const TensorMap& tc, void* C,
                                          const float* bias, const float* a_scale_inv,
                                          const float* b_scale_inv, int M, int N, int K,
-                                         int out_kind, int group_m, int sk_units, float* sk_partials,
-                                         unsigned* sk_flags) {
+                                         int out_kind, int group_m) {
     // Bit 2 of out_kind asks for a ReLU after the bias (the training step's hidden layers).
     const bool relu = (out_kind & OUT_RELU) != 0;
     out_kind &= ~OUT_RELU;
@@ -285,10 +238,9 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
             asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&tb)) : "memory");
             if (TMA_STORE) asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&tc)) : "memory");
             int s = 0, phase = 0;
-            WorkItem it;
-            for (int j = 0; work_item(j, first_unit, stride, units, sk_units, nt, it); ++j) {
-                const int2 t = unit_at<BM, BN>(it.unit, rank, M, N, group);
-                for (int i = it.kb0; i < it.kb1; ++i) {
+            for (int u = first_unit; u < units; u += stride) {
+                const int2 t = unit_at<BM, BN>(u, rank, M, N, group);
+                for (int i = 0; i < nt; ++i) {
                     mbar_wait(empty(s), phase ^ 1);
                     mbar_expect_tx(full(s), STAGE_BYTES);
                     const int k0 = i * BK;
@@ -319,16 +271,15 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
         };
         uint32_t nbox = 0;  // TMA-store boxes this consumer has filled (which box is next)
         int s = 0, phase = 0;
-        WorkItem it;
-        for (int j = 0; work_item(j, first_unit, stride, units, sk_units, nt, it); ++j) {
+        for (int u = first_unit, j = 0; u < units; u += stride, ++j) {
             if (PINGPONG && j % 2 != cw) {
                 // The other consumer's unit: skip its stages in the ring.
-                s += it.kb1 - it.kb0;
+                s += nt;
                 phase ^= (s / STAGES) & 1;
                 s %= STAGES;
                 continue;
             }
-            const int2 t = unit_at<BM, BN>(it.unit, rank, M, N, group);
+            const int2 t = unit_at<BM, BN>(u, rank, M, N, group);
             float d[SLICES][BN / 2];
 #pragma unroll
             for (int h = 0; h < SLICES; ++h)
@@ -337,7 +288,7 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
             // Ping-pong: this consumer's n-th unit starts after the other's unit before it.
             if (PINGPONG && j > 0) mbar_wait(order(cw), (j / 2 - (cw == 0 ? 1 : 0)) & 1);
             int prev = -1;
-            for (int i = it.kb0; i < it.kb1; ++i) {
+            for (int i = 0; i < nt; ++i) {
                 mbar_wait(full(s), phase);
                 wgmma_fence();
 #pragma unroll
@@ -366,38 +317,6 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
             }
             wgmma_wait<0>();
             if (prev >= 0) release(prev);
-
-            if constexpr (!PINGPONG) {
-                // Stream-K: this consumer's 64×BN slice of partial sums, one slot per (cluster
-                // range, block, consumer), stored in the accumulators' own order (coalesced).
-                const bool leader = warp == 0 && lane == 0;
-                const int tix = ctid % 128;
-                if (it.write_slot >= 0) {
-                    const int slot = (it.write_slot * CLUSTER + rank) * 2 + cw;
-                    float* p = sk_partials + size_t(slot) * (128 * (BN / 2)) + tix;
-#pragma unroll
-                    for (int i = 0; i < BN / 2; ++i) __stcg(p + 128 * i, d[0][i]);
-                    __threadfence();
-                    asm volatile("bar.sync %0, 128;\n" ::"r"(2 + cw) : "memory");
-                    if (leader) asm volatile("st.release.gpu.global.u32 [%0], 1;\n" ::"l"(sk_flags + slot) : "memory");
-                    continue;  // the cluster that ends this unit writes it
-                }
-                if (it.wait_slot >= 0) {
-                    const int slot = (it.wait_slot * CLUSTER + rank) * 2 + cw;
-                    if (leader) {
-                        unsigned ready = 0;
-                        do {
-                            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(ready) : "l"(sk_flags + slot) : "memory");
-                        } while (ready == 0);
-                        // Back to zero for the next launch (nothing else writes this slot in this one).
-                        sk_flags[slot] = 0;
-                    }
-                    asm volatile("bar.sync %0, 128;\n" ::"r"(2 + cw) : "memory");
-                    const float* p = sk_partials + size_t(slot) * (128 * (BN / 2)) + tix;
-#pragma unroll
-                    for (int i = 0; i < BN / 2; ++i) d[0][i] += __ldcg(p + 128 * i);
-                }
-            }
 
             if constexpr (TMA_STORE) {
                 const uint32_t s_out = sEpi + cw * 2 * OUT_BOX_BYTES;
@@ -480,16 +399,15 @@ using namespace gemm_fp8_detail;
 // A and 128 K × BN/2 rows for B, 128-byte swizzle), the tensor map of D (TMA-store configs: boxes
 // of 128 bytes × 64 rows, 128-byte swizzle; unread by the others), D, bias (may be null), the two
 // inverse scales (one f32 each, device memory), M, N, K, out_kind (0 f32, 1 f16, 2 bf16, | 4 for
-// the ReLU), pair-rows per raster group, the stream-K units (0: none; cooperative configs only),
-// the stream-K partial-sum slots and their flags (zero between launches).
+// the ReLU), pair-rows per raster group.
 #define AMPKIT_GEMM_FP8(NAME, BM, BN, ST, PP, TS, FA, FB)                                            \
     extern "C" __global__ void __cluster_dims__(CLUSTER, 1, 1) __launch_bounds__(THREADS, 1)       \
         NAME(const __grid_constant__ TensorMap ta, const __grid_constant__ TensorMap tb,            \
              const __grid_constant__ TensorMap tc, void* C, const float* bias,                      \
              const float* a_scale_inv, const float* b_scale_inv, int M, int N, int K, int out_kind, \
-             int group_m, int sk_units, float* sk_partials, unsigned* sk_flags) {                   \
+             int group_m) {                                                                         \
         gemm_fp8<BM, BN, ST, PP, TS, FA, FB>(ta, tb, tc, C, bias, a_scale_inv, b_scale_inv, M, N,   \
-                                             K, out_kind, group_m, sk_units, sk_partials, sk_flags); \
+                                             K, out_kind, group_m);                                 \
     }
 #define AMPKIT_GEMM_FP8_FORMATS(CFG, BM, BN, ST, PP, TS)                           \
     AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e4e4, BM, BN, ST, PP, TS, FP8_E4M3, FP8_E4M3) \

@@ -20,10 +20,7 @@
 //! worst seen on an H100 was 0.36 of that) and the relative L2 error to 1e-2; sums whose partial
 //! results fit in 11 bits come out exact, bit for bit after the output's rounding.
 //! The epilogue is one f32 `fma(acc, scale, bias)` and one rounding to nearest even to the output
-//! type. Results are deterministic on a given GPU (fixed instruction order, no atomics). Where
-//! the last rounds of tiles run stream-K (large products on the cooperative configs, see
-//! [`stream_k_units`]), a tile's sum is two partial sums over consecutive k ranges added in a
-//! fixed order, at split points set by the shape and the number of SMs.
+//! type. Results are deterministic (fixed instruction order, no atomics).
 //!
 //! # Requirements
 //!
@@ -125,9 +122,6 @@ pub struct Fp8Config {
     pub bn: usize,
     /// Pipeline stages.
     pub stages: usize,
-    /// Whether both consumers share each tile (cooperative), which lets the last rounds of work
-    /// units run stream-K ([`stream_k_units`]); the ping-pong configs walk whole units.
-    pub cooperative: bool,
     /// Whether the epilogue writes D with TMA stores (D 16-byte aligned with a row pitch that is a
     /// multiple of 16 bytes; otherwise the launch takes the same tiles' plain config).
     pub tma_store: bool,
@@ -152,11 +146,7 @@ impl Fp8Config {
     fn plain(self) -> Fp8Config {
         FP8_CONFIGS
             .into_iter()
-            .find(|c| {
-                !c.tma_store
-                    && (c.bm, c.bn, c.stages, c.cooperative)
-                        == (self.bm, self.bn, self.stages, self.cooperative)
-            })
+            .find(|c| !c.tma_store && (c.bm, c.bn, c.stages) == (self.bm, self.bn, self.stages))
             .unwrap_or(self)
     }
 }
@@ -167,7 +157,6 @@ impl Fp8Config {
 pub const FP8_CONFIGS: [Fp8Config; 5] = [
     Fp8Config {
         name: "p256",
-        cooperative: true,
         tma_store: false,
         bm: 128,
         bn: 256,
@@ -181,7 +170,6 @@ pub const FP8_CONFIGS: [Fp8Config; 5] = [
     },
     Fp8Config {
         name: "pp128",
-        cooperative: false,
         tma_store: false,
         bm: 128,
         bn: 128,
@@ -195,7 +183,6 @@ pub const FP8_CONFIGS: [Fp8Config; 5] = [
     },
     Fp8Config {
         name: "pp64",
-        cooperative: false,
         tma_store: false,
         bm: 64,
         bn: 256,
@@ -209,7 +196,6 @@ pub const FP8_CONFIGS: [Fp8Config; 5] = [
     },
     Fp8Config {
         name: "p256s",
-        cooperative: true,
         tma_store: true,
         bm: 128,
         bn: 256,
@@ -223,7 +209,6 @@ pub const FP8_CONFIGS: [Fp8Config; 5] = [
     },
     Fp8Config {
         name: "pp128s",
-        cooperative: false,
         tma_store: true,
         bm: 128,
         bn: 128,
@@ -284,33 +269,6 @@ pub fn gemm_fp8<C: Fp8Output>(
         bias,
         c,
     )
-}
-
-/// Fewest k-blocks (of 128) per work unit for a stream-K tail: below it, a piece's partial sums
-/// (64 KB stored by each consumer, reloaded by the one that finishes the unit) cost too large a
-/// share of the piece's loads.
-const STREAM_K_MIN_K_BLOCKS: usize = 4;
-
-/// How many of `shape`'s work units (pairs of vertically adjacent tiles) `config` runs stream-K
-/// on `sms` multiprocessors: 0, or, for a cooperative config whose U units leave the last round
-/// of the C clusters partly idle (U > C, U mod C ≠ 0, at least four k-blocks per unit), the last
-/// C + U mod C units, whose k-blocks are then cut into C equal ranges, one per cluster (the
-/// others stay whole, C per round). For ampkit's tests and benchmarks; not part of the stable
-/// API.
-#[doc(hidden)]
-pub fn stream_k_units(config: Fp8Config, shape: GemmShape, sms: usize) -> usize {
-    let units = shape.m.div_ceil(config.bm).div_ceil(CLUSTER) * shape.n.div_ceil(config.bn);
-    let clusters = (sms / CLUSTER).clamp(1, units.max(1));
-    let k_blocks = shape.k.div_ceil(BK);
-    if config.cooperative
-        && units > clusters
-        && units % clusters != 0
-        && k_blocks >= STREAM_K_MIN_K_BLOCKS
-    {
-        clusters + units % clusters
-    } else {
-        0
-    }
 }
 
 fn invalid(detail: String) -> Error {
@@ -492,9 +450,7 @@ fn launch<C: Fp8Output>(
         ta
     };
     let units = m.div_ceil(config.bm).div_ceil(CLUSTER) * n.div_ceil(config.bn);
-    let sms = gpu.info().multiprocessors;
-    let clusters = (sms / CLUSTER).clamp(1, units);
-    let sk_units = stream_k_units(config, shape, sms);
+    let clusters = (gpu.info().multiprocessors / CLUSTER).clamp(1, units);
     let cfg = LaunchConfig {
         grid: ((clusters * CLUSTER) as u32, 1, 1),
         block: (384, 1, 1),
@@ -511,51 +467,15 @@ fn launch<C: Fp8Output>(
     args.push(m as i32).push(n as i32).push(k as i32);
     // Bit 2 of out_kind: the ReLU epilogue (OUT_RELU in the kernel).
     args.push(C::KIND | if relu { 4 } else { 0 }).push(GROUP_M);
-    if sk_units == 0 {
-        args.push(0i32).push(0u64).push(0u64);
-        // SAFETY: the arguments follow the kernel's signature; check_args proved the buffers'
-        // lengths, the maps are built from them (TMA clips every box to M, N and K), C's map only
-        // for a 16-byte aligned base and pitch (else the plain epilogue, which bounds-checks every
-        // store); the guards above keep every buffer alive past the launch; no stream-K, so the
-        // workspace pointers are never read; the grid is 2 × clusters.
-        return unsafe { launch_with(gpu, kernel, cfg, &args) };
-    }
-    // Stream-K: one slot of partial sums per (cluster range, block, consumer): 128 threads ×
-    // bn/2 f32 accumulators, and one u32 flag each. The flags are zero between launches (the
-    // finishing consumer puts each back), as `with_counters` requires; the partials need no
-    // initial value (each is written before its flag is raised).
-    // Scratch before counters, the order every op that takes both locks them in (ops::head).
-    let slots = clusters * CLUSTER * 2;
-    gpu.with_scratch(slots * 128 * (config.bn / 2) * 4, |partials| {
-        gpu.with_counters(slots * 4, |flags| {
-            args.push(sk_units as i32).push(partials).push(flags);
-            // SAFETY: as for the launch without stream-K above; and `partials` holds `slots` =
-            // 4 × clusters slots, `flags` as many zeroed u32, both this handle's buffers, ordered
-            // on its stream (no other launch uses them while this one runs).
-            unsafe { launch_with(gpu, kernel, cfg, &args) }
-        })
-    })
-}
-
-/// Launches `kernel` of the FP8 module with `args`.
-///
-/// # Safety
-/// `args` must match gemm_fp8_<config>_<formats>(TensorMap ta, TensorMap tb, TensorMap tc,
-/// void* C, const float* bias, const float* a_scale_inv, const float* b_scale_inv, int M, int N,
-/// int K, int out_kind, int group_m, int sk_units, float* sk_partials, unsigned* sk_flags) and
-/// describe live memory until the kernel has finished: tensor maps of exactly A (M × K bytes), B
-/// (N × K bytes) and, for a TMA-store kernel, C (16-byte aligned base and row pitch); C holding
-/// M·N elements of the out_kind type; bias (or null) N f32; each scale one f32; with sk_units > 0,
-/// 2·grid slots of 128·BN/2 f32 in sk_partials and 2·grid zeroed u32 in sk_flags. The grid
-/// must be a multiple of the compiled cluster size (2).
-unsafe fn launch_with(
-    gpu: &Gpu,
-    kernel: &'static str,
-    cfg: LaunchConfig,
-    args: &KernelArgs,
-) -> Result<()> {
-    // SAFETY: the caller's contract above.
-    unsafe { gpu.launch(&kernels::GEMM_FP8, kernel, cfg, args) }
+    // SAFETY: gemm_fp8_<config>_<formats>(TensorMap ta, TensorMap tb, TensorMap tc, void* C,
+    // const float* bias, const float* a_scale_inv, const float* b_scale_inv, int M, int N, int K,
+    // int out_kind, int group_m) matches the arguments. The tensor maps describe exactly A (m × k
+    // bytes), B (n × k bytes) and, for a TMA-store config, C (m × n elements of C, 16-byte
+    // aligned base and pitch as checked above); check_args proved those lengths and TMA clips
+    // every box to them; C holds m·n elements of the out_kind type and the plain epilogue
+    // bounds-checks every store; bias holds n f32 and each scale one; the grid is a multiple of
+    // the compiled cluster size (2). The guards above outlive the launch.
+    unsafe { gpu.launch(&kernels::GEMM_FP8, kernel, cfg, &args) }
 }
 
 #[cfg(test)]
@@ -571,22 +491,6 @@ mod tests {
         // Too few 128×256 units for two rounds of 66 clusters.
         assert_eq!(plan(1024, 1024, 8192), "pp128");
         assert_eq!(plan(4096, 512, 784), "pp128");
-        let sk = |cfg: usize, m, n, k| {
-            stream_k_units(
-                FP8_CONFIGS[cfg],
-                GemmShape::new(Layout::Forward, m, n, k),
-                132,
-            )
-        };
-        // 1024, 512 and 256 units on 66 clusters: the last 66 + U mod 66 run stream-K.
-        assert_eq!(sk(3, 8192, 8192, 8192), 66 + 1024 % 66);
-        assert_eq!(sk(3, 8192, 4096, 4096), 66 + 512 % 66);
-        assert_eq!(sk(0, 4096, 4096, 8192), 66 + 256 % 66);
-        // Ping-pong configs, whole rounds, one unit's k-blocks too few, fewer units than clusters.
-        assert_eq!(sk(1, 8192, 8192, 8192), 0);
-        assert_eq!(sk(3, 2816, 3072, 8192), 0);
-        assert_eq!(sk(3, 8192, 8192, 384), 0);
-        assert_eq!(sk(3, 1024, 1024, 8192), 0);
         for c in FP8_CONFIGS {
             // A TMA-store config falls back to a plain one with the same tiles.
             let plain = c.plain();
