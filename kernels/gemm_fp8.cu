@@ -38,6 +38,8 @@
 //   pp128s, p256s: pp128 and p256 with the TMA-store epilogue (2 × 2 × 8 KB boxes instead of
 //   2 × 10 KB staging buffers): 225 KB; the host takes them only when D's base is 16-byte aligned
 //   and its row pitch a multiple of 16 bytes (TMA's rule), else the plain config.
+//   p256s3: p256s with 3 stages and a ring of 4 boxes per consumer (a whole 64×256 slice of
+//   16-bit output), 209 KB: the epilogue never waits for a TMA store to read its box.
 // Launch: grid (2·clusters, 1, 1), at most one block per SM, 384 threads, cluster dims (2,1,1)
 // compiled in; dynamic shared memory as above (including 1 KB to align the tiles to the
 // 128-byte swizzle's 1024-byte period).
@@ -105,11 +107,13 @@ constexpr int OUT_BOX_BYTES = 64 * 128;  // one TMA-store box: 64 rows × 128 by
 
 // The TMA-store epilogue of one consumer's 64-row slice (rows row0.., columns col0..col0+BN-1):
 // each box of 64 rows × 128 bytes (CW = 128 / ESZ columns) is scaled, biased, ReLU'd and rounded
-// straight from the accumulators into one of the consumer's two swizzled staging boxes, then one
-// thread stores it with TMA (clipped to M and N) while the warps fill the other box. Before the
-// warpgroup's barrier of box i that thread waits until box i-1's store has read its staging box,
-// so box i+1 may overwrite it; the consumer never waits for a store to reach global memory.
-template <int ESZ, int BN>
+// straight from the accumulators into the next of the consumer's RING swizzled staging boxes,
+// then one thread stores it with TMA (clipped to M and N) while the warps fill the next box.
+// Before the warpgroup's barrier of box i that thread waits until the store of box i+1-RING has
+// read its staging box, so box i+1 may overwrite it: with two boxes, the store issued just
+// before; with a ring as deep as a slice (RING = BN / CW), a store of the previous tile, long
+// done. The consumer never waits for a store to reach global memory.
+template <int ESZ, int BN, int RING>
 __device__ __forceinline__ void store_slice_tma(const float (&d)[BN / 2], const TensorMap& tc,
                                                 uint32_t s_out, uint32_t& nbox, int out_kind,
                                                 bool relu, float scale, const float* bias,
@@ -123,7 +127,7 @@ __device__ __forceinline__ void store_slice_tma(const float (&d)[BN / 2], const 
 #pragma unroll
     for (int ch = 0; ch < BN / CW; ++ch) {
         if (col0 + ch * CW >= N) break;  // uniform: the tile's last columns are past N
-        const uint32_t box = s_out + (nbox & 1) * OUT_BOX_BYTES;
+        const uint32_t box = s_out + (nbox % RING) * OUT_BOX_BYTES;
 #pragma unroll
         for (int qq = 0; qq < CW / 8; ++qq) {
             const int q = ch * (CW / 8) + qq, gc = col0 + ch * CW + 8 * qq + c;
@@ -157,7 +161,7 @@ __device__ __forceinline__ void store_slice_tma(const float (&d)[BN / 2], const 
             }
         }
         fence_proxy_async();
-        if (leader) bulk_wait_read();
+        if (leader) bulk_wait_read_allow<RING - 2>();
         asm volatile("bar.sync %0, 128;\n" ::"r"(bar_id) : "memory");
         if (leader) {
             tma_store(tc, col0 + ch * CW, row0, box);
@@ -179,7 +183,7 @@ __device__ __forceinline__ int2 unit_at(int u, int rank, int M, int N, int group
     return make_int2((2 * pr + rank) * BM, tn * BN);
 }
 
-template <int BM, int BN, int STAGES, bool PINGPONG, bool TMA_STORE, int FA, int FB>
+template <int BM, int BN, int STAGES, bool PINGPONG, bool TMA_STORE, int RING, int FA, int FB>
 __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& tb, const TensorMap& tc, void* C,
                                          const float* bias, const float* a_scale_inv,
                                          const float* b_scale_inv, int M, int N, int K,
@@ -201,8 +205,9 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
     // the multicast loads and remote arrives rely on it.
     const uint32_t base = (smem_addr(smem_raw) + 1023) & ~1023u;
     const uint32_t sA = base, sB = base + STAGES * A_BYTES, sEpi = sB + STAGES * B_BYTES;
-    // Per consumer: one f32 staging buffer, or two swizzled TMA-store boxes.
-    constexpr int EPI_REGION = TMA_STORE ? 2 * 2 * OUT_BOX_BYTES : 2 * EPI_BYTES;
+    // Per consumer: one f32 staging buffer, or a ring of RING swizzled TMA-store boxes.
+    static_assert(!TMA_STORE || RING >= 2, "a TMA-store ring needs two boxes at least");
+    constexpr int EPI_REGION = TMA_STORE ? 2 * RING * OUT_BOX_BYTES : 2 * EPI_BYTES;
     const uint32_t bars = sEpi + EPI_REGION;  // full[STAGES], empty[STAGES], order[2]
     auto full = [&](int s) { return bars + 8 * s; };
     auto empty = [&](int s) { return bars + 8 * (STAGES + s); };
@@ -319,16 +324,16 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
             if (prev >= 0) release(prev);
 
             if constexpr (TMA_STORE) {
-                const uint32_t s_out = sEpi + cw * 2 * OUT_BOX_BYTES;
+                const uint32_t s_out = sEpi + cw * RING * OUT_BOX_BYTES;
 #pragma unroll
                 for (int h = 0; h < SLICES; ++h) {
                     const int row0 = t.x + 64 * (PINGPONG ? h : cw);
                     if (row0 >= M) continue;  // the pad block of an odd number of tile-rows
                     if (out_kind == OUT_F32) {
-                        store_slice_tma<4, BN>(d[h], tc, s_out, nbox, out_kind, relu, scale, bias, row0,
+                        store_slice_tma<4, BN, RING>(d[h], tc, s_out, nbox, out_kind, relu, scale, bias, row0,
                                                t.y, N, warp, lane, 2 + cw);
                     } else {
-                        store_slice_tma<2, BN>(d[h], tc, s_out, nbox, out_kind, relu, scale, bias, row0,
+                        store_slice_tma<2, BN, RING>(d[h], tc, s_out, nbox, out_kind, relu, scale, bias, row0,
                                                t.y, N, warp, lane, 2 + cw);
                     }
                 }
@@ -399,25 +404,28 @@ using namespace gemm_fp8_detail;
 // A and 128 K × BN/2 rows for B, 128-byte swizzle), the tensor map of D (TMA-store configs: boxes
 // of 128 bytes × 64 rows, 128-byte swizzle; unread by the others), D, bias (may be null), the two
 // inverse scales (one f32 each, device memory), M, N, K, out_kind (0 f32, 1 f16, 2 bf16, | 4 for
-// the ReLU), pair-rows per raster group.
-#define AMPKIT_GEMM_FP8(NAME, BM, BN, ST, PP, TS, FA, FB)                                            \
+// the ReLU), pair-rows per raster group. RING: 0 for the f32-staging epilogue, else the TMA-store
+// boxes per consumer.
+#define AMPKIT_GEMM_FP8(NAME, BM, BN, ST, PP, RING, FA, FB)                                          \
     extern "C" __global__ void __cluster_dims__(CLUSTER, 1, 1) __launch_bounds__(THREADS, 1)       \
         NAME(const __grid_constant__ TensorMap ta, const __grid_constant__ TensorMap tb,            \
              const __grid_constant__ TensorMap tc, void* C, const float* bias,                      \
              const float* a_scale_inv, const float* b_scale_inv, int M, int N, int K, int out_kind, \
              int group_m) {                                                                         \
-        gemm_fp8<BM, BN, ST, PP, TS, FA, FB>(ta, tb, tc, C, bias, a_scale_inv, b_scale_inv, M, N,   \
-                                             K, out_kind, group_m);                                 \
+        gemm_fp8<BM, BN, ST, PP, (RING > 0), (RING > 0 ? RING : 2), FA, FB>(                       \
+            ta, tb, tc, C, bias, a_scale_inv, b_scale_inv, M, N, K, out_kind, group_m);             \
     }
-#define AMPKIT_GEMM_FP8_FORMATS(CFG, BM, BN, ST, PP, TS)                           \
-    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e4e4, BM, BN, ST, PP, TS, FP8_E4M3, FP8_E4M3) \
-    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e4e5, BM, BN, ST, PP, TS, FP8_E4M3, FP8_E5M2) \
-    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e5e4, BM, BN, ST, PP, TS, FP8_E5M2, FP8_E4M3) \
-    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e5e5, BM, BN, ST, PP, TS, FP8_E5M2, FP8_E5M2)
+#define AMPKIT_GEMM_FP8_FORMATS(CFG, BM, BN, ST, PP, RING)                           \
+    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e4e4, BM, BN, ST, PP, RING, FP8_E4M3, FP8_E4M3) \
+    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e4e5, BM, BN, ST, PP, RING, FP8_E4M3, FP8_E5M2) \
+    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e5e4, BM, BN, ST, PP, RING, FP8_E5M2, FP8_E4M3) \
+    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e5e5, BM, BN, ST, PP, RING, FP8_E5M2, FP8_E5M2)
 
 // Register budget: 128·40 + 256·232 = 64512 of 65536 for the one block per SM.
-AMPKIT_GEMM_FP8_FORMATS(pp128, 128, 128, 6, true, false)
-AMPKIT_GEMM_FP8_FORMATS(p256, 128, 256, 4, false, false)
-AMPKIT_GEMM_FP8_FORMATS(pp64, 64, 256, 5, true, false)
-AMPKIT_GEMM_FP8_FORMATS(pp128s, 128, 128, 6, true, true)
-AMPKIT_GEMM_FP8_FORMATS(p256s, 128, 256, 4, false, true)
+AMPKIT_GEMM_FP8_FORMATS(pp128, 128, 128, 6, true, 0)
+AMPKIT_GEMM_FP8_FORMATS(p256, 128, 256, 4, false, 0)
+AMPKIT_GEMM_FP8_FORMATS(pp64, 64, 256, 5, true, 0)
+AMPKIT_GEMM_FP8_FORMATS(pp128s, 128, 128, 6, true, 2)
+AMPKIT_GEMM_FP8_FORMATS(p256s, 128, 256, 4, false, 2)
+// A ring as deep as a bf16 slice (4 boxes) for one stage less: no epilogue waits on TMA reads.
+AMPKIT_GEMM_FP8_FORMATS(p256s3, 128, 256, 3, false, 4)

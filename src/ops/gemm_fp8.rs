@@ -125,6 +125,8 @@ pub struct Fp8Config {
     /// Whether the epilogue writes D with TMA stores (D 16-byte aligned with a row pitch that is a
     /// multiple of 16 bytes; otherwise the launch takes the same tiles' plain config).
     pub tma_store: bool,
+    /// TMA-store boxes (64 rows × 128 bytes) per consumer; unused without `tma_store`.
+    pub ring: usize,
     /// Entry points for A×B formats E4M3×E4M3, E4M3×E5M2, E5M2×E4M3, E5M2×E5M2.
     pub kernels: [&'static str; 4],
 }
@@ -135,7 +137,7 @@ impl Fp8Config {
     /// the swizzle's period.
     pub fn shared_bytes(&self) -> usize {
         let epilogue = if self.tma_store {
-            2 * 2 * 64 * 128
+            2 * self.ring * 64 * 128
         } else {
             2 * 64 * 40 * 4
         };
@@ -146,18 +148,20 @@ impl Fp8Config {
     fn plain(self) -> Fp8Config {
         FP8_CONFIGS
             .into_iter()
-            .find(|c| !c.tma_store && (c.bm, c.bn, c.stages) == (self.bm, self.bn, self.stages))
+            .find(|c| !c.tma_store && (c.bm, c.bn) == (self.bm, self.bn))
             .unwrap_or(self)
     }
 }
 
 /// Every configuration: `p256`, `pp128` (the planner's for small products), `pp64`, then `p256s`
-/// (the planner's for large ones) and `pp128s`: `p256` and `pp128` with the TMA-store epilogue.
+/// (the planner's for large ones) and `pp128s`: `p256` and `pp128` with the TMA-store epilogue;
+/// `p256s3`: `p256s` with one stage less and four TMA-store boxes per consumer.
 #[doc(hidden)]
-pub const FP8_CONFIGS: [Fp8Config; 5] = [
+pub const FP8_CONFIGS: [Fp8Config; 6] = [
     Fp8Config {
         name: "p256",
         tma_store: false,
+        ring: 0,
         bm: 128,
         bn: 256,
         stages: 4,
@@ -171,6 +175,7 @@ pub const FP8_CONFIGS: [Fp8Config; 5] = [
     Fp8Config {
         name: "pp128",
         tma_store: false,
+        ring: 0,
         bm: 128,
         bn: 128,
         stages: 6,
@@ -184,6 +189,7 @@ pub const FP8_CONFIGS: [Fp8Config; 5] = [
     Fp8Config {
         name: "pp64",
         tma_store: false,
+        ring: 0,
         bm: 64,
         bn: 256,
         stages: 5,
@@ -197,6 +203,7 @@ pub const FP8_CONFIGS: [Fp8Config; 5] = [
     Fp8Config {
         name: "p256s",
         tma_store: true,
+        ring: 2,
         bm: 128,
         bn: 256,
         stages: 4,
@@ -210,6 +217,7 @@ pub const FP8_CONFIGS: [Fp8Config; 5] = [
     Fp8Config {
         name: "pp128s",
         tma_store: true,
+        ring: 2,
         bm: 128,
         bn: 128,
         stages: 6,
@@ -218,6 +226,20 @@ pub const FP8_CONFIGS: [Fp8Config; 5] = [
             "gemm_fp8_pp128s_e4e5",
             "gemm_fp8_pp128s_e5e4",
             "gemm_fp8_pp128s_e5e5",
+        ],
+    },
+    Fp8Config {
+        name: "p256s3",
+        tma_store: true,
+        ring: 4,
+        bm: 128,
+        bn: 256,
+        stages: 3,
+        kernels: [
+            "gemm_fp8_p256s3_e4e4",
+            "gemm_fp8_p256s3_e4e5",
+            "gemm_fp8_p256s3_e5e4",
+            "gemm_fp8_p256s3_e5e5",
         ],
     },
 ];
@@ -499,7 +521,7 @@ mod tests {
                 "{}: no plain config with its tiles",
                 c.name
             );
-            assert_eq!((plain.bm, plain.bn, plain.stages), (c.bm, c.bn, c.stages));
+            assert_eq!((plain.bm, plain.bn), (c.bm, c.bn));
             assert!(
                 c.shared_bytes() <= 227 * 1024,
                 "{}: {}",
