@@ -105,14 +105,60 @@ __device__ __forceinline__ void store4(void* C, int out_kind, int N, int row, in
 
 constexpr int OUT_BOX_BYTES = 64 * 128;  // one TMA-store box: 64 rows × 128 bytes, 128-byte swizzle
 
-// The TMA-store epilogue of one consumer's 64-row slice (rows row0.., columns col0..col0+BN-1):
-// each box of 64 rows × 128 bytes (CW = 128 / ESZ columns) is scaled, biased, ReLU'd and rounded
-// straight from the accumulators into the next of the consumer's RING swizzled staging boxes,
-// then one thread stores it with TMA (clipped to M and N) while the warps fill the next box.
-// Before the warpgroup's barrier of box i that thread waits until the store of box i+1-RING has
-// read its staging box, so box i+1 may overwrite it: with two boxes, the store issued just
-// before; with a ring as deep as a slice (RING = BN / CW), a store of the previous tile, long
-// done. The consumer never waits for a store to reach global memory.
+// Box `ch` of a consumer's 64-row slice (CW = 128 / ESZ columns from col0 + ch·CW): scaled,
+// biased, ReLU'd and rounded from the accumulators into the swizzled staging box at `box`.
+// wgmma m64nN accumulators: rows 16w + lane/4 (+8), columns 8q + 2·(lane%4) (+1) in d[4q..4q+3].
+// Row r of a box starts at 128·r; its 16-byte unit u sits at u ^ (r % 8).
+template <int ESZ, int BN>
+__device__ __forceinline__ void fill_box(const float (&d)[BN / 2], uint32_t box, int ch, int out_kind,
+                                         bool relu, float scale, const float* bias, int col0, int N,
+                                         int warp, int lane) {
+    constexpr int CW = 128 / ESZ;
+    const int r = 16 * warp + lane / 4, c = 2 * (lane % 4);
+#pragma unroll
+    for (int qq = 0; qq < CW / 8; ++qq) {
+        const int q = ch * (CW / 8) + qq, gc = col0 + ch * CW + 8 * qq + c;
+        const float b0 = (bias && gc < N) ? bias[gc] : 0.f;
+        const float b1 = (bias && gc + 1 < N) ? bias[gc + 1] : 0.f;
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+            const int row = r + 8 * hf;
+            float v0 = fmaf(d[4 * q + 2 * hf], scale, b0), v1 = fmaf(d[4 * q + 2 * hf + 1], scale, b1);
+            if (relu) {
+                // As gemm_epilogue.cuh's ReLU: NaN kept, everything not above 0 → +0.
+                v0 = (v0 > 0.f || isnan(v0)) ? v0 : 0.f;
+                v1 = (v1 > 0.f || isnan(v1)) ? v1 : 0.f;
+            }
+            if constexpr (ESZ == 4) {
+                const uint32_t unit = 2 * qq + (lane % 4) / 2;
+                const uint32_t addr = box + row * 128 + ((unit ^ (row & 7)) << 4) + 8 * (lane & 1);
+                asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(v0), "f"(v1) : "memory");
+            } else {
+                uint32_t bits;
+                if (out_kind == OUT_F16) {
+                    const __half2 h = __floats2half2_rn(v0, v1);
+                    bits = *reinterpret_cast<const uint32_t*>(&h);
+                } else {
+                    const __nv_bfloat162 h = __floats2bfloat162_rn(v0, v1);
+                    bits = *reinterpret_cast<const uint32_t*>(&h);
+                }
+                const uint32_t addr = box + row * 128 + ((qq ^ (row & 7)) << 4) + 4 * (lane % 4);
+                asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(bits) : "memory");
+            }
+        }
+    }
+}
+
+// The TMA-store epilogue of one consumer's 64-row slice (rows row0.., columns col0..col0+BN-1),
+// in boxes of 64 rows × 128 bytes (CW = 128 / ESZ columns), each written out by one TMA store
+// (clipped to M and N) that one thread issues. The consumer never waits for a store to reach
+// global memory.
+// - A ring that holds the whole slice (RING·CW ≥ BN): that thread first checks that the previous
+//   slice's stores (a main loop ago) have read their boxes; then every box is filled, one proxy
+//   fence and one barrier, and all the stores go out at once.
+// - A smaller ring: box after box, each store issued while the warps fill the next box; before
+//   the barrier of box i that thread waits until the store of box i+1-RING has read its box, so
+//   box i+1 may overwrite it (with two boxes, the store issued just before).
 template <int ESZ, int BN, int RING>
 __device__ __forceinline__ void store_slice_tma(const float (&d)[BN / 2], const TensorMap& tc,
                                                 uint32_t s_out, uint32_t& nbox, int out_kind,
@@ -121,53 +167,37 @@ __device__ __forceinline__ void store_slice_tma(const float (&d)[BN / 2], const 
                                                 int bar_id) {
     constexpr int CW = 128 / ESZ;
     const bool leader = warp == 0 && lane == 0;
-    // wgmma m64nN accumulators: rows 16w + lane/4 (+8), columns 8q + 2·(lane%4) (+1) in
-    // d[4q..4q+3]. Row r of a box starts at 128·r; its 16-byte unit u sits at u ^ (r % 8).
-    const int r = 16 * warp + lane / 4, c = 2 * (lane % 4);
+    if constexpr (RING * CW >= BN) {
+        if (leader) bulk_wait_read_allow<0>();
+        asm volatile("bar.sync %0, 128;\n" ::"r"(bar_id) : "memory");
 #pragma unroll
-    for (int ch = 0; ch < BN / CW; ++ch) {
-        if (col0 + ch * CW >= N) break;  // uniform: the tile's last columns are past N
-        const uint32_t box = s_out + (nbox % RING) * OUT_BOX_BYTES;
-#pragma unroll
-        for (int qq = 0; qq < CW / 8; ++qq) {
-            const int q = ch * (CW / 8) + qq, gc = col0 + ch * CW + 8 * qq + c;
-            const float b0 = (bias && gc < N) ? bias[gc] : 0.f;
-            const float b1 = (bias && gc + 1 < N) ? bias[gc + 1] : 0.f;
-#pragma unroll
-            for (int hf = 0; hf < 2; ++hf) {
-                const int row = r + 8 * hf;
-                float v0 = fmaf(d[4 * q + 2 * hf], scale, b0), v1 = fmaf(d[4 * q + 2 * hf + 1], scale, b1);
-                if (relu) {
-                    // As gemm_epilogue.cuh's ReLU: NaN kept, everything not above 0 → +0.
-                    v0 = (v0 > 0.f || isnan(v0)) ? v0 : 0.f;
-                    v1 = (v1 > 0.f || isnan(v1)) ? v1 : 0.f;
-                }
-                if constexpr (ESZ == 4) {
-                    const uint32_t unit = 2 * qq + (lane % 4) / 2;
-                    const uint32_t addr = box + row * 128 + ((unit ^ (row & 7)) << 4) + 8 * (lane & 1);
-                    asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(v0), "f"(v1) : "memory");
-                } else {
-                    uint32_t bits;
-                    if (out_kind == OUT_F16) {
-                        const __half2 h = __floats2half2_rn(v0, v1);
-                        bits = *reinterpret_cast<const uint32_t*>(&h);
-                    } else {
-                        const __nv_bfloat162 h = __floats2bfloat162_rn(v0, v1);
-                        bits = *reinterpret_cast<const uint32_t*>(&h);
-                    }
-                    const uint32_t addr = box + row * 128 + ((qq ^ (row & 7)) << 4) + 4 * (lane % 4);
-                    asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(bits) : "memory");
-                }
-            }
+        for (int ch = 0; ch < BN / CW; ++ch) {
+            if (col0 + ch * CW >= N) break;  // uniform: the tile's last columns are past N
+            fill_box<ESZ, BN>(d, s_out + ch * OUT_BOX_BYTES, ch, out_kind, relu, scale, bias, col0, N, warp,
+                              lane);
         }
         fence_proxy_async();
-        if (leader) bulk_wait_read_allow<RING - 2>();
         asm volatile("bar.sync %0, 128;\n" ::"r"(bar_id) : "memory");
         if (leader) {
-            tma_store(tc, col0 + ch * CW, row0, box);
+            for (int ch = 0; ch < BN / CW && col0 + ch * CW < N; ++ch)
+                tma_store(tc, col0 + ch * CW, row0, s_out + ch * OUT_BOX_BYTES);
             bulk_commit();
         }
-        ++nbox;
+    } else {
+#pragma unroll
+        for (int ch = 0; ch < BN / CW; ++ch) {
+            if (col0 + ch * CW >= N) break;  // uniform: the tile's last columns are past N
+            const uint32_t box = s_out + (nbox % RING) * OUT_BOX_BYTES;
+            fill_box<ESZ, BN>(d, box, ch, out_kind, relu, scale, bias, col0, N, warp, lane);
+            fence_proxy_async();
+            if (leader) bulk_wait_read_allow<RING - 2>();
+            asm volatile("bar.sync %0, 128;\n" ::"r"(bar_id) : "memory");
+            if (leader) {
+                tma_store(tc, col0 + ch * CW, row0, box);
+                bulk_commit();
+            }
+            ++nbox;
+        }
     }
 }
 
@@ -275,6 +305,13 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
             if (lane < CLUSTER) mbar_arrive_cluster(empty(st), lane);
         };
         uint32_t nbox = 0;  // TMA-store boxes this consumer has filled (which box is next)
+        // The accumulators live across units: each unit's first k32 step overwrites them (scale-d
+        // 0), so they are zeroed once, not per tile.
+        float d[SLICES][BN / 2];
+#pragma unroll
+        for (int h = 0; h < SLICES; ++h)
+#pragma unroll
+            for (int i = 0; i < BN / 2; ++i) d[h][i] = 0.f;
         int s = 0, phase = 0;
         for (int u = first_unit, j = 0; u < units; u += stride, ++j) {
             if (PINGPONG && j % 2 != cw) {
@@ -285,11 +322,6 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
                 continue;
             }
             const int2 t = unit_at<BM, BN>(u, rank, M, N, group);
-            float d[SLICES][BN / 2];
-#pragma unroll
-            for (int h = 0; h < SLICES; ++h)
-#pragma unroll
-                for (int i = 0; i < BN / 2; ++i) d[h][i] = 0.f;
             // Ping-pong: this consumer's n-th unit starts after the other's unit before it.
             if (PINGPONG && j > 0) mbar_wait(order(cw), (j / 2 - (cw == 0 ? 1 : 0)) & 1);
             int prev = -1;
@@ -302,7 +334,7 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
 #pragma unroll
                     for (int kk = 0; kk < BK / 32; ++kk) {
                         Fp8Mma<BN, FA, FB>::run(d[h], descriptor(a + kk * 32, 16, 1024),
-                                                descriptor(b + kk * 32, 16, 1024));
+                                                descriptor(b + kk * 32, 16, 1024), i > 0 || kk > 0);
                     }
                 }
                 wgmma_commit();

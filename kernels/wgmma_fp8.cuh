@@ -7,8 +7,8 @@
 // precision (coarser than f32 per k32 step: see src/ops/gemm_fp8.rs's numerics), into f32
 // registers.
 //
-// Fp8Mma<N, FA, FB>::run(d, da, db): D(64×N) += A(64×32) · B(32×N); FA, FB = FP8_E4M3 or FP8_E5M2
-// for A and B. One "+f" operand per accumulator register, so the register lists are spelled out
+// Fp8Mma<N, FA, FB>::run(d, da, db, accumulate): D(64×N) (+)= A(64×32) · B(32×N); FA, FB =
+// FP8_E4M3 or FP8_E5M2 for A and B. One "+f" operand per accumulator register, so the register lists are spelled out
 // (generated) below; the operand-type pair is pasted into the instruction name by a macro.
 #pragma once
 
@@ -62,16 +62,18 @@ constexpr int FP8_E4M3 = 0, FP8_E5M2 = 1;
 template <int N, int FA, int FB>
 struct Fp8Mma;
 
-// scale-d is a predicate that is always true (accumulate); the accumulators start at zero.
+// scale-d: `accumulate` 0 makes D = A·B, ignoring the accumulators' values (a tile's first
+// k32 step, so they need no zeroing), else D += A·B.
 #define AMPKIT_FP8_MMA(N, FA, FB, AT, BT, IDX_A, IDX_B, IDX_P)                                        \
     template <>                                                                                     \
     struct Fp8Mma<N, FA, FB> {                                                                      \
-        static __device__ __forceinline__ void run(float (&d)[N / 2], uint64_t da, uint64_t db) {  \
+        static __device__ __forceinline__ void run(float (&d)[N / 2], uint64_t da, uint64_t db,    \
+                                                   int accumulate) {                                \
             asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #IDX_P ", 0;\n"                        \
                          "wgmma.mma_async.sync.aligned.m64n" #N "k32.f32." AT "." BT " {"           \
                          AMPKIT_FP8_REGS_##N "}, %" #IDX_A ", %" #IDX_B ", p, 1, 1;\n}\n"           \
                          : AMPKIT_FP8_OUTS_##N                                                      \
-                         : "l"(da), "l"(db), "r"(1));                                               \
+                         : "l"(da), "l"(db), "r"(accumulate));                                      \
         }                                                                                           \
     };
 #define AMPKIT_FP8_MMA_PAIRS(N, IA, IB, IP)                        \
