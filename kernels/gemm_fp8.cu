@@ -293,7 +293,9 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
         __syncwarp();
     } else {
         asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
-        const int ctid = tid - 128, cw = ctid / 128;
+        // The consumer index through a broadcast, so the compiler knows it is warp-uniform and
+        // keeps the matrix descriptors below in uniform registers.
+        const int ctid = tid - 128, cw = __shfl_sync(0xffffffffu, ctid / 128, 0);
         const int warp = (ctid / 32) % 4, lane = tid % 32;
         float* stage = reinterpret_cast<float*>(smem_raw + (sEpi - smem_addr(smem_raw))) + cw * (EPI_BYTES / 4);
         const float scale = a_scale_inv[0] * b_scale_inv[0];
@@ -304,6 +306,11 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
             __syncwarp();
             if (lane < CLUSTER) mbar_arrive_cluster(empty(st), lane);
         };
+        // Matrix descriptors of stage 0 (this consumer's A slice, or slice 0 for ping-pong, and
+        // the B tile); a stage, slice or k32 step (32 bytes) further adds its offset in 16-byte
+        // units to the address field, which cannot carry (shared addresses stay below 2^18).
+        const uint64_t da0 = descriptor(sA + (PINGPONG ? 0 : cw) * SLICE_BYTES, 16, 1024);
+        const uint64_t db0 = descriptor(sB, 16, 1024);
         uint32_t nbox = 0;  // TMA-store boxes this consumer has filled (which box is next)
         // The accumulators live across units: each unit's first k32 step overwrites them (scale-d
         // 0), so they are zeroed once, not per tile.
@@ -328,13 +335,13 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
             for (int i = 0; i < nt; ++i) {
                 mbar_wait(full(s), phase);
                 wgmma_fence();
+                const uint64_t da = da0 + uint64_t(s * (A_BYTES >> 4)), db = db0 + uint64_t(s * (B_BYTES >> 4));
 #pragma unroll
                 for (int h = 0; h < SLICES; ++h) {
-                    const uint32_t a = sA + s * A_BYTES + (PINGPONG ? h : cw) * SLICE_BYTES, b = sB + s * B_BYTES;
 #pragma unroll
                     for (int kk = 0; kk < BK / 32; ++kk) {
-                        Fp8Mma<BN, FA, FB>::run(d[h], descriptor(a + kk * 32, 16, 1024),
-                                                descriptor(b + kk * 32, 16, 1024), i > 0 || kk > 0);
+                        Fp8Mma<BN, FA, FB>::run(d[h], da + uint64_t(h * (SLICE_BYTES >> 4) + 2 * kk), db + 2 * kk,
+                                                i > 0 || kk > 0);
                     }
                 }
                 wgmma_commit();
