@@ -25,14 +25,9 @@
 //     tiles in turn, so one's epilogue overlaps the other's main loop);
 //   - epilogue per consumer warpgroup, 32 columns at a time through a private f32 staging buffer,
 //     stored as row segments (16-byte f32 / 8-byte 16-bit stores); or, in the TMA-store configs
-//     (suffix s), rounded from the accumulators into swizzled 64-row × 128-byte boxes, each
-//     written out by one TMA store (half the shared-memory traffic of the f32 staging for 16-bit
-//     output, no global store instructions, no tail code): ping-pong in turn through two boxes
-//     per consumer, each filled while the other's store reads it; cooperative all at once, in
-//     the unit's last stage, which the consumers keep until the next unit's first stage is in
-//     flight (its stores have read it by then), so no consumer waits for a store;
-//   - the first k32 step of a unit overwrites the accumulators (wgmma scale-d 0); the matrix
-//     descriptors are warp-uniform, advanced by constant offsets.
+//     (suffix s), rounded from the accumulators into two swizzled 64-row × 128-byte boxes in turn,
+//     each written out by one TMA store while the warps fill the other (half the shared-memory
+//     traffic of the f32 staging for 16-bit output, no global store instructions, no tail code).
 // TMA zero-fills past M, N and K, so tails cost no code; K must be a multiple of 16 (the row
 // pitch of a tensor map is a multiple of 16 bytes) and A, B 16-byte aligned: the host checks.
 //
@@ -40,11 +35,11 @@
 //   pp128: 128×128×128, ping-pong (2 × m64n128 per consumer per k32), 6 × 32 KB, 213 KB
 //   p256:  128×256×128, cooperative (1 × m64n256 per consumer),       4 × 48 KB, 213 KB
 //   pp64:   64×256×128, ping-pong (1 × m64n256 per consumer),          5 × 40 KB, 221 KB
-//   pp128s, p256s: pp128 and p256 with the TMA-store epilogue: pp128s 2 × 2 × 8 KB boxes
-//   (225 KB); p256s stages each consumer's 64×256 slice in the unit's last pipeline stage (both
-//   consumers keep it until their stores have read it) plus 2 boxes (209 KB). The host takes
-//   them only when D's base is 16-byte aligned and its row pitch a multiple of 16 bytes (TMA's
-//   rule), else the plain config.
+//   pp128s, p256s: pp128 and p256 with the TMA-store epilogue (2 × 2 × 8 KB boxes instead of
+//   2 × 10 KB staging buffers): 225 KB; the host takes them only when D's base is 16-byte aligned
+//   and its row pitch a multiple of 16 bytes (TMA's rule), else the plain config.
+//   p256s3: p256s with 3 stages and a ring of 4 boxes per consumer (a whole 64×256 slice of
+//   16-bit output), 209 KB: the epilogue never waits for a TMA store to read its box.
 // Launch: grid (2·clusters, 1, 1), at most one block per SM, 384 threads, cluster dims (2,1,1)
 // compiled in; dynamic shared memory as above (including 1 KB to align the tiles to the
 // 128-byte swizzle's 1024-byte period).
@@ -158,40 +153,41 @@ __device__ __forceinline__ void fill_box(const float (&d)[BN / 2], uint32_t box,
 // in boxes of 64 rows × 128 bytes (CW = 128 / ESZ columns), each written out by one TMA store
 // (clipped to M and N) that one thread issues. The consumer never waits for a store to reach
 // global memory.
-// `boxes` must be free when the slice starts (nbox counts from 0) or follow on from the boxes
-// this consumer filled before (nbox continues).
-// - Boxes for the whole slice (RING·CW ≥ BN): every box is filled, one proxy fence and one
-//   barrier, and all the stores go out at once.
-// - Fewer: box after box, each store issued while the warps fill the next box; before the
-//   barrier of box i that thread waits until the store of box i+1-RING has read its box, so box
-//   i+1 may overwrite it (with two boxes, the store issued just before).
+// - A ring that holds the whole slice (RING·CW ≥ BN): that thread first checks that the previous
+//   slice's stores (a main loop ago) have read their boxes; then every box is filled, one proxy
+//   fence and one barrier, and all the stores go out at once.
+// - A smaller ring: box after box, each store issued while the warps fill the next box; before
+//   the barrier of box i that thread waits until the store of box i+1-RING has read its box, so
+//   box i+1 may overwrite it (with two boxes, the store issued just before).
 template <int ESZ, int BN, int RING>
 __device__ __forceinline__ void store_slice_tma(const float (&d)[BN / 2], const TensorMap& tc,
-                                                const uint32_t (&boxes)[RING], uint32_t& nbox, int out_kind,
+                                                uint32_t s_out, uint32_t& nbox, int out_kind,
                                                 bool relu, float scale, const float* bias,
                                                 int row0, int col0, int N, int warp, int lane,
                                                 int bar_id) {
     constexpr int CW = 128 / ESZ;
     const bool leader = warp == 0 && lane == 0;
     if constexpr (RING * CW >= BN) {
+        if (leader) bulk_wait_read_allow<0>();
+        asm volatile("bar.sync %0, 128;\n" ::"r"(bar_id) : "memory");
 #pragma unroll
         for (int ch = 0; ch < BN / CW; ++ch) {
             if (col0 + ch * CW >= N) break;  // uniform: the tile's last columns are past N
-            fill_box<ESZ, BN>(d, boxes[ch], ch, out_kind, relu, scale, bias, col0, N, warp, lane);
+            fill_box<ESZ, BN>(d, s_out + ch * OUT_BOX_BYTES, ch, out_kind, relu, scale, bias, col0, N, warp,
+                              lane);
         }
         fence_proxy_async();
         asm volatile("bar.sync %0, 128;\n" ::"r"(bar_id) : "memory");
         if (leader) {
-#pragma unroll
-            for (int ch = 0; ch < BN / CW; ++ch)
-                if (col0 + ch * CW < N) tma_store(tc, col0 + ch * CW, row0, boxes[ch]);
+            for (int ch = 0; ch < BN / CW && col0 + ch * CW < N; ++ch)
+                tma_store(tc, col0 + ch * CW, row0, s_out + ch * OUT_BOX_BYTES);
             bulk_commit();
         }
     } else {
 #pragma unroll
         for (int ch = 0; ch < BN / CW; ++ch) {
             if (col0 + ch * CW >= N) break;  // uniform: the tile's last columns are past N
-            const uint32_t box = boxes[nbox % RING];
+            const uint32_t box = s_out + (nbox % RING) * OUT_BOX_BYTES;
             fill_box<ESZ, BN>(d, box, ch, out_kind, relu, scale, bias, col0, N, warp, lane);
             fence_proxy_async();
             if (leader) bulk_wait_read_allow<RING - 2>();
@@ -217,7 +213,7 @@ __device__ __forceinline__ int2 unit_at(int u, int rank, int M, int N, int group
     return make_int2((2 * pr + rank) * BM, tn * BN);
 }
 
-template <int BM, int BN, int STAGES, bool PINGPONG, bool TMA_STORE, int FA, int FB>
+template <int BM, int BN, int STAGES, bool PINGPONG, bool TMA_STORE, int RING, int FA, int FB>
 __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& tb, const TensorMap& tc, void* C,
                                          const float* bias, const float* a_scale_inv,
                                          const float* b_scale_inv, int M, int N, int K,
@@ -239,16 +235,9 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
     // the multicast loads and remote arrives rely on it.
     const uint32_t base = (smem_addr(smem_raw) + 1023) & ~1023u;
     const uint32_t sA = base, sB = base + STAGES * A_BYTES, sEpi = sB + STAGES * B_BYTES;
-    // TMA-store epilogue of a cooperative config (HOLD): each consumer stages its whole 64-row
-    // slice (4 boxes of 16-bit output, a ring of 4 for f32) in the unit's last pipeline stage,
-    // which both consumers keep until their stores have read it (A 16 KB + B 32 KB: 6 boxes),
-    // plus 2 boxes of its own for consumer 1. Ping-pong: 2 boxes per consumer.
-    constexpr bool HOLD = TMA_STORE && !PINGPONG;
-    static_assert(!HOLD || (A_BYTES == 2 * OUT_BOX_BYTES && B_BYTES == 4 * OUT_BOX_BYTES),
-                  "a held stage is six boxes");
-    constexpr int RING = HOLD ? 4 : 2;
-    // Per consumer: one f32 staging buffer, or the TMA-store boxes above.
-    constexpr int EPI_REGION = TMA_STORE ? (HOLD ? 2 : 4) * OUT_BOX_BYTES : 2 * EPI_BYTES;
+    // Per consumer: one f32 staging buffer, or a ring of RING swizzled TMA-store boxes.
+    static_assert(!TMA_STORE || RING >= 2, "a TMA-store ring needs two boxes at least");
+    constexpr int EPI_REGION = TMA_STORE ? 2 * RING * OUT_BOX_BYTES : 2 * EPI_BYTES;
     const uint32_t bars = sEpi + EPI_REGION;  // full[STAGES], empty[STAGES], order[2]
     auto full = [&](int s) { return bars + 8 * s; };
     auto empty = [&](int s) { return bars + 8 * (STAGES + s); };
@@ -317,16 +306,6 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
             __syncwarp();
             if (lane < CLUSTER) mbar_arrive_cluster(empty(st), lane);
         };
-        // Releases the stage a unit's epilogue staged its output in, for the consumer's 4 warps,
-        // once this consumer's TMA stores have read it (their issuing thread waits).
-        auto release_held = [&](int st) {
-            if (warp == 0) {
-                if (lane == 0) bulk_wait_read_allow<0>();
-                __syncwarp();
-                if (lane < CLUSTER) mbar_arrive_cluster_n(empty(st), lane, 4);
-            }
-        };
-        int held = -1;  // HOLD: the stage kept from the last unit, released during the next one
         // Matrix descriptors of stage 0 (this consumer's A slice, or slice 0 for ping-pong, and
         // the B tile); a stage, slice or k32 step (32 bytes) further adds its offset in 16-byte
         // units to the address field, which cannot carry (shared addresses stay below 2^18).
@@ -370,12 +349,6 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
                 // stage, which goes back to the producers of both blocks.
                 wgmma_wait<1>();
                 if (prev >= 0) release(prev);
-                // The last unit's staging stage goes back with this unit's first stage in flight:
-                // its stores have long read it, and it is the fourth stage this unit needs.
-                if (HOLD && held >= 0) {
-                    release_held(held);
-                    held = -1;
-                }
                 prev = s;
                 if (++s == STAGES) {
                     s = 0;
@@ -387,40 +360,20 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
                 if (lane == 0) mbar_arrive(order(1 - cw));
             }
             wgmma_wait<0>();
-            if (HOLD) {
-                // Both consumers read the stage this one is about to write into: wait until the
-                // other's last wgmma has finished too (named barrier 1, the consumer warps).
-                asm volatile("bar.sync 1, 256;\n" ::: "memory");
-                held = prev;
-            } else if (prev >= 0) {
-                release(prev);
-            }
+            if (prev >= 0) release(prev);
 
             if constexpr (TMA_STORE) {
-                uint32_t boxes[RING];
-                if constexpr (HOLD) {
-                    // Consumer 0: the held stage's A tile and first half of B; consumer 1: the
-                    // second half of B and its own two boxes. Every store into them was read
-                    // before the stage went back (release_held), so the slice starts afresh.
-                    const uint32_t a = sA + held * A_BYTES, b = sB + held * B_BYTES;
-                    for (int q = 0; q < RING; ++q)
-                        boxes[q] = cw == 0 ? (q < 2 ? a : b - 2 * OUT_BOX_BYTES) + q * OUT_BOX_BYTES
-                                           : (q < 2 ? b + 2 * OUT_BOX_BYTES : sEpi - 2 * OUT_BOX_BYTES) +
-                                                 q * OUT_BOX_BYTES;
-                    nbox = 0;
-                } else {
-                    for (int q = 0; q < RING; ++q) boxes[q] = sEpi + (cw * RING + q) * OUT_BOX_BYTES;
-                }
+                const uint32_t s_out = sEpi + cw * RING * OUT_BOX_BYTES;
 #pragma unroll
                 for (int h = 0; h < SLICES; ++h) {
                     const int row0 = t.x + 64 * (PINGPONG ? h : cw);
                     if (row0 >= M) continue;  // the pad block of an odd number of tile-rows
                     if (out_kind == OUT_F32) {
-                        store_slice_tma<4, BN, RING>(d[h], tc, boxes, nbox, out_kind, relu, scale, bias, row0,
-                                                     t.y, N, warp, lane, 2 + cw);
+                        store_slice_tma<4, BN, RING>(d[h], tc, s_out, nbox, out_kind, relu, scale, bias, row0,
+                                               t.y, N, warp, lane, 2 + cw);
                     } else {
-                        store_slice_tma<2, BN, RING>(d[h], tc, boxes, nbox, out_kind, relu, scale, bias, row0,
-                                                     t.y, N, warp, lane, 2 + cw);
+                        store_slice_tma<2, BN, RING>(d[h], tc, s_out, nbox, out_kind, relu, scale, bias, row0,
+                                               t.y, N, warp, lane, 2 + cw);
                     }
                 }
                 continue;
@@ -490,25 +443,28 @@ using namespace gemm_fp8_detail;
 // A and 128 K × BN/2 rows for B, 128-byte swizzle), the tensor map of D (TMA-store configs: boxes
 // of 128 bytes × 64 rows, 128-byte swizzle; unread by the others), D, bias (may be null), the two
 // inverse scales (one f32 each, device memory), M, N, K, out_kind (0 f32, 1 f16, 2 bf16, | 4 for
-// the ReLU), pair-rows per raster group.
-#define AMPKIT_GEMM_FP8(NAME, BM, BN, ST, PP, TS, FA, FB)                                            \
+// the ReLU), pair-rows per raster group. RING: 0 for the f32-staging epilogue, else the TMA-store
+// boxes per consumer.
+#define AMPKIT_GEMM_FP8(NAME, BM, BN, ST, PP, RING, FA, FB)                                          \
     extern "C" __global__ void __cluster_dims__(CLUSTER, 1, 1) __launch_bounds__(THREADS, 1)       \
         NAME(const __grid_constant__ TensorMap ta, const __grid_constant__ TensorMap tb,            \
              const __grid_constant__ TensorMap tc, void* C, const float* bias,                      \
              const float* a_scale_inv, const float* b_scale_inv, int M, int N, int K, int out_kind, \
              int group_m) {                                                                         \
-        gemm_fp8<BM, BN, ST, PP, TS, FA, FB>(ta, tb, tc, C, bias, a_scale_inv, b_scale_inv, M, N,   \
-                                             K, out_kind, group_m);                                 \
+        gemm_fp8<BM, BN, ST, PP, (RING > 0), (RING > 0 ? RING : 2), FA, FB>(                       \
+            ta, tb, tc, C, bias, a_scale_inv, b_scale_inv, M, N, K, out_kind, group_m);             \
     }
-#define AMPKIT_GEMM_FP8_FORMATS(CFG, BM, BN, ST, PP, TS)                             \
-    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e4e4, BM, BN, ST, PP, TS, FP8_E4M3, FP8_E4M3) \
-    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e4e5, BM, BN, ST, PP, TS, FP8_E4M3, FP8_E5M2) \
-    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e5e4, BM, BN, ST, PP, TS, FP8_E5M2, FP8_E4M3) \
-    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e5e5, BM, BN, ST, PP, TS, FP8_E5M2, FP8_E5M2)
+#define AMPKIT_GEMM_FP8_FORMATS(CFG, BM, BN, ST, PP, RING)                           \
+    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e4e4, BM, BN, ST, PP, RING, FP8_E4M3, FP8_E4M3) \
+    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e4e5, BM, BN, ST, PP, RING, FP8_E4M3, FP8_E5M2) \
+    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e5e4, BM, BN, ST, PP, RING, FP8_E5M2, FP8_E4M3) \
+    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e5e5, BM, BN, ST, PP, RING, FP8_E5M2, FP8_E5M2)
 
 // Register budget: 128·40 + 256·232 = 64512 of 65536 for the one block per SM.
-AMPKIT_GEMM_FP8_FORMATS(pp128, 128, 128, 6, true, false)
-AMPKIT_GEMM_FP8_FORMATS(p256, 128, 256, 4, false, false)
-AMPKIT_GEMM_FP8_FORMATS(pp64, 64, 256, 5, true, false)
-AMPKIT_GEMM_FP8_FORMATS(pp128s, 128, 128, 6, true, true)
-AMPKIT_GEMM_FP8_FORMATS(p256s, 128, 256, 4, false, true)
+AMPKIT_GEMM_FP8_FORMATS(pp128, 128, 128, 6, true, 0)
+AMPKIT_GEMM_FP8_FORMATS(p256, 128, 256, 4, false, 0)
+AMPKIT_GEMM_FP8_FORMATS(pp64, 64, 256, 5, true, 0)
+AMPKIT_GEMM_FP8_FORMATS(pp128s, 128, 128, 6, true, 2)
+AMPKIT_GEMM_FP8_FORMATS(p256s, 128, 256, 4, false, 2)
+// A ring as deep as a bf16 slice (4 boxes) for one stage less: no epilogue waits on TMA reads.
+AMPKIT_GEMM_FP8_FORMATS(p256s3, 128, 256, 3, false, 4)

@@ -186,15 +186,6 @@ __device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, uint32_t rank)
         "r"(rank)
         : "memory");
 }
-// `count` arrivals at once on mbarrier `bar` of block `rank` of this cluster.
-__device__ __forceinline__ void mbar_arrive_cluster_n(uint32_t bar, uint32_t rank, uint32_t count) {
-    asm volatile(
-        "{\n.reg .b32 remote;\n"
-        "mapa.shared::cluster.u32 remote, %0, %1;\n"
-        "mbarrier.arrive.shared::cluster.b64 _, [remote], %2;\n}\n" ::"r"(bar),
-        "r"(rank), "r"(count)
-        : "memory");
-}
 // A TMA load delivered to the same shared-memory offset in every block of `mask` (bit r = block
 // rank r of the cluster), each completing the bytes on its own mbarrier at offset `bar`.
 __device__ __forceinline__ void tma_load_multicast(uint32_t dst, const TensorMap& map, int c0, int c1,

@@ -125,21 +125,19 @@ pub struct Fp8Config {
     /// Whether the epilogue writes D with TMA stores (D 16-byte aligned with a row pitch that is a
     /// multiple of 16 bytes; otherwise the launch takes the same tiles' plain config).
     pub tma_store: bool,
-    /// TMA-store boxes (64 rows × 128 bytes) of their own beside the stages, for both consumers
-    /// together (a cooperative config also stages its output in a unit's last stage); unused
-    /// without `tma_store`.
-    pub own_boxes: usize,
+    /// TMA-store boxes (64 rows × 128 bytes) per consumer; unused without `tma_store`.
+    pub ring: usize,
     /// Entry points for A×B formats E4M3×E4M3, E4M3×E5M2, E5M2×E4M3, E5M2×E5M2.
     pub kernels: [&'static str; 4],
 }
 
 impl Fp8Config {
-    /// Dynamic shared memory: the stages, the consumers' epilogue buffers (64×40 f32 each, or
-    /// `own_boxes` 64-row × 128-byte TMA-store boxes), the mbarriers, and 1 KB to align the tiles
-    /// to the swizzle's period.
+    /// Dynamic shared memory: the stages, two consumers' epilogue buffers (64×40 f32 each, or
+    /// two 64-row × 128-byte TMA-store boxes each), the mbarriers, and 1 KB to align the tiles to
+    /// the swizzle's period.
     pub fn shared_bytes(&self) -> usize {
         let epilogue = if self.tma_store {
-            self.own_boxes * 64 * 128
+            2 * self.ring * 64 * 128
         } else {
             2 * 64 * 40 * 4
         };
@@ -156,13 +154,14 @@ impl Fp8Config {
 }
 
 /// Every configuration: `p256`, `pp128` (the planner's for small products), `pp64`, then `p256s`
-/// (the planner's for large ones) and `pp128s`: `p256` and `pp128` with the TMA-store epilogue.
+/// (the planner's for large ones) and `pp128s`: `p256` and `pp128` with the TMA-store epilogue;
+/// `p256s3`: `p256s` with one stage less and four TMA-store boxes per consumer.
 #[doc(hidden)]
-pub const FP8_CONFIGS: [Fp8Config; 5] = [
+pub const FP8_CONFIGS: [Fp8Config; 6] = [
     Fp8Config {
         name: "p256",
         tma_store: false,
-        own_boxes: 0,
+        ring: 0,
         bm: 128,
         bn: 256,
         stages: 4,
@@ -176,7 +175,7 @@ pub const FP8_CONFIGS: [Fp8Config; 5] = [
     Fp8Config {
         name: "pp128",
         tma_store: false,
-        own_boxes: 0,
+        ring: 0,
         bm: 128,
         bn: 128,
         stages: 6,
@@ -190,7 +189,7 @@ pub const FP8_CONFIGS: [Fp8Config; 5] = [
     Fp8Config {
         name: "pp64",
         tma_store: false,
-        own_boxes: 0,
+        ring: 0,
         bm: 64,
         bn: 256,
         stages: 5,
@@ -204,7 +203,7 @@ pub const FP8_CONFIGS: [Fp8Config; 5] = [
     Fp8Config {
         name: "p256s",
         tma_store: true,
-        own_boxes: 2,
+        ring: 2,
         bm: 128,
         bn: 256,
         stages: 4,
@@ -218,7 +217,7 @@ pub const FP8_CONFIGS: [Fp8Config; 5] = [
     Fp8Config {
         name: "pp128s",
         tma_store: true,
-        own_boxes: 4,
+        ring: 2,
         bm: 128,
         bn: 128,
         stages: 6,
@@ -227,6 +226,20 @@ pub const FP8_CONFIGS: [Fp8Config; 5] = [
             "gemm_fp8_pp128s_e4e5",
             "gemm_fp8_pp128s_e5e4",
             "gemm_fp8_pp128s_e5e5",
+        ],
+    },
+    Fp8Config {
+        name: "p256s3",
+        tma_store: true,
+        ring: 4,
+        bm: 128,
+        bn: 256,
+        stages: 3,
+        kernels: [
+            "gemm_fp8_p256s3_e4e4",
+            "gemm_fp8_p256s3_e4e5",
+            "gemm_fp8_p256s3_e5e4",
+            "gemm_fp8_p256s3_e5e5",
         ],
     },
 ];
