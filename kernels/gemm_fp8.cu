@@ -38,8 +38,6 @@
 //   pp128s, p256s: pp128 and p256 with the TMA-store epilogue (2 × 2 × 8 KB boxes instead of
 //   2 × 10 KB staging buffers): 225 KB; the host takes them only when D's base is 16-byte aligned
 //   and its row pitch a multiple of 16 bytes (TMA's rule), else the plain config.
-//   p256s3: p256s with 3 stages and a ring of 4 boxes per consumer (a whole 64×256 slice of
-//   16-bit output), 209 KB: the epilogue never waits for a TMA store to read its box.
 // Launch: grid (2·clusters, 1, 1), at most one block per SM, 384 threads, cluster dims (2,1,1)
 // compiled in; dynamic shared memory as above (including 1 KB to align the tiles to the
 // 128-byte swizzle's 1024-byte period).
@@ -153,9 +151,10 @@ __device__ __forceinline__ void fill_box(const float (&d)[BN / 2], uint32_t box,
 // in boxes of 64 rows × 128 bytes (CW = 128 / ESZ columns), each written out by one TMA store
 // (clipped to M and N) that one thread issues. The consumer never waits for a store to reach
 // global memory.
-// - A ring that holds the whole slice (RING·CW ≥ BN): that thread first checks that the previous
-//   slice's stores (a main loop ago) have read their boxes; then every box is filled, one proxy
-//   fence and one barrier, and all the stores go out at once.
+// - A ring that holds the whole slice (RING·CW ≥ BN, e.g. pp128s's 128 columns of 16-bit
+//   output): that thread first waits until the previous slice's stores have read their boxes
+//   (with a barrier: the other threads then write); then every box is filled, one proxy fence
+//   and one barrier, and all the stores go out at once.
 // - A smaller ring: box after box, each store issued while the warps fill the next box; before
 //   the barrier of box i that thread waits until the store of box i+1-RING has read its box, so
 //   box i+1 may overwrite it (with two boxes, the store issued just before).
@@ -466,5 +465,3 @@ AMPKIT_GEMM_FP8_FORMATS(p256, 128, 256, 4, false, 0)
 AMPKIT_GEMM_FP8_FORMATS(pp64, 64, 256, 5, true, 0)
 AMPKIT_GEMM_FP8_FORMATS(pp128s, 128, 128, 6, true, 2)
 AMPKIT_GEMM_FP8_FORMATS(p256s, 128, 256, 4, false, 2)
-// A ring as deep as a bf16 slice (4 boxes) for one stage less: no epilogue waits on TMA reads.
-AMPKIT_GEMM_FP8_FORMATS(p256s3, 128, 256, 3, false, 4)

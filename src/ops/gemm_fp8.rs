@@ -154,10 +154,9 @@ impl Fp8Config {
 }
 
 /// Every configuration: `p256`, `pp128` (the planner's for small products), `pp64`, then `p256s`
-/// (the planner's for large ones) and `pp128s`: `p256` and `pp128` with the TMA-store epilogue;
-/// `p256s3`: `p256s` with one stage less and four TMA-store boxes per consumer.
+/// (the planner's for large ones) and `pp128s`: `p256` and `pp128` with the TMA-store epilogue.
 #[doc(hidden)]
-pub const FP8_CONFIGS: [Fp8Config; 6] = [
+pub const FP8_CONFIGS: [Fp8Config; 5] = [
     Fp8Config {
         name: "p256",
         tma_store: false,
@@ -226,20 +225,6 @@ pub const FP8_CONFIGS: [Fp8Config; 6] = [
             "gemm_fp8_pp128s_e4e5",
             "gemm_fp8_pp128s_e5e4",
             "gemm_fp8_pp128s_e5e5",
-        ],
-    },
-    Fp8Config {
-        name: "p256s3",
-        tma_store: true,
-        ring: 4,
-        bm: 128,
-        bn: 256,
-        stages: 3,
-        kernels: [
-            "gemm_fp8_p256s3_e4e4",
-            "gemm_fp8_p256s3_e4e5",
-            "gemm_fp8_p256s3_e5e4",
-            "gemm_fp8_p256s3_e5e5",
         ],
     },
 ];
