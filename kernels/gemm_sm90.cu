@@ -130,7 +130,9 @@ __device__ __forceinline__ void gemm_tile(const TensorMap& ta, const TensorMap& 
     }
 
     asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(REGS_CONSUMER));
-    const int ctid = tid - 128, cw = ctid / 128;  // consumer warpgroup: rows 64·cw .. 64·cw+63
+    // Consumer warpgroup (rows 64·cw .. 64·cw+63), broadcast so the compiler knows it is
+    // warp-uniform and keeps the matrix descriptors in uniform registers.
+    const int ctid = tid - 128, cw = __shfl_sync(0xffffffffu, ctid / 128, 0);
     const int warp = (ctid / 32) % 4, lane = tid % 32;
     float d[BN / 2];
 #pragma unroll
@@ -140,14 +142,16 @@ __device__ __forceinline__ void gemm_tile(const TensorMap& ta, const TensorMap& 
     // K-major row, or 16 rows of 128 bytes down an M/N-major box.
     constexpr uint32_t A_STEP = A_MN ? 16 * 128 : 32, B_STEP = B_MN ? 16 * 128 : 32;
     constexpr uint32_t A_LBO = A_MN ? BOX_BYTES : 16, B_LBO = B_MN ? BOX_BYTES : 16;
+    // Stage 0's descriptors; a stage or k16 step further adds its offset in 16-byte units to
+    // the address field, which cannot carry (shared addresses stay below 2^18).
+    const uint64_t da0 = descriptor(sA + cw * BOX_BYTES, A_LBO, 1024), db0 = descriptor(sB, B_LBO, 1024);
     for (int i = 0, s = 0, phase = 0; i < nt; ++i) {
         mbar_wait(full(s), phase);
-        const uint32_t a = sA + s * A_BYTES + cw * BOX_BYTES, b = sB + s * B_BYTES;
+        const uint64_t da = da0 + uint64_t(s * (A_BYTES >> 4)), db = db0 + uint64_t(s * (B_BYTES >> 4));
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < BK / 16; ++kk) {
-            wgmma_tile<BN, A_MN, B_MN>(d, descriptor(a + kk * A_STEP, A_LBO, 1024),
-                                       descriptor(b + kk * B_STEP, B_LBO, 1024));
+            wgmma_tile<BN, A_MN, B_MN>(d, da + kk * (A_STEP >> 4), db + kk * (B_STEP >> 4));
         }
         wgmma_commit();
         // Keep this stage's wgmma group in flight while waiting for the next stage; the group
@@ -323,11 +327,18 @@ __device__ __forceinline__ void gemm_persistent(const TensorMap& ta, const Tenso
         __syncwarp();
     } else {
         asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
-        const int ctid = tid - 128, cw = ctid / 128;  // consumer warpgroup: rows 64·cw .. 64·cw+63
+        // Consumer warpgroup (rows 64·cw .. 64·cw+63), broadcast so the compiler knows it is
+        // warp-uniform and keeps the matrix descriptors in uniform registers.
+        const int ctid = tid - 128, cw = __shfl_sync(0xffffffffu, ctid / 128, 0);
         const int warp = (ctid / 32) % 4, lane = tid % 32;
         float* stage = reinterpret_cast<float*>(smem_raw + (sEpi - smem_addr(smem_raw))) + cw * (EPI_BYTES / 4);
         constexpr uint32_t A_STEP = A_MN ? 16 * 128 : 32, B_STEP = B_MN ? 16 * 128 : 32;
         constexpr uint32_t A_LBO = A_MN ? BOX_BYTES : 16, B_LBO = B_MN ? BOX_BYTES : 16;
+        // Stage 0's descriptors (this warpgroup's A half, or half 0 for ping-pong); a stage, half
+        // or k16 step further adds its offset in 16-byte units to the address field, which
+        // cannot carry (shared addresses stay below 2^18).
+        const uint64_t da0 = descriptor(sA + (PINGPONG ? 0 : cw) * BOX_BYTES, A_LBO, 1024);
+        const uint64_t db0 = descriptor(sB, B_LBO, 1024);
         // Releases a stage in both blocks of the cluster: lane r of each warp arrives on block r.
         auto release = [&](int st) {
             __syncwarp();
@@ -356,13 +367,13 @@ __device__ __forceinline__ void gemm_persistent(const TensorMap& ta, const Tenso
             for (int i = 0; i < w.nt; ++i) {
                 mbar_wait(full(s), phase);
                 wgmma_fence();
+                const uint64_t da = da0 + uint64_t(s * (A_BYTES >> 4)), db = db0 + uint64_t(s * (B_BYTES >> 4));
 #pragma unroll
                 for (int h = 0; h < HALVES; ++h) {
-                    const uint32_t a = sA + s * A_BYTES + (PINGPONG ? h : cw) * BOX_BYTES, b = sB + s * B_BYTES;
 #pragma unroll
                     for (int kk = 0; kk < BK / 16; ++kk) {
-                        wgmma_tile<BN, A_MN, B_MN>(d[h], descriptor(a + kk * A_STEP, A_LBO, 1024),
-                                                   descriptor(b + kk * B_STEP, B_LBO, 1024));
+                        wgmma_tile<BN, A_MN, B_MN>(d[h], da + uint64_t(h * (BOX_BYTES >> 4) + kk * (A_STEP >> 4)),
+                                                   db + kk * (B_STEP >> 4));
                     }
                 }
                 wgmma_commit();
