@@ -154,9 +154,11 @@ impl Fp8Config {
 }
 
 /// Every configuration: `p256`, `pp128` (the planner's for small products), `pp64`, then `p256s`
-/// (the planner's for large ones) and `pp128s`: `p256` and `pp128` with the TMA-store epilogue.
+/// (the planner's for large ones) and `pp128s`: `p256` and `pp128` with the TMA-store epilogue;
+/// `p192` and `p192s`: 128×192 tiles, plain and TMA-store (the planner's where 256-wide units
+/// leave the last round of clusters half empty and 192-wide ones do not).
 #[doc(hidden)]
-pub const FP8_CONFIGS: [Fp8Config; 5] = [
+pub const FP8_CONFIGS: [Fp8Config; 7] = [
     Fp8Config {
         name: "p256",
         tma_store: false,
@@ -227,24 +229,69 @@ pub const FP8_CONFIGS: [Fp8Config; 5] = [
             "gemm_fp8_pp128s_e5e5",
         ],
     },
+    Fp8Config {
+        name: "p192",
+        tma_store: false,
+        ring: 0,
+        bm: 128,
+        bn: 192,
+        stages: 4,
+        kernels: [
+            "gemm_fp8_p192_e4e4",
+            "gemm_fp8_p192_e4e5",
+            "gemm_fp8_p192_e5e4",
+            "gemm_fp8_p192_e5e5",
+        ],
+    },
+    Fp8Config {
+        name: "p192s",
+        tma_store: true,
+        ring: 2,
+        bm: 128,
+        bn: 192,
+        stages: 4,
+        kernels: [
+            "gemm_fp8_p192s_e4e4",
+            "gemm_fp8_p192s_e4e5",
+            "gemm_fp8_p192s_e5e4",
+            "gemm_fp8_p192s_e5e5",
+        ],
+    },
 ];
 
 /// The configuration [`gemm_fp8`] runs for `shape` on `sms` multiprocessors. Measured on an H100
 /// (docs/kernels/gemm_fp8.md, v2): `p256s` (128×256 tiles, TMA-store epilogue) led or tied every
 /// large shape, deep and shallow K (8192³, 8192×4096×4096, 4096×4096×8192), so it runs wherever its
 /// tiles give every cluster at least two work units; below that `pp128`, whose 128×128 tiles
-/// spread a small product over more clusters (small shapes: a rule, not measured). The launch
-/// takes `p256s`'s plain twin `p256` when the output cannot be written by TMA.
+/// spread a small product over more clusters (small shapes: a rule, not measured). Where
+/// 128×192 tiles keep the clusters busier than 128×256 ones by more than 1 % ([`round_fill`]:
+/// 8192³ on 132 SMs, 98.5 % against 97.0 %), `p192s` instead (v5). The launch takes the plain
+/// twin (`p256`, `p192`) when the output cannot be written by TMA.
 #[doc(hidden)]
 pub fn plan_fp8(shape: GemmShape, sms: usize) -> Fp8Config {
-    let (p256s, pp128) = (FP8_CONFIGS[3], FP8_CONFIGS[1]);
+    let (p256s, pp128, p192s) = (FP8_CONFIGS[3], FP8_CONFIGS[1], FP8_CONFIGS[6]);
     let units = shape.m.div_ceil(p256s.bm).div_ceil(CLUSTER) * shape.n.div_ceil(p256s.bn);
     let clusters = (sms / CLUSTER).max(1);
-    if units >= 2 * clusters {
-        p256s
-    } else {
+    if units < 2 * clusters {
         pp128
+    } else if round_fill(p192s, shape, sms) > 1.01 * round_fill(p256s, shape, sms) {
+        p192s
+    } else {
+        p256s
     }
+}
+
+/// The share of the clusters' tile slots that `config`'s tiles fill with useful columns on `sms`
+/// multiprocessors: units over rounds × clusters (the last round's idle clusters), times N over
+/// the tile columns (the last tile column's padding). For ampkit's tests and benchmarks; not
+/// part of the stable API.
+#[doc(hidden)]
+pub fn round_fill(config: Fp8Config, shape: GemmShape, sms: usize) -> f64 {
+    let tiles_n = shape.n.div_ceil(config.bn);
+    let units = shape.m.div_ceil(config.bm).div_ceil(CLUSTER) * tiles_n;
+    let clusters = (sms / CLUSTER).max(1);
+    let rounds = units.div_ceil(clusters);
+    units as f64 / (rounds * clusters) as f64 * shape.n as f64 / (tiles_n * config.bn) as f64
 }
 
 /// `C[m, n] = a.scale_inv·b.scale_inv · Σ_k A[m, k]·B[n, k] (+ bias[n])` on the GPU, FP8
@@ -490,11 +537,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_planner_takes_p256s_for_large_products_and_pp128_for_small_ones() {
+    fn the_planner_takes_p256s_or_p192s_for_large_products_and_pp128_for_small_ones() {
         let plan = |m, n, k| plan_fp8(GemmShape::new(Layout::Forward, m, n, k), 132).name;
-        assert_eq!(plan(8192, 8192, 8192), "p256s");
+        // 1376 units of 128×192 in 21 rounds of 66 clusters (98.5 % full) beat 1024 of 128×256
+        // in 16 (97.0 %); at N = 4096, 192-wide tiles pad the last column and fill fewer rounds.
+        assert_eq!(plan(8192, 8192, 8192), "p192s");
         assert_eq!(plan(4096, 4096, 8192), "p256s");
         assert_eq!(plan(8192, 4096, 4096), "p256s");
+        let fill = |cfg: usize| {
+            round_fill(
+                FP8_CONFIGS[cfg],
+                GemmShape::new(Layout::Forward, 8192, 8192, 8192),
+                132,
+            )
+        };
+        assert!((fill(3) - 1024.0 / 1056.0).abs() < 1e-12);
+        assert!((fill(6) - 1376.0 / 1386.0 * 8192.0 / 8256.0).abs() < 1e-12);
         // Too few 128×256 units for two rounds of 66 clusters.
         assert_eq!(plan(1024, 1024, 8192), "pp128");
         assert_eq!(plan(4096, 512, 784), "pp128");
