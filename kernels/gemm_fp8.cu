@@ -169,7 +169,7 @@ __device__ __forceinline__ void store_slice_tma(const float (&d)[BN / 2], const 
     constexpr int CW = 128 / ESZ;
     const bool leader = warp == 0 && lane == 0;
     if constexpr (RING * CW >= BN) {
-        if (leader) bulk_wait_read_allow<0>();
+        if (leader) bulk_wait_read();
         asm volatile("bar.sync %0, 128;\n" ::"r"(bar_id) : "memory");
 #pragma unroll
         for (int ch = 0; ch < BN / CW; ++ch) {
@@ -191,7 +191,7 @@ __device__ __forceinline__ void store_slice_tma(const float (&d)[BN / 2], const 
             const uint32_t box = s_out + (nbox % RING) * OUT_BOX_BYTES;
             fill_box<ESZ, BN>(d, box, ch, out_kind, relu, scale, bias, col0, N, warp, lane);
             fence_proxy_async();
-            if (leader) bulk_wait_read_allow<RING - 2>();
+            if (leader) bulk_wait_read<RING - 2>();
             asm volatile("bar.sync %0, 128;\n" ::"r"(bar_id) : "memory");
             if (leader) {
                 tma_store(tc, col0 + ch * CW, row0, box);
@@ -214,7 +214,7 @@ __device__ __forceinline__ int2 unit_at(int u, int rank, int M, int N, int group
     return make_int2((2 * pr + rank) * BM, tn * BN);
 }
 
-template <int BM, int BN, int STAGES, bool PINGPONG, bool TMA_STORE, int RING, int FA, int FB>
+template <int BM, int BN, int STAGES, bool PINGPONG, bool TMA_STORE, int FA, int FB>
 __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& tb, const TensorMap& tc, void* C,
                                          const float* bias, const float* a_scale_inv,
                                          const float* b_scale_inv, int M, int N, int K,
@@ -236,8 +236,8 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
     // the multicast loads and remote arrives rely on it.
     const uint32_t base = (smem_addr(smem_raw) + 1023) & ~1023u;
     const uint32_t sA = base, sB = base + STAGES * A_BYTES, sEpi = sB + STAGES * B_BYTES;
-    // Per consumer: one f32 staging buffer, or a ring of RING swizzled TMA-store boxes.
-    static_assert(!TMA_STORE || RING >= 2, "a TMA-store ring needs two boxes at least");
+    // Per consumer: one f32 staging buffer, or a ring of two swizzled TMA-store boxes.
+    constexpr int RING = 2;
     constexpr int EPI_REGION = TMA_STORE ? 2 * RING * OUT_BOX_BYTES : 2 * EPI_BYTES;
     const uint32_t bars = sEpi + EPI_REGION;  // full[STAGES], empty[STAGES], order[2]
     auto full = [&](int s) { return bars + 8 * s; };
@@ -371,10 +371,10 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
                     if (row0 >= M) continue;  // the pad block of an odd number of tile-rows
                     if (out_kind == OUT_F32) {
                         store_slice_tma<4, BN, RING>(d[h], tc, s_out, nbox, out_kind, relu, scale, bias, row0,
-                                               t.y, N, warp, lane, 2 + cw);
+                                                     t.y, N, warp, lane, 2 + cw);
                     } else {
                         store_slice_tma<2, BN, RING>(d[h], tc, s_out, nbox, out_kind, relu, scale, bias, row0,
-                                               t.y, N, warp, lane, 2 + cw);
+                                                     t.y, N, warp, lane, 2 + cw);
                     }
                 }
                 continue;
@@ -444,30 +444,29 @@ using namespace gemm_fp8_detail;
 // A and 128 K × BN/2 rows for B, 128-byte swizzle), the tensor map of D (TMA-store configs: boxes
 // of 128 bytes × 64 rows, 128-byte swizzle; unread by the others), D, bias (may be null), the two
 // inverse scales (one f32 each, device memory), M, N, K, out_kind (0 f32, 1 f16, 2 bf16, | 4 for
-// the ReLU), pair-rows per raster group. RING: 0 for the f32-staging epilogue, else the TMA-store
-// boxes per consumer.
-#define AMPKIT_GEMM_FP8(NAME, BM, BN, ST, PP, RING, FA, FB)                                          \
+// the ReLU), pair-rows per raster group.
+#define AMPKIT_GEMM_FP8(NAME, BM, BN, ST, PP, TS, FA, FB)                                            \
     extern "C" __global__ void __cluster_dims__(CLUSTER, 1, 1) __launch_bounds__(THREADS, 1)       \
         NAME(const __grid_constant__ TensorMap ta, const __grid_constant__ TensorMap tb,            \
              const __grid_constant__ TensorMap tc, void* C, const float* bias,                      \
              const float* a_scale_inv, const float* b_scale_inv, int M, int N, int K, int out_kind, \
              int group_m) {                                                                         \
-        gemm_fp8<BM, BN, ST, PP, (RING > 0), (RING > 0 ? RING : 2), FA, FB>(                       \
-            ta, tb, tc, C, bias, a_scale_inv, b_scale_inv, M, N, K, out_kind, group_m);             \
+        gemm_fp8<BM, BN, ST, PP, TS, FA, FB>(ta, tb, tc, C, bias, a_scale_inv, b_scale_inv, M, N,   \
+                                             K, out_kind, group_m);                                 \
     }
-#define AMPKIT_GEMM_FP8_FORMATS(CFG, BM, BN, ST, PP, RING)                           \
-    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e4e4, BM, BN, ST, PP, RING, FP8_E4M3, FP8_E4M3) \
-    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e4e5, BM, BN, ST, PP, RING, FP8_E4M3, FP8_E5M2) \
-    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e5e4, BM, BN, ST, PP, RING, FP8_E5M2, FP8_E4M3) \
-    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e5e5, BM, BN, ST, PP, RING, FP8_E5M2, FP8_E5M2)
+#define AMPKIT_GEMM_FP8_FORMATS(CFG, BM, BN, ST, PP, TS)                             \
+    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e4e4, BM, BN, ST, PP, TS, FP8_E4M3, FP8_E4M3) \
+    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e4e5, BM, BN, ST, PP, TS, FP8_E4M3, FP8_E5M2) \
+    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e5e4, BM, BN, ST, PP, TS, FP8_E5M2, FP8_E4M3) \
+    AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e5e5, BM, BN, ST, PP, TS, FP8_E5M2, FP8_E5M2)
 
 // Register budget: 128·40 + 256·232 = 64512 of 65536 for the one block per SM.
-AMPKIT_GEMM_FP8_FORMATS(pp128, 128, 128, 6, true, 0)
-AMPKIT_GEMM_FP8_FORMATS(p256, 128, 256, 4, false, 0)
-AMPKIT_GEMM_FP8_FORMATS(pp64, 64, 256, 5, true, 0)
-AMPKIT_GEMM_FP8_FORMATS(pp128s, 128, 128, 6, true, 2)
-AMPKIT_GEMM_FP8_FORMATS(p256s, 128, 256, 4, false, 2)
+AMPKIT_GEMM_FP8_FORMATS(pp128, 128, 128, 6, true, false)
+AMPKIT_GEMM_FP8_FORMATS(p256, 128, 256, 4, false, false)
+AMPKIT_GEMM_FP8_FORMATS(pp64, 64, 256, 5, true, false)
+AMPKIT_GEMM_FP8_FORMATS(pp128s, 128, 128, 6, true, true)
+AMPKIT_GEMM_FP8_FORMATS(p256s, 128, 256, 4, false, true)
 // 192-wide tiles: more, smaller units, for products whose 256-wide units leave a last round of
 // the clusters half empty (8192³: 21 rounds of 1376 units, 99 % full, instead of 16 of 1024, 97 %).
-AMPKIT_GEMM_FP8_FORMATS(p192, 128, 192, 4, false, 0)
-AMPKIT_GEMM_FP8_FORMATS(p192s, 128, 192, 4, false, 2)
+AMPKIT_GEMM_FP8_FORMATS(p192, 128, 192, 4, false, false)
+AMPKIT_GEMM_FP8_FORMATS(p192s, 128, 192, 4, false, true)

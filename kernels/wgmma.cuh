@@ -64,13 +64,10 @@ __device__ __forceinline__ void tma_store(const TensorMap& map, int c0, int c1, 
                  : "memory");
 }
 __device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
-// Until every committed store of this thread has finished reading its shared memory.
+// Until at most N (default none) of this thread's most recent committed stores are still reading
+// their shared memory.
+template <int N = 0>
 __device__ __forceinline__ void bulk_wait_read() {
-    asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
-}
-// Until at most N of this thread's most recent committed stores are still reading shared memory.
-template <int N>
-__device__ __forceinline__ void bulk_wait_read_allow() {
     asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
 }
 // Until every committed store of this thread has completed.

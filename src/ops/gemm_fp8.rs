@@ -125,8 +125,6 @@ pub struct Fp8Config {
     /// Whether the epilogue writes D with TMA stores (D 16-byte aligned with a row pitch that is a
     /// multiple of 16 bytes; otherwise the launch takes the same tiles' plain config).
     pub tma_store: bool,
-    /// TMA-store boxes (64 rows × 128 bytes) per consumer; unused without `tma_store`.
-    pub ring: usize,
     /// Entry points for A×B formats E4M3×E4M3, E4M3×E5M2, E5M2×E4M3, E5M2×E5M2.
     pub kernels: [&'static str; 4],
 }
@@ -137,7 +135,7 @@ impl Fp8Config {
     /// the swizzle's period.
     pub fn shared_bytes(&self) -> usize {
         let epilogue = if self.tma_store {
-            2 * self.ring * 64 * 128
+            2 * 2 * 64 * 128
         } else {
             2 * 64 * 40 * 4
         };
@@ -162,7 +160,6 @@ pub const FP8_CONFIGS: [Fp8Config; 7] = [
     Fp8Config {
         name: "p256",
         tma_store: false,
-        ring: 0,
         bm: 128,
         bn: 256,
         stages: 4,
@@ -176,7 +173,6 @@ pub const FP8_CONFIGS: [Fp8Config; 7] = [
     Fp8Config {
         name: "pp128",
         tma_store: false,
-        ring: 0,
         bm: 128,
         bn: 128,
         stages: 6,
@@ -190,7 +186,6 @@ pub const FP8_CONFIGS: [Fp8Config; 7] = [
     Fp8Config {
         name: "pp64",
         tma_store: false,
-        ring: 0,
         bm: 64,
         bn: 256,
         stages: 5,
@@ -204,7 +199,6 @@ pub const FP8_CONFIGS: [Fp8Config; 7] = [
     Fp8Config {
         name: "p256s",
         tma_store: true,
-        ring: 2,
         bm: 128,
         bn: 256,
         stages: 4,
@@ -218,7 +212,6 @@ pub const FP8_CONFIGS: [Fp8Config; 7] = [
     Fp8Config {
         name: "pp128s",
         tma_store: true,
-        ring: 2,
         bm: 128,
         bn: 128,
         stages: 6,
@@ -232,7 +225,6 @@ pub const FP8_CONFIGS: [Fp8Config; 7] = [
     Fp8Config {
         name: "p192",
         tma_store: false,
-        ring: 0,
         bm: 128,
         bn: 192,
         stages: 4,
@@ -246,7 +238,6 @@ pub const FP8_CONFIGS: [Fp8Config; 7] = [
     Fp8Config {
         name: "p192s",
         tma_store: true,
-        ring: 2,
         bm: 128,
         bn: 192,
         stages: 4,
