@@ -13,7 +13,7 @@ use ampkit::cpu::fp8::Fp8Format;
 use ampkit::cuda::DeviceBuffer;
 use ampkit::ops::blas::BlasLt;
 use ampkit::ops::gemm_fp8::{
-    gemm_fp8_with, plan_fp8, Fp8Config, Fp8Operand, Fp8Output, FP8_CONFIGS,
+    gemm_fp8_relu_with, gemm_fp8_with, plan_fp8, Fp8Config, Fp8Operand, Fp8Output, FP8_CONFIGS,
 };
 use ampkit::{ops, Result};
 use cudarc::driver::ValidAsZeroBits;
@@ -136,14 +136,25 @@ fn row<C: Fp8Output + ValidAsZeroBits + ToF64>(
     Ok(row)
 }
 
-/// Every FP8 configuration on `case` (bf16 or f32 output as its row), and cuBLASLt once:
-/// a note line with each one's median TFLOP/s.
+/// Every FP8 configuration on `case` (bf16 or f32 output as its row), cuBLASLt, and the planned
+/// configuration with a bias and a ReLU: a note line with each one's median TFLOP/s.
 pub(super) fn fp8_sweep(h: &mut Harness, lt: &mut BlasLt, case: &GemmCase) -> Result<String> {
     if case.f32_out {
         sweep::<f32>(h, lt, case)
     } else {
         sweep::<bf16>(h, lt, case)
     }
+}
+
+/// One timed entry of the sweep.
+#[derive(Clone, Copy)]
+enum Entry {
+    /// A configuration, no bias.
+    Plain(Fp8Config),
+    /// cuBLASLt's FP8 GEMM.
+    CublasLt,
+    /// A configuration with a bias and the ReLU epilogue.
+    BiasRelu(Fp8Config),
 }
 
 fn sweep<C: Fp8Output + ValidAsZeroBits>(
@@ -155,25 +166,35 @@ fn sweep<C: Fp8Output + ValidAsZeroBits>(
     let ops = Operands::new(h, case)?;
     let (a, b) = (ops.a(), ops.b());
     let mut out: DeviceBuffer<C> = h.gpu.alloc_zeros(case.m * case.n)?;
+    // The planned configuration once more with a bias and a ReLU (a hidden layer's forward in
+    // the training step): what that epilogue costs beside the plain one, in the same sequence.
+    let bias = h.f32_buf(case.n, 23)?;
+    let planned = plan_fp8(shape, h.gpu.info().multiprocessors);
     let gpu = h.gpu.clone();
     let flops = gemm_flops(case.m, case.n, case.k);
-    // Every configuration and cuBLASLt in turn, call by call, in one timed sequence (as the row).
-    let configs: Vec<Option<Fp8Config>> = FP8_CONFIGS
+    // Every configuration, cuBLASLt and the planned one with bias + ReLU in turn, call by call,
+    // in one timed sequence (as the row).
+    let entries: Vec<Entry> = FP8_CONFIGS
         .iter()
         .copied()
-        .map(Some)
-        .chain([None])
+        .map(Entry::Plain)
+        .chain([Entry::CublasLt, Entry::BiasRelu(planned)])
         .collect();
-    let c = configs.len();
-    let times = h.times_us(true, c * h.warmup, c * h.runs, |i| match configs[i % c] {
-        Some(cfg) => gemm_fp8_with(&gpu, cfg, shape, &a, &b, None, &mut out),
-        None => lt.gemm_fp8(&gpu, shape, &a, &b, &mut out),
+    let c = entries.len();
+    let times = h.times_us(true, c * h.warmup, c * h.runs, |i| match entries[i % c] {
+        Entry::Plain(cfg) => gemm_fp8_with(&gpu, cfg, shape, &a, &b, None, &mut out),
+        Entry::CublasLt => lt.gemm_fp8(&gpu, shape, &a, &b, &mut out),
+        Entry::BiasRelu(cfg) => gemm_fp8_relu_with(&gpu, cfg, shape, &a, &b, Some(&bias), &mut out),
     })?;
     let mut cells = Vec::new();
-    for (j, config) in configs.iter().enumerate() {
+    for (j, entry) in entries.iter().enumerate() {
         let mut t: Vec<f64> = times.iter().skip(j).step_by(c).copied().collect();
         let us = median(&mut t);
-        let name = config.map_or("cuBLASLt", |c| c.name);
+        let name = match entry {
+            Entry::Plain(cfg) => cfg.name.to_string(),
+            Entry::CublasLt => "cuBLASLt".to_string(),
+            Entry::BiasRelu(cfg) => format!("{}+bias+relu", cfg.name),
+        };
         cells.push(format!(
             "{name} {:.0} TFLOP/s ({us:.1} us)",
             flops / us / 1e6
