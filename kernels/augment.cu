@@ -31,6 +31,7 @@
 //   8,000-sample epoch (6.3 M elements) is 50 MB as f32 → ~17 µs at the device copy rate
 //   (~2.9 TB/s, H100), a 4096-sample f16 batch (3.2 M elements, 19 MB) ~7 µs; from palette codes
 //   9.6 MB, ~3.5 µs.
+#include "augment_pixels.cuh"
 #include "common.cuh"
 #include "pdl.cuh"
 
@@ -70,23 +71,13 @@ struct Pair<__nv_bfloat16> {
     }
 };
 
-// The dataset's pixels: f32 values, or one-byte codes into a palette of at most 256 f32 values
-// (a dataset with that few distinct values, MNIST's k/255: a quarter of the bytes to read, the
-// same values out).
-struct F32Pixels {
-    const float* __restrict__ values;
-    __device__ __forceinline__ float at(size_t i) const { return values[i]; }
-};
-struct CodedPixels {
-    const unsigned char* __restrict__ codes;
-    const float* __restrict__ palette;
-    __device__ __forceinline__ float at(size_t i) const { return __ldg(palette + codes[i]); }
-};
-
 // Samples are grid-strided over blocks, a sample's pixels over the block's threads: the image
 // index and shift are read once per sample (broadcast loads), the pixel's row and column need
 // one 32-bit division, and with `pairs` (inputs even, output aligned to two elements) each
 // thread stores two neighbouring pixels at once.
+using augment_pixels::CodedPixels;
+using augment_pixels::F32Pixels;
+
 template <typename T, typename Px>
 __device__ __forceinline__ void gather(const Px images, const unsigned* __restrict__ order,
                                        const int* __restrict__ shifts, T* __restrict__ out,
@@ -100,13 +91,7 @@ __device__ __forceinline__ void gather(const Px images, const unsigned* __restri
         const size_t img = valid ? size_t(s) * inputs : 0;
         T* row = out + i * inputs;
         auto value = [&](unsigned p) -> float {
-            if (!valid) return __int_as_float(0x7fc00000);  // quiet NaN: the whole row
-            if (side == 0) return images.at(img + p);
-            const unsigned r0 = p / side;
-            const int r = int(r0) - dy;
-            const int c = int(p - r0 * side) - dx;
-            const bool inside = r >= 0 && r < int(side) && c >= 0 && c < int(side);
-            return inside ? images.at(img + unsigned(r) * side + unsigned(c)) : background;
+            return augment_pixels::shifted(images, valid, img, p, side, dx, dy, background);
         };
         if (pairs) {
             auto* row2 = reinterpret_cast<typename Pair<T>::type*>(row);

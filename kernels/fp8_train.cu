@@ -49,6 +49,8 @@
 #include <float.h>
 #include <stdint.h>
 
+#include "augment_pixels.cuh"
+#include "common.cuh"
 #include "pdl.cuh"
 
 namespace fp8_train_detail {
@@ -63,6 +65,7 @@ constexpr int kPasses = kTile / kRowsPerPass;       // 4
 // v4 holds the next tile's loads too: 48 registers (at 40 it spilled up to 76 bytes).
 constexpr int kBlocksPerSm = 6;
 constexpr int kBlocksPerSmV4 = 5;
+constexpr int kBlocksPerSmGather = 4;
 
 // x rounded to FP8 (nearest even, saturating), NaN → 0x7F. cuda_fp8.hpp converts in software
 // for compute_80 (this module) and with the sm_89+ instruction cvt.rn.satfinite (the
@@ -134,6 +137,105 @@ __device__ __forceinline__ void widen4(const uint2& x, float (&v)[4]) {
 // Word w (rows 4w..4w+3) of tile column c in the staging buffer.
 __device__ __forceinline__ int staged_word(int c, int w) { return c * (kTile / 4) + (w ^ ((c >> 2) & 15)); }
 
+// The shared memory of one block's tiles: the transposed staging of the codes, the warps'
+// maxima and (DBIAS) the warps' column sums.
+template <bool DBIAS>
+struct TileSmem {
+    uint32_t staged[kTile * kTile / 4];
+    unsigned int block_max[kThreads / 32];
+    float col_sums[DBIAS ? kThreads / 32 : 1][kTile];
+};
+
+// One tile's values v (this thread's 4 columns c0 + 4g.. of rows r0 + rr + 16p, 0 outside the
+// matrix) to q, qt and (DBIAS) partial, folding |v| into m (amax bits). Ends with a barrier:
+// the block may stage its next tile.
+template <__nv_fp8_interpretation_t F, bool V, bool DBIAS>
+__device__ __forceinline__ void convert_tile(const float (&v)[kPasses][4], TileSmem<DBIAS>& sm,
+                                             size_t r0, size_t c0, size_t rows, size_t cols,
+                                             size_t ld, float s, uint8_t* __restrict__ q,
+                                             uint8_t* __restrict__ qt, float* __restrict__ partial,
+                                             unsigned int& m) {
+    uint8_t* staged_bytes = reinterpret_cast<uint8_t*>(sm.staged);
+    const int g = threadIdx.x % kGroups, rr = threadIdx.x / kGroups;
+    const size_t c = c0 + 4 * g;
+    if (DBIAS) {
+        // Column sums of the tile, in a fixed order: each thread's 4 rows in pass order, the
+        // two threads of a warp that share columns (lanes l and l ^ 16: a + b == b + a), then
+        // the 8 warps in order.
+        const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            float cs = 0.f;
+#pragma unroll
+            for (int p = 0; p < kPasses; ++p) cs += v[p][k];
+            cs += __shfl_xor_sync(0xFFFFFFFFu, cs, 16);
+            if (lane < 16) sm.col_sums[DBIAS ? warp : 0][4 * g + k] = cs;
+        }
+    }
+#pragma unroll
+    for (int p = 0; p < kPasses; ++p) {
+        const int lr = rr + p * kRowsPerPass;
+        const size_t r = r0 + lr;
+        uint32_t packed = 0;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            m = max(m, __float_as_uint(v[p][k]) & 0x7FFFFFFFu);  // 0 outside the matrix
+            const bool inside = r < rows && c + k < cols;
+            const uint32_t b = inside ? to_fp8<F>(v[p][k] * s) : 0u;
+            packed |= b << (8 * k);
+            staged_bytes[staged_word(4 * g + k, lr >> 2) * 4 + (lr & 3)] = uint8_t(b);
+        }
+        if (q != nullptr && r < rows && c < cols) {
+            uint8_t* out = q + r * cols + c;
+            if (V) {
+                *reinterpret_cast<uint32_t*>(out) = packed;
+            } else {
+#pragma unroll
+                for (int k = 0; k < 4; ++k)
+                    if (c + k < cols) out[k] = uint8_t(packed >> (8 * k));
+            }
+        }
+    }
+    __syncthreads();
+    if (DBIAS && threadIdx.x < kTile && c0 + threadIdx.x < cols) {
+        float sum = 0.f;
+#pragma unroll
+        for (int w = 0; w < kThreads / 32; ++w) sum += sm.col_sums[DBIAS ? w : 0][threadIdx.x];
+        partial[(r0 / kTile) * cols + c0 + threadIdx.x] = sum;
+    }
+#pragma unroll
+    for (int p = 0; p < kPasses; ++p) {
+        // Tile column lc is qt row c0 + lc; this thread writes its rows r0+4g .. r0+4g+3 (all
+        // below ld or all at or above it: ld is a multiple of 16).
+        const int lc = rr + p * kRowsPerPass;
+        const size_t col = c0 + lc, r = r0 + 4 * g;
+        if (col < cols && r < ld) {
+            const uint32_t word = sm.staged[staged_word(lc, g)];
+            uint8_t* out = qt + col * ld + r;
+            if (V) {
+                *reinterpret_cast<uint32_t*>(out) = word;
+            } else {
+#pragma unroll
+                for (int k = 0; k < 4; ++k) out[k] = uint8_t(word >> (8 * k));
+            }
+        }
+    }
+    __syncthreads();
+}
+
+// The block's amax bits m into amax_bits: warps, then one atomicMax per block.
+template <bool DBIAS>
+__device__ __forceinline__ void fold_amax(unsigned int m, TileSmem<DBIAS>& sm, unsigned int* amax_bits) {
+    for (int o = 16; o > 0; o >>= 1) m = max(m, __shfl_xor_sync(0xFFFFFFFFu, m, o));
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (lane == 0) sm.block_max[warp] = m;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < kThreads / 32; ++w) m = max(m, sm.block_max[w]);
+        if (m != 0) atomicMax(amax_bits, m);
+    }
+}
+
 // DRELU: the source is the ReLU backward of src on the forward output relu_out (src where
 // relu_out > 0, else +0: relu.cu's backward, whose bit test on a bf16 is the widened value's
 // `> 0`). DBIAS: also the source's column sums of each 64-row tile, into partial[tile row][col].
@@ -145,10 +247,7 @@ __device__ __forceinline__ void cast_transpose(const T* __restrict__ src,
                                                const float* __restrict__ scale,
                                                unsigned int* __restrict__ amax_bits,
                                                float* __restrict__ partial) {
-    __shared__ uint32_t staged[kTile * kTile / 4];
-    __shared__ unsigned int block_max[kThreads / 32];
-    __shared__ float col_sums[DBIAS ? kThreads / 32 : 1][kTile];
-    uint8_t* staged_bytes = reinterpret_cast<uint8_t*>(staged);
+    __shared__ TileSmem<DBIAS> sm;
     const float s = *scale;
     const int g = threadIdx.x % kGroups, rr = threadIdx.x / kGroups;
     const size_t col_tiles = (cols + kTile - 1) / kTile;
@@ -193,78 +292,61 @@ __device__ __forceinline__ void cast_transpose(const T* __restrict__ src,
                 for (int k = 0; k < 4; ++k)  // y in (0, +inf]: its bits in [1, 0x7F800000]
                     v[p][k] = __float_as_uint(y[DRELU ? p : 0][k]) - 1u < 0x7F800000u ? v[p][k] : 0.f;
         }
-        if (DBIAS) {
-            // Column sums of the tile, in a fixed order: each thread's 4 rows in pass order, the
-            // two threads of a warp that share columns (lanes l and l ^ 16: a + b == b + a), then
-            // the 8 warps in order.
-            const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-#pragma unroll
-            for (int k = 0; k < 4; ++k) {
-                float cs = 0.f;
-#pragma unroll
-                for (int p = 0; p < kPasses; ++p) cs += v[p][k];
-                cs += __shfl_xor_sync(0xFFFFFFFFu, cs, 16);
-                if (lane < 16) col_sums[DBIAS ? warp : 0][4 * g + k] = cs;
-            }
-        }
+        convert_tile<F, V, DBIAS>(v, sm, r0, c0, rows, cols, ld, s, q, qt, partial, m);
+    }
+    fold_amax<DBIAS>(m, sm, amax_bits);
+}
+
+// The training step's input stage fused with the first FP8 layer's input cast: augment.cu's
+// batch gather (sample i of the epoch's plan from cursor[1], shifted, labels alongside, the
+// whole batch poisoned when the cursor runs past the plan) with each pixel rounded to bf16 as
+// augment_batch_*_bf16 stores it, then cast and transposed as cast_transpose does that bf16
+// batch: the same codes, amax and labels, without the batch's 2 bytes per pixel written and read
+// back. Loads are per element (a shifted row is not aligned); V picks the q/qt store width.
+template <__nv_fp8_interpretation_t F, bool V, typename Px>
+__device__ __forceinline__ void gather_cast_transpose(
+    const Px images, const unsigned* __restrict__ labels, const unsigned* __restrict__ order,
+    const int* __restrict__ shifts, const unsigned* cursor, unsigned* __restrict__ labels_out,
+    uint8_t* __restrict__ q, uint8_t* __restrict__ qt, size_t n, size_t plan_len, unsigned inputs,
+    unsigned side, unsigned count, float background, size_t ld, const float* __restrict__ scale,
+    unsigned int* __restrict__ amax_bits) {
+    __shared__ TileSmem<false> sm;
+    const float s = *scale;
+    const size_t first = cursor[1];
+    const bool poison = first + n > plan_len;  // the host's bookkeeping went wrong: never read past
+    if (!poison) {
+        order += first;
+        shifts += 2 * first;
+    }
+    for (size_t i = ampkit::global_thread(); i < n; i += ampkit::grid_threads()) {
+        const unsigned o = poison ? 0xFFFFFFFFu : order[i];
+        labels_out[i] = !poison && o < count ? labels[o] : 0xFFFFFFFFu;
+    }
+    const int g = threadIdx.x % kGroups, rr = threadIdx.x / kGroups;
+    const size_t col_tiles = (inputs + kTile - 1) / kTile;
+    const size_t tiles = (n + kTile - 1) / kTile * col_tiles;
+    unsigned int m = 0;
+    for (size_t t = blockIdx.x; t < tiles; t += gridDim.x) {
+        const size_t r0 = t / col_tiles * kTile, c0 = t % col_tiles * kTile;
+        const unsigned c = unsigned(c0) + 4 * g;
+        float v[kPasses][4];
 #pragma unroll
         for (int p = 0; p < kPasses; ++p) {
-            const int lr = rr + p * kRowsPerPass;
-            const size_t r = r0 + lr;
-            uint32_t packed = 0;
+            const size_t i = r0 + rr + p * kRowsPerPass;
+            const unsigned o = poison || i >= n ? 0xFFFFFFFFu : order[i];
+            const bool valid = !poison && o < count;
+            const bool shift = side != 0 && !poison && i < n;
+            const int dx = shift ? shifts[2 * i] : 0, dy = shift ? shifts[2 * i + 1] : 0;
+            const size_t img = valid ? size_t(o) * inputs : 0;
 #pragma unroll
             for (int k = 0; k < 4; ++k) {
-                m = max(m, __float_as_uint(v[p][k]) & 0x7FFFFFFFu);  // 0 outside the matrix
-                const bool inside = r < rows && c + k < cols;
-                const uint32_t b = inside ? to_fp8<F>(v[p][k] * s) : 0u;
-                packed |= b << (8 * k);
-                staged_bytes[staged_word(4 * g + k, lr >> 2) * 4 + (lr & 3)] = uint8_t(b);
-            }
-            if (q != nullptr && r < rows && c < cols) {
-                uint8_t* out = q + r * cols + c;
-                if (V) {
-                    *reinterpret_cast<uint32_t*>(out) = packed;
-                } else {
-#pragma unroll
-                    for (int k = 0; k < 4; ++k)
-                        if (c + k < cols) out[k] = uint8_t(packed >> (8 * k));
-                }
+                const float x = augment_pixels::shifted(images, valid, img, c + k, side, dx, dy, background);
+                v[p][k] = i < n && c + k < inputs ? widen(ampkit::f32_to_bf16_bits_exact(x)) : 0.f;
             }
         }
-        __syncthreads();
-        if (DBIAS && threadIdx.x < kTile && c0 + threadIdx.x < cols) {
-            float sum = 0.f;
-#pragma unroll
-            for (int w = 0; w < kThreads / 32; ++w) sum += col_sums[DBIAS ? w : 0][threadIdx.x];
-            partial[(r0 / kTile) * cols + c0 + threadIdx.x] = sum;
-        }
-#pragma unroll
-        for (int p = 0; p < kPasses; ++p) {
-            // Tile column lc is qt row c0 + lc; this thread writes its rows r0+4g .. r0+4g+3 (all
-            // below ld or all at or above it: ld is a multiple of 16).
-            const int lc = rr + p * kRowsPerPass;
-            const size_t col = c0 + lc, r = r0 + 4 * g;
-            if (col < cols && r < ld) {
-                const uint32_t word = staged[staged_word(lc, g)];
-                uint8_t* out = qt + col * ld + r;
-                if (V) {
-                    *reinterpret_cast<uint32_t*>(out) = word;
-                } else {
-#pragma unroll
-                    for (int k = 0; k < 4; ++k) out[k] = uint8_t(word >> (8 * k));
-                }
-            }
-        }
-        __syncthreads();
+        convert_tile<F, V, false>(v, sm, r0, c0, n, inputs, ld, s, q, qt, nullptr, m);
     }
-    for (int o = 16; o > 0; o >>= 1) m = max(m, __shfl_xor_sync(0xFFFFFFFFu, m, o));
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    if (lane == 0) block_max[warp] = m;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        for (int w = 1; w < kThreads / 32; ++w) m = max(m, block_max[w]);
-        if (m != 0) atomicMax(amax_bits, m);
-    }
+    fold_amax<false>(m, sm, amax_bits);
 }
 
 constexpr int kMaxHistory = 4096;
@@ -310,6 +392,34 @@ AMPKIT_CAST_DBIAS_V(, false, e4m3, __NV_E4M3)
 AMPKIT_CAST_DBIAS_V(, false, e5m2, __NV_E5M2)
 AMPKIT_CAST_DBIAS_V(_drelu, true, e4m3, __NV_E4M3)
 AMPKIT_CAST_DBIAS_V(_drelu, true, e5m2, __NV_E5M2)
+
+// The batch stage into the first FP8 layer's input (E4M3, the forward format): over f32 pixels
+// or palette codes (augment.cu's two datasets), v4 (q and qt 4-byte aligned, inputs % 4 == 0)
+// or v1 stores.
+#define AMPKIT_GATHER_CAST(PNAME, PX, PARAMS, MAKE, VNAME, V)                                     \
+    extern "C" __global__ void __launch_bounds__(kThreads, kBlocksPerSmGather)                   \
+        fp8_gather_cast_transpose_##PNAME##_e4m3_##VNAME(                                        \
+            PARAMS, const unsigned* labels, const unsigned* order, const int* shifts,            \
+            const unsigned* cursor, unsigned* labels_out, uint8_t* q, uint8_t* qt, size_t n,     \
+            size_t plan_len, unsigned inputs, unsigned side, unsigned count, float background,   \
+            size_t ld, const float* scale, unsigned int* amax) {                                 \
+        pdl_start();                                                                             \
+        gather_cast_transpose<__NV_E4M3, V, PX>(MAKE, labels, order, shifts, cursor, labels_out, \
+                                                q, qt, n, plan_len, inputs, side, count,         \
+                                                background, ld, scale, amax);                    \
+    }
+#define AMPKIT_COMMA ,
+AMPKIT_GATHER_CAST(f32, augment_pixels::F32Pixels, const float* images,
+                   augment_pixels::F32Pixels{images}, v4, true)
+AMPKIT_GATHER_CAST(f32, augment_pixels::F32Pixels, const float* images,
+                   augment_pixels::F32Pixels{images}, v1, false)
+AMPKIT_GATHER_CAST(coded, augment_pixels::CodedPixels,
+                   const unsigned char* codes AMPKIT_COMMA const float* palette,
+                   (augment_pixels::CodedPixels{codes AMPKIT_COMMA palette}), v4, true)
+AMPKIT_GATHER_CAST(coded, augment_pixels::CodedPixels,
+                   const unsigned char* codes AMPKIT_COMMA const float* palette,
+                   (augment_pixels::CodedPixels{codes AMPKIT_COMMA palette}), v1, false)
+#undef AMPKIT_COMMA
 
 extern "C" __global__ void __launch_bounds__(kThreads)
     fp8_update_scales(float* history, float* scale, float* scale_inv, const float* fp8_max,

@@ -200,26 +200,8 @@ pub(crate) fn gather_batch<T: AugmentOutput>(
     n: usize,
 ) -> Result<()> {
     const OP: &str = "ops::augment::gather_batch";
-    let count = src.labels.len();
-    let shifts_needed = if src.side == 0 { 0 } else { 2 * src.plan_len };
-    let (inputs, side) = (src.inputs, src.side);
-    validate::augment::check(OP, inputs, side, [src.images.len(), n, 2 * n, n * inputs])?;
-    for (what, have, need) in [
-        ("images", src.images.len(), count * inputs),
-        ("order", src.order.len(), src.plan_len),
-        ("shifts", src.shifts.len(), shifts_needed),
-        ("cursor", cursor.len(), 2),
-        ("out", out.len(), n * inputs),
-        ("labels_out", labels_out.len(), n),
-        ("plan", src.plan_len, n),
-    ] {
-        if have < need {
-            return Err(Error::ShapeMismatch {
-                op: OP,
-                detail: format!("{what} holds {have} values where {need} are needed"),
-            });
-        }
-    }
+    check_batch(OP, src, cursor, labels_out.len(), n, [("out", out.len())])?;
+    let (inputs, side, count) = (src.inputs, src.side, src.labels.len());
     if n == 0 {
         return Ok(());
     }
@@ -240,25 +222,9 @@ pub(crate) fn gather_batch<T: AugmentOutput>(
         ],
         &[1],
     )?;
-    let (kernel, images_ptr, palette_ptr, _g3, _g8) = match &src.images {
-        Pixels::F32(v) => {
-            let (p, g) = v.device_ptr(stream);
-            (T::BATCH_KERNEL, p, None, g, None)
-        }
-        Pixels::Coded { codes, palette } => {
-            if palette.len() < PALETTE {
-                return Err(Error::ShapeMismatch {
-                    op: OP,
-                    detail: format!(
-                        "the palette holds {} values where {PALETTE} are needed",
-                        palette.len()
-                    ),
-                });
-            }
-            let (p, g) = codes.device_ptr(stream);
-            let (q, h) = palette.device_ptr(stream);
-            (T::CODED_BATCH_KERNEL, p, Some(q), g, Some(h))
-        }
+    let kernel = match &src.images {
+        Pixels::F32(_) => T::BATCH_KERNEL,
+        Pixels::Coded { .. } => T::CODED_BATCH_KERNEL,
     };
     let (labels_ptr, _g4) = src.labels.device_ptr(stream);
     let (order_ptr, _g5) = src.order.device_ptr(stream);
@@ -266,10 +232,7 @@ pub(crate) fn gather_batch<T: AugmentOutput>(
     let (cursor_ptr, _g7) = cursor.device_ptr(stream);
     let (cfg, pairs) = launch_shape::<T>(gpu, n, inputs, out_ptr);
     let mut args = KernelArgs::new();
-    args.push(images_ptr);
-    if let Some(p) = palette_ptr {
-        args.push(p);
-    }
+    let _images = push_pixels(&mut args, &src.images, stream);
     args.push(labels_ptr)
         .push(order_ptr)
         .push(shifts_ptr)
@@ -294,6 +257,69 @@ pub(crate) fn gather_batch<T: AugmentOutput>(
     // palette's 256 entries, shifts only when side is not 0. The buffers are whole allocations
     // (element-aligned) or were checked by vector_plan, and their guards live past the launch.
     unsafe { gpu.launch(&kernels::AUGMENT, kernel, cfg, &args) }
+}
+
+/// The checks of a batch stage over `src` (`n` samples from the device cursor, labels into
+/// `labels_out_len` values) before any launch, with the stage's own outputs' lengths (each must
+/// hold `n·inputs`): shapes the kernels validate, buffers at least as long as the shapes say
+/// (the palette [`PALETTE`] values), `n` within the plan.
+pub(crate) fn check_batch<const K: usize>(
+    op: &'static str,
+    src: &EpochSource<'_>,
+    cursor: &DeviceBuffer<u32>,
+    labels_out_len: usize,
+    n: usize,
+    outputs: [(&str, usize); K],
+) -> Result<()> {
+    let count = src.labels.len();
+    let shifts_needed = if src.side == 0 { 0 } else { 2 * src.plan_len };
+    let (inputs, side) = (src.inputs, src.side);
+    validate::augment::check(op, inputs, side, [src.images.len(), n, 2 * n, n * inputs])?;
+    let palette = match &src.images {
+        Pixels::Coded { palette, .. } => palette.len(),
+        Pixels::F32(_) => PALETTE,
+    };
+    let needs = [
+        ("images", src.images.len(), count * inputs),
+        ("palette", palette, PALETTE),
+        ("order", src.order.len(), src.plan_len),
+        ("shifts", src.shifts.len(), shifts_needed),
+        ("cursor", cursor.len(), 2),
+        ("labels_out", labels_out_len, n),
+        ("plan", src.plan_len, n),
+    ];
+    let outs = outputs.map(|(what, have)| (what, have, n * inputs));
+    for (what, have, need) in needs.into_iter().chain(outs) {
+        if have < need {
+            return Err(Error::ShapeMismatch {
+                op,
+                detail: format!("{what} holds {have} values where {need} are needed"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Pushes the batch kernels' pixel arguments (`images`, or `codes, palette`); the guards it
+/// returns must outlive the launch.
+pub(crate) fn push_pixels<'a>(
+    args: &mut KernelArgs,
+    images: &'a Pixels<'_>,
+    stream: &'a std::sync::Arc<cudarc::driver::CudaStream>,
+) -> Vec<cudarc::driver::SyncOnDrop<'a>> {
+    match images {
+        Pixels::F32(v) => {
+            let (p, g) = v.device_ptr(stream);
+            args.push(p);
+            vec![g]
+        }
+        Pixels::Coded { codes, palette } => {
+            let (p, g) = codes.device_ptr(stream);
+            let (q, h) = palette.device_ptr(stream);
+            args.push(p).push(q);
+            vec![g, h]
+        }
+    }
 }
 
 #[cfg(test)]

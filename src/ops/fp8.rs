@@ -22,8 +22,10 @@ use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
 use half::bf16;
 
 mod dbias;
+mod gather;
 mod scales;
 pub use dbias::cast_transpose_dbias;
+pub(crate) use gather::gather_cast_transpose;
 pub use scales::{update_scales, Fp8Scales, MAX_HISTORY};
 
 const THREADS: u32 = 256;

@@ -410,23 +410,42 @@ impl<H: TrainHalf> Engine<H> {
         let gpu = &*gpu_arc;
         let source = self.data.source(inputs);
         let n = batch * inputs;
-        match &mut self.batch_x {
-            Buf::H(x) => augment::gather_batch(
+        // A first layer in FP8 with a bf16 input takes the batch straight into its E4M3 input
+        // (the gather fused with its input cast); the bf16 batch is then not written, and no
+        // layer reads it.
+        let fused_input = match (&self.batch_x, &mut self.fp8, self.layers.first_mut()) {
+            (Buf::H(_), Some(run), Some(first)) => first.fp8_direct_input().map(|b| (run, b)),
+            _ => None,
+        };
+        if let Some((run, bufs)) = fused_input {
+            super::gpu_fp8::gather_input(
                 gpu,
+                run,
+                bufs,
                 &source,
                 &self.cursor,
-                &mut x.slice_mut(..n),
                 &mut self.batch_y,
                 batch,
-            )?,
-            Buf::F(x) => augment::gather_batch(
-                gpu,
-                &source,
-                &self.cursor,
-                &mut x.slice_mut(..n),
-                &mut self.batch_y,
-                batch,
-            )?,
+            )?;
+        } else {
+            match &mut self.batch_x {
+                Buf::H(x) => augment::gather_batch(
+                    gpu,
+                    &source,
+                    &self.cursor,
+                    &mut x.slice_mut(..n),
+                    &mut self.batch_y,
+                    batch,
+                )?,
+                Buf::F(x) => augment::gather_batch(
+                    gpu,
+                    &source,
+                    &self.cursor,
+                    &mut x.slice_mut(..n),
+                    &mut self.batch_y,
+                    batch,
+                )?,
+            }
         }
         let (x, labels) = (
             sample_view(&self.batch_x, 0, n),

@@ -75,6 +75,9 @@ pub(crate) struct Fp8Bufs {
     /// The output gradient `[b, out]` and its transpose `[out, ld(b)]`.
     dq: DeviceBuffer<u8>,
     dqt: DeviceBuffer<u8>,
+    /// `xq` and `xqt` already hold this step's input ([`gather_input`]): the next forward skips
+    /// its input cast (and clears this).
+    input_ready: bool,
 }
 
 /// `rows` rounded up to 16 (the transposes' row pitch), as the casts lay them out.
@@ -102,6 +105,7 @@ impl Fp8Bufs {
             wqt: z(fan_in * out)?,
             dq: z(batch * out)?,
             dqt: z(out * ldb)?,
+            input_ready: false,
         })
     }
 }
@@ -148,7 +152,8 @@ pub(crate) fn forward<H: TrainHalf>(
     let f = run.recipe.forward_format();
     let ldb = ld(b)?;
     let (ti, tw) = (bufs.base + INPUT, bufs.base + WEIGHT);
-    {
+    let input_ready = std::mem::take(&mut bufs.input_ready) && record;
+    if !input_ready {
         let q = bufs.xq.slice_mut(..b * fan_in);
         let qt = bufs.xqt.slice_mut(..fan_in * ldb);
         let Fp8Run {
@@ -182,6 +187,39 @@ pub(crate) fn forward<H: TrainHalf>(
         Fp8Out::Plain(mut y) => gemm_fp8(gpu, shape, &a, &bm, Some(bias), &mut y),
         Fp8Out::Relu(mut y) => gemm_fp8_relu(gpu, shape, &a, &bm, Some(bias), &mut y),
     }
+}
+
+/// The training step's input stage for a model whose first layer is FP8 (`bufs`): `b` samples
+/// of `src` from the device cursor, their labels into `labels_out`, gathered, rounded to bf16
+/// and cast straight into the layer's E4M3 input and its transpose, the amax recorded
+/// ([`crate::ops::fp8::gather_cast_transpose`]: what [`forward`] would cast from the bf16
+/// batch, bit for bit, without that batch). The next [`forward`] of the layer uses them as they
+/// are.
+pub(crate) fn gather_input(
+    gpu: &Gpu,
+    run: &mut Fp8Run,
+    bufs: &mut Fp8Bufs,
+    src: &crate::ops::augment::EpochSource<'_>,
+    cursor: &DeviceBuffer<u32>,
+    labels_out: &mut DeviceBuffer<u32>,
+    b: usize,
+) -> Result<()> {
+    let fan_in = src.inputs;
+    let ldb = ld(b)?;
+    let (scale, mut amax) = run.scales.scale_and_amax(bufs.base + INPUT)?;
+    crate::ops::fp8::gather_cast_transpose(
+        gpu,
+        src,
+        cursor,
+        b,
+        &scale,
+        &mut bufs.xq.slice_mut(..b * fan_in),
+        &mut bufs.xqt.slice_mut(..fan_in * ldb),
+        &mut amax,
+        &mut labels_out.slice_mut(..b),
+    )?;
+    bufs.input_ready = true;
+    Ok(())
 }
 
 /// One cast of state `t` at its scale, its amax folded into its history's current slot or,

@@ -141,6 +141,13 @@ impl<H: TrainHalf> Layer<H> {
     pub fn out_half(&self) -> bool {
         self.half && self.ln.is_none()
     }
+
+    /// An FP8 layer that reads its input as given (no conversion buffer): its FP8 buffers, into
+    /// which the step's input stage may cast the batch directly
+    /// ([`gpu_fp8::gather_input`]).
+    pub(crate) fn fp8_direct_input(&mut self) -> Option<&mut Fp8Bufs> {
+        self.fp8.as_mut().filter(|_| self.input.is_none())
+    }
 }
 
 /// Buffers of every layer for batches of up to `batch` samples.
