@@ -4,7 +4,8 @@
 //   more launches, src/ops/optim/). Per element, exactly src/cpu/optim/'s f32 formulas, every
 //   operation an explicit round-to-nearest intrinsic (__fmul_rn, __fadd_rn, __fdiv_rn,
 //   __fsqrt_rn) so nvcc cannot contract a multiply-add the reference does not: bit-exact with
-//   it (NaN payloads aside), writing the master, the moments and the 16-bit working copy, f16 or
+//   it (NaN payloads aside), writing the master, the moments and the 16-bit working copy (none
+//   where its pointer is null: a tensor whose users read the master), f16 or
 //   bf16 by the table's copy_kind (round to nearest even; NaN keeps sign and top payload bits, as
 //   the `half` crate's f16::from_f32 / bf16::from_f32 do).
 // Entry points: optim_adam, optim_sgd (one step; Adam/AdamW or SGD), optim_adam_bias_terms (the
@@ -204,8 +205,10 @@ __device__ __forceinline__ void store_f32(float* dst, long long i, const float (
     }
 }
 
+// dst is null for a tensor without a working copy (uniform per tensor).
 template <class Copy, int W>
 __device__ __forceinline__ void store_half(uint16_t* dst, long long i, const float (&src)[W]) {
+    if (dst == nullptr) return;
     if constexpr (W == 4) {
         uint16_t h[4];
 #pragma unroll

@@ -234,6 +234,67 @@ fn bf16_copies_are_the_rounded_masters() {
     }
 }
 
+/// A tensor stepped without a working copy (an empty `half`) updates its master and moments
+/// exactly as with one, beside tensors that keep theirs; large enough for the parallel split.
+#[test]
+fn tensors_without_a_working_copy_update_alike() {
+    let mut rng = rng("optim no copy");
+    let lens = [40_003usize, 7, 65_536, 3];
+    let total: usize = lens.iter().sum();
+    let p0: Vec<f32> = (0..total).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+    for cfg in all_configs() {
+        let mut model = Model::new(split(&p0, &lens));
+        let mut state = OptimizerState::new(&cfg, &lens).unwrap();
+        let mut master = split(&p0, &lens);
+        let mut copy: Vec<Vec<f16>> = lens
+            .iter()
+            .map(|&n| vec![f16::from_bits(0x7C01); n])
+            .collect();
+        let mut state2 = OptimizerState::new(&cfg, &lens).unwrap();
+        for (step, skip) in [false, true, false].into_iter().enumerate() {
+            let g: Vec<f32> = (0..total).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+            let g = split(&g, &lens);
+            let _ = model.step(&cfg, &mut state, &g, skip).unwrap();
+            let mut params: Vec<ParamTensor<'_, f16>> = (master.iter_mut())
+                .zip(copy.iter_mut())
+                .zip(&g)
+                .enumerate()
+                .map(|(t, ((master, half), grad))| ParamTensor {
+                    master,
+                    grad,
+                    half: if t % 2 == 0 { &mut half[..0] } else { half },
+                })
+                .collect();
+            let outcome = optim::step(&cfg, &mut state2, &mut params, skip).unwrap();
+            assert_eq!(outcome.skipped(), skip);
+            let what = format!("{cfg:?} step {step}");
+            let bits = master
+                .concat()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect::<Vec<_>>();
+            assert_bits_eq(
+                &format!("{what}: masters"),
+                &bits,
+                &model.master_bits(),
+                |i| p0[i],
+            );
+            assert!(
+                state_bits(&state2) == state_bits(&state),
+                "{what}: moments differ"
+            );
+            for (t, h) in copy.iter().enumerate() {
+                let untouched = h.iter().all(|v| v.to_bits() == 0x7C01);
+                assert_eq!(
+                    untouched,
+                    t % 2 == 0 || (skip && step == 0),
+                    "{what}: tensor {t}'s copy"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn length_mismatches_are_shape_errors_and_modify_nothing() {
     let cfg = adam_l2();

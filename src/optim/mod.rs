@@ -75,7 +75,7 @@ pub struct Param<'a, H: HalfCopy = f16> {
     /// The f32 gradient, as backward left it (scaled); the scaler unscales it in place.
     pub grad: &'a mut [f32],
     /// The 16-bit working copy, rewritten from the new master weights by a real step
-    /// ([`HalfCopy::from_f32`]).
+    /// ([`HalfCopy::from_f32`]); empty for a tensor that keeps none.
     pub half: &'a mut [H],
 }
 
@@ -90,7 +90,7 @@ pub struct GpuParam<'a, H: HalfCopy = f16> {
     /// The f32 gradient, as backward left it (scaled); the scaler unscales it in place.
     pub grad: CudaViewMut<'a, f32>,
     /// The 16-bit working copy, rewritten from the new master weights by a real step (rounded
-    /// as [`HalfCopy::from_f32`], bit for bit).
+    /// as [`HalfCopy::from_f32`], bit for bit); an empty view for a tensor that keeps none.
     pub half: CudaViewMut<'a, H>,
 }
 

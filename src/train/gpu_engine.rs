@@ -69,6 +69,9 @@ pub(crate) struct Engine<H: TrainHalf> {
     fused: bool,
     /// `--precision fp8`: the FP8 tensors' scaling state.
     fp8: Option<super::gpu_fp8::Fp8Run>,
+    /// Parameters the optimizer keeps no working copy of: the FP8 layers' weights, which their
+    /// casts read from the masters (2 bytes per element the step does not write).
+    no_copy: Vec<bool>,
 }
 
 /// CUDA-graph mode: a full batch's whole step (its input gather included) replays as one graph,
@@ -168,6 +171,13 @@ impl<H: TrainHalf> Engine<H> {
                 data: ([0; 8], 0),
             },
             fused: true,
+            no_copy: {
+                let mut no_copy = vec![false; params.len()];
+                for (l, lp) in layer_params(cfg).iter().enumerate() {
+                    no_copy[lp.w] = cfg.fp8_layer(l);
+                }
+                no_copy
+            },
             fp8: super::gpu_fp8::Fp8Run::new(&gpu, cfg)?,
             gpu,
         })
@@ -513,10 +523,15 @@ impl<H: TrainHalf> Engine<H> {
         let mut params: Vec<GpuParam<'_, H>> = (self.masters.iter_mut())
             .zip(&mut self.grads)
             .zip(&mut self.halves)
-            .map(|((m, g), h)| GpuParam {
+            .zip(&self.no_copy)
+            .map(|(((m, g), h), &none)| GpuParam {
                 master: m.slice_mut(..),
                 grad: g.slice_mut(..),
-                half: h.slice_mut(..),
+                half: if none {
+                    h.slice_mut(0..0)
+                } else {
+                    h.slice_mut(..)
+                },
             })
             .collect();
         let mut target = scaler::RecordTarget {

@@ -168,12 +168,13 @@ pub(crate) fn check_tensor_lens(
         });
     }
     for (t, (&[master, grad, half], &n)) in got.iter().zip(state).enumerate() {
-        if master != n || grad != n || half != n {
+        if master != n || grad != n || (half != n && half != 0) {
             return Err(Error::ShapeMismatch {
                 op,
                 detail: format!(
                     "tensor {t}: master has {master} elements, grad {grad}, half {half}; the \
-                     state was created for {n} and all four must agree"
+                     state was created for {n} and all four must agree (or half be empty: no \
+                     working copy)"
                 ),
             });
         }

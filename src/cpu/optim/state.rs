@@ -188,7 +188,8 @@ pub struct ParamTensor<'a, H: HalfCopy = f16> {
     /// The f32 gradient, already unscaled.
     pub grad: &'a [f32],
     /// The 16-bit working copy, rewritten from the new master weights after a real step
-    /// ([`HalfCopy::from_f32`]).
+    /// ([`HalfCopy::from_f32`]); empty for a tensor that keeps none (whose users read the
+    /// master, as an FP8 layer's casts do).
     pub half: &'a mut [H],
 }
 

@@ -15,14 +15,21 @@ pub(super) fn adam_tensor<H: HalfCopy>(
         adam_chunk(k, p.master, p.grad, p.half, m, v);
         return;
     }
-    p.master
+    let tasks = p
+        .master
         .par_chunks_mut(CHUNK)
         .zip(p.grad.par_chunks(CHUNK))
-        .zip(p.half.par_chunks_mut(CHUNK))
-        .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
-        .for_each(|(((w, g), h), (m, v))| adam_chunk(k, w, g, h, m, v));
+        .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)));
+    if p.half.is_empty() {
+        tasks.for_each(|((w, g), (m, v))| adam_chunk::<H>(k, w, g, &mut [], m, v));
+    } else {
+        tasks
+            .zip(p.half.par_chunks_mut(CHUNK))
+            .for_each(|(((w, g), (m, v)), h)| adam_chunk(k, w, g, h, m, v));
+    }
 }
 
+/// `half` is empty (no working copy) or as long as `master`.
 fn adam_chunk<H: HalfCopy>(
     k: &AdamCoefficients,
     master: &mut [f32],
@@ -31,7 +38,7 @@ fn adam_chunk<H: HalfCopy>(
     m: &mut [f32],
     v: &mut [f32],
 ) {
-    for ((((w, &g), h), m), v) in master.iter_mut().zip(grad).zip(half).zip(m).zip(v) {
+    let update = |w: &mut f32, g: f32, m: &mut f32, v: &mut f32| {
         let mut p = *w;
         let mut g = g;
         if k.l2 != 0.0 {
@@ -45,7 +52,17 @@ fn adam_chunk<H: HalfCopy>(
         let denom = v.sqrt() / k.bias_correction2_sqrt + k.eps;
         p -= k.step_size * *m / denom;
         *w = p;
-        *h = H::from_f32(p);
+        p
+    };
+    let params = master.iter_mut().zip(grad).zip(m).zip(v);
+    if half.is_empty() {
+        params.for_each(|(((w, &g), m), v)| {
+            update(w, g, m, v);
+        });
+    } else {
+        for ((((w, &g), m), v), h) in params.zip(half) {
+            *h = H::from_f32(update(w, g, m, v));
+        }
     }
 }
 
@@ -58,20 +75,24 @@ pub(super) fn sgd_tensor<H: HalfCopy>(
         sgd_chunk(k, p.master, p.grad, p.half, buf);
         return;
     }
-    let tasks = p
-        .master
-        .par_chunks_mut(CHUNK)
-        .zip(p.grad.par_chunks(CHUNK))
-        .zip(p.half.par_chunks_mut(CHUNK));
-    match buf {
-        Some(buf) => tasks
+    let tasks = p.master.par_chunks_mut(CHUNK).zip(p.grad.par_chunks(CHUNK));
+    match (buf, p.half.is_empty()) {
+        (Some(buf), false) => tasks
+            .zip(p.half.par_chunks_mut(CHUNK))
             .zip(buf.par_chunks_mut(CHUNK))
             .for_each(|(((w, g), h), b)| sgd_chunk(k, w, g, h, Some(b))),
-        None => tasks.for_each(|((w, g), h)| sgd_chunk(k, w, g, h, None)),
+        (Some(buf), true) => tasks
+            .zip(buf.par_chunks_mut(CHUNK))
+            .for_each(|((w, g), b)| sgd_chunk::<H>(k, w, g, &mut [], Some(b))),
+        (None, false) => tasks
+            .zip(p.half.par_chunks_mut(CHUNK))
+            .for_each(|((w, g), h)| sgd_chunk(k, w, g, h, None)),
+        (None, true) => tasks.for_each(|(w, g)| sgd_chunk::<H>(k, w, g, &mut [], None)),
     }
 }
 
-/// `buf` is `Some` exactly when momentum is nonzero.
+/// `buf` is `Some` exactly when momentum is nonzero; `half` is empty (no working copy) or as
+/// long as `master`.
 fn sgd_chunk<H: HalfCopy>(
     k: &SgdCoefficients,
     master: &mut [f32],
@@ -88,13 +109,12 @@ fn sgd_chunk<H: HalfCopy>(
     };
     match buf {
         None => {
-            for ((w, &g), h) in master.iter_mut().zip(grad).zip(half) {
+            for (w, &g) in master.iter_mut().zip(grad) {
                 *w -= k.lr * decayed(*w, g);
-                *h = H::from_f32(*w);
             }
         }
         Some(buf) => {
-            for (((w, &g), h), b) in master.iter_mut().zip(grad).zip(half).zip(buf) {
+            for ((w, &g), b) in master.iter_mut().zip(grad).zip(buf) {
                 let d = decayed(*w, g);
                 *b = if k.first_step {
                     d
@@ -103,8 +123,10 @@ fn sgd_chunk<H: HalfCopy>(
                 };
                 let d = if k.nesterov { d + k.momentum * *b } else { *b };
                 *w -= k.lr * d;
-                *h = H::from_f32(*w);
             }
         }
+    }
+    for (h, &w) in half.iter_mut().zip(master.iter()) {
+        *h = H::from_f32(w);
     }
 }

@@ -59,7 +59,8 @@ pub struct GpuParamTensor<'a, H: HalfCopy = f16> {
     /// The f32 gradient, already unscaled.
     pub grad: CudaView<'a, f32>,
     /// The 16-bit working copy, rewritten from the new master weights after a real step
-    /// (rounded as [`HalfCopy::from_f32`], bit for bit).
+    /// (rounded as [`HalfCopy::from_f32`], bit for bit); an empty view for a tensor that keeps
+    /// none (the kernel then skips those stores: 2 bytes per element).
     pub half: CudaViewMut<'a, H>,
 }
 
@@ -370,7 +371,10 @@ impl GpuOptimizer {
             let len = self.lens[t];
             let (master, g1) = p.master.device_ptr_mut(stream);
             let (grad, g2) = p.grad.device_ptr(stream);
+            let has_half = p.half.len() != 0;
             let (half, g3) = p.half.device_ptr_mut(stream);
+            // No working copy: a null pointer, which the kernel skips.
+            let half = if has_half { half } else { 0 };
             guards.extend([g1, g2, g3]);
             if master % 4 != 0 || grad % 4 != 0 || half % 2 != 0 {
                 return Err(Error::InvalidArgument {
