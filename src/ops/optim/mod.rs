@@ -371,7 +371,7 @@ impl GpuOptimizer {
             let len = self.lens[t];
             let (master, g1) = p.master.device_ptr_mut(stream);
             let (grad, g2) = p.grad.device_ptr(stream);
-            let has_half = p.half.len() != 0;
+            let has_half = !p.half.is_empty();
             let (half, g3) = p.half.device_ptr_mut(stream);
             // No working copy: a null pointer, which the kernel skips.
             let half = if has_half { half } else { 0 };
