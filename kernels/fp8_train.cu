@@ -340,8 +340,12 @@ __device__ __forceinline__ void gather_cast_transpose(
             const size_t img = valid ? size_t(o) * inputs : 0;
 #pragma unroll
             for (int k = 0; k < 4; ++k) {
-                const float x = augment_pixels::shifted(images, valid, img, c + k, side, dx, dy, background);
-                v[p][k] = i < n && c + k < inputs ? widen(ampkit::f32_to_bf16_bits_exact(x)) : 0.f;
+                // Only pixels of the batch are read (past `inputs` an unshifted read would run
+                // into the next image, or past the dataset's end).
+                v[p][k] = i < n && c + k < inputs
+                              ? widen(ampkit::f32_to_bf16_bits_exact(augment_pixels::shifted(
+                                    images, valid, img, c + k, side, dx, dy, background)))
+                              : 0.f;
             }
         }
         convert_tile<F, V, false>(v, sm, r0, c0, n, inputs, ld, s, q, qt, nullptr, m);
