@@ -31,8 +31,7 @@
 //   instruction where the software path takes ~20 (to_fp8 pins NaN to 0x7F for both); the
 //   divisions are IEEE (div.rn, no fast math). Maxima are order-independent.
 // Launch, cast_transpose: 256 threads, 64×64 tiles, a grid-stride loop over tiles (row band
-//   major), at most 5 (v4) or 6 (v1) blocks per SM (the register bounds they are compiled for);
-//   v4 loads its next tile before converting the current one. A thread loads 4 consecutive elements of 4 rows (16 B of f32 or 8 B of bf16 per
+//   major), at most 6 blocks per SM (the register bound it is compiled for). A thread loads 4 consecutive elements of 4 rows (16 B of f32 or 8 B of bf16 per
 //   access in v4: a warp reads 2 whole tile rows), writes their 4 codes to q as one u32 and
 //   stages them in shared memory transposed ([column][row], 4-byte words XOR-swizzled by the
 //   column's group of 4, so both the byte stores and the word loads are bank-conflict free);
@@ -60,11 +59,10 @@ constexpr int kThreads = 256;
 constexpr int kGroups = kTile / 4;                  // groups of 4 columns in a tile row
 constexpr int kRowsPerPass = kThreads / kGroups;    // 16
 constexpr int kPasses = kTile / kRowsPerPass;       // 4
-// Resident blocks per SM the casts are compiled for (the host caps the grid at this many per
-// SM): v1 40 registers, no spills (8 would force 32 and spill; unbounded takes 60, 4 blocks);
-// v4 holds the next tile's loads too: 48 registers (at 40 it spilled up to 76 bytes).
+// Resident blocks per SM the cast is compiled for: 40 registers, no spills (8 would force 32
+// and spill; unbounded takes 60, 4 blocks). The host caps the grid at this many per SM.
 constexpr int kBlocksPerSm = 6;
-constexpr int kBlocksPerSmV4 = 5;
+// The fused gather (gather_cast_transpose) needs 64 registers to run without spills.
 constexpr int kBlocksPerSmGather = 4;
 
 // x rounded to FP8 (nearest even, saturating), NaN → 0x7F. cuda_fp8.hpp converts in software
@@ -102,36 +100,6 @@ __device__ __forceinline__ void load4(const T* __restrict__ src, size_t rows, si
 #pragma unroll
         for (int k = 0; k < 4; ++k) v[k] = (r < rows && c + k < cols) ? widen(p[k]) : 0.f;
     }
-}
-
-// One aligned 4-element access as it arrives (16 B of f32, 8 B of bf16), widened later: the
-// v4 loop loads the next tile into these while it works on the current one.
-template <typename T>
-struct Raw4;
-template <>
-struct Raw4<float> {
-    using type = float4;
-};
-template <>
-struct Raw4<uint16_t> {
-    using type = uint2;
-};
-
-template <typename T>
-__device__ __forceinline__ void load_raw4(const T* __restrict__ src, size_t rows, size_t cols, size_t r,
-                                          size_t c, typename Raw4<T>::type& x) {
-    if (r < rows && c < cols) {
-        x = *reinterpret_cast<const typename Raw4<T>::type*>(src + r * cols + c);
-    } else {
-        x = {};
-    }
-}
-__device__ __forceinline__ void widen4(const float4& x, float (&v)[4]) {
-    v[0] = x.x, v[1] = x.y, v[2] = x.z, v[3] = x.w;
-}
-__device__ __forceinline__ void widen4(const uint2& x, float (&v)[4]) {
-    v[0] = widen(uint16_t(x.x)), v[1] = widen(uint16_t(x.x >> 16));
-    v[2] = widen(uint16_t(x.y)), v[3] = widen(uint16_t(x.y >> 16));
 }
 
 // Word w (rows 4w..4w+3) of tile column c in the staging buffer.
@@ -253,44 +221,22 @@ __device__ __forceinline__ void cast_transpose(const T* __restrict__ src,
     const size_t col_tiles = (cols + kTile - 1) / kTile;
     const size_t tiles = (rows + kTile - 1) / kTile * col_tiles;
     unsigned int m = 0;
-    // v4: tile t + gridDim.x is loaded while tile t is converted and stored, so every block keeps
-    // its next loads in flight through its stores and barriers (the loop without this ran the
-    // casts at 73-82 % of a device copy).
-    using Raw = typename Raw4<T>::type;
-    Raw raw[kPasses], raw_y[DRELU ? kPasses : 1];
-    const auto fetch = [&](size_t t) {
-        const size_t r0 = t / col_tiles * kTile, c = t % col_tiles * kTile + 4 * g;
-#pragma unroll
-        for (int p = 0; p < kPasses; ++p) {
-            load_raw4<T>(src, rows, cols, r0 + rr + p * kRowsPerPass, c, raw[p]);
-            if (DRELU) load_raw4<T>(relu_out, rows, cols, r0 + rr + p * kRowsPerPass, c, raw_y[DRELU ? p : 0]);
-        }
-    };
-    if (V && blockIdx.x < tiles) fetch(blockIdx.x);
     for (size_t t = blockIdx.x; t < tiles; t += gridDim.x) {
         const size_t r0 = t / col_tiles * kTile, c0 = t % col_tiles * kTile;
         const size_t c = c0 + 4 * g;
-        float v[kPasses][4], y[DRELU ? kPasses : 1][4];
-        if (V) {
+        float v[kPasses][4];
 #pragma unroll
-            for (int p = 0; p < kPasses; ++p) {
-                widen4(raw[p], v[p]);
-                if (DRELU) widen4(raw_y[DRELU ? p : 0], y[DRELU ? p : 0]);
-            }
-            if (t + gridDim.x < tiles) fetch(t + gridDim.x);
-        } else {
-#pragma unroll
-            for (int p = 0; p < kPasses; ++p) {
-                load4<T, V>(src, rows, cols, r0 + rr + p * kRowsPerPass, c, v[p]);
-                if (DRELU) load4<T, V>(relu_out, rows, cols, r0 + rr + p * kRowsPerPass, c, y[DRELU ? p : 0]);
-            }
-        }
+        for (int p = 0; p < kPasses; ++p) load4<T, V>(src, rows, cols, r0 + rr + p * kRowsPerPass, c, v[p]);
         if (DRELU) {
+            float y[kPasses][4];
+#pragma unroll
+            for (int p = 0; p < kPasses; ++p)
+                load4<T, V>(relu_out, rows, cols, r0 + rr + p * kRowsPerPass, c, y[p]);
 #pragma unroll
             for (int p = 0; p < kPasses; ++p)
 #pragma unroll
                 for (int k = 0; k < 4; ++k)  // y in (0, +inf]: its bits in [1, 0x7F800000]
-                    v[p][k] = __float_as_uint(y[DRELU ? p : 0][k]) - 1u < 0x7F800000u ? v[p][k] : 0.f;
+                    v[p][k] = __float_as_uint(y[p][k]) - 1u < 0x7F800000u ? v[p][k] : 0.f;
         }
         convert_tile<F, V, DBIAS>(v, sm, r0, c0, rows, cols, ld, s, q, qt, partial, m);
     }
@@ -338,14 +284,22 @@ __device__ __forceinline__ void gather_cast_transpose(
             const bool shift = side != 0 && !poison && i < n;
             const int dx = shift ? shifts[2 * i] : 0, dy = shift ? shifts[2 * i + 1] : 0;
             const size_t img = valid ? size_t(o) * inputs : 0;
+            // Pixels c..c+3 of the row: one division for the four (the column wraps onto the
+            // next grid row). Only pixels of the batch are read (past `inputs` an unshifted read
+            // would run into the next image, or past the dataset's end).
+            unsigned row = side != 0 ? c / side : 0, col = side != 0 ? c - row * side : 0;
 #pragma unroll
             for (int k = 0; k < 4; ++k) {
-                // Only pixels of the batch are read (past `inputs` an unshifted read would run
-                // into the next image, or past the dataset's end).
-                v[p][k] = i < n && c + k < inputs
-                              ? widen(ampkit::f32_to_bf16_bits_exact(augment_pixels::shifted(
-                                    images, valid, img, c + k, side, dx, dy, background)))
-                              : 0.f;
+                float x = 0.f;
+                if (i < n && c + k < inputs) {
+                    x = !valid      ? __int_as_float(0x7fc00000)
+                        : side == 0 ? images.at(img + c + k)
+                                    : augment_pixels::shifted_at(images, img, row, col, side, dx, dy,
+                                                                 background);
+                    x = widen(ampkit::f32_to_bf16_bits_exact(x));
+                }
+                v[p][k] = x;
+                if (++col == side) col = 0, ++row;
             }
         }
         convert_tile<F, V, false>(v, sm, r0, c0, n, inputs, ld, s, q, qt, nullptr, m);
@@ -360,7 +314,7 @@ constexpr int kMaxHistory = 4096;
 using namespace fp8_train_detail;
 
 #define AMPKIT_CAST_T(TNAME, T, FNAME, F, VNAME, V)                                               \
-    extern "C" __global__ void __launch_bounds__(kThreads, V ? kBlocksPerSmV4 : kBlocksPerSm)      \
+    extern "C" __global__ void __launch_bounds__(kThreads, kBlocksPerSm)                         \
         fp8_cast_transpose_##TNAME##_##FNAME##_##VNAME(const T* src, uint8_t* q, uint8_t* qt,    \
                                                       size_t rows, size_t cols, size_t ld,       \
                                                       const float* scale, unsigned int* amax) {  \
@@ -381,7 +335,7 @@ AMPKIT_CAST_T_V(bf16, uint16_t, e5m2, __NV_E5M2)
 // (The element-wise v1 of the plain dbias cast needs 41 registers: one block fewer per SM, as
 // the host's grid cap knows, keeps it from spilling.)
 #define AMPKIT_CAST_DBIAS(DNAME, DRELU, FNAME, F, VNAME, V)                                       \
-    extern "C" __global__ void __launch_bounds__(kThreads, V ? kBlocksPerSmV4 : kBlocksPerSm - 1)  \
+    extern "C" __global__ void __launch_bounds__(kThreads, V ? kBlocksPerSm : kBlocksPerSm - 1)  \
         fp8_cast_transpose_dbias##DNAME##_bf16_##FNAME##_##VNAME(                                \
             const uint16_t* src, const uint16_t* relu_out, uint8_t* q, uint8_t* qt, size_t rows, \
             size_t cols, size_t ld, const float* scale, unsigned int* amax, float* partial) {    \

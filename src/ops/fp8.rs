@@ -154,12 +154,10 @@ impl CastSource for bf16 {
 }
 
 /// Threads per block, tile edge and resident blocks per SM of `fp8_cast_transpose_*` (the
-/// kernel's `kThreads`, `kTile`, `kBlocksPerSm` for the element-wise `_v1` kernels and
-/// `kBlocksPerSmV4` for the vector `_v4` ones, which hold a second tile's loads).
+/// kernel's `kThreads`, `kTile`, `kBlocksPerSm`).
 const CT_THREADS: u32 = 256;
 const CT_TILE: usize = 64;
 const CT_BLOCKS_PER_SM: usize = 6;
-const CT_BLOCKS_PER_SM_V4: usize = 5;
 
 /// The cast + transpose of delayed-scaling training. For `src` `[rows, cols]` row-major:
 /// - `q[r·cols + c] = fp8(src[r·cols + c]·scale[0])`, as [`quantize`] (skipped when `q` is
@@ -233,12 +231,7 @@ pub fn cast_transpose<T: CastSource>(
     };
     let kernel = by_format[usize::from(!vector)];
     let tiles = rows.div_ceil(CT_TILE) * cols.div_ceil(CT_TILE);
-    let per_sm = if vector {
-        CT_BLOCKS_PER_SM_V4
-    } else {
-        CT_BLOCKS_PER_SM
-    };
-    let blocks = tiles.min(gpu.info().multiprocessors.max(1) * per_sm);
+    let blocks = tiles.min(gpu.info().multiprocessors.max(1) * CT_BLOCKS_PER_SM);
     let mut args = KernelArgs::new();
     args.push(s).push(q_ptr).push(qt_ptr);
     args.push(rows).push(cols).push(ld).push(sc).push(am);

@@ -3,7 +3,7 @@
 //! the bias gradient's second pass, `bias_grad_finish` in `kernels/gemm.cu`). CPU twin:
 //! [`crate::cpu::fp8::cast_transpose_dbias`], bit for bit.
 
-use super::{CT_BLOCKS_PER_SM, CT_BLOCKS_PER_SM_V4, CT_THREADS, CT_TILE};
+use super::{CT_BLOCKS_PER_SM, CT_THREADS, CT_TILE};
 use crate::cpu::fp8::{cast_transpose_sizes, Fp8Format};
 use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
 use crate::error::{expect_len, Error, Result};
@@ -113,10 +113,9 @@ pub fn cast_transpose_dbias(
         Fp8Format::E4M3 => 0,
         Fp8Format::E5M2 => 1,
     }][usize::from(!vector)];
-    // The element-wise kernels are compiled for one resident block fewer than the plain cast's
-    // (see the kernel file).
+    // The element-wise kernels are compiled for one resident block fewer (see the kernel file).
     let per_sm = if vector {
-        CT_BLOCKS_PER_SM_V4
+        CT_BLOCKS_PER_SM
     } else {
         CT_BLOCKS_PER_SM - 1
     };
