@@ -201,7 +201,7 @@ pub(crate) fn gather_batch<T: AugmentOutput>(
 ) -> Result<()> {
     const OP: &str = "ops::augment::gather_batch";
     check_batch(OP, src, cursor, labels_out.len(), n, [("out", out.len())])?;
-    let (inputs, side, count) = (src.inputs, src.side, src.labels.len());
+    let inputs = src.inputs;
     if n == 0 {
         return Ok(());
     }
@@ -226,26 +226,12 @@ pub(crate) fn gather_batch<T: AugmentOutput>(
         Pixels::F32(_) => T::BATCH_KERNEL,
         Pixels::Coded { .. } => T::CODED_BATCH_KERNEL,
     };
-    let (labels_ptr, _g4) = src.labels.device_ptr(stream);
-    let (order_ptr, _g5) = src.order.device_ptr(stream);
-    let (shifts_ptr, _g6) = src.shifts.device_ptr(stream);
-    let (cursor_ptr, _g7) = cursor.device_ptr(stream);
     let (cfg, pairs) = launch_shape::<T>(gpu, n, inputs, out_ptr);
     let mut args = KernelArgs::new();
-    let _images = push_pixels(&mut args, &src.images, stream);
-    args.push(labels_ptr)
-        .push(order_ptr)
-        .push(shifts_ptr)
-        .push(cursor_ptr)
-        .push(out_ptr)
-        .push(labels_out_ptr);
-    args.push(n)
-        .push(src.plan_len)
-        .push(inputs as u32)
-        .push(side as u32)
-        .push(count as u32)
-        .push(src.background)
-        .push(pairs);
+    let _source = push_source(&mut args, src, cursor, stream);
+    args.push(out_ptr).push(labels_out_ptr);
+    push_plan(&mut args, src, n);
+    args.push(pairs);
     // SAFETY: augment_batch_{f32,f16,bf16}(const float* images, const unsigned* labels, const
     // unsigned* order, const int* shifts, const unsigned* cursor, T* out, unsigned* labels_out,
     // size_t n, size_t plan_len, unsigned inputs, unsigned side, unsigned count, float background,
@@ -300,31 +286,149 @@ pub(crate) fn check_batch<const K: usize>(
     Ok(())
 }
 
-/// Pushes the batch kernels' pixel arguments (`images`, or `codes, palette`); the guards it
-/// returns must outlive the launch.
-pub(crate) fn push_pixels<'a>(
+/// Pushes the batch kernels' leading arguments, the source and the cursor: `images` (or `codes,
+/// palette`), `labels, order, shifts, cursor`. The guards it returns must outlive the launch.
+pub(crate) fn push_source<'a>(
     args: &mut KernelArgs,
-    images: &'a Pixels<'_>,
+    src: &'a EpochSource<'_>,
+    cursor: &'a DeviceBuffer<u32>,
     stream: &'a std::sync::Arc<cudarc::driver::CudaStream>,
 ) -> Vec<cudarc::driver::SyncOnDrop<'a>> {
-    match images {
+    let mut guards = Vec::with_capacity(6);
+    match &src.images {
         Pixels::F32(v) => {
             let (p, g) = v.device_ptr(stream);
             args.push(p);
-            vec![g]
+            guards.push(g);
         }
         Pixels::Coded { codes, palette } => {
             let (p, g) = codes.device_ptr(stream);
             let (q, h) = palette.device_ptr(stream);
             args.push(p).push(q);
-            vec![g, h]
+            guards.extend([g, h]);
+        }
+    }
+    let (labels, g1) = src.labels.device_ptr(stream);
+    let (order, g2) = src.order.device_ptr(stream);
+    let (shifts, g3) = src.shifts.device_ptr(stream);
+    let (cursor, g4) = cursor.device_ptr(stream);
+    args.push(labels).push(order).push(shifts).push(cursor);
+    guards.extend([g1, g2, g3, g4]);
+    guards
+}
+
+/// Pushes the batch kernels' plan arguments, after their outputs: `n, plan_len, inputs, side,
+/// count, background` (`size_t, size_t, unsigned, unsigned, unsigned, float`).
+pub(crate) fn push_plan(args: &mut KernelArgs, src: &EpochSource<'_>, n: usize) {
+    args.push(n)
+        .push(src.plan_len)
+        .push(src.inputs as u32)
+        .push(src.side as u32)
+        .push(src.labels.len() as u32)
+        .push(src.background);
+}
+
+/// A dataset and an epoch plan for the batch stages' tests (here and `ops::fp8`'s fused stage):
+/// `count` images of `inputs` pixels as one-byte codes into a palette and decoded to f32,
+/// labels `i % 10`, a plan of `plan_len` samples `(7i + 3) mod count` shifted by
+/// `((3i) mod 5) − 2` pixels. Tests may edit the fields before [`TestEpoch::upload`].
+#[cfg(test)]
+pub(crate) struct TestEpoch {
+    pub palette: Vec<f32>,
+    pub codes: Vec<u8>,
+    pub labels: Vec<u32>,
+    pub order: Vec<u32>,
+    pub shifts: Vec<i32>,
+    pub inputs: usize,
+}
+
+#[cfg(test)]
+impl TestEpoch {
+    /// Codes from a multiplicative hash of the pixel index, shifted right by `hash_shift`.
+    pub fn new(
+        palette: Vec<f32>,
+        count: usize,
+        inputs: usize,
+        plan_len: usize,
+        hash_shift: u32,
+    ) -> Self {
+        TestEpoch {
+            codes: (0..count * inputs)
+                .map(|i| ((i * 2654435761usize) >> hash_shift) as u8)
+                .collect(),
+            palette,
+            labels: (0..count as u32).map(|i| i % 10).collect(),
+            order: (0..plan_len as u32)
+                .map(|i| (i * 7 + 3) % count as u32)
+                .collect(),
+            shifts: (0..2 * plan_len as i32).map(|i| (i * 3) % 5 - 2).collect(),
+            inputs,
+        }
+    }
+
+    /// The decoded images.
+    pub fn images(&self) -> Vec<f32> {
+        self.codes
+            .iter()
+            .map(|&c| self.palette[c as usize])
+            .collect()
+    }
+
+    pub fn upload(&self, gpu: &Gpu) -> DeviceEpoch {
+        DeviceEpoch {
+            codes: gpu.upload(&self.codes).unwrap(),
+            palette: gpu.upload(&self.palette).unwrap(),
+            images: gpu.upload(&self.images()).unwrap(),
+            labels: gpu.upload(&self.labels).unwrap(),
+            order: gpu.upload(&self.order).unwrap(),
+            shifts: gpu.upload(&self.shifts).unwrap(),
+            plan_len: self.order.len(),
+            inputs: self.inputs,
+        }
+    }
+}
+
+/// A [`TestEpoch`] on the device.
+#[cfg(test)]
+pub(crate) struct DeviceEpoch {
+    codes: DeviceBuffer<u8>,
+    palette: DeviceBuffer<f32>,
+    images: DeviceBuffer<f32>,
+    labels: DeviceBuffer<u32>,
+    order: DeviceBuffer<u32>,
+    shifts: DeviceBuffer<i32>,
+    plan_len: usize,
+    inputs: usize,
+}
+
+#[cfg(test)]
+impl DeviceEpoch {
+    /// The epoch as a batch stage reads it: palette codes or f32 pixels, shifted on a
+    /// `side`×`side` grid (0: not shifted), background −1.5.
+    pub fn source(&self, coded: bool, side: usize) -> EpochSource<'_> {
+        EpochSource {
+            images: if coded {
+                Pixels::Coded {
+                    codes: &self.codes,
+                    palette: &self.palette,
+                }
+            } else {
+                Pixels::F32(&self.images)
+            },
+            labels: &self.labels,
+            order: &self.order,
+            shifts: &self.shifts,
+            plan_len: self.plan_len,
+            inputs: self.inputs,
+            side,
+            background: -1.5,
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{gather_batch, AugmentOutput, EpochSource, Pixels, PALETTE};
+    use super::{gather_batch, AugmentOutput, TestEpoch, PALETTE};
     use crate::cpu::augment::gather_shifted;
     use crate::cuda::{test_gpu, Gpu};
     use crate::kernels;
@@ -347,44 +451,17 @@ mod tests {
         palette[4] = f32::from_bits(0x7FC0_0ABC);
         palette[5] = f32::INFINITY;
         palette[6] = 70000.0; // past f16's range
-        let codes: Vec<u8> = (0..count * inputs)
-            .map(|i| ((i * 2654435761usize) >> 7) as u8)
-            .collect();
-        let images: Vec<f32> = codes.iter().map(|&c| palette[c as usize]).collect();
-        let labels: Vec<u32> = (0..count as u32).map(|i| i % 10).collect();
         let plan_len = 50usize;
-        let order: Vec<u32> = (0..plan_len as u32)
-            .map(|i| (i * 7 + 3) % count as u32)
-            .collect();
-        let shifts: Vec<i32> = (0..2 * plan_len as i32).map(|i| (i * 3) % 5 - 2).collect();
+        let epoch = TestEpoch::new(palette, count, inputs, plan_len, 7);
+        let (images, labels, order, shifts) =
+            (epoch.images(), &epoch.labels, &epoch.order, &epoch.shifts);
         let (first, n) = (9usize, 23usize);
-        let d_codes = gpu.upload(&codes).unwrap();
-        let d_palette = gpu.upload(&palette).unwrap();
-        let d_images = gpu.upload(&images).unwrap();
-        let d_labels = gpu.upload(&labels).unwrap();
-        let d_order = gpu.upload(&order).unwrap();
-        let d_shifts = gpu.upload(&shifts).unwrap();
+        let device = epoch.upload(gpu);
         for (cursor_at, s) in [(first, side), (first, 0), (plan_len - n + 1, side)] {
             let cursor = gpu.upload(&[0u32, cursor_at as u32]).unwrap();
             let mut got = Vec::new();
             for coded in [true, false] {
-                let src = EpochSource {
-                    images: if coded {
-                        Pixels::Coded {
-                            codes: &d_codes,
-                            palette: &d_palette,
-                        }
-                    } else {
-                        Pixels::F32(&d_images)
-                    },
-                    labels: &d_labels,
-                    order: &d_order,
-                    shifts: &d_shifts,
-                    plan_len,
-                    inputs,
-                    side: s,
-                    background: -1.5,
-                };
+                let src = device.source(coded, s);
                 let mut out = gpu.alloc_zeros::<T>(n * inputs).unwrap();
                 let mut labels_out = gpu.alloc_zeros::<u32>(n).unwrap();
                 gather_batch(gpu, &src, &cursor, &mut out, &mut labels_out, n).unwrap();

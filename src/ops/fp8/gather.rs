@@ -9,7 +9,7 @@ use crate::cpu::fp8::cast_transpose_sizes;
 use crate::cuda::{DeviceBuffer, Gpu, KernelArgs, LaunchConfig};
 use crate::error::{expect_len, Result};
 use crate::kernels;
-use crate::ops::augment::{check_batch, push_pixels, EpochSource, Pixels};
+use crate::ops::augment::{check_batch, push_plan, push_source, EpochSource, Pixels};
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 
 /// Kernels by pixels (f32, palette codes), then stores (4 bytes, single bytes).
@@ -71,33 +71,16 @@ pub(crate) fn gather_cast_transpose(
     let (sc, _gsc) = scale.device_ptr(stream);
     let (am, _gam) = amax.device_ptr_mut(stream);
     let (labels_out_ptr, _gl) = labels_out.device_ptr_mut(stream);
-    let (labels_ptr, _g1) = src.labels.device_ptr(stream);
-    let (order_ptr, _g2) = src.order.device_ptr(stream);
-    let (shifts_ptr, _g3) = src.shifts.device_ptr(stream);
-    let (cursor_ptr, _g4) = cursor.device_ptr(stream);
     let vector = inputs % 4 == 0 && q_ptr % 4 == 0 && qt_ptr % 4 == 0;
     let coded = matches!(src.images, Pixels::Coded { .. });
     let kernel = KERNELS[usize::from(coded)][usize::from(!vector)];
     let tiles = n.div_ceil(CT_TILE) * inputs.div_ceil(CT_TILE);
     let blocks = tiles.min(gpu.info().multiprocessors.max(1) * BLOCKS_PER_SM);
     let mut args = KernelArgs::new();
-    let _pixels = push_pixels(&mut args, &src.images, stream);
-    args.push(labels_ptr)
-        .push(order_ptr)
-        .push(shifts_ptr)
-        .push(cursor_ptr)
-        .push(labels_out_ptr)
-        .push(q_ptr)
-        .push(qt_ptr);
-    args.push(n)
-        .push(src.plan_len)
-        .push(inputs as u32)
-        .push(src.side as u32)
-        .push(src.labels.len() as u32)
-        .push(src.background)
-        .push(ld)
-        .push(sc)
-        .push(am);
+    let _source = push_source(&mut args, src, cursor, stream);
+    args.push(labels_out_ptr).push(q_ptr).push(qt_ptr);
+    push_plan(&mut args, src, n);
+    args.push(ld).push(sc).push(am);
     // SAFETY: fp8_gather_cast_transpose_{f32,coded}_e4m3_{v4,v1}(pixels: const float* images or
     // const unsigned char* codes, const float* palette; const unsigned* labels, const unsigned*
     // order, const int* shifts, const unsigned* cursor, unsigned* labels_out, uint8_t* q, uint8_t*
@@ -123,7 +106,7 @@ mod tests {
     use super::{gather_cast_transpose, KERNELS};
     use crate::cpu::fp8::{transpose_ld, Fp8Format};
     use crate::cuda::{test_gpu, Gpu};
-    use crate::ops::augment::{gather_batch, EpochSource, Pixels, PALETTE};
+    use crate::ops::augment::{gather_batch, EpochSource, Pixels, TestEpoch, PALETTE};
     use half::bf16;
 
     /// The fused stage against the two it replaces (the bf16 batch, then its E4M3 cast and
@@ -145,46 +128,17 @@ mod tests {
         palette[7] = f32::from_bits(0x3F80_8000); // 1 + 2^-8: a bf16 tie
         palette[8] = 1e-41; // f32 subnormal
         palette[9] = -3.0;
-        let codes: Vec<u8> = (0..count * inputs)
-            .map(|i| ((i * 2654435761usize) >> 9) as u8)
-            .collect();
-        let images: Vec<f32> = codes.iter().map(|&c| palette[c as usize]).collect();
-        let labels: Vec<u32> = (0..count as u32).map(|i| i % 10).collect();
         let plan_len = n + 20;
-        let mut order: Vec<u32> = (0..plan_len as u32)
-            .map(|i| (i * 7 + 3) % count as u32)
-            .collect();
-        order[12] = count as u32 + 5; // past the dataset: that sample's row is NaN
-        let shifts: Vec<i32> = (0..2 * plan_len as i32).map(|i| (i * 3) % 5 - 2).collect();
-        let d_codes = gpu.upload(&codes).unwrap();
-        let d_palette = gpu.upload(&palette).unwrap();
-        let d_images = gpu.upload(&images).unwrap();
-        let d_labels = gpu.upload(&labels).unwrap();
-        let d_order = gpu.upload(&order).unwrap();
-        let d_shifts = gpu.upload(&shifts).unwrap();
+        let mut epoch = TestEpoch::new(palette, count, inputs, plan_len, 9);
+        epoch.order[12] = count as u32 + 5; // past the dataset: that sample's row is NaN
+        let device = epoch.upload(gpu);
         let scale = gpu.upload(&[300.0f32]).unwrap();
         let ld = transpose_ld(n).unwrap();
         for cursor_at in [9usize, plan_len - n + 1] {
             let cursor = gpu.upload(&[0u32, cursor_at as u32]).unwrap();
             for coded in [true, false] {
                 for s in [side, 0] {
-                    let src = EpochSource {
-                        images: if coded {
-                            Pixels::Coded {
-                                codes: &d_codes,
-                                palette: &d_palette,
-                            }
-                        } else {
-                            Pixels::F32(&d_images)
-                        },
-                        labels: &d_labels,
-                        order: &d_order,
-                        shifts: &d_shifts,
-                        plan_len,
-                        inputs,
-                        side: s,
-                        background: -1.5,
-                    };
+                    let src = device.source(coded, s);
                     let run = |fused: bool| {
                         let mut q = gpu.upload(&vec![0xABu8; n * inputs]).unwrap();
                         let mut qt = gpu.upload(&vec![0xCDu8; inputs * ld]).unwrap();
