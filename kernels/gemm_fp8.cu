@@ -5,8 +5,10 @@
 // (both K-major: FP8 wgmma reads no transposed operand), scale = a_scale_inv[0] · b_scale_inv[0]
 // read from device memory (the delayed-scaling recipe's per-tensor inverse scales), one fma
 // `acc·scale + bias` in f32, an optional ReLU (out_kind bit 2), then one rounding (nearest even)
-// to the output type. The format of
-// each operand is chosen per launch: E4M3×E4M3 (forward), E5M2×E4M3 / E4M3×E5M2 (gradients in
+// to the output type. With `nonfinite` not null, a warp that stores an inf or NaN (after that
+// rounding: f16 from |v| ≥ 65520) or'es 1 into *nonfinite, which is never cleared here: the
+// training step's weight gradients are checked where they are written, and the unscale need
+// not read them again. The format of each operand is chosen per launch: E4M3×E4M3 (forward), E5M2×E4M3 / E4M3×E5M2 (gradients in
 // Transformer Engine's HYBRID recipe), and E5M2×E5M2. Host side: src/ops/gemm_fp8.rs; CPU twin:
 // src/cpu/gemm_fp8.rs.
 //
@@ -103,6 +105,14 @@ __device__ __forceinline__ void store4(void* C, int out_kind, int N, int row, in
     }
 }
 
+// The smallest magnitude that is not finite once rounded (nearest even) to the output type: what
+// the non-finite check compares |v| with (a NaN fails every comparison).
+__device__ __forceinline__ float overflow_at(int out_kind) {
+    return out_kind == OUT_F32 ? INFINITY
+           : out_kind == OUT_F16 ? 65520.f                        // half-way past 65504
+                                 : __uint_as_float(0x7F7F8000u);  // half-way past bf16's largest
+}
+
 constexpr int OUT_BOX_BYTES = 64 * 128;  // one TMA-store box: 64 rows × 128 bytes, 128-byte swizzle
 
 // Box `ch` of a consumer's 64-row slice (CW = 128 / ESZ columns from col0 + ch·CW): scaled,
@@ -112,7 +122,7 @@ constexpr int OUT_BOX_BYTES = 64 * 128;  // one TMA-store box: 64 rows × 128 by
 template <int ESZ, int BN>
 __device__ __forceinline__ void fill_box(const float (&d)[BN / 2], uint32_t box, int ch, int out_kind,
                                          bool relu, float scale, const float* bias, int col0, int N,
-                                         int warp, int lane) {
+                                         int warp, int lane, bool check, bool& bad) {
     constexpr int CW = 128 / ESZ;
     const int r = 16 * warp + lane / 4, c = 2 * (lane % 4);
     // The box's bias values first, all loads in flight together: loaded beside the shared stores
@@ -138,6 +148,7 @@ __device__ __forceinline__ void fill_box(const float (&d)[BN / 2], uint32_t box,
                 v0 = (v0 > 0.f || isnan(v0)) ? v0 : 0.f;
                 v1 = (v1 > 0.f || isnan(v1)) ? v1 : 0.f;
             }
+            if (check) bad |= !(fabsf(v0) < overflow_at(out_kind) && fabsf(v1) < overflow_at(out_kind));
             if constexpr (ESZ == 4) {
                 const uint32_t unit = 2 * qq + (lane % 4) / 2;
                 const uint32_t addr = box + row * 128 + ((unit ^ (row & 7)) << 4) + 8 * (lane & 1);
@@ -174,7 +185,7 @@ __device__ __forceinline__ void store_slice_tma(const float (&d)[BN / 2], const 
                                                 uint32_t s_out, uint32_t& nbox, int out_kind,
                                                 bool relu, float scale, const float* bias,
                                                 int row0, int col0, int N, int warp, int lane,
-                                                int bar_id) {
+                                                int bar_id, bool check, bool& bad) {
     constexpr int CW = 128 / ESZ;
     const bool leader = warp == 0 && lane == 0;
     if constexpr (RING * CW >= BN) {
@@ -184,7 +195,7 @@ __device__ __forceinline__ void store_slice_tma(const float (&d)[BN / 2], const 
         for (int ch = 0; ch < BN / CW; ++ch) {
             if (col0 + ch * CW >= N) break;  // uniform: the tile's last columns are past N
             fill_box<ESZ, BN>(d, s_out + ch * OUT_BOX_BYTES, ch, out_kind, relu, scale, bias, col0, N, warp,
-                              lane);
+                              lane, check, bad);
         }
         fence_proxy_async();
         asm volatile("bar.sync %0, 128;\n" ::"r"(bar_id) : "memory");
@@ -198,7 +209,7 @@ __device__ __forceinline__ void store_slice_tma(const float (&d)[BN / 2], const 
         for (int ch = 0; ch < BN / CW; ++ch) {
             if (col0 + ch * CW >= N) break;  // uniform: the tile's last columns are past N
             const uint32_t box = s_out + (nbox % RING) * OUT_BOX_BYTES;
-            fill_box<ESZ, BN>(d, box, ch, out_kind, relu, scale, bias, col0, N, warp, lane);
+            fill_box<ESZ, BN>(d, box, ch, out_kind, relu, scale, bias, col0, N, warp, lane, check, bad);
             fence_proxy_async();
             if (leader) bulk_wait_read<RING - 2>();
             asm volatile("bar.sync %0, 128;\n" ::"r"(bar_id) : "memory");
@@ -227,7 +238,7 @@ template <int BM, int BN, int STAGES, bool PINGPONG, bool TMA_STORE, int FA, int
 __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& tb, const TensorMap& tc, void* C,
                                          const float* bias, const float* a_scale_inv,
                                          const float* b_scale_inv, int M, int N, int K,
-                                         int out_kind, int group_m) {
+                                         int out_kind, int group_m, unsigned* nonfinite) {
     // Bit 2 of out_kind asks for a ReLU after the bias (the training step's hidden layers).
     const bool relu = (out_kind & OUT_RELU) != 0;
     out_kind &= ~OUT_RELU;
@@ -322,6 +333,9 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
         const uint64_t da0 = descriptor(sA + (PINGPONG ? 0 : cw) * SLICE_BYTES, 16, 1024);
         const uint64_t db0 = descriptor(sB, 16, 1024);
         uint32_t nbox = 0;  // TMA-store boxes this consumer has filled (which box is next)
+        // Whether this thread stored an inf or NaN (checked only when asked: `nonfinite` set).
+        const bool check = nonfinite != nullptr;
+        bool bad = false;
         // The accumulators live across units: each unit's first k32 step overwrites them (scale-d
         // 0), so they are zeroed once, not per tile.
         float d[SLICES][BN / 2];
@@ -380,10 +394,10 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
                     if (row0 >= M) continue;  // the pad block of an odd number of tile-rows
                     if (out_kind == OUT_F32) {
                         store_slice_tma<4, BN, RING>(d[h], tc, s_out, nbox, out_kind, relu, scale, bias, row0,
-                                                     t.y, N, warp, lane, 2 + cw);
+                                                     t.y, N, warp, lane, 2 + cw, check, bad);
                     } else {
                         store_slice_tma<2, BN, RING>(d[h], tc, s_out, nbox, out_kind, relu, scale, bias, row0,
-                                                     t.y, N, warp, lane, 2 + cw);
+                                                     t.y, N, warp, lane, 2 + cw, check, bad);
                     }
                 }
                 continue;
@@ -430,6 +444,12 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
                                 v.z = (v.z > 0.f || isnan(v.z)) ? v.z : 0.f;
                                 v.w = (v.w > 0.f || isnan(v.w)) ? v.w : 0.f;
                             }
+                            if (check) {
+                                // Only the columns inside N: past it the staging holds padding.
+                                const float cv[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+                                for (int q = 0; q < 4; ++q) bad |= col + q < N && !(fabsf(cv[q]) < overflow_at(out_kind));
+                            }
                             store4(C, out_kind, N, row0 + rr, col, v, vec);
                         }
                     }
@@ -439,6 +459,8 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
         }
         // The staging boxes must outlive the stores that read them.
         if (TMA_STORE && warp == 0 && lane == 0) bulk_wait_all();
+        // One atomic per warp that stored an inf or NaN; none on a clean product.
+        if (check && __any_sync(0xffffffffu, bad) && lane == 0) atomicOr(nonfinite, 1u);
     }
     // No block may exit while its peer can still arrive on its barriers or write its stages.
     cluster_sync();
@@ -453,15 +475,15 @@ using namespace gemm_fp8_detail;
 // A and 128 K × BN/2 rows for B, 128-byte swizzle), the tensor map of D (TMA-store configs: boxes
 // of 128 bytes × 64 rows, 128-byte swizzle; unread by the others), D, bias (may be null), the two
 // inverse scales (one f32 each, device memory), M, N, K, out_kind (0 f32, 1 f16, 2 bf16, | 4 for
-// the ReLU), pair-rows per raster group.
+// the ReLU), pair-rows per raster group, the non-finite flag word (may be null).
 #define AMPKIT_GEMM_FP8(NAME, BM, BN, ST, PP, TS, FA, FB)                                            \
     extern "C" __global__ void __cluster_dims__(CLUSTER, 1, 1) __launch_bounds__(THREADS, 1)       \
         NAME(const __grid_constant__ TensorMap ta, const __grid_constant__ TensorMap tb,            \
              const __grid_constant__ TensorMap tc, void* C, const float* bias,                      \
              const float* a_scale_inv, const float* b_scale_inv, int M, int N, int K, int out_kind, \
-             int group_m) {                                                                         \
+             int group_m, unsigned* nonfinite) {                                                    \
         gemm_fp8<BM, BN, ST, PP, TS, FA, FB>(ta, tb, tc, C, bias, a_scale_inv, b_scale_inv, M, N,   \
-                                             K, out_kind, group_m);                                 \
+                                             K, out_kind, group_m, nonfinite);                      \
     }
 #define AMPKIT_GEMM_FP8_FORMATS(CFG, BM, BN, ST, PP, TS)                             \
     AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e4e4, BM, BN, ST, PP, TS, FP8_E4M3, FP8_E4M3) \

@@ -8,7 +8,9 @@
 //   found_inf is never cleared here (the caller zeroes it once per step). When `mask` is not
 //   null, a block that saw an inf/NaN also sets its tensor's bit (the table's `bit`: the
 //   tensor's index in the caller's list) in the two-word mask: which gradients overflowed, in
-//   the same pass (the overflow locator; a clean step never touches it). Bit-exact with
+//   the same pass (the overflow locator; a clean step never touches it). A tensor checked by
+//   the kernel that wrote it (the FP8 GEMM's weight gradients at scale 1) is not read: block 0
+//   folds that kernel's flag word in (fold_checked). Bit-exact with
 //   src/cpu/unscale.rs except NaN payloads under a multiply (the GPU returns the canonical NaN).
 //   unscale_f32: in place on f32 gradients. unscale_f16_to_f32: reads f16 gradients and writes
 //   f32 master gradients in the same pass. A tensor of the f32 table may come as K-split GEMM
@@ -48,6 +50,7 @@ struct TensorTable {
     // K-split partials summed on the way (f32 sources only): src holds splits[t] slices of len
     // elements, added in slice order from 0, as gemm.cu's gemm_splitk_reduce adds them, so the
     // result is that reduce's followed by this unscale, bit for bit. 1: src is the gradient.
+    // 0: checked by the kernel that wrote it; src is its flag word (fold_checked), no chunks.
     int splits[MAX_TENSORS];
     // The tensor's bit in the caller's non-finite mask (its index in the caller's list, 63 for
     // index 63 and later).
@@ -122,10 +125,31 @@ __device__ __forceinline__ float apply(float v, float inv, bool& found) {
     return inv == 1.f ? v : v * inv;
 }
 
+// The tensors of the table checked by the kernels that wrote them (splits 0; the host passes
+// them only at scale 1 without a norm, where the unscale would only have read them): src is that
+// kernel's flag word, non-zero when it stored an inf or NaN. Block 0 folds each word into
+// found_inf and the mask, as reading the tensor would have, and zeroes it for the next step
+// (its writer runs again only after this launch).
+__device__ __forceinline__ void fold_checked(const TensorTable& t, float* found_inf, unsigned* mask) {
+    for (int i = threadIdx.x; i < t.count; i += THREADS) {
+        if (t.splits[i] != 0) continue;
+        unsigned* word = reinterpret_cast<unsigned*>(t.src[i]);
+        if (*word != 0) {
+            *found_inf = 1.f;
+            if (mask) atomicOr(mask + (t.bit[i] >> 5), 1u << (t.bit[i] & 31));
+            *word = 0;
+        }
+    }
+}
+
 template <typename Src>
 __device__ __forceinline__ void unscale(const TensorTable& t, const float* scale, float* found_inf,
                                         unsigned* mask, SquareSum* norm, long long chunk) {
-    // The tensor this block's chunk belongs to: the last t with chunk_start[t] <= blockIdx.x.
+    if (blockIdx.x == 0) fold_checked(t, found_inf, mask);
+    // A launch whose tensors were all checked already has one block and no chunk.
+    if (int(blockIdx.x) >= t.chunk_start[t.count]) return;
+    // The tensor this block's chunk belongs to: the last t with chunk_start[t] <= blockIdx.x
+    // (a checked tensor has no chunks: its chunk_start is the next tensor's).
     int lo = 0, hi = t.count - 1;
     while (lo < hi) {
         const int mid = (lo + hi + 1) / 2;

@@ -8,7 +8,7 @@
 
 mod common;
 
-use ampkit::amp::{LossScale, Precision};
+use ampkit::amp::{LossScale, NonFinite, Precision};
 use ampkit::train::data::Dataset;
 use ampkit::train::gpu_backend::GpuBackend;
 use ampkit::train::trainer::{self, Outputs, RunSummary as Summary};
@@ -309,5 +309,43 @@ fn cuda_graph_steps_are_bit_identical_to_eager_steps() {
             finals[0].0 == finals[1].0,
             "{precision:?}: final states differ"
         );
+    }
+}
+
+/// A NaN gradient skips the step with the same per-tensor flags on every device. Under fp8 (at
+/// scale 1) the GPU's FP8 layer checks its weight gradient in the GEMM that writes it and the unscale
+/// does not read it again, so only that GEMM's report can name it: a NaN in layer 0's master
+/// weight makes every gradient NaN (NaN · 0 is NaN), and all four tensors must be named, step
+/// after step (nothing updates, so every step is skipped).
+#[test]
+fn nan_gradients_are_skipped_and_named_on_every_device() {
+    let split = common::bundled_mnist();
+    let train = common::subset(&split.train, 640);
+    for precision in LOW {
+        for device in common::devices() {
+            let cfg = TrainConfig {
+                max_steps: Some(4),
+                ..config(precision, 1)
+            };
+            let mut b = open_backend(&device, &cfg).unwrap();
+            let mut state = b.export().unwrap();
+            let w = (state.params.iter_mut())
+                .find(|p| p.name == "0.weight")
+                .unwrap();
+            w.data[5 * 784 + 300] = f32::NAN;
+            b.import(&state).unwrap();
+            let s = run(b.as_mut(), &cfg, &train, &split.test);
+            let steps: Vec<(bool, NonFinite)> = s
+                .steps
+                .iter()
+                .map(|(_, r)| (r.skipped, r.nonfinite))
+                .collect();
+            assert_eq!(steps.len(), 4, "{} {precision:?}", b.device());
+            assert!(
+                (steps.iter()).all(|&(skipped, nf)| skipped && nf == NonFinite(0b1111)),
+                "{} {precision:?}: {steps:?}",
+                b.device()
+            );
+        }
     }
 }

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::ops;
 use crate::ops::optim::GpuParamTensor;
 use crate::optim::{GpuParam, HalfCopy, Inner, Optimizer};
-use cudarc::driver::{CudaView, CudaViewMut, DevicePtrMut};
+use cudarc::driver::{CudaViewMut, DevicePtrMut};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -308,25 +308,51 @@ impl GradScaler {
         Ok(())
     }
 
+    /// Whether a step's unscale only reads the gradients to check them: scale 1 for good
+    /// ([`LossScale::Off`] or a static 1) and no clipping by norm. Then a gradient checked by
+    /// the kernel that wrote it need not be read again.
+    pub(crate) fn only_checks(&self) -> bool {
+        let unit = match self.mode {
+            LossScale::Off => true,
+            LossScale::Static(s) => s == 1.0,
+            LossScale::Dynamic(_) => false,
+        };
+        unit && !matches!(self.clipping.mode, GradClip::Norm { .. })
+    }
+
     /// [`GradScaler::step`] and [`GradScaler::update`] of a training step, with the step's
     /// bookkeeping (`record_step` in `kernels/scaler.cu`: `(loss, scale, found_inf)` appended to the
     /// record buffer at the device's record cursor, the cursors advanced) and the scale update
     /// run by the last block of the unscale launch ([`ops::unscale::unscale_and_record`]), then
     /// the optimizer: one launch fewer than `step` + `update`, the same results (the optimizer
     /// reads only the flag; the record holds the scale the step ran with). Ends the step.
-    /// `partials[t]`, when given, holds parameter `t`'s gradient as K-split slices that the
-    /// unscale adds first (see [`ops::unscale::unscale_and_record`]).
+    /// `sources[t]` says where parameter `t`'s gradient values are (K-split slices that the
+    /// unscale adds first, or checked where they were written; see
+    /// [`ops::unscale::unscale_and_record`]). A checked gradient needs
+    /// [`GradScaler::only_checks`].
     ///
     /// Errors: as `step`'s and `update`'s, and [`Error::InvalidArgument`] after
-    /// [`GradScaler::unscale`] this step; nothing queued.
+    /// [`GradScaler::unscale`] this step or for a checked gradient when the unscale must do
+    /// more than check; nothing queued.
     pub(crate) fn step_recording<O: Optimizer + ?Sized, H: HalfCopy>(
         &mut self,
         optimizer: &mut O,
         params: &mut [GpuParam<'_, H>],
-        partials: &[Option<(CudaView<'_, f32>, usize)>],
+        sources: &mut [ops::unscale::GradSource<'_>],
         target: &mut ops::scaler::RecordTarget<'_>,
     ) -> Result<()> {
         const OP: &str = "amp::GradScaler::step_recording";
+        let checked = (sources.iter()).any(|s| matches!(s, ops::unscale::GradSource::Checked(_)));
+        if checked && !self.only_checks() {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                detail: format!(
+                    "a gradient checked where it was written, but the unscale must also scale \
+                     or measure it (loss scale {:?}, clipping {:?})",
+                    self.mode, self.clipping.mode
+                ),
+            });
+        }
         let mut next = self.stages;
         if !next.step()? {
             return Err(Error::InvalidArgument {
@@ -346,7 +372,7 @@ impl GradScaler {
         ops::unscale::unscale_and_record(
             &self.gpu,
             &mut grads,
-            partials,
+            sources,
             &mut self.scale,
             &mut self.found_inf,
             &mut self.nonfinite,

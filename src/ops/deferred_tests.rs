@@ -5,9 +5,10 @@
 //! [`super::unscale_and_check`]) bit for bit: the slices are added in the same order. Shapes of
 //! the MLP step that split K on the H100 (512×784 and the unaligned 10×512 over 4096 rows) and
 //! one that does not; finite gradients and gradients with an inf. In-crate: both ops are the
-//! training step's.
+//! training step's. Also the step's other source of gradients: tensors checked by the kernel
+//! that wrote them, whose flag words the unscale folds in without reading the tensors.
 
-use super::{unscale_and_check, unscale_and_record};
+use super::{unscale_and_check, unscale_and_record, GradSource};
 use crate::cuda::test_gpu;
 use crate::ops::gemm::{gemm, gemm_deferred, planned_splits, Epilogue};
 use crate::ops::scaler::{RecordTarget, RECORD};
@@ -62,7 +63,11 @@ fn deferred_reduce_in_the_unscale_matches_the_gemm_reduce() {
         let mut records = gpu.alloc_zeros::<f32>(2 * RECORD).unwrap();
         let mut mask = gpu.alloc_zeros::<u32>(2).unwrap();
         let mut cursor = gpu.upload(&[1u32, 100]).unwrap();
-        let pending = [(splits > 1).then(|| (partials.slice(..), splits))];
+        let mut pending = [if splits > 1 {
+            GradSource::Partials(partials.slice(..), splits)
+        } else {
+            GradSource::Whole
+        }];
         let mut target = RecordTarget {
             loss: &loss,
             records: &mut records,
@@ -72,7 +77,7 @@ fn deferred_reduce_in_the_unscale_matches_the_gemm_reduce() {
         unscale_and_record(
             &gpu,
             &mut [got.slice_mut(..)],
-            &pending,
+            &mut pending,
             &mut scale,
             &mut flag,
             &mut mask,
@@ -119,5 +124,88 @@ fn deferred_reduce_in_the_unscale_matches_the_gemm_reduce() {
             vec![scale_value],
             "{what}: static scale"
         );
+    }
+}
+
+/// Gradients checked where they were written ([`GradSource::Checked`]) at scale 1: their flag
+/// words, not their values, decide found_inf and their mask bits; the words are zeroed for the
+/// next step; a list of checked tensors only still records the step (one block, no chunks).
+#[test]
+fn checked_gradients_are_folded_from_their_flags_not_read() {
+    let Some(gpu) = test_gpu() else { return };
+    let mut rng = StdRng::seed_from_u64(29);
+    // (what, tensor 0 whole?, flags of tensors 1 and 2, expected mask)
+    for (what, whole0, flags, want) in [
+        ("clean", true, [0u32, 0], 0u32),
+        ("tensor 2 flagged", true, [0, 1], 0b100),
+        ("both flagged", true, [3, 1], 0b110),
+        ("all checked, tensor 1 flagged", false, [1, 0], 0b010),
+        ("all checked, clean", false, [0, 0], 0),
+    ] {
+        let lens = [5003usize, 3000, 4096];
+        let mut data: Vec<Vec<f32>> = (lens.iter())
+            .map(|&n| (0..n).map(|_| rng.gen_range(-4.0f32..4.0)).collect())
+            .collect();
+        // Tensor 1 holds a NaN its writer did not report: a read would flag it.
+        data[1][17] = f32::NAN;
+        if !whole0 {
+            data[0][3] = f32::INFINITY; // unread too when tensor 0 is checked
+        }
+        let mut grads: Vec<_> = data.iter().map(|d| gpu.upload(d).unwrap()).collect();
+        let mut words: Vec<_> = (0..3)
+            .map(|t| {
+                let w = if t == 0 { 0 } else { flags[t - 1] };
+                gpu.upload(&[w]).unwrap()
+            })
+            .collect();
+        let mut scale = gpu.upload(&[1.0f32]).unwrap();
+        let mut flag = gpu.alloc_zeros::<f32>(1).unwrap();
+        let loss = gpu.upload(&[0.75f32]).unwrap();
+        let mut records = gpu.alloc_zeros::<f32>(2 * RECORD).unwrap();
+        let mut mask = gpu.alloc_zeros::<u32>(2).unwrap();
+        let mut cursor = gpu.upload(&[0u32, 0]).unwrap();
+        let mut target = RecordTarget {
+            loss: &loss,
+            records: &mut records,
+            cursor: &mut cursor,
+            advance: 32,
+        };
+        let mut sources: Vec<GradSource<'_>> = (words.iter_mut().enumerate())
+            .map(|(t, w)| {
+                if t == 0 && whole0 {
+                    GradSource::Whole
+                } else {
+                    GradSource::Checked(w.slice_mut(..))
+                }
+            })
+            .collect();
+        let mut views: Vec<_> = grads.iter_mut().map(|g| g.slice_mut(..)).collect();
+        unscale_and_record(
+            &gpu,
+            &mut views,
+            &mut sources,
+            &mut scale,
+            &mut flag,
+            &mut mask,
+            None,
+            &mut target,
+            None,
+        )
+        .unwrap();
+        drop((views, sources));
+        let found = if want != 0 { 1.0 } else { 0.0 };
+        assert_eq!(gpu.download(&flag).unwrap(), [found], "{what}: found_inf");
+        let r = gpu.download(&records).unwrap();
+        assert_eq!(&r[..3], &[0.75, 1.0, found], "{what}: record");
+        assert_eq!(r[3].to_bits(), want, "{what}: mask in the record");
+        assert_eq!(gpu.download(&cursor).unwrap(), [1, 32], "{what}: cursors");
+        for (t, w) in words.iter().enumerate() {
+            assert_eq!(gpu.download(w).unwrap(), [0], "{what}: word {t} zeroed");
+        }
+        for (t, (g, d)) in grads.iter().zip(&data).enumerate() {
+            let same =
+                (gpu.download(g).unwrap().iter().zip(d)).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{what}: tensor {t} changed");
+        }
     }
 }

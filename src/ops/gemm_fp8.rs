@@ -383,7 +383,7 @@ pub fn gemm_fp8_with<C: Fp8Output>(
     bias: Option<&dyn DevicePtr<f32>>,
     c: &mut impl DevicePtrMut<C>,
 ) -> Result<()> {
-    launch(gpu, config, shape, (a, b, bias), false, c)
+    launch(gpu, config, shape, (a, b, bias), false, c, None)
 }
 
 /// [`gemm_fp8_relu`] with the tile configuration `config` instead of the planner's. For
@@ -398,7 +398,43 @@ pub fn gemm_fp8_relu_with<C: Fp8Output>(
     bias: Option<&dyn DevicePtr<f32>>,
     c: &mut impl DevicePtrMut<C>,
 ) -> Result<()> {
-    launch(gpu, config, shape, (a, b, bias), true, c)
+    launch(gpu, config, shape, (a, b, bias), true, c, None)
+}
+
+/// [`gemm_fp8`] that also reports a non-finite output: when the kernel stores an inf or NaN into
+/// `c` (after rounding to `C`: an f16 result from magnitude 65520 up is inf), it or'es 1 into
+/// `nonfinite[0]`, which it never clears. The training step passes its FP8 layers' weight
+/// gradients through it, so that the unscale need not read them again just to check them.
+/// Errors: as [`gemm_fp8`], and [`Error::ShapeMismatch`] when `nonfinite` is not one word.
+pub fn gemm_fp8_checked<C: Fp8Output>(
+    gpu: &Gpu,
+    shape: GemmShape,
+    a: &Fp8Operand<'_>,
+    b: &Fp8Operand<'_>,
+    bias: Option<&dyn DevicePtr<f32>>,
+    c: &mut impl DevicePtrMut<C>,
+    nonfinite: &mut dyn DevicePtrMut<u32>,
+) -> Result<()> {
+    let config = plan_fp8(shape, gpu.info().multiprocessors);
+    gemm_fp8_checked_with(gpu, config, shape, a, b, bias, c, nonfinite)
+}
+
+/// [`gemm_fp8_checked`] with the tile configuration `config` instead of the planner's. For
+/// ampkit's tests and benchmarks; not part of the stable API.
+#[doc(hidden)]
+#[allow(clippy::too_many_arguments)] // gemm_fp8_with's arguments and the flag
+pub fn gemm_fp8_checked_with<C: Fp8Output>(
+    gpu: &Gpu,
+    config: Fp8Config,
+    shape: GemmShape,
+    a: &Fp8Operand<'_>,
+    b: &Fp8Operand<'_>,
+    bias: Option<&dyn DevicePtr<f32>>,
+    c: &mut impl DevicePtrMut<C>,
+    nonfinite: &mut dyn DevicePtrMut<u32>,
+) -> Result<()> {
+    expect_len(OP, "nonfinite", nonfinite.len(), 1, "one word")?;
+    launch(gpu, config, shape, (a, b, bias), false, c, Some(nonfinite))
 }
 
 /// The checks and the launch of `config`, with the ReLU epilogue when `relu`.
@@ -413,6 +449,7 @@ fn launch<C: Fp8Output>(
     ),
     relu: bool,
     c: &mut impl DevicePtrMut<C>,
+    nonfinite: Option<&mut dyn DevicePtrMut<u32>>,
 ) -> Result<()> {
     check_args(shape, a, b, bias.map(|b| b.len()), c.len())?;
     let cc = gpu.info().compute_capability;
@@ -435,6 +472,8 @@ fn launch<C: Fp8Output>(
     let (c_ptr, _gc) = c.device_ptr_mut(stream);
     let bias = bias.map(|b| b.device_ptr(stream));
     let bias_ptr = bias.as_ref().map_or(0, |(p, _)| *p);
+    let flag = nonfinite.map(|f| f.device_ptr_mut(stream));
+    let flag_ptr = flag.as_ref().map_or(0, |(p, _)| *p);
     for (name, p, align) in [
         ("A", a_ptr, 16),
         ("B", b_ptr, 16),
@@ -442,6 +481,7 @@ fn launch<C: Fp8Output>(
         ("bias", bias_ptr, 4),
         ("A's scale_inv", sa_ptr, 4),
         ("B's scale_inv", sb_ptr, 4),
+        ("nonfinite", flag_ptr, 4),
     ] {
         if p % align != 0 {
             return Err(invalid(format!(
@@ -512,13 +552,15 @@ fn launch<C: Fp8Output>(
     args.push(m as i32).push(n as i32).push(k as i32);
     // Bit 2 of out_kind: the ReLU epilogue (OUT_RELU in the kernel).
     args.push(C::KIND | if relu { 4 } else { 0 }).push(GROUP_M);
+    args.push(flag_ptr);
     // SAFETY: gemm_fp8_<config>_<formats>(TensorMap ta, TensorMap tb, TensorMap tc, void* C,
     // const float* bias, const float* a_scale_inv, const float* b_scale_inv, int M, int N, int K,
-    // int out_kind, int group_m) matches the arguments. The tensor maps describe exactly A (m × k
+    // int out_kind, int group_m, unsigned* nonfinite) matches the arguments. The tensor maps describe exactly A (m × k
     // bytes), B (n × k bytes) and, for a TMA-store config, C (m × n elements of C, 16-byte
     // aligned base and pitch as checked above); check_args proved those lengths and TMA clips
     // every box to them; C holds m·n elements of the out_kind type and the plain epilogue
-    // bounds-checks every store; bias holds n f32 and each scale one; the grid is a multiple of
+    // bounds-checks every store; bias holds n f32, each scale one and nonfinite (null or) one
+    // u32; the grid is a multiple of
     // the compiled cluster size (2). The guards above outlive the launch.
     unsafe { gpu.launch(&kernels::GEMM_FP8, kernel, cfg, &args) }
 }

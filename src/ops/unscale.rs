@@ -28,10 +28,10 @@
 //! ```
 
 use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
-use crate::error::{Error, Result};
+use crate::error::{expect_len, Error, Result};
 use crate::kernels;
 use crate::validate;
-use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut, DeviceRepr};
+use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr};
 use half::f16;
 
 /// Tensors per launch: the argument table must fit the 4 KB kernel-parameter limit.
@@ -64,12 +64,26 @@ struct TensorTable {
 unsafe impl DeviceRepr for TensorTable {}
 
 /// One tensor of a list: source and destination addresses, element count, and the K-split
-/// slices the source holds (1: the source is the tensor itself).
+/// slices the source holds (1: the source is the tensor itself; 0: the source is the flag word
+/// of the kernel that wrote and checked the tensor, which is not read).
 struct Entry {
     src: u64,
     dst: u64,
     len: usize,
     splits: usize,
+}
+
+/// Where the training step's unscale ([`unscale_and_record`]) finds a gradient tensor's values.
+pub(crate) enum GradSource<'a> {
+    /// In the tensor itself.
+    Whole,
+    /// In `.1` K-split GEMM slices of the tensor's length, back to back in `.0`.
+    Partials(CudaView<'a, f32>, usize),
+    /// In the tensor, already checked by the kernel that wrote it: the word is non-zero when that
+    /// kernel stored an inf or NaN ([`crate::ops::gemm_fp8::gemm_fp8_checked`]). Only where the
+    /// unscale would only read the tensor (scale 1, no norm; the caller's promise): the word is
+    /// folded into `found_inf` and the mask and zeroed, and the tensor is not read.
+    Checked(CudaViewMut<'a, u32>),
 }
 
 /// Unscales f32 gradients in place: `g = g · inv` (unless `inv == 1`), and sets `found_inf`
@@ -290,15 +304,18 @@ pub fn unscale_f16_to_f32<S: DevicePtr<f16>, D: DevicePtrMut<f32>>(
 /// next step. Errors: as [`unscale_and_locate`] and [`crate::ops::scaler::record_args`], before
 /// any launch.
 ///
-/// `partials[t]`, when given, holds tensor `t`'s gradient as `splits` K-split GEMM slices
-/// ([`crate::ops::gemm`]'s deferred reduce): they are summed in slice order, exactly as the
-/// GEMM's reduce would have, and the sum is unscaled into `grads[t]`. Errors also
-/// [`Error::ShapeMismatch`] when a partial buffer is shorter than `splits` slices of its tensor.
+/// `sources[t]` (missing: [`GradSource::Whole`]) says where tensor `t`'s values are: K-split
+/// GEMM slices ([`crate::ops::gemm`]'s deferred reduce) are summed in slice order, exactly as the
+/// GEMM's reduce would have, and the sum is unscaled into `grads[t]`; a tensor checked by the
+/// kernel that wrote it is not read, its flag word is folded in and zeroed. Errors also
+/// [`Error::ShapeMismatch`] when a partial buffer is shorter than `splits` slices of its tensor
+/// or a flag is not one word, [`Error::InvalidArgument`] for a checked tensor with `norm` (the
+/// norm needs every value).
 #[allow(clippy::too_many_arguments)] // the step's buffers, each a kernel argument
 pub(crate) fn unscale_and_record<D: DevicePtrMut<f32>>(
     gpu: &Gpu,
     grads: &mut [D],
-    partials: &[Option<(CudaView<'_, f32>, usize)>],
+    sources: &mut [GradSource<'_>],
     scale: &mut crate::cuda::DeviceBuffer<f32>,
     found_inf: &mut crate::cuda::DeviceBuffer<f32>,
     mask: &mut crate::cuda::DeviceBuffer<u32>,
@@ -318,19 +335,28 @@ pub(crate) fn unscale_and_record<D: DevicePtrMut<f32>>(
             });
         }
     }
+    if norm.is_some() && sources.iter().any(|s| matches!(s, GradSource::Checked(_))) {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            detail: "a gradient checked where it was written cannot join a clipping norm: pass \
+                     it as GradSource::Whole"
+                .into(),
+        });
+    }
     let mask_ptr = mask_ptr(OP, gpu, mask)?;
     let norm = norm.map(|n| n.args(OP, gpu)).transpose()?;
     let tail = crate::ops::scaler::record_args(gpu, OP, target, update)?;
     let stream = gpu.stream();
     let mut guards = Vec::with_capacity(grads.len());
     let mut entries = Vec::with_capacity(grads.len());
+    let mut sources = sources.iter_mut();
     for (t, g) in grads.iter_mut().enumerate() {
         let len = g.len();
         let (ptr, guard) = g.device_ptr_mut(stream);
         guards.push(guard);
-        let (src, splits) = match partials.get(t) {
-            Some(Some((view, splits))) if *splits > 1 => {
-                if view.len() < splits * len {
+        let (src, splits) = match sources.next() {
+            Some(GradSource::Partials(view, splits)) if *splits > 1 => {
+                if view.len() < *splits * len {
                     return Err(Error::ShapeMismatch {
                         op: OP,
                         detail: format!(
@@ -344,6 +370,12 @@ pub(crate) fn unscale_and_record<D: DevicePtrMut<f32>>(
                 guards.push(guard);
                 (p, *splits)
             }
+            Some(GradSource::Checked(word)) => {
+                expect_len(OP, "a checked tensor's flag", word.len(), 1, "one word")?;
+                let (p, guard) = word.device_ptr_mut(stream);
+                guards.push(guard);
+                (p, 0)
+            }
             _ => (ptr, 1),
         };
         entries.push(Entry {
@@ -353,8 +385,8 @@ pub(crate) fn unscale_and_record<D: DevicePtrMut<f32>>(
             splits,
         });
     }
-    if entries.iter().all(|e| e.len == 0) {
-        // Nothing to unscale: the record takes its own launch.
+    if entries.iter().all(|e| e.len == 0 && e.splits != 0) {
+        // Nothing to unscale or fold: the record takes its own launch.
         drop(guards);
         let (s, _g1) = scale.device_ptr_mut(stream);
         let (f, _g2) = found_inf.device_ptr(stream);
@@ -443,15 +475,26 @@ where
     let (scale_ptr, _g1) = scale.device_ptr(stream);
     let (flag_ptr, _g2) = found_inf.device_ptr_mut(stream);
     // (position in the caller's list, entry): the position is the tensor's bit in the mask.
+    // A checked tensor (splits 0) stays for its flag word, even when empty; it has no chunks.
     let nonempty: Vec<(usize, &Entry)> = entries
         .iter()
         .enumerate()
-        .filter(|(_, e)| e.len > 0)
+        .filter(|(_, e)| e.len > 0 || e.splits == 0)
         .collect();
+    let chunks_of = |e: &Entry, chunk: usize| {
+        if e.splits == 0 {
+            0
+        } else {
+            e.len.div_ceil(chunk)
+        }
+    };
     let batches = nonempty.len().div_ceil(MAX_TENSORS);
-    let total: usize = nonempty.iter().map(|(_, e)| e.len).sum();
+    let total: usize = (nonempty.iter())
+        .filter(|(_, e)| e.splits != 0)
+        .map(|(_, e)| e.len)
+        .sum();
     let chunk = chunk_for(gpu, total);
-    let blocks: usize = nonempty.iter().map(|(_, e)| e.len.div_ceil(chunk)).sum();
+    let blocks: usize = nonempty.iter().map(|(_, e)| chunks_of(e, chunk)).sum();
     let norm = match &finish {
         Finish::Norm { args, .. }
         | Finish::Record {
@@ -495,7 +538,7 @@ where
                 detail: format!("{} K-split slices", e.splits),
             })?;
             table.chunk_start[i] = chunks as i32;
-            chunks += e.len.div_ceil(chunk);
+            chunks += chunks_of(e, chunk);
         }
         if chunks > i32::MAX as usize {
             return Err(Error::InvalidArgument {
@@ -557,7 +600,8 @@ where
             gpu.launch(
                 &kernels::UNSCALE,
                 kernel,
-                LaunchConfig::linear(chunks as u32, THREADS),
+                // One block at least: block 0 folds the checked tensors' flags.
+                LaunchConfig::linear(chunks.max(1) as u32, THREADS),
                 &args,
             )?
         };

@@ -504,6 +504,12 @@ impl<H: TrainHalf> Engine<H> {
                 _ => unreachable!("the last layer has dlogits, in its logits' dtype"),
             }
         }
+        // At scale 1 without a norm the unscale would only read the gradients to check them:
+        // the FP8 layers' weight-gradient GEMMs check what they write instead.
+        let checked = self.scaler.only_checks();
+        if let Some(run) = &mut self.fp8 {
+            run.check_wgrad = checked;
+        }
         gpu_layers::backward(
             gpu,
             &mut self.blas,
@@ -540,9 +546,9 @@ impl<H: TrainHalf> Engine<H> {
             cursor: &mut self.cursor,
             advance: batch,
         };
-        let partials = gpu_layers::pending_partials(&self.layers, params.len());
+        let mut sources = gpu_layers::grad_sources(&mut self.layers, params.len(), checked);
         self.scaler
-            .step_recording(&mut *self.optimizer, &mut params, &partials, &mut target)?;
+            .step_recording(&mut *self.optimizer, &mut params, &mut sources, &mut target)?;
         if let Some(fp8) = &mut self.fp8 {
             fp8.update(gpu)?;
         }

@@ -17,7 +17,7 @@ use crate::cuda::{DeviceBuffer, Gpu};
 use crate::error::{Error, Result};
 use crate::nn::MlpConfig;
 use crate::ops::fp8::{update_scales, Fp8Scales};
-use crate::ops::gemm_fp8::{gemm_fp8, gemm_fp8_relu, Fp8Operand};
+use crate::ops::gemm_fp8::{gemm_fp8, gemm_fp8_checked, gemm_fp8_relu, Fp8Operand};
 use crate::shape::{GemmShape, Layout};
 use cudarc::driver::{CudaView, CudaViewMut};
 
@@ -27,6 +27,11 @@ pub(crate) struct Fp8Run {
     recipe: Fp8Recipe,
     /// Where evaluations' casts fold their amax: they must not touch the histories.
     scratch_amax: DeviceBuffer<f32>,
+    /// Whether the backward's weight-gradient GEMMs check what they write (each layer's
+    /// [`Fp8Bufs::wgrad_nonfinite`]), so that the step's unscale need not read those gradients:
+    /// set by the engine before each backward, where its scaler's unscale only checks
+    /// ([`crate::amp::GradScaler::only_checks`]).
+    pub(crate) check_wgrad: bool,
 }
 
 impl Fp8Run {
@@ -42,6 +47,7 @@ impl Fp8Run {
             scales: Fp8Scales::new(gpu, &formats, cfg.fp8.history_len)?,
             recipe: cfg.fp8,
             scratch_amax: gpu.alloc_zeros(1)?,
+            check_wgrad: false,
         }))
     }
 
@@ -78,6 +84,10 @@ pub(crate) struct Fp8Bufs {
     /// `xq` and `xqt` already hold this step's input ([`gather_input`]): the next forward skips
     /// its input cast (and clears this).
     input_ready: bool,
+    /// Non-zero once a checked weight-gradient GEMM ([`Fp8Run::check_wgrad`]) stored an inf or
+    /// NaN; the step's unscale folds it into its flags and zeroes it
+    /// ([`crate::ops::unscale::GradSource::Checked`]).
+    pub(crate) wgrad_nonfinite: DeviceBuffer<u32>,
 }
 
 /// `rows` rounded up to 16 (the transposes' row pitch), as the casts lay them out.
@@ -106,6 +116,7 @@ impl Fp8Bufs {
             dq: z(batch * out)?,
             dqt: z(out * ldb)?,
             input_ready: false,
+            wgrad_nonfinite: gpu.alloc_zeros(1)?,
         })
     }
 }
@@ -324,14 +335,13 @@ pub(crate) fn backward<H: TrainHalf>(
     );
     // dW [out, in] = dzᵀ·x: the two transposes, K = the padded batch (zeros past b).
     let (dqt, xqt) = (bufs.dqt.slice(..out * ldb), bufs.xqt.slice(..fan_in * ldb));
-    gemm_fp8(
-        gpu,
-        GemmShape::new(Layout::Forward, out, fan_in, ldb),
-        &operand(&dqt, gf, &sg),
-        &operand(&xqt, ff, &sx),
-        None,
-        dw,
-    )?;
+    let wshape = GemmShape::new(Layout::Forward, out, fan_in, ldb);
+    let (dqt, xqt) = (operand(&dqt, gf, &sg), operand(&xqt, ff, &sx));
+    if run.check_wgrad {
+        gemm_fp8_checked(gpu, wshape, &dqt, &xqt, None, dw, &mut bufs.wgrad_nonfinite)?;
+    } else {
+        gemm_fp8(gpu, wshape, &dqt, &xqt, None, dw)?;
+    }
     if let Some(mut dx) = dx {
         // dX [b, in] = dz·W: the gradient and the weight's transpose, K = out.
         let (dq, wqt) = (bufs.dq.slice(..b * out), bufs.wqt.slice(..));

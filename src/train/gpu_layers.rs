@@ -16,6 +16,7 @@ use crate::error::Result;
 use crate::nn::{MlpConfig, LAYERNORM_EPS};
 use crate::ops::blas::Blas;
 use crate::ops::gemm::{bias_grad, gemm, gemm_deferred, Epilogue};
+use crate::ops::unscale::GradSource;
 use crate::ops::{layernorm, relu};
 use crate::shape::{GemmShape, Layout};
 use cudarc::driver::{CudaView, CudaViewMut};
@@ -648,18 +649,25 @@ fn f32_blas(blas: &mut Option<Blas>) -> Result<&mut Blas> {
     })
 }
 
-/// For each parameter tensor, the K-split slices its gradient waits in (from the last
-/// backward), for the unscale to add: `None` where the gradient is complete.
-pub(crate) fn pending_partials<'a, H: TrainHalf>(
-    layers: &'a [Layer<H>],
+/// For each parameter tensor, where the step's unscale finds its gradient after the last
+/// backward: in the K-split slices it waits in, checked already by its FP8 GEMM (when
+/// `checked`: the backward ran with [`super::gpu_fp8::Fp8Run::check_wgrad`]), or whole.
+pub(crate) fn grad_sources<H: TrainHalf>(
+    layers: &mut [Layer<H>],
     tensors: usize,
-) -> Vec<Option<(CudaView<'a, f32>, usize)>> {
-    let mut out: Vec<Option<(CudaView<'a, f32>, usize)>> = (0..tensors).map(|_| None).collect();
+    checked: bool,
+) -> Vec<GradSource<'_>> {
+    let mut out: Vec<GradSource<'_>> = (0..tensors).map(|_| GradSource::Whole).collect();
     for layer in layers {
-        if let (Some(p), splits) = (&layer.wgrad_partials, layer.wgrad_splits) {
-            if splits > 1 {
-                out[layer.p.w] = Some((p.slice(..), splits));
+        let w = layer.p.w;
+        match (&layer.wgrad_partials, layer.wgrad_splits, &mut layer.fp8) {
+            (_, _, Some(bufs)) if checked => {
+                out[w] = GradSource::Checked(bufs.wgrad_nonfinite.slice_mut(..));
             }
+            (Some(p), splits, _) if splits > 1 => {
+                out[w] = GradSource::Partials(p.slice(..), splits)
+            }
+            _ => {}
         }
     }
     out
