@@ -20,16 +20,24 @@ struct CodedPixels {
 // Pixel p of the image starting at pixel img, shifted by (dx, dy) on its side×side grid (side 0:
 // no shift), the uncovered border `background`; a quiet NaN for a sample whose image index was
 // not valid (the whole row).
+// The pixel at grid row `row`, column `col` of a valid image shifted by (dx, dy) (side > 0).
+template <typename Px>
+__device__ __forceinline__ float shifted_at(const Px& images, size_t img, unsigned row,
+                                            unsigned col, unsigned side, int dx, int dy,
+                                            float background) {
+    const int r = int(row) - dy;
+    const int c = int(col) - dx;
+    const bool inside = r >= 0 && r < int(side) && c >= 0 && c < int(side);
+    return inside ? images.at(img + unsigned(r) * side + unsigned(c)) : background;
+}
+
 template <typename Px>
 __device__ __forceinline__ float shifted(const Px& images, bool valid, size_t img, unsigned p,
                                          unsigned side, int dx, int dy, float background) {
     if (!valid) return __int_as_float(0x7fc00000);
     if (side == 0) return images.at(img + p);
     const unsigned r0 = p / side;
-    const int r = int(r0) - dy;
-    const int c = int(p - r0 * side) - dx;
-    const bool inside = r >= 0 && r < int(side) && c >= 0 && c < int(side);
-    return inside ? images.at(img + unsigned(r) * side + unsigned(c)) : background;
+    return shifted_at(images, img, r0, p - r0 * side, side, dx, dy, background);
 }
 
 }  // namespace augment_pixels

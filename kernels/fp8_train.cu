@@ -284,14 +284,22 @@ __device__ __forceinline__ void gather_cast_transpose(
             const bool shift = side != 0 && !poison && i < n;
             const int dx = shift ? shifts[2 * i] : 0, dy = shift ? shifts[2 * i + 1] : 0;
             const size_t img = valid ? size_t(o) * inputs : 0;
+            // Pixels c..c+3 of the row: one division for the four (the column wraps onto the
+            // next grid row). Only pixels of the batch are read (past `inputs` an unshifted read
+            // would run into the next image, or past the dataset's end).
+            unsigned row = side != 0 ? c / side : 0, col = side != 0 ? c - row * side : 0;
 #pragma unroll
             for (int k = 0; k < 4; ++k) {
-                // Only pixels of the batch are read (past `inputs` an unshifted read would run
-                // into the next image, or past the dataset's end).
-                v[p][k] = i < n && c + k < inputs
-                              ? widen(ampkit::f32_to_bf16_bits_exact(augment_pixels::shifted(
-                                    images, valid, img, c + k, side, dx, dy, background)))
-                              : 0.f;
+                float x = 0.f;
+                if (i < n && c + k < inputs) {
+                    x = !valid      ? __int_as_float(0x7fc00000)
+                        : side == 0 ? images.at(img + c + k)
+                                    : augment_pixels::shifted_at(images, img, row, col, side, dx, dy,
+                                                                 background);
+                    x = widen(ampkit::f32_to_bf16_bits_exact(x));
+                }
+                v[p][k] = x;
+                if (++col == side) col = 0, ++row;
             }
         }
         convert_tile<F, V, false>(v, sm, r0, c0, n, inputs, ld, s, q, qt, nullptr, m);

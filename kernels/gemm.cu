@@ -337,13 +337,14 @@ using namespace gemm_detail;
 
 // Entry points: gemm_<layout>_<config>, the same names in the f16 and the bf16 module. Arguments:
 // A, B, C (or the split workspace), bias (may be null), M, N, K, alpha, beta, relu, out_kind (0 the
-// module's 16-bit element, 1 f32, 2 f32 partials), K tiles per split, tile-rows per raster group.
+// module's 16-bit element, 1 f32, 2 f32 partials), K tiles per split, tile-rows per raster group,
+// the non-finite flag (may be null: gemm_epilogue.cuh's Epilogue::nonfinite).
 #define AMPKIT_GEMM(NAME, BM, BN, BKK, WM, WN, ST, AK, BK_, VEC, MINB)                           \
     extern "C" __global__ void __launch_bounds__(WM * WN * 32, MINB)                            \
         NAME(const elem* A, const elem* B, void* C, const float* bias, int M, int N, int K,     \
              float alpha, float beta, int relu, int out_kind, int k_tiles_per_split,            \
-             int group_m) {                                                                     \
-        const Epilogue e{bias, alpha, beta, relu};                                              \
+             int group_m, unsigned* nonfinite) {                                                \
+        const Epilogue e{bias, alpha, beta, relu, nonfinite};                                   \
         gemm_tile<BM, BN, BKK, WM, WN, ST, AK, BK_, VEC>(A, B, C, M, N, K, e, out_kind,         \
                                                          k_tiles_per_split, group_m);           \
     }
@@ -364,9 +365,11 @@ AMPKIT_GEMM_LAYOUT(wgrad, false, false)
 // module's 16-bit element, 1 f32. Grid-stride over M·N.
 extern "C" __global__ void gemm_splitk_reduce(const float* __restrict__ ws, int splits, int M,
                                               int N, void* C, int out_kind, const float* bias,
-                                              float alpha, float beta, int relu) {
-    const Epilogue e{bias, alpha, beta, relu};
+                                              float alpha, float beta, int relu,
+                                              unsigned* nonfinite) {
+    const Epilogue e{bias, alpha, beta, relu, nonfinite};
     const size_t total = size_t(M) * N;
+    bool bad = false;
     for (size_t i = ampkit::global_thread(); i < total; i += ampkit::grid_threads()) {
         float acc = 0.f;
         for (int s = 0; s < splits; ++s) acc += ws[size_t(s) * total + i];
@@ -374,12 +377,15 @@ extern "C" __global__ void gemm_splitk_reduce(const float* __restrict__ ws, int 
         if (out_kind == 1) {
             float* p = static_cast<float*>(C) + i;
             *p = finish(acc, col, e.beta != 0.f ? *p : 0.f, e);
+            bad |= !isfinite(*p);
         } else {
             gemm_element::elem* p = static_cast<gemm_element::elem*>(C) + i;
             const float old = e.beta != 0.f ? gemm_element::to_float(*p) : 0.f;
             *p = gemm_element::from_float(finish(acc, col, old, e));
+            bad |= !isfinite(gemm_element::to_float(*p));
         }
     }
+    if (nonfinite) gemm_epilogue::report_nonfinite(nonfinite, bad);
 }
 
 // The bias gradient lives in the f16 module only: it reads f16, bf16 or f32 gradients alike.
@@ -432,6 +438,9 @@ extern "C" __global__ void bias_grad_finish(const float* __restrict__ partial, i
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= cols) return;
     float s = 0.f;
+    // The adds stay in split order; unrolled, 16 loads are in flight at once rather than a few
+    // (an FP8 layer's 128 tile-row partials over 8192 rows took ~9.5 µs, mostly waiting).
+#pragma unroll 16
     for (int i = 0; i < splits; ++i) s += partial[size_t(i) * cols + c];
     db[c] = s;
 }

@@ -12,7 +12,18 @@ struct Epilogue {
     const float* bias;
     float alpha, beta;
     int relu;
+    // Not null: a store of an inf or NaN (judged on the stored value, after any rounding) or'es 1
+    // into it (the training step's weight gradients, checked where they are written). Raw
+    // K-split partials (out_kind 2) are not checked: their sum is.
+    unsigned* nonfinite = nullptr;
 };
+
+// One atomic per warp whose active lanes stored an inf or NaN (store4 runs under divergent bounds
+// checks, so the vote is among the lanes that got here).
+__device__ __forceinline__ void report_nonfinite(unsigned* flag, bool bad) {
+    const unsigned lanes = __ballot_sync(__activemask(), bad);
+    if (lanes != 0 && int(threadIdx.x & 31) == __ffs(lanes) - 1) atomicOr(flag, 1u);
+}
 
 // v = alpha·acc; v += bias[col]; v += beta·old (only if beta ≠ 0, so an unwritten C is never
 // read); ReLU keeps NaN (like the reference's `relu`).
@@ -48,8 +59,15 @@ __device__ __forceinline__ void store4(void* c, int out_kind, int M, int N, int 
 #pragma unroll
             for (int q = 0; q < 4; ++q) r[q] = finish(r[q], col + q, old[q], e);
             *reinterpret_cast<float4*>(p) = make_float4(r[0], r[1], r[2], r[3]);
+            if (e.nonfinite)
+                report_nonfinite(e.nonfinite, !(isfinite(r[0]) && isfinite(r[1]) && isfinite(r[2]) && isfinite(r[3])));
         } else {
-            for (int q = 0; q < n_here; ++q) p[q] = finish(r[q], col + q, e.beta != 0.f ? p[q] : 0.f, e);
+            bool bad = false;
+            for (int q = 0; q < n_here; ++q) {
+                p[q] = finish(r[q], col + q, e.beta != 0.f ? p[q] : 0.f, e);
+                bad |= !isfinite(p[q]);
+            }
+            if (e.nonfinite) report_nonfinite(e.nonfinite, bad);
         }
     } else {
         using gemm_element::elem;
@@ -62,11 +80,18 @@ __device__ __forceinline__ void store4(void* c, int out_kind, int M, int N, int 
             h[0] = gemm_element::pack2(finish(r[0], col, o01.x, e), finish(r[1], col + 1, o01.y, e));
             h[1] = gemm_element::pack2(finish(r[2], col + 2, o23.x, e), finish(r[3], col + 3, o23.y, e));
             *reinterpret_cast<uint2*>(p) = raw;
+            if (e.nonfinite) {
+                const float2 a = gemm_element::to_float2(h[0]), b = gemm_element::to_float2(h[1]);
+                report_nonfinite(e.nonfinite, !(isfinite(a.x) && isfinite(a.y) && isfinite(b.x) && isfinite(b.y)));
+            }
         } else {
+            bool bad = false;
             for (int q = 0; q < n_here; ++q) {
                 const float old = e.beta != 0.f ? gemm_element::to_float(p[q]) : 0.f;
                 p[q] = gemm_element::from_float(finish(r[q], col + q, old, e));
+                bad |= !isfinite(gemm_element::to_float(p[q]));
             }
+            if (e.nonfinite) report_nonfinite(e.nonfinite, bad);
         }
     }
 }

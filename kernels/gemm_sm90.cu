@@ -438,15 +438,15 @@ using namespace gemm_sm90_detail;
 // src/ops/gemm/sm90.rs), C (or the split workspace), bias (may be null), M, N, K, alpha, beta,
 // relu, out_kind (0 the module's 16-bit element, 1 f32, 2 f32 partials), K tiles per split,
 // splits (the persistent kernels walk them as units; the others take them from the grid's z),
-// tile-rows per raster group (pairs of tile-rows for the persistent kernels). The same names in
-// the f16 and the bf16 module.
+// tile-rows per raster group (pairs of tile-rows for the persistent kernels), the non-finite flag
+// (may be null; gemm_epilogue.cuh). The same names in the f16 and the bf16 module.
 #define AMPKIT_GEMM_SM90(NAME, BN, ST, REGS, MINB, AMN, BMN)                                       \
     extern "C" __global__ void __launch_bounds__(THREADS, MINB)                                   \
         NAME(const __grid_constant__ TensorMap ta, const __grid_constant__ TensorMap tb, void* C, \
              const float* bias, int M, int N, int K, float alpha, float beta, int relu,           \
-             int out_kind, int k_tiles_per_split, int splits, int group_m) {                      \
+             int out_kind, int k_tiles_per_split, int splits, int group_m, unsigned* nonfinite) { \
         pdl_start();                                                                              \
-        const Epilogue e{bias, alpha, beta, relu};                                                \
+        const Epilogue e{bias, alpha, beta, relu, nonfinite};                                     \
         gemm_tile<BN, ST, REGS, AMN, BMN>(ta, tb, C, M, N, K, e, out_kind, k_tiles_per_split,     \
                                           group_m);                                               \
     }
@@ -454,9 +454,9 @@ using namespace gemm_sm90_detail;
     extern "C" __global__ void __cluster_dims__(CLUSTER, 1, 1) __launch_bounds__(THREADS, 1)     \
         NAME(const __grid_constant__ TensorMap ta, const __grid_constant__ TensorMap tb, void* C, \
              const float* bias, int M, int N, int K, float alpha, float beta, int relu,           \
-             int out_kind, int k_tiles_per_split, int splits, int group_m) {                      \
+             int out_kind, int k_tiles_per_split, int splits, int group_m, unsigned* nonfinite) { \
         pdl_start();                                                                              \
-        const Epilogue e{bias, alpha, beta, relu};                                                \
+        const Epilogue e{bias, alpha, beta, relu, nonfinite};                                     \
         gemm_persistent<BN, ST, PP, AMN, BMN>(ta, tb, C, M, N, K, e, out_kind, k_tiles_per_split, \
                                           splits, group_m);                                       \
     }

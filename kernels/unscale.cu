@@ -9,7 +9,7 @@
 //   null, a block that saw an inf/NaN also sets its tensor's bit (the table's `bit`: the
 //   tensor's index in the caller's list) in the two-word mask: which gradients overflowed, in
 //   the same pass (the overflow locator; a clean step never touches it). A tensor checked by
-//   the kernel that wrote it (the FP8 GEMM's weight gradients at scale 1) is not read: block 0
+//   the kernel that wrote it (the GEMMs' weight gradients at scale 1) is not read: block 0
 //   folds that kernel's flag word in (fold_checked). Bit-exact with
 //   src/cpu/unscale.rs except NaN payloads under a multiply (the GPU returns the canonical NaN).
 //   unscale_f32: in place on f32 gradients. unscale_f16_to_f32: reads f16 gradients and writes

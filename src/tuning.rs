@@ -12,8 +12,8 @@ pub mod cast {
 /// The GEMM's tile configurations, its planner, and a GEMM in a forced plan.
 pub mod gemm {
     pub use crate::ops::gemm::tuning::{
-        configs_for, gemm_with_plan, plan, Plan, TileConfig, CONFIGS, GROUP_M, HOPPER_CONFIGS,
-        UNALIGNED,
+        configs_for, gemm_checked_with_plan, gemm_with_plan, plan, Plan, TileConfig, CONFIGS,
+        GROUP_M, HOPPER_CONFIGS, UNALIGNED,
     };
 }
 

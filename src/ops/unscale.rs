@@ -80,7 +80,8 @@ pub(crate) enum GradSource<'a> {
     /// In `.1` K-split GEMM slices of the tensor's length, back to back in `.0`.
     Partials(CudaView<'a, f32>, usize),
     /// In the tensor, already checked by the kernel that wrote it: the word is non-zero when that
-    /// kernel stored an inf or NaN ([`crate::ops::gemm_fp8::gemm_fp8_checked`]). Only where the
+    /// kernel stored an inf or NaN ([`crate::ops::gemm::gemm_checked`],
+    /// [`crate::ops::gemm_fp8::gemm_fp8_checked`]). Only where the
     /// unscale would only read the tensor (scale 1, no norm; the caller's promise): the word is
     /// folded into `found_inf` and the mask and zeroed, and the tensor is not read.
     Checked(CudaViewMut<'a, u32>),

@@ -505,11 +505,8 @@ impl<H: TrainHalf> Engine<H> {
             }
         }
         // At scale 1 without a norm the unscale would only read the gradients to check them:
-        // the FP8 layers' weight-gradient GEMMs check what they write instead.
-        let checked = self.scaler.only_checks();
-        if let Some(run) = &mut self.fp8 {
-            run.check_wgrad = checked;
-        }
+        // the weight-gradient GEMMs check what they write instead.
+        let check_wgrad = self.scaler.only_checks();
         gpu_layers::backward(
             gpu,
             &mut self.blas,
@@ -520,6 +517,7 @@ impl<H: TrainHalf> Engine<H> {
             batch,
             head,
             &mut self.fp8,
+            check_wgrad,
         )?;
 
         // Unscale + inf check, the step's record and the scale update, and the optimizer (memset
@@ -546,7 +544,7 @@ impl<H: TrainHalf> Engine<H> {
             cursor: &mut self.cursor,
             advance: batch,
         };
-        let mut sources = gpu_layers::grad_sources(&mut self.layers, params.len(), checked);
+        let mut sources = gpu_layers::grad_sources(&mut self.layers, params.len());
         self.scaler
             .step_recording(&mut *self.optimizer, &mut params, &mut sources, &mut target)?;
         if let Some(fp8) = &mut self.fp8 {

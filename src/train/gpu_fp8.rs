@@ -27,11 +27,6 @@ pub(crate) struct Fp8Run {
     recipe: Fp8Recipe,
     /// Where evaluations' casts fold their amax: they must not touch the histories.
     scratch_amax: DeviceBuffer<f32>,
-    /// Whether the backward's weight-gradient GEMMs check what they write (each layer's
-    /// [`Fp8Bufs::wgrad_nonfinite`]), so that the step's unscale need not read those gradients:
-    /// set by the engine before each backward, where its scaler's unscale only checks
-    /// ([`crate::amp::GradScaler::only_checks`]).
-    pub(crate) check_wgrad: bool,
 }
 
 impl Fp8Run {
@@ -47,7 +42,6 @@ impl Fp8Run {
             scales: Fp8Scales::new(gpu, &formats, cfg.fp8.history_len)?,
             recipe: cfg.fp8,
             scratch_amax: gpu.alloc_zeros(1)?,
-            check_wgrad: false,
         }))
     }
 
@@ -84,10 +78,6 @@ pub(crate) struct Fp8Bufs {
     /// `xq` and `xqt` already hold this step's input ([`gather_input`]): the next forward skips
     /// its input cast (and clears this).
     input_ready: bool,
-    /// Non-zero once a checked weight-gradient GEMM ([`Fp8Run::check_wgrad`]) stored an inf or
-    /// NaN; the step's unscale folds it into its flags and zeroes it
-    /// ([`crate::ops::unscale::GradSource::Checked`]).
-    pub(crate) wgrad_nonfinite: DeviceBuffer<u32>,
 }
 
 /// `rows` rounded up to 16 (the transposes' row pitch), as the casts lay them out.
@@ -116,7 +106,6 @@ impl Fp8Bufs {
             dq: z(batch * out)?,
             dqt: z(out * ldb)?,
             input_ready: false,
-            wgrad_nonfinite: gpu.alloc_zeros(1)?,
         })
     }
 }
@@ -276,8 +265,8 @@ pub(crate) enum Fp8Grad<'a, H: TrainHalf> {
 
 /// The backward of FP8 layer `bufs` from `dz` (`[b, out]`, the gradient of its GEMM output):
 /// its cast (amax recorded) and, given `dbias`, the bias gradient from the unquantised `dz` in
-/// the same pass; the f32 weight gradient into `dw` and, with `dx`, the input gradient
-/// (`[b, fan_in]`). A [`Fp8Grad::Relu`] gradient needs `dbias` (its ReLU backward is fused
+/// the same pass; the f32 weight gradient into `dw` (checked into its flag word when one is
+/// given: [`gemm_fp8_checked`]) and, with `dx`, the input gradient (`[b, fan_in]`). A [`Fp8Grad::Relu`] gradient needs `dbias` (its ReLU backward is fused
 /// only into the cast with the bias gradient).
 #[allow(clippy::too_many_arguments)] // one layer's operands and shapes
 pub(crate) fn backward<H: TrainHalf>(
@@ -286,7 +275,7 @@ pub(crate) fn backward<H: TrainHalf>(
     bufs: &mut Fp8Bufs,
     dz: Fp8Grad<'_, H>,
     (b, out, fan_in): (usize, usize, usize),
-    dw: &mut DeviceBuffer<f32>,
+    (dw, nonfinite): (&mut DeviceBuffer<f32>, Option<&mut DeviceBuffer<u32>>),
     dbias: Option<&mut DeviceBuffer<f32>>,
     dx: Option<CudaViewMut<'_, H>>,
 ) -> Result<()> {
@@ -337,10 +326,9 @@ pub(crate) fn backward<H: TrainHalf>(
     let (dqt, xqt) = (bufs.dqt.slice(..out * ldb), bufs.xqt.slice(..fan_in * ldb));
     let wshape = GemmShape::new(Layout::Forward, out, fan_in, ldb);
     let (dqt, xqt) = (operand(&dqt, gf, &sg), operand(&xqt, ff, &sx));
-    if run.check_wgrad {
-        gemm_fp8_checked(gpu, wshape, &dqt, &xqt, None, dw, &mut bufs.wgrad_nonfinite)?;
-    } else {
-        gemm_fp8(gpu, wshape, &dqt, &xqt, None, dw)?;
+    match nonfinite {
+        Some(flag) => gemm_fp8_checked(gpu, wshape, &dqt, &xqt, None, dw, flag)?,
+        None => gemm_fp8(gpu, wshape, &dqt, &xqt, None, dw)?,
     }
     if let Some(mut dx) = dx {
         // dX [b, in] = dz·W: the gradient and the weight's transpose, K = out.

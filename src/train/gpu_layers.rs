@@ -15,7 +15,7 @@ use crate::cuda::{DeviceBuffer, Gpu};
 use crate::error::Result;
 use crate::nn::{MlpConfig, LAYERNORM_EPS};
 use crate::ops::blas::Blas;
-use crate::ops::gemm::{bias_grad, gemm, gemm_deferred, Epilogue};
+use crate::ops::gemm::{bias_grad, gemm, gemm_checked, gemm_deferred, Epilogue};
 use crate::ops::unscale::GradSource;
 use crate::ops::{layernorm, relu};
 use crate::shape::{GemmShape, Layout};
@@ -133,6 +133,12 @@ pub(crate) struct Layer<H: TrainHalf> {
     /// Whether the last fused head computed this (last) layer's weight gradient: it does at
     /// small batches ([`crate::ops::head::weight_slices`]); otherwise backward runs the GEMM.
     pub wgrad_by_head: bool,
+    /// Non-zero once a checked weight-gradient GEMM stored an inf or NaN; the step's unscale
+    /// folds it into its flags and zeroes it ([`GradSource::Checked`]).
+    wgrad_nonfinite: DeviceBuffer<u32>,
+    /// Whether the last backward's weight-gradient GEMM checked the whole gradient into
+    /// `wgrad_nonfinite` (asked for, and not left in K-split slices).
+    wgrad_checked: bool,
     /// FP8 layers ([`MlpConfig::fp8_layer`]): their FP8 copies; their GEMMs run in FP8.
     fp8: Option<Fp8Bufs>,
 }
@@ -216,6 +222,8 @@ pub(crate) fn build<H: TrainHalf>(
             },
             wgrad_splits: 1,
             wgrad_by_head: false,
+            wgrad_nonfinite: gpu.alloc_zeros(1)?,
+            wgrad_checked: false,
             fp8: fp8_slots[l]
                 .map(|base| Fp8Bufs::new(gpu, base, (batch, out, fan_in)))
                 .transpose()?,
@@ -448,7 +456,8 @@ pub(crate) fn forward<H: TrainHalf>(
 /// (scaled) weight and bias gradient into `grads` (and LayerNorm's γ/β gradients). After the
 /// fused [`head`] (`after_head`), what it computed is skipped: the last layer's bias and data
 /// gradients (and its weight gradient where the head computed it), and the hidden layer's ReLU
-/// backward and bias gradient.
+/// backward and bias gradient. With `check_wgrad`, the weight-gradient GEMMs of the FP8 and
+/// half layers check what they write (see [`grad_sources`]).
 #[allow(clippy::too_many_arguments)] // the passes' shared state
 pub(crate) fn backward<H: TrainHalf>(
     gpu: &Gpu,
@@ -460,8 +469,12 @@ pub(crate) fn backward<H: TrainHalf>(
     b: usize,
     after_head: bool,
     fp8: &mut Option<Fp8Run>,
+    check_wgrad: bool,
 ) -> Result<()> {
     let top = layers.len();
+    for layer in layers.iter_mut() {
+        layer.wgrad_checked = false;
+    }
     for l in (0..top).rev() {
         // Done by the head: this layer's bias gradient (and, for the last, its dgrad; for the
         // hidden layer below, its ReLU backward).
@@ -583,20 +596,30 @@ pub(crate) fn backward<H: TrainHalf>(
             };
             let dbias = (!head_did).then_some(gb);
             let dims = (b, out, fan_in);
-            gpu_fp8::backward(gpu, fp8_run(fp8)?, bufs, src, dims, gw, dbias, dx)?;
+            let flag = check_wgrad.then_some(&mut layer.wgrad_nonfinite);
+            gpu_fp8::backward(gpu, fp8_run(fp8)?, bufs, src, dims, (gw, flag), dbias, dx)?;
             layer.wgrad_splits = 1;
+            layer.wgrad_checked = check_wgrad;
             continue;
         }
         let dz = layer.dz.as_ref().expect("only FP8 layers may lack one");
         match dz.view(n) {
             View::H(dz) => {
-                layer.wgrad_splits = match &mut layer.wgrad_partials {
-                    Some(partials) => gemm_deferred(gpu, wshape, &dz, input.h(), gw, partials)?,
-                    None => {
+                let flag = check_wgrad.then_some(&mut layer.wgrad_nonfinite);
+                layer.wgrad_splits = match (&mut layer.wgrad_partials, flag) {
+                    (Some(partials), flag) => {
+                        gemm_deferred(gpu, wshape, &dz, input.h(), gw, partials, flag)?
+                    }
+                    (None, Some(flag)) => {
+                        gemm_checked(gpu, wshape, &dz, input.h(), &Epilogue::plain(), gw, flag)?;
+                        1
+                    }
+                    (None, None) => {
                         gemm(gpu, wshape, &dz, input.h(), &Epilogue::plain(), gw)?;
                         1
                     }
                 };
+                layer.wgrad_checked = check_wgrad && layer.wgrad_splits == 1;
                 if !head_did {
                     bias_grad(gpu, &dz, b, out, gb)?;
                 }
@@ -650,22 +673,19 @@ fn f32_blas(blas: &mut Option<Blas>) -> Result<&mut Blas> {
 }
 
 /// For each parameter tensor, where the step's unscale finds its gradient after the last
-/// backward: in the K-split slices it waits in, checked already by its FP8 GEMM (when
-/// `checked`: the backward ran with [`super::gpu_fp8::Fp8Run::check_wgrad`]), or whole.
+/// backward: in the K-split slices it waits in, checked already by the GEMM that wrote it (a
+/// backward with `check_wgrad`), or whole.
 pub(crate) fn grad_sources<H: TrainHalf>(
     layers: &mut [Layer<H>],
     tensors: usize,
-    checked: bool,
 ) -> Vec<GradSource<'_>> {
     let mut out: Vec<GradSource<'_>> = (0..tensors).map(|_| GradSource::Whole).collect();
     for layer in layers {
         let w = layer.p.w;
-        match (&layer.wgrad_partials, layer.wgrad_splits, &mut layer.fp8) {
-            (_, _, Some(bufs)) if checked => {
-                out[w] = GradSource::Checked(bufs.wgrad_nonfinite.slice_mut(..));
-            }
-            (Some(p), splits, _) if splits > 1 => {
-                out[w] = GradSource::Partials(p.slice(..), splits)
+        match (&layer.wgrad_partials, layer.wgrad_splits) {
+            (Some(p), splits) if splits > 1 => out[w] = GradSource::Partials(p.slice(..), splits),
+            _ if layer.wgrad_checked => {
+                out[w] = GradSource::Checked(layer.wgrad_nonfinite.slice_mut(..));
             }
             _ => {}
         }

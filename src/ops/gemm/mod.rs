@@ -200,7 +200,41 @@ pub fn gemm<C: GemmOutput<T>, T: GemmOperand>(
     epilogue: &Epilogue,
     c: &mut impl DevicePtrMut<C>,
 ) -> Result<()> {
-    gemm_impl(gpu, shape, None, a, b, epilogue, c, None).map(drop)
+    gemm_impl(gpu, shape, None, a, b, epilogue, c, None, 0).map(drop)
+}
+
+/// [`gemm`] that also reports a non-finite output: when the kernel stores an inf or NaN into `c`
+/// (judged on the stored value, after the rounding to `C`), it or'es 1 into `nonfinite[0]`,
+/// which it never clears. The training step passes its weight gradients through it at scale 1,
+/// so that the unscale need not read them again just to check them. Errors: as [`gemm`], and
+/// [`Error::ShapeMismatch`] when `nonfinite` is not one word.
+pub fn gemm_checked<C: GemmOutput<T>, T: GemmOperand>(
+    gpu: &Gpu,
+    shape: GemmShape,
+    a: &impl DevicePtr<T>,
+    b: &impl DevicePtr<T>,
+    epilogue: &Epilogue,
+    c: &mut impl DevicePtrMut<C>,
+    nonfinite: &mut dyn DevicePtrMut<u32>,
+) -> Result<()> {
+    let flag = flag_ptr(gpu, nonfinite)?;
+    gemm_impl(gpu, shape, None, a, b, epilogue, c, None, flag.0).map(drop)
+}
+
+/// The address of a one-word non-finite flag, with its guard. Errors: [`Error::ShapeMismatch`]
+/// when it is not one word.
+fn flag_ptr<'g>(
+    gpu: &'g Gpu,
+    nonfinite: &'g mut dyn DevicePtrMut<u32>,
+) -> Result<(u64, impl Drop + 'g)> {
+    crate::error::expect_len(
+        "ops::gemm::gemm",
+        "nonfinite",
+        nonfinite.len(),
+        1,
+        "one word",
+    )?;
+    Ok(nonfinite.device_ptr_mut(gpu.stream()))
 }
 
 /// The K-splits the cost model picks for `shape` on `gpu` when the operands meet the fast path's
@@ -225,8 +259,9 @@ pub(crate) fn wgrad_splits(gpu: &Gpu, out: usize, fan_in: usize, rows: usize) ->
 /// is left to the caller: the slices go to `partials` (`splits·m·n` f32, slice s at `s·m·n`)
 /// and `c` is not written. Returns the number of slices left there, or 1 when the plan does not
 /// split K or `partials` is too short for its slices (then `c` holds the result, as from
-/// [`gemm`]). The caller adds the slices in slice order from 0, as `gemm_splitk_reduce` does
-/// (the training step: [`crate::ops::unscale::unscale_and_record`]). Errors: as [`gemm`].
+/// [`gemm`], checked as by [`gemm_checked`] when `nonfinite` is given). The caller adds the
+/// slices in slice order from 0, as `gemm_splitk_reduce` does (the training step:
+/// [`crate::ops::unscale::unscale_and_record`]). Errors: as [`gemm_checked`].
 pub(crate) fn gemm_deferred<T: GemmOperand>(
     gpu: &Gpu,
     shape: GemmShape,
@@ -234,10 +269,12 @@ pub(crate) fn gemm_deferred<T: GemmOperand>(
     b: &impl DevicePtr<T>,
     c: &mut impl DevicePtrMut<f32>,
     partials: &mut crate::cuda::DeviceBuffer<f32>,
+    nonfinite: Option<&mut crate::cuda::DeviceBuffer<u32>>,
 ) -> Result<usize> {
     let stream = gpu.stream();
     let capacity = partials.len();
     let (ptr, _g) = partials.device_ptr_mut(stream);
+    let flag = nonfinite.map(|f| flag_ptr(gpu, f)).transpose()?;
     gemm_impl(
         gpu,
         shape,
@@ -247,6 +284,7 @@ pub(crate) fn gemm_deferred<T: GemmOperand>(
         &Epilogue::plain(),
         c,
         Some((ptr, capacity)),
+        flag.as_ref().map_or(0, |f| f.0),
     )
 }
 
@@ -254,8 +292,9 @@ pub(crate) fn gemm_deferred<T: GemmOperand>(
 /// aligned configuration on operands that do not meet the fast path's alignment is replaced by
 /// the unaligned one. With `defer` (an f32 buffer's address and length) and a plan that splits
 /// K into slices that fit it, the slices go there unreduced; returns their number (1: `c` was
-/// written).
-#[allow(clippy::too_many_arguments)] // gemm's arguments plus the plan and the deferral
+/// written). `nonfinite`: the address of a flag word for [`gemm_checked`], or 0; deferred
+/// slices are not checked (their sum is, by the caller).
+#[allow(clippy::too_many_arguments)] // gemm's arguments plus the plan, the deferral, the flag
 fn gemm_impl<C, T, A, B, O>(
     gpu: &Gpu,
     shape: GemmShape,
@@ -265,6 +304,7 @@ fn gemm_impl<C, T, A, B, O>(
     epilogue: &Epilogue,
     c: &mut O,
     defer: Option<(u64, usize)>,
+    nonfinite: u64,
 ) -> Result<usize>
 where
     C: GemmOutput<T>,
@@ -303,6 +343,7 @@ where
         ("B", b_ptr, 2),
         ("C", c_ptr, std::mem::size_of::<C>()),
         ("bias", bias_ptr, 4),
+        ("nonfinite", nonfinite, 4),
     ] {
         if p % bytes as u64 != 0 {
             return Err(Error::InvalidArgument {
@@ -370,7 +411,9 @@ where
         shared_bytes: p.config.shared_bytes(layout) as u32,
     };
     let kernel = p.config.kernels[layout as usize];
+    // Raw K-split slices (out_kind 2) are not checked: the reduce that sums them is.
     let launch_main = |out: u64, out_kind: i32| {
+        let nonfinite = if out_kind == 2 { 0 } else { nonfinite };
         if p.config.hopper {
             let (a_mn, b_mn) = sm90::mn_major(layout);
             let operand = |ptr, mn: bool, rows: usize, tile_rows| sm90::Operand {
@@ -401,6 +444,7 @@ where
                     epilogue: (epilogue.alpha, epilogue.beta, i32::from(epilogue.relu)),
                     out_kind,
                     schedule: (per_split as i32, p.splits as i32, p.group_m as i32),
+                    nonfinite,
                 },
             );
         }
@@ -412,10 +456,12 @@ where
             .push(i32::from(epilogue.relu));
         args.push(out_kind)
             .push(per_split as i32)
-            .push(p.group_m as i32);
+            .push(p.group_m as i32)
+            .push(nonfinite);
         // SAFETY: gemm_<layout>_<config>(const half* A, const half* B, void* C, const float* bias,
         // int M, int N, int K, float alpha, float beta, int relu, int out_kind,
-        // int k_tiles_per_split, int group_m) matches the arguments. validate::gemm proved A, B, C
+        // int k_tiles_per_split, int group_m, unsigned* nonfinite) matches the arguments
+        // (nonfinite null or one u32, checked by the callers). validate::gemm proved A, B, C
         // (and bias) hold exactly what (layout, m, n, k) addresses; the kernel bounds-checks
         // every tile edge; `out` holds splits·m·n f32 when out_kind is 2. Alignment was checked
         // above.
@@ -445,13 +491,15 @@ where
         args.push(bias_ptr)
             .push(epilogue.alpha)
             .push(epilogue.beta)
-            .push(i32::from(epilogue.relu));
+            .push(i32::from(epilogue.relu))
+            .push(nonfinite);
         let cfg = LaunchConfig::linear(
             (m * n).div_ceil(256).min(gpu.info().multiprocessors * 8) as u32,
             256,
         );
         // SAFETY: gemm_splitk_reduce(const float* ws, int splits, int M, int N, void* C,
-        // int out_kind, const float* bias, float alpha, float beta, int relu) matches; ws holds
+        // int out_kind, const float* bias, float alpha, float beta, int relu,
+        // unsigned* nonfinite) matches; ws holds
         // splits·m·n f32 written above, C holds m·n elements of the out_kind type.
         unsafe { gpu.launch(&portable, "gemm_splitk_reduce", cfg, &args) }
     })

@@ -133,6 +133,9 @@ pub(crate) struct Launch {
     pub out_kind: i32,
     /// K tiles per split, splits, tile-rows per raster group.
     pub schedule: (i32, i32, i32),
+    /// The non-finite flag word (0 for none; `Epilogue::nonfinite` in
+    /// `kernels/gemm_epilogue.cuh`).
+    pub nonfinite: u64,
 }
 
 /// Whether A and B are M/N-major in a layout (the kernel's transpose bits).
@@ -175,10 +178,12 @@ pub(crate) fn launch(
     args.push(l.out_kind)
         .push(l.schedule.0)
         .push(l.schedule.1)
-        .push(l.schedule.2);
+        .push(l.schedule.2)
+        .push(l.nonfinite);
     // SAFETY: gemm_sm90_<layout>_<config>(TensorMap ta, TensorMap tb, void* C, const float* bias,
     // int M, int N, int K, float alpha, float beta, int relu, int out_kind,
-    // int k_tiles_per_split, int splits, int group_m) matches the arguments. The tensor maps
+    // int k_tiles_per_split, int splits, int group_m, unsigned* nonfinite) matches the
+    // arguments; nonfinite is null or one u32 (the caller's check). The tensor maps
     // describe exactly the operands the caller's shape check proved in bounds (TMA clips every box
     // to them); C holds M·N elements of the out_kind type, or splits·M·N f32 for out_kind 2; the
     // kernel bounds-checks each store. A persistent kernel's grid is a multiple of its compile-time

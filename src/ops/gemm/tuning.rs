@@ -30,5 +30,28 @@ where
     B: DevicePtr<T>,
     O: DevicePtrMut<C>,
 {
-    super::gemm_impl(gpu, shape, forced, a, b, epilogue, c, None).map(drop)
+    super::gemm_impl(gpu, shape, forced, a, b, epilogue, c, None, 0).map(drop)
+}
+
+/// [`gemm_checked`](super::gemm_checked) with a forced [`Plan`] (as [`gemm_with_plan`]).
+#[allow(clippy::too_many_arguments)] // gemm_with_plan's arguments and the flag
+pub fn gemm_checked_with_plan<C, T, A, B, O>(
+    gpu: &Gpu,
+    shape: GemmShape,
+    forced: Option<Plan>,
+    a: &A,
+    b: &B,
+    epilogue: &Epilogue,
+    c: &mut O,
+    nonfinite: &mut dyn DevicePtrMut<u32>,
+) -> Result<()>
+where
+    C: GemmOutput<T>,
+    T: GemmOperand,
+    A: DevicePtr<T>,
+    B: DevicePtr<T>,
+    O: DevicePtrMut<C>,
+{
+    let flag = super::flag_ptr(gpu, nonfinite)?;
+    super::gemm_impl(gpu, shape, forced, a, b, epilogue, c, None, flag.0).map(drop)
 }
