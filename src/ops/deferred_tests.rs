@@ -58,11 +58,23 @@ fn deferred_reduce_in_the_unscale_matches_the_gemm_reduce() {
         // Asked to check: only a gradient written whole is (K-split slices are not: their sum
         // is, by the unscale).
         let mut word = gpu.alloc_zeros::<u32>(1).unwrap();
-        let splits =
-            gemm_deferred(&gpu, shape, &dy, &x, &mut got, &mut partials, Some(&mut word)).unwrap();
+        let splits = gemm_deferred(
+            &gpu,
+            shape,
+            &dy,
+            &x,
+            &mut got,
+            &mut partials,
+            Some(&mut word),
+        )
+        .unwrap();
         assert_eq!(splits, planned, "{what}: slices");
         let checked_inf = splits == 1 && inf;
-        assert_eq!(gpu.download(&word).unwrap(), [u32::from(checked_inf)], "{what}: word");
+        assert_eq!(
+            gpu.download(&word).unwrap(),
+            [u32::from(checked_inf)],
+            "{what}: word"
+        );
         let mut scale = gpu.upload(&[scale_value]).unwrap();
         let mut flag = gpu.alloc_zeros::<f32>(1).unwrap();
         let loss = gpu.upload(&[2.5f32]).unwrap();
