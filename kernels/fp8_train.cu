@@ -271,10 +271,6 @@ __device__ __forceinline__ void gather_cast_transpose(
     const int g = threadIdx.x % kGroups, rr = threadIdx.x / kGroups;
     const size_t col_tiles = (inputs + kTile - 1) / kTile;
     const size_t tiles = (n + kTile - 1) / kTile * col_tiles;
-    // Whether four pixels of a row may be loaded together: rows (the image's side, or the whole
-    // image unshifted) a multiple of 4 long, so a group of 4 never straddles two, and the
-    // dataset's length and base fit word loads.
-    const bool quads = (side != 0 ? side % 4 == 0 : inputs % 4 == 0) && images.words_ok();
     unsigned int m = 0;
     for (size_t t = blockIdx.x; t < tiles; t += gridDim.x) {
         const size_t r0 = t / col_tiles * kTile, c0 = t % col_tiles * kTile;
@@ -288,44 +284,14 @@ __device__ __forceinline__ void gather_cast_transpose(
             const bool shift = side != 0 && !poison && i < n;
             const int dx = shift ? shifts[2 * i] : 0, dy = shift ? shifts[2 * i + 1] : 0;
             const size_t img = valid ? size_t(o) * inputs : 0;
-            // Pixels c..c+3 of the row: one division for the four (the column wraps onto the
-            // next grid row). Only pixels of the batch are read (past `inputs` an unshifted read
-            // would run into the next image, or past the dataset's end).
-            unsigned row = side != 0 ? c / side : 0, col = side != 0 ? c - row * side : 0;
-            // Four pixels whose sources are four consecutive pixels of one image row, all inside
-            // the image (quads: the row is a multiple of 4 long, so c..c+3 share a grid row):
-            // loaded together (one or two words of palette codes).
-            size_t from = 0;
-            bool together = false;
-            if (quads && valid && i < n && c < inputs) {
-                if (side == 0) {
-                    from = img + c;
-                    together = true;  // c + 3 < inputs too: inputs is a multiple of 4
-                } else {
-                    const int r = int(row) - dy, cc = int(col) - dx;
-                    from = img + size_t(r) * side + size_t(cc);
-                    together = r >= 0 && r < int(side) && cc >= 0 && cc + 3 < int(side);
-                }
-            }
-            if (together) {
-                float x4[4];
-                images.four(from, x4);
-#pragma unroll
-                for (int k = 0; k < 4; ++k) v[p][k] = widen(ampkit::f32_to_bf16_bits_exact(x4[k]));
-                continue;
-            }
 #pragma unroll
             for (int k = 0; k < 4; ++k) {
-                float x = 0.f;
-                if (i < n && c + k < inputs) {
-                    x = !valid      ? __int_as_float(0x7fc00000)
-                        : side == 0 ? images.at(img + c + k)
-                                    : augment_pixels::shifted_at(images, img, row, col, side, dx, dy,
-                                                                 background);
-                    x = widen(ampkit::f32_to_bf16_bits_exact(x));
-                }
-                v[p][k] = x;
-                if (++col == side) col = 0, ++row;
+                // Only pixels of the batch are read (past `inputs` an unshifted read would run
+                // into the next image, or past the dataset's end).
+                v[p][k] = i < n && c + k < inputs
+                              ? widen(ampkit::f32_to_bf16_bits_exact(augment_pixels::shifted(
+                                    images, valid, img, c + k, side, dx, dy, background)))
+                              : 0.f;
             }
         }
         convert_tile<F, V, false>(v, sm, r0, c0, n, inputs, ld, s, q, qt, nullptr, m);
