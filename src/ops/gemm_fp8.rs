@@ -152,9 +152,9 @@ impl Fp8Config {
 }
 
 /// Every configuration: `p256`, `pp128` (the planner's for small products), `pp64`, then `p256s`
-/// and `pp128s` (the planner's for large ones): `p256` and `pp128` with the TMA-store epilogue;
-/// `p192` and `p192s`: 128×192 tiles, plain and TMA-store (the planner's where 128-wide units
-/// leave the last round of clusters emptier than 192-wide ones).
+/// (the planner's for large ones) and `pp128s`: `p256` and `pp128` with the TMA-store epilogue;
+/// `p192` and `p192s`: 128×192 tiles, plain and TMA-store (the planner's where 256-wide units
+/// leave the last round of clusters half empty and 192-wide ones do not).
 #[doc(hidden)]
 pub const FP8_CONFIGS: [Fp8Config; 7] = [
     Fp8Config {
@@ -251,31 +251,24 @@ pub const FP8_CONFIGS: [Fp8Config; 7] = [
 ];
 
 /// The configuration [`gemm_fp8`] runs for `shape` on `sms` multiprocessors. Measured on an H100
-/// (docs/kernels/gemm_fp8.md, v7): `pp128s` (128×128 tiles, ping-pong consumers, TMA-store
-/// epilogue) led or tied every shape of the wide training step, with and without a bias and a
-/// ReLU (the ping-pong hides one consumer's epilogue behind the other's main loop; the
-/// cooperative `p256s` does not and paid ~8 % for the bias and ReLU), so it runs wherever
-/// 128×256 tiles would give every cluster at least two work units; below that `pp128`, whose
-/// plain epilogue needs no tensor map (small shapes: a rule, not measured). Where 128×192 tiles
-/// keep the clusters busier than 128×128 ones by more than 1 % ([`round_fill`]: 8192³ on 132
-/// SMs, 98.5 % against 97.0 %), `p192s` instead (v5). The launch takes the plain twin (`pp128`,
-/// `p192`) when the output cannot be written by TMA.
+/// (docs/kernels/gemm_fp8.md, v2): `p256s` (128×256 tiles, TMA-store epilogue) led or tied every
+/// large shape, deep and shallow K (8192³, 8192×4096×4096, 4096×4096×8192), so it runs wherever its
+/// tiles give every cluster at least two work units; below that `pp128`, whose 128×128 tiles
+/// spread a small product over more clusters (small shapes: a rule, not measured). Where
+/// 128×192 tiles keep the clusters busier than 128×256 ones by more than 1 % ([`round_fill`]:
+/// 8192³ on 132 SMs, 98.5 % against 97.0 %), `p192s` instead (v5). The launch takes the plain
+/// twin (`p256`, `p192`) when the output cannot be written by TMA.
 #[doc(hidden)]
 pub fn plan_fp8(shape: GemmShape, sms: usize) -> Fp8Config {
-    let (p256s, pp128, pp128s, p192s) = (
-        FP8_CONFIGS[3],
-        FP8_CONFIGS[1],
-        FP8_CONFIGS[4],
-        FP8_CONFIGS[6],
-    );
+    let (p256s, pp128, p192s) = (FP8_CONFIGS[3], FP8_CONFIGS[1], FP8_CONFIGS[6]);
     let units = shape.m.div_ceil(p256s.bm).div_ceil(CLUSTER) * shape.n.div_ceil(p256s.bn);
     let clusters = (sms / CLUSTER).max(1);
     if units < 2 * clusters {
         pp128
-    } else if round_fill(p192s, shape, sms) > 1.01 * round_fill(pp128s, shape, sms) {
+    } else if round_fill(p192s, shape, sms) > 1.01 * round_fill(p256s, shape, sms) {
         p192s
     } else {
-        pp128s
+        p256s
     }
 }
 
@@ -577,22 +570,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_planner_takes_pp128s_or_p192s_for_large_products_and_pp128_for_small_ones() {
+    fn the_planner_takes_p256s_or_p192s_for_large_products_and_pp128_for_small_ones() {
         let plan = |m, n, k| plan_fp8(GemmShape::new(Layout::Forward, m, n, k), 132).name;
-        // 1376 units of 128×192 in 21 rounds of 66 clusters (98.5 % full) beat 2048 of 128×128
-        // in 32 (97.0 %); at N = 4096, 192-wide tiles pad the last column and fill fewer rounds.
+        // 1376 units of 128×192 in 21 rounds of 66 clusters (98.5 % full) beat 1024 of 128×256
+        // in 16 (97.0 %); at N = 4096, 192-wide tiles pad the last column and fill fewer rounds.
         assert_eq!(plan(8192, 8192, 8192), "p192s");
-        assert_eq!(plan(4096, 4096, 8192), "pp128s");
-        assert_eq!(plan(8192, 4096, 4096), "pp128s");
-        assert!(
-            (round_fill(
-                FP8_CONFIGS[4],
-                GemmShape::new(Layout::Forward, 8192, 8192, 8192),
-                132
-            ) - 2048.0 / 2112.0)
-                .abs()
-                < 1e-12
-        );
+        assert_eq!(plan(4096, 4096, 8192), "p256s");
+        assert_eq!(plan(8192, 4096, 4096), "p256s");
         let fill = |cfg: usize| {
             round_fill(
                 FP8_CONFIGS[cfg],
