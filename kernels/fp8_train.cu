@@ -17,6 +17,11 @@
 //     partial[r0 / 64][c] = that tile's column sum of the source in f32 (a fixed order: each
 //     thread's 4 rows in pass order, the lane pair sharing the columns, the 8 warps in order),
 //     which gemm.cu's bias_grad_finish adds tile row by tile row into the bias gradient.
+//   fp8_gather_cast_transpose_{f32,coded}_e4m3_{v4,v1}(pixels…, q, qt, …, scale, amax, weights):
+//     the step's input stage (augment.cu's batch gather, rounded to bf16) cast straight into
+//     the first FP8 layer's E4M3 input and transpose, plus up to 4 f32 master weights' casts
+//     (`weights`, each as fp8_cast_transpose_f32_e4m3_v4) whose tiles interleave with the
+//     batch's: the latency-bound gather and the bandwidth-bound casts share the SMs.
 //   fp8_update_scales(history, scale, scale_inv, fp8_max, len, most_recent, margin_factor):
 //     one block per tensor t, Transformer Engine's amax_and_scale_update: amax = max over the
 //     whole window history[t][0..len) (NaN ignored, as fmaxf does; at least 0), or history[t][0]
@@ -243,20 +248,51 @@ __device__ __forceinline__ void cast_transpose(const T* __restrict__ src,
     fold_amax<DBIAS>(m, sm, amax_bits);
 }
 
+// Weight casts that ride along with the input stage (gather_cast_transpose): up to
+// kMaxWeightJobs f32 masters cast to E4M3 and transposed exactly as cast_transpose's v4 kernel
+// does (the host sends only matrices whose accesses it proved aligned). They depend on nothing
+// the batch does, and the stage is latency-bound (dependent per-sample loads, ~17 % of DRAM
+// bandwidth) where they are bandwidth-bound, so tiles of both kinds share the SMs.
+constexpr int kMaxWeightJobs = 4;
+struct WeightJobs {
+    const float* src[kMaxWeightJobs];
+    uint8_t* q[kMaxWeightJobs];
+    uint8_t* qt[kMaxWeightJobs];
+    size_t rows[kMaxWeightJobs];
+    size_t cols[kMaxWeightJobs];
+    size_t ld[kMaxWeightJobs];
+    const float* scale[kMaxWeightJobs];
+    unsigned int* amax[kMaxWeightJobs];
+    size_t count;
+};
+
+__device__ __forceinline__ size_t cast_tiles(size_t rows, size_t cols) {
+    return (rows + kTile - 1) / kTile * ((cols + kTile - 1) / kTile);
+}
+
 // The training step's input stage fused with the first FP8 layer's input cast: augment.cu's
 // batch gather (sample i of the epoch's plan from cursor[1], shifted, labels alongside, the
 // whole batch poisoned when the cursor runs past the plan) with each pixel rounded to bf16 as
 // augment_batch_*_bf16 stores it, then cast and transposed as cast_transpose does that bf16
 // batch: the same codes, amax and labels, without the batch's 2 bytes per pixel written and read
 // back. Loads are per element (a shifted row is not aligned); V picks the q/qt store width.
+// The weights' tiles (jobs) are spread evenly among the batch's: unified tile u is the batch's
+// tile floor(u·G/T) when that count steps at u (G batch tiles of T in all), else weight tile
+// u − floor(u·G/T), so every block alternates the two kinds in proportion.
 template <__nv_fp8_interpretation_t F, bool V, typename Px>
 __device__ __forceinline__ void gather_cast_transpose(
     const Px images, const unsigned* __restrict__ labels, const unsigned* __restrict__ order,
     const int* __restrict__ shifts, const unsigned* cursor, unsigned* __restrict__ labels_out,
     uint8_t* __restrict__ q, uint8_t* __restrict__ qt, size_t n, size_t plan_len, unsigned inputs,
     unsigned side, unsigned count, float background, size_t ld, const float* __restrict__ scale,
-    unsigned int* __restrict__ amax_bits) {
+    unsigned int* __restrict__ amax_bits, const WeightJobs& jobs) {
     __shared__ TileSmem<false> sm;
+    __shared__ float job_scale[kMaxWeightJobs];
+    __shared__ unsigned int job_amax[kMaxWeightJobs];
+    if (threadIdx.x < jobs.count) {
+        job_scale[threadIdx.x] = *jobs.scale[threadIdx.x];
+        job_amax[threadIdx.x] = 0;
+    }
     const float s = *scale;
     const size_t first = cursor[1];
     const bool poison = first + n > plan_len;  // the host's bookkeeping went wrong: never read past
@@ -268,11 +304,34 @@ __device__ __forceinline__ void gather_cast_transpose(
         const unsigned o = poison ? 0xFFFFFFFFu : order[i];
         labels_out[i] = !poison && o < count ? labels[o] : 0xFFFFFFFFu;
     }
+    __syncthreads();  // job_scale, job_amax
     const int g = threadIdx.x % kGroups, rr = threadIdx.x / kGroups;
     const size_t col_tiles = (inputs + kTile - 1) / kTile;
-    const size_t tiles = (n + kTile - 1) / kTile * col_tiles;
+    const size_t batch_tiles = (n + kTile - 1) / kTile * col_tiles;
+    size_t weight_tiles = 0;
+    for (size_t j = 0; j < jobs.count; ++j) weight_tiles += cast_tiles(jobs.rows[j], jobs.cols[j]);
+    const size_t all_tiles = batch_tiles + weight_tiles;
     unsigned int m = 0;
-    for (size_t t = blockIdx.x; t < tiles; t += gridDim.x) {
+    for (size_t u = blockIdx.x; u < all_tiles; u += gridDim.x) {
+        const size_t t = u * batch_tiles / all_tiles;
+        if ((u + 1) * batch_tiles / all_tiles == t) {
+            // Weight tile u − t: find its job.
+            size_t w = u - t, j = 0;
+            while (w >= cast_tiles(jobs.rows[j], jobs.cols[j])) w -= cast_tiles(jobs.rows[j], jobs.cols[j]), ++j;
+            const size_t rows = jobs.rows[j], cols = jobs.cols[j];
+            const size_t jcol_tiles = (cols + kTile - 1) / kTile;
+            const size_t r0 = w / jcol_tiles * kTile, c0 = w % jcol_tiles * kTile;
+            float v[kPasses][4];
+#pragma unroll
+            for (int p = 0; p < kPasses; ++p)
+                load4<float, true>(jobs.src[j], rows, cols, r0 + rr + p * kRowsPerPass, c0 + 4 * g, v[p]);
+            unsigned int tm = 0;
+            convert_tile<F, true, false>(v, sm, r0, c0, rows, cols, jobs.ld[j], job_scale[j], jobs.q[j],
+                                         jobs.qt[j], nullptr, tm);
+            for (int o = 16; o > 0; o >>= 1) tm = max(tm, __shfl_xor_sync(0xFFFFFFFFu, tm, o));
+            if ((threadIdx.x & 31) == 0 && tm != 0) atomicMax(&job_amax[j], tm);
+            continue;
+        }
         const size_t r0 = t / col_tiles * kTile, c0 = t % col_tiles * kTile;
         const unsigned c = unsigned(c0) + 4 * g;
         float v[kPasses][4];
@@ -297,6 +356,9 @@ __device__ __forceinline__ void gather_cast_transpose(
         convert_tile<F, V, false>(v, sm, r0, c0, n, inputs, ld, s, q, qt, nullptr, m);
     }
     fold_amax<false>(m, sm, amax_bits);
+    __syncthreads();  // every warp's atomicMax on job_amax is done
+    if (threadIdx.x < jobs.count && job_amax[threadIdx.x] != 0)
+        atomicMax(jobs.amax[threadIdx.x], job_amax[threadIdx.x]);
 }
 
 constexpr int kMaxHistory = 4096;
@@ -352,11 +414,12 @@ AMPKIT_CAST_DBIAS_V(_drelu, true, e5m2, __NV_E5M2)
             PARAMS, const unsigned* labels, const unsigned* order, const int* shifts,            \
             const unsigned* cursor, unsigned* labels_out, uint8_t* q, uint8_t* qt, size_t n,     \
             size_t plan_len, unsigned inputs, unsigned side, unsigned count, float background,   \
-            size_t ld, const float* scale, unsigned int* amax) {                                 \
+            size_t ld, const float* scale, unsigned int* amax,                                   \
+            const __grid_constant__ WeightJobs weights) {                                        \
         pdl_start();                                                                             \
         gather_cast_transpose<__NV_E4M3, V, PX>(MAKE, labels, order, shifts, cursor, labels_out, \
                                                 q, qt, n, plan_len, inputs, side, count,         \
-                                                background, ld, scale, amax);                    \
+                                                background, ld, scale, amax, weights);           \
     }
 #define AMPKIT_COMMA ,
 AMPKIT_GATHER_CAST(f32, augment_pixels::F32Pixels, const float* images,

@@ -25,7 +25,7 @@ mod dbias;
 mod gather;
 mod scales;
 pub use dbias::cast_transpose_dbias;
-pub(crate) use gather::gather_cast_transpose;
+pub(crate) use gather::{gather_cast_transpose_with_weights, WeightCast};
 pub use scales::{update_scales, Fp8Scales, MAX_HISTORY};
 
 const THREADS: u32 = 256;

@@ -423,15 +423,24 @@ impl<H: TrainHalf> Engine<H> {
         // A first layer in FP8 with a bf16 input takes the batch straight into its E4M3 input
         // (the gather fused with its input cast); the bf16 batch is then not written, and no
         // layer reads it.
-        let fused_input = match (&self.batch_x, &mut self.fp8, self.layers.first_mut()) {
-            (Buf::H(_), Some(run), Some(first)) => first.fp8_direct_input().map(|b| (run, b)),
-            _ => None,
-        };
-        if let Some((run, bufs)) = fused_input {
+        let fused_input = matches!(self.batch_x, Buf::H(_))
+            && self.fp8.is_some()
+            && self
+                .layers
+                .first_mut()
+                .is_some_and(|first| first.fp8_direct_input().is_some());
+        if let (true, Some(run)) = (fused_input, &mut self.fp8) {
+            // Every FP8 layer's weight cast rides along with the stage.
+            let masters = &self.masters;
+            let mut fp8_layers: Vec<_> = self
+                .layers
+                .iter_mut()
+                .filter_map(|l| l.fp8_weight(masters))
+                .collect();
             super::gpu_fp8::gather_input(
                 gpu,
                 run,
-                bufs,
+                &mut fp8_layers,
                 &source,
                 &self.cursor,
                 &mut self.batch_y,

@@ -16,7 +16,7 @@ use crate::cpu::fp8::{transpose_ld, Fp8Format, ScalingState};
 use crate::cuda::{DeviceBuffer, Gpu};
 use crate::error::{Error, Result};
 use crate::nn::MlpConfig;
-use crate::ops::fp8::{update_scales, Fp8Scales};
+use crate::ops::fp8::{gather_cast_transpose_with_weights, update_scales, Fp8Scales, WeightCast};
 use crate::ops::gemm_fp8::{gemm_fp8, gemm_fp8_checked, gemm_fp8_relu, Fp8Operand};
 use crate::shape::{GemmShape, Layout};
 use cudarc::driver::{CudaView, CudaViewMut};
@@ -78,6 +78,9 @@ pub(crate) struct Fp8Bufs {
     /// `xq` and `xqt` already hold this step's input ([`gather_input`]): the next forward skips
     /// its input cast (and clears this).
     input_ready: bool,
+    /// `wq` and `wqt` already hold this step's weight ([`gather_input`]): the next training
+    /// forward skips the weight's cast (and clears this).
+    weight_ready: bool,
 }
 
 /// `rows` rounded up to 16 (the transposes' row pitch), as the casts lay them out.
@@ -106,6 +109,7 @@ impl Fp8Bufs {
             dq: z(batch * out)?,
             dqt: z(out * ldb)?,
             input_ready: false,
+            weight_ready: false,
         })
     }
 }
@@ -166,7 +170,8 @@ pub(crate) fn forward<H: TrainHalf>(
             H::cast_transpose_fp8(gpu, f, x, b, fan_in, scale, q, qt, amax)
         })?;
     }
-    {
+    let weight_ready = std::mem::take(&mut bufs.weight_ready) && record;
+    if !weight_ready {
         let (q, qt) = (bufs.wq.slice_mut(..), bufs.wqt.slice_mut(..));
         let Fp8Run {
             scales,
@@ -189,16 +194,27 @@ pub(crate) fn forward<H: TrainHalf>(
     }
 }
 
-/// The training step's input stage for a model whose first layer is FP8 (`bufs`): `b` samples
-/// of `src` from the device cursor, their labels into `labels_out`, gathered, rounded to bf16
-/// and cast straight into the layer's E4M3 input and its transpose, the amax recorded
-/// ([`crate::ops::fp8::gather_cast_transpose`]: what [`forward`] would cast from the bf16
-/// batch, bit for bit, without that batch). The next [`forward`] of the layer uses them as they
-/// are.
+/// An FP8 layer as the input stage sees it: its buffers, its f32 master weight and its shape.
+pub(crate) struct Fp8Weight<'a> {
+    pub(crate) bufs: &'a mut Fp8Bufs,
+    pub(crate) w: &'a DeviceBuffer<f32>,
+    pub(crate) out: usize,
+    pub(crate) fan_in: usize,
+}
+
+/// The training step's input stage for a model whose first layer is FP8 (`layers[0]`, then the
+/// model's other FP8 layers in order): `b` samples of `src` from the device cursor, their labels
+/// into `labels_out`, gathered, rounded to bf16 and cast straight into the first layer's E4M3
+/// input and its transpose, the amax recorded
+/// ([`crate::ops::fp8::gather_cast_transpose_with_weights`]: what [`forward`] would cast from
+/// the bf16 batch, bit for bit, without that batch). Every layer's weight cast rides along in
+/// the same launch (it depends only on the masters, which the step's forward does not change),
+/// its amax recorded as [`forward`] records it. The next training [`forward`] of each layer
+/// uses what is ready as it is.
 pub(crate) fn gather_input(
     gpu: &Gpu,
     run: &mut Fp8Run,
-    bufs: &mut Fp8Bufs,
+    layers: &mut [Fp8Weight<'_>],
     src: &crate::ops::augment::EpochSource<'_>,
     cursor: &DeviceBuffer<u32>,
     labels_out: &mut DeviceBuffer<u32>,
@@ -206,19 +222,68 @@ pub(crate) fn gather_input(
 ) -> Result<()> {
     let fan_in = src.inputs;
     let ldb = ld(b)?;
-    let (scale, mut amax) = run.scales.scale_and_amax(bufs.base + INPUT)?;
-    crate::ops::fp8::gather_cast_transpose(
+    let Some((first, rest)) = layers.split_first_mut() else {
+        return Err(Error::InvalidArgument {
+            op: "train::GpuBackend",
+            detail: "the FP8 input stage without an FP8 first layer".into(),
+        });
+    };
+    let input = first.bufs.base + INPUT;
+    fn weight<'a>(
+        base: usize,
+        w: &'a DeviceBuffer<f32>,
+        (rows, cols): (usize, usize),
+        q: CudaViewMut<'a, u8>,
+        qt: CudaViewMut<'a, u8>,
+    ) -> WeightCast<'a> {
+        let (tensor, src) = (base + WEIGHT, w.slice(..));
+        WeightCast {
+            tensor,
+            src,
+            rows,
+            cols,
+            q,
+            qt,
+        }
+    }
+    let Fp8Bufs {
+        base,
+        xq,
+        xqt,
+        wq,
+        wqt,
+        ..
+    } = &mut *first.bufs;
+    let mut weights = Vec::with_capacity(1 + rest.len());
+    let shape = (first.out, first.fan_in);
+    weights.push(weight(
+        *base,
+        first.w,
+        shape,
+        wq.slice_mut(..),
+        wqt.slice_mut(..),
+    ));
+    for l in rest.iter_mut() {
+        let (q, qt) = (l.bufs.wq.slice_mut(..), l.bufs.wqt.slice_mut(..));
+        weights.push(weight(l.bufs.base, l.w, (l.out, l.fan_in), q, qt));
+    }
+    gather_cast_transpose_with_weights(
         gpu,
         src,
         cursor,
         b,
-        &scale,
-        &mut bufs.xq.slice_mut(..b * fan_in),
-        &mut bufs.xqt.slice_mut(..fan_in * ldb),
-        &mut amax,
+        &mut run.scales,
+        input,
+        &mut xq.slice_mut(..b * fan_in),
+        &mut xqt.slice_mut(..fan_in * ldb),
         &mut labels_out.slice_mut(..b),
+        &mut weights,
     )?;
-    bufs.input_ready = true;
+    drop(weights);
+    first.bufs.input_ready = true;
+    for l in layers.iter_mut() {
+        l.bufs.weight_ready = true;
+    }
     Ok(())
 }
 

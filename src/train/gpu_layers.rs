@@ -155,6 +155,21 @@ impl<H: TrainHalf> Layer<H> {
     pub(crate) fn fp8_direct_input(&mut self) -> Option<&mut Fp8Bufs> {
         self.fp8.as_mut().filter(|_| self.input.is_none())
     }
+
+    /// An FP8 layer's buffers with its master weight (in `masters`) and shape, for the input
+    /// stage that casts every FP8 weight ([`gpu_fp8::gather_input`]).
+    pub(crate) fn fp8_weight<'a>(
+        &'a mut self,
+        masters: &'a [DeviceBuffer<f32>],
+    ) -> Option<gpu_fp8::Fp8Weight<'a>> {
+        let (w, out, fan_in) = (masters.get(self.p.w)?, self.out, self.fan_in);
+        self.fp8.as_mut().map(|bufs| gpu_fp8::Fp8Weight {
+            bufs,
+            w,
+            out,
+            fan_in,
+        })
+    }
 }
 
 /// Buffers of every layer for batches of up to `batch` samples.

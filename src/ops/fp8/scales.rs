@@ -186,6 +186,34 @@ impl Fp8Scales {
         ))
     }
 
+    /// Tensor `t`'s scale and amax-of-the-step addresses, for a launch that reads several
+    /// tensors' scales and folds into several amaxes at once; `guards` holds the two buffers'
+    /// guards on `stream` for as long as the launch needs them. Errors: as [`Fp8Scales::scale`].
+    pub(super) fn addresses<'a>(
+        &'a mut self,
+        stream: &'a std::sync::Arc<cudarc::driver::CudaStream>,
+        guards: &mut Vec<cudarc::driver::SyncOnDrop<'a>>,
+    ) -> impl Fn(&'static str, usize) -> Result<(u64, u64)> + 'a {
+        let (tensors, len) = (self.tensors(), self.len);
+        let (scale, g_scale) = self.scale.device_ptr(stream);
+        let (history, g_history) = self.history.device_ptr_mut(stream);
+        guards.push(g_scale);
+        guards.push(g_history);
+        move |op, t| {
+            if t >= tensors {
+                return Err(invalid(
+                    op,
+                    format!(
+                        "tensor {t} of {tensors}: use 0 to {}",
+                        tensors.saturating_sub(1)
+                    ),
+                ));
+            }
+            let f = std::mem::size_of::<f32>() as u64;
+            Ok((scale + f * t as u64, history + f * (t * len) as u64))
+        }
+    }
+
     /// Replaces the state with `states` (one per tensor, in order; e.g. from a checkpoint);
     /// `scale_inv` becomes `1 / scale`. Queued on [`Gpu::stream`] (copies from pageable memory:
     /// not inside a graph capture).
