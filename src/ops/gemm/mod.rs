@@ -586,7 +586,8 @@ pub(crate) unsafe fn bias_grad_finish(
         gpu.launch(
             &kernels::GEMM,
             "bias_grad_finish",
-            LaunchConfig::linear((cols as u32).div_ceil(256), 256),
+            // kFinishCols columns per 256-thread block.
+            LaunchConfig::linear((cols as u32).div_ceil(32), 256),
             &args,
         )
     }
