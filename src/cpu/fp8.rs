@@ -219,7 +219,7 @@ const DBIAS_LANES: usize = 16;
 /// (0, +inf] and +0 elsewhere (without `relu_out`, `dz = grad`): [`crate::cpu::relu::backward`]'s
 /// rule. Then `q`, `qt` and the returned amax are [`cast_transpose`]'s of `dz`, and `dbias[c] =
 /// Σ_r dz[r][c]` in f32, added as the GPU adds them: per 64-row tile, each of 16 lanes sums rows
-/// `lane, lane + 16, lane + 32, lane + 48` in that order from 0, the tile's sum adds the lane pairs
+/// `4·lane … 4·lane + 3` in that order from 0, the tile's sum adds the lane pairs
 /// `(0 + 1), (2 + 3), …` in order from 0, and the tiles' sums add in order from 0.
 ///
 /// Errors: [`Error::ShapeMismatch`] unless `grad`, `relu_out` and `q` hold `rows·cols` elements,
@@ -276,7 +276,7 @@ pub fn cast_transpose_dbias(
             for r0 in (0..rows).step_by(DBIAS_TILE) {
                 let mut lanes = [[0f32; DBIAS_TILE]; DBIAS_LANES];
                 for (lane, sums) in lanes.iter_mut().enumerate() {
-                    for r in (r0 + lane..r0 + DBIAS_TILE).step_by(DBIAS_LANES) {
+                    for r in r0 + 4 * lane..r0 + 4 * lane + 4 {
                         let row = (r < rows).then(|| &dz[r * cols + c0..][..out.len()]);
                         for (j, s) in sums[..out.len()].iter_mut().enumerate() {
                             *s += row.map_or(0.0, |row| row[j].widen());
