@@ -331,6 +331,7 @@ __device__ __forceinline__ void gather_cast_transpose(
     __shared__ TileSmem<false> sm;
     __shared__ float job_scale[kMaxWeightJobs];
     __shared__ unsigned int job_amax[kMaxWeightJobs];
+    __shared__ int2 band_rows[kTile];  // per sample: image index, shift (dx low, dy high half)
     if (threadIdx.x < jobs.count) {
         job_scale[threadIdx.x] = *jobs.scale[threadIdx.x];
         job_amax[threadIdx.x] = 0;
@@ -354,7 +355,14 @@ __device__ __forceinline__ void gather_cast_transpose(
     for (size_t j = 0; j < jobs.count; ++j) weight_tiles += cast_tiles(jobs.rows[j], jobs.cols[j]);
     const size_t all_tiles = batch_tiles + weight_tiles;
     unsigned int m = 0;
-    for (size_t u = blockIdx.x; u < all_tiles; u += gridDim.x) {
+    // Each block takes a contiguous run of unified tiles: its batch tiles are then consecutive
+    // too (mostly one row band: one staging of the band's samples), and its mix of the two
+    // kinds follows the ratio whatever the grid (with a grid stride, a grid that is a multiple
+    // of the ratio's period gave some blocks only batch tiles: 4 weights, 1 : 2, 528 blocks).
+    const size_t per_block = (all_tiles + gridDim.x - 1) / gridDim.x;
+    const size_t u0 = min(size_t(blockIdx.x) * per_block, all_tiles), u1 = min(u0 + per_block, all_tiles);
+    unsigned staged_band = ~0u;  // the band staged in band_rows (bands of 64 samples: n < 2^38)
+    for (size_t u = u0; u < u1; ++u) {
         const size_t t = u * batch_tiles / all_tiles;
         if ((u + 1) * batch_tiles / all_tiles == t) {
             // Weight tile u − t: find its job.
@@ -375,21 +383,35 @@ __device__ __forceinline__ void gather_cast_transpose(
             continue;
         }
         const TileFrame f(t / col_tiles * kTile, t % col_tiles * kTile, n, inputs, ld);
+        if (unsigned(f.r0 / kTile) != staged_band) {
+            // The band's samples (image index, shift, whether a sample) into shared memory, once
+            // per band: the pixel loads then wait on nothing but themselves. Every thread is past
+            // its reads of the previous band (convert_tile ends with a barrier).
+            if (threadIdx.x < kTile) {
+                const size_t i = f.r0 + threadIdx.x;
+                const unsigned o = poison || i >= n ? 0xFFFFFFFFu : order[i];
+                const bool shift = side != 0 && !poison && i < n;
+                const int dx = shift ? shifts[2 * i] : 0, dy = shift ? shifts[2 * i + 1] : 0;
+                band_rows[threadIdx.x] = make_int2(int(o), int((uint32_t(dx) & 0xFFFFu) | (uint32_t(dy) << 16)));
+            }
+            __syncthreads();
+            staged_band = unsigned(f.r0 / kTile);
+        }
         const unsigned c = unsigned(f.c0) + 4 * g;
         float v[kPasses][4];
 #pragma unroll
         for (int p = 0; p < kPasses; ++p) {
-            const size_t i = f.r0 + tile_row(rq, p);
-            const unsigned o = poison || i >= n ? 0xFFFFFFFFu : order[i];
-            const bool valid = !poison && o < count;
-            const bool shift = side != 0 && !poison && i < n;
-            const int dx = shift ? shifts[2 * i] : 0, dy = shift ? shifts[2 * i + 1] : 0;
+            const int2 row = band_rows[tile_row(rq, p)];
+            const unsigned o = unsigned(row.x);
+            const int dx = int(short(row.y & 0xFFFF)), dy = row.y >> 16;
+            const bool inside = tile_row(rq, p) < f.rows_left;
+            const bool valid = o < count;  // a poisoned batch and rows past n hold 0xFFFFFFFF
             const size_t img = valid ? size_t(o) * inputs : 0;
 #pragma unroll
             for (int k = 0; k < 4; ++k) {
                 // Only pixels of the batch are read (past `inputs` an unshifted read would run
                 // into the next image, or past the dataset's end).
-                v[p][k] = i < n && c + k < inputs
+                v[p][k] = inside && c + k < inputs
                               ? widen(ampkit::f32_to_bf16_bits_exact(augment_pixels::shifted(
                                     images, valid, img, c + k, side, dx, dy, background)))
                               : 0.f;
