@@ -18,11 +18,15 @@
 //     thread's 4 consecutive rows in order, the lane pair sharing the columns, the 8 warps in
 //     order),
 //     which gemm.cu's bias_grad_finish adds tile row by tile row into the bias gradient.
+//   fp8_bias_grad_finish(partial, splits, cols, db): the dbias casts' second pass, gemm.cu's
+//     bias_grad_finish (bias_grad_finish.cuh) in this module so that Hopper launches it as a
+//     dependent of the cast before it.
 //   fp8_gather_cast_transpose_{f32,coded}_e4m3_{v4,v1}(pixels…, q, qt, …, scale, amax, weights):
 //     the step's input stage (augment.cu's batch gather, rounded to bf16) cast straight into
 //     the first FP8 layer's E4M3 input and transpose, plus up to 4 f32 master weights' casts
 //     (`weights`, each as fp8_cast_transpose_f32_e4m3_v4) whose tiles interleave with the
-//     batch's: the latency-bound gather and the bandwidth-bound casts share the SMs.
+//     batch's: the latency-bound gather and the bandwidth-bound casts share the SMs (each
+//     block grid-strides over both kinds and interleaves its two lists in proportion).
 //   fp8_update_scales(history, scale, scale_inv, fp8_max, len, most_recent, margin_factor):
 //     one block per tensor t, Transformer Engine's amax_and_scale_update: amax = max over the
 //     whole window history[t][0..len) (NaN ignored, as fmaxf does; at least 0), or history[t][0]
@@ -61,6 +65,7 @@
 #include <stdint.h>
 
 #include "augment_pixels.cuh"
+#include "bias_grad_finish.cuh"
 #include "common.cuh"
 #include "pdl.cuh"
 
@@ -331,7 +336,6 @@ __device__ __forceinline__ void gather_cast_transpose(
     __shared__ TileSmem<false> sm;
     __shared__ float job_scale[kMaxWeightJobs];
     __shared__ unsigned int job_amax[kMaxWeightJobs];
-    __shared__ int2 band_rows[kTile];  // per sample: image index, shift (dx low, dy high half)
     if (threadIdx.x < jobs.count) {
         job_scale[threadIdx.x] = *jobs.scale[threadIdx.x];
         job_amax[threadIdx.x] = 0;
@@ -353,20 +357,20 @@ __device__ __forceinline__ void gather_cast_transpose(
     const size_t batch_tiles = (n + kTile - 1) / kTile * col_tiles;
     size_t weight_tiles = 0;
     for (size_t j = 0; j < jobs.count; ++j) weight_tiles += cast_tiles(jobs.rows[j], jobs.cols[j]);
-    const size_t all_tiles = batch_tiles + weight_tiles;
     unsigned int m = 0;
-    // Each block takes a contiguous run of unified tiles: its batch tiles are then consecutive
-    // too (mostly one row band: one staging of the band's samples), and its mix of the two
-    // kinds follows the ratio whatever the grid (with a grid stride, a grid that is a multiple
-    // of the ratio's period gave some blocks only batch tiles: 4 weights, 1 : 2, 528 blocks).
-    const size_t per_block = (all_tiles + gridDim.x - 1) / gridDim.x;
-    const size_t u0 = min(size_t(blockIdx.x) * per_block, all_tiles), u1 = min(u0 + per_block, all_tiles);
-    unsigned staged_band = ~0u;  // the band staged in band_rows (bands of 64 samples: n < 2^38)
-    for (size_t u = u0; u < u1; ++u) {
-        const size_t t = u * batch_tiles / all_tiles;
-        if ((u + 1) * batch_tiles / all_tiles == t) {
-            // Weight tile u − t: find its job.
-            size_t w = u - t, j = 0;
+    // Both kinds are grid-strided (block b takes batch tiles b, b + grid, … and weight tiles
+    // likewise), so the blocks running at any moment read neighbouring tiles: whole image rows
+    // and weight rows at once, as the casts alone do. Each block interleaves its two lists in
+    // proportion (its iteration it is a batch tile when floor(it·nb/(nb + nw)) steps), so every block
+    // mixes the kinds whatever the ratio and the grid.
+    const size_t b = blockIdx.x, grid = gridDim.x;
+    const size_t nb = b < batch_tiles ? (batch_tiles - 1 - b) / grid + 1 : 0;
+    const size_t nw = b < weight_tiles ? (weight_tiles - 1 - b) / grid + 1 : 0;
+    for (size_t it = 0; it < nb + nw; ++it) {
+        const size_t kb = it * nb / (nb + nw);  // batch tiles before this iteration
+        if ((it + 1) * nb / (nb + nw) == kb) {
+            // Weight tile b + (it − kb)·grid: find its job.
+            size_t w = b + (it - kb) * grid, j = 0;
             while (w >= cast_tiles(jobs.rows[j], jobs.cols[j])) w -= cast_tiles(jobs.rows[j], jobs.cols[j]), ++j;
             const size_t rows = jobs.rows[j], cols = jobs.cols[j];
             const size_t jcol_tiles = (cols + kTile - 1) / kTile;
@@ -382,36 +386,23 @@ __device__ __forceinline__ void gather_cast_transpose(
             if ((threadIdx.x & 31) == 0 && tm != 0) atomicMax(&job_amax[j], tm);
             continue;
         }
+        const size_t t = b + kb * grid;
         const TileFrame f(t / col_tiles * kTile, t % col_tiles * kTile, n, inputs, ld);
-        if (unsigned(f.r0 / kTile) != staged_band) {
-            // The band's samples (image index, shift, whether a sample) into shared memory, once
-            // per band: the pixel loads then wait on nothing but themselves. Every thread is past
-            // its reads of the previous band (convert_tile ends with a barrier).
-            if (threadIdx.x < kTile) {
-                const size_t i = f.r0 + threadIdx.x;
-                const unsigned o = poison || i >= n ? 0xFFFFFFFFu : order[i];
-                const bool shift = side != 0 && !poison && i < n;
-                const int dx = shift ? shifts[2 * i] : 0, dy = shift ? shifts[2 * i + 1] : 0;
-                band_rows[threadIdx.x] = make_int2(int(o), int((uint32_t(dx) & 0xFFFFu) | (uint32_t(dy) << 16)));
-            }
-            __syncthreads();
-            staged_band = unsigned(f.r0 / kTile);
-        }
         const unsigned c = unsigned(f.c0) + 4 * g;
         float v[kPasses][4];
 #pragma unroll
         for (int p = 0; p < kPasses; ++p) {
-            const int2 row = band_rows[tile_row(rq, p)];
-            const unsigned o = unsigned(row.x);
-            const int dx = int(short(row.y & 0xFFFF)), dy = row.y >> 16;
-            const bool inside = tile_row(rq, p) < f.rows_left;
-            const bool valid = o < count;  // a poisoned batch and rows past n hold 0xFFFFFFFF
+            const size_t i = f.r0 + tile_row(rq, p);
+            const unsigned o = poison || i >= n ? 0xFFFFFFFFu : order[i];
+            const bool valid = !poison && o < count;
+            const bool shift = side != 0 && !poison && i < n;
+            const int dx = shift ? shifts[2 * i] : 0, dy = shift ? shifts[2 * i + 1] : 0;
             const size_t img = valid ? size_t(o) * inputs : 0;
 #pragma unroll
             for (int k = 0; k < 4; ++k) {
                 // Only pixels of the batch are read (past `inputs` an unshifted read would run
                 // into the next image, or past the dataset's end).
-                v[p][k] = inside && c + k < inputs
+                v[p][k] = i < n && c + k < inputs
                               ? widen(ampkit::f32_to_bf16_bits_exact(augment_pixels::shifted(
                                     images, valid, img, c + k, side, dx, dy, background)))
                               : 0.f;
@@ -497,6 +488,14 @@ AMPKIT_GATHER_CAST(coded, augment_pixels::CodedPixels,
                    const unsigned char* codes AMPKIT_COMMA const float* palette,
                    (augment_pixels::CodedPixels{codes AMPKIT_COMMA palette}), v1, false)
 #undef AMPKIT_COMMA
+
+// The dbias casts' second pass (bias_grad_finish.cuh, gemm.cu's bias_grad_finish bit for bit),
+// here so that on Hopper it is launched as a dependent of the cast before it.
+extern "C" __global__ void __launch_bounds__(bias_grad_finish_detail::kFinishThreads)
+    fp8_bias_grad_finish(const float* __restrict__ partial, int splits, int cols, float* __restrict__ db) {
+    pdl_start();
+    bias_grad_finish_detail::finish(partial, splits, cols, db);
+}
 
 extern "C" __global__ void __launch_bounds__(kThreads)
     fp8_update_scales(float* history, float* scale, float* scale_inv, const float* fp8_max,

@@ -33,6 +33,7 @@
 #include "common.cuh"
 #include "gemm_element.cuh"
 #include "gemm_epilogue.cuh"
+#include "bias_grad_finish.cuh"
 
 // A named namespace, not an anonymous one: nvcc names anonymous-namespace symbols (e.g. the
 // extern shared array) after a hash of the source path, which would make the committed PTX
@@ -432,30 +433,11 @@ extern "C" __global__ void bias_grad_partial_f32(const float* dy, int rows, int 
     bias_grad_partial(dy, rows, cols, rows_per_split, partial);
 }
 
-// Bias gradient, pass 2: db[col] = Σ_split partial[split][col], in split order: one thread per
-// column adds them one after another (deterministic, the CPU twin's order). Those additions wait
-// on their loads, so the block first stages up to kFinishSplits splits of its kFinishCols
-// columns in shared memory with all its threads (every load in flight at once, a warp reading
-// 128 contiguous bytes of a split), then its first warp adds them from shared memory. Launch:
-// 256 threads, ceil(cols / kFinishCols) blocks (a 4096-wide bias: 128 blocks).
-constexpr int kFinishCols = 32, kFinishSplits = 128, kFinishThreads = 256;
-extern "C" __global__ void __launch_bounds__(kFinishThreads)
+// Bias gradient, pass 2 (bias_grad_finish.cuh): db[col] = Σ_split partial[split][col], in
+// split order. Launch: 256 threads, ceil(cols / 32) blocks.
+extern "C" __global__ void __launch_bounds__(bias_grad_finish_detail::kFinishThreads)
     bias_grad_finish(const float* __restrict__ partial, int splits, int cols, float* __restrict__ db) {
-    __shared__ float chunk[kFinishSplits][kFinishCols + 1];
-    const int lc = threadIdx.x % kFinishCols, lanes = kFinishThreads / kFinishCols;
-    const int c = blockIdx.x * kFinishCols + lc;
-    float s = 0.f;
-    for (int base = 0; base < splits; base += kFinishSplits) {
-        const int n = min(kFinishSplits, splits - base);
-#pragma unroll 4
-        for (int i = threadIdx.x / kFinishCols; i < n; i += lanes)
-            chunk[i][lc] = c < cols ? partial[size_t(base + i) * cols + c] : 0.f;
-        __syncthreads();
-        if (threadIdx.x < kFinishCols)
-            for (int i = 0; i < n; ++i) s += chunk[i][threadIdx.x];
-        __syncthreads();  // the chunk may be overwritten
-    }
-    if (threadIdx.x < kFinishCols && c < cols) db[c] = s;
+    bias_grad_finish_detail::finish(partial, splits, cols, db);
 }
 
 #endif  // !AMPKIT_GEMM_BF16

@@ -1,6 +1,6 @@
 //! [`cast_transpose_dbias`]: an FP8 layer's output-gradient cast with its bias gradient and
 //! ReLU backward in the same pass (`fp8_cast_transpose_dbias*` in `kernels/fp8_train.cu`, then
-//! the bias gradient's second pass, `bias_grad_finish` in `kernels/gemm.cu`). CPU twin:
+//! the bias gradient's second pass, `fp8_bias_grad_finish`: `kernels/bias_grad_finish.cuh`). CPU twin:
 //! [`crate::cpu::fp8::cast_transpose_dbias`], bit for bit.
 
 use super::{CT_BLOCKS_PER_SM, CT_THREADS, CT_TILE};
@@ -150,6 +150,9 @@ pub fn cast_transpose_dbias(
         }
         // SAFETY: the scratch holds row_tiles·cols f32, written above for every tile (none when
         // rows = 0, and then splits = 0 and none is read); db holds cols f32 (checked above).
-        unsafe { crate::ops::gemm::bias_grad_finish(gpu, partial, splits, ci, db) }
+        unsafe {
+            let finish = (&kernels::FP8_TRAIN, "fp8_bias_grad_finish");
+            crate::ops::gemm::bias_grad_finish_with(gpu, finish, partial, splits, ci, db)
+        }
     })
 }
