@@ -351,7 +351,10 @@ __device__ __forceinline__ void gather_cast_transpose(
         const unsigned o = poison ? 0xFFFFFFFFu : order[i];
         labels_out[i] = !poison && o < count ? labels[o] : 0xFFFFFFFFu;
     }
-    __syncthreads();  // job_scale, job_amax
+    __shared__ float rounded_palette[augment_pixels::kPalette];
+    const auto px = augment_pixels::rounded_to_bf16(images, rounded_palette);
+    const float rounded_background = widen(ampkit::f32_to_bf16_bits_exact(background));
+    __syncthreads();  // job_scale, job_amax, rounded_palette
     const int g = threadIdx.x % kGroups, rq = threadIdx.x / kGroups;
     const size_t col_tiles = (inputs + kTile - 1) / kTile;
     const size_t batch_tiles = (n + kTile - 1) / kTile * col_tiles;
@@ -388,7 +391,18 @@ __device__ __forceinline__ void gather_cast_transpose(
         }
         const size_t t = b + kb * grid;
         const TileFrame f(t / col_tiles * kTile, t % col_tiles * kTile, n, inputs, ld);
+        // This thread's 4 pixel columns c + k on the image grid, from one division: the same
+        // for its 4 rows.
         const unsigned c = unsigned(f.c0) + 4 * g;
+        unsigned pr[4], pc[4];
+        pr[0] = side != 0 ? c / side : 0;
+        pc[0] = c - pr[0] * side;
+#pragma unroll
+        for (int k = 1; k < 4; ++k) {
+            const bool wrap = side != 0 && pc[k - 1] + 1 == side;
+            pr[k] = pr[k - 1] + (wrap ? 1 : 0);
+            pc[k] = wrap ? 0 : pc[k - 1] + 1;
+        }
         float v[kPasses][4];
 #pragma unroll
         for (int p = 0; p < kPasses; ++p) {
@@ -400,12 +414,22 @@ __device__ __forceinline__ void gather_cast_transpose(
             const size_t img = valid ? size_t(o) * inputs : 0;
 #pragma unroll
             for (int k = 0; k < 4; ++k) {
-                // Only pixels of the batch are read (past `inputs` an unshifted read would run
-                // into the next image, or past the dataset's end).
-                v[p][k] = i < n && c + k < inputs
-                              ? widen(ampkit::f32_to_bf16_bits_exact(augment_pixels::shifted(
-                                    images, valid, img, c + k, side, dx, dy, background)))
-                              : 0.f;
+                // augment_pixels::shifted, rounded to bf16 as the bf16 batch stores it (the
+                // palette and the background staged rounded). Only pixels of the batch are read
+                // (past `inputs` an unshifted read would run into the next image, or past the
+                // dataset's end).
+                float x = 0.f;
+                if (i < n && c + k < inputs) {
+                    if (!valid) {
+                        x = __int_as_float(0x7fc00000);  // bf16 keeps this NaN as it is
+                    } else if (side == 0) {
+                        x = px.at(img + c + k);
+                    } else {
+                        const unsigned r = unsigned(int(pr[k]) - dy), cc = unsigned(int(pc[k]) - dx);
+                        x = r < side && cc < side ? px.at(img + r * side + cc) : rounded_background;
+                    }
+                }
+                v[p][k] = x;
             }
         }
         convert_tile<F, V, false>(v, sm, f, inputs, ld, s, q, qt, nullptr, m);
