@@ -1,7 +1,7 @@
 //! [`cast_transpose_dbias`]: an FP8 layer's output-gradient cast with its bias gradient and
 //! ReLU backward in the same pass (`fp8_cast_transpose_dbias*` in `kernels/fp8_train.cu`, then
-//! the bias gradient's second pass, `fp8_bias_grad_finish`: `kernels/bias_grad_finish.cuh`). CPU twin:
-//! [`crate::cpu::fp8::cast_transpose_dbias`], bit for bit.
+//! the bias gradient's second pass, `fp8_bias_grad_finish`, `kernels/bias_grad_finish.cuh`).
+//! CPU twin: [`crate::cpu::fp8::cast_transpose_dbias`], bit for bit.
 
 use super::{CT_BLOCKS_PER_SM, CT_THREADS, CT_TILE};
 use crate::cpu::fp8::{cast_transpose_sizes, Fp8Format};
