@@ -38,7 +38,7 @@
 //   ScalingState::update). This module is
 //   compute_80 PTX, so __nv_cvt_float_to_fp8 takes its software path (the float8 crate's); its
 //   twin fp8_train_pdl.cu (sm_90a, what Hopper launches) converts with cvt.rn.satfinite, one
-//   instruction where the software path takes ~20 (to_fp8 pins NaN to 0x7F for both); the
+//   instruction where the software path takes ~20 (to_fp8x4 pins NaN to 0x7F for both); the
 //   divisions are IEEE (div.rn, no fast math). Maxima are order-independent.
 // Launch, cast_transpose: 256 threads, 64×64 tiles, a grid-stride loop over tiles (row band
 //   major), at most 6 blocks per SM (the register bound it is compiled for). A thread loads 4
@@ -52,7 +52,8 @@
 //   rows and columns inside the matrix. v1 is the same with element accesses (any alignment,
 //   any cols). Before, each element was converted, bounds-checked (64-bit) and staged on its
 //   own: 578 SASS instructions per tile and thread for the bf16 cast, issue-bound (ncu, H100:
-//   66 % SM throughput at 52 % of DRAM bandwidth); now ~450, ~370 run when no NaN needs fixing.
+//   66 % SM throughput at 52 % of DRAM bandwidth); now ~450 (about 370 of them on a
+//   tile without NaN: the fix-ups are skipped; a static count, not a profile).
 //   The block's |x| maximum goes to one atomicMax on the amax's bits.
 //   update_scales: grid = tensors, 256 threads; the window is staged in 16 KB of shared memory
 //   (len ≤ 4096), so the in-place roll reads every entry before any is overwritten.
@@ -81,15 +82,6 @@ constexpr int kPasses = kTile / kRowsPerPass;       // 4
 constexpr int kBlocksPerSm = 6;
 // The fused gather (gather_cast_transpose) needs 64 registers to run without spills.
 constexpr int kBlocksPerSmGather = 4;
-
-// x rounded to FP8 (nearest even, saturating), NaN → 0x7F. cuda_fp8.hpp converts in software
-// for compute_80 (this module) and with the sm_89+ instruction cvt.rn.satfinite (the
-// fp8_train_pdl twin, built for sm_90a); both round the f32 once and saturate alike, and the NaN
-// case is pinned here so the two agree on it whatever the instruction's NaN pattern.
-template <__nv_fp8_interpretation_t F>
-__device__ __forceinline__ uint32_t to_fp8(float x) {
-    return x != x ? 0x7Fu : uint32_t(__nv_cvt_float_to_fp8(x, __NV_SATFINITE, F));
-}
 
 // Source element access: f32 as is, bf16 (stored as uint16_t) widened exactly.
 __device__ __forceinline__ float widen(float x) { return x; }
@@ -147,8 +139,11 @@ struct TileSmem {
 // 4 columns, so the 4 codes of one column are one word for qt after an in-register transpose.
 __device__ __forceinline__ int tile_row(int rq, int p) { return 4 * rq + p; }
 
-// Four values (already scaled) to FP8 codes, value k in byte k: two paired conversions. Any NaN
-// becomes 0x7F, to_fp8's code, whatever the instruction gives for it (a rare, divergent fix-up).
+// Four values (already scaled) to FP8 codes, value k in byte k (nearest even, saturating): two
+// paired conversions. cuda_fp8.hpp converts in software for compute_80 (this module) and with
+// the sm_89+ instruction cvt.rn.satfinite (the fp8_train_pdl twin, built for sm_90a); both round
+// the f32 once and saturate alike. Any NaN becomes 0x7F (the CPU twin's code) whatever the
+// instruction gives for it: a rare, divergent fix-up.
 template <__nv_fp8_interpretation_t F>
 __device__ __forceinline__ uint32_t to_fp8x4(float a, float b, float c, float d) {
     const uint32_t lo = __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, F);

@@ -296,56 +296,36 @@ fn rejects_a_weight_of_the_wrong_length_before_launching() {
         gpu.alloc_zeros::<u8>(256).unwrap(),
     );
     let mut lab = gpu.alloc_zeros::<u32>(4).unwrap();
-    let w = gpu.alloc_zeros::<f32>(63).unwrap();
-    let (mut wq, mut wqt) = (
-        gpu.alloc_zeros::<u8>(64).unwrap(),
-        gpu.alloc_zeros::<u8>(64).unwrap(),
-    );
-    let mut jobs = [WeightCast {
-        tensor: 1,
-        src: w.slice(..),
-        rows: 8,
-        cols: 8,
-        q: wq.slice_mut(..),
-        qt: wqt.slice_mut(..),
-    }];
-    let err = gather_cast_transpose_with_weights(
-        &gpu,
-        &src,
-        &cursor,
-        4,
-        &mut scales,
-        0,
-        &mut q,
-        &mut qt,
-        &mut lab,
-        &mut jobs,
-    )
-    .unwrap_err();
+    // One 8×8 weight of `len` values, its tensor `tensor`, with a qt of `qt_len` bytes.
+    let mut rejected = |tensor: usize, len: usize, qt_len: usize| {
+        let w = gpu.alloc_zeros::<f32>(len).unwrap();
+        let mut wq = gpu.alloc_zeros::<u8>(64).unwrap();
+        let mut wqt = gpu.alloc_zeros::<u8>(qt_len).unwrap();
+        let mut jobs = [WeightCast {
+            tensor,
+            src: w.slice(..),
+            rows: 8,
+            cols: 8,
+            q: wq.slice_mut(..),
+            qt: wqt.slice_mut(..),
+        }];
+        gather_cast_transpose_with_weights(
+            &gpu,
+            &src,
+            &cursor,
+            4,
+            &mut scales,
+            0,
+            &mut q,
+            &mut qt,
+            &mut lab,
+            &mut jobs,
+        )
+        .unwrap_err()
+    };
+    let err = rejected(1, 63, 128); // a weight one value short
     assert!(matches!(err, crate::Error::ShapeMismatch { .. }), "{err}");
-    let w = gpu.alloc_zeros::<f32>(64).unwrap();
-    let mut wqt = gpu.alloc_zeros::<u8>(128).unwrap();
-    let mut jobs = [WeightCast {
-        tensor: 2, // not in the scales
-        src: w.slice(..),
-        rows: 8,
-        cols: 8,
-        q: wq.slice_mut(..),
-        qt: wqt.slice_mut(..),
-    }];
-    let err = gather_cast_transpose_with_weights(
-        &gpu,
-        &src,
-        &cursor,
-        4,
-        &mut scales,
-        0,
-        &mut q,
-        &mut qt,
-        &mut lab,
-        &mut jobs,
-    )
-    .unwrap_err();
+    let err = rejected(2, 64, 128); // a tensor the scales do not hold
     assert!(matches!(err, crate::Error::InvalidArgument { .. }), "{err}");
 }
 

@@ -65,6 +65,18 @@ impl std::fmt::Debug for Fp8Scales {
     }
 }
 
+/// [`Error::InvalidArgument`] unless `t` is one of `tensors` tensors.
+fn check_tensor(op: &'static str, t: usize, tensors: usize) -> Result<()> {
+    if t >= tensors {
+        let last = tensors.saturating_sub(1);
+        return Err(invalid(
+            op,
+            format!("tensor {t} of {tensors}: use 0 to {last}"),
+        ));
+    }
+    Ok(())
+}
+
 fn invalid(op: &'static str, detail: String) -> Error {
     Error::InvalidArgument { op, detail }
 }
@@ -136,17 +148,7 @@ impl Fp8Scales {
     }
 
     fn check(&self, op: &'static str, t: usize) -> Result<()> {
-        if t >= self.tensors() {
-            return Err(invalid(
-                op,
-                format!(
-                    "tensor {t} of {}: use 0 to {}",
-                    self.tensors(),
-                    self.tensors() - 1
-                ),
-            ));
-        }
-        Ok(())
+        check_tensor(op, t, self.tensors())
     }
 
     /// Tensor `t`'s scale, a one-element view (the casts' `scale`). Errors:
@@ -200,15 +202,7 @@ impl Fp8Scales {
         guards.push(g_scale);
         guards.push(g_history);
         move |op, t| {
-            if t >= tensors {
-                return Err(invalid(
-                    op,
-                    format!(
-                        "tensor {t} of {tensors}: use 0 to {}",
-                        tensors.saturating_sub(1)
-                    ),
-                ));
-            }
+            check_tensor(op, t, tensors)?;
             let f = std::mem::size_of::<f32>() as u64;
             Ok((scale + f * t as u64, history + f * (t * len) as u64))
         }
