@@ -18,6 +18,9 @@
 //     thread's 4 consecutive rows in order, the lane pair sharing the columns, the 8 warps in
 //     order),
 //     which gemm.cu's bias_grad_finish adds tile row by tile row into the bias gradient.
+//   fp8_cast_transpose_dbias_dmask_bf16_{e4m3,e5m2}_{v4,v1}(src, relu_mask, …): the _drelu
+//     cast with the ReLU backward's test read from the forward's ReLU mask (gemm_fp8.cu's
+//     relu_mask: bit c % 32 of word relu_mask[r·⌈cols/32⌉ + c/32] set where relu_out > 0).
 //   fp8_bias_grad_finish(partial, splits, cols, db): the dbias casts' second pass, gemm.cu's
 //     bias_grad_finish (bias_grad_finish.cuh) in this module so that Hopper launches it as a
 //     dependent of the cast before it.
@@ -254,10 +257,14 @@ __device__ __forceinline__ void fold_amax(unsigned int m, TileSmem<DBIAS>& sm, u
 
 // DRELU: the source is the ReLU backward of src on the forward output relu_out (src where
 // relu_out > 0, else +0: relu.cu's backward, whose bit test on a bf16 is the widened value's
-// `> 0`). DBIAS: also the source's column sums of each 64-row tile, into partial[tile row][col].
-template <typename T, __nv_fp8_interpretation_t F, bool V, bool DRELU, bool DBIAS>
+// `> 0`); with MASK, on the forward's ReLU mask instead (gemm_fp8.cu: bit c % 32 of word
+// relu_mask[r·⌈cols/32⌉ + c/32] set where relu_out[r][c] > 0), 1 bit read per element instead
+// of 2 bytes. DBIAS: also the source's column sums of each 64-row tile, into
+// partial[tile row][col].
+template <typename T, __nv_fp8_interpretation_t F, bool V, bool DRELU, bool DBIAS, bool MASK = false>
 __device__ __forceinline__ void cast_transpose(const T* __restrict__ src,
                                                const T* __restrict__ relu_out,
+                                               const unsigned* __restrict__ relu_mask,
                                                uint8_t* __restrict__ q, uint8_t* __restrict__ qt,
                                                size_t rows, size_t cols, size_t ld,
                                                const float* __restrict__ scale,
@@ -275,7 +282,20 @@ __device__ __forceinline__ void cast_transpose(const T* __restrict__ src,
         float v[kPasses][4];
 #pragma unroll
         for (int p = 0; p < kPasses; ++p) load4<T, V>(src + at, cols, f, tile_row(rq, p), 4 * g, v[p]);
-        if (DRELU) {
+        if (DRELU && MASK) {
+            // A thread's 4 columns sit in one word (tiles start on a multiple of 32 columns).
+            const size_t words = (cols + 31) / 32;
+            const int tc = 4 * g;
+#pragma unroll
+            for (int p = 0; p < kPasses; ++p) {
+                const int tr = tile_row(rq, p);
+                const uint32_t bits = tr < f.rows_left && tc < f.cols_left
+                                          ? relu_mask[(f.r0 + tr) * words + (f.c0 + tc) / 32] >> (tc % 32)
+                                          : 0u;
+#pragma unroll
+                for (int k = 0; k < 4; ++k) v[p][k] = (bits >> k) & 1u ? v[p][k] : 0.f;
+            }
+        } else if (DRELU) {
             float y[kPasses][4];
 #pragma unroll
             for (int p = 0; p < kPasses; ++p) load4<T, V>(relu_out + at, cols, f, tile_row(rq, p), 4 * g, y[p]);
@@ -447,8 +467,8 @@ using namespace fp8_train_detail;
                                                       size_t rows, size_t cols, size_t ld,       \
                                                       const float* scale, unsigned int* amax) {  \
         pdl_start();                                                                             \
-        cast_transpose<T, F, V, false, false>(src, nullptr, q, qt, rows, cols, ld, scale, amax,  \
-                                              nullptr);                                          \
+        cast_transpose<T, F, V, false, false>(src, nullptr, nullptr, q, qt, rows, cols, ld, scale, \
+                                              amax, nullptr);                                    \
     }
 #define AMPKIT_CAST_T_V(TNAME, T, FNAME, F)        \
     AMPKIT_CAST_T(TNAME, T, FNAME, F, v4, true) \
@@ -468,8 +488,8 @@ AMPKIT_CAST_T_V(bf16, uint16_t, e5m2, __NV_E5M2)
             const uint16_t* src, const uint16_t* relu_out, uint8_t* q, uint8_t* qt, size_t rows, \
             size_t cols, size_t ld, const float* scale, unsigned int* amax, float* partial) {    \
         pdl_start();                                                                             \
-        cast_transpose<uint16_t, F, V, DRELU, true>(src, relu_out, q, qt, rows, cols, ld, scale, \
-                                                    amax, partial);                              \
+        cast_transpose<uint16_t, F, V, DRELU, true>(src, relu_out, nullptr, q, qt, rows, cols,   \
+                                                    ld, scale, amax, partial);                   \
     }
 #define AMPKIT_CAST_DBIAS_V(DNAME, DRELU, FNAME, F)        \
     AMPKIT_CAST_DBIAS(DNAME, DRELU, FNAME, F, v4, true) \
@@ -478,6 +498,22 @@ AMPKIT_CAST_DBIAS_V(, false, e4m3, __NV_E4M3)
 AMPKIT_CAST_DBIAS_V(, false, e5m2, __NV_E5M2)
 AMPKIT_CAST_DBIAS_V(_drelu, true, e4m3, __NV_E4M3)
 AMPKIT_CAST_DBIAS_V(_drelu, true, e5m2, __NV_E5M2)
+
+// The drelu casts with the ReLU backward read from the forward's ReLU mask (gemm_fp8.cu's
+// relu_mask) instead of its output.
+#define AMPKIT_CAST_DMASK(FNAME, F, VNAME, V)                                                      \
+    extern "C" __global__ void __launch_bounds__(kThreads, V ? kBlocksPerSm : kBlocksPerSm - 1)  \
+        fp8_cast_transpose_dbias_dmask_bf16_##FNAME##_##VNAME(                                   \
+            const uint16_t* src, const unsigned* relu_mask, uint8_t* q, uint8_t* qt, size_t rows, \
+            size_t cols, size_t ld, const float* scale, unsigned int* amax, float* partial) {    \
+        pdl_start();                                                                             \
+        cast_transpose<uint16_t, F, V, true, true, true>(src, nullptr, relu_mask, q, qt, rows,   \
+                                                         cols, ld, scale, amax, partial);        \
+    }
+AMPKIT_CAST_DMASK(e4m3, __NV_E4M3, v4, true)
+AMPKIT_CAST_DMASK(e4m3, __NV_E4M3, v1, false)
+AMPKIT_CAST_DMASK(e5m2, __NV_E5M2, v4, true)
+AMPKIT_CAST_DMASK(e5m2, __NV_E5M2, v1, false)
 
 // The batch stage into the first FP8 layer's input (E4M3, the forward format): over f32 pixels
 // or palette codes (augment.cu's two datasets), v4 (q and qt 4-byte aligned, inputs % 4 == 0)

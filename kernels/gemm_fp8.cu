@@ -8,7 +8,10 @@
 // to the output type. With `nonfinite` not null, a warp that stores an inf or NaN (after that
 // rounding: f16 from |v| ≥ 65520) or'es 1 into *nonfinite, which is never cleared here: the
 // training step's weight gradients are checked where they are written, and the unscale need
-// not read them again. The format of each operand is chosen per launch: E4M3×E4M3 (forward), E5M2×E4M3 / E4M3×E5M2 (gradients in
+// not read them again. With the ReLU and `relu_mask` not null, the epilogue also writes the
+// ReLU mask the backward reads instead of D: bit c % 32 of word relu_mask[r·⌈N/32⌉ + c/32] is
+// set where D[r][c], as stored, is in (0, +inf] (bits past N are 0): 1 bit per element where
+// the backward's ReLU test read 2 bytes of D. The format of each operand is chosen per launch: E4M3×E4M3 (forward), E5M2×E4M3 / E4M3×E5M2 (gradients in
 // Transformer Engine's HYBRID recipe), and E5M2×E5M2. Host side: src/ops/gemm_fp8.rs; CPU twin:
 // src/cpu/gemm_fp8.rs.
 //
@@ -29,7 +32,8 @@
 //     stored as row segments (16-byte f32 / 8-byte 16-bit stores); or, in the TMA-store configs
 //     (suffix s), rounded from the accumulators into two swizzled 64-row × 128-byte boxes in turn,
 //     each written out by one TMA store while the warps fill the other (half the shared-memory
-//     traffic of the f32 staging for 16-bit output, no global store instructions, no tail code).
+//     traffic of the f32 staging for 16-bit output, no global store instructions, no tail code);
+//     the tile's bias is loaded when its unit starts and staged in shared memory for the boxes.
 // TMA zero-fills past M, N and K, so tails cost no code; K must be a multiple of 16 (the row
 // pitch of a tensor map is a multiple of 16 bytes) and A, B 16-byte aligned: the host checks.
 //
@@ -115,64 +119,103 @@ __device__ __forceinline__ float overflow_at(int out_kind) {
 
 constexpr int OUT_BOX_BYTES = 64 * 128;  // one TMA-store box: 64 rows × 128 bytes, 128-byte swizzle
 
+// Whether a ReLU output, rounded to the output type, passed (is in (0, +inf]): the bit the ReLU
+// mask keeps for the backward (relu.cu's test on the stored value). f32: v itself; 16-bit: the
+// rounded bits, one less than the infinity's bits or below it.
+__device__ __forceinline__ bool passed_f32(float v) { return v > 0.f; }
+__device__ __forceinline__ bool passed_bits16(uint32_t h, int out_kind) {
+    return (h & 0xFFFFu) - 1u < (out_kind == OUT_F16 ? 0x7C00u : 0x7F80u);
+}
+
+// What one consumer's 64-row slice of output needs besides its accumulators.
+struct SliceOut {
+    int out_kind;
+    bool relu;
+    float scale;
+    const float* tile_bias;  // the tile's BN bias values staged in shared memory (0 past N), or null
+    unsigned* relu_mask;     // the ReLU mask (bit c % 32 of word [row][c / 32]), or null
+    int mask_words;          // words per mask row: ⌈N / 32⌉
+    int row0, col0, M, N;
+    bool check;
+};
+
 // Box `ch` of a consumer's 64-row slice (CW = 128 / ESZ columns from col0 + ch·CW): scaled,
-// biased, ReLU'd and rounded from the accumulators into the swizzled staging box at `box`.
+// biased, ReLU'd and rounded from the accumulators into the swizzled staging box at `box`; with
+// a ReLU mask, also the box's mask words (CW / 32 per row).
 // wgmma m64nN accumulators: rows 16w + lane/4 (+8), columns 8q + 2·(lane%4) (+1) in d[4q..4q+3].
 // Row r of a box starts at 128·r; its 16-byte unit u sits at u ^ (r % 8).
 template <int ESZ, int BN>
-__device__ __forceinline__ void fill_box(const float (&d)[BN / 2], uint32_t box, int ch, int out_kind,
-                                         bool relu, float scale, const float* bias, int col0, int N,
-                                         int warp, int lane, bool check, bool& bad) {
-    constexpr int CW = 128 / ESZ;
+__device__ __forceinline__ void fill_box(const float (&d)[BN / 2], uint32_t box, int ch, const SliceOut& o,
+                                         int warp, int lane, bool& bad) {
+    constexpr int CW = 128 / ESZ, SPANS = CW / 32;
     const int r = 16 * warp + lane / 4, c = 2 * (lane % 4);
-    // The box's bias values first, all loads in flight together: loaded beside the shared stores
-    // below (asm with a memory clobber), each pair waited out its own latency, 8-16 round trips
-    // per box that left the forward GEMM ~10 % slower than the same GEMM without a bias.
-    float bv[CW / 8][2];
+    // The box's bias values first, before the shared stores below (asm with a memory clobber,
+    // which would keep each later load behind the store before it).
+    float2 bv[CW / 8];
 #pragma unroll
     for (int qq = 0; qq < CW / 8; ++qq) {
-        const int gc = col0 + ch * CW + 8 * qq + c;
-        bv[qq][0] = (bias && gc < N) ? __ldg(bias + gc) : 0.f;
-        bv[qq][1] = (bias && gc + 1 < N) ? __ldg(bias + gc + 1) : 0.f;
+        bv[qq] = o.tile_bias ? *reinterpret_cast<const float2*>(o.tile_bias + ch * CW + 8 * qq + c)
+                             : make_float2(0.f, 0.f);
     }
+    // This thread's bits of the box's mask words: [span of 32 columns][row r, r + 8].
+    uint32_t mw[SPANS][2] = {};
 #pragma unroll
     for (int qq = 0; qq < CW / 8; ++qq) {
         const int q = ch * (CW / 8) + qq;
-        const float b0 = bv[qq][0], b1 = bv[qq][1];
+        const float b0 = bv[qq].x, b1 = bv[qq].y;
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
             const int row = r + 8 * hf;
-            float v0 = fmaf(d[4 * q + 2 * hf], scale, b0), v1 = fmaf(d[4 * q + 2 * hf + 1], scale, b1);
-            if (relu) {
+            float v0 = fmaf(d[4 * q + 2 * hf], o.scale, b0), v1 = fmaf(d[4 * q + 2 * hf + 1], o.scale, b1);
+            if (o.relu) {
                 // As gemm_epilogue.cuh's ReLU: NaN kept, everything not above 0 → +0.
                 v0 = (v0 > 0.f || isnan(v0)) ? v0 : 0.f;
                 v1 = (v1 > 0.f || isnan(v1)) ? v1 : 0.f;
             }
-            if (check) bad |= !(fabsf(v0) < overflow_at(out_kind) && fabsf(v1) < overflow_at(out_kind));
+            if (o.check) bad |= !(fabsf(v0) < overflow_at(o.out_kind) && fabsf(v1) < overflow_at(o.out_kind));
+            uint32_t passed;
             if constexpr (ESZ == 4) {
+                passed = uint32_t(passed_f32(v0)) | uint32_t(passed_f32(v1)) << 1;
                 const uint32_t unit = 2 * qq + (lane % 4) / 2;
                 const uint32_t addr = box + row * 128 + ((unit ^ (row & 7)) << 4) + 8 * (lane & 1);
                 asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(v0), "f"(v1) : "memory");
             } else {
                 uint32_t bits;
-                if (out_kind == OUT_F16) {
+                if (o.out_kind == OUT_F16) {
                     const __half2 h = __floats2half2_rn(v0, v1);
                     bits = *reinterpret_cast<const uint32_t*>(&h);
                 } else {
                     const __nv_bfloat162 h = __floats2bfloat162_rn(v0, v1);
                     bits = *reinterpret_cast<const uint32_t*>(&h);
                 }
+                passed = uint32_t(passed_bits16(bits, o.out_kind)) | uint32_t(passed_bits16(bits >> 16, o.out_kind)) << 1;
                 const uint32_t addr = box + row * 128 + ((qq ^ (row & 7)) << 4) + 4 * (lane % 4);
                 asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(bits) : "memory");
             }
+            mw[qq / 4][hf] |= passed << (8 * (qq % 4) + c);
         }
+    }
+    if (o.relu_mask) {  // uniform: every lane of the warp is here
+        // The four lanes of a quad hold the same rows' other columns: or them together, then
+        // lane j of the quad stores word j (span j / 2, row r + 8·(j % 2)).
+        uint32_t mine = 0;
+#pragma unroll
+        for (int j = 0; j < 2 * SPANS; ++j) {
+            uint32_t w = mw[j / 2][j % 2];
+            w |= __shfl_xor_sync(0xFFFFFFFFu, w, 1);
+            w |= __shfl_xor_sync(0xFFFFFFFFu, w, 2);
+            if (lane % 4 == j) mine = w;
+        }
+        const int j = lane % 4, row = o.row0 + r + 8 * (j % 2), col = o.col0 + ch * CW + 32 * (j / 2);
+        if (j < 2 * SPANS && row < o.M && col < o.N)
+            o.relu_mask[size_t(row) * o.mask_words + col / 32] = mine;
     }
 }
 
-// The TMA-store epilogue of one consumer's 64-row slice (rows row0.., columns col0..col0+BN-1),
-// in boxes of 64 rows × 128 bytes (CW = 128 / ESZ columns), each written out by one TMA store
-// (clipped to M and N) that one thread issues. The consumer never waits for a store to reach
-// global memory.
+// The TMA-store epilogue of one consumer's 64-row slice (rows o.row0.., columns
+// o.col0..o.col0+BN-1), in boxes of 64 rows × 128 bytes (CW = 128 / ESZ columns), each written
+// out by one TMA store (clipped to M and N) that one thread issues. The consumer never waits for
+// a store to reach global memory.
 // - A ring that holds the whole slice (RING·CW ≥ BN, e.g. pp128s's 128 columns of 16-bit
 //   output): that thread first waits until the previous slice's stores have read their boxes
 //   (with a barrier: the other threads then write); then every box is filled, one proxy fence
@@ -182,10 +225,8 @@ __device__ __forceinline__ void fill_box(const float (&d)[BN / 2], uint32_t box,
 //   box i+1 may overwrite it (with two boxes, the store issued just before).
 template <int ESZ, int BN, int RING>
 __device__ __forceinline__ void store_slice_tma(const float (&d)[BN / 2], const TensorMap& tc,
-                                                uint32_t s_out, uint32_t& nbox, int out_kind,
-                                                bool relu, float scale, const float* bias,
-                                                int row0, int col0, int N, int warp, int lane,
-                                                int bar_id, bool check, bool& bad) {
+                                                uint32_t s_out, uint32_t& nbox, const SliceOut& o,
+                                                int warp, int lane, int bar_id, bool& bad) {
     constexpr int CW = 128 / ESZ;
     const bool leader = warp == 0 && lane == 0;
     if constexpr (RING * CW >= BN) {
@@ -193,28 +234,27 @@ __device__ __forceinline__ void store_slice_tma(const float (&d)[BN / 2], const 
         asm volatile("bar.sync %0, 128;\n" ::"r"(bar_id) : "memory");
 #pragma unroll
         for (int ch = 0; ch < BN / CW; ++ch) {
-            if (col0 + ch * CW >= N) break;  // uniform: the tile's last columns are past N
-            fill_box<ESZ, BN>(d, s_out + ch * OUT_BOX_BYTES, ch, out_kind, relu, scale, bias, col0, N, warp,
-                              lane, check, bad);
+            if (o.col0 + ch * CW >= o.N) break;  // uniform: the tile's last columns are past N
+            fill_box<ESZ, BN>(d, s_out + ch * OUT_BOX_BYTES, ch, o, warp, lane, bad);
         }
         fence_proxy_async();
         asm volatile("bar.sync %0, 128;\n" ::"r"(bar_id) : "memory");
         if (leader) {
-            for (int ch = 0; ch < BN / CW && col0 + ch * CW < N; ++ch)
-                tma_store(tc, col0 + ch * CW, row0, s_out + ch * OUT_BOX_BYTES);
+            for (int ch = 0; ch < BN / CW && o.col0 + ch * CW < o.N; ++ch)
+                tma_store(tc, o.col0 + ch * CW, o.row0, s_out + ch * OUT_BOX_BYTES);
             bulk_commit();
         }
     } else {
 #pragma unroll
         for (int ch = 0; ch < BN / CW; ++ch) {
-            if (col0 + ch * CW >= N) break;  // uniform: the tile's last columns are past N
+            if (o.col0 + ch * CW >= o.N) break;  // uniform: the tile's last columns are past N
             const uint32_t box = s_out + (nbox % RING) * OUT_BOX_BYTES;
-            fill_box<ESZ, BN>(d, box, ch, out_kind, relu, scale, bias, col0, N, warp, lane, check, bad);
+            fill_box<ESZ, BN>(d, box, ch, o, warp, lane, bad);
             fence_proxy_async();
             if (leader) bulk_wait_read<RING - 2>();
             asm volatile("bar.sync %0, 128;\n" ::"r"(bar_id) : "memory");
             if (leader) {
-                tma_store(tc, col0 + ch * CW, row0, box);
+                tma_store(tc, o.col0 + ch * CW, o.row0, box);
                 bulk_commit();
             }
             ++nbox;
@@ -238,7 +278,8 @@ template <int BM, int BN, int STAGES, bool PINGPONG, bool TMA_STORE, int FA, int
 __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& tb, const TensorMap& tc, void* C,
                                          const float* bias, const float* a_scale_inv,
                                          const float* b_scale_inv, int M, int N, int K,
-                                         int out_kind, int group_m, unsigned* nonfinite) {
+                                         int out_kind, int group_m, unsigned* nonfinite,
+                                         unsigned* relu_mask) {
     // Bit 2 of out_kind asks for a ReLU after the bias (the training step's hidden layers).
     const bool relu = (out_kind & OUT_RELU) != 0;
     out_kind &= ~OUT_RELU;
@@ -260,6 +301,10 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
     constexpr int RING = 2;
     constexpr int EPI_REGION = TMA_STORE ? 2 * RING * OUT_BOX_BYTES : 2 * EPI_BYTES;
     const uint32_t bars = sEpi + EPI_REGION;  // full[STAGES], empty[STAGES], order[2]
+    // The TMA-store epilogue's bias: the tile's BN values, one copy per consumer when each takes
+    // its own tiles (ping-pong), one shared by both when they split a tile (cooperative).
+    constexpr int BIAS_COPIES = PINGPONG ? 2 : 1;
+    const uint32_t sBias = bars + 8 * (2 * STAGES + 2);
     auto full = [&](int s) { return bars + 8 * s; };
     auto empty = [&](int s) { return bars + 8 * (STAGES + s); };
     // Ping-pong turn barriers: order[w] completes a phase when the other consumer has passed all
@@ -336,6 +381,9 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
         // Whether this thread stored an inf or NaN (checked only when asked: `nonfinite` set).
         const bool check = nonfinite != nullptr;
         bool bad = false;
+        // The ReLU mask (only with a ReLU): words per row.
+        const int mask_words = (N + 31) / 32;
+        if (!relu) relu_mask = nullptr;
         // The accumulators live across units: each unit's first k32 step overwrites them (scale-d
         // 0), so they are zeroed once, not per tile.
         float d[SLICES][BN / 2];
@@ -353,6 +401,13 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
                 continue;
             }
             const int2 t = unit_at<BM, BN>(u, rank, M, N, group);
+            // This thread's column of the tile's bias, loaded now and staged in shared memory by
+            // the epilogue: a box's values then come from shared memory, where loading them from
+            // global memory box by box put an L2 round trip on each box's critical path (the
+            // forward GEMM ~8 % slower than without a bias).
+            const int bias_col = PINGPONG ? ctid % 128 : ctid;
+            float my_bias = 0.f;
+            if (TMA_STORE && bias && bias_col < BN && t.y + bias_col < N) my_bias = __ldg(bias + t.y + bias_col);
             // Ping-pong: this consumer's n-th unit starts after the other's unit before it.
             if (PINGPONG && j > 0) mbar_wait(order(cw), (j / 2 - (cw == 0 ? 1 : 0)) & 1);
             int prev = -1;
@@ -388,16 +443,30 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
 
             if constexpr (TMA_STORE) {
                 const uint32_t s_out = sEpi + cw * RING * OUT_BOX_BYTES;
+                float* tile_bias = nullptr;
+                if (bias) {
+                    static_assert(BN <= (PINGPONG ? 128 : 256), "one bias column per consumer thread");
+                    tile_bias = reinterpret_cast<float*>(smem_raw + (sBias - smem_addr(smem_raw))) +
+                                (BIAS_COPIES == 2 ? cw * BN : 0);
+                    // Cooperative: both consumers' reads of the previous tile's values are done
+                    // (ping-pong: this consumer's are, before its last box's barrier).
+                    if (!PINGPONG) asm volatile("bar.sync 1, 256;\n" ::: "memory");
+                    if (bias_col < BN) tile_bias[bias_col] = my_bias;
+                    if (PINGPONG) {
+                        asm volatile("bar.sync %0, 128;\n" ::"r"(2 + cw) : "memory");
+                    } else {
+                        asm volatile("bar.sync 1, 256;\n" ::: "memory");
+                    }
+                }
 #pragma unroll
                 for (int h = 0; h < SLICES; ++h) {
                     const int row0 = t.x + 64 * (PINGPONG ? h : cw);
                     if (row0 >= M) continue;  // the pad block of an odd number of tile-rows
+                    const SliceOut o{out_kind, relu, scale, tile_bias, relu_mask, mask_words, row0, t.y, M, N, check};
                     if (out_kind == OUT_F32) {
-                        store_slice_tma<4, BN, RING>(d[h], tc, s_out, nbox, out_kind, relu, scale, bias, row0,
-                                                     t.y, N, warp, lane, 2 + cw, check, bad);
+                        store_slice_tma<4, BN, RING>(d[h], tc, s_out, nbox, o, warp, lane, 2 + cw, bad);
                     } else {
-                        store_slice_tma<2, BN, RING>(d[h], tc, s_out, nbox, out_kind, relu, scale, bias, row0,
-                                                     t.y, N, warp, lane, 2 + cw, check, bad);
+                        store_slice_tma<2, BN, RING>(d[h], tc, s_out, nbox, o, warp, lane, 2 + cw, bad);
                     }
                 }
                 continue;
@@ -431,7 +500,9 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
 #pragma unroll
                         for (int q = 0; q < 4; ++q) bv[q] = col + q < N ? bias[col + q] : 0.f;
                     }
-                    if (col < N) {
+                    // The 8 lanes of a row (4 columns each) run the loop together: rows is the
+                    // same for them, and lanes past N take part in the mask's shuffles.
+                    {
 #pragma unroll 1
                         for (int rr = sr; rr < rows; rr += ROWS_PER_PASS) {
                             const float4 a = *reinterpret_cast<const float4*>(&stage[rr * EPI_LD + sc]);
@@ -444,13 +515,35 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
                                 v.z = (v.z > 0.f || isnan(v.z)) ? v.z : 0.f;
                                 v.w = (v.w > 0.f || isnan(v.w)) ? v.w : 0.f;
                             }
+                            // Only the columns inside N: past it the staging holds padding.
+                            const float cv[4] = {v.x, v.y, v.z, v.w};
                             if (check) {
-                                // Only the columns inside N: past it the staging holds padding.
-                                const float cv[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
                                 for (int q = 0; q < 4; ++q) bad |= col + q < N && !(fabsf(cv[q]) < overflow_at(out_kind));
                             }
-                            store4(C, out_kind, N, row0 + rr, col, v, vec);
+                            if (col < N) store4(C, out_kind, N, row0 + rr, col, v, vec);
+                            if (relu_mask) {
+                                // The row's 32 columns of this chunk: one word from its 8 lanes.
+                                uint32_t w = 0;
+#pragma unroll
+                                for (int q = 0; q < 4; ++q) {
+                                    bool passed;
+                                    if (out_kind == OUT_F32) {
+                                        passed = passed_f32(cv[q]);
+                                    } else if (out_kind == OUT_F16) {
+                                        passed = passed_bits16(__half_as_ushort(__float2half_rn(cv[q])), out_kind);
+                                    } else {
+                                        passed = passed_bits16(__bfloat16_as_ushort(__float2bfloat16_rn(cv[q])), out_kind);
+                                    }
+                                    w |= uint32_t(col + q < N && passed) << (sc + q);
+                                }
+                                const unsigned row_lanes = 0xFFu << (lane & 24);
+                                w |= __shfl_xor_sync(row_lanes, w, 1);
+                                w |= __shfl_xor_sync(row_lanes, w, 2);
+                                w |= __shfl_xor_sync(row_lanes, w, 4);
+                                if (lane % 8 == 0)
+                                    relu_mask[size_t(row0 + rr) * mask_words + (t.y + ch * EPI_COLS) / 32] = w;
+                            }
                         }
                     }
                     asm volatile("bar.sync %0, 128;\n" ::"r"(2 + cw) : "memory");
@@ -475,15 +568,16 @@ using namespace gemm_fp8_detail;
 // A and 128 K × BN/2 rows for B, 128-byte swizzle), the tensor map of D (TMA-store configs: boxes
 // of 128 bytes × 64 rows, 128-byte swizzle; unread by the others), D, bias (may be null), the two
 // inverse scales (one f32 each, device memory), M, N, K, out_kind (0 f32, 1 f16, 2 bf16, | 4 for
-// the ReLU), pair-rows per raster group, the non-finite flag word (may be null).
+// the ReLU), pair-rows per raster group, the non-finite flag word (may be null), the ReLU mask
+// (M·⌈N/32⌉ words; may be null, ignored without the ReLU).
 #define AMPKIT_GEMM_FP8(NAME, BM, BN, ST, PP, TS, FA, FB)                                            \
     extern "C" __global__ void __cluster_dims__(CLUSTER, 1, 1) __launch_bounds__(THREADS, 1)       \
         NAME(const __grid_constant__ TensorMap ta, const __grid_constant__ TensorMap tb,            \
              const __grid_constant__ TensorMap tc, void* C, const float* bias,                      \
              const float* a_scale_inv, const float* b_scale_inv, int M, int N, int K, int out_kind, \
-             int group_m, unsigned* nonfinite) {                                                    \
+             int group_m, unsigned* nonfinite, unsigned* relu_mask) {                               \
         gemm_fp8<BM, BN, ST, PP, TS, FA, FB>(ta, tb, tc, C, bias, a_scale_inv, b_scale_inv, M, N,   \
-                                             K, out_kind, group_m, nonfinite);                      \
+                                             K, out_kind, group_m, nonfinite, relu_mask);           \
     }
 #define AMPKIT_GEMM_FP8_FORMATS(CFG, BM, BN, ST, PP, TS)                             \
     AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e4e4, BM, BN, ST, PP, TS, FP8_E4M3, FP8_E4M3) \

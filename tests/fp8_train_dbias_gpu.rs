@@ -1,7 +1,7 @@
 //! `ops::fp8::cast_transpose_dbias` (an FP8 layer's output-gradient cast with its bias gradient
 //! and ReLU backward in one pass) against `cpu::fp8::cast_transpose_dbias`, bit for bit: both
-//! formats, with and without the ReLU backward, any bit pattern in the gradient and the ReLU
-//! output, odd shapes, the vector and element kernels, outputs poisoned around their views.
+//! formats, without the ReLU backward and with it from the ReLU output or from its mask, any bit
+//! pattern in the gradient and the ReLU output, odd shapes, the vector and element kernels, outputs poisoned around their views.
 //! On the CPU: the twin is the ReLU backward, then `cast_transpose`, then column sums that stay
 //! within rounding of exact sums.
 
@@ -9,9 +9,10 @@ mod common;
 
 use ampkit::cpu::fp8::{transpose_ld, CastInput, Fp8Format};
 use ampkit::cuda::Gpu;
+use ampkit::ops::fp8::ReluSource;
 use ampkit::{cpu, ops, Error};
 use common::{assert_bits_eq, gpu, rng, sized};
-use cudarc::driver::{DevicePtr, DevicePtrMut};
+use cudarc::driver::DevicePtrMut;
 use half::bf16;
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -49,20 +50,29 @@ fn same_sum(a: f32, b: f32) -> bool {
     a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
 }
 
-/// One GPU cast of `g` (with the ReLU backward on `y` when given) into views at `offs` of
-/// poisoned buffers, checked against the CPU twin.
+/// How a case's GPU cast gets the ReLU backward's test: from the forward output `y`, or from
+/// its mask (`cpu::relu::mask(y)`, what the FP8 GEMM writes beside y).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Via {
+    Output,
+    Mask,
+}
+
+/// One GPU cast of `g` (with the ReLU backward on `y` when given, read as `Via` says) into views
+/// at `offs` of poisoned buffers, checked against the CPU twin.
 #[allow(clippy::too_many_arguments)] // the case's inputs
 fn case(
     gpu: &Gpu,
     f: Fp8Format,
     g: &[bf16],
-    y: Option<&[bf16]>,
+    relu: Option<(&[bf16], Via)>,
     (rows, cols): (usize, usize),
     scale: f32,
     (src_off, out_off): (usize, usize),
     with_q: bool,
 ) {
     let (n, ld) = (rows * cols, transpose_ld(rows).unwrap());
+    let y = relu.map(|(y, _)| y);
     let (mut want_q, mut want_qt, mut want_db) =
         (vec![0u8; n], vec![0u8; cols * ld], vec![0f32; cols]);
     let want_amax = cpu::fp8::cast_transpose_dbias(
@@ -84,7 +94,12 @@ fn case(
         gpu.upload(&h).unwrap()
     };
     let dg = padded(g);
-    let dy = y.map(padded);
+    let dy = relu.filter(|r| r.1 == Via::Output).map(|(y, _)| padded(y));
+    let dmask = relu.filter(|r| r.1 == Via::Mask).map(|(y, _)| {
+        let mut words = vec![0xA5A5_A5A5u32; src_off];
+        words.extend(cpu::relu::mask(y, rows, cols).unwrap());
+        gpu.upload(&words).unwrap()
+    });
     let mut dq = gpu.upload(&vec![POISON; out_off + n + GUARD]).unwrap();
     let mut dqt = gpu
         .upload(&vec![POISON; out_off + cols * ld + GUARD])
@@ -94,14 +109,19 @@ fn case(
     let mut amax = gpu.upload(&[0f32]).unwrap();
     {
         let yv = dy.as_ref().map(|d| d.slice(src_off..));
-        let yp: Option<&dyn DevicePtr<bf16>> = yv.as_ref().map(|v| v as &dyn DevicePtr<bf16>);
+        let mv = dmask.as_ref().map(|d| d.slice(src_off..));
+        let source = match (&yv, &mv) {
+            (Some(y), _) => Some(ReluSource::Output(y)),
+            (None, Some(m)) => Some(ReluSource::Mask(m)),
+            (None, None) => None,
+        };
         let mut qv = dq.slice_mut(out_off..out_off + n);
         let q: Option<&mut dyn DevicePtrMut<u8>> = if with_q { Some(&mut qv) } else { None };
         ops::fp8::cast_transpose_dbias(
             gpu,
             f,
             &dg.slice(src_off..),
-            yp,
+            source,
             (rows, cols),
             &dscale,
             q,
@@ -112,8 +132,8 @@ fn case(
         .unwrap();
     }
     let what = format!(
-        "{f:?} {rows}x{cols} relu {} scale {scale} offsets {src_off}/{out_off} q {with_q}",
-        y.is_some()
+        "{f:?} {rows}x{cols} relu {:?} scale {scale} offsets {src_off}/{out_off} q {with_q}",
+        relu.map(|r| r.1)
     );
     let got_q = gpu.download(&dq).unwrap();
     let got_qt = gpu.download(&dqt).unwrap();
@@ -171,7 +191,7 @@ fn cast_transpose_dbias_matches_the_cpu_bit_for_bit() {
     let Some(gpu) = gpu() else { return };
     let mut rng = rng("fp8 cast_transpose_dbias");
     for f in FORMATS {
-        for relu in [false, true] {
+        for relu in [None, Some(Via::Output), Some(Via::Mask)] {
             for &rows in &ROWS {
                 for &cols in &COLS {
                     let g: Vec<bf16> = (0..rows * cols).map(|_| grad(&mut rng)).collect();
@@ -182,8 +202,17 @@ fn cast_transpose_dbias_matches_the_cpu_bit_for_bit() {
                         (rng.gen_range(0..4), rng.gen_range(0..4))
                     };
                     let scale = 2f32.powi(rng.gen_range(-6..6));
-                    let y = relu.then_some(&y[..]);
-                    case(&gpu, f, &g, y, (rows, cols), scale, offs, rng.gen_bool(0.7));
+                    let relu = relu.map(|via| (&y[..], via));
+                    case(
+                        &gpu,
+                        f,
+                        &g,
+                        relu,
+                        (rows, cols),
+                        scale,
+                        offs,
+                        rng.gen_bool(0.7),
+                    );
                 }
             }
         }
@@ -200,16 +229,18 @@ fn cast_transpose_dbias_of_large_matrices_loops_over_tiles() {
         .map(|_| bf16::from_f32(rng.gen_range(-1.0f32..1.0)))
         .collect();
     let y: Vec<bf16> = (0..rows * cols).map(|_| relu_out(&mut rng)).collect();
-    case(
-        &gpu,
-        Fp8Format::E5M2,
-        &g,
-        Some(&y),
-        (rows, cols),
-        64.0,
-        (0, 0),
-        false,
-    );
+    for via in [Via::Output, Via::Mask] {
+        case(
+            &gpu,
+            Fp8Format::E5M2,
+            &g,
+            Some((&y, via)),
+            (rows, cols),
+            64.0,
+            (0, 0),
+            false,
+        );
+    }
     case(
         &gpu,
         Fp8Format::E4M3,
@@ -240,12 +271,11 @@ fn bad_arguments_are_typed_errors() {
             "{what}: {e}"
         );
     };
-    let dy: &dyn DevicePtr<bf16> = &y14;
     let r = ops::fp8::cast_transpose_dbias(
         &gpu,
         f,
         &g,
-        Some(dy),
+        Some(ReluSource::Output(&y14)),
         (rows, cols),
         &scale,
         None,
@@ -254,6 +284,21 @@ fn bad_arguments_are_typed_errors() {
         &mut db,
     );
     shape(r, "relu_out has 14");
+    // The mask of 5 × 3: one word per row.
+    let mask4 = gpu.upload(&[1u32; 4]).unwrap();
+    let r = ops::fp8::cast_transpose_dbias(
+        &gpu,
+        f,
+        &g,
+        Some(ReluSource::Mask(&mask4)),
+        (rows, cols),
+        &scale,
+        None,
+        &mut qt,
+        &mut amax,
+        &mut db,
+    );
+    shape(r, "relu_mask has 4");
     let r = ops::fp8::cast_transpose_dbias(
         &gpu,
         f,

@@ -11,8 +11,8 @@ use ampkit::cpu::fp8::Fp8Format;
 use ampkit::cpu::gemm_fp8::{gemm_fp8_f64, gemm_fp8_magnitude, Fp8Matrix};
 use ampkit::cuda::Gpu;
 use ampkit::ops::gemm_fp8::{
-    gemm_fp8, gemm_fp8_relu, gemm_fp8_relu_with, gemm_fp8_with, Fp8Config, Fp8Operand, Fp8Output,
-    FP8_CONFIGS,
+    gemm_fp8, gemm_fp8_relu, gemm_fp8_relu_masked, gemm_fp8_relu_masked_with, gemm_fp8_relu_with,
+    gemm_fp8_with, Fp8Config, Fp8Operand, Fp8Output, FP8_CONFIGS,
 };
 use ampkit::shape::{GemmShape, Layout};
 use ampkit::Error;
@@ -376,27 +376,38 @@ fn small_integer_products_are_exact_for_every_config_format_and_output() {
 }
 
 /// `gemm_fp8_relu`: the same exact sums with every value not above 0 written as +0 (the training
-/// step's hidden-layer forward), bf16 and f32 out, with a bias that pushes some sums below 0;
-/// through the planner and every config, on a shape whose rows TMA can store (520 columns) and
-/// one whose rows it cannot (389: the plain epilogue).
+/// step's hidden-layer forward), f32, f16 and bf16 out, with a bias that pushes some sums below
+/// 0; through the planner and every config, on a shape whose rows TMA can store (520 columns)
+/// and one whose rows it cannot (389: the plain epilogue). `gemm_fp8_relu_masked` writes the
+/// same output and its ReLU mask (`cpu::relu::mask` of what it stored), every word of it; the
+/// last case's scale (2⁻²⁶, no bias) leaves sums of 1 and 2 positive in f32 but +0 once rounded
+/// to f16 (its smallest subnormal is 2⁻²⁴), so the mask must follow the stored value.
 #[test]
 fn the_relu_epilogue_keeps_only_positive_sums() {
     let Some(gpu) = hopper() else { return };
     let mut rng = rng("gpu gemm fp8 relu");
-    for (m, n, k) in [(257, 389, 272), (130, 520, 48)] {
-        let case = Case::exact(&mut rng, m, n, k);
+    let mut tiny = Case::exact(&mut rng, 130, 520, 48);
+    tiny.scale_inv = (2f32.powi(-13), 2f32.powi(-13));
+    tiny.bias = None;
+    let cases = [
+        Case::exact(&mut rng, 257, 389, 272),
+        Case::exact(&mut rng, 130, 520, 48),
+        tiny,
+    ];
+    for case in &cases {
         let (want, _) = case.reference(PAIRS[0]);
         assert!(want.iter().any(|&v| v < 0.0) && want.iter().any(|&v| v > 0.0));
         let dev = case.upload(&gpu, PAIRS[0]);
         let (a, b) = dev.operands();
         for config in FP8_CONFIGS.into_iter().map(Some).chain([None]) {
-            check_relu::<bf16>(&gpu, &case, (&a, &b), dev.bias(), config, &want);
-            check_relu::<f32>(&gpu, &case, (&a, &b), dev.bias(), config, &want);
+            check_relu::<bf16>(&gpu, case, (&a, &b), dev.bias(), config, &want);
+            check_relu::<f16>(&gpu, case, (&a, &b), dev.bias(), config, &want);
+            check_relu::<f32>(&gpu, case, (&a, &b), dev.bias(), config, &want);
         }
     }
 }
 
-fn check_relu<C: Out>(
+fn check_relu<C: Out + ampkit::cpu::Element>(
     gpu: &Gpu,
     case: &Case,
     ops: (&Fp8Operand<'_>, &Fp8Operand<'_>),
@@ -418,6 +429,44 @@ fn check_relu<C: Out>(
             g == expect,
             "{name} {:?}: relu output {i}: got {g:?}, want {expect:?} (sum {w})",
             case.shape
+        );
+    }
+    // The masked twin: the same output, and its mask into a poisoned buffer.
+    let GemmShape { m, n, .. } = case.shape;
+    let mut masked = gpu.upload(&vec![C::POISON; want.len()]).unwrap();
+    let mut mask = gpu
+        .upload(&vec![0xA5A5_A5A5u32; m * n.div_ceil(32)])
+        .unwrap();
+    match config {
+        Some(cfg) => gemm_fp8_relu_masked_with(
+            gpu,
+            cfg,
+            case.shape,
+            ops.0,
+            ops.1,
+            bias,
+            &mut masked,
+            &mut mask,
+        ),
+        None => gemm_fp8_relu_masked(gpu, case.shape, ops.0, ops.1, bias, &mut masked, &mut mask),
+    }
+    .unwrap();
+    let masked = gpu.download(&masked).unwrap();
+    assert!(
+        bytemuck::cast_slice::<C, u8>(&masked) == bytemuck::cast_slice::<C, u8>(&got),
+        "{name} {:?}: the masked GEMM's output differs",
+        case.shape
+    );
+    let want_mask = ampkit::cpu::relu::mask(&got, m, n).unwrap();
+    let got_mask = gpu.download(&mask).unwrap();
+    for (i, (&g, &w)) in got_mask.iter().zip(&want_mask).enumerate() {
+        assert!(
+            g == w,
+            "{name} {:?} {}: mask word {i} (row {}, columns {}..): got {g:#010x}, want {w:#010x}",
+            case.shape,
+            std::any::type_name::<C>(),
+            i / n.div_ceil(32),
+            32 * (i % n.div_ceil(32))
         );
     }
 }
@@ -549,6 +598,12 @@ fn bad_arguments_are_refused_before_any_launch() {
         ..a
     };
     assert_invalid(run(shape, &a8, &b, &mut out), "16-byte aligned");
+    // A ReLU mask one word short of m·⌈n/32⌉.
+    let mut short = gpu.alloc_zeros::<u32>(m * n.div_ceil(32) - 1).unwrap();
+    assert_shape_error(
+        gemm_fp8_relu_masked(&gpu, shape, &a, &b, None, &mut out, &mut short),
+        "relu_mask",
+    );
     // Nothing was launched: the output is still poisoned.
     let got = gpu.download(&out).unwrap();
     assert!(got.iter().all(|v| v.to_bits() == f32::POISON.to_bits()));

@@ -62,6 +62,48 @@ pub fn backward<T: Element>(dy: &[T], y: &[T], dx: &mut [T]) -> Result<()> {
     Ok(())
 }
 
+/// The ReLU mask of a forward output `y` (`[rows, cols]` row-major): one bit per element, set
+/// where `y > 0` (the test [`backward`] makes), row `r`'s bits in words `r·⌈cols/32⌉ ..`, bit
+/// `c % 32` of word `c / 32`; bits past `cols` are 0. What the FP8 GEMM's ReLU epilogue writes
+/// beside its output ([`gemm_fp8_relu_masked`](crate::ops::gemm_fp8::gemm_fp8_relu_masked)) so
+/// that the backward reads 1 bit per element instead of the output.
+/// Errors: [`Error::ShapeMismatch`] unless `y` holds `rows·cols` elements;
+/// [`Error::InvalidArgument`] when the sizes overflow.
+///
+/// ```
+/// use ampkit::cpu::relu::mask;
+/// let y = [0.5f32, 0.0, f32::NAN, 2.0, -1.0]; // [1, 5]
+/// assert_eq!(mask(&y, 1, 5)?, vec![0b01001]);
+/// # Ok::<(), ampkit::Error>(())
+/// ```
+///
+/// [`Error::ShapeMismatch`]: crate::Error::ShapeMismatch
+/// [`Error::InvalidArgument`]: crate::Error::InvalidArgument
+pub fn mask<T: Element>(y: &[T], rows: usize, cols: usize) -> Result<Vec<u32>> {
+    const OP: &str = "cpu::relu::mask";
+    let overflow = || crate::Error::InvalidArgument {
+        op: OP,
+        detail: format!("a {rows} × {cols} mask overflows usize"),
+    };
+    let n = rows.checked_mul(cols).ok_or_else(overflow)?;
+    let words = cols.div_ceil(32);
+    rows.checked_mul(words).ok_or_else(overflow)?;
+    crate::error::expect_len(OP, "y", y.len(), n, &format!("rows·cols = {rows}·{cols}"))?;
+    let mut out = vec![0u32; rows * words];
+    if words > 0 {
+        out.par_chunks_mut(words)
+            .zip(y.par_chunks(cols.max(1)))
+            .for_each(|(bits, row)| {
+                for (c, v) in row.iter().enumerate() {
+                    if v.to_f64() > 0.0 {
+                        bits[c / 32] |= 1 << (c % 32);
+                    }
+                }
+            });
+    }
+    Ok(out)
+}
+
 fn zip_map<T: Element>(dst: &mut [T], a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) {
     if dst.len() < PARALLEL_MIN {
         for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
@@ -78,6 +120,30 @@ fn zip_map<T: Element>(dst: &mut [T], a: &[T], b: &[T], f: impl Fn(T, T) -> T + 
 mod tests {
     use super::*;
     use half::f16;
+
+    #[test]
+    fn the_mask_holds_the_backward_test_row_by_row() {
+        // 3 rows of 70 columns (3 words each, the last holding 6 columns): every special value.
+        let (rows, cols) = (3, 70);
+        let specials = [1.0f32, 0.0, -0.0, -1.0, f32::NAN, f32::INFINITY, 1e-45, -1e-45];
+        let y: Vec<f32> = (0..rows * cols).map(|i| specials[(i * 7 + i / 5) % 8]).collect();
+        let m = mask(&y, rows, cols).unwrap();
+        assert_eq!(m.len(), rows * 3);
+        let ones = vec![1f32; rows * cols];
+        let mut dx = vec![0f32; rows * cols];
+        backward(&ones, &y, &mut dx).unwrap();
+        for r in 0..rows {
+            for c in 0..96 {
+                let bit = m[r * 3 + c / 32] >> (c % 32) & 1;
+                let want = u32::from(c < cols && dx[r * cols + c] == 1.0);
+                assert_eq!(bit, want, "row {r} column {c}");
+            }
+        }
+        assert!(mask(&y[1..], rows, cols).is_err());
+        assert!(mask::<f32>(&[], usize::MAX, 2).is_err());
+        assert_eq!(mask::<f32>(&[], 0, 5).unwrap(), Vec::<u32>::new());
+        assert_eq!(mask::<f32>(&[], 4, 0).unwrap(), Vec::<u32>::new());
+    }
 
     #[test]
     fn scalar_semantics() {

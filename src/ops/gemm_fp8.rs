@@ -109,181 +109,9 @@ mod sealed {
     impl Sealed for half::bf16 {}
 }
 
-/// One tile configuration of `kernels/gemm_fp8.cu` (its header states each one's launch shape).
-/// For ampkit's tests and benchmarks; not part of the stable API.
-#[doc(hidden)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fp8Config {
-    /// The config's name in the kernel's entry points, e.g. `"p256"`.
-    pub name: &'static str,
-    /// Tile rows.
-    pub bm: usize,
-    /// Tile columns.
-    pub bn: usize,
-    /// Pipeline stages.
-    pub stages: usize,
-    /// Whether the epilogue writes D with TMA stores (D 16-byte aligned with a row pitch that is a
-    /// multiple of 16 bytes; otherwise the launch takes the same tiles' plain config).
-    pub tma_store: bool,
-    /// Entry points for A×B formats E4M3×E4M3, E4M3×E5M2, E5M2×E4M3, E5M2×E5M2.
-    pub kernels: [&'static str; 4],
-}
-
-impl Fp8Config {
-    /// Dynamic shared memory: the stages, two consumers' epilogue buffers (64×40 f32 each, or
-    /// two 64-row × 128-byte TMA-store boxes each), the mbarriers, and 1 KB to align the tiles to
-    /// the swizzle's period.
-    pub fn shared_bytes(&self) -> usize {
-        let epilogue = if self.tma_store {
-            2 * 2 * 64 * 128
-        } else {
-            2 * 64 * 40 * 4
-        };
-        1024 + self.stages * (self.bm + self.bn) * BK + epilogue + 8 * (2 * self.stages + 2)
-    }
-
-    /// The config with the same tiles and the plain epilogue (itself when it has it).
-    fn plain(self) -> Fp8Config {
-        FP8_CONFIGS
-            .into_iter()
-            .find(|c| !c.tma_store && (c.bm, c.bn) == (self.bm, self.bn))
-            .unwrap_or(self)
-    }
-}
-
-/// Every configuration: `p256`, `pp128` (the planner's for small products), `pp64`, then `p256s`
-/// (the planner's for large ones) and `pp128s`: `p256` and `pp128` with the TMA-store epilogue;
-/// `p192` and `p192s`: 128×192 tiles, plain and TMA-store (the planner's where 256-wide units
-/// leave the last round of clusters half empty and 192-wide ones do not).
-#[doc(hidden)]
-pub const FP8_CONFIGS: [Fp8Config; 7] = [
-    Fp8Config {
-        name: "p256",
-        tma_store: false,
-        bm: 128,
-        bn: 256,
-        stages: 4,
-        kernels: [
-            "gemm_fp8_p256_e4e4",
-            "gemm_fp8_p256_e4e5",
-            "gemm_fp8_p256_e5e4",
-            "gemm_fp8_p256_e5e5",
-        ],
-    },
-    Fp8Config {
-        name: "pp128",
-        tma_store: false,
-        bm: 128,
-        bn: 128,
-        stages: 6,
-        kernels: [
-            "gemm_fp8_pp128_e4e4",
-            "gemm_fp8_pp128_e4e5",
-            "gemm_fp8_pp128_e5e4",
-            "gemm_fp8_pp128_e5e5",
-        ],
-    },
-    Fp8Config {
-        name: "pp64",
-        tma_store: false,
-        bm: 64,
-        bn: 256,
-        stages: 5,
-        kernels: [
-            "gemm_fp8_pp64_e4e4",
-            "gemm_fp8_pp64_e4e5",
-            "gemm_fp8_pp64_e5e4",
-            "gemm_fp8_pp64_e5e5",
-        ],
-    },
-    Fp8Config {
-        name: "p256s",
-        tma_store: true,
-        bm: 128,
-        bn: 256,
-        stages: 4,
-        kernels: [
-            "gemm_fp8_p256s_e4e4",
-            "gemm_fp8_p256s_e4e5",
-            "gemm_fp8_p256s_e5e4",
-            "gemm_fp8_p256s_e5e5",
-        ],
-    },
-    Fp8Config {
-        name: "pp128s",
-        tma_store: true,
-        bm: 128,
-        bn: 128,
-        stages: 6,
-        kernels: [
-            "gemm_fp8_pp128s_e4e4",
-            "gemm_fp8_pp128s_e4e5",
-            "gemm_fp8_pp128s_e5e4",
-            "gemm_fp8_pp128s_e5e5",
-        ],
-    },
-    Fp8Config {
-        name: "p192",
-        tma_store: false,
-        bm: 128,
-        bn: 192,
-        stages: 4,
-        kernels: [
-            "gemm_fp8_p192_e4e4",
-            "gemm_fp8_p192_e4e5",
-            "gemm_fp8_p192_e5e4",
-            "gemm_fp8_p192_e5e5",
-        ],
-    },
-    Fp8Config {
-        name: "p192s",
-        tma_store: true,
-        bm: 128,
-        bn: 192,
-        stages: 4,
-        kernels: [
-            "gemm_fp8_p192s_e4e4",
-            "gemm_fp8_p192s_e4e5",
-            "gemm_fp8_p192s_e5e4",
-            "gemm_fp8_p192s_e5e5",
-        ],
-    },
-];
-
-/// The configuration [`gemm_fp8`] runs for `shape` on `sms` multiprocessors. Measured on an H100
-/// (docs/kernels/gemm_fp8.md, v2): `p256s` (128×256 tiles, TMA-store epilogue) led or tied every
-/// large shape, deep and shallow K (8192³, 8192×4096×4096, 4096×4096×8192), so it runs wherever its
-/// tiles give every cluster at least two work units; below that `pp128`, whose 128×128 tiles
-/// spread a small product over more clusters (small shapes: a rule, not measured). Where
-/// 128×192 tiles keep the clusters busier than 128×256 ones by more than 1 % ([`round_fill`]:
-/// 8192³ on 132 SMs, 98.5 % against 97.0 %), `p192s` instead (v5). The launch takes the plain
-/// twin (`p256`, `p192`) when the output cannot be written by TMA.
-#[doc(hidden)]
-pub fn plan_fp8(shape: GemmShape, sms: usize) -> Fp8Config {
-    let (p256s, pp128, p192s) = (FP8_CONFIGS[3], FP8_CONFIGS[1], FP8_CONFIGS[6]);
-    let units = shape.m.div_ceil(p256s.bm).div_ceil(CLUSTER) * shape.n.div_ceil(p256s.bn);
-    let clusters = (sms / CLUSTER).max(1);
-    if units < 2 * clusters {
-        pp128
-    } else if round_fill(p192s, shape, sms) > 1.01 * round_fill(p256s, shape, sms) {
-        p192s
-    } else {
-        p256s
-    }
-}
-
-/// The share of the clusters' tile slots that `config`'s tiles fill with useful columns on `sms`
-/// multiprocessors: units over rounds × clusters (the last round's idle clusters), times N over
-/// the tile columns (the last tile column's padding). For ampkit's tests and benchmarks; not
-/// part of the stable API.
-#[doc(hidden)]
-pub fn round_fill(config: Fp8Config, shape: GemmShape, sms: usize) -> f64 {
-    let tiles_n = shape.n.div_ceil(config.bn);
-    let units = shape.m.div_ceil(config.bm).div_ceil(CLUSTER) * tiles_n;
-    let clusters = (sms / CLUSTER).max(1);
-    let rounds = units.div_ceil(clusters);
-    units as f64 / (rounds * clusters) as f64 * shape.n as f64 / (tiles_n * config.bn) as f64
-}
+#[path = "gemm_fp8_configs.rs"]
+mod configs;
+pub use configs::{plan_fp8, round_fill, Fp8Config, FP8_CONFIGS};
 
 /// `C[m, n] = a.scale_inv·b.scale_inv · Σ_k A[m, k]·B[n, k] (+ bias[n])` on the GPU, FP8
 /// operands, f32 accumulation in the tensor core's precision, output f32, f16 or bf16 (see the
@@ -383,7 +211,7 @@ pub fn gemm_fp8_with<C: Fp8Output>(
     bias: Option<&dyn DevicePtr<f32>>,
     c: &mut impl DevicePtrMut<C>,
 ) -> Result<()> {
-    launch(gpu, config, shape, (a, b, bias), false, c, None)
+    launch(gpu, config, shape, (a, b, bias), false, c, (None, None))
 }
 
 /// [`gemm_fp8_relu`] with the tile configuration `config` instead of the planner's. For
@@ -398,7 +226,52 @@ pub fn gemm_fp8_relu_with<C: Fp8Output>(
     bias: Option<&dyn DevicePtr<f32>>,
     c: &mut impl DevicePtrMut<C>,
 ) -> Result<()> {
-    launch(gpu, config, shape, (a, b, bias), true, c, None)
+    launch(gpu, config, shape, (a, b, bias), true, c, (None, None))
+}
+
+/// [`gemm_fp8_relu`] that also writes the ReLU mask the backward needs, so that it need not
+/// read `c` again: bit `c % 32` of `relu_mask[r·⌈n/32⌉ + c/32]` is set where `c[r][c]`, as
+/// stored (after the rounding to `C`), is in (0, +inf]; the other bits, and those past `n`, are
+/// 0. [`crate::cpu::relu::mask`] is its CPU twin, and
+/// [`crate::ops::fp8::cast_transpose_dbias`] reads it ([`crate::ops::fp8::ReluSource::Mask`]).
+/// Errors: as [`gemm_fp8`], and [`Error::ShapeMismatch`] unless `relu_mask` holds `m·⌈n/32⌉`
+/// words.
+pub fn gemm_fp8_relu_masked<C: Fp8Output>(
+    gpu: &Gpu,
+    shape: GemmShape,
+    a: &Fp8Operand<'_>,
+    b: &Fp8Operand<'_>,
+    bias: Option<&dyn DevicePtr<f32>>,
+    c: &mut impl DevicePtrMut<C>,
+    relu_mask: &mut dyn DevicePtrMut<u32>,
+) -> Result<()> {
+    let config = plan_fp8(shape, gpu.info().multiprocessors);
+    gemm_fp8_relu_masked_with(gpu, config, shape, a, b, bias, c, relu_mask)
+}
+
+/// [`gemm_fp8_relu_masked`] with the tile configuration `config` instead of the planner's. For
+/// ampkit's tests and benchmarks; not part of the stable API.
+#[doc(hidden)]
+#[allow(clippy::too_many_arguments)] // gemm_fp8_relu_with's arguments and the mask
+pub fn gemm_fp8_relu_masked_with<C: Fp8Output>(
+    gpu: &Gpu,
+    config: Fp8Config,
+    shape: GemmShape,
+    a: &Fp8Operand<'_>,
+    b: &Fp8Operand<'_>,
+    bias: Option<&dyn DevicePtr<f32>>,
+    c: &mut impl DevicePtrMut<C>,
+    relu_mask: &mut dyn DevicePtrMut<u32>,
+) -> Result<()> {
+    launch(
+        gpu,
+        config,
+        shape,
+        (a, b, bias),
+        true,
+        c,
+        (None, Some(relu_mask)),
+    )
 }
 
 /// [`gemm_fp8`] that also reports a non-finite output: when the kernel stores an inf or NaN into
@@ -434,7 +307,15 @@ pub fn gemm_fp8_checked_with<C: Fp8Output>(
     nonfinite: &mut dyn DevicePtrMut<u32>,
 ) -> Result<()> {
     expect_len(OP, "nonfinite", nonfinite.len(), 1, "one word")?;
-    launch(gpu, config, shape, (a, b, bias), false, c, Some(nonfinite))
+    launch(
+        gpu,
+        config,
+        shape,
+        (a, b, bias),
+        false,
+        c,
+        (Some(nonfinite), None),
+    )
 }
 
 /// The checks and the launch of `config`, with the ReLU epilogue when `relu`.
@@ -449,9 +330,21 @@ fn launch<C: Fp8Output>(
     ),
     relu: bool,
     c: &mut impl DevicePtrMut<C>,
-    nonfinite: Option<&mut dyn DevicePtrMut<u32>>,
+    (nonfinite, relu_mask): (
+        Option<&mut dyn DevicePtrMut<u32>>,
+        Option<&mut dyn DevicePtrMut<u32>>,
+    ),
 ) -> Result<()> {
     check_args(shape, a, b, bias.map(|b| b.len()), c.len())?;
+    if let Some(mask) = &relu_mask {
+        let words = shape.m.checked_mul(shape.n.div_ceil(32)).ok_or_else(|| {
+            invalid(format!(
+                "the ReLU mask of {} × {} overflows",
+                shape.m, shape.n
+            ))
+        })?;
+        expect_len(OP, "relu_mask", mask.len(), words, "m·⌈n/32⌉ words")?;
+    }
     let cc = gpu.info().compute_capability;
     if cc != (9, 0) {
         return Err(invalid(format!(
@@ -474,6 +367,8 @@ fn launch<C: Fp8Output>(
     let bias_ptr = bias.as_ref().map_or(0, |(p, _)| *p);
     let flag = nonfinite.map(|f| f.device_ptr_mut(stream));
     let flag_ptr = flag.as_ref().map_or(0, |(p, _)| *p);
+    let mask = relu_mask.map(|f| f.device_ptr_mut(stream));
+    let mask_ptr = mask.as_ref().map_or(0, |(p, _)| *p);
     for (name, p, align) in [
         ("A", a_ptr, 16),
         ("B", b_ptr, 16),
@@ -482,6 +377,7 @@ fn launch<C: Fp8Output>(
         ("A's scale_inv", sa_ptr, 4),
         ("B's scale_inv", sb_ptr, 4),
         ("nonfinite", flag_ptr, 4),
+        ("relu_mask", mask_ptr, 4),
     ] {
         if p % align != 0 {
             return Err(invalid(format!(
@@ -552,58 +448,20 @@ fn launch<C: Fp8Output>(
     args.push(m as i32).push(n as i32).push(k as i32);
     // Bit 2 of out_kind: the ReLU epilogue (OUT_RELU in the kernel).
     args.push(C::KIND | if relu { 4 } else { 0 }).push(GROUP_M);
-    args.push(flag_ptr);
+    args.push(flag_ptr).push(mask_ptr);
     // SAFETY: gemm_fp8_<config>_<formats>(TensorMap ta, TensorMap tb, TensorMap tc, void* C,
     // const float* bias, const float* a_scale_inv, const float* b_scale_inv, int M, int N, int K,
-    // int out_kind, int group_m, unsigned* nonfinite) matches the arguments. The tensor maps describe exactly A (m × k
-    // bytes), B (n × k bytes) and, for a TMA-store config, C (m × n elements of C, 16-byte
-    // aligned base and pitch as checked above); check_args proved those lengths and TMA clips
-    // every box to them; C holds m·n elements of the out_kind type and the plain epilogue
-    // bounds-checks every store; bias holds n f32, each scale one and nonfinite (null or) one
-    // u32; the grid is a multiple of
-    // the compiled cluster size (2). The guards above outlive the launch.
+    // int out_kind, int group_m, unsigned* nonfinite, unsigned* relu_mask) matches the
+    // arguments. The tensor maps describe exactly A (m × k bytes), B (n × k bytes) and, for a
+    // TMA-store config, C (m × n elements of C, 16-byte aligned base and pitch as checked
+    // above); check_args proved those lengths and TMA clips every box to them; C holds m·n
+    // elements of the out_kind type and the plain epilogue bounds-checks every store; bias
+    // holds n f32, each scale one, nonfinite (null or) one u32 and relu_mask (null or) m·⌈n/32⌉
+    // u32, of which the kernel writes word [r][c / 32] for r < m, c < n only; the grid is a
+    // multiple of the compiled cluster size (2). The guards above outlive the launch.
     unsafe { gpu.launch(&kernels::GEMM_FP8, kernel, cfg, &args) }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_planner_takes_p256s_or_p192s_for_large_products_and_pp128_for_small_ones() {
-        let plan = |m, n, k| plan_fp8(GemmShape::new(Layout::Forward, m, n, k), 132).name;
-        // 1376 units of 128×192 in 21 rounds of 66 clusters (98.5 % full) beat 1024 of 128×256
-        // in 16 (97.0 %); at N = 4096, 192-wide tiles pad the last column and fill fewer rounds.
-        assert_eq!(plan(8192, 8192, 8192), "p192s");
-        assert_eq!(plan(4096, 4096, 8192), "p256s");
-        assert_eq!(plan(8192, 4096, 4096), "p256s");
-        let fill = |cfg: usize| {
-            round_fill(
-                FP8_CONFIGS[cfg],
-                GemmShape::new(Layout::Forward, 8192, 8192, 8192),
-                132,
-            )
-        };
-        assert!((fill(3) - 1024.0 / 1056.0).abs() < 1e-12);
-        assert!((fill(6) - 1376.0 / 1386.0 * 8192.0 / 8256.0).abs() < 1e-12);
-        // Too few 128×256 units for two rounds of 66 clusters.
-        assert_eq!(plan(1024, 1024, 8192), "pp128");
-        assert_eq!(plan(4096, 512, 784), "pp128");
-        for c in FP8_CONFIGS {
-            // A TMA-store config falls back to a plain one with the same tiles.
-            let plain = c.plain();
-            assert!(
-                !plain.tma_store,
-                "{}: no plain config with its tiles",
-                c.name
-            );
-            assert_eq!((plain.bm, plain.bn), (c.bm, c.bn));
-            assert!(
-                c.shared_bytes() <= 227 * 1024,
-                "{}: {}",
-                c.name,
-                c.shared_bytes()
-            );
-        }
-    }
-}
+#[path = "gemm_fp8_tests.rs"]
+mod tests;

@@ -10,14 +10,14 @@
 //! allocated once, so the step stays capturable as a CUDA graph.
 
 use super::cpu_fp8::{fresh_states, GRAD, INPUT, WEIGHT};
-use super::half::TrainHalf;
+use super::half::{ReluIn, TrainHalf};
 use crate::amp::Fp8Recipe;
 use crate::cpu::fp8::{transpose_ld, Fp8Format, ScalingState};
 use crate::cuda::{DeviceBuffer, Gpu};
 use crate::error::{Error, Result};
 use crate::nn::MlpConfig;
 use crate::ops::fp8::{gather_cast_transpose_with_weights, update_scales, Fp8Scales, WeightCast};
-use crate::ops::gemm_fp8::{gemm_fp8, gemm_fp8_checked, gemm_fp8_relu, Fp8Operand};
+use crate::ops::gemm_fp8::{gemm_fp8, gemm_fp8_checked, gemm_fp8_relu_masked, Fp8Operand};
 use crate::shape::{GemmShape, Layout};
 use cudarc::driver::{CudaView, CudaViewMut};
 
@@ -75,6 +75,11 @@ pub(crate) struct Fp8Bufs {
     /// The output gradient `[b, out]` and its transpose `[out, ld(b)]`.
     dq: DeviceBuffer<u8>,
     dqt: DeviceBuffer<u8>,
+    /// The ReLU mask of the output (`[b, ⌈out/32⌉]` words), written by a forward with a ReLU and
+    /// read by the backward's cast instead of the output.
+    relu_mask: DeviceBuffer<u32>,
+    /// The rows `relu_mask` holds for the last forward (none: that forward had no ReLU).
+    mask_rows: Option<usize>,
     /// `xq` and `xqt` already hold this step's input ([`gather_input`]): the next forward skips
     /// its input cast (and clears this).
     input_ready: bool,
@@ -108,6 +113,8 @@ impl Fp8Bufs {
             wqt: z(fan_in * out)?,
             dq: z(batch * out)?,
             dqt: z(out * ldb)?,
+            relu_mask: gpu.alloc_zeros::<u32>((batch * out.div_ceil(32)).max(1))?,
+            mask_rows: None,
             input_ready: false,
             weight_ready: false,
         })
@@ -187,10 +194,17 @@ pub(crate) fn forward<H: TrainHalf>(
     let (xq, wq) = (bufs.xq.slice(..b * fan_in), bufs.wq.slice(..));
     let (a, bm) = (operand(&xq, f, &sx), operand(&wq, f, &sw));
     let shape = GemmShape::new(Layout::Forward, b, out, fan_in);
+    bufs.mask_rows = None;
     match dst {
         Fp8Out::Z(mut z) => gemm_fp8(gpu, shape, &a, &bm, Some(bias), &mut z),
         Fp8Out::Plain(mut y) => gemm_fp8(gpu, shape, &a, &bm, Some(bias), &mut y),
-        Fp8Out::Relu(mut y) => gemm_fp8_relu(gpu, shape, &a, &bm, Some(bias), &mut y),
+        Fp8Out::Relu(mut y) => {
+            // The ReLU mask beside the output: the backward's cast reads it instead of y.
+            let mut mask = bufs.relu_mask.slice_mut(..b * out.div_ceil(32));
+            gemm_fp8_relu_masked(gpu, shape, &a, &bm, Some(bias), &mut y, &mut mask)?;
+            bufs.mask_rows = Some(b);
+            Ok(())
+        }
     }
 }
 
@@ -350,9 +364,13 @@ pub(crate) fn backward<H: TrainHalf>(
     {
         let q = bufs.dq.slice_mut(..b * out);
         let qt = bufs.dqt.slice_mut(..out * ldb);
-        let (grad, relu_out) = match &dz {
-            Fp8Grad::Plain(g) => (g, None),
-            Fp8Grad::Relu { grad, relu_out } => (grad, Some(relu_out)),
+        // The ReLU backward reads the forward's mask when it wrote one for these rows.
+        let mask =
+            (bufs.mask_rows == Some(b)).then(|| bufs.relu_mask.slice(..b * out.div_ceil(32)));
+        let (grad, relu) = match (&dz, &mask) {
+            (Fp8Grad::Plain(g), _) => (g, None),
+            (Fp8Grad::Relu { grad, .. }, Some(m)) => (grad, Some(ReluIn::Mask(m))),
+            (Fp8Grad::Relu { grad, relu_out }, None) => (grad, Some(ReluIn::Output(relu_out))),
         };
         cast(
             gpu,
@@ -361,12 +379,12 @@ pub(crate) fn backward<H: TrainHalf>(
             tg,
             q,
             qt,
-            |gpu, scale, q, qt, amax| match (dbias, relu_out) {
-                (Some(db), _) => H::cast_transpose_dbias_fp8(
+            |gpu, scale, q, qt, amax| match (dbias, relu) {
+                (Some(db), relu) => H::cast_transpose_dbias_fp8(
                     gpu,
                     gf,
                     grad,
-                    relu_out,
+                    relu,
                     (b, out),
                     scale,
                     q,

@@ -15,6 +15,15 @@ use crate::optim::HalfCopy;
 use cudarc::driver::{CudaView, CudaViewMut};
 use half::{bf16, f16};
 
+/// Where an FP8 layer's ReLU backward reads which elements its forward's ReLU passed: the
+/// output, or its ReLU mask ([`crate::ops::fp8::ReluSource`]).
+pub(crate) enum ReluIn<'a, H> {
+    /// The layer's output after its ReLU.
+    Output(&'a CudaView<'a, H>),
+    /// Its ReLU mask (`rows·⌈cols/32⌉` words).
+    Mask(&'a CudaView<'a, u32>),
+}
+
 /// A 16-bit training type: f16 or bf16.
 pub(crate) trait TrainHalf:
     GemmOperand
@@ -56,14 +65,14 @@ pub(crate) trait TrainHalf:
         amax: &mut CudaViewMut<'_, f32>,
     ) -> Result<()>;
     /// [`crate::ops::fp8::cast_transpose_dbias`] of a `[rows, cols]` output gradient of this
-    /// type, with the ReLU backward on `relu_out` when given (bf16 only, as
+    /// type, with the ReLU backward on `relu` when given (bf16 only, as
     /// [`TrainHalf::cast_transpose_fp8`]).
     #[allow(clippy::too_many_arguments)] // the cast's own arguments
     fn cast_transpose_dbias_fp8(
         gpu: &Gpu,
         format: Fp8Format,
         grad: &CudaView<'_, Self>,
-        relu_out: Option<&CudaView<'_, Self>>,
+        relu: Option<ReluIn<'_, Self>>,
         rows_cols: (usize, usize),
         scale: &CudaView<'_, f32>,
         q: &mut CudaViewMut<'_, u8>,
@@ -104,7 +113,7 @@ impl TrainHalf for f16 {
         _: &Gpu,
         _: Fp8Format,
         _: &CudaView<'_, f16>,
-        _: Option<&CudaView<'_, f16>>,
+        _: Option<ReluIn<'_, f16>>,
         _: (usize, usize),
         _: &CudaView<'_, f32>,
         _: &mut CudaViewMut<'_, u8>,
@@ -148,7 +157,7 @@ impl TrainHalf for bf16 {
         gpu: &Gpu,
         format: Fp8Format,
         grad: &CudaView<'_, bf16>,
-        relu_out: Option<&CudaView<'_, bf16>>,
+        relu: Option<ReluIn<'_, bf16>>,
         rows_cols: (usize, usize),
         scale: &CudaView<'_, f32>,
         q: &mut CudaViewMut<'_, u8>,
@@ -156,12 +165,16 @@ impl TrainHalf for bf16 {
         amax: &mut CudaViewMut<'_, f32>,
         dbias: &mut DeviceBuffer<f32>,
     ) -> Result<()> {
-        let relu_out = relu_out.map(|y| y as &dyn cudarc::driver::DevicePtr<bf16>);
+        use crate::ops::fp8::ReluSource;
+        let relu = relu.map(|r| match r {
+            ReluIn::Output(y) => ReluSource::Output(y),
+            ReluIn::Mask(m) => ReluSource::Mask(m),
+        });
         crate::ops::fp8::cast_transpose_dbias(
             gpu,
             format,
             grad,
-            relu_out,
+            relu,
             rows_cols,
             scale,
             Some(q),

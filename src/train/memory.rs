@@ -97,8 +97,9 @@ pub(crate) fn gpu_model_bytes(cfg: &TrainConfig) -> Option<u64> {
 }
 
 /// Device bytes of the FP8 layers' casts (`--precision fp8`): per FP8 layer its input, weight
-/// and output gradient in FP8, each also transposed (the transposes padded to 16 rows), and
-/// three amax histories with their scales.
+/// and output gradient in FP8, each also transposed (the transposes padded to 16 rows), its
+/// output's ReLU mask (a bit per element, in 32-bit words per row), and three amax histories
+/// with their scales.
 fn fp8_bytes(m: &MlpConfig, rows: u64) -> Option<u64> {
     let mut n: u64 = 0;
     for l in (0..m.linear_count()).filter(|&l| m.fp8_layer(l)) {
@@ -110,10 +111,12 @@ fn fp8_bytes(m: &MlpConfig, rows: u64) -> Option<u64> {
         let history = (m.fp8.history_len as u64)
             .checked_add(2)?
             .checked_mul(3 * 4)?;
+        let mask = rows.checked_mul(out.div_ceil(32).checked_mul(4)?)?;
         n = n.checked_add(
             acts.checked_add(weight)?
                 .checked_mul(2)?
-                .checked_add(history)?,
+                .checked_add(history)?
+                .checked_add(mask)?,
         )?;
     }
     Some(n)
