@@ -120,11 +120,16 @@ __device__ __forceinline__ float overflow_at(int out_kind) {
 constexpr int OUT_BOX_BYTES = 64 * 128;  // one TMA-store box: 64 rows × 128 bytes, 128-byte swizzle
 
 // Whether a ReLU output, rounded to the output type, passed (is in (0, +inf]): the bit the ReLU
-// mask keeps for the backward (relu.cu's test on the stored value). f32: v itself; 16-bit: the
-// rounded bits, one less than the infinity's bits or below it.
-__device__ __forceinline__ bool passed_f32(float v) { return v > 0.f; }
-__device__ __forceinline__ bool passed_bits16(uint32_t h, int out_kind) {
-    return (h & 0xFFFFu) - 1u < (out_kind == OUT_F16 ? 0x7C00u : 0x7F80u);
+// mask keeps for the backward (relu.cu's test on the stored value), decided on the f32 value v
+// (≥ +0 or NaN after the ReLU) before its rounding. v passes when its bits lie in
+// (zero_below, 0x7F800000]: zero_below is the largest f32 that rounds to +0 in the output type
+// (f32: +0 itself; bf16: 2^-134, a tie to even; f16: 2^-25, likewise); NaNs lie above +inf.
+// One subtraction and one unsigned compare.
+__device__ __forceinline__ uint32_t zero_below(int out_kind) {
+    return out_kind == OUT_F32 ? 0u : out_kind == OUT_F16 ? 0x33000000u : 0x00008000u;
+}
+__device__ __forceinline__ bool passed(float v, uint32_t zero_below) {
+    return __float_as_uint(v) - (zero_below + 1u) < 0x7F800000u - zero_below;
 }
 
 // What one consumer's 64-row slice of output needs besides its accumulators.
@@ -135,6 +140,7 @@ struct SliceOut {
     const float* tile_bias;  // the tile's BN bias values staged in shared memory (0 past N), or null
     unsigned* relu_mask;     // the ReLU mask (bit c % 32 of word [row][c / 32]), or null
     int mask_words;          // words per mask row: ⌈N / 32⌉
+    uint32_t zero_below;     // zero_below(out_kind), for passed()
     int row0, col0, M, N;
     bool check;
 };
@@ -144,11 +150,23 @@ struct SliceOut {
 // a ReLU mask, also the box's mask words (CW / 32 per row).
 // wgmma m64nN accumulators: rows 16w + lane/4 (+8), columns 8q + 2·(lane%4) (+1) in d[4q..4q+3].
 // Row r of a box starts at 128·r; its 16-byte unit u sits at u ^ (r % 8).
-template <int ESZ, int BN>
+// OUTK is the output type (out_kind) as a template argument: the 16-bit conversion without a
+// select between two, and fewer live predicates.
+template <int OUTK, int BN>
 __device__ __forceinline__ void fill_box(const float (&d)[BN / 2], uint32_t box, int ch, const SliceOut& o,
                                          int warp, int lane, bool& bad) {
+    constexpr int ESZ = OUTK == OUT_F32 ? 4 : 2;
     constexpr int CW = 128 / ESZ, SPANS = CW / 32;
     const int r = 16 * warp + lane / 4, c = 2 * (lane % 4);
+    // Row r (+8) of the box: its base address with this lane's bytes and the row's swizzle
+    // folded in, so that 16-byte unit u is one xor away (box + 128·row is a multiple of 128; the
+    // lane's bytes and the swizzled unit occupy bits 2..6).
+    uint32_t row_base[2];
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+        const int row = r + 8 * hf;
+        row_base[hf] = box + row * 128 + ((row & 7) << 4) + (ESZ == 4 ? 8 * (lane & 1) : 4 * (lane % 4));
+    }
     // The box's bias values first, before the shared stores below (asm with a memory clobber,
     // which would keep each later load behind the store before it).
     float2 bv[CW / 8];
@@ -165,34 +183,30 @@ __device__ __forceinline__ void fill_box(const float (&d)[BN / 2], uint32_t box,
         const float b0 = bv[qq].x, b1 = bv[qq].y;
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
-            const int row = r + 8 * hf;
             float v0 = fmaf(d[4 * q + 2 * hf], o.scale, b0), v1 = fmaf(d[4 * q + 2 * hf + 1], o.scale, b1);
-            if (o.relu) {
-                // As gemm_epilogue.cuh's ReLU: NaN kept, everything not above 0 → +0.
-                v0 = (v0 > 0.f || isnan(v0)) ? v0 : 0.f;
-                v1 = (v1 > 0.f || isnan(v1)) ? v1 : 0.f;
-            }
-            if (o.check) bad |= !(fabsf(v0) < overflow_at(o.out_kind) && fabsf(v1) < overflow_at(o.out_kind));
-            uint32_t passed;
+            // As gemm_epilogue.cuh's ReLU: NaN kept (it is not ≤ 0), everything not above 0 →
+            // +0; branch-free, one compare and one select per value.
+            v0 = o.relu && v0 <= 0.f ? 0.f : v0;
+            v1 = o.relu && v1 <= 0.f ? 0.f : v1;
+            if (o.check) bad |= !(fabsf(v0) < overflow_at(OUTK) && fabsf(v1) < overflow_at(OUTK));
+            if (passed(v0, o.zero_below)) mw[qq / 4][hf] |= 1u << (8 * (qq % 4) + c);
+            if (passed(v1, o.zero_below)) mw[qq / 4][hf] |= 2u << (8 * (qq % 4) + c);
             if constexpr (ESZ == 4) {
-                passed = uint32_t(passed_f32(v0)) | uint32_t(passed_f32(v1)) << 1;
                 const uint32_t unit = 2 * qq + (lane % 4) / 2;
-                const uint32_t addr = box + row * 128 + ((unit ^ (row & 7)) << 4) + 8 * (lane & 1);
+                const uint32_t addr = row_base[hf] ^ (unit << 4);
                 asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(v0), "f"(v1) : "memory");
             } else {
                 uint32_t bits;
-                if (o.out_kind == OUT_F16) {
+                if constexpr (OUTK == OUT_F16) {
                     const __half2 h = __floats2half2_rn(v0, v1);
                     bits = *reinterpret_cast<const uint32_t*>(&h);
                 } else {
                     const __nv_bfloat162 h = __floats2bfloat162_rn(v0, v1);
                     bits = *reinterpret_cast<const uint32_t*>(&h);
                 }
-                passed = uint32_t(passed_bits16(bits, o.out_kind)) | uint32_t(passed_bits16(bits >> 16, o.out_kind)) << 1;
-                const uint32_t addr = box + row * 128 + ((qq ^ (row & 7)) << 4) + 4 * (lane % 4);
+                const uint32_t addr = row_base[hf] ^ (uint32_t(qq) << 4);
                 asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(bits) : "memory");
             }
-            mw[qq / 4][hf] |= passed << (8 * (qq % 4) + c);
         }
     }
     if (o.relu_mask) {  // uniform: every lane of the warp is here
@@ -223,11 +237,11 @@ __device__ __forceinline__ void fill_box(const float (&d)[BN / 2], uint32_t box,
 // - A smaller ring: box after box, each store issued while the warps fill the next box; before
 //   the barrier of box i that thread waits until the store of box i+1-RING has read its box, so
 //   box i+1 may overwrite it (with two boxes, the store issued just before).
-template <int ESZ, int BN, int RING>
+template <int OUTK, int BN, int RING>
 __device__ __forceinline__ void store_slice_tma(const float (&d)[BN / 2], const TensorMap& tc,
                                                 uint32_t s_out, uint32_t& nbox, const SliceOut& o,
                                                 int warp, int lane, int bar_id, bool& bad) {
-    constexpr int CW = 128 / ESZ;
+    constexpr int CW = 128 / (OUTK == OUT_F32 ? 4 : 2);
     const bool leader = warp == 0 && lane == 0;
     if constexpr (RING * CW >= BN) {
         if (leader) bulk_wait_read();
@@ -235,7 +249,7 @@ __device__ __forceinline__ void store_slice_tma(const float (&d)[BN / 2], const 
 #pragma unroll
         for (int ch = 0; ch < BN / CW; ++ch) {
             if (o.col0 + ch * CW >= o.N) break;  // uniform: the tile's last columns are past N
-            fill_box<ESZ, BN>(d, s_out + ch * OUT_BOX_BYTES, ch, o, warp, lane, bad);
+            fill_box<OUTK, BN>(d, s_out + ch * OUT_BOX_BYTES, ch, o, warp, lane, bad);
         }
         fence_proxy_async();
         asm volatile("bar.sync %0, 128;\n" ::"r"(bar_id) : "memory");
@@ -249,7 +263,7 @@ __device__ __forceinline__ void store_slice_tma(const float (&d)[BN / 2], const 
         for (int ch = 0; ch < BN / CW; ++ch) {
             if (o.col0 + ch * CW >= o.N) break;  // uniform: the tile's last columns are past N
             const uint32_t box = s_out + (nbox % RING) * OUT_BOX_BYTES;
-            fill_box<ESZ, BN>(d, box, ch, o, warp, lane, bad);
+            fill_box<OUTK, BN>(d, box, ch, o, warp, lane, bad);
             fence_proxy_async();
             if (leader) bulk_wait_read<RING - 2>();
             asm volatile("bar.sync %0, 128;\n" ::"r"(bar_id) : "memory");
@@ -462,11 +476,14 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
                 for (int h = 0; h < SLICES; ++h) {
                     const int row0 = t.x + 64 * (PINGPONG ? h : cw);
                     if (row0 >= M) continue;  // the pad block of an odd number of tile-rows
-                    const SliceOut o{out_kind, relu, scale, tile_bias, relu_mask, mask_words, row0, t.y, M, N, check};
+                    const SliceOut o{out_kind, relu,      scale, tile_bias, relu_mask, mask_words,
+                                     zero_below(out_kind), row0, t.y, M, N, check};
                     if (out_kind == OUT_F32) {
-                        store_slice_tma<4, BN, RING>(d[h], tc, s_out, nbox, o, warp, lane, 2 + cw, bad);
+                        store_slice_tma<OUT_F32, BN, RING>(d[h], tc, s_out, nbox, o, warp, lane, 2 + cw, bad);
+                    } else if (out_kind == OUT_F16) {
+                        store_slice_tma<OUT_F16, BN, RING>(d[h], tc, s_out, nbox, o, warp, lane, 2 + cw, bad);
                     } else {
-                        store_slice_tma<2, BN, RING>(d[h], tc, s_out, nbox, o, warp, lane, 2 + cw, bad);
+                        store_slice_tma<OUT_BF16, BN, RING>(d[h], tc, s_out, nbox, o, warp, lane, 2 + cw, bad);
                     }
                 }
                 continue;
@@ -510,10 +527,10 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
                                                    fmaf(a.z, scale, bv[2]), fmaf(a.w, scale, bv[3]));
                             if (relu) {
                                 // As gemm_epilogue.cuh's ReLU: NaN kept, everything not above 0 → +0.
-                                v.x = (v.x > 0.f || isnan(v.x)) ? v.x : 0.f;
-                                v.y = (v.y > 0.f || isnan(v.y)) ? v.y : 0.f;
-                                v.z = (v.z > 0.f || isnan(v.z)) ? v.z : 0.f;
-                                v.w = (v.w > 0.f || isnan(v.w)) ? v.w : 0.f;
+                                v.x = v.x <= 0.f ? 0.f : v.x;
+                                v.y = v.y <= 0.f ? 0.f : v.y;
+                                v.z = v.z <= 0.f ? 0.f : v.z;
+                                v.w = v.w <= 0.f ? 0.f : v.w;
                             }
                             // Only the columns inside N: past it the staging holds padding.
                             const float cv[4] = {v.x, v.y, v.z, v.w};
@@ -526,17 +543,8 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
                                 // The row's 32 columns of this chunk: one word from its 8 lanes.
                                 uint32_t w = 0;
 #pragma unroll
-                                for (int q = 0; q < 4; ++q) {
-                                    bool passed;
-                                    if (out_kind == OUT_F32) {
-                                        passed = passed_f32(cv[q]);
-                                    } else if (out_kind == OUT_F16) {
-                                        passed = passed_bits16(__half_as_ushort(__float2half_rn(cv[q])), out_kind);
-                                    } else {
-                                        passed = passed_bits16(__bfloat16_as_ushort(__float2bfloat16_rn(cv[q])), out_kind);
-                                    }
-                                    w |= uint32_t(col + q < N && passed) << (sc + q);
-                                }
+                                for (int q = 0; q < 4; ++q)
+                                    w |= uint32_t(col + q < N && passed(cv[q], zero_below(out_kind))) << (sc + q);
                                 const unsigned row_lanes = 0xFFu << (lane & 24);
                                 w |= __shfl_xor_sync(row_lanes, w, 1);
                                 w |= __shfl_xor_sync(row_lanes, w, 2);
