@@ -16,11 +16,12 @@ namespace bias_grad_finish_detail {
 
 constexpr int kFinishCols = 32, kFinishSplits = 128, kFinishThreads = 256;
 
+// Column block `block` (columns block·kFinishCols ..) of one bias.
 __device__ __forceinline__ void finish(const float* __restrict__ partial, int splits, int cols,
-                                       float* __restrict__ db) {
+                                       float* __restrict__ db, int block) {
     __shared__ float chunk[kFinishSplits][kFinishCols + 1];
     const int lc = threadIdx.x % kFinishCols, lanes = kFinishThreads / kFinishCols;
-    const int c = blockIdx.x * kFinishCols + lc;
+    const int c = block * kFinishCols + lc;
     float s = 0.f;
     for (int base = 0; base < splits; base += kFinishSplits) {
         const int n = min(kFinishSplits, splits - base);

@@ -24,6 +24,7 @@
 //   fp8_bias_grad_finish(partial, splits, cols, db): the dbias casts' second pass, gemm.cu's
 //     bias_grad_finish (bias_grad_finish.cuh) in this module so that Hopper launches it as a
 //     dependent of the cast before it.
+//   fp8_bias_grad_finish_many(jobs): fp8_bias_grad_finish for up to 4 biases in one launch.
 //   fp8_gather_cast_transpose_{f32,coded}_e4m3_{v4,v1}(pixels…, q, qt, …, scale, amax, weights):
 //     the step's input stage (augment.cu's batch gather, rounded to bf16) cast straight into
 //     the first FP8 layer's E4M3 input and transpose, plus up to 4 f32 master weights' casts
@@ -549,7 +550,28 @@ AMPKIT_GATHER_CAST(coded, augment_pixels::CodedPixels,
 extern "C" __global__ void __launch_bounds__(bias_grad_finish_detail::kFinishThreads)
     fp8_bias_grad_finish(const float* __restrict__ partial, int splits, int cols, float* __restrict__ db) {
     pdl_start();
-    bias_grad_finish_detail::finish(partial, splits, cols, db);
+    bias_grad_finish_detail::finish(partial, splits, cols, db, blockIdx.x);
+}
+
+// The dbias casts' second pass for several biases in one launch (the training step finishes
+// every FP8 layer's bias gradient together, after its backward): job j takes ⌈cols_j / 32⌉
+// blocks, in job order; each block is fp8_bias_grad_finish's.
+constexpr int kMaxFinishJobs = 4;
+struct FinishJobs {
+    const float* partial[kMaxFinishJobs];
+    float* db[kMaxFinishJobs];
+    int splits[kMaxFinishJobs];
+    int cols[kMaxFinishJobs];
+    int count;
+};
+extern "C" __global__ void __launch_bounds__(bias_grad_finish_detail::kFinishThreads)
+    fp8_bias_grad_finish_many(const __grid_constant__ FinishJobs jobs) {
+    pdl_start();
+    constexpr int kCols = bias_grad_finish_detail::kFinishCols;
+    int block = blockIdx.x, j = 0;
+    while (j < jobs.count && block >= (jobs.cols[j] + kCols - 1) / kCols) block -= (jobs.cols[j] + kCols - 1) / kCols, ++j;
+    if (j >= jobs.count) return;  // uniform: the whole block
+    bias_grad_finish_detail::finish(jobs.partial[j], jobs.splits[j], jobs.cols[j], jobs.db[j], block);
 }
 
 extern "C" __global__ void __launch_bounds__(kThreads)

@@ -437,7 +437,7 @@ extern "C" __global__ void bias_grad_partial_f32(const float* dy, int rows, int 
 // split order. Launch: 256 threads, ceil(cols / 32) blocks.
 extern "C" __global__ void __launch_bounds__(bias_grad_finish_detail::kFinishThreads)
     bias_grad_finish(const float* __restrict__ partial, int splits, int cols, float* __restrict__ db) {
-    bias_grad_finish_detail::finish(partial, splits, cols, db);
+    bias_grad_finish_detail::finish(partial, splits, cols, db, blockIdx.x);
 }
 
 #endif  // !AMPKIT_GEMM_BF16

@@ -253,6 +253,117 @@ fn cast_transpose_dbias_of_large_matrices_loops_over_tiles() {
     );
 }
 
+/// `cast_transpose_dbias_partial` then `bias_grad_finish_many`, five biases at once (two
+/// launches: four jobs, then one), give `cast_transpose_dbias`'s codes and bias gradients bit
+/// for bit.
+#[test]
+fn partial_sums_finished_together_equal_the_one_pass_cast() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = rng("fp8 cast_transpose_dbias partial");
+    let shapes = [(130, 100), (64, 68), (1, 17), (257, 4), (63, 9)];
+    let f = Fp8Format::E5M2;
+    let scale = gpu.upload(&[4f32]).unwrap();
+    let mut partials = Vec::new();
+    let mut dbiases = Vec::new();
+    for (i, &(rows, cols)) in shapes.iter().enumerate() {
+        let g: Vec<bf16> = (0..rows * cols).map(|_| grad(&mut rng)).collect();
+        let y: Vec<bf16> = (0..rows * cols).map(|_| relu_out(&mut rng)).collect();
+        // One spare element each: no empty allocation when rows = 0.
+        let spare = |v: &[bf16]| gpu.upload(&[v, &[bf16::NAN]].concat()).unwrap();
+        let (g_buf, y_buf) = (spare(&g), spare(&y));
+        let (dg, dy) = (g_buf.slice(..rows * cols), y_buf.slice(..rows * cols));
+        let ld = transpose_ld(rows).unwrap();
+        let relu = (i % 2 == 0).then_some(ReluSource::Output(&dy));
+        // The one-pass cast.
+        let mut qt1 = gpu.upload(&vec![POISON; cols * ld]).unwrap();
+        let mut amax1 = gpu.upload(&[0f32]).unwrap();
+        let mut db1 = gpu.upload(&vec![f32::NAN; cols]).unwrap();
+        ops::fp8::cast_transpose_dbias(
+            &gpu,
+            f,
+            &dg,
+            relu,
+            (rows, cols),
+            &scale,
+            None,
+            &mut qt1,
+            &mut amax1,
+            &mut db1,
+        )
+        .unwrap();
+        // The cast into tile sums, finished below.
+        let mut qt2 = gpu.upload(&vec![POISON; cols * ld]).unwrap();
+        let mut amax2 = gpu.upload(&[0f32]).unwrap();
+        // One spare element: no empty allocation when rows = 0.
+        let len = rows.div_ceil(64) * cols;
+        let mut partial = gpu.upload(&vec![f32::NAN; len + 1]).unwrap();
+        ops::fp8::cast_transpose_dbias_partial(
+            &gpu,
+            f,
+            &dg,
+            relu,
+            (rows, cols),
+            &scale,
+            None,
+            &mut qt2,
+            &mut amax2,
+            &mut partial.slice_mut(..len),
+        )
+        .unwrap();
+        assert_eq!(
+            gpu.download(&qt1).unwrap(),
+            gpu.download(&qt2).unwrap(),
+            "{rows}x{cols}: qt"
+        );
+        assert_eq!(
+            gpu.download(&amax1).unwrap()[0].to_bits(),
+            gpu.download(&amax2).unwrap()[0].to_bits(),
+            "{rows}x{cols}: amax"
+        );
+        partials.push((partial, len, rows));
+        dbiases.push((db1, gpu.upload(&vec![f32::NAN; cols]).unwrap()));
+    }
+    {
+        let views: Vec<_> = partials
+            .iter()
+            .map(|(p, len, rows)| (p.slice(..*len), *rows))
+            .collect();
+        let mut jobs: Vec<ops::fp8::BiasFinish<'_>> = views
+            .iter()
+            .zip(dbiases.iter_mut())
+            .map(|((partial, rows), (_, db2))| ops::fp8::BiasFinish {
+                partial,
+                rows: *rows,
+                dbias: db2,
+            })
+            .collect();
+        ops::fp8::bias_grad_finish_many(&gpu, &mut jobs).unwrap();
+    }
+    for (&(rows, cols), (db1, db2)) in shapes.iter().zip(&dbiases) {
+        let (want, got) = (gpu.download(db1).unwrap(), gpu.download(db2).unwrap());
+        for c in 0..cols {
+            assert!(
+                same_sum(got[c], want[c]),
+                "{rows}x{cols}: dbias[{c}] = {:e}, the one-pass cast's {:e}",
+                got[c],
+                want[c]
+            );
+        }
+    }
+    // A partial of the wrong length is refused before anything is launched.
+    let (short, mut db) = (
+        gpu.alloc_zeros::<f32>(3).unwrap(),
+        gpu.alloc_zeros::<f32>(2).unwrap(),
+    );
+    let mut jobs = [ops::fp8::BiasFinish {
+        partial: &short,
+        rows: 65,
+        dbias: &mut db,
+    }];
+    let e = ops::fp8::bias_grad_finish_many(&gpu, &mut jobs).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { .. }), "{e}");
+}
+
 #[test]
 fn bad_arguments_are_typed_errors() {
     let Some(gpu) = gpu() else { return };

@@ -125,8 +125,19 @@ mod tests {
     fn the_mask_holds_the_backward_test_row_by_row() {
         // 3 rows of 70 columns (3 words each, the last holding 6 columns): every special value.
         let (rows, cols) = (3, 70);
-        let specials = [1.0f32, 0.0, -0.0, -1.0, f32::NAN, f32::INFINITY, 1e-45, -1e-45];
-        let y: Vec<f32> = (0..rows * cols).map(|i| specials[(i * 7 + i / 5) % 8]).collect();
+        let specials = [
+            1.0f32,
+            0.0,
+            -0.0,
+            -1.0,
+            f32::NAN,
+            f32::INFINITY,
+            1e-45,
+            -1e-45,
+        ];
+        let y: Vec<f32> = (0..rows * cols)
+            .map(|i| specials[(i * 7 + i / 5) % 8])
+            .collect();
         let m = mask(&y, rows, cols).unwrap();
         assert_eq!(m.len(), rows * 3);
         let ones = vec![1f32; rows * cols];

@@ -24,7 +24,10 @@ use half::bf16;
 mod dbias;
 mod gather;
 mod scales;
-pub use dbias::{cast_transpose_dbias, ReluSource};
+pub use dbias::{
+    bias_grad_finish_many, cast_transpose_dbias, cast_transpose_dbias_partial, BiasFinish,
+    ReluSource,
+};
 pub(crate) use gather::{gather_cast_transpose_with_weights, WeightCast};
 pub use scales::{update_scales, Fp8Scales, MAX_HISTORY};
 

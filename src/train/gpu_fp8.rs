@@ -16,7 +16,10 @@ use crate::cpu::fp8::{transpose_ld, Fp8Format, ScalingState};
 use crate::cuda::{DeviceBuffer, Gpu};
 use crate::error::{Error, Result};
 use crate::nn::MlpConfig;
-use crate::ops::fp8::{gather_cast_transpose_with_weights, update_scales, Fp8Scales, WeightCast};
+use crate::ops::fp8::{
+    bias_grad_finish_many, gather_cast_transpose_with_weights, update_scales, BiasFinish,
+    Fp8Scales, WeightCast,
+};
 use crate::ops::gemm_fp8::{gemm_fp8, gemm_fp8_checked, gemm_fp8_relu_masked, Fp8Operand};
 use crate::shape::{GemmShape, Layout};
 use cudarc::driver::{CudaView, CudaViewMut};
@@ -80,6 +83,11 @@ pub(crate) struct Fp8Bufs {
     relu_mask: DeviceBuffer<u32>,
     /// The rows `relu_mask` holds for the last forward (none: that forward had no ReLU).
     mask_rows: Option<usize>,
+    /// The bias gradient's tile sums (`[⌈b/64⌉, out]`) from the backward's cast, which
+    /// [`finish_bias_grads`] adds into the bias gradient with the other FP8 layers'.
+    dbias_partial: DeviceBuffer<f32>,
+    /// The rows the pending tile sums cover (none: nothing to finish).
+    pending_dbias: Option<usize>,
     /// `xq` and `xqt` already hold this step's input ([`gather_input`]): the next forward skips
     /// its input cast (and clears this).
     input_ready: bool,
@@ -115,6 +123,8 @@ impl Fp8Bufs {
             dqt: z(out * ldb)?,
             relu_mask: gpu.alloc_zeros::<u32>((batch * out.div_ceil(32)).max(1))?,
             mask_rows: None,
+            dbias_partial: gpu.alloc_zeros::<f32>((batch.div_ceil(64) * out).max(1))?,
+            pending_dbias: None,
             input_ready: false,
             weight_ready: false,
         })
@@ -343,10 +353,12 @@ pub(crate) enum Fp8Grad<'a, H: TrainHalf> {
 }
 
 /// The backward of FP8 layer `bufs` from `dz` (`[b, out]`, the gradient of its GEMM output):
-/// its cast (amax recorded) and, given `dbias`, the bias gradient from the unquantised `dz` in
-/// the same pass; the f32 weight gradient into `dw` (checked into its flag word when one is
-/// given: [`gemm_fp8_checked`]) and, with `dx`, the input gradient (`[b, fan_in]`). A [`Fp8Grad::Relu`] gradient needs `dbias` (its ReLU backward is fused
-/// only into the cast with the bias gradient).
+/// its cast (amax recorded) and, with `dbias`, the bias gradient's tile sums from the
+/// unquantised `dz` in the same pass (pending in `bufs` until [`finish_bias_grads`] adds them
+/// up); the f32 weight gradient into `dw` (checked into its flag word when one is given:
+/// [`gemm_fp8_checked`]) and, with `dx`, the input gradient (`[b, fan_in]`). A
+/// [`Fp8Grad::Relu`] gradient needs `dbias` (its ReLU backward is fused only into the cast
+/// with the bias gradient).
 #[allow(clippy::too_many_arguments)] // one layer's operands and shapes
 pub(crate) fn backward<H: TrainHalf>(
     gpu: &Gpu,
@@ -355,7 +367,7 @@ pub(crate) fn backward<H: TrainHalf>(
     dz: Fp8Grad<'_, H>,
     (b, out, fan_in): (usize, usize, usize),
     (dw, nonfinite): (&mut DeviceBuffer<f32>, Option<&mut DeviceBuffer<u32>>),
-    dbias: Option<&mut DeviceBuffer<f32>>,
+    dbias: bool,
     dx: Option<CudaViewMut<'_, H>>,
 ) -> Result<()> {
     let (ff, gf) = (run.recipe.forward_format(), run.recipe.gradient_format());
@@ -367,6 +379,7 @@ pub(crate) fn backward<H: TrainHalf>(
         // The ReLU backward reads the forward's mask when it wrote one for these rows.
         let mask =
             (bufs.mask_rows == Some(b)).then(|| bufs.relu_mask.slice(..b * out.div_ceil(32)));
+        let mut partial = bufs.dbias_partial.slice_mut(..b.div_ceil(64) * out);
         let (grad, relu) = match (&dz, &mask) {
             (Fp8Grad::Plain(g), _) => (g, None),
             (Fp8Grad::Relu { grad, .. }, Some(m)) => (grad, Some(ReluIn::Mask(m))),
@@ -380,7 +393,7 @@ pub(crate) fn backward<H: TrainHalf>(
             q,
             qt,
             |gpu, scale, q, qt, amax| match (dbias, relu) {
-                (Some(db), relu) => H::cast_transpose_dbias_fp8(
+                (true, relu) => H::cast_transpose_dbias_partial_fp8(
                     gpu,
                     gf,
                     grad,
@@ -390,16 +403,17 @@ pub(crate) fn backward<H: TrainHalf>(
                     q,
                     qt,
                     amax,
-                    db,
+                    &mut partial,
                 ),
-                (None, None) => H::cast_transpose_fp8(gpu, gf, grad, b, out, scale, q, qt, amax),
-                (None, Some(_)) => Err(Error::InvalidArgument {
+                (false, None) => H::cast_transpose_fp8(gpu, gf, grad, b, out, scale, q, qt, amax),
+                (false, Some(_)) => Err(Error::InvalidArgument {
                     op: "train::GpuBackend",
                     detail: "an FP8 layer's ReLU backward without its bias gradient".into(),
                 }),
             },
         )?;
     }
+    bufs.pending_dbias = dbias.then_some(b);
     let (sx, sw, sg) = (
         run.scales.scale_inv(ti)?,
         run.scales.scale_inv(tw)?,
@@ -426,4 +440,31 @@ pub(crate) fn backward<H: TrainHalf>(
         )?;
     }
     Ok(())
+}
+
+/// Adds the pending bias-gradient tile sums of the FP8 layers' backwards into their bias
+/// gradients, all in one launch per 4 layers ([`bias_grad_finish_many`]): `layers` pairs each
+/// layer's buffers with its bias gradient. Layers with nothing pending are skipped; the pending
+/// sums are consumed.
+pub(crate) fn finish_bias_grads(
+    gpu: &Gpu,
+    layers: Vec<(&mut Fp8Bufs, &mut DeviceBuffer<f32>)>,
+) -> Result<()> {
+    let mut jobs = Vec::with_capacity(layers.len());
+    for (bufs, db) in layers {
+        let Some(rows) = bufs.pending_dbias.take() else {
+            continue;
+        };
+        let len = rows.div_ceil(64) * db.len();
+        jobs.push((bufs.dbias_partial.slice(..len), rows, db));
+    }
+    let mut finish: Vec<BiasFinish<'_>> = jobs
+        .iter_mut()
+        .map(|(partial, rows, db)| BiasFinish {
+            partial: &*partial,
+            rows: *rows,
+            dbias: &mut **db,
+        })
+        .collect();
+    bias_grad_finish_many(gpu, &mut finish)
 }

@@ -609,7 +609,8 @@ pub(crate) fn backward<H: TrainHalf>(
                     .expect("only relu_in_cast layers lack one");
                 Fp8Grad::Plain(dz.view(n).into_h())
             };
-            let dbias = (!head_did).then_some(gb);
+            // The bias gradient's tile sums wait in `bufs` for finish_bias_grads, below.
+            let dbias = !head_did;
             let dims = (b, out, fan_in);
             let flag = check_wgrad.then_some(&mut layer.wgrad_nonfinite);
             gpu_fp8::backward(gpu, fp8_run(fp8)?, bufs, src, dims, (gw, flag), dbias, dx)?;
@@ -666,6 +667,17 @@ pub(crate) fn backward<H: TrainHalf>(
             }
         }
     }
+    // Every FP8 layer's bias gradient from its cast's tile sums, in one launch: one short,
+    // latency-bound pass each would cost a launch of its own.
+    let mut bias_grads: Vec<Option<&mut DeviceBuffer<f32>>> = grads.iter_mut().map(Some).collect();
+    let pending = layers
+        .iter_mut()
+        .filter_map(|layer| {
+            let db = bias_grads.get_mut(layer.p.b)?.take()?;
+            Some((layer.fp8.as_mut()?, db))
+        })
+        .collect();
+    gpu_fp8::finish_bias_grads(gpu, pending)?;
     Ok(())
 }
 

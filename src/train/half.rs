@@ -64,11 +64,11 @@ pub(crate) trait TrainHalf:
         qt: &mut CudaViewMut<'_, u8>,
         amax: &mut CudaViewMut<'_, f32>,
     ) -> Result<()>;
-    /// [`crate::ops::fp8::cast_transpose_dbias`] of a `[rows, cols]` output gradient of this
-    /// type, with the ReLU backward on `relu` when given (bf16 only, as
-    /// [`TrainHalf::cast_transpose_fp8`]).
+    /// [`crate::ops::fp8::cast_transpose_dbias_partial`] of a `[rows, cols]` output gradient
+    /// of this type, with the ReLU backward on `relu` when given (bf16 only, as
+    /// [`TrainHalf::cast_transpose_fp8`]); the bias gradient's tile sums go to `partial`.
     #[allow(clippy::too_many_arguments)] // the cast's own arguments
-    fn cast_transpose_dbias_fp8(
+    fn cast_transpose_dbias_partial_fp8(
         gpu: &Gpu,
         format: Fp8Format,
         grad: &CudaView<'_, Self>,
@@ -78,7 +78,7 @@ pub(crate) trait TrainHalf:
         q: &mut CudaViewMut<'_, u8>,
         qt: &mut CudaViewMut<'_, u8>,
         amax: &mut CudaViewMut<'_, f32>,
-        dbias: &mut DeviceBuffer<f32>,
+        partial: &mut CudaViewMut<'_, f32>,
     ) -> Result<()>;
     /// The buffer as f16, for the fused classifier head (f16 only: `None` for bf16, whose step
     /// runs the unfused ops).
@@ -109,7 +109,7 @@ impl TrainHalf for f16 {
     ) -> Result<()> {
         Err(fp8_among_f16())
     }
-    fn cast_transpose_dbias_fp8(
+    fn cast_transpose_dbias_partial_fp8(
         _: &Gpu,
         _: Fp8Format,
         _: &CudaView<'_, f16>,
@@ -119,7 +119,7 @@ impl TrainHalf for f16 {
         _: &mut CudaViewMut<'_, u8>,
         _: &mut CudaViewMut<'_, u8>,
         _: &mut CudaViewMut<'_, f32>,
-        _: &mut DeviceBuffer<f32>,
+        _: &mut CudaViewMut<'_, f32>,
     ) -> Result<()> {
         Err(fp8_among_f16())
     }
@@ -153,7 +153,7 @@ impl TrainHalf for bf16 {
     ) -> Result<()> {
         crate::ops::fp8::cast_transpose(gpu, format, src, rows, cols, scale, Some(q), qt, amax)
     }
-    fn cast_transpose_dbias_fp8(
+    fn cast_transpose_dbias_partial_fp8(
         gpu: &Gpu,
         format: Fp8Format,
         grad: &CudaView<'_, bf16>,
@@ -163,14 +163,14 @@ impl TrainHalf for bf16 {
         q: &mut CudaViewMut<'_, u8>,
         qt: &mut CudaViewMut<'_, u8>,
         amax: &mut CudaViewMut<'_, f32>,
-        dbias: &mut DeviceBuffer<f32>,
+        partial: &mut CudaViewMut<'_, f32>,
     ) -> Result<()> {
         use crate::ops::fp8::ReluSource;
         let relu = relu.map(|r| match r {
             ReluIn::Output(y) => ReluSource::Output(y),
             ReluIn::Mask(m) => ReluSource::Mask(m),
         });
-        crate::ops::fp8::cast_transpose_dbias(
+        crate::ops::fp8::cast_transpose_dbias_partial(
             gpu,
             format,
             grad,
@@ -180,7 +180,7 @@ impl TrainHalf for bf16 {
             Some(q),
             qt,
             amax,
-            dbias,
+            partial,
         )
     }
     fn as_f16(_: &DeviceBuffer<bf16>) -> Option<&DeviceBuffer<f16>> {

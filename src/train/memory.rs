@@ -98,8 +98,8 @@ pub(crate) fn gpu_model_bytes(cfg: &TrainConfig) -> Option<u64> {
 
 /// Device bytes of the FP8 layers' casts (`--precision fp8`): per FP8 layer its input, weight
 /// and output gradient in FP8, each also transposed (the transposes padded to 16 rows), its
-/// output's ReLU mask (a bit per element, in 32-bit words per row), and three amax histories
-/// with their scales.
+/// output's ReLU mask (a bit per element, in 32-bit words per row), its bias gradient's tile
+/// sums (f32 per 64 rows and column), and three amax histories with their scales.
 fn fp8_bytes(m: &MlpConfig, rows: u64) -> Option<u64> {
     let mut n: u64 = 0;
     for l in (0..m.linear_count()).filter(|&l| m.fp8_layer(l)) {
@@ -112,11 +112,13 @@ fn fp8_bytes(m: &MlpConfig, rows: u64) -> Option<u64> {
             .checked_add(2)?
             .checked_mul(3 * 4)?;
         let mask = rows.checked_mul(out.div_ceil(32).checked_mul(4)?)?;
+        let bias_sums = rows.div_ceil(64).checked_mul(out.checked_mul(4)?)?;
         n = n.checked_add(
             acts.checked_add(weight)?
                 .checked_mul(2)?
                 .checked_add(history)?
-                .checked_add(mask)?,
+                .checked_add(mask)?
+                .checked_add(bias_sums)?,
         )?;
     }
     Some(n)
