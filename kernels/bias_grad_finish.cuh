@@ -1,6 +1,6 @@
 // bias_grad_finish.cuh — the bias gradient's second pass, shared by gemm.cu's bias_grad_finish
-// (after bias_grad_partial) and fp8_train.cu's fp8_bias_grad_finish (after the FP8 gradient
-// cast's tile sums; that module is launched with programmatic dependent launch on Hopper).
+// (after bias_grad_partial) and fp8_train.cu's fp8_bias_grad_finish_many (after the FP8 gradient
+// casts' tile sums; that module is launched with programmatic dependent launch on Hopper).
 //
 // db[col] = Σ_split partial[split][col], in split order: one thread per column adds them one
 // after another (deterministic, the CPU twins' order). Those additions would wait on their

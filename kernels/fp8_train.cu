@@ -21,10 +21,9 @@
 //   fp8_cast_transpose_dbias_dmask_bf16_{e4m3,e5m2}_{v4,v1}(src, relu_mask, …): the _drelu
 //     cast with the ReLU backward's test read from the forward's ReLU mask (gemm_fp8.cu's
 //     relu_mask: bit c % 32 of word relu_mask[r·⌈cols/32⌉ + c/32] set where relu_out > 0).
-//   fp8_bias_grad_finish(partial, splits, cols, db): the dbias casts' second pass, gemm.cu's
+//   fp8_bias_grad_finish_many(jobs): the dbias casts' second pass for up to 4 biases, gemm.cu's
 //     bias_grad_finish (bias_grad_finish.cuh) in this module so that Hopper launches it as a
-//     dependent of the cast before it.
-//   fp8_bias_grad_finish_many(jobs): fp8_bias_grad_finish for up to 4 biases in one launch.
+//     dependent of the kernel before it.
 //   fp8_gather_cast_transpose_{f32,coded}_e4m3_{v4,v1}(pixels…, q, qt, …, scale, amax, weights):
 //     the step's input stage (augment.cu's batch gather, rounded to bf16) cast straight into
 //     the first FP8 layer's E4M3 input and transpose, plus up to 4 f32 master weights' casts
@@ -545,17 +544,10 @@ AMPKIT_GATHER_CAST(coded, augment_pixels::CodedPixels,
                    (augment_pixels::CodedPixels{codes AMPKIT_COMMA palette}), v1, false)
 #undef AMPKIT_COMMA
 
-// The dbias casts' second pass (bias_grad_finish.cuh, gemm.cu's bias_grad_finish bit for bit),
-// here so that on Hopper it is launched as a dependent of the cast before it.
-extern "C" __global__ void __launch_bounds__(bias_grad_finish_detail::kFinishThreads)
-    fp8_bias_grad_finish(const float* __restrict__ partial, int splits, int cols, float* __restrict__ db) {
-    pdl_start();
-    bias_grad_finish_detail::finish(partial, splits, cols, db, blockIdx.x);
-}
-
-// The dbias casts' second pass for several biases in one launch (the training step finishes
-// every FP8 layer's bias gradient together, after its backward): job j takes ⌈cols_j / 32⌉
-// blocks, in job order; each block is fp8_bias_grad_finish's.
+// The dbias casts' second pass (bias_grad_finish.cuh, gemm.cu's bias_grad_finish bit for bit)
+// for up to 4 biases in one launch, here so that on Hopper it is launched as a dependent of the
+// kernel before it: one bias after cast_transpose_dbias, or every FP8 layer's together after the
+// training step's backward. Job j takes ⌈cols_j / 32⌉ blocks, in job order.
 constexpr int kMaxFinishJobs = 4;
 struct FinishJobs {
     const float* partial[kMaxFinishJobs];

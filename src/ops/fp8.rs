@@ -233,8 +233,6 @@ pub fn cast_transpose<T: CastSource>(
         Fp8Format::E5M2 => &T::KERNELS[1],
     };
     let kernel = by_format[usize::from(!vector)];
-    let tiles = rows.div_ceil(CT_TILE) * cols.div_ceil(CT_TILE);
-    let blocks = tiles.min(gpu.info().multiprocessors.max(1) * CT_BLOCKS_PER_SM);
     let mut args = KernelArgs::new();
     args.push(s).push(q_ptr).push(qt_ptr);
     args.push(rows).push(cols).push(ld).push(sc).push(am);
@@ -249,8 +247,16 @@ pub fn cast_transpose<T: CastSource>(
         gpu.launch(
             &kernels::FP8_TRAIN,
             kernel,
-            LaunchConfig::linear(blocks as u32, CT_THREADS),
+            cast_grid(gpu, rows, cols, CT_BLOCKS_PER_SM),
             &args,
         )
     }
+}
+
+/// The grid of the tile casts (`cast_transpose` and the gradient casts): one block per 64×64
+/// tile, capped at `per_sm` resident blocks per SM (the blocks grid-stride over the rest).
+fn cast_grid(gpu: &Gpu, rows: usize, cols: usize, per_sm: usize) -> LaunchConfig {
+    let tiles = rows.div_ceil(CT_TILE) * cols.div_ceil(CT_TILE);
+    let blocks = tiles.min(gpu.info().multiprocessors.max(1) * per_sm);
+    LaunchConfig::linear(blocks as u32, CT_THREADS)
 }

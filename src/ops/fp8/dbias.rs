@@ -1,9 +1,9 @@
 //! [`cast_transpose_dbias`]: an FP8 layer's output-gradient cast with its bias gradient and
 //! ReLU backward in the same pass (`fp8_cast_transpose_dbias*` in `kernels/fp8_train.cu`, then
-//! the bias gradient's second pass, `fp8_bias_grad_finish`, `kernels/bias_grad_finish.cuh`).
+//! the bias gradient's second pass, `fp8_bias_grad_finish_many`, `kernels/bias_grad_finish.cuh`).
 //! CPU twin: [`crate::cpu::fp8::cast_transpose_dbias`], bit for bit.
 
-use super::{CT_BLOCKS_PER_SM, CT_THREADS, CT_TILE};
+use super::{cast_grid, CT_BLOCKS_PER_SM, CT_TILE};
 use crate::cpu::fp8::{cast_transpose_sizes, Fp8Format};
 use crate::cuda::{Gpu, KernelArgs, LaunchConfig};
 use crate::error::{expect_len, Error, Result};
@@ -114,12 +114,15 @@ pub fn cast_transpose_dbias(
             unsafe { launch_cast(gpu, cast, grad, relu, q, qt, scale, amax, partial)? };
         }
         let (db, _gdb) = dbias.device_ptr_mut(gpu.stream());
+        let mut job = FinishJobs {
+            count: 1,
+            ..FinishJobs::default()
+        };
+        (job.partial[0], job.db[0], job.splits[0], job.cols[0]) =
+            (partial, db, cast.splits, cast.ci);
         // SAFETY: the scratch holds row_tiles·cols f32, written above for every tile (none when
         // rows = 0, and then splits = 0 and none is read); db holds cols f32 (checked above).
-        unsafe {
-            let finish = (&kernels::FP8_TRAIN, "fp8_bias_grad_finish");
-            crate::ops::gemm::bias_grad_finish_with(gpu, finish, partial, cast.splits, cast.ci, db)
-        }
+        unsafe { launch_finish(gpu, &job) }
     })
 }
 
@@ -227,7 +230,6 @@ pub fn bias_grad_finish_many(gpu: &Gpu, jobs: &mut [BiasFinish<'_>]) -> Result<(
     {
         let mut k = FinishJobs::default();
         let mut guards = Vec::with_capacity(2 * chunk.len());
-        let mut blocks = 0u32;
         for (job, &(splits, cols)) in chunk.iter_mut().zip(shapes) {
             if cols == 0 {
                 continue;
@@ -237,28 +239,40 @@ pub fn bias_grad_finish_many(gpu: &Gpu, jobs: &mut [BiasFinish<'_>]) -> Result<(
             let (d, gd) = job.dbias.device_ptr_mut(stream);
             (k.partial[slot], k.db[slot], k.splits[slot], k.cols[slot]) = (p, d, splits, cols);
             k.count += 1;
-            blocks += (cols as u32).div_ceil(32); // kFinishCols columns per block
             guards.push((gp, gd));
         }
         if k.count == 0 {
             continue;
         }
-        let mut args = KernelArgs::new();
-        args.push(k);
-        // SAFETY: fp8_bias_grad_finish_many(const FinishJobs jobs) takes the struct by value;
-        // each job's partial holds splits·cols f32 and its db cols f32 (checked above), the
-        // grid has one block per 32 columns of every job. The guards outlive the launch.
-        unsafe {
-            gpu.launch(
-                &kernels::FP8_TRAIN,
-                "fp8_bias_grad_finish_many",
-                LaunchConfig::linear(blocks, 256),
-                &args,
-            )?
-        };
+        // SAFETY: each job's partial holds splits·cols f32 and its db cols f32 (checked
+        // above); the guards outlive the launch.
+        unsafe { launch_finish(gpu, &k)? };
         drop(guards);
     }
     Ok(())
+}
+
+/// Launches `fp8_bias_grad_finish_many` on `jobs`, one block per 32 columns of every job.
+///
+/// # Safety
+/// Each of the first `jobs.count` jobs' `partial` points at `splits·cols` f32 written before
+/// this launch on the stream and its `db` at `cols` f32, both live until the launch completes.
+unsafe fn launch_finish(gpu: &Gpu, jobs: &FinishJobs) -> Result<()> {
+    let blocks: u32 = (0..jobs.count as usize)
+        .map(|j| (jobs.cols[j] as u32).div_ceil(32)) // kFinishCols columns per block
+        .sum();
+    let mut args = KernelArgs::new();
+    args.push(*jobs);
+    // SAFETY: fp8_bias_grad_finish_many(const FinishJobs jobs) takes the struct by value; the
+    // grid has one block per 32 columns of every job; the caller vouches for the buffers.
+    unsafe {
+        gpu.launch(
+            &kernels::FP8_TRAIN,
+            "fp8_bias_grad_finish_many",
+            LaunchConfig::linear(blocks, 256),
+            &args,
+        )
+    }
 }
 
 /// What [`check_cast`] proved about a gradient cast: its shape, the bias finish's `i32`s, and
@@ -378,8 +392,6 @@ unsafe fn launch_cast(
     } else {
         CT_BLOCKS_PER_SM - 1
     };
-    let tiles = rows.div_ceil(CT_TILE) * cols.div_ceil(CT_TILE);
-    let blocks = tiles.min(gpu.info().multiprocessors.max(1) * per_sm);
     let mut args = KernelArgs::new();
     args.push(g).push(y).push(q_ptr).push(qt_ptr);
     args.push(rows)
@@ -401,7 +413,7 @@ unsafe fn launch_cast(
         gpu.launch(
             &kernels::FP8_TRAIN,
             kernel,
-            LaunchConfig::linear(blocks as u32, CT_THREADS),
+            cast_grid(gpu, rows, cols, per_sm),
             &args,
         )
     }

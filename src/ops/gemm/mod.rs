@@ -578,42 +578,14 @@ pub(crate) unsafe fn bias_grad_finish(
     cols: i32,
     db: u64,
 ) -> Result<()> {
-    // SAFETY: the caller's promise, passed on.
-    unsafe {
-        bias_grad_finish_with(
-            gpu,
-            (&kernels::GEMM, "bias_grad_finish"),
-            partial,
-            splits,
-            cols,
-            db,
-        )
-    }
-}
-
-/// [`bias_grad_finish`] through `kernel` of `module`: gemm.cu's `bias_grad_finish` or its twin
-/// `fp8_bias_grad_finish` (kernels/fp8_train.cu, launched as a dependent of the FP8 gradient
-/// cast before it on Hopper); both take `(const float* partial, int splits, int cols, float*
-/// db)` and sum alike (kernels/bias_grad_finish.cuh).
-///
-/// # Safety
-/// As [`bias_grad_finish`]; `kernel` must be one of those two.
-pub(crate) unsafe fn bias_grad_finish_with(
-    gpu: &Gpu,
-    (module, kernel): (&crate::kernels::KernelModule, &'static str),
-    partial: u64,
-    splits: i32,
-    cols: i32,
-    db: u64,
-) -> Result<()> {
     let mut args = KernelArgs::new();
     args.push(partial).push(splits).push(cols).push(db);
-    // SAFETY: bias_grad_finish / fp8_bias_grad_finish(const float* partial, int splits, int
-    // cols, float* db) match; the caller vouches for the buffers.
+    // SAFETY: bias_grad_finish(const float* partial, int splits, int cols, float* db) matches;
+    // the caller vouches for the buffers.
     unsafe {
         gpu.launch(
-            module,
-            kernel,
+            &kernels::GEMM,
+            "bias_grad_finish",
             // kFinishCols (32) columns per 256-thread block.
             LaunchConfig::linear((cols as u32).div_ceil(32), 256),
             &args,
