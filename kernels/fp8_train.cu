@@ -21,6 +21,8 @@
 //   fp8_cast_transpose_dbias_dmask_bf16_{e4m3,e5m2}_{v4,v1}(src, relu_mask, …): the _drelu
 //     cast with the ReLU backward's test read from the forward's ReLU mask (gemm_fp8.cu's
 //     relu_mask: bit c % 32 of word relu_mask[r·⌈cols/32⌉ + c/32] set where relu_out > 0).
+//   fp8_transpose_{v4,v1}(q, qt, rows, cols, ld): qt as above from codes q cast elsewhere (the FP8
+//     GEMM's E4M3 output of a hidden layer, gemm_fp8.cu), 1 byte read and 1 written per element.
 //   fp8_bias_grad_finish_many(jobs): the dbias casts' second pass for up to 4 biases, gemm.cu's
 //     bias_grad_finish (bias_grad_finish.cuh) in this module so that Hopper launches it as a
 //     dependent of the kernel before it.
@@ -161,6 +163,77 @@ __device__ __forceinline__ uint32_t to_fp8x4(float a, float b, float c, float d)
     return packed;
 }
 
+// This thread's 4×4 codes (word[p]: tile row 4rq + p, its 4 columns 4g.. one per byte)
+// transposed into the staging buffer: column k's word holds rows 4rq .. 4rq + 3, one per byte.
+template <bool DBIAS>
+__device__ __forceinline__ void stage_codes(const uint32_t (&word)[kPasses], TileSmem<DBIAS>& sm) {
+    const int tc = 4 * (threadIdx.x % kGroups), rq = threadIdx.x / kGroups;
+    const uint32_t lo01 = __byte_perm(word[0], word[1], 0x5140), lo23 = __byte_perm(word[2], word[3], 0x5140);
+    const uint32_t hi01 = __byte_perm(word[0], word[1], 0x7362), hi23 = __byte_perm(word[2], word[3], 0x7362);
+    sm.staged[staged_word(tc + 0, rq)] = __byte_perm(lo01, lo23, 0x5410);
+    sm.staged[staged_word(tc + 1, rq)] = __byte_perm(lo01, lo23, 0x7632);
+    sm.staged[staged_word(tc + 2, rq)] = __byte_perm(hi01, hi23, 0x5410);
+    sm.staged[staged_word(tc + 3, rq)] = __byte_perm(hi01, hi23, 0x7632);
+}
+
+// The staged tile (after a barrier) to qt: tile column lc is qt row c0 + lc; this thread writes
+// its rows r0+4g .. r0+4g+3 (all below ld or all at or above it: ld is a multiple of 16).
+template <bool V, bool DBIAS>
+__device__ __forceinline__ void write_qt(const TileSmem<DBIAS>& sm, const TileFrame& f, size_t ld,
+                                         uint8_t* __restrict__ qt) {
+    const int g = threadIdx.x % kGroups, rq = threadIdx.x / kGroups, tc = 4 * g;
+    uint8_t* qt_tile = qt + f.c0 * ld + f.r0;
+#pragma unroll
+    for (int p = 0; p < kPasses; ++p) {
+        const int lc = rq + p * kRowsPerPass;
+        if (lc < f.cols_left && tc < f.ld_left) {
+            const uint32_t w = sm.staged[staged_word(lc, g)];
+            uint8_t* out = qt_tile + size_t(lc) * ld + tc;
+            if (V) {
+                *reinterpret_cast<uint32_t*>(out) = w;
+            } else {
+#pragma unroll
+                for (int k = 0; k < 4; ++k) out[k] = uint8_t(w >> (8 * k));
+            }
+        }
+    }
+}
+
+// The transpose alone of codes already cast (the FP8 GEMM's E4M3 output, gemm_fp8.cu): q
+// [rows, cols] to qt [cols, ld] as cast_transpose lays it out (0x00 past rows). V: 4-byte
+// accesses (cols % 4 == 0, q and qt 4-byte aligned).
+template <bool V>
+__device__ __forceinline__ void transpose_codes(const uint8_t* __restrict__ q, uint8_t* __restrict__ qt,
+                                                size_t rows, size_t cols, size_t ld) {
+    __shared__ TileSmem<false> sm;
+    const int g = threadIdx.x % kGroups, rq = threadIdx.x / kGroups, tc = 4 * g;
+    const size_t col_tiles = (cols + kTile - 1) / kTile;
+    const size_t tiles = (rows + kTile - 1) / kTile * col_tiles;
+    for (size_t t = blockIdx.x; t < tiles; t += gridDim.x) {
+        const TileFrame f(t / col_tiles * kTile, t % col_tiles * kTile, rows, cols, ld);
+        const uint8_t* tile = q + f.r0 * cols + f.c0;
+        uint32_t word[kPasses];
+#pragma unroll
+        for (int p = 0; p < kPasses; ++p) {
+            const int tr = tile_row(rq, p);
+            const uint8_t* in = tile + size_t(tr) * cols + tc;
+            uint32_t w = 0;
+            if (V) {
+                if (tr < f.rows_left && tc < f.cols_left) w = *reinterpret_cast<const uint32_t*>(in);
+            } else {
+#pragma unroll
+                for (int k = 0; k < 4; ++k)
+                    if (tr < f.rows_left && tc + k < f.cols_left) w |= uint32_t(in[k]) << (8 * k);
+            }
+            word[p] = w;
+        }
+        stage_codes(word, sm);
+        __syncthreads();
+        write_qt<V>(sm, f, ld, qt);
+        __syncthreads();
+    }
+}
+
 // One tile's values v (this thread's 4 columns 4g.. of tile rows 4rq + p, 0 outside the
 // matrix) to q, qt and (DBIAS) partial, folding |v| into m (amax bits). Ends with a barrier: the
 // block may stage its next tile.
@@ -208,13 +281,7 @@ __device__ __forceinline__ void convert_tile(const float (&v)[kPasses][4], TileS
             }
         }
     }
-    // The 4×4 codes transposed: column k's word holds rows 4rq .. 4rq + 3, one per byte.
-    const uint32_t lo01 = __byte_perm(word[0], word[1], 0x5140), lo23 = __byte_perm(word[2], word[3], 0x5140);
-    const uint32_t hi01 = __byte_perm(word[0], word[1], 0x7362), hi23 = __byte_perm(word[2], word[3], 0x7362);
-    sm.staged[staged_word(tc + 0, rq)] = __byte_perm(lo01, lo23, 0x5410);
-    sm.staged[staged_word(tc + 1, rq)] = __byte_perm(lo01, lo23, 0x7632);
-    sm.staged[staged_word(tc + 2, rq)] = __byte_perm(hi01, hi23, 0x5410);
-    sm.staged[staged_word(tc + 3, rq)] = __byte_perm(hi01, hi23, 0x7632);
+    stage_codes(word, sm);
     __syncthreads();
     if (DBIAS && int(threadIdx.x) < f.cols_left) {
         float sum = 0.f;
@@ -222,23 +289,7 @@ __device__ __forceinline__ void convert_tile(const float (&v)[kPasses][4], TileS
         for (int w = 0; w < kThreads / 32; ++w) sum += sm.col_sums[DBIAS ? w : 0][threadIdx.x];
         partial[(f.r0 / kTile) * cols + f.c0 + threadIdx.x] = sum;
     }
-    uint8_t* qt_tile = qt + f.c0 * ld + f.r0;
-#pragma unroll
-    for (int p = 0; p < kPasses; ++p) {
-        // Tile column lc is qt row c0 + lc; this thread writes its rows r0+4g .. r0+4g+3 (all
-        // below ld or all at or above it: ld is a multiple of 16).
-        const int lc = rq + p * kRowsPerPass;
-        if (lc < f.cols_left && tc < f.ld_left) {
-            const uint32_t w = sm.staged[staged_word(lc, g)];
-            uint8_t* out = qt_tile + size_t(lc) * ld + tc;
-            if (V) {
-                *reinterpret_cast<uint32_t*>(out) = w;
-            } else {
-#pragma unroll
-                for (int k = 0; k < 4; ++k) out[k] = uint8_t(w >> (8 * k));
-            }
-        }
-    }
+    write_qt<V>(sm, f, ld, qt);
     __syncthreads();
 }
 
@@ -477,6 +528,16 @@ AMPKIT_CAST_T_V(f32, float, e4m3, __NV_E4M3)
 AMPKIT_CAST_T_V(f32, float, e5m2, __NV_E5M2)
 AMPKIT_CAST_T_V(bf16, uint16_t, e4m3, __NV_E4M3)
 AMPKIT_CAST_T_V(bf16, uint16_t, e5m2, __NV_E5M2)
+
+// The transpose of codes cast elsewhere (the FP8 GEMM's E4M3 output).
+#define AMPKIT_TRANSPOSE(VNAME, V)                                                              \
+    extern "C" __global__ void __launch_bounds__(kThreads, kBlocksPerSm)                        \
+        fp8_transpose_##VNAME(const uint8_t* q, uint8_t* qt, size_t rows, size_t cols, size_t ld) { \
+        pdl_start();                                                                            \
+        transpose_codes<V>(q, qt, rows, cols, ld);                                              \
+    }
+AMPKIT_TRANSPOSE(v4, true)
+AMPKIT_TRANSPOSE(v1, false)
 
 // The gradient's cast with the bias gradient's first pass (and the ReLU backward, drelu): bf16
 // only, the dtype of FP8 training's activations.

@@ -11,7 +11,10 @@
 // not read them again. With the ReLU and `relu_mask` not null, the epilogue also writes the
 // ReLU mask the backward reads instead of D: bit c % 32 of word relu_mask[r·⌈N/32⌉ + c/32] is
 // set where D[r][c], as stored, is in (0, +inf] (bits past N are 0): 1 bit per element where
-// the backward's ReLU test read 2 bytes of D. The format of each operand is chosen per launch: E4M3×E4M3 (forward), E5M2×E4M3 / E4M3×E5M2 (gradients in
+// the backward's ReLU test read 2 bytes of D. Output E4M3 (the training step's hidden layers
+// that feed another FP8 layer): D is the next layer's E4M3 input, each value rounded to bf16 and
+// quantized as fp8_train.cu's cast of the bf16 output would (its amax too), so that the cast
+// becomes a transpose of 1-byte codes. The format of each operand is chosen per launch: E4M3×E4M3 (forward), E5M2×E4M3 / E4M3×E5M2 (gradients in
 // Transformer Engine's HYBRID recipe), and E5M2×E5M2. Host side: src/ops/gemm_fp8.rs; CPU twin:
 // src/cpu/gemm_fp8.rs.
 //
@@ -58,6 +61,7 @@
 #include "wgmma_fp8.cuh"
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 namespace gemm_fp8_detail {
 
@@ -73,6 +77,10 @@ constexpr int SLICE_BYTES = 64 * BK;  // one 64-row slice of a stage's A tile
 constexpr int EPI_COLS = 32, EPI_LD = EPI_COLS + 8;  // LD ≡ 8 (mod 32): conflict-free float2 writes
 constexpr int EPI_BYTES = 64 * EPI_LD * 4;
 constexpr int OUT_F32 = 0, OUT_F16 = 1, OUT_BF16 = 2;  // out_kind, as src/ops/gemm_fp8.rs passes it
+// The next layer's E4M3 input (TMA-store configs, E4M3×E4M3 only): each value rounded to bf16,
+// as OUT_BF16 stores it, then quantized as fp8_train.cu's bf16 cast does (·q_scale, nearest
+// even, saturating, NaN → 0x7F), its |bf16| folded into *q_amax.
+constexpr int OUT_E4M3 = 3;
 constexpr int OUT_RELU = 4;  // or'ed into out_kind: relu(v) = v where v > 0 or NaN, else +0
 
 // Four adjacent results of one row (columns col..col+3, already scaled and biased), rounded to
@@ -126,7 +134,7 @@ constexpr int OUT_BOX_BYTES = 64 * 128;  // one TMA-store box: 64 rows × 128 by
 // (f32: +0 itself; bf16: 2^-134, a tie to even; f16: 2^-25, likewise); NaNs lie above +inf.
 // One subtraction and one unsigned compare.
 __device__ __forceinline__ uint32_t zero_below(int out_kind) {
-    return out_kind == OUT_F32 ? 0u : out_kind == OUT_F16 ? 0x33000000u : 0x00008000u;
+    return out_kind == OUT_F32 ? 0u : out_kind == OUT_F16 ? 0x33000000u : 0x00008000u;  // E4M3: bf16's
 }
 __device__ __forceinline__ bool passed(float v, uint32_t zero_below) {
     return __float_as_uint(v) - (zero_below + 1u) < 0x7F800000u - zero_below;
@@ -137,6 +145,7 @@ struct SliceOut {
     int out_kind;
     bool relu;
     float scale;
+    float q_scale;           // OUT_E4M3: the quantization scale
     const float* tile_bias;  // the tile's BN bias values staged in shared memory (0 past N), or null
     unsigned* relu_mask;     // the ReLU mask (bit c % 32 of word [row][c / 32]), or null
     int mask_words;          // words per mask row: ⌈N / 32⌉
@@ -151,11 +160,12 @@ struct SliceOut {
 // wgmma m64nN accumulators: rows 16w + lane/4 (+8), columns 8q + 2·(lane%4) (+1) in d[4q..4q+3].
 // Row r of a box starts at 128·r; its 16-byte unit u sits at u ^ (r % 8).
 // OUTK is the output type (out_kind) as a template argument: the 16-bit conversion without a
-// select between two, and fewer live predicates.
+// select between two, and fewer live predicates. OUT_E4M3 also folds the |bf16| of the values
+// inside the matrix into amax (bits).
 template <int OUTK, int BN>
 __device__ __forceinline__ void fill_box(const float (&d)[BN / 2], uint32_t box, int ch, const SliceOut& o,
-                                         int warp, int lane, bool& bad) {
-    constexpr int ESZ = OUTK == OUT_F32 ? 4 : 2;
+                                         int warp, int lane, bool& bad, uint32_t& amax) {
+    constexpr int ESZ = OUTK == OUT_F32 ? 4 : OUTK == OUT_E4M3 ? 1 : 2;
     constexpr int CW = 128 / ESZ, SPANS = CW / 32;
     const int r = 16 * warp + lane / 4, c = 2 * (lane % 4);
     // Row r (+8) of the box: its base address with this lane's bytes and the row's swizzle
@@ -165,8 +175,12 @@ __device__ __forceinline__ void fill_box(const float (&d)[BN / 2], uint32_t box,
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
         const int row = r + 8 * hf;
-        row_base[hf] = box + row * 128 + ((row & 7) << 4) + (ESZ == 4 ? 8 * (lane & 1) : 4 * (lane % 4));
+        row_base[hf] = box + row * 128 + ((row & 7) << 4) + (ESZ == 4 ? 8 * (lane & 1) : ESZ * 2 * (lane % 4));
     }
+    // OUT_E4M3: which of this thread's values are inside the matrix (the amax must not see the
+    // bias that rows past M hold); N is a multiple of 16, so a column pair is in or out whole.
+    const bool row_in[2] = {o.row0 + r < o.M, o.row0 + r + 8 < o.M};
+    const int cols_in = o.N - (o.col0 + ch * CW + c);
     // The box's bias values first, before the shared stores below (asm with a memory clobber,
     // which would keep each later load behind the store before it).
     float2 bv[CW / 8];
@@ -195,6 +209,22 @@ __device__ __forceinline__ void fill_box(const float (&d)[BN / 2], uint32_t box,
                 const uint32_t unit = 2 * qq + (lane % 4) / 2;
                 const uint32_t addr = row_base[hf] ^ (unit << 4);
                 asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(v0), "f"(v1) : "memory");
+            } else if constexpr (ESZ == 1) {
+                // As the bf16 output, widened back exactly, then fp8_train.cu's cast of it.
+                const __nv_bfloat162 h = __floats2bfloat162_rn(v0, v1);
+                const uint32_t hb = *reinterpret_cast<const uint32_t*>(&h);
+                const float w0 = __uint_as_float(hb << 16), w1 = __uint_as_float(hb & 0xFFFF0000u);
+                const uint32_t m = max(__float_as_uint(w0) & 0x7FFFFFFFu, __float_as_uint(w1) & 0x7FFFFFFFu);
+                if (row_in[hf] && 8 * qq < cols_in) amax = max(amax, m);
+                const float x0 = w0 * o.q_scale, x1 = w1 * o.q_scale;
+                uint32_t code = __nv_cvt_float2_to_fp8x2(make_float2(x0, x1), __NV_SATFINITE, __NV_E4M3);
+                if ((x0 != x0) | (x1 != x1)) {  // any NaN is 0x7F, the CPU twin's code
+                    code = x0 != x0 ? (code & 0xFF00u) | 0x7Fu : code;
+                    code = x1 != x1 ? (code & 0x00FFu) | 0x7F00u : code;
+                }
+                // Byte 8·qq + c of the row: 16-byte unit qq / 2, swizzled, byte 8·(qq % 2) + c.
+                const uint32_t addr = row_base[hf] ^ (uint32_t(qq) << 3);
+                asm volatile("st.shared.b16 [%0], %1;\n" ::"r"(addr), "h"(uint16_t(code)) : "memory");
             } else {
                 uint32_t bits;
                 if constexpr (OUTK == OUT_F16) {
@@ -240,8 +270,8 @@ __device__ __forceinline__ void fill_box(const float (&d)[BN / 2], uint32_t box,
 template <int OUTK, int BN, int RING>
 __device__ __forceinline__ void store_slice_tma(const float (&d)[BN / 2], const TensorMap& tc,
                                                 uint32_t s_out, uint32_t& nbox, const SliceOut& o,
-                                                int warp, int lane, int bar_id, bool& bad) {
-    constexpr int CW = 128 / (OUTK == OUT_F32 ? 4 : 2);
+                                                int warp, int lane, int bar_id, bool& bad, uint32_t& amax) {
+    constexpr int CW = 128 / (OUTK == OUT_F32 ? 4 : OUTK == OUT_E4M3 ? 1 : 2);
     const bool leader = warp == 0 && lane == 0;
     if constexpr (RING * CW >= BN) {
         if (leader) bulk_wait_read();
@@ -249,7 +279,7 @@ __device__ __forceinline__ void store_slice_tma(const float (&d)[BN / 2], const 
 #pragma unroll
         for (int ch = 0; ch < BN / CW; ++ch) {
             if (o.col0 + ch * CW >= o.N) break;  // uniform: the tile's last columns are past N
-            fill_box<OUTK, BN>(d, s_out + ch * OUT_BOX_BYTES, ch, o, warp, lane, bad);
+            fill_box<OUTK, BN>(d, s_out + ch * OUT_BOX_BYTES, ch, o, warp, lane, bad, amax);
         }
         fence_proxy_async();
         asm volatile("bar.sync %0, 128;\n" ::"r"(bar_id) : "memory");
@@ -263,7 +293,7 @@ __device__ __forceinline__ void store_slice_tma(const float (&d)[BN / 2], const 
         for (int ch = 0; ch < BN / CW; ++ch) {
             if (o.col0 + ch * CW >= o.N) break;  // uniform: the tile's last columns are past N
             const uint32_t box = s_out + (nbox % RING) * OUT_BOX_BYTES;
-            fill_box<OUTK, BN>(d, box, ch, o, warp, lane, bad);
+            fill_box<OUTK, BN>(d, box, ch, o, warp, lane, bad, amax);
             fence_proxy_async();
             if (leader) bulk_wait_read<RING - 2>();
             asm volatile("bar.sync %0, 128;\n" ::"r"(bar_id) : "memory");
@@ -293,7 +323,7 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
                                          const float* bias, const float* a_scale_inv,
                                          const float* b_scale_inv, int M, int N, int K,
                                          int out_kind, int group_m, unsigned* nonfinite,
-                                         unsigned* relu_mask) {
+                                         unsigned* relu_mask, const float* q_scale, unsigned* q_amax) {
     // Bit 2 of out_kind asks for a ReLU after the bias (the training step's hidden layers).
     const bool relu = (out_kind & OUT_RELU) != 0;
     out_kind &= ~OUT_RELU;
@@ -379,6 +409,8 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
         const int warp = (ctid / 32) % 4, lane = tid % 32;
         float* stage = reinterpret_cast<float*>(smem_raw + (sEpi - smem_addr(smem_raw))) + cw * (EPI_BYTES / 4);
         const float scale = a_scale_inv[0] * b_scale_inv[0];
+        const float qs = q_scale ? q_scale[0] : 1.f;
+        uint32_t amax = 0;  // OUT_E4M3: this thread's largest |bf16| bits
         const size_t elem = out_kind == OUT_F32 ? 4 : 2;
         const bool vec = (N % 4 == 0) && (reinterpret_cast<uintptr_t>(C) % (4 * elem) == 0);
         // Releases a stage in both blocks of the cluster: lane r of each warp arrives on block r.
@@ -476,14 +508,18 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
                 for (int h = 0; h < SLICES; ++h) {
                     const int row0 = t.x + 64 * (PINGPONG ? h : cw);
                     if (row0 >= M) continue;  // the pad block of an odd number of tile-rows
-                    const SliceOut o{out_kind, relu,      scale, tile_bias, relu_mask, mask_words,
-                                     zero_below(out_kind), row0, t.y, M, N, check};
+                    const SliceOut o{out_kind,   relu,       scale,                qs,   tile_bias, relu_mask,
+                                     mask_words, zero_below(out_kind), row0, t.y,  M,         N,
+                                     check};
                     if (out_kind == OUT_F32) {
-                        store_slice_tma<OUT_F32, BN, RING>(d[h], tc, s_out, nbox, o, warp, lane, 2 + cw, bad);
+                        store_slice_tma<OUT_F32, BN, RING>(d[h], tc, s_out, nbox, o, warp, lane, 2 + cw, bad, amax);
                     } else if (out_kind == OUT_F16) {
-                        store_slice_tma<OUT_F16, BN, RING>(d[h], tc, s_out, nbox, o, warp, lane, 2 + cw, bad);
-                    } else {
-                        store_slice_tma<OUT_BF16, BN, RING>(d[h], tc, s_out, nbox, o, warp, lane, 2 + cw, bad);
+                        store_slice_tma<OUT_F16, BN, RING>(d[h], tc, s_out, nbox, o, warp, lane, 2 + cw, bad, amax);
+                    } else if (out_kind == OUT_BF16) {
+                        store_slice_tma<OUT_BF16, BN, RING>(d[h], tc, s_out, nbox, o, warp, lane, 2 + cw, bad, amax);
+                    } else if constexpr (FA == FP8_E4M3 && FB == FP8_E4M3) {
+                        // OUT_E4M3: the forward's entry points only (the host launches no other).
+                        store_slice_tma<OUT_E4M3, BN, RING>(d[h], tc, s_out, nbox, o, warp, lane, 2 + cw, bad, amax);
                     }
                 }
                 continue;
@@ -562,6 +598,11 @@ __device__ __forceinline__ void gemm_fp8(const TensorMap& ta, const TensorMap& t
         if (TMA_STORE && warp == 0 && lane == 0) bulk_wait_all();
         // One atomic per warp that stored an inf or NaN; none on a clean product.
         if (check && __any_sync(0xffffffffu, bad) && lane == 0) atomicOr(nonfinite, 1u);
+        // OUT_E4M3: the warp's largest |bf16| into the amax, one atomic per warp (0 adds nothing).
+        if (q_amax) {
+            for (int o = 16; o > 0; o >>= 1) amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+            if (lane == 0 && amax != 0) atomicMax(q_amax, amax);
+        }
     }
     // No block may exit while its peer can still arrive on its barriers or write its stages.
     cluster_sync();
@@ -576,16 +617,20 @@ using namespace gemm_fp8_detail;
 // A and 128 K × BN/2 rows for B, 128-byte swizzle), the tensor map of D (TMA-store configs: boxes
 // of 128 bytes × 64 rows, 128-byte swizzle; unread by the others), D, bias (may be null), the two
 // inverse scales (one f32 each, device memory), M, N, K, out_kind (0 f32, 1 f16, 2 bf16, | 4 for
-// the ReLU), pair-rows per raster group, the non-finite flag word (may be null), the ReLU mask
-// (M·⌈N/32⌉ words; may be null, ignored without the ReLU).
+// the ReLU; 3 E4M3, TMA-store configs and e4e4 only), pair-rows per raster group, the non-finite
+// flag word (may be null), the ReLU mask (M·⌈N/32⌉ words; may be null, ignored without the
+// ReLU), and for out_kind 3 the quantization scale (one f32) and the amax (its f32 bits, folded
+// with atomicMax; both may be null otherwise).
 #define AMPKIT_GEMM_FP8(NAME, BM, BN, ST, PP, TS, FA, FB)                                            \
     extern "C" __global__ void __cluster_dims__(CLUSTER, 1, 1) __launch_bounds__(THREADS, 1)       \
         NAME(const __grid_constant__ TensorMap ta, const __grid_constant__ TensorMap tb,            \
              const __grid_constant__ TensorMap tc, void* C, const float* bias,                      \
              const float* a_scale_inv, const float* b_scale_inv, int M, int N, int K, int out_kind, \
-             int group_m, unsigned* nonfinite, unsigned* relu_mask) {                               \
+             int group_m, unsigned* nonfinite, unsigned* relu_mask, const float* q_scale,         \
+             unsigned* q_amax) {                                                                    \
         gemm_fp8<BM, BN, ST, PP, TS, FA, FB>(ta, tb, tc, C, bias, a_scale_inv, b_scale_inv, M, N,   \
-                                             K, out_kind, group_m, nonfinite, relu_mask);           \
+                                             K, out_kind, group_m, nonfinite, relu_mask, q_scale,   \
+                                             q_amax);                                               \
     }
 #define AMPKIT_GEMM_FP8_FORMATS(CFG, BM, BN, ST, PP, TS)                             \
     AMPKIT_GEMM_FP8(gemm_fp8_##CFG##_e4e4, BM, BN, ST, PP, TS, FP8_E4M3, FP8_E4M3) \

@@ -208,6 +208,35 @@ pub fn cast_transpose<T: CastInput>(
     Ok(f32::from_bits(bits))
 }
 
+/// The transpose alone of FP8 codes `q` `[rows, cols]`: `qt[c·ld + r] = q[r·cols + c]` for `r <
+/// rows` and `0x00` for `rows ≤ r < ld` (`ld` = [`transpose_ld`]`(rows)`), the layout of
+/// [`cast_transpose`]'s `qt`. Errors: [`Error::ShapeMismatch`] unless `q` holds `rows·cols`
+/// codes and `qt` `cols·ld`; [`Error::InvalidArgument`] when a size overflows.
+///
+/// ```
+/// let q = [1u8, 2, 3, 4, 5, 6]; // [2, 3]
+/// let mut qt = [0xAAu8; 3 * 16]; // ld = 16
+/// ampkit::cpu::fp8::transpose(&q, 2, 3, &mut qt)?;
+/// assert_eq!((&qt[..2], &qt[16..18], &qt[32..34]), (&[1, 4][..], &[2, 5][..], &[3, 6][..]));
+/// assert!(qt[2..16].iter().all(|&b| b == 0));
+/// # Ok::<(), ampkit::Error>(())
+/// ```
+pub fn transpose(q: &[u8], rows: usize, cols: usize, qt: &mut [u8]) -> Result<()> {
+    const OP: &str = "cpu::fp8::transpose";
+    let (n, ld, nt) = cast_transpose_sizes(OP, rows, cols)?;
+    expect_len(OP, "q", q.len(), n, &format!("rows·cols = {rows}·{cols}"))?;
+    expect_len(OP, "qt", qt.len(), nt, &format!("cols·ld = {cols}·{ld}"))?;
+    if nt > 0 {
+        qt.par_chunks_mut(ld).enumerate().for_each(|(c, line)| {
+            for (r, out) in line[..rows].iter_mut().enumerate() {
+                *out = q[r * cols + c];
+            }
+            line[rows..].fill(0);
+        });
+    }
+    Ok(())
+}
+
 /// Rows (and columns) of the tiles whose column sums [`cast_transpose_dbias`] adds first, and
 /// the rows per thread-pair of its GPU twin's sum: its order, reproduced here.
 const DBIAS_TILE: usize = 64;

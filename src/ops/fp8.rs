@@ -260,3 +260,52 @@ fn cast_grid(gpu: &Gpu, rows: usize, cols: usize, per_sm: usize) -> LaunchConfig
     let blocks = tiles.min(gpu.info().multiprocessors.max(1) * per_sm);
     LaunchConfig::linear(blocks as u32, CT_THREADS)
 }
+
+/// The transpose alone of FP8 codes cast elsewhere (the forward GEMM's E4M3 output,
+/// [`crate::ops::gemm_fp8::gemm_fp8_relu_quantized`]): `qt[c·ld + r] = q[r·cols + c]` for `r <
+/// rows` and `0x00` for `rows ≤ r < ld`, laid out as [`cast_transpose`]'s `qt`. With 4-byte
+/// aligned `q` and `qt` and `cols` a multiple of 4, 4 codes per access. Bit-exact with
+/// [`crate::cpu::fp8::transpose`].
+///
+/// Errors: [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) unless `q` holds `rows·cols`
+/// codes and `qt` `cols·ld`; [`Error::InvalidArgument`](crate::Error::InvalidArgument) when a
+/// size overflows. Empty matrices launch nothing.
+pub fn transpose(
+    gpu: &Gpu,
+    q: &impl DevicePtr<u8>,
+    rows: usize,
+    cols: usize,
+    qt: &mut impl DevicePtrMut<u8>,
+) -> Result<()> {
+    const OP: &str = "fp8::transpose";
+    let (n, ld, nt) = cast_transpose_sizes(OP, rows, cols)?;
+    expect_len(OP, "q", q.len(), n, &format!("rows·cols = {rows}·{cols}"))?;
+    expect_len(OP, "qt", qt.len(), nt, &format!("cols·ld = {cols}·{ld}"))?;
+    if n == 0 {
+        return Ok(());
+    }
+    let stream = gpu.stream();
+    let (q_ptr, _gq) = q.device_ptr(stream);
+    let (qt_ptr, _gqt) = qt.device_ptr_mut(stream);
+    let vector = cols % 4 == 0 && q_ptr % 4 == 0 && qt_ptr % 4 == 0;
+    let kernel = if vector {
+        "fp8_transpose_v4"
+    } else {
+        "fp8_transpose_v1"
+    };
+    let mut args = KernelArgs::new();
+    args.push(q_ptr).push(qt_ptr).push(rows).push(cols).push(ld);
+    // SAFETY: fp8_transpose_*(const uint8_t* q, uint8_t* qt, size_t rows, size_t cols, size_t
+    // ld) matches; q holds rows·cols codes and qt cols·ld (checked above), of which the kernel
+    // reads q[r·cols + c] for r < rows, c < cols and writes qt[c·ld + r] for c < cols, r < ld
+    // only; the v4 kernel's 4-byte accesses are aligned (`vector`). The guards outlive the
+    // launch.
+    unsafe {
+        gpu.launch(
+            &kernels::FP8_TRAIN,
+            kernel,
+            cast_grid(gpu, rows, cols, CT_BLOCKS_PER_SM),
+            &args,
+        )
+    }
+}

@@ -102,6 +102,17 @@ impl Fp8Output for f16 {
 impl Fp8Output for bf16 {
     const KIND: i32 = 2;
 }
+/// C's `out_kind` in [`launch`]: the [`Fp8Output`] types', or the E4M3 codes' (`u8`, whose kind
+/// the launch takes from its quantization arguments).
+trait OutKind {
+    const KIND: i32;
+}
+impl<T: Fp8Output> OutKind for T {
+    const KIND: i32 = <T as Fp8Output>::KIND;
+}
+impl OutKind for u8 {
+    const KIND: i32 = OUT_E4M3;
+}
 mod sealed {
     pub trait Sealed {}
     impl Sealed for f32 {}
@@ -211,7 +222,15 @@ pub fn gemm_fp8_with<C: Fp8Output>(
     bias: Option<&dyn DevicePtr<f32>>,
     c: &mut impl DevicePtrMut<C>,
 ) -> Result<()> {
-    launch(gpu, config, shape, (a, b, bias), false, c, (None, None))
+    launch(
+        gpu,
+        config,
+        shape,
+        (a, b, bias),
+        false,
+        c,
+        Extras::default(),
+    )
 }
 
 /// [`gemm_fp8_relu`] with the tile configuration `config` instead of the planner's. For
@@ -226,7 +245,7 @@ pub fn gemm_fp8_relu_with<C: Fp8Output>(
     bias: Option<&dyn DevicePtr<f32>>,
     c: &mut impl DevicePtrMut<C>,
 ) -> Result<()> {
-    launch(gpu, config, shape, (a, b, bias), true, c, (None, None))
+    launch(gpu, config, shape, (a, b, bias), true, c, Extras::default())
 }
 
 /// [`gemm_fp8_relu`] that also writes the ReLU mask the backward needs, so that it need not
@@ -270,7 +289,10 @@ pub fn gemm_fp8_relu_masked_with<C: Fp8Output>(
         (a, b, bias),
         true,
         c,
-        (None, Some(relu_mask)),
+        Extras {
+            relu_mask: Some(relu_mask),
+            ..Extras::default()
+        },
     )
 }
 
@@ -314,12 +336,28 @@ pub fn gemm_fp8_checked_with<C: Fp8Output>(
         (a, b, bias),
         false,
         c,
-        (Some(nonfinite), None),
+        Extras {
+            nonfinite: Some(nonfinite),
+            ..Extras::default()
+        },
     )
 }
 
-/// The checks and the launch of `config`, with the ReLU epilogue when `relu`.
-fn launch<C: Fp8Output>(
+/// What a launch writes besides C: the non-finite flag, the ReLU mask, and for the E4M3 output
+/// ([`gemm_fp8_relu_quantized`]) the quantization scale and the amax.
+#[derive(Default)]
+struct Extras<'a> {
+    nonfinite: Option<&'a mut dyn DevicePtrMut<u32>>,
+    relu_mask: Option<&'a mut dyn DevicePtrMut<u32>>,
+    quantize: Option<(&'a dyn DevicePtr<f32>, &'a mut dyn DevicePtrMut<f32>)>,
+}
+
+/// The kernel's `out_kind` of the E4M3 output (OUT_E4M3).
+const OUT_E4M3: i32 = 3;
+
+/// The checks and the launch of `config`, with the ReLU epilogue when `relu`; C's elements are
+/// the kernel's `out_kind` ([`OutKind`]: E4M3 codes for `u8`, with `extras.quantize`).
+fn launch<C: DeviceRepr + OutKind>(
     gpu: &Gpu,
     config: Fp8Config,
     shape: GemmShape,
@@ -329,12 +367,14 @@ fn launch<C: Fp8Output>(
         Option<&dyn DevicePtr<f32>>,
     ),
     relu: bool,
-    c: &mut impl DevicePtrMut<C>,
-    (nonfinite, relu_mask): (
-        Option<&mut dyn DevicePtrMut<u32>>,
-        Option<&mut dyn DevicePtrMut<u32>>,
-    ),
+    c: &mut (impl DevicePtrMut<C> + ?Sized),
+    extras: Extras<'_>,
 ) -> Result<()> {
+    let Extras {
+        nonfinite,
+        relu_mask,
+        quantize,
+    } = extras;
     check_args(shape, a, b, bias.map(|b| b.len()), c.len())?;
     if let Some(mask) = &relu_mask {
         let words = shape.m.checked_mul(shape.n.div_ceil(32)).ok_or_else(|| {
@@ -369,6 +409,15 @@ fn launch<C: Fp8Output>(
     let flag_ptr = flag.as_ref().map_or(0, |(p, _)| *p);
     let mask = relu_mask.map(|f| f.device_ptr_mut(stream));
     let mask_ptr = mask.as_ref().map_or(0, |(p, _)| *p);
+    let (q_scale, q_amax) = match quantize {
+        Some((scale, amax)) => (
+            Some(scale.device_ptr(stream)),
+            Some(amax.device_ptr_mut(stream)),
+        ),
+        None => (None, None),
+    };
+    let q_scale_ptr = q_scale.as_ref().map_or(0, |(p, _)| *p);
+    let q_amax_ptr = q_amax.as_ref().map_or(0, |(p, _)| *p);
     for (name, p, align) in [
         ("A", a_ptr, 16),
         ("B", b_ptr, 16),
@@ -378,6 +427,8 @@ fn launch<C: Fp8Output>(
         ("B's scale_inv", sb_ptr, 4),
         ("nonfinite", flag_ptr, 4),
         ("relu_mask", mask_ptr, 4),
+        ("the quantization scale", q_scale_ptr, 4),
+        ("amax", q_amax_ptr, 4),
     ] {
         if p % align != 0 {
             return Err(invalid(format!(
@@ -414,11 +465,20 @@ fn launch<C: Fp8Output>(
     } else {
         config.plain()
     };
+    let kind = C::KIND;
+    if kind == OUT_E4M3 && !config.tma_store {
+        return Err(invalid(format!(
+            "the E4M3 output goes out through TMA stores only: it needs a TMA-store config \
+             ({} is not one), n a multiple of 16 (n = {n}) and a 16-byte aligned output \
+             (at {c_ptr:#x})",
+            config.name
+        )));
+    }
     let tc = if config.tma_store {
-        let dtype = if elem == 4 {
-            CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT32
-        } else {
-            CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT16
+        let dtype = match elem {
+            4 => CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT32,
+            2 => CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT16,
+            _ => CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT8,
         };
         tensor_map_2d(c_ptr, dtype, elem, [n, m], [(128 / elem) as u32, 64]).map_err(|source| {
             Error::Driver {
@@ -447,12 +507,17 @@ fn launch<C: Fp8Output>(
     args.push(sa_ptr).push(sb_ptr);
     args.push(m as i32).push(n as i32).push(k as i32);
     // Bit 2 of out_kind: the ReLU epilogue (OUT_RELU in the kernel).
-    args.push(C::KIND | if relu { 4 } else { 0 }).push(GROUP_M);
-    args.push(flag_ptr).push(mask_ptr);
+    args.push(kind | if relu { 4 } else { 0 }).push(GROUP_M);
+    args.push(flag_ptr)
+        .push(mask_ptr)
+        .push(q_scale_ptr)
+        .push(q_amax_ptr);
     // SAFETY: gemm_fp8_<config>_<formats>(TensorMap ta, TensorMap tb, TensorMap tc, void* C,
     // const float* bias, const float* a_scale_inv, const float* b_scale_inv, int M, int N, int K,
-    // int out_kind, int group_m, unsigned* nonfinite, unsigned* relu_mask) matches the
-    // arguments. The tensor maps describe exactly A (m × k bytes), B (n × k bytes) and, for a
+    // int out_kind, int group_m, unsigned* nonfinite, unsigned* relu_mask, const float* q_scale,
+    // unsigned* q_amax) matches the arguments; the E4M3 output (kind 3, which only the e4e4
+    // entry points store) comes only with a TMA-store config (checked above) and E4M3 operands
+    // (gemm_fp8_relu_quantized checks them), with its scale and amax one f32 each. The tensor maps describe exactly A (m × k bytes), B (n × k bytes) and, for a
     // TMA-store config, C (m × n elements of C, 16-byte aligned base and pitch as checked
     // above); check_args proved those lengths and TMA clips every box to them; C holds m·n
     // elements of the out_kind type and the plain epilogue bounds-checks every store; bias
@@ -461,6 +526,10 @@ fn launch<C: Fp8Output>(
     // multiple of the compiled cluster size (2). The guards above outlive the launch.
     unsafe { gpu.launch(&kernels::GEMM_FP8, kernel, cfg, &args) }
 }
+
+#[path = "gemm_fp8_quantized.rs"]
+mod quantized;
+pub use quantized::{gemm_fp8_relu_quantized, gemm_fp8_relu_quantized_with, QuantizedOut};
 
 #[cfg(test)]
 #[path = "gemm_fp8_tests.rs"]
