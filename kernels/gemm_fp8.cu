@@ -241,18 +241,22 @@ __device__ __forceinline__ void fill_box(const float (&d)[BN / 2], uint32_t box,
     }
     if (o.relu_mask) {  // uniform: every lane of the warp is here
         // The four lanes of a quad hold the same rows' other columns: or them together, then
-        // lane j of the quad stores word j (span j / 2, row r + 8·(j % 2)).
-        uint32_t mine = 0;
+        // lane j of the quad stores words j, j + 4, … (word i: span i / 2, row r + 8·(i % 2);
+        // 2 words per span, up to 8 per box: E4M3 boxes span 128 columns).
+        constexpr int WORDS = 2 * SPANS, PER_LANE = (WORDS + 3) / 4;
+        uint32_t mine[PER_LANE] = {};
 #pragma unroll
-        for (int j = 0; j < 2 * SPANS; ++j) {
-            uint32_t w = mw[j / 2][j % 2];
+        for (int i = 0; i < WORDS; ++i) {
+            uint32_t w = mw[i / 2][i % 2];
             w |= __shfl_xor_sync(0xFFFFFFFFu, w, 1);
             w |= __shfl_xor_sync(0xFFFFFFFFu, w, 2);
-            if (lane % 4 == j) mine = w;
+            if (lane % 4 == i % 4) mine[i / 4] = w;
         }
-        const int j = lane % 4, row = o.row0 + r + 8 * (j % 2), col = o.col0 + ch * CW + 32 * (j / 2);
-        if (j < 2 * SPANS && row < o.M && col < o.N)
-            o.relu_mask[size_t(row) * o.mask_words + col / 32] = mine;
+#pragma unroll
+        for (int t = 0; t < PER_LANE; ++t) {
+            const int i = lane % 4 + 4 * t, row = o.row0 + r + 8 * (i % 2), col = o.col0 + ch * CW + 32 * (i / 2);
+            if (i < WORDS && row < o.M && col < o.N) o.relu_mask[size_t(row) * o.mask_words + col / 32] = mine[t];
+        }
     }
 }
 
