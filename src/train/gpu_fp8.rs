@@ -16,15 +16,11 @@ use crate::cpu::fp8::{transpose_ld, Fp8Format, ScalingState};
 use crate::cuda::{DeviceBuffer, Gpu};
 use crate::error::{Error, Result};
 use crate::nn::MlpConfig;
-use crate::ops::fp8::transpose;
 use crate::ops::fp8::{
     bias_grad_finish_many, gather_cast_transpose_with_weights, update_scales, BiasFinish,
     Fp8Scales, WeightCast,
 };
-use crate::ops::gemm_fp8::{
-    gemm_fp8, gemm_fp8_checked, gemm_fp8_relu_masked, gemm_fp8_relu_quantized, Fp8Operand,
-    QuantizedOut,
-};
+use crate::ops::gemm_fp8::{gemm_fp8, gemm_fp8_checked, gemm_fp8_relu_masked, Fp8Operand};
 use crate::shape::{GemmShape, Layout};
 use cudarc::driver::{CudaView, CudaViewMut};
 
@@ -144,11 +140,6 @@ pub(crate) enum Fp8Out<'a, H: TrainHalf> {
     Relu(CudaViewMut<'a, H>),
     /// `H`, no ReLU (the last layer: the logits).
     Plain(CudaViewMut<'a, H>),
-    /// After the ReLU, straight into the next FP8 layer's E4M3 input and its transpose (a
-    /// training step): what the bf16 output's cast would write, bit for bit, its amax recorded,
-    /// without the bf16 output ([`gemm_fp8_relu_quantized`], then [`transpose`]). The next
-    /// layer's forward finds its input ready.
-    NextInput(&'a mut Fp8Bufs),
 }
 
 /// An FP8 operand of the GEMM.
@@ -209,31 +200,12 @@ pub(crate) fn forward<H: TrainHalf>(
             crate::ops::fp8::cast_transpose(gpu, f, w, out, fan_in, scale, Some(q), qt, amax)
         })?;
     }
-    let shape = GemmShape::new(Layout::Forward, b, out, fan_in);
-    let (xq, wq) = (bufs.xq.slice(..b * fan_in), bufs.wq.slice(..));
     let (sx, sw) = (run.scales.scale_inv(ti)?, run.scales.scale_inv(tw)?);
+    let (xq, wq) = (bufs.xq.slice(..b * fan_in), bufs.wq.slice(..));
     let (a, bm) = (operand(&xq, f, &sx), operand(&wq, f, &sw));
+    let shape = GemmShape::new(Layout::Forward, b, out, fan_in);
     bufs.mask_rows = None;
     match dst {
-        Fp8Out::NextInput(next) => {
-            // The next layer's scale and amax beside this layer's inverse scales.
-            let tn = next.base + INPUT;
-            let ([sx, sw], scale, mut amax) = run.scales.scale_invs_scale_and_amax([ti, tw], tn)?;
-            let (a, bm) = (operand(&xq, f, &sx), operand(&wq, f, &sw));
-            let mut mask = bufs.relu_mask.slice_mut(..b * out.div_ceil(32));
-            let mut q = next.xq.slice_mut(..b * out);
-            let quantized = QuantizedOut {
-                q: &mut q,
-                scale: &scale,
-                amax: &mut amax,
-            };
-            gemm_fp8_relu_quantized(gpu, shape, &a, &bm, Some(bias), quantized, &mut mask)?;
-            bufs.mask_rows = Some(b);
-            let mut qt = next.xqt.slice_mut(..out * ldb);
-            transpose(gpu, &next.xq.slice(..b * out), b, out, &mut qt)?;
-            next.input_ready = true;
-            Ok(())
-        }
         Fp8Out::Z(mut z) => gemm_fp8(gpu, shape, &a, &bm, Some(bias), &mut z),
         Fp8Out::Plain(mut y) => gemm_fp8(gpu, shape, &a, &bm, Some(bias), &mut y),
         Fp8Out::Relu(mut y) => {

@@ -370,9 +370,7 @@ pub(crate) fn forward<H: TrainHalf>(
             convert(gpu, &src, rest[0].input.as_mut().expect("checked"), n)?;
         }
         let (before, rest) = layers.split_at_mut(l);
-        let Some((layer, after)) = rest.split_first_mut() else {
-            break;
-        };
+        let layer = &mut rest[0];
         let (fan_in, out, n) = (layer.fan_in, layer.out, b * layer.out);
         let input = match &layer.input {
             Some(buf) => buf.view(b * fan_in),
@@ -389,18 +387,10 @@ pub(crate) fn forward<H: TrainHalf>(
         let relu_here = !layer.last;
         // The GEMM (+ bias, + ReLU when nothing else follows it).
         if let Some(bufs) = &mut layer.fp8 {
-            // A training step's hidden FP8 layer that feeds another (of the same dtype, in this
-            // pass) writes that layer's E4M3 input itself: its bf16 output is never read (the
-            // backward's ReLU reads the mask).
-            let next_fp8 = after
-                .first_mut()
-                .filter(|next| record && l + 1 < count && next.input.is_none() && out % 16 == 0)
-                .and_then(|next| next.fp8.as_mut());
-            let dst = match (&mut layer.z, next_fp8) {
-                (Some(z), _) => Fp8Out::Z(z.slice_mut(..n)),
-                (None, Some(next)) if relu_here => Fp8Out::NextInput(next),
-                (None, _) if relu_here => Fp8Out::Relu(layer.out_buf.h(n)),
-                (None, _) => Fp8Out::Plain(layer.out_buf.h(n)),
+            let dst = match &mut layer.z {
+                Some(z) => Fp8Out::Z(z.slice_mut(..n)),
+                None if relu_here => Fp8Out::Relu(layer.out_buf.h(n)),
+                None => Fp8Out::Plain(layer.out_buf.h(n)),
             };
             gpu_fp8::forward(
                 gpu,
