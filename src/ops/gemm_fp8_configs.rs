@@ -46,6 +46,16 @@ impl Fp8Config {
         1024 + self.stages * (self.bm + self.bn) * BK + epilogue + 8 * (2 * self.stages + 2) + bias
     }
 
+    /// The config with the same tiles and the TMA-store epilogue (itself when it has it), or
+    /// `pp128s` for tiles that have none: the E4M3 output goes out through TMA stores only.
+    pub(super) fn with_tma_store(self) -> Fp8Config {
+        FP8_CONFIGS
+            .into_iter()
+            .find(|c| c.tma_store && (c.bm, c.bn) == (self.bm, self.bn))
+            .or_else(|| FP8_CONFIGS.into_iter().find(|c| c.name == "pp128s"))
+            .unwrap_or(self)
+    }
+
     /// The config with the same tiles and the plain epilogue (itself when it has it).
     pub(super) fn plain(self) -> Fp8Config {
         FP8_CONFIGS

@@ -34,6 +34,8 @@ impl std::fmt::Debug for QuantizedOut<'_> {
 /// followed by the cast, without the bf16 tensor (2 bytes per element written and read back).
 /// The ReLU mask is the bf16 output's. Only E4M3×E4M3 operands (the forward's) are supported.
 ///
+/// The tiles are the planner's ([`plan_fp8`]) with the TMA-store epilogue.
+///
 /// Errors, all before any launch: as [`gemm_fp8_relu_masked`](super::gemm_fp8_relu_masked), and
 /// [`crate::Error::ShapeMismatch`] unless `out.q` holds `m·n` codes and `out.scale`, `out.amax`
 /// one f32 each; [`crate::Error::InvalidArgument`] unless both operands are E4M3, `n` is a
@@ -47,7 +49,9 @@ pub fn gemm_fp8_relu_quantized(
     out: QuantizedOut<'_>,
     relu_mask: &mut dyn DevicePtrMut<u32>,
 ) -> Result<()> {
-    let config = plan_fp8(shape, gpu.info().multiprocessors);
+    // The planner's tiles, with the TMA-store epilogue (its small-product choice, pp128, has
+    // the plain one).
+    let config = plan_fp8(shape, gpu.info().multiprocessors).with_tma_store();
     gemm_fp8_relu_quantized_with(gpu, config, shape, a, b, bias, out, relu_mask)
 }
 

@@ -23,6 +23,12 @@ fn the_planner_takes_p256s_or_p192s_for_large_products_and_pp128_for_small_ones(
     assert_eq!(plan(1024, 1024, 8192), "pp128");
     assert_eq!(plan(4096, 512, 784), "pp128");
     for c in FP8_CONFIGS {
+        // Every config has a TMA-store twin for the E4M3 output (pp64: pp128s).
+        let stored = c.with_tma_store();
+        assert!(stored.tma_store, "{}", c.name);
+        if c.tma_store {
+            assert_eq!(stored.name, c.name);
+        }
         // A TMA-store config falls back to a plain one with the same tiles.
         let plain = c.plain();
         assert!(
