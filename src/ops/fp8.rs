@@ -5,7 +5,8 @@
 //! in the same pass; [`cast_transpose`] does the same for a matrix and also writes its transpose
 //! (the FP8 GEMM reads only K-major operands, so a training step needs each FP8 tensor both
 //! ways), and [`cast_transpose_dbias`] for an output gradient with its bias gradient and ReLU
-//! backward; [`dequantize`] writes `f32(q)·scale_inv`. Scales and amaxes are one-element device
+//! backward; [`transpose`] transposes codes cast elsewhere (the FP8 GEMM's E4M3 output);
+//! [`dequantize`] writes `f32(q)·scale_inv`. Scales and amaxes are one-element device
 //! buffers: [`Fp8Scales`] holds a model's, and [`update_scales`] runs the recipe's scale update
 //! for all of them in one launch, so the step never needs the host. Work is queued on
 //! [`Gpu::stream`]; nothing here synchronises.

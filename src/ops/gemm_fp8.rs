@@ -102,8 +102,8 @@ impl Fp8Output for f16 {
 impl Fp8Output for bf16 {
     const KIND: i32 = 2;
 }
-/// C's `out_kind` in [`launch`]: the [`Fp8Output`] types', or the E4M3 codes' (`u8`, whose kind
-/// the launch takes from its quantization arguments).
+/// C's `out_kind` in [`launch`]: the [`Fp8Output`] types', or `u8` for the E4M3 codes of
+/// [`gemm_fp8_relu_quantized`] (which passes their scale and amax).
 trait OutKind {
     const KIND: i32;
 }
@@ -516,8 +516,9 @@ fn launch<C: DeviceRepr + OutKind>(
     // const float* bias, const float* a_scale_inv, const float* b_scale_inv, int M, int N, int K,
     // int out_kind, int group_m, unsigned* nonfinite, unsigned* relu_mask, const float* q_scale,
     // unsigned* q_amax) matches the arguments; the E4M3 output (kind 3, which only the e4e4
-    // entry points store) comes only with a TMA-store config (checked above) and E4M3 operands
-    // (gemm_fp8_relu_quantized checks them), with its scale and amax one f32 each. The tensor maps describe exactly A (m × k bytes), B (n × k bytes) and, for a
+    // entry points store) comes only with a TMA-store config (checked above) and E4M3
+    // operands (gemm_fp8_relu_quantized checks them), with its scale and amax one f32 each.
+    // The tensor maps describe exactly A (m × k bytes), B (n × k bytes) and, for a
     // TMA-store config, C (m × n elements of C, 16-byte aligned base and pitch as checked
     // above); check_args proved those lengths and TMA clips every box to them; C holds m·n
     // elements of the out_kind type and the plain epilogue bounds-checks every store; bias
