@@ -14,23 +14,12 @@ use ampkit::ops::gemm_fp8::{
     FP8_CONFIGS,
 };
 use ampkit::shape::{GemmShape, Layout};
-use common::{assert_shape_error, gpu, rng, sized};
+use common::{assert_shape_error, hopper, rng, sized};
 use half::{bf16, f16};
 use rand::Rng;
-use std::sync::Arc;
 
 /// A bit the kernel never sets: the word must keep it (never cleared).
 const KEEP: u32 = 0x10;
-
-/// The GPU, if it is a Hopper (elsewhere `tests/gemm_fp8_gpu.rs` checks the refusal).
-fn hopper() -> Option<Arc<Gpu>> {
-    let gpu = gpu()?;
-    if gpu.info().compute_capability == (9, 0) {
-        return Some(gpu);
-    }
-    eprintln!("skipped: the FP8 GEMM needs compute capability 9.0");
-    None
-}
 
 /// E4M3 codes of A [m, k] and B [n, k] and the two inverse scales, on the GPU.
 struct Operands {

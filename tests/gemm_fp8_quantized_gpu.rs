@@ -14,22 +14,11 @@ use ampkit::ops::gemm_fp8::{
     Fp8Config, Fp8Operand, QuantizedOut, FP8_CONFIGS,
 };
 use ampkit::shape::{GemmShape, Layout};
-use common::{assert_invalid, assert_shape_error, gpu, rng, sized};
+use common::{assert_invalid, assert_shape_error, gpu, hopper, rng, sized};
 use cudarc::driver::CudaSlice;
 use half::bf16;
 use rand::rngs::StdRng;
 use rand::Rng;
-use std::sync::Arc;
-
-/// The GPU, if it is a Hopper (the FP8 GEMM's only target).
-fn hopper() -> Option<Arc<Gpu>> {
-    let gpu = gpu()?;
-    if gpu.info().compute_capability == (9, 0) {
-        return Some(gpu);
-    }
-    eprintln!("skipped: the FP8 GEMM needs compute capability 9.0");
-    None
-}
 
 /// A product's E4M3 operands, inverse scales and bias on the GPU.
 struct Product {

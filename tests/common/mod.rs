@@ -38,6 +38,17 @@ pub fn gpu() -> Option<Arc<Gpu>> {
     }
 }
 
+/// [`gpu`], if it is a Hopper (compute capability 9.0, the FP8 GEMM's only target), or `None`
+/// after printing why the test is skipped.
+pub fn hopper() -> Option<Arc<Gpu>> {
+    let gpu = gpu()?;
+    if gpu.info().compute_capability == (9, 0) {
+        return Some(gpu);
+    }
+    eprintln!("skipped: the FP8 GEMM needs compute capability 9.0");
+    None
+}
+
 /// Whether the GPU tests run instrumented: `AMPKIT_TEST_SANITIZE=1`, which `scripts/gpu-sanitize`
 /// sets for every compute-sanitizer job. The GPU tests then shrink their sizes and repeat counts
 /// so that the instrumented run fits the sweep's budget (racecheck costs tens of milliseconds per
