@@ -188,32 +188,6 @@ impl Fp8Scales {
         ))
     }
 
-    /// [`Fp8Scales::scale_and_amax`] of tensor `t` with the inverse scales of tensors `inv`: a
-    /// forward GEMM that reads its operands' inverse scales and quantizes its output for tensor
-    /// `t` ([`crate::ops::gemm_fp8::gemm_fp8_relu_quantized`]). Errors: as
-    /// [`Fp8Scales::scale`].
-    #[allow(clippy::type_complexity)] // the four views, each named by the doc
-    pub fn scale_invs_scale_and_amax<const N: usize>(
-        &mut self,
-        inv: [usize; N],
-        t: usize,
-    ) -> Result<(
-        [CudaView<'_, f32>; N],
-        CudaView<'_, f32>,
-        CudaViewMut<'_, f32>,
-    )> {
-        for i in inv {
-            self.check("fp8::Fp8Scales::scale_invs_scale_and_amax", i)?;
-        }
-        self.check("fp8::Fp8Scales::scale_invs_scale_and_amax", t)?;
-        let at = t * self.len;
-        Ok((
-            inv.map(|i| self.scale_inv.slice(i..i + 1)),
-            self.scale.slice(t..t + 1),
-            self.history.slice_mut(at..at + 1),
-        ))
-    }
-
     /// Tensor `t`'s scale and amax-of-the-step addresses, for a launch that reads several
     /// tensors' scales and folds into several amaxes at once; `guards` holds the two buffers'
     /// guards on `stream` for as long as the launch needs them. Errors: as [`Fp8Scales::scale`].
